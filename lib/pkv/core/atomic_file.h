@@ -1,0 +1,45 @@
+// pkv/core/atomic_file.h — outputs appear whole or not at all.
+//
+// Every file pkv writes goes to a temporary name in the destination directory
+// (".<name>.pkv-tmp.<pid>") and is renamed over the final name by commit(). If the
+// work fails, throws, or is interrupted by SIGINT/SIGTERM, the temporary file is
+// removed and nothing is left under the final name. (After SIGKILL or a power cut
+// only the hidden temporary can remain, never a half-written final file.)
+#pragma once
+
+#include <string>
+
+namespace pkv {
+
+class AtomicOutput {
+public:
+    /// Fails up front (failed_precondition) when `path` exists and `force` is false,
+    /// and (io) when its directory does not exist or is not writable.
+    AtomicOutput(std::string path, bool force);
+    ~AtomicOutput();
+    AtomicOutput(const AtomicOutput&) = delete;
+    AtomicOutput& operator=(const AtomicOutput&) = delete;
+
+    /// Where the writer should create its file.
+    const std::string& temp_path() const { return temp_; }
+    const std::string& path() const { return path_; }
+    /// fsyncs the temporary and renames it to path(); throws io on failure.
+    void commit();
+    bool committed() const { return committed_; }
+
+private:
+    std::string path_, temp_;
+    bool committed_ = false;
+    int slot_ = -1;
+};
+
+/// Installs SIGINT/SIGTERM handlers: the first signal sets a flag that long loops
+/// poll through check_interrupted(); a second one removes every pending temporary
+/// file and exits at once with status 130.
+void install_interrupt_handlers();
+/// True once SIGINT or SIGTERM was received.
+bool interrupted();
+/// Throws Error(interrupted) if a signal was received.
+void check_interrupted();
+
+}  // namespace pkv

@@ -1,0 +1,73 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "catch.h"
+#include "pkv/core/atomic_file.h"
+#include "pkv/core/error.h"
+#include "pkv/core/sha256.h"
+
+using namespace pkv;
+
+namespace {
+bool exists(const std::string& p) { struct stat st {}; return stat(p.c_str(), &st) == 0; }
+std::string tmpdir() {
+    char tmpl[] = "/tmp/pkv-core-XXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    return tmpl;
+}
+}  // namespace
+
+TEST_CASE("sha256 matches FIPS 180-4 test vectors", "[core][sha256]") {
+    CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const std::string two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    CHECK(sha256_hex(two.data(), two.size()) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    Sha256 h;  // a million 'a' in uneven pieces exercises the buffering
+    std::string a(1000, 'a');
+    for (int i = 0; i < 1000; ++i) h.update(a.data(), a.size());
+    CHECK(h.hex() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("checked arithmetic names the quantity on overflow", "[core][error]") {
+    CHECK(checked_mul(1u << 20, 1u << 20, "x") == (uint64_t(1) << 40));
+    CHECK_THROWS_WITH(checked_mul(uint64_t(1) << 40, uint64_t(1) << 40, "model.gguf: tensor 'w'"),
+                      ContainsSubstring("model.gguf: tensor 'w': size"));
+    CHECK_THROWS_AS(checked_add(~uint64_t(0), 1, "y"), Error);
+}
+
+TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
+    const std::string dir = tmpdir();
+    const std::string out = dir + "/out.bin";
+    SECTION("commit renames") {
+        AtomicOutput o(out, false);
+        { std::ofstream f(o.temp_path()); f << "data"; }
+        CHECK_FALSE(exists(out));
+        o.commit();
+        CHECK(exists(out));
+        CHECK_FALSE(exists(o.temp_path()));
+    }
+    SECTION("abandoned output leaves nothing") {
+        std::string temp;
+        {
+            AtomicOutput o(out, false);
+            temp = o.temp_path();
+            std::ofstream f(temp); f << "half";
+        }
+        CHECK_FALSE(exists(out));
+        CHECK_FALSE(exists(temp));
+    }
+    SECTION("existing output needs force") {
+        { std::ofstream f(out); f << "old"; }
+        CHECK_THROWS_WITH(AtomicOutput(out, false), ContainsSubstring("pass --force"));
+        CHECK_NOTHROW(AtomicOutput(out, true));
+    }
+    SECTION("missing directory is named") {
+        CHECK_THROWS_WITH(AtomicOutput(dir + "/nope/out.h5", false), ContainsSubstring("does not exist"));
+    }
+    std::remove(out.c_str());
+    rmdir(dir.c_str());
+}
