@@ -134,6 +134,10 @@ private:
 std::vector<std::string> validate_kv_dump(const std::string& path);
 /// A readable multi-line summary for `pkv info`.
 std::string describe_kv_dump(const std::string& path);
+/// The dump's metadata as one JSON document (root attributes with the model,
+/// provenance and summary JSON parsed; datasets with shape and dtype), the form
+/// schemas/kv_dump.schema.json describes.
+nlohmann::json kv_dump_metadata_json(const std::string& path);
 /// True if the file starts with the HDF5 signature.
 bool is_hdf5_file(const std::string& path);
 

@@ -1,0 +1,29 @@
+// apps/pkv/commands.h — one small file per subcommand. Each `add_*` registers its
+// options on the root app and returns a runner that validates what CLI11 cannot
+// and makes one library call; it returns the process exit status.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace pkv::cli {
+
+struct Command {
+    CLI::App* app = nullptr;
+    std::function<int()> run;
+};
+
+/// argv as given, recorded in outputs for provenance.
+const std::vector<std::string>& argv_strings();
+void set_argv(int argc, char** argv);
+
+Command add_dump(CLI::App& root);
+Command add_info(CLI::App& root);
+Command add_validate(CLI::App& root);
+Command add_generate(CLI::App& root);
+Command add_devices(CLI::App& root);
+
+}  // namespace pkv::cli

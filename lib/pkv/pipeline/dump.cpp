@@ -1,0 +1,253 @@
+#include "pkv/pipeline/dump.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "pkv/core/atomic_file.h"
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/core/progress.h"
+#include "pkv/core/sha256.h"
+#include "pkv/core/version.h"
+#include "pkv/gguf/gguf.h"
+#include "pkv/model/llama.h"
+#include "pkv/pipeline/provenance.h"
+#include "pkv/tokenizer/tokenizer.h"
+
+namespace pkv {
+
+uint64_t peak_rss_bytes() {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind("VmHWM:", 0) == 0) {
+            std::istringstream is(line.substr(6));
+            uint64_t kb = 0;
+            is >> kb;
+            return kb * 1024;
+        }
+    }
+    return 0;
+}
+
+std::vector<int> parse_layer_list(const std::string& spec, int n_layer) {
+    std::vector<bool> chosen(n_layer, false);
+    std::stringstream ss(spec);
+    std::string item;
+    auto parse_int = [&](const std::string& s) {
+        size_t used = 0;
+        int v = -1;
+        try {
+            v = std::stoi(s, &used);
+        } catch (...) {
+            used = 0;
+        }
+        PKV_CHECK(used == s.size() && !s.empty(), invalid_argument, "--layers: '{}' is not a layer number", s);
+        PKV_CHECK(v >= 0 && v < n_layer, out_of_range, "--layers: layer {} is out of range: the model has layers 0-{}",
+                  v, n_layer - 1);
+        return v;
+    };
+    while (std::getline(ss, item, ',')) {
+        PKV_CHECK(!item.empty(), invalid_argument, "--layers: empty item in '{}'", spec);
+        const auto dash = item.find('-');
+        if (dash == std::string::npos) {
+            chosen[parse_int(item)] = true;
+        } else {
+            const int a = parse_int(item.substr(0, dash)), b = parse_int(item.substr(dash + 1));
+            PKV_CHECK(a <= b, invalid_argument, "--layers: range '{}' runs backwards", item);
+            for (int l = a; l <= b; ++l) chosen[l] = true;
+        }
+    }
+    std::vector<int> out;
+    for (int l = 0; l < n_layer; ++l)
+        if (chosen[l]) out.push_back(l);
+    PKV_CHECK(!out.empty(), invalid_argument, "--layers: '{}' selects no layer", spec);
+    return out;
+}
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    PKV_CHECK(f, not_found, "{}: cannot open text: {}", path, std::strerror(errno));
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    PKV_CHECK(!f.bad(), io, "{}: read error", path);
+    return ss.str();
+}
+
+void check_config(const DumpConfig& c) {
+    struct stat st {};
+    PKV_CHECK(!c.model_path.empty(), invalid_argument, "--model is required");
+    PKV_CHECK(stat(c.model_path.c_str(), &st) == 0, not_found, "{}: model file not found", c.model_path);
+    PKV_CHECK(!c.text_paths.empty(), invalid_argument, "--text: at least one text file is required");
+    for (const auto& t : c.text_paths) {
+        PKV_CHECK(stat(t.c_str(), &st) == 0, not_found, "{}: text file not found", t);
+        PKV_CHECK(!S_ISDIR(st.st_mode), invalid_argument, "{}: text is a directory, expected a file", t);
+    }
+    PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
+    PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
+    PKV_CHECK(c.chunk_tokens >= 1, invalid_argument, "--chunk-tokens: expected at least 1, got {}", c.chunk_tokens);
+    PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
+}
+
+std::string utc_now() {
+    const std::time_t t = std::time(nullptr);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+    return buf;
+}
+
+}  // namespace
+
+DumpSummary run_dump(const DumpConfig& c) {
+    check_config(c);
+    const auto t_start = std::chrono::steady_clock::now();
+
+    auto file = GgufFile::open(c.model_path);
+    LlamaModel model(file);
+    const LlamaHparams& hp = model.hparams();
+    PKV_CHECK(static_cast<uint32_t>(c.ctx) <= hp.n_ctx_train, out_of_range,
+              "--ctx {}: longer than the model's context length {} ({}: {}.context_length)", c.ctx, hp.n_ctx_train,
+              c.model_path, hp.arch);
+    std::vector<int> layers = c.layers;
+    for (int l : layers)
+        PKV_CHECK(l >= 0 && l < static_cast<int>(hp.n_layer), out_of_range,
+                  "--layers: layer {} is out of range: {} has layers 0-{}", l, c.model_path, hp.n_layer - 1);
+    if (layers.empty())
+        for (uint32_t l = 0; l < hp.n_layer; ++l) layers.push_back(static_cast<int>(l));
+
+    // The output is claimed before the long work so that a refusal comes at once.
+    AtomicOutput out(c.out_path, c.force);
+    install_interrupt_handlers();
+
+    Tokenizer tokenizer(vocab_from_gguf(*file));
+    std::vector<int32_t> stream;
+    std::vector<TextSource> sources;
+    for (const auto& path : c.text_paths) {
+        if (static_cast<int64_t>(stream.size()) >= c.n_tokens) {
+            log::warn("{}: not used: the earlier texts already hold --tokens {}", path, c.n_tokens);
+            continue;
+        }
+        const std::string text = read_file(path);
+        PKV_CHECK(!text.empty(), invalid_argument, "{}: text file is empty", path);
+        std::vector<int32_t> ids = tokenizer.encode(text, /*parse_special=*/false);
+        PKV_CHECK(!ids.empty(), invalid_argument, "{}: text yields no tokens", path);
+        TextSource src;
+        src.path = path;
+        src.sha256 = sha256_hex(text.data(), text.size());
+        src.bytes = static_cast<int64_t>(text.size());
+        const int64_t take = std::min<int64_t>(static_cast<int64_t>(ids.size()), c.n_tokens - stream.size());
+        src.tokens = take;
+        stream.insert(stream.end(), ids.begin(), ids.begin() + take);
+        log::info("{}: {} bytes, {} tokens (using {})", path, text.size(), ids.size(), take);
+        sources.push_back(src);
+        check_interrupted();
+    }
+    PKV_CHECK(static_cast<int64_t>(stream.size()) >= c.n_tokens, out_of_range,
+              "--tokens {}: the text holds only {} tokens ({}); pass fewer tokens or more text", c.n_tokens,
+              stream.size(), c.text_paths.size() == 1 ? c.text_paths[0] : std::to_string(c.text_paths.size()) + " files");
+
+    const int64_t T = c.n_tokens;
+    KvDumpHeader header;
+    header.n_layer_model = static_cast<int>(hp.n_layer);
+    header.layers.assign(layers.begin(), layers.end());
+    header.n_head = static_cast<int>(hp.n_head);
+    header.n_head_kv = static_cast<int>(hp.n_head_kv);
+    header.head_dim = static_cast<int>(hp.head_dim);
+    header.n_tokens = T;
+    header.capture = c.capture;
+    header.hf_dim_order = c.hf_dim_order;
+    header.chunk_tokens = c.chunk_tokens;
+    const std::string model_sha = sha256_file(c.model_path);
+    header.model = model_json(hp, *file, c.model_path, model_sha);
+    header.sources = sources;
+    header.provenance = {
+        {"tool", "pkv"},
+        {"version", PKV_VERSION},
+        {"commit", PKV_GIT_COMMIT},
+        {"command", "dump"},
+        {"argv", c.argv},
+        {"created_utc", utc_now()},
+        {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
+        {"texts", sources_json(sources)},
+        {"settings",
+         {{"tokens", T}, {"ctx", c.ctx}, {"capture", c.capture.to_string()}, {"layers", layers},
+          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", tokenizer.vocab().add_bos}}},
+    };
+
+    KvDumpWriter writer(out.temp_path(), header);
+    std::vector<int> slot_of(hp.n_layer, -1);
+    for (size_t s = 0; s < layers.size(); ++s) slot_of[layers[s]] = static_cast<int>(s);
+
+    ForwardOptions opts;
+    opts.capture = true;
+    opts.layers.assign(hp.n_layer, false);
+    for (int l : layers) opts.layers[l] = true;
+    opts.want_nll = true;
+
+    std::vector<int64_t> seq_start;
+    std::vector<int32_t> seq_length;
+    double nll_sum = 0.0;
+    int64_t n_pred = 0;
+    Progress progress("dump", static_cast<uint64_t>(T), "tok");
+    for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
+        const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
+        std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
+        const ForwardResult r = model.forward(ids, opts, [&](const LayerActivations& a) {
+            check_interrupted();
+            writer.write_layer(slot_of[a.layer], t0, a.n_tokens, c.capture.k_pre ? a.k_pre : nullptr,
+                               c.capture.k_post ? a.k_post : nullptr, c.capture.v ? a.v : nullptr,
+                               c.capture.q ? a.q : nullptr);
+        });
+        std::vector<int32_t> pos(n), seq(n, static_cast<int32_t>(seq_start.size()));
+        std::vector<float> nll(n, std::nanf(""));
+        for (int i = 0; i < n; ++i) pos[i] = i;
+        for (int i = 1; i < n; ++i) {
+            nll[i] = r.nll[i - 1];
+            nll_sum += r.nll[i - 1];
+            ++n_pred;
+        }
+        writer.write_tokens(t0, ids, pos, seq, nll);
+        seq_start.push_back(t0);
+        seq_length.push_back(n);
+        progress.advance(static_cast<uint64_t>(n));
+        check_interrupted();
+    }
+    progress.finish();
+
+    DumpSummary sum;
+    sum.out_path = c.out_path;
+    sum.model_name = hp.name;
+    sum.n_tokens = T;
+    sum.n_sequences = static_cast<int64_t>(seq_start.size());
+    sum.n_predicted = n_pred;
+    sum.nll_mean = n_pred > 0 ? nll_sum / static_cast<double>(n_pred) : std::nan("");
+    sum.perplexity = std::exp(sum.nll_mean);
+    sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    sum.tokens_per_s = static_cast<double>(T) / sum.seconds;
+    sum.peak_rss_bytes = peak_rss_bytes();
+    sum.model_bytes = file->file_size();
+
+    nlohmann::json summary = {
+        {"n_tokens", T},           {"n_sequences", sum.n_sequences}, {"n_predicted", n_pred},
+        {"nll_mean", sum.nll_mean}, {"perplexity", sum.perplexity},   {"seconds", sum.seconds},
+        {"tokens_per_s", sum.tokens_per_s}, {"peak_rss_bytes", sum.peak_rss_bytes},
+    };
+    if (n_pred == 0) summary["perplexity"] = nullptr, summary["nll_mean"] = nullptr;
+    writer.finish(seq_start, seq_length, summary);
+    out.commit();
+    struct stat st {};
+    if (stat(c.out_path.c_str(), &st) == 0) sum.file_bytes = static_cast<uint64_t>(st.st_size);
+    return sum;
+}
+
+}  // namespace pkv

@@ -1,0 +1,67 @@
+// pkv/pipeline/dump.h — `pkv dump` as one library call: run a GGUF model over
+// text and stream its per-layer, per-KV-head keys, values and queries into an HDF5
+// KV dump (docs/formats/kv_dump.md).
+//
+// Token stream: each text file is tokenized on its own (special-token strings are
+// treated as plain text) and the files' tokens are concatenated in argument order;
+// the first `n_tokens` tokens are cut into sequences of `ctx` tokens (the last may
+// be shorter). Each sequence is an independent prefill starting at position 0 —
+// no BOS is inserted unless the model's tokenizer asks for one (add_bos_token).
+// Perplexity is exp(mean NLL) over every token that has a predecessor in its
+// sequence.
+//
+// Memory: the model stays quantized in its file mapping, one layer is dequantized
+// at a time, and each layer's activations are written before the next layer runs,
+// so peak memory does not grow with n_tokens.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pkv/dump/kv_dump.h"
+
+namespace pkv {
+
+struct DumpConfig {
+    std::string model_path;
+    std::vector<std::string> text_paths;
+    int64_t n_tokens = 16384;        ///< tokens to run and store
+    int ctx = 1024;                  ///< tokens per sequence (<= the model's context length)
+    CaptureSet capture;              ///< which activations to store
+    std::vector<int> layers;         ///< model layers to store; empty = all
+    bool hf_dim_order = false;       ///< store K/Q in Hugging Face half-split order
+    int chunk_tokens = 1024;         ///< HDF5 chunk length along tokens
+    std::string out_path;
+    bool force = false;              ///< overwrite an existing output
+    std::vector<std::string> argv;   ///< recorded as provenance
+};
+
+struct DumpSummary {
+    std::string out_path;
+    std::string model_name;
+    int64_t n_tokens = 0;
+    int64_t n_sequences = 0;
+    int64_t n_predicted = 0;     ///< tokens that count toward perplexity
+    double nll_mean = 0.0;       ///< nats per predicted token
+    double perplexity = 0.0;
+    double seconds = 0.0;        ///< forward + write
+    double tokens_per_s = 0.0;
+    uint64_t peak_rss_bytes = 0; ///< the process's peak resident memory
+    uint64_t model_bytes = 0;
+    uint64_t file_bytes = 0;
+};
+
+/// Validates the whole configuration first (files, numbers, layers, output), then
+/// runs. Throws pkv::Error naming the offending input; never leaves a partial file
+/// under out_path.
+DumpSummary run_dump(const DumpConfig& config);
+
+/// Parses a layer list such as "0,5,10-12" for a model with n_layer layers;
+/// throws invalid_argument naming the item.
+std::vector<int> parse_layer_list(const std::string& spec, int n_layer);
+
+/// Peak resident set size of this process in bytes (0 if unknown).
+uint64_t peak_rss_bytes();
+
+}  // namespace pkv

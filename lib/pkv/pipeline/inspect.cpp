@@ -1,0 +1,158 @@
+#include "pkv/pipeline/inspect.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+
+#include "pkv/core/error.h"
+#include "pkv/dump/kv_dump.h"
+#include "pkv/gguf/gguf.h"
+#include "pkv/model/llama.h"
+#include "pkv/tokenizer/tokenizer.h"
+
+namespace pkv {
+
+FileKind detect_file_kind(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    PKV_CHECK(f != nullptr, not_found, "{}: cannot open: {}", path, std::strerror(errno));
+    unsigned char magic[8] = {0};
+    const size_t n = std::fread(magic, 1, sizeof magic, f);
+    std::fclose(f);
+    if (n >= 4 && std::memcmp(magic, "GGUF", 4) == 0) return FileKind::gguf;
+    static const unsigned char hdf5_sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    if (n == 8 && std::memcmp(magic, hdf5_sig, 8) == 0) return FileKind::kv_dump;
+    return FileKind::unknown;
+}
+
+namespace {
+
+[[noreturn]] void unknown_kind(const std::string& path) {
+    fail(ErrorCode::invalid_argument, "{}: not a GGUF model or a pkv KV dump (unrecognised file signature)", path);
+}
+
+std::string shape_str(const std::vector<uint64_t>& ne) {
+    std::string s = "[";
+    for (size_t i = 0; i < ne.size(); ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
+    return s + "]";
+}
+
+std::string describe_gguf(const std::string& path, bool list_tensors) {
+    auto f = GgufFile::open(path);
+    std::string out = fmt::format("{}: GGUF v{}, {:.1f} MiB, {} tensors, {} metadata keys, alignment {}\n", path,
+                                  f->version(), f->file_size() / 1048576.0, f->tensors().size(), f->keys().size(),
+                                  f->alignment());
+    try {
+        const LlamaHparams hp = llama_hparams_from_gguf(*f);
+        out += fmt::format(
+            "model: {} ({}), {} layers, n_embd {}, n_ff {}, {} heads, {} KV heads, head_dim {}, vocab {}, context {}\n"
+            "rope: norm (pairs 2i,2i+1), n_rot {}, base {}, scaling {} (freq scale {}); rms eps {:g}; output {}\n",
+            hp.name.empty() ? "unnamed" : hp.name, hp.arch, hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv,
+            hp.head_dim, hp.n_vocab, hp.n_ctx_train, hp.n_rot, hp.rope_freq_base, hp.rope_scaling,
+            hp.rope_freq_scale, hp.rms_eps, hp.tied_output ? "tied to token_embd" : "separate");
+    } catch (const Error& e) {
+        out += fmt::format("model: not runnable by pkv: {}\n", e.what());
+    }
+    std::map<std::string, std::pair<int, uint64_t>> by_type;
+    for (const auto& t : f->tensors()) {
+        auto& e = by_type[ggml_type_name(t.type_id)];
+        e.first += 1;
+        e.second += t.nbytes;
+    }
+    out += "tensor types:";
+    for (const auto& [name, e] : by_type) out += fmt::format(" {} x{} ({:.1f} MiB);", name, e.first, e.second / 1048576.0);
+    out += "\nmetadata:\n";
+    for (const auto& k : f->keys()) out += fmt::format("  {} = {}\n", k, GgufFile::to_string(f->get(k)));
+    if (list_tensors) {
+        out += "tensors:\n";
+        for (const auto& t : f->tensors())
+            out += fmt::format("  {:<32} {:<6} {:<16} {:>10} bytes at {}\n", t.name, ggml_type_name(t.type_id),
+                               shape_str(t.ne), t.nbytes, t.offset);
+    }
+    return out;
+}
+
+nlohmann::json describe_gguf_json(const std::string& path) {
+    auto f = GgufFile::open(path);
+    nlohmann::json j = {{"kind", "gguf"}, {"path", path}, {"version", f->version()}, {"bytes", f->file_size()},
+                        {"alignment", f->alignment()}};
+    nlohmann::json meta = nlohmann::json::object();
+    for (const auto& k : f->keys()) meta[k] = GgufFile::to_string(f->get(k), 16);
+    j["metadata"] = meta;
+    nlohmann::json tensors = nlohmann::json::array();
+    for (const auto& t : f->tensors())
+        tensors.push_back({{"name", t.name}, {"type", ggml_type_name(t.type_id)}, {"ne", t.ne},
+                           {"offset", t.offset}, {"bytes", t.nbytes}});
+    j["tensors"] = tensors;
+    return j;
+}
+
+std::vector<std::string> validate_gguf(const std::string& path) {
+    std::vector<std::string> problems;
+    std::shared_ptr<GgufFile> f;
+    try {
+        f = GgufFile::open(path);
+    } catch (const Error& e) {
+        return {e.what()};
+    }
+    try {
+        LlamaModel model(f);
+    } catch (const Error& e) {
+        problems.push_back(e.what());
+    }
+    try {
+        const VocabData v = vocab_from_gguf(*f);
+        if (tokenizer_available()) Tokenizer tok(v);
+    } catch (const Error& e) {
+        problems.push_back(e.what());
+    }
+    return problems;
+}
+
+}  // namespace
+
+std::string describe_file(const std::string& path, bool list_tensors) {
+    switch (detect_file_kind(path)) {
+        case FileKind::gguf: return describe_gguf(path, list_tensors);
+        case FileKind::kv_dump: return describe_kv_dump(path);
+        case FileKind::unknown: break;
+    }
+    unknown_kind(path);
+}
+
+nlohmann::json describe_file_json(const std::string& path) {
+    switch (detect_file_kind(path)) {
+        case FileKind::gguf: return describe_gguf_json(path);
+        case FileKind::kv_dump: return kv_dump_metadata_json(path);
+        case FileKind::unknown: break;
+    }
+    unknown_kind(path);
+}
+
+std::vector<std::string> validate_file(const std::string& path) {
+    switch (detect_file_kind(path)) {
+        case FileKind::gguf: return validate_gguf(path);
+        case FileKind::kv_dump: return validate_kv_dump(path);
+        case FileKind::unknown: break;
+    }
+    unknown_kind(path);
+}
+
+GreedyResult generate_greedy(const std::string& model_path, const std::string& prompt, int n_new) {
+    PKV_CHECK(n_new >= 1, invalid_argument, "--n: expected at least 1, got {}", n_new);
+    auto f = GgufFile::open(model_path);
+    LlamaModel model(f);
+    Tokenizer tok(vocab_from_gguf(*f));
+    GreedyResult r;
+    r.prompt_ids = tok.encode(prompt, /*parse_special=*/true);
+    PKV_CHECK(!r.prompt_ids.empty(), invalid_argument, "--prompt: yields no tokens");
+    PKV_CHECK(r.prompt_ids.size() + n_new <= model.hparams().n_ctx_train, out_of_range,
+              "--n {}: prompt ({} tokens) plus new tokens exceed the context length {}", n_new, r.prompt_ids.size(),
+              model.hparams().n_ctx_train);
+    const auto all = model.greedy(r.prompt_ids, n_new);
+    r.new_ids.assign(all.begin() + r.prompt_ids.size(), all.end());
+    r.text = tok.decode(r.new_ids);
+    return r;
+}
+
+}  // namespace pkv

@@ -1,0 +1,37 @@
+// pkv/pipeline/inspect.h — `pkv info`, `pkv validate` and `pkv generate` as library
+// calls. Files are recognised by content: GGUF models by the "GGUF" magic, KV dumps
+// by the HDF5 signature.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pkv {
+
+enum class FileKind { gguf, kv_dump, unknown };
+/// Looks at the first bytes; throws not_found when the file cannot be opened.
+FileKind detect_file_kind(const std::string& path);
+
+/// A readable summary of a GGUF model (header, hyperparameters, tensor types,
+/// metadata; every tensor when list_tensors) or of a KV dump.
+std::string describe_file(const std::string& path, bool list_tensors);
+/// Machine-readable metadata of a GGUF model or a KV dump.
+nlohmann::json describe_file_json(const std::string& path);
+
+/// Every problem found in a KV dump (against docs/formats/kv_dump.md) or a GGUF
+/// model (structure, the tensors and metadata pkv's forward pass and tokenizer
+/// need); empty when the file is valid.
+std::vector<std::string> validate_file(const std::string& path);
+
+/// Greedy continuation of `prompt` by the model at `model_path`: the prompt's token
+/// ids, the new ids and the decoded new text.
+struct GreedyResult {
+    std::vector<int32_t> prompt_ids;
+    std::vector<int32_t> new_ids;
+    std::string text;
+};
+GreedyResult generate_greedy(const std::string& model_path, const std::string& prompt, int n_new);
+
+}  // namespace pkv

@@ -1,0 +1,44 @@
+#include "pkv/pipeline/provenance.h"
+
+#include "pkv/gguf/gguf.h"
+#include "pkv/model/llama.h"
+
+namespace pkv {
+
+nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const std::string& path,
+                          const std::string& sha256) {
+    nlohmann::json j = {
+        {"name", hp.name},
+        {"file", path},
+        {"sha256", sha256},
+        {"arch", hp.arch},
+        {"n_layer", hp.n_layer},
+        {"n_head", hp.n_head},
+        {"n_head_kv", hp.n_head_kv},
+        {"head_dim", hp.head_dim},
+        {"n_rot", hp.n_rot},
+        {"n_embd", hp.n_embd},
+        {"n_ff", hp.n_ff},
+        {"n_vocab", hp.n_vocab},
+        {"n_ctx_train", hp.n_ctx_train},
+        {"rope_freq_base", hp.rope_freq_base},
+        {"rope_freq_scale", hp.rope_freq_scale},
+        {"rope_scaling", hp.rope_scaling},
+        {"rope_type", "norm"},
+        {"rms_eps", hp.rms_eps},
+        {"tied_output", hp.tied_output},
+    };
+    j["file_type"] = file.find_u64("general.file_type") ? nlohmann::json(*file.find_u64("general.file_type"))
+                                                        : nlohmann::json(nullptr);
+    j["tokenizer_pre"] = file.find_string("tokenizer.ggml.pre").value_or("");
+    return j;
+}
+
+nlohmann::json sources_json(const std::vector<TextSource>& sources) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& s : sources)
+        a.push_back({{"path", s.path}, {"sha256", s.sha256}, {"bytes", s.bytes}, {"tokens", s.tokens}});
+    return a;
+}
+
+}  // namespace pkv

