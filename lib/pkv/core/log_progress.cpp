@@ -73,7 +73,7 @@ void Progress::advance(uint64_t n) {
     done_ += n;
     const auto now = std::chrono::steady_clock::now();
     const double since = std::chrono::duration<double>(now - last_).count();
-    if (since >= (tty_ ? 0.2 : interval_)) {
+    if (since >= (tty_ ? 0.2 : interval_) && (total_ == 0 || done_ < total_)) {
         last_ = now;
         draw(false);
     }

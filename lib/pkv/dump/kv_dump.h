@@ -43,9 +43,21 @@ constexpr const char* kAttrFormat = "format";
 constexpr const char* kAttrFormatVersion = "format_version";
 constexpr const char* kAttrProvenance = "provenance";  ///< JSON text: tool, version, argv, time, model, texts
 constexpr const char* kAttrModel = "model";            ///< JSON text: name, file, sha256, hyperparameters
+constexpr const char* kAttrSummary = "summary";        ///< JSON text written by finish(): n_tokens, perplexity, ...
+// Flat copies of the shape parameters (int32 scalars) for readers that skip the JSON.
+constexpr const char* kAttrNLayer = "n_layer";         ///< layers of the model (not only the stored ones)
+constexpr const char* kAttrNHead = "n_head";
+constexpr const char* kAttrNHeadKv = "n_head_kv";
+constexpr const char* kAttrHeadDim = "head_dim";
+constexpr const char* kAttrNTokens = "n_tokens";
+constexpr const char* kAttrCapture = "capture";        ///< string, CaptureSet::to_string() of what was captured
 // Per-activation-dataset attributes.
 constexpr const char* kAttrAxes = "axes";              ///< vlen strings, e.g. ["layer","kv_head","token","dim"]
-constexpr const char* kAttrDimOrder = "dim_order";     ///< "gguf_interleaved" | "hf_half_split" (k_pre, k_post, q)
+constexpr const char* kAttrDimOrder = "dim_order";     ///< "gguf_interleaved" | "hf_half_split" (k_pre, k_post, q; also a root attribute)
+constexpr const char* kDimOrderGguf = "gguf_interleaved";  ///< RoPE pairs (2i, 2i+1), as the model computes
+constexpr const char* kDimOrderHf = "hf_half_split";       ///< RoPE pairs (i, i + D/2): hf[i] = gguf[2i], hf[i + D/2] = gguf[2i+1]
+/// The activation datasets, in file order; any non-empty subset may be present.
+constexpr const char* kActivations[] = {kKPre, kKPost, kV, kQ};
 }  // namespace kvdump
 
 /// Which activations to capture.

@@ -28,9 +28,13 @@ enum class GgmlType : uint32_t {
 
 /// True for the ids above; other ids are well-formed GGUF but unsupported by pkv.
 bool ggml_type_supported(uint32_t id);
-/// "Q4_1", ...; "type<id>" for an unknown id.
+/// "Q4_1", "IQ2_XXS", ...; "type<id>" for an id ggml never assigned.
 std::string ggml_type_name(uint32_t id);
+/// Block geometry of any id ggml has assigned (supported or not), so that sizes of
+/// tensors pkv cannot dequantize are still known; false for unassigned ids.
+bool ggml_type_layout(uint32_t id, uint64_t& block_size, uint64_t& type_size);
 /// Elements per block (1 for F32/F16/BF16, 32 for Q4_0..Q8_0, 256 for K-quants).
+/// These three throw unsupported for types pkv cannot dequantize.
 size_t ggml_block_size(GgmlType t);
 /// Bytes per block.
 size_t ggml_type_size(GgmlType t);

@@ -43,7 +43,7 @@ struct GgufTensorInfo {
     std::vector<uint64_t> ne;   ///< dims, fastest first (ggml order)
     uint32_t type_id = 0;       ///< raw ggml type id (may be unsupported)
     uint64_t offset = 0;        ///< relative to the data section
-    uint64_t nbytes = 0;        ///< computed from ne and type; 0 for unsupported types
+    uint64_t nbytes = 0;        ///< computed from ne and type; 0 for ids with no known layout
     GgmlType type() const { return static_cast<GgmlType>(type_id); }
     uint64_t n_elements() const;
     uint64_t row_length() const { return ne.empty() ? 1 : ne[0]; }  ///< elements per row

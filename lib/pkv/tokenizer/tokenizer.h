@@ -1,12 +1,23 @@
 // pkv/tokenizer/tokenizer.h — the model's own byte-level BPE tokenizer, built from
 // the GGUF `tokenizer.ggml.*` metadata (model "gpt2").
 //
-// Encoding: optional split on special tokens (control / user-defined tokens, when
-// parse_special is true), pre-tokenization with the regex set selected by
-// `tokenizer.ggml.pre` (PCRE2, Unicode properties), GPT-2 byte-to-unicode mapping,
-// then BPE merges by rank. Bytes with no token are dropped, as llama.cpp does.
-// Supported pre-tokenizers: "smollm" (isolate every digit, then the GPT-2 pattern),
-// "gpt2", "default" (treated as gpt2). Others are rejected naming the value.
+// Encoding: split on special-token strings, pre-tokenization with the regex set
+// selected by `tokenizer.ggml.pre` (PCRE2, Unicode properties), GPT-2 byte-to-unicode
+// mapping, then BPE merges by rank (lowest rank first, leftmost on ties). A merged
+// symbol with no token falls back to its single-byte tokens. Bytes with no token at
+// all are dropped after the merges, as llama.cpp does (HF tokenizers drops them
+// before, so " \x04'" differs: 2 tokens here, 1 there); dropped_bytes() counts them.
+// Supported pre-tokenizers: "smollm" (isolate every \p{N} character, then the GPT-2
+// pattern), "gpt2", "default" (treated as gpt2). Others are rejected naming the value.
+// On SmolLM2 the ids match HF tokenizers given the GGUF's vocabulary and merges.
+//
+// Special strings: control tokens are matched only when the caller asks (parse_special);
+// user-defined tokens are always matched, as llama.cpp and HF tokenizers do. At each
+// position the longest special string wins; the text between them is pre-tokenized
+// on its own.
+//
+// A Tokenizer is safe to use from several threads at once (pieces are cached under a
+// lock).
 //
 // Needs PCRE2: when pkv is built without it (PKV_HAVE_PCRE2 undefined), the
 // constructor throws unsupported.
@@ -57,11 +68,21 @@ public:
     std::string token_bytes(int32_t id) const;
     size_t n_vocab() const;
     const VocabData& vocab() const;
+    /// Input bytes that encode() dropped because no token holds them (SmolLM2 lacks
+    /// a few raw bytes, e.g. 0x04 and 0xF5-0xFF), summed over all calls so far.
+    uint64_t dropped_bytes() const;
 
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+/// The GPT-2 byte table: the token-text character (as UTF-8) that stands for `byte`,
+/// e.g. 0x20 -> "Ġ" (U+0120), 'a' -> "a".
+std::string byte_to_token_text(uint8_t byte);
+/// The inverse over a whole string: token text back to bytes. Characters outside the
+/// table pass through unchanged.
+std::string token_text_to_bytes(std::string_view text);
 
 /// True when pkv was built with PCRE2 and can tokenize.
 bool tokenizer_available();

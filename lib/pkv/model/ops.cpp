@@ -1,0 +1,159 @@
+// pkv/model/ops.cpp — numeric kernels of the forward pass; see ops.h for shapes.
+#include "pkv/model/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <omp.h>
+
+namespace pkv::ops {
+
+namespace {
+using Stride = Eigen::OuterStride<>;
+using ConstStridedMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride>;
+using StridedMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Stride>;
+}  // namespace
+
+void rms_norm(const RowMatrix& x, const float* w, float eps, RowMatrix& out) {
+    const int64_t rows = x.rows(), cols = x.cols();
+    out.resize(rows, cols);
+    const Eigen::Map<const Eigen::RowVectorXf> weight(w, cols);
+#pragma omp parallel for schedule(static) if (rows >= 64)
+    for (int64_t r = 0; r < rows; ++r) {
+        double ss = 0.0;
+        const float* xr = x.data() + r * cols;
+        for (int64_t c = 0; c < cols; ++c) ss += static_cast<double>(xr[c]) * xr[c];
+        const auto inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols) + eps));
+        out.row(r) = (x.row(r).array() * inv * weight.array()).matrix();
+    }
+}
+
+void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64_t n_out, float* y) {
+    const Eigen::Map<const RowMatrix> X(x, rows, n_in);
+    const Eigen::Map<const RowMatrix> W(w, n_out, n_in);
+    Eigen::Map<RowMatrix> Y(y, rows, n_out);
+    const int threads = omp_get_max_threads();
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(n_in) * static_cast<double>(n_out);
+    if (threads == 1 || flops < 4e6 || omp_in_parallel()) {
+        Y.noalias() = X * W.transpose();
+        return;
+    }
+    // One contiguous slice per thread, each a single-threaded Eigen GEMM. Eigen's own
+    // threading shares packed panels between threads and spins on their progress,
+    // which collapses when the cores are shared with other processes; independent
+    // slices only meet at the end. Each slice repacks the whole of the operand that
+    // is not split, so the split runs along the larger one.
+    const bool split_rows = rows * n_in >= n_out * n_in;
+    const int64_t extent = split_rows ? rows : n_out;
+    const int64_t step = ((extent + threads - 1) / threads + 7) / 8 * 8;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+        const int64_t a = std::min(extent, t * step), len = std::min(extent, a + step) - a;
+        if (len <= 0) continue;
+        if (split_rows)
+            Y.middleRows(a, len).noalias() = X.middleRows(a, len) * W.transpose();
+        else
+            Y.middleCols(a, len).noalias() = X * W.middleRows(a, len).transpose();
+    }
+}
+
+void matmul_wt(const RowMatrix& x, const float* w, int64_t n_out, RowMatrix& y) {
+    y.resize(x.rows(), n_out);
+    matmul_wt(x.data(), x.rows(), x.cols(), w, n_out, y.data());
+}
+
+RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale) {
+    RopeTable t;
+    t.n_pos = n_pos;
+    t.n_pairs = n_rot / 2;
+    t.cos.resize(static_cast<size_t>(n_pos) * t.n_pairs);
+    t.sin.resize(t.cos.size());
+    std::vector<double> inv_freq(t.n_pairs);
+    for (int i = 0; i < t.n_pairs; ++i) inv_freq[i] = std::pow(base, -2.0 * i / n_rot);
+    for (int p = 0; p < n_pos; ++p) {
+        const double pos = static_cast<double>(pos0 + p) * freq_scale;
+        for (int i = 0; i < t.n_pairs; ++i) {
+            const double theta = pos * inv_freq[i];
+            t.cos[static_cast<size_t>(p) * t.n_pairs + i] = static_cast<float>(std::cos(theta));
+            t.sin[static_cast<size_t>(p) * t.n_pairs + i] = static_cast<float>(std::sin(theta));
+        }
+    }
+    return t;
+}
+
+void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table) {
+    const int64_t width = static_cast<int64_t>(n_heads) * head_dim;
+#pragma omp parallel for schedule(static) if (n_tokens >= 64)
+    for (int p = 0; p < n_tokens; ++p) {
+        const float* c = table.cos.data() + static_cast<size_t>(p) * table.n_pairs;
+        const float* s = table.sin.data() + static_cast<size_t>(p) * table.n_pairs;
+        for (int h = 0; h < n_heads; ++h) {
+            float* v = x + p * width + static_cast<int64_t>(h) * head_dim;
+            for (int i = 0; i < table.n_pairs; ++i) {
+                const float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * c[i] - x1 * s[i];
+                v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+void causal_attention(const float* q, const float* k, const float* v, int n, int n_head, int n_head_kv,
+                      int head_dim, float* out, int q_block) {
+    const int group = n_head / n_head_kv;
+    const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
+    const int n_blocks = (n + q_block - 1) / q_block;
+    const int n_tasks = n_head * n_blocks;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+#pragma omp parallel
+    {
+        RowMatrix scores;  // per thread; Eigen runs single-threaded inside a parallel region
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < n_tasks; ++task) {
+            // The last query blocks see the most keys: hand them out first so that the
+            // dynamic schedule ends with short tasks.
+            const int b = n_blocks - 1 - task / n_head, h = task % n_head, g = h / group;
+            const int r0 = b * q_block, r1 = std::min(n, r0 + q_block), nq = r1 - r0, nk = r1;
+            const ConstStridedMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
+            const ConstStridedMap K(k + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
+            const ConstStridedMap V(v + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
+            scores.resize(nq, nk);
+            scores.noalias() = Q * K.transpose();
+            for (int r = 0; r < nq; ++r) {
+                const int len = r0 + r + 1;  // keys 0..i are visible to query i
+                auto row = scores.row(r);
+                const float m = row.head(len).maxCoeff();
+                row.head(len) = ((row.head(len).array() - m) * scale).exp().matrix();
+                const float inv_sum = 1.0f / row.head(len).sum();
+                row.head(len) *= inv_sum;
+                if (len < nk) row.tail(nk - len).setZero();
+            }
+            StridedMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
+            O.noalias() = scores * V;
+        }
+    }
+}
+
+void swiglu_inplace(RowMatrix& gate, const RowMatrix& up) {
+    gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
+}
+
+void LogitRowStats::add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col) {
+    const Eigen::Map<const Eigen::ArrayXf> l(logits, n);
+    Eigen::Index idx = 0;
+    const float bm = l.maxCoeff(&idx);  // first maximal index, so ties keep the lowest id
+    if (bm > max) {
+        sum *= std::exp(max - bm);
+        max = bm;
+        argmax = static_cast<int32_t>(col0 + idx);
+    }
+    // Within a block the exponentials are summed in float (vectorized); blocks are
+    // combined in double, relative to the running maximum.
+    const float block_sum = (l - static_cast<float>(max)).exp().sum();
+    sum += static_cast<double>(block_sum);
+    if (target_col >= col0 && target_col < col0 + n) target = logits[target_col - col0];
+}
+
+double LogitRowStats::nll() const { return max + std::log(sum) - target; }
+
+}  // namespace pkv::ops

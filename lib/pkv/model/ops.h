@@ -1,0 +1,71 @@
+// pkv/model/ops.h — the numeric building blocks of the Llama forward pass (CPU).
+//
+// Everything is row-major: a matrix of activations has one row per token. A weight
+// matrix is [n_out, n_in] row-major, as a GGUF tensor with ne = {n_in, n_out} is laid
+// out, so a projection is y = x · Wᵀ. Parallelism: the GEMMs use Eigen's OpenMP
+// threading; attention spreads (head, query block) tasks over OpenMP threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+namespace pkv::ops {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ w, with the mean accumulated in double.
+/// w has x.cols() values; out is resized to x's shape (may not alias x).
+void rms_norm(const RowMatrix& x, const float* w, float eps, RowMatrix& out);
+
+/// y = x · Wᵀ with x = [rows, n_in], W = [n_out, n_in], y = [rows, n_out], all
+/// row-major and contiguous (y may not alias x or W). Large products are split into
+/// one slice per OpenMP thread.
+void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64_t n_out, float* y);
+/// The same with y resized to [x.rows(), n_out].
+void matmul_wt(const RowMatrix& x, const float* w, int64_t n_out, RowMatrix& y);
+
+/// cos/sin of the RoPE angles θ = (pos0 + p) · freq_scale · base^(-2i/n_rot) for
+/// p in [0, n_pos), i in [0, n_rot/2), row-major [n_pos, n_rot/2]. The angles and
+/// their cos/sin are computed in double and rounded once to float, so large
+/// positions keep full float accuracy (ggml accumulates the angle in float, so the
+/// two differ by about 1e-6 relative at small positions and more at large ones).
+struct RopeTable {
+    int n_pos = 0;
+    int n_pairs = 0;
+    std::vector<float> cos, sin;
+};
+RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale);
+
+/// Rotates, in place, each head of x = [n_tokens, n_heads * head_dim] in NORM mode:
+/// pairs (2i, 2i+1) for 2i < n_rot by the table's angle of (row, i); dimensions at or
+/// past n_rot are left alone. n_tokens must equal table.n_pos.
+void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table);
+
+/// Causal grouped-query attention of one sequence.
+/// q: [n, n_head * head_dim], k and v: [n, n_head_kv * head_dim], out: [n, n_head * head_dim],
+/// all row-major. Query head h reads KV head h / (n_head / n_head_kv); scores are scaled
+/// by 1/sqrt(head_dim); row i attends to rows 0..i with a max-subtracted softmax.
+/// Scores are formed per head and per block of `q_block` query rows, so scratch memory
+/// is at most threads · q_block · n floats.
+void causal_attention(const float* q, const float* k, const float* v, int n, int n_head, int n_head_kv,
+                      int head_dim, float* out, int q_block = 256);
+
+/// gate ← silu(gate) ⊙ up, elementwise (same shapes).
+void swiglu_inplace(RowMatrix& gate, const RowMatrix& up);
+
+/// Running log-sum-exp, argmax and target logit of one row of logits seen in blocks
+/// of the vocabulary, in double. Feeding every block once gives the exact log-softmax.
+struct LogitRowStats {
+    double max = -1e300;     ///< running maximum logit
+    double sum = 0.0;        ///< Σ exp(logit - max) over the columns seen
+    int32_t argmax = -1;     ///< first column holding the maximum
+    double target = 0.0;     ///< logit of the target column once seen
+    /// Adds logits[0..n) of columns col0..col0+n; `target_col` < 0 means no target.
+    void add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col);
+    /// -log softmax(target) = logsumexp - target.
+    double nll() const;
+};
+
+}  // namespace pkv::ops

@@ -1,0 +1,432 @@
+// pkv/tokenizer/tokenizer.cpp — byte-level BPE: vocabulary loading, the byte table,
+// special-token splitting, BPE merges and decoding. Pre-tokenization (PCRE2) lives in
+// pretokenize.cpp.
+#include "pkv/tokenizer/tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <queue>
+#include <unordered_map>
+#include <utility>
+
+#include "pkv/core/error.h"
+#include "pkv/gguf/gguf.h"
+#include "pkv/tokenizer/pretokenize.h"
+
+namespace pkv {
+
+// ---------------------------------------------------------------------------------
+// Byte table
+
+namespace {
+
+void append_utf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) {
+        out.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+        out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+        out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+        out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+}
+
+struct ByteTable {
+    std::array<uint32_t, 256> to_cp{};       // byte -> code point
+    std::array<std::string, 256> to_text{};  // byte -> UTF-8 of that code point
+    std::array<int16_t, 324> to_byte{};      // code point -> byte, -1 when none
+
+    ByteTable() {
+        to_byte.fill(-1);
+        uint32_t next = 256;
+        for (uint32_t b = 0; b < 256; ++b) {
+            // Printable Latin-1 bytes stand for themselves; the rest are moved past
+            // U+00FF in byte order so that every byte has a visible character.
+            bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+            to_cp[b] = printable ? b : next++;
+            append_utf8(to_text[b], to_cp[b]);
+            to_byte[to_cp[b]] = static_cast<int16_t>(b);
+        }
+    }
+};
+
+const ByteTable& byte_table() {
+    static const ByteTable table;
+    return table;
+}
+
+// Maps token text (byte-table alphabet) back to bytes. Characters outside the table,
+// and malformed UTF-8, pass through unchanged.
+std::string text_to_bytes(std::string_view text) {
+    const ByteTable& t = byte_table();
+    std::string out;
+    out.reserve(text.size());
+    size_t i = 0;
+    while (i < text.size()) {
+        auto c = static_cast<unsigned char>(text[i]);
+        if (c < 0x80) {
+            int b = t.to_byte[c];
+            out.push_back(b >= 0 ? static_cast<char>(b) : static_cast<char>(c));
+            ++i;
+            continue;
+        }
+        if ((c & 0xE0) == 0xC0 && i + 1 < text.size() && (static_cast<unsigned char>(text[i + 1]) & 0xC0) == 0x80) {
+            uint32_t cp = ((c & 0x1Fu) << 6) | (static_cast<unsigned char>(text[i + 1]) & 0x3Fu);
+            if (cp < t.to_byte.size() && t.to_byte[cp] >= 0) {
+                out.push_back(static_cast<char>(t.to_byte[cp]));
+            } else {
+                out.append(text.substr(i, 2));
+            }
+            i += 2;
+            continue;
+        }
+        // Longer sequences never belong to the table.
+        out.push_back(static_cast<char>(c));
+        ++i;
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string byte_to_token_text(uint8_t byte) { return byte_table().to_text[byte]; }
+
+std::string token_text_to_bytes(std::string_view text) { return text_to_bytes(text); }
+
+// ---------------------------------------------------------------------------------
+// Vocabulary from GGUF
+
+VocabData vocab_from_gguf(const GgufFile& file) {
+    const std::string& path = file.path();
+    VocabData v;
+    v.model = file.get_string("tokenizer.ggml.model");
+    PKV_CHECK(v.model == "gpt2", unsupported, "{}: tokenizer.ggml.model: expected 'gpt2', got '{}'", path,
+              v.model);
+    v.pre = file.find_string("tokenizer.ggml.pre").value_or("default");
+    v.tokens = file.get_string_array("tokenizer.ggml.tokens");
+    PKV_CHECK(!v.tokens.empty(), data_loss, "{}: tokenizer.ggml.tokens: expected at least one token, got 0", path);
+    if (file.has("tokenizer.ggml.token_type")) {
+        std::vector<int64_t> types = file.get_int_array("tokenizer.ggml.token_type");
+        PKV_CHECK(types.size() == v.tokens.size(), data_loss,
+                  "{}: tokenizer.ggml.token_type: expected {} entries (one per token), got {}", path,
+                  v.tokens.size(), types.size());
+        v.token_types.reserve(types.size());
+        for (int64_t t : types) v.token_types.push_back(static_cast<int32_t>(t));
+    }
+    v.merges = file.get_string_array("tokenizer.ggml.merges");
+
+    auto read_id = [&](const char* key, int32_t& out) {
+        std::optional<uint64_t> id = file.find_u64(key);
+        if (!id) return;
+        PKV_CHECK(*id < v.tokens.size(), data_loss, "{}: {}: expected a token id below {}, got {}", path, key,
+                  v.tokens.size(), *id);
+        out = static_cast<int32_t>(*id);
+    };
+    read_id("tokenizer.ggml.bos_token_id", v.bos_id);
+    read_id("tokenizer.ggml.eos_token_id", v.eos_id);
+    read_id("tokenizer.ggml.unknown_token_id", v.unk_id);
+    read_id("tokenizer.ggml.padding_token_id", v.pad_id);
+    v.add_bos = file.find_bool("tokenizer.ggml.add_bos_token").value_or(false);
+    v.add_eos = file.find_bool("tokenizer.ggml.add_eos_token").value_or(false);
+    return v;
+}
+
+// ---------------------------------------------------------------------------------
+// Tokenizer
+
+#ifdef PKV_HAVE_PCRE2
+
+namespace {
+
+struct MergeInfo {
+    int32_t rank;
+    int32_t result;  // symbol id of the merged pair
+};
+
+struct Special {
+    std::string text;
+    int32_t id;
+    bool control;  // control tokens are matched only when parse_special is on
+};
+
+struct PieceResult {
+    std::vector<int32_t> ids;
+    uint32_t dropped = 0;
+};
+
+constexpr size_t kCacheMaxEntries = 1u << 17;
+constexpr size_t kCacheMaxPieceBytes = 256;
+
+uint64_t pair_key(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
+
+}  // namespace
+
+struct Tokenizer::Impl {
+    VocabData vocab;
+    std::vector<std::string> bytes_of;  // id -> bytes, for decode
+    // BPE symbols: ids below n_vocab are tokens; higher ids are strings that merges
+    // build but the vocabulary lacks (they fall back to byte tokens at the end).
+    std::vector<std::string> extra_bytes;       // (symbol id - n_vocab) -> bytes
+    std::array<int32_t, 256> byte_symbol{};     // byte -> its one-character symbol
+    std::array<int32_t, 256> byte_token{};      // byte -> token id, -1 when absent
+    std::unordered_map<uint64_t, MergeInfo> merges;
+    std::vector<Special> specials;              // longest first
+    std::array<bool, 256> special_first{};      // first bytes of any special string
+    std::unique_ptr<PreTokenizer> pre;
+
+    mutable std::mutex cache_mutex;
+    mutable std::unordered_map<std::string, PieceResult> cache;
+    mutable std::atomic<uint64_t> dropped{0};
+
+    explicit Impl(VocabData v);
+    int32_t n_vocab() const { return static_cast<int32_t>(vocab.tokens.size()); }
+    void bpe(std::string_view piece, PieceResult& out) const;
+    void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
+};
+
+Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
+    PKV_CHECK(vocab.model == "gpt2", unsupported, "tokenizer model '{}': expected 'gpt2' (byte-level BPE)",
+              vocab.model);
+    PKV_CHECK(!vocab.tokens.empty(), invalid_argument, "tokenizer: expected at least one token, got 0");
+    PKV_CHECK(vocab.token_types.empty() || vocab.token_types.size() == vocab.tokens.size(), invalid_argument,
+              "tokenizer: expected {} token types (one per token), got {}", vocab.tokens.size(),
+              vocab.token_types.size());
+    pre = make_pre_tokenizer(vocab.pre);
+
+    const int32_t n = n_vocab();
+    std::unordered_map<std::string, int32_t> text_to_id;
+    text_to_id.reserve(vocab.tokens.size() * 2);
+    bytes_of.resize(vocab.tokens.size());
+    for (int32_t id = 0; id < n; ++id) {
+        const std::string& text = vocab.tokens[id];
+        auto type = vocab.token_types.empty() ? TokenType::normal : static_cast<TokenType>(vocab.token_types[id]);
+        text_to_id[text] = id;
+        if (type == TokenType::control || type == TokenType::user_defined) {
+            // Special strings are written literally, not in the byte-table alphabet.
+            bytes_of[id] = text;
+            if (!text.empty()) specials.push_back({text, id, type == TokenType::control});
+        } else {
+            bytes_of[id] = text_to_bytes(text);
+        }
+    }
+    std::stable_sort(specials.begin(), specials.end(),
+                     [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
+    for (const Special& s : specials) special_first[static_cast<unsigned char>(s.text[0])] = true;
+
+    std::unordered_map<std::string, int32_t> extra_ids;
+    auto symbol_of = [&](const std::string& text) -> int32_t {
+        auto it = text_to_id.find(text);
+        if (it != text_to_id.end()) return it->second;
+        auto [e, inserted] = extra_ids.emplace(text, n + static_cast<int32_t>(extra_bytes.size()));
+        if (inserted) extra_bytes.push_back(text_to_bytes(text));
+        return e->second;
+    };
+    const ByteTable& table = byte_table();
+    for (int b = 0; b < 256; ++b) {
+        auto it = text_to_id.find(table.to_text[b]);
+        byte_token[b] = it == text_to_id.end() ? -1 : it->second;
+        byte_symbol[b] = symbol_of(table.to_text[b]);
+    }
+
+    merges.reserve(vocab.merges.size() * 2);
+    for (size_t rank = 0; rank < vocab.merges.size(); ++rank) {
+        const std::string& m = vocab.merges[rank];
+        // The left part may itself start with a space character, hence the search from 1.
+        size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string::npos;
+        PKV_CHECK(sp != std::string::npos && sp + 1 < m.size(), invalid_argument,
+                  "tokenizer merge {} '{}': expected 'left right'", rank, m);
+        std::string left = m.substr(0, sp), right = m.substr(sp + 1);
+        int32_t l = symbol_of(left), r = symbol_of(right);
+        int32_t result = symbol_of(left + right);
+        // A pair listed twice keeps its first (best) rank.
+        merges.emplace(pair_key(l, r), MergeInfo{static_cast<int32_t>(rank), result});
+    }
+}
+
+// Merges the pair of lowest rank first (leftmost on ties) until no listed pair is
+// left, over a linked list of symbols with a heap of candidate merges; stale heap
+// entries are recognised by the symbols they expected.
+void Tokenizer::Impl::bpe(std::string_view piece, PieceResult& out) const {
+    struct Sym {
+        int32_t id;
+        int32_t prev, next;
+    };
+    struct Cand {
+        int32_t rank, left, left_id, right_id, result;
+        bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
+    const int32_t len = static_cast<int32_t>(piece.size());
+    std::vector<Sym> syms(piece.size());
+    for (int32_t i = 0; i < len; ++i)
+        syms[i] = {byte_symbol[static_cast<unsigned char>(piece[i])], i - 1, i + 1 < len ? i + 1 : -1};
+
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto consider = [&](int32_t left) {
+        if (left < 0) return;
+        int32_t right = syms[left].next;
+        if (right < 0) return;
+        auto it = merges.find(pair_key(syms[left].id, syms[right].id));
+        if (it != merges.end())
+            heap.push({it->second.rank, left, syms[left].id, syms[right].id, it->second.result});
+    };
+    for (int32_t i = 0; i + 1 < len; ++i) consider(i);
+
+    while (!heap.empty()) {
+        Cand c = heap.top();
+        heap.pop();
+        Sym& l = syms[c.left];
+        if (l.id != c.left_id || l.next < 0) continue;  // left was merged away or changed
+        Sym& r = syms[l.next];
+        if (r.id != c.right_id) continue;
+        l.id = c.result;
+        l.next = r.next;
+        if (r.next >= 0) syms[r.next].prev = c.left;
+        r.id = -1;  // dead: no candidate expects id -1
+        consider(l.prev);
+        consider(c.left);
+    }
+
+    const int32_t n = n_vocab();
+    for (int32_t i = len > 0 ? 0 : -1; i >= 0; i = syms[i].next) {
+        int32_t id = syms[i].id;
+        if (id < n) {
+            out.ids.push_back(id);
+            continue;
+        }
+        for (char b : extra_bytes[id - n]) {
+            int32_t t = byte_token[static_cast<unsigned char>(b)];
+            if (t >= 0) {
+                out.ids.push_back(t);
+            } else {
+                ++out.dropped;
+            }
+        }
+    }
+}
+
+void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
+    if (piece.empty()) return;
+    const bool cacheable = piece.size() <= kCacheMaxPieceBytes;
+    std::string key;
+    if (cacheable) {
+        key.assign(piece);
+        std::lock_guard<std::mutex> lock(cache_mutex);
+        auto it = cache.find(key);
+        if (it != cache.end()) {
+            out.insert(out.end(), it->second.ids.begin(), it->second.ids.end());
+            if (it->second.dropped) dropped.fetch_add(it->second.dropped, std::memory_order_relaxed);
+            return;
+        }
+    }
+    PieceResult r;
+    bpe(piece, r);
+    out.insert(out.end(), r.ids.begin(), r.ids.end());
+    if (r.dropped) dropped.fetch_add(r.dropped, std::memory_order_relaxed);
+    if (cacheable) {
+        std::lock_guard<std::mutex> lock(cache_mutex);
+        if (cache.size() >= kCacheMaxEntries) cache.clear();  // bounded memory on odd inputs
+        cache.emplace(std::move(key), std::move(r));
+    }
+}
+
+Tokenizer::Tokenizer(VocabData vocab) : impl_(std::make_unique<Impl>(std::move(vocab))) {}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_specials) const {
+    const Impl& im = *impl_;
+    std::vector<int32_t> ids;
+    ids.reserve(text.size() / 3 + 4);
+    if (add_specials && im.vocab.add_bos && im.vocab.bos_id >= 0) ids.push_back(im.vocab.bos_id);
+
+    auto encode_text = [&](std::string_view fragment) {
+        im.pre->split(fragment, [&](std::string_view piece) { im.encode_piece(piece, ids); });
+    };
+    // Leftmost-longest scan for special strings; the text between them is encoded
+    // on its own, so pre-tokenization never looks across a special token.
+    size_t start = 0, pos = 0;
+    while (pos < text.size()) {
+        if (!im.special_first[static_cast<unsigned char>(text[pos])]) {
+            ++pos;
+            continue;
+        }
+        const Special* hit = nullptr;
+        for (const Special& s : im.specials) {
+            if (s.control && !parse_special) continue;
+            if (text.compare(pos, s.text.size(), s.text) == 0) {
+                hit = &s;
+                break;
+            }
+        }
+        if (!hit) {
+            ++pos;
+            continue;
+        }
+        encode_text(text.substr(start, pos - start));
+        ids.push_back(hit->id);
+        pos += hit->text.size();
+        start = pos;
+    }
+    encode_text(text.substr(start));
+
+    if (add_specials && im.vocab.add_eos && im.vocab.eos_id >= 0) ids.push_back(im.vocab.eos_id);
+    return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+    std::string out;
+    for (int32_t id : ids) {
+        PKV_CHECK(id >= 0 && id < impl_->n_vocab(), out_of_range, "token id {}: expected 0 <= id < {}", id,
+                  impl_->n_vocab());
+        out += impl_->bytes_of[id];
+    }
+    return out;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+    PKV_CHECK(id >= 0 && id < impl_->n_vocab(), out_of_range, "token id {}: expected 0 <= id < {}", id,
+              impl_->n_vocab());
+    return impl_->bytes_of[id];
+}
+
+size_t Tokenizer::n_vocab() const { return impl_->vocab.tokens.size(); }
+const VocabData& Tokenizer::vocab() const { return impl_->vocab; }
+uint64_t Tokenizer::dropped_bytes() const { return impl_->dropped.load(std::memory_order_relaxed); }
+
+bool tokenizer_available() { return true; }
+
+#else  // !PKV_HAVE_PCRE2
+
+struct Tokenizer::Impl {
+    VocabData vocab;
+};
+
+Tokenizer::Tokenizer(VocabData) {
+    fail(ErrorCode::unsupported, "pkv was built without PCRE2: the tokenizer is unavailable");
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view, bool, bool) const { return {}; }
+std::string Tokenizer::decode(const std::vector<int32_t>&) const { return {}; }
+std::string Tokenizer::token_bytes(int32_t) const { return {}; }
+size_t Tokenizer::n_vocab() const { return impl_->vocab.tokens.size(); }
+const VocabData& Tokenizer::vocab() const { return impl_->vocab; }
+uint64_t Tokenizer::dropped_bytes() const { return 0; }
+
+bool tokenizer_available() { return false; }
+
+#endif  // PKV_HAVE_PCRE2
+
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+}  // namespace pkv

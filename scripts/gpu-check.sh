@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: configure with CUDA, build, and run every CUDA
+# test and benchmark, plus the CPU unit tests (which must also pass with that
+# machine's library versions). Extra arguments go to cmake.
+# Without PCRE2 headers pkv builds without the tokenizer (tests that need it skip).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${PKV_BUILD_DIR:-$ROOT/build-gpu}"
+export PATH="$PATH:/usr/local/cuda/bin"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPKV_NATIVE=ON "$@" | grep -E "^-- pkv|Catch2|CUDA" || true
+cmake --build "$BUILD" -j "$(nproc)"
+"$BUILD/apps/pkv" devices
+cd "$BUILD"
+ctest --output-on-failure -L unit -j 4
+for b in "$BUILD"/bench/pkv_bench_cuda_*; do
+  [ -x "$b" ] && "$b"
+done

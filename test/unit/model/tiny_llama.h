@@ -1,0 +1,279 @@
+// test/unit/model/tiny_llama.h — tiny Llama GGUF files for the forward-pass tests,
+// plus a deliberately naive scalar reference of the same model.
+//
+// The writer keeps the weights exactly as the file stores them after rounding
+// (F16 / Q8_0 are decoded here with plain scalar code), so the reference sees the
+// same numbers as pkv without using pkv's dequantizers. The reference is written
+// per token with plain loops in double: no Eigen, no blocking, no shared code with
+// lib/pkv/model.
+#pragma once
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pkv/core/half.h"
+#include "pkv/gguf/ggml_types.h"
+#include "pkv/gguf/gguf_writer.h"
+
+namespace pkv_test {
+
+/// A fresh directory under the system temp dir, removed with everything in it.
+class ScratchDir {
+public:
+    ScratchDir() {
+        static int counter = 0;
+        dir_ = std::filesystem::temp_directory_path() /
+               ("pkv-model-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+        std::filesystem::create_directories(dir_);
+    }
+    ~ScratchDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+private:
+    std::filesystem::path dir_;
+};
+
+struct TinySpec {
+    int n_layer = 2, n_embd = 32, n_head = 4, n_head_kv = 2, head_dim = 8, n_ff = 48, n_vocab = 64;
+    int n_ctx = 1024;
+    int n_rot = -1;                     ///< -1: do not write rope.dimension_count
+    float rope_base = 10000.0f;
+    bool write_base = true;
+    bool write_head_count_kv = true;
+    std::string rope_scaling;           ///< written when non-empty
+    float rope_factor = 0.0f;           ///< written when non-zero
+    pkv::GgmlType proj_type = pkv::GgmlType::F32;   ///< attention and FFN matrices
+    pkv::GgmlType embd_type = pkv::GgmlType::F32;   ///< token_embd (and output)
+    bool tied = true;
+    bool output_copies_embd = false;    ///< untied, but output.weight == token_embd
+    std::string arch = "llama";
+    std::string omit;                   ///< a tensor left out
+    std::string shrink;                 ///< a matrix written with 4 output rows too few
+    int value_length = 0;               ///< written when non-zero
+    uint32_t seed = 7;
+};
+
+/// Weights as stored (after rounding), row-major [rows][row_length].
+struct TinyModel {
+    TinySpec spec;
+    std::map<std::string, std::vector<float>> w;
+    int rot() const { return spec.n_rot < 0 ? spec.head_dim : spec.n_rot; }
+    double freq_scale() const { return spec.rope_factor > 0 ? 1.0 / spec.rope_factor : 1.0; }
+    const std::vector<float>& output() const {
+        return spec.tied ? w.at("token_embd.weight") : w.at("output.weight");
+    }
+};
+
+inline std::vector<uint8_t> encode_as(pkv::GgmlType type, std::vector<float>& v) {
+    std::vector<uint8_t> bytes;
+    if (type == pkv::GgmlType::F32) {
+        bytes.resize(v.size() * 4);
+        std::memcpy(bytes.data(), v.data(), bytes.size());
+    } else if (type == pkv::GgmlType::F16) {
+        bytes.resize(v.size() * 2);
+        for (size_t i = 0; i < v.size(); ++i) {
+            const uint16_t h = pkv::float_to_half(v[i]);
+            std::memcpy(bytes.data() + 2 * i, &h, 2);
+            v[i] = pkv::half_to_float(h);
+        }
+    } else if (type == pkv::GgmlType::Q8_0) {
+        const size_t nb = v.size() / 32;
+        std::vector<pkv::block_q8_0> blocks(nb);
+        pkv::quantize_row_q8_0_ref(v.data(), blocks.data(), static_cast<int64_t>(v.size()));
+        bytes.resize(nb * sizeof(pkv::block_q8_0));
+        std::memcpy(bytes.data(), blocks.data(), bytes.size());
+        for (size_t b = 0; b < nb; ++b) {  // decode: value = d · q
+            const float d = pkv::half_to_float(blocks[b].d);
+            for (int j = 0; j < 32; ++j) v[b * 32 + j] = d * static_cast<float>(blocks[b].qs[j]);
+        }
+    }
+    return bytes;
+}
+
+inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
+    TinyModel m;
+    m.spec = s;
+    pkv::GgufWriter g;
+    g.set_string("general.architecture", s.arch);
+    g.set_string("general.name", "tiny llama");
+    const std::string a = s.arch + ".";
+    g.set_u32(a + "context_length", s.n_ctx);
+    g.set_u32(a + "embedding_length", s.n_embd);
+    g.set_u32(a + "block_count", s.n_layer);
+    g.set_u32(a + "feed_forward_length", s.n_ff);
+    g.set_u32(a + "attention.head_count", s.n_head);
+    if (s.write_head_count_kv) g.set_u32(a + "attention.head_count_kv", s.n_head_kv);
+    if (s.head_dim * s.n_head != s.n_embd) g.set_u32(a + "attention.key_length", s.head_dim);
+    if (s.value_length)
+        g.set_u32(a + "attention.value_length", s.value_length);
+    else if (s.head_dim * s.n_head != s.n_embd)
+        g.set_u32(a + "attention.value_length", s.head_dim);
+    if (s.n_rot >= 0) g.set_u32(a + "rope.dimension_count", s.n_rot);
+    if (s.write_base) g.set_f32(a + "rope.freq_base", s.rope_base);
+    if (!s.rope_scaling.empty()) g.set_string(a + "rope.scaling.type", s.rope_scaling);
+    if (s.rope_factor != 0.0f) g.set_f32(a + "rope.scaling.factor", s.rope_factor);
+    g.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+
+    std::mt19937 rng(s.seed);
+    auto add = [&](const std::string& name, int n_in, int n_out, float scale, pkv::GgmlType type) {
+        if (name == s.omit) return;
+        if (name == s.shrink) n_out -= 4;
+        std::normal_distribution<float> d(0.0f, scale / std::sqrt(static_cast<float>(n_in)));
+        std::vector<float> v(static_cast<size_t>(n_in) * n_out);
+        for (auto& x : v) x = d(rng);
+        auto bytes = encode_as(type, v);
+        g.add_tensor(name, {static_cast<uint64_t>(n_in), static_cast<uint64_t>(n_out)}, type, std::move(bytes));
+        m.w[name] = v;
+    };
+    auto norm = [&](const std::string& name) {
+        std::uniform_real_distribution<float> d(0.7f, 1.3f);
+        std::vector<float> v(s.n_embd);
+        for (auto& x : v) x = d(rng);
+        g.add_tensor_f32(name, {static_cast<uint64_t>(s.n_embd)}, v);
+        m.w[name] = v;
+    };
+    const int qd = s.n_head * s.head_dim, kd = s.n_head_kv * s.head_dim;
+    add("token_embd.weight", s.n_embd, s.n_vocab, 4.0f, s.embd_type);
+    for (int l = 0; l < s.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        norm(p + "attn_norm.weight");
+        add(p + "attn_q.weight", s.n_embd, qd, 2.5f, s.proj_type);
+        add(p + "attn_k.weight", s.n_embd, kd, 2.5f, s.proj_type);
+        add(p + "attn_v.weight", s.n_embd, kd, 1.0f, s.proj_type);
+        add(p + "attn_output.weight", qd, s.n_embd, 0.7f, s.proj_type);
+        norm(p + "ffn_norm.weight");
+        add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 1.0f, s.proj_type);
+        add(p + "ffn_up.weight", s.n_embd, s.n_ff, 1.0f, s.proj_type);
+        add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.7f, s.proj_type);
+    }
+    norm("output_norm.weight");
+    if (s.output_copies_embd) {
+        std::vector<float> v = m.w.at("token_embd.weight");
+        g.add_tensor("output.weight", {static_cast<uint64_t>(s.n_embd), static_cast<uint64_t>(s.n_vocab)},
+                     s.embd_type, encode_as(s.embd_type, v));
+        m.w["output.weight"] = v;
+    } else if (!s.tied) {
+        add("output.weight", s.n_embd, s.n_vocab, 1.5f, s.embd_type);
+    }
+    if (s.output_copies_embd) m.spec.tied = false;
+    g.write(path, /*force=*/true);
+    return m;
+}
+
+/// What the naive reference computes; activations are [layer][token * width + d].
+struct RefResult {
+    std::vector<double> nll;
+    std::vector<int> argmax;
+    std::vector<double> last_logits;
+    std::vector<std::vector<double>> k_pre, k_post, v, q;
+};
+
+/// The reference forward pass: one token at a time, scalar loops, double precision.
+inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& tok, int pos0) {
+    const TinySpec& s = m.spec;
+    const int n = static_cast<int>(tok.size()), E = s.n_embd, hd = s.head_dim;
+    const int qd = s.n_head * hd, kd = s.n_head_kv * hd;
+    auto W = [&](const std::string& name) -> const std::vector<float>& { return m.w.at(name); };
+    auto matvec = [](const std::vector<float>& w, const std::vector<double>& x, int n_out) {
+        std::vector<double> y(n_out, 0.0);
+        const size_t n_in = x.size();
+        for (int o = 0; o < n_out; ++o)
+            for (size_t i = 0; i < n_in; ++i) y[o] += static_cast<double>(w[o * n_in + i]) * x[i];
+        return y;
+    };
+    auto rms = [&](const std::vector<double>& x, const std::vector<float>& g) {
+        double ss = 0;
+        for (double t : x) ss += t * t;
+        const double inv = 1.0 / std::sqrt(ss / x.size() + 1e-5);
+        std::vector<double> y(x.size());
+        for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+        return y;
+    };
+    auto rope = [&](std::vector<double>& x, int heads, int pos) {
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < m.rot() / 2; ++i) {
+                const double th = pos * m.freq_scale() * std::pow(static_cast<double>(s.rope_base), -2.0 * i / m.rot());
+                double& a = x[h * hd + 2 * i];
+                double& b = x[h * hd + 2 * i + 1];
+                const double a0 = a, b0 = b;
+                a = a0 * std::cos(th) - b0 * std::sin(th);
+                b = a0 * std::sin(th) + b0 * std::cos(th);
+            }
+    };
+    RefResult r;
+    r.k_pre.resize(s.n_layer), r.k_post.resize(s.n_layer), r.v.resize(s.n_layer), r.q.resize(s.n_layer);
+    std::vector<std::vector<double>> x(n, std::vector<double>(E));
+    for (int t = 0; t < n; ++t)
+        for (int i = 0; i < E; ++i) x[t][i] = W("token_embd.weight")[static_cast<size_t>(tok[t]) * E + i];
+    for (int l = 0; l < s.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        std::vector<std::vector<double>> Q(n), K(n), V(n);
+        for (int t = 0; t < n; ++t) {
+            const auto h = rms(x[t], W(p + "attn_norm.weight"));
+            Q[t] = matvec(W(p + "attn_q.weight"), h, qd);
+            K[t] = matvec(W(p + "attn_k.weight"), h, kd);
+            V[t] = matvec(W(p + "attn_v.weight"), h, kd);
+            r.k_pre[l].insert(r.k_pre[l].end(), K[t].begin(), K[t].end());
+            rope(Q[t], s.n_head, pos0 + t);
+            rope(K[t], s.n_head_kv, pos0 + t);
+            r.k_post[l].insert(r.k_post[l].end(), K[t].begin(), K[t].end());
+            r.v[l].insert(r.v[l].end(), V[t].begin(), V[t].end());
+            r.q[l].insert(r.q[l].end(), Q[t].begin(), Q[t].end());
+        }
+        for (int t = 0; t < n; ++t) {
+            std::vector<double> att(qd, 0.0);
+            for (int h = 0; h < s.n_head; ++h) {
+                const int g = h / (s.n_head / s.n_head_kv);
+                std::vector<double> sc(t + 1);
+                double mx = -1e300;
+                for (int j = 0; j <= t; ++j) {
+                    double d = 0;
+                    for (int e = 0; e < hd; ++e) d += Q[t][h * hd + e] * K[j][g * hd + e];
+                    sc[j] = d / std::sqrt(static_cast<double>(hd));
+                    mx = std::max(mx, sc[j]);
+                }
+                double z = 0;
+                for (int j = 0; j <= t; ++j) z += (sc[j] = std::exp(sc[j] - mx));
+                for (int j = 0; j <= t; ++j)
+                    for (int e = 0; e < hd; ++e) att[h * hd + e] += sc[j] / z * V[j][g * hd + e];
+            }
+            const auto o = matvec(W(p + "attn_output.weight"), att, E);
+            for (int i = 0; i < E; ++i) x[t][i] += o[i];
+            const auto h = rms(x[t], W(p + "ffn_norm.weight"));
+            auto gate = matvec(W(p + "ffn_gate.weight"), h, s.n_ff);
+            const auto up = matvec(W(p + "ffn_up.weight"), h, s.n_ff);
+            for (int i = 0; i < s.n_ff; ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+            const auto d = matvec(W(p + "ffn_down.weight"), gate, E);
+            for (int i = 0; i < E; ++i) x[t][i] += d[i];
+        }
+    }
+    for (int t = 0; t < n; ++t) {
+        const auto logits = matvec(m.output(), rms(x[t], W("output_norm.weight")), s.n_vocab);
+        double mx = -1e300;
+        int am = 0;
+        for (int v = 0; v < s.n_vocab; ++v)
+            if (logits[v] > mx) mx = logits[v], am = v;
+        double z = 0;
+        for (double lg : logits) z += std::exp(lg - mx);
+        if (t + 1 < n) {
+            r.nll.push_back(mx + std::log(z) - logits[tok[t + 1]]);
+            r.argmax.push_back(am);
+        } else {
+            r.last_logits = logits;
+        }
+    }
+    return r;
+}
+
+}  // namespace pkv_test
