@@ -2,8 +2,13 @@
 // dequantization, and the blocked output projection with a streaming log-softmax.
 #include "pkv/model/llama.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
+#include <exception>
 
 #include "pkv/core/error.h"
 #include "pkv/gguf/gguf.h"
@@ -53,22 +58,37 @@ struct LlamaModel::Impl {
 
 namespace {
 
-/// One layer's weights in fp32, one buffer reused for every layer of a forward call.
+/// One layer's weights in fp32, one buffer reused for every layer of a forward call
+/// (every layer has the same shapes, so the offsets are fixed).
 struct LayerWeights {
     std::vector<float> buf;
-    const float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+    float *attn_norm = nullptr, *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr, *ffn_norm = nullptr,
+          *w_gate = nullptr, *w_up = nullptr, *w_down = nullptr;
 
-    void load(const GgufFile& f, const LayerTensors& t) {
-        const GgufTensorInfo* parts[] = {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.ffn_norm, t.w_gate, t.w_up, t.w_down};
-        const float** dst[] = {&attn_norm, &wq, &wk, &wv, &wo, &ffn_norm, &w_gate, &w_up, &w_down};
+    static std::array<const GgufTensorInfo*, 9> parts(const LayerTensors& t) {
+        return {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.ffn_norm, t.w_gate, t.w_up, t.w_down};
+    }
+    void reserve(const LayerTensors& t) {
+        float** dst[] = {&attn_norm, &wq, &wk, &wv, &wo, &ffn_norm, &w_gate, &w_up, &w_down};
+        const auto p = parts(t);
         size_t total = 0;
-        for (const auto* p : parts) total += p->n_elements();
+        for (const auto* x : p) total += x->n_elements();
         buf.resize(total);
         size_t off = 0;
-        for (size_t i = 0; i < 9; ++i) {
-            f.dequantize_rows(*parts[i], 0, parts[i]->n_rows(), buf.data() + off);
+        for (size_t i = 0; i < p.size(); ++i) {
             *dst[i] = buf.data() + off;
-            off += parts[i]->n_elements();
+            off += p[i]->n_elements();
+        }
+    }
+    /// Part `part` of `n_parts` of every tensor's rows, so threads share the work.
+    void load_part(const GgufFile& f, const LayerTensors& t, int part, int n_parts) {
+        float* dst[] = {attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down};
+        const auto p = parts(t);
+        for (size_t i = 0; i < p.size(); ++i) {
+            const uint64_t rows = p[i]->n_rows(), per = (rows + n_parts - 1) / n_parts;
+            const uint64_t r0 = std::min(rows, per * part), r1 = std::min(rows, r0 + per);
+            if (r1 > r0)
+                f.dequantize_rows(*p[i], r0, r1 - r0, dst[i] + r0 * p[i]->row_length());
         }
     }
 };
@@ -114,11 +134,11 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     const int n = static_cast<int>(tokens.size());
     PKV_CHECK(!tokens.empty() && tokens.size() <= hp.n_ctx_train, out_of_range,
               "{}: forward of {} tokens: expected 1 to {} (context_length)", f.path(), tokens.size(), hp.n_ctx_train);
-    PKV_CHECK(opts.pos0 >= 0, invalid_argument, "{}: forward: pos0 must be >= 0, got {}", f.path(), opts.pos0);
+    PKV_CHECK(opts.pos0 >= 0, invalid_argument, "{}: forward pos0: expected >= 0, got {}", f.path(), opts.pos0);
     PKV_CHECK(opts.layers.empty() || opts.layers.size() == hp.n_layer, invalid_argument,
-              "{}: forward: capture layer mask has {} entries, model has {} layers", f.path(), opts.layers.size(),
-              hp.n_layer);
-    PKV_CHECK(!opts.capture || sink, invalid_argument, "{}: forward: capture requested without a sink", f.path());
+              "{}: forward capture layer mask: expected {} entries (one per layer), got {}", f.path(), hp.n_layer,
+              opts.layers.size());
+    PKV_CHECK(!opts.capture || sink, invalid_argument, "{}: forward: capture requested without a layer sink", f.path());
     for (int i = 0; i < n; ++i)
         PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
                   "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
@@ -129,50 +149,92 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
 
     RowMatrix x(n, E);
     for (int i = 0; i < n; ++i) f.dequantize_rows(*impl_->tok_embd, static_cast<uint64_t>(tokens[i]), 1, x.row(i).data());
-
     const ops::RopeTable rope = ops::rope_table(n, opts.pos0, static_cast<int>(hp.n_rot), hp.rope_freq_base,
                                                 hp.rope_freq_scale);
-    RowMatrix xn, q, k, v, k_pre, att, proj, gate, up;
-    att.resize(n, QD);
-    {
-        LayerWeights w;
-        for (uint32_t l = 0; l < hp.n_layer; ++l) {
-            w.load(f, impl_->layers[l]);
-            ops::rms_norm(x, w.attn_norm, hp.rms_eps, xn);
-            ops::matmul_wt(xn, w.wq, QD, q);
-            ops::matmul_wt(xn, w.wk, KD, k);
-            ops::matmul_wt(xn, w.wv, KD, v);
-            const bool capture = opts.capture && (opts.layers.empty() || opts.layers[l]);
-            if (capture) k_pre = k;
-            ops::rope_norm(q.data(), n, H, HD, rope);
-            ops::rope_norm(k.data(), n, HKV, HD, rope);
-            if (capture) {
-                LayerActivations a;
-                a.layer = static_cast<int>(l);
-                a.n_tokens = n;
-                a.k_pre = k_pre.data();
-                a.k_post = k.data();
-                a.v = v.data();
-                a.q = q.data();
-                sink(a);
-            }
-            ops::causal_attention(q.data(), k.data(), v.data(), n, H, HKV, HD, att.data());
-            ops::matmul_wt(att, w.wo, E, proj);
-            x += proj;
+    RowMatrix q(n, QD), k(n, KD), v(n, KD), att(n, QD), k_pre;
+    std::vector<char> capture(hp.n_layer, 0);
+    for (uint32_t l = 0; l < hp.n_layer; ++l) capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
+    if (opts.capture) k_pre.resize(n, KD);
 
-            ops::rms_norm(x, w.ffn_norm, hp.rms_eps, xn);
-            ops::matmul_wt(xn, w.w_gate, FF, gate);
-            ops::matmul_wt(xn, w.w_up, FF, up);
-            ops::swiglu_inplace(gate, up);
-            ops::matmul_wt(gate, w.w_down, E, proj);
-            x += proj;
+    // One parallel region for all layers; each thread owns a contiguous slice of token
+    // rows for everything but the dequantization, which is split by weight rows. That
+    // leaves three barriers per layer: weights ready, K/V of every row ready, and all
+    // rows done before the weight buffer is refilled. Attention for a thread's own rows
+    // needs only K/V rows before them, so it follows the second barrier directly.
+    // (Fewer barriers matter on shared cores: a waiting thread spins.)
+    // Exceptions cannot leave the region: the first is kept and rethrown afterwards,
+    // and the remaining stages are skipped while the barriers still run.
+    LayerWeights w;
+    w.reserve(impl_->layers.front());
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
+    auto guarded = [&](auto&& fn) {
+        if (failed.load()) return;
+        try {
+            fn();
+        } catch (...) {
+#pragma omp critical(pkv_forward_error)
+            if (!error) error = std::current_exception();
+            failed = true;
         }
-    }  // the layer buffer is released before the output projection needs its own
-    q = k = v = k_pre = att = gate = up = proj = RowMatrix();
+    };
+    const int threads = n >= 32 ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int per = (n + nt - 1) / nt;
+        const int ra = std::min(n, t * per), rb = std::min(n, ra + per), m = rb - ra;
+        RowMatrix xn(std::max(m, 1), E), proj(std::max(m, 1), E), gate(std::max(m, 1), FF), up(std::max(m, 1), FF);
+        RowMatrix scratch;
+        for (uint32_t l = 0; l < hp.n_layer; ++l) {
+#pragma omp barrier
+            guarded([&] { w.load_part(f, impl_->layers[l], t, nt); });
+#pragma omp barrier
+            if (m > 0)
+                guarded([&] {
+                    ops::rms_norm(x.row(ra).data(), m, E, w.attn_norm, hp.rms_eps, xn.data());
+                    ops::matmul_wt(xn.data(), m, E, w.wq, QD, q.row(ra).data());
+                    ops::matmul_wt(xn.data(), m, E, w.wk, KD, k.row(ra).data());
+                    ops::matmul_wt(xn.data(), m, E, w.wv, KD, v.row(ra).data());
+                    if (capture[l]) k_pre.middleRows(ra, m) = k.middleRows(ra, m);
+                    ops::rope_norm(q.row(ra).data(), m, H, HD, rope, ra);
+                    ops::rope_norm(k.row(ra).data(), m, HKV, HD, rope, ra);
+                });
+#pragma omp barrier
+            if (capture[l] && t == 0)
+                guarded([&] {
+                    LayerActivations a;
+                    a.layer = static_cast<int>(l);
+                    a.n_tokens = n;
+                    a.k_pre = k_pre.data();
+                    a.k_post = k.data();
+                    a.v = v.data();
+                    a.q = q.data();
+                    sink(a);
+                });
+            if (m > 0)
+                guarded([&] {
+                    ops::causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, att.data(), ra, rb, scratch);
+                    ops::matmul_wt(att.row(ra).data(), m, QD, w.wo, E, proj.data());
+                    x.middleRows(ra, m) += proj.topRows(m);
+                    ops::rms_norm(x.row(ra).data(), m, E, w.ffn_norm, hp.rms_eps, xn.data());
+                    ops::matmul_wt(xn.data(), m, E, w.w_gate, FF, gate.data());
+                    ops::matmul_wt(xn.data(), m, E, w.w_up, FF, up.data());
+                    ops::swiglu_inplace(gate.data(), up.data(), int64_t{m} * FF);
+                    ops::matmul_wt(gate.data(), m, FF, w.w_down, E, proj.data());
+                    x.middleRows(ra, m) += proj.topRows(m);
+                });
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    w = LayerWeights();
+    q = k = v = k_pre = att = RowMatrix();
 
     std::vector<float> norm_w(E);
     f.dequantize_rows(*impl_->out_norm, 0, 1, norm_w.data());
-    ops::rms_norm(x, norm_w.data(), hp.rms_eps, xn);
+    RowMatrix xn(n, E);
+    ops::rms_norm(x.data(), n, E, norm_w.data(), hp.rms_eps, xn.data());
+    x = RowMatrix();
 
     ForwardResult res;
     const int n_targets = opts.want_nll ? n - 1 : 0;
@@ -181,35 +243,46 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     // last row when its logits are wanted.
     const int row_begin = n_targets > 0 ? 0 : n - 1;
     const int row_end = opts.want_last_logits ? n : n_targets;
-    std::vector<ops::LogitRowStats> stats(n_targets);
     if (opts.want_last_logits) res.last_logits.resize(hp.n_vocab);
 
-    // The output matrix is dequantized block by block, once per call (49152 x 576 in
-    // fp32 would be 113 MB), and each block meets every needed row in tiles of
-    // kRowBlock rows, so neither the full fp32 matrix nor the full [n, n_vocab]
-    // logits ever exist. Per-row log-sum-exp statistics are merged across blocks.
+    // The output matrix is dequantized in chunks of vocabulary rows, once per call
+    // (49152 x 576 in fp32 would be 113 MB), and each chunk meets the needed rows in
+    // tiles of kRowBlock, so neither the full fp32 matrix nor the full [n, n_vocab]
+    // logits exist. Threads take whole chunks and keep their own per-row log-sum-exp
+    // statistics, merged at the end: one barrier for the whole projection.
     constexpr int kRowBlock = 256;
     const int64_t n_vocab = hp.n_vocab;
-    const int64_t vocab_block =
-        std::min<int64_t>(n_vocab, std::max<int64_t>(256, (int64_t{1} << 22) / std::max(E, 1)));
-    std::vector<float> wbuf(static_cast<size_t>(vocab_block) * E);
-    RowMatrix logits;
-    for (int64_t v0 = 0; v0 < n_vocab; v0 += vocab_block) {
-        const int64_t nv = std::min(vocab_block, n_vocab - v0);
-        f.dequantize_rows(*impl_->output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
-        for (int r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
-            const int nr = std::min(kRowBlock, row_end - r0);
-            logits.resize(nr, nv);
-            ops::matmul_wt(xn.row(r0).data(), nr, E, wbuf.data(), nv, logits.data());
-#pragma omp parallel for schedule(static) if (nr >= 16)
-            for (int r = 0; r < nr; ++r) {
-                const int i = r0 + r;
-                if (i < n_targets) stats[i].add_block(logits.row(r).data(), nv, v0, tokens[i + 1]);
-            }
-            if (opts.want_last_logits && r0 + nr == n)
-                std::copy_n(logits.row(nr - 1).data(), nv, res.last_logits.begin() + v0);
+    const int64_t chunk = std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
+    const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
+    std::vector<ops::LogitRowStats> stats(n_targets);
+    const int out_threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n_chunks));
+#pragma omp parallel num_threads(out_threads)
+    {
+        std::vector<ops::LogitRowStats> mine(n_targets);
+        std::vector<float> wbuf(static_cast<size_t>(chunk) * E);
+        RowMatrix logits;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < n_chunks; ++c) {
+            guarded([&] {
+                const int64_t v0 = c * chunk, nv = std::min(chunk, n_vocab - v0);
+                f.dequantize_rows(*impl_->output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
+                for (int r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
+                    const int nr = std::min(kRowBlock, row_end - r0);
+                    logits.resize(nr, nv);
+                    ops::matmul_wt(xn.row(r0).data(), nr, E, wbuf.data(), nv, logits.data());
+                    for (int r = 0; r < nr; ++r) {
+                        const int i = r0 + r;
+                        if (i < n_targets) mine[i].add_block(logits.row(r).data(), nv, v0, tokens[i + 1]);
+                    }
+                    if (opts.want_last_logits && r0 + nr == n)
+                        std::copy_n(logits.row(nr - 1).data(), nv, res.last_logits.begin() + v0);
+                }
+            });
         }
+#pragma omp critical(pkv_forward_merge)
+        for (int i = 0; i < n_targets; ++i) stats[i].merge(mine[i]);
     }
+    if (error) std::rethrow_exception(error);
     res.nll.resize(n_targets);
     res.argmax.resize(n_targets);
     for (int i = 0; i < n_targets; ++i) {
@@ -220,7 +293,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
 }
 
 std::vector<int32_t> LlamaModel::greedy(const std::vector<int32_t>& prompt, int n_new) const {
-    PKV_CHECK(n_new >= 0, invalid_argument, "{}: greedy: n_new must be >= 0, got {}", impl_->file->path(), n_new);
+    PKV_CHECK(n_new >= 0, invalid_argument, "{}: greedy n_new: expected >= 0, got {}", impl_->file->path(), n_new);
     std::vector<int32_t> seq = prompt;
     ForwardOptions o;
     o.want_nll = false;

@@ -10,7 +10,16 @@
 //
 // Memory: weights stay quantized in the file mapping and are dequantized one layer
 // at a time per forward call, so memory is the model file plus one layer in fp32
-// plus the activations of one sequence.
+// plus the activations of one sequence. The output matrix is dequantized in chunks
+// of vocabulary rows once per call and the logits are reduced chunk by chunk
+// (streaming log-sum-exp), so neither [n_vocab, n_embd] nor [n_tokens, n_vocab]
+// floats are ever held.
+//
+// Numerics: fp32 activations and GEMMs; RMSNorm sums and the log-softmax across
+// vocabulary chunks accumulate in double; RoPE angles and their cos/sin are computed
+// in double and rounded once to float.
+// Threads: OpenMP; token rows are split across threads inside one parallel region
+// per call (set OMP_NUM_THREADS; on shared cores OMP_WAIT_POLICY=passive helps).
 //
 // Key/query head dimensions come out in GGUF order (the converter permutes Q/K rows
 // so that NORM RoPE equals Hugging Face's half-split RoPE): GGUF dim 2i is HF dim i,
@@ -90,8 +99,9 @@ public:
     ForwardResult forward(const std::vector<int32_t>& tokens, const ForwardOptions& opts,
                           const LayerSink& sink = nullptr) const;
 
-    /// Greedy continuation: n_new tokens appended to `prompt` (recomputes the prefix
-    /// each step; meant for short checks, not serving).
+    /// Greedy continuation: returns `prompt` followed by n_new tokens, each the first
+    /// argmax of the last position's logits (recomputes the prefix each step; meant
+    /// for short checks, not serving).
     std::vector<int32_t> greedy(const std::vector<int32_t>& prompt, int n_new) const;
 
 private:

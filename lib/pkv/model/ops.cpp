@@ -14,17 +14,14 @@ using ConstStridedMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride>;
 using StridedMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Stride>;
 }  // namespace
 
-void rms_norm(const RowMatrix& x, const float* w, float eps, RowMatrix& out) {
-    const int64_t rows = x.rows(), cols = x.cols();
-    out.resize(rows, cols);
-    const Eigen::Map<const Eigen::RowVectorXf> weight(w, cols);
-#pragma omp parallel for schedule(static) if (rows >= 64)
+void rms_norm(const float* x, int64_t rows, int64_t cols, const float* w, float eps, float* out) {
+    const Eigen::Map<const Eigen::ArrayXf> weight(w, cols);
     for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols;
         double ss = 0.0;
-        const float* xr = x.data() + r * cols;
         for (int64_t c = 0; c < cols; ++c) ss += static_cast<double>(xr[c]) * xr[c];
         const auto inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols) + eps));
-        out.row(r) = (x.row(r).array() * inv * weight.array()).matrix();
+        Eigen::Map<Eigen::ArrayXf>(out + r * cols, cols) = Eigen::Map<const Eigen::ArrayXf>(xr, cols) * inv * weight;
     }
 }
 
@@ -57,11 +54,6 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
     }
 }
 
-void matmul_wt(const RowMatrix& x, const float* w, int64_t n_out, RowMatrix& y) {
-    y.resize(x.rows(), n_out);
-    matmul_wt(x.data(), x.rows(), x.cols(), w, n_out, y.data());
-}
-
 RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale) {
     RopeTable t;
     t.n_pos = n_pos;
@@ -81,12 +73,11 @@ RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double fre
     return t;
 }
 
-void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table) {
+void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table, int row0) {
     const int64_t width = static_cast<int64_t>(n_heads) * head_dim;
-#pragma omp parallel for schedule(static) if (n_tokens >= 64)
     for (int p = 0; p < n_tokens; ++p) {
-        const float* c = table.cos.data() + static_cast<size_t>(p) * table.n_pairs;
-        const float* s = table.sin.data() + static_cast<size_t>(p) * table.n_pairs;
+        const float* c = table.cos.data() + static_cast<size_t>(row0 + p) * table.n_pairs;
+        const float* s = table.sin.data() + static_cast<size_t>(row0 + p) * table.n_pairs;
         for (int h = 0; h < n_heads; ++h) {
             float* v = x + p * width + static_cast<int64_t>(h) * head_dim;
             for (int i = 0; i < table.n_pairs; ++i) {
@@ -98,22 +89,15 @@ void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTabl
     }
 }
 
-void causal_attention(const float* q, const float* k, const float* v, int n, int n_head, int n_head_kv,
-                      int head_dim, float* out, int q_block) {
+void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv,
+                           int head_dim, float* out, int row_begin, int row_end, RowMatrix& scores, int q_block) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
-    const int n_blocks = (n + q_block - 1) / q_block;
-    const int n_tasks = n_head * n_blocks;
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-#pragma omp parallel
-    {
-        RowMatrix scores;  // per thread; Eigen runs single-threaded inside a parallel region
-#pragma omp for schedule(dynamic, 1)
-        for (int task = 0; task < n_tasks; ++task) {
-            // The last query blocks see the most keys: hand them out first so that the
-            // dynamic schedule ends with short tasks.
-            const int b = n_blocks - 1 - task / n_head, h = task % n_head, g = h / group;
-            const int r0 = b * q_block, r1 = std::min(n, r0 + q_block), nq = r1 - r0, nk = r1;
+    for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
+        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
+        for (int h = 0; h < n_head; ++h) {
+            const int g = h / group;
             const ConstStridedMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
             const ConstStridedMap K(k + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
             const ConstStridedMap V(v + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
@@ -124,8 +108,7 @@ void causal_attention(const float* q, const float* k, const float* v, int n, int
                 auto row = scores.row(r);
                 const float m = row.head(len).maxCoeff();
                 row.head(len) = ((row.head(len).array() - m) * scale).exp().matrix();
-                const float inv_sum = 1.0f / row.head(len).sum();
-                row.head(len) *= inv_sum;
+                row.head(len) *= 1.0f / row.head(len).sum();
                 if (len < nk) row.tail(nk - len).setZero();
             }
             StridedMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
@@ -134,8 +117,10 @@ void causal_attention(const float* q, const float* k, const float* v, int n, int
     }
 }
 
-void swiglu_inplace(RowMatrix& gate, const RowMatrix& up) {
-    gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
+void swiglu_inplace(float* gate, const float* up, int64_t n) {
+    Eigen::Map<Eigen::ArrayXf> g(gate, n);
+    const Eigen::Map<const Eigen::ArrayXf> u(up, n);
+    g = g / (1.0f + (-g).exp()) * u;
 }
 
 void LogitRowStats::add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col) {
@@ -151,7 +136,23 @@ void LogitRowStats::add_block(const float* logits, int64_t n, int64_t col0, int6
     // combined in double, relative to the running maximum.
     const float block_sum = (l - static_cast<float>(max)).exp().sum();
     sum += static_cast<double>(block_sum);
-    if (target_col >= col0 && target_col < col0 + n) target = logits[target_col - col0];
+    if (target_col >= col0 && target_col < col0 + n) {
+        target = logits[target_col - col0];
+        has_target = true;
+    }
+}
+
+void LogitRowStats::merge(const LogitRowStats& o) {
+    if (o.argmax < 0) return;
+    if (argmax < 0) {
+        *this = o;
+        return;
+    }
+    const double m = std::max(max, o.max);
+    sum = sum * std::exp(max - m) + o.sum * std::exp(o.max - m);
+    if (o.max > max || (o.max == max && o.argmax < argmax)) argmax = o.argmax;
+    max = m;
+    if (o.has_target) target = o.target, has_target = true;
 }
 
 double LogitRowStats::nll() const { return max + std::log(sum) - target; }

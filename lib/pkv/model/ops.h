@@ -2,8 +2,9 @@
 //
 // Everything is row-major: a matrix of activations has one row per token. A weight
 // matrix is [n_out, n_in] row-major, as a GGUF tensor with ne = {n_in, n_out} is laid
-// out, so a projection is y = x · Wᵀ. Parallelism: the GEMMs use Eigen's OpenMP
-// threading; attention spreads (head, query block) tasks over OpenMP threads.
+// out, so a projection is y = x · Wᵀ. These kernels are single-threaded when called
+// inside an OpenMP parallel region (the forward pass splits token rows across
+// threads itself) and only matmul_wt splits work when called outside one.
 #pragma once
 
 #include <cstdint>
@@ -15,16 +16,14 @@ namespace pkv::ops {
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ w, with the mean accumulated in double.
-/// w has x.cols() values; out is resized to x's shape (may not alias x).
-void rms_norm(const RowMatrix& x, const float* w, float eps, RowMatrix& out);
+/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ w for `rows` rows of `cols` values, with
+/// the mean accumulated in double. w has `cols` values; out may not alias x.
+void rms_norm(const float* x, int64_t rows, int64_t cols, const float* w, float eps, float* out);
 
 /// y = x · Wᵀ with x = [rows, n_in], W = [n_out, n_in], y = [rows, n_out], all
-/// row-major and contiguous (y may not alias x or W). Large products are split into
-/// one slice per OpenMP thread.
+/// row-major and contiguous (y may not alias x or W). Outside a parallel region,
+/// large products are split into one slice per OpenMP thread.
 void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64_t n_out, float* y);
-/// The same with y resized to [x.rows(), n_out].
-void matmul_wt(const RowMatrix& x, const float* w, int64_t n_out, RowMatrix& y);
 
 /// cos/sin of the RoPE angles θ = (pos0 + p) · freq_scale · base^(-2i/n_rot) for
 /// p in [0, n_pos), i in [0, n_rot/2), row-major [n_pos, n_rot/2]. The angles and
@@ -39,21 +38,24 @@ struct RopeTable {
 RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale);
 
 /// Rotates, in place, each head of x = [n_tokens, n_heads * head_dim] in NORM mode:
-/// pairs (2i, 2i+1) for 2i < n_rot by the table's angle of (row, i); dimensions at or
-/// past n_rot are left alone. n_tokens must equal table.n_pos.
-void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table);
+/// pairs (2i, 2i+1) for 2i < n_rot by the table's angle of (row0 + row, i); dimensions
+/// at or past n_rot are left alone. row0 + n_tokens <= table.n_pos.
+void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table, int row0 = 0);
 
-/// Causal grouped-query attention of one sequence.
+/// Causal grouped-query attention for query rows [row_begin, row_end) of one sequence,
+/// single-threaded (callers split rows across threads).
 /// q: [n, n_head * head_dim], k and v: [n, n_head_kv * head_dim], out: [n, n_head * head_dim],
-/// all row-major. Query head h reads KV head h / (n_head / n_head_kv); scores are scaled
-/// by 1/sqrt(head_dim); row i attends to rows 0..i with a max-subtracted softmax.
-/// Scores are formed per head and per block of `q_block` query rows, so scratch memory
-/// is at most threads · q_block · n floats.
-void causal_attention(const float* q, const float* k, const float* v, int n, int n_head, int n_head_kv,
-                      int head_dim, float* out, int q_block = 256);
+/// all row-major; only rows [row_begin, row_end) of out are written and only rows
+/// < row_end of k and v are read. Query head h reads KV head h / (n_head / n_head_kv);
+/// scores are scaled by 1/sqrt(head_dim); row i attends to rows 0..i with a
+/// max-subtracted softmax. Scores are formed per head and per block of `q_block` query
+/// rows in `scratch`, so it holds at most q_block · row_end floats.
+void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv,
+                           int head_dim, float* out, int row_begin, int row_end, RowMatrix& scratch,
+                           int q_block = 256);
 
-/// gate ← silu(gate) ⊙ up, elementwise (same shapes).
-void swiglu_inplace(RowMatrix& gate, const RowMatrix& up);
+/// gate[i] ← silu(gate[i]) · up[i] for n values.
+void swiglu_inplace(float* gate, const float* up, int64_t n);
 
 /// Running log-sum-exp, argmax and target logit of one row of logits seen in blocks
 /// of the vocabulary, in double. Feeding every block once gives the exact log-softmax.
@@ -62,8 +64,11 @@ struct LogitRowStats {
     double sum = 0.0;        ///< Σ exp(logit - max) over the columns seen
     int32_t argmax = -1;     ///< first column holding the maximum
     double target = 0.0;     ///< logit of the target column once seen
+    bool has_target = false;
     /// Adds logits[0..n) of columns col0..col0+n; `target_col` < 0 means no target.
     void add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col);
+    /// Combines statistics of disjoint column sets (any order).
+    void merge(const LogitRowStats& o);
     /// -log softmax(target) = logsumexp - target.
     double nll() const;
 };

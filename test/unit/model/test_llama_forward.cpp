@@ -76,7 +76,7 @@ Error error_of(const std::function<void()>& fn) {
 TEST_CASE("forward matches the naive reference", "[model][forward]") {
     ScratchDir dir;
     TinySpec s;
-    int n = 24, pos0 = 0;
+    int n = 40, pos0 = 0;  // >= 32 rows: the forward pass splits rows across threads
     SECTION("f32, tied output") {}
     SECTION("q8_0 projections, f16 embeddings, separate output, pos0 3") {
         s.proj_type = GgmlType::Q8_0;
@@ -243,9 +243,13 @@ TEST_CASE("forward options: no nll, last logits only, layer mask, bad input", "[
     bad_mask.layers = {true};
     CHECK(error_of([&] { model.forward(tok, bad_mask, [](const LayerActivations&) {}); }).code() ==
           ErrorCode::invalid_argument);
-    // An exception from the sink reaches the caller.
-    CHECK_THROWS_WITH(model.forward(tok, cap, [](const LayerActivations&) { throw Error(ErrorCode::interrupted, "stop"); }),
-                      ContainsSubstring("stop"));
+    // An exception from the sink reaches the caller, also from the threaded path.
+    for (int len : {10, 40}) {
+        const auto many = random_tokens(len, s.n_vocab, 4);
+        CHECK_THROWS_WITH(
+            model.forward(many, cap, [](const LayerActivations&) { throw Error(ErrorCode::interrupted, "stop"); }),
+            ContainsSubstring("stop"));
+    }
 }
 
 TEST_CASE("greedy appends the argmax of each prefix", "[model][greedy]") {

@@ -1,0 +1,59 @@
+// Kernels of the forward pass whose blocking the tiny models do not reach.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "catch.h"
+#include "pkv/model/ops.h"
+
+using namespace pkv::ops;
+
+TEST_CASE("logit statistics: blocks and merges give the exact log-softmax", "[model][ops]") {
+    std::mt19937 rng(3);
+    std::normal_distribution<float> d(0.0f, 6.0f);
+    const int n = 1000, target = 617;
+    std::vector<float> l(n);
+    for (auto& x : l) x = d(rng);
+    l[123] = l[900] = 40.0f;  // a tie: the lower id wins
+    double mx = -1e300;
+    for (float x : l) mx = std::max(mx, static_cast<double>(x));
+    double z = 0;
+    for (float x : l) z += std::exp(x - mx);
+    const double want = mx + std::log(z) - l[target];
+
+    for (int block : {1000, 333, 64, 7}) {
+        LogitRowStats all;
+        std::vector<LogitRowStats> parts;
+        for (int c0 = 0; c0 < n; c0 += block) {
+            const int len = std::min(block, n - c0);
+            all.add_block(l.data() + c0, len, c0, target);
+            LogitRowStats p;
+            p.add_block(l.data() + c0, len, c0, target);
+            parts.push_back(p);
+        }
+        CHECK(all.nll() == Approx(want).epsilon(1e-6));
+        CHECK(all.argmax == 123);
+        LogitRowStats merged;  // merged out of order, as threads finish
+        for (size_t i = parts.size(); i-- > 0;) merged.merge(parts[i]);
+        CHECK(merged.nll() == Approx(want).epsilon(1e-6));
+        CHECK(merged.argmax == 123);
+    }
+}
+
+TEST_CASE("attention: query blocks and row ranges do not change the result", "[model][ops]") {
+    const int n = 37, H = 4, HKV = 2, HD = 8;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> q(n * H * HD), k(n * HKV * HD), v(n * HKV * HD);
+    for (auto* a : {&q, &k, &v})
+        for (auto& x : *a) x = 2.0f * d(rng);
+    RowMatrix scratch;
+    std::vector<float> whole(q.size()), pieces(q.size());
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, whole.data(), 0, n, scratch);
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, pieces.data(), 0, 20, scratch, 6);
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, pieces.data(), 20, n, scratch, 5);
+    for (size_t i = 0; i < whole.size(); ++i) CHECK(pieces[i] == Approx(whole[i]).epsilon(1e-5).margin(1e-6));
+    // Row 0 sees only itself: its output is its KV head's value row.
+    for (int h = 0; h < H; ++h)
+        for (int e = 0; e < HD; ++e) CHECK(whole[h * HD + e] == Approx(v[(h / 2) * HD + e]).epsilon(1e-6));
+}
