@@ -34,6 +34,9 @@ Command add_dump(CLI::App& root) {
     app->add_option("--chunk-tokens", c.chunk_tokens, "HDF5 chunk length along tokens")->capture_default_str();
     app->add_option("--out,-o", c.out_path, "output HDF5 file")->required();
     app->add_flag("--force,-f", c.force, "overwrite an existing output");
+    // A later occurrence of an option overrides an earlier one, as in most tools.
+    for (auto* opt : app->get_options())
+        if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
     return {app, [args]() {
                 DumpConfig cfg = args->config;

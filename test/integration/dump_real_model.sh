@@ -35,11 +35,15 @@ sub, full = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
 assert list(sub["layers"][:]) == [0, 29], sub["layers"][:]
 assert "v" not in sub and "q" not in sub and sub["k_post"].shape == (2, 3, 300, 64)
 assert sub["k_post"].attrs["dim_order"] == "hf_half_split"
-# The first 128 tokens are the same sequence in both files: hf order is the gguf
-# order de-interleaved.
-a = full["k_post"][29, 1, :128].astype(np.float32)
-b = sub["k_post"][1, 1, :128].astype(np.float32)
-assert np.array_equal(np.concatenate([a[:, 0::2], a[:, 1::2]], axis=1), b)
+# The first 128 tokens start the first sequence in both files: hf order is the
+# gguf order de-interleaved. Layer 0 keys depend on the token alone (bit-equal);
+# layer 29 went through different block sizes, so it agrees to float16 precision.
+for layer, slot, tol in ((0, 0, 0.0), (29, 1, 1e-2)):
+    a = full["k_post"][layer, 1, :128].astype(np.float32)
+    b = sub["k_post"][slot, 1, :128].astype(np.float32)
+    hf = np.concatenate([a[:, 0::2], a[:, 1::2]], axis=1)
+    err = np.max(np.abs(hf - b) / (np.abs(hf) + 1e-1))
+    assert err <= tol, (layer, err)
 PY
 "$PKV_BIN" validate "$WORK/sub.h5" >/dev/null 2>&1 && pass "subset dump validates" || failed "subset dump does not validate"
 

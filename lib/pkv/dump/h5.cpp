@@ -124,6 +124,10 @@ std::string dims_text(const std::vector<uint64_t>& v) {
 
 void silence_errors() {
     static const bool done = [] {
+        // A file whose close failed (disk full) stays registered inside HDF5, and
+        // HDF5's own exit handler would then crash flushing it; the process is
+        // ending anyway and AtomicOutput has removed the file, so skip that handler.
+        H5dont_atexit();
         H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
         return true;
     }();

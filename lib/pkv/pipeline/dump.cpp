@@ -106,6 +106,10 @@ std::string utc_now() {
     return buf;
 }
 
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp,
+                       const LlamaModel& model, const std::vector<int32_t>& stream, const std::vector<int>& layers,
+                       AtomicOutput& out, uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
+
 }  // namespace
 
 DumpSummary run_dump(const DumpConfig& c) {
@@ -184,6 +188,23 @@ DumpSummary run_dump(const DumpConfig& c) {
           {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", tokenizer.vocab().add_bos}}},
     };
 
+    try {
+        return write_dump(c, header, hp, model, stream, layers, out, file->file_size(), t_start);
+    } catch (const Error& e) {
+        // Errors from the writer name the temporary file; the user knows the output name.
+        std::string m = e.what();
+        for (size_t p = m.find(out.temp_path()); p != std::string::npos; p = m.find(out.temp_path(), p))
+            m.replace(p, out.temp_path().size(), c.out_path);
+        throw Error(e.code(), m);
+    }
+}
+
+namespace {
+
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp,
+                       const LlamaModel& model, const std::vector<int32_t>& stream, const std::vector<int>& layers,
+                       AtomicOutput& out, uint64_t model_bytes, std::chrono::steady_clock::time_point t_start) {
+    const int64_t T = c.n_tokens;
     KvDumpWriter writer(out.temp_path(), header);
     std::vector<int> slot_of(hp.n_layer, -1);
     for (size_t s = 0; s < layers.size(); ++s) slot_of[layers[s]] = static_cast<int>(s);
@@ -235,7 +256,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     sum.tokens_per_s = static_cast<double>(T) / sum.seconds;
     sum.peak_rss_bytes = peak_rss_bytes();
-    sum.model_bytes = file->file_size();
+    sum.model_bytes = model_bytes;
 
     nlohmann::json summary = {
         {"n_tokens", T},           {"n_sequences", sum.n_sequences}, {"n_predicted", n_pred},
@@ -249,5 +270,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     if (stat(c.out_path.c_str(), &st) == 0) sum.file_bytes = static_cast<uint64_t>(st.st_size);
     return sum;
 }
+
+}  // namespace
 
 }  // namespace pkv
