@@ -14,5 +14,5 @@ cmake --build "$BUILD" -j "$(nproc)"
 cd "$BUILD"
 ctest --output-on-failure -L unit -j 4
 for b in "$BUILD"/bench/pkv_bench_cuda_*; do
-  [ -x "$b" ] && "$b"
+  if [ -x "$b" ]; then "$b"; fi
 done

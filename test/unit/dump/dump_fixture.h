@@ -29,7 +29,7 @@ struct TempDir {
         REQUIRE(mkdtemp(t) != nullptr);
         path = t;
     }
-    ~TempDir() { (void)std::system(("rm -rf '" + path + "'").c_str()); }
+    ~TempDir() { if (std::system(("rm -rf '" + path + "'").c_str()) != 0) WARN("could not remove " << path); }
     TempDir(const TempDir&) = delete;
     TempDir& operator=(const TempDir&) = delete;
 };

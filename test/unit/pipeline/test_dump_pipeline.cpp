@@ -27,7 +27,7 @@ struct TempDir {
         REQUIRE(mkdtemp(t) != nullptr);
         path = t;
     }
-    ~TempDir() { (void)std::system(("rm -rf '" + path + "'").c_str()); }
+    ~TempDir() { if (std::system(("rm -rf '" + path + "'").c_str()) != 0) WARN("could not remove " << path); }
 };
 bool exists(const std::string& p) { struct stat st {}; return stat(p.c_str(), &st) == 0; }
 const char* kText =
