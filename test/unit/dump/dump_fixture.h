@@ -19,19 +19,14 @@
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
 #include "pkv/dump/kv_dump.h"
+#include "support/scratch_dir.h"
 
 namespace pkv::test {
 
+/// A scratch directory; `path` is the directory itself.
 struct TempDir {
-    std::string path;
-    TempDir() {
-        char t[] = "/tmp/pkv-dump-XXXXXX";
-        REQUIRE(mkdtemp(t) != nullptr);
-        path = t;
-    }
-    ~TempDir() { if (std::system(("rm -rf '" + path + "'").c_str()) != 0) WARN("could not remove " << path); }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
+    pkv_test::ScratchDir dir;
+    std::string path = dir.str();
 };
 
 struct SynthSpec {

@@ -20,29 +20,12 @@
 #include <vector>
 
 #include "pkv/core/half.h"
+#include "support/scratch_dir.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
 
 namespace pkv_test {
 
-/// A fresh directory under the system temp dir, removed with everything in it.
-class ScratchDir {
-public:
-    ScratchDir() {
-        static int counter = 0;
-        dir_ = std::filesystem::temp_directory_path() /
-               ("pkv-model-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-        std::filesystem::create_directories(dir_);
-    }
-    ~ScratchDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(dir_, ec);
-    }
-    std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-private:
-    std::filesystem::path dir_;
-};
 
 struct TinySpec {
     int n_layer = 2, n_embd = 32, n_head = 4, n_head_kv = 2, head_dim = 8, n_ff = 48, n_vocab = 64;

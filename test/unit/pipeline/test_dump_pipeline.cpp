@@ -15,19 +15,15 @@
 #include "pkv/pipeline/dump.h"
 #include "pkv/pipeline/inspect.h"
 #include "pkv/tokenizer/tokenizer.h"
+#include "support/scratch_dir.h"
 #include "support/tiny_model.h"
 
 using namespace pkv;
 
 namespace {
 struct TempDir {
-    std::string path;
-    TempDir() {
-        char t[] = "/tmp/pkv-pipe-XXXXXX";
-        REQUIRE(mkdtemp(t) != nullptr);
-        path = t;
-    }
-    ~TempDir() { if (std::system(("rm -rf '" + path + "'").c_str()) != 0) WARN("could not remove " << path); }
+    pkv_test::ScratchDir dir;
+    std::string path = dir.str();
 };
 bool exists(const std::string& p) { struct stat st {}; return stat(p.c_str(), &st) == 0; }
 const char* kText =
