@@ -13,7 +13,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(2048 8192 32768)
-model_mib=$(awk -v b="$(stat -c %s "$MODEL")" 'BEGIN { printf "%.1f", b / 1048576 }')
+model_mib=$(awk -v b="$(stat -L -c %s "$MODEL")" 'BEGIN { printf "%.1f", b / 1048576 }')
 echo "pkv dump on $(basename "$MODEL") ($model_mib MiB), ctx $CTX, $(nproc) cores, $("$PKV" --version)"
 printf "%8s %10s %10s %14s %14s %12s\n" tokens seconds tok/s "peak RSS MiB" "RSS/model" "file MiB"
 first_rss=""
