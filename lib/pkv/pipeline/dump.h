@@ -31,7 +31,7 @@ struct DumpConfig {
     CaptureSet capture;              ///< which activations to store
     std::vector<int> layers;         ///< model layers to store; empty = all
     bool hf_dim_order = false;       ///< store K/Q in Hugging Face half-split order
-    int chunk_tokens = 1024;         ///< HDF5 chunk length along tokens
+    int chunk_tokens = 512;          ///< HDF5 chunk length along tokens (64 KiB chunks at head_dim 64)
     std::string out_path;
     bool force = false;              ///< overwrite an existing output
     std::vector<std::string> argv;   ///< recorded as provenance

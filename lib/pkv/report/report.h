@@ -1,0 +1,32 @@
+// pkv/report/report.h — renders a `pkv analyze` report (format pkv.analyze_report,
+// docs/formats/report.md, schemas/report.schema.json) for people to read.
+//
+// Both renderers only read the JSON document; they compute no metric. They are
+// lenient: a field that is missing, null, of the wrong type or not finite is shown
+// as "n/a" (or left out of a plot) instead of failing, so a report of an older or
+// newer minor version still renders. Every string taken from the report is escaped
+// for the output language.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace pkv {
+
+/// A compact Markdown summary for the terminal: one provenance line, the summary
+/// table (method x bits: effective bits, K/V NMSE, attention KL and output error),
+/// the fragile heads with the layers suggested to keep in fp16, and the warnings.
+/// Throws ErrorCode::invalid_argument when `report` is not a JSON object.
+std::string render_markdown(const nlohmann::json& report);
+
+/// One self-contained HTML5 page: inline CSS and SVG, no scripts and no external
+/// resources. Sections: provenance, summary table, NMSE vs effective bits (K and V
+/// panels, log y), per-layer x KV-head heatmaps of K and V NMSE on a shared log color
+/// scale, raw vs residual histograms, fragile heads, warnings. The markup is
+/// well-formed XML apart from the DOCTYPE (every element closed, void elements
+/// written as <meta .../>). Throws ErrorCode::invalid_argument when `report` is not
+/// a JSON object.
+std::string render_html(const nlohmann::json& report);
+
+}  // namespace pkv
