@@ -1,0 +1,96 @@
+// pkv/kmeans/assigner.h — the assignment step of k-means as a pluggable component.
+//
+// The Lloyd loop in kmeans.h is written once; the data pass that maps every point
+// to its nearest centroid goes through a KMeansAssigner. pkv ships a CPU assigner
+// (CpuAssigner, Eigen GEMM) and a scalar reference (assign_ref). A GPU assigner
+// implements the same interface in the CUDA library; nothing here needs CUDA types,
+// so this header compiles everywhere.
+//
+// Shapes and units used throughout:
+//   x          [n x d] row-major float, the points
+//   centroids  [k x d] row-major float
+//   labels     [n] int32 in [0, k)
+//   dist2      [n] squared Euclidean distance of each point to its centroid
+//   sums       [k x d] row-major double, per-cluster coordinate sums
+//   counts     [k] int64, per-cluster point counts
+// Ties (equal distances) go to the lowest centroid index.
+#pragma once
+
+#include <cstdint>
+
+namespace pkv {
+
+/// Computes nearest-centroid labels (and, optionally fused, the per-cluster sums the
+/// centroid update needs). Implementations must be deterministic: the same inputs
+/// give the same outputs on every call.
+class KMeansAssigner {
+public:
+    virtual ~KMeansAssigner() = default;
+
+    /// Short name for logs ("cpu", "cuda", ...).
+    virtual const char* name() const = 0;
+
+    /// Announces a data set: until the matching end(), every call passes this same
+    /// x (unchanged contents), n and d, so an implementation may upload or pack it
+    /// once. The Lloyd loop brackets every pass over a data set with begin()/end();
+    /// the default does nothing.
+    virtual void begin(const float* x, int64_t n, int d) {}
+
+    /// Releases what begin() prepared. Must not throw; the default does nothing.
+    virtual void end() noexcept {}
+
+    /// labels[i] = argmin_j ||x_i - c_j||² (lowest j on ties) and dist2[i] = that
+    /// squared distance, for i in [0, n). Both outputs are required.
+    /// Implementations that use the expanded form ||x||² - 2 x·c + ||c||² must clamp
+    /// dist2 at 0 (cancellation can make it slightly negative); near-ties may then
+    /// resolve differently from the exact reference (see assign_ref).
+    virtual void assign(const float* x, int64_t n, int d, const float* centroids, int k,
+                        int32_t* labels, float* dist2) = 0;
+
+    /// One full Lloyd data pass: assign() plus the per-cluster sums and counts of the
+    /// new labels (overwritten, not added to). The default calls assign() and then
+    /// accumulate_centroid_sums(); a device implementation can fuse both so the data is
+    /// read once. Sums must end in double and counts in int64 (partial sums inside a
+    /// kernel may be float as long as they are combined in double).
+    virtual void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
+                                   int32_t* labels, float* dist2, double* sums, int64_t* counts);
+};
+
+/// CPU assigner: scores s_ij = ||c_j||² - 2 x_i·c_j from a float GEMM (Eigen) over
+/// blocks of rows, argmin per row with the lowest index winning exact ties of the
+/// computed scores, then dist2 recomputed directly as ||x_i - c_label||² in float.
+/// The recomputation costs d flops per point (about 1/k of the GEMM) and gives
+/// distances that are never negative and free of the expanded form's cancellation,
+/// so no clamping is needed. The argmin itself still comes from the expanded form:
+/// two centroids whose true distances differ by less than a few float ulps of
+/// ||x||·||c|| may be swapped relative to assign_ref.
+/// Memory: one [block_rows x k] float score tile per thread. Blocks are processed in
+/// parallel with OpenMP; results do not depend on the number of threads.
+class CpuAssigner final : public KMeansAssigner {
+public:
+    /// block_rows: rows per GEMM block; 0 picks about 1 MiB of scores per tile
+    /// (between 64 and 4096 rows).
+    explicit CpuAssigner(int64_t block_rows = 0);
+    const char* name() const override { return "cpu"; }
+    void assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                float* dist2) override;
+
+private:
+    int64_t block_rows_;
+};
+
+/// Reference assignment: for every point, scalar loops over all centroids computing
+/// sum_i (x_i - c_i)² in double; strict '<' keeps the lowest index on ties.
+/// dist2 (nullable) receives the double distances. O(n k d), single-threaded per
+/// point; meant for tests and small problems.
+void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                double* dist2);
+
+/// sums[j] = sum of x_i over i with labels[i] == j (double), counts[j] = their number
+/// (int64; a float count would stop growing at 2^24 points). Both arrays are
+/// overwritten. Each (cluster, dim) sum adds the points in index order, so the result
+/// is bitwise independent of the thread count. Labels outside [0, k) throw internal.
+void accumulate_centroid_sums(const float* x, int64_t n, int d, const int32_t* labels, int k,
+                              double* sums, int64_t* counts);
+
+}  // namespace pkv

@@ -1,0 +1,105 @@
+// pkv/kmeans/kmeans.h — Lloyd k-means on float vectors (key/value "patterns").
+//
+// One entry point, kmeans(), runs: input checks → optional subsampling of the
+// training points → for each restart: initialisation, then Lloyd iterations
+// (assign, update, refill empty clusters, convergence test) → keep the restart with
+// the lowest training objective → one final assignment of all n points.
+// The assignment step goes through a KMeansAssigner (assigner.h): the CPU one by
+// default, a GPU one when the caller passes it. Everything else runs on the CPU.
+//
+// Numerics: the objective is accumulated in double; centroid sums are double and
+// counts int64 (see accumulate_centroid_sums), so 1e8-point problems do not lose
+// precision. Results are deterministic for a given seed, input and assigner, and do
+// not depend on the number of OpenMP threads.
+//
+// Min-max ("flatness") primitives for PatternKV live in minmax_assign.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pkv/kmeans/assigner.h"
+
+namespace pkv {
+
+/// How the starting centroids are chosen.
+enum class KMeansInit {
+    random,    ///< k distinct training points (distinct indices), sampled without replacement
+    kmeanspp,  ///< k-means++ (Arthur & Vassilvitskii 2007): D² sampling, one candidate per centre
+};
+
+/// "random" or "kmeanspp".
+const char* kmeans_init_name(KMeansInit init);
+
+struct KMeansParams {
+    /// Number of centroids; 1 <= k <= n.
+    int k = 32;
+    /// Upper bound on Lloyd iterations (update steps) per restart; 0 returns the
+    /// initial centroids with their assignment.
+    int max_iter = 30;
+    /// Stop when the largest absolute change of any centroid coordinate in one update
+    /// (max_j max_t |c'_jt - c_jt|, in the units of x) is <= tol. 0 stops only when
+    /// centroids are unchanged; a negative value disables this test.
+    double tol = 1e-4;
+    /// Also stop when the relative objective decrease between two consecutive
+    /// iterations, (J_prev - J) / J_prev, is <= rel_tol. 0 (default) disables this test.
+    double rel_tol = 0.0;
+    /// Seeds every random choice (subsample, initialisation, empty-cluster refills).
+    uint64_t seed = 1234;
+    KMeansInit init = KMeansInit::random;
+    /// When > 0 and n > k * max_points_per_centroid, train on a uniform random subset
+    /// of k * max_points_per_centroid distinct points, then assign all n points once
+    /// with the trained centroids. 0 (default) trains on all points.
+    int64_t max_points_per_centroid = 0;
+    /// Independent runs from different initialisations (seeds derived from `seed`);
+    /// the one with the lowest final training objective is kept. >= 1.
+    int n_restarts = 1;
+    /// Optional starting centroids, k * d values row-major. When non-empty they replace
+    /// `init`, and n_restarts must be 1.
+    std::vector<float> initial_centroids;
+};
+
+// Empty clusters: after each update, every cluster that received no point is moved
+// to a training point drawn uniformly at random (clusters in increasing index order,
+// drawn from the restart's seeded generator). This never raises the objective: an
+// empty cluster serves no point, so moving it cannot lengthen any distance. With
+// fewer distinct points than k some clusters stay duplicates of others; they remain
+// empty (ties go to the lowest index) and are refilled again each iteration, but no
+// value ever becomes NaN.
+
+/// One Lloyd iteration, measured on the training points.
+struct KMeansIterationStats {
+    double objective = 0.0;     ///< sum of squared distances to the centroids before this update
+    double max_shift = 0.0;     ///< max absolute centroid coordinate change made by this update
+    int n_empty_refilled = 0;   ///< clusters that were empty and got refilled in this update
+    double seconds = 0.0;       ///< wall time of the iteration (assign + update)
+};
+
+struct KMeansResult {
+    int k = 0;
+    int d = 0;
+    std::vector<float> centroids;      ///< [k x d] row-major
+    std::vector<int32_t> assignments;  ///< [n], nearest centroid of every input point
+    /// Sum over all n points of the squared distance to the assigned centroid (double),
+    /// as reported by the assigner in the final pass.
+    double objective = 0.0;
+    int iterations = 0;                ///< update steps done by the kept restart
+    bool converged = false;            ///< a tolerance test stopped it before max_iter
+    int64_t n_train = 0;               ///< points used for training (n unless subsampled)
+    int restart = 0;                   ///< index of the kept restart
+    std::vector<KMeansIterationStats> stats;  ///< per iteration of the kept restart
+    /// Final training objective of every restart, in order.
+    std::vector<double> restart_objectives;
+};
+
+/// Clusters n points x [n x d] (row-major float) into params.k centroids.
+/// assigner == nullptr uses a CpuAssigner. The caller keeps ownership of x and of the
+/// assigner.
+/// Throws pkv::Error(invalid_argument) when k < 1, k > n ("k-means: k = 40 exceeds the
+/// number of points n = 32"), d <= 0, max_iter < 0, n_restarts < 1,
+/// max_points_per_centroid < 0, a wrong initial_centroids size, or a NaN/Inf
+/// coordinate ("k-means: point 17 has a non-finite value at dim 3", lowest such point).
+KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params,
+                    KMeansAssigner* assigner = nullptr);
+
+}  // namespace pkv
