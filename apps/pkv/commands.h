@@ -25,5 +25,6 @@ Command add_info(CLI::App& root);
 Command add_validate(CLI::App& root);
 Command add_generate(CLI::App& root);
 Command add_devices(CLI::App& root);
+Command add_analyze(CLI::App& root);
 
 }  // namespace pkv::cli
