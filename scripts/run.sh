@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The README's main job, end to end on the default model and text: installs
 # dependencies, fetches SmolLM2-135M-Instruct (Q4_1) and the fortunes text, builds
-# pkv, dumps the KV cache of 8192 tokens and prints the dump's summary.
-# Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT (out/dump.h5).
+# pkv, dumps the KV cache of 8192 tokens, validates the dump, and analyzes it
+# (fp16, KIVI, PatternKV at 2 and 4 bits, q4_0, q8_0, fp8), printing the summary
+# table and writing out/report.json and out/report.html.
+# Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
-OUT="${PKV_OUT:-$ROOT/out/dump.h5}"
+OUT_DIR="${PKV_OUT_DIR:-$ROOT/out}"
 bash "$ROOT/scripts/install-deps.sh"
 bash "$ROOT/scripts/fetch-data.sh"
 bash "$ROOT/scripts/build.sh"
-mkdir -p "$(dirname "$OUT")"
+mkdir -p "$OUT_DIR"
 PKV="$BUILD/apps/pkv"
 "$PKV" dump --model "$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$DATA/text/fortunes.txt" \
-  --tokens "${PKV_TOKENS:-8192}" --ctx "${PKV_CTX:-1024}" --out "$OUT" --force
-"$PKV" validate "$OUT"
-"$PKV" info "$OUT"
+  --tokens "${PKV_TOKENS:-8192}" --ctx "${PKV_CTX:-1024}" --out "$OUT_DIR/dump.h5" --force
+"$PKV" validate "$OUT_DIR/dump.h5"
+"$PKV" info "$OUT_DIR/dump.h5"
+"$PKV" analyze --dump "$OUT_DIR/dump.h5" --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
+  --attn-stride 8 --json "$OUT_DIR/report.json" --html "$OUT_DIR/report.html" --force
+echo "report: $OUT_DIR/report.html"

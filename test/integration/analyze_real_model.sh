@@ -8,7 +8,7 @@ DUMP="$WORK/dump.h5"
 "$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 4096 --ctx 1024 --out "$DUMP" \
   >/dev/null 2>"$WORK/dump.err" || { failed "dump: $(tail -3 "$WORK/dump.err")"; finish; exit 1; }
 
-if "$PKV_BIN" analyze --dump "$DUMP" --methods fp16,kivi,patternkv --bits 2,4 --json "$WORK/report.json" \
+if "$PKV_BIN" analyze --dump "$DUMP" --methods fp16,kivi,patternkv --bits 2,4 --attn-stride 4 --json "$WORK/report.json" \
      --html "$WORK/report.html" >"$WORK/analyze.md" 2>"$WORK/analyze.err"; then
   pass "analyze exits 0"
 else
