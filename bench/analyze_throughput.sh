@@ -20,11 +20,13 @@ if [ ! -f "$DUMP" ]; then
 fi
 tokens=$(/usr/bin/python3 -c "import h5py,sys; print(h5py.File(sys.argv[1])['k_post'].shape[2])" "$DUMP")
 heads=$(/usr/bin/python3 -c "import h5py,sys; s=h5py.File(sys.argv[1])['k_post'].shape; print(s[0]*s[1])" "$DUMP")
-echo "pkv analyze on $tokens tokens x $heads (layer, KV head) pairs, $(nproc) cores, $("$PKV" --version)"
+echo "pkv analyze on a dump of $tokens tokens x $heads (layer, KV head) pairs, $(nproc) cores, $("$PKV" --version)"
 args=(--methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 "$@")
 echo "options: ${args[*]}"
 /usr/bin/time -f "%e %M" -o "$WORK/time" "$PKV" --log-level warn analyze --dump "$DUMP" "${args[@]}" \
   --json "$WORK/r.json" >/dev/null
 read -r secs rss_kib <"$WORK/time"
-awk -v s="$secs" -v t="$tokens" -v h="$heads" -v r="$rss_kib" 'BEGIN {
-  printf "%.1f s, %.0f tokens x heads per second, peak memory %.1f MiB\n", s, t * h / s, r / 1024 }'
+# The pairs actually analysed (--layers/--heads may select a subset of the dump).
+pairs=$(/usr/bin/python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(len({(x['layer'], x['kv_head']) for x in r}))" "$WORK/r.json")
+awk -v s="$secs" -v t="$tokens" -v h="$pairs" -v r="$rss_kib" 'BEGIN {
+  printf "%d (layer, KV head) pairs analysed: %.1f s, %.0f tokens x heads per second, peak memory %.1f MiB\n", h, s, t * h / s, r / 1024 }'
