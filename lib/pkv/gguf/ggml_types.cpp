@@ -177,6 +177,14 @@ inline float mul_rounded(float a, float b) {
     return p;
 }
 
+// Stores the 5-bit codes of elements j and j + 16 of a Q5 block: low nibbles in
+// qs[j], fifth bits in bit j and bit j + 16 of qh.
+inline void pack_q5_pair(uint8_t q0, uint8_t q1, int j, uint8_t* qs, uint32_t& qh) {
+    qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+    qh |= static_cast<uint32_t>((q0 & 0x10u) >> 4) << j;
+    qh |= static_cast<uint32_t>((q1 & 0x10u) >> 4) << (j + 16);
+}
+
 inline void min_max(const float* x, int n, float& mn, float& mx) {
     mn = std::numeric_limits<float>::max();
     mx = -std::numeric_limits<float>::max();
@@ -304,9 +312,7 @@ void quantize_row_q5_0_ref(const float* x, block_q5_0* y, int64_t n) {
             const auto q0 = static_cast<uint8_t>(std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j], id) + 16.5f)));
             const auto q1 =
                 static_cast<uint8_t>(std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j + QK5_0 / 2], id) + 16.5f)));
-            y[i].qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
-            qh |= static_cast<uint32_t>((q0 & 0x10u) >> 4) << j;
-            qh |= static_cast<uint32_t>((q1 & 0x10u) >> 4) << (j + QK5_0 / 2);
+            pack_q5_pair(q0, q1, j, y[i].qs, qh);
         }
         std::memcpy(y[i].qh, &qh, 4);
     }
@@ -328,9 +334,7 @@ void quantize_row_q5_1_ref(const float* x, block_q5_1* y, int64_t n) {
             const auto q0 = static_cast<uint8_t>(std::min(31, static_cast<int>(mul_rounded(x[j] - mn, id) + 0.5f)));
             const auto q1 =
                 static_cast<uint8_t>(std::min(31, static_cast<int>(mul_rounded(x[j + QK5_1 / 2] - mn, id) + 0.5f)));
-            y[i].qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
-            qh |= static_cast<uint32_t>((q0 & 0x10u) >> 4) << j;
-            qh |= static_cast<uint32_t>((q1 & 0x10u) >> 4) << (j + QK5_1 / 2);
+            pack_q5_pair(q0, q1, j, y[i].qs, qh);
         }
         std::memcpy(y[i].qh, &qh, 4);
     }
