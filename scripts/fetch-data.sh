@@ -40,8 +40,8 @@ fi
 echo "fetch-data: text: $TEXT ($(wc -c < "$TEXT") bytes)" >&2
 
 VENV="$DATA/venv"
-if ! "$VENV/bin/python" -c "import gguf, numpy" 2>/dev/null; then
-  echo "fetch-data: making $VENV (gguf, numpy from PyPI, for cross-check tests)" >&2
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "gguf==0.19.0" "numpy>=1.24"
+if ! "$VENV/bin/python" -c "import gguf, numpy, safetensors" 2>/dev/null; then
+  echo "fetch-data: making $VENV (gguf, numpy, safetensors from PyPI, for cross-check tests)" >&2
+  [ -x "$VENV/bin/pip" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "gguf==0.19.0" "numpy>=1.24" "safetensors==0.4.5"
 fi
