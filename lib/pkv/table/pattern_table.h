@@ -1,0 +1,143 @@
+// pkv/table/pattern_table.h — the PatternKV pattern table, format "pkv.pattern_table" 1.0.
+//
+// A pattern table holds, for every calibrated model layer and KV head, the key and
+// value patterns mined offline by `pkv calibrate` plus the residual-quantizer
+// parameters fitted with them. Runtimes subtract a token's nearest pattern and
+// quantize only the residual (docs/numerics.md, "PatternKV"; docs/formats/pattern_table.md).
+//
+// Container: safetensors (pkv/table/safetensors.h). Every tensor name and metadata key
+// is a constant below; the writer, the reader, the validator, `pkv export` and the
+// dependency-free runtime reader (lib/pkv/runtime/pattern_table_reader.h) use only these.
+//
+// Tensors, per calibrated model layer l (decimal, no padding), H = n_head_kv,
+// Mk / Mv = key / value patterns per head, D = head_dim:
+//   layers.{l}.k_patterns  F32 [H, Mk, D]  key patterns in the table's key basis and dim order
+//   layers.{l}.v_patterns  F32 [H, Mv, D]  value patterns (values are never RoPE'd or permuted)
+//   layers.{l}.k_counts    I64 [H, Mk]     calibration tokens assigned to each key pattern
+//   layers.{l}.v_counts    I64 [H, Mv]     the same for values
+//   layers.{l}.k_clip      F32 [H]         fitted clip ratio of the key residual quantizer, (0, 1]
+//   layers.{l}.v_clip      F32 [H]         fitted clip ratio of the value residual quantizer, (0, 1]
+//   layers.{l}.v_gate_z    F32 [H]         fitted z of the value gate (>= 0; 1.6448536 is the paper's)
+// Clip ratio a: a min-max group [mn, mx] is quantized over [c - a h, c + a h] with
+// c = (mn + mx) / 2, h = (mx - mn) / 2; values outside are clamped (a = 1: plain min-max).
+// Value gate z: subtract the pattern iff 1 - rho^2 >= (2 z / sqrt(5 D)) sqrt(1 + rho^4)
+// (see pkv/analyze/methods.h, v_gate_passes); z = 0 subtracts whenever it shrinks the range.
+//
+// __metadata__ (safetensors string -> string): the keys below; integers in decimal,
+// "pkv.calibration" a JSON object (provenance and per-head held-out statistics, see the spec).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pkv {
+
+namespace ptable {
+constexpr const char* kFormat = "pkv.pattern_table";
+constexpr const char* kFormatVersion = "1.0";
+constexpr int kVersionMajor = 1;
+// Metadata keys.
+constexpr const char* kMetaFormat = "pkv.format";                  ///< kFormat
+constexpr const char* kMetaFormatVersion = "pkv.format_version";   ///< "1.0"; readers accept major 1
+constexpr const char* kMetaModelName = "pkv.model.name";           ///< general.name of the GGUF
+constexpr const char* kMetaModelArch = "pkv.model.arch";           ///< "llama"
+constexpr const char* kMetaModelSha256 = "pkv.model.sha256";       ///< SHA-256 (hex) of the GGUF file: the model fingerprint
+constexpr const char* kMetaNLayer = "pkv.model.n_layer";           ///< layers of the model
+constexpr const char* kMetaNHead = "pkv.model.n_head";
+constexpr const char* kMetaNHeadKv = "pkv.model.n_head_kv";
+constexpr const char* kMetaHeadDim = "pkv.model.head_dim";
+constexpr const char* kMetaLayers = "pkv.layers";                  ///< calibrated model layers, "0,1,2" (ascending)
+constexpr const char* kMetaKeyBasis = "pkv.key.basis";             ///< "pre_rope" | "post_rope"
+constexpr const char* kMetaKeyDimOrder = "pkv.key.dim_order";      ///< "gguf_interleaved" | "hf_half_split" (as kvdump)
+constexpr const char* kMetaRotation = "pkv.rotation";              ///< "none" | "hadamard" (K and V both, when on)
+constexpr const char* kMetaRotationSeed = "pkv.rotation.seed";     ///< "0" = plain Sylvester H_D (no random signs)
+constexpr const char* kMetaBits = "pkv.quant.bits";                ///< residual code width: 2, 3, 4 or 8
+constexpr const char* kMetaGroup = "pkv.quant.group";              ///< K tokens per channel group; V channels per group
+constexpr const char* kMetaWindow = "pkv.quant.window";            ///< fp16 window / flush block length R
+constexpr const char* kMetaAssign = "pkv.assign";                  ///< "l2" | "minmax": how runtimes pick a pattern
+constexpr const char* kMetaKPatterns = "pkv.k_patterns";           ///< Mk
+constexpr const char* kMetaVPatterns = "pkv.v_patterns";           ///< Mv
+constexpr const char* kMetaCalibration = "pkv.calibration";        ///< JSON object, see the spec
+// Values.
+constexpr const char* kBasisPre = "pre_rope";
+constexpr const char* kBasisPost = "post_rope";
+constexpr const char* kRotationNone = "none";
+constexpr const char* kRotationHadamard = "hadamard";
+constexpr const char* kAssignL2 = "l2";
+constexpr const char* kAssignMinmax = "minmax";
+// Tensor name suffixes: the full name is "layers.<l>." + suffix.
+constexpr const char* kKPatterns = "k_patterns";
+constexpr const char* kVPatterns = "v_patterns";
+constexpr const char* kKCounts = "k_counts";
+constexpr const char* kVCounts = "v_counts";
+constexpr const char* kKClip = "k_clip";
+constexpr const char* kVClip = "v_clip";
+constexpr const char* kVGateZ = "v_gate_z";
+/// The paper's value-gate z (one-sided 95%).
+constexpr double kDefaultGateZ = 1.6448536269514722;
+/// "layers.<layer>.<suffix>".
+std::string tensor_name(int layer, const char* suffix);
+}  // namespace ptable
+
+/// The model a table was calibrated on (what a runtime declares to load it).
+struct PatternTableModel {
+    std::string name;
+    std::string arch = "llama";
+    std::string sha256;  ///< of the GGUF file; may be empty only for tables of synthetic data
+    int n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
+};
+
+/// One calibrated model layer; H = n_head_kv, D = head_dim.
+struct PatternLayer {
+    int layer = 0;                   ///< model layer index
+    std::vector<float> k_patterns;   ///< [H, Mk, D]
+    std::vector<float> v_patterns;   ///< [H, Mv, D]
+    std::vector<int64_t> k_counts;   ///< [H, Mk]
+    std::vector<int64_t> v_counts;   ///< [H, Mv]
+    std::vector<float> k_clip;       ///< [H]
+    std::vector<float> v_clip;       ///< [H]
+    std::vector<float> v_gate_z;     ///< [H]
+};
+
+struct PatternTable {
+    PatternTableModel model;
+    std::string key_basis = ptable::kBasisPost;
+    std::string key_dim_order = "gguf_interleaved";
+    std::string rotation = ptable::kRotationNone;
+    uint64_t rotation_seed = 0;
+    int bits = 2, group = 128, window = 128;
+    std::string assign = ptable::kAssignMinmax;
+    int k_patterns = 0, v_patterns = 0;       ///< Mk, Mv (same for every layer and head)
+    std::vector<PatternLayer> layers;         ///< ascending model layer index
+    nlohmann::json calibration = nlohmann::json::object();  ///< provenance + per-head statistics
+};
+
+/// Checks shapes and enumerations (not the numeric content); throws invalid_argument
+/// naming the field ("pattern table: layers.3.k_clip: expected 3 values, got 2").
+void check_pattern_table(const PatternTable& t);
+
+/// Writes t to `path` atomically (temporary name, then rename); fails when the file
+/// exists and force is false. Calls check_pattern_table first.
+void write_pattern_table(const PatternTable& t, const std::string& path, bool force);
+/// The safetensors bytes write_pattern_table would write.
+std::vector<uint8_t> encode_pattern_table(const PatternTable& t);
+
+/// Reads and checks a table; any missing key/tensor, wrong dtype or shape, unknown
+/// enumeration value or other major version throws pkv::Error(data_loss) with
+/// "<path>::<name>: expected ..., got ..." (e.g. "t.safetensors::layers.0.k_patterns:
+/// expected shape [3, 32, 64], got [3, 16, 64]").
+PatternTable read_pattern_table(const std::string& path);
+
+/// Degenerate content, one line per finding, empty when none: NaN/Inf in any tensor,
+/// a clip ratio <= 0 or > 1, every clip ratio of the table exactly 1 (nothing fitted),
+/// a negative gate z, dead patterns (count 0), duplicate patterns (two rows of one head
+/// equal within 1e-6 relative), a counts sum that differs between heads of a layer.
+std::vector<std::string> pattern_table_findings(const PatternTable& t);
+
+/// True when `path` starts like a safetensors file whose metadata names kFormat.
+bool is_pattern_table_file(const std::string& path);
+
+}  // namespace pkv
