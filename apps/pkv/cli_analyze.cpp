@@ -1,4 +1,5 @@
 // `pkv analyze`: simulate KV-cache quantization methods on a dump and report errors.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -38,7 +39,7 @@ Command add_analyze(CLI::App& root) {
     auto* app = root.add_subcommand("analyze", "simulate KV-cache quantization methods on a KV dump and report errors");
     auto& c = args->config;
     app->add_option("--dump,-d", c.dump_path, "KV dump (HDF5) written by pkv dump")->required();
-    app->add_option("--methods", args->methods, "comma list of fp16, kivi, patternkv, q4_0, q8_0, fp8")
+    app->add_option("--methods", args->methods, "comma list of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table")
         ->capture_default_str();
     app->add_option("--bits", args->bits, "code widths for kivi and patternkv (each 2, 3, 4 or 8)")
         ->capture_default_str();
@@ -55,6 +56,8 @@ Command add_analyze(CLI::App& root) {
     app->add_option("--heads", args->heads, "KV heads, e.g. 0,2 (default: all)");
     app->add_option("--attn-stride", c.attn_stride, "score every S-th query position")->capture_default_str();
     app->add_option("--seed", c.seed, "k-means seed")->capture_default_str();
+    app->add_option("--table", c.table_path,
+                    "pattern table (pkv calibrate) for the patternkv-table method; adds it to --methods");
     app->add_option("--json", args->json_path, "write the JSON report here");
     app->add_option("--html", args->html_path, "write an HTML report here");
     app->add_flag("--force,-f", args->force, "overwrite existing outputs");
@@ -64,6 +67,9 @@ Command add_analyze(CLI::App& root) {
     return {app, [args]() {
                 AnalyzeConfig cfg = args->config;
                 cfg.methods = parse_method_list(args->methods);
+                if (!cfg.table_path.empty() &&
+                    std::find(cfg.methods.begin(), cfg.methods.end(), KvMethod::patternkv_table) == cfg.methods.end())
+                    cfg.methods.push_back(KvMethod::patternkv_table);
                 cfg.bits = parse_int_list("--bits", args->bits);
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 if (!args->heads.empty()) cfg.heads = parse_int_list("--heads", args->heads);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -19,6 +20,7 @@
 #include "pkv/dump/h5.h"
 #include "pkv/dump/kv_dump.h"
 #include "pkv/quant/hadamard.h"
+#include "pkv/table/pattern_table.h"
 
 namespace pkv {
 
@@ -96,9 +98,15 @@ Rope rope_from_model(const nlohmann::json& m, const std::string& dim_order, int 
     return r;
 }
 
+bool uses_table(const AnalyzeConfig& c) {
+    return std::find(c.methods.begin(), c.methods.end(), KvMethod::patternkv_table) != c.methods.end();
+}
+
 void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
     PKV_CHECK(!c.methods.empty(), invalid_argument, "--methods: expected at least one method");
-    const bool minmax = std::any_of(c.methods.begin(), c.methods.end(), kv_method_takes_bits);
+    const bool minmax = std::any_of(c.methods.begin(), c.methods.end(), kv_method_takes_bits) || uses_table(c);
+    PKV_CHECK(!uses_table(c) || !c.table_path.empty(), invalid_argument,
+              "--methods patternkv-table needs --table (a pattern table from pkv calibrate)");
     const int D = dump.head_dim();
     PKV_CHECK(!c.bits.empty(), invalid_argument, "--bits: expected at least one width");
     for (int b : c.bits)
@@ -134,11 +142,45 @@ void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
                   dump.n_head_kv());
 }
 
-std::vector<RunSpec> make_runs(const AnalyzeConfig& c) {
+// The table must describe what is analysed: applying patterns of another model, key
+// basis or dim order would silently give meaningless errors.
+void validate_table(const AnalyzeConfig& c, const KvDumpReader& dump, const PatternTable& t,
+                    const std::vector<int>& layers) {
+    const std::string& tp = c.table_path;
+    const nlohmann::json model = dump.model();
+    const std::string sha = model.is_object() ? model.value("sha256", std::string()) : std::string();
+    PKV_CHECK(t.model.sha256 == sha, invalid_argument,
+              "--table {}: calibrated on model sha256 {} but {} comes from model sha256 {}", tp,
+              t.model.sha256.substr(0, 16), dump.path(), sha.substr(0, 16));
+    PKV_CHECK(t.model.n_head_kv == dump.n_head_kv() && t.model.head_dim == dump.head_dim(), invalid_argument,
+              "--table {}: n_head_kv {} / head_dim {} but the dump has {} / {}", tp, t.model.n_head_kv,
+              t.model.head_dim, dump.n_head_kv(), dump.head_dim());
+    const std::string basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    PKV_CHECK(t.key_basis == basis, invalid_argument, "--table {}: key basis is {} but --keys {} analyses {}", tp,
+              t.key_basis, c.keys_pre ? "pre" : "post", basis);
+    PKV_CHECK(t.key_dim_order == dump.dim_order(), invalid_argument,
+              "--table {}: key dim order is {} but the dump's is {} (re-export the table with the dump's order)", tp,
+              t.key_dim_order, dump.dim_order());
+    PKV_CHECK(t.rotation == ptable::kRotationNone || c.rotate, invalid_argument,
+              "--table {}: patterns are in the {}-rotated basis; add --rotate", tp, t.rotation);
+    PKV_CHECK(t.rotation_seed == 0, unsupported,
+              "--table {}: rotation seed {}: analyze rotates with the plain Hadamard matrix (seed 0)", tp, t.rotation_seed);
+    for (int l : layers)
+        PKV_CHECK(std::any_of(t.layers.begin(), t.layers.end(), [&](const PatternLayer& L) { return L.layer == l; }),
+                  invalid_argument, "--table {}: layer {} was not calibrated (restrict --layers)", tp, l);
+    if (t.group != c.group || t.window != c.window)
+        log::warn("--table {}: fitted with group {} / window {}, analysed with --group {} / --window {}", tp, t.group,
+                  t.window, c.group, c.window);
+}
+
+std::vector<RunSpec> make_runs(const AnalyzeConfig& c, const PatternTable* table) {
     std::vector<RunSpec> runs;
     for (int rot = 0; rot <= (c.rotate ? 1 : 0); ++rot)
         for (KvMethod m : c.methods) {
-            if (kv_method_takes_bits(m))
+            if (m == KvMethod::patternkv_table) {
+                // One run, in the table's own basis, at the bits it was fitted for.
+                if ((rot == 1) == (table->rotation != ptable::kRotationNone)) runs.push_back({m, table->bits, rot == 1});
+            } else if (kv_method_takes_bits(m))
                 for (int b : c.bits) runs.push_back({m, b, rot == 1});
             else
                 runs.push_back({m, kv_method_fixed_bits(m), rot == 1});
@@ -200,6 +242,8 @@ std::vector<int> parse_int_list(const std::string& option, const std::string& li
 nlohmann::json run_analyze(const AnalyzeConfig& c) {
     KvDumpReader dump(c.dump_path);
     validate(c, dump);
+    std::unique_ptr<PatternTable> table;
+    if (uses_table(c)) table = std::make_unique<PatternTable>(read_pattern_table(c.table_path));
     const int D = dump.head_dim();
     const int n_head = dump.n_head(), n_kv = dump.n_head_kv();
     PKV_CHECK(n_kv >= 1 && n_head % n_kv == 0, data_loss, "{}: n_head {} is not a multiple of n_head_kv {}",
@@ -210,7 +254,7 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
     Warnings warn;
     ReportInputs in;
     in.config = &c;
-    in.runs = make_runs(c);
+    in.runs = make_runs(c, table.get());
     in.has_k = dump.has(kname);
     in.has_v = dump.has(kvdump::kV);
     if (!in.has_k) warn.add(fmt::format("{}: no {} dataset: key metrics are null", dump.path(), kname));
@@ -250,6 +294,21 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
     if (in.heads.empty())
         for (int h = 0; h < n_kv; ++h) in.heads.push_back(h);
     for (const auto& s : slots) in.layers.push_back(s.second);
+    if (table) {
+        validate_table(c, dump, *table, in.layers);
+        in.table = {{"path", c.table_path},
+                    {"bits", table->bits},
+                    {"group", table->group},
+                    {"window", table->window},
+                    {"k_patterns", table->k_patterns},
+                    {"v_patterns", table->v_patterns},
+                    {"assign", table->assign},
+                    {"rotation", table->rotation},
+                    {"calibration",
+                     {{"dumps", table->calibration.value("dumps", nlohmann::json::array())},
+                      {"tokens", table->calibration.value("tokens", nlohmann::json::object())},
+                      {"seed", table->calibration.value("seed", nlohmann::json(nullptr))}}}};
+    }
 
     const size_t n_pairs = slots.size() * in.heads.size();
     // Histograms for up to 6 heads spread over the analysed ones (patternkv only).
@@ -277,6 +336,17 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
     size_t pair_index = 0;
     for (const auto& [slot, layer] : slots) {
         for (int head : in.heads) {
+            // patternkv-table: this head's rows of the table.
+            TableHeadView tk, tv;
+            if (table) {
+                const PatternLayer& L = *std::find_if(table->layers.begin(), table->layers.end(),
+                                                      [&](const PatternLayer& x) { return x.layer == layer; });
+                const bool l2 = table->assign == ptable::kAssignL2;
+                tk = {L.k_patterns.data() + static_cast<int64_t>(head) * table->k_patterns * D, table->k_patterns,
+                      L.k_clip[head], ptable::kDefaultGateZ, l2};
+                tv = {L.v_patterns.data() + static_cast<int64_t>(head) * table->v_patterns * D, table->v_patterns,
+                      L.v_clip[head], L.v_gate_z[head], l2};
+            }
             PairResult pr;
             pr.layer = layer;
             pr.head = head;
@@ -320,12 +390,14 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
                         SimParams sp = base;
                         sp.method = run.method;
                         sp.bits = run.bits;
+                        sp.table_k = &tk;
+                        sp.table_v = &tv;
                         if (in.has_k) {
                             sk[i] = simulate_cache(sp, KvTensor::k, k.data(), n, D, P);
                             acc.k.add(k.data(), sk[i].recon.data(), n * D);
                             acc.k.bits += sk[i].bits.total();
                             acc.k.elements += static_cast<double>(n) * D;
-                            if (run.method == KvMethod::patternkv)
+                            if (run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table)
                                 accumulate_flatness(acc.flat_k, KvTensor::k, k.data(), n, D, c.group, &sk[i]);
                         }
                         if (in.has_v) {
@@ -333,7 +405,7 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
                             acc.v.add(v.data(), sv[i].recon.data(), n * D);
                             acc.v.bits += sv[i].bits.total();
                             acc.v.elements += static_cast<double>(n) * D;
-                            if (run.method == KvMethod::patternkv)
+                            if (run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table)
                                 accumulate_flatness(acc.flat_v, KvTensor::v, v.data(), n, D, c.group, &sv[i]);
                         }
                     }

@@ -35,6 +35,10 @@ struct AnalyzeConfig {
     std::vector<int> heads;           ///< KV heads (empty: all)
     int attn_stride = 1;              ///< query positions t with t % stride == 0
     uint64_t seed = 0;
+    /// Pattern table for patternkv-table (pkv calibrate). Its model must be the dump's,
+    /// its key basis the analysed one (--keys), its key dim order the dump's; it runs at
+    /// the table's bits, with --group and --window. A rotated table needs `rotate`.
+    std::string table_path;
     int hist_bins = 48;
     std::vector<std::string> argv;    ///< recorded as provenance
 };

@@ -45,6 +45,7 @@ struct ReportInputs {
     nlohmann::json dump_model, dump_provenance;
     std::vector<int> layers, heads;
     std::vector<std::string> warnings;
+    nlohmann::json table;                  ///< patternkv-table: the table's path, settings and calibration provenance
 };
 
 /// Builds the report document from the accumulated results.

@@ -10,6 +10,7 @@
 
 #include "pkv/analyze/analyze_internal.h"
 #include "pkv/core/version.h"
+#include "pkv/pipeline/provenance.h"
 
 namespace pkv::analyze_detail {
 
@@ -21,13 +22,6 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Gaussian data, so (x - median) / MAD is a robust z-score.
 constexpr double kMadScale = 1.4826;
 constexpr double kFragileZ = 3.0;
-
-std::string utc_now() {
-    const std::time_t t = std::time(nullptr);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-    return buf;
-}
 
 double nmse(const ErrorAccum& e) { return e.ref2 > 0 ? e.err2 / e.ref2 : kNaN; }
 
@@ -91,7 +85,7 @@ json build_report(const ReportInputs& in) {
                             {"commit", PKV_GIT_COMMIT},
                             {"command", "analyze"},
                             {"argv", c.argv},
-                            {"created_utc", utc_now()},
+                            {"created_utc", utc_timestamp()},
                             {"dump", {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}}}};
     json methods = json::array();
     for (KvMethod m : c.methods) methods.push_back(kv_method_name(m));
@@ -111,6 +105,7 @@ json build_report(const ReportInputs& in) {
                           {"seed", c.seed},
                           {"kmeans", "random init, 30 iterations, tol 1e-4 (max abs centroid shift), L2 prefill labels"},
                           {"v_gate", "one-sided z-test, z = 1.6448536269514722"}};
+    if (!in.table.is_null()) report["settings"]["table"] = in.table;
     report["model"] = in.model;
     report["n_tokens"] = in.n_tokens;
 
@@ -140,7 +135,7 @@ json build_report(const ReportInputs& in) {
                 res["attn"] = nullptr;
             }
             const int rot = run.rotate ? 1 : 0;
-            const bool pat = run.method == KvMethod::patternkv;
+            const bool pat = run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table;
             res["flatness"] = {{"k", in.has_k ? flat_json(pr.raw_k[rot], pat ? &a.flat_k : nullptr) : json(nullptr)},
                                {"v", in.has_v ? flat_json(pr.raw_v[rot], pat ? &a.flat_v : nullptr) : json(nullptr)}};
             k_nmse[r].push_back(in.has_k ? nmse(a.k) : kNaN);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "pkv/calib/residual.h"
 #include "pkv/core/error.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
@@ -16,15 +17,14 @@ namespace pkv {
 
 namespace {
 
-constexpr double kZ95 = 1.6448536269514722;  // Phi^-1(0.95)
-
 struct MethodName {
     KvMethod m;
     const char* name;
 };
 constexpr MethodName kMethods[] = {{KvMethod::fp16, "fp16"}, {KvMethod::kivi, "kivi"},
                                    {KvMethod::patternkv, "patternkv"}, {KvMethod::q4_0, "q4_0"},
-                                   {KvMethod::q8_0, "q8_0"}, {KvMethod::fp8, "fp8"}};
+                                   {KvMethod::q8_0, "q8_0"}, {KvMethod::fp8, "fp8"},
+                                   {KvMethod::patternkv_table, "patternkv-table"}};
 
 SimResult empty_result(const float* x, int64_t n, int D) {
     SimResult r;
@@ -36,9 +36,10 @@ SimResult empty_result(const float* x, int64_t n, int D) {
 // Quantizes rows [t0, t1) of x with the min-max quantizer (K: one block, per-channel
 // groups of G tokens; V: per token, groups of min(G, D) channels) into recon.
 void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
-                   float* recon, SimBits& bits) {
+                   float* recon, SimBits& bits, float clip = 1.0f) {
     if (t1 <= t0) return;
     MinMaxSpec spec;
+    spec.clip = clip;
     spec.bits = p.bits;
     spec.axis = tensor == KvTensor::k ? QuantAxis::channel : QuantAxis::token;
     spec.group = tensor == KvTensor::k ? p.group : std::min(p.group, D);
@@ -82,9 +83,10 @@ SimResult simulate_kivi(const SimParams& p, KvTensor tensor, const float* x, int
     return r;
 }
 
-// Residualizes and quantizes rows [t0, t1) against their assigned patterns.
+// Residualizes and quantizes rows [t0, t1) against their assigned patterns; `table`
+// (patternkv-table) supplies the fitted clip ratio and gate threshold.
 void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
-                   SimResult& r) {
+                   SimResult& r, const TableHeadView* table = nullptr) {
     const int64_t rows = t1 - t0;
     if (rows <= 0) return;
     const int64_t M = static_cast<int64_t>(r.bank.size()) / D;
@@ -94,14 +96,15 @@ void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t 
         const float* c = r.bank.data() + static_cast<int64_t>(r.pattern[j]) * D;
         bool subtract = true;
         if (tensor == KvTensor::v) {
-            subtract = v_gate_passes(v_gate_rho(x + j * D, c, D), D);
+            subtract = table ? v_gate_passes(v_gate_rho(x + j * D, c, D), D, table->gate_z)
+                             : v_gate_passes(v_gate_rho(x + j * D, c, D), D);
             r.gate[j] = subtract ? 1 : 0;
             r.bits.gate += 1.0;
         }
         r.bits.index += index_bits(M);
         for (int d = 0; d < D; ++d) resid[i * D + d] = x[j * D + d] - (subtract ? c[d] : 0.0f);
     }
-    quantize_rows(p, tensor, resid.data(), 0, rows, D, rq.data(), r.bits);
+    quantize_rows(p, tensor, resid.data(), 0, rows, D, rq.data(), r.bits, table ? table->clip : 1.0f);
     for (int64_t i = 0; i < rows; ++i) {
         const int64_t j = t0 + i;
         const float* c = r.bank.data() + static_cast<int64_t>(r.pattern[j]) * D;
@@ -162,6 +165,35 @@ SimResult simulate_patternkv(const SimParams& p, KvTensor tensor, const float* x
     return r;
 }
 
+// patternkv-table: the cache flushes like patternkv (the prefill's whole R-token
+// blocks at step P, then every R decode tokens), but the bank is the table's and never
+// grows. The bank is a per-model constant shipped once, so it adds no bits to a
+// sequence's cache (docs/numerics.md, "Pattern tables").
+SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D,
+                                   int64_t P) {
+    const TableHeadView* tv = tensor == KvTensor::k ? p.table_k : p.table_v;
+    PKV_ASSERT(tv != nullptr && tv->patterns != nullptr && tv->M >= 1);
+    SimResult r = empty_result(x, n, D);
+    r.pattern.assign(static_cast<size_t>(n), -1);
+    if (tensor == KvTensor::v) r.gate.assign(static_cast<size_t>(n), 0);
+    r.bank.assign(tv->patterns, tv->patterns + static_cast<int64_t>(tv->M) * D);
+    const int64_t R = p.window;
+    auto flush = [&](int64_t t0, int64_t t1, int32_t step) {
+        assign_patterns(x + t0 * D, t1 - t0, D, tv->patterns, tv->M, tv->assign_l2, r.pattern.data() + t0);
+        pattern_block(p, tensor, x, t0, t1, D, r, tv);
+        for (int64_t j = t0; j < t1; ++j) r.flush_step[j] = step;
+    };
+    const int64_t pq = P - P % R;
+    if (pq > 0) flush(0, pq, static_cast<int32_t>(P));
+    for (int64_t start = pq, t = P; t < n; ++t) {
+        if (t - start + 1 < R) continue;
+        flush(start, t + 1, static_cast<int32_t>(t + 1));
+        start = t + 1;
+    }
+    mark_window_bits(r, n, D);
+    return r;
+}
+
 }  // namespace
 
 const char* kv_method_name(KvMethod m) {
@@ -174,7 +206,8 @@ KvMethod parse_kv_method(const std::string& name) {
     for (const auto& e : kMethods)
         if (name == e.name) return e.m;
     fail(ErrorCode::invalid_argument,
-         "unknown method '{}' in --methods: expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8", name);
+         "unknown method '{}' in --methods: expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table",
+         name);
 }
 
 bool kv_method_takes_bits(KvMethod m) { return m == KvMethod::kivi || m == KvMethod::patternkv; }
@@ -209,10 +242,10 @@ double v_gate_rho(const float* v, const float* c, int d) {
     return (static_cast<double>(rmax) - rmin) / rv;
 }
 
-bool v_gate_passes(double rho, int d) {
+bool v_gate_passes(double rho, int d, double z) {
     if (!std::isfinite(rho)) return false;
     const double rho2 = rho * rho;
-    return 1.0 - rho2 >= (2.0 * kZ95 / std::sqrt(5.0 * d)) * std::sqrt(1.0 + rho2 * rho2);
+    return 1.0 - rho2 >= (2.0 * z / std::sqrt(5.0 * d)) * std::sqrt(1.0 + rho2 * rho2);
 }
 
 SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t prefill) {
@@ -225,6 +258,7 @@ SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, in
         }
         case KvMethod::kivi: return simulate_kivi(p, tensor, x, n, D, prefill);
         case KvMethod::patternkv: return simulate_patternkv(p, tensor, x, n, D, prefill);
+        case KvMethod::patternkv_table: return simulate_patternkv_table(p, tensor, x, n, D, prefill);
         case KvMethod::q4_0:
         case KvMethod::q8_0: {
             // llama.cpp writes every token to the quantized cache before attending.

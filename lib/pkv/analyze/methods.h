@@ -24,12 +24,12 @@
 
 namespace pkv {
 
-enum class KvMethod { fp16, kivi, patternkv, q4_0, q8_0, fp8 };
+enum class KvMethod { fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv_table };
 
-/// "fp16", "kivi", "patternkv", "q4_0", "q8_0", "fp8".
+/// "fp16", "kivi", "patternkv", "q4_0", "q8_0", "fp8", "patternkv-table".
 const char* kv_method_name(KvMethod m);
 /// Parses one method name; throws invalid_argument "unknown method 'x' in --methods:
-/// expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8".
+/// expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table".
 KvMethod parse_kv_method(const std::string& name);
 /// True for the methods whose code width comes from --bits (kivi, patternkv).
 bool kv_method_takes_bits(KvMethod m);
@@ -37,6 +37,16 @@ bool kv_method_takes_bits(KvMethod m);
 int kv_method_fixed_bits(KvMethod m);
 
 enum class KvTensor { k, v };
+
+/// patternkv-table: one head's offline patterns (from a pattern table,
+/// pkv/table/pattern_table.h) and the residual-quantizer parameters fitted with them.
+struct TableHeadView {
+    const float* patterns = nullptr;  ///< [M, D], in the basis of the simulated tensor
+    int M = 0;
+    float clip = 1.0f;                ///< clip ratio of the residual quantizer, (0, 1]
+    double gate_z = 1.6448536269514722;  ///< values: gate threshold
+    bool assign_l2 = false;           ///< pattern choice by L2 (default min-max)
+};
 
 struct SimParams {
     KvMethod method = KvMethod::kivi;
@@ -47,6 +57,9 @@ struct SimParams {
     int pattern_cap = 0;   ///< patternkv: bank size limit (0 = grows without limit)
     bool decode_l2 = false;///< patternkv: assign flushed blocks by L2 instead of min-max
     uint64_t seed = 0;     ///< patternkv: k-means seed
+    /// patternkv-table: the head's key and value patterns (both required for that method).
+    const TableHeadView* table_k = nullptr;
+    const TableHeadView* table_v = nullptr;
 };
 
 constexpr int32_t kNeverQuantized = std::numeric_limits<int32_t>::max();
@@ -66,7 +79,7 @@ struct SimResult {
     SimBits bits;
     // patternkv only (empty otherwise):
     std::vector<int32_t> pattern;      ///< [n] bank row assigned to a quantized token, -1 for window tokens
-    std::vector<float> bank;           ///< [M_final, D] pattern bank
+    std::vector<float> bank;           ///< [M_final, D] pattern bank (patternkv-table: the table's)
     std::vector<uint8_t> gate;         ///< [n] V only: 1 when the pattern was subtracted
     int kmeans_k = 0;                  ///< prefill patterns mined (min(--patterns, P); 0 when P = 0)
 };
@@ -78,10 +91,11 @@ SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, in
 /// ceil(log2 M) for M >= 1 (0 for M = 1): bits of one pattern index into a bank of M.
 int index_bits(int64_t M);
 
-/// The PatternKV value gate (one-sided z-test at 95%): subtract the pattern iff
+/// The PatternKV value gate (one-sided z-test, 95% by default): subtract the pattern iff
 ///   1 - rho^2 >= (2 z / sqrt(5 d)) * sqrt(1 + rho^4),  z = 1.6448536269514722,
-/// with rho = R(v - c) / R(v), R = max - min over the d channels. False when R(v) = 0.
-bool v_gate_passes(double rho, int d);
+/// with rho = R(v - c) / R(v), R = max - min over the d channels. False when R(v) = 0
+/// (rho infinite). Pattern tables carry a fitted z per head.
+bool v_gate_passes(double rho, int d, double z = 1.6448536269514722);
 /// rho of one value vector against its pattern (infinity when R(v) = 0).
 double v_gate_rho(const float* v, const float* c, int d);
 

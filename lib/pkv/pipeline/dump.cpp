@@ -99,13 +99,6 @@ void check_config(const DumpConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
 }
 
-std::string utc_now() {
-    const std::time_t t = std::time(nullptr);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-    return buf;
-}
-
 DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp,
                        const LlamaModel& model, const std::vector<int32_t>& stream, const std::vector<int>& layers,
                        AtomicOutput& out, uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
@@ -180,7 +173,7 @@ DumpSummary run_dump(const DumpConfig& c) {
         {"commit", PKV_GIT_COMMIT},
         {"command", "dump"},
         {"argv", c.argv},
-        {"created_utc", utc_now()},
+        {"created_utc", utc_timestamp()},
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
         {"settings",

@@ -1,5 +1,7 @@
 #include "pkv/pipeline/provenance.h"
 
+#include <ctime>
+
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
 
@@ -39,6 +41,13 @@ nlohmann::json sources_json(const std::vector<TextSource>& sources) {
     for (const auto& s : sources)
         a.push_back({{"path", s.path}, {"sha256", s.sha256}, {"bytes", s.bytes}, {"tokens", s.tokens}});
     return a;
+}
+
+std::string utc_timestamp() {
+    const std::time_t t = std::time(nullptr);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+    return buf;
 }
 
 }  // namespace pkv

@@ -18,6 +18,8 @@ struct LlamaHparams;
 /// the RoPE convention (rope_type "norm": pairs (2i, 2i+1)).
 nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const std::string& path,
                           const std::string& sha256);
+/// The current time as "2026-11-29T05:00:00Z" (UTC, seconds).
+std::string utc_timestamp();
 /// [{path, sha256, bytes, tokens}, ...]
 nlohmann::json sources_json(const std::vector<TextSource>& sources);
 

@@ -37,8 +37,9 @@ MinMaxCost minmax_cost(int64_t T, int D, const MinMaxSpec& spec) {
 }
 
 MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon,
-                                  uint8_t* codes) {
+                                  uint8_t* codes, float clip) {
     check_minmax_bits(bits);
+    PKV_CHECK(clip > 0.0f && clip <= 1.0f, invalid_argument, "quantizer clip ratio {}: expected a value in (0, 1]", clip);
     PKV_CHECK(n >= 1, invalid_argument, "quantizer group: expected at least 1 element, got {}", n);
     float mn = x[0], mx = x[0];
     for (int64_t i = 0; i < n; ++i) {
@@ -47,6 +48,13 @@ MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int
                   i, v);
         mn = std::min(mn, v);
         mx = std::max(mx, v);
+    }
+    if (clip < 1.0f) {
+        // Shrink the range about its centre; the clamp of the codes below saturates
+        // the elements that fall outside.
+        const float c = 0.5f * mn + 0.5f * mx, h = 0.5f * mx - 0.5f * mn;
+        mn = c - clip * h;
+        mx = c + clip * h;
     }
     const int qmax = (1 << bits) - 1;
     const uint16_t zero_bits = float_to_half(mn);
@@ -90,7 +98,7 @@ MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& s
             for (int g = 0; g < per_row; ++g) {
                 const int64_t at = t * D + static_cast<int64_t>(g) * G;
                 const MinMaxGroup p =
-                    quantize_minmax_group(x + at, G, 1, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr);
+                    quantize_minmax_group(x + at, G, 1, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr, spec.clip);
                 if (codes) {
                     codes->scales[static_cast<size_t>(t * per_row + g)] = p.scale;
                     codes->zeros[static_cast<size_t>(t * per_row + g)] = p.zero;
@@ -104,7 +112,8 @@ MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& s
             for (int c = 0; c < D; ++c) {
                 const int64_t at = t0 * D + c;
                 const MinMaxGroup p =
-                    quantize_minmax_group(x + at, len, D, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr);
+                    quantize_minmax_group(x + at, len, D, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr,
+                                          spec.clip);
                 if (codes) {
                     codes->scales[static_cast<size_t>(g * D + c)] = p.scale;
                     codes->zeros[static_cast<size_t>(g * D + c)] = p.zero;

@@ -41,6 +41,11 @@ struct MinMaxSpec {
     int bits = 2;                     ///< code width: 2, 3, 4 or 8
     int group = 128;                  ///< elements per group along `axis` (G)
     QuantAxis axis = QuantAxis::token;
+    /// Clip ratio a in (0, 1]: each group is quantized over [c - a h, c + a h] with
+    /// c = (mn + mx) / 2, h = (mx - mn) / 2 instead of [mn, mx]; elements outside are
+    /// clamped to the grid's ends. 1 (default) is plain min-max, bit for bit. Fitted per
+    /// head by `pkv calibrate` (docs/numerics.md, "Clip ratio").
+    float clip = 1.0f;
 };
 
 /// Storage of one quantized matrix, in bits. Codes are counted at `bits` each (as if
@@ -90,7 +95,8 @@ struct MinMaxGroup {
     uint16_t scale;
     uint16_t zero;
 };
+/// clip as in MinMaxSpec (values outside (0, 1] throw invalid_argument).
 MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon,
-                                  uint8_t* codes = nullptr);
+                                  uint8_t* codes = nullptr, float clip = 1.0f);
 
 }  // namespace pkv

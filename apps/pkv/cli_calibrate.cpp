@@ -1,0 +1,112 @@
+// `pkv calibrate`: mine K/V patterns from KV dumps and write a pattern table.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "commands.h"
+#include "device_select.h"
+#include "pkv/analyze/analyze.h"
+#include "pkv/core/error.h"
+#include "pkv/pipeline/calibrate.h"
+
+namespace pkv::cli {
+
+namespace {
+struct CalibrateArgs {
+    CalibrateConfig config;
+    std::string keys = "post";
+    std::string assign = "minmax";
+    std::string init = "kmeanspp";
+    std::string layers;
+    std::string device = "auto";
+};
+
+void print_summary(const PatternTable& t) {
+    const nlohmann::json m = calibration_means(t);
+    const nlohmann::json& c = t.calibration;
+    std::printf("pattern table: %zu layers x %d KV heads, Mk = %d, Mv = %d, head_dim %d, %d-bit residuals (G = %d)\n",
+                t.layers.size(), t.model.n_head_kv, t.k_patterns, t.v_patterns, t.model.head_dim, t.bits, t.group);
+    std::printf("tokens: %lld train, %lld held out; device %s; %.1f s (k-means %.1f s)\n\n",
+                static_cast<long long>(c["tokens"]["train"].get<int64_t>()),
+                static_cast<long long>(c["tokens"]["holdout"].get<int64_t>()), c["device"].get<std::string>().c_str(),
+                c["seconds"].get<double>(), c["kmeans"]["seconds"].get<double>());
+    std::printf("| tensor | var. explained | dead patterns | clip | gate z | held-out NMSE min-max | patterns | fitted |\n");
+    std::printf("|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    auto num = [](const nlohmann::json& j, const char* k, const char* f) {
+        static thread_local char buf[32];
+        if (!j.contains(k)) return "-";
+        std::snprintf(buf, sizeof buf, f, j[k].get<double>());
+        return static_cast<const char*>(buf);
+    };
+    for (const char* tensor : {"k", "v"}) {
+        const nlohmann::json& s = m[tensor];
+        std::printf("| %s | %s", tensor, num(s, "variance_explained", "%.3f"));
+        std::printf(" | %s", num(s, "dead_patterns", "%.2f"));
+        std::printf(" | %s", num(s, "clip", "%.3f"));
+        std::printf(" | %s", num(s, "gate_z", "%.2f"));
+        std::printf(" | %s", num(s, "heldout_nmse_minmax", "%.4e"));
+        std::printf(" | %s", num(s, "heldout_nmse_patterns", "%.4e"));
+        std::printf(" | %s |\n", num(s, "heldout_nmse_fitted", "%.4e"));
+    }
+    std::printf("\n(means over %zu heads; held-out NMSE of the residual quantizer: plain min-max, patterns with\n"
+                " default parameters, patterns with the fitted clip ratios and gate)\n",
+                c["heads"].size());
+}
+}  // namespace
+
+Command add_calibrate(CLI::App& root) {
+    auto args = std::make_shared<CalibrateArgs>();
+    auto* app = root.add_subcommand("calibrate", "mine K/V patterns from KV dumps and write a pattern table");
+    auto& c = args->config;
+    app->add_option("--dump,-d", c.dump_paths, "KV dumps (HDF5) written by pkv dump, one model")->required();
+    app->add_option("--out,-o", c.out_path, "pattern table to write (.safetensors)")->required();
+    app->add_option("--k-patterns", c.k_patterns, "key patterns per (layer, KV head)")->capture_default_str();
+    app->add_option("--v-patterns", c.v_patterns, "value patterns per (layer, KV head)")->capture_default_str();
+    app->add_option("--keys", args->keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
+    app->add_option("--assign", args->assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
+    app->add_option("--bits", c.bits, "residual code width the fit targets (2, 3, 4 or 8)")->capture_default_str();
+    app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")->capture_default_str();
+    app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")->capture_default_str();
+    app->add_flag("--rotate", c.rotate, "mine in the Hadamard-rotated basis");
+    app->add_option("--device", args->device, "cuda, cuda:N, cpu or auto")->capture_default_str();
+    app->add_option("--holdout", c.holdout, "fraction of tokens held out (whole sequences) to measure the table")
+        ->capture_default_str();
+    app->add_option("--seed", c.seed, "seed of the split and of k-means")->capture_default_str();
+    app->add_option("--layers", args->layers, "model layers, e.g. 0,5,10-12 (default: all stored)");
+    app->add_option("--iterations", c.max_iter, "k-means Lloyd iterations")->capture_default_str();
+    app->add_option("--init", args->init, "k-means initialisation: kmeanspp or random")->capture_default_str();
+    app->add_option("--restarts", c.restarts, "k-means restarts (best objective kept)")->capture_default_str();
+    app->add_option("--max-points-per-centroid", c.max_points_per_centroid,
+                    "k-means training subsample per centroid (0: all tokens)")
+        ->capture_default_str();
+    app->add_option("--fit-tokens", c.fit_tokens, "training tokens per head used to fit clip ratios and gate")
+        ->capture_default_str();
+    app->add_flag("--force,-f", c.force, "overwrite an existing table");
+    for (auto* opt : app->get_options())
+        if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+
+    return {app, [args]() {
+                CalibrateConfig cfg = args->config;
+                PKV_CHECK(args->keys == "pre" || args->keys == "post", invalid_argument,
+                          "--keys: expected pre or post, got '{}'", args->keys);
+                cfg.keys_pre = args->keys == "pre";
+                PKV_CHECK(args->assign == "minmax" || args->assign == "l2", invalid_argument,
+                          "--assign: expected minmax or l2, got '{}'", args->assign);
+                cfg.assign_l2 = args->assign == "l2";
+                PKV_CHECK(args->init == "kmeanspp" || args->init == "random", invalid_argument,
+                          "--init: expected kmeanspp or random, got '{}'", args->init);
+                cfg.init = args->init == "random" ? KMeansInit::random : KMeansInit::kmeanspp;
+                if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
+                PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
+                          "{}: exists (use --force to overwrite)", cfg.out_path);
+                SelectedDevice dev = select_device(args->device);
+                cfg.device = dev.description;
+                cfg.argv = argv_strings();
+                const PatternTable t = run_calibrate(cfg, dev.assigner.get());
+                print_summary(t);
+                std::printf("\nwrote %s\n", cfg.out_path.c_str());
+                return 0;
+            }};
+}
+
+}  // namespace pkv::cli

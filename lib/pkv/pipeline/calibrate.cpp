@@ -1,0 +1,456 @@
+// `pkv calibrate`: the contract is in calibrate.h, the fitted parameters in
+// pkv/calib/residual.h, the output format in pkv/table/pattern_table.h.
+#include "pkv/pipeline/calibrate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <random>
+
+#include "pkv/calib/residual.h"
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/core/progress.h"
+#include "pkv/core/version.h"
+#include "pkv/dump/kv_dump.h"
+#include "pkv/pipeline/provenance.h"
+#include "pkv/quant/hadamard.h"
+#include "pkv/quant/minmax.h"
+
+namespace pkv {
+
+namespace {
+
+struct DumpInput {
+    std::unique_ptr<KvDumpReader> reader;
+    std::vector<SeqRange> seqs;  // from /tokens/seq, in token order
+    std::string model_sha256;
+};
+
+// A token range of one dump, and where it lands in the pooled train or held-out tensor.
+struct Piece {
+    int dump = 0;
+    int64_t start = 0, length = 0;
+    bool holdout = false;
+};
+
+std::vector<SeqRange> sequences_of(const std::vector<int32_t>& seq_ids) {
+    std::vector<SeqRange> out;
+    for (int64_t t = 0; t < static_cast<int64_t>(seq_ids.size()); ++t) {
+        if (t == 0 || seq_ids[t] != seq_ids[t - 1]) out.push_back({t, 0});
+        ++out.back().length;
+    }
+    return out;
+}
+
+std::vector<Piece> split_holdout(const std::vector<DumpInput>& dumps, double fraction, uint64_t seed) {
+    std::vector<Piece> pieces;
+    int64_t total = 0;
+    for (int d = 0; d < static_cast<int>(dumps.size()); ++d)
+        for (const SeqRange& s : dumps[d].seqs) {
+            pieces.push_back({d, s.start, s.length, false});
+            total += s.length;
+        }
+    if (fraction <= 0.0) return pieces;
+    const auto want = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(total)));
+    if (pieces.size() == 1) {
+        // One sequence: hold out its tail, so the held-out tokens are still unseen text.
+        Piece& p = pieces[0];
+        const int64_t keep = p.length - want;
+        pieces.push_back({p.dump, p.start + keep, want, true});
+        p.length = keep;
+        return pieces;
+    }
+    std::vector<size_t> order(pieces.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::mt19937_64 gen(seed ^ 0x686f6c646f7574ULL);
+    std::shuffle(order.begin(), order.end(), gen);
+    int64_t held = 0;
+    // Never hold out every sequence: the mining needs at least one.
+    for (size_t i = 0; i + 1 < order.size() && held < want; ++i) {
+        pieces[order[i]].holdout = true;
+        held += pieces[order[i]].length;
+    }
+    return pieces;
+}
+
+// The pooled tokens of one (layer, head) tensor: train and held-out parts with their sequences.
+struct Pooled {
+    std::vector<float> train, hold;
+    std::vector<SeqRange> train_seqs, hold_seqs;
+    int64_t n_train() const { return train_seqs.empty() ? 0 : train_seqs.back().start + train_seqs.back().length; }
+    int64_t n_hold() const { return hold_seqs.empty() ? 0 : hold_seqs.back().start + hold_seqs.back().length; }
+};
+
+Pooled pool_tensor(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces, const char* dataset,
+                   int layer, int head, int D, bool rotate) {
+    Pooled out;
+    for (int d = 0; d < static_cast<int>(dumps.size()); ++d) {
+        const KvDumpReader& r = *dumps[d].reader;
+        const auto& layers = r.layers();
+        const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+        const std::vector<float> x = r.read_head(dataset, slot, head);
+        for (size_t i = 0; i < x.size(); ++i) {
+            if (!std::isfinite(x[i])) {
+                const auto t = static_cast<int64_t>(i / static_cast<size_t>(D));
+                fail(ErrorCode::data_loss, "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
+                     r.path(), dataset, layer, head, t, static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
+            }
+        }
+        for (const Piece& p : pieces) {
+            if (p.dump != d) continue;
+            std::vector<float>& dst = p.holdout ? out.hold : out.train;
+            std::vector<SeqRange>& seqs = p.holdout ? out.hold_seqs : out.train_seqs;
+            seqs.push_back({static_cast<int64_t>(dst.size()) / D, p.length});
+            dst.insert(dst.end(), x.begin() + p.start * D, x.begin() + (p.start + p.length) * D);
+        }
+    }
+    if (rotate) {
+        hadamard_rotate_rows(out.train.data(), out.n_train(), D);
+        hadamard_rotate_rows(out.hold.data(), out.n_hold(), D);
+    }
+    return out;
+}
+
+// Training sequences for the fit: whole sequences in order until fit_tokens are covered.
+std::vector<SeqRange> fit_subset(const std::vector<SeqRange>& seqs, int64_t fit_tokens) {
+    std::vector<SeqRange> out;
+    int64_t n = 0;
+    for (const SeqRange& s : seqs) {
+        if (n >= fit_tokens && !out.empty()) break;
+        out.push_back(s);
+        n += s.length;
+    }
+    return out;
+}
+
+double total_sum_squares(const std::vector<float>& x, int64_t n, int D) {
+    std::vector<double> mean(static_cast<size_t>(D), 0.0);
+    for (int64_t i = 0; i < n; ++i)
+        for (int d = 0; d < D; ++d) mean[d] += x[i * D + d];
+    for (double& m : mean) m /= static_cast<double>(std::max<int64_t>(n, 1));
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+        for (int d = 0; d < D; ++d) {
+            const double e = x[i * D + d] - mean[d];
+            s += e * e;
+        }
+    return s;
+}
+
+nlohmann::json nmse_or_null(const ResidualError& e) {
+    return e.tokens > 0 ? nlohmann::json(e.nmse()) : nlohmann::json(nullptr);
+}
+
+// Everything the table and its metadata need about one tensor (K or V) of one head.
+struct HeadTensorResult {
+    std::vector<int64_t> counts;
+    float clip = 1.0f;
+    double gate_z = ptable::kDefaultGateZ;
+    nlohmann::json stats;
+};
+
+HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
+                               const CalibrateConfig& c) {
+    HeadTensorResult out;
+    const float* patterns = km.centroids.data();
+    const int64_t n = pool.n_train();
+    std::vector<int32_t> labels(static_cast<size_t>(n));
+    assign_patterns(pool.train.data(), n, D, patterns, M, c.assign_l2, labels.data());
+    out.counts.assign(static_cast<size_t>(M), 0);
+    for (int32_t l : labels) ++out.counts[l];
+    const int64_t dead = std::count(out.counts.begin(), out.counts.end(), int64_t{0});
+    const double sst = total_sum_squares(pool.train, n, D);
+
+    const std::vector<SeqRange> fit_seqs = fit_subset(pool.train_seqs, c.fit_tokens);
+    ResidualParams p;
+    p.bits = c.bits;
+    p.group = c.group;
+    nlohmann::json j = {{"objective", km.objective},
+                        {"variance_explained", sst > 0.0 ? 1.0 - km.objective / sst : 0.0},
+                        {"dead_patterns", dead},
+                        {"kmeans_iterations", km.iterations}};
+    std::vector<int32_t> hl(static_cast<size_t>(pool.n_hold()));
+    assign_patterns(pool.hold.data(), pool.n_hold(), D, patterns, M, c.assign_l2, hl.data());
+    nlohmann::json held;
+    if (!is_value) {
+        const KeyFit fit = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        out.clip = fit.clip;
+        j["clip"] = fit.clip;
+        j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
+        ResidualParams base = p;
+        base.use_patterns = false;
+        held["nmse_minmax"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
+        held["nmse_patterns"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p));
+        p.clip = fit.clip;
+        const ResidualError e = key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p);
+        held["nmse_fitted"] = nmse_or_null(e);
+        held["tokens"] = e.tokens;
+    } else {
+        const ValueFit fit = fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        out.clip = fit.clip;
+        out.gate_z = fit.gate_z;
+        j["clip"] = fit.clip;
+        j["gate_z"] = fit.gate_z;
+        j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
+        const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), D, patterns, hl.data());
+        ResidualParams base = p;
+        base.use_patterns = false;
+        held["nmse_minmax"] =
+            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
+        held["nmse_patterns"] =
+            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p));
+        p.clip = fit.clip;
+        p.gate_z = fit.gate_z;
+        const ResidualError e = value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p);
+        held["nmse_fitted"] = nmse_or_null(e);
+        held["tokens"] = e.tokens;
+        j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
+                                      : nlohmann::json(nullptr);
+    }
+    j["heldout"] = held;
+    out.stats = std::move(j);
+    return out;
+}
+
+std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) {
+    PKV_CHECK(!c.dump_paths.empty(), invalid_argument, "--dump: expected at least one KV dump");
+    std::vector<DumpInput> dumps;
+    for (const std::string& path : c.dump_paths) {
+        DumpInput in;
+        in.reader = std::make_unique<KvDumpReader>(path);
+        const KvDumpReader& r = *in.reader;
+        PKV_CHECK(r.has(key_ds), invalid_argument,
+                  "{}::{}: dataset missing; --keys {} needs it (dump it with --capture including {})", path, key_ds,
+                  c.keys_pre ? "pre" : "post", key_ds + 1);
+        PKV_CHECK(r.has(kvdump::kV), invalid_argument, "{}::{}: dataset missing; calibration needs the values", path,
+                  kvdump::kV);
+        const nlohmann::json model = r.model();
+        in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
+        in.seqs = sequences_of(r.token_seq());
+        if (!dumps.empty()) {
+            const KvDumpReader& f = *dumps.front().reader;
+            PKV_CHECK(in.model_sha256 == dumps.front().model_sha256, invalid_argument,
+                      "{}: model sha256 {} differs from {} of {}; calibrate dumps of one model", path, in.model_sha256,
+                      dumps.front().model_sha256, f.path());
+            PKV_CHECK(r.n_head_kv() == f.n_head_kv() && r.head_dim() == f.head_dim() && r.dim_order() == f.dim_order(),
+                      invalid_argument, "{}: shape (n_head_kv {}, head_dim {}, {}) differs from {} ({}, {}, {})", path,
+                      r.n_head_kv(), r.head_dim(), r.dim_order(), f.path(), f.n_head_kv(), f.head_dim(), f.dim_order());
+        }
+        dumps.push_back(std::move(in));
+    }
+    return dumps;
+}
+
+std::vector<int> calibrated_layers(const CalibrateConfig& c, const std::vector<DumpInput>& dumps) {
+    std::vector<int> layers = c.layers;
+    const auto& first = dumps.front().reader->layers();
+    if (layers.empty()) layers.assign(first.begin(), first.end());
+    for (const DumpInput& d : dumps)
+        for (int l : layers) {
+            const auto& have = d.reader->layers();
+            PKV_CHECK(std::find(have.begin(), have.end(), l) != have.end(), invalid_argument,
+                      "{}::{}: layer {} not stored (--layers asks for it)", d.reader->path(), kvdump::kLayers, l);
+        }
+    std::sort(layers.begin(), layers.end());
+    layers.erase(std::unique(layers.begin(), layers.end()), layers.end());
+    return layers;
+}
+
+void check_config(const CalibrateConfig& c) {
+    PKV_CHECK(c.k_patterns >= 1, invalid_argument, "--k-patterns {}: expected at least 1", c.k_patterns);
+    PKV_CHECK(c.v_patterns >= 1, invalid_argument, "--v-patterns {}: expected at least 1", c.v_patterns);
+    check_minmax_bits(c.bits);
+    PKV_CHECK(c.group >= 1, invalid_argument, "--group {}: expected at least 1", c.group);
+    PKV_CHECK(c.window >= 1, invalid_argument, "--window {}: expected at least 1", c.window);
+    PKV_CHECK(c.holdout >= 0.0 && c.holdout <= 0.9, invalid_argument, "--holdout {}: expected a fraction in [0, 0.9]",
+              c.holdout);
+    PKV_CHECK(c.max_iter >= 1, invalid_argument, "--iterations {}: expected at least 1", c.max_iter);
+    PKV_CHECK(c.restarts >= 1, invalid_argument, "--restarts {}: expected at least 1", c.restarts);
+    PKV_CHECK(c.fit_tokens >= 1, invalid_argument, "--fit-tokens {}: expected at least 1", c.fit_tokens);
+    PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
+}
+
+// One k-means problem of a batch (mirrors KMeansProblem of the batched k-means).
+struct Problem {
+    const float* x = nullptr;
+    int64_t n = 0;
+    uint64_t seed = 0;
+};
+
+std::vector<KMeansResult> mine_batch(const std::vector<Problem>& problems, int D, const KMeansParams& params,
+                                     KMeansAssigner* assigner) {
+    std::vector<KMeansResult> out;
+    for (const Problem& p : problems) {
+        KMeansParams q = params;
+        q.seed = p.seed;
+        out.push_back(kmeans(p.x, p.n, D, q, assigner));
+    }
+    return out;
+}
+
+}  // namespace
+
+PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
+    const auto t_start = std::chrono::steady_clock::now();
+    check_config(c);
+    const char* key_ds = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
+    std::vector<DumpInput> dumps = open_dumps(c, key_ds);
+    const KvDumpReader& first = *dumps.front().reader;
+    const int H = first.n_head_kv(), D = first.head_dim();
+    if (c.rotate) check_hadamard_dim(D);
+    if (c.group < D) PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
+    const std::vector<int> layers = calibrated_layers(c, dumps);
+    const std::vector<Piece> pieces = split_holdout(dumps, c.holdout, c.seed);
+    int64_t n_train = 0, n_hold = 0;
+    for (const Piece& p : pieces) (p.holdout ? n_hold : n_train) += p.length;
+    const int M = std::max(c.k_patterns, c.v_patterns);
+    PKV_CHECK(M <= n_train, invalid_argument,
+              "--{}-patterns {} exceeds the {} training tokens available ({} tokens in {} dump(s), {} held out)",
+              c.k_patterns >= c.v_patterns ? "k" : "v", M, n_train, n_train + n_hold, dumps.size(), n_hold);
+    if (c.holdout > 0.0 && n_hold == 0) log::warn("calibrate: --holdout {} left no held-out tokens", c.holdout);
+
+    const nlohmann::json model = first.model();
+    PatternTable t;
+    t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
+    t.model.sha256 = dumps.front().model_sha256;
+    t.model.n_layer = model.is_object() && model.contains("n_layer") ? model["n_layer"].get<int>() : 0;
+    t.model.n_head = first.n_head();
+    t.model.n_head_kv = H;
+    t.model.head_dim = D;
+    t.key_basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    t.key_dim_order = first.dim_order();
+    t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
+    t.bits = c.bits;
+    t.group = c.group;
+    t.window = c.window;
+    t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
+    t.k_patterns = c.k_patterns;
+    t.v_patterns = c.v_patterns;
+
+    KMeansParams kp;
+    kp.max_iter = c.max_iter;
+    kp.tol = c.tol;
+    kp.init = c.init;
+    kp.n_restarts = c.restarts;
+    kp.max_points_per_centroid = c.max_points_per_centroid;
+
+    nlohmann::json heads = nlohmann::json::array();
+    const int64_t bytes_per_layer = 2 * static_cast<int64_t>(H) * (n_train + n_hold) * D * 4;
+    const int layers_per_batch =
+        static_cast<int>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_layer, 1)));
+    Progress progress("calibrate", layers.size() * static_cast<uint64_t>(H), "heads");
+    double kmeans_seconds = 0.0;
+    for (size_t b0 = 0; b0 < layers.size(); b0 += static_cast<size_t>(layers_per_batch)) {
+        const size_t b1 = std::min(layers.size(), b0 + static_cast<size_t>(layers_per_batch));
+        // Problem i of the batch is (layer b0 + i / H, head i % H), K and V separately.
+        std::vector<Pooled> kpool, vpool;
+        for (size_t li = b0; li < b1; ++li)
+            for (int h = 0; h < H; ++h) {
+                kpool.push_back(pool_tensor(dumps, pieces, key_ds, layers[li], h, D, c.rotate));
+                vpool.push_back(pool_tensor(dumps, pieces, kvdump::kV, layers[li], h, D, c.rotate));
+            }
+        std::vector<Problem> kprob, vprob;
+        for (size_t i = 0; i < kpool.size(); ++i) {
+            const int layer = layers[b0 + i / H], h = static_cast<int>(i % H);
+            // Seeds differ per (layer, head, tensor) and do not depend on the batching.
+            const uint64_t s = c.seed + 1000003ULL * static_cast<uint64_t>(layer) + 7919ULL * static_cast<uint64_t>(h);
+            kprob.push_back({kpool[i].train.data(), kpool[i].n_train(), s});
+            vprob.push_back({vpool[i].train.data(), vpool[i].n_train(), s ^ 0x5555555555555555ULL});
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        KMeansParams kpk = kp, kpv = kp;
+        kpk.k = c.k_patterns;
+        kpv.k = c.v_patterns;
+        const std::vector<KMeansResult> kres = mine_batch(kprob, D, kpk, assigner);
+        const std::vector<KMeansResult> vres = mine_batch(vprob, D, kpv, assigner);
+        kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+        std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
+            kout[i] = finish_tensor(false, kpool[i], kres[i], D, c.k_patterns, c);
+            vout[i] = finish_tensor(true, vpool[i], vres[i], D, c.v_patterns, c);
+        }
+        for (size_t li = b0; li < b1; ++li) {
+            PatternLayer L;
+            L.layer = layers[li];
+            for (int h = 0; h < H; ++h) {
+                const size_t i = (li - b0) * H + h;
+                L.k_patterns.insert(L.k_patterns.end(), kres[i].centroids.begin(), kres[i].centroids.end());
+                L.v_patterns.insert(L.v_patterns.end(), vres[i].centroids.begin(), vres[i].centroids.end());
+                L.k_counts.insert(L.k_counts.end(), kout[i].counts.begin(), kout[i].counts.end());
+                L.v_counts.insert(L.v_counts.end(), vout[i].counts.begin(), vout[i].counts.end());
+                L.k_clip.push_back(kout[i].clip);
+                L.v_clip.push_back(vout[i].clip);
+                L.v_gate_z.push_back(static_cast<float>(vout[i].gate_z));
+                heads.push_back({{"layer", L.layer}, {"head", h}, {"k", kout[i].stats}, {"v", vout[i].stats}});
+            }
+            t.layers.push_back(std::move(L));
+            progress.advance(static_cast<uint64_t>(H));
+        }
+    }
+    progress.finish();
+
+    nlohmann::json dumps_json = nlohmann::json::array();
+    for (const DumpInput& d : dumps) {
+        const nlohmann::json prov = d.reader->provenance();
+        dumps_json.push_back({{"path", d.reader->path()},
+                              {"tokens", d.reader->n_tokens()},
+                              {"model_sha256", d.model_sha256},
+                              {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    t.calibration = {{"tool", "pkv"},
+                     {"version", PKV_VERSION},
+                     {"commit", PKV_GIT_COMMIT},
+                     {"argv", c.argv},
+                     {"time", utc_timestamp()},
+                     {"dumps", dumps_json},
+                     {"tokens", {{"train", n_train}, {"holdout", n_hold}}},
+                     {"holdout_fraction", c.holdout},
+                     {"seed", c.seed},
+                     {"device", c.device},
+                     {"kmeans",
+                      {{"max_iter", c.max_iter},
+                       {"tol", c.tol},
+                       {"init", kmeans_init_name(c.init)},
+                       {"restarts", c.restarts},
+                       {"max_points_per_centroid", c.max_points_per_centroid},
+                       {"seconds", kmeans_seconds}}},
+                     {"fit", {{"tokens_per_head", c.fit_tokens}, {"clip_grid", clip_grid()}, {"gate_z_grid", gate_z_grid()}}},
+                     {"seconds", seconds},
+                     {"heads", heads}};
+    write_pattern_table(t, c.out_path, c.force);
+    return t;
+}
+
+nlohmann::json calibration_means(const PatternTable& table) {
+    nlohmann::json out = nlohmann::json::object();
+    const nlohmann::json& heads = table.calibration.value("heads", nlohmann::json::array());
+    for (const char* tensor : {"k", "v"}) {
+        std::map<std::string, std::pair<double, int>> acc;
+        auto add = [&](const std::string& key, const nlohmann::json& v) {
+            if (!v.is_number()) return;
+            auto& a = acc[key];
+            a.first += v.get<double>();
+            a.second += 1;
+        };
+        for (const auto& h : heads) {
+            const nlohmann::json& s = h.at(tensor);
+            for (const char* f : {"variance_explained", "dead_patterns", "clip", "gate_z", "gate_rate"})
+                if (s.contains(f)) add(f, s[f]);
+            for (const char* f : {"nmse_minmax", "nmse_patterns", "nmse_fitted"})
+                if (s.contains("heldout") && s["heldout"].contains(f)) add(std::string("heldout_") + f, s["heldout"][f]);
+        }
+        nlohmann::json m = nlohmann::json::object();
+        for (const auto& [k, a] : acc) m[k] = a.second > 0 ? a.first / a.second : 0.0;
+        out[tensor] = m;
+    }
+    return out;
+}
+
+}  // namespace pkv

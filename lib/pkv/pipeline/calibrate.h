@@ -1,0 +1,70 @@
+// pkv/pipeline/calibrate.h — `pkv calibrate` as one library call: mine key and value
+// patterns per (layer, KV head) from KV dumps, fit the residual quantizer, measure it
+// on held-out sequences and write a pattern table (pkv/table/pattern_table.h).
+//
+// Data: every dump must hold /v and the key dataset of the chosen basis (/k_post, or
+// /k_pre with keys_pre), for every calibrated layer, and describe the same model
+// (SHA-256, n_head_kv, head_dim, key dim order). Tokens of all dumps are pooled.
+//
+// Held-out split: whole sequences, drawn by a seeded shuffle of all sequences of all
+// dumps until at least holdout x (all tokens) are held out; with a single sequence its
+// last holdout fraction is held out instead. Held-out tokens never enter the mining or
+// the fit; the table's metadata records the held-out error of each head
+// (pkv/calib/residual.h describes the measurement).
+//
+// Work proceeds in batches of whole layers sized by batch_bytes, so memory does not
+// grow with the number of layers; all (layer, head) problems of a batch go to
+// kmeans_batch at once (one launch sequence on a GPU).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pkv/kmeans/kmeans.h"
+#include "pkv/table/pattern_table.h"
+
+namespace pkv {
+
+class KMeansAssigner;
+
+struct CalibrateConfig {
+    std::vector<std::string> dump_paths;
+    std::string out_path;              ///< the table (.safetensors)
+    bool force = false;                ///< overwrite out_path
+    int k_patterns = 32;               ///< Mk per (layer, head)
+    int v_patterns = 32;               ///< Mv per (layer, head)
+    bool keys_pre = false;             ///< mine pre-RoPE keys (/k_pre) instead of post-RoPE
+    bool assign_l2 = false;            ///< runtime pattern choice by L2 (default min-max)
+    int bits = 2;                      ///< residual code width the fit targets: 2, 3, 4 or 8
+    int group = 128;                   ///< G (K tokens per channel group; V channels, capped at D)
+    int window = 128;                  ///< R, recorded for runtimes (fp16 window / flush block)
+    bool rotate = false;               ///< mine in the Hadamard-rotated basis (plain H_D)
+    double holdout = 0.1;              ///< fraction of tokens held out, [0, 0.9]
+    uint64_t seed = 1234;
+    std::vector<int> layers;           ///< model layers (empty: every layer of the dumps)
+    int max_iter = 30;                 ///< k-means Lloyd iterations
+    double tol = 1e-4;                 ///< k-means centroid-shift tolerance
+    KMeansInit init = KMeansInit::kmeanspp;
+    int restarts = 1;
+    int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
+    int64_t fit_tokens = 65536;        ///< training tokens per head used by the parameter fit (whole sequences)
+    int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
+    std::string device = "cpu";        ///< recorded: what the assigner runs on
+    std::vector<std::string> argv;     ///< recorded as provenance
+};
+
+/// Validates the configuration against the dumps (throws pkv::Error naming the option
+/// or "<file>::<object>" before any heavy work), calibrates, writes the table atomically
+/// and returns it. assigner == nullptr mines on the CPU. Progress goes to stderr.
+/// Errors: missing datasets, mismatched dumps, a non-finite activation ("d.h5::/v:
+/// layer 3, head 1, token 517, dim 12 is nan"), too few training tokens for Mk or Mv.
+PatternTable run_calibrate(const CalibrateConfig& config, KMeansAssigner* assigner = nullptr);
+
+/// Means over heads of the per-head statistics in table.calibration["heads"]: a JSON
+/// object {"k": {...}, "v": {...}} with the same fields, for summaries.
+nlohmann::json calibration_means(const PatternTable& table);
+
+}  // namespace pkv
