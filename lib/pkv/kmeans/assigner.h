@@ -17,8 +17,30 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace pkv {
+
+/// One data set of a batched pass: n points [n x d] row-major at x.
+struct AssignData {
+    const float* x = nullptr;
+    int64_t n = 0;
+};
+
+/// One problem's work in a batched pass (KMeansAssigner::assign_batch): the points of
+/// data set `data` (an index into the begin_batch() list) against `centroids`.
+/// Several tasks may name the same data set (k-means restarts do).
+struct AssignTask {
+    int data = 0;
+    const float* centroids = nullptr;  ///< [k x d] in
+    double* sums = nullptr;            ///< [k x d] out, overwritten; null: no sums this pass
+    int64_t* counts = nullptr;         ///< [k] out, overwritten; null exactly when sums is null
+    int32_t* labels = nullptr;         ///< [n] out; null when the caller does not need them
+    float* dist2 = nullptr;            ///< [n] out; null when the caller does not need them
+    /// Out: sum over the data set of the squared distance of every point to its
+    /// centroid, in double. Deterministic; its summation order is the implementation's.
+    double objective = 0.0;
+};
 
 /// Computes nearest-centroid labels (and, optionally fused, the per-cluster sums the
 /// centroid update needs). Implementations must be deterministic: the same inputs
@@ -54,6 +76,32 @@ public:
     /// kernel may be float as long as they are combined in double).
     virtual void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
                                    int32_t* labels, float* dist2, double* sums, int64_t* counts);
+
+    /// Announces the data sets of a batch; until the matching end_batch() every
+    /// assign_batch() refers to them by index (contents unchanged). The default
+    /// remembers the list and, for a single data set, calls begin() on it.
+    virtual void begin_batch(const std::vector<AssignData>& data, int d);
+
+    /// Releases what begin_batch() prepared (the default calls end() when begin_batch
+    /// called begin()). Must not throw.
+    virtual void end_batch() noexcept;
+
+    /// One pass over every task (k centroids each, all of dimension d): labels, dist2,
+    /// sums and counts as assign()/assign_accumulate() define them, only where the task
+    /// asks for them, and always the objective. The default loops over the tasks with
+    /// assign_accumulate() (or assign() when sums is null) into scratch labels/dist2
+    /// where the task gives none, and sums dist2 in index order in double. A device
+    /// implementation processes the whole batch in one launch sequence. A task's
+    /// outputs must not depend on the other tasks of the batch.
+    virtual void assign_batch(std::vector<AssignTask>& tasks, int k);
+
+protected:
+    /// The data sets of the current begin_batch() (empty outside one) and their d.
+    std::vector<AssignData> batch_data_;
+    int batch_d_ = 0;
+
+private:
+    bool batch_began_single_ = false;
 };
 
 /// CPU assigner: scores s_ij = ||c_j||² - 2 x_i·c_j from a float GEMM (Eigen) over

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <unordered_set>
 #include <vector>
 
@@ -76,7 +77,7 @@ std::vector<int64_t> sample_without_replacement(int64_t n, int64_t m, Rng& rng) 
     return out;
 }
 
-void check_finite(const float* x, int64_t n, int d) {
+void check_finite(const float* x, int64_t n, int d, const std::string& where) {
     // A single NaN would poison a centroid and, through it, every later iteration;
     // one scan up front gives a precise message instead.
     int64_t first_bad = n;
@@ -92,13 +93,12 @@ void check_finite(const float* x, int64_t n, int d) {
     if (first_bad == n) return;
     int dim = 0;
     while (std::isfinite(x[first_bad * d + dim])) ++dim;
-    fail(ErrorCode::invalid_argument, "k-means: point {} has a non-finite value at dim {}", first_bad, dim);
+    fail(ErrorCode::invalid_argument, "k-means: {}point {} has a non-finite value at dim {}", where, first_bad, dim);
 }
 
-void check_params(int64_t n, int d, const KMeansParams& p) {
+void check_params(int d, const KMeansParams& p) {
     PKV_CHECK(d >= 1, invalid_argument, "k-means: expected dimension d >= 1, got {}", d);
     PKV_CHECK(p.k >= 1, invalid_argument, "k-means: expected k >= 1, got {}", p.k);
-    PKV_CHECK(p.k <= n, invalid_argument, "k-means: k = {} exceeds the number of points n = {}", p.k, n);
     PKV_CHECK(p.max_iter >= 0, invalid_argument, "k-means: expected max_iter >= 0, got {}", p.max_iter);
     PKV_CHECK(p.n_restarts >= 1, invalid_argument, "k-means: expected n_restarts >= 1, got {}", p.n_restarts);
     PKV_CHECK(p.max_points_per_centroid >= 0, invalid_argument,
@@ -166,85 +166,139 @@ void init_kmeanspp(const float* x, int64_t n, int d, int k, Rng& rng, float* cen
     }
 }
 
-// Calls begin() now and end() on every exit path.
-class DataScope {
+// Calls begin_batch() now and end_batch() on every exit path.
+class BatchScope {
 public:
-    DataScope(KMeansAssigner& a, const float* x, int64_t n, int d) : a_(a) { a_.begin(x, n, d); }
-    ~DataScope() { a_.end(); }
-    DataScope(const DataScope&) = delete;
-    DataScope& operator=(const DataScope&) = delete;
+    BatchScope(KMeansAssigner& a, const std::vector<AssignData>& data, int d) : a_(a) { a_.begin_batch(data, d); }
+    ~BatchScope() { a_.end_batch(); }
+    BatchScope(const BatchScope&) = delete;
+    BatchScope& operator=(const BatchScope&) = delete;
 
 private:
     KMeansAssigner& a_;
 };
 
-double sum_in_order(const std::vector<float>& v) {
-    double s = 0.0;
-    for (const float e : v) s += e;
-    return s;
-}
+// One problem's training set: all its points, or a uniform subset copied out.
+struct ProblemState {
+    const float* x = nullptr;
+    int64_t n = 0;
+    uint64_t seed = 0;
+    std::vector<float> subset;
+    const float* xt = nullptr;
+    int64_t nt = 0;
+};
 
+// One restart of one problem.
 struct Run {
+    int problem = 0;
+    Rng rng{0};
     std::vector<float> centroids;
     std::vector<KMeansIterationStats> stats;
     int iterations = 0;
     bool converged = false;
-    std::vector<int32_t> labels;  // final assignment of the training points
-    std::vector<float> dist2;
+    bool active = true;
+    double prev_objective = 0.0;
+    std::vector<double> sums;
+    std::vector<int64_t> counts;
+    std::vector<int32_t> labels;  // final assignment of the training points (when kept)
     double objective = 0.0;       // of the final centroids on the training points
 };
 
-// Lloyd iterations from run.centroids on the training points xt [nt x d].
-void lloyd(const float* xt, int64_t nt, int d, const KMeansParams& p, KMeansAssigner& assigner, Rng& rng,
-           Run& run) {
+// The Lloyd update of one run from the sums and counts of its last pass; returns the
+// iteration's statistics without `seconds`.
+KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, double objective,
+                                std::vector<float>& next) {
+    KMeansIterationStats st;
+    st.objective = objective;
+    for (int j = 0; j < k; ++j) {
+        float* nj = next.data() + int64_t{j} * d;
+        if (run.counts[j] == 0) {
+            // Empty: move to a random training point (see kmeans.h for why this
+            // cannot raise the objective).
+            copy_row(ps.xt, d, run.rng.index(ps.nt), nj);
+            ++st.n_empty_refilled;
+            continue;
+        }
+        const double inv = 1.0 / static_cast<double>(run.counts[j]);
+        const double* sj = run.sums.data() + int64_t{j} * d;
+        for (int t = 0; t < d; ++t) nj[t] = static_cast<float>(sj[t] * inv);
+    }
+    for (size_t i = 0; i < next.size(); ++i)
+        st.max_shift = std::max(st.max_shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
+    run.centroids.swap(next);
+    return st;
+}
+
+// Lloyd iterations of every run in lockstep, one batched pass per iteration, then one
+// scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
+void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
+                 std::vector<Run>& runs, const std::vector<char>& keep_labels) {
     using clock = std::chrono::steady_clock;
     const int k = p.k;
     const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
-    run.labels.assign(static_cast<size_t>(nt), 0);
-    run.dist2.assign(static_cast<size_t>(nt), 0.0f);
-    std::vector<double> sums(kd);
-    std::vector<int64_t> counts(static_cast<size_t>(k));
+    std::vector<AssignData> data(probs.size());
+    for (size_t i = 0; i < probs.size(); ++i) data[i] = AssignData{probs[i].xt, probs[i].nt};
+    for (Run& run : runs) {
+        run.sums.assign(kd, 0.0);
+        run.counts.assign(static_cast<size_t>(k), 0);
+    }
     std::vector<float> next(kd);
-    DataScope scope(assigner, xt, nt, d);
-    double prev_objective = 0.0;
+    BatchScope scope(assigner, data, d);
+    std::vector<AssignTask> tasks;
+    std::vector<Run*> active;
     for (int it = 0; it < p.max_iter; ++it) {
         const auto t0 = clock::now();
-        assigner.assign_accumulate(xt, nt, d, run.centroids.data(), k, run.labels.data(), run.dist2.data(),
-                                   sums.data(), counts.data());
-        KMeansIterationStats st;
-        st.objective = sum_in_order(run.dist2);
-        for (int j = 0; j < k; ++j) {
-            float* nj = next.data() + int64_t{j} * d;
-            if (counts[j] == 0) {
-                // Empty: move to a random training point (see kmeans.h for why this
-                // cannot raise the objective).
-                copy_row(xt, d, rng.index(nt), nj);
-                ++st.n_empty_refilled;
-                continue;
-            }
-            const double inv = 1.0 / static_cast<double>(counts[j]);
-            const double* sj = sums.data() + int64_t{j} * d;
-            for (int t = 0; t < d; ++t) nj[t] = static_cast<float>(sj[t] * inv);
+        tasks.clear();
+        active.clear();
+        for (Run& run : runs) {
+            if (!run.active) continue;
+            AssignTask t;
+            t.data = run.problem;
+            t.centroids = run.centroids.data();
+            t.sums = run.sums.data();
+            t.counts = run.counts.data();
+            tasks.push_back(t);
+            active.push_back(&run);
         }
-        for (size_t i = 0; i < kd; ++i)
-            st.max_shift = std::max(st.max_shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
-        run.centroids.swap(next);
-        st.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-        run.stats.push_back(st);
-        run.iterations = it + 1;
-        const bool shift_small = p.tol >= 0.0 && st.max_shift <= p.tol;
-        const bool gain_small =
-            p.rel_tol > 0.0 && it > 0 && prev_objective - st.objective <= p.rel_tol * prev_objective;
-        prev_objective = st.objective;
-        if (shift_small || gain_small) {
-            run.converged = true;
-            break;
+        if (tasks.empty()) break;
+        assigner.assign_batch(tasks, k);
+        std::vector<KMeansIterationStats> st(tasks.size());
+        for (size_t i = 0; i < tasks.size(); ++i)
+            st[i] = update_run(*active[i], probs[static_cast<size_t>(active[i]->problem)], k, d,
+                               tasks[i].objective, next);
+        const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+        for (size_t i = 0; i < tasks.size(); ++i) {
+            Run& run = *active[i];
+            st[i].seconds = seconds;
+            run.stats.push_back(st[i]);
+            run.iterations = it + 1;
+            const bool shift_small = p.tol >= 0.0 && st[i].max_shift <= p.tol;
+            const bool gain_small = p.rel_tol > 0.0 && it > 0 &&
+                                    run.prev_objective - st[i].objective <= p.rel_tol * run.prev_objective;
+            run.prev_objective = st[i].objective;
+            if (shift_small || gain_small) {
+                run.converged = true;
+                run.active = false;
+            }
         }
     }
     // Score the final centroids so restarts compare like with like and the result's
     // labels match its centroids.
-    assigner.assign(xt, nt, d, run.centroids.data(), k, run.labels.data(), run.dist2.data());
-    run.objective = sum_in_order(run.dist2);
+    tasks.clear();
+    for (Run& run : runs) {
+        run.sums = {};
+        run.counts = {};
+        AssignTask t;
+        t.data = run.problem;
+        t.centroids = run.centroids.data();
+        if (keep_labels[static_cast<size_t>(run.problem)]) {
+            run.labels.assign(static_cast<size_t>(probs[static_cast<size_t>(run.problem)].nt), 0);
+            t.labels = run.labels.data();
+        }
+        tasks.push_back(t);
+    }
+    assigner.assign_batch(tasks, k);
+    for (size_t i = 0; i < runs.size(); ++i) runs[i].objective = tasks[i].objective;
 }
 
 }  // namespace
@@ -258,71 +312,117 @@ const char* kmeans_init_name(KMeansInit init) {
 }
 
 KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params, KMeansAssigner* assigner) {
-    check_params(n, d, params);
-    PKV_CHECK(x != nullptr, invalid_argument, "k-means: null input with n = {}", n);
-    check_finite(x, n, d);
-    CpuAssigner cpu;
-    KMeansAssigner& a = assigner ? *assigner : cpu;
+    std::vector<KMeansResult> r = kmeans_batch({KMeansProblem{x, n, params.seed}}, d, params, assigner);
+    return std::move(r.front());
+}
+
+std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
+                                       KMeansAssigner* assigner) {
+    check_params(d, params);
+    const size_t np = problems.size();
+    if (np == 0) return {};
     const int k = params.k;
     const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
+    for (size_t i = 0; i < np; ++i) {
+        const KMeansProblem& pr = problems[i];
+        const std::string where = np == 1 ? std::string() : fmt::format("problem {}: ", i);
+        PKV_CHECK(k <= pr.n, invalid_argument, "k-means: {}k = {} exceeds the number of points n = {}", where, k,
+                  pr.n);
+        PKV_CHECK(pr.x != nullptr, invalid_argument, "k-means: {}null input with n = {}", where, pr.n);
+        check_finite(pr.x, pr.n, d, where);
+    }
+    CpuAssigner cpu;
+    KMeansAssigner& a = assigner ? *assigner : cpu;
 
-    // Training set: all points, or a uniform subset copied out contiguously.
-    std::vector<float> subset;
-    const float* xt = x;
-    int64_t nt = n;
+    // Training sets: all points, or a uniform subset copied out contiguously.
+    std::vector<ProblemState> probs(np);
     const int64_t mppc = params.max_points_per_centroid;
-    if (mppc > 0 && n / k > mppc) {  // n / k > mppc  <=>  n > k * mppc, without overflow
-        nt = int64_t{k} * mppc;
-        Rng rng(mix_seed(params.seed, 0));
-        std::vector<int64_t> rows = sample_without_replacement(n, nt, rng);
-        std::sort(rows.begin(), rows.end());  // sequential reads of x
-        subset.resize(static_cast<size_t>(nt) * d);
-        for (int64_t i = 0; i < nt; ++i) copy_row(x, d, rows[i], subset.data() + i * d);
-        xt = subset.data();
+#pragma omp parallel for schedule(dynamic) if (np > 1)
+    for (size_t i = 0; i < np; ++i) {
+        ProblemState& ps = probs[i];
+        ps.x = problems[i].x;
+        ps.n = problems[i].n;
+        ps.seed = problems[i].seed;
+        ps.xt = ps.x;
+        ps.nt = ps.n;
+        if (mppc > 0 && ps.n / k > mppc) {  // n / k > mppc  <=>  n > k * mppc, without overflow
+            ps.nt = int64_t{k} * mppc;
+            Rng rng(mix_seed(ps.seed, 0));
+            std::vector<int64_t> rows = sample_without_replacement(ps.n, ps.nt, rng);
+            std::sort(rows.begin(), rows.end());  // sequential reads of x
+            ps.subset.resize(static_cast<size_t>(ps.nt) * d);
+            for (int64_t r = 0; r < ps.nt; ++r) copy_row(ps.x, d, rows[r], ps.subset.data() + r * d);
+            ps.xt = ps.subset.data();
+        }
     }
 
-    KMeansResult res;
-    res.k = k;
-    res.d = d;
-    res.n_train = nt;
-    Run best;
-    for (int r = 0; r < params.n_restarts; ++r) {
-        // Restart r's generator depends only on (seed, r): restart 0 is the same run
-        // whatever n_restarts is.
-        Rng rng(mix_seed(params.seed, static_cast<uint64_t>(r) + 1));
-        Run run;
+    // Every restart of every problem; restart r's generator depends only on (seed, r),
+    // so restart 0 is the same run whatever n_restarts is.
+    const int nr = params.n_restarts;
+    std::vector<Run> runs(np * static_cast<size_t>(nr));
+#pragma omp parallel for schedule(dynamic) if (runs.size() > 1)
+    for (size_t ri = 0; ri < runs.size(); ++ri) {
+        Run& run = runs[ri];
+        run.problem = static_cast<int>(ri / nr);
+        const int r = static_cast<int>(ri % nr);
+        const ProblemState& ps = probs[static_cast<size_t>(run.problem)];
+        run.rng = Rng(mix_seed(ps.seed, static_cast<uint64_t>(r) + 1));
         run.centroids.resize(kd);
         if (!params.initial_centroids.empty())
             run.centroids = params.initial_centroids;
         else if (params.init == KMeansInit::kmeanspp)
-            init_kmeanspp(xt, nt, d, k, rng, run.centroids.data());
+            init_kmeanspp(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
         else
-            init_random(xt, nt, d, k, rng, run.centroids.data());
-        lloyd(xt, nt, d, params, a, rng, run);
-        res.restart_objectives.push_back(run.objective);
-        if (r == 0 || run.objective < best.objective) {
-            best = std::move(run);
-            res.restart = r;
-        }
+            init_random(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
     }
+    std::vector<char> keep_labels(np);
+    for (size_t i = 0; i < np; ++i) keep_labels[i] = probs[i].xt == probs[i].x;
+    lloyd_batch(probs, d, params, a, runs, keep_labels);
 
-    res.centroids = std::move(best.centroids);
-    res.stats = std::move(best.stats);
-    res.iterations = best.iterations;
-    res.converged = best.converged;
-    if (xt == x) {
-        res.assignments = std::move(best.labels);
-        res.objective = best.objective;
-    } else {
-        res.assignments.resize(static_cast<size_t>(n));
-        std::vector<float> dist2(static_cast<size_t>(n));
-        {
-            DataScope scope(a, x, n, d);
-            a.assign(x, n, d, res.centroids.data(), k, res.assignments.data(), dist2.data());
+    std::vector<KMeansResult> results(np);
+    std::vector<AssignData> full;
+    std::vector<AssignTask> final_tasks;
+    std::vector<size_t> final_of;
+    for (size_t i = 0; i < np; ++i) {
+        KMeansResult& res = results[i];
+        res.k = k;
+        res.d = d;
+        res.n_train = probs[i].nt;
+        Run* best = nullptr;
+        for (int r = 0; r < nr; ++r) {
+            Run& run = runs[i * nr + static_cast<size_t>(r)];
+            res.restart_objectives.push_back(run.objective);
+            if (r == 0 || run.objective < best->objective) {
+                best = &run;
+                res.restart = r;
+            }
         }
-        res.objective = sum_in_order(dist2);
+        res.centroids = std::move(best->centroids);
+        res.stats = std::move(best->stats);
+        res.iterations = best->iterations;
+        res.converged = best->converged;
+        if (keep_labels[i]) {
+            res.assignments = std::move(best->labels);
+            res.objective = best->objective;
+            continue;
+        }
+        // Subsampled: one assignment of all n points with the trained centroids.
+        res.assignments.resize(static_cast<size_t>(probs[i].n));
+        AssignTask t;
+        t.data = static_cast<int>(full.size());
+        t.centroids = res.centroids.data();
+        t.labels = res.assignments.data();
+        full.push_back(AssignData{probs[i].x, probs[i].n});
+        final_tasks.push_back(t);
+        final_of.push_back(i);
     }
-    return res;
+    runs.clear();
+    if (!final_tasks.empty()) {
+        BatchScope scope(a, full, d);
+        a.assign_batch(final_tasks, k);
+        for (size_t j = 0; j < final_tasks.size(); ++j) results[final_of[j]].objective = final_tasks[j].objective;
+    }
+    return results;
 }
 
 }  // namespace pkv

@@ -1,6 +1,10 @@
 // pkv/kmeans/kmeans.h — Lloyd k-means on float vectors (key/value "patterns").
 //
-// One entry point, kmeans(), runs: input checks → optional subsampling of the
+// kmeans_batch() clusters many independent problems (e.g. every (layer, head) of a
+// model) with one Lloyd loop run in lockstep: each iteration hands all still-running
+// problems (and restarts) to the assigner as one batched pass, so a GPU assigner
+// covers them in one launch sequence. kmeans() is kmeans_batch() of one problem.
+// Per problem it runs: input checks → optional subsampling of the
 // training points → for each restart: initialisation, then Lloyd iterations
 // (assign, update, refill empty clusters, convergence test) → keep the restart with
 // the lowest training objective → one final assignment of all n points.
@@ -101,5 +105,23 @@ struct KMeansResult {
 /// coordinate ("k-means: point 17 has a non-finite value at dim 3", lowest such point).
 KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params,
                     KMeansAssigner* assigner = nullptr);
+
+/// One problem of a batch: n points [n x d] row-major at x, clustered with its own seed.
+struct KMeansProblem { const float* x = nullptr; int64_t n = 0; uint64_t seed = 0; };
+
+/// Clusters every problem with `params` (params.seed replaced by the problem's seed).
+/// result[i] is bitwise equal to kmeans(problems[i].x, problems[i].n, d,
+/// params-with-seed-i, same assigner) for every assigner whose per-task outputs do not
+/// depend on the other tasks of a batch (the contract of assign_batch; CpuAssigner and
+/// CudaAssigner keep it), except KMeansIterationStats::seconds, which times the whole
+/// batch's iteration. Each problem keeps its own subsample, restarts, generators,
+/// empty-cluster refills and convergence test; a problem whose runs have all stopped
+/// drops out of later passes. Problems may have different n; k must be <= every n
+/// ("k-means: problem 3: k = 40 exceeds the number of points n = 32"; a batch of one
+/// problem keeps kmeans()'s message). An empty batch returns an empty vector.
+/// The GPU assigner processes all problems of an iteration in one launch sequence.
+/// Host memory: the subsamples plus O(n) labels per problem for the final pass.
+std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
+                                       KMeansAssigner* assigner = nullptr);
 
 }  // namespace pkv
