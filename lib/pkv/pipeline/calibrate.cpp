@@ -274,24 +274,6 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
 }
 
-// One k-means problem of a batch (mirrors KMeansProblem of the batched k-means).
-struct Problem {
-    const float* x = nullptr;
-    int64_t n = 0;
-    uint64_t seed = 0;
-};
-
-std::vector<KMeansResult> mine_batch(const std::vector<Problem>& problems, int D, const KMeansParams& params,
-                                     KMeansAssigner* assigner) {
-    std::vector<KMeansResult> out;
-    for (const Problem& p : problems) {
-        KMeansParams q = params;
-        q.seed = p.seed;
-        out.push_back(kmeans(p.x, p.n, D, q, assigner));
-    }
-    return out;
-}
-
 }  // namespace
 
 PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
@@ -353,7 +335,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
                 kpool.push_back(pool_tensor(dumps, pieces, key_ds, layers[li], h, D, c.rotate));
                 vpool.push_back(pool_tensor(dumps, pieces, kvdump::kV, layers[li], h, D, c.rotate));
             }
-        std::vector<Problem> kprob, vprob;
+        std::vector<KMeansProblem> kprob, vprob;
         for (size_t i = 0; i < kpool.size(); ++i) {
             const int layer = layers[b0 + i / H], h = static_cast<int>(i % H);
             // Seeds differ per (layer, head, tensor) and do not depend on the batching.
@@ -365,8 +347,8 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
         KMeansParams kpk = kp, kpv = kp;
         kpk.k = c.k_patterns;
         kpv.k = c.v_patterns;
-        const std::vector<KMeansResult> kres = mine_batch(kprob, D, kpk, assigner);
-        const std::vector<KMeansResult> vres = mine_batch(vprob, D, kpv, assigner);
+        const std::vector<KMeansResult> kres = kmeans_batch(kprob, D, kpk, assigner);
+        const std::vector<KMeansResult> vres = kmeans_batch(vprob, D, kpv, assigner);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
