@@ -99,7 +99,7 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 const std::vector<float>& clip_grid() {
     static const std::vector<float> grid = [] {
         std::vector<float> g;
-        for (int i = 0; i <= 12; ++i) g.push_back(1.0f - 0.025f * static_cast<float>(i));
+        for (int i = 0; i <= 24; ++i) g.push_back(1.0f - 0.025f * static_cast<float>(i));
         return g;
     }();
     return grid;

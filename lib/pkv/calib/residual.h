@@ -65,7 +65,7 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 std::vector<double> gate_rhos(const float* x, int64_t n, int D, const float* patterns, const int32_t* labels);
 
 /// The grids searched by the fit.
-const std::vector<float>& clip_grid();     ///< 1.00, 0.975, ..., 0.70
+const std::vector<float>& clip_grid();     ///< 1.00, 0.975, ..., 0.40
 const std::vector<double>& gate_z_grid();  ///< 0, 0.5, 1, 1.645 (the paper's), 2.5, 4, 8
 
 struct KeyFit {
