@@ -72,7 +72,7 @@ TEST_CASE("key dim order: hf[i] = gguf[2i], hf[i + D/2] = gguf[2i + 1]", "[table
     CHECK(code == ErrorCode::unsupported);
 }
 
-TEST_CASE("export safetensors: hf and back is the same file; f16 patterns", "[table][export]") {
+TEST_CASE("export safetensors: hf and back is the same file, and f16 patterns", "[table][export]") {
     pkv_test::ScratchDir dir;
     const std::string in = dir.path("t.safetensors");
     write_pattern_table(make_table(), in, false);
