@@ -1,4 +1,4 @@
-// `pkv info` and `pkv validate`: summaries and spec checks of models and dumps.
+// `pkv info` and `pkv validate`: summaries and spec checks of models, dumps and pattern tables.
 #include <cstdio>
 
 #include "commands.h"
@@ -16,8 +16,8 @@ void set_argv(int argc, char** argv) { g_argv.assign(argv, argv + argc); }
 Command add_info(CLI::App& root) {
     struct Args { std::string path; bool tensors = false, json = false; };
     auto args = std::make_shared<Args>();
-    auto* app = root.add_subcommand("info", "print a readable summary of a GGUF model or a KV dump");
-    app->add_option("file", args->path, "GGUF model or HDF5 KV dump")->required()->check(CLI::ExistingFile);
+    auto* app = root.add_subcommand("info", "print a readable summary of a GGUF model, a KV dump or a pattern table");
+    app->add_option("file", args->path, "GGUF model, HDF5 KV dump or pattern table")->required()->check(CLI::ExistingFile);
     app->add_flag("--tensors", args->tensors, "list every tensor of a GGUF model");
     app->add_flag("--json", args->json, "print machine-readable JSON instead");
     return {app, [args]() {
@@ -31,8 +31,8 @@ Command add_info(CLI::App& root) {
 
 Command add_validate(CLI::App& root) {
     auto path = std::make_shared<std::string>();
-    auto* app = root.add_subcommand("validate", "check a KV dump (or a GGUF model) and list every problem found");
-    app->add_option("file", *path, "HDF5 KV dump or GGUF model")->required()->check(CLI::ExistingFile);
+    auto* app = root.add_subcommand("validate", "check a KV dump, a pattern table (or a GGUF model) and list every problem found");
+    app->add_option("file", *path, "HDF5 KV dump, pattern table or GGUF model")->required()->check(CLI::ExistingFile);
     return {app, [path]() {
                 const auto problems = validate_file(*path);
                 for (const auto& p : problems) std::printf("%s\n", p.c_str());

@@ -9,9 +9,30 @@
 #include "pkv/dump/kv_dump.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
+#include "pkv/table/export.h"
 #include "pkv/tokenizer/tokenizer.h"
 
 namespace pkv {
+
+namespace {
+
+// A u64 header length that fits the file followed by '{': a safetensors file, so that a
+// damaged pattern table gets the reader's precise error instead of "unrecognised".
+bool looks_like_safetensors(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return false;
+    unsigned char head[9] = {0};
+    const size_t n = std::fread(head, 1, sizeof head, f);
+    std::fseek(f, 0, SEEK_END);
+    const long size = std::ftell(f);
+    std::fclose(f);
+    if (n < 9 || head[8] != '{' || size < 9) return false;
+    uint64_t len = 0;
+    for (int i = 7; i >= 0; --i) len = (len << 8) | head[i];
+    return len >= 2 && len <= static_cast<uint64_t>(size) - 8;
+}
+
+}  // namespace
 
 FileKind detect_file_kind(const std::string& path) {
     FILE* f = std::fopen(path.c_str(), "rb");
@@ -22,13 +43,14 @@ FileKind detect_file_kind(const std::string& path) {
     if (n >= 4 && std::memcmp(magic, "GGUF", 4) == 0) return FileKind::gguf;
     static const unsigned char hdf5_sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     if (n == 8 && std::memcmp(magic, hdf5_sig, 8) == 0) return FileKind::kv_dump;
+    if (is_pattern_table_file(path) || looks_like_safetensors(path)) return FileKind::pattern_table;
     return FileKind::unknown;
 }
 
 namespace {
 
 [[noreturn]] void unknown_kind(const std::string& path) {
-    fail(ErrorCode::invalid_argument, "{}: not a GGUF model or a pkv KV dump (unrecognised file signature)", path);
+    fail(ErrorCode::invalid_argument, "{}: not a GGUF model, a pkv KV dump or a pattern table (unrecognised file signature)", path);
 }
 
 std::string shape_str(const std::vector<uint64_t>& ne) {
@@ -115,6 +137,7 @@ std::string describe_file(const std::string& path, bool list_tensors) {
     switch (detect_file_kind(path)) {
         case FileKind::gguf: return describe_gguf(path, list_tensors);
         case FileKind::kv_dump: return describe_kv_dump(path);
+        case FileKind::pattern_table: return describe_pattern_table(path);
         case FileKind::unknown: break;
     }
     unknown_kind(path);
@@ -124,6 +147,7 @@ nlohmann::json describe_file_json(const std::string& path) {
     switch (detect_file_kind(path)) {
         case FileKind::gguf: return describe_gguf_json(path);
         case FileKind::kv_dump: return kv_dump_metadata_json(path);
+        case FileKind::pattern_table: return describe_pattern_table_json(path);
         case FileKind::unknown: break;
     }
     unknown_kind(path);
@@ -133,6 +157,7 @@ std::vector<std::string> validate_file(const std::string& path) {
     switch (detect_file_kind(path)) {
         case FileKind::gguf: return validate_gguf(path);
         case FileKind::kv_dump: return validate_kv_dump(path);
+        case FileKind::pattern_table: return validate_pattern_table(path);
         case FileKind::unknown: break;
     }
     unknown_kind(path);

@@ -128,7 +128,8 @@ std::vector<uint8_t> encode_pattern_table(const PatternTable& t);
 /// Reads and checks a table; any missing key/tensor, wrong dtype or shape, unknown
 /// enumeration value or other major version throws pkv::Error(data_loss) with
 /// "<path>::<name>: expected ..., got ..." (e.g. "t.safetensors::layers.0.k_patterns:
-/// expected shape [3, 32, 64], got [3, 16, 64]").
+/// expected shape [3, 32, 64], got [3, 16, 64]"). Pattern tensors may also be F16
+/// (`pkv export --dtype f16`); they are widened exactly. Unknown tensors are ignored.
 PatternTable read_pattern_table(const std::string& path);
 
 /// Degenerate content, one line per finding, empty when none: NaN/Inf in any tensor,

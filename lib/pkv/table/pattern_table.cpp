@@ -1,0 +1,499 @@
+// pkv/table/pattern_table.cpp — see pattern_table.h and docs/formats/pattern_table.md.
+#include "pkv/table/pattern_table.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <type_traits>
+
+#include <fmt/ranges.h>
+
+#include "pkv/core/error.h"
+#include "pkv/core/half.h"
+#include "pkv/table/safetensors.h"
+
+namespace pkv {
+
+std::string ptable::tensor_name(int layer, const char* suffix) {
+    return "layers." + std::to_string(layer) + "." + suffix;
+}
+
+namespace {
+
+using nlohmann::json;
+
+std::string shape_str(const std::vector<uint64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+bool is_sha256_hex(const std::string& s) {
+    return s.size() == 64 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+bool is_power_of_two(int n) { return n > 0 && (n & (n - 1)) == 0; }
+
+bool one_of(const std::string& v, std::initializer_list<const char*> allowed) {
+    for (const char* a : allowed)
+        if (v == a) return true;
+    return false;
+}
+
+std::string quoted_list(std::initializer_list<const char*> allowed) {
+    std::string s;
+    size_t i = 0;
+    for (const char* a : allowed) s += (i++ ? (i == allowed.size() ? " or " : ", ") : "") + std::string("\"") + a + "\"";
+    return s;
+}
+
+std::string join_layers(const std::vector<PatternLayer>& layers) {
+    std::string s;
+    for (size_t i = 0; i < layers.size(); ++i) s += (i ? "," : "") + std::to_string(layers[i].layer);
+    return s;
+}
+
+// The per-layer tensors with their element counts for a given geometry, in one place
+// so that the checker, the writer and the reader agree.
+struct TensorSpec {
+    const char* suffix;
+    const char* dtype;
+    std::vector<uint64_t> shape;
+};
+
+std::vector<TensorSpec> layer_tensor_specs(uint64_t H, uint64_t Mk, uint64_t Mv, uint64_t D) {
+    return {
+        {ptable::kKPatterns, "F32", {H, Mk, D}}, {ptable::kVPatterns, "F32", {H, Mv, D}},
+        {ptable::kKCounts, "I64", {H, Mk}},      {ptable::kVCounts, "I64", {H, Mv}},
+        {ptable::kKClip, "F32", {H}},            {ptable::kVClip, "F32", {H}},
+        {ptable::kVGateZ, "F32", {H}},
+    };
+}
+
+uint64_t numel(const std::vector<uint64_t>& shape) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    return n;
+}
+
+size_t field_size(const PatternLayer& l, const std::string& suffix) {
+    if (suffix == ptable::kKPatterns) return l.k_patterns.size();
+    if (suffix == ptable::kVPatterns) return l.v_patterns.size();
+    if (suffix == ptable::kKCounts) return l.k_counts.size();
+    if (suffix == ptable::kVCounts) return l.v_counts.size();
+    if (suffix == ptable::kKClip) return l.k_clip.size();
+    if (suffix == ptable::kVClip) return l.v_clip.size();
+    return l.v_gate_z.size();
+}
+
+template <typename T>
+std::vector<uint8_t> raw_bytes(const std::vector<T>& v) {
+    std::vector<uint8_t> out(v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
+    return out;
+}
+
+// ---------------------------------------------------------------- reading helpers
+
+struct MetaReader {
+    const std::string& path;
+    const std::map<std::string, std::string>& meta;
+
+    const std::string& str(const char* key) const {
+        auto it = meta.find(key);
+        PKV_CHECK(it != meta.end(), data_loss, "{}::{}: expected a metadata entry, got none", path, key);
+        return it->second;
+    }
+    std::string enumerated(const char* key, std::initializer_list<const char*> allowed) const {
+        const std::string& v = str(key);
+        PKV_CHECK(one_of(v, allowed), data_loss, "{}::{}: expected {}, got \"{}\"", path, key, quoted_list(allowed), v);
+        return v;
+    }
+    uint64_t u64(const char* key, uint64_t lo, uint64_t hi) const {
+        const std::string& v = str(key);
+        bool ok = !v.empty() && v.size() <= 20 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+        uint64_t n = 0;
+        if (ok) {
+            errno = 0;
+            n = std::strtoull(v.c_str(), nullptr, 10);
+            ok = errno == 0 && (v.size() == 1 || v[0] != '0');
+        }
+        PKV_CHECK(ok, data_loss, "{}::{}: expected a decimal integer, got \"{}\"", path, key, v);
+        PKV_CHECK(n >= lo && n <= hi, data_loss, "{}::{}: expected an integer in [{}, {}], got {}", path, key, lo, hi, n);
+        return n;
+    }
+    int i32(const char* key, int lo, int hi = 1 << 30) const { return static_cast<int>(u64(key, lo, hi)); }
+};
+
+std::vector<int> parse_layer_list(const std::string& path, const std::string& v, int n_layer) {
+    std::vector<int> out;
+    size_t pos = 0;
+    bool ok = !v.empty();
+    while (ok && pos <= v.size()) {
+        size_t comma = v.find(',', pos);
+        if (comma == std::string::npos) comma = v.size();
+        const std::string item = v.substr(pos, comma - pos);
+        ok = !item.empty() && item.size() <= 9 &&
+             std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+             (item.size() == 1 || item[0] != '0');
+        if (ok) out.push_back(std::stoi(item));
+        pos = comma + 1;
+    }
+    PKV_CHECK(ok, data_loss, "{}::{}: expected ascending decimal layer indices separated by commas, got \"{}\"", path,
+              ptable::kMetaLayers, v);
+    for (size_t i = 0; i < out.size(); ++i) {
+        PKV_CHECK(out[i] < n_layer, data_loss, "{}::{}: expected layers below n_layer {}, got {}", path,
+                  ptable::kMetaLayers, n_layer, out[i]);
+        PKV_CHECK(i == 0 || out[i] > out[i - 1], data_loss, "{}::{}: expected strictly ascending layers, got \"{}\"",
+                  path, ptable::kMetaLayers, v);
+    }
+    return out;
+}
+
+// Copies a tensor into `out` after checking dtype and shape; patterns may be F16
+// (`pkv export --dtype f16`), which is widened exactly.
+template <typename T>
+void read_tensor(const SafetensorsFile& f, const std::string& path, const std::string& name, const TensorSpec& spec,
+                 bool allow_f16, std::vector<T>& out) {
+    PKV_CHECK(f.contains(name), data_loss, "{}::{}: expected a {} tensor of shape {}, got none", path, name, spec.dtype,
+              shape_str(spec.shape));
+    const StTensorView& t = f.tensor(name);
+    const bool f16 = allow_f16 && t.dtype == "F16";
+    PKV_CHECK(t.dtype == spec.dtype || f16, data_loss, "{}::{}: expected dtype {}{}, got {}", path, name, spec.dtype,
+              allow_f16 ? " or F16" : "", t.dtype);
+    PKV_CHECK(t.shape == spec.shape, data_loss, "{}::{}: expected shape {}, got {}", path, name, shape_str(spec.shape),
+              shape_str(t.shape));
+    out.resize(t.numel());
+    if (f16) {
+        if constexpr (std::is_same_v<T, float>) {
+            std::vector<uint16_t> h(out.size());
+            if (!h.empty()) std::memcpy(h.data(), t.data, t.size);
+            half_to_float_n(h.data(), out.data(), h.size());
+        }
+    } else if (!out.empty()) {
+        std::memcpy(out.data(), t.data, t.size);
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------- check
+
+void check_pattern_table(const PatternTable& t) {
+    auto bad = [](const std::string& field, const std::string& expected, const std::string& got) {
+        fail(ErrorCode::invalid_argument, "pattern table: {}: expected {}, got {}", field, expected, got);
+    };
+    const PatternTableModel& m = t.model;
+    if (m.arch.empty()) bad("model.arch", "a non-empty architecture", "\"\"");
+    if (!m.sha256.empty() && !is_sha256_hex(m.sha256))
+        bad("model.sha256", "64 lowercase hex digits or empty", "\"" + m.sha256 + "\"");
+    if (m.n_layer < 1) bad("model.n_layer", "at least 1", std::to_string(m.n_layer));
+    if (m.n_head < 1) bad("model.n_head", "at least 1", std::to_string(m.n_head));
+    if (m.n_head_kv < 1 || m.n_head % std::max(m.n_head_kv, 1) != 0)
+        bad("model.n_head_kv", "a positive divisor of n_head " + std::to_string(m.n_head), std::to_string(m.n_head_kv));
+    if (m.head_dim < 2 || m.head_dim % 2 != 0) bad("model.head_dim", "an even number >= 2", std::to_string(m.head_dim));
+    if (!one_of(t.key_basis, {ptable::kBasisPre, ptable::kBasisPost}))
+        bad("key_basis", quoted_list({ptable::kBasisPre, ptable::kBasisPost}), "\"" + t.key_basis + "\"");
+    if (!one_of(t.key_dim_order, {"gguf_interleaved", "hf_half_split"}))
+        bad("key_dim_order", quoted_list({"gguf_interleaved", "hf_half_split"}), "\"" + t.key_dim_order + "\"");
+    if (!one_of(t.rotation, {ptable::kRotationNone, ptable::kRotationHadamard}))
+        bad("rotation", quoted_list({ptable::kRotationNone, ptable::kRotationHadamard}), "\"" + t.rotation + "\"");
+    if (t.rotation == ptable::kRotationHadamard && !is_power_of_two(m.head_dim))
+        bad("rotation", "a power-of-two head_dim for \"hadamard\"", "head_dim " + std::to_string(m.head_dim));
+    if (t.rotation == ptable::kRotationNone && t.rotation_seed != 0)
+        bad("rotation_seed", "0 without rotation", std::to_string(t.rotation_seed));
+    if (t.bits != 2 && t.bits != 3 && t.bits != 4 && t.bits != 8) bad("bits", "2, 3, 4 or 8", std::to_string(t.bits));
+    if (t.group < 1) bad("group", "at least 1", std::to_string(t.group));
+    if (t.window < 1) bad("window", "at least 1", std::to_string(t.window));
+    if (!one_of(t.assign, {ptable::kAssignL2, ptable::kAssignMinmax}))
+        bad("assign", quoted_list({ptable::kAssignL2, ptable::kAssignMinmax}), "\"" + t.assign + "\"");
+    if (t.k_patterns < 1) bad("k_patterns", "at least 1", std::to_string(t.k_patterns));
+    if (t.v_patterns < 1) bad("v_patterns", "at least 1", std::to_string(t.v_patterns));
+    if (!t.calibration.is_object()) bad("calibration", "a JSON object", t.calibration.type_name());
+    if (t.layers.empty()) bad("layers", "at least one calibrated layer", "none");
+    for (size_t i = 0; i < t.layers.size(); ++i) {
+        const int l = t.layers[i].layer;
+        if (l < 0 || l >= m.n_layer)
+            bad("layers[" + std::to_string(i) + "].layer", "a model layer in [0, " + std::to_string(m.n_layer) + ")",
+                std::to_string(l));
+        if (i > 0 && l <= t.layers[i - 1].layer)
+            bad("layers", "strictly ascending layer indices", "\"" + join_layers(t.layers) + "\"");
+        for (const TensorSpec& s : layer_tensor_specs(m.n_head_kv, t.k_patterns, t.v_patterns, m.head_dim)) {
+            const size_t got = field_size(t.layers[i], s.suffix);
+            if (got != numel(s.shape))
+                bad(ptable::tensor_name(l, s.suffix), std::to_string(numel(s.shape)) + " values " + shape_str(s.shape),
+                    std::to_string(got));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- write
+
+namespace {
+
+SafetensorsWriter table_writer(const PatternTable& t) {
+    check_pattern_table(t);
+    namespace P = ptable;
+    SafetensorsWriter w;
+    const auto& m = t.model;
+    w.set_metadata(P::kMetaFormat, P::kFormat);
+    w.set_metadata(P::kMetaFormatVersion, P::kFormatVersion);
+    w.set_metadata(P::kMetaModelName, m.name);
+    w.set_metadata(P::kMetaModelArch, m.arch);
+    w.set_metadata(P::kMetaModelSha256, m.sha256);
+    w.set_metadata(P::kMetaNLayer, std::to_string(m.n_layer));
+    w.set_metadata(P::kMetaNHead, std::to_string(m.n_head));
+    w.set_metadata(P::kMetaNHeadKv, std::to_string(m.n_head_kv));
+    w.set_metadata(P::kMetaHeadDim, std::to_string(m.head_dim));
+    w.set_metadata(P::kMetaLayers, join_layers(t.layers));
+    w.set_metadata(P::kMetaKeyBasis, t.key_basis);
+    w.set_metadata(P::kMetaKeyDimOrder, t.key_dim_order);
+    w.set_metadata(P::kMetaRotation, t.rotation);
+    w.set_metadata(P::kMetaRotationSeed, std::to_string(t.rotation_seed));
+    w.set_metadata(P::kMetaBits, std::to_string(t.bits));
+    w.set_metadata(P::kMetaGroup, std::to_string(t.group));
+    w.set_metadata(P::kMetaWindow, std::to_string(t.window));
+    w.set_metadata(P::kMetaAssign, t.assign);
+    w.set_metadata(P::kMetaKPatterns, std::to_string(t.k_patterns));
+    w.set_metadata(P::kMetaVPatterns, std::to_string(t.v_patterns));
+    w.set_metadata(P::kMetaCalibration, t.calibration.dump());
+    const uint64_t H = m.n_head_kv, D = m.head_dim;
+    for (const PatternLayer& l : t.layers) {
+        const int i = l.layer;
+        w.add({P::tensor_name(i, P::kKPatterns), "F32", {H, uint64_t(t.k_patterns), D}, raw_bytes(l.k_patterns)});
+        w.add({P::tensor_name(i, P::kVPatterns), "F32", {H, uint64_t(t.v_patterns), D}, raw_bytes(l.v_patterns)});
+        w.add({P::tensor_name(i, P::kKCounts), "I64", {H, uint64_t(t.k_patterns)}, raw_bytes(l.k_counts)});
+        w.add({P::tensor_name(i, P::kVCounts), "I64", {H, uint64_t(t.v_patterns)}, raw_bytes(l.v_counts)});
+        w.add({P::tensor_name(i, P::kKClip), "F32", {H}, raw_bytes(l.k_clip)});
+        w.add({P::tensor_name(i, P::kVClip), "F32", {H}, raw_bytes(l.v_clip)});
+        w.add({P::tensor_name(i, P::kVGateZ), "F32", {H}, raw_bytes(l.v_gate_z)});
+    }
+    return w;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_pattern_table(const PatternTable& t) { return table_writer(t).encode(); }
+
+void write_pattern_table(const PatternTable& t, const std::string& path, bool force) {
+    table_writer(t).write(path, force);
+}
+
+// ----------------------------------------------------------------------- read
+
+PatternTable read_pattern_table(const std::string& path) {
+    namespace P = ptable;
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    const MetaReader r{path, f.metadata()};
+
+    const std::string& format = r.str(P::kMetaFormat);
+    PKV_CHECK(format == P::kFormat, data_loss, "{}::{}: expected \"{}\", got \"{}\"", path, P::kMetaFormat, P::kFormat,
+              format);
+    const std::string& version = r.str(P::kMetaFormatVersion);
+    const size_t dot = version.find('.');
+    const bool well_formed = dot != std::string::npos && dot > 0 && dot + 1 < version.size() &&
+                             version.find_first_not_of("0123456789.") == std::string::npos &&
+                             version.find('.', dot + 1) == std::string::npos;
+    PKV_CHECK(well_formed && version.substr(0, dot) == std::to_string(P::kVersionMajor), data_loss,
+              "{}::{}: expected major version {} (\"{}.x\"), got \"{}\"", path, P::kMetaFormatVersion,
+              P::kVersionMajor, P::kVersionMajor, version);
+
+    PatternTable t;
+    t.model.name = r.str(P::kMetaModelName);
+    t.model.arch = r.str(P::kMetaModelArch);
+    PKV_CHECK(!t.model.arch.empty(), data_loss, "{}::{}: expected an architecture name, got \"\"", path,
+              P::kMetaModelArch);
+    t.model.sha256 = r.str(P::kMetaModelSha256);
+    PKV_CHECK(t.model.sha256.empty() || is_sha256_hex(t.model.sha256), data_loss,
+              "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256, t.model.sha256);
+    t.model.n_layer = r.i32(P::kMetaNLayer, 1);
+    t.model.n_head = r.i32(P::kMetaNHead, 1);
+    t.model.n_head_kv = r.i32(P::kMetaNHeadKv, 1, t.model.n_head);
+    PKV_CHECK(t.model.n_head % t.model.n_head_kv == 0, data_loss, "{}::{}: expected a divisor of n_head {}, got {}",
+              path, P::kMetaNHeadKv, t.model.n_head, t.model.n_head_kv);
+    t.model.head_dim = r.i32(P::kMetaHeadDim, 2);
+    PKV_CHECK(t.model.head_dim % 2 == 0, data_loss, "{}::{}: expected an even head dimension, got {}", path,
+              P::kMetaHeadDim, t.model.head_dim);
+    const std::vector<int> layers = parse_layer_list(path, r.str(P::kMetaLayers), t.model.n_layer);
+    t.key_basis = r.enumerated(P::kMetaKeyBasis, {P::kBasisPre, P::kBasisPost});
+    t.key_dim_order = r.enumerated(P::kMetaKeyDimOrder, {"gguf_interleaved", "hf_half_split"});
+    t.rotation = r.enumerated(P::kMetaRotation, {P::kRotationNone, P::kRotationHadamard});
+    t.rotation_seed = r.u64(P::kMetaRotationSeed, 0, UINT64_MAX);
+    PKV_CHECK(t.rotation != P::kRotationHadamard || is_power_of_two(t.model.head_dim), data_loss,
+              "{}::{}: expected a power-of-two head_dim for \"hadamard\", got head_dim {}", path, P::kMetaRotation,
+              t.model.head_dim);
+    PKV_CHECK(t.rotation != P::kRotationNone || t.rotation_seed == 0, data_loss,
+              "{}::{}: expected 0 without rotation, got {}", path, P::kMetaRotationSeed, t.rotation_seed);
+    t.bits = r.i32(P::kMetaBits, 2, 8);
+    PKV_CHECK(t.bits != 5 && t.bits != 6 && t.bits != 7, data_loss, "{}::{}: expected 2, 3, 4 or 8, got {}", path,
+              P::kMetaBits, t.bits);
+    t.group = r.i32(P::kMetaGroup, 1);
+    t.window = r.i32(P::kMetaWindow, 1);
+    t.assign = r.enumerated(P::kMetaAssign, {P::kAssignL2, P::kAssignMinmax});
+    t.k_patterns = r.i32(P::kMetaKPatterns, 1);
+    t.v_patterns = r.i32(P::kMetaVPatterns, 1);
+    const std::string& cal = r.str(P::kMetaCalibration);
+    try {
+        t.calibration = json::parse(cal);
+    } catch (const json::exception& e) {
+        fail(ErrorCode::data_loss, "{}::{}: expected a JSON object, got text that does not parse ({})", path,
+             P::kMetaCalibration, e.what());
+    }
+    PKV_CHECK(t.calibration.is_object(), data_loss, "{}::{}: expected a JSON object, got {}", path,
+              P::kMetaCalibration, t.calibration.type_name());
+
+    const auto specs = layer_tensor_specs(t.model.n_head_kv, t.k_patterns, t.v_patterns, t.model.head_dim);
+    for (int l : layers) {
+        PatternLayer pl;
+        pl.layer = l;
+        read_tensor(f, path, P::tensor_name(l, P::kKPatterns), specs[0], true, pl.k_patterns);
+        read_tensor(f, path, P::tensor_name(l, P::kVPatterns), specs[1], true, pl.v_patterns);
+        read_tensor(f, path, P::tensor_name(l, P::kKCounts), specs[2], false, pl.k_counts);
+        read_tensor(f, path, P::tensor_name(l, P::kVCounts), specs[3], false, pl.v_counts);
+        read_tensor(f, path, P::tensor_name(l, P::kKClip), specs[4], false, pl.k_clip);
+        read_tensor(f, path, P::tensor_name(l, P::kVClip), specs[5], false, pl.v_clip);
+        read_tensor(f, path, P::tensor_name(l, P::kVGateZ), specs[6], false, pl.v_gate_z);
+        t.layers.push_back(std::move(pl));
+    }
+    try {
+        check_pattern_table(t);  // everything above should already hold; keeps reader and checker in step
+    } catch (const Error& e) {
+        fail(ErrorCode::data_loss, "{}: {}", path, e.what());
+    }
+    return t;
+}
+
+// -------------------------------------------------------------------- findings
+
+std::vector<std::string> pattern_table_findings(const PatternTable& t) {
+    std::vector<std::string> out;
+    const int H = t.model.n_head_kv, D = t.model.head_dim;
+
+    auto non_finite = [&](const std::string& name, const std::vector<float>& v, int rows_per_head, int row_len) {
+        size_t n = 0, first = 0;
+        for (size_t i = 0; i < v.size(); ++i)
+            if (!std::isfinite(v[i]) && n++ == 0) first = i;
+        if (n == 0) return;
+        std::string where;
+        if (rows_per_head > 0) {
+            const size_t per_head = size_t(rows_per_head) * row_len;
+            where = fmt::format("head {}, pattern {}, dim {}", first / per_head, (first % per_head) / row_len,
+                                first % row_len);
+        } else {
+            where = fmt::format("head {}", first);
+        }
+        out.push_back(fmt::format("{}: {} non-finite value(s) (NaN/Inf), first at {} ({})", name, n, where, v[first]));
+    };
+
+    bool any_clip_not_one = false, any_clip = false;
+    for (const PatternLayer& l : t.layers) {
+        const auto name = [&](const char* s) { return ptable::tensor_name(l.layer, s); };
+        non_finite(name(ptable::kKPatterns), l.k_patterns, t.k_patterns, D);
+        non_finite(name(ptable::kVPatterns), l.v_patterns, t.v_patterns, D);
+        non_finite(name(ptable::kKClip), l.k_clip, 0, 1);
+        non_finite(name(ptable::kVClip), l.v_clip, 0, 1);
+        non_finite(name(ptable::kVGateZ), l.v_gate_z, 0, 1);
+
+        for (const auto& [suffix, clip] : {std::make_pair(ptable::kKClip, &l.k_clip), std::make_pair(ptable::kVClip, &l.v_clip)}) {
+            for (int h = 0; h < H; ++h) {
+                const float a = (*clip)[h];
+                any_clip = true;
+                if (a != 1.0f) any_clip_not_one = true;
+                if (std::isfinite(a) && (a <= 0.0f || a > 1.0f))
+                    out.push_back(fmt::format("{}: head {}: expected a clip ratio in (0, 1], got {}", name(suffix), h, a));
+            }
+        }
+        for (int h = 0; h < H; ++h)
+            if (std::isfinite(l.v_gate_z[h]) && l.v_gate_z[h] < 0.0f)
+                out.push_back(fmt::format("{}: head {}: expected a gate z >= 0, got {}", name(ptable::kVGateZ), h,
+                                          l.v_gate_z[h]));
+
+        for (const auto& [kind, M, counts, patterns] :
+             {std::make_tuple("k", t.k_patterns, &l.k_counts, &l.k_patterns),
+              std::make_tuple("v", t.v_patterns, &l.v_counts, &l.v_patterns)}) {
+            const std::string cname = name(kind[0] == 'k' ? ptable::kKCounts : ptable::kVCounts);
+            const std::string pname = name(kind[0] == 'k' ? ptable::kKPatterns : ptable::kVPatterns);
+            std::vector<int64_t> sums(H, 0);
+            for (int h = 0; h < H; ++h) {
+                std::vector<int> dead, negative;
+                for (int j = 0; j < M; ++j) {
+                    const int64_t c = (*counts)[size_t(h) * M + j];
+                    if (c == 0) dead.push_back(j);
+                    if (c < 0) negative.push_back(j);
+                    sums[h] += c;
+                }
+                if (!dead.empty())
+                    out.push_back(fmt::format("{}: head {}: {} dead pattern(s) of {} (count 0): {}", cname, h,
+                                              dead.size(), M, fmt::join(dead, ", ")));
+                if (!negative.empty())
+                    out.push_back(fmt::format("{}: head {}: expected counts >= 0, got negative counts at pattern(s) {}",
+                                              cname, h, fmt::join(negative, ", ")));
+                // Duplicate rows: ||a - b|| <= 1e-6 max(||a||, ||b||) (so two zero rows count too).
+                const float* base = patterns->data() + size_t(h) * M * D;
+                std::vector<double> norms(M, 0.0);
+                for (int j = 0; j < M; ++j) {
+                    double s = 0;
+                    for (int d = 0; d < D; ++d) s += double(base[size_t(j) * D + d]) * base[size_t(j) * D + d];
+                    norms[j] = std::sqrt(s);
+                }
+                std::vector<std::string> pairs;
+                for (int a = 0; a < M; ++a) {
+                    if (!std::isfinite(norms[a])) continue;
+                    for (int b = a + 1; b < M; ++b) {
+                        if (!std::isfinite(norms[b])) continue;
+                        double s = 0;
+                        for (int d = 0; d < D; ++d) {
+                            const double diff = double(base[size_t(a) * D + d]) - base[size_t(b) * D + d];
+                            s += diff * diff;
+                        }
+                        if (std::sqrt(s) <= 1e-6 * std::max(norms[a], norms[b])) pairs.push_back(fmt::format("{}={}", a, b));
+                    }
+                }
+                if (!pairs.empty())
+                    out.push_back(fmt::format("{}: head {}: {} duplicate pattern pair(s) (equal within 1e-6 relative): {}",
+                                              pname, h, pairs.size(), fmt::join(pairs, ", ")));
+            }
+            for (int h = 1; h < H; ++h)
+                if (sums[h] != sums[0]) {
+                    out.push_back(fmt::format("{}: expected the same count total in every head, got {}", cname,
+                                              fmt::join(sums, ", ")));
+                    break;
+                }
+        }
+    }
+    if (any_clip && !any_clip_not_one)
+        out.push_back("k_clip/v_clip: every clip ratio of the table is exactly 1 (nothing fitted)");
+    return out;
+}
+
+// ----------------------------------------------------------------- recognise
+
+bool is_pattern_table_file(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return false;
+    unsigned char len[8];
+    bool ok = std::fread(len, 1, 8, f) == 8;
+    uint64_t n = 0;
+    for (int i = 7; ok && i >= 0; --i) n = (n << 8) | len[i];
+    std::string header;
+    if (ok && n >= 2 && n <= 100'000'000) {
+        header.resize(n);
+        ok = std::fread(header.data(), 1, n, f) == n;
+    } else {
+        ok = false;
+    }
+    std::fclose(f);
+    if (!ok || header[0] != '{') return false;
+    const json j = json::parse(header, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("__metadata__") || !j["__metadata__"].is_object()) return false;
+    const json& m = j["__metadata__"];
+    return m.contains(ptable::kMetaFormat) && m[ptable::kMetaFormat] == ptable::kFormat;
+}
+
+}  // namespace pkv
