@@ -26,10 +26,7 @@ Command add_validate(CLI::App& root);
 Command add_generate(CLI::App& root);
 Command add_devices(CLI::App& root);
 Command add_analyze(CLI::App& root);
-<<<<<<< HEAD
 Command add_calibrate(CLI::App& root);
-=======
 Command add_export(CLI::App& root);
->>>>>>> ptable
 
 }  // namespace pkv::cli
