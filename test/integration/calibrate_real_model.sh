@@ -49,10 +49,13 @@ heads = cal["heads"]
 assert len(heads) == 90
 mean = lambda key, f: np.mean([h[key]["heldout"][f] for h in heads])
 for key in ("k", "v"):
-    mm, pt, ft = mean(key, "nmse_minmax"), mean(key, "nmse_patterns"), mean(key, "nmse_fitted")
-    print(f"{key}: held-out NMSE min-max {mm:.4e}, patterns {pt:.4e}, fitted {ft:.4e}")
+    mm, mc = mean(key, "nmse_minmax"), mean(key, "nmse_minmax_clipped")
+    pt, ft = mean(key, "nmse_patterns"), mean(key, "nmse_fitted")
+    print(f"{key}: held-out NMSE min-max {mm:.4e}, min-max clipped {mc:.4e}, patterns {pt:.4e}, fitted {ft:.4e}")
     assert pt < mm, f"{key}: patterns do not beat plain min-max on held-out tokens"
     assert ft < pt, f"{key}: the fitted parameters do not lower the held-out error"
+    assert mc < mm, f"{key}: a fitted clip does not help plain min-max"
+    assert ft < mc, f"{key}: patterns add nothing once both are clipped"
 PY
   failed "table content check"
 

@@ -111,11 +111,12 @@ const std::vector<double>& gate_z_grid() {
 }
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group) {
+                      const int32_t* labels, int bits, int group, bool use_patterns) {
     KeyFit fit;
     ResidualParams p;
     p.bits = bits;
     p.group = group;
+    p.use_patterns = use_patterns;
     fit.at_default = key_residual_error(x, D, seqs, patterns, labels, p);
     fit.at_fit = fit.at_default;
     for (float a : clip_grid()) {
@@ -131,7 +132,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
 }
 
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group) {
+                          const int32_t* labels, int bits, int group, bool use_patterns) {
     int64_t n = 0;
     for (const SeqRange& s : seqs) n = std::max(n, s.start + s.length);
     const std::vector<double> rho = gate_rhos(x, n, D, patterns, labels);
@@ -139,10 +140,11 @@ ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& se
     ResidualParams p;
     p.bits = bits;
     p.group = group;
+    p.use_patterns = use_patterns;
     fit.at_default = value_residual_error(x, D, seqs, patterns, labels, rho.data(), p);
     fit.at_fit = fit.at_default;
     for (double z : gate_z_grid()) {
-        if (z == fit.gate_z) continue;
+        if (z == fit.gate_z || !use_patterns) continue;
         p.gate_z = z;
         const ResidualError e = value_residual_error(x, D, seqs, patterns, labels, rho.data(), p);
         if (e.err2 < fit.at_fit.err2) {

@@ -79,10 +79,13 @@ struct ValueFit {
 };
 
 /// Picks the clip ratio with the lowest training squared error (ties: the larger a).
+/// use_patterns = false fits plain min-max (the ablation that separates what clipping
+/// alone gains from what the patterns gain).
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group);
+                      const int32_t* labels, int bits, int group, bool use_patterns = true);
 /// Picks z first at clip 1, then the clip ratio at that z (ties: paper z, larger a).
+/// use_patterns = false: the clip ratio of plain min-max (z is then irrelevant).
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group);
+                          const int32_t* labels, int bits, int group, bool use_patterns = true);
 
 }  // namespace pkv

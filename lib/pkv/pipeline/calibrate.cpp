@@ -184,6 +184,10 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
         ResidualParams base = p;
         base.use_patterns = false;
         held["nmse_minmax"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
+        // Ablation: plain min-max with its own fitted clip ratio.
+        base.clip = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
+        held["nmse_minmax_clipped"] =
+            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
         held["nmse_patterns"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p));
         p.clip = fit.clip;
         const ResidualError e = key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p);
@@ -200,6 +204,10 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
         ResidualParams base = p;
         base.use_patterns = false;
         held["nmse_minmax"] =
+            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
+        base.clip =
+            fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
+        held["nmse_minmax_clipped"] =
             nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
         held["nmse_patterns"] =
             nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p));
@@ -425,7 +433,7 @@ nlohmann::json calibration_means(const PatternTable& table) {
             const nlohmann::json& s = h.at(tensor);
             for (const char* f : {"variance_explained", "dead_patterns", "clip", "gate_z", "gate_rate"})
                 if (s.contains(f)) add(f, s[f]);
-            for (const char* f : {"nmse_minmax", "nmse_patterns", "nmse_fitted"})
+            for (const char* f : {"nmse_minmax", "nmse_minmax_clipped", "nmse_patterns", "nmse_fitted"})
                 if (s.contains("heldout") && s["heldout"].contains(f)) add(std::string("heldout_") + f, s["heldout"][f]);
         }
         nlohmann::json m = nlohmann::json::object();
