@@ -26,5 +26,6 @@ Command add_validate(CLI::App& root);
 Command add_generate(CLI::App& root);
 Command add_devices(CLI::App& root);
 Command add_analyze(CLI::App& root);
+Command add_eval(CLI::App& root);
 
 }  // namespace pkv::cli

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Cost of `pkv eval` per method: forward-pass seconds per token of each KV-cache
+# method and its ratio to the fp16 reference, measured side by side in one run on the
+# default model. Usage: bench/eval_cost.sh [TOKENS [CTX]] (default 2048 2048);
+# PKV_KV overrides the method list.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PKV="${PKV_BIN:-$ROOT/build/apps/pkv}"
+DATA="${PKV_DATA_DIR:-$ROOT/data}"
+MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT="$DATA/text/fortunes.txt"
+TOKENS="${1:-2048}"
+CTX="${2:-2048}"
+read -r -a KV <<<"${PKV_KV:-fp16 kivi:2 kivi:4 patternkv:2 patternkv:4 q4_0 q8_0 fp8}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+echo "pkv eval cost on $(basename "$MODEL"), $TOKENS tokens, ctx $CTX, $(nproc) cores, $("$PKV" --version)"
+"$PKV" --log-level warn eval --model "$MODEL" --text "$TEXT" --tokens "$TOKENS" --ctx "$CTX" --kv "${KV[@]}" \
+  --json "$WORK/r.json" >/dev/null
+/usr/bin/python3 - "$WORK/r.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rows = [("fp16 reference (plain forward)", r["reference"])] + [(m["label"], m) for m in r["methods"]]
+print(f"{'method':32} {'ms/token':>10} {'x fp16':>8} {'PPL':>10}")
+for name, f in rows:
+    print(f"{name:32} {1000 * f['seconds_per_token']:10.3f} {f['cost_vs_fp16']:8.2f} {f['ppl']:10.4f}")
+run = r["run"]
+print(f"shared output projection (all variants): {run['compare_seconds']:.1f} s; total {run['seconds']:.1f} s")
+PY
