@@ -35,6 +35,14 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// CPU time of the whole process (all threads): steadier than wall time on shared
+// cores, where another program's load stretches whichever method runs at the time.
+double cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 std::string read_text(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     PKV_CHECK(f, not_found, "{}: cannot open text: {}", path, std::strerror(errno));
@@ -99,7 +107,7 @@ std::vector<int32_t> token_stream(const EvalConfig& c, const GgufFile& file, std
 struct Accum {
     double nll_dec = 0, nll_all = 0, kl_dec = 0, kl_all = 0;
     int64_t top1_dec = 0, top1_all = 0;
-    double seconds = 0;
+    double seconds = 0, cpu = 0;
     double k_bits = 0, v_bits = 0, elements = 0;  // elements of K (= of V)
     double kv_bytes_peak = 0;                      // largest final cache of one sequence
 };
@@ -183,8 +191,10 @@ nlohmann::json run_eval(const EvalConfig& c) {
                 opts.kv_cache = caches[v - 1]->hook();
             }
             const auto t = Clock::now();
+            const double c0 = cpu_seconds();
             hidden[v] = model.forward(ids, opts).hidden;
             acc[v].seconds += seconds_since(t);
+            acc[v].cpu += cpu_seconds() - c0;
             const double elements = static_cast<double>(n) * D * HKV * L;
             const double kb = v > 0 ? caches[v - 1]->key_bits() : 16.0 * elements;
             const double vb = v > 0 ? caches[v - 1]->value_bits() : 16.0 * elements;
@@ -266,7 +276,9 @@ nlohmann::json run_eval(const EvalConfig& c) {
             {"kv_bytes", num(a.kv_bytes_peak)},
             {"seconds", num(a.seconds)},
             {"seconds_per_token", num(a.seconds / static_cast<double>(T))},
-            {"cost_vs_fp16", num(ratio(a.seconds, ref.seconds))},
+            {"cpu_seconds", num(a.cpu)},
+            {"cpu_seconds_per_token", num(a.cpu / static_cast<double>(T))},
+            {"cost_vs_fp16", num(ratio(a.cpu, ref.cpu))},
         };
     };
     report["reference"] = figures(acc[0], acc[0]);
