@@ -2,16 +2,18 @@
 # Cost of `pkv eval` per method: forward-pass time per token of each KV-cache method
 # (quantization simulation included) and its ratio to the fp16 reference, measured
 # side by side in one run on the default model. The ratio uses process CPU time,
-# which other programs' load on shared cores disturbs far less than wall time. Usage: bench/eval_cost.sh [TOKENS [CTX]] (default 2048 2048);
-# PKV_KV overrides the method list.
+# which other programs' load on shared cores disturbs far less than wall time.
+# Usage: bench/eval_cost.sh [TOKENS [CTX]] (default 3072 1024: three sequences, so
+# one-time costs of the first forward pass are spread out); PKV_KV overrides the
+# method list.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKV="${PKV_BIN:-$ROOT/build/apps/pkv}"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
 MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT="$DATA/text/fortunes.txt"
-TOKENS="${1:-2048}"
-CTX="${2:-2048}"
+TOKENS="${1:-3072}"
+CTX="${2:-1024}"
 read -r -a KV <<<"${PKV_KV:-fp16 kivi:2 kivi:4 patternkv:2 patternkv:4 q4_0 q8_0 fp8}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
