@@ -28,5 +28,6 @@ Command add_devices(CLI::App& root);
 Command add_analyze(CLI::App& root);
 Command add_calibrate(CLI::App& root);
 Command add_export(CLI::App& root);
+Command add_eval(CLI::App& root);
 
 }  // namespace pkv::cli

@@ -93,6 +93,46 @@ struct LayerWeights {
     }
 };
 
+// Hands one (KV head, tensor) of layer l to the hook and installs what it returns:
+// the reconstruction into the head's columns of `hat`, the flush steps into
+// flush[g] and a pointer to them into flush_ptr[g] (null: the head stays exact).
+void run_kv_hook(const KvCacheHook& hook, int l, int g, bool value, int n, int HD, int KD, const float* k_post,
+                 const float* k_pre, const float* v, RowMatrix& hat, std::vector<std::vector<int32_t>>& flush,
+                 std::vector<const int32_t*>& flush_ptr) {
+    const float* src = value ? v : k_post;
+    std::vector<float> x(static_cast<size_t>(n) * HD), pre;
+    for (int i = 0; i < n; ++i)
+        std::copy_n(src + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD, HD, x.data() + i * HD);
+    if (!value) {
+        pre.resize(x.size());
+        for (int i = 0; i < n; ++i)
+            std::copy_n(k_pre + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD, HD, pre.data() + i * HD);
+    }
+    KvHookInput in;
+    in.layer = l;
+    in.kv_head = g;
+    in.value = value;
+    in.n_tokens = n;
+    in.head_dim = HD;
+    in.x = x.data();
+    in.k_pre = value ? nullptr : pre.data();
+    KvHookOutput out;
+    hook(in, out);
+    const char* what = value ? "values" : "keys";
+    if (out.recon.empty() && out.flush_step.empty()) {
+        flush[g].clear();
+        flush_ptr[g] = nullptr;
+        return;
+    }
+    PKV_CHECK(out.recon.size() == x.size() && out.flush_step.size() == static_cast<size_t>(n), internal,
+              "KV cache hook, layer {} KV head {} {}: expected recon of {} and flush_step of {} values, got {} and {}",
+              l, g, what, x.size(), n, out.recon.size(), out.flush_step.size());
+    for (int i = 0; i < n; ++i)
+        std::copy_n(out.recon.data() + i * HD, HD, hat.data() + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD);
+    flush[g] = std::move(out.flush_step);
+    flush_ptr[g] = flush[g].data();
+}
+
 }  // namespace
 
 LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : impl_(std::make_unique<Impl>()) {
@@ -154,7 +194,18 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     RowMatrix q(n, QD), k(n, KD), v(n, KD), att(n, QD), k_pre;
     std::vector<char> capture(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
-    if (opts.capture) k_pre.resize(n, KD);
+    const bool hooked = static_cast<bool>(opts.kv_cache);
+    if (opts.capture || hooked) k_pre.resize(n, KD);
+    // The hooked path: the cache the hook describes, per KV head (rows of k_hat/v_hat
+    // of an exact head are never read).
+    RowMatrix k_hat, v_hat;
+    std::vector<std::vector<int32_t>> k_flush, v_flush;
+    std::vector<const int32_t*> k_flush_ptr, v_flush_ptr;
+    if (hooked) {
+        k_hat.resize(n, KD), v_hat.resize(n, KD);
+        k_flush.resize(HKV), v_flush.resize(HKV);
+        k_flush_ptr.assign(HKV, nullptr), v_flush_ptr.assign(HKV, nullptr);
+    }
 
     // One parallel region for all layers; each thread owns a contiguous slice of token
     // rows for everything but the dequantization, which is split by weight rows. That
@@ -185,7 +236,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
         const int per = (n + nt - 1) / nt;
         const int ra = std::min(n, t * per), rb = std::min(n, ra + per), m = rb - ra;
         RowMatrix xn(std::max(m, 1), E), proj(std::max(m, 1), E), gate(std::max(m, 1), FF), up(std::max(m, 1), FF);
-        RowMatrix scratch;
+        RowMatrix scratch, scratch2;
         for (uint32_t l = 0; l < hp.n_layer; ++l) {
 #pragma omp barrier
             guarded([&] { w.load_part(f, impl_->layers[l], t, nt); });
@@ -196,7 +247,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
                     ops::matmul_wt(xn.data(), m, E, w.wq, QD, q.row(ra).data());
                     ops::matmul_wt(xn.data(), m, E, w.wk, KD, k.row(ra).data());
                     ops::matmul_wt(xn.data(), m, E, w.wv, KD, v.row(ra).data());
-                    if (capture[l]) k_pre.middleRows(ra, m) = k.middleRows(ra, m);
+                    if (capture[l] || hooked) k_pre.middleRows(ra, m) = k.middleRows(ra, m);
                     ops::rope_norm(q.row(ra).data(), m, H, HD, rope, ra);
                     ops::rope_norm(k.row(ra).data(), m, HKV, HD, rope, ra);
                 });
@@ -212,9 +263,24 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
                     a.q = q.data();
                     sink(a);
                 });
+            if (hooked) {
+                // Each (KV head, tensor) is one work item; the loop's implicit barrier
+                // makes every head's cache ready before any attention row reads it.
+#pragma omp for schedule(dynamic, 1)
+                for (int item = 0; item < 2 * HKV; ++item)
+                    guarded([&] { run_kv_hook(opts.kv_cache, static_cast<int>(l), item / 2, item % 2 == 1, n, HD, KD,
+                                              k.data(), k_pre.data(), v.data(), item % 2 ? v_hat : k_hat,
+                                              item % 2 ? v_flush : k_flush, item % 2 ? v_flush_ptr : k_flush_ptr); });
+            }
             if (m > 0)
                 guarded([&] {
-                    ops::causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, att.data(), ra, rb, scratch);
+                    if (hooked)
+                        ops::causal_attention_rows_cached(q.data(), k.data(), v.data(), k_hat.data(), v_hat.data(),
+                                                          k_flush_ptr.data(), v_flush_ptr.data(), H, HKV, HD,
+                                                          att.data(), ra, rb, scratch, scratch2);
+                    else
+                        ops::causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, att.data(), ra, rb,
+                                                   scratch);
                     ops::matmul_wt(att.row(ra).data(), m, QD, w.wo, E, proj.data());
                     x.middleRows(ra, m) += proj.topRows(m);
                     ops::rms_norm(x.row(ra).data(), m, E, w.ffn_norm, hp.rms_eps, xn.data());
@@ -228,7 +294,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     }
     if (error) std::rethrow_exception(error);
     w = LayerWeights();
-    q = k = v = k_pre = att = RowMatrix();
+    q = k = v = k_pre = att = k_hat = v_hat = RowMatrix();
 
     std::vector<float> norm_w(E);
     f.dequantize_rows(*impl_->out_norm, 0, 1, norm_w.data());
@@ -237,6 +303,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     x = RowMatrix();
 
     ForwardResult res;
+    if (opts.want_hidden) res.hidden.assign(xn.data(), xn.data() + static_cast<size_t>(n) * E);
     const int n_targets = opts.want_nll ? n - 1 : 0;
     if (n_targets == 0 && !opts.want_last_logits) return res;
     // Rows of xn whose logits are needed: the n-1 rows with a next token, plus the
@@ -288,6 +355,82 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     for (int i = 0; i < n_targets; ++i) {
         res.nll[i] = static_cast<float>(stats[i].nll());
         res.argmax[i] = stats[i].argmax;
+    }
+    return res;
+}
+
+std::vector<NextTokenStats> LlamaModel::compare_next_token(const std::vector<int32_t>& tokens,
+                                                           const std::vector<const float*>& hidden) const {
+    const GgufFile& f = *impl_->file;
+    const LlamaHparams& hp = impl_->hp;
+    const int n = static_cast<int>(tokens.size()), E = static_cast<int>(hp.n_embd);
+    const int nv_var = static_cast<int>(hidden.size());
+    PKV_CHECK(nv_var >= 1, invalid_argument, "{}: compare_next_token: expected at least one hidden state", f.path());
+    for (const float* h : hidden)
+        PKV_CHECK(h != nullptr, invalid_argument, "{}: compare_next_token: null hidden state", f.path());
+    for (int i = 0; i < n; ++i)
+        PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
+                  "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
+    std::vector<NextTokenStats> res(nv_var);
+    const int n_targets = std::max(0, n - 1);
+    if (n_targets == 0) return res;
+
+    // Same chunking and row tiles as forward(), so variant 0 reproduces its NLL.
+    constexpr int kRowBlock = 256;
+    const int64_t n_vocab = hp.n_vocab;
+    const int64_t chunk = std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
+    const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
+    std::vector<std::vector<ops::LogitRowStats>> stats(nv_var, std::vector<ops::LogitRowStats>(n_targets));
+    std::vector<std::vector<ops::KlRowStats>> kl(nv_var, std::vector<ops::KlRowStats>(n_targets));
+    std::exception_ptr error;
+    const int out_threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n_chunks));
+#pragma omp parallel num_threads(out_threads)
+    {
+        std::vector<std::vector<ops::LogitRowStats>> mine(nv_var, std::vector<ops::LogitRowStats>(n_targets));
+        std::vector<std::vector<ops::KlRowStats>> mine_kl(nv_var, std::vector<ops::KlRowStats>(n_targets));
+        std::vector<float> wbuf(static_cast<size_t>(chunk) * E);
+        std::vector<RowMatrix> logits(nv_var);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < n_chunks; ++c) {
+            try {
+                const int64_t v0 = c * chunk, nv = std::min(chunk, n_vocab - v0);
+                f.dequantize_rows(*impl_->output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
+                for (int r0 = 0; r0 < n_targets; r0 += kRowBlock) {
+                    const int nr = std::min(kRowBlock, n_targets - r0);
+                    for (int a = 0; a < nv_var; ++a) {
+                        logits[a].resize(nr, nv);
+                        ops::matmul_wt(hidden[a] + static_cast<int64_t>(r0) * E, nr, E, wbuf.data(), nv,
+                                       logits[a].data());
+                        for (int r = 0; r < nr; ++r)
+                            mine[a][r0 + r].add_block(logits[a].row(r).data(), nv, v0, tokens[r0 + r + 1]);
+                        if (a > 0)
+                            for (int r = 0; r < nr; ++r)
+                                mine_kl[a][r0 + r].add_block(logits[0].row(r).data(), logits[a].row(r).data(), nv);
+                    }
+                }
+            } catch (...) {
+#pragma omp critical(pkv_compare_error)
+                if (!error) error = std::current_exception();
+            }
+        }
+#pragma omp critical(pkv_compare_merge)
+        for (int a = 0; a < nv_var; ++a)
+            for (int i = 0; i < n_targets; ++i) {
+                stats[a][i].merge(mine[a][i]);
+                kl[a][i].merge(mine_kl[a][i]);
+            }
+    }
+    if (error) std::rethrow_exception(error);
+    for (int a = 0; a < nv_var; ++a) {
+        NextTokenStats& r = res[a];
+        r.nll.resize(n_targets);
+        r.argmax.resize(n_targets);
+        if (a > 0) r.kl.resize(n_targets);
+        for (int i = 0; i < n_targets; ++i) {
+            r.nll[i] = static_cast<float>(stats[a][i].nll());
+            r.argmax[i] = stats[a][i].argmax;
+            if (a > 0) r.kl[i] = static_cast<float>(kl[a][i].kl(stats[0][i].lse(), stats[a][i].lse()));
+        }
     }
     return res;
 }

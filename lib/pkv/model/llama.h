@@ -71,18 +71,60 @@ struct LayerActivations {
 };
 using LayerSink = std::function<void(const LayerActivations&)>;
 
+/// One (layer, KV head, tensor) handed to a KvCacheHook: what the layer computed
+/// exactly for the whole sequence, contiguous row-major [n_tokens, head_dim].
+struct KvHookInput {
+    int layer = 0;
+    int kv_head = 0;
+    bool value = false;              ///< false: keys, true: values
+    int n_tokens = 0;
+    int head_dim = 0;
+    const float* x = nullptr;        ///< keys after RoPE (GGUF dimension order), or values
+    const float* k_pre = nullptr;    ///< keys only: the same keys before RoPE; null for values
+};
+
+/// The cache a runtime holds for that (layer, KV head, tensor) over the sequence:
+/// query position t attends to recon[j] when flush_step[j] <= t and to the exact x[j]
+/// otherwise (j <= t; the token is still in the fp16 window). recon is [n_tokens,
+/// head_dim], flush_step [n_tokens]. Both left empty: the head stays exact.
+struct KvHookOutput {
+    std::vector<float> recon;
+    std::vector<int32_t> flush_step;
+};
+
+/// Called once per layer for each KV head and each of K and V, after the layer's
+/// K/V exist for every position and before its attention runs. Calls for one layer
+/// may run concurrently on OpenMP threads (distinct head/tensor pairs), so the hook
+/// must only write state owned by its (layer, kv_head, value) triple. Exceptions
+/// propagate out of forward().
+using KvCacheHook = std::function<void(const KvHookInput&, KvHookOutput&)>;
+
 struct ForwardOptions {
     bool capture = false;               ///< call the sink for layers in `layers`
     std::vector<bool> layers;           ///< per layer; empty = all layers
     bool want_nll = true;               ///< compute next-token NLL of tokens[i+1] at position i
     bool want_last_logits = false;      ///< fill ForwardResult::last_logits
+    bool want_hidden = false;           ///< fill ForwardResult::hidden (for compare_next_token)
     int pos0 = 0;                       ///< position of tokens[0]
+    /// Empty: plain causal attention over exact K/V (the default path, unchanged).
+    /// Set: every layer's attention reads the per-query cache the hook describes, so
+    /// later layers see the effect of the quantized cache of earlier ones.
+    KvCacheHook kv_cache;
 };
 
 struct ForwardResult {
     std::vector<float> nll;             ///< n_tokens - 1 values (natural log) when want_nll
     std::vector<int32_t> argmax;        ///< n_tokens - 1 greedy predictions when want_nll
     std::vector<float> last_logits;     ///< n_vocab values for the last position
+    std::vector<float> hidden;          ///< [n_tokens, n_embd] after output_norm when want_hidden
+};
+
+/// Next-token figures of one variant of a sequence (see compare_next_token), per
+/// position i < n_tokens - 1 (predicting tokens[i+1]).
+struct NextTokenStats {
+    std::vector<float> nll;             ///< -log q(tokens[i+1]), natural log
+    std::vector<int32_t> argmax;        ///< first argmax of the logits
+    std::vector<float> kl;              ///< KL(p_0 || p_v) in nats against variant 0; empty for variant 0
 };
 
 class LlamaModel {
@@ -98,6 +140,15 @@ public:
     /// no cache) and returns the requested outputs; calls `sink` per captured layer.
     ForwardResult forward(const std::vector<int32_t>& tokens, const ForwardOptions& opts,
                           const LayerSink& sink = nullptr) const;
+
+    /// Next-token statistics of several variants of one sequence (e.g. the same tokens
+    /// run with different KV caches) from their final hidden states
+    /// (ForwardResult::hidden, each [n_tokens, n_embd]); variant 0 is the reference
+    /// the KL divergences are taken against. The output matrix is dequantized once per
+    /// vocabulary chunk for all variants and nothing of size [n_tokens, n_vocab] is
+    /// held. Variant 0's nll/argmax equal forward()'s for the same hidden state.
+    std::vector<NextTokenStats> compare_next_token(const std::vector<int32_t>& tokens,
+                                                   const std::vector<const float*>& hidden) const;
 
     /// Greedy continuation: returns `prompt` followed by n_new tokens, each the first
     /// argmax of the last position's logits (recomputes the prefix each step; meant

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include <omp.h>
 
@@ -117,6 +118,76 @@ void causal_attention_rows(const float* q, const float* k, const float* v, int n
     }
 }
 
+namespace {
+
+// First flush step among keys [0, nk) of one head; INT32_MAX when none is quantized.
+int32_t first_flush(const int32_t* flush, int nk) {
+    if (flush == nullptr) return INT32_MAX;
+    int32_t m = INT32_MAX;
+    for (int j = 0; j < nk; ++j) m = std::min(m, flush[j]);
+    return m;
+}
+
+}  // namespace
+
+void causal_attention_rows_cached(const float* q, const float* k, const float* v, const float* k_hat,
+                                  const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
+                                  int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
+                                  RowMatrix& scores, RowMatrix& alt, int q_block) {
+    const int group = n_head / n_head_kv;
+    const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
+        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
+        for (int h = 0; h < n_head; ++h) {
+            const int g = h / group;
+            const int64_t off = static_cast<int64_t>(g) * head_dim;
+            const int32_t* kf = k_flush[g];
+            const int32_t* vf = v_flush[g];
+            const ConstStridedMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
+            const ConstStridedMap K(k + off, nk, head_dim, Stride(kd));
+            scores.resize(nq, nk);
+            scores.noalias() = Q * K.transpose();
+            // Queries of this block are r0..r1-1: a key flushed at step s is seen
+            // reconstructed by queries i >= s.
+            if (first_flush(kf, nk) < r1) {
+                const ConstStridedMap Kh(k_hat + off, nk, head_dim, Stride(kd));
+                alt.resize(nq, nk);
+                alt.noalias() = Q * Kh.transpose();
+                for (int r = 0; r < nq; ++r) {
+                    const int i = r0 + r;
+                    for (int j = 0; j <= i; ++j)
+                        if (kf[j] <= i) scores(r, j) = alt(r, j);
+                }
+            }
+            for (int r = 0; r < nq; ++r) {
+                const int len = r0 + r + 1;
+                auto row = scores.row(r);
+                const float m = row.head(len).maxCoeff();
+                row.head(len) = ((row.head(len).array() - m) * scale).exp().matrix();
+                row.head(len) *= 1.0f / row.head(len).sum();
+                if (len < nk) row.tail(nk - len).setZero();
+            }
+            const ConstStridedMap V(v + off, nk, head_dim, Stride(kd));
+            StridedMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
+            if (first_flush(vf, nk) < r1) {
+                // Move the weight on values already flushed for a query into `alt`.
+                alt.setZero(nq, nk);
+                for (int r = 0; r < nq; ++r) {
+                    const int i = r0 + r;
+                    for (int j = 0; j <= i; ++j)
+                        if (vf[j] <= i) alt(r, j) = scores(r, j), scores(r, j) = 0.0f;
+                }
+                const ConstStridedMap Vh(v_hat + off, nk, head_dim, Stride(kd));
+                O.noalias() = scores * V;
+                O.noalias() += alt * Vh;
+            } else {
+                O.noalias() = scores * V;
+            }
+        }
+    }
+}
+
 void swiglu_inplace(float* gate, const float* up, int64_t n) {
     Eigen::Map<Eigen::ArrayXf> g(gate, n);
     const Eigen::Map<const Eigen::ArrayXf> u(up, n);
@@ -156,5 +227,35 @@ void LogitRowStats::merge(const LogitRowStats& o) {
 }
 
 double LogitRowStats::nll() const { return max + std::log(sum) - target; }
+
+double LogitRowStats::lse() const { return max + std::log(sum); }
+
+void KlRowStats::add_block(const float* a, const float* b, int64_t n) {
+    const Eigen::Map<const Eigen::ArrayXf> A(a, n), B(b, n);
+    const float bm = A.maxCoeff();
+    if (bm > max) {
+        const double f = std::exp(max - bm);
+        sum *= f;
+        w *= f;
+        max = bm;
+    }
+    const Eigen::ArrayXf e = (A - static_cast<float>(max)).exp();
+    sum += static_cast<double>(e.sum());
+    w += static_cast<double>((e * (A - B)).sum());
+}
+
+void KlRowStats::merge(const KlRowStats& o) {
+    if (o.sum == 0.0) return;
+    if (sum == 0.0) {
+        *this = o;
+        return;
+    }
+    const double m = std::max(max, o.max), fa = std::exp(max - m), fb = std::exp(o.max - m);
+    sum = sum * fa + o.sum * fb;
+    w = w * fa + o.w * fb;
+    max = m;
+}
+
+double KlRowStats::kl(double lse_a, double lse_b) const { return w / sum - lse_a + lse_b; }
 
 }  // namespace pkv::ops

@@ -54,6 +54,21 @@ void causal_attention_rows(const float* q, const float* k, const float* v, int n
                            int head_dim, float* out, int row_begin, int row_end, RowMatrix& scratch,
                            int q_block = 256);
 
+/// causal_attention_rows over the cache a runtime holds at each step: query i reads,
+/// for KV head g and key j <= i, k_hat[j] when k_flush[g] is non-null and
+/// k_flush[g][j] <= i, else k[j] (likewise v_hat / v_flush for values). k_hat and
+/// v_hat have the layout of k and v ([n, n_head_kv * head_dim]); k_flush and v_flush
+/// hold n_head_kv pointers to [n] flush steps (a null pointer: that head is exact).
+/// Per (head, query block) the scores against exact and reconstructed keys are both
+/// formed and merged per element, and the probabilities are split into the part on
+/// exact and the part on reconstructed values; blocks where every visible key (or
+/// value) is on one side take the single product. `scratch2` holds the second
+/// score/probability block.
+void causal_attention_rows_cached(const float* q, const float* k, const float* v, const float* k_hat,
+                                  const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
+                                  int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
+                                  RowMatrix& scratch, RowMatrix& scratch2, int q_block = 256);
+
 /// gate[i] ← silu(gate[i]) · up[i] for n values.
 void swiglu_inplace(float* gate, const float* up, int64_t n);
 
@@ -71,6 +86,22 @@ struct LogitRowStats {
     void merge(const LogitRowStats& o);
     /// -log softmax(target) = logsumexp - target.
     double nll() const;
+    /// log Σ exp(logit) over the columns seen.
+    double lse() const;
+};
+
+/// Streaming KL(p || q) of one row, p = softmax(a) (the reference), q = softmax(b),
+/// seen in blocks of the vocabulary: with the running maximum m of a it keeps
+/// sum = Σ exp(a - m) and w = Σ exp(a - m)(a - b), so that
+/// KL = w / sum - lse(a) + lse(b). Within a block in float, across blocks in double.
+struct KlRowStats {
+    double max = -1e300;
+    double sum = 0.0;
+    double w = 0.0;
+    void add_block(const float* a, const float* b, int64_t n);
+    void merge(const KlRowStats& o);
+    /// lse_a, lse_b: log-sum-exp of the full rows a and b (LogitRowStats::lse()).
+    double kl(double lse_a, double lse_b) const;
 };
 
 }  // namespace pkv::ops

@@ -1,0 +1,73 @@
+// `pkv eval`: perplexity, KL and top-1 agreement with quantized KV caches against fp16.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "commands.h"
+#include "pkv/analyze/analyze.h"
+#include "pkv/core/atomic_file.h"
+#include "pkv/core/error.h"
+#include "pkv/eval/eval.h"
+
+namespace pkv::cli {
+
+namespace {
+struct EvalArgs {
+    EvalConfig config;
+    std::string keep_layers;
+    std::string json_path, md_path;
+    bool force = false;
+};
+
+void write_text(AtomicOutput& out, const std::string& text) {
+    std::ofstream f(out.temp_path(), std::ios::binary);
+    f << text;
+    f.close();
+    PKV_CHECK(f.good(), io, "{}: cannot write", out.path());
+    out.commit();
+}
+}  // namespace
+
+Command add_eval(CLI::App& root) {
+    auto args = std::make_shared<EvalArgs>();
+    auto* app = root.add_subcommand(
+        "eval", "perplexity, KL and top-1 agreement against fp16 with the KV cache held as each method holds it");
+    auto& c = args->config;
+    app->add_option("--model,-m", c.model_path, "GGUF model (llama architecture)")->required();
+    app->add_option("--text,-t", c.text_paths, "text file(s), tokenized as pkv dump does")->required();
+    app->add_option("--tokens,-n", c.n_tokens, "tokens to evaluate")->capture_default_str();
+    app->add_option("--ctx,-c", c.ctx, "tokens per sequence (<= the model's context length)")->capture_default_str();
+    app->add_option("--kv", c.kv,
+                    "method specs, e.g. fp16 kivi:2 kivi:4:g32 patternkv:2 q4_0 q8_0 fp8 q4_0:rot kivi:2:pre "
+                    "(grammar: docs/eval.md)")
+        ->required();
+    app->add_option("--keep-fp16-layers", args->keep_layers, "layers whose cache stays fp16 for every method, e.g. 0,1");
+    app->add_option("--prefill", c.prefill,
+                    "prompt tokens per sequence (default: half of it, rounded down to a multiple of 128)");
+    app->add_option("--seed", c.seed, "patternkv k-means seed")->capture_default_str();
+    app->add_option("--json", args->json_path, "write the JSON report here");
+    app->add_option("--md", args->md_path, "write the Markdown table here");
+    app->add_flag("--force,-f", args->force, "overwrite existing outputs");
+    for (auto* opt : app->get_options())
+        if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+
+    return {app, [args]() {
+                EvalConfig cfg = args->config;
+                if (!args->keep_layers.empty())
+                    cfg.keep_fp16_layers = parse_int_list("--keep-fp16-layers", args->keep_layers);
+                cfg.argv = argv_strings();
+                // Claim the outputs first so a long run cannot end on an existing file.
+                std::optional<AtomicOutput> json_out, md_out;
+                if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);
+                if (!args->md_path.empty()) md_out.emplace(args->md_path, args->force);
+                const nlohmann::json report = run_eval(cfg);
+                const std::string md = render_eval_markdown(report);
+                if (json_out) write_text(*json_out, report.dump(1) + "\n");
+                if (md_out) write_text(*md_out, md);
+                std::fputs(md.c_str(), stdout);
+                return 0;
+            }};
+}
+
+}  // namespace pkv::cli

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `pkv eval` on the default model: the fp16 reference reproduces `pkv dump`'s
+# perplexity on the same tokens, 8-bit caches stay within a tight KL of fp16 while
+# 2-bit KIVI is clearly worse, the report is complete, and bad input fails cleanly.
+source "$(dirname "$0")/common.bash"
+need_data
+N=512 CTX=256
+
+"$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens $N --ctx $CTX --capture v \
+  --layers 0 --out "$WORK/d.h5" >/dev/null 2>"$WORK/dump.err" || { failed "dump: $(tail -3 "$WORK/dump.err")"; finish; exit 1; }
+"$PKV_BIN" info "$WORK/d.h5" --json >"$WORK/info.json" || failed "info --json"
+
+if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$TEXT" --tokens $N --ctx $CTX --prefill 128 \
+     --kv fp16 q8_0 kivi:8 kivi:2 --json "$WORK/eval.json" --md "$WORK/eval.md" >"$WORK/eval.out" 2>"$WORK/eval.err"; then
+  pass "eval exits 0"
+else
+  failed "eval: $(tail -3 "$WORK/eval.err")"; finish; exit 1
+fi
+cat "$WORK/eval.out"
+cmp -s "$WORK/eval.out" "$WORK/eval.md" && pass "--md file equals stdout" || failed "--md differs from stdout"
+grep -q "^| kivi:2 |" "$WORK/eval.out" && pass "table row per method" || failed "no kivi:2 row"
+
+/usr/bin/python3 - "$WORK/info.json" "$WORK/eval.json" <<'PY'
+import json, math, sys
+info, r = (json.load(open(p)) for p in sys.argv[1:3])
+fails = 0
+def check(ok, what):
+    global fails
+    print(("ok: " if ok else "FAIL: ") + what)
+    fails += 0 if ok else 1
+dump_ppl = info["summary"]["perplexity"]
+ref = r["reference"]
+m = {x["label"]: x for x in r["methods"]}
+# (a) Same tokens, same forward pass: equal to float round-off (stated: 1e-6 relative).
+rel = abs(ref["ppl_all"] / dump_ppl - 1)
+check(rel < 1e-6, f"fp16 ppl_all {ref['ppl_all']:.6f} equals dump perplexity {dump_ppl:.6f} (relative difference {rel:.1e})")
+check(m["fp16"]["kl_mean"] == 0 and m["fp16"]["ppl"] == ref["ppl"], "fp16 through the cache hook is bit-identical")
+check(r["run"]["scored_decode"] == 2 * (256 - 1 - 128) and r["run"]["scored_all"] == 2 * 255, "scored positions")
+# (b) 8-bit caches: mean KL < 1e-3 nats; 2-bit kivi: at least 10x the KL and a higher perplexity.
+for k in ("q8_0", "kivi:8"):
+    check(m[k]["kl_mean"] < 1e-3, f"{k}: mean KL {m[k]['kl_mean']:.3e} < 1e-3")
+    check(m[k]["top1_agreement"] > 0.95, f"{k}: top-1 agreement {m[k]['top1_agreement']:.4f} > 0.95")
+k2 = m["kivi:2"]
+check(k2["kl_mean"] > 10 * max(m["q8_0"]["kl_mean"], m["kivi:8"]["kl_mean"]), f"kivi:2 mean KL {k2['kl_mean']:.3e} is 10x worse")
+check(k2["ppl"] > ref["ppl"], f"kivi:2 ppl {k2['ppl']:.4f} above fp16 {ref['ppl']:.4f}")
+check(abs(m["q8_0"]["bits_per_element"] - 8.5) < 1e-9, "q8_0: 8.5 bits per element")
+# K and V, 30 layers, 3 KV heads, head_dim 64, 256 tokens, 2 bytes each.
+check(ref["kv_bytes"] == 2 * 30 * 3 * 64 * 256 * 2, "fp16 KV bytes of one sequence")
+check(len(r["provenance"]["model"]["sha256"]) == 64 and r["provenance"]["argv"][1] == "--log-level", "provenance")
+sys.exit(1 if fails else 0)
+PY
+[ $? -eq 0 ] && pass "figures" || failed "figures (see above)"
+
+expect_fail "ctx beyond the model" "\-\-ctx 9000: longer than the model's context length 8192" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 9000 --ctx 9000 --kv fp16
+expect_fail "unknown method" "unknown method 'kivvi' in --kv 'kivvi:2': expected one of" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --kv kivvi:2
+expect_fail "bits for kivi" "\-\-kv 'kivi:5': 5 bits is not supported by kivi" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --kv kivi:5
+expect_fail "group does not fit" "group 48 does not divide head_dim 64" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2:g48
+expect_fail "pattern table" "patternkv-table needs pattern tables from .pkv calibrate." \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv patternkv-table:2:T.safetensors
+expect_fail "keep layer" "\-\-keep-fp16-layers: layer 30 is out of range" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --keep-fp16-layers 0,30
+finish
