@@ -45,12 +45,14 @@
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -94,23 +96,16 @@ struct RuntimeDecl {
 
 /// Exact IEEE binary16 -> binary32 (subnormals, infinities and NaN included).
 inline float f16_to_f32(uint16_t h) {
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    uint32_t bits = 0;
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu, bits = sign;  // +-0 stays as is
     if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
+        bits |= 0x7f800000u | man << 13;
     } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {  // subnormal: man * 2^-24, renormalised
+        bits |= (exp + 112u) << 23 | man << 13;
+    } else if (man != 0) {  // subnormal, man * 2^-24: renormalise
         uint32_t e = 113;
-        while ((man & 0x400u) == 0) {
-            man <<= 1;
-            --e;
-        }
-        bits = sign | (e << 23) | ((man & 0x3ffu) << 13);
+        for (; (man & 0x400u) == 0; --e) man <<= 1;
+        bits |= e << 23 | (man & 0x3ffu) << 13;
     }
     float f;
     static_assert(sizeof(f) == sizeof(bits), "binary32 float expected");
@@ -211,8 +206,8 @@ struct HeadView {
     float v_gate_z = 0.0f;            ///< z of the value gate, >= 0
     Assign assign = Assign::minmax;   ///< the table's pkv.assign
 
-    const float* k_pattern(int i) const { return k_patterns + static_cast<size_t>(i) * head_dim; }
-    const float* v_pattern(int i) const { return v_patterns + static_cast<size_t>(i) * head_dim; }
+    const float* k_pattern(int i) const { return k_patterns + static_cast<size_t>(i) * static_cast<size_t>(head_dim); }
+    const float* v_pattern(int i) const { return v_patterns + static_cast<size_t>(i) * static_cast<size_t>(head_dim); }
     /// Nearest key / value pattern of one token's D-vector under the table's assignment.
     int nearest_k(const float* k) const { return nearest_pattern(k, k_patterns, n_k_patterns, head_dim, assign); }
     int nearest_v(const float* v) const { return nearest_pattern(v, v_patterns, n_v_patterns, head_dim, assign); }
@@ -335,7 +330,7 @@ private:
             if (c == '"') return ++p_, out;
             if (c < 0x20) fail("control character in string");
             if (c >= 0x80) {  // copy one well-formed UTF-8 sequence (no overlongs or surrogates)
-                const int extra = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+                const int extra = c < 0xc2 ? 0 : c <= 0xdf ? 1 : c <= 0xef ? 2 : c <= 0xf4 ? 3 : 0;
                 const unsigned lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
                 const unsigned hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
                 if (extra == 0 || n_ - p_ <= static_cast<size_t>(extra)) fail("invalid UTF-8");
@@ -415,7 +410,8 @@ constexpr uint64_t kMaxHeader = 100'000'000;
 
 /// Validates a whole safetensors file in memory (pkv's rules, pkv/table/safetensors.h).
 inline Container parse_container(const uint8_t* bytes, size_t size, const std::string& w) {
-    if (size < 8) throw TableError(w + ": file of " + std::to_string(size) + " bytes is shorter than the 8-byte header length");
+    if (size < 8)
+        throw TableError(w + ": file of " + std::to_string(size) + " bytes is shorter than the 8-byte header length");
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
     if (n > kMaxHeader) throw TableError(w + ": header length " + std::to_string(n) + " exceeds the 100 MB limit");
@@ -465,7 +461,8 @@ inline Container parse_container(const uint8_t* bytes, size_t size, const std::s
         t.begin = unsigned_of(offsets->items[0], at + ": data_offsets");
         t.end = unsigned_of(offsets->items[1], at + ": data_offsets");
         if (t.end < t.begin)
-            throw TableError(at + ": data_offsets end " + std::to_string(t.end) + " < begin " + std::to_string(t.begin));
+            throw TableError(at + ": data_offsets end " + std::to_string(t.end) + " < begin " +
+                             std::to_string(t.begin));
         if (overflow || numel > std::numeric_limits<uint64_t>::max() / esize || t.end - t.begin != numel * esize)
             throw TableError(at + ": expected " + shape_str(t.shape) + " x " + t.dtype + " = " +
                              (overflow ? std::string("too many") : std::to_string(numel * esize)) + " bytes, got " +
@@ -480,9 +477,10 @@ inline Container parse_container(const uint8_t* bytes, size_t size, const std::s
     });
     uint64_t pos = 0;
     for (const auto& o : order) {
-        if (o.second->begin != pos)
-            throw TableError(w + ": " + *o.first + ": data_offsets begin " + std::to_string(o.second->begin) +
-                             (o.second->begin < pos ? " overlaps the previous tensor ending at " : " leaves a gap after ") +
+        const uint64_t begin = o.second->begin;
+        if (begin != pos)
+            throw TableError(w + ": " + *o.first + ": data_offsets begin " + std::to_string(begin) +
+                             (begin < pos ? " overlaps the previous tensor ending at " : " leaves a gap after ") +
                              std::to_string(pos));
         pos = o.second->end;
     }
@@ -500,19 +498,13 @@ class PatternTable {
 public:
     /// Reads, validates and checks `path` against `decl`; throws TableError (see top).
     static PatternTable open(const std::string& path, const RuntimeDecl& decl) {
-        const std::string w = "pattern table " + path;
         std::ifstream in(path, std::ios::binary);
-        if (!in) throw TableError(w + ": cannot open the file");
-        in.seekg(0, std::ios::end);
-        const std::streamoff size = in.tellg();
-        if (size < 0) throw TableError(w + ": cannot read the file size");
-        in.seekg(0, std::ios::beg);
-        std::vector<uint8_t> bytes(static_cast<size_t>(size));
-        if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size)))
-            throw TableError(w + ": read failed");
+        if (!in) throw TableError("pattern table " + path + ": cannot open the file");
+        const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (in.bad()) throw TableError("pattern table " + path + ": read failed");
         return parse(bytes.data(), bytes.size(), path, decl);
     }
-    /// The same for a file already in memory; `label` names it in errors.
+    /// The same for a file already in memory (not retained); `label` names it in errors.
     static PatternTable parse(const uint8_t* bytes, size_t size, const std::string& label, const RuntimeDecl& decl) {
         PatternTable t;
         t.label_ = label;
@@ -523,14 +515,14 @@ public:
     const std::string& label() const { return label_; }
     /// Every __metadata__ entry, pkv.calibration (a JSON object, as text) included.
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
-    const std::string& model_name() const { return model_name_; }
+    const std::string& model_name() const { return model_name_; }      ///< "" when absent
     const std::string& model_sha256() const { return model_sha256_; }  ///< lower-case hex, may be ""
     const std::string& arch() const { return arch_; }
     int n_layer() const { return n_layer_; }
     int n_head() const { return n_head_; }
     int n_head_kv() const { return n_head_kv_; }
     int head_dim() const { return head_dim_; }
-    int format_minor() const { return minor_; }
+    int format_minor() const { return minor_; }  ///< the major is always 1
     KeyBasis key_basis() const { return basis_; }
     DimOrder key_dim_order() const { return order_; }
     Rotation rotation() const { return rotation_; }
@@ -539,16 +531,16 @@ public:
     int group() const { return group_; }
     int window() const { return window_; }
     Assign assign() const { return assign_; }
-    int n_k_patterns() const { return mk_; }  ///< Mk, the same for every head
+    int n_k_patterns() const { return mk_; }  ///< Mk, the same for every layer and head
     int n_v_patterns() const { return mv_; }  ///< Mv
-    /// Calibrated model layers, ascending.
+    /// Calibrated model layers, ascending. Other layers run without patterns.
     std::vector<int> layers() const {
         std::vector<int> out;
         for (const Layer& l : layers_) out.push_back(l.layer);
         return out;
     }
     bool has_layer(int layer) const { return find(layer) != nullptr; }
-    /// Throws std::out_of_range for an uncalibrated layer or head outside [0, n_head_kv).
+    /// Throws std::out_of_range for an uncalibrated layer or a head outside [0, n_head_kv).
     HeadView head(int layer, int kv_head) const {
         const Layer* l = find(layer);
         if (!l) throw std::out_of_range(label_ + ": layer " + std::to_string(layer) + " is not calibrated");
@@ -556,21 +548,11 @@ public:
             throw std::out_of_range(label_ + ": KV head " + std::to_string(kv_head) + " outside [0, " +
                                     std::to_string(n_head_kv_) + ")");
         const size_t h = static_cast<size_t>(kv_head), D = static_cast<size_t>(head_dim_);
-        HeadView v;
-        v.layer = layer;
-        v.head = kv_head;
-        v.head_dim = head_dim_;
-        v.n_k_patterns = mk_;
-        v.n_v_patterns = mv_;
-        v.k_patterns = l->k_patterns.data() + h * static_cast<size_t>(mk_) * D;
-        v.v_patterns = l->v_patterns.data() + h * static_cast<size_t>(mv_) * D;
-        v.k_counts = l->k_counts.data() + h * static_cast<size_t>(mk_);
-        v.v_counts = l->v_counts.data() + h * static_cast<size_t>(mv_);
-        v.k_clip = l->k_clip[h];
-        v.v_clip = l->v_clip[h];
-        v.v_gate_z = l->v_gate_z[h];
-        v.assign = assign_;
-        return v;
+        const size_t mk = static_cast<size_t>(mk_), mv = static_cast<size_t>(mv_);
+        return HeadView{layer, kv_head, head_dim_, mk_, mv_,
+                        l->k_patterns.data() + h * mk * D, l->v_patterns.data() + h * mv * D,
+                        l->k_counts.data() + h * mk, l->v_counts.data() + h * mv,
+                        l->k_clip[h], l->v_clip[h], l->v_gate_z[h], assign_};
     }
 
 private:
@@ -597,20 +579,18 @@ private:
         return nullptr;
     }
     [[noreturn]] void fail(const std::string& what) const { throw TableError("pattern table " + label_ + ": " + what); }
-
     const std::string& meta(const std::string& key) const {
         const auto it = metadata_.find(key);
         if (it == metadata_.end()) fail("missing metadata " + key);
         return it->second;
     }
-    // A decimal integer in [lo, hi]: digits only (no sign, blanks or leading zeros).
+    // Digits only (no sign, blanks or leading zeros), value <= hi.
     static bool decimal(const std::string& s, uint64_t hi, uint64_t& out) {
         if (s.empty() || s.size() > 20 || (s.size() > 1 && s[0] == '0')) return false;
         out = 0;
         for (const char c : s) {
-            if (c < '0' || c > '9') return false;
             const uint64_t d = static_cast<uint64_t>(c - '0');
-            if (d > hi || out > (hi - d) / 10) return false;
+            if (c < '0' || c > '9' || d > hi || out > (hi - d) / 10) return false;
             out = out * 10 + d;
         }
         return true;
@@ -633,7 +613,7 @@ private:
         }
         fail("metadata " + key + ": expected " + allowed + ", got \"" + s + "\"");
     }
-    // One refusal: "<field> is <table> but the runtime declares <declared>; <consequence>".
+    // "<field> is <table> but the runtime declares <declared>; <consequence>".
     void refuse(const std::string& field, const std::string& table, const std::string& declared,
                 const char* consequence) const {
         fail(field + " is " + table + " but the runtime declares " + declared + "; " + consequence);
@@ -641,57 +621,39 @@ private:
     void check_int(const char* field, int table, int declared, const char* consequence) const {
         if (table != declared) refuse(field, std::to_string(table), std::to_string(declared), consequence);
     }
-    std::vector<float> floats(const detail::Container& c, const std::string& name,
-                              const std::vector<uint64_t>& shape) const;
-    std::vector<int64_t> int64s(const detail::Container& c, const std::string& name,
-                                const std::vector<uint64_t>& shape) const;
-    const detail::RawTensor& tensor(const detail::Container& c, const std::string& name,
-                                    const std::vector<uint64_t>& shape) const;
+    // A tensor's elements as T, after checking its shape and dtype: F32 or F16 for float
+    // (non-finite values refused), I64 for int64_t (negative values refused).
+    template <typename T>
+    std::vector<T> read(const detail::Container& c, const std::string& name, const std::vector<uint64_t>& shape) const {
+        const auto it = c.tensors.find(name);
+        if (it == c.tensors.end()) fail("missing tensor " + name);
+        const detail::RawTensor& t = it->second;
+        if (t.shape != shape)
+            fail(name + ": expected shape " + detail::shape_str(shape) + ", got " + detail::shape_str(t.shape));
+        const bool is_float = std::is_same<T, float>::value;
+        if (is_float ? t.dtype != "F32" && t.dtype != "F16" : t.dtype != "I64")
+            fail(name + ": expected dtype " + (is_float ? "F32 or F16" : "I64") + ", got " + t.dtype);
+        const size_t es = static_cast<size_t>(detail::dtype_size(t.dtype));
+        std::vector<T> out(static_cast<size_t>(t.end - t.begin) / es);
+        for (size_t i = 0; i < out.size(); ++i) {
+            uint64_t u = 0;  // little-endian bytes, whatever the host order
+            for (size_t b = es; b-- > 0;) u = u << 8 | c.data[t.begin + i * es + b];
+            if (es == 2) {
+                out[i] = static_cast<T>(f16_to_f32(static_cast<uint16_t>(u)));
+            } else if (es == 4) {
+                const uint32_t u32 = static_cast<uint32_t>(u);
+                std::memcpy(&out[i], &u32, 4);
+            } else {
+                std::memcpy(&out[i], &u, 8);
+            }
+            if (is_float && !std::isfinite(static_cast<double>(out[i])))
+                fail(name + ": element " + std::to_string(i) + " is not finite");
+            if (out[i] < 0 && !is_float) fail(name + ": element " + std::to_string(i) + " is negative");
+        }
+        return out;
+    }
     void load(detail::Container c, const RuntimeDecl& decl);
 };
-
-inline const detail::RawTensor& PatternTable::tensor(const detail::Container& c, const std::string& name,
-                                                    const std::vector<uint64_t>& shape) const {
-    const auto it = c.tensors.find(name);
-    if (it == c.tensors.end()) fail("missing tensor " + name);
-    if (it->second.shape != shape)
-        fail(name + ": expected shape " + detail::shape_str(shape) + ", got " + detail::shape_str(it->second.shape));
-    return it->second;
-}
-
-inline std::vector<float> PatternTable::floats(const detail::Container& c, const std::string& name,
-                                               const std::vector<uint64_t>& shape) const {
-    const detail::RawTensor& t = tensor(c, name, shape);
-    if (t.dtype != "F32" && t.dtype != "F16") fail(name + ": expected dtype F32 or F16, got " + t.dtype);
-    const size_t es = t.dtype == "F32" ? 4 : 2, n = static_cast<size_t>((t.end - t.begin) / es);
-    const uint8_t* p = c.data + t.begin;
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; ++i, p += es) {
-        if (es == 2) {
-            out[i] = f16_to_f32(static_cast<uint16_t>(p[0] | (p[1] << 8)));
-        } else {
-            const uint32_t u = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                               static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-            std::memcpy(&out[i], &u, 4);
-        }
-        if (!std::isfinite(out[i])) fail(name + ": element " + std::to_string(i) + " is not finite");
-    }
-    return out;
-}
-
-inline std::vector<int64_t> PatternTable::int64s(const detail::Container& c, const std::string& name,
-                                                 const std::vector<uint64_t>& shape) const {
-    const detail::RawTensor& t = tensor(c, name, shape);
-    if (t.dtype != "I64") fail(name + ": expected dtype I64, got " + t.dtype);
-    std::vector<int64_t> out(static_cast<size_t>((t.end - t.begin) / 8));
-    for (size_t i = 0; i < out.size(); ++i) {
-        uint64_t u = 0;
-        for (int b = 7; b >= 0; --b) u = (u << 8) | c.data[t.begin + 8 * i + static_cast<size_t>(b)];
-        std::memcpy(&out[i], &u, 8);
-        if (out[i] < 0) fail(name + ": element " + std::to_string(i) + " is negative");
-    }
-    return out;
-}
 
 inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     metadata_ = std::move(c.metadata);
@@ -706,11 +668,14 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     if (major != 1) fail("format version " + ver + " is not supported (this reader reads major version 1)");
     minor_ = static_cast<int>(minor);
 
+    const auto lower = [](std::string s) {
+        for (char& ch : s) ch = static_cast<char>(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
+        return s;
+    };
     const auto name = metadata_.find("pkv.model.name");
     model_name_ = name == metadata_.end() ? "" : name->second;
     arch_ = meta("pkv.model.arch");
-    model_sha256_ = meta("pkv.model.sha256");
-    for (char& ch : model_sha256_) ch = static_cast<char>(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
+    model_sha256_ = lower(meta("pkv.model.sha256"));
     if (!model_sha256_.empty() && (model_sha256_.size() != 64 ||
                                    model_sha256_.find_first_not_of("0123456789abcdef") != std::string::npos))
         fail("metadata pkv.model.sha256: expected 64 hex digits or \"\", got \"" + model_sha256_ + "\"");
@@ -737,15 +702,15 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     mk_ = meta_int("pkv.k_patterns", 1, 1 << 24);
     mv_ = meta_int("pkv.v_patterns", 1, 1 << 24);
     const std::string& list = meta("pkv.layers");
-    std::vector<int> layer_ids;
+    std::vector<int> ids;
     for (size_t pos = 0; pos <= list.size();) {
         const size_t comma = std::min(list.find(',', pos), list.size());
         uint64_t l = 0;
         if (!decimal(list.substr(pos, comma - pos), static_cast<uint64_t>(n_layer_) - 1, l) ||
-            (!layer_ids.empty() && static_cast<int>(l) <= layer_ids.back()))
+            (!ids.empty() && static_cast<int>(l) <= ids.back()))
             fail("metadata pkv.layers: expected ascending layer indices in [0, " + std::to_string(n_layer_) +
                  ") separated by commas, got \"" + list + "\"");
-        layer_ids.push_back(static_cast<int>(l));
+        ids.push_back(static_cast<int>(l));
         pos = comma + 1;
     }
 
@@ -753,8 +718,7 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     const char* wrong_shape = "the table's shapes do not fit this model";
     const char* wrong_space = "patterns and cache vectors would live in different coordinates";
     const char* wrong_quant = "the clip ratios were fitted for the table's quantizer";
-    std::string want_sha = decl.model_sha256;
-    for (char& ch : want_sha) ch = static_cast<char>(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
+    const std::string want_sha = lower(decl.model_sha256);
     if (!want_sha.empty() && want_sha != model_sha256_)
         refuse("model sha256", model_sha256_.empty() ? "empty (a synthetic-data table)" : model_sha256_, want_sha,
                wrong_model);
@@ -777,23 +741,21 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
 
     const uint64_t H = static_cast<uint64_t>(n_head_kv_), D = static_cast<uint64_t>(head_dim_);
     const uint64_t Mk = static_cast<uint64_t>(mk_), Mv = static_cast<uint64_t>(mv_);
-    for (const int l : layer_ids) {
+    for (const int l : ids) {
         const std::string p = "layers." + std::to_string(l) + ".";
-        Layer L;
-        L.layer = l;
-        L.k_patterns = floats(c, p + "k_patterns", {H, Mk, D});
-        L.v_patterns = floats(c, p + "v_patterns", {H, Mv, D});
-        L.k_counts = int64s(c, p + "k_counts", {H, Mk});
-        L.v_counts = int64s(c, p + "v_counts", {H, Mv});
-        L.k_clip = floats(c, p + "k_clip", {H});
-        L.v_clip = floats(c, p + "v_clip", {H});
-        L.v_gate_z = floats(c, p + "v_gate_z", {H});
-        for (uint64_t h = 0; h < H; ++h) {
+        Layer L{l,
+                read<float>(c, p + "k_patterns", {H, Mk, D}),
+                read<float>(c, p + "v_patterns", {H, Mv, D}),
+                read<float>(c, p + "k_clip", {H}),
+                read<float>(c, p + "v_clip", {H}),
+                read<float>(c, p + "v_gate_z", {H}),
+                read<int64_t>(c, p + "k_counts", {H, Mk}),
+                read<int64_t>(c, p + "v_counts", {H, Mv})};
+        for (size_t h = 0; h < H; ++h) {
             const std::string at = " of KV head " + std::to_string(h);
-            if (!(L.k_clip[h] > 0.0f && L.k_clip[h] <= 1.0f))
-                fail(p + "k_clip: " + std::to_string(L.k_clip[h]) + at + " is outside (0, 1]");
-            if (!(L.v_clip[h] > 0.0f && L.v_clip[h] <= 1.0f))
-                fail(p + "v_clip: " + std::to_string(L.v_clip[h]) + at + " is outside (0, 1]");
+            for (const auto& clip : {std::make_pair("k_clip", L.k_clip[h]), std::make_pair("v_clip", L.v_clip[h])})
+                if (!(clip.second > 0.0f && clip.second <= 1.0f))
+                    fail(p + clip.first + ": " + std::to_string(clip.second) + at + " is outside (0, 1]");
             if (L.v_gate_z[h] < 0.0f) fail(p + "v_gate_z: " + std::to_string(L.v_gate_z[h]) + at + " is negative");
         }
         layers_.push_back(std::move(L));
@@ -802,11 +764,10 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     for (const auto& kv : c.tensors) {
         const std::string& n = kv.first;
         if (n.compare(0, 7, "layers.") != 0) continue;
-        const size_t dot2 = n.find('.', 7);
+        const size_t end = n.find('.', 7);
         uint64_t l = 0;
-        if (dot2 != std::string::npos && decimal(n.substr(7, dot2 - 7), kBig, l) && has_layer(static_cast<int>(l)))
-            continue;
-        fail("tensor " + n + " belongs to no layer of pkv.layers \"" + list + "\"");
+        if (end == std::string::npos || !decimal(n.substr(7, end - 7), kBig, l) || !has_layer(static_cast<int>(l)))
+            fail("tensor " + n + " belongs to no layer of pkv.layers \"" + list + "\"");
     }
 }
 

@@ -51,13 +51,13 @@ std::vector<uint8_t> tiny_table() {
     for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i)));
     out.insert(out.end(), header.begin(), header.end());
     // K patterns (F16): {1, -2}, {0.5, 65504}.
-    for (const uint16_t h : {0x3c00, 0xc000, 0x3800, 0x7bff}) {
+    for (const unsigned h : {0x3c00u, 0xc000u, 0x3800u, 0x7bffu}) {
         out.push_back(static_cast<uint8_t>(h & 0xff));
         out.push_back(static_cast<uint8_t>(h >> 8));
     }
     for (const float f : {0.0f, 0.0f, 4.0f, 4.0f}) put_f32(out, f);  // V patterns
-    for (const uint8_t c : {3, 5, 7, 9}) {                            // counts
-        out.push_back(c);
+    for (const unsigned c : {3u, 5u, 7u, 9u}) {                      // counts
+        out.push_back(static_cast<uint8_t>(c));
         out.insert(out.end(), 7, 0);
     }
     for (const float f : {0.75f, 1.0f, 1.6448536f}) put_f32(out, f);

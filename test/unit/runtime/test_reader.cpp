@@ -92,7 +92,8 @@ TEST_CASE("runtime reader: F16 tensors holding subnormal halves read exactly") {
     std::vector<uint16_t> h(kHeadsKv * kMk * kDim);
     for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<uint16_t>((i * 37) % 0x400 | (i % 2 ? 0x8000 : 0));
     s.tensors["layers.0.k_patterns"].data = raw_bytes(h);
-    const pkv_rt::HeadView v = parse(encode(s)).head(0, 1);
+    const PatternTable t = parse(encode(s));  // a view lives only as long as its table
+    const pkv_rt::HeadView v = t.head(0, 1);
     for (int i = 0; i < kMk * kDim; ++i)
         CHECK(v.k_patterns[i] == pkv::half_to_float(h[static_cast<size_t>(kMk * kDim + i)]));
 }
@@ -363,7 +364,8 @@ TEST_CASE("runtime reader: a head view assigns with the table's pkv.assign") {
     s.tensors["layers.0.k_patterns"] = float_tensor("layers.0.k_patterns", {kHeadsKv, kMk, kDim}, kp, false);
     CHECK(parse(encode(s)).head(0, 1).nearest_k(x.data()) == 1);
     s.meta["pkv.assign"] = "l2";
-    const pkv_rt::HeadView v = parse(encode(s)).head(0, 1);
+    const PatternTable t = parse(encode(s));
+    const pkv_rt::HeadView v = t.head(0, 1);
     CHECK(v.assign == pkv_rt::Assign::l2);
     CHECK(v.nearest_k(x.data()) == 0);  // patterns 0, 2, 3 are all zero: the lowest index wins
 }
