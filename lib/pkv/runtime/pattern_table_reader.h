@@ -31,7 +31,7 @@
 // table does not hold. The nearest/gate helpers do not throw.
 //
 // Ownership and lifetime: a PatternTable owns copies of all its numbers (converted to
-// float; F16 tensors are widened exactly) and does not keep the file open. A HeadView holds
+// float; F16 patterns are widened exactly) and does not keep the file open. A HeadView holds
 // raw pointers into the table that produced it: valid while that table object (or the
 // object it is moved into) lives and is not assigned to. Copies of a table own new buffers.
 // Thread-safety: a PatternTable is immutable once constructed; any number of threads may
@@ -621,18 +621,19 @@ private:
     void check_int(const char* field, int table, int declared, const char* consequence) const {
         if (table != declared) refuse(field, std::to_string(table), std::to_string(declared), consequence);
     }
-    // A tensor's elements as T, after checking its shape and dtype: F32 or F16 for float
-    // (non-finite values refused), I64 for int64_t (negative values refused).
+    // A tensor's elements as T, after checking its shape and dtype: F32 (or F16 when
+    // f16_ok) for float, non-finite values refused; I64 for int64_t, negative values refused.
     template <typename T>
-    std::vector<T> read(const detail::Container& c, const std::string& name, const std::vector<uint64_t>& shape) const {
+    std::vector<T> read(const detail::Container& c, const std::string& name, const std::vector<uint64_t>& shape,
+                        bool f16_ok = false) const {
         const auto it = c.tensors.find(name);
         if (it == c.tensors.end()) fail("missing tensor " + name);
         const detail::RawTensor& t = it->second;
         if (t.shape != shape)
             fail(name + ": expected shape " + detail::shape_str(shape) + ", got " + detail::shape_str(t.shape));
         const bool is_float = std::is_same<T, float>::value;
-        if (is_float ? t.dtype != "F32" && t.dtype != "F16" : t.dtype != "I64")
-            fail(name + ": expected dtype " + (is_float ? "F32 or F16" : "I64") + ", got " + t.dtype);
+        if (is_float ? t.dtype != "F32" && (!f16_ok || t.dtype != "F16") : t.dtype != "I64")
+            fail(name + ": expected dtype " + (!is_float ? "I64" : f16_ok ? "F32 or F16" : "F32") + ", got " + t.dtype);
         const size_t es = static_cast<size_t>(detail::dtype_size(t.dtype));
         std::vector<T> out(static_cast<size_t>(t.end - t.begin) / es);
         for (size_t i = 0; i < out.size(); ++i) {
@@ -675,10 +676,10 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     const auto name = metadata_.find("pkv.model.name");
     model_name_ = name == metadata_.end() ? "" : name->second;
     arch_ = meta("pkv.model.arch");
-    model_sha256_ = lower(meta("pkv.model.sha256"));
+    model_sha256_ = meta("pkv.model.sha256");
     if (!model_sha256_.empty() && (model_sha256_.size() != 64 ||
                                    model_sha256_.find_first_not_of("0123456789abcdef") != std::string::npos))
-        fail("metadata pkv.model.sha256: expected 64 hex digits or \"\", got \"" + model_sha256_ + "\"");
+        fail("metadata pkv.model.sha256: expected 64 lower-case hex digits or \"\", got \"" + model_sha256_ + "\"");
     constexpr int kBig = 1 << 30;
     n_layer_ = meta_int("pkv.model.n_layer", 1, kBig);
     n_head_ = meta_int("pkv.model.n_head", 1, kBig);
@@ -687,12 +688,18 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
         fail("metadata pkv.model.n_head_kv: " + std::to_string(n_head_kv_) + " does not divide n_head " +
              std::to_string(n_head_));
     head_dim_ = meta_int("pkv.model.head_dim", 1, 1 << 16);
+    if (head_dim_ % 2 != 0) fail("metadata pkv.model.head_dim: expected an even D, got " + std::to_string(head_dim_));
     basis_ = meta_enum("pkv.key.basis", {KeyBasis::pre_rope, KeyBasis::post_rope});
     order_ = meta_enum("pkv.key.dim_order", {DimOrder::gguf_interleaved, DimOrder::hf_half_split});
     rotation_ = meta_enum("pkv.rotation", {Rotation::none, Rotation::hadamard});
     const std::string& seed = meta("pkv.rotation.seed");
     if (!decimal(seed, std::numeric_limits<uint64_t>::max(), seed_))
         fail("metadata pkv.rotation.seed: expected a decimal integer, got \"" + seed + "\"");
+    if (rotation_ == Rotation::none && seed_ != 0)
+        fail("metadata pkv.rotation.seed: expected 0 with pkv.rotation none, got " + seed);
+    if (rotation_ == Rotation::hadamard && (head_dim_ & (head_dim_ - 1)) != 0)
+        fail("metadata pkv.model.head_dim: expected a power of two with pkv.rotation hadamard, got " +
+             std::to_string(head_dim_));
     bits_ = meta_int("pkv.quant.bits", 2, 8);
     if (bits_ != 2 && bits_ != 3 && bits_ != 4 && bits_ != 8)
         fail("metadata pkv.quant.bits: expected 2, 3, 4 or 8, got " + std::to_string(bits_));
@@ -744,8 +751,8 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     for (const int l : ids) {
         const std::string p = "layers." + std::to_string(l) + ".";
         Layer L{l,
-                read<float>(c, p + "k_patterns", {H, Mk, D}),
-                read<float>(c, p + "v_patterns", {H, Mv, D}),
+                read<float>(c, p + "k_patterns", {H, Mk, D}, true),
+                read<float>(c, p + "v_patterns", {H, Mv, D}, true),
                 read<float>(c, p + "k_clip", {H}),
                 read<float>(c, p + "v_clip", {H}),
                 read<float>(c, p + "v_gate_z", {H}),

@@ -62,7 +62,7 @@ constexpr int kLayers = 3, kHeads = 4, kHeadsKv = 2, kDim = 8, kMk = 4, kMv = 3;
 constexpr const char* kSha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Layers 0 and 2 of a 3-layer model, 2 KV heads, D = 8, Mk = 4, Mv = 3, random content
-/// (seeded); float tensors F16 when f16 (patterns and per-head scalars alike).
+/// (seeded); patterns F16 when f16 (as `pkv export --dtype f16`), the rest always F32.
 inline TableSpec default_spec(bool f16 = false, uint32_t seed = 1) {
     TableSpec s;
     s.meta = {{"pkv.format", "pkv.pattern_table"},
@@ -108,9 +108,9 @@ inline TableSpec default_spec(bool f16 = false, uint32_t seed = 1) {
         add({p + "v_counts", "I64", {H, Mv}, raw_bytes(vc)});
         std::vector<float> kclip = randoms(H, unit), vclip = randoms(H, unit);
         kclip[0] = 1.0f;  // the closed end of (0, 1]
-        add(float_tensor(p + "k_clip", {H}, kclip, f16));
-        add(float_tensor(p + "v_clip", {H}, vclip, f16));
-        add(float_tensor(p + "v_gate_z", {H}, {1.6448536f, 0.0f}, f16));
+        add(float_tensor(p + "k_clip", {H}, kclip, false));
+        add(float_tensor(p + "v_clip", {H}, vclip, false));
+        add(float_tensor(p + "v_gate_z", {H}, {1.6448536f, 0.0f}, false));
     }
     return s;
 }

@@ -1,9 +1,11 @@
 // Runtime pattern-table reader: the safetensors container and its JSON header —
 // truncation, byte flips, malformed JSON, bad offsets — always end in a TableError
 // naming the problem, never in a crash or a half-loaded table.
+#include <cstdlib>
 #include <random>
 
 #include "catch.h"
+#include "support/scratch_dir.h"
 #include "table_fixture.h"
 
 using namespace rt_test;
@@ -175,4 +177,57 @@ TEST_CASE("runtime container: overlapping tensors inside a real table are refuse
     std::string h2 = h;
     h2.replace(at + key.size(), close - at - key.size(), std::to_string(begin - 8) + "," + std::to_string(begin));
     CHECK_THAT(load_error(with_header(bytes, h2)), ContainsSubstring("overlaps the previous tensor"));
+}
+
+TEST_CASE("runtime container: a table written by Python's safetensors package reads back exactly") {
+    const std::string py = std::string(PKV_TEST_DATA_DIR) + "/venv/bin/python";
+    if (std::system(("'" + py + "' -c 'import safetensors, numpy' >/dev/null 2>&1").c_str()) != 0)
+        PKV_SKIP(py + " with the safetensors package not available (run scripts/fetch-data.sh): cross-check skipped");
+    pkv_test::ScratchDir dir;
+    // Another writer: its own tensor order, header layout and padding; F16 value patterns.
+    const std::string script = dir.write("write_table.py", [] {
+        const std::string s = R"PY(
+import sys
+import numpy as np
+from safetensors.numpy import save_file
+H, D, Mk, Mv = 2, 8, 4, 3
+t = {}
+for l in (0, 2):
+    b = 1000 * l
+    t[f"layers.{l}.k_patterns"] = ((np.arange(H * Mk * D) + b) * 0.25 - 3).astype(np.float32).reshape(H, Mk, D)
+    t[f"layers.{l}.v_patterns"] = ((np.arange(H * Mv * D) + b) * 0.125 - 1).astype(np.float16).reshape(H, Mv, D)
+    t[f"layers.{l}.k_counts"] = (np.arange(H * Mk) + b).astype(np.int64).reshape(H, Mk)
+    t[f"layers.{l}.v_counts"] = (np.arange(H * Mv) + b).astype(np.int64).reshape(H, Mv)
+    t[f"layers.{l}.k_clip"] = np.array([0.5, 1.0], np.float32)
+    t[f"layers.{l}.v_clip"] = np.array([0.25, 0.75], np.float32)
+    t[f"layers.{l}.v_gate_z"] = np.array([1.6448536, 0.0], np.float32)
+meta = {"pkv.format": "pkv.pattern_table", "pkv.format_version": "1.0", "pkv.model.name": "caf\u00e9",
+        "pkv.model.arch": "llama", "pkv.model.sha256": sys.argv[2], "pkv.model.n_layer": "3",
+        "pkv.model.n_head": "4", "pkv.model.n_head_kv": "2", "pkv.model.head_dim": "8", "pkv.layers": "0,2",
+        "pkv.key.basis": "post_rope", "pkv.key.dim_order": "gguf_interleaved", "pkv.rotation": "none",
+        "pkv.rotation.seed": "0", "pkv.quant.bits": "2", "pkv.quant.group": "128", "pkv.quant.window": "128",
+        "pkv.assign": "minmax", "pkv.k_patterns": "4", "pkv.v_patterns": "3", "pkv.calibration": "{}"}
+save_file(t, sys.argv[1], metadata=meta)
+)PY";
+        return std::vector<uint8_t>(s.begin(), s.end());
+    }());
+    const std::string path = dir.path("from_python.safetensors");
+    REQUIRE(std::system(("'" + py + "' '" + script + "' '" + path + "' " + kSha).c_str()) == 0);
+    const pkv_rt::PatternTable t = pkv_rt::PatternTable::open(path, default_decl());
+    CHECK(t.model_name() == "caf\xc3\xa9");
+    int mismatches = 0;
+    for (const int l : {0, 2}) {
+        for (int h = 0; h < kHeadsKv; ++h) {
+            const pkv_rt::HeadView v = t.head(l, h);
+            const int b = 1000 * l;
+            for (int i = 0; i < kMk * kDim; ++i) mismatches += v.k_patterns[i] != (h * kMk * kDim + i + b) * 0.25f - 3;
+            for (int i = 0; i < kMv * kDim; ++i) mismatches += v.v_patterns[i] != (h * kMv * kDim + i + b) * 0.125f - 1;
+            for (int i = 0; i < kMk; ++i) mismatches += v.k_counts[i] != h * kMk + i + b;
+            for (int i = 0; i < kMv; ++i) mismatches += v.v_counts[i] != h * kMv + i + b;
+            mismatches += v.k_clip != (h ? 1.0f : 0.5f);
+            mismatches += v.v_clip != (h ? 0.75f : 0.25f);
+            mismatches += v.v_gate_z != (h ? 0.0f : 1.6448536f);
+        }
+    }
+    CHECK(mismatches == 0);
 }

@@ -80,10 +80,10 @@ TEST_CASE("runtime reader: an F32 table reads back exactly, metadata included") 
     CHECK_THROWS_AS(t.head(0, -1), std::out_of_range);
 }
 
-TEST_CASE("runtime reader: an F16 table widens every value exactly") {
+TEST_CASE("runtime reader: F16 patterns widen exactly") {
     const TableSpec s = default_spec(true, 7);
     REQUIRE(s.tensors.at("layers.0.k_patterns").dtype == "F16");
-    REQUIRE(s.tensors.at("layers.2.v_clip").dtype == "F16");
+    REQUIRE(s.tensors.at("layers.2.v_patterns").dtype == "F16");
     check_values_equal(s, parse(encode(s)));
 }
 
@@ -198,8 +198,10 @@ TEST_CASE("runtime reader: optional declaration fields skip their checks") {
     s.meta["pkv.quant.bits"] = "4";
     s.meta["pkv.quant.group"] = "32";
     s.meta["pkv.quant.window"] = "64";
+    s.meta["pkv.rotation"] = "hadamard";
     s.meta["pkv.rotation.seed"] = "18446744073709551615";
     RuntimeDecl d = default_decl();
+    d.rotation = pkv_rt::Rotation::hadamard;
     d.model_sha256.clear();
     d.bits = d.group = d.window = 0;
     d.rotation_seed.reset();
@@ -210,7 +212,7 @@ TEST_CASE("runtime reader: optional declaration fields skip their checks") {
     CHECK(t.rotation_seed() == 18446744073709551615ull);
     // The fingerprint compares case-insensitively.
     d = default_decl();
-    d.bits = 4, d.group = 32, d.window = 64, d.rotation_seed.reset();
+    d.bits = 4, d.group = 32, d.window = 64, d.rotation_seed.reset(), d.rotation = pkv_rt::Rotation::hadamard;
     for (char& c : d.model_sha256) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     CHECK(load_error(encode(s), d).empty());
     // A table without a fingerprint (synthetic data) loads only when the runtime asks for none.
@@ -254,7 +256,11 @@ TEST_CASE("runtime reader: malformed metadata values are refused with the key an
         {{"pkv.model.head_dim", "99999999999999999999999"}, "pkv.model.head_dim: expected a decimal integer"},
         {{"pkv.model.n_head_kv", "5"}, "pkv.model.n_head_kv: expected a decimal integer in [1, 4], got \"5\""},
         {{"pkv.model.n_head_kv", "3"}, "pkv.model.n_head_kv: 3 does not divide n_head 4"},
-        {{"pkv.model.sha256", "abc"}, "pkv.model.sha256: expected 64 hex digits"},
+        {{"pkv.model.sha256", "abc"}, "pkv.model.sha256: expected 64 lower-case hex digits or \"\", got \"abc\""},
+        {{"pkv.model.sha256", "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"},
+         "pkv.model.sha256: expected 64 lower-case hex digits"},
+        {{"pkv.model.head_dim", "7"}, "pkv.model.head_dim: expected an even D, got 7"},
+        {{"pkv.rotation.seed", "5"}, "pkv.rotation.seed: expected 0 with pkv.rotation none, got 5"},
         {{"pkv.key.basis", "rope"}, "pkv.key.basis: expected pre_rope | post_rope, got \"rope\""},
         {{"pkv.key.dim_order", "gguf"}, "pkv.key.dim_order: expected gguf_interleaved | hf_half_split"},
         {{"pkv.rotation", "random"}, "pkv.rotation: expected none | hadamard"},
@@ -271,6 +277,13 @@ TEST_CASE("runtime reader: malformed metadata values are refused with the key an
         {{"pkv.layers", "0, 2"}, "pkv.layers: expected ascending layer indices"},
         {{"pkv.layers", "0,2,"}, "pkv.layers: expected ascending layer indices"},
     };
+    {
+        TableSpec s = default_spec();
+        s.meta["pkv.rotation"] = "hadamard";
+        s.meta["pkv.model.head_dim"] = "6";
+        CHECK_THAT(load_error(encode(s)), ContainsSubstring(
+            "metadata pkv.model.head_dim: expected a power of two with pkv.rotation hadamard, got 6"));
+    }
     for (const auto& c : cases) {
         INFO(c.first.first << " = \"" << c.first.second << "\"");
         TableSpec s = default_spec();
@@ -312,6 +325,15 @@ TEST_CASE("runtime reader: tensor rules name the tensor, the expected and the ac
              t.dtype = "BF16";
              t.data.resize(t.data.size() / 2);
          }, "layers.0.v_patterns: expected dtype F32 or F16, got BF16"},
+        {"f16 clip", [](TableSpec& s) {
+             auto& t = s.tensors["layers.2.k_clip"];
+             t = float_tensor(t.name, t.shape, float_values(t), true);
+         }, "layers.2.k_clip: expected dtype F32, got F16"},
+        {"f16 counts", [](TableSpec& s) {
+             auto& t = s.tensors["layers.0.v_counts"];
+             t.dtype = "F16";
+             t.data.resize(t.data.size() / 4);
+         }, "layers.0.v_counts: expected dtype I64, got F16"},
         {"counts dtype", [](TableSpec& s) {
              auto& t = s.tensors["layers.0.k_counts"];
              t.dtype = "I32";
