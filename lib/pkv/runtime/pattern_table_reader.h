@@ -494,6 +494,8 @@ inline Container parse_container(const uint8_t* bytes, size_t size, const std::s
 
 // ---- the table ----------------------------------------------------------------------
 
+/// A loaded, checked table. Copyable and movable; a default-constructed one is empty
+/// (no calibrated layer), a placeholder for "run without patterns".
 class PatternTable {
 public:
     /// Reads, validates and checks `path` against `decl`; throws TableError (see top).

@@ -391,3 +391,17 @@ TEST_CASE("runtime reader: a head view assigns with the table's pkv.assign") {
     CHECK(v.assign == pkv_rt::Assign::l2);
     CHECK(v.nearest_k(x.data()) == 0);  // patterns 0, 2, 3 are all zero: the lowest index wins
 }
+
+TEST_CASE("runtime reader: a default-constructed table is empty, and copies own their buffers") {
+    const PatternTable empty;
+    CHECK(empty.layers().empty());
+    CHECK_FALSE(empty.has_layer(0));
+    CHECK_THROWS_AS(empty.head(0, 0), std::out_of_range);
+    PatternTable t = parse(encode(default_spec()));
+    const PatternTable copy = t;
+    CHECK(copy.head(0, 1).k_patterns != t.head(0, 1).k_patterns);
+    CHECK(copy.head(0, 1).k_patterns[5] == t.head(0, 1).k_patterns[5]);
+    t = empty;  // the copy's views stay valid after the original is reassigned
+    CHECK(copy.has_layer(2));
+    CHECK(copy.head(2, 0).v_gate_z == Approx(1.6448536f));
+}
