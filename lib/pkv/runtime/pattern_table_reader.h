@@ -117,7 +117,7 @@ inline float f16_to_f32(uint16_t h) {
 inline double l2_distance2(const float* x, const float* c, int d) {
     double s = 0.0;
     for (int i = 0; i < d; ++i) {
-        const double e = static_cast<double>(x[i]) - c[i];
+        const double e = static_cast<double>(x[i]) - static_cast<double>(c[i]);
         s += e * e;
     }
     return s;
@@ -127,9 +127,9 @@ inline double l2_distance2(const float* x, const float* c, int d) {
 /// offset between x and c, so distinct patterns can tie.
 inline double minmax_distance(const float* x, const float* c, int d) {
     if (d < 1) return 0.0;
-    double lo = static_cast<double>(x[0]) - c[0], hi = lo;
+    double lo = static_cast<double>(x[0]) - static_cast<double>(c[0]), hi = lo;
     for (int i = 1; i < d; ++i) {
-        const double e = static_cast<double>(x[i]) - c[i];
+        const double e = static_cast<double>(x[i]) - static_cast<double>(c[i]);
         lo = std::min(lo, e);
         hi = std::max(hi, e);
     }
@@ -156,7 +156,7 @@ inline int nearest_pattern(const float* x, const float* patterns, int m, int d, 
 /// R(v) = 0 (a flat value vector: nothing to flatten).
 inline double gate_rho(const float* v, const float* c, int d) {
     if (d < 1) return std::numeric_limits<double>::infinity();
-    double vmin = v[0], vmax = v[0];
+    double vmin = static_cast<double>(v[0]), vmax = vmin;
     for (int i = 1; i < d; ++i) {
         vmin = std::min(vmin, static_cast<double>(v[i]));
         vmax = std::max(vmax, static_cast<double>(v[i]));
@@ -186,8 +186,9 @@ struct ClipRange {
     float lo = 0.0f, hi = 0.0f;
 };
 inline ClipRange clip_range(float mn, float mx, float a) {
-    const double m = (static_cast<double>(mn) + mx) / 2.0, h = (static_cast<double>(mx) - mn) / 2.0;
-    return {static_cast<float>(m - a * h), static_cast<float>(m + a * h)};
+    const double lo = static_cast<double>(mn), hi = static_cast<double>(mx), ad = static_cast<double>(a);
+    const double m = (lo + hi) / 2.0, h = (hi - lo) / 2.0;
+    return {static_cast<float>(m - ad * h), static_cast<float>(m + ad * h)};
 }
 
 /// One (layer, KV head) of a table; D = head_dim, Mk / Mv = key / value patterns.
@@ -212,7 +213,7 @@ struct HeadView {
     int nearest_k(const float* k) const { return nearest_pattern(k, k_patterns, n_k_patterns, head_dim, assign); }
     int nearest_v(const float* v) const { return nearest_pattern(v, v_patterns, n_v_patterns, head_dim, assign); }
     /// Whether value vector v should have value pattern i subtracted (the gate, with v_gate_z).
-    bool v_gate(const float* v, int i) const { return gate_subtract(v, v_pattern(i), head_dim, v_gate_z); }
+    bool v_gate(const float* v, int i) const { return gate_subtract(v, v_pattern(i), head_dim, static_cast<double>(v_gate_z)); }
 };
 
 namespace detail {
@@ -265,7 +266,10 @@ private:
             v.kind = obj ? Json::Kind::object : Json::Kind::array;
             ++p_;
             ws();
-            if (peek() == (obj ? '}' : ']')) return ++p_, v;
+            if (peek() == (obj ? '}' : ']')) {
+                ++p_;
+                return v;
+            }
             std::set<std::string> seen;
             for (;;) {
                 if (obj) {
@@ -287,7 +291,8 @@ private:
             v.text = string();
         } else if (c == '-' || digit()) {
             v.kind = Json::Kind::integer;
-            if (c == '-') v.flag = true, ++p_;
+            v.flag = c == '-';
+            if (v.flag) ++p_;
             if (!digit()) fail("expected a digit");
             if (peek() == '0' && p_ + 1 < n_ && s_[p_ + 1] >= '0' && s_[p_ + 1] <= '9') fail("leading zero");
             for (; digit(); ++p_) {
@@ -327,7 +332,10 @@ private:
         for (;;) {
             const unsigned char c = peek();
             if (p_ >= n_) fail("unterminated string");
-            if (c == '"') return ++p_, out;
+            if (c == '"') {
+                ++p_;
+                return out;
+            }
             if (c < 0x20) fail("control character in string");
             if (c >= 0x80) {  // copy one well-formed UTF-8 sequence (no overlongs or surrogates)
                 const int extra = c < 0xc2 ? 0 : c <= 0xdf ? 1 : c <= 0xef ? 2 : c <= 0xf4 ? 3 : 0;
@@ -581,7 +589,8 @@ private:
         return nullptr;
     }
     [[noreturn]] void fail(const std::string& what) const { throw TableError("pattern table " + label_ + ": " + what); }
-    const std::string& meta(const std::string& key) const {
+    // By value: a reference tied to the key argument would trip GCC 13's -Wdangling-reference.
+    std::string meta(const std::string& key) const {
         const auto it = metadata_.find(key);
         if (it == metadata_.end()) fail("missing metadata " + key);
         return it->second;
@@ -598,7 +607,7 @@ private:
         return true;
     }
     int meta_int(const std::string& key, int lo, int hi) const {
-        const std::string& s = meta(key);
+        const std::string s = meta(key);
         uint64_t v = 0;
         if (!decimal(s, static_cast<uint64_t>(hi), v) || v < static_cast<uint64_t>(lo))
             fail("metadata " + key + ": expected a decimal integer in [" + std::to_string(lo) + ", " +
@@ -607,7 +616,7 @@ private:
     }
     template <typename E>
     E meta_enum(const std::string& key, std::initializer_list<E> values) const {
-        const std::string& s = meta(key);
+        const std::string s = meta(key);
         std::string allowed;
         for (const E v : values) {
             if (s == to_string(v)) return v;
@@ -616,8 +625,8 @@ private:
         fail("metadata " + key + ": expected " + allowed + ", got \"" + s + "\"");
     }
     // "<field> is <table> but the runtime declares <declared>; <consequence>".
-    void refuse(const std::string& field, const std::string& table, const std::string& declared,
-                const char* consequence) const {
+    [[noreturn]] void refuse(const std::string& field, const std::string& table, const std::string& declared,
+                             const char* consequence) const {
         fail(field + " is " + table + " but the runtime declares " + declared + "; " + consequence);
     }
     void check_int(const char* field, int table, int declared, const char* consequence) const {
@@ -660,9 +669,9 @@ private:
 
 inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     metadata_ = std::move(c.metadata);
-    const std::string& format = meta("pkv.format");
+    const std::string format = meta("pkv.format");
     if (format != "pkv.pattern_table") fail("format is \"" + format + "\", expected \"pkv.pattern_table\"");
-    const std::string& ver = meta("pkv.format_version");
+    const std::string ver = meta("pkv.format_version");
     const size_t dot = ver.find('.');
     uint64_t major = 0, minor = 0;
     if (dot == std::string::npos || !decimal(ver.substr(0, dot), 1u << 30, major) ||
@@ -694,7 +703,7 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     basis_ = meta_enum("pkv.key.basis", {KeyBasis::pre_rope, KeyBasis::post_rope});
     order_ = meta_enum("pkv.key.dim_order", {DimOrder::gguf_interleaved, DimOrder::hf_half_split});
     rotation_ = meta_enum("pkv.rotation", {Rotation::none, Rotation::hadamard});
-    const std::string& seed = meta("pkv.rotation.seed");
+    const std::string seed = meta("pkv.rotation.seed");
     if (!decimal(seed, std::numeric_limits<uint64_t>::max(), seed_))
         fail("metadata pkv.rotation.seed: expected a decimal integer, got \"" + seed + "\"");
     if (rotation_ == Rotation::none && seed_ != 0)
@@ -710,7 +719,7 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     assign_ = meta_enum("pkv.assign", {Assign::l2, Assign::minmax});
     mk_ = meta_int("pkv.k_patterns", 1, 1 << 24);
     mv_ = meta_int("pkv.v_patterns", 1, 1 << 24);
-    const std::string& list = meta("pkv.layers");
+    const std::string list = meta("pkv.layers");
     std::vector<int> ids;
     for (size_t pos = 0; pos <= list.size();) {
         const size_t comma = std::min(list.find(',', pos), list.size());
