@@ -207,13 +207,16 @@ struct HeadView {
     float v_gate_z = 0.0f;            ///< z of the value gate, >= 0
     Assign assign = Assign::minmax;   ///< the table's pkv.assign
 
-    const float* k_pattern(int i) const { return k_patterns + static_cast<size_t>(i) * static_cast<size_t>(head_dim); }
-    const float* v_pattern(int i) const { return v_patterns + static_cast<size_t>(i) * static_cast<size_t>(head_dim); }
+    const float* k_pattern(int i) const { return k_patterns + row(i); }  ///< [D] key pattern i
+    const float* v_pattern(int i) const { return v_patterns + row(i); }  ///< [D] value pattern i
     /// Nearest key / value pattern of one token's D-vector under the table's assignment.
     int nearest_k(const float* k) const { return nearest_pattern(k, k_patterns, n_k_patterns, head_dim, assign); }
     int nearest_v(const float* v) const { return nearest_pattern(v, v_patterns, n_v_patterns, head_dim, assign); }
     /// Whether value vector v should have value pattern i subtracted (the gate, with v_gate_z).
-    bool v_gate(const float* v, int i) const { return gate_subtract(v, v_pattern(i), head_dim, static_cast<double>(v_gate_z)); }
+    bool v_gate(const float* v, int i) const {
+        return gate_subtract(v, v_pattern(i), head_dim, static_cast<double>(v_gate_z));
+    }
+    size_t row(int i) const { return static_cast<size_t>(i) * static_cast<size_t>(head_dim); }
 };
 
 namespace detail {

@@ -180,7 +180,8 @@ TEST_CASE("runtime reader: the table's own key basis, dim order and rotation are
         "pattern table t.safetensors: key basis is pre_rope but the runtime declares post_rope; applying it would "
         "corrupt attention"));
     d.key_basis = pkv_rt::KeyBasis::pre_rope;
-    CHECK_THAT(load_error(bytes, d), ContainsSubstring("key dim order is hf_half_split but the runtime declares gguf_interleaved"));
+    CHECK_THAT(load_error(bytes, d),
+               ContainsSubstring("key dim order is hf_half_split but the runtime declares gguf_interleaved"));
     d.key_dim_order = pkv_rt::DimOrder::hf_half_split;
     CHECK_THAT(load_error(bytes, d), ContainsSubstring("rotation is hadamard but the runtime declares none"));
     d.rotation = pkv_rt::Rotation::hadamard;
@@ -217,7 +218,8 @@ TEST_CASE("runtime reader: optional declaration fields skip their checks") {
     CHECK(load_error(encode(s), d).empty());
     // A table without a fingerprint (synthetic data) loads only when the runtime asks for none.
     s.meta["pkv.model.sha256"] = "";
-    CHECK_THAT(load_error(encode(s), d), ContainsSubstring("model sha256 is empty (a synthetic-data table) but the runtime declares"));
+    CHECK_THAT(load_error(encode(s), d),
+               ContainsSubstring("model sha256 is empty (a synthetic-data table) but the runtime declares"));
     d.model_sha256.clear();
     CHECK(parse(encode(s), d).model_sha256().empty());
 }
@@ -288,7 +290,8 @@ TEST_CASE("runtime reader: malformed metadata values are refused with the key an
         INFO(c.first.first << " = \"" << c.first.second << "\"");
         TableSpec s = default_spec();
         s.meta[c.first.first] = c.first.second;
-        CHECK_THAT(load_error(encode(s)), ContainsSubstring(std::string("pattern table t.safetensors: metadata ") + c.second));
+        CHECK_THAT(load_error(encode(s)),
+                   ContainsSubstring(std::string("pattern table t.safetensors: metadata ") + c.second));
     }
     for (const char* key : {"pkv.model.arch", "pkv.model.sha256", "pkv.model.head_dim", "pkv.layers", "pkv.key.basis",
                             "pkv.rotation.seed", "pkv.quant.window", "pkv.assign", "pkv.v_patterns"}) {
