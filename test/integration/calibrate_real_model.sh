@@ -80,6 +80,30 @@ assert t["v_nmse"] < k["v_nmse"]
 PY
   pass "patternkv-table row in a schema-valid report, V error below kivi's" || failed "patternkv-table report check"
 
+# The table in the model's own cache: pkv eval on the code text.
+if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$WORK/code.txt" --tokens 512 --ctx 512 \
+     --kv fp16 kivi:2 patternkv:2 "patternkv-table:2:$TABLE" --json "$WORK/eval.json" >"$WORK/eval.md" 2>"$WORK/eval.err"; then
+  cat "$WORK/eval.md"
+  /usr/bin/python3 - "$WORK/eval.json" <<'PY' && pass "eval runs patternkv-table; its KL is below kivi:2's" ||
+import json, sys
+rows = {m["label"]: m for m in json.load(open(sys.argv[1]))["methods"]}
+t = next(v for k, v in rows.items() if k.startswith("patternkv-table"))
+k = rows["kivi:2"]
+print(f"eval on code: mean KL patternkv-table {t['kl_mean']:.4e}, kivi:2 {k['kl_mean']:.4e}")
+sys.exit(0 if t["kl_mean"] < k["kl_mean"] else 1)
+PY
+    failed "patternkv-table eval check"
+else
+  failed "eval with the table: $(tail -3 "$WORK/eval.err")"
+fi
+"$PKV_BIN" export --table "$TABLE" --format safetensors --key-order hf --out "$WORK/hf.safetensors" >/dev/null 2>&1
+expect_fail "eval: table in another key layout" "key dim order hf_half_split" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv "patternkv-table:2:$WORK/hf.safetensors"
+expect_fail "eval: table for other bits" "fitted for 2-bit residuals, not 4" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv "patternkv-table:4:$TABLE"
+expect_fail "analyze: table in another key layout" "key dim order is hf_half_split" \
+  "$PKV_BIN" analyze --dump "$PROSE" --methods kivi --table "$WORK/hf.safetensors" --layers 0
+
 # Bad input.
 "$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --layers 0 --capture k_post \
   --out "$WORK/nov.h5" >/dev/null 2>&1
@@ -116,5 +140,7 @@ save_file(load_file(sys.argv[1]), sys.argv[2], metadata=meta)
 PY
 expect_fail "table of another model" "calibrated on model sha256 0000000000000000" \
   "$PKV_BIN" analyze --dump "$PROSE" --methods kivi --table "$WORK/other.safetensors" --layers 0
+expect_fail "eval: table of another model" "calibrated on model sha256 0000000000000000" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv "patternkv-table:2:$WORK/other.safetensors"
 [ ! -e "$WORK/x.safetensors" ] && pass "no partial table left behind" || failed "a failed run left x.safetensors"
 finish

@@ -59,8 +59,8 @@ expect_fail "bits for kivi" "\-\-kv 'kivi:5': 5 bits is not supported by kivi" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --kv kivi:5
 expect_fail "group does not fit" "group 48 does not divide head_dim 64" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2:g48
-expect_fail "pattern table" "patternkv-table needs pattern tables from .pkv calibrate." \
-  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv patternkv-table:2:T.safetensors
+expect_fail "missing pattern table" "missing/T.safetensors" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv patternkv-table:2:missing/T.safetensors
 expect_fail "keep layer" "\-\-keep-fp16-layers: layer 30 is out of range" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --keep-fp16-layers 0,30
 finish

@@ -171,8 +171,17 @@ nlohmann::json run_eval(const EvalConfig& c) {
                       s.text, eval_prefill(std::min<int64_t>(c.ctx, T), c.prefill), s.patterns);
 
     const size_t M = specs.size();
+    const std::string model_sha = sha256_file(c.model_path);
     std::vector<std::unique_ptr<MethodCache>> caches;
-    for (const auto& s : specs) caches.push_back(std::make_unique<MethodCache>(s, c.seed, keep, hp));
+    for (const auto& s : specs) {
+        std::shared_ptr<const PatternTable> table;
+        if (s.table) {
+            auto t = std::make_shared<PatternTable>(read_pattern_table(s.table_path));
+            check_table_for_eval(s, *t, hp, model_sha, keep);
+            table = std::move(t);
+        }
+        caches.push_back(std::make_unique<MethodCache>(s, c.seed, keep, hp, std::move(table)));
+    }
     std::vector<Accum> acc(M + 1);
     double compare_seconds = 0;
     Progress progress("eval", static_cast<uint64_t>(T) * (M + 1), "tok");
@@ -229,7 +238,6 @@ nlohmann::json run_eval(const EvalConfig& c) {
     const double total_seconds = seconds_since(t_start);
 
     // Report.
-    const std::string model_sha = sha256_file(c.model_path);
     nlohmann::json report;
     report["format"] = "pkv.eval_report";
     report["version"] = "1.0";

@@ -12,19 +12,24 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "pkv/analyze/methods.h"
 #include "pkv/eval/kv_spec.h"
 #include "pkv/model/llama.h"
 #include "pkv/model/ops.h"
+#include "pkv/table/pattern_table.h"
 
 namespace pkv {
 
 class MethodCache {
 public:
     /// keep_fp16[l]: layer l stays exact. hp: the model (layers, heads, RoPE).
-    MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> keep_fp16, const LlamaHparams& hp);
+    /// table: patternkv-table's patterns, checked by check_table_for_eval (else null).
+    MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> keep_fp16, const LlamaHparams& hp,
+                std::shared_ptr<const PatternTable> table = nullptr);
 
     /// Starts a sequence of n tokens with prefill P; clears the storage counters.
     void begin_sequence(int n, int64_t prefill);
@@ -51,6 +56,16 @@ private:
     int64_t prefill_ = 0;
     ops::RopeTable rope_;
     std::vector<double> bits_;  ///< [layer][kv_head][k, v]
+    std::shared_ptr<const PatternTable> table_;
+    std::vector<TableHeadView> views_;  ///< [layer][kv_head][k, v] for patternkv-table
 };
+
+/// Refuses a table that does not describe what `spec` runs on this model: another
+/// model (sha256 or shape), another key basis than the spec's, another key dim order
+/// than the model computes (GGUF interleaved), a rotation the spec does not apply, other
+/// bits than the spec's, or a missing layer that is not kept in fp16. Warns when the
+/// table was fitted with another group or window.
+void check_table_for_eval(const KvSpec& spec, const PatternTable& table, const LlamaHparams& hp,
+                          const std::string& model_sha256, const std::vector<bool>& keep_fp16);
 
 }  // namespace pkv

@@ -66,7 +66,7 @@ KvSpec parse_kv_spec(const std::string& text) {
     } else if (name == "patternkv") {
         s.method = KvMethod::patternkv;
     } else if (name == "patternkv-table") {
-        s.method = KvMethod::patternkv;
+        s.method = KvMethod::patternkv_table;
         s.table = true;
     } else if (name == "q4_0") {
         s.method = KvMethod::q4_0;
@@ -156,12 +156,7 @@ KvSpec parse_kv_spec(const std::string& text) {
 }
 
 void check_kv_spec(const KvSpec& s, int D) {
-    if (s.table)
-        fail(ErrorCode::unsupported,
-             "--kv '{}': method patternkv-table needs pattern tables from `pkv calibrate`, which this build of pkv "
-             "eval cannot load yet; use patternkv:{} for patterns mined per sequence",
-             s.text, s.bits);
-    if (kv_method_takes_bits(s.method) && s.group < D)
+    if ((kv_method_takes_bits(s.method) || s.table) && s.group < D)
         PKV_CHECK(D % s.group == 0, invalid_argument,
                   "--kv '{}': group {} does not divide head_dim {} (value groups are min(group, head_dim) channels)",
                   s.text, s.group, D);

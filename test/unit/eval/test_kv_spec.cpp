@@ -87,9 +87,8 @@ TEST_CASE("kv spec: patternkv-table keeps the rest of the spec as its path", "[e
     CHECK(r.table_path == "/x/a:b.safetensors");
     CHECK(r.label() == "patternkv-table:4:rot:/x/a:b.safetensors");
     CHECK_THAT(parse_error("patternkv-table:2"), ContainsSubstring("needs a table file"));
-    // Until the table method exists, a clear refusal that points at pkv calibrate.
-    CHECK_THAT(check_error("patternkv-table:2:T.safetensors", 64),
-               ContainsSubstring("patternkv-table needs pattern tables from `pkv calibrate`"));
+    CHECK(t.method == KvMethod::patternkv_table);
+    CHECK_THAT(check_error("patternkv-table:2:g48:T.safetensors", 64), ContainsSubstring("group 48 does not divide"));
 }
 
 TEST_CASE("kv spec: errors name the spec and what was expected", "[eval][spec]") {

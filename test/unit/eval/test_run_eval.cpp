@@ -136,7 +136,8 @@ TEST_CASE("eval: bad input", "[eval][run]") {
           "q8_0, fp8");
     CHECK_THAT(error_of(fx.config({"kivi:2", "kivi:2:g128"})), ContainsSubstring("the same method as an earlier --kv"));
     CHECK_THAT(error_of(fx.config({"kivi:2:g24"})), ContainsSubstring("group 24 does not divide head_dim 32"));
-    CHECK_THAT(error_of(fx.config({"patternkv-table:2:T.safetensors"})), ContainsSubstring("pkv calibrate"));
+    CHECK_THAT(error_of(fx.config({"patternkv-table:2:missing/T.safetensors"})),
+               ContainsSubstring("missing/T.safetensors"));
     EvalConfig k = fx.config({"fp16"});
     k.keep_fp16_layers = {2};
     CHECK_THAT(error_of(k), ContainsSubstring("--keep-fp16-layers: layer 2 is out of range"));
