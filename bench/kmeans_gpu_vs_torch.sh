@@ -30,7 +30,7 @@ pkv_single, torch_single, pkv_model, torch_model = {}, {}, {}, {}
 for line in open(sys.argv[1]):
     f = line.strip().split(",")
     if f[0] == "pkv" and f[1] == "single":
-        pkv_single[int(f[6])] = (float(f[7]), float(f[9]))          # k -> (iter ms, floor ms)
+        pkv_single[int(f[5])] = (float(f[6]), float(f[8]))          # k -> (iter ms, floor ms)
     elif f[0] == "torch" and f[1] == "single":
         torch_single[int(f[4])] = float(f[5])
     elif f[0] == "pkv" and f[1] == "model":

@@ -61,6 +61,7 @@ struct MmaSegment {
     int task = 0;
     int32_t* labels = nullptr;  ///< device [rows] out, or null
     float* dist2 = nullptr;     ///< device [rows] out, or null
+    int64_t xrow = 0;           ///< row of x in the point buffer (for the sorted sums)
 };
 
 /// A batched tensor-core pass: every segment's rows against its task's centroids.
@@ -89,5 +90,33 @@ void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
 
 /// Centroid row stride (elements) the tensor-core kernel expects for dimension d.
 int mma_row_stride(int d);
+
+/// True when the tensor-core kernel keeps k x d partial sums in shared memory; else
+/// the batched pass computes the sums by a sorted reduction (below).
+bool mma_smem_sums(int k, int d);
+
+/// Sorted reduction of the centroid sums (large k): after the assignment kernel wrote
+/// every segment's labels, hist[task * k + label] += rows per label (u64 atomics).
+void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k,
+                            unsigned long long* hist, cudaStream_t stream);
+
+/// cursor[task * k + label] starts at the cluster's offset in idx; every row writes its
+/// point-buffer row index at atomicAdd(cursor, 1). Order within a cluster is arbitrary
+/// (the integer sums below do not depend on it).
+void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned int* cursor,
+                          unsigned int* idx, cudaStream_t stream);
+
+/// One run of rows of one cluster: idx[begin, end) all belong to `slot` = task * k + j.
+struct SumItem {
+    unsigned int begin = 0, end = 0;
+    int slot = 0;
+    int task = 0;
+};
+
+/// sums[slot * d + t] += sum over the item's rows of llrint(x[row][t] * scale[task]),
+/// one warp per item, int64 in registers (exact, deterministic). x: binary16 or bf16
+/// point buffer [rows x d], d <= 128.
+void launch_segment_sums(const void* x, bool bf16, int d, const unsigned int* idx, const SumItem* items,
+                         int64_t n_items, const float* scale, unsigned long long* sums, cudaStream_t stream);
 
 }  // namespace pkv::cuda::detail

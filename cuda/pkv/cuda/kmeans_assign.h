@@ -32,11 +32,15 @@
 //
 // Centroid sums are exact 64-bit fixed point: each coordinate (of the rounded point for
 // fp16/bf16) is rounded once to a multiple of 2^-e, where 2^e is the largest power of
-// two with n * max|x| * 2^e <= 2^61 for that data set (so no partial sum can overflow;
-// binary16 values are exact at 2^e >= 2^24, which holds for n * max|x| <= 2^37), then
-// added with integer atomics (shared-memory partials when k * d * 8 bytes fit beside
-// the centroids, else device-memory atomics). Integer addition is associative, so the
-// sums are bitwise deterministic whatever the schedule. Counts are int64.
+// two with n * max|x| * 2^e <= 2^61 and max|x| * 2^e <= 2^39 for that data set (so no
+// partial sum can overflow; binary16 values are exact, e >= 24, whenever
+// n * max|x| <= 2^37 and max|x| <= 2^15), then added as integers. The tensor-core
+// kernel keeps per-block partials in shared memory as two 32-bit words (native shared
+// atomics) flushed to int64 device sums every 2048 rows, when k * (d + 1) * 8 bytes fit
+// beside the centroids (k <= about 190 at d = 128, 380 at d = 64); otherwise it adds
+// every coordinate with a 64-bit device atomic (slower: one atomic per coordinate).
+// Integer addition is associative, so the sums are bitwise deterministic whatever the
+// schedule. Counts are int64.
 // The objective of a task is summed in double: per 256-row tile in a fixed order, then
 // the tiles of a task in a fixed tree; a task's outputs never depend on the other tasks
 // of the batch (kmeans_batch relies on this).

@@ -98,6 +98,9 @@ struct CudaAssigner::Impl {
     DeviceBuffer<detail::MmaSegment> segs;
     DeviceBuffer<int32_t> out_labels;
     DeviceBuffer<float> out_dist2;
+    DeviceBuffer<unsigned long long> hist;
+    DeviceBuffer<unsigned int> cursor, idx;
+    DeviceBuffer<detail::SumItem> items;
     CudaPassTiming timing;
 
     bool rounded() const { return opt.precision != InputPrecision::fp32; }
@@ -204,9 +207,13 @@ struct CudaAssigner::Impl {
             SetInfo& s = sets[i];
             s.scale = 1.0;
             if (max_abs > 0.0f && s.n > 0) {
-                // Largest 2^e with n * max|x| * 2^e <= 2^61: no partial sum can overflow
-                // int64. Kept inside the float exponent range (the kernel scales in fp32).
-                const double e = std::floor(std::log2(std::ldexp(1.0, 61) / (static_cast<double>(s.n) * max_abs)));
+                // Largest 2^e with n * max|x| * 2^e <= 2^61 (no partial sum can overflow
+                // int64) and max|x| * 2^e <= 2^39 (one coordinate fits the shared-memory
+                // partials of the tensor-core kernel). Kept inside the float exponent
+                // range (the kernel scales in fp32).
+                const double e = std::min(
+                    std::floor(std::log2(std::ldexp(1.0, 61) / (static_cast<double>(s.n) * max_abs))),
+                    std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
                 s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
             }
         }
@@ -289,6 +296,9 @@ struct CudaAssigner::Impl {
         const int kpad = (k + 7) / 8 * 8;
         const int dpad = mma() ? detail::mma_row_stride(d) : d;
         const size_t kd = static_cast<size_t>(k) * d;
+        // Large k on tensor cores: sums by a sorted reduction over the labels.
+        const bool sorted = mma() && acc && !detail::mma_smem_sums(k, d);
+        std::vector<unsigned long long> sorted_counts(sorted ? static_cast<size_t>(nt) * k : 0);
 
         PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
         upload_centroids(tasks, k, kpad, dpad);
@@ -335,9 +345,10 @@ struct CudaAssigner::Impl {
                     sg.tile0 = tiles;
                     sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
                     sg.task = ti;
+                    sg.xrow = p.buf_row;
                     tiles += tiles_of(p.rows);
                     // The FMA kernel always writes labels and distances.
-                    if (t.labels || t.dist2 || !mma()) {
+                    if (t.labels || t.dist2 || !mma() || sorted) {
                         copies.push_back(Copy{ti, p.r0, p.rows, out_rows});
                         out_rows += p.rows;
                     }
@@ -348,7 +359,7 @@ struct CudaAssigner::Impl {
             size_t ci = 0;
             for (auto& sg : hsegs) {
                 const AssignTask& t = tasks[static_cast<size_t>(sg.task)];
-                if (t.labels || t.dist2 || !mma()) {
+                if (t.labels || t.dist2 || !mma() || sorted) {
                     const Copy& c = copies[ci++];
                     sg.labels = out_labels.get() + c.out;
                     sg.dist2 = out_dist2.get() + c.out;
@@ -370,11 +381,12 @@ struct CudaAssigner::Impl {
                 a.bf16 = bf16();
                 a.cent = cent.get();
                 a.cnh = cnorm.get();
-                a.sums = acc ? sums.get() : nullptr;
-                a.counts = acc ? counts.get() : nullptr;
+                a.sums = acc && !sorted ? sums.get() : nullptr;
+                a.counts = acc && !sorted ? counts.get() : nullptr;
                 a.scale = scales.get();
                 a.slots = slots.get();
                 detail::launch_mma_assign(a, sm_count, stream);
+                if (sorted) sorted_sums(a, tiles, nt, k, sorted_counts);
                 PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
             } else {
                 for (const auto& sg : hsegs) {
@@ -424,12 +436,55 @@ struct CudaAssigner::Impl {
             const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
             for (size_t i = 0; i < kd; ++i)
                 t.sums[i] = static_cast<double>(static_cast<long long>(hsum[ti * kd + i])) * inv;
-            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(hcnt[static_cast<size_t>(ti) * k + j]);
+            const auto& cnt = sorted ? sorted_counts : hcnt;
+            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(cnt[static_cast<size_t>(ti) * k + j]);
         }
         float ms = 0.0f;
         PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
         timing.device_ms = ms;
         timing.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
+    }
+
+    // Sums of one chunk from its labels (written by the kernel into the segments'
+    // label buffers): histogram, offsets on the host, scatter of row indices, then
+    // runs of at most kItemRows rows of one cluster summed by one warp each.
+    void sorted_sums(const detail::MmaArgs& a, int64_t tiles, int nt, int k, std::vector<unsigned long long>& total) {
+        constexpr unsigned int kItemRows = 512;
+        const size_t slots_n = static_cast<size_t>(nt) * k;
+        hist.reserve(slots_n);
+        PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
+        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), stream);
+        std::vector<unsigned long long> h(slots_n);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(h.data(), hist.get(), slots_n * 8, cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::vector<unsigned int> off(slots_n);
+        std::vector<detail::SumItem> its;
+        unsigned long long run = 0;
+        for (size_t i = 0; i < slots_n; ++i) {
+            total[i] += h[i];
+            off[i] = static_cast<unsigned int>(run);
+            for (unsigned long long b = 0; b < h[i]; b += kItemRows) {
+                detail::SumItem it;
+                it.begin = static_cast<unsigned int>(run + b);
+                it.end = static_cast<unsigned int>(run + std::min<unsigned long long>(h[i], b + kItemRows));
+                it.slot = static_cast<int>(i);
+                it.task = static_cast<int>(i / static_cast<size_t>(k));
+                its.push_back(it);
+            }
+            run += h[i];
+        }
+        PKV_CHECK(run < (1ull << 32), internal, "cuda assigner: {} rows in one chunk exceed the sorted sums' index",
+                  run);
+        cursor.reserve(slots_n);
+        idx.reserve(static_cast<size_t>(std::max<unsigned long long>(run, 1)));
+        items.reserve(std::max<size_t>(its.size(), 1));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(cursor.get(), off.data(), slots_n * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(items.get(), its.data(), its.size() * sizeof(detail::SumItem),
+                                       cudaMemcpyHostToDevice, stream));
+        detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
+        detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(),
+                                    static_cast<int64_t>(its.size()), scales.get(), sums.get(), stream);
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // off and its go out of scope
     }
 
     // The single-problem API: the current data set when it is this one, else a
@@ -438,6 +493,8 @@ struct CudaAssigner::Impl {
                 double* out_sums, int64_t* out_counts) {
         PKV_CUDA_CHECK(cudaSetDevice(opt.device));
         PKV_CHECK(labels != nullptr && dist2 != nullptr, invalid_argument, "cuda assigner: null labels or dist2");
+        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
+        PKV_CHECK(centroids != nullptr, invalid_argument, "cuda assigner: null centroids");
         const bool transient = !(active && sets.size() == 1 && sets[0].hx == x && sets[0].n == n && d == d_in);
         if (transient) prepare({AssignData{x, n}}, d_in);
         std::vector<AssignTask> tasks(1);

@@ -20,10 +20,18 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 32;  // two m16 tiles
 static_assert(kWarps * kRowsPerWarp == kBlockRows, "one block tile");
 static_assert(kRowsPerWarp == kObjSlotRows, "one objective slot a warp tile");
-// Dynamic shared memory a block may take: two blocks an SM when the sums fit beside
-// the centroids, otherwise one block with up to this much of centroids.
-constexpr size_t kSmemTwoBlocks = 100 * 1024;
+// Dynamic shared memory a block may take: partial sums plus centroids up to kSmemMax,
+// else centroids alone up to kSmemCentMax (streamed in chunks beyond that).
 constexpr size_t kSmemCentMax = 200 * 1024;
+constexpr size_t kSmemMax = 220 * 1024;
+// Shared-memory partial sums are split into two 32-bit words of a biased value
+// u = q + 2^40 (q the fixed-point coordinate, |q| < 2^40): lo = u mod 2^20 and
+// hi = u / 2^20 < 2^21, both added with native 32-bit shared atomics (64-bit shared
+// atomics are a compare-and-swap loop on sm_90). A block flushes them to the int64
+// device sums at least every kFlushTiles tiles (2048 rows): then no word overflows.
+constexpr int kFlushTiles = 8;
+constexpr int kLoBits = 20;
+constexpr unsigned long long kBias = 1ull << 40;
 
 __device__ __forceinline__ float2 to_float2(uint32_t v, __half) {
     return __half22float2(*reinterpret_cast<const __half2*>(&v));
@@ -79,8 +87,9 @@ __device__ __forceinline__ uint32_t load_pair(const T* row, int col, int d, bool
 // (max score, lowest index) for its two rows per m-tile over its two centroid
 // columns; the four threads of a quad then merge. The winner's squared distance is
 // recomputed directly from the same registers and the rounded centroid, the point is
-// added to its cluster's fixed-point sums (shared-memory partials flushed when the
-// task changes, or global atomics), and each warp sums its 32 distances in double in
+// added to its cluster's fixed-point sums (shared-memory partials, see kBias, flushed
+// every kFlushTiles tiles and when the task changes; or device atomics when k * d
+// does not fit), and each warp sums its 32 distances in double in
 // a fixed order into its objective slot. Warps synchronise only when the block loads
 // centroids (a new task, or every tile when k does not fit in shared memory).
 // Row layout of the fragments (PTX m16n8k16): thread (g = lane / 4, t = lane % 4)
@@ -90,8 +99,14 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
     extern __shared__ __align__(16) unsigned char smem[];
     const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
     const int64_t kd = int64_t{k} * d;
-    unsigned long long* s_acc = reinterpret_cast<unsigned long long*>(smem);
-    T* s_cent = reinterpret_cast<T*>(smem + (smem_acc ? ((kd + k) * 8 + 15) / 16 * 16 : 0));
+    // Partials: lo and hi words at [j * ds + t] (row stride d + 1 spreads a warp's
+    // rows over the banks), then one 32-bit count per cluster.
+    const int ds = d + 1;
+    const int64_t kds = int64_t{k} * ds;
+    unsigned int* s_lo = reinterpret_cast<unsigned int*>(smem);
+    unsigned int* s_hi = s_lo + kds;
+    unsigned int* s_cnt = s_hi + kds;
+    T* s_cent = reinterpret_cast<T*>(smem + (smem_acc ? ((2 * kds + k) * 4 + 15) / 16 * 16 : 0));
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
 
@@ -103,17 +118,28 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
     auto flush = [&](int task) {
         __syncthreads();
         unsigned long long* gs = a.sums + task * kd;
-        unsigned long long* gc = a.counts + int64_t{task} * k;
-        for (int64_t i = tid; i < kd + k; i += kThreads) {
-            const unsigned long long v = s_acc[i];
-            if (v != 0ull) atomicAdd(i < kd ? gs + i : gc + (i - kd), v);
-            s_acc[i] = 0ull;
+        for (int64_t i = tid; i < kds; i += kThreads) {
+            const int j = static_cast<int>(i / ds), t2 = static_cast<int>(i % ds);
+            const unsigned int c = s_cnt[j];
+            if (c != 0u && t2 < d) {
+                const unsigned long long u =
+                    (static_cast<unsigned long long>(s_hi[i]) << kLoBits) + s_lo[i];
+                atomicAdd(gs + int64_t{j} * d + t2, u - static_cast<unsigned long long>(c) * kBias);
+            }
+            s_lo[i] = 0u;
+            s_hi[i] = 0u;
+        }
+        __syncthreads();
+        for (int j = tid; j < k; j += kThreads) {
+            if (s_cnt[j] != 0u) atomicAdd(a.counts + int64_t{task} * k + j, static_cast<unsigned long long>(s_cnt[j]));
+            s_cnt[j] = 0u;
         }
         __syncthreads();
     };
     if (ACC && smem_acc) {
-        for (int64_t i = tid; i < kd + k; i += kThreads) s_acc[i] = 0ull;
+        for (int64_t i = tid; i < 2 * kds + k; i += kThreads) s_lo[i] = 0u;
     }
+    int since_flush = 0;
 
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
@@ -121,10 +147,12 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
         const int64_t local_tile = tile - S.tile0;
         const int64_t row0 = local_tile * kBlockRows + warp * kRowsPerWarp;
         const int task = S.task;
-        if (ACC && smem_acc && task != acc_task) {
+        if (ACC && smem_acc && (task != acc_task || since_flush == kFlushTiles)) {
             if (acc_task >= 0) flush(acc_task);
             acc_task = task;
+            since_flush = 0;
         }
+        ++since_flush;
         const T* x = static_cast<const T*>(S.x);
 
         uint32_t af[2][KS][4];
@@ -218,8 +246,8 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
 
         const float scale = ACC ? a.scale[task] : 0.0f;
         double obj = 0.0;
-        unsigned long long* sums = ACC ? (smem_acc ? s_acc : a.sums + task * kd) : nullptr;
-        unsigned long long* counts = ACC ? (smem_acc ? s_acc + kd : a.counts + int64_t{task} * k) : nullptr;
+        unsigned long long* sums = ACC ? a.sums + task * kd : nullptr;
+        unsigned long long* counts = ACC ? a.counts + int64_t{task} * k : nullptr;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -253,10 +281,23 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
                         s = fmaf(dx, dx, s);
                         s = fmaf(dy, dy, s);
                         if (ACC && valid && col < d) {
-                            unsigned long long* dst = sums + int64_t{l} * d + col;
-                            atomicAdd(dst, static_cast<unsigned long long>(__float2ll_rn(xv.x * scale)));
-                            if (col + 1 < d)
-                                atomicAdd(dst + 1, static_cast<unsigned long long>(__float2ll_rn(xv.y * scale)));
+                            const long long q0 = __float2ll_rn(xv.x * scale);
+                            const long long q1 = __float2ll_rn(xv.y * scale);
+                            if (smem_acc) {
+                                const unsigned long long u0 = static_cast<unsigned long long>(q0) + kBias;
+                                const unsigned long long u1 = static_cast<unsigned long long>(q1) + kBias;
+                                const int64_t at = int64_t{l} * ds + col;
+                                atomicAdd(s_lo + at, static_cast<unsigned int>(u0 & ((1u << kLoBits) - 1)));
+                                atomicAdd(s_hi + at, static_cast<unsigned int>(u0 >> kLoBits));
+                                if (col + 1 < d) {
+                                    atomicAdd(s_lo + at + 1, static_cast<unsigned int>(u1 & ((1u << kLoBits) - 1)));
+                                    atomicAdd(s_hi + at + 1, static_cast<unsigned int>(u1 >> kLoBits));
+                                }
+                            } else {
+                                unsigned long long* dst = sums + int64_t{l} * d + col;
+                                atomicAdd(dst, static_cast<unsigned long long>(q0));
+                                if (col + 1 < d) atomicAdd(dst + 1, static_cast<unsigned long long>(q1));
+                            }
                         }
                     }
                 s += __shfl_xor_sync(0xffffffffu, s, 1);
@@ -264,7 +305,10 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
                 if (t == 0 && valid) {
                     if (S.labels) S.labels[row] = l;
                     if (S.dist2) S.dist2[row] = s;
-                    if (ACC) atomicAdd(counts + l, 1ull);
+                    if (ACC) {
+                        if (smem_acc) atomicAdd(s_cnt + l, 1u);
+                        else atomicAdd(counts + l, 1ull);
+                    }
                 }
                 obj += valid ? static_cast<double>(s) : 0.0;  // in (mt, hh) order
             }
@@ -283,11 +327,11 @@ void launch_ks(const MmaArgs& a, int sm_count, cudaStream_t stream) {
     auto kernel = mma_assign_kernel<T, KS, ACC>;
     const size_t row_bytes = static_cast<size_t>(a.dpad) * sizeof(T);
     const size_t cent_full = static_cast<size_t>(a.kpad) * row_bytes;
-    const size_t acc_bytes = ((static_cast<size_t>(a.k) * a.d + a.k) * 8 + 15) / 16 * 16;
+    const size_t acc_bytes = ((2 * static_cast<size_t>(a.k) * (a.d + 1) + a.k) * 4 + 15) / 16 * 16;
     bool smem_acc = false;
     int kc = a.kpad;
     size_t dyn = cent_full;
-    if (ACC && cent_full + acc_bytes <= kSmemTwoBlocks) {
+    if (ACC && cent_full + acc_bytes <= kSmemMax) {
         smem_acc = true;
         dyn = cent_full + acc_bytes;
     } else if (cent_full > kSmemCentMax) {
@@ -313,6 +357,13 @@ void launch_t(const MmaArgs& a, int sm_count, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool mma_smem_sums(int k, int d) {
+    const size_t kpad = (static_cast<size_t>(k) + 7) / 8 * 8;
+    const size_t cent_full = kpad * static_cast<size_t>(mma_row_stride(d)) * 2;
+    const size_t acc_bytes = ((2 * static_cast<size_t>(k) * (d + 1) + k) * 4 + 15) / 16 * 16;
+    return cent_full + acc_bytes <= kSmemMax;
+}
 
 int mma_row_stride(int d) {
     const int ks = (d + 15) / 16;

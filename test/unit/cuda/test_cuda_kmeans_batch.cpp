@@ -133,11 +133,13 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
 
 TEST_CASE("batched pass equals per-problem passes bitwise, streamed or resident", "[cuda][kmeans][batch]") {
     PKV_REQUIRE_GPU();
-    const int d = 64, k = 12;
+    // k = 12: shared-memory partial sums; k = 400: the sorted reduction (fp16).
+    const int d = 64;
+    const int k = GENERATE(12, 400);
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::fp32);
     const size_t budget_rows = GENERATE(size_t{0}, size_t{700}, size_t{100});
-    CAPTURE(pkv::cuda::input_precision_name(prec), budget_rows);
-    const std::vector<int64_t> sizes = {k, 1, 300, 5000, 257};
+    CAPTURE(k, pkv::cuda::input_precision_name(prec), budget_rows);
+    const std::vector<int64_t> sizes = {int64_t{k}, 1, 300, 5000, 257};
     std::vector<std::vector<float>> xs;
     std::vector<pkv::AssignData> data;
     for (size_t i = 0; i < sizes.size(); ++i) {
