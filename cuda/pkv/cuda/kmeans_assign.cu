@@ -265,6 +265,46 @@ __global__ void tile_objective_kernel(const float* __restrict__ dist2, int64_t r
     }
 }
 
+// One warp per padded centroid row.
+__global__ void prep_centroids_kernel(const float* __restrict__ c32, int tasks, int k, int d, int kpad, int dpad,
+                                      bool bf16, unsigned short* __restrict__ out, float* __restrict__ cnh,
+                                      unsigned int* __restrict__ bad) {
+    const int lane = threadIdx.x & 31;
+    const int64_t rows = int64_t{tasks} * kpad;
+    for (int64_t r = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; r < rows;
+         r += int64_t{gridDim.x} * blockDim.x / 32) {
+        const int task = static_cast<int>(r / kpad), j = static_cast<int>(r % kpad);
+        unsigned short* o = out + r * dpad;
+        double s = 0.0;
+        bool finite = true;
+        for (int t = lane; t < dpad; t += 32) {
+            unsigned short h = 0;
+            if (j < k && t < d) {
+                const float v = c32[(int64_t{task} * k + j) * d + t];
+                float back;
+                if (bf16) {
+                    const __nv_bfloat16 b = __float2bfloat16_rn(v);
+                    h = *reinterpret_cast<const unsigned short*>(&b);
+                    back = __bfloat162float(b);
+                } else {
+                    const __half b = __float2half_rn(v);
+                    h = *reinterpret_cast<const unsigned short*>(&b);
+                    back = __half2float(b);
+                }
+                finite = finite && isfinite(back);
+                s += static_cast<double>(back) * back;
+            }
+            o[t] = h;
+        }
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const bool all_finite = __all_sync(0xffffffffu, finite);
+        if (lane == 0) {
+            cnh[r] = j < k ? static_cast<float>(-0.5 * s) : -INFINITY;
+            if (!all_finite) atomicMin(bad, static_cast<unsigned int>(task * k + j));
+        }
+    }
+}
+
 // One block per task: thread i adds slots i, i + 256, ... in order, then a fixed tree.
 __global__ void reduce_objective_kernel(const double* __restrict__ slots, const int64_t* __restrict__ slot0,
                                         double* __restrict__ out) {
@@ -326,6 +366,16 @@ void launch_tile_objective(const float* dist2, int64_t rows, double* out, cudaSt
     const int64_t slots = (rows + kObjSlotRows - 1) / kObjSlotRows;
     const int grid = static_cast<int>(std::clamp<int64_t>((slots + 255) / 256, 1, 4096));
     tile_objective_kernel<<<grid, 256, 0, stream>>>(dist2, rows, out);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, int dpad, bool bf16, void* out,
+                           float* cnh, unsigned int* bad, cudaStream_t stream) {
+    const int64_t rows = int64_t{tasks} * kpad;
+    if (rows == 0) return;
+    const int grid = static_cast<int>(std::clamp<int64_t>((rows + 7) / 8, 1, 65535));
+    prep_centroids_kernel<<<grid, 256, 0, stream>>>(c32, tasks, k, d, kpad, dpad, bf16,
+                                                    static_cast<unsigned short*>(out), cnh, bad);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

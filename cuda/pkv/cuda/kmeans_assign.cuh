@@ -88,6 +88,13 @@ constexpr int kMmaMaxDim = 128;
 /// Launches the tensor-core kernel over all segments (d <= kMmaMaxDim).
 void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
 
+/// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
+/// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;
+/// cnh [tasks][kpad] = -||rounded c||²/2 (norm in double, fixed order), -inf on padding.
+/// A row with a non-finite rounded value sets *bad = min(*bad, task * k + j).
+void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, int dpad, bool bf16, void* out,
+                           float* cnh, unsigned int* bad, cudaStream_t stream);
+
 /// Centroid row stride (elements) the tensor-core kernel expects for dimension d.
 int mma_row_stride(int d);
 

@@ -91,7 +91,10 @@ struct CudaAssigner::Impl {
     DeviceBuffer<float> staging;
     DeviceBuffer<unsigned int> max_bits;
     DeviceBuffer<char> cent;
-    DeviceBuffer<float> cnorm, scales;
+    DeviceBuffer<float> cnorm, scales, cent32;
+    DeviceBuffer<unsigned int> bad_cent;
+    float* pinned = nullptr;  // page-locked staging of the fp32 centroids
+    size_t pinned_cap = 0;
     DeviceBuffer<unsigned long long> sums, counts;
     DeviceBuffer<double> slots, objs;
     DeviceBuffer<int64_t> slot0;
@@ -230,26 +233,26 @@ struct CudaAssigner::Impl {
         const char* bad = "cuda assigner: task {}: centroid {} has a non-finite coordinate{}";
         const char* why = rounded() ? " (or one beyond the binary16/bf16 range)" : "";
         if (mma()) {
-            std::vector<uint16_t> hc(nt * kpad * dpad, 0);
-            std::vector<float> hn(nt * kpad, -std::numeric_limits<float>::infinity());
+            // fp32 centroids packed into pinned memory, rounded and padded on the device.
+            const size_t kd = static_cast<size_t>(k) * d;
+            if (pinned_cap < nt * kd) {
+                if (pinned) cudaFreeHost(pinned);
+                pinned = nullptr;
+                pinned_cap = 0;
+                PKV_CUDA_CHECK(cudaMallocHost(&pinned, nt * kd * sizeof(float)));
+                pinned_cap = nt * kd;
+            }
+            PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous pass's copy is done
             for (size_t ti = 0; ti < nt; ++ti)
-                for (int j = 0; j < k; ++j) {
-                    const float* c = tasks[ti].centroids + size_t(j) * d;
-                    uint16_t* dst = hc.data() + (ti * kpad + j) * dpad;
-                    double s = 0.0;
-                    for (int t = 0; t < d; ++t) {
-                        dst[t] = round(c[t]);
-                        const double v = back(dst[t]);
-                        s += v * v;
-                    }
-                    PKV_CHECK(std::isfinite(s), invalid_argument, bad, ti, j, why);
-                    hn[ti * kpad + j] = static_cast<float>(-0.5 * s);
-                }
-            cent.reserve(hc.size() * 2);
-            cnorm.reserve(hn.size());
-            PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), hc.data(), hc.size() * 2, cudaMemcpyHostToDevice, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(cnorm.get(), hn.data(), hn.size() * 4, cudaMemcpyHostToDevice, stream));
-            PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // host vectors go out of scope
+                std::memcpy(pinned + ti * kd, tasks[ti].centroids, kd * sizeof(float));
+            cent32.reserve(nt * kd);
+            cent.reserve(nt * kpad * dpad * 2);
+            cnorm.reserve(nt * kpad);
+            bad_cent.reserve(1);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), pinned, nt * kd * 4, cudaMemcpyHostToDevice, stream));
+            PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
+            detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
+                                          cnorm.get(), bad_cent.get(), stream);
             return;
         }
         const size_t kd = static_cast<size_t>(k) * d;
@@ -428,7 +431,14 @@ struct CudaAssigner::Impl {
             PKV_CUDA_CHECK(cudaMemcpyAsync(hsum.data(), sums.get(), hsum.size() * 8, cudaMemcpyDeviceToHost, stream));
             PKV_CUDA_CHECK(cudaMemcpyAsync(hcnt.data(), counts.get(), hcnt.size() * 8, cudaMemcpyDeviceToHost, stream));
         }
+        unsigned int bad = 0xffffffffu;
+        if (mma())
+            PKV_CUDA_CHECK(cudaMemcpyAsync(&bad, bad_cent.get(), sizeof(bad), cudaMemcpyDeviceToHost, stream));
         PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        PKV_CHECK(bad == 0xffffffffu, invalid_argument,
+                  "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
+                  "range)",
+                  bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
         for (int ti = 0; ti < nt; ++ti) {
             AssignTask& t = tasks[static_cast<size_t>(ti)];
             t.objective = hobj[static_cast<size_t>(ti)];
@@ -543,6 +553,7 @@ CudaAssigner::~CudaAssigner() {
     if (impl_->ev_start) cudaEventDestroy(impl_->ev_start);
     if (impl_->ev_stop) cudaEventDestroy(impl_->ev_stop);
     if (impl_->stream) cudaStreamDestroy(impl_->stream);
+    if (impl_->pinned) cudaFreeHost(impl_->pinned);
 }
 
 void CudaAssigner::begin(const float* x, int64_t n, int d) {

@@ -172,6 +172,18 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
             }
         }
 
+        // Pull this warp's rows of the block's next tile towards L2 while this tile computes.
+        if (tile + 1 < tile_end) {
+            const bool next_seg = seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile + 1;
+            const MmaSegment& N = next_seg ? a.segs[seg + 1] : S;
+            const int64_t nrow = (tile + 1 - N.tile0) * kBlockRows + warp * kRowsPerWarp + lane;
+            if (nrow < N.rows) {
+                const char* p = reinterpret_cast<const char*>(static_cast<const T*>(N.x) + nrow * d);
+                for (int off = 0; off < d * static_cast<int>(sizeof(T)); off += 128)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+            }
+        }
+
         float best[2][2];
         int bidx[2][2];
 #pragma unroll
