@@ -103,11 +103,14 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
     // rows over the banks), then one 32-bit count per cluster.
     const int ds = d + 1;
     const int64_t kds = int64_t{k} * ds;
-    unsigned int* s_lo = reinterpret_cast<unsigned int*>(smem);
+    // Dynamic shared memory: [x staging: 16 rows a warp][partial sums][centroids].
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    T* s_x = reinterpret_cast<T*>(smem) + warp * 16 * dpad;
+    unsigned char* after_x = smem + static_cast<size_t>(kWarps) * 16 * dpad * sizeof(T);
+    unsigned int* s_lo = reinterpret_cast<unsigned int*>(after_x);
     unsigned int* s_hi = s_lo + kds;
     unsigned int* s_cnt = s_hi + kds;
-    T* s_cent = reinterpret_cast<T*>(smem + (smem_acc ? ((2 * kds + k) * 4 + 15) / 16 * 16 : 0));
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    T* s_cent = reinterpret_cast<T*>(after_x + (smem_acc ? ((2 * kds + k) * 4 + 15) / 16 * 16 : 0));
     const int g = lane >> 2, t = lane & 3;
 
     const int64_t per_block = (a.n_tiles + gridDim.x - 1) / gridDim.x;
@@ -156,19 +159,47 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
         const T* x = static_cast<const T*>(S.x);
 
         uint32_t af[2][KS][4];
+        if ((d & 7) == 0) {
+            // 16-byte coalesced loads (a warp reads 512 contiguous bytes per step) staged
+            // through this warp's shared rows, then ldmatrix into the A fragments.
+            uint4 v[2][KS];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-            const int64_t r_lo = row0 + mt * 16 + g, r_hi = r_lo + 8;
-            const bool v_lo = r_lo < S.rows, v_hi = r_hi < S.rows;
-            const T* x_lo = x + (v_lo ? r_lo : 0) * d;
-            const T* x_hi = x + (v_hi ? r_hi : 0) * d;
+            for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                const int col = ks * 16 + 2 * t;
-                af[mt][ks][0] = load_pair(x_lo, col, d, v_lo);
-                af[mt][ks][1] = load_pair(x_hi, col, d, v_hi);
-                af[mt][ks][2] = load_pair(x_lo, col + 8, d, v_lo);
-                af[mt][ks][3] = load_pair(x_hi, col + 8, d, v_hi);
+                for (int i = 0; i < KS; ++i) {
+                    const int c = lane + 32 * i, r = c / (2 * KS), col0 = 8 * (c % (2 * KS));
+                    const int64_t row = row0 + mt * 16 + r;
+                    v[mt][i] = row < S.rows && col0 < d ? __ldg(reinterpret_cast<const uint4*>(x + row * d + col0))
+                                                        : make_uint4(0u, 0u, 0u, 0u);
+                }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int i = 0; i < KS; ++i) {
+                    const int c = lane + 32 * i, r = c / (2 * KS), col0 = 8 * (c % (2 * KS));
+                    *reinterpret_cast<uint4*>(s_x + r * dpad + col0) = v[mt][i];
+                }
+                __syncwarp();
+                const T* arow = s_x + ((lane & 7) + 8 * ((lane >> 3) & 1)) * dpad + 8 * (lane >> 4);
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[mt][ks], arow + 16 * ks);
+                __syncwarp();
+            }
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const int64_t r_lo = row0 + mt * 16 + g, r_hi = r_lo + 8;
+                const bool v_lo = r_lo < S.rows, v_hi = r_hi < S.rows;
+                const T* x_lo = x + (v_lo ? r_lo : 0) * d;
+                const T* x_hi = x + (v_hi ? r_hi : 0) * d;
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) {
+                    const int col = ks * 16 + 2 * t;
+                    af[mt][ks][0] = load_pair(x_lo, col, d, v_lo);
+                    af[mt][ks][1] = load_pair(x_hi, col, d, v_hi);
+                    af[mt][ks][2] = load_pair(x_lo, col + 8, d, v_lo);
+                    af[mt][ks][3] = load_pair(x_hi, col + 8, d, v_hi);
+                }
             }
         }
 
@@ -279,7 +310,8 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
                 const int local = warp * kRowsPerWarp + mt * 16 + hh * 8 + g;
                 const int64_t row = local_tile * kBlockRows + local;
                 const bool valid = row < S.rows;
-                const T* crow = gcent + int64_t{l} * dpad;
+                // Centroids resident in shared memory serve the recompute too.
+                const T* crow = (kc == kpad ? s_cent : gcent) + int64_t{l} * dpad;
                 float s = 0.0f;
 #pragma unroll
                 for (int ks = 0; ks < KS; ++ks)
@@ -334,21 +366,25 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
     if (ACC && smem_acc && acc_task >= 0) flush(acc_task);
 }
 
+size_t stage_bytes(int dpad) { return static_cast<size_t>(kWarps) * 16 * dpad * 2; }
+size_t partial_bytes(int k, int d) { return ((2 * static_cast<size_t>(k) * (d + 1) + k) * 4 + 15) / 16 * 16; }
+
 template <typename T, int KS, bool ACC>
 void launch_ks(const MmaArgs& a, int sm_count, cudaStream_t stream) {
     auto kernel = mma_assign_kernel<T, KS, ACC>;
     const size_t row_bytes = static_cast<size_t>(a.dpad) * sizeof(T);
+    const size_t x_bytes = stage_bytes(a.dpad);
     const size_t cent_full = static_cast<size_t>(a.kpad) * row_bytes;
-    const size_t acc_bytes = ((2 * static_cast<size_t>(a.k) * (a.d + 1) + a.k) * 4 + 15) / 16 * 16;
+    const size_t acc_bytes = partial_bytes(a.k, a.d);
     bool smem_acc = false;
     int kc = a.kpad;
-    size_t dyn = cent_full;
-    if (ACC && cent_full + acc_bytes <= kSmemMax) {
+    size_t dyn = x_bytes + cent_full;
+    if (ACC && x_bytes + cent_full + acc_bytes <= kSmemMax) {
         smem_acc = true;
-        dyn = cent_full + acc_bytes;
-    } else if (cent_full > kSmemCentMax) {
-        kc = static_cast<int>(kSmemCentMax / row_bytes) / 8 * 8;
-        dyn = static_cast<size_t>(kc) * row_bytes;
+        dyn = x_bytes + cent_full + acc_bytes;
+    } else if (x_bytes + cent_full > kSmemCentMax) {
+        kc = static_cast<int>((kSmemCentMax - x_bytes) / row_bytes) / 8 * 8;
+        dyn = x_bytes + static_cast<size_t>(kc) * row_bytes;
     }
     PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
     int per_sm = 0;
@@ -372,9 +408,8 @@ void launch_t(const MmaArgs& a, int sm_count, cudaStream_t stream) {
 
 bool mma_smem_sums(int k, int d) {
     const size_t kpad = (static_cast<size_t>(k) + 7) / 8 * 8;
-    const size_t cent_full = kpad * static_cast<size_t>(mma_row_stride(d)) * 2;
-    const size_t acc_bytes = ((2 * static_cast<size_t>(k) * (d + 1) + k) * 4 + 15) / 16 * 16;
-    return cent_full + acc_bytes <= kSmemMax;
+    const int dpad = mma_row_stride(d);
+    return stage_bytes(dpad) + kpad * static_cast<size_t>(dpad) * 2 + partial_bytes(k, d) <= kSmemMax;
 }
 
 int mma_row_stride(int d) {
