@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
                         const int col = ks * 16 + 2 * t + 8 * half;
                         const float2 xv = to_float2(af[mt][ks][hh + 2 * half], T{});
                         const float2 cv =
-                            to_float2(__ldg(reinterpret_cast<const unsigned int*>(crow + col)), T{});
+                            to_float2(*reinterpret_cast<const unsigned int*>(crow + col), T{});
                         const float dx = xv.x - cv.x, dy = xv.y - cv.y;
                         s = fmaf(dx, dx, s);
                         s = fmaf(dy, dy, s);
