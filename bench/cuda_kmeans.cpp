@@ -1,13 +1,22 @@
-// Time per Lloyd iteration of the CUDA k-means assigner (fused assign + centroid sums,
-// then the host update) on random Gaussian data, d = 128, k = 16 / 256 / 1024, fp16
-// and fp32 input, next to the HBM floor (one read of the points per iteration at
-// 4.3e12 B/s) and the CPU assigner timed on a subsample and scaled to n.
-// Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n]   (defaults: 10000000 3 1000000)
+// Time per Lloyd iteration of the CUDA k-means assigner (one batched pass: fused
+// assign + centroid sums + objective, then the host update) on random Gaussian data,
+// d = 128, k = 16 / 256 / 1024, fp16 / bf16 / fp32 input, next to the HBM floor (one
+// read of the points per iteration at 4.3e12 B/s) and the CPU assigner timed on a
+// subsample and scaled to n.
+// Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n] [--csv] [--precisions fp16,...]
+//        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
+//   defaults: 10000000 3 200000 (cpu_n = 0 skips the CPU column); --model: a whole
+//   model's calibration shape, 90 problems (SmolLM2-135M: 30 layers x 3 KV heads) x
+//   100000 tokens x d = 64, k = 32 and 256, 30 iterations through kmeans_batch (fp16).
+// --csv prints one machine-readable line per measurement ("pkv,..."), used by
+// bench/kmeans_gpu_vs_torch.sh.
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 
 #ifdef PKV_HAVE_CUDA
 #include <algorithm>
@@ -19,6 +28,7 @@
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/kmeans/assigner.h"
+#include "pkv/kmeans/kmeans.h"
 
 namespace {
 
@@ -65,6 +75,42 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Whole-model shape: `problems` data sets of `tokens` x d, batched, fixed iterations.
+int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
+    std::printf("k-means batched calibration: %lld problems x %lld tokens x d = %d, %d iterations, fp16\n",
+                static_cast<long long>(problems), static_cast<long long>(tokens), d, iters);
+    const std::vector<float> x = gaussian(problems * tokens, d);
+    std::vector<pkv::KMeansProblem> probs;
+    for (int64_t p = 0; p < problems; ++p)
+        probs.push_back({x.data() + p * tokens * d, tokens, static_cast<uint64_t>(p + 1)});
+    pkv::cuda::CudaAssignerOptions opt;
+    opt.precision = pkv::cuda::InputPrecision::fp16;
+    pkv::cuda::CudaAssigner gpu(opt);
+    const double floor_s = iters * static_cast<double>(problems * tokens) * d * 2.0 / kHbmBytesPerSecond;
+    std::printf("%5s %10s %12s %12s %10s %8s\n", "k", "total s", "Lloyd s", "s/iteration", "floor s", "ratio");
+    for (int k : {32, 256}) {
+        pkv::KMeansParams params;
+        params.k = k;
+        params.max_iter = iters;
+        params.tol = -1.0;  // exactly `iters` iterations
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::vector<pkv::KMeansResult> res = pkv::kmeans_batch(probs, d, params, &gpu);
+        const double total = seconds_since(t0);
+        double lloyd = 0.0;  // every problem's stats carry the batch iteration's time
+        for (const auto& st : res.front().stats) lloyd += st.seconds;
+        std::printf("%5d %10.3f %12.3f %12.5f %10.4f %8.1f\n", k, total, lloyd, lloyd / iters, floor_s,
+                    lloyd / floor_s);
+        if (csv)
+            std::printf("pkv,model,%lld,%lld,%d,%d,%d,%.6f,%.6f,%.6f\n", static_cast<long long>(problems),
+                        static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s);
+        std::fflush(stdout);
+    }
+    std::printf("total s: kmeans_batch end to end (upload, init, %d iterations, final labels). Lloyd s: the\n"
+                "%d batched iterations alone (one pass over all problems + the host updates each).\n",
+                iters, iters);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -72,9 +118,30 @@ int main(int argc, char** argv) {
         std::printf("no CUDA device\n");
         return 0;
     }
-    const int64_t n = argc > 1 ? std::atoll(argv[1]) : 10000000;
-    const int iters = std::max(1, argc > 2 ? std::atoi(argv[2]) : 3);
-    const int64_t cpu_n = std::min<int64_t>(n, argc > 3 ? std::atoll(argv[3]) : 1000000);
+    bool csv = false, model = false;
+    std::vector<std::string> pos;
+    std::vector<pkv::cuda::InputPrecision> precs = {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
+                                                    pkv::cuda::InputPrecision::fp32};
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--csv")) csv = true;
+        else if (!std::strcmp(argv[i], "--model")) model = true;
+        else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
+            precs.clear();
+            const std::string list = argv[++i];
+            for (const char* name : {"fp16", "bf16", "fp32"})
+                if (list.find(name) != std::string::npos)
+                    precs.push_back(name[2] == '1' ? pkv::cuda::InputPrecision::fp16
+                                    : name[0] == 'b' ? pkv::cuda::InputPrecision::bf16
+                                                     : pkv::cuda::InputPrecision::fp32);
+        } else pos.push_back(argv[i]);
+    }
+    auto arg = [&](size_t i, long long def) { return i < pos.size() ? std::atoll(pos[i].c_str()) : def; };
+    if (model)
+        return run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)), static_cast<int>(arg(3, 30)),
+                         csv);
+    const int64_t n = arg(0, 10000000);
+    const int iters = std::max(1, static_cast<int>(arg(1, 3)));
+    const int64_t cpu_n = std::min<int64_t>(n, arg(2, 200000));
     const int d = kDim;
     const auto dev = pkv::cuda::devices().front();
     std::printf("k-means CUDA assigner on %s (%d SMs, %.1f GiB): n = %lld, d = %d, %d timed iterations after 1 warm-up\n",
@@ -88,6 +155,7 @@ int main(int argc, char** argv) {
     std::map<int, double> cpu_scaled_s;
     const int ks[] = {16, 256, 1024};
     for (int k : ks) {
+        if (cpu_n <= 0) break;
         std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
         std::vector<int32_t> labels(static_cast<size_t>(cpu_n));
         std::vector<float> dist2(static_cast<size_t>(cpu_n));
@@ -100,53 +168,61 @@ int main(int argc, char** argv) {
         cpu_scaled_s[k] = seconds_since(t0) * static_cast<double>(n) / static_cast<double>(cpu_n);
     }
 
-    std::printf("\n%5s %5s %11s %11s %10s %10s %8s %9s %16s\n", "input", "k", "device ms", "call ms", "update ms",
-                "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
-    std::printf("%5s %5s %11s %11s %10s %10s %8s %9s %16s\n", "", "", "(cudaEvent)", "(+copies)", "(host)", "ms",
-                "dev/flr", "(dev)", "");
-    for (const auto prec : {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::fp32}) {
+    std::printf("\n%5s %5s %4s %11s %11s %10s %10s %8s %9s %14s\n", "input", "k", "TC", "device ms", "iter ms",
+                "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
+    std::printf("%5s %5s %4s %11s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(wall)", "(host)", "ms",
+                "iter/flr", "(iter)", "");
+    for (const auto prec : precs) {
         pkv::cuda::CudaAssignerOptions opt;
         opt.precision = prec;
         pkv::cuda::CudaAssigner gpu(opt);
-        const double elem = prec == pkv::cuda::InputPrecision::fp16 ? 2.0 : 4.0;
+        const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
         t0 = std::chrono::steady_clock::now();
-        gpu.begin(x.data(), n, d);
+        gpu.begin_batch({pkv::AssignData{x.data(), n}}, d);
         const double upload_s = seconds_since(t0);
         const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
         for (int k : ks) {
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
-            std::vector<int32_t> labels(static_cast<size_t>(n));
-            std::vector<float> dist2(static_cast<size_t>(n));
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));
-            double dev_ms = 0, call_ms = 0, upd_ms = 0;
+            std::vector<pkv::AssignTask> tasks(1);
+            double dev_ms = 0, iter_ms = 0, upd_ms = 0;
             for (int it = 0; it <= iters; ++it) {
-                gpu.assign_accumulate(x.data(), n, d, c.data(), k, labels.data(), dist2.data(), sums.data(),
-                                      counts.data());
+                const auto it0 = std::chrono::steady_clock::now();
+                tasks[0].centroids = c.data();
+                tasks[0].sums = sums.data();
+                tasks[0].counts = counts.data();
+                gpu.assign_batch(tasks, k);
                 t0 = std::chrono::steady_clock::now();
                 update(sums, counts, k, d, c);
                 const double u = seconds_since(t0) * 1e3;
+                const double w = seconds_since(it0) * 1e3;
                 if (it == 0) continue;  // warm-up
                 dev_ms += gpu.last_timing().device_ms;
-                call_ms += gpu.last_timing().wall_ms;
+                iter_ms += w;
                 upd_ms += u;
             }
             dev_ms /= iters;
-            call_ms /= iters;
+            iter_ms /= iters;
             upd_ms /= iters;
-            const double tflops = 2.0 * static_cast<double>(n) * k * d / (dev_ms * 1e-3) * 1e-12;
-            std::printf("%5s %5d %11.3f %11.3f %10.3f %10.3f %8.2f %9.2f %16.3f\n",
-                        pkv::cuda::input_precision_name(prec), k, dev_ms, call_ms, upd_ms, floor_ms,
-                        dev_ms / floor_ms, tflops, cpu_scaled_s[k]);
+            const double tflops = 2.0 * static_cast<double>(n) * k * d / (iter_ms * 1e-3) * 1e-12;
+            const double cpu_s = cpu_scaled_s.count(k) ? cpu_scaled_s[k] : 0.0;
+            std::printf("%5s %5d %4s %11.3f %11.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
+                        pkv::cuda::input_precision_name(prec), k, gpu.last_timing().tensor_cores ? "yes" : "no",
+                        dev_ms, iter_ms, upd_ms, floor_ms, iter_ms / floor_ms, tflops, cpu_s);
+            if (csv)
+                std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f\n", pkv::cuda::input_precision_name(prec),
+                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms);
             std::fflush(stdout);
         }
         std::printf("  (%s: %.2f GB resident on the device, upload %.2f s, streaming %s)\n",
-                    pkv::cuda::input_precision_name(prec), static_cast<double>(n) * (d * elem + 8) * 1e-9, upload_s,
+                    pkv::cuda::input_precision_name(prec), static_cast<double>(n) * d * elem * 1e-9, upload_s,
                     gpu.streaming() ? "yes" : "no");
-        gpu.end();
+        gpu.end_batch();
     }
-    std::printf("\ndevice ms: centroid upload + fused assign/sum kernel (cudaEvent). call ms: the whole\n"
-                "assign_accumulate call, including copying labels and dist2 (8 B/point) to the host.\n"
+    std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent). iter ms: the\n"
+                "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
+                "labels stay on the device) plus the host centroid update. TC: tensor-core kernel.\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
                 static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
     return 0;

@@ -16,3 +16,5 @@ ctest --output-on-failure -L unit -j 4
 for b in "$BUILD"/bench/pkv_bench_cuda_*; do
   if [ -x "$b" ]; then "$b"; fi
 done
+# pkv's k-means against a PyTorch Lloyd loop on the same GPU, when torch is there.
+if python3 -c "import torch" 2>/dev/null; then bash "$ROOT/bench/kmeans_gpu_vs_torch.sh" "$BUILD"; fi

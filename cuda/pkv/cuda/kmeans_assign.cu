@@ -1,5 +1,6 @@
-// pkv/cuda/kmeans_assign.cu — nearest-centroid assignment and fused centroid sums on
-// one GPU (see kmeans_assign.h for the semantics and the fixed-point sums).
+// pkv/cuda/kmeans_assign.cu — the fp32-FMA assignment kernel with fused centroid sums
+// (fp32 input, and fp16 input with d > 128) and the small kernels of the batched pass
+// (conversions, max|x|, objective partials). See kmeans_assign.h for the semantics.
 #include "pkv/cuda/kmeans_assign.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "pkv/core/half.h"
@@ -238,6 +240,87 @@ __global__ void to_half_kernel(const float* __restrict__ src, __half* __restrict
         dst[i] = __float2half_rn(src[i]);
 }
 
+__global__ void to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+__global__ void max_abs_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n, unsigned int* out) {
+    unsigned int m = 0;
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        m = max(m, __float_as_uint(fabsf(__bfloat162float(x[i]))));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if ((threadIdx.x & 31) == 0) atomicMax(out, m);
+}
+
+// One thread per 32-row slot, rows in order.
+__global__ void tile_objective_kernel(const float* __restrict__ dist2, int64_t rows, double* __restrict__ out) {
+    const int64_t slots = (rows + kObjSlotRows - 1) / kObjSlotRows;
+    for (int64_t s = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; s < slots; s += int64_t{gridDim.x} * blockDim.x) {
+        double v = 0.0;
+        const int64_t end = std::min<int64_t>(rows, (s + 1) * kObjSlotRows);
+        for (int64_t r = s * kObjSlotRows; r < end; ++r) v += static_cast<double>(dist2[r]);
+        out[s] = v;
+    }
+}
+
+// One warp per padded centroid row.
+__global__ void prep_centroids_kernel(const float* __restrict__ c32, int tasks, int k, int d, int kpad, int dpad,
+                                      bool bf16, unsigned short* __restrict__ out, float* __restrict__ cnh,
+                                      unsigned int* __restrict__ bad) {
+    const int lane = threadIdx.x & 31;
+    const int64_t rows = int64_t{tasks} * kpad;
+    for (int64_t r = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; r < rows;
+         r += int64_t{gridDim.x} * blockDim.x / 32) {
+        const int task = static_cast<int>(r / kpad), j = static_cast<int>(r % kpad);
+        unsigned short* o = out + r * dpad;
+        double s = 0.0;
+        bool finite = true;
+        for (int t = lane; t < dpad; t += 32) {
+            unsigned short h = 0;
+            if (j < k && t < d) {
+                const float v = c32[(int64_t{task} * k + j) * d + t];
+                float back;
+                if (bf16) {
+                    const __nv_bfloat16 b = __float2bfloat16_rn(v);
+                    h = *reinterpret_cast<const unsigned short*>(&b);
+                    back = __bfloat162float(b);
+                } else {
+                    const __half b = __float2half_rn(v);
+                    h = *reinterpret_cast<const unsigned short*>(&b);
+                    back = __half2float(b);
+                }
+                finite = finite && isfinite(back);
+                s += static_cast<double>(back) * back;
+            }
+            o[t] = h;
+        }
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const bool all_finite = __all_sync(0xffffffffu, finite);
+        if (lane == 0) {
+            cnh[r] = j < k ? static_cast<float>(-0.5 * s) : -INFINITY;
+            if (!all_finite) atomicMin(bad, static_cast<unsigned int>(task * k + j));
+        }
+    }
+}
+
+// One block per task: thread i adds slots i, i + 256, ... in order, then a fixed tree.
+__global__ void reduce_objective_kernel(const double* __restrict__ slots, const int64_t* __restrict__ slot0,
+                                        double* __restrict__ out) {
+    __shared__ double part[256];
+    const int task = blockIdx.x;
+    double v = 0.0;
+    for (int64_t i = slot0[task] + threadIdx.x; i < slot0[task + 1]; i += 256) v += slots[i];
+    part[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if (static_cast<int>(threadIdx.x) < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[task] = part[0];
+}
+
 int grid_for(int64_t n) { return static_cast<int>(std::clamp<int64_t>((n + 255) / 256, 1, 4096)); }
 
 }  // namespace
@@ -263,288 +346,45 @@ void launch_max_abs(const void* x, bool half, int64_t n, unsigned int* out, cuda
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream) {
+void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream, bool bf16) {
     if (n <= 0) return;
-    to_half_kernel<<<grid_for(n), 256, 0, stream>>>(src, static_cast<__half*>(dst), n);
+    if (bf16)
+        to_bf16_kernel<<<grid_for(n), 256, 0, stream>>>(src, static_cast<__nv_bfloat16*>(dst), n);
+    else
+        to_half_kernel<<<grid_for(n), 256, 0, stream>>>(src, static_cast<__half*>(dst), n);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_max_abs_bf16(const void* x, int64_t n, unsigned int* out, cudaStream_t stream) {
+    if (n <= 0) return;
+    max_abs_bf16_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), n, out);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_tile_objective(const float* dist2, int64_t rows, double* out, cudaStream_t stream) {
+    if (rows <= 0) return;
+    const int64_t slots = (rows + kObjSlotRows - 1) / kObjSlotRows;
+    const int grid = static_cast<int>(std::clamp<int64_t>((slots + 255) / 256, 1, 4096));
+    tile_objective_kernel<<<grid, 256, 0, stream>>>(dist2, rows, out);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, int dpad, bool bf16, void* out,
+                           float* cnh, unsigned int* bad, cudaStream_t stream) {
+    const int64_t rows = int64_t{tasks} * kpad;
+    if (rows == 0) return;
+    const int grid = static_cast<int>(std::clamp<int64_t>((rows + 7) / 8, 1, 65535));
+    prep_centroids_kernel<<<grid, 256, 0, stream>>>(c32, tasks, k, d, kpad, dpad, bf16,
+                                                    static_cast<unsigned short*>(out), cnh, bad);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, double* out,
+                             cudaStream_t stream) {
+    if (tasks <= 0) return;
+    reduce_objective_kernel<<<tasks, 256, 0, stream>>>(slots, slot0, out);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace detail
-
-namespace {
-
-// Grow-only device buffer; frees on destruction.
-template <typename T>
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    ~DeviceBuffer() { release(); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    void reserve(size_t n) {
-        if (n <= cap_) return;
-        release();
-        PKV_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
-        cap_ = n;
-    }
-    void release() noexcept {
-        if (ptr_) cudaFree(ptr_);
-        ptr_ = nullptr;
-        cap_ = 0;
-    }
-    T* get() const { return ptr_; }
-
-private:
-    T* ptr_ = nullptr;
-    size_t cap_ = 0;
-};
-
-constexpr size_t kStagingFloats = size_t{8} << 20;  // 32 MiB of fp32 for fp16 uploads
-constexpr size_t kAutoHeadroom = size_t{1} << 30;
-
-}  // namespace
-
-const char* input_precision_name(InputPrecision p) {
-    switch (p) {
-        case InputPrecision::fp32: return "fp32";
-        case InputPrecision::fp16: return "fp16";
-    }
-    return "unknown";
-}
-
-struct CudaAssigner::Impl {
-    CudaAssignerOptions opt;
-    int sm_count = 0;
-    cudaStream_t stream = nullptr;
-    cudaEvent_t ev_start = nullptr, ev_stop = nullptr;
-
-    // The current data set (begin() or a one-call upload).
-    bool active = false;
-    const float* hx = nullptr;
-    int64_t n = 0;
-    int d = 0;
-    bool streaming = false;
-    int64_t chunk_rows = 0;
-    double scale = 1.0;  // fixed-point scale of the sums, a power of two
-
-    DeviceBuffer<char> points;  // [chunk_rows x d] float or __half
-    DeviceBuffer<int32_t> labels;
-    DeviceBuffer<float> dist2;
-    DeviceBuffer<float> staging;
-    DeviceBuffer<float> cent, c_norm2;
-    DeviceBuffer<unsigned long long> sums, counts;
-    DeviceBuffer<unsigned int> max_bits;
-    std::vector<float> host_cent;
-    std::vector<unsigned long long> host_sums;
-    CudaPassTiming timing;
-
-    bool half() const { return opt.precision == InputPrecision::fp16; }
-    size_t elem() const { return half() ? 2 : 4; }
-
-    // Rows [r0, r0 + rows) of hx into the point buffer (converted for fp16).
-    void upload_rows(int64_t r0, int64_t rows) {
-        const float* src = hx + r0 * d;
-        const size_t count = static_cast<size_t>(rows) * d;
-        if (!half()) {
-            PKV_CUDA_CHECK(cudaMemcpyAsync(points.get(), src, count * 4, cudaMemcpyHostToDevice, stream));
-            return;
-        }
-        staging.reserve(std::min(count, kStagingFloats));
-        for (size_t off = 0; off < count; off += kStagingFloats) {
-            const size_t m = std::min(kStagingFloats, count - off);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(staging.get(), src + off, m * 4, cudaMemcpyHostToDevice, stream));
-            detail::launch_to_half(staging.get(), points.get() + off * 2, static_cast<int64_t>(m), stream);
-        }
-    }
-
-    void prepare(const float* x, int64_t n_in, int d_in) {
-        PKV_CHECK(n_in >= 0, invalid_argument, "cuda assigner: expected n >= 0, got {}", n_in);
-        PKV_CHECK(d_in >= 1, invalid_argument, "cuda assigner: expected d >= 1, got {}", d_in);
-        PKV_CHECK(x != nullptr || n_in == 0, invalid_argument, "cuda assigner: null points with n = {}", n_in);
-        active = false;
-        hx = x;
-        n = n_in;
-        d = d_in;
-        const size_t row_bytes = static_cast<size_t>(d) * elem() + 8;
-        size_t budget = opt.max_point_bytes;
-        if (budget == 0) {
-            size_t free_b = 0, total_b = 0;
-            PKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-            budget = free_b > kAutoHeadroom ? free_b - kAutoHeadroom : row_bytes;
-        }
-        const int64_t fit = static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
-        streaming = n > fit;
-        chunk_rows = streaming ? fit : std::max<int64_t>(n, 1);
-        const size_t chunk_vals = static_cast<size_t>(chunk_rows) * d;
-        points.reserve(chunk_vals * elem());
-        labels.reserve(static_cast<size_t>(chunk_rows));
-        dist2.reserve(static_cast<size_t>(chunk_rows));
-
-        // One scan for max|x| (of the rounded values for fp16); resident data stays.
-        max_bits.reserve(1);
-        PKV_CUDA_CHECK(cudaMemsetAsync(max_bits.get(), 0, sizeof(unsigned int), stream));
-        for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
-            const int64_t rows = std::min(chunk_rows, n - r0);
-            upload_rows(r0, rows);
-            detail::launch_max_abs(points.get(), half(), rows * d, max_bits.get(), stream);
-        }
-        unsigned int bits = 0;
-        PKV_CUDA_CHECK(cudaMemcpyAsync(&bits, max_bits.get(), sizeof(bits), cudaMemcpyDeviceToHost, stream));
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        float max_abs = 0.0f;
-        std::memcpy(&max_abs, &bits, sizeof(max_abs));
-        PKV_CHECK(std::isfinite(max_abs), invalid_argument,
-                  "cuda assigner: points have a non-finite coordinate{}",
-                  half() ? " (or one beyond the binary16 range +-65504; use fp32 input)" : "");
-        scale = 1.0;
-        if (max_abs > 0.0f && n > 0) {
-            // Largest 2^e with n * max|x| * 2^e <= 2^61: no partial sum can overflow int64.
-            const double e = std::floor(std::log2(std::ldexp(1.0, 61) / (static_cast<double>(n) * max_abs)));
-            scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -1000.0, 1000.0)));
-        }
-        active = true;
-    }
-
-    void pass(const float* x, int64_t n_in, int d_in, const float* centroids, int k, int32_t* out_labels,
-              float* out_dist2, double* out_sums, int64_t* out_counts) {
-        const auto wall0 = std::chrono::steady_clock::now();
-        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
-        PKV_CHECK(centroids != nullptr, invalid_argument, "cuda assigner: null centroids");
-        const bool transient = !(active && x == hx && n_in == n && d_in == d);
-        if (transient) prepare(x, n_in, d_in);
-        const size_t kd = static_cast<size_t>(k) * d;
-        const bool acc = out_sums != nullptr;
-
-        // Centroids as the kernel sees them, and their norms from those values.
-        host_cent.assign(centroids, centroids + kd);
-        if (half())
-            for (float& v : host_cent) v = half_to_float(float_to_half(v));
-        std::vector<float> norms(static_cast<size_t>(k));
-        for (int j = 0; j < k; ++j) {
-            double s = 0.0;
-            for (int t = 0; t < d; ++t) s += static_cast<double>(host_cent[j * size_t(d) + t]) * host_cent[j * size_t(d) + t];
-            norms[j] = static_cast<float>(s);
-        }
-        for (float v : norms)
-            PKV_CHECK(std::isfinite(v), invalid_argument,
-                      "cuda assigner: centroids have a non-finite coordinate{}",
-                      half() ? " (or one beyond the binary16 range)" : "");
-        cent.reserve(kd);
-        c_norm2.reserve(static_cast<size_t>(k));
-        PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), host_cent.data(), kd * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(c_norm2.get(), norms.data(), k * 4, cudaMemcpyHostToDevice, stream));
-        if (acc) {
-            sums.reserve(kd);
-            counts.reserve(static_cast<size_t>(k));
-            PKV_CUDA_CHECK(cudaMemsetAsync(sums.get(), 0, kd * 8, stream));
-            PKV_CUDA_CHECK(cudaMemsetAsync(counts.get(), 0, static_cast<size_t>(k) * 8, stream));
-        }
-        detail::AssignArgs args;
-        args.half = half();
-        args.d = d;
-        args.centroids = cent.get();
-        args.c_norm2 = c_norm2.get();
-        args.k = k;
-        args.labels = labels.get();
-        args.dist2 = dist2.get();
-        args.sums = acc ? sums.get() : nullptr;
-        args.counts = acc ? counts.get() : nullptr;
-        args.scale = scale;
-        args.x = points.get();
-        int64_t chunks = 0;
-        for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
-            const int64_t rows = std::min(chunk_rows, n - r0);
-            if (streaming) upload_rows(r0, rows);
-            args.rows = rows;
-            detail::launch_assign(args, sm_count, stream);
-            ++chunks;
-            if (r0 + rows >= n) PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(out_labels + r0, labels.get(), rows * 4, cudaMemcpyDeviceToHost, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(out_dist2 + r0, dist2.get(), rows * 4, cudaMemcpyDeviceToHost, stream));
-        }
-        if (n == 0) PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
-        if (acc) {
-            host_sums.resize(kd + k);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_sums.data(), sums.get(), kd * 8, cudaMemcpyDeviceToHost, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_sums.data() + kd, counts.get(), static_cast<size_t>(k) * 8,
-                                           cudaMemcpyDeviceToHost, stream));
-        }
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        if (acc) {
-            const double inv = 1.0 / scale;  // a power of two: exact
-            for (size_t i = 0; i < kd; ++i) out_sums[i] = static_cast<double>(static_cast<long long>(host_sums[i])) * inv;
-            for (int j = 0; j < k; ++j) out_counts[j] = static_cast<int64_t>(host_sums[kd + j]);
-        }
-        float ms = 0.0f;
-        PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
-        timing.device_ms = ms;
-        timing.chunks = chunks;
-        if (transient) release_data();
-        timing.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
-    }
-
-    void release_data() noexcept {
-        active = false;
-        hx = nullptr;
-        n = 0;
-        d = 0;
-        points.release();
-        labels.release();
-        dist2.release();
-        staging.release();
-    }
-};
-
-CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make_unique<Impl>()) {
-    const int n_dev = device_count();
-    PKV_CHECK(options.device >= 0 && options.device < n_dev, invalid_argument,
-              "cuda assigner: device {} out of range, {} CUDA device(s) present", options.device, n_dev);
-    impl_->opt = options;
-    PKV_CUDA_CHECK(cudaSetDevice(options.device));
-    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
-    PKV_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
-    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_start));
-    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_stop));
-}
-
-CudaAssigner::~CudaAssigner() {
-    if (!impl_) return;
-    cudaSetDevice(impl_->opt.device);
-    impl_->release_data();
-    if (impl_->ev_start) cudaEventDestroy(impl_->ev_start);
-    if (impl_->ev_stop) cudaEventDestroy(impl_->ev_stop);
-    if (impl_->stream) cudaStreamDestroy(impl_->stream);
-}
-
-void CudaAssigner::begin(const float* x, int64_t n, int d) {
-    PKV_CUDA_CHECK(cudaSetDevice(impl_->opt.device));
-    impl_->prepare(x, n, d);
-}
-
-void CudaAssigner::end() noexcept {
-    cudaSetDevice(impl_->opt.device);
-    impl_->release_data();
-}
-
-void CudaAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                          float* dist2) {
-    impl_->pass(x, n, d, centroids, k, labels, dist2, nullptr, nullptr);
-}
-
-void CudaAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
-                                     int32_t* labels, float* dist2, double* sums, int64_t* counts) {
-    PKV_CHECK(sums != nullptr && counts != nullptr, invalid_argument, "cuda assigner: null sums or counts");
-    impl_->pass(x, n, d, centroids, k, labels, dist2, sums, counts);
-}
-
-const CudaAssignerOptions& CudaAssigner::options() const { return impl_->opt; }
-bool CudaAssigner::streaming() const { return impl_->active && impl_->streaming; }
-CudaPassTiming CudaAssigner::last_timing() const { return impl_->timing; }
-
-std::unique_ptr<KMeansAssigner> make_cuda_assigner(const CudaAssignerOptions& options) {
-    return std::make_unique<CudaAssigner>(options);
-}
-
 }  // namespace pkv::cuda

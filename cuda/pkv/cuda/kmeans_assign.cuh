@@ -32,7 +32,98 @@ void launch_assign(const AssignArgs& args, int sm_count, cudaStream_t stream);
 /// with the value already there.
 void launch_max_abs(const void* x, bool half, int64_t n, unsigned int* out, cudaStream_t stream);
 
-/// dst[i] = binary16(src[i]), round to nearest even.
-void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream);
+/// dst[i] = binary16(src[i]) (bf16 when `bf16`), round to nearest even.
+void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream, bool bf16 = false);
+
+/// out[0] = max over n bf16 values of |v| as float bits, combined with the value there.
+void launch_max_abs_bf16(const void* x, int64_t n, unsigned int* out, cudaStream_t stream);
+
+/// Rows per objective partial ("slot") in every kernel of the batched pass; slots of a
+/// data set start at its row 0, so streaming in chunks of whole slots keeps the order.
+constexpr int kObjSlotRows = 32;
+/// Rows per block tile of the tensor-core kernel (a segment starts on a tile).
+constexpr int kBlockRows = 256;
+
+/// out[s] (s < ceil(rows / kObjSlotRows)) = sum in double of dist2 over rows
+/// [32 s, 32 s + 32) in a fixed order.
+void launch_tile_objective(const float* dist2, int64_t rows, double* out, cudaStream_t stream);
+
+/// out[t] = sum of slots[slot0[t] .. slot0[t + 1]) in a fixed tree order, per task t.
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, double* out,
+                             cudaStream_t stream);
+
+/// One piece of one data set against one task's centroids, in a batched launch.
+struct MmaSegment {
+    const void* x = nullptr;  ///< device rows [rows x d], binary16 or bf16
+    int64_t rows = 0;
+    int64_t tile0 = 0;        ///< first block tile (kBlockRows rows) of the segment in the launch
+    int64_t slot0 = 0;        ///< its first objective slot (kObjSlotRows rows each)
+    int task = 0;
+    int32_t* labels = nullptr;  ///< device [rows] out, or null
+    float* dist2 = nullptr;     ///< device [rows] out, or null
+    int64_t xrow = 0;           ///< row of x in the point buffer (for the sorted sums)
+};
+
+/// A batched tensor-core pass: every segment's rows against its task's centroids.
+struct MmaArgs {
+    const MmaSegment* segs = nullptr;  ///< device [n_segs], tile0 ascending
+    int n_segs = 0;
+    int64_t n_tiles = 0;
+    int d = 0;
+    int k = 0;
+    int kpad = 0;   ///< k rounded up to a multiple of 8
+    int dpad = 0;   ///< centroid row stride in elements (16 * ksteps + 8)
+    bool bf16 = false;
+    const void* cent = nullptr;  ///< [tasks][kpad][dpad] rounded centroids, zero padded
+    const float* cnh = nullptr;  ///< [tasks][kpad] -||c||²/2 of the rounded values, -inf on padding
+    unsigned long long* sums = nullptr;    ///< [tasks][k * d] fixed point, added to; null: no sums
+    unsigned long long* counts = nullptr;  ///< [tasks][k]
+    const float* scale = nullptr;          ///< [tasks] fixed-point scale (a power of two)
+    double* slots = nullptr;               ///< objective partials, one per 32 rows
+};
+
+/// The largest d the tensor-core kernel takes.
+constexpr int kMmaMaxDim = 128;
+
+/// Launches the tensor-core kernel over all segments (d <= kMmaMaxDim).
+void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
+
+/// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
+/// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;
+/// cnh [tasks][kpad] = -||rounded c||²/2 (norm in double, fixed order), -inf on padding.
+/// A row with a non-finite rounded value sets *bad = min(*bad, task * k + j).
+void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, int dpad, bool bf16, void* out,
+                           float* cnh, unsigned int* bad, cudaStream_t stream);
+
+/// Centroid row stride (elements) the tensor-core kernel expects for dimension d.
+int mma_row_stride(int d);
+
+/// True when the tensor-core kernel keeps k x d partial sums in shared memory; else
+/// the batched pass computes the sums by a sorted reduction (below).
+bool mma_smem_sums(int k, int d);
+
+/// Sorted reduction of the centroid sums (large k): after the assignment kernel wrote
+/// every segment's labels, hist[task * k + label] += rows per label (u64 atomics).
+void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k,
+                            unsigned long long* hist, cudaStream_t stream);
+
+/// cursor[task * k + label] starts at the cluster's offset in idx; every row writes its
+/// point-buffer row index at atomicAdd(cursor, 1). Order within a cluster is arbitrary
+/// (the integer sums below do not depend on it).
+void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned int* cursor,
+                          unsigned int* idx, cudaStream_t stream);
+
+/// One run of rows of one cluster: idx[begin, end) all belong to `slot` = task * k + j.
+struct SumItem {
+    unsigned int begin = 0, end = 0;
+    int slot = 0;
+    int task = 0;
+};
+
+/// sums[slot * d + t] += sum over the item's rows of llrint(x[row][t] * scale[task]),
+/// one warp per item, int64 in registers (exact, deterministic). x: binary16 or bf16
+/// point buffer [rows x d], d <= 128.
+void launch_segment_sums(const void* x, bool bf16, int d, const unsigned int* idx, const SumItem* items,
+                         int64_t n_items, const float* scale, unsigned long long* sums, cudaStream_t stream);
 
 }  // namespace pkv::cuda::detail

@@ -4,41 +4,64 @@
 // the Lloyd loop in kmeans.h can be handed a GPU without changing. No CUDA types
 // here: apps and tests include it with the host compiler.
 //
-// What it computes, per pass over the n x d points x:
-//   labels[i] = argmin_j s_ij with s_ij = ||c_j||² - 2 x_i·c_j in fp32 (ties: lowest j),
-//   dist2[i]  = ||x_i - c_label||² recomputed directly in fp32 (never negative),
-// the same semantics as CpuAssigner: the argmin comes from the expanded form, so two
-// centroids whose true distances differ by less than a few fp32 ulps of ||x||·||c||
-// may be swapped relative to assign_ref. The N x k distance matrix is never formed:
-// a tiled kernel stages points and centroids in shared memory and keeps a running
-// (score, index) minimum per point. Plain fp32 FMA, no tensor cores (future work:
-// TF32/3xTF32 or fp16 MMA operands for k >= 64, where this kernel is compute-bound).
+// Batched: begin_batch() uploads any number of data sets (e.g. every (layer, head) of
+// a model) and assign_batch() runs every task (data set + its own centroids) of a
+// Lloyd iteration in one launch sequence: one kernel launch covers all tasks (grid over
+// (task, row tile)), one more reduces the objectives. Per iteration only the
+// objectives (double), the sums and the counts come back to the host; labels and
+// distances are copied back only for tasks that ask for them (the final pass).
 //
-// assign_accumulate() fuses the centroid sums into the same pass (x is read from
-// device memory once per pass). Sums are accumulated exactly in 64-bit fixed point:
-// each coordinate is rounded once to a multiple of 2^-e, where 2^e is the largest
-// power of two with n * max|x| * 2^e <= 2^61 (so no partial sum can overflow), then
-// added with integer atomics. Integer addition is associative, so the sums are
-// bitwise deterministic whatever the thread schedule, and the only error is that one
-// rounding: |error of a sum| <= count * 2^-(e+1) (about 2e-12 * max|x| per point at
-// n = 1e7). Counts are 64-bit integers (a float count would stop at 2^24 points).
-// The objective is left to the caller, who sums dist2 in double (kmeans.h does).
+// Two kernels:
+//   tensor-core (fp16 / bf16 input, d <= 128): the points are binary16 or bf16 on the
+//     device; centroids are kept fp32 by the caller and rounded to the same format for
+//     the MMA operand (mma.sync m16n8k16, fp32 accumulation); the score of centroid j
+//     is x·c~_j - ||c~_j||²/2 with ||c~_j||² computed in double from the rounded values
+//     (the MMA accumulator starts at -||c~_j||²/2); the maximum score wins (lowest j on
+//     equal scores). The N x k score matrix is never written: every warp keeps an
+//     online (max, index) per row in registers. dist2 = ||x - c~_label||² recomputed
+//     directly in fp32 (never negative; 0 when x equals the rounded centroid).
+//   fp32-FMA (fp32 input, and fp16 input with d > 128): scores ||c||² - 2 x·c in fp32
+//     FMA, dist2 recomputed directly in fp32, as CpuAssigner. Batched passes launch it
+//     once per task (plus one small objective kernel each); only the tensor-core
+//     kernel covers a whole batch in one launch.
+// Sums for large k: when k * (d + 1) * 8 bytes of partial sums do not fit in shared
+// memory beside the centroids, the tensor-core pass writes labels to the device and
+// sums by a sorted reduction (label histogram, counting-sort of row indices, one warp
+// per run of <= 512 rows of a cluster adding int64 fixed point in registers); the
+// points are then read a second time.
+// Label flips: the argmin comes from the expanded form in fp32 accumulation. With
+// rounded inputs the labels and distances describe the rounded data and the rounded
+// centroids: each coordinate moves by up to 2^-11 (fp16) or 2^-8 (bf16) relative, so a
+// point whose two nearest centroids are within about that relative margin of a tie may
+// take the other one (measured on Gaussian-mixture data, n = 20000, d = 64/128,
+// k = 16..1000: 100% of labels equal to assign_ref on the rounded data).
+// The objective is the distance to the rounded centroids; at a Lloyd fixed point the
+// rounding's first-order effect cancels over each cluster (c is the cluster's mean).
 //
-// Input precision:
-//   fp32  points and centroids used as given.
-//   fp16  points and centroids are rounded to binary16 (nearest even) when uploaded;
-//         products and sums are still formed in fp32. This halves the device memory
-//         and bandwidth per point. Labels, dist2 and the sums then describe the
-//         rounded data: each coordinate moves by up to 2^-11 relative (about 5e-4),
-//         so labels of points within that margin of a tie may flip and the objective
-//         shifts by roughly 1e-3 relative or less on unit-scale data. Values with
-//         |x| > 65504 (binary16 overflow) are refused.
+// Centroid sums are exact 64-bit fixed point: each coordinate (of the rounded point for
+// fp16/bf16) is rounded once to a multiple of 2^-e, where 2^e is the largest power of
+// two with n * max|x| * 2^e <= 2^61 and max|x| * 2^e <= 2^39 for that data set (so no
+// partial sum can overflow; binary16 values are exact, e >= 24, whenever
+// n * max|x| <= 2^37 and max|x| <= 2^15), then added as integers. The tensor-core
+// kernel keeps per-block partials in shared memory as two 32-bit words (native shared
+// atomics) flushed to int64 device sums every 2048 rows, when k * (d + 1) * 8 bytes fit
+// beside the centroids (k <= about 190 at d = 128, 380 at d = 64); otherwise it adds
+// every coordinate with a 64-bit device atomic (slower: one atomic per coordinate).
+// Integer addition is associative, so the sums are bitwise deterministic whatever the
+// schedule. Counts are int64.
+// The objective of a task is summed in double: per 256-row tile in a fixed order, then
+// the tiles of a task in a fixed tree; a task's outputs never depend on the other tasks
+// of the batch (kmeans_batch relies on this).
 //
-// Memory: resident mode keeps all n points on the device between begin() and end()
-// (n * d * 4 or 2 bytes, plus 8 bytes a point for labels and dist2). When that exceeds
-// max_point_bytes, the points are streamed from host memory in chunks of at most that
-// many bytes on every pass (synchronous copies, no overlap: future work). fp16 uploads
-// also use a 32 MiB fp32 staging buffer. Centroid buffers are O(k * d).
+// Memory: resident mode keeps all points of all data sets on the device between
+// begin_batch() and end_batch() (rows * d * 4 or 2 bytes), plus labels/dist2 only for
+// tasks that ask for them (and 12 bytes a row of labels, distances and sort indices in
+// the sorted-sums passes). When n * (d * s + 8) over all sets exceeds max_point_bytes,
+// the points are streamed from host memory in chunks (a multiple of 256 rows when the
+// budget allows; synchronous copies) on every pass; labels, distances and sums then
+// equal the resident pass bitwise, and so does the objective when the chunk is at least
+// 256 rows. Uploads of fp16/bf16 use a 32 MiB fp32 staging buffer. Centroid buffers are
+// O(tasks * k * d).
 #pragma once
 
 #include <cstddef>
@@ -51,11 +74,12 @@ namespace pkv::cuda {
 
 /// Precision of the points and centroids inside the kernel (accumulation is fp32).
 enum class InputPrecision {
-    fp32,
-    fp16,
+    fp32,  ///< fp32 FMA kernel
+    fp16,  ///< binary16 on tensor cores (d <= 128; the fp32 FMA kernel on rounded data above)
+    bf16,  ///< bf16 on tensor cores (d <= 128 only)
 };
 
-/// "fp32" or "fp16".
+/// "fp32", "fp16" or "bf16".
 const char* input_precision_name(InputPrecision p);
 
 struct CudaAssignerOptions {
@@ -72,12 +96,13 @@ struct CudaAssignerOptions {
 struct CudaPassTiming {
     double device_ms = 0.0;  ///< device time (cudaEvent) of uploads of this pass plus kernels
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
-    int64_t chunks = 0;      ///< kernel launches (1 when the points are resident)
+    int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
+    bool tensor_cores = false;  ///< the tensor-core kernel ran
 };
 
 /// The GPU assigner. Thread-compatible (one thread at a time), not copyable.
 /// Every call throws pkv::Error(cuda) naming the failing CUDA call, or
-/// Error(invalid_argument) for bad shapes / out-of-range fp16 input.
+/// Error(invalid_argument) for bad shapes / out-of-range fp16 input / bf16 with d > 128.
 class CudaAssigner final : public KMeansAssigner {
 public:
     /// Throws Error(invalid_argument) when options.device is not a usable device.
@@ -96,9 +121,16 @@ public:
                 float* dist2) override;
     void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
                            float* dist2, double* sums, int64_t* counts) override;
+    /// Uploads every data set (resident) or plans the chunks (streaming) and scans each
+    /// set's max|x| for its fixed-point scale.
+    void begin_batch(const std::vector<AssignData>& data, int d) override;
+    void end_batch() noexcept override;
+    /// All tasks in one launch sequence per chunk (see the file comment). When any task
+    /// asks for sums, all are computed (only the asked ones are copied out).
+    void assign_batch(std::vector<AssignTask>& tasks, int k) override;
 
     const CudaAssignerOptions& options() const;
-    /// True when the data of the current begin() is streamed in chunks.
+    /// True when the data of the current begin()/begin_batch() is streamed in chunks.
     bool streaming() const;
     CudaPassTiming last_timing() const;
 

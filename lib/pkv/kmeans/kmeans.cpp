@@ -200,14 +200,15 @@ struct Run {
     double prev_objective = 0.0;
     std::vector<double> sums;
     std::vector<int64_t> counts;
+    std::vector<float> next;      // the update's output buffer
     std::vector<int32_t> labels;  // final assignment of the training points (when kept)
     double objective = 0.0;       // of the final centroids on the training points
 };
 
 // The Lloyd update of one run from the sums and counts of its last pass; returns the
 // iteration's statistics without `seconds`.
-KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, double objective,
-                                std::vector<float>& next) {
+KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, double objective) {
+    std::vector<float>& next = run.next;
     KMeansIterationStats st;
     st.objective = objective;
     for (int j = 0; j < k; ++j) {
@@ -241,8 +242,8 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
     for (Run& run : runs) {
         run.sums.assign(kd, 0.0);
         run.counts.assign(static_cast<size_t>(k), 0);
+        run.next.assign(kd, 0.0f);
     }
-    std::vector<float> next(kd);
     BatchScope scope(assigner, data, d);
     std::vector<AssignTask> tasks;
     std::vector<Run*> active;
@@ -262,10 +263,13 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
         }
         if (tasks.empty()) break;
         assigner.assign_batch(tasks, k);
+        // Runs are independent (own generator and buffers): updating them in parallel
+        // gives the same results as in sequence.
         std::vector<KMeansIterationStats> st(tasks.size());
-        for (size_t i = 0; i < tasks.size(); ++i)
-            st[i] = update_run(*active[i], probs[static_cast<size_t>(active[i]->problem)], k, d,
-                               tasks[i].objective, next);
+        const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+#pragma omp parallel for schedule(static) if (n_tasks > 1 && n_tasks * static_cast<int64_t>(kd) >= kParallelMinValues)
+        for (int64_t i = 0; i < n_tasks; ++i)
+            st[i] = update_run(*active[i], probs[static_cast<size_t>(active[i]->problem)], k, d, tasks[i].objective);
         const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
         for (size_t i = 0; i < tasks.size(); ++i) {
             Run& run = *active[i];
@@ -288,6 +292,7 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
     for (Run& run : runs) {
         run.sums = {};
         run.counts = {};
+        run.next = {};
         AssignTask t;
         t.data = run.problem;
         t.centroids = run.centroids.data();

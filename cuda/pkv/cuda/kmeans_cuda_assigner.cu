@@ -1,0 +1,597 @@
+// pkv/cuda/kmeans_cuda_assigner.cu — CudaAssigner: data upload / streaming plan, the
+// batched pass over (task, row tile) and the copies back (see kmeans_assign.h).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "pkv/core/half.h"
+#include "pkv/cuda/check.cuh"
+#include "pkv/cuda/device.h"
+#include "pkv/cuda/kmeans_assign.cuh"
+#include "pkv/cuda/kmeans_assign.h"
+
+namespace pkv::cuda {
+namespace {
+
+// Grow-only device buffer; frees on destruction.
+template <typename T>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    ~DeviceBuffer() { release(); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    void reserve(size_t n) {
+        if (n <= cap_) return;
+        release();
+        PKV_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
+        cap_ = n;
+    }
+    void release() noexcept {
+        if (ptr_) cudaFree(ptr_);
+        ptr_ = nullptr;
+        cap_ = 0;
+    }
+    T* get() const { return ptr_; }
+
+private:
+    T* ptr_ = nullptr;
+    size_t cap_ = 0;
+};
+
+constexpr size_t kStagingFloats = size_t{8} << 20;  // 32 MiB of fp32 for fp16/bf16 uploads
+constexpr size_t kAutoHeadroom = size_t{1} << 30;
+constexpr int64_t kTile = detail::kBlockRows;
+
+int64_t tiles_of(int64_t rows) { return (rows + kTile - 1) / kTile; }
+int64_t slots_of(int64_t rows) { return (rows + detail::kObjSlotRows - 1) / detail::kObjSlotRows; }
+
+// Rows [r0, r0 + rows) of one data set, placed at row `buf_row` of the point buffer.
+struct Piece {
+    int set = 0;
+    int64_t r0 = 0, rows = 0, buf_row = 0;
+    int64_t slot = 0;  // first objective slot of the piece within its set
+};
+
+struct SetInfo {
+    const float* hx = nullptr;
+    int64_t n = 0;
+    double scale = 1.0;  // fixed-point scale of the sums, a power of two
+    int64_t slots = 0;   // objective slots of the set (tiles of its pieces)
+};
+
+}  // namespace
+
+const char* input_precision_name(InputPrecision p) {
+    switch (p) {
+        case InputPrecision::fp32: return "fp32";
+        case InputPrecision::fp16: return "fp16";
+        case InputPrecision::bf16: return "bf16";
+    }
+    return "unknown";
+}
+
+struct CudaAssigner::Impl {
+    CudaAssignerOptions opt;
+    int sm_count = 0;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t ev_start = nullptr, ev_stop = nullptr;
+
+    bool active = false;
+    int d = 0;
+    std::vector<SetInfo> sets;
+    std::vector<std::vector<Piece>> chunks;  // one entry when resident
+    bool streaming = false;
+    int64_t chunk_rows = 0;
+
+    DeviceBuffer<char> points;
+    DeviceBuffer<float> staging;
+    DeviceBuffer<unsigned int> max_bits;
+    DeviceBuffer<char> cent;
+    DeviceBuffer<float> cnorm, scales, cent32;
+    DeviceBuffer<unsigned int> bad_cent;
+    float* pinned = nullptr;  // page-locked staging of the fp32 centroids
+    size_t pinned_cap = 0;
+    DeviceBuffer<unsigned long long> sums, counts;
+    DeviceBuffer<double> slots, objs;
+    DeviceBuffer<int64_t> slot0;
+    DeviceBuffer<detail::MmaSegment> segs;
+    DeviceBuffer<int32_t> out_labels;
+    DeviceBuffer<float> out_dist2;
+    DeviceBuffer<unsigned long long> hist;
+    DeviceBuffer<unsigned int> cursor, idx;
+    DeviceBuffer<detail::SumItem> items;
+    CudaPassTiming timing;
+
+    bool rounded() const { return opt.precision != InputPrecision::fp32; }
+    bool bf16() const { return opt.precision == InputPrecision::bf16; }
+    size_t elem() const { return rounded() ? 2 : 4; }
+    bool mma() const { return rounded() && d <= detail::kMmaMaxDim; }
+    char* rows_at(int64_t buf_row) const { return points.get() + static_cast<size_t>(buf_row) * d * elem(); }
+
+    void upload(const Piece& p) {
+        const float* src = sets[p.set].hx + p.r0 * d;
+        char* dst = rows_at(p.buf_row);
+        const size_t count = static_cast<size_t>(p.rows) * d;
+        if (!rounded()) {
+            PKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, count * 4, cudaMemcpyHostToDevice, stream));
+            return;
+        }
+        staging.reserve(std::min(count, kStagingFloats));
+        for (size_t off = 0; off < count; off += kStagingFloats) {
+            const size_t m = std::min(kStagingFloats, count - off);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(staging.get(), src + off, m * 4, cudaMemcpyHostToDevice, stream));
+            detail::launch_to_half(staging.get(), dst + off * 2, static_cast<int64_t>(m), stream, bf16());
+        }
+    }
+
+    void prepare(const std::vector<AssignData>& data, int d_in) {
+        PKV_CHECK(d_in >= 1, invalid_argument, "cuda assigner: expected d >= 1, got {}", d_in);
+        PKV_CHECK(!bf16() || d_in <= detail::kMmaMaxDim, invalid_argument,
+                  "cuda assigner: bf16 input needs d <= {} (tensor-core kernel), got d = {}", detail::kMmaMaxDim,
+                  d_in);
+        release_data();
+        d = d_in;
+        int64_t total = 0;
+        for (size_t i = 0; i < data.size(); ++i) {
+            PKV_CHECK(data[i].n >= 0, invalid_argument, "cuda assigner: data set {}: expected n >= 0, got {}", i,
+                      data[i].n);
+            PKV_CHECK(data[i].x != nullptr || data[i].n == 0, invalid_argument,
+                      "cuda assigner: data set {}: null points with n = {}", i, data[i].n);
+            SetInfo s;
+            s.hx = data[i].x;
+            s.n = data[i].n;
+            sets.push_back(s);
+            total += data[i].n;
+        }
+        const size_t row_bytes = static_cast<size_t>(d) * elem() + 8;
+        size_t budget = opt.max_point_bytes;
+        if (budget == 0) {
+            size_t free_b = 0, total_b = 0;
+            PKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+            budget = free_b > kAutoHeadroom ? free_b - kAutoHeadroom : row_bytes;
+        }
+        const int64_t fit = static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
+        streaming = total > fit;
+        // Streamed chunks of whole tiles keep the objective's summation order of the
+        // resident pass.
+        chunk_rows = streaming ? (fit >= kTile ? fit / kTile * kTile : fit) : std::max<int64_t>(total, 1);
+        points.reserve(static_cast<size_t>(chunk_rows) * d * elem());
+
+        // Pieces: whole sets when resident; else pieces of <= chunk_rows rows starting
+        // at multiples of chunk_rows of their set, packed greedily into chunks.
+        chunks.assign(1, {});
+        int64_t used = 0;
+        for (int si = 0; si < static_cast<int>(sets.size()); ++si) {
+            SetInfo& s = sets[static_cast<size_t>(si)];
+            for (int64_t r0 = 0; r0 < s.n; r0 += chunk_rows) {
+                Piece p;
+                p.set = si;
+                p.r0 = r0;
+                p.rows = std::min(chunk_rows, s.n - r0);
+                if (used + p.rows > chunk_rows) {
+                    chunks.emplace_back();
+                    used = 0;
+                }
+                p.buf_row = used;
+                p.slot = s.slots;
+                s.slots += slots_of(p.rows);
+                used += p.rows;
+                chunks.back().push_back(p);
+            }
+        }
+
+        // max|x| of every set (of the rounded values for fp16/bf16); resident data stays.
+        const size_t ns = std::max<size_t>(sets.size(), 1);
+        max_bits.reserve(ns);
+        PKV_CUDA_CHECK(cudaMemsetAsync(max_bits.get(), 0, ns * sizeof(unsigned int), stream));
+        for (const auto& chunk : chunks)
+            for (const Piece& p : chunk) {
+                upload(p);
+                if (bf16())
+                    detail::launch_max_abs_bf16(rows_at(p.buf_row), p.rows * d, max_bits.get() + p.set, stream);
+                else
+                    detail::launch_max_abs(rows_at(p.buf_row), rounded(), p.rows * d, max_bits.get() + p.set,
+                                           stream);
+            }
+        std::vector<unsigned int> bits(ns);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(bits.data(), max_bits.get(), ns * sizeof(unsigned int),
+                                       cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        for (size_t i = 0; i < sets.size(); ++i) {
+            float max_abs = 0.0f;
+            std::memcpy(&max_abs, &bits[i], sizeof(max_abs));
+            PKV_CHECK(std::isfinite(max_abs), invalid_argument,
+                      "cuda assigner: data set {}: points have a non-finite coordinate{}", i,
+                      rounded() ? " (or one beyond the binary16/bf16 range; use fp32 input)" : "");
+            SetInfo& s = sets[i];
+            s.scale = 1.0;
+            if (max_abs > 0.0f && s.n > 0) {
+                // Largest 2^e with n * max|x| * 2^e <= 2^61 (no partial sum can overflow
+                // int64) and max|x| * 2^e <= 2^39 (one coordinate fits the shared-memory
+                // partials of the tensor-core kernel). Kept inside the float exponent
+                // range (the kernel scales in fp32).
+                const double e = std::min(
+                    std::floor(std::log2(std::ldexp(1.0, 61) / (static_cast<double>(s.n) * max_abs))),
+                    std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
+                s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
+            }
+        }
+        active = true;
+    }
+
+    // Centroids as the kernels read them: rounded and padded for the tensor-core
+    // kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for
+    // the FMA kernel ([tasks][k][d]).
+    void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad) {
+        const size_t nt = tasks.size();
+        const auto round = [&](float v) -> uint16_t { return bf16() ? float_to_bf16(v) : float_to_half(v); };
+        const auto back = [&](uint16_t h) -> float { return bf16() ? bf16_to_float(h) : half_to_float(h); };
+        const char* bad = "cuda assigner: task {}: centroid {} has a non-finite coordinate{}";
+        const char* why = rounded() ? " (or one beyond the binary16/bf16 range)" : "";
+        if (mma()) {
+            // fp32 centroids packed into pinned memory, rounded and padded on the device.
+            const size_t kd = static_cast<size_t>(k) * d;
+            if (pinned_cap < nt * kd) {
+                if (pinned) cudaFreeHost(pinned);
+                pinned = nullptr;
+                pinned_cap = 0;
+                PKV_CUDA_CHECK(cudaMallocHost(&pinned, nt * kd * sizeof(float)));
+                pinned_cap = nt * kd;
+            }
+            PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous pass's copy is done
+            for (size_t ti = 0; ti < nt; ++ti)
+                std::memcpy(pinned + ti * kd, tasks[ti].centroids, kd * sizeof(float));
+            cent32.reserve(nt * kd);
+            cent.reserve(nt * kpad * dpad * 2);
+            cnorm.reserve(nt * kpad);
+            bad_cent.reserve(1);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), pinned, nt * kd * 4, cudaMemcpyHostToDevice, stream));
+            PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
+            detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
+                                          cnorm.get(), bad_cent.get(), stream);
+            return;
+        }
+        const size_t kd = static_cast<size_t>(k) * d;
+        std::vector<float> hc(nt * kd);
+        std::vector<float> hn(nt * k);
+        for (size_t ti = 0; ti < nt; ++ti)
+            for (int j = 0; j < k; ++j) {
+                double s = 0.0;
+                for (int t = 0; t < d; ++t) {
+                    float v = tasks[ti].centroids[size_t(j) * d + t];
+                    if (rounded()) v = back(round(v));
+                    hc[ti * kd + size_t(j) * d + t] = v;
+                    s += static_cast<double>(v) * v;
+                }
+                PKV_CHECK(std::isfinite(s), invalid_argument, bad, ti, j, why);
+                hn[ti * k + j] = static_cast<float>(s);
+            }
+        cent.reserve(hc.size() * 4);
+        cnorm.reserve(hn.size());
+        PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), hc.data(), hc.size() * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(cnorm.get(), hn.data(), hn.size() * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
+    void pass(std::vector<AssignTask>& tasks, int k) {
+        const auto wall0 = std::chrono::steady_clock::now();
+        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+        PKV_CHECK(active, internal, "cuda assigner: assign_batch() outside begin_batch()/end_batch()");
+        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
+        const int nt = static_cast<int>(tasks.size());
+        bool acc = false;
+        for (int ti = 0; ti < nt; ++ti) {
+            const AssignTask& t = tasks[static_cast<size_t>(ti)];
+            PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < sets.size(), internal,
+                      "cuda assigner: task {} names data set {}, {} announced", ti, t.data, sets.size());
+            PKV_CHECK(t.centroids != nullptr, invalid_argument, "cuda assigner: task {}: null centroids", ti);
+            PKV_CHECK((t.sums == nullptr) == (t.counts == nullptr), internal,
+                      "cuda assigner: task {}: sums and counts must both be given or both be null", ti);
+            acc = acc || t.sums != nullptr;
+        }
+        timing = CudaPassTiming{};
+        timing.tensor_cores = mma();
+        if (nt == 0) return;
+        const int kpad = (k + 7) / 8 * 8;
+        const int dpad = mma() ? detail::mma_row_stride(d) : d;
+        const size_t kd = static_cast<size_t>(k) * d;
+        // Large k on tensor cores: sums by a sorted reduction over the labels.
+        const bool sorted = mma() && acc && !detail::mma_smem_sums(k, d);
+        std::vector<unsigned long long> sorted_counts(sorted ? static_cast<size_t>(nt) * k : 0);
+
+        PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
+        upload_centroids(tasks, k, kpad, dpad);
+        std::vector<float> hscale(static_cast<size_t>(nt));
+        std::vector<int64_t> hslot0(static_cast<size_t>(nt) + 1, 0);
+        std::vector<std::vector<int>> tasks_of_set(sets.size());
+        for (int ti = 0; ti < nt; ++ti) {
+            const SetInfo& s = sets[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)];
+            hscale[static_cast<size_t>(ti)] = static_cast<float>(s.scale);
+            hslot0[static_cast<size_t>(ti) + 1] = hslot0[static_cast<size_t>(ti)] + s.slots;
+            tasks_of_set[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)].push_back(ti);
+        }
+        scales.reserve(static_cast<size_t>(nt));
+        slot0.reserve(static_cast<size_t>(nt) + 1);
+        slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0.back(), 1)));
+        objs.reserve(static_cast<size_t>(nt));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale.data(), nt * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0.data(), (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
+        if (acc) {
+            sums.reserve(nt * kd);
+            counts.reserve(static_cast<size_t>(nt) * k);
+            PKV_CUDA_CHECK(cudaMemsetAsync(sums.get(), 0, nt * kd * 8, stream));
+            PKV_CUDA_CHECK(cudaMemsetAsync(counts.get(), 0, static_cast<size_t>(nt) * k * 8, stream));
+        }
+
+        std::vector<detail::MmaSegment> hsegs;
+        struct Copy {
+            int task;
+            int64_t r0, rows, out;
+        };
+        std::vector<Copy> copies;
+        for (const auto& chunk : chunks) {
+            if (streaming)
+                for (const Piece& p : chunk) upload(p);
+            hsegs.clear();
+            copies.clear();
+            int64_t tiles = 0, out_rows = 0;
+            for (const Piece& p : chunk)
+                for (int ti : tasks_of_set[static_cast<size_t>(p.set)]) {
+                    const AssignTask& t = tasks[static_cast<size_t>(ti)];
+                    detail::MmaSegment sg;
+                    sg.x = rows_at(p.buf_row);
+                    sg.rows = p.rows;
+                    sg.tile0 = tiles;
+                    sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
+                    sg.task = ti;
+                    sg.xrow = p.buf_row;
+                    tiles += tiles_of(p.rows);
+                    // The FMA kernel always writes labels and distances.
+                    if (t.labels || t.dist2 || !mma() || sorted) {
+                        copies.push_back(Copy{ti, p.r0, p.rows, out_rows});
+                        out_rows += p.rows;
+                    }
+                    hsegs.push_back(sg);
+                }
+            out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+            out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+            size_t ci = 0;
+            for (auto& sg : hsegs) {
+                const AssignTask& t = tasks[static_cast<size_t>(sg.task)];
+                if (t.labels || t.dist2 || !mma() || sorted) {
+                    const Copy& c = copies[ci++];
+                    sg.labels = out_labels.get() + c.out;
+                    sg.dist2 = out_dist2.get() + c.out;
+                }
+            }
+            ++timing.chunks;
+            if (mma()) {
+                segs.reserve(hsegs.size());
+                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment),
+                                               cudaMemcpyHostToDevice, stream));
+                detail::MmaArgs a;
+                a.segs = segs.get();
+                a.n_segs = static_cast<int>(hsegs.size());
+                a.n_tiles = tiles;
+                a.d = d;
+                a.k = k;
+                a.kpad = kpad;
+                a.dpad = dpad;
+                a.bf16 = bf16();
+                a.cent = cent.get();
+                a.cnh = cnorm.get();
+                a.sums = acc && !sorted ? sums.get() : nullptr;
+                a.counts = acc && !sorted ? counts.get() : nullptr;
+                a.scale = scales.get();
+                a.slots = slots.get();
+                detail::launch_mma_assign(a, sm_count, stream);
+                if (sorted) sorted_sums(a, tiles, nt, k, sorted_counts);
+                PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
+            } else {
+                for (const auto& sg : hsegs) {
+                    detail::AssignArgs a;
+                    a.x = sg.x;
+                    a.half = rounded();
+                    a.rows = sg.rows;
+                    a.d = d;
+                    a.centroids = reinterpret_cast<const float*>(cent.get()) + sg.task * kd;
+                    a.c_norm2 = cnorm.get() + static_cast<size_t>(sg.task) * k;
+                    a.k = k;
+                    a.labels = sg.labels;
+                    a.dist2 = sg.dist2;
+                    a.sums = acc ? sums.get() + sg.task * kd : nullptr;
+                    a.counts = acc ? counts.get() + static_cast<size_t>(sg.task) * k : nullptr;
+                    a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
+                    if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
+                    detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
+                }
+            }
+            for (const Copy& c : copies) {
+                const AssignTask& t = tasks[static_cast<size_t>(c.task)];
+                if (t.labels && c.rows > 0)
+                    PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
+                                                   cudaMemcpyDeviceToHost, stream));
+                if (t.dist2 && c.rows > 0)
+                    PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
+                                                   cudaMemcpyDeviceToHost, stream));
+            }
+        }
+        detail::launch_reduce_objective(slots.get(), slot0.get(), nt, objs.get(), stream);
+        PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
+        std::vector<double> hobj(static_cast<size_t>(nt));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(hobj.data(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
+        std::vector<unsigned long long> hsum, hcnt;
+        if (acc) {
+            hsum.resize(nt * kd);
+            hcnt.resize(static_cast<size_t>(nt) * k);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(hsum.data(), sums.get(), hsum.size() * 8, cudaMemcpyDeviceToHost, stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(hcnt.data(), counts.get(), hcnt.size() * 8, cudaMemcpyDeviceToHost, stream));
+        }
+        unsigned int bad = 0xffffffffu;
+        if (mma())
+            PKV_CUDA_CHECK(cudaMemcpyAsync(&bad, bad_cent.get(), sizeof(bad), cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        PKV_CHECK(bad == 0xffffffffu, invalid_argument,
+                  "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
+                  "range)",
+                  bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
+        for (int ti = 0; ti < nt; ++ti) {
+            AssignTask& t = tasks[static_cast<size_t>(ti)];
+            t.objective = hobj[static_cast<size_t>(ti)];
+            if (!t.sums) continue;
+            const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
+            for (size_t i = 0; i < kd; ++i)
+                t.sums[i] = static_cast<double>(static_cast<long long>(hsum[ti * kd + i])) * inv;
+            const auto& cnt = sorted ? sorted_counts : hcnt;
+            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(cnt[static_cast<size_t>(ti) * k + j]);
+        }
+        float ms = 0.0f;
+        PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
+        timing.device_ms = ms;
+        timing.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
+    }
+
+    // Sums of one chunk from its labels (written by the kernel into the segments'
+    // label buffers): histogram, offsets on the host, scatter of row indices, then
+    // runs of at most kItemRows rows of one cluster summed by one warp each.
+    void sorted_sums(const detail::MmaArgs& a, int64_t tiles, int nt, int k, std::vector<unsigned long long>& total) {
+        constexpr unsigned int kItemRows = 512;
+        const size_t slots_n = static_cast<size_t>(nt) * k;
+        hist.reserve(slots_n);
+        PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
+        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), stream);
+        std::vector<unsigned long long> h(slots_n);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(h.data(), hist.get(), slots_n * 8, cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::vector<unsigned int> off(slots_n);
+        std::vector<detail::SumItem> its;
+        unsigned long long run = 0;
+        for (size_t i = 0; i < slots_n; ++i) {
+            total[i] += h[i];
+            off[i] = static_cast<unsigned int>(run);
+            for (unsigned long long b = 0; b < h[i]; b += kItemRows) {
+                detail::SumItem it;
+                it.begin = static_cast<unsigned int>(run + b);
+                it.end = static_cast<unsigned int>(run + std::min<unsigned long long>(h[i], b + kItemRows));
+                it.slot = static_cast<int>(i);
+                it.task = static_cast<int>(i / static_cast<size_t>(k));
+                its.push_back(it);
+            }
+            run += h[i];
+        }
+        PKV_CHECK(run < (1ull << 32), internal, "cuda assigner: {} rows in one chunk exceed the sorted sums' index",
+                  run);
+        cursor.reserve(slots_n);
+        idx.reserve(static_cast<size_t>(std::max<unsigned long long>(run, 1)));
+        items.reserve(std::max<size_t>(its.size(), 1));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(cursor.get(), off.data(), slots_n * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(items.get(), its.data(), its.size() * sizeof(detail::SumItem),
+                                       cudaMemcpyHostToDevice, stream));
+        detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
+        detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(),
+                                    static_cast<int64_t>(its.size()), scales.get(), sums.get(), stream);
+        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // off and its go out of scope
+    }
+
+    // The single-problem API: the current data set when it is this one, else a
+    // one-call upload.
+    void single(const float* x, int64_t n, int d_in, const float* centroids, int k, int32_t* labels, float* dist2,
+                double* out_sums, int64_t* out_counts) {
+        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+        PKV_CHECK(labels != nullptr && dist2 != nullptr, invalid_argument, "cuda assigner: null labels or dist2");
+        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
+        PKV_CHECK(centroids != nullptr, invalid_argument, "cuda assigner: null centroids");
+        const bool transient = !(active && sets.size() == 1 && sets[0].hx == x && sets[0].n == n && d == d_in);
+        if (transient) prepare({AssignData{x, n}}, d_in);
+        std::vector<AssignTask> tasks(1);
+        tasks[0].centroids = centroids;
+        tasks[0].labels = labels;
+        tasks[0].dist2 = dist2;
+        tasks[0].sums = out_sums;
+        tasks[0].counts = out_counts;
+        try {
+            pass(tasks, k);
+        } catch (...) {
+            if (transient) release_data();
+            throw;
+        }
+        if (transient) release_data();
+    }
+
+    void release_data() noexcept {
+        active = false;
+        d = 0;
+        sets.clear();
+        chunks.clear();
+        points.release();
+        staging.release();
+        out_labels.release();
+        out_dist2.release();
+    }
+};
+
+CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make_unique<Impl>()) {
+    const int n_dev = device_count();
+    PKV_CHECK(options.device >= 0 && options.device < n_dev, invalid_argument,
+              "cuda assigner: device {} out of range, {} CUDA device(s) present", options.device, n_dev);
+    impl_->opt = options;
+    PKV_CUDA_CHECK(cudaSetDevice(options.device));
+    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
+    PKV_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
+    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_start));
+    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_stop));
+}
+
+CudaAssigner::~CudaAssigner() {
+    if (!impl_) return;
+    cudaSetDevice(impl_->opt.device);
+    impl_->release_data();
+    if (impl_->ev_start) cudaEventDestroy(impl_->ev_start);
+    if (impl_->ev_stop) cudaEventDestroy(impl_->ev_stop);
+    if (impl_->stream) cudaStreamDestroy(impl_->stream);
+    if (impl_->pinned) cudaFreeHost(impl_->pinned);
+}
+
+void CudaAssigner::begin(const float* x, int64_t n, int d) {
+    PKV_CUDA_CHECK(cudaSetDevice(impl_->opt.device));
+    impl_->prepare({AssignData{x, n}}, d);
+}
+
+void CudaAssigner::end() noexcept {
+    cudaSetDevice(impl_->opt.device);
+    impl_->release_data();
+}
+
+void CudaAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
+    PKV_CUDA_CHECK(cudaSetDevice(impl_->opt.device));
+    impl_->prepare(data, d);
+}
+
+void CudaAssigner::end_batch() noexcept { end(); }
+
+void CudaAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) { impl_->pass(tasks, k); }
+
+void CudaAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                          float* dist2) {
+    impl_->single(x, n, d, centroids, k, labels, dist2, nullptr, nullptr);
+}
+
+void CudaAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
+                                     int32_t* labels, float* dist2, double* sums, int64_t* counts) {
+    PKV_CHECK(sums != nullptr && counts != nullptr, invalid_argument, "cuda assigner: null sums or counts");
+    impl_->single(x, n, d, centroids, k, labels, dist2, sums, counts);
+}
+
+const CudaAssignerOptions& CudaAssigner::options() const { return impl_->opt; }
+bool CudaAssigner::streaming() const { return impl_->active && impl_->streaming; }
+CudaPassTiming CudaAssigner::last_timing() const { return impl_->timing; }
+
+std::unique_ptr<KMeansAssigner> make_cuda_assigner(const CudaAssignerOptions& options) {
+    return std::make_unique<CudaAssigner>(options);
+}
+
+}  // namespace pkv::cuda

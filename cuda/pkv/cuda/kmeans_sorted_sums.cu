@@ -1,0 +1,151 @@
+// pkv/cuda/kmeans_sorted_sums.cu — centroid sums for large k by a sorted reduction:
+// histogram of the labels, counting-sort scatter of row indices, then one warp per run
+// of rows of a cluster summing exact fixed-point coordinates in registers. Used by the
+// batched pass when k x d partial sums do not fit in shared memory (kmeans_assign.h).
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "pkv/cuda/check.cuh"
+#include "pkv/cuda/kmeans_assign.cuh"
+
+namespace pkv::cuda::detail {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Segment of a row tile (segments are sorted by tile0).
+__device__ __forceinline__ int segment_of(const MmaSegment* segs, int n_segs, int64_t tile) {
+    int lo = 0, hi = n_segs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (segs[mid].tile0 <= tile) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// One thread per row of the launch's tiles (kBlockRows rows a tile).
+__global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
+                                 unsigned long long* __restrict__ hist) {
+    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
+         r += int64_t{gridDim.x} * blockDim.x) {
+        const int64_t tile = r / kBlockRows;
+        const MmaSegment& s = segs[segment_of(segs, n_segs, tile)];
+        const int64_t row = r - s.tile0 * kBlockRows;
+        if (row >= s.rows) continue;
+        atomicAdd(hist + int64_t{s.task} * k + s.labels[row], 1ull);
+    }
+}
+
+__global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
+                               unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
+    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
+         r += int64_t{gridDim.x} * blockDim.x) {
+        const int64_t tile = r / kBlockRows;
+        const MmaSegment& s = segs[segment_of(segs, n_segs, tile)];
+        const int64_t row = r - s.tile0 * kBlockRows;
+        if (row >= s.rows) continue;
+        const unsigned int pos = atomicAdd(cursor + int64_t{s.task} * k + s.labels[row], 1u);
+        idx[pos] = static_cast<unsigned int>(s.xrow + row);
+    }
+}
+
+__device__ __forceinline__ float2 pair_to_float2(unsigned int v, bool bf16) {
+    if (bf16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
+}
+
+// Lane l owns columns 2l, 2l + 1 (+ 64, + 65 for d > 64) of every row of the item;
+// four rows are in flight per step.
+template <int PAIRS>
+__global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool bf16, int d,
+                                    const unsigned int* __restrict__ idx, const SumItem* __restrict__ items,
+                                    int64_t n_items, const float* __restrict__ scale,
+                                    unsigned long long* __restrict__ sums) {
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+    for (int64_t it = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; it < n_items; it += warps) {
+        const SumItem item = items[it];
+        const float sc = scale[item.task];
+        long long acc[PAIRS][2] = {};
+        for (unsigned int p = item.begin; p < item.end; p += 4) {
+            unsigned int v[4][PAIRS];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const bool ok = p + u < item.end;
+                const unsigned short* row = x + (ok ? static_cast<int64_t>(__ldg(idx + p + u)) * d : 0);
+#pragma unroll
+                for (int q = 0; q < PAIRS; ++q) {
+                    const int col = 2 * lane + 64 * q;
+                    unsigned int w = 0u;
+                    if (ok && col < d) {
+                        if ((d & 1) == 0) {
+                            w = __ldg(reinterpret_cast<const unsigned int*>(row + col));
+                        } else {
+                            const unsigned int lo = __ldg(row + col);
+                            const unsigned int hi = col + 1 < d ? __ldg(row + col + 1) : 0u;
+                            w = lo | (hi << 16);
+                        }
+                    }
+                    v[u][q] = w;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+                for (int q = 0; q < PAIRS; ++q) {
+                    const float2 f = pair_to_float2(v[u][q], bf16);
+                    acc[q][0] += __float2ll_rn(f.x * sc);
+                    acc[q][1] += __float2ll_rn(f.y * sc);
+                }
+        }
+        unsigned long long* dst = sums + static_cast<int64_t>(item.slot) * d;
+#pragma unroll
+        for (int q = 0; q < PAIRS; ++q) {
+            const int col = 2 * lane + 64 * q;
+            if (col < d && acc[q][0] != 0) atomicAdd(dst + col, static_cast<unsigned long long>(acc[q][0]));
+            if (col + 1 < d && acc[q][1] != 0)
+                atomicAdd(dst + col + 1, static_cast<unsigned long long>(acc[q][1]));
+        }
+    }
+}
+
+int grid_for(int64_t work, int per_block) {
+    const int64_t g = (work + per_block - 1) / per_block;
+    return static_cast<int>(g < 1 ? 1 : (g > 65535 ? 65535 : g));
+}
+
+}  // namespace
+
+void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned long long* hist,
+                            cudaStream_t stream) {
+    const int64_t rows = n_tiles * kBlockRows;
+    if (rows == 0) return;
+    histogram_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned int* cursor,
+                          unsigned int* idx, cudaStream_t stream) {
+    const int64_t rows = n_tiles * kBlockRows;
+    if (rows == 0) return;
+    scatter_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, cursor, idx);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_segment_sums(const void* x, bool bf16, int d, const unsigned int* idx, const SumItem* items,
+                         int64_t n_items, const float* scale, unsigned long long* sums, cudaStream_t stream) {
+    if (n_items == 0) return;
+    PKV_ASSERT(d >= 1 && d <= 128);
+    const auto* xs = static_cast<const unsigned short*>(x);
+    const int grid = grid_for(n_items, kThreads / 32);
+    if (d <= 64)
+        segment_sums_kernel<1><<<grid, kThreads, 0, stream>>>(xs, bf16, d, idx, items, n_items, scale, sums);
+    else
+        segment_sums_kernel<2><<<grid, kThreads, 0, stream>>>(xs, bf16, d, idx, items, n_items, scale, sums);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace pkv::cuda::detail
