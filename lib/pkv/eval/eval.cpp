@@ -20,11 +20,12 @@
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
 #include "pkv/core/sha256.h"
+#include "pkv/pipeline/provenance.h"
+#include "pkv/pipeline/text_input.h"
 #include "pkv/core/version.h"
 #include "pkv/eval/eval_cache.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
-#include "pkv/pipeline/provenance.h"
 #include "pkv/tokenizer/tokenizer.h"
 
 namespace pkv {
@@ -43,64 +44,12 @@ double cpu_seconds() {
     return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-std::string read_text(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    PKV_CHECK(f, not_found, "{}: cannot open text: {}", path, std::strerror(errno));
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    PKV_CHECK(!f.bad(), io, "{}: read error", path);
-    return ss.str();
-}
-
-std::string utc_now() {
-    const std::time_t t = std::time(nullptr);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-    return buf;
-}
-
 void check_config(const EvalConfig& c) {
-    struct stat st {};
-    PKV_CHECK(!c.model_path.empty(), invalid_argument, "--model is required");
-    PKV_CHECK(stat(c.model_path.c_str(), &st) == 0, not_found, "{}: model file not found", c.model_path);
-    PKV_CHECK(!c.text_paths.empty(), invalid_argument, "--text: at least one text file is required");
-    for (const auto& t : c.text_paths) {
-        PKV_CHECK(stat(t.c_str(), &st) == 0, not_found, "{}: text file not found", t);
-        PKV_CHECK(!S_ISDIR(st.st_mode), invalid_argument, "{}: text is a directory, expected a file", t);
-    }
+    check_model_and_texts(c.model_path, c.text_paths);
     PKV_CHECK(c.n_tokens >= 2, invalid_argument, "--tokens: expected at least 2, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 2, invalid_argument, "--ctx: expected at least 2, got {}", c.ctx);
     PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill: expected at least 0, got {}", c.prefill);
     PKV_CHECK(!c.kv.empty(), invalid_argument, "--kv: expected at least one method spec");
-}
-
-// The token stream exactly as `pkv dump` builds it (see dump.h).
-std::vector<int32_t> token_stream(const EvalConfig& c, const GgufFile& file, std::vector<TextSource>& sources) {
-    Tokenizer tokenizer(vocab_from_gguf(file));
-    std::vector<int32_t> stream;
-    for (const auto& path : c.text_paths) {
-        if (static_cast<int64_t>(stream.size()) >= c.n_tokens) {
-            log::warn("{}: not used: the earlier texts already hold --tokens {}", path, c.n_tokens);
-            continue;
-        }
-        const std::string text = read_text(path);
-        PKV_CHECK(!text.empty(), invalid_argument, "{}: text file is empty", path);
-        const std::vector<int32_t> ids = tokenizer.encode(text, /*parse_special=*/false);
-        PKV_CHECK(!ids.empty(), invalid_argument, "{}: text yields no tokens", path);
-        TextSource src;
-        src.path = path;
-        src.sha256 = sha256_hex(text.data(), text.size());
-        src.bytes = static_cast<int64_t>(text.size());
-        const int64_t take = std::min<int64_t>(static_cast<int64_t>(ids.size()), c.n_tokens - stream.size());
-        src.tokens = take;
-        stream.insert(stream.end(), ids.begin(), ids.begin() + take);
-        sources.push_back(src);
-        check_interrupted();
-    }
-    PKV_CHECK(static_cast<int64_t>(stream.size()) >= c.n_tokens, out_of_range,
-              "--tokens {}: the text holds only {} tokens ({}); pass fewer tokens or more text", c.n_tokens,
-              stream.size(), c.text_paths.size() == 1 ? c.text_paths[0] : std::to_string(c.text_paths.size()) + " files");
-    return stream;
 }
 
 // Sums of one variant (the reference or a method) over the run.
@@ -152,7 +101,7 @@ nlohmann::json run_eval(const EvalConfig& c) {
 
     install_interrupt_handlers();
     std::vector<TextSource> sources;
-    const std::vector<int32_t> stream = token_stream(c, *file, sources);
+    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, sources);
     const int64_t T = c.n_tokens;
     int64_t n_dec = 0, n_all = 0, n_seq = 0;
     for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
@@ -247,7 +196,7 @@ nlohmann::json run_eval(const EvalConfig& c) {
         {"commit", PKV_GIT_COMMIT},
         {"command", "eval"},
         {"argv", c.argv},
-        {"created_utc", utc_now()},
+        {"created_utc", utc_timestamp()},
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
         {"settings",

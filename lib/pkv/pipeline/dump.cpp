@@ -20,6 +20,7 @@
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/provenance.h"
+#include "pkv/pipeline/text_input.h"
 #include "pkv/tokenizer/tokenizer.h"
 
 namespace pkv {
@@ -75,24 +76,8 @@ std::vector<int> parse_layer_list(const std::string& spec, int n_layer) {
 
 namespace {
 
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    PKV_CHECK(f, not_found, "{}: cannot open text: {}", path, std::strerror(errno));
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    PKV_CHECK(!f.bad(), io, "{}: read error", path);
-    return ss.str();
-}
-
 void check_config(const DumpConfig& c) {
-    struct stat st {};
-    PKV_CHECK(!c.model_path.empty(), invalid_argument, "--model is required");
-    PKV_CHECK(stat(c.model_path.c_str(), &st) == 0, not_found, "{}: model file not found", c.model_path);
-    PKV_CHECK(!c.text_paths.empty(), invalid_argument, "--text: at least one text file is required");
-    for (const auto& t : c.text_paths) {
-        PKV_CHECK(stat(t.c_str(), &st) == 0, not_found, "{}: text file not found", t);
-        PKV_CHECK(!S_ISDIR(st.st_mode), invalid_argument, "{}: text is a directory, expected a file", t);
-    }
+    check_model_and_texts(c.model_path, c.text_paths);
     PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
     PKV_CHECK(c.chunk_tokens >= 1, invalid_argument, "--chunk-tokens: expected at least 1, got {}", c.chunk_tokens);
@@ -126,32 +111,8 @@ DumpSummary run_dump(const DumpConfig& c) {
     AtomicOutput out(c.out_path, c.force);
     install_interrupt_handlers();
 
-    Tokenizer tokenizer(vocab_from_gguf(*file));
-    std::vector<int32_t> stream;
     std::vector<TextSource> sources;
-    for (const auto& path : c.text_paths) {
-        if (static_cast<int64_t>(stream.size()) >= c.n_tokens) {
-            log::warn("{}: not used: the earlier texts already hold --tokens {}", path, c.n_tokens);
-            continue;
-        }
-        const std::string text = read_file(path);
-        PKV_CHECK(!text.empty(), invalid_argument, "{}: text file is empty", path);
-        std::vector<int32_t> ids = tokenizer.encode(text, /*parse_special=*/false);
-        PKV_CHECK(!ids.empty(), invalid_argument, "{}: text yields no tokens", path);
-        TextSource src;
-        src.path = path;
-        src.sha256 = sha256_hex(text.data(), text.size());
-        src.bytes = static_cast<int64_t>(text.size());
-        const int64_t take = std::min<int64_t>(static_cast<int64_t>(ids.size()), c.n_tokens - stream.size());
-        src.tokens = take;
-        stream.insert(stream.end(), ids.begin(), ids.begin() + take);
-        log::info("{}: {} bytes, {} tokens (using {})", path, text.size(), ids.size(), take);
-        sources.push_back(src);
-        check_interrupted();
-    }
-    PKV_CHECK(static_cast<int64_t>(stream.size()) >= c.n_tokens, out_of_range,
-              "--tokens {}: the text holds only {} tokens ({}); pass fewer tokens or more text", c.n_tokens,
-              stream.size(), c.text_paths.size() == 1 ? c.text_paths[0] : std::to_string(c.text_paths.size()) + " files");
+    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, sources);
 
     const int64_t T = c.n_tokens;
     KvDumpHeader header;
@@ -178,7 +139,7 @@ DumpSummary run_dump(const DumpConfig& c) {
         {"texts", sources_json(sources)},
         {"settings",
          {{"tokens", T}, {"ctx", c.ctx}, {"capture", c.capture.to_string()}, {"layers", layers},
-          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", tokenizer.vocab().add_bos}}},
+          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", vocab_from_gguf(*file).add_bos}}},
     };
 
     try {
