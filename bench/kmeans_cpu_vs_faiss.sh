@@ -63,7 +63,7 @@ import os, platform, numpy, faiss
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"machine: {cpu}, {os.cpu_count()} cores, load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
 print(f"faiss-cpu {faiss.__version__} ({faiss.get_compile_options().strip()}), numpy {numpy.__version__}, "
-      f"python {platform.python_version()}, pkv $("$PKV" --version 2>/dev/null || echo '?'), threads $THREADS each")
+      f"python {platform.python_version()}, $("$PKV" --version 2>/dev/null || echo "pkv ?"), threads $THREADS each")
 PY
 echo "dump: $DUMP ($keys_label); ${PKV_BENCH_ITERS:-25} Lloyd iterations, ${PKV_BENCH_SEEDS:-3} seeds, no subsampling"
 

@@ -20,7 +20,6 @@ namespace {
 
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMapF = Eigen::Map<const RowMatrixF>;
-using ConstVecMapF = Eigen::Map<const Eigen::VectorXf>;
 
 void check_shapes(const char* who, int64_t n, int d, int k) {
     PKV_CHECK(n >= 0, invalid_argument, "{}: expected n >= 0, got {}", who, n);
@@ -54,12 +53,10 @@ CpuAssigner::CpuAssigner(int64_t block_rows) : block_rows_(block_rows) {
 
 namespace {
 
-// dist2[i] = ||x_i - c_label||² in float, straight from the coordinates: never
-// negative and free of the expanded form's cancellation.
-void exact_dist2(const float* x, int64_t row0, int64_t rows, int d, const float* centroids, const int32_t* labels,
-                 float* dist2) {
+void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids,
+                      const int32_t* labels, float* dist2) {
     for (int64_t i = row0; i < row0 + rows; ++i)
-        dist2[i] = (ConstVecMapF(x + i * d, d) - ConstVecMapF(centroids + int64_t{labels[i]} * d, d)).squaredNorm();
+        dist2[i] = detail::exact_dist2(x + i * d, centroids + int64_t{labels[i]} * d, d);
 }
 
 // Rows per parallel block of the fused kernel: enough to amortise a block's setup,
@@ -79,8 +76,7 @@ void assign_cpu_fused(const float* x, int64_t n, int d, const float* centroids, 
     for (int64_t b = 0; b < n_blocks; ++b) {
         const int64_t row0 = b * block;
         const int64_t rows = std::min(block, n - row0);
-        fused_argmin(x + row0 * d, rows, packed, labels + row0);
-        exact_dist2(x, row0, rows, d, centroids, labels, dist2);
+        fused_argmin(x + row0 * d, rows, packed, centroids, labels + row0, dist2 + row0);
     }
 }
 
@@ -117,7 +113,7 @@ void assign_cpu_gemm(const float* x, int64_t n, int d, const float* centroids, i
                 }
                 labels[row0 + r] = best;
             }
-            exact_dist2(x, row0, rows, d, centroids, labels, dist2);
+            exact_dist2_rows(x, row0, rows, d, centroids, labels, dist2);
         }
     }
 }

@@ -33,8 +33,16 @@ struct PackedCentroids {
 PackedCentroids pack_centroids(const float* centroids, int k, int d);
 
 /// labels[i] = argmin_j (||c_j||² - 2 x_i·c_j) for the `rows` points x [rows x d]
-/// (row-major, stride d). Single-threaded; callers parallelise over row blocks.
-void fused_argmin(const float* x, int64_t rows, const PackedCentroids& c, int32_t* labels);
+/// (row-major, stride d), and dist2[i] = exact_dist2(x_i, centroids[labels[i]]) with
+/// `centroids` the [k x d] row-major array `c` was packed from. Single-threaded;
+/// callers parallelise over row blocks.
+void fused_argmin(const float* x, int64_t rows, const PackedCentroids& c, const float* centroids, int32_t* labels,
+                  float* dist2);
+
+/// ||x - c||² over d coordinates, in float, straight from the coordinates (never
+/// negative, no cancellation). The summation order is fixed by d alone, so equal
+/// inputs give bitwise equal results on every path.
+float exact_dist2(const float* x, const float* c, int d);
 
 /// The two whole-array paths of CpuAssigner::assign (same contract: labels and exact
 /// float dist2 for n points, OpenMP over blocks of block_rows rows, 0 = default):
