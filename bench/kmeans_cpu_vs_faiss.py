@@ -9,10 +9,16 @@ Time per iteration: pkv's own per-iteration stats (assignment + update) and FAIS
 iteration_stats (cumulative loop time / iterations), the median over seeds. The runs
 of the two libraries alternate, so background load hits both alike.
 
+The "call s" columns are the whole training call (median): pkv's includes its
+final assignment pass over all points (FAISS ends on its last update) and the
+driver's process start and file read are excluded.
+
 Objective: recomputed here for both from the returned centroids on all n points, in
 the same way: labels from a float32 GEMM argmin (numpy), then the squared distance
 of each point to its labelled centroid summed in float64. The comparison uses the
-mean over seeds, since single-seed objectives of random-init k-means spread by ~1%.
+mean over seeds, since single-seed objectives of random-init k-means spread by 1-6%
+(most at small k, where a bad initial draw merges two modes); cheap configurations
+get more seeds.
 """
 import argparse
 import json
@@ -87,6 +93,9 @@ def main():
     ap.add_argument("--keys-label", default="keys")
     ap.add_argument("--iters", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds-cheap", type=int, default=10,
+                    help="seeds for configurations of at most --cheap-flops (their objectives spread most)")
+    ap.add_argument("--cheap-flops", type=float, default=2e10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--k", default="16,256,1024")
     ap.add_argument("--synthetic-n", default="100000,1000000")
@@ -109,6 +118,7 @@ def main():
         del xs
 
     hdr = (f"{'data':<22} {'n':>8} {'d':>4} {'k':>5} | {'pkv s/it':>9} {'faiss s/it':>10} {'faiss/pkv':>9} | "
+           f"{'pkv call s':>10} {'faiss call s':>12} | "
            f"{'pkv obj':>12} {'faiss obj':>12} {'rel diff':>9} {'seed spread':>11}")
     print(hdr)
     print("-" * len(hdr))
@@ -121,7 +131,8 @@ def main():
             if k > n:
                 continue
             rows = []
-            for s in range(args.seeds):
+            cheap = 2.0 * n * k * d * args.iters <= args.cheap_flops
+            for s in range(max(args.seeds, args.seeds_cheap) if cheap else args.seeds):
                 seed = 1234 + s
                 p_it, p_wall, p_c = run_pkv(args.driver, path, d, k, args.iters, seed, out, args.threads)
                 f_it, f_wall, f_c = run_faiss(faiss, x, k, args.iters, seed)
@@ -134,11 +145,14 @@ def main():
                       f"obj {row['faiss_obj']:.6g}", file=sys.stderr, flush=True)
             p_it = statistics.median(r["pkv_sec_per_iter"] for r in rows)
             f_it = statistics.median(r["faiss_sec_per_iter"] for r in rows)
+            p_wall = statistics.median(r["pkv_wall_s"] for r in rows)
+            f_wall = statistics.median(r["faiss_wall_s"] for r in rows)
             p_obj = statistics.mean(r["pkv_obj"] for r in rows)
             f_obj = statistics.mean(r["faiss_obj"] for r in rows)
             allobj = [r["pkv_obj"] for r in rows] + [r["faiss_obj"] for r in rows]
             spread = (max(allobj) - min(allobj)) / min(allobj)
             print(f"{label:<22} {n:>8} {d:>4} {k:>5} | {p_it:>9.4f} {f_it:>10.4f} {f_it / p_it:>9.2f} | "
+                  f"{p_wall:>10.3f} {f_wall:>12.3f} | "
                   f"{p_obj:>12.6g} {f_obj:>12.6g} {100 * (p_obj - f_obj) / f_obj:>+8.2f}% {100 * spread:>10.2f}%",
                   flush=True)
     if args.json:

@@ -13,8 +13,10 @@
 # Environment: PKV_BUILD_DIR (build/), PKV_DATA_DIR (data/), PKV_DUMP (a dump with
 # k_post; default out/dump.h5 if present, else one is made here: 8192 tokens, one
 # layer), PKV_BENCH_LAYER (stored layer slot to read, default: the middle one),
-# PKV_BENCH_THREADS (2), PKV_BENCH_ITERS (25), PKV_BENCH_SEEDS (3), PKV_BENCH_K
-# (16,256,1024), PKV_BENCH_N (100000,1000000), PKV_BENCH_JSON (per-run numbers).
+# PKV_BENCH_THREADS (2), PKV_BENCH_ITERS (25), PKV_BENCH_SEEDS (3; 10 for runs of at
+# most 2e10 flops, PKV_BENCH_SEEDS_CHEAP), PKV_BENCH_K
+# (16,256,1024), PKV_BENCH_N (100000,1000000), PKV_BENCH_JSON (per-run numbers),
+# OMP_WAIT_POLICY (default: passive when the load average is at least the core count).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
@@ -58,6 +60,14 @@ print(f"keys L{layer} all heads")
 PY
 )
 
+# Both libraries run on libgomp. When the machine is already oversubscribed, its
+# default spin-waiting at barriers makes a thread burn the time slice its descheduled
+# partner needs (measured: faiss at 2 threads 3-4x slower than passive waiting under
+# a load of 6 on 2 cores), so both then get OMP_WAIT_POLICY=passive.
+if [ -z "${OMP_WAIT_POLICY:-}" ] && awk -v c="$(nproc)" '{ exit !($1 >= c) }' /proc/loadavg; then
+  export OMP_WAIT_POLICY=passive
+fi
+echo "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}"
 OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" "$VENV/bin/python" - <<PY
 import os, platform, numpy, faiss
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -65,11 +75,13 @@ print(f"machine: {cpu}, {os.cpu_count()} cores, load average {' '.join(open('/pr
 print(f"faiss-cpu {faiss.__version__} ({faiss.get_compile_options().strip()}), numpy {numpy.__version__}, "
       f"python {platform.python_version()}, $("$PKV" --version 2>/dev/null || echo "pkv ?"), threads $THREADS each")
 PY
-echo "dump: $DUMP ($keys_label); ${PKV_BENCH_ITERS:-25} Lloyd iterations, ${PKV_BENCH_SEEDS:-3} seeds, no subsampling"
+echo "dump: $DUMP ($keys_label); ${PKV_BENCH_ITERS:-25} Lloyd iterations, ${PKV_BENCH_SEEDS:-3} seeds" \
+  "(${PKV_BENCH_SEEDS_CHEAP:-10} for runs of <= 2e10 flops), no subsampling, random init"
 
 OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" "$VENV/bin/python" "$ROOT/bench/kmeans_cpu_vs_faiss.py" \
   --driver "$DRIVER" --work "$WORK" --keys "$WORK/keys.f32" --keys-label "$keys_label" \
-  --iters "${PKV_BENCH_ITERS:-25}" --seeds "${PKV_BENCH_SEEDS:-3}" --threads "$THREADS" \
+  --iters "${PKV_BENCH_ITERS:-25}" --seeds "${PKV_BENCH_SEEDS:-3}" --seeds-cheap "${PKV_BENCH_SEEDS_CHEAP:-10}" \
+  --threads "$THREADS" \
   --k "${PKV_BENCH_K:-16,256,1024}" --synthetic-n "${PKV_BENCH_N:-100000,1000000}" \
   ${PKV_BENCH_JSON:+--json "$PKV_BENCH_JSON"}
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

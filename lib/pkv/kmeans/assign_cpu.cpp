@@ -32,11 +32,22 @@ void check_shapes(const char* who, int64_t n, int d, int k) {
 constexpr int64_t kParallelMinValues = int64_t{1} << 20;   // coordinates summed
 constexpr int64_t kParallelMinFlops = int64_t{1} << 24;    // n * k * d of one assignment
 
+// Rows per block of the Eigen GEMM path.
 int64_t auto_block_rows(int k) {
     // About 1 MiB of float scores per thread keeps the tile in L2 while the GEMM
     // still has enough rows to amortise packing the centroids.
     const int64_t rows = (int64_t{1} << 18) / std::max(k, 1);
     return std::clamp<int64_t>(rows / 16 * 16, 64, 4096);
+}
+
+// Rows per parallel block of the fused kernel: enough to amortise a block's setup,
+// small enough that two threads on a loaded machine still balance.
+constexpr int64_t kFusedBlockRows = 1536;
+
+void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids,
+                      const int32_t* labels, float* dist2) {
+    for (int64_t i = row0; i < row0 + rows; ++i)
+        dist2[i] = detail::exact_dist2(x + i * d, centroids + int64_t{labels[i]} * d, d);
 }
 
 }  // namespace
@@ -50,20 +61,6 @@ void KMeansAssigner::assign_accumulate(const float* x, int64_t n, int d, const f
 CpuAssigner::CpuAssigner(int64_t block_rows) : block_rows_(block_rows) {
     PKV_CHECK(block_rows >= 0, invalid_argument, "cpu assigner: expected block_rows >= 0, got {}", block_rows);
 }
-
-namespace {
-
-void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids,
-                      const int32_t* labels, float* dist2) {
-    for (int64_t i = row0; i < row0 + rows; ++i)
-        dist2[i] = detail::exact_dist2(x + i * d, centroids + int64_t{labels[i]} * d, d);
-}
-
-// Rows per parallel block of the fused kernel: enough to amortise a block's setup,
-// small enough that two threads on a loaded machine still balance.
-constexpr int64_t kFusedBlockRows = 1536;
-
-}  // namespace
 
 namespace detail {
 

@@ -116,14 +116,14 @@ void rows_against_panels(const float* x, int d, const PackedCentroids& c, int p0
         micro_tile<R>(x, d, c.panels.data() + p * panel_floats, c.norm2.data() + p * kLanes, p * kLanes, best, idx);
 }
 
-// The next micro-tile's points, [from, end) clipped to 6 rows, into L1 while the
+// The next micro-tile's points (n_rows <= 6 rows from `from`) into L1 while the
 // current one computes. With few centroids a micro-tile is only a few hundred cycles
 // of FMAs per point row, and the hardware prefetchers, which see 6 interleaved
 // streams of broadcasts, fall behind DRAM latency; at d = 128, k = 16 this was the
 // difference between streaming and stalling.
-inline void prefetch_rows(const float* from, const float* end, int d) {
+inline void prefetch_rows(const float* from, int64_t n_rows, int d) {
     const char* p = reinterpret_cast<const char*>(from);
-    const char* stop = reinterpret_cast<const char*>(std::min(end, from + int64_t{kRowTile} * d));
+    const char* stop = reinterpret_cast<const char*>(from + n_rows * d);
     for (; p < stop; p += 64) _mm_prefetch(p, _MM_HINT_T0);
 }
 
@@ -146,7 +146,8 @@ void fused_argmin(const float* x, int64_t rows, const PackedCentroids& c, const 
             const int p1 = std::min(c.n_panels, p0 + chunk);
             int64_t i = 0;
             for (; i + kRowTile <= rb; i += kRowTile) {
-                if (p0 == 0) prefetch_rows(x + (r0 + i + kRowTile) * d, x + rows * d, d);
+                const int64_t next = r0 + i + kRowTile;
+                if (p0 == 0 && next < rows) prefetch_rows(x + next * d, std::min<int64_t>(kRowTile, rows - next), d);
                 rows_against_panels<kRowTile>(xb + i * d, d, c, p0, p1, best + i, idx + i);
             }
             switch (rb - i) {
