@@ -1,5 +1,5 @@
-// pkv/kmeans/assign_cpu.cpp — CPU assignment (GEMM and scalar reference) and the
-// centroid-sum accumulation shared by all assigners.
+// pkv/kmeans/assign_cpu.cpp — CPU assignment (fused AVX2 kernel, Eigen GEMM fallback,
+// scalar reference) and the centroid-sum accumulation shared by all assigners.
 #include "pkv/kmeans/assigner.h"
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #endif
 
 #include "pkv/core/error.h"
+#include "pkv/kmeans/assign_cpu_fused.h"
 
 namespace pkv {
 
@@ -19,7 +20,6 @@ namespace {
 
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMapF = Eigen::Map<const RowMatrixF>;
-using ConstVecMapF = Eigen::Map<const Eigen::VectorXf>;
 
 void check_shapes(const char* who, int64_t n, int d, int k) {
     PKV_CHECK(n >= 0, invalid_argument, "{}: expected n >= 0, got {}", who, n);
@@ -32,11 +32,22 @@ void check_shapes(const char* who, int64_t n, int d, int k) {
 constexpr int64_t kParallelMinValues = int64_t{1} << 20;   // coordinates summed
 constexpr int64_t kParallelMinFlops = int64_t{1} << 24;    // n * k * d of one assignment
 
+// Rows per block of the Eigen GEMM path.
 int64_t auto_block_rows(int k) {
     // About 1 MiB of float scores per thread keeps the tile in L2 while the GEMM
     // still has enough rows to amortise packing the centroids.
     const int64_t rows = (int64_t{1} << 18) / std::max(k, 1);
     return std::clamp<int64_t>(rows / 16 * 16, 64, 4096);
+}
+
+// Rows per parallel block of the fused kernel: enough to amortise a block's setup,
+// small enough that two threads on a loaded machine still balance.
+constexpr int64_t kFusedBlockRows = 1536;
+
+void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids,
+                      const int32_t* labels, float* dist2) {
+    for (int64_t i = row0; i < row0 + rows; ++i)
+        dist2[i] = detail::exact_dist2(x + i * d, centroids + int64_t{labels[i]} * d, d);
 }
 
 }  // namespace
@@ -51,13 +62,26 @@ CpuAssigner::CpuAssigner(int64_t block_rows) : block_rows_(block_rows) {
     PKV_CHECK(block_rows >= 0, invalid_argument, "cpu assigner: expected block_rows >= 0, got {}", block_rows);
 }
 
-void CpuAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                         float* dist2) {
-    check_shapes("cpu assigner", n, d, k);
-    if (n == 0) return;
+namespace detail {
+
+void assign_cpu_fused(const float* x, int64_t n, int d, const float* centroids, int k, int64_t block_rows,
+                      int32_t* labels, float* dist2) {
+    const PackedCentroids packed = pack_centroids(centroids, k, d);
+    const int64_t block = block_rows > 0 ? block_rows : kFusedBlockRows;
+    const int64_t n_blocks = (n + block - 1) / block;
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && n * k * d >= kParallelMinFlops)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t row0 = b * block;
+        const int64_t rows = std::min(block, n - row0);
+        fused_argmin(x + row0 * d, rows, packed, centroids, labels + row0, dist2 + row0);
+    }
+}
+
+void assign_cpu_gemm(const float* x, int64_t n, int d, const float* centroids, int k, int64_t block_rows,
+                     int32_t* labels, float* dist2) {
     const ConstRowMapF C(centroids, k, d);
     const Eigen::VectorXf c_norm2 = C.rowwise().squaredNorm();
-    const int64_t block = block_rows_ > 0 ? block_rows_ : auto_block_rows(k);
+    const int64_t block = block_rows > 0 ? block_rows : auto_block_rows(k);
     const int64_t n_blocks = (n + block - 1) / block;
 
 #pragma omp parallel if (n_blocks > 1 && n * k * d >= kParallelMinFlops)
@@ -84,13 +108,23 @@ void CpuAssigner::assign(const float* x, int64_t n, int d, const float* centroid
                         best = j;
                     }
                 }
-                const int64_t i = row0 + r;
-                labels[i] = best;
-                dist2[i] = (ConstVecMapF(x + i * d, d) - ConstVecMapF(centroids + int64_t{best} * d, d))
-                               .squaredNorm();
+                labels[row0 + r] = best;
             }
+            exact_dist2_rows(x, row0, rows, d, centroids, labels, dist2);
         }
     }
+}
+
+}  // namespace detail
+
+void CpuAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                         float* dist2) {
+    check_shapes("cpu assigner", n, d, k);
+    if (n == 0) return;
+    if (detail::fused_assign_available())
+        detail::assign_cpu_fused(x, n, d, centroids, k, block_rows_, labels, dist2);
+    else
+        detail::assign_cpu_gemm(x, n, d, centroids, k, block_rows_, labels, dist2);
 }
 
 void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
