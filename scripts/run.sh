@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main job, end to end on the default model and text: installs
 # dependencies, fetches SmolLM2-135M-Instruct (Q4_1) and the fortunes text, builds
-# pkv, dumps the KV cache of 8192 tokens, validates the dump, and analyzes it
-# (fp16, KIVI, PatternKV at 2 and 4 bits, q4_0, q8_0, fp8), printing the summary
-# table and writing out/report.json and out/report.html.
+# pkv, dumps the KV cache of 8192 tokens, validates the dump, calibrates a pattern
+# table from it (out/table.safetensors, with held-out statistics; exported to GGUF),
+# and analyzes the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0,
+# q8_0, fp8), printing the summary tables and writing out/report.json and
+# out/report.html.
 # Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +21,9 @@ PKV="$BUILD/apps/pkv"
   --tokens "${PKV_TOKENS:-8192}" --ctx "${PKV_CTX:-1024}" --out "$OUT_DIR/dump.h5" --force
 "$PKV" validate "$OUT_DIR/dump.h5"
 "$PKV" info "$OUT_DIR/dump.h5"
+"$PKV" calibrate --dump "$OUT_DIR/dump.h5" --out "$OUT_DIR/table.safetensors" --device auto --force
+"$PKV" validate "$OUT_DIR/table.safetensors"
+"$PKV" export --table "$OUT_DIR/table.safetensors" --format gguf --out "$OUT_DIR/table.gguf" --force
 "$PKV" analyze --dump "$OUT_DIR/dump.h5" --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
-  --attn-stride 8 --json "$OUT_DIR/report.json" --html "$OUT_DIR/report.html" --force
+  --table "$OUT_DIR/table.safetensors" --attn-stride 8 --json "$OUT_DIR/report.json" --html "$OUT_DIR/report.html" --force
 echo "report: $OUT_DIR/report.html"
