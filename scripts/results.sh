@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduces docs/results.md: a pattern table calibrated on prose (fortunes) and
+# evaluated on C code (glibc headers from /usr/include) next to KIVI, online
+# PatternKV, q4_0 with and without Hadamard rotation, and q8_0, at 2 and 4 bits.
+# Outputs go to $PKV_OUT_DIR (default out/results/). Takes about 20 minutes on 2 cores.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
+DATA="${PKV_DATA_DIR:-$ROOT/data}"
+OUT="${PKV_OUT_DIR:-$ROOT/out/results}"
+PKV="$BUILD/apps/pkv"
+MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -x "$PKV" ] && [ -f "$MODEL" ] || { echo "run scripts/build.sh and scripts/fetch-data.sh first" >&2; exit 1; }
+mkdir -p "$OUT"
+cd "$OUT"
+# The evaluation text: C declarations and comments, a domain the prose table never saw.
+cat /usr/include/stdio.h /usr/include/stdlib.h /usr/include/string.h /usr/include/unistd.h /usr/include/math.h \
+  /usr/include/signal.h /usr/include/time.h /usr/include/pthread.h >code.txt
+sha256sum code.txt
+"$PKV" dump --model "$MODEL" --text "$DATA/text/fortunes.txt" --tokens 8192 --ctx 1024 --capture k_post,v \
+  --out calib.h5 --force
+"$PKV" calibrate --dump calib.h5 --bits 2 --out table2.safetensors --force | tee cal2.md
+"$PKV" calibrate --dump calib.h5 --bits 4 --out table4.safetensors --force | tee cal4.md
+"$PKV" eval --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 \
+  --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table2.safetensors q4_0 q4_0:rot kivi:4 patternkv:4 \
+  patternkv-table:4:table4.safetensors q8_0 --json eval.json --md eval.md --force | tee eval.out
+"$PKV" dump --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 --out code.h5 --force
+"$PKV" analyze --dump code.h5 --methods kivi,patternkv --bits 2 --table table2.safetensors --attn-stride 8 \
+  --json analyze2.json --force | tee analyze2.md
