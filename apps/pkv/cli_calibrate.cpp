@@ -19,6 +19,7 @@ struct CalibrateArgs {
     std::string init = "kmeanspp";
     std::string layers;
     std::string device = "auto";
+    std::string fit = "mse";
 };
 
 void print_summary(const PatternTable& t) {
@@ -83,6 +84,10 @@ Command add_calibrate(CLI::App& root) {
         ->capture_default_str();
     app->add_option("--fit-tokens", c.fit_tokens, "training tokens per head used to fit clip ratios and gate")
         ->capture_default_str();
+    app->add_option("--fit", args->fit,
+                    "residual parameters: mse (fit clip ratios and gate z on the training tokens) or none (clip 1, "
+                    "the paper's z)")
+        ->capture_default_str();
     app->add_flag("--force,-f", c.force, "overwrite an existing table");
     for (auto* opt : app->get_options())
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -98,6 +103,9 @@ Command add_calibrate(CLI::App& root) {
                 PKV_CHECK(args->init == "kmeanspp" || args->init == "random", invalid_argument,
                           "--init: expected kmeanspp or random, got '{}'", args->init);
                 cfg.init = args->init == "random" ? KMeansInit::random : KMeansInit::kmeanspp;
+                PKV_CHECK(args->fit == "mse" || args->fit == "none", invalid_argument,
+                          "--fit: expected mse or none, got '{}'", args->fit);
+                cfg.fit = args->fit == "mse";
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
                           "{}: exists (use --force to overwrite)", cfg.out_path);

@@ -177,7 +177,11 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
     assign_patterns(pool.hold.data(), pool.n_hold(), D, patterns, M, c.assign_l2, hl.data());
     nlohmann::json held;
     if (!is_value) {
-        const KeyFit fit = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        KeyFit fit = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        if (!c.fit) {
+            fit.clip = 1.0f;
+            fit.at_fit = fit.at_default;
+        }
         out.clip = fit.clip;
         j["clip"] = fit.clip;
         j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
@@ -194,7 +198,12 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
         held["nmse_fitted"] = nmse_or_null(e);
         held["tokens"] = e.tokens;
     } else {
-        const ValueFit fit = fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        ValueFit fit = fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
+        if (!c.fit) {
+            fit.clip = 1.0f;
+            fit.gate_z = ptable::kDefaultGateZ;
+            fit.at_fit = fit.at_default;
+        }
         out.clip = fit.clip;
         out.gate_z = fit.gate_z;
         j["clip"] = fit.clip;
@@ -411,7 +420,11 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
                        {"restarts", c.restarts},
                        {"max_points_per_centroid", c.max_points_per_centroid},
                        {"seconds", kmeans_seconds}}},
-                     {"fit", {{"tokens_per_head", c.fit_tokens}, {"clip_grid", clip_grid()}, {"gate_z_grid", gate_z_grid()}}},
+                     {"fit",
+                      {{"method", c.fit ? "mse" : "none"},
+                       {"tokens_per_head", c.fit_tokens},
+                       {"clip_grid", clip_grid()},
+                       {"gate_z_grid", gate_z_grid()}}},
                      {"seconds", seconds},
                      {"heads", heads}};
     write_pattern_table(t, c.out_path, c.force);

@@ -51,6 +51,7 @@ struct CalibrateConfig {
     int restarts = 1;
     int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
     int64_t fit_tokens = 65536;        ///< training tokens per head used by the parameter fit (whole sequences)
+    bool fit = true;                   ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
     int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
     std::string device = "cpu";        ///< recorded: what the assigner runs on
     std::vector<std::string> argv;     ///< recorded as provenance
