@@ -11,6 +11,7 @@
 #include "support/scratch_dir.h"
 #include "support/tiny_model.h"
 #include "catch.h"
+#include "pkv/tokenizer/tokenizer.h"
 
 using namespace pkv;
 
@@ -64,6 +65,7 @@ std::string error_of(const EvalConfig& c) {
 }  // namespace
 
 TEST_CASE("eval: fp16 reference and methods on a tiny model", "[eval][run]") {
+    if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
     Fixture fx;
     const nlohmann::json r = run_eval(fx.config({"fp16", "kivi:8:g8:w16", "kivi:2:g8:w16", "q8_0", "q4_0:rot"}));
     CHECK(r["format"] == "pkv.eval_report");
@@ -114,6 +116,7 @@ TEST_CASE("eval: fp16 reference and methods on a tiny model", "[eval][run]") {
 }
 
 TEST_CASE("eval: keep-fp16 layers and the seed", "[eval][run]") {
+    if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
     Fixture fx;
     EvalConfig c = fx.config({"kivi:2:g8:w16"});
     c.keep_fp16_layers = {0, 1};
@@ -127,6 +130,7 @@ TEST_CASE("eval: keep-fp16 layers and the seed", "[eval][run]") {
 }
 
 TEST_CASE("eval: bad input", "[eval][run]") {
+    if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
     Fixture fx;
     EvalConfig c = fx.config({"fp16"});
     c.ctx = 256;
