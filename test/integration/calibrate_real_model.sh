@@ -84,13 +84,15 @@ PY
 if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$WORK/code.txt" --tokens 512 --ctx 512 \
      --kv fp16 kivi:2 patternkv:2 "patternkv-table:2:$TABLE" --json "$WORK/eval.json" >"$WORK/eval.md" 2>"$WORK/eval.err"; then
   cat "$WORK/eval.md"
-  /usr/bin/python3 - "$WORK/eval.json" <<'PY' && pass "eval runs patternkv-table; its KL is below kivi:2's" ||
+  /usr/bin/python3 - "$WORK/eval.json" <<'PY' && pass "eval runs patternkv-table: lower perplexity than kivi:2 at fewer bits than patternkv:2" ||
 import json, sys
 rows = {m["label"]: m for m in json.load(open(sys.argv[1]))["methods"]}
 t = next(v for k, v in rows.items() if k.startswith("patternkv-table"))
-k = rows["kivi:2"]
-print(f"eval on code: mean KL patternkv-table {t['kl_mean']:.4e}, kivi:2 {k['kl_mean']:.4e}")
-sys.exit(0 if t["kl_mean"] < k["kl_mean"] else 1)
+k, p = rows["kivi:2"], rows["patternkv:2"]
+print(f"eval on code: PPL table {t['ppl']:.3f}, kivi:2 {k['ppl']:.3f}, patternkv:2 {p['ppl']:.3f}; "
+      f"mean KL table {t['kl_mean']:.4e}, kivi:2 {k['kl_mean']:.4e}; bits table {t['bits_per_element']:.2f}, "
+      f"patternkv:2 {p['bits_per_element']:.2f}")
+sys.exit(0 if t["ppl"] < k["ppl"] and t["bits_per_element"] < p["bits_per_element"] else 1)
 PY
     failed "patternkv-table eval check"
 else
