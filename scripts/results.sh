@@ -2,13 +2,13 @@
 # Reproduces docs/results.md: a pattern table calibrated on prose (fortunes) and
 # evaluated on C code (glibc headers from /usr/include) next to KIVI, online
 # PatternKV, q4_0 with and without Hadamard rotation, and q8_0, at 2 and 4 bits.
-# Outputs go to $PKV_OUT_DIR (default out/results/). Takes about 20 minutes on 2 cores.
+# Outputs go to $PKV_OUT_DIR (default out/results/). Takes about 30 minutes on 2 cores.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
 OUT="${PKV_OUT_DIR:-$ROOT/out/results}"
-PKV="$BUILD/apps/pkv"
+PKV="${PKV_BIN:-$BUILD/apps/pkv}"
 MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -x "$PKV" ] && [ -f "$MODEL" ] || { echo "run scripts/build.sh and scripts/fetch-data.sh first" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -27,3 +27,13 @@ sha256sum code.txt
 "$PKV" dump --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 --out code.h5 --force
 "$PKV" analyze --dump code.h5 --methods kivi,patternkv --bits 2 --table table2.safetensors --attn-stride 8 \
   --json analyze2.json --force | tee analyze2.md
+# Ablations: the table without the fitted parameters, and pre-RoPE keys.
+"$PKV" calibrate --dump calib.h5 --bits 2 --fit none --out table2-nofit.safetensors --force | tee cal2-nofit.md
+"$PKV" eval --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 --kv fp16 patternkv-table:2:table2-nofit.safetensors \
+  --json eval-nofit.json --md eval-nofit.md --force | tee eval-nofit.out
+"$PKV" dump --model "$MODEL" --text "$DATA/text/fortunes.txt" --tokens 8192 --ctx 1024 --capture k_pre,v \
+  --out calib-pre.h5 --force
+"$PKV" calibrate --dump calib-pre.h5 --keys pre --bits 2 --out table2-pre.safetensors --force | tee cal2-pre.md
+"$PKV" eval --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 \
+  --kv fp16 patternkv-table:2:pre:table2-pre.safetensors kivi:2:pre patternkv:2:pre --json eval-pre.json --md eval-pre.md \
+  --force | tee eval-pre.out
