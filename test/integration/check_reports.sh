@@ -58,7 +58,7 @@ assert fails[0].get("message").startswith("k.nmse: regression"), fails[0].attrib
 PY
 
 expect_fail "another method set exits 2" \
-  "r_other.json vs .*base.json: method sets differ: base has kivi:2, report has not; report has q8_0:2, base has not" \
+  "r_other.json vs .*base.json: method sets differ: base has kivi:2, report has not; report has q8_0:8, base has not" \
   "$PKV_BIN" check --report "$WORK/r_other.json" --baseline "$WORK/base.json"
 "$PKV_BIN" check --report "$WORK/r_other.json" --baseline "$WORK/base.json" >/dev/null 2>&1
 [ $? -eq 2 ] && pass "method-set mismatch: exit status 2" || failed "method-set mismatch: exit status not 2"

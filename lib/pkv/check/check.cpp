@@ -160,7 +160,8 @@ void extract_eval(const json& j, Extract& x) {
     const json& model = need(j, "model", x.path, "top level");
     x.model_name = need_string(model, "name", x.path, "model");
     x.model_sha = need_string(model, "sha256", x.path, "model");
-    if (j.contains("reference")) add_eval_group(j["reference"], need_string(j["reference"], "label", x.path, "reference"), x);
+    if (j.contains("reference"))
+        add_eval_group(j["reference"], need_string(j["reference"], "label", x.path, "reference"), x);
     const json& methods = need(j, "methods", x.path, "top level");
     PKV_CHECK(methods.is_array(), invalid_argument, "{}: 'methods' must be an array", x.path);
     for (size_t i = 0; i < methods.size(); ++i) {

@@ -133,7 +133,8 @@ TEST_CASE("check: one head's k nmse 20% worse is a regression naming layer, head
     Files f;
     json rep = analyze_report();
     for (auto& r : rep["results"])
-        if (r["layer"] == 1 && r["kv_head"] == 0 && r["method"] == "kivi") r["k"]["nmse"] = r["k"]["nmse"].get<double>() * 1.2;
+        if (r["layer"] == 1 && r["kv_head"] == 0 && r["method"] == "kivi")
+            r["k"]["nmse"] = r["k"]["nmse"].get<double>() * 1.2;
     const CheckResult r = f.check(rep, analyze_report());
     CHECK(r.exit_code() == 1);
     CHECK(r.regressions == 1);
