@@ -29,5 +29,6 @@ Command add_analyze(CLI::App& root);
 Command add_calibrate(CLI::App& root);
 Command add_export(CLI::App& root);
 Command add_eval(CLI::App& root);
+Command add_check(CLI::App& root);
 
 }  // namespace pkv::cli
