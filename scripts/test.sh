@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, fetches the default model and
 # text, builds everything and runs every test (unit, integration on the real model,
-# Python cross-checks). GPU tests skip, and say so, on machines without a GPU.
+# Python cross-checks), then the end-to-end regression job (scripts/e2e-check.sh).
+# GPU tests skip, and say so, on machines without a GPU.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
 bash "$ROOT/scripts/install-deps.sh"
 bash "$ROOT/scripts/fetch-data.sh"
 bash "$ROOT/scripts/build.sh"
-cd "$BUILD"
-ctest --output-on-failure -j "$(nproc)" "$@"
+(cd "$BUILD" && ctest --output-on-failure -j "$(nproc)" "$@")
+# The regression gate: a small end-to-end run on the default model checked against
+# the committed baselines (test/baselines/) by `pkv check`.
+PKV_BUILD_DIR="$BUILD" bash "$ROOT/scripts/e2e-check.sh"
