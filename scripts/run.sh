@@ -4,7 +4,7 @@
 # pkv, dumps the KV cache of 8192 tokens, validates the dump, calibrates a pattern
 # table from it (out/table.safetensors, with held-out statistics; exported to GGUF),
 # evaluates perplexity with quantized KV caches (out/eval.md: fp16, KIVI, PatternKV,
-# the table and rotated q4_0 at 2048 tokens), and analyzes the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0,
+# the table and rotated q4_0 on 2048 tokens at the dump's context), and analyzes the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0,
 # q8_0, fp8), printing the summary tables and writing out/report.json and
 # out/report.html.
 # Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/).
@@ -26,7 +26,7 @@ PKV="$BUILD/apps/pkv"
 "$PKV" validate "$OUT_DIR/table.safetensors"
 "$PKV" export --table "$OUT_DIR/table.safetensors" --format gguf --out "$OUT_DIR/table.gguf" --force
 "$PKV" eval --model "$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$DATA/text/fortunes.txt" --tokens 2048 \
-  --ctx 2048 --kv fp16 kivi:2 patternkv:2 "patternkv-table:2:$OUT_DIR/table.safetensors" q4_0:rot \
+  --ctx "${PKV_CTX:-1024}" --kv fp16 kivi:2 patternkv:2 "patternkv-table:2:$OUT_DIR/table.safetensors" q4_0:rot \
   --json "$OUT_DIR/eval.json" --md "$OUT_DIR/eval.md" --force
 "$PKV" analyze --dump "$OUT_DIR/dump.h5" --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
   --table "$OUT_DIR/table.safetensors" --attn-stride 8 --json "$OUT_DIR/report.json" --html "$OUT_DIR/report.html" --force
