@@ -25,13 +25,7 @@ struct AnalyzeArgs {
     bool force = false;
 };
 
-void write_text(AtomicOutput& out, const std::string& text) {
-    std::ofstream f(out.temp_path(), std::ios::binary);
-    f << text;
-    f.close();
-    PKV_CHECK(f.good(), io, "{}: cannot write", out.path());
-    out.commit();
-}
+void write_text(AtomicOutput& out, const std::string& text) { out.write_and_commit(text.data(), text.size()); }
 }  // namespace
 
 Command add_analyze(CLI::App& root) {

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 
 #include "pkv/core/error.h"
 
@@ -76,6 +77,17 @@ AtomicOutput::AtomicOutput(std::string path, bool force) : path_(std::move(path)
 AtomicOutput::~AtomicOutput() {
     if (!committed_) unlink(temp_.c_str());
     if (slot_ >= 0) g_slot_used[slot_].store(false);
+}
+
+void AtomicOutput::write_and_commit(const void* data, size_t size) {
+    {
+        std::ofstream f(temp_, std::ios::binary | std::ios::trunc);
+        PKV_CHECK(f, io, "{}: cannot create '{}': {}", path_, temp_, std::strerror(errno));
+        f.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+        f.flush();
+        PKV_CHECK(f, io, "{}: write failed: {}", path_, std::strerror(errno));
+    }
+    commit();
 }
 
 void AtomicOutput::commit() {

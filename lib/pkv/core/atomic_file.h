@@ -7,6 +7,7 @@
 // only the hidden temporary can remain, never a half-written final file.)
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 namespace pkv {
@@ -25,6 +26,9 @@ public:
     const std::string& path() const { return path_; }
     /// fsyncs the temporary and renames it to path(); throws io on failure.
     void commit();
+    /// Writes `size` bytes as the whole temporary file, then commit(); throws io
+    /// naming path() when the file cannot be created or written.
+    void write_and_commit(const void* data, size_t size);
     bool committed() const { return committed_; }
 
 private:

@@ -124,14 +124,7 @@ uint64_t file_bytes(const std::string& path) {
 
 void write_bytes_atomic(const std::string& path, const std::vector<uint8_t>& bytes, bool force) {
     AtomicOutput out(path, force);
-    {
-        std::ofstream f(out.temp_path(), std::ios::binary | std::ios::trunc);
-        PKV_CHECK(f, io, "{}: cannot create '{}': {}", path, out.temp_path(), std::strerror(errno));
-        f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        f.flush();
-        PKV_CHECK(f, io, "{}: write failed: {}", path, std::strerror(errno));
-    }
-    out.commit();
+    out.write_and_commit(bytes.data(), bytes.size());
 }
 
 // Indented metadata, one line per tensor: readable, and far shorter than one number per line.

@@ -125,14 +125,7 @@ std::vector<uint8_t> SafetensorsWriter::encode() const {
 void SafetensorsWriter::write(const std::string& path, bool force) const {
     const std::vector<uint8_t> bytes = encode();
     AtomicOutput out(path, force);
-    {
-        std::ofstream f(out.temp_path(), std::ios::binary | std::ios::trunc);
-        PKV_CHECK(f, io, "{}: cannot create '{}': {}", path, out.temp_path(), std::strerror(errno));
-        f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        f.flush();
-        PKV_CHECK(f, io, "{}: write failed: {}", path, std::strerror(errno));
-    }
-    out.commit();
+    out.write_and_commit(bytes.data(), bytes.size());
 }
 
 // ---------------------------------------------------------------------------- reader
