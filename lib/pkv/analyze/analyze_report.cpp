@@ -80,13 +80,8 @@ json build_report(const ReportInputs& in) {
     json report;
     report["format"] = "pkv.analyze_report";
     report["format_version"] = "1.0";
-    report["provenance"] = {{"tool", "pkv"},
-                            {"version", PKV_VERSION},
-                            {"commit", PKV_GIT_COMMIT},
-                            {"command", "analyze"},
-                            {"argv", c.argv},
-                            {"created_utc", utc_timestamp()},
-                            {"dump", {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}}}};
+    report["provenance"] = provenance_json("analyze", c.argv);
+    report["provenance"]["dump"] = {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
     json methods = json::array();
     for (KvMethod m : c.methods) methods.push_back(kv_method_name(m));
     report["settings"] = {{"methods", methods},

@@ -190,13 +190,8 @@ nlohmann::json run_eval(const EvalConfig& c) {
     nlohmann::json report;
     report["format"] = "pkv.eval_report";
     report["version"] = "1.0";
-    report["provenance"] = {
-        {"tool", "pkv"},
-        {"version", PKV_VERSION},
-        {"commit", PKV_GIT_COMMIT},
-        {"command", "eval"},
-        {"argv", c.argv},
-        {"created_utc", utc_timestamp()},
+    report["provenance"] = provenance_json("eval", c.argv);
+    report["provenance"].update({
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
         {"settings",
@@ -207,7 +202,7 @@ nlohmann::json run_eval(const EvalConfig& c) {
           {"keep_fp16_layers", c.keep_fp16_layers},
           {"seed", c.seed},
           {"kv", c.kv}}},
-    };
+    });
     report["model"] = model_json(hp, *file, c.model_path, model_sha);
     report["run"] = {{"n_tokens", T},
                      {"n_sequences", n_seq},

@@ -128,19 +128,14 @@ DumpSummary run_dump(const DumpConfig& c) {
     const std::string model_sha = sha256_file(c.model_path);
     header.model = model_json(hp, *file, c.model_path, model_sha);
     header.sources = sources;
-    header.provenance = {
-        {"tool", "pkv"},
-        {"version", PKV_VERSION},
-        {"commit", PKV_GIT_COMMIT},
-        {"command", "dump"},
-        {"argv", c.argv},
-        {"created_utc", utc_timestamp()},
+    header.provenance = provenance_json("dump", c.argv);
+    header.provenance.update({
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
         {"settings",
          {{"tokens", T}, {"ctx", c.ctx}, {"capture", c.capture.to_string()}, {"layers", layers},
           {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", vocab_from_gguf(*file).add_bos}}},
-    };
+    });
 
     try {
         return write_dump(c, header, hp, model, stream, layers, out, file->file_size(), t_start);

@@ -2,6 +2,7 @@
 
 #include <ctime>
 
+#include "pkv/core/version.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
 
@@ -48,6 +49,11 @@ std::string utc_timestamp() {
     char buf[32];
     std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
     return buf;
+}
+
+nlohmann::json provenance_json(const std::string& command, const std::vector<std::string>& argv) {
+    return {{"tool", "pkv"},    {"version", PKV_VERSION}, {"commit", PKV_GIT_COMMIT},
+            {"command", command}, {"argv", argv},         {"created_utc", utc_timestamp()}};
 }
 
 }  // namespace pkv

@@ -20,6 +20,9 @@ nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const st
                           const std::string& sha256);
 /// The current time as "2026-11-29T05:00:00Z" (UTC, seconds).
 std::string utc_timestamp();
+/// The fields every command's provenance record starts with: tool, version, commit,
+/// command, argv and created_utc (now). Callers add what is specific to them.
+nlohmann::json provenance_json(const std::string& command, const std::vector<std::string>& argv);
 /// [{path, sha256, bytes, tokens}, ...]
 nlohmann::json sources_json(const std::vector<TextSource>& sources);
 
