@@ -4,12 +4,14 @@
 // read of the points per iteration at 4.3e12 B/s) and the CPU assigner timed on a
 // subsample and scaled to n.
 // Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n] [--csv] [--precisions fp16,...]
+//          [--ks 16,256,1024] [--both-sums]
 //        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
 //   defaults: 10000000 3 200000 (cpu_n = 0 skips the CPU column); --model: a whole
 //   model's calibration shape, 90 problems (SmolLM2-135M: 30 layers x 3 KV heads) x
 //   100000 tokens x d = 64, k = 32 and 256, 30 iterations through kmeans_batch (fp16).
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
-// bench/kmeans_gpu_vs_torch.sh.
+// bench/kmeans_gpu_vs_torch.sh. --both-sums adds rows with onehot_sums off (the
+// shared-memory fixed-point kernel) next to the default, for k <= 128.
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
@@ -118,13 +120,28 @@ int main(int argc, char** argv) {
         std::printf("no CUDA device\n");
         return 0;
     }
-    bool csv = false, model = false;
+    bool csv = false, model = false, both = false;
+    std::vector<int> ks = {16, 256, 1024};
     std::vector<std::string> pos;
     std::vector<pkv::cuda::InputPrecision> precs = {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
                                                     pkv::cuda::InputPrecision::fp32};
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--csv")) csv = true;
         else if (!std::strcmp(argv[i], "--model")) model = true;
+        else if (!std::strcmp(argv[i], "--both-sums")) both = true;
+        else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
+            ks.clear();
+            for (const char* p = argv[++i]; *p;) {
+                char* end = nullptr;
+                const long v = std::strtol(p, &end, 10);
+                if (end == p || v < 1) {
+                    std::fprintf(stderr, "--ks: expected a comma-separated list of k >= 1, got '%s'\n", argv[i]);
+                    return 2;
+                }
+                ks.push_back(static_cast<int>(v));
+                p = *end == ',' ? end + 1 : end;
+            }
+        }
         else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
             precs.clear();
             const std::string list = argv[++i];
@@ -153,7 +170,6 @@ int main(int argc, char** argv) {
 
     // CPU assigner (assign + double sums) on the first cpu_n points, scaled by n / cpu_n.
     std::map<int, double> cpu_scaled_s;
-    const int ks[] = {16, 256, 1024};
     for (int k : ks) {
         if (cpu_n <= 0) break;
         std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
@@ -168,13 +184,16 @@ int main(int argc, char** argv) {
         cpu_scaled_s[k] = seconds_since(t0) * static_cast<double>(n) / static_cast<double>(cpu_n);
     }
 
-    std::printf("\n%5s %5s %4s %11s %11s %10s %10s %8s %9s %14s\n", "input", "k", "TC", "device ms", "iter ms",
+    std::printf("\n%5s %5s %-10s %11s %11s %10s %10s %8s %9s %14s\n", "input", "k", "kernel", "device ms", "iter ms",
                 "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
-    std::printf("%5s %5s %4s %11s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(wall)", "(host)", "ms",
+    std::printf("%5s %5s %-10s %11s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(wall)", "(host)", "ms",
                 "iter/flr", "(iter)", "");
-    for (const auto prec : precs) {
+    for (const auto prec : precs)
+      for (const bool onehot : {true, false}) {
+        if (!onehot && !both) continue;
         pkv::cuda::CudaAssignerOptions opt;
         opt.precision = prec;
+        opt.onehot_sums = onehot;
         pkv::cuda::CudaAssigner gpu(opt);
         const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
         t0 = std::chrono::steady_clock::now();
@@ -182,6 +201,7 @@ int main(int argc, char** argv) {
         const double upload_s = seconds_since(t0);
         const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
         for (int k : ks) {
+            if (!onehot && k > 128) continue;  // the same kernel as the default row
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));
@@ -207,12 +227,12 @@ int main(int argc, char** argv) {
             upd_ms /= iters;
             const double tflops = 2.0 * static_cast<double>(n) * k * d / (iter_ms * 1e-3) * 1e-12;
             const double cpu_s = cpu_scaled_s.count(k) ? cpu_scaled_s[k] : 0.0;
-            std::printf("%5s %5d %4s %11.3f %11.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
-                        pkv::cuda::input_precision_name(prec), k, gpu.last_timing().tensor_cores ? "yes" : "no",
-                        dev_ms, iter_ms, upd_ms, floor_ms, iter_ms / floor_ms, tflops, cpu_s);
+            std::printf("%5s %5d %-10s %11.3f %11.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
+                        pkv::cuda::input_precision_name(prec), k, gpu.last_timing().kernel, dev_ms, iter_ms, upd_ms,
+                        floor_ms, iter_ms / floor_ms, tflops, cpu_s);
             if (csv)
-                std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f\n", pkv::cuda::input_precision_name(prec),
-                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms);
+                std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f,%s\n", pkv::cuda::input_precision_name(prec),
+                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms, gpu.last_timing().kernel);
             std::fflush(stdout);
         }
         std::printf("  (%s: %.2f GB resident on the device, upload %.2f s, streaming %s)\n",
@@ -222,7 +242,8 @@ int main(int argc, char** argv) {
     }
     std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
-                "labels stay on the device) plus the host centroid update. TC: tensor-core kernel.\n"
+                "labels stay on the device) plus the host centroid update. kernel: onehot (k <= 128, sums on\n"
+                "tensor cores), mma (shared-memory fixed-point sums), mma+sorted (sorted reduction), fma (fp32).\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
                 static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
     return 0;

@@ -306,19 +306,39 @@ __global__ void prep_centroids_kernel(const float* __restrict__ c32, int tasks, 
 }
 
 // One block per task: thread i adds slots i, i + 256, ... in order, then a fixed tree.
-__global__ void reduce_objective_kernel(const double* __restrict__ slots, const int64_t* __restrict__ slot0,
-                                        double* __restrict__ out) {
-    __shared__ double part[256];
-    const int task = blockIdx.x;
-    double v = 0.0;
-    for (int64_t i = slot0[task] + threadIdx.x; i < slot0[task + 1]; i += 256) v += slots[i];
+// Objective: chunks of kReduceChunk slots of a task summed by one block each (a fixed
+// tree), then each task's chunk sums by one block (the same tree).
+constexpr int kReduceChunk = 4096;
+
+__device__ double block_sum(double v, double* part) {
     part[threadIdx.x] = v;
     __syncthreads();
     for (int w = 128; w > 0; w >>= 1) {
         if (static_cast<int>(threadIdx.x) < w) part[threadIdx.x] += part[threadIdx.x + w];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[task] = part[0];
+    return part[0];
+}
+
+__global__ void reduce_chunks_kernel(const double* __restrict__ slots, const int64_t* __restrict__ slot0, int chunks,
+                                     double* __restrict__ out) {
+    __shared__ double part[256];
+    const int task = blockIdx.y;
+    const int64_t begin = slot0[task] + int64_t{blockIdx.x} * kReduceChunk;
+    const int64_t end = min(slot0[task + 1], begin + kReduceChunk);
+    double v = 0.0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += 256) v += slots[i];
+    const double s = block_sum(v, part);
+    if (threadIdx.x == 0) out[int64_t{task} * chunks + blockIdx.x] = s;
+}
+
+__global__ void reduce_tasks_kernel(const double* __restrict__ part_in, int chunks, double* __restrict__ out) {
+    __shared__ double part[256];
+    const int task = blockIdx.x;
+    double v = 0.0;
+    for (int i = threadIdx.x; i < chunks; i += 256) v += part_in[int64_t{task} * chunks + i];
+    const double s = block_sum(v, part);
+    if (threadIdx.x == 0) out[task] = s;
 }
 
 int grid_for(int64_t n) { return static_cast<int>(std::clamp<int64_t>((n + 255) / 256, 1, 4096)); }
@@ -379,10 +399,18 @@ void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, 
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, double* out,
-                             cudaStream_t stream) {
+int reduce_objective_chunks(int64_t max_slots) {
+    return static_cast<int>(std::max<int64_t>(1, (max_slots + kReduceChunk - 1) / kReduceChunk));
+}
+
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots,
+                             double* scratch, double* out, cudaStream_t stream) {
     if (tasks <= 0) return;
-    reduce_objective_kernel<<<tasks, 256, 0, stream>>>(slots, slot0, out);
+    const int chunks = reduce_objective_chunks(max_slots);
+    PKV_ASSERT(tasks <= 65535);
+    reduce_chunks_kernel<<<dim3(chunks, tasks), 256, 0, stream>>>(slots, slot0, chunks, scratch);
+    PKV_CUDA_CHECK(cudaGetLastError());
+    reduce_tasks_kernel<<<tasks, 256, 0, stream>>>(scratch, chunks, out);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -48,9 +48,15 @@ constexpr int kBlockRows = 256;
 /// [32 s, 32 s + 32) in a fixed order.
 void launch_tile_objective(const float* dist2, int64_t rows, double* out, cudaStream_t stream);
 
-/// out[t] = sum of slots[slot0[t] .. slot0[t + 1]) in a fixed tree order, per task t.
-void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, double* out,
-                             cudaStream_t stream);
+/// Doubles of scratch launch_reduce_objective needs per task when no task has more
+/// than max_slots slots.
+int reduce_objective_chunks(int64_t max_slots);
+
+/// out[t] = sum of slots[slot0[t] .. slot0[t + 1]) in a fixed tree order, per task t:
+/// chunks of 4096 slots in parallel into scratch [tasks * reduce_objective_chunks], then
+/// per task. max_slots >= the largest slot0[t + 1] - slot0[t].
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots,
+                             double* scratch, double* out, cudaStream_t stream);
 
 /// One piece of one data set against one task's centroids, in a batched launch.
 struct MmaSegment {
@@ -87,6 +93,23 @@ constexpr int kMmaMaxDim = 128;
 
 /// Launches the tensor-core kernel over all segments (d <= kMmaMaxDim).
 void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
+
+/// The largest k the one-hot kernel takes.
+constexpr int kOnehotMaxK = 128;
+
+/// True when the one-hot kernel (kmeans_mma_onehot.cu) takes (k, d): k <= kOnehotMaxK,
+/// 32 < d <= kMmaMaxDim, d a multiple of 8 (16-byte rows for cp.async).
+bool mma_onehot_ok(int k, int d);
+
+/// Tiles per group of the one-hot kernel's sums for k (a group's fp32 partials are
+/// flushed to the int64 sums once; more tiles, fewer device atomics).
+int onehot_group_tiles(int k);
+
+/// The one-hot kernel over all segments: labels, dist2, objective slots as
+/// launch_mma_assign; sums and counts (when set) from fp32 tensor-core partials per
+/// group of `group_tiles` tiles. Every segment's tile0 must be a multiple of
+/// group_tiles, and so must n_tiles (pad with empty tiles; they cost a check).
+void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
 /// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
 /// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;

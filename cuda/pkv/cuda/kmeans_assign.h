@@ -90,6 +90,10 @@ struct CudaAssignerOptions {
     /// s = 4 or 2). Larger data is streamed in chunks every pass; at least one point
     /// per chunk whatever the value. 0 picks the free device memory minus 1 GiB.
     size_t max_point_bytes = 0;
+    /// k <= 128 (d a multiple of 8, 32 < d <= 128): centroid sums as a one-hot matrix
+    /// product on tensor cores (fp32 partials per group of rows, see the file comment).
+    /// false: the shared-memory fixed-point kernel, exact (for comparison and tests).
+    bool onehot_sums = true;
 };
 
 /// Timing of the most recent assign()/assign_accumulate() call.
@@ -98,6 +102,8 @@ struct CudaPassTiming {
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
     int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
+    /// "onehot", "mma", "mma+sorted" (sums by the sorted reduction) or "fma".
+    const char* kernel = "";
 };
 
 /// The GPU assigner. Thread-compatible (one thread at a time), not copyable.

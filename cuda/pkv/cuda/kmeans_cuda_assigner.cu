@@ -96,7 +96,7 @@ struct CudaAssigner::Impl {
     float* pinned = nullptr;  // page-locked staging of the fp32 centroids
     size_t pinned_cap = 0;
     DeviceBuffer<unsigned long long> sums, counts;
-    DeviceBuffer<double> slots, objs;
+    DeviceBuffer<double> slots, objs, obj_scratch;
     DeviceBuffer<int64_t> slot0;
     DeviceBuffer<detail::MmaSegment> segs;
     DeviceBuffer<int32_t> out_labels;
@@ -157,8 +157,12 @@ struct CudaAssigner::Impl {
         const int64_t fit = static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
         streaming = total > fit;
         // Streamed chunks of whole tiles keep the objective's summation order of the
-        // resident pass.
-        chunk_rows = streaming ? (fit >= kTile ? fit / kTile * kTile : fit) : std::max<int64_t>(total, 1);
+        // resident pass; chunks of whole one-hot groups (at most 32 tiles) keep its sums.
+        const int64_t group_rows = int64_t{32} * kTile;
+        chunk_rows = !streaming         ? std::max<int64_t>(total, 1)
+                     : fit >= group_rows ? fit / group_rows * group_rows
+                     : fit >= kTile      ? fit / kTile * kTile
+                                         : fit;
         points.reserve(static_cast<size_t>(chunk_rows) * d * elem());
 
         // Pieces: whole sets when resident; else pieces of <= chunk_rows rows starting
@@ -300,7 +304,11 @@ struct CudaAssigner::Impl {
         const int dpad = mma() ? detail::mma_row_stride(d) : d;
         const size_t kd = static_cast<size_t>(k) * d;
         // Large k on tensor cores: sums by a sorted reduction over the labels.
-        const bool sorted = mma() && acc && !detail::mma_smem_sums(k, d);
+        // k <= 128: sums on tensor cores too (one-hot kernel); segments start on a group.
+        const bool onehot = mma() && opt.onehot_sums && detail::mma_onehot_ok(k, d);
+        const int group = onehot && acc ? detail::onehot_group_tiles(k) : 1;
+        const bool sorted = mma() && acc && !onehot && !detail::mma_smem_sums(k, d);
+        timing.kernel = !mma() ? "fma" : onehot ? "onehot" : sorted ? "mma+sorted" : "mma";
         std::vector<unsigned long long> sorted_counts(sorted ? static_cast<size_t>(nt) * k : 0);
 
         PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
@@ -345,6 +353,7 @@ struct CudaAssigner::Impl {
                     detail::MmaSegment sg;
                     sg.x = rows_at(p.buf_row);
                     sg.rows = p.rows;
+                    tiles = (tiles + group - 1) / group * group;
                     sg.tile0 = tiles;
                     sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
                     sg.task = ti;
@@ -357,6 +366,7 @@ struct CudaAssigner::Impl {
                     }
                     hsegs.push_back(sg);
                 }
+            tiles = (tiles + group - 1) / group * group;
             out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
             out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
             size_t ci = 0;
@@ -388,7 +398,8 @@ struct CudaAssigner::Impl {
                 a.counts = acc && !sorted ? counts.get() : nullptr;
                 a.scale = scales.get();
                 a.slots = slots.get();
-                detail::launch_mma_assign(a, sm_count, stream);
+                if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
+                else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, nt, k, sorted_counts);
                 PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
             } else {
@@ -420,7 +431,12 @@ struct CudaAssigner::Impl {
                                                    cudaMemcpyDeviceToHost, stream));
             }
         }
-        detail::launch_reduce_objective(slots.get(), slot0.get(), nt, objs.get(), stream);
+        int64_t max_slots = 0;
+        for (int ti = 0; ti < nt; ++ti)
+            max_slots = std::max(max_slots, hslot0[static_cast<size_t>(ti) + 1] - hslot0[static_cast<size_t>(ti)]);
+        obj_scratch.reserve(static_cast<size_t>(nt) * detail::reduce_objective_chunks(max_slots));
+        detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
+                                        stream);
         PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
         std::vector<double> hobj(static_cast<size_t>(nt));
         PKV_CUDA_CHECK(cudaMemcpyAsync(hobj.data(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
