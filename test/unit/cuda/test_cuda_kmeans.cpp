@@ -171,9 +171,15 @@ TEST_CASE("cuda assigner: n == k and duplicate points", "[cuda][kmeans][parity]"
     PKV_REQUIRE_GPU();
     const int d = 128;
     SECTION("centroids equal to the points label each point with itself") {
-        const int k = 256;
+        const int k = GENERATE(64, 256);
+        // fp16: the one-hot kernel at k = 64 (expanded-form distances fall back to the
+        // direct sum near a centroid), the general tensor-core kernel at k = 256.
+        const InputPrecision prec = GENERATE(InputPrecision::fp32, InputPrecision::fp16);
+        CAPTURE(k, pkv::cuda::input_precision_name(prec));
         const std::vector<float> x = pkv_test::gaussian_points(k, d, 3);
-        CudaAssigner a(CudaAssignerOptions{});
+        CudaAssignerOptions opt;
+        opt.precision = prec;
+        CudaAssigner a(opt);
         const PassOut o = run_pass(a, x, k, d, x, k);
         for (int i = 0; i < k; ++i) CHECK(o.labels[i] == i);
         for (int i = 0; i < k; ++i) CHECK(o.dist2[i] == 0.0f);
