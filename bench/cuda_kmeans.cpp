@@ -145,11 +145,9 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
             precs.clear();
             const std::string list = argv[++i];
-            for (const char* name : {"fp16", "bf16", "fp32"})
-                if (list.find(name) != std::string::npos)
-                    precs.push_back(name[2] == '1' ? pkv::cuda::InputPrecision::fp16
-                                    : name[0] == 'b' ? pkv::cuda::InputPrecision::bf16
-                                                     : pkv::cuda::InputPrecision::fp32);
+            for (const auto p : {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
+                                 pkv::cuda::InputPrecision::fp32})
+                if (list.find(pkv::cuda::input_precision_name(p)) != std::string::npos) precs.push_back(p);
         } else pos.push_back(argv[i]);
     }
     auto arg = [&](size_t i, long long def) { return i < pos.size() ? std::atoll(pos[i].c_str()) : def; };

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # k-means on the GPU: pkv's batched tensor-core Lloyd iteration against a plain PyTorch
 # Lloyd loop on the same GPU and the HBM floor, in one run.
-#   single: N = 1e7 points, d = 128, k = 16 / 256 / 1024, fp16 input; ms per full Lloyd
+#   single: N = 1e7 points, d = 128, k = 16 ... 1024, fp16 input; ms per full Lloyd
 #           iteration (assign + sums + objective + centroid update) for pkv and torch;
 #           floor = N * d * 2 bytes / 4.3e12 B/s; ratios pkv/floor and torch/pkv.
 #   model:  90 problems (SmolLM2-135M: 30 layers x 3 KV heads) x 100,000 tokens x d = 64,
 #           k = 32 and 256, 30 iterations; pkv kmeans_batch vs a batched torch loop (bmm,
 #           argmin, scatter-add); floor = 30 reads of all points in fp16.
 # Usage: bench/kmeans_gpu_vs_torch.sh [build dir]   (default $PKV_BUILD_DIR or build-gpu)
-# Env: PKV_BENCH_N (1e7), PKV_BENCH_ITERS (3), PKV_BENCH_MODEL ("90,100000,64,30").
+# Env: PKV_BENCH_N (1e7), PKV_BENCH_ITERS (3), PKV_BENCH_MODEL ("90,100000,64,30"),
+#      PKV_BENCH_KS ("16,32,64,128,256,1024").
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations):
-#      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv
-#     16     2.366     18.822     0.595       3.97        8.0
-#    256     6.893     35.467     0.595      11.58        5.1
-#   1024    19.101     88.206     0.595      32.08        4.6
-#   model k=32:  pkv 0.080 s (Lloyd) / 0.478 s (end to end), torch 0.351 s, floor 0.0080 s
-#   model k=256: pkv 0.284 s (Lloyd) / 0.680 s (end to end), torch 0.799 s, floor 0.0080 s
+#      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
+#     16     1.264     18.463     0.595       2.12       14.6  onehot
+#     32     1.528     19.650     0.595       2.57       12.9  onehot
+#     64     2.021     22.644     0.595       3.40       11.2  onehot
+#    128     2.922     27.050     0.595       4.91        9.3  onehot
+#    256     6.753     35.511     0.595      11.34        5.3  mma+sorted
+#   1024    18.938     88.063     0.595      31.81        4.7  mma+sorted
+#   model k=32:  pkv 0.068 s (Lloyd) / 0.384 s (end to end), torch 0.352 s, floor 0.0080 s
+#   model k=256: pkv 0.261 s (Lloyd) / 0.577 s (end to end), torch 0.799 s, floor 0.0080 s
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"
@@ -25,20 +29,21 @@ BIN="$BUILD/bench/pkv_bench_cuda_kmeans"
 N="${PKV_BENCH_N:-10000000}"
 ITERS="${PKV_BENCH_ITERS:-3}"
 MODEL="${PKV_BENCH_MODEL:-90,100000,64,30}"
+KS="${PKV_BENCH_KS:-16,32,64,128,256,1024}"
 [ -x "$BIN" ] || { echo "missing $BIN (build with CUDA and -DPKV_BUILD_BENCH=ON)" >&2; exit 1; }
 OUT="$(mktemp)"
 trap 'rm -f "$OUT"' EXIT
 IFS=, read -r MB MT MD MI <<<"$MODEL"
-"$BIN" "$N" "$ITERS" 0 --csv --precisions fp16 | tee -a "$OUT"
+"$BIN" "$N" "$ITERS" 0 --csv --precisions fp16 --ks "$KS" | tee -a "$OUT"
 "$BIN" --model "$MB" "$MT" "$MD" "$MI" --csv | tee -a "$OUT"
-python3 "$ROOT/bench/kmeans_torch.py" --n "$N" --iters "$ITERS" --model "$MODEL" | tee -a "$OUT"
+python3 "$ROOT/bench/kmeans_torch.py" --n "$N" --iters "$ITERS" --ks "$KS" --model "$MODEL" | tee -a "$OUT"
 python3 - "$OUT" <<'PY'
 import sys
 pkv_single, torch_single, pkv_model, torch_model = {}, {}, {}, {}
 for line in open(sys.argv[1]):
     f = line.strip().split(",")
     if f[0] == "pkv" and f[1] == "single":
-        pkv_single[int(f[5])] = (float(f[6]), float(f[8]))          # k -> (iter ms, floor ms)
+        pkv_single[int(f[5])] = (float(f[6]), float(f[8]), f[9] if len(f) > 9 else "")  # k -> (ms, floor, kernel)
     elif f[0] == "torch" and f[1] == "single":
         torch_single[int(f[4])] = float(f[5])
     elif f[0] == "pkv" and f[1] == "model":
@@ -46,11 +51,11 @@ for line in open(sys.argv[1]):
     elif f[0] == "torch" and f[1] == "model":
         torch_model[int(f[5])] = float(f[7])
 print("\nOne Lloyd iteration, N = 1e7, d = 128, fp16 input (ms)")
-print(f"{'k':>6} {'pkv':>9} {'torch':>9} {'HBM floor':>10} {'pkv/floor':>10} {'torch/pkv':>10}")
+print(f"{'k':>6} {'pkv':>9} {'torch':>9} {'HBM floor':>10} {'pkv/floor':>10} {'torch/pkv':>10}  kernel")
 for k in sorted(pkv_single):
-    p, fl = pkv_single[k]
+    p, fl, kern = pkv_single[k]
     t = torch_single.get(k, float("nan"))
-    print(f"{k:>6} {p:9.3f} {t:9.3f} {fl:10.3f} {p / fl:10.2f} {t / p:10.1f}")
+    print(f"{k:>6} {p:9.3f} {t:9.3f} {fl:10.3f} {p / fl:10.2f} {t / p:10.1f}  {kern}")
 print("\nWhole-model calibration (batched problems), 30 iterations (s)")
 print(f"{'k':>6} {'pkv Lloyd':>10} {'pkv total':>10} {'torch':>9} {'floor':>8} {'pkv/floor':>10} {'torch/pkv':>10}")
 for k in sorted(pkv_model):
