@@ -81,6 +81,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
     T* s_lab = s_cent + static_cast<size_t>(kpad16) * dpad;
     unsigned int* s_cnt = reinterpret_cast<unsigned int*>(s_lab + kBlockRows);
     double* s_obj = reinterpret_cast<double*>(s_cnt + kpad16);  // 8-byte aligned: kpad16 is even
+    float* s_cnh = reinterpret_cast<float*>(s_obj + 16);        // -||c||²/2, -inf past kpad
 
     const int64_t n_groups = a.n_tiles / group_tiles;
     const int64_t per_block = (n_groups + gridDim.x - 1) / gridDim.x;
@@ -94,11 +95,11 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
     auto issue = [&](int64_t tile, int stage) {
         if (tile < tile_end) {
             while (load_seg + 1 < a.n_segs && a.segs[load_seg + 1].tile0 <= tile) ++load_seg;
-            const MmaSegment& S = a.segs[load_seg];
-            const int64_t r0 = (tile - S.tile0) * kBlockRows;
-            const int64_t left = S.rows - r0;
+            const MmaSegment& L = a.segs[load_seg];
+            const int64_t r0 = (tile - L.tile0) * kBlockRows;
+            const int64_t left = L.rows - r0;
+            const T* x = static_cast<const T*>(L.x) + r0 * d;
             const int valid_rows = left <= 0 ? 0 : left >= kBlockRows ? kBlockRows : static_cast<int>(left);
-            const T* x = static_cast<const T*>(S.x) + r0 * d;
             T* dst = s_stage + static_cast<size_t>(stage) * kBlockRows * dpad;
 #pragma unroll 4
             for (int i = tid; i < kBlockRows * kChunks; i += NT) {
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
         __syncthreads();  // this tile is in shared memory; everyone is done with tile - 1
         issue(tile + STAGES - 1, static_cast<int>((it + STAGES - 1) % STAGES));
         while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
-        const MmaSegment& S = a.segs[seg];
+        const MmaSegment S = a.segs[seg];  // in registers: read many times below
         const int task = S.task;
         const int64_t local_tile = tile - S.tile0;
         const T* xs = s_stage + static_cast<size_t>(it % STAGES) * kBlockRows * dpad;
@@ -141,6 +142,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
             int4* dst = reinterpret_cast<int4*>(s_cent);
             const int row16 = dpad * static_cast<int>(sizeof(T)) / 16;
             for (int i = tid; i < kpad16 * row16; i += NT) dst[i] = i < kpad * row16 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
+            for (int i = tid; i < kpad16; i += NT) s_cnh[i] = i < kpad ? a.cnh[int64_t{task} * kpad + i] : -INFINITY;
             __syncthreads();
             loaded_task = task;
         }
@@ -165,16 +167,13 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
                     best[mt][h] = -INFINITY;
                     bidx[mt][h] = INT_MAX;
                 }
-            const float* cnh = a.cnh + int64_t{task} * kpad;
             const T* lrow = s_cent + (lane & 7) * dpad + 8 * (lane >> 3);
 #pragma unroll 1
             for (int n0 = 0; n0 < kpad; n0 += 16) {
                 float sc[2][RM][4];
 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                    const int c0 = n0 + 8 * u + 2 * t;
-                    const float2 h = c0 < kpad ? __ldg(reinterpret_cast<const float2*>(cnh + c0))
-                                               : make_float2(-INFINITY, -INFINITY);
+                    const float2 h = *reinterpret_cast<const float2*>(s_cnh + n0 + 8 * u + 2 * t);
 #pragma unroll
                     for (int mt = 0; mt < RM; ++mt) {
                         sc[u][mt][0] = h.x;
@@ -379,7 +378,7 @@ constexpr int stages_for() {
 
 size_t smem_bytes(int dpad, int stages, int kt) {
     return (static_cast<size_t>(stages) * kBlockRows + 16 * static_cast<size_t>(kt)) * dpad * 2 +
-           kBlockRows * 2 + 16 * static_cast<size_t>(kt) * 4 + 16 * 8;
+           kBlockRows * 2 + 16 * static_cast<size_t>(kt) * 4 + 16 * 8 + 16 * static_cast<size_t>(kt) * 4;
 }
 
 template <typename T, int KS, int KT, bool ACC>
