@@ -7,6 +7,7 @@
 #include "device_select.h"
 #include "pkv/analyze/analyze.h"
 #include "pkv/core/error.h"
+#include "pkv/dist/comm.h"
 #include "pkv/pipeline/calibrate.h"
 
 namespace pkv::cli {
@@ -19,6 +20,7 @@ struct CalibrateArgs {
     std::string init = "kmeanspp";
     std::string layers;
     std::string device = "auto";
+    std::string devices;
     std::string fit = "mse";
 };
 
@@ -71,7 +73,11 @@ Command add_calibrate(CLI::App& root) {
     app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")->capture_default_str();
     app->add_flag("--rotate", c.rotate, "mine in the Hadamard-rotated basis");
-    app->add_option("--device", args->device, "cuda, cuda:N, cpu or auto")->capture_default_str();
+    app->add_option("--device", args->device,
+                    "cuda, cuda:N, cpu or auto (under mpirun, cuda and auto take the rank's GPU on its host)")
+        ->capture_default_str();
+    app->add_option("--devices", args->devices,
+                    "all or GPU indices (0,1,...): spread the (layer, head) problems over these GPUs");
     app->add_option("--holdout", c.holdout, "fraction of tokens held out (whole sequences) to measure the table")
         ->capture_default_str();
     app->add_option("--seed", c.seed, "seed of the split and of k-means")->capture_default_str();
@@ -109,10 +115,27 @@ Command add_calibrate(CLI::App& root) {
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
                           "{}: exists (use --force to overwrite)", cfg.out_path);
-                SelectedDevice dev = select_device(args->device);
-                cfg.device = dev.description;
+                const dist::Comm& comm = dist::Comm::world();
                 cfg.argv = argv_strings();
-                const PatternTable t = run_calibrate(cfg, dev.assigner.get());
+                PatternTable t;
+                try {
+                    std::vector<SelectedDevice> devs;
+                    if (!args->devices.empty()) devs = select_devices(args->devices);
+                    else devs.push_back(select_device(args->device, comm.local_rank()));
+                    std::vector<KMeansAssigner*> assigners;
+                    cfg.device.clear();
+                    for (const SelectedDevice& d : devs) {
+                        assigners.push_back(d.assigner.get());
+                        cfg.device += (cfg.device.empty() ? "" : ", ") + d.description;
+                    }
+                    t = run_calibrate(cfg, assigners, &comm);
+                } catch (const std::exception& e) {
+                    // Under MPI: end every rank now (naming this one), so none waits and no table is written.
+                    const Error* pe = dynamic_cast<const Error*>(&e);
+                    comm.abort(e.what(), pe && pe->code() == ErrorCode::invalid_argument ? 2 : 1);
+                    throw;
+                }
+                if (comm.rank() != 0) return 0;
                 print_summary(t);
                 std::printf("\nwrote %s\n", cfg.out_path.c_str());
                 return 0;

@@ -1,5 +1,7 @@
 #include "device_select.h"
 
+#include <algorithm>
+
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
 
@@ -10,10 +12,10 @@
 
 namespace pkv::cli {
 
-SelectedDevice select_device(const std::string& device) {
+SelectedDevice select_device(const std::string& device, int default_index) {
     SelectedDevice out;
     out.description = "cpu";
-    int index = 0;
+    int index = -1;
     const bool want_cuda = device == "cuda" || device.rfind("cuda:", 0) == 0;
     PKV_CHECK(want_cuda || device == "cpu" || device == "auto", invalid_argument,
               "--device '{}': expected cpu, cuda, cuda:N or auto", device);
@@ -26,6 +28,7 @@ SelectedDevice select_device(const std::string& device) {
     if (device == "cpu") return out;
 #ifdef PKV_HAVE_CUDA
     const auto devs = pkv::cuda::devices();
+    if (index < 0 && !devs.empty()) index = default_index % static_cast<int>(devs.size());
     if (devs.empty() || index >= static_cast<int>(devs.size())) {
         PKV_CHECK(!want_cuda, invalid_argument, "--device {}: no such CUDA device ({} found; `pkv devices` lists them)",
                   device, devs.size());
@@ -44,6 +47,35 @@ SelectedDevice select_device(const std::string& device) {
     log::info("--device auto: pkv was built without CUDA, running on the CPU");
 #endif
     return out;
+}
+
+std::vector<SelectedDevice> select_devices(const std::string& list) {
+#ifdef PKV_HAVE_CUDA
+    const int count = static_cast<int>(pkv::cuda::devices().size());
+    PKV_CHECK(count > 0, invalid_argument, "--devices {}: no CUDA device found", list);
+    std::vector<int> idx;
+    if (list == "all") {
+        for (int i = 0; i < count; ++i) idx.push_back(i);
+    } else {
+        size_t pos = 0;
+        while (pos <= list.size()) {
+            const size_t end = std::min(list.find(',', pos), list.size());
+            const std::string num = list.substr(pos, end - pos);
+            PKV_CHECK(!num.empty() && num.find_first_not_of("0123456789") == std::string::npos && num.size() < 4,
+                      invalid_argument, "--devices '{}': expected all or a comma-separated list of GPU indices", list);
+            const int i = std::stoi(num);
+            PKV_CHECK(i < count, invalid_argument, "--devices {}: no CUDA device {} ({} found; `pkv devices` lists them)",
+                      list, i, count);
+            idx.push_back(i);
+            pos = end + 1;
+        }
+    }
+    std::vector<SelectedDevice> out;
+    for (int i : idx) out.push_back(select_device("cuda:" + std::to_string(i)));
+    return out;
+#else
+    fail(ErrorCode::invalid_argument, "--devices {}: pkv was built without CUDA", list);
+#endif
 }
 
 }  // namespace pkv::cli

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "pkv/kmeans/assigner.h"
 
@@ -16,6 +17,13 @@ struct SelectedDevice {
 /// "cpu": the CPU. "cuda" / "cuda:N": that GPU, or invalid_argument when pkv was built
 /// without CUDA or no such device exists. "auto": the first GPU when there is one, else
 /// the CPU, saying so on stderr.
-SelectedDevice select_device(const std::string& device);
+/// `default_index` is the GPU "cuda" and "auto" take (modulo the device count), e.g. an
+/// MPI rank's index on its host.
+SelectedDevice select_device(const std::string& device, int default_index = 0);
+
+/// "--devices all|0,1,...": one assigner per listed GPU ("all": every GPU; an index
+/// may repeat, two workers then share that GPU). invalid_argument when pkv was built
+/// without CUDA, no GPU exists, or an index is missing.
+std::vector<SelectedDevice> select_devices(const std::string& list);
 
 }  // namespace pkv::cli

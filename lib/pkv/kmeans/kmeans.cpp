@@ -321,13 +321,10 @@ KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params
     return std::move(r.front());
 }
 
-std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
-                                       KMeansAssigner* assigner) {
+void check_kmeans_problems(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params) {
     check_params(d, params);
     const size_t np = problems.size();
-    if (np == 0) return {};
     const int k = params.k;
-    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
     for (size_t i = 0; i < np; ++i) {
         const KMeansProblem& pr = problems[i];
         const std::string where = np == 1 ? std::string() : fmt::format("problem {}: ", i);
@@ -336,6 +333,15 @@ std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problem
         PKV_CHECK(pr.x != nullptr, invalid_argument, "k-means: {}null input with n = {}", where, pr.n);
         check_finite(pr.x, pr.n, d, where);
     }
+}
+
+std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
+                                       KMeansAssigner* assigner) {
+    check_kmeans_problems(problems, d, params);
+    const size_t np = problems.size();
+    if (np == 0) return {};
+    const int k = params.k;
+    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
     CpuAssigner cpu;
     KMeansAssigner& a = assigner ? *assigner : cpu;
 

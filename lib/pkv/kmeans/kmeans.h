@@ -121,6 +121,10 @@ struct KMeansProblem { const float* x = nullptr; int64_t n = 0; uint64_t seed = 
 /// problem keeps kmeans()'s message). An empty batch returns an empty vector.
 /// The GPU assigner processes all problems of an iteration in one launch sequence.
 /// Host memory: the subsamples plus O(n) labels per problem for the final pass.
+/// The checks kmeans_batch() starts with (params, k <= n, non-null, finite input),
+/// naming "problem i: " when there is more than one problem.
+void check_kmeans_problems(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params);
+
 std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
                                        KMeansAssigner* assigner = nullptr);
 

@@ -15,7 +15,9 @@
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
 #include "pkv/core/version.h"
+#include "pkv/dist/comm.h"
 #include "pkv/dump/kv_dump.h"
+#include "pkv/kmeans/kmeans_multi.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/quant/minmax.h"
@@ -291,9 +293,41 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
 }
 
+// One calibrated head as JSON (what a rank sends to rank 0; floats survive CBOR exactly).
+nlohmann::json head_record(int layer, int h, const KMeansResult& kres, const KMeansResult& vres,
+                           const HeadTensorResult& kout, const HeadTensorResult& vout) {
+    return {{"layer", layer},          {"head", h},
+            {"k_patterns", kres.centroids}, {"v_patterns", vres.centroids},
+            {"k_counts", kout.counts},   {"v_counts", vout.counts},
+            {"k_clip", kout.clip},       {"v_clip", vout.clip},
+            {"v_gate_z", static_cast<float>(vout.gate_z)},
+            {"k_stats", kout.stats},     {"v_stats", vout.stats}};
+}
+
+void append_head(PatternLayer& L, const nlohmann::json& rec) {
+    auto add = [](auto& dst, const nlohmann::json& src) {
+        using V = typename std::decay_t<decltype(dst)>::value_type;
+        for (const auto& v : src) dst.push_back(v.get<V>());
+    };
+    add(L.k_patterns, rec.at("k_patterns"));
+    add(L.v_patterns, rec.at("v_patterns"));
+    add(L.k_counts, rec.at("k_counts"));
+    add(L.v_counts, rec.at("v_counts"));
+    L.k_clip.push_back(rec.at("k_clip").get<float>());
+    L.v_clip.push_back(rec.at("v_clip").get<float>());
+    L.v_gate_z.push_back(rec.at("v_gate_z").get<float>());
+}
+
 }  // namespace
 
 PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
+    return run_calibrate(c, std::vector<KMeansAssigner*>{assigner}, nullptr);
+}
+
+PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAssigner*>& assigners_in,
+                           const dist::Comm* comm_in) {
+    const std::vector<KMeansAssigner*> assigners =
+        assigners_in.empty() ? std::vector<KMeansAssigner*>{nullptr} : assigners_in;
     const auto t_start = std::chrono::steady_clock::now();
     check_config(c);
     const char* key_ds = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
@@ -337,24 +371,35 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
     kp.n_restarts = c.restarts;
     kp.max_points_per_centroid = c.max_points_per_centroid;
 
-    nlohmann::json heads = nlohmann::json::array();
-    const int64_t bytes_per_layer = 2 * static_cast<int64_t>(H) * (n_train + n_hold) * D * 4;
-    const int layers_per_batch =
-        static_cast<int>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_layer, 1)));
-    Progress progress("calibrate", layers.size() * static_cast<uint64_t>(H), "heads");
+    // Work: every (layer, head) of the calibrated layers, job j = layer index * H + head;
+    // rank r of R takes the jobs with j % R == r and reads only their activations. Jobs
+    // of a rank run in batches sized by batch_bytes, each batch's problems dealt over
+    // the assigners (one thread each). A problem's result depends only on its data and
+    // seed, so any split gives the table of the single-process run.
+    const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
+    const int R = comm.size(), rank = comm.rank();
+    std::vector<std::pair<int, int>> jobs;  // (layer, head) of this rank
+    for (size_t li = 0; li < layers.size(); ++li)
+        for (int h = 0; h < H; ++h)
+            if (static_cast<int64_t>(li * H + h) % R == rank) jobs.emplace_back(layers[li], h);
+    const int64_t bytes_per_head = 2 * (n_train + n_hold) * D * 4;
+    const size_t heads_per_batch =
+        static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
+    Progress progress(R > 1 ? "calibrate (rank " + std::to_string(rank) + ")" : std::string("calibrate"), jobs.size(),
+                      "heads");
     double kmeans_seconds = 0.0;
-    for (size_t b0 = 0; b0 < layers.size(); b0 += static_cast<size_t>(layers_per_batch)) {
-        const size_t b1 = std::min(layers.size(), b0 + static_cast<size_t>(layers_per_batch));
-        // Problem i of the batch is (layer b0 + i / H, head i % H), K and V separately.
+    nlohmann::json done = nlohmann::json::array();  // this rank's heads, see head_record()
+    for (size_t b0 = 0; b0 < jobs.size(); b0 += heads_per_batch) {
+        const size_t b1 = std::min(jobs.size(), b0 + heads_per_batch);
         std::vector<Pooled> kpool, vpool;
-        for (size_t li = b0; li < b1; ++li)
-            for (int h = 0; h < H; ++h) {
-                kpool.push_back(pool_tensor(dumps, pieces, key_ds, layers[li], h, D, c.rotate));
-                vpool.push_back(pool_tensor(dumps, pieces, kvdump::kV, layers[li], h, D, c.rotate));
-            }
         std::vector<KMeansProblem> kprob, vprob;
+        for (size_t j = b0; j < b1; ++j) {
+            const auto [layer, h] = jobs[j];
+            kpool.push_back(pool_tensor(dumps, pieces, key_ds, layer, h, D, c.rotate));
+            vpool.push_back(pool_tensor(dumps, pieces, kvdump::kV, layer, h, D, c.rotate));
+        }
         for (size_t i = 0; i < kpool.size(); ++i) {
-            const int layer = layers[b0 + i / H], h = static_cast<int>(i % H);
+            const auto [layer, h] = jobs[b0 + i];
             // Seeds differ per (layer, head, tensor) and do not depend on the batching.
             const uint64_t s = c.seed + 1000003ULL * static_cast<uint64_t>(layer) + 7919ULL * static_cast<uint64_t>(h);
             kprob.push_back({kpool[i].train.data(), kpool[i].n_train(), s});
@@ -364,8 +409,8 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
         KMeansParams kpk = kp, kpv = kp;
         kpk.k = c.k_patterns;
         kpv.k = c.v_patterns;
-        const std::vector<KMeansResult> kres = kmeans_batch(kprob, D, kpk, assigner);
-        const std::vector<KMeansResult> vres = kmeans_batch(vprob, D, kpv, assigner);
+        const std::vector<KMeansResult> kres = kmeans_batch_multi(kprob, D, kpk, assigners);
+        const std::vector<KMeansResult> vres = kmeans_batch_multi(vprob, D, kpv, assigners);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
@@ -374,25 +419,47 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
             kout[i] = finish_tensor(false, kpool[i], kres[i], D, c.k_patterns, c);
             vout[i] = finish_tensor(true, vpool[i], vres[i], D, c.v_patterns, c);
         }
-        for (size_t li = b0; li < b1; ++li) {
-            PatternLayer L;
-            L.layer = layers[li];
-            for (int h = 0; h < H; ++h) {
-                const size_t i = (li - b0) * H + h;
-                L.k_patterns.insert(L.k_patterns.end(), kres[i].centroids.begin(), kres[i].centroids.end());
-                L.v_patterns.insert(L.v_patterns.end(), vres[i].centroids.begin(), vres[i].centroids.end());
-                L.k_counts.insert(L.k_counts.end(), kout[i].counts.begin(), kout[i].counts.end());
-                L.v_counts.insert(L.v_counts.end(), vout[i].counts.begin(), vout[i].counts.end());
-                L.k_clip.push_back(kout[i].clip);
-                L.v_clip.push_back(vout[i].clip);
-                L.v_gate_z.push_back(static_cast<float>(vout[i].gate_z));
-                heads.push_back({{"layer", L.layer}, {"head", h}, {"k", kout[i].stats}, {"v", vout[i].stats}});
-            }
-            t.layers.push_back(std::move(L));
-            progress.advance(static_cast<uint64_t>(H));
-        }
+        for (size_t i = 0; i < kpool.size(); ++i)
+            done.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
+        progress.advance(b1 - b0);
     }
     progress.finish();
+
+    // Rank 0 collects every rank's heads (CBOR) and assembles the layers in order.
+    std::string mine;
+    if (R > 1 && rank != 0) {
+        const std::vector<std::uint8_t> cb =
+            nlohmann::json::to_cbor({{"heads", done}, {"kmeans_seconds", kmeans_seconds}});
+        mine.assign(cb.begin(), cb.end());
+    }
+    const std::vector<std::string> parts = comm.gather(mine);
+    if (rank != 0) return t;  // only rank 0 writes
+    double kmeans_seconds_max = kmeans_seconds;  // the slowest rank's
+    std::map<std::pair<int, int>, nlohmann::json> all;
+    for (size_t r = 0; r < parts.size(); ++r) {
+        nlohmann::json got = r == 0 ? std::move(done) : nlohmann::json::from_cbor(parts[r]);
+        if (r != 0) {
+            kmeans_seconds_max = std::max(kmeans_seconds_max, got.at("kmeans_seconds").get<double>());
+            got = std::move(got.at("heads"));
+        }
+        for (nlohmann::json& rec : got) {
+            const std::pair<int, int> key{rec.at("layer").get<int>(), rec.at("head").get<int>()};
+            all[key] = std::move(rec);
+        }
+    }
+    PKV_CHECK(all.size() == layers.size() * static_cast<size_t>(H), internal,
+              "calibrate: gathered {} heads from {} ranks, expected {}", all.size(), R, layers.size() * H);
+    nlohmann::json heads = nlohmann::json::array();
+    for (int layer : layers) {
+        PatternLayer L;
+        L.layer = layer;
+        for (int h = 0; h < H; ++h) {
+            const nlohmann::json& rec = all.at({layer, h});
+            append_head(L, rec);
+            heads.push_back({{"layer", layer}, {"head", h}, {"k", rec.at("k_stats")}, {"v", rec.at("v_stats")}});
+        }
+        t.layers.push_back(std::move(L));
+    }
 
     nlohmann::json dumps_json = nlohmann::json::array();
     for (const DumpInput& d : dumps) {
@@ -413,13 +480,14 @@ PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
                      {"holdout_fraction", c.holdout},
                      {"seed", c.seed},
                      {"device", c.device},
+                     {"processes", comm.description()},
                      {"kmeans",
                       {{"max_iter", c.max_iter},
                        {"tol", c.tol},
                        {"init", kmeans_init_name(c.init)},
                        {"restarts", c.restarts},
                        {"max_points_per_centroid", c.max_points_per_centroid},
-                       {"seconds", kmeans_seconds}}},
+                       {"seconds", kmeans_seconds_max}}},
                      {"fit",
                       {{"method", c.fit ? "mse" : "none"},
                        {"tokens_per_head", c.fit_tokens},

@@ -29,6 +29,9 @@
 namespace pkv {
 
 class KMeansAssigner;
+namespace dist {
+class Comm;
+}
 
 struct CalibrateConfig {
     std::vector<std::string> dump_paths;
@@ -63,6 +66,19 @@ struct CalibrateConfig {
 /// Errors: missing datasets, mismatched dumps, a non-finite activation ("d.h5::/v:
 /// layer 3, head 1, token 517, dim 12 is nan"), too few training tokens for Mk or Mv.
 PatternTable run_calibrate(const CalibrateConfig& config, KMeansAssigner* assigner = nullptr);
+
+/// The same over several assigners (e.g. one per GPU of the host; nullptr entries or
+/// an empty list: the CPU) and the ranks of `comm` (nullptr: dist::Comm::world()):
+/// rank r of R mines the (layer, head) jobs j = layer index * H + head with
+/// j % R == r, reading only their activations, its batches' problems dealt over the
+/// assigners (kmeans_batch_multi); rank 0 gathers every head, writes the table and
+/// returns it; other ranks return the table without layers and write nothing. The
+/// patterns, counts and fitted parameters equal the single-assigner, single-process
+/// run's bitwise (same assigner kind and device model); the metadata records the
+/// processes. A failing rank throws as usual; the caller ends the job
+/// (dist::Comm::abort) so that no rank waits on the others.
+PatternTable run_calibrate(const CalibrateConfig& config, const std::vector<KMeansAssigner*>& assigners,
+                           const dist::Comm* comm);
 
 /// Means over heads of the per-head statistics in table.calibration["heads"]: a JSON
 /// object {"k": {...}, "v": {...}} with the same fields, for summaries.

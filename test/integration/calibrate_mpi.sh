@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `mpirun -np R pkv calibrate`: ranks split the (layer, head) problems, rank 0 writes
+# the table, which equals the single-process table (patterns, counts, fitted
+# parameters and per-head statistics, compared exactly); a failing rank ends the job
+# naming itself and no table is written. GPU ranks too when pkv sees a GPU.
+source "$(dirname "$0")/common.bash"
+need_data
+command -v mpirun >/dev/null || { echo "SKIPPED: mpirun not found (scripts/install-deps.sh installs OpenMPI)"; exit 77; }
+MPIRUN=(mpirun --oversubscribe)
+[ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
+DUMP="$WORK/prose.h5"
+"$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx 512 --capture k_post,v \
+  --out "$DUMP" >/dev/null 2>"$WORK/dump.err" || { failed "dump: $(tail -3 "$WORK/dump.err")"; finish; exit 1; }
+CAL=(--log-level warn calibrate --dump "$DUMP" --k-patterns 16 --v-patterns 16 --holdout 0.25)
+
+# Tensors and per-head statistics of two tables (JSON exports), exactly.
+same_tables() {
+  "$PKV_BIN" export --table "$1" --format json --out "$WORK/a.json" --force >/dev/null &&
+    "$PKV_BIN" export --table "$2" --format json --out "$WORK/b.json" --force >/dev/null &&
+    /usr/bin/python3 - "$WORK/a.json" "$WORK/b.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ca, cb = (x["metadata"]["pkv.calibration"] for x in (a, b))
+assert a["tensors"] == b["tensors"], "tensors differ"
+assert ca["heads"] == cb["heads"], "per-head statistics differ"
+print(cb["processes"])
+PY
+}
+
+"$PKV_BIN" "${CAL[@]}" --device cpu --out "$WORK/one.safetensors" >/dev/null 2>"$WORK/one.err" ||
+  { failed "single process: $(tail -3 "$WORK/one.err")"; finish; exit 1; }
+for R in 2 3; do
+  if "${MPIRUN[@]}" -np $R "$PKV_BIN" "${CAL[@]}" --device cpu --out "$WORK/r$R.safetensors" \
+       >"$WORK/r$R.out" 2>"$WORK/r$R.err"; then
+    if grep -q "built without MPI" "$WORK/r$R.err"; then echo "SKIPPED: pkv built without MPI"; exit 77; fi
+    procs=$(same_tables "$WORK/one.safetensors" "$WORK/r$R.safetensors" 2>"$WORK/cmp.err") &&
+      pass "$R CPU ranks: table equals the single-process one ($procs)" ||
+      failed "$R CPU ranks: $(cat "$WORK/cmp.err")"
+    [ "$(grep -c '^wrote ' "$WORK/r$R.out")" -eq 1 ] && pass "$R ranks: only rank 0 writes and reports" ||
+      failed "$R ranks: $(grep -c '^wrote ' "$WORK/r$R.out") ranks reported"
+  else
+    failed "mpirun -np $R: $(tail -5 "$WORK/r$R.err")"
+  fi
+done
+
+# Rank 1 of 3 owns (layer 2, head 1) (job 2 * 3 + 1 = 7, 7 % 3 = 1): a NaN there fails
+# that rank alone; the job must end, name it, and leave no table.
+/usr/bin/python3 - "$DUMP" "$WORK/nan.h5" <<'PY'
+import shutil, sys, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    row = f["v"][2, 1, 517, :]
+    row[12] = np.nan
+    f["v"][2, 1, 517, :] = row
+PY
+if timeout 120 "${MPIRUN[@]}" -np 3 "$PKV_BIN" calibrate --dump "$WORK/nan.h5" --k-patterns 16 --v-patterns 16 \
+     --holdout 0.25 --device cpu --out "$WORK/nan.safetensors" >/dev/null 2>"$WORK/nan.err"; then
+  failed "a failing rank: the job exited 0"
+else
+  rc=$?
+  [ "$rc" -ne 124 ] && pass "a failing rank ends the job (exit $rc)" || failed "a failing rank: the job hung"
+  grep -q "rank 1 of 3: .*nan.h5::/v: layer 2, head 1, token 517, dim 12 is nan" "$WORK/nan.err" &&
+    pass "the error names the rank: $(grep 'rank 1 of 3' "$WORK/nan.err" | head -1)" ||
+    failed "the error does not name rank 1: $(cat "$WORK/nan.err")"
+  [ ! -e "$WORK/nan.safetensors" ] && pass "no table written" || failed "a table was written"
+fi
+
+# GPU ranks (each takes its host-local GPU, modulo the count: here they may share one).
+if "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
+  "$PKV_BIN" "${CAL[@]}" --device cuda --out "$WORK/g1.safetensors" >/dev/null 2>"$WORK/g1.err" ||
+    failed "single GPU: $(tail -3 "$WORK/g1.err")"
+  if "${MPIRUN[@]}" -np 2 "$PKV_BIN" "${CAL[@]}" --device cuda --out "$WORK/g2.safetensors" >/dev/null 2>"$WORK/g2.err"; then
+    procs=$(same_tables "$WORK/g1.safetensors" "$WORK/g2.safetensors" 2>"$WORK/cmp.err") &&
+      pass "2 GPU ranks: table equals the single-GPU one ($procs)" || failed "2 GPU ranks: $(cat "$WORK/cmp.err")"
+  else
+    failed "2 GPU ranks: $(tail -5 "$WORK/g2.err")"
+  fi
+  if "$PKV_BIN" "${CAL[@]}" --devices 0,0 --out "$WORK/gd.safetensors" >/dev/null 2>"$WORK/gd.err"; then
+    same_tables "$WORK/g1.safetensors" "$WORK/gd.safetensors" >/dev/null 2>"$WORK/cmp.err" &&
+      pass "--devices 0,0 (two workers): table equals the single-GPU one" || failed "--devices 0,0: $(cat "$WORK/cmp.err")"
+  else
+    failed "--devices 0,0: $(tail -3 "$WORK/gd.err")"
+  fi
+else
+  echo "note: no GPU: GPU ranks and --devices not run here"
+fi
+finish
