@@ -6,9 +6,14 @@
 // Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n] [--csv] [--precisions fp16,...]
 //          [--ks 16,256,1024] [--both-sums]
 //        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
+//          [--workers 1,2,...]
 //   defaults: 10000000 3 200000 (cpu_n = 0 skips the CPU column); --model: a whole
 //   model's calibration shape, 90 problems (SmolLM2-135M: 30 layers x 3 KV heads) x
 //   100000 tokens x d = 64, k = 32 and 256, 30 iterations through kmeans_batch (fp16).
+// --workers (model mode): the same calibration spread over W GPU workers by
+// kmeans_batch_multi (what `pkv calibrate --devices` does), worker i on GPU i % count,
+// for each W listed: wall time, speed-up over the first W and efficiency (speed-up per
+// GPU used; workers that share a GPU only show the overhead of sharing).
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --both-sums adds rows with onehot_sums off (the
 // shared-memory fixed-point kernel) next to the default, for k <= 128.
@@ -25,12 +30,14 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
+#include "pkv/kmeans/kmeans_multi.h"
 
 namespace {
 
@@ -113,6 +120,59 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     return 0;
 }
 
+// The model shape over W workers (kmeans_batch_multi), k = 32 and 256, for each W.
+int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::vector<int>& workers, bool csv) {
+    const int gpus = pkv::cuda::device_count();
+    std::printf("\nk-means calibration over workers: %lld problems x %lld tokens x d = %d, %d iterations, fp16, "
+                "%d GPU(s)\n",
+                static_cast<long long>(problems), static_cast<long long>(tokens), d, iters, gpus);
+    const std::vector<float> x = gaussian(problems * tokens, d);
+    std::vector<pkv::KMeansProblem> probs;
+    for (int64_t p = 0; p < problems; ++p)
+        probs.push_back({x.data() + p * tokens * d, tokens, static_cast<uint64_t>(p + 1)});
+    std::printf("%5s %8s %6s %10s %9s %11s %10s\n", "k", "workers", "GPUs", "total s", "speed-up", "efficiency",
+                "identical");
+    for (int k : {32, 256}) {
+        pkv::KMeansParams params;
+        params.k = k;
+        params.max_iter = iters;
+        params.tol = -1.0;
+        double first = 0.0;
+        std::vector<pkv::KMeansResult> ref;
+        for (size_t wi = 0; wi < workers.size(); ++wi) {
+            const int w = workers[wi];
+            std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
+            std::vector<pkv::KMeansAssigner*> ptrs;
+            for (int i = 0; i < w; ++i) {
+                pkv::cuda::CudaAssignerOptions opt;
+                opt.device = i % gpus;
+                opt.precision = pkv::cuda::InputPrecision::fp16;
+                owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
+                ptrs.push_back(owned.back().get());
+            }
+            const auto t0 = std::chrono::steady_clock::now();
+            std::vector<pkv::KMeansResult> res = pkv::kmeans_batch_multi(probs, d, params, ptrs);
+            const double total = seconds_since(t0);
+            if (wi == 0) {
+                first = total;
+                ref = std::move(res);
+            }
+            bool same = true;
+            for (size_t i = 0; wi > 0 && i < res.size(); ++i) same = same && res[i].centroids == ref[i].centroids;
+            const int used = std::min(w, gpus);
+            const double speedup = first / total;
+            std::printf("%5d %8d %6d %10.3f %9.2f %11.2f %10s\n", k, w, used, total, speedup, speedup / used,
+                        same ? "yes" : "NO");
+            if (csv)
+                std::printf("pkv,workers,%lld,%lld,%d,%d,%d,%d,%.6f\n", static_cast<long long>(problems),
+                            static_cast<long long>(tokens), d, k, w, used, total);
+            std::fflush(stdout);
+        }
+    }
+    std::printf("identical: centroids bitwise equal to the first row's (the problems are independent).\n");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,6 +181,7 @@ int main(int argc, char** argv) {
         return 0;
     }
     bool csv = false, model = false, both = false;
+    std::vector<int> workers;
     std::vector<int> ks = {16, 256, 1024};
     std::vector<std::string> pos;
     std::vector<pkv::cuda::InputPrecision> precs = {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
@@ -129,6 +190,18 @@ int main(int argc, char** argv) {
         if (!std::strcmp(argv[i], "--csv")) csv = true;
         else if (!std::strcmp(argv[i], "--model")) model = true;
         else if (!std::strcmp(argv[i], "--both-sums")) both = true;
+        else if (!std::strcmp(argv[i], "--workers") && i + 1 < argc) {
+            for (const char* p = argv[++i]; *p;) {
+                char* end = nullptr;
+                const long v = std::strtol(p, &end, 10);
+                if (end == p || v < 1) {
+                    std::fprintf(stderr, "--workers: expected a comma-separated list of counts >= 1, got '%s'\n", argv[i]);
+                    return 2;
+                }
+                workers.push_back(static_cast<int>(v));
+                p = *end == ',' ? end + 1 : end;
+            }
+        }
         else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
             ks.clear();
             for (const char* p = argv[++i]; *p;) {
@@ -152,8 +225,11 @@ int main(int argc, char** argv) {
     }
     auto arg = [&](size_t i, long long def) { return i < pos.size() ? std::atoll(pos[i].c_str()) : def; };
     if (model)
-        return run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)), static_cast<int>(arg(3, 30)),
-                         csv);
+        return workers.empty()
+                   ? run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)), static_cast<int>(arg(3, 30)),
+                               csv)
+                   : run_workers(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)),
+                                 static_cast<int>(arg(3, 30)), workers, csv);
     const int64_t n = arg(0, 10000000);
     const int iters = std::max(1, static_cast<int>(arg(1, 3)));
     const int64_t cpu_n = std::min<int64_t>(n, arg(2, 200000));
