@@ -31,7 +31,8 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 print('yes' if a['tensors'] == b['tensors'] else 'NO')" "$WORK/a.json" "$WORK/b.json"
 }
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; return 1; }; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; return 1; }; t1=$(date +%s.%N); calc "$t1 - $t0"; }
 
 echo "dump: $DUMP"
 printf "%-22s %8s %9s %11s %10s\n" "run" "wall s" "speed-up" "efficiency" "identical"
@@ -43,8 +44,8 @@ if command -v mpirun >/dev/null; then
     [ "$r" -le "$cpus" ] || continue
     t=$(OMP_NUM_THREADS=$(( cpus / r > 0 ? cpus / r : 1 )) secs "${MPIRUN[@]}" -np "$r" "$PKV" "${CAL[@]}" --device cpu \
         --out "$WORK/r$r.safetensors")
-    s=$(echo "$base / $t" | bc -l)
-    printf "%-22s %8.2f %9.2f %11.2f %10s\n" "mpirun -np $r, cpu" "$t" "$s" "$(echo "$s / $r" | bc -l)" \
+    s=$(calc "$base / $t")
+    printf "%-22s %8.2f %9.2f %11.2f %10s\n" "mpirun -np $r, cpu" "$t" "$s" "$(calc "$s / $r")" \
       "$(same "$WORK/one.safetensors" "$WORK/r$r.safetensors")"
   done
 fi
@@ -56,8 +57,8 @@ if [ "$gpus" -gt 0 ]; then
     [ "$w" -le "$gpus" ] || continue
     list=$(seq -s, 0 $((w - 1)))
     t=$(secs "$PKV" "${CAL[@]}" --devices "$list" --out "$WORK/g$w.safetensors")
-    s=$(echo "$g1 / $t" | bc -l)
-    printf "%-22s %8.2f %9.2f %11.2f %10s\n" "--devices $list" "$t" "$s" "$(echo "$s / $w" | bc -l)" \
+    s=$(calc "$g1 / $t")
+    printf "%-22s %8.2f %9.2f %11.2f %10s\n" "--devices $list" "$t" "$s" "$(calc "$s / $w")" \
       "$(same "$WORK/g1.safetensors" "$WORK/g$w.safetensors")"
   done
 fi

@@ -14,14 +14,14 @@
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     1.264     18.463     0.595       2.12       14.6  onehot
-#     32     1.528     19.650     0.595       2.57       12.9  onehot
-#     64     2.021     22.644     0.595       3.40       11.2  onehot
-#    128     2.922     27.050     0.595       4.91        9.3  onehot
-#    256     6.753     35.511     0.595      11.34        5.3  mma+sorted
-#   1024    18.938     88.063     0.595      31.81        4.7  mma+sorted
-#   model k=32:  pkv 0.068 s (Lloyd) / 0.384 s (end to end), torch 0.352 s, floor 0.0080 s
-#   model k=256: pkv 0.261 s (Lloyd) / 0.577 s (end to end), torch 0.799 s, floor 0.0080 s
+#     16     1.216     18.581     0.595       2.04       15.3  onehot
+#     32     1.467     20.778     0.595       2.46       14.2  onehot
+#     64     1.904     22.890     0.595       3.20       12.0  onehot
+#    128     2.737     26.837     0.595       4.60        9.8  onehot
+#    256     6.790     35.172     0.595      11.41        5.2  mma+sorted
+#   1024    19.141     88.346     0.595      32.15        4.6  mma+sorted
+#   model k=32:  pkv 0.070 s (Lloyd) / 0.457 s (end to end), torch 0.351 s, floor 0.0080 s
+#   model k=256: pkv 0.310 s (Lloyd) / 0.698 s (end to end), torch 0.799 s, floor 0.0080 s
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"
