@@ -173,6 +173,22 @@ int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::v
     return 0;
 }
 
+// "16,256,1024" -> {16, 256, 1024}; false (after saying why) on anything else.
+bool parse_counts(const char* option, const char* text, std::vector<int>& out) {
+    out.clear();
+    for (const char* p = text; *p;) {
+        char* end = nullptr;
+        const long v = std::strtol(p, &end, 10);
+        if (end == p || v < 1 || (*end != ',' && *end != '\0')) {
+            std::fprintf(stderr, "%s: expected a comma-separated list of integers >= 1, got '%s'\n", option, text);
+            return false;
+        }
+        out.push_back(static_cast<int>(v));
+        p = *end == ',' ? end + 1 : end;
+    }
+    return !out.empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -191,29 +207,9 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--model")) model = true;
         else if (!std::strcmp(argv[i], "--both-sums")) both = true;
         else if (!std::strcmp(argv[i], "--workers") && i + 1 < argc) {
-            for (const char* p = argv[++i]; *p;) {
-                char* end = nullptr;
-                const long v = std::strtol(p, &end, 10);
-                if (end == p || v < 1) {
-                    std::fprintf(stderr, "--workers: expected a comma-separated list of counts >= 1, got '%s'\n", argv[i]);
-                    return 2;
-                }
-                workers.push_back(static_cast<int>(v));
-                p = *end == ',' ? end + 1 : end;
-            }
-        }
-        else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
-            ks.clear();
-            for (const char* p = argv[++i]; *p;) {
-                char* end = nullptr;
-                const long v = std::strtol(p, &end, 10);
-                if (end == p || v < 1) {
-                    std::fprintf(stderr, "--ks: expected a comma-separated list of k >= 1, got '%s'\n", argv[i]);
-                    return 2;
-                }
-                ks.push_back(static_cast<int>(v));
-                p = *end == ',' ? end + 1 : end;
-            }
+            if (!parse_counts("--workers", argv[++i], workers)) return 2;
+        } else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
+            if (!parse_counts("--ks", argv[++i], ks)) return 2;
         }
         else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
             precs.clear();

@@ -240,17 +240,8 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-                    for (int hh = 0; hh < 2; ++hh) {
-                        const float s0 = acc[mt][2 * hh], s1 = acc[mt][2 * hh + 1];
-                        if (s0 > best[mt][hh]) {
-                            best[mt][hh] = s0;
-                            bidx[mt][hh] = col;
-                        }
-                        if (s1 > best[mt][hh]) {
-                            best[mt][hh] = s1;
-                            bidx[mt][hh] = col + 1;
-                        }
-                    }
+                    for (int hh = 0; hh < 2; ++hh)
+                        running_max(best[mt][hh], bidx[mt][hh], acc[mt][2 * hh], acc[mt][2 * hh + 1], col);
             }
         }
 
@@ -264,15 +255,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
             for (int hh = 0; hh < 2; ++hh) {
                 float bv = best[mt][hh];
                 int bi = bidx[mt][hh];
-#pragma unroll
-                for (int off = 1; off < 4; off <<= 1) {
-                    const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-                    const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
-                    if (ov > bv || (ov == bv && oi < bi)) {
-                        bv = ov;
-                        bi = oi;
-                    }
-                }
+                quad_argmax(bv, bi);
                 const int l = bi >= k ? 0 : bi;  // every score NaN: centroid 0, as a scalar loop
                 const int local = warp * kRowsPerWarp + mt * 16 + hh * 8 + g;
                 const int64_t row = local_tile * kBlockRows + local;

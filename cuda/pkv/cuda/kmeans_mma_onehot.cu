@@ -201,17 +201,8 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
 #pragma unroll
                     for (int mt = 0; mt < RM; ++mt)
 #pragma unroll
-                        for (int hh = 0; hh < 2; ++hh) {
-                            const float s0 = sc[u][mt][2 * hh], s1 = sc[u][mt][2 * hh + 1];
-                            if (s0 > best[mt][hh]) {
-                                best[mt][hh] = s0;
-                                bidx[mt][hh] = col;
-                            }
-                            if (s1 > best[mt][hh]) {
-                                best[mt][hh] = s1;
-                                bidx[mt][hh] = col + 1;
-                            }
-                        }
+                        for (int hh = 0; hh < 2; ++hh)
+                            running_max(best[mt][hh], bidx[mt][hh], sc[u][mt][2 * hh], sc[u][mt][2 * hh + 1], col);
                 }
             }
             // ||x||² of the rows: the diagonal of their Gram matrix on the tensor cores
@@ -244,15 +235,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
                 for (int hh = 0; hh < 2; ++hh) {
                     float bv = best[mt][hh];
                     int bi = bidx[mt][hh];
-#pragma unroll
-                    for (int off = 1; off < 4; off <<= 1) {
-                        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-                        const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
-                        if (ov > bv || (ov == bv && oi < bi)) {
-                            bv = ov;
-                            bi = oi;
-                        }
-                    }
+                    quad_argmax(bv, bi);
                     const int l = bi >= k ? 0 : bi;  // every score NaN: centroid 0, as a scalar loop
                     const int local = warp * 16 * RM + mt * 16 + hh * 8 + g;
                     const int64_t row = local_tile * kBlockRows + local;

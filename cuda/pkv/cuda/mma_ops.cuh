@@ -76,4 +76,31 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/// Running (max score, lowest index) of one row over the two columns col, col + 1 of an
+/// accumulator pair; columns arrive in increasing order, so strict '>' keeps the lowest.
+__device__ __forceinline__ void running_max(float& best, int& idx, float s0, float s1, int col) {
+    if (s0 > best) {
+        best = s0;
+        idx = col;
+    }
+    if (s1 > best) {
+        best = s1;
+        idx = col + 1;
+    }
+}
+
+/// Merges the running (max score, lowest index) of the four threads of a quad (the
+/// threads holding one row's columns): every lane ends with the row's winner.
+__device__ __forceinline__ void quad_argmax(float& bv, int& bi) {
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+}
+
 }  // namespace pkv::cuda::detail
