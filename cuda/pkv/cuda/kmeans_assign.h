@@ -150,6 +150,8 @@ public:
     /// asks for sums, all are computed (only the asked ones are copied out).
     void assign_batch(std::vector<AssignTask>& tasks, int k) override;
 
+    /// max_point_bytes (or the free device memory minus 1 GiB) / (d * s + 8).
+    int64_t max_resident_rows(int d) const override;
     const CudaAssignerOptions& options() const;
     /// True when the data of the current begin()/begin_batch() is streamed in chunks.
     bool streaming() const;

@@ -107,6 +107,18 @@ struct CudaAssigner::Impl {
     CudaPassTiming timing;
 
     bool rounded() const { return opt.precision != InputPrecision::fp32; }
+    // Points of dimension dim the budget holds (at least 1).
+    int64_t resident_rows(int dim) const {
+        const size_t row_bytes = static_cast<size_t>(dim) * elem() + 8;
+        size_t budget = opt.max_point_bytes;
+        if (budget == 0) {
+            PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+            size_t free_b = 0, total_b = 0;
+            PKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+            budget = free_b > kAutoHeadroom ? free_b - kAutoHeadroom : row_bytes;
+        }
+        return static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
+    }
     bool bf16() const { return opt.precision == InputPrecision::bf16; }
     size_t elem() const { return rounded() ? 2 : 4; }
     bool mma() const { return rounded() && d <= detail::kMmaMaxDim; }
@@ -147,14 +159,7 @@ struct CudaAssigner::Impl {
             sets.push_back(s);
             total += data[i].n;
         }
-        const size_t row_bytes = static_cast<size_t>(d) * elem() + 8;
-        size_t budget = opt.max_point_bytes;
-        if (budget == 0) {
-            size_t free_b = 0, total_b = 0;
-            PKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-            budget = free_b > kAutoHeadroom ? free_b - kAutoHeadroom : row_bytes;
-        }
-        const int64_t fit = static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
+        const int64_t fit = resident_rows(d);
         streaming = total > fit;
         // Streamed chunks of whole tiles keep the objective's summation order of the
         // resident pass; chunks of whole one-hot groups (at most 32 tiles) keep its sums.
@@ -601,6 +606,8 @@ void CudaAssigner::assign_accumulate(const float* x, int64_t n, int d, const flo
     PKV_CHECK(sums != nullptr && counts != nullptr, invalid_argument, "cuda assigner: null sums or counts");
     impl_->single(x, n, d, centroids, k, labels, dist2, sums, counts);
 }
+
+int64_t CudaAssigner::max_resident_rows(int d) const { return impl_->resident_rows(d); }
 
 const CudaAssignerOptions& CudaAssigner::options() const { return impl_->opt; }
 bool CudaAssigner::streaming() const { return impl_->active && impl_->streaming; }

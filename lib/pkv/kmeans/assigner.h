@@ -94,6 +94,10 @@ public:
     /// implementation processes the whole batch in one launch sequence. A task's
     /// outputs must not depend on the other tasks of the batch.
     virtual void assign_batch(std::vector<AssignTask>& tasks, int k);
+    /// Most points of dimension d this assigner keeps resident for a pass (a device's
+    /// memory); more are still handled (streamed, slower). kmeans_batch_multi() runs a
+    /// larger problem data parallel over all its assigners. Default: no limit.
+    virtual int64_t max_resident_rows(int d) const { return INT64_MAX; }
 
 protected:
     /// The data sets of the current begin_batch() (empty outside one) and their d.

@@ -1,11 +1,13 @@
 #include "pkv/kmeans/kmeans_multi.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <numeric>
 #include <thread>
 
 #include "pkv/core/error.h"
+#include "pkv/kmeans/sharded_assigner.h"
 
 namespace pkv {
 
@@ -31,8 +33,34 @@ std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& p
     PKV_CHECK(!assigners.empty(), invalid_argument, "k-means: expected at least one assigner");
     if (assigners.size() == 1 || problems.size() <= 1) return kmeans_batch(problems, d, params, assigners.front());
     check_kmeans_problems(problems, d, params);  // here, so that errors name the caller's problem index
-    const std::vector<int> owner = deal_problems(problems, static_cast<int>(assigners.size()));
+    // Problems larger than one assigner holds run data parallel over all of them.
+    int64_t fits = INT64_MAX;
+    for (KMeansAssigner* a : assigners)
+        if (a) fits = std::min(fits, a->max_resident_rows(d));
+    std::vector<KMeansProblem> dealt;
+    std::vector<size_t> dealt_index, big;
+    for (size_t i = 0; i < problems.size(); ++i) {
+        if (problems[i].n > fits && std::find(assigners.begin(), assigners.end(), nullptr) == assigners.end()) {
+            big.push_back(i);
+        } else {
+            dealt.push_back(problems[i]);
+            dealt_index.push_back(i);
+        }
+    }
     std::vector<KMeansResult> out(problems.size());
+    if (!big.empty()) {
+        ShardedAssigner sharded(assigners);
+        for (size_t i : big) {
+            KMeansParams pi = params;
+            pi.seed = problems[i].seed;
+            out[i] = kmeans(problems[i].x, problems[i].n, d, pi, &sharded);
+        }
+        if (dealt.empty()) return out;
+        std::vector<KMeansResult> rest = kmeans_batch_multi(dealt, d, params, assigners);
+        for (size_t j = 0; j < dealt.size(); ++j) out[dealt_index[j]] = std::move(rest[j]);
+        return out;
+    }
+    const std::vector<int> owner = deal_problems(problems, static_cast<int>(assigners.size()));
     std::vector<std::exception_ptr> errors(assigners.size());
     std::vector<std::thread> threads;
     for (size_t a = 0; a < assigners.size(); ++a) {

@@ -20,6 +20,10 @@ std::vector<int> deal_problems(const std::vector<KMeansProblem>& problems, int a
 /// to kmeans_batch() with one assigner of the same kind (kmeans_batch's per-problem
 /// contract), except KMeansIterationStats::seconds. A nullptr entry is the CPU
 /// assigner. The first exception of any thread is rethrown after all have ended.
+/// With several (non-null) assigners, a problem of more points than one of them keeps
+/// resident (KMeansAssigner::max_resident_rows) runs alone, data parallel over all of
+/// them (ShardedAssigner): equal to the single-assigner run to double rounding of the
+/// sums (sharded_assigner.h), not bitwise.
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
                                              const KMeansParams& params,
                                              const std::vector<KMeansAssigner*>& assigners);

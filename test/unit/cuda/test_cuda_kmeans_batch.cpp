@@ -31,6 +31,7 @@
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/kmeans/kmeans.h"
+#include "pkv/kmeans/sharded_assigner.h"
 #include "unit/kmeans/kmeans_test_util.h"
 
 namespace {
@@ -357,4 +358,30 @@ TEST_CASE("GPU k-means properties: more k, duplicates, k > n", "[cuda][kmeans][p
     CudaAssigner bf(bopt);
     const std::vector<float> wide = pkv_test::gaussian_points(10, 130, 1);
     CHECK_THROWS_WITH(bf.begin(wide.data(), 10, 130), ContainsSubstring("bf16 input needs d <= 128"));
+}
+
+TEST_CASE("one problem sharded over two GPU assigners tracks one assigner", "[cuda][kmeans][sharded]") {
+    PKV_REQUIRE_GPU();
+    // Two assigners on device 0 stand in for two GPUs (the code path of --devices 0,1
+    // with a problem larger than one GPU): shards of 8192-row multiples, sums added on
+    // the host in shard order.
+    const int d = 64;
+    const pkv_test::Blobs b = pkv_test::gaussian_blobs(32, 1100, d, 3.0f, 1.0f, 17);
+    const std::vector<float> x = rounded(b.x, InputPrecision::fp16);
+    pkv::KMeansParams p;
+    p.k = 32;
+    p.max_iter = 10;
+    p.tol = -1.0;
+    p.seed = 3;
+    CudaAssignerOptions opt;
+    opt.precision = InputPrecision::fp16;
+    CudaAssigner one(opt), s0(opt), s1(opt);
+    const pkv::KMeansResult ref = pkv::kmeans(x.data(), b.n, d, p, &one);
+    pkv::ShardedAssigner sharded({&s0, &s1});
+    const pkv::KMeansResult got = pkv::kmeans(x.data(), b.n, d, p, &sharded);
+    int64_t same = 0;
+    for (int64_t i = 0; i < b.n; ++i) same += got.assignments[i] == ref.assignments[i];
+    CAPTURE(ref.objective, got.objective, same);
+    CHECK(double(same) >= 0.999 * double(b.n));
+    CHECK(got.objective == Approx(ref.objective).epsilon(1e-6));
 }

@@ -5,6 +5,7 @@
 #include "catch.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans_multi.h"
+#include "pkv/kmeans/sharded_assigner.h"
 #include "unit/kmeans/kmeans_test_util.h"
 
 TEST_CASE("deal_problems: largest first to the least-loaded assigner", "[kmeans][multi]") {
@@ -53,4 +54,66 @@ TEST_CASE("kmeans_batch_multi equals kmeans_batch with one assigner", "[kmeans][
     bad.push_back({xs[1].data(), 5, 1});
     CHECK_THROWS_WITH(pkv::kmeans_batch_multi(bad, d, p, ptrs),
                       ContainsSubstring("problem 7: k = 12 exceeds the number of points n = 5"));
+}
+
+namespace {
+// A CPU assigner that says it holds only `rows` points, so that kmeans_batch_multi
+// shards larger problems (what a GPU of limited memory does).
+class SmallCpu final : public pkv::KMeansAssigner {
+public:
+    explicit SmallCpu(int64_t rows) : rows_(rows) {}
+    const char* name() const override { return "small-cpu"; }
+    void assign(const float* x, int64_t n, int d, const float* c, int k, int32_t* labels, float* dist2) override {
+        ++calls;
+        cpu_.assign(x, n, d, c, k, labels, dist2);
+    }
+    int64_t max_resident_rows(int) const override { return rows_; }
+    int calls = 0;
+
+private:
+    pkv::CpuAssigner cpu_;
+    int64_t rows_;
+};
+}  // namespace
+
+TEST_CASE("ShardedAssigner: one problem over several assigners equals one assigner", "[kmeans][multi][sharded]") {
+    const int d = 24;
+    const pkv_test::Blobs b = pkv_test::gaussian_blobs(20, 900, d, 4.0f, 1.0f, 5);
+    pkv::KMeansParams p;
+    p.k = 20;
+    p.max_iter = 12;
+    p.tol = -1.0;
+    p.seed = 5;
+    pkv::CpuAssigner one;
+    const pkv::KMeansResult ref = pkv::kmeans(b.x.data(), b.n, d, p, &one);
+    const int shards = GENERATE(2, 3, 7);
+    CAPTURE(shards);
+    std::vector<pkv::CpuAssigner> cpu(static_cast<size_t>(shards));
+    std::vector<pkv::KMeansAssigner*> ptrs;
+    for (auto& c : cpu) ptrs.push_back(&c);
+    pkv::ShardedAssigner sharded(ptrs);
+    CHECK(sharded.shard_begin(b.n, 0) == 0);
+    CHECK(sharded.shard_begin(b.n, shards) == b.n);
+    const pkv::KMeansResult got = pkv::kmeans(b.x.data(), b.n, d, p, &sharded);
+    // Sums are added shard by shard: equal to double rounding; the centroids are float.
+    int64_t same = 0;
+    for (int64_t i = 0; i < b.n; ++i) same += got.assignments[i] == ref.assignments[i];
+    CHECK(same == b.n);
+    CHECK(got.objective == Approx(ref.objective).epsilon(1e-12));
+    for (size_t i = 0; i < ref.centroids.size(); ++i) CHECK(got.centroids[i] == Approx(ref.centroids[i]).margin(1e-5));
+
+    // kmeans_batch_multi shards a problem larger than its assigners hold, and deals the rest.
+    std::vector<SmallCpu> small;
+    for (int s = 0; s < 3; ++s) small.emplace_back(5000);
+    std::vector<pkv::KMeansAssigner*> sp;
+    for (auto& s : small) sp.push_back(&s);
+    const std::vector<float> little = pkv_test::gaussian_points(3000, d, 9);
+    pkv::KMeansParams q = p;
+    q.seed = 5;
+    const auto res = pkv::kmeans_batch_multi({{b.x.data(), b.n, 5}, {little.data(), 3000, 6}}, d, q, sp);
+    CHECK(res[0].objective == Approx(ref.objective).epsilon(1e-12));
+    pkv::KMeansParams q6 = p;
+    q6.seed = 6;
+    CHECK(res[1].centroids == pkv::kmeans(little.data(), 3000, d, q6, &one).centroids);
+    for (const SmallCpu& s : small) CHECK(s.calls > 0);  // every assigner took part in the big one
 }

@@ -1,0 +1,137 @@
+#include "pkv/kmeans/sharded_assigner.h"
+
+#include <algorithm>
+#include <exception>
+#include <thread>
+
+#include "pkv/core/error.h"
+
+namespace pkv {
+
+namespace {
+constexpr int64_t kShardAlign = 8192;
+
+// Runs f(s) for every shard in its own thread; rethrows the first exception.
+template <typename F>
+void each_shard(size_t shards, F&& f) {
+    std::vector<std::exception_ptr> errors(shards);
+    std::vector<std::thread> threads;
+    for (size_t s = 0; s < shards; ++s)
+        threads.emplace_back([&, s]() {
+            try {
+                f(s);
+            } catch (...) {
+                errors[s] = std::current_exception();
+            }
+        });
+    for (std::thread& t : threads) t.join();
+    for (const std::exception_ptr& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+}  // namespace
+
+ShardedAssigner::ShardedAssigner(std::vector<KMeansAssigner*> shards) : shards_(std::move(shards)) {
+    PKV_CHECK(!shards_.empty(), invalid_argument, "sharded assigner: expected at least one shard");
+    for (KMeansAssigner* a : shards_) PKV_CHECK(a != nullptr, invalid_argument, "sharded assigner: null shard");
+}
+
+int64_t ShardedAssigner::shard_begin(int64_t n, int s) const {
+    const int64_t S = static_cast<int64_t>(shards_.size());
+    if (s >= S) return n;
+    const int64_t b = n * s / S;
+    if (n / S >= kShardAlign) return b / kShardAlign * kShardAlign;
+    return b;
+}
+
+void ShardedAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                             float* dist2) {
+    each_shard(shards_.size(), [&](size_t s) {
+        const int64_t b = shard_begin(n, static_cast<int>(s)), e = shard_begin(n, static_cast<int>(s) + 1);
+        if (e > b) shards_[s]->assign(x + b * d, e - b, d, centroids, k, labels + b, dist2 + b);
+    });
+}
+
+void ShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
+    batch_data_ = data;
+    batch_d_ = d;
+    owner_data_.assign(shards_.size(), {});
+    std::vector<std::vector<AssignData>> mine(shards_.size());
+    for (size_t s = 0; s < shards_.size(); ++s)
+        for (size_t i = 0; i < data.size(); ++i) {
+            const int64_t b = shard_begin(data[i].n, static_cast<int>(s));
+            const int64_t e = shard_begin(data[i].n, static_cast<int>(s) + 1);
+            if (e <= b) continue;
+            mine[s].push_back(AssignData{data[i].x + b * d, e - b});
+            owner_data_[s].push_back(static_cast<int>(i));
+        }
+    each_shard(shards_.size(), [&](size_t s) {
+        if (!mine[s].empty()) shards_[s]->begin_batch(mine[s], d);
+    });
+}
+
+void ShardedAssigner::end_batch() noexcept {
+    for (size_t s = 0; s < shards_.size(); ++s)
+        if (s < owner_data_.size() && !owner_data_[s].empty()) shards_[s]->end_batch();
+    owner_data_.clear();
+    batch_data_.clear();
+}
+
+void ShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
+    PKV_CHECK(!owner_data_.empty(), internal, "sharded assigner: assign_batch() outside begin_batch()/end_batch()");
+    const int d = batch_d_;
+    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
+    // Per shard: its tasks (data index remapped, outputs at the shard's rows, own sums).
+    std::vector<std::vector<AssignTask>> st(shards_.size());
+    std::vector<std::vector<size_t>> which(shards_.size());
+    std::vector<std::vector<std::vector<double>>> sums(shards_.size());
+    std::vector<std::vector<std::vector<int64_t>>> counts(shards_.size());
+    for (size_t s = 0; s < shards_.size(); ++s)
+        for (size_t ti = 0; ti < tasks.size(); ++ti) {
+            const AssignTask& t = tasks[ti];
+            const auto& own = owner_data_[s];
+            int local = -1;
+            for (size_t j = 0; j < own.size(); ++j)
+                if (own[j] == t.data) local = static_cast<int>(j);
+            if (local < 0) continue;  // no rows of this data set here
+            const int64_t b = shard_begin(batch_data_[static_cast<size_t>(t.data)].n, static_cast<int>(s));
+            AssignTask u = t;
+            u.data = local;
+            if (t.labels) u.labels = t.labels + b;
+            if (t.dist2) u.dist2 = t.dist2 + b;
+            if (t.sums) {
+                sums[s].emplace_back(kd);
+                counts[s].emplace_back(static_cast<size_t>(k));
+            }
+            st[s].push_back(u);
+            which[s].push_back(ti);
+        }
+    for (size_t s = 0; s < shards_.size(); ++s) {  // buffers are final now: point at them
+        size_t acc = 0;
+        for (AssignTask& u : st[s])
+            if (u.sums) {
+                u.sums = sums[s][acc].data();
+                u.counts = counts[s][acc].data();
+                ++acc;
+            }
+    }
+    each_shard(shards_.size(), [&](size_t s) {
+        if (!st[s].empty()) shards_[s]->assign_batch(st[s], k);
+    });
+    for (AssignTask& t : tasks) {
+        t.objective = 0.0;
+        if (t.sums) {
+            std::fill(t.sums, t.sums + kd, 0.0);
+            std::fill(t.counts, t.counts + k, int64_t{0});
+        }
+    }
+    for (size_t s = 0; s < shards_.size(); ++s)
+        for (size_t i = 0; i < st[s].size(); ++i) {
+            AssignTask& t = tasks[which[s][i]];
+            t.objective += st[s][i].objective;
+            if (!t.sums) continue;
+            for (size_t e = 0; e < kd; ++e) t.sums[e] += st[s][i].sums[e];
+            for (int j = 0; j < k; ++j) t.counts[j] += st[s][i].counts[j];
+        }
+}
+
+}  // namespace pkv

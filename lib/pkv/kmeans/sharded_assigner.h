@@ -1,0 +1,48 @@
+// pkv/kmeans/sharded_assigner.h — one k-means problem over several assigners at once
+// (data parallel): each assigner (e.g. one per GPU) holds a contiguous shard of every
+// data set's rows, runs its part of each pass in its own thread, and the shards'
+// sums, counts and objectives are added on the host.
+//
+// For a problem whose points do not fit one GPU: kmeans_batch_multi() runs such
+// problems through a ShardedAssigner over all its assigners (see
+// KMeansAssigner::max_resident_rows). The Lloyd loop itself (initialisation,
+// subsample, empty-cluster refills, the update) stays on the host, unchanged, so the
+// run is the single-assigner run except for the order in which partial sums are
+// added: sums and objective equal it to double rounding (relative ~1e-16 of the sum
+// of |x| per cluster), labels wherever no two centroids are that close to a tie.
+//
+// Shards: data set rows [n * s / S, n * (s + 1) / S) rounded down to a multiple of
+// 8192 rows (the one-hot kernel's largest group) when every shard keeps at least that
+// many, so a GPU's partials group rows as a single GPU would. A shard with no rows of
+// a data set skips its tasks. Sums and counts of the shards are added in shard order
+// (deterministic).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pkv/kmeans/assigner.h"
+
+namespace pkv {
+
+class ShardedAssigner final : public KMeansAssigner {
+public:
+    /// shards: at least one; not owned; each is used by one thread at a time.
+    explicit ShardedAssigner(std::vector<KMeansAssigner*> shards);
+    const char* name() const override { return "sharded"; }
+    void assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                float* dist2) override;
+    void begin_batch(const std::vector<AssignData>& data, int d) override;
+    void end_batch() noexcept override;
+    void assign_batch(std::vector<AssignTask>& tasks, int k) override;
+
+    /// First row of shard s of a data set of n rows (s in [0, shards]; s = shards gives n).
+    int64_t shard_begin(int64_t n, int s) const;
+
+private:
+    std::vector<KMeansAssigner*> shards_;
+    // Per shard: which begin_batch() data set each of its own data sets is.
+    std::vector<std::vector<int>> owner_data_;
+};
+
+}  // namespace pkv
