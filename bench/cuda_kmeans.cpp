@@ -7,6 +7,7 @@
 //          [--ks 16,256,1024] [--both-sums]
 //        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
 //          [--workers 1,2,...]
+//        pkv_bench_cuda_kmeans --sharded [n] [k] [iterations] [--workers 1,2,...]
 //   defaults: 10000000 3 200000 (cpu_n = 0 skips the CPU column); --model: a whole
 //   model's calibration shape, 90 problems (SmolLM2-135M: 30 layers x 3 KV heads) x
 //   100000 tokens x d = 64, k = 32 and 256, 30 iterations through kmeans_batch (fp16).
@@ -14,6 +15,10 @@
 // kmeans_batch_multi (what `pkv calibrate --devices` does), worker i on GPU i % count,
 // for each W listed: wall time, speed-up over the first W and efficiency (speed-up per
 // GPU used; workers that share a GPU only show the overhead of sharing).
+// --sharded: one problem (default n = 1e8, d = 128, k = 256, 5 iterations, fp16) data
+// parallel over W GPU assigners (ShardedAssigner, what --devices does for a problem
+// larger than one GPU), worker i on GPU i % count: seconds per Lloyd iteration, speed-up
+// over the first W, efficiency per GPU used, and the objective's relative difference.
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --both-sums adds rows with onehot_sums off (the
 // shared-memory fixed-point kernel) next to the default, for k <= 128.
@@ -38,6 +43,7 @@
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
 #include "pkv/kmeans/kmeans_multi.h"
+#include "pkv/kmeans/sharded_assigner.h"
 
 namespace {
 
@@ -189,6 +195,55 @@ bool parse_counts(const char* option, const char* text, std::vector<int>& out) {
     return !out.empty();
 }
 
+// One problem over W workers by ShardedAssigner, fixed iterations, for each W.
+int run_sharded(int64_t n, int k, int iters, std::vector<int> workers, bool csv) {
+    const int gpus = pkv::cuda::device_count();
+    const int d = kDim;
+    if (workers.empty()) workers = {1, 2, 4, 8};
+    std::printf("k-means, one problem sharded over GPU workers: n = %lld, d = %d, k = %d, %d iterations, fp16, %d GPU(s)\n",
+                static_cast<long long>(n), d, k, iters, gpus);
+    const std::vector<float> x = gaussian(n, d);
+    pkv::KMeansParams params;
+    params.k = k;
+    params.max_iter = iters;
+    params.tol = -1.0;
+    params.init = pkv::KMeansInit::random;
+    std::printf("%8s %6s %14s %9s %11s %14s\n", "workers", "GPUs", "s / iteration", "speed-up", "efficiency",
+                "objective diff");
+    double first = 0.0, ref_obj = 0.0;
+    for (size_t wi = 0; wi < workers.size(); ++wi) {
+        const int w = workers[wi];
+        std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
+        std::vector<pkv::KMeansAssigner*> ptrs;
+        for (int i = 0; i < w; ++i) {
+            pkv::cuda::CudaAssignerOptions opt;
+            opt.device = i % gpus;
+            opt.precision = pkv::cuda::InputPrecision::fp16;
+            owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
+            ptrs.push_back(owned.back().get());
+        }
+        pkv::ShardedAssigner sharded(ptrs);
+        const pkv::KMeansResult r = pkv::kmeans(x.data(), n, d, params, &sharded);
+        double lloyd = 0.0;
+        for (const auto& st : r.stats) lloyd += st.seconds;
+        const double per_iter = lloyd / static_cast<double>(std::max<size_t>(r.stats.size(), 1));
+        if (wi == 0) {
+            first = per_iter;
+            ref_obj = r.objective;
+        }
+        const int used = std::min(w, gpus);
+        std::printf("%8d %6d %14.4f %9.2f %11.2f %14.2e\n", w, used, per_iter, first / per_iter,
+                    first / per_iter / used, std::fabs(r.objective - ref_obj) / ref_obj);
+        if (csv)
+            std::printf("pkv,sharded,%lld,%d,%d,%d,%d,%.6f,%.17g\n", static_cast<long long>(n), d, k, w, used, per_iter,
+                        r.objective);
+        std::fflush(stdout);
+    }
+    std::printf("s / iteration: the Lloyd iterations on the wall clock (every shard's pass + the host combine\n"
+                "and update); workers on one GPU share it.\n");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -196,7 +251,7 @@ int main(int argc, char** argv) {
         std::printf("no CUDA device\n");
         return 0;
     }
-    bool csv = false, model = false, both = false;
+    bool csv = false, model = false, both = false, sharded = false;
     std::vector<int> workers;
     std::vector<int> ks = {16, 256, 1024};
     std::vector<std::string> pos;
@@ -206,6 +261,7 @@ int main(int argc, char** argv) {
         if (!std::strcmp(argv[i], "--csv")) csv = true;
         else if (!std::strcmp(argv[i], "--model")) model = true;
         else if (!std::strcmp(argv[i], "--both-sums")) both = true;
+        else if (!std::strcmp(argv[i], "--sharded")) sharded = true;
         else if (!std::strcmp(argv[i], "--workers") && i + 1 < argc) {
             if (!parse_counts("--workers", argv[++i], workers)) return 2;
         } else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
@@ -220,6 +276,8 @@ int main(int argc, char** argv) {
         } else pos.push_back(argv[i]);
     }
     auto arg = [&](size_t i, long long def) { return i < pos.size() ? std::atoll(pos[i].c_str()) : def; };
+    if (sharded)
+        return run_sharded(arg(0, 100000000), static_cast<int>(arg(1, 256)), static_cast<int>(arg(2, 5)), workers, csv);
     if (model)
         return workers.empty()
                    ? run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)), static_cast<int>(arg(3, 30)),

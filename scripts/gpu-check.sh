@@ -17,6 +17,10 @@ for b in "$BUILD"/bench/pkv_bench_cuda_*; do
   if [ -x "$b" ]; then "$b"; fi
 done
 # The model-shaped calibration over 1 and 2 GPU workers (they share a GPU on a one-GPU machine).
-if [ -x "$BUILD/bench/pkv_bench_cuda_kmeans" ]; then "$BUILD/bench/pkv_bench_cuda_kmeans" --model 90 100000 64 30 --workers 1,2; fi
+# One problem data parallel over 1 and 2 workers (N = 2e7 here; the 1e8 with --sharded alone).
+if [ -x "$BUILD/bench/pkv_bench_cuda_kmeans" ]; then
+  "$BUILD/bench/pkv_bench_cuda_kmeans" --model 90 100000 64 30 --workers 1,2
+  "$BUILD/bench/pkv_bench_cuda_kmeans" --sharded 20000000 256 3 --workers 1,2
+fi
 # pkv's k-means against a PyTorch Lloyd loop on the same GPU, when torch is there.
 if python3 -c "import torch" 2>/dev/null; then bash "$ROOT/bench/kmeans_gpu_vs_torch.sh" "$BUILD"; fi
