@@ -126,6 +126,21 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     return 0;
 }
 
+// W fp16 GPU assigners, worker i on GPU i % gpus.
+struct Workers {
+    std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
+    std::vector<pkv::KMeansAssigner*> ptrs;
+    Workers(int w, int gpus) {
+        for (int i = 0; i < w; ++i) {
+            pkv::cuda::CudaAssignerOptions opt;
+            opt.device = i % gpus;
+            opt.precision = pkv::cuda::InputPrecision::fp16;
+            owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
+            ptrs.push_back(owned.back().get());
+        }
+    }
+};
+
 // The model shape over W workers (kmeans_batch_multi), k = 32 and 256, for each W.
 int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::vector<int>& workers, bool csv) {
     const int gpus = pkv::cuda::device_count();
@@ -147,15 +162,8 @@ int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::v
         std::vector<pkv::KMeansResult> ref;
         for (size_t wi = 0; wi < workers.size(); ++wi) {
             const int w = workers[wi];
-            std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
-            std::vector<pkv::KMeansAssigner*> ptrs;
-            for (int i = 0; i < w; ++i) {
-                pkv::cuda::CudaAssignerOptions opt;
-                opt.device = i % gpus;
-                opt.precision = pkv::cuda::InputPrecision::fp16;
-                owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
-                ptrs.push_back(owned.back().get());
-            }
+            Workers ws(w, gpus);
+            const std::vector<pkv::KMeansAssigner*>& ptrs = ws.ptrs;
             const auto t0 = std::chrono::steady_clock::now();
             std::vector<pkv::KMeansResult> res = pkv::kmeans_batch_multi(probs, d, params, ptrs);
             const double total = seconds_since(t0);
@@ -213,16 +221,8 @@ int run_sharded(int64_t n, int k, int iters, std::vector<int> workers, bool csv)
     double first = 0.0, ref_obj = 0.0;
     for (size_t wi = 0; wi < workers.size(); ++wi) {
         const int w = workers[wi];
-        std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
-        std::vector<pkv::KMeansAssigner*> ptrs;
-        for (int i = 0; i < w; ++i) {
-            pkv::cuda::CudaAssignerOptions opt;
-            opt.device = i % gpus;
-            opt.precision = pkv::cuda::InputPrecision::fp16;
-            owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
-            ptrs.push_back(owned.back().get());
-        }
-        pkv::ShardedAssigner sharded(ptrs);
+        Workers ws(w, gpus);
+        pkv::ShardedAssigner sharded(ws.ptrs);
         const pkv::KMeansResult r = pkv::kmeans(x.data(), n, d, params, &sharded);
         double lloyd = 0.0;
         for (const auto& st : r.stats) lloyd += st.seconds;

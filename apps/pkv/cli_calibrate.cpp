@@ -78,6 +78,10 @@ Command add_calibrate(CLI::App& root) {
         ->capture_default_str();
     app->add_option("--devices", args->devices,
                     "all or GPU indices (0,1,...): spread the (layer, head) problems over these GPUs");
+    app->add_option("--shard-above", c.shard_above,
+                    "heads with more training tokens run data parallel over all devices and MPI ranks (0: when "
+                    "they exceed one device's memory)")
+        ->capture_default_str();
     app->add_option("--holdout", c.holdout, "fraction of tokens held out (whole sequences) to measure the table")
         ->capture_default_str();
     app->add_option("--seed", c.seed, "seed of the split and of k-means")->capture_default_str();

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `mpirun -np R pkv calibrate`: ranks split the (layer, head) problems, rank 0 writes
 # the table, which equals the single-process table (patterns, counts, fitted
-# parameters and per-head statistics, compared exactly); a failing rank ends the job
-# naming itself and no table is written. GPU ranks too when pkv sees a GPU.
+# parameters and per-head statistics, compared exactly); with --shard-above every head
+# runs data parallel over the ranks (equal within 1e-5: partial sums added in another
+# order); a failing rank ends the job naming itself and no table is written. GPU ranks,
+# --devices and GPU data parallel too when pkv sees a GPU.
 source "$(dirname "$0")/common.bash"
 need_data
 command -v mpirun >/dev/null || { echo "SKIPPED: mpirun not found (scripts/install-deps.sh installs OpenMPI)"; exit 77; }
@@ -13,17 +15,40 @@ DUMP="$WORK/prose.h5"
   --out "$DUMP" >/dev/null 2>"$WORK/dump.err" || { failed "dump: $(tail -3 "$WORK/dump.err")"; finish; exit 1; }
 CAL=(--log-level warn calibrate --dump "$DUMP" --k-patterns 16 --v-patterns 16 --holdout 0.25)
 
-# Tensors and per-head statistics of two tables (JSON exports), exactly.
+# Tensors and per-head statistics of two tables (JSON exports), exactly; with a third
+# argument TOL, values may differ by TOL relative to the largest |value| of their tensor
+# (data-parallel runs add partial sums in another order).
 same_tables() {
   "$PKV_BIN" export --table "$1" --format json --out "$WORK/a.json" --force >/dev/null &&
     "$PKV_BIN" export --table "$2" --format json --out "$WORK/b.json" --force >/dev/null &&
-    /usr/bin/python3 - "$WORK/a.json" "$WORK/b.json" <<'PY'
+    /usr/bin/python3 - "$WORK/a.json" "$WORK/b.json" "${3:-0}" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
+tol = float(sys.argv[3])
 ca, cb = (x["metadata"]["pkv.calibration"] for x in (a, b))
-assert a["tensors"] == b["tensors"], "tensors differ"
-assert ca["heads"] == cb["heads"], "per-head statistics differ"
-print(cb["processes"])
+def flat(x):
+    if isinstance(x, dict):
+        for k in sorted(x):
+            yield from flat(x[k])
+    elif isinstance(x, list):
+        for y in x:
+            yield from flat(y)
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        yield float(x)
+if tol == 0:
+    assert a["tensors"] == b["tensors"], "tensors differ"
+    assert ca["heads"] == cb["heads"], "per-head statistics differ"
+    print(cb["processes"])
+else:
+    assert a["tensors"].keys() == b["tensors"].keys(), "tensor names differ"
+    worst = 0.0
+    for name in a["tensors"]:
+        va, vb = list(flat(a["tensors"][name])), list(flat(b["tensors"][name]))
+        assert len(va) == len(vb), name + ": sizes differ"
+        scale = max([abs(v) for v in va] + [1e-30])
+        worst = max([worst] + [abs(x - y) / scale for x, y in zip(va, vb)])
+    assert worst <= tol, f"largest relative difference {worst:.3g} > {tol}"
+    print(f"{cb['processes']}, data_parallel {cb.get('data_parallel')}, largest relative difference {worst:.3g}")
 PY
 }
 
@@ -40,6 +65,23 @@ for R in 2 3; do
       failed "$R ranks: $(grep -c '^wrote ' "$WORK/r$R.out") ranks reported"
   else
     failed "mpirun -np $R: $(tail -5 "$WORK/r$R.err")"
+  fi
+done
+
+# One head data parallel over the ranks (--shard-above below the 1536 training tokens):
+# every rank takes every head, rows sharded over the ranks, sums added in rank order.
+for R in 2 3; do
+  if "${MPIRUN[@]}" -np $R "$PKV_BIN" "${CAL[@]}" --device cpu --shard-above 1000 --out "$WORK/dp$R.safetensors" \
+       >/dev/null 2>"$WORK/dp$R.err"; then
+    if res=$(same_tables "$WORK/one.safetensors" "$WORK/dp$R.safetensors" 1e-5 2>"$WORK/cmp.err"); then
+      pass "$R ranks, data parallel: table within 1e-5 of the single-process one ($res)"
+      [[ "$res" == *"data_parallel True"* ]] && pass "$R ranks: the table records data_parallel" ||
+        failed "$R ranks: the table does not record data_parallel: $res"
+    else
+      failed "$R ranks, data parallel: $(cat "$WORK/cmp.err")"
+    fi
+  else
+    failed "mpirun -np $R --shard-above: $(tail -5 "$WORK/dp$R.err")"
   fi
 done
 
@@ -81,6 +123,16 @@ if "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
   else
     failed "--devices 0,0: $(tail -3 "$WORK/gd.err")"
   fi
+  # Data parallel over two workers of one process, and over two GPU ranks.
+  "$PKV_BIN" "${CAL[@]}" --devices 0,0 --shard-above 1000 --out "$WORK/gdp.safetensors" >/dev/null 2>"$WORK/gdp.err" &&
+    res=$(same_tables "$WORK/g1.safetensors" "$WORK/gdp.safetensors" 1e-4 2>"$WORK/cmp.err") &&
+    pass "--devices 0,0 --shard-above: within 1e-4 of one GPU ($res)" ||
+    failed "--devices 0,0 --shard-above: $(cat "$WORK/gdp.err" "$WORK/cmp.err" 2>/dev/null | tail -5)"
+  "${MPIRUN[@]}" -np 2 "$PKV_BIN" "${CAL[@]}" --device cuda --shard-above 1000 --out "$WORK/g2dp.safetensors" \
+    >/dev/null 2>"$WORK/g2dp.err" &&
+    res=$(same_tables "$WORK/g1.safetensors" "$WORK/g2dp.safetensors" 1e-4 2>"$WORK/cmp.err") &&
+    pass "2 GPU ranks, data parallel: within 1e-4 of one GPU ($res)" ||
+    failed "2 GPU ranks, data parallel: $(cat "$WORK/g2dp.err" "$WORK/cmp.err" 2>/dev/null | tail -5)"
 else
   echo "note: no GPU: GPU ranks and --devices not run here"
 fi

@@ -118,6 +118,76 @@ std::vector<std::string> Comm::gather(const std::string& bytes) const {
 #endif
 }
 
+void Comm::sum(double* values, size_t n) const {
+    if (!mpi_ || n == 0) return;
+#ifdef PKV_HAVE_MPI
+    // Gather to rank 0, add in rank order, broadcast: MPI_Allreduce may associate the
+    // additions differently on different ranks.
+    std::vector<double> all(rank_ == 0 ? n * static_cast<size_t>(size_) : 0);
+    for (size_t off = 0; off < n;) {
+        const int len = static_cast<int>(std::min<size_t>(n - off, size_t{1} << 26));
+        std::vector<double> part(rank_ == 0 ? static_cast<size_t>(len) * size_ : 0);
+        check_mpi(MPI_Gather(values + off, len, MPI_DOUBLE, part.data(), len, MPI_DOUBLE, 0, MPI_COMM_WORLD),
+                  "MPI_Gather");
+        if (rank_ == 0)
+            for (int i = 0; i < len; ++i) {
+                double acc = part[static_cast<size_t>(i)];
+                for (int r = 1; r < size_; ++r) acc += part[static_cast<size_t>(r) * len + i];
+                values[off + static_cast<size_t>(i)] = acc;
+            }
+        check_mpi(MPI_Bcast(values + off, len, MPI_DOUBLE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+        off += static_cast<size_t>(len);
+    }
+#endif
+}
+
+void Comm::sum(int64_t* values, size_t n) const {
+    if (!mpi_ || n == 0) return;
+#ifdef PKV_HAVE_MPI
+    // Integer sums are exact in any order.
+    for (size_t off = 0; off < n;) {
+        const int len = static_cast<int>(std::min<size_t>(n - off, size_t{1} << 26));
+        check_mpi(MPI_Allreduce(MPI_IN_PLACE, values + off, len, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+        off += static_cast<size_t>(len);
+    }
+#endif
+}
+
+namespace {
+#ifdef PKV_HAVE_MPI
+template <typename T>
+void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype type, int rank, int size) {
+    PKV_CHECK(static_cast<int>(counts.size()) == size, internal, "allgather: {} counts for {} ranks", counts.size(),
+              size);
+    // Rank by rank as broadcasts: counts may exceed an int's range in total.
+    int64_t off = 0;
+    for (int r = 0; r < size; ++r) {
+        for (int64_t done = 0; done < counts[static_cast<size_t>(r)];) {
+            const int len = static_cast<int>(std::min<int64_t>(counts[static_cast<size_t>(r)] - done, int64_t{1} << 28));
+            check_mpi(MPI_Bcast(out + off + done, len, type, r, MPI_COMM_WORLD), "MPI_Bcast");
+            done += len;
+        }
+        off += counts[static_cast<size_t>(r)];
+    }
+    (void)rank;
+}
+#endif
+}  // namespace
+
+void Comm::allgather(int32_t* out, const std::vector<int64_t>& counts) const {
+    if (!mpi_) return;
+#ifdef PKV_HAVE_MPI
+    allgather_impl(out, counts, MPI_INT32_T, rank_, size_);
+#endif
+}
+
+void Comm::allgather(float* out, const std::vector<int64_t>& counts) const {
+    if (!mpi_) return;
+#ifdef PKV_HAVE_MPI
+    allgather_impl(out, counts, MPI_FLOAT, rank_, size_);
+#endif
+}
+
 void Comm::barrier() const {
 #ifdef PKV_HAVE_MPI
     if (mpi_) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");

@@ -12,6 +12,8 @@
 // forever on a gather and rank 0 never writes a partial output.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,14 @@ public:
     std::vector<std::string> gather(const std::string& bytes) const;
     /// Waits for every rank.
     void barrier() const;
+    /// Every rank passes n values; every rank gets their sum over the ranks, added in
+    /// rank order (so the result is the same bitwise on every rank and every run).
+    void sum(double* values, size_t n) const;
+    void sum(int64_t* values, size_t n) const;
+    /// Rank r passes its count[r] values at out + offset[r] (offset[r] = sum of the
+    /// counts before r); afterwards every rank holds all of them there.
+    void allgather(int32_t* out, const std::vector<int64_t>& counts) const;
+    void allgather(float* out, const std::vector<int64_t>& counts) const;
     /// Prints "rank r of R: message" and ends every rank of the job with `code`. In a
     /// single process it only returns (the caller reports the error as usual).
     void abort(const std::string& message, int code) const;

@@ -29,7 +29,7 @@ std::vector<int> deal_problems(const std::vector<KMeansProblem>& problems, int a
 
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
                                              const KMeansParams& params,
-                                             const std::vector<KMeansAssigner*>& assigners) {
+                                             const std::vector<KMeansAssigner*>& assigners, int64_t shard_above) {
     PKV_CHECK(!assigners.empty(), invalid_argument, "k-means: expected at least one assigner");
     if (assigners.size() == 1 || problems.size() <= 1) return kmeans_batch(problems, d, params, assigners.front());
     check_kmeans_problems(problems, d, params);  // here, so that errors name the caller's problem index
@@ -37,6 +37,7 @@ std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& p
     int64_t fits = INT64_MAX;
     for (KMeansAssigner* a : assigners)
         if (a) fits = std::min(fits, a->max_resident_rows(d));
+    if (shard_above > 0) fits = shard_above;
     std::vector<KMeansProblem> dealt;
     std::vector<size_t> dealt_index, big;
     for (size_t i = 0; i < problems.size(); ++i) {
@@ -56,7 +57,7 @@ std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& p
             out[i] = kmeans(problems[i].x, problems[i].n, d, pi, &sharded);
         }
         if (dealt.empty()) return out;
-        std::vector<KMeansResult> rest = kmeans_batch_multi(dealt, d, params, assigners);
+        std::vector<KMeansResult> rest = kmeans_batch_multi(dealt, d, params, assigners, shard_above);
         for (size_t j = 0; j < dealt.size(); ++j) out[dealt_index[j]] = std::move(rest[j]);
         return out;
     }

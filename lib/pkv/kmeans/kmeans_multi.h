@@ -2,6 +2,7 @@
 // GPU of a host), each in its own thread.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "pkv/kmeans/kmeans.h"
@@ -24,8 +25,11 @@ std::vector<int> deal_problems(const std::vector<KMeansProblem>& problems, int a
 /// resident (KMeansAssigner::max_resident_rows) runs alone, data parallel over all of
 /// them (ShardedAssigner): equal to the single-assigner run to double rounding of the
 /// sums (sharded_assigner.h), not bitwise.
+/// shard_above > 0 replaces max_resident_rows as the size above which a problem runs
+/// data parallel.
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
                                              const KMeansParams& params,
-                                             const std::vector<KMeansAssigner*>& assigners);
+                                             const std::vector<KMeansAssigner*>& assigners,
+                                             int64_t shard_above = 0);
 
 }  // namespace pkv

@@ -35,12 +35,17 @@ ShardedAssigner::ShardedAssigner(std::vector<KMeansAssigner*> shards) : shards_(
     for (KMeansAssigner* a : shards_) PKV_CHECK(a != nullptr, invalid_argument, "sharded assigner: null shard");
 }
 
-int64_t ShardedAssigner::shard_begin(int64_t n, int s) const {
-    const int64_t S = static_cast<int64_t>(shards_.size());
+int64_t shard_row(int64_t n, int s, int shards) {
+    const int64_t S = shards;
     if (s >= S) return n;
-    const int64_t b = n * s / S;
+    // n * s can overflow int64 only beyond 2^63 / S rows.
+    const int64_t b = static_cast<int64_t>(static_cast<__int128>(n) * s / S);
     if (n / S >= kShardAlign) return b / kShardAlign * kShardAlign;
     return b;
+}
+
+int64_t ShardedAssigner::shard_begin(int64_t n, int s) const {
+    return shard_row(n, s, static_cast<int>(shards_.size()));
 }
 
 void ShardedAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,

@@ -25,6 +25,10 @@
 
 namespace pkv {
 
+/// First row of shard s of S over n rows (s = S gives n): n * s / S, rounded down to a
+/// multiple of 8192 when every shard keeps at least 8192 rows.
+int64_t shard_row(int64_t n, int s, int shards);
+
 class ShardedAssigner final : public KMeansAssigner {
 public:
     /// shards: at least one; not owned; each is used by one thread at a time.

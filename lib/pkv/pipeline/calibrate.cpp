@@ -16,8 +16,10 @@
 #include "pkv/core/progress.h"
 #include "pkv/core/version.h"
 #include "pkv/dist/comm.h"
+#include "pkv/dist/rank_sharded_assigner.h"
 #include "pkv/dump/kv_dump.h"
 #include "pkv/kmeans/kmeans_multi.h"
+#include "pkv/kmeans/sharded_assigner.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/quant/minmax.h"
@@ -376,12 +378,38 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     // of a rank run in batches sized by batch_bytes, each batch's problems dealt over
     // the assigners (one thread each). A problem's result depends only on its data and
     // seed, so any split gives the table of the single-process run.
+    // Heads too large for one device (or above --shard-above) instead run one at a time
+    // data parallel: every rank takes every head, its rows sharded over the ranks and
+    // over this process's devices; rank 0's results are the table.
     const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
     const int R = comm.size(), rank = comm.rank();
+    int64_t fits = INT64_MAX;
+    for (KMeansAssigner* a : assigners)
+        if (a) fits = std::min(fits, a->max_resident_rows(D));
+    const bool all_non_null = std::find(assigners.begin(), assigners.end(), nullptr) == assigners.end();
+    const bool by_rows = n_train > (c.shard_above > 0 ? c.shard_above : fits) &&
+                         (R > 1 || (assigners.size() > 1 && all_non_null));
+    std::unique_ptr<ShardedAssigner> host_shards;
+    std::unique_ptr<dist::RankShardedAssigner> rank_shards;
+    KMeansAssigner* row_assigner = nullptr;
+    if (by_rows) {
+        KMeansAssigner* local = assigners.front();
+        if (assigners.size() > 1 && all_non_null) {
+            host_shards = std::make_unique<ShardedAssigner>(assigners);
+            local = host_shards.get();
+        }
+        row_assigner = local;
+        if (R > 1) {
+            rank_shards = std::make_unique<dist::RankShardedAssigner>(local, comm);
+            row_assigner = rank_shards.get();
+        }
+        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s)", n_train, R,
+                  assigners.size());
+    }
     std::vector<std::pair<int, int>> jobs;  // (layer, head) of this rank
     for (size_t li = 0; li < layers.size(); ++li)
         for (int h = 0; h < H; ++h)
-            if (static_cast<int64_t>(li * H + h) % R == rank) jobs.emplace_back(layers[li], h);
+            if (by_rows || static_cast<int64_t>(li * H + h) % R == rank) jobs.emplace_back(layers[li], h);
     const int64_t bytes_per_head = 2 * (n_train + n_hold) * D * 4;
     const size_t heads_per_batch =
         static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
@@ -409,8 +437,10 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
         KMeansParams kpk = kp, kpv = kp;
         kpk.k = c.k_patterns;
         kpv.k = c.v_patterns;
-        const std::vector<KMeansResult> kres = kmeans_batch_multi(kprob, D, kpk, assigners);
-        const std::vector<KMeansResult> vres = kmeans_batch_multi(vprob, D, kpv, assigners);
+        const std::vector<KMeansResult> kres = by_rows ? kmeans_batch(kprob, D, kpk, row_assigner)
+                                                       : kmeans_batch_multi(kprob, D, kpk, assigners, c.shard_above);
+        const std::vector<KMeansResult> vres = by_rows ? kmeans_batch(vprob, D, kpv, row_assigner)
+                                                       : kmeans_batch_multi(vprob, D, kpv, assigners, c.shard_above);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
@@ -427,7 +457,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
 
     // Rank 0 collects every rank's heads (CBOR) and assembles the layers in order.
     std::string mine;
-    if (R > 1 && rank != 0) {
+    if (R > 1 && rank != 0 && !by_rows) {  // data parallel: rank 0 already has every head
         const std::vector<std::uint8_t> cb =
             nlohmann::json::to_cbor({{"heads", done}, {"kmeans_seconds", kmeans_seconds}});
         mine.assign(cb.begin(), cb.end());
@@ -437,6 +467,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     double kmeans_seconds_max = kmeans_seconds;  // the slowest rank's
     std::map<std::pair<int, int>, nlohmann::json> all;
     for (size_t r = 0; r < parts.size(); ++r) {
+        if (r != 0 && parts[r].empty()) continue;
         nlohmann::json got = r == 0 ? std::move(done) : nlohmann::json::from_cbor(parts[r]);
         if (r != 0) {
             kmeans_seconds_max = std::max(kmeans_seconds_max, got.at("kmeans_seconds").get<double>());
@@ -481,6 +512,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
                      {"seed", c.seed},
                      {"device", c.device},
                      {"processes", comm.description()},
+                     {"data_parallel", by_rows},
                      {"kmeans",
                       {{"max_iter", c.max_iter},
                        {"tol", c.tol},

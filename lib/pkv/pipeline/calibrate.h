@@ -56,6 +56,10 @@ struct CalibrateConfig {
     int64_t fit_tokens = 65536;        ///< training tokens per head used by the parameter fit (whole sequences)
     bool fit = true;                   ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
     int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
+    /// Heads with more training tokens than this run data parallel: rows sharded over
+    /// all devices of the process and all MPI ranks (docs/distributed.md). 0: when they
+    /// exceed what one device holds.
+    int64_t shard_above = 0;
     std::string device = "cpu";        ///< recorded: what the assigner runs on
     std::vector<std::string> argv;     ///< recorded as provenance
 };
