@@ -85,6 +85,13 @@ for R in 2 3; do
   fi
 done
 
+expect_fail "negative --shard-above" "\-\-shard-above -5: expected 0 (automatic) or a token count" \
+  "$PKV_BIN" calibrate --dump "$DUMP" --shard-above -5 --device cpu --out "$WORK/x.safetensors"
+if ! "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
+  expect_fail "--devices without a GPU" "\-\-devices 0: " \
+    "$PKV_BIN" calibrate --dump "$DUMP" --devices 0 --out "$WORK/x.safetensors"
+fi
+
 # Rank 1 of 3 owns (layer 2, head 1) (job 2 * 3 + 1 = 7, 7 % 3 = 1): a NaN there fails
 # that rank alone; the job must end, name it, and leave no table.
 /usr/bin/python3 - "$DUMP" "$WORK/nan.h5" <<'PY'

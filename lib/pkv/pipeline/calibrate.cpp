@@ -292,6 +292,8 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.max_iter >= 1, invalid_argument, "--iterations {}: expected at least 1", c.max_iter);
     PKV_CHECK(c.restarts >= 1, invalid_argument, "--restarts {}: expected at least 1", c.restarts);
     PKV_CHECK(c.fit_tokens >= 1, invalid_argument, "--fit-tokens {}: expected at least 1", c.fit_tokens);
+    PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
+              c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
 }
 
