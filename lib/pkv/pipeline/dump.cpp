@@ -134,7 +134,7 @@ DumpSummary run_dump(const DumpConfig& c) {
         {"texts", sources_json(sources)},
         {"settings",
          {{"tokens", T}, {"ctx", c.ctx}, {"capture", c.capture.to_string()}, {"layers", layers},
-          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", vocab_from_gguf(*file).add_bos}}},
+          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", gguf_adds_bos(*file)}}},
     });
 
     try {

@@ -135,10 +135,12 @@ VocabData vocab_from_gguf(const GgufFile& file) {
     read_id("tokenizer.ggml.eos_token_id", v.eos_id);
     read_id("tokenizer.ggml.unknown_token_id", v.unk_id);
     read_id("tokenizer.ggml.padding_token_id", v.pad_id);
-    v.add_bos = file.find_bool("tokenizer.ggml.add_bos_token").value_or(false);
+    v.add_bos = gguf_adds_bos(file);
     v.add_eos = file.find_bool("tokenizer.ggml.add_eos_token").value_or(false);
     return v;
 }
+
+bool gguf_adds_bos(const GgufFile& file) { return file.find_bool("tokenizer.ggml.add_bos_token").value_or(false); }
 
 // ---------------------------------------------------------------------------------
 // Tokenizer

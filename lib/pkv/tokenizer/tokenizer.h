@@ -51,6 +51,10 @@ struct VocabData {
 /// when the model is not "gpt2".
 VocabData vocab_from_gguf(const GgufFile& file);
 
+/// tokenizer.ggml.add_bos_token of a GGUF (false when absent), without reading the
+/// vocabulary.
+bool gguf_adds_bos(const GgufFile& file);
+
 class Tokenizer {
 public:
     explicit Tokenizer(VocabData vocab);
