@@ -29,15 +29,7 @@ void RankShardedAssigner::assign(const float* x, int64_t n, int d, const float* 
 void RankShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     batch_data_ = data;
     batch_d_ = d;
-    local_index_.assign(data.size(), -1);
-    std::vector<AssignData> mine;
-    for (size_t i = 0; i < data.size(); ++i) {
-        const int64_t b = shard_row(data[i].n, comm_.rank(), comm_.size());
-        const int64_t e = shard_row(data[i].n, comm_.rank() + 1, comm_.size());
-        if (e <= b) continue;
-        local_index_[i] = static_cast<int>(mine.size());
-        mine.push_back(AssignData{data[i].x + b * d, e - b});
-    }
+    const std::vector<AssignData> mine = shard_slices(data, d, comm_.rank(), comm_.size(), local_index_);
     local_began_ = !mine.empty();
     if (local_began_) local_->begin_batch(mine, d);
 }

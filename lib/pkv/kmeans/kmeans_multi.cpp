@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <exception>
 #include <numeric>
-#include <thread>
 
 #include "pkv/core/error.h"
+#include "pkv/core/threads.h"
 #include "pkv/kmeans/sharded_assigner.h"
 
 namespace pkv {
@@ -27,62 +26,49 @@ std::vector<int> deal_problems(const std::vector<KMeansProblem>& problems, int a
     return owner;
 }
 
+int64_t shard_limit(const std::vector<KMeansAssigner*>& assigners, int d, int64_t shard_above) {
+    if (shard_above > 0) return shard_above;
+    int64_t fits = INT64_MAX;
+    for (KMeansAssigner* a : assigners)
+        if (a) fits = std::min(fits, a->max_resident_rows(d));
+    return fits;
+}
+
+bool can_shard(const std::vector<KMeansAssigner*>& assigners) {
+    return assigners.size() > 1 && std::find(assigners.begin(), assigners.end(), nullptr) == assigners.end();
+}
+
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
                                              const KMeansParams& params,
                                              const std::vector<KMeansAssigner*>& assigners, int64_t shard_above) {
     PKV_CHECK(!assigners.empty(), invalid_argument, "k-means: expected at least one assigner");
-    if (assigners.size() == 1 || problems.size() <= 1) return kmeans_batch(problems, d, params, assigners.front());
+    if (assigners.size() == 1 || problems.empty()) return kmeans_batch(problems, d, params, assigners.front());
     check_kmeans_problems(problems, d, params);  // here, so that errors name the caller's problem index
-    // Problems larger than one assigner holds run data parallel over all of them.
-    int64_t fits = INT64_MAX;
-    for (KMeansAssigner* a : assigners)
-        if (a) fits = std::min(fits, a->max_resident_rows(d));
-    if (shard_above > 0) fits = shard_above;
-    std::vector<KMeansProblem> dealt;
-    std::vector<size_t> dealt_index, big;
-    for (size_t i = 0; i < problems.size(); ++i) {
-        if (problems[i].n > fits && std::find(assigners.begin(), assigners.end(), nullptr) == assigners.end()) {
-            big.push_back(i);
-        } else {
-            dealt.push_back(problems[i]);
-            dealt_index.push_back(i);
-        }
-    }
+    // Problems larger than one assigner holds run together, data parallel over all of
+    // them; the others are dealt, one share per assigner and thread.
+    const int64_t limit = can_shard(assigners) ? shard_limit(assigners, d, shard_above) : INT64_MAX;
+    std::vector<size_t> big, rest;
+    for (size_t i = 0; i < problems.size(); ++i) (problems[i].n > limit ? big : rest).push_back(i);
     std::vector<KMeansResult> out(problems.size());
+    auto run = [&](const std::vector<size_t>& idx, KMeansAssigner* a) {
+        std::vector<KMeansProblem> share;
+        for (size_t i : idx) share.push_back(problems[i]);
+        std::vector<KMeansResult> res = kmeans_batch(share, d, params, a);
+        for (size_t j = 0; j < idx.size(); ++j) out[idx[j]] = std::move(res[j]);
+    };
     if (!big.empty()) {
         ShardedAssigner sharded(assigners);
-        for (size_t i : big) {
-            KMeansParams pi = params;
-            pi.seed = problems[i].seed;
-            out[i] = kmeans(problems[i].x, problems[i].n, d, pi, &sharded);
-        }
-        if (dealt.empty()) return out;
-        std::vector<KMeansResult> rest = kmeans_batch_multi(dealt, d, params, assigners, shard_above);
-        for (size_t j = 0; j < dealt.size(); ++j) out[dealt_index[j]] = std::move(rest[j]);
-        return out;
+        run(big, &sharded);
     }
-    const std::vector<int> owner = deal_problems(problems, static_cast<int>(assigners.size()));
-    std::vector<std::exception_ptr> errors(assigners.size());
-    std::vector<std::thread> threads;
-    for (size_t a = 0; a < assigners.size(); ++a) {
-        std::vector<size_t> mine;
-        for (size_t i = 0; i < problems.size(); ++i)
-            if (owner[i] == static_cast<int>(a)) mine.push_back(i);
-        if (mine.empty()) continue;
-        threads.emplace_back([&, a, mine]() {
-            try {
-                std::vector<KMeansProblem> share;
-                for (size_t i : mine) share.push_back(problems[i]);
-                std::vector<KMeansResult> res = kmeans_batch(share, d, params, assigners[a]);
-                for (size_t j = 0; j < mine.size(); ++j) out[mine[j]] = std::move(res[j]);
-            } catch (...) {
-                errors[a] = std::current_exception();
-            }
-        });
-    }
-    for (std::thread& t : threads) t.join();
-    for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
+    if (rest.empty()) return out;
+    std::vector<KMeansProblem> dealt;
+    for (size_t i : rest) dealt.push_back(problems[i]);
+    const std::vector<int> owner = deal_problems(dealt, static_cast<int>(assigners.size()));
+    std::vector<std::vector<size_t>> shares(assigners.size());
+    for (size_t j = 0; j < rest.size(); ++j) shares[static_cast<size_t>(owner[j])].push_back(rest[j]);
+    each_in_thread(assigners.size(), [&](size_t a) {
+        if (!shares[a].empty()) run(shares[a], assigners[a]);
+    });
     return out;
 }
 

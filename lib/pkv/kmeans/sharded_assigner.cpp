@@ -1,33 +1,14 @@
 #include "pkv/kmeans/sharded_assigner.h"
 
 #include <algorithm>
-#include <exception>
-#include <thread>
 
 #include "pkv/core/error.h"
+#include "pkv/core/threads.h"
 
 namespace pkv {
 
 namespace {
 constexpr int64_t kShardAlign = 8192;
-
-// Runs f(s) for every shard in its own thread; rethrows the first exception.
-template <typename F>
-void each_shard(size_t shards, F&& f) {
-    std::vector<std::exception_ptr> errors(shards);
-    std::vector<std::thread> threads;
-    for (size_t s = 0; s < shards; ++s)
-        threads.emplace_back([&, s]() {
-            try {
-                f(s);
-            } catch (...) {
-                errors[s] = std::current_exception();
-            }
-        });
-    for (std::thread& t : threads) t.join();
-    for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
-}
 }  // namespace
 
 ShardedAssigner::ShardedAssigner(std::vector<KMeansAssigner*> shards) : shards_(std::move(shards)) {
@@ -44,13 +25,26 @@ int64_t shard_row(int64_t n, int s, int shards) {
     return b;
 }
 
+std::vector<AssignData> shard_slices(const std::vector<AssignData>& data, int d, int s, int shards,
+                                     std::vector<int>& local_index) {
+    std::vector<AssignData> out;
+    local_index.assign(data.size(), -1);
+    for (size_t i = 0; i < data.size(); ++i) {
+        const int64_t b = shard_row(data[i].n, s, shards), e = shard_row(data[i].n, s + 1, shards);
+        if (e <= b) continue;
+        local_index[i] = static_cast<int>(out.size());
+        out.push_back(AssignData{data[i].x + b * d, e - b});
+    }
+    return out;
+}
+
 int64_t ShardedAssigner::shard_begin(int64_t n, int s) const {
     return shard_row(n, s, static_cast<int>(shards_.size()));
 }
 
 void ShardedAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
                              float* dist2) {
-    each_shard(shards_.size(), [&](size_t s) {
+    each_in_thread(shards_.size(), [&](size_t s) {
         const int64_t b = shard_begin(n, static_cast<int>(s)), e = shard_begin(n, static_cast<int>(s) + 1);
         if (e > b) shards_[s]->assign(x + b * d, e - b, d, centroids, k, labels + b, dist2 + b);
     });
@@ -59,30 +53,27 @@ void ShardedAssigner::assign(const float* x, int64_t n, int d, const float* cent
 void ShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     batch_data_ = data;
     batch_d_ = d;
-    owner_data_.assign(shards_.size(), {});
+    const int S = static_cast<int>(shards_.size());
+    local_index_.assign(shards_.size(), {});
     std::vector<std::vector<AssignData>> mine(shards_.size());
-    for (size_t s = 0; s < shards_.size(); ++s)
-        for (size_t i = 0; i < data.size(); ++i) {
-            const int64_t b = shard_begin(data[i].n, static_cast<int>(s));
-            const int64_t e = shard_begin(data[i].n, static_cast<int>(s) + 1);
-            if (e <= b) continue;
-            mine[s].push_back(AssignData{data[i].x + b * d, e - b});
-            owner_data_[s].push_back(static_cast<int>(i));
-        }
-    each_shard(shards_.size(), [&](size_t s) {
+    for (int s = 0; s < S; ++s) mine[s] = shard_slices(data, d, s, S, local_index_[s]);
+    began_.assign(shards_.size(), 0);
+    for (size_t s = 0; s < shards_.size(); ++s) began_[s] = !mine[s].empty();
+    each_in_thread(shards_.size(), [&](size_t s) {
         if (!mine[s].empty()) shards_[s]->begin_batch(mine[s], d);
     });
 }
 
 void ShardedAssigner::end_batch() noexcept {
-    for (size_t s = 0; s < shards_.size(); ++s)
-        if (s < owner_data_.size() && !owner_data_[s].empty()) shards_[s]->end_batch();
-    owner_data_.clear();
+    for (size_t s = 0; s < began_.size(); ++s)
+        if (began_[s]) shards_[s]->end_batch();
+    began_.clear();
+    local_index_.clear();
     batch_data_.clear();
 }
 
 void ShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
-    PKV_CHECK(!owner_data_.empty(), internal, "sharded assigner: assign_batch() outside begin_batch()/end_batch()");
+    PKV_CHECK(!local_index_.empty(), internal, "sharded assigner: assign_batch() outside begin_batch()/end_batch()");
     const int d = batch_d_;
     const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
     // Per shard: its tasks (data index remapped, outputs at the shard's rows, own sums).
@@ -93,10 +84,7 @@ void ShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
     for (size_t s = 0; s < shards_.size(); ++s)
         for (size_t ti = 0; ti < tasks.size(); ++ti) {
             const AssignTask& t = tasks[ti];
-            const auto& own = owner_data_[s];
-            int local = -1;
-            for (size_t j = 0; j < own.size(); ++j)
-                if (own[j] == t.data) local = static_cast<int>(j);
+            const int local = local_index_[s][static_cast<size_t>(t.data)];
             if (local < 0) continue;  // no rows of this data set here
             const int64_t b = shard_begin(batch_data_[static_cast<size_t>(t.data)].n, static_cast<int>(s));
             AssignTask u = t;
@@ -119,7 +107,7 @@ void ShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
                 ++acc;
             }
     }
-    each_shard(shards_.size(), [&](size_t s) {
+    each_in_thread(shards_.size(), [&](size_t s) {
         if (!st[s].empty()) shards_[s]->assign_batch(st[s], k);
     });
     for (AssignTask& t : tasks) {

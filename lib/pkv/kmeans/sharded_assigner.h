@@ -29,6 +29,12 @@ namespace pkv {
 /// multiple of 8192 when every shard keeps at least 8192 rows.
 int64_t shard_row(int64_t n, int s, int shards);
 
+/// Shard s of S of every data set: the non-empty row slices [shard_row(n, s),
+/// shard_row(n, s + 1)) in data-set order; local_index[i] = data set i's position among
+/// them, -1 when it has no rows in this shard.
+std::vector<AssignData> shard_slices(const std::vector<AssignData>& data, int d, int s, int shards,
+                                     std::vector<int>& local_index);
+
 class ShardedAssigner final : public KMeansAssigner {
 public:
     /// shards: at least one; not owned; each is used by one thread at a time.
@@ -45,8 +51,9 @@ public:
 
 private:
     std::vector<KMeansAssigner*> shards_;
-    // Per shard: which begin_batch() data set each of its own data sets is.
-    std::vector<std::vector<int>> owner_data_;
+    // [shard][begin_batch() data set]: its index in the shard's own batch, -1 without rows.
+    std::vector<std::vector<int>> local_index_;
+    std::vector<char> began_;  // the shard's begin_batch() was called
 };
 
 }  // namespace pkv

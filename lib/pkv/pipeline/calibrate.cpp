@@ -385,29 +385,21 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     // over this process's devices; rank 0's results are the table.
     const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
     const int R = comm.size(), rank = comm.rank();
-    int64_t fits = INT64_MAX;
-    for (KMeansAssigner* a : assigners)
-        if (a) fits = std::min(fits, a->max_resident_rows(D));
-    const bool all_non_null = std::find(assigners.begin(), assigners.end(), nullptr) == assigners.end();
-    const bool by_rows = n_train > (c.shard_above > 0 ? c.shard_above : fits) &&
-                         (R > 1 || (assigners.size() > 1 && all_non_null));
+    // Within one process kmeans_batch_multi shards such heads over the devices itself;
+    // over ranks every rank takes every head (by_rows) through a RankShardedAssigner.
+    const bool big = n_train > shard_limit(assigners, D, c.shard_above);
+    const bool data_parallel = big && (R > 1 || can_shard(assigners));
+    const bool by_rows = big && R > 1;
     std::unique_ptr<ShardedAssigner> host_shards;
     std::unique_ptr<dist::RankShardedAssigner> rank_shards;
-    KMeansAssigner* row_assigner = nullptr;
     if (by_rows) {
-        KMeansAssigner* local = assigners.front();
-        if (assigners.size() > 1 && all_non_null) {
-            host_shards = std::make_unique<ShardedAssigner>(assigners);
-            local = host_shards.get();
-        }
-        row_assigner = local;
-        if (R > 1) {
-            rank_shards = std::make_unique<dist::RankShardedAssigner>(local, comm);
-            row_assigner = rank_shards.get();
-        }
+        if (can_shard(assigners)) host_shards = std::make_unique<ShardedAssigner>(assigners);
+        rank_shards = std::make_unique<dist::RankShardedAssigner>(
+            host_shards ? host_shards.get() : assigners.front(), comm);
+    }
+    if (data_parallel)
         log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s)", n_train, R,
                   assigners.size());
-    }
     std::vector<std::pair<int, int>> jobs;  // (layer, head) of this rank
     for (size_t li = 0; li < layers.size(); ++li)
         for (int h = 0; h < H; ++h)
@@ -439,9 +431,9 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
         KMeansParams kpk = kp, kpv = kp;
         kpk.k = c.k_patterns;
         kpv.k = c.v_patterns;
-        const std::vector<KMeansResult> kres = by_rows ? kmeans_batch(kprob, D, kpk, row_assigner)
+        const std::vector<KMeansResult> kres = by_rows ? kmeans_batch(kprob, D, kpk, rank_shards.get())
                                                        : kmeans_batch_multi(kprob, D, kpk, assigners, c.shard_above);
-        const std::vector<KMeansResult> vres = by_rows ? kmeans_batch(vprob, D, kpv, row_assigner)
+        const std::vector<KMeansResult> vres = by_rows ? kmeans_batch(vprob, D, kpv, rank_shards.get())
                                                        : kmeans_batch_multi(vprob, D, kpv, assigners, c.shard_above);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -514,7 +506,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
                      {"seed", c.seed},
                      {"device", c.device},
                      {"processes", comm.description()},
-                     {"data_parallel", by_rows},
+                     {"data_parallel", data_parallel},
                      {"kmeans",
                       {{"max_iter", c.max_iter},
                        {"tol", c.tol},
