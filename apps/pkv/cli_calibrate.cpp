@@ -135,8 +135,7 @@ Command add_calibrate(CLI::App& root) {
                     t = run_calibrate(cfg, assigners, &comm);
                 } catch (const std::exception& e) {
                     // Under MPI: end every rank now (naming this one), so none waits and no table is written.
-                    const Error* pe = dynamic_cast<const Error*>(&e);
-                    comm.abort(e.what(), pe && pe->code() == ErrorCode::invalid_argument ? 2 : 1);
+                    comm.abort(e.what(), exit_code(e));
                     throw;
                 }
                 if (comm.rank() != 0) return 0;

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "pkv/core/error.h"
 #include "pkv/pipeline/inspect.h"
 
 namespace pkv::cli {
@@ -12,6 +13,16 @@ std::vector<std::string> g_argv;
 
 const std::vector<std::string>& argv_strings() { return g_argv; }
 void set_argv(int argc, char** argv) { g_argv.assign(argv, argv + argc); }
+
+int exit_code(const std::exception& e) {
+    const auto* pe = dynamic_cast<const Error*>(&e);
+    if (!pe) return 1;
+    switch (pe->code()) {
+        case ErrorCode::invalid_argument: return 2;
+        case ErrorCode::interrupted: return 130;
+        default: return 1;
+    }
+}
 
 Command add_info(CLI::App& root) {
     struct Args { std::string path; bool tensors = false, json = false; };

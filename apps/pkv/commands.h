@@ -3,6 +3,7 @@
 // and makes one library call; it returns the process exit status.
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <string>
 #include <vector>
@@ -19,6 +20,10 @@ struct Command {
 /// argv as given, recorded in outputs for provenance.
 const std::vector<std::string>& argv_strings();
 void set_argv(int argc, char** argv);
+
+/// The exit status of a failed command: 2 for invalid arguments, 130 when
+/// interrupted, 1 otherwise.
+int exit_code(const std::exception& e);
 
 Command add_dump(CLI::App& root);
 Command add_info(CLI::App& root);

@@ -43,11 +43,7 @@ int main(int argc, char** argv) noexcept {
         return 2;
     } catch (const pkv::Error& e) {
         std::fprintf(stderr, "pkv: error: %s\n", e.what());
-        switch (e.code()) {
-            case pkv::ErrorCode::invalid_argument: return 2;
-            case pkv::ErrorCode::interrupted: return 130;
-            default: return 1;
-        }
+        return pkv::cli::exit_code(e);
     } catch (const std::bad_alloc&) {
         std::fprintf(stderr, "pkv: error: out of memory\n");
         return 1;

@@ -156,7 +156,7 @@ void Comm::sum(int64_t* values, size_t n) const {
 namespace {
 #ifdef PKV_HAVE_MPI
 template <typename T>
-void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype type, int rank, int size) {
+void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype type, int size) {
     PKV_CHECK(static_cast<int>(counts.size()) == size, internal, "allgather: {} counts for {} ranks", counts.size(),
               size);
     // Rank by rank as broadcasts: counts may exceed an int's range in total.
@@ -169,7 +169,6 @@ void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype typ
         }
         off += counts[static_cast<size_t>(r)];
     }
-    (void)rank;
 }
 #endif
 }  // namespace
@@ -177,14 +176,14 @@ void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype typ
 void Comm::allgather(int32_t* out, const std::vector<int64_t>& counts) const {
     if (!mpi_) return;
 #ifdef PKV_HAVE_MPI
-    allgather_impl(out, counts, MPI_INT32_T, rank_, size_);
+    allgather_impl(out, counts, MPI_INT32_T, size_);
 #endif
 }
 
 void Comm::allgather(float* out, const std::vector<int64_t>& counts) const {
     if (!mpi_) return;
 #ifdef PKV_HAVE_MPI
-    allgather_impl(out, counts, MPI_FLOAT, rank_, size_);
+    allgather_impl(out, counts, MPI_FLOAT, size_);
 #endif
 }
 
