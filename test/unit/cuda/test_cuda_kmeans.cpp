@@ -26,6 +26,7 @@
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/kmeans/kmeans.h"
+#include "unit/cuda/cuda_test_util.h"
 #include "unit/kmeans/kmeans_test_util.h"
 
 namespace {
@@ -34,17 +35,7 @@ using pkv::cuda::CudaAssigner;
 using pkv::cuda::CudaAssignerOptions;
 using pkv::cuda::InputPrecision;
 
-#define PKV_REQUIRE_GPU() \
-    if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: GPU k-means parity test not run")
-
-double sq_dist(const float* a, const float* b, int d) {
-    double s = 0.0;
-    for (int t = 0; t < d; ++t) {
-        const double diff = static_cast<double>(a[t]) - b[t];
-        s += diff * diff;
-    }
-    return s;
-}
+using pkv_test::sq_dist;
 
 // k centroids: distinct random points plus small noise (a mid-run Lloyd state).
 std::vector<float> pick_centroids(const std::vector<float>& x, int64_t n, int d, int k, uint64_t seed) {
@@ -57,11 +48,6 @@ std::vector<float> pick_centroids(const std::vector<float>& x, int64_t n, int d,
     for (int j = 0; j < k; ++j)
         for (int t = 0; t < d; ++t) c[size_t(j) * d + t] = x[rows[j] * d + t] + noise(gen);
     return c;
-}
-
-std::vector<float> round_half(std::vector<float> v) {
-    for (float& e : v) e = pkv::half_to_float(pkv::float_to_half(e));
-    return v;
 }
 
 struct PassOut {
@@ -115,11 +101,10 @@ void check_against_ref(const std::vector<float>& xs, int64_t n, int d, const std
     CHECK(bad_ties == 0);
     CHECK(bad_dist == 0);
 
-    std::vector<double> sums(static_cast<size_t>(k) * d), mag(static_cast<size_t>(k) * d, 0.0);
+    std::vector<double> sums(static_cast<size_t>(k) * d);
     std::vector<int64_t> counts(static_cast<size_t>(k));
     pkv::accumulate_centroid_sums(xs.data(), n, d, o.labels.data(), k, sums.data(), counts.data());
-    for (int64_t i = 0; i < n; ++i)
-        for (int t = 0; t < d; ++t) mag[size_t(o.labels[i]) * d + t] += std::fabs(double(xs[i * d + t]));
+    const std::vector<double> mag = pkv_test::abs_sums(xs, n, d, o.labels, k);
     int64_t bad_sums = 0;
     for (size_t i = 0; i < sums.size(); ++i)
         if (std::fabs(o.sums[i] - sums[i]) > 1e-6 * mag[i]) ++bad_sums;
@@ -152,7 +137,8 @@ TEST_CASE("cuda assigner matches assign_ref and the CPU sums", "[cuda][kmeans][p
     const PassOut o = run_pass(a, x, shape.n, shape.d, c, shape.k);
     // fp16: the kernel works on rounded data, so that is the reference's input too.
     if (prec == InputPrecision::fp16)
-        check_against_ref(round_half(x), shape.n, shape.d, round_half(c), shape.k, o);
+        check_against_ref(pkv_test::rounded(x, InputPrecision::fp16), shape.n, shape.d,
+                          pkv_test::rounded(c, InputPrecision::fp16), shape.k, o);
     else
         check_against_ref(x, shape.n, shape.d, c, shape.k, o);
 

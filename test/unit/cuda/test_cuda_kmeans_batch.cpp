@@ -32,6 +32,7 @@
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/kmeans/kmeans.h"
 #include "pkv/kmeans/sharded_assigner.h"
+#include "unit/cuda/cuda_test_util.h"
 #include "unit/kmeans/kmeans_test_util.h"
 
 namespace {
@@ -39,22 +40,9 @@ namespace {
 using pkv::cuda::CudaAssigner;
 using pkv::cuda::CudaAssignerOptions;
 using pkv::cuda::InputPrecision;
-
-#define PKV_REQUIRE_GPU() \
-    if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: GPU k-means test not run")
-
-std::vector<float> rounded(std::vector<float> v, InputPrecision p) {
-    for (float& e : v)
-        e = p == InputPrecision::bf16 ? pkv::bf16_to_float(pkv::float_to_bf16(e))
-                                      : pkv::half_to_float(pkv::float_to_half(e));
-    return v;
-}
-
-double sq_dist(const float* a, const float* b, int d) {
-    double s = 0.0;
-    for (int t = 0; t < d; ++t) s += (double(a[t]) - b[t]) * (double(a[t]) - b[t]);
-    return s;
-}
+using pkv_test::abs_sums;
+using pkv_test::rounded;
+using pkv_test::sq_dist;
 
 // Gaussian mixture: `blobs` centres ~N(0, 4), points ~ centre + N(0, 1).
 std::vector<float> mixture(int64_t n, int d, int blobs, uint64_t seed) {
@@ -68,15 +56,6 @@ std::vector<float> mixture(int64_t n, int d, int blobs, uint64_t seed) {
         for (int t = 0; t < d; ++t) x[i * d + t] = centres[size_t(b) * d + t] + nd(gen);
     }
     return x;
-}
-
-// Per cluster and coordinate: sum of |x| over the points labelled with the cluster.
-std::vector<double> abs_sums(const std::vector<float>& x, int64_t n, int d, const std::vector<int32_t>& labels,
-                             int k) {
-    std::vector<double> mag(size_t(k) * d, 0.0);
-    for (int64_t i = 0; i < n; ++i)
-        for (int t = 0; t < d; ++t) mag[size_t(labels[size_t(i)]) * d + t] += std::fabs(double(x[size_t(i) * d + t]));
-    return mag;
 }
 
 bool sums_close(const std::vector<double>& a, const std::vector<double>& b, const std::vector<double>& mag) {

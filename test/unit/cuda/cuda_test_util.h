@@ -1,0 +1,44 @@
+// Helpers shared by the CUDA k-means tests.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "catch.h"
+#include "pkv/core/half.h"
+#include "pkv/cuda/device.h"
+#include "pkv/cuda/kmeans_assign.h"
+
+/// Skips the test case (saying so) on a machine without a CUDA device.
+#define PKV_REQUIRE_GPU() \
+    if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: GPU k-means test not run")
+
+namespace pkv_test {
+
+/// v rounded to the kernel's input format (binary16, or bf16).
+inline std::vector<float> rounded(std::vector<float> v, pkv::cuda::InputPrecision p) {
+    for (float& e : v)
+        e = p == pkv::cuda::InputPrecision::bf16 ? pkv::bf16_to_float(pkv::float_to_bf16(e))
+                                                 : pkv::half_to_float(pkv::float_to_half(e));
+    return v;
+}
+
+/// ||a - b||² in double.
+inline double sq_dist(const float* a, const float* b, int d) {
+    double s = 0.0;
+    for (int t = 0; t < d; ++t) s += (double(a[t]) - b[t]) * (double(a[t]) - b[t]);
+    return s;
+}
+
+/// Per cluster and coordinate: sum of |x| over the points labelled with the cluster
+/// (the scale of any summation error of the centroid sums).
+inline std::vector<double> abs_sums(const std::vector<float>& x, int64_t n, int d, const std::vector<int32_t>& labels,
+                                    int k) {
+    std::vector<double> mag(size_t(k) * d, 0.0);
+    for (int64_t i = 0; i < n; ++i)
+        for (int t = 0; t < d; ++t) mag[size_t(labels[size_t(i)]) * d + t] += std::fabs(double(x[size_t(i) * d + t]));
+    return mag;
+}
+
+}  // namespace pkv_test
