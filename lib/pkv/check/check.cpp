@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
 #include <limits>
 #include <map>
@@ -90,6 +91,15 @@ void add_metric(Group& g, const json& o, const char* key, const char* name, Cls 
     g.metrics.push_back({name, cls, v.is_number() ? v.get<double>() : kNaN});
 }
 
+// Metrics whose name in the report is also their name in the comparison.
+struct MetricSpec {
+    const char* key;
+    Cls cls;
+};
+void add_metrics(Group& g, const json& o, std::initializer_list<MetricSpec> specs, const std::string& path) {
+    for (const MetricSpec& m : specs) add_metric(g, o, m.key, m.key, m.cls, path);
+}
+
 std::string analyze_method_key(const json& r, const std::string& path, const std::string& where) {
     std::string k = need_string(r, "method", path, where) + ":" + std::to_string(need_int(r, "bits", path, where));
     const json& rot = need(r, "rotate", path, where);
@@ -136,22 +146,20 @@ void extract_analyze(const json& j, Extract& x) {
         const std::string mk = analyze_method_key(s, x.path, fmt::format("summary[{}]", i));
         x.methods.insert(mk);
         Group g{"s|" + mk, "summary", "summary " + mk, {}};
-        add_metric(g, s, "k_nmse", "k_nmse", Cls::nmse, x.path);
-        add_metric(g, s, "v_nmse", "v_nmse", Cls::nmse, x.path);
-        add_metric(g, s, "attn_kl", "attn_kl", Cls::kl, x.path);
-        add_metric(g, s, "attn_out_rel_err", "attn_out_rel_err", Cls::rel, x.path);
-        add_metric(g, s, "eff_bits", "eff_bits", Cls::bits, x.path);
+        add_metrics(g, s,
+                    {{"k_nmse", Cls::nmse}, {"v_nmse", Cls::nmse}, {"attn_kl", Cls::kl},
+                     {"attn_out_rel_err", Cls::rel}, {"eff_bits", Cls::bits}},
+                    x.path);
         x.groups.push_back(std::move(g));
     }
 }
 
 void add_eval_group(const json& m, const std::string& label, Extract& x) {
     Group g{"m|" + label, "methods", "method " + label, {}};
-    add_metric(g, m, "ppl", "ppl", Cls::ppl, x.path);
-    add_metric(g, m, "ppl_all", "ppl_all", Cls::ppl, x.path);
-    add_metric(g, m, "kl_mean", "kl_mean", Cls::kl, x.path);
-    add_metric(g, m, "top1_agreement", "top1_agreement", Cls::top1, x.path);
-    add_metric(g, m, "bits_per_element", "bits_per_element", Cls::bits, x.path);
+    add_metrics(g, m,
+                {{"ppl", Cls::ppl}, {"ppl_all", Cls::ppl}, {"kl_mean", Cls::kl}, {"top1_agreement", Cls::top1},
+                 {"bits_per_element", Cls::bits}},
+                x.path);
     x.groups.push_back(std::move(g));
 }
 
