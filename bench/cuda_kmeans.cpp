@@ -4,7 +4,7 @@
 // read of the points per iteration at 4.3e12 B/s) and the CPU assigner timed on a
 // subsample and scaled to n.
 // Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n] [--csv] [--precisions fp16,...]
-//          [--ks 16,256,1024] [--both-sums]
+//          [--ks 16,256,1024] [--all-kernels]
 //        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
 //          [--workers 1,2,...]
 //        pkv_bench_cuda_kmeans --sharded [n] [k] [iterations] [--workers 1,2,...]
@@ -20,8 +20,10 @@
 // larger than one GPU), worker i on GPU i % count: seconds per Lloyd iteration, speed-up
 // over the first W, efficiency per GPU used, and the objective's relative difference.
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
-// bench/kmeans_gpu_vs_torch.sh. --both-sums adds rows with onehot_sums off (the
-// shared-memory fixed-point kernel) next to the default, for k <= 128.
+// bench/kmeans_gpu_vs_torch.sh. --all-kernels (or --both-sums) adds rows for the other
+// kernels next to the default: onehot_sums off (the shared-memory fixed-point kernel,
+// k <= 128); wide_assign off (the general kernel) and wide_chunk 128 (k > 128); the
+// wide kernel and sorted sums at k <= 128 (wide_min_k 1).
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
@@ -260,7 +262,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--csv")) csv = true;
         else if (!std::strcmp(argv[i], "--model")) model = true;
-        else if (!std::strcmp(argv[i], "--both-sums")) both = true;
+        else if (!std::strcmp(argv[i], "--all-kernels") || !std::strcmp(argv[i], "--both-sums")) both = true;
         else if (!std::strcmp(argv[i], "--sharded")) sharded = true;
         else if (!std::strcmp(argv[i], "--workers") && i + 1 < argc) {
             if (!parse_counts("--workers", argv[++i], workers)) return 2;
@@ -312,16 +314,22 @@ int main(int argc, char** argv) {
         cpu_scaled_s[k] = seconds_since(t0) * static_cast<double>(n) / static_cast<double>(cpu_n);
     }
 
-    std::printf("\n%5s %5s %-10s %11s %11s %10s %10s %8s %9s %14s\n", "input", "k", "kernel", "device ms", "iter ms",
-                "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
-    std::printf("%5s %5s %-10s %11s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(wall)", "(host)", "ms",
-                "iter/flr", "(iter)", "");
+    std::printf("\n%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "input", "k", "kernel", "device ms",
+                "assign ms", "iter ms", "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
+    std::printf("%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(no sums)", "(wall)",
+                "(host)", "ms", "iter/flr", "(iter)", "");
+    // Variant 0: the defaults; with --all-kernels also 1: onehot_sums off (k <= 128),
+    // 2: wide_assign off (k > 128), 3: wide_chunk 128 (k > 128), 4: the wide kernel at
+    // k <= 128 too.
     for (const auto prec : precs)
-      for (const bool onehot : {true, false}) {
-        if (!onehot && !both) continue;
+      for (int variant = 0; variant < 5; ++variant) {
+        if (variant > 0 && !both) continue;
         pkv::cuda::CudaAssignerOptions opt;
         opt.precision = prec;
-        opt.onehot_sums = onehot;
+        opt.onehot_sums = variant != 1;
+        opt.wide_assign = variant != 2;
+        opt.wide_chunk = variant == 3 ? 128 : 64;
+        if (variant == 4) opt.wide_min_k = 1;
         pkv::cuda::CudaAssigner gpu(opt);
         const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
         t0 = std::chrono::steady_clock::now();
@@ -329,7 +337,8 @@ int main(int argc, char** argv) {
         const double upload_s = seconds_since(t0);
         const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
         for (int k : ks) {
-            if (!onehot && k > 128) continue;  // the same kernel as the default row
+            // Rows that would repeat the default kernel are skipped.
+            if (((variant == 1 || variant == 4) && k > 128) || ((variant == 2 || variant == 3) && k <= 128)) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));
@@ -353,14 +362,23 @@ int main(int argc, char** argv) {
             dev_ms /= iters;
             iter_ms /= iters;
             upd_ms /= iters;
+            const std::string kernel = std::string(gpu.last_timing().kernel) + (variant == 3 ? "/128" : "");
+            // The assignment alone: the same pass without sums (labels and objective only).
+            double assign_ms = 0.0;
+            for (int it = 0; it < iters; ++it) {
+                tasks[0].sums = nullptr;
+                tasks[0].counts = nullptr;
+                gpu.assign_batch(tasks, k);
+                assign_ms += gpu.last_timing().device_ms / iters;
+            }
             const double tflops = 2.0 * static_cast<double>(n) * k * d / (iter_ms * 1e-3) * 1e-12;
             const double cpu_s = cpu_scaled_s.count(k) ? cpu_scaled_s[k] : 0.0;
-            std::printf("%5s %5d %-10s %11.3f %11.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
-                        pkv::cuda::input_precision_name(prec), k, gpu.last_timing().kernel, dev_ms, iter_ms, upd_ms,
+            std::printf("%5s %5d %-12s %11.3f %11.3f %10.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
+                        pkv::cuda::input_precision_name(prec), k, kernel.c_str(), dev_ms, assign_ms, iter_ms, upd_ms,
                         floor_ms, iter_ms / floor_ms, tflops, cpu_s);
             if (csv)
                 std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f,%s\n", pkv::cuda::input_precision_name(prec),
-                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms, gpu.last_timing().kernel);
+                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms, kernel.c_str());
             std::fflush(stdout);
         }
         std::printf("  (%s: %.2f GB resident on the device, upload %.2f s, streaming %s)\n",
@@ -368,10 +386,13 @@ int main(int argc, char** argv) {
                     gpu.streaming() ? "yes" : "no");
         gpu.end_batch();
     }
-    std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent). iter ms: the\n"
+    std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
+                "the same for a pass without sums (labels and objective only). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
                 "labels stay on the device) plus the host centroid update. kernel: onehot (k <= 128, sums on\n"
-                "tensor cores), mma (shared-memory fixed-point sums), mma+sorted (sorted reduction), fma (fp32).\n"
+                "tensor cores), mma (shared-memory fixed-point sums), wide+sorted (k > 128: streamed centroid\n"
+                "chunks of 64, /128 of 128; sums by the sorted reduction), mma+sorted (the general kernel and\n"
+                "the sorted reduction), fma (fp32).\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
                 static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
     return 0;

@@ -111,6 +111,15 @@ int onehot_group_tiles(int k);
 /// group_tiles, and so must n_tiles (pad with empty tiles; they cost a check).
 void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
+/// True when the wide kernel (kmeans_mma_wide.cu) takes d: 32 < d <= kMmaMaxDim, d a
+/// multiple of 8 (any k; the assigner picks it for large k).
+bool mma_wide_ok(int d);
+
+/// The wide kernel over all segments: labels, dist2 and objective slots as
+/// launch_mma_assign, no sums (args.sums must be null: the sorted reduction follows).
+/// Centroids stream through shared memory `chunk` rows at a time (64 or 128).
+void launch_mma_wide(const MmaArgs& args, int chunk, int sm_count, cudaStream_t stream);
+
 /// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
 /// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;
 /// cnh [tasks][kpad] = -||rounded c||²/2 (norm in double, fixed order), -inf on padding.

@@ -109,6 +109,15 @@ struct CudaAssignerOptions {
     /// product on tensor cores (fp32 partials per group of rows, see the file comment).
     /// false: the shared-memory fixed-point kernel, exact (for comparison and tests).
     bool onehot_sums = true;
+    /// k >= wide_min_k (d a multiple of 8, 32 < d <= 128): the assignment by the
+    /// streaming kernel (kmeans_mma_wide.cu: centroid chunks double-buffered in shared
+    /// memory), sums by the sorted reduction. false: the general tensor-core kernel (for
+    /// comparison).
+    bool wide_assign = true;
+    /// The smallest k the streaming kernel takes (below it the one-hot kernel, k <= 128).
+    int wide_min_k = 129;
+    /// Centroids per shared-memory chunk of that kernel: 64 or 128.
+    int wide_chunk = 64;
 };
 
 /// Timing of the most recent assign()/assign_accumulate() call.
@@ -117,7 +126,8 @@ struct CudaPassTiming {
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
     int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
-    /// "onehot", "mma", "mma+sorted" (sums by the sorted reduction) or "fma".
+    /// "onehot", "wide", "mma", "wide+sorted" / "mma+sorted" (sums by the sorted
+    /// reduction) or "fma".
     const char* kernel = "";
 };
 

@@ -310,10 +310,16 @@ struct CudaAssigner::Impl {
         const size_t kd = static_cast<size_t>(k) * d;
         // Large k on tensor cores: sums by a sorted reduction over the labels.
         // k <= 128: sums on tensor cores too (one-hot kernel); segments start on a group.
-        const bool onehot = mma() && opt.onehot_sums && detail::mma_onehot_ok(k, d);
+        // Large k: the streaming kernel when d allows, which leaves the sums to the sorted reduction.
+        const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
+        const bool onehot = mma() && !wide && opt.onehot_sums && detail::mma_onehot_ok(k, d);
         const int group = onehot && acc ? detail::onehot_group_tiles(k) : 1;
-        const bool sorted = mma() && acc && !onehot && !detail::mma_smem_sums(k, d);
-        timing.kernel = !mma() ? "fma" : onehot ? "onehot" : sorted ? "mma+sorted" : "mma";
+        const bool sorted = mma() && acc && !onehot && (wide || !detail::mma_smem_sums(k, d));
+        timing.kernel = !mma()   ? "fma"
+                        : onehot ? "onehot"
+                        : wide   ? (sorted ? "wide+sorted" : "wide")
+                        : sorted ? "mma+sorted"
+                                 : "mma";
         std::vector<unsigned long long> sorted_counts(sorted ? static_cast<size_t>(nt) * k : 0);
 
         PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
@@ -404,6 +410,7 @@ struct CudaAssigner::Impl {
                 a.scale = scales.get();
                 a.slots = slots.get();
                 if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
+                else if (wide) detail::launch_mma_wide(a, opt.wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, nt, k, sorted_counts);
                 PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
@@ -559,6 +566,8 @@ CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make
     const int n_dev = device_count();
     PKV_CHECK(options.device >= 0 && options.device < n_dev, invalid_argument,
               "cuda assigner: device {} out of range, {} CUDA device(s) present", options.device, n_dev);
+    PKV_CHECK(options.wide_chunk == 64 || options.wide_chunk == 128, invalid_argument,
+              "cuda assigner: wide_chunk must be 64 or 128, got {}", options.wide_chunk);
     impl_->opt = options;
     PKV_CUDA_CHECK(cudaSetDevice(options.device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));

@@ -2,6 +2,7 @@
 // histogram of the labels, counting-sort scatter of row indices, then one warp per run
 // of rows of a cluster summing exact fixed-point coordinates in registers. Used by the
 // batched pass when k x d partial sums do not fit in shared memory (kmeans_assign.h).
+#include <algorithm>
 #include <cstdint>
 
 #include <cuda_bf16.h>
@@ -26,9 +27,10 @@ __device__ __forceinline__ int segment_of(const MmaSegment* segs, int n_segs, in
     return lo;
 }
 
-// One thread per row of the launch's tiles (kBlockRows rows a tile).
-__global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
-                                 unsigned long long* __restrict__ hist) {
+// Per-row kernels (one thread per row of the launch's tiles, one device atomic each):
+// only for k too large for the block-aggregated kernels' shared-memory counters.
+__global__ void histogram_rows_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
+                                      unsigned long long* __restrict__ hist) {
     for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
          r += int64_t{gridDim.x} * blockDim.x) {
         const int64_t tile = r / kBlockRows;
@@ -39,8 +41,8 @@ __global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs
     }
 }
 
-__global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
-                               unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
+__global__ void scatter_rows_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
+                                    unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
     for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
          r += int64_t{gridDim.x} * blockDim.x) {
         const int64_t tile = r / kBlockRows;
@@ -49,6 +51,106 @@ __global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, 
         if (row >= s.rows) continue;
         const unsigned int pos = atomicAdd(cursor + int64_t{s.task} * k + s.labels[row], 1u);
         idx[pos] = static_cast<unsigned int>(s.xrow + row);
+    }
+}
+
+// Block-aggregated kernels: block b takes a contiguous range of tiles and walks it in
+// runs of one task (consecutive segments of one task form one run). Per-row device
+// atomics on k addresses serialise in L2 (at k = 16, 10^7 rows took milliseconds);
+// here rows count in shared memory and a run adds each nonzero count to the device
+// once. At most kAggMaxK labels (two 32-bit counters each in shared memory).
+constexpr int kAggMaxK = 6144;  // 48 KB of counters: no opt-in to more shared memory
+static_assert(kThreads == kBlockRows, "one thread a row of a tile");
+
+struct TileRange {
+    int64_t begin, end;
+};
+__device__ __forceinline__ TileRange block_tiles(int64_t n_tiles) {
+    const int64_t per = (n_tiles + gridDim.x - 1) / gridDim.x;
+    const int64_t b = blockIdx.x * per;
+    return {b, min(n_tiles, b + per)};
+}
+
+// Calls f(seg, tile) for every tile of the run of task segs[seg].task that starts at
+// tile `begin` (seg its segment), up to `end`; returns the tile after the run.
+template <typename F>
+__device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs, int& seg, int64_t begin,
+                                             int64_t end, F&& f) {
+    const int task = segs[seg].task;
+    int64_t tile = begin;
+    for (; tile < end; ++tile) {
+        int s2 = seg;
+        while (s2 + 1 < n_segs && segs[s2 + 1].tile0 <= tile) ++s2;
+        if (segs[s2].task != task) break;
+        seg = s2;
+        f(seg, tile);
+    }
+    return tile;
+}
+
+__global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
+                                 unsigned long long* __restrict__ hist) {
+    extern __shared__ unsigned int s_cnt[];
+    const TileRange tr = block_tiles(n_tiles);
+    if (tr.begin >= tr.end) return;
+    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
+    __syncthreads();
+    int seg = segment_of(segs, n_segs, tr.begin);
+    for (int64_t tile = tr.begin; tile < tr.end;) {
+        while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
+        const int task = segs[seg].task;
+        tile = run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
+            const MmaSegment& s = segs[sg];
+            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+            if (row < s.rows) atomicAdd(s_cnt + s.labels[row], 1u);
+        });
+        __syncthreads();
+        for (int i = threadIdx.x; i < k; i += kThreads) {
+            if (s_cnt[i] != 0u) atomicAdd(hist + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
+            s_cnt[i] = 0u;
+        }
+        __syncthreads();
+    }
+}
+
+// Two passes over each run: counts, one device atomic per nonzero count reserving the
+// run's places in the cluster, then every row takes the next place of its cluster.
+__global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
+                               unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
+    extern __shared__ unsigned int s_cnt[];
+    unsigned int* s_base = s_cnt + k;
+    const TileRange tr = block_tiles(n_tiles);
+    if (tr.begin >= tr.end) return;
+    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
+    __syncthreads();
+    int seg = segment_of(segs, n_segs, tr.begin);
+    for (int64_t tile = tr.begin; tile < tr.end;) {
+        while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
+        const int task = segs[seg].task;
+        const int seg0 = seg;
+        run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
+            const MmaSegment& s = segs[sg];
+            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+            if (row < s.rows) atomicAdd(s_cnt + s.labels[row], 1u);
+        });
+        __syncthreads();
+        for (int i = threadIdx.x; i < k; i += kThreads) {
+            if (s_cnt[i] != 0u) s_base[i] = atomicAdd(cursor + int64_t{task} * k + i, s_cnt[i]);
+            s_cnt[i] = 0u;
+        }
+        __syncthreads();
+        seg = seg0;
+        tile = run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
+            const MmaSegment& s = segs[sg];
+            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+            if (row < s.rows) {
+                const int l = s.labels[row];
+                idx[s_base[l] + atomicAdd(s_cnt + l, 1u)] = static_cast<unsigned int>(s.xrow + row);
+            }
+        });
+        __syncthreads();
+        for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
+        __syncthreads();
     }
 }
 
@@ -119,11 +221,20 @@ int grid_for(int64_t work, int per_block) {
 
 }  // namespace
 
+// Blocks of the aggregated kernels: enough to fill the device several times over while
+// each run's device atomics (k per block) stay few.
+constexpr int kAggBlocks = 1024;
+
 void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned long long* hist,
                             cudaStream_t stream) {
     const int64_t rows = n_tiles * kBlockRows;
     if (rows == 0) return;
-    histogram_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist);
+    if (k <= kAggMaxK) {
+        const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
+        histogram_kernel<<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(segs, n_segs, n_tiles, k, hist);
+    } else {
+        histogram_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist);
+    }
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -131,7 +242,12 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
                           unsigned int* idx, cudaStream_t stream) {
     const int64_t rows = n_tiles * kBlockRows;
     if (rows == 0) return;
-    scatter_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, cursor, idx);
+    if (k <= kAggMaxK) {
+        const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
+        scatter_kernel<<<grid, kThreads, static_cast<size_t>(k) * 8, stream>>>(segs, n_segs, n_tiles, k, cursor, idx);
+    } else {
+        scatter_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, cursor, idx);
+    }
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -4,7 +4,7 @@
 //              differing label a near-tie: d(x, c_gpu) - d(x, c_ref) <= 1e-5 *
 //              max(d(x, c_ref), ||x||²) (fp32 accumulation of exact 16-bit products)
 //   dist2      |gpu - exact| <= 2e-5 * exact + 1e-6 (direct fp32 sum, rounded data)
-//   sums       shared-memory kernel (onehot_sums off, or k > 128): bitwise equal to
+//   sums       shared-memory kernel or sorted reduction (onehot_sums off, k > 128): equal to
 //              accumulate_centroid_sums on the GPU's labels (binary16 values are exact
 //              in the 64-bit fixed point at these n; so is the double CPU sum);
 //              one-hot kernel (fp32 tensor-core partials per group of <= 8192 rows):
@@ -75,14 +75,20 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000},
                                             {517, 40, 5}, {300, 7, 3}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
+    // onehot: the default kernels (one-hot sums for k <= 128, the wide kernel above);
+    // false: the general kernel. chunk: the wide kernel's centroid chunk.
     const bool onehot = GENERATE(true, false);
-    CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), onehot);
+    const int chunk = GENERATE(64, 128);
+    if (!onehot && chunk != 64) return;
+    CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), onehot, chunk);
     const std::vector<float> x = mixture(s.n, s.d, 50, 11 + s.d);
     std::vector<float> c(x.begin(), x.begin() + size_t(s.k) * s.d);
     for (size_t i = 0; i < c.size(); ++i) c[i] += 0.01f * float(i % 7);  // off the grid
     CudaAssignerOptions opt;
     opt.precision = prec;
     opt.onehot_sums = onehot;
+    opt.wide_assign = onehot;
+    opt.wide_chunk = chunk;
     CudaAssigner a(opt);
     std::vector<int32_t> labels(size_t(s.n), -1);
     std::vector<float> dist2(size_t(s.n), -1.0f);
@@ -92,7 +98,8 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     a.assign_accumulate(x.data(), s.n, s.d, c.data(), s.k, labels.data(), dist2.data(), sums.data(), counts.data());
     CHECK(a.last_timing().tensor_cores);
     const std::string kernel = a.last_timing().kernel;
-    CHECK(kernel == (onehot && s.k <= 128 && s.d % 8 == 0 && s.d > 32 ? "onehot" : s.k > 190 ? "mma+sorted" : "mma"));
+    const bool d_ok = s.d % 8 == 0 && s.d > 32;
+    CHECK(kernel == (onehot && d_ok ? (s.k <= 128 ? "onehot" : "wide+sorted") : s.k > 190 ? "mma+sorted" : "mma"));
     // The objective of the same pass through the batched API.
     std::vector<pkv::AssignTask> tasks(1);
     tasks[0].centroids = c.data();
@@ -146,8 +153,8 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
 
 TEST_CASE("batched pass equals per-problem passes bitwise, streamed or resident", "[cuda][kmeans][batch]") {
     PKV_REQUIRE_GPU();
-    // fp16: k = 12 one-hot sums, k = 150 shared-memory partial sums, k = 400 the sorted
-    // reduction.
+    // fp16: k = 12 one-hot sums; k = 150 and 400 the wide kernel (centroid chunks
+    // across segments and tasks) and the sorted reduction.
     const int d = 64;
     const int k = GENERATE(12, 150, 400);
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::fp32);

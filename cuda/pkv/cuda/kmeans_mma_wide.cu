@@ -1,0 +1,293 @@
+// pkv/cuda/kmeans_mma_wide.cu — nearest centroids for large k on tensor cores, the
+// centroids streamed through shared memory in double-buffered chunks. Semantics in
+// kmeans_assign.h ("wide" kernel); the centroid sums follow by the sorted reduction.
+//
+// Why a third kernel: at k >= 256 one Lloyd iteration is bound by the assignment's
+// matrix product (2 N k d flops: 655 GFLOP at N = 10^7, k = 256, d = 128), so what
+// counts is keeping the tensor cores fed. The general kernel (kmeans_mma.cu) loads a
+// tile's points synchronously, reloads every centroid chunk behind a barrier, and runs
+// one 8-centroid step at a time (two dependent MMA chains a warp), which leaves it
+// latency bound at about a fifth of the tensor peak. Here
+//   - a warp's next 32 rows arrive by cp.async while the current ones are multiplied
+//     (the A fragments live in registers for the whole tile, so one staging buffer
+//     a warp suffices),
+//   - centroid chunks of KC rows (and their -||c||²/2) are fetched one chunk ahead into
+//     the other of two buffers, across tile and task boundaries,
+//   - each step takes 16 centroids against the warp's two m-tiles: four independent
+//     accumulator chains,
+//   - ||x||² comes from the Gram diagonal on the tensor cores, so dist2 = ||x||² - 2
+//     max score without touching the centroid, except where dist2 < ||x||²/16 (the
+//     direct sum of squares then, from the centroid row in L2),
+// and two blocks share an SM (about 104 KB of shared memory each at d = 128).
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "pkv/core/error.h"
+#include "pkv/cuda/check.cuh"
+#include "pkv/cuda/kmeans_assign.cuh"
+#include "pkv/cuda/mma_ops.cuh"
+
+namespace pkv::cuda::detail {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerWarp = 32;  // two m16 tiles
+static_assert(kWarps * kRowsPerWarp == kBlockRows, "one block tile");
+static_assert(kRowsPerWarp == kObjSlotRows, "one objective slot a warp tile");
+constexpr float kDirect = 1.0f / 16.0f;
+
+// Shared memory: [centroids: 2 x KC rows x dpad][-||c||²/2: 2 x KC][points: 32 rows x
+// dpad a warp]. Rows are dpad = 16 KS + 8 elements apart, so the eight row addresses
+// of an ldmatrix fall on distinct banks.
+template <int KC>
+size_t smem_bytes(int dpad) {
+    return (2 * static_cast<size_t>(KC) + static_cast<size_t>(kWarps) * kRowsPerWarp) * dpad * 2 + 2 * KC * 4;
+}
+
+// One block walks a contiguous range of tiles; the chunk sequence (tile, chunk) runs
+// over all of them, chunk q in buffer q % 2 while chunk q + 1 loads.
+template <typename T, int KS, int KC>
+__global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    T* s_cent = reinterpret_cast<T*>(smem);
+    float* s_cnh = reinterpret_cast<float*>(s_cent + 2 * KC * dpad);
+    T* s_x = reinterpret_cast<T*>(s_cnh + 2 * KC) + warp * kRowsPerWarp * dpad;
+
+    const int64_t per_block = (a.n_tiles + gridDim.x - 1) / gridDim.x;
+    const int64_t tile_begin = blockIdx.x * per_block;
+    const int64_t tile_end = min(a.n_tiles, tile_begin + per_block);
+    if (tile_begin >= tile_end) return;
+    const int nch = (kpad + KC - 1) / KC;
+    const int row16 = dpad * static_cast<int>(sizeof(T)) / 16;  // 16-byte pieces a centroid row
+    constexpr int kChunks = 2 * KS;                              // 16-byte pieces a point row
+
+    int cseg = 0;  // segment of the chunk being fetched
+    auto load_chunk = [&](int64_t tile, int ch, int buf) {
+        if (tile < tile_end) {
+            while (cseg + 1 < a.n_segs && a.segs[cseg + 1].tile0 <= tile) ++cseg;
+            const int task = a.segs[cseg].task;
+            const int c0 = ch * KC, cn = min(KC, kpad - c0);
+            const T* src = static_cast<const T*>(a.cent) + (int64_t{task} * kpad + c0) * dpad;
+            T* dst = s_cent + buf * KC * dpad;
+            // Rows past the task's kpad are zero, and their score -inf through s_cnh.
+            for (int i = tid; i < KC * row16; i += kThreads) {
+                const bool ok = i < cn * row16;
+                cp_async16(dst + 8 * i, ok ? src + 8 * i : src, ok ? 16 : 0);
+            }
+            const float* hsrc = a.cnh + int64_t{task} * kpad + c0;  // 32-byte aligned: kpad % 8 == 0
+            float* hdst = s_cnh + buf * KC;
+            for (int i = tid; i < KC / 4; i += kThreads) {
+                if (4 * i < cn) cp_async16(hdst + 4 * i, hsrc + 4 * i, 16);
+                else *reinterpret_cast<float4*>(hdst + 4 * i) = make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            }
+        }
+        cp_async_commit();
+    };
+    int pseg = 0;  // segment of the rows being fetched (per warp)
+    auto load_rows = [&](int64_t tile) {
+        while (pseg + 1 < a.n_segs && a.segs[pseg + 1].tile0 <= tile) ++pseg;
+        const MmaSegment& L = a.segs[pseg];
+        const int64_t r0 = (tile - L.tile0) * kBlockRows + warp * kRowsPerWarp;
+        const int64_t left = L.rows - r0;
+        const int valid = left <= 0 ? 0 : left >= kRowsPerWarp ? kRowsPerWarp : static_cast<int>(left);
+        const T* x = static_cast<const T*>(L.x) + max(r0, int64_t{0}) * d;
+#pragma unroll 4
+        for (int i = lane; i < kRowsPerWarp * kChunks; i += 32) {
+            const int r = i / kChunks, c = 8 * (i % kChunks);
+            const bool ok = r < valid && c < d;
+            cp_async16(s_x + r * dpad + c, ok ? x + r * d + c : x, ok ? 16 : 0);
+        }
+    };
+
+    load_rows(tile_begin);
+    load_chunk(tile_begin, 0, 0);
+    int buf = 0, seg = 0;
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+        while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
+        uint32_t af[2][KS][4];
+        float xx[2][2];
+        float best[2][2];
+        int bidx[2][2];
+        for (int ch = 0; ch < nch; ++ch) {
+            cp_async_wait<0>();
+            __syncthreads();  // chunk ch (and at ch == 0 this warp's rows) landed; buffer buf ^ 1 is free
+            if (ch == 0) {
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    const T* arow = s_x + (mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * dpad + 8 * (lane >> 4);
+#pragma unroll
+                    for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[mt][ks], arow + 16 * ks);
+                    // ||x||²: the diagonal of the rows' Gram matrix (B = the same rows).
+                    // Thread (g, t = g / 2) holds rows g and g + 8; the quad of row g gets both.
+                    float gr[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+                    const T* grow = s_x + (mt * 16 + (lane & 7)) * dpad + 8 * (lane >> 3);
+#pragma unroll
+                    for (int ks = 0; ks < KS; ks += 2)
+#pragma unroll
+                        for (int nt = 0; nt < 2; ++nt) {
+                            uint32_t b[4];
+                            ldmatrix_x4(b, grow + 8 * nt * dpad + ks * 16);
+                            mma(gr[nt], af[mt][ks], b[0], b[1], T{});
+                            mma(gr[nt], af[mt][ks + 1], b[2], b[3], T{});
+                        }
+                    const float d0 = (g & 1) ? gr[0][1] : gr[0][0];
+                    const float d1 = (g & 1) ? gr[1][3] : gr[1][2];
+                    xx[mt][0] = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
+                    xx[mt][1] = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        best[mt][h] = -INFINITY;
+                        bidx[mt][h] = INT_MAX;
+                    }
+                }
+                __syncwarp();  // every lane's fragments are out of the staging rows
+                if (tile + 1 < tile_end) load_rows(tile + 1);
+            }
+            if (ch + 1 < nch) load_chunk(tile, ch + 1, buf ^ 1);
+            else load_chunk(tile + 1, 0, buf ^ 1);
+
+            const T* lrow = s_cent + buf * KC * dpad + (lane & 7) * dpad + 8 * (lane >> 3);
+            const float* hb = s_cnh + buf * KC;
+            const int steps = (min(KC, kpad - ch * KC) + 15) / 16;
+#pragma unroll 1
+            for (int s = 0; s < steps; ++s) {
+                const int n0 = 16 * s;
+                float sc[2][2][4];
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    const float2 h = *reinterpret_cast<const float2*>(hb + n0 + 8 * u + 2 * t);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        sc[u][mt][0] = h.x;
+                        sc[u][mt][1] = h.y;
+                        sc[u][mt][2] = h.x;
+                        sc[u][mt][3] = h.y;
+                    }
+                }
+#pragma unroll
+                for (int ks = 0; ks < KS; ks += 2)
+#pragma unroll
+                    for (int u = 0; u < 2; ++u) {
+                        uint32_t b[4];
+                        ldmatrix_x4(b, lrow + (n0 + 8 * u) * dpad + ks * 16);
+#pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma(sc[u][mt], af[mt][ks], b[0], b[1], T{});
+                            mma(sc[u][mt], af[mt][ks + 1], b[2], b[3], T{});
+                        }
+                    }
+                // Columns grow with ch, s and u: strict '>' keeps the lowest index.
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    const int col = ch * KC + n0 + 8 * u + 2 * t;
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                        for (int hh = 0; hh < 2; ++hh)
+                            running_max(best[mt][hh], bidx[mt][hh], sc[u][mt][2 * hh], sc[u][mt][2 * hh + 1], col);
+                }
+            }
+            buf ^= 1;
+        }
+
+        // The segment is read again here, not held in registers through the chunk loop.
+        const MmaSegment S = a.segs[seg];
+        const int64_t local_tile = tile - S.tile0;
+        const T* gcent = static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad;
+        const unsigned quad = 0xFu << (lane & ~3);
+        double obj = 0.0;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                float bv = best[mt][hh];
+                int bi = bidx[mt][hh];
+                quad_argmax(bv, bi);
+                const int l = bi >= k ? 0 : bi;  // every score NaN: centroid 0, as a scalar loop
+                const int64_t row = local_tile * kBlockRows + warp * kRowsPerWarp + mt * 16 + hh * 8 + g;
+                const bool valid = row < S.rows;
+                // dist2 = ||x||² - 2 (x·c - ||c||²/2): absolute error a few 2^-24 ||x||², so
+                // a row closer than kDirect ||x||² to its centroid (and NaN rows) is summed
+                // directly (the quad takes one branch: same values).
+                const float xsq = xx[mt][hh];
+                float s = fmaxf(fmaf(-2.0f, bv, xsq), 0.0f);
+                if (!(s >= kDirect * xsq)) {
+                    const T* crow = gcent + int64_t{l} * dpad;
+                    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains, summed in a fixed order
+#pragma unroll
+                    for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+                        for (int half = 0; half < 2; ++half) {
+                            const int c = ks * 16 + 2 * t + 8 * half;
+                            const float2 xv = to_float2(af[mt][ks][hh + 2 * half], T{});
+                            const float2 cv = to_float2(__ldg(reinterpret_cast<const unsigned int*>(crow + c)), T{});
+                            const float dx = xv.x - cv.x, dy = xv.y - cv.y;
+                            float& p = part[(ks & 1) * 2 + half];
+                            p = fmaf(dx, dx, p);
+                            p = fmaf(dy, dy, p);
+                        }
+                    s = (part[0] + part[1]) + (part[2] + part[3]);
+                    s += __shfl_xor_sync(quad, s, 1);
+                    s += __shfl_xor_sync(quad, s, 2);
+                }
+                if (t == 0 && valid) {
+                    if (S.labels) S.labels[row] = l;
+                    if (S.dist2) S.dist2[row] = s;
+                }
+                obj += valid ? static_cast<double>(s) : 0.0;  // in (mt, hh) order
+            }
+        obj = t == 0 ? obj : 0.0;
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) obj += __shfl_xor_sync(0xffffffffu, obj, off);
+        const int64_t row0 = local_tile * kBlockRows + warp * kRowsPerWarp;
+        if (lane == 0 && row0 < S.rows) a.slots[S.slot0 + row0 / kObjSlotRows] = obj;
+    }
+    cp_async_wait<0>();
+}
+
+template <typename T, int KS, int KC>
+void launch_kc(const MmaArgs& a, int sm_count, cudaStream_t stream) {
+    auto kernel = wide_kernel<T, KS, KC>;
+    const size_t dyn = smem_bytes<KC>(a.dpad);
+    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+    int per_sm = 0;
+    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
+    per_sm = std::max(per_sm, 1);
+    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
+    kernel<<<grid, kThreads, dyn, stream>>>(a);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void launch_t(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
+    const bool wide_d = (a.d + 15) / 16 > 4;
+    if (chunk >= 128) {
+        if (wide_d) launch_kc<T, 8, 128>(a, sm_count, stream);
+        else launch_kc<T, 4, 128>(a, sm_count, stream);
+    } else {
+        if (wide_d) launch_kc<T, 8, 64>(a, sm_count, stream);
+        else launch_kc<T, 4, 64>(a, sm_count, stream);
+    }
+}
+
+}  // namespace
+
+bool mma_wide_ok(int d) { return d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
+
+void launch_mma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
+    PKV_ASSERT(a.d % 8 == 0 && a.d > 32 && a.d <= kMmaMaxDim && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
+    PKV_ASSERT(a.sums == nullptr && a.counts == nullptr);
+    if (a.n_tiles == 0) return;
+    if (a.bf16) launch_t<__nv_bfloat16>(a, chunk, sm_count, stream);
+    else launch_t<__half>(a, chunk, sm_count, stream);
+}
+
+}  // namespace pkv::cuda::detail
