@@ -134,16 +134,12 @@ int mma_row_stride(int d);
 /// the batched pass computes the sums by a sorted reduction (below).
 bool mma_smem_sums(int k, int d);
 
-/// Sorted reduction of the centroid sums (large k): after the assignment kernel wrote
-/// every segment's labels, hist[task * k + label] += rows per label (u64 atomics).
+/// Sorted reduction of the centroid sums (large k), all on the device (no host round
+/// trip): after the assignment kernel wrote every segment's labels,
+/// hist[task * k + label] = rows per label of this launch (hist zeroed by the caller),
+/// also added to counts (the pass's totals over streamed chunks).
 void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k,
-                            unsigned long long* hist, cudaStream_t stream);
-
-/// cursor[task * k + label] starts at the cluster's offset in idx; every row writes its
-/// point-buffer row index at atomicAdd(cursor, 1). Order within a cluster is arbitrary
-/// (the integer sums below do not depend on it).
-void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned int* cursor,
-                          unsigned int* idx, cudaStream_t stream);
+                            unsigned long long* hist, unsigned long long* counts, cudaStream_t stream);
 
 /// One run of rows of one cluster: idx[begin, end) all belong to `slot` = task * k + j.
 struct SumItem {
@@ -152,10 +148,30 @@ struct SumItem {
     int task = 0;
 };
 
+/// From hist[slots]: cursor[slot] = the exclusive prefix sum of hist (the cluster's
+/// first place in idx), items = runs of at most item_rows rows of one slot in slot
+/// order, n_items[0] = their number. One block. The caller guarantees the total rows
+/// < 2^32 and room for max_sum_items(rows, slots, item_rows) items.
+void launch_build_items(const unsigned long long* hist, int slots, int k, unsigned int item_rows,
+                        unsigned int* cursor, SumItem* items, unsigned long long* n_items, cudaStream_t stream);
+
+/// The most items launch_build_items writes for `rows` rows over `slots` slots.
+inline int64_t max_sum_items(int64_t rows, int64_t slots, unsigned int item_rows) {
+    return rows / item_rows + slots;
+}
+
+/// Every row writes its point-buffer row index at its cluster's next place (cursor
+/// advanced by block-aggregated atomics). Order within a cluster is arbitrary (the
+/// integer sums below do not depend on it).
+void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned int* cursor,
+                          unsigned int* idx, cudaStream_t stream);
+
 /// sums[slot * d + t] += sum over the item's rows of llrint(x[row][t] * scale[task]),
 /// one warp per item, int64 in registers (exact, deterministic). x: binary16 or bf16
-/// point buffer [rows x d], d <= 128.
+/// point buffer [rows x d], d <= 128. The item count is read on the device (n_items[0]
+/// <= max_items, which sizes the grid).
 void launch_segment_sums(const void* x, bool bf16, int d, const unsigned int* idx, const SumItem* items,
-                         int64_t n_items, const float* scale, unsigned long long* sums, cudaStream_t stream);
+                         const unsigned long long* n_items, int64_t max_items, const float* scale,
+                         unsigned long long* sums, cudaStream_t stream);
 
 }  // namespace pkv::cuda::detail

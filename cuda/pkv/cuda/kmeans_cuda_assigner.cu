@@ -42,6 +42,33 @@ private:
     size_t cap_ = 0;
 };
 
+// Page-locked host memory, grown on demand: copies to and from it run at full speed
+// and truly asynchronously (a copy to pageable memory goes through a driver buffer).
+template <typename T>
+class PinnedBuffer {
+public:
+    PinnedBuffer() = default;
+    ~PinnedBuffer() { release(); }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+    void reserve(size_t n) {
+        if (n <= cap_) return;
+        release();
+        PKV_CUDA_CHECK(cudaMallocHost(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
+        cap_ = n;
+    }
+    void release() noexcept {
+        if (ptr_) cudaFreeHost(ptr_);
+        ptr_ = nullptr;
+        cap_ = 0;
+    }
+    T* get() const { return ptr_; }
+
+private:
+    T* ptr_ = nullptr;
+    size_t cap_ = 0;
+};
+
 constexpr size_t kStagingFloats = size_t{8} << 20;  // 32 MiB of fp32 for fp16/bf16 uploads
 constexpr size_t kAutoHeadroom = size_t{1} << 30;
 constexpr int64_t kTile = detail::kBlockRows;
@@ -93,8 +120,9 @@ struct CudaAssigner::Impl {
     DeviceBuffer<char> cent;
     DeviceBuffer<float> cnorm, scales, cent32;
     DeviceBuffer<unsigned int> bad_cent;
-    float* pinned = nullptr;  // page-locked staging of the fp32 centroids
-    size_t pinned_cap = 0;
+    PinnedBuffer<float> pinned;                // staging of the fp32 centroids
+    PinnedBuffer<unsigned long long> host_out;  // a pass's sums and counts
+    PinnedBuffer<double> host_obj;
     DeviceBuffer<unsigned long long> sums, counts;
     DeviceBuffer<double> slots, objs, obj_scratch;
     DeviceBuffer<int64_t> slot0;
@@ -244,21 +272,15 @@ struct CudaAssigner::Impl {
         if (mma()) {
             // fp32 centroids packed into pinned memory, rounded and padded on the device.
             const size_t kd = static_cast<size_t>(k) * d;
-            if (pinned_cap < nt * kd) {
-                if (pinned) cudaFreeHost(pinned);
-                pinned = nullptr;
-                pinned_cap = 0;
-                PKV_CUDA_CHECK(cudaMallocHost(&pinned, nt * kd * sizeof(float)));
-                pinned_cap = nt * kd;
-            }
             PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous pass's copy is done
+            pinned.reserve(nt * kd);
             for (size_t ti = 0; ti < nt; ++ti)
-                std::memcpy(pinned + ti * kd, tasks[ti].centroids, kd * sizeof(float));
+                std::memcpy(pinned.get() + ti * kd, tasks[ti].centroids, kd * sizeof(float));
             cent32.reserve(nt * kd);
             cent.reserve(nt * kpad * dpad * 2);
             cnorm.reserve(nt * kpad);
             bad_cent.reserve(1);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), pinned, nt * kd * 4, cudaMemcpyHostToDevice, stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), pinned.get(), nt * kd * 4, cudaMemcpyHostToDevice, stream));
             PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
             detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
                                           cnorm.get(), bad_cent.get(), stream);
@@ -320,7 +342,6 @@ struct CudaAssigner::Impl {
                         : wide   ? (sorted ? "wide+sorted" : "wide")
                         : sorted ? "mma+sorted"
                                  : "mma";
-        std::vector<unsigned long long> sorted_counts(sorted ? static_cast<size_t>(nt) * k : 0);
 
         PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
         upload_centroids(tasks, k, kpad, dpad);
@@ -405,14 +426,14 @@ struct CudaAssigner::Impl {
                 a.bf16 = bf16();
                 a.cent = cent.get();
                 a.cnh = cnorm.get();
-                a.sums = acc && !sorted ? sums.get() : nullptr;
+                a.sums = acc && !sorted ? sums.get() : nullptr;  // else sorted_sums() below
                 a.counts = acc && !sorted ? counts.get() : nullptr;
                 a.scale = scales.get();
                 a.slots = slots.get();
                 if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
                 else if (wide) detail::launch_mma_wide(a, opt.wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
-                if (sorted) sorted_sums(a, tiles, nt, k, sorted_counts);
+                if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
                 PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
             } else {
                 for (const auto& sg : hsegs) {
@@ -450,14 +471,18 @@ struct CudaAssigner::Impl {
         detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
                                         stream);
         PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
-        std::vector<double> hobj(static_cast<size_t>(nt));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(hobj.data(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
-        std::vector<unsigned long long> hsum, hcnt;
+        host_obj.reserve(static_cast<size_t>(nt));
+        const double* hobj = host_obj.get();
+        PKV_CUDA_CHECK(cudaMemcpyAsync(host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
+        const unsigned long long* hsum = nullptr;
+        const unsigned long long* hcnt = nullptr;
         if (acc) {
-            hsum.resize(nt * kd);
-            hcnt.resize(static_cast<size_t>(nt) * k);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(hsum.data(), sums.get(), hsum.size() * 8, cudaMemcpyDeviceToHost, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(hcnt.data(), counts.get(), hcnt.size() * 8, cudaMemcpyDeviceToHost, stream));
+            host_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get(), sums.get(), nt * kd * 8, cudaMemcpyDeviceToHost, stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get() + nt * kd, counts.get(), static_cast<size_t>(nt) * k * 8,
+                                           cudaMemcpyDeviceToHost, stream));
+            hsum = host_out.get();
+            hcnt = host_out.get() + nt * kd;
         }
         unsigned int bad = 0xffffffffu;
         if (mma())
@@ -474,8 +499,7 @@ struct CudaAssigner::Impl {
             const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
             for (size_t i = 0; i < kd; ++i)
                 t.sums[i] = static_cast<double>(static_cast<long long>(hsum[ti * kd + i])) * inv;
-            const auto& cnt = sorted ? sorted_counts : hcnt;
-            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(cnt[static_cast<size_t>(ti) * k + j]);
+            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(hcnt[static_cast<size_t>(ti) * k + j]);
         }
         float ms = 0.0f;
         PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
@@ -484,45 +508,26 @@ struct CudaAssigner::Impl {
     }
 
     // Sums of one chunk from its labels (written by the kernel into the segments'
-    // label buffers): histogram, offsets on the host, scatter of row indices, then
-    // runs of at most kItemRows rows of one cluster summed by one warp each.
-    void sorted_sums(const detail::MmaArgs& a, int64_t tiles, int nt, int k, std::vector<unsigned long long>& total) {
+    // label buffers), all on the device: histogram (also added to the pass's counts),
+    // offsets and runs of at most kItemRows rows of one cluster, scatter of row
+    // indices, then one warp a run summing exact fixed-point coordinates.
+    void sorted_sums(const detail::MmaArgs& a, int64_t tiles, int64_t rows, int nt, int k) {
         constexpr unsigned int kItemRows = 512;
+        PKV_CHECK(rows < (int64_t{1} << 32), internal,
+                  "cuda assigner: {} rows in one chunk exceed the sorted sums' index", rows);
         const size_t slots_n = static_cast<size_t>(nt) * k;
-        hist.reserve(slots_n);
+        const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
+        hist.reserve(slots_n + 1);  // the last entry holds the item count
         PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
-        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), stream);
-        std::vector<unsigned long long> h(slots_n);
-        PKV_CUDA_CHECK(cudaMemcpyAsync(h.data(), hist.get(), slots_n * 8, cudaMemcpyDeviceToHost, stream));
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        std::vector<unsigned int> off(slots_n);
-        std::vector<detail::SumItem> its;
-        unsigned long long run = 0;
-        for (size_t i = 0; i < slots_n; ++i) {
-            total[i] += h[i];
-            off[i] = static_cast<unsigned int>(run);
-            for (unsigned long long b = 0; b < h[i]; b += kItemRows) {
-                detail::SumItem it;
-                it.begin = static_cast<unsigned int>(run + b);
-                it.end = static_cast<unsigned int>(run + std::min<unsigned long long>(h[i], b + kItemRows));
-                it.slot = static_cast<int>(i);
-                it.task = static_cast<int>(i / static_cast<size_t>(k));
-                its.push_back(it);
-            }
-            run += h[i];
-        }
-        PKV_CHECK(run < (1ull << 32), internal, "cuda assigner: {} rows in one chunk exceed the sorted sums' index",
-                  run);
+        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts.get(), stream);
         cursor.reserve(slots_n);
-        idx.reserve(static_cast<size_t>(std::max<unsigned long long>(run, 1)));
-        items.reserve(std::max<size_t>(its.size(), 1));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(cursor.get(), off.data(), slots_n * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(items.get(), its.data(), its.size() * sizeof(detail::SumItem),
-                                       cudaMemcpyHostToDevice, stream));
+        idx.reserve(static_cast<size_t>(std::max<int64_t>(rows, 1)));
+        items.reserve(static_cast<size_t>(std::max<int64_t>(max_items, 1)));
+        detail::launch_build_items(hist.get(), static_cast<int>(slots_n), k, kItemRows, cursor.get(), items.get(),
+                                   hist.get() + slots_n, stream);
         detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
-        detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(),
-                                    static_cast<int64_t>(its.size()), scales.get(), sums.get(), stream);
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // off and its go out of scope
+        detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(), hist.get() + slots_n, max_items,
+                                    scales.get(), sums.get(), stream);
     }
 
     // The single-problem API: the current data set when it is this one, else a
@@ -583,7 +588,6 @@ CudaAssigner::~CudaAssigner() {
     if (impl_->ev_start) cudaEventDestroy(impl_->ev_start);
     if (impl_->ev_stop) cudaEventDestroy(impl_->ev_stop);
     if (impl_->stream) cudaStreamDestroy(impl_->stream);
-    if (impl_->pinned) cudaFreeHost(impl_->pinned);
 }
 
 void CudaAssigner::begin(const float* x, int64_t n, int d) {

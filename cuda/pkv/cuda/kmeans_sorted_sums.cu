@@ -30,7 +30,7 @@ __device__ __forceinline__ int segment_of(const MmaSegment* segs, int n_segs, in
 // Per-row kernels (one thread per row of the launch's tiles, one device atomic each):
 // only for k too large for the block-aggregated kernels' shared-memory counters.
 __global__ void histogram_rows_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
-                                      unsigned long long* __restrict__ hist) {
+                                      unsigned long long* __restrict__ hist, unsigned long long* __restrict__ counts) {
     for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
          r += int64_t{gridDim.x} * blockDim.x) {
         const int64_t tile = r / kBlockRows;
@@ -38,6 +38,7 @@ __global__ void histogram_rows_kernel(const MmaSegment* __restrict__ segs, int n
         const int64_t row = r - s.tile0 * kBlockRows;
         if (row >= s.rows) continue;
         atomicAdd(hist + int64_t{s.task} * k + s.labels[row], 1ull);
+        atomicAdd(counts + int64_t{s.task} * k + s.labels[row], 1ull);
     }
 }
 
@@ -89,7 +90,7 @@ __device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs,
 }
 
 __global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
-                                 unsigned long long* __restrict__ hist) {
+                                 unsigned long long* __restrict__ hist, unsigned long long* __restrict__ counts) {
     extern __shared__ unsigned int s_cnt[];
     const TileRange tr = block_tiles(n_tiles);
     if (tr.begin >= tr.end) return;
@@ -106,7 +107,10 @@ __global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs
         });
         __syncthreads();
         for (int i = threadIdx.x; i < k; i += kThreads) {
-            if (s_cnt[i] != 0u) atomicAdd(hist + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
+            if (s_cnt[i] != 0u) {
+                atomicAdd(hist + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
+                atomicAdd(counts + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
+            }
             s_cnt[i] = 0u;
         }
         __syncthreads();
@@ -154,6 +158,51 @@ __global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, 
     }
 }
 
+// One block: thread i takes a contiguous range of slots; a block scan of the ranges'
+// rows and item counts gives every thread its first place in idx and in items.
+constexpr int kBuildThreads = 1024;
+__global__ void __launch_bounds__(kBuildThreads) build_items_kernel(const unsigned long long* __restrict__ hist,
+                                                                    int slots, int k, unsigned int item_rows,
+                                                                    unsigned int* __restrict__ cursor,
+                                                                    SumItem* __restrict__ items,
+                                                                    unsigned long long* __restrict__ n_items) {
+    __shared__ unsigned long long s_rows[kBuildThreads], s_items[kBuildThreads];
+    const int tid = threadIdx.x;
+    const int per = (slots + kBuildThreads - 1) / kBuildThreads;
+    const int b = min(slots, tid * per), e = min(slots, b + per);
+    unsigned long long rows = 0, its = 0;
+    for (int i = b; i < e; ++i) {
+        rows += hist[i];
+        its += (hist[i] + item_rows - 1) / item_rows;
+    }
+    s_rows[tid] = rows;
+    s_items[tid] = its;
+    __syncthreads();
+    for (int off = 1; off < kBuildThreads; off <<= 1) {  // inclusive scan
+        const unsigned long long r = tid >= off ? s_rows[tid - off] : 0ull;
+        const unsigned long long q = tid >= off ? s_items[tid - off] : 0ull;
+        __syncthreads();
+        s_rows[tid] += r;
+        s_items[tid] += q;
+        __syncthreads();
+    }
+    unsigned long long run = s_rows[tid] - rows, it = s_items[tid] - its;
+    for (int i = b; i < e; ++i) {
+        const unsigned long long h = hist[i];
+        cursor[i] = static_cast<unsigned int>(run);
+        for (unsigned long long q = 0; q < h; q += item_rows) {
+            SumItem x;
+            x.begin = static_cast<unsigned int>(run + q);
+            x.end = static_cast<unsigned int>(run + min(h, q + item_rows));
+            x.slot = i;
+            x.task = i / k;
+            items[it++] = x;
+        }
+        run += h;
+    }
+    if (tid == kBuildThreads - 1) n_items[0] = s_items[tid];
+}
+
 __device__ __forceinline__ float2 pair_to_float2(unsigned int v, bool bf16) {
     if (bf16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
     return __half22float2(*reinterpret_cast<const __half2*>(&v));
@@ -164,8 +213,9 @@ __device__ __forceinline__ float2 pair_to_float2(unsigned int v, bool bf16) {
 template <int PAIRS>
 __global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool bf16, int d,
                                     const unsigned int* __restrict__ idx, const SumItem* __restrict__ items,
-                                    int64_t n_items, const float* __restrict__ scale,
+                                    const unsigned long long* __restrict__ n_items_p, const float* __restrict__ scale,
                                     unsigned long long* __restrict__ sums) {
+    const int64_t n_items = static_cast<int64_t>(*n_items_p);
     const int lane = threadIdx.x & 31;
     const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
     for (int64_t it = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; it < n_items; it += warps) {
@@ -214,6 +264,58 @@ __global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool b
     }
 }
 
+// d a multiple of 8 (32 < d <= 128): rows read as 16-byte pieces, PP lanes a row (d / 8
+// of them busy), 32 / PP rows a load, U loads in flight; lane (r = lane / PP, c = lane %
+// PP) sums columns 8c..8c+7 of its rows in int64, then lanes of one c add up by shuffles.
+// Fewer loads and address computations than the pair kernel above (measured 0.19 ms
+// less at N = 10^7, d = 128, k = 256 on an H200).
+template <int PP, int U>
+__global__ void segment_sums16_kernel(const uint4* __restrict__ x, bool bf16, int d,
+                                      const unsigned int* __restrict__ idx, const SumItem* __restrict__ items,
+                                      const unsigned long long* __restrict__ n_items_p,
+                                      const float* __restrict__ scale, unsigned long long* __restrict__ sums) {
+    const int64_t n_items = static_cast<int64_t>(*n_items_p);
+    constexpr int R = 32 / PP;
+    const int lane = threadIdx.x & 31, r = lane / PP, c = lane % PP;
+    const int pieces = d / 8;
+    const bool col_ok = c < pieces;
+    const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+    for (int64_t it = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32; it < n_items; it += warps) {
+        const SumItem item = items[it];
+        const float sc = scale[item.task];
+        long long acc[8] = {};
+        for (unsigned int p = item.begin; p < item.end; p += R * U) {
+            uint4 v[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const unsigned int pos = p + u * R + r;
+                v[u] = pos < item.end && col_ok ? __ldg(x + static_cast<int64_t>(__ldg(idx + pos)) * pieces + c)
+                                                : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const unsigned int w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const float2 f = pair_to_float2(w[q], bf16);
+                    acc[2 * q] += __float2ll_rn(f.x * sc);
+                    acc[2 * q + 1] += __float2ll_rn(f.y * sc);
+                }
+            }
+        }
+#pragma unroll
+        for (int off = PP; off < 32; off <<= 1)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], off);
+        if (r == 0 && col_ok) {
+            unsigned long long* dst = sums + static_cast<int64_t>(item.slot) * d + 8 * c;
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                if (acc[e] != 0) atomicAdd(dst + e, static_cast<unsigned long long>(acc[e]));
+        }
+    }
+}
+
 int grid_for(int64_t work, int per_block) {
     const int64_t g = (work + per_block - 1) / per_block;
     return static_cast<int>(g < 1 ? 1 : (g > 65535 ? 65535 : g));
@@ -226,14 +328,15 @@ int grid_for(int64_t work, int per_block) {
 constexpr int kAggBlocks = 1024;
 
 void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned long long* hist,
-                            cudaStream_t stream) {
+                            unsigned long long* counts, cudaStream_t stream) {
     const int64_t rows = n_tiles * kBlockRows;
     if (rows == 0) return;
     if (k <= kAggMaxK) {
         const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
-        histogram_kernel<<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(segs, n_segs, n_tiles, k, hist);
+        histogram_kernel<<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(segs, n_segs, n_tiles, k, hist,
+                                                                                  counts);
     } else {
-        histogram_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist);
+        histogram_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist, counts);
     }
     PKV_CUDA_CHECK(cudaGetLastError());
 }
@@ -251,16 +354,31 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
+void launch_build_items(const unsigned long long* hist, int slots, int k, unsigned int item_rows,
+                        unsigned int* cursor, SumItem* items, unsigned long long* n_items, cudaStream_t stream) {
+    PKV_ASSERT(slots >= 1 && k >= 1 && item_rows >= 1);
+    build_items_kernel<<<1, kBuildThreads, 0, stream>>>(hist, slots, k, item_rows, cursor, items, n_items);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
 void launch_segment_sums(const void* x, bool bf16, int d, const unsigned int* idx, const SumItem* items,
-                         int64_t n_items, const float* scale, unsigned long long* sums, cudaStream_t stream) {
-    if (n_items == 0) return;
+                         const unsigned long long* n_items, int64_t max_items, const float* scale,
+                         unsigned long long* sums, cudaStream_t stream) {
+    if (max_items == 0) return;
     PKV_ASSERT(d >= 1 && d <= 128);
     const auto* xs = static_cast<const unsigned short*>(x);
-    const int grid = grid_for(n_items, kThreads / 32);
-    if (d <= 64)
+    const int grid = grid_for(max_items, kThreads / 32);
+    if (d % 8 == 0 && d > 32) {
+        const auto* x16 = static_cast<const uint4*>(x);
+        if (d <= 64)
+            segment_sums16_kernel<8, 4><<<grid, kThreads, 0, stream>>>(x16, bf16, d, idx, items, n_items, scale, sums);
+        else
+            segment_sums16_kernel<16, 4><<<grid, kThreads, 0, stream>>>(x16, bf16, d, idx, items, n_items, scale, sums);
+    } else if (d <= 64) {
         segment_sums_kernel<1><<<grid, kThreads, 0, stream>>>(xs, bf16, d, idx, items, n_items, scale, sums);
-    else
+    } else {
         segment_sums_kernel<2><<<grid, kThreads, 0, stream>>>(xs, bf16, d, idx, items, n_items, scale, sums);
+    }
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
