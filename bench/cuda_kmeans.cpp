@@ -389,10 +389,10 @@ int main(int argc, char** argv) {
     std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
                 "the same for a pass without sums (labels and objective only). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
-                "labels stay on the device) plus the host centroid update. kernel: onehot (k <= 128, sums on\n"
-                "tensor cores), mma (shared-memory fixed-point sums), wide+sorted (k > 128: streamed centroid\n"
-                "chunks of 64, /128 of 128; sums by the sorted reduction), mma+sorted (the general kernel and\n"
-                "the sorted reduction), fma (fp32).\n"
+                "labels stay on the device) plus the host centroid update. kernel: onehot (k < 96, sums on\n"
+                "tensor cores), mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
+                "of 64, /128 of 128) and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
+                "fma (fp32).\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
                 static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
     return 0;

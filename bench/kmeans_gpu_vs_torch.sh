@@ -12,16 +12,17 @@
 #      PKV_BENCH_KS ("16,32,64,128,256,1024").
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
-# Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations):
+# Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
+# commit 4c7e6db; kernel: what pkv picked):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     1.216     18.581     0.595       2.04       15.3  onehot
-#     32     1.467     20.778     0.595       2.46       14.2  onehot
-#     64     1.904     22.890     0.595       3.20       12.0  onehot
-#    128     2.737     26.837     0.595       4.60        9.8  onehot
-#    256     6.790     35.172     0.595      11.41        5.2  mma+sorted
-#   1024    19.141     88.346     0.595      32.15        4.6  mma+sorted
-#   model k=32:  pkv 0.070 s (Lloyd) / 0.457 s (end to end), torch 0.351 s, floor 0.0080 s
-#   model k=256: pkv 0.310 s (Lloyd) / 0.698 s (end to end), torch 0.799 s, floor 0.0080 s
+#     16     1.195     18.438     0.595       2.01       15.4  onehot
+#     32     1.453     21.152     0.595       2.44       14.6  onehot
+#     64     1.847     23.554     0.595       3.10       12.8  onehot
+#    128     2.522     28.029     0.595       4.24       11.1  wide+sorted
+#    256     3.419     36.768     0.595       5.74       10.8  wide+sorted
+#   1024     8.777     91.453     0.595      14.74       10.4  wide+sorted
+#   model k=32:  pkv 0.054 s (Lloyd) / 0.416 s (end to end), torch 0.356 s, floor 0.0080 s
+#   model k=256: pkv 0.171 s (Lloyd) / 0.527 s (end to end), torch 0.808 s, floor 0.0080 s
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"

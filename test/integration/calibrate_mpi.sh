@@ -100,7 +100,10 @@ fi
 
 # Rank 1 of 3 owns (layer 2, head 1) (job 2 * 3 + 1 = 7, 7 % 3 = 1): a NaN there fails
 # that rank alone; the job must end, name it, and leave no table.
-/usr/bin/python3 - "$DUMP" "$WORK/nan.h5" <<'PY'
+# Debian's python3 has h5py (python3-h5py); elsewhere the python3 on PATH may.
+PY_H5=/usr/bin/python3
+"$PY_H5" -c "import h5py" 2>/dev/null || PY_H5=python3
+"$PY_H5" - "$DUMP" "$WORK/nan.h5" <<'PY'
 import shutil, sys, h5py, numpy as np
 shutil.copy(sys.argv[1], sys.argv[2])
 with h5py.File(sys.argv[2], "r+") as f:
