@@ -151,6 +151,44 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
                    << ", sums rel err " << sum_err);
 }
 
+TEST_CASE("sorted sums past the shared-memory label counters (k > 6144), resident and streamed",
+          "[cuda][kmeans][parity][sorted]") {
+    PKV_REQUIRE_GPU();
+    // k = 6200 takes the per-row histogram and scatter kernels; 1000-row chunks add the
+    // counts of several launches.
+    const int64_t n = 7000;
+    const int d = 40, k = 6200;
+    const size_t budget_rows = GENERATE(size_t{0}, size_t{1000});
+    CAPTURE(budget_rows);
+    const std::vector<float> x = mixture(n, d, 50, 77);
+    const std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
+    CudaAssignerOptions opt;
+    opt.precision = InputPrecision::fp16;
+    opt.max_point_bytes = budget_rows * (d * 2 + 8);
+    CudaAssigner a(opt);
+    std::vector<int32_t> labels(size_t(n), -1);
+    std::vector<float> dist2(static_cast<size_t>(n));
+    std::vector<double> sums(size_t(k) * d);
+    std::vector<int64_t> counts(static_cast<size_t>(k));
+    a.begin(x.data(), n, d);
+    a.assign_accumulate(x.data(), n, d, c.data(), k, labels.data(), dist2.data(), sums.data(), counts.data());
+    CHECK(std::string(a.last_timing().kernel) == "wide+sorted");
+    CHECK(a.streaming() == (budget_rows != 0));
+    a.end();
+    const std::vector<float> xs = rounded(x, InputPrecision::fp16), cs = rounded(c, InputPrecision::fp16);
+    std::vector<int32_t> ref(static_cast<size_t>(n));
+    pkv::assign_ref(xs.data(), n, d, cs.data(), k, ref.data(), nullptr);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; ++i) differ += labels[i] != ref[i];
+    CAPTURE(differ);
+    CHECK(double(differ) <= 1e-3 * double(n));
+    std::vector<double> cpu_sums(sums.size());
+    std::vector<int64_t> cpu_counts(counts.size());
+    pkv::accumulate_centroid_sums(xs.data(), n, d, labels.data(), k, cpu_sums.data(), cpu_counts.data());
+    CHECK(counts == cpu_counts);
+    CHECK(sums == cpu_sums);
+}
+
 TEST_CASE("batched pass equals per-problem passes bitwise, streamed or resident", "[cuda][kmeans][batch]") {
     PKV_REQUIRE_GPU();
     // fp16: k = 12 one-hot sums; k = 150 and 400 the wide kernel (centroid chunks
