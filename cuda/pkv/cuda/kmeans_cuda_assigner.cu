@@ -16,22 +16,29 @@
 namespace pkv::cuda {
 namespace {
 
-// Grow-only device buffer; frees on destruction.
-template <typename T>
-class DeviceBuffer {
+// Device (kHost false: cudaMalloc) or page-locked host memory (kHost true:
+// cudaMallocHost; copies to and from it run at full speed and truly asynchronously,
+// where pageable memory goes through a driver buffer); grow-only, freed on destruction.
+template <typename T, bool kHost = false>
+class CudaBuffer {
 public:
-    DeviceBuffer() = default;
-    ~DeviceBuffer() { release(); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    CudaBuffer() = default;
+    ~CudaBuffer() { release(); }
+    CudaBuffer(const CudaBuffer&) = delete;
+    CudaBuffer& operator=(const CudaBuffer&) = delete;
     void reserve(size_t n) {
         if (n <= cap_) return;
         release();
-        PKV_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
+        const size_t bytes = std::max<size_t>(n, 1) * sizeof(T);
+        if constexpr (kHost) PKV_CUDA_CHECK(cudaMallocHost(&ptr_, bytes));
+        else PKV_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
         cap_ = n;
     }
     void release() noexcept {
-        if (ptr_) cudaFree(ptr_);
+        if (ptr_) {
+            if constexpr (kHost) cudaFreeHost(ptr_);
+            else cudaFree(ptr_);
+        }
         ptr_ = nullptr;
         cap_ = 0;
     }
@@ -41,33 +48,10 @@ private:
     T* ptr_ = nullptr;
     size_t cap_ = 0;
 };
-
-// Page-locked host memory, grown on demand: copies to and from it run at full speed
-// and truly asynchronously (a copy to pageable memory goes through a driver buffer).
 template <typename T>
-class PinnedBuffer {
-public:
-    PinnedBuffer() = default;
-    ~PinnedBuffer() { release(); }
-    PinnedBuffer(const PinnedBuffer&) = delete;
-    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-    void reserve(size_t n) {
-        if (n <= cap_) return;
-        release();
-        PKV_CUDA_CHECK(cudaMallocHost(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
-        cap_ = n;
-    }
-    void release() noexcept {
-        if (ptr_) cudaFreeHost(ptr_);
-        ptr_ = nullptr;
-        cap_ = 0;
-    }
-    T* get() const { return ptr_; }
-
-private:
-    T* ptr_ = nullptr;
-    size_t cap_ = 0;
-};
+using DeviceBuffer = CudaBuffer<T>;
+template <typename T>
+using PinnedBuffer = CudaBuffer<T, true>;
 
 constexpr size_t kStagingFloats = size_t{8} << 20;  // 32 MiB of fp32 for fp16/bf16 uploads
 constexpr size_t kAutoHeadroom = size_t{1} << 30;

@@ -21,6 +21,7 @@
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/mma_ops.cuh"
+#include "pkv/cuda/mma_rows.cuh"
 
 namespace pkv::cuda::detail {
 namespace {
@@ -48,8 +49,6 @@ namespace {
 // counts go through shared memory the same way.
 // RM = 1 (16 warps) keeps more warps in flight for small k; RM = 2 (8 warps) reuses
 // each centroid fragment for two m-tiles and leaves registers for KT = 8.
-// Rows with dist2 below this fraction of ||x||² get the direct sum of squares.
-constexpr float kDirect = 1.0f / 16.0f;
 
 template <typename T>
 struct Pair;
@@ -152,12 +151,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
         {  // 1. Assignment of this warp's 16 RM rows.
             uint32_t af[RM][KS][4];
 #pragma unroll
-            for (int mt = 0; mt < RM; ++mt) {
-                const T* arow = xs + (warp * 16 * RM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * dpad +
-                                8 * (lane >> 4);
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[mt][ks], arow + 16 * ks);
-            }
+            for (int mt = 0; mt < RM; ++mt) load_row_fragments<T, KS>(af[mt], xs + (warp * RM + mt) * 16 * dpad, dpad, lane);
             float best[RM][2];
             int bidx[RM][2];
 #pragma unroll
@@ -205,65 +199,22 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
                             running_max(best[mt][hh], bidx[mt][hh], sc[u][mt][2 * hh], sc[u][mt][2 * hh + 1], col);
                 }
             }
-            // ||x||² of the rows: the diagonal of their Gram matrix on the tensor cores
-            // (B = the same rows, read like centroids). Thread (g, t = g / 2) holds
-            // rows g and g + 8; every lane of the quad of row g gets both.
+            // ||x||² of the rows (the Gram diagonal, see mma_rows.cuh).
             float xx[RM][2];
 #pragma unroll
-            for (int mt = 0; mt < RM; ++mt) {
-                float gr[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-                const T* grow = xs + (warp * 16 * RM + mt * 16 + (lane & 7)) * dpad + 8 * (lane >> 3);
-#pragma unroll
-                for (int ks = 0; ks < KS; ks += 2)
-#pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        uint32_t b[4];
-                        ldmatrix_x4(b, grow + 8 * nt * dpad + ks * 16);
-                        mma(gr[nt], af[mt][ks], b[0], b[1], T{});
-                        mma(gr[nt], af[mt][ks + 1], b[2], b[3], T{});
-                    }
-                const float d0 = (g & 1) ? gr[0][1] : gr[0][0];
-                const float d1 = (g & 1) ? gr[1][3] : gr[1][2];
-                xx[mt][0] = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
-                xx[mt][1] = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
-            }
-            const unsigned quad = 0xFu << (lane & ~3);
+            for (int mt = 0; mt < RM; ++mt)
+                row_norms<T, KS>(af[mt], xs + (warp * RM + mt) * 16 * dpad, dpad, lane, xx[mt][0], xx[mt][1]);
             double obj = 0.0;
 #pragma unroll
             for (int mt = 0; mt < RM; ++mt)
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     float bv = best[mt][hh];
-                    int bi = bidx[mt][hh];
-                    quad_argmax(bv, bi);
-                    const int l = bi >= k ? 0 : bi;  // every score NaN: centroid 0, as a scalar loop
+                    const int l = row_winner(bv, bidx[mt][hh], k);
                     const int local = warp * 16 * RM + mt * 16 + hh * 8 + g;
                     const int64_t row = local_tile * kBlockRows + local;
                     const bool valid = row < S.rows;
-                    // dist2 = ||x||² - 2 (x·c - ||c||²/2): absolute error a few 2^-24 ||x||²,
-                    // so a row closer than kDirect ||x||² to its centroid (and NaN rows) is
-                    // recomputed directly (the quad takes one branch: same values).
-                    const float xsq = xx[mt][hh];
-                    float s = fmaxf(fmaf(-2.0f, bv, xsq), 0.0f);
-                    if (!(s >= kDirect * xsq)) {
-                        const T* crow = s_cent + l * dpad;
-                        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains, summed in a fixed order
-#pragma unroll
-                        for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-                            for (int half = 0; half < 2; ++half) {
-                                const int c = ks * 16 + 2 * t + 8 * half;
-                                const float2 xv = to_float2(af[mt][ks][hh + 2 * half], T{});
-                                const float2 cv = to_float2(*reinterpret_cast<const unsigned int*>(crow + c), T{});
-                                const float dx = xv.x - cv.x, dy = xv.y - cv.y;
-                                float& p = part[(ks & 1) * 2 + half];
-                                p = fmaf(dx, dx, p);
-                                p = fmaf(dy, dy, p);
-                            }
-                        s = (part[0] + part[1]) + (part[2] + part[3]);
-                        s += __shfl_xor_sync(quad, s, 1);
-                        s += __shfl_xor_sync(quad, s, 2);
-                    }
+                    const float s = row_dist2<T, KS>(af[mt], hh, bv, xx[mt][hh], s_cent + l * dpad, lane);
                     if (t == 0) {
                         s_lab[local] = static_cast<T>(valid ? static_cast<float>(l) : -1.0f);
                         if (valid) {

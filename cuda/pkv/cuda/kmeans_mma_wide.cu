@@ -31,6 +31,7 @@
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/mma_ops.cuh"
+#include "pkv/cuda/mma_rows.cuh"
 
 namespace pkv::cuda::detail {
 namespace {
@@ -40,7 +41,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 32;  // two m16 tiles
 static_assert(kWarps * kRowsPerWarp == kBlockRows, "one block tile");
 static_assert(kRowsPerWarp == kObjSlotRows, "one objective slot a warp tile");
-constexpr float kDirect = 1.0f / 16.0f;
 
 // Shared memory: [centroids: 2 x KC rows x dpad][-||c||²/2: 2 x KC][points: 32 rows x
 // dpad a warp]. Rows are dpad = 16 KS + 8 elements apart, so the eight row addresses
@@ -123,26 +123,8 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
             if (ch == 0) {
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
-                    const T* arow = s_x + (mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * dpad + 8 * (lane >> 4);
-#pragma unroll
-                    for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[mt][ks], arow + 16 * ks);
-                    // ||x||²: the diagonal of the rows' Gram matrix (B = the same rows).
-                    // Thread (g, t = g / 2) holds rows g and g + 8; the quad of row g gets both.
-                    float gr[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-                    const T* grow = s_x + (mt * 16 + (lane & 7)) * dpad + 8 * (lane >> 3);
-#pragma unroll
-                    for (int ks = 0; ks < KS; ks += 2)
-#pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) {
-                            uint32_t b[4];
-                            ldmatrix_x4(b, grow + 8 * nt * dpad + ks * 16);
-                            mma(gr[nt], af[mt][ks], b[0], b[1], T{});
-                            mma(gr[nt], af[mt][ks + 1], b[2], b[3], T{});
-                        }
-                    const float d0 = (g & 1) ? gr[0][1] : gr[0][0];
-                    const float d1 = (g & 1) ? gr[1][3] : gr[1][2];
-                    xx[mt][0] = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
-                    xx[mt][1] = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
+                    load_row_fragments<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane);
+                    row_norms<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane, xx[mt][0], xx[mt][1]);
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
                         best[mt][h] = -INFINITY;
@@ -212,42 +194,16 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
         const MmaSegment S = a.segs[seg];
         const int64_t local_tile = tile - S.tile0;
         const T* gcent = static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad;
-        const unsigned quad = 0xFu << (lane & ~3);
         double obj = 0.0;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
                 float bv = best[mt][hh];
-                int bi = bidx[mt][hh];
-                quad_argmax(bv, bi);
-                const int l = bi >= k ? 0 : bi;  // every score NaN: centroid 0, as a scalar loop
+                const int l = row_winner(bv, bidx[mt][hh], k);
                 const int64_t row = local_tile * kBlockRows + warp * kRowsPerWarp + mt * 16 + hh * 8 + g;
                 const bool valid = row < S.rows;
-                // dist2 = ||x||² - 2 (x·c - ||c||²/2): absolute error a few 2^-24 ||x||², so
-                // a row closer than kDirect ||x||² to its centroid (and NaN rows) is summed
-                // directly (the quad takes one branch: same values).
-                const float xsq = xx[mt][hh];
-                float s = fmaxf(fmaf(-2.0f, bv, xsq), 0.0f);
-                if (!(s >= kDirect * xsq)) {
-                    const T* crow = gcent + int64_t{l} * dpad;
-                    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains, summed in a fixed order
-#pragma unroll
-                    for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-                        for (int half = 0; half < 2; ++half) {
-                            const int c = ks * 16 + 2 * t + 8 * half;
-                            const float2 xv = to_float2(af[mt][ks][hh + 2 * half], T{});
-                            const float2 cv = to_float2(__ldg(reinterpret_cast<const unsigned int*>(crow + c)), T{});
-                            const float dx = xv.x - cv.x, dy = xv.y - cv.y;
-                            float& p = part[(ks & 1) * 2 + half];
-                            p = fmaf(dx, dx, p);
-                            p = fmaf(dy, dy, p);
-                        }
-                    s = (part[0] + part[1]) + (part[2] + part[3]);
-                    s += __shfl_xor_sync(quad, s, 1);
-                    s += __shfl_xor_sync(quad, s, 2);
-                }
+                const float s = row_dist2<T, KS>(af[mt], hh, bv, xx[mt][hh], gcent + int64_t{l} * dpad, lane);
                 if (t == 0 && valid) {
                     if (S.labels) S.labels[row] = l;
                     if (S.dist2) S.dist2[row] = s;

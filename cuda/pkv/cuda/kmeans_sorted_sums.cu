@@ -89,40 +89,27 @@ __device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs,
     return tile;
 }
 
-__global__ void histogram_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
-                                 unsigned long long* __restrict__ hist, unsigned long long* __restrict__ counts) {
-    extern __shared__ unsigned int s_cnt[];
-    const TileRange tr = block_tiles(n_tiles);
-    if (tr.begin >= tr.end) return;
-    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
-    __syncthreads();
-    int seg = segment_of(segs, n_segs, tr.begin);
-    for (int64_t tile = tr.begin; tile < tr.end;) {
-        while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
-        const int task = segs[seg].task;
-        tile = run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
-            const MmaSegment& s = segs[sg];
-            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
-            if (row < s.rows) atomicAdd(s_cnt + s.labels[row], 1u);
-        });
-        __syncthreads();
-        for (int i = threadIdx.x; i < k; i += kThreads) {
-            if (s_cnt[i] != 0u) {
-                atomicAdd(hist + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
-                atomicAdd(counts + int64_t{task} * k + i, static_cast<unsigned long long>(s_cnt[i]));
-            }
-            s_cnt[i] = 0u;
-        }
-        __syncthreads();
-    }
+// Counts the labels of the run of tiles starting at `tile` into s_cnt (shared-memory
+// atomics); returns the tile after the run.
+__device__ __forceinline__ int64_t count_run(const MmaSegment* segs, int n_segs, int& seg, int64_t tile,
+                                             int64_t end, unsigned int* s_cnt) {
+    return run_tiles(segs, n_segs, seg, tile, end, [&](int sg, int64_t t) {
+        const MmaSegment& s = segs[sg];
+        const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+        if (row < s.rows) atomicAdd(s_cnt + s.labels[row], 1u);
+    });
 }
 
-// Two passes over each run: counts, one device atomic per nonzero count reserving the
-// run's places in the cluster, then every row takes the next place of its cluster.
-__global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
-                               unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
+// One pass over a block's runs. kScatter false (histogram): hist and counts += the
+// run's label counts. kScatter true: one device atomic per nonzero count reserves the
+// run's places in its cluster (cursor), then a second walk over the run puts every row
+// at the next place of its cluster.
+template <bool kScatter>
+__global__ void label_runs_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_tiles, int k,
+                                  unsigned long long* __restrict__ hist, unsigned long long* __restrict__ counts,
+                                  unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
     extern __shared__ unsigned int s_cnt[];
-    unsigned int* s_base = s_cnt + k;
+    unsigned int* s_base = s_cnt + k;  // scatter only
     const TileRange tr = block_tiles(n_tiles);
     if (tr.begin >= tr.end) return;
     for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
@@ -132,29 +119,36 @@ __global__ void scatter_kernel(const MmaSegment* __restrict__ segs, int n_segs, 
         while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
         const int task = segs[seg].task;
         const int seg0 = seg;
-        run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
-            const MmaSegment& s = segs[sg];
-            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
-            if (row < s.rows) atomicAdd(s_cnt + s.labels[row], 1u);
-        });
+        const int64_t next = count_run(segs, n_segs, seg, tile, tr.end, s_cnt);
         __syncthreads();
         for (int i = threadIdx.x; i < k; i += kThreads) {
-            if (s_cnt[i] != 0u) s_base[i] = atomicAdd(cursor + int64_t{task} * k + i, s_cnt[i]);
+            const unsigned int c = s_cnt[i];
+            if (c != 0u) {
+                if constexpr (kScatter) {
+                    s_base[i] = atomicAdd(cursor + int64_t{task} * k + i, c);
+                } else {
+                    atomicAdd(hist + int64_t{task} * k + i, static_cast<unsigned long long>(c));
+                    atomicAdd(counts + int64_t{task} * k + i, static_cast<unsigned long long>(c));
+                }
+            }
             s_cnt[i] = 0u;
         }
         __syncthreads();
-        seg = seg0;
-        tile = run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
-            const MmaSegment& s = segs[sg];
-            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
-            if (row < s.rows) {
-                const int l = s.labels[row];
-                idx[s_base[l] + atomicAdd(s_cnt + l, 1u)] = static_cast<unsigned int>(s.xrow + row);
-            }
-        });
-        __syncthreads();
-        for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
-        __syncthreads();
+        if constexpr (kScatter) {
+            seg = seg0;
+            run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
+                const MmaSegment& s = segs[sg];
+                const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+                if (row < s.rows) {
+                    const int l = s.labels[row];
+                    idx[s_base[l] + atomicAdd(s_cnt + l, 1u)] = static_cast<unsigned int>(s.xrow + row);
+                }
+            });
+            __syncthreads();
+            for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
+            __syncthreads();
+        }
+        tile = next;
     }
 }
 
@@ -333,8 +327,8 @@ void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles,
     if (rows == 0) return;
     if (k <= kAggMaxK) {
         const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
-        histogram_kernel<<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(segs, n_segs, n_tiles, k, hist,
-                                                                                  counts);
+        label_runs_kernel<false><<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(
+            segs, n_segs, n_tiles, k, hist, counts, nullptr, nullptr);
     } else {
         histogram_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist, counts);
     }
@@ -347,7 +341,8 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
     if (rows == 0) return;
     if (k <= kAggMaxK) {
         const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
-        scatter_kernel<<<grid, kThreads, static_cast<size_t>(k) * 8, stream>>>(segs, n_segs, n_tiles, k, cursor, idx);
+        label_runs_kernel<true><<<grid, kThreads, static_cast<size_t>(k) * 8, stream>>>(segs, n_segs, n_tiles, k,
+                                                                                      nullptr, nullptr, cursor, idx);
     } else {
         scatter_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, cursor, idx);
     }

@@ -1,0 +1,88 @@
+// Internal: per-row steps the tensor-core k-means kernels share, on one m-tile of 16
+// rows held as A fragments (layout in mma_ops.cuh: thread (g = lane / 4, t = lane % 4)
+// holds rows g and g + 8). Rows are 16-bit values in shared memory, dpad elements apart.
+#pragma once
+
+#include <cstdint>
+
+#include "pkv/cuda/mma_ops.cuh"
+
+namespace pkv::cuda::detail {
+
+/// Rows closer to their centroid than this fraction of ||x||² get the direct sum of
+/// squares (the expanded form's absolute error is a few 2^-24 ||x||²).
+constexpr float kDirectFraction = 1.0f / 16.0f;
+
+/// The row's winner over its quad: `best` becomes the row's best score and the result
+/// its label, the lowest index among equal scores; a row whose every score is NaN
+/// (idx never set) gets centroid 0, as a scalar loop would.
+__device__ __forceinline__ int row_winner(float& best, int idx, int k) {
+    quad_argmax(best, idx);
+    return idx >= k ? 0 : idx;
+}
+
+/// The A fragments of the 16 rows starting at `rows` (KS k-steps of 16 columns).
+template <typename T, int KS>
+__device__ __forceinline__ void load_row_fragments(uint32_t (&af)[KS][4], const T* rows, int dpad, int lane) {
+    const T* arow = rows + ((lane & 7) + 8 * ((lane >> 3) & 1)) * dpad + 8 * (lane >> 4);
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[ks], arow + 16 * ks);
+}
+
+/// ||x||² of rows g (lo) and g + 8 (hi) of the m-tile at `rows`, for every lane of the
+/// quad of row g: the diagonal of the rows' Gram matrix on the tensor cores (B = the
+/// same rows, read like centroids; thread (g, t = g / 2) holds the diagonal entries).
+template <typename T, int KS>
+__device__ __forceinline__ void row_norms(const uint32_t (&af)[KS][4], const T* rows, int dpad, int lane, float& lo,
+                                          float& hi) {
+    const int g = lane >> 2;
+    float gr[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    const T* grow = rows + (lane & 7) * dpad + 8 * (lane >> 3);
+#pragma unroll
+    for (int ks = 0; ks < KS; ks += 2)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            uint32_t b[4];
+            ldmatrix_x4(b, grow + 8 * nt * dpad + ks * 16);
+            mma(gr[nt], af[ks], b[0], b[1], T{});
+            mma(gr[nt], af[ks + 1], b[2], b[3], T{});
+        }
+    const float d0 = (g & 1) ? gr[0][1] : gr[0][0];
+    const float d1 = (g & 1) ? gr[1][3] : gr[1][2];
+    lo = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
+    hi = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
+}
+
+/// Squared distance of row g + 8 hh of the m-tile to centroid row `crow` (any memory),
+/// given the row's best score x·c - ||c||²/2 and its ||x||²: ||x||² - 2 best, or where
+/// that is below kDirectFraction ||x||² (or NaN) the direct fp32 sum of squares over the
+/// quad's columns, in four chains added in a fixed order, so a point equal to its
+/// centroid gets exactly 0. Every lane of the quad gets the same value (and takes the
+/// same branch).
+template <typename T, int KS>
+__device__ __forceinline__ float row_dist2(const uint32_t (&af)[KS][4], int hh, float best, float xsq, const T* crow,
+                                           int lane) {
+    float s = fmaxf(fmaf(-2.0f, best, xsq), 0.0f);
+    if (s >= kDirectFraction * xsq) return s;
+    const int t = lane & 3;
+    const unsigned quad = 0xFu << (lane & ~3);
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int c = ks * 16 + 2 * t + 8 * half;
+            const float2 xv = to_float2(af[ks][hh + 2 * half], T{});
+            const float2 cv = to_float2(*reinterpret_cast<const unsigned int*>(crow + c), T{});
+            const float dx = xv.x - cv.x, dy = xv.y - cv.y;
+            float& p = part[(ks & 1) * 2 + half];
+            p = fmaf(dx, dx, p);
+            p = fmaf(dy, dy, p);
+        }
+    s = (part[0] + part[1]) + (part[2] + part[3]);
+    s += __shfl_xor_sync(quad, s, 1);
+    s += __shfl_xor_sync(quad, s, 2);
+    return s;
+}
+
+}  // namespace pkv::cuda::detail
