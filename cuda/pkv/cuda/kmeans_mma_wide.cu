@@ -7,7 +7,8 @@
 // counts is keeping the tensor cores fed. The general kernel (kmeans_mma.cu) loads a
 // tile's points synchronously, reloads every centroid chunk behind a barrier, and runs
 // one 8-centroid step at a time (two dependent MMA chains a warp), which leaves it
-// latency bound at about a fifth of the tensor peak. Here
+// latency bound at 15% of the H200's dense tensor peak (150-160 TFLOP/s measured at
+// k = 256-1024; this kernel: 280-350). Here
 //   - a warp's next 32 rows arrive by cp.async while the current ones are multiplied
 //     (the A fragments live in registers for the whole tile, so one staging buffer
 //     a warp suffices),
