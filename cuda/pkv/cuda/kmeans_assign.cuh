@@ -43,6 +43,12 @@ void launch_max_abs_bf16(const void* x, int64_t n, unsigned int* out, cudaStream
 constexpr int kObjSlotRows = 32;
 /// Rows per block tile of the tensor-core kernel (a segment starts on a tile).
 constexpr int kBlockRows = 256;
+/// The general and wide kernels' block tile: 8 warps of 32 rows (two m16 tiles), one
+/// objective slot a warp.
+constexpr int kTileWarps = 8;
+constexpr int kWarpRows = 32;
+static_assert(kTileWarps * kWarpRows == kBlockRows, "one block tile");
+static_assert(kWarpRows == kObjSlotRows, "one objective slot a warp tile");
 
 /// out[s] (s < ceil(rows / kObjSlotRows)) = sum in double of dist2 over rows
 /// [32 s, 32 s + 32) in a fixed order.

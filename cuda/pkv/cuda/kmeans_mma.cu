@@ -16,11 +16,9 @@
 namespace pkv::cuda::detail {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kTileWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerWarp = 32;  // two m16 tiles
-static_assert(kWarps * kRowsPerWarp == kBlockRows, "one block tile");
-static_assert(kRowsPerWarp == kObjSlotRows, "one objective slot a warp tile");
+constexpr int kRowsPerWarp = kWarpRows;
 // Dynamic shared memory a block may take: partial sums plus centroids up to kSmemMax,
 // else centroids alone up to kSmemCentMax (streamed in chunks beyond that).
 constexpr size_t kSmemCentMax = 200 * 1024;

@@ -37,11 +37,9 @@
 namespace pkv::cuda::detail {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kTileWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerWarp = 32;  // two m16 tiles
-static_assert(kWarps * kRowsPerWarp == kBlockRows, "one block tile");
-static_assert(kRowsPerWarp == kObjSlotRows, "one objective slot a warp tile");
+constexpr int kRowsPerWarp = kWarpRows;
 
 // Shared memory: [centroids: 2 x KC rows x dpad][-||c||²/2: 2 x KC][points: 32 rows x
 // dpad a warp]. Rows are dpad = 16 KS + 8 elements apart, so the eight row addresses
