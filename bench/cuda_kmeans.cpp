@@ -22,8 +22,9 @@
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --all-kernels (or --both-sums) adds rows for the other
 // kernels next to the default: onehot_sums off (the shared-memory fixed-point kernel,
-// k <= 128); wide_assign off (the general kernel) and wide_chunk 128 (k > 128); the
-// wide kernel and sorted sums at k <= 128 (wide_min_k 1).
+// k below the wide kernel's wide_min_k); wide_assign off (the general kernel) and
+// wide_chunk 128 (k >= wide_min_k); the wide kernel and sorted sums below it
+// (wide_min_k 1).
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
@@ -318,9 +319,10 @@ int main(int argc, char** argv) {
                 "assign ms", "iter ms", "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
     std::printf("%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(no sums)", "(wall)",
                 "(host)", "ms", "iter/flr", "(iter)", "");
-    // Variant 0: the defaults; with --all-kernels also 1: onehot_sums off (k <= 128),
-    // 2: wide_assign off (k > 128), 3: wide_chunk 128 (k > 128), 4: the wide kernel at
-    // k <= 128 too.
+    // Variant 0: the defaults; with --all-kernels also, where they pick another kernel
+    // than the defaults, 1: onehot_sums off and 4: the wide kernel (k < wide_min_k),
+    // 2: wide_assign off and 3: wide_chunk 128 (k >= wide_min_k).
+    const int wide_min_k = pkv::cuda::CudaAssignerOptions{}.wide_min_k;
     for (const auto prec : precs)
       for (int variant = 0; variant < 5; ++variant) {
         if (variant > 0 && !both) continue;
@@ -338,7 +340,8 @@ int main(int argc, char** argv) {
         const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
         for (int k : ks) {
             // Rows that would repeat the default kernel are skipped.
-            if (((variant == 1 || variant == 4) && k > 128) || ((variant == 2 || variant == 3) && k <= 128)) continue;
+            const bool wide_default = k >= wide_min_k;
+            if ((variant == 1 || variant == 4) == wide_default && variant != 0) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));

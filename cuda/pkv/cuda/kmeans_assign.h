@@ -116,7 +116,7 @@ struct CudaAssignerOptions {
     /// s = 4 or 2). Larger data is streamed in chunks every pass; at least one point
     /// per chunk whatever the value. 0 picks the free device memory minus 1 GiB.
     size_t max_point_bytes = 0;
-    /// k <= 128 (d a multiple of 8, 32 < d <= 128): centroid sums as a one-hot matrix
+    /// k < wide_min_k (d a multiple of 8, 32 < d <= 128): centroid sums as a one-hot matrix
     /// product on tensor cores (fp32 partials per group of rows, see the file comment).
     /// false: the shared-memory fixed-point kernel, exact (for comparison and tests).
     bool onehot_sums = true;

@@ -314,9 +314,10 @@ struct CudaAssigner::Impl {
         const int kpad = (k + 7) / 8 * 8;
         const int dpad = mma() ? detail::mma_row_stride(d) : d;
         const size_t kd = static_cast<size_t>(k) * d;
-        // Large k on tensor cores: sums by a sorted reduction over the labels.
-        // k <= 128: sums on tensor cores too (one-hot kernel); segments start on a group.
-        // Large k: the streaming kernel when d allows, which leaves the sums to the sorted reduction.
+        // k >= wide_min_k: the streaming kernel when d allows, sums by the sorted reduction;
+        // below it the one-hot kernel (sums on tensor cores; segments start on a group);
+        // else the general kernel, its sums sorted when k x d partials do not fit in
+        // shared memory.
         const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
         const bool onehot = mma() && !wide && opt.onehot_sums && detail::mma_onehot_ok(k, d);
         const int group = onehot && acc ? detail::onehot_group_tiles(k) : 1;
