@@ -21,8 +21,9 @@
 // over the first W, efficiency per GPU used, and the objective's relative difference.
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --all-kernels (or --both-sums) adds rows for the other
-// kernels next to the default: onehot_sums off (the shared-memory fixed-point kernel,
-// k below the wide kernel's wide_min_k); wide_assign off (the general kernel) and
+// kernels next to the default: fused_small_k off (the one-hot kernel, k <= 16);
+// onehot_sums off (the shared-memory fixed-point kernel, k below the wide kernel's
+// wide_min_k); wide_assign off (the general kernel) and
 // wide_chunk 128 (k >= wide_min_k); the wide kernel and sorted sums below it
 // (wide_min_k 1).
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
@@ -321,10 +322,11 @@ int main(int argc, char** argv) {
                 "(host)", "ms", "iter/flr", "(iter)", "");
     // Variant 0: the defaults; with --all-kernels also, where they pick another kernel
     // than the defaults, 1: onehot_sums off and 4: the wide kernel (k < wide_min_k),
-    // 2: wide_assign off and 3: wide_chunk 128 (k >= wide_min_k).
+    // 2: wide_assign off and 3: wide_chunk 128 (k >= wide_min_k), 5: fused_small_k off
+    // (k <= 16).
     const int wide_min_k = pkv::cuda::CudaAssignerOptions{}.wide_min_k;
     for (const auto prec : precs)
-      for (int variant = 0; variant < 5; ++variant) {
+      for (int variant = 0; variant < 6; ++variant) {
         if (variant > 0 && !both) continue;
         pkv::cuda::CudaAssignerOptions opt;
         opt.precision = prec;
@@ -332,6 +334,7 @@ int main(int argc, char** argv) {
         opt.wide_assign = variant != 2;
         opt.wide_chunk = variant == 3 ? 128 : 64;
         if (variant == 4) opt.wide_min_k = 1;
+        opt.fused_small_k = variant != 5;
         pkv::cuda::CudaAssigner gpu(opt);
         const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
         t0 = std::chrono::steady_clock::now();
@@ -341,7 +344,7 @@ int main(int argc, char** argv) {
         for (int k : ks) {
             // Rows that would repeat the default kernel are skipped.
             const bool wide_default = k >= wide_min_k;
-            if ((variant == 1 || variant == 4) == wide_default && variant != 0) continue;
+            if (variant == 5 ? k > 16 : (variant == 1 || variant == 4) == wide_default && variant != 0) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));
@@ -392,8 +395,8 @@ int main(int argc, char** argv) {
     std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
                 "the same for a pass without sums (labels and objective only). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
-                "labels stay on the device) plus the host centroid update. kernel: onehot (k < 96, sums on\n"
-                "tensor cores), mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
+                "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16) and\n"
+                "onehot (k < 96), sums on tensor cores; mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
                 "of 64, /128 of 128) and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
                 "fma (fp32).\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",

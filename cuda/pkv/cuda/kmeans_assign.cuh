@@ -117,6 +117,21 @@ int onehot_group_tiles(int k);
 /// group_tiles, and so must n_tiles (pad with empty tiles; they cost a check).
 void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
+/// The largest k the fused kernel takes (one 16-centroid step).
+constexpr int kFusedMaxK = 16;
+
+/// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= kFusedMaxK,
+/// 32 < d <= kMmaMaxDim, d a multiple of 8.
+bool mma_fused_ok(int k, int d);
+
+/// Tiles per group of the fused kernel's sums (4096 rows: a warp's fp32 partial covers
+/// 512 of them).
+inline int fused_group_tiles() { return 16; }
+
+/// The fused kernel over all segments: the same outputs and group rules as
+/// launch_mma_onehot (sums from fp32 tensor-core partials, one per warp and group).
+void launch_mma_fused(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
+
 /// True when the wide kernel (kmeans_mma_wide.cu) takes d: 32 < d <= kMmaMaxDim, d a
 /// multiple of 8 (any k; the assigner picks it for large k).
 bool mma_wide_ok(int d);

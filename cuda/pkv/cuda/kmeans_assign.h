@@ -11,9 +11,17 @@
 // objectives (double), the sums and the counts come back to the host; labels and
 // distances are copied back only for tasks that ask for them (the final pass).
 //
-// Four kernels:
-//   one-hot (fp16 / bf16, k < wide_min_k = 96, 32 < d <= 128, d a multiple of 8; the
-//     default there): the tensor-core assignment below, plus the centroid sums as one more
+// Five kernels:
+//   fused (fp16 / bf16, k <= 16, 32 < d <= 128, d a multiple of 8; the default there):
+//     the one-hot kernel's arithmetic (below) with every warp on its own pipeline: a
+//     warp owns 32 rows of each tile and two staging buffers, loads its rows' fragments
+//     and hands the buffer back to cp.async at once, and takes the sums' operand from
+//     the fragments transposed in registers (movmatrix); its fp32 partial per group of
+//     tiles (its 32-row slices of the group) is rounded once to the fixed point and
+//     added to the block's sums in shared memory. Same determinism and tolerances as the
+//     one-hot kernel. CudaAssignerOptions::fused_small_k = false turns it off.
+//   one-hot (fp16 / bf16, 16 < k < wide_min_k = 96, 32 < d <= 128, d a multiple of 8;
+//     the default there): the tensor-core assignment below, plus the centroid sums as one more
 //     matrix product on the tensor cores, sums[k x d] += onehot(labels)^T * X, with
 //     fp32 partials in registers per group of 2048 (k <= 32), 4096 (k <= 64) or 8192
 //     rows of one data set, each group's partial rounded once to the 64-bit fixed point
@@ -64,7 +72,7 @@
 // The objective is the distance to the rounded centroids; at a Lloyd fixed point the
 // rounding's first-order effect cancels over each cluster (c is the cluster's mean).
 //
-// Centroid sums (kernels other than one-hot) are exact 64-bit fixed point: each coordinate (of the rounded point for
+// Centroid sums (kernels other than fused and one-hot) are exact 64-bit fixed point: each coordinate (of the rounded point for
 // fp16/bf16) is rounded once to a multiple of 2^-e, where 2^e is the largest power of
 // two with n * max|x| * 2^e <= 2^61 and max|x| * 2^e <= 2^39 for that data set (so no
 // partial sum can overflow; binary16 values are exact, e >= 24, whenever
@@ -120,6 +128,10 @@ struct CudaAssignerOptions {
     /// product on tensor cores (fp32 partials per group of rows, see the file comment).
     /// false: the shared-memory fixed-point kernel, exact (for comparison and tests).
     bool onehot_sums = true;
+    /// k <= 16 (same d; with onehot_sums): the fused kernel (kmeans_mma_fused.cu: every
+    /// warp on its own cp.async pipeline, the sums' operand transposed in registers).
+    /// false: the one-hot kernel there too (for comparison).
+    bool fused_small_k = true;
     /// k >= wide_min_k (d a multiple of 8, 32 < d <= 128): the assignment by the
     /// streaming kernel (kmeans_mma_wide.cu: centroid chunks double-buffered in shared
     /// memory), sums by the sorted reduction. false: the general tensor-core kernel (for
@@ -138,7 +150,7 @@ struct CudaPassTiming {
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
     int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
-    /// "onehot", "wide", "mma", "wide+sorted" / "mma+sorted" (sums by the sorted
+    /// "fused", "onehot", "wide", "mma", "wide+sorted" / "mma+sorted" (sums by the sorted
     /// reduction) or "fma".
     const char* kernel = "";
 };

@@ -319,10 +319,12 @@ struct CudaAssigner::Impl {
         // else the general kernel, its sums sorted when k x d partials do not fit in
         // shared memory.
         const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
-        const bool onehot = mma() && !wide && opt.onehot_sums && detail::mma_onehot_ok(k, d);
-        const int group = onehot && acc ? detail::onehot_group_tiles(k) : 1;
-        const bool sorted = mma() && acc && !onehot && (wide || !detail::mma_smem_sums(k, d));
+        const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
+        const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
+        const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
+        const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
         timing.kernel = !mma()   ? "fma"
+                        : fused  ? "fused"
                         : onehot ? "onehot"
                         : wide   ? (sorted ? "wide+sorted" : "wide")
                         : sorted ? "mma+sorted"
@@ -415,7 +417,8 @@ struct CudaAssigner::Impl {
                 a.counts = acc && !sorted ? counts.get() : nullptr;
                 a.scale = scales.get();
                 a.slots = slots.get();
-                if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
+                if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
+                else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
                 else if (wide) detail::launch_mma_wide(a, opt.wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, out_rows, nt, k);

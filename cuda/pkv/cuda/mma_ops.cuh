@@ -82,6 +82,15 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t& r0, uint32_t& r1, const vo
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 
+/// The 8 x 8 16-bit matrix held as one register a lane (lane (g, t): row g, columns 2t,
+/// 2t + 1), transposed in registers: the lane gets rows 2t, 2t + 1 of column g, the
+/// layout of an MMA B register (and of an A register of the transposed product).
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t v) {
+    uint32_t r;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(v));
+    return r;
+}
+
 /// 16 bytes global -> shared without registers; fewer than 16 source bytes (0 or 16
 /// here) zero-fill the rest.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {

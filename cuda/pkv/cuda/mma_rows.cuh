@@ -29,28 +29,53 @@ __device__ __forceinline__ void load_row_fragments(uint32_t (&af)[KS][4], const 
     for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[ks], arow + 16 * ks);
 }
 
-/// ||x||² of rows g (lo) and g + 8 (hi) of the m-tile at `rows`, for every lane of the
-/// quad of row g: the diagonal of the rows' Gram matrix on the tensor cores (B = the
-/// same rows, read like centroids; thread (g, t = g / 2) holds the diagonal entries).
+/// ||x||² of rows g (xx[mt][0]) and g + 8 (xx[mt][1]) of M m-tiles, m-tile mt at rows +
+/// 16 mt dpad, for every lane of the quad of row g: the diagonal of each m-tile's Gram
+/// matrix on the tensor cores (B = the same rows, read like centroids; thread (g, t =
+/// g / 2) holds the diagonal entries). The 2 M accumulator chains are interleaved.
+template <typename T, int KS, int M>
+__device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const T* rows, int dpad, int lane,
+                                          float (&xx)[M][2]) {
+    const int g = lane >> 2;
+    float gr[M][2][4];
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) gr[mt][nt][e] = 0.0f;
+    const T* grow = rows + (lane & 7) * dpad + 8 * (lane >> 3);
+#pragma unroll
+    for (int ks = 0; ks < KS; ks += 2) {
+        uint32_t b[M][2][4];
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) ldmatrix_x4(b[mt][nt], grow + (16 * mt + 8 * nt) * dpad + ks * 16);
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk)
+#pragma unroll
+            for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma(gr[mt][nt], af[mt][ks + kk], b[mt][nt][2 * kk], b[mt][nt][2 * kk + 1], T{});
+    }
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt) {
+        const float d0 = (g & 1) ? gr[mt][0][1] : gr[mt][0][0];
+        const float d1 = (g & 1) ? gr[mt][1][3] : gr[mt][1][2];
+        xx[mt][0] = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
+        xx[mt][1] = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
+    }
+}
+
+/// The same for the one m-tile at `rows`: ||x||² of rows g (lo) and g + 8 (hi).
 template <typename T, int KS>
 __device__ __forceinline__ void row_norms(const uint32_t (&af)[KS][4], const T* rows, int dpad, int lane, float& lo,
                                           float& hi) {
-    const int g = lane >> 2;
-    float gr[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-    const T* grow = rows + (lane & 7) * dpad + 8 * (lane >> 3);
-#pragma unroll
-    for (int ks = 0; ks < KS; ks += 2)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            uint32_t b[4];
-            ldmatrix_x4(b, grow + 8 * nt * dpad + ks * 16);
-            mma(gr[nt], af[ks], b[0], b[1], T{});
-            mma(gr[nt], af[ks + 1], b[2], b[3], T{});
-        }
-    const float d0 = (g & 1) ? gr[0][1] : gr[0][0];
-    const float d1 = (g & 1) ? gr[1][3] : gr[1][2];
-    lo = __shfl_sync(0xffffffffu, d0, 4 * g + (g >> 1));
-    hi = __shfl_sync(0xffffffffu, d1, 4 * g + (g >> 1));
+    float xx[1][2];
+    row_norms<T, KS, 1>(reinterpret_cast<const uint32_t(&)[1][KS][4]>(af), rows, dpad, lane, xx);
+    lo = xx[0][0];
+    hi = xx[0][1];
 }
 
 /// Squared distance of row g + 8 hh of the m-tile to centroid row `crow` (any memory),

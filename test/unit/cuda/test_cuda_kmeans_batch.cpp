@@ -7,7 +7,8 @@
 //   sums       shared-memory kernel or sorted reduction (onehot_sums off, k > 128): equal to
 //              accumulate_centroid_sums on the GPU's labels (binary16 values are exact
 //              in the 64-bit fixed point at these n; so is the double CPU sum);
-//              one-hot kernel (fp32 tensor-core partials per group of <= 8192 rows):
+//              fused and one-hot kernels (fp32 tensor-core partials per group of
+//              <= 8192 rows):
 //              |gpu - cpu| <= 1e-6 * sum of |x| over the cluster; counts exact
 //   objective  |gpu - sum of exact dist2| <= 1e-6 relative (one pass); kmeans() on the
 //              GPU vs the CPU assigner on the same fp16-rounded data, same init, fixed
@@ -72,21 +73,26 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
         int64_t n;
         int d, k;
     };
+    // 300000 rows: blocks of the fused kernel take several groups each.
     const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000}, {12000, 128, 80},
-                                            {517, 40, 5}, {300, 7, 3}}));
+                                            {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
-    // onehot: the default kernels (one-hot sums for k <= 128, the wide kernel above);
-    // false: the general kernel. chunk: the wide kernel's centroid chunk.
-    const bool onehot = GENERATE(true, false);
+    // variant 0: the default kernels (fused for k <= 16, one-hot sums below 96, the wide
+    // kernel above); 1: fused_small_k off (the one-hot kernel at k <= 16); 2: the general
+    // kernel. chunk: the wide kernel's centroid chunk.
+    const int variant = GENERATE(0, 1, 2);
     const int chunk = GENERATE(64, 128);
-    if (!onehot && chunk != 64) return;
-    CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), onehot, chunk);
+    if (variant != 0 && chunk != 64) return;
+    if (variant == 1 && s.k > 16) return;
+    const bool onehot = variant != 2;
+    CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), variant, chunk);
     const std::vector<float> x = mixture(s.n, s.d, 50, 11 + s.d);
     std::vector<float> c(x.begin(), x.begin() + size_t(s.k) * s.d);
     for (size_t i = 0; i < c.size(); ++i) c[i] += 0.01f * float(i % 7);  // off the grid
     CudaAssignerOptions opt;
     opt.precision = prec;
     opt.onehot_sums = onehot;
+    opt.fused_small_k = variant == 0;
     opt.wide_assign = onehot;
     opt.wide_chunk = chunk;
     CudaAssigner a(opt);
@@ -99,7 +105,11 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     CHECK(a.last_timing().tensor_cores);
     const std::string kernel = a.last_timing().kernel;
     const bool d_ok = s.d % 8 == 0 && s.d > 32;
-    CHECK(kernel == (onehot && d_ok ? (s.k < 96 ? "onehot" : "wide+sorted") : s.k > 190 ? "mma+sorted" : "mma"));
+    CHECK(kernel == (onehot && d_ok ? (s.k <= 16 && variant == 0 ? "fused"
+                                       : s.k < 96                 ? "onehot"
+                                                                  : "wide+sorted")
+                     : s.k > 190 ? "mma+sorted"
+                                 : "mma"));
     // The objective of the same pass through the batched API.
     std::vector<pkv::AssignTask> tasks(1);
     tasks[0].centroids = c.data();
@@ -138,7 +148,7 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     pkv::accumulate_centroid_sums(xs.data(), s.n, s.d, labels.data(), s.k, cpu_sums.data(), cpu_counts.data());
     CHECK(counts == cpu_counts);
     double sum_err = 0.0;  // largest |gpu - cpu| / sum of |x| over the cluster
-    if (kernel == "onehot") {
+    if (kernel == "onehot" || kernel == "fused") {
         const std::vector<double> mag = abs_sums(xs, s.n, s.d, labels, s.k);
         for (size_t i = 0; i < sums.size(); ++i)
             if (mag[i] > 0) sum_err = std::max(sum_err, std::fabs(sums[i] - cpu_sums[i]) / mag[i]);
@@ -191,7 +201,7 @@ TEST_CASE("sorted sums past the shared-memory label counters (k > 6144), residen
 
 TEST_CASE("batched pass equals per-problem passes bitwise, streamed or resident", "[cuda][kmeans][batch]") {
     PKV_REQUIRE_GPU();
-    // fp16: k = 12 one-hot sums; k = 150 and 400 the wide kernel (centroid chunks
+    // fp16: k = 12 the fused kernel (tasks change inside a block); k = 150 and 400 the wide kernel (centroid chunks
     // across segments and tasks) and the sorted reduction.
     const int d = 64;
     const int k = GENERATE(12, 150, 400);
