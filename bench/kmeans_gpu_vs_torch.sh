@@ -13,16 +13,18 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit 4c7e6db; kernel: what pkv picked):
+# commit 79a990f; kernel: what pkv picked):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     1.195     18.438     0.595       2.01       15.4  onehot
-#     32     1.453     21.152     0.595       2.44       14.6  onehot
-#     64     1.847     23.554     0.595       3.10       12.8  onehot
-#    128     2.522     28.029     0.595       4.24       11.1  wide+sorted
-#    256     3.419     36.768     0.595       5.74       10.8  wide+sorted
-#   1024     8.777     91.453     0.595      14.74       10.4  wide+sorted
-#   model k=32:  pkv 0.054 s (Lloyd) / 0.416 s (end to end), torch 0.356 s, floor 0.0080 s
-#   model k=256: pkv 0.171 s (Lloyd) / 0.527 s (end to end), torch 0.808 s, floor 0.0080 s
+#     16     0.891     18.328     0.595       1.50       20.6  fused
+#     32     1.428     20.304     0.595       2.40       14.2  onehot
+#     64     1.849     22.605     0.595       3.11       12.2  onehot
+#    128     2.515     26.978     0.595       4.22       10.7  wide+sorted
+#    256     3.422     35.531     0.595       5.75       10.4  wide+sorted
+#   1024     9.023     89.659     0.595      15.16        9.9  wide+sorted
+#   model k=32:  pkv 0.053 s (Lloyd) / 0.450 s (end to end), torch 0.351 s, floor 0.0080 s
+#   model k=256: pkv 0.157 s (Lloyd) / 0.539 s (end to end), torch 0.799 s, floor 0.0080 s
+# A second run of the same build minutes later: k = 16 0.922 ms (1.55x the floor),
+# k = 1024 8.967 ms (10.1x faster than torch): the run-to-run spread is about 3%.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"

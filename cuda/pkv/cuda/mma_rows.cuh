@@ -57,7 +57,8 @@ __device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const 
 #pragma unroll
             for (int mt = 0; mt < M; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma(gr[mt][nt], af[mt][ks + kk], b[mt][nt][2 * kk], b[mt][nt][2 * kk + 1], T{});
+                for (int nt = 0; nt < 2; ++nt)
+                    mma(gr[mt][nt], af[mt][ks + kk], b[mt][nt][2 * kk], b[mt][nt][2 * kk + 1], T{});
     }
 #pragma unroll
     for (int mt = 0; mt < M; ++mt) {
