@@ -107,7 +107,12 @@ struct CudaAssigner::Impl {
     PinnedBuffer<float> pinned;                // staging of the fp32 centroids
     PinnedBuffer<unsigned long long> host_out;  // a pass's sums and counts
     PinnedBuffer<double> host_obj;
-    DeviceBuffer<unsigned long long> sums, counts;
+    // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
+    // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
+    DeviceBuffer<unsigned long long> acc_out;
+    unsigned long long* sums_d = nullptr;    // into acc_out
+    unsigned long long* counts_d = nullptr;  // into acc_out
+    PinnedBuffer<unsigned int> host_bad;     // the centroid check's result
     DeviceBuffer<double> slots, objs, obj_scratch;
     DeviceBuffer<int64_t> slot0;
     DeviceBuffer<detail::MmaSegment> segs;
@@ -348,10 +353,10 @@ struct CudaAssigner::Impl {
         PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale.data(), nt * 4, cudaMemcpyHostToDevice, stream));
         PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0.data(), (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
         if (acc) {
-            sums.reserve(nt * kd);
-            counts.reserve(static_cast<size_t>(nt) * k);
-            PKV_CUDA_CHECK(cudaMemsetAsync(sums.get(), 0, nt * kd * 8, stream));
-            PKV_CUDA_CHECK(cudaMemsetAsync(counts.get(), 0, static_cast<size_t>(nt) * k * 8, stream));
+            acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
+            sums_d = acc_out.get();
+            counts_d = sums_d + nt * kd;
+            PKV_CUDA_CHECK(cudaMemsetAsync(sums_d, 0, (nt * kd + static_cast<size_t>(nt) * k) * 8, stream));
         }
 
         std::vector<detail::MmaSegment> hsegs;
@@ -413,8 +418,8 @@ struct CudaAssigner::Impl {
                 a.bf16 = bf16();
                 a.cent = cent.get();
                 a.cnh = cnorm.get();
-                a.sums = acc && !sorted ? sums.get() : nullptr;  // else sorted_sums() below
-                a.counts = acc && !sorted ? counts.get() : nullptr;
+                a.sums = acc && !sorted ? sums_d : nullptr;  // else sorted_sums() below
+                a.counts = acc && !sorted ? counts_d : nullptr;
                 a.scale = scales.get();
                 a.slots = slots.get();
                 if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
@@ -435,8 +440,8 @@ struct CudaAssigner::Impl {
                     a.k = k;
                     a.labels = sg.labels;
                     a.dist2 = sg.dist2;
-                    a.sums = acc ? sums.get() + sg.task * kd : nullptr;
-                    a.counts = acc ? counts.get() + static_cast<size_t>(sg.task) * k : nullptr;
+                    a.sums = acc ? sums_d + sg.task * kd : nullptr;
+                    a.counts = acc ? counts_d + static_cast<size_t>(sg.task) * k : nullptr;
                     a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
                     if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
                     detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
@@ -466,16 +471,18 @@ struct CudaAssigner::Impl {
         const unsigned long long* hcnt = nullptr;
         if (acc) {
             host_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get(), sums.get(), nt * kd * 8, cudaMemcpyDeviceToHost, stream));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get() + nt * kd, counts.get(), static_cast<size_t>(nt) * k * 8,
+            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get(), sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
                                            cudaMemcpyDeviceToHost, stream));
             hsum = host_out.get();
             hcnt = host_out.get() + nt * kd;
         }
-        unsigned int bad = 0xffffffffu;
+        host_bad.reserve(1);
+        host_bad.get()[0] = 0xffffffffu;
         if (mma())
-            PKV_CUDA_CHECK(cudaMemcpyAsync(&bad, bad_cent.get(), sizeof(bad), cudaMemcpyDeviceToHost, stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(host_bad.get(), bad_cent.get(), sizeof(unsigned int), cudaMemcpyDeviceToHost,
+                                           stream));
         PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        const unsigned int bad = host_bad.get()[0];
         PKV_CHECK(bad == 0xffffffffu, invalid_argument,
                   "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
                   "range)",
@@ -507,7 +514,7 @@ struct CudaAssigner::Impl {
         const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
         hist.reserve(slots_n + 1);  // the last entry holds the item count
         PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
-        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts.get(), stream);
+        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts_d, stream);
         cursor.reserve(slots_n);
         idx.reserve(static_cast<size_t>(std::max<int64_t>(rows, 1)));
         items.reserve(static_cast<size_t>(std::max<int64_t>(max_items, 1)));
@@ -515,7 +522,7 @@ struct CudaAssigner::Impl {
                                    hist.get() + slots_n, stream);
         detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
         detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(), hist.get() + slots_n, max_items,
-                                    scales.get(), sums.get(), stream);
+                                    scales.get(), sums_d, stream);
     }
 
     // The single-problem API: the current data set when it is this one, else a
