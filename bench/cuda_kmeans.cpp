@@ -344,7 +344,9 @@ int main(int argc, char** argv) {
         for (int k : ks) {
             // Rows that would repeat the default kernel are skipped.
             const bool wide_default = k >= wide_min_k;
-            if (variant == 5 ? k > 16 : (variant == 1 || variant == 4) == wide_default && variant != 0) continue;
+            if (variant == 5 && k > pkv::cuda::kFusedMaxK) continue;
+            if ((variant == 1 || variant == 4) && wide_default) continue;
+            if ((variant == 2 || variant == 3) && !wide_default) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));

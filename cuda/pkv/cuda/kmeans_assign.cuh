@@ -3,7 +3,13 @@
 
 #include <cstdint>
 
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include "pkv/cuda/kmeans_assign.h"
 
 namespace pkv::cuda::detail {
 
@@ -100,12 +106,39 @@ constexpr int kMmaMaxDim = 128;
 /// Launches the tensor-core kernel over all segments (d <= kMmaMaxDim).
 void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
 
+/// The row widths of the kernels that stage points with cp.async (one-hot, fused,
+/// wide): 32 < d <= kMmaMaxDim, d a multiple of 8 (16-byte rows).
+inline bool mma_staged_dim(int d) { return d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
+
+/// Calls f(T{}) with T the pass's 16-bit element type (__nv_bfloat16 when args.bf16,
+/// else __half).
+template <typename F>
+void with_element(const MmaArgs& a, F&& f) {
+    if (a.bf16) f(__nv_bfloat16{});
+    else f(__half{});
+}
+
+/// Calls f(std::true_type{}) when the pass adds sums (args.sums set), else
+/// f(std::false_type{}).
+template <typename F>
+void with_sums(const MmaArgs& a, F&& f) {
+    if (a.sums) f(std::true_type{});
+    else f(std::false_type{});
+}
+
+/// Calls f(std::integral_constant<int, KS>{}) with the staged kernels' k-steps of 16
+/// columns for d: KS = 4 (d <= 64) or 8.
+template <typename F>
+void with_staged_ksteps(int d, F&& f) {
+    if ((d + 15) / 16 <= 4) f(std::integral_constant<int, 4>{});
+    else f(std::integral_constant<int, 8>{});
+}
+
 /// The largest k the one-hot kernel takes.
 constexpr int kOnehotMaxK = 128;
 
-/// True when the one-hot kernel (kmeans_mma_onehot.cu) takes (k, d): k <= kOnehotMaxK,
-/// 32 < d <= kMmaMaxDim, d a multiple of 8 (16-byte rows for cp.async).
-bool mma_onehot_ok(int k, int d);
+/// True when the one-hot kernel (kmeans_mma_onehot.cu) takes (k, d).
+inline bool mma_onehot_ok(int k, int d) { return k <= kOnehotMaxK && mma_staged_dim(d); }
 
 /// Tiles per group of the one-hot kernel's sums for k (a group's fp32 partials are
 /// flushed to the int64 sums once; more tiles, fewer device atomics).
@@ -117,12 +150,9 @@ int onehot_group_tiles(int k);
 /// group_tiles, and so must n_tiles (pad with empty tiles; they cost a check).
 void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
-/// The largest k the fused kernel takes (one 16-centroid step).
-constexpr int kFusedMaxK = 16;
-
-/// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= kFusedMaxK,
-/// 32 < d <= kMmaMaxDim, d a multiple of 8.
-bool mma_fused_ok(int k, int d);
+/// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= kFusedMaxK
+/// (kmeans_assign.h: one 16-centroid step).
+inline bool mma_fused_ok(int k, int d) { return k <= kFusedMaxK && mma_staged_dim(d); }
 
 /// Tiles per group of the fused kernel's sums (4096 rows: a warp's fp32 partial covers
 /// 512 of them).
@@ -132,9 +162,9 @@ inline int fused_group_tiles() { return 16; }
 /// launch_mma_onehot (sums from fp32 tensor-core partials, one per warp and group).
 void launch_mma_fused(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
-/// True when the wide kernel (kmeans_mma_wide.cu) takes d: 32 < d <= kMmaMaxDim, d a
-/// multiple of 8 (any k; the assigner picks it for large k).
-bool mma_wide_ok(int d);
+/// True when the wide kernel (kmeans_mma_wide.cu) takes d (any k; the assigner picks it
+/// for large k).
+inline bool mma_wide_ok(int d) { return mma_staged_dim(d); }
 
 /// The wide kernel over all segments: labels, dist2 and objective slots as
 /// launch_mma_assign, no sums (args.sums must be null: the sorted reduction follows).

@@ -120,6 +120,9 @@ enum class InputPrecision {
 /// "fp32", "fp16" or "bf16".
 const char* input_precision_name(InputPrecision p);
 
+/// The largest k the fused kernel takes (CudaAssignerOptions::fused_small_k).
+constexpr int kFusedMaxK = 16;
+
 struct CudaAssignerOptions {
     /// CUDA device index, in [0, device_count()).
     int device = 0;
@@ -130,11 +133,11 @@ struct CudaAssignerOptions {
     size_t max_point_bytes = 0;
     /// k < wide_min_k (d a multiple of 8, 32 < d <= 128): centroid sums as a one-hot matrix
     /// product on tensor cores (fp32 partials per group of rows, see the file comment),
-    /// by the fused kernel for k <= 16. false: the shared-memory fixed-point kernel,
+    /// by the fused kernel for k <= kFusedMaxK. false: the shared-memory fixed-point kernel,
     /// exact (for comparison and tests).
     bool onehot_sums = true;
-    /// k <= 16 (same d; with onehot_sums): the fused kernel (kmeans_mma_fused.cu: every
-    /// warp on its own cp.async pipeline, the sums' operand transposed in registers).
+    /// k <= kFusedMaxK (same d; with onehot_sums): the fused kernel (kmeans_mma_fused.cu:
+    /// every warp on its own cp.async pipeline, the sums' operand transposed in registers).
     /// false: the one-hot kernel there too (for comparison).
     bool fused_small_k = true;
     /// k >= wide_min_k (d a multiple of 8, 32 < d <= 128): the assignment by the

@@ -370,13 +370,9 @@ void launch_mma_assign(const MmaArgs& a, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(a.d >= 1 && a.d <= kMmaMaxDim && a.k >= 1 && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT((a.sums == nullptr) == (a.counts == nullptr));
     if (a.n_tiles == 0) return;
-    if (a.bf16) {
-        if (a.sums) launch_t<__nv_bfloat16, true>(a, sm_count, stream);
-        else launch_t<__nv_bfloat16, false>(a, sm_count, stream);
-    } else {
-        if (a.sums) launch_t<__half, true>(a, sm_count, stream);
-        else launch_t<__half, false>(a, sm_count, stream);
-    }
+    with_element(a, [&](auto t) {
+        with_sums(a, [&](auto acc) { launch_t<decltype(t), decltype(acc)::value>(a, sm_count, stream); });
+    });
 }
 
 }  // namespace pkv::cuda::detail

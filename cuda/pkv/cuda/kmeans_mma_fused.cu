@@ -212,24 +212,21 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
                             else mma(sc[u][mt], af[mt][ks + kk], b[u][2 * kk], b[u][2 * kk + 1], T{});
                         }
             }
-            // The step's best of the thread's four columns by a tree (lowest column on
-            // ties), then the row's winner over its quad, the four rows interleaved. An
-            // all-NaN row never beats -inf and falls to centroid 0.
+            // The step's best of the thread's four columns, then the row's winner over its
+            // quad, the four rows interleaved. An all-NaN row never beats -inf and falls
+            // to centroid 0.
             float bv[2][2];
             int bi[2][2];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
-                    const float p0 = sc[0][mt][2 * hh], p1 = sc[0][mt][2 * hh + 1];
-                    const float p2 = sc[1][mt][2 * hh], p3 = sc[1][mt][2 * hh + 1];
-                    const bool b01 = p1 > p0, b23 = p3 > p2;
-                    const float v01 = b01 ? p1 : p0, v23 = b23 ? p3 : p2;
-                    const bool b = v23 > v01;
-                    const float v = b ? v23 : v01;
+                    int off;
+                    const float v =
+                        best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh], sc[1][mt][2 * hh + 1], off);
                     const bool any = v > -INFINITY;
                     bv[mt][hh] = any ? v : -INFINITY;
-                    bi[mt][hh] = any ? 2 * t + (b ? (b23 ? 9 : 8) : (b01 ? 1 : 0)) : INT_MAX;
+                    bi[mt][hh] = any ? 2 * t + off : INT_MAX;
                 }
 #pragma unroll
             for (int off = 1; off < 4; off <<= 1)
@@ -381,28 +378,20 @@ void launch_ks(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t str
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
-template <typename T, bool ACC>
-void launch_t(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
-    if ((a.d + 15) / 16 <= 4) launch_ks<T, 4, ACC>(a, group_tiles, sm_count, stream);
-    else launch_ks<T, 8, ACC>(a, group_tiles, sm_count, stream);
-}
-
 }  // namespace
-
-bool mma_fused_ok(int k, int d) { return k <= kFusedMaxK && d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
 
 void launch_mma_fused(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(mma_fused_ok(a.k, a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT((a.sums == nullptr) == (a.counts == nullptr));
     PKV_ASSERT(group_tiles >= 1 && a.n_tiles % group_tiles == 0);
     if (a.n_tiles == 0) return;
-    if (a.bf16) {
-        if (a.sums) launch_t<__nv_bfloat16, true>(a, group_tiles, sm_count, stream);
-        else launch_t<__nv_bfloat16, false>(a, group_tiles, sm_count, stream);
-    } else {
-        if (a.sums) launch_t<__half, true>(a, group_tiles, sm_count, stream);
-        else launch_t<__half, false>(a, group_tiles, sm_count, stream);
-    }
+    with_element(a, [&](auto t) {
+        with_sums(a, [&](auto acc) {
+            with_staged_ksteps(a.d, [&](auto ks) {
+                launch_ks<decltype(t), decltype(ks)::value, decltype(acc)::value>(a, group_tiles, sm_count, stream);
+            });
+        });
+    });
 }
 
 }  // namespace pkv::cuda::detail

@@ -344,15 +344,7 @@ void launch_ks(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t str
     else launch_kt<T, KS, 8, ACC>(a, group_tiles, sm_count, stream);
 }
 
-template <typename T, bool ACC>
-void launch_t(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
-    if ((a.d + 15) / 16 <= 4) launch_ks<T, 4, ACC>(a, group_tiles, sm_count, stream);
-    else launch_ks<T, 8, ACC>(a, group_tiles, sm_count, stream);
-}
-
 }  // namespace
-
-bool mma_onehot_ok(int k, int d) { return k <= kOnehotMaxK && d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
 
 int onehot_group_tiles(int k) { return k <= 32 ? 8 : k <= 64 ? 16 : 32; }
 
@@ -361,13 +353,13 @@ void launch_mma_onehot(const MmaArgs& a, int group_tiles, int sm_count, cudaStre
     PKV_ASSERT((a.sums == nullptr) == (a.counts == nullptr));
     PKV_ASSERT(group_tiles >= 1 && a.n_tiles % group_tiles == 0);
     if (a.n_tiles == 0) return;
-    if (a.bf16) {
-        if (a.sums) launch_t<__nv_bfloat16, true>(a, group_tiles, sm_count, stream);
-        else launch_t<__nv_bfloat16, false>(a, group_tiles, sm_count, stream);
-    } else {
-        if (a.sums) launch_t<__half, true>(a, group_tiles, sm_count, stream);
-        else launch_t<__half, false>(a, group_tiles, sm_count, stream);
-    }
+    with_element(a, [&](auto t) {
+        with_sums(a, [&](auto acc) {
+            with_staged_ksteps(a.d, [&](auto ks) {
+                launch_ks<decltype(t), decltype(ks)::value, decltype(acc)::value>(a, group_tiles, sm_count, stream);
+            });
+        });
+    });
 }
 
 }  // namespace pkv::cuda::detail

@@ -162,9 +162,8 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
                         }
                     }
                 }
-                // The step's best of the thread's four columns by a tree (lowest column
-                // on ties), then one comparison with the running best: fewer dependent
-                // instructions than four running updates. Columns grow with ch and s, so
+                // The step's best of the thread's four columns, then one comparison with
+                // the running best. Columns grow with ch and s, so
                 // strict '>' keeps the lowest index. A NaN score can only come from a
                 // NaN row, whose every score is NaN: it never wins, and the row falls to
                 // centroid 0 below.
@@ -173,16 +172,12 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
                 for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                     for (int hh = 0; hh < 2; ++hh) {
-                        const float p0 = sc[0][mt][2 * hh], p1 = sc[0][mt][2 * hh + 1];
-                        const float p2 = sc[1][mt][2 * hh], p3 = sc[1][mt][2 * hh + 1];
-                        const bool b01 = p1 > p0, b23 = p3 > p2;
-                        const float v01 = b01 ? p1 : p0, v23 = b23 ? p3 : p2;
-                        const int i01 = b01 ? 1 : 0, i23 = b23 ? 9 : 8;
-                        const bool b = v23 > v01;
-                        const float v = b ? v23 : v01;
+                        int off;
+                        const float v = best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh],
+                                                     sc[1][mt][2 * hh + 1], off);
                         if (v > best[mt][hh]) {
                             best[mt][hh] = v;
-                            bidx[mt][hh] = col + (b ? i23 : i01);
+                            bidx[mt][hh] = col + off;
                         }
                     }
             }
@@ -231,28 +226,19 @@ void launch_kc(const MmaArgs& a, int sm_count, cudaStream_t stream) {
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
-template <typename T>
-void launch_t(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
-    const bool wide_d = (a.d + 15) / 16 > 4;
-    if (chunk >= 128) {
-        if (wide_d) launch_kc<T, 8, 128>(a, sm_count, stream);
-        else launch_kc<T, 4, 128>(a, sm_count, stream);
-    } else {
-        if (wide_d) launch_kc<T, 8, 64>(a, sm_count, stream);
-        else launch_kc<T, 4, 64>(a, sm_count, stream);
-    }
-}
-
 }  // namespace
 
-bool mma_wide_ok(int d) { return d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
-
 void launch_mma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
-    PKV_ASSERT(a.d % 8 == 0 && a.d > 32 && a.d <= kMmaMaxDim && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
+    PKV_ASSERT(mma_wide_ok(a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT(a.sums == nullptr && a.counts == nullptr);
     if (a.n_tiles == 0) return;
-    if (a.bf16) launch_t<__nv_bfloat16>(a, chunk, sm_count, stream);
-    else launch_t<__half>(a, chunk, sm_count, stream);
+    with_element(a, [&](auto t) {
+        with_staged_ksteps(a.d, [&](auto ks) {
+            using T = decltype(t);
+            if (chunk >= 128) launch_kc<T, decltype(ks)::value, 128>(a, sm_count, stream);
+            else launch_kc<T, decltype(ks)::value, 64>(a, sm_count, stream);
+        });
+    });
 }
 
 }  // namespace pkv::cuda::detail
