@@ -130,15 +130,24 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     return 0;
 }
 
-// W fp16 GPU assigners, worker i on GPU i % gpus.
+// W fp16 GPU assigners, worker i on GPU i % gpus; with `nccl` (2 <= W <= gpus, pkv
+// built with NCCL) the workers form one NCCL group.
 struct Workers {
     std::vector<std::unique_ptr<pkv::cuda::CudaAssigner>> owned;
     std::vector<pkv::KMeansAssigner*> ptrs;
-    Workers(int w, int gpus) {
+    static bool nccl_possible(int w, int gpus) { return pkv::cuda::built_with_nccl() && w >= 2 && w <= gpus; }
+    Workers(int w, int gpus, bool nccl = false) {
+        std::vector<pkv::cuda::NcclMember> members;
+        if (nccl) {
+            std::vector<int> devs;
+            for (int i = 0; i < w; ++i) devs.push_back(i);
+            members = pkv::cuda::nccl_local_group(devs);
+        }
         for (int i = 0; i < w; ++i) {
             pkv::cuda::CudaAssignerOptions opt;
             opt.device = i % gpus;
             opt.precision = pkv::cuda::InputPrecision::fp16;
+            if (nccl) opt.nccl = members[static_cast<size_t>(i)];
             owned.push_back(std::make_unique<pkv::cuda::CudaAssigner>(opt));
             ptrs.push_back(owned.back().get());
         }
@@ -220,31 +229,40 @@ int run_sharded(int64_t n, int k, int iters, std::vector<int> workers, bool csv)
     params.max_iter = iters;
     params.tol = -1.0;
     params.init = pkv::KMeansInit::random;
-    std::printf("%8s %6s %14s %9s %11s %14s\n", "workers", "GPUs", "s / iteration", "speed-up", "efficiency",
-                "objective diff");
+    std::printf("%8s %6s %6s %14s %9s %11s %14s %10s\n", "workers", "GPUs", "sums", "s / iteration", "speed-up",
+                "efficiency", "objective diff", "identical");
     double first = 0.0, ref_obj = 0.0;
+    std::vector<float> ref_centroids;
     for (size_t wi = 0; wi < workers.size(); ++wi) {
         const int w = workers[wi];
-        Workers ws(w, gpus);
-        pkv::ShardedAssigner sharded(ws.ptrs);
-        const pkv::KMeansResult r = pkv::kmeans(x.data(), n, d, params, &sharded);
-        double lloyd = 0.0;
-        for (const auto& st : r.stats) lloyd += st.seconds;
-        const double per_iter = lloyd / static_cast<double>(std::max<size_t>(r.stats.size(), 1));
-        if (wi == 0) {
-            first = per_iter;
-            ref_obj = r.objective;
+        for (const bool nccl : {false, true}) {
+            if (nccl && !Workers::nccl_possible(w, gpus)) continue;
+            Workers ws(w, gpus, nccl);
+            pkv::ShardedAssigner sharded(ws.ptrs);
+            const pkv::KMeansResult r = pkv::kmeans(x.data(), n, d, params, &sharded);
+            double lloyd = 0.0;
+            for (const auto& st : r.stats) lloyd += st.seconds;
+            const double per_iter = lloyd / static_cast<double>(std::max<size_t>(r.stats.size(), 1));
+            if (ref_centroids.empty()) {
+                first = per_iter;
+                ref_obj = r.objective;
+                ref_centroids = r.centroids;
+            }
+            const int used = std::min(w, gpus);
+            const char* sums = sharded.group_sums() ? "nccl" : "host";
+            std::printf("%8d %6d %6s %14.4f %9.2f %11.2f %14.2e %10s\n", w, used, sums, per_iter, first / per_iter,
+                        first / per_iter / used, std::fabs(r.objective - ref_obj) / ref_obj,
+                        r.centroids == ref_centroids ? "yes" : "no");
+            if (csv)
+                std::printf("pkv,sharded,%lld,%d,%d,%d,%d,%s,%.6f,%.17g\n", static_cast<long long>(n), d, k, w, used,
+                            sums, per_iter, r.objective);
+            std::fflush(stdout);
         }
-        const int used = std::min(w, gpus);
-        std::printf("%8d %6d %14.4f %9.2f %11.2f %14.2e\n", w, used, per_iter, first / per_iter,
-                    first / per_iter / used, std::fabs(r.objective - ref_obj) / ref_obj);
-        if (csv)
-            std::printf("pkv,sharded,%lld,%d,%d,%d,%d,%.6f,%.17g\n", static_cast<long long>(n), d, k, w, used, per_iter,
-                        r.objective);
-        std::fflush(stdout);
     }
-    std::printf("s / iteration: the Lloyd iterations on the wall clock (every shard's pass + the host combine\n"
-                "and update); workers on one GPU share it.\n");
+    std::printf("s / iteration: the Lloyd iterations on the wall clock (every shard's pass, the combine of the\n"
+                "shards' sums and the host update); workers on one GPU share it. sums: added on the host, or on\n"
+                "the GPUs by an NCCL all-reduce of the fixed-point sums (workers = GPUs). identical: final\n"
+                "centroids bitwise equal to the first row's.\n");
     return 0;
 }
 

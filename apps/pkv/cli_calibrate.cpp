@@ -21,6 +21,7 @@ struct CalibrateArgs {
     std::string layers;
     std::string device = "auto";
     std::string devices;
+    std::string reduce = "auto";
     std::string fit = "mse";
 };
 
@@ -82,6 +83,10 @@ Command add_calibrate(CLI::App& root) {
                     "heads with more training tokens run data parallel over all devices and MPI ranks (0: when "
                     "they exceed one device's memory)")
         ->capture_default_str();
+    app->add_option("--reduce", args->reduce,
+                    "where data-parallel heads add their shards' sums each iteration: nccl (on the GPUs; needs "
+                    "distinct GPUs), host, or auto (nccl when possible)")
+        ->capture_default_str();
     app->add_option("--holdout", c.holdout, "fraction of tokens held out (whole sequences) to measure the table")
         ->capture_default_str();
     app->add_option("--seed", c.seed, "seed of the split and of k-means")->capture_default_str();
@@ -113,6 +118,8 @@ Command add_calibrate(CLI::App& root) {
                 PKV_CHECK(args->init == "kmeanspp" || args->init == "random", invalid_argument,
                           "--init: expected kmeanspp or random, got '{}'", args->init);
                 cfg.init = args->init == "random" ? KMeansInit::random : KMeansInit::kmeanspp;
+                PKV_CHECK(args->reduce == "auto" || args->reduce == "nccl" || args->reduce == "host", invalid_argument,
+                          "--reduce: expected auto, nccl or host, got '{}'", args->reduce);
                 PKV_CHECK(args->fit == "mse" || args->fit == "none", invalid_argument,
                           "--fit: expected mse or none, got '{}'", args->fit);
                 cfg.fit = args->fit == "mse";
@@ -124,8 +131,12 @@ Command add_calibrate(CLI::App& root) {
                 PatternTable t;
                 try {
                     std::vector<SelectedDevice> devs;
-                    if (!args->devices.empty()) devs = select_devices(args->devices);
-                    else devs.push_back(select_device(args->device, comm.local_rank()));
+                    if (!args->devices.empty()) {
+                        devs = select_devices(args->devices, args->reduce);
+                    } else {
+                        devs.push_back(select_device(args->device, comm.local_rank()));
+                        join_rank_group(devs.front(), comm, args->reduce);
+                    }
                     std::vector<KMeansAssigner*> assigners;
                     cfg.device.clear();
                     for (const SelectedDevice& d : devs) {

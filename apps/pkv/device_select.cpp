@@ -2,15 +2,40 @@
 
 #include <algorithm>
 
+#include <unistd.h>
+
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
+#include "pkv/dist/comm.h"
 
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
+#include "pkv/cuda/nccl_group.h"
 #endif
 
 namespace pkv::cli {
+
+namespace {
+
+void check_reduce(const std::string& reduce) {
+    PKV_CHECK(reduce == "auto" || reduce == "nccl" || reduce == "host", invalid_argument,
+              "--reduce '{}': expected auto, nccl or host", reduce);
+}
+
+#ifdef PKV_HAVE_CUDA
+// The assigner select_device() makes for GPU `gpu`, as member `m` of an NCCL group.
+std::unique_ptr<KMeansAssigner> gpu_assigner(int gpu, const pkv::cuda::NcclMember& m = {}) {
+    pkv::cuda::CudaAssignerOptions opt;
+    opt.device = gpu;
+    // Dump activations are binary16, so fp16 device copies of them are exact.
+    opt.precision = pkv::cuda::InputPrecision::fp16;
+    opt.nccl = m;
+    return pkv::cuda::make_cuda_assigner(opt);
+}
+#endif
+
+}  // namespace
 
 SelectedDevice select_device(const std::string& device, int default_index) {
     SelectedDevice out;
@@ -35,11 +60,8 @@ SelectedDevice select_device(const std::string& device, int default_index) {
         log::info("--device auto: no CUDA device found, running on the CPU");
         return out;
     }
-    pkv::cuda::CudaAssignerOptions opt;
-    opt.device = index;
-    // Dump activations are binary16, so fp16 device copies of them are exact.
-    opt.precision = pkv::cuda::InputPrecision::fp16;
-    out.assigner = pkv::cuda::make_cuda_assigner(opt);
+    out.assigner = gpu_assigner(index);
+    out.gpu = index;
     out.description = "cuda:" + std::to_string(index) + " " + devs[static_cast<size_t>(index)].name;
     if (device == "auto") log::info("--device auto: using {}", out.description);
 #else
@@ -49,7 +71,8 @@ SelectedDevice select_device(const std::string& device, int default_index) {
     return out;
 }
 
-std::vector<SelectedDevice> select_devices(const std::string& list) {
+std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce) {
+    check_reduce(reduce);
 #ifdef PKV_HAVE_CUDA
     const int count = static_cast<int>(pkv::cuda::devices().size());
     PKV_CHECK(count > 0, invalid_argument, "--devices {}: no CUDA device found", list);
@@ -72,9 +95,48 @@ std::vector<SelectedDevice> select_devices(const std::string& list) {
     }
     std::vector<SelectedDevice> out;
     for (int i : idx) out.push_back(select_device("cuda:" + std::to_string(i)));
+    std::vector<int> sorted = idx;
+    std::sort(sorted.begin(), sorted.end());
+    const bool distinct = std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end();
+    const char* why = !pkv::cuda::built_with_nccl() ? "pkv was built without NCCL"
+                      : idx.size() < 2              ? "needs two or more GPUs"
+                      : !distinct                   ? "NCCL needs distinct GPUs"
+                                                    : nullptr;
+    PKV_CHECK(reduce != "nccl" || why == nullptr, invalid_argument, "--reduce nccl with --devices {}: {}", list, why);
+    if (reduce == "host" || why != nullptr) return out;
+    const std::vector<pkv::cuda::NcclMember> members = pkv::cuda::nccl_local_group(idx);
+    for (size_t i = 0; i < out.size(); ++i) out[i].assigner = gpu_assigner(idx[i], members[i]);
     return out;
 #else
     fail(ErrorCode::invalid_argument, "--devices {}: pkv was built without CUDA", list);
+#endif
+}
+
+void join_rank_group(SelectedDevice& dev, const dist::Comm& comm, const std::string& reduce) {
+    check_reduce(reduce);
+    if (comm.size() < 2 || reduce == "host") return;
+#ifdef PKV_HAVE_CUDA
+    // Every rank decides from the same gathered facts, so all take the same branch.
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    const std::string key =
+        dev.gpu < 0 ? "" : std::string(host) + "/" + pkv::cuda::devices()[static_cast<size_t>(dev.gpu)].pci_bus_id;
+    std::vector<std::string> keys = comm.allgather(key);
+    const bool all_gpu = std::none_of(keys.begin(), keys.end(), [](const std::string& k) { return k.empty(); });
+    std::sort(keys.begin(), keys.end());
+    const bool distinct = std::adjacent_find(keys.begin(), keys.end()) == keys.end();
+    const char* why = !pkv::cuda::built_with_nccl() ? "pkv was built without NCCL"
+                      : !all_gpu                    ? "a rank runs on the CPU"
+                      : !distinct                   ? "two ranks share a GPU (NCCL needs one GPU a rank)"
+                                                    : nullptr;
+    PKV_CHECK(reduce != "nccl" || why == nullptr, invalid_argument, "--reduce nccl over {} ranks: {}", comm.size(),
+              why);
+    if (why != nullptr) return;
+    std::string id = comm.rank() == 0 ? pkv::cuda::nccl_unique_id() : std::string();
+    comm.broadcast(id);
+    dev.assigner = gpu_assigner(dev.gpu, pkv::cuda::nccl_join(id, comm.size(), comm.rank(), dev.gpu));
+#else
+    PKV_CHECK(reduce != "nccl", invalid_argument, "--reduce nccl: pkv was built without CUDA");
 #endif
 }
 

@@ -7,11 +7,16 @@
 
 #include "pkv/kmeans/assigner.h"
 
+namespace pkv::dist {
+class Comm;
+}
+
 namespace pkv::cli {
 
 struct SelectedDevice {
     std::unique_ptr<KMeansAssigner> assigner;  ///< null: the CPU assigner
     std::string description;                   ///< "cuda:0 NVIDIA H200" or "cpu", recorded in outputs
+    int gpu = -1;                              ///< the CUDA device index; -1: the CPU
 };
 
 /// "cpu": the CPU. "cuda" / "cuda:N": that GPU, or invalid_argument when pkv was built
@@ -24,6 +29,15 @@ SelectedDevice select_device(const std::string& device, int default_index = 0);
 /// "--devices all|0,1,...": one assigner per listed GPU ("all": every GPU; an index
 /// may repeat, two workers then share that GPU). invalid_argument when pkv was built
 /// without CUDA, no GPU exists, or an index is missing.
-std::vector<SelectedDevice> select_devices(const std::string& list);
+/// `reduce` ("--reduce auto|nccl|host"): where a data-parallel problem adds its shards'
+/// sums. With two or more GPUs, all distinct, and pkv built with NCCL, "auto" and "nccl"
+/// put the assigners in one NCCL group (sums added on the GPUs); "nccl" is an
+/// invalid_argument error where that is impossible; "host" never makes a group.
+std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce = "auto");
+
+/// Under MPI (comm.size() > 1), collective: when every rank holds one GPU, all distinct
+/// (host name and PCI bus id), and pkv has NCCL, the ranks' assigners join one NCCL
+/// group (reduce "auto" or "nccl"; "nccl" fails on every rank otherwise, naming why).
+void join_rank_group(SelectedDevice& dev, const dist::Comm& comm, const std::string& reduce);
 
 }  // namespace pkv::cli

@@ -4,7 +4,8 @@
 # parameters and per-head statistics, compared exactly); with --shard-above every head
 # runs data parallel over the ranks (equal within 1e-5: partial sums added in another
 # order); a failing rank ends the job naming itself and no table is written. GPU ranks,
-# --devices and GPU data parallel too when pkv sees a GPU.
+# --devices and GPU data parallel too when pkv sees a GPU; with two GPUs also the sums
+# added on the GPUs by NCCL (--devices 0,1 and one GPU a rank), recorded in the table.
 # PKV_TEST_DUMP=FILE uses that dump (k_post and v, 2048 tokens of the default model)
 # instead of making one: for a GPU machine that cannot hold the model.
 source "$(dirname "$0")/common.bash"
@@ -54,7 +55,8 @@ else:
         scale = max([abs(v) for v in va] + [1e-30])
         worst = max([worst] + [abs(x - y) / scale for x, y in zip(va, vb)])
     assert worst <= tol, f"largest relative difference {worst:.3g} > {tol}"
-    print(f"{cb['processes']}, data_parallel {cb.get('data_parallel')}, largest relative difference {worst:.3g}")
+    print(f"{cb['processes']}, data_parallel {cb.get('data_parallel')}, sums on {cb.get('data_parallel_sums')}, "
+          f"largest relative difference {worst:.3g}")
 PY
 }
 
@@ -91,6 +93,8 @@ for R in 2 3; do
   fi
 done
 
+expect_fail "unknown --reduce" "\-\-reduce: expected auto, nccl or host, got 'gpu'" \
+  "$PKV_BIN" calibrate --dump "$DUMP" --reduce gpu --device cpu --out "$WORK/x.safetensors"
 expect_fail "negative --shard-above" "\-\-shard-above -5: expected 0 (automatic) or a token count" \
   "$PKV_BIN" calibrate --dump "$DUMP" --shard-above -5 --device cpu --out "$WORK/x.safetensors"
 if ! "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
@@ -149,6 +153,33 @@ if "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
     res=$(same_tables "$WORK/g1.safetensors" "$WORK/g2dp.safetensors" 1e-4 2>"$WORK/cmp.err") &&
     pass "2 GPU ranks, data parallel: within 1e-4 of one GPU ($res)" ||
     failed "2 GPU ranks, data parallel: $(cat "$WORK/g2dp.err" "$WORK/cmp.err" 2>/dev/null | tail -5)"
+  expect_fail "--reduce nccl on one GPU twice" "\-\-reduce nccl with \-\-devices 0,0: NCCL needs distinct GPUs" \
+    "$PKV_BIN" "${CAL[@]}" --devices 0,0 --reduce nccl --out "$WORK/x.safetensors"
+  GPUS=$("$PKV_BIN" devices 2>/dev/null | grep -c '^cuda:')
+  if [ "$GPUS" -ge 2 ] && "$PKV_BIN" devices 2>/dev/null | grep -q 'nccl: yes'; then
+    # The shards' sums added on the GPUs (NCCL), one process over GPUs 0,1 and one GPU a
+    # rank; the host combine of the same shards for comparison. (At 768 rows a shard the
+    # shards do not start on whole 8192-row groups, so the fp32 group partials differ from
+    # one GPU's: within 1e-4, not bitwise; the CUDA unit test checks bitwise at scale.)
+    for run in "devices:--devices 0,1" "host:--devices 0,1 --reduce host"; do
+      name=${run%%:*}; args=${run#*:}
+      # shellcheck disable=SC2086
+      "$PKV_BIN" "${CAL[@]}" $args --shard-above 1000 --out "$WORK/n$name.safetensors" >/dev/null 2>"$WORK/n$name.err" &&
+        res=$(same_tables "$WORK/g1.safetensors" "$WORK/n$name.safetensors" 1e-4 2>"$WORK/cmp.err") &&
+        pass "$args --shard-above: within 1e-4 of one GPU ($res)" ||
+        failed "$args --shard-above: $(cat "$WORK/n$name.err" "$WORK/cmp.err" 2>/dev/null | tail -5)"
+    done
+    [[ "$(same_tables "$WORK/g1.safetensors" "$WORK/ndevices.safetensors" 1e-4)" == *"sums on NCCL"*"GPUs in one process"* ]] &&
+      pass "--devices 0,1: the table records the sums added by NCCL" || failed "--devices 0,1: no NCCL recorded"
+    "${MPIRUN[@]}" -np 2 "$PKV_BIN" "${CAL[@]}" --device cuda --reduce nccl --shard-above 1000 \
+      --out "$WORK/nr.safetensors" >/dev/null 2>"$WORK/nr.err" &&
+      res=$(same_tables "$WORK/g1.safetensors" "$WORK/nr.safetensors" 1e-4 2>"$WORK/cmp.err") &&
+      [[ "$res" == *"sums on NCCL"*"2 ranks"* ]] &&
+      pass "2 GPU ranks --reduce nccl, data parallel: within 1e-4 of one GPU ($res)" ||
+      failed "2 GPU ranks --reduce nccl: $(cat "$WORK/nr.err" "$WORK/cmp.err" 2>/dev/null | tail -5) $res"
+  else
+    echo "note: fewer than 2 GPUs or no NCCL: the NCCL rows not run"
+  fi
 else
   echo "note: no GPU: GPU ranks and --devices not run here"
 fi

@@ -21,7 +21,9 @@ std::vector<DeviceInfo> devices() {
     for (int i = 0; i < n; ++i) {
         cudaDeviceProp p{};
         PKV_CUDA_CHECK(cudaGetDeviceProperties(&p, i));
-        out.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount});
+        char bus[32] = {};
+        PKV_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof(bus), i));
+        out.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount, bus});
     }
     return out;
 }

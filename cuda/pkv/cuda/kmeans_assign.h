@@ -106,6 +106,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "pkv/cuda/nccl_group.h"
 #include "pkv/kmeans/assigner.h"
 
 namespace pkv::cuda {
@@ -150,6 +151,12 @@ struct CudaAssignerOptions {
     int wide_min_k = 96;
     /// Centroids per shared-memory chunk of that kernel: 64 or 128.
     int wide_chunk = 64;
+    /// Membership of an NCCL group (nccl_group.h; its device must be `device`): the
+    /// assigner reports it as sum_group(), and inside begin_group_batch() ... end_batch()
+    /// every pass all-reduces its int64 fixed-point sums and counts with the group on the
+    /// device before copying them back, and begin_group_batch() agrees every set's scale
+    /// (max|x| and n over the group). Unset: no group.
+    NcclMember nccl;
 };
 
 /// Timing of the most recent assign()/assign_accumulate() call.
@@ -187,9 +194,15 @@ public:
     /// Uploads every data set (resident) or plans the chunks (streaming) and scans each
     /// set's max|x| for its fixed-point scale.
     void begin_batch(const std::vector<AssignData>& data, int d) override;
+    /// begin_batch() as member options().nccl.rank of its NCCL group (see
+    /// KMeansAssigner::begin_group_batch). Collective: every member must call it.
+    void begin_group_batch(const std::vector<AssignData>& data, int d) override;
+    SumGroup sum_group() const override;
     void end_batch() noexcept override;
     /// All tasks in one launch sequence per chunk (see the file comment). When any task
-    /// asks for sums, all are computed (only the asked ones are copied out).
+    /// asks for sums, all are computed (only the asked ones are copied out). Inside
+    /// begin_group_batch() the sums and counts are the group's (one all-reduce a pass);
+    /// a member that throws marks the group failed, so the others stop too.
     void assign_batch(std::vector<AssignTask>& tasks, int k) override;
 
     /// max_point_bytes (or the free device memory minus 1 GiB) / (d * s + 8).

@@ -113,6 +113,8 @@ struct CudaAssigner::Impl {
     unsigned long long* sums_d = nullptr;    // into acc_out
     unsigned long long* counts_d = nullptr;  // into acc_out
     PinnedBuffer<unsigned int> host_bad;     // the centroid check's result
+    DeviceBuffer<unsigned long long> group_n;  // every set's n, summed over the group
+    bool grouped = false;                      // inside begin_group_batch() ... end_batch()
     DeviceBuffer<double> slots, objs, obj_scratch;
     DeviceBuffer<int64_t> slot0;
     DeviceBuffer<detail::MmaSegment> segs;
@@ -157,7 +159,16 @@ struct CudaAssigner::Impl {
         }
     }
 
-    void prepare(const std::vector<AssignData>& data, int d_in) {
+    NcclGroup& nccl_group() const { return *opt.nccl.group; }
+    // Waits for the stream; inside a group, polled so that a failed member ends the wait.
+    void wait() {
+        if (grouped) nccl_group().wait(opt.nccl.rank, stream);
+        else PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
+    // Uploads (or plans) the data sets and fixes every set's fixed-point scale; with
+    // `in_group`, from max|x| and n over the whole group (collective).
+    void prepare(const std::vector<AssignData>& data, int d_in, bool in_group = false) {
         PKV_CHECK(d_in >= 1, invalid_argument, "cuda assigner: expected d >= 1, got {}", d_in);
         PKV_CHECK(!bf16() || d_in <= detail::kMmaMaxDim, invalid_argument,
                   "cuda assigner: bf16 input needs d <= {} (tensor-core kernel), got d = {}", detail::kMmaMaxDim,
@@ -224,9 +235,21 @@ struct CudaAssigner::Impl {
                                            stream);
             }
         std::vector<unsigned int> bits(ns);
+        std::vector<unsigned long long> n_scale(ns, 0);
+        for (size_t i = 0; i < sets.size(); ++i) n_scale[i] = static_cast<unsigned long long>(sets[i].n);
+        grouped = in_group;
+        if (in_group) {
+            // The bits of non-negative floats order as the floats do (a NaN or inf above
+            // every finite value), so the integer maximum is max|x| over the group.
+            group_n.reserve(ns);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(group_n.get(), n_scale.data(), ns * 8, cudaMemcpyHostToDevice, stream));
+            nccl_group().max_u32(opt.nccl.rank, max_bits.get(), ns, stream);
+            nccl_group().sum_u64(opt.nccl.rank, group_n.get(), ns, stream);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(n_scale.data(), group_n.get(), ns * 8, cudaMemcpyDeviceToHost, stream));
+        }
         PKV_CUDA_CHECK(cudaMemcpyAsync(bits.data(), max_bits.get(), ns * sizeof(unsigned int),
                                        cudaMemcpyDeviceToHost, stream));
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        wait();
         for (size_t i = 0; i < sets.size(); ++i) {
             float max_abs = 0.0f;
             std::memcpy(&max_abs, &bits[i], sizeof(max_abs));
@@ -235,13 +258,14 @@ struct CudaAssigner::Impl {
                       rounded() ? " (or one beyond the binary16/bf16 range; use fp32 input)" : "");
             SetInfo& s = sets[i];
             s.scale = 1.0;
-            if (max_abs > 0.0f && s.n > 0) {
+            const double n = static_cast<double>(n_scale[i]);  // the group's n in a group
+            if (max_abs > 0.0f && n > 0) {
                 // Largest 2^e with n * max|x| * 2^e <= 2^61 (no partial sum can overflow
                 // int64) and max|x| * 2^e <= 2^39 (one coordinate fits the shared-memory
                 // partials of the tensor-core kernel). Kept inside the float exponent
                 // range (the kernel scales in fp32).
                 const double e = std::min(
-                    std::floor(std::log2(std::ldexp(1.0, 61) / (static_cast<double>(s.n) * max_abs))),
+                    std::floor(std::log2(std::ldexp(1.0, 61) / (n * max_abs))),
                     std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
                 s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
             }
@@ -463,6 +487,8 @@ struct CudaAssigner::Impl {
         obj_scratch.reserve(static_cast<size_t>(nt) * detail::reduce_objective_chunks(max_slots));
         detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
                                         stream);
+        // Integer sums: the all-reduce is exact and every member gets the same bits.
+        if (grouped && acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * k, stream);
         PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
         host_obj.reserve(static_cast<size_t>(nt));
         const double* hobj = host_obj.get();
@@ -481,7 +507,7 @@ struct CudaAssigner::Impl {
         if (mma())
             PKV_CUDA_CHECK(cudaMemcpyAsync(host_bad.get(), bad_cent.get(), sizeof(unsigned int), cudaMemcpyDeviceToHost,
                                            stream));
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        wait();
         const unsigned int bad = host_bad.get()[0];
         PKV_CHECK(bad == 0xffffffffu, invalid_argument,
                   "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
@@ -552,6 +578,7 @@ struct CudaAssigner::Impl {
 
     void release_data() noexcept {
         active = false;
+        grouped = false;
         d = 0;
         sets.clear();
         chunks.clear();
@@ -568,6 +595,9 @@ CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make
               "cuda assigner: device {} out of range, {} CUDA device(s) present", options.device, n_dev);
     PKV_CHECK(options.wide_chunk == 64 || options.wide_chunk == 128, invalid_argument,
               "cuda assigner: wide_chunk must be 64 or 128, got {}", options.wide_chunk);
+    PKV_CHECK(!options.nccl.group || (options.nccl.rank >= 0 && options.nccl.rank < options.nccl.group->size()),
+              invalid_argument, "cuda assigner: NCCL member {} of a group of {}", options.nccl.rank,
+              options.nccl.group->size());
     impl_->opt = options;
     PKV_CUDA_CHECK(cudaSetDevice(options.device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
@@ -600,9 +630,35 @@ void CudaAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     impl_->prepare(data, d);
 }
 
+void CudaAssigner::begin_group_batch(const std::vector<AssignData>& data, int d) {
+    PKV_CHECK(impl_->opt.nccl.group != nullptr, internal, "cuda assigner: begin_group_batch() without an NCCL group");
+    try {
+        PKV_CUDA_CHECK(cudaSetDevice(impl_->opt.device));
+        impl_->prepare(data, d, true);
+    } catch (...) {
+        impl_->nccl_group().fail(impl_->opt.nccl.rank);  // the other members stop waiting
+        impl_->release_data();
+        throw;
+    }
+}
+
+SumGroup CudaAssigner::sum_group() const {
+    const NcclMember& m = impl_->opt.nccl;
+    if (!m.group) return {};
+    return SumGroup{m.group.get(), m.group->size(), m.rank, m.group->description().c_str()};
+}
+
 void CudaAssigner::end_batch() noexcept { end(); }
 
-void CudaAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) { impl_->pass(tasks, k); }
+void CudaAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
+    if (!impl_->grouped) return impl_->pass(tasks, k);
+    try {
+        impl_->pass(tasks, k);
+    } catch (...) {
+        impl_->nccl_group().fail(impl_->opt.nccl.rank);
+        throw;
+    }
+}
 
 void CudaAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
                           float* dist2) {

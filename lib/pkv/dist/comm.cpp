@@ -118,6 +118,34 @@ std::vector<std::string> Comm::gather(const std::string& bytes) const {
 #endif
 }
 
+void Comm::broadcast(std::string& bytes) const {
+    if (!mpi_) return;
+#ifdef PKV_HAVE_MPI
+    long long n = static_cast<long long>(bytes.size());
+    check_mpi(MPI_Bcast(&n, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD), "MPI_Bcast");
+    PKV_CHECK(n >= 0 && n < (1LL << 30), internal, "broadcast: {} bytes", n);
+    bytes.resize(static_cast<size_t>(n));
+    check_mpi(MPI_Bcast(&bytes[0], static_cast<int>(n), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+#endif
+}
+
+std::vector<std::string> Comm::allgather(const std::string& bytes) const {
+    if (!mpi_) return {bytes};
+    std::vector<std::string> out(static_cast<size_t>(size_));
+#ifdef PKV_HAVE_MPI
+    for (int r = 0; r < size_; ++r) {
+        std::string& s = out[static_cast<size_t>(r)];
+        if (r == rank_) s = bytes;
+        long long n = static_cast<long long>(s.size());
+        check_mpi(MPI_Bcast(&n, 1, MPI_LONG_LONG, r, MPI_COMM_WORLD), "MPI_Bcast");
+        PKV_CHECK(n >= 0 && n < (1LL << 30), internal, "allgather: {} bytes", n);
+        s.resize(static_cast<size_t>(n));
+        if (n > 0) check_mpi(MPI_Bcast(&s[0], static_cast<int>(n), MPI_BYTE, r, MPI_COMM_WORLD), "MPI_Bcast");
+    }
+#endif
+    return out;
+}
+
 void Comm::sum(double* values, size_t n) const {
     if (!mpi_ || n == 0) return;
 #ifdef PKV_HAVE_MPI

@@ -34,6 +34,10 @@ public:
     /// Every rank passes its bytes; rank 0 gets all of them in rank order, the others
     /// an empty vector.
     std::vector<std::string> gather(const std::string& bytes) const;
+    /// Rank 0's bytes to every rank (small messages: ids, names).
+    void broadcast(std::string& bytes) const;
+    /// Every rank's bytes to every rank, in rank order (small messages).
+    std::vector<std::string> allgather(const std::string& bytes) const;
     /// Waits for every rank.
     void barrier() const;
     /// Every rank passes n values; every rank gets their sum over the ranks, added in

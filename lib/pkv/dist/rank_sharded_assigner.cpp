@@ -9,7 +9,10 @@
 namespace pkv::dist {
 
 RankShardedAssigner::RankShardedAssigner(KMeansAssigner* local, const Comm& comm)
-    : local_(local ? local : &cpu_), comm_(comm) {}
+    : local_(local ? local : &cpu_), comm_(comm) {
+    const SumGroup g = local_->sum_group();
+    group_ = g.id != nullptr && g.size == comm_.size() && g.rank == comm_.rank() && comm_.size() > 1;
+}
 
 std::vector<int64_t> RankShardedAssigner::counts_of(int64_t n) const {
     std::vector<int64_t> c(static_cast<size_t>(comm_.size()));
@@ -29,9 +32,10 @@ void RankShardedAssigner::assign(const float* x, int64_t n, int d, const float* 
 void RankShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     batch_data_ = data;
     batch_d_ = d;
-    const std::vector<AssignData> mine = shard_slices(data, d, comm_.rank(), comm_.size(), local_index_);
+    const std::vector<AssignData> mine = shard_slices(data, d, comm_.rank(), comm_.size(), local_index_, group_);
     local_began_ = !mine.empty();
-    if (local_began_) local_->begin_batch(mine, d);
+    if (group_) local_->begin_group_batch(mine, d);
+    else if (local_began_) local_->begin_batch(mine, d);
 }
 
 void RankShardedAssigner::end_batch() noexcept {
@@ -70,7 +74,7 @@ void RankShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
     // Every rank walks the same tasks in the same order: the collectives match.
     for (AssignTask& t : tasks) {
         comm_.sum(&t.objective, 1);
-        if (t.sums) {
+        if (t.sums && !group_) {  // a group's ranks already hold the totals
             comm_.sum(t.sums, kd);
             comm_.sum(t.counts, static_cast<size_t>(k));
         }

@@ -9,6 +9,12 @@
 //
 // Equal to the single-process run to double rounding of the sums (as ShardedAssigner).
 // Every rank must make the same sequence of calls (the Lloyd loop does).
+//
+// On the devices: when the local assigner is member `rank` of a sum group of exactly
+// the job's ranks (a CudaAssigner that joined the ranks' NCCL group, one GPU a rank),
+// the ranks begin with begin_group_batch() and the sums and counts are added on the
+// devices (NCCL all-reduce of the int64 fixed-point sums): bitwise the single-GPU sums,
+// as in ShardedAssigner. Objectives, labels and distances still go through Comm.
 #pragma once
 
 #include <vector>
@@ -29,6 +35,8 @@ public:
     void begin_batch(const std::vector<AssignData>& data, int d) override;
     void end_batch() noexcept override;
     void assign_batch(std::vector<AssignTask>& tasks, int k) override;
+    /// The local assigner's sum group spans exactly the ranks (see the file comment).
+    bool group_sums() const { return group_; }
 
 private:
     std::vector<int64_t> counts_of(int64_t n) const;
@@ -37,6 +45,7 @@ private:
     const Comm& comm_;
     std::vector<int> local_index_;  // per begin_batch() data set: its index in the local batch, or -1
     bool local_began_ = false;
+    bool group_ = false;
 };
 
 }  // namespace pkv::dist

@@ -14,6 +14,10 @@ void KMeansAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     if (batch_began_single_) begin(data[0].x, data[0].n, d);
 }
 
+void KMeansAssigner::begin_group_batch(const std::vector<AssignData>&, int) {
+    fail(ErrorCode::internal, "{} assigner: begin_group_batch() without a sum group", name());
+}
+
 void KMeansAssigner::end_batch() noexcept {
     if (batch_began_single_) end();
     batch_began_single_ = false;

@@ -42,6 +42,16 @@ struct AssignTask {
     double objective = 0.0;
 };
 
+/// An assigner's place in a group of assigners whose devices add sums among themselves
+/// (a CudaAssigner with an NCCL communicator; see KMeansAssigner::sum_group()).
+struct SumGroup {
+    const void* id = nullptr;  ///< equal for every member of one group; nullptr: no group
+    int size = 0;              ///< members of the group
+    int rank = -1;             ///< this member, in [0, size)
+    /// "NCCL 2.28.9" (recorded by the callers in their provenance)
+    const char* engine = "";
+};
+
 /// Computes nearest-centroid labels (and, optionally fused, the per-cluster sums the
 /// centroid update needs). Implementations must be deterministic: the same inputs
 /// give the same outputs on every call.
@@ -98,6 +108,22 @@ public:
     /// memory); more are still handled (streamed, slower). kmeans_batch_multi() runs a
     /// larger problem data parallel over all its assigners. Default: no limit.
     virtual int64_t max_resident_rows(int d) const { return INT64_MAX; }
+
+    /// The group this assigner adds sums with on its devices; id nullptr (the default)
+    /// when none. ShardedAssigner and dist::RankShardedAssigner use it when exactly the
+    /// group's members hold the shards of a problem.
+    virtual SumGroup sum_group() const { return {}; }
+
+    /// begin_batch() as a member of sum_group(): every member of the group calls it
+    /// (concurrently: each from its own thread or process) with its own rows of the
+    /// same data sets in the same order, a member possibly holding 0 rows of a set.
+    /// Until end_batch(), every member's assign_batch() (all called with the same tasks
+    /// and k) returns in sums and counts the totals over all members' rows; objectives,
+    /// labels and distances stay the member's own. A set's fixed-point scale is agreed
+    /// over the group (its whole n and max|x|), so when the members hold consecutive row
+    /// ranges starting at multiples of 8192 (shard_row), the sums are bitwise those of
+    /// one assigner holding all rows. The default throws internal (no group).
+    virtual void begin_group_batch(const std::vector<AssignData>& data, int d);
 
 protected:
     /// The data sets of the current begin_batch() (empty outside one) and their d.

@@ -14,6 +14,18 @@ constexpr int64_t kShardAlign = 8192;
 ShardedAssigner::ShardedAssigner(std::vector<KMeansAssigner*> shards) : shards_(std::move(shards)) {
     PKV_CHECK(!shards_.empty(), invalid_argument, "sharded assigner: expected at least one shard");
     for (KMeansAssigner* a : shards_) PKV_CHECK(a != nullptr, invalid_argument, "sharded assigner: null shard");
+    group_ = is_sum_group(shards_);
+}
+
+bool is_sum_group(const std::vector<KMeansAssigner*>& members) {
+    if (members.size() < 2) return false;
+    const SumGroup g0 = members.front() ? members.front()->sum_group() : SumGroup{};
+    if (g0.id == nullptr || g0.size != static_cast<int>(members.size())) return false;
+    for (size_t i = 0; i < members.size(); ++i) {
+        const SumGroup g = members[i] ? members[i]->sum_group() : SumGroup{};
+        if (g.id != g0.id || g.rank != static_cast<int>(i)) return false;
+    }
+    return true;
 }
 
 int64_t shard_row(int64_t n, int s, int shards) {
@@ -26,12 +38,12 @@ int64_t shard_row(int64_t n, int s, int shards) {
 }
 
 std::vector<AssignData> shard_slices(const std::vector<AssignData>& data, int d, int s, int shards,
-                                     std::vector<int>& local_index) {
+                                     std::vector<int>& local_index, bool keep_empty) {
     std::vector<AssignData> out;
     local_index.assign(data.size(), -1);
     for (size_t i = 0; i < data.size(); ++i) {
         const int64_t b = shard_row(data[i].n, s, shards), e = shard_row(data[i].n, s + 1, shards);
-        if (e <= b) continue;
+        if (e <= b && !keep_empty) continue;
         local_index[i] = static_cast<int>(out.size());
         out.push_back(AssignData{data[i].x + b * d, e - b});
     }
@@ -56,11 +68,12 @@ void ShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     const int S = static_cast<int>(shards_.size());
     local_index_.assign(shards_.size(), {});
     std::vector<std::vector<AssignData>> mine(shards_.size());
-    for (int s = 0; s < S; ++s) mine[s] = shard_slices(data, d, s, S, local_index_[s]);
+    for (int s = 0; s < S; ++s) mine[s] = shard_slices(data, d, s, S, local_index_[s], group_);
     began_.assign(shards_.size(), 0);
     for (size_t s = 0; s < shards_.size(); ++s) began_[s] = !mine[s].empty();
     each_in_thread(shards_.size(), [&](size_t s) {
-        if (!mine[s].empty()) shards_[s]->begin_batch(mine[s], d);
+        if (group_) shards_[s]->begin_group_batch(mine[s], d);
+        else if (!mine[s].empty()) shards_[s]->begin_batch(mine[s], d);
     });
 }
 
@@ -121,7 +134,7 @@ void ShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
         for (size_t i = 0; i < st[s].size(); ++i) {
             AssignTask& t = tasks[which[s][i]];
             t.objective += st[s][i].objective;
-            if (!t.sums) continue;
+            if (!t.sums || (group_ && s > 0)) continue;  // a group's shards all hold the totals
             for (size_t e = 0; e < kd; ++e) t.sums[e] += st[s][i].sums[e];
             for (int j = 0; j < k; ++j) t.counts[j] += st[s][i].counts[j];
         }

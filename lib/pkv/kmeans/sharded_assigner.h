@@ -16,6 +16,16 @@
 // many, so a GPU's partials group rows as a single GPU would. A shard with no rows of
 // a data set skips its tasks. Sums and counts of the shards are added in shard order
 // (deterministic).
+//
+// On the devices: when the shards are exactly the members of one sum group (their
+// sum_group(): e.g. CudaAssigners of one NCCL group, rank s = shard s), every shard
+// begins the batch with begin_group_batch() (holding every data set, possibly 0 rows
+// of one) and its pass returns the group's sums and counts, added on the devices (an
+// NCCL all-reduce of the int64 fixed-point sums). Those are then exactly the sums of
+// one device holding all rows (same scale, same row groups when the shards start on
+// multiples of 8192 rows), so the run equals the single-assigner run bitwise except
+// the objective, which is still added on the host in shard order. group_sums() tells
+// which way the current batch runs.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +42,14 @@ int64_t shard_row(int64_t n, int s, int shards);
 /// Shard s of S of every data set: the non-empty row slices [shard_row(n, s),
 /// shard_row(n, s + 1)) in data-set order; local_index[i] = data set i's position among
 /// them, -1 when it has no rows in this shard.
+/// keep_empty: every data set is kept (a slice of 0 rows where the shard has none), so
+/// local_index[i] = i.
 std::vector<AssignData> shard_slices(const std::vector<AssignData>& data, int d, int s, int shards,
-                                     std::vector<int>& local_index);
+                                     std::vector<int>& local_index, bool keep_empty = false);
+
+/// True when `members` are exactly the members of one sum group, member i its rank i
+/// (KMeansAssigner::sum_group()); needs at least two.
+bool is_sum_group(const std::vector<KMeansAssigner*>& members);
 
 class ShardedAssigner final : public KMeansAssigner {
 public:
@@ -48,12 +64,17 @@ public:
 
     /// First row of shard s of a data set of n rows (s in [0, shards]; s = shards gives n).
     int64_t shard_begin(int64_t n, int s) const;
+    /// The shards add sums on their devices (is_sum_group(shards)): set at construction.
+    bool group_sums() const { return group_; }
+    /// Turns the device sums off (the host adds the shards' sums), e.g. to compare both.
+    void set_group_sums(bool on) { group_ = on && is_sum_group(shards_); }
 
 private:
     std::vector<KMeansAssigner*> shards_;
     // [shard][begin_batch() data set]: its index in the shard's own batch, -1 without rows.
     std::vector<std::vector<int>> local_index_;
     std::vector<char> began_;  // the shard's begin_batch() was called
+    bool group_ = false;
 };
 
 }  // namespace pkv

@@ -397,9 +397,15 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
         rank_shards = std::make_unique<dist::RankShardedAssigner>(
             host_shards ? host_shards.get() : assigners.front(), comm);
     }
+    // Where the shards' sums meet: on the devices when the shards form one sum group
+    // (NCCL), else on the host.
+    std::string sums_where = "host";
+    if (by_rows && rank_shards->group_sums()) sums_where = assigners.front()->sum_group().engine;
+    else if (!by_rows && data_parallel && is_sum_group(assigners)) sums_where = assigners.front()->sum_group().engine;
     if (data_parallel)
-        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s)", n_train, R,
-                  assigners.size());
+        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s), sums added "
+                  "on the {}",
+                  n_train, R, assigners.size(), sums_where == "host" ? "host" : "devices (" + sums_where + ")");
     std::vector<std::pair<int, int>> jobs;  // (layer, head) of this rank
     for (size_t li = 0; li < layers.size(); ++li)
         for (int h = 0; h < H; ++h)
@@ -507,6 +513,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
                      {"device", c.device},
                      {"processes", comm.description()},
                      {"data_parallel", data_parallel},
+                     {"data_parallel_sums", data_parallel ? sums_where : ""},
                      {"kmeans",
                       {{"max_iter", c.max_iter},
                        {"tol", c.tol},
