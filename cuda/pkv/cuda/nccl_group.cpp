@@ -50,6 +50,17 @@ struct NcclGroup::Impl {
         PKV_CHECK(!failed.load(), cuda, "nccl group: another GPU of the group failed earlier; member {} stopped", member);
         return comms[static_cast<size_t>(member)];
     }
+    // A collective that NCCL refused: after another member's failure (its communicator
+    // aborted under us) that failure is the story, else this is.
+    void check(int member, ncclResult_t r, const char* what) {
+        if (r == ncclSuccess) return;
+        const bool other = failed.exchange(true);
+        abort(member);
+        if (other)
+            pkv::fail(ErrorCode::cuda, "nccl group: another GPU of the group failed; member {} (GPU {}) stopped", member,
+                      devices[static_cast<size_t>(member)]);
+        pkv::fail(ErrorCode::cuda, "nccl: {} failed: {}", what, ncclGetErrorString(r));
+    }
     void abort(int member) noexcept {
         auto& c = comms[static_cast<size_t>(member)];
         if (c == nullptr || aborted[static_cast<size_t>(member)]) return;
@@ -77,13 +88,17 @@ int NcclGroup::size() const { return impl_->size; }
 const std::string& NcclGroup::description() const { return impl_->description; }
 
 void NcclGroup::sum_u64(int member, unsigned long long* device_data, size_t count, void* stream) {
-    PKV_NCCL_CHECK(ncclAllReduce(device_data, device_data, count, ncclUint64, ncclSum, impl_->comm(member),
-                                 static_cast<cudaStream_t>(stream)));
+    impl_->check(member,
+                 ncclAllReduce(device_data, device_data, count, ncclUint64, ncclSum, impl_->comm(member),
+                               static_cast<cudaStream_t>(stream)),
+                 "all-reduce (sum) of the fixed-point sums");
 }
 
 void NcclGroup::max_u32(int member, unsigned int* device_data, size_t count, void* stream) {
-    PKV_NCCL_CHECK(ncclAllReduce(device_data, device_data, count, ncclUint32, ncclMax, impl_->comm(member),
-                                 static_cast<cudaStream_t>(stream)));
+    impl_->check(member,
+                 ncclAllReduce(device_data, device_data, count, ncclUint32, ncclMax, impl_->comm(member),
+                               static_cast<cudaStream_t>(stream)),
+                 "all-reduce (max) of max|x|");
 }
 
 void NcclGroup::wait(int member, void* stream) {

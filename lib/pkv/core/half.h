@@ -18,7 +18,10 @@ float bf16_to_float(uint16_t b);
 /// Round to nearest even; NaN stays NaN.
 uint16_t float_to_bf16(float f);
 
+/// Array forms: bitwise the scalar functions on every value (F16C where the build has
+/// it); arrays of 128 Ki values and more are split over OpenMP threads.
 void float_to_half_n(const float* src, uint16_t* dst, size_t n);
 void half_to_float_n(const uint16_t* src, float* dst, size_t n);
+void float_to_bf16_n(const float* src, uint16_t* dst, size_t n);
 
 }  // namespace pkv

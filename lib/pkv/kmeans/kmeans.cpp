@@ -23,6 +23,8 @@ using ConstVecMapF = Eigen::Map<const Eigen::VectorXf>;
 // Below this many coordinates a parallel region costs more than it saves (see
 // assign_cpu.cpp).
 constexpr int64_t kParallelMinValues = int64_t{1} << 20;
+// The centroid update goes parallel from this many coordinates (k x d).
+constexpr int64_t kParallelUpdateValues = int64_t{1} << 16;
 
 // splitmix64 finaliser: turns (seed, stream) into well-separated generator seeds.
 uint64_t mix_seed(uint64_t seed, uint64_t stream) {
@@ -211,21 +213,29 @@ KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, 
     std::vector<float>& next = run.next;
     KMeansIterationStats st;
     st.objective = objective;
+    // Every mean alone, so threads (for large k x d: a GPU pass at k = 1024 takes a few
+    // ms, this a noticeable part of it) change nothing; the refills of empty clusters
+    // then draw from the generator in cluster order, as before.
+    const int64_t kd = int64_t{k} * d;
+#pragma omp parallel for schedule(static) if (kd >= kParallelUpdateValues)
     for (int j = 0; j < k; ++j) {
+        if (run.counts[j] == 0) continue;
         float* nj = next.data() + int64_t{j} * d;
-        if (run.counts[j] == 0) {
-            // Empty: move to a random training point (see kmeans.h for why this
-            // cannot raise the objective).
-            copy_row(ps.xt, d, run.rng.index(ps.nt), nj);
-            ++st.n_empty_refilled;
-            continue;
-        }
         const double inv = 1.0 / static_cast<double>(run.counts[j]);
         const double* sj = run.sums.data() + int64_t{j} * d;
         for (int t = 0; t < d; ++t) nj[t] = static_cast<float>(sj[t] * inv);
     }
-    for (size_t i = 0; i < next.size(); ++i)
-        st.max_shift = std::max(st.max_shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
+    for (int j = 0; j < k; ++j) {
+        if (run.counts[j] != 0) continue;
+        // Empty: move to a random training point (see kmeans.h for why this cannot
+        // raise the objective).
+        copy_row(ps.xt, d, run.rng.index(ps.nt), next.data() + int64_t{j} * d);
+        ++st.n_empty_refilled;
+    }
+    double shift = 0.0;
+#pragma omp parallel for schedule(static) reduction(max : shift) if (kd >= kParallelUpdateValues)
+    for (int64_t i = 0; i < kd; ++i) shift = std::max(shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
+    st.max_shift = shift;
     run.centroids.swap(next);
     return st;
 }
@@ -267,7 +277,7 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
         // gives the same results as in sequence.
         std::vector<KMeansIterationStats> st(tasks.size());
         const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-#pragma omp parallel for schedule(static) if (n_tasks > 1 && n_tasks * static_cast<int64_t>(kd) >= kParallelMinValues)
+#pragma omp parallel for schedule(static) if (n_tasks > 1 && n_tasks * static_cast<int64_t>(kd) >= kParallelUpdateValues)
         for (int64_t i = 0; i < n_tasks; ++i)
             st[i] = update_run(*active[i], probs[static_cast<size_t>(active[i]->problem)], k, d, tasks[i].objective);
         const double seconds = std::chrono::duration<double>(clock::now() - t0).count();

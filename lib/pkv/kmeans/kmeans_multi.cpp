@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <numeric>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "pkv/core/error.h"
 #include "pkv/core/threads.h"
 #include "pkv/kmeans/sharded_assigner.h"
@@ -66,7 +70,16 @@ std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& p
     const std::vector<int> owner = deal_problems(dealt, static_cast<int>(assigners.size()));
     std::vector<std::vector<size_t>> shares(assigners.size());
     for (size_t j = 0; j < rest.size(); ++j) shares[static_cast<size_t>(owner[j])].push_back(rest[j]);
+#ifdef _OPENMP
+    // Every worker's host work (centroid updates; a CPU worker's passes) in its share of
+    // the cores: all workers at full width would oversubscribe them. Results do not
+    // depend on thread counts.
+    const int threads = std::max(1, omp_get_max_threads() / static_cast<int>(assigners.size()));
+#endif
     each_in_thread(assigners.size(), [&](size_t a) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
         if (!shares[a].empty()) run(shares[a], assigners[a]);
     });
     return out;
