@@ -14,11 +14,15 @@
 // --workers (model mode): the same calibration spread over W GPU workers by
 // kmeans_batch_multi (what `pkv calibrate --devices` does), worker i on GPU i % count,
 // for each W listed: wall time, speed-up over the first W and efficiency (speed-up per
-// GPU used; workers that share a GPU only show the overhead of sharing).
+// GPU used; workers that share a GPU only show the overhead of sharing), and the same
+// for the slowest worker's Lloyd iterations alone.
 // --sharded: one problem (default n = 1e8, d = 128, k = 256, 5 iterations, fp16) data
 // parallel over W GPU assigners (ShardedAssigner, what --devices does for a problem
 // larger than one GPU), worker i on GPU i % count: seconds per Lloyd iteration, speed-up
-// over the first W, efficiency per GPU used, and the objective's relative difference.
+// over the first W, efficiency per GPU used, the objective's relative difference and
+// whether the centroids equal the first row's bitwise; each W >= 2 that has as many GPUs
+// runs twice, the shards' sums added on the host and by an NCCL all-reduce (when built
+// with NCCL).
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --all-kernels (or --both-sums) adds rows for the other
 // kernels next to the default: fused_small_k off (the one-hot kernel, k <= 16);

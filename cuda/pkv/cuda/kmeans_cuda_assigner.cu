@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "pkv/core/fixed_point.h"
 #include "pkv/core/half.h"
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/device.h"
@@ -517,9 +518,9 @@ struct CudaAssigner::Impl {
             AssignTask& t = tasks[static_cast<size_t>(ti)];
             t.objective = hobj[static_cast<size_t>(ti)];
             if (!t.sums) continue;
+            // In lib (vectorised, threaded): a scalar loop here costs ~0.2 ms a pass at k = 1024.
             const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
-            for (size_t i = 0; i < kd; ++i)
-                t.sums[i] = static_cast<double>(static_cast<long long>(hsum[ti * kd + i])) * inv;
+            fixed_to_double_n(reinterpret_cast<const int64_t*>(hsum + ti * kd), inv, t.sums, kd);
             for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(hcnt[static_cast<size_t>(ti) * k + j]);
         }
         float ms = 0.0f;

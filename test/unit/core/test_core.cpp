@@ -1,13 +1,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cmath>
 #include <cstdio>
+#include <vector>
 #include <fstream>
 #include <string>
 
 #include "catch.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/fixed_point.h"
 #include "pkv/core/sha256.h"
 
 using namespace pkv;
@@ -70,4 +74,18 @@ TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
     }
     std::remove(out.c_str());
     rmdir(dir.c_str());
+}
+
+TEST_CASE("fixed_to_double_n: exact products, threaded path equal to the serial one", "[core]") {
+    std::vector<int64_t> v;
+    for (int64_t i = 0; i < 200001; ++i) v.push_back((i % 2 ? -1 : 1) * (i * i * 7919 + 3));
+    v.push_back(INT64_MAX);
+    v.push_back(INT64_MIN + 1);
+    std::vector<double> out(v.size());
+    const double unit = std::ldexp(1.0, -37);
+    pkv::fixed_to_double_n(v.data(), unit, out.data(), v.size());
+    size_t bad = 0;
+    for (size_t i = 0; i < v.size(); ++i) bad += out[i] != static_cast<double>(v[i]) * unit;
+    CHECK(bad == 0);
+    CHECK(out[3] == -(9 * 7919 + 3) * unit);
 }
