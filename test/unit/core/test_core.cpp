@@ -76,7 +76,7 @@ TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
     rmdir(dir.c_str());
 }
 
-TEST_CASE("fixed_to_double_n: exact products, threaded path equal to the serial one", "[core]") {
+TEST_CASE("fixed_to_double_n: exact products of int64 values and a power of two", "[core]") {
     std::vector<int64_t> v;
     for (int64_t i = 0; i < 200001; ++i) v.push_back((i % 2 ? -1 : 1) * (i * i * 7919 + 3));
     v.push_back(INT64_MAX);
