@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "catch.h"
@@ -15,6 +16,21 @@
     if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: GPU k-means test not run")
 
 namespace pkv_test {
+
+/// n points [n x d]: unit Gaussians around `blobs` centres drawn with standard
+/// deviation `spread`, each point's centre uniform; deterministic in seed.
+inline std::vector<float> mixture(int64_t n, int d, int blobs, uint64_t seed, float spread = 2.0f) {
+    std::mt19937_64 gen(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> centres(static_cast<size_t>(blobs) * d);
+    for (float& v : centres) v = spread * nd(gen);
+    std::vector<float> x(static_cast<size_t>(n) * d);
+    for (int64_t i = 0; i < n; ++i) {
+        const int b = static_cast<int>(gen() % static_cast<uint64_t>(blobs));
+        for (int t = 0; t < d; ++t) x[size_t(i) * d + t] = centres[size_t(b) * d + t] + nd(gen);
+    }
+    return x;
+}
 
 /// v rounded to the kernel's input format (binary16, or bf16).
 inline std::vector<float> rounded(std::vector<float> v, pkv::cuda::InputPrecision p) {

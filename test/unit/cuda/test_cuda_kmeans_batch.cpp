@@ -42,23 +42,11 @@ using pkv::cuda::CudaAssigner;
 using pkv::cuda::CudaAssignerOptions;
 using pkv::cuda::InputPrecision;
 using pkv_test::abs_sums;
+using pkv_test::mixture;
 using pkv_test::rounded;
 using pkv_test::sq_dist;
 
 // Gaussian mixture: `blobs` centres ~N(0, 4), points ~ centre + N(0, 1).
-std::vector<float> mixture(int64_t n, int d, int blobs, uint64_t seed) {
-    std::mt19937_64 gen(seed);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> centres(static_cast<size_t>(blobs) * d);
-    for (float& v : centres) v = 2.0f * nd(gen);
-    std::vector<float> x(static_cast<size_t>(n) * d);
-    for (int64_t i = 0; i < n; ++i) {
-        const int b = static_cast<int>(gen() % blobs);
-        for (int t = 0; t < d; ++t) x[i * d + t] = centres[size_t(b) * d + t] + nd(gen);
-    }
-    return x;
-}
-
 bool sums_close(const std::vector<double>& a, const std::vector<double>& b, const std::vector<double>& mag) {
     for (size_t i = 0; i < a.size(); ++i)
         if (std::fabs(a[i] - b[i]) > 1e-6 * mag[i]) return false;

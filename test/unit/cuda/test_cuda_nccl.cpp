@@ -25,24 +25,12 @@ namespace {
 using pkv::cuda::CudaAssigner;
 using pkv::cuda::CudaAssignerOptions;
 using pkv::cuda::InputPrecision;
+using pkv_test::mixture;
 
 #define PKV_REQUIRE_NCCL_PAIR()                                                           \
     PKV_REQUIRE_GPU();                                                                    \
     if (!pkv::cuda::built_with_nccl()) PKV_SKIP("pkv built without NCCL: test not run"); \
     if (pkv::cuda::device_count() < 2) PKV_SKIP("fewer than 2 CUDA devices: NCCL group test not run")
-
-std::vector<float> blobs(int64_t n, int d, int centres, uint64_t seed) {
-    std::mt19937_64 gen(seed);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> c(static_cast<size_t>(centres) * d);
-    for (float& v : c) v = 3.0f * nd(gen);
-    std::vector<float> x(static_cast<size_t>(n) * d);
-    for (int64_t i = 0; i < n; ++i) {
-        const size_t b = gen() % static_cast<uint64_t>(centres);
-        for (int t = 0; t < d; ++t) x[size_t(i) * d + t] = c[b * d + t] + nd(gen);
-    }
-    return x;
-}
 
 // Two GPU assigners in one NCCL group (GPUs 0 and 1), with `opt` otherwise.
 struct Pair {
@@ -115,8 +103,8 @@ TEST_CASE("NCCL group: sharded pass equals one GPU bitwise, every kernel", "[cud
     for (const Case& c : cases) {
         CAPTURE(pkv::cuda::input_precision_name(c.p), c.k, c.d, c.n, c.kernel, c.max_point_bytes);
         // Two sets: the big one, and one of a single row (no rows on member 1).
-        const std::vector<float> x = blobs(c.n, c.d, 2 * c.k, 11 + c.k);
-        const std::vector<float> tiny = blobs(1, c.d, 1, 5);
+        const std::vector<float> x = mixture(c.n, c.d, 2 * c.k, 11 + c.k, 3.0f);
+        const std::vector<float> tiny = mixture(1, c.d, 1, 5, 3.0f);
         const std::vector<pkv::AssignData> data = {{x.data(), c.n}, {tiny.data(), 1}};
         std::vector<std::vector<float>> cents(2);
         for (int j = 0; j < c.k; ++j)
@@ -163,7 +151,7 @@ TEST_CASE("NCCL group: k-means over two GPUs equals one GPU bitwise", "[cuda][km
     PKV_REQUIRE_NCCL_PAIR();
     const int d = 64;
     const int64_t n = 90000;
-    const std::vector<float> x = blobs(n, d, 48, 23);
+    const std::vector<float> x = mixture(n, d, 48, 23, 3.0f);
     for (const int k : {16, 32, 128}) {
         CAPTURE(k);
         pkv::KMeansParams p;
@@ -188,7 +176,7 @@ TEST_CASE("NCCL group: a failing member stops the other instead of hanging it", 
     PKV_REQUIRE_NCCL_PAIR();
     const int d = 64, k = 16;
     const int64_t n = 40000;
-    const std::vector<float> x = blobs(n, d, 8, 3);
+    const std::vector<float> x = mixture(n, d, 8, 3, 3.0f);
     const std::vector<float> c(size_t(k) * d, 0.5f);
     CudaAssignerOptions opt;
     opt.precision = InputPrecision::fp16;
