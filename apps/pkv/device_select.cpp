@@ -104,7 +104,15 @@ std::vector<SelectedDevice> select_devices(const std::string& list, const std::s
                                                     : nullptr;
     PKV_CHECK(reduce != "nccl" || why == nullptr, invalid_argument, "--reduce nccl with --devices {}: {}", list, why);
     if (reduce == "host" || why != nullptr) return out;
-    const std::vector<pkv::cuda::NcclMember> members = pkv::cuda::nccl_local_group(idx);
+    std::vector<pkv::cuda::NcclMember> members;
+    try {
+        members = pkv::cuda::nccl_local_group(idx);
+    } catch (const Error& e) {
+        // auto: the host combine gives the same centroids to the kernels' summation error.
+        if (reduce == "nccl") throw;
+        log::warn("--devices {}: no NCCL group ({}); data-parallel sums are added on the host", list, e.what());
+        return out;
+    }
     for (size_t i = 0; i < out.size(); ++i) out[i].assigner = gpu_assigner(idx[i], members[i]);
     return out;
 #else

@@ -31,8 +31,9 @@ SelectedDevice select_device(const std::string& device, int default_index = 0);
 /// without CUDA, no GPU exists, or an index is missing.
 /// `reduce` ("--reduce auto|nccl|host"): where a data-parallel problem adds its shards'
 /// sums. With two or more GPUs, all distinct, and pkv built with NCCL, "auto" and "nccl"
-/// put the assigners in one NCCL group (sums added on the GPUs); "nccl" is an
-/// invalid_argument error where that is impossible; "host" never makes a group.
+/// put the assigners in one NCCL group (sums added on the GPUs; "auto" warns and adds
+/// them on the host when NCCL fails to make the group); "nccl" is an invalid_argument
+/// error where that is impossible; "host" never makes a group.
 std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce = "auto");
 
 /// Under MPI (comm.size() > 1), collective: when every rank holds one GPU, all distinct

@@ -33,7 +33,7 @@ void RankShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d
     batch_data_ = data;
     batch_d_ = d;
     const std::vector<AssignData> mine = shard_slices(data, d, comm_.rank(), comm_.size(), local_index_, group_);
-    local_began_ = !mine.empty();
+    local_began_ = group_ || !mine.empty();
     if (group_) local_->begin_group_batch(mine, d);
     else if (local_began_) local_->begin_batch(mine, d);
 }

@@ -70,7 +70,7 @@ void ShardedAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     std::vector<std::vector<AssignData>> mine(shards_.size());
     for (int s = 0; s < S; ++s) mine[s] = shard_slices(data, d, s, S, local_index_[s], group_);
     began_.assign(shards_.size(), 0);
-    for (size_t s = 0; s < shards_.size(); ++s) began_[s] = !mine[s].empty();
+    for (size_t s = 0; s < shards_.size(); ++s) began_[s] = group_ || !mine[s].empty();
     each_in_thread(shards_.size(), [&](size_t s) {
         if (group_) shards_[s]->begin_group_batch(mine[s], d);
         else if (!mine[s].empty()) shards_[s]->begin_batch(mine[s], d);
