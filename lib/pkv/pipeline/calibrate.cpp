@@ -443,6 +443,12 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
                                                        : kmeans_batch_multi(vprob, D, kpv, assigners, c.shard_above);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
+        // Data parallel: every rank ran the same k-means, and rank 0 alone fits and
+        // records the heads (the others would only repeat its work).
+        if (by_rows && rank != 0) {
+            progress.advance(b1 - b0);
+            continue;
+        }
         std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
