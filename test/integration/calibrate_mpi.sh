@@ -93,6 +93,18 @@ for R in 2 3; do
   fi
 done
 
+# Data parallel with a training subsample and restarts: the leader scatters the subsample
+# to the other ranks (they hold only their shard of each head).
+if "${MPIRUN[@]}" -np 3 "$PKV_BIN" "${CAL[@]}" --device cpu --shard-above 1000 --max-points-per-centroid 40 \
+     --restarts 2 --out "$WORK/dps.safetensors" >/dev/null 2>"$WORK/dps.err" &&
+   "$PKV_BIN" "${CAL[@]}" --device cpu --max-points-per-centroid 40 --restarts 2 --out "$WORK/ones.safetensors" \
+     >/dev/null 2>"$WORK/ones.err" &&
+   res=$(same_tables "$WORK/ones.safetensors" "$WORK/dps.safetensors" 1e-5 2>"$WORK/cmp.err"); then
+  pass "3 ranks, data parallel, subsample and restarts: within 1e-5 of one process ($res)"
+else
+  failed "3 ranks, data parallel, subsample: $(cat "$WORK/dps.err" "$WORK/ones.err" "$WORK/cmp.err" 2>/dev/null | tail -5)"
+fi
+
 expect_fail "unknown --reduce" "\-\-reduce: expected auto, nccl or host, got 'gpu'" \
   "$PKV_BIN" calibrate --dump "$DUMP" --reduce gpu --device cpu --out "$WORK/x.safetensors"
 expect_fail "negative --shard-above" "\-\-shard-above -5: expected 0 (automatic) or a token count" \
@@ -125,6 +137,26 @@ else
     pass "the error names the rank: $(grep 'rank 1 of 3' "$WORK/nan.err" | head -1)" ||
     failed "the error does not name rank 1: $(cat "$WORK/nan.err")"
   [ ! -e "$WORK/nan.safetensors" ] && pass "no table written" || failed "a table was written"
+fi
+
+# Data parallel, ranks 1 and 2 read only their shards of a head's training rows: a NaN at
+# token 5 (rank 0's shard with --holdout 0) is seen by rank 0 alone.
+"$PY_H5" - "$DUMP" "$WORK/nan0.h5" <<'PY'
+import shutil, sys, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    row = f["v"][2, 1, 5, :]
+    row[12] = np.nan
+    f["v"][2, 1, 5, :] = row
+PY
+timeout 120 "${MPIRUN[@]}" -np 3 "$PKV_BIN" calibrate --dump "$WORK/nan0.h5" --k-patterns 16 --v-patterns 16 \
+  --holdout 0 --shard-above 1000 --device cpu --out "$WORK/nan0.safetensors" >/dev/null 2>"$WORK/nan0.err"
+rc=$?
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -q "rank 0 of 3: .*token 5, dim 12 is nan" "$WORK/nan0.err" &&
+   ! grep -q "rank [12] of 3:" "$WORK/nan0.err" && [ ! -e "$WORK/nan0.safetensors" ]; then
+  pass "data parallel: only rank 0 reads the NaN outside the other ranks' shards (exit $rc, no table)"
+else
+  failed "data parallel shard reads (exit $rc): $(cat "$WORK/nan0.err")"
 fi
 
 # GPU ranks (each takes its host-local GPU, modulo the count: here they may share one).

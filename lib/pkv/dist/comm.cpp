@@ -146,6 +146,39 @@ std::vector<std::string> Comm::allgather(const std::string& bytes) const {
     return out;
 }
 
+std::string Comm::scatter(const std::vector<std::string>& parts) const {
+    if (!mpi_) return parts.empty() ? std::string() : parts[0];
+#ifdef PKV_HAVE_MPI
+    // Size first (64-bit), then the bytes in pieces below 2^31, rank by rank.
+    if (rank_ == 0) {
+        PKV_CHECK(static_cast<int>(parts.size()) == size_, internal, "scatter: {} parts for {} ranks", parts.size(),
+                  size_);
+        for (int r = 1; r < size_; ++r) {
+            const std::string& s = parts[static_cast<size_t>(r)];
+            const long long n = static_cast<long long>(s.size());
+            check_mpi(MPI_Send(&n, 1, MPI_LONG_LONG, r, 8, MPI_COMM_WORLD), "MPI_Send");
+            for (size_t off = 0; off < s.size();) {
+                const int len = static_cast<int>(std::min<size_t>(s.size() - off, size_t{1} << 30));
+                check_mpi(MPI_Send(s.data() + off, len, MPI_BYTE, r, 9, MPI_COMM_WORLD), "MPI_Send");
+                off += static_cast<size_t>(len);
+            }
+        }
+        return parts[0];
+    }
+    long long n = 0;
+    check_mpi(MPI_Recv(&n, 1, MPI_LONG_LONG, 0, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
+    std::string s(static_cast<size_t>(n), '\0');
+    for (size_t off = 0; off < s.size();) {
+        const int len = static_cast<int>(std::min<size_t>(s.size() - off, size_t{1} << 30));
+        check_mpi(MPI_Recv(&s[off], len, MPI_BYTE, 0, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
+        off += static_cast<size_t>(len);
+    }
+    return s;
+#else
+    return {};
+#endif
+}
+
 void Comm::sum(double* values, size_t n) const {
     if (!mpi_ || n == 0) return;
 #ifdef PKV_HAVE_MPI

@@ -38,6 +38,8 @@ public:
     void broadcast(std::string& bytes) const;
     /// Every rank's bytes to every rank, in rank order (small messages).
     std::vector<std::string> allgather(const std::string& bytes) const;
+    /// Rank 0 passes one part per rank (the others pass nothing); every rank gets its part.
+    std::string scatter(const std::vector<std::string>& parts) const;
     /// Waits for every rank.
     void barrier() const;
     /// Every rank passes n values; every rank gets their sum over the ranks, added in

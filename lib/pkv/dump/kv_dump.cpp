@@ -405,6 +405,11 @@ int64_t KvDumpReader::n_tokens() const { return impl_->n_tokens; }
 bool KvDumpReader::has(const std::string& dataset) const { return impl_->open.count(normalize(dataset)) > 0; }
 
 std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot, int head) const {
+    return read_head(dataset, slot, head, 0, impl_->n_tokens);
+}
+
+std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot, int head, int64_t t0,
+                                           int64_t count) const {
     const Impl& m = *impl_;
     const std::string name = normalize(dataset);
     const auto it = m.open.find(name);
@@ -413,10 +418,14 @@ std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot,
     PKV_CHECK(slot >= 0 && slot < n_layers(), out_of_range, "{}: layer slot {} outside [0, {})", m.f.where(name), slot,
               n_layers());
     PKV_CHECK(head >= 0 && head < H, out_of_range, "{}: head {} outside [0, {})", m.f.where(name), head, H);
-    const uint64_t T = static_cast<uint64_t>(m.n_tokens), D = static_cast<uint64_t>(m.head_dim);
+    PKV_CHECK(t0 >= 0 && count >= 0 && t0 + count <= m.n_tokens, out_of_range, "{}: tokens [{}, {}) outside [0, {})",
+              m.f.where(name), t0, t0 + count, m.n_tokens);
+    const uint64_t T = static_cast<uint64_t>(count), D = static_cast<uint64_t>(m.head_dim);
     std::vector<uint16_t> raw(T * D);
-    h5::read_block(m.f, it->second.get(), name, m.f16.get(),
-                   {static_cast<uint64_t>(slot), static_cast<uint64_t>(head), 0, 0}, {1, 1, T, D}, raw.data());
+    if (T > 0)
+        h5::read_block(m.f, it->second.get(), name, m.f16.get(),
+                       {static_cast<uint64_t>(slot), static_cast<uint64_t>(head), static_cast<uint64_t>(t0), 0},
+                       {1, 1, T, D}, raw.data());
     std::vector<float> out(raw.size());
     half_to_float_n(raw.data(), out.data(), raw.size());
     return out;

@@ -128,6 +128,8 @@ public:
     bool has(const std::string& dataset) const;
     /// One (stored layer, head) of an activation dataset over all tokens: [T, D] floats.
     std::vector<float> read_head(const std::string& dataset, int slot, int head) const;
+    /// Tokens [t0, t0 + count) of it: [count, D] floats (one hyperslab read).
+    std::vector<float> read_head(const std::string& dataset, int slot, int head, int64_t t0, int64_t count) const;
     std::vector<int32_t> token_ids() const;
     std::vector<int32_t> token_seq() const;
     std::vector<int32_t> token_pos() const;

@@ -119,6 +119,39 @@ Pooled pool_tensor(const std::vector<DumpInput>& dumps, const std::vector<Piece>
     return out;
 }
 
+// Rows [r0, r1) of pool_tensor(...).train alone, read from the dumps as token ranges
+// (a follower rank's shard of a data-parallel head).
+std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces,
+                                   const char* dataset, int layer, int head, int D, bool rotate, int64_t r0,
+                                   int64_t r1) {
+    std::vector<float> out;
+    out.reserve(static_cast<size_t>(std::max<int64_t>(r1 - r0, 0)) * static_cast<size_t>(D));
+    int64_t at = 0;  // pooled row of the piece's first token
+    for (int d = 0; d < static_cast<int>(dumps.size()); ++d) {
+        const KvDumpReader& r = *dumps[d].reader;
+        const auto& layers = r.layers();
+        const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+        for (const Piece& p : pieces) {
+            if (p.dump != d || p.holdout) continue;
+            const int64_t lo = std::max(r0, at), hi = std::min(r1, at + p.length);
+            if (lo < hi) {
+                const int64_t t0 = p.start + (lo - at);
+                const std::vector<float> x = r.read_head(dataset, slot, head, t0, hi - lo);
+                for (size_t i = 0; i < x.size(); ++i)
+                    if (!std::isfinite(x[i]))
+                        fail(ErrorCode::data_loss,
+                             "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
+                             r.path(), dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
+                             static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
+                out.insert(out.end(), x.begin(), x.end());
+            }
+            at += p.length;
+        }
+    }
+    if (rotate) hadamard_rotate_rows(out.data(), static_cast<int64_t>(out.size()) / D, D);
+    return out;
+}
+
 // Training sequences for the fit: whole sequences in order until fit_tokens are covered.
 std::vector<SeqRange> fit_subset(const std::vector<SeqRange>& seqs, int64_t fit_tokens) {
     std::vector<SeqRange> out;
@@ -380,13 +413,14 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     // of a rank run in batches sized by batch_bytes, each batch's problems dealt over
     // the assigners (one thread each). A problem's result depends only on its data and
     // seed, so any split gives the table of the single-process run.
-    // Heads too large for one device (or above --shard-above) instead run one at a time
-    // data parallel: every rank takes every head, its rows sharded over the ranks and
-    // over this process's devices; rank 0's results are the table.
+    // Heads too large for one device (or above --shard-above) instead run data parallel:
+    // rank 0 reads every head whole and runs its k-means, each other rank reads only its
+    // shard of the head's training rows and serves the passes over it (its devices);
+    // rank 0's results are the table.
     const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
     const int R = comm.size(), rank = comm.rank();
     // Within one process kmeans_batch_multi shards such heads over the devices itself;
-    // over ranks every rank takes every head (by_rows) through a RankShardedAssigner.
+    // over ranks every head goes through a RankShardedAssigner (by_rows).
     const bool big = n_train > shard_limit(assigners, D, c.shard_above);
     const bool data_parallel = big && (R > 1 || can_shard(assigners));
     const bool by_rows = big && R > 1;
@@ -419,6 +453,28 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     nlohmann::json done = nlohmann::json::array();  // this rank's heads, see head_record()
     for (size_t b0 = 0; b0 < jobs.size(); b0 += heads_per_batch) {
         const size_t b1 = std::min(jobs.size(), b0 + heads_per_batch);
+        if (by_rows && rank != 0) {
+            // Data parallel, a follower: only this rank's shard of every head's training
+            // rows, serving rank 0's k-means passes over them.
+            const int64_t r0 = shard_row(n_train, rank, R), r1 = shard_row(n_train, rank + 1, R);
+            std::vector<std::vector<float>> kx, vx;
+            std::vector<AssignData> kdata, vdata;
+            for (size_t j = b0; j < b1; ++j) {
+                const auto [layer, h] = jobs[j];
+                kx.push_back(pool_train_rows(dumps, pieces, key_ds, layer, h, D, c.rotate, r0, r1));
+                vx.push_back(pool_train_rows(dumps, pieces, kvdump::kV, layer, h, D, c.rotate, r0, r1));
+            }
+            for (size_t i = 0; i < kx.size(); ++i) {
+                kdata.push_back({kx[i].data(), r1 - r0});
+                vdata.push_back({vx[i].data(), r1 - r0});
+            }
+            const auto t0 = std::chrono::steady_clock::now();
+            rank_shards->serve(kdata);
+            rank_shards->serve(vdata);
+            kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            progress.advance(b1 - b0);
+            continue;
+        }
         std::vector<Pooled> kpool, vpool;
         std::vector<KMeansProblem> kprob, vprob;
         for (size_t j = b0; j < b1; ++j) {
@@ -437,18 +493,19 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
         KMeansParams kpk = kp, kpv = kp;
         kpk.k = c.k_patterns;
         kpv.k = c.v_patterns;
-        const std::vector<KMeansResult> kres = by_rows ? kmeans_batch(kprob, D, kpk, rank_shards.get())
-                                                       : kmeans_batch_multi(kprob, D, kpk, assigners, c.shard_above);
-        const std::vector<KMeansResult> vres = by_rows ? kmeans_batch(vprob, D, kpv, rank_shards.get())
-                                                       : kmeans_batch_multi(vprob, D, kpv, assigners, c.shard_above);
+        // Data parallel: rank 0 leads the followers' passes (they serve() above).
+        auto run = [&](const std::vector<KMeansProblem>& probs, const KMeansParams& p) {
+            if (!by_rows) return kmeans_batch_multi(probs, D, p, assigners, c.shard_above);
+            std::vector<AssignData> whole;
+            for (const KMeansProblem& q : probs) whole.push_back({q.x, q.n});
+            rank_shards->set_problems(whole);
+            std::vector<KMeansResult> res = kmeans_batch(probs, D, p, rank_shards.get());
+            rank_shards->release();
+            return res;
+        };
+        const std::vector<KMeansResult> kres = run(kprob, kpk);
+        const std::vector<KMeansResult> vres = run(vprob, kpv);
         kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-        // Data parallel: every rank ran the same k-means, and rank 0 alone fits and
-        // records the heads (the others would only repeat its work).
-        if (by_rows && rank != 0) {
-            progress.advance(b1 - b0);
-            continue;
-        }
         std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
