@@ -119,14 +119,19 @@ fi
 # Debian's python3 has h5py (python3-h5py); elsewhere the python3 on PATH may.
 PY_H5=/usr/bin/python3
 "$PY_H5" -c "import h5py" 2>/dev/null || PY_H5=python3
-"$PY_H5" - "$DUMP" "$WORK/nan.h5" <<'PY'
+# A copy of the dump with v[layer 2, head 1, token $2, dim 12] = NaN, at $1.
+nan_dump() {
+  "$PY_H5" - "$DUMP" "$1" "$2" <<'PY'
 import shutil, sys, h5py, numpy as np
 shutil.copy(sys.argv[1], sys.argv[2])
+t = int(sys.argv[3])
 with h5py.File(sys.argv[2], "r+") as f:
-    row = f["v"][2, 1, 517, :]
+    row = f["v"][2, 1, t, :]
     row[12] = np.nan
-    f["v"][2, 1, 517, :] = row
+    f["v"][2, 1, t, :] = row
 PY
+}
+nan_dump "$WORK/nan.h5" 517
 if timeout 120 "${MPIRUN[@]}" -np 3 "$PKV_BIN" calibrate --dump "$WORK/nan.h5" --k-patterns 16 --v-patterns 16 \
      --holdout 0.25 --device cpu --out "$WORK/nan.safetensors" >/dev/null 2>"$WORK/nan.err"; then
   failed "a failing rank: the job exited 0"
@@ -141,14 +146,7 @@ fi
 
 # Data parallel, ranks 1 and 2 read only their shards of a head's training rows: a NaN at
 # token 5 (rank 0's shard with --holdout 0) is seen by rank 0 alone.
-"$PY_H5" - "$DUMP" "$WORK/nan0.h5" <<'PY'
-import shutil, sys, h5py, numpy as np
-shutil.copy(sys.argv[1], sys.argv[2])
-with h5py.File(sys.argv[2], "r+") as f:
-    row = f["v"][2, 1, 5, :]
-    row[12] = np.nan
-    f["v"][2, 1, 5, :] = row
-PY
+nan_dump "$WORK/nan0.h5" 5
 timeout 120 "${MPIRUN[@]}" -np 3 "$PKV_BIN" calibrate --dump "$WORK/nan0.h5" --k-patterns 16 --v-patterns 16 \
   --holdout 0 --shard-above 1000 --device cpu --out "$WORK/nan0.safetensors" >/dev/null 2>"$WORK/nan0.err"
 rc=$?

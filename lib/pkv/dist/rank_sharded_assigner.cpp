@@ -47,6 +47,22 @@ std::string as_bytes(const T* p, int64_t n) {
     return std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(n) * sizeof(T));
 }
 
+// The ranks' rows of a data set of n rows into rank 0's out (its own rows, from 0, are
+// there already); a follower's out holds its shard.
+template <typename T>
+void gather_rows(const Comm& comm, T* out, int64_t n, const char* what) {
+    const int R = comm.size(), me = comm.rank();
+    const int64_t mine = shard_row(n, me + 1, R) - shard_row(n, me, R);
+    const std::vector<std::string> parts = comm.gather(me == 0 ? std::string() : as_bytes(out, mine));
+    for (int r = 1; me == 0 && r < R; ++r) {
+        const std::string& p = parts[static_cast<size_t>(r)];
+        const int64_t b = shard_row(n, r, R), e = shard_row(n, r + 1, R);
+        PKV_CHECK(p.size() == static_cast<size_t>(e - b) * sizeof(T), internal,
+                  "rank-sharded assigner: rank {} sent {} bytes of {}, expected {} rows", r, p.size(), what, e - b);
+        std::memcpy(out + b, p.data(), p.size());
+    }
+}
+
 }  // namespace
 
 RankShardedAssigner::RankShardedAssigner(KMeansAssigner* local, const Comm& comm)
@@ -244,7 +260,6 @@ void RankShardedAssigner::serve(const std::vector<AssignData>& shards) {
 // Both sides, the same collectives in the same order. The leader's outputs span whole
 // data sets and its shard starts at row 0; a follower's span its shard.
 void RankShardedAssigner::run_pass(std::vector<AssignTask>& tasks, int k) {
-    const int R = comm_.size(), me = comm_.rank();
     const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(batch_d_);
     std::vector<AssignTask> mine;
     std::vector<size_t> which;
@@ -273,27 +288,8 @@ void RankShardedAssigner::run_pass(std::vector<AssignTask>& tasks, int k) {
             comm_.sum(t.counts, static_cast<size_t>(k));
         }
         const int64_t n = set_n_[static_cast<size_t>(t.data)];
-        const auto rows = shard_row(n, me + 1, R) - shard_row(n, me, R);
-        if (t.labels) {
-            const std::vector<std::string> parts = comm_.gather(me == 0 ? std::string() : as_bytes(t.labels, rows));
-            for (int r = 1; me == 0 && r < R; ++r) {
-                const std::string& p = parts[static_cast<size_t>(r)];
-                const int64_t b = shard_row(n, r, R), e = shard_row(n, r + 1, R);
-                PKV_CHECK(p.size() == static_cast<size_t>(e - b) * sizeof(*t.labels), internal,
-                          "rank-sharded assigner: rank {} sent {} bytes of labels, expected {} rows", r, p.size(), e - b);
-                std::memcpy(t.labels + b, p.data(), p.size());
-            }
-        }
-        if (t.dist2) {
-            const std::vector<std::string> parts = comm_.gather(me == 0 ? std::string() : as_bytes(t.dist2, rows));
-            for (int r = 1; me == 0 && r < R; ++r) {
-                const std::string& p = parts[static_cast<size_t>(r)];
-                const int64_t b = shard_row(n, r, R), e = shard_row(n, r + 1, R);
-                PKV_CHECK(p.size() == static_cast<size_t>(e - b) * sizeof(*t.dist2), internal,
-                          "rank-sharded assigner: rank {} sent {} bytes of dist2, expected {} rows", r, p.size(), e - b);
-                std::memcpy(t.dist2 + b, p.data(), p.size());
-            }
-        }
+        if (t.labels) gather_rows(comm_, t.labels, n, "labels");
+        if (t.dist2) gather_rows(comm_, t.dist2, n, "distances");
     }
 }
 
