@@ -18,6 +18,12 @@ namespace pkv::cli {
 
 namespace {
 
+template <typename T>
+bool all_distinct(std::vector<T> v) {
+    std::sort(v.begin(), v.end());
+    return std::adjacent_find(v.begin(), v.end()) == v.end();
+}
+
 void check_reduce(const std::string& reduce) {
     PKV_CHECK(reduce == "auto" || reduce == "nccl" || reduce == "host", invalid_argument,
               "--reduce '{}': expected auto, nccl or host", reduce);
@@ -95,9 +101,7 @@ std::vector<SelectedDevice> select_devices(const std::string& list, const std::s
     }
     std::vector<SelectedDevice> out;
     for (int i : idx) out.push_back(select_device("cuda:" + std::to_string(i)));
-    std::vector<int> sorted = idx;
-    std::sort(sorted.begin(), sorted.end());
-    const bool distinct = std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end();
+    const bool distinct = all_distinct(idx);
     const char* why = !pkv::cuda::built_with_nccl() ? "pkv was built without NCCL"
                       : idx.size() < 2              ? "needs two or more GPUs"
                       : !distinct                   ? "NCCL needs distinct GPUs"
@@ -129,10 +133,9 @@ void join_rank_group(SelectedDevice& dev, const dist::Comm& comm, const std::str
     gethostname(host, sizeof(host) - 1);
     const std::string key =
         dev.gpu < 0 ? "" : std::string(host) + "/" + pkv::cuda::devices()[static_cast<size_t>(dev.gpu)].pci_bus_id;
-    std::vector<std::string> keys = comm.allgather(key);
+    const std::vector<std::string> keys = comm.allgather(key);
     const bool all_gpu = std::none_of(keys.begin(), keys.end(), [](const std::string& k) { return k.empty(); });
-    std::sort(keys.begin(), keys.end());
-    const bool distinct = std::adjacent_find(keys.begin(), keys.end()) == keys.end();
+    const bool distinct = all_distinct(keys);
     const char* why = !pkv::cuda::built_with_nccl() ? "pkv was built without NCCL"
                       : !all_gpu                    ? "a rank runs on the CPU"
                       : !distinct                   ? "two ranks share a GPU (NCCL needs one GPU a rank)"

@@ -89,21 +89,26 @@ struct Pooled {
     int64_t n_hold() const { return hold_seqs.empty() ? 0 : hold_seqs.back().start + hold_seqs.back().length; }
 };
 
+// Tokens [t0, t0 + count) of one (layer, head) of a dump, checked finite (an error names
+// the token and dimension); count < 0: all tokens.
+std::vector<float> read_finite(const KvDumpReader& r, const char* dataset, int layer, int head, int D, int64_t t0,
+                               int64_t count) {
+    const auto& layers = r.layers();
+    const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+    const std::vector<float> x = count < 0 ? r.read_head(dataset, slot, head) : r.read_head(dataset, slot, head, t0, count);
+    for (size_t i = 0; i < x.size(); ++i)
+        if (!std::isfinite(x[i]))
+            fail(ErrorCode::data_loss, "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
+                 r.path(), dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
+                 static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
+    return x;
+}
+
 Pooled pool_tensor(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces, const char* dataset,
                    int layer, int head, int D, bool rotate) {
     Pooled out;
     for (int d = 0; d < static_cast<int>(dumps.size()); ++d) {
-        const KvDumpReader& r = *dumps[d].reader;
-        const auto& layers = r.layers();
-        const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
-        const std::vector<float> x = r.read_head(dataset, slot, head);
-        for (size_t i = 0; i < x.size(); ++i) {
-            if (!std::isfinite(x[i])) {
-                const auto t = static_cast<int64_t>(i / static_cast<size_t>(D));
-                fail(ErrorCode::data_loss, "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
-                     r.path(), dataset, layer, head, t, static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
-            }
-        }
+        const std::vector<float> x = read_finite(*dumps[d].reader, dataset, layer, head, D, 0, -1);
         for (const Piece& p : pieces) {
             if (p.dump != d) continue;
             std::vector<float>& dst = p.holdout ? out.hold : out.train;
@@ -127,27 +132,17 @@ std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const st
     std::vector<float> out;
     out.reserve(static_cast<size_t>(std::max<int64_t>(r1 - r0, 0)) * static_cast<size_t>(D));
     int64_t at = 0;  // pooled row of the piece's first token
-    for (int d = 0; d < static_cast<int>(dumps.size()); ++d) {
-        const KvDumpReader& r = *dumps[d].reader;
-        const auto& layers = r.layers();
-        const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+    for (int d = 0; d < static_cast<int>(dumps.size()); ++d)
         for (const Piece& p : pieces) {
             if (p.dump != d || p.holdout) continue;
             const int64_t lo = std::max(r0, at), hi = std::min(r1, at + p.length);
             if (lo < hi) {
-                const int64_t t0 = p.start + (lo - at);
-                const std::vector<float> x = r.read_head(dataset, slot, head, t0, hi - lo);
-                for (size_t i = 0; i < x.size(); ++i)
-                    if (!std::isfinite(x[i]))
-                        fail(ErrorCode::data_loss,
-                             "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
-                             r.path(), dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
-                             static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
+                const std::vector<float> x =
+                    read_finite(*dumps[d].reader, dataset, layer, head, D, p.start + (lo - at), hi - lo);
                 out.insert(out.end(), x.begin(), x.end());
             }
             at += p.length;
         }
-    }
     if (rotate) hadamard_rotate_rows(out.data(), static_cast<int64_t>(out.size()) / D, D);
     return out;
 }
@@ -468,10 +463,8 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
                 kdata.push_back({kx[i].data(), r1 - r0});
                 vdata.push_back({vx[i].data(), r1 - r0});
             }
-            const auto t0 = std::chrono::steady_clock::now();
             rank_shards->serve(kdata);
             rank_shards->serve(vdata);
-            kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             progress.advance(b1 - b0);
             continue;
         }
