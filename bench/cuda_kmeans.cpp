@@ -28,8 +28,9 @@
 // kernels next to the default: fused_small_k off (the one-hot kernel, k <= 16);
 // onehot_sums off (the shared-memory fixed-point kernel, k below the wide kernel's
 // wide_min_k); wide_assign off (the general kernel) and
-// wide_chunk 128 (k >= wide_min_k); the wide kernel and sorted sums below it
-// (wide_min_k 1).
+// the other wide_chunk (64 or 128, k >= wide_min_k); the wide kernel and sorted sums below it
+// (wide_min_k 1); wgmma off (the wide kernel's products by mma.sync, k >= wide_min_k, on
+// devices where wgmma is the default).
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
@@ -355,19 +356,22 @@ int main(int argc, char** argv) {
                 "(host)", "ms", "iter/flr", "(iter)", "");
     // Variant 0: the defaults; with --all-kernels also, where they pick another kernel
     // than the defaults, 1: onehot_sums off and 4: the wide kernel (k < wide_min_k),
-    // 2: wide_assign off and 3: wide_chunk 128 (k >= wide_min_k), 5: fused_small_k off
-    // (k <= 16).
+    // 2: wide_assign off and 3 / 7: wide_chunk 64 / 128 where the default is the other
+    // (k >= wide_min_k), 5: fused_small_k off
+    // (k <= 16), 6: wgmma off (k >= wide_min_k, where wgmma is supported).
     const int wide_min_k = pkv::cuda::CudaAssignerOptions{}.wide_min_k;
     for (const auto prec : precs)
-      for (int variant = 0; variant < 6; ++variant) {
+      for (int variant = 0; variant < 8; ++variant) {
         if (variant > 0 && !both) continue;
         pkv::cuda::CudaAssignerOptions opt;
         opt.precision = prec;
         opt.onehot_sums = variant != 1;
         opt.wide_assign = variant != 2;
-        opt.wide_chunk = variant == 3 ? 128 : 64;
+        opt.wide_chunk = variant == 3 ? 64 : variant == 7 ? 128 : 0;
         if (variant == 4) opt.wide_min_k = 1;
         opt.fused_small_k = variant != 5;
+        opt.wgmma = variant != 6;
+        if (variant == 6 && !pkv::cuda::wgmma_supported(opt.device)) continue;
         pkv::cuda::CudaAssigner gpu(opt);
         const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
         t0 = std::chrono::steady_clock::now();
@@ -379,7 +383,10 @@ int main(int argc, char** argv) {
             const bool wide_default = k >= wide_min_k;
             if (variant == 5 && k > pkv::cuda::kFusedMaxK) continue;
             if ((variant == 1 || variant == 4) && wide_default) continue;
-            if ((variant == 2 || variant == 3) && !wide_default) continue;
+            if ((variant == 2 || variant == 3 || variant == 6 || variant == 7) && !wide_default) continue;
+            const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(opt.device);
+            if (variant == 6 && !wgmma_default) continue;
+            if ((variant == 3 && !wgmma_default) || (variant == 7 && wgmma_default)) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
             std::vector<int64_t> counts(static_cast<size_t>(k));
@@ -403,7 +410,7 @@ int main(int argc, char** argv) {
             dev_ms /= iters;
             iter_ms /= iters;
             upd_ms /= iters;
-            const std::string kernel = std::string(gpu.last_timing().kernel) + (variant == 3 ? "/128" : "");
+            const std::string kernel = std::string(gpu.last_timing().kernel) + (variant == 3 ? "/64" : variant == 7 ? "/128" : "");
             // The assignment alone: the same pass without sums (labels and objective only).
             double assign_ms = 0.0;
             for (int it = 0; it < iters; ++it) {
@@ -432,7 +439,8 @@ int main(int argc, char** argv) {
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
                 "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16) and\n"
                 "onehot (k < 96), sums on tensor cores; mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
-                "of 64, /128 of 128) and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
+                "of 64, /128 of 128), wgmma (the same on Hopper's warpgroup MMA, k >= 256: chunks of 128, /64 of 64)\n"
+                "and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
                 "fma (fp32).\n"
                 "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
                 static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));

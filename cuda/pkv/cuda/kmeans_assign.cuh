@@ -171,6 +171,14 @@ inline bool mma_wide_ok(int d) { return mma_staged_dim(d); }
 /// Centroids stream through shared memory `chunk` rows at a time (64 or 128).
 void launch_mma_wide(const MmaArgs& args, int chunk, int sm_count, cudaStream_t stream);
 
+/// True when this build has the sm_90a kernel (kmeans_wgmma_sm90a.cu) and `device` has
+/// compute capability 9.0, the only one its code runs on.
+bool wgmma_device(int device);
+
+/// The wide kernel with its products on wgmma: the same arguments, outputs and
+/// preconditions as launch_mma_wide. Only where wgmma_device() holds.
+void launch_wgmma_wide(const MmaArgs& args, int chunk, int sm_count, cudaStream_t stream);
+
 /// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
 /// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;
 /// cnh [tasks][kpad] = -||rounded c||²/2 (norm in double, fixed order), -inf on padding.

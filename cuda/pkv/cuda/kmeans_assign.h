@@ -124,6 +124,11 @@ const char* input_precision_name(InputPrecision p);
 /// The largest k the fused kernel takes (CudaAssignerOptions::fused_small_k).
 constexpr int kFusedMaxK = 16;
 
+/// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma). On an H200
+/// at N = 10^7, d = 128 its pass (chunks of 128) took 2.61 / 3.35 / 4.85 / 7.97 ms at
+/// k = 128 / 256 / 512 / 1024 against the mma.sync form's 2.51 / 3.40 / 5.17 / 8.76.
+constexpr int kWgmmaMinK = 256;
+
 struct CudaAssignerOptions {
     /// CUDA device index, in [0, device_count()).
     int device = 0;
@@ -149,8 +154,13 @@ struct CudaAssignerOptions {
     /// The smallest k the streaming kernel takes (below it the one-hot kernel): on an
     /// H200 at d = 128 the one-hot kernel is faster at k = 64, the streaming one at 96.
     int wide_min_k = 96;
-    /// Centroids per shared-memory chunk of that kernel: 64 or 128.
-    int wide_chunk = 64;
+    /// Centroids per shared-memory chunk of that kernel: 64 or 128; 0 picks 128 for its
+    /// wgmma form and 64 for its mma.sync form (the faster on an H200).
+    int wide_chunk = 0;
+    /// k >= kWgmmaMinK: that kernel's products by Hopper's warpgroup MMA
+    /// (kmeans_wgmma_sm90a.cu) where the build has it and the device has compute
+    /// capability 9.0 (wgmma_supported()); false, or elsewhere: by mma.sync.
+    bool wgmma = true;
     /// Membership of an NCCL group (nccl_group.h; its device must be `device`): the
     /// assigner reports it as sum_group(), and inside begin_group_batch() ... end_batch()
     /// every pass all-reduces its int64 fixed-point sums and counts with the group on the
@@ -165,8 +175,8 @@ struct CudaPassTiming {
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
     int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
-    /// "fused", "onehot", "wide", "mma", "wide+sorted" / "mma+sorted" (sums by the sorted
-    /// reduction) or "fma".
+    /// "fused", "onehot", "wide", "wgmma", "mma", "wide+sorted" / "wgmma+sorted" /
+    /// "mma+sorted" (sums by the sorted reduction) or "fma".
     const char* kernel = "";
 };
 
@@ -216,6 +226,10 @@ private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+/// True when CudaAssignerOptions::wgmma takes effect on `device`: this build has the
+/// sm_90a kernel and the device has compute capability 9.0 (H100, H200).
+bool wgmma_supported(int device);
 
 /// The same as std::make_unique<CudaAssigner>(options), typed for kmeans().
 std::unique_ptr<KMeansAssigner> make_cuda_assigner(const CudaAssignerOptions& options);

@@ -89,6 +89,7 @@ const char* input_precision_name(InputPrecision p) {
 struct CudaAssigner::Impl {
     CudaAssignerOptions opt;
     int sm_count = 0;
+    bool wgmma = false;  // the wide kernel's assignment by wgmma (opt.wgmma on a cc 9.0 device)
     cudaStream_t stream = nullptr;
     cudaEvent_t ev_start = nullptr, ev_stop = nullptr;
 
@@ -349,6 +350,8 @@ struct CudaAssigner::Impl {
         // else the general kernel, its sums sorted when k x d partials do not fit in
         // shared memory.
         const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
+        const bool wg = wide && wgmma && k >= kWgmmaMinK;
+        const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg ? 128 : 64;
         const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
         const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
         const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
@@ -356,7 +359,7 @@ struct CudaAssigner::Impl {
         timing.kernel = !mma()   ? "fma"
                         : fused  ? "fused"
                         : onehot ? "onehot"
-                        : wide   ? (sorted ? "wide+sorted" : "wide")
+                        : wide   ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
                         : sorted ? "mma+sorted"
                                  : "mma";
 
@@ -449,7 +452,8 @@ struct CudaAssigner::Impl {
                 a.slots = slots.get();
                 if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
                 else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
-                else if (wide) detail::launch_mma_wide(a, opt.wide_chunk, sm_count, stream);
+                else if (wg) detail::launch_wgmma_wide(a, wide_chunk, sm_count, stream);
+                else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
                 PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
@@ -591,18 +595,21 @@ struct CudaAssigner::Impl {
     }
 };
 
+bool wgmma_supported(int device) { return detail::wgmma_device(device); }
+
 CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make_unique<Impl>()) {
     const int n_dev = device_count();
     PKV_CHECK(options.device >= 0 && options.device < n_dev, invalid_argument,
               "cuda assigner: device {} out of range, {} CUDA device(s) present", options.device, n_dev);
-    PKV_CHECK(options.wide_chunk == 64 || options.wide_chunk == 128, invalid_argument,
-              "cuda assigner: wide_chunk must be 64 or 128, got {}", options.wide_chunk);
+    PKV_CHECK(options.wide_chunk == 0 || options.wide_chunk == 64 || options.wide_chunk == 128, invalid_argument,
+              "cuda assigner: wide_chunk must be 0, 64 or 128, got {}", options.wide_chunk);
     PKV_CHECK(!options.nccl.group || (options.nccl.rank >= 0 && options.nccl.rank < options.nccl.group->size()),
               invalid_argument, "cuda assigner: NCCL member {} of a group of {}", options.nccl.rank,
               options.nccl.group->size());
     impl_->opt = options;
     PKV_CUDA_CHECK(cudaSetDevice(options.device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
+    impl_->wgmma = options.wgmma && detail::wgmma_device(options.device);
     PKV_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
     PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_start));
     PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_stop));

@@ -228,6 +228,24 @@ void launch_kc(const MmaArgs& a, int sm_count, cudaStream_t stream) {
 
 }  // namespace
 
+bool wgmma_device(int device) {
+#if defined(PKV_HAVE_SM90A)
+    int major = 0, minor = 0;
+    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    return major == 9 && minor == 0;
+#else
+    (void)device;
+    return false;
+#endif
+}
+
+#if !defined(PKV_HAVE_SM90A)
+void launch_wgmma_wide(const MmaArgs&, int, int, cudaStream_t) {
+    ::pkv::fail(ErrorCode::internal, "cuda assigner: this build has no sm_90a kernel (wgmma_device() is false)");
+}
+#endif
+
 void launch_mma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(mma_wide_ok(a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT(a.sums == nullptr && a.counts == nullptr);

@@ -66,12 +66,14 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
                                             {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
     // variant 0: the default kernels (fused for k <= 16, one-hot sums below 96, the wide
-    // kernel above); 1: fused_small_k off (the one-hot kernel at k <= 16); 2: the general
-    // kernel. chunk: the wide kernel's centroid chunk.
-    const int variant = GENERATE(0, 1, 2);
+    // kernel above, its products by wgmma on compute capability 9.0); 1: fused_small_k off
+    // (the one-hot kernel at k <= 16); 2: the general kernel; 3: the wide kernel on
+    // mma.sync (wgmma off). chunk: the wide kernel's centroid chunk.
+    const int variant = GENERATE(0, 1, 2, 3);
     const int chunk = GENERATE(64, 128);
-    if (variant != 0 && chunk != 64) return;
+    if (variant != 0 && variant != 3 && chunk != 64) return;
     if (variant == 1 && s.k > pkv::cuda::kFusedMaxK) return;
+    if (variant == 3 && s.k < pkv::cuda::kWgmmaMinK) return;
     const bool onehot = variant != 2;
     CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), variant, chunk);
     const std::vector<float> x = mixture(s.n, s.d, 50, 11 + s.d);
@@ -83,6 +85,7 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     opt.fused_small_k = variant == 0;
     opt.wide_assign = onehot;
     opt.wide_chunk = chunk;
+    opt.wgmma = variant != 3;
     CudaAssigner a(opt);
     std::vector<int32_t> labels(size_t(s.n), -1);
     std::vector<float> dist2(size_t(s.n), -1.0f);
@@ -96,6 +99,8 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     const std::string expected = !(onehot && d_ok)                            ? (s.k > 190 ? "mma+sorted" : "mma")
                                  : s.k <= pkv::cuda::kFusedMaxK && variant == 0 ? "fused"
                                  : s.k < 96                                     ? "onehot"
+                                 : variant == 0 && s.k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(0)
+                                     ? "wgmma+sorted"
                                                                                 : "wide+sorted";
     CHECK(kernel == expected);
     // The objective of the same pass through the batched API.
@@ -170,7 +175,7 @@ TEST_CASE("sorted sums past the shared-memory label counters (k > 6144), residen
     std::vector<int64_t> counts(static_cast<size_t>(k));
     a.begin(x.data(), n, d);
     a.assign_accumulate(x.data(), n, d, c.data(), k, labels.data(), dist2.data(), sums.data(), counts.data());
-    CHECK(std::string(a.last_timing().kernel) == "wide+sorted");
+    CHECK(std::string(a.last_timing().kernel) == (pkv::cuda::wgmma_supported(0) ? "wgmma+sorted" : "wide+sorted"));
     CHECK(a.streaming() == (budget_rows != 0));
     a.end();
     const std::vector<float> xs = rounded(x, InputPrecision::fp16), cs = rounded(c, InputPrecision::fp16);
