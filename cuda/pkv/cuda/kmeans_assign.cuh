@@ -175,9 +175,14 @@ void launch_mma_wide(const MmaArgs& args, int chunk, int sm_count, cudaStream_t 
 /// compute capability 9.0, the only one its code runs on.
 bool wgmma_device(int device);
 
-/// The wide kernel with its products on wgmma: the same arguments, outputs and
-/// preconditions as launch_mma_wide. Only where wgmma_device() holds.
-void launch_wgmma_wide(const MmaArgs& args, int chunk, int sm_count, cudaStream_t stream);
+/// Device bytes launch_wgmma_wide needs for the centroid image of `tasks` tasks.
+size_t wgmma_image_bytes(int tasks, int kpad, int d, int chunk);
+
+/// The wide kernel with its products on wgmma: the same outputs and preconditions as
+/// launch_mma_wide. First writes the centroids of args.cent / args.cnh (tasks of them) as
+/// the kernel reads them (whole chunks, swizzled) into `image` (wgmma_image_bytes()).
+/// Only where wgmma_device() holds.
+void launch_wgmma_wide(const MmaArgs& args, int chunk, int tasks, void* image, int sm_count, cudaStream_t stream);
 
 /// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
 /// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;

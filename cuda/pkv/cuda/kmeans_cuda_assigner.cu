@@ -103,7 +103,7 @@ struct CudaAssigner::Impl {
     DeviceBuffer<char> points;
     DeviceBuffer<float> staging;
     DeviceBuffer<unsigned int> max_bits;
-    DeviceBuffer<char> cent;
+    DeviceBuffer<char> cent, cent_image;  // cent_image: the wgmma kernel's copy
     DeviceBuffer<float> cnorm, scales, cent32;
     DeviceBuffer<unsigned int> bad_cent;
     PinnedBuffer<float> pinned;                // staging of the fp32 centroids
@@ -452,7 +452,10 @@ struct CudaAssigner::Impl {
                 a.slots = slots.get();
                 if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
                 else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
-                else if (wg) detail::launch_wgmma_wide(a, wide_chunk, sm_count, stream);
+                else if (wg) {
+                    cent_image.reserve(detail::wgmma_image_bytes(nt, kpad, d, wide_chunk));
+                    detail::launch_wgmma_wide(a, wide_chunk, nt, cent_image.get(), sm_count, stream);
+                }
                 else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, out_rows, nt, k);

@@ -241,7 +241,8 @@ bool wgmma_device(int device) {
 }
 
 #if !defined(PKV_HAVE_SM90A)
-void launch_wgmma_wide(const MmaArgs&, int, int, cudaStream_t) {
+size_t wgmma_image_bytes(int, int, int, int) { return 0; }
+void launch_wgmma_wide(const MmaArgs&, int, int, void*, int, cudaStream_t) {
     ::pkv::fail(ErrorCode::internal, "cuda assigner: this build has no sm_90a kernel (wgmma_device() is false)");
 }
 #endif

@@ -146,71 +146,111 @@ __device__ __forceinline__ void argmax_cols(const float (&acc)[R], int col0, flo
         }
 }
 
-// Shared memory: [up to 1 KiB to align][centroids: 2 x KC x 16 KS (swizzled layout)]
-// [-||c||²/2: 2 x KC][points: 32 rows x dpad a warp].
-template <int KS, int KC, int W>
-size_t smem_bytes(int dpad) {
-    return 1024 + (2 * static_cast<size_t>(KC) * 16 * KS + static_cast<size_t>(W) * kRowsPerWarp * dpad) * 2 +
-           2 * KC * 4;
+constexpr int kWarps = kTileWarps;
+constexpr int kThreads = kWarps * 32;
+
+/// Bytes of one chunk in the centroid image: KC rows of 16 KS elements in the 128-byte
+/// swizzle layout, then their KC values -||c||²/2.
+template <int KS, int KC>
+constexpr int chunk_bytes() {
+    return KC * 32 * KS + KC * 4;
+}
+/// Its place in shared memory: whole KiB, as the swizzle needs.
+template <int KS, int KC>
+constexpr int buffer_bytes() {
+    return (chunk_bytes<KS, KC>() + 1023) / 1024 * 1024;
 }
 
-// W warps (4: one warpgroup, 8: two) take a tile in kTileWarps / W parts ("units") of
-// 32 W rows, one after the other.
-template <typename T, int KS, int KC, int W>
-__global__ void __launch_bounds__(W * 32, W == 4 ? 2 : 1) wgmma_kernel(MmaArgs a) {
-    constexpr int kThreads = W * 32, kSub = kTileWarps / W;
+// The image: every task's centroid chunks as wgmma reads them, so a chunk reaches shared
+// memory by a plain copy of consecutive 16-byte pieces (the swizzle is relative to a
+// 1 KiB boundary, which the buffers keep). In a chunk, dims 64 h .. 64 h + 63 of all KC
+// centroids form block h (KC rows of 128 bytes); piece p (16 bytes) of centroid c's row
+// sits at place p ^ (c % 8) of its row, so the eight rows of a group spread over all
+// banks. Centroids past the task's kpad are zero, and their -||c||²/2 is -inf. One thread
+// a piece.
+template <typename T, int KS, int KC>
+__global__ void image_kernel(MmaArgs a, int tasks, unsigned char* img) {
+    constexpr int kPieces = chunk_bytes<KS, KC>() / 16, kCentPieces = KC * 2 * KS;
+    const int nch = (a.kpad + KC - 1) / KC;
+    const int64_t total = int64_t{tasks} * nch * kPieces;
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+        const int piece = static_cast<int>(i % kPieces);
+        const int64_t chunk = i / kPieces;
+        const int task = static_cast<int>(chunk / nch), c0 = static_cast<int>(chunk % nch) * KC;
+        uint4 v;
+        if (piece < kCentPieces) {
+            const int h = piece / (KC * 8), c = piece / 8 % KC, p = 8 * h + ((piece % 8) ^ (c % 8));
+            const int row = c0 + c;
+            v = row < a.kpad ? *reinterpret_cast<const uint4*>(static_cast<const T*>(a.cent) +
+                                                                (int64_t{task} * a.kpad + row) * a.dpad + 8 * p)
+                             : make_uint4(0u, 0u, 0u, 0u);
+        } else {
+            float f[4];
+            for (int e = 0; e < 4; ++e) {
+                const int row = c0 + 4 * (piece - kCentPieces) + e;
+                f[e] = row < a.kpad ? a.cnh[int64_t{task} * a.kpad + row] : -INFINITY;
+            }
+            v = *reinterpret_cast<const uint4*>(f);
+        }
+        reinterpret_cast<uint4*>(img)[i] = v;
+    }
+}
+
+/// Chunk buffers in shared memory: chunk q is multiplied while q + 1 and q + 2 load.
+constexpr int kStages = 3;
+
+// Shared memory: [up to 1 KiB to align][kStages chunk buffers][points: 32 rows x dpad a warp].
+template <int KS, int KC>
+size_t smem_bytes(int dpad) {
+    return 1024 + kStages * static_cast<size_t>(buffer_bytes<KS, KC>()) +
+           static_cast<size_t>(kWarps) * kRowsPerWarp * dpad * 2;
+}
+
+// One block walks a contiguous range of tiles; the chunk sequence (tile, chunk) runs
+// over all of them, chunk q in buffer q % kStages. Needs at least two chunks a tile: a
+// tile's rows arrive with the group of the chunk fetched just after them, two chunks
+// after its first.
+template <typename T, int KS, int KC>
+__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const unsigned char* img) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    constexpr int kCentElems = KC * 16 * KS;  // one buffer
-    // The swizzle works on address bits 4-9: buffers start on 1 KiB.
-    T* s_cent = reinterpret_cast<T*>(smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u));
-    float* s_cnh = reinterpret_cast<float*>(s_cent + 2 * kCentElems);
-    T* s_x = reinterpret_cast<T*>(s_cnh + 2 * KC) + warp * kRowsPerWarp * dpad;
+    constexpr int kBuf = buffer_bytes<KS, KC>(), kChunk = chunk_bytes<KS, KC>();
+    unsigned char* s_buf =
+        smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
+    T* s_x = reinterpret_cast<T*>(s_buf + kStages * kBuf) + warp * kRowsPerWarp * dpad;
 
-    const int64_t n_units = a.n_tiles * kSub;
-    const int64_t per_block = (n_units + gridDim.x - 1) / gridDim.x;
-    const int64_t unit_begin = blockIdx.x * per_block;
-    const int64_t unit_end = min(n_units, unit_begin + per_block);
-    if (unit_begin >= unit_end) return;
+    const int64_t per_block = (a.n_tiles + gridDim.x - 1) / gridDim.x;
+    const int64_t tile_begin = blockIdx.x * per_block;
+    const int64_t tile_end = min(a.n_tiles, tile_begin + per_block);
+    if (tile_begin >= tile_end) return;
     const int nch = (kpad + KC - 1) / KC;
     constexpr int kPieces = 2 * KS;  // 16-byte pieces of a row's first 16 KS elements
 
-    int cseg = 0;  // segment of the chunk being fetched
-    auto load_chunk = [&](int64_t unit, int ch, int buf) {
-        if (unit < unit_end) {
-            const int64_t tile = unit / kSub;
-            while (cseg + 1 < a.n_segs && a.segs[cseg + 1].tile0 <= tile) ++cseg;
-            const int task = a.segs[cseg].task;
-            const int c0 = ch * KC, cn = min(KC, kpad - c0);
-            const T* src = static_cast<const T*>(a.cent) + (int64_t{task} * kpad + c0) * dpad;
-            T* dst = s_cent + buf * kCentElems;
-            // 128-byte swizzle layout: dims 64 h .. 64 h + 63 of all KC centroids form
-            // block h (KC rows of 128 bytes); piece p (16 bytes) of centroid c's row goes to
-            // place p ^ (c % 8), so the eight rows of a group spread over all banks.
-            // Centroids past the task's kpad are zero, and their score -inf through s_cnh.
-            for (int i = tid; i < KC * kPieces; i += kThreads) {
-                const int c = i / kPieces, p = i % kPieces;
-                const bool ok = c < cn;
-                const T* s = ok ? src + c * dpad + 8 * p : src;
-                cp_async16(dst + ((p >> 3) * KC + c) * 64 + ((p & 7) ^ (c & 7)) * 8, s, ok ? 16 : 0);
-            }
-            const float* hsrc = a.cnh + int64_t{task} * kpad + c0;
-            float* hdst = s_cnh + buf * KC;
-            for (int i = tid; i < KC / 4; i += kThreads) {
-                if (4 * i < cn) cp_async16(hdst + 4 * i, hsrc + 4 * i, 16);
-                else *reinterpret_cast<float4*>(hdst + 4 * i) = make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-            }
+    // The fetch cursor: the next chunk (ftile, fch) to load, into buffer fbuf.
+    int cseg = 0, fch = 0, fbuf = 0;
+    int64_t ftile = tile_begin;
+    auto load_next_chunk = [&]() {
+        if (ftile < tile_end) {
+            while (cseg + 1 < a.n_segs && a.segs[cseg + 1].tile0 <= ftile) ++cseg;
+            const unsigned char* src = img + (int64_t{a.segs[cseg].task} * nch + fch) * kChunk;
+            unsigned char* dst = s_buf + fbuf * kBuf;
+#pragma unroll
+            for (int i = tid; i < kChunk / 16; i += kThreads) cp_async16(dst + 16 * i, src + 16 * i, 16);
         }
         cp_async_commit();
+        if (++fch == nch) {
+            fch = 0;
+            ++ftile;
+        }
+        fbuf = fbuf + 1 == kStages ? 0 : fbuf + 1;
     };
     int pseg = 0;  // segment of the rows being fetched (per warp)
-    auto load_rows = [&](int64_t unit) {
-        const int64_t tile = unit / kSub;
+    auto load_rows = [&](int64_t tile) {
         while (pseg + 1 < a.n_segs && a.segs[pseg + 1].tile0 <= tile) ++pseg;
         const MmaSegment& L = a.segs[pseg];
-        const int64_t r0 = (tile - L.tile0) * kBlockRows + (unit % kSub * W + warp) * kRowsPerWarp;
+        const int64_t r0 = (tile - L.tile0) * kBlockRows + warp * kRowsPerWarp;
         const int64_t left = L.rows - r0;
         const int valid = left <= 0 ? 0 : left >= kRowsPerWarp ? kRowsPerWarp : static_cast<int>(left);
         const T* x = static_cast<const T*>(L.x) + max(r0, int64_t{0}) * d;
@@ -222,20 +262,22 @@ __global__ void __launch_bounds__(W * 32, W == 4 ? 2 : 1) wgmma_kernel(MmaArgs a
         }
     };
 
-    load_rows(unit_begin);
-    load_chunk(unit_begin, 0, 0);
+    load_rows(tile_begin);
+    load_next_chunk();
+    load_next_chunk();
     int buf = 0, seg = 0;
-    for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-        const int64_t tile = unit / kSub;
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
         uint32_t af[2][KS][4];
         float xx[2][2];
         float best[2][2];
         int bidx[2][2];
         for (int ch = 0; ch < nch; ++ch) {
-            cp_async_wait<0>();
+            cp_async_wait<kStages - 2>();
             fence_proxy_async();
-            __syncthreads();  // chunk ch (and at ch == 0 this warp's rows) landed; buffer buf ^ 1 is free
+            // Chunk ch (and at ch == 0 this warp's rows) landed; every warp is done with
+            // the previous chunk, whose buffer the next fetch takes.
+            __syncthreads();
             if (ch == 0) {
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
@@ -248,15 +290,14 @@ __global__ void __launch_bounds__(W * 32, W == 4 ? 2 : 1) wgmma_kernel(MmaArgs a
                     }
                 }
                 __syncwarp();  // every lane's fragments are out of the staging rows
-                if (unit + 1 < unit_end) load_rows(unit + 1);
+                if (tile + 1 < tile_end) load_rows(tile + 1);
             }
-            if (ch + 1 < nch) load_chunk(unit, ch + 1, buf ^ 1);
-            else load_chunk(unit + 1, 0, buf ^ 1);
+            load_next_chunk();
 
             // One wgmma width per chunk: KC centroids, the accumulators starting at their
             // -||c||²/2 (columns past kpad: -inf).
-            const T* cb = s_cent + buf * kCentElems;
-            const float* hb = s_cnh + buf * KC;
+            const T* cb = reinterpret_cast<const T*>(s_buf + buf * kBuf);
+            const float* hb = reinterpret_cast<const float*>(s_buf + buf * kBuf + KC * 32 * KS);
             constexpr int R = KC / 2;
             float acc[2][R];
 #pragma unroll
@@ -291,11 +332,11 @@ __global__ void __launch_bounds__(W * 32, W == 4 ? 2 : 1) wgmma_kernel(MmaArgs a
             wgmma_wait<0>();
             pin(acc[1]);
             argmax_cols(acc[1], col0, best[1], bidx[1]);
-            buf ^= 1;
+            buf = buf + 1 == kStages ? 0 : buf + 1;
         }
 
         const MmaSegment S = a.segs[seg];
-        const int64_t wrow0 = (tile - S.tile0) * kBlockRows + (unit % kSub * W + warp) * kRowsPerWarp;
+        const int64_t wrow0 = (tile - S.tile0) * kBlockRows + warp * kRowsPerWarp;
         const T* gcent = static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad;
         double obj = 0.0;
 #pragma unroll
@@ -321,32 +362,53 @@ __global__ void __launch_bounds__(W * 32, W == 4 ? 2 : 1) wgmma_kernel(MmaArgs a
     cp_async_wait<0>();
 }
 
-template <typename T, int KS, int KC, int W>
-void launch_kc(const MmaArgs& a, int sm_count, cudaStream_t stream) {
-    constexpr int kThreads = W * 32;
-    auto kernel = wgmma_kernel<T, KS, KC, W>;
-    const size_t dyn = smem_bytes<KS, KC, W>(a.dpad);
+template <typename T, int KS, int KC>
+void launch_kc(const MmaArgs& a, int tasks, void* image, int sm_count, cudaStream_t stream) {
+    const int64_t pieces = int64_t{tasks} * ((a.kpad + KC - 1) / KC) * (chunk_bytes<KS, KC>() / 16);
+    const int blocks = static_cast<int>(std::min<int64_t>((pieces + 255) / 256, int64_t{8} * sm_count));
+    auto* img = static_cast<unsigned char*>(image);
+    image_kernel<T, KS, KC><<<blocks, 256, 0, stream>>>(a, tasks, img);
+    PKV_CUDA_CHECK(cudaGetLastError());
+    auto kernel = wgmma_kernel<T, KS, KC>;
+    const size_t dyn = smem_bytes<KS, KC>(a.dpad);
     PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
     int per_sm = 0;
     PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
     per_sm = std::max(per_sm, 1);
-    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles * (kTileWarps / W), int64_t{per_sm} * sm_count));
-    kernel<<<grid, kThreads, dyn, stream>>>(a);
+    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
+    kernel<<<grid, kThreads, dyn, stream>>>(a, img);
     PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename F>
+void with_chunk(int chunk, F&& f) {
+    if (chunk >= 128) f(std::integral_constant<int, 128>{});
+    else f(std::integral_constant<int, 64>{});
 }
 
 }  // namespace
 
-void launch_wgmma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {
+size_t wgmma_image_bytes(int tasks, int kpad, int d, int chunk) {
+    size_t bytes = 0;
+    with_staged_ksteps(d, [&](auto ks) {
+        with_chunk(chunk, [&](auto kc) {
+            constexpr int KS = decltype(ks)::value, KC = decltype(kc)::value;
+            bytes = static_cast<size_t>(tasks) * ((kpad + KC - 1) / KC) * chunk_bytes<KS, KC>();
+        });
+    });
+    return bytes;
+}
+
+void launch_wgmma_wide(const MmaArgs& a, int chunk, int tasks, void* image, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(mma_wide_ok(a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT(a.sums == nullptr && a.counts == nullptr);
+    PKV_ASSERT(a.kpad > (chunk >= 128 ? 128 : 64));  // two chunks at least (see wgmma_kernel)
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_staged_ksteps(a.d, [&](auto ks) {
-            using T = decltype(t);
-            constexpr int K = decltype(ks)::value;
-            if (chunk >= 128) launch_kc<T, K, 128, kTileWarps>(a, sm_count, stream);
-            else launch_kc<T, K, 64, kTileWarps>(a, sm_count, stream);
+            with_chunk(chunk, [&](auto kc) {
+                launch_kc<decltype(t), decltype(ks)::value, decltype(kc)::value>(a, tasks, image, sm_count, stream);
+            });
         });
     });
 }
