@@ -11,7 +11,7 @@
 // objectives (double), the sums and the counts come back to the host; labels and
 // distances are copied back only for tasks that ask for them (the final pass).
 //
-// Five kernels:
+// Five kernels (the wide one in two forms):
 //   fused (fp16 / bf16, k <= 16, 32 < d <= 128, d a multiple of 8; the default there):
 //     the one-hot kernel's arithmetic (below) with every warp on its own pipeline: a
 //     warp owns 32 rows of each tile and two staging buffers, loads its rows' fragments
@@ -46,6 +46,11 @@
 //     one-hot kernel. No sums: the sorted reduction below follows. On an H200 it runs
 //     the assignment at 280-350 TFLOP/s (k = 256-1024, d = 128) where the general
 //     kernel reaches 150-160. CudaAssignerOptions::wide_assign = false turns it off.
+//     For k >= kWgmmaMinK on compute capability 9.0 (H100, H200) its products run on
+//     Hopper's warpgroup MMA instead (kmeans_wgmma_sm90a.cu, the "wgmma" kernel: the
+//     same rows, outputs and tolerances, centroid chunks of 128 in wgmma's swizzled
+//     layout; 310-410 TFLOP/s on an H200, 10-20% less time a pass at k = 256-1024).
+//     CudaAssignerOptions::wgmma = false keeps mma.sync.
 //   tensor-core (fp16 / bf16 input, d <= 128): the points are binary16 or bf16 on the
 //     device; centroids are kept fp32 by the caller and rounded to the same format for
 //     the MMA operand (mma.sync m16n8k16, fp32 accumulation); the score of centroid j

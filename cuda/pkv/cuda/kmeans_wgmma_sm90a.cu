@@ -5,7 +5,7 @@
 // Why: the wide kernel's mma.sync loop reaches 280-350 TFLOP/s on an H200, about a
 // third of its dense fp16 peak. Every mma.sync needs its B fragments in registers, so
 // a warp spends as many issue slots on ldmatrix as on products. wgmma reads B straight
-// from shared memory, is asynchronous, and one instruction does a 64 x 64 x 16 product
+// from shared memory, is asynchronous, and one instruction does a 64 x KC x 16 product
 // of a warpgroup (four warps), so the issue slots go to the argmax instead.
 //
 // Layout and schedule (same block tile, rows, objective slots and outputs as the wide
@@ -15,14 +15,26 @@
 //     wgmma with A in registers takes exactly that fragment layout from each warp of the
 //     warpgroup (warp w % 4 supplies rows 16 (w % 4) .. of the 64-row product), so
 //     m-block mt of a warpgroup is the m-tile mt of its four warps;
-//   - centroids stream through shared memory in double-buffered chunks of KC rows,
-//     rearranged on the way in (cp.async, 16-byte pieces) into wgmma's 128-byte swizzle
-//     layout (load_chunk). Its unswizzled "core matrix" layout was measured 10-25% slower
-//     than the mma.sync kernel: the eight rows of a core matrix then sit on the same banks;
-//   - per 64 centroids: the accumulators start at -||c||²/2 of their column, the two
-//     m-blocks' products are issued as two commit groups, and m-block 0's argmax runs
-//     while m-block 1's products are still in flight;
+//   - before the kernel, image_kernel writes every task's centroids as wgmma reads them:
+//     chunks of KC rows in the 128-byte swizzle layout, each followed by its -||c||²/2.
+//     A chunk then reaches shared memory by plain 16-byte cp.async copies, two chunks
+//     ahead, three buffers;
+//   - per chunk: the accumulators start at -||c||²/2 of their column, the two m-blocks'
+//     products are issued as two commit groups, and m-block 0's argmax runs while
+//     m-block 1's products are still in flight;
 //   - ||x||², dist2 and the direct sum for near rows as in the wide kernel.
+//
+// Measured on an H200 (N = 10^7, d = 128, fp16, assignment without sums, ms at k = 256 /
+// 1024): this kernel 2.14 / 6.36, the mma.sync wide kernel 2.34 / 7.66. Steps on the way:
+//   - the unswizzled "core matrix" layout (no swizzle) was slower than mma.sync (2.53 /
+//     9.65 at chunks of 64): the eight rows of a core matrix sit on the same banks;
+//   - swizzled, rearranged by each cp.async: 2.30 / 6.87 (chunks of 128), 2.53 / 7.66 (64);
+//   - the pre-swizzled image: 2.27 / 6.78; fetched two chunks ahead: 2.14 / 6.36;
+//   - one warpgroup a block (two blocks an SM): slower (4.04 / 10.10 unswizzled);
+//   - pipelining m-block 1's argmax across chunks (four buffers): 2.30 / 6.86, because
+//     ptxas then serialises the wgmma instructions (C7518: a compiler-inserted wait in
+//     a divergent path). What remains: the argmax (skipping it saved about 1 ms at
+//     k = 1024 in a diagnostic build) and the sorted sums (about 1 ms a pass).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
