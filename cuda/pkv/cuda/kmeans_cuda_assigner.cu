@@ -109,6 +109,13 @@ struct CudaAssigner::Impl {
     PinnedBuffer<float> pinned;                // staging of the fp32 centroids
     PinnedBuffer<unsigned long long> host_out;  // a pass's sums and counts
     PinnedBuffer<double> host_obj;
+    // A pass's scales, slot starts and segments, staged in page-locked memory: a copy from
+    // pageable memory first waits for the stream, which would serialise the pass's
+    // launches with the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128:
+    // 0.872-0.900 ms with these, 0.903-0.907 ms before).
+    PinnedBuffer<float> host_scale;
+    PinnedBuffer<int64_t> host_slot0;
+    PinnedBuffer<detail::MmaSegment> host_segs;
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
     // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
     DeviceBuffer<unsigned long long> acc_out;
@@ -378,8 +385,12 @@ struct CudaAssigner::Impl {
         slot0.reserve(static_cast<size_t>(nt) + 1);
         slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0.back(), 1)));
         objs.reserve(static_cast<size_t>(nt));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale.data(), nt * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0.data(), (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
+        host_scale.reserve(static_cast<size_t>(nt));
+        host_slot0.reserve(static_cast<size_t>(nt) + 1);
+        std::memcpy(host_scale.get(), hscale.data(), nt * 4);
+        std::memcpy(host_slot0.get(), hslot0.data(), (nt + 1) * 8);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), host_scale.get(), nt * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), host_slot0.get(), (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
         if (acc) {
             acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
             sums_d = acc_out.get();
@@ -433,7 +444,9 @@ struct CudaAssigner::Impl {
             ++timing.chunks;
             if (mma()) {
                 segs.reserve(hsegs.size());
-                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment),
+                host_segs.reserve(hsegs.size());
+                std::memcpy(host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
+                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
                                                cudaMemcpyHostToDevice, stream));
                 detail::MmaArgs a;
                 a.segs = segs.get();
@@ -459,7 +472,8 @@ struct CudaAssigner::Impl {
                 else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
                 else detail::launch_mma_assign(a, sm_count, stream);
                 if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
-                PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // hsegs is reused
+                // host_segs and segs are refilled for the next chunk.
+                if (chunks.size() > 1) PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
             } else {
                 for (const auto& sg : hsegs) {
                     detail::AssignArgs a;
