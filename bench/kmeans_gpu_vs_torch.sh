@@ -13,19 +13,20 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit 30b8912; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
+# commit 419fbe0; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     0.907     17.824     0.595       1.52       19.6  fused
-#     32     1.451     19.889     0.595       2.44       13.7  onehot
-#     64     1.889     22.254     0.595       3.17       11.8  onehot
-#    128     2.566     26.481     0.595       4.31       10.3  wide+sorted
-#    256     3.304     34.900     0.595       5.55       10.6  wgmma+sorted
-#   1024     7.673     87.849     0.595      12.89       11.4  wgmma+sorted
-#   model k=32:  pkv 0.046 s (Lloyd) / 0.404 s (end to end), torch 0.351 s, floor 0.0080 s
-#   model k=256: pkv 0.167 s (Lloyd) / 0.569 s (end to end), torch 0.799 s, floor 0.0080 s
-# A second run of the same build: k = 16 0.903 ms (1.52x the floor), k = 256 3.295 ms
-# (10.9x), k = 1024 7.630 ms (11.5x). Before the wgmma form (mma.sync, commit 79a990f):
-# k = 256 3.422 ms (10.4x), k = 1024 9.023 ms (9.9x).
+#     16     0.872     18.057     0.595       1.47       20.7  fused
+#     32     1.409     20.255     0.595       2.37       14.4  onehot
+#     64     1.845     22.558     0.595       3.10       12.2  onehot
+#    128     2.498     26.926     0.595       4.20       10.8  wide+sorted
+#    256     3.236     35.423     0.595       5.43       10.9  wgmma+sorted
+#   1024     7.498     89.108     0.595      12.59       11.9  wgmma+sorted
+# The same script at commit 30b8912 (before the pass's small copies came from page-locked
+# memory), two runs: k = 16 0.907 / 0.903 ms (1.52x the floor), k = 256 3.304 / 3.295 ms
+# (10.6x / 10.9x), k = 1024 7.673 / 7.630 ms (11.4x / 11.5x); model k = 32 Lloyd 0.046 s /
+# end to end 0.404 s (torch 0.351 s), k = 256 0.167 s / 0.569 s (torch 0.799 s), floor
+# 0.0080 s. Before the wgmma form (mma.sync, commit 79a990f): k = 256 3.422 ms (10.4x),
+# k = 1024 9.023 ms (9.9x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"

@@ -20,7 +20,7 @@
 //     32-row slices of one group of 4096 rows (fixed by row number within a data set),
 //     is rounded once to the fixed point and added to the block's sums in shared
 //     memory. Same determinism, streaming rule and tolerances as the one-hot kernel; on
-//     an H200 a Lloyd iteration at k = 16, N = 10^7, d = 128 takes 0.88-0.92 ms (1.48-1.55x
+//     an H200 a Lloyd iteration at k = 16, N = 10^7, d = 128 takes 0.87-0.92 ms (1.47-1.55x
 //     the HBM floor; one-hot kernel 1.17 ms). CudaAssignerOptions::fused_small_k = false
 //     turns it off.
 //   one-hot (fp16 / bf16, 16 < k < wide_min_k = 96, same d; the default there): the
