@@ -33,6 +33,7 @@
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/mma_ops.cuh"
 #include "pkv/cuda/mma_rows.cuh"
+#include "pkv/cuda/wide_rows.cuh"
 
 namespace pkv::cuda::detail {
 namespace {
@@ -54,9 +55,9 @@ size_t smem_bytes(int dpad) {
 template <typename T, int KS, int KC>
 __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
-    const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
+    const int kpad = a.kpad, dpad = a.dpad;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;
     T* s_cent = reinterpret_cast<T*>(smem);
     float* s_cnh = reinterpret_cast<float*>(s_cent + 2 * KC * dpad);
     T* s_x = reinterpret_cast<T*>(s_cnh + 2 * KC) + warp * kRowsPerWarp * dpad;
@@ -67,7 +68,6 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
     if (tile_begin >= tile_end) return;
     const int nch = (kpad + KC - 1) / KC;
     const int row16 = dpad * static_cast<int>(sizeof(T)) / 16;  // 16-byte pieces a centroid row
-    constexpr int kChunks = 2 * KS;                              // 16-byte pieces a point row
 
     int cseg = 0;  // segment of the chunk being fetched
     auto load_chunk = [&](int64_t tile, int ch, int buf) {
@@ -92,22 +92,8 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
         cp_async_commit();
     };
     int pseg = 0;  // segment of the rows being fetched (per warp)
-    auto load_rows = [&](int64_t tile) {
-        while (pseg + 1 < a.n_segs && a.segs[pseg + 1].tile0 <= tile) ++pseg;
-        const MmaSegment& L = a.segs[pseg];
-        const int64_t r0 = (tile - L.tile0) * kBlockRows + warp * kRowsPerWarp;
-        const int64_t left = L.rows - r0;
-        const int valid = left <= 0 ? 0 : left >= kRowsPerWarp ? kRowsPerWarp : static_cast<int>(left);
-        const T* x = static_cast<const T*>(L.x) + max(r0, int64_t{0}) * d;
-#pragma unroll 4
-        for (int i = lane; i < kRowsPerWarp * kChunks; i += 32) {
-            const int r = i / kChunks, c = 8 * (i % kChunks);
-            const bool ok = r < valid && c < d;
-            cp_async16(s_x + r * dpad + c, ok ? x + r * d + c : x, ok ? 16 : 0);
-        }
-    };
 
-    load_rows(tile_begin);
+    stage_warp_rows<T, KS>(a, pseg, tile_begin, warp, lane, s_x);
     load_chunk(tile_begin, 0, 0);
     int buf = 0, seg = 0;
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -120,18 +106,8 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
             cp_async_wait<0>();
             __syncthreads();  // chunk ch (and at ch == 0 this warp's rows) landed; buffer buf ^ 1 is free
             if (ch == 0) {
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    load_row_fragments<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane);
-                    row_norms<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane, xx[mt][0], xx[mt][1]);
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        best[mt][h] = -INFINITY;
-                        bidx[mt][h] = INT_MAX;
-                    }
-                }
-                __syncwarp();  // every lane's fragments are out of the staging rows
-                if (tile + 1 < tile_end) load_rows(tile + 1);
+                start_warp_rows<T, KS>(s_x, dpad, lane, af, xx, best, bidx);
+                if (tile + 1 < tile_end) stage_warp_rows<T, KS>(a, pseg, tile + 1, warp, lane, s_x);
             }
             if (ch + 1 < nch) load_chunk(tile, ch + 1, buf ^ 1);
             else load_chunk(tile + 1, 0, buf ^ 1);
@@ -184,31 +160,7 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
             buf ^= 1;
         }
 
-        // The segment is read again here, not held in registers through the chunk loop.
-        const MmaSegment S = a.segs[seg];
-        const int64_t local_tile = tile - S.tile0;
-        const T* gcent = static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad;
-        double obj = 0.0;
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                float bv = best[mt][hh];
-                const int l = row_winner(bv, bidx[mt][hh], k);
-                const int64_t row = local_tile * kBlockRows + warp * kRowsPerWarp + mt * 16 + hh * 8 + g;
-                const bool valid = row < S.rows;
-                const float s = row_dist2<T, KS>(af[mt], hh, bv, xx[mt][hh], gcent + int64_t{l} * dpad, lane);
-                if (t == 0 && valid) {
-                    if (S.labels) S.labels[row] = l;
-                    if (S.dist2) S.dist2[row] = s;
-                }
-                obj += valid ? static_cast<double>(s) : 0.0;  // in (mt, hh) order
-            }
-        obj = t == 0 ? obj : 0.0;
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) obj += __shfl_xor_sync(0xffffffffu, obj, off);
-        const int64_t row0 = local_tile * kBlockRows + warp * kRowsPerWarp;
-        if (lane == 0 && row0 < S.rows) a.slots[S.slot0 + row0 / kObjSlotRows] = obj;
+        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx);
     }
     cp_async_wait<0>();
 }

@@ -47,6 +47,7 @@
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/mma_ops.cuh"
 #include "pkv/cuda/mma_rows.cuh"
+#include "pkv/cuda/wide_rows.cuh"
 
 namespace pkv::cuda::detail {
 namespace {
@@ -225,9 +226,9 @@ size_t smem_bytes(int dpad) {
 template <typename T, int KS, int KC>
 __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const unsigned char* img) {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
+    const int kpad = a.kpad, dpad = a.dpad;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;
     constexpr int kBuf = buffer_bytes<KS, KC>(), kChunk = chunk_bytes<KS, KC>();
     unsigned char* s_buf =
         smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
@@ -238,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const uns
     const int64_t tile_end = min(a.n_tiles, tile_begin + per_block);
     if (tile_begin >= tile_end) return;
     const int nch = (kpad + KC - 1) / KC;
-    constexpr int kPieces = 2 * KS;  // 16-byte pieces of a row's first 16 KS elements
 
     // The fetch cursor: the next chunk (ftile, fch) to load, into buffer fbuf.
     int cseg = 0, fch = 0, fbuf = 0;
@@ -259,22 +259,8 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const uns
         fbuf = fbuf + 1 == kStages ? 0 : fbuf + 1;
     };
     int pseg = 0;  // segment of the rows being fetched (per warp)
-    auto load_rows = [&](int64_t tile) {
-        while (pseg + 1 < a.n_segs && a.segs[pseg + 1].tile0 <= tile) ++pseg;
-        const MmaSegment& L = a.segs[pseg];
-        const int64_t r0 = (tile - L.tile0) * kBlockRows + warp * kRowsPerWarp;
-        const int64_t left = L.rows - r0;
-        const int valid = left <= 0 ? 0 : left >= kRowsPerWarp ? kRowsPerWarp : static_cast<int>(left);
-        const T* x = static_cast<const T*>(L.x) + max(r0, int64_t{0}) * d;
-#pragma unroll 4
-        for (int i = lane; i < kRowsPerWarp * kPieces; i += 32) {
-            const int r = i / kPieces, c = 8 * (i % kPieces);
-            const bool ok = r < valid && c < d;
-            cp_async16(s_x + r * dpad + c, ok ? x + r * d + c : x, ok ? 16 : 0);
-        }
-    };
 
-    load_rows(tile_begin);
+    stage_warp_rows<T, KS>(a, pseg, tile_begin, warp, lane, s_x);
     load_next_chunk();
     load_next_chunk();
     int buf = 0, seg = 0;
@@ -291,18 +277,8 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const uns
             // the previous chunk, whose buffer the next fetch takes.
             __syncthreads();
             if (ch == 0) {
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    load_row_fragments<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane);
-                    row_norms<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane, xx[mt][0], xx[mt][1]);
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        best[mt][h] = -INFINITY;
-                        bidx[mt][h] = INT_MAX;
-                    }
-                }
-                __syncwarp();  // every lane's fragments are out of the staging rows
-                if (tile + 1 < tile_end) load_rows(tile + 1);
+                start_warp_rows<T, KS>(s_x, dpad, lane, af, xx, best, bidx);
+                if (tile + 1 < tile_end) stage_warp_rows<T, KS>(a, pseg, tile + 1, warp, lane, s_x);
             }
             load_next_chunk();
 
@@ -347,29 +323,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const uns
             buf = buf + 1 == kStages ? 0 : buf + 1;
         }
 
-        const MmaSegment S = a.segs[seg];
-        const int64_t wrow0 = (tile - S.tile0) * kBlockRows + warp * kRowsPerWarp;
-        const T* gcent = static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad;
-        double obj = 0.0;
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                float bv = best[mt][hh];
-                const int l = row_winner(bv, bidx[mt][hh], k);
-                const int64_t row = wrow0 + mt * 16 + hh * 8 + g;
-                const bool valid = row < S.rows;
-                const float s = row_dist2<T, KS>(af[mt], hh, bv, xx[mt][hh], gcent + int64_t{l} * dpad, lane);
-                if (t == 0 && valid) {
-                    if (S.labels) S.labels[row] = l;
-                    if (S.dist2) S.dist2[row] = s;
-                }
-                obj += valid ? static_cast<double>(s) : 0.0;  // in (mt, hh) order
-            }
-        obj = t == 0 ? obj : 0.0;
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) obj += __shfl_xor_sync(0xffffffffu, obj, off);
-        if (lane == 0 && wrow0 < S.rows) a.slots[S.slot0 + wrow0 / kObjSlotRows] = obj;
+        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx);
     }
     cp_async_wait<0>();
 }
