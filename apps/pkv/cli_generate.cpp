@@ -6,6 +6,7 @@
 #include "pkv/pipeline/inspect.h"
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/device.h"
+#include "pkv/cuda/kmeans_assign.h"
 #include "pkv/cuda/nccl_group.h"
 #endif
 
@@ -40,9 +41,11 @@ Command add_devices(CLI::App& root) {
 #ifdef PKV_HAVE_CUDA
                 const auto devs = pkv::cuda::devices();
                 if (devs.empty()) std::printf("no CUDA device (pkv built with CUDA; GPU work falls back to the CPU)\n");
+                // k-means for k >= 256 on Hopper's warpgroup MMA (sm_90a code) or on mma.sync.
                 for (const auto& d : devs)
-                    std::printf("cuda:%d  %s  sm_%d%d  %.1f GiB  %d SMs  %s\n", d.index, d.name.c_str(), d.cc_major,
-                                d.cc_minor, d.total_memory / 1073741824.0, d.multiprocessors, d.pci_bus_id.c_str());
+                    std::printf("cuda:%d  %s  sm_%d%d  %.1f GiB  %d SMs  %s  k-means: %s\n", d.index, d.name.c_str(),
+                                d.cc_major, d.cc_minor, d.total_memory / 1073741824.0, d.multiprocessors,
+                                d.pci_bus_id.c_str(), pkv::cuda::wgmma_supported(d.index) ? "wgmma" : "mma.sync");
                 // Data-parallel sums on the GPUs (calibrate --reduce) need NCCL.
                 std::printf("nccl: %s\n", pkv::cuda::built_with_nccl() ? ("yes, " + pkv::cuda::nccl_version()).c_str()
                                                                         : "no (pkv built without NCCL)");
