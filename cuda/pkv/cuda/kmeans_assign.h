@@ -130,8 +130,9 @@ const char* input_precision_name(InputPrecision p);
 constexpr int kFusedMaxK = 16;
 
 /// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma). On an H200
-/// at N = 10^7, d = 128 its pass (chunks of 128) took 2.61 / 3.35 / 4.85 / 7.97 ms at
-/// k = 128 / 256 / 512 / 1024 against the mma.sync form's 2.51 / 3.40 / 5.17 / 8.76.
+/// at N = 10^7, d = 128 its first swizzled version's pass (chunks of 128) took 2.61 / 3.35 /
+/// 4.85 / 7.97 ms at k = 128 / 256 / 512 / 1024 against the mma.sync form's 2.51 / 3.40 /
+/// 5.17 / 8.76 (the kept version: 3.21 ms at 256, 7.39 at 1024).
 constexpr int kWgmmaMinK = 256;
 
 struct CudaAssignerOptions {

@@ -26,11 +26,11 @@
 //
 // Measured on an H200 (N = 10^7, d = 128, fp16, assignment without sums, ms at k = 256 /
 // 1024): this kernel 2.14 / 6.36, the mma.sync wide kernel 2.34 / 7.66. Steps on the way:
-//   - the unswizzled "core matrix" layout (no swizzle) was slower than mma.sync (2.53 /
-//     9.65 at chunks of 64): the eight rows of a core matrix sit on the same banks;
+//   - the unswizzled "core matrix" layout was slower than mma.sync (3.02 / 9.65 at chunks
+//     of 64, 2.68 / 8.44 at 128): the eight rows of a core matrix sit on the same banks;
 //   - swizzled, rearranged by each cp.async: 2.30 / 6.87 (chunks of 128), 2.53 / 7.66 (64);
 //   - the pre-swizzled image: 2.27 / 6.78; fetched two chunks ahead: 2.14 / 6.36;
-//   - one warpgroup a block (two blocks an SM): slower (4.04 / 10.10 unswizzled);
+//   - one warpgroup a block (two blocks an SM): slower (4.04 / 10.10, unswizzled);
 //   - pipelining m-block 1's argmax across chunks (four buffers): 2.30 / 6.86, because
 //     ptxas then serialises the wgmma instructions (C7518: a compiler-inserted wait in
 //     a divergent path). What remains: the argmax (skipping it saved about 1 ms at
