@@ -33,8 +33,10 @@
 //   - one warpgroup a block (two blocks an SM): slower (4.04 / 10.10, unswizzled);
 //   - pipelining m-block 1's argmax across chunks (four buffers): 2.30 / 6.86, because
 //     ptxas then serialises the wgmma instructions (C7518: a compiler-inserted wait in
-//     a divergent path). What remains: the argmax (skipping it saved about 1 ms at
-//     k = 1024 in a diagnostic build) and the sorted sums (about 1 ms a pass).
+//     a divergent path; with no branch and no accumulator writes between the waits it
+//     still reports C7514, accumulators read inside the pipeline stage). What remains:
+//     the argmax (skipping it saved about 1 ms at k = 1024 in a diagnostic build) and
+//     the sorted sums (about 1 ms a pass).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
