@@ -10,49 +10,13 @@
 #include "pkv/core/fixed_point.h"
 #include "pkv/core/half.h"
 #include "pkv/cuda/check.cuh"
+#include "pkv/cuda/cuda_buffer.cuh"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/kmeans_assign.h"
 
 namespace pkv::cuda {
 namespace {
-
-// Device (kHost false: cudaMalloc) or page-locked host memory (kHost true:
-// cudaMallocHost; copies to and from it run at full speed and truly asynchronously,
-// where pageable memory goes through a driver buffer); grow-only, freed on destruction.
-template <typename T, bool kHost = false>
-class CudaBuffer {
-public:
-    CudaBuffer() = default;
-    ~CudaBuffer() { release(); }
-    CudaBuffer(const CudaBuffer&) = delete;
-    CudaBuffer& operator=(const CudaBuffer&) = delete;
-    void reserve(size_t n) {
-        if (n <= cap_) return;
-        release();
-        const size_t bytes = std::max<size_t>(n, 1) * sizeof(T);
-        if constexpr (kHost) PKV_CUDA_CHECK(cudaMallocHost(&ptr_, bytes));
-        else PKV_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-        cap_ = n;
-    }
-    void release() noexcept {
-        if (ptr_) {
-            if constexpr (kHost) cudaFreeHost(ptr_);
-            else cudaFree(ptr_);
-        }
-        ptr_ = nullptr;
-        cap_ = 0;
-    }
-    T* get() const { return ptr_; }
-
-private:
-    T* ptr_ = nullptr;
-    size_t cap_ = 0;
-};
-template <typename T>
-using DeviceBuffer = CudaBuffer<T>;
-template <typename T>
-using PinnedBuffer = CudaBuffer<T, true>;
 
 constexpr size_t kStagingFloats = size_t{8} << 20;  // 32 MiB of fp32 for fp16/bf16 uploads
 constexpr size_t kAutoHeadroom = size_t{1} << 30;
