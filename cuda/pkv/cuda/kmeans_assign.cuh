@@ -134,6 +134,14 @@ void with_staged_ksteps(int d, F&& f) {
     else f(std::integral_constant<int, 8>{});
 }
 
+/// Calls f(std::integral_constant<int, KC>{}) with the wide kernels' centroid chunk:
+/// KC = 128 (chunk >= 128) or 64.
+template <typename F>
+void with_chunk(int chunk, F&& f) {
+    if (chunk >= 128) f(std::integral_constant<int, 128>{});
+    else f(std::integral_constant<int, 64>{});
+}
+
 /// The largest k the one-hot kernel takes.
 constexpr int kOnehotMaxK = 128;
 

@@ -336,8 +336,13 @@ struct CudaAssigner::Impl {
 
         PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
         upload_centroids(tasks, k, kpad, dpad);
-        std::vector<float> hscale(static_cast<size_t>(nt));
-        std::vector<int64_t> hslot0(static_cast<size_t>(nt) + 1, 0);
+        // Written straight into the page-locked buffers the copies below read; they stay
+        // untouched until the next pass, which starts after this one's wait().
+        host_scale.reserve(static_cast<size_t>(nt));
+        host_slot0.reserve(static_cast<size_t>(nt) + 1);
+        float* const hscale = host_scale.get();
+        int64_t* const hslot0 = host_slot0.get();
+        hslot0[0] = 0;
         std::vector<std::vector<int>> tasks_of_set(sets.size());
         for (int ti = 0; ti < nt; ++ti) {
             const SetInfo& s = sets[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)];
@@ -347,14 +352,10 @@ struct CudaAssigner::Impl {
         }
         scales.reserve(static_cast<size_t>(nt));
         slot0.reserve(static_cast<size_t>(nt) + 1);
-        slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0.back(), 1)));
+        slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0[nt], 1)));
         objs.reserve(static_cast<size_t>(nt));
-        host_scale.reserve(static_cast<size_t>(nt));
-        host_slot0.reserve(static_cast<size_t>(nt) + 1);
-        std::memcpy(host_scale.get(), hscale.data(), nt * 4);
-        std::memcpy(host_slot0.get(), hslot0.data(), (nt + 1) * 8);
-        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), host_scale.get(), nt * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), host_slot0.get(), (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale, nt * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0, (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
         if (acc) {
             acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
             sums_d = acc_out.get();

@@ -205,9 +205,9 @@ void launch_mma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t str
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_staged_ksteps(a.d, [&](auto ks) {
-            using T = decltype(t);
-            if (chunk >= 128) launch_kc<T, decltype(ks)::value, 128>(a, sm_count, stream);
-            else launch_kc<T, decltype(ks)::value, 64>(a, sm_count, stream);
+            with_chunk(chunk, [&](auto kc) {
+                launch_kc<decltype(t), decltype(ks)::value, decltype(kc)::value>(a, sm_count, stream);
+            });
         });
     });
 }

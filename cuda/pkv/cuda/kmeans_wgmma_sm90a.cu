@@ -332,6 +332,7 @@ __global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const uns
 
 template <typename T, int KS, int KC>
 void launch_kc(const MmaArgs& a, int tasks, void* image, int sm_count, cudaStream_t stream) {
+    PKV_ASSERT(a.kpad > KC);  // two chunks at least (see wgmma_kernel)
     const int64_t pieces = int64_t{tasks} * ((a.kpad + KC - 1) / KC) * (chunk_bytes<KS, KC>() / 16);
     const int blocks = static_cast<int>(std::min<int64_t>((pieces + 255) / 256, int64_t{8} * sm_count));
     auto* img = static_cast<unsigned char*>(image);
@@ -346,12 +347,6 @@ void launch_kc(const MmaArgs& a, int tasks, void* image, int sm_count, cudaStrea
     const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
     kernel<<<grid, kThreads, dyn, stream>>>(a, img);
     PKV_CUDA_CHECK(cudaGetLastError());
-}
-
-template <typename F>
-void with_chunk(int chunk, F&& f) {
-    if (chunk >= 128) f(std::integral_constant<int, 128>{});
-    else f(std::integral_constant<int, 64>{});
 }
 
 }  // namespace
@@ -370,7 +365,6 @@ size_t wgmma_image_bytes(int tasks, int kpad, int d, int chunk) {
 void launch_wgmma_wide(const MmaArgs& a, int chunk, int tasks, void* image, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(mma_wide_ok(a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
     PKV_ASSERT(a.sums == nullptr && a.counts == nullptr);
-    PKV_ASSERT(a.kpad > (chunk >= 128 ? 128 : 64));  // two chunks at least (see wgmma_kernel)
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_staged_ksteps(a.d, [&](auto ks) {
