@@ -25,7 +25,7 @@
 // with NCCL).
 // --csv prints one machine-readable line per measurement ("pkv,..."), used by
 // bench/kmeans_gpu_vs_torch.sh. --all-kernels (or --both-sums) adds rows for the other
-// kernels next to the default: fused_small_k off (the one-hot kernel, k <= 16);
+// kernels next to the default: fused_small_k off (the one-hot kernel, k <= 16 at d = 128);
 // onehot_sums off (the shared-memory fixed-point kernel, k below the wide kernel's
 // wide_min_k); wide_assign off (the general kernel) and
 // the other wide_chunk (64 or 128, k >= wide_min_k); the wide kernel and sorted sums below it
@@ -381,7 +381,7 @@ int main(int argc, char** argv) {
         for (int k : ks) {
             // Rows that would repeat the default kernel are skipped.
             const bool wide_default = k >= wide_min_k;
-            if (variant == 5 && k > pkv::cuda::kFusedMaxK) continue;
+            if (variant == 5 && k > pkv::cuda::fused_max_k(kDim)) continue;
             if ((variant == 1 || variant == 4) && wide_default) continue;
             if ((variant == 2 || variant == 3 || variant == 6 || variant == 7) && !wide_default) continue;
             const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(opt.device);
@@ -437,7 +437,7 @@ int main(int argc, char** argv) {
     std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
                 "the same for a pass without sums (labels and objective only). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
-                "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16) and\n"
+                "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16; 32 at d <= 64) and\n"
                 "onehot (k < 96), sums on tensor cores; mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
                 "of 64, /128 of 128), wgmma (the same on Hopper's warpgroup MMA, k >= 256: chunks of 128, /64 of 64)\n"
                 "and mma (the general kernel), +sorted: sums by the sorted reduction,\n"

@@ -158,9 +158,9 @@ int onehot_group_tiles(int k);
 /// group_tiles, and so must n_tiles (pad with empty tiles; they cost a check).
 void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaStream_t stream);
 
-/// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= kFusedMaxK
-/// (kmeans_assign.h: one 16-centroid step).
-inline bool mma_fused_ok(int k, int d) { return k <= kFusedMaxK && mma_staged_dim(d); }
+/// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= fused_max_k(d)
+/// (kmeans_assign.h: one or two 16-centroid blocks).
+inline bool mma_fused_ok(int k, int d) { return k <= fused_max_k(d) && mma_staged_dim(d); }
 
 /// Tiles per group of the fused kernel's sums (4096 rows: a warp's fp32 partial covers
 /// 512 of them).

@@ -12,7 +12,8 @@
 // distances are copied back only for tasks that ask for them (the final pass).
 //
 // Five kernels (the wide one in two forms):
-//   fused (fp16 / bf16, k <= 16, 32 < d <= 128, d a multiple of 8; the default there):
+//   fused (fp16 / bf16, k <= 16, or k <= 32 where d <= 64; 32 < d <= 128, d a multiple
+//     of 8; the default there):
 //     the one-hot kernel's arithmetic (below) with every warp on its own pipeline: a
 //     warp owns 32 rows of each tile and two staging buffers, loads its rows' fragments
 //     and hands the buffer back to cp.async at once, and takes the sums' operand from
@@ -126,8 +127,10 @@ enum class InputPrecision {
 /// "fp32", "fp16" or "bf16".
 const char* input_precision_name(InputPrecision p);
 
-/// The largest k the fused kernel takes (CudaAssignerOptions::fused_small_k).
-constexpr int kFusedMaxK = 16;
+/// The largest k the fused kernel takes at dimension d (CudaAssignerOptions::
+/// fused_small_k): 32 where d <= 64 (two blocks of 16 centroids, whose sums then take the
+/// registers a lane that 16 centroids x 128 columns take), else 16.
+constexpr int fused_max_k(int d) { return d <= 64 ? 32 : 16; }
 
 /// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma). On an H200
 /// at N = 10^7, d = 128 its first swizzled version's pass (chunks of 128) took 2.61 / 3.35 /
@@ -145,10 +148,10 @@ struct CudaAssignerOptions {
     size_t max_point_bytes = 0;
     /// k < wide_min_k (d a multiple of 8, 32 < d <= 128): centroid sums as a one-hot matrix
     /// product on tensor cores (fp32 partials per group of rows, see the file comment),
-    /// by the fused kernel for k <= kFusedMaxK. false: the shared-memory fixed-point kernel,
+    /// by the fused kernel for k <= fused_max_k(d). false: the shared-memory fixed-point kernel,
     /// exact (for comparison and tests).
     bool onehot_sums = true;
-    /// k <= kFusedMaxK (same d; with onehot_sums): the fused kernel (kmeans_mma_fused.cu:
+    /// k <= fused_max_k(d) (same d; with onehot_sums): the fused kernel (kmeans_mma_fused.cu:
     /// every warp on its own cp.async pipeline, the sums' operand transposed in registers).
     /// false: the one-hot kernel there too (for comparison).
     bool fused_small_k = true;

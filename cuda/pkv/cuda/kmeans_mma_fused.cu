@@ -25,6 +25,11 @@
 // pass with sums, 0.68-0.71 ms without (the one-hot kernel: 1.15-1.17 and 0.95-0.97).
 // Two warps a scheduler (240 registers) leave it latency bound: a third staging buffer
 // a warp (224 KB of shared memory a block) measured no faster.
+// Where d <= 64 it also takes k <= 32, as two blocks of 16 centroids (NB = 2): the warp's
+// sums, 32 x 64 fp32, take the registers 16 x 128 take at d = 128. At the whole-model
+// shape (90 sets x 100,000 rows, d = 64, k = 32) a pass took 0.94-1.10 ms of device time
+// against the one-hot kernel's 1.21 ms; the per-row work is that of k = 16, d = 128, so
+// the kernel runs at about the same rows a second, well short of that shape's HBM floor.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -44,14 +49,17 @@ namespace {
 constexpr int kWarps = kTileWarps;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = 2;     // staging buffers a warp (2 x 8.5 KB at d = 128)
-constexpr int kCent = 16;      // centroid rows in shared memory (k <= 16, zero padded)
-static_assert(kCent == kFusedMaxK, "one 16-centroid step");
+// NB blocks of 16 centroids: 1 (k <= 16), or 2 (k <= 32) where d <= 64, so that the
+// warp's sums (16 NB x d fp32) take the 64 registers a lane that 16 x 128 take.
+static_assert(fused_max_k(64) == 32 && fused_max_k(128) == 16, "NB = 2 only with KS = 4");
 
-// Shared memory: [points: kWarps x kStages x 32 rows x dpad][centroids: 16 x dpad]
-// [-||c||²/2: 16][sums: 16 x d + 1 low words][16 x d + 1 high words][counts: 16].
-size_t smem_bytes(int d, int dpad) {
-    return (static_cast<size_t>(kWarps) * kStages * kWarpRows + kCent) * dpad * 2 + kCent * 4 +
-           2 * (static_cast<size_t>(kCent) * d + 1) * 4 + kCent * 4;
+// Shared memory: [points: kWarps x kStages x 32 rows x dpad][centroids: 16 NB x dpad]
+// [-||c||²/2: 16 NB][sums: 16 NB x d + 1 low words][16 NB x d + 1 high words]
+// [counts: 16 NB].
+size_t smem_bytes(int d, int dpad, int nb) {
+    const size_t cent = 16 * static_cast<size_t>(nb);
+    return (static_cast<size_t>(kWarps) * kStages * kWarpRows + cent) * dpad * 2 + cent * 4 +
+           2 * (cent * d + 1) * 4 + cent * 4;
 }
 
 // The segment holding a tile, walked forward: its fields stay in registers and the
@@ -71,8 +79,10 @@ struct SegCursor {
 
 // One block walks a contiguous run of whole groups (group_tiles tiles; segments start
 // on a group). Warp w takes rows 32 w .. 32 w + 31 of every tile.
-template <typename T, int KS, bool ACC>
+template <typename T, int KS, int NB, bool ACC>
 __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group_tiles) {
+    static_assert(NB == 1 || (NB == 2 && KS <= 4), "16 NB x 16 KS sums a warp");
+    constexpr int kCent = 16 * NB;  // centroid rows in shared memory (zero padded)
     extern __shared__ __align__(16) unsigned char smem[];
     const int d = a.d, k = a.k, kpad = a.kpad, dpad = a.dpad;
     const int64_t kd = int64_t{k} * d;
@@ -144,11 +154,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
 
 #pragma unroll
     for (int s = 0; s < kStages; ++s) issue(tile_begin + s, s);
-    float acc[2 * KS][4], cnt[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[NB][2 * KS][4], cnt[NB][4];
 #pragma unroll
-    for (int n = 0; n < 2 * KS; ++n)
+    for (int b = 0; b < NB; ++b) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+        for (int n = 0; n < 2 * KS; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[b][n][e] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cnt[b][e] = 0.0f;
+    }
 
     SegCursor cs;  // the segment of the tile being computed
     int loaded_task = -1;
@@ -159,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
         if (S.task != loaded_task) {  // the same tile for every warp: a block-wide branch
             __syncthreads();          // every warp is done with the previous task
             if (ACC && loaded_task >= 0) flush_block(loaded_task);
-            // Rows kpad..15 are zero with score -inf (cnh), so they never win.
+            // Rows kpad..kCent - 1 are zero with score -inf (cnh), so they never win.
             const int4* src =
                 reinterpret_cast<const int4*>(static_cast<const T*>(a.cent) + int64_t{S.task} * kpad * dpad);
             int4* dst = reinterpret_cast<int4*>(s_cent);
@@ -188,24 +203,24 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
         issue(tile + kStages, stage);
 
         if (live) {
-            // Scores of the 16 centroids: two 8-centroid halves, each chain started from
-            // -||c||²/2; the best of the thread's four columns by a tree (lowest column on
+            // Scores of the 16 NB centroids: 2 NB 8-centroid eighths, each chain started
+            // from -||c||²/2; the best of the thread's columns by a tree (lowest column on
             // ties). An all-NaN row never beats -inf and falls to centroid 0 below.
             const T* lrow = s_cent + (lane & 7) * dpad + 8 * (lane >> 3);
-            // Four independent chains (two halves x two m-tiles) interleaved.
-            float sc[2][2][4];
-            float2 h[2];
+            // 4 NB independent chains (2 NB eighths x two m-tiles) interleaved.
+            float sc[2 * NB][2][4];
+            float2 h[2 * NB];
 #pragma unroll
-            for (int u = 0; u < 2; ++u) h[u] = *reinterpret_cast<const float2*>(s_cnh + 8 * u + 2 * t);
+            for (int u = 0; u < 2 * NB; ++u) h[u] = *reinterpret_cast<const float2*>(s_cnh + 8 * u + 2 * t);
 #pragma unroll
             for (int ks = 0; ks < KS; ks += 2) {
-                uint32_t b[2][4];
+                uint32_t b[2 * NB][4];
 #pragma unroll
-                for (int u = 0; u < 2; ++u) ldmatrix_x4(b[u], lrow + 8 * u * dpad + ks * 16);
+                for (int u = 0; u < 2 * NB; ++u) ldmatrix_x4(b[u], lrow + 8 * u * dpad + ks * 16);
 #pragma unroll
                 for (int kk = 0; kk < 2; ++kk)
 #pragma unroll
-                    for (int u = 0; u < 2; ++u)
+                    for (int u = 0; u < 2 * NB; ++u)
 #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             if (ks + kk == 0) mma_from(sc[u][mt], af[mt][0], b[u][0], b[u][1], h[u].x, h[u].y, T{});
@@ -222,8 +237,17 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     int off;
-                    const float v =
+                    float v =
                         best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh], sc[1][mt][2 * hh + 1], off);
+                    if constexpr (NB == 2) {  // centroids 16..31: only a strictly better score wins
+                        int off2;
+                        const float v2 = best_of_four(sc[2][mt][2 * hh], sc[2][mt][2 * hh + 1], sc[3][mt][2 * hh],
+                                                      sc[3][mt][2 * hh + 1], off2);
+                        if (v2 > v) {
+                            v = v2;
+                            off = off2 + 16;
+                        }
+                    }
                     const bool any = v > -INFINITY;
                     bv[mt][hh] = any ? v : -INFINITY;
                     bi[mt][hh] = any ? 2 * t + off : INT_MAX;
@@ -288,16 +312,28 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
                                         static_cast<uint32_t>(lab[1][1] & 0xff) << 24;
                 const uint32_t la = __shfl_sync(0xffffffffu, packed, 8 * t);      // rows 2t, 2t + 8
                 const uint32_t lb = __shfl_sync(0xffffffffu, packed, 8 * t + 4);  // rows 2t + 1, 2t + 9
-                const uint32_t ga = __vcmpeq4(la, g * 0x01010101u), gb = __vcmpeq4(lb, g * 0x01010101u);
-                const uint32_t ha = __vcmpeq4(la, (g + 8) * 0x01010101u), hb = __vcmpeq4(lb, (g + 8) * 0x01010101u);
+                // Block b of 16 centroids: rows g + 16 b and g + 8 + 16 b of its one-hot matrix.
+                uint32_t ga[NB], gb[NB], ha[NB], hb[NB];
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    ga[b] = __vcmpeq4(la, (g + 16 * b) * 0x01010101u);
+                    gb[b] = __vcmpeq4(lb, (g + 16 * b) * 0x01010101u);
+                    ha[b] = __vcmpeq4(la, (g + 8 + 16 * b) * 0x01010101u);
+                    hb[b] = __vcmpeq4(lb, (g + 8 + 16 * b) * 0x01010101u);
+                }
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     // Byte 2 mt (hh = 0) or 2 mt + 1 (hh = 1) of a and of b, each spread
                     // over a 16-bit half.
                     constexpr uint32_t kSel[2][2] = {{0x4400u, 0x5511u}, {0x6622u, 0x7733u}};
-                    const uint32_t oh[4] = {
-                        __byte_perm(ga, gb, kSel[mt][0]) & ones, __byte_perm(ha, hb, kSel[mt][0]) & ones,
-                        __byte_perm(ga, gb, kSel[mt][1]) & ones, __byte_perm(ha, hb, kSel[mt][1]) & ones};
+                    uint32_t oh[NB][4];
+#pragma unroll
+                    for (int b = 0; b < NB; ++b) {
+                        oh[b][0] = __byte_perm(ga[b], gb[b], kSel[mt][0]) & ones;
+                        oh[b][1] = __byte_perm(ha[b], hb[b], kSel[mt][0]) & ones;
+                        oh[b][2] = __byte_perm(ga[b], gb[b], kSel[mt][1]) & ones;
+                        oh[b][3] = __byte_perm(ha[b], hb[b], kSel[mt][1]) & ones;
+                    }
                     // Transposes one k-step ahead of their products.
                     uint32_t tb[2][4];
 #pragma unroll
@@ -308,18 +344,22 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
 #pragma unroll
                             for (int i = 0; i < 4; ++i) tb[(ks + 1) & 1][i] = transpose8x8(af[mt][ks + 1][i]);
 #pragma unroll
-                        for (int h = 0; h < 2; ++h)
-                            mma(acc[2 * ks + h], oh, tb[ks & 1][2 * h], tb[ks & 1][2 * h + 1], T{});
+                        for (int b = 0; b < NB; ++b)
+#pragma unroll
+                            for (int h = 0; h < 2; ++h)
+                                mma(acc[b][2 * ks + h], oh[b], tb[ks & 1][2 * h], tb[ks & 1][2 * h + 1], T{});
                     }
                     // Counts: the one-hot matrix times ones (exact in fp32 below 2^24 rows).
-                    mma(cnt, oh, ones, ones, T{});
+#pragma unroll
+                    for (int b = 0; b < NB; ++b) mma(cnt[b], oh[b], ones, ones, T{});
                 }
             }
         }
 
         if (ACC && ((tile + 1) % group_tiles == 0 || tile + 1 == tile_end)) {
             // End of a group: this warp's partial, rounded once, into the block's sums.
-            // acc[n] holds centroids g, g + 8 (e >> 1) and columns 8 n + 2t + (e & 1).
+            // acc[b][n] holds centroids 16 b + g, 16 b + g + 8 (e >> 1) and columns
+            // 8 n + 2t + (e & 1).
             // Branch-free: masked entries add 0, and the low words' atomics of four
             // entries are issued before their carries are needed.
             // Masked entries (centroid >= k, column >= d) add 0 to the spare words.
@@ -328,18 +368,19 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
             const int base = g * d + 2 * t;
             const int spare = kCent * d;
 #pragma unroll
-            for (int n = 0; n < 2 * KS; ++n) {
+            for (int bn = 0; bn < NB * 2 * KS; ++bn) {
+                const int b = bn / (2 * KS), n = bn % (2 * KS);
                 long long q[4];
                 unsigned int old[4];
                 int at[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int j = g + 8 * (e >> 1), c = 8 * n + 2 * t + (e & 1);
+                    const int j = 16 * b + g + 8 * (e >> 1), c = 8 * n + 2 * t + (e & 1);
                     const bool in = full || (j < k && c < d);
-                    at[e] = in ? base + 8 * d * (e >> 1) + 8 * n + (e & 1) : spare;
-                    q[e] = in ? __float2ll_rn(acc[n][e] * scale) : 0ll;
+                    at[e] = in ? base + 16 * d * b + 8 * d * (e >> 1) + 8 * n + (e & 1) : spare;
+                    q[e] = in ? __float2ll_rn(acc[b][n][e] * scale) : 0ll;
                     old[e] = atomicAdd(s_lo + at[e], static_cast<unsigned int>(q[e]));
-                    acc[n][e] = 0.0f;
+                    acc[b][n][e] = 0.0f;
                 }
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
@@ -349,12 +390,15 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
                     atomicAdd(s_hi + at[e], h);
                 }
             }
-            if (t == 0) {  // column 0 of the count product: centroids g and g + 8
-                if (cnt[0] != 0.0f) atomicAdd(s_cnt + g, static_cast<unsigned int>(cnt[0]));
-                if (cnt[2] != 0.0f) atomicAdd(s_cnt + g + 8, static_cast<unsigned int>(cnt[2]));
-            }
 #pragma unroll
-            for (int e = 0; e < 4; ++e) cnt[e] = 0.0f;
+            for (int b = 0; b < NB; ++b) {
+                if (t == 0) {  // column 0 of the count product: centroids 16 b + g and 16 b + g + 8
+                    if (cnt[b][0] != 0.0f) atomicAdd(s_cnt + 16 * b + g, static_cast<unsigned int>(cnt[b][0]));
+                    if (cnt[b][2] != 0.0f) atomicAdd(s_cnt + 16 * b + g + 8, static_cast<unsigned int>(cnt[b][2]));
+                }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) cnt[b][e] = 0.0f;
+            }
         }
     }
     if (ACC) {
@@ -364,10 +408,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
     cp_async_wait<0>();
 }
 
-template <typename T, int KS, bool ACC>
+template <typename T, int KS, int NB, bool ACC>
 void launch_ks(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
-    auto kernel = fused_kernel<T, KS, ACC>;
-    const size_t dyn = smem_bytes(a.d, a.dpad);
+    auto kernel = fused_kernel<T, KS, NB, ACC>;
+    const size_t dyn = smem_bytes(a.d, a.dpad, NB);
     PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
     int per_sm = 0;
     PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
@@ -388,7 +432,13 @@ void launch_mma_fused(const MmaArgs& a, int group_tiles, int sm_count, cudaStrea
     with_element(a, [&](auto t) {
         with_sums(a, [&](auto acc) {
             with_staged_ksteps(a.d, [&](auto ks) {
-                launch_ks<decltype(t), decltype(ks)::value, decltype(acc)::value>(a, group_tiles, sm_count, stream);
+                using E = decltype(t);
+                constexpr int kKs = decltype(ks)::value;
+                constexpr bool kAcc = decltype(acc)::value;
+                if constexpr (kKs <= 4) {
+                    if (a.k > 16) return launch_ks<E, kKs, 2, kAcc>(a, group_tiles, sm_count, stream);
+                }
+                launch_ks<E, kKs, 1, kAcc>(a, group_tiles, sm_count, stream);
             });
         });
     });

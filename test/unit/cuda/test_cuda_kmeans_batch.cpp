@@ -63,16 +63,17 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     };
     // 300000 rows: blocks of the fused kernel take several groups each.
     const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000}, {12000, 128, 80},
-                                            {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}}));
+                                            {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}, {300000, 64, 32},
+                                            {6007, 48, 27}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
-    // variant 0: the default kernels (fused for k <= 16, one-hot sums below 96, the wide
-    // kernel above, its products by wgmma on compute capability 9.0); 1: fused_small_k off
-    // (the one-hot kernel at k <= 16); 2: the general kernel; 3: the wide kernel on
+    // variant 0: the default kernels (fused for k <= 16, or k <= 32 at d <= 64; one-hot
+    // sums below 96, the wide kernel above, its products by wgmma on compute capability
+    // 9.0); 1: fused_small_k off (the one-hot kernel where the fused one runs); 2: the general kernel; 3: the wide kernel on
     // mma.sync (wgmma off). chunk: the wide kernel's centroid chunk.
     const int variant = GENERATE(0, 1, 2, 3);
     const int chunk = GENERATE(64, 128);
     if (variant != 0 && variant != 3 && chunk != 64) return;
-    if (variant == 1 && s.k > pkv::cuda::kFusedMaxK) return;
+    if (variant == 1 && s.k > pkv::cuda::fused_max_k(s.d)) return;
     if (variant == 3 && s.k < pkv::cuda::kWgmmaMinK) return;
     const bool onehot = variant != 2;
     CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), variant, chunk);
@@ -97,7 +98,7 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     const std::string kernel = a.last_timing().kernel;
     const bool d_ok = s.d % 8 == 0 && s.d > 32;
     const std::string expected = !(onehot && d_ok)                            ? (s.k > 190 ? "mma+sorted" : "mma")
-                                 : s.k <= pkv::cuda::kFusedMaxK && variant == 0 ? "fused"
+                                 : s.k <= pkv::cuda::fused_max_k(s.d) && variant == 0 ? "fused"
                                  : s.k < 96                                     ? "onehot"
                                  : variant == 0 && s.k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(0)
                                      ? "wgmma+sorted"

@@ -98,6 +98,7 @@ TEST_CASE("NCCL group: sharded pass equals one GPU bitwise, every kernel", "[cud
         {InputPrecision::fp16, 200, 128, 40000, "wide+sorted", 0},
         {InputPrecision::fp16, 300, 128, 40000, pkv::cuda::wgmma_supported(0) ? "wgmma+sorted" : "wide+sorted", 0},
         {InputPrecision::bf16, 16, 64, 33333, "fused", 0},
+        {InputPrecision::fp16, 30, 64, 50001, "fused", size_t{3} << 20},  // two centroid blocks, streamed
         {InputPrecision::fp32, 20, 48, 30001, "fma", 0},
         {InputPrecision::fp16, 40, 64, 70001, "onehot", size_t{3} << 20},  // streamed in chunks
     };
