@@ -99,6 +99,42 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Forwards to a CudaAssigner and adds up its passes' timings, so the model mode can split
+// a Lloyd iteration into device time, the rest of the pass and the host update.
+class TimedAssigner final : public pkv::KMeansAssigner {
+public:
+    explicit TimedAssigner(pkv::cuda::CudaAssigner& a) : a_(a) {}
+    const char* name() const override { return a_.name(); }
+    void begin_batch(const std::vector<pkv::AssignData>& data, int d) override {
+        const auto t0 = std::chrono::steady_clock::now();
+        a_.begin_batch(data, d);
+        if (upload_s == 0.0) upload_s = seconds_since(t0);  // the Lloyd loop's batch (the first)
+    }
+    void end_batch() noexcept override { a_.end_batch(); }
+    void assign(const float* x, int64_t n, int d, const float* c, int k, int32_t* labels, float* dist2) override {
+        a_.assign(x, n, d, c, k, labels, dist2);
+    }
+    void assign_batch(std::vector<pkv::AssignTask>& tasks, int k) override {
+        a_.assign_batch(tasks, k);
+        const pkv::cuda::CudaPassTiming t = a_.last_timing();
+        if (tasks.front().sums == nullptr) return;  // the final labels pass is not a Lloyd iteration
+        if (++seen == 1) return;  // the first pass also allocates the assigner's buffers
+        device_ms += t.device_ms;
+        wall_ms += t.wall_ms;
+        issue_ms += t.issue_ms;
+        wait_ms += t.wait_ms;
+        finish_ms += t.finish_ms;
+        kernel = t.kernel;
+        ++passes;
+    }
+    double device_ms = 0.0, wall_ms = 0.0, issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0, upload_s = 0.0;
+    int passes = 0, seen = 0;
+    std::string kernel;
+
+private:
+    pkv::cuda::CudaAssigner& a_;
+};
+
 // Whole-model shape: `problems` data sets of `tokens` x d, batched, fixed iterations.
 int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     std::printf("k-means batched calibration: %lld problems x %lld tokens x d = %d, %d iterations, fp16\n",
@@ -111,27 +147,40 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     opt.precision = pkv::cuda::InputPrecision::fp16;
     pkv::cuda::CudaAssigner gpu(opt);
     const double floor_s = iters * static_cast<double>(problems * tokens) * d * 2.0 / kHbmBytesPerSecond;
-    std::printf("%5s %10s %12s %12s %10s %8s\n", "k", "total s", "Lloyd s", "s/iteration", "floor s", "ratio");
+    std::printf("%5s %10s %9s %12s %12s %10s %8s %10s %10s %8s %8s %8s %10s  %s\n", "k", "total s", "upload s",
+                "Lloyd s", "s/iteration", "floor s", "ratio", "device ms", "pass ms", "issue", "wait", "finish",
+                "update ms", "kernel");
     for (int k : {32, 256}) {
         pkv::KMeansParams params;
         params.k = k;
         params.max_iter = iters;
         params.tol = -1.0;  // exactly `iters` iterations
+        TimedAssigner timed(gpu);
         const auto t0 = std::chrono::steady_clock::now();
-        const std::vector<pkv::KMeansResult> res = pkv::kmeans_batch(probs, d, params, &gpu);
+        const std::vector<pkv::KMeansResult> res = pkv::kmeans_batch(probs, d, params, &timed);
         const double total = seconds_since(t0);
         double lloyd = 0.0;  // every problem's stats carry the batch iteration's time
         for (const auto& st : res.front().stats) lloyd += st.seconds;
-        std::printf("%5d %10.3f %12.3f %12.5f %10.4f %8.1f\n", k, total, lloyd, lloyd / iters, floor_s,
-                    lloyd / floor_s);
+        const double passes = std::max(timed.passes, 1);
+        std::printf("%5d %10.3f %9.3f %12.3f %12.5f %10.4f %8.1f %10.3f %10.3f %8.3f %8.3f %8.3f %10.3f  %s\n", k,
+                    total, timed.upload_s, lloyd, lloyd / iters, floor_s, lloyd / floor_s, timed.device_ms / passes, timed.wall_ms / passes,
+                    timed.issue_ms / passes, timed.wait_ms / passes, timed.finish_ms / passes,
+                    (lloyd - res.front().stats.front().seconds) * 1e3 / passes - timed.wall_ms / passes,
+                    timed.kernel.c_str());
         if (csv)
             std::printf("pkv,model,%lld,%lld,%d,%d,%d,%.6f,%.6f,%.6f\n", static_cast<long long>(problems),
                         static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s);
         std::fflush(stdout);
     }
-    std::printf("total s: kmeans_batch end to end (upload, init, %d iterations, final labels). Lloyd s: the\n"
-                "%d batched iterations alone (one pass over all problems + the host updates each).\n",
-                iters, iters);
+    std::printf("total s: kmeans_batch end to end (upload, init, %d iterations, final labels); upload s: of\n"
+                "it, the points' upload (begin_batch: rounded to fp16, copied, max|x| per set). Lloyd s: the\n"
+                "%d batched iterations alone (one pass over all problems + the host updates each). Per\n"
+                "iteration (mean over iterations 2 to %d; the first also allocates the assigner's buffers):\n"
+                "device ms = the pass's uploads and kernels (cudaEvent), pass ms = the whole\n"
+                "pass on the wall clock (with its copies to the host): issue (host packs the centroids and\n"
+                "queues the work), wait (for the device), finish (fixed-point sums and counts to the\n"
+                "tasks' outputs); update ms = the rest of the iteration (the host centroid update).\n",
+                iters, iters, iters);
     return 0;
 }
 

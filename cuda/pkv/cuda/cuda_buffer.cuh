@@ -37,6 +37,7 @@ public:
         cap_ = 0;
     }
     T* get() const { return ptr_; }
+    size_t capacity() const { return cap_; }
 
 private:
     T* ptr_ = nullptr;

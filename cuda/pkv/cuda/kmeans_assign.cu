@@ -235,16 +235,6 @@ __global__ void max_abs_kernel(const T* __restrict__ x, int64_t n, unsigned int*
     if ((threadIdx.x & 31) == 0) atomicMax(out, m);
 }
 
-__global__ void to_half_kernel(const float* __restrict__ src, __half* __restrict__ dst, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-        dst[i] = __float2half_rn(src[i]);
-}
-
-__global__ void to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-        dst[i] = __float2bfloat16_rn(src[i]);
-}
-
 __global__ void max_abs_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n, unsigned int* out) {
     unsigned int m = 0;
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
@@ -363,15 +353,6 @@ void launch_max_abs(const void* x, bool half, int64_t n, unsigned int* out, cuda
         max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __half*>(x), n, out);
     else
         max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const float*>(x), n, out);
-    PKV_CUDA_CHECK(cudaGetLastError());
-}
-
-void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream, bool bf16) {
-    if (n <= 0) return;
-    if (bf16)
-        to_bf16_kernel<<<grid_for(n), 256, 0, stream>>>(src, static_cast<__nv_bfloat16*>(dst), n);
-    else
-        to_half_kernel<<<grid_for(n), 256, 0, stream>>>(src, static_cast<__half*>(dst), n);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

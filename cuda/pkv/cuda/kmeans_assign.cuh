@@ -38,9 +38,6 @@ void launch_assign(const AssignArgs& args, int sm_count, cudaStream_t stream);
 /// with the value already there.
 void launch_max_abs(const void* x, bool half, int64_t n, unsigned int* out, cudaStream_t stream);
 
-/// dst[i] = binary16(src[i]) (bf16 when `bf16`), round to nearest even.
-void launch_to_half(const float* src, void* dst, int64_t n, cudaStream_t stream, bool bf16 = false);
-
 /// out[0] = max over n bf16 values of |v| as float bits, combined with the value there.
 void launch_max_abs_bf16(const void* x, int64_t n, unsigned int* out, cudaStream_t stream);
 

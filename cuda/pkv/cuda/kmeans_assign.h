@@ -104,8 +104,8 @@
 // the points are streamed from host memory in chunks (a multiple of 256 rows when the
 // budget allows; synchronous copies) on every pass; labels, distances and sums then
 // equal the resident pass bitwise, and so does the objective when the chunk is at least
-// 256 rows. Uploads of fp16/bf16 use a 32 MiB fp32 staging buffer. Centroid buffers are
-// O(tasks * k * d).
+// 256 rows. fp16/bf16 points are rounded on the host into two 16 MiB page-locked
+// buffers and sent from there. Centroid buffers are O(tasks * k * d).
 #pragma once
 
 #include <cstddef>
@@ -182,6 +182,10 @@ struct CudaAssignerOptions {
 struct CudaPassTiming {
     double device_ms = 0.0;  ///< device time (cudaEvent) of uploads of this pass plus kernels
     double wall_ms = 0.0;    ///< whole call, including copies of labels/dist2/sums to the host
+    /// wall_ms in three: the host issuing the pass (centroids packed, segments planned,
+    /// copies and kernels queued), waiting for the device, and turning the device's
+    /// fixed-point sums and counts into the tasks' outputs.
+    double issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0;
     int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
     /// "fused", "onehot", "wide", "wgmma", "mma", "wide+sorted" / "wgmma+sorted" /

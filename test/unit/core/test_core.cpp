@@ -10,6 +10,7 @@
 
 #include "catch.h"
 #include "pkv/core/atomic_file.h"
+#include "pkv/core/bulk_copy.h"
 #include "pkv/core/error.h"
 #include "pkv/core/fixed_point.h"
 #include "pkv/core/sha256.h"
@@ -88,4 +89,35 @@ TEST_CASE("fixed_to_double_n: exact products of int64 values and a power of two"
     for (size_t i = 0; i < v.size(); ++i) bad += out[i] != static_cast<double>(v[i]) * unit;
     CHECK(bad == 0);
     CHECK(out[3] == -(9 * 7919 + 3) * unit);
+}
+
+TEST_CASE("copy_runs and fixed_to_double_runs: every run, below and above the threaded size", "[core]") {
+    // Run lengths around the 1 MiB pieces; 3 runs stay under kBulkParallelBytes, 40 go over.
+    const size_t n_runs = GENERATE(size_t{3}, size_t{40});
+    std::vector<std::vector<int64_t>> src(n_runs);
+    std::vector<std::vector<double>> dst(n_runs);
+    std::vector<std::vector<int64_t>> copy(n_runs);
+    std::vector<pkv::FixedRun> fr;
+    std::vector<pkv::CopyRun> cr;
+    size_t total = 0;
+    for (size_t r = 0; r < n_runs; ++r) {
+        const size_t n = (r % 3 == 0) ? 131072 + r : (r % 3 == 1) ? 17 : 300001;  // 1 MiB + r values, tiny, > 2 pieces
+        for (size_t i = 0; i < n; ++i) src[r].push_back(static_cast<int64_t>((i * 2654435761u + r) % 1000003) - 500001);
+        dst[r].assign(n, -1.0);
+        copy[r].assign(n, 0);
+        fr.push_back(pkv::FixedRun{src[r].data(), std::ldexp(1.0, -20), dst[r].data(), n});
+        cr.push_back(pkv::CopyRun{src[r].data(), copy[r].data(), n * 8});
+        total += n * 8;
+    }
+    CAPTURE(n_runs, total);
+    CHECK((total >= pkv::kBulkParallelBytes) == (n_runs == 40));
+    pkv::fixed_to_double_runs(fr.data(), fr.size());
+    pkv::copy_runs(cr.data(), cr.size());
+    size_t bad = 0;
+    for (size_t r = 0; r < n_runs; ++r)
+        for (size_t i = 0; i < src[r].size(); ++i)
+            bad += dst[r][i] != static_cast<double>(src[r][i]) * std::ldexp(1.0, -20) || copy[r][i] != src[r][i];
+    CHECK(bad == 0);
+    pkv::fixed_to_double_runs(nullptr, 0);  // no runs: nothing to do
+    pkv::copy_runs(nullptr, 0);
 }
