@@ -1,10 +1,10 @@
 // Time per Lloyd iteration of the CUDA k-means assigner (one batched pass: fused
 // assign + centroid sums + objective, then the host update) on random Gaussian data,
-// d = 128, k = 16 / 256 / 1024, fp16 / bf16 / fp32 input, next to the HBM floor (one
+// d = 128 (--dim), k = 16 / 256 / 1024, fp16 / bf16 / fp32 input, next to the HBM floor (one
 // read of the points per iteration at 4.3e12 B/s) and the CPU assigner timed on a
 // subsample and scaled to n.
 // Usage: pkv_bench_cuda_kmeans [n] [iterations] [cpu_n] [--csv] [--precisions fp16,...]
-//          [--ks 16,256,1024] [--all-kernels]
+//          [--ks 16,256,1024] [--all-kernels] [--dim 128]
 //        pkv_bench_cuda_kmeans --model [problems] [tokens] [d] [iterations] [--csv]
 //          [--workers 1,2,...]
 //        pkv_bench_cuda_kmeans --sharded [n] [k] [iterations] [--workers 1,2,...]
@@ -341,6 +341,7 @@ int main(int argc, char** argv) {
     bool csv = false, model = false, both = false, sharded = false;
     std::vector<int> workers;
     std::vector<int> ks = {16, 256, 1024};
+    int dim = kDim;
     std::vector<std::string> pos;
     std::vector<pkv::cuda::InputPrecision> precs = {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
                                                     pkv::cuda::InputPrecision::fp32};
@@ -353,6 +354,12 @@ int main(int argc, char** argv) {
             if (!parse_counts("--workers", argv[++i], workers)) return 2;
         } else if (!std::strcmp(argv[i], "--ks") && i + 1 < argc) {
             if (!parse_counts("--ks", argv[++i], ks)) return 2;
+        } else if (!std::strcmp(argv[i], "--dim") && i + 1 < argc) {
+            dim = std::atoi(argv[++i]);
+            if (dim < 1) {
+                std::fprintf(stderr, "--dim: expected a positive dimension, got '%s'\n", argv[i]);
+                return 2;
+            }
         }
         else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
             precs.clear();
@@ -374,7 +381,7 @@ int main(int argc, char** argv) {
     const int64_t n = arg(0, 10000000);
     const int iters = std::max(1, static_cast<int>(arg(1, 3)));
     const int64_t cpu_n = std::min<int64_t>(n, arg(2, 200000));
-    const int d = kDim;
+    const int d = dim;
     const auto dev = pkv::cuda::devices().front();
     std::printf("k-means CUDA assigner on %s (%d SMs, %.1f GiB): n = %lld, d = %d, %d timed iterations after 1 warm-up\n",
                 dev.name.c_str(), dev.multiprocessors, dev.total_memory / 1073741824.0, static_cast<long long>(n), d,
@@ -430,7 +437,7 @@ int main(int argc, char** argv) {
         for (int k : ks) {
             // Rows that would repeat the default kernel are skipped.
             const bool wide_default = k >= wide_min_k;
-            if (variant == 5 && k > pkv::cuda::fused_max_k(kDim)) continue;
+            if (variant == 5 && k > pkv::cuda::fused_max_k(d)) continue;
             if ((variant == 1 || variant == 4) && wide_default) continue;
             if ((variant == 2 || variant == 3 || variant == 6 || variant == 7) && !wide_default) continue;
             const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(opt.device);
