@@ -5,9 +5,11 @@
 // Why: the GPU k-means packs every task's centroids into one page-locked buffer before a
 // pass and turns every task's fixed-point sums into doubles after it. A whole-model
 // calibration batch (90 tasks x k = 256 x d = 64) moves 5.9 MB and 1.5 M sums a pass that
-// way; on one thread each took about 1.5 ms of a 5.4 ms Lloyd iteration on an H200 host.
-// Small batches stay on one thread: starting a team there cost more than it saved (a
-// k = 1024, d = 128 pass returns 131,072 sums).
+// way; on one thread each took about 1.5 ms of a 5.4 ms Lloyd iteration on an H200 host,
+// over its 16 threads 0.03-0.2 ms. From 512 KiB on, the threads also paid at k = 32 of
+// that shape (1.5 MB of sums: 0.16-0.20 -> 0.02-0.03 ms) and cost nothing measurable at
+// k = 1024, d = 128, N = 10^7 (1 MiB of sums: 7.56-7.62 ms an iteration, 7.55-7.73 on one
+// thread). Smaller batches stay on one thread.
 #pragma once
 
 #include <cstddef>
@@ -16,7 +18,7 @@
 namespace pkv {
 
 /// Total bytes (read) of a call from which its runs are spread over the OpenMP threads.
-constexpr size_t kBulkParallelBytes = size_t{4} << 20;
+constexpr size_t kBulkParallelBytes = size_t{512} << 10;
 
 /// bytes bytes from src to dst; the runs must not overlap one another.
 struct CopyRun {

@@ -9,8 +9,8 @@ namespace pkv {
 
 /// dst[i] = src[i] * unit for i in [0, n). With unit a power of two the product is exact
 /// (to double's 53 bits: the integer rounds once, as any int64 to double does). Compiled
-/// with the host's vector units, unlike the CUDA sources' host code. Used after every GPU
-/// k-means pass, where a k = 1024, d = 128 pass returns 131,072 sums.
+/// with the host's vector units, unlike the CUDA sources' host code. The GPU k-means
+/// converts a pass's sums through fixed_to_double_runs (bulk_copy.h), pieces of this.
 void fixed_to_double_n(const int64_t* src, double unit, double* dst, size_t n);
 
 }  // namespace pkv

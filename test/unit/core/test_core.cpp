@@ -92,8 +92,9 @@ TEST_CASE("fixed_to_double_n: exact products of int64 values and a power of two"
 }
 
 TEST_CASE("copy_runs and fixed_to_double_runs: every run, below and above the threaded size", "[core]") {
-    // Run lengths around the 1 MiB pieces; 3 runs stay under kBulkParallelBytes, 40 go over.
+    // 3 short runs stay under kBulkParallelBytes; 40 runs around the 1 MiB pieces go over.
     const size_t n_runs = GENERATE(size_t{3}, size_t{40});
+    const bool big = n_runs == 40;
     std::vector<std::vector<int64_t>> src(n_runs);
     std::vector<std::vector<double>> dst(n_runs);
     std::vector<std::vector<int64_t>> copy(n_runs);
@@ -101,7 +102,8 @@ TEST_CASE("copy_runs and fixed_to_double_runs: every run, below and above the th
     std::vector<pkv::CopyRun> cr;
     size_t total = 0;
     for (size_t r = 0; r < n_runs; ++r) {
-        const size_t n = (r % 3 == 0) ? 131072 + r : (r % 3 == 1) ? 17 : 300001;  // 1 MiB + r values, tiny, > 2 pieces
+        // big: 1 MiB + r values, tiny, more than two pieces
+        const size_t n = !big ? 1000 * (r + 1) + r : (r % 3 == 0) ? 131072 + r : (r % 3 == 1) ? 17 : 300001;
         for (size_t i = 0; i < n; ++i) src[r].push_back(static_cast<int64_t>((i * 2654435761u + r) % 1000003) - 500001);
         dst[r].assign(n, -1.0);
         copy[r].assign(n, 0);
@@ -110,7 +112,7 @@ TEST_CASE("copy_runs and fixed_to_double_runs: every run, below and above the th
         total += n * 8;
     }
     CAPTURE(n_runs, total);
-    CHECK((total >= pkv::kBulkParallelBytes) == (n_runs == 40));
+    CHECK((total >= pkv::kBulkParallelBytes) == big);
     pkv::fixed_to_double_runs(fr.data(), fr.size());
     pkv::copy_runs(cr.data(), cr.size());
     size_t bad = 0;
