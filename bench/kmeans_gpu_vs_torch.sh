@@ -13,22 +13,24 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit fedcdea; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
+# commit 0955699; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     0.881     18.224     0.595       1.48       20.7  fused
-#     32     1.412     20.011     0.595       2.37       14.2  onehot
-#     64     1.831     22.345     0.595       3.08       12.2  onehot
-#    128     2.511     26.700     0.595       4.22       10.6  wide+sorted
-#    256     3.232     35.060     0.595       5.43       10.8  wgmma+sorted
-#   1024     7.546     87.793     0.595      12.67       11.6  wgmma+sorted
-# Whole-model shape, 30 iterations: k = 32 Lloyd 0.0429 s (torch 0.3514 s, 8.2x), end to
-# end 0.207 s; k = 256 Lloyd 0.1114 s (torch 0.7995 s, 7.2x), end to end 0.255 s; floor
-# 0.0080 s. Before the fused kernel took k = 32 at d = 64 and the points went up rounded
-# on the host (commit e63c646, same machine type): k = 32 0.044-0.057 s / 0.45-0.53 s,
-# k = 256 0.152-0.189 s / 0.57-0.63 s. Earlier runs: commit 419fbe0 k = 16 0.872 ms
-# (1.47x the floor), k = 256 3.236 ms (10.9x), k = 1024 7.498 ms (11.9x); commit 30b8912
-# k = 16 0.907 / 0.903 ms (1.52x); before the wgmma form (mma.sync, commit 79a990f)
-# k = 256 3.422 ms (10.4x), k = 1024 9.023 ms (9.9x).
+#     16     0.906     17.692     0.595       1.52       19.5  fused
+#     32     1.451     19.718     0.595       2.44       13.6  onehot
+#     64     1.875     21.995     0.595       3.15       11.7  onehot
+#    128     2.556     26.371     0.595       4.29       10.3  wide+sorted
+#    256     3.294     35.150     0.595       5.53       10.7  wgmma+sorted
+#   1024     7.696     87.450     0.595      12.93       11.4  wgmma+sorted
+# Whole-model shape, 30 iterations: k = 32 Lloyd 0.0344 s (torch 0.3513 s, 10.2x), end to
+# end 0.182 s; k = 256 Lloyd 0.1057 s (torch 0.7997 s, 7.6x), end to end 0.235 s; floor
+# 0.0080 s. The same script on another H200 that day (commit fedcdea, before the host
+# copies were threaded from 512 KiB): k = 16 0.881 ms (1.48x), 10.6-20.7x torch at every
+# k; model 8.2x / 7.2x. Before the fused kernel took k = 32 at d = 64 and the points went
+# up rounded on the host (commit e63c646): model k = 32 0.045 s / 0.39 s, k = 256
+# 0.152 s / 0.50 s. Earlier runs: commit 419fbe0 k = 16 0.872 ms (1.47x the floor),
+# k = 256 3.236 ms (10.9x), k = 1024 7.498 ms (11.9x); commit 30b8912 k = 16 0.907 /
+# 0.903 ms (1.52x); before the wgmma form (mma.sync, commit 79a990f) k = 256 3.422 ms
+# (10.4x), k = 1024 9.023 ms (9.9x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"
