@@ -163,8 +163,8 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
         for (const auto& st : res.front().stats) lloyd += st.seconds;
         const double passes = std::max(timed.passes, 1);
         std::printf("%5d %10.3f %9.3f %12.3f %12.5f %10.4f %8.1f %10.3f %10.3f %8.3f %8.3f %8.3f %10.3f  %s\n", k,
-                    total, timed.upload_s, lloyd, lloyd / iters, floor_s, lloyd / floor_s, timed.device_ms / passes, timed.wall_ms / passes,
-                    timed.issue_ms / passes, timed.wait_ms / passes, timed.finish_ms / passes,
+                    total, timed.upload_s, lloyd, lloyd / iters, floor_s, lloyd / floor_s, timed.device_ms / passes,
+                    timed.wall_ms / passes, timed.issue_ms / passes, timed.wait_ms / passes, timed.finish_ms / passes,
                     (lloyd - res.front().stats.front().seconds) * 1e3 / passes - timed.wall_ms / passes,
                     timed.kernel.c_str());
         if (csv)

@@ -68,8 +68,9 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
     // variant 0: the default kernels (fused for k <= 16, or k <= 32 at d <= 64; one-hot
     // sums below 96, the wide kernel above, its products by wgmma on compute capability
-    // 9.0); 1: fused_small_k off (the one-hot kernel where the fused one runs); 2: the general kernel; 3: the wide kernel on
-    // mma.sync (wgmma off). chunk: the wide kernel's centroid chunk.
+    // 9.0); 1: fused_small_k off (the one-hot kernel where the fused one runs); 2: the
+    // general kernel; 3: the wide kernel on mma.sync (wgmma off). chunk: the wide
+    // kernel's centroid chunk.
     const int variant = GENERATE(0, 1, 2, 3);
     const int chunk = GENERATE(64, 128);
     if (variant != 0 && variant != 3 && chunk != 64) return;
