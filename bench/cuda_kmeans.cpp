@@ -99,8 +99,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Forwards to a CudaAssigner and adds up its passes' timings, so the model mode can split
-// a Lloyd iteration into device time, the rest of the pass and the host update.
+// Forwards to a CudaAssigner (both the one-pass and the two-slot calls) and adds up
+// its passes' timings, so the model mode can split a Lloyd iteration into device time,
+// the rest of the pass and the host update.
 class TimedAssigner final : public pkv::KMeansAssigner {
 public:
     explicit TimedAssigner(pkv::cuda::CudaAssigner& a) : a_(a) {}
@@ -116,26 +117,48 @@ public:
     }
     void assign_batch(std::vector<pkv::AssignTask>& tasks, int k) override {
         a_.assign_batch(tasks, k);
+        record(tasks.front().sums != nullptr);
+    }
+    int pipeline_depth() const override { return a_.pipeline_depth(); }
+    void submit_batch(std::vector<pkv::AssignTask>& tasks, int k, int slot) override {
+        a_.submit_batch(tasks, k, slot);
+        lloyd_pass[slot] = tasks.front().sums != nullptr;
+    }
+    void collect_batch(int slot) override {
+        a_.collect_batch(slot);
+        record(lloyd_pass[slot]);
+    }
+    double device_ms = 0.0, issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0, upload_s = 0.0;
+    double first_issue_ms = 0.0, first_wait_ms = 0.0, first_finish_ms = 0.0, first_device_ms = 0.0;
+    int passes = 0, seen = 0;
+    std::string kernel;
+
+private:
+    // The final labels pass is not a Lloyd iteration; the first iteration's passes (one a
+    // slot) also allocate the assigner's buffers.
+    void record(bool lloyd) {
+        if (!lloyd) return;
         const pkv::cuda::CudaPassTiming t = a_.last_timing();
-        if (tasks.front().sums == nullptr) return;  // the final labels pass is not a Lloyd iteration
-        if (++seen == 1) return;  // the first pass also allocates the assigner's buffers
+        if (++seen <= a_.pipeline_depth()) {
+            first_issue_ms += t.issue_ms;
+            first_wait_ms += t.wait_ms;
+            first_finish_ms += t.finish_ms;
+            first_device_ms += t.device_ms;
+            return;
+        }
         device_ms += t.device_ms;
-        wall_ms += t.wall_ms;
         issue_ms += t.issue_ms;
         wait_ms += t.wait_ms;
         finish_ms += t.finish_ms;
         kernel = t.kernel;
         ++passes;
     }
-    double device_ms = 0.0, wall_ms = 0.0, issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0, upload_s = 0.0;
-    int passes = 0, seen = 0;
-    std::string kernel;
-
-private:
     pkv::cuda::CudaAssigner& a_;
+    bool lloyd_pass[2] = {false, false};
 };
 
-// Whole-model shape: `problems` data sets of `tokens` x d, batched, fixed iterations.
+// Whole-model shape: `problems` data sets of `tokens` x d, batched, fixed iterations;
+// each k with two passes in flight (the default) and with one at a time.
 int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     std::printf("k-means batched calibration: %lld problems x %lld tokens x d = %d, %d iterations, fp16\n",
                 static_cast<long long>(problems), static_cast<long long>(tokens), d, iters);
@@ -145,42 +168,57 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
         probs.push_back({x.data() + p * tokens * d, tokens, static_cast<uint64_t>(p + 1)});
     pkv::cuda::CudaAssignerOptions opt;
     opt.precision = pkv::cuda::InputPrecision::fp16;
-    pkv::cuda::CudaAssigner gpu(opt);
+    pkv::cuda::CudaAssigner piped(opt);
+    opt.pipeline = false;
+    pkv::cuda::CudaAssigner serial(opt);
     const double floor_s = iters * static_cast<double>(problems * tokens) * d * 2.0 / kHbmBytesPerSecond;
-    std::printf("%5s %10s %9s %12s %12s %10s %8s %10s %10s %8s %8s %8s %10s  %s\n", "k", "total s", "upload s",
-                "Lloyd s", "s/iteration", "floor s", "ratio", "device ms", "pass ms", "issue", "wait", "finish",
-                "update ms", "kernel");
-    for (int k : {32, 256}) {
-        pkv::KMeansParams params;
-        params.k = k;
-        params.max_iter = iters;
-        params.tol = -1.0;  // exactly `iters` iterations
-        TimedAssigner timed(gpu);
-        const auto t0 = std::chrono::steady_clock::now();
-        const std::vector<pkv::KMeansResult> res = pkv::kmeans_batch(probs, d, params, &timed);
-        const double total = seconds_since(t0);
-        double lloyd = 0.0;  // every problem's stats carry the batch iteration's time
-        for (const auto& st : res.front().stats) lloyd += st.seconds;
-        const double passes = std::max(timed.passes, 1);
-        std::printf("%5d %10.3f %9.3f %12.3f %12.5f %10.4f %8.1f %10.3f %10.3f %8.3f %8.3f %8.3f %10.3f  %s\n", k,
-                    total, timed.upload_s, lloyd, lloyd / iters, floor_s, lloyd / floor_s, timed.device_ms / passes,
-                    timed.wall_ms / passes, timed.issue_ms / passes, timed.wait_ms / passes, timed.finish_ms / passes,
-                    (lloyd - res.front().stats.front().seconds) * 1e3 / passes - timed.wall_ms / passes,
-                    timed.kernel.c_str());
-        if (csv)
-            std::printf("pkv,model,%lld,%lld,%d,%d,%d,%.6f,%.6f,%.6f\n", static_cast<long long>(problems),
-                        static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s);
-        std::fflush(stdout);
-    }
-    std::printf("total s: kmeans_batch end to end (upload, init, %d iterations, final labels); upload s: of\n"
-                "it, the points' upload (begin_batch: rounded to fp16, copied, max|x| per set). Lloyd s: the\n"
-                "%d batched iterations alone (one pass over all problems + the host updates each). Per\n"
-                "iteration (mean over iterations 2 to %d; the first also allocates the assigner's buffers):\n"
-                "device ms = the pass's uploads and kernels (cudaEvent), pass ms = the whole\n"
-                "pass on the wall clock (with its copies to the host): issue (host packs the centroids and\n"
-                "queues the work), wait (for the device), finish (fixed-point sums and counts to the\n"
-                "tasks' outputs); update ms = the rest of the iteration (the host centroid update).\n",
-                iters, iters, iters);
+    std::printf("%5s %5s %8s %8s %9s %9s %8s %8s %7s %9s %8s %8s %8s %8s  %s\n", "k", "pipe", "total s",
+                "upload s", "Lloyd s", "first ms", "iter ms", "floor ms", "ratio", "device ms", "issue", "wait",
+                "finish", "host ms", "kernel");
+    for (int k : {32, 256})
+        for (pkv::cuda::CudaAssigner* gpu : {&piped, &serial}) {
+            pkv::KMeansParams params;
+            params.k = k;
+            params.max_iter = iters;
+            params.tol = -1.0;  // exactly `iters` iterations
+            TimedAssigner timed(*gpu);
+            const auto t0 = std::chrono::steady_clock::now();
+            const std::vector<pkv::KMeansResult> res = pkv::kmeans_batch(probs, d, params, &timed);
+            const double total = seconds_since(t0);
+            // Every problem's stats carry its group's iteration times; the last group to
+            // finish gives the loop's wall time.
+            double lloyd = 0.0, first = 0.0;
+            for (const auto& r : res) {
+                double sum = 0.0;
+                for (const auto& st : r.stats) sum += st.seconds;
+                lloyd = std::max(lloyd, sum);
+                first = std::max(first, r.stats.front().seconds);
+            }
+            const int later = std::max(iters - 1, 1);
+            const double iter_ms = (lloyd - first) * 1e3 / later;
+            const double pass_ms = (timed.issue_ms + timed.wait_ms + timed.finish_ms) / later;
+            const bool pipe = gpu->options().pipeline;
+            std::printf("%5d %5s %8.3f %8.3f %9.4f %9.2f %8.3f %8.3f %7.1f %9.3f %8.3f %8.3f %8.3f %8.3f  %s\n", k,
+                        pipe ? "2" : "1", total, timed.upload_s, lloyd, first * 1e3, iter_ms, floor_s * 1e3 / iters,
+                        iter_ms / (floor_s * 1e3 / iters), timed.device_ms / later, timed.issue_ms / later,
+                        timed.wait_ms / later, timed.finish_ms / later, iter_ms - pass_ms, timed.kernel.c_str());
+            std::printf("      first iteration: issue %.3f wait %.3f finish %.3f device %.3f ms\n",
+                        timed.first_issue_ms, timed.first_wait_ms, timed.first_finish_ms, timed.first_device_ms);
+            if (csv)
+                std::printf("pkv,model,%lld,%lld,%d,%d,%d,%.6f,%.6f,%.6f,%.6f,%d\n", static_cast<long long>(problems),
+                            static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s, first, pipe ? 2 : 1);
+            std::fflush(stdout);
+        }
+    std::printf("pipe: passes in flight (2: kmeans_batch updates half of the problems on the host while\n"
+                "the device runs the other half's pass). total s: kmeans_batch end to end (upload, init,\n"
+                "%d iterations, final labels); upload s: of it, the points' upload (begin_batch: rounded to\n"
+                "fp16, copied, max|x| per set). Lloyd s: the %d iterations; first ms: the first of them\n"
+                "(it also allocates the assigner's buffers); iter ms: the mean of the others, against the\n"
+                "floor (one read of all points); per iteration, summed over its passes: device ms = uploads\n"
+                "and kernels (cudaEvent), issue (host packs the centroids and queues the work), wait (for\n"
+                "the device), finish (fixed-point sums to the tasks' outputs); host ms = iter ms minus\n"
+                "those three (the host centroid update, and with pipe 2 nothing the device waits for).\n",
+                iters, iters);
     return 0;
 }
 

@@ -30,8 +30,15 @@ public:
     }
     void release() noexcept {
         if (ptr_) {
-            if constexpr (kHost) cudaFreeHost(ptr_);
-            else cudaFree(ptr_);
+            if constexpr (kHost) {
+                cudaFreeHost(ptr_);
+            } else {
+                // Work queued earlier may still read it (the assigner keeps two passes in
+                // flight): wait for the device before the memory goes. Buffers only grow,
+                // so this is rare.
+                cudaDeviceSynchronize();
+                cudaFree(ptr_);
+            }
         }
         ptr_ = nullptr;
         cap_ = 0;

@@ -219,10 +219,13 @@ struct SumItem {
 
 /// From hist[slots]: cursor[slot] = the exclusive prefix sum of hist (the cluster's
 /// first place in idx), items = runs of at most item_rows rows of one slot in slot
-/// order, n_items[0] = their number. One block. The caller guarantees the total rows
-/// < 2^32 and room for max_sum_items(rows, slots, item_rows) items.
+/// order, n_items[0] = their number. scratch: build_items_scratch(slots) values (block
+/// totals, 2 a block of 1024 slots). The caller guarantees the total rows < 2^32 and room
+/// for max_sum_items(rows, slots, item_rows) items.
 void launch_build_items(const unsigned long long* hist, int slots, int k, unsigned int item_rows,
-                        unsigned int* cursor, SumItem* items, unsigned long long* n_items, cudaStream_t stream);
+                        unsigned long long* scratch, unsigned int* cursor, SumItem* items,
+                        unsigned long long* n_items, cudaStream_t stream);
+int64_t build_items_scratch(int slots);
 
 /// The most items launch_build_items writes for `rows` rows over `slots` slots.
 inline int64_t max_sum_items(int64_t rows, int64_t slots, unsigned int item_rows) {

@@ -176,6 +176,10 @@ struct CudaAssignerOptions {
     /// device before copying them back, and begin_group_batch() agrees every set's scale
     /// (max|x| and n over the group). Unset: no group.
     NcclMember nccl;
+    /// Two passes in flight (pipeline_depth() 2), so that kmeans_batch updates half of
+    /// its runs on the host while the device runs the other half's pass. false: one
+    /// pass at a time (for comparison).
+    bool pipeline = true;
 };
 
 /// Timing of the most recent assign()/assign_accumulate() call.
@@ -227,6 +231,14 @@ public:
     /// begin_group_batch() the sums and counts are the group's (one all-reduce a pass);
     /// a member that throws marks the group failed, so the others stop too.
     void assign_batch(std::vector<AssignTask>& tasks, int k) override;
+    /// 2 with options().pipeline outside an NCCL group, else 1.
+    int pipeline_depth() const override;
+    /// With pipeline_depth() 2: queues the pass on the device and returns (the host has
+    /// packed the centroids and queued the kernels and copies); collect_batch() waits for
+    /// it and converts its sums. The two slots' passes share the device buffers and run
+    /// one after the other, so a pass's results equal assign_batch()'s bitwise.
+    void submit_batch(std::vector<AssignTask>& tasks, int k, int slot) override;
+    void collect_batch(int slot) override;
 
     /// max_point_bytes (or the free device memory minus 1 GiB) / (d * s + 8).
     int64_t max_resident_rows(int d) const override;

@@ -55,7 +55,6 @@ struct CudaAssigner::Impl {
     int sm_count = 0;
     bool wgmma = false;  // the wide kernel's assignment by wgmma (opt.wgmma on a cc 9.0 device)
     cudaStream_t stream = nullptr;
-    cudaEvent_t ev_start = nullptr, ev_stop = nullptr;
 
     bool active = false;
     int d = 0;
@@ -69,24 +68,38 @@ struct CudaAssigner::Impl {
     DeviceBuffer<char> cent, cent_image;  // cent_image: the wgmma kernel's copy
     DeviceBuffer<float> cnorm, scales, cent32;
     DeviceBuffer<unsigned int> bad_cent;
-    PinnedBuffer<float> pinned;                // staging of the fp32 centroids
     PinnedBuffer<uint16_t> host_half[2];       // fp16/bf16 points on their way up, in turn
     cudaEvent_t half_sent[2] = {nullptr, nullptr};  // recorded after each one's last copy
-    PinnedBuffer<unsigned long long> host_out;  // a pass's sums and counts
-    PinnedBuffer<double> host_obj;
-    // A pass's scales, slot starts and segments, staged in page-locked memory: a copy from
-    // pageable memory first waits for the stream, which would serialise the pass's
-    // launches with the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128:
-    // 0.872-0.900 ms with these, 0.903-0.907 ms before).
-    PinnedBuffer<float> host_scale;
-    PinnedBuffer<int64_t> host_slot0;
-    PinnedBuffer<detail::MmaSegment> host_segs;
+    // A pass from issue() to collect(). Its page-locked buffers are read or written by
+    // its asynchronous copies, so each pass in flight has its own; the device buffers
+    // below are shared, since every pass runs on `stream`, in order. The scales, slot
+    // starts and segments are staged in page-locked memory too: a copy from pageable
+    // memory first waits for the stream, which would serialise the pass's launches with
+    // the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128: 0.872-0.900 ms with
+    // these, 0.903-0.907 ms before).
+    struct Slot {
+        PinnedBuffer<float> pinned;  // the fp32 centroids on their way up
+        PinnedBuffer<float> host_scale;
+        PinnedBuffer<int64_t> host_slot0;
+        PinnedBuffer<detail::MmaSegment> host_segs;
+        PinnedBuffer<unsigned long long> host_out;  // sums and counts
+        PinnedBuffer<double> host_obj;
+        PinnedBuffer<unsigned int> host_bad;  // the centroid check's result
+        cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // device time of the pass
+        cudaEvent_t ev_done = nullptr;                      // after its last copy to the host
+        std::vector<AssignTask>* tasks = nullptr;           // set while in flight
+        int k = 0;
+        bool acc = false;
+        CudaPassTiming timing;
+        std::chrono::steady_clock::time_point wall0, wall1;  // issue() began / ended
+    };
+    static constexpr int kSlots = 2;
+    Slot slot[kSlots];
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
     // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
     DeviceBuffer<unsigned long long> acc_out;
     unsigned long long* sums_d = nullptr;    // into acc_out
     unsigned long long* counts_d = nullptr;  // into acc_out
-    PinnedBuffer<unsigned int> host_bad;     // the centroid check's result
     DeviceBuffer<unsigned long long> group_n;  // every set's n, summed over the group
     bool grouped = false;                      // inside begin_group_batch() ... end_batch()
     DeviceBuffer<double> slots, objs, obj_scratch;
@@ -265,7 +278,7 @@ struct CudaAssigner::Impl {
     // Centroids as the kernels read them: rounded and padded for the tensor-core
     // kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for
     // the FMA kernel ([tasks][k][d]).
-    void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad) {
+    void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad, Slot& S) {
         const size_t nt = tasks.size();
         const auto round = [&](float v) -> uint16_t { return bf16() ? float_to_bf16(v) : float_to_half(v); };
         const auto back = [&](uint16_t h) -> float { return bf16() ? bf16_to_float(h) : half_to_float(h); };
@@ -273,8 +286,9 @@ struct CudaAssigner::Impl {
         const char* why = rounded() ? " (or one beyond the binary16/bf16 range)" : "";
         if (mma()) {
             // fp32 centroids packed into pinned memory, rounded and padded on the device.
+            // The slot's previous pass, whose copy read this buffer, has been collected.
             const size_t kd = static_cast<size_t>(k) * d;
-            PKV_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous pass's copy is done
+            PinnedBuffer<float>& pinned = S.pinned;
             pinned.reserve(nt * kd);
             std::vector<CopyRun> runs(nt);
             for (size_t ti = 0; ti < nt; ++ti) runs[ti] = CopyRun{tasks[ti].centroids, pinned.get() + ti * kd, kd * 4};
@@ -311,9 +325,19 @@ struct CudaAssigner::Impl {
         PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
     }
 
+    // One pass: issue() queues it in slot si and returns, collect() waits for it and
+    // fills in the tasks' outputs.
     void pass(std::vector<AssignTask>& tasks, int k) {
+        issue(tasks, k, 0);
+        collect(0);
+    }
+
+    void issue(std::vector<AssignTask>& tasks, int k, int si) {
         const auto wall0 = std::chrono::steady_clock::now();
         PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+        PKV_CHECK(si >= 0 && si < kSlots, internal, "cuda assigner: slot {} of {}", si, kSlots);
+        Slot& S = slot[si];
+        PKV_CHECK(S.tasks == nullptr, internal, "cuda assigner: slot {} already has a pass in flight", si);
         PKV_CHECK(active, internal, "cuda assigner: assign_batch() outside begin_batch()/end_batch()");
         PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
         const int nt = static_cast<int>(tasks.size());
@@ -327,9 +351,17 @@ struct CudaAssigner::Impl {
                       "cuda assigner: task {}: sums and counts must both be given or both be null", ti);
             acc = acc || t.sums != nullptr;
         }
+        CudaPassTiming& timing = S.timing;
         timing = CudaPassTiming{};
         timing.tensor_cores = mma();
-        if (nt == 0) return;
+        S.k = k;
+        S.acc = acc;
+        S.wall0 = wall0;
+        if (nt == 0) {
+            S.wall1 = std::chrono::steady_clock::now();
+            S.tasks = &tasks;
+            return;
+        }
         const int kpad = (k + 7) / 8 * 8;
         const int dpad = mma() ? detail::mma_row_stride(d) : d;
         const size_t kd = static_cast<size_t>(k) * d;
@@ -351,14 +383,14 @@ struct CudaAssigner::Impl {
                         : sorted ? "mma+sorted"
                                  : "mma";
 
-        PKV_CUDA_CHECK(cudaEventRecord(ev_start, stream));
-        upload_centroids(tasks, k, kpad, dpad);
+        PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
+        upload_centroids(tasks, k, kpad, dpad, S);
         // Written straight into the page-locked buffers the copies below read; they stay
         // untouched until the next pass, which starts after this one's wait().
-        host_scale.reserve(static_cast<size_t>(nt));
-        host_slot0.reserve(static_cast<size_t>(nt) + 1);
-        float* const hscale = host_scale.get();
-        int64_t* const hslot0 = host_slot0.get();
+        S.host_scale.reserve(static_cast<size_t>(nt));
+        S.host_slot0.reserve(static_cast<size_t>(nt) + 1);
+        float* const hscale = S.host_scale.get();
+        int64_t* const hslot0 = S.host_slot0.get();
         hslot0[0] = 0;
         std::vector<std::vector<int>> tasks_of_set(sets.size());
         for (int ti = 0; ti < nt; ++ti) {
@@ -426,9 +458,9 @@ struct CudaAssigner::Impl {
             ++timing.chunks;
             if (mma()) {
                 segs.reserve(hsegs.size());
-                host_segs.reserve(hsegs.size());
-                std::memcpy(host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
-                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
+                S.host_segs.reserve(hsegs.size());
+                std::memcpy(S.host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
+                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), S.host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
                                                cudaMemcpyHostToDevice, stream));
                 detail::MmaArgs a;
                 a.segs = segs.get();
@@ -493,32 +525,54 @@ struct CudaAssigner::Impl {
                                         stream);
         // Integer sums: the all-reduce is exact and every member gets the same bits.
         if (grouped && acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * k, stream);
-        PKV_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
-        host_obj.reserve(static_cast<size_t>(nt));
-        const double* hobj = host_obj.get();
-        PKV_CUDA_CHECK(cudaMemcpyAsync(host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
-        const unsigned long long* hsum = nullptr;
-        const unsigned long long* hcnt = nullptr;
+        PKV_CUDA_CHECK(cudaEventRecord(S.ev_stop, stream));
+        S.host_obj.reserve(static_cast<size_t>(nt));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
         if (acc) {
-            host_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_out.get(), sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
+            S.host_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
+            PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_out.get(), sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
                                            cudaMemcpyDeviceToHost, stream));
-            hsum = host_out.get();
-            hcnt = host_out.get() + nt * kd;
         }
-        host_bad.reserve(1);
-        host_bad.get()[0] = 0xffffffffu;
+        S.host_bad.reserve(1);
+        S.host_bad.get()[0] = 0xffffffffu;
         if (mma())
-            PKV_CUDA_CHECK(cudaMemcpyAsync(host_bad.get(), bad_cent.get(), sizeof(unsigned int), cudaMemcpyDeviceToHost,
-                                           stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int),
+                                           cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(cudaEventRecord(S.ev_done, stream));
+        S.wall1 = std::chrono::steady_clock::now();
+        S.tasks = &tasks;
+    }
+
+    void collect(int si) {
+        PKV_CHECK(si >= 0 && si < kSlots && slot[si].tasks != nullptr, internal,
+                  "cuda assigner: no pass in flight in slot {}", si);
+        Slot& S = slot[si];
+        std::vector<AssignTask>& tasks = *S.tasks;
+        S.tasks = nullptr;
+        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+        const int nt = static_cast<int>(tasks.size());
+        const int k = S.k;
+        const size_t kd = static_cast<size_t>(k) * d;
+        CudaPassTiming& timing = S.timing;
+        using ms_t = std::chrono::duration<double, std::milli>;
+        timing.issue_ms = ms_t(S.wall1 - S.wall0).count();
+        if (nt == 0) {
+            timing.wall_ms = timing.issue_ms;
+            this->timing = timing;
+            return;
+        }
         const auto wall1 = std::chrono::steady_clock::now();
-        wait();
+        if (grouped) wait();
+        else PKV_CUDA_CHECK(cudaEventSynchronize(S.ev_done));
         const auto wall2 = std::chrono::steady_clock::now();
-        const unsigned int bad = host_bad.get()[0];
+        const unsigned int bad = S.host_bad.get()[0];
         PKV_CHECK(bad == 0xffffffffu, invalid_argument,
                   "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
                   "range)",
                   bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
+        const double* hobj = S.host_obj.get();
+        const unsigned long long* hsum = S.acc ? S.host_out.get() : nullptr;
+        const unsigned long long* hcnt = S.acc ? S.host_out.get() + nt * kd : nullptr;
         // In lib (vectorised there, and threaded for large batches; nvcc's host code here
         // is compiled without the host's vector extensions).
         std::vector<FixedRun> runs;
@@ -532,14 +586,13 @@ struct CudaAssigner::Impl {
         }
         fixed_to_double_runs(runs.data(), runs.size());
         float ms = 0.0f;
-        PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
+        PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, S.ev_start, S.ev_stop));
         timing.device_ms = ms;
         const auto wall3 = std::chrono::steady_clock::now();
-        using ms_t = std::chrono::duration<double, std::milli>;
-        timing.wall_ms = ms_t(wall3 - wall0).count();
-        timing.issue_ms = ms_t(wall1 - wall0).count();
         timing.wait_ms = ms_t(wall2 - wall1).count();
         timing.finish_ms = ms_t(wall3 - wall2).count();
+        timing.wall_ms = timing.issue_ms + timing.wait_ms + timing.finish_ms;
+        this->timing = timing;
     }
 
     // Sums of one chunk from its labels (written by the kernel into the segments'
@@ -552,14 +605,15 @@ struct CudaAssigner::Impl {
                   "cuda assigner: {} rows in one chunk exceed the sorted sums' index", rows);
         const size_t slots_n = static_cast<size_t>(nt) * k;
         const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
-        hist.reserve(slots_n + 1);  // the last entry holds the item count
+        // [slots_n counts][the item count][build_items' block totals]
+        hist.reserve(slots_n + 1 + static_cast<size_t>(detail::build_items_scratch(static_cast<int>(slots_n))));
         PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
         detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts_d, stream);
         cursor.reserve(slots_n);
         idx.reserve(static_cast<size_t>(std::max<int64_t>(rows, 1)));
         items.reserve(static_cast<size_t>(std::max<int64_t>(max_items, 1)));
-        detail::launch_build_items(hist.get(), static_cast<int>(slots_n), k, kItemRows, cursor.get(), items.get(),
-                                   hist.get() + slots_n, stream);
+        detail::launch_build_items(hist.get(), static_cast<int>(slots_n), k, kItemRows, hist.get() + slots_n + 1,
+                                   cursor.get(), items.get(), hist.get() + slots_n, stream);
         detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
         detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(), hist.get() + slots_n, max_items,
                                     scales.get(), sums_d, stream);
@@ -591,6 +645,8 @@ struct CudaAssigner::Impl {
     }
 
     void release_data() noexcept {
+        if (stream) cudaStreamSynchronize(stream);  // no pass still reads what goes below
+        for (Slot& sl : slot) sl.tasks = nullptr;
         active = false;
         grouped = false;
         d = 0;
@@ -618,8 +674,11 @@ CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
     impl_->wgmma = options.wgmma && detail::wgmma_device(options.device);
     PKV_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
-    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_start));
-    PKV_CUDA_CHECK(cudaEventCreate(&impl_->ev_stop));
+    for (Impl::Slot& sl : impl_->slot) {
+        PKV_CUDA_CHECK(cudaEventCreate(&sl.ev_start));
+        PKV_CUDA_CHECK(cudaEventCreate(&sl.ev_stop));
+        PKV_CUDA_CHECK(cudaEventCreateWithFlags(&sl.ev_done, cudaEventDisableTiming));
+    }
     for (cudaEvent_t& e : impl_->half_sent) PKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
 }
 
@@ -627,8 +686,9 @@ CudaAssigner::~CudaAssigner() {
     if (!impl_) return;
     cudaSetDevice(impl_->opt.device);
     impl_->release_data();
-    if (impl_->ev_start) cudaEventDestroy(impl_->ev_start);
-    if (impl_->ev_stop) cudaEventDestroy(impl_->ev_stop);
+    for (Impl::Slot& sl : impl_->slot)
+        for (cudaEvent_t e : {sl.ev_start, sl.ev_stop, sl.ev_done})
+            if (e) cudaEventDestroy(e);
     for (cudaEvent_t e : impl_->half_sent)
         if (e) cudaEventDestroy(e);
     if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -677,6 +737,20 @@ void CudaAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
         impl_->nccl_group().fail(impl_->opt.nccl.rank);
         throw;
     }
+}
+
+int CudaAssigner::pipeline_depth() const { return impl_->opt.pipeline && !impl_->grouped ? Impl::kSlots : 1; }
+
+void CudaAssigner::submit_batch(std::vector<AssignTask>& tasks, int k, int slot) {
+    if (pipeline_depth() == 1) {  // the default's contract: done when this returns
+        PKV_CHECK(slot == 0, internal, "cuda assigner: slot {} of 1", slot);
+        return assign_batch(tasks, k);
+    }
+    impl_->issue(tasks, k, slot);
+}
+
+void CudaAssigner::collect_batch(int slot) {
+    if (pipeline_depth() > 1) impl_->collect(slot);
 }
 
 void CudaAssigner::assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,

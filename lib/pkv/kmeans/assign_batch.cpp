@@ -53,4 +53,12 @@ void KMeansAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
     }
 }
 
+void KMeansAssigner::submit_batch(std::vector<AssignTask>& tasks, int k, int slot) {
+    PKV_CHECK(slot >= 0 && slot < pipeline_depth(), internal, "{} assigner: slot {} of {}", name(), slot,
+              pipeline_depth());
+    assign_batch(tasks, k);
+}
+
+void KMeansAssigner::collect_batch(int) {}
+
 }  // namespace pkv

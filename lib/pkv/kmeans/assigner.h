@@ -104,6 +104,24 @@ public:
     /// implementation processes the whole batch in one launch sequence. A task's
     /// outputs must not depend on the other tasks of the batch.
     virtual void assign_batch(std::vector<AssignTask>& tasks, int k);
+
+    /// Passes this assigner can keep in flight at once through submit_batch(), one a
+    /// slot. 1 (the default): submit_batch() finishes its pass before it returns. With 2
+    /// or more the Lloyd loop (kmeans_batch) splits its runs into that many groups and
+    /// updates one group's centroids on the host while the other groups' passes run.
+    virtual int pipeline_depth() const { return 1; }
+
+    /// assign_batch(tasks, k) in slot `slot` (in [0, pipeline_depth())), possibly still
+    /// running when this returns: the tasks' outputs and objectives are set once
+    /// collect_batch(slot) has returned, and until then `tasks` and every buffer its
+    /// entries name must stay alive and unchanged. Passes run in the order submitted; a
+    /// slot holds one pass at a time. The default calls assign_batch().
+    virtual void submit_batch(std::vector<AssignTask>& tasks, int k, int slot);
+
+    /// Waits for the pass submitted in `slot`; throws what it failed with. The default
+    /// does nothing.
+    virtual void collect_batch(int slot);
+
     /// Most points of dimension d this assigner keeps resident for a pass (a device's
     /// memory); more are still handled (streamed, slower). kmeans_batch_multi() runs a
     /// larger problem data parallel over all its assigners. Default: no limit.

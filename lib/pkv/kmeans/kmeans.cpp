@@ -240,8 +240,31 @@ KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, 
     return st;
 }
 
-// Lloyd iterations of every run in lockstep, one batched pass per iteration, then one
-// scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
+// The runs of lloyd_batch() split into `groups` contiguous ranges of about equal
+// training points (a group's pass takes about its share of the device time); every
+// group gets at least one run.
+std::vector<size_t> group_bounds(const std::vector<ProblemState>& probs, const std::vector<Run>& runs, int groups) {
+    std::vector<size_t> b(static_cast<size_t>(groups) + 1, runs.size());
+    b[0] = 0;
+    double total = 0.0;
+    for (const Run& r : runs) total += static_cast<double>(probs[static_cast<size_t>(r.problem)].nt);
+    double seen = 0.0;
+    size_t g = 1;
+    for (size_t i = 0; i < runs.size() && g < static_cast<size_t>(groups); ++i) {
+        seen += static_cast<double>(probs[static_cast<size_t>(runs[i].problem)].nt);
+        const size_t left = runs.size() - (i + 1), need = static_cast<size_t>(groups) - g;
+        if (seen * groups >= total * static_cast<double>(g) || left == need) b[g++] = i + 1;
+    }
+    return b;
+}
+
+// Lloyd iterations of every run, one batched pass per iteration and group of runs, then
+// one scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
+// With one group (an assigner of pipeline depth 1) every run moves in lockstep. With G >
+// 1 groups, group g's pass goes to slot g and is collected in turn: while the host
+// updates one group, the assigner runs the others' passes. Runs are independent, so the
+// results are the same either way; an iteration's `seconds` is then the time between
+// its group's previous collection (or the start) and this one.
 void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
                  std::vector<Run>& runs, const std::vector<char>& keep_labels) {
     using clock = std::chrono::steady_clock;
@@ -255,39 +278,62 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
         run.next.assign(kd, 0.0f);
     }
     BatchScope scope(assigner, data, d);
-    std::vector<AssignTask> tasks;
-    std::vector<Run*> active;
-    for (int it = 0; it < p.max_iter; ++it) {
-        const auto t0 = clock::now();
-        tasks.clear();
-        active.clear();
-        for (Run& run : runs) {
-            if (!run.active) continue;
-            AssignTask t;
-            t.data = run.problem;
-            t.centroids = run.centroids.data();
-            t.sums = run.sums.data();
-            t.counts = run.counts.data();
-            tasks.push_back(t);
-            active.push_back(&run);
-        }
-        if (tasks.empty()) break;
-        assigner.assign_batch(tasks, k);
+    const int groups =
+        static_cast<int>(std::clamp<int64_t>(assigner.pipeline_depth(), 1, static_cast<int64_t>(runs.size())));
+    const std::vector<size_t> bounds = group_bounds(probs, runs, groups);
+    struct Group {
+        std::vector<AssignTask> tasks;
+        std::vector<Run*> active;
+        int it = 0;             // iterations done
+        bool pending = false;   // a pass in its slot
+        clock::time_point mark;  // its previous collection (or the start)
+    };
+    std::vector<Group> gs(static_cast<size_t>(groups));
+    // The group's next pass over its active runs; false when none is left.
+    const auto submit = [&](int g) {
+        Group& G = gs[static_cast<size_t>(g)];
+        G.tasks.clear();
+        G.active.clear();
+        if (G.it < p.max_iter)
+            for (size_t r = bounds[static_cast<size_t>(g)]; r < bounds[static_cast<size_t>(g) + 1]; ++r) {
+                Run& run = runs[r];
+                if (!run.active) continue;
+                AssignTask t;
+                t.data = run.problem;
+                t.centroids = run.centroids.data();
+                t.sums = run.sums.data();
+                t.counts = run.counts.data();
+                G.tasks.push_back(t);
+                G.active.push_back(&run);
+            }
+        G.pending = !G.tasks.empty();
+        if (!G.pending) return;
+        if (groups == 1) assigner.assign_batch(G.tasks, k);
+        else assigner.submit_batch(G.tasks, k, g);
+    };
+    // Collects the group's pass and updates its runs.
+    const auto complete = [&](int g) {
+        Group& G = gs[static_cast<size_t>(g)];
+        G.pending = false;
+        if (groups > 1) assigner.collect_batch(g);
         // Runs are independent (own generator and buffers): updating them in parallel
         // gives the same results as in sequence.
-        std::vector<KMeansIterationStats> st(tasks.size());
-        const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+        std::vector<KMeansIterationStats> st(G.tasks.size());
+        const int64_t n_tasks = static_cast<int64_t>(G.tasks.size());
 #pragma omp parallel for schedule(static) if (n_tasks > 1 && n_tasks * static_cast<int64_t>(kd) >= kParallelUpdateValues)
         for (int64_t i = 0; i < n_tasks; ++i)
-            st[i] = update_run(*active[i], probs[static_cast<size_t>(active[i]->problem)], k, d, tasks[i].objective);
-        const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
-        for (size_t i = 0; i < tasks.size(); ++i) {
-            Run& run = *active[i];
+            st[i] = update_run(*G.active[i], probs[static_cast<size_t>(G.active[i]->problem)], k, d,
+                               G.tasks[i].objective);
+        const auto now = clock::now();
+        const double seconds = std::chrono::duration<double>(now - G.mark).count();
+        G.mark = now;
+        for (size_t i = 0; i < G.tasks.size(); ++i) {
+            Run& run = *G.active[i];
             st[i].seconds = seconds;
             run.stats.push_back(st[i]);
-            run.iterations = it + 1;
+            run.iterations = G.it + 1;
             const bool shift_small = p.tol >= 0.0 && st[i].max_shift <= p.tol;
-            const bool gain_small = p.rel_tol > 0.0 && it > 0 &&
+            const bool gain_small = p.rel_tol > 0.0 && G.it > 0 &&
                                     run.prev_objective - st[i].objective <= p.rel_tol * run.prev_objective;
             run.prev_objective = st[i].objective;
             if (shift_small || gain_small) {
@@ -295,10 +341,37 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
                 run.active = false;
             }
         }
+        ++G.it;
+    };
+    const auto start = clock::now();
+    for (Group& G : gs) G.mark = start;
+    // On an error the passes still in flight are waited for before the runs' buffers go.
+    try {
+        for (int g = 0; g < groups; ++g) submit(g);
+        for (bool any = true; any;) {
+            any = false;
+            for (int g = 0; g < groups; ++g) {
+                if (!gs[static_cast<size_t>(g)].pending) continue;
+                complete(g);
+                submit(g);
+                any = true;
+            }
+        }
+    } catch (...) {
+        if (groups > 1)
+            for (int g = 0; g < groups; ++g)
+                if (gs[static_cast<size_t>(g)].pending) {
+                    gs[static_cast<size_t>(g)].pending = false;
+                    try {
+                        assigner.collect_batch(g);
+                    } catch (...) {  // the first error is the one reported
+                    }
+                }
+        throw;
     }
     // Score the final centroids so restarts compare like with like and the result's
     // labels match its centroids.
-    tasks.clear();
+    std::vector<AssignTask> tasks;
     for (Run& run : runs) {
         run.sums = {};
         run.counts = {};

@@ -306,6 +306,53 @@ TEST_CASE("kmeans_batch on the GPU equals per-problem kmeans and tracks the CPU"
     }
 }
 
+TEST_CASE("kmeans_batch with two passes in flight equals one pass at a time bitwise", "[cuda][kmeans][batch]") {
+    PKV_REQUIRE_GPU();
+    // k covers the fused, one-hot, wide and (on Hopper) wgmma kernels, the last two
+    // with sorted sums; `streamed` sends the points in chunks every pass.
+    const int k = GENERATE(16, 40, 128, 256);
+    const bool streamed = GENERATE(false, true);
+    const int d = 64;
+    CAPTURE(k, streamed);
+    const std::vector<int64_t> sizes = {k, 3000, 700, 9000, 1500, 5000};
+    std::vector<std::vector<float>> xs;
+    std::vector<pkv::KMeansProblem> problems;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+        xs.push_back(mixture(sizes[i], d, 24 + static_cast<int>(i), 90 + i));
+        problems.push_back({xs.back().data(), sizes[i], 40 + i});
+    }
+    pkv::KMeansParams p;
+    p.k = k;
+    p.max_iter = 9;
+    p.n_restarts = 2;
+    p.rel_tol = 1e-3;  // runs stop at different iterations
+    CudaAssignerOptions opt;
+    opt.precision = InputPrecision::fp16;
+    if (streamed) opt.max_point_bytes = size_t{4096} * (d * 2 + 8);
+    CudaAssigner piped(opt);
+    opt.pipeline = false;
+    CudaAssigner serial(opt);
+    CHECK(serial.pipeline_depth() == 1);
+    const auto a = pkv::kmeans_batch(problems, d, p, &piped);
+    const auto b = pkv::kmeans_batch(problems, d, p, &serial);
+    CHECK(piped.last_timing().kernel == std::string(serial.last_timing().kernel));
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(i, sizes[i]);
+        CHECK(a[i].centroids == b[i].centroids);
+        CHECK(a[i].assignments == b[i].assignments);
+        CHECK(a[i].objective == b[i].objective);
+        CHECK(a[i].iterations == b[i].iterations);
+        CHECK(a[i].restart_objectives == b[i].restart_objectives);
+        REQUIRE(a[i].stats.size() == b[i].stats.size());
+        for (size_t it = 0; it < a[i].stats.size(); ++it) CHECK(a[i].stats[it].objective == b[i].stats[it].objective);
+    }
+    // Inside a batch the assigner reports two slots.
+    piped.begin_batch({{xs[1].data(), sizes[1]}}, d);
+    CHECK(piped.pipeline_depth() == 2);
+    piped.end_batch();
+}
+
 TEST_CASE("kmeans() on fp16 tensor cores tracks the CPU assigner on the same rounded data",
           "[cuda][kmeans][parity]") {
     PKV_REQUIRE_GPU();

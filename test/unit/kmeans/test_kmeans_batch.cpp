@@ -3,6 +3,7 @@
 // name the problem, and the batched assigner pass itself.
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "catch.h"
@@ -51,7 +52,90 @@ public:
     std::vector<size_t> task_counts;
 };
 
+// Two slots: submit_batch() only records the pass, collect_batch() runs it, so a
+// pass's outputs appear only at its collection (as on a device). Logs the calls.
+class DeferredAssigner final : public pkv::KMeansAssigner {
+public:
+    const char* name() const override { return "deferred"; }
+    void assign(const float* x, int64_t n, int d, const float* c, int k, int32_t* labels, float* dist2) override {
+        cpu.assign(x, n, d, c, k, labels, dist2);
+    }
+    int pipeline_depth() const override { return 2; }
+    void submit_batch(std::vector<pkv::AssignTask>& tasks, int k, int slot) override {
+        REQUIRE((slot == 0 || slot == 1));
+        REQUIRE(pending[slot] == nullptr);
+        // The centroids as submitted: the caller must not touch them until collection.
+        copies[slot].clear();
+        for (const auto& t : tasks) copies[slot].insert(copies[slot].end(), t.centroids, t.centroids + k * d_);
+        pending[slot] = &tasks;
+        ks[slot] = k;
+        log.push_back('s');
+        log.push_back(static_cast<char>('0' + slot));
+    }
+    void collect_batch(int slot) override {
+        REQUIRE(pending[slot] != nullptr);
+        std::vector<pkv::AssignTask>& tasks = *pending[slot];
+        std::vector<float> now;
+        for (const auto& t : tasks) now.insert(now.end(), t.centroids, t.centroids + ks[slot] * d_);
+        CHECK(now == copies[slot]);
+        KMeansAssigner::assign_batch(tasks, ks[slot]);
+        pending[slot] = nullptr;
+        log.push_back('c');
+        log.push_back(static_cast<char>('0' + slot));
+    }
+    void begin_batch(const std::vector<pkv::AssignData>& data, int d) override {
+        d_ = d;
+        KMeansAssigner::begin_batch(data, d);
+    }
+    pkv::CpuAssigner cpu;
+    std::vector<pkv::AssignTask>* pending[2] = {nullptr, nullptr};
+    std::vector<float> copies[2];
+    int ks[2] = {0, 0};
+    int d_ = 0;
+    std::string log;
+};
+
 }  // namespace
+
+TEST_CASE("kmeans_batch with two passes in flight equals the lockstep loop", "[kmeans][batch]") {
+    const int d = 10;
+    const int k = 7;
+    // Problems of different sizes and convergence speeds, so the groups stop at
+    // different iterations.
+    const std::vector<int64_t> sizes = {k, 400, 90, 1500, 60, 800};
+    std::vector<std::vector<float>> data;
+    std::vector<KMeansProblem> problems;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+        if (i % 2 == 0) {
+            data.push_back(pkv_test::gaussian_points(sizes[i], d, 300 + i));
+        } else {
+            pkv_test::Blobs b = pkv_test::gaussian_blobs(k, (sizes[i] + k - 1) / k, d, 6.0f, 0.5f, 400 + i, true);
+            b.x.resize(static_cast<size_t>(sizes[i]) * d);
+            data.push_back(b.x);
+        }
+        problems.push_back(KMeansProblem{data.back().data(), sizes[i], 2000 + 13 * i});
+    }
+    KMeansParams p;
+    p.k = k;
+    p.n_restarts = GENERATE(1, 2);
+    p.rel_tol = 1e-4;
+    p.max_iter = 20;
+    CAPTURE(p.n_restarts);
+    DeferredAssigner deferred;
+    const std::vector<KMeansResult> piped = pkv::kmeans_batch(problems, d, p, &deferred);
+    const std::vector<KMeansResult> lockstep = pkv::kmeans_batch(problems, d, p);
+    REQUIRE(piped.size() == lockstep.size());
+    for (size_t i = 0; i < piped.size(); ++i) {
+        CAPTURE(i);
+        check_same(piped[i], lockstep[i]);
+    }
+    // Both slots are filled before the first collection, and each slot is collected
+    // before it takes its next pass.
+    REQUIRE(deferred.log.size() >= 8);
+    CHECK(deferred.log.substr(0, 8) == "s0s1c0s0");
+    CHECK(deferred.pending[0] == nullptr);
+    CHECK(deferred.pending[1] == nullptr);
+}
 
 TEST_CASE("kmeans_batch equals kmeans of each problem alone", "[kmeans][batch]") {
     const int d = 12;
