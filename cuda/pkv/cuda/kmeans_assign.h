@@ -68,10 +68,12 @@
 // sums do not fit in shared memory beside the centroids, the pass writes labels to the
 // device and sums by a sorted reduction, all on the device: label histogram (counts
 // per block in shared memory, one device atomic per nonzero count), offsets and runs
-// of <= 512 rows of one cluster built by one block, counting-sort scatter of row
-// indices (block-aggregated cursors), one warp per run adding int64 fixed point in
-// registers. The points are read a second time (about 0.65 ms of the 1.0 ms it takes
-// at N = 10^7, d = 128 on an H200).
+// of <= 512 rows of one cluster (a scan over blocks of 1024 slots), counting-sort
+// scatter of row indices (block-aggregated cursors; for k <= 256 each block sorts 4096
+// rows by cluster in shared memory first, so a cluster's indices are written
+// together), one warp per run adding int64 fixed point in registers. The points are
+// read a second time (about 0.6 of the 0.9-1.0 ms it takes at N = 10^7, d = 128, k =
+// 256 on an H200).
 // Label flips: the argmin comes from the expanded form in fp32 accumulation. With
 // rounded inputs the labels and distances describe the rounded data and the rounded
 // centroids: each coordinate moves by up to 2^-11 (fp16) or 2^-8 (bf16) relative, so a
@@ -105,7 +107,12 @@
 // budget allows; synchronous copies) on every pass; labels, distances and sums then
 // equal the resident pass bitwise, and so does the objective when the chunk is at least
 // 256 rows. fp16/bf16 points are rounded on the host into two 16 MiB page-locked
-// buffers and sent from there. Centroid buffers are O(tasks * k * d).
+// buffers and sent from there; when the points are resident, a pass's centroids go up
+// from and its sums come back to those buffers where they fit (page-locked memory
+// costs about 0.7 ms a MiB to allocate). Centroid buffers are O(tasks * k * d).
+// Two passes in flight (CudaAssignerOptions::pipeline): submit_batch() queues a pass
+// and returns, collect_batch() waits for it; each slot has its own page-locked
+// buffers and events, the device buffers are shared (one stream, in order).
 #pragma once
 
 #include <cstddef>
@@ -164,7 +171,9 @@ struct CudaAssignerOptions {
     /// H200 at d = 128 the one-hot kernel is faster at k = 64, the streaming one at 96.
     int wide_min_k = 96;
     /// Centroids per shared-memory chunk of that kernel: 64 or 128; 0 picks 128 for its
-    /// wgmma form and 64 for its mma.sync form (the faster on an H200).
+    /// wgmma form where d > 64, else 64 (the faster on an H200; the wgmma form with
+    /// chunks of 64 at d <= 64 needs 126 registers, so two blocks share an SM: the
+    /// whole-model pass at k = 256 took 2.28 ms of device time instead of 2.42).
     int wide_chunk = 0;
     /// k >= kWgmmaMinK: that kernel's products by Hopper's warpgroup MMA
     /// (kmeans_wgmma_sm90a.cu) where the build has it and the device has compute

@@ -88,12 +88,17 @@ struct CudaAssigner::Impl {
         cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // device time of the pass
         cudaEvent_t ev_done = nullptr;                      // after its last copy to the host
         std::vector<AssignTask>* tasks = nullptr;           // set while in flight
+        // Where this pass's fp32 centroids go up from and its sums and counts come back
+        // to: pinned / host_out, or one of the points' upload buffers (see staging()).
+        float* cent_up = nullptr;
+        unsigned long long* out = nullptr;
         int k = 0;
         bool acc = false;
         CudaPassTiming timing;
         std::chrono::steady_clock::time_point wall0, wall1;  // issue() began / ended
     };
     static constexpr int kSlots = 2;
+    static_assert(kSlots == 2, "slot si borrows upload buffer si (staging())");
     Slot slot[kSlots];
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
     // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
@@ -288,16 +293,15 @@ struct CudaAssigner::Impl {
             // fp32 centroids packed into pinned memory, rounded and padded on the device.
             // The slot's previous pass, whose copy read this buffer, has been collected.
             const size_t kd = static_cast<size_t>(k) * d;
-            PinnedBuffer<float>& pinned = S.pinned;
-            pinned.reserve(nt * kd);
+            float* const up = S.cent_up;
             std::vector<CopyRun> runs(nt);
-            for (size_t ti = 0; ti < nt; ++ti) runs[ti] = CopyRun{tasks[ti].centroids, pinned.get() + ti * kd, kd * 4};
+            for (size_t ti = 0; ti < nt; ++ti) runs[ti] = CopyRun{tasks[ti].centroids, up + ti * kd, kd * 4};
             copy_runs(runs.data(), nt);
             cent32.reserve(nt * kd);
             cent.reserve(nt * kpad * dpad * 2);
             cnorm.reserve(nt * kpad);
             bad_cent.reserve(1);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), pinned.get(), nt * kd * 4, cudaMemcpyHostToDevice, stream));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), up, nt * kd * 4, cudaMemcpyHostToDevice, stream));
             PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
             detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
                                           cnorm.get(), bad_cent.get(), stream);
@@ -323,6 +327,28 @@ struct CudaAssigner::Impl {
         PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), hc.data(), hc.size() * 4, cudaMemcpyHostToDevice, stream));
         PKV_CUDA_CHECK(cudaMemcpyAsync(cnorm.get(), hn.data(), hn.size() * 4, cudaMemcpyHostToDevice, stream));
         PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
+    // The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
+    // an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
+    // about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
+    // upload buffers sit idle after begin_batch(): slot si takes buffer si where its
+    // sums, counts and centroids fit, else buffers of its own.
+    void staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc) {
+        const size_t out_n = acc ? nt * kd + nt * static_cast<size_t>(k) : 0;
+        const size_t up_n = mma() ? nt * kd : 0;
+        const size_t bytes = out_n * 8 + up_n * 4;
+        if (!streaming && host_half[si].capacity() * sizeof(uint16_t) >= bytes) {
+            PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[si]));  // its last upload is done
+            auto* base = reinterpret_cast<unsigned char*>(host_half[si].get());
+            S.out = reinterpret_cast<unsigned long long*>(base);
+            S.cent_up = reinterpret_cast<float*>(base + out_n * 8);
+            return;
+        }
+        S.host_out.reserve(std::max<size_t>(out_n, 1));
+        S.pinned.reserve(std::max<size_t>(up_n, 1));
+        S.out = S.host_out.get();
+        S.cent_up = S.pinned.get();
     }
 
     // One pass: issue() queues it in slot si and returns, collect() waits for it and
@@ -371,7 +397,7 @@ struct CudaAssigner::Impl {
         // shared memory.
         const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
         const bool wg = wide && wgmma && k >= kWgmmaMinK;
-        const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg ? 128 : 64;
+        const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg && d > 64 ? 128 : 64;
         const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
         const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
         const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
@@ -383,6 +409,7 @@ struct CudaAssigner::Impl {
                         : sorted ? "mma+sorted"
                                  : "mma";
 
+        staging(S, si, static_cast<size_t>(nt), kd, k, acc);
         PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
         upload_centroids(tasks, k, kpad, dpad, S);
         // Written straight into the page-locked buffers the copies below read; they stay
@@ -529,8 +556,7 @@ struct CudaAssigner::Impl {
         S.host_obj.reserve(static_cast<size_t>(nt));
         PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
         if (acc) {
-            S.host_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_out.get(), sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
+            PKV_CUDA_CHECK(cudaMemcpyAsync(S.out, sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
                                            cudaMemcpyDeviceToHost, stream));
         }
         S.host_bad.reserve(1);
@@ -571,8 +597,8 @@ struct CudaAssigner::Impl {
                   "range)",
                   bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
         const double* hobj = S.host_obj.get();
-        const unsigned long long* hsum = S.acc ? S.host_out.get() : nullptr;
-        const unsigned long long* hcnt = S.acc ? S.host_out.get() + nt * kd : nullptr;
+        const unsigned long long* hsum = S.acc ? S.out : nullptr;
+        const unsigned long long* hcnt = S.acc ? S.out + nt * kd : nullptr;
         // In lib (vectorised there, and threaded for large batches; nvcc's host code here
         // is compiled without the host's vector extensions).
         std::vector<FixedRun> runs;

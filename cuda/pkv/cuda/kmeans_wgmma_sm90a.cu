@@ -221,12 +221,19 @@ size_t smem_bytes(int dpad) {
            static_cast<size_t>(kWarps) * kRowsPerWarp * dpad * 2;
 }
 
+// Blocks an SM is built for: two where d <= 64 with chunks of 64 (138 registers a
+// thread unbounded, so 128 costs little), else one.
+template <int KS, int KC>
+constexpr int blocks_per_sm() {
+    return KS <= 4 && KC <= 64 ? 2 : 1;
+}
+
 // One block walks a contiguous range of tiles; the chunk sequence (tile, chunk) runs
 // over all of them, chunk q in buffer q % kStages. Needs at least two chunks a tile: a
 // tile's rows arrive with the group of the chunk fetched just after them, two chunks
 // after its first.
 template <typename T, int KS, int KC>
-__global__ void __launch_bounds__(kThreads, 1) wgmma_kernel(MmaArgs a, const unsigned char* img) {
+__global__ void __launch_bounds__(kThreads, blocks_per_sm<KS, KC>()) wgmma_kernel(MmaArgs a, const unsigned char* img) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int kpad = a.kpad, dpad = a.dpad;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
