@@ -13,24 +13,28 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit 0955699; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
+# commit 14803fa; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     0.906     17.692     0.595       1.52       19.5  fused
-#     32     1.451     19.718     0.595       2.44       13.6  onehot
-#     64     1.875     21.995     0.595       3.15       11.7  onehot
-#    128     2.556     26.371     0.595       4.29       10.3  wide+sorted
-#    256     3.294     35.150     0.595       5.53       10.7  wgmma+sorted
-#   1024     7.696     87.450     0.595      12.93       11.4  wgmma+sorted
-# Whole-model shape, 30 iterations: k = 32 Lloyd 0.0344 s (torch 0.3513 s, 10.2x), end to
-# end 0.182 s; k = 256 Lloyd 0.1057 s (torch 0.7997 s, 7.6x), end to end 0.235 s; floor
-# 0.0080 s. The same script on another H200 that day (commit fedcdea, before the host
-# copies were threaded from 512 KiB): k = 16 0.881 ms (1.48x), 10.6-20.7x torch at every
-# k; model 8.2x / 7.2x. Before the fused kernel took k = 32 at d = 64 and the points went
-# up rounded on the host (commit e63c646): model k = 32 0.045 s / 0.39 s, k = 256
-# 0.152 s / 0.50 s. Earlier runs: commit 419fbe0 k = 16 0.872 ms (1.47x the floor),
-# k = 256 3.236 ms (10.9x), k = 1024 7.498 ms (11.9x); commit 30b8912 k = 16 0.907 /
-# 0.903 ms (1.52x); before the wgmma form (mma.sync, commit 79a990f) k = 256 3.422 ms
-# (10.4x), k = 1024 9.023 ms (9.9x).
+#     16     0.874     17.953     0.595       1.47       20.5  fused
+#     32     1.415     20.028     0.595       2.38       14.2  onehot
+#     64     1.846     22.408     0.595       3.10       12.1  onehot
+#    128     2.420     26.680     0.595       4.06       11.0  wide+sorted
+#    256     3.158     35.014     0.595       5.31       11.1  wgmma+sorted
+#   1024     8.233     88.060     0.595      13.83       10.7  wgmma+sorted
+# (k = 1024 measured 7.69-7.73 ms in two runs of pkv_bench_cuda_kmeans right after, as at
+# 0955699.) Whole-model shape, 30 iterations, two passes in flight: k = 32 Lloyd 0.0326 s
+# (torch 0.3511 s, 10.8x; after the first iteration, as torch is timed, 12.0x), end to end
+# 0.185 s; k = 256 Lloyd 0.0755 s (torch 0.7996 s, 10.6x; 10.9x), end to end 0.208 s;
+# floor 0.0080 s. Before (commit 0955699, one pass at a time, page-locked staging
+# allocated in the first iteration, one-block item list): k = 16 0.906 ms (1.52x),
+# k = 256 3.294 ms, model k = 32 0.0344 s (10.2x) and k = 256 0.1057 s (7.6x), end to end
+# 0.182 / 0.235 s. The same script on another H200 (commit fedcdea): k = 16 0.881 ms
+# (1.48x), 10.6-20.7x torch at every k; model 8.2x / 7.2x. Before the fused kernel took
+# k = 32 at d = 64 and the points went up rounded on the host (commit e63c646): model
+# k = 32 0.045 s / 0.39 s, k = 256 0.152 s / 0.50 s. Earlier runs: commit 419fbe0 k = 16
+# 0.872 ms (1.47x the floor), k = 256 3.236 ms (10.9x), k = 1024 7.498 ms (11.9x); commit
+# 30b8912 k = 16 0.907 / 0.903 ms (1.52x); before the wgmma form (mma.sync, commit
+# 79a990f) k = 256 3.422 ms (10.4x), k = 1024 9.023 ms (9.9x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"

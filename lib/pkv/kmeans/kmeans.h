@@ -76,7 +76,9 @@ struct KMeansIterationStats {
     double objective = 0.0;     ///< sum of squared distances to the centroids before this update
     double max_shift = 0.0;     ///< max absolute centroid coordinate change made by this update
     int n_empty_refilled = 0;   ///< clusters that were empty and got refilled in this update
-    double seconds = 0.0;       ///< wall time of the iteration (assign + update)
+    /// wall time of the iteration (assign + update); with two passes in flight (see
+    /// kmeans_batch), the time since its group's previous iteration ended
+    double seconds = 0.0;
 };
 
 struct KMeansResult {
@@ -120,6 +122,10 @@ struct KMeansProblem { const float* x = nullptr; int64_t n = 0; uint64_t seed = 
 /// ("k-means: problem 3: k = 40 exceeds the number of points n = 32"; a batch of one
 /// problem keeps kmeans()'s message). An empty batch returns an empty vector.
 /// The GPU assigner processes all problems of an iteration in one launch sequence.
+/// With an assigner whose pipeline_depth() is 2 (CudaAssigner's default), the runs are
+/// split into two groups of about equal points: each group's pass runs on the device
+/// while the host updates the other group's centroids, so an iteration costs about
+/// its device time (results unchanged: runs are independent).
 /// Host memory: the subsamples plus O(n) labels per problem for the final pass.
 /// The checks kmeans_batch() starts with (params, k <= n, non-null, finite input),
 /// naming "problem i: " when there is more than one problem.
