@@ -78,7 +78,8 @@ for k in sorted(pkv_model):
     tot, ll, fl, first = pkv_model[k]
     t = torch_model.get(k, float("nan"))
     warm = (ll - first) * MI / (MI - 1)  # the same number of iterations after the first
-    print(f"{k:>6} {ll:10.4f} {tot:10.4f} {t:9.4f} {fl:8.4f} {ll / fl:10.1f} {t / ll:10.1f} {warm:9.4f} {t / warm:10.1f}")
+    print(f"{k:>6} {ll:10.4f} {tot:10.4f} {t:9.4f} {fl:8.4f} {ll / fl:10.1f} {t / ll:10.1f}"
+          f" {warm:9.4f} {t / warm:10.1f}")
 print("\npkv: wall clock of full iterations (batched pass + host update); torch: CUDA events around the"
       "\nsame iterations after one warm-up iteration. warm pkv: pkv's iterations after its first (which"
       "\nalso allocates), scaled to the same count, as torch is timed. torch/pkv > 1 means pkv is faster.")

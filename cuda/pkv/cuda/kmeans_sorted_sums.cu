@@ -262,7 +262,8 @@ constexpr int kBuildThreads = 1024;
 
 // Inclusive block scan of (rows, items), one pair a thread; returns the block's totals
 // in tot (every thread).
-__device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long long& q, unsigned long long (&tot)[2]) {
+__device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long long& q,
+                                            unsigned long long (&tot)[2]) {
     __shared__ unsigned long long s_r[kBuildThreads / 32], s_q[kBuildThreads / 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -500,8 +501,8 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
     if (rows == 0) return;
     if (k <= kSortMaxK) {
         const size_t smem = sort_scatter_smem(k);
-        PKV_CUDA_CHECK(
-            cudaFuncSetAttribute(sort_scatter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        PKV_CUDA_CHECK(cudaFuncSetAttribute(sort_scatter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
         const int grid = static_cast<int>(std::min<int64_t>((n_tiles + kSortTiles - 1) / kSortTiles, kAggBlocks));
         sort_scatter_kernel<<<grid, kThreads, smem, stream>>>(segs, n_segs, n_tiles, k, cursor, idx);
     } else if (k <= kAggMaxK) {

@@ -61,10 +61,11 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
         int64_t n;
         int d, k;
     };
-    // 300000 rows: blocks of the fused kernel take several groups each.
+    // 300000 rows: blocks of the fused kernel take several groups each. d = 128, k = 32
+    // and d = 120, k = 29: the one-hot kernel where the fused one stops.
     const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000}, {12000, 128, 80},
                                             {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}, {300000, 64, 32},
-                                            {6007, 48, 27}}));
+                                            {6007, 48, 27}, {100000, 128, 32}, {7001, 120, 29}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
     // variant 0: the default kernels (fused for k <= 16, or k <= 32 at d <= 64; one-hot
     // sums below 96, the wide kernel above, its products by wgmma on compute capability
