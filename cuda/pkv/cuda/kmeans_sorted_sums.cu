@@ -89,6 +89,30 @@ __device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs,
     return tile;
 }
 
+// A block's walk over its tiles: the range and the segment cursor.
+struct BlockWalk {
+    TileRange tr;
+    int seg = 0;
+};
+
+// A block's start: its walk, with its k shared-memory counters zeroed and the cursor on
+// the segment of its first tile; false when it has no tiles.
+__device__ __forceinline__ bool block_start(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k,
+                                            unsigned int* s_cnt, BlockWalk& w) {
+    w.tr = block_tiles(n_tiles);
+    if (w.tr.begin >= w.tr.end) return false;
+    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
+    __syncthreads();
+    w.seg = segment_of(segs, n_segs, w.tr.begin);
+    return true;
+}
+
+// The task of `tile`, seg advanced to its segment (tiles only grow).
+__device__ __forceinline__ int task_of(const MmaSegment* segs, int n_segs, int& seg, int64_t tile) {
+    while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
+    return segs[seg].task;
+}
+
 // Counts the labels of the run of tiles starting at `tile` into s_cnt (shared-memory
 // atomics); returns the tile after the run.
 __device__ __forceinline__ int64_t count_run(const MmaSegment* segs, int n_segs, int& seg, int64_t tile,
@@ -110,16 +134,13 @@ __global__ void label_runs_kernel(const MmaSegment* __restrict__ segs, int n_seg
                                   unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
     extern __shared__ unsigned int s_cnt[];
     unsigned int* s_base = s_cnt + k;  // scatter only
-    const TileRange tr = block_tiles(n_tiles);
-    if (tr.begin >= tr.end) return;
-    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
-    __syncthreads();
-    int seg = segment_of(segs, n_segs, tr.begin);
-    for (int64_t tile = tr.begin; tile < tr.end;) {
-        while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
-        const int task = segs[seg].task;
+    BlockWalk w;
+    if (!block_start(segs, n_segs, n_tiles, k, s_cnt, w)) return;
+    int& seg = w.seg;
+    for (int64_t tile = w.tr.begin; tile < w.tr.end;) {
+        const int task = task_of(segs, n_segs, seg, tile);
         const int seg0 = seg;
-        const int64_t next = count_run(segs, n_segs, seg, tile, tr.end, s_cnt);
+        const int64_t next = count_run(segs, n_segs, seg, tile, w.tr.end, s_cnt);
         __syncthreads();
         for (int i = threadIdx.x; i < k; i += kThreads) {
             const unsigned int c = s_cnt[i];
@@ -136,7 +157,7 @@ __global__ void label_runs_kernel(const MmaSegment* __restrict__ segs, int n_seg
         __syncthreads();
         if constexpr (kScatter) {
             seg = seg0;
-            run_tiles(segs, n_segs, seg, tile, tr.end, [&](int sg, int64_t t) {
+            run_tiles(segs, n_segs, seg, tile, w.tr.end, [&](int sg, int64_t t) {
                 const MmaSegment& s = segs[sg];
                 const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
                 if (row < s.rows) {
@@ -203,32 +224,25 @@ __global__ void sort_scatter_kernel(const MmaSegment* __restrict__ segs, int n_s
     unsigned int* s_row = s_rank + kSortRows;
     unsigned int* s_srow = s_row + kSortRows;
     unsigned int* s_slab = s_srow + kSortRows;
-    const TileRange tr = block_tiles(n_tiles);
-    if (tr.begin >= tr.end) return;
-    for (int i = threadIdx.x; i < k; i += kThreads) s_cnt[i] = 0u;
-    __syncthreads();
-    int seg = segment_of(segs, n_segs, tr.begin);
-    for (int64_t tile = tr.begin; tile < tr.end;) {
-        while (seg + 1 < n_segs && segs[seg + 1].tile0 <= tile) ++seg;
-        const int task = segs[seg].task;
-        // Up to kSortTiles tiles of this task: labels, ranks within their cluster.
-        int nt = 0;
-        for (; tile < tr.end && nt < kSortTiles; ++tile, ++nt) {
-            int s2 = seg;
-            while (s2 + 1 < n_segs && segs[s2 + 1].tile0 <= tile) ++s2;
-            if (segs[s2].task != task) break;
-            seg = s2;
-            const MmaSegment& sg = segs[seg];
-            const int64_t row = (tile - sg.tile0) * kBlockRows + threadIdx.x;
-            const int j = nt * kBlockRows + threadIdx.x;
+    BlockWalk w;
+    if (!block_start(segs, n_segs, n_tiles, k, s_cnt, w)) return;
+    for (int64_t tile = w.tr.begin; tile < w.tr.end;) {
+        // Up to kSortTiles tiles of one task: labels, ranks within their cluster.
+        const int task = task_of(segs, n_segs, w.seg, tile);
+        const int64_t first = tile;
+        tile = run_tiles(segs, n_segs, w.seg, tile, min(w.tr.end, tile + kSortTiles), [&](int sg, int64_t t) {
+            const MmaSegment& s = segs[sg];
+            const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
+            const int j = static_cast<int>(t - first) * kBlockRows + threadIdx.x;
             unsigned int l = 0xffffffffu;
-            if (row < sg.rows) {
-                l = static_cast<unsigned int>(sg.labels[row]);
+            if (row < s.rows) {
+                l = static_cast<unsigned int>(s.labels[row]);
                 s_rank[j] = atomicAdd(s_cnt + l, 1u);
-                s_row[j] = static_cast<unsigned int>(sg.xrow + row);
+                s_row[j] = static_cast<unsigned int>(s.xrow + row);
             }
             s_lab[j] = l;
-        }
+        });
+        const int nt = static_cast<int>(tile - first);
         __syncthreads();
         block_exclusive_scan(s_cnt, s_off, k);
         for (int i = threadIdx.x; i < k; i += kThreads) {
@@ -260,12 +274,8 @@ __global__ void sort_scatter_kernel(const MmaSegment* __restrict__ segs, int n_s
 // took about 0.2 ms at 90 tasks x k = 256 (23040 slots) on an H200; this takes a few us.
 constexpr int kBuildThreads = 1024;
 
-// Inclusive block scan of (rows, items), one pair a thread; returns the block's totals
-// in tot (every thread).
-__device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long long& q,
-                                            unsigned long long (&tot)[2]) {
-    __shared__ unsigned long long s_r[kBuildThreads / 32], s_q[kBuildThreads / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// Inclusive scan of (r, q) over the lanes of a warp.
+__device__ __forceinline__ void warp_scan2(unsigned long long& r, unsigned long long& q, int lane) {
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
         const unsigned long long r2 = __shfl_up_sync(0xffffffffu, r, off);
@@ -275,6 +285,15 @@ __device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long
             q += q2;
         }
     }
+}
+
+// Inclusive block scan of (rows, items), one pair a thread; returns the block's totals
+// in tot (every thread).
+__device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long long& q,
+                                            unsigned long long (&tot)[2]) {
+    __shared__ unsigned long long s_r[kBuildThreads / 32], s_q[kBuildThreads / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    warp_scan2(r, q, lane);
     if (lane == 31) {
         s_r[warp] = r;
         s_q[warp] = q;
@@ -282,15 +301,7 @@ __device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long
     __syncthreads();
     if (warp == 0) {
         unsigned long long wr = s_r[lane], wq = s_q[lane];
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-            const unsigned long long r2 = __shfl_up_sync(0xffffffffu, wr, off);
-            const unsigned long long q2 = __shfl_up_sync(0xffffffffu, wq, off);
-            if (lane >= off) {
-                wr += r2;
-                wq += q2;
-            }
-        }
+        warp_scan2(wr, wq, lane);
         s_r[lane] = wr;
         s_q[lane] = wq;
     }
