@@ -1,5 +1,6 @@
-// pkv/cuda/kmeans_cuda_assigner.cu — CudaAssigner: data upload / streaming plan, the
-// batched pass over (task, row tile) and the copies back (see kmeans_assign.h).
+// pkv/cuda/kmeans_cuda_assigner.cu — CudaAssigner: the batched pass over (task, row
+// tile), in two slots (issue, collect), and the copies back (see kmeans_assign.h). The
+// data sets' upload is in kmeans_cuda_data.cu.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,37 +10,11 @@
 
 #include "pkv/core/bulk_copy.h"
 #include "pkv/core/half.h"
-#include "pkv/cuda/check.cuh"
-#include "pkv/cuda/cuda_buffer.cuh"
 #include "pkv/cuda/device.h"
-#include "pkv/cuda/kmeans_assign.cuh"
-#include "pkv/cuda/kmeans_assign.h"
+#include "pkv/cuda/kmeans_cuda_assigner_impl.cuh"
 
 namespace pkv::cuda {
-namespace {
 
-constexpr size_t kStagingValues = size_t{8} << 20;  // 16 MiB a page-locked fp16/bf16 upload buffer
-constexpr size_t kAutoHeadroom = size_t{1} << 30;
-constexpr int64_t kTile = detail::kBlockRows;
-
-int64_t tiles_of(int64_t rows) { return (rows + kTile - 1) / kTile; }
-int64_t slots_of(int64_t rows) { return (rows + detail::kObjSlotRows - 1) / detail::kObjSlotRows; }
-
-// Rows [r0, r0 + rows) of one data set, placed at row `buf_row` of the point buffer.
-struct Piece {
-    int set = 0;
-    int64_t r0 = 0, rows = 0, buf_row = 0;
-    int64_t slot = 0;  // first objective slot of the piece within its set
-};
-
-struct SetInfo {
-    const float* hx = nullptr;
-    int64_t n = 0;
-    double scale = 1.0;  // fixed-point scale of the sums, a power of two
-    int64_t slots = 0;   // objective slots of the set (tiles of its pieces)
-};
-
-}  // namespace
 
 const char* input_precision_name(InputPrecision p) {
     switch (p) {
@@ -50,639 +25,395 @@ const char* input_precision_name(InputPrecision p) {
     return "unknown";
 }
 
-struct CudaAssigner::Impl {
-    CudaAssignerOptions opt;
-    int sm_count = 0;
-    bool wgmma = false;  // the wide kernel's assignment by wgmma (opt.wgmma on a cc 9.0 device)
-    cudaStream_t stream = nullptr;
-
-    bool active = false;
-    int d = 0;
-    std::vector<SetInfo> sets;
-    std::vector<std::vector<Piece>> chunks;  // one entry when resident
-    bool streaming = false;
-    int64_t chunk_rows = 0;
-
-    DeviceBuffer<char> points;
-    DeviceBuffer<unsigned int> max_bits;
-    DeviceBuffer<char> cent, cent_image;  // cent_image: the wgmma kernel's copy
-    DeviceBuffer<float> cnorm, scales, cent32;
-    DeviceBuffer<unsigned int> bad_cent;
-    PinnedBuffer<uint16_t> host_half[2];       // fp16/bf16 points on their way up, in turn
-    cudaEvent_t half_sent[2] = {nullptr, nullptr};  // recorded after each one's last copy
-    // A pass from issue() to collect(). Its page-locked buffers are read or written by
-    // its asynchronous copies, so each pass in flight has its own; the device buffers
-    // below are shared, since every pass runs on `stream`, in order. The scales, slot
-    // starts and segments are staged in page-locked memory too: a copy from pageable
-    // memory first waits for the stream, which would serialise the pass's launches with
-    // the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128: 0.872-0.900 ms with
-    // these, 0.903-0.907 ms before).
-    struct Slot {
-        PinnedBuffer<float> pinned;  // the fp32 centroids on their way up
-        PinnedBuffer<float> host_scale;
-        PinnedBuffer<int64_t> host_slot0;
-        PinnedBuffer<detail::MmaSegment> host_segs;
-        PinnedBuffer<unsigned long long> host_out;  // sums and counts
-        PinnedBuffer<double> host_obj;
-        PinnedBuffer<unsigned int> host_bad;  // the centroid check's result
-        cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // device time of the pass
-        cudaEvent_t ev_done = nullptr;                      // after its last copy to the host
-        std::vector<AssignTask>* tasks = nullptr;           // set while in flight
-        // Where this pass's fp32 centroids go up from and its sums and counts come back
-        // to: pinned / host_out, or one of the points' upload buffers (see staging()).
-        float* cent_up = nullptr;
-        unsigned long long* out = nullptr;
-        int k = 0;
-        bool acc = false;
-        CudaPassTiming timing;
-        std::chrono::steady_clock::time_point wall0, wall1;  // issue() began / ended
-    };
-    static constexpr int kSlots = 2;
-    static_assert(kSlots == 2, "slot si borrows upload buffer si (staging())");
-    Slot slot[kSlots];
-    // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
-    // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
-    DeviceBuffer<unsigned long long> acc_out;
-    unsigned long long* sums_d = nullptr;    // into acc_out
-    unsigned long long* counts_d = nullptr;  // into acc_out
-    DeviceBuffer<unsigned long long> group_n;  // every set's n, summed over the group
-    bool grouped = false;                      // inside begin_group_batch() ... end_batch()
-    DeviceBuffer<double> slots, objs, obj_scratch;
-    DeviceBuffer<int64_t> slot0;
-    DeviceBuffer<detail::MmaSegment> segs;
-    DeviceBuffer<int32_t> out_labels;
-    DeviceBuffer<float> out_dist2;
-    DeviceBuffer<unsigned long long> hist;
-    DeviceBuffer<unsigned int> cursor, idx;
-    DeviceBuffer<detail::SumItem> items;
-    CudaPassTiming timing;
-
-    bool rounded() const { return opt.precision != InputPrecision::fp32; }
-    // Points of dimension dim the budget holds (at least 1).
-    int64_t resident_rows(int dim) const {
-        const size_t row_bytes = static_cast<size_t>(dim) * elem() + 8;
-        size_t budget = opt.max_point_bytes;
-        if (budget == 0) {
-            PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-            size_t free_b = 0, total_b = 0;
-            PKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-            budget = free_b > kAutoHeadroom ? free_b - kAutoHeadroom : row_bytes;
-        }
-        return static_cast<int64_t>(std::max<size_t>(1, budget / row_bytes));
-    }
-    bool bf16() const { return opt.precision == InputPrecision::bf16; }
-    size_t elem() const { return rounded() ? 2 : 4; }
-    bool mma() const { return rounded() && d <= detail::kMmaMaxDim; }
-    char* rows_at(int64_t buf_row) const { return points.get() + static_cast<size_t>(buf_row) * d * elem(); }
-
-    void upload(const Piece& p) {
-        const float* src = sets[p.set].hx + p.r0 * d;
-        char* dst = rows_at(p.buf_row);
-        const size_t count = static_cast<size_t>(p.rows) * d;
-        if (!rounded()) {
-            PKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, count * 4, cudaMemcpyHostToDevice, stream));
-            return;
-        }
-        // Rounded on the host (threaded; to nearest even, as the device rounds centroids)
-        // into two page-locked buffers in turn, each sent while the other fills: half the
-        // bytes of the fp32 values cross the bus, at page-locked speed. A whole-model batch
-        // (90 x 100,000 x 64 values) went up in 0.07-0.11 s on an H200 host, and its
-        // kmeans_batch took 0.18-0.32 s end to end instead of 0.39-0.63 s through a device
-        // staging buffer fed from pageable memory.
-        for (int i = 0; i < 2; ++i)
-            if (host_half[i].capacity() < std::min(count, kStagingValues)) {
-                PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[i]));  // not freed under a copy
-                host_half[i].reserve(std::min(count, kStagingValues));
-            }
-        int b = 0;
-        for (size_t off = 0; off < count; off += kStagingValues, b ^= 1) {
-            const size_t m = std::min(kStagingValues, count - off);
-            PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[b]));  // its previous copy is done
-            if (bf16()) pkv::float_to_bf16_n(src + off, host_half[b].get(), m);
-            else pkv::float_to_half_n(src + off, host_half[b].get(), m);
-            PKV_CUDA_CHECK(
-                cudaMemcpyAsync(dst + off * 2, host_half[b].get(), m * 2, cudaMemcpyHostToDevice, stream));
-            PKV_CUDA_CHECK(cudaEventRecord(half_sent[b], stream));
-        }
-    }
-
-    NcclGroup& nccl_group() const { return *opt.nccl.group; }
-    // Waits for the stream; inside a group, polled so that a failed member ends the wait.
-    void wait() {
-        if (grouped) nccl_group().wait(opt.nccl.rank, stream);
-        else PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    }
-
-    // Uploads (or plans) the data sets and fixes every set's fixed-point scale; with
-    // `in_group`, from max|x| and n over the whole group (collective).
-    void prepare(const std::vector<AssignData>& data, int d_in, bool in_group = false) {
-        PKV_CHECK(d_in >= 1, invalid_argument, "cuda assigner: expected d >= 1, got {}", d_in);
-        PKV_CHECK(!bf16() || d_in <= detail::kMmaMaxDim, invalid_argument,
-                  "cuda assigner: bf16 input needs d <= {} (tensor-core kernel), got d = {}", detail::kMmaMaxDim,
-                  d_in);
-        release_data();
-        d = d_in;
-        int64_t total = 0;
-        for (size_t i = 0; i < data.size(); ++i) {
-            PKV_CHECK(data[i].n >= 0, invalid_argument, "cuda assigner: data set {}: expected n >= 0, got {}", i,
-                      data[i].n);
-            PKV_CHECK(data[i].x != nullptr || data[i].n == 0, invalid_argument,
-                      "cuda assigner: data set {}: null points with n = {}", i, data[i].n);
-            SetInfo s;
-            s.hx = data[i].x;
-            s.n = data[i].n;
-            sets.push_back(s);
-            total += data[i].n;
-        }
-        const int64_t fit = resident_rows(d);
-        streaming = total > fit;
-        // Streamed chunks of whole tiles keep the objective's summation order of the
-        // resident pass; chunks of whole one-hot groups (at most 32 tiles) keep its sums.
-        const int64_t group_rows = int64_t{32} * kTile;
-        chunk_rows = !streaming         ? std::max<int64_t>(total, 1)
-                     : fit >= group_rows ? fit / group_rows * group_rows
-                     : fit >= kTile      ? fit / kTile * kTile
-                                         : fit;
-        points.reserve(static_cast<size_t>(chunk_rows) * d * elem());
-
-        // Pieces: whole sets when resident; else pieces of <= chunk_rows rows starting
-        // at multiples of chunk_rows of their set, packed greedily into chunks.
-        chunks.assign(1, {});
-        int64_t used = 0;
-        for (int si = 0; si < static_cast<int>(sets.size()); ++si) {
-            SetInfo& s = sets[static_cast<size_t>(si)];
-            for (int64_t r0 = 0; r0 < s.n; r0 += chunk_rows) {
-                Piece p;
-                p.set = si;
-                p.r0 = r0;
-                p.rows = std::min(chunk_rows, s.n - r0);
-                if (used + p.rows > chunk_rows) {
-                    chunks.emplace_back();
-                    used = 0;
-                }
-                p.buf_row = used;
-                p.slot = s.slots;
-                s.slots += slots_of(p.rows);
-                used += p.rows;
-                chunks.back().push_back(p);
-            }
-        }
-
-        // max|x| of every set (of the rounded values for fp16/bf16); resident data stays.
-        const size_t ns = std::max<size_t>(sets.size(), 1);
-        max_bits.reserve(ns);
-        PKV_CUDA_CHECK(cudaMemsetAsync(max_bits.get(), 0, ns * sizeof(unsigned int), stream));
-        for (const auto& chunk : chunks)
-            for (const Piece& p : chunk) {
-                upload(p);
-                if (bf16())
-                    detail::launch_max_abs_bf16(rows_at(p.buf_row), p.rows * d, max_bits.get() + p.set, stream);
-                else
-                    detail::launch_max_abs(rows_at(p.buf_row), rounded(), p.rows * d, max_bits.get() + p.set,
-                                           stream);
-            }
-        std::vector<unsigned int> bits(ns);
-        std::vector<unsigned long long> n_scale(ns, 0);
-        for (size_t i = 0; i < sets.size(); ++i) n_scale[i] = static_cast<unsigned long long>(sets[i].n);
-        grouped = in_group;
-        if (in_group) {
-            // The bits of non-negative floats order as the floats do (a NaN or inf above
-            // every finite value), so the integer maximum is max|x| over the group.
-            group_n.reserve(ns);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(group_n.get(), n_scale.data(), ns * 8, cudaMemcpyHostToDevice, stream));
-            nccl_group().max_u32(opt.nccl.rank, max_bits.get(), ns, stream);
-            nccl_group().sum_u64(opt.nccl.rank, group_n.get(), ns, stream);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(n_scale.data(), group_n.get(), ns * 8, cudaMemcpyDeviceToHost, stream));
-        }
-        PKV_CUDA_CHECK(cudaMemcpyAsync(bits.data(), max_bits.get(), ns * sizeof(unsigned int),
-                                       cudaMemcpyDeviceToHost, stream));
-        wait();
-        for (size_t i = 0; i < sets.size(); ++i) {
-            float max_abs = 0.0f;
-            std::memcpy(&max_abs, &bits[i], sizeof(max_abs));
-            PKV_CHECK(std::isfinite(max_abs), invalid_argument,
-                      "cuda assigner: data set {}: points have a non-finite coordinate{}", i,
-                      rounded() ? " (or one beyond the binary16/bf16 range; use fp32 input)" : "");
-            SetInfo& s = sets[i];
-            s.scale = 1.0;
-            const double n = static_cast<double>(n_scale[i]);  // the group's n in a group
-            if (max_abs > 0.0f && n > 0) {
-                // Largest 2^e with n * max|x| * 2^e <= 2^61 (no partial sum can overflow
-                // int64) and max|x| * 2^e <= 2^39 (one coordinate fits the shared-memory
-                // partials of the tensor-core kernel). Kept inside the float exponent
-                // range (the kernel scales in fp32).
-                const double e = std::min(
-                    std::floor(std::log2(std::ldexp(1.0, 61) / (n * max_abs))),
-                    std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
-                s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
-            }
-        }
-        active = true;
-    }
-
-    // Centroids as the kernels read them: rounded and padded for the tensor-core
-    // kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for
-    // the FMA kernel ([tasks][k][d]).
-    void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad, Slot& S) {
-        const size_t nt = tasks.size();
-        const auto round = [&](float v) -> uint16_t { return bf16() ? float_to_bf16(v) : float_to_half(v); };
-        const auto back = [&](uint16_t h) -> float { return bf16() ? bf16_to_float(h) : half_to_float(h); };
-        const char* bad = "cuda assigner: task {}: centroid {} has a non-finite coordinate{}";
-        const char* why = rounded() ? " (or one beyond the binary16/bf16 range)" : "";
-        if (mma()) {
-            // fp32 centroids packed into pinned memory, rounded and padded on the device.
-            // The slot's previous pass, whose copy read this buffer, has been collected.
-            const size_t kd = static_cast<size_t>(k) * d;
-            float* const up = S.cent_up;
-            std::vector<CopyRun> runs(nt);
-            for (size_t ti = 0; ti < nt; ++ti) runs[ti] = CopyRun{tasks[ti].centroids, up + ti * kd, kd * 4};
-            copy_runs(runs.data(), nt);
-            cent32.reserve(nt * kd);
-            cent.reserve(nt * kpad * dpad * 2);
-            cnorm.reserve(nt * kpad);
-            bad_cent.reserve(1);
-            PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), up, nt * kd * 4, cudaMemcpyHostToDevice, stream));
-            PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
-            detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
-                                          cnorm.get(), bad_cent.get(), stream);
-            return;
-        }
+// Centroids as the kernels read them: rounded and padded for the tensor-core
+// kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for
+// the FMA kernel ([tasks][k][d]).
+void CudaAssigner::Impl::upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad, Slot& S) {
+    const size_t nt = tasks.size();
+    const auto round = [&](float v) -> uint16_t { return bf16() ? float_to_bf16(v) : float_to_half(v); };
+    const auto back = [&](uint16_t h) -> float { return bf16() ? bf16_to_float(h) : half_to_float(h); };
+    const char* bad = "cuda assigner: task {}: centroid {} has a non-finite coordinate{}";
+    const char* why = rounded() ? " (or one beyond the binary16/bf16 range)" : "";
+    if (mma()) {
+        // fp32 centroids packed into pinned memory, rounded and padded on the device.
+        // The slot's previous pass, whose copy read this buffer, has been collected.
         const size_t kd = static_cast<size_t>(k) * d;
-        std::vector<float> hc(nt * kd);
-        std::vector<float> hn(nt * k);
-        for (size_t ti = 0; ti < nt; ++ti)
-            for (int j = 0; j < k; ++j) {
-                double s = 0.0;
-                for (int t = 0; t < d; ++t) {
-                    float v = tasks[ti].centroids[size_t(j) * d + t];
-                    if (rounded()) v = back(round(v));
-                    hc[ti * kd + size_t(j) * d + t] = v;
-                    s += static_cast<double>(v) * v;
-                }
-                PKV_CHECK(std::isfinite(s), invalid_argument, bad, ti, j, why);
-                hn[ti * k + j] = static_cast<float>(s);
-            }
-        cent.reserve(hc.size() * 4);
-        cnorm.reserve(hn.size());
-        PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), hc.data(), hc.size() * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(cnorm.get(), hn.data(), hn.size() * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        float* const up = S.cent_up;
+        std::vector<CopyRun> runs(nt);
+        for (size_t ti = 0; ti < nt; ++ti) runs[ti] = CopyRun{tasks[ti].centroids, up + ti * kd, kd * 4};
+        copy_runs(runs.data(), nt);
+        cent32.reserve(nt * kd);
+        cent.reserve(nt * kpad * dpad * 2);
+        cnorm.reserve(nt * kpad);
+        bad_cent.reserve(1);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(cent32.get(), up, nt * kd * 4, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemsetAsync(bad_cent.get(), 0xff, sizeof(unsigned int), stream));
+        detail::launch_prep_centroids(cent32.get(), static_cast<int>(nt), k, d, kpad, dpad, bf16(), cent.get(),
+                                      cnorm.get(), bad_cent.get(), stream);
+        return;
     }
-
-    // The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
-    // an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
-    // about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
-    // upload buffers sit idle after begin_batch(): slot si takes buffer si where its
-    // sums, counts and centroids fit, else buffers of its own.
-    void staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc) {
-        const size_t out_n = acc ? nt * kd + nt * static_cast<size_t>(k) : 0;
-        const size_t up_n = mma() ? nt * kd : 0;
-        const size_t bytes = out_n * 8 + up_n * 4;
-        if (!streaming && host_half[si].capacity() * sizeof(uint16_t) >= bytes) {
-            PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[si]));  // its last upload is done
-            auto* base = reinterpret_cast<unsigned char*>(host_half[si].get());
-            S.out = reinterpret_cast<unsigned long long*>(base);
-            S.cent_up = reinterpret_cast<float*>(base + out_n * 8);
-            return;
+    const size_t kd = static_cast<size_t>(k) * d;
+    std::vector<float> hc(nt * kd);
+    std::vector<float> hn(nt * k);
+    for (size_t ti = 0; ti < nt; ++ti)
+        for (int j = 0; j < k; ++j) {
+            double s = 0.0;
+            for (int t = 0; t < d; ++t) {
+                float v = tasks[ti].centroids[size_t(j) * d + t];
+                if (rounded()) v = back(round(v));
+                hc[ti * kd + size_t(j) * d + t] = v;
+                s += static_cast<double>(v) * v;
+            }
+            PKV_CHECK(std::isfinite(s), invalid_argument, bad, ti, j, why);
+            hn[ti * k + j] = static_cast<float>(s);
         }
-        S.host_out.reserve(std::max<size_t>(out_n, 1));
-        S.pinned.reserve(std::max<size_t>(up_n, 1));
-        S.out = S.host_out.get();
-        S.cent_up = S.pinned.get();
+    cent.reserve(hc.size() * 4);
+    cnorm.reserve(hn.size());
+    PKV_CUDA_CHECK(cudaMemcpyAsync(cent.get(), hc.data(), hc.size() * 4, cudaMemcpyHostToDevice, stream));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(cnorm.get(), hn.data(), hn.size() * 4, cudaMemcpyHostToDevice, stream));
+    PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+// The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
+// an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
+// about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
+// upload buffers sit idle after begin_batch(): slot si takes buffer si where its
+// sums, counts and centroids fit, else buffers of its own.
+void CudaAssigner::Impl::staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc) {
+    const size_t out_n = acc ? nt * kd + nt * static_cast<size_t>(k) : 0;
+    const size_t up_n = mma() ? nt * kd : 0;
+    const size_t bytes = out_n * 8 + up_n * 4;
+    if (!streaming && host_half[si].capacity() * sizeof(uint16_t) >= bytes) {
+        PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[si]));  // its last upload is done
+        auto* base = reinterpret_cast<unsigned char*>(host_half[si].get());
+        S.out = reinterpret_cast<unsigned long long*>(base);
+        S.cent_up = reinterpret_cast<float*>(base + out_n * 8);
+        return;
     }
+    S.host_out.reserve(std::max<size_t>(out_n, 1));
+    S.pinned.reserve(std::max<size_t>(up_n, 1));
+    S.out = S.host_out.get();
+    S.cent_up = S.pinned.get();
+}
 
-    // One pass: issue() queues it in slot si and returns, collect() waits for it and
-    // fills in the tasks' outputs.
-    void pass(std::vector<AssignTask>& tasks, int k) {
-        issue(tasks, k, 0);
-        collect(0);
+// One pass: issue() queues it in slot si and returns, collect() waits for it and
+// fills in the tasks' outputs.
+void CudaAssigner::Impl::pass(std::vector<AssignTask>& tasks, int k) {
+    issue(tasks, k, 0);
+    collect(0);
+}
+
+void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
+    const auto wall0 = std::chrono::steady_clock::now();
+    PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+    PKV_CHECK(si >= 0 && si < kSlots, internal, "cuda assigner: slot {} of {}", si, kSlots);
+    Slot& S = slot[si];
+    PKV_CHECK(S.tasks == nullptr, internal, "cuda assigner: slot {} already has a pass in flight", si);
+    PKV_CHECK(active, internal, "cuda assigner: assign_batch() outside begin_batch()/end_batch()");
+    PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
+    const int nt = static_cast<int>(tasks.size());
+    bool acc = false;
+    for (int ti = 0; ti < nt; ++ti) {
+        const AssignTask& t = tasks[static_cast<size_t>(ti)];
+        PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < sets.size(), internal,
+                  "cuda assigner: task {} names data set {}, {} announced", ti, t.data, sets.size());
+        PKV_CHECK(t.centroids != nullptr, invalid_argument, "cuda assigner: task {}: null centroids", ti);
+        PKV_CHECK((t.sums == nullptr) == (t.counts == nullptr), internal,
+                  "cuda assigner: task {}: sums and counts must both be given or both be null", ti);
+        acc = acc || t.sums != nullptr;
     }
-
-    void issue(std::vector<AssignTask>& tasks, int k, int si) {
-        const auto wall0 = std::chrono::steady_clock::now();
-        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-        PKV_CHECK(si >= 0 && si < kSlots, internal, "cuda assigner: slot {} of {}", si, kSlots);
-        Slot& S = slot[si];
-        PKV_CHECK(S.tasks == nullptr, internal, "cuda assigner: slot {} already has a pass in flight", si);
-        PKV_CHECK(active, internal, "cuda assigner: assign_batch() outside begin_batch()/end_batch()");
-        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
-        const int nt = static_cast<int>(tasks.size());
-        bool acc = false;
-        for (int ti = 0; ti < nt; ++ti) {
-            const AssignTask& t = tasks[static_cast<size_t>(ti)];
-            PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < sets.size(), internal,
-                      "cuda assigner: task {} names data set {}, {} announced", ti, t.data, sets.size());
-            PKV_CHECK(t.centroids != nullptr, invalid_argument, "cuda assigner: task {}: null centroids", ti);
-            PKV_CHECK((t.sums == nullptr) == (t.counts == nullptr), internal,
-                      "cuda assigner: task {}: sums and counts must both be given or both be null", ti);
-            acc = acc || t.sums != nullptr;
-        }
-        CudaPassTiming& timing = S.timing;
-        timing = CudaPassTiming{};
-        timing.tensor_cores = mma();
-        S.k = k;
-        S.acc = acc;
-        S.wall0 = wall0;
-        if (nt == 0) {
-            S.wall1 = std::chrono::steady_clock::now();
-            S.tasks = &tasks;
-            return;
-        }
-        const int kpad = (k + 7) / 8 * 8;
-        const int dpad = mma() ? detail::mma_row_stride(d) : d;
-        const size_t kd = static_cast<size_t>(k) * d;
-        // k >= wide_min_k: the streaming kernel when d allows, sums by the sorted reduction;
-        // below it the one-hot kernel (sums on tensor cores; segments start on a group);
-        // else the general kernel, its sums sorted when k x d partials do not fit in
-        // shared memory.
-        const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
-        const bool wg = wide && wgmma && k >= kWgmmaMinK;
-        const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg && d > 64 ? 128 : 64;
-        const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
-        const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
-        const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
-        const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
-        timing.kernel = !mma()   ? "fma"
-                        : fused  ? "fused"
-                        : onehot ? "onehot"
-                        : wide   ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
-                        : sorted ? "mma+sorted"
-                                 : "mma";
-
-        staging(S, si, static_cast<size_t>(nt), kd, k, acc);
-        PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
-        upload_centroids(tasks, k, kpad, dpad, S);
-        // Written straight into the page-locked buffers the copies below read; they stay
-        // untouched until the next pass, which starts after this one's wait().
-        S.host_scale.reserve(static_cast<size_t>(nt));
-        S.host_slot0.reserve(static_cast<size_t>(nt) + 1);
-        float* const hscale = S.host_scale.get();
-        int64_t* const hslot0 = S.host_slot0.get();
-        hslot0[0] = 0;
-        std::vector<std::vector<int>> tasks_of_set(sets.size());
-        for (int ti = 0; ti < nt; ++ti) {
-            const SetInfo& s = sets[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)];
-            hscale[static_cast<size_t>(ti)] = static_cast<float>(s.scale);
-            hslot0[static_cast<size_t>(ti) + 1] = hslot0[static_cast<size_t>(ti)] + s.slots;
-            tasks_of_set[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)].push_back(ti);
-        }
-        scales.reserve(static_cast<size_t>(nt));
-        slot0.reserve(static_cast<size_t>(nt) + 1);
-        slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0[nt], 1)));
-        objs.reserve(static_cast<size_t>(nt));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale, nt * 4, cudaMemcpyHostToDevice, stream));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0, (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
-        if (acc) {
-            acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
-            sums_d = acc_out.get();
-            counts_d = sums_d + nt * kd;
-            PKV_CUDA_CHECK(cudaMemsetAsync(sums_d, 0, (nt * kd + static_cast<size_t>(nt) * k) * 8, stream));
-        }
-
-        std::vector<detail::MmaSegment> hsegs;
-        struct Copy {
-            int task;
-            int64_t r0, rows, out;
-        };
-        std::vector<Copy> copies;
-        for (const auto& chunk : chunks) {
-            if (streaming)
-                for (const Piece& p : chunk) upload(p);
-            hsegs.clear();
-            copies.clear();
-            int64_t tiles = 0, out_rows = 0;
-            for (const Piece& p : chunk)
-                for (int ti : tasks_of_set[static_cast<size_t>(p.set)]) {
-                    const AssignTask& t = tasks[static_cast<size_t>(ti)];
-                    detail::MmaSegment sg;
-                    sg.x = rows_at(p.buf_row);
-                    sg.rows = p.rows;
-                    tiles = (tiles + group - 1) / group * group;
-                    sg.tile0 = tiles;
-                    sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
-                    sg.task = ti;
-                    sg.xrow = p.buf_row;
-                    tiles += tiles_of(p.rows);
-                    // The FMA kernel always writes labels and distances.
-                    if (t.labels || t.dist2 || !mma() || sorted) {
-                        copies.push_back(Copy{ti, p.r0, p.rows, out_rows});
-                        out_rows += p.rows;
-                    }
-                    hsegs.push_back(sg);
-                }
-            tiles = (tiles + group - 1) / group * group;
-            out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
-            out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
-            size_t ci = 0;
-            for (auto& sg : hsegs) {
-                const AssignTask& t = tasks[static_cast<size_t>(sg.task)];
-                if (t.labels || t.dist2 || !mma() || sorted) {
-                    const Copy& c = copies[ci++];
-                    sg.labels = out_labels.get() + c.out;
-                    sg.dist2 = out_dist2.get() + c.out;
-                }
-            }
-            ++timing.chunks;
-            if (mma()) {
-                segs.reserve(hsegs.size());
-                S.host_segs.reserve(hsegs.size());
-                std::memcpy(S.host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
-                PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), S.host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
-                                               cudaMemcpyHostToDevice, stream));
-                detail::MmaArgs a;
-                a.segs = segs.get();
-                a.n_segs = static_cast<int>(hsegs.size());
-                a.n_tiles = tiles;
-                a.d = d;
-                a.k = k;
-                a.kpad = kpad;
-                a.dpad = dpad;
-                a.bf16 = bf16();
-                a.cent = cent.get();
-                a.cnh = cnorm.get();
-                a.sums = acc && !sorted ? sums_d : nullptr;  // else sorted_sums() below
-                a.counts = acc && !sorted ? counts_d : nullptr;
-                a.scale = scales.get();
-                a.slots = slots.get();
-                if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
-                else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
-                else if (wg) {
-                    cent_image.reserve(detail::wgmma_image_bytes(nt, kpad, d, wide_chunk));
-                    detail::launch_wgmma_wide(a, wide_chunk, nt, cent_image.get(), sm_count, stream);
-                }
-                else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
-                else detail::launch_mma_assign(a, sm_count, stream);
-                if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
-                // host_segs and segs are refilled for the next chunk.
-                if (chunks.size() > 1) PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-            } else {
-                for (const auto& sg : hsegs) {
-                    detail::AssignArgs a;
-                    a.x = sg.x;
-                    a.half = rounded();
-                    a.rows = sg.rows;
-                    a.d = d;
-                    a.centroids = reinterpret_cast<const float*>(cent.get()) + sg.task * kd;
-                    a.c_norm2 = cnorm.get() + static_cast<size_t>(sg.task) * k;
-                    a.k = k;
-                    a.labels = sg.labels;
-                    a.dist2 = sg.dist2;
-                    a.sums = acc ? sums_d + sg.task * kd : nullptr;
-                    a.counts = acc ? counts_d + static_cast<size_t>(sg.task) * k : nullptr;
-                    a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
-                    if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
-                    detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
-                }
-            }
-            for (const Copy& c : copies) {
-                const AssignTask& t = tasks[static_cast<size_t>(c.task)];
-                if (t.labels && c.rows > 0)
-                    PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
-                                                   cudaMemcpyDeviceToHost, stream));
-                if (t.dist2 && c.rows > 0)
-                    PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
-                                                   cudaMemcpyDeviceToHost, stream));
-            }
-        }
-        int64_t max_slots = 0;
-        for (int ti = 0; ti < nt; ++ti)
-            max_slots = std::max(max_slots, hslot0[static_cast<size_t>(ti) + 1] - hslot0[static_cast<size_t>(ti)]);
-        obj_scratch.reserve(static_cast<size_t>(nt) * detail::reduce_objective_chunks(max_slots));
-        detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
-                                        stream);
-        // Integer sums: the all-reduce is exact and every member gets the same bits.
-        if (grouped && acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * k, stream);
-        PKV_CUDA_CHECK(cudaEventRecord(S.ev_stop, stream));
-        S.host_obj.reserve(static_cast<size_t>(nt));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
-        if (acc) {
-            PKV_CUDA_CHECK(cudaMemcpyAsync(S.out, sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
-                                           cudaMemcpyDeviceToHost, stream));
-        }
-        S.host_bad.reserve(1);
-        S.host_bad.get()[0] = 0xffffffffu;
-        if (mma())
-            PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int),
-                                           cudaMemcpyDeviceToHost, stream));
-        PKV_CUDA_CHECK(cudaEventRecord(S.ev_done, stream));
+    CudaPassTiming& timing = S.timing;
+    timing = CudaPassTiming{};
+    timing.tensor_cores = mma();
+    S.k = k;
+    S.acc = acc;
+    S.wall0 = wall0;
+    if (nt == 0) {
         S.wall1 = std::chrono::steady_clock::now();
         S.tasks = &tasks;
+        return;
+    }
+    const int kpad = (k + 7) / 8 * 8;
+    const int dpad = mma() ? detail::mma_row_stride(d) : d;
+    const size_t kd = static_cast<size_t>(k) * d;
+    // k >= wide_min_k: the streaming kernel when d allows, sums by the sorted reduction;
+    // below it the one-hot kernel (sums on tensor cores; segments start on a group);
+    // else the general kernel, its sums sorted when k x d partials do not fit in
+    // shared memory.
+    const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
+    const bool wg = wide && wgmma && k >= kWgmmaMinK;
+    const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg && d > 64 ? 128 : 64;
+    const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
+    const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
+    const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
+    const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
+    timing.kernel = !mma()   ? "fma"
+                    : fused  ? "fused"
+                    : onehot ? "onehot"
+                    : wide   ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
+                    : sorted ? "mma+sorted"
+                             : "mma";
+
+    staging(S, si, static_cast<size_t>(nt), kd, k, acc);
+    PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
+    upload_centroids(tasks, k, kpad, dpad, S);
+    // Written straight into the page-locked buffers the copies below read; they stay
+    // untouched until the next pass, which starts after this one's wait().
+    S.host_scale.reserve(static_cast<size_t>(nt));
+    S.host_slot0.reserve(static_cast<size_t>(nt) + 1);
+    float* const hscale = S.host_scale.get();
+    int64_t* const hslot0 = S.host_slot0.get();
+    hslot0[0] = 0;
+    std::vector<std::vector<int>> tasks_of_set(sets.size());
+    for (int ti = 0; ti < nt; ++ti) {
+        const SetInfo& s = sets[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)];
+        hscale[static_cast<size_t>(ti)] = static_cast<float>(s.scale);
+        hslot0[static_cast<size_t>(ti) + 1] = hslot0[static_cast<size_t>(ti)] + s.slots;
+        tasks_of_set[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)].push_back(ti);
+    }
+    scales.reserve(static_cast<size_t>(nt));
+    slot0.reserve(static_cast<size_t>(nt) + 1);
+    slots.reserve(static_cast<size_t>(std::max<int64_t>(hslot0[nt], 1)));
+    objs.reserve(static_cast<size_t>(nt));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale, nt * 4, cudaMemcpyHostToDevice, stream));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0, (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
+    if (acc) {
+        acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
+        sums_d = acc_out.get();
+        counts_d = sums_d + nt * kd;
+        PKV_CUDA_CHECK(cudaMemsetAsync(sums_d, 0, (nt * kd + static_cast<size_t>(nt) * k) * 8, stream));
     }
 
-    void collect(int si) {
-        PKV_CHECK(si >= 0 && si < kSlots && slot[si].tasks != nullptr, internal,
-                  "cuda assigner: no pass in flight in slot {}", si);
-        Slot& S = slot[si];
-        std::vector<AssignTask>& tasks = *S.tasks;
-        S.tasks = nullptr;
-        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-        const int nt = static_cast<int>(tasks.size());
-        const int k = S.k;
-        const size_t kd = static_cast<size_t>(k) * d;
-        CudaPassTiming& timing = S.timing;
-        using ms_t = std::chrono::duration<double, std::milli>;
-        timing.issue_ms = ms_t(S.wall1 - S.wall0).count();
-        if (nt == 0) {
-            timing.wall_ms = timing.issue_ms;
-            this->timing = timing;
-            return;
+    std::vector<detail::MmaSegment> hsegs;
+    struct Copy {
+        int task;
+        int64_t r0, rows, out;
+    };
+    std::vector<Copy> copies;
+    for (const auto& chunk : chunks) {
+        if (streaming)
+            for (const Piece& p : chunk) upload(p);
+        hsegs.clear();
+        copies.clear();
+        int64_t tiles = 0, out_rows = 0;
+        for (const Piece& p : chunk)
+            for (int ti : tasks_of_set[static_cast<size_t>(p.set)]) {
+                const AssignTask& t = tasks[static_cast<size_t>(ti)];
+                detail::MmaSegment sg;
+                sg.x = rows_at(p.buf_row);
+                sg.rows = p.rows;
+                tiles = (tiles + group - 1) / group * group;
+                sg.tile0 = tiles;
+                sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
+                sg.task = ti;
+                sg.xrow = p.buf_row;
+                tiles += detail::tiles_of(p.rows);
+                // The FMA kernel always writes labels and distances.
+                if (t.labels || t.dist2 || !mma() || sorted) {
+                    copies.push_back(Copy{ti, p.r0, p.rows, out_rows});
+                    out_rows += p.rows;
+                }
+                hsegs.push_back(sg);
+            }
+        tiles = (tiles + group - 1) / group * group;
+        out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+        out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+        size_t ci = 0;
+        for (auto& sg : hsegs) {
+            const AssignTask& t = tasks[static_cast<size_t>(sg.task)];
+            if (t.labels || t.dist2 || !mma() || sorted) {
+                const Copy& c = copies[ci++];
+                sg.labels = out_labels.get() + c.out;
+                sg.dist2 = out_dist2.get() + c.out;
+            }
         }
-        const auto wall1 = std::chrono::steady_clock::now();
-        if (grouped) wait();
-        else PKV_CUDA_CHECK(cudaEventSynchronize(S.ev_done));
-        const auto wall2 = std::chrono::steady_clock::now();
-        const unsigned int bad = S.host_bad.get()[0];
-        PKV_CHECK(bad == 0xffffffffu, invalid_argument,
-                  "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
-                  "range)",
-                  bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
-        const double* hobj = S.host_obj.get();
-        const unsigned long long* hsum = S.acc ? S.out : nullptr;
-        const unsigned long long* hcnt = S.acc ? S.out + nt * kd : nullptr;
-        // In lib (vectorised there, and threaded for large batches; nvcc's host code here
-        // is compiled without the host's vector extensions).
-        std::vector<FixedRun> runs;
-        for (int ti = 0; ti < nt; ++ti) {
-            AssignTask& t = tasks[static_cast<size_t>(ti)];
-            t.objective = hobj[static_cast<size_t>(ti)];
-            if (!t.sums) continue;
-            const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
-            runs.push_back(FixedRun{reinterpret_cast<const int64_t*>(hsum + ti * kd), inv, t.sums, kd});
-            for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(hcnt[static_cast<size_t>(ti) * k + j]);
+        ++timing.chunks;
+        if (mma()) {
+            segs.reserve(hsegs.size());
+            S.host_segs.reserve(hsegs.size());
+            std::memcpy(S.host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), S.host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
+                                           cudaMemcpyHostToDevice, stream));
+            detail::MmaArgs a;
+            a.segs = segs.get();
+            a.n_segs = static_cast<int>(hsegs.size());
+            a.n_tiles = tiles;
+            a.d = d;
+            a.k = k;
+            a.kpad = kpad;
+            a.dpad = dpad;
+            a.bf16 = bf16();
+            a.cent = cent.get();
+            a.cnh = cnorm.get();
+            a.sums = acc && !sorted ? sums_d : nullptr;  // else sorted_sums() below
+            a.counts = acc && !sorted ? counts_d : nullptr;
+            a.scale = scales.get();
+            a.slots = slots.get();
+            if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
+            else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
+            else if (wg) {
+                cent_image.reserve(detail::wgmma_image_bytes(nt, kpad, d, wide_chunk));
+                detail::launch_wgmma_wide(a, wide_chunk, nt, cent_image.get(), sm_count, stream);
+            }
+            else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
+            else detail::launch_mma_assign(a, sm_count, stream);
+            if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
+            // host_segs and segs are refilled for the next chunk.
+            if (chunks.size() > 1) PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        } else {
+            for (const auto& sg : hsegs) {
+                detail::AssignArgs a;
+                a.x = sg.x;
+                a.half = rounded();
+                a.rows = sg.rows;
+                a.d = d;
+                a.centroids = reinterpret_cast<const float*>(cent.get()) + sg.task * kd;
+                a.c_norm2 = cnorm.get() + static_cast<size_t>(sg.task) * k;
+                a.k = k;
+                a.labels = sg.labels;
+                a.dist2 = sg.dist2;
+                a.sums = acc ? sums_d + sg.task * kd : nullptr;
+                a.counts = acc ? counts_d + static_cast<size_t>(sg.task) * k : nullptr;
+                a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
+                if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
+                detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
+            }
         }
-        fixed_to_double_runs(runs.data(), runs.size());
-        float ms = 0.0f;
-        PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, S.ev_start, S.ev_stop));
-        timing.device_ms = ms;
-        const auto wall3 = std::chrono::steady_clock::now();
-        timing.wait_ms = ms_t(wall2 - wall1).count();
-        timing.finish_ms = ms_t(wall3 - wall2).count();
-        timing.wall_ms = timing.issue_ms + timing.wait_ms + timing.finish_ms;
+        for (const Copy& c : copies) {
+            const AssignTask& t = tasks[static_cast<size_t>(c.task)];
+            if (t.labels && c.rows > 0)
+                PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
+                                               cudaMemcpyDeviceToHost, stream));
+            if (t.dist2 && c.rows > 0)
+                PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
+                                               cudaMemcpyDeviceToHost, stream));
+        }
+    }
+    int64_t max_slots = 0;
+    for (int ti = 0; ti < nt; ++ti)
+        max_slots = std::max(max_slots, hslot0[static_cast<size_t>(ti) + 1] - hslot0[static_cast<size_t>(ti)]);
+    obj_scratch.reserve(static_cast<size_t>(nt) * detail::reduce_objective_chunks(max_slots));
+    detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
+                                    stream);
+    // Integer sums: the all-reduce is exact and every member gets the same bits.
+    if (grouped && acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * k, stream);
+    PKV_CUDA_CHECK(cudaEventRecord(S.ev_stop, stream));
+    S.host_obj.reserve(static_cast<size_t>(nt));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
+    if (acc) {
+        PKV_CUDA_CHECK(cudaMemcpyAsync(S.out, sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
+                                       cudaMemcpyDeviceToHost, stream));
+    }
+    S.host_bad.reserve(1);
+    S.host_bad.get()[0] = 0xffffffffu;
+    if (mma())
+        PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int),
+                                       cudaMemcpyDeviceToHost, stream));
+    PKV_CUDA_CHECK(cudaEventRecord(S.ev_done, stream));
+    S.wall1 = std::chrono::steady_clock::now();
+    S.tasks = &tasks;
+}
+
+void CudaAssigner::Impl::collect(int si) {
+    PKV_CHECK(si >= 0 && si < kSlots && slot[si].tasks != nullptr, internal,
+              "cuda assigner: no pass in flight in slot {}", si);
+    Slot& S = slot[si];
+    std::vector<AssignTask>& tasks = *S.tasks;
+    S.tasks = nullptr;
+    PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+    const int nt = static_cast<int>(tasks.size());
+    const int k = S.k;
+    const size_t kd = static_cast<size_t>(k) * d;
+    CudaPassTiming& timing = S.timing;
+    using ms_t = std::chrono::duration<double, std::milli>;
+    timing.issue_ms = ms_t(S.wall1 - S.wall0).count();
+    if (nt == 0) {
+        timing.wall_ms = timing.issue_ms;
         this->timing = timing;
+        return;
     }
-
-    // Sums of one chunk from its labels (written by the kernel into the segments'
-    // label buffers), all on the device: histogram (also added to the pass's counts),
-    // offsets and runs of at most kItemRows rows of one cluster, scatter of row
-    // indices, then one warp a run summing exact fixed-point coordinates.
-    void sorted_sums(const detail::MmaArgs& a, int64_t tiles, int64_t rows, int nt, int k) {
-        constexpr unsigned int kItemRows = 512;
-        PKV_CHECK(rows < (int64_t{1} << 32), internal,
-                  "cuda assigner: {} rows in one chunk exceed the sorted sums' index", rows);
-        const size_t slots_n = static_cast<size_t>(nt) * k;
-        const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
-        // [slots_n counts][the item count][build_items' block totals]
-        hist.reserve(slots_n + 1 + static_cast<size_t>(detail::build_items_scratch(static_cast<int>(slots_n))));
-        PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
-        detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts_d, stream);
-        cursor.reserve(slots_n);
-        idx.reserve(static_cast<size_t>(std::max<int64_t>(rows, 1)));
-        items.reserve(static_cast<size_t>(std::max<int64_t>(max_items, 1)));
-        detail::launch_build_items(hist.get(), static_cast<int>(slots_n), k, kItemRows, hist.get() + slots_n + 1,
-                                   cursor.get(), items.get(), hist.get() + slots_n, stream);
-        detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
-        detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(), hist.get() + slots_n, max_items,
-                                    scales.get(), sums_d, stream);
+    const auto wall1 = std::chrono::steady_clock::now();
+    if (grouped) wait();
+    else PKV_CUDA_CHECK(cudaEventSynchronize(S.ev_done));
+    const auto wall2 = std::chrono::steady_clock::now();
+    const unsigned int bad = S.host_bad.get()[0];
+    PKV_CHECK(bad == 0xffffffffu, invalid_argument,
+              "cuda assigner: task {}: centroid {} has a non-finite coordinate (or one beyond the binary16/bf16 "
+              "range)",
+              bad / static_cast<unsigned int>(k), bad % static_cast<unsigned int>(k));
+    const double* hobj = S.host_obj.get();
+    const unsigned long long* hsum = S.acc ? S.out : nullptr;
+    const unsigned long long* hcnt = S.acc ? S.out + nt * kd : nullptr;
+    // In lib (vectorised there, and threaded for large batches; nvcc's host code here
+    // is compiled without the host's vector extensions).
+    std::vector<FixedRun> runs;
+    for (int ti = 0; ti < nt; ++ti) {
+        AssignTask& t = tasks[static_cast<size_t>(ti)];
+        t.objective = hobj[static_cast<size_t>(ti)];
+        if (!t.sums) continue;
+        const double inv = 1.0 / sets[static_cast<size_t>(t.data)].scale;  // a power of two: exact
+        runs.push_back(FixedRun{reinterpret_cast<const int64_t*>(hsum + ti * kd), inv, t.sums, kd});
+        for (int j = 0; j < k; ++j) t.counts[j] = static_cast<int64_t>(hcnt[static_cast<size_t>(ti) * k + j]);
     }
+    fixed_to_double_runs(runs.data(), runs.size());
+    float ms = 0.0f;
+    PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, S.ev_start, S.ev_stop));
+    timing.device_ms = ms;
+    const auto wall3 = std::chrono::steady_clock::now();
+    timing.wait_ms = ms_t(wall2 - wall1).count();
+    timing.finish_ms = ms_t(wall3 - wall2).count();
+    timing.wall_ms = timing.issue_ms + timing.wait_ms + timing.finish_ms;
+    this->timing = timing;
+}
 
-    // The single-problem API: the current data set when it is this one, else a
-    // one-call upload.
-    void single(const float* x, int64_t n, int d_in, const float* centroids, int k, int32_t* labels, float* dist2,
-                double* out_sums, int64_t* out_counts) {
-        PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-        PKV_CHECK(labels != nullptr && dist2 != nullptr, invalid_argument, "cuda assigner: null labels or dist2");
-        PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
-        PKV_CHECK(centroids != nullptr, invalid_argument, "cuda assigner: null centroids");
-        const bool transient = !(active && sets.size() == 1 && sets[0].hx == x && sets[0].n == n && d == d_in);
-        if (transient) prepare({AssignData{x, n}}, d_in);
-        std::vector<AssignTask> tasks(1);
-        tasks[0].centroids = centroids;
-        tasks[0].labels = labels;
-        tasks[0].dist2 = dist2;
-        tasks[0].sums = out_sums;
-        tasks[0].counts = out_counts;
-        try {
-            pass(tasks, k);
-        } catch (...) {
-            if (transient) release_data();
-            throw;
-        }
+// Sums of one chunk from its labels (written by the kernel into the segments'
+// label buffers), all on the device: histogram (also added to the pass's counts),
+// offsets and runs of at most kItemRows rows of one cluster, scatter of row
+// indices, then one warp a run summing exact fixed-point coordinates.
+void CudaAssigner::Impl::sorted_sums(const detail::MmaArgs& a, int64_t tiles, int64_t rows, int nt, int k) {
+    constexpr unsigned int kItemRows = 512;
+    PKV_CHECK(rows < (int64_t{1} << 32), internal,
+              "cuda assigner: {} rows in one chunk exceed the sorted sums' index", rows);
+    const size_t slots_n = static_cast<size_t>(nt) * k;
+    const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
+    // [slots_n counts][the item count][build_items' block totals]
+    hist.reserve(slots_n + 1 + static_cast<size_t>(detail::build_items_scratch(static_cast<int>(slots_n))));
+    PKV_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, slots_n * 8, stream));
+    detail::launch_label_histogram(a.segs, a.n_segs, tiles, k, hist.get(), counts_d, stream);
+    cursor.reserve(slots_n);
+    idx.reserve(static_cast<size_t>(std::max<int64_t>(rows, 1)));
+    items.reserve(static_cast<size_t>(std::max<int64_t>(max_items, 1)));
+    detail::launch_build_items(hist.get(), static_cast<int>(slots_n), k, kItemRows, hist.get() + slots_n + 1,
+                               cursor.get(), items.get(), hist.get() + slots_n, stream);
+    detail::launch_label_scatter(a.segs, a.n_segs, tiles, k, cursor.get(), idx.get(), stream);
+    detail::launch_segment_sums(points.get(), bf16(), d, idx.get(), items.get(), hist.get() + slots_n, max_items,
+                                scales.get(), sums_d, stream);
+}
+
+// The single-problem API: the current data set when it is this one, else a
+// one-call upload.
+void CudaAssigner::Impl::single(const float* x, int64_t n, int d_in, const float* centroids, int k, int32_t* labels,
+                                float* dist2, double* out_sums, int64_t* out_counts) {
+    PKV_CUDA_CHECK(cudaSetDevice(opt.device));
+    PKV_CHECK(labels != nullptr && dist2 != nullptr, invalid_argument, "cuda assigner: null labels or dist2");
+    PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
+    PKV_CHECK(centroids != nullptr, invalid_argument, "cuda assigner: null centroids");
+    const bool transient = !(active && sets.size() == 1 && sets[0].hx == x && sets[0].n == n && d == d_in);
+    if (transient) prepare({AssignData{x, n}}, d_in);
+    std::vector<AssignTask> tasks(1);
+    tasks[0].centroids = centroids;
+    tasks[0].labels = labels;
+    tasks[0].dist2 = dist2;
+    tasks[0].sums = out_sums;
+    tasks[0].counts = out_counts;
+    try {
+        pass(tasks, k);
+    } catch (...) {
         if (transient) release_data();
+        throw;
     }
-
-    void release_data() noexcept {
-        if (stream) cudaStreamSynchronize(stream);  // no pass still reads what goes below
-        for (Slot& sl : slot) sl.tasks = nullptr;
-        active = false;
-        grouped = false;
-        d = 0;
-        sets.clear();
-        chunks.clear();
-        points.release();
-        out_labels.release();
-        out_dist2.release();
-    }
-};
+    if (transient) release_data();
+}
 
 bool wgmma_supported(int device) { return detail::wgmma_device(device); }
 
