@@ -128,9 +128,19 @@ public:
         a_.collect_batch(slot);
         record(lloyd_pass[slot]);
     }
-    double device_ms = 0.0, issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0, upload_s = 0.0;
-    double first_issue_ms = 0.0, first_wait_ms = 0.0, first_finish_ms = 0.0, first_device_ms = 0.0;
-    int passes = 0, seen = 0;
+    // Sums of CudaPassTiming's times over passes.
+    struct Times {
+        double device_ms = 0.0, issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0;
+        void add(const pkv::cuda::CudaPassTiming& t) {
+            device_ms += t.device_ms;
+            issue_ms += t.issue_ms;
+            wait_ms += t.wait_ms;
+            finish_ms += t.finish_ms;
+        }
+    };
+    Times first, later;  // the first iteration's passes, the others'
+    double upload_s = 0.0;
+    int seen = 0;
     std::string kernel;
 
 private:
@@ -139,19 +149,8 @@ private:
     void record(bool lloyd) {
         if (!lloyd) return;
         const pkv::cuda::CudaPassTiming t = a_.last_timing();
-        if (++seen <= a_.pipeline_depth()) {
-            first_issue_ms += t.issue_ms;
-            first_wait_ms += t.wait_ms;
-            first_finish_ms += t.finish_ms;
-            first_device_ms += t.device_ms;
-            return;
-        }
-        device_ms += t.device_ms;
-        issue_ms += t.issue_ms;
-        wait_ms += t.wait_ms;
-        finish_ms += t.finish_ms;
+        (++seen <= a_.pipeline_depth() ? first : later).add(t);
         kernel = t.kernel;
-        ++passes;
     }
     pkv::cuda::CudaAssigner& a_;
     bool lloyd_pass[2] = {false, false};
@@ -196,14 +195,15 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
             }
             const int later = std::max(iters - 1, 1);
             const double iter_ms = (lloyd - first) * 1e3 / later;
-            const double pass_ms = (timed.issue_ms + timed.wait_ms + timed.finish_ms) / later;
+            const TimedAssigner::Times& lt = timed.later;
+            const double pass_ms = (lt.issue_ms + lt.wait_ms + lt.finish_ms) / later;
             const bool pipe = gpu->options().pipeline;
             std::printf("%5d %5s %8.3f %8.3f %9.4f %9.2f %8.3f %8.3f %7.1f %9.3f %8.3f %8.3f %8.3f %8.3f  %s\n", k,
                         pipe ? "2" : "1", total, timed.upload_s, lloyd, first * 1e3, iter_ms, floor_s * 1e3 / iters,
-                        iter_ms / (floor_s * 1e3 / iters), timed.device_ms / later, timed.issue_ms / later,
-                        timed.wait_ms / later, timed.finish_ms / later, iter_ms - pass_ms, timed.kernel.c_str());
+                        iter_ms / (floor_s * 1e3 / iters), lt.device_ms / later, lt.issue_ms / later,
+                        lt.wait_ms / later, lt.finish_ms / later, iter_ms - pass_ms, timed.kernel.c_str());
             std::printf("      first iteration: issue %.3f wait %.3f finish %.3f device %.3f ms\n",
-                        timed.first_issue_ms, timed.first_wait_ms, timed.first_finish_ms, timed.first_device_ms);
+                        timed.first.issue_ms, timed.first.wait_ms, timed.first.finish_ms, timed.first.device_ms);
             if (csv)
                 std::printf("pkv,model,%lld,%lld,%d,%d,%d,%.6f,%.6f,%.6f,%.6f,%d\n", static_cast<long long>(problems),
                             static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s, first, pipe ? 2 : 1);

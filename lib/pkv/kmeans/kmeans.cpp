@@ -260,11 +260,12 @@ std::vector<size_t> group_bounds(const std::vector<ProblemState>& probs, const s
 
 // Lloyd iterations of every run, one batched pass per iteration and group of runs, then
 // one scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
-// With one group (an assigner of pipeline depth 1) every run moves in lockstep. With G >
-// 1 groups, group g's pass goes to slot g and is collected in turn: while the host
-// updates one group, the assigner runs the others' passes. Runs are independent, so the
-// results are the same either way; an iteration's `seconds` is then the time between
-// its group's previous collection (or the start) and this one.
+// Group g's pass goes to slot g (submit_batch) and is collected in turn: with G > 1
+// groups the host updates one group while the assigner runs the others' passes; with one
+// group (an assigner of pipeline depth 1, whose submit_batch finishes the pass) every run
+// moves in lockstep. Runs are independent, so the results are the same either way; an
+// iteration's `seconds` is the time between its group's previous collection (or the
+// start) and this one.
 void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
                  std::vector<Run>& runs, const std::vector<char>& keep_labels) {
     using clock = std::chrono::steady_clock;
@@ -289,7 +290,7 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
         clock::time_point mark;  // its previous collection (or the start)
     };
     std::vector<Group> gs(static_cast<size_t>(groups));
-    // The group's next pass over its active runs; false when none is left.
+    // The group's next pass over its active runs, if any is left.
     const auto submit = [&](int g) {
         Group& G = gs[static_cast<size_t>(g)];
         G.tasks.clear();
@@ -306,16 +307,15 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
                 G.tasks.push_back(t);
                 G.active.push_back(&run);
             }
-        G.pending = !G.tasks.empty();
-        if (!G.pending) return;
-        if (groups == 1) assigner.assign_batch(G.tasks, k);
-        else assigner.submit_batch(G.tasks, k, g);
+        if (G.tasks.empty()) return;
+        assigner.submit_batch(G.tasks, k, g);
+        G.pending = true;
     };
     // Collects the group's pass and updates its runs.
     const auto complete = [&](int g) {
         Group& G = gs[static_cast<size_t>(g)];
         G.pending = false;
-        if (groups > 1) assigner.collect_batch(g);
+        assigner.collect_batch(g);
         // Runs are independent (own generator and buffers): updating them in parallel
         // gives the same results as in sequence.
         std::vector<KMeansIterationStats> st(G.tasks.size());
@@ -358,15 +358,13 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
             }
         }
     } catch (...) {
-        if (groups > 1)
-            for (int g = 0; g < groups; ++g)
-                if (gs[static_cast<size_t>(g)].pending) {
-                    gs[static_cast<size_t>(g)].pending = false;
-                    try {
-                        assigner.collect_batch(g);
-                    } catch (...) {  // the first error is the one reported
-                    }
+        for (int g = 0; g < groups; ++g)
+            if (gs[static_cast<size_t>(g)].pending) {
+                try {
+                    assigner.collect_batch(g);
+                } catch (...) {  // the first error is the one reported
                 }
+            }
         throw;
     }
     // Score the final centroids so restarts compare like with like and the result's
