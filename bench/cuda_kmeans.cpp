@@ -29,8 +29,8 @@
 // onehot_sums off (the shared-memory fixed-point kernel, k below the wide kernel's
 // wide_min_k); wide_assign off (the general kernel) and
 // the other wide_chunk (64 or 128, k >= wide_min_k); the wide kernel and sorted sums below it
-// (wide_min_k 1); wgmma off (the wide kernel's products by mma.sync, k >= wide_min_k, on
-// devices where wgmma is the default).
+// (wide_min_k 1); wgmma off (the wide kernel's products by mma.sync, k >= wide_min_k, and
+// the one-hot kernel on mma.sync, 16 < k <= 64, on devices where wgmma is the default).
 // Device memory: n * (128 * s + 8) bytes for the points (s = 4 fp32, 2 fp16) plus
 // O(k * d); 10^7 fp32 points take 5.2 GB. Host memory: n * 128 * 4 bytes.
 #include <cstdint>
@@ -452,7 +452,7 @@ int main(int argc, char** argv) {
     // than the defaults, 1: onehot_sums off and 4: the wide kernel (k < wide_min_k),
     // 2: wide_assign off and 3 / 7: wide_chunk 64 / 128 where the default is the other
     // (k >= wide_min_k), 5: fused_small_k off
-    // (k <= 16), 6: wgmma off (k >= wide_min_k, where wgmma is supported).
+    // (k <= 16), 6: wgmma off (k >= kWgmmaMinK or 16 < k <= 64, where wgmma is supported).
     const int wide_min_k = pkv::cuda::CudaAssignerOptions{}.wide_min_k;
     for (const auto prec : precs)
       for (int variant = 0; variant < 8; ++variant) {
@@ -477,9 +477,11 @@ int main(int argc, char** argv) {
             const bool wide_default = k >= wide_min_k;
             if (variant == 5 && k > pkv::cuda::fused_max_k(d)) continue;
             if ((variant == 1 || variant == 4) && wide_default) continue;
-            if ((variant == 2 || variant == 3 || variant == 6 || variant == 7) && !wide_default) continue;
-            const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(opt.device);
-            if (variant == 6 && !wgmma_default) continue;
+            if ((variant == 2 || variant == 3 || variant == 7) && !wide_default) continue;
+            const bool wg = pkv::cuda::wgmma_supported(opt.device);
+            const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && wg;
+            const bool wg_onehot_default = wg && k > pkv::cuda::fused_max_k(d) && k <= 64;
+            if (variant == 6 && !wgmma_default && !wg_onehot_default) continue;
             if ((variant == 3 && !wgmma_default) || (variant == 7 && wgmma_default)) continue;
             std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
             std::vector<double> sums(size_t(k) * d);
@@ -532,7 +534,8 @@ int main(int argc, char** argv) {
                 "the same for a pass without sums (labels and objective only). iter ms: the\n"
                 "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
                 "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16; 32 at d <= 64) and\n"
-                "onehot (k < 96), sums on tensor cores; mma (shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
+                "onehot (k < 96; onehot-wgmma: on Hopper's warpgroup MMA, k <= 64), sums on tensor cores; mma\n"
+                "(shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
                 "of 64, /128 of 128), wgmma (the same on Hopper's warpgroup MMA, k >= 256: chunks of 128, /64 of 64)\n"
                 "and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
                 "fma (fp32).\n"

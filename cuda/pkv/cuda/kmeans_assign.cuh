@@ -189,6 +189,27 @@ size_t wgmma_image_bytes(int tasks, int kpad, int d, int chunk);
 /// Only where wgmma_device() holds.
 void launch_wgmma_wide(const MmaArgs& args, int chunk, int tasks, void* image, int sm_count, cudaStream_t stream);
 
+/// The largest k the one-hot kernel takes on wgmma (kmeans_onehot_sm90a.cu): one
+/// warpgroup product of 64 centroids.
+constexpr int kWgmmaOnehotMaxK = 64;
+
+/// True when the one-hot kernel on wgmma takes (k, d) (the device must also pass
+/// wgmma_device()).
+inline bool wgmma_onehot_ok(int k, int d) { return k <= kWgmmaOnehotMaxK && mma_staged_dim(d); }
+
+/// Tiles per group of its sums (4096 rows: a warpgroup's fp32 partial covers 2048).
+inline int wgmma_onehot_group_tiles() { return 16; }
+
+/// Device bytes launch_wgmma_onehot needs for the centroid image of `tasks` tasks.
+size_t wgmma_onehot_image_bytes(int tasks, int kpad, int d);
+
+/// The one-hot kernel on wgmma: the same outputs and group rules as launch_mma_onehot,
+/// sums required (args.sums and args.counts set). First writes the tasks' centroids
+/// as one swizzled chunk each into `image` (wgmma_onehot_image_bytes()). Only where
+/// wgmma_device() holds.
+void launch_wgmma_onehot(const MmaArgs& args, int group_tiles, int tasks, void* image, int sm_count,
+                         cudaStream_t stream);
+
 /// Tensor-core centroid operands from fp32 centroids c32 [tasks][k][d]: out
 /// [tasks][kpad][dpad] binary16 (bf16 when `bf16`), rounded to nearest even, zero padded;
 /// cnh [tasks][kpad] = -||rounded c||²/2 (norm in double, fixed order), -inf on padding.

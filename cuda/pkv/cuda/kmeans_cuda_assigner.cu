@@ -144,12 +144,20 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     const bool wg = wide && wgmma && k >= kWgmmaMinK;
     const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg && d > 64 ? 128 : 64;
     const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
+    // The one-hot pass on wgmma needs sums (without them the mma.sync kernel assigns).
+    const bool wg_onehot =
+        mma() && !wide && !fused && acc && opt.onehot_sums && wgmma && detail::wgmma_onehot_ok(k, d);
     const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
-    const int group = !acc ? 1 : fused ? detail::fused_group_tiles() : onehot ? detail::onehot_group_tiles(k) : 1;
+    const int group = !acc       ? 1
+                      : fused    ? detail::fused_group_tiles()
+                      : wg_onehot ? detail::wgmma_onehot_group_tiles()
+                      : onehot   ? detail::onehot_group_tiles(k)
+                                 : 1;
     const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
-    timing.kernel = !mma()   ? "fma"
-                    : fused  ? "fused"
-                    : onehot ? "onehot"
+    timing.kernel = !mma()      ? "fma"
+                    : fused     ? "fused"
+                    : wg_onehot ? "onehot-wgmma"
+                    : onehot    ? "onehot"
                     : wide   ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
                     : sorted ? "mma+sorted"
                              : "mma";
@@ -250,7 +258,10 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
             a.scale = scales.get();
             a.slots = slots.get();
             if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
-            else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
+            else if (wg_onehot) {
+                cent_image.reserve(detail::wgmma_onehot_image_bytes(nt, kpad, d));
+                detail::launch_wgmma_onehot(a, group, nt, cent_image.get(), sm_count, stream);
+            } else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
             else if (wg) {
                 cent_image.reserve(detail::wgmma_image_bytes(nt, kpad, d, wide_chunk));
                 detail::launch_wgmma_wide(a, wide_chunk, nt, cent_image.get(), sm_count, stream);

@@ -197,6 +197,10 @@ size_t wgmma_image_bytes(int, int, int, int) { return 0; }
 void launch_wgmma_wide(const MmaArgs&, int, int, void*, int, cudaStream_t) {
     ::pkv::fail(ErrorCode::internal, "cuda assigner: this build has no sm_90a kernel (wgmma_device() is false)");
 }
+size_t wgmma_onehot_image_bytes(int, int, int) { return 0; }
+void launch_wgmma_onehot(const MmaArgs&, int, int, void*, int, cudaStream_t) {
+    ::pkv::fail(ErrorCode::internal, "cuda assigner: this build has no sm_90a kernel (wgmma_device() is false)");
+}
 #endif
 
 void launch_mma_wide(const MmaArgs& a, int chunk, int sm_count, cudaStream_t stream) {

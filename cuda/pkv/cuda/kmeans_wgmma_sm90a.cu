@@ -49,6 +49,7 @@
 #include "pkv/cuda/kmeans_assign.cuh"
 #include "pkv/cuda/mma_ops.cuh"
 #include "pkv/cuda/mma_rows.cuh"
+#include "pkv/cuda/wgmma_ops.cuh"
 #include "pkv/cuda/wide_rows.cuh"
 
 namespace pkv::cuda::detail {
@@ -56,160 +57,8 @@ namespace {
 
 constexpr int kRowsPerWarp = kWarpRows;
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define PKV_WGMMA_DEVICE 1
-#endif
-
-/// Shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle layout
-/// (see load_chunk): start address, leading byte offset (unused by this layout: 16),
-/// stride byte offset 1024 (between 8-row groups), each in 16-byte units, and the
-/// layout's code 1 in bits 62-63.
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {
-    const uint64_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    return ((a & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
-}
-
-/// Pins the accumulators at this point of the program: the compiler may not move a
-/// read or write of them across it (they change behind its back while a wgmma runs).
-template <int R>
-__device__ __forceinline__ void pin(float (&d)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-#define PKV_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-                    "+f"(d[i + 6]), "+f"(d[i + 7])
-#define PKV_ACC32(i) PKV_ACC8(i), PKV_ACC8(i + 8), PKV_ACC8(i + 16), PKV_ACC8(i + 24)
-#define PKV_REGS64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,"\
-    "%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-#define PKV_REGS128 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,"\
-    "%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,"\
-    "%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,"\
-    "%67}, %68, p, 1, 1, 0;\n}\n"
-#define PKV_WGMMA_HEAD "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned."
-#define PKV_A_DESC "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)
-
-/// d += A (64 x 16, this warp's rows as an mma.sync A fragment) * B (16 x N from the
-/// descriptor), fp32 accumulation; N = 2 * R centroids, column 8 j + 2 t + e of row
-/// g + 8 h in d[4 j + 2 h + e].
-__device__ __forceinline__ void wgmma_n(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, __half) {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile(PKV_WGMMA_HEAD "m64n64k16.f32.f16.f16 " PKV_REGS64 : PKV_ACC32(0) : PKV_A_DESC);
-#endif
-}
-__device__ __forceinline__ void wgmma_n(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, __nv_bfloat16) {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile(PKV_WGMMA_HEAD "m64n64k16.f32.bf16.bf16 " PKV_REGS64 : PKV_ACC32(0) : PKV_A_DESC);
-#endif
-}
-__device__ __forceinline__ void wgmma_n(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, __half) {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile(PKV_WGMMA_HEAD "m64n128k16.f32.f16.f16 " PKV_REGS128 : PKV_ACC32(0), PKV_ACC32(32) : PKV_A_DESC);
-#endif
-}
-__device__ __forceinline__ void wgmma_n(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, __nv_bfloat16) {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile(PKV_WGMMA_HEAD "m64n128k16.f32.bf16.bf16 " PKV_REGS128 : PKV_ACC32(0), PKV_ACC32(32) : PKV_A_DESC);
-#endif
-}
-#undef PKV_ACC8
-#undef PKV_ACC32
-#undef PKV_REGS64
-#undef PKV_REGS128
-#undef PKV_WGMMA_HEAD
-#undef PKV_A_DESC
-
-__device__ __forceinline__ void wgmma_fence() {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_commit() {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-/// Makes this thread's generic-proxy writes to shared memory (cp.async included)
-/// visible to the asynchronous proxy wgmma reads through.
-__device__ __forceinline__ void fence_proxy_async() {
-#ifdef PKV_WGMMA_DEVICE
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-/// The running (best score, lowest index) of rows g (h = 0) and g + 8 (h = 1) over an
-/// m-block's 2 R columns from col0 (column 8 j + 2 t + e in acc[4 j + 2 h + e]).
-template <int R>
-__device__ __forceinline__ void argmax_cols(const float (&acc)[R], int col0, float (&best)[2], int (&bidx)[2]) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int jj = 0; jj < R / 8; ++jj) {
-            int off;
-            const float v = best_of_four(acc[8 * jj + 2 * h], acc[8 * jj + 2 * h + 1], acc[8 * jj + 4 + 2 * h],
-                                         acc[8 * jj + 5 + 2 * h], off);
-            if (v > best[h]) {
-                best[h] = v;
-                bidx[h] = col0 + 16 * jj + off;
-            }
-        }
-}
-
 constexpr int kWarps = kTileWarps;
 constexpr int kThreads = kWarps * 32;
-
-/// Bytes of one chunk in the centroid image: KC rows of 16 KS elements in the 128-byte
-/// swizzle layout, then their KC values -||c||²/2.
-template <int KS, int KC>
-constexpr int chunk_bytes() {
-    return KC * 32 * KS + KC * 4;
-}
-/// Its place in shared memory: whole KiB, as the swizzle needs.
-template <int KS, int KC>
-constexpr int buffer_bytes() {
-    return (chunk_bytes<KS, KC>() + 1023) / 1024 * 1024;
-}
-
-// The image: every task's centroid chunks as wgmma reads them, so a chunk reaches shared
-// memory by a plain copy of consecutive 16-byte pieces (the swizzle is relative to a
-// 1 KiB boundary, which the buffers keep). In a chunk, dims 64 h .. 64 h + 63 of all KC
-// centroids form block h (KC rows of 128 bytes); piece p (16 bytes) of centroid c's row
-// sits at place p ^ (c % 8) of its row, so the eight rows of a group spread over all
-// banks. Centroids past the task's kpad are zero, and their -||c||²/2 is -inf. One thread
-// a piece.
-template <typename T, int KS, int KC>
-__global__ void image_kernel(MmaArgs a, int tasks, unsigned char* img) {
-    constexpr int kPieces = chunk_bytes<KS, KC>() / 16, kCentPieces = KC * 2 * KS;
-    const int nch = (a.kpad + KC - 1) / KC;
-    const int64_t total = int64_t{tasks} * nch * kPieces;
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-        const int piece = static_cast<int>(i % kPieces);
-        const int64_t chunk = i / kPieces;
-        const int task = static_cast<int>(chunk / nch), c0 = static_cast<int>(chunk % nch) * KC;
-        uint4 v;
-        if (piece < kCentPieces) {
-            const int h = piece / (KC * 8), c = piece / 8 % KC, p = 8 * h + ((piece % 8) ^ (c % 8));
-            const int row = c0 + c;
-            v = row < a.kpad ? *reinterpret_cast<const uint4*>(static_cast<const T*>(a.cent) +
-                                                                (int64_t{task} * a.kpad + row) * a.dpad + 8 * p)
-                             : make_uint4(0u, 0u, 0u, 0u);
-        } else {
-            float f[4];
-            for (int e = 0; e < 4; ++e) {
-                const int row = c0 + 4 * (piece - kCentPieces) + e;
-                f[e] = row < a.kpad ? a.cnh[int64_t{task} * a.kpad + row] : -INFINITY;
-            }
-            v = *reinterpret_cast<const uint4*>(f);
-        }
-        reinterpret_cast<uint4*>(img)[i] = v;
-    }
-}
 
 /// Chunk buffers in shared memory: chunk q is multiplied while q + 1 and q + 2 load.
 constexpr int kStages = 3;

@@ -33,20 +33,39 @@ __device__ __forceinline__ float best_of_four(float p0, float p1, float p2, floa
     return b ? v23 : v01;
 }
 
-/// The A fragments of the 16 rows starting at `rows` (KS k-steps of 16 columns).
+/// Row layouts of staged rows, both addressed by (row r, 16-byte piece p) from the first
+/// row: `int dpad`, rows dpad elements apart (padded so that ldmatrix meets no bank
+/// conflicts); Swizzle128<KS>, wgmma's 128-byte swizzle (wgmma_ops.cuh) of rows of 16 KS
+/// elements (KS = 4 or 8): 8-row groups of KS / 4 atoms of 1 KiB, piece p of row r at
+/// place p % 8 ^ r % 8 of atom p / 8. The first row must start a group.
+template <int KS>
+struct Swizzle128 {
+    static_assert(KS == 4 || KS == 8, "rows of one or two 128-byte atoms");
+};
+template <typename T>
+__device__ __forceinline__ const T* piece_at(const T* rows, int dpad, int r, int p) {
+    return rows + r * dpad + 8 * p;
+}
 template <typename T, int KS>
-__device__ __forceinline__ void load_row_fragments(uint32_t (&af)[KS][4], const T* rows, int dpad, int lane) {
-    const T* arow = rows + ((lane & 7) + 8 * ((lane >> 3) & 1)) * dpad + 8 * (lane >> 4);
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[ks], arow + 16 * ks);
+__device__ __forceinline__ const T* piece_at(const T* rows, Swizzle128<KS>, int r, int p) {
+    const int bytes = (r >> 3) * (KS / 4) * 1024 + (p >> 3) * 1024 + (r & 7) * 128 + (((p & 7) ^ (r & 7)) << 4);
+    return reinterpret_cast<const T*>(reinterpret_cast<const unsigned char*>(rows) + bytes);
 }
 
-/// ||x||² of rows g (xx[mt][0]) and g + 8 (xx[mt][1]) of M m-tiles, m-tile mt at rows +
-/// 16 mt dpad, for every lane of the quad of row g: the diagonal of each m-tile's Gram
+/// The A fragments of the 16 rows starting at `rows` (KS k-steps of 16 columns).
+template <typename T, int KS, typename L>
+__device__ __forceinline__ void load_row_fragments(uint32_t (&af)[KS][4], const T* rows, L layout, int lane) {
+    const int r = (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(af[ks], piece_at(rows, layout, r, 2 * ks + (lane >> 4)));
+}
+
+/// ||x||² of rows g (xx[mt][0]) and g + 8 (xx[mt][1]) of M m-tiles, m-tile mt at row
+/// 16 mt of `rows` (in `layout`), for every lane of the quad of row g: the diagonal of each m-tile's Gram
 /// matrix on the tensor cores (B = the same rows, read like centroids; thread (g, t =
 /// g / 2) holds the diagonal entries). The 2 M accumulator chains are interleaved.
-template <typename T, int KS, int M>
-__device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const T* rows, int dpad, int lane,
+template <typename T, int KS, int M, typename L>
+__device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const T* rows, L layout, int lane,
                                           float (&xx)[M][2]) {
     const int g = lane >> 2;
     float gr[M][2][4];
@@ -56,14 +75,14 @@ __device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const 
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) gr[mt][nt][e] = 0.0f;
-    const T* grow = rows + (lane & 7) * dpad + 8 * (lane >> 3);
 #pragma unroll
     for (int ks = 0; ks < KS; ks += 2) {
         uint32_t b[M][2][4];
 #pragma unroll
         for (int mt = 0; mt < M; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) ldmatrix_x4(b[mt][nt], grow + (16 * mt + 8 * nt) * dpad + ks * 16);
+            for (int nt = 0; nt < 2; ++nt)
+                ldmatrix_x4(b[mt][nt], piece_at(rows, layout, 16 * mt + 8 * nt + (lane & 7), 2 * ks + (lane >> 3)));
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk)
 #pragma unroll
@@ -82,11 +101,11 @@ __device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const 
 }
 
 /// The same for the one m-tile at `rows`: ||x||² of rows g (lo) and g + 8 (hi).
-template <typename T, int KS>
-__device__ __forceinline__ void row_norms(const uint32_t (&af)[KS][4], const T* rows, int dpad, int lane, float& lo,
+template <typename T, int KS, typename L>
+__device__ __forceinline__ void row_norms(const uint32_t (&af)[KS][4], const T* rows, L layout, int lane, float& lo,
                                           float& hi) {
     float xx[1][2];
-    row_norms<T, KS, 1>(reinterpret_cast<const uint32_t(&)[1][KS][4]>(af), rows, dpad, lane, xx);
+    row_norms<T, KS, 1>(reinterpret_cast<const uint32_t(&)[1][KS][4]>(af), rows, layout, lane, xx);
     lo = xx[0][0];
     hi = xx[0][1];
 }

@@ -33,16 +33,17 @@ __device__ __forceinline__ void stage_warp_rows(const MmaArgs& a, int& seg, int6
     }
 }
 
-/// A tile's start, once its rows have landed in s_x: the A fragments and ||x||² of the
+/// A tile's start, once its rows have landed in s_x (`layout`: mma_rows.cuh): the A fragments and ||x||² of the
 /// warp's two m-tiles, and the running bests reset. Ends with __syncwarp(): s_x may then
 /// take the next tile's rows.
-template <typename T, int KS>
-__device__ __forceinline__ void start_warp_rows(const T* s_x, int dpad, int lane, uint32_t (&af)[2][KS][4],
+template <typename T, int KS, typename L>
+__device__ __forceinline__ void start_warp_rows(const T* s_x, L layout, int lane, uint32_t (&af)[2][KS][4],
                                                 float (&xx)[2][2], float (&best)[2][2], int (&bidx)[2][2]) {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
-        load_row_fragments<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane);
-        row_norms<T, KS>(af[mt], s_x + mt * 16 * dpad, dpad, lane, xx[mt][0], xx[mt][1]);
+        const T* rows = piece_at(s_x, layout, 16 * mt, 0);
+        load_row_fragments<T, KS>(af[mt], rows, layout, lane);
+        row_norms<T, KS>(af[mt], rows, layout, lane, xx[mt][0], xx[mt][1]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             best[mt][h] = -INFINITY;
@@ -54,11 +55,14 @@ __device__ __forceinline__ void start_warp_rows(const T* s_x, int dpad, int lane
 
 /// A tile's end: each of the warp's rows takes its winner (row_winner) and its distance
 /// (row_dist2); labels and dist2 go to the segment's outputs where it has them, and the
-/// warp's objective slot gets the sum of its rows' distances in a fixed order.
+/// warp's objective slot gets the sum of its rows' distances in a fixed order. lab gets
+/// the labels of rows g + 8 hh of m-tile mt (lab[mt][hh]), -1 past the segment. `warp`
+/// numbers the warp's 32 rows in the tile.
 template <typename T, int KS>
 __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int64_t tile, int warp, int lane,
                                                  const uint32_t (&af)[2][KS][4], const float (&xx)[2][2],
-                                                 const float (&best)[2][2], const int (&bidx)[2][2]) {
+                                                 const float (&best)[2][2], const int (&bidx)[2][2],
+                                                 int (&lab)[2][2]) {
     const int g = lane >> 2, t = lane & 3;
     // The segment is read again here, not held in registers through the chunk loop.
     const MmaSegment S = a.segs[seg];
@@ -78,12 +82,22 @@ __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int6
                 if (S.labels) S.labels[row] = l;
                 if (S.dist2) S.dist2[row] = s;
             }
+            lab[mt][hh] = valid ? l : -1;
             obj += valid ? static_cast<double>(s) : 0.0;  // in (mt, hh) order
         }
     obj = t == 0 ? obj : 0.0;
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) obj += __shfl_xor_sync(0xffffffffu, obj, off);
     if (lane == 0 && row0 < S.rows) a.slots[S.slot0 + row0 / kObjSlotRows] = obj;
+}
+
+/// The same without the labels.
+template <typename T, int KS>
+__device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int64_t tile, int warp, int lane,
+                                                 const uint32_t (&af)[2][KS][4], const float (&xx)[2][2],
+                                                 const float (&best)[2][2], const int (&bidx)[2][2]) {
+    int lab[2][2];
+    finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx, lab);
 }
 
 }  // namespace pkv::cuda::detail

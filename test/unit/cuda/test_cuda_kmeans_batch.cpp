@@ -7,8 +7,8 @@
 //   sums       shared-memory kernel or sorted reduction (onehot_sums off, k > 128): equal to
 //              accumulate_centroid_sums on the GPU's labels (binary16 values are exact
 //              in the 64-bit fixed point at these n; so is the double CPU sum);
-//              fused and one-hot kernels (fp32 tensor-core partials per group of
-//              <= 8192 rows):
+//              fused and one-hot kernels, mma.sync or wgmma (fp32 tensor-core partials
+//              per group of <= 8192 rows):
 //              |gpu - cpu| <= 1e-6 * sum of |x| over the cluster; counts exact
 //   objective  |gpu - sum of exact dist2| <= 1e-6 relative (one pass); kmeans() on the
 //              GPU vs the CPU assigner on the same fp16-rounded data, same init, fixed
@@ -62,21 +62,24 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
         int d, k;
     };
     // 300000 rows: blocks of the fused kernel take several groups each. d = 128, k = 32
-    // and d = 120, k = 29: the one-hot kernel where the fused one stops.
+    // and d = 120, k = 29: the one-hot kernel where the fused one stops; 200003 x 128,
+    // k = 64: its wgmma form with 64-centroid chunks over several groups a block.
     const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000}, {12000, 128, 80},
                                             {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}, {300000, 64, 32},
-                                            {6007, 48, 27}, {100000, 128, 32}, {7001, 120, 29}}));
+                                            {6007, 48, 27}, {100000, 128, 32}, {7001, 120, 29}, {200003, 128, 64}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
     // variant 0: the default kernels (fused for k <= 16, or k <= 32 at d <= 64; one-hot
-    // sums below 96, the wide kernel above, its products by wgmma on compute capability
-    // 9.0); 1: fused_small_k off (the one-hot kernel where the fused one runs); 2: the
-    // general kernel; 3: the wide kernel on mma.sync (wgmma off). chunk: the wide
-    // kernel's centroid chunk.
+    // sums below 96, on wgmma up to 64 on compute capability 9.0; the wide kernel above,
+    // its products by wgmma there from kWgmmaMinK); 1: fused_small_k off (the one-hot
+    // kernel where the fused one runs); 2: the general kernel; 3: wgmma off (the one-hot
+    // kernel on mma.sync, the wide kernel on mma.sync). chunk: the wide kernel's
+    // centroid chunk.
     const int variant = GENERATE(0, 1, 2, 3);
     const int chunk = GENERATE(64, 128);
     if (variant != 0 && variant != 3 && chunk != 64) return;
     if (variant == 1 && s.k > pkv::cuda::fused_max_k(s.d)) return;
-    if (variant == 3 && s.k < pkv::cuda::kWgmmaMinK) return;
+    const bool wg_onehot_k = s.k > pkv::cuda::fused_max_k(s.d) && s.k <= 64;
+    if (variant == 3 && s.k < pkv::cuda::kWgmmaMinK && !(wg_onehot_k && chunk == 64)) return;
     const bool onehot = variant != 2;
     CAPTURE(s.n, s.d, s.k, pkv::cuda::input_precision_name(prec), variant, chunk);
     const std::vector<float> x = mixture(s.n, s.d, 50, 11 + s.d);
@@ -99,8 +102,10 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     CHECK(a.last_timing().tensor_cores);
     const std::string kernel = a.last_timing().kernel;
     const bool d_ok = s.d % 8 == 0 && s.d > 32;
+    const bool wg = variant != 3 && pkv::cuda::wgmma_supported(0);
     const std::string expected = !(onehot && d_ok)                            ? (s.k > 190 ? "mma+sorted" : "mma")
                                  : s.k <= pkv::cuda::fused_max_k(s.d) && variant == 0 ? "fused"
+                                 : s.k <= 64 && wg                              ? "onehot-wgmma"
                                  : s.k < 96                                     ? "onehot"
                                  : variant == 0 && s.k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(0)
                                      ? "wgmma+sorted"
@@ -144,7 +149,7 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     pkv::accumulate_centroid_sums(xs.data(), s.n, s.d, labels.data(), s.k, cpu_sums.data(), cpu_counts.data());
     CHECK(counts == cpu_counts);
     double sum_err = 0.0;  // largest |gpu - cpu| / sum of |x| over the cluster
-    if (kernel == "onehot" || kernel == "fused") {
+    if (kernel == "onehot" || kernel == "fused" || kernel == "onehot-wgmma") {
         const std::vector<double> mag = abs_sums(xs, s.n, s.d, labels, s.k);
         for (size_t i = 0; i < sums.size(); ++i)
             if (mag[i] > 0) sum_err = std::max(sum_err, std::fabs(sums[i] - cpu_sums[i]) / mag[i]);
@@ -197,10 +202,11 @@ TEST_CASE("sorted sums past the shared-memory label counters (k > 6144), residen
 
 TEST_CASE("batched pass equals per-problem passes bitwise, streamed or resident", "[cuda][kmeans][batch]") {
     PKV_REQUIRE_GPU();
-    // fp16: k = 12 the fused kernel (tasks change inside a block); k = 150 and 400 the wide kernel (centroid chunks
-    // across segments and tasks) and the sorted reduction.
+    // fp16: k = 12 the fused kernel (tasks change inside a block); k = 40 the one-hot kernel (on Hopper its wgmma
+    // form, the centroid image reloaded inside a block); k = 150 and 400 the wide kernel (centroid chunks across
+    // segments and tasks) and the sorted reduction.
     const int d = 64;
-    const int k = GENERATE(12, 150, 400);
+    const int k = GENERATE(12, 40, 150, 400);
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::fp32);
     const size_t budget_rows = GENERATE(size_t{0}, size_t{700}, size_t{100});
     CAPTURE(k, pkv::cuda::input_precision_name(prec), budget_rows);
