@@ -13,8 +13,20 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit 14803fa; kernel: what pkv picked; wgmma: the wide kernel on Hopper's warpgroup MMA):
+# commit c40ddea; kernel: what pkv picked; onehot-wgmma / wgmma: the one-hot and wide
+# kernels on Hopper's warpgroup MMA):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
+#     16     0.876     18.365     0.595       1.47       21.0  fused
+#     32     1.342     20.612     0.595       2.25       15.4  onehot-wgmma
+#     64     1.504     22.702     0.595       2.53       15.1  onehot-wgmma
+#    128     2.417     27.140     0.595       4.06       11.2  wide+sorted
+#    256     3.136     36.390     0.595       5.27       11.6  wgmma+sorted
+#   1024    15.001     89.259     0.595      25.20        6.0  wgmma+sorted
+# k = 1024 is that run's: right after, on the same machine, pkv_bench_cuda_kmeans gave
+# 7.34 ms and then 10.6-12.0 ms for this commit and for 03a2d10 alike (the machine's, not
+# the code's). Model rows of that run: k = 32 Lloyd 0.0365 s (torch 0.3546 s, 9.7x; warm
+# 11.5x), k = 256 0.0841 s (0.8079 s, 9.6x; warm 9.8x). The run before (commit 14803fa,
+# one-hot kernel on mma.sync at k = 32 / 64):
 #     16     0.874     17.953     0.595       1.47       20.5  fused
 #     32     1.415     20.028     0.595       2.38       14.2  onehot
 #     64     1.846     22.408     0.595       3.10       12.1  onehot

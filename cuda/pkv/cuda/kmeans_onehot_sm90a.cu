@@ -1,6 +1,6 @@
 // pkv/cuda/kmeans_onehot_sm90a.cu — the one-hot kernel's pass (nearest centroids and
 // their sums, points read from device memory once) on Hopper's warpgroup MMA, for
-// 16 < k <= 64. Semantics in kmeans_assign.h ("onehot-wgmma"); compiled for sm_90a only
+// k <= 64 (above the fused kernel's k by default). Semantics in kmeans_assign.h ("onehot-wgmma"); compiled for sm_90a only
 // (cuda/CMakeLists.txt), launched only on compute capability 9.0.
 //
 // Why: at k = 32 / 64, d = 128 the mma.sync one-hot kernel (kmeans_mma_onehot.cu) takes
@@ -30,6 +30,17 @@
 //     sums; so the sums, like the one-hot kernel's, do not depend on the grid.
 // A staged buffer is refilled after the next tile's barrier, which every warp of the
 // warpgroup reaches only after its sums of the buffer's tile completed (wgmma wait).
+// Measured on an H200 (N = 10^7, fp16, device ms a Lloyd pass at k = 32 / 48 / 64):
+// d = 128: 1.30-1.32 / 1.40 / 1.45 against the mma.sync one-hot kernel's 1.43-1.45 /
+// 1.67-1.70 / 1.80-1.84 (HBM floor 0.595); d = 64, k = 64: 1.05-1.10 against 1.20-1.22
+// (floor 0.30; at k = 32 the fused kernel, 0.85-0.87, stays ahead of this one's 0.93).
+// A pass costs about the same per row whatever d: it is bound by each warp's chain of
+// steps (8 warps an SM at 188-255 registers, a few bytes spilled at d = 128), not by the
+// reads. Tried and slower:
+//   - leaving the sums' wait to the next tile's scores (ptxas then injects waits of its
+//     own): 1.27 / 1.49 / 1.56;
+//   - scores with A from shared memory (no A fragments kept: 202-216 registers, no
+//     spills) and a second barrier a tile before them: 1.38 / 1.55 / 1.59.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -245,10 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     wgmma_nt(sacc[h], oh[s], smem_desc(b + h * 1024, kRowGroup, kRowGroup), T{});
             }
             wgmma_commit();
-            // Waiting here measured faster than leaving the products to the next tile's
-            // waits (ptxas then injects waits of its own): 1.32 / 1.40 / 1.45 ms a Lloyd
-            // iteration at k = 32 / 48 / 64 against 1.27 / 1.49 / 1.56.
-            wgmma_wait<0>();
+            wgmma_wait<0>();  // here, not under the next tile's scores (see the top)
 #pragma unroll
             for (int h = 0; h < KS / 4; ++h) pin(sacc[h]);
         }
