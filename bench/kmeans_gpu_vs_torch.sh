@@ -13,20 +13,23 @@
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
 # Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit c40ddea; kernel: what pkv picked; onehot-wgmma / wgmma: the one-hot and wide
-# kernels on Hopper's warpgroup MMA):
+# commit f400d85 on a two-GPU host, GPU 0; kernel: what pkv picked; onehot-wgmma / wgmma:
+# the one-hot and wide kernels on Hopper's warpgroup MMA):
 #      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     0.876     18.365     0.595       1.47       21.0  fused
-#     32     1.342     20.612     0.595       2.25       15.4  onehot-wgmma
-#     64     1.504     22.702     0.595       2.53       15.1  onehot-wgmma
-#    128     2.417     27.140     0.595       4.06       11.2  wide+sorted
-#    256     3.136     36.390     0.595       5.27       11.6  wgmma+sorted
-#   1024    15.001     89.259     0.595      25.20        6.0  wgmma+sorted
-# k = 1024 is that run's: right after, on the same machine, pkv_bench_cuda_kmeans gave
-# 7.34 ms and then 10.6-12.0 ms for this commit and for 03a2d10 alike (the machine's, not
-# the code's). Model rows of that run: k = 32 Lloyd 0.0365 s (torch 0.3546 s, 9.7x; warm
-# 11.5x), k = 256 0.0841 s (0.8079 s, 9.6x; warm 9.8x). The run before (commit 14803fa,
-# one-hot kernel on mma.sync at k = 32 / 64):
+#     16     0.857     18.311     0.595       1.44       21.4  fused
+#     32     1.314     21.006     0.595       2.21       16.0  onehot-wgmma
+#     64     1.477     23.285     0.595       2.48       15.8  onehot-wgmma
+#    128     2.402     27.753     0.595       4.03       11.6  wide+sorted
+#    256     3.116     36.563     0.595       5.23       11.7  wgmma+sorted
+#   1024     7.562     91.193     0.595      12.70       12.1  wgmma+sorted
+# Whole-model shape, 30 iterations: k = 32 Lloyd 0.0339 s (torch 0.3551 s, 10.5x; after
+# the first iteration, as torch is timed, 12.1x), end to end 0.187 s; k = 256 Lloyd
+# 0.0768 s (torch 0.8081 s, 10.5x; 10.9x), end to end 0.215 s. That was the second of two
+# runs in a row; the first, just after the build and the tests, was slower at k = 1024
+# (15.6 ms) and in the model rows (k = 32: 0.0489 s, 7.2x), as a run on a one-GPU host at
+# c40ddea was (k = 1024 15.0 ms; model 9.7x / 9.6x), where pkv_bench_cuda_kmeans right after
+# gave 7.34 ms and then 10.6-12.0 ms at k = 1024 for c40ddea and 03a2d10 alike. Before
+# the one-hot kernel's wgmma form (commit 14803fa, mma.sync at k = 32 / 64):
 #     16     0.874     17.953     0.595       1.47       20.5  fused
 #     32     1.415     20.028     0.595       2.38       14.2  onehot
 #     64     1.846     22.408     0.595       3.10       12.1  onehot

@@ -1,6 +1,7 @@
 // Internal: launchers of the k-means assignment kernels (kernels live in kmeans_assign.cu).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include <type_traits>
@@ -9,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "pkv/cuda/check.cuh"
 #include "pkv/cuda/kmeans_assign.h"
 
 namespace pkv::cuda::detail {
@@ -33,6 +35,17 @@ struct AssignArgs {
 
 /// Labels/dist2 (and the sums when args.sums is set) for one chunk, on `stream`.
 void launch_assign(const AssignArgs& args, int sm_count, cudaStream_t stream);
+
+/// The grid of a persistent kernel whose blocks each walk a run of `work` units: as many
+/// blocks as fit on the device at once with `dyn` bytes of dynamic shared memory (whose
+/// opt-in limit it raises for the kernel), at least one an SM, at most `work`.
+template <typename Kernel>
+int persistent_grid(Kernel kernel, int threads, size_t dyn, int64_t work, int sm_count) {
+    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+    int per_sm = 0;
+    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, dyn));
+    return static_cast<int>(std::min<int64_t>(work, int64_t{std::max(per_sm, 1)} * sm_count));
+}
 
 /// out[0] = max over n values of |v| as float bits (NaN sorts above +inf), combined
 /// with the value already there.
@@ -96,6 +109,17 @@ struct MmaArgs {
     const float* scale = nullptr;          ///< [tasks] fixed-point scale (a power of two)
     double* slots = nullptr;               ///< objective partials, one per 32 rows
 };
+
+/// Centroid row stride (elements) the tensor-core kernel expects for dimension d.
+int mma_row_stride(int d);
+
+/// The preconditions the grouped passes (fused, one-hot) share: the centroid operand's
+/// padding, sums and counts both set or both null, whole groups of tiles.
+inline void assert_grouped_pass(const MmaArgs& a, int group_tiles) {
+    PKV_ASSERT(a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
+    PKV_ASSERT((a.sums == nullptr) == (a.counts == nullptr));
+    PKV_ASSERT(group_tiles >= 1 && a.n_tiles % group_tiles == 0);
+}
 
 /// The largest d the tensor-core kernel takes.
 constexpr int kMmaMaxDim = 128;
@@ -216,9 +240,6 @@ void launch_wgmma_onehot(const MmaArgs& args, int group_tiles, int tasks, void* 
 /// A row with a non-finite rounded value sets *bad = min(*bad, task * k + j).
 void launch_prep_centroids(const float* c32, int tasks, int k, int d, int kpad, int dpad, bool bf16, void* out,
                            float* cnh, unsigned int* bad, cudaStream_t stream);
-
-/// Centroid row stride (elements) the tensor-core kernel expects for dimension d.
-int mma_row_stride(int d);
 
 /// True when the tensor-core kernel keeps k x d partial sums in shared memory; else
 /// the batched pass computes the sums by a sorted reduction (below).

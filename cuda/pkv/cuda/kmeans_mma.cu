@@ -334,11 +334,7 @@ void launch_ks(const MmaArgs& a, int sm_count, cudaStream_t stream) {
         kc = static_cast<int>((kSmemCentMax - x_bytes) / row_bytes) / 8 * 8;
         dyn = x_bytes + static_cast<size_t>(kc) * row_bytes;
     }
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-    int per_sm = 0;
-    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-    per_sm = std::max(per_sm, 1);
-    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
+    const int grid = persistent_grid(kernel, kThreads, dyn, a.n_tiles, sm_count);
     kernel<<<grid, kThreads, dyn, stream>>>(a, kc, smem_acc);
     PKV_CUDA_CHECK(cudaGetLastError());
 }

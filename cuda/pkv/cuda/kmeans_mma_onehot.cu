@@ -322,12 +322,7 @@ void launch_kt(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t str
     constexpr int kThreads = 512 / kRm;
     auto kernel = onehot_kernel<T, KS, KT, kRm, kStages, ACC>;
     const size_t dyn = smem_bytes(a.dpad, kStages, KT);
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-    int per_sm = 0;
-    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-    per_sm = std::max(per_sm, 1);
-    const int64_t groups = a.n_tiles / group_tiles;
-    const int grid = static_cast<int>(std::min<int64_t>(groups, int64_t{per_sm} * sm_count));
+    const int grid = persistent_grid(kernel, kThreads, dyn, a.n_tiles / group_tiles, sm_count);
     kernel<<<grid, kThreads, dyn, stream>>>(a, group_tiles);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
@@ -349,9 +344,8 @@ void launch_ks(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t str
 int onehot_group_tiles(int k) { return k <= 32 ? 8 : k <= 64 ? 16 : 32; }
 
 void launch_mma_onehot(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
-    PKV_ASSERT(mma_onehot_ok(a.k, a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
-    PKV_ASSERT((a.sums == nullptr) == (a.counts == nullptr));
-    PKV_ASSERT(group_tiles >= 1 && a.n_tiles % group_tiles == 0);
+    PKV_ASSERT(mma_onehot_ok(a.k, a.d));
+    assert_grouped_pass(a, group_tiles);
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_sums(a, [&](auto acc) {

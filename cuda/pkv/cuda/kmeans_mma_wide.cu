@@ -98,15 +98,12 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
     int buf = 0, seg = 0;
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
-        uint32_t af[2][KS][4];
-        float xx[2][2];
-        float best[2][2];
-        int bidx[2][2];
+        WarpRows<KS> w;
         for (int ch = 0; ch < nch; ++ch) {
             cp_async_wait<0>();
             __syncthreads();  // chunk ch (and at ch == 0 this warp's rows) landed; buffer buf ^ 1 is free
             if (ch == 0) {
-                start_warp_rows<T, KS>(s_x, dpad, lane, af, xx, best, bidx);
+                start_warp_rows<T, KS>(s_x, dpad, lane, w);
                 if (tile + 1 < tile_end) stage_warp_rows<T, KS>(a, pseg, tile + 1, warp, lane, s_x);
             }
             if (ch + 1 < nch) load_chunk(tile, ch + 1, buf ^ 1);
@@ -132,9 +129,9 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
                         ldmatrix_x4(b, lrow + (n0 + 8 * u) * dpad + ks * 16);
 #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
-                            if (ks == 0) mma_from(sc[u][mt], af[mt][0], b[0], b[1], h.x, h.y, T{});
-                            else mma(sc[u][mt], af[mt][ks], b[0], b[1], T{});
-                            mma(sc[u][mt], af[mt][ks + 1], b[2], b[3], T{});
+                            if (ks == 0) mma_from(sc[u][mt], w.af[mt][0], b[0], b[1], h.x, h.y, T{});
+                            else mma(sc[u][mt], w.af[mt][ks], b[0], b[1], T{});
+                            mma(sc[u][mt], w.af[mt][ks + 1], b[2], b[3], T{});
                         }
                     }
                 }
@@ -151,16 +148,16 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
                         int off;
                         const float v = best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh],
                                                      sc[1][mt][2 * hh + 1], off);
-                        if (v > best[mt][hh]) {
-                            best[mt][hh] = v;
-                            bidx[mt][hh] = col + off;
+                        if (v > w.best[mt][hh]) {
+                            w.best[mt][hh] = v;
+                            w.bidx[mt][hh] = col + off;
                         }
                     }
             }
             buf ^= 1;
         }
 
-        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx);
+        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, w);
     }
     cp_async_wait<0>();
 }
@@ -169,11 +166,7 @@ template <typename T, int KS, int KC>
 void launch_kc(const MmaArgs& a, int sm_count, cudaStream_t stream) {
     auto kernel = wide_kernel<T, KS, KC>;
     const size_t dyn = smem_bytes<KC>(a.dpad);
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-    int per_sm = 0;
-    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-    per_sm = std::max(per_sm, 1);
-    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
+    const int grid = persistent_grid(kernel, kThreads, dyn, a.n_tiles, sm_count);
     kernel<<<grid, kThreads, dyn, stream>>>(a);
     PKV_CUDA_CHECK(cudaGetLastError());
 }

@@ -169,46 +169,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (live) {
             const T* xs = reinterpret_cast<const T*>(s_pts + (warp * kStages + stage) * kWarpBuf);
             __syncwarp();
-            uint32_t af[2][KS][4];
-            float xx[2][2], best[2][2];
-            int bidx[2][2];
-            start_warp_rows<T, KS>(xs, Swizzle128<KS>{}, lane, af, xx, best, bidx);
+            WarpRows<KS> w;
+            start_warp_rows<T, KS>(xs, Swizzle128<KS>{}, lane, w);
 
-            // Scores of the NC centroids, the accumulators starting at -||c||²/2 (-inf past
-            // kpad); m-block 0's argmax overlaps m-block 1's products.
-            const float* hb = reinterpret_cast<const float*>(s_cent + NC * 32 * KS);
-            float acc[2][NC / 2];
-#pragma unroll
-            for (int j = 0; j < NC / 8; ++j) {
-                const float2 h = *reinterpret_cast<const float2*>(hb + 8 * j + 2 * t);
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    acc[mt][4 * j] = h.x;
-                    acc[mt][4 * j + 1] = h.y;
-                    acc[mt][4 * j + 2] = h.x;
-                    acc[mt][4 * j + 3] = h.y;
-                }
-            }
-            pin(acc[0]);
-            pin(acc[1]);
-            wgmma_fence();
-            const T* cb = reinterpret_cast<const T*>(s_cent);
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks)
-                    wgmma_n(acc[mt], af[mt][ks], smem_desc(cb + (ks >> 2) * NC * 64 + (ks & 3) * 16), T{});
-                wgmma_commit();
-            }
-            wgmma_wait<1>();
-            pin(acc[0]);
-            argmax_cols(acc[0], 2 * t, best[0], bidx[0]);
-            wgmma_wait<0>();
-            pin(acc[1]);
-            argmax_cols(acc[1], 2 * t, best[1], bidx[1]);
+            chunk_argmax<T, KS, NC>(s_cent, w.af, 0, t, w.best, w.bidx);  // the task's NC centroids
 
             int lab[2][2];
-            finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx, lab);
+            finish_warp_rows<T, KS>(a, seg, tile, warp, lane, w, lab);
             if (t == 0)
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
@@ -299,12 +266,7 @@ void launch_nc(const MmaArgs& a, int group_tiles, int tasks, void* image, int sm
     PKV_CUDA_CHECK(cudaGetLastError());
     auto kernel = wg_onehot_kernel<T, KS, NC>;
     const size_t dyn = smem_bytes<KS, NC>();
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-    int per_sm = 0;
-    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-    per_sm = std::max(per_sm, 1);
-    const int64_t groups = a.n_tiles / group_tiles;
-    const int grid = static_cast<int>(std::min<int64_t>(groups, int64_t{per_sm} * sm_count));
+    const int grid = persistent_grid(kernel, kThreads, dyn, a.n_tiles / group_tiles, sm_count);
     kernel<<<grid, kThreads, dyn, stream>>>(a, img, group_tiles);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
@@ -329,9 +291,8 @@ size_t wgmma_onehot_image_bytes(int tasks, int kpad, int d) {
 
 void launch_wgmma_onehot(const MmaArgs& a, int group_tiles, int tasks, void* image, int sm_count,
                          cudaStream_t stream) {
-    PKV_ASSERT(wgmma_onehot_ok(a.k, a.d) && a.kpad % 8 == 0 && a.dpad == mma_row_stride(a.d));
-    PKV_ASSERT(a.sums != nullptr && a.counts != nullptr);
-    PKV_ASSERT(group_tiles >= 1 && a.n_tiles % group_tiles == 0);
+    PKV_ASSERT(wgmma_onehot_ok(a.k, a.d) && a.sums != nullptr);
+    assert_grouped_pass(a, group_tiles);
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_staged_ksteps(a.d, [&](auto ks) {

@@ -187,23 +187,57 @@ constexpr int kSortMaxK = 256;
 // kSortRows each]
 size_t sort_scatter_smem(int k) { return (3 * static_cast<size_t>(k) + 5 * kSortRows) * 4; }
 
+// Inclusive scan over the threads of a block (THREADS of them, a multiple of 32) of N
+// sequences at once, one value of each a thread: a warp-shuffle scan, then one over the
+// warps' totals. tot gets the block's totals (every thread).
+template <int THREADS, int N>
+__device__ __forceinline__ void block_scan(unsigned long long (&v)[N], unsigned long long (&tot)[N]) {
+    static_assert(THREADS % 32 == 0 && THREADS <= 1024, "whole warps, at most 32");
+    constexpr int kWarpsN = THREADS / 32;
+    __shared__ unsigned long long s_w[N][kWarpsN];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    auto warp_scan = [&](unsigned long long (&x)[N]) {
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1)
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                const unsigned long long y = __shfl_up_sync(0xffffffffu, x[i], off);
+                if (lane >= off) x[i] += y;
+            }
+    };
+    warp_scan(v);
+    if (lane == 31)
+#pragma unroll
+        for (int i = 0; i < N; ++i) s_w[i][warp] = v[i];
+    __syncthreads();
+    if (warp == 0) {
+        unsigned long long w[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) w[i] = lane < kWarpsN ? s_w[i][lane] : 0ull;
+        warp_scan(w);
+        if (lane < kWarpsN)
+#pragma unroll
+            for (int i = 0; i < N; ++i) s_w[i][lane] = w[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        if (warp > 0) v[i] += s_w[i][warp - 1];
+        tot[i] = s_w[i][kWarpsN - 1];
+    }
+    __syncthreads();  // s_w may be reused
+}
+
 // Exclusive scan of in[0, n) into out (n <= kSortMaxK, kThreads threads).
 __device__ __forceinline__ void block_exclusive_scan(const unsigned int* in, unsigned int* out, int n) {
-    __shared__ unsigned int s_part[kThreads];
     constexpr int kPer = kSortMaxK / kThreads;
     const int b = threadIdx.x * kPer;
     unsigned int own = 0;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) own += b + i < n ? in[b + i] : 0u;
-    s_part[threadIdx.x] = own;
-    __syncthreads();
-    for (int off = 1; off < kThreads; off <<= 1) {
-        const unsigned int v = threadIdx.x >= off ? s_part[threadIdx.x - off] : 0u;
-        __syncthreads();
-        s_part[threadIdx.x] += v;
-        __syncthreads();
-    }
-    unsigned int run = s_part[threadIdx.x] - own;
+    unsigned long long v[1] = {own}, tot[1];
+    block_scan<kThreads, 1>(v, tot);
+    unsigned int run = static_cast<unsigned int>(v[0]) - own;
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
         if (b + i < n) {
@@ -274,47 +308,6 @@ __global__ void sort_scatter_kernel(const MmaSegment* __restrict__ segs, int n_s
 // took about 0.2 ms at 90 tasks x k = 256 (23040 slots) on an H200; this takes a few us.
 constexpr int kBuildThreads = 1024;
 
-// Inclusive scan of (r, q) over the lanes of a warp.
-__device__ __forceinline__ void warp_scan2(unsigned long long& r, unsigned long long& q, int lane) {
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const unsigned long long r2 = __shfl_up_sync(0xffffffffu, r, off);
-        const unsigned long long q2 = __shfl_up_sync(0xffffffffu, q, off);
-        if (lane >= off) {
-            r += r2;
-            q += q2;
-        }
-    }
-}
-
-// Inclusive block scan of (rows, items), one pair a thread; returns the block's totals
-// in tot (every thread).
-__device__ __forceinline__ void block_scan2(unsigned long long& r, unsigned long long& q,
-                                            unsigned long long (&tot)[2]) {
-    __shared__ unsigned long long s_r[kBuildThreads / 32], s_q[kBuildThreads / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    warp_scan2(r, q, lane);
-    if (lane == 31) {
-        s_r[warp] = r;
-        s_q[warp] = q;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        unsigned long long wr = s_r[lane], wq = s_q[lane];
-        warp_scan2(wr, wq, lane);
-        s_r[lane] = wr;
-        s_q[lane] = wq;
-    }
-    __syncthreads();
-    if (warp > 0) {
-        r += s_r[warp - 1];
-        q += s_q[warp - 1];
-    }
-    tot[0] = s_r[31];
-    tot[1] = s_q[31];
-    __syncthreads();  // s_r / s_q may be reused
-}
-
 __device__ __forceinline__ unsigned long long items_of(unsigned long long h, unsigned int item_rows) {
     return (h + item_rows - 1) / item_rows;
 }
@@ -323,10 +316,9 @@ __global__ void __launch_bounds__(kBuildThreads) block_totals_kernel(const unsig
                                                                      int slots, unsigned int item_rows,
                                                                      unsigned long long* __restrict__ totals) {
     const int i = blockIdx.x * kBuildThreads + threadIdx.x;
-    unsigned long long r = i < slots ? hist[i] : 0ull;
-    unsigned long long q = items_of(r, item_rows);
-    unsigned long long tot[2];
-    block_scan2(r, q, tot);
+    const unsigned long long h = i < slots ? hist[i] : 0ull;
+    unsigned long long v[2] = {h, items_of(h, item_rows)}, tot[2];
+    block_scan<kBuildThreads, 2>(v, tot);
     if (threadIdx.x == 0) {
         totals[2 * blockIdx.x] = tot[0];
         totals[2 * blockIdx.x + 1] = tot[1];
@@ -340,23 +332,22 @@ __global__ void __launch_bounds__(kBuildThreads) build_items_kernel(const unsign
                                                                     SumItem* __restrict__ items,
                                                                     unsigned long long* __restrict__ n_items) {
     // The blocks before this one: rows and items, summed by the whole block.
-    unsigned long long r0 = 0, q0 = 0;
+    unsigned long long before[2] = {0ull, 0ull}, tot[2];
     for (unsigned int b = threadIdx.x; b < blockIdx.x; b += kBuildThreads) {
-        r0 += totals[2 * b];
-        q0 += totals[2 * b + 1];
+        before[0] += totals[2 * b];
+        before[1] += totals[2 * b + 1];
     }
-    unsigned long long tot[2];
-    block_scan2(r0, q0, tot);
+    block_scan<kBuildThreads, 2>(before, tot);
     const unsigned long long base_r = tot[0], base_q = tot[1];
 
     const int i = blockIdx.x * kBuildThreads + threadIdx.x;
     const unsigned long long h = i < slots ? hist[i] : 0ull, nq = items_of(h, item_rows);
-    unsigned long long r = h, q = nq;
-    block_scan2(r, q, tot);
+    unsigned long long v[2] = {h, nq};
+    block_scan<kBuildThreads, 2>(v, tot);
     if (blockIdx.x + 1 == gridDim.x && threadIdx.x == 0) n_items[0] = base_q + tot[1];
     if (i >= slots) return;
-    const unsigned long long run = base_r + r - h;
-    unsigned long long it = base_q + q - nq;
+    const unsigned long long run = base_r + v[0] - h;
+    unsigned long long it = base_q + v[1] - nq;
     cursor[i] = static_cast<unsigned int>(run);
     for (unsigned long long p = 0; p < h; p += item_rows) {
         SumItem x;

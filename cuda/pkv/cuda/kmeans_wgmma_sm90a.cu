@@ -124,10 +124,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm<KS, KC>()) wgmma_kerne
     int buf = 0, seg = 0;
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         while (seg + 1 < a.n_segs && a.segs[seg + 1].tile0 <= tile) ++seg;
-        uint32_t af[2][KS][4];
-        float xx[2][2];
-        float best[2][2];
-        int bidx[2][2];
+        WarpRows<KS> w;
         for (int ch = 0; ch < nch; ++ch) {
             cp_async_wait<kStages - 2>();
             fence_proxy_async();
@@ -135,53 +132,17 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm<KS, KC>()) wgmma_kerne
             // the previous chunk, whose buffer the next fetch takes.
             __syncthreads();
             if (ch == 0) {
-                start_warp_rows<T, KS>(s_x, dpad, lane, af, xx, best, bidx);
+                start_warp_rows<T, KS>(s_x, dpad, lane, w);
                 if (tile + 1 < tile_end) stage_warp_rows<T, KS>(a, pseg, tile + 1, warp, lane, s_x);
             }
             load_next_chunk();
 
-            // One wgmma width per chunk: KC centroids, the accumulators starting at their
-            // -||c||²/2 (columns past kpad: -inf).
-            const T* cb = reinterpret_cast<const T*>(s_buf + buf * kBuf);
-            const float* hb = reinterpret_cast<const float*>(s_buf + buf * kBuf + KC * 32 * KS);
-            constexpr int R = KC / 2;
-            float acc[2][R];
-#pragma unroll
-            for (int j = 0; j < KC / 8; ++j) {
-                const float2 h = *reinterpret_cast<const float2*>(hb + 8 * j + 2 * t);
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    acc[mt][4 * j] = h.x;
-                    acc[mt][4 * j + 1] = h.y;
-                    acc[mt][4 * j + 2] = h.x;
-                    acc[mt][4 * j + 3] = h.y;
-                }
-            }
-            pin(acc[0]);
-            pin(acc[1]);
-            wgmma_fence();
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks)
-                    wgmma_n(acc[mt], af[mt][ks], smem_desc(cb + (ks >> 2) * KC * 64 + (ks & 3) * 16), T{});
-                wgmma_commit();
-            }
-            // Columns grow with ch, so strict '>' keeps the lowest index. A NaN score can
-            // only come from a NaN row, whose every score is NaN: it never wins, and the
-            // row falls to centroid 0 below. m-block 0's argmax overlaps m-block 1's
-            // products.
-            const int col0 = ch * KC + 2 * t;
-            wgmma_wait<1>();
-            pin(acc[0]);
-            argmax_cols(acc[0], col0, best[0], bidx[0]);
-            wgmma_wait<0>();
-            pin(acc[1]);
-            argmax_cols(acc[1], col0, best[1], bidx[1]);
+            // One wgmma width per chunk: KC centroids.
+            chunk_argmax<T, KS, KC>(s_buf + buf * kBuf, w.af, ch * KC, t, w.best, w.bidx);
             buf = buf + 1 == kStages ? 0 : buf + 1;
         }
 
-        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx);
+        finish_warp_rows<T, KS>(a, seg, tile, warp, lane, w);
     }
     cp_async_wait<0>();
 }
@@ -196,11 +157,7 @@ void launch_kc(const MmaArgs& a, int tasks, void* image, int sm_count, cudaStrea
     PKV_CUDA_CHECK(cudaGetLastError());
     auto kernel = wgmma_kernel<T, KS, KC>;
     const size_t dyn = smem_bytes<KS, KC>(a.dpad);
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
-    int per_sm = 0;
-    PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-    per_sm = std::max(per_sm, 1);
-    const int grid = static_cast<int>(std::min<int64_t>(a.n_tiles, int64_t{per_sm} * sm_count));
+    const int grid = persistent_grid(kernel, kThreads, dyn, a.n_tiles, sm_count);
     kernel<<<grid, kThreads, dyn, stream>>>(a, img);
     PKV_CUDA_CHECK(cudaGetLastError());
 }

@@ -191,4 +191,46 @@ __global__ void image_kernel(MmaArgs a, int tasks, unsigned char* img) {
     }
 }
 
+/// The scores of one chunk of KC centroids (`chunk`: the image layout above, in shared
+/// memory) for a warp's two m-tiles held as A fragments, on wgmma, the accumulators
+/// starting at -||c||²/2 (-inf past kpad); the running (best score, lowest index) of
+/// rows g and g + 8 of each m-tile takes the chunk's columns, numbered from col0 + 2t.
+/// Chunks must come in column order: strict '>' keeps the lowest index. A NaN score can
+/// only come from a NaN row, whose every score is NaN: it never wins (row_winner then
+/// gives centroid 0). m-block 0's argmax overlaps m-block 1's products.
+template <typename T, int KS, int KC>
+__device__ __forceinline__ void chunk_argmax(const unsigned char* chunk, const uint32_t (&af)[2][KS][4], int col0,
+                                             int t, float (&best)[2][2], int (&bidx)[2][2]) {
+    const T* cb = reinterpret_cast<const T*>(chunk);
+    const float* hb = reinterpret_cast<const float*>(chunk + KC * 32 * KS);
+    float acc[2][KC / 2];
+#pragma unroll
+    for (int j = 0; j < KC / 8; ++j) {
+        const float2 h = *reinterpret_cast<const float2*>(hb + 8 * j + 2 * t);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+            acc[mt][4 * j] = h.x;
+            acc[mt][4 * j + 1] = h.y;
+            acc[mt][4 * j + 2] = h.x;
+            acc[mt][4 * j + 3] = h.y;
+        }
+    }
+    pin(acc[0]);
+    pin(acc[1]);
+    wgmma_fence();
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+            wgmma_n(acc[mt], af[mt][ks], smem_desc(cb + (ks >> 2) * KC * 64 + (ks & 3) * 16), T{});
+        wgmma_commit();
+    }
+    wgmma_wait<1>();
+    pin(acc[0]);
+    argmax_cols(acc[0], col0 + 2 * t, best[0], bidx[0]);
+    wgmma_wait<0>();
+    pin(acc[1]);
+    argmax_cols(acc[1], col0 + 2 * t, best[1], bidx[1]);
+}
+
 }  // namespace pkv::cuda::detail

@@ -33,21 +33,31 @@ __device__ __forceinline__ void stage_warp_rows(const MmaArgs& a, int& seg, int6
     }
 }
 
+/// A warp's 32 rows of a tile while their scores run: the two m-tiles' A fragments,
+/// ||x||², and the running (best score, lowest index) of rows g and g + 8 of each
+/// (index [m-tile][row]).
+template <int KS>
+struct WarpRows {
+    uint32_t af[2][KS][4];
+    float xx[2][2];
+    float best[2][2];
+    int bidx[2][2];
+};
+
 /// A tile's start, once its rows have landed in s_x (`layout`: mma_rows.cuh): the A fragments and ||x||² of the
 /// warp's two m-tiles, and the running bests reset. Ends with __syncwarp(): s_x may then
 /// take the next tile's rows.
 template <typename T, int KS, typename L>
-__device__ __forceinline__ void start_warp_rows(const T* s_x, L layout, int lane, uint32_t (&af)[2][KS][4],
-                                                float (&xx)[2][2], float (&best)[2][2], int (&bidx)[2][2]) {
+__device__ __forceinline__ void start_warp_rows(const T* s_x, L layout, int lane, WarpRows<KS>& w) {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
         const T* rows = piece_at(s_x, layout, 16 * mt, 0);
-        load_row_fragments<T, KS>(af[mt], rows, layout, lane);
-        row_norms<T, KS>(af[mt], rows, layout, lane, xx[mt][0], xx[mt][1]);
+        load_row_fragments<T, KS>(w.af[mt], rows, layout, lane);
+        row_norms<T, KS>(w.af[mt], rows, layout, lane, w.xx[mt][0], w.xx[mt][1]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            best[mt][h] = -INFINITY;
-            bidx[mt][h] = INT_MAX;
+            w.best[mt][h] = -INFINITY;
+            w.bidx[mt][h] = INT_MAX;
         }
     }
     __syncwarp();  // every lane's fragments are out of the staging rows
@@ -60,9 +70,7 @@ __device__ __forceinline__ void start_warp_rows(const T* s_x, L layout, int lane
 /// numbers the warp's 32 rows in the tile.
 template <typename T, int KS>
 __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int64_t tile, int warp, int lane,
-                                                 const uint32_t (&af)[2][KS][4], const float (&xx)[2][2],
-                                                 const float (&best)[2][2], const int (&bidx)[2][2],
-                                                 int (&lab)[2][2]) {
+                                                 const WarpRows<KS>& w, int (&lab)[2][2]) {
     const int g = lane >> 2, t = lane & 3;
     // The segment is read again here, not held in registers through the chunk loop.
     const MmaSegment S = a.segs[seg];
@@ -73,11 +81,11 @@ __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int6
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
-            float bv = best[mt][hh];
-            const int l = row_winner(bv, bidx[mt][hh], a.k);
+            float bv = w.best[mt][hh];
+            const int l = row_winner(bv, w.bidx[mt][hh], a.k);
             const int64_t row = row0 + mt * 16 + hh * 8 + g;
             const bool valid = row < S.rows;
-            const float s = row_dist2<T, KS>(af[mt], hh, bv, xx[mt][hh], gcent + int64_t{l} * a.dpad, lane);
+            const float s = row_dist2<T, KS>(w.af[mt], hh, bv, w.xx[mt][hh], gcent + int64_t{l} * a.dpad, lane);
             if (t == 0 && valid) {
                 if (S.labels) S.labels[row] = l;
                 if (S.dist2) S.dist2[row] = s;
@@ -94,10 +102,9 @@ __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int6
 /// The same without the labels.
 template <typename T, int KS>
 __device__ __forceinline__ void finish_warp_rows(const MmaArgs& a, int seg, int64_t tile, int warp, int lane,
-                                                 const uint32_t (&af)[2][KS][4], const float (&xx)[2][2],
-                                                 const float (&best)[2][2], const int (&bidx)[2][2]) {
+                                                 const WarpRows<KS>& w) {
     int lab[2][2];
-    finish_warp_rows<T, KS>(a, seg, tile, warp, lane, af, xx, best, bidx, lab);
+    finish_warp_rows<T, KS>(a, seg, tile, warp, lane, w, lab);
 }
 
 }  // namespace pkv::cuda::detail
