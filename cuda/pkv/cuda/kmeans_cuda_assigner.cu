@@ -148,19 +148,19 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     const bool wg_onehot =
         mma() && !wide && !fused && acc && opt.onehot_sums && wgmma && detail::wgmma_onehot_ok(k, d);
     const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
-    const int group = !acc       ? 1
-                      : fused    ? detail::fused_group_tiles()
+    const int group = !acc        ? 1
+                      : fused     ? detail::fused_group_tiles()
                       : wg_onehot ? detail::wgmma_onehot_group_tiles()
-                      : onehot   ? detail::onehot_group_tiles(k)
-                                 : 1;
+                      : onehot    ? detail::onehot_group_tiles(k)
+                                  : 1;
     const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
     timing.kernel = !mma()      ? "fma"
                     : fused     ? "fused"
                     : wg_onehot ? "onehot-wgmma"
                     : onehot    ? "onehot"
-                    : wide   ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
-                    : sorted ? "mma+sorted"
-                             : "mma";
+                    : wide      ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
+                    : sorted    ? "mma+sorted"
+                                : "mma";
 
     staging(S, si, static_cast<size_t>(nt), kd, k, acc);
     PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));

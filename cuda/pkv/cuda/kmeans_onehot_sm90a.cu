@@ -1,7 +1,8 @@
 // pkv/cuda/kmeans_onehot_sm90a.cu — the one-hot kernel's pass (nearest centroids and
 // their sums, points read from device memory once) on Hopper's warpgroup MMA, for
-// k <= 64 (above the fused kernel's k by default). Semantics in kmeans_assign.h ("onehot-wgmma"); compiled for sm_90a only
-// (cuda/CMakeLists.txt), launched only on compute capability 9.0.
+// k <= 64 (above the fused kernel's k by default). Semantics in kmeans_assign.h
+// ("onehot-wgmma"); compiled for sm_90a only (cuda/CMakeLists.txt), launched only on
+// compute capability 9.0.
 //
 // Why: at k = 32 / 64, d = 128 the mma.sync one-hot kernel (kmeans_mma_onehot.cu) takes
 // 2.4x / 3.1x the HBM floor. Its sums, k x d fp32 a block, do not fit one warp's
@@ -32,7 +33,7 @@
 // warpgroup reaches only after its sums of the buffer's tile completed (wgmma wait).
 // Measured on an H200 (N = 10^7, fp16, device ms a Lloyd pass at k = 32 / 48 / 64):
 // d = 128: 1.30-1.32 / 1.40 / 1.45 against the mma.sync one-hot kernel's 1.43-1.45 /
-// 1.67-1.70 / 1.80-1.84 (HBM floor 0.595); d = 64, k = 64: 1.05-1.10 against 1.20-1.22
+// 1.67-1.70 / 1.80-1.84 (HBM floor 0.595); d = 64, k = 64: 1.05-1.14 against 1.20-1.22
 // (floor 0.30; at k = 32 the fused kernel, 0.85-0.87, stays ahead of this one's 0.93).
 // A pass costs about the same per row whatever d: it is bound by each warp's chain of
 // steps (8 warps an SM at 188-255 registers, a few bytes spilled at d = 128), not by the
@@ -181,14 +182,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                 for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                     for (int hh = 0; hh < 2; ++hh) {
-                        lab_buf[warp * kWarpRows + mt * 16 + hh * 8 + g] = static_cast<unsigned char>(lab[mt][hh] & 0xff);
-                        if (lab[mt][hh] >= 0) atomicAdd(s_cnt + parity * kSumRows + lab[mt][hh], 1u);
+                        const int l = lab[mt][hh];
+                        lab_buf[warp * kWarpRows + mt * 16 + hh * 8 + g] = static_cast<unsigned char>(l & 0xff);
+                        if (l >= 0) atomicAdd(s_cnt + parity * kSumRows + l, 1u);
                     }
         }
         // The warpgroup's labels and staged rows are visible to all four warps, and every
-        // warp's sums of tile - 1 completed (the scores' waits above, or this one): that
-        // tile's buffers take tile + 2.
-        wgmma_wait<0>();
+        // warp's sums of tile - 1 completed (each waits for its own below): that tile's
+        // buffers take tile + 2.
         group_barrier(wg);
         issue(tile + kStages - 1, static_cast<int>((it + kStages - 1) % kStages));
 
@@ -201,9 +202,8 @@ __global__ void __launch_bounds__(kThreads, 1)
             uint32_t oh[8][4];
 #pragma unroll
             for (int s = 0; s < 8; ++s) {
-                const uint32_t l4 = *reinterpret_cast<const unsigned short*>(lb + 16 * s + 2 * t) |
-                                    static_cast<uint32_t>(*reinterpret_cast<const unsigned short*>(lb + 16 * s + 2 * t + 8))
-                                        << 16;
+                const unsigned short* pair = reinterpret_cast<const unsigned short*>(lb + 16 * s + 2 * t);
+                const uint32_t l4 = pair[0] | static_cast<uint32_t>(pair[4]) << 16;  // rows 2t, 2t+1, 2t+8, 2t+9
                 const uint32_t e_lo = __vcmpeq4(l4, c_lo), e_hi = __vcmpeq4(l4, c_hi);
                 oh[s][0] = __byte_perm(e_lo, 0u, 0x1100) & ones;
                 oh[s][1] = __byte_perm(e_hi, 0u, 0x1100) & ones;
@@ -231,9 +231,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         if ((tile + 1) % group_tiles == 0 || tile + 1 == tile_end) {
             // End of a group: the warpgroup's partial, rounded once, into the device sums;
             // the counts (all in: every warp passed this tile's barrier) likewise.
-            wgmma_wait<0>();
-#pragma unroll
-            for (int h = 0; h < KS / 4; ++h) pin(sacc[h]);
             const float scale = a.scale[task];
             unsigned long long* sums = a.sums + task * kd;
 #pragma unroll

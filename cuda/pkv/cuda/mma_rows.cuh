@@ -61,9 +61,10 @@ __device__ __forceinline__ void load_row_fragments(uint32_t (&af)[KS][4], const 
 }
 
 /// ||x||² of rows g (xx[mt][0]) and g + 8 (xx[mt][1]) of M m-tiles, m-tile mt at row
-/// 16 mt of `rows` (in `layout`), for every lane of the quad of row g: the diagonal of each m-tile's Gram
-/// matrix on the tensor cores (B = the same rows, read like centroids; thread (g, t =
-/// g / 2) holds the diagonal entries). The 2 M accumulator chains are interleaved.
+/// 16 mt of `rows` (in `layout`), for every lane of the quad of row g: the diagonal of
+/// each m-tile's Gram matrix on the tensor cores (B = the same rows, read like
+/// centroids; thread (g, t = g / 2) holds the diagonal entries). The 2 M accumulator
+/// chains are interleaved.
 template <typename T, int KS, int M, typename L>
 __device__ __forceinline__ void row_norms(const uint32_t (&af)[M][KS][4], const T* rows, L layout, int lane,
                                           float (&xx)[M][2]) {
