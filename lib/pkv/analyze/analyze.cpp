@@ -14,10 +14,8 @@
 #include "pkv/analyze/analyze_internal.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
-#include "pkv/core/half.h"
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
-#include "pkv/dump/h5.h"
 #include "pkv/dump/kv_dump.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/table/pattern_table.h"
@@ -30,30 +28,6 @@ using analyze_detail::ReportInputs;
 using analyze_detail::RunSpec;
 
 namespace {
-
-// Reads [n, D] of one (slot, head) starting at token t0, so that only one sequence
-// is in memory at a time.
-class SeqReader {
-public:
-    explicit SeqReader(const std::string& path) : f_(h5::File::open_read(path)), f16_(h5::make_f16_type()) {}
-    std::vector<float> read(const std::string& name, int slot, int head, int64_t t0, int64_t n, int D) {
-        auto it = ds_.find(name);
-        if (it == ds_.end()) it = ds_.emplace(name, h5::open_dataset(f_, name)).first;
-        std::vector<uint16_t> raw(static_cast<size_t>(n * D));
-        h5::read_block(f_, it->second.get(), name, f16_.get(),
-                       {static_cast<uint64_t>(slot), static_cast<uint64_t>(head), static_cast<uint64_t>(t0), 0},
-                       {1, 1, static_cast<uint64_t>(n), static_cast<uint64_t>(D)}, raw.data());
-        std::vector<float> out(raw.size());
-        half_to_float_n(raw.data(), out.data(), raw.size());
-        return out;
-    }
-    const h5::File& file() const { return f_; }
-
-private:
-    h5::File f_;
-    h5::Id f16_;
-    std::map<std::string, h5::Id> ds_;
-};
 
 // Warnings are logged once and kept for the report.
 struct Warnings {
@@ -276,12 +250,10 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
         warn.add(fmt::format("{}: attention metrics need keys and values: skipped", dump.path()));
     }
 
-    SeqReader reader(c.dump_path);
-    const std::vector<int64_t> seq_start = h5::read_1d_i64(reader.file(), kvdump::kSeqStart);
-    const std::vector<int32_t> seq_len = h5::read_1d_i32(reader.file(), kvdump::kSeqLength);
-    PKV_CHECK(seq_start.size() == seq_len.size() && !seq_start.empty(), data_loss,
-              "{}::{}: expected as many entries as {}", dump.path(), kvdump::kSeqStart, kvdump::kSeqLength);
-    for (int32_t n : seq_len) in.n_tokens += n;
+    const KvDumpReader::Sequences seqs = dump.sequences();
+    const std::vector<int64_t>& seq_start = seqs.start;
+    const std::vector<int32_t>& seq_len = seqs.length;
+    in.n_tokens = dump.n_tokens();
 
     // (slot, layer) and heads to analyse.
     std::vector<std::pair<int, int>> slots;
@@ -364,12 +336,12 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
                                          P, c.patterns, P));
                 std::vector<float> xk, xv, kpost;
                 std::vector<std::vector<float>> qs;
-                if (in.has_k) xk = reader.read(kname, slot, head, t0, n, D);
-                if (in.has_v) xv = reader.read(kvdump::kV, slot, head, t0, n, D);
+                if (in.has_k) xk = dump.read_head(kname, slot, head, t0, n);
+                if (in.has_v) xv = dump.read_head(kvdump::kV, slot, head, t0, n);
                 if (in.has_attn) {
                     for (int g = 0; g < group_q; ++g)
-                        qs.push_back(reader.read(kvdump::kQ, slot, head * group_q + g, t0, n, D));
-                    if (c.keys_pre) kpost = reader.read(kvdump::kKPost, slot, head, t0, n, D);
+                        qs.push_back(dump.read_head(kvdump::kQ, slot, head * group_q + g, t0, n));
+                    if (c.keys_pre) kpost = dump.read_head(kvdump::kKPost, slot, head, t0, n);
                 }
                 for (int rot = 0; rot <= (c.rotate ? 1 : 0); ++rot) {
                     std::vector<float> k = xk, v = xv;

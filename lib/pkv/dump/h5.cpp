@@ -2,8 +2,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "pkv/core/memory_budget.h"
+#include "pkv/dump/h5_guard.h"
 
 namespace pkv::h5 {
 
@@ -37,6 +41,8 @@ std::string stack_detail() {
     StackDetail s;
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, &s);
     H5Eclear2(H5E_DEFAULT);
+    // A read the guarded driver refused says best what is wrong with the file.
+    if (std::string guard = take_guard_finding(); !guard.empty()) return guard;
     std::string d = !s.os.empty() ? s.os : !s.inner.empty() ? s.inner : s.outer;
     if (d.size() > 200) d = d.substr(0, 200) + "...";
     return d.empty() ? "unknown HDF5 error" : d;
@@ -68,6 +74,8 @@ std::vector<std::string> read_strings(hid_t obj, hid_t type, hid_t space, bool i
     const hssize_t n = H5Sget_simple_extent_npoints(space);
     std::vector<std::string> out;
     if (n <= 0) return out;
+    check_memory_budget(checked_mul(static_cast<uint64_t>(n), std::max<size_t>(H5Tget_size(type), sizeof(char*)), where),
+                        where);
     if (H5Tis_variable_str(type) > 0) {
         Id mem(H5Tcopy(H5T_C_S1));
         H5Tset_size(mem.get(), H5T_VARIABLE);
@@ -99,6 +107,8 @@ std::vector<T> read_1d_as(const File& f, const std::string& name, hid_t mem_type
     Id d = open_dataset(f, name);
     const auto shape = shape_of(f, d.get(), name);
     PKV_CHECK(shape.size() == 1, data_loss, "{}: expected rank 1, got {}", f.where(name), shape.size());
+    check_stored(f, d.get(), name);
+    check_memory_budget(checked_mul(shape[0], sizeof(T), f.where(name)), f.where(name));
     std::vector<T> out(shape[0]);
     if (!out.empty() && H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
         fail_h5(ErrorCode::data_loss, f.where(name), "cannot read");
@@ -207,10 +217,13 @@ File File::open_read(const std::string& path) {
     if (stat(path.c_str(), &st) != 0) fail(ErrorCode::not_found, "{}: cannot open: {}", path, std::strerror(errno));
     File f;
     f.path_ = path;
-    Id fapl(H5Pcreate(H5P_FILE_ACCESS));
+    // The guarded driver checks the structures HDF5 trusts blindly (h5_guard.h).
+    Id fapl(guarded_read_fapl());
+    if (!fapl) fail_h5(ErrorCode::internal, path, "cannot set up the guarded HDF5 reader");
     H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
     f.id_ = Id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()));
     if (!f.id_) fail_h5(ErrorCode::data_loss, path, "not a readable HDF5 file");
+    f.size_ = static_cast<uint64_t>(st.st_size);
     return f;
 }
 
@@ -370,6 +383,50 @@ std::vector<std::string> filters_of(hid_t dset) {
 
 uint64_t storage_bytes(hid_t dset) { return H5Dget_storage_size(dset); }
 
+void check_stored(const File& f, hid_t dset, const std::string& name) {
+    silence_errors();
+    const std::string where = f.where(name);
+    const std::vector<uint64_t> shape = shape_of(f, dset, name);
+    Id type = type_of(f, dset, name);
+    const size_t elem = H5Tget_size(type.get());
+    PKV_CHECK(elem > 0, data_loss, "{}: datatype of size 0", where);
+    uint64_t n = 1;
+    for (uint64_t d : shape) n = checked_mul(n, d, where);
+    const uint64_t declared = checked_mul(n, elem, where);
+    const uint64_t stored = H5Dget_storage_size(dset);
+    const uint64_t file_size = f.size_on_disk();
+    PKV_CHECK(file_size == 0 || stored <= file_size, data_loss, "{}: declares {} bytes of storage in a file of {} bytes",
+              where, stored, file_size);
+    if (n == 0) return;
+    Id dcpl(H5Dget_create_plist(dset));
+    if (!dcpl) fail_h5(ErrorCode::data_loss, where, "cannot read the storage layout");
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    if (layout == H5D_CHUNKED) {
+        const std::vector<uint64_t> chunk = chunks_of(dset);
+        PKV_CHECK(chunk.size() == shape.size(), data_loss, "{}: expected chunks of rank {}, got {}", where,
+                  shape.size(), chunk.size());
+        uint64_t per_chunk = elem, want = 1;
+        for (size_t i = 0; i < shape.size(); ++i) {
+            PKV_CHECK(chunk[i] > 0, data_loss, "{}: chunk dimension {} is 0", where, i);
+            per_chunk = checked_mul(per_chunk, chunk[i], where);
+            want = checked_mul(want, (shape[i] + chunk[i] - 1) / chunk[i], where);
+        }
+        PKV_CHECK(per_chunk <= kMaxChunkBytes, data_loss, "{}: expected chunks of at most {}, got {} ({} bytes)", where,
+                  human_bytes(kMaxChunkBytes), dims_text(chunk), per_chunk);
+        hsize_t have = 0;
+        Id space(H5Dget_space(dset));
+        if (!space || H5Dget_num_chunks(dset, space.get(), &have) < 0)
+            fail_h5(ErrorCode::data_loss, where, "cannot count chunks");
+        PKV_CHECK(have == want, data_loss,
+                  "{}: shape {} in chunks {} needs {} stored chunks, got {} (a truncated or forged file)", where,
+                  dims_text(shape), dims_text(chunk), want, have);
+    } else if (layout == H5D_CONTIGUOUS) {
+        PKV_CHECK(stored >= declared, data_loss,
+                  "{}: shape {} needs {} bytes of storage, got {} (a truncated or forged file)", where,
+                  dims_text(shape), declared, stored);
+    }
+}
+
 bool has_attr(hid_t obj, const std::string& name) {
     silence_errors();
     const htri_t r = H5Aexists(obj, name.c_str());
@@ -490,6 +547,7 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
     Id space(H5Dget_space(d.get()));
     PKV_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, data_loss, "{}: expected rank 1, got {}", f.where(name),
               H5Sget_simple_extent_ndims(space.get()));
+    check_stored(f, d.get(), name);
     return read_strings(d.get(), type.get(), space.get(), false, f.where(name));
 }
 

@@ -65,10 +65,13 @@ public:
     std::string where(const std::string& object) const { return path_ + "::" + object; }
     /// Flushes and closes; a failure (full disk) is io.
     void close();
+    /// Size of the file on disk when it was opened for reading (0 for created files).
+    uint64_t size_on_disk() const { return size_; }
 
 private:
     Id id_;
     std::string path_;
+    uint64_t size_ = 0;
 };
 
 // --- types --------------------------------------------------------------------------
@@ -98,6 +101,15 @@ std::vector<uint64_t> chunks_of(hid_t dset);
 std::vector<std::string> filters_of(hid_t dset);
 /// Bytes the dataset's data occupy in the file.
 uint64_t storage_bytes(hid_t dset);
+/// Largest chunk pkv reads (bytes of one uncompressed chunk): HDF5 allocates a whole
+/// chunk to read any part of it, so a forged chunk shape could otherwise ask for
+/// gigabytes. pkv writes chunks of [1, 1, <= 1024, head_dim] float16 (256 KiB at D = 128).
+constexpr uint64_t kMaxChunkBytes = uint64_t{256} << 20;
+/// Checks, before anything is read, that the file really holds what the dataset's
+/// extent declares: a chunked dataset has every chunk stored and chunks of at most
+/// kMaxChunkBytes; a contiguous one stores extent x element size bytes within the
+/// file. data_loss naming "<file>::<name>", declared vs stored, otherwise.
+void check_stored(const File& f, hid_t dset, const std::string& name);
 
 // --- attributes -----------------------------------------------------------------------
 bool has_attr(hid_t obj, const std::string& name);
@@ -120,7 +132,8 @@ Id create_1d(const File& f, const std::string& name, hid_t file_type, uint64_t n
 void write_1d(const File& f, hid_t dset, const std::string& name, hid_t mem_type, uint64_t offset, uint64_t n,
               const void* data);
 void write_1d_strings(const File& f, hid_t dset, const std::string& name, const std::vector<std::string>& values);
-/// Whole 1-D dataset, converted by HDF5 to the requested native type.
+/// Whole 1-D dataset, converted by HDF5 to the requested native type, after
+/// check_stored and a memory-budget check (pkv/core/memory_budget.h).
 std::vector<int64_t> read_1d_i64(const File& f, const std::string& name);
 std::vector<int32_t> read_1d_i32(const File& f, const std::string& name);
 std::vector<float> read_1d_f32(const File& f, const std::string& name);

@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "pkv/core/half.h"
+#include "pkv/core/memory_budget.h"
 #include "pkv/dump/h5.h"
 #include "pkv/dump/kv_dump_internal.h"
 
@@ -79,6 +81,32 @@ nlohmann::json parse_json_attr(hid_t obj, const std::string& where, const std::s
     }
 }
 
+nlohmann::json parse_record_attr(hid_t obj, const std::string& where, const std::string& name) {
+    nlohmann::json j = parse_json_attr(obj, where, name);
+    PKV_CHECK(j.is_object(), data_loss, "{}: attribute '{}': expected a JSON object, got {}", where, name,
+              j.type_name());
+    if (name != kvdump::kAttrModel) return j;
+    // The fields readers use, with the types the spec gives them: a record that has one
+    // of another type is refused here rather than deep inside a command.
+    auto bad = [&](const char* key, const char* want) {
+        std::string got = j[key].dump();
+        if (got.size() > 40) got = got.substr(0, 40) + "...";
+        fail(ErrorCode::data_loss, "{}: attribute '{}': field '{}': expected {}, got {}", where, name, key, want, got);
+    };
+    for (const char* k : kModelIntFields) {
+        if (!j.contains(k)) continue;
+        if (!j[k].is_number_integer() || j[k].get<int64_t>() < 0 ||
+            j[k].get<int64_t>() > std::numeric_limits<int32_t>::max())
+            bad(k, "an integer in [0, 2^31)");
+    }
+    for (const char* k : kModelNumberFields)
+        if (j.contains(k) && !j[k].is_number()) bad(k, "a number");
+    for (const char* k : kModelStringFields)
+        if (j.contains(k) && !j[k].is_string()) bad(k, "a string");
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_string()) bad("rope_scaling", "a string");
+    return j;
+}
+
 std::string shape_text(const std::vector<uint64_t>& shape) {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -88,6 +116,9 @@ std::string shape_text(const std::vector<uint64_t>& shape) {
 bool parse_version(const std::string& v, int* major, int* minor) {
     const size_t dot = v.find('.');
     if (dot == std::string::npos || dot == 0 || dot + 1 >= v.size()) return false;
+    // At most 6 digits a part: anything longer is not a version pkv wrote, and would
+    // overflow an int.
+    if (dot > 6 || v.size() - dot - 1 > 6) return false;
     for (size_t i = 0; i < v.size(); ++i)
         if (i != dot && (v[i] < '0' || v[i] > '9')) return false;
     *major = std::stoi(v.substr(0, dot));
@@ -346,10 +377,14 @@ struct KvDumpReader::Impl {
     mutable std::map<std::string, h5::Id> open;
 
     std::vector<int32_t> token_column(const char* name) const {
-        std::vector<int32_t> v = h5::read_1d_i32(f, name);
-        PKV_CHECK(static_cast<int64_t>(v.size()) == n_tokens, data_loss, "{}: expected shape [T={}], got [{}]",
-                  f.where(name), n_tokens, v.size());
-        return v;
+        {
+            // The shape first: it says more about a wrong column than its storage does.
+            h5::Id d = h5::open_dataset(f, name);
+            const auto shape = h5::shape_of(f, d.get(), name);
+            PKV_CHECK(shape.size() == 1 && static_cast<int64_t>(shape[0]) == n_tokens, data_loss,
+                      "{}: expected shape [T={}], got {}", f.where(name), n_tokens, shape_text(shape));
+        }
+        return h5::read_1d_i32(f, name);
     }
 };
 
@@ -364,16 +399,26 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
     int major = 0, minor = 0;
     PKV_CHECK(parse_version(version, &major, &minor) && major == kSupportedMajor, unsupported,
               "{}: expected format_version {}.x, got '{}'", where, kSupportedMajor, version);
-    m.n_head = static_cast<int>(h5::read_attr_int(root, where, kAttrNHead));
-    m.n_head_kv = static_cast<int>(h5::read_attr_int(root, where, kAttrNHeadKv));
-    m.head_dim = static_cast<int>(h5::read_attr_int(root, where, kAttrHeadDim));
-    m.n_tokens = h5::read_attr_int(root, where, kAttrNTokens);
+    auto bounded = [&](const char* name, int64_t hi) {
+        const int64_t v = h5::read_attr_int(root, where, name);
+        PKV_CHECK(v >= 1 && v <= hi, data_loss, "{}: attribute '{}': expected an integer in [1, {}], got {}", where,
+                  name, hi, v);
+        return v;
+    };
+    m.n_head = static_cast<int>(bounded(kAttrNHead, kMaxHeads));
+    m.n_head_kv = static_cast<int>(bounded(kAttrNHeadKv, kMaxHeads));
+    m.head_dim = static_cast<int>(bounded(kAttrHeadDim, kMaxHeadDim));
+    m.n_tokens = bounded(kAttrNTokens, kMaxTokens);
     m.dim_order = h5::read_attr_string(root, where, kvdump::kAttrDimOrder);
-    m.model = parse_json_attr(root, where, kvdump::kAttrModel);
-    m.provenance = parse_json_attr(root, where, kvdump::kAttrProvenance);
-    if (h5::has_attr(root, kAttrSummary)) m.summary = parse_json_attr(root, where, kAttrSummary);
+    PKV_CHECK(m.dim_order == kDimOrderGguf || m.dim_order == kDimOrderHf, data_loss,
+              "{}: attribute '{}': expected '{}' or '{}', got '{}'", where, kvdump::kAttrDimOrder, kDimOrderGguf,
+              kDimOrderHf, m.dim_order);
+    m.model = parse_record_attr(root, where, kvdump::kAttrModel);
+    m.provenance = parse_record_attr(root, where, kvdump::kAttrProvenance);
+    if (h5::has_attr(root, kAttrSummary)) m.summary = parse_record_attr(root, where, kAttrSummary);
     m.layers = h5::read_1d_i32(m.f, kvdump::kLayers);
-    PKV_CHECK(!m.layers.empty(), data_loss, "{}: expected at least one layer, got none", m.f.where(kvdump::kLayers));
+    PKV_CHECK(!m.layers.empty() && static_cast<int64_t>(m.layers.size()) <= kMaxLayers, data_loss,
+              "{}: expected 1 to {} layers, got {}", m.f.where(kvdump::kLayers), kMaxLayers, m.layers.size());
     m.f16 = h5::make_f16_type();
 
     for (const char* name : kActivations) {
@@ -389,6 +434,7 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
         h5::Id type = h5::type_of(m.f, d.get(), name);
         PKV_CHECK(h5::is_f16_type(type.get()), data_loss, "{}: expected dtype float16, got {}", m.f.where(name),
                   h5::type_name(type.get()));
+        h5::check_stored(m.f, d.get(), name);
         m.open.emplace(name, std::move(d));
     }
 }
@@ -421,6 +467,8 @@ std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot,
     PKV_CHECK(t0 >= 0 && count >= 0 && t0 + count <= m.n_tokens, out_of_range, "{}: tokens [{}, {}) outside [0, {})",
               m.f.where(name), t0, t0 + count, m.n_tokens);
     const uint64_t T = static_cast<uint64_t>(count), D = static_cast<uint64_t>(m.head_dim);
+    // float16 as read plus the float copy returned.
+    check_memory_budget(checked_mul(T * D, 6, m.f.where(name)), m.f.where(name));
     std::vector<uint16_t> raw(T * D);
     if (T > 0)
         h5::read_block(m.f, it->second.get(), name, m.f16.get(),
@@ -429,6 +477,28 @@ std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot,
     std::vector<float> out(raw.size());
     half_to_float_n(raw.data(), out.data(), raw.size());
     return out;
+}
+
+KvDumpReader::Sequences KvDumpReader::sequences() const {
+    const Impl& m = *impl_;
+    Sequences s;
+    s.start = h5::read_1d_i64(m.f, kvdump::kSeqStart);
+    s.length = h5::read_1d_i32(m.f, kvdump::kSeqLength);
+    PKV_CHECK(s.start.size() == s.length.size(), data_loss, "{}: expected {} entries (as {}), got {}",
+              m.f.where(kvdump::kSeqLength), s.start.size(), kvdump::kSeqStart, s.length.size());
+    PKV_CHECK(!s.start.empty(), data_loss, "{}: expected at least one sequence, got none", m.f.where(kvdump::kSeqStart));
+    int64_t next = 0;
+    for (size_t i = 0; i < s.start.size(); ++i) {
+        PKV_CHECK(s.start[i] == next, data_loss, "{}: expected sequence {} to start at token {}, got {}",
+                  m.f.where(kvdump::kSeqStart), i, next, s.start[i]);
+        PKV_CHECK(s.length[i] > 0 && s.length[i] <= m.n_tokens - next, data_loss,
+                  "{}: expected sequence {} to hold 1 to {} tokens (the rest of n_tokens {}), got {}",
+                  m.f.where(kvdump::kSeqLength), i, m.n_tokens - next, m.n_tokens, s.length[i]);
+        next += s.length[i];
+    }
+    PKV_CHECK(next == m.n_tokens, data_loss, "{}: expected sequences covering n_tokens = {}, got {}",
+              m.f.where(kvdump::kSeqLength), m.n_tokens, next);
+    return s;
 }
 
 std::vector<int32_t> KvDumpReader::token_ids() const { return impl_->token_column(kvdump::kTokenId); }

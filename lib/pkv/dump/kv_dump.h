@@ -58,6 +58,12 @@ constexpr const char* kDimOrderGguf = "gguf_interleaved";  ///< RoPE pairs (2i, 
 constexpr const char* kDimOrderHf = "hf_half_split";       ///< RoPE pairs (i, i + D/2): hf[i] = gguf[2i], hf[i + D/2] = gguf[2i+1]
 /// The activation datasets, in file order; any non-empty subset may be present.
 constexpr const char* kActivations[] = {kKPre, kKPost, kV, kQ};
+/// Bounds the reader accepts for the shape attributes (far above any model pkv runs;
+/// a file beyond them is refused as corrupt before anything is allocated).
+constexpr int64_t kMaxHeads = 1 << 16;
+constexpr int64_t kMaxHeadDim = 1 << 16;
+constexpr int64_t kMaxLayers = 1 << 16;
+constexpr int64_t kMaxTokens = int64_t{1} << 40;
 }  // namespace kvdump
 
 /// Which activations to capture.
@@ -114,8 +120,12 @@ private:
 /// Read access for analysis tools and tests.
 class KvDumpReader {
 public:
-    /// Opens and checks format, version and the shapes of the datasets it needs;
-    /// throws naming "<file>::<object>" and expected vs actual.
+    /// Opens and checks format, version, the shape attributes (positive, within
+    /// kMaxHeads / kMaxHeadDim / kMaxTokens), the model and provenance records (JSON
+    /// objects whose known fields have their spec types), and the shapes, types and
+    /// stored chunks of the datasets it needs, before any data is read; throws naming
+    /// "<file>::<object>" and expected vs actual. Reads of data are bounded by the
+    /// memory budget (pkv/core/memory_budget.h).
     explicit KvDumpReader(const std::string& path);
     ~KvDumpReader();
     const std::string& path() const;
@@ -130,6 +140,13 @@ public:
     std::vector<float> read_head(const std::string& dataset, int slot, int head) const;
     /// Tokens [t0, t0 + count) of it: [count, D] floats (one hyperslab read).
     std::vector<float> read_head(const std::string& dataset, int slot, int head, int64_t t0, int64_t count) const;
+    /// The sequences (/sequences/start, /sequences/length), checked to tile [0, n_tokens)
+    /// with positive lengths; data_loss naming the object otherwise.
+    struct Sequences {
+        std::vector<int64_t> start;
+        std::vector<int32_t> length;
+    };
+    Sequences sequences() const;
     std::vector<int32_t> token_ids() const;
     std::vector<int32_t> token_seq() const;
     std::vector<int32_t> token_pos() const;

@@ -22,6 +22,15 @@ constexpr int kSupportedMajor = 1;
 std::string json_text(const nlohmann::json& j);
 /// Parses a root JSON-text attribute; data_loss naming "<where>: attribute '<name>'" when it is not JSON.
 nlohmann::json parse_json_attr(hid_t obj, const std::string& where, const std::string& name);
+/// Fields of the model record and their types (docs/formats/kv_dump.md): the validator
+/// requires them all, the reader checks the type of those present.
+constexpr const char* kModelIntFields[] = {"n_layer", "n_head", "n_head_kv", "head_dim", "n_rot",
+                                           "n_embd",  "n_ff",   "n_vocab",   "n_ctx_train"};
+constexpr const char* kModelNumberFields[] = {"rope_freq_base", "rope_freq_scale", "rms_eps"};
+constexpr const char* kModelStringFields[] = {"name", "file", "sha256", "arch", "rope_type"};
+/// parse_json_attr for a root record (model, provenance, summary): data_loss unless a
+/// JSON object; for the model record also unless every field readers use has its spec type.
+nlohmann::json parse_record_attr(hid_t obj, const std::string& where, const std::string& name);
 /// ["layer", "kv_head" | "head", "token", "dim"] for an activation dataset.
 std::vector<std::string> axes_of(const std::string& dataset);
 /// k_pre, k_post and q carry RoPE dims (and a dim_order); v does not.

@@ -2,6 +2,7 @@
 // problem instead of stopping at the first, so one run tells the whole story.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <set>
 
@@ -16,6 +17,12 @@ using namespace kvdump_detail;
 namespace {
 
 enum class Want { integer, floating, f16, string };
+
+int64_t sat_add(int64_t a, int64_t b) {
+    int64_t r = 0;
+    if (!__builtin_add_overflow(a, b, &r)) return r;
+    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+}
 
 const char* want_name(Want w) {
     switch (w) {
@@ -135,19 +142,15 @@ void check_root(Checker& c, State& s) {
 
     if (auto m = root_json(c, s, kAttrModel)) {
         s.model = *m;
-        static const char* ints[] = {"n_layer", "n_head",  "n_head_kv", "head_dim",   "n_rot",
-                                     "n_embd",  "n_ff",    "n_vocab",   "n_ctx_train"};
-        static const char* nums[] = {"rope_freq_base", "rope_freq_scale", "rms_eps"};
-        static const char* strs[] = {"name", "file", "sha256", "arch", "rope_type"};
-        for (const char* k : ints)
+        for (const char* k : kModelIntFields)
             if (!m->contains(k) || !(*m)[k].is_number_integer())
                 c.add("/", "attribute 'model': expected integer field '{}', got {}", k,
                       m->contains(k) ? (*m)[k].type_name() : "nothing");
-        for (const char* k : nums)
+        for (const char* k : kModelNumberFields)
             if (!m->contains(k) || !(*m)[k].is_number())
                 c.add("/", "attribute 'model': expected number field '{}', got {}", k,
                       m->contains(k) ? (*m)[k].type_name() : "nothing");
-        for (const char* k : strs)
+        for (const char* k : kModelStringFields)
             if (!m->contains(k) || !(*m)[k].is_string())
                 c.add("/", "attribute 'model': expected string field '{}', got {}", k,
                       m->contains(k) ? (*m)[k].type_name() : "nothing");
@@ -284,7 +287,8 @@ void check_activations(Checker& c, State& s) {
                     c.add(name, "attribute 'dim_order': expected '{}' (the root attribute), got '{}'", *s.dim_order,
                           order);
             });
-        if (shape_ok) scan_finite(c, s, name, d->first.get(), shape);
+        if (shape_ok && c.guard([&] { h5::check_stored(s.f, d->first.get(), name); }))
+            scan_finite(c, s, name, d->first.get(), shape);
     }
     if (present.empty()) c.add("/", "expected at least one of /k_pre, /k_post, /v, /q, got none");
     if (s.capture) {
@@ -344,13 +348,14 @@ void check_tokens(Checker& c, State& s) {
         // Sequences follow each other: seq goes 0, 1, 2, ... and pos restarts at 0 with each.
         for (size_t t = 0; t < pos->size(); ++t) {
             const bool new_seq = t == 0 || (*seq)[t] != (*seq)[t - 1];
-            const int64_t want_seq = t == 0 ? 0 : (*seq)[t - 1] + (new_seq ? 1 : 0);
+            // Saturating: the values come from the file and may be anything.
+            const int64_t want_seq = t == 0 ? 0 : sat_add((*seq)[t - 1], new_seq ? 1 : 0);
             if ((*seq)[t] != want_seq) {
                 c.add(kTokenSeq, "expected sequence indices counting up from 0, got {} at token {} (after {})",
                       (*seq)[t], t, t == 0 ? std::string("the start") : std::to_string((*seq)[t - 1]));
                 break;
             }
-            const int64_t want_pos = new_seq ? 0 : (*pos)[t - 1] + 1;
+            const int64_t want_pos = new_seq ? 0 : sat_add((*pos)[t - 1], 1);
             if ((*pos)[t] != want_pos) {
                 c.add(kTokenPos, "expected position {} (restarting at 0 in each sequence), got {} at token {}",
                       want_pos, (*pos)[t], t);
@@ -381,7 +386,7 @@ void check_tokens(Checker& c, State& s) {
                 c.add(kSeqLength, "expected positive lengths, got {} for sequence {}", (*length)[i], i);
                 tiles = false;
             }
-            next += (*length)[i];
+            next = sat_add(next, (*length)[i]);
         }
         if (tiles && T && next != *T) {
             c.add(kSeqLength, "expected sequences to tile [0, T={}), got a total length of {}", *T, next);
@@ -418,7 +423,7 @@ void check_sources(Checker& c, State& s) {
             if ((*bytes)[i] < 0) c.add(kSourceBytes, "expected a size >= 0, got {} for source {}", (*bytes)[i], i);
     if (tokens && !tokens->empty() && s.n_tokens) {
         int64_t sum = 0;
-        for (int64_t t : *tokens) sum += t;
+        for (int64_t t : *tokens) sum = sat_add(sum, t);
         if (sum != *s.n_tokens) c.add(kSourceTokens, "expected a total of T={} tokens, got {}", *s.n_tokens, sum);
     }
 }

@@ -363,7 +363,7 @@ const GgufValue& GgufFile::get(const std::string& key) const {
 
 uint64_t GgufFile::get_u64(const std::string& key) const {
     const GgufValue& v = get(key);
-    PKV_CHECK(is_integer(v.type), invalid_argument, "{}: metadata '{}': expected an integer, got {}", path_, key,
+    PKV_CHECK(is_integer(v.type), data_loss, "{}: metadata '{}': expected an integer, got {}", path_, key,
               type_desc(v));
     if (is_signed(v.type)) {
         const int64_t s = std::get<int64_t>(v.value);
@@ -384,7 +384,7 @@ double GgufFile::get_f64(const std::string& key) const {
     if (is_integer(v.type))
         return is_signed(v.type) ? static_cast<double>(std::get<int64_t>(v.value))
                                  : static_cast<double>(std::get<uint64_t>(v.value));
-    fail(ErrorCode::invalid_argument, "{}: metadata '{}': expected a number, got {}", path_, key, type_desc(v));
+    fail(ErrorCode::data_loss, "{}: metadata '{}': expected a number, got {}", path_, key, type_desc(v));
 }
 
 std::optional<double> GgufFile::find_f64(const std::string& key) const {
@@ -394,7 +394,7 @@ std::optional<double> GgufFile::find_f64(const std::string& key) const {
 
 std::string GgufFile::get_string(const std::string& key) const {
     const GgufValue& v = get(key);
-    PKV_CHECK(v.type == GgufType::STRING, invalid_argument, "{}: metadata '{}': expected string, got {}", path_, key,
+    PKV_CHECK(v.type == GgufType::STRING, data_loss, "{}: metadata '{}': expected string, got {}", path_, key,
               type_desc(v));
     return std::get<std::string>(v.value);
 }
@@ -406,7 +406,7 @@ std::optional<std::string> GgufFile::find_string(const std::string& key) const {
 
 bool GgufFile::get_bool(const std::string& key) const {
     const GgufValue& v = get(key);
-    PKV_CHECK(v.type == GgufType::BOOL, invalid_argument, "{}: metadata '{}': expected bool, got {}", path_, key,
+    PKV_CHECK(v.type == GgufType::BOOL, data_loss, "{}: metadata '{}': expected bool, got {}", path_, key,
               type_desc(v));
     return std::get<bool>(v.value);
 }
@@ -418,7 +418,7 @@ std::optional<bool> GgufFile::find_bool(const std::string& key) const {
 
 std::vector<std::string> GgufFile::get_string_array(const std::string& key) const {
     const GgufValue& v = get(key);
-    PKV_CHECK(v.type == GgufType::ARRAY && v.array_type == GgufType::STRING, invalid_argument,
+    PKV_CHECK(v.type == GgufType::ARRAY && v.array_type == GgufType::STRING, data_loss,
               "{}: metadata '{}': expected array of string, got {}", path_, key, type_desc(v));
     std::vector<std::string> out;
     const auto& items = std::get<std::vector<GgufValue>>(v.value);
@@ -429,7 +429,7 @@ std::vector<std::string> GgufFile::get_string_array(const std::string& key) cons
 
 std::vector<int64_t> GgufFile::get_int_array(const std::string& key) const {
     const GgufValue& v = get(key);
-    PKV_CHECK(v.type == GgufType::ARRAY && is_integer(v.array_type), invalid_argument,
+    PKV_CHECK(v.type == GgufType::ARRAY && is_integer(v.array_type), data_loss,
               "{}: metadata '{}': expected array of integers, got {}", path_, key, type_desc(v));
     std::vector<int64_t> out;
     const auto& items = std::get<std::vector<GgufValue>>(v.value);

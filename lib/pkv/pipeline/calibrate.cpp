@@ -41,12 +41,10 @@ struct Piece {
     bool holdout = false;
 };
 
-std::vector<SeqRange> sequences_of(const std::vector<int32_t>& seq_ids) {
-    std::vector<SeqRange> out;
-    for (int64_t t = 0; t < static_cast<int64_t>(seq_ids.size()); ++t) {
-        if (t == 0 || seq_ids[t] != seq_ids[t - 1]) out.push_back({t, 0});
-        ++out.back().length;
-    }
+std::vector<SeqRange> sequences_of(const KvDumpReader& r) {
+    const KvDumpReader::Sequences s = r.sequences();
+    std::vector<SeqRange> out(s.start.size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = {s.start[i], s.length[i]};
     return out;
 }
 
@@ -62,10 +60,12 @@ std::vector<Piece> split_holdout(const std::vector<DumpInput>& dumps, double fra
     const auto want = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(total)));
     if (pieces.size() == 1) {
         // One sequence: hold out its tail, so the held-out tokens are still unseen text.
-        Piece& p = pieces[0];
-        const int64_t keep = p.length - want;
-        pieces.push_back({p.dump, p.start + keep, want, true});
-        p.length = keep;
+        // Copied, not referenced: the push_back below may move the vector's storage.
+        const Piece whole = pieces[0];
+        const int64_t held = std::min(want, whole.length - 1);  // the mining keeps at least one token
+        if (held <= 0) return pieces;
+        pieces[0].length = whole.length - held;
+        pieces.push_back({whole.dump, whole.start + whole.length - held, held, true});
         return pieces;
     }
     std::vector<size_t> order(pieces.size());
@@ -279,7 +279,7 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   kvdump::kV);
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
-        in.seqs = sequences_of(r.token_seq());
+        in.seqs = sequences_of(r);
         if (!dumps.empty()) {
             const KvDumpReader& f = *dumps.front().reader;
             PKV_CHECK(in.model_sha256 == dumps.front().model_sha256, invalid_argument,

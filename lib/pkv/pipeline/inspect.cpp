@@ -50,7 +50,7 @@ FileKind detect_file_kind(const std::string& path) {
 namespace {
 
 [[noreturn]] void unknown_kind(const std::string& path) {
-    fail(ErrorCode::invalid_argument, "{}: not a GGUF model, a pkv KV dump or a pattern table (unrecognised file signature)", path);
+    fail(ErrorCode::unsupported, "{}: not a GGUF model, a pkv KV dump or a pattern table (unrecognised file signature)", path);
 }
 
 std::string shape_str(const std::vector<uint64_t>& ne) {

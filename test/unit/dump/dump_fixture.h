@@ -116,9 +116,9 @@ inline std::vector<float> synth_rows(const SynthSpec& s, const char* dataset, in
     return rows;
 }
 
-/// Writes a complete, valid synthetic dump.
-inline void write_synth_dump(const std::string& path, const SynthSpec& s) {
-    KvDumpWriter w(path, synth_header(s));
+/// Writes a complete, valid synthetic dump (with `header` instead of synth_header(s) when given).
+inline void write_synth_dump(const std::string& path, const SynthSpec& s, const KvDumpHeader* header = nullptr) {
+    KvDumpWriter w(path, header ? *header : synth_header(s));
     std::vector<int64_t> starts;
     std::vector<int32_t> lengths;
     int64_t t0 = 0;

@@ -377,11 +377,8 @@ TEST_CASE("a long provenance record does not overflow the object header", "[dump
     SynthSpec s;
     KvDumpHeader h = synth_header(s);
     for (int i = 0; i < 3000; ++i) h.provenance["texts"].push_back({{"path", "/some/long/path/text_" + std::to_string(i)}});
-    {
-        KvDumpWriter w(path, h);
-        (void)w;  // not finished: the file is incomplete but must still open
-    }
+    write_synth_dump(path, s, &h);
     KvDumpReader r(path);
     CHECK(r.provenance().at("texts").size() == 3000);
-    CHECK(r.summary().is_null());
+    CHECK(r.summary().at("n_tokens") == r.n_tokens());
 }
