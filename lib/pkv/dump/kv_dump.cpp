@@ -369,7 +369,7 @@ void KvDumpWriter::finish(const std::vector<int64_t>& seq_start, const std::vect
 struct KvDumpReader::Impl {
     h5::File f;
     std::vector<int32_t> layers;
-    int n_head = 0, n_head_kv = 0, head_dim = 0;
+    int n_layer_model = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t n_tokens = 0;
     std::string dim_order;
     nlohmann::json model, provenance, summary;
@@ -405,8 +405,11 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
                   name, hi, v);
         return v;
     };
+    m.n_layer_model = static_cast<int>(bounded(kAttrNLayer, kMaxLayers));
     m.n_head = static_cast<int>(bounded(kAttrNHead, kMaxHeads));
     m.n_head_kv = static_cast<int>(bounded(kAttrNHeadKv, kMaxHeads));
+    PKV_CHECK(m.n_head % m.n_head_kv == 0, data_loss, "{}: expected n_head ({}) to be a multiple of n_head_kv ({})",
+              where, m.n_head, m.n_head_kv);
     m.head_dim = static_cast<int>(bounded(kAttrHeadDim, kMaxHeadDim));
     m.n_tokens = bounded(kAttrNTokens, kMaxTokens);
     m.dim_order = h5::read_attr_string(root, where, kvdump::kAttrDimOrder);
@@ -419,6 +422,10 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
     m.layers = h5::read_1d_i32(m.f, kvdump::kLayers);
     PKV_CHECK(!m.layers.empty() && static_cast<int64_t>(m.layers.size()) <= kMaxLayers, data_loss,
               "{}: expected 1 to {} layers, got {}", m.f.where(kvdump::kLayers), kMaxLayers, m.layers.size());
+    for (size_t i = 0; i < m.layers.size(); ++i)
+        PKV_CHECK(m.layers[i] >= 0 && m.layers[i] < m.n_layer_model && (i == 0 || m.layers[i] > m.layers[i - 1]),
+                  data_loss, "{}: expected ascending layers in [0, n_layer = {}), got {} at index {}",
+                  m.f.where(kvdump::kLayers), m.n_layer_model, m.layers[i], i);
     m.f16 = h5::make_f16_type();
 
     for (const char* name : kActivations) {
@@ -444,6 +451,7 @@ KvDumpReader::~KvDumpReader() = default;
 const std::string& KvDumpReader::path() const { return impl_->f.path(); }
 int KvDumpReader::n_layers() const { return static_cast<int>(impl_->layers.size()); }
 const std::vector<int32_t>& KvDumpReader::layers() const { return impl_->layers; }
+int KvDumpReader::n_layer_model() const { return impl_->n_layer_model; }
 int KvDumpReader::n_head() const { return impl_->n_head; }
 int KvDumpReader::n_head_kv() const { return impl_->n_head_kv; }
 int KvDumpReader::head_dim() const { return impl_->head_dim; }

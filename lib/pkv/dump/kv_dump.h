@@ -130,6 +130,7 @@ public:
     ~KvDumpReader();
     const std::string& path() const;
     int n_layers() const;                  ///< stored layers
+    int n_layer_model() const;             ///< layers of the model (every stored layer is below it)
     const std::vector<int32_t>& layers() const;
     int n_head() const;
     int n_head_kv() const;

@@ -272,10 +272,10 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
         DumpInput in;
         in.reader = std::make_unique<KvDumpReader>(path);
         const KvDumpReader& r = *in.reader;
-        PKV_CHECK(r.has(key_ds), invalid_argument,
+        PKV_CHECK(r.has(key_ds), not_found,
                   "{}::{}: dataset missing; --keys {} needs it (dump it with --capture including {})", path, key_ds,
                   c.keys_pre ? "pre" : "post", key_ds + 1);
-        PKV_CHECK(r.has(kvdump::kV), invalid_argument, "{}::{}: dataset missing; calibration needs the values", path,
+        PKV_CHECK(r.has(kvdump::kV), not_found, "{}::{}: dataset missing; calibration needs the values", path,
                   kvdump::kV);
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
@@ -366,6 +366,8 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     std::vector<DumpInput> dumps = open_dumps(c, key_ds);
     const KvDumpReader& first = *dumps.front().reader;
     const int H = first.n_head_kv(), D = first.head_dim();
+    PKV_CHECK(D % 2 == 0, unsupported, "{}: head_dim {} is odd; pattern tables hold even head dims (RoPE pairs)",
+              first.path(), D);
     if (c.rotate) check_hadamard_dim(D);
     if (c.group < D) PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     const std::vector<int> layers = calibrated_layers(c, dumps);
@@ -382,7 +384,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     PatternTable t;
     t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
     t.model.sha256 = dumps.front().model_sha256;
-    t.model.n_layer = model.is_object() && model.contains("n_layer") ? model["n_layer"].get<int>() : 0;
+    t.model.n_layer = first.n_layer_model();
     t.model.n_head = first.n_head();
     t.model.n_head_kv = H;
     t.model.head_dim = D;

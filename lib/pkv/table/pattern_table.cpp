@@ -186,8 +186,10 @@ void read_tensor(const SafetensorsFile& f, const std::string& path, const std::s
 // ---------------------------------------------------------------------- check
 
 void check_pattern_table(const PatternTable& t) {
+    // Tables come from calibrate (whose inputs are checked before) or from a file (whose
+    // reader turns this into data_loss naming the file): a failure here is pkv's own.
     auto bad = [](const std::string& field, const std::string& expected, const std::string& got) {
-        fail(ErrorCode::invalid_argument, "pattern table: {}: expected {}, got {}", field, expected, got);
+        fail(ErrorCode::internal, "pattern table: {}: expected {}, got {}", field, expected, got);
     };
     const PatternTableModel& m = t.model;
     if (m.arch.empty()) bad("model.arch", "a non-empty architecture", "\"\"");
