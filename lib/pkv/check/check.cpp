@@ -18,6 +18,7 @@
 
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/memory_budget.h"
 
 namespace pkv {
 
@@ -54,6 +55,7 @@ struct Extract {
 std::string read_text(const std::string& path, const char* role) {
     std::ifstream f(path, std::ios::binary);
     PKV_CHECK(f.good(), invalid_argument, "{}: cannot open the {}", path, role);
+    check_file_fits_budget(path);
     return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 

@@ -1,5 +1,6 @@
 #include "pkv/core/memory_budget.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -59,6 +60,12 @@ void check_memory_budget(uint64_t bytes, const std::string& what) {
     const uint64_t budget = memory_budget_bytes();
     PKV_CHECK(bytes <= budget, out_of_range, "{}: needs {} of memory, above the budget of {} (PKV_MEMORY_BUDGET)",
               what, human_bytes(bytes), human_bytes(budget));
+}
+
+void check_file_fits_budget(const std::string& path) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode))
+        check_memory_budget(static_cast<uint64_t>(st.st_size), path);
 }
 
 }  // namespace pkv

@@ -25,6 +25,10 @@ uint64_t parse_memory_size(const std::string& text);
 /// (PKV_MEMORY_BUDGET)" when bytes exceeds the budget; `what` names the file and object.
 void check_memory_budget(uint64_t bytes, const std::string& what);
 
+/// check_memory_budget for reading the whole of `path` into memory (its size on disk);
+/// a file that cannot be stat'ed is left to the caller's open to report.
+void check_file_fits_budget(const std::string& path);
+
 /// "1.5 GiB", "512 KiB", "17 B": sizes for messages.
 std::string human_bytes(uint64_t bytes);
 

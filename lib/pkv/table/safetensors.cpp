@@ -11,6 +11,7 @@
 
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/memory_budget.h"
 
 namespace pkv {
 
@@ -133,6 +134,7 @@ void SafetensorsWriter::write(const std::string& path, bool force) const {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     PKV_CHECK(f, not_found, "{}: cannot open: {}", path, std::strerror(errno));
+    check_file_fits_budget(path);
     std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     PKV_CHECK(!f.bad(), io, "{}: read failed: {}", path, std::strerror(errno));
     return parse(std::move(bytes), path);

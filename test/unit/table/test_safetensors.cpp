@@ -300,3 +300,22 @@ TEST_CASE("safetensors cross-check with the Python safetensors package", "[table
         CHECK(half_to_float(v[1]) == -0.25f);
     }
 }
+
+TEST_CASE("safetensors reader refuses a file larger than the memory budget before reading it", "[table][safetensors]") {
+    pkv_test::ScratchDir dir;
+    const std::string path = dir.str() + "/big.safetensors";
+    {
+        std::ofstream f(path, std::ios::binary);
+        const std::string zeros(3 << 20, '\0');
+        f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+    }
+    setenv("PKV_MEMORY_BUDGET", "2M", 1);
+    std::string msg;
+    try {
+        SafetensorsFile::open(path);
+    } catch (const Error& e) {
+        msg = e.what();
+    }
+    unsetenv("PKV_MEMORY_BUDGET");
+    CHECK_THAT(msg, ContainsSubstring("big.safetensors: needs 3.0 MiB of memory, above the budget of 2.0 MiB"));
+}
