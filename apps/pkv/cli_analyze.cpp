@@ -74,6 +74,9 @@ Command add_analyze(CLI::App& root) {
                           "--assign: expected minmax or l2, got '{}'", args->assign);
                 cfg.assign_l2 = args->assign == "l2";
                 cfg.argv = argv_strings();
+                // Until run_analyze switches to polling check_interrupted(), a signal ends the
+                // run at once (status 130), also while the input is being opened.
+                install_exit_on_interrupt();
                 // Claim the outputs first so a long run cannot end on an existing file.
                 std::optional<AtomicOutput> json_out, html_out;
                 if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);

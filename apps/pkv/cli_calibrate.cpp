@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "device_select.h"
 #include "pkv/analyze/analyze.h"
+#include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
 #include "pkv/dist/comm.h"
 #include "pkv/pipeline/calibrate.h"
@@ -108,6 +109,9 @@ Command add_calibrate(CLI::App& root) {
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
     return {app, [args]() {
+                // run_calibrate does not poll check_interrupted(): end at once on the
+                // first signal, removing the table's temporary if it is being written.
+                install_exit_on_interrupt();
                 CalibrateConfig cfg = args->config;
                 PKV_CHECK(args->keys == "pre" || args->keys == "post", invalid_argument,
                           "--keys: expected pre or post, got '{}'", args->keys);
@@ -130,6 +134,9 @@ Command add_calibrate(CLI::App& root) {
                 cfg.argv = argv_strings();
                 PatternTable t;
                 try {
+                    // Rank 0 writes the table: find out now, not after the k-means, that its
+                    // directory is missing or read-only (nothing is created yet).
+                    if (comm.rank() == 0) AtomicOutput probe(cfg.out_path, cfg.force);
                     std::vector<SelectedDevice> devs;
                     if (!args->devices.empty()) {
                         devs = select_devices(args->devices, args->reduce);

@@ -51,6 +51,9 @@ Command add_eval(CLI::App& root) {
                 if (!args->keep_layers.empty())
                     cfg.keep_fp16_layers = parse_int_list("--keep-fp16-layers", args->keep_layers);
                 cfg.argv = argv_strings();
+                // Until run_eval switches to polling check_interrupted(), a signal ends the
+                // run at once (status 130), also while the input is being opened.
+                install_exit_on_interrupt();
                 // Claim the outputs first so a long run cannot end on an existing file.
                 std::optional<AtomicOutput> json_out, md_out;
                 if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);

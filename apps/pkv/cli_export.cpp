@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "pkv/core/atomic_file.h"
 #include "pkv/table/export.h"
 
 namespace pkv::cli {
@@ -27,6 +28,9 @@ Command add_export(CLI::App& root) {
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
     return {app, [args]() {
+                // Until export_pattern_table has read the table and polls, a signal ends
+                // the export at once (status 130).
+                install_exit_on_interrupt();
                 const ExportSummary s = export_pattern_table(args->table, args->out, args->options);
                 std::printf("wrote %s: %s, %zu tensors, key order %s, patterns %s, %llu bytes\n", s.out_path.c_str(),
                             s.format.c_str(), s.tensors, s.key_dim_order.c_str(), s.dtype.c_str(),

@@ -4,7 +4,8 @@
 // (".<name>.pkv-tmp.<pid>") and is renamed over the final name by commit(). If the
 // work fails, throws, or is interrupted by SIGINT/SIGTERM, the temporary file is
 // removed and nothing is left under the final name. (After SIGKILL or a power cut
-// only the hidden temporary can remain, never a half-written final file.)
+// only the hidden temporary can remain, never a half-written final file; the next
+// AtomicOutput for the same name removes it once its process is gone.)
 #pragma once
 
 #include <cstddef>
@@ -15,7 +16,11 @@ namespace pkv {
 class AtomicOutput {
 public:
     /// Fails up front (failed_precondition) when `path` exists and `force` is false,
-    /// and (io) when its directory does not exist or is not writable.
+    /// and (io) when its directory does not exist or is not writable. Removes the
+    /// temporaries of `path` whose process no longer exists (kill(pid, 0) gives
+    /// ESRCH); a pid that is alive keeps its file even if the pid was reused, and
+    /// processes of another pid namespace or host sharing the directory are not told
+    /// apart from dead ones.
     AtomicOutput(std::string path, bool force);
     ~AtomicOutput();
     AtomicOutput(const AtomicOutput&) = delete;
@@ -24,7 +29,8 @@ public:
     /// Where the writer should create its file.
     const std::string& temp_path() const { return temp_; }
     const std::string& path() const { return path_; }
-    /// fsyncs the temporary and renames it to path(); throws io on failure.
+    /// fsyncs the temporary and renames it to path(); throws io on failure, and
+    /// interrupted (leaving path() as it was) once SIGINT/SIGTERM was received.
     void commit();
     /// Writes `size` bytes as the whole temporary file, then commit(); throws io
     /// naming path() when the file cannot be created or written.
@@ -39,8 +45,12 @@ private:
 
 /// Installs SIGINT/SIGTERM handlers: the first signal sets a flag that long loops
 /// poll through check_interrupted(); a second one removes every pending temporary
-/// file and exits at once with status 130.
+/// file and exits at once with status 128 + signal (130 for SIGINT).
 void install_interrupt_handlers();
+/// For work that does not poll check_interrupted(): the first SIGINT/SIGTERM
+/// removes every pending temporary file and exits at once with status 128 + signal.
+/// A later install_interrupt_handlers() switches back to polling.
+void install_exit_on_interrupt();
 /// True once SIGINT or SIGTERM was received.
 bool interrupted();
 /// Throws Error(interrupted) if a signal was received.

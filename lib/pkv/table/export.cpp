@@ -156,6 +156,7 @@ PatternTable with_key_dim_order(const PatternTable& t, const std::string& order)
     out.key_dim_order = want;
     const int D = t.model.head_dim;
     for (PatternLayer& l : out.layers) {
+        check_interrupted();
         const std::vector<float> src = l.k_patterns;
         for (size_t r = 0; r + D <= src.size(); r += D) {
             if (want == kDimOrderHf)
@@ -175,6 +176,7 @@ std::vector<uint8_t> encode_table_safetensors(const PatternTable& t, PatternDtyp
     SafetensorsWriter narrowed;
     for (const auto& [k, v] : f.metadata()) narrowed.set_metadata(k, v);
     for (const std::string& name : f.names()) {
+        check_interrupted();
         StTensor st = f.tensor(name).to_tensor();
         const bool pattern = name.size() > 11 && (name.compare(name.size() - 11, 11, ".k_patterns") == 0 ||
                                                    name.compare(name.size() - 11, 11, ".v_patterns") == 0);
@@ -233,6 +235,7 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     const GgmlType pat = dtype == PatternDtype::f16 ? GgmlType::F16 : GgmlType::F32;
     const GgmlType i64 = static_cast<GgmlType>(27);  // GGML_TYPE_I64
     for (const PatternLayer& l : t.layers) {
+        check_interrupted();
         const std::string b = "blk." + std::to_string(l.layer) + ".pkv_";
         w.add_tensor(b + P::kKPatterns, {D, Mk, H}, pat, pattern_bytes(l.k_patterns, dtype));
         w.add_tensor(b + P::kVPatterns, {D, Mv, H}, pat, pattern_bytes(l.v_patterns, dtype));
@@ -253,6 +256,7 @@ json table_to_json(const PatternTable& t, PatternDtype dtype) {
     const char* pdt = f16 ? "F16" : "F32";
     json tensors = json::object();
     for (const PatternLayer& l : t.layers) {
+        check_interrupted();
         const int i = l.layer;
         tensors[P::tensor_name(i, P::kKPatterns)] =
             tensor_json(pdt, {H, Mk, D}, f16 ? rounded_f16(l.k_patterns) : l.k_patterns);
@@ -283,6 +287,9 @@ ExportSummary export_pattern_table(const std::string& table_path, const std::str
               "{}: output exists; pass --force to overwrite it", out_path);
 
     PatternTable t = read_pattern_table(table_path);
+    // From here the loops poll: a signal ends the export with status 130 and no file.
+    install_interrupt_handlers();
+    check_interrupted();
     if (!order.empty()) t = with_key_dim_order(t, order);
 
     ExportSummary s;

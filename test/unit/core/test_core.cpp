@@ -1,4 +1,5 @@
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <climits>
@@ -74,6 +75,35 @@ TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
         CHECK_THROWS_WITH(AtomicOutput(dir + "/nope/out.h5", false), ContainsSubstring("does not exist"));
     }
     std::remove(out.c_str());
+    rmdir(dir.c_str());
+}
+
+TEST_CASE("atomic output removes temporaries of dead processes only", "[core][atomic]") {
+    const std::string dir = tmpdir();
+    const std::string out = dir + "/out.bin";
+    // A pid that surely ended: a child that exits at once, already reaped.
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) _exit(0);
+    REQUIRE(waitpid(child, nullptr, 0) == child);
+    const std::string dead = std::to_string(child);
+    auto touch = [&](const std::string& name) {
+        std::ofstream f(dir + "/" + name);
+        f << "stale";
+        return dir + "/" + name;
+    };
+    const std::string stale = touch(".out.bin.pkv-tmp." + dead);
+    const std::string live = touch(".out.bin.pkv-tmp.1");  // init never ends
+    const std::string other_name = touch(".other.bin.pkv-tmp." + dead);
+    const std::string not_a_pid = touch(".out.bin.pkv-tmp." + dead + "x");
+    {
+        AtomicOutput o(out, false);
+        CHECK_FALSE(exists(stale));
+        CHECK(exists(live));
+        CHECK(exists(other_name));
+        CHECK(exists(not_a_pid));
+    }
+    for (const std::string& p : {live, other_name, not_a_pid}) std::remove(p.c_str());
     rmdir(dir.c_str());
 }
 
