@@ -9,6 +9,7 @@ PACKAGES=(
   python3 python3-venv python3-pip python3-h5py python3-numpy python3-jsonschema
   unzip fortunes fortunes-min chromium python3-pil
   libopenmpi-dev openmpi-bin
+  clang libclang-rt-14-dev libomp-dev llvm
 )
 
 missing=()

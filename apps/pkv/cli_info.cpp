@@ -33,7 +33,10 @@ Command add_info(CLI::App& root) {
     app->add_flag("--json", args->json, "print machine-readable JSON instead");
     return {app, [args]() {
                 if (args->json)
-                    std::printf("%s\n", describe_file_json(args->path).dump(2).c_str());
+                    // Names and strings from a file need not be UTF-8: replace bad bytes, never fail.
+                    std::printf("%s\n", describe_file_json(args->path)
+                                             .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+                                             .c_str());
                 else
                     std::fputs(describe_file(args->path, args->tensors).c_str(), stdout);
                 return 0;

@@ -38,6 +38,25 @@ expect_exit 1 "dump, GGUF metadata of the wrong type" "f32.gguf: metadata 'llama
 expect_exit 1 "validate, GGUF metadata of the wrong type" "f32.gguf" "$PKV_BIN" validate "$WORK/f32.gguf"
 rm -f "$WORK/f32.gguf"
 
+# A metadata string that is not UTF-8: `pkv info --json` prints it with U+FFFD, not a
+# JSON library error.
+/usr/bin/python3 - "$MODEL" "$WORK/latin1.gguf" <<'PY'
+import struct, sys
+data = bytearray(open(sys.argv[1], "rb").read())
+key = b"general.name"
+i = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
+assert struct.unpack_from("<I", data, i)[0] == 8  # STRING
+data[i + 12] = 0xE9  # a Latin-1 e-acute as the first byte of the name
+open(sys.argv[2], "wb").write(data)
+PY
+if "$PKV_BIN" info --json "$WORK/latin1.gguf" > "$WORK/info.json" 2>"$WORK/info.err" &&
+   /usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$WORK/info.json"; then
+  pass "info --json, metadata string not UTF-8: valid JSON"
+else
+  failed "info --json, metadata string not UTF-8: $(cat "$WORK/info.err")"
+fi
+rm -f "$WORK/latin1.gguf"
+
 "$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 128 --ctx 64 --capture k_post \
   --out "$WORK/novalues.h5" >/dev/null || failed "dump for the calibrate case"
 expect_exit 1 "calibrate, dump without values" "novalues.h5::/v: dataset missing" \

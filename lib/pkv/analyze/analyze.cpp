@@ -306,7 +306,9 @@ nlohmann::json run_analyze(const AnalyzeConfig& c) {
     Progress progress("analyze", static_cast<uint64_t>(n_pairs) * static_cast<uint64_t>(in.n_tokens), "tok");
     const size_t R = in.runs.size();
     size_t pair_index = 0;
-    for (const auto& [slot, layer] : slots) {
+    for (const auto& slot_layer : slots) {
+        // Not a structured binding: C++17 lambdas cannot capture those (clang refuses).
+        const int slot = slot_layer.first, layer = slot_layer.second;
         for (int head : in.heads) {
             // patternkv-table: this head's rows of the table.
             TableHeadView tk, tv;

@@ -32,4 +32,10 @@ uint64_t checked_add(uint64_t a, uint64_t b, const std::string& what) {
     return a + b;
 }
 
+int64_t saturating_add(int64_t a, int64_t b) {
+    int64_t r = 0;
+    if (!__builtin_add_overflow(a, b, &r)) return r;
+    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+}
+
 }  // namespace pkv

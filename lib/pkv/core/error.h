@@ -51,6 +51,8 @@ template <typename... Args>
 uint64_t checked_mul(uint64_t a, uint64_t b, const std::string& what);
 /// a + b for sizes read from files; throws data_loss naming `what` on overflow.
 uint64_t checked_add(uint64_t a, uint64_t b, const std::string& what);
+/// a + b clamped to the int64 range: sums of counts from a file that are checked after.
+int64_t saturating_add(int64_t a, int64_t b);
 
 }  // namespace pkv
 

@@ -548,6 +548,20 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
     PKV_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, data_loss, "{}: expected rank 1, got {}", f.where(name),
               H5Sget_simple_extent_ndims(space.get()));
     check_stored(f, d.get(), name);
+    if (H5Tis_variable_str(type.get()) > 0) {
+        // The descriptors are checked in the file before HDF5 acts on their lengths,
+        // which needs them stored contiguously (as pkv and h5py write them).
+        Id dcpl(H5Dget_create_plist(d.get()));
+        const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+        PKV_CHECK(dcpl && H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS, data_loss,
+                  "{}: expected variable-length strings in a contiguous dataset", f.where(name));
+        const haddr_t at = H5Dget_offset(d.get());
+        if (n > 0) {
+            PKV_CHECK(at != HADDR_UNDEF, data_loss, "{}: {} strings declared, none stored", f.where(name), n);
+            const std::string bad = check_vlen_lengths(f.path(), at, static_cast<uint64_t>(n));
+            PKV_CHECK(bad.empty(), data_loss, "{}: {}", f.where(name), bad);
+        }
+    }
     return read_strings(d.get(), type.get(), space.get(), false, f.where(name));
 }
 

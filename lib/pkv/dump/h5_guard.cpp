@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 #include <set>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -38,16 +39,21 @@ struct GuardFile {
     unsigned size_bytes = 8;  // superblock's "size of lengths"
 };
 
-// The superblock sits at 0 or at 512 * 2^k; its version decides where "size of lengths" is.
-unsigned lengths_size(int fd, uint64_t eof) {
+struct SizeFields {
+    unsigned offsets = 8, lengths = 8;
+};
+
+// The superblock sits at 0 or at 512 * 2^k; its version decides where its "size of
+// offsets" and "size of lengths" are.
+SizeFields size_fields(int fd, uint64_t eof) {
     for (uint64_t at = 0; at + 16 <= eof; at = at == 0 ? 512 : at * 2) {
         unsigned char sb[16];
         if (pread(fd, sb, sizeof sb, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof sb)) break;
         if (std::memcmp(sb, "\x89HDF\r\n\x1a\n", 8) != 0) continue;
-        const unsigned v = sb[8] < 2 ? sb[14] : sb[10];
-        return v == 2 || v == 4 || v == 8 ? v : 8;
+        auto valid = [](unsigned v) { return v == 2 || v == 4 || v == 8 ? v : 8u; };
+        return sb[8] < 2 ? SizeFields{valid(sb[13]), valid(sb[14])} : SizeFields{valid(sb[9]), valid(sb[10])};
     }
-    return 8;
+    return {};
 }
 
 H5FD_t* guard_open(const char* name, unsigned flags, hid_t, haddr_t maxaddr) {
@@ -68,7 +74,7 @@ H5FD_t* guard_open(const char* name, unsigned flags, hid_t, haddr_t maxaddr) {
     f->eof = static_cast<haddr_t>(st.st_size);
     f->dev = st.st_dev;
     f->ino = st.st_ino;
-    f->size_bytes = lengths_size(fd, f->eof);
+    f->size_bytes = size_fields(fd, f->eof).lengths;
     (void)maxaddr;
     return &f->pub;
 }
@@ -210,6 +216,30 @@ std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t ad
         p += need;
     }
     return {};
+}
+
+std::string check_vlen_lengths(const std::string& path, uint64_t offset, uint64_t n) {
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fmt::format("cannot reopen to check string lengths: {}", std::strerror(errno));
+    struct stat st {};
+    const uint64_t eof = fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    const unsigned item = 8 + size_fields(fd, eof).offsets;  // length u32, heap address, index u32
+    std::string bad;
+    if (n > eof / item || offset > eof - n * item) {
+        bad = fmt::format("{} string descriptors at byte {} run past the end of the file ({} bytes)", n, offset, eof);
+    } else {
+        std::vector<unsigned char> buf(static_cast<size_t>(n * item));
+        if (pread(fd, buf.data(), buf.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(buf.size()))
+            bad = fmt::format("cannot read {} string descriptors at byte {}", n, offset);
+        // A string cannot be longer than the file that holds it: HDF5 would allocate
+        // whatever the 32-bit length says before it reads a byte of the string.
+        for (uint64_t i = 0; bad.empty() && i < n; ++i) {
+            const uint64_t len = decode_le(buf.data() + i * item, 4);
+            if (len > eof) bad = fmt::format("string {} declares {} bytes, more than the file's {}", i, len, eof);
+        }
+    }
+    close(fd);
+    return bad;
 }
 
 hid_t guarded_read_fapl() {

@@ -2,7 +2,6 @@
 // problem instead of stopping at the first, so one run tells the whole story.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <optional>
 #include <set>
 
@@ -17,12 +16,6 @@ using namespace kvdump_detail;
 namespace {
 
 enum class Want { integer, floating, f16, string };
-
-int64_t sat_add(int64_t a, int64_t b) {
-    int64_t r = 0;
-    if (!__builtin_add_overflow(a, b, &r)) return r;
-    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
-}
 
 const char* want_name(Want w) {
     switch (w) {
@@ -349,13 +342,13 @@ void check_tokens(Checker& c, State& s) {
         for (size_t t = 0; t < pos->size(); ++t) {
             const bool new_seq = t == 0 || (*seq)[t] != (*seq)[t - 1];
             // Saturating: the values come from the file and may be anything.
-            const int64_t want_seq = t == 0 ? 0 : sat_add((*seq)[t - 1], new_seq ? 1 : 0);
+            const int64_t want_seq = t == 0 ? 0 : saturating_add((*seq)[t - 1], new_seq ? 1 : 0);
             if ((*seq)[t] != want_seq) {
                 c.add(kTokenSeq, "expected sequence indices counting up from 0, got {} at token {} (after {})",
                       (*seq)[t], t, t == 0 ? std::string("the start") : std::to_string((*seq)[t - 1]));
                 break;
             }
-            const int64_t want_pos = new_seq ? 0 : sat_add((*pos)[t - 1], 1);
+            const int64_t want_pos = new_seq ? 0 : saturating_add((*pos)[t - 1], 1);
             if ((*pos)[t] != want_pos) {
                 c.add(kTokenPos, "expected position {} (restarting at 0 in each sequence), got {} at token {}",
                       want_pos, (*pos)[t], t);
@@ -386,7 +379,7 @@ void check_tokens(Checker& c, State& s) {
                 c.add(kSeqLength, "expected positive lengths, got {} for sequence {}", (*length)[i], i);
                 tiles = false;
             }
-            next = sat_add(next, (*length)[i]);
+            next = saturating_add(next, (*length)[i]);
         }
         if (tiles && T && next != *T) {
             c.add(kSeqLength, "expected sequences to tile [0, T={}), got a total length of {}", *T, next);
@@ -423,7 +416,7 @@ void check_sources(Checker& c, State& s) {
             if ((*bytes)[i] < 0) c.add(kSourceBytes, "expected a size >= 0, got {} for source {}", (*bytes)[i], i);
     if (tokens && !tokens->empty() && s.n_tokens) {
         int64_t sum = 0;
-        for (int64_t t : *tokens) sum = sat_add(sum, t);
+        for (int64_t t : *tokens) sum = saturating_add(sum, t);
         if (sum != *s.n_tokens) c.add(kSourceTokens, "expected a total of T={} tokens, got {}", *s.n_tokens, sum);
     }
 }

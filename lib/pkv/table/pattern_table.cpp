@@ -428,7 +428,7 @@ std::vector<std::string> pattern_table_findings(const PatternTable& t) {
                     const int64_t c = (*counts)[size_t(h) * M + j];
                     if (c == 0) dead.push_back(j);
                     if (c < 0) negative.push_back(j);
-                    sums[h] += c;
+                    sums[h] = saturating_add(sums[h], c);  // counts from the file may be anything
                 }
                 if (!dead.empty())
                     out.push_back(fmt::format("{}: head {}: {} dead pattern(s) of {} (count 0): {}", cname, h,

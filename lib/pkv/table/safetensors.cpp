@@ -253,9 +253,11 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
               covered, buffer_len);
 
     file.bytes_ = std::move(bytes);
-    for (auto& [name, t] : file.tensors_) {
+    for (auto& entry : file.tensors_) {
+        // Not a structured binding: C++17 lambdas cannot capture those (clang refuses).
+        const std::string& name = entry.first;
         const Span& s = *std::find_if(spans.begin(), spans.end(), [&](const Span& x) { return x.name == name; });
-        t.data = file.bytes_.data() + data_start + s.begin;
+        entry.second.data = file.bytes_.data() + data_start + s.begin;
     }
     return file;
 }

@@ -176,6 +176,29 @@ TEST_CASE("declared sizes are checked against what the file stores", "[dump][har
     }
 }
 
+TEST_CASE("a variable-length string longer than its file is refused before HDF5 allocates it", "[dump][hardening]") {
+    // A forged 32-bit length in /sources/path once made HDF5 allocate up to 4 GiB.
+    TempDir dir;
+    const std::string path = dir.path + "/dump.h5";
+    write_synth_dump(path, SynthSpec{});
+    uint64_t at = 0;
+    {
+        h5::File f = h5::File::open_read(path);
+        h5::Id d = h5::open_dataset(f, kvdump::kSourcePath);
+        at = H5Dget_offset(d.get());
+        REQUIRE(at != HADDR_UNDEF);
+    }
+    std::vector<unsigned char> b = slurp(path);
+    for (int i = 0; i < 4; ++i) b[at + 16 + i] = 0xff;  // the second string's length: 4 GiB - 1
+    spit(path, b);
+    const auto problems = validate_kv_dump(path);
+    CHECK(std::any_of(problems.begin(), problems.end(), [](const std::string& p) {
+        return p.find("dump.h5::/sources/path: string 1 declares 4294967295 bytes, more than the file's") !=
+               std::string::npos;
+    }));
+    CHECK_THROWS_WITH(describe_kv_dump(path), ContainsSubstring("string 1 declares 4294967295 bytes"));
+}
+
 TEST_CASE("attributes out of range or of the wrong JSON type name file and object", "[dump][hardening]") {
     TempDir dir;
     const std::string path = dir.path + "/dump.h5";
