@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config git ca-certificates
-  libhdf5-dev hdf5-tools libeigen3-dev libcli11-dev nlohmann-json3-dev catch2 libfmt-dev libpcre2-dev
+  libhdf5-dev hdf5-tools libeigen3-dev libcli11-dev nlohmann-json3-dev catch2 libfmt-dev libpcre2-dev zlib1g-dev
   python3 python3-venv python3-pip python3-h5py python3-numpy python3-jsonschema
   unzip fortunes fortunes-min chromium python3-pil
   libopenmpi-dev openmpi-bin

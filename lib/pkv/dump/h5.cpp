@@ -6,6 +6,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include <fmt/ranges.h>
+#include <zlib.h>
+
 #include "pkv/core/memory_budget.h"
 #include "pkv/dump/h5_guard.h"
 
@@ -102,6 +105,9 @@ std::vector<std::string> read_strings(hid_t obj, hid_t type, hid_t space, bool i
     return out;
 }
 
+void check_chunks(const File& f, hid_t dset, const std::string& name, const std::vector<uint64_t>& start,
+                  const std::vector<uint64_t>& count);
+
 template <typename T>
 std::vector<T> read_1d_as(const File& f, const std::string& name, hid_t mem_type) {
     Id d = open_dataset(f, name);
@@ -110,6 +116,7 @@ std::vector<T> read_1d_as(const File& f, const std::string& name, hid_t mem_type
     check_stored(f, d.get(), name);
     check_memory_budget(checked_mul(shape[0], sizeof(T), f.where(name)), f.where(name));
     std::vector<T> out(shape[0]);
+    check_chunks(f, d.get(), name, {0}, {shape[0]});
     if (!out.empty() && H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
         fail_h5(ErrorCode::data_loss, f.where(name), "cannot read");
     return out;
@@ -411,6 +418,13 @@ void check_stored(const File& f, hid_t dset, const std::string& name) {
             per_chunk = checked_mul(per_chunk, chunk[i], where);
             want = checked_mul(want, (shape[i] + chunk[i] - 1) / chunk[i], where);
         }
+        // pkv writes shuffle then deflate, and check_chunks knows how to check those:
+        // other filters could hand HDF5 chunks of any length.
+        const std::vector<std::string> filters = filters_of(dset);
+        const bool ok = filters.empty() || (filters.size() == 1 && filters[0].rfind("deflate", 0) == 0) ||
+                        (filters.size() == 2 && filters[0] == "shuffle" && filters[1].rfind("deflate", 0) == 0);
+        PKV_CHECK(ok, unsupported, "{}: expected no filters, deflate, or shuffle then deflate, got {}", where,
+                  fmt::format("{}", fmt::join(filters, ", ")));
         PKV_CHECK(per_chunk <= kMaxChunkBytes, data_loss, "{}: expected chunks of at most {}, got {} ({} bytes)", where,
                   human_bytes(kMaxChunkBytes), dims_text(chunk), per_chunk);
         hsize_t have = 0;
@@ -420,10 +434,15 @@ void check_stored(const File& f, hid_t dset, const std::string& name) {
         PKV_CHECK(have == want, data_loss,
                   "{}: shape {} in chunks {} needs {} stored chunks, got {} (a truncated or forged file)", where,
                   dims_text(shape), dims_text(chunk), want, have);
-    } else if (layout == H5D_CONTIGUOUS) {
+    } else if (layout == H5D_CONTIGUOUS || layout == H5D_COMPACT) {
+        // HDF5 copies a compact dataset's extent out of its stored bytes unchecked.
         PKV_CHECK(stored >= declared, data_loss,
                   "{}: shape {} needs {} bytes of storage, got {} (a truncated or forged file)", where,
                   dims_text(shape), declared, stored);
+    } else {
+        // Virtual datasets read other files: nothing pkv writes, nothing it follows.
+        fail(ErrorCode::unsupported, "{}: expected a chunked, contiguous or compact layout, got layout {}", where,
+             static_cast<int>(layout));
     }
 }
 
@@ -558,7 +577,7 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
         const haddr_t at = H5Dget_offset(d.get());
         if (n > 0) {
             PKV_CHECK(at != HADDR_UNDEF, data_loss, "{}: {} strings declared, none stored", f.where(name), n);
-            const std::string bad = check_vlen_lengths(f.path(), at, static_cast<uint64_t>(n));
+            const std::string bad = check_vlen_strings(f.path(), at, static_cast<uint64_t>(n));
             PKV_CHECK(bad.empty(), data_loss, "{}: {}", f.where(name), bad);
         }
     }
@@ -576,9 +595,63 @@ void write_block(const File& f, hid_t dset, const std::string& name, hid_t mem_t
         fail_h5(ErrorCode::io, f.where(name), "cannot write block at " + dims_text(start));
 }
 
+namespace {
+
+// HDF5 1.10 copies a whole chunk out of what its filters returned without checking the
+// length, and skips the filters a chunk's record says to skip: a deflate stream that
+// inflates short, or a record that skips deflate, is a read past a buffer. So every
+// chunk a read touches is first fetched raw and inflated here (its filters being none,
+// deflate, or shuffle then deflate: check_stored), and must give exactly one chunk.
+void check_chunks(const File& f, hid_t dset, const std::string& name, const std::vector<uint64_t>& start,
+                  const std::vector<uint64_t>& count) {
+    const std::vector<uint64_t> chunk = chunks_of(dset);
+    if (chunk.empty() || chunk.size() != start.size()) return;
+    const std::string where = f.where(name);
+    const bool deflated = !filters_of(dset).empty();
+    Id type(H5Dget_type(dset));
+    uint64_t want = type ? H5Tget_size(type.get()) : 0;
+    for (uint64_t c : chunk) want *= c;  // at most kMaxChunkBytes (check_stored)
+    const size_t r = chunk.size();
+    std::vector<uint64_t> first(r), last(r), k(r);
+    for (size_t i = 0; i < r; ++i) {
+        if (count[i] == 0) return;
+        first[i] = k[i] = start[i] / chunk[i];
+        last[i] = (start[i] + count[i] - 1) / chunk[i];
+    }
+    std::vector<unsigned char> raw, out(static_cast<size_t>(want) + 1);
+    for (;;) {
+        std::vector<hsize_t> offset(r);
+        for (size_t i = 0; i < r; ++i) offset[i] = k[i] * chunk[i];
+        hsize_t stored = 0;
+        if (H5Dget_chunk_storage_size(dset, offset.data(), &stored) < 0)
+            fail_h5(ErrorCode::data_loss, where, "cannot find the chunk at " + dims_text({offset.begin(), offset.end()}));
+        PKV_CHECK(stored <= want + want / 8 + 1024, data_loss, "{}: chunk at {} stores {} bytes for {} of data", where,
+                  dims_text({offset.begin(), offset.end()}), stored, want);
+        raw.resize(static_cast<size_t>(stored));
+        uint32_t mask = 0;
+        if (H5Dread_chunk(dset, H5P_DEFAULT, offset.data(), &mask, raw.data()) < 0)
+            fail_h5(ErrorCode::data_loss, where, "cannot read the chunk at " + dims_text({offset.begin(), offset.end()}));
+        uLongf produced = static_cast<uLongf>(out.size());
+        const bool good = deflated ? mask == 0 && uncompress(out.data(), &produced, raw.data(), raw.size()) == Z_OK &&
+                                         produced == want
+                                   : stored == want;
+        PKV_CHECK(good, data_loss, "{}: chunk at {} does not hold {} bytes of data (a corrupt chunk)", where,
+                  dims_text({offset.begin(), offset.end()}), want);
+        size_t i = r;  // next chunk, last dimension fastest
+        while (i-- > 0) {
+            if (++k[i] <= last[i]) break;
+            k[i] = first[i];
+        }
+        if (i == static_cast<size_t>(-1)) return;
+    }
+}
+
+}  // namespace
+
 void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type,
                 const std::vector<uint64_t>& start, const std::vector<uint64_t>& count, void* data) {
     silence_errors();
+    check_chunks(f, dset, name, start, count);
     Id mem;
     Id file_space = block_space(dset, start, count, &mem);
     if (!file_space || !mem)

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <map>
 #include <set>
 #include <vector>
 
@@ -29,6 +30,10 @@ uint64_t decode_le(const unsigned char* p, unsigned n) {
 }
 
 thread_local std::string g_finding;
+
+/// check_global_heap, also listing the objects (index -> size) when `objects` is given.
+std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof,
+                             std::map<unsigned, uint64_t>* objects);
 
 struct GuardFile {
     H5FD_t pub;  // must come first: HDF5 casts between the two
@@ -141,6 +146,17 @@ herr_t guard_read(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t siz
     // read that starts with a collection's signature and version is checked as one.
     if ((type == H5FD_MEM_GHEAP || type == H5FD_MEM_DRAW) && size >= 5 && std::memcmp(out, "GCOL\x01", 5) == 0) {
         std::string bad = check_global_heap(out, size, addr, f->size_bytes, f->eof);
+        // A collection larger than this first read: HDF5 fetches only the rest next,
+        // a read that does not start with the signature, so check the whole one now.
+        const size_t header = 8 + f->size_bytes;
+        const uint64_t total = size >= header ? decode_le(out + 8, f->size_bytes) : 0;
+        if (bad.empty() && total > size) {
+            std::vector<unsigned char> whole(static_cast<size_t>(total));
+            if (pread(f->fd, whole.data(), whole.size(), static_cast<off_t>(addr)) != static_cast<ssize_t>(total))
+                bad = fmt::format("global heap collection at byte {}: cannot read its {} bytes", addr, total);
+            else
+                bad = check_global_heap(whole.data(), whole.size(), addr, f->size_bytes, f->eof);
+        }
         if (!bad.empty()) {
             g_finding = std::move(bad);
             return -1;
@@ -181,6 +197,13 @@ H5FD_class_t make_class() {
 
 std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes,
                               uint64_t eof) {
+    return walk_global_heap(buf, size, addr, size_bytes, eof, nullptr);
+}
+
+namespace {
+
+std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof,
+                             std::map<unsigned, uint64_t>* objects) {
     const size_t header = kSigBytes + 4 + size_bytes, obj_header = 8 + size_bytes;
     const std::string at = fmt::format("global heap collection at byte {}", addr);
     if (size < header) return at + ": shorter than its header";
@@ -207,6 +230,7 @@ std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t ad
             need = osize;
         } else {
             if (!seen.insert(idx).second) return fmt::format("{}: object {} appears twice", at, idx);
+            if (objects) (*objects)[idx] = osize;
             const uint64_t room = total - p - obj_header;
             if (osize > room || ((osize + 7) & ~uint64_t{7}) > room)
                 return fmt::format("{}: object {} of {} bytes runs past the collection's end ({} bytes)", at, idx,
@@ -218,25 +242,54 @@ std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t ad
     return {};
 }
 
-std::string check_vlen_lengths(const std::string& path, uint64_t offset, uint64_t n) {
+}  // namespace
+
+std::string check_vlen_strings(const std::string& path, uint64_t offset, uint64_t n) {
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fmt::format("cannot reopen to check string lengths: {}", std::strerror(errno));
+    if (fd < 0) return fmt::format("cannot reopen to check strings: {}", std::strerror(errno));
     struct stat st {};
     const uint64_t eof = fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-    const unsigned item = 8 + size_fields(fd, eof).offsets;  // length u32, heap address, index u32
+    const SizeFields sizes = size_fields(fd, eof);
+    const unsigned item = 8 + sizes.offsets;  // length u32, heap collection address, object index u32
+    auto read_at = [&](uint64_t at, size_t len, unsigned char* dst) {
+        return at <= eof && len <= eof - at && pread(fd, dst, len, static_cast<off_t>(at)) == static_cast<ssize_t>(len);
+    };
     std::string bad;
-    if (n > eof / item || offset > eof - n * item) {
+    std::vector<unsigned char> desc;
+    if (n > eof / item || !read_at(offset, static_cast<size_t>(n * item), (desc.resize(n * item), desc.data())))
         bad = fmt::format("{} string descriptors at byte {} run past the end of the file ({} bytes)", n, offset, eof);
-    } else {
-        std::vector<unsigned char> buf(static_cast<size_t>(n * item));
-        if (pread(fd, buf.data(), buf.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(buf.size()))
-            bad = fmt::format("cannot read {} string descriptors at byte {}", n, offset);
-        // A string cannot be longer than the file that holds it: HDF5 would allocate
-        // whatever the 32-bit length says before it reads a byte of the string.
-        for (uint64_t i = 0; bad.empty() && i < n; ++i) {
-            const uint64_t len = decode_le(buf.data() + i * item, 4);
-            if (len > eof) bad = fmt::format("string {} declares {} bytes, more than the file's {}", i, len, eof);
+    // HDF5 allocates each string's declared length, then copies the heap object's own
+    // size into it, trusting that the two agree and that the object exists: check both
+    // against the collection, itself checked as the guarded driver does.
+    std::map<uint64_t, std::map<unsigned, uint64_t>> collections;
+    for (uint64_t i = 0; bad.empty() && i < n; ++i) {
+        const unsigned char* d = desc.data() + i * item;
+        const uint64_t len = decode_le(d, 4), addr = decode_le(d + 4, sizes.offsets);
+        const unsigned idx = static_cast<unsigned>(decode_le(d + 4 + sizes.offsets, 4));
+        if (addr == 0) continue;  // a null string: HDF5 reads nothing (any other address is read, even at length 0)
+        auto it = collections.find(addr);
+        if (it == collections.end()) {
+            unsigned char head[16];
+            if (!read_at(addr, sizeof head, head)) {
+                bad = fmt::format("string {} points to byte {}, past the end of the file ({} bytes)", i, addr, eof);
+                break;
+            }
+            const uint64_t total = std::memcmp(head, "GCOL", 4) == 0 ? decode_le(head + 8, sizes.lengths) : 0;
+            std::vector<unsigned char> c(total <= eof ? static_cast<size_t>(total) : 0);
+            std::map<unsigned, uint64_t> objects;
+            if (c.empty() || !read_at(addr, c.size(), c.data()))
+                bad = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
+            else
+                bad = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
+            if (!bad.empty()) break;
+            it = collections.emplace(addr, std::move(objects)).first;
         }
+        const auto obj = it->second.find(idx);
+        if (obj == it->second.end())
+            bad = fmt::format("string {} refers to object {} of the global heap collection at byte {}, which it lacks",
+                              i, idx, addr);
+        else if (obj->second != len)
+            bad = fmt::format("string {} declares {} bytes, its heap object holds {}", i, len, obj->second);
     }
     close(fd);
     return bad;

@@ -30,11 +30,12 @@ hid_t guarded_read_fapl();
 /// What the driver found wrong in the last read it refused (empty if none), and clears it.
 std::string take_guard_finding();
 
-/// Checks the on-disk descriptors (32-bit length, heap address, index) of `n`
-/// variable-length strings stored contiguously at byte `offset` of `path`: empty when
-/// every length fits in the file, otherwise what is wrong. HDF5 allocates each string's
-/// declared length before reading it, so a forged length would be a 4 GiB allocation.
-std::string check_vlen_lengths(const std::string& path, uint64_t offset, uint64_t n);
+/// Checks the on-disk descriptors (32-bit length, heap collection address, object
+/// index) of `n` variable-length strings stored contiguously at byte `offset` of
+/// `path` against the collections they point to: empty when each names an object of a
+/// well-formed collection holding exactly its length, otherwise what is wrong. HDF5
+/// allocates the declared length, then copies the object's own size into it.
+std::string check_vlen_strings(const std::string& path, uint64_t offset, uint64_t n);
 
 /// The collection check itself, on `size` bytes read at file offset `addr` (public for
 /// tests): empty when the bytes are a well-formed collection (or a prefix of one, when
