@@ -80,15 +80,9 @@ std::vector<std::string> read_strings(hid_t obj, hid_t type, hid_t space, bool i
     check_memory_budget(checked_mul(static_cast<uint64_t>(n), std::max<size_t>(H5Tget_size(type), sizeof(char*)), where),
                         where);
     if (H5Tis_variable_str(type) > 0) {
-        Id mem(H5Tcopy(H5T_C_S1));
-        H5Tset_size(mem.get(), H5T_VARIABLE);
-        H5Tset_cset(mem.get(), H5Tget_cset(type));
-        std::vector<char*> ptrs(static_cast<size_t>(n), nullptr);
-        const herr_t st = is_attr ? H5Aread(obj, mem.get(), ptrs.data())
-                                  : H5Dread(obj, mem.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data());
-        if (st < 0) fail_h5(ErrorCode::data_loss, where, "cannot read strings");
-        for (char* p : ptrs) out.emplace_back(p ? p : "");
-        H5Dvlen_reclaim(mem.get(), space, H5P_DEFAULT, ptrs.data());
+        StringsRead r = read_vlen_strings(obj, is_attr, static_cast<uint64_t>(n));
+        PKV_CHECK(r.error.empty(), data_loss, "{}: cannot read strings: {}", where, r.error);
+        out = std::move(r.values);
     } else {
         const size_t size = H5Tget_size(type);
         Id mem(H5Tcopy(H5T_C_S1));
@@ -567,20 +561,7 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
     PKV_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, data_loss, "{}: expected rank 1, got {}", f.where(name),
               H5Sget_simple_extent_ndims(space.get()));
     check_stored(f, d.get(), name);
-    if (H5Tis_variable_str(type.get()) > 0) {
-        // The descriptors are checked in the file before HDF5 acts on their lengths,
-        // which needs them stored contiguously (as pkv and h5py write them).
-        Id dcpl(H5Dget_create_plist(d.get()));
-        const hssize_t n = H5Sget_simple_extent_npoints(space.get());
-        PKV_CHECK(dcpl && H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS, data_loss,
-                  "{}: expected variable-length strings in a contiguous dataset", f.where(name));
-        const haddr_t at = H5Dget_offset(d.get());
-        if (n > 0) {
-            PKV_CHECK(at != HADDR_UNDEF, data_loss, "{}: {} strings declared, none stored", f.where(name), n);
-            const std::string bad = check_vlen_strings(f.path(), at, static_cast<uint64_t>(n));
-            PKV_CHECK(bad.empty(), data_loss, "{}: {}", f.where(name), bad);
-        }
-    }
+    check_chunks(f, d.get(), name, {0}, {static_cast<uint64_t>(H5Sget_simple_extent_npoints(space.get()))});
     return read_strings(d.get(), type.get(), space.get(), false, f.where(name));
 }
 

@@ -33,7 +33,7 @@ thread_local std::string g_finding;
 
 /// check_global_heap, also listing the objects (index -> size) when `objects` is given.
 std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof,
-                             std::map<unsigned, uint64_t>* objects);
+                             std::map<unsigned, std::pair<uint64_t, uint64_t>>* objects);
 
 struct GuardFile {
     H5FD_t pub;  // must come first: HDF5 casts between the two
@@ -203,7 +203,7 @@ std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t ad
 namespace {
 
 std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof,
-                             std::map<unsigned, uint64_t>* objects) {
+                             std::map<unsigned, std::pair<uint64_t, uint64_t>>* objects) {
     const size_t header = kSigBytes + 4 + size_bytes, obj_header = 8 + size_bytes;
     const std::string at = fmt::format("global heap collection at byte {}", addr);
     if (size < header) return at + ": shorter than its header";
@@ -230,7 +230,7 @@ std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t add
             need = osize;
         } else {
             if (!seen.insert(idx).second) return fmt::format("{}: object {} appears twice", at, idx);
-            if (objects) (*objects)[idx] = osize;
+            if (objects) (*objects)[idx] = {p + obj_header, osize};
             const uint64_t room = total - p - obj_header;
             if (osize > room || ((osize + 7) & ~uint64_t{7}) > room)
                 return fmt::format("{}: object {} of {} bytes runs past the collection's end ({} bytes)", at, idx,
@@ -244,9 +244,47 @@ std::string walk_global_heap(const unsigned char* buf, size_t size, uint64_t add
 
 }  // namespace
 
-std::string check_vlen_strings(const std::string& path, uint64_t offset, uint64_t n) {
+namespace {
+
+constexpr const char* kRawTag = "pkv.vlen_string_descriptor";
+
+// A conversion from a variable-length string to pkv's opaque descriptor type of the
+// same size: HDF5 hands it the descriptors as stored, and it leaves them as they are.
+herr_t raw_descriptors(hid_t src, hid_t dst, H5T_cdata_t* cdata, size_t, size_t, size_t, void*, void*, hid_t) {
+    switch (cdata->command) {
+        case H5T_CONV_INIT: {
+            if (H5Tis_variable_str(src) <= 0 || H5Tget_class(dst) != H5T_OPAQUE) return -1;
+            char* tag = H5Tget_tag(dst);
+            const bool ours = tag && std::strcmp(tag, kRawTag) == 0;
+            H5free_memory(tag);
+            if (!ours || H5Tget_size(src) != H5Tget_size(dst)) return -1;
+            cdata->need_bkg = H5T_BKG_NO;
+            return 0;
+        }
+        case H5T_CONV_CONV:
+        case H5T_CONV_FREE: return 0;
+    }
+    return -1;
+}
+
+}  // namespace
+
+StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
+    StringsRead r;
+    static const bool registered = [] {
+        hid_t vstr = H5Tcopy(H5T_C_S1), opaque = H5Tcreate(H5T_OPAQUE, 16);
+        H5Tset_size(vstr, H5T_VARIABLE);
+        H5Tset_tag(opaque, kRawTag);
+        const bool ok = H5Tregister(H5T_PERS_SOFT, "pkv raw string descriptors", vstr, opaque, raw_descriptors) >= 0;
+        H5Tclose(vstr);
+        H5Tclose(opaque);
+        return ok;
+    }();
+    if (!registered) return {{}, "cannot register the descriptor conversion"};
+    std::string path(static_cast<size_t>(std::max<ssize_t>(H5Fget_name(obj, nullptr, 0), 0)), '\0');
+    if (path.empty() || H5Fget_name(obj, path.data(), path.size() + 1) < 0) return {{}, "cannot name the file"};
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fmt::format("cannot reopen to check strings: {}", std::strerror(errno));
+    if (fd < 0) return {{}, fmt::format("cannot reopen the file: {}", std::strerror(errno))};
     struct stat st {};
     const uint64_t eof = fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
     const SizeFields sizes = size_fields(fd, eof);
@@ -254,45 +292,59 @@ std::string check_vlen_strings(const std::string& path, uint64_t offset, uint64_
     auto read_at = [&](uint64_t at, size_t len, unsigned char* dst) {
         return at <= eof && len <= eof - at && pread(fd, dst, len, static_cast<off_t>(at)) == static_cast<ssize_t>(len);
     };
-    std::string bad;
+    // The descriptors as stored, through the conversion above (HDF5 would otherwise
+    // allocate each declared length and copy the heap object's own size into it,
+    // trusting that the two agree and that the object exists).
     std::vector<unsigned char> desc;
-    if (n > eof / item || !read_at(offset, static_cast<size_t>(n * item), (desc.resize(n * item), desc.data())))
-        bad = fmt::format("{} string descriptors at byte {} run past the end of the file ({} bytes)", n, offset, eof);
-    // HDF5 allocates each string's declared length, then copies the heap object's own
-    // size into it, trusting that the two agree and that the object exists: check both
-    // against the collection, itself checked as the guarded driver does.
-    std::map<uint64_t, std::map<unsigned, uint64_t>> collections;
-    for (uint64_t i = 0; bad.empty() && i < n; ++i) {
+    const hid_t raw = H5Tcreate(H5T_OPAQUE, item);
+    H5Tset_tag(raw, kRawTag);
+    if (n > eof / item) r.error = fmt::format("{} strings cannot fit in a file of {} bytes", n, eof);
+    if (r.error.empty()) {
+        desc.resize(static_cast<size_t>(n * item));
+        const herr_t st2 = is_attr ? H5Aread(obj, raw, desc.data())
+                                   : H5Dread(obj, raw, H5S_ALL, H5S_ALL, H5P_DEFAULT, desc.data());
+        if (st2 < 0) r.error = "cannot read the string descriptors";
+    }
+    H5Tclose(raw);
+    std::map<uint64_t, std::pair<std::vector<unsigned char>, std::map<unsigned, std::pair<uint64_t, uint64_t>>>> heaps;
+    for (uint64_t i = 0; r.error.empty() && i < n; ++i) {
         const unsigned char* d = desc.data() + i * item;
         const uint64_t len = decode_le(d, 4), addr = decode_le(d + 4, sizes.offsets);
         const unsigned idx = static_cast<unsigned>(decode_le(d + 4 + sizes.offsets, 4));
-        if (addr == 0) continue;  // a null string: HDF5 reads nothing (any other address is read, even at length 0)
-        auto it = collections.find(addr);
-        if (it == collections.end()) {
-            unsigned char head[16];
-            if (!read_at(addr, sizeof head, head)) {
-                bad = fmt::format("string {} points to byte {}, past the end of the file ({} bytes)", i, addr, eof);
-                break;
-            }
-            const uint64_t total = std::memcmp(head, "GCOL", 4) == 0 ? decode_le(head + 8, sizes.lengths) : 0;
-            std::vector<unsigned char> c(total <= eof ? static_cast<size_t>(total) : 0);
-            std::map<unsigned, uint64_t> objects;
-            if (c.empty() || !read_at(addr, c.size(), c.data()))
-                bad = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
-            else
-                bad = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
-            if (!bad.empty()) break;
-            it = collections.emplace(addr, std::move(objects)).first;
+        if (addr == 0 && len == 0) {  // a null string
+            r.values.emplace_back();
+            continue;
         }
-        const auto obj = it->second.find(idx);
-        if (obj == it->second.end())
-            bad = fmt::format("string {} refers to object {} of the global heap collection at byte {}, which it lacks",
-                              i, idx, addr);
-        else if (obj->second != len)
-            bad = fmt::format("string {} declares {} bytes, its heap object holds {}", i, len, obj->second);
+        auto it = heaps.find(addr);
+        if (it == heaps.end()) {
+            unsigned char head[16];
+            const uint64_t total = read_at(addr, sizeof head, head) && std::memcmp(head, "GCOL", 4) == 0
+                                       ? decode_le(head + 8, sizes.lengths)
+                                       : 0;
+            std::vector<unsigned char> c(total <= eof ? static_cast<size_t>(total) : 0);
+            std::map<unsigned, std::pair<uint64_t, uint64_t>> objects;
+            if (c.empty() || !read_at(addr, c.size(), c.data()))
+                r.error = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
+            else
+                r.error = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
+            if (!r.error.empty()) break;
+            it = heaps.emplace(addr, std::make_pair(std::move(c), std::move(objects))).first;
+        }
+        const auto obj_it = it->second.second.find(idx);
+        if (obj_it == it->second.second.end()) {
+            r.error = fmt::format("string {} refers to object {} of the global heap collection at byte {}, which "
+                                  "it lacks", i, idx, addr);
+        } else if (obj_it->second.second != len) {
+            r.error = fmt::format("string {} declares {} bytes, its heap object holds {}", i, len,
+                                  obj_it->second.second);
+        } else {
+            const auto* p = reinterpret_cast<const char*>(it->second.first.data() + obj_it->second.first);
+            r.values.emplace_back(p, strnlen(p, static_cast<size_t>(len)));
+        }
     }
     close(fd);
-    return bad;
+    if (!r.error.empty()) r.values.clear();
+    return r;
 }
 
 hid_t guarded_read_fapl() {

@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace pkv::h5 {
 
@@ -30,12 +31,18 @@ hid_t guarded_read_fapl();
 /// What the driver found wrong in the last read it refused (empty if none), and clears it.
 std::string take_guard_finding();
 
-/// Checks the on-disk descriptors (32-bit length, heap collection address, object
-/// index) of `n` variable-length strings stored contiguously at byte `offset` of
-/// `path` against the collections they point to: empty when each names an object of a
-/// well-formed collection holding exactly its length, otherwise what is wrong. HDF5
-/// allocates the declared length, then copies the object's own size into it.
-std::string check_vlen_strings(const std::string& path, uint64_t offset, uint64_t n);
+/// Variable-length strings read without HDF5's own conversion, which allocates each
+/// declared length and copies the heap object's own size into it, trusting that the
+/// two agree and that the object exists. pkv asks HDF5 only for the descriptors as
+/// stored (32-bit length, heap collection address, object index) and takes each
+/// string from its collection, read and checked here (check_global_heap), refusing a
+/// descriptor whose object is missing or of another length. `obj` is an attribute
+/// (is_attr) or a dataset of `n` strings; `error` says what was wrong, if anything.
+struct StringsRead {
+    std::vector<std::string> values;
+    std::string error;
+};
+StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n);
 
 /// The collection check itself, on `size` bytes read at file offset `addr` (public for
 /// tests): empty when the bytes are a well-formed collection (or a prefix of one, when
