@@ -496,6 +496,8 @@ void GgufFile::dequantize_rows(const GgufTensorInfo& t, uint64_t row0, uint64_t 
               "{}: tensor '{}': {} rows from row {} requested, tensor has {} rows", path_, t.name, n_rows,
               row0, total);
     const uint64_t len = t.row_length();
+    // Rows of no elements: nothing to do, however many a forged shape declares.
+    if (len == 0) return;
     const GgmlType type = t.type();
     const uint64_t row_bytes = ggml_row_size(type, static_cast<int64_t>(len));
     const uint8_t* src = tensor_data(t) + row0 * row_bytes;
