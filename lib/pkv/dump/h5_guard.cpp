@@ -46,6 +46,7 @@ struct GuardFile {
 
 struct SizeFields {
     unsigned offsets = 8, lengths = 8;
+    uint64_t base = 0;  // where the superblock sits: file addresses count from there
 };
 
 // The superblock sits at 0 or at 512 * 2^k; its version decides where its "size of
@@ -56,7 +57,7 @@ SizeFields size_fields(int fd, uint64_t eof) {
         if (pread(fd, sb, sizeof sb, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof sb)) break;
         if (std::memcmp(sb, "\x89HDF\r\n\x1a\n", 8) != 0) continue;
         auto valid = [](unsigned v) { return v == 2 || v == 4 || v == 8 ? v : 8u; };
-        return sb[8] < 2 ? SizeFields{valid(sb[13]), valid(sb[14])} : SizeFields{valid(sb[9]), valid(sb[10])};
+        return sb[8] < 2 ? SizeFields{valid(sb[13]), valid(sb[14]), at} : SizeFields{valid(sb[9]), valid(sb[10]), at};
     }
     return {};
 }
@@ -309,12 +310,17 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
     std::map<uint64_t, std::pair<std::vector<unsigned char>, std::map<unsigned, std::pair<uint64_t, uint64_t>>>> heaps;
     for (uint64_t i = 0; r.error.empty() && i < n; ++i) {
         const unsigned char* d = desc.data() + i * item;
-        const uint64_t len = decode_le(d, 4), addr = decode_le(d + 4, sizes.offsets);
+        const uint64_t len = decode_le(d, 4), rel = decode_le(d + 4, sizes.offsets);
         const unsigned idx = static_cast<unsigned>(decode_le(d + 4 + sizes.offsets, 4));
-        if (addr == 0 && len == 0) {  // a null string
+        if (rel == 0 && len == 0) {  // a null string
             r.values.emplace_back();
             continue;
         }
+        if (rel > UINT64_MAX - sizes.base) {
+            r.error = fmt::format("string {} points past the end of the file", i);
+            break;
+        }
+        const uint64_t addr = rel + sizes.base;
         auto it = heaps.find(addr);
         if (it == heaps.end()) {
             unsigned char head[16];

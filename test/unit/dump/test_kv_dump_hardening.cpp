@@ -256,3 +256,20 @@ TEST_CASE("PKV_MEMORY_BUDGET parses sizes and bounds what a file may ask for", "
     CHECK_THROWS_WITH(check_memory_budget((uint64_t{64} << 20) + 1, "f.h5::/v"),
                       ContainsSubstring("f.h5::/v: needs 64.0 MiB of memory, above the budget of 64.0 MiB"));
 }
+
+TEST_CASE("strings read from their heap honour a userblock before the superblock", "[dump][hardening]") {
+    // Heap addresses count from the superblock, which a userblock moves to byte 512.
+    TempDir dir;
+    const std::string path = dir.path + "/userblock.h5";
+    {
+        h5::Id fcpl(H5Pcreate(H5P_FILE_CREATE));
+        REQUIRE(H5Pset_userblock(fcpl.get(), 512) >= 0);
+        h5::Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT));
+        REQUIRE(file);
+        h5::write_attr_string(file.get(), "x", "format", "pkv.kvdump");
+        h5::write_attr_strings(file.get(), "x", "axes", {"layer", "", "token"});
+    }
+    h5::File f = h5::File::open_read(path);
+    CHECK(h5::read_attr_string(f.id(), "x", "format") == "pkv.kvdump");
+    CHECK(h5::read_attr_strings(f.id(), "x", "axes") == std::vector<std::string>{"layer", "", "token"});
+}
