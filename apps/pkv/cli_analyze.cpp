@@ -6,7 +6,8 @@
 #include <optional>
 
 #include "commands.h"
-#include "pkv/analyze/analyze.h"
+#include "pkv/core/int_list.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
 #include "pkv/report/report.h"
@@ -81,7 +82,7 @@ Command add_analyze(CLI::App& root) {
                 std::optional<AtomicOutput> json_out, html_out;
                 if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);
                 if (!args->html_path.empty()) html_out.emplace(args->html_path, args->force);
-                const nlohmann::json report = run_analyze(cfg);
+                const nlohmann::json report = analyze_report_json(run_analyze(cfg));
                 if (json_out) write_text(*json_out, report.dump(1) + "\n");
                 if (html_out) write_text(*html_out, render_html(report));
                 std::fputs(render_markdown(report).c_str(), stdout);

@@ -4,11 +4,12 @@
 #include <memory>
 
 #include "commands.h"
+#include "pkv/core/int_list.h"
 #include "device_select.h"
-#include "pkv/analyze/analyze.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
-#include "pkv/dist/comm.h"
+#include "pkv/distributed/comm.h"
 #include "pkv/pipeline/calibrate.h"
 
 namespace pkv::cli {

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "pkv/core/int_list.h"
 #include "pkv/core/error.h"
 #include "pkv/pipeline/dump.h"
 
@@ -44,7 +45,7 @@ Command add_dump(CLI::App& root) {
                 PKV_CHECK(args->dim_order == "gguf" || args->dim_order == "hf", invalid_argument,
                           "--dim-order: expected gguf or hf, got '{}'", args->dim_order);
                 cfg.hf_dim_order = args->dim_order == "hf";
-                if (!args->layers.empty()) cfg.layers = parse_layer_list(args->layers, 1 << 20);
+                if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 cfg.argv = argv_strings();
                 const DumpSummary s = run_dump(cfg);
                 std::printf("wrote %s: %lld tokens in %lld sequences, %.1f MiB\n", s.out_path.c_str(),

@@ -5,10 +5,12 @@
 #include <optional>
 
 #include "commands.h"
-#include "pkv/analyze/analyze.h"
+#include "pkv/core/int_list.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
-#include "pkv/eval/eval.h"
+#include "pkv/pipeline/eval.h"
+#include "pkv/report/report.h"
 
 namespace pkv::cli {
 
@@ -58,7 +60,7 @@ Command add_eval(CLI::App& root) {
                 std::optional<AtomicOutput> json_out, md_out;
                 if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);
                 if (!args->md_path.empty()) md_out.emplace(args->md_path, args->force);
-                const nlohmann::json report = run_eval(cfg);
+                const nlohmann::json report = eval_report_json(run_eval(cfg));
                 const std::string md = render_eval_markdown(report);
                 if (json_out) write_text(*json_out, report.dump(1) + "\n");
                 if (md_out) write_text(*md_out, md);

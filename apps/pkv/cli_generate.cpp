@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "commands.h"
-#include "pkv/pipeline/inspect.h"
+#include "pkv/pipeline/generate.h"
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"

@@ -6,7 +6,7 @@
 
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
-#include "pkv/dist/comm.h"
+#include "pkv/distributed/comm.h"
 
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/device.h"

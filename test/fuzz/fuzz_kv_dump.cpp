@@ -22,7 +22,7 @@
 #include <hdf5.h>
 
 #include "fuzz_common.h"
-#include "pkv/dump/kv_dump.h"
+#include "pkv/kvdump/kv_dump.h"
 
 namespace {
 

@@ -26,7 +26,7 @@
 
 #include "pkv/core/half.h"
 #include "pkv/core/log.h"
-#include "pkv/dump/kv_dump.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
 #include "pkv/table/export.h"

@@ -189,8 +189,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
 
     RowMatrix x(n, E);
     for (int i = 0; i < n; ++i) f.dequantize_rows(*impl_->tok_embd, static_cast<uint64_t>(tokens[i]), 1, x.row(i).data());
-    const ops::RopeTable rope = ops::rope_table(n, opts.pos0, static_cast<int>(hp.n_rot), hp.rope_freq_base,
-                                                hp.rope_freq_scale);
+    const RopeTable rope = rope_table(rope_params(hp), n, opts.pos0);
     RowMatrix q(n, QD), k(n, KD), v(n, KD), att(n, QD), k_pre;
     std::vector<char> capture(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
@@ -248,8 +247,8 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
                     ops::matmul_wt(xn.data(), m, E, w.wk, KD, k.row(ra).data());
                     ops::matmul_wt(xn.data(), m, E, w.wv, KD, v.row(ra).data());
                     if (capture[l] || hooked) k_pre.middleRows(ra, m) = k.middleRows(ra, m);
-                    ops::rope_norm(q.row(ra).data(), m, H, HD, rope, ra);
-                    ops::rope_norm(k.row(ra).data(), m, HKV, HD, rope, ra);
+                    rope_apply(q.row(ra).data(), m, H, HD, rope, ra);
+                    rope_apply(k.row(ra).data(), m, HKV, HD, rope, ra);
                 });
 #pragma omp barrier
             if (capture[l] && t == 0)

@@ -26,6 +26,8 @@
 // GGUF dim 2i+1 is HF dim i + head_dim/2. V is not permuted.
 #pragma once
 
+#include "pkv/core/rope.h"
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -54,6 +56,9 @@ struct LlamaHparams {
     float rms_eps = 1e-5f;
     bool tied_output = false;    ///< output.weight absent: token_embd reused
 };
+
+/// The model's RoPE: n_rot, base and linear scaling, GGUF's interleaved pairs.
+RopeParams rope_params(const LlamaHparams& hp);
 
 /// Reads and validates the hyperparameters; throws unsupported for architectures
 /// other than llama-family, naming the file and general.architecture.

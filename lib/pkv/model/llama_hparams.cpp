@@ -103,4 +103,13 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     return hp;
 }
 
+RopeParams rope_params(const LlamaHparams& hp) {
+    RopeParams r;
+    r.n_rot = static_cast<int>(hp.n_rot);
+    r.base = hp.rope_freq_base;
+    r.freq_scale = hp.rope_freq_scale;
+    r.layout = RopeLayout::interleaved;
+    return r;
+}
+
 }  // namespace pkv

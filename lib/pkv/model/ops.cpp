@@ -55,41 +55,6 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
     }
 }
 
-RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale) {
-    RopeTable t;
-    t.n_pos = n_pos;
-    t.n_pairs = n_rot / 2;
-    t.cos.resize(static_cast<size_t>(n_pos) * t.n_pairs);
-    t.sin.resize(t.cos.size());
-    std::vector<double> inv_freq(t.n_pairs);
-    for (int i = 0; i < t.n_pairs; ++i) inv_freq[i] = std::pow(base, -2.0 * i / n_rot);
-    for (int p = 0; p < n_pos; ++p) {
-        const double pos = static_cast<double>(pos0 + p) * freq_scale;
-        for (int i = 0; i < t.n_pairs; ++i) {
-            const double theta = pos * inv_freq[i];
-            t.cos[static_cast<size_t>(p) * t.n_pairs + i] = static_cast<float>(std::cos(theta));
-            t.sin[static_cast<size_t>(p) * t.n_pairs + i] = static_cast<float>(std::sin(theta));
-        }
-    }
-    return t;
-}
-
-void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table, int row0) {
-    const int64_t width = static_cast<int64_t>(n_heads) * head_dim;
-    for (int p = 0; p < n_tokens; ++p) {
-        const float* c = table.cos.data() + static_cast<size_t>(row0 + p) * table.n_pairs;
-        const float* s = table.sin.data() + static_cast<size_t>(row0 + p) * table.n_pairs;
-        for (int h = 0; h < n_heads; ++h) {
-            float* v = x + p * width + static_cast<int64_t>(h) * head_dim;
-            for (int i = 0; i < table.n_pairs; ++i) {
-                const float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c[i] - x1 * s[i];
-                v[2 * i + 1] = x0 * s[i] + x1 * c[i];
-            }
-        }
-    }
-}
-
 void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv,
                            int head_dim, float* out, int row_begin, int row_end, RowMatrix& scores, int q_block) {
     const int group = n_head / n_head_kv;

@@ -25,23 +25,6 @@ void rms_norm(const float* x, int64_t rows, int64_t cols, const float* w, float 
 /// large products are split into one slice per OpenMP thread.
 void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64_t n_out, float* y);
 
-/// cos/sin of the RoPE angles θ = (pos0 + p) · freq_scale · base^(-2i/n_rot) for
-/// p in [0, n_pos), i in [0, n_rot/2), row-major [n_pos, n_rot/2]. The angles and
-/// their cos/sin are computed in double and rounded once to float, so large
-/// positions keep full float accuracy (ggml accumulates the angle in float, so the
-/// two differ by about 1e-6 relative at small positions and more at large ones).
-struct RopeTable {
-    int n_pos = 0;
-    int n_pairs = 0;
-    std::vector<float> cos, sin;
-};
-RopeTable rope_table(int n_pos, int64_t pos0, int n_rot, double base, double freq_scale);
-
-/// Rotates, in place, each head of x = [n_tokens, n_heads * head_dim] in NORM mode:
-/// pairs (2i, 2i+1) for 2i < n_rot by the table's angle of (row0 + row, i); dimensions
-/// at or past n_rot are left alone. row0 + n_tokens <= table.n_pos.
-void rope_norm(float* x, int n_tokens, int n_heads, int head_dim, const RopeTable& table, int row0 = 0);
-
 /// Causal grouped-query attention for query rows [row_begin, row_end) of one sequence,
 /// single-threaded (callers split rows across threads).
 /// q: [n, n_head * head_dim], k and v: [n, n_head_kv * head_dim], out: [n, n_head * head_dim],

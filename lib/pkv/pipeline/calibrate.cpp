@@ -1,5 +1,5 @@
 // `pkv calibrate`: the contract is in calibrate.h, the fitted parameters in
-// pkv/calib/residual.h, the output format in pkv/table/pattern_table.h.
+// pkv/kvcache/residual.h, the output format in pkv/table/pattern_table.h.
 #include "pkv/pipeline/calibrate.h"
 
 #include <algorithm>
@@ -10,14 +10,14 @@
 #include <numeric>
 #include <random>
 
-#include "pkv/calib/residual.h"
+#include "pkv/kvcache/residual.h"
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
 #include "pkv/core/version.h"
-#include "pkv/dist/comm.h"
-#include "pkv/dist/rank_sharded_assigner.h"
-#include "pkv/dump/kv_dump.h"
+#include "pkv/distributed/comm.h"
+#include "pkv/distributed/rank_sharded_assigner.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/kmeans/kmeans_multi.h"
 #include "pkv/kmeans/sharded_assigner.h"
 #include "pkv/pipeline/provenance.h"

@@ -10,7 +10,7 @@
 // dumps until at least holdout x (all tokens) are held out; with a single sequence its
 // last holdout fraction is held out instead. Held-out tokens never enter the mining or
 // the fit; the table's metadata records the held-out error of each head
-// (pkv/calib/residual.h describes the measurement).
+// (pkv/kvcache/residual.h describes the measurement).
 //
 // Work proceeds in batches of whole layers sized by batch_bytes, so memory does not
 // grow with the number of layers; all (layer, head) problems of a batch go to

@@ -39,41 +39,6 @@ uint64_t peak_rss_bytes() {
     return 0;
 }
 
-std::vector<int> parse_layer_list(const std::string& spec, int n_layer) {
-    std::vector<bool> chosen(n_layer, false);
-    std::stringstream ss(spec);
-    std::string item;
-    auto parse_int = [&](const std::string& s) {
-        size_t used = 0;
-        int v = -1;
-        try {
-            v = std::stoi(s, &used);
-        } catch (...) {
-            used = 0;
-        }
-        PKV_CHECK(used == s.size() && !s.empty(), invalid_argument, "--layers: '{}' is not a layer number", s);
-        PKV_CHECK(v >= 0 && v < n_layer, out_of_range, "--layers: layer {} is out of range: the model has layers 0-{}",
-                  v, n_layer - 1);
-        return v;
-    };
-    while (std::getline(ss, item, ',')) {
-        PKV_CHECK(!item.empty(), invalid_argument, "--layers: empty item in '{}'", spec);
-        const auto dash = item.find('-');
-        if (dash == std::string::npos) {
-            chosen[parse_int(item)] = true;
-        } else {
-            const int a = parse_int(item.substr(0, dash)), b = parse_int(item.substr(dash + 1));
-            PKV_CHECK(a <= b, invalid_argument, "--layers: range '{}' runs backwards", item);
-            for (int l = a; l <= b; ++l) chosen[l] = true;
-        }
-    }
-    std::vector<int> out;
-    for (int l = 0; l < n_layer; ++l)
-        if (chosen[l]) out.push_back(l);
-    PKV_CHECK(!out.empty(), invalid_argument, "--layers: '{}' selects no layer", spec);
-    return out;
-}
-
 namespace {
 
 void check_config(const DumpConfig& c) {

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "pkv/dump/kv_dump.h"
+#include "pkv/kvdump/kv_dump.h"
 
 namespace pkv {
 
@@ -56,10 +56,6 @@ struct DumpSummary {
 /// runs. Throws pkv::Error naming the offending input; never leaves a partial file
 /// under out_path.
 DumpSummary run_dump(const DumpConfig& config);
-
-/// Parses a layer list such as "0,5,10-12" for a model with n_layer layers;
-/// throws invalid_argument naming the item.
-std::vector<int> parse_layer_list(const std::string& spec, int n_layer);
 
 /// Peak resident set size of this process in bytes (0 if unknown).
 uint64_t peak_rss_bytes();

@@ -1,6 +1,5 @@
-// pkv/pipeline/inspect.h — `pkv info`, `pkv validate` and `pkv generate` as library
-// calls. Files are recognised by content: GGUF models by the "GGUF" magic, KV dumps
-// by the HDF5 signature, pattern tables (and other safetensors files, which are then
+// pkv/pipeline/inspect.h — `pkv info` and `pkv validate` as library calls. Files are
+// recognised by content: GGUF models by the "GGUF" magic, KV dumps by the HDF5 signature, pattern tables (and other safetensors files, which are then
 // reported as not being pattern tables) by a safetensors header.
 #pragma once
 
@@ -26,14 +25,5 @@ nlohmann::json describe_file_json(const std::string& path);
 /// need), or a pattern table's read error or findings (docs/formats/pattern_table.md);
 /// empty when the file is valid.
 std::vector<std::string> validate_file(const std::string& path);
-
-/// Greedy continuation of `prompt` by the model at `model_path`: the prompt's token
-/// ids, the new ids and the decoded new text.
-struct GreedyResult {
-    std::vector<int32_t> prompt_ids;
-    std::vector<int32_t> new_ids;
-    std::string text;
-};
-GreedyResult generate_greedy(const std::string& model_path, const std::string& prompt, int n_new);
 
 }  // namespace pkv

@@ -1,8 +1,5 @@
 #include "pkv/pipeline/provenance.h"
 
-#include <ctime>
-
-#include "pkv/core/version.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
 
@@ -42,18 +39,6 @@ nlohmann::json sources_json(const std::vector<TextSource>& sources) {
     for (const auto& s : sources)
         a.push_back({{"path", s.path}, {"sha256", s.sha256}, {"bytes", s.bytes}, {"tokens", s.tokens}});
     return a;
-}
-
-std::string utc_timestamp() {
-    const std::time_t t = std::time(nullptr);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-    return buf;
-}
-
-nlohmann::json provenance_json(const std::string& command, const std::vector<std::string>& argv) {
-    return {{"tool", "pkv"},    {"version", PKV_VERSION}, {"commit", PKV_GIT_COMMIT},
-            {"command", command}, {"argv", argv},         {"created_utc", utc_timestamp()}};
 }
 
 }  // namespace pkv

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "pkv/dump/kv_dump.h"
+#include "pkv/kvdump/kv_dump.h"
 
 namespace pkv {
 

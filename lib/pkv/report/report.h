@@ -12,7 +12,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pkv/pipeline/analyze.h"
+#include "pkv/pipeline/eval.h"
+
 namespace pkv {
+
+/// The `pkv analyze` report (format pkv.analyze_report 1.0, docs/formats/report.md) of
+/// a result: per-configuration results, means over heads, fragile heads, histograms and
+/// provenance (created now).
+nlohmann::json analyze_report_json(const AnalyzeResult& result);
+/// The `pkv eval` report (format pkv.eval_report 1.0, docs/eval.md) of a result.
+nlohmann::json eval_report_json(const EvalResult& result);
+
 
 /// A compact Markdown summary for the terminal: one provenance line, the summary
 /// table (method x bits: effective bits, K/V NMSE, attention KL and output error),
@@ -28,5 +39,9 @@ std::string render_markdown(const nlohmann::json& report);
 /// written as <meta .../>). Throws ErrorCode::invalid_argument when `report` is not
 /// a JSON object.
 std::string render_html(const nlohmann::json& report);
+
+/// The table of a `pkv eval` report (format pkv.eval_report, docs/eval.md) as Markdown:
+/// one row per method, the fp16 reference first.
+std::string render_eval_markdown(const nlohmann::json& report);
 
 }  // namespace pkv

@@ -15,6 +15,7 @@
 
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
+#include "pkv/core/int_list.h"
 #include "pkv/table/safetensors.h"
 
 namespace pkv {
@@ -132,17 +133,20 @@ struct MetaReader {
 };
 
 std::vector<int> parse_layer_list(const std::string& path, const std::string& v, int n_layer) {
+    // Each item in the command line's list syntax, in canonical form only: it must print
+    // back unchanged (no ranges, spaces or leading zeros); order is checked below.
     std::vector<int> out;
-    size_t pos = 0;
     bool ok = !v.empty();
-    while (ok && pos <= v.size()) {
-        size_t comma = v.find(',', pos);
-        if (comma == std::string::npos) comma = v.size();
+    for (size_t pos = 0; ok && pos <= v.size();) {
+        const size_t comma = std::min(v.find(',', pos), v.size());
         const std::string item = v.substr(pos, comma - pos);
-        ok = !item.empty() && item.size() <= 9 &&
-             std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
-             (item.size() == 1 || item[0] != '0');
-        if (ok) out.push_back(std::stoi(item));
+        try {
+            const std::vector<int> one = parse_int_list(ptable::kMetaLayers, item);
+            ok = one.size() == 1 && std::to_string(one[0]) == item;
+            if (ok) out.push_back(one[0]);
+        } catch (const Error&) {
+            ok = false;
+        }
         pos = comma + 1;
     }
     PKV_CHECK(ok, data_loss, "{}::{}: expected ascending decimal layer indices separated by commas, got \"{}\"", path,

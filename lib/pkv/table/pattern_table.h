@@ -21,7 +21,7 @@
 // Clip ratio a: a min-max group [mn, mx] is quantized over [c - a h, c + a h] with
 // c = (mn + mx) / 2, h = (mx - mn) / 2; values outside are clamped (a = 1: plain min-max).
 // Value gate z: subtract the pattern iff 1 - rho^2 >= (2 z / sqrt(5 D)) sqrt(1 + rho^4)
-// (see pkv/analyze/methods.h, v_gate_passes); z = 0 subtracts whenever it shrinks the range.
+// (see pkv/kvcache/simulate.h, v_gate_passes); z = 0 subtracts whenever it shrinks the range.
 //
 // __metadata__ (safetensors string -> string): the keys below; integers in decimal,
 // "pkv.calibration" a JSON object (provenance and per-head held-out statistics, see the spec).

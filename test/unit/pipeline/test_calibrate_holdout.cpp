@@ -1,7 +1,7 @@
 // run_calibrate's held-out split on the dumps that once broke it.
 #include "catch.h"
 #include "pkv/pipeline/calibrate.h"
-#include "unit/dump/dump_fixture.h"
+#include "unit/kvdump/dump_fixture.h"
 
 using namespace pkv;
 using namespace pkv::test;

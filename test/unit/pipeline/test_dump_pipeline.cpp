@@ -9,7 +9,7 @@
 #include "catch.h"
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
-#include "pkv/dump/kv_dump.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/dump.h"
@@ -30,14 +30,6 @@ const char* kText =
     "the theory of the thing is in the other one. then there were three thin threads on the throne, "
     "and they went on and on into the night, over and over, 1234 times.\n";
 }  // namespace
-
-TEST_CASE("parse_layer_list accepts lists and ranges", "[pipeline]") {
-    CHECK(parse_layer_list("0,5,10-12", 30) == std::vector<int>{0, 5, 10, 11, 12});
-    CHECK(parse_layer_list("3,1,1", 30) == std::vector<int>{1, 3});
-    CHECK_THROWS_WITH(parse_layer_list("0,30", 30), ContainsSubstring("layer 30 is out of range"));
-    CHECK_THROWS_WITH(parse_layer_list("a", 30), ContainsSubstring("'a' is not a layer number"));
-    CHECK_THROWS_WITH(parse_layer_list("5-2", 30), ContainsSubstring("runs backwards"));
-}
 
 TEST_CASE("run_dump writes what the forward pass computes", "[pipeline][dump]") {
     if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");

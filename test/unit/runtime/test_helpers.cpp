@@ -7,7 +7,7 @@
 #include <set>
 
 #include "catch.h"
-#include "pkv/analyze/methods.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/kmeans/minmax_assign.h"
 #include "table_fixture.h"
 

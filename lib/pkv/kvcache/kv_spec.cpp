@@ -1,0 +1,184 @@
+// `--kv` spec parsing and checking; the grammar is in kv_spec.h and docs/eval.md.
+#include "pkv/kvcache/kv_spec.h"
+
+#include "pkv/core/error.h"
+
+namespace pkv {
+
+namespace {
+
+constexpr const char* kMethodList = "fp16, kivi, patternkv, patternkv-table, q4_0, q8_0, fp8";
+
+// Non-negative decimal without sign or leading '+'; -1 when s is not one.
+long parse_count(const std::string& s) {
+    if (s.empty() || s.size() > 9) return -1;
+    long v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return -1;
+        v = v * 10 + (c - '0');
+    }
+    return v;
+}
+
+// "g32" with prefix "g" -> 32; -1 when the field is not prefix + count.
+long prefixed(const std::string& field, const std::string& prefix) {
+    if (field.size() <= prefix.size() || field.compare(0, prefix.size(), prefix) != 0) return -1;
+    return parse_count(field.substr(prefix.size()));
+}
+
+bool minmax_method(const KvSpec& s) { return s.method == KvMethod::kivi || s.method == KvMethod::patternkv; }
+
+}  // namespace
+
+std::string KvSpec::label() const {
+    std::string s = method_name;
+    if (kv_method_takes_bits(method) || table) s += ":" + std::to_string(bits);
+    if (group != 128) s += ":g" + std::to_string(group);
+    if (window != 128) s += ":w" + std::to_string(window);
+    if (patterns != 32) s += ":p" + std::to_string(patterns);
+    if (pattern_cap != 0) s += ":cap" + std::to_string(pattern_cap);
+    if (decode_l2) s += ":l2";
+    if (rotate) s += ":rot";
+    if (keys_pre) s += ":pre";
+    if (table) s += ":" + table_path;
+    return s;
+}
+
+KvSpec parse_kv_spec(const std::string& text) {
+    KvSpec s;
+    s.text = text;
+    std::vector<std::string> fields;
+    std::vector<size_t> offset;  // where each field starts in text
+    size_t p = 0;
+    while (true) {
+        const size_t c = text.find(':', p);
+        offset.push_back(p);
+        fields.push_back(text.substr(p, c == std::string::npos ? std::string::npos : c - p));
+        if (c == std::string::npos) break;
+        p = c + 1;
+    }
+    const std::string& name = fields[0];
+    s.method_name = name;
+    if (name == "fp16") {
+        s.method = KvMethod::fp16;
+    } else if (name == "kivi") {
+        s.method = KvMethod::kivi;
+    } else if (name == "patternkv") {
+        s.method = KvMethod::patternkv;
+    } else if (name == "patternkv-table") {
+        s.method = KvMethod::patternkv_table;
+        s.table = true;
+    } else if (name == "q4_0") {
+        s.method = KvMethod::q4_0;
+    } else if (name == "q8_0") {
+        s.method = KvMethod::q8_0;
+    } else if (name == "fp8") {
+        s.method = KvMethod::fp8;
+    } else {
+        fail(ErrorCode::invalid_argument, "unknown method '{}' in --kv '{}': expected one of {}", name, text,
+             kMethodList);
+    }
+    const bool takes_bits = kv_method_takes_bits(s.method) || s.table;
+    if (!takes_bits) s.bits = kv_method_fixed_bits(s.method);
+    PKV_CHECK(s.method != KvMethod::fp16 || fields.size() == 1, invalid_argument,
+              "--kv '{}': fp16 takes no options (it is the unquantized cache)", text);
+
+    bool seen_bits = false, seen_g = false, seen_w = false, seen_p = false, seen_cap = false, seen_l2 = false,
+         seen_rot = false, seen_keys = false;
+    auto once = [&](bool& seen, const std::string& f) {
+        PKV_CHECK(!seen, invalid_argument, "--kv '{}': '{}' is given twice", text, f);
+        seen = true;
+    };
+    auto only = [&](bool ok, const std::string& f, const char* what, const char* methods) {
+        PKV_CHECK(ok, invalid_argument, "--kv '{}': '{}' ({}) applies to {} only", text, f, what, methods);
+    };
+    for (size_t i = 1; i < fields.size(); ++i) {
+        const std::string& f = fields[i];
+        PKV_CHECK(!f.empty(), invalid_argument, "--kv '{}': empty field after '{}'", text, fields[i - 1]);
+        long v = 0;
+        if ((v = parse_count(f)) >= 0) {
+            once(seen_bits, "bits");
+            if (takes_bits) {
+                PKV_CHECK(v == 2 || v == 3 || v == 4 || v == 8, invalid_argument,
+                          "--kv '{}': {} bits is not supported by {}: expected 2, 3, 4 or 8", text, v, name);
+                s.bits = static_cast<int>(v);
+            } else {
+                PKV_CHECK(v == s.bits, invalid_argument, "--kv '{}': {} has a fixed width of {} bits, got {}", text,
+                          name, s.bits, v);
+            }
+        } else if ((v = prefixed(f, "g")) >= 0) {
+            once(seen_g, "g");
+            only(minmax_method(s) || s.table, f, "group", "kivi and patternkv");
+            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': group {} must be at least 1", text, v);
+            s.group = static_cast<int>(v);
+        } else if ((v = prefixed(f, "w")) >= 0) {
+            once(seen_w, "w");
+            only(minmax_method(s) || s.table, f, "window", "kivi and patternkv");
+            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': window {} must be at least 1", text, v);
+            s.window = static_cast<int>(v);
+        } else if ((v = prefixed(f, "cap")) >= 0) {
+            once(seen_cap, "cap");
+            only(s.method == KvMethod::patternkv && !s.table, f, "pattern bank cap", "patternkv");
+            s.pattern_cap = static_cast<int>(v);
+        } else if ((v = prefixed(f, "p")) >= 0) {
+            once(seen_p, "p");
+            only(s.method == KvMethod::patternkv && !s.table, f, "prefill patterns", "patternkv");
+            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': patterns {} must be at least 1", text, v);
+            s.patterns = static_cast<int>(v);
+        } else if (f == "l2") {
+            once(seen_l2, f);
+            only(s.method == KvMethod::patternkv, f, "L2 decode assignment", "patternkv");
+            s.decode_l2 = true;
+        } else if (f == "rot") {
+            once(seen_rot, f);
+            s.rotate = true;
+        } else if (f == "pre" || f == "post") {
+            once(seen_keys, "pre/post");
+            s.keys_pre = f == "pre";
+        } else if (s.table) {
+            // The rest of the spec is the table path (it may hold colons).
+            s.table_path = text.substr(offset[i]);
+            break;
+        } else {
+            fail(ErrorCode::invalid_argument,
+                 "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, pre or post",
+                 text, f);
+        }
+    }
+    PKV_CHECK(!takes_bits || seen_bits, invalid_argument,
+              "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)", text, name, name);
+    PKV_CHECK(s.pattern_cap == 0 || s.pattern_cap >= s.patterns, invalid_argument,
+              "--kv '{}': cap{} must be 0 (no cap) or at least the {} prefill patterns", text, s.pattern_cap,
+              s.patterns);
+    PKV_CHECK(!s.table || !s.table_path.empty(), invalid_argument,
+              "--kv '{}': patternkv-table needs a table file: patternkv-table:BITS:TABLE.safetensors", text);
+    return s;
+}
+
+void check_kv_spec(const KvSpec& s, int D) {
+    if ((kv_method_takes_bits(s.method) || s.table) && s.group < D)
+        PKV_CHECK(D % s.group == 0, invalid_argument,
+                  "--kv '{}': group {} does not divide head_dim {} (value groups are min(group, head_dim) channels)",
+                  s.text, s.group, D);
+    if (s.method == KvMethod::q4_0 || s.method == KvMethod::q8_0)
+        PKV_CHECK(D % 32 == 0, unsupported, "--kv '{}': head_dim {}: {} needs a multiple of 32", s.text, D,
+                  s.method_name);
+    if (s.rotate)
+        PKV_CHECK(D > 0 && (D & (D - 1)) == 0, unsupported,
+                  "--kv '{}': head_dim {}: hadamard rotation needs a power of two", s.text, D);
+}
+
+SimParams kv_spec_sim_params(const KvSpec& s, uint64_t seed) {
+    SimParams p;
+    p.method = s.method;
+    p.bits = s.bits;
+    p.group = s.group;
+    p.window = s.window;
+    p.patterns = s.patterns;
+    p.pattern_cap = s.pattern_cap;
+    p.decode_l2 = s.decode_l2;
+    p.seed = seed;
+    return p;
+}
+
+}  // namespace pkv

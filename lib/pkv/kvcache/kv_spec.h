@@ -1,0 +1,62 @@
+// pkv/kvcache/kv_spec.h — one `--kv` method specification of `pkv eval`.
+//
+// Grammar (docs/eval.md, "Method specs"):
+//   SPEC  := METHOD ( ':' FIELD )*
+//   METHOD:= fp16 | kivi | patternkv | patternkv-table | q4_0 | q8_0 | fp8
+//   FIELD := N      code width: 2, 3, 4 or 8 for kivi / patternkv / patternkv-table
+//                   (required there); a fixed-width method accepts only its own width
+//          | gN     group G: tokens per key channel group, value groups of min(G, head_dim)
+//                   channels (kivi, patternkv; default 128)
+//          | wN     fp16 window / flush block R in tokens (kivi, patternkv; default 128)
+//          | pN     patterns k-means mines from the prefill (patternkv; default 32)
+//          | capN   pattern bank limit, 0 = none (patternkv; default 0)
+//          | l2     decode-time pattern assignment by L2 instead of min-max (patternkv)
+//          | rot    Hadamard-rotate every head before quantizing, rotate back after
+//          | pre    quantize keys before RoPE (the cache then holds RoPE(k̃_pre));
+//            post   after RoPE, as runtimes cache them (default)
+//          | PATH   patternkv-table only: the pattern table written by `pkv calibrate`;
+//                   the first field that is none of the above starts it, and the rest
+//                   of the spec (colons included) is the path
+// Fields may come in any order; each at most once. fp16 takes no field.
+// Errors name the spec: "unknown method 'foo' in --kv 'foo:2': expected one of ...".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pkv/kvcache/simulate.h"
+
+namespace pkv {
+
+struct KvSpec {
+    std::string text;           ///< as given on the command line
+    std::string method_name;    ///< "kivi", "patternkv-table", ...
+    KvMethod method = KvMethod::fp16;
+    bool table = false;         ///< patternkv-table (patterns from a calibrated table)
+    std::string table_path;
+    int bits = 16;              ///< code width (fixed methods: their nominal width)
+    int group = 128;
+    int window = 128;
+    int patterns = 32;
+    int pattern_cap = 0;
+    bool decode_l2 = false;
+    bool rotate = false;
+    bool keys_pre = false;
+
+    /// Canonical form: method, width, then only the fields that differ from their
+    /// defaults in the grammar's order ("kivi:4:g32", "q8_0:rot").
+    std::string label() const;
+};
+
+/// Parses one spec; throws invalid_argument naming the spec and the bad field.
+KvSpec parse_kv_spec(const std::string& text);
+
+/// Checks a parsed spec against a model's head_dim (group fit, ggml block size,
+/// power-of-two rotation) and the methods this build has; throws naming the spec.
+void check_kv_spec(const KvSpec& spec, int head_dim);
+
+/// The simulation parameters of a spec (methods.h), with the k-means seed.
+SimParams kv_spec_sim_params(const KvSpec& spec, uint64_t seed);
+
+}  // namespace pkv

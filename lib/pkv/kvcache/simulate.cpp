@@ -1,0 +1,289 @@
+// Cache simulations behind simulate_cache(); the rules are in docs/numerics.md.
+#include "pkv/kvcache/simulate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "pkv/kvcache/residual.h"
+#include "pkv/core/error.h"
+#include "pkv/kmeans/assigner.h"
+#include "pkv/kmeans/kmeans.h"
+#include "pkv/kmeans/minmax_assign.h"
+#include "pkv/quant/fp8.h"
+#include "pkv/quant/ggml_kv.h"
+#include "pkv/quant/minmax.h"
+
+namespace pkv {
+
+namespace {
+
+struct MethodName {
+    KvMethod m;
+    const char* name;
+};
+constexpr MethodName kMethods[] = {{KvMethod::fp16, "fp16"}, {KvMethod::kivi, "kivi"},
+                                   {KvMethod::patternkv, "patternkv"}, {KvMethod::q4_0, "q4_0"},
+                                   {KvMethod::q8_0, "q8_0"}, {KvMethod::fp8, "fp8"},
+                                   {KvMethod::patternkv_table, "patternkv-table"}};
+
+SimResult empty_result(const float* x, int64_t n, int D) {
+    SimResult r;
+    r.recon.assign(x, x + n * D);
+    r.flush_step.assign(static_cast<size_t>(n), kNeverQuantized);
+    return r;
+}
+
+// Quantizes rows [t0, t1) of x with the min-max quantizer (K: one block, per-channel
+// groups of G tokens; V: per token, groups of min(G, D) channels) into recon.
+void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
+                   float* recon, SimBits& bits, float clip = 1.0f) {
+    if (t1 <= t0) return;
+    MinMaxSpec spec;
+    spec.clip = clip;
+    spec.bits = p.bits;
+    spec.axis = tensor == KvTensor::k ? QuantAxis::channel : QuantAxis::token;
+    spec.group = tensor == KvTensor::k ? p.group : std::min(p.group, D);
+    const MinMaxCost c = quantize_minmax(x + t0 * D, t1 - t0, D, spec, recon + t0 * D);
+    bits.codes += static_cast<double>(c.code_bits);
+    bits.params += static_cast<double>(c.param_bits);
+}
+
+void mark_window_bits(SimResult& r, int64_t n, int D) {
+    int64_t exact = 0;
+    for (int64_t j = 0; j < n; ++j) exact += r.flush_step[j] == kNeverQuantized;
+    r.bits.window = exact_bits(static_cast<double>(exact) * D);
+}
+
+// KIVI: K flushes R-token blocks quantized per channel; V keeps a sliding window of
+// the R most recent tokens and quantizes the token that leaves it.
+SimResult simulate_kivi(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P) {
+    SimResult r = empty_result(x, n, D);
+    const int64_t R = p.window;
+    if (tensor == KvTensor::k) {
+        const int64_t pq = P - P % R;
+        quantize_rows(p, tensor, x, 0, pq, D, r.recon.data(), r.bits);
+        for (int64_t j = 0; j < pq; ++j) r.flush_step[j] = static_cast<int32_t>(P);
+        int64_t start = pq;
+        for (int64_t t = P; t < n; ++t) {
+            if (t - start + 1 < R) continue;
+            quantize_rows(p, tensor, x, start, t + 1, D, r.recon.data(), r.bits);
+            for (int64_t j = start; j <= t; ++j) r.flush_step[j] = static_cast<int32_t>(t + 1);
+            start = t + 1;
+        }
+    } else {
+        int64_t quantized = std::max<int64_t>(0, P - R);
+        for (int64_t j = 0; j < quantized; ++j) r.flush_step[j] = static_cast<int32_t>(P);
+        for (int64_t t = P; t < n; ++t) {
+            // The step's attention sees R + 1 exact values; then the oldest leaves.
+            if (t + 1 - quantized > R) r.flush_step[quantized++] = static_cast<int32_t>(t + 1);
+        }
+        quantize_rows(p, tensor, x, 0, quantized, D, r.recon.data(), r.bits);  // per token: order-free
+    }
+    mark_window_bits(r, n, D);
+    return r;
+}
+
+// Residualizes and quantizes rows [t0, t1) against their assigned patterns; `table`
+// (patternkv-table) supplies the fitted clip ratio and gate threshold.
+void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
+                   SimResult& r, const TableHeadView* table = nullptr) {
+    const int64_t rows = t1 - t0;
+    if (rows <= 0) return;
+    const int64_t M = static_cast<int64_t>(r.bank.size()) / D;
+    std::vector<float> resid(static_cast<size_t>(rows * D)), rq(resid.size());
+    for (int64_t i = 0; i < rows; ++i) {
+        const int64_t j = t0 + i;
+        const float* c = r.bank.data() + static_cast<int64_t>(r.pattern[j]) * D;
+        bool subtract = true;
+        if (tensor == KvTensor::v) {
+            subtract = table ? v_gate_passes(v_gate_rho(x + j * D, c, D), D, table->gate_z)
+                             : v_gate_passes(v_gate_rho(x + j * D, c, D), D);
+            r.gate[j] = subtract ? 1 : 0;
+            r.bits.gate += 1.0;
+        }
+        r.bits.index += index_bits(M);
+        for (int d = 0; d < D; ++d) resid[i * D + d] = x[j * D + d] - (subtract ? c[d] : 0.0f);
+    }
+    quantize_rows(p, tensor, resid.data(), 0, rows, D, rq.data(), r.bits, table ? table->clip : 1.0f);
+    for (int64_t i = 0; i < rows; ++i) {
+        const int64_t j = t0 + i;
+        const float* c = r.bank.data() + static_cast<int64_t>(r.pattern[j]) * D;
+        const bool add = tensor == KvTensor::k || r.gate[j];
+        for (int d = 0; d < D; ++d) r.recon[j * D + d] = rq[i * D + d] + (add ? c[d] : 0.0f);
+    }
+}
+
+// PatternKV as its official implementation runs it (see docs/numerics.md, "Methods").
+SimResult simulate_patternkv(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P) {
+    SimResult r = empty_result(x, n, D);
+    r.pattern.assign(static_cast<size_t>(n), -1);
+    if (tensor == KvTensor::v) r.gate.assign(static_cast<size_t>(n), 0);
+    const int64_t R = p.window;
+    const int64_t pq = P - P % R;
+    if (P > 0) {
+        KMeansParams kp;
+        kp.k = static_cast<int>(std::min<int64_t>(p.patterns, P));
+        kp.max_iter = 30;
+        kp.tol = 1e-4;
+        kp.seed = p.seed;
+        kp.init = KMeansInit::random;
+        KMeansResult km = kmeans(x, P, D, kp);
+        r.kmeans_k = kp.k;
+        r.bank = std::move(km.centroids);
+        // Prefill tokens keep their L2 label from k-means' final assignment pass.
+        for (int64_t j = 0; j < pq; ++j) r.pattern[j] = km.assignments[j];
+        pattern_block(p, tensor, x, 0, pq, D, r);
+        for (int64_t j = 0; j < pq; ++j) r.flush_step[j] = static_cast<int32_t>(P);
+    }
+    int64_t start = pq;
+    std::vector<float> center(static_cast<size_t>(D));
+    std::vector<int32_t> labels;
+    std::vector<float> dist2;
+    for (int64_t t = P; t < n; ++t) {
+        if (t - start + 1 < R) continue;
+        const int64_t rows = t + 1 - start;
+        int64_t M = static_cast<int64_t>(r.bank.size()) / D;
+        if (p.pattern_cap <= 0 || M < p.pattern_cap) {
+            chebyshev_center(x + start * D, rows, D, center.data());
+            r.bank.insert(r.bank.end(), center.begin(), center.end());
+            ++M;
+        }
+        labels.assign(static_cast<size_t>(rows), 0);
+        if (p.decode_l2) {
+            std::vector<double> d2(static_cast<size_t>(rows));
+            assign_ref(x + start * D, rows, D, r.bank.data(), static_cast<int>(M), labels.data(), d2.data());
+        } else {
+            assign_minmax_ref(x + start * D, rows, D, r.bank.data(), static_cast<int>(M), labels.data(), nullptr);
+        }
+        for (int64_t i = 0; i < rows; ++i) r.pattern[start + i] = labels[i];
+        pattern_block(p, tensor, x, start, t + 1, D, r);
+        for (int64_t j = start; j <= t; ++j) r.flush_step[j] = static_cast<int32_t>(t + 1);
+        start = t + 1;
+    }
+    r.bits.bank = 16.0 * static_cast<double>(r.bank.size());
+    mark_window_bits(r, n, D);
+    return r;
+}
+
+// patternkv-table: the cache flushes like patternkv (the prefill's whole R-token
+// blocks at step P, then every R decode tokens), but the bank is the table's and never
+// grows. The bank is a per-model constant shipped once, so it adds no bits to a
+// sequence's cache (docs/numerics.md, "Pattern tables").
+SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D,
+                                   int64_t P) {
+    const TableHeadView* tv = tensor == KvTensor::k ? p.table_k : p.table_v;
+    PKV_ASSERT(tv != nullptr && tv->patterns != nullptr && tv->M >= 1);
+    SimResult r = empty_result(x, n, D);
+    r.pattern.assign(static_cast<size_t>(n), -1);
+    if (tensor == KvTensor::v) r.gate.assign(static_cast<size_t>(n), 0);
+    r.bank.assign(tv->patterns, tv->patterns + static_cast<int64_t>(tv->M) * D);
+    const int64_t R = p.window;
+    auto flush = [&](int64_t t0, int64_t t1, int32_t step) {
+        assign_patterns(x + t0 * D, t1 - t0, D, tv->patterns, tv->M, tv->assign_l2, r.pattern.data() + t0);
+        pattern_block(p, tensor, x, t0, t1, D, r, tv);
+        for (int64_t j = t0; j < t1; ++j) r.flush_step[j] = step;
+    };
+    const int64_t pq = P - P % R;
+    if (pq > 0) flush(0, pq, static_cast<int32_t>(P));
+    for (int64_t start = pq, t = P; t < n; ++t) {
+        if (t - start + 1 < R) continue;
+        flush(start, t + 1, static_cast<int32_t>(t + 1));
+        start = t + 1;
+    }
+    mark_window_bits(r, n, D);
+    return r;
+}
+
+}  // namespace
+
+const char* kv_method_name(KvMethod m) {
+    for (const auto& e : kMethods)
+        if (e.m == m) return e.name;
+    return "?";
+}
+
+KvMethod parse_kv_method(const std::string& name) {
+    for (const auto& e : kMethods)
+        if (name == e.name) return e.m;
+    fail(ErrorCode::invalid_argument,
+         "unknown method '{}' in --methods: expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table",
+         name);
+}
+
+bool kv_method_takes_bits(KvMethod m) { return m == KvMethod::kivi || m == KvMethod::patternkv; }
+
+int kv_method_fixed_bits(KvMethod m) {
+    switch (m) {
+        case KvMethod::fp16: return 16;
+        case KvMethod::q4_0: return 4;
+        case KvMethod::q8_0: return 8;
+        case KvMethod::fp8: return 8;
+        default: return 0;
+    }
+}
+
+int index_bits(int64_t M) {
+    int b = 0;
+    while ((int64_t{1} << b) < M) ++b;
+    return b;
+}
+
+double v_gate_rho(const float* v, const float* c, int d) {
+    float vmin = v[0], vmax = v[0], rmin = v[0] - c[0], rmax = rmin;
+    for (int i = 1; i < d; ++i) {
+        vmin = std::min(vmin, v[i]);
+        vmax = std::max(vmax, v[i]);
+        const float e = v[i] - c[i];
+        rmin = std::min(rmin, e);
+        rmax = std::max(rmax, e);
+    }
+    const double rv = static_cast<double>(vmax) - vmin;
+    if (rv <= 0.0) return std::numeric_limits<double>::infinity();
+    return (static_cast<double>(rmax) - rmin) / rv;
+}
+
+bool v_gate_passes(double rho, int d, double z) {
+    if (!std::isfinite(rho)) return false;
+    const double rho2 = rho * rho;
+    return 1.0 - rho2 >= (2.0 * z / std::sqrt(5.0 * d)) * std::sqrt(1.0 + rho2 * rho2);
+}
+
+SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t prefill) {
+    PKV_ASSERT(n >= 0 && D >= 1 && prefill >= 0 && prefill <= n && p.window >= 1);
+    switch (p.method) {
+        case KvMethod::fp16: {
+            SimResult r = empty_result(x, n, D);
+            r.bits.window = exact_bits(static_cast<double>(n) * D);
+            return r;
+        }
+        case KvMethod::kivi: return simulate_kivi(p, tensor, x, n, D, prefill);
+        case KvMethod::patternkv: return simulate_patternkv(p, tensor, x, n, D, prefill);
+        case KvMethod::patternkv_table: return simulate_patternkv_table(p, tensor, x, n, D, prefill);
+        case KvMethod::q4_0:
+        case KvMethod::q8_0: {
+            // llama.cpp writes every token to the quantized cache before attending.
+            SimResult r = empty_result(x, n, D);
+            const GgmlType type = p.method == KvMethod::q4_0 ? GgmlType::Q4_0 : GgmlType::Q8_0;
+            if (n > 0) {
+                const uint64_t bits = quantize_ggml_kv(type, x, n, D, r.recon.data());
+                r.bits.codes = static_cast<double>(bits);
+            }
+            for (int64_t j = 0; j < n; ++j) r.flush_step[j] = static_cast<int32_t>(j);
+            return r;
+        }
+        case KvMethod::fp8: {
+            SimResult r = empty_result(x, n, D);
+            if (n > 0) {
+                const Fp8Result f = quantize_fp8_e4m3(x, n * D, r.recon.data());
+                r.bits.codes = 8.0 * static_cast<double>(n) * D;
+                r.bits.params = static_cast<double>(f.storage_bits) - r.bits.codes;
+            }
+            for (int64_t j = 0; j < n; ++j) r.flush_step[j] = static_cast<int32_t>(j);
+            return r;
+        }
+    }
+    PKV_ASSERT(false);
+    return {};
+}
+
+}  // namespace pkv

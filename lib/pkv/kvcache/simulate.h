@@ -1,0 +1,109 @@
+// pkv/kvcache/simulate.h — KV-cache formats simulated per sequence, exactly as a
+// runtime cache would hold one (layer, KV head) of one sequence.
+//
+// A sequence of n tokens is a prefill of its first P tokens (the prompt) followed by
+// n - P decode steps, one token each. Step t (0-based position) is the query of token
+// t attending over keys/values 0..t. Every method answers, per token j:
+//   recon[j]      the value the cache holds once j is quantized;
+//   flush_step[j] the first query position t whose attention sees that quantized
+//                 form. Before it (t < flush_step[j]) the cache holds j exactly (fp16
+//                 window). kNeverQuantized: j stays fp16 until the sequence ends.
+// No method ever re-quantizes a flushed token, so the cache seen by the query at t is
+// "exact if flush_step[j] > t, else recon[j]" — the attention metrics rely on this.
+// Tokens with flush_step <= n - 1 or == n are quantized in the final cache state (n:
+// flushed after the last query). docs/numerics.md ("Cache simulation", "Methods")
+// gives every rule and the bit accounting.
+//
+// Shapes: x and recon are row-major [n, D] float (one head, one sequence).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace pkv {
+
+enum class KvMethod { fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv_table };
+
+/// "fp16", "kivi", "patternkv", "q4_0", "q8_0", "fp8", "patternkv-table".
+const char* kv_method_name(KvMethod m);
+/// Parses one method name; throws invalid_argument "unknown method 'x' in --methods:
+/// expected one of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table".
+KvMethod parse_kv_method(const std::string& name);
+/// True for the methods whose code width comes from --bits (kivi, patternkv).
+bool kv_method_takes_bits(KvMethod m);
+/// Nominal code width of a fixed-width method: fp16 16, q4_0 4, q8_0 8, fp8 8.
+int kv_method_fixed_bits(KvMethod m);
+
+enum class KvTensor { k, v };
+
+/// patternkv-table: one head's offline patterns (from a pattern table,
+/// pkv/table/pattern_table.h) and the residual-quantizer parameters fitted with them.
+struct TableHeadView {
+    const float* patterns = nullptr;  ///< [M, D], in the basis of the simulated tensor
+    int M = 0;
+    float clip = 1.0f;                ///< clip ratio of the residual quantizer, (0, 1]
+    double gate_z = 1.6448536269514722;  ///< values: gate threshold
+    bool assign_l2 = false;           ///< pattern choice by L2 (default min-max)
+};
+
+struct SimParams {
+    KvMethod method = KvMethod::kivi;
+    int bits = 2;          ///< kivi / patternkv code width (2, 3, 4 or 8)
+    int group = 128;       ///< G: tokens per K channel group; V groups are min(G, D) channels
+    int window = 128;      ///< R: fp16 window / flush block length (>= 1)
+    int patterns = 32;     ///< patternkv: k-means patterns mined from the prefill
+    int pattern_cap = 0;   ///< patternkv: bank size limit (0 = grows without limit)
+    bool decode_l2 = false;///< patternkv: assign flushed blocks by L2 instead of min-max
+    uint64_t seed = 0;     ///< patternkv: k-means seed
+    /// patternkv-table: the head's key and value patterns (both required for that method).
+    const TableHeadView* table_k = nullptr;
+    const TableHeadView* table_v = nullptr;
+};
+
+constexpr int32_t kNeverQuantized = std::numeric_limits<int32_t>::max();
+
+/// Storage of the final cache state of one sequence, in bits, by component.
+struct SimBits {
+    double codes = 0, params = 0;   ///< quantized codes; fp16 scales + zeros (or fp8/ggml scales)
+    double index = 0, gate = 0;     ///< patternkv: ceil(log2 M)-bit pattern ids; 1-bit V gates
+    double bank = 0;                ///< patternkv: M_final * D * 16
+    double window = 0;              ///< tokens still in fp16 (16 per element)
+    double total() const { return codes + params + index + gate + bank + window; }
+};
+
+struct SimResult {
+    std::vector<float> recon;          ///< [n, D]; exact copy for tokens never quantized
+    std::vector<int32_t> flush_step;   ///< [n], see above
+    SimBits bits;
+    // patternkv only (empty otherwise):
+    std::vector<int32_t> pattern;      ///< [n] bank row assigned to a quantized token, -1 for window tokens
+    std::vector<float> bank;           ///< [M_final, D] pattern bank (patternkv-table: the table's)
+    std::vector<uint8_t> gate;         ///< [n] V only: 1 when the pattern was subtracted
+    int kmeans_k = 0;                  ///< prefill patterns mined (min(--patterns, P); 0 when P = 0)
+};
+
+/// Bits of `elements` values a cache keeps exact (fp16, 16 bits each): the fp16 method,
+/// the window, layers kept in fp16.
+inline double exact_bits(double elements) { return 16.0 * elements; }
+/// Stored bits per cached element (codes, parameters, indices, gates, bank, window);
+/// 16 when nothing was cached.
+inline double effective_bits(double bits, double elements) { return elements > 0 ? bits / elements : 16.0; }
+
+/// Simulates one tensor of one sequence. prefill P in [0, n]. Validates nothing the
+/// caller already checked (bits, group fit); throws internal on broken invariants.
+SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t prefill);
+
+/// ceil(log2 M) for M >= 1 (0 for M = 1): bits of one pattern index into a bank of M.
+int index_bits(int64_t M);
+
+/// The PatternKV value gate (one-sided z-test, 95% by default): subtract the pattern iff
+///   1 - rho^2 >= (2 z / sqrt(5 d)) * sqrt(1 + rho^4),  z = 1.6448536269514722,
+/// with rho = R(v - c) / R(v), R = max - min over the d channels. False when R(v) = 0
+/// (rho infinite). Pattern tables carry a fitted z per head.
+bool v_gate_passes(double rho, int d, double z = 1.6448536269514722);
+/// rho of one value vector against its pattern (infinity when R(v) = 0).
+double v_gate_rho(const float* v, const float* c, int d);
+
+}  // namespace pkv

@@ -1,0 +1,176 @@
+// pkv/kvdump/kv_dump.h — the KV dump file (HDF5), format "pkv.kvdump" version 1.0.
+//
+// Spec: docs/formats/kv_dump.md; attribute schema: schemas/kv_dump.schema.json.
+// Every name in the file is a constant below; the writer, reader and validator use
+// only these constants.
+//
+// Activations are [n_layers_stored, n_heads, n_tokens, head_dim] float16 (binary16
+// converted by pkv, never by HDF5), chunked [1, 1, chunk_tokens, head_dim] with
+// shuffle + deflate so reading one (layer, head) over all tokens touches only that
+// head's chunks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pkv {
+
+namespace kvdump {
+constexpr const char* kFormat = "pkv.kvdump";
+constexpr const char* kFormatVersion = "1.0";
+// Datasets.
+constexpr const char* kKPre = "/k_pre";     ///< [L, Hkv, T, D] f16, keys before RoPE
+constexpr const char* kKPost = "/k_post";   ///< [L, Hkv, T, D] f16, keys after RoPE
+constexpr const char* kV = "/v";            ///< [L, Hkv, T, D] f16, values
+constexpr const char* kQ = "/q";            ///< [L, H, T, D] f16, queries after RoPE
+constexpr const char* kLayers = "/layers";  ///< [L] i32, model layer index of each stored layer
+constexpr const char* kTokenId = "/tokens/id";    ///< [T] i32
+constexpr const char* kTokenPos = "/tokens/pos";  ///< [T] i32, position within its sequence
+constexpr const char* kTokenSeq = "/tokens/seq";  ///< [T] i32, sequence index
+constexpr const char* kTokenNll = "/tokens/nll";  ///< [T] f32, -ln p(token | earlier tokens of its sequence); NaN at pos 0
+constexpr const char* kSeqStart = "/sequences/start";    ///< [S] i64, first token index
+constexpr const char* kSeqLength = "/sequences/length";  ///< [S] i32
+constexpr const char* kSourcePath = "/sources/path";     ///< [F] vlen utf-8
+constexpr const char* kSourceSha256 = "/sources/sha256"; ///< [F] vlen utf-8
+constexpr const char* kSourceBytes = "/sources/bytes";   ///< [F] i64
+constexpr const char* kSourceTokens = "/sources/tokens"; ///< [F] i64, tokens taken from that source
+// Root attributes (see the spec for types).
+constexpr const char* kAttrFormat = "format";
+constexpr const char* kAttrFormatVersion = "format_version";
+constexpr const char* kAttrProvenance = "provenance";  ///< JSON text: tool, version, argv, time, model, texts
+constexpr const char* kAttrModel = "model";            ///< JSON text: name, file, sha256, hyperparameters
+constexpr const char* kAttrSummary = "summary";        ///< JSON text written by finish(): n_tokens, perplexity, ...
+// Flat copies of the shape parameters (int32 scalars) for readers that skip the JSON.
+constexpr const char* kAttrNLayer = "n_layer";         ///< layers of the model (not only the stored ones)
+constexpr const char* kAttrNHead = "n_head";
+constexpr const char* kAttrNHeadKv = "n_head_kv";
+constexpr const char* kAttrHeadDim = "head_dim";
+constexpr const char* kAttrNTokens = "n_tokens";
+constexpr const char* kAttrCapture = "capture";        ///< string, CaptureSet::to_string() of what was captured
+// Per-activation-dataset attributes.
+constexpr const char* kAttrAxes = "axes";              ///< vlen strings, e.g. ["layer","kv_head","token","dim"]
+constexpr const char* kAttrDimOrder = "dim_order";     ///< "gguf_interleaved" | "hf_half_split" (k_pre, k_post, q; also a root attribute)
+constexpr const char* kDimOrderGguf = "gguf_interleaved";  ///< RoPE pairs (2i, 2i+1), as the model computes
+constexpr const char* kDimOrderHf = "hf_half_split";       ///< RoPE pairs (i, i + D/2): hf[i] = gguf[2i], hf[i + D/2] = gguf[2i+1]
+/// The activation datasets, in file order; any non-empty subset may be present.
+constexpr const char* kActivations[] = {kKPre, kKPost, kV, kQ};
+/// Bounds the reader accepts for the shape attributes (far above any model pkv runs;
+/// a file beyond them is refused as corrupt before anything is allocated).
+constexpr int64_t kMaxHeads = 1 << 16;
+constexpr int64_t kMaxHeadDim = 1 << 16;
+constexpr int64_t kMaxLayers = 1 << 16;
+constexpr int64_t kMaxTokens = int64_t{1} << 40;
+}  // namespace kvdump
+
+/// Which activations to capture.
+struct CaptureSet {
+    bool k_pre = true, k_post = true, v = true, q = true;
+    /// Parses "k_pre,k_post,v,q" (any subset, at least one); throws invalid_argument naming the bad item.
+    static CaptureSet parse(const std::string& list);
+    std::string to_string() const;
+};
+
+struct TextSource {
+    std::string path;
+    std::string sha256;
+    int64_t bytes = 0;
+    int64_t tokens = 0;  ///< tokens of this source that went into the dump
+};
+
+/// Everything the writer records besides the activations.
+struct KvDumpHeader {
+    int n_layer_model = 0;        ///< layers of the model
+    std::vector<int32_t> layers;  ///< stored model layers, ascending
+    int n_head = 0, n_head_kv = 0, head_dim = 0;
+    int64_t n_tokens = 0;
+    CaptureSet capture;
+    bool hf_dim_order = false;    ///< keys/queries re-ordered to HF half-split order
+    int chunk_tokens = 1024;      ///< HDF5 chunk length along tokens (clamped to n_tokens)
+    nlohmann::json model;         ///< written as the "model" attribute
+    nlohmann::json provenance;    ///< written as the "provenance" attribute
+    std::vector<TextSource> sources;
+};
+
+/// Streams a dump into `path` (the caller's temporary name; see AtomicOutput).
+/// Datasets are created at full size up front; data arrive in token order.
+class KvDumpWriter {
+public:
+    KvDumpWriter(const std::string& path, const KvDumpHeader& header);
+    ~KvDumpWriter();
+    /// Token bookkeeping for tokens [t0, t0 + n).
+    void write_tokens(int64_t t0, const std::vector<int32_t>& id, const std::vector<int32_t>& pos,
+                      const std::vector<int32_t>& seq, const std::vector<float>& nll);
+    /// One captured layer (index into header.layers) for tokens [t0, t0 + n_tokens).
+    /// Inputs are row-major [n_tokens, n_heads * head_dim] floats, as the model gives them.
+    void write_layer(int slot, int64_t t0, int n_tokens, const float* k_pre, const float* k_post, const float* v,
+                     const float* q);
+    /// Records sequences and sources, adds summary attributes (JSON text "summary") and closes the file.
+    void finish(const std::vector<int64_t>& seq_start, const std::vector<int32_t>& seq_length,
+                const nlohmann::json& summary);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// Read access for analysis tools and tests.
+class KvDumpReader {
+public:
+    /// Opens and checks format, version, the shape attributes (positive, within
+    /// kMaxHeads / kMaxHeadDim / kMaxTokens), the model and provenance records (JSON
+    /// objects whose known fields have their spec types), and the shapes, types and
+    /// stored chunks of the datasets it needs, before any data is read; throws naming
+    /// "<file>::<object>" and expected vs actual. Reads of data are bounded by the
+    /// memory budget (pkv/core/memory_budget.h).
+    explicit KvDumpReader(const std::string& path);
+    ~KvDumpReader();
+    const std::string& path() const;
+    int n_layers() const;                  ///< stored layers
+    int n_layer_model() const;             ///< layers of the model (every stored layer is below it)
+    const std::vector<int32_t>& layers() const;
+    int n_head() const;
+    int n_head_kv() const;
+    int head_dim() const;
+    int64_t n_tokens() const;
+    bool has(const std::string& dataset) const;
+    /// One (stored layer, head) of an activation dataset over all tokens: [T, D] floats.
+    std::vector<float> read_head(const std::string& dataset, int slot, int head) const;
+    /// Tokens [t0, t0 + count) of it: [count, D] floats (one hyperslab read).
+    std::vector<float> read_head(const std::string& dataset, int slot, int head, int64_t t0, int64_t count) const;
+    /// The sequences (/sequences/start, /sequences/length), checked to tile [0, n_tokens)
+    /// with positive lengths; data_loss naming the object otherwise.
+    struct Sequences {
+        std::vector<int64_t> start;
+        std::vector<int32_t> length;
+    };
+    Sequences sequences() const;
+    std::vector<int32_t> token_ids() const;
+    std::vector<int32_t> token_seq() const;
+    std::vector<int32_t> token_pos() const;
+    nlohmann::json model() const;
+    nlohmann::json provenance() const;
+    nlohmann::json summary() const;
+    std::string dim_order() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// Checks a file against the spec; returns every problem found (empty = valid),
+/// each "<file>::<object>: expected ..., got ...".
+std::vector<std::string> validate_kv_dump(const std::string& path);
+/// A readable multi-line summary for `pkv info`.
+std::string describe_kv_dump(const std::string& path);
+/// The dump's metadata as one JSON document (root attributes with the model,
+/// provenance and summary JSON parsed; datasets with shape and dtype), the form
+/// schemas/kv_dump.schema.json describes.
+nlohmann::json kv_dump_metadata_json(const std::string& path);
+/// True if the file starts with the HDF5 signature.
+bool is_hdf5_file(const std::string& path);
+
+}  // namespace pkv

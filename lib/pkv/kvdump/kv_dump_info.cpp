@@ -1,0 +1,178 @@
+// describe_kv_dump, kv_dump_metadata_json and is_hdf5_file: read-only views of a dump.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "pkv/kvdump/h5.h"
+#include "pkv/kvdump/kv_dump.h"
+#include "pkv/kvdump/kv_dump_internal.h"
+
+namespace pkv {
+
+using namespace kvdump_detail;
+
+namespace {
+
+uint64_t file_size(const std::string& path) {
+    struct stat st {};
+    return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+std::string human_bytes(double b) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024.0 && u < 4) b /= 1024.0, ++u;
+    return u == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.1f} {}", b, units[u]);
+}
+
+/// Every object the spec names, in the order a reader meets them.
+const char* const kAllDatasets[] = {kKPre,      kKPost,        kV,          kQ,          kLayers,
+                                    kTokenId,   kTokenPos,     kTokenSeq,   kTokenNll,   kSeqStart,
+                                    kSeqLength, kSourcePath,   kSourceSha256, kSourceBytes, kSourceTokens};
+
+nlohmann::json dataset_json(const h5::File& f, const std::string& name) {
+    h5::Id d = h5::open_dataset(f, name);
+    h5::Id t = h5::type_of(f, d.get(), name);
+    nlohmann::json j;
+    j["shape"] = h5::shape_of(f, d.get(), name);
+    j["dtype"] = h5::type_name(t.get());
+    const auto chunks = h5::chunks_of(d.get());
+    j["chunks"] = chunks.empty() ? nlohmann::json(nullptr) : nlohmann::json(chunks);
+    j["filters"] = h5::filters_of(d.get());
+    j["storage_bytes"] = h5::storage_bytes(d.get());
+    const std::string where = f.where(name);
+    if (h5::has_attr(d.get(), kAttrAxes)) j["axes"] = h5::read_attr_strings(d.get(), where, kAttrAxes);
+    if (h5::has_attr(d.get(), kAttrDimOrder)) j["dim_order"] = h5::read_attr_string(d.get(), where, kAttrDimOrder);
+    return j;
+}
+
+}  // namespace
+
+bool is_hdf5_file(const std::string& path) {
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    std::ifstream in(path, std::ios::binary);
+    char buf[8] = {0};
+    return in.read(buf, 8) && std::memcmp(buf, sig, 8) == 0;
+}
+
+nlohmann::json kv_dump_metadata_json(const std::string& path) {
+    h5::File f = h5::File::open_read(path);
+    const hid_t root = f.id();
+    const std::string where = f.where("/");
+    nlohmann::json j;
+    j["file"] = path;
+    j["file_bytes"] = file_size(path);
+    // format and version first: a file that is not a dump should fail here, clearly.
+    j[kAttrFormat] = h5::read_attr_string(root, where, kAttrFormat);
+    j[kAttrFormatVersion] = h5::read_attr_string(root, where, kAttrFormatVersion);
+    for (const char* k : {kAttrNLayer, kAttrNHead, kAttrNHeadKv, kAttrHeadDim, kAttrNTokens})
+        if (h5::has_attr(root, k)) j[k] = h5::read_attr_int(root, where, k);
+    for (const char* k : {kAttrDimOrder, kAttrCapture})
+        if (h5::has_attr(root, k)) j[k] = h5::read_attr_string(root, where, k);
+    for (const char* k : {kAttrModel, kAttrProvenance, kAttrSummary})
+        j[k] = h5::has_attr(root, k) ? parse_json_attr(root, where, k) : nlohmann::json(nullptr);
+    nlohmann::json ds = nlohmann::json::object();
+    for (const char* name : kAllDatasets)
+        if (h5::exists(f, name)) ds[name] = dataset_json(f, name);
+    j["datasets"] = ds;
+    return j;
+}
+
+std::string describe_kv_dump(const std::string& path) {
+    const nlohmann::json j = kv_dump_metadata_json(path);
+    const auto& m = j["model"];
+    const auto& prov = j["provenance"];
+    const auto& sum = j["summary"];
+    const auto& ds = j["datasets"];
+    auto get = [](const nlohmann::json& o, const char* k, const std::string& dflt = "?") -> std::string {
+        if (!o.is_object() || !o.contains(k) || o[k].is_null()) return dflt;
+        return o[k].is_string() ? o[k].get<std::string>() : o[k].dump();
+    };
+    std::string out = fmt::format("{}: KV dump, format {} {}\n", path, get(j, kAttrFormat), get(j, kAttrFormatVersion));
+    const std::string sha = get(m, "sha256", "");
+    out += fmt::format("  model:       {} ({}, {}{})\n", get(m, "name"), get(m, "arch"), get(m, "file"),
+                       sha.empty() ? "" : ", sha256 " + sha.substr(0, 12) + "...");
+    out += fmt::format("  rope:        base {}, n_rot {}, type {}\n", get(m, "rope_freq_base"), get(m, "n_rot"),
+                       get(m, "rope_type"));
+
+    size_t n_stored = 0;
+    std::string layer_list;
+    if (ds.contains(kLayers)) {
+        h5::File f = h5::File::open_read(path);
+        const auto layers = h5::read_1d_i32(f, kLayers);
+        n_stored = layers.size();
+        for (size_t i = 0; i < layers.size() && i < 16; ++i) layer_list += (i ? "," : "") + std::to_string(layers[i]);
+        if (layers.size() > 16) layer_list += ",...";
+    }
+    out += fmt::format("  layers:      {} of {} stored ({})\n", n_stored, get(j, kAttrNLayer), layer_list);
+    out += fmt::format("  heads:       {} query, {} kv, head_dim {}, dim_order {}\n", get(j, kAttrNHead),
+                       get(j, kAttrNHeadKv), get(j, kAttrHeadDim), get(j, kAttrDimOrder));
+
+    std::string seq_text = "? sequences";
+    if (ds.contains(kSeqLength)) {
+        h5::File f = h5::File::open_read(path);
+        const auto len = h5::read_1d_i64(f, kSeqLength);
+        if (!len.empty()) {
+            const auto [lo, hi] = std::minmax_element(len.begin(), len.end());
+            seq_text = fmt::format("{} sequences (lengths {}-{})", len.size(), *lo, *hi);
+        } else {
+            seq_text = "0 sequences";
+        }
+    }
+    out += fmt::format("  tokens:      {} in {}\n", get(j, kAttrNTokens), seq_text);
+
+    if (ds.contains(kSourcePath)) {
+        h5::File f = h5::File::open_read(path);
+        const auto paths = h5::read_1d_strings(f, kSourcePath);
+        std::vector<int64_t> toks;
+        if (ds.contains(kSourceTokens)) toks = h5::read_1d_i64(f, kSourceTokens);
+        out += fmt::format("  sources:     {} file{}\n", paths.size(), paths.size() == 1 ? "" : "s");
+        for (size_t i = 0; i < paths.size() && i < 8; ++i)
+            out += fmt::format("               {} ({} tokens)\n", paths[i], i < toks.size() ? std::to_string(toks[i]) : "?");
+        if (paths.size() > 8) out += fmt::format("               ... and {} more\n", paths.size() - 8);
+    }
+
+    uint64_t raw = 0, stored = 0;
+    out += "  datasets:\n";
+    for (const char* name : kActivations) {
+        if (!ds.contains(name)) continue;
+        const auto& d = ds[name];
+        uint64_t n = 1;
+        for (const auto& x : d["shape"]) n *= x.get<uint64_t>();
+        const uint64_t bytes = d["storage_bytes"].get<uint64_t>();
+        raw += n * 2;
+        stored += bytes;
+        std::string filters;
+        for (const auto& x : d["filters"]) filters += (filters.empty() ? "" : "+") + x.get<std::string>();
+        const auto chunks = d["chunks"].is_null() ? std::vector<uint64_t>{} : d["chunks"].get<std::vector<uint64_t>>();
+        out += fmt::format("    {:<8} {} {}, chunks {}, {}, {} (ratio {:.2f})\n", name,
+                           shape_text(d["shape"].get<std::vector<uint64_t>>()), d["dtype"].get<std::string>(),
+                           chunks.empty() ? "none" : shape_text(chunks), filters.empty() ? "no filters" : filters,
+                           human_bytes(static_cast<double>(bytes)), bytes ? (n * 2.0) / static_cast<double>(bytes) : 0.0);
+    }
+    const uint64_t fbytes = j["file_bytes"].get<uint64_t>();
+    out += fmt::format("  file:        {} ({} bytes); activations {} as float16, stored in {}: compression ratio {:.3f}\n",
+                       human_bytes(static_cast<double>(fbytes)), fbytes, human_bytes(static_cast<double>(raw)),
+                       human_bytes(static_cast<double>(stored)),
+                       stored ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
+    if (sum.is_object()) {
+        const bool has_ppl = sum.contains("perplexity") && sum["perplexity"].is_number();
+        if (has_ppl)
+            out += fmt::format("  perplexity:  {:.4f} (mean nll {:.4f} over {} predicted tokens)\n",
+                               sum["perplexity"].get<double>(), sum.value("nll_mean", std::nan("")),
+                               get(sum, "n_predicted"));
+        else
+            out += "  perplexity:  none recorded\n";
+    } else {
+        out += "  summary:     missing (the writer did not finish)\n";
+    }
+    if (prov.is_object())
+        out += fmt::format("  created:     {} by {} {} (commit {})\n", get(prov, "created_utc"), get(prov, "tool"),
+                           get(prov, "version"), get(prov, "commit"));
+    return out;
+}
+
+}  // namespace pkv

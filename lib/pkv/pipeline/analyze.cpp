@@ -1,0 +1,485 @@
+// `pkv analyze`: validation, then the streaming loop over (layer, KV head) and
+// sequences. The report is assembled in analyze_report.cpp.
+#include "pkv/pipeline/analyze.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include <fmt/ranges.h>
+
+#include "pkv/core/atomic_file.h"
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/core/progress.h"
+#include "pkv/core/rope.h"
+#include "pkv/kvcache/pre_rope.h"
+#include "pkv/kvdump/kv_dump.h"
+#include "pkv/quant/hadamard.h"
+#include "pkv/table/pattern_table.h"
+
+namespace pkv {
+
+using analyze::ConfigAccum;
+using analyze::PairResult;
+using analyze::RunSpec;
+
+namespace {
+
+// Warnings are logged once and kept for the report.
+struct Warnings {
+    std::vector<std::string> list;
+    void add(const std::string& w) {
+        if (std::find(list.begin(), list.end(), w) != list.end()) return;
+        log::warn("{}", w);
+        list.push_back(w);
+    }
+};
+
+// The dump's RoPE, to score pre-RoPE reconstructions with post-RoPE queries; nullopt
+// when the model record does not describe a plain (unscaled or linear) RoPE.
+std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D) {
+    if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
+    const std::string scaling = m.value("rope_scaling", std::string("none"));
+    if (scaling != "none" && scaling != "linear") return std::nullopt;
+    RopeParams r;
+    r.base = m["rope_freq_base"].get<double>();
+    r.freq_scale = m.value("rope_freq_scale", 1.0);
+    r.n_rot = m.value("n_rot", D);
+    const bool hf = dim_order == kvdump::kDimOrderHf;
+    r.layout = hf ? RopeLayout::half_split : RopeLayout::interleaved;
+    if (r.n_rot < 2 || r.n_rot > D || r.n_rot % 2 != 0 || (hf && r.n_rot != D)) return std::nullopt;
+    return r;
+}
+
+bool uses_table(const AnalyzeConfig& c) {
+    return std::find(c.methods.begin(), c.methods.end(), KvMethod::patternkv_table) != c.methods.end();
+}
+
+void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
+    PKV_CHECK(!c.methods.empty(), invalid_argument, "--methods: expected at least one method");
+    const bool minmax = std::any_of(c.methods.begin(), c.methods.end(), kv_method_takes_bits) || uses_table(c);
+    PKV_CHECK(!uses_table(c) || !c.table_path.empty(), invalid_argument,
+              "--methods patternkv-table needs --table (a pattern table from pkv calibrate)");
+    const int D = dump.head_dim();
+    PKV_CHECK(!c.bits.empty(), invalid_argument, "--bits: expected at least one width");
+    for (int b : c.bits)
+        PKV_CHECK(b == 2 || b == 3 || b == 4 || b == 8, invalid_argument, "--bits {}: expected 2, 3, 4 or 8", b);
+    PKV_CHECK(c.group >= 1, invalid_argument, "--group {}: expected at least 1", c.group);
+    PKV_CHECK(c.window >= 1, invalid_argument, "--window {}: expected at least 1", c.window);
+    if (minmax && c.group < D)
+        PKV_CHECK(D % c.group == 0, invalid_argument,
+                  "--group {} does not divide head_dim {} (per-token value groups of min(group, head_dim) channels)",
+                  c.group, D);
+    for (KvMethod m : c.methods)
+        if (m == KvMethod::q4_0 || m == KvMethod::q8_0)
+            PKV_CHECK(D % 32 == 0, unsupported, "{}: head_dim {}: {} needs a multiple of 32", dump.path(), D,
+                      kv_method_name(m));
+    if (c.rotate)
+        PKV_CHECK(D > 0 && (D & (D - 1)) == 0, unsupported, "--rotate: head_dim {}: hadamard rotation needs a power of two",
+                  D);
+    PKV_CHECK(c.patterns >= 1, invalid_argument, "--patterns {}: expected at least 1", c.patterns);
+    PKV_CHECK(c.pattern_cap == 0 || c.pattern_cap >= c.patterns, invalid_argument,
+              "--pattern-cap {}: expected 0 (no cap) or at least --patterns {}", c.pattern_cap, c.patterns);
+    PKV_CHECK(c.attn_stride >= 1, invalid_argument, "--attn-stride {}: expected at least 1", c.attn_stride);
+    PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill {}: expected at least 0", c.prefill);
+    const std::string kname = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
+    PKV_CHECK(dump.has(kname) || dump.has(kvdump::kV), not_found,
+              "{}: no {} and no {} dataset: nothing to analyse", dump.path(), kname, kvdump::kV);
+    for (int l : c.layers) {
+        const auto& ls = dump.layers();
+        PKV_CHECK(std::find(ls.begin(), ls.end(), l) != ls.end(), not_found,
+                  "--layers {}: layer not stored in {} (stored: {})", l, dump.path(), fmt::join(ls, ","));
+    }
+    for (int h : c.heads)
+        PKV_CHECK(h >= 0 && h < dump.n_head_kv(), out_of_range, "--heads {}: expected a KV head in [0, {})", h,
+                  dump.n_head_kv());
+}
+
+// The table must describe what is analysed: applying patterns of another model, key
+// basis or dim order would silently give meaningless errors.
+void validate_table(const AnalyzeConfig& c, const KvDumpReader& dump, const PatternTable& t,
+                    const std::vector<int>& layers) {
+    const std::string& tp = c.table_path;
+    const nlohmann::json model = dump.model();
+    const std::string sha = model.is_object() ? model.value("sha256", std::string()) : std::string();
+    PKV_CHECK(t.model.sha256 == sha, invalid_argument,
+              "--table {}: calibrated on model sha256 {} but {} comes from model sha256 {}", tp,
+              t.model.sha256.substr(0, 16), dump.path(), sha.substr(0, 16));
+    PKV_CHECK(t.model.n_head_kv == dump.n_head_kv() && t.model.head_dim == dump.head_dim(), invalid_argument,
+              "--table {}: n_head_kv {} / head_dim {} but the dump has {} / {}", tp, t.model.n_head_kv,
+              t.model.head_dim, dump.n_head_kv(), dump.head_dim());
+    const std::string basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    PKV_CHECK(t.key_basis == basis, invalid_argument, "--table {}: key basis is {} but --keys {} analyses {}", tp,
+              t.key_basis, c.keys_pre ? "pre" : "post", basis);
+    PKV_CHECK(t.key_dim_order == dump.dim_order(), invalid_argument,
+              "--table {}: key dim order is {} but the dump's is {} (re-export the table with the dump's order)", tp,
+              t.key_dim_order, dump.dim_order());
+    PKV_CHECK(t.rotation == ptable::kRotationNone || c.rotate, invalid_argument,
+              "--table {}: patterns are in the {}-rotated basis; add --rotate", tp, t.rotation);
+    PKV_CHECK(t.rotation_seed == 0, unsupported,
+              "--table {}: rotation seed {}: analyze rotates with the plain Hadamard matrix (seed 0)", tp, t.rotation_seed);
+    for (int l : layers)
+        PKV_CHECK(std::any_of(t.layers.begin(), t.layers.end(), [&](const PatternLayer& L) { return L.layer == l; }),
+                  invalid_argument, "--table {}: layer {} was not calibrated (restrict --layers)", tp, l);
+    if (t.group != c.group || t.window != c.window)
+        log::warn("--table {}: fitted with group {} / window {}, analysed with --group {} / --window {}", tp, t.group,
+                  t.window, c.group, c.window);
+}
+
+std::vector<RunSpec> make_runs(const AnalyzeConfig& c, const PatternTable* table) {
+    std::vector<RunSpec> runs;
+    for (int rot = 0; rot <= (c.rotate ? 1 : 0); ++rot)
+        for (KvMethod m : c.methods) {
+            if (m == KvMethod::patternkv_table) {
+                // One run, in the table's own basis, at the bits it was fitted for.
+                if ((rot == 1) == (table->rotation != ptable::kRotationNone)) runs.push_back({m, table->bits, rot == 1});
+            } else if (kv_method_takes_bits(m))
+                for (int b : c.bits) runs.push_back({m, b, rot == 1});
+            else
+                runs.push_back({m, kv_method_fixed_bits(m), rot == 1});
+        }
+    return runs;
+}
+
+// What the per-head work needs, fixed for the whole run.
+struct Context {
+    Context(const AnalyzeConfig& c_, KvDumpReader& dump_, const PatternTable* table_, AnalyzeResult& out_,
+            Warnings& warn_)
+        : c(c_), dump(dump_), table(table_), out(out_), warn(warn_) {}
+    const AnalyzeConfig& c;
+    KvDumpReader& dump;
+    const PatternTable* table;
+    AnalyzeResult& out;
+    Warnings& warn;
+    std::string kname;                 // the key dataset analysed
+    int D = 0, group_q = 0;
+    std::optional<RopeTable> rope;     // --keys pre with attention: RoPE of the longest sequence
+    SimParams base;
+    int hist_run = -1;                 // the run whose residuals feed the histograms
+    KvDumpReader::Sequences seqs;
+};
+
+// One sequence of one head, as read from the dump (unrotated).
+struct SeqData {
+    int64_t n = 0, P = 0;
+    std::vector<float> k, v, kpost;
+    std::vector<std::vector<float>> qs;  // the head's query heads
+};
+
+bool is_pattern_method(KvMethod m) { return m == KvMethod::patternkv || m == KvMethod::patternkv_table; }
+
+// Simulates every run of `idx` on k and v (one basis) and accumulates their errors and flatness.
+void simulate_runs(const Context& x, const std::vector<size_t>& idx, const std::vector<float>& k,
+                   const std::vector<float>& v, const SeqData& sd, const TableHeadView& tk, const TableHeadView& tv,
+                   PairResult& pr, std::vector<SimResult>& sk, std::vector<SimResult>& sv) {
+    const int64_t n = sd.n;
+    const int D = x.D;
+    sk.assign(idx.size(), {});
+    sv.assign(idx.size(), {});
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < static_cast<int64_t>(idx.size()); ++i) {
+        const RunSpec& run = x.out.runs[idx[i]];
+        ConfigAccum& acc = pr.configs[idx[i]];
+        SimParams sp = x.base;
+        sp.method = run.method;
+        sp.bits = run.bits;
+        sp.table_k = &tk;
+        sp.table_v = &tv;
+        if (x.out.has_k) {
+            sk[i] = simulate_cache(sp, KvTensor::k, k.data(), n, D, sd.P);
+            acc.k.add(k.data(), sk[i].recon.data(), n * D);
+            acc.k.bits += sk[i].bits.total();
+            acc.k.elements += static_cast<double>(n) * D;
+            if (is_pattern_method(run.method))
+                accumulate_flatness(acc.flat_k, KvTensor::k, k.data(), n, D, x.c.group, &sk[i]);
+        }
+        if (x.out.has_v) {
+            sv[i] = simulate_cache(sp, KvTensor::v, v.data(), n, D, sd.P);
+            acc.v.add(v.data(), sv[i].recon.data(), n * D);
+            acc.v.bits += sv[i].bits.total();
+            acc.v.elements += static_cast<double>(n) * D;
+            if (is_pattern_method(run.method))
+                accumulate_flatness(acc.flat_v, KvTensor::v, v.data(), n, D, x.c.group, &sv[i]);
+        }
+    }
+}
+
+// Raw and residual values of the tokens holding a pattern, for the report's histograms.
+void add_histogram(const Context& x, HistAccum& h, const std::vector<float>& data, int64_t n, const SimResult& sim,
+                   bool keys) {
+    const int D = x.D;
+    std::vector<float> raw, res;
+    for (int64_t t = 0; t < n && sim.pattern[t] >= 0; ++t) {
+        const float* cc = sim.bank.data() + static_cast<int64_t>(sim.pattern[t]) * D;
+        const bool sub = keys || sim.gate[t];
+        for (int d = 0; d < D; ++d) {
+            raw.push_back(data[t * D + d]);
+            res.push_back(data[t * D + d] - (sub ? cc[d] : 0.0f));
+        }
+    }
+    h.add(raw.data(), static_cast<int64_t>(raw.size()), res.data(), static_cast<int64_t>(res.size()), x.c.hist_bins);
+}
+
+// Attention of the head's queries against every simulated cache of `idx`. Post-RoPE keys
+// are scored in the simulation basis (queries rotated alike); pre-RoPE reconstructions are
+// rotated back and turned into the post-RoPE keys the cache would present.
+void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, const SeqData& sd,
+                   const std::vector<float>& k, const std::vector<float>& v, const std::vector<SimResult>& sk,
+                   const std::vector<SimResult>& sv, PairResult& pr) {
+    const int64_t n = sd.n;
+    const int D = x.D;
+    std::vector<std::vector<float>> khat_store;
+    khat_store.reserve(idx.size());
+    std::vector<AttnCache> caches;
+    for (size_t i = 0; i < idx.size(); ++i) {
+        AttnCache ca;
+        if (x.c.keys_pre) {
+            std::vector<float> r = sk[i].recon;
+            if (rot) hadamard_rotate_rows(r.data(), n, D, nullptr, true);
+            pre_rope_recon_to_post(r.data(), sd.k.data(), sd.kpost.data(), n, D, *x.rope);
+            khat_store.push_back(std::move(r));
+            ca.k_hat = khat_store.back().data();
+        } else {
+            ca.k_hat = sk[i].recon.data();
+        }
+        ca.flush_k = sk[i].flush_step.data();
+        ca.v_hat = sv[i].recon.data();
+        ca.flush_v = sv[i].flush_step.data();
+        ca.acc = &pr.configs[idx[i]].attn;
+        caches.push_back(ca);
+    }
+    const std::vector<float>& kexact = x.c.keys_pre ? sd.kpost : k;
+    for (const auto& qh : sd.qs) {
+        std::vector<float> qq = qh;
+        if (rot && !x.c.keys_pre) hadamard_rotate_rows(qq.data(), n, D);
+        accumulate_attention(qq.data(), kexact.data(), v.data(), n, D, x.c.attn_stride, caches);
+    }
+}
+
+SeqData read_sequence(const Context& x, int slot, int head, size_t s) {
+    SeqData sd;
+    const int64_t t0 = x.seqs.start[s];
+    sd.n = x.seqs.length[s];
+    sd.P = analyze_prefill(sd.n, x.c.prefill, x.c.window);
+    if (x.out.has_k) sd.k = x.dump.read_head(x.kname, slot, head, t0, sd.n);
+    if (x.out.has_v) sd.v = x.dump.read_head(kvdump::kV, slot, head, t0, sd.n);
+    if (x.out.has_attn) {
+        for (int g = 0; g < x.group_q; ++g)
+            sd.qs.push_back(x.dump.read_head(kvdump::kQ, slot, head * x.group_q + g, t0, sd.n));
+        if (x.c.keys_pre) sd.kpost = x.dump.read_head(kvdump::kKPost, slot, head, t0, sd.n);
+    }
+    return sd;
+}
+
+// Every run of one sequence of one head, in the model's basis and (--rotate) the rotated one.
+void analyze_sequence(const Context& x, const SeqData& sd, const TableHeadView& tk, const TableHeadView& tv,
+                      PairResult& pr) {
+    const int64_t n = sd.n;
+    const int D = x.D;
+    for (int rot = 0; rot <= (x.c.rotate ? 1 : 0); ++rot) {
+        std::vector<float> k = sd.k, v = sd.v;
+        if (rot) {
+            if (x.out.has_k) hadamard_rotate_rows(k.data(), n, D);
+            if (x.out.has_v) hadamard_rotate_rows(v.data(), n, D);
+        }
+        if (x.out.has_k) accumulate_flatness(pr.raw_k[rot], KvTensor::k, k.data(), n, D, x.c.group, nullptr);
+        if (x.out.has_v) accumulate_flatness(pr.raw_v[rot], KvTensor::v, v.data(), n, D, x.c.group, nullptr);
+        std::vector<size_t> idx;
+        for (size_t r = 0; r < x.out.runs.size(); ++r)
+            if (x.out.runs[r].rotate == (rot == 1)) idx.push_back(r);
+        std::vector<SimResult> sk, sv;
+        simulate_runs(x, idx, k, v, sd, tk, tv, pr, sk, sv);
+        if (pr.has_hist && !rot)
+            for (size_t i = 0; i < idx.size(); ++i) {
+                if (static_cast<int>(idx[i]) != x.hist_run) continue;
+                if (x.out.has_k) add_histogram(x, pr.hist_k, k, n, sk[i], true);
+                if (x.out.has_v) add_histogram(x, pr.hist_v, v, n, sv[i], false);
+            }
+        if (x.out.has_attn) add_attention(x, idx, rot == 1, sd, k, v, sk, sv, pr);
+    }
+}
+
+// patternkv-table: one head's rows of the table (empty views without a table).
+void table_views(const Context& x, int layer, int head, TableHeadView& tk, TableHeadView& tv) {
+    if (!x.table) return;
+    const PatternTable& t = *x.table;
+    const PatternLayer& L =
+        *std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& p) { return p.layer == layer; });
+    const bool l2 = t.assign == ptable::kAssignL2;
+    tk = {L.k_patterns.data() + static_cast<int64_t>(head) * t.k_patterns * x.D, t.k_patterns, L.k_clip[head],
+          ptable::kDefaultGateZ, l2};
+    tv = {L.v_patterns.data() + static_cast<int64_t>(head) * t.v_patterns * x.D, t.v_patterns, L.v_clip[head],
+          L.v_gate_z[head], l2};
+}
+
+PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool has_hist, Progress& progress) {
+    TableHeadView tk, tv;
+    table_views(x, layer, head, tk, tv);
+    PairResult pr;
+    pr.layer = layer;
+    pr.head = head;
+    pr.configs.resize(x.out.runs.size());
+    pr.has_hist = has_hist;
+    const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
+    for (size_t s = 0; s < x.seqs.start.size(); ++s) {
+        check_interrupted();
+        if (x.seqs.length[s] <= 0) continue;
+        const SeqData sd = read_sequence(x, slot, head, s);
+        if (sd.P < x.c.patterns && mines)
+            x.warn.add(fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
+                                   "k-means uses k = {}",
+                                   sd.P, x.c.patterns, sd.P));
+        analyze_sequence(x, sd, tk, tv, pr);
+        progress.advance(static_cast<uint64_t>(sd.n));
+    }
+    return pr;
+}
+
+// Which datasets exist decides which metrics the report can have; each gap is a warning.
+void plan_metrics(Context& x) {
+    AnalyzeResult& out = x.out;
+    const std::string& path = x.dump.path();
+    out.has_k = x.dump.has(x.kname);
+    out.has_v = x.dump.has(kvdump::kV);
+    if (!out.has_k) x.warn.add(fmt::format("{}: no {} dataset: key metrics are null", path, x.kname));
+    if (!out.has_v) x.warn.add(fmt::format("{}: no {} dataset: value metrics are null", path, kvdump::kV));
+    out.has_attn = x.dump.has(kvdump::kQ) && out.has_k && out.has_v;
+    if (!x.dump.has(kvdump::kQ)) {
+        x.warn.add(fmt::format("{}: no {} dataset (queries not captured): attention metrics skipped", path, kvdump::kQ));
+    } else if (out.has_attn && x.c.keys_pre) {
+        const std::optional<RopeParams> rope = rope_from_model(x.dump.model(), x.dump.dim_order(), x.D);
+        if (!x.dump.has(kvdump::kKPost) || !rope) {
+            out.has_attn = false;
+            x.warn.add(fmt::format("{}: --keys pre needs {} and a plain RoPE description in the model record to "
+                                   "score attention: attention metrics skipped",
+                                   path, kvdump::kKPost));
+        } else {
+            int32_t longest = 0;
+            for (int32_t n : x.seqs.length) longest = std::max(longest, n);
+            x.rope = rope_table(*rope, longest);
+        }
+    } else if (!out.has_attn) {
+        x.warn.add(fmt::format("{}: attention metrics need keys and values: skipped", path));
+    }
+}
+
+nlohmann::json table_record(const AnalyzeConfig& c, const PatternTable& t) {
+    return {{"path", c.table_path},
+            {"bits", t.bits},
+            {"group", t.group},
+            {"window", t.window},
+            {"k_patterns", t.k_patterns},
+            {"v_patterns", t.v_patterns},
+            {"assign", t.assign},
+            {"rotation", t.rotation},
+            {"calibration",
+             {{"dumps", t.calibration.value("dumps", nlohmann::json::array())},
+              {"tokens", t.calibration.value("tokens", nlohmann::json::object())},
+              {"seed", t.calibration.value("seed", nlohmann::json(nullptr))}}}};
+}
+
+// Histograms for up to 6 (layer, head) pairs spread over the analysed ones (patternkv only).
+std::set<size_t> histogram_pairs(Context& x, size_t n_pairs) {
+    for (size_t r = 0; r < x.out.runs.size(); ++r)
+        if (x.out.runs[r].method == KvMethod::patternkv && !x.out.runs[r].rotate) {
+            x.hist_run = static_cast<int>(r);
+            break;
+        }
+    std::set<size_t> pairs;
+    const size_t n_hist = std::min<size_t>(6, n_pairs);
+    if (x.hist_run >= 0)
+        for (size_t i = 0; i < n_hist; ++i) pairs.insert(i * n_pairs / n_hist);
+    return pairs;
+}
+
+}  // namespace
+
+int64_t analyze_prefill(int64_t n, int64_t prefill, int window) {
+    if (prefill >= 0) return std::min(n, prefill);
+    return (n / 2) / window * window;
+}
+
+std::vector<KvMethod> parse_method_list(const std::string& list) {
+    std::vector<KvMethod> out;
+    std::stringstream ss(list);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        if (item.empty()) continue;
+        const KvMethod m = parse_kv_method(item);
+        if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+    }
+    PKV_CHECK(!out.empty(), invalid_argument, "--methods '{}': expected at least one method", list);
+    return out;
+}
+
+AnalyzeResult run_analyze(const AnalyzeConfig& c) {
+    KvDumpReader dump(c.dump_path);
+    validate(c, dump);
+    std::unique_ptr<PatternTable> table;
+    if (uses_table(c)) table = std::make_unique<PatternTable>(read_pattern_table(c.table_path));
+    const int n_head = dump.n_head(), n_kv = dump.n_head_kv();
+    PKV_CHECK(n_kv >= 1 && n_head % n_kv == 0, data_loss, "{}: n_head {} is not a multiple of n_head_kv {}",
+              dump.path(), n_head, n_kv);
+
+    Warnings warn;
+    AnalyzeResult out;
+    out.config = std::make_shared<const AnalyzeConfig>(c);
+    Context x(c, dump, table.get(), out, warn);
+    x.kname = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
+    x.D = dump.head_dim();
+    x.group_q = n_head / n_kv;
+    x.seqs = dump.sequences();
+    out.runs = make_runs(c, table.get());
+    out.n_tokens = dump.n_tokens();
+    plan_metrics(x);
+
+    // (slot, layer) and heads to analyse.
+    std::vector<std::pair<int, int>> slots;
+    for (int s = 0; s < dump.n_layers(); ++s) {
+        const int l = dump.layers()[s];
+        if (c.layers.empty() || std::find(c.layers.begin(), c.layers.end(), l) != c.layers.end())
+            slots.push_back({s, l});
+    }
+    out.heads = c.heads;
+    if (out.heads.empty())
+        for (int h = 0; h < n_kv; ++h) out.heads.push_back(h);
+    for (const auto& s : slots) out.layers.push_back(s.second);
+    if (table) {
+        validate_table(c, dump, *table, out.layers);
+        out.table = table_record(c, *table);
+    }
+    x.base.group = c.group;
+    x.base.window = c.window;
+    x.base.patterns = c.patterns;
+    x.base.pattern_cap = c.pattern_cap;
+    x.base.decode_l2 = c.assign_l2;
+    x.base.seed = c.seed;
+
+    const size_t n_pairs = slots.size() * out.heads.size();
+    const std::set<size_t> hist_pairs = histogram_pairs(x, n_pairs);
+    install_interrupt_handlers();
+    Progress progress("analyze", static_cast<uint64_t>(n_pairs) * static_cast<uint64_t>(out.n_tokens), "tok");
+    for (const auto& [slot, layer] : slots)
+        for (int head : out.heads)
+            out.pairs.push_back(analyze_pair(x, slot, layer, head, hist_pairs.count(out.pairs.size()) > 0, progress));
+    progress.finish();
+
+    const nlohmann::json model = dump.model();
+    out.model = {{"name", model.value("name", std::string("unknown"))},
+                 {"n_layer", model.value("n_layer", dump.n_layers())},
+                 {"n_head", n_head},
+                 {"n_head_kv", n_kv},
+                 {"head_dim", x.D}};
+    out.dump_model = model.is_object() ? model : nlohmann::json::object();
+    const nlohmann::json prov = dump.provenance();
+    out.dump_provenance = prov.is_object() ? prov : nlohmann::json::object();
+    out.warnings = warn.list;
+    return out;
+}
+
+}  // namespace pkv

@@ -1,0 +1,61 @@
+// pkv/pipeline/analyze.h — `pkv analyze` as one library call: simulate KV-cache
+// methods on a KV dump and measure them (docs/numerics.md, docs/formats/report.md).
+//
+// Work is streamed one (layer, KV head) at a time and, inside it, one sequence at a
+// time: only one sequence's K, V and queries are in memory, so peak memory depends on
+// the sequence length (--ctx of the dump) and not on the dump's token count.
+// Every sequence (from /sequences/start, length) is an independent cache: its first
+// P tokens are the prefill, the rest decode steps.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pkv/kvcache/simulate.h"
+#include "pkv/pipeline/analyze_result.h"
+
+namespace pkv {
+
+struct AnalyzeConfig {
+    std::string dump_path;
+    std::vector<KvMethod> methods = {KvMethod::fp16, KvMethod::kivi, KvMethod::patternkv,
+                                     KvMethod::q4_0,  KvMethod::q8_0, KvMethod::fp8};
+    std::vector<int> bits = {2, 4};   ///< kivi / patternkv widths, each of 2, 3, 4, 8
+    int group = 128;                  ///< G
+    int window = 128;                 ///< R
+    int64_t prefill = -1;             ///< P per sequence (capped at its length); -1: n/2 rounded down to a multiple of R
+    int patterns = 32;
+    int pattern_cap = 0;              ///< 0: unbounded
+    bool keys_pre = false;            ///< analyse /k_pre instead of /k_post
+    bool assign_l2 = false;           ///< patternkv decode assignment by L2 instead of min-max
+    bool rotate = false;              ///< also run every method on Hadamard-rotated heads
+    std::vector<int> layers;          ///< model layers (empty: all stored)
+    std::vector<int> heads;           ///< KV heads (empty: all)
+    int attn_stride = 1;              ///< query positions t with t % stride == 0
+    uint64_t seed = 0;
+    /// Pattern table for patternkv-table (pkv calibrate). Its model must be the dump's,
+    /// its key basis the analysed one (--keys), its key dim order the dump's; it runs at
+    /// the table's bits, with --group and --window. A rotated table needs `rotate`.
+    std::string table_path;
+    int hist_bins = 48;
+    std::vector<std::string> argv;    ///< recorded as provenance
+};
+
+/// Validates the configuration against the dump (methods, bits, group fit, layers,
+/// heads, datasets) and throws pkv::Error naming the offending option before any work.
+/// Then runs and returns what it measured (report/report.h analyze_report_json turns it
+/// into the report, format pkv.analyze_report 1.0). Progress goes to stderr; warnings
+/// are logged once each and kept in the result's `warnings`.
+AnalyzeResult run_analyze(const AnalyzeConfig& config);
+
+/// "fp16,kivi" -> methods; throws invalid_argument naming an unknown method.
+std::vector<KvMethod> parse_method_list(const std::string& list);
+
+/// Prefill length of a sequence of n tokens: min(n, prefill) when prefill >= 0, else
+/// floor(n / 2 / R) * R.
+int64_t analyze_prefill(int64_t n, int64_t prefill, int window);
+
+}  // namespace pkv

@@ -1,0 +1,210 @@
+// `pkv eval`: validation, token stream, and the per-sequence loop over the fp16
+// reference and every method. The report's Markdown is in eval_report.cpp.
+#include "pkv/pipeline/eval.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "pkv/core/atomic_file.h"
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/core/progress.h"
+#include "pkv/core/sha256.h"
+#include "pkv/pipeline/provenance.h"
+#include "pkv/pipeline/text_input.h"
+#include "pkv/core/version.h"
+#include "pkv/pipeline/eval_cache.h"
+#include "pkv/gguf/gguf.h"
+#include "pkv/model/llama.h"
+#include "pkv/tokenizer/tokenizer.h"
+
+namespace pkv {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// CPU time of the whole process (all threads): steadier than wall time on shared
+// cores, where another program's load stretches whichever method runs at the time.
+double cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+void check_config(const EvalConfig& c) {
+    check_model_and_texts(c.model_path, c.text_paths);
+    PKV_CHECK(c.n_tokens >= 2, invalid_argument, "--tokens: expected at least 2, got {}", c.n_tokens);
+    PKV_CHECK(c.ctx >= 2, invalid_argument, "--ctx: expected at least 2, got {}", c.ctx);
+    PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill: expected at least 0, got {}", c.prefill);
+    PKV_CHECK(!c.kv.empty(), invalid_argument, "--kv: expected at least one method spec");
+}
+
+// The method specs, parsed and checked for duplicates before the model loads.
+std::vector<KvSpec> parse_specs(const EvalConfig& c) {
+    std::vector<KvSpec> specs;
+    std::set<std::string> labels;
+    for (const auto& t : c.kv) {
+        specs.push_back(parse_kv_spec(t));
+        PKV_CHECK(labels.insert(specs.back().label()).second, invalid_argument,
+                  "--kv '{}': the same method as an earlier --kv ({})", t, specs.back().label());
+    }
+    return specs;
+}
+
+// Counts the sequences and scored positions; refuses a prefill that leaves nothing to score.
+void count_positions(const EvalConfig& c, EvalResult& r) {
+    const int64_t T = c.n_tokens;
+    for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
+        const int64_t n = std::min<int64_t>(c.ctx, T - t0);
+        r.scored_decode += std::max<int64_t>(0, n - 1 - eval_prefill(n, c.prefill));
+        r.scored_all += n - 1;
+        ++r.n_sequences;
+    }
+    PKV_CHECK(r.scored_decode > 0, invalid_argument,
+              "--prefill {}: leaves no decode position to score (sequences of up to {} tokens; decode positions are "
+              "t >= prefill with a next token)",
+              c.prefill, std::min<int64_t>(c.ctx, T));
+    const int64_t P = eval_prefill(std::min<int64_t>(c.ctx, T), c.prefill);
+    for (const auto& s : r.specs)
+        if (s.method == KvMethod::patternkv && !s.table && P < s.patterns)
+            log::warn("--kv '{}': the prefill of {} tokens is shorter than its {} patterns: k-means uses k = prefill",
+                      s.text, P, s.patterns);
+}
+
+std::vector<bool> keep_layers(const EvalConfig& c, int L) {
+    std::vector<bool> keep(L, false);
+    for (int l : c.keep_fp16_layers) {
+        PKV_CHECK(l >= 0 && l < L, out_of_range, "--keep-fp16-layers: layer {} is out of range: {} has layers 0-{}", l,
+                  c.model_path, L - 1);
+        keep[l] = true;
+    }
+    return keep;
+}
+
+// Runs variant v (0: the fp16 reference, else method v - 1) on one sequence; returns
+// its final hidden states and adds its time and cache storage.
+std::vector<float> run_variant(LlamaModel& model, const std::vector<int32_t>& ids, int64_t P, MethodCache* cache,
+                               EvalAccum& acc) {
+    const LlamaHparams& hp = model.hparams();
+    const int n = static_cast<int>(ids.size());
+    ForwardOptions opts;
+    opts.want_nll = false;
+    opts.want_hidden = true;
+    if (cache) {
+        cache->begin_sequence(n, P);
+        opts.kv_cache = cache->hook();
+    }
+    const auto t = Clock::now();
+    const double c0 = cpu_seconds();
+    std::vector<float> hidden = model.forward(ids, opts).hidden;
+    acc.seconds += seconds_since(t);
+    acc.cpu += cpu_seconds() - c0;
+    const double elements = static_cast<double>(n) * hp.head_dim * hp.n_head_kv * hp.n_layer;
+    const double kb = cache ? cache->key_bits() : exact_bits(elements);
+    const double vb = cache ? cache->value_bits() : exact_bits(elements);
+    acc.k_bits += kb;
+    acc.v_bits += vb;
+    acc.elements += elements;
+    acc.kv_bytes_peak = std::max(acc.kv_bytes_peak, (kb + vb) / 8.0);
+    return hidden;
+}
+
+// Adds one sequence's next-token statistics of variant v against the reference (st[0]).
+void add_scores(const std::vector<NextTokenStats>& st, size_t v, int n, int64_t P, EvalAccum& acc) {
+    for (int i = 0; i + 1 < n; ++i) {
+        const bool dec = i >= P;
+        const double kl = v > 0 ? st[v].kl[i] : 0.0;
+        const bool same = st[v].argmax[i] == st[0].argmax[i];
+        acc.nll_all += st[v].nll[i];
+        acc.kl_all += kl;
+        acc.top1_all += same;
+        if (dec) {
+            acc.nll_dec += st[v].nll[i];
+            acc.kl_dec += kl;
+            acc.top1_dec += same;
+        }
+    }
+}
+
+}  // namespace
+
+int64_t eval_prefill(int64_t n, int64_t prefill) {
+    if (prefill >= 0) return std::min(n, prefill);
+    return (n / 2) / 128 * 128;
+}
+
+EvalResult run_eval(const EvalConfig& c) {
+    check_config(c);
+    EvalResult r;
+    r.config = std::make_shared<const EvalConfig>(c);
+    // Specs first: a typo should not wait for the model to load.
+    r.specs = parse_specs(c);
+    const auto t_start = Clock::now();
+    auto file = GgufFile::open(c.model_path);
+    LlamaModel model(file);
+    const LlamaHparams& hp = model.hparams();
+    PKV_CHECK(static_cast<uint32_t>(c.ctx) <= hp.n_ctx_train, out_of_range,
+              "--ctx {}: longer than the model's context length {} ({}: {}.context_length)", c.ctx, hp.n_ctx_train,
+              c.model_path, hp.arch);
+    for (const auto& s : r.specs) check_kv_spec(s, static_cast<int>(hp.head_dim));
+    const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
+
+    install_interrupt_handlers();
+    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, r.sources);
+    count_positions(c, r);
+
+    const size_t M = r.specs.size();
+    r.model_sha256 = sha256_file(c.model_path);
+    r.model_name = hp.name;
+    r.model = model_json(hp, *file, c.model_path, r.model_sha256);
+    std::vector<std::unique_ptr<MethodCache>> caches;
+    for (const auto& s : r.specs) {
+        std::shared_ptr<const PatternTable> table;
+        if (s.table) {
+            auto t = std::make_shared<PatternTable>(read_pattern_table(s.table_path));
+            check_table_for_eval(s, *t, hp, r.model_sha256, keep);
+            table = std::move(t);
+        }
+        caches.push_back(std::make_unique<MethodCache>(s, c.seed, keep, hp, std::move(table)));
+    }
+    std::vector<EvalAccum> acc(M + 1);
+    const int64_t T = c.n_tokens;
+    Progress progress("eval", static_cast<uint64_t>(T) * (M + 1), "tok");
+    for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
+        const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
+        const int64_t P = eval_prefill(n, c.prefill);
+        const std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
+        std::vector<std::vector<float>> hidden(M + 1);
+        for (size_t v = 0; v <= M; ++v) {
+            check_interrupted();
+            hidden[v] = run_variant(model, ids, P, v > 0 ? caches[v - 1].get() : nullptr, acc[v]);
+            progress.advance(static_cast<uint64_t>(n));
+        }
+        std::vector<const float*> hp_ptr;
+        for (const auto& h : hidden) hp_ptr.push_back(h.data());
+        const auto t = Clock::now();
+        const std::vector<NextTokenStats> st = model.compare_next_token(ids, hp_ptr);
+        r.compare_seconds += seconds_since(t);
+        for (size_t v = 0; v <= M; ++v) add_scores(st, v, n, P, acc[v]);
+    }
+    progress.finish();
+    r.seconds = seconds_since(t_start);
+    r.reference = acc[0];
+    r.methods.assign(acc.begin() + 1, acc.end());
+    return r;
+}
+
+}  // namespace pkv

@@ -1,0 +1,83 @@
+// pkv/pipeline/eval.h — `pkv eval` as one library call: the model's next-token quality
+// when its KV cache is held as a runtime would hold it, for several methods side by
+// side over the same tokens (docs/eval.md).
+//
+// Tokens: as `pkv dump` takes them (each text tokenized on its own, no special-token
+// parsing, concatenated, the first n_tokens cut into independent sequences of ctx
+// tokens, the last possibly shorter, each starting at position 0), so the fp16
+// reference perplexity equals the dump's for the same --tokens/--ctx.
+//
+// Per sequence of n tokens with prefill P: the fp16 reference runs once (plain
+// forward); every method then runs the whole model again with a KV-cache hook, layer
+// by layer: layer l's exact K/V (computed from the layers below as they ran under
+// that method) are simulated per KV head with simulate_cache(), and query t attends
+// to recon[j] where flush_step[j] <= t and to the exact K/V otherwise. Finally the
+// output matrix meets all variants' hidden states in one pass (compare_next_token),
+// so KL and top-1 against fp16 never need [n, n_vocab] in memory.
+//
+// Scored positions: decode positions t in [P, n-2] (the query of token t predicting
+// token t+1) give ppl, mean KL and top-1 agreement; ppl_all uses every t in [0, n-2].
+// Default P: n/2 rounded down to a multiple of 128 (as `pkv analyze` with its
+// default window). Memory: the model mapping, one layer in fp32, one sequence's
+// activations, and [n, n_embd] floats per method for the final comparison.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pkv/kvcache/kv_spec.h"
+#include "pkv/kvdump/kv_dump.h"
+
+namespace pkv {
+
+struct EvalConfig {
+    std::string model_path;
+    std::vector<std::string> text_paths;
+    int64_t n_tokens = 4096;
+    int ctx = 2048;                         ///< tokens per sequence, <= the model's context length
+    std::vector<std::string> kv;            ///< method specs (kv_spec.h), each run against fp16
+    std::vector<int> keep_fp16_layers;      ///< layers whose cache stays exact for every method
+    int64_t prefill = -1;                   ///< P per sequence (capped at its length); -1: default above
+    uint64_t seed = 0;                      ///< patternkv k-means seed
+    std::vector<std::string> argv;          ///< recorded as provenance
+};
+
+/// Sums of one variant (the fp16 reference or a method) over the scored positions of
+/// every sequence: "dec" over decode positions t in [P, n-2], "all" over t in [0, n-2].
+struct EvalAccum {
+    double nll_dec = 0, nll_all = 0, kl_dec = 0, kl_all = 0;  ///< nats
+    int64_t top1_dec = 0, top1_all = 0;                       ///< positions whose argmax matches fp16's
+    double seconds = 0, cpu = 0;                              ///< forward passes: wall and process CPU time
+    double k_bits = 0, v_bits = 0, elements = 0;              ///< cache storage; elements of K (= of V)
+    double kv_bytes_peak = 0;                                 ///< largest final cache of one sequence
+};
+
+/// What run_eval measured (report/report.h eval_report_json turns it into the report).
+struct EvalResult {
+    std::shared_ptr<const EvalConfig> config;
+    std::vector<KvSpec> specs;                ///< parsed from config->kv, in order
+    nlohmann::json model;                     ///< the model record (pipeline/provenance.h model_json)
+    std::string model_sha256, model_name;
+    std::vector<TextSource> sources;
+    int64_t n_sequences = 0, scored_decode = 0, scored_all = 0;
+    double seconds = 0, compare_seconds = 0;  ///< whole run; the final next-token comparison
+    EvalAccum reference;
+    std::vector<EvalAccum> methods;           ///< parallel to specs
+};
+
+/// Validates everything (files, numbers, specs against the model, layers) before any
+/// forward pass and throws pkv::Error naming the offending input; then runs and
+/// returns what it measured (docs/eval.md). Progress on stderr.
+EvalResult run_eval(const EvalConfig& config);
+
+
+
+/// Default prefill of a sequence of n tokens: floor(n / 2 / 128) * 128; otherwise
+/// min(n, prefill).
+int64_t eval_prefill(int64_t n, int64_t prefill);
+
+}  // namespace pkv

@@ -1,0 +1,127 @@
+// One method's cache per (layer, KV head, tensor); see eval_cache.h.
+#include "pkv/pipeline/eval_cache.h"
+
+#include <algorithm>
+
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/kvcache/pre_rope.h"
+#include "pkv/quant/hadamard.h"
+
+namespace pkv {
+
+MethodCache::MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> keep_fp16, const LlamaHparams& hp,
+                         std::shared_ptr<const PatternTable> table)
+    : spec_(spec),
+      params_(kv_spec_sim_params(spec, seed)),
+      keep_(std::move(keep_fp16)),
+      n_layer_(static_cast<int>(hp.n_layer)),
+      n_head_kv_(static_cast<int>(hp.n_head_kv)),
+      rope_params_(rope_params(hp)) {
+    PKV_ASSERT(keep_.size() == static_cast<size_t>(n_layer_));
+    bits_.assign(static_cast<size_t>(n_layer_) * n_head_kv_ * 2, 0.0);
+    table_ = std::move(table);
+    PKV_ASSERT(!spec_.table || table_);
+    if (table_) {
+        views_.resize(bits_.size());
+        const int D = static_cast<int>(hp.head_dim);
+        const bool l2 = table_->assign == ptable::kAssignL2;
+        for (const PatternLayer& L : table_->layers) {
+            if (L.layer >= n_layer_) continue;
+            for (int h = 0; h < n_head_kv_; ++h) {
+                const size_t i = (static_cast<size_t>(L.layer) * n_head_kv_ + h) * 2;
+                views_[i] = {L.k_patterns.data() + static_cast<int64_t>(h) * table_->k_patterns * D,
+                             table_->k_patterns, L.k_clip[h], ptable::kDefaultGateZ, l2};
+                views_[i + 1] = {L.v_patterns.data() + static_cast<int64_t>(h) * table_->v_patterns * D,
+                                 table_->v_patterns, L.v_clip[h], L.v_gate_z[h], l2};
+            }
+        }
+    }
+}
+
+void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const LlamaHparams& hp,
+                          const std::string& model_sha256, const std::vector<bool>& keep_fp16) {
+    const std::string& p = spec.table_path;
+    PKV_CHECK(t.model.sha256 == model_sha256, invalid_argument,
+              "--kv '{}': {} was calibrated on model sha256 {}, not on this model ({})", spec.text, p,
+              t.model.sha256.substr(0, 16), model_sha256.substr(0, 16));
+    PKV_CHECK(t.model.n_head_kv == static_cast<int>(hp.n_head_kv) && t.model.head_dim == static_cast<int>(hp.head_dim),
+              invalid_argument, "--kv '{}': {} has n_head_kv {} / head_dim {}, the model {} / {}", spec.text, p,
+              t.model.n_head_kv, t.model.head_dim, hp.n_head_kv, hp.head_dim);
+    const std::string basis = spec.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    PKV_CHECK(t.key_basis == basis, invalid_argument, "--kv '{}': {} holds {} key patterns but the spec quantizes {} keys{}",
+              spec.text, p, t.key_basis, basis, spec.keys_pre ? "" : " (add :pre)");
+    PKV_CHECK(t.key_dim_order == "gguf_interleaved", invalid_argument,
+              "--kv '{}': {} has key dim order {}, but the model computes gguf_interleaved keys (export the table "
+              "with --key-order gguf)",
+              spec.text, p, t.key_dim_order);
+    const bool rotated = t.rotation != ptable::kRotationNone;
+    PKV_CHECK(rotated == spec.rotate && t.rotation_seed == 0, invalid_argument,
+              "--kv '{}': {} is in the {} basis but the spec {} rotate (:rot)", spec.text, p, t.rotation,
+              spec.rotate ? "does" : "does not");
+    PKV_CHECK(t.bits == spec.bits, invalid_argument, "--kv '{}': {} was fitted for {}-bit residuals, not {}", spec.text,
+              p, t.bits, spec.bits);
+    for (size_t l = 0; l < keep_fp16.size(); ++l)
+        PKV_CHECK(keep_fp16[l] || std::any_of(t.layers.begin(), t.layers.end(),
+                                              [&](const PatternLayer& L) { return L.layer == static_cast<int>(l); }),
+                  invalid_argument, "--kv '{}': {} has no patterns for layer {} (calibrate it or keep it in fp16)",
+                  spec.text, p, l);
+    if (t.group != spec.group || t.window != spec.window)
+        log::warn("--kv '{}': {} was fitted with group {} / window {}, the spec uses {} / {}", spec.text, p, t.group,
+                  t.window, spec.group, spec.window);
+}
+
+void MethodCache::begin_sequence(int n, int64_t prefill) {
+    PKV_ASSERT(n >= 1 && prefill >= 0 && prefill <= n);
+    n_ = n;
+    prefill_ = prefill;
+    std::fill(bits_.begin(), bits_.end(), 0.0);
+    if (spec_.keys_pre && (rope_.n_pos != n)) rope_ = rope_table(rope_params_, n);
+}
+
+KvCacheHook MethodCache::hook() {
+    return [this](const KvHookInput& in, KvHookOutput& out) { run(in, out); };
+}
+
+double MethodCache::key_bits() const {
+    double s = 0.0;
+    for (size_t i = 0; i < bits_.size(); i += 2) s += bits_[i];
+    return s;
+}
+
+double MethodCache::value_bits() const {
+    double s = 0.0;
+    for (size_t i = 1; i < bits_.size(); i += 2) s += bits_[i];
+    return s;
+}
+
+void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
+    PKV_ASSERT(in.n_tokens == n_ && in.layer >= 0 && in.layer < n_layer_ && in.kv_head >= 0 &&
+               in.kv_head < n_head_kv_);
+    const int n = in.n_tokens, D = in.head_dim;
+    const size_t nd = static_cast<size_t>(n) * D;
+    double& bits = bits_[(static_cast<size_t>(in.layer) * n_head_kv_ + in.kv_head) * 2 + (in.value ? 1 : 0)];
+    if (keep_[in.layer] || spec_.method == KvMethod::fp16) {
+        bits = exact_bits(static_cast<double>(nd));
+        return;  // exact head: empty output
+    }
+    const bool pre = spec_.keys_pre && !in.value;
+    std::vector<float> x(pre ? in.k_pre : in.x, (pre ? in.k_pre : in.x) + nd);
+    if (spec_.rotate) hadamard_rotate_rows(x.data(), n, D);
+    SimParams sp = params_;
+    if (table_) {
+        const size_t i = (static_cast<size_t>(in.layer) * n_head_kv_ + in.kv_head) * 2;
+        sp.table_k = &views_[i];
+        sp.table_v = &views_[i + 1];
+    }
+    SimResult r = simulate_cache(sp, in.value ? KvTensor::v : KvTensor::k, x.data(), n, D, prefill_);
+    bits = r.bits.total();
+    if (std::all_of(r.flush_step.begin(), r.flush_step.end(), [](int32_t s) { return s == kNeverQuantized; }))
+        return;
+    if (spec_.rotate) hadamard_rotate_rows(r.recon.data(), n, D, nullptr, true);
+    if (pre) pre_rope_recon_to_post(r.recon.data(), in.k_pre, in.x, n, D, rope_);
+    out.recon = std::move(r.recon);
+    out.flush_step = std::move(r.flush_step);
+}
+
+}  // namespace pkv

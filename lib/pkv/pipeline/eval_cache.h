@@ -1,0 +1,70 @@
+// pkv/pipeline/eval_cache.h — the KV-cache hook of one method for `pkv eval`: per
+// (layer, KV head, tensor) of one sequence it simulates the method's cache with
+// simulate_cache() and hands LlamaModel the reconstruction and flush steps, keeping
+// the storage each cache needs (SimBits) for the bit and memory figures.
+//
+// Rotation (`rot`): the head is rotated by the orthonormal Hadamard matrix, simulated,
+// and the reconstruction rotated back, so attention runs in the model's own basis.
+// Pre-RoPE keys (`pre`): the method quantizes the keys before RoPE and the cache holds
+// k_post + RoPE_t(k̃_pre - k_pre) = RoPE_t(k̃_pre) (RoPE is linear), using the model's
+// own RoPE table. Layers in the keep-fp16 list and the fp16 method leave the head
+// exact and count 16 bits per element.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pkv/kvcache/simulate.h"
+#include "pkv/kvcache/kv_spec.h"
+#include "pkv/model/llama.h"
+#include "pkv/core/rope.h"
+#include "pkv/table/pattern_table.h"
+
+namespace pkv {
+
+class MethodCache {
+public:
+    /// keep_fp16[l]: layer l stays exact. hp: the model (layers, heads, RoPE).
+    /// table: patternkv-table's patterns, checked by check_table_for_eval (else null).
+    MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> keep_fp16, const LlamaHparams& hp,
+                std::shared_ptr<const PatternTable> table = nullptr);
+
+    /// Starts a sequence of n tokens with prefill P; clears the storage counters.
+    void begin_sequence(int n, int64_t prefill);
+
+    /// The hook for LlamaModel::forward; safe to call concurrently for distinct
+    /// (layer, KV head, tensor) triples. The object must outlive the forward call.
+    KvCacheHook hook();
+
+    /// Storage of this sequence's final cache in bits, summed over layers and KV
+    /// heads: keys, values.
+    double key_bits() const;
+    double value_bits() const;
+
+private:
+    void run(const KvHookInput& in, KvHookOutput& out);
+
+    KvSpec spec_;
+    SimParams params_;
+    std::vector<bool> keep_;
+    int n_layer_ = 0, n_head_kv_ = 0;
+    RopeParams rope_params_;
+    int n_ = 0;
+    int64_t prefill_ = 0;
+    RopeTable rope_;
+    std::vector<double> bits_;  ///< [layer][kv_head][k, v]
+    std::shared_ptr<const PatternTable> table_;
+    std::vector<TableHeadView> views_;  ///< [layer][kv_head][k, v] for patternkv-table
+};
+
+/// Refuses a table that does not describe what `spec` runs on this model: another
+/// model (sha256 or shape), another key basis than the spec's, another key dim order
+/// than the model computes (GGUF interleaved), a rotation the spec does not apply, other
+/// bits than the spec's, or a missing layer that is not kept in fp16. Warns when the
+/// table was fitted with another group or window.
+void check_table_for_eval(const KvSpec& spec, const PatternTable& table, const LlamaHparams& hp,
+                          const std::string& model_sha256, const std::vector<bool>& keep_fp16);
+
+}  // namespace pkv

@@ -1,0 +1,214 @@
+// Assembles the pkv.analyze_report document from the accumulated metrics:
+// per-configuration results, means, fragile heads and histograms.
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+#include <limits>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "pkv/core/provenance.h"
+#include "pkv/core/version.h"
+#include "pkv/pipeline/analyze.h"
+#include "pkv/report/report.h"
+
+namespace pkv {
+
+using nlohmann::json;
+using analyze::ConfigAccum;
+using analyze::PairResult;
+using analyze::RunSpec;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Scaled MAD: 1.4826 * median |x - median| estimates the standard deviation of
+// Gaussian data, so (x - median) / MAD is a robust z-score.
+constexpr double kMadScale = 1.4826;
+constexpr double kFragileZ = 3.0;
+
+double nmse(const ErrorAccum& e) { return e.ref2 > 0 ? e.err2 / e.ref2 : kNaN; }
+
+json tensor_json(const ErrorAccum& e) {
+    const double m = nmse(e);
+    const double snr = (std::isfinite(m) && m > 0) ? -10.0 * std::log10(m) : kNaN;
+    return {{"nmse", json_number(m)}, {"snr_db", json_number(snr)},
+            {"eff_bits", effective_bits(e.bits, e.elements)}};
+}
+
+json flat_json(const FlatnessAccum& raw, const FlatnessAccum* pat) {
+    const FlatAccum& r = pat ? pat->raw : raw.raw;
+    return {{"range_over_std_raw", json_number(r.mean_ros())},
+            {"range_over_std_resid", json_number(pat ? pat->resid.mean_ros() : kNaN)},
+            {"kurtosis_raw", json_number(r.kurtosis())},
+            {"kurtosis_resid", json_number(pat ? pat->resid.kurtosis() : kNaN)},
+            {"var_explained", json_number(pat ? pat->var_explained() : kNaN)}};
+}
+
+double median(std::vector<double> v) {
+    if (v.empty()) return kNaN;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double mean_of(const std::vector<double>& v) {
+    double s = 0;
+    int64_t c = 0;
+    for (double x : v)
+        if (std::isfinite(x)) s += x, ++c;
+    return c ? s / c : kNaN;
+}
+
+// Robust z-scores of values (NaN entries stay NaN; all NaN when MAD is 0).
+std::vector<double> robust_z(const std::vector<double>& x) {
+    std::vector<double> finite;
+    for (double v : x)
+        if (std::isfinite(v)) finite.push_back(v);
+    std::vector<double> z(x.size(), kNaN);
+    if (finite.size() < 3) return z;
+    const double med = median(finite);
+    std::vector<double> dev;
+    for (double v : finite) dev.push_back(std::fabs(v - med));
+    const double mad = kMadScale * median(dev);
+    if (!(mad > 0)) return z;
+    for (size_t i = 0; i < x.size(); ++i)
+        if (std::isfinite(x[i])) z[i] = (x[i] - med) / mad;
+    return z;
+}
+
+}  // namespace
+
+json analyze_report_json(const AnalyzeResult& in) {
+    const AnalyzeConfig& c = *in.config;
+    json report;
+    report["format"] = "pkv.analyze_report";
+    report["format_version"] = "1.0";
+    report["provenance"] = provenance_json("analyze", c.argv);
+    report["provenance"]["dump"] = {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
+    json methods = json::array();
+    for (KvMethod m : c.methods) methods.push_back(kv_method_name(m));
+    report["settings"] = {{"methods", methods},
+                          {"bits", c.bits},
+                          {"group", c.group},
+                          {"window", c.window},
+                          {"keys", c.keys_pre ? "pre" : "post"},
+                          {"layers", in.layers},
+                          {"heads", in.heads},
+                          {"prefill", c.prefill >= 0 ? json(c.prefill) : json("n/2 rounded down to a multiple of window")},
+                          {"patterns", c.patterns},
+                          {"pattern_cap", c.pattern_cap},
+                          {"assign", c.assign_l2 ? "l2" : "minmax"},
+                          {"rotate", c.rotate},
+                          {"attn_stride", c.attn_stride},
+                          {"seed", c.seed},
+                          {"kmeans", "random init, 30 iterations, tol 1e-4 (max abs centroid shift), L2 prefill labels"},
+                          {"v_gate", "one-sided z-test, z = 1.6448536269514722"}};
+    if (!in.table.is_null()) report["settings"]["table"] = in.table;
+    report["model"] = in.model;
+    report["n_tokens"] = in.n_tokens;
+
+    // Per-configuration results, and the per-head values the summary and the fragile
+    // rule need, keyed by run index.
+    json results = json::array();
+    const size_t R = in.runs.size();
+    std::vector<std::vector<double>> k_nmse(R), v_nmse(R), kl(R), rel(R), eff(R);
+    for (const PairResult& pr : in.pairs) {
+        for (size_t r = 0; r < R; ++r) {
+            const RunSpec& run = in.runs[r];
+            const ConfigAccum& a = pr.configs[r];
+            json res = {{"layer", pr.layer}, {"kv_head", pr.head}, {"method", kv_method_name(run.method)},
+                        {"bits", run.bits},  {"rotate", run.rotate}};
+            res["k"] = in.has_k ? tensor_json(a.k) : json(nullptr);
+            res["v"] = in.has_v ? tensor_json(a.v) : json(nullptr);
+            res["eff_bits"] = effective_bits(a.k.bits + a.v.bits, a.k.elements + a.v.elements);
+            if (in.has_attn) {
+                const double klm = a.attn.kl_rows ? a.attn.kl_sum / a.attn.kl_rows : kNaN;
+                const double relm = a.attn.rel_rows ? a.attn.rel_sum / a.attn.rel_rows : kNaN;
+                res["attn"] = {{"kl", json_number(klm)}, {"out_rel_err", json_number(relm)}};
+                kl[r].push_back(klm);
+                rel[r].push_back(relm);
+            } else {
+                res["attn"] = nullptr;
+            }
+            const int rot = run.rotate ? 1 : 0;
+            const bool pat = run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table;
+            res["flatness"] = {{"k", in.has_k ? flat_json(pr.raw_k[rot], pat ? &a.flat_k : nullptr) : json(nullptr)},
+                               {"v", in.has_v ? flat_json(pr.raw_v[rot], pat ? &a.flat_v : nullptr) : json(nullptr)}};
+            k_nmse[r].push_back(in.has_k ? nmse(a.k) : kNaN);
+            v_nmse[r].push_back(in.has_v ? nmse(a.v) : kNaN);
+            eff[r].push_back(res["eff_bits"].get<double>());
+            results.push_back(std::move(res));
+        }
+    }
+    report["results"] = std::move(results);
+
+    json summary = json::array();
+    for (size_t r = 0; r < R; ++r) {
+        const RunSpec& run = in.runs[r];
+        const double e = mean_of(eff[r]);
+        summary.push_back({{"method", kv_method_name(run.method)},
+                           {"bits", run.bits},
+                           {"rotate", run.rotate},
+                           {"k_nmse", json_number(mean_of(k_nmse[r]))},
+                           {"v_nmse", json_number(mean_of(v_nmse[r]))},
+                           {"attn_kl", json_number(mean_of(kl[r]))},
+                           {"attn_out_rel_err", json_number(mean_of(rel[r]))},
+                           {"eff_bits", std::isfinite(e) ? e : exact_bits(1.0)}});
+    }
+    report["summary"] = std::move(summary);
+
+    // Fragile heads: robust z of K or V NMSE above 3 within one (method, bits, rotate).
+    json heads = json::array();
+    int lowest = std::numeric_limits<int>::max();
+    for (const RunSpec& run : in.runs)
+        if (run.method != KvMethod::fp16) lowest = std::min(lowest, run.bits);
+    std::set<int> keep;
+    for (size_t r = 0; r < R; ++r) {
+        const RunSpec& run = in.runs[r];
+        if (run.method == KvMethod::fp16) continue;
+        const std::vector<double> zk = robust_z(k_nmse[r]), zv = robust_z(v_nmse[r]);
+        for (size_t p = 0; p < in.pairs.size(); ++p) {
+            double score = -std::numeric_limits<double>::infinity();
+            if (std::isfinite(zk[p])) score = std::max(score, zk[p]);
+            if (std::isfinite(zv[p])) score = std::max(score, zv[p]);
+            if (!(score > kFragileZ)) continue;
+            heads.push_back({{"layer", in.pairs[p].layer},
+                             {"kv_head", in.pairs[p].head},
+                             {"method", kv_method_name(run.method)},
+                             {"bits", run.bits},
+                             {"rotate", run.rotate},
+                             {"k_nmse", json_number(k_nmse[r][p])},
+                             {"score", score}});
+            if (run.bits == lowest) keep.insert(in.pairs[p].layer);
+        }
+    }
+    report["fragile"] = {{"rule", "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
+                                  "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
+                                  "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
+                                  "analysed"},
+                          {"heads", std::move(heads)},
+                          {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
+
+    json hists = json::array();
+    for (const PairResult& pr : in.pairs) {
+        if (!pr.has_hist) continue;
+        for (int t = 0; t < 2; ++t) {
+            const HistAccum& h = t == 0 ? pr.hist_k : pr.hist_v;
+            if (!h.ready) continue;
+            hists.push_back({{"layer", pr.layer},
+                             {"kv_head", pr.head},
+                             {"tensor", t == 0 ? "k" : "v"},
+                             {"lo", h.lo},
+                             {"hi", h.hi},
+                             {"raw", h.raw},
+                             {"residual", h.resid}});
+        }
+    }
+    report["histograms"] = std::move(hists);
+    report["warnings"] = in.warnings;
+    return report;
+}
+
+}  // namespace pkv

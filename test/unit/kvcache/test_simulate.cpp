@@ -1,0 +1,264 @@
+// Cache simulations of pkv analyze checked against plain step-by-step simulations,
+// hand-counted bits, the V gate threshold and residualization on clustered data.
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <random>
+#include <vector>
+
+#include "catch.h"
+#include "pkv/kvcache/simulate.h"
+#include "pkv/kvcache/metrics.h"
+#include "pkv/kmeans/assigner.h"
+#include "pkv/kmeans/kmeans.h"
+#include "pkv/kmeans/minmax_assign.h"
+#include "pkv/quant/minmax.h"
+
+using namespace pkv;
+
+namespace {
+
+std::vector<float> random_matrix(int64_t n, int D, uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(0.0f, scale);
+    std::vector<float> x(static_cast<size_t>(n * D));
+    for (auto& v : x) v = nd(rng);
+    // A few outlier channels, as real keys have.
+    for (int64_t t = 0; t < n; ++t) x[t * D + 1] += 5.0f;
+    return x;
+}
+
+// What query t sees of token j according to a SimResult.
+float seen(const SimResult& r, const std::vector<float>& x, int64_t t, int64_t j, int d, int D) {
+    return r.flush_step[j] > t ? x[j * D + d] : r.recon[j * D + d];
+}
+
+// cache[j] = value the plain simulation holds now (exact or quantized).
+using Cache = std::vector<std::vector<float>>;
+
+void check_step(const SimResult& r, const std::vector<float>& x, const Cache& cache, int64_t t, int D) {
+    for (int64_t j = 0; j <= t; ++j) {
+        INFO("query " << t << " token " << j << " flush " << r.flush_step[j]);
+        for (int d = 0; d < D; ++d) REQUIRE(seen(r, x, t, j, d, D) == cache[j][d]);
+    }
+}
+
+std::vector<float> rows(const std::vector<float>& x, int64_t t0, int64_t t1, int D) {
+    return {x.begin() + t0 * D, x.begin() + t1 * D};
+}
+
+}  // namespace
+
+TEST_CASE("kivi bookkeeping equals a step-by-step cache", "[analyze]") {
+    const int D = 4, R = 4, G = 4;
+    const int64_t n = 23;
+    const auto x = random_matrix(n, D, 7);
+    for (int64_t P : {int64_t{0}, int64_t{3}, int64_t{9}, int64_t{12}, n}) {
+        SimParams p;
+        p.method = KvMethod::kivi;
+        p.bits = 2;
+        p.group = G;
+        p.window = R;
+        const SimResult rk = simulate_cache(p, KvTensor::k, x.data(), n, D, P);
+        const SimResult rv = simulate_cache(p, KvTensor::v, x.data(), n, D, P);
+        // Plain simulation. Prefill queries attend in full precision.
+        Cache ck, cv;
+        for (int64_t j = 0; j < n; ++j) ck.push_back(rows(x, j, j + 1, D)), cv.push_back(rows(x, j, j + 1, D));
+        for (int64_t t = 0; t < std::min<int64_t>(P, n); ++t) check_step(rk, x, ck, t, D), check_step(rv, x, cv, t, D);
+        auto quant_k_block = [&](int64_t a, int64_t b) {
+            auto blk = rows(x, a, b, D);
+            quantize_minmax(blk.data(), b - a, D, {2, G, QuantAxis::channel}, blk.data());
+            for (int64_t j = a; j < b; ++j) ck[j].assign(blk.begin() + (j - a) * D, blk.begin() + (j - a + 1) * D);
+        };
+        auto quant_v_token = [&](int64_t j) {
+            auto v = rows(x, j, j + 1, D);
+            quantize_minmax(v.data(), 1, D, {2, std::min(G, D), QuantAxis::token}, v.data());
+            cv[j] = v;
+        };
+        const int64_t pq = P - P % R;
+        if (pq > 0) quant_k_block(0, pq);
+        std::deque<int64_t> kwin, vwin;
+        for (int64_t j = pq; j < P; ++j) kwin.push_back(j);
+        for (int64_t j = 0; j < P; ++j) {
+            if (j < P - R) quant_v_token(j);
+            else vwin.push_back(j);
+        }
+        for (int64_t t = P; t < n; ++t) {
+            kwin.push_back(t);
+            vwin.push_back(t);
+            check_step(rk, x, ck, t, D);
+            check_step(rv, x, cv, t, D);
+            if (static_cast<int64_t>(kwin.size()) == R) quant_k_block(kwin.front(), kwin.back() + 1), kwin.clear();
+            if (static_cast<int64_t>(vwin.size()) > R) quant_v_token(vwin.front()), vwin.pop_front();
+        }
+        // Final state: window tokens stay exact, everything else is quantized.
+        for (int64_t j = 0; j < n; ++j) {
+            const bool kq = std::find(kwin.begin(), kwin.end(), j) == kwin.end();
+            const bool vq = std::find(vwin.begin(), vwin.end(), j) == vwin.end();
+            CHECK((rk.flush_step[j] != kNeverQuantized) == kq);
+            CHECK((rv.flush_step[j] != kNeverQuantized) == vq);
+            for (int d = 0; d < D; ++d) CHECK(rk.recon[j * D + d] == ck[j][d]);
+        }
+    }
+}
+
+TEST_CASE("patternkv bookkeeping equals a step-by-step cache", "[analyze]") {
+    const int D = 8, R = 8, G = 8, M0 = 4;
+    const int64_t n = 41;
+    const auto x = random_matrix(n, D, 11);
+    for (bool l2 : {false, true})
+        for (int64_t P : {int64_t{13}, int64_t{16}, int64_t{5}}) {
+            SimParams p;
+            p.method = KvMethod::patternkv;
+            p.bits = 2;
+            p.group = G;
+            p.window = R;
+            p.patterns = M0;
+            p.decode_l2 = l2;
+            p.seed = 3;
+            for (KvTensor tensor : {KvTensor::k, KvTensor::v}) {
+                INFO("P " << P << " l2 " << l2 << " tensor " << (tensor == KvTensor::k ? "k" : "v"));
+                const SimResult r = simulate_cache(p, tensor, x.data(), n, D, P);
+                Cache cache;
+                for (int64_t j = 0; j < n; ++j) cache.push_back(rows(x, j, j + 1, D));
+                // Prefill patterns: k-means with the same settings, L2 labels.
+                KMeansParams kp;
+                kp.k = M0;
+                kp.seed = 3;
+                const KMeansResult km = kmeans(x.data(), P, D, kp);
+                std::vector<float> bank = km.centroids;
+                auto residual_block = [&](int64_t a, int64_t b, const std::vector<int32_t>& lab) {
+                    std::vector<float> res = rows(x, a, b, D);
+                    std::vector<bool> sub(static_cast<size_t>(b - a), true);
+                    for (int64_t i = 0; i < b - a; ++i) {
+                        const float* c = bank.data() + lab[i] * D;
+                        if (tensor == KvTensor::v) sub[i] = v_gate_passes(v_gate_rho(&res[i * D], c, D), D);
+                        for (int d = 0; d < D; ++d) res[i * D + d] -= sub[i] ? c[d] : 0.0f;
+                        REQUIRE(r.pattern[a + i] == lab[i]);
+                    }
+                    if (tensor == KvTensor::k)
+                        quantize_minmax(res.data(), b - a, D, {2, G, QuantAxis::channel}, res.data());
+                    else
+                        quantize_minmax(res.data(), b - a, D, {2, D, QuantAxis::token}, res.data());
+                    for (int64_t i = 0; i < b - a; ++i)
+                        for (int d = 0; d < D; ++d)
+                            cache[a + i][d] = res[i * D + d] + (sub[i] ? bank[lab[i] * D + d] : 0.0f);
+                };
+                const int64_t pq = P - P % R;
+                for (int64_t t = 0; t < P; ++t) check_step(r, x, cache, t, D);  // prefill attends exactly
+                residual_block(0, pq, std::vector<int32_t>(km.assignments.begin(), km.assignments.begin() + pq));
+                int64_t start = pq;
+                for (int64_t t = P; t < n; ++t) {
+                    check_step(r, x, cache, t, D);
+                    if (t + 1 - start < R) continue;
+                    std::vector<float> c(D);
+                    chebyshev_center(x.data() + start * D, t + 1 - start, D, c.data());
+                    bank.insert(bank.end(), c.begin(), c.end());
+                    std::vector<int32_t> lab(static_cast<size_t>(t + 1 - start));
+                    const int M = static_cast<int>(bank.size()) / D;
+                    if (l2) assign_ref(x.data() + start * D, t + 1 - start, D, bank.data(), M, lab.data(), nullptr);
+                    else assign_minmax_ref(x.data() + start * D, t + 1 - start, D, bank.data(), M, lab.data(), nullptr);
+                    residual_block(start, t + 1, lab);
+                    start = t + 1;
+                }
+                CHECK(r.bank == bank);
+                for (int64_t j = 0; j < n; ++j) {
+                    CHECK((r.flush_step[j] == kNeverQuantized) == (j >= start));
+                    for (int d = 0; d < D; ++d) CHECK(r.recon[j * D + d] == cache[j][d]);
+                }
+            }
+        }
+}
+
+TEST_CASE("bits are accounted by hand", "[analyze]") {
+    SECTION("kivi b = 2, G = R = 128, T a multiple of 128") {
+        const int D = 64;
+        const int64_t n = 256;
+        const auto x = random_matrix(n, D, 1);
+        SimParams p;
+        p.method = KvMethod::kivi;
+        const SimResult k = simulate_cache(p, KvTensor::k, x.data(), n, D, 128);
+        CHECK(k.bits.total() / (n * D) == Approx(2.25).epsilon(1e-12));
+        // V: the 128 most recent stay fp16; the others cost 2 + 32/64 bits.
+        const SimResult v = simulate_cache(p, KvTensor::v, x.data(), n, D, 128);
+        CHECK(v.bits.total() == Approx(128.0 * 64 * 2.5 + 128.0 * 64 * 16).epsilon(1e-12));
+    }
+    SECTION("patternkv: codes, scales, indices, gates, bank") {
+        const int D = 8;
+        const int64_t n = 16;
+        const auto x = random_matrix(n, D, 2);
+        SimParams p;
+        p.method = KvMethod::patternkv;
+        p.group = 8;
+        p.window = 8;
+        p.patterns = 2;
+        const SimResult k = simulate_cache(p, KvTensor::k, x.data(), n, D, 8);
+        // 256 code bits, 2 blocks x 8 channels x 32, 8 ids of 1 bit (M = 2) + 8 of 2 bits (M = 3), 3 x 8 x 16 bank.
+        CHECK(k.bits.codes == 256);
+        CHECK(k.bits.params == 512);
+        CHECK(k.bits.index == 24);
+        CHECK(k.bits.bank == 384);
+        CHECK(k.bits.window == 0);
+        const SimResult v = simulate_cache(p, KvTensor::v, x.data(), n, D, 8);
+        CHECK(v.bits.total() == 256 + 16 * 32 + 24 + 16 + 384);
+    }
+    CHECK(index_bits(1) == 0);
+    CHECK(index_bits(2) == 1);
+    CHECK(index_bits(32) == 5);
+    CHECK(index_bits(33) == 6);
+}
+
+TEST_CASE("the V gate threshold sits at the exact critical rho", "[analyze]") {
+    for (int d : {64, 128}) {
+        const double c = 2.0 * 1.6448536269514722 / std::sqrt(5.0 * d);
+        double lo = 0.0, hi = 1.0;  // f(rho) = 1 - rho^2 - c sqrt(1 + rho^4) decreases on [0, 1]
+        for (int i = 0; i < 200; ++i) {
+            const double mid = 0.5 * (lo + hi);
+            (1.0 - mid * mid - c * std::sqrt(1.0 + mid * mid * mid * mid) >= 0 ? lo : hi) = mid;
+        }
+        CHECK(lo == Approx(d == 64 ? 0.876 : 0.912).margin(0.002));
+        CHECK(v_gate_passes(lo - 1e-9, d));
+        CHECK_FALSE(v_gate_passes(lo + 1e-9, d));
+        CHECK(v_gate_passes(0.0, d));
+        CHECK_FALSE(v_gate_passes(1.0, d));
+    }
+    const float v[4] = {0, 0, 0, 0}, c[4] = {1, 2, 3, 4};
+    CHECK_FALSE(v_gate_passes(v_gate_rho(v, c, 4), 4));  // constant v: never residualized
+}
+
+TEST_CASE("residualization flattens clustered data", "[analyze]") {
+    // Four well-separated clusters, one dominant (as a few outlier tokens are in real
+    // caches), with uniform within-cluster noise: raw groups are outlier-heavy, the
+    // residuals flat.
+    const int D = 64, clusters = 4;
+    const int64_t n = 512;
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> ud(-0.5f, 0.5f);
+    std::vector<float> centers(clusters * D), x(static_cast<size_t>(n * D));
+    for (auto& c : centers) c = 20.0f * nd(rng);
+    for (int64_t t = 0; t < n; ++t) {
+        const int m = t % 25 == 3 ? 1 : t % 25 == 11 ? 2 : t % 25 == 19 ? 3 : 0;
+        for (int d = 0; d < D; ++d) x[t * D + d] = centers[m * D + d] + ud(rng);
+    }
+    SimParams p;
+    p.method = KvMethod::patternkv;
+    p.patterns = 32;
+    p.window = 128;
+    for (KvTensor tensor : {KvTensor::k, KvTensor::v}) {
+        const SimResult r = simulate_cache(p, tensor, x.data(), n, D, n);
+        FlatnessAccum f;
+        accumulate_flatness(f, tensor, x.data(), n, D, 128, &r);
+        INFO("tensor " << (tensor == KvTensor::k ? "k" : "v") << " range/std raw " << f.raw.mean_ros() << " resid "
+                       << f.resid.mean_ros() << " var explained " << f.var_explained());
+        CHECK(f.resid.mean_ros() < f.raw.mean_ros());
+        CHECK(f.var_explained() > 0.8);
+        p.method = KvMethod::kivi;
+        const SimResult kv = simulate_cache(p, tensor, x.data(), n, D, n);
+        p.method = KvMethod::patternkv;
+        ErrorAccum ep, ek;
+        ep.add(x.data(), r.recon.data(), n * D);
+        ek.add(x.data(), kv.recon.data(), n * D);
+        CHECK(ep.err2 < ek.err2);
+    }
+}
