@@ -128,6 +128,7 @@
 
 #include "pkv/cuda/nccl_group.h"
 #include "pkv/kmeans/assigner.h"
+#include "pkv/kmeans/kernel_choice.h"
 
 namespace pkv::cuda {
 
@@ -144,13 +145,13 @@ const char* input_precision_name(InputPrecision p);
 /// The largest k the fused kernel takes at dimension d (CudaAssignerOptions::
 /// fused_small_k): 32 where d <= 64 (two blocks of 16 centroids, whose sums then take the
 /// registers a lane that 16 centroids x 128 columns take), else 16.
-constexpr int fused_max_k(int d) { return d <= 64 ? 32 : 16; }
+constexpr int fused_max_k(int d) { return kmeans_gpu::fused_max_k(d); }
 
 /// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma). On an H200
 /// at N = 10^7, d = 128 its first swizzled version's pass (chunks of 128) took 2.61 / 3.35 /
 /// 4.85 / 7.97 ms at k = 128 / 256 / 512 / 1024 against the mma.sync form's 2.51 / 3.40 /
 /// 5.17 / 8.76 (the kept version: 3.21 ms at 256, 7.39 at 1024).
-constexpr int kWgmmaMinK = 256;
+constexpr int kWgmmaMinK = kmeans_gpu::kWgmmaMinK;
 
 struct CudaAssignerOptions {
     /// CUDA device index, in [0, device_count()).

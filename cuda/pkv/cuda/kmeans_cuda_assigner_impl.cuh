@@ -30,6 +30,26 @@ struct Piece {
     int64_t slot = 0;  // first objective slot of the piece within its set
 };
 
+// What issue() fixes for a pass before it queues anything.
+struct PassPlan {
+    int nt = 0;        // tasks
+    int k = 0, kpad = 0, dpad = 0;
+    size_t kd = 0;     // k * d
+    bool acc = false;  // some task asks for sums
+    kmeans_gpu::Choice kernel;
+    // Rows of every task's pieces whose labels and distances go through the device's
+    // label buffers (the caller wants them, the FMA kernel always writes them, the
+    // sorted sums read them).
+    bool rows_out(const AssignTask& t) const { return t.labels || t.dist2 || !kernel.tensor_cores || kernel.sorted; }
+};
+
+// Rows [r0, r0 + rows) of a task's labels and distances, at row `out` of the label
+// buffers of a chunk.
+struct RowCopy {
+    int task = 0;
+    int64_t r0 = 0, rows = 0, out = 0;
+};
+
 struct SetInfo {
     const float* hx = nullptr;
     int64_t n = 0;
@@ -45,7 +65,7 @@ struct CudaAssigner::Impl {
 
     CudaAssignerOptions opt;
     int sm_count = 0;
-    bool wgmma = false;  // the wide kernel's assignment by wgmma (opt.wgmma on a cc 9.0 device)
+    int cc_major = 0, cc_minor = 0;  // the device's compute capability
     cudaStream_t stream = nullptr;
 
     bool active = false;
@@ -124,7 +144,7 @@ struct CudaAssigner::Impl {
     }
     bool bf16() const { return opt.precision == InputPrecision::bf16; }
     size_t elem() const { return rounded() ? 2 : 4; }
-    bool mma() const { return rounded() && d <= detail::kMmaMaxDim; }
+    bool mma() const { return kmeans_gpu::tensor_cores(rounded(), d); }
     char* rows_at(int64_t buf_row) const { return points.get() + static_cast<size_t>(buf_row) * d * elem(); }
 
     void upload(const Piece& p);
@@ -157,6 +177,24 @@ struct CudaAssigner::Impl {
     void pass(std::vector<AssignTask>& tasks, int k);
 
     void issue(std::vector<AssignTask>& tasks, int k, int si);
+    // issue()'s stages: the tasks' checks (returns whether any asks for sums), the
+    // kernel, the tasks' scales and objective slots (into the slot's page-locked
+    // buffers, then up; tasks_of_set lists each set's tasks), every chunk's segments
+    // and launches, and the pass's objectives, all-reduce and copies back.
+    bool check_tasks(const std::vector<AssignTask>& tasks, int k, int si) const;
+    kmeans_gpu::Choice choose_kernel(int k, bool acc) const;
+    void stage_tasks(const std::vector<AssignTask>& tasks, const detail::PassPlan& P, Slot& S,
+                     std::vector<std::vector<int>>& tasks_of_set);
+    int64_t plan_chunk(const std::vector<Piece>& chunk, const std::vector<AssignTask>& tasks,
+                       const std::vector<std::vector<int>>& tasks_of_set, const detail::PassPlan& P,
+                       const int64_t* hslot0, std::vector<detail::MmaSegment>& hsegs,
+                       std::vector<detail::RowCopy>& copies, int64_t& out_rows);
+    void launch_mma_chunk(const std::vector<detail::MmaSegment>& hsegs, int64_t tiles, int64_t out_rows,
+                          const detail::PassPlan& P, Slot& S);
+    void launch_fma_chunk(const std::vector<AssignTask>& tasks, const std::vector<detail::MmaSegment>& hsegs,
+                          const detail::PassPlan& P);
+    void copy_rows_back(const std::vector<AssignTask>& tasks, const std::vector<detail::RowCopy>& copies);
+    void finish_pass(const detail::PassPlan& P, Slot& S);
 
     void collect(int si);
 

@@ -178,7 +178,7 @@ bool wgmma_device(int device) {
     int major = 0, minor = 0;
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    return major == 9 && minor == 0;
+    return kmeans_gpu::wgmma_arch(major, minor, true);
 #else
     (void)device;
     return false;
