@@ -74,11 +74,10 @@ void CudaAssigner::Impl::upload_centroids(const std::vector<AssignTask>& tasks, 
     PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
-// an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
-// about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
-// upload buffers sit idle after begin_batch(): slot si takes buffer si where its
-// sums, counts and centroids fit, else buffers of its own.
+// The slot's host staging: page-locked memory is slow to allocate, and a whole-model
+// batch at large k needs megabytes of it a slot. When the points are resident, the
+// two 16 MiB upload buffers sit idle after begin_batch(): slot si takes buffer si
+// where its sums, counts and centroids fit, else buffers of its own.
 void CudaAssigner::Impl::staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc) {
     const size_t out_n = acc ? nt * kd + nt * static_cast<size_t>(k) : 0;
     const size_t up_n = mma() ? nt * kd : 0;

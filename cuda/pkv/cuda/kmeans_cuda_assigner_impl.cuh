@@ -87,8 +87,7 @@ struct CudaAssigner::Impl {
     // below are shared, since every pass runs on `stream`, in order. The scales, slot
     // starts and segments are staged in page-locked memory too: a copy from pageable
     // memory first waits for the stream, which would serialise the pass's launches with
-    // the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128: 0.872-0.900 ms with
-    // these, 0.903-0.907 ms before).
+    // the host.
     struct Slot {
         PinnedBuffer<float> pinned;  // the fp32 centroids on their way up
         PinnedBuffer<float> host_scale;
@@ -113,7 +112,7 @@ struct CudaAssigner::Impl {
     static_assert(kSlots == 2, "slot si borrows upload buffer si (staging())");
     Slot slot[kSlots];
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
-    // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
+    // copy back (each small copy or memset has a fixed cost, not small beside a pass).
     DeviceBuffer<unsigned long long> acc_out;
     unsigned long long* sums_d = nullptr;    // into acc_out
     unsigned long long* counts_d = nullptr;  // into acc_out
@@ -165,11 +164,10 @@ struct CudaAssigner::Impl {
     // the FMA kernel ([tasks][k][d]).
     void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad, Slot& S);
 
-    // The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
-    // an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
-    // about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
-    // upload buffers sit idle after begin_batch(): slot si takes buffer si where its
-    // sums, counts and centroids fit, else buffers of its own.
+    // The slot's host staging: page-locked memory is slow to allocate, and a whole-model
+    // batch at large k needs megabytes of it a slot. When the points are resident, the
+    // two 16 MiB upload buffers sit idle after begin_batch(): slot si takes buffer si
+    // where its sums, counts and centroids fit, else buffers of its own.
     void staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc);
 
     // One pass: issue() queues it in slot si and returns, collect() waits for it and

@@ -26,10 +26,8 @@ void CudaAssigner::Impl::upload(const Piece& p) {
     }
     // Rounded on the host (threaded; to nearest even, as the device rounds centroids)
     // into two page-locked buffers in turn, each sent while the other fills: half the
-    // bytes of the fp32 values cross the bus, at page-locked speed. A whole-model batch
-    // (90 x 100,000 x 64 values) went up in 0.07-0.11 s on an H200 host, and its
-    // kmeans_batch took 0.18-0.32 s end to end instead of 0.39-0.63 s through a device
-    // staging buffer fed from pageable memory.
+    // bytes of the fp32 values cross the bus, at page-locked speed, which a device
+    // staging buffer fed from pageable memory does not reach.
     for (int i = 0; i < 2; ++i)
         if (host_half[i].capacity() < std::min(count, kStagingValues)) {
             PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[i]));  // not freed under a copy
