@@ -158,6 +158,10 @@ struct CudaAssigner::Impl {
     // Uploads (or plans) the data sets and fixes every set's fixed-point scale; with
     // `in_group`, from max|x| and n over the whole group (collective).
     void prepare(const std::vector<AssignData>& data, int d_in, bool in_group = false);
+    // prepare()'s stages: the chunks and pieces of `total` rows, then every piece up
+    // and the sets' scales.
+    void plan_pieces(int64_t total);
+    void fix_scales(bool in_group);
 
     // Centroids as the kernels read them: rounded and padded for the tensor-core
     // kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for

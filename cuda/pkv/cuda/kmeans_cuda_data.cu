@@ -66,6 +66,13 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
         sets.push_back(s);
         total += data[i].n;
     }
+    plan_pieces(total);
+    fix_scales(in_group);
+    active = true;
+}
+
+// Resident when the budget holds all `total` rows, else streamed in chunks.
+void CudaAssigner::Impl::plan_pieces(int64_t total) {
     const int64_t fit = resident_rows(d);
     streaming = total > fit;
     // Streamed chunks of whole tiles keep the objective's summation order of the
@@ -99,7 +106,11 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
             chunks.back().push_back(p);
         }
     }
+}
 
+// Uploads every piece (resident data stays) and fixes every set's fixed-point scale;
+// with `in_group`, from max|x| and n over the whole group (collective).
+void CudaAssigner::Impl::fix_scales(bool in_group) {
     // max|x| of every set (of the rounded values for fp16/bf16); resident data stays.
     const size_t ns = std::max<size_t>(sets.size(), 1);
     max_bits.reserve(ns);
@@ -149,7 +160,6 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
             s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
         }
     }
-    active = true;
 }
 
 void CudaAssigner::Impl::release_data() noexcept {
