@@ -218,11 +218,13 @@ public:
     CudaAssigner& operator=(const CudaAssigner&) = delete;
 
     const char* name() const override { return "cuda"; }
-    /// Uploads x (resident mode) or records it for streaming; also scans max|x| for
-    /// the fixed-point sums. Calls outside begin()/end(), or with another x, n or d,
-    /// still work: they upload the data for that call only.
-    void begin(const float* x, int64_t n, int d) override;
-    void end() noexcept override;
+    /// begin_batch() of the one data set x: uploads x (resident mode) or records it for
+    /// streaming; also scans max|x| for the fixed-point sums. Calls outside
+    /// begin()/end(), or with another x, n or d, still work: they upload the data for
+    /// that call only.
+    void begin(const float* x, int64_t n, int d);
+    /// Releases what begin() prepared.
+    void end() noexcept;
     void assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
                 float* dist2) override;
     void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
