@@ -18,12 +18,7 @@ points, as pkv_bench_cuda_kmeans does, and prints per iteration:
   changed    points whose label changed
 Groups: centroid index mod G (Yinyang's paper groups by clustering the first centroids).
 
-Measured (2026-11-29, the defaults, 4 minutes on two cores): Yinyang must read 99-100%
-of the points in iterations 1-7, 85% in iteration 8, 100% in 9 (one centroid moved by
-2.7), then 72% falling to 46% in iteration 20; 76% on average over the 20 (Hamerly with
-tightened bounds: 52-100%), although from iteration 8 on it re-scores only 3-14% of the
-(point, group) pairs. Reads, not products, set the floor, so bounds cannot bring a Lloyd
-iteration near the full-pass floor on this data.
+What it found on the defaults: docs/kmeans_gpu.md.
 
 Usage: /usr/bin/python3 bench/kmeans_bounds_skip.py [--n 300000] [--k 256] [--d 128]
        [--iters 20] [--groups 26] [--seed 0]

@@ -62,8 +62,7 @@ PY
 
 # Both libraries run on libgomp. When the machine is already oversubscribed, its
 # default spin-waiting at barriers makes a thread burn the time slice its descheduled
-# partner needs (measured: faiss at 2 threads 3-4x slower than passive waiting under
-# a load of 6 on 2 cores), so both then get OMP_WAIT_POLICY=passive.
+# partner needs (figures in docs/kmeans_gpu.md), so both then get OMP_WAIT_POLICY=passive.
 if [ -z "${OMP_WAIT_POLICY:-}" ] && awk -v c="$(nproc)" '{ exit !($1 >= c) }' /proc/loadavg; then
   export OMP_WAIT_POLICY=passive
 fi

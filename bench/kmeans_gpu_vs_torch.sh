@@ -12,44 +12,7 @@
 #      PKV_BENCH_KS ("16,32,64,128,256,1024").
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 #
-# Measured on an NVIDIA H200 (2026-11-29, torch 2.11.0+cu130, 3 timed iterations, at
-# commit f400d85 on a two-GPU host, GPU 0; kernel: what pkv picked; onehot-wgmma / wgmma:
-# the one-hot and wide kernels on Hopper's warpgroup MMA):
-#      k    pkv ms   torch ms  floor ms  pkv/floor  torch/pkv  kernel
-#     16     0.857     18.311     0.595       1.44       21.4  fused
-#     32     1.314     21.006     0.595       2.21       16.0  onehot-wgmma
-#     64     1.477     23.285     0.595       2.48       15.8  onehot-wgmma
-#    128     2.402     27.753     0.595       4.03       11.6  wide+sorted
-#    256     3.116     36.563     0.595       5.23       11.7  wgmma+sorted
-#   1024     7.562     91.193     0.595      12.70       12.1  wgmma+sorted
-# Whole-model shape, 30 iterations: k = 32 Lloyd 0.0339 s (torch 0.3551 s, 10.5x; after
-# the first iteration, as torch is timed, 12.1x), end to end 0.187 s; k = 256 Lloyd
-# 0.0768 s (torch 0.8081 s, 10.5x; 10.9x), end to end 0.215 s. That was the second of two
-# runs in a row; the first, just after the build and the tests, was slower at k = 1024
-# (15.6 ms) and in the model rows (k = 32: 0.0489 s, 7.2x), as a run on a one-GPU host at
-# c40ddea was (k = 1024 15.0 ms; model 9.7x / 9.6x), where pkv_bench_cuda_kmeans right after
-# gave 7.34 ms and then 10.6-12.0 ms at k = 1024 for c40ddea and 03a2d10 alike. Before
-# the one-hot kernel's wgmma form (commit 14803fa, mma.sync at k = 32 / 64):
-#     16     0.874     17.953     0.595       1.47       20.5  fused
-#     32     1.415     20.028     0.595       2.38       14.2  onehot
-#     64     1.846     22.408     0.595       3.10       12.1  onehot
-#    128     2.420     26.680     0.595       4.06       11.0  wide+sorted
-#    256     3.158     35.014     0.595       5.31       11.1  wgmma+sorted
-#   1024     8.233     88.060     0.595      13.83       10.7  wgmma+sorted
-# (k = 1024 measured 7.69-7.73 ms in two runs of pkv_bench_cuda_kmeans right after, as at
-# 0955699.) Whole-model shape, 30 iterations, two passes in flight: k = 32 Lloyd 0.0326 s
-# (torch 0.3511 s, 10.8x; after the first iteration, as torch is timed, 12.0x), end to end
-# 0.185 s; k = 256 Lloyd 0.0755 s (torch 0.7996 s, 10.6x; 10.9x), end to end 0.208 s;
-# floor 0.0080 s. Before (commit 0955699, one pass at a time, page-locked staging
-# allocated in the first iteration, one-block item list): k = 16 0.906 ms (1.52x),
-# k = 256 3.294 ms, model k = 32 0.0344 s (10.2x) and k = 256 0.1057 s (7.6x), end to end
-# 0.182 / 0.235 s. The same script on another H200 (commit fedcdea): k = 16 0.881 ms
-# (1.48x), 10.6-20.7x torch at every k; model 8.2x / 7.2x. Before the fused kernel took
-# k = 32 at d = 64 and the points went up rounded on the host (commit e63c646): model
-# k = 32 0.045 s / 0.39 s, k = 256 0.152 s / 0.50 s. Earlier runs: commit 419fbe0 k = 16
-# 0.872 ms (1.47x the floor), k = 256 3.236 ms (10.9x), k = 1024 7.498 ms (11.9x); commit
-# 30b8912 k = 16 0.907 / 0.903 ms (1.52x); before the wgmma form (mma.sync, commit
-# 79a990f) k = 256 3.422 ms (10.4x), k = 1024 9.023 ms (9.9x).
+# Measured figures (and those of earlier commits): docs/kmeans_gpu.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${PKV_BUILD_DIR:-$ROOT/build-gpu}}"

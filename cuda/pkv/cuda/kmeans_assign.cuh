@@ -122,14 +122,14 @@ inline void assert_grouped_pass(const MmaArgs& a, int group_tiles) {
 }
 
 /// The largest d the tensor-core kernel takes.
-constexpr int kMmaMaxDim = 128;
+constexpr int kMmaMaxDim = kmeans_gpu::kMmaMaxDim;
 
 /// Launches the tensor-core kernel over all segments (d <= kMmaMaxDim).
 void launch_mma_assign(const MmaArgs& args, int sm_count, cudaStream_t stream);
 
 /// The row widths of the kernels that stage points with cp.async (one-hot, fused,
 /// wide): 32 < d <= kMmaMaxDim, d a multiple of 8 (16-byte rows).
-inline bool mma_staged_dim(int d) { return d % 8 == 0 && d > 32 && d <= kMmaMaxDim; }
+inline bool mma_staged_dim(int d) { return kmeans_gpu::staged_dim(d); }
 
 /// Calls f(T{}) with T the pass's 16-bit element type (__nv_bfloat16 when args.bf16,
 /// else __half).
@@ -164,14 +164,14 @@ void with_chunk(int chunk, F&& f) {
 }
 
 /// The largest k the one-hot kernel takes.
-constexpr int kOnehotMaxK = 128;
+constexpr int kOnehotMaxK = kmeans_gpu::kOnehotMaxK;
 
 /// True when the one-hot kernel (kmeans_mma_onehot.cu) takes (k, d).
-inline bool mma_onehot_ok(int k, int d) { return k <= kOnehotMaxK && mma_staged_dim(d); }
+inline bool mma_onehot_ok(int k, int d) { return kmeans_gpu::onehot_ok(k, d); }
 
 /// Tiles per group of the one-hot kernel's sums for k (a group's fp32 partials are
 /// flushed to the int64 sums once; more tiles, fewer device atomics).
-int onehot_group_tiles(int k);
+inline int onehot_group_tiles(int k) { return kmeans_gpu::onehot_group_tiles(k); }
 
 /// The one-hot kernel over all segments: labels, dist2, objective slots as
 /// launch_mma_assign; sums and counts (when set) from fp32 tensor-core partials per
@@ -181,11 +181,11 @@ void launch_mma_onehot(const MmaArgs& args, int group_tiles, int sm_count, cudaS
 
 /// True when the fused kernel (kmeans_mma_fused.cu) takes (k, d): k <= fused_max_k(d)
 /// (kmeans_assign.h: one or two 16-centroid blocks).
-inline bool mma_fused_ok(int k, int d) { return k <= fused_max_k(d) && mma_staged_dim(d); }
+inline bool mma_fused_ok(int k, int d) { return kmeans_gpu::fused_ok(k, d); }
 
 /// Tiles per group of the fused kernel's sums (4096 rows: a warp's fp32 partial covers
 /// 512 of them).
-inline int fused_group_tiles() { return 16; }
+inline int fused_group_tiles() { return kmeans_gpu::kFusedGroupTiles; }
 
 /// The fused kernel over all segments: the same outputs and group rules as
 /// launch_mma_onehot (sums from fp32 tensor-core partials, one per warp and group).
@@ -193,7 +193,7 @@ void launch_mma_fused(const MmaArgs& args, int group_tiles, int sm_count, cudaSt
 
 /// True when the wide kernel (kmeans_mma_wide.cu) takes d (any k; the assigner picks it
 /// for large k).
-inline bool mma_wide_ok(int d) { return mma_staged_dim(d); }
+inline bool mma_wide_ok(int d) { return kmeans_gpu::wide_ok(d); }
 
 /// The wide kernel over all segments: labels, dist2 and objective slots as
 /// launch_mma_assign, no sums (args.sums must be null: the sorted reduction follows).
@@ -215,14 +215,14 @@ void launch_wgmma_wide(const MmaArgs& args, int chunk, int tasks, void* image, i
 
 /// The largest k the one-hot kernel takes on wgmma (kmeans_onehot_sm90a.cu): one
 /// warpgroup product of 64 centroids.
-constexpr int kWgmmaOnehotMaxK = 64;
+constexpr int kWgmmaOnehotMaxK = kmeans_gpu::kWgmmaOnehotMaxK;
 
 /// True when the one-hot kernel on wgmma takes (k, d) (the device must also pass
 /// wgmma_device()).
-inline bool wgmma_onehot_ok(int k, int d) { return k <= kWgmmaOnehotMaxK && mma_staged_dim(d); }
+inline bool wgmma_onehot_ok(int k, int d) { return kmeans_gpu::wgmma_onehot_ok(k, d); }
 
 /// Tiles per group of its sums (4096 rows: a warpgroup's fp32 partial covers 2048).
-inline int wgmma_onehot_group_tiles() { return 16; }
+inline int wgmma_onehot_group_tiles() { return kmeans_gpu::kWgmmaOnehotGroupTiles; }
 
 /// Device bytes launch_wgmma_onehot needs for the centroid image of `tasks` tasks.
 size_t wgmma_onehot_image_bytes(int tasks, int kpad, int d);

@@ -20,10 +20,8 @@
 //     the fragments transposed in registers (movmatrix). Its fp32 partial covers its
 //     32-row slices of one group of 4096 rows (fixed by row number within a data set),
 //     is rounded once to the fixed point and added to the block's sums in shared
-//     memory. Same determinism, streaming rule and tolerances as the one-hot kernel; on
-//     an H200 a Lloyd iteration at k = 16, N = 10^7, d = 128 takes 0.87-0.92 ms (1.47-1.55x
-//     the HBM floor; one-hot kernel 1.17 ms). CudaAssignerOptions::fused_small_k = false
-//     turns it off.
+//     memory. Same determinism, streaming rule and tolerances as the one-hot kernel.
+//     CudaAssignerOptions::fused_small_k = false turns it off.
 //   one-hot (fp16 / bf16, 16 < k < wide_min_k = 96, same d; the default there): the
 //     tensor-core assignment below, plus the centroid sums as one more matrix product
 //     on the tensor cores, sums[k x d] += onehot(labels)^T * X, with fp32 partials in
@@ -43,22 +41,19 @@
 //     warpgroup MMA instead (kmeans_onehot_sm90a.cu, "onehot-wgmma": a warpgroup's sums
 //     of 64 centroids x 64 columns stay in registers and read the staged points as the
 //     B operand, one barrier a tile; groups of 4096 rows, the same determinism and
-//     tolerances). On an H200 at N = 10^7, d = 128 a Lloyd pass takes 1.30-1.32 / 1.40 /
-//     1.45 ms at k = 32 / 48 / 64 against 1.43-1.45 / 1.67-1.70 / 1.80-1.84 on mma.sync.
-//     CudaAssignerOptions::wgmma = false keeps mma.sync.
+//     tolerances). CudaAssignerOptions::wgmma = false keeps mma.sync.
 //   wide (fp16 / bf16, k >= wide_min_k, same d; the default there): the tensor-core
 //     assignment below with the centroids streamed through shared memory in
 //     double-buffered chunks of 64 (or 128) rows, each warp's next 32 rows fetched by
 //     cp.async while the current ones are multiplied, 16 centroids a step (four
 //     independent accumulator chains a warp), dist2 from the Gram diagonal as in the
-//     one-hot kernel. No sums: the sorted reduction below follows. On an H200 it runs
-//     the assignment at 280-350 TFLOP/s (k = 256-1024, d = 128) where the general
-//     kernel reaches 150-160. CudaAssignerOptions::wide_assign = false turns it off.
-//     For k >= kWgmmaMinK on compute capability 9.0 (H100, H200) its products run on
+//     one-hot kernel. No sums: the sorted reduction below follows. Unlike the general
+//     kernel it keeps the tensor cores fed at large k. CudaAssignerOptions::wide_assign
+//     = false turns it off.
+//     For k >= kWgmmaMinK on compute capability 9.0 (Hopper) its products run on
 //     Hopper's warpgroup MMA instead (kmeans_wgmma_sm90a.cu, the "wgmma" kernel: the
 //     same rows, outputs and tolerances, centroid chunks of 128 in wgmma's swizzled
-//     layout; 310-410 TFLOP/s on an H200, 10-20% less time a pass at k = 256-1024).
-//     CudaAssignerOptions::wgmma = false keeps mma.sync.
+//     layout). CudaAssignerOptions::wgmma = false keeps mma.sync.
 //   tensor-core (fp16 / bf16 input, d <= 128): the points are binary16 or bf16 on the
 //     device; centroids are kept fp32 by the caller and rounded to the same format for
 //     the MMA operand (mma.sync m16n8k16, fp32 accumulation); the score of centroid j
@@ -79,8 +74,7 @@
 // scatter of row indices (block-aggregated cursors; for k <= 256 each block sorts 4096
 // rows by cluster in shared memory first, so a cluster's indices are written
 // together), one warp per run adding int64 fixed point in registers. The points are
-// read a second time (about 0.6 of the 0.9-1.0 ms it takes at N = 10^7, d = 128, k =
-// 256 on an H200).
+// read a second time.
 // Label flips: the argmin comes from the expanded form in fp32 accumulation. With
 // rounded inputs the labels and distances describe the rounded data and the rounded
 // centroids: each coordinate moves by up to 2^-11 (fp16) or 2^-8 (bf16) relative, so a
@@ -115,8 +109,8 @@
 // equal the resident pass bitwise, and so does the objective when the chunk is at least
 // 256 rows. fp16/bf16 points are rounded on the host into two 16 MiB page-locked
 // buffers and sent from there; when the points are resident, a pass's centroids go up
-// from and its sums come back to those buffers where they fit (page-locked memory
-// costs about 0.7 ms a MiB to allocate). Centroid buffers are O(tasks * k * d).
+// from and its sums come back to those buffers where they fit (page-locked memory is
+// slow to allocate). Centroid buffers are O(tasks * k * d).
 // Two passes in flight (CudaAssignerOptions::pipeline): submit_batch() queues a pass
 // and returns, collect_batch() waits for it; each slot has its own page-locked
 // buffers and events, the device buffers are shared (one stream, in order).
@@ -128,6 +122,7 @@
 
 #include "pkv/cuda/nccl_group.h"
 #include "pkv/kmeans/assigner.h"
+#include "pkv/kmeans/kernel_choice.h"
 
 namespace pkv::cuda {
 
@@ -144,13 +139,11 @@ const char* input_precision_name(InputPrecision p);
 /// The largest k the fused kernel takes at dimension d (CudaAssignerOptions::
 /// fused_small_k): 32 where d <= 64 (two blocks of 16 centroids, whose sums then take the
 /// registers a lane that 16 centroids x 128 columns take), else 16.
-constexpr int fused_max_k(int d) { return d <= 64 ? 32 : 16; }
+constexpr int fused_max_k(int d) { return kmeans_gpu::fused_max_k(d); }
 
-/// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma). On an H200
-/// at N = 10^7, d = 128 its first swizzled version's pass (chunks of 128) took 2.61 / 3.35 /
-/// 4.85 / 7.97 ms at k = 128 / 256 / 512 / 1024 against the mma.sync form's 2.51 / 3.40 /
-/// 5.17 / 8.76 (the kept version: 3.21 ms at 256, 7.39 at 1024).
-constexpr int kWgmmaMinK = 256;
+/// The smallest k the wide kernel runs on wgmma (CudaAssignerOptions::wgmma): below it
+/// the mma.sync form took no longer (docs/kmeans_gpu.md).
+constexpr int kWgmmaMinK = kmeans_gpu::kWgmmaMinK;
 
 struct CudaAssignerOptions {
     /// CUDA device index, in [0, device_count()).
@@ -174,13 +167,12 @@ struct CudaAssignerOptions {
     /// memory), sums by the sorted reduction. false: the general tensor-core kernel (for
     /// comparison).
     bool wide_assign = true;
-    /// The smallest k the streaming kernel takes (below it the one-hot kernel): on an
-    /// H200 at d = 128 the one-hot kernel is faster at k = 64, the streaming one at 96.
+    /// The smallest k the streaming kernel takes (below it the one-hot kernel): where the
+    /// streaming kernel overtook the one-hot one at d = 128 (docs/kmeans_gpu.md).
     int wide_min_k = 96;
     /// Centroids per shared-memory chunk of that kernel: 64 or 128; 0 picks 128 for its
-    /// wgmma form where d > 64, else 64 (the faster on an H200; the wgmma form with
-    /// chunks of 64 at d <= 64 needs 126 registers, so two blocks share an SM: the
-    /// whole-model pass at k = 256 took 2.28 ms of device time instead of 2.42).
+    /// wgmma form where d > 64, else 64 (at d <= 64 the wgmma form with chunks of 64 needs
+    /// 126 registers, so two blocks share an SM; docs/kmeans_gpu.md has the figures).
     int wide_chunk = 0;
     /// k >= kWgmmaMinK: that kernel's products by Hopper's warpgroup MMA
     /// (kmeans_wgmma_sm90a.cu), and the one-hot kernel's for k <= 64 when the pass has
@@ -226,11 +218,13 @@ public:
     CudaAssigner& operator=(const CudaAssigner&) = delete;
 
     const char* name() const override { return "cuda"; }
-    /// Uploads x (resident mode) or records it for streaming; also scans max|x| for
-    /// the fixed-point sums. Calls outside begin()/end(), or with another x, n or d,
-    /// still work: they upload the data for that call only.
-    void begin(const float* x, int64_t n, int d) override;
-    void end() noexcept override;
+    /// begin_batch() of the one data set x: uploads x (resident mode) or records it for
+    /// streaming; also scans max|x| for the fixed-point sums. Calls outside
+    /// begin()/end(), or with another x, n or d, still work: they upload the data for
+    /// that call only.
+    void begin(const float* x, int64_t n, int d);
+    /// Releases what begin() prepared.
+    void end() noexcept;
     void assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
                 float* dist2) override;
     void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
@@ -270,7 +264,7 @@ private:
 };
 
 /// True when CudaAssignerOptions::wgmma takes effect on `device`: this build has the
-/// sm_90a kernel and the device has compute capability 9.0 (H100, H200).
+/// sm_90a kernel and the device has compute capability 9.0 (Hopper).
 bool wgmma_supported(int device);
 
 /// The same as std::make_unique<CudaAssigner>(options), typed for kmeans().

@@ -74,11 +74,10 @@ void CudaAssigner::Impl::upload_centroids(const std::vector<AssignTask>& tasks, 
     PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
-// an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
-// about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
-// upload buffers sit idle after begin_batch(): slot si takes buffer si where its
-// sums, counts and centroids fit, else buffers of its own.
+// The slot's host staging: page-locked memory is slow to allocate, and a whole-model
+// batch at large k needs megabytes of it a slot. When the points are resident, the
+// two 16 MiB upload buffers sit idle after begin_batch(): slot si takes buffer si
+// where its sums, counts and centroids fit, else buffers of its own.
 void CudaAssigner::Impl::staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc) {
     const size_t out_n = acc ? nt * kd + nt * static_cast<size_t>(k) : 0;
     const size_t up_n = mma() ? nt * kd : 0;
@@ -106,15 +105,60 @@ void CudaAssigner::Impl::pass(std::vector<AssignTask>& tasks, int k) {
 void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     const auto wall0 = std::chrono::steady_clock::now();
     PKV_CUDA_CHECK(cudaSetDevice(opt.device));
-    PKV_CHECK(si >= 0 && si < kSlots, internal, "cuda assigner: slot {} of {}", si, kSlots);
+    const bool acc = check_tasks(tasks, k, si);
     Slot& S = slot[si];
-    PKV_CHECK(S.tasks == nullptr, internal, "cuda assigner: slot {} already has a pass in flight", si);
+    CudaPassTiming& timing = S.timing;
+    timing = CudaPassTiming{};
+    timing.tensor_cores = mma();
+    S.k = k;
+    S.acc = acc;
+    S.wall0 = wall0;
+    if (tasks.empty()) {
+        S.wall1 = std::chrono::steady_clock::now();
+        S.tasks = &tasks;
+        return;
+    }
+    detail::PassPlan P;
+    P.nt = static_cast<int>(tasks.size());
+    P.k = k;
+    P.kpad = (k + 7) / 8 * 8;
+    P.dpad = mma() ? detail::mma_row_stride(d) : d;
+    P.kd = static_cast<size_t>(k) * d;
+    P.acc = acc;
+    P.kernel = choose_kernel(k, acc);
+    timing.kernel = P.kernel.name;
+
+    staging(S, si, static_cast<size_t>(P.nt), P.kd, k, acc);
+    PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
+    upload_centroids(tasks, k, P.kpad, P.dpad, S);
+    std::vector<std::vector<int>> tasks_of_set(sets.size());
+    stage_tasks(tasks, P, S, tasks_of_set);
+    std::vector<detail::MmaSegment> hsegs;
+    std::vector<detail::RowCopy> copies;
+    for (const auto& chunk : chunks) {
+        if (streaming)
+            for (const Piece& p : chunk) upload(p);
+        int64_t out_rows = 0;
+        const int64_t tiles =
+            plan_chunk(chunk, tasks, tasks_of_set, P, S.host_slot0.get(), hsegs, copies, out_rows);
+        ++timing.chunks;
+        if (mma()) launch_mma_chunk(hsegs, tiles, out_rows, P, S);
+        else launch_fma_chunk(tasks, hsegs, P);
+        copy_rows_back(tasks, copies);
+    }
+    finish_pass(P, S);
+    S.wall1 = std::chrono::steady_clock::now();
+    S.tasks = &tasks;
+}
+
+bool CudaAssigner::Impl::check_tasks(const std::vector<AssignTask>& tasks, int k, int si) const {
+    PKV_CHECK(si >= 0 && si < kSlots, internal, "cuda assigner: slot {} of {}", si, kSlots);
+    PKV_CHECK(slot[si].tasks == nullptr, internal, "cuda assigner: slot {} already has a pass in flight", si);
     PKV_CHECK(active, internal, "cuda assigner: assign_batch() outside begin_batch()/end_batch()");
     PKV_CHECK(k >= 1, invalid_argument, "cuda assigner: expected k >= 1, got {}", k);
-    const int nt = static_cast<int>(tasks.size());
     bool acc = false;
-    for (int ti = 0; ti < nt; ++ti) {
-        const AssignTask& t = tasks[static_cast<size_t>(ti)];
+    for (size_t ti = 0; ti < tasks.size(); ++ti) {
+        const AssignTask& t = tasks[ti];
         PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < sets.size(), internal,
                   "cuda assigner: task {} names data set {}, {} announced", ti, t.data, sets.size());
         PKV_CHECK(t.centroids != nullptr, invalid_argument, "cuda assigner: task {}: null centroids", ti);
@@ -122,49 +166,35 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
                   "cuda assigner: task {}: sums and counts must both be given or both be null", ti);
         acc = acc || t.sums != nullptr;
     }
-    CudaPassTiming& timing = S.timing;
-    timing = CudaPassTiming{};
-    timing.tensor_cores = mma();
-    S.k = k;
-    S.acc = acc;
-    S.wall0 = wall0;
-    if (nt == 0) {
-        S.wall1 = std::chrono::steady_clock::now();
-        S.tasks = &tasks;
-        return;
-    }
-    const int kpad = (k + 7) / 8 * 8;
-    const int dpad = mma() ? detail::mma_row_stride(d) : d;
-    const size_t kd = static_cast<size_t>(k) * d;
-    // k >= wide_min_k: the streaming kernel when d allows, sums by the sorted reduction;
-    // below it the one-hot kernel (sums on tensor cores; segments start on a group);
-    // else the general kernel, its sums sorted when k x d partials do not fit in
-    // shared memory.
-    const bool wide = mma() && opt.wide_assign && k >= opt.wide_min_k && detail::mma_wide_ok(d);
-    const bool wg = wide && wgmma && k >= kWgmmaMinK;
-    const int wide_chunk = opt.wide_chunk != 0 ? opt.wide_chunk : wg && d > 64 ? 128 : 64;
-    const bool fused = mma() && !wide && opt.onehot_sums && opt.fused_small_k && detail::mma_fused_ok(k, d);
-    // The one-hot pass on wgmma needs sums (without them the mma.sync kernel assigns).
-    const bool wg_onehot =
-        mma() && !wide && !fused && acc && opt.onehot_sums && wgmma && detail::wgmma_onehot_ok(k, d);
-    const bool onehot = mma() && !wide && !fused && opt.onehot_sums && detail::mma_onehot_ok(k, d);
-    const int group = !acc        ? 1
-                      : fused     ? detail::fused_group_tiles()
-                      : wg_onehot ? detail::wgmma_onehot_group_tiles()
-                      : onehot    ? detail::onehot_group_tiles(k)
-                                  : 1;
-    const bool sorted = mma() && acc && !onehot && !fused && (wide || !detail::mma_smem_sums(k, d));
-    timing.kernel = !mma()      ? "fma"
-                    : fused     ? "fused"
-                    : wg_onehot ? "onehot-wgmma"
-                    : onehot    ? "onehot"
-                    : wide      ? (wg ? (sorted ? "wgmma+sorted" : "wgmma") : (sorted ? "wide+sorted" : "wide"))
-                    : sorted    ? "mma+sorted"
-                                : "mma";
+    return acc;
+}
 
-    staging(S, si, static_cast<size_t>(nt), kd, k, acc);
-    PKV_CUDA_CHECK(cudaEventRecord(S.ev_start, stream));
-    upload_centroids(tasks, k, kpad, dpad, S);
+// The choice itself is a plain function (pkv/kmeans/kernel_choice.h), tested without
+// a device.
+kmeans_gpu::Choice CudaAssigner::Impl::choose_kernel(int k, bool acc) const {
+    kmeans_gpu::PassShape s;
+    s.d = d;
+    s.k = k;
+    s.rounded = rounded();
+    s.sums = acc;
+    s.smem_sums = detail::mma_smem_sums(k, d);
+    s.cc_major = cc_major;
+    s.cc_minor = cc_minor;
+#if defined(PKV_HAVE_SM90A)
+    s.sm90a_built = true;
+#endif
+    s.onehot_sums = opt.onehot_sums;
+    s.fused_small_k = opt.fused_small_k;
+    s.wide_assign = opt.wide_assign;
+    s.wgmma = opt.wgmma;
+    s.wide_min_k = opt.wide_min_k;
+    s.wide_chunk = opt.wide_chunk;
+    return kmeans_gpu::choose_kernel(s);
+}
+
+void CudaAssigner::Impl::stage_tasks(const std::vector<AssignTask>& tasks, const detail::PassPlan& P, Slot& S,
+                                     std::vector<std::vector<int>>& tasks_of_set) {
+    const int nt = P.nt;
     // Written straight into the page-locked buffers the copies below read; they stay
     // untouched until the next pass, which starts after this one's wait().
     S.host_scale.reserve(static_cast<size_t>(nt));
@@ -172,7 +202,6 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     float* const hscale = S.host_scale.get();
     int64_t* const hslot0 = S.host_slot0.get();
     hslot0[0] = 0;
-    std::vector<std::vector<int>> tasks_of_set(sets.size());
     for (int ti = 0; ti < nt; ++ti) {
         const SetInfo& s = sets[static_cast<size_t>(tasks[static_cast<size_t>(ti)].data)];
         hscale[static_cast<size_t>(ti)] = static_cast<float>(s.scale);
@@ -185,121 +214,146 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     objs.reserve(static_cast<size_t>(nt));
     PKV_CUDA_CHECK(cudaMemcpyAsync(scales.get(), hscale, nt * 4, cudaMemcpyHostToDevice, stream));
     PKV_CUDA_CHECK(cudaMemcpyAsync(slot0.get(), hslot0, (nt + 1) * 8, cudaMemcpyHostToDevice, stream));
-    if (acc) {
-        acc_out.reserve(nt * kd + static_cast<size_t>(nt) * k);
+    if (P.acc) {
+        const size_t kd = P.kd;
+        acc_out.reserve(nt * kd + static_cast<size_t>(nt) * P.k);
         sums_d = acc_out.get();
         counts_d = sums_d + nt * kd;
-        PKV_CUDA_CHECK(cudaMemsetAsync(sums_d, 0, (nt * kd + static_cast<size_t>(nt) * k) * 8, stream));
+        PKV_CUDA_CHECK(cudaMemsetAsync(sums_d, 0, (nt * kd + static_cast<size_t>(nt) * P.k) * 8, stream));
     }
+}
 
-    std::vector<detail::MmaSegment> hsegs;
-    struct Copy {
-        int task;
-        int64_t r0, rows, out;
-    };
-    std::vector<Copy> copies;
-    for (const auto& chunk : chunks) {
-        if (streaming)
-            for (const Piece& p : chunk) upload(p);
-        hsegs.clear();
-        copies.clear();
-        int64_t tiles = 0, out_rows = 0;
-        for (const Piece& p : chunk)
-            for (int ti : tasks_of_set[static_cast<size_t>(p.set)]) {
-                const AssignTask& t = tasks[static_cast<size_t>(ti)];
-                detail::MmaSegment sg;
-                sg.x = rows_at(p.buf_row);
-                sg.rows = p.rows;
-                tiles = (tiles + group - 1) / group * group;
-                sg.tile0 = tiles;
-                sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
-                sg.task = ti;
-                sg.xrow = p.buf_row;
-                tiles += detail::tiles_of(p.rows);
-                // The FMA kernel always writes labels and distances.
-                if (t.labels || t.dist2 || !mma() || sorted) {
-                    copies.push_back(Copy{ti, p.r0, p.rows, out_rows});
-                    out_rows += p.rows;
-                }
-                hsegs.push_back(sg);
+// One segment a (piece, task), each starting on a whole group of tiles; returns the
+// chunk's tiles (rounded up to a group) and sets out_rows to the rows whose labels and
+// distances go through the label buffers (copies lists them).
+int64_t CudaAssigner::Impl::plan_chunk(const std::vector<Piece>& chunk, const std::vector<AssignTask>& tasks,
+                                       const std::vector<std::vector<int>>& tasks_of_set, const detail::PassPlan& P,
+                                       const int64_t* hslot0, std::vector<detail::MmaSegment>& hsegs,
+                                       std::vector<detail::RowCopy>& copies, int64_t& out_rows) {
+    const int group = P.kernel.group_tiles;
+    hsegs.clear();
+    copies.clear();
+    int64_t tiles = 0;
+    out_rows = 0;
+    for (const Piece& p : chunk)
+        for (int ti : tasks_of_set[static_cast<size_t>(p.set)]) {
+            detail::MmaSegment sg;
+            sg.x = rows_at(p.buf_row);
+            sg.rows = p.rows;
+            tiles = (tiles + group - 1) / group * group;
+            sg.tile0 = tiles;
+            sg.slot0 = hslot0[static_cast<size_t>(ti)] + p.slot;
+            sg.task = ti;
+            sg.xrow = p.buf_row;
+            tiles += detail::tiles_of(p.rows);
+            if (P.rows_out(tasks[static_cast<size_t>(ti)])) {
+                copies.push_back(detail::RowCopy{ti, p.r0, p.rows, out_rows});
+                out_rows += p.rows;
             }
-        tiles = (tiles + group - 1) / group * group;
-        out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
-        out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
-        size_t ci = 0;
-        for (auto& sg : hsegs) {
-            const AssignTask& t = tasks[static_cast<size_t>(sg.task)];
-            if (t.labels || t.dist2 || !mma() || sorted) {
-                const Copy& c = copies[ci++];
-                sg.labels = out_labels.get() + c.out;
-                sg.dist2 = out_dist2.get() + c.out;
-            }
+            hsegs.push_back(sg);
         }
-        ++timing.chunks;
-        if (mma()) {
-            segs.reserve(hsegs.size());
-            S.host_segs.reserve(hsegs.size());
-            std::memcpy(S.host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
-            PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), S.host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
-                                           cudaMemcpyHostToDevice, stream));
-            detail::MmaArgs a;
-            a.segs = segs.get();
-            a.n_segs = static_cast<int>(hsegs.size());
-            a.n_tiles = tiles;
-            a.d = d;
-            a.k = k;
-            a.kpad = kpad;
-            a.dpad = dpad;
-            a.bf16 = bf16();
-            a.cent = cent.get();
-            a.cnh = cnorm.get();
-            a.sums = acc && !sorted ? sums_d : nullptr;  // else sorted_sums() below
-            a.counts = acc && !sorted ? counts_d : nullptr;
-            a.scale = scales.get();
-            a.slots = slots.get();
-            if (fused) detail::launch_mma_fused(a, group, sm_count, stream);
-            else if (wg_onehot) {
-                cent_image.reserve(detail::wgmma_onehot_image_bytes(nt, kpad, d));
-                detail::launch_wgmma_onehot(a, group, nt, cent_image.get(), sm_count, stream);
-            } else if (onehot) detail::launch_mma_onehot(a, group, sm_count, stream);
-            else if (wg) {
-                cent_image.reserve(detail::wgmma_image_bytes(nt, kpad, d, wide_chunk));
-                detail::launch_wgmma_wide(a, wide_chunk, nt, cent_image.get(), sm_count, stream);
-            }
-            else if (wide) detail::launch_mma_wide(a, wide_chunk, sm_count, stream);
-            else detail::launch_mma_assign(a, sm_count, stream);
-            if (sorted) sorted_sums(a, tiles, out_rows, nt, k);
-            // host_segs and segs are refilled for the next chunk.
-            if (chunks.size() > 1) PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        } else {
-            for (const auto& sg : hsegs) {
-                detail::AssignArgs a;
-                a.x = sg.x;
-                a.half = rounded();
-                a.rows = sg.rows;
-                a.d = d;
-                a.centroids = reinterpret_cast<const float*>(cent.get()) + sg.task * kd;
-                a.c_norm2 = cnorm.get() + static_cast<size_t>(sg.task) * k;
-                a.k = k;
-                a.labels = sg.labels;
-                a.dist2 = sg.dist2;
-                a.sums = acc ? sums_d + sg.task * kd : nullptr;
-                a.counts = acc ? counts_d + static_cast<size_t>(sg.task) * k : nullptr;
-                a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
-                if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
-                detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
-            }
-        }
-        for (const Copy& c : copies) {
-            const AssignTask& t = tasks[static_cast<size_t>(c.task)];
-            if (t.labels && c.rows > 0)
-                PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
-                                               cudaMemcpyDeviceToHost, stream));
-            if (t.dist2 && c.rows > 0)
-                PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
-                                               cudaMemcpyDeviceToHost, stream));
+    tiles = (tiles + group - 1) / group * group;
+    out_labels.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+    out_dist2.reserve(static_cast<size_t>(std::max<int64_t>(out_rows, 1)));
+    size_t ci = 0;
+    for (auto& sg : hsegs) {
+        if (P.rows_out(tasks[static_cast<size_t>(sg.task)])) {
+            const detail::RowCopy& c = copies[ci++];
+            sg.labels = out_labels.get() + c.out;
+            sg.dist2 = out_dist2.get() + c.out;
         }
     }
+    return tiles;
+}
+
+// The chunk's segments up, then the chosen tensor-core kernel over all of them (and the
+// sorted sums after it).
+void CudaAssigner::Impl::launch_mma_chunk(const std::vector<detail::MmaSegment>& hsegs, int64_t tiles,
+                                          int64_t out_rows, const detail::PassPlan& P, Slot& S) {
+    const kmeans_gpu::Choice& c = P.kernel;
+    segs.reserve(hsegs.size());
+    S.host_segs.reserve(hsegs.size());
+    std::memcpy(S.host_segs.get(), hsegs.data(), hsegs.size() * sizeof(detail::MmaSegment));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(segs.get(), S.host_segs.get(), hsegs.size() * sizeof(detail::MmaSegment),
+                                   cudaMemcpyHostToDevice, stream));
+    detail::MmaArgs a;
+    a.segs = segs.get();
+    a.n_segs = static_cast<int>(hsegs.size());
+    a.n_tiles = tiles;
+    a.d = d;
+    a.k = P.k;
+    a.kpad = P.kpad;
+    a.dpad = P.dpad;
+    a.bf16 = bf16();
+    a.cent = cent.get();
+    a.cnh = cnorm.get();
+    a.sums = P.acc && !c.sorted ? sums_d : nullptr;  // else sorted_sums() below
+    a.counts = P.acc && !c.sorted ? counts_d : nullptr;
+    a.scale = scales.get();
+    a.slots = slots.get();
+    switch (c.kernel) {
+        case kmeans_gpu::Kernel::fused: detail::launch_mma_fused(a, c.group_tiles, sm_count, stream); break;
+        case kmeans_gpu::Kernel::onehot_wgmma:
+            cent_image.reserve(detail::wgmma_onehot_image_bytes(P.nt, P.kpad, d));
+            detail::launch_wgmma_onehot(a, c.group_tiles, P.nt, cent_image.get(), sm_count, stream);
+            break;
+        case kmeans_gpu::Kernel::onehot: detail::launch_mma_onehot(a, c.group_tiles, sm_count, stream); break;
+        case kmeans_gpu::Kernel::wgmma:
+            cent_image.reserve(detail::wgmma_image_bytes(P.nt, P.kpad, d, c.wide_chunk));
+            detail::launch_wgmma_wide(a, c.wide_chunk, P.nt, cent_image.get(), sm_count, stream);
+            break;
+        case kmeans_gpu::Kernel::wide: detail::launch_mma_wide(a, c.wide_chunk, sm_count, stream); break;
+        case kmeans_gpu::Kernel::mma: detail::launch_mma_assign(a, sm_count, stream); break;
+        case kmeans_gpu::Kernel::fma:
+            ::pkv::fail(::pkv::ErrorCode::internal, "cuda assigner: the FMA kernel in a tensor-core pass");
+    }
+    if (c.sorted) sorted_sums(a, tiles, out_rows, P.nt, P.k);
+    // host_segs and segs are refilled for the next chunk.
+    if (chunks.size() > 1) PKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+// The FMA kernel: one launch a segment, plus its objective slots.
+void CudaAssigner::Impl::launch_fma_chunk(const std::vector<AssignTask>& tasks,
+                                          const std::vector<detail::MmaSegment>& hsegs, const detail::PassPlan& P) {
+    const size_t kd = P.kd;
+    for (const auto& sg : hsegs) {
+        detail::AssignArgs a;
+        a.x = sg.x;
+        a.half = rounded();
+        a.rows = sg.rows;
+        a.d = d;
+        a.centroids = reinterpret_cast<const float*>(cent.get()) + sg.task * kd;
+        a.c_norm2 = cnorm.get() + static_cast<size_t>(sg.task) * P.k;
+        a.k = P.k;
+        a.labels = sg.labels;
+        a.dist2 = sg.dist2;
+        a.sums = P.acc ? sums_d + sg.task * kd : nullptr;
+        a.counts = P.acc ? counts_d + static_cast<size_t>(sg.task) * P.k : nullptr;
+        a.scale = sets[static_cast<size_t>(tasks[static_cast<size_t>(sg.task)].data)].scale;
+        if (sg.rows > 0) detail::launch_assign(a, sm_count, stream);
+        detail::launch_tile_objective(sg.dist2, sg.rows, slots.get() + sg.slot0, stream);
+    }
+}
+
+void CudaAssigner::Impl::copy_rows_back(const std::vector<AssignTask>& tasks,
+                                        const std::vector<detail::RowCopy>& copies) {
+    for (const detail::RowCopy& c : copies) {
+        const AssignTask& t = tasks[static_cast<size_t>(c.task)];
+        if (t.labels && c.rows > 0)
+            PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
+                                           cudaMemcpyDeviceToHost, stream));
+        if (t.dist2 && c.rows > 0)
+            PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
+                                           cudaMemcpyDeviceToHost, stream));
+    }
+}
+
+// The tasks' objectives from their slots, the group's all-reduce of the sums, and the
+// copies back that collect() reads.
+void CudaAssigner::Impl::finish_pass(const detail::PassPlan& P, Slot& S) {
+    const int nt = P.nt;
+    const size_t kd = P.kd;
+    const int64_t* const hslot0 = S.host_slot0.get();
     int64_t max_slots = 0;
     for (int ti = 0; ti < nt; ++ti)
         max_slots = std::max(max_slots, hslot0[static_cast<size_t>(ti) + 1] - hslot0[static_cast<size_t>(ti)]);
@@ -307,12 +361,13 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
     detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
                                     stream);
     // Integer sums: the all-reduce is exact and every member gets the same bits.
-    if (grouped && acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * k, stream);
+    if (grouped && P.acc)
+        nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * P.k, stream);
     PKV_CUDA_CHECK(cudaEventRecord(S.ev_stop, stream));
     S.host_obj.reserve(static_cast<size_t>(nt));
     PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
-    if (acc) {
-        PKV_CUDA_CHECK(cudaMemcpyAsync(S.out, sums_d, (nt * kd + static_cast<size_t>(nt) * k) * 8,
+    if (P.acc) {
+        PKV_CUDA_CHECK(cudaMemcpyAsync(S.out, sums_d, (nt * kd + static_cast<size_t>(nt) * P.k) * 8,
                                        cudaMemcpyDeviceToHost, stream));
     }
     S.host_bad.reserve(1);
@@ -321,8 +376,6 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
         PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int),
                                        cudaMemcpyDeviceToHost, stream));
     PKV_CUDA_CHECK(cudaEventRecord(S.ev_done, stream));
-    S.wall1 = std::chrono::steady_clock::now();
-    S.tasks = &tasks;
 }
 
 void CudaAssigner::Impl::collect(int si) {
@@ -440,7 +493,8 @@ CudaAssigner::CudaAssigner(const CudaAssignerOptions& options) : impl_(std::make
     impl_->opt = options;
     PKV_CUDA_CHECK(cudaSetDevice(options.device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, options.device));
-    impl_->wgmma = options.wgmma && detail::wgmma_device(options.device);
+    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->cc_major, cudaDevAttrComputeCapabilityMajor, options.device));
+    PKV_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->cc_minor, cudaDevAttrComputeCapabilityMinor, options.device));
     PKV_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
     for (Impl::Slot& sl : impl_->slot) {
         PKV_CUDA_CHECK(cudaEventCreate(&sl.ev_start));

@@ -30,6 +30,26 @@ struct Piece {
     int64_t slot = 0;  // first objective slot of the piece within its set
 };
 
+// What issue() fixes for a pass before it queues anything.
+struct PassPlan {
+    int nt = 0;        // tasks
+    int k = 0, kpad = 0, dpad = 0;
+    size_t kd = 0;     // k * d
+    bool acc = false;  // some task asks for sums
+    kmeans_gpu::Choice kernel;
+    // Rows of every task's pieces whose labels and distances go through the device's
+    // label buffers (the caller wants them, the FMA kernel always writes them, the
+    // sorted sums read them).
+    bool rows_out(const AssignTask& t) const { return t.labels || t.dist2 || !kernel.tensor_cores || kernel.sorted; }
+};
+
+// Rows [r0, r0 + rows) of a task's labels and distances, at row `out` of the label
+// buffers of a chunk.
+struct RowCopy {
+    int task = 0;
+    int64_t r0 = 0, rows = 0, out = 0;
+};
+
 struct SetInfo {
     const float* hx = nullptr;
     int64_t n = 0;
@@ -45,7 +65,7 @@ struct CudaAssigner::Impl {
 
     CudaAssignerOptions opt;
     int sm_count = 0;
-    bool wgmma = false;  // the wide kernel's assignment by wgmma (opt.wgmma on a cc 9.0 device)
+    int cc_major = 0, cc_minor = 0;  // the device's compute capability
     cudaStream_t stream = nullptr;
 
     bool active = false;
@@ -67,8 +87,7 @@ struct CudaAssigner::Impl {
     // below are shared, since every pass runs on `stream`, in order. The scales, slot
     // starts and segments are staged in page-locked memory too: a copy from pageable
     // memory first waits for the stream, which would serialise the pass's launches with
-    // the host (an H200 Lloyd iteration at k = 16, N = 10^7, d = 128: 0.872-0.900 ms with
-    // these, 0.903-0.907 ms before).
+    // the host.
     struct Slot {
         PinnedBuffer<float> pinned;  // the fp32 centroids on their way up
         PinnedBuffer<float> host_scale;
@@ -93,7 +112,7 @@ struct CudaAssigner::Impl {
     static_assert(kSlots == 2, "slot si borrows upload buffer si (staging())");
     Slot slot[kSlots];
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
-    // copy back (each small copy or memset costs a few microseconds of a ~1 ms pass).
+    // copy back (each small copy or memset has a fixed cost, not small beside a pass).
     DeviceBuffer<unsigned long long> acc_out;
     unsigned long long* sums_d = nullptr;    // into acc_out
     unsigned long long* counts_d = nullptr;  // into acc_out
@@ -124,7 +143,7 @@ struct CudaAssigner::Impl {
     }
     bool bf16() const { return opt.precision == InputPrecision::bf16; }
     size_t elem() const { return rounded() ? 2 : 4; }
-    bool mma() const { return rounded() && d <= detail::kMmaMaxDim; }
+    bool mma() const { return kmeans_gpu::tensor_cores(rounded(), d); }
     char* rows_at(int64_t buf_row) const { return points.get() + static_cast<size_t>(buf_row) * d * elem(); }
 
     void upload(const Piece& p);
@@ -139,17 +158,20 @@ struct CudaAssigner::Impl {
     // Uploads (or plans) the data sets and fixes every set's fixed-point scale; with
     // `in_group`, from max|x| and n over the whole group (collective).
     void prepare(const std::vector<AssignData>& data, int d_in, bool in_group = false);
+    // prepare()'s stages: the chunks and pieces of `total` rows, then every piece up
+    // and the sets' scales.
+    void plan_pieces(int64_t total);
+    void fix_scales(bool in_group);
 
     // Centroids as the kernels read them: rounded and padded for the tensor-core
     // kernel ([tasks][kpad][dpad], -||c||²/2), fp32 (rounded for fp16) with ||c||² for
     // the FMA kernel ([tasks][k][d]).
     void upload_centroids(const std::vector<AssignTask>& tasks, int k, int kpad, int dpad, Slot& S);
 
-    // The slot's host staging: page-locked memory takes about 0.7 ms a MiB to allocate on
-    // an H200 host, so the first Lloyd iteration of a whole-model batch at k = 256 spent
-    // about 13 ms allocating 18 MB of it. When the points are resident, the two 16 MiB
-    // upload buffers sit idle after begin_batch(): slot si takes buffer si where its
-    // sums, counts and centroids fit, else buffers of its own.
+    // The slot's host staging: page-locked memory is slow to allocate, and a whole-model
+    // batch at large k needs megabytes of it a slot. When the points are resident, the
+    // two 16 MiB upload buffers sit idle after begin_batch(): slot si takes buffer si
+    // where its sums, counts and centroids fit, else buffers of its own.
     void staging(Slot& S, int si, size_t nt, size_t kd, int k, bool acc);
 
     // One pass: issue() queues it in slot si and returns, collect() waits for it and
@@ -157,6 +179,24 @@ struct CudaAssigner::Impl {
     void pass(std::vector<AssignTask>& tasks, int k);
 
     void issue(std::vector<AssignTask>& tasks, int k, int si);
+    // issue()'s stages: the tasks' checks (returns whether any asks for sums), the
+    // kernel, the tasks' scales and objective slots (into the slot's page-locked
+    // buffers, then up; tasks_of_set lists each set's tasks), every chunk's segments
+    // and launches, and the pass's objectives, all-reduce and copies back.
+    bool check_tasks(const std::vector<AssignTask>& tasks, int k, int si) const;
+    kmeans_gpu::Choice choose_kernel(int k, bool acc) const;
+    void stage_tasks(const std::vector<AssignTask>& tasks, const detail::PassPlan& P, Slot& S,
+                     std::vector<std::vector<int>>& tasks_of_set);
+    int64_t plan_chunk(const std::vector<Piece>& chunk, const std::vector<AssignTask>& tasks,
+                       const std::vector<std::vector<int>>& tasks_of_set, const detail::PassPlan& P,
+                       const int64_t* hslot0, std::vector<detail::MmaSegment>& hsegs,
+                       std::vector<detail::RowCopy>& copies, int64_t& out_rows);
+    void launch_mma_chunk(const std::vector<detail::MmaSegment>& hsegs, int64_t tiles, int64_t out_rows,
+                          const detail::PassPlan& P, Slot& S);
+    void launch_fma_chunk(const std::vector<AssignTask>& tasks, const std::vector<detail::MmaSegment>& hsegs,
+                          const detail::PassPlan& P);
+    void copy_rows_back(const std::vector<AssignTask>& tasks, const std::vector<detail::RowCopy>& copies);
+    void finish_pass(const detail::PassPlan& P, Slot& S);
 
     void collect(int si);
 

@@ -26,10 +26,8 @@ void CudaAssigner::Impl::upload(const Piece& p) {
     }
     // Rounded on the host (threaded; to nearest even, as the device rounds centroids)
     // into two page-locked buffers in turn, each sent while the other fills: half the
-    // bytes of the fp32 values cross the bus, at page-locked speed. A whole-model batch
-    // (90 x 100,000 x 64 values) went up in 0.07-0.11 s on an H200 host, and its
-    // kmeans_batch took 0.18-0.32 s end to end instead of 0.39-0.63 s through a device
-    // staging buffer fed from pageable memory.
+    // bytes of the fp32 values cross the bus, at page-locked speed, which a device
+    // staging buffer fed from pageable memory does not reach.
     for (int i = 0; i < 2; ++i)
         if (host_half[i].capacity() < std::min(count, kStagingValues)) {
             PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[i]));  // not freed under a copy
@@ -68,6 +66,13 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
         sets.push_back(s);
         total += data[i].n;
     }
+    plan_pieces(total);
+    fix_scales(in_group);
+    active = true;
+}
+
+// Resident when the budget holds all `total` rows, else streamed in chunks.
+void CudaAssigner::Impl::plan_pieces(int64_t total) {
     const int64_t fit = resident_rows(d);
     streaming = total > fit;
     // Streamed chunks of whole tiles keep the objective's summation order of the
@@ -101,7 +106,11 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
             chunks.back().push_back(p);
         }
     }
+}
 
+// Uploads every piece (resident data stays) and fixes every set's fixed-point scale;
+// with `in_group`, from max|x| and n over the whole group (collective).
+void CudaAssigner::Impl::fix_scales(bool in_group) {
     // max|x| of every set (of the rounded values for fp16/bf16); resident data stays.
     const size_t ns = std::max<size_t>(sets.size(), 1);
     max_bits.reserve(ns);
@@ -151,7 +160,6 @@ void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, 
             s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
         }
     }
-    active = true;
 }
 
 void CudaAssigner::Impl::release_data() noexcept {

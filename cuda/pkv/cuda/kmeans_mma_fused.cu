@@ -3,8 +3,8 @@
 // cp.async pipeline. Semantics in kmeans_assign.h ("fused" kernel).
 //
 // Why a fourth kernel: at k = 16 a Lloyd iteration should cost one read of the points
-// (0.6 ms for 10^7 x 128 fp16 on an H200), and the one-hot kernel (kmeans_mma_onehot.cu)
-// takes about twice that: its 16 warps meet at two block barriers a tile (after the
+// (the HBM floor), and the one-hot kernel (kmeans_mma_onehot.cu) takes far more than
+// that: its 16 warps meet at two block barriers a tile (after the
 // staged rows land, after the labels are in shared memory), the sums read the points
 // a second time from shared memory (ldmatrix.trans), and the staging buffer stays
 // taken until they have. Here
@@ -21,17 +21,13 @@
 //     fixed point and added to the block's sums in shared memory as two 32-bit words
 //     (native 32-bit atomics, the low word's carry taken from the value it returns);
 //     the block adds them to the device sums when its task changes and at its end.
-// Measured on an H200 (N = 10^7, d = 128, k = 16, fp16): 0.85-0.87 ms of device time a
-// pass with sums, 0.68-0.71 ms without (the one-hot kernel: 1.15-1.17 and 0.95-0.97).
-// Two warps a scheduler (240 registers) leave it latency bound: a third staging buffer
-// a warp (224 KB of shared memory a block) measured no faster.
+// Two warps a scheduler (240 registers) leave it latency bound, so a third staging
+// buffer a warp (224 KB of shared memory a block) does not help.
 // Where d <= 64 it also takes k <= 32, as two blocks of 16 centroids (NB = 2): the warp's
-// sums, 32 x 64 fp32, take the registers 16 x 128 take at d = 128. At the whole-model
-// shape (90 sets x 100,000 rows, d = 64, k = 32) a pass took 0.94-1.10 ms of device time
-// against the one-hot kernel's 1.21 ms; the per-row work is that of k = 16, d = 128, so
-// the kernel runs at about the same rows a second, well short of that shape's HBM floor.
-// NB = 2 at d = 128 was tried: 255 registers with 212 bytes spilled, and at N = 10^7,
-// k = 32 a Lloyd iteration took 1.51-1.56 ms against the one-hot kernel's 1.41 ms.
+// sums, 32 x 64 fp32, take the registers 16 x 128 take at d = 128; the per-row work is
+// that of k = 16, d = 128, so the kernel runs at about the same rows a second, well short
+// of that shape's HBM floor. At d = 128, NB = 2 needs 255 registers and spills, and the
+// one-hot kernel stays ahead there. (Measured passes: docs/kmeans_gpu.md.)
 #include <algorithm>
 #include <climits>
 #include <cstdint>

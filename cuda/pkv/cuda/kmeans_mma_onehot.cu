@@ -341,8 +341,6 @@ void launch_ks(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t str
 
 }  // namespace
 
-int onehot_group_tiles(int k) { return k <= 32 ? 8 : k <= 64 ? 16 : 32; }
-
 void launch_mma_onehot(const MmaArgs& a, int group_tiles, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(mma_onehot_ok(a.k, a.d));
     assert_grouped_pass(a, group_tiles);

@@ -7,8 +7,7 @@
 // counts is keeping the tensor cores fed. The general kernel (kmeans_mma.cu) loads a
 // tile's points synchronously, reloads every centroid chunk behind a barrier, and runs
 // one 8-centroid step at a time (two dependent MMA chains a warp), which leaves it
-// latency bound at 15% of the H200's dense tensor peak (150-160 TFLOP/s measured at
-// k = 256-1024; this kernel: 280-350). Here
+// latency bound far below the dense tensor peak. Here
 //   - a warp's next 32 rows arrive by cp.async while the current ones are multiplied
 //     (the A fragments live in registers for the whole tile, so one staging buffer
 //     a warp suffices),
@@ -117,9 +116,8 @@ __global__ void __launch_bounds__(kThreads, 2) wide_kernel(MmaArgs a) {
                 const int n0 = 16 * s;
                 float sc[2][2][4];
                 // u outer: the first 8 centroids' chains finish first, so their
-                // epilogue can overlap the second 8's products (measured 6-11% faster
-                // than ks outer at k = 256 and 1024). Each chain starts from the
-                // centroids' -||c||²/2.
+                // epilogue can overlap the second 8's products. Each chain starts from
+                // the centroids' -||c||²/2.
 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
                     const float2 h = *reinterpret_cast<const float2*>(hb + n0 + 8 * u + 2 * t);
@@ -178,7 +176,7 @@ bool wgmma_device(int device) {
     int major = 0, minor = 0;
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    return major == 9 && minor == 0;
+    return kmeans_gpu::wgmma_arch(major, minor, true);
 #else
     (void)device;
     return false;

@@ -4,8 +4,8 @@
 // ("onehot-wgmma"); compiled for sm_90a only (cuda/CMakeLists.txt), launched only on
 // compute capability 9.0.
 //
-// Why: at k = 32 / 64, d = 128 the mma.sync one-hot kernel (kmeans_mma_onehot.cu) takes
-// 2.4x / 3.1x the HBM floor. Its sums, k x d fp32 a block, do not fit one warp's
+// Why: at k = 32 / 64, d = 128 the mma.sync one-hot kernel (kmeans_mma_onehot.cu) stays
+// far from the HBM floor. Its sums, k x d fp32 a block, do not fit one warp's
 // registers, so its 16 warps meet at two barriers a tile and read the points a second
 // time from shared memory (ldmatrix.trans); the fused kernel, one warp a row slice, runs
 // out of registers at k = 32, d = 128. With wgmma a warpgroup holds the sums of 64
@@ -31,17 +31,12 @@
 //     sums; so the sums, like the one-hot kernel's, do not depend on the grid.
 // A staged buffer is refilled after the next tile's barrier, which every warp of the
 // warpgroup reaches only after its sums of the buffer's tile completed (wgmma wait).
-// Measured on an H200 (N = 10^7, fp16, device ms a Lloyd pass at k = 32 / 48 / 64):
-// d = 128: 1.30-1.32 / 1.40 / 1.45 against the mma.sync one-hot kernel's 1.43-1.45 /
-// 1.67-1.70 / 1.80-1.84 (HBM floor 0.595); d = 64, k = 64: 1.05-1.14 against 1.20-1.22
-// (floor 0.30; at k = 32 the fused kernel, 0.85-0.87, stays ahead of this one's 0.93).
-// A pass costs about the same per row whatever d: it is bound by each warp's chain of
-// steps (8 warps an SM at 188-255 registers, a few bytes spilled at d = 128), not by the
-// reads. Tried and slower:
-//   - leaving the sums' wait to the next tile's scores (ptxas then injects waits of its
-//     own): 1.27 / 1.49 / 1.56;
-//   - scores with A from shared memory (no A fragments kept: 202-216 registers, no
-//     spills) and a second barrier a tile before them: 1.38 / 1.55 / 1.59.
+// A pass is bound by each warp's chain of steps (8 warps an SM at 188-255 registers, a
+// few bytes spilled at d = 128), not by the reads. The sums' wait stays in the tile that
+// issued them: left to the next tile's scores, ptxas injects waits of its own. The A
+// fragments stay in registers: scores with A from shared memory need a second barrier
+// a tile. (Measured passes, the fused kernel's at d = 64, k = 32 included, are in
+// docs/kmeans_gpu.md.)
 #include <algorithm>
 #include <climits>
 #include <cstdint>

@@ -177,9 +177,9 @@ __global__ void label_runs_kernel(const MmaSegment* __restrict__ segs, int n_seg
 // time (whole tiles of its range), sorts them by cluster in shared memory (counts, one
 // device atomic per nonzero count for the places, a scan for the local starts), then
 // writes each cluster's rows to consecutive places of idx, where label_runs_kernel
-// writes every index to a place of its own (a 32-byte sector each). On an H200 a pass
-// at N = 10^7, d = 128, k = 256 took 3.14 ms with it (3.24-3.29 ms before); at k = 1024,
-// about 4 rows a cluster, it took 9.6 ms against 7.5-7.7 ms, hence the limit.
+// writes every index to a place of its own (a 32-byte sector each). At large k a
+// cluster has too few rows of a block for the local sort to pay (about 4 at k = 1024),
+// hence the limit.
 constexpr int kSortTiles = 16;
 constexpr int kSortRows = kSortTiles * kBlockRows;
 constexpr int kSortMaxK = 256;
@@ -304,8 +304,8 @@ __global__ void sort_scatter_kernel(const MmaSegment* __restrict__ segs, int n_s
 
 // Two kernels over blocks of kBuildThreads slots (one thread a slot): the first writes
 // every block's rows and items, the second gives each block the sum of the blocks before
-// it, scans its own slots and writes their cursors and items. One block over every slot
-// took about 0.2 ms at 90 tasks x k = 256 (23040 slots) on an H200; this takes a few us.
+// it, scans its own slots and writes their cursors and items, so that tens of thousands
+// of slots (90 tasks x k = 256) do not wait on one block's serial scan.
 constexpr int kBuildThreads = 1024;
 
 __device__ __forceinline__ unsigned long long items_of(unsigned long long h, unsigned int item_rows) {
@@ -423,8 +423,7 @@ __global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool b
 // d a multiple of 8 (32 < d <= 128): rows read as 16-byte pieces, PP lanes a row (d / 8
 // of them busy), 32 / PP rows a load, U loads in flight; lane (r = lane / PP, c = lane %
 // PP) sums columns 8c..8c+7 of its rows in int64, then lanes of one c add up by shuffles.
-// Fewer loads and address computations than the pair kernel above (measured 0.19 ms
-// less at N = 10^7, d = 128, k = 256 on an H200).
+// Fewer loads and address computations than the pair kernel above.
 template <int PP, int U>
 __global__ void segment_sums16_kernel(const uint4* __restrict__ x, bool bf16, int d,
                                       const unsigned int* __restrict__ idx, const SumItem* __restrict__ items,

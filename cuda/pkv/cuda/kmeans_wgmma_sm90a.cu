@@ -2,8 +2,8 @@
 // warpgroup MMA (wgmma). Semantics in kmeans_assign.h ("wide" kernel); compiled for
 // sm_90a only (cuda/CMakeLists.txt), launched only on compute capability 9.0.
 //
-// Why: the wide kernel's mma.sync loop reaches 280-350 TFLOP/s on an H200, about a
-// third of its dense fp16 peak. Every mma.sync needs its B fragments in registers, so
+// Why: the wide kernel's mma.sync loop stays at about a third of the dense fp16 peak.
+// Every mma.sync needs its B fragments in registers, so
 // a warp spends as many issue slots on ldmatrix as on products. wgmma reads B straight
 // from shared memory, is asynchronous, and one instruction does a 64 x KC x 16 product
 // of a warpgroup (four warps), so the issue slots go to the argmax instead.
@@ -24,19 +24,18 @@
 //     m-block 1's products are still in flight;
 //   - ||x||², dist2 and the direct sum for near rows as in the wide kernel.
 //
-// Measured on an H200 (N = 10^7, d = 128, fp16, assignment without sums, ms at k = 256 /
-// 1024): this kernel 2.14 / 6.36, the mma.sync wide kernel 2.34 / 7.66. Steps on the way:
-//   - the unswizzled "core matrix" layout was slower than mma.sync (3.02 / 9.65 at chunks
-//     of 64, 2.68 / 8.44 at 128): the eight rows of a core matrix sit on the same banks;
-//   - swizzled, rearranged by each cp.async: 2.30 / 6.87 (chunks of 128), 2.53 / 7.66 (64);
-//   - the pre-swizzled image: 2.27 / 6.78; fetched two chunks ahead: 2.14 / 6.36;
-//   - one warpgroup a block (two blocks an SM): slower (4.04 / 10.10, unswizzled);
-//   - pipelining m-block 1's argmax across chunks (four buffers): 2.30 / 6.86, because
-//     ptxas then serialises the wgmma instructions (C7518: a compiler-inserted wait in
-//     a divergent path; with no branch and no accumulator writes between the waits it
-//     still reports C7514, accumulators read inside the pipeline stage). What remains:
-//     the argmax (skipping it saved about 1 ms at k = 1024 in a diagnostic build) and
-//     the sorted sums (about 1 ms a pass).
+// Why this layout:
+//   - swizzled, not wgmma's unswizzled "core matrix" layout: the eight rows of a core
+//     matrix sit on the same shared-memory banks;
+//   - the image is swizzled once before the kernel, so chunks arrive by plain copies,
+//     and two chunks ahead;
+//   - two warpgroups a block, not one (two blocks an SM);
+//   - m-block 1's argmax is not pipelined across chunks: ptxas then serialises the
+//     wgmma instructions (C7518: a compiler-inserted wait in a divergent path; with no
+//     branch and no accumulator writes between the waits it still reports C7514,
+//     accumulators read inside the pipeline stage).
+// What bounds a pass is then the argmax and the sorted sums. (Measured figures of each
+// step: docs/kmeans_gpu.md.)
 #include <algorithm>
 #include <climits>
 #include <cstdint>

@@ -10,8 +10,6 @@ namespace pkv {
 void KMeansAssigner::begin_batch(const std::vector<AssignData>& data, int d) {
     batch_data_ = data;
     batch_d_ = d;
-    batch_began_single_ = data.size() == 1;
-    if (batch_began_single_) begin(data[0].x, data[0].n, d);
 }
 
 void KMeansAssigner::begin_group_batch(const std::vector<AssignData>&, int) {
@@ -19,8 +17,6 @@ void KMeansAssigner::begin_group_batch(const std::vector<AssignData>&, int) {
 }
 
 void KMeansAssigner::end_batch() noexcept {
-    if (batch_began_single_) end();
-    batch_began_single_ = false;
     batch_data_.clear();
 }
 

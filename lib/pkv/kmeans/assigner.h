@@ -62,15 +62,6 @@ public:
     /// Short name for logs ("cpu", "cuda", ...).
     virtual const char* name() const = 0;
 
-    /// Announces a data set: until the matching end(), every call passes this same
-    /// x (unchanged contents), n and d, so an implementation may upload or pack it
-    /// once. The Lloyd loop brackets every pass over a data set with begin()/end();
-    /// the default does nothing.
-    virtual void begin(const float* x, int64_t n, int d) {}
-
-    /// Releases what begin() prepared. Must not throw; the default does nothing.
-    virtual void end() noexcept {}
-
     /// labels[i] = argmin_j ||x_i - c_j||² (lowest j on ties) and dist2[i] = that
     /// squared distance, for i in [0, n). Both outputs are required.
     /// Implementations that use the expanded form ||x||² - 2 x·c + ||c||² must clamp
@@ -88,12 +79,15 @@ public:
                                    int32_t* labels, float* dist2, double* sums, int64_t* counts);
 
     /// Announces the data sets of a batch; until the matching end_batch() every
-    /// assign_batch() refers to them by index (contents unchanged). The default
-    /// remembers the list and, for a single data set, calls begin() on it.
+    /// assign_batch() refers to them by index (contents unchanged), so an
+    /// implementation may upload or pack them once. The Lloyd loop brackets every pass
+    /// over its data, a single problem's included (a batch of one data set), with
+    /// begin_batch()/end_batch(). The default remembers the list (batch_data_);
+    /// an override that keeps the default assign_batch() calls it.
     virtual void begin_batch(const std::vector<AssignData>& data, int d);
 
-    /// Releases what begin_batch() prepared (the default calls end() when begin_batch
-    /// called begin()). Must not throw.
+    /// Releases what begin_batch() prepared (the default forgets the list). Must not
+    /// throw.
     virtual void end_batch() noexcept;
 
     /// One pass over every task (k centroids each, all of dimension d): labels, dist2,
@@ -147,9 +141,6 @@ protected:
     /// The data sets of the current begin_batch() (empty outside one) and their d.
     std::vector<AssignData> batch_data_;
     int batch_d_ = 0;
-
-private:
-    bool batch_began_single_ = false;
 };
 
 /// CPU assigner: scores s_ij = ||c_j||² - 2 x_i·c_j from a fused AVX2/FMA dot +

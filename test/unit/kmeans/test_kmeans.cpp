@@ -331,14 +331,17 @@ namespace {
 class RecordingAssigner final : public pkv::KMeansAssigner {
 public:
     const char* name() const override { return "recording"; }
-    void begin(const float* x, int64_t n, int d) override {
+    void begin_batch(const std::vector<pkv::AssignData>& data, int d) override {
         CHECK(open_ == nullptr);
-        open_ = x;
+        REQUIRE(data.size() == 1);
+        open_ = data[0].x;
         ++begins;
+        KMeansAssigner::begin_batch(data, d);
     }
-    void end() noexcept override {
+    void end_batch() noexcept override {
         open_ = nullptr;
         ++ends;
+        KMeansAssigner::end_batch();
     }
     void assign(const float* x, int64_t n, int d, const float* c, int k, int32_t* labels, float* dist2) override {
         CHECK(x == open_);
