@@ -2,15 +2,30 @@
 
 # phase N/M WHAT: the one line each phase prints before it starts, on stderr:
 #   pkv: [3/8] building pkv (CPU only, ~5 min on 2 cores)
-# It also remembers when the phase started; phase_done prints how long it took.
+# It also remembers when the phase started; phase_done prints how long it took, in wall
+# time and in CPU time of its finished processes (more than the wall time when it used
+# several cores, less when other programs shared them).
 PKV_PHASE_START=0
+PKV_PHASE_CPU=0
+PKV_TIMES_FILE="$(mktemp)"
+trap 'rm -f "$PKV_TIMES_FILE"' EXIT
+# pkv_cpu_seconds: sets PKV_CPU to the user + system seconds of this shell's finished
+# children so far (`times` must run in this shell, not in a command substitution).
+pkv_cpu_seconds() {
+  times >"$PKV_TIMES_FILE"
+  PKV_CPU=$(tail -n 1 "$PKV_TIMES_FILE" |
+    awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } printf "%d", s }')
+}
 phase() {
   PKV_PHASE_START=$SECONDS
+  pkv_cpu_seconds
+  PKV_PHASE_CPU=$PKV_CPU
   echo "pkv: [$1] $2" >&2
 }
 phase_done() {
-  local s=$((SECONDS - PKV_PHASE_START))
-  echo "pkv:       done in $((s / 60)) min $((s % 60)) s" >&2
+  pkv_cpu_seconds
+  local s=$((SECONDS - PKV_PHASE_START)) c=$((PKV_CPU - PKV_PHASE_CPU))
+  echo "pkv:       done in $((s / 60)) min $((s % 60)) s (CPU time $((c / 60)) min $((c % 60)) s)" >&2
 }
 
 # pkv_has_gpu: true when an NVIDIA GPU is present and its driver answers.
