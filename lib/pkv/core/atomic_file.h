@@ -35,7 +35,6 @@ public:
     /// Writes `size` bytes as the whole temporary file, then commit(); throws io
     /// naming path() when the file cannot be created or written.
     void write_and_commit(const void* data, size_t size);
-    bool committed() const { return committed_; }
 
 private:
     std::string path_, temp_;

@@ -4,22 +4,6 @@
 
 namespace pkv {
 
-const char* error_code_name(ErrorCode code) {
-    switch (code) {
-        case ErrorCode::invalid_argument: return "invalid_argument";
-        case ErrorCode::not_found: return "not_found";
-        case ErrorCode::failed_precondition: return "failed_precondition";
-        case ErrorCode::out_of_range: return "out_of_range";
-        case ErrorCode::data_loss: return "data_loss";
-        case ErrorCode::unsupported: return "unsupported";
-        case ErrorCode::io: return "io";
-        case ErrorCode::cuda: return "cuda";
-        case ErrorCode::interrupted: return "interrupted";
-        case ErrorCode::internal: return "internal";
-    }
-    return "unknown";
-}
-
 uint64_t checked_mul(uint64_t a, uint64_t b, const std::string& what) {
     if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a)
         fail(ErrorCode::data_loss, "{}: size {} x {} overflows 64 bits", what, a, b);

@@ -29,8 +29,6 @@ enum class ErrorCode : int {
     internal = 10,          ///< a broken invariant: a bug in pkv
 };
 
-/// Short name of a code ("invalid_argument", ...).
-const char* error_code_name(ErrorCode code);
 
 class Error : public std::runtime_error {
 public:

@@ -43,11 +43,6 @@ void write(Level l, const std::string& message) {
 
 }  // namespace log
 
-bool progress_line_active() {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    return g_line_active;
-}
-
 void progress_line_clear() {
     std::lock_guard<std::mutex> lock(g_mutex);
     if (g_line_active) {

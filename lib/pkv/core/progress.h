@@ -40,8 +40,7 @@ private:
     std::chrono::steady_clock::time_point start_, last_;
 };
 
-/// True while a progress line is on screen (log::write clears it first).
-bool progress_line_active();
+/// Clears the progress line if one is on screen (log::write does so before printing).
 void progress_line_clear();
 
 }  // namespace pkv

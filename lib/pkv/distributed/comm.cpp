@@ -29,14 +29,6 @@ void check_mpi(int rc, const char* what) {
 
 }  // namespace
 
-bool built_with_mpi() {
-#ifdef PKV_HAVE_MPI
-    return true;
-#else
-    return false;
-#endif
-}
-
 Comm& Comm::world() {
     static Comm c;
     return c;

@@ -64,7 +64,4 @@ private:
     bool mpi_ = false;
 };
 
-/// True when pkv was built with MPI.
-bool built_with_mpi();
-
 }  // namespace pkv::dist
