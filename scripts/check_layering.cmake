@@ -31,7 +31,9 @@ endforeach()
 # Folders on disk must all be declared: a new folder needs its line in PKV_LAYERS.
 file(GLOB lib_dirs LIST_DIRECTORIES true RELATIVE ${PKV_SOURCE_DIR}/lib/pkv ${PKV_SOURCE_DIR}/lib/pkv/*)
 foreach(dir ${lib_dirs})
-  if(IS_DIRECTORY ${PKV_SOURCE_DIR}/lib/pkv/${dir})
+  # Only folders with sources count: git keeps no empty folder, a stale checkout may.
+  file(GLOB_RECURSE dir_sources ${PKV_SOURCE_DIR}/lib/pkv/${dir}/*.h ${PKV_SOURCE_DIR}/lib/pkv/${dir}/*.cpp)
+  if(IS_DIRECTORY ${PKV_SOURCE_DIR}/lib/pkv/${dir} AND dir_sources)
     list(FIND known ${dir} at)
     if(at EQUAL -1)
       list(APPEND errors "lib/pkv/${dir}/: folder not declared in PKV_LAYERS of lib/CMakeLists.txt")

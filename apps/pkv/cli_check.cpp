@@ -2,7 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
-#include "pkv/check/check.h"
+#include "pkv/pipeline/check.h"
 
 namespace pkv::cli {
 

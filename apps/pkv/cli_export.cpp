@@ -3,7 +3,7 @@
 
 #include "commands.h"
 #include "pkv/core/atomic_file.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 
 namespace pkv::cli {
 

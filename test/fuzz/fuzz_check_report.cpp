@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "fuzz_common.h"
-#include "pkv/check/check.h"
+#include "pkv/pipeline/check.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     pkv_fuzz::init();

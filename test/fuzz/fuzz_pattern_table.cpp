@@ -17,7 +17,7 @@
 
 #include "fuzz_common.h"
 #include "pkv/runtime/pattern_table_reader.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 
 namespace {

@@ -29,7 +29,7 @@
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "support/tiny_model.h"
 #include "unit/table/table_fixture.h"

@@ -9,7 +9,7 @@
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/tokenizer/tokenizer.h"
 
 namespace pkv {

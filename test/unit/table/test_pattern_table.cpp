@@ -9,7 +9,7 @@
 #include "catch.h"
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "pkv/table/safetensors.h"
 #include "support/scratch_dir.h"

@@ -1,5 +1,5 @@
-// pkv/table/export.cpp — see export.h and docs/formats/pattern_table.md.
-#include "pkv/table/export.h"
+// pkv/pipeline/export.cpp — see export.h and docs/formats/pattern_table.md.
+#include "pkv/pipeline/export.h"
 
 #include <sys/stat.h>
 

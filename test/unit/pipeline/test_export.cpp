@@ -10,10 +10,10 @@
 #include "pkv/core/half.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/pipeline/inspect.h"
-#include "pkv/table/export.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/safetensors.h"
 #include "support/scratch_dir.h"
-#include "table_fixture.h"
+#include "unit/table/table_fixture.h"
 
 using namespace pkv;
 using pkv_test::make_table;

@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pkv/check/check.h"
+#include "pkv/pipeline/check.h"
 #include "pkv/core/error.h"
 #include "support/scratch_dir.h"
 #include "catch.h"

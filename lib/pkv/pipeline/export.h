@@ -1,4 +1,4 @@
-// pkv/table/export.h — `pkv export`, `pkv info` and `pkv validate` for pattern tables.
+// pkv/pipeline/export.h — `pkv export`, `pkv info` and `pkv validate` for pattern tables.
 //
 // Export writes one table (pattern_table.h) in another container or layout:
 //   safetensors  the table itself, optionally with key patterns in the other dim order

@@ -1,7 +1,7 @@
 // Regression gate over pkv.analyze_report / pkv.eval_report documents: extract
 // comparable metric groups from both files, refuse mismatched inputs, classify
 // every metric against its tolerance, then render Markdown and JUnit XML.
-#include "pkv/check/check.h"
+#include "pkv/pipeline/check.h"
 
 #include <cmath>
 #include <fstream>

@@ -1,4 +1,4 @@
-// pkv/check/check.h — a regression gate for quantization-error reports.
+// pkv/pipeline/check.h — a regression gate for quantization-error reports.
 //
 // `run_check` compares a new report (NEW) against a baseline (BASE) of the same
 // kind: two `pkv analyze --json` reports (format "pkv.analyze_report") or two
