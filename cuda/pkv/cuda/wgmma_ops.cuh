@@ -53,6 +53,7 @@ __device__ __forceinline__ void pin(float (&d)[R]) {
     for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// clang-format off
 #define PKV_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                     "+f"(d[i + 6]), "+f"(d[i + 7])
 #define PKV_ACC16(i) PKV_ACC8(i), PKV_ACC8(i + 8)
@@ -67,6 +68,7 @@ __device__ __forceinline__ void pin(float (&d)[R]) {
     "%67}, %68, p, 1, 1, " #TB ";\n}\n"
 #define PKV_WGMMA_HEAD "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned."
 #define PKV_A_DESC "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)
+// clang-format on
 #ifdef PKV_WGMMA_DEVICE
 #define PKV_WGMMA_BODY(R, N, TS, TB) \
     asm volatile(PKV_WGMMA_HEAD "m64n" #N "k16.f32." TS "." TS " " PKV_REGS##R(TB) : PKV_ACC##R(0) : PKV_A_DESC)

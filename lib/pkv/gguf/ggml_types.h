@@ -43,6 +43,7 @@ size_t ggml_row_size(GgmlType t, int64_t n);
 
 constexpr int QK4_0 = 32, QK4_1 = 32, QK5_0 = 32, QK5_1 = 32, QK8_0 = 32, QK_K = 256;
 
+// clang-format off
 #pragma pack(push, 1)
 struct block_q4_0 { uint16_t d; uint8_t qs[QK4_0 / 2]; };
 struct block_q4_1 { uint16_t d; uint16_t m; uint8_t qs[QK4_1 / 2]; };
@@ -52,6 +53,7 @@ struct block_q8_0 { uint16_t d; int8_t qs[QK8_0]; };
 struct block_q4_K { uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; };
 struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
 #pragma pack(pop)
+// clang-format on
 static_assert(sizeof(block_q4_0) == 18, "wrong q4_0 block size");
 static_assert(sizeof(block_q4_1) == 20, "wrong q4_1 block size");
 static_assert(sizeof(block_q5_0) == 22, "wrong q5_0 block size");

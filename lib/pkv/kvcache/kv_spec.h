@@ -56,7 +56,7 @@ KvSpec parse_kv_spec(const std::string& text);
 /// power-of-two rotation) and the methods this build has; throws naming the spec.
 void check_kv_spec(const KvSpec& spec, int head_dim);
 
-/// The simulation parameters of a spec (methods.h), with the k-means seed.
+/// The simulation parameters of a spec (simulate.h), with the k-means seed.
 SimParams kv_spec_sim_params(const KvSpec& spec, uint64_t seed);
 
 }  // namespace pkv

@@ -1,5 +1,5 @@
 // `pkv analyze`: validation, then the streaming loop over (layer, KV head) and
-// sequences. The report is assembled in analyze_report.cpp.
+// sequences; report/analyze_json.cpp turns the result into the report.
 #include "pkv/pipeline/analyze.h"
 
 #include <algorithm>

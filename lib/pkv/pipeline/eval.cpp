@@ -1,5 +1,5 @@
 // `pkv eval`: validation, token stream, and the per-sequence loop over the fp16
-// reference and every method. The report's Markdown is in eval_report.cpp.
+// reference and every method; report/eval_json.cpp turns the result into the report.
 #include "pkv/pipeline/eval.h"
 
 #include <sys/stat.h>

@@ -24,6 +24,7 @@ struct Golden {
 };
 
 // Output of: python test/python/gen_tokenizer_golden.py SmolLM2-135M-Instruct.Q4_1.gguf
+// clang-format off
 const std::vector<Golden> kGoldens = {
     {"hello_comma", "Hello, we can use", false,
      {19556, 28, 392, 416, 722}},
@@ -74,6 +75,7 @@ const std::vector<Golden> kGoldens = {
     {"paragraph", "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon; the crew -- Armstrong, Aldrin & Collins -- returned on July 24th.\n\n    def f(x):\n        return x**2 + 3.5e-10  # comment\nPrices rose 12.5% (from $3,400 to $3,825) \342\200\224 \"quite a jump\", she said.", false,
      {504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30, 533, 216, 33, 41, 38, 41, 28, 17600, 216, 33, 33, 16176, 335, 260, 8872, 43, 260, 8612, 3009, 24955, 28, 20604, 8873, 1456, 18976, 3009, 5598, 335, 4185, 216, 34, 36, 373, 30, 1004, 753, 275, 24, 104, 727, 448, 1003, 1792, 828, 34, 1232, 216, 35, 30, 37, 85, 29, 33, 32, 216, 907, 5189, 198, 64, 12855, 8739, 216, 33, 34, 30, 37, 21, 365, 1455, 1885, 35, 28, 36, 32, 32, 288, 1885, 35, 28, 40, 34, 37, 25, 1841, 476, 44265, 253, 7379, 1002, 1041, 1137, 30}},
 };
+// clang-format on
 
 }  // namespace
 
