@@ -28,6 +28,132 @@ long prefixed(const std::string& field, const std::string& prefix) {
 
 bool minmax_method(const KvSpec& s) { return s.method == KvMethod::kivi || s.method == KvMethod::patternkv; }
 
+// The spec's ':'-separated fields, with where each starts in text (a table path keeps its colons).
+std::vector<std::string> split_fields(const std::string& text, std::vector<size_t>& offset) {
+    std::vector<std::string> fields;
+    size_t p = 0;
+    while (true) {
+        const size_t c = text.find(':', p);
+        offset.push_back(p);
+        fields.push_back(text.substr(p, c == std::string::npos ? std::string::npos : c - p));
+        if (c == std::string::npos) break;
+        p = c + 1;
+    }
+    return fields;
+}
+
+// The method decides which fields may follow, so it is resolved before any of them.
+void set_method(KvSpec& s, const std::string& name) {
+    s.method_name = name;
+    if (name == "fp16") {
+        s.method = KvMethod::fp16;
+    } else if (name == "kivi") {
+        s.method = KvMethod::kivi;
+    } else if (name == "patternkv") {
+        s.method = KvMethod::patternkv;
+    } else if (name == "patternkv-table") {
+        s.method = KvMethod::patternkv_table;
+        s.table = true;
+    } else if (name == "q4_0") {
+        s.method = KvMethod::q4_0;
+    } else if (name == "q8_0") {
+        s.method = KvMethod::q8_0;
+    } else if (name == "fp8") {
+        s.method = KvMethod::fp8;
+    } else {
+        fail(ErrorCode::invalid_argument, "unknown method '{}' in --kv '{}': expected one of {}", name, s.text,
+             kMethodList);
+    }
+}
+
+// Fields already given: each may appear at most once.
+struct SeenFields {
+    bool bits = false, g = false, w = false, p = false, cap = false, l2 = false, rot = false, keys = false;
+};
+
+// A repeated field is an error rather than a silent override.
+void once(const KvSpec& s, bool& seen, const std::string& f) {
+    PKV_CHECK(!seen, invalid_argument, "--kv '{}': '{}' is given twice", s.text, f);
+    seen = true;
+}
+
+// A field the method ignores is an error, so a typo'd spec cannot pass unnoticed.
+void only(const KvSpec& s, bool ok, const std::string& f, const char* what, const char* methods) {
+    PKV_CHECK(ok, invalid_argument, "--kv '{}': '{}' ({}) applies to {} only", s.text, f, what, methods);
+}
+
+// A bare number is the code width: free for the min-max methods, fixed (only restated) for the others.
+void parse_width(KvSpec& s, long v, bool takes_bits) {
+    if (takes_bits) {
+        PKV_CHECK(v == 2 || v == 3 || v == 4 || v == 8, invalid_argument,
+                  "--kv '{}': {} bits is not supported by {}: expected 2, 3, 4 or 8", s.text, v, s.method_name);
+        s.bits = static_cast<int>(v);
+    } else {
+        PKV_CHECK(v == s.bits, invalid_argument, "--kv '{}': {} has a fixed width of {} bits, got {}", s.text,
+                  s.method_name, s.bits, v);
+    }
+}
+
+// Numeric fields (N, gN, wN, capN, pN), tried before the flags; false when f is none of them.
+bool parse_numeric_field(KvSpec& s, SeenFields& seen, const std::string& f, bool takes_bits) {
+    long v = 0;
+    if ((v = parse_count(f)) >= 0) {
+        once(s, seen.bits, "bits");
+        parse_width(s, v, takes_bits);
+    } else if ((v = prefixed(f, "g")) >= 0) {
+        once(s, seen.g, "g");
+        only(s, minmax_method(s) || s.table, f, "group", "kivi and patternkv");
+        PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': group {} must be at least 1", s.text, v);
+        s.group = static_cast<int>(v);
+    } else if ((v = prefixed(f, "w")) >= 0) {
+        once(s, seen.w, "w");
+        only(s, minmax_method(s) || s.table, f, "window", "kivi and patternkv");
+        PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': window {} must be at least 1", s.text, v);
+        s.window = static_cast<int>(v);
+    } else if ((v = prefixed(f, "cap")) >= 0) {
+        once(s, seen.cap, "cap");
+        only(s, s.method == KvMethod::patternkv && !s.table, f, "pattern bank cap", "patternkv");
+        s.pattern_cap = static_cast<int>(v);
+    } else if ((v = prefixed(f, "p")) >= 0) {
+        once(s, seen.p, "p");
+        only(s, s.method == KvMethod::patternkv && !s.table, f, "prefill patterns", "patternkv");
+        PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': patterns {} must be at least 1", s.text, v);
+        s.patterns = static_cast<int>(v);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+// Word fields (l2, rot, pre/post); false when f is none of them (for patternkv-table: the path).
+bool parse_flag_field(KvSpec& s, SeenFields& seen, const std::string& f) {
+    if (f == "l2") {
+        once(s, seen.l2, f);
+        only(s, s.method == KvMethod::patternkv, f, "L2 decode assignment", "patternkv");
+        s.decode_l2 = true;
+    } else if (f == "rot") {
+        once(s, seen.rot, f);
+        s.rotate = true;
+    } else if (f == "pre" || f == "post") {
+        once(s, seen.keys, "pre/post");
+        s.keys_pre = f == "pre";
+    } else {
+        return false;
+    }
+    return true;
+}
+
+// Rules that span fields can only be checked once every field is in.
+void check_parsed(const KvSpec& s, bool takes_bits, bool seen_bits) {
+    PKV_CHECK(!takes_bits || seen_bits, invalid_argument,
+              "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)", s.text, s.method_name, s.method_name);
+    PKV_CHECK(s.pattern_cap == 0 || s.pattern_cap >= s.patterns, invalid_argument,
+              "--kv '{}': cap{} must be 0 (no cap) or at least the {} prefill patterns", s.text, s.pattern_cap,
+              s.patterns);
+    PKV_CHECK(!s.table || !s.table_path.empty(), invalid_argument,
+              "--kv '{}': patternkv-table needs a table file: patternkv-table:BITS:TABLE.safetensors", s.text);
+}
+
 }  // namespace
 
 std::string KvSpec::label() const {
@@ -47,111 +173,29 @@ std::string KvSpec::label() const {
 KvSpec parse_kv_spec(const std::string& text) {
     KvSpec s;
     s.text = text;
-    std::vector<std::string> fields;
-    std::vector<size_t> offset;  // where each field starts in text
-    size_t p = 0;
-    while (true) {
-        const size_t c = text.find(':', p);
-        offset.push_back(p);
-        fields.push_back(text.substr(p, c == std::string::npos ? std::string::npos : c - p));
-        if (c == std::string::npos) break;
-        p = c + 1;
-    }
-    const std::string& name = fields[0];
-    s.method_name = name;
-    if (name == "fp16") {
-        s.method = KvMethod::fp16;
-    } else if (name == "kivi") {
-        s.method = KvMethod::kivi;
-    } else if (name == "patternkv") {
-        s.method = KvMethod::patternkv;
-    } else if (name == "patternkv-table") {
-        s.method = KvMethod::patternkv_table;
-        s.table = true;
-    } else if (name == "q4_0") {
-        s.method = KvMethod::q4_0;
-    } else if (name == "q8_0") {
-        s.method = KvMethod::q8_0;
-    } else if (name == "fp8") {
-        s.method = KvMethod::fp8;
-    } else {
-        fail(ErrorCode::invalid_argument, "unknown method '{}' in --kv '{}': expected one of {}", name, text,
-             kMethodList);
-    }
+    std::vector<size_t> offset;
+    const std::vector<std::string> fields = split_fields(text, offset);
+    set_method(s, fields[0]);
     const bool takes_bits = kv_method_takes_bits(s.method) || s.table;
     if (!takes_bits) s.bits = kv_method_fixed_bits(s.method);
     PKV_CHECK(s.method != KvMethod::fp16 || fields.size() == 1, invalid_argument,
               "--kv '{}': fp16 takes no options (it is the unquantized cache)", text);
 
-    bool seen_bits = false, seen_g = false, seen_w = false, seen_p = false, seen_cap = false, seen_l2 = false,
-         seen_rot = false, seen_keys = false;
-    auto once = [&](bool& seen, const std::string& f) {
-        PKV_CHECK(!seen, invalid_argument, "--kv '{}': '{}' is given twice", text, f);
-        seen = true;
-    };
-    auto only = [&](bool ok, const std::string& f, const char* what, const char* methods) {
-        PKV_CHECK(ok, invalid_argument, "--kv '{}': '{}' ({}) applies to {} only", text, f, what, methods);
-    };
+    SeenFields seen;
     for (size_t i = 1; i < fields.size(); ++i) {
         const std::string& f = fields[i];
         PKV_CHECK(!f.empty(), invalid_argument, "--kv '{}': empty field after '{}'", text, fields[i - 1]);
-        long v = 0;
-        if ((v = parse_count(f)) >= 0) {
-            once(seen_bits, "bits");
-            if (takes_bits) {
-                PKV_CHECK(v == 2 || v == 3 || v == 4 || v == 8, invalid_argument,
-                          "--kv '{}': {} bits is not supported by {}: expected 2, 3, 4 or 8", text, v, name);
-                s.bits = static_cast<int>(v);
-            } else {
-                PKV_CHECK(v == s.bits, invalid_argument, "--kv '{}': {} has a fixed width of {} bits, got {}", text,
-                          name, s.bits, v);
-            }
-        } else if ((v = prefixed(f, "g")) >= 0) {
-            once(seen_g, "g");
-            only(minmax_method(s) || s.table, f, "group", "kivi and patternkv");
-            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': group {} must be at least 1", text, v);
-            s.group = static_cast<int>(v);
-        } else if ((v = prefixed(f, "w")) >= 0) {
-            once(seen_w, "w");
-            only(minmax_method(s) || s.table, f, "window", "kivi and patternkv");
-            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': window {} must be at least 1", text, v);
-            s.window = static_cast<int>(v);
-        } else if ((v = prefixed(f, "cap")) >= 0) {
-            once(seen_cap, "cap");
-            only(s.method == KvMethod::patternkv && !s.table, f, "pattern bank cap", "patternkv");
-            s.pattern_cap = static_cast<int>(v);
-        } else if ((v = prefixed(f, "p")) >= 0) {
-            once(seen_p, "p");
-            only(s.method == KvMethod::patternkv && !s.table, f, "prefill patterns", "patternkv");
-            PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': patterns {} must be at least 1", text, v);
-            s.patterns = static_cast<int>(v);
-        } else if (f == "l2") {
-            once(seen_l2, f);
-            only(s.method == KvMethod::patternkv, f, "L2 decode assignment", "patternkv");
-            s.decode_l2 = true;
-        } else if (f == "rot") {
-            once(seen_rot, f);
-            s.rotate = true;
-        } else if (f == "pre" || f == "post") {
-            once(seen_keys, "pre/post");
-            s.keys_pre = f == "pre";
-        } else if (s.table) {
+        if (parse_numeric_field(s, seen, f, takes_bits) || parse_flag_field(s, seen, f)) continue;
+        if (s.table) {
             // The rest of the spec is the table path (it may hold colons).
             s.table_path = text.substr(offset[i]);
             break;
-        } else {
-            fail(ErrorCode::invalid_argument,
-                 "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, pre or post",
-                 text, f);
         }
+        fail(ErrorCode::invalid_argument,
+             "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, pre or post",
+             text, f);
     }
-    PKV_CHECK(!takes_bits || seen_bits, invalid_argument,
-              "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)", text, name, name);
-    PKV_CHECK(s.pattern_cap == 0 || s.pattern_cap >= s.patterns, invalid_argument,
-              "--kv '{}': cap{} must be 0 (no cap) or at least the {} prefill patterns", text, s.pattern_cap,
-              s.patterns);
-    PKV_CHECK(!s.table || !s.table_path.empty(), invalid_argument,
-              "--kv '{}': patternkv-table needs a table file: patternkv-table:BITS:TABLE.safetensors", text);
+    check_parsed(s, takes_bits, seen.bits);
     return s;
 }
 

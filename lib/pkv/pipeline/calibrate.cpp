@@ -350,6 +350,318 @@ void append_head(PatternLayer& L, const nlohmann::json& rec) {
     L.v_gate_z.push_back(rec.at("v_gate_z").get<float>());
 }
 
+// What the options and the dumps fix before any mining.
+struct Plan {
+    const char* key_ds = nullptr;  // the key dataset of the chosen basis
+    std::vector<DumpInput> dumps;
+    int H = 0, D = 0;
+    std::vector<int> layers;
+    std::vector<Piece> pieces;
+    int64_t n_train = 0, n_hold = 0;
+};
+
+// Every option and dump is checked here so that errors come before any heavy work.
+Plan plan_calibration(const CalibrateConfig& c) {
+    check_config(c);
+    Plan pl;
+    pl.key_ds = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
+    pl.dumps = open_dumps(c, pl.key_ds);
+    const KvDumpReader& first = *pl.dumps.front().reader;
+    pl.H = first.n_head_kv();
+    pl.D = first.head_dim();
+    const int D = pl.D;
+    PKV_CHECK(D % 2 == 0, unsupported, "{}: head_dim {} is odd; pattern tables hold even head dims (RoPE pairs)",
+              first.path(), D);
+    if (c.rotate) check_hadamard_dim(D);
+    if (c.group < D) PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
+    pl.layers = calibrated_layers(c, pl.dumps);
+    pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
+    for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
+    const int M = std::max(c.k_patterns, c.v_patterns);
+    PKV_CHECK(M <= pl.n_train, invalid_argument,
+              "--{}-patterns {} exceeds the {} training tokens available ({} tokens in {} dump(s), {} held out)",
+              c.k_patterns >= c.v_patterns ? "k" : "v", M, pl.n_train, pl.n_train + pl.n_hold, pl.dumps.size(),
+              pl.n_hold);
+    if (c.holdout > 0.0 && pl.n_hold == 0) log::warn("calibrate: --holdout {} left no held-out tokens", c.holdout);
+    return pl;
+}
+
+// The header a runtime needs to reproduce the quantizer: model identity and settings, no layers yet.
+PatternTable table_header(const CalibrateConfig& c, const Plan& pl) {
+    const KvDumpReader& first = *pl.dumps.front().reader;
+    const nlohmann::json model = first.model();
+    PatternTable t;
+    t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
+    t.model.sha256 = pl.dumps.front().model_sha256;
+    t.model.n_layer = first.n_layer_model();
+    t.model.n_head = first.n_head();
+    t.model.n_head_kv = pl.H;
+    t.model.head_dim = pl.D;
+    t.key_basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    t.key_dim_order = first.dim_order();
+    t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
+    t.bits = c.bits;
+    t.group = c.group;
+    t.window = c.window;
+    t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
+    t.k_patterns = c.k_patterns;
+    t.v_patterns = c.v_patterns;
+    return t;
+}
+
+// The k-means settings from the options; K and V differ only in their pattern count k.
+KMeansParams kmeans_params(const CalibrateConfig& c, int k) {
+    KMeansParams kp;
+    kp.max_iter = c.max_iter;
+    kp.tol = c.tol;
+    kp.init = c.init;
+    kp.n_restarts = c.restarts;
+    kp.max_points_per_centroid = c.max_points_per_centroid;
+    kp.k = k;
+    return kp;
+}
+
+// Work: every (layer, head) of the calibrated layers, job j = layer index * H + head;
+// rank r of R takes the jobs with j % R == r and reads only their activations. Jobs
+// of a rank run in batches sized by batch_bytes, each batch's problems dealt over
+// the assigners (one thread each). A problem's result depends only on its data and
+// seed, so any split gives the table of the single-process run.
+// Heads too large for one device (or above --shard-above) instead run data parallel:
+// rank 0 reads every head whole and runs its k-means, each other rank reads only its
+// shard of the head's training rows and serves the passes over it (its devices);
+// rank 0's results are the table.
+struct Placement {
+    const dist::Comm* comm = nullptr;
+    int R = 1, rank = 0;
+    bool data_parallel = false;
+    // Within one process kmeans_batch_multi shards such heads over the devices itself;
+    // over ranks every head goes through a RankShardedAssigner (by_rows).
+    bool by_rows = false;
+    std::unique_ptr<ShardedAssigner> host_shards;  // before rank_shards, which may point into it
+    std::unique_ptr<dist::RankShardedAssigner> rank_shards;
+    std::string sums_where = "host";
+};
+
+// Decided once for all heads, because every head has the same number of training tokens.
+Placement place_heads(const CalibrateConfig& c, const Plan& pl, const std::vector<KMeansAssigner*>& assigners,
+                      const dist::Comm& comm) {
+    Placement w;
+    w.comm = &comm;
+    w.R = comm.size();
+    w.rank = comm.rank();
+    const bool big = pl.n_train > shard_limit(assigners, pl.D, c.shard_above);
+    w.data_parallel = big && (w.R > 1 || can_shard(assigners));
+    w.by_rows = big && w.R > 1;
+    if (w.by_rows) {
+        if (can_shard(assigners)) w.host_shards = std::make_unique<ShardedAssigner>(assigners);
+        w.rank_shards = std::make_unique<dist::RankShardedAssigner>(
+            w.host_shards ? w.host_shards.get() : assigners.front(), comm);
+    }
+    // Where the shards' sums meet: on the devices when the shards form one sum group
+    // (NCCL), else on the host.
+    const bool sums_on_devices = w.by_rows ? w.rank_shards->group_sums() : w.data_parallel && is_sum_group(assigners);
+    if (sums_on_devices) w.sums_where = assigners.front()->sum_group().engine;
+    if (w.data_parallel)
+        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s), sums added "
+                  "on the {}",
+                  pl.n_train, w.R, assigners.size(),
+                  w.sums_where == "host" ? "host" : "devices (" + w.sums_where + ")");
+    return w;
+}
+
+using Jobs = std::vector<std::pair<int, int>>;  // (layer, head)
+
+// This rank's share of the (layer, head) jobs; data parallel, every rank takes part in every head.
+Jobs rank_jobs(const Plan& pl, const Placement& w) {
+    Jobs jobs;
+    for (size_t li = 0; li < pl.layers.size(); ++li)
+        for (int h = 0; h < pl.H; ++h)
+            if (w.by_rows || static_cast<int64_t>(li * pl.H + h) % w.R == w.rank) jobs.emplace_back(pl.layers[li], h);
+    return jobs;
+}
+
+// Data parallel, a follower: only this rank's shard of every head's training rows,
+// serving rank 0's k-means passes over them.
+void serve_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w, const Jobs& jobs, size_t b0,
+                 size_t b1) {
+    const int64_t r0 = shard_row(pl.n_train, w.rank, w.R), r1 = shard_row(pl.n_train, w.rank + 1, w.R);
+    std::vector<std::vector<float>> kx, vx;
+    std::vector<AssignData> kdata, vdata;
+    for (size_t j = b0; j < b1; ++j) {
+        const auto [layer, h] = jobs[j];
+        kx.push_back(pool_train_rows(pl.dumps, pl.pieces, pl.key_ds, layer, h, pl.D, c.rotate, r0, r1));
+        vx.push_back(pool_train_rows(pl.dumps, pl.pieces, kvdump::kV, layer, h, pl.D, c.rotate, r0, r1));
+    }
+    for (size_t i = 0; i < kx.size(); ++i) {
+        kdata.push_back({kx[i].data(), r1 - r0});
+        vdata.push_back({vx[i].data(), r1 - r0});
+    }
+    w.rank_shards->serve(kdata);
+    w.rank_shards->serve(vdata);
+}
+
+// Data parallel over ranks, rank 0 leads the followers' passes (they serve_batch());
+// otherwise the problems are dealt over this process's assigners.
+std::vector<KMeansResult> run_kmeans(const std::vector<KMeansProblem>& probs, const KMeansParams& p,
+                                     const std::vector<KMeansAssigner*>& assigners, const CalibrateConfig& c,
+                                     const Plan& pl, const Placement& w) {
+    if (!w.by_rows) return kmeans_batch_multi(probs, pl.D, p, assigners, c.shard_above);
+    std::vector<AssignData> whole;
+    for (const KMeansProblem& q : probs) whole.push_back({q.x, q.n});
+    w.rank_shards->set_problems(whole);
+    std::vector<KMeansResult> res = kmeans_batch(probs, pl.D, p, w.rank_shards.get());
+    w.rank_shards->release();
+    return res;
+}
+
+// This rank's mined heads (see head_record()) and its seconds in k-means.
+struct Mined {
+    nlohmann::json heads = nlohmann::json::array();
+    double kmeans_seconds = 0.0;
+};
+
+// A batch on a rank that mines: all its K and V problems go to k-means at once, then
+// each head's fit and held-out measurement run in parallel.
+void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
+                const std::vector<KMeansAssigner*>& assigners, const Jobs& jobs, size_t b0, size_t b1, Mined& mined) {
+    std::vector<Pooled> kpool, vpool;
+    std::vector<KMeansProblem> kprob, vprob;
+    for (size_t j = b0; j < b1; ++j) {
+        const auto [layer, h] = jobs[j];
+        kpool.push_back(pool_tensor(pl.dumps, pl.pieces, pl.key_ds, layer, h, pl.D, c.rotate));
+        vpool.push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kV, layer, h, pl.D, c.rotate));
+    }
+    for (size_t i = 0; i < kpool.size(); ++i) {
+        const auto [layer, h] = jobs[b0 + i];
+        // Seeds differ per (layer, head, tensor) and do not depend on the batching.
+        const uint64_t s = c.seed + 1000003ULL * static_cast<uint64_t>(layer) + 7919ULL * static_cast<uint64_t>(h);
+        kprob.push_back({kpool[i].train.data(), kpool[i].n_train(), s});
+        vprob.push_back({vpool[i].train.data(), vpool[i].n_train(), s ^ 0x5555555555555555ULL});
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<KMeansResult> kres = run_kmeans(kprob, kmeans_params(c, c.k_patterns), assigners, c, pl, w);
+    const std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
+    mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
+        kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c);
+        vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c);
+    }
+    for (size_t i = 0; i < kpool.size(); ++i)
+        mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
+}
+
+// Batches of whole heads sized by batch_bytes, so memory does not grow with the number of layers.
+Mined mine_heads(const CalibrateConfig& c, const Plan& pl, const Placement& w,
+                 const std::vector<KMeansAssigner*>& assigners) {
+    const Jobs jobs = rank_jobs(pl, w);
+    const int64_t bytes_per_head = 2 * (pl.n_train + pl.n_hold) * pl.D * 4;
+    const size_t heads_per_batch =
+        static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
+    Progress progress(w.R > 1 ? "calibrate (rank " + std::to_string(w.rank) + ")" : std::string("calibrate"),
+                      jobs.size(), "heads");
+    Mined mined;
+    for (size_t b0 = 0; b0 < jobs.size(); b0 += heads_per_batch) {
+        const size_t b1 = std::min(jobs.size(), b0 + heads_per_batch);
+        if (w.by_rows && w.rank != 0) serve_batch(c, pl, w, jobs, b0, b1);
+        else mine_batch(c, pl, w, assigners, jobs, b0, b1, mined);
+        progress.advance(b1 - b0);
+    }
+    progress.finish();
+    return mined;
+}
+
+using HeadRecords = std::map<std::pair<int, int>, nlohmann::json>;  // (layer, head) -> head_record()
+
+// Rank 0 collects every rank's heads (CBOR) to write one table; other ranks get none.
+// kmeans_seconds_max: the slowest rank's k-means time.
+HeadRecords gather_heads(const Placement& w, Mined mined, double& kmeans_seconds_max) {
+    std::string mine;
+    if (w.R > 1 && w.rank != 0 && !w.by_rows) {  // data parallel: rank 0 already has every head
+        const std::vector<std::uint8_t> cb =
+            nlohmann::json::to_cbor({{"heads", mined.heads}, {"kmeans_seconds", mined.kmeans_seconds}});
+        mine.assign(cb.begin(), cb.end());
+    }
+    const std::vector<std::string> parts = w.comm->gather(mine);
+    HeadRecords all;
+    if (w.rank != 0) return all;
+    kmeans_seconds_max = mined.kmeans_seconds;
+    for (size_t r = 0; r < parts.size(); ++r) {
+        if (r != 0 && parts[r].empty()) continue;
+        nlohmann::json got = r == 0 ? std::move(mined.heads) : nlohmann::json::from_cbor(parts[r]);
+        if (r != 0) {
+            kmeans_seconds_max = std::max(kmeans_seconds_max, got.at("kmeans_seconds").get<double>());
+            got = std::move(got.at("heads"));
+        }
+        for (nlohmann::json& rec : got) {
+            const std::pair<int, int> key{rec.at("layer").get<int>(), rec.at("head").get<int>()};
+            all[key] = std::move(rec);
+        }
+    }
+    return all;
+}
+
+// The table's layers in model order from the gathered heads; returns the per-head statistics for the metadata.
+nlohmann::json assemble_layers(PatternTable& t, const Plan& pl, int R, const HeadRecords& all) {
+    PKV_CHECK(all.size() == pl.layers.size() * static_cast<size_t>(pl.H), internal,
+              "calibrate: gathered {} heads from {} ranks, expected {}", all.size(), R, pl.layers.size() * pl.H);
+    nlohmann::json heads = nlohmann::json::array();
+    for (int layer : pl.layers) {
+        PatternLayer L;
+        L.layer = layer;
+        for (int h = 0; h < pl.H; ++h) {
+            const nlohmann::json& rec = all.at({layer, h});
+            append_head(L, rec);
+            heads.push_back({{"layer", layer}, {"head", h}, {"k", rec.at("k_stats")}, {"v", rec.at("v_stats")}});
+        }
+        t.layers.push_back(std::move(L));
+    }
+    return heads;
+}
+
+// The table's provenance: inputs, split, settings and timings, so a table can be traced and reproduced.
+nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const Placement& w,
+                                double kmeans_seconds_max, std::chrono::steady_clock::time_point t_start,
+                                nlohmann::json heads) {
+    nlohmann::json dumps_json = nlohmann::json::array();
+    for (const DumpInput& d : pl.dumps) {
+        const nlohmann::json prov = d.reader->provenance();
+        dumps_json.push_back({{"path", d.reader->path()},
+                              {"tokens", d.reader->n_tokens()},
+                              {"model_sha256", d.model_sha256},
+                              {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    return {{"tool", "pkv"},
+            {"version", PKV_VERSION},
+            {"commit", PKV_GIT_COMMIT},
+            {"argv", c.argv},
+            {"time", utc_timestamp()},
+            {"dumps", dumps_json},
+            {"tokens", {{"train", pl.n_train}, {"holdout", pl.n_hold}}},
+            {"holdout_fraction", c.holdout},
+            {"seed", c.seed},
+            {"device", c.device},
+            {"processes", w.comm->description()},
+            {"data_parallel", w.data_parallel},
+            {"data_parallel_sums", w.data_parallel ? w.sums_where : ""},
+            {"kmeans",
+             {{"max_iter", c.max_iter},
+              {"tol", c.tol},
+              {"init", kmeans_init_name(c.init)},
+              {"restarts", c.restarts},
+              {"max_points_per_centroid", c.max_points_per_centroid},
+              {"seconds", kmeans_seconds_max}}},
+            {"fit",
+             {{"method", c.fit ? "mse" : "none"},
+              {"tokens_per_head", c.fit_tokens},
+              {"clip_grid", clip_grid()},
+              {"gate_z_grid", gate_z_grid()}}},
+            {"seconds", seconds},
+            {"heads", std::move(heads)}};
+}
+
 }  // namespace
 
 PatternTable run_calibrate(const CalibrateConfig& c, KMeansAssigner* assigner) {
@@ -361,231 +673,16 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     const std::vector<KMeansAssigner*> assigners =
         assigners_in.empty() ? std::vector<KMeansAssigner*>{nullptr} : assigners_in;
     const auto t_start = std::chrono::steady_clock::now();
-    check_config(c);
-    const char* key_ds = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
-    std::vector<DumpInput> dumps = open_dumps(c, key_ds);
-    const KvDumpReader& first = *dumps.front().reader;
-    const int H = first.n_head_kv(), D = first.head_dim();
-    PKV_CHECK(D % 2 == 0, unsupported, "{}: head_dim {} is odd; pattern tables hold even head dims (RoPE pairs)",
-              first.path(), D);
-    if (c.rotate) check_hadamard_dim(D);
-    if (c.group < D) PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
-    const std::vector<int> layers = calibrated_layers(c, dumps);
-    const std::vector<Piece> pieces = split_holdout(dumps, c.holdout, c.seed);
-    int64_t n_train = 0, n_hold = 0;
-    for (const Piece& p : pieces) (p.holdout ? n_hold : n_train) += p.length;
-    const int M = std::max(c.k_patterns, c.v_patterns);
-    PKV_CHECK(M <= n_train, invalid_argument,
-              "--{}-patterns {} exceeds the {} training tokens available ({} tokens in {} dump(s), {} held out)",
-              c.k_patterns >= c.v_patterns ? "k" : "v", M, n_train, n_train + n_hold, dumps.size(), n_hold);
-    if (c.holdout > 0.0 && n_hold == 0) log::warn("calibrate: --holdout {} left no held-out tokens", c.holdout);
-
-    const nlohmann::json model = first.model();
-    PatternTable t;
-    t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
-    t.model.sha256 = dumps.front().model_sha256;
-    t.model.n_layer = first.n_layer_model();
-    t.model.n_head = first.n_head();
-    t.model.n_head_kv = H;
-    t.model.head_dim = D;
-    t.key_basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
-    t.key_dim_order = first.dim_order();
-    t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
-    t.bits = c.bits;
-    t.group = c.group;
-    t.window = c.window;
-    t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
-    t.k_patterns = c.k_patterns;
-    t.v_patterns = c.v_patterns;
-
-    KMeansParams kp;
-    kp.max_iter = c.max_iter;
-    kp.tol = c.tol;
-    kp.init = c.init;
-    kp.n_restarts = c.restarts;
-    kp.max_points_per_centroid = c.max_points_per_centroid;
-
-    // Work: every (layer, head) of the calibrated layers, job j = layer index * H + head;
-    // rank r of R takes the jobs with j % R == r and reads only their activations. Jobs
-    // of a rank run in batches sized by batch_bytes, each batch's problems dealt over
-    // the assigners (one thread each). A problem's result depends only on its data and
-    // seed, so any split gives the table of the single-process run.
-    // Heads too large for one device (or above --shard-above) instead run data parallel:
-    // rank 0 reads every head whole and runs its k-means, each other rank reads only its
-    // shard of the head's training rows and serves the passes over it (its devices);
-    // rank 0's results are the table.
+    const Plan pl = plan_calibration(c);
+    PatternTable t = table_header(c, pl);
     const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
-    const int R = comm.size(), rank = comm.rank();
-    // Within one process kmeans_batch_multi shards such heads over the devices itself;
-    // over ranks every head goes through a RankShardedAssigner (by_rows).
-    const bool big = n_train > shard_limit(assigners, D, c.shard_above);
-    const bool data_parallel = big && (R > 1 || can_shard(assigners));
-    const bool by_rows = big && R > 1;
-    std::unique_ptr<ShardedAssigner> host_shards;
-    std::unique_ptr<dist::RankShardedAssigner> rank_shards;
-    if (by_rows) {
-        if (can_shard(assigners)) host_shards = std::make_unique<ShardedAssigner>(assigners);
-        rank_shards = std::make_unique<dist::RankShardedAssigner>(
-            host_shards ? host_shards.get() : assigners.front(), comm);
-    }
-    // Where the shards' sums meet: on the devices when the shards form one sum group
-    // (NCCL), else on the host.
-    std::string sums_where = "host";
-    if (by_rows && rank_shards->group_sums()) sums_where = assigners.front()->sum_group().engine;
-    else if (!by_rows && data_parallel && is_sum_group(assigners)) sums_where = assigners.front()->sum_group().engine;
-    if (data_parallel)
-        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s), sums added "
-                  "on the {}",
-                  n_train, R, assigners.size(), sums_where == "host" ? "host" : "devices (" + sums_where + ")");
-    std::vector<std::pair<int, int>> jobs;  // (layer, head) of this rank
-    for (size_t li = 0; li < layers.size(); ++li)
-        for (int h = 0; h < H; ++h)
-            if (by_rows || static_cast<int64_t>(li * H + h) % R == rank) jobs.emplace_back(layers[li], h);
-    const int64_t bytes_per_head = 2 * (n_train + n_hold) * D * 4;
-    const size_t heads_per_batch =
-        static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
-    Progress progress(R > 1 ? "calibrate (rank " + std::to_string(rank) + ")" : std::string("calibrate"), jobs.size(),
-                      "heads");
-    double kmeans_seconds = 0.0;
-    nlohmann::json done = nlohmann::json::array();  // this rank's heads, see head_record()
-    for (size_t b0 = 0; b0 < jobs.size(); b0 += heads_per_batch) {
-        const size_t b1 = std::min(jobs.size(), b0 + heads_per_batch);
-        if (by_rows && rank != 0) {
-            // Data parallel, a follower: only this rank's shard of every head's training
-            // rows, serving rank 0's k-means passes over them.
-            const int64_t r0 = shard_row(n_train, rank, R), r1 = shard_row(n_train, rank + 1, R);
-            std::vector<std::vector<float>> kx, vx;
-            std::vector<AssignData> kdata, vdata;
-            for (size_t j = b0; j < b1; ++j) {
-                const auto [layer, h] = jobs[j];
-                kx.push_back(pool_train_rows(dumps, pieces, key_ds, layer, h, D, c.rotate, r0, r1));
-                vx.push_back(pool_train_rows(dumps, pieces, kvdump::kV, layer, h, D, c.rotate, r0, r1));
-            }
-            for (size_t i = 0; i < kx.size(); ++i) {
-                kdata.push_back({kx[i].data(), r1 - r0});
-                vdata.push_back({vx[i].data(), r1 - r0});
-            }
-            rank_shards->serve(kdata);
-            rank_shards->serve(vdata);
-            progress.advance(b1 - b0);
-            continue;
-        }
-        std::vector<Pooled> kpool, vpool;
-        std::vector<KMeansProblem> kprob, vprob;
-        for (size_t j = b0; j < b1; ++j) {
-            const auto [layer, h] = jobs[j];
-            kpool.push_back(pool_tensor(dumps, pieces, key_ds, layer, h, D, c.rotate));
-            vpool.push_back(pool_tensor(dumps, pieces, kvdump::kV, layer, h, D, c.rotate));
-        }
-        for (size_t i = 0; i < kpool.size(); ++i) {
-            const auto [layer, h] = jobs[b0 + i];
-            // Seeds differ per (layer, head, tensor) and do not depend on the batching.
-            const uint64_t s = c.seed + 1000003ULL * static_cast<uint64_t>(layer) + 7919ULL * static_cast<uint64_t>(h);
-            kprob.push_back({kpool[i].train.data(), kpool[i].n_train(), s});
-            vprob.push_back({vpool[i].train.data(), vpool[i].n_train(), s ^ 0x5555555555555555ULL});
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        KMeansParams kpk = kp, kpv = kp;
-        kpk.k = c.k_patterns;
-        kpv.k = c.v_patterns;
-        // Data parallel: rank 0 leads the followers' passes (they serve() above).
-        auto run = [&](const std::vector<KMeansProblem>& probs, const KMeansParams& p) {
-            if (!by_rows) return kmeans_batch_multi(probs, D, p, assigners, c.shard_above);
-            std::vector<AssignData> whole;
-            for (const KMeansProblem& q : probs) whole.push_back({q.x, q.n});
-            rank_shards->set_problems(whole);
-            std::vector<KMeansResult> res = kmeans_batch(probs, D, p, rank_shards.get());
-            rank_shards->release();
-            return res;
-        };
-        const std::vector<KMeansResult> kres = run(kprob, kpk);
-        const std::vector<KMeansResult> vres = run(vprob, kpv);
-        kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
-            kout[i] = finish_tensor(false, kpool[i], kres[i], D, c.k_patterns, c);
-            vout[i] = finish_tensor(true, vpool[i], vres[i], D, c.v_patterns, c);
-        }
-        for (size_t i = 0; i < kpool.size(); ++i)
-            done.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
-        progress.advance(b1 - b0);
-    }
-    progress.finish();
-
-    // Rank 0 collects every rank's heads (CBOR) and assembles the layers in order.
-    std::string mine;
-    if (R > 1 && rank != 0 && !by_rows) {  // data parallel: rank 0 already has every head
-        const std::vector<std::uint8_t> cb =
-            nlohmann::json::to_cbor({{"heads", done}, {"kmeans_seconds", kmeans_seconds}});
-        mine.assign(cb.begin(), cb.end());
-    }
-    const std::vector<std::string> parts = comm.gather(mine);
-    if (rank != 0) return t;  // only rank 0 writes
-    double kmeans_seconds_max = kmeans_seconds;  // the slowest rank's
-    std::map<std::pair<int, int>, nlohmann::json> all;
-    for (size_t r = 0; r < parts.size(); ++r) {
-        if (r != 0 && parts[r].empty()) continue;
-        nlohmann::json got = r == 0 ? std::move(done) : nlohmann::json::from_cbor(parts[r]);
-        if (r != 0) {
-            kmeans_seconds_max = std::max(kmeans_seconds_max, got.at("kmeans_seconds").get<double>());
-            got = std::move(got.at("heads"));
-        }
-        for (nlohmann::json& rec : got) {
-            const std::pair<int, int> key{rec.at("layer").get<int>(), rec.at("head").get<int>()};
-            all[key] = std::move(rec);
-        }
-    }
-    PKV_CHECK(all.size() == layers.size() * static_cast<size_t>(H), internal,
-              "calibrate: gathered {} heads from {} ranks, expected {}", all.size(), R, layers.size() * H);
-    nlohmann::json heads = nlohmann::json::array();
-    for (int layer : layers) {
-        PatternLayer L;
-        L.layer = layer;
-        for (int h = 0; h < H; ++h) {
-            const nlohmann::json& rec = all.at({layer, h});
-            append_head(L, rec);
-            heads.push_back({{"layer", layer}, {"head", h}, {"k", rec.at("k_stats")}, {"v", rec.at("v_stats")}});
-        }
-        t.layers.push_back(std::move(L));
-    }
-
-    nlohmann::json dumps_json = nlohmann::json::array();
-    for (const DumpInput& d : dumps) {
-        const nlohmann::json prov = d.reader->provenance();
-        dumps_json.push_back({{"path", d.reader->path()},
-                              {"tokens", d.reader->n_tokens()},
-                              {"model_sha256", d.model_sha256},
-                              {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    t.calibration = {{"tool", "pkv"},
-                     {"version", PKV_VERSION},
-                     {"commit", PKV_GIT_COMMIT},
-                     {"argv", c.argv},
-                     {"time", utc_timestamp()},
-                     {"dumps", dumps_json},
-                     {"tokens", {{"train", n_train}, {"holdout", n_hold}}},
-                     {"holdout_fraction", c.holdout},
-                     {"seed", c.seed},
-                     {"device", c.device},
-                     {"processes", comm.description()},
-                     {"data_parallel", data_parallel},
-                     {"data_parallel_sums", data_parallel ? sums_where : ""},
-                     {"kmeans",
-                      {{"max_iter", c.max_iter},
-                       {"tol", c.tol},
-                       {"init", kmeans_init_name(c.init)},
-                       {"restarts", c.restarts},
-                       {"max_points_per_centroid", c.max_points_per_centroid},
-                       {"seconds", kmeans_seconds_max}}},
-                     {"fit",
-                      {{"method", c.fit ? "mse" : "none"},
-                       {"tokens_per_head", c.fit_tokens},
-                       {"clip_grid", clip_grid()},
-                       {"gate_z_grid", gate_z_grid()}}},
-                     {"seconds", seconds},
-                     {"heads", heads}};
+    const Placement w = place_heads(c, pl, assigners, comm);
+    Mined mined = mine_heads(c, pl, w, assigners);
+    double kmeans_seconds_max = 0.0;
+    const HeadRecords all = gather_heads(w, std::move(mined), kmeans_seconds_max);
+    if (w.rank != 0) return t;  // only rank 0 writes
+    nlohmann::json heads = assemble_layers(t, pl, w.R, all);
+    t.calibration = calibration_json(c, pl, w, kmeans_seconds_max, t_start, std::move(heads));
     write_pattern_table(t, c.out_path, c.force);
     return t;
 }

@@ -78,97 +78,103 @@ std::vector<double> robust_z(const std::vector<double>& x) {
     return z;
 }
 
-}  // namespace
-
-json analyze_report_json(const AnalyzeResult& in) {
+// The analysis settings as run, so a report can be reproduced from itself.
+json settings_json(const AnalyzeResult& in) {
     const AnalyzeConfig& c = *in.config;
-    json report;
-    report["format"] = "pkv.analyze_report";
-    report["format_version"] = "1.0";
-    report["provenance"] = provenance_json("analyze", c.argv);
-    report["provenance"]["dump"] = {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
     json methods = json::array();
     for (KvMethod m : c.methods) methods.push_back(kv_method_name(m));
-    report["settings"] = {{"methods", methods},
-                          {"bits", c.bits},
-                          {"group", c.group},
-                          {"window", c.window},
-                          {"keys", c.keys_pre ? "pre" : "post"},
-                          {"layers", in.layers},
-                          {"heads", in.heads},
-                          {"prefill", c.prefill >= 0 ? json(c.prefill) : json("n/2 rounded down to a multiple of window")},
-                          {"patterns", c.patterns},
-                          {"pattern_cap", c.pattern_cap},
-                          {"assign", c.assign_l2 ? "l2" : "minmax"},
-                          {"rotate", c.rotate},
-                          {"attn_stride", c.attn_stride},
-                          {"seed", c.seed},
-                          {"kmeans", "random init, 30 iterations, tol 1e-4 (max abs centroid shift), L2 prefill labels"},
-                          {"v_gate", "one-sided z-test, z = 1.6448536269514722"}};
-    if (!in.table.is_null()) report["settings"]["table"] = in.table;
-    report["model"] = in.model;
-    report["n_tokens"] = in.n_tokens;
+    json settings = {{"methods", methods},
+                     {"bits", c.bits},
+                     {"group", c.group},
+                     {"window", c.window},
+                     {"keys", c.keys_pre ? "pre" : "post"},
+                     {"layers", in.layers},
+                     {"heads", in.heads},
+                     {"prefill", c.prefill >= 0 ? json(c.prefill) : json("n/2 rounded down to a multiple of window")},
+                     {"patterns", c.patterns},
+                     {"pattern_cap", c.pattern_cap},
+                     {"assign", c.assign_l2 ? "l2" : "minmax"},
+                     {"rotate", c.rotate},
+                     {"attn_stride", c.attn_stride},
+                     {"seed", c.seed},
+                     {"kmeans", "random init, 30 iterations, tol 1e-4 (max abs centroid shift), L2 prefill labels"},
+                     {"v_gate", "one-sided z-test, z = 1.6448536269514722"}};
+    if (!in.table.is_null()) settings["table"] = in.table;
+    return settings;
+}
 
-    // Per-configuration results, and the per-head values the summary and the fragile
-    // rule need, keyed by run index.
-    json results = json::array();
-    const size_t R = in.runs.size();
-    std::vector<std::vector<double>> k_nmse(R), v_nmse(R), kl(R), rel(R), eff(R);
-    for (const PairResult& pr : in.pairs) {
-        for (size_t r = 0; r < R; ++r) {
-            const RunSpec& run = in.runs[r];
-            const ConfigAccum& a = pr.configs[r];
-            json res = {{"layer", pr.layer}, {"kv_head", pr.head}, {"method", kv_method_name(run.method)},
-                        {"bits", run.bits},  {"rotate", run.rotate}};
-            res["k"] = in.has_k ? tensor_json(a.k) : json(nullptr);
-            res["v"] = in.has_v ? tensor_json(a.v) : json(nullptr);
-            res["eff_bits"] = effective_bits(a.k.bits + a.v.bits, a.k.elements + a.v.elements);
-            if (in.has_attn) {
-                const double klm = a.attn.kl_rows ? a.attn.kl_sum / a.attn.kl_rows : kNaN;
-                const double relm = a.attn.rel_rows ? a.attn.rel_sum / a.attn.rel_rows : kNaN;
-                res["attn"] = {{"kl", json_number(klm)}, {"out_rel_err", json_number(relm)}};
-                kl[r].push_back(klm);
-                rel[r].push_back(relm);
-            } else {
-                res["attn"] = nullptr;
-            }
-            const int rot = run.rotate ? 1 : 0;
-            const bool pat = run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table;
-            res["flatness"] = {{"k", in.has_k ? flat_json(pr.raw_k[rot], pat ? &a.flat_k : nullptr) : json(nullptr)},
-                               {"v", in.has_v ? flat_json(pr.raw_v[rot], pat ? &a.flat_v : nullptr) : json(nullptr)}};
-            k_nmse[r].push_back(in.has_k ? nmse(a.k) : kNaN);
-            v_nmse[r].push_back(in.has_v ? nmse(a.v) : kNaN);
-            eff[r].push_back(res["eff_bits"].get<double>());
-            results.push_back(std::move(res));
-        }
+// Per-head values the summary and the fragile rule need, indexed [run][pair].
+struct HeadValues {
+    std::vector<std::vector<double>> k_nmse, v_nmse, kl, rel, eff;
+    explicit HeadValues(size_t runs) : k_nmse(runs), v_nmse(runs), kl(runs), rel(runs), eff(runs) {}
+};
+
+// One (head, configuration) entry of "results"; also records the head's values for the later sections.
+json config_result_json(const AnalyzeResult& in, const PairResult& pr, size_t r, HeadValues& hv) {
+    const RunSpec& run = in.runs[r];
+    const ConfigAccum& a = pr.configs[r];
+    json res = {{"layer", pr.layer}, {"kv_head", pr.head}, {"method", kv_method_name(run.method)},
+                {"bits", run.bits},  {"rotate", run.rotate}};
+    res["k"] = in.has_k ? tensor_json(a.k) : json(nullptr);
+    res["v"] = in.has_v ? tensor_json(a.v) : json(nullptr);
+    res["eff_bits"] = effective_bits(a.k.bits + a.v.bits, a.k.elements + a.v.elements);
+    if (in.has_attn) {
+        const double klm = a.attn.kl_rows ? a.attn.kl_sum / a.attn.kl_rows : kNaN;
+        const double relm = a.attn.rel_rows ? a.attn.rel_sum / a.attn.rel_rows : kNaN;
+        res["attn"] = {{"kl", json_number(klm)}, {"out_rel_err", json_number(relm)}};
+        hv.kl[r].push_back(klm);
+        hv.rel[r].push_back(relm);
+    } else {
+        res["attn"] = nullptr;
     }
-    report["results"] = std::move(results);
+    const int rot = run.rotate ? 1 : 0;
+    const bool pat = run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table;
+    res["flatness"] = {{"k", in.has_k ? flat_json(pr.raw_k[rot], pat ? &a.flat_k : nullptr) : json(nullptr)},
+                       {"v", in.has_v ? flat_json(pr.raw_v[rot], pat ? &a.flat_v : nullptr) : json(nullptr)}};
+    hv.k_nmse[r].push_back(in.has_k ? nmse(a.k) : kNaN);
+    hv.v_nmse[r].push_back(in.has_v ? nmse(a.v) : kNaN);
+    hv.eff[r].push_back(res["eff_bits"].get<double>());
+    return res;
+}
 
+// Every (head, configuration) result, head-major as the pairs were analysed.
+json results_json(const AnalyzeResult& in, HeadValues& hv) {
+    json results = json::array();
+    for (const PairResult& pr : in.pairs)
+        for (size_t r = 0; r < in.runs.size(); ++r) results.push_back(config_result_json(in, pr, r, hv));
+    return results;
+}
+
+// Means over heads per configuration: the table a reader compares methods by.
+json summary_json(const AnalyzeResult& in, const HeadValues& hv) {
     json summary = json::array();
-    for (size_t r = 0; r < R; ++r) {
+    for (size_t r = 0; r < in.runs.size(); ++r) {
         const RunSpec& run = in.runs[r];
-        const double e = mean_of(eff[r]);
+        const double e = mean_of(hv.eff[r]);
         summary.push_back({{"method", kv_method_name(run.method)},
                            {"bits", run.bits},
                            {"rotate", run.rotate},
-                           {"k_nmse", json_number(mean_of(k_nmse[r]))},
-                           {"v_nmse", json_number(mean_of(v_nmse[r]))},
-                           {"attn_kl", json_number(mean_of(kl[r]))},
-                           {"attn_out_rel_err", json_number(mean_of(rel[r]))},
+                           {"k_nmse", json_number(mean_of(hv.k_nmse[r]))},
+                           {"v_nmse", json_number(mean_of(hv.v_nmse[r]))},
+                           {"attn_kl", json_number(mean_of(hv.kl[r]))},
+                           {"attn_out_rel_err", json_number(mean_of(hv.rel[r]))},
                            {"eff_bits", std::isfinite(e) ? e : exact_bits(1.0)}});
     }
-    report["summary"] = std::move(summary);
+    return summary;
+}
 
-    // Fragile heads: robust z of K or V NMSE above 3 within one (method, bits, rotate).
+// Fragile heads: robust z of K or V NMSE above 3 within one (method, bits, rotate), and the
+// layers worth keeping in fp16 because a head of theirs is fragile at the lowest bits.
+json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
     json heads = json::array();
     int lowest = std::numeric_limits<int>::max();
     for (const RunSpec& run : in.runs)
         if (run.method != KvMethod::fp16) lowest = std::min(lowest, run.bits);
     std::set<int> keep;
-    for (size_t r = 0; r < R; ++r) {
+    for (size_t r = 0; r < in.runs.size(); ++r) {
         const RunSpec& run = in.runs[r];
         if (run.method == KvMethod::fp16) continue;
-        const std::vector<double> zk = robust_z(k_nmse[r]), zv = robust_z(v_nmse[r]);
+        const std::vector<double> zk = robust_z(hv.k_nmse[r]), zv = robust_z(hv.v_nmse[r]);
         for (size_t p = 0; p < in.pairs.size(); ++p) {
             double score = -std::numeric_limits<double>::infinity();
             if (std::isfinite(zk[p])) score = std::max(score, zk[p]);
@@ -179,18 +185,21 @@ json analyze_report_json(const AnalyzeResult& in) {
                              {"method", kv_method_name(run.method)},
                              {"bits", run.bits},
                              {"rotate", run.rotate},
-                             {"k_nmse", json_number(k_nmse[r][p])},
+                             {"k_nmse", json_number(hv.k_nmse[r][p])},
                              {"score", score}});
             if (run.bits == lowest) keep.insert(in.pairs[p].layer);
         }
     }
-    report["fragile"] = {{"rule", "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
-                                  "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
-                                  "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
-                                  "analysed"},
-                          {"heads", std::move(heads)},
-                          {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
+    return {{"rule", "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
+                     "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
+                     "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
+                     "analysed"},
+            {"heads", std::move(heads)},
+            {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
+}
 
+// Raw and residual value histograms of the heads that collected them, for plotting.
+json histograms_json(const AnalyzeResult& in) {
     json hists = json::array();
     for (const PairResult& pr : in.pairs) {
         if (!pr.has_hist) continue;
@@ -206,7 +215,26 @@ json analyze_report_json(const AnalyzeResult& in) {
                              {"residual", h.resid}});
         }
     }
-    report["histograms"] = std::move(hists);
+    return hists;
+}
+
+}  // namespace
+
+json analyze_report_json(const AnalyzeResult& in) {
+    const AnalyzeConfig& c = *in.config;
+    json report;
+    report["format"] = "pkv.analyze_report";
+    report["format_version"] = "1.0";
+    report["provenance"] = provenance_json("analyze", c.argv);
+    report["provenance"]["dump"] = {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
+    report["settings"] = settings_json(in);
+    report["model"] = in.model;
+    report["n_tokens"] = in.n_tokens;
+    HeadValues hv(in.runs.size());
+    report["results"] = results_json(in, hv);
+    report["summary"] = summary_json(in, hv);
+    report["fragile"] = fragile_json(in, hv);
+    report["histograms"] = histograms_json(in);
     report["warnings"] = in.warnings;
     return report;
 }
