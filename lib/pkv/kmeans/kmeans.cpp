@@ -258,117 +258,146 @@ std::vector<size_t> group_bounds(const std::vector<ProblemState>& probs, const s
     return b;
 }
 
-// Lloyd iterations of every run, one batched pass per iteration and group of runs, then
-// one scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
-// Group g's pass goes to slot g (submit_batch) and is collected in turn: with G > 1
-// groups the host updates one group while the assigner runs the others' passes; with one
-// group (an assigner of pipeline depth 1, whose submit_batch finishes the pass) every run
-// moves in lockstep. Runs are independent, so the results are the same either way; an
-// iteration's `seconds` is the time between its group's previous collection (or the
-// start) and this one.
-void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
-                 std::vector<Run>& runs, const std::vector<char>& keep_labels) {
-    using clock = std::chrono::steady_clock;
-    const int k = p.k;
-    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
-    std::vector<AssignData> data(probs.size());
-    for (size_t i = 0; i < probs.size(); ++i) data[i] = AssignData{probs[i].xt, probs[i].nt};
-    for (Run& run : runs) {
-        run.sums.assign(kd, 0.0);
-        run.counts.assign(static_cast<size_t>(k), 0);
-        run.next.assign(kd, 0.0f);
+// Runs in groups, group g's pass in assigner slot g: the host updates one while the assigner runs the others.
+class LloydGroups {
+public:
+    LloydGroups(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
+                std::vector<Run>& runs)
+        : probs_(probs), d_(d), p_(p), assigner_(assigner), runs_(runs),
+          kd_(static_cast<size_t>(p.k) * static_cast<size_t>(d)) {
+        const int groups =
+            static_cast<int>(std::clamp<int64_t>(assigner.pipeline_depth(), 1, static_cast<int64_t>(runs.size())));
+        bounds_ = group_bounds(probs, runs, groups);
+        gs_.resize(static_cast<size_t>(groups));
     }
-    BatchScope scope(assigner, data, d);
-    const int groups =
-        static_cast<int>(std::clamp<int64_t>(assigner.pipeline_depth(), 1, static_cast<int64_t>(runs.size())));
-    const std::vector<size_t> bounds = group_bounds(probs, runs, groups);
+    void run();
+
+private:
+    using clock = std::chrono::steady_clock;
     struct Group {
         std::vector<AssignTask> tasks;
         std::vector<Run*> active;
-        int it = 0;             // iterations done
-        bool pending = false;   // a pass in its slot
+        int it = 0;              // iterations done
+        bool pending = false;    // a pass in its slot
         clock::time_point mark;  // its previous collection (or the start)
     };
-    std::vector<Group> gs(static_cast<size_t>(groups));
-    // The group's next pass over its active runs, if any is left.
-    const auto submit = [&](int g) {
-        Group& G = gs[static_cast<size_t>(g)];
-        G.tasks.clear();
-        G.active.clear();
-        if (G.it < p.max_iter)
-            for (size_t r = bounds[static_cast<size_t>(g)]; r < bounds[static_cast<size_t>(g) + 1]; ++r) {
-                Run& run = runs[r];
-                if (!run.active) continue;
-                AssignTask t;
-                t.data = run.problem;
-                t.centroids = run.centroids.data();
-                t.sums = run.sums.data();
-                t.counts = run.counts.data();
-                G.tasks.push_back(t);
-                G.active.push_back(&run);
-            }
-        if (G.tasks.empty()) return;
-        assigner.submit_batch(G.tasks, k, g);
-        G.pending = true;
-    };
-    // Collects the group's pass and updates its runs.
-    const auto complete = [&](int g) {
-        Group& G = gs[static_cast<size_t>(g)];
-        G.pending = false;
-        assigner.collect_batch(g);
-        // Runs are independent (own generator and buffers): updating them in parallel
-        // gives the same results as in sequence.
-        std::vector<KMeansIterationStats> st(G.tasks.size());
-        const int64_t n_tasks = static_cast<int64_t>(G.tasks.size());
-#pragma omp parallel for schedule(static) if (n_tasks > 1 && n_tasks * static_cast<int64_t>(kd) >= kParallelUpdateValues)
-        for (int64_t i = 0; i < n_tasks; ++i)
-            st[i] = update_run(*G.active[i], probs[static_cast<size_t>(G.active[i]->problem)], k, d,
-                               G.tasks[i].objective);
-        const auto now = clock::now();
-        const double seconds = std::chrono::duration<double>(now - G.mark).count();
-        G.mark = now;
-        for (size_t i = 0; i < G.tasks.size(); ++i) {
-            Run& run = *G.active[i];
-            st[i].seconds = seconds;
-            run.stats.push_back(st[i]);
-            run.iterations = G.it + 1;
-            const bool shift_small = p.tol >= 0.0 && st[i].max_shift <= p.tol;
-            const bool gain_small = p.rel_tol > 0.0 && G.it > 0 &&
-                                    run.prev_objective - st[i].objective <= p.rel_tol * run.prev_objective;
-            run.prev_objective = st[i].objective;
-            if (shift_small || gain_small) {
-                run.converged = true;
-                run.active = false;
-            }
-        }
-        ++G.it;
-    };
+    void submit(int g);
+    void complete(int g);
+    std::vector<KMeansIterationStats> update_group(const Group& G);
+    void record_iteration(Group& G, std::vector<KMeansIterationStats>& st, double seconds);
+    void collect_pending() noexcept;
+    int groups() const { return static_cast<int>(gs_.size()); }
+
+    const std::vector<ProblemState>& probs_;
+    const int d_;
+    const KMeansParams& p_;
+    KMeansAssigner& assigner_;
+    std::vector<Run>& runs_;
+    const size_t kd_;
+    std::vector<size_t> bounds_;  // group g holds runs [bounds_[g], bounds_[g + 1])
+    std::vector<Group> gs_;
+};
+
+// Every group keeps a pass in flight until its runs are done, so host and assigner overlap.
+void LloydGroups::run() {
     const auto start = clock::now();
-    for (Group& G : gs) G.mark = start;
-    // On an error the passes still in flight are waited for before the runs' buffers go.
+    for (Group& G : gs_) G.mark = start;
     try {
-        for (int g = 0; g < groups; ++g) submit(g);
+        for (int g = 0; g < groups(); ++g) submit(g);
         for (bool any = true; any;) {
             any = false;
-            for (int g = 0; g < groups; ++g) {
-                if (!gs[static_cast<size_t>(g)].pending) continue;
+            for (int g = 0; g < groups(); ++g) {
+                if (!gs_[static_cast<size_t>(g)].pending) continue;
                 complete(g);
                 submit(g);
                 any = true;
             }
         }
     } catch (...) {
-        for (int g = 0; g < groups; ++g)
-            if (gs[static_cast<size_t>(g)].pending) {
-                try {
-                    assigner.collect_batch(g);
-                } catch (...) {  // the first error is the one reported
-                }
-            }
+        collect_pending();
         throw;
     }
-    // Score the final centroids so restarts compare like with like and the result's
-    // labels match its centroids.
+}
+
+// Only active runs go in, so a group's passes shrink as its runs converge.
+void LloydGroups::submit(int g) {
+    Group& G = gs_[static_cast<size_t>(g)];
+    G.tasks.clear();
+    G.active.clear();
+    if (G.it < p_.max_iter)
+        for (size_t r = bounds_[static_cast<size_t>(g)]; r < bounds_[static_cast<size_t>(g) + 1]; ++r) {
+            Run& run = runs_[r];
+            if (!run.active) continue;
+            AssignTask t;
+            t.data = run.problem;
+            t.centroids = run.centroids.data();
+            t.sums = run.sums.data();
+            t.counts = run.counts.data();
+            G.tasks.push_back(t);
+            G.active.push_back(&run);
+        }
+    if (G.tasks.empty()) return;
+    assigner_.submit_batch(G.tasks, p_.k, g);
+    G.pending = true;
+}
+
+// An iteration's `seconds` run from the group's previous collection: other groups' passes overlap it.
+void LloydGroups::complete(int g) {
+    Group& G = gs_[static_cast<size_t>(g)];
+    G.pending = false;
+    assigner_.collect_batch(g);
+    std::vector<KMeansIterationStats> st = update_group(G);
+    const auto now = clock::now();
+    const double seconds = std::chrono::duration<double>(now - G.mark).count();
+    G.mark = now;
+    record_iteration(G, st, seconds);
+    ++G.it;
+}
+
+// Runs are independent (own generator and buffers), so updating them in parallel changes nothing.
+std::vector<KMeansIterationStats> LloydGroups::update_group(const Group& G) {
+    std::vector<KMeansIterationStats> st(G.tasks.size());
+    const int64_t n_tasks = static_cast<int64_t>(G.tasks.size());
+    const bool parallel = n_tasks > 1 && n_tasks * static_cast<int64_t>(kd_) >= kParallelUpdateValues;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t i = 0; i < n_tasks; ++i)
+        st[i] = update_run(*G.active[i], probs_[static_cast<size_t>(G.active[i]->problem)], p_.k, d_,
+                           G.tasks[i].objective);
+    return st;
+}
+
+// Converged runs (small shift or small relative gain) are retired here, so the next pass skips them.
+void LloydGroups::record_iteration(Group& G, std::vector<KMeansIterationStats>& st, double seconds) {
+    for (size_t i = 0; i < G.tasks.size(); ++i) {
+        Run& run = *G.active[i];
+        st[i].seconds = seconds;
+        run.stats.push_back(st[i]);
+        run.iterations = G.it + 1;
+        const bool shift_small = p_.tol >= 0.0 && st[i].max_shift <= p_.tol;
+        const bool gain_small = p_.rel_tol > 0.0 && G.it > 0 &&
+                                run.prev_objective - st[i].objective <= p_.rel_tol * run.prev_objective;
+        run.prev_objective = st[i].objective;
+        if (shift_small || gain_small) {
+            run.converged = true;
+            run.active = false;
+        }
+    }
+}
+
+// Passes in flight write into the runs, so they must end before an error unwinds their buffers.
+void LloydGroups::collect_pending() noexcept {
+    for (int g = 0; g < groups(); ++g)
+        if (gs_[static_cast<size_t>(g)].pending) {
+            try {
+                assigner_.collect_batch(g);
+            } catch (...) {  // the first error is the one reported
+            }
+        }
+}
+
+// One more pass, so restarts compare like with like and kept labels match the final centroids.
+void score_final_centroids(const std::vector<ProblemState>& probs, int k, KMeansAssigner& assigner,
+                           std::vector<Run>& runs, const std::vector<char>& keep_labels) {
     std::vector<AssignTask> tasks;
     for (Run& run : runs) {
         run.sums = {};
@@ -385,6 +414,135 @@ void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansPara
     }
     assigner.assign_batch(tasks, k);
     for (size_t i = 0; i < runs.size(); ++i) runs[i].objective = tasks[i].objective;
+}
+
+// Lloyd iterations of every run, one batched pass per iteration and group of runs, then
+// one scoring pass of the final centroids (labels kept where `keep_labels[problem]`).
+// With G > 1 groups the host updates one group while the assigner runs the others'
+// passes; with one group (an assigner of pipeline depth 1, whose submit_batch finishes
+// the pass) every run moves in lockstep. Runs are independent, so the results are the
+// same either way.
+void lloyd_batch(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
+                 std::vector<Run>& runs, const std::vector<char>& keep_labels) {
+    const size_t kd = static_cast<size_t>(p.k) * static_cast<size_t>(d);
+    std::vector<AssignData> data(probs.size());
+    for (size_t i = 0; i < probs.size(); ++i) data[i] = AssignData{probs[i].xt, probs[i].nt};
+    for (Run& run : runs) {
+        run.sums.assign(kd, 0.0);
+        run.counts.assign(static_cast<size_t>(p.k), 0);
+        run.next.assign(kd, 0.0f);
+    }
+    BatchScope scope(assigner, data, d);
+    LloydGroups(probs, d, p, assigner, runs).run();
+    score_final_centroids(probs, p.k, assigner, runs, keep_labels);
+}
+
+// A uniform subset caps a problem at k * mppc points; generator stream 0 keeps it out of the restarts'.
+std::vector<ProblemState> training_sets(const std::vector<KMeansProblem>& problems, int d, int k, int64_t mppc) {
+    const size_t np = problems.size();
+    std::vector<ProblemState> probs(np);
+#pragma omp parallel for schedule(dynamic) if (np > 1)
+    for (size_t i = 0; i < np; ++i) {
+        ProblemState& ps = probs[i];
+        ps.x = problems[i].x;
+        ps.n = problems[i].n;
+        ps.seed = problems[i].seed;
+        ps.xt = ps.x;
+        ps.nt = ps.n;
+        if (mppc > 0 && ps.n / k > mppc) {  // n / k > mppc  <=>  n > k * mppc, without overflow
+            ps.nt = int64_t{k} * mppc;
+            Rng rng(mix_seed(ps.seed, 0));
+            std::vector<int64_t> rows = sample_without_replacement(ps.n, ps.nt, rng);
+            std::sort(rows.begin(), rows.end());  // sequential reads of x
+            ps.subset.resize(static_cast<size_t>(ps.nt) * d);
+            for (int64_t r = 0; r < ps.nt; ++r) copy_row(ps.x, d, rows[r], ps.subset.data() + r * d);
+            ps.xt = ps.subset.data();
+        }
+    }
+    return probs;
+}
+
+// Restart r's generator depends only on (seed, r), so restart 0 is the same run whatever n_restarts is.
+std::vector<Run> init_runs(const std::vector<ProblemState>& probs, int d, const KMeansParams& params) {
+    const int k = params.k, nr = params.n_restarts;
+    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
+    std::vector<Run> runs(probs.size() * static_cast<size_t>(nr));
+#pragma omp parallel for schedule(dynamic) if (runs.size() > 1)
+    for (size_t ri = 0; ri < runs.size(); ++ri) {
+        Run& run = runs[ri];
+        run.problem = static_cast<int>(ri / nr);
+        const int r = static_cast<int>(ri % nr);
+        const ProblemState& ps = probs[static_cast<size_t>(run.problem)];
+        run.rng = Rng(mix_seed(ps.seed, static_cast<uint64_t>(r) + 1));
+        run.centroids.resize(kd);
+        if (!params.initial_centroids.empty())
+            run.centroids = params.initial_centroids;
+        else if (params.init == KMeansInit::kmeanspp)
+            init_kmeanspp(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
+        else
+            init_random(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
+    }
+    return runs;
+}
+
+// Gathered so the subsampled problems' assignment of all n points runs as one batch.
+struct FullAssignment {
+    std::vector<AssignData> data;
+    std::vector<AssignTask> tasks;
+    std::vector<size_t> of;  // the problem of each task
+};
+
+// Lowest final objective wins (the first on ties); returns the run for what depends on subsampling.
+Run& take_best_restart(std::vector<Run>& runs, size_t i, int nr, KMeansResult& res) {
+    Run* best = nullptr;
+    for (int r = 0; r < nr; ++r) {
+        Run& run = runs[i * nr + static_cast<size_t>(r)];
+        res.restart_objectives.push_back(run.objective);
+        if (r == 0 || run.objective < best->objective) {
+            best = &run;
+            res.restart = r;
+        }
+    }
+    res.centroids = std::move(best->centroids);
+    res.stats = std::move(best->stats);
+    res.iterations = best->iterations;
+    res.converged = best->converged;
+    return *best;
+}
+
+// A problem trained on a subset gets its labels and objective later, from all of its points.
+std::vector<KMeansResult> collect_results(const std::vector<ProblemState>& probs, std::vector<Run>& runs, int nr,
+                                          int k, int d, const std::vector<char>& keep_labels, FullAssignment& full) {
+    std::vector<KMeansResult> results(probs.size());
+    for (size_t i = 0; i < probs.size(); ++i) {
+        KMeansResult& res = results[i];
+        res.k = k;
+        res.d = d;
+        res.n_train = probs[i].nt;
+        Run& best = take_best_restart(runs, i, nr, res);
+        if (keep_labels[i]) {
+            res.assignments = std::move(best.labels);
+            res.objective = best.objective;
+            continue;
+        }
+        res.assignments.resize(static_cast<size_t>(probs[i].n));
+        AssignTask t;
+        t.data = static_cast<int>(full.data.size());
+        t.centroids = res.centroids.data();
+        t.labels = res.assignments.data();
+        full.data.push_back(AssignData{probs[i].x, probs[i].n});
+        full.tasks.push_back(t);
+        full.of.push_back(i);
+    }
+    return results;
+}
+
+// Labels cover all n points, not only the subset the centroids were trained on.
+void assign_all_points(KMeansAssigner& a, int d, int k, FullAssignment& full, std::vector<KMeansResult>& results) {
+    if (full.tasks.empty()) return;
+    BatchScope scope(a, full.data, d);
+    a.assign_batch(full.tasks, k);
+    for (size_t j = 0; j < full.tasks.size(); ++j) results[full.of[j]].objective = full.tasks[j].objective;
 }
 
 }  // namespace
@@ -421,99 +579,20 @@ std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problem
     check_kmeans_problems(problems, d, params);
     const size_t np = problems.size();
     if (np == 0) return {};
-    const int k = params.k;
-    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
     CpuAssigner cpu;
     KMeansAssigner& a = assigner ? *assigner : cpu;
 
-    // Training sets: all points, or a uniform subset copied out contiguously.
-    std::vector<ProblemState> probs(np);
-    const int64_t mppc = params.max_points_per_centroid;
-#pragma omp parallel for schedule(dynamic) if (np > 1)
-    for (size_t i = 0; i < np; ++i) {
-        ProblemState& ps = probs[i];
-        ps.x = problems[i].x;
-        ps.n = problems[i].n;
-        ps.seed = problems[i].seed;
-        ps.xt = ps.x;
-        ps.nt = ps.n;
-        if (mppc > 0 && ps.n / k > mppc) {  // n / k > mppc  <=>  n > k * mppc, without overflow
-            ps.nt = int64_t{k} * mppc;
-            Rng rng(mix_seed(ps.seed, 0));
-            std::vector<int64_t> rows = sample_without_replacement(ps.n, ps.nt, rng);
-            std::sort(rows.begin(), rows.end());  // sequential reads of x
-            ps.subset.resize(static_cast<size_t>(ps.nt) * d);
-            for (int64_t r = 0; r < ps.nt; ++r) copy_row(ps.x, d, rows[r], ps.subset.data() + r * d);
-            ps.xt = ps.subset.data();
-        }
-    }
-
-    // Every restart of every problem; restart r's generator depends only on (seed, r),
-    // so restart 0 is the same run whatever n_restarts is.
-    const int nr = params.n_restarts;
-    std::vector<Run> runs(np * static_cast<size_t>(nr));
-#pragma omp parallel for schedule(dynamic) if (runs.size() > 1)
-    for (size_t ri = 0; ri < runs.size(); ++ri) {
-        Run& run = runs[ri];
-        run.problem = static_cast<int>(ri / nr);
-        const int r = static_cast<int>(ri % nr);
-        const ProblemState& ps = probs[static_cast<size_t>(run.problem)];
-        run.rng = Rng(mix_seed(ps.seed, static_cast<uint64_t>(r) + 1));
-        run.centroids.resize(kd);
-        if (!params.initial_centroids.empty())
-            run.centroids = params.initial_centroids;
-        else if (params.init == KMeansInit::kmeanspp)
-            init_kmeanspp(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
-        else
-            init_random(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
-    }
+    const std::vector<ProblemState> probs = training_sets(problems, d, params.k, params.max_points_per_centroid);
+    std::vector<Run> runs = init_runs(probs, d, params);
     std::vector<char> keep_labels(np);
     for (size_t i = 0; i < np; ++i) keep_labels[i] = probs[i].xt == probs[i].x;
     lloyd_batch(probs, d, params, a, runs, keep_labels);
 
-    std::vector<KMeansResult> results(np);
-    std::vector<AssignData> full;
-    std::vector<AssignTask> final_tasks;
-    std::vector<size_t> final_of;
-    for (size_t i = 0; i < np; ++i) {
-        KMeansResult& res = results[i];
-        res.k = k;
-        res.d = d;
-        res.n_train = probs[i].nt;
-        Run* best = nullptr;
-        for (int r = 0; r < nr; ++r) {
-            Run& run = runs[i * nr + static_cast<size_t>(r)];
-            res.restart_objectives.push_back(run.objective);
-            if (r == 0 || run.objective < best->objective) {
-                best = &run;
-                res.restart = r;
-            }
-        }
-        res.centroids = std::move(best->centroids);
-        res.stats = std::move(best->stats);
-        res.iterations = best->iterations;
-        res.converged = best->converged;
-        if (keep_labels[i]) {
-            res.assignments = std::move(best->labels);
-            res.objective = best->objective;
-            continue;
-        }
-        // Subsampled: one assignment of all n points with the trained centroids.
-        res.assignments.resize(static_cast<size_t>(probs[i].n));
-        AssignTask t;
-        t.data = static_cast<int>(full.size());
-        t.centroids = res.centroids.data();
-        t.labels = res.assignments.data();
-        full.push_back(AssignData{probs[i].x, probs[i].n});
-        final_tasks.push_back(t);
-        final_of.push_back(i);
-    }
+    FullAssignment full;
+    std::vector<KMeansResult> results =
+        collect_results(probs, runs, params.n_restarts, params.k, d, keep_labels, full);
     runs.clear();
-    if (!final_tasks.empty()) {
-        BatchScope scope(a, full, d);
-        a.assign_batch(final_tasks, k);
-        for (size_t j = 0; j < final_tasks.size(); ++j) results[final_of[j]].objective = final_tasks[j].objective;
-    }
+    assign_all_points(a, d, params.k, full, results);
     return results;
 }
 

@@ -167,10 +167,49 @@ LlamaModel::~LlamaModel() = default;
 const LlamaHparams& LlamaModel::hparams() const { return impl_->hp; }
 const GgufFile& LlamaModel::file() const { return *impl_->file; }
 
-ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const ForwardOptions& opts,
-                                  const LayerSink& sink) const {
-    const GgufFile& f = *impl_->file;
-    const LlamaHparams& hp = impl_->hp;
+namespace {
+
+// Exceptions cannot leave an OpenMP region: keep the first, skip later stages, rethrow after the region.
+class RegionErrors {
+public:
+    template <class Fn>
+    void guarded(Fn&& fn) {
+        if (failed_.load()) return;
+        try {
+            fn();
+        } catch (...) {
+#pragma omp critical(pkv_forward_error)
+            if (!error_) error_ = std::current_exception();
+            failed_ = true;
+        }
+    }
+    void rethrow() const {
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    std::exception_ptr error_;
+    std::atomic<bool> failed_{false};
+};
+
+/// The sizes of one forward call as ints, the index type of the activation matrices.
+struct Dims {
+    int n = 0, E = 0, H = 0, HKV = 0, HD = 0, FF = 0, QD = 0, KD = 0;
+};
+
+// Converted once, so the steps below need no casts.
+Dims forward_dims(const LlamaHparams& hp, int n) {
+    Dims d;
+    d.n = n;
+    d.E = static_cast<int>(hp.n_embd), d.H = static_cast<int>(hp.n_head), d.HKV = static_cast<int>(hp.n_head_kv);
+    d.HD = static_cast<int>(hp.head_dim), d.FF = static_cast<int>(hp.n_ff);
+    d.QD = d.H * d.HD, d.KD = d.HKV * d.HD;
+    return d;
+}
+
+// Rejects bad tokens and options before any work, naming the file.
+void check_forward_args(const GgufFile& f, const LlamaHparams& hp, const std::vector<int32_t>& tokens,
+                        const ForwardOptions& opts, const LayerSink& sink) {
     const int n = static_cast<int>(tokens.size());
     PKV_CHECK(!tokens.empty() && tokens.size() <= hp.n_ctx_train, out_of_range,
               "{}: forward of {} tokens: expected 1 to {} (context_length)", f.path(), tokens.size(), hp.n_ctx_train);
@@ -182,143 +221,208 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     for (int i = 0; i < n; ++i)
         PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
                   "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
+}
 
-    const int E = static_cast<int>(hp.n_embd), H = static_cast<int>(hp.n_head), HKV = static_cast<int>(hp.n_head_kv);
-    const int HD = static_cast<int>(hp.head_dim), FF = static_cast<int>(hp.n_ff);
-    const int QD = H * HD, KD = HKV * HD;
-
+// Row by row: only the sequence's tokens are dequantized, never the whole table.
+RowMatrix embed_tokens(const GgufFile& f, const GgufTensorInfo& tok_embd, const std::vector<int32_t>& tokens, int E) {
+    const int n = static_cast<int>(tokens.size());
     RowMatrix x(n, E);
-    for (int i = 0; i < n; ++i) f.dequantize_rows(*impl_->tok_embd, static_cast<uint64_t>(tokens[i]), 1, x.row(i).data());
-    const RopeTable rope = rope_table(rope_params(hp), n, opts.pos0);
-    RowMatrix q(n, QD), k(n, KD), v(n, KD), att(n, QD), k_pre;
-    std::vector<char> capture(hp.n_layer, 0);
-    for (uint32_t l = 0; l < hp.n_layer; ++l) capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
-    const bool hooked = static_cast<bool>(opts.kv_cache);
-    if (opts.capture || hooked) k_pre.resize(n, KD);
+    for (int i = 0; i < n; ++i) f.dequantize_rows(tok_embd, static_cast<uint64_t>(tokens[i]), 1, x.row(i).data());
+    return x;
+}
+
+/// The whole sequence's activations of the current layer: shared, as attention reads other threads' rows.
+struct SeqActivations {
+    RopeTable rope;
+    RowMatrix q, k, v, att, k_pre;
+    std::vector<char> capture;  ///< per layer: hand the layer to the sink
+    bool hooked = false;        ///< a KV cache hook is set
     // The hooked path: the cache the hook describes, per KV head (rows of k_hat/v_hat
     // of an exact head are never read).
     RowMatrix k_hat, v_hat;
     std::vector<std::vector<int32_t>> k_flush, v_flush;
     std::vector<const int32_t*> k_flush_ptr, v_flush_ptr;
-    if (hooked) {
-        k_hat.resize(n, KD), v_hat.resize(n, KD);
-        k_flush.resize(HKV), v_flush.resize(HKV);
-        k_flush_ptr.assign(HKV, nullptr), v_flush_ptr.assign(HKV, nullptr);
-    }
+};
 
-    // One parallel region for all layers; each thread owns a contiguous slice of token
-    // rows for everything but the dequantization, which is split by weight rows. That
-    // leaves three barriers per layer: weights ready, K/V of every row ready, and all
-    // rows done before the weight buffer is refilled. Attention for a thread's own rows
-    // needs only K/V rows before them, so it follows the second barrier directly.
-    // (Fewer barriers matter on shared cores: a waiting thread spins.)
-    // Exceptions cannot leave the region: the first is kept and rethrown afterwards,
-    // and the remaining stages are skipped while the barriers still run.
-    LayerWeights w;
-    w.reserve(impl_->layers.front());
-    std::exception_ptr error;
-    std::atomic<bool> failed{false};
-    auto guarded = [&](auto&& fn) {
-        if (failed.load()) return;
-        try {
-            fn();
-        } catch (...) {
-#pragma omp critical(pkv_forward_error)
-            if (!error) error = std::current_exception();
-            failed = true;
-        }
-    };
-    const int threads = n >= 32 ? omp_get_max_threads() : 1;
+// Sized once per call so the layers only overwrite them; k_pre and the hook's cache only when read.
+SeqActivations seq_activations(const LlamaHparams& hp, const Dims& d, const ForwardOptions& opts) {
+    SeqActivations s;
+    s.rope = rope_table(rope_params(hp), d.n, opts.pos0);
+    s.q.resize(d.n, d.QD), s.k.resize(d.n, d.KD), s.v.resize(d.n, d.KD), s.att.resize(d.n, d.QD);
+    s.capture.assign(hp.n_layer, 0);
+    for (uint32_t l = 0; l < hp.n_layer; ++l) s.capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
+    s.hooked = static_cast<bool>(opts.kv_cache);
+    if (opts.capture || s.hooked) s.k_pre.resize(d.n, d.KD);
+    if (s.hooked) {
+        s.k_hat.resize(d.n, d.KD), s.v_hat.resize(d.n, d.KD);
+        s.k_flush.resize(d.HKV), s.v_flush.resize(d.HKV);
+        s.k_flush_ptr.assign(d.HKV, nullptr), s.v_flush_ptr.assign(d.HKV, nullptr);
+    }
+    return s;
+}
+
+/// Everything the threads of the layer loop share.
+struct LayerLoop {
+    const GgufFile& f;
+    const LlamaHparams& hp;
+    const std::vector<LayerTensors>& layers;
+    const ForwardOptions& opts;
+    const LayerSink& sink;
+    const Dims& d;
+    RegionErrors& errors;
+    RowMatrix& x;  ///< [n, E] residual stream
+    SeqActivations s;
+    LayerWeights w;  ///< the current layer in fp32
+};
+
+/// One thread's contiguous slice [ra, rb) of token rows and its scratch buffers.
+struct ThreadRows {
+    int t = 0, nt = 1, ra = 0, rb = 0, m = 0;
+    RowMatrix xn, proj, gate, up, scratch, scratch2;
+
+    ThreadRows(const Dims& d, int thread, int n_threads) : t(thread), nt(n_threads) {
+        const int per = (d.n + nt - 1) / nt;
+        ra = std::min(d.n, t * per), rb = std::min(d.n, ra + per), m = rb - ra;
+        xn.resize(std::max(m, 1), d.E), proj.resize(std::max(m, 1), d.E);
+        gate.resize(std::max(m, 1), d.FF), up.resize(std::max(m, 1), d.FF);
+    }
+};
+
+// Per-row work, so each thread projects its own rows; K is kept before RoPE for the sink and the hook.
+void project_qkv(LayerLoop& L, ThreadRows& tr, uint32_t l) {
+    const Dims& d = L.d;
+    SeqActivations& s = L.s;
+    const int ra = tr.ra, m = tr.m;
+    ops::rms_norm(L.x.row(ra).data(), m, d.E, L.w.attn_norm, L.hp.rms_eps, tr.xn.data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wq, d.QD, s.q.row(ra).data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wk, d.KD, s.k.row(ra).data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wv, d.KD, s.v.row(ra).data());
+    if (s.capture[l] || s.hooked) s.k_pre.middleRows(ra, m) = s.k.middleRows(ra, m);
+    rope_apply(s.q.row(ra).data(), m, d.H, d.HD, s.rope, ra);
+    rope_apply(s.k.row(ra).data(), m, d.HKV, d.HD, s.rope, ra);
+}
+
+// One thread, after the barrier: the sink sees every row of the layer, once.
+void capture_layer(const LayerLoop& L, uint32_t l) {
+    LayerActivations a;
+    a.layer = static_cast<int>(l);
+    a.n_tokens = L.d.n;
+    a.k_pre = L.s.k_pre.data();
+    a.k_post = L.s.k.data();
+    a.v = L.s.v.data();
+    a.q = L.s.q.data();
+    L.sink(a);
+}
+
+// An orphaned `omp for` over (KV head, tensor): its implicit barrier readies every head before attention.
+void hook_kv_cache(LayerLoop& L, uint32_t l) {
+    const Dims& d = L.d;
+    SeqActivations& s = L.s;
+#pragma omp for schedule(dynamic, 1)
+    for (int item = 0; item < 2 * d.HKV; ++item)
+        L.errors.guarded([&] {
+            run_kv_hook(L.opts.kv_cache, static_cast<int>(l), item / 2, item % 2 == 1, d.n, d.HD, d.KD, s.k.data(),
+                        s.k_pre.data(), s.v.data(), item % 2 ? s.v_hat : s.k_hat, item % 2 ? s.v_flush : s.k_flush,
+                        item % 2 ? s.v_flush_ptr : s.k_flush_ptr);
+        });
+}
+
+// A query row reads only K/V rows before it, so each thread attends and projects its own rows.
+void attend_rows(LayerLoop& L, ThreadRows& tr) {
+    const Dims& d = L.d;
+    SeqActivations& s = L.s;
+    const int ra = tr.ra, m = tr.m;
+    if (s.hooked)
+        ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
+                                          s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),
+                                          ra, tr.rb, tr.scratch, tr.scratch2);
+    else
+        ops::causal_attention_rows(s.q.data(), s.k.data(), s.v.data(), d.H, d.HKV, d.HD, s.att.data(), ra, tr.rb,
+                                   tr.scratch);
+    ops::matmul_wt(s.att.row(ra).data(), m, d.QD, L.w.wo, d.E, tr.proj.data());
+    L.x.middleRows(ra, m) += tr.proj.topRows(m);
+}
+
+// One barrier, every row's K/V ready, is all attention, the sink and the hook need after the projections.
+void attention_block(LayerLoop& L, ThreadRows& tr, uint32_t l) {
+    if (tr.m > 0) L.errors.guarded([&] { project_qkv(L, tr, l); });
+#pragma omp barrier
+    if (L.s.capture[l] && tr.t == 0) L.errors.guarded([&] { capture_layer(L, l); });
+    if (L.s.hooked) hook_kv_cache(L, l);
+    if (tr.m > 0) L.errors.guarded([&] { attend_rows(L, tr); });
+}
+
+// Rows are independent, so the feed-forward sublayer needs no barrier.
+void ffn_block(LayerLoop& L, ThreadRows& tr) {
+    if (tr.m == 0) return;
+    L.errors.guarded([&] {
+        const Dims& d = L.d;
+        const int ra = tr.ra, m = tr.m;
+        ops::rms_norm(L.x.row(ra).data(), m, d.E, L.w.ffn_norm, L.hp.rms_eps, tr.xn.data());
+        ops::matmul_wt(tr.xn.data(), m, d.E, L.w.w_gate, d.FF, tr.gate.data());
+        ops::matmul_wt(tr.xn.data(), m, d.E, L.w.w_up, d.FF, tr.up.data());
+        ops::swiglu_inplace(tr.gate.data(), tr.up.data(), int64_t{m} * d.FF);
+        ops::matmul_wt(tr.gate.data(), m, d.FF, L.w.w_down, d.E, tr.proj.data());
+        L.x.middleRows(ra, m) += tr.proj.topRows(m);
+    });
+}
+
+// One decoder block, called by every thread: the step other architectures' blocks will change.
+void layer_step(LayerLoop& L, ThreadRows& tr, uint32_t l) {
+    // The weight buffer is refilled only when every row is done with the previous layer,
+    // and read only when every thread's share of it is in.
+#pragma omp barrier
+    L.errors.guarded([&] { L.w.load_part(L.f, L.layers[l], tr.t, tr.nt); });
+#pragma omp barrier
+    attention_block(L, tr, l);
+    ffn_block(L, tr);
+}
+
+// One region for all layers: three barriers per layer, as a waiting thread spins on shared cores.
+void run_layers(LayerLoop& L) {
+    // Each thread owns a contiguous slice of token rows for everything but the
+    // dequantization, which is split by weight rows.
+    L.w.reserve(L.layers.front());
+    const int threads = L.d.n >= 32 ? omp_get_max_threads() : 1;
 #pragma omp parallel num_threads(threads)
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int per = (n + nt - 1) / nt;
-        const int ra = std::min(n, t * per), rb = std::min(n, ra + per), m = rb - ra;
-        RowMatrix xn(std::max(m, 1), E), proj(std::max(m, 1), E), gate(std::max(m, 1), FF), up(std::max(m, 1), FF);
-        RowMatrix scratch, scratch2;
-        for (uint32_t l = 0; l < hp.n_layer; ++l) {
-#pragma omp barrier
-            guarded([&] { w.load_part(f, impl_->layers[l], t, nt); });
-#pragma omp barrier
-            if (m > 0)
-                guarded([&] {
-                    ops::rms_norm(x.row(ra).data(), m, E, w.attn_norm, hp.rms_eps, xn.data());
-                    ops::matmul_wt(xn.data(), m, E, w.wq, QD, q.row(ra).data());
-                    ops::matmul_wt(xn.data(), m, E, w.wk, KD, k.row(ra).data());
-                    ops::matmul_wt(xn.data(), m, E, w.wv, KD, v.row(ra).data());
-                    if (capture[l] || hooked) k_pre.middleRows(ra, m) = k.middleRows(ra, m);
-                    rope_apply(q.row(ra).data(), m, H, HD, rope, ra);
-                    rope_apply(k.row(ra).data(), m, HKV, HD, rope, ra);
-                });
-#pragma omp barrier
-            if (capture[l] && t == 0)
-                guarded([&] {
-                    LayerActivations a;
-                    a.layer = static_cast<int>(l);
-                    a.n_tokens = n;
-                    a.k_pre = k_pre.data();
-                    a.k_post = k.data();
-                    a.v = v.data();
-                    a.q = q.data();
-                    sink(a);
-                });
-            if (hooked) {
-                // Each (KV head, tensor) is one work item; the loop's implicit barrier
-                // makes every head's cache ready before any attention row reads it.
-#pragma omp for schedule(dynamic, 1)
-                for (int item = 0; item < 2 * HKV; ++item)
-                    guarded([&] { run_kv_hook(opts.kv_cache, static_cast<int>(l), item / 2, item % 2 == 1, n, HD, KD,
-                                              k.data(), k_pre.data(), v.data(), item % 2 ? v_hat : k_hat,
-                                              item % 2 ? v_flush : k_flush, item % 2 ? v_flush_ptr : k_flush_ptr); });
-            }
-            if (m > 0)
-                guarded([&] {
-                    if (hooked)
-                        ops::causal_attention_rows_cached(q.data(), k.data(), v.data(), k_hat.data(), v_hat.data(),
-                                                          k_flush_ptr.data(), v_flush_ptr.data(), H, HKV, HD,
-                                                          att.data(), ra, rb, scratch, scratch2);
-                    else
-                        ops::causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, att.data(), ra, rb,
-                                                   scratch);
-                    ops::matmul_wt(att.row(ra).data(), m, QD, w.wo, E, proj.data());
-                    x.middleRows(ra, m) += proj.topRows(m);
-                    ops::rms_norm(x.row(ra).data(), m, E, w.ffn_norm, hp.rms_eps, xn.data());
-                    ops::matmul_wt(xn.data(), m, E, w.w_gate, FF, gate.data());
-                    ops::matmul_wt(xn.data(), m, E, w.w_up, FF, up.data());
-                    ops::swiglu_inplace(gate.data(), up.data(), int64_t{m} * FF);
-                    ops::matmul_wt(gate.data(), m, FF, w.w_down, E, proj.data());
-                    x.middleRows(ra, m) += proj.topRows(m);
-                });
-        }
+        ThreadRows tr(L.d, omp_get_thread_num(), omp_get_num_threads());
+        for (uint32_t l = 0; l < L.hp.n_layer; ++l) layer_step(L, tr, l);
     }
-    if (error) std::rethrow_exception(error);
-    w = LayerWeights();
-    q = k = v = k_pre = att = k_hat = v_hat = RowMatrix();
+}
 
+// The hidden state the output projection reads and ForwardResult::hidden returns.
+RowMatrix final_norm(const GgufFile& f, const GgufTensorInfo& out_norm, const RowMatrix& x, int E, float eps) {
     std::vector<float> norm_w(E);
-    f.dequantize_rows(*impl_->out_norm, 0, 1, norm_w.data());
-    RowMatrix xn(n, E);
-    ops::rms_norm(x.data(), n, E, norm_w.data(), hp.rms_eps, xn.data());
-    x = RowMatrix();
+    f.dequantize_rows(out_norm, 0, 1, norm_w.data());
+    RowMatrix xn(x.rows(), E);
+    ops::rms_norm(x.data(), x.rows(), E, norm_w.data(), eps, xn.data());
+    return xn;
+}
 
-    ForwardResult res;
-    if (opts.want_hidden) res.hidden.assign(xn.data(), xn.data() + static_cast<size_t>(n) * E);
-    const int n_targets = opts.want_nll ? n - 1 : 0;
-    if (n_targets == 0 && !opts.want_last_logits) return res;
+// About 4 MiB of fp32 per chunk of the output matrix: in full (49152 x 576) it would be 113 MB.
+int64_t output_chunk_rows(int64_t n_vocab, int E) {
+    return std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
+}
+
+// Streaming log-softmax, so neither the fp32 output matrix nor the [n, n_vocab] logits ever exist.
+std::vector<ops::LogitRowStats> output_logit_stats(const GgufFile& f, const GgufTensorInfo& output,
+                                                   const RowMatrix& xn, const std::vector<int32_t>& tokens,
+                                                   int n_targets, int64_t n_vocab, std::vector<float>& last_logits,
+                                                   RegionErrors& errors) {
+    // Statistics of rows [0, n_targets) against their next tokens, and the last row's
+    // logits when `last_logits` is non-empty. The output matrix is dequantized in chunks
+    // of vocabulary rows, once per call, and each chunk meets the needed rows in tiles of
+    // kRowBlock. Threads take whole chunks and keep their own per-row statistics, merged
+    // at the end: one barrier for the whole projection.
+    constexpr int kRowBlock = 256;
+    const int n = static_cast<int>(xn.rows()), E = static_cast<int>(xn.cols());
+    const bool want_last = !last_logits.empty();
     // Rows of xn whose logits are needed: the n-1 rows with a next token, plus the
     // last row when its logits are wanted.
     const int row_begin = n_targets > 0 ? 0 : n - 1;
-    const int row_end = opts.want_last_logits ? n : n_targets;
-    if (opts.want_last_logits) res.last_logits.resize(hp.n_vocab);
-
-    // The output matrix is dequantized in chunks of vocabulary rows, once per call
-    // (49152 x 576 in fp32 would be 113 MB), and each chunk meets the needed rows in
-    // tiles of kRowBlock, so neither the full fp32 matrix nor the full [n, n_vocab]
-    // logits exist. Threads take whole chunks and keep their own per-row log-sum-exp
-    // statistics, merged at the end: one barrier for the whole projection.
-    constexpr int kRowBlock = 256;
-    const int64_t n_vocab = hp.n_vocab;
-    const int64_t chunk = std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
+    const int row_end = want_last ? n : n_targets;
+    const int64_t chunk = output_chunk_rows(n_vocab, E);
     const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
     std::vector<ops::LogitRowStats> stats(n_targets);
     const int out_threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n_chunks));
@@ -329,9 +433,9 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
         RowMatrix logits;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t c = 0; c < n_chunks; ++c) {
-            guarded([&] {
+            errors.guarded([&] {
                 const int64_t v0 = c * chunk, nv = std::min(chunk, n_vocab - v0);
-                f.dequantize_rows(*impl_->output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
+                f.dequantize_rows(output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
                 for (int r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
                     const int nr = std::min(kRowBlock, row_end - r0);
                     logits.resize(nr, nv);
@@ -340,15 +444,45 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
                         const int i = r0 + r;
                         if (i < n_targets) mine[i].add_block(logits.row(r).data(), nv, v0, tokens[i + 1]);
                     }
-                    if (opts.want_last_logits && r0 + nr == n)
-                        std::copy_n(logits.row(nr - 1).data(), nv, res.last_logits.begin() + v0);
+                    if (want_last && r0 + nr == n)
+                        std::copy_n(logits.row(nr - 1).data(), nv, last_logits.begin() + v0);
                 }
             });
         }
 #pragma omp critical(pkv_forward_merge)
         for (int i = 0; i < n_targets; ++i) stats[i].merge(mine[i]);
     }
-    if (error) std::rethrow_exception(error);
+    errors.rethrow();
+    return stats;
+}
+
+}  // namespace
+
+ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const ForwardOptions& opts,
+                                  const LayerSink& sink) const {
+    const GgufFile& f = *impl_->file;
+    const LlamaHparams& hp = impl_->hp;
+    check_forward_args(f, hp, tokens, opts, sink);
+    const Dims d = forward_dims(hp, static_cast<int>(tokens.size()));
+    const int n = d.n;
+
+    RowMatrix x = embed_tokens(f, *impl_->tok_embd, tokens, d.E);
+    RegionErrors errors;
+    {  // the layer weights and activations go at the end of this scope
+        LayerLoop loop{f, hp, impl_->layers, opts, sink, d, errors, x, seq_activations(hp, d, opts), LayerWeights()};
+        run_layers(loop);
+    }
+    errors.rethrow();
+    const RowMatrix xn = final_norm(f, *impl_->out_norm, x, d.E, hp.rms_eps);
+    x = RowMatrix();
+
+    ForwardResult res;
+    if (opts.want_hidden) res.hidden.assign(xn.data(), xn.data() + static_cast<size_t>(n) * d.E);
+    const int n_targets = opts.want_nll ? n - 1 : 0;
+    if (n_targets == 0 && !opts.want_last_logits) return res;
+    if (opts.want_last_logits) res.last_logits.resize(hp.n_vocab);
+    const std::vector<ops::LogitRowStats> stats =
+        output_logit_stats(f, *impl_->output, xn, tokens, n_targets, hp.n_vocab, res.last_logits, errors);
     res.nll.resize(n_targets);
     res.argmax.resize(n_targets);
     for (int i = 0; i < n_targets; ++i) {
@@ -377,7 +511,7 @@ std::vector<NextTokenStats> LlamaModel::compare_next_token(const std::vector<int
     // Same chunking and row tiles as forward(), so variant 0 reproduces its NLL.
     constexpr int kRowBlock = 256;
     const int64_t n_vocab = hp.n_vocab;
-    const int64_t chunk = std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
+    const int64_t chunk = output_chunk_rows(n_vocab, E);
     const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
     std::vector<std::vector<ops::LogitRowStats>> stats(nv_var, std::vector<ops::LogitRowStats>(n_targets));
     std::vector<std::vector<ops::KlRowStats>> kl(nv_var, std::vector<ops::KlRowStats>(n_targets));
