@@ -171,9 +171,9 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
     opt.pipeline = false;
     pkv::cuda::CudaAssigner serial(opt);
     const double floor_s = iters * static_cast<double>(problems * tokens) * d * 2.0 / kHbmBytesPerSecond;
-    std::printf("%5s %5s %8s %8s %9s %9s %8s %8s %7s %9s %8s %8s %8s %8s  %s\n", "k", "pipe", "total s",
-                "upload s", "Lloyd s", "first ms", "iter ms", "floor ms", "ratio", "device ms", "issue", "wait",
-                "finish", "host ms", "kernel");
+    std::printf("%5s %5s %8s %8s %9s %9s %8s %8s %7s %9s %8s %8s %8s %8s  %s\n", "k", "pipe", "total s", "upload s",
+                "Lloyd s", "first ms", "iter ms", "floor ms", "ratio", "device ms", "issue", "wait", "finish",
+                "host ms", "kernel");
     for (int k : {32, 256})
         for (pkv::cuda::CudaAssigner* gpu : {&piped, &serial}) {
             pkv::KMeansParams params;
@@ -209,16 +209,17 @@ int run_model(int64_t problems, int64_t tokens, int d, int iters, bool csv) {
                             static_cast<long long>(tokens), d, k, iters, total, lloyd, floor_s, first, pipe ? 2 : 1);
             std::fflush(stdout);
         }
-    std::printf("pipe: passes in flight (2: kmeans_batch updates half of the problems on the host while\n"
-                "the device runs the other half's pass). total s: kmeans_batch end to end (upload, init,\n"
-                "%d iterations, final labels); upload s: of it, the points' upload (begin_batch: rounded to\n"
-                "fp16, copied, max|x| per set). Lloyd s: the %d iterations; first ms: the first of them\n"
-                "(it also allocates the assigner's buffers); iter ms: the mean of the others, against the\n"
-                "floor (one read of all points); per iteration, summed over its passes: device ms = uploads\n"
-                "and kernels (cudaEvent), issue (host packs the centroids and queues the work), wait (for\n"
-                "the device), finish (fixed-point sums to the tasks' outputs); host ms = iter ms minus\n"
-                "those three (the host centroid update, and with pipe 2 nothing the device waits for).\n",
-                iters, iters);
+    std::printf(
+        "pipe: passes in flight (2: kmeans_batch updates half of the problems on the host while\n"
+        "the device runs the other half's pass). total s: kmeans_batch end to end (upload, init,\n"
+        "%d iterations, final labels); upload s: of it, the points' upload (begin_batch: rounded to\n"
+        "fp16, copied, max|x| per set). Lloyd s: the %d iterations; first ms: the first of them\n"
+        "(it also allocates the assigner's buffers); iter ms: the mean of the others, against the\n"
+        "floor (one read of all points); per iteration, summed over its passes: device ms = uploads\n"
+        "and kernels (cudaEvent), issue (host packs the centroids and queues the work), wait (for\n"
+        "the device), finish (fixed-point sums to the tasks' outputs); host ms = iter ms minus\n"
+        "those three (the host centroid update, and with pipe 2 nothing the device waits for).\n",
+        iters, iters);
     return 0;
 }
 
@@ -249,15 +250,16 @@ struct Workers {
 // The model shape over W workers (kmeans_batch_multi), k = 32 and 256, for each W.
 int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::vector<int>& workers, bool csv) {
     const int gpus = pkv::cuda::device_count();
-    std::printf("\nk-means calibration over workers: %lld problems x %lld tokens x d = %d, %d iterations, fp16, "
-                "%d GPU(s)\n",
-                static_cast<long long>(problems), static_cast<long long>(tokens), d, iters, gpus);
+    std::printf(
+        "\nk-means calibration over workers: %lld problems x %lld tokens x d = %d, %d iterations, fp16, "
+        "%d GPU(s)\n",
+        static_cast<long long>(problems), static_cast<long long>(tokens), d, iters, gpus);
     const std::vector<float> x = gaussian(problems * tokens, d);
     std::vector<pkv::KMeansProblem> probs;
     for (int64_t p = 0; p < problems; ++p)
         probs.push_back({x.data() + p * tokens * d, tokens, static_cast<uint64_t>(p + 1)});
-    std::printf("%5s %8s %6s %10s %9s %11s %9s %9s %10s\n", "k", "workers", "GPUs", "total s", "speed-up",
-                "efficiency", "Lloyd s", "speed-up", "identical");
+    std::printf("%5s %8s %6s %10s %9s %11s %9s %9s %10s\n", "k", "workers", "GPUs", "total s", "speed-up", "efficiency",
+                "Lloyd s", "speed-up", "identical");
     for (int k : {32, 256}) {
         pkv::KMeansParams params;
         params.k = k;
@@ -297,9 +299,10 @@ int run_workers(int64_t problems, int64_t tokens, int d, int iters, const std::v
             std::fflush(stdout);
         }
     }
-    std::printf("total s: kmeans_batch_multi end to end (upload of the fp32 points, init, iterations, final labels).\n"
-                "Lloyd s: the iterations alone, of the slowest worker. identical: centroids bitwise equal to the\n"
-                "first row's (the problems are independent).\n");
+    std::printf(
+        "total s: kmeans_batch_multi end to end (upload of the fp32 points, init, iterations, final labels).\n"
+        "Lloyd s: the iterations alone, of the slowest worker. identical: centroids bitwise equal to the\n"
+        "first row's (the problems are independent).\n");
     return 0;
 }
 
@@ -324,8 +327,9 @@ int run_sharded(int64_t n, int k, int iters, std::vector<int> workers, bool csv)
     const int gpus = pkv::cuda::device_count();
     const int d = kDim;
     if (workers.empty()) workers = {1, 2, 4, 8};
-    std::printf("k-means, one problem sharded over GPU workers: n = %lld, d = %d, k = %d, %d iterations, fp16, %d GPU(s)\n",
-                static_cast<long long>(n), d, k, iters, gpus);
+    std::printf(
+        "k-means, one problem sharded over GPU workers: n = %lld, d = %d, k = %d, %d iterations, fp16, %d GPU(s)\n",
+        static_cast<long long>(n), d, k, iters, gpus);
     const std::vector<float> x = gaussian(n, d);
     pkv::KMeansParams params;
     params.k = k;
@@ -362,10 +366,11 @@ int run_sharded(int64_t n, int k, int iters, std::vector<int> workers, bool csv)
             std::fflush(stdout);
         }
     }
-    std::printf("s / iteration: the Lloyd iterations on the wall clock (every shard's pass, the combine of the\n"
-                "shards' sums and the host update); workers on one GPU share it. sums: added on the host, or on\n"
-                "the GPUs by an NCCL all-reduce of the fixed-point sums (workers = GPUs). identical: final\n"
-                "centroids bitwise equal to the first row's.\n");
+    std::printf(
+        "s / iteration: the Lloyd iterations on the wall clock (every shard's pass, the combine of the\n"
+        "shards' sums and the host update); workers on one GPU share it. sums: added on the host, or on\n"
+        "the GPUs by an NCCL all-reduce of the fixed-point sums (workers = GPUs). identical: final\n"
+        "centroids bitwise equal to the first row's.\n");
     return 0;
 }
 
@@ -398,12 +403,11 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "--dim: expected a positive dimension, got '%s'\n", argv[i]);
                 return 2;
             }
-        }
-        else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
+        } else if (!std::strcmp(argv[i], "--precisions") && i + 1 < argc) {
             precs.clear();
             const std::string list = argv[++i];
-            for (const auto p : {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16,
-                                 pkv::cuda::InputPrecision::fp32})
+            for (const auto p :
+                 {pkv::cuda::InputPrecision::fp16, pkv::cuda::InputPrecision::bf16, pkv::cuda::InputPrecision::fp32})
                 if (list.find(pkv::cuda::input_precision_name(p)) != std::string::npos) precs.push_back(p);
         } else pos.push_back(argv[i]);
     }
@@ -411,19 +415,18 @@ int main(int argc, char** argv) {
     if (sharded)
         return run_sharded(arg(0, 100000000), static_cast<int>(arg(1, 256)), static_cast<int>(arg(2, 5)), workers, csv);
     if (model)
-        return workers.empty()
-                   ? run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)), static_cast<int>(arg(3, 30)),
-                               csv)
-                   : run_workers(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)),
-                                 static_cast<int>(arg(3, 30)), workers, csv);
+        return workers.empty() ? run_model(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)),
+                                           static_cast<int>(arg(3, 30)), csv)
+                               : run_workers(arg(0, 90), arg(1, 100000), static_cast<int>(arg(2, 64)),
+                                             static_cast<int>(arg(3, 30)), workers, csv);
     const int64_t n = arg(0, 10000000);
     const int iters = std::max(1, static_cast<int>(arg(1, 3)));
     const int64_t cpu_n = std::min<int64_t>(n, arg(2, 200000));
     const int d = dim;
     const auto dev = pkv::cuda::devices().front();
-    std::printf("k-means CUDA assigner on %s (%d SMs, %.1f GiB): n = %lld, d = %d, %d timed iterations after 1 warm-up\n",
-                dev.name.c_str(), dev.multiprocessors, dev.total_memory / 1073741824.0, static_cast<long long>(n), d,
-                iters);
+    std::printf(
+        "k-means CUDA assigner on %s (%d SMs, %.1f GiB): n = %lld, d = %d, %d timed iterations after 1 warm-up\n",
+        dev.name.c_str(), dev.multiprocessors, dev.total_memory / 1073741824.0, static_cast<long long>(n), d, iters);
     auto t0 = std::chrono::steady_clock::now();
     const std::vector<float> x = gaussian(n, d);
     std::printf("generated %.2f GB of points in %.1f s\n", x.size() * 4.0 * 1e-9, seconds_since(t0));
@@ -439,15 +442,14 @@ int main(int argc, char** argv) {
         std::vector<int64_t> counts(static_cast<size_t>(k));
         pkv::CpuAssigner cpu;
         t0 = std::chrono::steady_clock::now();
-        cpu.assign_accumulate(x.data(), cpu_n, d, c.data(), k, labels.data(), dist2.data(), sums.data(),
-                              counts.data());
+        cpu.assign_accumulate(x.data(), cpu_n, d, c.data(), k, labels.data(), dist2.data(), sums.data(), counts.data());
         cpu_scaled_s[k] = seconds_since(t0) * static_cast<double>(n) / static_cast<double>(cpu_n);
     }
 
     std::printf("\n%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "input", "k", "kernel", "device ms",
                 "assign ms", "iter ms", "update ms", "HBM floor", "ratio", "TFLOP/s", "CPU s (scaled)");
-    std::printf("%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(no sums)", "(wall)",
-                "(host)", "ms", "iter/flr", "(iter)", "");
+    std::printf("%5s %5s %-12s %11s %10s %11s %10s %10s %8s %9s %14s\n", "", "", "", "(cudaEvent)", "(no sums)",
+                "(wall)", "(host)", "ms", "iter/flr", "(iter)", "");
     // Variant 0: the defaults; with --all-kernels also, where they pick another kernel
     // than the defaults, 1: onehot_sums off and 4: the wide kernel (k < wide_min_k),
     // 2: wide_assign off and 3 / 7: wide_chunk 64 / 128 where the default is the other
@@ -455,92 +457,95 @@ int main(int argc, char** argv) {
     // (k <= 16), 6: wgmma off (k >= kWgmmaMinK or 16 < k <= 64, where wgmma is supported).
     const int wide_min_k = pkv::cuda::CudaAssignerOptions{}.wide_min_k;
     for (const auto prec : precs)
-      for (int variant = 0; variant < 8; ++variant) {
-        if (variant > 0 && !both) continue;
-        pkv::cuda::CudaAssignerOptions opt;
-        opt.precision = prec;
-        opt.onehot_sums = variant != 1;
-        opt.wide_assign = variant != 2;
-        opt.wide_chunk = variant == 3 ? 64 : variant == 7 ? 128 : 0;
-        if (variant == 4) opt.wide_min_k = 1;
-        opt.fused_small_k = variant != 5;
-        opt.wgmma = variant != 6;
-        if (variant == 6 && !pkv::cuda::wgmma_supported(opt.device)) continue;
-        pkv::cuda::CudaAssigner gpu(opt);
-        const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
-        t0 = std::chrono::steady_clock::now();
-        gpu.begin_batch({pkv::AssignData{x.data(), n}}, d);
-        const double upload_s = seconds_since(t0);
-        const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
-        for (int k : ks) {
-            // Rows that would repeat the default kernel are skipped.
-            const bool wide_default = k >= wide_min_k;
-            if (variant == 5 && k > pkv::cuda::fused_max_k(d)) continue;
-            if ((variant == 1 || variant == 4) && wide_default) continue;
-            if ((variant == 2 || variant == 3 || variant == 7) && !wide_default) continue;
-            const bool wg = pkv::cuda::wgmma_supported(opt.device);
-            const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && wg;
-            const bool wg_onehot_default = wg && k > pkv::cuda::fused_max_k(d) && k <= 64;
-            if (variant == 6 && !wgmma_default && !wg_onehot_default) continue;
-            if ((variant == 3 && !wgmma_default) || (variant == 7 && wgmma_default)) continue;
-            std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
-            std::vector<double> sums(size_t(k) * d);
-            std::vector<int64_t> counts(static_cast<size_t>(k));
-            std::vector<pkv::AssignTask> tasks(1);
-            double dev_ms = 0, iter_ms = 0, upd_ms = 0;
-            for (int it = 0; it <= iters; ++it) {
-                const auto it0 = std::chrono::steady_clock::now();
-                tasks[0].centroids = c.data();
-                tasks[0].sums = sums.data();
-                tasks[0].counts = counts.data();
-                gpu.assign_batch(tasks, k);
-                t0 = std::chrono::steady_clock::now();
-                update(sums, counts, k, d, c);
-                const double u = seconds_since(t0) * 1e3;
-                const double w = seconds_since(it0) * 1e3;
-                if (it == 0) continue;  // warm-up
-                dev_ms += gpu.last_timing().device_ms;
-                iter_ms += w;
-                upd_ms += u;
+        for (int variant = 0; variant < 8; ++variant) {
+            if (variant > 0 && !both) continue;
+            pkv::cuda::CudaAssignerOptions opt;
+            opt.precision = prec;
+            opt.onehot_sums = variant != 1;
+            opt.wide_assign = variant != 2;
+            opt.wide_chunk = variant == 3 ? 64 : variant == 7 ? 128 : 0;
+            if (variant == 4) opt.wide_min_k = 1;
+            opt.fused_small_k = variant != 5;
+            opt.wgmma = variant != 6;
+            if (variant == 6 && !pkv::cuda::wgmma_supported(opt.device)) continue;
+            pkv::cuda::CudaAssigner gpu(opt);
+            const double elem = prec == pkv::cuda::InputPrecision::fp32 ? 4.0 : 2.0;
+            t0 = std::chrono::steady_clock::now();
+            gpu.begin_batch({pkv::AssignData{x.data(), n}}, d);
+            const double upload_s = seconds_since(t0);
+            const double floor_ms = static_cast<double>(n) * d * elem / kHbmBytesPerSecond * 1e3;
+            for (int k : ks) {
+                // Rows that would repeat the default kernel are skipped.
+                const bool wide_default = k >= wide_min_k;
+                if (variant == 5 && k > pkv::cuda::fused_max_k(d)) continue;
+                if ((variant == 1 || variant == 4) && wide_default) continue;
+                if ((variant == 2 || variant == 3 || variant == 7) && !wide_default) continue;
+                const bool wg = pkv::cuda::wgmma_supported(opt.device);
+                const bool wgmma_default = k >= pkv::cuda::kWgmmaMinK && wg;
+                const bool wg_onehot_default = wg && k > pkv::cuda::fused_max_k(d) && k <= 64;
+                if (variant == 6 && !wgmma_default && !wg_onehot_default) continue;
+                if ((variant == 3 && !wgmma_default) || (variant == 7 && wgmma_default)) continue;
+                std::vector<float> c(x.begin(), x.begin() + size_t(k) * d);
+                std::vector<double> sums(size_t(k) * d);
+                std::vector<int64_t> counts(static_cast<size_t>(k));
+                std::vector<pkv::AssignTask> tasks(1);
+                double dev_ms = 0, iter_ms = 0, upd_ms = 0;
+                for (int it = 0; it <= iters; ++it) {
+                    const auto it0 = std::chrono::steady_clock::now();
+                    tasks[0].centroids = c.data();
+                    tasks[0].sums = sums.data();
+                    tasks[0].counts = counts.data();
+                    gpu.assign_batch(tasks, k);
+                    t0 = std::chrono::steady_clock::now();
+                    update(sums, counts, k, d, c);
+                    const double u = seconds_since(t0) * 1e3;
+                    const double w = seconds_since(it0) * 1e3;
+                    if (it == 0) continue;  // warm-up
+                    dev_ms += gpu.last_timing().device_ms;
+                    iter_ms += w;
+                    upd_ms += u;
+                }
+                dev_ms /= iters;
+                iter_ms /= iters;
+                upd_ms /= iters;
+                const std::string kernel = std::string(gpu.last_timing().kernel) + (variant == 3   ? "/64"
+                                                                                    : variant == 7 ? "/128"
+                                                                                                   : "");
+                // The assignment alone: the same pass without sums (labels and objective only).
+                double assign_ms = 0.0;
+                for (int it = 0; it < iters; ++it) {
+                    tasks[0].sums = nullptr;
+                    tasks[0].counts = nullptr;
+                    gpu.assign_batch(tasks, k);
+                    assign_ms += gpu.last_timing().device_ms / iters;
+                }
+                const double tflops = 2.0 * static_cast<double>(n) * k * d / (iter_ms * 1e-3) * 1e-12;
+                const double cpu_s = cpu_scaled_s.count(k) ? cpu_scaled_s[k] : 0.0;
+                std::printf("%5s %5d %-12s %11.3f %11.3f %10.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
+                            pkv::cuda::input_precision_name(prec), k, kernel.c_str(), dev_ms, assign_ms, iter_ms,
+                            upd_ms, floor_ms, iter_ms / floor_ms, tflops, cpu_s);
+                if (csv)
+                    std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f,%s\n", pkv::cuda::input_precision_name(prec),
+                                static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms, kernel.c_str());
+                std::fflush(stdout);
             }
-            dev_ms /= iters;
-            iter_ms /= iters;
-            upd_ms /= iters;
-            const std::string kernel = std::string(gpu.last_timing().kernel) + (variant == 3 ? "/64" : variant == 7 ? "/128" : "");
-            // The assignment alone: the same pass without sums (labels and objective only).
-            double assign_ms = 0.0;
-            for (int it = 0; it < iters; ++it) {
-                tasks[0].sums = nullptr;
-                tasks[0].counts = nullptr;
-                gpu.assign_batch(tasks, k);
-                assign_ms += gpu.last_timing().device_ms / iters;
-            }
-            const double tflops = 2.0 * static_cast<double>(n) * k * d / (iter_ms * 1e-3) * 1e-12;
-            const double cpu_s = cpu_scaled_s.count(k) ? cpu_scaled_s[k] : 0.0;
-            std::printf("%5s %5d %-12s %11.3f %11.3f %10.3f %10.3f %10.3f %8.2f %9.1f %14.3f\n",
-                        pkv::cuda::input_precision_name(prec), k, kernel.c_str(), dev_ms, assign_ms, iter_ms, upd_ms,
-                        floor_ms, iter_ms / floor_ms, tflops, cpu_s);
-            if (csv)
-                std::printf("pkv,single,%s,%lld,%d,%d,%.6f,%.6f,%.6f,%s\n", pkv::cuda::input_precision_name(prec),
-                            static_cast<long long>(n), d, k, iter_ms, dev_ms, floor_ms, kernel.c_str());
-            std::fflush(stdout);
+            std::printf("  (%s: %.2f GB resident on the device, upload %.2f s, streaming %s)\n",
+                        pkv::cuda::input_precision_name(prec), static_cast<double>(n) * d * elem * 1e-9, upload_s,
+                        gpu.streaming() ? "yes" : "no");
+            gpu.end_batch();
         }
-        std::printf("  (%s: %.2f GB resident on the device, upload %.2f s, streaming %s)\n",
-                    pkv::cuda::input_precision_name(prec), static_cast<double>(n) * d * elem * 1e-9, upload_s,
-                    gpu.streaming() ? "yes" : "no");
-        gpu.end_batch();
-    }
-    std::printf("\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
-                "the same for a pass without sums (labels and objective only). iter ms: the\n"
-                "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
-                "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16; 32 at d <= 64) and\n"
-                "onehot (k < 96; onehot-wgmma: on Hopper's warpgroup MMA, k <= 64), sums on tensor cores; mma\n"
-                "(shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
-                "of 64, /128 of 128), wgmma (the same on Hopper's warpgroup MMA, k >= 256: chunks of 128, /64 of 64)\n"
-                "and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
-                "fma (fp32).\n"
-                "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
-                static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
+    std::printf(
+        "\ndevice ms: centroid upload + batched kernels + objective reduction (cudaEvent); assign ms:\n"
+        "the same for a pass without sums (labels and objective only). iter ms: the\n"
+        "whole Lloyd iteration on the wall clock: assign_batch (objective, sums and counts copied back;\n"
+        "labels stay on the device) plus the host centroid update. kernel: fused (k <= 16; 32 at d <= 64) and\n"
+        "onehot (k < 96; onehot-wgmma: on Hopper's warpgroup MMA, k <= 64), sums on tensor cores; mma\n"
+        "(shared-memory fixed-point sums), wide (k >= 96: streamed centroid chunks\n"
+        "of 64, /128 of 128), wgmma (the same on Hopper's warpgroup MMA, k >= 256: chunks of 128, /64 of 64)\n"
+        "and mma (the general kernel), +sorted: sums by the sorted reduction,\n"
+        "fma (fp32).\n"
+        "CPU s (scaled): CpuAssigner::assign_accumulate on the first %lld points, times n / %lld.\n",
+        static_cast<long long>(cpu_n), static_cast<long long>(cpu_n));
     return 0;
 }
 

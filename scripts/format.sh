@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Formats the tracked C++/CUDA sources with clang-format and the repository's .clang-format
-# (written for clang-format 14, Debian 12's). Vendored files are left alone.
+# (written for clang-format 14, Debian 12's).
 #   scripts/format.sh           rewrite the files in place
 #   scripts/format.sh --check   change nothing; exit non-zero when a file would change
 # CLANG_FORMAT picks the binary (default: clang-format).
@@ -9,10 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CLANG_FORMAT="${CLANG_FORMAT:-clang-format}"
 
-# Not ours to format: test/catch.h adapts to the Catch2 version (kept as written).
-VENDORED='^(test/catch\.h)$'
-
-mapfile -t files < <(git ls-files '*.h' '*.hpp' '*.cpp' '*.cu' '*.cuh' | grep -Ev "$VENDORED")
+mapfile -t files < <(git ls-files '*.h' '*.hpp' '*.cpp' '*.cu' '*.cuh' '*.cc')
 [ "${#files[@]}" -gt 0 ] || { echo "format.sh: no sources found" >&2; exit 1; }
 
 case "${1:-}" in

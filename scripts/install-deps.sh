@@ -4,7 +4,7 @@
 #   --run  only what scripts/run.sh (the main job) needs: the compiler, CMake, the
 #          libraries pkv links, pip (to fetch the model) and the fortunes text; without it,
 #          also what scripts/test.sh needs (Catch2, HDF5 tools, Python test modules,
-#          chromium, OpenMPI, clang/LLVM for fuzzing).
+#          chromium, OpenMPI, clang/LLVM for fuzzing, clang-format for the style check).
 # Skips apt entirely, and says so, when every package is installed (so re-runs are quick
 # and work offline). Otherwise apt's download and install show as progress lines.
 set -euo pipefail
@@ -18,7 +18,7 @@ TEST_PACKAGES=(
   hdf5-tools catch2 python3-venv python3-h5py python3-numpy python3-jsonschema
   chromium python3-pil
   libopenmpi-dev openmpi-bin
-  clang libclang-rt-14-dev libomp-dev llvm
+  clang libclang-rt-14-dev libomp-dev llvm clang-format
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 what="pkv and the main job"

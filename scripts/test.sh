@@ -4,7 +4,8 @@
 #   1 every Debian package pkv builds, tests and runs with (scripts/install-deps.sh)
 #   2 the default model and text, and the Python venv of the cross-check tests
 #     (scripts/fetch-data.sh)
-#   3 build pkv and its tests in build/ (no benchmarks: no test runs them; CUDA and its
+#   3 check the formatting (scripts/format.sh --check); build pkv and its tests in build/
+#     (no benchmarks: no test runs them; CUDA and its
 #     GPU tests only when a GPU is present, for its architecture: PKV_CUDA=1 builds them
 #     anyway, and they then skip)
 #   4 every test (unit, integration on the real model, Python cross-checks) under CTest;
@@ -31,6 +32,10 @@ bash "$ROOT/scripts/fetch-data.sh"
 phase_done
 
 cuda_args="$(pkv_cuda_args)"
+# The sources must be as scripts/format.sh leaves them (.clang-format; seconds).
+CF="clang-format-14"; command -v "$CF" >/dev/null || CF=clang-format
+CLANG_FORMAT="$CF" bash "$ROOT/scripts/format.sh" --check ||
+  { echo "pkv: sources not formatted: run scripts/format.sh" >&2; exit 1; }
 phase "3/$N" "building pkv and its tests ($(pkv_cuda_words); ~12 min on 2 cores, less after scripts/run.sh)"
 # shellcheck disable=SC2086
 bash "$ROOT/scripts/build.sh" -DPKV_BUILD_TESTS=ON -DPKV_BUILD_BENCH=OFF $cuda_args

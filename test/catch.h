@@ -20,10 +20,10 @@ inline Catch::Matchers::StdString::ContainsMatcher ContainsSubstring(const std::
     return Catch::Matchers::Contains(s);
 }
 // Catch2 v2 cannot mark a test skipped: say so loudly and leave the test.
-#define PKV_SKIP(msg)                   \
-    do {                                \
-        WARN("SKIPPED: " << msg);       \
-        return;                         \
+#define PKV_SKIP(msg)             \
+    do {                          \
+        WARN("SKIPPED: " << msg); \
+        return;                   \
     } while (0)
 #endif
 using Catch::Matchers::WithinAbs;

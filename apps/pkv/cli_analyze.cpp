@@ -6,10 +6,10 @@
 #include <optional>
 
 #include "commands.h"
-#include "pkv/core/int_list.h"
-#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/int_list.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/report/report.h"
 
 namespace pkv::cli {
@@ -38,11 +38,14 @@ Command add_analyze(CLI::App& root) {
         ->capture_default_str();
     app->add_option("--bits", args->bits, "code widths for kivi and patternkv (each 2, 3, 4 or 8)")
         ->capture_default_str();
-    app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels (capped at head_dim)")
+    app->add_option("--group", c.group,
+                    "quantization group: K tokens per channel group; V channels (capped at head_dim)")
         ->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length R (tokens)")->capture_default_str();
-    app->add_option("--prefill", c.prefill, "prompt tokens per sequence (default: half of it, rounded down to a multiple of --window)");
-    app->add_option("--patterns", c.patterns, "patternkv: k-means patterns mined from the prefill")->capture_default_str();
+    app->add_option("--prefill", c.prefill,
+                    "prompt tokens per sequence (default: half of it, rounded down to a multiple of --window)");
+    app->add_option("--patterns", c.patterns, "patternkv: k-means patterns mined from the prefill")
+        ->capture_default_str();
     app->add_option("--pattern-cap", c.pattern_cap, "patternkv: bank size limit (0: unbounded)")->capture_default_str();
     app->add_option("--keys", args->keys, "pre or post: keys before or after RoPE")->capture_default_str();
     app->add_option("--assign", args->assign, "patternkv decode assignment: minmax or l2")->capture_default_str();

@@ -4,12 +4,12 @@
 #include <memory>
 
 #include "commands.h"
-#include "pkv/core/int_list.h"
 #include "device_select.h"
-#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/int_list.h"
 #include "pkv/distributed/comm.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/pipeline/calibrate.h"
 
 namespace pkv::cli {
@@ -36,8 +36,9 @@ void print_summary(const PatternTable& t) {
                 static_cast<long long>(c["tokens"]["train"].get<int64_t>()),
                 static_cast<long long>(c["tokens"]["holdout"].get<int64_t>()), c["device"].get<std::string>().c_str(),
                 c["seconds"].get<double>(), c["kmeans"]["seconds"].get<double>());
-    std::printf("| tensor | var. explained | dead patterns | clip | gate z | held-out NMSE: min-max | min-max "
-                "clipped | patterns | patterns fitted |\n");
+    std::printf(
+        "| tensor | var. explained | dead patterns | clip | gate z | held-out NMSE: min-max | min-max "
+        "clipped | patterns | patterns fitted |\n");
     std::printf("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     auto num = [](const nlohmann::json& j, const char* k, const char* f) {
         static thread_local char buf[32];
@@ -56,9 +57,10 @@ void print_summary(const PatternTable& t) {
         std::printf(" | %s", num(s, "heldout_nmse_patterns", "%.4e"));
         std::printf(" | %s |\n", num(s, "heldout_nmse_fitted", "%.4e"));
     }
-    std::printf("\n(means over %zu heads; held-out NMSE: plain min-max, min-max with its own fitted clip ratio,\n"
-                " patterns with default parameters, patterns with the fitted clip ratios and gate)\n",
-                c["heads"].size());
+    std::printf(
+        "\n(means over %zu heads; held-out NMSE: plain min-max, min-max with its own fitted clip ratio,\n"
+        " patterns with default parameters, patterns with the fitted clip ratios and gate)\n",
+        c["heads"].size());
 }
 }  // namespace
 
@@ -73,8 +75,10 @@ Command add_calibrate(CLI::App& root) {
     app->add_option("--keys", args->keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
     app->add_option("--assign", args->assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
     app->add_option("--bits", c.bits, "residual code width the fit targets (2, 3, 4 or 8)")->capture_default_str();
-    app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")->capture_default_str();
-    app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")->capture_default_str();
+    app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")
+        ->capture_default_str();
+    app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")
+        ->capture_default_str();
     app->add_flag("--rotate", c.rotate, "mine in the Hadamard-rotated basis");
     app->add_option("--device", args->device,
                     "cuda, cuda:N, cpu or auto (under mpirun, cuda and auto take the rank's GPU on its host)")

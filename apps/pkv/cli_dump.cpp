@@ -2,8 +2,8 @@
 #include <cstdio>
 
 #include "commands.h"
-#include "pkv/core/int_list.h"
 #include "pkv/core/error.h"
+#include "pkv/core/int_list.h"
 #include "pkv/pipeline/dump.h"
 
 namespace pkv::cli {
@@ -26,8 +26,7 @@ Command add_dump(CLI::App& root) {
     app->add_option("--tokens,-n", c.n_tokens, "tokens to run and store")->capture_default_str();
     app->add_option("--ctx,-c", c.ctx, "tokens per sequence (independent prefill from position 0)")
         ->capture_default_str();
-    app->add_option("--capture", args->capture, "activations to store: any of k_pre,k_post,v,q")
-        ->capture_default_str();
+    app->add_option("--capture", args->capture, "activations to store: any of k_pre,k_post,v,q")->capture_default_str();
     app->add_option("--layers", args->layers, "model layers to store, e.g. 0,5,10-12 (default: all)");
     app->add_option("--dim-order", args->dim_order,
                     "key/query head-dimension order: gguf (as computed) or hf (Hugging Face half-split)")

@@ -5,10 +5,10 @@
 #include <optional>
 
 #include "commands.h"
-#include "pkv/core/int_list.h"
-#include "pkv/pipeline/analyze.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/int_list.h"
+#include "pkv/pipeline/analyze.h"
 #include "pkv/pipeline/eval.h"
 #include "pkv/report/report.h"
 
@@ -38,7 +38,8 @@ Command add_eval(CLI::App& root) {
                     "method specs, e.g. fp16 kivi:2 kivi:4:g32 patternkv:2 q4_0 q8_0 fp8 q4_0:rot kivi:2:pre "
                     "(grammar: docs/eval.md)")
         ->required();
-    app->add_option("--keep-fp16-layers", args->keep_layers, "layers whose cache stays fp16 for every method, e.g. 0,1");
+    app->add_option("--keep-fp16-layers", args->keep_layers,
+                    "layers whose cache stays fp16 for every method, e.g. 0,1");
     app->add_option("--prefill", c.prefill,
                     "prompt tokens per sequence (default: half of it, rounded down to a multiple of 128)");
     app->add_option("--seed", c.seed, "patternkv k-means seed")->capture_default_str();

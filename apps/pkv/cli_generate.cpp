@@ -13,7 +13,11 @@
 namespace pkv::cli {
 
 Command add_generate(CLI::App& root) {
-    struct Args { std::string model, prompt; int n = 16; bool ids = false; };
+    struct Args {
+        std::string model, prompt;
+        int n = 16;
+        bool ids = false;
+    };
     auto args = std::make_shared<Args>();
     auto* app = root.add_subcommand("generate", "greedy continuation of a prompt (a correctness check)");
     app->add_option("--model,-m", args->model, "GGUF model")->required()->check(CLI::ExistingFile);
@@ -48,7 +52,7 @@ Command add_devices(CLI::App& root) {
                                 d.pci_bus_id.c_str(), pkv::cuda::wgmma_supported(d.index) ? "wgmma" : "mma.sync");
                 // Data-parallel sums on the GPUs (calibrate --reduce) need NCCL.
                 std::printf("nccl: %s\n", pkv::cuda::built_with_nccl() ? ("yes, " + pkv::cuda::nccl_version()).c_str()
-                                                                        : "no (pkv built without NCCL)");
+                                                                       : "no (pkv built without NCCL)");
 #else
                 std::printf("pkv was built without CUDA: CPU only\n");
 #endif

@@ -71,7 +71,8 @@ SelectedDevice select_device(const std::string& device, int default_index) {
     out.description = "cuda:" + std::to_string(index) + " " + devs[static_cast<size_t>(index)].name;
     if (device == "auto") log::info("--device auto: using {}", out.description);
 #else
-    PKV_CHECK(!want_cuda, invalid_argument, "--device {}: pkv was built without CUDA (use --device cpu or auto)", device);
+    PKV_CHECK(!want_cuda, invalid_argument, "--device {}: pkv was built without CUDA (use --device cpu or auto)",
+              device);
     log::info("--device auto: pkv was built without CUDA, running on the CPU");
 #endif
     return out;
@@ -93,8 +94,8 @@ std::vector<SelectedDevice> select_devices(const std::string& list, const std::s
             PKV_CHECK(!num.empty() && num.find_first_not_of("0123456789") == std::string::npos && num.size() < 4,
                       invalid_argument, "--devices '{}': expected all or a comma-separated list of GPU indices", list);
             const int i = std::stoi(num);
-            PKV_CHECK(i < count, invalid_argument, "--devices {}: no CUDA device {} ({} found; `pkv devices` lists them)",
-                      list, i, count);
+            PKV_CHECK(i < count, invalid_argument,
+                      "--devices {}: no CUDA device {} ({} found; `pkv devices` lists them)", list, i, count);
             idx.push_back(i);
             pos = end + 1;
         }

@@ -19,14 +19,13 @@ int main(int argc, char** argv) noexcept {
     app.set_version_flag("--version", std::string("pkv ") + PKV_VERSION + " (" + PKV_GIT_COMMIT + ")");
     app.require_subcommand(1);
     std::string log_level = "info";
-    app.add_option("--log-level", log_level, "stderr verbosity: debug|info|warn|error|quiet")
-        ->capture_default_str();
+    app.add_option("--log-level", log_level, "stderr verbosity: debug|info|warn|error|quiet")->capture_default_str();
 
     std::vector<pkv::cli::Command> commands;
     try {
-        commands = {pkv::cli::add_dump(app), pkv::cli::add_info(app), pkv::cli::add_validate(app),
-                    pkv::cli::add_generate(app), pkv::cli::add_devices(app), pkv::cli::add_analyze(app),
-                    pkv::cli::add_calibrate(app), pkv::cli::add_export(app), pkv::cli::add_eval(app),
+        commands = {pkv::cli::add_dump(app),      pkv::cli::add_info(app),    pkv::cli::add_validate(app),
+                    pkv::cli::add_generate(app),  pkv::cli::add_devices(app), pkv::cli::add_analyze(app),
+                    pkv::cli::add_calibrate(app), pkv::cli::add_export(app),  pkv::cli::add_eval(app),
                     pkv::cli::add_check(app)};
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -73,12 +73,9 @@ inline void init() {
     // tmpfs keeps a million writes off the disk. scripts/fuzz.sh points PKV_FUZZ_TMPDIR at
     // a directory of its own, which it removes afterwards.
     std::string base;
-    if (const char* b = std::getenv("PKV_FUZZ_TMPDIR"); b != nullptr && *b != '\0')
-        base = b;
-    else if (::access("/dev/shm", W_OK) == 0)
-        base = "/dev/shm";
-    else
-        base = std::filesystem::temp_directory_path().string();
+    if (const char* b = std::getenv("PKV_FUZZ_TMPDIR"); b != nullptr && *b != '\0') base = b;
+    else if (::access("/dev/shm", W_OK) == 0) base = "/dev/shm";
+    else base = std::filesystem::temp_directory_path().string();
     remove_stale_dirs(base);
     std::string dir = base + "/pkv-fuzz-" + std::to_string(::getpid()) + "-XXXXXX";
     if (::mkdtemp(dir.data()) == nullptr) die("cannot create a directory under " + base);

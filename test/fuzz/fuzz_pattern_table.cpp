@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "fuzz_common.h"
-#include "pkv/runtime/pattern_table_reader.h"
 #include "pkv/pipeline/export.h"
+#include "pkv/runtime/pattern_table_reader.h"
 #include "pkv/table/pattern_table.h"
 
 namespace {

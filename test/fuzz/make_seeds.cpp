@@ -26,9 +26,9 @@
 
 #include "pkv/core/half.h"
 #include "pkv/core/log.h"
-#include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "support/tiny_model.h"
@@ -91,8 +91,8 @@ void write_types_gguf(const fs::path& path) {
     w.set("t.i64", value(GgufType::I64, -(int64_t{1} << 40)));
     w.set_f64("t.f64", -1e300);
     w.set_f32_array("t.f32_array", {1.0f, -2.0f, 3.5f});
-    GgufValue inner = value(GgufType::ARRAY, std::vector<GgufValue>{value(GgufType::I16, int64_t{-1}),
-                                                                     value(GgufType::I16, int64_t{2})});
+    GgufValue inner = value(
+        GgufType::ARRAY, std::vector<GgufValue>{value(GgufType::I16, int64_t{-1}), value(GgufType::I16, int64_t{2})});
     inner.array_type = GgufType::I16;
     GgufValue nested = value(GgufType::ARRAY, std::vector<GgufValue>{inner, inner});
     nested.array_type = GgufType::ARRAY;
@@ -175,15 +175,27 @@ void write_dump(const fs::path& path, const pkv::CaptureSet& capture, bool hf) {
     h.capture = capture;
     h.hf_dim_order = hf;
     h.chunk_tokens = kSeq;  // two chunks per head
-    h.model = {{"name", "pkv fuzz seed"}, {"file", "seed.gguf"},      {"sha256", std::string(64, 'e')},
-               {"arch", "llama"},         {"n_layer", kLayers},       {"n_head", kHead},
-               {"n_head_kv", kHeadKv},    {"head_dim", kDim},         {"n_rot", kDim},
-               {"n_embd", kHead * kDim},  {"n_ff", 48},               {"n_vocab", 266},
-               {"n_ctx_train", 64},       {"rope_freq_base", 10000.0}, {"rope_freq_scale", 1.0},
-               {"rope_type", "norm"},     {"rope_scaling", "none"},   {"rms_eps", 1e-5},
+    h.model = {{"name", "pkv fuzz seed"},
+               {"file", "seed.gguf"},
+               {"sha256", std::string(64, 'e')},
+               {"arch", "llama"},
+               {"n_layer", kLayers},
+               {"n_head", kHead},
+               {"n_head_kv", kHeadKv},
+               {"head_dim", kDim},
+               {"n_rot", kDim},
+               {"n_embd", kHead * kDim},
+               {"n_ff", 48},
+               {"n_vocab", 266},
+               {"n_ctx_train", 64},
+               {"rope_freq_base", 10000.0},
+               {"rope_freq_scale", 1.0},
+               {"rope_type", "norm"},
+               {"rope_scaling", "none"},
+               {"rms_eps", 1e-5},
                {"file_type", 0}};
-    h.provenance = {{"tool", "pkv"}, {"version", "0.1.0"}, {"argv", {"pkv", "dump"}},
-                    {"created_utc", "2000-01-01T00:00:00Z"}};
+    h.provenance = {
+        {"tool", "pkv"}, {"version", "0.1.0"}, {"argv", {"pkv", "dump"}}, {"created_utc", "2000-01-01T00:00:00Z"}};
     h.sources = {{"seed.txt", std::string(64, 'f'), 100, kTokens}};
     std::error_code ec;
     fs::remove(path, ec);
@@ -191,8 +203,8 @@ void write_dump(const fs::path& path, const pkv::CaptureSet& capture, bool hf) {
     auto rows = [](int what, int slot, int64_t t0, int heads) {
         std::vector<float> r(static_cast<size_t>(kSeq) * heads * kDim);
         for (size_t i = 0; i < r.size(); ++i)
-            r[i] = static_cast<float>(3.0 * std::sin(0.31 * static_cast<double>(i + t0 * heads * kDim) + what +
-                                                     1.7 * slot));
+            r[i] = static_cast<float>(3.0 *
+                                      std::sin(0.31 * static_cast<double>(i + t0 * heads * kDim) + what + 1.7 * slot));
         return r;
     };
     for (int64_t t0 = 0; t0 < kTokens; t0 += kSeq) {
@@ -211,8 +223,8 @@ void write_dump(const fs::path& path, const pkv::CaptureSet& capture, bool hf) {
         }
         w.write_tokens(t0, id, pos, seq, nll);
     }
-    w.finish({0, kSeq}, {kSeq, kSeq}, {{"n_tokens", kTokens}, {"perplexity", 3.0}, {"nll_mean", std::log(3.0)},
-                                       {"n_predicted", kTokens - 2}});
+    w.finish({0, kSeq}, {kSeq, kSeq},
+             {{"n_tokens", kTokens}, {"perplexity", 3.0}, {"nll_mean", std::log(3.0)}, {"n_predicted", kTokens - 2}});
 }
 
 void write_dump_seeds(const fs::path& dir) {

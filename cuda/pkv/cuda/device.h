@@ -12,10 +12,10 @@ namespace pkv::cuda {
 struct DeviceInfo {
     int index = 0;
     std::string name;
-    int cc_major = 0, cc_minor = 0;   ///< compute capability
-    size_t total_memory = 0;          ///< bytes
+    int cc_major = 0, cc_minor = 0;  ///< compute capability
+    size_t total_memory = 0;         ///< bytes
     int multiprocessors = 0;
-    std::string pci_bus_id;           ///< "0000:1b:00.0": tells GPUs of one host apart
+    std::string pci_bus_id;  ///< "0000:1b:00.0": tells GPUs of one host apart
 };
 
 /// Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).

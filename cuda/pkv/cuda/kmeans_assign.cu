@@ -201,8 +201,7 @@ void launch_tiled(const AssignArgs& a, int sm_count, cudaStream_t stream) {
         if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)) ==
             cudaSuccess)
             PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn));
-        else
-            cudaGetLastError();
+        else cudaGetLastError();
         if (per_sm == 0) smem_acc = false, dyn = 0;
     }
     if (dyn == 0) PKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
@@ -216,12 +215,9 @@ void launch_tiled(const AssignArgs& a, int sm_count, cudaStream_t stream) {
 template <typename T, bool ACC>
 void launch_by_k(const AssignArgs& a, int sm_count, cudaStream_t stream) {
     // Narrow centroid tiles for small k keep the FMAs on real centroids.
-    if (a.k <= 16)
-        launch_tiled<T, 16, 2, ACC>(a, sm_count, stream);
-    else if (a.k <= 32)
-        launch_tiled<T, 32, 4, ACC>(a, sm_count, stream);
-    else
-        launch_tiled<T, 64, 8, ACC>(a, sm_count, stream);
+    if (a.k <= 16) launch_tiled<T, 16, 2, ACC>(a, sm_count, stream);
+    else if (a.k <= 32) launch_tiled<T, 32, 4, ACC>(a, sm_count, stream);
+    else launch_tiled<T, 64, 8, ACC>(a, sm_count, stream);
 }
 
 // out[0] = max(out[0], max_i bits(|x_i|)); non-negative floats order like their bits.
@@ -349,10 +345,8 @@ void launch_assign(const AssignArgs& a, int sm_count, cudaStream_t stream) {
 
 void launch_max_abs(const void* x, bool half, int64_t n, unsigned int* out, cudaStream_t stream) {
     if (n <= 0) return;
-    if (half)
-        max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __half*>(x), n, out);
-    else
-        max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const float*>(x), n, out);
+    if (half) max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __half*>(x), n, out);
+    else max_abs_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const float*>(x), n, out);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -384,8 +378,8 @@ int reduce_objective_chunks(int64_t max_slots) {
     return static_cast<int>(std::max<int64_t>(1, (max_slots + kReduceChunk - 1) / kReduceChunk));
 }
 
-void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots,
-                             double* scratch, double* out, cudaStream_t stream) {
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots, double* scratch,
+                             double* out, cudaStream_t stream) {
     if (tasks <= 0) return;
     const int chunks = reduce_objective_chunks(max_slots);
     PKV_ASSERT(tasks <= 65535);

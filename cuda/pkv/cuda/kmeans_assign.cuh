@@ -17,15 +17,15 @@ namespace pkv::cuda::detail {
 
 /// One chunk of points against all centroids. Device pointers throughout.
 struct AssignArgs {
-    const void* x = nullptr;        ///< [rows x d], float or __half (see `half`)
+    const void* x = nullptr;  ///< [rows x d], float or __half (see `half`)
     bool half = false;
     int64_t rows = 0;
     int d = 0;
     const float* centroids = nullptr;  ///< [k x d], already rounded to binary16 when `half`
     const float* c_norm2 = nullptr;    ///< [k], ||c_j||² of those values
     int k = 0;
-    int32_t* labels = nullptr;         ///< [rows] out
-    float* dist2 = nullptr;            ///< [rows] out
+    int32_t* labels = nullptr;  ///< [rows] out
+    float* dist2 = nullptr;     ///< [rows] out
     /// Fused accumulation when non-null: [k x d] fixed-point sums and [k] counts,
     /// added to (not overwritten). A coordinate v adds llrint(v * scale).
     unsigned long long* sums = nullptr;
@@ -77,15 +77,15 @@ int reduce_objective_chunks(int64_t max_slots);
 /// out[t] = sum of slots[slot0[t] .. slot0[t + 1]) in a fixed tree order, per task t:
 /// chunks of 4096 slots in parallel into scratch [tasks * reduce_objective_chunks], then
 /// per task. max_slots >= the largest slot0[t + 1] - slot0[t].
-void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots,
-                             double* scratch, double* out, cudaStream_t stream);
+void launch_reduce_objective(const double* slots, const int64_t* slot0, int tasks, int64_t max_slots, double* scratch,
+                             double* out, cudaStream_t stream);
 
 /// One piece of one data set against one task's centroids, in a batched launch.
 struct MmaSegment {
     const void* x = nullptr;  ///< device rows [rows x d], binary16 or bf16
     int64_t rows = 0;
-    int64_t tile0 = 0;        ///< first block tile (kBlockRows rows) of the segment in the launch
-    int64_t slot0 = 0;        ///< its first objective slot (kObjSlotRows rows each)
+    int64_t tile0 = 0;  ///< first block tile (kBlockRows rows) of the segment in the launch
+    int64_t slot0 = 0;  ///< its first objective slot (kObjSlotRows rows each)
     int task = 0;
     int32_t* labels = nullptr;  ///< device [rows] out, or null
     float* dist2 = nullptr;     ///< device [rows] out, or null
@@ -99,11 +99,11 @@ struct MmaArgs {
     int64_t n_tiles = 0;
     int d = 0;
     int k = 0;
-    int kpad = 0;   ///< k rounded up to a multiple of 8
-    int dpad = 0;   ///< centroid row stride in elements (16 * ksteps + 8)
+    int kpad = 0;  ///< k rounded up to a multiple of 8
+    int dpad = 0;  ///< centroid row stride in elements (16 * ksteps + 8)
     bool bf16 = false;
-    const void* cent = nullptr;  ///< [tasks][kpad][dpad] rounded centroids, zero padded
-    const float* cnh = nullptr;  ///< [tasks][kpad] -||c||²/2 of the rounded values, -inf on padding
+    const void* cent = nullptr;            ///< [tasks][kpad][dpad] rounded centroids, zero padded
+    const float* cnh = nullptr;            ///< [tasks][kpad] -||c||²/2 of the rounded values, -inf on padding
     unsigned long long* sums = nullptr;    ///< [tasks][k * d] fixed point, added to; null: no sums
     unsigned long long* counts = nullptr;  ///< [tasks][k]
     const float* scale = nullptr;          ///< [tasks] fixed-point scale (a power of two)
@@ -249,8 +249,8 @@ bool mma_smem_sums(int k, int d);
 /// trip): after the assignment kernel wrote every segment's labels,
 /// hist[task * k + label] = rows per label of this launch (hist zeroed by the caller),
 /// also added to counts (the pass's totals over streamed chunks).
-void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k,
-                            unsigned long long* hist, unsigned long long* counts, cudaStream_t stream);
+void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles, int k, unsigned long long* hist,
+                            unsigned long long* counts, cudaStream_t stream);
 
 /// One run of rows of one cluster: idx[begin, end) all belong to `slot` = task * k + j.
 struct SumItem {
@@ -265,14 +265,12 @@ struct SumItem {
 /// totals, 2 a block of 1024 slots). The caller guarantees the total rows < 2^32 and room
 /// for max_sum_items(rows, slots, item_rows) items.
 void launch_build_items(const unsigned long long* hist, int slots, int k, unsigned int item_rows,
-                        unsigned long long* scratch, unsigned int* cursor, SumItem* items,
-                        unsigned long long* n_items, cudaStream_t stream);
+                        unsigned long long* scratch, unsigned int* cursor, SumItem* items, unsigned long long* n_items,
+                        cudaStream_t stream);
 int64_t build_items_scratch(int slots);
 
 /// The most items launch_build_items writes for `rows` rows over `slots` slots.
-inline int64_t max_sum_items(int64_t rows, int64_t slots, unsigned int item_rows) {
-    return rows / item_rows + slots;
-}
+inline int64_t max_sum_items(int64_t rows, int64_t slots, unsigned int item_rows) { return rows / item_rows + slots; }
 
 /// Every row writes its point-buffer row index at its cluster's next place (cursor
 /// advanced by block-aggregated atomics). Order within a cluster is arbitrary (the

@@ -199,7 +199,7 @@ struct CudaPassTiming {
     /// copies and kernels queued), waiting for the device, and turning the device's
     /// fixed-point sums and counts into the tasks' outputs.
     double issue_ms = 0.0, wait_ms = 0.0, finish_ms = 0.0;
-    int64_t chunks = 0;      ///< chunks of points, one launch sequence each (1 when resident)
+    int64_t chunks = 0;         ///< chunks of points, one launch sequence each (1 when resident)
     bool tensor_cores = false;  ///< the tensor-core kernel ran
     /// "fused", "onehot", "onehot-wgmma", "wide", "wgmma", "mma", "wide+sorted" / "wgmma+sorted" /
     /// "mma+sorted" (sums by the sorted reduction) or "fma".

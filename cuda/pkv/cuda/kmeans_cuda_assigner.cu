@@ -15,7 +15,6 @@
 
 namespace pkv::cuda {
 
-
 const char* input_precision_name(InputPrecision p) {
     switch (p) {
         case InputPrecision::fp32: return "fp32";
@@ -139,8 +138,7 @@ void CudaAssigner::Impl::issue(std::vector<AssignTask>& tasks, int k, int si) {
         if (streaming)
             for (const Piece& p : chunk) upload(p);
         int64_t out_rows = 0;
-        const int64_t tiles =
-            plan_chunk(chunk, tasks, tasks_of_set, P, S.host_slot0.get(), hsegs, copies, out_rows);
+        const int64_t tiles = plan_chunk(chunk, tasks, tasks_of_set, P, S.host_slot0.get(), hsegs, copies, out_rows);
         ++timing.chunks;
         if (mma()) launch_mma_chunk(hsegs, tiles, out_rows, P, S);
         else launch_fma_chunk(tasks, hsegs, P);
@@ -268,8 +266,8 @@ int64_t CudaAssigner::Impl::plan_chunk(const std::vector<Piece>& chunk, const st
 
 // The chunk's segments up, then the chosen tensor-core kernel over all of them (and the
 // sorted sums after it).
-void CudaAssigner::Impl::launch_mma_chunk(const std::vector<detail::MmaSegment>& hsegs, int64_t tiles,
-                                          int64_t out_rows, const detail::PassPlan& P, Slot& S) {
+void CudaAssigner::Impl::launch_mma_chunk(const std::vector<detail::MmaSegment>& hsegs, int64_t tiles, int64_t out_rows,
+                                          const detail::PassPlan& P, Slot& S) {
     const kmeans_gpu::Choice& c = P.kernel;
     segs.reserve(hsegs.size());
     S.host_segs.reserve(hsegs.size());
@@ -340,11 +338,11 @@ void CudaAssigner::Impl::copy_rows_back(const std::vector<AssignTask>& tasks,
     for (const detail::RowCopy& c : copies) {
         const AssignTask& t = tasks[static_cast<size_t>(c.task)];
         if (t.labels && c.rows > 0)
-            PKV_CUDA_CHECK(cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4,
-                                           cudaMemcpyDeviceToHost, stream));
+            PKV_CUDA_CHECK(
+                cudaMemcpyAsync(t.labels + c.r0, out_labels.get() + c.out, c.rows * 4, cudaMemcpyDeviceToHost, stream));
         if (t.dist2 && c.rows > 0)
-            PKV_CUDA_CHECK(cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4,
-                                           cudaMemcpyDeviceToHost, stream));
+            PKV_CUDA_CHECK(
+                cudaMemcpyAsync(t.dist2 + c.r0, out_dist2.get() + c.out, c.rows * 4, cudaMemcpyDeviceToHost, stream));
     }
 }
 
@@ -358,11 +356,9 @@ void CudaAssigner::Impl::finish_pass(const detail::PassPlan& P, Slot& S) {
     for (int ti = 0; ti < nt; ++ti)
         max_slots = std::max(max_slots, hslot0[static_cast<size_t>(ti) + 1] - hslot0[static_cast<size_t>(ti)]);
     obj_scratch.reserve(static_cast<size_t>(nt) * detail::reduce_objective_chunks(max_slots));
-    detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(),
-                                    stream);
+    detail::launch_reduce_objective(slots.get(), slot0.get(), nt, max_slots, obj_scratch.get(), objs.get(), stream);
     // Integer sums: the all-reduce is exact and every member gets the same bits.
-    if (grouped && P.acc)
-        nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * P.k, stream);
+    if (grouped && P.acc) nccl_group().sum_u64(opt.nccl.rank, sums_d, nt * kd + static_cast<size_t>(nt) * P.k, stream);
     PKV_CUDA_CHECK(cudaEventRecord(S.ev_stop, stream));
     S.host_obj.reserve(static_cast<size_t>(nt));
     PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_obj.get(), objs.get(), nt * 8, cudaMemcpyDeviceToHost, stream));
@@ -373,8 +369,8 @@ void CudaAssigner::Impl::finish_pass(const detail::PassPlan& P, Slot& S) {
     S.host_bad.reserve(1);
     S.host_bad.get()[0] = 0xffffffffu;
     if (mma())
-        PKV_CUDA_CHECK(cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int),
-                                       cudaMemcpyDeviceToHost, stream));
+        PKV_CUDA_CHECK(
+            cudaMemcpyAsync(S.host_bad.get(), bad_cent.get(), sizeof(unsigned int), cudaMemcpyDeviceToHost, stream));
     PKV_CUDA_CHECK(cudaEventRecord(S.ev_done, stream));
 }
 
@@ -436,8 +432,8 @@ void CudaAssigner::Impl::collect(int si) {
 // indices, then one warp a run summing exact fixed-point coordinates.
 void CudaAssigner::Impl::sorted_sums(const detail::MmaArgs& a, int64_t tiles, int64_t rows, int nt, int k) {
     constexpr unsigned int kItemRows = 512;
-    PKV_CHECK(rows < (int64_t{1} << 32), internal,
-              "cuda assigner: {} rows in one chunk exceed the sorted sums' index", rows);
+    PKV_CHECK(rows < (int64_t{1} << 32), internal, "cuda assigner: {} rows in one chunk exceed the sorted sums' index",
+              rows);
     const size_t slots_n = static_cast<size_t>(nt) * k;
     const int64_t max_items = detail::max_sum_items(rows, static_cast<int64_t>(slots_n), kItemRows);
     // [slots_n counts][the item count][build_items' block totals]
@@ -580,8 +576,8 @@ void CudaAssigner::assign(const float* x, int64_t n, int d, const float* centroi
     impl_->single(x, n, d, centroids, k, labels, dist2, nullptr, nullptr);
 }
 
-void CudaAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
-                                     int32_t* labels, float* dist2, double* sums, int64_t* counts) {
+void CudaAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                                     float* dist2, double* sums, int64_t* counts) {
     PKV_CHECK(sums != nullptr && counts != nullptr, invalid_argument, "cuda assigner: null sums or counts");
     impl_->single(x, n, d, centroids, k, labels, dist2, sums, counts);
 }

@@ -32,7 +32,7 @@ struct Piece {
 
 // What issue() fixes for a pass before it queues anything.
 struct PassPlan {
-    int nt = 0;        // tasks
+    int nt = 0;  // tasks
     int k = 0, kpad = 0, dpad = 0;
     size_t kd = 0;     // k * d
     bool acc = false;  // some task asks for sums
@@ -80,7 +80,7 @@ struct CudaAssigner::Impl {
     DeviceBuffer<char> cent, cent_image;  // cent_image: the wgmma kernel's copy
     DeviceBuffer<float> cnorm, scales, cent32;
     DeviceBuffer<unsigned int> bad_cent;
-    PinnedBuffer<uint16_t> host_half[2];       // fp16/bf16 points on their way up, in turn
+    PinnedBuffer<uint16_t> host_half[2];            // fp16/bf16 points on their way up, in turn
     cudaEvent_t half_sent[2] = {nullptr, nullptr};  // recorded after each one's last copy
     // A pass from issue() to collect(). Its page-locked buffers are read or written by
     // its asynchronous copies, so each pass in flight has its own; the device buffers
@@ -95,7 +95,7 @@ struct CudaAssigner::Impl {
         PinnedBuffer<detail::MmaSegment> host_segs;
         PinnedBuffer<unsigned long long> host_out;  // sums and counts
         PinnedBuffer<double> host_obj;
-        PinnedBuffer<unsigned int> host_bad;  // the centroid check's result
+        PinnedBuffer<unsigned int> host_bad;                // the centroid check's result
         cudaEvent_t ev_start = nullptr, ev_stop = nullptr;  // device time of the pass
         cudaEvent_t ev_done = nullptr;                      // after its last copy to the host
         std::vector<AssignTask>* tasks = nullptr;           // set while in flight
@@ -114,8 +114,8 @@ struct CudaAssigner::Impl {
     // A pass's sums [tasks][k][d] then counts [tasks][k], one buffer: one memset and one
     // copy back (each small copy or memset has a fixed cost, not small beside a pass).
     DeviceBuffer<unsigned long long> acc_out;
-    unsigned long long* sums_d = nullptr;    // into acc_out
-    unsigned long long* counts_d = nullptr;  // into acc_out
+    unsigned long long* sums_d = nullptr;      // into acc_out
+    unsigned long long* counts_d = nullptr;    // into acc_out
     DeviceBuffer<unsigned long long> group_n;  // every set's n, summed over the group
     bool grouped = false;                      // inside begin_group_batch() ... end_batch()
     DeviceBuffer<double> slots, objs, obj_scratch;

@@ -39,8 +39,7 @@ void CudaAssigner::Impl::upload(const Piece& p) {
         PKV_CUDA_CHECK(cudaEventSynchronize(half_sent[b]));  // its previous copy is done
         if (bf16()) pkv::float_to_bf16_n(src + off, host_half[b].get(), m);
         else pkv::float_to_half_n(src + off, host_half[b].get(), m);
-        PKV_CUDA_CHECK(
-            cudaMemcpyAsync(dst + off * 2, host_half[b].get(), m * 2, cudaMemcpyHostToDevice, stream));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(dst + off * 2, host_half[b].get(), m * 2, cudaMemcpyHostToDevice, stream));
         PKV_CUDA_CHECK(cudaEventRecord(half_sent[b], stream));
     }
 }
@@ -50,8 +49,7 @@ void CudaAssigner::Impl::upload(const Piece& p) {
 void CudaAssigner::Impl::prepare(const std::vector<AssignData>& data, int d_in, bool in_group) {
     PKV_CHECK(d_in >= 1, invalid_argument, "cuda assigner: expected d >= 1, got {}", d_in);
     PKV_CHECK(!bf16() || d_in <= detail::kMmaMaxDim, invalid_argument,
-              "cuda assigner: bf16 input needs d <= {} (tensor-core kernel), got d = {}", detail::kMmaMaxDim,
-              d_in);
+              "cuda assigner: bf16 input needs d <= {} (tensor-core kernel), got d = {}", detail::kMmaMaxDim, d_in);
     release_data();
     d = d_in;
     int64_t total = 0;
@@ -78,10 +76,10 @@ void CudaAssigner::Impl::plan_pieces(int64_t total) {
     // Streamed chunks of whole tiles keep the objective's summation order of the
     // resident pass; chunks of whole one-hot groups (at most 32 tiles) keep its sums.
     const int64_t group_rows = int64_t{32} * detail::kTile;
-    chunk_rows = !streaming         ? std::max<int64_t>(total, 1)
-                 : fit >= group_rows ? fit / group_rows * group_rows
+    chunk_rows = !streaming             ? std::max<int64_t>(total, 1)
+                 : fit >= group_rows    ? fit / group_rows * group_rows
                  : fit >= detail::kTile ? fit / detail::kTile * detail::kTile
-                                     : fit;
+                                        : fit;
     points.reserve(static_cast<size_t>(chunk_rows) * d * elem());
 
     // Pieces: whole sets when resident; else pieces of <= chunk_rows rows starting
@@ -118,11 +116,8 @@ void CudaAssigner::Impl::fix_scales(bool in_group) {
     for (const auto& chunk : chunks)
         for (const Piece& p : chunk) {
             upload(p);
-            if (bf16())
-                detail::launch_max_abs_bf16(rows_at(p.buf_row), p.rows * d, max_bits.get() + p.set, stream);
-            else
-                detail::launch_max_abs(rows_at(p.buf_row), rounded(), p.rows * d, max_bits.get() + p.set,
-                                       stream);
+            if (bf16()) detail::launch_max_abs_bf16(rows_at(p.buf_row), p.rows * d, max_bits.get() + p.set, stream);
+            else detail::launch_max_abs(rows_at(p.buf_row), rounded(), p.rows * d, max_bits.get() + p.set, stream);
         }
     std::vector<unsigned int> bits(ns);
     std::vector<unsigned long long> n_scale(ns, 0);
@@ -137,8 +132,8 @@ void CudaAssigner::Impl::fix_scales(bool in_group) {
         nccl_group().sum_u64(opt.nccl.rank, group_n.get(), ns, stream);
         PKV_CUDA_CHECK(cudaMemcpyAsync(n_scale.data(), group_n.get(), ns * 8, cudaMemcpyDeviceToHost, stream));
     }
-    PKV_CUDA_CHECK(cudaMemcpyAsync(bits.data(), max_bits.get(), ns * sizeof(unsigned int),
-                                   cudaMemcpyDeviceToHost, stream));
+    PKV_CUDA_CHECK(
+        cudaMemcpyAsync(bits.data(), max_bits.get(), ns * sizeof(unsigned int), cudaMemcpyDeviceToHost, stream));
     wait();
     for (size_t i = 0; i < sets.size(); ++i) {
         float max_abs = 0.0f;
@@ -154,9 +149,8 @@ void CudaAssigner::Impl::fix_scales(bool in_group) {
             // int64) and max|x| * 2^e <= 2^39 (one coordinate fits the shared-memory
             // partials of the tensor-core kernel). Kept inside the float exponent
             // range (the kernel scales in fp32).
-            const double e = std::min(
-                std::floor(std::log2(std::ldexp(1.0, 61) / (n * max_abs))),
-                std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
+            const double e = std::min(std::floor(std::log2(std::ldexp(1.0, 61) / (n * max_abs))),
+                                      std::floor(std::log2(std::ldexp(1.0, 39) / static_cast<double>(max_abs))));
             s.scale = std::ldexp(1.0, static_cast<int>(std::clamp(e, -120.0, 120.0)));
         }
     }

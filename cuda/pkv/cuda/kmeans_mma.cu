@@ -90,8 +90,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
             const int j = static_cast<int>(i / ds), t2 = static_cast<int>(i % ds);
             const unsigned int c = s_cnt[j];
             if (c != 0u && t2 < d) {
-                const unsigned long long u =
-                    (static_cast<unsigned long long>(s_hi[i]) << kLoBits) + s_lo[i];
+                const unsigned long long u = (static_cast<unsigned long long>(s_hi[i]) << kLoBits) + s_lo[i];
                 atomicAdd(gs + int64_t{j} * d + t2, u - static_cast<unsigned long long>(c) * kBias);
             }
             s_lo[i] = 0u;
@@ -267,8 +266,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_assign_kernel(MmaArgs a, int 
                     for (int half = 0; half < 2; ++half) {
                         const int col = ks * 16 + 2 * t + 8 * half;
                         const float2 xv = to_float2(af[mt][ks][hh + 2 * half], T{});
-                        const float2 cv =
-                            to_float2(*reinterpret_cast<const unsigned int*>(crow + col), T{});
+                        const float2 cv = to_float2(*reinterpret_cast<const unsigned int*>(crow + col), T{});
                         const float dx = xv.x - cv.x, dy = xv.y - cv.y;
                         s = fmaf(dx, dx, s);
                         s = fmaf(dy, dy, s);

@@ -46,7 +46,7 @@ namespace {
 
 constexpr int kWarps = kTileWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 2;     // staging buffers a warp (2 x 8.5 KB at d = 128)
+constexpr int kStages = 2;  // staging buffers a warp (2 x 8.5 KB at d = 128)
 // NB blocks of 16 centroids: 1 (k <= 16), or 2 (k <= 32) where d <= 64, so that the
 // warp's sums (16 NB x d fp32) take the 64 registers a lane that 16 x 128 take.
 static_assert(fused_max_k(64) == 32 && fused_max_k(128) == 16, "NB = 2 only with KS = 4");
@@ -56,8 +56,8 @@ static_assert(fused_max_k(64) == 32 && fused_max_k(128) == 16, "NB = 2 only with
 // [counts: 16 NB].
 size_t smem_bytes(int d, int dpad, int nb) {
     const size_t cent = 16 * static_cast<size_t>(nb);
-    return (static_cast<size_t>(kWarps) * kStages * kWarpRows + cent) * dpad * 2 + cent * 4 +
-           2 * (cent * d + 1) * 4 + cent * 4;
+    return (static_cast<size_t>(kWarps) * kStages * kWarpRows + cent) * dpad * 2 + cent * 4 + 2 * (cent * d + 1) * 4 +
+           cent * 4;
 }
 
 // The segment holding a tile, walked forward: its fields stay in registers and the
@@ -235,8 +235,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(MmaArgs a, int group
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     int off;
-                    float v =
-                        best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh], sc[1][mt][2 * hh + 1], off);
+                    float v = best_of_four(sc[0][mt][2 * hh], sc[0][mt][2 * hh + 1], sc[1][mt][2 * hh],
+                                           sc[1][mt][2 * hh + 1], off);
                     if constexpr (NB == 2) {  // centroids 16..31: only a strictly better score wins
                         int off2;
                         const float v2 = best_of_four(sc[2][mt][2 * hh], sc[2][mt][2 * hh + 1], sc[3][mt][2 * hh],

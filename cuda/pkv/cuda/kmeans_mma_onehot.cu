@@ -137,10 +137,12 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
         if (task != loaded_task) {
             // Rows kpad..kpad16 are zero: the 16-wide centroid steps read them (their
             // score is -inf through cnh).
-            const int4* src = reinterpret_cast<const int4*>(static_cast<const T*>(a.cent) + int64_t{task} * kpad * dpad);
+            const int4* src =
+                reinterpret_cast<const int4*>(static_cast<const T*>(a.cent) + int64_t{task} * kpad * dpad);
             int4* dst = reinterpret_cast<int4*>(s_cent);
             const int row16 = dpad * static_cast<int>(sizeof(T)) / 16;
-            for (int i = tid; i < kpad16 * row16; i += NT) dst[i] = i < kpad * row16 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
+            for (int i = tid; i < kpad16 * row16; i += NT)
+                dst[i] = i < kpad * row16 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
             for (int i = tid; i < kpad16; i += NT) s_cnh[i] = i < kpad ? a.cnh[int64_t{task} * kpad + i] : -INFINITY;
             __syncthreads();
             loaded_task = task;
@@ -151,7 +153,8 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
         {  // 1. Assignment of this warp's 16 RM rows.
             uint32_t af[RM][KS][4];
 #pragma unroll
-            for (int mt = 0; mt < RM; ++mt) load_row_fragments<T, KS>(af[mt], xs + (warp * RM + mt) * 16 * dpad, dpad, lane);
+            for (int mt = 0; mt < RM; ++mt)
+                load_row_fragments<T, KS>(af[mt], xs + (warp * RM + mt) * 16 * dpad, dpad, lane);
             float best[RM][2];
             int bidx[RM][2];
 #pragma unroll
@@ -188,7 +191,7 @@ __global__ void __launch_bounds__(512 / RM, 1) onehot_kernel(MmaArgs a, int grou
                             mma(sc[u][mt], af[mt][ks + 1], b[2], b[3], T{});
                         }
                     }
-                // Columns grow with n0 and u: strict '>' keeps the lowest index.
+                    // Columns grow with n0 and u: strict '>' keeps the lowest index.
 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
                     const int col = n0 + 8 * u + 2 * t;
@@ -311,8 +314,8 @@ constexpr int stages_for() {
 }
 
 size_t smem_bytes(int dpad, int stages, int kt) {
-    return (static_cast<size_t>(stages) * kBlockRows + 16 * static_cast<size_t>(kt)) * dpad * 2 +
-           kBlockRows * 2 + 16 * static_cast<size_t>(kt) * 4 + 16 * 8 + 16 * static_cast<size_t>(kt) * 4;
+    return (static_cast<size_t>(stages) * kBlockRows + 16 * static_cast<size_t>(kt)) * dpad * 2 + kBlockRows * 2 +
+           16 * static_cast<size_t>(kt) * 4 + 16 * 8 + 16 * static_cast<size_t>(kt) * 4;
 }
 
 template <typename T, int KS, int KT, bool ACC>

@@ -57,9 +57,9 @@ namespace {
 
 constexpr int kWarps = kTileWarps;  // two warpgroups
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 3;      // staging buffers a warp
-constexpr int kSumRows = 64;    // centroids of a warpgroup's sums product (wgmma's M)
-constexpr int kGroupRows = 128; // rows of a warpgroup in a tile: the sums' K
+constexpr int kStages = 3;       // staging buffers a warp
+constexpr int kSumRows = 64;     // centroids of a warpgroup's sums product (wgmma's M)
+constexpr int kGroupRows = 128;  // rows of a warpgroup in a tile: the sums' K
 static_assert(kWarps == 8 && kBlockRows == 2 * kGroupRows, "two warpgroups of four 32-row warps");
 
 /// Bytes of a warp's staging buffer: 32 rows of 16 KS 16-bit values.
@@ -77,15 +77,12 @@ size_t smem_bytes() {
 }
 
 /// Waits for the four warps of warpgroup wg (named barrier wg + 1; 0 is __syncthreads).
-__device__ __forceinline__ void group_barrier(int wg) {
-    asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
-}
+__device__ __forceinline__ void group_barrier(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory"); }
 
 // One block walks a contiguous run of whole groups (group_tiles tiles; segments start on
 // a group, so a group has one task).
 template <typename T, int KS, int NC>
-__global__ void __launch_bounds__(kThreads, 1)
-    wg_onehot_kernel(MmaArgs a, const unsigned char* img, int group_tiles) {
+__global__ void __launch_bounds__(kThreads, 1) wg_onehot_kernel(MmaArgs a, const unsigned char* img, int group_tiles) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int d = a.d, k = a.k;
     const int64_t kd = int64_t{k} * d;
@@ -93,8 +90,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int g = lane >> 2, t = lane & 3;
     constexpr int kBuf = buffer_bytes<KS, NC>(), kChunk = chunk_bytes<KS, NC>();
     constexpr int kWarpBuf = warp_buffer_bytes<KS>();
-    unsigned char* s_cent =
-        smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
+    unsigned char* s_cent = smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
     unsigned char* s_pts = s_cent + kBuf;  // warp w, stage s: s_pts + (w * kStages + s) * kWarpBuf
     unsigned char* s_lab = s_pts + kWarps * kStages * kWarpBuf;
     unsigned int* s_cnt_all = reinterpret_cast<unsigned int*>(s_lab + 2 * kBlockRows);
@@ -235,7 +231,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                     const int c = 16 * q + g + 8 * ((i >> 1) & 1), col = 64 * h + 8 * (i >> 2) + 2 * t + (i & 1);
                     const float v = sacc[h][i];
                     if (v != 0.0f && c < k && col < d)
-                        atomicAdd(sums + int64_t{c} * d + col, static_cast<unsigned long long>(__float2ll_rn(v * scale)));
+                        atomicAdd(sums + int64_t{c} * d + col,
+                                  static_cast<unsigned long long>(__float2ll_rn(v * scale)));
                     sacc[h][i] = 0.0f;
                 }
             const int j = tid & (kGroupRows - 1);
@@ -281,16 +278,15 @@ size_t wgmma_onehot_image_bytes(int tasks, int kpad, int d) {
     return bytes;
 }
 
-void launch_wgmma_onehot(const MmaArgs& a, int group_tiles, int tasks, void* image, int sm_count,
-                         cudaStream_t stream) {
+void launch_wgmma_onehot(const MmaArgs& a, int group_tiles, int tasks, void* image, int sm_count, cudaStream_t stream) {
     PKV_ASSERT(wgmma_onehot_ok(a.k, a.d) && a.sums != nullptr);
     assert_grouped_pass(a, group_tiles);
     if (a.n_tiles == 0) return;
     with_element(a, [&](auto t) {
         with_staged_ksteps(a.d, [&](auto ks) {
             with_centroid_chunk(a.kpad, [&](auto nc) {
-                launch_nc<decltype(t), decltype(ks)::value, decltype(nc)::value>(a, group_tiles, tasks, image,
-                                                                                  sm_count, stream);
+                launch_nc<decltype(t), decltype(ks)::value, decltype(nc)::value>(a, group_tiles, tasks, image, sm_count,
+                                                                                 stream);
             });
         });
     });

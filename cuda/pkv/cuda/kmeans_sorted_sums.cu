@@ -31,8 +31,7 @@ __device__ __forceinline__ int segment_of(const MmaSegment* segs, int n_segs, in
 // only for k too large for the block-aggregated kernels' shared-memory counters.
 __global__ void histogram_rows_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
                                       unsigned long long* __restrict__ hist, unsigned long long* __restrict__ counts) {
-    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
-         r += int64_t{gridDim.x} * blockDim.x) {
+    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows; r += int64_t{gridDim.x} * blockDim.x) {
         const int64_t tile = r / kBlockRows;
         const MmaSegment& s = segs[segment_of(segs, n_segs, tile)];
         const int64_t row = r - s.tile0 * kBlockRows;
@@ -44,8 +43,7 @@ __global__ void histogram_rows_kernel(const MmaSegment* __restrict__ segs, int n
 
 __global__ void scatter_rows_kernel(const MmaSegment* __restrict__ segs, int n_segs, int64_t n_rows, int k,
                                     unsigned int* __restrict__ cursor, unsigned int* __restrict__ idx) {
-    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows;
-         r += int64_t{gridDim.x} * blockDim.x) {
+    for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n_rows; r += int64_t{gridDim.x} * blockDim.x) {
         const int64_t tile = r / kBlockRows;
         const MmaSegment& s = segs[segment_of(segs, n_segs, tile)];
         const int64_t row = r - s.tile0 * kBlockRows;
@@ -75,8 +73,8 @@ __device__ __forceinline__ TileRange block_tiles(int64_t n_tiles) {
 // Calls f(seg, tile) for every tile of the run of task segs[seg].task that starts at
 // tile `begin` (seg its segment), up to `end`; returns the tile after the run.
 template <typename F>
-__device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs, int& seg, int64_t begin,
-                                             int64_t end, F&& f) {
+__device__ __forceinline__ int64_t run_tiles(const MmaSegment* segs, int n_segs, int& seg, int64_t begin, int64_t end,
+                                             F&& f) {
     const int task = segs[seg].task;
     int64_t tile = begin;
     for (; tile < end; ++tile) {
@@ -115,8 +113,8 @@ __device__ __forceinline__ int task_of(const MmaSegment* segs, int n_segs, int& 
 
 // Counts the labels of the run of tiles starting at `tile` into s_cnt (shared-memory
 // atomics); returns the tile after the run.
-__device__ __forceinline__ int64_t count_run(const MmaSegment* segs, int n_segs, int& seg, int64_t tile,
-                                             int64_t end, unsigned int* s_cnt) {
+__device__ __forceinline__ int64_t count_run(const MmaSegment* segs, int n_segs, int& seg, int64_t tile, int64_t end,
+                                             unsigned int* s_cnt) {
     return run_tiles(segs, n_segs, seg, tile, end, [&](int sg, int64_t t) {
         const MmaSegment& s = segs[sg];
         const int64_t row = (t - s.tile0) * kBlockRows + threadIdx.x;
@@ -196,7 +194,7 @@ __device__ __forceinline__ void block_scan(unsigned long long (&v)[N], unsigned 
     constexpr int kWarpsN = THREADS / 32;
     __shared__ unsigned long long s_w[N][kWarpsN];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    auto warp_scan = [&](unsigned long long (&x)[N]) {
+    auto warp_scan = [&](unsigned long long(&x)[N]) {
 #pragma unroll
         for (int off = 1; off < 32; off <<= 1)
 #pragma unroll
@@ -312,9 +310,9 @@ __device__ __forceinline__ unsigned long long items_of(unsigned long long h, uns
     return (h + item_rows - 1) / item_rows;
 }
 
-__global__ void __launch_bounds__(kBuildThreads) block_totals_kernel(const unsigned long long* __restrict__ hist,
-                                                                     int slots, unsigned int item_rows,
-                                                                     unsigned long long* __restrict__ totals) {
+__global__ void __launch_bounds__(kBuildThreads)
+    block_totals_kernel(const unsigned long long* __restrict__ hist, int slots, unsigned int item_rows,
+                        unsigned long long* __restrict__ totals) {
     const int i = blockIdx.x * kBuildThreads + threadIdx.x;
     const unsigned long long h = i < slots ? hist[i] : 0ull;
     unsigned long long v[2] = {h, items_of(h, item_rows)}, tot[2];
@@ -325,12 +323,10 @@ __global__ void __launch_bounds__(kBuildThreads) block_totals_kernel(const unsig
     }
 }
 
-__global__ void __launch_bounds__(kBuildThreads) build_items_kernel(const unsigned long long* __restrict__ hist,
-                                                                    int slots, int k, unsigned int item_rows,
-                                                                    const unsigned long long* __restrict__ totals,
-                                                                    unsigned int* __restrict__ cursor,
-                                                                    SumItem* __restrict__ items,
-                                                                    unsigned long long* __restrict__ n_items) {
+__global__ void __launch_bounds__(kBuildThreads)
+    build_items_kernel(const unsigned long long* __restrict__ hist, int slots, int k, unsigned int item_rows,
+                       const unsigned long long* __restrict__ totals, unsigned int* __restrict__ cursor,
+                       SumItem* __restrict__ items, unsigned long long* __restrict__ n_items) {
     // The blocks before this one: rows and items, summed by the whole block.
     unsigned long long before[2] = {0ull, 0ull}, tot[2];
     for (unsigned int b = threadIdx.x; b < blockIdx.x; b += kBuildThreads) {
@@ -414,8 +410,7 @@ __global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool b
         for (int q = 0; q < PAIRS; ++q) {
             const int col = 2 * lane + 64 * q;
             if (col < d && acc[q][0] != 0) atomicAdd(dst + col, static_cast<unsigned long long>(acc[q][0]));
-            if (col + 1 < d && acc[q][1] != 0)
-                atomicAdd(dst + col + 1, static_cast<unsigned long long>(acc[q][1]));
+            if (col + 1 < d && acc[q][1] != 0) atomicAdd(dst + col + 1, static_cast<unsigned long long>(acc[q][1]));
         }
     }
 }
@@ -427,8 +422,8 @@ __global__ void segment_sums_kernel(const unsigned short* __restrict__ x, bool b
 template <int PP, int U>
 __global__ void segment_sums16_kernel(const uint4* __restrict__ x, bool bf16, int d,
                                       const unsigned int* __restrict__ idx, const SumItem* __restrict__ items,
-                                      const unsigned long long* __restrict__ n_items_p,
-                                      const float* __restrict__ scale, unsigned long long* __restrict__ sums) {
+                                      const unsigned long long* __restrict__ n_items_p, const float* __restrict__ scale,
+                                      unsigned long long* __restrict__ sums) {
     const int64_t n_items = static_cast<int64_t>(*n_items_p);
     constexpr int R = 32 / PP;
     const int lane = threadIdx.x & 31, r = lane / PP, c = lane % PP;
@@ -488,8 +483,8 @@ void launch_label_histogram(const MmaSegment* segs, int n_segs, int64_t n_tiles,
     if (rows == 0) return;
     if (k <= kAggMaxK) {
         const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
-        label_runs_kernel<false><<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(
-            segs, n_segs, n_tiles, k, hist, counts, nullptr, nullptr);
+        label_runs_kernel<false><<<grid, kThreads, static_cast<size_t>(k) * 4, stream>>>(segs, n_segs, n_tiles, k, hist,
+                                                                                         counts, nullptr, nullptr);
     } else {
         histogram_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, hist, counts);
     }
@@ -509,7 +504,7 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
     } else if (k <= kAggMaxK) {
         const int grid = static_cast<int>(std::min<int64_t>(n_tiles, kAggBlocks));
         label_runs_kernel<true><<<grid, kThreads, static_cast<size_t>(k) * 8, stream>>>(segs, n_segs, n_tiles, k,
-                                                                                      nullptr, nullptr, cursor, idx);
+                                                                                        nullptr, nullptr, cursor, idx);
     } else {
         scatter_rows_kernel<<<grid_for(rows, kThreads), kThreads, 0, stream>>>(segs, n_segs, rows, k, cursor, idx);
     }
@@ -519,8 +514,8 @@ void launch_label_scatter(const MmaSegment* segs, int n_segs, int64_t n_tiles, i
 int64_t build_items_scratch(int slots) { return 2 * ((int64_t{slots} + kBuildThreads - 1) / kBuildThreads); }
 
 void launch_build_items(const unsigned long long* hist, int slots, int k, unsigned int item_rows,
-                        unsigned long long* scratch, unsigned int* cursor, SumItem* items,
-                        unsigned long long* n_items, cudaStream_t stream) {
+                        unsigned long long* scratch, unsigned int* cursor, SumItem* items, unsigned long long* n_items,
+                        cudaStream_t stream) {
     PKV_ASSERT(slots >= 1 && k >= 1 && item_rows >= 1);
     const int blocks = static_cast<int>((int64_t{slots} + kBuildThreads - 1) / kBuildThreads);
     block_totals_kernel<<<blocks, kBuildThreads, 0, stream>>>(hist, slots, item_rows, scratch);

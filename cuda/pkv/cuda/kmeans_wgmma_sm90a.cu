@@ -87,8 +87,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm<KS, KC>()) wgmma_kerne
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int t = lane & 3;
     constexpr int kBuf = buffer_bytes<KS, KC>(), kChunk = chunk_bytes<KS, KC>();
-    unsigned char* s_buf =
-        smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
+    unsigned char* s_buf = smem + ((1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023u)) & 1023u);
     T* s_x = reinterpret_cast<T*>(s_buf + kStages * kBuf) + warp * kRowsPerWarp * dpad;
 
     const int64_t per_block = (a.n_tiles + gridDim.x - 1) / gridDim.x;

@@ -47,7 +47,8 @@ struct NcclGroup::Impl {
     ncclComm_t comm(int member) {
         PKV_CHECK(member >= 0 && member < size && comms[static_cast<size_t>(member)] != nullptr, internal,
                   "nccl group: member {} is not held by this process", member);
-        PKV_CHECK(!failed.load(), cuda, "nccl group: another GPU of the group failed earlier; member {} stopped", member);
+        PKV_CHECK(!failed.load(), cuda, "nccl group: another GPU of the group failed earlier; member {} stopped",
+                  member);
         return comms[static_cast<size_t>(member)];
     }
     // A collective that NCCL refused: after another member's failure (its communicator
@@ -57,8 +58,8 @@ struct NcclGroup::Impl {
         const bool other = failed.exchange(true);
         abort(member);
         if (other)
-            pkv::fail(ErrorCode::cuda, "nccl group: another GPU of the group failed; member {} (GPU {}) stopped", member,
-                      devices[static_cast<size_t>(member)]);
+            pkv::fail(ErrorCode::cuda, "nccl group: another GPU of the group failed; member {} (GPU {}) stopped",
+                      member, devices[static_cast<size_t>(member)]);
         pkv::fail(ErrorCode::cuda, "nccl: {} failed: {}", what, ncclGetErrorString(r));
     }
     void abort(int member) noexcept {
@@ -193,8 +194,12 @@ NcclGroup::NcclGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 NcclGroup::~NcclGroup() = default;
 int NcclGroup::size() const { return impl_->size; }
 const std::string& NcclGroup::description() const { return impl_->description; }
-void NcclGroup::sum_u64(int, unsigned long long*, size_t, void*) { pkv::fail(ErrorCode::unsupported, "pkv was built without NCCL"); }
-void NcclGroup::max_u32(int, unsigned int*, size_t, void*) { pkv::fail(ErrorCode::unsupported, "pkv was built without NCCL"); }
+void NcclGroup::sum_u64(int, unsigned long long*, size_t, void*) {
+    pkv::fail(ErrorCode::unsupported, "pkv was built without NCCL");
+}
+void NcclGroup::max_u32(int, unsigned int*, size_t, void*) {
+    pkv::fail(ErrorCode::unsupported, "pkv was built without NCCL");
+}
 void NcclGroup::wait(int, void*) { pkv::fail(ErrorCode::unsupported, "pkv was built without NCCL"); }
 void NcclGroup::fail(int) noexcept {}
 

@@ -75,13 +75,12 @@ __device__ __forceinline__ void pin(float (&d)[R]) {
 #else
 #define PKV_WGMMA_BODY(R, N, TS, TB) (void)d, (void)a, (void)desc
 #endif
-#define PKV_WGMMA_FN(NAME, R, N, TB)                                                                  \
-    __device__ __forceinline__ void NAME(float (&d)[R], const uint32_t (&a)[4], uint64_t desc, __half) { \
-        PKV_WGMMA_BODY(R, N, "f16", TB);                                                              \
-    }                                                                                                 \
-    __device__ __forceinline__ void NAME(float (&d)[R], const uint32_t (&a)[4], uint64_t desc,         \
-                                         __nv_bfloat16) {                                             \
-        PKV_WGMMA_BODY(R, N, "bf16", TB);                                                             \
+#define PKV_WGMMA_FN(NAME, R, N, TB)                                                                          \
+    __device__ __forceinline__ void NAME(float(&d)[R], const uint32_t(&a)[4], uint64_t desc, __half) {        \
+        PKV_WGMMA_BODY(R, N, "f16", TB);                                                                      \
+    }                                                                                                         \
+    __device__ __forceinline__ void NAME(float(&d)[R], const uint32_t(&a)[4], uint64_t desc, __nv_bfloat16) { \
+        PKV_WGMMA_BODY(R, N, "bf16", TB);                                                                     \
     }
 
 /// d += A (64 x 16, the four warps' A fragments) * B (16 x N, K-major from the
@@ -179,7 +178,7 @@ __global__ void image_kernel(MmaArgs a, int tasks, unsigned char* img) {
             const int h = piece / (KC * 8), c = piece / 8 % KC, p = 8 * h + ((piece % 8) ^ (c % 8));
             const int row = c0 + c;
             v = row < a.kpad ? *reinterpret_cast<const uint4*>(static_cast<const T*>(a.cent) +
-                                                                (int64_t{task} * a.kpad + row) * a.dpad + 8 * p)
+                                                               (int64_t{task} * a.kpad + row) * a.dpad + 8 * p)
                              : make_uint4(0u, 0u, 0u, 0u);
         } else {
             float f[4];

@@ -118,7 +118,8 @@ AtomicOutput::AtomicOutput(std::string path, bool force) : path_(std::move(path)
     const std::string base = slash == std::string::npos ? path_ : path_.substr(slash + 1);
     const std::string prefix = "." + base + ".pkv-tmp.";
     remove_stale_temps(path_, dir, prefix);
-    temp_ = (slash == std::string::npos ? std::string() : path_.substr(0, slash + 1)) + prefix + std::to_string(getpid());
+    temp_ =
+        (slash == std::string::npos ? std::string() : path_.substr(0, slash + 1)) + prefix + std::to_string(getpid());
     slot_ = claim_slot(temp_);
 }
 
@@ -148,8 +149,8 @@ void AtomicOutput::commit() {
     PKV_CHECK(rc == 0, io, "{}: cannot flush output to disk: {}", path_, std::strerror(err));
     // A signal that came after the last poll of the work still keeps the output out.
     check_interrupted();
-    PKV_CHECK(std::rename(temp_.c_str(), path_.c_str()) == 0, io, "{}: cannot rename temporary output '{}': {}",
-              path_, temp_, std::strerror(errno));
+    PKV_CHECK(std::rename(temp_.c_str(), path_.c_str()) == 0, io, "{}: cannot rename temporary output '{}': {}", path_,
+              temp_, std::strerror(errno));
     committed_ = true;
 }
 

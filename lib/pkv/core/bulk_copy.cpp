@@ -38,18 +38,18 @@ void over_pieces(const Run* runs, size_t count, size_t elem, Len len, Body body)
 }  // namespace
 
 void copy_runs(const CopyRun* runs, size_t count) {
-    over_pieces(runs, count, 1, [](const CopyRun& r) { return r.bytes; },
-                [](const CopyRun& r, size_t first, size_t n) {
-                    std::memcpy(static_cast<unsigned char*>(r.dst) + first,
-                                static_cast<const unsigned char*>(r.src) + first, n);
-                });
+    over_pieces(
+        runs, count, 1, [](const CopyRun& r) { return r.bytes; },
+        [](const CopyRun& r, size_t first, size_t n) {
+            std::memcpy(static_cast<unsigned char*>(r.dst) + first, static_cast<const unsigned char*>(r.src) + first,
+                        n);
+        });
 }
 
 void fixed_to_double_runs(const FixedRun* runs, size_t count) {
-    over_pieces(runs, count, 8, [](const FixedRun& r) { return r.n; },
-                [](const FixedRun& r, size_t first, size_t n) {
-                    fixed_to_double_n(r.src + first, r.unit, r.dst + first, n);
-                });
+    over_pieces(
+        runs, count, 8, [](const FixedRun& r) { return r.n; },
+        [](const FixedRun& r, size_t first, size_t n) { fixed_to_double_n(r.src + first, r.unit, r.dst + first, n); });
 }
 
 }  // namespace pkv

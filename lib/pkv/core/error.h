@@ -17,18 +17,17 @@ namespace pkv {
 
 /// What went wrong, in the sense of abseil's StatusCode.
 enum class ErrorCode : int {
-    invalid_argument = 1,   ///< a malformed argument or option value
-    not_found = 2,          ///< a file, key, tensor or dataset that is absent
-    failed_precondition = 3,///< valid input the current state cannot accept (existing output without --force)
-    out_of_range = 4,       ///< a value outside what is supported (more tokens than the text holds)
-    data_loss = 5,          ///< a corrupt or truncated file
-    unsupported = 6,        ///< a well-formed input pkv does not implement (architecture, tensor type)
-    io = 7,                 ///< an operating-system I/O failure (full disk, permissions)
-    cuda = 8,               ///< a CUDA runtime failure
-    interrupted = 9,        ///< the user interrupted the work (SIGINT/SIGTERM)
-    internal = 10,          ///< a broken invariant: a bug in pkv
+    invalid_argument = 1,     ///< a malformed argument or option value
+    not_found = 2,            ///< a file, key, tensor or dataset that is absent
+    failed_precondition = 3,  ///< valid input the current state cannot accept (existing output without --force)
+    out_of_range = 4,         ///< a value outside what is supported (more tokens than the text holds)
+    data_loss = 5,            ///< a corrupt or truncated file
+    unsupported = 6,          ///< a well-formed input pkv does not implement (architecture, tensor type)
+    io = 7,                   ///< an operating-system I/O failure (full disk, permissions)
+    cuda = 8,                 ///< a CUDA runtime failure
+    interrupted = 9,          ///< the user interrupted the work (SIGINT/SIGTERM)
+    internal = 10,            ///< a broken invariant: a bug in pkv
 };
-
 
 class Error : public std::runtime_error {
 public:
@@ -55,15 +54,14 @@ int64_t saturating_add(int64_t a, int64_t b);
 }  // namespace pkv
 
 /// User-facing check: throws pkv::Error(code, message) when `cond` is false.
-#define PKV_CHECK(cond, code, ...)                                   \
-    do {                                                             \
+#define PKV_CHECK(cond, code, ...)                                     \
+    do {                                                               \
         if (!(cond)) ::pkv::fail(::pkv::ErrorCode::code, __VA_ARGS__); \
     } while (0)
 
 /// Internal invariant: a failure is a bug in pkv, reported with file and line.
-#define PKV_ASSERT(cond)                                                                     \
-    do {                                                                                     \
-        if (!(cond))                                                                         \
-            ::pkv::fail(::pkv::ErrorCode::internal, "internal error: {} failed at {}:{}", #cond, \
-                        __FILE__, __LINE__);                                                 \
+#define PKV_ASSERT(cond)                                                                                              \
+    do {                                                                                                              \
+        if (!(cond))                                                                                                  \
+            ::pkv::fail(::pkv::ErrorCode::internal, "internal error: {} failed at {}:{}", #cond, __FILE__, __LINE__); \
     } while (0)

@@ -53,8 +53,13 @@ void progress_line_clear() {
 }
 
 Progress::Progress(std::string label, uint64_t total, std::string unit, double interval_s)
-    : label_(std::move(label)), total_(total), unit_(std::move(unit)), interval_(interval_s),
-      tty_(isatty(STDERR_FILENO) != 0), start_(std::chrono::steady_clock::now()), last_(start_) {}
+    : label_(std::move(label)),
+      total_(total),
+      unit_(std::move(unit)),
+      interval_(interval_s),
+      tty_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
 
 Progress::~Progress() {
     if (!finished_ && done_ > 0) progress_line_clear();
@@ -90,7 +95,8 @@ void Progress::draw(bool final) {
         const int width = 24, fill = static_cast<int>(frac * width);
         line += "[" + std::string(fill, '#') + std::string(width - fill, '.') + "] ";
         line += fmt::format("{:3.0f}% {}/{} {}", frac * 100.0, done_, total_, unit_);
-        if (!final && rate > 0) line += fmt::format("  {:.0f} {}/s  eta {:.0f}s", rate, unit_, (total_ - std::min(done_, total_)) / rate);
+        if (!final && rate > 0)
+            line += fmt::format("  {:.0f} {}/s  eta {:.0f}s", rate, unit_, (total_ - std::min(done_, total_)) / rate);
     } else {
         line += fmt::format("{} {}", done_, unit_);
     }

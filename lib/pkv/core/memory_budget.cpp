@@ -21,10 +21,14 @@ uint64_t parse_memory_size(const std::string& text) {
     int shift = 0;
     if (i < text.size()) {
         switch (text[i]) {
-            case 'K': case 'k': shift = 10; break;
-            case 'M': case 'm': shift = 20; break;
-            case 'G': case 'g': shift = 30; break;
-            case 'T': case 't': shift = 40; break;
+            case 'K':
+            case 'k': shift = 10; break;
+            case 'M':
+            case 'm': shift = 20; break;
+            case 'G':
+            case 'g': shift = 30; break;
+            case 'T':
+            case 't': shift = 40; break;
             default: shift = -1;
         }
         ++i;
@@ -58,8 +62,8 @@ std::string human_bytes(uint64_t bytes) {
 
 void check_memory_budget(uint64_t bytes, const std::string& what) {
     const uint64_t budget = memory_budget_bytes();
-    PKV_CHECK(bytes <= budget, out_of_range, "{}: needs {} of memory, above the budget of {} (PKV_MEMORY_BUDGET)",
-              what, human_bytes(bytes), human_bytes(budget));
+    PKV_CHECK(bytes <= budget, out_of_range, "{}: needs {} of memory, above the budget of {} (PKV_MEMORY_BUDGET)", what,
+              human_bytes(bytes), human_bytes(budget));
 }
 
 void check_file_fits_budget(const std::string& path) {

@@ -14,8 +14,8 @@ std::string utc_timestamp() {
 }
 
 nlohmann::json provenance_json(const std::string& command, const std::vector<std::string>& argv) {
-    return {{"tool", "pkv"},    {"version", PKV_VERSION}, {"commit", PKV_GIT_COMMIT},
-            {"command", command}, {"argv", argv},         {"created_utc", utc_timestamp()}};
+    return {{"tool", "pkv"},      {"version", PKV_VERSION}, {"commit", PKV_GIT_COMMIT},
+            {"command", command}, {"argv", argv},           {"created_utc", utc_timestamp()}};
 }
 
 }  // namespace pkv

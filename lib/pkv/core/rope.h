@@ -20,9 +20,9 @@ namespace pkv {
 enum class RopeLayout { interleaved, half_split };
 
 struct RopeParams {
-    int n_rot = 0;              ///< rotated dimensions per head: even, 2 <= n_rot <= head_dim
-    double base = 10000.0;      ///< frequency base
-    double freq_scale = 1.0;    ///< 1 / linear position scaling factor
+    int n_rot = 0;            ///< rotated dimensions per head: even, 2 <= n_rot <= head_dim
+    double base = 10000.0;    ///< frequency base
+    double freq_scale = 1.0;  ///< 1 / linear position scaling factor
     RopeLayout layout = RopeLayout::interleaved;
 };
 

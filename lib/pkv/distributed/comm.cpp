@@ -200,7 +200,8 @@ void Comm::sum(int64_t* values, size_t n) const {
     // Integer sums are exact in any order.
     for (size_t off = 0; off < n;) {
         const int len = static_cast<int>(std::min<size_t>(n - off, size_t{1} << 26));
-        check_mpi(MPI_Allreduce(MPI_IN_PLACE, values + off, len, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+        check_mpi(MPI_Allreduce(MPI_IN_PLACE, values + off, len, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD),
+                  "MPI_Allreduce");
         off += static_cast<size_t>(len);
     }
 #endif
@@ -216,7 +217,8 @@ void allgather_impl(T* out, const std::vector<int64_t>& counts, MPI_Datatype typ
     int64_t off = 0;
     for (int r = 0; r < size; ++r) {
         for (int64_t done = 0; done < counts[static_cast<size_t>(r)];) {
-            const int len = static_cast<int>(std::min<int64_t>(counts[static_cast<size_t>(r)] - done, int64_t{1} << 28));
+            const int len =
+                static_cast<int>(std::min<int64_t>(counts[static_cast<size_t>(r)] - done, int64_t{1} << 28));
             check_mpi(MPI_Bcast(out + off + done, len, type, r, MPI_COMM_WORLD), "MPI_Bcast");
             done += len;
         }

@@ -151,8 +151,8 @@ void RankShardedAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
     for (const AssignTask& t : tasks) {
         PKV_CHECK(t.centroids != nullptr, invalid_argument, "rank-sharded assigner: null centroids");
         w.put(static_cast<int32_t>(t.data));
-        w.put(static_cast<int32_t>((t.sums ? kWantSums : 0) | (t.labels ? kWantLabels : 0) |
-                                   (t.dist2 ? kWantDist2 : 0)));
+        w.put(
+            static_cast<int32_t>((t.sums ? kWantSums : 0) | (t.labels ? kWantLabels : 0) | (t.dist2 ? kWantDist2 : 0)));
         w.bytes(t.centroids, kd * sizeof(float));
     }
     comm_.broadcast(w.s);
@@ -197,10 +197,11 @@ void RankShardedAssigner::serve(const std::vector<AssignData>& shards) {
                 const int64_t b = shard_row(set_n_[i], me, R), e = shard_row(set_n_[i], me + 1, R);
                 AssignData rows;
                 if (reg[i] >= 0) {
-                    PKV_CHECK(static_cast<size_t>(reg[i]) < shards.size() && shards[static_cast<size_t>(reg[i])].n == e - b,
-                              internal, "rank {}: problem {} holds {} rows, the leader expects {}", me, reg[i],
-                              static_cast<size_t>(reg[i]) < shards.size() ? shards[static_cast<size_t>(reg[i])].n : -1,
-                              e - b);
+                    PKV_CHECK(
+                        static_cast<size_t>(reg[i]) < shards.size() && shards[static_cast<size_t>(reg[i])].n == e - b,
+                        internal, "rank {}: problem {} holds {} rows, the leader expects {}", me, reg[i],
+                        static_cast<size_t>(reg[i]) < shards.size() ? shards[static_cast<size_t>(reg[i])].n : -1,
+                        e - b);
                     rows = shards[static_cast<size_t>(reg[i])];
                 } else {
                     const std::string part = comm_.scatter({});

@@ -22,15 +22,15 @@ struct TypeLayout {
 // Every id ggml has assigned, so that files holding types pkv cannot dequantize
 // can still be listed with their sizes and checked for overlapping data.
 constexpr TypeLayout kLayouts[] = {
-    {0, "F32", 1, 4},        {1, "F16", 1, 2},         {2, "Q4_0", 32, 18},    {3, "Q4_1", 32, 20},
-    {6, "Q5_0", 32, 22},     {7, "Q5_1", 32, 24},      {8, "Q8_0", 32, 34},    {9, "Q8_1", 32, 36},
-    {10, "Q2_K", 256, 84},   {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176},
-    {14, "Q6_K", 256, 210},  {15, "Q8_K", 256, 292},   {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74},
-    {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},  {20, "IQ4_NL", 32, 18}, {21, "IQ3_S", 256, 110},
-    {22, "IQ2_S", 256, 82},  {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},       {25, "I16", 1, 2},
-    {26, "I32", 1, 4},       {27, "I64", 1, 8},        {28, "F64", 1, 8},      {29, "IQ1_M", 256, 56},
-    {30, "BF16", 1, 2},      {34, "TQ1_0", 256, 54},   {35, "TQ2_0", 256, 66}, {39, "MXFP4", 32, 17},
-    {40, "NVFP4", 64, 36},   {41, "Q1_0", 128, 18},
+    {0, "F32", 1, 4},         {1, "F16", 1, 2},         {2, "Q4_0", 32, 18},      {3, "Q4_1", 32, 20},
+    {6, "Q5_0", 32, 22},      {7, "Q5_1", 32, 24},      {8, "Q8_0", 32, 34},      {9, "Q8_1", 32, 36},
+    {10, "Q2_K", 256, 84},    {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144},   {13, "Q5_K", 256, 176},
+    {14, "Q6_K", 256, 210},   {15, "Q8_K", 256, 292},   {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74},
+    {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},   {20, "IQ4_NL", 32, 18},   {21, "IQ3_S", 256, 110},
+    {22, "IQ2_S", 256, 82},   {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},         {25, "I16", 1, 2},
+    {26, "I32", 1, 4},        {27, "I64", 1, 8},        {28, "F64", 1, 8},        {29, "IQ1_M", 256, 56},
+    {30, "BF16", 1, 2},       {34, "TQ1_0", 256, 54},   {35, "TQ2_0", 256, 66},   {39, "MXFP4", 32, 17},
+    {40, "NVFP4", 64, 36},    {41, "Q1_0", 128, 18},
 };
 
 const TypeLayout* find_layout(uint32_t id) {
@@ -198,10 +198,16 @@ inline void min_max(const float* x, int n, float& mn, float& mx) {
 
 bool ggml_type_supported(uint32_t id) {
     switch (static_cast<GgmlType>(id)) {
-        case GgmlType::F32: case GgmlType::F16: case GgmlType::Q4_0: case GgmlType::Q4_1:
-        case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0: case GgmlType::Q4_K:
-        case GgmlType::Q6_K: case GgmlType::BF16:
-            return true;
+        case GgmlType::F32:
+        case GgmlType::F16:
+        case GgmlType::Q4_0:
+        case GgmlType::Q4_1:
+        case GgmlType::Q5_0:
+        case GgmlType::Q5_1:
+        case GgmlType::Q8_0:
+        case GgmlType::Q4_K:
+        case GgmlType::Q6_K:
+        case GgmlType::BF16: return true;
     }
     return false;
 }
@@ -309,9 +315,10 @@ void quantize_row_q5_0_ref(const float* x, block_q5_0* y, int64_t n) {
         y[i].d = float_to_half(d);
         uint32_t qh = 0;
         for (int j = 0; j < QK5_0 / 2; ++j) {
-            const auto q0 = static_cast<uint8_t>(std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j], id) + 16.5f)));
-            const auto q1 =
-                static_cast<uint8_t>(std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j + QK5_0 / 2], id) + 16.5f)));
+            const auto q0 =
+                static_cast<uint8_t>(std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j], id) + 16.5f)));
+            const auto q1 = static_cast<uint8_t>(
+                std::min<int8_t>(31, static_cast<int8_t>(mul_rounded(x[j + QK5_0 / 2], id) + 16.5f)));
             pack_q5_pair(q0, q1, j, y[i].qs, qh);
         }
         std::memcpy(y[i].qh, &qh, 4);

@@ -27,21 +27,23 @@ constexpr uint32_t kDefaultAlignment = 32;
 std::string escape_bytes(const uint8_t* p, size_t n) {
     std::string s;
     for (size_t i = 0; i < n; ++i) {
-        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'' && p[i] != '\\')
-            s += static_cast<char>(p[i]);
-        else
-            s += fmt::format("\\x{:02X}", p[i]);
+        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'' && p[i] != '\\') s += static_cast<char>(p[i]);
+        else s += fmt::format("\\x{:02X}", p[i]);
     }
     return s;
 }
 
 bool is_integer(GgufType t) {
     switch (t) {
-        case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16: case GgufType::U32:
-        case GgufType::I32: case GgufType::U64: case GgufType::I64:
-            return true;
-        default:
-            return false;
+        case GgufType::U8:
+        case GgufType::I8:
+        case GgufType::U16:
+        case GgufType::I16:
+        case GgufType::U32:
+        case GgufType::I32:
+        case GgufType::U64:
+        case GgufType::I64: return true;
+        default: return false;
     }
 }
 
@@ -52,10 +54,17 @@ bool is_signed(GgufType t) {
 // Size on disk of a fixed-size scalar; 0 for string and array.
 uint64_t scalar_size(GgufType t) {
     switch (t) {
-        case GgufType::U8: case GgufType::I8: case GgufType::BOOL: return 1;
-        case GgufType::U16: case GgufType::I16: return 2;
-        case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-        case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
+        case GgufType::U8:
+        case GgufType::I8:
+        case GgufType::BOOL: return 1;
+        case GgufType::U16:
+        case GgufType::I16: return 2;
+        case GgufType::U32:
+        case GgufType::I32:
+        case GgufType::F32: return 4;
+        case GgufType::U64:
+        case GgufType::I64:
+        case GgufType::F64: return 8;
         default: return 0;
     }
 }
@@ -84,8 +93,8 @@ public:
 
     void need(uint64_t n, const char* what = nullptr) const {
         if (n > remaining())
-            fail(ErrorCode::data_loss, "{}: truncated: {}{}{} needs {} bytes at offset {}, file has {}", file_,
-                 field(), what ? " " : "", what ? what : "", n, pos_, size_);
+            fail(ErrorCode::data_loss, "{}: truncated: {}{}{} needs {} bytes at offset {}, file has {}", file_, field(),
+                 what ? " " : "", what ? what : "", n, pos_, size_);
     }
 
     template <typename T>
@@ -247,8 +256,7 @@ void GgufFile::parse() {
     Parser p(file, base_, size_);
 
     if (size_ >= 4 && std::memcmp(base_, "GGUF", 4) != 0)
-        fail(ErrorCode::data_loss, "{}: not a GGUF file (magic '{}', expected 'GGUF')", file,
-             escape_bytes(base_, 4));
+        fail(ErrorCode::data_loss, "{}: not a GGUF file (magic '{}', expected 'GGUF')", file, escape_bytes(base_, 4));
     p.set_section("header");
     p.read<uint32_t>("magic");
     version_ = p.read<uint32_t>("version");
@@ -281,8 +289,8 @@ void GgufFile::parse() {
         const GgufValue& v = it->second;
         PKV_CHECK(is_integer(v.type), data_loss, "{}: metadata 'general.alignment': expected an integer, got {}", file,
                   type_desc(v));
-        const uint64_t a = is_signed(v.type) ? static_cast<uint64_t>(std::get<int64_t>(v.value))
-                                             : std::get<uint64_t>(v.value);
+        const uint64_t a =
+            is_signed(v.type) ? static_cast<uint64_t>(std::get<int64_t>(v.value)) : std::get<uint64_t>(v.value);
         PKV_CHECK(a != 0 && a % 8 == 0 && a <= (uint64_t{1} << 30), data_loss,
                   "{}: metadata 'general.alignment': expected a nonzero multiple of 8, got {}", file,
                   static_cast<int64_t>(a));
@@ -318,12 +326,13 @@ void GgufFile::parse() {
         t.offset = p.read<uint64_t>("offset");
         uint64_t block = 0, bytes = 0;
         if (ggml_type_layout(t.type_id, block, bytes)) {
-            PKV_CHECK(t.row_length() % block == 0, data_loss, "{}: row of {} elements is not a multiple of the {} block size {}",
-                      who, t.row_length(), ggml_type_name(t.type_id), block);
+            PKV_CHECK(t.row_length() % block == 0, data_loss,
+                      "{}: row of {} elements is not a multiple of the {} block size {}", who, t.row_length(),
+                      ggml_type_name(t.type_id), block);
             t.nbytes = checked_mul(n / block, bytes, who + " byte size");
         }
-        PKV_CHECK(t.offset % alignment_ == 0, data_loss, "{}: data offset {} is not a multiple of the alignment {}", who,
-                  t.offset, alignment_);
+        PKV_CHECK(t.offset % alignment_ == 0, data_loss, "{}: data offset {} is not a multiple of the alignment {}",
+                  who, t.offset, alignment_);
         if (tensor_index_.count(t.name))
             fail(ErrorCode::data_loss, "{}: corrupt: tensor name '{}' appears twice", file, t.name);
         tensor_index_.emplace(t.name, tensors_.size());
@@ -450,12 +459,13 @@ std::vector<int64_t> GgufFile::get_int_array(const std::string& key) const {
 std::string GgufFile::to_string(const GgufValue& v, size_t max_items) {
     switch (v.type) {
         case GgufType::BOOL: return std::get<bool>(v.value) ? "true" : "false";
-        case GgufType::F32: case GgufType::F64: return fmt::format("{}", std::get<double>(v.value));
+        case GgufType::F32:
+        case GgufType::F64: return fmt::format("{}", std::get<double>(v.value));
         case GgufType::STRING: {
             const auto& s = std::get<std::string>(v.value);
             constexpr size_t kMaxChars = 80;
-            std::string out = "'" + escape_bytes(reinterpret_cast<const uint8_t*>(s.data()),
-                                                 std::min(s.size(), kMaxChars)) + "'";
+            std::string out =
+                "'" + escape_bytes(reinterpret_cast<const uint8_t*>(s.data()), std::min(s.size(), kMaxChars)) + "'";
             if (s.size() > kMaxChars) out += fmt::format("... ({} bytes)", s.size());
             return out;
         }
@@ -466,7 +476,8 @@ std::string GgufFile::to_string(const GgufValue& v, size_t max_items) {
                 if (i) out += ", ";
                 out += to_string(items[i], max_items);
             }
-            if (items.size() > max_items) out += fmt::format(", ... ({} {} items)", items.size(), gguf_type_name(v.array_type));
+            if (items.size() > max_items)
+                out += fmt::format(", ... ({} {} items)", items.size(), gguf_type_name(v.array_type));
             return out + "]";
         }
         default:
@@ -493,8 +504,7 @@ void GgufFile::dequantize_rows(const GgufTensorInfo& t, uint64_t row0, uint64_t 
               t.name, ggml_type_name(t.type_id), t.type_id);
     const uint64_t total = t.n_rows();
     PKV_CHECK(row0 <= total && n_rows <= total - row0, out_of_range,
-              "{}: tensor '{}': {} rows from row {} requested, tensor has {} rows", path_, t.name, n_rows,
-              row0, total);
+              "{}: tensor '{}': {} rows from row {} requested, tensor has {} rows", path_, t.name, n_rows, row0, total);
     const uint64_t len = t.row_length();
     // Rows of no elements: nothing to do, however many a forged shape declares.
     if (len == 0) return;

@@ -25,8 +25,19 @@ namespace pkv {
 
 /// GGUF metadata value types (u32 on disk).
 enum class GgufType : uint32_t {
-    U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7,
-    STRING = 8, ARRAY = 9, U64 = 10, I64 = 11, F64 = 12,
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    BOOL = 7,
+    STRING = 8,
+    ARRAY = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
 };
 const char* gguf_type_name(GgufType t);
 
@@ -40,14 +51,14 @@ struct GgufValue {
 
 struct GgufTensorInfo {
     std::string name;
-    std::vector<uint64_t> ne;   ///< dims, fastest first (ggml order)
-    uint32_t type_id = 0;       ///< raw ggml type id (may be unsupported)
-    uint64_t offset = 0;        ///< relative to the data section
-    uint64_t nbytes = 0;        ///< computed from ne and type; 0 for ids with no known layout
+    std::vector<uint64_t> ne;  ///< dims, fastest first (ggml order)
+    uint32_t type_id = 0;      ///< raw ggml type id (may be unsupported)
+    uint64_t offset = 0;       ///< relative to the data section
+    uint64_t nbytes = 0;       ///< computed from ne and type; 0 for ids with no known layout
     GgmlType type() const { return static_cast<GgmlType>(type_id); }
     uint64_t n_elements() const;
     uint64_t row_length() const { return ne.empty() ? 1 : ne[0]; }  ///< elements per row
-    uint64_t n_rows() const;                                          ///< product of ne[1..]
+    uint64_t n_rows() const;                                        ///< product of ne[1..]
 };
 
 class GgufFile {

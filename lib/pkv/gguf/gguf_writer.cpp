@@ -44,13 +44,20 @@ void check_value(const std::string& key, const GgufValue& v, int depth) {
              gguf_type_name(v.type), what);
     };
     switch (v.type) {
-        case GgufType::U8: case GgufType::U16: case GgufType::U32: case GgufType::U64:
+        case GgufType::U8:
+        case GgufType::U16:
+        case GgufType::U32:
+        case GgufType::U64:
             if (!std::holds_alternative<uint64_t>(v.value)) bad("an unsigned integer");
             break;
-        case GgufType::I8: case GgufType::I16: case GgufType::I32: case GgufType::I64:
+        case GgufType::I8:
+        case GgufType::I16:
+        case GgufType::I32:
+        case GgufType::I64:
             if (!std::holds_alternative<int64_t>(v.value)) bad("a signed integer");
             break;
-        case GgufType::F32: case GgufType::F64:
+        case GgufType::F32:
+        case GgufType::F64:
             if (!std::holds_alternative<double>(v.value)) bad("a double");
             break;
         case GgufType::BOOL:
@@ -292,11 +299,12 @@ std::vector<uint8_t> GgufWriter::encode() const {
         c.types.push_back(t.type);
         c.data.push_back(&t.data);
     }
-    emit([&](const void* p, size_t n) {
-             const auto* b = static_cast<const uint8_t*>(p);
-             bytes.insert(bytes.end(), b, b + n);
-         },
-         alignment_, kv_, c.names, c.nes, c.types, c.data);
+    emit(
+        [&](const void* p, size_t n) {
+            const auto* b = static_cast<const uint8_t*>(p);
+            bytes.insert(bytes.end(), b, b + n);
+        },
+        alignment_, kv_, c.names, c.nes, c.types, c.data);
     return bytes;
 }
 
@@ -313,10 +321,11 @@ void GgufWriter::write(const std::string& path, bool force) const {
     }
     bool ok = true;
     try {
-        emit([&](const void* p, size_t n) {
-                 if (ok && n > 0 && std::fwrite(p, 1, n, f) != n) ok = false;
-             },
-             alignment_, kv_, c.names, c.nes, c.types, c.data);
+        emit(
+            [&](const void* p, size_t n) {
+                if (ok && n > 0 && std::fwrite(p, 1, n, f) != n) ok = false;
+            },
+            alignment_, kv_, c.names, c.nes, c.types, c.data);
     } catch (...) {
         std::fclose(f);
         throw;

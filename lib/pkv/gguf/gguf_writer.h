@@ -30,8 +30,7 @@ public:
     void set(const std::string& key, const GgufValue& v);
 
     /// ne in ggml order (fastest first); data must hold exactly the tensor's bytes.
-    void add_tensor(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type,
-                    std::vector<uint8_t> data);
+    void add_tensor(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type, std::vector<uint8_t> data);
     /// Convenience: an F32 tensor from floats.
     void add_tensor_f32(const std::string& name, const std::vector<uint64_t>& ne, const std::vector<float>& data);
 

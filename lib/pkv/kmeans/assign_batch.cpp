@@ -16,9 +16,7 @@ void KMeansAssigner::begin_group_batch(const std::vector<AssignData>&, int) {
     fail(ErrorCode::internal, "{} assigner: begin_group_batch() without a sum group", name());
 }
 
-void KMeansAssigner::end_batch() noexcept {
-    batch_data_.clear();
-}
+void KMeansAssigner::end_batch() noexcept { batch_data_.clear(); }
 
 void KMeansAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
     std::vector<int32_t> scratch_labels;
@@ -39,10 +37,8 @@ void KMeansAssigner::assign_batch(std::vector<AssignTask>& tasks, int k) {
             scratch_dist2.resize(static_cast<size_t>(ds.n));
             dist2 = scratch_dist2.data();
         }
-        if (t.sums)
-            assign_accumulate(ds.x, ds.n, batch_d_, t.centroids, k, labels, dist2, t.sums, t.counts);
-        else
-            assign(ds.x, ds.n, batch_d_, t.centroids, k, labels, dist2);
+        if (t.sums) assign_accumulate(ds.x, ds.n, batch_d_, t.centroids, k, labels, dist2, t.sums, t.counts);
+        else assign(ds.x, ds.n, batch_d_, t.centroids, k, labels, dist2);
         double s = 0.0;
         for (int64_t i = 0; i < ds.n; ++i) s += dist2[i];
         t.objective = s;

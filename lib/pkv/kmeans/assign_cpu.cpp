@@ -29,8 +29,8 @@ void check_shapes(const char* who, int64_t n, int d, int k) {
 
 // Below these sizes a parallel region costs more than it saves: on a loaded machine
 // a descheduled worker stalls the region's closing barrier for a scheduler slice.
-constexpr int64_t kParallelMinValues = int64_t{1} << 20;   // coordinates summed
-constexpr int64_t kParallelMinFlops = int64_t{1} << 24;    // n * k * d of one assignment
+constexpr int64_t kParallelMinValues = int64_t{1} << 20;  // coordinates summed
+constexpr int64_t kParallelMinFlops = int64_t{1} << 24;   // n * k * d of one assignment
 
 // Rows per block of the Eigen GEMM path.
 int64_t auto_block_rows(int k) {
@@ -44,16 +44,16 @@ int64_t auto_block_rows(int k) {
 // small enough that two threads on a loaded machine still balance.
 constexpr int64_t kFusedBlockRows = 1536;
 
-void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids,
-                      const int32_t* labels, float* dist2) {
+void exact_dist2_rows(const float* x, int64_t row0, int64_t rows, int d, const float* centroids, const int32_t* labels,
+                      float* dist2) {
     for (int64_t i = row0; i < row0 + rows; ++i)
         dist2[i] = detail::exact_dist2(x + i * d, centroids + int64_t{labels[i]} * d, d);
 }
 
 }  // namespace
 
-void KMeansAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
-                                       int32_t* labels, float* dist2, double* sums, int64_t* counts) {
+void KMeansAssigner::assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                                       float* dist2, double* sums, int64_t* counts) {
     assign(x, n, d, centroids, k, labels, dist2);
     accumulate_centroid_sums(x, n, d, labels, k, sums, counts);
 }
@@ -121,14 +121,11 @@ void CpuAssigner::assign(const float* x, int64_t n, int d, const float* centroid
                          float* dist2) {
     check_shapes("cpu assigner", n, d, k);
     if (n == 0) return;
-    if (detail::fused_assign_available())
-        detail::assign_cpu_fused(x, n, d, centroids, k, block_rows_, labels, dist2);
-    else
-        detail::assign_cpu_gemm(x, n, d, centroids, k, block_rows_, labels, dist2);
+    if (detail::fused_assign_available()) detail::assign_cpu_fused(x, n, d, centroids, k, block_rows_, labels, dist2);
+    else detail::assign_cpu_gemm(x, n, d, centroids, k, block_rows_, labels, dist2);
 }
 
-void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                double* dist2) {
+void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist2) {
     check_shapes("assign_ref", n, d, k);
     for (int64_t i = 0; i < n; ++i) {
         const float* xi = x + i * d;
@@ -158,8 +155,7 @@ void accumulate_centroid_sums(const float* x, int64_t n, int d, const int32_t* l
     std::fill(sums, sums + int64_t{k} * d, 0.0);
     for (int64_t i = 0; i < n; ++i) {
         const int32_t l = labels[i];
-        if (l < 0 || l >= k)
-            fail(ErrorCode::internal, "k-means: point {} has label {}, expected [0, {})", i, l, k);
+        if (l < 0 || l >= k) fail(ErrorCode::internal, "k-means: point {} has label {}, expected [0, {})", i, l, k);
         ++counts[l];
     }
     // Threads own disjoint slices of dimensions and each scans every point in index

@@ -23,8 +23,8 @@ namespace pkv::detail {
 
 namespace {
 
-constexpr int kLanes = 16;       // centroids per panel
-constexpr int kRowTile = 6;      // points per micro-kernel call
+constexpr int kLanes = 16;   // centroids per panel
+constexpr int kRowTile = 6;  // points per micro-kernel call
 // Points whose running minima are kept while the centroid panels stream past: their
 // coordinates (192 x d floats, 48 KiB at d = 64) stay in L1/L2 across panel chunks.
 constexpr int64_t kRowBlock = 192;
@@ -100,9 +100,8 @@ inline void micro_tile(const float* x, int d, const float* panel, const float* n
         const __m256 m = min_all_lanes(s0, s1);
         const float mv = _mm256_cvtss_f32(m);
         if (mv < best[r]) {
-            const unsigned mask =
-                static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s0, m, _CMP_EQ_OQ))) |
-                (static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s1, m, _CMP_EQ_OQ))) << 8);
+            const unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s0, m, _CMP_EQ_OQ))) |
+                                  (static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s1, m, _CMP_EQ_OQ))) << 8);
             best[r] = mv;
             idx[r] = base + __builtin_ctz(mask);
         }

@@ -67,16 +67,16 @@ public:
     /// Implementations that use the expanded form ||x||² - 2 x·c + ||c||² must clamp
     /// dist2 at 0 (cancellation can make it slightly negative); near-ties may then
     /// resolve differently from the exact reference (see assign_ref).
-    virtual void assign(const float* x, int64_t n, int d, const float* centroids, int k,
-                        int32_t* labels, float* dist2) = 0;
+    virtual void assign(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                        float* dist2) = 0;
 
     /// One full Lloyd data pass: assign() plus the per-cluster sums and counts of the
     /// new labels (overwritten, not added to). The default calls assign() and then
     /// accumulate_centroid_sums(); a device implementation can fuse both so the data is
     /// read once. Sums must end in double and counts in int64 (partial sums inside a
     /// kernel may be float as long as they are combined in double).
-    virtual void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k,
-                                   int32_t* labels, float* dist2, double* sums, int64_t* counts);
+    virtual void assign_accumulate(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
+                                   float* dist2, double* sums, int64_t* counts);
 
     /// Announces the data sets of a batch; until the matching end_batch() every
     /// assign_batch() refers to them by index (contents unchanged), so an
@@ -170,14 +170,13 @@ private:
 /// sum_i (x_i - c_i)² in double; strict '<' keeps the lowest index on ties.
 /// dist2 (nullable) receives the double distances. O(n k d), single-threaded per
 /// point; meant for tests and small problems.
-void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                double* dist2);
+void assign_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist2);
 
 /// sums[j] = sum of x_i over i with labels[i] == j (double), counts[j] = their number
 /// (int64; a float count would stop growing at 2^24 points). Both arrays are
 /// overwritten. Each (cluster, dim) sum adds the points in index order, so the result
 /// is bitwise independent of the thread count. Labels outside [0, k) throw internal.
-void accumulate_centroid_sums(const float* x, int64_t n, int d, const int32_t* labels, int k,
-                              double* sums, int64_t* counts);
+void accumulate_centroid_sums(const float* x, int64_t n, int d, const int32_t* labels, int k, double* sums,
+                              int64_t* counts);
 
 }  // namespace pkv

@@ -120,9 +120,7 @@ void check_params(int d, const KMeansParams& p) {
     }
 }
 
-void copy_row(const float* x, int d, int64_t row, float* dst) {
-    std::copy(x + row * d, x + (row + 1) * d, dst);
-}
+void copy_row(const float* x, int d, int64_t row, float* dst) { std::copy(x + row * d, x + (row + 1) * d, dst); }
 
 void init_random(const float* x, int64_t n, int d, int k, Rng& rng, float* centroids) {
     const std::vector<int64_t> rows = sample_without_replacement(n, k, rng);
@@ -234,7 +232,8 @@ KMeansIterationStats update_run(Run& run, const ProblemState& ps, int k, int d, 
     }
     double shift = 0.0;
 #pragma omp parallel for schedule(static) reduction(max : shift) if (kd >= kParallelUpdateValues)
-    for (int64_t i = 0; i < kd; ++i) shift = std::max(shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
+    for (int64_t i = 0; i < kd; ++i)
+        shift = std::max(shift, std::fabs(static_cast<double>(next[i]) - run.centroids[i]));
     st.max_shift = shift;
     run.centroids.swap(next);
     return st;
@@ -263,7 +262,11 @@ class LloydGroups {
 public:
     LloydGroups(const std::vector<ProblemState>& probs, int d, const KMeansParams& p, KMeansAssigner& assigner,
                 std::vector<Run>& runs)
-        : probs_(probs), d_(d), p_(p), assigner_(assigner), runs_(runs),
+        : probs_(probs),
+          d_(d),
+          p_(p),
+          assigner_(assigner),
+          runs_(runs),
           kd_(static_cast<size_t>(p.k) * static_cast<size_t>(d)) {
         const int groups =
             static_cast<int>(std::clamp<int64_t>(assigner.pipeline_depth(), 1, static_cast<int64_t>(runs.size())));
@@ -361,8 +364,8 @@ std::vector<KMeansIterationStats> LloydGroups::update_group(const Group& G) {
     const bool parallel = n_tasks > 1 && n_tasks * static_cast<int64_t>(kd_) >= kParallelUpdateValues;
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t i = 0; i < n_tasks; ++i)
-        st[i] = update_run(*G.active[i], probs_[static_cast<size_t>(G.active[i]->problem)], p_.k, d_,
-                           G.tasks[i].objective);
+        st[i] =
+            update_run(*G.active[i], probs_[static_cast<size_t>(G.active[i]->problem)], p_.k, d_, G.tasks[i].objective);
     return st;
 }
 
@@ -374,8 +377,8 @@ void LloydGroups::record_iteration(Group& G, std::vector<KMeansIterationStats>& 
         run.stats.push_back(st[i]);
         run.iterations = G.it + 1;
         const bool shift_small = p_.tol >= 0.0 && st[i].max_shift <= p_.tol;
-        const bool gain_small = p_.rel_tol > 0.0 && G.it > 0 &&
-                                run.prev_objective - st[i].objective <= p_.rel_tol * run.prev_objective;
+        const bool gain_small =
+            p_.rel_tol > 0.0 && G.it > 0 && run.prev_objective - st[i].objective <= p_.rel_tol * run.prev_objective;
         run.prev_objective = st[i].objective;
         if (shift_small || gain_small) {
             run.converged = true;
@@ -475,12 +478,9 @@ std::vector<Run> init_runs(const std::vector<ProblemState>& probs, int d, const 
         const ProblemState& ps = probs[static_cast<size_t>(run.problem)];
         run.rng = Rng(mix_seed(ps.seed, static_cast<uint64_t>(r) + 1));
         run.centroids.resize(kd);
-        if (!params.initial_centroids.empty())
-            run.centroids = params.initial_centroids;
-        else if (params.init == KMeansInit::kmeanspp)
-            init_kmeanspp(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
-        else
-            init_random(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
+        if (!params.initial_centroids.empty()) run.centroids = params.initial_centroids;
+        else if (params.init == KMeansInit::kmeanspp) init_kmeanspp(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
+        else init_random(ps.xt, ps.nt, d, k, run.rng, run.centroids.data());
     }
     return runs;
 }
@@ -511,8 +511,8 @@ Run& take_best_restart(std::vector<Run>& runs, size_t i, int nr, KMeansResult& r
 }
 
 // A problem trained on a subset gets its labels and objective later, from all of its points.
-std::vector<KMeansResult> collect_results(const std::vector<ProblemState>& probs, std::vector<Run>& runs, int nr,
-                                          int k, int d, const std::vector<char>& keep_labels, FullAssignment& full) {
+std::vector<KMeansResult> collect_results(const std::vector<ProblemState>& probs, std::vector<Run>& runs, int nr, int k,
+                                          int d, const std::vector<char>& keep_labels, FullAssignment& full) {
     std::vector<KMeansResult> results(probs.size());
     for (size_t i = 0; i < probs.size(); ++i) {
         KMeansResult& res = results[i];
@@ -567,8 +567,7 @@ void check_kmeans_problems(const std::vector<KMeansProblem>& problems, int d, co
     for (size_t i = 0; i < np; ++i) {
         const KMeansProblem& pr = problems[i];
         const std::string where = np == 1 ? std::string() : fmt::format("problem {}: ", i);
-        PKV_CHECK(k <= pr.n, invalid_argument, "k-means: {}k = {} exceeds the number of points n = {}", where, k,
-                  pr.n);
+        PKV_CHECK(k <= pr.n, invalid_argument, "k-means: {}k = {} exceeds the number of points n = {}", where, k, pr.n);
         PKV_CHECK(pr.x != nullptr, invalid_argument, "k-means: {}null input with n = {}", where, pr.n);
         check_finite(pr.x, pr.n, d, where);
     }
@@ -589,8 +588,7 @@ std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problem
     lloyd_batch(probs, d, params, a, runs, keep_labels);
 
     FullAssignment full;
-    std::vector<KMeansResult> results =
-        collect_results(probs, runs, params.n_restarts, params.k, d, keep_labels, full);
+    std::vector<KMeansResult> results = collect_results(probs, runs, params.n_restarts, params.k, d, keep_labels, full);
     runs.clear();
     assign_all_points(a, d, params.k, full, results);
     return results;

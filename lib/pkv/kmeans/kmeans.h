@@ -73,9 +73,9 @@ struct KMeansParams {
 
 /// One Lloyd iteration, measured on the training points.
 struct KMeansIterationStats {
-    double objective = 0.0;     ///< sum of squared distances to the centroids before this update
-    double max_shift = 0.0;     ///< max absolute centroid coordinate change made by this update
-    int n_empty_refilled = 0;   ///< clusters that were empty and got refilled in this update
+    double objective = 0.0;    ///< sum of squared distances to the centroids before this update
+    double max_shift = 0.0;    ///< max absolute centroid coordinate change made by this update
+    int n_empty_refilled = 0;  ///< clusters that were empty and got refilled in this update
     /// wall time of the iteration (assign + update); with two passes in flight (see
     /// kmeans_batch), the time since its group's previous iteration ended
     double seconds = 0.0;
@@ -89,10 +89,10 @@ struct KMeansResult {
     /// Sum over all n points of the squared distance to the assigned centroid (double),
     /// as reported by the assigner in the final pass.
     double objective = 0.0;
-    int iterations = 0;                ///< update steps done by the kept restart
-    bool converged = false;            ///< a tolerance test stopped it before max_iter
-    int64_t n_train = 0;               ///< points used for training (n unless subsampled)
-    int restart = 0;                   ///< index of the kept restart
+    int iterations = 0;                       ///< update steps done by the kept restart
+    bool converged = false;                   ///< a tolerance test stopped it before max_iter
+    int64_t n_train = 0;                      ///< points used for training (n unless subsampled)
+    int restart = 0;                          ///< index of the kept restart
     std::vector<KMeansIterationStats> stats;  ///< per iteration of the kept restart
     /// Final training objective of every restart, in order.
     std::vector<double> restart_objectives;
@@ -105,11 +105,14 @@ struct KMeansResult {
 /// number of points n = 32"), d <= 0, max_iter < 0, n_restarts < 1,
 /// max_points_per_centroid < 0, a wrong initial_centroids size, or a NaN/Inf
 /// coordinate ("k-means: point 17 has a non-finite value at dim 3", lowest such point).
-KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params,
-                    KMeansAssigner* assigner = nullptr);
+KMeansResult kmeans(const float* x, int64_t n, int d, const KMeansParams& params, KMeansAssigner* assigner = nullptr);
 
 /// One problem of a batch: n points [n x d] row-major at x, clustered with its own seed.
-struct KMeansProblem { const float* x = nullptr; int64_t n = 0; uint64_t seed = 0; };
+struct KMeansProblem {
+    const float* x = nullptr;
+    int64_t n = 0;
+    uint64_t seed = 0;
+};
 
 /// Clusters every problem with `params` (params.seed replaced by the problem's seed).
 /// result[i] is bitwise equal to kmeans(problems[i].x, problems[i].n, d,

@@ -18,8 +18,7 @@ std::vector<int> deal_problems(const std::vector<KMeansProblem>& problems, int a
     PKV_CHECK(assigners >= 1, invalid_argument, "k-means: expected at least one assigner, got {}", assigners);
     std::vector<size_t> order(problems.size());
     std::iota(order.begin(), order.end(), size_t{0});
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return problems[a].n > problems[b].n; });
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return problems[a].n > problems[b].n; });
     std::vector<int64_t> load(static_cast<size_t>(assigners), 0);
     std::vector<int> owner(problems.size(), 0);
     for (size_t i : order) {
@@ -43,8 +42,8 @@ bool can_shard(const std::vector<KMeansAssigner*>& assigners) {
 }
 
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
-                                             const KMeansParams& params,
-                                             const std::vector<KMeansAssigner*>& assigners, int64_t shard_above) {
+                                             const KMeansParams& params, const std::vector<KMeansAssigner*>& assigners,
+                                             int64_t shard_above) {
     PKV_CHECK(!assigners.empty(), invalid_argument, "k-means: expected at least one assigner");
     if (assigners.size() == 1 || problems.empty()) return kmeans_batch(problems, d, params, assigners.front());
     check_kmeans_problems(problems, d, params);  // here, so that errors name the caller's problem index

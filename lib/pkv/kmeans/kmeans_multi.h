@@ -33,8 +33,7 @@ bool can_shard(const std::vector<KMeansAssigner*>& assigners);
 /// parallel over all assigners (ShardedAssigner): equal to the single-assigner run to
 /// double rounding of the sums (sharded_assigner.h), not bitwise.
 std::vector<KMeansResult> kmeans_batch_multi(const std::vector<KMeansProblem>& problems, int d,
-                                             const KMeansParams& params,
-                                             const std::vector<KMeansAssigner*>& assigners,
+                                             const KMeansParams& params, const std::vector<KMeansAssigner*>& assigners,
                                              int64_t shard_above = 0);
 
 }  // namespace pkv

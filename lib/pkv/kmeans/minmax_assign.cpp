@@ -21,8 +21,7 @@ double minmax_distance(const float* x, const float* c, int d) {
     return hi - lo;
 }
 
-void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                       double* dist) {
+void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist) {
     PKV_CHECK(d >= 1, invalid_argument, "minmax assignment: expected d >= 1, got {}", d);
     PKV_CHECK(k >= 1, invalid_argument, "minmax assignment: expected k >= 1, got {}", k);
 #pragma omp parallel for schedule(static) if (n * k * d >= (int64_t{1} << 22))

@@ -20,8 +20,7 @@ double minmax_distance(const float* x, const float* c, int d);
 /// labels[i] = argmin_j d_mm(x_i, c_j) (strict '<': lowest j on ties); dist (nullable)
 /// receives that distance. Scalar double loops, parallel over points with OpenMP.
 /// Throws invalid_argument for k < 1 or d < 1.
-void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels,
-                       double* dist);
+void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist);
 
 /// Chebyshev centre of n vectors: center[t] = (max_i x_it + min_i x_it) / 2, computed
 /// in double and rounded once to float. It minimises max_i ||x_i - c||_inf (the L∞

@@ -145,8 +145,8 @@ bool parse_flag_field(KvSpec& s, SeenFields& seen, const std::string& f) {
 
 // Rules that span fields can only be checked once every field is in.
 void check_parsed(const KvSpec& s, bool takes_bits, bool seen_bits) {
-    PKV_CHECK(!takes_bits || seen_bits, invalid_argument,
-              "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)", s.text, s.method_name, s.method_name);
+    PKV_CHECK(!takes_bits || seen_bits, invalid_argument, "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)",
+              s.text, s.method_name, s.method_name);
     PKV_CHECK(s.pattern_cap == 0 || s.pattern_cap >= s.patterns, invalid_argument,
               "--kv '{}': cap{} must be 0 (no cap) or at least the {} prefill patterns", s.text, s.pattern_cap,
               s.patterns);

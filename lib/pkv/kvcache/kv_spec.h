@@ -30,12 +30,12 @@
 namespace pkv {
 
 struct KvSpec {
-    std::string text;           ///< as given on the command line
-    std::string method_name;    ///< "kivi", "patternkv-table", ...
+    std::string text;         ///< as given on the command line
+    std::string method_name;  ///< "kivi", "patternkv-table", ...
     KvMethod method = KvMethod::fp16;
-    bool table = false;         ///< patternkv-table (patterns from a calibrated table)
+    bool table = false;  ///< patternkv-table (patterns from a calibrated table)
     std::string table_path;
-    int bits = 16;              ///< code width (fixed methods: their nominal width)
+    int bits = 16;  ///< code width (fixed methods: their nominal width)
     int group = 128;
     int window = 128;
     int patterns = 32;

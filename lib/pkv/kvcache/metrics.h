@@ -26,19 +26,19 @@ struct FlatAccum {
     int64_t groups = 0;
     double s1 = 0, s2 = 0, s3 = 0, s4 = 0;  ///< power sums of the elements
     int64_t count = 0;
-    double mean_ros() const;   ///< NaN when no group had a positive std
-    double kurtosis() const;   ///< excess kurtosis; NaN when the variance is 0
+    double mean_ros() const;  ///< NaN when no group had a positive std
+    double kurtosis() const;  ///< excess kurtosis; NaN when the variance is 0
 };
 
 /// Flatness of one tensor: raw values, residuals (patternkv) and explained variance.
 struct FlatnessAccum {
     FlatAccum raw, resid;
     bool has_resid = false;
-    double resid2 = 0.0;                 ///< sum ||x - c(x)||^2 over the pattern tokens
-    std::vector<double> sum;             ///< [D] per-dim sums of x over the same tokens
-    double sq = 0.0;                     ///< sum ||x||^2 over the same tokens
+    double resid2 = 0.0;      ///< sum ||x - c(x)||^2 over the pattern tokens
+    std::vector<double> sum;  ///< [D] per-dim sums of x over the same tokens
+    double sq = 0.0;          ///< sum ||x||^2 over the same tokens
     int64_t tokens = 0;
-    double var_explained() const;        ///< 1 - resid2 / total variance, clamped to [0, 1]; NaN when undefined
+    double var_explained() const;  ///< 1 - resid2 / total variance, clamped to [0, 1]; NaN when undefined
 };
 
 /// Adds one sequence. K groups: G consecutive tokens of one channel; V groups:

@@ -5,10 +5,10 @@
 #include <cmath>
 #include <limits>
 
-#include "pkv/kvcache/simulate.h"
 #include "pkv/core/error.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/quant/minmax.h"
 
 namespace pkv {

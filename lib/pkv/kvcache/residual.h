@@ -38,8 +38,8 @@ void assign_patterns(const float* x, int64_t n, int D, const float* patterns, in
 /// Parameters of the residual quantizer of one head.
 struct ResidualParams {
     int bits = 2;
-    int group = 128;        ///< G
-    float clip = 1.0f;      ///< clip ratio a in (0, 1]
+    int group = 128;                     ///< G
+    float clip = 1.0f;                   ///< clip ratio a in (0, 1]
     double gate_z = 1.6448536269514722;  ///< values only
     bool use_patterns = true;            ///< false: plain min-max of x (the baseline)
 };
@@ -48,8 +48,8 @@ struct ResidualParams {
 /// of tokens whose gate passed.
 struct ResidualError {
     double err2 = 0.0, ref2 = 0.0;
-    int64_t tokens = 0;       ///< quantized tokens
-    int64_t gated = 0;        ///< values: tokens whose pattern was subtracted
+    int64_t tokens = 0;  ///< quantized tokens
+    int64_t gated = 0;   ///< values: tokens whose pattern was subtracted
     double nmse() const { return ref2 > 0.0 ? err2 / ref2 : 0.0; }
 };
 

@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <cmath>
 
-#include "pkv/kvcache/residual.h"
 #include "pkv/core/error.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/residual.h"
 #include "pkv/quant/fp8.h"
 #include "pkv/quant/ggml_kv.h"
 #include "pkv/quant/minmax.h"
@@ -21,9 +21,12 @@ struct MethodName {
     KvMethod m;
     const char* name;
 };
-constexpr MethodName kMethods[] = {{KvMethod::fp16, "fp16"}, {KvMethod::kivi, "kivi"},
-                                   {KvMethod::patternkv, "patternkv"}, {KvMethod::q4_0, "q4_0"},
-                                   {KvMethod::q8_0, "q8_0"}, {KvMethod::fp8, "fp8"},
+constexpr MethodName kMethods[] = {{KvMethod::fp16, "fp16"},
+                                   {KvMethod::kivi, "kivi"},
+                                   {KvMethod::patternkv, "patternkv"},
+                                   {KvMethod::q4_0, "q4_0"},
+                                   {KvMethod::q8_0, "q8_0"},
+                                   {KvMethod::fp8, "fp8"},
                                    {KvMethod::patternkv_table, "patternkv-table"}};
 
 SimResult empty_result(const float* x, int64_t n, int D) {
@@ -35,8 +38,8 @@ SimResult empty_result(const float* x, int64_t n, int D) {
 
 // Quantizes rows [t0, t1) of x with the min-max quantizer (K: one block, per-channel
 // groups of G tokens; V: per token, groups of min(G, D) channels) into recon.
-void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
-                   float* recon, SimBits& bits, float clip = 1.0f) {
+void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D, float* recon,
+                   SimBits& bits, float clip = 1.0f) {
     if (t1 <= t0) return;
     MinMaxSpec spec;
     spec.clip = clip;
@@ -85,8 +88,8 @@ SimResult simulate_kivi(const SimParams& p, KvTensor tensor, const float* x, int
 
 // Residualizes and quantizes rows [t0, t1) against their assigned patterns; `table`
 // (patternkv-table) supplies the fitted clip ratio and gate threshold.
-void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D,
-                   SimResult& r, const TableHeadView* table = nullptr) {
+void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D, SimResult& r,
+                   const TableHeadView* table = nullptr) {
     const int64_t rows = t1 - t0;
     if (rows <= 0) return;
     const int64_t M = static_cast<int64_t>(r.bank.size()) / D;
@@ -169,8 +172,7 @@ SimResult simulate_patternkv(const SimParams& p, KvTensor tensor, const float* x
 // blocks at step P, then every R decode tokens), but the bank is the table's and never
 // grows. The bank is a per-model constant shipped once, so it adds no bits to a
 // sequence's cache (docs/numerics.md, "Pattern tables").
-SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D,
-                                   int64_t P) {
+SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P) {
     const TableHeadView* tv = tensor == KvTensor::k ? p.table_k : p.table_v;
     PKV_ASSERT(tv != nullptr && tv->patterns != nullptr && tv->M >= 1);
     SimResult r = empty_result(x, n, D);

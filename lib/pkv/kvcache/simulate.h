@@ -43,20 +43,20 @@ enum class KvTensor { k, v };
 struct TableHeadView {
     const float* patterns = nullptr;  ///< [M, D], in the basis of the simulated tensor
     int M = 0;
-    float clip = 1.0f;                ///< clip ratio of the residual quantizer, (0, 1]
+    float clip = 1.0f;                   ///< clip ratio of the residual quantizer, (0, 1]
     double gate_z = 1.6448536269514722;  ///< values: gate threshold
-    bool assign_l2 = false;           ///< pattern choice by L2 (default min-max)
+    bool assign_l2 = false;              ///< pattern choice by L2 (default min-max)
 };
 
 struct SimParams {
     KvMethod method = KvMethod::kivi;
-    int bits = 2;          ///< kivi / patternkv code width (2, 3, 4 or 8)
-    int group = 128;       ///< G: tokens per K channel group; V groups are min(G, D) channels
-    int window = 128;      ///< R: fp16 window / flush block length (>= 1)
-    int patterns = 32;     ///< patternkv: k-means patterns mined from the prefill
-    int pattern_cap = 0;   ///< patternkv: bank size limit (0 = grows without limit)
-    bool decode_l2 = false;///< patternkv: assign flushed blocks by L2 instead of min-max
-    uint64_t seed = 0;     ///< patternkv: k-means seed
+    int bits = 2;            ///< kivi / patternkv code width (2, 3, 4 or 8)
+    int group = 128;         ///< G: tokens per K channel group; V groups are min(G, D) channels
+    int window = 128;        ///< R: fp16 window / flush block length (>= 1)
+    int patterns = 32;       ///< patternkv: k-means patterns mined from the prefill
+    int pattern_cap = 0;     ///< patternkv: bank size limit (0 = grows without limit)
+    bool decode_l2 = false;  ///< patternkv: assign flushed blocks by L2 instead of min-max
+    uint64_t seed = 0;       ///< patternkv: k-means seed
     /// patternkv-table: the head's key and value patterns (both required for that method).
     const TableHeadView* table_k = nullptr;
     const TableHeadView* table_v = nullptr;
@@ -66,22 +66,22 @@ constexpr int32_t kNeverQuantized = std::numeric_limits<int32_t>::max();
 
 /// Storage of the final cache state of one sequence, in bits, by component.
 struct SimBits {
-    double codes = 0, params = 0;   ///< quantized codes; fp16 scales + zeros (or fp8/ggml scales)
-    double index = 0, gate = 0;     ///< patternkv: ceil(log2 M)-bit pattern ids; 1-bit V gates
-    double bank = 0;                ///< patternkv: M_final * D * 16
-    double window = 0;              ///< tokens still in fp16 (16 per element)
+    double codes = 0, params = 0;  ///< quantized codes; fp16 scales + zeros (or fp8/ggml scales)
+    double index = 0, gate = 0;    ///< patternkv: ceil(log2 M)-bit pattern ids; 1-bit V gates
+    double bank = 0;               ///< patternkv: M_final * D * 16
+    double window = 0;             ///< tokens still in fp16 (16 per element)
     double total() const { return codes + params + index + gate + bank + window; }
 };
 
 struct SimResult {
-    std::vector<float> recon;          ///< [n, D]; exact copy for tokens never quantized
-    std::vector<int32_t> flush_step;   ///< [n], see above
+    std::vector<float> recon;         ///< [n, D]; exact copy for tokens never quantized
+    std::vector<int32_t> flush_step;  ///< [n], see above
     SimBits bits;
     // patternkv only (empty otherwise):
-    std::vector<int32_t> pattern;      ///< [n] bank row assigned to a quantized token, -1 for window tokens
-    std::vector<float> bank;           ///< [M_final, D] pattern bank (patternkv-table: the table's)
-    std::vector<uint8_t> gate;         ///< [n] V only: 1 when the pattern was subtracted
-    int kmeans_k = 0;                  ///< prefill patterns mined (min(--patterns, P); 0 when P = 0)
+    std::vector<int32_t> pattern;  ///< [n] bank row assigned to a quantized token, -1 for window tokens
+    std::vector<float> bank;       ///< [M_final, D] pattern bank (patternkv-table: the table's)
+    std::vector<uint8_t> gate;     ///< [n] V only: 1 when the pattern was subtracted
+    int kmeans_k = 0;              ///< prefill patterns mined (min(--patterns, P); 0 when P = 0)
 };
 
 /// Bits of `elements` values a cache keeps exact (fp16, 16 bits each): the fp16 method,

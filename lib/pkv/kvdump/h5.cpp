@@ -77,8 +77,8 @@ std::vector<std::string> read_strings(hid_t obj, hid_t type, hid_t space, bool i
     const hssize_t n = H5Sget_simple_extent_npoints(space);
     std::vector<std::string> out;
     if (n <= 0) return out;
-    check_memory_budget(checked_mul(static_cast<uint64_t>(n), std::max<size_t>(H5Tget_size(type), sizeof(char*)), where),
-                        where);
+    check_memory_budget(
+        checked_mul(static_cast<uint64_t>(n), std::max<size_t>(H5Tget_size(type), sizeof(char*)), where), where);
     if (H5Tis_variable_str(type) > 0) {
         StringsRead r = read_vlen_strings(obj, is_attr, static_cast<uint64_t>(n));
         PKV_CHECK(r.error.empty(), data_loss, "{}: cannot read strings: {}", where, r.error);
@@ -367,8 +367,8 @@ std::vector<std::string> filters_of(hid_t dset) {
         unsigned flags = 0, cd[8] = {0};
         size_t ncd = 8;
         char name[64] = {0};
-        const H5Z_filter_t id = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name,
-                                               name, nullptr);
+        const H5Z_filter_t id =
+            H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name, name, nullptr);
         switch (id) {
             case H5Z_FILTER_DEFLATE: out.push_back("deflate(" + std::to_string(ncd > 0 ? cd[0] : 0) + ")"); break;
             case H5Z_FILTER_SHUFFLE: out.push_back("shuffle"); break;
@@ -396,8 +396,8 @@ void check_stored(const File& f, hid_t dset, const std::string& name) {
     const uint64_t declared = checked_mul(n, elem, where);
     const uint64_t stored = H5Dget_storage_size(dset);
     const uint64_t file_size = f.size_on_disk();
-    PKV_CHECK(file_size == 0 || stored <= file_size, data_loss, "{}: declares {} bytes of storage in a file of {} bytes",
-              where, stored, file_size);
+    PKV_CHECK(file_size == 0 || stored <= file_size, data_loss,
+              "{}: declares {} bytes of storage in a file of {} bytes", where, stored, file_size);
     if (n == 0) return;
     Id dcpl(H5Dget_create_plist(dset));
     if (!dcpl) fail_h5(ErrorCode::data_loss, where, "cannot read the storage layout");
@@ -488,8 +488,8 @@ std::string read_attr_string(hid_t obj, const std::string& where, const std::str
     Id a = open_attr(obj, where, name);
     Id type(H5Aget_type(a.get()));
     Id space(H5Aget_space(a.get()));
-    PKV_CHECK(H5Tget_class(type.get()) == H5T_STRING, data_loss, "{}: attribute '{}': expected a string, got {}",
-              where, name, type_name(type.get()));
+    PKV_CHECK(H5Tget_class(type.get()) == H5T_STRING, data_loss, "{}: attribute '{}': expected a string, got {}", where,
+              name, type_name(type.get()));
     PKV_CHECK(H5Sget_simple_extent_npoints(space.get()) == 1, data_loss,
               "{}: attribute '{}': expected a single string, got {} elements", where, name,
               H5Sget_simple_extent_npoints(space.get()));
@@ -565,13 +565,14 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
     return read_strings(d.get(), type.get(), space.get(), false, f.where(name));
 }
 
-void write_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type,
-                 const std::vector<uint64_t>& start, const std::vector<uint64_t>& count, const void* data) {
+void write_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type, const std::vector<uint64_t>& start,
+                 const std::vector<uint64_t>& count, const void* data) {
     silence_errors();
     Id mem;
     Id file_space = block_space(dset, start, count, &mem);
     if (!file_space || !mem)
-        fail_h5(ErrorCode::internal, f.where(name), "cannot select block at " + dims_text(start) + " of " + dims_text(count));
+        fail_h5(ErrorCode::internal, f.where(name),
+                "cannot select block at " + dims_text(start) + " of " + dims_text(count));
     if (H5Dwrite(dset, mem_type, mem.get(), file_space.get(), H5P_DEFAULT, data) < 0)
         fail_h5(ErrorCode::io, f.where(name), "cannot write block at " + dims_text(start));
 }
@@ -605,13 +606,15 @@ void check_chunks(const File& f, hid_t dset, const std::string& name, const std:
         for (size_t i = 0; i < r; ++i) offset[i] = k[i] * chunk[i];
         hsize_t stored = 0;
         if (H5Dget_chunk_storage_size(dset, offset.data(), &stored) < 0)
-            fail_h5(ErrorCode::data_loss, where, "cannot find the chunk at " + dims_text({offset.begin(), offset.end()}));
+            fail_h5(ErrorCode::data_loss, where,
+                    "cannot find the chunk at " + dims_text({offset.begin(), offset.end()}));
         PKV_CHECK(stored <= want + want / 8 + 1024, data_loss, "{}: chunk at {} stores {} bytes for {} of data", where,
                   dims_text({offset.begin(), offset.end()}), stored, want);
         raw.resize(static_cast<size_t>(stored));
         uint32_t mask = 0;
         if (H5Dread_chunk(dset, H5P_DEFAULT, offset.data(), &mask, raw.data()) < 0)
-            fail_h5(ErrorCode::data_loss, where, "cannot read the chunk at " + dims_text({offset.begin(), offset.end()}));
+            fail_h5(ErrorCode::data_loss, where,
+                    "cannot read the chunk at " + dims_text({offset.begin(), offset.end()}));
         uLongf produced = static_cast<uLongf>(out.size());
         const bool good = deflated ? mask == 0 && uncompress(out.data(), &produced, raw.data(), raw.size()) == Z_OK &&
                                          produced == want
@@ -629,8 +632,8 @@ void check_chunks(const File& f, hid_t dset, const std::string& name, const std:
 
 }  // namespace
 
-void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type,
-                const std::vector<uint64_t>& start, const std::vector<uint64_t>& count, void* data) {
+void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type, const std::vector<uint64_t>& start,
+                const std::vector<uint64_t>& count, void* data) {
     silence_errors();
     check_chunks(f, dset, name, start, count);
     Id mem;

@@ -141,10 +141,10 @@ std::vector<std::string> read_1d_strings(const File& f, const std::string& name)
 
 // --- hyperslabs -------------------------------------------------------------------------
 /// Writes a dense block of `count` at `start` from `data` (memory laid out as `count`, C order).
-void write_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type,
-                 const std::vector<uint64_t>& start, const std::vector<uint64_t>& count, const void* data);
+void write_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type, const std::vector<uint64_t>& start,
+                 const std::vector<uint64_t>& count, const void* data);
 /// Reads a dense block of `count` at `start` into `data`.
-void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type,
-                const std::vector<uint64_t>& start, const std::vector<uint64_t>& count, void* data);
+void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type, const std::vector<uint64_t>& start,
+                const std::vector<uint64_t>& count, void* data);
 
 }  // namespace pkv::h5

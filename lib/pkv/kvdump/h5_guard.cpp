@@ -6,8 +6,8 @@
 
 #include <cerrno>
 #include <cstring>
-#include <new>
 #include <map>
+#include <new>
 #include <set>
 #include <vector>
 
@@ -124,8 +124,8 @@ herr_t guard_get_handle(H5FD_t* file, hid_t, void** handle) {
 herr_t guard_read(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t size, void* buffer) {
     auto* f = reinterpret_cast<GuardFile*>(file);
     if (addr == HADDR_UNDEF || size > f->eoa || addr > f->eoa - size) {
-        g_finding = fmt::format("read of {} bytes at byte {} past the end of the file's address space ({})", size,
-                                addr, f->eoa);
+        g_finding = fmt::format("read of {} bytes at byte {} past the end of the file's address space ({})", size, addr,
+                                f->eoa);
         return -1;
     }
     auto* out = static_cast<unsigned char*>(buffer);
@@ -155,8 +155,7 @@ herr_t guard_read(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t siz
             std::vector<unsigned char> whole(static_cast<size_t>(total));
             if (pread(f->fd, whole.data(), whole.size(), static_cast<off_t>(addr)) != static_cast<ssize_t>(total))
                 bad = fmt::format("global heap collection at byte {}: cannot read its {} bytes", addr, total);
-            else
-                bad = check_global_heap(whole.data(), whole.size(), addr, f->size_bytes, f->eof);
+            else bad = check_global_heap(whole.data(), whole.size(), addr, f->size_bytes, f->eof);
         }
         if (!bad.empty()) {
             g_finding = std::move(bad);
@@ -196,8 +195,7 @@ H5FD_class_t make_class() {
 
 }  // namespace
 
-std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes,
-                              uint64_t eof) {
+std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof) {
     return walk_global_heap(buf, size, addr, size_bytes, eof, nullptr);
 }
 
@@ -302,8 +300,8 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
     if (n > eof / item) r.error = fmt::format("{} strings cannot fit in a file of {} bytes", n, eof);
     if (r.error.empty()) {
         desc.resize(static_cast<size_t>(n * item));
-        const herr_t st2 = is_attr ? H5Aread(obj, raw, desc.data())
-                                   : H5Dread(obj, raw, H5S_ALL, H5S_ALL, H5P_DEFAULT, desc.data());
+        const herr_t st2 =
+            is_attr ? H5Aread(obj, raw, desc.data()) : H5Dread(obj, raw, H5S_ALL, H5S_ALL, H5P_DEFAULT, desc.data());
         if (st2 < 0) r.error = "cannot read the string descriptors";
     }
     H5Tclose(raw);
@@ -331,18 +329,19 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
             std::map<unsigned, std::pair<uint64_t, uint64_t>> objects;
             if (c.empty() || !read_at(addr, c.size(), c.data()))
                 r.error = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
-            else
-                r.error = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
+            else r.error = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
             if (!r.error.empty()) break;
             it = heaps.emplace(addr, std::make_pair(std::move(c), std::move(objects))).first;
         }
         const auto obj_it = it->second.second.find(idx);
         if (obj_it == it->second.second.end()) {
-            r.error = fmt::format("string {} refers to object {} of the global heap collection at byte {}, which "
-                                  "it lacks", i, idx, addr);
+            r.error = fmt::format(
+                "string {} refers to object {} of the global heap collection at byte {}, which "
+                "it lacks",
+                i, idx, addr);
         } else if (obj_it->second.second != len) {
-            r.error = fmt::format("string {} declares {} bytes, its heap object holds {}", i, len,
-                                  obj_it->second.second);
+            r.error =
+                fmt::format("string {} declares {} bytes, its heap object holds {}", i, len, obj_it->second.second);
         } else {
             const auto* p = reinterpret_cast<const char*>(it->second.first.data() + obj_it->second.first);
             r.values.emplace_back(p, strnlen(p, static_cast<size_t>(len)));

@@ -48,7 +48,6 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n);
 /// tests): empty when the bytes are a well-formed collection (or a prefix of one, when
 /// the collection is larger than what was read), otherwise what is wrong.
 /// `size_bytes` is the file's "size of lengths" (2, 4 or 8, from the superblock).
-std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes,
-                              uint64_t eof);
+std::string check_global_heap(const unsigned char* buf, size_t size, uint64_t addr, unsigned size_bytes, uint64_t eof);
 
 }  // namespace pkv::h5

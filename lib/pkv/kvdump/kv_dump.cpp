@@ -31,8 +31,8 @@ CaptureSet CaptureSet::parse(const std::string& list) {
         else if (item == "v") c.v = true;
         else if (item == "q") c.q = true;
         else if (!item.empty())
-            fail(ErrorCode::invalid_argument, "capture list '{}': unknown item '{}' (expected k_pre, k_post, v, q)", list,
-                 item);
+            fail(ErrorCode::invalid_argument, "capture list '{}': unknown item '{}' (expected k_pre, k_post, v, q)",
+                 list, item);
         if (!item.empty()) ++n_items;
         pos = comma + 1;
     }
@@ -69,7 +69,9 @@ bool is_rope_dataset(const std::string& dataset) {
     return dataset == kvdump::kKPre || dataset == kvdump::kKPost || dataset == kvdump::kQ;
 }
 
-std::string normalize(const std::string& dataset) { return dataset.empty() || dataset[0] == '/' ? dataset : "/" + dataset; }
+std::string normalize(const std::string& dataset) {
+    return dataset.empty() || dataset[0] == '/' ? dataset : "/" + dataset;
+}
 
 nlohmann::json parse_json_attr(hid_t obj, const std::string& where, const std::string& name) {
     const std::string text = h5::read_attr_string(obj, where, name);
@@ -210,8 +212,8 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
     m.h = header;
     const KvDumpHeader& h = m.h;
     PKV_CHECK(h.n_head > 0 && h.n_head_kv > 0 && h.head_dim > 0, invalid_argument,
-              "{}: kv dump: expected positive head counts and head_dim, got n_head {}, n_head_kv {}, head_dim {}",
-              path, h.n_head, h.n_head_kv, h.head_dim);
+              "{}: kv dump: expected positive head counts and head_dim, got n_head {}, n_head_kv {}, head_dim {}", path,
+              h.n_head, h.n_head_kv, h.head_dim);
     PKV_CHECK(h.n_tokens > 0, invalid_argument, "{}: kv dump: expected at least one token, got {}", path, h.n_tokens);
     PKV_CHECK(!h.layers.empty(), invalid_argument, "{}: kv dump: expected at least one layer", path);
     for (size_t i = 0; i < h.layers.size(); ++i) {
@@ -355,8 +357,8 @@ void KvDumpWriter::finish(const std::vector<int64_t>& seq_start, const std::vect
     h5::write_attr_string(m.f.id(), m.f.where("/"), kAttrSummary, json_text(summary));
 
     // Closing datasets writes their cached chunks: a full disk shows up here or in the flush.
-    for (auto* d : {&start, &length, &d_path, &d_sha, &d_bytes, &d_tokens, &m.tok_id, &m.tok_pos, &m.tok_seq,
-                    &m.tok_nll})
+    for (auto* d :
+         {&start, &length, &d_path, &d_sha, &d_bytes, &d_tokens, &m.tok_id, &m.tok_pos, &m.tok_seq, &m.tok_nll})
         d->close_checked(m.f.path());
     for (auto& a : m.acts) a.dset.close_checked(m.f.where(a.name));
     m.f16.reset();
@@ -394,7 +396,8 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
     const hid_t root = m.f.id();
     const std::string where = m.f.where("/");
     const std::string format = h5::read_attr_string(root, where, kvdump::kAttrFormat);
-    PKV_CHECK(format == kvdump::kFormat, data_loss, "{}: expected format '{}', got '{}'", where, kvdump::kFormat, format);
+    PKV_CHECK(format == kvdump::kFormat, data_loss, "{}: expected format '{}', got '{}'", where, kvdump::kFormat,
+              format);
     const std::string version = h5::read_attr_string(root, where, kvdump::kAttrFormatVersion);
     int major = 0, minor = 0;
     PKV_CHECK(parse_version(version, &major, &minor) && major == kSupportedMajor, unsupported,
@@ -494,7 +497,8 @@ KvDumpReader::Sequences KvDumpReader::sequences() const {
     s.length = h5::read_1d_i32(m.f, kvdump::kSeqLength);
     PKV_CHECK(s.start.size() == s.length.size(), data_loss, "{}: expected {} entries (as {}), got {}",
               m.f.where(kvdump::kSeqLength), s.start.size(), kvdump::kSeqStart, s.length.size());
-    PKV_CHECK(!s.start.empty(), data_loss, "{}: expected at least one sequence, got none", m.f.where(kvdump::kSeqStart));
+    PKV_CHECK(!s.start.empty(), data_loss, "{}: expected at least one sequence, got none",
+              m.f.where(kvdump::kSeqStart));
     int64_t next = 0;
     for (size_t i = 0; i < s.start.size(); ++i) {
         PKV_CHECK(s.start[i] == next, data_loss, "{}: expected sequence {} to start at token {}, got {}",

@@ -23,21 +23,22 @@ namespace kvdump {
 constexpr const char* kFormat = "pkv.kvdump";
 constexpr const char* kFormatVersion = "1.0";
 // Datasets.
-constexpr const char* kKPre = "/k_pre";     ///< [L, Hkv, T, D] f16, keys before RoPE
-constexpr const char* kKPost = "/k_post";   ///< [L, Hkv, T, D] f16, keys after RoPE
-constexpr const char* kV = "/v";            ///< [L, Hkv, T, D] f16, values
-constexpr const char* kQ = "/q";            ///< [L, H, T, D] f16, queries after RoPE
-constexpr const char* kLayers = "/layers";  ///< [L] i32, model layer index of each stored layer
+constexpr const char* kKPre = "/k_pre";           ///< [L, Hkv, T, D] f16, keys before RoPE
+constexpr const char* kKPost = "/k_post";         ///< [L, Hkv, T, D] f16, keys after RoPE
+constexpr const char* kV = "/v";                  ///< [L, Hkv, T, D] f16, values
+constexpr const char* kQ = "/q";                  ///< [L, H, T, D] f16, queries after RoPE
+constexpr const char* kLayers = "/layers";        ///< [L] i32, model layer index of each stored layer
 constexpr const char* kTokenId = "/tokens/id";    ///< [T] i32
 constexpr const char* kTokenPos = "/tokens/pos";  ///< [T] i32, position within its sequence
 constexpr const char* kTokenSeq = "/tokens/seq";  ///< [T] i32, sequence index
-constexpr const char* kTokenNll = "/tokens/nll";  ///< [T] f32, -ln p(token | earlier tokens of its sequence); NaN at pos 0
-constexpr const char* kSeqStart = "/sequences/start";    ///< [S] i64, first token index
-constexpr const char* kSeqLength = "/sequences/length";  ///< [S] i32
-constexpr const char* kSourcePath = "/sources/path";     ///< [F] vlen utf-8
-constexpr const char* kSourceSha256 = "/sources/sha256"; ///< [F] vlen utf-8
-constexpr const char* kSourceBytes = "/sources/bytes";   ///< [F] i64
-constexpr const char* kSourceTokens = "/sources/tokens"; ///< [F] i64, tokens taken from that source
+constexpr const char* kTokenNll =
+    "/tokens/nll";  ///< [T] f32, -ln p(token | earlier tokens of its sequence); NaN at pos 0
+constexpr const char* kSeqStart = "/sequences/start";     ///< [S] i64, first token index
+constexpr const char* kSeqLength = "/sequences/length";   ///< [S] i32
+constexpr const char* kSourcePath = "/sources/path";      ///< [F] vlen utf-8
+constexpr const char* kSourceSha256 = "/sources/sha256";  ///< [F] vlen utf-8
+constexpr const char* kSourceBytes = "/sources/bytes";    ///< [F] i64
+constexpr const char* kSourceTokens = "/sources/tokens";  ///< [F] i64, tokens taken from that source
 // Root attributes (see the spec for types).
 constexpr const char* kAttrFormat = "format";
 constexpr const char* kAttrFormatVersion = "format_version";
@@ -45,17 +46,19 @@ constexpr const char* kAttrProvenance = "provenance";  ///< JSON text: tool, ver
 constexpr const char* kAttrModel = "model";            ///< JSON text: name, file, sha256, hyperparameters
 constexpr const char* kAttrSummary = "summary";        ///< JSON text written by finish(): n_tokens, perplexity, ...
 // Flat copies of the shape parameters (int32 scalars) for readers that skip the JSON.
-constexpr const char* kAttrNLayer = "n_layer";         ///< layers of the model (not only the stored ones)
+constexpr const char* kAttrNLayer = "n_layer";  ///< layers of the model (not only the stored ones)
 constexpr const char* kAttrNHead = "n_head";
 constexpr const char* kAttrNHeadKv = "n_head_kv";
 constexpr const char* kAttrHeadDim = "head_dim";
 constexpr const char* kAttrNTokens = "n_tokens";
-constexpr const char* kAttrCapture = "capture";        ///< string, CaptureSet::to_string() of what was captured
+constexpr const char* kAttrCapture = "capture";  ///< string, CaptureSet::to_string() of what was captured
 // Per-activation-dataset attributes.
-constexpr const char* kAttrAxes = "axes";              ///< vlen strings, e.g. ["layer","kv_head","token","dim"]
-constexpr const char* kAttrDimOrder = "dim_order";     ///< "gguf_interleaved" | "hf_half_split" (k_pre, k_post, q; also a root attribute)
+constexpr const char* kAttrAxes = "axes";  ///< vlen strings, e.g. ["layer","kv_head","token","dim"]
+constexpr const char* kAttrDimOrder =
+    "dim_order";  ///< "gguf_interleaved" | "hf_half_split" (k_pre, k_post, q; also a root attribute)
 constexpr const char* kDimOrderGguf = "gguf_interleaved";  ///< RoPE pairs (2i, 2i+1), as the model computes
-constexpr const char* kDimOrderHf = "hf_half_split";       ///< RoPE pairs (i, i + D/2): hf[i] = gguf[2i], hf[i + D/2] = gguf[2i+1]
+constexpr const char* kDimOrderHf =
+    "hf_half_split";  ///< RoPE pairs (i, i + D/2): hf[i] = gguf[2i], hf[i + D/2] = gguf[2i+1]
 /// The activation datasets, in file order; any non-empty subset may be present.
 constexpr const char* kActivations[] = {kKPre, kKPost, kV, kQ};
 /// Bounds the reader accepts for the shape attributes (far above any model pkv runs;
@@ -88,10 +91,10 @@ struct KvDumpHeader {
     int n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t n_tokens = 0;
     CaptureSet capture;
-    bool hf_dim_order = false;    ///< keys/queries re-ordered to HF half-split order
-    int chunk_tokens = 1024;      ///< HDF5 chunk length along tokens (clamped to n_tokens)
-    nlohmann::json model;         ///< written as the "model" attribute
-    nlohmann::json provenance;    ///< written as the "provenance" attribute
+    bool hf_dim_order = false;  ///< keys/queries re-ordered to HF half-split order
+    int chunk_tokens = 1024;    ///< HDF5 chunk length along tokens (clamped to n_tokens)
+    nlohmann::json model;       ///< written as the "model" attribute
+    nlohmann::json provenance;  ///< written as the "provenance" attribute
     std::vector<TextSource> sources;
 };
 
@@ -129,8 +132,8 @@ public:
     explicit KvDumpReader(const std::string& path);
     ~KvDumpReader();
     const std::string& path() const;
-    int n_layers() const;                  ///< stored layers
-    int n_layer_model() const;             ///< layers of the model (every stored layer is below it)
+    int n_layers() const;       ///< stored layers
+    int n_layer_model() const;  ///< layers of the model (every stored layer is below it)
     const std::vector<int32_t>& layers() const;
     int n_head() const;
     int n_head_kv() const;

@@ -29,9 +29,9 @@ std::string human_bytes(double b) {
 }
 
 /// Every object the spec names, in the order a reader meets them.
-const char* const kAllDatasets[] = {kKPre,      kKPost,        kV,          kQ,          kLayers,
-                                    kTokenId,   kTokenPos,     kTokenSeq,   kTokenNll,   kSeqStart,
-                                    kSeqLength, kSourcePath,   kSourceSha256, kSourceBytes, kSourceTokens};
+const char* const kAllDatasets[] = {kKPre,         kKPost,       kV,           kQ,        kLayers,    kTokenId,
+                                    kTokenPos,     kTokenSeq,    kTokenNll,    kSeqStart, kSeqLength, kSourcePath,
+                                    kSourceSha256, kSourceBytes, kSourceTokens};
 
 nlohmann::json dataset_json(const h5::File& f, const std::string& name) {
     h5::Id d = h5::open_dataset(f, name);
@@ -131,7 +131,8 @@ std::string describe_kv_dump(const std::string& path) {
         if (ds.contains(kSourceTokens)) toks = h5::read_1d_i64(f, kSourceTokens);
         out += fmt::format("  sources:     {} file{}\n", paths.size(), paths.size() == 1 ? "" : "s");
         for (size_t i = 0; i < paths.size() && i < 8; ++i)
-            out += fmt::format("               {} ({} tokens)\n", paths[i], i < toks.size() ? std::to_string(toks[i]) : "?");
+            out += fmt::format("               {} ({} tokens)\n", paths[i],
+                               i < toks.size() ? std::to_string(toks[i]) : "?");
         if (paths.size() > 8) out += fmt::format("               ... and {} more\n", paths.size() - 8);
     }
 
@@ -148,24 +149,25 @@ std::string describe_kv_dump(const std::string& path) {
         std::string filters;
         for (const auto& x : d["filters"]) filters += (filters.empty() ? "" : "+") + x.get<std::string>();
         const auto chunks = d["chunks"].is_null() ? std::vector<uint64_t>{} : d["chunks"].get<std::vector<uint64_t>>();
-        out += fmt::format("    {:<8} {} {}, chunks {}, {}, {} (ratio {:.2f})\n", name,
-                           shape_text(d["shape"].get<std::vector<uint64_t>>()), d["dtype"].get<std::string>(),
-                           chunks.empty() ? "none" : shape_text(chunks), filters.empty() ? "no filters" : filters,
-                           human_bytes(static_cast<double>(bytes)), bytes ? (n * 2.0) / static_cast<double>(bytes) : 0.0);
+        out +=
+            fmt::format("    {:<8} {} {}, chunks {}, {}, {} (ratio {:.2f})\n", name,
+                        shape_text(d["shape"].get<std::vector<uint64_t>>()), d["dtype"].get<std::string>(),
+                        chunks.empty() ? "none" : shape_text(chunks), filters.empty() ? "no filters" : filters,
+                        human_bytes(static_cast<double>(bytes)), bytes ? (n * 2.0) / static_cast<double>(bytes) : 0.0);
     }
     const uint64_t fbytes = j["file_bytes"].get<uint64_t>();
-    out += fmt::format("  file:        {} ({} bytes); activations {} as float16, stored in {}: compression ratio {:.3f}\n",
-                       human_bytes(static_cast<double>(fbytes)), fbytes, human_bytes(static_cast<double>(raw)),
-                       human_bytes(static_cast<double>(stored)),
-                       stored ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
+    out +=
+        fmt::format("  file:        {} ({} bytes); activations {} as float16, stored in {}: compression ratio {:.3f}\n",
+                    human_bytes(static_cast<double>(fbytes)), fbytes, human_bytes(static_cast<double>(raw)),
+                    human_bytes(static_cast<double>(stored)),
+                    stored ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
     if (sum.is_object()) {
         const bool has_ppl = sum.contains("perplexity") && sum["perplexity"].is_number();
         if (has_ppl)
             out += fmt::format("  perplexity:  {:.4f} (mean nll {:.4f} over {} predicted tokens)\n",
                                sum["perplexity"].get<double>(), sum.value("nll_mean", std::nan("")),
                                get(sum, "n_predicted"));
-        else
-            out += "  perplexity:  none recorded\n";
+        else out += "  perplexity:  none recorded\n";
     } else {
         out += "  summary:     missing (the writer did not finish)\n";
     }

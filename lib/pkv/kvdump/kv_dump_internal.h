@@ -24,7 +24,7 @@ std::string json_text(const nlohmann::json& j);
 nlohmann::json parse_json_attr(hid_t obj, const std::string& where, const std::string& name);
 /// Fields of the model record and their types (docs/formats/kv_dump.md): the validator
 /// requires them all, the reader checks the type of those present.
-constexpr const char* kModelIntFields[] = {"n_layer", "n_head", "n_head_kv", "head_dim", "n_rot",
+constexpr const char* kModelIntFields[] = {"n_layer", "n_head", "n_head_kv", "head_dim",   "n_rot",
                                            "n_embd",  "n_ff",   "n_vocab",   "n_ctx_train"};
 constexpr const char* kModelNumberFields[] = {"rope_freq_base", "rope_freq_scale", "rms_eps"};
 constexpr const char* kModelStringFields[] = {"name", "file", "sha256", "arch", "rope_type"};

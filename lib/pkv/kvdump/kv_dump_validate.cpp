@@ -169,7 +169,7 @@ void check_root(Checker& c, State& s) {
 
 /// Opens a dataset and checks its rank and type; nullopt (with a problem) if unusable.
 std::optional<std::pair<h5::Id, std::vector<uint64_t>>> open_checked(Checker& c, State& s, const std::string& name,
-                                                                       size_t rank, Want want) {
+                                                                     size_t rank, Want want) {
     if (!h5::exists(s.f, name)) {
         c.add(name, "missing dataset");
         return std::nullopt;
@@ -231,7 +231,9 @@ void scan_finite(Checker& c, State& s, const std::string& name, hid_t dset, cons
         for (uint64_t h = 0; h < H; ++h)
             for (uint64_t t0 = 0; t0 < T; t0 += block) {
                 const uint64_t n = std::min(block, T - t0);
-                if (!c.guard([&] { h5::read_block(s.f, dset, name, f16.get(), {l, h, t0, 0}, {1, 1, n, D}, buf.data()); }))
+                if (!c.guard([&] {
+                        h5::read_block(s.f, dset, name, f16.get(), {l, h, t0, 0}, {1, 1, n, D}, buf.data());
+                    }))
                     return;
                 for (uint64_t i = 0; i < n * D; ++i)
                     if ((buf[i] & 0x7c00u) == 0x7c00u) {
@@ -291,7 +293,8 @@ void check_activations(Checker& c, State& s) {
         } catch (const Error&) {
             return;  // already reported by check_root
         }
-        const std::pair<const char*, bool> want[] = {{kKPre, cap.k_pre}, {kKPost, cap.k_post}, {kV, cap.v}, {kQ, cap.q}};
+        const std::pair<const char*, bool> want[] = {
+            {kKPre, cap.k_pre}, {kKPost, cap.k_post}, {kV, cap.v}, {kQ, cap.q}};
         for (const auto& [name, on] : want)
             if (on != (present.count(name) > 0))
                 c.add(name, "{} (attribute 'capture' is '{}')", on ? "missing dataset" : "unexpected dataset",
@@ -364,8 +367,10 @@ void check_tokens(Checker& c, State& s) {
             if (!ok && bad++ == 0) first = static_cast<int64_t>(t);
         }
         if (bad > 0)
-            c.add(kTokenNll, "expected NaN at position 0 and finite values >= 0 elsewhere, got {} bad values, first "
-                  "{} at token {}", bad, (*nll)[first], first);
+            c.add(kTokenNll,
+                  "expected NaN at position 0 and finite values >= 0 elsewhere, got {} bad values, first "
+                  "{} at token {}",
+                  bad, (*nll)[first], first);
     }
     if (start && length) {
         int64_t next = 0;
@@ -390,8 +395,8 @@ void check_tokens(Checker& c, State& s) {
             for (size_t i = 0; i < start->size(); ++i) {
                 const int64_t t = (*start)[i];
                 if ((*seq)[t] != static_cast<int64_t>(i) || (*pos)[t] != 0) {
-                    c.add(kSeqStart, "expected token {} to open sequence {} (seq {}, pos 0), got seq {}, pos {}", t,
-                          i, i, (*seq)[t], (*pos)[t]);
+                    c.add(kSeqStart, "expected token {} to open sequence {} (seq {}, pos 0), got seq {}, pos {}", t, i,
+                          i, (*seq)[t], (*pos)[t]);
                     break;
                 }
             }

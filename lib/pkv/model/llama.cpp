@@ -87,8 +87,7 @@ struct LayerWeights {
         for (size_t i = 0; i < p.size(); ++i) {
             const uint64_t rows = p[i]->n_rows(), per = (rows + n_parts - 1) / n_parts;
             const uint64_t r0 = std::min(rows, per * part), r1 = std::min(rows, r0 + per);
-            if (r1 > r0)
-                f.dequantize_rows(*p[i], r0, r1 - r0, dst[i] + r0 * p[i]->row_length());
+            if (r1 > r0) f.dequantize_rows(*p[i], r0, r1 - r0, dst[i] + r0 * p[i]->row_length());
         }
     }
 };
@@ -128,7 +127,8 @@ void run_kv_hook(const KvCacheHook& hook, int l, int g, bool value, int n, int H
               "KV cache hook, layer {} KV head {} {}: expected recon of {} and flush_step of {} values, got {} and {}",
               l, g, what, x.size(), n, out.recon.size(), out.flush_step.size());
     for (int i = 0; i < n; ++i)
-        std::copy_n(out.recon.data() + i * HD, HD, hat.data() + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD);
+        std::copy_n(out.recon.data() + i * HD, HD,
+                    hat.data() + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD);
     flush[g] = std::move(out.flush_step);
     flush_ptr[g] = flush[g].data();
 }
@@ -406,10 +406,9 @@ int64_t output_chunk_rows(int64_t n_vocab, int E) {
 }
 
 // Streaming log-softmax, so neither the fp32 output matrix nor the [n, n_vocab] logits ever exist.
-std::vector<ops::LogitRowStats> output_logit_stats(const GgufFile& f, const GgufTensorInfo& output,
-                                                   const RowMatrix& xn, const std::vector<int32_t>& tokens,
-                                                   int n_targets, int64_t n_vocab, std::vector<float>& last_logits,
-                                                   RegionErrors& errors) {
+std::vector<ops::LogitRowStats> output_logit_stats(const GgufFile& f, const GgufTensorInfo& output, const RowMatrix& xn,
+                                                   const std::vector<int32_t>& tokens, int n_targets, int64_t n_vocab,
+                                                   std::vector<float>& last_logits, RegionErrors& errors) {
     // Statistics of rows [0, n_targets) against their next tokens, and the last row's
     // logits when `last_logits` is non-empty. The output matrix is dequantized in chunks
     // of vocabulary rows, once per call, and each chunk meets the needed rows in tiles of
@@ -444,8 +443,7 @@ std::vector<ops::LogitRowStats> output_logit_stats(const GgufFile& f, const Gguf
                         const int i = r0 + r;
                         if (i < n_targets) mine[i].add_block(logits.row(r).data(), nv, v0, tokens[i + 1]);
                     }
-                    if (want_last && r0 + nr == n)
-                        std::copy_n(logits.row(nr - 1).data(), nv, last_logits.begin() + v0);
+                    if (want_last && r0 + nr == n) std::copy_n(logits.row(nr - 1).data(), nv, last_logits.begin() + v0);
                 }
             });
         }

@@ -39,22 +39,22 @@ namespace pkv {
 class GgufFile;
 
 struct LlamaHparams {
-    std::string arch;            ///< general.architecture ("llama")
-    std::string name;            ///< general.name (may be empty)
-    uint32_t n_vocab = 0;        ///< rows of token_embd.weight
-    uint32_t n_ctx_train = 0;    ///< <arch>.context_length
+    std::string arch;          ///< general.architecture ("llama")
+    std::string name;          ///< general.name (may be empty)
+    uint32_t n_vocab = 0;      ///< rows of token_embd.weight
+    uint32_t n_ctx_train = 0;  ///< <arch>.context_length
     uint32_t n_embd = 0;
     uint32_t n_layer = 0;
     uint32_t n_ff = 0;
     uint32_t n_head = 0;
     uint32_t n_head_kv = 0;
-    uint32_t head_dim = 0;       ///< <arch>.attention.key_length or n_embd / n_head
-    uint32_t n_rot = 0;          ///< <arch>.rope.dimension_count (default head_dim)
+    uint32_t head_dim = 0;  ///< <arch>.attention.key_length or n_embd / n_head
+    uint32_t n_rot = 0;     ///< <arch>.rope.dimension_count (default head_dim)
     float rope_freq_base = 10000.0f;
     float rope_freq_scale = 1.0f;  ///< 1 / linear scaling factor
     std::string rope_scaling = "none";
     float rms_eps = 1e-5f;
-    bool tied_output = false;    ///< output.weight absent: token_embd reused
+    bool tied_output = false;  ///< output.weight absent: token_embd reused
 };
 
 /// The model's RoPE: n_rot, base and linear scaling, GGUF's interleaved pairs.
@@ -81,11 +81,11 @@ using LayerSink = std::function<void(const LayerActivations&)>;
 struct KvHookInput {
     int layer = 0;
     int kv_head = 0;
-    bool value = false;              ///< false: keys, true: values
+    bool value = false;  ///< false: keys, true: values
     int n_tokens = 0;
     int head_dim = 0;
-    const float* x = nullptr;        ///< keys after RoPE (GGUF dimension order), or values
-    const float* k_pre = nullptr;    ///< keys only: the same keys before RoPE; null for values
+    const float* x = nullptr;      ///< keys after RoPE (GGUF dimension order), or values
+    const float* k_pre = nullptr;  ///< keys only: the same keys before RoPE; null for values
 };
 
 /// The cache a runtime holds for that (layer, KV head, tensor) over the sequence:
@@ -105,12 +105,12 @@ struct KvHookOutput {
 using KvCacheHook = std::function<void(const KvHookInput&, KvHookOutput&)>;
 
 struct ForwardOptions {
-    bool capture = false;               ///< call the sink for layers in `layers`
-    std::vector<bool> layers;           ///< per layer; empty = all layers
-    bool want_nll = true;               ///< compute next-token NLL of tokens[i+1] at position i
-    bool want_last_logits = false;      ///< fill ForwardResult::last_logits
-    bool want_hidden = false;           ///< fill ForwardResult::hidden (for compare_next_token)
-    int pos0 = 0;                       ///< position of tokens[0]
+    bool capture = false;           ///< call the sink for layers in `layers`
+    std::vector<bool> layers;       ///< per layer; empty = all layers
+    bool want_nll = true;           ///< compute next-token NLL of tokens[i+1] at position i
+    bool want_last_logits = false;  ///< fill ForwardResult::last_logits
+    bool want_hidden = false;       ///< fill ForwardResult::hidden (for compare_next_token)
+    int pos0 = 0;                   ///< position of tokens[0]
     /// Empty: plain causal attention over exact K/V (the default path, unchanged).
     /// Set: every layer's attention reads the per-query cache the hook describes, so
     /// later layers see the effect of the quantized cache of earlier ones.
@@ -118,18 +118,18 @@ struct ForwardOptions {
 };
 
 struct ForwardResult {
-    std::vector<float> nll;             ///< n_tokens - 1 values (natural log) when want_nll
-    std::vector<int32_t> argmax;        ///< n_tokens - 1 greedy predictions when want_nll
-    std::vector<float> last_logits;     ///< n_vocab values for the last position
-    std::vector<float> hidden;          ///< [n_tokens, n_embd] after output_norm when want_hidden
+    std::vector<float> nll;          ///< n_tokens - 1 values (natural log) when want_nll
+    std::vector<int32_t> argmax;     ///< n_tokens - 1 greedy predictions when want_nll
+    std::vector<float> last_logits;  ///< n_vocab values for the last position
+    std::vector<float> hidden;       ///< [n_tokens, n_embd] after output_norm when want_hidden
 };
 
 /// Next-token figures of one variant of a sequence (see compare_next_token), per
 /// position i < n_tokens - 1 (predicting tokens[i+1]).
 struct NextTokenStats {
-    std::vector<float> nll;             ///< -log q(tokens[i+1]), natural log
-    std::vector<int32_t> argmax;        ///< first argmax of the logits
-    std::vector<float> kl;              ///< KL(p_0 || p_v) in nats against variant 0; empty for variant 0
+    std::vector<float> nll;       ///< -log q(tokens[i+1]), natural log
+    std::vector<int32_t> argmax;  ///< first argmax of the logits
+    std::vector<float> kl;        ///< KL(p_0 || p_v) in nats against variant 0; empty for variant 0
 };
 
 class LlamaModel {

@@ -30,8 +30,7 @@ uint32_t optional_u32(const GgufFile& f, const std::string& key, uint32_t fallba
 
 LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     LlamaHparams hp;
-    PKV_CHECK(f.has("general.architecture"), not_found, "{}: metadata key 'general.architecture' is missing",
-              f.path());
+    PKV_CHECK(f.has("general.architecture"), not_found, "{}: metadata key 'general.architecture' is missing", f.path());
     hp.arch = f.get_string("general.architecture");
     // Other architectures differ in ways this forward pass does not model (NEOX RoPE,
     // biases, extra norms), so they are refused rather than run wrongly.
@@ -57,8 +56,8 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     const uint32_t default_hd = hp.n_embd / hp.n_head;
     const uint32_t k_len = optional_u32(f, a + "attention.key_length", default_hd);
     const uint32_t v_len = optional_u32(f, a + "attention.value_length", default_hd);
-    PKV_CHECK(k_len == v_len, unsupported,
-              "{}: metadata '{}attention.value_length': expected key_length {}, got {}", f.path(), a, k_len, v_len);
+    PKV_CHECK(k_len == v_len, unsupported, "{}: metadata '{}attention.value_length': expected key_length {}, got {}",
+              f.path(), a, k_len, v_len);
     hp.head_dim = k_len;
     hp.n_rot = optional_u32(f, a + "rope.dimension_count", hp.head_dim);
     PKV_CHECK(hp.n_rot <= hp.head_dim && hp.n_rot % 2 == 0, unsupported,
@@ -67,8 +66,7 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
 
     hp.rope_freq_base = static_cast<float>(f.find_f64(a + "rope.freq_base").value_or(10000.0));
     PKV_CHECK(std::isfinite(hp.rope_freq_base) && hp.rope_freq_base > 1.0f, out_of_range,
-              "{}: metadata '{}rope.freq_base': expected a finite value > 1, got {}", f.path(), a,
-              hp.rope_freq_base);
+              "{}: metadata '{}rope.freq_base': expected a finite value > 1, got {}", f.path(), a, hp.rope_freq_base);
 
     // Linear scaling may be given by rope.scaling.{type,factor} or by the older
     // rope.scale_linear; a factor of 0 means none, as in the files' writers.

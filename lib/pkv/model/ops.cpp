@@ -48,15 +48,13 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
     for (int t = 0; t < threads; ++t) {
         const int64_t a = std::min(extent, t * step), len = std::min(extent, a + step) - a;
         if (len <= 0) continue;
-        if (split_rows)
-            Y.middleRows(a, len).noalias() = X.middleRows(a, len) * W.transpose();
-        else
-            Y.middleCols(a, len).noalias() = X * W.middleRows(a, len).transpose();
+        if (split_rows) Y.middleRows(a, len).noalias() = X.middleRows(a, len) * W.transpose();
+        else Y.middleCols(a, len).noalias() = X * W.middleRows(a, len).transpose();
     }
 }
 
-void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv,
-                           int head_dim, float* out, int row_begin, int row_end, RowMatrix& scores, int q_block) {
+void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
+                           float* out, int row_begin, int row_end, RowMatrix& scores, int q_block) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));

@@ -33,9 +33,8 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
 /// scores are scaled by 1/sqrt(head_dim); row i attends to rows 0..i with a
 /// max-subtracted softmax. Scores are formed per head and per block of `q_block` query
 /// rows in `scratch`, so it holds at most q_block · row_end floats.
-void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv,
-                           int head_dim, float* out, int row_begin, int row_end, RowMatrix& scratch,
-                           int q_block = 256);
+void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
+                           float* out, int row_begin, int row_end, RowMatrix& scratch, int q_block = 256);
 
 /// causal_attention_rows over the cache a runtime holds at each step: query i reads,
 /// for KV head g and key j <= i, k_hat[j] when k_flush[g] is non-null and
@@ -58,10 +57,10 @@ void swiglu_inplace(float* gate, const float* up, int64_t n);
 /// Running log-sum-exp, argmax and target logit of one row of logits seen in blocks
 /// of the vocabulary, in double. Feeding every block once gives the exact log-softmax.
 struct LogitRowStats {
-    double max = -1e300;     ///< running maximum logit
-    double sum = 0.0;        ///< Σ exp(logit - max) over the columns seen
-    int32_t argmax = -1;     ///< first column holding the maximum
-    double target = 0.0;     ///< logit of the target column once seen
+    double max = -1e300;  ///< running maximum logit
+    double sum = 0.0;     ///< Σ exp(logit - max) over the columns seen
+    int32_t argmax = -1;  ///< first column holding the maximum
+    double target = 0.0;  ///< logit of the target column once seen
     bool has_target = false;
     /// Adds logits[0..n) of columns col0..col0+n; `target_col` < 0 means no target.
     void add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col);

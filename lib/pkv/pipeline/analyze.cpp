@@ -80,16 +80,16 @@ void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
             PKV_CHECK(D % 32 == 0, unsupported, "{}: head_dim {}: {} needs a multiple of 32", dump.path(), D,
                       kv_method_name(m));
     if (c.rotate)
-        PKV_CHECK(D > 0 && (D & (D - 1)) == 0, unsupported, "--rotate: head_dim {}: hadamard rotation needs a power of two",
-                  D);
+        PKV_CHECK(D > 0 && (D & (D - 1)) == 0, unsupported,
+                  "--rotate: head_dim {}: hadamard rotation needs a power of two", D);
     PKV_CHECK(c.patterns >= 1, invalid_argument, "--patterns {}: expected at least 1", c.patterns);
     PKV_CHECK(c.pattern_cap == 0 || c.pattern_cap >= c.patterns, invalid_argument,
               "--pattern-cap {}: expected 0 (no cap) or at least --patterns {}", c.pattern_cap, c.patterns);
     PKV_CHECK(c.attn_stride >= 1, invalid_argument, "--attn-stride {}: expected at least 1", c.attn_stride);
     PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill {}: expected at least 0", c.prefill);
     const std::string kname = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
-    PKV_CHECK(dump.has(kname) || dump.has(kvdump::kV), not_found,
-              "{}: no {} and no {} dataset: nothing to analyse", dump.path(), kname, kvdump::kV);
+    PKV_CHECK(dump.has(kname) || dump.has(kvdump::kV), not_found, "{}: no {} and no {} dataset: nothing to analyse",
+              dump.path(), kname, kvdump::kV);
     for (int l : c.layers) {
         const auto& ls = dump.layers();
         PKV_CHECK(std::find(ls.begin(), ls.end(), l) != ls.end(), not_found,
@@ -122,7 +122,8 @@ void validate_table(const AnalyzeConfig& c, const KvDumpReader& dump, const Patt
     PKV_CHECK(t.rotation == ptable::kRotationNone || c.rotate, invalid_argument,
               "--table {}: patterns are in the {}-rotated basis; add --rotate", tp, t.rotation);
     PKV_CHECK(t.rotation_seed == 0, unsupported,
-              "--table {}: rotation seed {}: analyze rotates with the plain Hadamard matrix (seed 0)", tp, t.rotation_seed);
+              "--table {}: rotation seed {}: analyze rotates with the plain Hadamard matrix (seed 0)", tp,
+              t.rotation_seed);
     for (int l : layers)
         PKV_CHECK(std::any_of(t.layers.begin(), t.layers.end(), [&](const PatternLayer& L) { return L.layer == l; }),
                   invalid_argument, "--table {}: layer {} was not calibrated (restrict --layers)", tp, l);
@@ -137,11 +138,11 @@ std::vector<RunSpec> make_runs(const AnalyzeConfig& c, const PatternTable* table
         for (KvMethod m : c.methods) {
             if (m == KvMethod::patternkv_table) {
                 // One run, in the table's own basis, at the bits it was fitted for.
-                if ((rot == 1) == (table->rotation != ptable::kRotationNone)) runs.push_back({m, table->bits, rot == 1});
+                if ((rot == 1) == (table->rotation != ptable::kRotationNone))
+                    runs.push_back({m, table->bits, rot == 1});
             } else if (kv_method_takes_bits(m))
                 for (int b : c.bits) runs.push_back({m, b, rot == 1});
-            else
-                runs.push_back({m, kv_method_fixed_bits(m), rot == 1});
+            else runs.push_back({m, kv_method_fixed_bits(m), rot == 1});
         }
     return runs;
 }
@@ -156,11 +157,11 @@ struct Context {
     const PatternTable* table;
     AnalyzeResult& out;
     Warnings& warn;
-    std::string kname;                 // the key dataset analysed
+    std::string kname;  // the key dataset analysed
     int D = 0, group_q = 0;
-    std::optional<RopeTable> rope;     // --keys pre with attention: RoPE of the longest sequence
+    std::optional<RopeTable> rope;  // --keys pre with attention: RoPE of the longest sequence
     SimParams base;
-    int hist_run = -1;                 // the run whose residuals feed the histograms
+    int hist_run = -1;  // the run whose residuals feed the histograms
     KvDumpReader::Sequences seqs;
 };
 
@@ -331,9 +332,10 @@ PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool ha
         if (x.seqs.length[s] <= 0) continue;
         const SeqData sd = read_sequence(x, slot, head, s);
         if (sd.P < x.c.patterns && mines)
-            x.warn.add(fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
-                                   "k-means uses k = {}",
-                                   sd.P, x.c.patterns, sd.P));
+            x.warn.add(
+                fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
+                            "k-means uses k = {}",
+                            sd.P, x.c.patterns, sd.P));
         analyze_sequence(x, sd, tk, tv, pr);
         progress.advance(static_cast<uint64_t>(sd.n));
     }
@@ -350,14 +352,16 @@ void plan_metrics(Context& x) {
     if (!out.has_v) x.warn.add(fmt::format("{}: no {} dataset: value metrics are null", path, kvdump::kV));
     out.has_attn = x.dump.has(kvdump::kQ) && out.has_k && out.has_v;
     if (!x.dump.has(kvdump::kQ)) {
-        x.warn.add(fmt::format("{}: no {} dataset (queries not captured): attention metrics skipped", path, kvdump::kQ));
+        x.warn.add(
+            fmt::format("{}: no {} dataset (queries not captured): attention metrics skipped", path, kvdump::kQ));
     } else if (out.has_attn && x.c.keys_pre) {
         const std::optional<RopeParams> rope = rope_from_model(x.dump.model(), x.dump.dim_order(), x.D);
         if (!x.dump.has(kvdump::kKPost) || !rope) {
             out.has_attn = false;
-            x.warn.add(fmt::format("{}: --keys pre needs {} and a plain RoPE description in the model record to "
-                                   "score attention: attention metrics skipped",
-                                   path, kvdump::kKPost));
+            x.warn.add(
+                fmt::format("{}: --keys pre needs {} and a plain RoPE description in the model record to "
+                            "score attention: attention metrics skipped",
+                            path, kvdump::kKPost));
         } else {
             int32_t longest = 0;
             for (int32_t n : x.seqs.length) longest = std::max(longest, n);

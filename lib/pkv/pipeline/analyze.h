@@ -22,26 +22,26 @@ namespace pkv {
 struct AnalyzeConfig {
     std::string dump_path;
     std::vector<KvMethod> methods = {KvMethod::fp16, KvMethod::kivi, KvMethod::patternkv,
-                                     KvMethod::q4_0,  KvMethod::q8_0, KvMethod::fp8};
-    std::vector<int> bits = {2, 4};   ///< kivi / patternkv widths, each of 2, 3, 4, 8
-    int group = 128;                  ///< G
-    int window = 128;                 ///< R
-    int64_t prefill = -1;             ///< P per sequence (capped at its length); -1: n/2 rounded down to a multiple of R
+                                     KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8};
+    std::vector<int> bits = {2, 4};  ///< kivi / patternkv widths, each of 2, 3, 4, 8
+    int group = 128;                 ///< G
+    int window = 128;                ///< R
+    int64_t prefill = -1;            ///< P per sequence (capped at its length); -1: n/2 rounded down to a multiple of R
     int patterns = 32;
-    int pattern_cap = 0;              ///< 0: unbounded
-    bool keys_pre = false;            ///< analyse /k_pre instead of /k_post
-    bool assign_l2 = false;           ///< patternkv decode assignment by L2 instead of min-max
-    bool rotate = false;              ///< also run every method on Hadamard-rotated heads
-    std::vector<int> layers;          ///< model layers (empty: all stored)
-    std::vector<int> heads;           ///< KV heads (empty: all)
-    int attn_stride = 1;              ///< query positions t with t % stride == 0
+    int pattern_cap = 0;      ///< 0: unbounded
+    bool keys_pre = false;    ///< analyse /k_pre instead of /k_post
+    bool assign_l2 = false;   ///< patternkv decode assignment by L2 instead of min-max
+    bool rotate = false;      ///< also run every method on Hadamard-rotated heads
+    std::vector<int> layers;  ///< model layers (empty: all stored)
+    std::vector<int> heads;   ///< KV heads (empty: all)
+    int attn_stride = 1;      ///< query positions t with t % stride == 0
     uint64_t seed = 0;
     /// Pattern table for patternkv-table (pkv calibrate). Its model must be the dump's,
     /// its key basis the analysed one (--keys), its key dim order the dump's; it runs at
     /// the table's bits, with --group and --window. A rotated table needs `rotate`.
     std::string table_path;
     int hist_bins = 48;
-    std::vector<std::string> argv;    ///< recorded as provenance
+    std::vector<std::string> argv;  ///< recorded as provenance
 };
 
 /// Validates the configuration against the dump (methods, bits, group fit, layers,

@@ -30,14 +30,14 @@ struct RunSpec {
 struct ConfigAccum {
     ErrorAccum k, v;
     AttnAccum attn;
-    FlatnessAccum flat_k, flat_v;   ///< patternkv only; others share the raw accumulators below
+    FlatnessAccum flat_k, flat_v;  ///< patternkv only; others share the raw accumulators below
 };
 
 struct PairResult {
     int layer = 0, head = 0;
-    std::vector<ConfigAccum> configs;      ///< parallel to the run list
-    FlatnessAccum raw_k[2], raw_v[2];      ///< raw flatness over all tokens, [rotate]
-    HistAccum hist_k, hist_v;              ///< filled for the histogram heads only
+    std::vector<ConfigAccum> configs;  ///< parallel to the run list
+    FlatnessAccum raw_k[2], raw_v[2];  ///< raw flatness over all tokens, [rotate]
+    HistAccum hist_k, hist_v;          ///< filled for the histogram heads only
     bool has_hist = false;
 };
 
@@ -51,12 +51,11 @@ struct AnalyzeResult {
     std::vector<analyze::PairResult> pairs;
     bool has_k = false, has_v = false, has_attn = false;
     int64_t n_tokens = 0;
-    nlohmann::json model;                  ///< name, n_layer, n_head, n_head_kv, head_dim
+    nlohmann::json model;  ///< name, n_layer, n_head, n_head_kv, head_dim
     nlohmann::json dump_model, dump_provenance;
     std::vector<int> layers, heads;
     std::vector<std::string> warnings;
-    nlohmann::json table;                  ///< patternkv-table: the table's path, settings and calibration provenance
+    nlohmann::json table;  ///< patternkv-table: the table's path, settings and calibration provenance
 };
-
 
 }  // namespace pkv

@@ -4,22 +4,22 @@
 
 #include <algorithm>
 #include <chrono>
-#include <map>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
 
-#include "pkv/kvcache/residual.h"
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
 #include "pkv/core/version.h"
 #include "pkv/distributed/comm.h"
 #include "pkv/distributed/rank_sharded_assigner.h"
-#include "pkv/kvdump/kv_dump.h"
 #include "pkv/kmeans/kmeans_multi.h"
 #include "pkv/kmeans/sharded_assigner.h"
+#include "pkv/kvcache/residual.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/quant/minmax.h"
@@ -95,11 +95,13 @@ std::vector<float> read_finite(const KvDumpReader& r, const char* dataset, int l
                                int64_t count) {
     const auto& layers = r.layers();
     const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
-    const std::vector<float> x = count < 0 ? r.read_head(dataset, slot, head) : r.read_head(dataset, slot, head, t0, count);
+    const std::vector<float> x =
+        count < 0 ? r.read_head(dataset, slot, head) : r.read_head(dataset, slot, head, t0, count);
     for (size_t i = 0; i < x.size(); ++i)
         if (!std::isfinite(x[i]))
-            fail(ErrorCode::data_loss, "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values",
-                 r.path(), dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
+            fail(ErrorCode::data_loss,
+                 "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values", r.path(),
+                 dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
                  static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
     return x;
 }
@@ -219,12 +221,15 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
         j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
         ResidualParams base = p;
         base.use_patterns = false;
-        held["nmse_minmax"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
+        held["nmse_minmax"] =
+            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
         // Ablation: plain min-max with its own fitted clip ratio.
-        base.clip = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
+        base.clip =
+            fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
         held["nmse_minmax_clipped"] =
             nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
-        held["nmse_patterns"] = nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p));
+        held["nmse_patterns"] =
+            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p));
         p.clip = fit.clip;
         const ResidualError e = key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p);
         held["nmse_fitted"] = nmse_or_null(e);
@@ -244,17 +249,18 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
         const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), D, patterns, hl.data());
         ResidualParams base = p;
         base.use_patterns = false;
-        held["nmse_minmax"] =
-            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
+        held["nmse_minmax"] = nmse_or_null(
+            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
         base.clip =
             fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
-        held["nmse_minmax_clipped"] =
-            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
+        held["nmse_minmax_clipped"] = nmse_or_null(
+            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
         held["nmse_patterns"] =
             nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p));
         p.clip = fit.clip;
         p.gate_z = fit.gate_z;
-        const ResidualError e = value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p);
+        const ResidualError e =
+            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p);
         held["nmse_fitted"] = nmse_or_null(e);
         held["tokens"] = e.tokens;
         j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
@@ -328,12 +334,17 @@ void check_config(const CalibrateConfig& c) {
 // One calibrated head as JSON (what a rank sends to rank 0; floats survive CBOR exactly).
 nlohmann::json head_record(int layer, int h, const KMeansResult& kres, const KMeansResult& vres,
                            const HeadTensorResult& kout, const HeadTensorResult& vout) {
-    return {{"layer", layer},          {"head", h},
-            {"k_patterns", kres.centroids}, {"v_patterns", vres.centroids},
-            {"k_counts", kout.counts},   {"v_counts", vout.counts},
-            {"k_clip", kout.clip},       {"v_clip", vout.clip},
+    return {{"layer", layer},
+            {"head", h},
+            {"k_patterns", kres.centroids},
+            {"v_patterns", vres.centroids},
+            {"k_counts", kout.counts},
+            {"v_counts", vout.counts},
+            {"k_clip", kout.clip},
+            {"v_clip", vout.clip},
             {"v_gate_z", static_cast<float>(vout.gate_z)},
-            {"k_stats", kout.stats},     {"v_stats", vout.stats}};
+            {"k_stats", kout.stats},
+            {"v_stats", vout.stats}};
 }
 
 void append_head(PatternLayer& L, const nlohmann::json& rec) {
@@ -373,7 +384,8 @@ Plan plan_calibration(const CalibrateConfig& c) {
     PKV_CHECK(D % 2 == 0, unsupported, "{}: head_dim {} is odd; pattern tables hold even head dims (RoPE pairs)",
               first.path(), D);
     if (c.rotate) check_hadamard_dim(D);
-    if (c.group < D) PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
+    if (c.group < D)
+        PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     pl.layers = calibrated_layers(c, pl.dumps);
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
@@ -454,18 +466,18 @@ Placement place_heads(const CalibrateConfig& c, const Plan& pl, const std::vecto
     w.by_rows = big && w.R > 1;
     if (w.by_rows) {
         if (can_shard(assigners)) w.host_shards = std::make_unique<ShardedAssigner>(assigners);
-        w.rank_shards = std::make_unique<dist::RankShardedAssigner>(
-            w.host_shards ? w.host_shards.get() : assigners.front(), comm);
+        w.rank_shards =
+            std::make_unique<dist::RankShardedAssigner>(w.host_shards ? w.host_shards.get() : assigners.front(), comm);
     }
     // Where the shards' sums meet: on the devices when the shards form one sum group
     // (NCCL), else on the host.
     const bool sums_on_devices = w.by_rows ? w.rank_shards->group_sums() : w.data_parallel && is_sum_group(assigners);
     if (sums_on_devices) w.sums_where = assigners.front()->sum_group().engine;
     if (w.data_parallel)
-        log::info("calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s), sums added "
-                  "on the {}",
-                  pl.n_train, w.R, assigners.size(),
-                  w.sums_where == "host" ? "host" : "devices (" + w.sums_where + ")");
+        log::info(
+            "calibrate: {} training tokens per head: data parallel over {} rank(s) x {} device(s), sums added "
+            "on the {}",
+            pl.n_train, w.R, assigners.size(), w.sums_where == "host" ? "host" : "devices (" + w.sums_where + ")");
     return w;
 }
 
@@ -482,8 +494,7 @@ Jobs rank_jobs(const Plan& pl, const Placement& w) {
 
 // Data parallel, a follower: only this rank's shard of every head's training rows,
 // serving rank 0's k-means passes over them.
-void serve_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w, const Jobs& jobs, size_t b0,
-                 size_t b1) {
+void serve_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w, const Jobs& jobs, size_t b0, size_t b1) {
     const int64_t r0 = shard_row(pl.n_train, w.rank, w.R), r1 = shard_row(pl.n_train, w.rank + 1, w.R);
     std::vector<std::vector<float>> kx, vx;
     std::vector<AssignData> kdata, vdata;
@@ -621,16 +632,16 @@ nlohmann::json assemble_layers(PatternTable& t, const Plan& pl, int R, const Hea
 }
 
 // The table's provenance: inputs, split, settings and timings, so a table can be traced and reproduced.
-nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const Placement& w,
-                                double kmeans_seconds_max, std::chrono::steady_clock::time_point t_start,
-                                nlohmann::json heads) {
+nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const Placement& w, double kmeans_seconds_max,
+                                std::chrono::steady_clock::time_point t_start, nlohmann::json heads) {
     nlohmann::json dumps_json = nlohmann::json::array();
     for (const DumpInput& d : pl.dumps) {
         const nlohmann::json prov = d.reader->provenance();
-        dumps_json.push_back({{"path", d.reader->path()},
-                              {"tokens", d.reader->n_tokens()},
-                              {"model_sha256", d.model_sha256},
-                              {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
+        dumps_json.push_back(
+            {{"path", d.reader->path()},
+             {"tokens", d.reader->n_tokens()},
+             {"model_sha256", d.model_sha256},
+             {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return {{"tool", "pkv"},
@@ -703,7 +714,8 @@ nlohmann::json calibration_means(const PatternTable& table) {
             for (const char* f : {"variance_explained", "dead_patterns", "clip", "gate_z", "gate_rate"})
                 if (s.contains(f)) add(f, s[f]);
             for (const char* f : {"nmse_minmax", "nmse_minmax_clipped", "nmse_patterns", "nmse_fitted"})
-                if (s.contains("heldout") && s["heldout"].contains(f)) add(std::string("heldout_") + f, s["heldout"][f]);
+                if (s.contains("heldout") && s["heldout"].contains(f))
+                    add(std::string("heldout_") + f, s["heldout"][f]);
         }
         nlohmann::json m = nlohmann::json::object();
         for (const auto& [k, a] : acc) m[k] = a.second > 0 ? a.first / a.second : 0.0;

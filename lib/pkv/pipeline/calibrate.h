@@ -35,33 +35,33 @@ class Comm;
 
 struct CalibrateConfig {
     std::vector<std::string> dump_paths;
-    std::string out_path;              ///< the table (.safetensors)
-    bool force = false;                ///< overwrite out_path
-    int k_patterns = 32;               ///< Mk per (layer, head)
-    int v_patterns = 32;               ///< Mv per (layer, head)
-    bool keys_pre = false;             ///< mine pre-RoPE keys (/k_pre) instead of post-RoPE
-    bool assign_l2 = false;            ///< runtime pattern choice by L2 (default min-max)
-    int bits = 2;                      ///< residual code width the fit targets: 2, 3, 4 or 8
-    int group = 128;                   ///< G (K tokens per channel group; V channels, capped at D)
-    int window = 128;                  ///< R, recorded for runtimes (fp16 window / flush block)
-    bool rotate = false;               ///< mine in the Hadamard-rotated basis (plain H_D)
-    double holdout = 0.1;              ///< fraction of tokens held out, [0, 0.9]
+    std::string out_path;    ///< the table (.safetensors)
+    bool force = false;      ///< overwrite out_path
+    int k_patterns = 32;     ///< Mk per (layer, head)
+    int v_patterns = 32;     ///< Mv per (layer, head)
+    bool keys_pre = false;   ///< mine pre-RoPE keys (/k_pre) instead of post-RoPE
+    bool assign_l2 = false;  ///< runtime pattern choice by L2 (default min-max)
+    int bits = 2;            ///< residual code width the fit targets: 2, 3, 4 or 8
+    int group = 128;         ///< G (K tokens per channel group; V channels, capped at D)
+    int window = 128;        ///< R, recorded for runtimes (fp16 window / flush block)
+    bool rotate = false;     ///< mine in the Hadamard-rotated basis (plain H_D)
+    double holdout = 0.1;    ///< fraction of tokens held out, [0, 0.9]
     uint64_t seed = 1234;
-    std::vector<int> layers;           ///< model layers (empty: every layer of the dumps)
-    int max_iter = 30;                 ///< k-means Lloyd iterations
-    double tol = 1e-4;                 ///< k-means centroid-shift tolerance
+    std::vector<int> layers;  ///< model layers (empty: every layer of the dumps)
+    int max_iter = 30;        ///< k-means Lloyd iterations
+    double tol = 1e-4;        ///< k-means centroid-shift tolerance
     KMeansInit init = KMeansInit::kmeanspp;
     int restarts = 1;
-    int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
-    int64_t fit_tokens = 65536;        ///< training tokens per head used by the parameter fit (whole sequences)
-    bool fit = true;                   ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
+    int64_t max_points_per_centroid = 0;     ///< k-means training subsample (0: all tokens)
+    int64_t fit_tokens = 65536;              ///< training tokens per head used by the parameter fit (whole sequences)
+    bool fit = true;                         ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
     int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
     /// Heads with more training tokens than this run data parallel: rows sharded over
     /// all devices of the process and all MPI ranks (docs/distributed.md). 0: when they
     /// exceed what one device holds.
     int64_t shard_above = 0;
-    std::string device = "cpu";        ///< recorded: what the assigner runs on
-    std::vector<std::string> argv;     ///< recorded as provenance
+    std::string device = "cpu";     ///< recorded: what the assigner runs on
+    std::vector<std::string> argv;  ///< recorded as provenance
 };
 
 /// Validates the configuration against the dumps (throws pkv::Error naming the option

@@ -88,8 +88,8 @@ int need_int(const json& o, const char* key, const std::string& path, const std:
 void add_metric(Group& g, const json& o, const char* key, const char* name, Cls cls, const std::string& path) {
     if (!o.is_object() || !o.contains(key)) return;
     const json& v = o.at(key);
-    PKV_CHECK(v.is_number() || v.is_null(), invalid_argument, "{}: {}: '{}' must be a number or null", path,
-              g.display, name);
+    PKV_CHECK(v.is_number() || v.is_null(), invalid_argument, "{}: {}: '{}' must be a number or null", path, g.display,
+              name);
     g.metrics.push_back({name, cls, v.is_number() ? v.get<double>() : kNaN});
 }
 
@@ -130,8 +130,10 @@ void extract_analyze(const json& j, Extract& x) {
         const std::string mk = analyze_method_key(r, x.path, where);
         x.methods.insert(mk);
         x.heads.insert({layer, head});
-        Group g{fmt::format("r|{}|{}|{}", layer, head, mk), "results",
-                fmt::format("layer {}, kv_head {}, {}", layer, head, mk), {}};
+        Group g{fmt::format("r|{}|{}|{}", layer, head, mk),
+                "results",
+                fmt::format("layer {}, kv_head {}, {}", layer, head, mk),
+                {}};
         if (r.contains("k") && r["k"].is_object()) add_metric(g, r["k"], "nmse", "k.nmse", Cls::nmse, x.path);
         if (r.contains("v") && r["v"].is_object()) add_metric(g, r["v"], "nmse", "v.nmse", Cls::nmse, x.path);
         if (r.contains("attn") && r["attn"].is_object()) {
@@ -149,8 +151,11 @@ void extract_analyze(const json& j, Extract& x) {
         x.methods.insert(mk);
         Group g{"s|" + mk, "summary", "summary " + mk, {}};
         add_metrics(g, s,
-                    {{"k_nmse", Cls::nmse}, {"v_nmse", Cls::nmse}, {"attn_kl", Cls::kl},
-                     {"attn_out_rel_err", Cls::rel}, {"eff_bits", Cls::bits}},
+                    {{"k_nmse", Cls::nmse},
+                     {"v_nmse", Cls::nmse},
+                     {"attn_kl", Cls::kl},
+                     {"attn_out_rel_err", Cls::rel},
+                     {"eff_bits", Cls::bits}},
                     x.path);
         x.groups.push_back(std::move(g));
     }
@@ -159,7 +164,10 @@ void extract_analyze(const json& j, Extract& x) {
 void add_eval_group(const json& m, const std::string& label, Extract& x) {
     Group g{"m|" + label, "methods", "method " + label, {}};
     add_metrics(g, m,
-                {{"ppl", Cls::ppl}, {"ppl_all", Cls::ppl}, {"kl_mean", Cls::kl}, {"top1_agreement", Cls::top1},
+                {{"ppl", Cls::ppl},
+                 {"ppl_all", Cls::ppl},
+                 {"kl_mean", Cls::kl},
+                 {"top1_agreement", Cls::top1},
                  {"bits_per_element", Cls::bits}},
                 x.path);
     x.groups.push_back(std::move(g));
@@ -186,10 +194,8 @@ Extract extract(const json& j, const std::string& path) {
     x.path = path;
     PKV_CHECK(j.is_object(), invalid_argument, "{}: expected a JSON object at the top level", path);
     x.format = need_string(j, "format", path, "top level");
-    if (x.format == kAnalyze)
-        extract_analyze(j, x);
-    else if (x.format == kEval)
-        extract_eval(j, x);
+    if (x.format == kAnalyze) extract_analyze(j, x);
+    else if (x.format == kEval) extract_eval(j, x);
     else
         fail(ErrorCode::invalid_argument, "{}: format '{}' is not a report pkv check compares (expected {} or {})",
              path, x.format, kAnalyze, kEval);
@@ -342,10 +348,10 @@ void write_junit(const std::string& path, const CheckResult& r, const std::vecto
                              xml_escape(sections[i]), xml_escape(r.metrics[i].group), e - i);
         if (!regress.empty()) {
             ++failed;
-            cases << fmt::format("      <failure type=\"regression\" message=\"{}\">{}</failure>\n",
-                                 xml_escape(regress.size() == 1 ? regress[0]
-                                                                : fmt::format("{} regressions", regress.size())),
-                                 xml_escape(fmt::format("{}", fmt::join(regress, "\n"))));
+            cases << fmt::format(
+                "      <failure type=\"regression\" message=\"{}\">{}</failure>\n",
+                xml_escape(regress.size() == 1 ? regress[0] : fmt::format("{} regressions", regress.size())),
+                xml_escape(fmt::format("{}", fmt::join(regress, "\n"))));
         }
         if (!improve.empty())
             cases << fmt::format("      <system-out>{}</system-out>\n",
@@ -435,8 +441,8 @@ CheckResult run_check(const CheckConfig& c) {
 
     std::ifstream probe(c.baseline_path);
     if (!probe.good() && c.update) {
-        r.markdown = fmt::format("## pkv check: {}\n\nNo baseline at {}: created it from this report.\n",
-                                 c.report_path, c.baseline_path);
+        r.markdown = fmt::format("## pkv check: {}\n\nNo baseline at {}: created it from this report.\n", c.report_path,
+                                 c.baseline_path);
         if (c.print) c.print(r.markdown);
         write_bytes(c.baseline_path, rep_text);
         r.baseline_created = true;
@@ -457,9 +463,13 @@ CheckResult run_check(const CheckConfig& c) {
             for (const Metric& nm : ng.metrics) {
                 if (nm.name != bm.name) continue;
                 const Tolerance& t = tol_of(c.tolerances, bm.cls);
-                MetricComparison m{bg.display, bm.name, bm.value, nm.value, tol_text(t, bm.cls),
+                MetricComparison m{bg.display,
+                                   bm.name,
+                                   bm.value,
+                                   nm.value,
+                                   tol_text(t, bm.cls),
                                    classify(bm.value, nm.value, t, bm.cls)};
-                (m.verdict == Verdict::regression ? r.regressions
+                (m.verdict == Verdict::regression    ? r.regressions
                  : m.verdict == Verdict::improvement ? r.improvements
                                                      : r.unchanged)++;
                 r.metrics.push_back(std::move(m));

@@ -69,8 +69,8 @@ struct CheckConfig {
     std::string report_path;    ///< NEW
     std::string baseline_path;  ///< BASE; with `update` it may not exist yet
     Tolerances tolerances;
-    std::string junit_path;     ///< empty: no JUnit XML
-    bool update = false;        ///< write NEW over BASE after the comparison
+    std::string junit_path;  ///< empty: no JUnit XML
+    bool update = false;     ///< write NEW over BASE after the comparison
     /// Receives the Markdown comparison before the baseline is replaced (so an
     /// --update failure never hides it); null: the text is only returned.
     std::function<void(const std::string&)> print;
@@ -80,21 +80,21 @@ enum class Verdict { regression, improvement, unchanged };
 
 /// One compared metric.
 struct MetricComparison {
-    std::string group;   ///< "layer 0, kv_head 1, kivi:2", "summary kivi:2", "method q4_0"
-    std::string metric;  ///< "k.nmse", "attn_kl", "top1_agreement", ...
+    std::string group;               ///< "layer 0, kv_head 1, kivi:2", "summary kivi:2", "method q4_0"
+    std::string metric;              ///< "k.nmse", "attn_kl", "top1_agreement", ...
     double base = 0.0, value = 0.0;  ///< NaN where the file holds null
     std::string tolerance;           ///< as written: "5%", "0.5 pt", "0"
     Verdict verdict = Verdict::unchanged;
 };
 
 struct CheckResult {
-    std::string format;             ///< "pkv.analyze_report" or "pkv.eval_report"
+    std::string format;                     ///< "pkv.analyze_report" or "pkv.eval_report"
     std::vector<MetricComparison> metrics;  ///< every compared metric, in file order
-    int groups = 0;                 ///< compared metric groups (JUnit testcases)
+    int groups = 0;                         ///< compared metric groups (JUnit testcases)
     int regressions = 0, improvements = 0, unchanged = 0;
     bool baseline_created = false;  ///< update with no previous baseline: nothing compared
     bool baseline_updated = false;
-    std::string markdown;           ///< what `print` received
+    std::string markdown;  ///< what `print` received
     /// 0 within tolerance or after --update, 1 on a regression.
     int exit_code() const { return (regressions > 0 && !baseline_updated && !baseline_created) ? 1 : 0; }
 };

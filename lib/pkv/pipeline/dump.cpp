@@ -49,9 +49,9 @@ void check_config(const DumpConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
 }
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp,
-                       const LlamaModel& model, const std::vector<int32_t>& stream, const std::vector<int>& layers,
-                       AtomicOutput& out, uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, const LlamaModel& model,
+                       const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
+                       uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
 
 }  // namespace
 
@@ -98,8 +98,12 @@ DumpSummary run_dump(const DumpConfig& c) {
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
         {"settings",
-         {{"tokens", T}, {"ctx", c.ctx}, {"capture", c.capture.to_string()}, {"layers", layers},
-          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"}, {"bos", gguf_adds_bos(*file)}}},
+         {{"tokens", T},
+          {"ctx", c.ctx},
+          {"capture", c.capture.to_string()},
+          {"layers", layers},
+          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"},
+          {"bos", gguf_adds_bos(*file)}}},
     });
 
     try {
@@ -115,9 +119,9 @@ DumpSummary run_dump(const DumpConfig& c) {
 
 namespace {
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp,
-                       const LlamaModel& model, const std::vector<int32_t>& stream, const std::vector<int>& layers,
-                       AtomicOutput& out, uint64_t model_bytes, std::chrono::steady_clock::time_point t_start) {
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, const LlamaModel& model,
+                       const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
+                       uint64_t model_bytes, std::chrono::steady_clock::time_point t_start) {
     const int64_t T = c.n_tokens;
     KvDumpWriter writer(out.temp_path(), header);
     std::vector<int> slot_of(hp.n_layer, -1);
@@ -173,9 +177,14 @@ DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const Ll
     sum.model_bytes = model_bytes;
 
     nlohmann::json summary = {
-        {"n_tokens", T},           {"n_sequences", sum.n_sequences}, {"n_predicted", n_pred},
-        {"nll_mean", sum.nll_mean}, {"perplexity", sum.perplexity},   {"seconds", sum.seconds},
-        {"tokens_per_s", sum.tokens_per_s}, {"peak_rss_bytes", sum.peak_rss_bytes},
+        {"n_tokens", T},
+        {"n_sequences", sum.n_sequences},
+        {"n_predicted", n_pred},
+        {"nll_mean", sum.nll_mean},
+        {"perplexity", sum.perplexity},
+        {"seconds", sum.seconds},
+        {"tokens_per_s", sum.tokens_per_s},
+        {"peak_rss_bytes", sum.peak_rss_bytes},
     };
     if (n_pred == 0) summary["perplexity"] = nullptr, summary["nll_mean"] = nullptr;
     writer.finish(seq_start, seq_length, summary);

@@ -26,15 +26,15 @@ namespace pkv {
 struct DumpConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
-    int64_t n_tokens = 16384;        ///< tokens to run and store
-    int ctx = 1024;                  ///< tokens per sequence (<= the model's context length)
-    CaptureSet capture;              ///< which activations to store
-    std::vector<int> layers;         ///< model layers to store; empty = all
-    bool hf_dim_order = false;       ///< store K/Q in Hugging Face half-split order
-    int chunk_tokens = 512;          ///< HDF5 chunk length along tokens (64 KiB chunks at head_dim 64)
+    int64_t n_tokens = 16384;   ///< tokens to run and store
+    int ctx = 1024;             ///< tokens per sequence (<= the model's context length)
+    CaptureSet capture;         ///< which activations to store
+    std::vector<int> layers;    ///< model layers to store; empty = all
+    bool hf_dim_order = false;  ///< store K/Q in Hugging Face half-split order
+    int chunk_tokens = 512;     ///< HDF5 chunk length along tokens (64 KiB chunks at head_dim 64)
     std::string out_path;
-    bool force = false;              ///< overwrite an existing output
-    std::vector<std::string> argv;   ///< recorded as provenance
+    bool force = false;             ///< overwrite an existing output
+    std::vector<std::string> argv;  ///< recorded as provenance
 };
 
 struct DumpSummary {
@@ -42,12 +42,12 @@ struct DumpSummary {
     std::string model_name;
     int64_t n_tokens = 0;
     int64_t n_sequences = 0;
-    int64_t n_predicted = 0;     ///< tokens that count toward perplexity
-    double nll_mean = 0.0;       ///< nats per predicted token
+    int64_t n_predicted = 0;  ///< tokens that count toward perplexity
+    double nll_mean = 0.0;    ///< nats per predicted token
     double perplexity = 0.0;
-    double seconds = 0.0;        ///< forward + write
+    double seconds = 0.0;  ///< forward + write
     double tokens_per_s = 0.0;
-    uint64_t peak_rss_bytes = 0; ///< the process's peak resident memory
+    uint64_t peak_rss_bytes = 0;  ///< the process's peak resident memory
     uint64_t model_bytes = 0;
     uint64_t file_bytes = 0;
 };

@@ -5,8 +5,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -20,12 +20,12 @@
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
 #include "pkv/core/sha256.h"
-#include "pkv/pipeline/provenance.h"
-#include "pkv/pipeline/text_input.h"
 #include "pkv/core/version.h"
-#include "pkv/pipeline/eval_cache.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
+#include "pkv/pipeline/eval_cache.h"
+#include "pkv/pipeline/provenance.h"
+#include "pkv/pipeline/text_input.h"
 #include "pkv/tokenizer/tokenizer.h"
 
 namespace pkv {

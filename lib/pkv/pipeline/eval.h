@@ -38,12 +38,12 @@ struct EvalConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
     int64_t n_tokens = 4096;
-    int ctx = 2048;                         ///< tokens per sequence, <= the model's context length
-    std::vector<std::string> kv;            ///< method specs (kv_spec.h), each run against fp16
-    std::vector<int> keep_fp16_layers;      ///< layers whose cache stays exact for every method
-    int64_t prefill = -1;                   ///< P per sequence (capped at its length); -1: default above
-    uint64_t seed = 0;                      ///< patternkv k-means seed
-    std::vector<std::string> argv;          ///< recorded as provenance
+    int ctx = 2048;                     ///< tokens per sequence, <= the model's context length
+    std::vector<std::string> kv;        ///< method specs (kv_spec.h), each run against fp16
+    std::vector<int> keep_fp16_layers;  ///< layers whose cache stays exact for every method
+    int64_t prefill = -1;               ///< P per sequence (capped at its length); -1: default above
+    uint64_t seed = 0;                  ///< patternkv k-means seed
+    std::vector<std::string> argv;      ///< recorded as provenance
 };
 
 /// Sums of one variant (the fp16 reference or a method) over the scored positions of
@@ -59,22 +59,20 @@ struct EvalAccum {
 /// What run_eval measured (report/report.h eval_report_json turns it into the report).
 struct EvalResult {
     std::shared_ptr<const EvalConfig> config;
-    std::vector<KvSpec> specs;                ///< parsed from config->kv, in order
-    nlohmann::json model;                     ///< the model record (pipeline/provenance.h model_json)
+    std::vector<KvSpec> specs;  ///< parsed from config->kv, in order
+    nlohmann::json model;       ///< the model record (pipeline/provenance.h model_json)
     std::string model_sha256, model_name;
     std::vector<TextSource> sources;
     int64_t n_sequences = 0, scored_decode = 0, scored_all = 0;
     double seconds = 0, compare_seconds = 0;  ///< whole run; the final next-token comparison
     EvalAccum reference;
-    std::vector<EvalAccum> methods;           ///< parallel to specs
+    std::vector<EvalAccum> methods;  ///< parallel to specs
 };
 
 /// Validates everything (files, numbers, specs against the model, layers) before any
 /// forward pass and throws pkv::Error naming the offending input; then runs and
 /// returns what it measured (docs/eval.md). Progress on stderr.
 EvalResult run_eval(const EvalConfig& config);
-
-
 
 /// Default prefill of a sequence of n tokens: floor(n / 2 / 128) * 128; otherwise
 /// min(n, prefill).

@@ -30,8 +30,8 @@ MethodCache::MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> ke
             if (L.layer >= n_layer_) continue;
             for (int h = 0; h < n_head_kv_; ++h) {
                 const size_t i = (static_cast<size_t>(L.layer) * n_head_kv_ + h) * 2;
-                views_[i] = {L.k_patterns.data() + static_cast<int64_t>(h) * table_->k_patterns * D,
-                             table_->k_patterns, L.k_clip[h], ptable::kDefaultGateZ, l2};
+                views_[i] = {L.k_patterns.data() + static_cast<int64_t>(h) * table_->k_patterns * D, table_->k_patterns,
+                             L.k_clip[h], ptable::kDefaultGateZ, l2};
                 views_[i + 1] = {L.v_patterns.data() + static_cast<int64_t>(h) * table_->v_patterns * D,
                                  table_->v_patterns, L.v_clip[h], L.v_gate_z[h], l2};
             }
@@ -49,8 +49,9 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
               invalid_argument, "--kv '{}': {} has n_head_kv {} / head_dim {}, the model {} / {}", spec.text, p,
               t.model.n_head_kv, t.model.head_dim, hp.n_head_kv, hp.head_dim);
     const std::string basis = spec.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
-    PKV_CHECK(t.key_basis == basis, invalid_argument, "--kv '{}': {} holds {} key patterns but the spec quantizes {} keys{}",
-              spec.text, p, t.key_basis, basis, spec.keys_pre ? "" : " (add :pre)");
+    PKV_CHECK(t.key_basis == basis, invalid_argument,
+              "--kv '{}': {} holds {} key patterns but the spec quantizes {} keys{}", spec.text, p, t.key_basis, basis,
+              spec.keys_pre ? "" : " (add :pre)");
     PKV_CHECK(t.key_dim_order == "gguf_interleaved", invalid_argument,
               "--kv '{}': {} has key dim order {}, but the model computes gguf_interleaved keys (export the table "
               "with --key-order gguf)",
@@ -96,8 +97,7 @@ double MethodCache::value_bits() const {
 }
 
 void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
-    PKV_ASSERT(in.n_tokens == n_ && in.layer >= 0 && in.layer < n_layer_ && in.kv_head >= 0 &&
-               in.kv_head < n_head_kv_);
+    PKV_ASSERT(in.n_tokens == n_ && in.layer >= 0 && in.layer < n_layer_ && in.kv_head >= 0 && in.kv_head < n_head_kv_);
     const int n = in.n_tokens, D = in.head_dim;
     const size_t nd = static_cast<size_t>(n) * D;
     double& bits = bits_[(static_cast<size_t>(in.layer) * n_head_kv_ + in.kv_head) * 2 + (in.value ? 1 : 0)];
@@ -116,8 +116,7 @@ void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     }
     SimResult r = simulate_cache(sp, in.value ? KvTensor::v : KvTensor::k, x.data(), n, D, prefill_);
     bits = r.bits.total();
-    if (std::all_of(r.flush_step.begin(), r.flush_step.end(), [](int32_t s) { return s == kNeverQuantized; }))
-        return;
+    if (std::all_of(r.flush_step.begin(), r.flush_step.end(), [](int32_t s) { return s == kNeverQuantized; })) return;
     if (spec_.rotate) hadamard_rotate_rows(r.recon.data(), n, D, nullptr, true);
     if (pre) pre_rope_recon_to_post(r.recon.data(), in.k_pre, in.x, n, D, rope_);
     out.recon = std::move(r.recon);

@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "pkv/kvcache/simulate.h"
-#include "pkv/kvcache/kv_spec.h"
-#include "pkv/model/llama.h"
 #include "pkv/core/rope.h"
+#include "pkv/kvcache/kv_spec.h"
+#include "pkv/kvcache/simulate.h"
+#include "pkv/model/llama.h"
 #include "pkv/table/pattern_table.h"
 
 namespace pkv {

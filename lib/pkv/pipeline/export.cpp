@@ -86,10 +86,8 @@ json nested(const T* data, const std::vector<uint64_t>& shape, size_t dim, size_
     json a = json::array();
     for (uint64_t i = 0; i < shape[dim]; ++i) {
         if (dim + 1 == shape.size()) {
-            if constexpr (std::is_same_v<T, float>)
-                a.push_back(float_json(data[pos++]));
-            else
-                a.push_back(data[pos++]);
+            if constexpr (std::is_same_v<T, float>) a.push_back(float_json(data[pos++]));
+            else a.push_back(data[pos++]);
         } else {
             a.push_back(nested(data, shape, dim + 1, pos));
         }
@@ -159,10 +157,8 @@ PatternTable with_key_dim_order(const PatternTable& t, const std::string& order)
         check_interrupted();
         const std::vector<float> src = l.k_patterns;
         for (size_t r = 0; r + D <= src.size(); r += D) {
-            if (want == kDimOrderHf)
-                key_dims_gguf_to_hf(src.data() + r, l.k_patterns.data() + r, D);
-            else
-                key_dims_hf_to_gguf(src.data() + r, l.k_patterns.data() + r, D);
+            if (want == kDimOrderHf) key_dims_gguf_to_hf(src.data() + r, l.k_patterns.data() + r, D);
+            else key_dims_hf_to_gguf(src.data() + r, l.k_patterns.data() + r, D);
         }
     }
     return out;
@@ -179,7 +175,7 @@ std::vector<uint8_t> encode_table_safetensors(const PatternTable& t, PatternDtyp
         check_interrupted();
         StTensor st = f.tensor(name).to_tensor();
         const bool pattern = name.size() > 11 && (name.compare(name.size() - 11, 11, ".k_patterns") == 0 ||
-                                                   name.compare(name.size() - 11, 11, ".v_patterns") == 0);
+                                                  name.compare(name.size() - 11, 11, ".v_patterns") == 0);
         if (pattern) {
             std::vector<float> v(st.data.size() / 4);
             if (!v.empty()) std::memcpy(v.data(), st.data.data(), st.data.size());
@@ -274,8 +270,7 @@ json table_to_json(const PatternTable& t, PatternDtype dtype) {
             {"tensors", tensors}};
 }
 
-ExportSummary export_pattern_table(const std::string& table_path, const std::string& out_path,
-                                   const ExportOptions& o) {
+ExportSummary export_pattern_table(const std::string& table_path, const std::string& out_path, const ExportOptions& o) {
     PKV_CHECK(o.format == "safetensors" || o.format == "gguf" || o.format == "json", invalid_argument,
               "--format: expected safetensors, gguf or json, got '{}'", o.format);
     const PatternDtype dtype = parse_dtype(o.dtype);
@@ -322,9 +317,9 @@ std::string describe_pattern_table(const std::string& path) {
     std::string pattern_dtype = "F32";
     if (!t.layers.empty()) pattern_dtype = f.tensor(ptable::tensor_name(t.layers[0].layer, ptable::kKPatterns)).dtype;
 
-    std::string out = fmt::format("{}: {} {}, {}, {} tensors\n", path, ptable::kFormat,
-                                  f.metadata().at(ptable::kMetaFormatVersion), human_bytes(file_bytes(path)),
-                                  f.names().size());
+    std::string out =
+        fmt::format("{}: {} {}, {}, {} tensors\n", path, ptable::kFormat, f.metadata().at(ptable::kMetaFormatVersion),
+                    human_bytes(file_bytes(path)), f.names().size());
     out += fmt::format("model: {} ({}), {} layers, {} heads, {} KV heads, head_dim {}, sha256 {}\n",
                        m.name.empty() ? "unnamed" : m.name, m.arch, m.n_layer, m.n_head, m.n_head_kv, m.head_dim,
                        m.sha256.empty() ? "none" : m.sha256);
@@ -355,7 +350,8 @@ std::string describe_pattern_table(const std::string& path) {
         dead_v += std::count(l.v_counts.begin(), l.v_counts.end(), 0);
     }
     out += fmt::format("clip: K {}, V {}; V gate z {}\n", range(kc), range(vc), range(gz));
-    const int64_t slots_k = int64_t(t.layers.size()) * H * t.k_patterns, slots_v = int64_t(t.layers.size()) * H * t.v_patterns;
+    const int64_t slots_k = int64_t(t.layers.size()) * H * t.k_patterns,
+                  slots_v = int64_t(t.layers.size()) * H * t.v_patterns;
     out += fmt::format("dead patterns: K {} of {}, V {} of {}\n", dead_k, slots_k, dead_v, slots_v);
 
     const json& c = t.calibration;
@@ -363,15 +359,16 @@ std::string describe_pattern_table(const std::string& path) {
         out += "calibration: none recorded\n";
     } else {
         auto get = [&](const json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("?"); };
-        std::string line = fmt::format("calibration: {} {}", c.value("tool", std::string("?")),
-                                       c.value("version", std::string("?")));
+        std::string line =
+            fmt::format("calibration: {} {}", c.value("tool", std::string("?")), c.value("version", std::string("?")));
         if (c.contains("time")) line += ", " + c["time"].get<std::string>();
         line += ", seed " + get(c, "seed");
         if (c.contains("tokens") && c["tokens"].is_object())
             line += fmt::format(", tokens train {} holdout {}", get(c["tokens"], "train"), get(c["tokens"], "holdout"));
         if (c.contains("dumps") && c["dumps"].is_array()) line += fmt::format(", {} dump(s)", c["dumps"].size());
         if (c.contains("device") && c["device"].is_string()) line += ", device " + c["device"].get<std::string>();
-        if (c.contains("seconds") && c["seconds"].is_number()) line += fmt::format(", {:.1f} s", c["seconds"].get<double>());
+        if (c.contains("seconds") && c["seconds"].is_number())
+            line += fmt::format(", {:.1f} s", c["seconds"].get<double>());
         out += line + "\n";
         if (c.contains("heads") && c["heads"].is_array() && !c["heads"].empty()) {
             // Mean held-out NMSE over heads, per tensor and method.
@@ -408,7 +405,10 @@ json describe_pattern_table_json(const std::string& path) {
     json tensors = json::object();
     for (const std::string& name : f.names())
         tensors[name] = {{"dtype", f.tensor(name).dtype}, {"shape", f.tensor(name).shape}};
-    return {{"kind", "pattern_table"}, {"file", path}, {"file_bytes", file_bytes(path)}, {"metadata", m},
+    return {{"kind", "pattern_table"},
+            {"file", path},
+            {"file_bytes", file_bytes(path)},
+            {"metadata", m},
             {"tensors", tensors}};
 }
 

@@ -53,10 +53,10 @@ nlohmann::json table_to_json(const PatternTable& t, PatternDtype dtype);
 nlohmann::json pattern_table_metadata_json(const PatternTable& t);
 
 struct ExportOptions {
-    std::string format;           ///< "safetensors" | "gguf" | "json"
-    std::string key_order;        ///< "" (keep), "gguf" | "hf" (or the full names)
-    std::string dtype = "f32";    ///< "f32" | "f16": pattern dtype (counts stay I64, clips F32)
-    bool force = false;           ///< overwrite an existing output
+    std::string format;         ///< "safetensors" | "gguf" | "json"
+    std::string key_order;      ///< "" (keep), "gguf" | "hf" (or the full names)
+    std::string dtype = "f32";  ///< "f32" | "f16": pattern dtype (counts stay I64, clips F32)
+    bool force = false;         ///< overwrite an existing output
 };
 
 /// What export_pattern_table wrote.

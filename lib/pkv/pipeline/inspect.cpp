@@ -6,8 +6,8 @@
 #include <map>
 
 #include "pkv/core/error.h"
-#include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/export.h"
 #include "pkv/tokenizer/tokenizer.h"
@@ -50,7 +50,8 @@ FileKind detect_file_kind(const std::string& path) {
 namespace {
 
 [[noreturn]] void unknown_kind(const std::string& path) {
-    fail(ErrorCode::unsupported, "{}: not a GGUF model, a pkv KV dump or a pattern table (unrecognised file signature)", path);
+    fail(ErrorCode::unsupported, "{}: not a GGUF model, a pkv KV dump or a pattern table (unrecognised file signature)",
+         path);
 }
 
 std::string shape_str(const std::vector<uint64_t>& ne) {
@@ -61,17 +62,17 @@ std::string shape_str(const std::vector<uint64_t>& ne) {
 
 std::string describe_gguf(const std::string& path, bool list_tensors) {
     auto f = GgufFile::open(path);
-    std::string out = fmt::format("{}: GGUF v{}, {:.1f} MiB, {} tensors, {} metadata keys, alignment {}\n", path,
-                                  f->version(), f->file_size() / 1048576.0, f->tensors().size(), f->keys().size(),
-                                  f->alignment());
+    std::string out =
+        fmt::format("{}: GGUF v{}, {:.1f} MiB, {} tensors, {} metadata keys, alignment {}\n", path, f->version(),
+                    f->file_size() / 1048576.0, f->tensors().size(), f->keys().size(), f->alignment());
     try {
         const LlamaHparams hp = llama_hparams_from_gguf(*f);
         out += fmt::format(
             "model: {} ({}), {} layers, n_embd {}, n_ff {}, {} heads, {} KV heads, head_dim {}, vocab {}, context {}\n"
             "rope: norm (pairs 2i,2i+1), n_rot {}, base {}, scaling {} (freq scale {}); rms eps {:g}; output {}\n",
             hp.name.empty() ? "unnamed" : hp.name, hp.arch, hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv,
-            hp.head_dim, hp.n_vocab, hp.n_ctx_train, hp.n_rot, hp.rope_freq_base, hp.rope_scaling,
-            hp.rope_freq_scale, hp.rms_eps, hp.tied_output ? "tied to token_embd" : "separate");
+            hp.head_dim, hp.n_vocab, hp.n_ctx_train, hp.n_rot, hp.rope_freq_base, hp.rope_scaling, hp.rope_freq_scale,
+            hp.rms_eps, hp.tied_output ? "tied to token_embd" : "separate");
     } catch (const Error& e) {
         out += fmt::format("model: not runnable by pkv: {}\n", e.what());
     }
@@ -82,7 +83,8 @@ std::string describe_gguf(const std::string& path, bool list_tensors) {
         e.second += t.nbytes;
     }
     out += "tensor types:";
-    for (const auto& [name, e] : by_type) out += fmt::format(" {} x{} ({:.1f} MiB);", name, e.first, e.second / 1048576.0);
+    for (const auto& [name, e] : by_type)
+        out += fmt::format(" {} x{} ({:.1f} MiB);", name, e.first, e.second / 1048576.0);
     out += "\nmetadata:\n";
     for (const auto& k : f->keys()) out += fmt::format("  {} = {}\n", k, GgufFile::to_string(f->get(k)));
     if (list_tensors) {
@@ -96,15 +98,21 @@ std::string describe_gguf(const std::string& path, bool list_tensors) {
 
 nlohmann::json describe_gguf_json(const std::string& path) {
     auto f = GgufFile::open(path);
-    nlohmann::json j = {{"kind", "gguf"}, {"path", path}, {"version", f->version()}, {"bytes", f->file_size()},
+    nlohmann::json j = {{"kind", "gguf"},
+                        {"path", path},
+                        {"version", f->version()},
+                        {"bytes", f->file_size()},
                         {"alignment", f->alignment()}};
     nlohmann::json meta = nlohmann::json::object();
     for (const auto& k : f->keys()) meta[k] = GgufFile::to_string(f->get(k), 16);
     j["metadata"] = meta;
     nlohmann::json tensors = nlohmann::json::array();
     for (const auto& t : f->tensors())
-        tensors.push_back({{"name", t.name}, {"type", ggml_type_name(t.type_id)}, {"ne", t.ne},
-                           {"offset", t.offset}, {"bytes", t.nbytes}});
+        tensors.push_back({{"name", t.name},
+                           {"type", ggml_type_name(t.type_id)},
+                           {"ne", t.ne},
+                           {"offset", t.offset},
+                           {"bytes", t.nbytes}});
     j["tensors"] = tensors;
     return j;
 }

@@ -1,6 +1,6 @@
 // pkv/pipeline/inspect.h — `pkv info` and `pkv validate` as library calls. Files are
-// recognised by content: GGUF models by the "GGUF" magic, KV dumps by the HDF5 signature, pattern tables (and other safetensors files, which are then
-// reported as not being pattern tables) by a safetensors header.
+// recognised by content: GGUF models by the "GGUF" magic, KV dumps by the HDF5 signature, pattern tables (and other
+// safetensors files, which are then reported as not being pattern tables) by a safetensors header.
 #pragma once
 
 #include <string>

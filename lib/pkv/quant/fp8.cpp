@@ -37,12 +37,9 @@ float fp8_e4m3_decode(uint8_t code) {
     const int e = (code >> 3) & 0x0F;
     const int m = code & 0x07;
     float v;
-    if (e == 0x0F && m == 0x07)
-        v = std::numeric_limits<float>::quiet_NaN();
-    else if (e == 0)
-        v = std::ldexp(static_cast<float>(m), -9);
-    else
-        v = std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+    if (e == 0x0F && m == 0x07) v = std::numeric_limits<float>::quiet_NaN();
+    else if (e == 0) v = std::ldexp(static_cast<float>(m), -9);
+    else v = std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
     return neg ? -v : v;
 }
 

@@ -25,8 +25,8 @@ float fp8_e4m3_decode(uint8_t code);
 
 /// Result of fake-quantizing one head's values with one scale.
 struct Fp8Result {
-    float scale = 0.0f;       ///< amax / 448 in fp32 (0 for an all-zero input)
-    uint64_t storage_bits = 0; ///< 8 per element plus 32 for the fp32 scale
+    float scale = 0.0f;         ///< amax / 448 in fp32 (0 for an all-zero input)
+    uint64_t storage_bits = 0;  ///< 8 per element plus 32 for the fp32 scale
 };
 
 /// Static per-head FP8 cache: scale = amax / 448 over all n values given (for a KV

@@ -16,8 +16,7 @@ uint64_t ggml_kv_cost_bits(GgmlType type, int64_t T, int D) {
     return blocks * ggml_type_size(type) * 8u;
 }
 
-uint64_t quantize_ggml_kv(GgmlType type, const float* x, int64_t T, int D, float* recon,
-                          std::vector<uint8_t>* blocks) {
+uint64_t quantize_ggml_kv(GgmlType type, const float* x, int64_t T, int D, float* recon, std::vector<uint8_t>* blocks) {
     const uint64_t bits = ggml_kv_cost_bits(type, T, D);
     const size_t row_bytes = ggml_row_size(type, D);
     std::vector<uint8_t> row(row_bytes);
@@ -25,10 +24,8 @@ uint64_t quantize_ggml_kv(GgmlType type, const float* x, int64_t T, int D, float
     for (int64_t t = 0; t < T; ++t) {
         // The row buffer decouples reading x from writing recon, so the two may alias.
         uint8_t* dst = blocks ? blocks->data() + static_cast<size_t>(t) * row_bytes : row.data();
-        if (type == GgmlType::Q4_0)
-            quantize_row_q4_0_ref(x + t * D, reinterpret_cast<block_q4_0*>(dst), D);
-        else
-            quantize_row_q8_0_ref(x + t * D, reinterpret_cast<block_q8_0*>(dst), D);
+        if (type == GgmlType::Q4_0) quantize_row_q4_0_ref(x + t * D, reinterpret_cast<block_q4_0*>(dst), D);
+        else quantize_row_q8_0_ref(x + t * D, reinterpret_cast<block_q8_0*>(dst), D);
         dequantize_row_ref(type, dst, recon + t * D, D);
     }
     return bits;

@@ -8,8 +8,7 @@
 namespace pkv {
 
 void check_hadamard_dim(int D) {
-    PKV_CHECK(D > 0 && (D & (D - 1)) == 0, invalid_argument, "head_dim {}: hadamard rotation needs a power of two",
-              D);
+    PKV_CHECK(D > 0 && (D & (D - 1)) == 0, invalid_argument, "head_dim {}: hadamard rotation needs a power of two", D);
 }
 
 std::vector<float> hadamard_signs(int D, uint64_t seed) {

@@ -36,10 +36,11 @@ MinMaxCost minmax_cost(int64_t T, int D, const MinMaxSpec& spec) {
     return c;
 }
 
-MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon,
-                                  uint8_t* codes, float clip) {
+MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon, uint8_t* codes,
+                                  float clip) {
     check_minmax_bits(bits);
-    PKV_CHECK(clip > 0.0f && clip <= 1.0f, invalid_argument, "quantizer clip ratio {}: expected a value in (0, 1]", clip);
+    PKV_CHECK(clip > 0.0f && clip <= 1.0f, invalid_argument, "quantizer clip ratio {}: expected a value in (0, 1]",
+              clip);
     PKV_CHECK(n >= 1, invalid_argument, "quantizer group: expected at least 1 element, got {}", n);
     float mn = x[0], mx = x[0];
     for (int64_t i = 0; i < n; ++i) {
@@ -80,8 +81,7 @@ MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int
     return {scale_bits, zero_bits};
 }
 
-MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& spec, float* recon,
-                           MinMaxCodes* codes) {
+MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& spec, float* recon, MinMaxCodes* codes) {
     const MinMaxCost cost = minmax_cost(T, D, spec);
     const int64_t n = T * D;
     uint8_t* code_ptr = nullptr;
@@ -97,8 +97,8 @@ MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& s
         for (int64_t t = 0; t < T; ++t)
             for (int g = 0; g < per_row; ++g) {
                 const int64_t at = t * D + static_cast<int64_t>(g) * G;
-                const MinMaxGroup p =
-                    quantize_minmax_group(x + at, G, 1, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr, spec.clip);
+                const MinMaxGroup p = quantize_minmax_group(x + at, G, 1, spec.bits, recon + at,
+                                                            code_ptr ? code_ptr + at : nullptr, spec.clip);
                 if (codes) {
                     codes->scales[static_cast<size_t>(t * per_row + g)] = p.scale;
                     codes->zeros[static_cast<size_t>(t * per_row + g)] = p.zero;
@@ -111,9 +111,8 @@ MinMaxCost quantize_minmax(const float* x, int64_t T, int D, const MinMaxSpec& s
             const int64_t len = std::min<int64_t>(G, T - t0);
             for (int c = 0; c < D; ++c) {
                 const int64_t at = t0 * D + c;
-                const MinMaxGroup p =
-                    quantize_minmax_group(x + at, len, D, spec.bits, recon + at, code_ptr ? code_ptr + at : nullptr,
-                                          spec.clip);
+                const MinMaxGroup p = quantize_minmax_group(x + at, len, D, spec.bits, recon + at,
+                                                            code_ptr ? code_ptr + at : nullptr, spec.clip);
                 if (codes) {
                     codes->scales[static_cast<size_t>(g * D + c)] = p.scale;
                     codes->zeros[static_cast<size_t>(g * D + c)] = p.zero;

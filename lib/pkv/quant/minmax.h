@@ -38,8 +38,8 @@ enum class QuantAxis {
 const char* quant_axis_name(QuantAxis axis);
 
 struct MinMaxSpec {
-    int bits = 2;                     ///< code width: 2, 3, 4 or 8
-    int group = 128;                  ///< elements per group along `axis` (G)
+    int bits = 2;     ///< code width: 2, 3, 4 or 8
+    int group = 128;  ///< elements per group along `axis` (G)
     QuantAxis axis = QuantAxis::token;
     /// Clip ratio a in (0, 1]: each group is quantized over [c - a h, c + a h] with
     /// c = (mn + mx) / 2, h = (mx - mn) / 2 instead of [mn, mx]; elements outside are
@@ -51,9 +51,9 @@ struct MinMaxSpec {
 /// Storage of one quantized matrix, in bits. Codes are counted at `bits` each (as if
 /// packed densely); every group adds a 16-bit scale and a 16-bit zero.
 struct MinMaxCost {
-    int64_t groups = 0;      ///< (scale, zero) pairs
-    uint64_t code_bits = 0;  ///< bits * T * D
-    uint64_t param_bits = 0; ///< 32 * groups
+    int64_t groups = 0;       ///< (scale, zero) pairs
+    uint64_t code_bits = 0;   ///< bits * T * D
+    uint64_t param_bits = 0;  ///< 32 * groups
     uint64_t total_bits() const { return code_bits + param_bits; }
     /// total_bits / (T * D); 0 for an empty matrix. E.g. b = 2, G = 128: 2.25.
     double bits_per_element(int64_t elements) const;

@@ -15,10 +15,10 @@
 
 namespace pkv {
 
-using nlohmann::json;
 using analyze::ConfigAccum;
 using analyze::PairResult;
 using analyze::RunSpec;
+using nlohmann::json;
 
 namespace {
 
@@ -33,8 +33,7 @@ double nmse(const ErrorAccum& e) { return e.ref2 > 0 ? e.err2 / e.ref2 : kNaN; }
 json tensor_json(const ErrorAccum& e) {
     const double m = nmse(e);
     const double snr = (std::isfinite(m) && m > 0) ? -10.0 * std::log10(m) : kNaN;
-    return {{"nmse", json_number(m)}, {"snr_db", json_number(snr)},
-            {"eff_bits", effective_bits(e.bits, e.elements)}};
+    return {{"nmse", json_number(m)}, {"snr_db", json_number(snr)}, {"eff_bits", effective_bits(e.bits, e.elements)}};
 }
 
 json flat_json(const FlatnessAccum& raw, const FlatnessAccum* pat) {
@@ -113,8 +112,11 @@ struct HeadValues {
 json config_result_json(const AnalyzeResult& in, const PairResult& pr, size_t r, HeadValues& hv) {
     const RunSpec& run = in.runs[r];
     const ConfigAccum& a = pr.configs[r];
-    json res = {{"layer", pr.layer}, {"kv_head", pr.head}, {"method", kv_method_name(run.method)},
-                {"bits", run.bits},  {"rotate", run.rotate}};
+    json res = {{"layer", pr.layer},
+                {"kv_head", pr.head},
+                {"method", kv_method_name(run.method)},
+                {"bits", run.bits},
+                {"rotate", run.rotate}};
     res["k"] = in.has_k ? tensor_json(a.k) : json(nullptr);
     res["v"] = in.has_v ? tensor_json(a.v) : json(nullptr);
     res["eff_bits"] = effective_bits(a.k.bits + a.v.bits, a.k.elements + a.v.elements);
@@ -190,10 +192,11 @@ json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
             if (run.bits == lowest) keep.insert(in.pairs[p].layer);
         }
     }
-    return {{"rule", "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
-                     "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
-                     "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
-                     "analysed"},
+    return {{"rule",
+             "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
+             "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
+             "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
+             "analysed"},
             {"heads", std::move(heads)},
             {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
 }
@@ -226,7 +229,8 @@ json analyze_report_json(const AnalyzeResult& in) {
     report["format"] = "pkv.analyze_report";
     report["format_version"] = "1.0";
     report["provenance"] = provenance_json("analyze", c.argv);
-    report["provenance"]["dump"] = {{"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
+    report["provenance"]["dump"] = {
+        {"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
     report["settings"] = settings_json(in);
     report["model"] = in.model;
     report["n_tokens"] = in.n_tokens;

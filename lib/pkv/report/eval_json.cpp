@@ -61,12 +61,9 @@ nlohmann::json eval_report_json(const EvalResult& r) {
           {"kv", c.kv}}},
     });
     report["model"] = r.model;
-    report["run"] = {{"n_tokens", c.n_tokens},
-                     {"n_sequences", r.n_sequences},
-                     {"scored_decode", r.scored_decode},
-                     {"scored_all", r.scored_all},
-                     {"seconds", r.seconds},
-                     {"compare_seconds", r.compare_seconds}};
+    report["run"] = {
+        {"n_tokens", c.n_tokens},     {"n_sequences", r.n_sequences}, {"scored_decode", r.scored_decode},
+        {"scored_all", r.scored_all}, {"seconds", r.seconds},         {"compare_seconds", r.compare_seconds}};
     report["reference"] = figures(r, r.reference, r.reference);
     report["reference"]["label"] = "fp16 (reference)";
     nlohmann::json methods = nlohmann::json::array();

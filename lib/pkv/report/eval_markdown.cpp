@@ -24,8 +24,8 @@ std::string row(const std::string& label, const nlohmann::json& f) {
                        fixed(f["bits_per_element"], 2), fixed(f["kv_bytes"], 2, 1.0 / (1024.0 * 1024.0)),
                        fixed(f["ppl"], 4), fixed(f["ppl_all"], 4), fixed(f["ppl_delta_pct"], 2), sci(f["kl_mean"]),
                        fixed(f["top1_agreement"], 2, 100.0), fixed(f["cpu_seconds_per_token"], 3, 1000.0),
-                       fixed(f["cost_vs_fp16"], 2), fixed(f["k_bits_per_element"], 2) + " / " +
-                                                        fixed(f["v_bits_per_element"], 2));
+                       fixed(f["cost_vs_fp16"], 2),
+                       fixed(f["k_bits_per_element"], 2) + " / " + fixed(f["v_bits_per_element"], 2));
 }
 
 }  // namespace
@@ -42,8 +42,9 @@ std::string render_eval_markdown(const nlohmann::json& r) {
                                            : std::string("half of each sequence, a multiple of 128"),
         run["scored_decode"].get<int64_t>(), run["scored_all"].get<int64_t>(),
         set["keep_fp16_layers"].empty() ? std::string("none") : set["keep_fp16_layers"].dump());
-    out += "| method | bits/elem | KV MiB | PPL | PPL (all) | ΔPPL % | mean KL | top-1 % | CPU ms/tok | cost × fp16 | "
-           "K / V bits |\n";
+    out +=
+        "| method | bits/elem | KV MiB | PPL | PPL (all) | ΔPPL % | mean KL | top-1 % | CPU ms/tok | cost × fp16 | "
+        "K / V bits |\n";
     out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     out += row(r["reference"].value("label", std::string("fp16")), r["reference"]);
     for (const auto& m : r["methods"]) out += row(m.value("label", std::string("?")), m);

@@ -76,10 +76,12 @@ std::string summary_table(const json& report) {
     const json& rows = field(report, "summary");
     std::string out = "<section id=\"summary\"><h2>Summary</h2>\n";
     if (!rows.is_array() || rows.empty()) return out + "<p class=\"note\">No summary rows.</p></section>\n";
-    out += "<p class=\"note\">Means over the analysed layers and KV heads. NMSE: squared reconstruction error over "
-           "signal energy. KL: attention-score divergence in nats. Effective bits count every overhead.</p>\n";
-    out += "<table><thead><tr><th>method</th><th>bits</th><th>eff bits</th><th>K NMSE</th><th>V NMSE</th>"
-           "<th>attn KL</th><th>attn out rel err</th></tr></thead><tbody>\n";
+    out +=
+        "<p class=\"note\">Means over the analysed layers and KV heads. NMSE: squared reconstruction error over "
+        "signal energy. KL: attention-score divergence in nats. Effective bits count every overhead.</p>\n";
+    out +=
+        "<table><thead><tr><th>method</th><th>bits</th><th>eff bits</th><th>K NMSE</th><th>V NMSE</th>"
+        "<th>attn KL</th><th>attn out rel err</th></tr></thead><tbody>\n";
     for (const json& row : rows) {
         out += "<tr><td>" + esc(method_label(text(row, "method", "?"), flag(row, "rotate"))) + "</td>" +
                num_cell(bits_text(row)) + num_cell(fixed(number(row, "eff_bits"))) +
@@ -98,8 +100,9 @@ std::string fragile_section(const json& report) {
     if (!heads.is_array() || heads.empty()) {
         out += "<p>None flagged.</p>\n";
     } else {
-        out += "<table><thead><tr><th>layer</th><th>KV head</th><th>method</th><th>bits</th><th>K NMSE</th>"
-               "<th>score</th></tr></thead><tbody>\n";
+        out +=
+            "<table><thead><tr><th>layer</th><th>KV head</th><th>method</th><th>bits</th><th>K NMSE</th>"
+            "<th>score</th></tr></thead><tbody>\n";
         for (const json& h : heads) {
             out += "<tr>" + num_cell(std::to_string(integer(h, "layer"))) +
                    num_cell(std::to_string(integer(h, "kv_head"))) + "<td>" +
@@ -128,18 +131,21 @@ std::string warnings_section(const json& report) {
 std::string render_html(const json& report) {
     PKV_CHECK(report.is_object(), invalid_argument, "report: expected a JSON object, got {}", report.type_name());
     std::string title = "pkv analyze: " + text(field(report, "model"), "name", "report");
-    std::string out = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
-                      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>"
-                      "<title>" + esc(title) + "</title><style>" + kStyle + "</style></head>\n<body>\n";
+    std::string out =
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>"
+        "<title>" +
+        esc(title) + "</title><style>" + kStyle + "</style></head>\n<body>\n";
     out += header(report);
     out += summary_table(report);
     out += "<section id=\"error-vs-bits\"><h2>NMSE vs effective bits</h2>\n" + figure_error_vs_bits(report) +
            "</section>\n";
-    out += "<section id=\"heatmaps\"><h2>Per-layer and per-head NMSE</h2>\n" + figure_heatmaps(report) +
-           "</section>\n";
-    out += "<section id=\"histograms\"><h2>Raw vs residual distributions</h2>\n"
-           "<p class=\"note\">Values of one layer and KV head before (raw) and after (residual) pattern alignment, "
-           "over the same equal-width bins.</p>\n" + figure_histograms(report) + "</section>\n";
+    out += "<section id=\"heatmaps\"><h2>Per-layer and per-head NMSE</h2>\n" + figure_heatmaps(report) + "</section>\n";
+    out +=
+        "<section id=\"histograms\"><h2>Raw vs residual distributions</h2>\n"
+        "<p class=\"note\">Values of one layer and KV head before (raw) and after (residual) pattern alignment, "
+        "over the same equal-width bins.</p>\n" +
+        figure_histograms(report) + "</section>\n";
     out += fragile_section(report);
     out += warnings_section(report);
     out += "</body></html>\n";

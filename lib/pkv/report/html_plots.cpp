@@ -62,8 +62,8 @@ std::string error_panel(const std::vector<Series>& series, bool want_v, double x
             y_hi = std::max(y_hi, p.y);
         }
     svg::Doc doc(width, height, fmt::format("{} NMSE vs effective bits", tensor));
-    doc.text(px0, 20, fmt::format("{} reconstruction NMSE (mean over layers and heads)", tensor), "start", 13,
-             "#111", 0, "bold");
+    doc.text(px0, 20, fmt::format("{} reconstruction NMSE (mean over layers and heads)", tensor), "start", 13, "#111",
+             0, "bold");
     if (!(y_hi > 0)) {
         doc.text((px0 + px1) / 2, (py0 + py1) / 2, "no positive finite values", "middle", 12, "#666");
         return doc.str();
@@ -130,8 +130,7 @@ struct Combo {
 // A sequential ramp from pale (small error) to dark (large error), interpolated in
 // RGB between five hand-picked anchors.
 std::string ramp_color(double t) {
-    static const double anchors[5][3] = {
-        {250, 244, 210}, {248, 190, 110}, {230, 112, 60}, {170, 36, 62}, {62, 12, 78}};
+    static const double anchors[5][3] = {{250, 244, 210}, {248, 190, 110}, {230, 112, 60}, {170, 36, 62}, {62, 12, 78}};
     t = std::clamp(t, 0.0, 1.0) * 4;
     int i = std::min(static_cast<int>(t), 3);
     double f = t - i;
@@ -143,9 +142,8 @@ std::string ramp_color(double t) {
 
 using CellMap = std::map<std::pair<int64_t, int64_t>, std::optional<double>>;
 
-std::string heatmap_svg(const std::string& title, const std::vector<int64_t>& layers,
-                        const std::vector<int64_t>& heads, const CellMap& k, const CellMap& v,
-                        const svg::LogScale& color) {
+std::string heatmap_svg(const std::string& title, const std::vector<int64_t>& layers, const std::vector<int64_t>& heads,
+                        const CellMap& k, const CellMap& v, const svg::LogScale& color) {
     const double L = static_cast<double>(layers.size()), H = static_cast<double>(heads.size());
     const double ch = std::clamp(260.0 / L, 4.0, 16.0), cw = std::clamp(108.0 / H, 10.0, 32.0);
     const double left = 44, top = 54, gap = 24;
@@ -163,13 +161,12 @@ std::string heatmap_svg(const std::string& title, const std::vector<int64_t>& la
             doc.text(x0 + (c + 0.5) * cw, top - 4, std::to_string(heads[c]), "middle", 9, "#333");
         for (size_t r = 0; r < layers.size(); ++r) {
             double y = top + r * ch;
-            if (r % label_every == 0)
-                doc.text(x0 - 5, y + ch / 2 + 3, std::to_string(layers[r]), "end", 9, "#333");
+            if (r % label_every == 0) doc.text(x0 - 5, y + ch / 2 + 3, std::to_string(layers[r]), "end", 9, "#333");
             for (size_t c = 0; c < heads.size(); ++c) {
                 auto it = cells.find({layers[r], heads[c]});
                 std::optional<double> val = it == cells.end() ? std::nullopt : it->second;
-                std::string tip = fmt::format("layer {}, KV head {}: {} NMSE {}", layers[r], heads[c], tensor,
-                                              sci(val));
+                std::string tip =
+                    fmt::format("layer {}, KV head {}: {} NMSE {}", layers[r], heads[c], tensor, sci(val));
                 std::string fill = "#d4d4d4";
                 if (val && *val >= 0) {
                     double pos = color.map(std::max(*val, color.d0));
@@ -216,8 +213,8 @@ std::vector<double> counts_of(const json& arr) {
     return out;
 }
 
-void step_line(svg::Doc& doc, const std::vector<double>& counts, const svg::LinearScale& xs,
-               const svg::LinearScale& ys, double lo, double hi, const std::string& color) {
+void step_line(svg::Doc& doc, const std::vector<double>& counts, const svg::LinearScale& xs, const svg::LinearScale& ys,
+               double lo, double hi, const std::string& color) {
     std::vector<double> px, py;
     double n = static_cast<double>(counts.size());
     px.push_back(xs.map(lo));
@@ -237,9 +234,9 @@ void step_line(svg::Doc& doc, const std::vector<double>& counts, const svg::Line
 }  // namespace
 
 std::string method_color(const std::string& method, size_t fallback_index) {
-    static const std::map<std::string, std::string> known = {
-        {"fp16", "#6b7280"}, {"kivi", "#2563eb"}, {"patternkv", "#dc2626"},
-        {"q4_0", "#16a34a"}, {"q8_0", "#9333ea"}, {"fp8", "#d97706"}};
+    static const std::map<std::string, std::string> known = {{"fp16", "#6b7280"},      {"kivi", "#2563eb"},
+                                                             {"patternkv", "#dc2626"}, {"q4_0", "#16a34a"},
+                                                             {"q8_0", "#9333ea"},      {"fp8", "#d97706"}};
     static const char* palette[] = {"#0891b2", "#be185d", "#4d7c0f", "#92400e", "#1e3a8a", "#0f766e"};
     auto it = known.find(method);
     return it != known.end() ? it->second : palette[fallback_index % 6];
@@ -287,8 +284,8 @@ std::string figure_error_vs_bits(const json& report) {
         "Mean NMSE over all analysed layers and KV heads per method; dashed lines and hollow markers: with "
         "Hadamard rotation (+had). Hover a marker for its values.";
     if (skipped)
-        caption += fmt::format(" {} value(s) left out: undefined or zero (exact), which a log axis cannot show.",
-                               skipped);
+        caption +=
+            fmt::format(" {} value(s) left out: undefined or zero (exact), which a log axis cannot show.", skipped);
     return "<div class=\"plots\">" + figure(error_panel(series, false, x_lo, x_hi)) +
            figure(error_panel(series, true, x_lo, x_hi)) + "</div>\n" + note(caption);
 }

@@ -24,7 +24,6 @@ nlohmann::json analyze_report_json(const AnalyzeResult& result);
 /// The `pkv eval` report (format pkv.eval_report 1.0, docs/eval.md) of a result.
 nlohmann::json eval_report_json(const EvalResult& result);
 
-
 /// A compact Markdown summary for the terminal: one provenance line, the summary
 /// table (method x bits: effective bits, K/V NMSE, attention KL and output error),
 /// the fragile heads with the layers suggested to keep in fp16, and the warnings.

@@ -46,9 +46,7 @@ bool flag(const json& obj, const char* key) {
 
 std::string sci(std::optional<double> v) { return v ? fmt::format("{:.3e}", *v) : "n/a"; }
 
-std::string fixed(std::optional<double> v, int digits) {
-    return v ? fmt::format("{:.{}f}", *v, digits) : "n/a";
-}
+std::string fixed(std::optional<double> v, int digits) { return v ? fmt::format("{:.{}f}", *v, digits) : "n/a"; }
 
 std::string display(const json& v) {
     if (v.is_string()) return v.get<std::string>();

@@ -150,17 +150,16 @@ Doc::Doc(double width, double height, const std::string& label) : width_(width),
 
 void Doc::rect(double x, double y, double w, double h, const std::string& fill, const std::string& stroke,
                const std::string& tooltip) {
-    std::string head = fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"", num(x),
-                                   num(y), num(std::max(w, 0.0)), num(std::max(h, 0.0)), xml_escape(fill));
+    std::string head = fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"", num(x), num(y),
+                                   num(std::max(w, 0.0)), num(std::max(h, 0.0)), xml_escape(fill));
     if (stroke != "none") head += fmt::format(" stroke=\"{}\"", xml_escape(stroke));
     body_ += tooltip.empty() ? head + "/>" : head + ">" + title_child(tooltip) + "</rect>";
 }
 
 void Doc::line(double x1, double y1, double x2, double y2, const std::string& stroke, double stroke_width,
                const std::string& dash) {
-    body_ += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"{}\"{}/>",
-                         num(x1), num(y1), num(x2), num(y2), xml_escape(stroke), num(stroke_width),
-                         dash_attr(dash));
+    body_ += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"{}\"{}/>", num(x1),
+                         num(y1), num(x2), num(y2), xml_escape(stroke), num(stroke_width), dash_attr(dash));
 }
 
 void Doc::polyline(const std::vector<double>& xs, const std::vector<double>& ys, const std::string& stroke,
@@ -173,8 +172,8 @@ void Doc::polyline(const std::vector<double>& xs, const std::vector<double>& ys,
         pts += num(xs[i]) + "," + num(ys[i]);
     }
     body_ += fmt::format(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" stroke-linejoin=\"round\"{}/>",
-        pts, xml_escape(stroke), num(stroke_width), dash_attr(dash));
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" stroke-linejoin=\"round\"{}/>", pts,
+        xml_escape(stroke), num(stroke_width), dash_attr(dash));
 }
 
 void Doc::circle(double cx, double cy, double r, const std::string& fill, const std::string& stroke,
@@ -187,13 +186,13 @@ void Doc::circle(double cx, double cy, double r, const std::string& fill, const 
 
 void Doc::text(double x, double y, const std::string& content, const std::string& anchor, double size,
                const std::string& fill, double rotate_deg, const std::string& weight) {
-    std::string transform =
-        rotate_deg == 0 ? std::string()
-                        : fmt::format(" transform=\"rotate({} {} {})\"", num(rotate_deg), num(x), num(y));
+    std::string transform = rotate_deg == 0
+                                ? std::string()
+                                : fmt::format(" transform=\"rotate({} {} {})\"", num(rotate_deg), num(x), num(y));
     std::string bold = weight == "normal" ? std::string() : fmt::format(" font-weight=\"{}\"", xml_escape(weight));
-    body_ += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"{}\" font-size=\"{}\" fill=\"{}\"{}{}>{}</text>",
-                         num(x), num(y), xml_escape(anchor), num(size), xml_escape(fill), transform, bold,
-                         xml_escape(content));
+    body_ +=
+        fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"{}\" font-size=\"{}\" fill=\"{}\"{}{}>{}</text>", num(x),
+                    num(y), xml_escape(anchor), num(size), xml_escape(fill), transform, bold, xml_escape(content));
 }
 
 void Doc::axis_bottom(double y, double x0, double x1, const std::vector<double>& tick_px,

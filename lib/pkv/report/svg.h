@@ -54,10 +54,10 @@ public:
 
     /// Rectangle; `fill`/`stroke` are CSS colors ("none" allowed); `tooltip`, when
     /// not empty, becomes a <title> child shown on hover.
-    void rect(double x, double y, double w, double h, const std::string& fill,
-              const std::string& stroke = "none", const std::string& tooltip = "");
-    void line(double x1, double y1, double x2, double y2, const std::string& stroke,
-              double stroke_width = 1, const std::string& dash = "");
+    void rect(double x, double y, double w, double h, const std::string& fill, const std::string& stroke = "none",
+              const std::string& tooltip = "");
+    void line(double x1, double y1, double x2, double y2, const std::string& stroke, double stroke_width = 1,
+              const std::string& dash = "");
     /// Open polyline through the points xs[i], ys[i] (same length).
     void polyline(const std::vector<double>& xs, const std::vector<double>& ys, const std::string& stroke,
                   double stroke_width = 1.5, const std::string& dash = "");
@@ -65,9 +65,8 @@ public:
                 const std::string& tooltip = "");
     /// Text at (x, y) (the baseline); anchor is "start", "middle" or "end";
     /// rotate_deg turns it about (x, y).
-    void text(double x, double y, const std::string& content, const std::string& anchor = "start",
-              double size = 11, const std::string& fill = "#222", double rotate_deg = 0,
-              const std::string& weight = "normal");
+    void text(double x, double y, const std::string& content, const std::string& anchor = "start", double size = 11,
+              const std::string& fill = "#222", double rotate_deg = 0, const std::string& weight = "normal");
 
     /// Bottom axis at pixel row y from pixel x0 to x1: the line, a tick and a label
     /// at each pixel position tick_px[i] with text tick_text[i], and `label` centred

@@ -64,10 +64,10 @@ public:
     explicit TableError(const std::string& message) : std::runtime_error(message) {}
 };
 
-enum class KeyBasis { pre_rope, post_rope };                 ///< keys before / after RoPE
-enum class DimOrder { gguf_interleaved, hf_half_split };     ///< per-head key channel order
-enum class Rotation { none, hadamard };                      ///< applied to K and V before patterns
-enum class Assign { l2, minmax };                            ///< how a token picks its pattern
+enum class KeyBasis { pre_rope, post_rope };              ///< keys before / after RoPE
+enum class DimOrder { gguf_interleaved, hf_half_split };  ///< per-head key channel order
+enum class Rotation { none, hadamard };                   ///< applied to K and V before patterns
+enum class Assign { l2, minmax };                         ///< how a token picks its pattern
 
 inline const char* to_string(KeyBasis b) { return b == KeyBasis::pre_rope ? "pre_rope" : "post_rope"; }
 inline const char* to_string(DimOrder o) {
@@ -194,18 +194,18 @@ inline ClipRange clip_range(float mn, float mx, float a) {
 /// One (layer, KV head) of a table; D = head_dim, Mk / Mv = key / value patterns.
 /// Non-owning: see "Ownership" at the top.
 struct HeadView {
-    int layer = 0, head = 0;          ///< model layer, KV head
-    int head_dim = 0;                 ///< D
-    int n_k_patterns = 0;             ///< Mk
-    int n_v_patterns = 0;             ///< Mv
+    int layer = 0, head = 0;            ///< model layer, KV head
+    int head_dim = 0;                   ///< D
+    int n_k_patterns = 0;               ///< Mk
+    int n_v_patterns = 0;               ///< Mv
     const float* k_patterns = nullptr;  ///< [Mk, D] in the table's key basis, dim order, rotation
     const float* v_patterns = nullptr;  ///< [Mv, D]
     const int64_t* k_counts = nullptr;  ///< [Mk] calibration tokens per key pattern
     const int64_t* v_counts = nullptr;  ///< [Mv]
-    float k_clip = 1.0f;              ///< clip ratio of the key residual quantizer, (0, 1]
-    float v_clip = 1.0f;              ///< clip ratio of the value residual quantizer, (0, 1]
-    float v_gate_z = 0.0f;            ///< z of the value gate, >= 0
-    Assign assign = Assign::minmax;   ///< the table's pkv.assign
+    float k_clip = 1.0f;                ///< clip ratio of the key residual quantizer, (0, 1]
+    float v_clip = 1.0f;                ///< clip ratio of the value residual quantizer, (0, 1]
+    float v_gate_z = 0.0f;              ///< z of the value gate, >= 0
+    Assign assign = Assign::minmax;     ///< the table's pkv.assign
 
     const float* k_pattern(int i) const { return k_patterns + row(i); }  ///< [D] key pattern i
     const float* v_pattern(int i) const { return v_patterns + row(i); }  ///< [D] value pattern i
@@ -562,10 +562,19 @@ public:
                                     std::to_string(n_head_kv_) + ")");
         const size_t h = static_cast<size_t>(kv_head), D = static_cast<size_t>(head_dim_);
         const size_t mk = static_cast<size_t>(mk_), mv = static_cast<size_t>(mv_);
-        return HeadView{layer, kv_head, head_dim_, mk_, mv_,
-                        l->k_patterns.data() + h * mk * D, l->v_patterns.data() + h * mv * D,
-                        l->k_counts.data() + h * mk, l->v_counts.data() + h * mv,
-                        l->k_clip[h], l->v_clip[h], l->v_gate_z[h], assign_};
+        return HeadView{layer,
+                        kv_head,
+                        head_dim_,
+                        mk_,
+                        mv_,
+                        l->k_patterns.data() + h * mk * D,
+                        l->v_patterns.data() + h * mv * D,
+                        l->k_counts.data() + h * mk,
+                        l->v_counts.data() + h * mv,
+                        l->k_clip[h],
+                        l->v_clip[h],
+                        l->v_gate_z[h],
+                        assign_};
     }
 
 private:
@@ -691,8 +700,8 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     model_name_ = name == metadata_.end() ? "" : name->second;
     arch_ = meta("pkv.model.arch");
     model_sha256_ = meta("pkv.model.sha256");
-    if (!model_sha256_.empty() && (model_sha256_.size() != 64 ||
-                                   model_sha256_.find_first_not_of("0123456789abcdef") != std::string::npos))
+    if (!model_sha256_.empty() &&
+        (model_sha256_.size() != 64 || model_sha256_.find_first_not_of("0123456789abcdef") != std::string::npos))
         fail("metadata pkv.model.sha256: expected 64 lower-case hex digits or \"\", got \"" + model_sha256_ + "\"");
     constexpr int kBig = 1 << 30;
     n_layer_ = meta_int("pkv.model.n_layer", 1, kBig);

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -50,7 +50,8 @@ bool one_of(const std::string& v, std::initializer_list<const char*> allowed) {
 std::string quoted_list(std::initializer_list<const char*> allowed) {
     std::string s;
     size_t i = 0;
-    for (const char* a : allowed) s += (i++ ? (i == allowed.size() ? " or " : ", ") : "") + std::string("\"") + a + "\"";
+    for (const char* a : allowed)
+        s += (i++ ? (i == allowed.size() ? " or " : ", ") : "") + std::string("\"") + a + "\"";
     return s;
 }
 
@@ -70,9 +71,12 @@ struct TensorSpec {
 
 std::vector<TensorSpec> layer_tensor_specs(uint64_t H, uint64_t Mk, uint64_t Mv, uint64_t D) {
     return {
-        {ptable::kKPatterns, "F32", {H, Mk, D}}, {ptable::kVPatterns, "F32", {H, Mv, D}},
-        {ptable::kKCounts, "I64", {H, Mk}},      {ptable::kVCounts, "I64", {H, Mv}},
-        {ptable::kKClip, "F32", {H}},            {ptable::kVClip, "F32", {H}},
+        {ptable::kKPatterns, "F32", {H, Mk, D}},
+        {ptable::kVPatterns, "F32", {H, Mv, D}},
+        {ptable::kKCounts, "I64", {H, Mk}},
+        {ptable::kVCounts, "I64", {H, Mv}},
+        {ptable::kKClip, "F32", {H}},
+        {ptable::kVClip, "F32", {H}},
         {ptable::kVGateZ, "F32", {H}},
     };
 }
@@ -118,7 +122,8 @@ struct MetaReader {
     }
     uint64_t u64(const char* key, uint64_t lo, uint64_t hi) const {
         const std::string& v = str(key);
-        bool ok = !v.empty() && v.size() <= 20 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+        bool ok = !v.empty() && v.size() <= 20 &&
+                  std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
         uint64_t n = 0;
         if (ok) {
             errno = 0;
@@ -126,7 +131,8 @@ struct MetaReader {
             ok = errno == 0 && (v.size() == 1 || v[0] != '0');
         }
         PKV_CHECK(ok, data_loss, "{}::{}: expected a decimal integer, got \"{}\"", path, key, v);
-        PKV_CHECK(n >= lo && n <= hi, data_loss, "{}::{}: expected an integer in [{}, {}], got {}", path, key, lo, hi, n);
+        PKV_CHECK(n >= lo && n <= hi, data_loss, "{}::{}: expected an integer in [{}, {}], got {}", path, key, lo, hi,
+                  n);
         return n;
     }
     int i32(const char* key, int lo, int hi = 1 << 30) const { return static_cast<int>(u64(key, lo, hi)); }
@@ -307,8 +313,8 @@ PatternTable read_pattern_table(const std::string& path) {
                              version.find_first_not_of("0123456789.") == std::string::npos &&
                              version.find('.', dot + 1) == std::string::npos;
     PKV_CHECK(well_formed && version.substr(0, dot) == std::to_string(P::kVersionMajor), data_loss,
-              "{}::{}: expected major version {} (\"{}.x\"), got \"{}\"", path, P::kMetaFormatVersion,
-              P::kVersionMajor, P::kVersionMajor, version);
+              "{}::{}: expected major version {} (\"{}.x\"), got \"{}\"", path, P::kMetaFormatVersion, P::kVersionMajor,
+              P::kVersionMajor, version);
 
     PatternTable t;
     t.model.name = r.str(P::kMetaModelName);
@@ -317,7 +323,8 @@ PatternTable read_pattern_table(const std::string& path) {
               P::kMetaModelArch);
     t.model.sha256 = r.str(P::kMetaModelSha256);
     PKV_CHECK(t.model.sha256.empty() || is_sha256_hex(t.model.sha256), data_loss,
-              "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256, t.model.sha256);
+              "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256,
+              t.model.sha256);
     t.model.n_layer = r.i32(P::kMetaNLayer, 1);
     t.model.n_head = r.i32(P::kMetaNHead, 1);
     t.model.n_head_kv = r.i32(P::kMetaNHeadKv, 1, t.model.n_head);
@@ -351,8 +358,8 @@ PatternTable read_pattern_table(const std::string& path) {
         fail(ErrorCode::data_loss, "{}::{}: expected a JSON object, got text that does not parse ({})", path,
              P::kMetaCalibration, e.what());
     }
-    PKV_CHECK(t.calibration.is_object(), data_loss, "{}::{}: expected a JSON object, got {}", path,
-              P::kMetaCalibration, t.calibration.type_name());
+    PKV_CHECK(t.calibration.is_object(), data_loss, "{}::{}: expected a JSON object, got {}", path, P::kMetaCalibration,
+              t.calibration.type_name());
 
     const auto specs = layer_tensor_specs(t.model.n_head_kv, t.k_patterns, t.v_patterns, t.model.head_dim);
     for (int l : layers) {
@@ -406,13 +413,15 @@ std::vector<std::string> pattern_table_findings(const PatternTable& t) {
         non_finite(name(ptable::kVClip), l.v_clip, 0, 1);
         non_finite(name(ptable::kVGateZ), l.v_gate_z, 0, 1);
 
-        for (const auto& [suffix, clip] : {std::make_pair(ptable::kKClip, &l.k_clip), std::make_pair(ptable::kVClip, &l.v_clip)}) {
+        for (const auto& [suffix, clip] :
+             {std::make_pair(ptable::kKClip, &l.k_clip), std::make_pair(ptable::kVClip, &l.v_clip)}) {
             for (int h = 0; h < H; ++h) {
                 const float a = (*clip)[h];
                 any_clip = true;
                 if (a != 1.0f) any_clip_not_one = true;
                 if (std::isfinite(a) && (a <= 0.0f || a > 1.0f))
-                    out.push_back(fmt::format("{}: head {}: expected a clip ratio in (0, 1], got {}", name(suffix), h, a));
+                    out.push_back(
+                        fmt::format("{}: head {}: expected a clip ratio in (0, 1], got {}", name(suffix), h, a));
             }
         }
         for (int h = 0; h < H; ++h)
@@ -458,12 +467,14 @@ std::vector<std::string> pattern_table_findings(const PatternTable& t) {
                             const double diff = double(base[size_t(a) * D + d]) - base[size_t(b) * D + d];
                             s += diff * diff;
                         }
-                        if (std::sqrt(s) <= 1e-6 * std::max(norms[a], norms[b])) pairs.push_back(fmt::format("{}={}", a, b));
+                        if (std::sqrt(s) <= 1e-6 * std::max(norms[a], norms[b]))
+                            pairs.push_back(fmt::format("{}={}", a, b));
                     }
                 }
                 if (!pairs.empty())
-                    out.push_back(fmt::format("{}: head {}: {} duplicate pattern pair(s) (equal within 1e-6 relative): {}",
-                                              pname, h, pairs.size(), fmt::join(pairs, ", ")));
+                    out.push_back(
+                        fmt::format("{}: head {}: {} duplicate pattern pair(s) (equal within 1e-6 relative): {}", pname,
+                                    h, pairs.size(), fmt::join(pairs, ", ")));
             }
             for (int h = 1; h < H; ++h)
                 if (sums[h] != sums[0]) {

@@ -40,27 +40,27 @@ constexpr const char* kFormat = "pkv.pattern_table";
 constexpr const char* kFormatVersion = "1.0";
 constexpr int kVersionMajor = 1;
 // Metadata keys.
-constexpr const char* kMetaFormat = "pkv.format";                  ///< kFormat
-constexpr const char* kMetaFormatVersion = "pkv.format_version";   ///< "1.0"; readers accept major 1
-constexpr const char* kMetaModelName = "pkv.model.name";           ///< general.name of the GGUF
-constexpr const char* kMetaModelArch = "pkv.model.arch";           ///< "llama"
-constexpr const char* kMetaModelSha256 = "pkv.model.sha256";       ///< SHA-256 (hex) of the GGUF file: the model fingerprint
-constexpr const char* kMetaNLayer = "pkv.model.n_layer";           ///< layers of the model
+constexpr const char* kMetaFormat = "pkv.format";                 ///< kFormat
+constexpr const char* kMetaFormatVersion = "pkv.format_version";  ///< "1.0"; readers accept major 1
+constexpr const char* kMetaModelName = "pkv.model.name";          ///< general.name of the GGUF
+constexpr const char* kMetaModelArch = "pkv.model.arch";          ///< "llama"
+constexpr const char* kMetaModelSha256 = "pkv.model.sha256";  ///< SHA-256 (hex) of the GGUF file: the model fingerprint
+constexpr const char* kMetaNLayer = "pkv.model.n_layer";      ///< layers of the model
 constexpr const char* kMetaNHead = "pkv.model.n_head";
 constexpr const char* kMetaNHeadKv = "pkv.model.n_head_kv";
 constexpr const char* kMetaHeadDim = "pkv.model.head_dim";
-constexpr const char* kMetaLayers = "pkv.layers";                  ///< calibrated model layers, "0,1,2" (ascending)
-constexpr const char* kMetaKeyBasis = "pkv.key.basis";             ///< "pre_rope" | "post_rope"
-constexpr const char* kMetaKeyDimOrder = "pkv.key.dim_order";      ///< "gguf_interleaved" | "hf_half_split" (as kvdump)
-constexpr const char* kMetaRotation = "pkv.rotation";              ///< "none" | "hadamard" (K and V both, when on)
-constexpr const char* kMetaRotationSeed = "pkv.rotation.seed";     ///< "0" = plain Sylvester H_D (no random signs)
-constexpr const char* kMetaBits = "pkv.quant.bits";                ///< residual code width: 2, 3, 4 or 8
-constexpr const char* kMetaGroup = "pkv.quant.group";              ///< K tokens per channel group; V channels per group
-constexpr const char* kMetaWindow = "pkv.quant.window";            ///< fp16 window / flush block length R
-constexpr const char* kMetaAssign = "pkv.assign";                  ///< "l2" | "minmax": how runtimes pick a pattern
-constexpr const char* kMetaKPatterns = "pkv.k_patterns";           ///< Mk
-constexpr const char* kMetaVPatterns = "pkv.v_patterns";           ///< Mv
-constexpr const char* kMetaCalibration = "pkv.calibration";        ///< JSON object, see the spec
+constexpr const char* kMetaLayers = "pkv.layers";               ///< calibrated model layers, "0,1,2" (ascending)
+constexpr const char* kMetaKeyBasis = "pkv.key.basis";          ///< "pre_rope" | "post_rope"
+constexpr const char* kMetaKeyDimOrder = "pkv.key.dim_order";   ///< "gguf_interleaved" | "hf_half_split" (as kvdump)
+constexpr const char* kMetaRotation = "pkv.rotation";           ///< "none" | "hadamard" (K and V both, when on)
+constexpr const char* kMetaRotationSeed = "pkv.rotation.seed";  ///< "0" = plain Sylvester H_D (no random signs)
+constexpr const char* kMetaBits = "pkv.quant.bits";             ///< residual code width: 2, 3, 4 or 8
+constexpr const char* kMetaGroup = "pkv.quant.group";           ///< K tokens per channel group; V channels per group
+constexpr const char* kMetaWindow = "pkv.quant.window";         ///< fp16 window / flush block length R
+constexpr const char* kMetaAssign = "pkv.assign";               ///< "l2" | "minmax": how runtimes pick a pattern
+constexpr const char* kMetaKPatterns = "pkv.k_patterns";        ///< Mk
+constexpr const char* kMetaVPatterns = "pkv.v_patterns";        ///< Mv
+constexpr const char* kMetaCalibration = "pkv.calibration";     ///< JSON object, see the spec
 // Values.
 constexpr const char* kBasisPre = "pre_rope";
 constexpr const char* kBasisPost = "post_rope";
@@ -92,14 +92,14 @@ struct PatternTableModel {
 
 /// One calibrated model layer; H = n_head_kv, D = head_dim.
 struct PatternLayer {
-    int layer = 0;                   ///< model layer index
-    std::vector<float> k_patterns;   ///< [H, Mk, D]
-    std::vector<float> v_patterns;   ///< [H, Mv, D]
-    std::vector<int64_t> k_counts;   ///< [H, Mk]
-    std::vector<int64_t> v_counts;   ///< [H, Mv]
-    std::vector<float> k_clip;       ///< [H]
-    std::vector<float> v_clip;       ///< [H]
-    std::vector<float> v_gate_z;     ///< [H]
+    int layer = 0;                  ///< model layer index
+    std::vector<float> k_patterns;  ///< [H, Mk, D]
+    std::vector<float> v_patterns;  ///< [H, Mv, D]
+    std::vector<int64_t> k_counts;  ///< [H, Mk]
+    std::vector<int64_t> v_counts;  ///< [H, Mv]
+    std::vector<float> k_clip;      ///< [H]
+    std::vector<float> v_clip;      ///< [H]
+    std::vector<float> v_gate_z;    ///< [H]
 };
 
 struct PatternTable {
@@ -110,8 +110,8 @@ struct PatternTable {
     uint64_t rotation_seed = 0;
     int bits = 2, group = 128, window = 128;
     std::string assign = ptable::kAssignMinmax;
-    int k_patterns = 0, v_patterns = 0;       ///< Mk, Mv (same for every layer and head)
-    std::vector<PatternLayer> layers;         ///< ascending model layer index
+    int k_patterns = 0, v_patterns = 0;                     ///< Mk, Mv (same for every layer and head)
+    std::vector<PatternLayer> layers;                       ///< ascending model layer index
     nlohmann::json calibration = nlohmann::json::object();  ///< provenance + per-head statistics
 };
 

@@ -66,9 +66,8 @@ StTensor StTensorView::to_tensor() const {
 
 size_t st_dtype_size(const std::string& dtype) {
     static const std::map<std::string, size_t> sizes = {
-        {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"U16", 2},
-        {"I16", 2},  {"F16", 2}, {"BF16", 2}, {"U32", 4},    {"I32", 4},     {"F32", 4},
-        {"U64", 8},  {"I64", 8}, {"F64", 8},
+        {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"U16", 2}, {"I16", 2}, {"F16", 2},
+        {"BF16", 2}, {"U32", 4}, {"I32", 4}, {"F32", 4},     {"U64", 8},     {"I64", 8}, {"F64", 8},
     };
     auto it = sizes.find(dtype);
     return it == sizes.end() ? 0 : it->second;
@@ -78,24 +77,19 @@ size_t st_dtype_size(const std::string& dtype) {
 
 void SafetensorsWriter::add(StTensor t) {
     PKV_CHECK(!t.name.empty(), invalid_argument, "safetensors writer: empty tensor name");
-    PKV_CHECK(t.name != "__metadata__", invalid_argument,
-              "safetensors writer: tensor name '__metadata__' is reserved");
-    PKV_CHECK(!tensors_.count(t.name), invalid_argument, "safetensors writer: tensor '{}': added twice",
-              t.name);
+    PKV_CHECK(t.name != "__metadata__", invalid_argument, "safetensors writer: tensor name '__metadata__' is reserved");
+    PKV_CHECK(!tensors_.count(t.name), invalid_argument, "safetensors writer: tensor '{}': added twice", t.name);
     const size_t elem = st_dtype_size(t.dtype);
-    PKV_CHECK(elem != 0, invalid_argument, "safetensors writer: tensor '{}': unknown dtype '{}'", t.name,
-              t.dtype);
+    PKV_CHECK(elem != 0, invalid_argument, "safetensors writer: tensor '{}': unknown dtype '{}'", t.name, t.dtype);
     const uint64_t want = byte_size(t.shape, elem, "safetensors writer: tensor '" + t.name + "' size");
     PKV_CHECK(t.data.size() == want, invalid_argument,
-              "safetensors writer: tensor '{}': expected {} = {} bytes, got {}", t.name,
-              size_expr(t.shape, t.dtype), want, t.data.size());
+              "safetensors writer: tensor '{}': expected {} = {} bytes, got {}", t.name, size_expr(t.shape, t.dtype),
+              want, t.data.size());
     std::string name = t.name;
     tensors_.emplace(std::move(name), std::move(t));
 }
 
-void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) {
-    metadata_[key] = value;
-}
+void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
 std::vector<uint8_t> SafetensorsWriter::encode() const {
     json header = json::object();
@@ -142,12 +136,11 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
 
 SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& label) {
     const std::string& L = label;
-    PKV_CHECK(bytes.size() >= 8, data_loss, "{}: expected at least 8 bytes (header length), got {}", L,
-              bytes.size());
+    PKV_CHECK(bytes.size() >= 8, data_loss, "{}: expected at least 8 bytes (header length), got {}", L, bytes.size());
     const uint64_t n = get_u64le(bytes.data());
     PKV_CHECK(n <= kMaxHeader, data_loss, "{}: header length {} exceeds the 100 MB limit", L, n);
-    PKV_CHECK(n <= bytes.size() - 8, data_loss, "{}: header length {} runs past end of file ({} bytes)", L,
-              n, bytes.size());
+    PKV_CHECK(n <= bytes.size() - 8, data_loss, "{}: header length {} runs past end of file ({} bytes)", L, n,
+              bytes.size());
 
     // nlohmann keeps the last of duplicate keys silently, so duplicates are caught
     // while parsing: one key set per open object.
@@ -172,8 +165,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         fail(ErrorCode::data_loss, "{}: header is not valid JSON: {}", L, e.what());
     }
     PKV_CHECK(duplicate.empty(), data_loss, "{}: header: duplicate key '{}'", L, duplicate);
-    PKV_CHECK(header.is_object(), data_loss, "{}: header: expected a JSON object, got {}", L,
-              header.type_name());
+    PKV_CHECK(header.is_object(), data_loss, "{}: header: expected a JSON object, got {}", L, header.type_name());
 
     SafetensorsFile file;
     file.label_ = label;
@@ -189,8 +181,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         const std::string& name = it.key();
         const json& v = it.value();
         if (name == "__metadata__") {
-            PKV_CHECK(v.is_object(), data_loss, "{}: __metadata__: expected an object, got {}", L,
-                      v.type_name());
+            PKV_CHECK(v.is_object(), data_loss, "{}: __metadata__: expected an object, got {}", L, v.type_name());
             for (auto m = v.begin(); m != v.end(); ++m) {
                 PKV_CHECK(m.value().is_string(), data_loss,
                           "{}: __metadata__: key '{}': expected a string value, got {}", L, m.key(),
@@ -199,12 +190,11 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
             }
             continue;
         }
-        PKV_CHECK(v.is_object(), data_loss, "{}: tensor '{}': expected an object, got {}", L, name,
-                  v.type_name());
+        PKV_CHECK(v.is_object(), data_loss, "{}: tensor '{}': expected an object, got {}", L, name, v.type_name());
         PKV_CHECK(v.contains("dtype") && v["dtype"].is_string(), data_loss,
                   "{}: tensor '{}': expected a string 'dtype'", L, name);
-        PKV_CHECK(v.contains("shape") && v["shape"].is_array(), data_loss,
-                  "{}: tensor '{}': expected an array 'shape'", L, name);
+        PKV_CHECK(v.contains("shape") && v["shape"].is_array(), data_loss, "{}: tensor '{}': expected an array 'shape'",
+                  L, name);
         PKV_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2,
                   data_loss, "{}: tensor '{}': expected 'data_offsets' as [begin, end]", L, name);
         StTensorView t;
@@ -221,11 +211,11 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
         const size_t elem = st_dtype_size(t.dtype);
         PKV_CHECK(elem != 0, unsupported, "{}: tensor '{}': unknown dtype '{}'", L, name, t.dtype);
-        PKV_CHECK(begin <= end, data_loss, "{}: tensor '{}': data_offsets [{}, {}) end before begin", L, name,
-                  begin, end);
+        PKV_CHECK(begin <= end, data_loss, "{}: tensor '{}': data_offsets [{}, {}) end before begin", L, name, begin,
+                  end);
         PKV_CHECK(end <= buffer_len, data_loss,
-                  "{}: tensor '{}': data_offsets [{}, {}) run past the data buffer ({} bytes)", L, name, begin,
-                  end, buffer_len);
+                  "{}: tensor '{}': data_offsets [{}, {}) run past the data buffer ({} bytes)", L, name, begin, end,
+                  buffer_len);
         const uint64_t want = byte_size(t.shape, elem, L + ": tensor '" + name + "' shape " + shape_str(t.shape));
         PKV_CHECK(end - begin == want, data_loss,
                   "{}: tensor '{}': data_offsets [{}, {}) hold {} bytes, expected {} = {}", L, name, begin, end,
@@ -241,16 +231,17 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     uint64_t covered = 0;
     std::string prev;
     for (const Span& s : spans) {
-        PKV_CHECK(s.begin >= covered, data_loss, "{}: tensor '{}': data_offsets [{}, {}) overlap tensor '{}' (ends at {})",
-                  L, s.name, s.begin, s.end, prev, covered);
+        PKV_CHECK(s.begin >= covered, data_loss,
+                  "{}: tensor '{}': data_offsets [{}, {}) overlap tensor '{}' (ends at {})", L, s.name, s.begin, s.end,
+                  prev, covered);
         PKV_CHECK(s.begin == covered, data_loss, "{}: tensor '{}': data_offsets [{}, {}) leave a gap [{}, {})", L,
                   s.name, s.begin, s.end, covered, s.begin);
         if (s.end > s.begin) prev = s.name;
         covered = s.end;
     }
     PKV_CHECK(covered == buffer_len, data_loss,
-              "{}: tensors cover {} bytes of the data buffer, expected all {} (bytes left over at the end)", L,
-              covered, buffer_len);
+              "{}: tensors cover {} bytes of the data buffer, expected all {} (bytes left over at the end)", L, covered,
+              buffer_len);
 
     file.bytes_ = std::move(bytes);
     for (auto& entry : file.tensors_) {

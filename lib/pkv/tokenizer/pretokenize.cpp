@@ -17,9 +17,8 @@ namespace {
 // The GPT-2 pattern with \s spelled out as Unicode White_Space (the meaning both
 // llama.cpp and HF tokenizers give it): PCRE2's own \s also takes U+180E, which has
 // been a format character, not a space, since Unicode 6.3.
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\t-\r\x{85}\p{Z}\p{L}\p{N}]+)"
-    R"(|[\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}])|[\t-\r\x{85}\p{Z}]+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\t-\r\x{85}\p{Z}\p{L}\p{N}]+)"
+                                     R"(|[\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}])|[\t-\r\x{85}\p{Z}]+)";
 constexpr const char* kDigitPattern = R"(\p{N})";
 
 // Invalid UTF-8 is tolerated (never matched) where PCRE2 can do it; older releases
@@ -77,8 +76,8 @@ struct Matcher {
     /// false when there is none.
     bool next(std::string_view subject, size_t offset, size_t& begin, size_t& end) {
         uint32_t options = checked ? PCRE2_NO_UTF_CHECK : 0;
-        int rc = pcre2_match(re.code, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), offset, options,
-                             md, nullptr);
+        int rc = pcre2_match(re.code, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), offset, options, md,
+                             nullptr);
         checked = true;
         if (rc == PCRE2_ERROR_NOMATCH) return false;
         if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)

@@ -109,16 +109,15 @@ VocabData vocab_from_gguf(const GgufFile& file) {
     const std::string& path = file.path();
     VocabData v;
     v.model = file.get_string("tokenizer.ggml.model");
-    PKV_CHECK(v.model == "gpt2", unsupported, "{}: tokenizer.ggml.model: expected 'gpt2', got '{}'", path,
-              v.model);
+    PKV_CHECK(v.model == "gpt2", unsupported, "{}: tokenizer.ggml.model: expected 'gpt2', got '{}'", path, v.model);
     v.pre = file.find_string("tokenizer.ggml.pre").value_or("default");
     v.tokens = file.get_string_array("tokenizer.ggml.tokens");
     PKV_CHECK(!v.tokens.empty(), data_loss, "{}: tokenizer.ggml.tokens: expected at least one token, got 0", path);
     if (file.has("tokenizer.ggml.token_type")) {
         std::vector<int64_t> types = file.get_int_array("tokenizer.ggml.token_type");
         PKV_CHECK(types.size() == v.tokens.size(), data_loss,
-                  "{}: tokenizer.ggml.token_type: expected {} entries (one per token), got {}", path,
-                  v.tokens.size(), types.size());
+                  "{}: tokenizer.ggml.token_type: expected {} entries (one per token), got {}", path, v.tokens.size(),
+                  types.size());
         v.token_types.reserve(types.size());
         for (int64_t t : types) v.token_types.push_back(static_cast<int32_t>(t));
     }
@@ -179,12 +178,12 @@ struct Tokenizer::Impl {
     std::vector<std::string> bytes_of;  // id -> bytes, for decode
     // BPE symbols: ids below n_vocab are tokens; higher ids are strings that merges
     // build but the vocabulary lacks (they fall back to byte tokens at the end).
-    std::vector<std::string> extra_bytes;       // (symbol id - n_vocab) -> bytes
-    std::array<int32_t, 256> byte_symbol{};     // byte -> its one-character symbol
-    std::array<int32_t, 256> byte_token{};      // byte -> token id, -1 when absent
+    std::vector<std::string> extra_bytes;    // (symbol id - n_vocab) -> bytes
+    std::array<int32_t, 256> byte_symbol{};  // byte -> its one-character symbol
+    std::array<int32_t, 256> byte_token{};   // byte -> token id, -1 when absent
     std::unordered_map<uint64_t, MergeInfo> merges;
-    std::vector<Special> specials;              // longest first
-    std::array<bool, 256> special_first{};      // first bytes of any special string
+    std::vector<Special> specials;          // longest first
+    std::array<bool, 256> special_first{};  // first bytes of any special string
     std::unique_ptr<PreTokenizer> pre;
 
     mutable std::mutex cache_mutex;
@@ -279,8 +278,7 @@ void Tokenizer::Impl::bpe(std::string_view piece, PieceResult& out) const {
         int32_t right = syms[left].next;
         if (right < 0) return;
         auto it = merges.find(pair_key(syms[left].id, syms[right].id));
-        if (it != merges.end())
-            heap.push({it->second.rank, left, syms[left].id, syms[right].id, it->second.result});
+        if (it != merges.end()) heap.push({it->second.rank, left, syms[left].id, syms[right].id, it->second.result});
     };
     for (int32_t i = 0; i + 1 < len; ++i) consider(i);
 

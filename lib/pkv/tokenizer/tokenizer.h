@@ -38,11 +38,11 @@ enum class TokenType : int32_t { normal = 1, unknown = 2, control = 3, user_defi
 
 /// Everything the tokenizer needs, as stored in GGUF.
 struct VocabData {
-    std::string model = "gpt2";          ///< tokenizer.ggml.model
-    std::string pre = "default";         ///< tokenizer.ggml.pre
-    std::vector<std::string> tokens;     ///< id -> token text in byte-to-unicode form
-    std::vector<int32_t> token_types;    ///< id -> TokenType (may be empty: all normal)
-    std::vector<std::string> merges;     ///< "left right", rank = index
+    std::string model = "gpt2";        ///< tokenizer.ggml.model
+    std::string pre = "default";       ///< tokenizer.ggml.pre
+    std::vector<std::string> tokens;   ///< id -> token text in byte-to-unicode form
+    std::vector<int32_t> token_types;  ///< id -> TokenType (may be empty: all normal)
+    std::vector<std::string> merges;   ///< "left right", rank = index
     int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
     bool add_bos = false, add_eos = false;
 };

@@ -5,9 +5,9 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
-#include <vector>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "catch.h"
 #include "pkv/core/atomic_file.h"
@@ -19,7 +19,10 @@
 using namespace pkv;
 
 namespace {
-bool exists(const std::string& p) { struct stat st {}; return stat(p.c_str(), &st) == 0; }
+bool exists(const std::string& p) {
+    struct stat st {};
+    return stat(p.c_str(), &st) == 0;
+}
 std::string tmpdir() {
     char tmpl[] = "/tmp/pkv-core-XXXXXX";
     REQUIRE(mkdtemp(tmpl) != nullptr);
@@ -50,7 +53,10 @@ TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
     const std::string out = dir + "/out.bin";
     SECTION("commit renames") {
         AtomicOutput o(out, false);
-        { std::ofstream f(o.temp_path()); f << "data"; }
+        {
+            std::ofstream f(o.temp_path());
+            f << "data";
+        }
         CHECK_FALSE(exists(out));
         o.commit();
         CHECK(exists(out));
@@ -61,13 +67,17 @@ TEST_CASE("atomic output appears only on commit", "[core][atomic]") {
         {
             AtomicOutput o(out, false);
             temp = o.temp_path();
-            std::ofstream f(temp); f << "half";
+            std::ofstream f(temp);
+            f << "half";
         }
         CHECK_FALSE(exists(out));
         CHECK_FALSE(exists(temp));
     }
     SECTION("existing output needs force") {
-        { std::ofstream f(out); f << "old"; }
+        {
+            std::ofstream f(out);
+            f << "old";
+        }
         CHECK_THROWS_WITH(AtomicOutput(out, false), ContainsSubstring("pass --force"));
         CHECK_NOTHROW(AtomicOutput(out, true));
     }

@@ -10,7 +10,11 @@
 using namespace pkv;
 
 namespace {
-float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+float bits_to_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 // Independent reference: round with long double arithmetic on the exact binary16 grid.
 uint16_t half_ref(float f) {
     if (std::isnan(f)) return 0x7e00;
@@ -18,7 +22,7 @@ uint16_t half_ref(float f) {
     long double a = std::fabs(static_cast<long double>(f));
     if (a >= 65520.0L) return sign | 0x7c00;
     int e;
-    std::frexp(a, &e);              // a = m * 2^e, m in [0.5, 1)
+    std::frexp(a, &e);                 // a = m * 2^e, m in [0.5, 1)
     int exp_h = std::max(e - 1, -14);  // binary16 exponent of a (clamped to subnormal range)
     long double step = std::ldexp(1.0L, exp_h - 10);
     long double q = a / step;
@@ -26,7 +30,8 @@ uint16_t half_ref(float f) {
     long double v = r * step;
     // Re-encode v.
     if (v == 0) return sign;
-    int e2; std::frexp(v, &e2);
+    int e2;
+    std::frexp(v, &e2);
     int eh = e2 - 1;
     if (eh < -14) return sign | static_cast<uint16_t>(v / std::ldexp(1.0L, -24));
     uint16_t mant = static_cast<uint16_t>(v / std::ldexp(1.0L, eh - 10)) - 1024;
@@ -56,8 +61,8 @@ TEST_CASE("float_to_half edge cases", "[core][half]") {
     CHECK(float_to_half(65519.99f) == 0x7bff);
     CHECK(float_to_half(65520.0f) == 0x7c00);
     CHECK(float_to_half(std::numeric_limits<float>::infinity()) == 0x7c00);
-    CHECK(float_to_half(2049.0f) == 0x6800);          // tie rounds to even (2048)
-    CHECK(float_to_half(2051.0f) == 0x6802);          // tie rounds to even (2052)
+    CHECK(float_to_half(2049.0f) == 0x6800);                // tie rounds to even (2048)
+    CHECK(float_to_half(2051.0f) == 0x6802);                // tie rounds to even (2052)
     CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);  // smallest subnormal
     CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);  // tie to even (zero)
     CHECK(float_to_half(std::ldexp(1.5f, -25)) == 0x0001);

@@ -57,16 +57,15 @@ struct PassOut {
     std::vector<int64_t> counts;
 };
 
-PassOut run_pass(CudaAssigner& a, const std::vector<float>& x, int64_t n, int d, const std::vector<float>& c,
-                 int k, bool with_begin = true) {
+PassOut run_pass(CudaAssigner& a, const std::vector<float>& x, int64_t n, int d, const std::vector<float>& c, int k,
+                 bool with_begin = true) {
     PassOut o;
     o.labels.assign(size_t(n), -1);
     o.dist2.assign(size_t(n), -1.0f);
     o.sums.assign(size_t(k) * d, -1.0);
     o.counts.assign(size_t(k), -1);
     if (with_begin) a.begin(x.data(), n, d);
-    a.assign_accumulate(x.data(), n, d, c.data(), k, o.labels.data(), o.dist2.data(), o.sums.data(),
-                        o.counts.data());
+    a.assign_accumulate(x.data(), n, d, c.data(), k, o.labels.data(), o.dist2.data(), o.sums.data(), o.counts.data());
     if (with_begin) a.end();
     return o;
 }
@@ -123,9 +122,15 @@ TEST_CASE("cuda assigner matches assign_ref and the CPU sums", "[cuda][kmeans][p
     // n not a multiple of the 128-point tile, d = 1 / 64 / 128 / 130 (not a multiple of
     // the 32-dim chunk), k = 1 / 16 / 33 / 64 / 256 (each centroid-tile width; k = 256
     // also takes the global-atomic sums path). n == k is the next test case.
-    const Shape shape = GENERATE(values<Shape>({{1000, 1, 1}, {1001, 1, 33}, {1037, 64, 33}, {3000, 64, 16},
-                                                {4099, 128, 256}, {2000, 130, 33}, {777, 130, 256},
-                                                {5000, 128, 1}, {129, 128, 64}}));
+    const Shape shape = GENERATE(values<Shape>({{1000, 1, 1},
+                                                {1001, 1, 33},
+                                                {1037, 64, 33},
+                                                {3000, 64, 16},
+                                                {4099, 128, 256},
+                                                {2000, 130, 33},
+                                                {777, 130, 256},
+                                                {5000, 128, 1},
+                                                {129, 128, 64}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp32, InputPrecision::fp16);
     const uint64_t seed = 7;
     CAPTURE(shape.n, shape.d, shape.k, pkv::cuda::input_precision_name(prec), seed);
@@ -139,8 +144,7 @@ TEST_CASE("cuda assigner matches assign_ref and the CPU sums", "[cuda][kmeans][p
     if (prec == InputPrecision::fp16)
         check_against_ref(pkv_test::rounded(x, InputPrecision::fp16), shape.n, shape.d,
                           pkv_test::rounded(c, InputPrecision::fp16), shape.k, o);
-    else
-        check_against_ref(x, shape.n, shape.d, c, shape.k, o);
+    else check_against_ref(x, shape.n, shape.d, c, shape.k, o);
 
     // assign() alone gives the same labels and distances, and repeated passes are identical.
     std::vector<int32_t> labels(static_cast<size_t>(shape.n));

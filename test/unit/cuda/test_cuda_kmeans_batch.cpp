@@ -64,9 +64,19 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     // 300000 rows: blocks of the fused kernel take several groups each. d = 128, k = 32
     // and d = 120, k = 29: the one-hot kernel where the fused one stops; 200003 x 128,
     // k = 64: its wgmma form with 64-centroid chunks over several groups a block.
-    const Shape s = GENERATE(values<Shape>({{20000, 64, 64}, {20011, 128, 256}, {9000, 128, 16}, {3001, 64, 1000}, {12000, 128, 80},
-                                            {517, 40, 5}, {300, 7, 3}, {300000, 64, 13}, {300000, 64, 32},
-                                            {6007, 48, 27}, {100000, 128, 32}, {7001, 120, 29}, {200003, 128, 64}}));
+    const Shape s = GENERATE(values<Shape>({{20000, 64, 64},
+                                            {20011, 128, 256},
+                                            {9000, 128, 16},
+                                            {3001, 64, 1000},
+                                            {12000, 128, 80},
+                                            {517, 40, 5},
+                                            {300, 7, 3},
+                                            {300000, 64, 13},
+                                            {300000, 64, 32},
+                                            {6007, 48, 27},
+                                            {100000, 128, 32},
+                                            {7001, 120, 29},
+                                            {200003, 128, 64}}));
     const InputPrecision prec = GENERATE(InputPrecision::fp16, InputPrecision::bf16);
     // variant 0: the default kernels (fused for k <= 16, or k <= 32 at d <= 64; one-hot
     // sums below 96, on wgmma up to 64 on compute capability 9.0; the wide kernel above,
@@ -103,13 +113,13 @@ TEST_CASE("tensor-core assigner matches assign_ref, exact sums, objective", "[cu
     const std::string kernel = a.last_timing().kernel;
     const bool d_ok = s.d % 8 == 0 && s.d > 32;
     const bool wg = variant != 3 && pkv::cuda::wgmma_supported(0);
-    const std::string expected = !(onehot && d_ok)                            ? (s.k > 190 ? "mma+sorted" : "mma")
+    const std::string expected = !(onehot && d_ok) ? (s.k > 190 ? "mma+sorted" : "mma")
                                  : s.k <= pkv::cuda::fused_max_k(s.d) && variant == 0 ? "fused"
-                                 : s.k <= 64 && wg                              ? "onehot-wgmma"
-                                 : s.k < 96                                     ? "onehot"
+                                 : s.k <= 64 && wg                                    ? "onehot-wgmma"
+                                 : s.k < 96                                           ? "onehot"
                                  : variant == 0 && s.k >= pkv::cuda::kWgmmaMinK && pkv::cuda::wgmma_supported(0)
                                      ? "wgmma+sorted"
-                                                                                : "wide+sorted";
+                                     : "wide+sorted";
     CHECK(kernel == expected);
     // The objective of the same pass through the batched API.
     std::vector<pkv::AssignTask> tasks(1);
@@ -360,8 +370,7 @@ TEST_CASE("kmeans_batch with two passes in flight equals one pass at a time bitw
     piped.end_batch();
 }
 
-TEST_CASE("kmeans() on fp16 tensor cores tracks the CPU assigner on the same rounded data",
-          "[cuda][kmeans][parity]") {
+TEST_CASE("kmeans() on fp16 tensor cores tracks the CPU assigner on the same rounded data", "[cuda][kmeans][parity]") {
     PKV_REQUIRE_GPU();
     // Blobs (centres uniform in [-3, 3]^d, sigma 1) started from one point of each blob:
     // Lloyd is stable there, so single near-tie flips cannot cascade and the runs are

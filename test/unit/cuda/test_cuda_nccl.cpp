@@ -3,11 +3,11 @@
 // Needs two GPUs and an NCCL build; skips (saying so) otherwise.
 #include <algorithm>
 #include <cmath>
-#include <memory>
-#include <thread>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.h"
@@ -27,8 +27,8 @@ using pkv::cuda::CudaAssignerOptions;
 using pkv::cuda::InputPrecision;
 using pkv_test::mixture;
 
-#define PKV_REQUIRE_NCCL_PAIR()                                                           \
-    PKV_REQUIRE_GPU();                                                                    \
+#define PKV_REQUIRE_NCCL_PAIR()                                                          \
+    PKV_REQUIRE_GPU();                                                                   \
     if (!pkv::cuda::built_with_nccl()) PKV_SKIP("pkv built without NCCL: test not run"); \
     if (pkv::cuda::device_count() < 2) PKV_SKIP("fewer than 2 CUDA devices: NCCL group test not run")
 

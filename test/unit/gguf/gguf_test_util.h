@@ -14,7 +14,6 @@
 
 namespace pkv_test {
 
-
 template <typename T>
 T get_le(const std::vector<uint8_t>& b, size_t at) {
     T v;

@@ -54,7 +54,8 @@ TEST_CASE("ggml type table") {
     CHECK(ggml_row_size(GgmlType::Q4_1, 576) == 18 * 20);
     CHECK(ggml_row_size(GgmlType::F32, 3) == 12);
     CHECK_THROWS_WITH(ggml_row_size(GgmlType::Q8_0, 40), ContainsSubstring("not a multiple of the block size 32"));
-    CHECK_THROWS_WITH(ggml_block_size(static_cast<GgmlType>(16)), ContainsSubstring("IQ2_XXS (id 16) is not supported"));
+    CHECK_THROWS_WITH(ggml_block_size(static_cast<GgmlType>(16)),
+                      ContainsSubstring("IQ2_XXS (id 16) is not supported"));
 }
 
 TEST_CASE("dequantize F32, F16, BF16") {
@@ -187,10 +188,10 @@ TEST_CASE("dequantize Q6_K super-block") {
     std::memset(qh, 0xAA, 64);
     for (int i = 0; i < 16; ++i) sc[i] = 1;
     sc[0] = 2, sc[3] = -1, sc[9] = 4;
-    ql[0] = 0x35;       // y0 = 0.5*sc0*(5) = 5; y64 = 0.5*sc4*(3) = 1.5
-    qh[1] = 0xA9;       // y1: q = 0 | 1<<4 = 16 -> -16, times 0.5*sc0 = -16
-    ql[49] = 0x0F;      // l=17 (is=1): y49 = 0.5*sc3*15 = -7.5
-    ql[64 + 20] = 0x07; // second half, l=20 (is=1): y148 = 0.5*sc9*7 = 14
+    ql[0] = 0x35;        // y0 = 0.5*sc0*(5) = 5; y64 = 0.5*sc4*(3) = 1.5
+    qh[1] = 0xA9;        // y1: q = 0 | 1<<4 = 16 -> -16, times 0.5*sc0 = -16
+    ql[49] = 0x0F;       // l=17 (is=1): y49 = 0.5*sc3*15 = -7.5
+    ql[64 + 20] = 0x07;  // second half, l=20 (is=1): y148 = 0.5*sc9*7 = 14
     auto y = deq(GgmlType::Q6_K, b, 256);
     CHECK(y[0] == 5.0f);
     CHECK(y[64] == 1.5f);
@@ -219,16 +220,16 @@ TEST_CASE("quantize known blocks") {
     quantize_row_q4_1_ref(x.data(), &q41, 32);
     CHECK(q41.m == float_to_half(-16.0f));
     CHECK(q41.d == float_to_half(31.0f / 15.0f));
-    CHECK((q41.qs[0] & 15) == 0);      // x=-16
-    CHECK((q41.qs[15] >> 4) == 15);    // x=15
-    CHECK((q41.qs[0] >> 4) == 8);      // x=0: 16*15/31 = 7.74 -> 8
+    CHECK((q41.qs[0] & 15) == 0);    // x=-16
+    CHECK((q41.qs[15] >> 4) == 15);  // x=15
+    CHECK((q41.qs[0] >> 4) == 8);    // x=0: 16*15/31 = 7.74 -> 8
 
     // Q8_0: amax 16, d = 16/127, q = round(x * 127/16)
     block_q8_0 q8{};
     quantize_row_q8_0_ref(x.data(), &q8, 32);
     CHECK(q8.d == float_to_half(16.0f / 127.0f));
     CHECK(q8.qs[0] == -127);
-    CHECK(q8.qs[15] == -8);   // x=-1: -7.94
+    CHECK(q8.qs[15] == -8);  // x=-1: -7.94
     CHECK(q8.qs[16] == 0);
     CHECK(q8.qs[17] == 8);
     CHECK(q8.qs[31] == 119);  // 15 * 7.9375 = 119.06
@@ -279,8 +280,8 @@ void check_round_trip(GgmlType t, Quant quant, int max_code, bool has_min, bool 
         if (has_min) slack += std::fabs(lo) * 1e-3f;  // m rounded to binary16 (relative 2^-11)
         const float d_signed = half_to_float(q[b].d);
         for (int j = 0; j < 32; ++j) {
-            const bool clamped = symmetric_clamp && d_signed != 0.0f &&
-                                 std::lround(y[b * 32 + j] / d_signed) == max_code / 2 - 1;
+            const bool clamped =
+                symmetric_clamp && d_signed != 0.0f && std::lround(y[b * 32 + j] / d_signed) == max_code / 2 - 1;
             const float allowed = (clamped ? 1.0f : 0.5f) * d + slack;
             if (std::fabs(y[b * 32 + j] - xb[j]) > allowed) ++bad;
         }

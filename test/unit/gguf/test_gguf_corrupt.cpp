@@ -121,9 +121,10 @@ TEST_CASE("every truncation of a valid file is an error") {
                           std::to_string(key_end - 8) + ", but only 2 bytes remain");
     const size_t at = key_end + 5 + 8 + std::string("llama.block_count").size() + 4;
     const std::string p2 = dir.write("cut2.gguf", std::vector<uint8_t>(full.begin(), full.begin() + at + 1));
-    CHECK_THROWS_WITH(GgufFile::open(p2), p2 + ": truncated: metadata key #1 ('llama.block_count') needs 4 bytes at "
-                                                "offset " + std::to_string(at) + ", file has " +
-                                                std::to_string(at + 1));
+    CHECK_THROWS_WITH(GgufFile::open(p2), p2 +
+                                              ": truncated: metadata key #1 ('llama.block_count') needs 4 bytes at "
+                                              "offset " +
+                                              std::to_string(at) + ", file has " + std::to_string(at + 1));
 }
 
 TEST_CASE("huge lengths and counts are caught before allocating") {
@@ -167,14 +168,15 @@ TEST_CASE("bad values, duplicates and alignment") {
     ScratchDir dir;
     {
         GgufWriter w;
-        w.set_bool("b1", true);  // key length 24, "b1" 32, type 34, value 38
-        w.set_bool("b2", false); // key length 39, "b2" 47
+        w.set_bool("b1", true);   // key length 24, "b1" 32, type 34, value 38
+        w.set_bool("b2", false);  // key length 39, "b2" 47
         auto b = w.encode();
         REQUIRE(b[38] == 1);
         REQUIRE(b[48] == '2');
         b[38] = 2;
-        CHECK_THROWS_WITH(GgufFile::open(dir.write("bool.gguf", b)),
-                          ContainsSubstring("metadata key #0 ('b1') is a bool with byte 2 at offset 38, expected 0 or 1"));
+        CHECK_THROWS_WITH(
+            GgufFile::open(dir.write("bool.gguf", b)),
+            ContainsSubstring("metadata key #0 ('b1') is a bool with byte 2 at offset 38, expected 0 or 1"));
         b[38] = 1;
         b[48] = '1';
         CHECK_THROWS_WITH(GgufFile::open(dir.write("dup.gguf", b)),
@@ -203,7 +205,8 @@ TEST_CASE("tensor infos are checked against the file") {
     auto b = good;
     set_le<uint64_t>(b, 82, 1024);
     std::string p = dir.write("eof.gguf", b);
-    CHECK_THROWS_WITH(GgufFile::open(p), ContainsSubstring(p + ": tensor 'u': data [1120, 1184) runs past end of file"));
+    CHECK_THROWS_WITH(GgufFile::open(p),
+                      ContainsSubstring(p + ": tensor 'u': data [1120, 1184) runs past end of file"));
 
     b = good;
     set_le<uint64_t>(b, 82, 48);
@@ -230,7 +233,8 @@ TEST_CASE("tensor infos are checked against the file") {
 
     b = good;
     set_le<uint64_t>(b, 37, uint64_t{1} << 63);
-    CHECK_THROWS_WITH(GgufFile::open(dir.write("ne.gguf", b)), ContainsSubstring("tensor 't': ne[0] = 9223372036854775808"));
+    CHECK_THROWS_WITH(GgufFile::open(dir.write("ne.gguf", b)),
+                      ContainsSubstring("tensor 't': ne[0] = 9223372036854775808"));
 
     b = good;
     set_le<uint64_t>(b, 37, (uint64_t{1} << 62) - 1);  // times 4 bytes overflows
@@ -277,8 +281,7 @@ TEST_CASE("tensors of types pkv cannot read are listed but not dequantized") {
     const GgufTensorInfo& t = f->tensor("blk.0.attn_q.weight");
     CHECK(t.type_id == 16);
     CHECK(t.nbytes == 132);
-    CHECK_THROWS_WITH(f->dequantize(t),
-                      p + ": tensor 'blk.0.attn_q.weight' has unsupported type IQ2_XXS (id 16)");
+    CHECK_THROWS_WITH(f->dequantize(t), p + ": tensor 'blk.0.attn_q.weight' has unsupported type IQ2_XXS (id 16)");
     std::vector<float> row(256);
     CHECK_THROWS_WITH(f->dequantize_rows(t, 0, 1, row.data()), ContainsSubstring("unsupported type IQ2_XXS (id 16)"));
     try {

@@ -9,8 +9,7 @@ using namespace pkv;
 
 TEST_CASE("real model: SmolLM2-135M-Instruct Q4_1 header and tensors") {
     const std::string path = PKV_TEST_DATA_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    if (!std::filesystem::exists(path))
-        PKV_SKIP(path << " is missing: run scripts/fetch-data.sh to fetch the model");
+    if (!std::filesystem::exists(path)) PKV_SKIP(path << " is missing: run scripts/fetch-data.sh to fetch the model");
     auto f = GgufFile::open(path);
     CHECK(f->version() == 3);
     CHECK(f->alignment() == 32);

@@ -65,10 +65,14 @@ std::vector<uint8_t> random_tensor_bytes(GgmlType t, int64_t n, std::mt19937& rn
         case GgmlType::BF16:
             for (int64_t i = 0; i < n; ++i) b[2 * i + 1] &= 0x7F;  // exponent never all ones
             break;
-        case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::Q8_0:
+        case GgmlType::Q4_0:
+        case GgmlType::Q5_0:
+        case GgmlType::Q8_0:
             for (size_t o = 0; o < b.size(); o += bs) put_half(o);
             break;
-        case GgmlType::Q4_1: case GgmlType::Q5_1: case GgmlType::Q4_K:
+        case GgmlType::Q4_1:
+        case GgmlType::Q5_1:
+        case GgmlType::Q4_K:
             for (size_t o = 0; o < b.size(); o += bs) put_half(o), put_half(o + 2);
             break;
         case GgmlType::Q6_K:
@@ -102,9 +106,9 @@ TEST_CASE("metadata of every type round-trips") {
     w.set_i32_array("t.i32s", {1, -2, 3});
     w.set_f32_array("t.f32s", {0.5f, -0.25f});
     w.set("t.empty_arr", arr(GgufType::U32, {}));
-    w.set("t.nested", arr(GgufType::ARRAY, {arr(GgufType::U16, {uval(GgufType::U16, 1), uval(GgufType::U16, 2)}),
-                                             arr(GgufType::STRING, {}),
-                                             arr(GgufType::ARRAY, {arr(GgufType::BOOL, {})})}));
+    w.set("t.nested",
+          arr(GgufType::ARRAY, {arr(GgufType::U16, {uval(GgufType::U16, 1), uval(GgufType::U16, 2)}),
+                                arr(GgufType::STRING, {}), arr(GgufType::ARRAY, {arr(GgufType::BOOL, {})})}));
     w.set("t.bools", arr(GgufType::BOOL, {}));
     w.set_u32("t.replaced", 1);
     w.set_u32("t.replaced", 2);  // replaces in place, keeps the first position
@@ -293,6 +297,7 @@ TEST_CASE("writer checks its input and writes atomically") {
     std::vector<uint8_t> on_disk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CHECK(on_disk == w.encode());
     int leftovers = 0;
-    for (const auto& e : std::filesystem::directory_iterator(dir.path(""))) leftovers += e.path().filename() != "out.gguf";
+    for (const auto& e : std::filesystem::directory_iterator(dir.path("")))
+        leftovers += e.path().filename() != "out.gguf";
     CHECK(leftovers == 0);
 }

@@ -55,8 +55,7 @@ TEST_CASE("cpu assigner matches the double reference on random data", "[kmeans][
         int k;
         int64_t block_rows;
     };
-    const Case cases[] = {{20000, 64, 100, 0}, {5000, 128, 256, 0}, {3001, 16, 7, 64}, {999, 3, 33, 7},
-                          {10, 1, 1, 0}};
+    const Case cases[] = {{20000, 64, 100, 0}, {5000, 128, 256, 0}, {3001, 16, 7, 64}, {999, 3, 33, 7}, {10, 1, 1, 0}};
     for (const Case& cs : cases) {
         const std::vector<float> x = gaussian_points(cs.n, cs.d, 11 + cs.d);
         const std::vector<float> c = gaussian_points(cs.k, cs.d, 99 + cs.k);
@@ -83,8 +82,8 @@ TEST_CASE("cpu assigner is independent of the block size", "[kmeans][assign]") {
 TEST_CASE("ties go to the lowest centroid index", "[kmeans][assign]") {
     const int d = 4;
     // Centroids 0 and 2 are identical; 1 and 3 are mirror images around the points.
-    const std::vector<float> c = {1, 1, 1, 1,  5, 0, 0, 0,  1, 1, 1, 1,  -5, 0, 0, 0};
-    const std::vector<float> x = {1, 1, 1, 1,  1.5f, 1, 1, 1,  0, 0, 0, 0};
+    const std::vector<float> c = {1, 1, 1, 1, 5, 0, 0, 0, 1, 1, 1, 1, -5, 0, 0, 0};
+    const std::vector<float> x = {1, 1, 1, 1, 1.5f, 1, 1, 1, 0, 0, 0, 0};
     // Every point is nearest to the duplicated pair c0 = c2, so all get label 0; the
     // last one is also equidistant from c1 and c3 (125), but c0 is closer (84).
     std::vector<float> x2 = x;
@@ -99,7 +98,7 @@ TEST_CASE("ties go to the lowest centroid index", "[kmeans][assign]") {
     CHECK(dist[0] == 0.0f);
     CHECK(dist[1] == 0.25f);
     // With c0/c2 moved away, c1 and c3 tie exactly: label 1.
-    const std::vector<float> c_far = {100, 100, 100, 100,  5, 0, 0, 0,  100, 100, 100, 100,  -5, 0, 0, 0};
+    const std::vector<float> c_far = {100, 100, 100, 100, 5, 0, 0, 0, 100, 100, 100, 100, -5, 0, 0, 0};
     const std::vector<float> y = {0, 10, 0, 0};
     int32_t lr = -1, lc = -1;
     float dc = -1;
@@ -113,7 +112,7 @@ TEST_CASE("ties go to the lowest centroid index", "[kmeans][assign]") {
 TEST_CASE("accumulate_centroid_sums gives double sums and int64 counts", "[kmeans][assign]") {
     const int64_t n = 6;
     const int d = 2, k = 3;
-    const std::vector<float> x = {1, 2,  3, 4,  5, 6,  0.5f, 0.25f,  -1, -1,  7, 8};
+    const std::vector<float> x = {1, 2, 3, 4, 5, 6, 0.5f, 0.25f, -1, -1, 7, 8};
     const std::vector<int32_t> labels = {0, 2, 0, 2, 0, 2};
     std::vector<double> sums(k * d, 123.0);
     std::vector<int64_t> counts(k, 77);

@@ -65,9 +65,9 @@ TEST_CASE("fused kernel matches the double reference", "[kmeans][assign][fused]"
     // k: one partial panel, exactly one, one plus a lane, several (with a partial last
     // one), and more than one L2 chunk of panels at d = 64 and d = 128; n: remainders
     // of the 6-row micro-tile and the 192-row block.
-    const Case cases[] = {{1001, 64, 1, 0},    {997, 64, 7, 0},     {2000, 128, 16, 0}, {1999, 64, 17, 0},
-                          {3005, 128, 33, 64}, {4099, 64, 256, 0},  {3001, 128, 1000, 0},
-                          {1203, 64, 1024, 0}, {777, 3, 40, 13},    {50, 1, 5, 0},      {5, 200, 20, 0}};
+    const Case cases[] = {{1001, 64, 1, 0},    {997, 64, 7, 0},    {2000, 128, 16, 0},   {1999, 64, 17, 0},
+                          {3005, 128, 33, 64}, {4099, 64, 256, 0}, {3001, 128, 1000, 0}, {1203, 64, 1024, 0},
+                          {777, 3, 40, 13},    {50, 1, 5, 0},      {5, 200, 20, 0}};
     for (const Case& cs : cases) {
         const std::vector<float> x = gaussian_points(cs.n, cs.d, 31 + cs.d + cs.k);
         const std::vector<float> c = gaussian_points(cs.k, cs.d, 77 + cs.k);

@@ -81,8 +81,7 @@ TEST_CASE("the objective never increases across iterations", "[kmeans]") {
         }
 }
 
-TEST_CASE("more centroids never raise the objective when the larger init contains the smaller solution",
-          "[kmeans]") {
+TEST_CASE("more centroids never raise the objective when the larger init contains the smaller solution", "[kmeans]") {
     // Starting k' > k from the k solution plus extra points, the first assignment can
     // only shorten distances and Lloyd never goes up: J(k') <= J(k) exactly (up to
     // float noise), whatever the data or seed.

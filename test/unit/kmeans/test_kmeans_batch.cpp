@@ -145,8 +145,7 @@ TEST_CASE("kmeans_batch equals kmeans of each problem alone", "[kmeans][batch]")
     std::vector<std::vector<float>> data;
     std::vector<KMeansProblem> problems;
     for (size_t i = 0; i < sizes.size(); ++i) {
-        if (i % 2 == 0)
-            data.push_back(pkv_test::gaussian_points(sizes[i], d, 100 + i));
+        if (i % 2 == 0) data.push_back(pkv_test::gaussian_points(sizes[i], d, 100 + i));
         else {
             pkv_test::Blobs b = pkv_test::gaussian_blobs(k, (sizes[i] + k - 1) / k, d, 6.0f, 0.5f, 200 + i, true);
             b.x.resize(static_cast<size_t>(sizes[i]) * d);

@@ -9,8 +9,8 @@
 #include "unit/kmeans/kmeans_test_util.h"
 
 TEST_CASE("deal_problems: largest first to the least-loaded assigner", "[kmeans][multi]") {
-    std::vector<pkv::KMeansProblem> p = {{nullptr, 100, 0}, {nullptr, 700, 0}, {nullptr, 300, 0},
-                                         {nullptr, 300, 0}, {nullptr, 50, 0}};
+    std::vector<pkv::KMeansProblem> p = {
+        {nullptr, 100, 0}, {nullptr, 700, 0}, {nullptr, 300, 0}, {nullptr, 300, 0}, {nullptr, 50, 0}};
     // 700 -> 0; 300 (index 2) -> 1; 300 (index 3) -> 1 (load 300 < 700); 100 -> 1 (600 < 700);
     // 50 -> 0 (700 < 700 is false: loads 700 and 700, the lowest index wins).
     CHECK(pkv::deal_problems(p, 2) == std::vector<int>{1, 0, 1, 1, 0});

@@ -27,16 +27,16 @@ TEST_CASE("minmax distance is the range of the residual", "[kmeans][minmax]") {
 TEST_CASE("minmax assignment picks the flattest residual, lowest index on ties", "[kmeans][minmax]") {
     const int d = 3, k = 4;
     const std::vector<float> c = {
-        0, 0, 0,     // pattern 0: identity
-        5, 5, 5,     // pattern 1: constant offset of 0 → same d_mm as pattern 0 for every x
-        0, 10, 0,    // pattern 2: a spike on dim 1
-        -3, 0, 3,    // pattern 3: a ramp
+        0,  0,  0,  // pattern 0: identity
+        5,  5,  5,  // pattern 1: constant offset of 0 → same d_mm as pattern 0 for every x
+        0,  10, 0,  // pattern 2: a spike on dim 1
+        -3, 0,  3,  // pattern 3: a ramp
     };
     const std::vector<float> x = {
-        1, 1, 1,      // flat: d_mm 0 to patterns 0 and 1 → 0 (lowest index)
-        2, 12, 2,     // spike: d_mm 0 to pattern 2 (residual (2, 2, 2)); 10 to pattern 0
-        -3, 0, 3,     // ramp: 0 to pattern 3; 6 to pattern 0
-        -1, 0, 1,     // half ramp: 2 to pattern 0, 4 to pattern 3 (residual (2, 0, -2)), 11 to pattern 2
+        1,  1,  1,  // flat: d_mm 0 to patterns 0 and 1 → 0 (lowest index)
+        2,  12, 2,  // spike: d_mm 0 to pattern 2 (residual (2, 2, 2)); 10 to pattern 0
+        -3, 0,  3,  // ramp: 0 to pattern 3; 6 to pattern 0
+        -1, 0,  1,  // half ramp: 2 to pattern 0, 4 to pattern 3 (residual (2, 0, -2)), 11 to pattern 2
     };
     std::vector<int32_t> labels(4);
     std::vector<double> dist(4);
@@ -64,9 +64,7 @@ TEST_CASE("minmax assignment picks the flattest residual, lowest index on ties",
 
 TEST_CASE("chebyshev centre is the per-dimension midrange", "[kmeans][minmax]") {
     const std::vector<float> x = {
-        0, 10, -1,
-        4, 10, -5,
-        2, 10, 3,
+        0, 10, -1, 4, 10, -5, 2, 10, 3,
     };
     std::vector<float> c(3);
     pkv::chebyshev_center(x.data(), 3, 3, c.data());

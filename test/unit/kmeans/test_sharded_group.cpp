@@ -96,8 +96,7 @@ private:
 
 }  // namespace
 
-TEST_CASE("sharded assigner over a sum group: members add the sums, equal to the host combine",
-          "[kmeans][sharded]") {
+TEST_CASE("sharded assigner over a sum group: members add the sums, equal to the host combine", "[kmeans][sharded]") {
     const int d = 24, S = 3;
     const pkv_test::Blobs b = pkv_test::gaussian_blobs(6, 400, d, 4.0f, 1.0f, 31);
     FakeGroup g(S);
@@ -157,5 +156,6 @@ TEST_CASE("sharded assigner over a sum group: a data set with fewer rows than sh
     const auto ref = pass(cpu);
     CHECK(got.second == ref.second);
     for (size_t i = 0; i < 2; ++i)
-        for (size_t e = 0; e < got.first[i].size(); ++e) CHECK(got.first[i][e] == Approx(ref.first[i][e]).epsilon(1e-12));
+        for (size_t e = 0; e < got.first[i].size(); ++e)
+            CHECK(got.first[i][e] == Approx(ref.first[i][e]).epsilon(1e-12));
 }

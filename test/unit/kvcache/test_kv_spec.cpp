@@ -1,9 +1,9 @@
 // `--kv` spec grammar: accepted forms, canonical labels and every error message.
 #include <string>
 
+#include "catch.h"
 #include "pkv/core/error.h"
 #include "pkv/kvcache/kv_spec.h"
-#include "catch.h"
 
 using namespace pkv;
 

@@ -7,12 +7,12 @@
 #include <vector>
 
 #include "catch.h"
-#include "pkv/kvcache/simulate.h"
-#include "pkv/kvcache/residual.h"
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/residual.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/quant/minmax.h"
 
 using namespace pkv;

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "catch.h"
-#include "pkv/kvcache/simulate.h"
-#include "pkv/kvcache/metrics.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/metrics.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/quant/minmax.h"
 
 using namespace pkv;
@@ -138,8 +138,7 @@ TEST_CASE("patternkv bookkeeping equals a step-by-step cache", "[analyze]") {
                     }
                     if (tensor == KvTensor::k)
                         quantize_minmax(res.data(), b - a, D, {2, G, QuantAxis::channel}, res.data());
-                    else
-                        quantize_minmax(res.data(), b - a, D, {2, D, QuantAxis::token}, res.data());
+                    else quantize_minmax(res.data(), b - a, D, {2, D, QuantAxis::token}, res.data());
                     for (int64_t i = 0; i < b - a; ++i)
                         for (int d = 0; d < D; ++d)
                             cache[a + i][d] = res[i * D + d] + (sub[i] ? bank[lab[i] * D + d] : 0.0f);

@@ -34,7 +34,7 @@ struct SynthSpec {
     std::vector<int32_t> layers{0, 2};
     int n_head = 4, n_head_kv = 2, head_dim = 8, n_rot = 8;
     std::vector<int> seq_lengths{20, 20, 10};  // one write window per sequence
-    int chunk_tokens = 16;                      // windows straddle chunk boundaries
+    int chunk_tokens = 16;                     // windows straddle chunk boundaries
     bool hf = false;
     CaptureSet capture;
     double rope_base = 10000.0, rope_scale = 1.0;
@@ -68,12 +68,24 @@ inline int64_t synth_tokens(const SynthSpec& s) {
 }
 
 inline nlohmann::json synth_model_json(const SynthSpec& s) {
-    return {{"name", "synthetic"},     {"file", "synthetic.gguf"}, {"sha256", std::string(64, 'a')},
-            {"arch", "llama"},         {"n_layer", s.n_layer_model}, {"n_head", s.n_head},
-            {"n_head_kv", s.n_head_kv}, {"head_dim", s.head_dim},   {"n_rot", s.n_rot},
-            {"n_embd", s.n_head * s.head_dim}, {"n_ff", 64},        {"n_vocab", s.n_vocab},
-            {"n_ctx_train", 128},      {"rope_freq_base", s.rope_base}, {"rope_freq_scale", s.rope_scale},
-            {"rope_type", "norm"},     {"rms_eps", 1e-5},          {"file_type", 3}};
+    return {{"name", "synthetic"},
+            {"file", "synthetic.gguf"},
+            {"sha256", std::string(64, 'a')},
+            {"arch", "llama"},
+            {"n_layer", s.n_layer_model},
+            {"n_head", s.n_head},
+            {"n_head_kv", s.n_head_kv},
+            {"head_dim", s.head_dim},
+            {"n_rot", s.n_rot},
+            {"n_embd", s.n_head * s.head_dim},
+            {"n_ff", 64},
+            {"n_vocab", s.n_vocab},
+            {"n_ctx_train", 128},
+            {"rope_freq_base", s.rope_base},
+            {"rope_freq_scale", s.rope_scale},
+            {"rope_type", "norm"},
+            {"rms_eps", 1e-5},
+            {"file_type", 3}};
 }
 
 inline KvDumpHeader synth_header(const SynthSpec& s) {
@@ -88,8 +100,8 @@ inline KvDumpHeader synth_header(const SynthSpec& s) {
     h.hf_dim_order = s.hf;
     h.chunk_tokens = s.chunk_tokens;
     h.model = synth_model_json(s);
-    h.provenance = {{"tool", "pkv"}, {"version", "0.0.0-test"}, {"argv", {"pkv", "test"}},
-                    {"created_utc", "2000-01-01T00:00:00Z"}};
+    h.provenance = {
+        {"tool", "pkv"}, {"version", "0.0.0-test"}, {"argv", {"pkv", "test"}}, {"created_utc", "2000-01-01T00:00:00Z"}};
     h.sources = {{"a.txt", std::string(64, 'b'), 1000, synth_tokens(s) - 7}, {"b.txt", std::string(64, 'c'), 50, 7}};
     return h;
 }
@@ -110,8 +122,7 @@ inline std::vector<float> synth_rows(const SynthSpec& s, const char* dataset, in
             float* out = rows.data() + (static_cast<size_t>(i) * H + h) * D;
             if (rotate)
                 rope_norm(pre.data(), out, D, s.n_rot, static_cast<int>(t0 + i - seq_t0), s.rope_base, s.rope_scale);
-            else
-                std::copy(pre.begin(), pre.end(), out);
+            else std::copy(pre.begin(), pre.end(), out);
         }
     return rows;
 }
@@ -145,7 +156,8 @@ inline void write_synth_dump(const std::string& path, const SynthSpec& s, const 
         lengths.push_back(n);
         t0 += n;
     }
-    w.finish(starts, lengths, {{"n_tokens", t0}, {"perplexity", 2.5}, {"nll_mean", std::log(2.5)}, {"n_predicted", 47}});
+    w.finish(starts, lengths,
+             {{"n_tokens", t0}, {"perplexity", 2.5}, {"nll_mean", std::log(2.5)}, {"n_predicted", 47}});
 }
 
 /// True when /usr/bin/python3 can import the given modules.

@@ -125,8 +125,8 @@ TEST_CASE("float16 encoding is pkv's own, bit for bit, even after subnormals", "
     // converted a subnormal; pkv must store exactly float_to_half of each.
     TempDir dir;
     const std::string path = dir.path + "/special.h5";
-    const std::vector<float> vals = {3.0e-6f, 255.98f, 4095.13f, -7.9992f, -2.0e-7f, 255.98f, 4095.13f, -7.9992f,
-                                     65519.0f, 65520.0f, -1.0e-9f, 6.1e-5f, 0.0f, -0.0f, 1.0f / 3.0f, 2049.0f};
+    const std::vector<float> vals = {3.0e-6f,  255.98f,  4095.13f, -7.9992f, -2.0e-7f, 255.98f, 4095.13f,    -7.9992f,
+                                     65519.0f, 65520.0f, -1.0e-9f, 6.1e-5f,  0.0f,     -0.0f,   1.0f / 3.0f, 2049.0f};
     SynthSpec s;
     s.layers = {1};
     s.n_head = s.n_head_kv = 1;
@@ -150,12 +150,12 @@ TEST_CASE("float16 encoding is pkv's own, bit for bit, even after subnormals", "
         INFO("value " << vals[i] << " index " << i);
         CHECK(gbits == wbits);
     }
-    CHECK(got[1] == 256.0f);     // 255.98 rounds up to 256 in binary16
-    CHECK(got[2] == 4096.0f);    // 4095.13 -> 4096 (spacing 2 above 2048: 4095.13 is nearer 4096 than 4094)
-    CHECK(got[3] == -8.0f);      // -7.9992 -> -8 (spacing 2^-8 below 8: nearest is -8)
-    CHECK(std::isinf(got[9]));   // 65520 overflows
-    CHECK(got[8] == 65504.0f);   // 65519 stays the largest finite half
-    CHECK(got[15] == 2048.0f);   // tie rounds to even
+    CHECK(got[1] == 256.0f);    // 255.98 rounds up to 256 in binary16
+    CHECK(got[2] == 4096.0f);   // 4095.13 -> 4096 (spacing 2 above 2048: 4095.13 is nearer 4096 than 4094)
+    CHECK(got[3] == -8.0f);     // -7.9992 -> -8 (spacing 2^-8 below 8: nearest is -8)
+    CHECK(std::isinf(got[9]));  // 65520 overflows
+    CHECK(got[8] == 65504.0f);  // 65519 stays the largest finite half
+    CHECK(got[15] == 2048.0f);  // tie rounds to even
 
     // And the raw bytes on disk are those halves (read without any conversion).
     h5::File f = h5::File::open_read(path);
@@ -376,7 +376,8 @@ TEST_CASE("a long provenance record does not overflow the object header", "[dump
     const std::string path = dir.path + "/big.h5";
     SynthSpec s;
     KvDumpHeader h = synth_header(s);
-    for (int i = 0; i < 3000; ++i) h.provenance["texts"].push_back({{"path", "/some/long/path/text_" + std::to_string(i)}});
+    for (int i = 0; i < 3000; ++i)
+        h.provenance["texts"].push_back({{"path", "/some/long/path/text_" + std::to_string(i)}});
     write_synth_dump(path, s, &h);
     KvDumpReader r(path);
     CHECK(r.provenance().at("texts").size() == 3000);

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
 #include "catch.h"
@@ -193,9 +193,9 @@ TEST_CASE("a variable-length string longer than its file is refused before HDF5 
     spit(path, b);
     const auto problems = validate_kv_dump(path);
     CHECK(std::any_of(problems.begin(), problems.end(), [](const std::string& p) {
-        return p.find("dump.h5::/sources/path: cannot read strings: string 1 declares 4294967295 bytes, its heap "
-                      "object holds") !=
-               std::string::npos;
+        return p.find(
+                   "dump.h5::/sources/path: cannot read strings: string 1 declares 4294967295 bytes, its heap "
+                   "object holds") != std::string::npos;
     }));
     CHECK_THROWS_WITH(describe_kv_dump(path), ContainsSubstring("string 1 declares 4294967295 bytes"));
 }

@@ -31,10 +31,10 @@ bool has_problem(const std::vector<std::string>& problems, std::initializer_list
     return false;
 }
 
-#define CHECK_PROBLEM(problems, ...)                                 \
-    do {                                                             \
-        INFO("problems:\n" << joined(problems));                     \
-        CHECK(has_problem(problems, {__VA_ARGS__}));                 \
+#define CHECK_PROBLEM(problems, ...)                 \
+    do {                                             \
+        INFO("problems:\n" << joined(problems));     \
+        CHECK(has_problem(problems, {__VA_ARGS__})); \
     } while (0)
 
 void replace_i32(const std::string& path, const char* name, const std::vector<int32_t>& values) {
@@ -141,8 +141,10 @@ TEST_CASE("validate_kv_dump reports every problem of a broken dump", "[dump][val
         for (int t = 0; t < 50; ++t) pos[t] = t < 40 ? t : t - 40;  // no restart at 20
         replace_i32(path, "/tokens/pos", pos);
         const auto p = validate_kv_dump(path);
-        CHECK_PROBLEM(p, "dump.h5::/sequences/start: expected sequences to tile [0, T): sequence 1 should start at 20, got 21");
-        CHECK_PROBLEM(p, "dump.h5::/tokens/pos: expected position 0 (restarting at 0 in each sequence), got 20 at token 20");
+        CHECK_PROBLEM(
+            p, "dump.h5::/sequences/start: expected sequences to tile [0, T): sequence 1 should start at 20, got 21");
+        CHECK_PROBLEM(
+            p, "dump.h5::/tokens/pos: expected position 0 (restarting at 0 in each sequence), got 20 at token 20");
     }
     SECTION("sequence lengths that do not add up") {
         replace_i32(path, "/sequences/length", {20, 20, 9});
@@ -197,9 +199,12 @@ TEST_CASE("validate_kv_dump reports every problem of a broken dump", "[dump][val
         CHECK_PROBLEM(p, "dump.h5::/: attribute 'model': expected JSON text, got a parse error");
         CHECK_PROBLEM(p, "dump.h5::/: attribute 'provenance': expected a JSON object, got array");
         CHECK_PROBLEM(p, "dump.h5::/: expected n_head (4) to be a multiple of n_head_kv (3)");
-        CHECK_PROBLEM(p, "dump.h5::/: attribute 'dim_order': expected 'gguf_interleaved' or 'hf_half_split', got 'sideways'");
+        CHECK_PROBLEM(
+            p, "dump.h5::/: attribute 'dim_order': expected 'gguf_interleaved' or 'hf_half_split', got 'sideways'");
         CHECK_PROBLEM(p, "dump.h5::/k_post: expected shape [L=2, H=3, T=50, D=8], got [2, 2, 50, 8]");
-        CHECK_PROBLEM(p, "dump.h5::/k_post: attribute 'axes': expected [\"layer\",\"kv_head\",\"token\",\"dim\"], got [\"a\",\"b\"]");
+        CHECK_PROBLEM(p,
+                      "dump.h5::/k_post: attribute 'axes': expected [\"layer\",\"kv_head\",\"token\",\"dim\"], got "
+                      "[\"a\",\"b\"]");
     }
     SECTION("model record disagreeing with the root attributes") {
         {
@@ -292,9 +297,10 @@ TEST_CASE("metadata JSON, description and the JSON Schema", "[dump][info]") {
     const std::string schema = std::string(PKV_TEST_SOURCE_DIR) + "/schemas/kv_dump.schema.json";
     // Both validators: the schema promises to stay inside what draft-07 understands.
     auto validate = [&](const std::string& file, const char* cls) {
-        const std::string cmd = std::string("/usr/bin/python3 -c \"import json, sys, jsonschema; "
-                                            "s = json.load(open(sys.argv[1])); jsonschema.") + cls +
-                                ".check_schema(s); jsonschema." + cls +
+        const std::string cmd = std::string(
+                                    "/usr/bin/python3 -c \"import json, sys, jsonschema; "
+                                    "s = json.load(open(sys.argv[1])); jsonschema.") +
+                                cls + ".check_schema(s); jsonschema." + cls +
                                 "(s).validate(json.load(open(sys.argv[2])))\" '" + schema + "' '" + file +
                                 "' >/dev/null 2>&1";
         return exit_status(std::system(cmd.c_str()));

@@ -31,7 +31,8 @@ ForwardResult run(const LlamaModel& model, const std::vector<int32_t>& tok, int 
         cap->k_pre.assign(L, {}), cap->k_post.assign(L, {}), cap->v.assign(L, {}), cap->q.assign(L, {});
     }
     return model.forward(tok, o, [&](const LayerActivations& a) {
-        const size_t kd = size_t{hp.n_head_kv} * hp.head_dim * a.n_tokens, qd = size_t{hp.n_head} * hp.head_dim * a.n_tokens;
+        const size_t kd = size_t{hp.n_head_kv} * hp.head_dim * a.n_tokens,
+                     qd = size_t{hp.n_head} * hp.head_dim * a.n_tokens;
         cap->k_pre[a.layer].assign(a.k_pre, a.k_pre + kd);
         cap->k_post[a.layer].assign(a.k_post, a.k_post + kd);
         cap->v[a.layer].assign(a.v, a.v + kd);

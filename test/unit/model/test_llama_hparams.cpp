@@ -96,14 +96,14 @@ TEST_CASE("model errors name the file, the field and what was expected", "[model
         write_tiny_llama(path, s);
         const Error e = model_error(path);
         CHECK(e.code() == ErrorCode::data_loss);
-        CHECK(std::string(e.what()) ==
-              path + ": tensor 'blk.0.attn_k.weight': expected shape [32, 16], got [32, 12]");
+        CHECK(std::string(e.what()) == path + ": tensor 'blk.0.attn_k.weight': expected shape [32, 16], got [32, 12]");
     }
     SECTION("wrong output shape") {
         s.tied = false;
         s.shrink = "output.weight";
         write_tiny_llama(path, s);
-        CHECK_THAT(std::string(model_error(path).what()), ContainsSubstring("'output.weight': expected shape [32, 64]"));
+        CHECK_THAT(std::string(model_error(path).what()),
+                   ContainsSubstring("'output.weight': expected shape [32, 64]"));
     }
     SECTION("unsupported rope scaling") {
         s.rope_scaling = "yarn";

@@ -20,30 +20,29 @@
 #include <vector>
 
 #include "pkv/core/half.h"
-#include "support/scratch_dir.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
+#include "support/scratch_dir.h"
 
 namespace pkv_test {
-
 
 struct TinySpec {
     int n_layer = 2, n_embd = 32, n_head = 4, n_head_kv = 2, head_dim = 8, n_ff = 48, n_vocab = 64;
     int n_ctx = 1024;
-    int n_rot = -1;                     ///< -1: do not write rope.dimension_count
+    int n_rot = -1;  ///< -1: do not write rope.dimension_count
     float rope_base = 10000.0f;
     bool write_base = true;
     bool write_head_count_kv = true;
-    std::string rope_scaling;           ///< written when non-empty
-    float rope_factor = 0.0f;           ///< written when non-zero
-    pkv::GgmlType proj_type = pkv::GgmlType::F32;   ///< attention and FFN matrices
-    pkv::GgmlType embd_type = pkv::GgmlType::F32;   ///< token_embd (and output)
+    std::string rope_scaling;                      ///< written when non-empty
+    float rope_factor = 0.0f;                      ///< written when non-zero
+    pkv::GgmlType proj_type = pkv::GgmlType::F32;  ///< attention and FFN matrices
+    pkv::GgmlType embd_type = pkv::GgmlType::F32;  ///< token_embd (and output)
     bool tied = true;
-    bool output_copies_embd = false;    ///< untied, but output.weight == token_embd
+    bool output_copies_embd = false;  ///< untied, but output.weight == token_embd
     std::string arch = "llama";
-    std::string omit;                   ///< a tensor left out
-    std::string shrink;                 ///< a matrix written with 4 output rows too few
-    int value_length = 0;               ///< written when non-zero
+    std::string omit;      ///< a tensor left out
+    std::string shrink;    ///< a matrix written with 4 output rows too few
+    int value_length = 0;  ///< written when non-zero
     uint32_t seed = 7;
 };
 
@@ -53,9 +52,7 @@ struct TinyModel {
     std::map<std::string, std::vector<float>> w;
     int rot() const { return spec.n_rot < 0 ? spec.head_dim : spec.n_rot; }
     double freq_scale() const { return spec.rope_factor > 0 ? 1.0 / spec.rope_factor : 1.0; }
-    const std::vector<float>& output() const {
-        return spec.tied ? w.at("token_embd.weight") : w.at("output.weight");
-    }
+    const std::vector<float>& output() const { return spec.tied ? w.at("token_embd.weight") : w.at("output.weight"); }
 };
 
 inline std::vector<uint8_t> encode_as(pkv::GgmlType type, std::vector<float>& v) {
@@ -98,10 +95,8 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
     g.set_u32(a + "attention.head_count", s.n_head);
     if (s.write_head_count_kv) g.set_u32(a + "attention.head_count_kv", s.n_head_kv);
     if (s.head_dim * s.n_head != s.n_embd) g.set_u32(a + "attention.key_length", s.head_dim);
-    if (s.value_length)
-        g.set_u32(a + "attention.value_length", s.value_length);
-    else if (s.head_dim * s.n_head != s.n_embd)
-        g.set_u32(a + "attention.value_length", s.head_dim);
+    if (s.value_length) g.set_u32(a + "attention.value_length", s.value_length);
+    else if (s.head_dim * s.n_head != s.n_embd) g.set_u32(a + "attention.value_length", s.head_dim);
     if (s.n_rot >= 0) g.set_u32(a + "rope.dimension_count", s.n_rot);
     if (s.write_base) g.set_f32(a + "rope.freq_base", s.rope_base);
     if (!s.rope_scaling.empty()) g.set_string(a + "rope.scaling.type", s.rope_scaling);
@@ -143,8 +138,8 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
     norm("output_norm.weight");
     if (s.output_copies_embd) {
         std::vector<float> v = m.w.at("token_embd.weight");
-        g.add_tensor("output.weight", {static_cast<uint64_t>(s.n_embd), static_cast<uint64_t>(s.n_vocab)},
-                     s.embd_type, encode_as(s.embd_type, v));
+        g.add_tensor("output.weight", {static_cast<uint64_t>(s.n_embd), static_cast<uint64_t>(s.n_vocab)}, s.embd_type,
+                     encode_as(s.embd_type, v));
         m.w["output.weight"] = v;
     } else if (!s.tied) {
         add("output.weight", s.n_embd, s.n_vocab, 1.5f, s.embd_type);

@@ -15,11 +15,12 @@
 namespace pkv_test {
 
 struct CachedRef {
-    std::vector<double> nll;                   ///< n - 1
-    std::vector<std::vector<double>> logits;   ///< [n - 1][n_vocab]
+    std::vector<double> nll;                  ///< n - 1
+    std::vector<std::vector<double>> logits;  ///< [n - 1][n_vocab]
 };
 
-inline CachedRef naive_forward_cached(const TinyModel& m, const std::vector<int32_t>& tok, const pkv::KvCacheHook& hook) {
+inline CachedRef naive_forward_cached(const TinyModel& m, const std::vector<int32_t>& tok,
+                                      const pkv::KvCacheHook& hook) {
     const TinySpec& s = m.spec;
     const int n = static_cast<int>(tok.size()), E = s.n_embd, hd = s.head_dim, HKV = s.n_head_kv;
     const int qd = s.n_head * hd, kd = HKV * hd;

@@ -10,15 +10,15 @@
 #include <tuple>
 #include <vector>
 
+#include "catch.h"
 #include "naive_cached.h"
-#include "pkv/kvcache/simulate.h"
-#include "pkv/pipeline/eval_cache.h"
-#include "pkv/kvcache/kv_spec.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/kvcache/kv_spec.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/model/llama.h"
 #include "pkv/model/ops.h"
+#include "pkv/pipeline/eval_cache.h"
 #include "support/scratch_dir.h"
-#include "catch.h"
 
 using namespace pkv;
 using namespace pkv_test;
@@ -50,11 +50,10 @@ void hand_cache(const KvHookInput& in, KvHookOutput& out) {
     out.recon.resize(static_cast<size_t>(n) * D);
     out.flush_step.resize(n);
     for (int j = 0; j < n; ++j) {
-        for (int d = 0; d < D; ++d) out.recon[j * D + d] = 0.7f * in.x[j * D + d] + 0.03f * static_cast<float>((j + d) % 5 - 2);
-        if (in.value)
-            out.flush_step[j] = j + 3;
-        else
-            out.flush_step[j] = j % 6 == 5 ? kNeverQuantized : (j / 4) * 4 + 4;
+        for (int d = 0; d < D; ++d)
+            out.recon[j * D + d] = 0.7f * in.x[j * D + d] + 0.03f * static_cast<float>((j + d) % 5 - 2);
+        if (in.value) out.flush_step[j] = j + 3;
+        else out.flush_step[j] = j % 6 == 5 ? kNeverQuantized : (j / 4) * 4 + 4;
     }
 }
 
@@ -74,7 +73,7 @@ TEST_CASE("cached attention equals attention over the per-step cache", "[eval][a
     std::vector<int32_t> kf0(n), vf1(n);
     for (int j = 0; j < n; ++j) {
         kf0[j] = j % 4 == 0 ? kNeverQuantized : j + j % 3;  // some flushed at once, some later
-        vf1[j] = std::max(0, j - 2);                         // flush steps before the token itself
+        vf1[j] = std::max(0, j - 2);                        // flush steps before the token itself
     }
     const int32_t* kflush[] = {kf0.data(), nullptr};
     const int32_t* vflush[] = {nullptr, vf1.data()};
@@ -267,8 +266,8 @@ TEST_CASE("pre-RoPE keys: the cache holds RoPE of the reconstructed pre-RoPE key
     in.k_pre = pre.data();
     KvHookOutput out;
     cache.hook()(in, out);
-    const SimResult want = simulate_cache(kv_spec_sim_params(parse_kv_spec("kivi:2:g4:w8"), 0), KvTensor::k,
-                                          pre.data(), n, D, 16);
+    const SimResult want =
+        simulate_cache(kv_spec_sim_params(parse_kv_spec("kivi:2:g4:w8"), 0), KvTensor::k, pre.data(), n, D, 16);
     REQUIRE(out.flush_step == want.flush_step);
     double worst = 0, moved = 0;
     for (int t = 0; t < n; ++t) {

@@ -8,10 +8,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pkv/pipeline/check.h"
-#include "pkv/core/error.h"
-#include "support/scratch_dir.h"
 #include "catch.h"
+#include "pkv/core/error.h"
+#include "pkv/pipeline/check.h"
+#include "support/scratch_dir.h"
 
 using namespace pkv;
 using nlohmann::json;
@@ -36,9 +36,14 @@ json analyze_report() {
                                    {"eff_bits", q ? 3.0 : 16.0},
                                    {"attn", {{"kl", q ? 1e-3 : 0.0}, {"out_rel_err", q ? 0.05 : 0.0}}}});
             }
-        summary.push_back({{"method", m}, {"bits", q ? 2 : 16}, {"rotate", false}, {"k_nmse", q ? 0.02 : 0.0},
-                           {"v_nmse", q ? 0.03 : 0.0}, {"attn_kl", q ? 1e-3 : 0.0},
-                           {"attn_out_rel_err", q ? 0.05 : 0.0}, {"eff_bits", q ? 3.0 : 16.0}});
+        summary.push_back({{"method", m},
+                           {"bits", q ? 2 : 16},
+                           {"rotate", false},
+                           {"k_nmse", q ? 0.02 : 0.0},
+                           {"v_nmse", q ? 0.03 : 0.0},
+                           {"attn_kl", q ? 1e-3 : 0.0},
+                           {"attn_out_rel_err", q ? 0.05 : 0.0},
+                           {"eff_bits", q ? 3.0 : 16.0}});
     }
     return {{"format", "pkv.analyze_report"},
             {"format_version", "1.0"},
@@ -50,7 +55,10 @@ json analyze_report() {
 
 json eval_report() {
     auto fig = [](double ppl, double kl, double top1, double bits) {
-        return json{{"ppl", ppl}, {"ppl_all", ppl * 1.1}, {"kl_mean", kl}, {"top1_agreement", top1},
+        return json{{"ppl", ppl},
+                    {"ppl_all", ppl * 1.1},
+                    {"kl_mean", kl},
+                    {"top1_agreement", top1},
                     {"bits_per_element", bits}};
     };
     json ref = fig(10.0, 0.0, 1.0, 16.0);
@@ -165,9 +173,9 @@ TEST_CASE("check: an improvement is reported and passes") {
 TEST_CASE("check: eval top1 is higher-is-better, the others lower-is-better") {
     Files f;
     json rep = eval_report();
-    rep["methods"][0]["top1_agreement"] = 0.93;  // 2 points down: regression at 0.5 pt
-    rep["methods"][1]["top1_agreement"] = 0.92;  // 2 points up: improvement
-    rep["methods"][1]["ppl"] = 10.9;             // lower ppl: improvement
+    rep["methods"][0]["top1_agreement"] = 0.93;    // 2 points down: regression at 0.5 pt
+    rep["methods"][1]["top1_agreement"] = 0.92;    // 2 points up: improvement
+    rep["methods"][1]["ppl"] = 10.9;               // lower ppl: improvement
     rep["methods"][0]["bits_per_element"] = 3.01;  // any extra bit fails at bits=0
     CheckResult r = f.check(rep, eval_report());
     CHECK(r.exit_code() == 1);
@@ -236,8 +244,9 @@ TEST_CASE("check: mismatched inputs name the difference") {
     rep = analyze_report();
     for (auto& r : rep["results"]) r["method"] = r["method"] == "kivi" ? json("patternkv") : r["method"];
     rep["summary"][1]["method"] = "patternkv";
-    CHECK_THAT(f.error(rep, analyze_report()),
-               ContainsSubstring("method sets differ: base has kivi:2, report has not; report has patternkv:2, base has not"));
+    CHECK_THAT(
+        f.error(rep, analyze_report()),
+        ContainsSubstring("method sets differ: base has kivi:2, report has not; report has patternkv:2, base has not"));
 
     rep = analyze_report();
     for (auto& r : rep["results"])
@@ -251,7 +260,8 @@ TEST_CASE("check: mismatched inputs name the difference") {
 
     rep = analyze_report();
     rep["format"] = "pkv.kv_dump";
-    CHECK_THAT(f.error(rep, analyze_report()), ContainsSubstring("format 'pkv.kv_dump' is not a report pkv check compares"));
+    CHECK_THAT(f.error(rep, analyze_report()),
+               ContainsSubstring("format 'pkv.kv_dump' is not a report pkv check compares"));
 
     rep = analyze_report();
     rep["results"][0]["k"]["nmse"] = "x";
@@ -305,8 +315,9 @@ TEST_CASE("check: JUnit XML has one testcase per group and failures for regressi
     const CheckResult r = run_check(c);
     CHECK(printed == r.markdown);
     const std::string x = slurp(c.junit_path);
-    CHECK(x.rfind("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"pkv check\" tests=\"10\" failures=\"1\"",
-                  0) == 0);
+    CHECK(x.rfind(
+              "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"pkv check\" tests=\"10\" failures=\"1\"",
+              0) == 0);
     size_t cases = 0;
     for (size_t p = x.find("<testcase "); p != std::string::npos; p = x.find("<testcase ", p + 1)) ++cases;
     CHECK(cases == 10);

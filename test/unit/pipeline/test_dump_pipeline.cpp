@@ -9,8 +9,8 @@
 #include "catch.h"
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
-#include "pkv/kvdump/kv_dump.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/kvdump/kv_dump.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/dump.h"
 #include "pkv/pipeline/inspect.h"
@@ -25,7 +25,10 @@ struct TempDir {
     pkv_test::ScratchDir dir;
     std::string path = dir.str();
 };
-bool exists(const std::string& p) { struct stat st {}; return stat(p.c_str(), &st) == 0; }
+bool exists(const std::string& p) {
+    struct stat st {};
+    return stat(p.c_str(), &st) == 0;
+}
 const char* kText =
     "the theory of the thing is in the other one. then there were three thin threads on the throne, "
     "and they went on and on into the night, over and over, 1234 times.\n";
@@ -108,7 +111,10 @@ TEST_CASE("run_dump failures leave no output", "[pipeline][dump]") {
     TempDir dir;
     const std::string model_path = dir.path + "/tiny.gguf", text_path = dir.path + "/text.txt";
     test::write_tiny_model(model_path);
-    { std::ofstream f(text_path); f << kText; }
+    {
+        std::ofstream f(text_path);
+        f << kText;
+    }
     DumpConfig c;
     c.model_path = model_path;
     c.text_paths = {text_path};

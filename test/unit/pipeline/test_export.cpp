@@ -9,8 +9,8 @@
 #include "pkv/core/error.h"
 #include "pkv/core/half.h"
 #include "pkv/gguf/gguf.h"
-#include "pkv/pipeline/inspect.h"
 #include "pkv/pipeline/export.h"
+#include "pkv/pipeline/inspect.h"
 #include "pkv/table/safetensors.h"
 #include "support/scratch_dir.h"
 #include "unit/table/table_fixture.h"
@@ -182,7 +182,8 @@ TEST_CASE("export refuses bad options, existing outputs and corrupt tables", "[t
     CHECK(code == ErrorCode::invalid_argument);
     o.format = "json";
     o.key_order = "neox";
-    CHECK(error_of([&] { export_pattern_table(in, dir.path("x"), o); }) == "--key-order: expected gguf or hf, got 'neox'");
+    CHECK(error_of([&] { export_pattern_table(in, dir.path("x"), o); }) ==
+          "--key-order: expected gguf or hf, got 'neox'");
     o.key_order = "";
     o.dtype = "bf16";
     CHECK(error_of([&] { export_pattern_table(in, dir.path("x"), o); }) == "--dtype: expected f32 or f16, got 'bf16'");
@@ -206,8 +207,9 @@ TEST_CASE("info and validate recognise pattern tables", "[table][export]") {
     pkv_test::ScratchDir dir;
     PatternTable t = make_table();
     t.calibration["tokens"] = {{"train", 900}, {"holdout", 100}};
-    t.calibration["heads"] = {{{"layer", 0}, {"head", 0}, {"k", {{"heldout", {{"nmse_minmax", 0.2}, {"nmse_fitted", 0.1}}}}}},
-                              {{"layer", 0}, {"head", 1}, {"k", {{"heldout", {{"nmse_minmax", 0.4}, {"nmse_fitted", 0.3}}}}}}};
+    t.calibration["heads"] = {
+        {{"layer", 0}, {"head", 0}, {"k", {{"heldout", {{"nmse_minmax", 0.2}, {"nmse_fitted", 0.1}}}}}},
+        {{"layer", 0}, {"head", 1}, {"k", {{"heldout", {{"nmse_minmax", 0.4}, {"nmse_fitted", 0.3}}}}}}};
     const std::string p = dir.path("t.safetensors");
     write_pattern_table(t, p, false);
     CHECK(detect_file_kind(p) == FileKind::pattern_table);

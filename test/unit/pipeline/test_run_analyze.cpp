@@ -3,10 +3,10 @@
 #include <string>
 
 #include "catch.h"
-#include "pkv/pipeline/analyze.h"
-#include "pkv/core/int_list.h"
-#include "pkv/report/report.h"
 #include "pkv/core/error.h"
+#include "pkv/core/int_list.h"
+#include "pkv/pipeline/analyze.h"
+#include "pkv/report/report.h"
 #include "unit/kvdump/dump_fixture.h"
 
 using namespace pkv;
@@ -104,9 +104,9 @@ TEST_CASE("bad input names the offending option", "[analyze]") {
     const std::string path = dir.path + "/d.h5";
     test::write_synth_dump(path, spec32());
     SECTION("unknown method") {
-        CHECK_THROWS_WITH(parse_method_list("fp16,foo"),
-                          ContainsSubstring("unknown method 'foo'") &&
-                              ContainsSubstring("fp16, kivi, patternkv, q4_0, q8_0, fp8"));
+        CHECK_THROWS_WITH(
+            parse_method_list("fp16,foo"),
+            ContainsSubstring("unknown method 'foo'") && ContainsSubstring("fp16, kivi, patternkv, q4_0, q8_0, fp8"));
     }
     SECTION("unsupported bits") {
         AnalyzeConfig c = small_config(path);

@@ -5,14 +5,14 @@
 #include <fstream>
 #include <string>
 
+#include "catch.h"
 #include "pkv/core/error.h"
+#include "pkv/pipeline/dump.h"
 #include "pkv/pipeline/eval.h"
 #include "pkv/report/report.h"
-#include "pkv/pipeline/dump.h"
+#include "pkv/tokenizer/tokenizer.h"
 #include "support/scratch_dir.h"
 #include "support/tiny_model.h"
-#include "catch.h"
-#include "pkv/tokenizer/tokenizer.h"
 
 using namespace pkv;
 
@@ -68,7 +68,8 @@ std::string error_of(const EvalConfig& c) {
 TEST_CASE("eval: fp16 reference and methods on a tiny model", "[eval][run]") {
     if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
     Fixture fx;
-    const nlohmann::json r = eval_report_json(run_eval(fx.config({"fp16", "kivi:8:g8:w16", "kivi:2:g8:w16", "q8_0", "q4_0:rot"})));
+    const nlohmann::json r =
+        eval_report_json(run_eval(fx.config({"fp16", "kivi:8:g8:w16", "kivi:2:g8:w16", "q8_0", "q4_0:rot"})));
     CHECK(r["format"] == "pkv.eval_report");
     CHECK(r["run"]["n_sequences"] == 3);
     CHECK(r["run"]["scored_all"] == 127 + 127 + 43);

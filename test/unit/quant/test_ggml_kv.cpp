@@ -27,8 +27,7 @@ TEST_CASE("q4_0 and q8_0 KV storage equals ggml's reference round trip", "[quant
         std::vector<float> ref_r(D);
         if (type == GgmlType::Q4_0)
             pkv::quantize_row_q4_0_ref(x.data() + t * D, reinterpret_cast<pkv::block_q4_0*>(ref.data()), D);
-        else
-            pkv::quantize_row_q8_0_ref(x.data() + t * D, reinterpret_cast<pkv::block_q8_0*>(ref.data()), D);
+        else pkv::quantize_row_q8_0_ref(x.data() + t * D, reinterpret_cast<pkv::block_q8_0*>(ref.data()), D);
         pkv::dequantize_row_ref(type, ref.data(), ref_r.data(), D);
         CHECK(std::memcmp(ref.data(), blocks.data() + t * row_bytes, row_bytes) == 0);
         CHECK(std::memcmp(ref_r.data(), r.data() + t * D, D * sizeof(float)) == 0);

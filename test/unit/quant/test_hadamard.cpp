@@ -96,7 +96,8 @@ TEST_CASE("randomized Hadamard signs are seeded and reproducible", "[quant][hada
 
 TEST_CASE("Hadamard rejects dimensions that are not powers of two", "[quant][hadamard]") {
     std::vector<float> x(96);
-    CHECK_THROWS_WITH(pkv::hadamard_rotate_rows(x.data(), 2, 48), ContainsSubstring("head_dim 48: hadamard rotation needs a power of two"));
+    CHECK_THROWS_WITH(pkv::hadamard_rotate_rows(x.data(), 2, 48),
+                      ContainsSubstring("head_dim 48: hadamard rotation needs a power of two"));
     CHECK_THROWS_WITH(pkv::hadamard_signs(0, 1), ContainsSubstring("head_dim 0"));
     CHECK_THROWS_AS(pkv::hadamard_transform(x.data(), 96), pkv::Error);
 }

@@ -69,8 +69,8 @@ TEST_CASE("min-max error is at most half an fp16 step for every width and layout
                     const size_t g = group_index(spec, D, t, c);
                     const int code = q.codes[t * D + c];
                     REQUIRE(code <= (1 << bits) - 1);
-                    const double expect = static_cast<double>(code) * pkv::half_to_float(q.scales[g]) +
-                                          pkv::half_to_float(q.zeros[g]);
+                    const double expect =
+                        static_cast<double>(code) * pkv::half_to_float(q.scales[g]) + pkv::half_to_float(q.zeros[g]);
                     REQUIRE(r[t * D + c] == static_cast<float>(expect));
                 }
             // Small slack for the fp32 rounding of (x - z) / s and of x̂.

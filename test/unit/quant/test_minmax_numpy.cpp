@@ -57,9 +57,9 @@ TEST_CASE("min-max quantizer agrees bit for bit with an independent numpy versio
         // including tiny ranges with subnormal or vanishing scales.
         auto x = pkv_test::random_activations(77 * 32, seed++, 5.0f, false);
         for (int64_t t = 0; t < 77; ++t) {
-            x[t * 32 + 3] = 0.1f;                               // constant, not binary16
+            x[t * 32 + 3] = 0.1f;                                      // constant, not binary16
             x[t * 32 + 4] = 1.0f + 1e-3f * static_cast<float>(t % 5);  // tiny range
-            x[t * 32 + 5] = 300.0f + 1e-5f * static_cast<float>(t);   // vanishing range
+            x[t * 32 + 5] = 300.0f + 1e-5f * static_cast<float>(t);    // vanishing range
         }
         add_case(x, 77, 32, {bits, 32, pkv::QuantAxis::channel});
         add_case(x, 77, 32, {bits, 8, pkv::QuantAxis::token});

@@ -69,8 +69,7 @@ std::string temp_path(const std::string& name) {
 }
 
 bool have_jsonschema() {
-    return std::system("/usr/bin/python3 -c 'import jsonschema; jsonschema.Draft202012Validator' >/dev/null 2>&1") ==
-           0;
+    return std::system("/usr/bin/python3 -c 'import jsonschema; jsonschema.Draft202012Validator' >/dev/null 2>&1") == 0;
 }
 
 // Validates `doc` against schemas/report.schema.json with Python's jsonschema, both
@@ -89,8 +88,8 @@ for cls in (Draft202012Validator, Draft7Validator):
         problems.append(cls.__name__ + ": " + "/".join(str(p) for p in e.absolute_path) + ": " + e.message[:300])
 print("\n".join(problems))
 )";
-    std::string cmd = fmt::format("/usr/bin/python3 '{}' '{}/schemas/report.schema.json' '{}' >'{}' 2>&1",
-                                  script_path, PKV_TEST_SOURCE_DIR, doc_path, out_path);
+    std::string cmd = fmt::format("/usr/bin/python3 '{}' '{}/schemas/report.schema.json' '{}' >'{}' 2>&1", script_path,
+                                  PKV_TEST_SOURCE_DIR, doc_path, out_path);
     int rc = std::system(cmd.c_str());
     std::stringstream ss;
     ss << std::ifstream(out_path).rdbuf();
@@ -112,15 +111,13 @@ TEST_CASE("markdown summary lists every summary row with its values", "[report][
     CHECK(md.find("pkv 0.1.0 (commit 0123456789ab), created 2025-01-02T03:04:05Z") != std::string::npos);
     CHECK(md.find("SmolLM2 135M Instruct (3 layers, 6 heads, 2 KV heads, head_dim 64), 4096 tokens") !=
           std::string::npos);
-    CHECK(md.find("| method | bits | eff bits | K NMSE | V NMSE | attn KL | attn out rel err |") !=
-          std::string::npos);
+    CHECK(md.find("| method | bits | eff bits | K NMSE | V NMSE | attn KL | attn out rel err |") != std::string::npos);
     REQUIRE(report["summary"].size() == 5);  // fp16, kivi 2/4, patternkv 2/4
     for (const json& row : report["summary"]) {
-        std::string line = fmt::format("| {} | {} | {:.2f} | {:.3e} | {:.3e} | {:.3e} | {:.3e} |",
-                                       row["method"].get<std::string>(), row["bits"].get<int>(),
-                                       row["eff_bits"].get<double>(), row["k_nmse"].get<double>(),
-                                       row["v_nmse"].get<double>(), row["attn_kl"].get<double>(),
-                                       row["attn_out_rel_err"].get<double>());
+        std::string line = fmt::format(
+            "| {} | {} | {:.2f} | {:.3e} | {:.3e} | {:.3e} | {:.3e} |", row["method"].get<std::string>(),
+            row["bits"].get<int>(), row["eff_bits"].get<double>(), row["k_nmse"].get<double>(),
+            row["v_nmse"].get<double>(), row["attn_kl"].get<double>(), row["attn_out_rel_err"].get<double>());
         CHECK(md.find(line) != std::string::npos);
     }
     CHECK(md.find("| 0 | 1 | kivi | 2 |") != std::string::npos);  // a fragile head
@@ -132,7 +129,7 @@ TEST_CASE("markdown summary lists every summary row with its values", "[report][
 TEST_CASE("null and non-finite metrics render as n/a", "[report][markdown][html]") {
     json report = small_report();
     report["summary"][1]["attn_kl"] = nullptr;
-    report["summary"][1]["k_nmse"] = std::nan("");               // not valid JSON, but must not leak
+    report["summary"][1]["k_nmse"] = std::nan("");  // not valid JSON, but must not leak
     report["summary"][2]["v_nmse"] = HUGE_VAL;
     report["results"][3]["k"]["nmse"] = -HUGE_VAL;
     report["histograms"][0]["lo"] = std::nan("");
@@ -209,7 +206,8 @@ TEST_CASE("renderers accept sparse reports and refuse non-objects", "[report][ht
 }
 
 TEST_CASE("sample reports conform to schemas/report.schema.json", "[report][schema]") {
-    if (!have_jsonschema()) PKV_SKIP("/usr/bin/python3 has no jsonschema with Draft202012Validator (python3-jsonschema)");
+    if (!have_jsonschema())
+        PKV_SKIP("/usr/bin/python3 has no jsonschema with Draft202012Validator (python3-jsonschema)");
     json small = small_report();
     CHECK(schema_errors(small) == "");
     CHECK(schema_errors(pkv::test::make_sample_report(30, 3, {2, 3, 4}, true, true)) == "");

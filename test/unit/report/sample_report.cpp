@@ -21,8 +21,8 @@ struct Setting {
 
 // Deterministic "noise" in [0.75, 1.25] so heatmaps are not flat.
 double jitter(int a, int b, int c) {
-    unsigned h = static_cast<unsigned>(a * 73856093) ^ static_cast<unsigned>(b * 19349663) ^
-                 static_cast<unsigned>(c * 83492791);
+    unsigned h =
+        static_cast<unsigned>(a * 73856093) ^ static_cast<unsigned>(b * 19349663) ^ static_cast<unsigned>(c * 83492791);
     h = (h ^ (h >> 13)) * 1274126177u;
     return 0.75 + 0.5 * ((h >> 8) % 1000) / 999.0;
 }
@@ -47,8 +47,11 @@ double eff_bits_of(const Setting& s) {
 }
 
 json flat_tensor(double spread) {
-    return {{"range_over_std_raw", 9.5 * spread}, {"range_over_std_resid", 5.1 * spread},
-            {"kurtosis_raw", 6.2 * spread}, {"kurtosis_resid", 0.4 * spread}, {"var_explained", 0.62}};
+    return {{"range_over_std_raw", 9.5 * spread},
+            {"range_over_std_resid", 5.1 * spread},
+            {"kurtosis_raw", 6.2 * spread},
+            {"kurtosis_resid", 0.4 * spread},
+            {"var_explained", 0.62}};
 }
 
 }  // namespace
@@ -81,7 +84,11 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                 double k = base_nmse(s) * layer_factor * jitter(l, h, static_cast<int>(si));
                 double v = base_nmse(s) * 0.7 * (l == 0 ? 3 : 1) * jitter(h, l, static_cast<int>(si) + 7);
                 double eb = eff_bits_of(s);
-                json r = {{"layer", l}, {"kv_head", h}, {"method", s.method}, {"bits", s.bits}, {"rotate", s.rotate},
+                json r = {{"layer", l},
+                          {"kv_head", h},
+                          {"method", s.method},
+                          {"bits", s.bits},
+                          {"rotate", s.rotate},
                           {"k", {{"nmse", k}, {"snr_db", -10 * std::log10(k)}, {"eff_bits", eb}}},
                           {"v", {{"nmse", v}, {"snr_db", -10 * std::log10(v)}, {"eff_bits", eb}}},
                           {"eff_bits", eb}};
@@ -94,20 +101,27 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                     sum_out += std::sqrt(v) * 0.9;
                     ++n_attn;
                 }
-                r["flatness"] = s.method == "patternkv"
-                                    ? json{{"k", flat_tensor(1 + 0.1 * l)}, {"v", flat_tensor(0.8)}}
-                                    : json(nullptr);
+                r["flatness"] = s.method == "patternkv" ? json{{"k", flat_tensor(1 + 0.1 * l)}, {"v", flat_tensor(0.8)}}
+                                                        : json(nullptr);
                 results.push_back(r);
                 sum_k += k;
                 sum_v += v;
                 ++n;
                 if (l == 0 && s.method == "kivi" && s.bits == bits.front() && !s.rotate)
-                    fragile_heads.push_back({{"layer", l}, {"kv_head", h}, {"method", s.method}, {"bits", s.bits},
-                                             {"k_nmse", k}, {"score", 8.5 + h}});
+                    fragile_heads.push_back({{"layer", l},
+                                             {"kv_head", h},
+                                             {"method", s.method},
+                                             {"bits", s.bits},
+                                             {"k_nmse", k},
+                                             {"score", 8.5 + h}});
             }
         }
-        summary.push_back({{"method", s.method}, {"bits", s.bits}, {"rotate", s.rotate}, {"k_nmse", sum_k / n},
-                           {"v_nmse", sum_v / n}, {"attn_kl", n_attn ? json(sum_kl / n_attn) : json(nullptr)},
+        summary.push_back({{"method", s.method},
+                           {"bits", s.bits},
+                           {"rotate", s.rotate},
+                           {"k_nmse", sum_k / n},
+                           {"v_nmse", sum_v / n},
+                           {"attn_kl", n_attn ? json(sum_kl / n_attn) : json(nullptr)},
                            {"attn_out_rel_err", n_attn ? json(sum_out / n_attn) : json(nullptr)},
                            {"eff_bits", eff_bits_of(s)}});
     }
@@ -115,22 +129,31 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
     // Gaussian-like raw values with heavy tails, a narrower residual.
     json histograms = json::array();
     const int bins = 48;
-    for (auto [l, h, t] : {std::tuple<int, int, const char*>{0, 0, "k"}, {0, 0, "v"}, {std::min(2, n_layer - 1), 0, "k"}}) {
+    for (auto [l, h, t] :
+         {std::tuple<int, int, const char*>{0, 0, "k"}, {0, 0, "v"}, {std::min(2, n_layer - 1), 0, "k"}}) {
         json raw = json::array(), resid = json::array();
         for (int i = 0; i < bins; ++i) {
             double x = -6 + 12.0 * (i + 0.5) / bins;
             raw.push_back(static_cast<int>(4000 * std::exp(-x * x / 8) + 60 * std::exp(-std::fabs(x))));
             resid.push_back(static_cast<int>(9000 * std::exp(-x * x / 1.5)));
         }
-        histograms.push_back({{"layer", l}, {"kv_head", h}, {"tensor", t}, {"lo", -6.0}, {"hi", 6.0},
-                              {"raw", raw}, {"residual", resid}});
+        histograms.push_back({{"layer", l},
+                              {"kv_head", h},
+                              {"tensor", t},
+                              {"lo", -6.0},
+                              {"hi", 6.0},
+                              {"raw", raw},
+                              {"residual", resid}});
     }
 
     return {
         {"format", "pkv.analyze_report"},
         {"format_version", "1.0"},
         {"provenance",
-         {{"tool", "pkv"}, {"version", "0.1.0"}, {"commit", "0123456789ab"}, {"command", "analyze"},
+         {{"tool", "pkv"},
+          {"version", "0.1.0"},
+          {"commit", "0123456789ab"},
+          {"command", "analyze"},
           {"argv", {"pkv", "analyze", "dump.h5", "--html", "report.html"}},
           {"created_utc", "2025-01-02T03:04:05Z"},
           {"dump",
@@ -138,10 +161,20 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
             {"model", {{"name", "SmolLM2 135M Instruct"}, {"file", "model.gguf"}, {"sha256", std::string(64, 'a')}}},
             {"provenance", {{"tool", "pkv"}, {"version", "0.1.0"}, {"command", "dump"}}}}}}},
         {"settings",
-         {{"methods", methods}, {"bits", bit_list}, {"group", 32}, {"window", 0}, {"keys", "post"},
-          {"layers", layers}, {"heads", heads}, {"seed", 1}}},
-        {"model", {{"name", "SmolLM2 135M Instruct"}, {"n_layer", n_layer}, {"n_head", 3 * n_kv_head},
-                   {"n_head_kv", n_kv_head}, {"head_dim", 64}}},
+         {{"methods", methods},
+          {"bits", bit_list},
+          {"group", 32},
+          {"window", 0},
+          {"keys", "post"},
+          {"layers", layers},
+          {"heads", heads},
+          {"seed", 1}}},
+        {"model",
+         {{"name", "SmolLM2 135M Instruct"},
+          {"n_layer", n_layer},
+          {"n_head", 3 * n_kv_head},
+          {"n_head_kv", n_kv_head},
+          {"head_dim", 64}}},
         {"n_tokens", 4096},
         {"results", results},
         {"summary", summary},

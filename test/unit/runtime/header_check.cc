@@ -38,15 +38,14 @@ std::vector<uint8_t> tiny_table() {
         R"("pkv.key.dim_order":"gguf_interleaved","pkv.rotation":"none","pkv.rotation.seed":"0",)"
         R"("pkv.quant.bits":"2","pkv.quant.group":"128","pkv.quant.window":"128","pkv.assign":"l2",)"
         R"("pkv.k_patterns":"2","pkv.v_patterns":"2"})";
-    const std::string header =
-        "{" + meta +
-        R"(,"layers.0.k_patterns":{"dtype":"F16","shape":[1,2,2],"data_offsets":[0,8]},)"
-        R"("layers.0.v_patterns":{"dtype":"F32","shape":[1,2,2],"data_offsets":[8,24]},)"
-        R"("layers.0.k_counts":{"dtype":"I64","shape":[1,2],"data_offsets":[24,40]},)"
-        R"("layers.0.v_counts":{"dtype":"I64","shape":[1,2],"data_offsets":[40,56]},)"
-        R"("layers.0.k_clip":{"dtype":"F32","shape":[1],"data_offsets":[56,60]},)"
-        R"("layers.0.v_clip":{"dtype":"F32","shape":[1],"data_offsets":[60,64]},)"
-        R"("layers.0.v_gate_z":{"dtype":"F32","shape":[1],"data_offsets":[64,68]}})";
+    const std::string header = "{" + meta +
+                               R"(,"layers.0.k_patterns":{"dtype":"F16","shape":[1,2,2],"data_offsets":[0,8]},)"
+                               R"("layers.0.v_patterns":{"dtype":"F32","shape":[1,2,2],"data_offsets":[8,24]},)"
+                               R"("layers.0.k_counts":{"dtype":"I64","shape":[1,2],"data_offsets":[24,40]},)"
+                               R"("layers.0.v_counts":{"dtype":"I64","shape":[1,2],"data_offsets":[40,56]},)"
+                               R"("layers.0.k_clip":{"dtype":"F32","shape":[1],"data_offsets":[56,60]},)"
+                               R"("layers.0.v_clip":{"dtype":"F32","shape":[1],"data_offsets":[60,64]},)"
+                               R"("layers.0.v_gate_z":{"dtype":"F32","shape":[1],"data_offsets":[64,68]}})";
     std::vector<uint8_t> out;
     for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i)));
     out.insert(out.end(), header.begin(), header.end());
@@ -90,9 +89,9 @@ int main() {
         pkv_rt::PatternTable::parse(bytes.data(), bytes.size(), "tiny", decl);
         expect(false, "a pre_rope runtime must refuse a post_rope table");
     } catch (const pkv_rt::TableError& e) {
-        expect(std::string(e.what()).find("key basis is post_rope but the runtime declares pre_rope") !=
-                   std::string::npos,
-               "refusal message");
+        expect(
+            std::string(e.what()).find("key basis is post_rope but the runtime declares pre_rope") != std::string::npos,
+            "refusal message");
     }
     if (failures == 0) std::printf("header_check: pattern_table_reader.h builds and works alone\n");
     return failures == 0 ? 0 : 1;

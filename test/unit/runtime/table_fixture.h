@@ -140,8 +140,7 @@ inline std::vector<uint8_t> encode(const TableSpec& s) {
     return w.encode();
 }
 
-inline pkv_rt::PatternTable parse(const std::vector<uint8_t>& bytes,
-                                  const pkv_rt::RuntimeDecl& decl = default_decl()) {
+inline pkv_rt::PatternTable parse(const std::vector<uint8_t>& bytes, const pkv_rt::RuntimeDecl& decl = default_decl()) {
     return pkv_rt::PatternTable::parse(bytes.data(), bytes.size(), "t.safetensors", decl);
 }
 

@@ -147,7 +147,8 @@ TEST_CASE("runtime container: tensor entries and offsets follow pkv's safetensor
         {R"({"a":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", "a: shape: expected an unsigned integer"},
         {R"({"a":{"dtype":"F32","shape":["4"],"data_offsets":[0,16]}})", "a: shape: expected an unsigned integer"},
         {R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0]}})", "a: expected data_offsets [begin, end]"},
-        {R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,-16]}})", "a: data_offsets: expected an unsigned integer"},
+        {R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,-16]}})",
+         "a: data_offsets: expected an unsigned integer"},
         {R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,16]}})",
          "a: expected [4294967296, 4294967296, 4] x F32 = too many bytes, got 16"},
         {R"({"a":[1]})", "a: expected a tensor entry object"},
@@ -161,7 +162,8 @@ TEST_CASE("runtime container: tensor entries and offsets follow pkv's safetensor
     // A well-formed container that is not a pattern table: empty, and empty/rank-0 tensors.
     CHECK_THAT(header_error("{}"), ContainsSubstring("pattern table t.safetensors: missing metadata pkv.format"));
     CHECK_THAT(header_error(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
-                            R"("s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", 8),
+                            R"("s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})",
+                            8),
                ContainsSubstring("missing metadata pkv.format"));
 }
 

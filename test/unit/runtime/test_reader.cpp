@@ -176,9 +176,11 @@ TEST_CASE("runtime reader: the table's own key basis, dim order and rotation are
     s.meta["pkv.rotation.seed"] = "12345";
     const std::vector<uint8_t> bytes = encode(s);
     RuntimeDecl d = default_decl();
-    CHECK_THAT(load_error(bytes, d), ContainsSubstring(
-        "pattern table t.safetensors: key basis is pre_rope but the runtime declares post_rope; applying it would "
-        "corrupt attention"));
+    CHECK_THAT(
+        load_error(bytes, d),
+        ContainsSubstring(
+            "pattern table t.safetensors: key basis is pre_rope but the runtime declares post_rope; applying it would "
+            "corrupt attention"));
     d.key_basis = pkv_rt::KeyBasis::pre_rope;
     CHECK_THAT(load_error(bytes, d),
                ContainsSubstring("key dim order is hf_half_split but the runtime declares gguf_interleaved"));
@@ -227,16 +229,19 @@ TEST_CASE("runtime reader: optional declaration fields skip their checks") {
 TEST_CASE("runtime reader: format string and major version are checked first") {
     TableSpec s = default_spec();
     s.meta["pkv.format"] = "gguf.imatrix";
-    CHECK_THAT(load_error(encode(s)), ContainsSubstring(
-        R"(pattern table t.safetensors: format is "gguf.imatrix", expected "pkv.pattern_table")"));
+    CHECK_THAT(
+        load_error(encode(s)),
+        ContainsSubstring(R"(pattern table t.safetensors: format is "gguf.imatrix", expected "pkv.pattern_table")"));
     s = default_spec();
     s.meta.erase("pkv.format");
     CHECK_THAT(load_error(encode(s)), ContainsSubstring("missing metadata pkv.format"));
     s = default_spec();
     s.meta["pkv.format_version"] = "2.0";
     s.meta["pkv.model.n_layer"] = "garbage";  // not looked at: the version refuses first
-    CHECK_THAT(load_error(encode(s)), ContainsSubstring(
-        "pattern table t.safetensors: format version 2.0 is not supported (this reader reads major version 1)"));
+    CHECK_THAT(
+        load_error(encode(s)),
+        ContainsSubstring(
+            "pattern table t.safetensors: format version 2.0 is not supported (this reader reads major version 1)"));
     s.meta["pkv.format_version"] = "0.9";
     CHECK_THAT(load_error(encode(s)), ContainsSubstring("format version 0.9 is not supported"));
     for (const char* bad : {"1", "1.", ".0", "1.0.0", "v1.0", "01.0", "1.-1", ""}) {
@@ -283,8 +288,9 @@ TEST_CASE("runtime reader: malformed metadata values are refused with the key an
         TableSpec s = default_spec();
         s.meta["pkv.rotation"] = "hadamard";
         s.meta["pkv.model.head_dim"] = "6";
-        CHECK_THAT(load_error(encode(s)), ContainsSubstring(
-            "metadata pkv.model.head_dim: expected a power of two with pkv.rotation hadamard, got 6"));
+        CHECK_THAT(load_error(encode(s)),
+                   ContainsSubstring(
+                       "metadata pkv.model.head_dim: expected a power of two with pkv.rotation hadamard, got 6"));
     }
     for (const auto& c : cases) {
         INFO(c.first.first << " = \"" << c.first.second << "\"");
@@ -316,36 +322,51 @@ TEST_CASE("runtime reader: tensor rules name the tensor, the expected and the ac
     };
     const std::vector<Case> cases = {
         {"missing", [](TableSpec& s) { s.tensors.erase("layers.2.v_counts"); }, "missing tensor layers.2.v_counts"},
-        {"shape", [](TableSpec& s) {
+        {"shape",
+         [](TableSpec& s) {
              s.tensors["layers.0.k_patterns"].shape = {2, 8, 4};
-         }, "layers.0.k_patterns: expected shape [2, 4, 8], got [2, 8, 4]"},
-        {"rank", [](TableSpec& s) { s.tensors["layers.0.k_clip"].shape = {1, 2}; },
+         },
+         "layers.0.k_patterns: expected shape [2, 4, 8], got [2, 8, 4]"},
+        {"rank",
+         [](TableSpec& s) {
+             s.tensors["layers.0.k_clip"].shape = {1, 2};
+         },
          "layers.0.k_clip: expected shape [2], got [1, 2]"},
         {"Mk differs from metadata", [](TableSpec& s) { s.meta["pkv.k_patterns"] = "2"; },
          "layers.0.k_patterns: expected shape [2, 2, 8], got [2, 4, 8]"},
-        {"bf16", [](TableSpec& s) {
+        {"bf16",
+         [](TableSpec& s) {
              auto& t = s.tensors["layers.0.v_patterns"];
              t.dtype = "BF16";
              t.data.resize(t.data.size() / 2);
-         }, "layers.0.v_patterns: expected dtype F32 or F16, got BF16"},
-        {"f16 clip", [](TableSpec& s) {
+         },
+         "layers.0.v_patterns: expected dtype F32 or F16, got BF16"},
+        {"f16 clip",
+         [](TableSpec& s) {
              auto& t = s.tensors["layers.2.k_clip"];
              t = float_tensor(t.name, t.shape, float_values(t), true);
-         }, "layers.2.k_clip: expected dtype F32, got F16"},
-        {"f16 counts", [](TableSpec& s) {
+         },
+         "layers.2.k_clip: expected dtype F32, got F16"},
+        {"f16 counts",
+         [](TableSpec& s) {
              auto& t = s.tensors["layers.0.v_counts"];
              t.dtype = "F16";
              t.data.resize(t.data.size() / 4);
-         }, "layers.0.v_counts: expected dtype I64, got F16"},
-        {"counts dtype", [](TableSpec& s) {
+         },
+         "layers.0.v_counts: expected dtype I64, got F16"},
+        {"counts dtype",
+         [](TableSpec& s) {
              auto& t = s.tensors["layers.0.k_counts"];
              t.dtype = "I32";
              t.data.resize(t.data.size() / 2);
-         }, "layers.0.k_counts: expected dtype I64, got I32"},
-        {"negative count", [](TableSpec& s) {
+         },
+         "layers.0.k_counts: expected dtype I64, got I32"},
+        {"negative count",
+         [](TableSpec& s) {
              const int64_t v = -1;
              std::memcpy(s.tensors["layers.2.k_counts"].data.data() + 8 * 5, &v, 8);
-         }, "layers.2.k_counts: element 5 is negative"},
+         },
+         "layers.2.k_counts: element 5 is negative"},
         {"nan pattern", [&](TableSpec& s) { set_float(s, "layers.2.v_patterns", 3, std::nanf("")); },
          "layers.2.v_patterns: element 3 is not finite"},
         {"inf pattern", [&](TableSpec& s) { set_float(s, "layers.0.k_patterns", 0, INFINITY); },
@@ -356,11 +377,13 @@ TEST_CASE("runtime reader: tensor rules name the tensor, the expected and the ac
          "layers.2.v_clip: 1.500000 of KV head 0 is outside (0, 1]"},
         {"negative z", [&](TableSpec& s) { set_float(s, "layers.2.v_gate_z", 1, -0.5f); },
          "layers.2.v_gate_z: -0.500000 of KV head 1 is negative"},
-        {"stray layer", [](TableSpec& s) {
+        {"stray layer",
+         [](TableSpec& s) {
              auto t = s.tensors["layers.0.k_clip"];
              t.name = "layers.1.k_clip";
              s.tensors[t.name] = t;
-         }, "tensor layers.1.k_clip belongs to no layer of pkv.layers \"0,2\""},
+         },
+         "tensor layers.1.k_clip belongs to no layer of pkv.layers \"0,2\""},
         {"listed layer without tensors", [](TableSpec& s) { s.meta["pkv.layers"] = "0,1,2"; },
          "missing tensor layers.1.k_patterns"},
     };

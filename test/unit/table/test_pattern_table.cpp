@@ -160,13 +160,17 @@ TEST_CASE("check_pattern_table names every bad field", "[table]") {
     };
     const std::vector<Case> cases = {
         {[](PatternTable& t) { t.model.arch = ""; }, "pattern table: model.arch: expected a non-empty architecture"},
-        {[](PatternTable& t) { t.model.sha256 = "ABC"; }, "model.sha256: expected 64 lowercase hex digits or empty, got \"ABC\""},
+        {[](PatternTable& t) { t.model.sha256 = "ABC"; },
+         "model.sha256: expected 64 lowercase hex digits or empty, got \"ABC\""},
         {[](PatternTable& t) { t.model.n_layer = 0; }, "model.n_layer: expected at least 1, got 0"},
         {[](PatternTable& t) { t.model.n_head = 0; }, "model.n_head: expected at least 1, got 0"},
-        {[](PatternTable& t) { t.model.n_head_kv = 4; }, "model.n_head_kv: expected a positive divisor of n_head 6, got 4"},
+        {[](PatternTable& t) { t.model.n_head_kv = 4; },
+         "model.n_head_kv: expected a positive divisor of n_head 6, got 4"},
         {[](PatternTable& t) { t.model.head_dim = 7; }, "model.head_dim: expected an even number >= 2, got 7"},
-        {[](PatternTable& t) { t.key_basis = "rope"; }, "key_basis: expected \"pre_rope\" or \"post_rope\", got \"rope\""},
-        {[](PatternTable& t) { t.key_dim_order = "hf"; }, "key_dim_order: expected \"gguf_interleaved\" or \"hf_half_split\""},
+        {[](PatternTable& t) { t.key_basis = "rope"; },
+         "key_basis: expected \"pre_rope\" or \"post_rope\", got \"rope\""},
+        {[](PatternTable& t) { t.key_dim_order = "hf"; },
+         "key_dim_order: expected \"gguf_interleaved\" or \"hf_half_split\""},
         {[](PatternTable& t) { t.rotation = "random"; }, "rotation: expected \"none\" or \"hadamard\", got \"random\""},
         {[](PatternTable& t) {
              t.rotation = "hadamard";
@@ -181,14 +185,19 @@ TEST_CASE("check_pattern_table names every bad field", "[table]") {
         {[](PatternTable& t) { t.assign = "cosine"; }, "assign: expected \"l2\" or \"minmax\", got \"cosine\""},
         {[](PatternTable& t) { t.k_patterns = 0; }, "k_patterns: expected at least 1, got 0"},
         {[](PatternTable& t) { t.v_patterns = 0; }, "v_patterns: expected at least 1, got 0"},
-        {[](PatternTable& t) { t.calibration = nlohmann::json::array(); }, "calibration: expected a JSON object, got array"},
+        {[](PatternTable& t) { t.calibration = nlohmann::json::array(); },
+         "calibration: expected a JSON object, got array"},
         {[](PatternTable& t) { t.layers.clear(); }, "layers: expected at least one calibrated layer, got none"},
         {[](PatternTable& t) { t.layers[1].layer = 4; }, "layers[1].layer: expected a model layer in [0, 4), got 4"},
-        {[](PatternTable& t) { t.layers[1].layer = 0; }, "layers: expected strictly ascending layer indices, got \"0,0\""},
-        {[](PatternTable& t) { t.layers[0].k_patterns.pop_back(); }, "layers.0.k_patterns: expected 96 values [3, 4, 8], got 95"},
-        {[](PatternTable& t) { t.layers[1].v_patterns.push_back(0); }, "layers.2.v_patterns: expected 120 values [3, 5, 8], got 121"},
+        {[](PatternTable& t) { t.layers[1].layer = 0; },
+         "layers: expected strictly ascending layer indices, got \"0,0\""},
+        {[](PatternTable& t) { t.layers[0].k_patterns.pop_back(); },
+         "layers.0.k_patterns: expected 96 values [3, 4, 8], got 95"},
+        {[](PatternTable& t) { t.layers[1].v_patterns.push_back(0); },
+         "layers.2.v_patterns: expected 120 values [3, 5, 8], got 121"},
         {[](PatternTable& t) { t.layers[0].k_counts.clear(); }, "layers.0.k_counts: expected 12 values [3, 4], got 0"},
-        {[](PatternTable& t) { t.layers[0].v_counts.pop_back(); }, "layers.0.v_counts: expected 15 values [3, 5], got 14"},
+        {[](PatternTable& t) { t.layers[0].v_counts.pop_back(); },
+         "layers.0.v_counts: expected 15 values [3, 5], got 14"},
         {[](PatternTable& t) { t.layers[0].k_clip.pop_back(); }, "layers.0.k_clip: expected 3 values [3], got 2"},
         {[](PatternTable& t) { t.layers[0].v_clip.push_back(1); }, "layers.0.v_clip: expected 3 values [3], got 4"},
         {[](PatternTable& t) { t.layers[1].v_gate_z.clear(); }, "layers.2.v_gate_z: expected 3 values [3], got 0"},
@@ -221,15 +230,17 @@ TEST_CASE("read_pattern_table: every read failure is one data_loss line naming f
               x.dtype = "F64";
               x.shape = {3, 2, 8};
           }) == "t.safetensors::layers.0.k_patterns: expected dtype F32 or F16, got F64");
-    CHECK(read_error([](Tensors& t, Meta&) { t["layers.0.k_patterns"].shape = {3, 8, 4}; }) ==
-          "t.safetensors::layers.0.k_patterns: expected shape [3, 4, 8], got [3, 8, 4]");
+    CHECK(read_error([](Tensors& t, Meta&) {
+              t["layers.0.k_patterns"].shape = {3, 8, 4};
+          }) == "t.safetensors::layers.0.k_patterns: expected shape [3, 4, 8], got [3, 8, 4]");
     CHECK(read_error([](Tensors& t, Meta&) {
               auto& x = t["layers.0.k_patterns"];
               x.shape = {3, 2, 8};
               x.data.resize(3 * 2 * 8 * 4);
           }) == "t.safetensors::layers.0.k_patterns: expected shape [3, 4, 8], got [3, 2, 8]");
-    CHECK(read_error([](Tensors& t, Meta&) { t["layers.2.v_gate_z"].shape = {3, 1}; }) ==
-          "t.safetensors::layers.2.v_gate_z: expected shape [3], got [3, 1]");
+    CHECK(read_error([](Tensors& t, Meta&) {
+              t["layers.2.v_gate_z"].shape = {3, 1};
+          }) == "t.safetensors::layers.2.v_gate_z: expected shape [3], got [3, 1]");
     CHECK(read_error([](Tensors&, Meta& m) { m["pkv.layers"] = "0,1,2"; }) ==
           "t.safetensors::layers.1.k_patterns: expected a F32 tensor of shape [3, 4, 8], got none");
     // Metadata enumerations, versions and format.
@@ -275,8 +286,9 @@ TEST_CASE("read_pattern_table: every read failure is one data_loss line naming f
                ContainsSubstring("pkv.layers: expected ascending decimal layer indices separated by commas"));
     CHECK(read_error([](Tensors&, Meta& m) { m["pkv.rotation.seed"] = "3"; }) ==
           "t.safetensors::pkv.rotation.seed: expected 0 without rotation, got 3");
-    CHECK_THAT(read_error([](Tensors&, Meta& m) { m["pkv.calibration"] = "{\"tool\":"; }),
-               ContainsSubstring("t.safetensors::pkv.calibration: expected a JSON object, got text that does not parse"));
+    CHECK_THAT(
+        read_error([](Tensors&, Meta& m) { m["pkv.calibration"] = "{\"tool\":"; }),
+        ContainsSubstring("t.safetensors::pkv.calibration: expected a JSON object, got text that does not parse"));
     CHECK(read_error([](Tensors&, Meta& m) { m["pkv.calibration"] = "[1]"; }) ==
           "t.safetensors::pkv.calibration: expected a JSON object, got array");
     // Container damage comes from the safetensors reader, with the path.
@@ -286,8 +298,9 @@ TEST_CASE("read_pattern_table: every read failure is one data_loss line naming f
     const std::string cut = dir.write("cut.safetensors", bytes);
     CHECK_THROWS_WITH(read_pattern_table(cut), ContainsSubstring("cut.safetensors: "));
     // Extra tensors (a later minor version's) are ignored.
-    CHECK(read_error([](Tensors& t, Meta&) { t["layers.0.k_extra"] = StTensor{"layers.0.k_extra", "U8", {1}, {7}}; })
-              .empty());
+    CHECK(read_error([](Tensors& t, Meta&) {
+              t["layers.0.k_extra"] = StTensor{"layers.0.k_extra", "U8", {1}, {7}};
+          }).empty());
 }
 
 TEST_CASE("read_pattern_table accepts F16 patterns and widens them exactly", "[table]") {
@@ -315,16 +328,23 @@ TEST_CASE("pattern_table_findings: none on a clean table, one line per degenerat
          "layers.2.k_patterns: 1 non-finite value(s) (NaN/Inf), first at head 1, pattern 2, dim 5 (nan)"},
         {[&](PatternTable& t) { t.layers[0].v_patterns[3] = -inf, t.layers[0].v_patterns[9] = inf; },
          "layers.0.v_patterns: 2 non-finite value(s) (NaN/Inf), first at head 0, pattern 0, dim 3 (-inf)"},
-        {[&](PatternTable& t) { t.layers[0].k_clip[2] = inf; }, "layers.0.k_clip: 1 non-finite value(s) (NaN/Inf), first at head 2 (inf)"},
-        {[&](PatternTable& t) { t.layers[0].v_gate_z[1] = nan; }, "layers.0.v_gate_z: 1 non-finite value(s) (NaN/Inf), first at head 1"},
-        {[](PatternTable& t) { t.layers[0].k_clip[1] = 0.0f; }, "layers.0.k_clip: head 1: expected a clip ratio in (0, 1], got 0"},
-        {[](PatternTable& t) { t.layers[1].v_clip[0] = 1.5f; }, "layers.2.v_clip: head 0: expected a clip ratio in (0, 1], got 1.5"},
-        {[](PatternTable& t) { t.layers[1].v_clip[2] = -0.25f; }, "layers.2.v_clip: head 2: expected a clip ratio in (0, 1], got -0.25"},
+        {[&](PatternTable& t) { t.layers[0].k_clip[2] = inf; },
+         "layers.0.k_clip: 1 non-finite value(s) (NaN/Inf), first at head 2 (inf)"},
+        {[&](PatternTable& t) { t.layers[0].v_gate_z[1] = nan; },
+         "layers.0.v_gate_z: 1 non-finite value(s) (NaN/Inf), first at head 1"},
+        {[](PatternTable& t) { t.layers[0].k_clip[1] = 0.0f; },
+         "layers.0.k_clip: head 1: expected a clip ratio in (0, 1], got 0"},
+        {[](PatternTable& t) { t.layers[1].v_clip[0] = 1.5f; },
+         "layers.2.v_clip: head 0: expected a clip ratio in (0, 1], got 1.5"},
+        {[](PatternTable& t) { t.layers[1].v_clip[2] = -0.25f; },
+         "layers.2.v_clip: head 2: expected a clip ratio in (0, 1], got -0.25"},
         {[](PatternTable& t) {
-             for (auto& l : t.layers) std::fill(l.k_clip.begin(), l.k_clip.end(), 1.0f), std::fill(l.v_clip.begin(), l.v_clip.end(), 1.0f);
+             for (auto& l : t.layers)
+                 std::fill(l.k_clip.begin(), l.k_clip.end(), 1.0f), std::fill(l.v_clip.begin(), l.v_clip.end(), 1.0f);
          },
          "k_clip/v_clip: every clip ratio of the table is exactly 1 (nothing fitted)"},
-        {[](PatternTable& t) { t.layers[0].v_gate_z[2] = -0.5f; }, "layers.0.v_gate_z: head 2: expected a gate z >= 0, got -0.5"},
+        {[](PatternTable& t) { t.layers[0].v_gate_z[2] = -0.5f; },
+         "layers.0.v_gate_z: head 2: expected a gate z >= 0, got -0.5"},
         {[](PatternTable& t) {
              auto& c = t.layers[0].k_counts;  // head 1: move pattern 3's tokens to pattern 0, totals unchanged
              c[4 + 0] += c[4 + 3];

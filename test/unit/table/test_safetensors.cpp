@@ -58,7 +58,9 @@ SafetensorsWriter make_cross_check_writer() {
     w.add({"b.i32", "I32", {4}, bytes_of(std::vector<int32_t>{-2, -1, 0, 7})});
     w.add({"c.u8", "U8", {}, {200}});
     w.add({"d.empty", "F32", {0, 4}, {}});
-    w.add({"e.f16", "F16", {3},
+    w.add({"e.f16",
+           "F16",
+           {3},
            bytes_of(std::vector<uint16_t>{float_to_half(1.0f), float_to_half(-2.5f), float_to_half(0.125f)})});
     w.set_metadata("format", "pkv.pattern_table");
     w.set_metadata("format_version", "1");
@@ -179,8 +181,7 @@ TEST_CASE("safetensors reader enforces every validation rule", "[table][safetens
     // JSON shape.
     CHECK_THAT(err("{\"a\":", 0), ContainsSubstring("header is not valid JSON"));
     CHECK_THAT(err("[1,2]", 0), ContainsSubstring("expected a JSON object, got array"));
-    CHECK_THAT(err(R"({"a":)" + ok_entry + R"(,"a":)" + ok_entry + "}", 8),
-               ContainsSubstring("duplicate key 'a'"));
+    CHECK_THAT(err(R"({"a":)" + ok_entry + R"(,"a":)" + ok_entry + "}", 8), ContainsSubstring("duplicate key 'a'"));
     CHECK_THAT(err(R"({"a":{"dtype":"F32","dtype":"U8","shape":[2],"data_offsets":[0,8]}})", 8),
                ContainsSubstring("duplicate key 'dtype'"));
     CHECK_THAT(err(R"({"a":[1]})", 0), ContainsSubstring("tensor 'a': expected an object, got array"));
@@ -195,7 +196,8 @@ TEST_CASE("safetensors reader enforces every validation rule", "[table][safetens
                ContainsSubstring("shape: expected non-negative integers, got -2"));
     CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8),
                ContainsSubstring("shape: expected non-negative integers"));
-    CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[2]}})", 8), ContainsSubstring("expected 'data_offsets' as [begin, end]"));
+    CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[2]}})", 8),
+               ContainsSubstring("expected 'data_offsets' as [begin, end]"));
     CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4,8]}})", 8),
                ContainsSubstring("expected 'data_offsets' as [begin, end]"));
     CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-1,8]}})", 8),
@@ -206,23 +208,31 @@ TEST_CASE("safetensors reader enforces every validation rule", "[table][safetens
     CHECK(code == ErrorCode::unsupported);
 
     // Sizes and offsets.
-    CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[5,4]}})", 8), ContainsSubstring("end before begin"));
+    CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[5,4]}})", 8),
+               ContainsSubstring("end before begin"));
     CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[9],"data_offsets":[0,9]}})", 8),
                ContainsSubstring("data_offsets [0, 9) run past the data buffer (8 bytes)"));
     CHECK(err(R"({"layers.0.k.centroids":{"dtype":"F32","shape":[3,8],"data_offsets":[0,100]}})", 100) ==
-          "t.safetensors: tensor 'layers.0.k.centroids': data_offsets [0, 100) hold 100 bytes, expected 3 x 8 x F32 = 96");
+          "t.safetensors: tensor 'layers.0.k.centroids': data_offsets [0, 100) hold 100 bytes, expected 3 x 8 x F32 = "
+          "96");
     CHECK_THAT(err(R"({"s":{"dtype":"F64","shape":[],"data_offsets":[0,4]}})", 4),
                ContainsSubstring("hold 4 bytes, expected F64 = 8"));
     CHECK_THAT(err(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
                ContainsSubstring("overflow"));
-    CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", 8), ContainsSubstring("leave a gap [0, 4)"));
-    CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6),
-               ContainsSubstring("tensor 'b': data_offsets [2, 6) overlap tensor 'a' (ends at 4)"));
+    CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", 8),
+               ContainsSubstring("leave a gap [0, 4)"));
+    CHECK_THAT(
+        err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+            6),
+        ContainsSubstring("tensor 'b': data_offsets [2, 6) overlap tensor 'a' (ends at 4)"));
     CHECK_THAT(err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 6),
                ContainsSubstring("tensors cover 4 bytes of the data buffer, expected all 6"));
     CHECK_THAT(err("{}", 1), ContainsSubstring("tensors cover 0 bytes"));
     // Empty tensors may share an offset with anything.
-    CHECK(err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"f":{"dtype":"F32","shape":[2,0],"data_offsets":[4,4]}})", 4).empty());
+    CHECK(
+        err(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"f":{"dtype":"F32","shape":[2,0],"data_offsets":[4,4]}})",
+            4)
+            .empty());
 
     // Metadata.
     CHECK_THAT(err(R"({"__metadata__":[1]})", 0), ContainsSubstring("__metadata__: expected an object, got array"));

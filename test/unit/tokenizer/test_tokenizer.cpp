@@ -70,12 +70,12 @@ TEST_CASE("tokenizer: byte table") {
         CHECK(pkv::token_text_to_bytes(text) == std::string(1, static_cast<char>(b)));
     }
     CHECK(seen.size() == 256);
-    CHECK(pkv::byte_to_token_text(' ') == "\xC4\xA0");     // U+0120
-    CHECK(pkv::byte_to_token_text('\n') == "\xC4\x8A");    // U+010A
-    CHECK(pkv::byte_to_token_text(0x00) == "\xC4\x80");    // U+0100, first moved byte
-    CHECK(pkv::byte_to_token_text(0xAD) == "\xC5\x83");    // U+0143, last moved byte
+    CHECK(pkv::byte_to_token_text(' ') == "\xC4\xA0");   // U+0120
+    CHECK(pkv::byte_to_token_text('\n') == "\xC4\x8A");  // U+010A
+    CHECK(pkv::byte_to_token_text(0x00) == "\xC4\x80");  // U+0100, first moved byte
+    CHECK(pkv::byte_to_token_text(0xAD) == "\xC5\x83");  // U+0143, last moved byte
     CHECK(pkv::byte_to_token_text('a') == "a");
-    CHECK(pkv::byte_to_token_text(0xE9) == "\xC3\xA9");    // printable Latin-1 stays
+    CHECK(pkv::byte_to_token_text(0xE9) == "\xC3\xA9");  // printable Latin-1 stays
     CHECK(pkv::token_text_to_bytes("Hello\xC4\xA0world\xC4\x8A") == "Hello world\n");
     // Characters outside the table pass through.
     CHECK(pkv::token_text_to_bytes("\xE4\xB8\xAD") == "\xE4\xB8\xAD");
@@ -148,9 +148,7 @@ TEST_CASE("tokenizer: special tokens") {
         CHECK(tok.encode("<|x|><|x|>", true) == std::vector<int32_t>{0, 0});
         CHECK(tok.encode("<|x|", true) == bytes("<|x|"));
     }
-    SECTION("parse_special off: control strings are text") {
-        CHECK(tok.encode("a<|x|>b", false) == bytes("a<|x|>b"));
-    }
+    SECTION("parse_special off: control strings are text") { CHECK(tok.encode("a<|x|>b", false) == bytes("a<|x|>b")); }
     SECTION("user-defined tokens are always matched") {
         std::vector<int32_t> expect = bytes("a");
         expect.push_back(2);
@@ -158,9 +156,7 @@ TEST_CASE("tokenizer: special tokens") {
         CHECK(tok.encode("a@@b", false) == expect);
         CHECK(tok.encode("a@@b", true) == expect);
     }
-    SECTION("decode writes special strings literally") {
-        CHECK(tok.decode({0, t.byte(' '), 2}) == "<|x|> @@");
-    }
+    SECTION("decode writes special strings literally") { CHECK(tok.decode({0, t.byte(' '), 2}) == "<|x|> @@"); }
     SECTION("text on each side is pre-tokenized on its own") {
         // Without the split, "  " before "1" would be broken as " " + " 1".
         std::string sp = pkv::byte_to_token_text(' ');
@@ -189,10 +185,13 @@ TEST_CASE("tokenizer: bytes without a token are dropped") {
     TinyVocab t = base_vocab();
     pkv::Tokenizer tok(t.v);
     CHECK(tok.dropped_bytes() == 0);
-    CHECK(tok.encode("a\x04" "b\xFF") == std::vector<int32_t>{t.byte('a'), t.byte('b')});
+    CHECK(tok.encode("a\x04"
+                     "b\xFF") == std::vector<int32_t>{t.byte('a'), t.byte('b')});
     CHECK(tok.dropped_bytes() == 2);
     // The second time the pieces come from the cache: still counted.
-    CHECK(tok.encode("a\x04" "b\xFF").size() == 2);
+    CHECK(tok.encode("a\x04"
+                     "b\xFF")
+              .size() == 2);
     CHECK(tok.dropped_bytes() == 4);
 }
 
@@ -289,7 +288,7 @@ TEST_CASE("tokenizer: long runs and concurrent use") {
     std::string text;
     for (int i = 0; i < 2000; ++i) text += "word" + std::to_string(i % 97) + (i % 5 ? " " : "  \n");
     std::vector<int32_t> serial = tok.encode(text);
-    std::vector<std::vector<int32_t>> results(4);
+    std::vector<std::vector<int32_t> > results(4);
     std::vector<std::thread> threads;
     for (auto& r : results) threads.emplace_back([&] { r = tok.encode(text); });
     for (auto& th : threads) th.join();

@@ -123,7 +123,10 @@ TEST_CASE("tokenizer: SmolLM2 drops the bytes it has no token for") {
     auto file = pkv::GgufFile::open(kModel);
     pkv::Tokenizer tok(pkv::vocab_from_gguf(*file));
     // 0x04 and 0xFF have no token in this vocabulary.
-    std::vector<int32_t> ids = tok.encode("a\x04" "b\xFF" "c");
+    std::vector<int32_t> ids = tok.encode(
+        "a\x04"
+        "b\xFF"
+        "c");
     CHECK(tok.decode(ids) == "abc");
     CHECK(tok.dropped_bytes() == 2);
     // The byte goes at the end, as in llama.cpp, so it still keeps its neighbours
