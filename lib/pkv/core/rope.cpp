@@ -8,6 +8,7 @@ namespace pkv {
 
 RopeTable rope_table(const RopeParams& params, int n_pos, int64_t pos0) {
     PKV_ASSERT(params.n_rot >= 2 && params.n_rot % 2 == 0 && n_pos >= 0);
+    PKV_ASSERT(params.freq_factors.empty() || params.freq_factors.size() == static_cast<size_t>(params.n_rot / 2));
     RopeTable t;
     t.n_pos = n_pos;
     t.n_pairs = params.n_rot / 2;
@@ -15,7 +16,10 @@ RopeTable rope_table(const RopeParams& params, int n_pos, int64_t pos0) {
     t.cos.resize(static_cast<size_t>(n_pos) * t.n_pairs);
     t.sin.resize(t.cos.size());
     std::vector<double> inv_freq(t.n_pairs);
-    for (int i = 0; i < t.n_pairs; ++i) inv_freq[i] = std::pow(params.base, -2.0 * i / params.n_rot);
+    for (int i = 0; i < t.n_pairs; ++i) {
+        inv_freq[i] = std::pow(params.base, -2.0 * i / params.n_rot);
+        if (!params.freq_factors.empty()) inv_freq[i] /= params.freq_factors[i];
+    }
     for (int p = 0; p < n_pos; ++p) {
         const double pos = static_cast<double>(pos0 + p) * params.freq_scale;
         for (int i = 0; i < t.n_pairs; ++i) {

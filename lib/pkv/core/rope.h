@@ -2,8 +2,9 @@
 // used by the model's forward pass, by `pkv eval` for pre-RoPE key caches and by
 // `pkv analyze` to score pre-RoPE keys with post-RoPE queries.
 //
-// Position p rotates the pairs of a head by θ(p, i) = p · freq_scale · base^(-2i/n_rot),
-// i in [0, n_rot/2); dimensions at or past n_rot are left alone. The pairs are
+// Position p rotates the pairs of a head by θ(p, i) = p · freq_scale · base^(-2i/n_rot) / f_i,
+// i in [0, n_rot/2), where f_i are optional per-frequency factors (Llama 3's rope_freqs;
+// 1 when absent); dimensions at or past n_rot are left alone. The pairs are
 //   interleaved  (2i, 2i+1)           ggml's NORM mode, the GGUF dimension order;
 //   half_split   (i, i + n_rot/2)     Hugging Face's rotate_half order.
 // The angles and their cos/sin are computed in double and rounded once to float, so large
@@ -24,6 +25,7 @@ struct RopeParams {
     double base = 10000.0;    ///< frequency base
     double freq_scale = 1.0;  ///< 1 / linear position scaling factor
     RopeLayout layout = RopeLayout::interleaved;
+    std::vector<float> freq_factors;  ///< empty, or n_rot/2 positive divisors of the frequencies
 };
 
 /// cos/sin of θ(pos0 + p, i) for p in [0, n_pos), row-major [n_pos, n_rot/2].

@@ -40,10 +40,22 @@ const GgufTensorInfo* require_tensor(const GgufFile& f, const std::string& name,
     return t;
 }
 
-/// The quantized tensors of one block, inside the file mapping.
+/// The tensors of one block inside the file mapping, by LayerPart; null where the
+/// architecture or file has none (biases, Q/K norms).
 struct LayerTensors {
-    const GgufTensorInfo *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+    std::array<const GgufTensorInfo*, kLayerParts> part{};
 };
+
+// The whole-file check, so a model is never built over something it would ignore.
+LlamaHparams checked_hparams(const std::shared_ptr<const GgufFile>& file) {
+    PKV_CHECK(file != nullptr, invalid_argument, "LlamaModel: no file given");
+    const std::vector<ModelFinding> findings = model_findings(*file);
+    if (findings.size() == 1) fail(findings[0].code, "{}", findings[0].message);
+    if (!findings.empty())
+        fail(findings[0].code, "{} (and {} more: `pkv validate {}` lists them)", findings[0].message,
+             findings.size() - 1, file->path());
+    return llama_hparams_from_gguf(*file);
+}
 
 }  // namespace
 
@@ -59,35 +71,31 @@ struct LlamaModel::Impl {
 namespace {
 
 /// One layer's weights in fp32, one buffer reused for every layer of a forward call
-/// (every layer has the same shapes, so the offsets are fixed).
+/// (every layer has the same parts and shapes, so the offsets are fixed); w(part) is null
+/// for a part the model does not have.
 struct LayerWeights {
     std::vector<float> buf;
-    float *attn_norm = nullptr, *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr, *ffn_norm = nullptr,
-          *w_gate = nullptr, *w_up = nullptr, *w_down = nullptr;
+    std::array<float*, kLayerParts> ptr{};
 
-    static std::array<const GgufTensorInfo*, 9> parts(const LayerTensors& t) {
-        return {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.ffn_norm, t.w_gate, t.w_up, t.w_down};
-    }
+    const float* w(LayerPart p) const { return ptr[static_cast<int>(p)]; }
     void reserve(const LayerTensors& t) {
-        float** dst[] = {&attn_norm, &wq, &wk, &wv, &wo, &ffn_norm, &w_gate, &w_up, &w_down};
-        const auto p = parts(t);
         size_t total = 0;
-        for (const auto* x : p) total += x->n_elements();
+        for (const auto* x : t.part) total += x ? x->n_elements() : 0;
         buf.resize(total);
         size_t off = 0;
-        for (size_t i = 0; i < p.size(); ++i) {
-            *dst[i] = buf.data() + off;
-            off += p[i]->n_elements();
+        for (int i = 0; i < kLayerParts; ++i) {
+            ptr[i] = t.part[i] ? buf.data() + off : nullptr;
+            off += t.part[i] ? t.part[i]->n_elements() : 0;
         }
     }
     /// Part `part` of `n_parts` of every tensor's rows, so threads share the work.
     void load_part(const GgufFile& f, const LayerTensors& t, int part, int n_parts) {
-        float* dst[] = {attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down};
-        const auto p = parts(t);
-        for (size_t i = 0; i < p.size(); ++i) {
-            const uint64_t rows = p[i]->n_rows(), per = (rows + n_parts - 1) / n_parts;
+        for (int i = 0; i < kLayerParts; ++i) {
+            const GgufTensorInfo* p = t.part[i];
+            if (p == nullptr) continue;
+            const uint64_t rows = p->n_rows(), per = (rows + n_parts - 1) / n_parts;
             const uint64_t r0 = std::min(rows, per * part), r1 = std::min(rows, r0 + per);
-            if (r1 > r0) f.dequantize_rows(*p[i], r0, r1 - r0, dst[i] + r0 * p[i]->row_length());
+            if (r1 > r0) f.dequantize_rows(*p, r0, r1 - r0, ptr[i] + r0 * p->row_length());
         }
     }
 };
@@ -135,32 +143,22 @@ void run_kv_hook(const KvCacheHook& hook, int l, int g, bool value, int n, int H
 
 }  // namespace
 
-LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : impl_(std::make_unique<Impl>()) {
+LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : LlamaModel(file, checked_hparams(file)) {}
+
+LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file, const LlamaHparams& hp) : impl_(std::make_unique<Impl>()) {
     PKV_CHECK(file != nullptr, invalid_argument, "LlamaModel: no file given");
     impl_->file = std::move(file);
+    impl_->hp = hp;
     const GgufFile& f = *impl_->file;
-    LlamaHparams& hp = impl_->hp;
-    hp = llama_hparams_from_gguf(f);
-    const uint64_t E = hp.n_embd, V = hp.n_vocab, F = hp.n_ff;
-    const uint64_t QD = uint64_t{hp.n_head} * hp.head_dim, KD = uint64_t{hp.n_head_kv} * hp.head_dim;
-    impl_->tok_embd = require_tensor(f, "token_embd.weight", {E, V});
-    impl_->out_norm = require_tensor(f, "output_norm.weight", {E});
-    impl_->output = hp.tied_output ? impl_->tok_embd : require_tensor(f, "output.weight", {E, V});
-    impl_->layers.reserve(hp.n_layer);
-    for (uint32_t l = 0; l < hp.n_layer; ++l) {
-        const std::string p = "blk." + std::to_string(l) + ".";
-        LayerTensors L{};
-        L.attn_norm = require_tensor(f, p + "attn_norm.weight", {E});
-        L.wq = require_tensor(f, p + "attn_q.weight", {E, QD});
-        L.wk = require_tensor(f, p + "attn_k.weight", {E, KD});
-        L.wv = require_tensor(f, p + "attn_v.weight", {E, KD});
-        L.wo = require_tensor(f, p + "attn_output.weight", {QD, E});
-        L.ffn_norm = require_tensor(f, p + "ffn_norm.weight", {E});
-        L.w_gate = require_tensor(f, p + "ffn_gate.weight", {E, F});
-        L.w_up = require_tensor(f, p + "ffn_up.weight", {E, F});
-        L.w_down = require_tensor(f, p + "ffn_down.weight", {F, E});
-        impl_->layers.push_back(L);
+    impl_->layers.assign(hp.n_layer, LayerTensors{});
+    for (const TensorReq& r : model_tensor_plan(hp)) {
+        const GgufTensorInfo* t = require_tensor(f, r.name, r.ne);
+        if (r.layer >= 0) impl_->layers[r.layer].part[static_cast<int>(r.part)] = t;
+        else if (r.name == "token_embd.weight") impl_->tok_embd = t;
+        else if (r.name == "output_norm.weight") impl_->out_norm = t;
+        else if (r.name == "output.weight") impl_->output = t;
     }
+    if (hp.tied_output) impl_->output = impl_->tok_embd;
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -214,6 +212,11 @@ void check_forward_args(const GgufFile& f, const LlamaHparams& hp, const std::ve
     PKV_CHECK(!tokens.empty() && tokens.size() <= hp.n_ctx_train, out_of_range,
               "{}: forward of {} tokens: expected 1 to {} (context_length)", f.path(), tokens.size(), hp.n_ctx_train);
     PKV_CHECK(opts.pos0 >= 0, invalid_argument, "{}: forward pos0: expected >= 0, got {}", f.path(), opts.pos0);
+    // Within the window a sliding-window layer attends exactly like a full one.
+    PKV_CHECK(hp.sliding_window == 0 || tokens.size() <= hp.sliding_window, unsupported,
+              "{}: forward of {} tokens: expected at most attention.sliding_window = {} (pkv attends to the whole "
+              "sequence)",
+              f.path(), tokens.size(), hp.sliding_window);
     PKV_CHECK(opts.layers.empty() || opts.layers.size() == hp.n_layer, invalid_argument,
               "{}: forward capture layer mask: expected {} entries (one per layer), got {}", f.path(), hp.n_layer,
               opts.layers.size());
@@ -288,15 +291,31 @@ struct ThreadRows {
     }
 };
 
-// Per-row work, so each thread projects its own rows; K is kept before RoPE for the sink and the hook.
+// rows[i] += bias for each of `m` rows of `cols` values (a no-op without a bias).
+void add_bias(float* rows, int m, int cols, const float* bias) {
+    if (bias == nullptr) return;
+    Eigen::Map<RowMatrix>(rows, m, cols).rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, cols);
+}
+
+// Per-row work, so each thread projects its own rows; K is kept before RoPE (after
+// qwen3's per-head norm: what RoPE rotates) for the sink and the hook.
 void project_qkv(LayerLoop& L, ThreadRows& tr, uint32_t l) {
+    using P = LayerPart;
     const Dims& d = L.d;
     SeqActivations& s = L.s;
+    const LayerWeights& w = L.w;
     const int ra = tr.ra, m = tr.m;
-    ops::rms_norm(L.x.row(ra).data(), m, d.E, L.w.attn_norm, L.hp.rms_eps, tr.xn.data());
-    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wq, d.QD, s.q.row(ra).data());
-    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wk, d.KD, s.k.row(ra).data());
-    ops::matmul_wt(tr.xn.data(), m, d.E, L.w.wv, d.KD, s.v.row(ra).data());
+    ops::rms_norm(L.x.row(ra).data(), m, d.E, w.w(P::attn_norm), L.hp.rms_eps, tr.xn.data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, w.w(P::wq), d.QD, s.q.row(ra).data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, w.w(P::wk), d.KD, s.k.row(ra).data());
+    ops::matmul_wt(tr.xn.data(), m, d.E, w.w(P::wv), d.KD, s.v.row(ra).data());
+    add_bias(s.q.row(ra).data(), m, d.QD, w.w(P::bq));
+    add_bias(s.k.row(ra).data(), m, d.KD, w.w(P::bk));
+    add_bias(s.v.row(ra).data(), m, d.KD, w.w(P::bv));
+    if (w.w(P::q_norm)) {  // rows of one head are contiguous: [m * heads, head_dim]
+        ops::rms_norm(s.q.row(ra).data(), int64_t{m} * d.H, d.HD, w.w(P::q_norm), L.hp.rms_eps, s.q.row(ra).data());
+        ops::rms_norm(s.k.row(ra).data(), int64_t{m} * d.HKV, d.HD, w.w(P::k_norm), L.hp.rms_eps, s.k.row(ra).data());
+    }
     if (s.capture[l] || s.hooked) s.k_pre.middleRows(ra, m) = s.k.middleRows(ra, m);
     rope_apply(s.q.row(ra).data(), m, d.H, d.HD, s.rope, ra);
     rope_apply(s.k.row(ra).data(), m, d.HKV, d.HD, s.rope, ra);
@@ -332,14 +351,17 @@ void attend_rows(LayerLoop& L, ThreadRows& tr) {
     const Dims& d = L.d;
     SeqActivations& s = L.s;
     const int ra = tr.ra, m = tr.m;
+    constexpr int kQBlock = 256;
+    const float scale = L.hp.attn_scale;  // 0: 1/sqrt(head_dim)
     if (s.hooked)
         ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
                                           s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),
-                                          ra, tr.rb, tr.scratch, tr.scratch2);
+                                          ra, tr.rb, tr.scratch, tr.scratch2, kQBlock, scale);
     else
         ops::causal_attention_rows(s.q.data(), s.k.data(), s.v.data(), d.H, d.HKV, d.HD, s.att.data(), ra, tr.rb,
-                                   tr.scratch);
-    ops::matmul_wt(s.att.row(ra).data(), m, d.QD, L.w.wo, d.E, tr.proj.data());
+                                   tr.scratch, kQBlock, scale);
+    ops::matmul_wt(s.att.row(ra).data(), m, d.QD, L.w.w(LayerPart::wo), d.E, tr.proj.data());
+    add_bias(tr.proj.data(), m, d.E, L.w.w(LayerPart::bo));
     L.x.middleRows(ra, m) += tr.proj.topRows(m);
 }
 
@@ -358,11 +380,12 @@ void ffn_block(LayerLoop& L, ThreadRows& tr) {
     L.errors.guarded([&] {
         const Dims& d = L.d;
         const int ra = tr.ra, m = tr.m;
-        ops::rms_norm(L.x.row(ra).data(), m, d.E, L.w.ffn_norm, L.hp.rms_eps, tr.xn.data());
-        ops::matmul_wt(tr.xn.data(), m, d.E, L.w.w_gate, d.FF, tr.gate.data());
-        ops::matmul_wt(tr.xn.data(), m, d.E, L.w.w_up, d.FF, tr.up.data());
+        const LayerWeights& w = L.w;
+        ops::rms_norm(L.x.row(ra).data(), m, d.E, w.w(LayerPart::ffn_norm), L.hp.rms_eps, tr.xn.data());
+        ops::matmul_wt(tr.xn.data(), m, d.E, w.w(LayerPart::ffn_gate), d.FF, tr.gate.data());
+        ops::matmul_wt(tr.xn.data(), m, d.E, w.w(LayerPart::ffn_up), d.FF, tr.up.data());
         ops::swiglu_inplace(tr.gate.data(), tr.up.data(), int64_t{m} * d.FF);
-        ops::matmul_wt(tr.gate.data(), m, d.FF, L.w.w_down, d.E, tr.proj.data());
+        ops::matmul_wt(tr.gate.data(), m, d.FF, w.w(LayerPart::ffn_down), d.E, tr.proj.data());
         L.x.middleRows(ra, m) += tr.proj.topRows(m);
     });
 }

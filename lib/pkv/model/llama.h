@@ -1,12 +1,16 @@
-// pkv/model/llama.h — the Llama-family forward pass on the CPU (Eigen, OpenMP).
+// pkv/model/llama.h — the Llama-family forward pass on the CPU (Eigen, OpenMP), for every
+// architecture model/arch.h describes (llama incl. Llama 3.x and Mistral, qwen2, qwen3).
 //
-// Block: h = x + Wo·Attn(RoPE(Wq·rms(x)), RoPE(Wk·rms(x)), Wv·rms(x));
+// Block: h = x + Wo·Attn(RoPE(N(Wq·rms(x) + bq)), RoPE(N(Wk·rms(x) + bk)), Wv·rms(x) + bv) + bo;
 //        out = h + Wdown·(silu(Wgate·rms(h)) ⊙ Wup·rms(h)).
-// GQA (query head h uses KV head h / (n_head / n_head_kv)), causal softmax
-// attention scaled by 1/sqrt(head_dim), RoPE as GGUF stores it for arch "llama"
-// (ggml NORM mode: pairs (2i, 2i+1), θ_i = pos·base^(-2i/n_rot), optional linear
-// scaling), tied output when `output.weight` is absent. Every hyperparameter comes
-// from the file's metadata.
+// Biases are used when the file has them; N is the per-head Q/K RMSNorm of qwen3 (identity
+// elsewhere). GQA (query head h uses KV head h / (n_head / n_head_kv)), causal softmax
+// attention scaled by <arch>.attention.scale or 1/sqrt(head_dim), RoPE pairs as the
+// architecture stores them (interleaved (2i, 2i+1) for llama, half split (i, i + n_rot/2)
+// for qwen2/qwen3), θ_i = pos·freq_scale·base^(-2i/n_rot) / factor_i with the Llama-3
+// frequency factors of rope_freqs.weight (1 when absent), tied output when `output.weight`
+// is absent. Every hyperparameter comes from the file's metadata; model_findings (arch.h)
+// refuses whatever the file says that this pass would not apply.
 //
 // Memory: weights stay quantized in the file mapping and are dequantized one layer
 // at a time per forward call, so memory is the model file plus one layer in fp32
@@ -21,12 +25,14 @@
 // Threads: OpenMP; token rows are split across threads inside one parallel region
 // per call (set OMP_NUM_THREADS; on shared cores OMP_WAIT_POLICY=passive helps).
 //
-// Key/query head dimensions come out in GGUF order (the converter permutes Q/K rows
-// so that NORM RoPE equals Hugging Face's half-split RoPE): GGUF dim 2i is HF dim i,
-// GGUF dim 2i+1 is HF dim i + head_dim/2. V is not permuted.
+// Key/query head dimensions come out in GGUF order. For interleaved (llama) files the
+// converter permuted Q/K rows so that NORM RoPE equals Hugging Face's half-split RoPE:
+// GGUF dim 2i is HF dim i, GGUF dim 2i+1 is HF dim i + head_dim/2. Half-split (qwen)
+// files are in HF order already. V is never permuted.
 #pragma once
 
 #include "pkv/core/rope.h"
+#include "pkv/model/arch.h"
 
 #include <cstdint>
 #include <functional>
@@ -39,7 +45,7 @@ namespace pkv {
 class GgufFile;
 
 struct LlamaHparams {
-    std::string arch;          ///< general.architecture ("llama")
+    std::string arch;          ///< general.architecture (see arch.h)
     std::string name;          ///< general.name (may be empty)
     uint32_t n_vocab = 0;      ///< rows of token_embd.weight
     uint32_t n_ctx_train = 0;  ///< <arch>.context_length
@@ -53,15 +59,24 @@ struct LlamaHparams {
     float rope_freq_base = 10000.0f;
     float rope_freq_scale = 1.0f;  ///< 1 / linear scaling factor
     std::string rope_scaling = "none";
+    RopeLayout rope_layout = RopeLayout::interleaved;  ///< the architecture's pairing
+    std::vector<float> rope_freq_factors;              ///< rope_freqs.weight, n_rot/2 values; empty: none
+    float attn_scale = 0.0f;                           ///< <arch>.attention.scale; 0: 1/sqrt(head_dim)
+    uint32_t sliding_window = 0;  ///< <arch>.attention.sliding_window; 0: none (longer sequences are refused)
     float rms_eps = 1e-5f;
     bool tied_output = false;  ///< output.weight absent: token_embd reused
+    bool qkv_bias = false;     ///< blk.N.attn_{q,k,v}.bias present
+    bool out_bias = false;     ///< blk.N.attn_output.bias present
+    bool qk_norm = false;      ///< blk.N.attn_{q,k}_norm.weight (qwen3)
 };
 
-/// The model's RoPE: n_rot, base and linear scaling, GGUF's interleaved pairs.
+/// The model's RoPE: n_rot, base, linear scaling, frequency factors and pairing.
 RopeParams rope_params(const LlamaHparams& hp);
 
-/// Reads and validates the hyperparameters; throws unsupported for architectures
-/// other than llama-family, naming the file and general.architecture.
+/// Reads and validates the hyperparameters (metadata and which optional tensors exist);
+/// throws unsupported for architectures arch.h does not describe (listing the supported
+/// ones) and for settings the forward pass does not implement (e.g. YaRN), naming the file
+/// and the key. It does not check the tensors: model_findings does.
 LlamaHparams llama_hparams_from_gguf(const GgufFile& file);
 
 /// What one layer produced for one sequence, handed to the sink before the next
@@ -134,9 +149,13 @@ struct NextTokenStats {
 
 class LlamaModel {
 public:
-    /// Checks every tensor the forward pass needs (name, shape, supported type) up
-    /// front and throws naming the first problem.
+    /// Checks the whole file up front (model_findings: metadata, every tensor's name,
+    /// shape and type, nothing ignored) and throws naming the first problem.
     explicit LlamaModel(std::shared_ptr<const GgufFile> file);
+    /// The same file run with a given description instead of the one read from it
+    /// (e.g. a feature switched off, to show that a reference test notices); the tensors
+    /// `hp` asks for must exist with their shapes.
+    LlamaModel(std::shared_ptr<const GgufFile> file, const LlamaHparams& hp);
     ~LlamaModel();
     const LlamaHparams& hparams() const;
     const GgufFile& file() const;

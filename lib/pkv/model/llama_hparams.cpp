@@ -1,4 +1,5 @@
-// pkv/model/llama_hparams.cpp — Llama hyperparameters from GGUF metadata.
+// pkv/model/llama_hparams.cpp — the forward pass's hyperparameters from GGUF metadata.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -28,17 +29,21 @@ uint32_t optional_u32(const GgufFile& f, const std::string& key, uint32_t fallba
 
 }  // namespace
 
-LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
-    LlamaHparams hp;
+namespace {
+
+// general.architecture, resolved to a description pkv has.
+const ArchDesc& read_arch(const GgufFile& f, LlamaHparams& hp) {
     PKV_CHECK(f.has("general.architecture"), not_found, "{}: metadata key 'general.architecture' is missing", f.path());
     hp.arch = f.get_string("general.architecture");
-    // Other architectures differ in ways this forward pass does not model (NEOX RoPE,
-    // biases, extra norms), so they are refused rather than run wrongly.
-    PKV_CHECK(hp.arch == "llama", unsupported, "{}: general.architecture: expected 'llama', got '{}'", f.path(),
-              hp.arch);
+    const ArchDesc* d = find_arch(hp.arch);
+    PKV_CHECK(d != nullptr, unsupported, "{}: general.architecture: '{}' is not supported (supported: {})", f.path(),
+              hp.arch, supported_archs());
     hp.name = f.find_string("general.name").value_or("");
-    const std::string a = hp.arch + ".";
+    return *d;
+}
 
+// Sizes of the blocks and heads.
+void read_sizes(const GgufFile& f, const std::string& a, LlamaHparams& hp) {
     hp.n_ctx_train = required_u32(f, a + "context_length");
     hp.n_embd = required_u32(f, a + "embedding_length");
     hp.n_layer = required_u32(f, a + "block_count");
@@ -48,6 +53,12 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     PKV_CHECK(hp.n_head % hp.n_head_kv == 0, unsupported,
               "{}: metadata '{}attention.head_count_kv': expected a divisor of head_count {}, got {}", f.path(), a,
               hp.n_head, hp.n_head_kv);
+    // Mixture-of-experts blocks have other tensors and routing this pass does not have.
+    for (const char* k : {"expert_count", "expert_used_count"}) {
+        const auto v = f.find_u64(a + k);
+        PKV_CHECK(!v || *v == 0, unsupported, "{}: metadata '{}{}' = {}: mixture-of-experts models are not supported",
+                  f.path(), a, k, *v);
+    }
 
     PKV_CHECK(hp.n_embd % hp.n_head == 0 || (f.has(a + "attention.key_length")), unsupported,
               "{}: metadata '{}embedding_length': expected a multiple of head_count {} when key_length is absent, "
@@ -59,17 +70,11 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     PKV_CHECK(k_len == v_len, unsupported, "{}: metadata '{}attention.value_length': expected key_length {}, got {}",
               f.path(), a, k_len, v_len);
     hp.head_dim = k_len;
-    hp.n_rot = optional_u32(f, a + "rope.dimension_count", hp.head_dim);
-    PKV_CHECK(hp.n_rot <= hp.head_dim && hp.n_rot % 2 == 0, unsupported,
-              "{}: metadata '{}rope.dimension_count': expected an even value <= head_dim {}, got {}", f.path(), a,
-              hp.head_dim, hp.n_rot);
+}
 
-    hp.rope_freq_base = static_cast<float>(f.find_f64(a + "rope.freq_base").value_or(10000.0));
-    PKV_CHECK(std::isfinite(hp.rope_freq_base) && hp.rope_freq_base > 1.0f, out_of_range,
-              "{}: metadata '{}rope.freq_base': expected a finite value > 1, got {}", f.path(), a, hp.rope_freq_base);
-
-    // Linear scaling may be given by rope.scaling.{type,factor} or by the older
-    // rope.scale_linear; a factor of 0 means none, as in the files' writers.
+// Linear scaling may be given by rope.scaling.{type,factor} or by the older
+// rope.scale_linear; a factor of 0 means none, as in the files' writers.
+void read_rope_scaling(const GgufFile& f, const std::string& a, LlamaHparams& hp) {
     auto factor = f.find_f64(a + "rope.scaling.factor");
     if (!factor) factor = f.find_f64(a + "rope.scale_linear");
     const auto type = f.find_string(a + "rope.scaling.type");
@@ -80,16 +85,62 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
                   "{}: metadata '{}rope.scaling.factor': expected a positive value, got {}", f.path(), a, fac);
         hp.rope_freq_scale = fac == 0.0 ? 1.0f : static_cast<float>(1.0 / fac);
     } else if (hp.rope_scaling != "none") {
-        fail(ErrorCode::unsupported, "{}: metadata '{}rope.scaling.type': expected 'none' or 'linear', got '{}'",
+        fail(ErrorCode::unsupported,
+             "{}: metadata '{}rope.scaling.type' = '{}': not supported (supported: none, linear; Llama 3's factors "
+             "come as rope_freqs.weight)",
              f.path(), a, hp.rope_scaling);
     }
+}
 
+// Llama 3's per-frequency divisors: one positive factor per rotated pair.
+void read_rope_freqs(const GgufFile& f, const ArchDesc& d, LlamaHparams& hp) {
+    const GgufTensorInfo* t = f.find_tensor("rope_freqs.weight");
+    if (t == nullptr || !d.rope_freqs) return;  // present but not allowed: model_findings names it
+    const uint64_t want = hp.n_rot / 2;
+    PKV_CHECK(t->ne.size() == 1 && t->ne[0] == want, data_loss,
+              "{}: tensor 'rope_freqs.weight': expected shape [{}] (rope.dimension_count / 2), got {} values", f.path(),
+              want, t->n_elements());
+    PKV_CHECK(t->type() == GgmlType::F32 || t->type() == GgmlType::F16, unsupported,
+              "{}: tensor 'rope_freqs.weight': expected type F32 or F16, got {}", f.path(), ggml_type_name(t->type_id));
+    hp.rope_freq_factors = f.dequantize(*t);
+    for (size_t i = 0; i < hp.rope_freq_factors.size(); ++i)
+        PKV_CHECK(std::isfinite(hp.rope_freq_factors[i]) && hp.rope_freq_factors[i] > 0.0f, data_loss,
+                  "{}: tensor 'rope_freqs.weight': value {}: expected a finite factor > 0, got {}", f.path(), i,
+                  hp.rope_freq_factors[i]);
+}
+
+// Rotation: dims, base, scaling, pairing, frequency factors.
+void read_rope(const GgufFile& f, const std::string& a, const ArchDesc& d, LlamaHparams& hp) {
+    hp.n_rot = optional_u32(f, a + "rope.dimension_count", hp.head_dim);
+    PKV_CHECK(hp.n_rot <= hp.head_dim && hp.n_rot % 2 == 0, unsupported,
+              "{}: metadata '{}rope.dimension_count': expected an even value <= head_dim {}, got {}", f.path(), a,
+              hp.head_dim, hp.n_rot);
+    hp.rope_freq_base = static_cast<float>(f.find_f64(a + "rope.freq_base").value_or(10000.0));
+    PKV_CHECK(std::isfinite(hp.rope_freq_base) && hp.rope_freq_base > 1.0f, out_of_range,
+              "{}: metadata '{}rope.freq_base': expected a finite value > 1, got {}", f.path(), a, hp.rope_freq_base);
+    read_rope_scaling(f, a, hp);
+    hp.rope_layout = d.rope_layout;
+    read_rope_freqs(f, d, hp);
+}
+
+// Norm epsilon, attention scale and window.
+void read_attention(const GgufFile& f, const std::string& a, LlamaHparams& hp) {
     const std::string eps_key = a + "attention.layer_norm_rms_epsilon";
     PKV_CHECK(f.has(eps_key), not_found, "{}: metadata key '{}' is missing", f.path(), eps_key);
     hp.rms_eps = static_cast<float>(f.get_f64(eps_key));
     PKV_CHECK(std::isfinite(hp.rms_eps) && hp.rms_eps > 0.0f, out_of_range,
               "{}: metadata '{}': expected a positive value, got {}", f.path(), eps_key, hp.rms_eps);
+    if (const auto s = f.find_f64(a + "attention.scale")) {
+        PKV_CHECK(std::isfinite(*s) && *s > 0.0, out_of_range,
+                  "{}: metadata '{}attention.scale': expected a finite value > 0, got {}", f.path(), a, *s);
+        hp.attn_scale = static_cast<float>(*s);
+    }
+    if (const auto w = f.find_u64(a + "attention.sliding_window"))
+        hp.sliding_window = static_cast<uint32_t>(std::min<uint64_t>(*w, std::numeric_limits<uint32_t>::max()));
+}
 
+// The vocabulary from the embedding, and which optional tensors the blocks have.
+void read_tensor_options(const GgufFile& f, const std::string& a, const ArchDesc& d, LlamaHparams& hp) {
     const GgufTensorInfo* embd = f.find_tensor("token_embd.weight");
     PKV_CHECK(embd != nullptr, not_found, "{}: tensor 'token_embd.weight' is missing", f.path());
     PKV_CHECK(embd->ne.size() == 2, data_loss, "{}: tensor 'token_embd.weight': expected 2 dims, got {}", f.path(),
@@ -97,7 +148,27 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     PKV_CHECK(embd->ne[1] > 0 && embd->ne[1] <= std::numeric_limits<int32_t>::max(), data_loss,
               "{}: tensor 'token_embd.weight': expected 1 to 2^31-1 rows, got {}", f.path(), embd->ne[1]);
     hp.n_vocab = static_cast<uint32_t>(embd->ne[1]);
+    if (const auto nv = f.find_u64(a + "vocab_size"))
+        PKV_CHECK(*nv == hp.n_vocab, data_loss, "{}: metadata '{}vocab_size': expected {} (rows of token_embd), got {}",
+                  f.path(), a, hp.n_vocab, *nv);
     hp.tied_output = f.find_tensor("output.weight") == nullptr;
+    // Layer 0 decides; model_findings then requires the same tensors in every layer.
+    hp.qkv_bias =
+        f.find_tensor("blk.0.attn_q.bias") || f.find_tensor("blk.0.attn_k.bias") || f.find_tensor("blk.0.attn_v.bias");
+    hp.out_bias = f.find_tensor("blk.0.attn_output.bias") != nullptr;
+    hp.qk_norm = d.qk_norm;
+}
+
+}  // namespace
+
+LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
+    LlamaHparams hp;
+    const ArchDesc& d = read_arch(f, hp);
+    const std::string a = hp.arch + ".";
+    read_sizes(f, a, hp);
+    read_rope(f, a, d, hp);
+    read_attention(f, a, hp);
+    read_tensor_options(f, a, d, hp);
     return hp;
 }
 
@@ -106,7 +177,8 @@ RopeParams rope_params(const LlamaHparams& hp) {
     r.n_rot = static_cast<int>(hp.n_rot);
     r.base = hp.rope_freq_base;
     r.freq_scale = hp.rope_freq_scale;
-    r.layout = RopeLayout::interleaved;
+    r.layout = hp.rope_layout;
+    r.freq_factors = hp.rope_freq_factors;
     return r;
 }
 

@@ -54,10 +54,10 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
 }
 
 void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
-                           float* out, int row_begin, int row_end, RowMatrix& scores, int q_block) {
+                           float* out, int row_begin, int row_end, RowMatrix& scores, int q_block, float kq_scale) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
     for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
         const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
         for (int h = 0; h < n_head; ++h) {
@@ -96,10 +96,10 @@ int32_t first_flush(const int32_t* flush, int nk) {
 void causal_attention_rows_cached(const float* q, const float* k, const float* v, const float* k_hat,
                                   const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
                                   int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
-                                  RowMatrix& scores, RowMatrix& alt, int q_block) {
+                                  RowMatrix& scores, RowMatrix& alt, int q_block, float kq_scale) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
     for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
         const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
         for (int h = 0; h < n_head; ++h) {
