@@ -69,6 +69,10 @@ bool is_rope_dataset(const std::string& dataset) {
     return dataset == kvdump::kKPre || dataset == kvdump::kKPost || dataset == kvdump::kQ;
 }
 
+const char* dim_order_of(const KvDumpHeader& h) {
+    return h.hf_dim_order || h.native_half_split ? kvdump::kDimOrderHf : kvdump::kDimOrderGguf;
+}
+
 std::string normalize(const std::string& dataset) {
     return dataset.empty() || dataset[0] == '/' ? dataset : "/" + dataset;
 }
@@ -106,6 +110,15 @@ nlohmann::json parse_record_attr(hid_t obj, const std::string& where, const std:
     for (const char* k : kModelStringFields)
         if (j.contains(k) && !j[k].is_string()) bad(k, "a string");
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_string()) bad("rope_scaling", "a string");
+    if (j.contains("rope_type") && j["rope_type"] != "norm" && j["rope_type"] != "neox")
+        bad("rope_type", "'norm' or 'neox'");
+    if (j.contains("rope_freq_factors") && !j["rope_freq_factors"].is_null()) {
+        const auto& f = j["rope_freq_factors"];
+        const bool ok = f.is_array() && std::all_of(f.begin(), f.end(), [](const nlohmann::json& x) {
+                            return x.is_number() && x.get<double>() > 0.0 && std::isfinite(x.get<double>());
+                        });
+        if (!ok) bad("rope_freq_factors", "null or an array of positive numbers");
+    }
     return j;
 }
 
@@ -202,8 +215,7 @@ struct KvDumpWriter::Impl {
         if (!a.dset) h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot create dataset");
         h5::write_attr_strings(a.dset.get(), f.where(a.name), kvdump::kAttrAxes, axes_of(a.name));
         if (is_rope_dataset(a.name))
-            h5::write_attr_string(a.dset.get(), f.where(a.name), kvdump::kAttrDimOrder,
-                                  h.hf_dim_order ? "hf_half_split" : "gguf_interleaved");
+            h5::write_attr_string(a.dset.get(), f.where(a.name), kvdump::kAttrDimOrder, dim_order_of(h));
     }
 };
 
@@ -242,7 +254,7 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
     h5::write_attr_int(root, where, kAttrNHeadKv, h.n_head_kv);
     h5::write_attr_int(root, where, kAttrHeadDim, h.head_dim);
     h5::write_attr_int(root, where, kAttrNTokens, h.n_tokens);
-    h5::write_attr_string(root, where, kvdump::kAttrDimOrder, h.hf_dim_order ? "hf_half_split" : "gguf_interleaved");
+    h5::write_attr_string(root, where, kvdump::kAttrDimOrder, dim_order_of(h));
     h5::write_attr_string(root, where, kAttrCapture, h.capture.to_string());
 
     m.acts = {Activation{kvdump::kKPre, h.capture.k_pre, h.n_head_kv, {}},
@@ -298,7 +310,7 @@ void KvDumpWriter::write_layer(int slot, int64_t t0, int n_tokens, const float* 
         if (!a.on) continue;
         PKV_CHECK(src[i] != nullptr, internal, "{}: write_layer: no data for a captured dataset", m.f.where(a.name));
         const size_t H = static_cast<size_t>(a.heads);
-        const bool permute = m.h.hf_dim_order && is_rope_dataset(a.name);
+        const bool permute = m.h.hf_dim_order && !m.h.native_half_split && is_rope_dataset(a.name);
         // Model rows are [token][head][dim]; the file wants [head][token][dim].
         m.buf.resize(H * n * D);
         for (size_t t = 0; t < n; ++t)

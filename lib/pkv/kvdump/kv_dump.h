@@ -92,6 +92,9 @@ struct KvDumpHeader {
     int64_t n_tokens = 0;
     CaptureSet capture;
     bool hf_dim_order = false;  ///< keys/queries re-ordered to HF half-split order
+    /// The model pairs RoPE dims (i, i + D/2) (NEOX: qwen2, qwen3): its keys/queries are in
+    /// HF's half-split order already, so nothing is re-ordered and dim_order says hf_half_split.
+    bool native_half_split = false;
     int chunk_tokens = 1024;    ///< HDF5 chunk length along tokens (clamped to n_tokens)
     nlohmann::json model;       ///< written as the "model" attribute
     nlohmann::json provenance;  ///< written as the "provenance" attribute

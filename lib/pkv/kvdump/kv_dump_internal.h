@@ -35,6 +35,8 @@ nlohmann::json parse_record_attr(hid_t obj, const std::string& where, const std:
 std::vector<std::string> axes_of(const std::string& dataset);
 /// k_pre, k_post and q carry RoPE dims (and a dim_order); v does not.
 bool is_rope_dataset(const std::string& dataset);
+/// The dim_order attribute a writer with header `h` stores.
+const char* dim_order_of(const KvDumpHeader& h);
 /// "k_post" -> "/k_post"; absolute names stay.
 std::string normalize(const std::string& dataset);
 /// "1.0" -> 1, 0; false unless "<digits>.<digits>".

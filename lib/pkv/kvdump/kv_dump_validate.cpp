@@ -155,8 +155,8 @@ void check_root(Checker& c, State& s) {
             if (v && m->contains(k) && (*m)[k].is_number_integer() && (*m)[k].get<int64_t>() != *v)
                 c.add("/", "attribute 'model': expected {} = {} (the root attribute), got {}", k, *v,
                       (*m)[k].get<int64_t>());
-        if (m->contains("rope_type") && (*m)["rope_type"] != "norm")
-            c.add("/", "attribute 'model': expected rope_type 'norm', got {}", (*m)["rope_type"].dump());
+        if (m->contains("rope_type") && (*m)["rope_type"] != "norm" && (*m)["rope_type"] != "neox")
+            c.add("/", "attribute 'model': expected rope_type 'norm' or 'neox', got {}", (*m)["rope_type"].dump());
     }
     if (auto p = root_json(c, s, kAttrProvenance))
         for (const char* k : {"tool", "version"})

@@ -90,14 +90,14 @@ void check_planned(const GgufFile& f, const std::vector<TensorReq>& plan, std::v
             out.push_back({ErrorCode::data_loss, fmt::format("{}: tensor '{}': expected shape {}, got {}", f.path(),
                                                              r.name, shape_string(r.ne), shape_string(t->ne))});
         } else if (!ggml_type_supported(t->type_id)) {
-            out.push_back({ErrorCode::unsupported, fmt::format("{}: tensor '{}': type {} (id {}) is not supported",
-                                                               f.path(), r.name, ggml_type_name(t->type_id),
-                                                               t->type_id)});
+            out.push_back(
+                {ErrorCode::unsupported, fmt::format("{}: tensor '{}': type {} (id {}) is not supported", f.path(),
+                                                     r.name, ggml_type_name(t->type_id), t->type_id)});
         } else if (r.ne[0] % ggml_block_size(t->type()) != 0) {
-            out.push_back({ErrorCode::data_loss,
-                           fmt::format("{}: tensor '{}': row length {} is not a multiple of the {} block size {}",
-                                       f.path(), r.name, r.ne[0], ggml_type_name(t->type_id),
-                                       ggml_block_size(t->type()))});
+            out.push_back(
+                {ErrorCode::data_loss,
+                 fmt::format("{}: tensor '{}': row length {} is not a multiple of the {} block size {}", f.path(),
+                             r.name, r.ne[0], ggml_type_name(t->type_id), ggml_block_size(t->type()))});
         }
     }
 }
@@ -109,9 +109,9 @@ void check_unused(const GgufFile& f, const ArchDesc& d, const std::vector<Tensor
     for (const TensorReq& r : plan) planned[r.name] = true;
     for (const GgufTensorInfo& t : f.tensors()) {
         if (planned.count(t.name) || contains(d.unused_tensors, layer_pattern(t.name))) continue;
-        out.push_back({ErrorCode::unsupported,
-                       fmt::format("{}: tensor '{}' {}: not used by pkv's {} forward pass, refused", f.path(), t.name,
-                                   shape_string(t.ne), d.name)});
+        out.push_back(
+            {ErrorCode::unsupported, fmt::format("{}: tensor '{}' {}: not used by pkv's {} forward pass, refused",
+                                                 f.path(), t.name, shape_string(t.ne), d.name)});
     }
 }
 
@@ -131,8 +131,8 @@ std::string supported_archs() {
 
 const char* layer_part_name(LayerPart part) {
     static const char* const names[kLayerParts] = {
-        "attn_norm.weight", "attn_q.weight",   "attn_k.weight", "attn_v.weight",   "attn_output.weight",
-        "ffn_norm.weight",  "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "attn_q.bias",
+        "attn_norm.weight", "attn_q.weight",   "attn_k.weight",    "attn_v.weight",      "attn_output.weight",
+        "ffn_norm.weight",  "ffn_gate.weight", "ffn_up.weight",    "ffn_down.weight",    "attn_q.bias",
         "attn_k.bias",      "attn_v.bias",     "attn_output.bias", "attn_q_norm.weight", "attn_k_norm.weight"};
     return names[static_cast<int>(part)];
 }
@@ -145,7 +145,7 @@ std::vector<TensorReq> model_tensor_plan(const LlamaHparams& hp) {
     if (!hp.rope_freq_factors.empty()) plan.push_back({"rope_freqs.weight", {uint64_t{hp.n_rot} / 2}});
     using P = LayerPart;
     std::vector<std::pair<P, std::vector<uint64_t>>> parts = {
-        {P::attn_norm, {E}}, {P::wq, {E, QD}},    {P::wk, {E, KD}},    {P::wv, {E, KD}},     {P::wo, {QD, E}},
+        {P::attn_norm, {E}}, {P::wq, {E, QD}},      {P::wk, {E, KD}},    {P::wv, {E, KD}},     {P::wo, {QD, E}},
         {P::ffn_norm, {E}},  {P::ffn_gate, {E, F}}, {P::ffn_up, {E, F}}, {P::ffn_down, {F, E}}};
     if (hp.qkv_bias) parts.insert(parts.end(), {{P::bq, {QD}}, {P::bk, {KD}}, {P::bv, {KD}}});
     if (hp.out_bias) parts.push_back({P::bo, {E}});
@@ -159,7 +159,8 @@ std::vector<TensorReq> model_tensor_plan(const LlamaHparams& hp) {
 std::vector<ModelFinding> model_findings(const GgufFile& f) {
     std::vector<ModelFinding> out;
     const auto arch = f.find_string("general.architecture");
-    if (!arch) return {{ErrorCode::not_found, fmt::format("{}: metadata key 'general.architecture' is missing", f.path())}};
+    if (!arch)
+        return {{ErrorCode::not_found, fmt::format("{}: metadata key 'general.architecture' is missing", f.path())}};
     const ArchDesc* d = find_arch(*arch);
     if (d == nullptr)
         return {{ErrorCode::unsupported, fmt::format("{}: general.architecture: '{}' is not supported (supported: {})",

@@ -52,7 +52,23 @@ const ArchDesc* find_arch(const std::string& arch);
 std::string supported_archs();
 
 /// The parts of one decoder block, in the order the forward pass keeps them.
-enum class LayerPart { attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_up, ffn_down, bq, bk, bv, bo, q_norm, k_norm };
+enum class LayerPart {
+    attn_norm,
+    wq,
+    wk,
+    wv,
+    wo,
+    ffn_norm,
+    ffn_gate,
+    ffn_up,
+    ffn_down,
+    bq,
+    bk,
+    bv,
+    bo,
+    q_norm,
+    k_norm
+};
 constexpr int kLayerParts = 15;
 /// The tensor name after `blk.N.`, e.g. "attn_q.weight".
 const char* layer_part_name(LayerPart part);

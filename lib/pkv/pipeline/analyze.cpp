@@ -41,7 +41,9 @@ struct Warnings {
 };
 
 // The dump's RoPE, to score pre-RoPE reconstructions with post-RoPE queries; nullopt
-// when the model record does not describe a plain (unscaled or linear) RoPE.
+// when the model record does not describe a RoPE pkv implements. The pairing follows the
+// stored order: half split when the dump is in HF order (re-ordered, or a NEOX model),
+// interleaved otherwise.
 std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D) {
     if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
     const std::string scaling = m.value("rope_scaling", std::string("none"));
@@ -51,8 +53,14 @@ std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::st
     r.freq_scale = m.value("rope_freq_scale", 1.0);
     r.n_rot = m.value("n_rot", D);
     const bool hf = dim_order == kvdump::kDimOrderHf;
+    const bool neox = m.value("rope_type", std::string("norm")) == "neox";
     r.layout = hf ? RopeLayout::half_split : RopeLayout::interleaved;
-    if (r.n_rot < 2 || r.n_rot > D || r.n_rot % 2 != 0 || (hf && r.n_rot != D)) return std::nullopt;
+    if (r.n_rot < 2 || r.n_rot > D || r.n_rot % 2 != 0 || (hf && !neox && r.n_rot != D)) return std::nullopt;
+    if (neox && !hf) return std::nullopt;  // a NEOX model's dump is always in HF order
+    if (m.contains("rope_freq_factors") && m["rope_freq_factors"].is_array()) {
+        r.freq_factors = m["rope_freq_factors"].get<std::vector<float>>();
+        if (r.freq_factors.size() != static_cast<size_t>(r.n_rot / 2)) return std::nullopt;
+    }
     return r;
 }
 

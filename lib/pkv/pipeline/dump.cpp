@@ -89,6 +89,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     header.n_tokens = T;
     header.capture = c.capture;
     header.hf_dim_order = c.hf_dim_order;
+    header.native_half_split = hp.rope_layout == RopeLayout::half_split;
     header.chunk_tokens = c.chunk_tokens;
     const std::string model_sha = sha256_file(c.model_path);
     header.model = model_json(hp, *file, c.model_path, model_sha);
@@ -102,7 +103,7 @@ DumpSummary run_dump(const DumpConfig& c) {
           {"ctx", c.ctx},
           {"capture", c.capture.to_string()},
           {"layers", layers},
-          {"dim_order", c.hf_dim_order ? "hf_half_split" : "gguf_interleaved"},
+          {"dim_order", header.hf_dim_order || header.native_half_split ? "hf_half_split" : "gguf_interleaved"},
           {"bos", gguf_adds_bos(*file)}}},
     });
 

@@ -67,12 +67,24 @@ std::string describe_gguf(const std::string& path, bool list_tensors) {
                     f->file_size() / 1048576.0, f->tensors().size(), f->keys().size(), f->alignment());
     try {
         const LlamaHparams hp = llama_hparams_from_gguf(*f);
+        const bool neox = hp.rope_layout == RopeLayout::half_split;
         out += fmt::format(
             "model: {} ({}), {} layers, n_embd {}, n_ff {}, {} heads, {} KV heads, head_dim {}, vocab {}, context {}\n"
-            "rope: norm (pairs 2i,2i+1), n_rot {}, base {}, scaling {} (freq scale {}); rms eps {:g}; output {}\n",
+            "rope: {}, n_rot {}, base {}, scaling {} (freq scale {}), {}\n"
+            "block: Q/K/V biases {}, output bias {}, Q/K norm {}; attention scale {}; rms eps {:g}; output {}\n",
             hp.name.empty() ? "unnamed" : hp.name, hp.arch, hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv,
-            hp.head_dim, hp.n_vocab, hp.n_ctx_train, hp.n_rot, hp.rope_freq_base, hp.rope_scaling, hp.rope_freq_scale,
-            hp.rms_eps, hp.tied_output ? "tied to token_embd" : "separate");
+            hp.head_dim, hp.n_vocab, hp.n_ctx_train, neox ? "neox (pairs i,i+n_rot/2)" : "norm (pairs 2i,2i+1)",
+            hp.n_rot, hp.rope_freq_base, hp.rope_scaling, hp.rope_freq_scale,
+            hp.rope_freq_factors.empty()
+                ? std::string("no frequency factors")
+                : fmt::format("{} frequency factors (rope_freqs)", hp.rope_freq_factors.size()),
+            hp.qkv_bias ? "yes" : "no", hp.out_bias ? "yes" : "no", hp.qk_norm ? "yes" : "no",
+            hp.attn_scale > 0 ? fmt::format("{:g}", hp.attn_scale) : std::string("1/sqrt(head_dim)"), hp.rms_eps,
+            hp.tied_output ? "tied to token_embd" : "separate");
+        const auto findings = model_findings(*f);
+        if (!findings.empty())
+            out += fmt::format("model: not runnable by pkv ({} problems, `pkv validate` lists them): {}\n",
+                               findings.size(), findings.front().message);
     } catch (const Error& e) {
         out += fmt::format("model: not runnable by pkv: {}\n", e.what());
     }
@@ -125,11 +137,7 @@ std::vector<std::string> validate_gguf(const std::string& path) {
     } catch (const Error& e) {
         return {e.what()};
     }
-    try {
-        LlamaModel model(f);
-    } catch (const Error& e) {
-        problems.push_back(e.what());
-    }
+    for (const ModelFinding& m : model_findings(*f)) problems.push_back(m.message);
     try {
         const VocabData v = vocab_from_gguf(*f);
         if (tokenizer_available()) Tokenizer tok(v);

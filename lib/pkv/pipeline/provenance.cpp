@@ -24,10 +24,18 @@ nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const st
         {"rope_freq_base", hp.rope_freq_base},
         {"rope_freq_scale", hp.rope_freq_scale},
         {"rope_scaling", hp.rope_scaling},
-        {"rope_type", "norm"},
+        {"rope_type", hp.rope_layout == RopeLayout::half_split ? "neox" : "norm"},
         {"rms_eps", hp.rms_eps},
         {"tied_output", hp.tied_output},
+        {"attn_scale", hp.attn_scale},
+        {"sliding_window", hp.sliding_window},
+        {"qkv_bias", hp.qkv_bias},
+        {"out_bias", hp.out_bias},
+        {"qk_norm", hp.qk_norm},
     };
+    // What a reader needs to undo or redo RoPE: null when the model has no factors.
+    j["rope_freq_factors"] =
+        hp.rope_freq_factors.empty() ? nlohmann::json(nullptr) : nlohmann::json(hp.rope_freq_factors);
     j["file_type"] = file.find_u64("general.file_type") ? nlohmann::json(*file.find_u64("general.file_type"))
                                                         : nlohmann::json(nullptr);
     j["tokenizer_pre"] = file.find_string("tokenizer.ggml.pre").value_or("");

@@ -94,6 +94,24 @@ TEST_CASE("forward matches the naive reference", "[model][forward]") {
         s.write_head_count_kv = false;
         s.n_head_kv = s.n_head;
     }
+    SECTION("llama 3: rope_freqs factors, Q/K/V and output biases, attention scale") {
+        s.rope_freqs = {1.0f, 1.5f, 3.0f, 8.0f};
+        s.rope_base = 500.0f;
+        s.qkv_bias = true;
+        s.out_bias = true;
+        s.attn_scale = 0.2f;
+    }
+    SECTION("qwen2: NEOX pairs and Q/K/V biases, separate output") {
+        s.arch = "qwen2";
+        s.qkv_bias = true;
+        s.tied = false;
+    }
+    SECTION("qwen3: NEOX pairs, per-head Q/K norm, head_dim not n_embd / n_head, partial rotation") {
+        s.arch = "qwen3";
+        s.qk_norm = true;
+        s.head_dim = 12;
+        s.n_rot = 8;
+    }
     SECTION("head_dim not n_embd / n_head, 300 tokens (several query and logit blocks)") {
         s.head_dim = 12;
         s.n_head = 6;
@@ -110,6 +128,9 @@ TEST_CASE("forward matches the naive reference", "[model][forward]") {
     const RefResult ref = naive_forward(tm, tok, pos0);
 
     CHECK(model.hparams().tied_output == s.tied);
+    CHECK(model.hparams().qkv_bias == s.qkv_bias);
+    CHECK(model.hparams().qk_norm == s.qk_norm);
+    CHECK(model.hparams().rope_freq_factors == s.rope_freqs);
     REQUIRE(r.nll.size() == static_cast<size_t>(n - 1));
     CHECK(max_rel_err(r.nll, ref.nll) < 1e-4);
     // Logits cross zero, so they are compared relative to 10% of the largest one.

@@ -75,14 +75,76 @@ TEST_CASE("model errors name the file, the field and what was expected", "[model
     ScratchDir dir;
     TinySpec s;
     const std::string path = dir.path("bad.gguf");
-    SECTION("unsupported architecture") {
+    SECTION("unsupported architecture, naming the supported ones") {
         s.arch = "gemma";
         write_tiny_llama(path, s);
         const Error e = model_error(path);
         CHECK(e.code() == ErrorCode::unsupported);
-        CHECK_THAT(std::string(e.what()), ContainsSubstring(path));
-        CHECK_THAT(std::string(e.what()), ContainsSubstring("'gemma'"));
-        CHECK_THAT(std::string(e.what()), ContainsSubstring("general.architecture"));
+        CHECK(std::string(e.what()) ==
+              path + ": general.architecture: 'gemma' is not supported (supported: llama, qwen2, qwen3)");
+    }
+    SECTION("a metadata key that would change the math") {
+        s.extra_f32["llama.attn_logit_softcapping"] = 30.0f;
+        write_tiny_llama(path, s);
+        const Error e = model_error(path);
+        CHECK(e.code() == ErrorCode::unsupported);
+        CHECK(std::string(e.what()) == path +
+                                           ": metadata 'llama.attn_logit_softcapping' = 30: not applied by pkv's llama "
+                                           "forward pass (it may change the math), refused");
+    }
+    SECTION("a tensor the forward pass would not read") {
+        s.extra_tensor = "blk.0.ffn_gate.bias";
+        write_tiny_llama(path, s);
+        const Error e = model_error(path);
+        CHECK(e.code() == ErrorCode::unsupported);
+        CHECK(std::string(e.what()) ==
+              path + ": tensor 'blk.0.ffn_gate.bias' [4]: not used by pkv's llama forward pass, refused");
+    }
+    SECTION("rope_freqs of the wrong length") {
+        s.rope_freqs = {1.0f, 2.0f, 4.0f};
+        write_tiny_llama(path, s);
+        const Error e = model_error(path);
+        CHECK(e.code() == ErrorCode::data_loss);
+        CHECK(std::string(e.what()) ==
+              path + ": tensor 'rope_freqs.weight': expected shape [4] (rope.dimension_count / 2), got 3 values");
+    }
+    SECTION("rope_freqs in an architecture without them") {
+        s.arch = "qwen2";
+        s.rope_freqs = {1.0f, 2.0f, 4.0f, 8.0f};
+        write_tiny_llama(path, s);
+        CHECK_THAT(std::string(model_error(path).what()),
+                   ContainsSubstring("'rope_freqs.weight' [4]: not used by pkv's qwen2 forward pass"));
+    }
+    SECTION("qwen3 without its Q/K norms") {
+        s.arch = "qwen3";
+        s.qk_norm = true;
+        s.omit = "blk.1.attn_k_norm.weight";
+        write_tiny_llama(path, s);
+        const Error e = model_error(path);
+        CHECK(e.code() == ErrorCode::not_found);
+        CHECK(std::string(e.what()) == path + ": tensor 'blk.1.attn_k_norm.weight' is missing");
+    }
+    SECTION("a bias in one layer only") {
+        s.qkv_bias = true;
+        s.omit = "blk.1.attn_v.bias";
+        write_tiny_llama(path, s);
+        CHECK(std::string(model_error(path).what()) == path + ": tensor 'blk.1.attn_v.bias' is missing");
+    }
+    SECTION("mixture of experts") {
+        s.extra_u32["llama.expert_count"] = 8;
+        write_tiny_llama(path, s);
+        CHECK_THAT(std::string(model_error(path).what()), ContainsSubstring("mixture-of-experts"));
+    }
+    SECTION("several problems: the first, and how many more") {
+        s.extra_f32["llama.final_logit_softcapping"] = 30.0f;
+        s.extra_tensor = "blk.0.ffn_gate.bias";
+        write_tiny_llama(path, s);
+        const std::string what = model_error(path).what();
+        CHECK_THAT(what, ContainsSubstring("final_logit_softcapping"));
+        CHECK_THAT(what, ContainsSubstring("(and 1 more: `pkv validate " + path + "` lists them)"));
+        const auto findings = model_findings(*GgufFile::open(path));
+        REQUIRE(findings.size() == 2);
+        CHECK_THAT(findings[1].message, ContainsSubstring("ffn_gate.bias"));
     }
     SECTION("missing tensor") {
         s.omit = "blk.1.ffn_up.weight";

@@ -44,6 +44,15 @@ struct TinySpec {
     std::string shrink;    ///< a matrix written with 4 output rows too few
     int value_length = 0;  ///< written when non-zero
     uint32_t seed = 7;
+    // Architecture options (model/arch.h); qwen2/qwen3 pair RoPE dims as NEOX (i, i + rot/2).
+    bool qkv_bias = false;                      ///< blk.N.attn_{q,k,v}.bias
+    bool out_bias = false;                      ///< blk.N.attn_output.bias
+    bool qk_norm = false;                       ///< blk.N.attn_{q,k}_norm.weight (qwen3)
+    std::vector<float> rope_freqs;              ///< rope_freqs.weight when non-empty (Llama 3 factors)
+    float attn_scale = 0.0f;                    ///< <arch>.attention.scale when non-zero
+    std::map<std::string, float> extra_f32;     ///< further metadata, written as F32
+    std::map<std::string, uint32_t> extra_u32;  ///< further metadata, written as U32
+    std::string extra_tensor;                   ///< a further F32 tensor of 4 values
 };
 
 /// Weights as stored (after rounding), row-major [rows][row_length].
@@ -51,6 +60,7 @@ struct TinyModel {
     TinySpec spec;
     std::map<std::string, std::vector<float>> w;
     int rot() const { return spec.n_rot < 0 ? spec.head_dim : spec.n_rot; }
+    bool neox() const { return spec.arch == "qwen2" || spec.arch == "qwen3"; }
     double freq_scale() const { return spec.rope_factor > 0 ? 1.0 / spec.rope_factor : 1.0; }
     const std::vector<float>& output() const { return spec.tied ? w.at("token_embd.weight") : w.at("output.weight"); }
 };
@@ -102,6 +112,9 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
     if (!s.rope_scaling.empty()) g.set_string(a + "rope.scaling.type", s.rope_scaling);
     if (s.rope_factor != 0.0f) g.set_f32(a + "rope.scaling.factor", s.rope_factor);
     g.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    if (s.attn_scale != 0.0f) g.set_f32(a + "attention.scale", s.attn_scale);
+    for (const auto& [k, v] : s.extra_f32) g.set_f32(k, v);
+    for (const auto& [k, v] : s.extra_u32) g.set_u32(k, v);
 
     std::mt19937 rng(s.seed);
     auto add = [&](const std::string& name, int n_in, int n_out, float scale, pkv::GgmlType type) {
@@ -114,13 +127,15 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
         g.add_tensor(name, {static_cast<uint64_t>(n_in), static_cast<uint64_t>(n_out)}, type, std::move(bytes));
         m.w[name] = v;
     };
-    auto norm = [&](const std::string& name) {
-        std::uniform_real_distribution<float> d(0.7f, 1.3f);
-        std::vector<float> v(s.n_embd);
+    auto vec = [&](const std::string& name, int n, float lo, float hi) {
+        if (name == s.omit) return;
+        std::uniform_real_distribution<float> d(lo, hi);
+        std::vector<float> v(n);
         for (auto& x : v) x = d(rng);
-        g.add_tensor_f32(name, {static_cast<uint64_t>(s.n_embd)}, v);
+        g.add_tensor_f32(name, {static_cast<uint64_t>(n)}, v);
         m.w[name] = v;
     };
+    auto norm = [&](const std::string& name) { vec(name, s.n_embd, 0.7f, 1.3f); };
     const int qd = s.n_head * s.head_dim, kd = s.n_head_kv * s.head_dim;
     add("token_embd.weight", s.n_embd, s.n_vocab, 4.0f, s.embd_type);
     for (int l = 0; l < s.n_layer; ++l) {
@@ -130,6 +145,16 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
         add(p + "attn_k.weight", s.n_embd, kd, 2.5f, s.proj_type);
         add(p + "attn_v.weight", s.n_embd, kd, 1.0f, s.proj_type);
         add(p + "attn_output.weight", qd, s.n_embd, 0.7f, s.proj_type);
+        if (s.qkv_bias) {
+            vec(p + "attn_q.bias", qd, -0.5f, 0.5f);
+            vec(p + "attn_k.bias", kd, -0.5f, 0.5f);
+            vec(p + "attn_v.bias", kd, -0.5f, 0.5f);
+        }
+        if (s.out_bias) vec(p + "attn_output.bias", s.n_embd, -0.3f, 0.3f);
+        if (s.qk_norm) {
+            vec(p + "attn_q_norm.weight", s.head_dim, 0.5f, 1.5f);
+            vec(p + "attn_k_norm.weight", s.head_dim, 0.5f, 1.5f);
+        }
         norm(p + "ffn_norm.weight");
         add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 1.0f, s.proj_type);
         add(p + "ffn_up.weight", s.n_embd, s.n_ff, 1.0f, s.proj_type);
@@ -145,6 +170,11 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
         add("output.weight", s.n_embd, s.n_vocab, 1.5f, s.embd_type);
     }
     if (s.output_copies_embd) m.spec.tied = false;
+    if (!s.rope_freqs.empty()) {
+        g.add_tensor_f32("rope_freqs.weight", {static_cast<uint64_t>(s.rope_freqs.size())}, s.rope_freqs);
+        m.w["rope_freqs.weight"] = s.rope_freqs;
+    }
+    if (!s.extra_tensor.empty()) g.add_tensor_f32(s.extra_tensor, {4}, std::vector<float>{1, 2, 3, 4});
     g.write(path, /*force=*/true);
     return m;
 }
@@ -179,11 +209,14 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
         return y;
     };
     auto rope = [&](std::vector<double>& x, int heads, int pos) {
+        const int half = m.rot() / 2;
         for (int h = 0; h < heads; ++h)
-            for (int i = 0; i < m.rot() / 2; ++i) {
-                const double th = pos * m.freq_scale() * std::pow(static_cast<double>(s.rope_base), -2.0 * i / m.rot());
-                double& a = x[h * hd + 2 * i];
-                double& b = x[h * hd + 2 * i + 1];
+            for (int i = 0; i < half; ++i) {
+                const double f = s.rope_freqs.empty() ? 1.0 : s.rope_freqs[i];
+                const double th =
+                    pos * m.freq_scale() * std::pow(static_cast<double>(s.rope_base), -2.0 * i / m.rot()) / f;
+                double& a = x[h * hd + (m.neox() ? i : 2 * i)];
+                double& b = x[h * hd + (m.neox() ? i + half : 2 * i + 1)];
                 const double a0 = a, b0 = b;
                 a = a0 * std::cos(th) - b0 * std::sin(th);
                 b = a0 * std::sin(th) + b0 * std::cos(th);
@@ -202,6 +235,22 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
             Q[t] = matvec(W(p + "attn_q.weight"), h, qd);
             K[t] = matvec(W(p + "attn_k.weight"), h, kd);
             V[t] = matvec(W(p + "attn_v.weight"), h, kd);
+            if (s.qkv_bias) {
+                for (int i = 0; i < qd; ++i) Q[t][i] += W(p + "attn_q.bias")[i];
+                for (int i = 0; i < kd; ++i) K[t][i] += W(p + "attn_k.bias")[i];
+                for (int i = 0; i < kd; ++i) V[t][i] += W(p + "attn_v.bias")[i];
+            }
+            if (s.qk_norm) {  // RMSNorm of each head on its own
+                auto per_head = [&](std::vector<double>& x, int heads, const std::vector<float>& g) {
+                    for (int hh = 0; hh < heads; ++hh) {
+                        const std::vector<double> part(x.begin() + hh * hd, x.begin() + (hh + 1) * hd);
+                        const auto y = rms(part, g);
+                        std::copy(y.begin(), y.end(), x.begin() + hh * hd);
+                    }
+                };
+                per_head(Q[t], s.n_head, W(p + "attn_q_norm.weight"));
+                per_head(K[t], s.n_head_kv, W(p + "attn_k_norm.weight"));
+            }
             r.k_pre[l].insert(r.k_pre[l].end(), K[t].begin(), K[t].end());
             rope(Q[t], s.n_head, pos0 + t);
             rope(K[t], s.n_head_kv, pos0 + t);
@@ -218,7 +267,7 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
                 for (int j = 0; j <= t; ++j) {
                     double d = 0;
                     for (int e = 0; e < hd; ++e) d += Q[t][h * hd + e] * K[j][g * hd + e];
-                    sc[j] = d / std::sqrt(static_cast<double>(hd));
+                    sc[j] = s.attn_scale != 0.0f ? d * s.attn_scale : d / std::sqrt(static_cast<double>(hd));
                     mx = std::max(mx, sc[j]);
                 }
                 double z = 0;
@@ -227,7 +276,7 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
                     for (int e = 0; e < hd; ++e) att[h * hd + e] += sc[j] / z * V[j][g * hd + e];
             }
             const auto o = matvec(W(p + "attn_output.weight"), att, E);
-            for (int i = 0; i < E; ++i) x[t][i] += o[i];
+            for (int i = 0; i < E; ++i) x[t][i] += o[i] + (s.out_bias ? W(p + "attn_output.bias")[i] : 0.0);
             const auto h = rms(x[t], W(p + "ffn_norm.weight"));
             auto gate = matvec(W(p + "ffn_gate.weight"), h, s.n_ff);
             const auto up = matvec(W(p + "ffn_up.weight"), h, s.n_ff);
