@@ -398,12 +398,27 @@ Plan plan_calibration(const CalibrateConfig& c) {
     return pl;
 }
 
+// The dump's RoPE as a table records it (pattern_table.h kMetaModelRope); empty when the
+// dump's model record has none (synthetic data).
+std::string rope_record(const nlohmann::json& m) {
+    if (!m.is_object() || !m.contains("rope_freq_base")) return {};
+    nlohmann::json r = {{"type", m.value("rope_type", std::string("norm"))},
+                        {"n_rot", m.value("n_rot", 0)},
+                        {"base", m["rope_freq_base"]},
+                        {"freq_scale", m.value("rope_freq_scale", 1.0)},
+                        {"scaling", m.value("rope_scaling", std::string("none"))},
+                        {"freq_factors", m.value("rope_freq_factors", nlohmann::json(nullptr))}};
+    return r.dump();
+}
+
 // The header a runtime needs to reproduce the quantizer: model identity and settings, no layers yet.
 PatternTable table_header(const CalibrateConfig& c, const Plan& pl) {
     const KvDumpReader& first = *pl.dumps.front().reader;
     const nlohmann::json model = first.model();
     PatternTable t;
     t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
+    t.model.arch = model.is_object() ? model.value("arch", std::string("llama")) : std::string("llama");
+    t.model.rope = rope_record(model);
     t.model.sha256 = pl.dumps.front().model_sha256;
     t.model.n_layer = first.n_layer_model();
     t.model.n_head = first.n_head();

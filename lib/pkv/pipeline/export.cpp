@@ -207,6 +207,7 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     w.set_string(P::kMetaModelName, m.name);
     w.set_string(P::kMetaModelArch, m.arch);
     w.set_string(P::kMetaModelSha256, m.sha256);
+    if (!m.rope.empty()) w.set_string(P::kMetaModelRope, m.rope);
     w.set_u32(P::kMetaNLayer, m.n_layer);
     w.set_u32(P::kMetaNHead, m.n_head);
     w.set_u32(P::kMetaNHeadKv, m.n_head_kv);

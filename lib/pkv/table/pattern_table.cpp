@@ -259,6 +259,7 @@ SafetensorsWriter table_writer(const PatternTable& t) {
     w.set_metadata(P::kMetaModelName, m.name);
     w.set_metadata(P::kMetaModelArch, m.arch);
     w.set_metadata(P::kMetaModelSha256, m.sha256);
+    if (!m.rope.empty()) w.set_metadata(P::kMetaModelRope, m.rope);
     w.set_metadata(P::kMetaNLayer, std::to_string(m.n_layer));
     w.set_metadata(P::kMetaNHead, std::to_string(m.n_head));
     w.set_metadata(P::kMetaNHeadKv, std::to_string(m.n_head_kv));
@@ -325,6 +326,13 @@ PatternTable read_pattern_table(const std::string& path) {
     PKV_CHECK(t.model.sha256.empty() || is_sha256_hex(t.model.sha256), data_loss,
               "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256,
               t.model.sha256);
+    if (const auto it = r.meta.find(P::kMetaModelRope); it != r.meta.end()) {
+        const auto j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+        const bool ok = j.is_object() && j.contains("type") && (j["type"] == "norm" || j["type"] == "neox");
+        PKV_CHECK(ok, data_loss, "{}::{}: expected a JSON object with type \"norm\" or \"neox\", got {}", path,
+                  P::kMetaModelRope, it->second.substr(0, 60));
+        t.model.rope = it->second;
+    }
     t.model.n_layer = r.i32(P::kMetaNLayer, 1);
     t.model.n_head = r.i32(P::kMetaNHead, 1);
     t.model.n_head_kv = r.i32(P::kMetaNHeadKv, 1, t.model.n_head);

@@ -45,7 +45,11 @@ constexpr const char* kMetaFormatVersion = "pkv.format_version";  ///< "1.0"; re
 constexpr const char* kMetaModelName = "pkv.model.name";          ///< general.name of the GGUF
 constexpr const char* kMetaModelArch = "pkv.model.arch";          ///< "llama"
 constexpr const char* kMetaModelSha256 = "pkv.model.sha256";  ///< SHA-256 (hex) of the GGUF file: the model fingerprint
-constexpr const char* kMetaNLayer = "pkv.model.n_layer";      ///< layers of the model
+/// Optional JSON object: the model's RoPE, {"type": "norm"|"neox", "n_rot", "base",
+/// "freq_scale", "scaling", "freq_factors": null or [n_rot/2]}, what a runtime needs to
+/// apply (or undo) it around pre-RoPE keys. Absent in tables of synthetic data.
+constexpr const char* kMetaModelRope = "pkv.model.rope";
+constexpr const char* kMetaNLayer = "pkv.model.n_layer";  ///< layers of the model
 constexpr const char* kMetaNHead = "pkv.model.n_head";
 constexpr const char* kMetaNHeadKv = "pkv.model.n_head_kv";
 constexpr const char* kMetaHeadDim = "pkv.model.head_dim";
@@ -88,6 +92,7 @@ struct PatternTableModel {
     std::string arch = "llama";
     std::string sha256;  ///< of the GGUF file; may be empty only for tables of synthetic data
     int n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
+    std::string rope;  ///< kMetaModelRope as JSON text; empty: not recorded
 };
 
 /// One calibrated model layer; H = n_head_kv, D = head_dim.
