@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <fstream>
 #include <mutex>
 #include <queue>
+#include <sstream>
 #include <unordered_map>
 #include <utility>
 
@@ -491,6 +493,18 @@ uint64_t Tokenizer::dropped_bytes() const { return 0; }
 bool tokenizer_available() { return false; }
 
 #endif  // PKV_HAVE_PCRE2
+
+std::vector<int32_t> tokenize_file(const std::string& model_path, const std::string& text_path, bool add_specials,
+                                   bool parse_special) {
+    std::ifstream in(text_path, std::ios::binary);
+    PKV_CHECK(in.good(), not_found, "{}: cannot open the text to tokenize", text_path);
+    std::ostringstream text;
+    text << in.rdbuf();
+    PKV_CHECK(!in.bad(), io, "{}: read error", text_path);
+    auto file = GgufFile::open(model_path);
+    Tokenizer tok(vocab_from_gguf(*file));
+    return tok.encode(text.str(), parse_special, add_specials);
+}
 
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;

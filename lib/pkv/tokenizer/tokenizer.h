@@ -98,6 +98,13 @@ std::string byte_to_token_text(uint8_t byte);
 /// table pass through unchanged.
 std::string token_text_to_bytes(std::string_view text);
 
+/// Token ids of the bytes of the file at `text_path`, as they are, under the tokenizer
+/// of the GGUF at `model_path` (a vocabulary-only GGUF will do; tensors are not read).
+/// add_specials and parse_special as in Tokenizer::encode. Throws naming the file that
+/// cannot be read or whose vocabulary pkv cannot use.
+std::vector<int32_t> tokenize_file(const std::string& model_path, const std::string& text_path, bool add_specials,
+                                   bool parse_special);
+
 /// True when pkv was built with PCRE2 and can tokenize.
 bool tokenizer_available();
 

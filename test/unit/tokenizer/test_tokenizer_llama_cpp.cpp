@@ -91,8 +91,8 @@ TEST_CASE("tokenizer: llama.cpp test vocabs pkv does not support are refused") {
         if (!std::ifstream(path).good()) PKV_SKIP("no " << path << ": run scripts/llama-cpp.sh");
         auto file = pkv::GgufFile::open(path);
         INFO(path);
-        CHECK_THROWS_WITH(pkv::vocab_from_gguf(*file), ContainsSubstring(path + ": tokenizer.ggml.pre: expected one of") &&
-                                                           ContainsSubstring("llama-bpe") &&
-                                                           ContainsSubstring("qwen2"));
+        CHECK_THROWS_WITH(pkv::vocab_from_gguf(*file),
+                          ContainsSubstring(path + ": tokenizer.ggml.pre: expected one of") &&
+                              ContainsSubstring("llama-bpe") && ContainsSubstring("qwen2"));
     }
 }
