@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `pkv tokenize` against llama.cpp's `llama-tokenize` (both load the vocabulary only):
 # the same ids for every vocabulary pkv supports among llama.cpp's test vocabularies
-# (Llama 3, Qwen2, ...) and for the default model (SmolLM2, pre "smollm"), on a mixed
+# (Llama 3, Qwen2, ...; gpt-neox and aquila have no pre key: "default") and for the
+# default model (SmolLM2, pre "smollm"), on a mixed
 # text (data/tokenizer_mixed.txt: code, long digit runs, emoji, CJK, accents,
 # upper-case contractions, tabs, whitespace runs, CRLF) and on the fortunes text, with
 # and without BOS and special-token parsing. Also: an unknown pre-tokenizer is refused
@@ -68,7 +69,7 @@ compare() {
 head -n 4000 "$TEXT" >"$WORK/fortunes.txt"
 texts=("$MIXED" "$WORK/fortunes.txt")
 models=("$MODEL")
-for v in llama-bpe qwen2 gpt-2 starcoder refact command-r mpt; do
+for v in llama-bpe qwen2 gpt-2 starcoder refact command-r mpt gpt-neox aquila; do
   if [ -f "$VOCABS/ggml-vocab-$v.gguf" ]; then models+=("$VOCABS/ggml-vocab-$v.gguf"); else failed "missing $VOCABS/ggml-vocab-$v.gguf"; fi
 done
 for m in "${models[@]}"; do

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <mutex>
 #include <queue>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <utility>
@@ -118,6 +119,58 @@ std::string supported_pre(const GgufFile& file) {
     return pre;
 }
 
+// llama.cpp also makes tokens control by their text when it loads a vocabulary (so
+// they match only with parse_special): every end-of-generation marker below, and a
+// fill-in-the-middle marker when the GGUF names no id for its kind. llama.cpp takes
+// one fill-in-the-middle marker per kind, the first its hash map yields; pkv takes
+// all, which differs only for a vocabulary holding two markers of one kind.
+void mark_control_by_text(const GgufFile& file, VocabData& v) {
+    static const std::set<std::string> kEndOfGeneration = {"<|eot_id|>",
+                                                           "<|im_end|>",
+                                                           "<|end|>",
+                                                           "<|return|>",
+                                                           "<|call|>",
+                                                           "<|flush|>",
+                                                           "<|calls|>",
+                                                           "<end_of_turn>",
+                                                           "<|endoftext|>",
+                                                           "</s>",
+                                                           "<|eom_id|>",
+                                                           "<EOT>",
+                                                           "_<EOT>",
+                                                           "[EOT]",
+                                                           "[EOS]",
+                                                           "<|end_of_text|>",
+                                                           "<end_of_utterance>",
+                                                           "<eos>",
+                                                           "<turn|>",
+                                                           "<|tool_response>",
+                                                           "<\uFF5Cend\u2581of\u2581sentence\uFF5C>",
+                                                           "[e~["};
+    static const std::vector<std::pair<const char*, std::set<std::string>>> kFillInTheMiddle = {
+        {"tokenizer.ggml.fim_pre_token_id",
+         {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uFF5Cfim\u2581begin\uFF5C>", "<PRE>", "\u2581<PRE>",
+          "<|code_prefix|>", "<|prefix|>"}},
+        {"tokenizer.ggml.fim_suf_token_id",
+         {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uFF5Cfim\u2581hole\uFF5C>", "<SUF>", "\u2581<SUF>",
+          "<|code_suffix|>", "<|suffix|>"}},
+        {"tokenizer.ggml.fim_mid_token_id",
+         {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uFF5Cfim\u2581end\uFF5C>", "<MID>", "\u2581<MID>",
+          "<|code_middle|>", "<|middle|>"}},
+        {"tokenizer.ggml.fim_pad_token_id", {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"}},
+        {"tokenizer.ggml.fim_rep_token_id", {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"}},
+        {"tokenizer.ggml.fim_sep_token_id", {"<|file_sep|>"}},
+    };
+    std::set<std::string> texts = kEndOfGeneration;
+    for (const auto& [key, kind] : kFillInTheMiddle)
+        if (!file.has(key)) texts.insert(kind.begin(), kind.end());
+    for (size_t id = 0; id < v.tokens.size(); ++id) {
+        if (!texts.count(v.tokens[id])) continue;
+        if (v.token_types.empty()) v.token_types.assign(v.tokens.size(), static_cast<int32_t>(TokenType::normal));
+        v.token_types[id] = static_cast<int32_t>(TokenType::control);
+    }
+}
+
 }  // namespace
 
 VocabData vocab_from_gguf(const GgufFile& file) {
@@ -137,6 +190,7 @@ VocabData vocab_from_gguf(const GgufFile& file) {
         for (int64_t t : types) v.token_types.push_back(static_cast<int32_t>(t));
     }
     v.merges = file.get_string_array("tokenizer.ggml.merges");
+    mark_control_by_text(file, v);
 
     auto read_id = [&](const char* key, int32_t& out) {
         std::optional<uint64_t> id = file.find_u64(key);

@@ -16,9 +16,9 @@
 //
 // Special strings: control and unknown tokens are matched only when the caller asks
 // (parse_special); user-defined tokens are always matched, as llama.cpp and HF
-// tokenizers do (llama.cpp also turns user-defined tokens whose text looks like an
-// end-of-turn or fill-in-the-middle marker into control tokens; pkv does not). The
-// longest special string takes its occurrences first, as in llama.cpp; the text
+// tokenizers do. vocab_from_gguf makes end-of-generation and fill-in-the-middle
+// markers control tokens by their text, as llama.cpp does when it loads a vocabulary.
+// The longest special string takes its occurrences first, as in llama.cpp; the text
 // between special strings is pre-tokenized on its own.
 //
 // BOS/EOS: tokenizer.ggml.add_bos_token / add_eos_token; without the key, BOS is added

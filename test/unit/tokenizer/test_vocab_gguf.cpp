@@ -120,6 +120,15 @@ TEST_CASE("tokenizer: vocab_from_gguf") {
         // gguf_adds_bos needs the pre-tokenizer only when the key is absent.
         CHECK_THROWS_WITH(pkv::gguf_adds_bos(*file), ContainsSubstring("got 'falcon'"));
     }
+    SECTION("end-of-generation and fill-in-the-middle texts become control tokens, as in llama.cpp") {
+        pkv::GgufWriter w = vocab_writer();
+        w.set_string_array("tokenizer.ggml.tokens", {"<s>", "a", "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>"});
+        w.set_i32_array("tokenizer.ggml.token_type", {3, 1, 1, 4, 4});
+        CHECK(read(w, "eog").token_types == std::vector<int32_t>{3, 1, 3, 3, 3});
+        // A GGUF that names the prefix marker's id keeps its types for that kind.
+        w.set_u32("tokenizer.ggml.fim_pre_token_id", 3);
+        CHECK(read(w, "fim").token_types == std::vector<int32_t>{3, 1, 3, 4, 3});
+    }
     SECTION("rejects a SentencePiece vocabulary") {
         pkv::GgufWriter w = vocab_writer();
         w.set_string("tokenizer.ggml.model", "llama");
