@@ -35,5 +35,6 @@ Command add_calibrate(CLI::App& root);
 Command add_export(CLI::App& root);
 Command add_eval(CLI::App& root);
 Command add_check(CLI::App& root);
+Command add_tokenize(CLI::App& root);
 
 }  // namespace pkv::cli

@@ -26,7 +26,7 @@ int main(int argc, char** argv) noexcept {
         commands = {pkv::cli::add_dump(app),      pkv::cli::add_info(app),    pkv::cli::add_validate(app),
                     pkv::cli::add_generate(app),  pkv::cli::add_devices(app), pkv::cli::add_analyze(app),
                     pkv::cli::add_calibrate(app), pkv::cli::add_export(app),  pkv::cli::add_eval(app),
-                    pkv::cli::add_check(app)};
+                    pkv::cli::add_check(app),     pkv::cli::add_tokenize(app)};
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? 0 : 2;

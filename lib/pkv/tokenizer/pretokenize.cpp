@@ -1,6 +1,8 @@
 // pkv/tokenizer/pretokenize.cpp — the PCRE2 pre-tokenizer (see pretokenize.h).
 #include "pkv/tokenizer/pretokenize.h"
 
+#include <vector>
+
 #include "pkv/core/error.h"
 
 #ifdef PKV_HAVE_PCRE2
@@ -10,16 +12,75 @@
 
 namespace pkv {
 
+namespace {
+
+enum class Split { gpt2, llama3, qwen2, digits_then_gpt2, llama_default };
+
+struct Known {
+    const char* name;
+    Split split;
+    PreTokenizerRules rules;
+};
+
+// clang-format off
+constexpr Known kKnown[] = {
+    {"llama3",           Split::llama3,           {true, true}},
+    {"llama-v3",         Split::llama3,           {true, true}},
+    {"llama-bpe",        Split::llama3,           {true, true}},
+    {"qwen2",            Split::qwen2,            {false, false}},
+    {"deepseek-r1-qwen", Split::qwen2,            {false, false}},
+    {"smollm",           Split::digits_then_gpt2, {false, false}},
+    {"starcoder",        Split::digits_then_gpt2, {false, false}},
+    {"refact",           Split::digits_then_gpt2, {false, false}},
+    {"command-r",        Split::digits_then_gpt2, {false, false}},
+    {"gpt-2",            Split::gpt2,             {false, false}},
+    {"mpt",              Split::gpt2,             {false, false}},
+    {"default",          Split::llama_default,    {false, false}},
+};
+// clang-format on
+
+const Known* find_known(const std::string& pre) {
+    for (const Known& k : kKnown)
+        if (pre == k.name) return &k;
+    return nullptr;
+}
+
+const Known& known_or_throw(const std::string& pre) {
+    const Known* k = find_known(pre);
+    PKV_CHECK(k, unsupported, "tokenizer.ggml.pre '{}': expected one of {}", pre, supported_pre_tokenizers());
+    return *k;
+}
+
+}  // namespace
+
+bool pre_tokenizer_supported(const std::string& pre) { return find_known(pre) != nullptr; }
+
+std::string supported_pre_tokenizers() {
+    std::string out;
+    for (const Known& k : kKnown) out += (out.empty() ? "" : ", ") + std::string(k.name);
+    return out;
+}
+
+PreTokenizerRules pre_tokenizer_rules(const std::string& pre) { return known_or_throw(pre).rules; }
+
 #ifdef PKV_HAVE_PCRE2
 
 namespace {
 
-// The GPT-2 pattern with \s spelled out as Unicode White_Space (the meaning both
-// llama.cpp and HF tokenizers give it): PCRE2's own \s also takes U+180E, which has
-// been a format character, not a space, since Unicode 6.3.
-constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\t-\r\x{85}\p{Z}\p{L}\p{N}]+)"
-                                     R"(|[\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}])|[\t-\r\x{85}\p{Z}]+)";
-constexpr const char* kDigitPattern = R"(\p{N})";
+// \s and \S spelled out as Unicode White_Space (the meaning both llama.cpp and HF
+// tokenizers give them): PCRE2's own \s also takes U+180E, which has been a format
+// character, not a space, since Unicode 6.3.
+#define PKV_WS "\\t-\\r\\x{85}\\p{Z}"
+constexpr const char* kGpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" PKV_WS
+                                     "\\p{L}\\p{N}]+"
+                                     "|[" PKV_WS "]+(?![^" PKV_WS "])|[" PKV_WS "]+";
+#define PKV_LLAMA3_LIKE(digits)                                                                                  \
+    "'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" digits "| ?[^" PKV_WS \
+    "\\p{L}\\p{N}]+[\\r\\n]*|[" PKV_WS "]*[\\r\\n]+|[" PKV_WS "]+(?![^" PKV_WS "])|[" PKV_WS "]+"
+constexpr const char* kLlama3Pattern = PKV_LLAMA3_LIKE("\\p{N}{1,3}");
+constexpr const char* kQwen2Pattern = PKV_LLAMA3_LIKE("\\p{N}");
+#undef PKV_LLAMA3_LIKE
+#undef PKV_WS
 
 // Invalid UTF-8 is tolerated (never matched) where PCRE2 can do it; older releases
 // check the whole subject at each match, so there the check runs only on the first
@@ -93,50 +154,52 @@ struct Matcher {
     }
 };
 
+// The stages of a value, in order; see pretokenize.h.
+std::vector<const char*> patterns_of(Split split) {
+    switch (split) {
+        case Split::gpt2: return {kGpt2Pattern};
+        case Split::llama3: return {kLlama3Pattern};
+        case Split::qwen2: return {kQwen2Pattern};
+        case Split::digits_then_gpt2: return {R"(\p{N})", kGpt2Pattern};
+        case Split::llama_default: return {R"([\p{P}$+<=>^~|]+)", kGpt2Pattern, R"(\p{N}+)", "[0-9]{3}"};
+    }
+    fail(ErrorCode::internal, "tokenizer: unknown split kind {}", static_cast<int>(split));
+}
+
 }  // namespace
 
 struct PreTokenizer::State {
-    bool isolate_digits = false;
-    Regex gpt2{kGpt2Pattern};
-    Regex digit{kDigitPattern};
+    std::vector<std::unique_ptr<Regex>> stages;
 };
 
-PreTokenizer::PreTokenizer(const std::string& pre) {
-    bool smollm = pre == "smollm";
-    PKV_CHECK(smollm || pre == "gpt2" || pre == "default", unsupported,
-              "tokenizer.ggml.pre '{}': expected one of smollm, gpt2, default", pre);
-    s_ = std::make_unique<State>();
-    s_->isolate_digits = smollm;
+PreTokenizer::PreTokenizer(const std::string& pre) : s_(std::make_unique<State>()) {
+    for (const char* pattern : patterns_of(known_or_throw(pre).split))
+        s_->stages.push_back(std::make_unique<Regex>(pattern));
 }
 
 PreTokenizer::~PreTokenizer() = default;
 
 void PreTokenizer::split(std::string_view text, const std::function<void(std::string_view)>& emit) const {
     if (text.empty()) return;
-    Matcher words(s_->gpt2);
-    // The stretch is the whole subject, so `(?!\S)` sees its end as the end of text,
-    // exactly as when each stretch is pre-tokenized on its own.
-    auto split_words = [&](std::string_view stretch) {
+    std::vector<std::unique_ptr<Matcher>> matchers;
+    for (const auto& re : s_->stages) matchers.push_back(std::make_unique<Matcher>(*re));
+    // Each piece is the whole subject of the next stage, so `(?!\S)` sees its end as
+    // the end of text, exactly as when each piece is pre-tokenized on its own.
+    std::function<void(size_t, std::string_view)> split_stage = [&](size_t stage, std::string_view piece) {
+        if (stage == matchers.size()) {
+            emit(piece);
+            return;
+        }
+        Matcher& m = *matchers[stage];
         size_t pos = 0, begin = 0, end = 0;
-        while (pos < stretch.size() && words.next(stretch, pos, begin, end)) {
-            if (begin > pos) emit(stretch.substr(pos, begin - pos));
-            emit(stretch.substr(begin, end - begin));
+        while (pos < piece.size() && m.next(piece, pos, begin, end)) {
+            if (begin > pos) split_stage(stage + 1, piece.substr(pos, begin - pos));
+            split_stage(stage + 1, piece.substr(begin, end - begin));
             pos = end;
         }
-        if (pos < stretch.size()) emit(stretch.substr(pos));
+        if (pos < piece.size()) split_stage(stage + 1, piece.substr(pos));
     };
-    if (!s_->isolate_digits) {
-        split_words(text);
-        return;
-    }
-    Matcher digits(s_->digit);
-    size_t pos = 0, begin = 0, end = 0;
-    while (pos < text.size() && digits.next(text, pos, begin, end)) {
-        if (begin > pos) split_words(text.substr(pos, begin - pos));
-        emit(text.substr(begin, end - begin));
-        pos = end;
-    }
-    if (pos < text.size()) split_words(text.substr(pos));
+    split_stage(0, text);
 }
 
 #else  // !PKV_HAVE_PCRE2

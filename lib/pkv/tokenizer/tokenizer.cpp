@@ -6,8 +6,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <fstream>
 #include <mutex>
 #include <queue>
+#include <set>
+#include <sstream>
 #include <unordered_map>
 #include <utility>
 
@@ -105,12 +108,77 @@ std::string token_text_to_bytes(std::string_view text) { return text_to_bytes(te
 // ---------------------------------------------------------------------------------
 // Vocabulary from GGUF
 
+namespace {
+
+// tokenizer.ggml.pre of a GGUF ("default" when absent, as llama.cpp reads it), refused
+// when pkv does not know it.
+std::string supported_pre(const GgufFile& file) {
+    std::string pre = file.find_string("tokenizer.ggml.pre").value_or("default");
+    PKV_CHECK(pre_tokenizer_supported(pre), unsupported, "{}: tokenizer.ggml.pre: expected one of {}, got '{}'",
+              file.path(), supported_pre_tokenizers(), pre);
+    return pre;
+}
+
+// llama.cpp also makes tokens control by their text when it loads a vocabulary (so
+// they match only with parse_special): every end-of-generation marker below, and a
+// fill-in-the-middle marker when the GGUF names no id for its kind. llama.cpp takes
+// one fill-in-the-middle marker per kind, the first its hash map yields; pkv takes
+// all, which differs only for a vocabulary holding two markers of one kind.
+void mark_control_by_text(const GgufFile& file, VocabData& v) {
+    static const std::set<std::string> kEndOfGeneration = {"<|eot_id|>",
+                                                           "<|im_end|>",
+                                                           "<|end|>",
+                                                           "<|return|>",
+                                                           "<|call|>",
+                                                           "<|flush|>",
+                                                           "<|calls|>",
+                                                           "<end_of_turn>",
+                                                           "<|endoftext|>",
+                                                           "</s>",
+                                                           "<|eom_id|>",
+                                                           "<EOT>",
+                                                           "_<EOT>",
+                                                           "[EOT]",
+                                                           "[EOS]",
+                                                           "<|end_of_text|>",
+                                                           "<end_of_utterance>",
+                                                           "<eos>",
+                                                           "<turn|>",
+                                                           "<|tool_response>",
+                                                           "<\uFF5Cend\u2581of\u2581sentence\uFF5C>",
+                                                           "[e~["};
+    static const std::vector<std::pair<const char*, std::set<std::string>>> kFillInTheMiddle = {
+        {"tokenizer.ggml.fim_pre_token_id",
+         {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uFF5Cfim\u2581begin\uFF5C>", "<PRE>", "\u2581<PRE>",
+          "<|code_prefix|>", "<|prefix|>"}},
+        {"tokenizer.ggml.fim_suf_token_id",
+         {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uFF5Cfim\u2581hole\uFF5C>", "<SUF>", "\u2581<SUF>",
+          "<|code_suffix|>", "<|suffix|>"}},
+        {"tokenizer.ggml.fim_mid_token_id",
+         {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uFF5Cfim\u2581end\uFF5C>", "<MID>", "\u2581<MID>",
+          "<|code_middle|>", "<|middle|>"}},
+        {"tokenizer.ggml.fim_pad_token_id", {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"}},
+        {"tokenizer.ggml.fim_rep_token_id", {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"}},
+        {"tokenizer.ggml.fim_sep_token_id", {"<|file_sep|>"}},
+    };
+    std::set<std::string> texts = kEndOfGeneration;
+    for (const auto& [key, kind] : kFillInTheMiddle)
+        if (!file.has(key)) texts.insert(kind.begin(), kind.end());
+    for (size_t id = 0; id < v.tokens.size(); ++id) {
+        if (!texts.count(v.tokens[id])) continue;
+        if (v.token_types.empty()) v.token_types.assign(v.tokens.size(), static_cast<int32_t>(TokenType::normal));
+        v.token_types[id] = static_cast<int32_t>(TokenType::control);
+    }
+}
+
+}  // namespace
+
 VocabData vocab_from_gguf(const GgufFile& file) {
     const std::string& path = file.path();
     VocabData v;
     v.model = file.get_string("tokenizer.ggml.model");
     PKV_CHECK(v.model == "gpt2", unsupported, "{}: tokenizer.ggml.model: expected 'gpt2', got '{}'", path, v.model);
-    v.pre = file.find_string("tokenizer.ggml.pre").value_or("default");
+    v.pre = supported_pre(file);
     v.tokens = file.get_string_array("tokenizer.ggml.tokens");
     PKV_CHECK(!v.tokens.empty(), data_loss, "{}: tokenizer.ggml.tokens: expected at least one token, got 0", path);
     if (file.has("tokenizer.ggml.token_type")) {
@@ -122,6 +190,7 @@ VocabData vocab_from_gguf(const GgufFile& file) {
         for (int64_t t : types) v.token_types.push_back(static_cast<int32_t>(t));
     }
     v.merges = file.get_string_array("tokenizer.ggml.merges");
+    mark_control_by_text(file, v);
 
     auto read_id = [&](const char* key, int32_t& out) {
         std::optional<uint64_t> id = file.find_u64(key);
@@ -136,10 +205,19 @@ VocabData vocab_from_gguf(const GgufFile& file) {
     read_id("tokenizer.ggml.padding_token_id", v.pad_id);
     v.add_bos = gguf_adds_bos(file);
     v.add_eos = file.find_bool("tokenizer.ggml.add_eos_token").value_or(false);
+    // llama.cpp would fall back to token 11 here; pkv refuses to guess.
+    PKV_CHECK(!v.add_bos || v.bos_id >= 0, data_loss,
+              "{}: tokenizer.ggml.bos_token_id: expected a BOS id (the vocabulary adds BOS), got none", path);
+    PKV_CHECK(!v.add_eos || v.eos_id >= 0, data_loss,
+              "{}: tokenizer.ggml.eos_token_id: expected an EOS id (add_eos_token is true), got none", path);
     return v;
 }
 
-bool gguf_adds_bos(const GgufFile& file) { return file.find_bool("tokenizer.ggml.add_bos_token").value_or(false); }
+bool gguf_adds_bos(const GgufFile& file) {
+    if (std::optional<bool> add = file.find_bool("tokenizer.ggml.add_bos_token")) return *add;
+    // Without the key the pre-tokenizer decides, as in llama.cpp: Llama 3 adds BOS.
+    return pre_tokenizer_rules(supported_pre(file)).add_bos;
+}
 
 // ---------------------------------------------------------------------------------
 // Tokenizer
@@ -156,7 +234,13 @@ struct MergeInfo {
 struct Special {
     std::string text;
     int32_t id;
-    bool control;  // control tokens are matched only when parse_special is on
+    bool on_request;  // control and unknown tokens: matched only when parse_special is on
+};
+
+// A special string found in the text to encode.
+struct SpecialHit {
+    size_t pos;
+    const Special* special;
 };
 
 struct PieceResult {
@@ -180,10 +264,13 @@ struct Tokenizer::Impl {
     // build but the vocabulary lacks (they fall back to byte tokens at the end).
     std::vector<std::string> extra_bytes;    // (symbol id - n_vocab) -> bytes
     std::array<int32_t, 256> byte_symbol{};  // byte -> its one-character symbol
-    std::array<int32_t, 256> byte_token{};   // byte -> token id, -1 when absent
+    // byte -> the tokens a symbol missing from the vocabulary leaves for it (see bpe())
+    std::array<std::vector<int32_t>, 256> byte_fallback;
     std::unordered_map<uint64_t, MergeInfo> merges;
-    std::vector<Special> specials;          // longest first
-    std::array<bool, 256> special_first{};  // first bytes of any special string
+    std::vector<Special> specials;                            // longest first, then by id
+    std::array<std::vector<uint32_t>, 256> special_by_first;  // first byte -> indices into specials
+    PreTokenizerRules rules;
+    std::unordered_map<std::string, int32_t> whole_tokens;  // token text -> id, for rules.whole_piece_tokens
     std::unique_ptr<PreTokenizer> pre;
 
     mutable std::mutex cache_mutex;
@@ -194,6 +281,7 @@ struct Tokenizer::Impl {
     int32_t n_vocab() const { return static_cast<int32_t>(vocab.tokens.size()); }
     void bpe(std::string_view piece, PieceResult& out) const;
     void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
+    std::vector<SpecialHit> find_specials(std::string_view text, bool parse_special) const;
 };
 
 Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
@@ -203,7 +291,12 @@ Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
     PKV_CHECK(vocab.token_types.empty() || vocab.token_types.size() == vocab.tokens.size(), invalid_argument,
               "tokenizer: expected {} token types (one per token), got {}", vocab.tokens.size(),
               vocab.token_types.size());
+    rules = pre_tokenizer_rules(vocab.pre);
     pre = make_pre_tokenizer(vocab.pre);
+    PKV_CHECK(!vocab.add_bos || (vocab.bos_id >= 0 && vocab.bos_id < n_vocab()), invalid_argument,
+              "tokenizer: expected a BOS id below {} (the vocabulary adds BOS), got {}", n_vocab(), vocab.bos_id);
+    PKV_CHECK(!vocab.add_eos || (vocab.eos_id >= 0 && vocab.eos_id < n_vocab()), invalid_argument,
+              "tokenizer: expected an EOS id below {} (the vocabulary adds EOS), got {}", n_vocab(), vocab.eos_id);
 
     const int32_t n = n_vocab();
     std::unordered_map<std::string, int32_t> text_to_id;
@@ -213,17 +306,18 @@ Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
         const std::string& text = vocab.tokens[id];
         auto type = vocab.token_types.empty() ? TokenType::normal : static_cast<TokenType>(vocab.token_types[id]);
         text_to_id[text] = id;
-        if (type == TokenType::control || type == TokenType::user_defined) {
+        if (type == TokenType::control || type == TokenType::user_defined || type == TokenType::unknown) {
             // Special strings are written literally, not in the byte-table alphabet.
             bytes_of[id] = text;
-            if (!text.empty()) specials.push_back({text, id, type == TokenType::control});
+            if (!text.empty()) specials.push_back({text, id, type != TokenType::user_defined});
         } else {
             bytes_of[id] = text_to_bytes(text);
         }
     }
     std::stable_sort(specials.begin(), specials.end(),
                      [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
-    for (const Special& s : specials) special_first[static_cast<unsigned char>(s.text[0])] = true;
+    for (size_t i = 0; i < specials.size(); ++i)
+        special_by_first[static_cast<unsigned char>(specials[i].text[0])].push_back(static_cast<uint32_t>(i));
 
     std::unordered_map<std::string, int32_t> extra_ids;
     auto symbol_of = [&](const std::string& text) -> int32_t {
@@ -235,9 +329,13 @@ Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
     };
     const ByteTable& table = byte_table();
     for (int b = 0; b < 256; ++b) {
-        auto it = text_to_id.find(table.to_text[b]);
-        byte_token[b] = it == text_to_id.end() ? -1 : it->second;
         byte_symbol[b] = symbol_of(table.to_text[b]);
+        // llama.cpp looks each byte of the symbol's token text up as a one-byte token;
+        // only printable ASCII stands for itself there, so other bytes usually vanish.
+        for (char c : table.to_text[b]) {
+            auto it = text_to_id.find(std::string(1, c));
+            if (it != text_to_id.end()) byte_fallback[b].push_back(it->second);
+        }
     }
 
     merges.reserve(vocab.merges.size() * 2);
@@ -253,6 +351,7 @@ Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
         // A pair listed twice keeps its first (best) rank.
         merges.emplace(pair_key(l, r), MergeInfo{static_cast<int32_t>(rank), result});
     }
+    if (rules.whole_piece_tokens) whole_tokens = std::move(text_to_id);
 }
 
 // Merges the pair of lowest rank first (leftmost on ties) until no listed pair is
@@ -267,6 +366,15 @@ void Tokenizer::Impl::bpe(std::string_view piece, PieceResult& out) const {
         int32_t rank, left, left_id, right_id, result;
         bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
     };
+    if (rules.whole_piece_tokens) {
+        std::string text;
+        for (char b : piece) text += byte_table().to_text[static_cast<unsigned char>(b)];
+        auto it = whole_tokens.find(text);
+        if (it != whole_tokens.end()) {
+            out.ids.push_back(it->second);
+            return;
+        }
+    }
     const int32_t len = static_cast<int32_t>(piece.size());
     std::vector<Sym> syms(piece.size());
     for (int32_t i = 0; i < len; ++i)
@@ -305,12 +413,9 @@ void Tokenizer::Impl::bpe(std::string_view piece, PieceResult& out) const {
             continue;
         }
         for (char b : extra_bytes[id - n]) {
-            int32_t t = byte_token[static_cast<unsigned char>(b)];
-            if (t >= 0) {
-                out.ids.push_back(t);
-            } else {
-                ++out.dropped;
-            }
+            const std::vector<int32_t>& f = byte_fallback[static_cast<unsigned char>(b)];
+            out.ids.insert(out.ids.end(), f.begin(), f.end());
+            if (f.empty()) ++out.dropped;
         }
     }
 }
@@ -340,6 +445,41 @@ void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<int32_t>&
     }
 }
 
+// Special strings cut the text as in llama.cpp: the longest special string first takes
+// all its leftmost non-overlapping occurrences, then the next longest takes its own in
+// the text still free, and so on. This differs from a leftmost-longest scan only where
+// occurrences of different special strings overlap.
+std::vector<SpecialHit> Tokenizer::Impl::find_specials(std::string_view text, bool parse_special) const {
+    std::vector<std::pair<uint32_t, size_t>> found;  // (index into specials, position)
+    for (size_t pos = 0; pos < text.size(); ++pos) {
+        for (uint32_t i : special_by_first[static_cast<unsigned char>(text[pos])]) {
+            const Special& s = specials[i];
+            if ((parse_special || !s.on_request) && text.compare(pos, s.text.size(), s.text) == 0)
+                found.emplace_back(i, pos);
+        }
+    }
+    std::vector<SpecialHit> hits;
+    if (found.empty()) return hits;
+    std::sort(found.begin(), found.end());
+    std::vector<bool> taken(text.size(), false);
+    size_t free_from = 0;  // the current special's previous occurrence ends here
+    for (size_t k = 0; k < found.size(); ++k) {
+        const auto [i, pos] = found[k];
+        if (k == 0 || found[k - 1].first != i) free_from = 0;
+        const size_t len = specials[i].text.size();
+        if (pos < free_from) continue;
+        bool clear = true;
+        for (size_t j = pos; j < pos + len && clear; ++j) clear = !taken[j];
+        if (!clear) continue;
+        std::fill(taken.begin() + static_cast<std::ptrdiff_t>(pos),
+                  taken.begin() + static_cast<std::ptrdiff_t>(pos + len), true);
+        hits.push_back({pos, &specials[i]});
+        free_from = pos + len;
+    }
+    std::sort(hits.begin(), hits.end(), [](const SpecialHit& a, const SpecialHit& b) { return a.pos < b.pos; });
+    return hits;
+}
+
 Tokenizer::Tokenizer(VocabData vocab) : impl_(std::make_unique<Impl>(std::move(vocab))) {}
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_specials) const {
@@ -351,30 +491,13 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
     auto encode_text = [&](std::string_view fragment) {
         im.pre->split(fragment, [&](std::string_view piece) { im.encode_piece(piece, ids); });
     };
-    // Leftmost-longest scan for special strings; the text between them is encoded
-    // on its own, so pre-tokenization never looks across a special token.
-    size_t start = 0, pos = 0;
-    while (pos < text.size()) {
-        if (!im.special_first[static_cast<unsigned char>(text[pos])]) {
-            ++pos;
-            continue;
-        }
-        const Special* hit = nullptr;
-        for (const Special& s : im.specials) {
-            if (s.control && !parse_special) continue;
-            if (text.compare(pos, s.text.size(), s.text) == 0) {
-                hit = &s;
-                break;
-            }
-        }
-        if (!hit) {
-            ++pos;
-            continue;
-        }
-        encode_text(text.substr(start, pos - start));
-        ids.push_back(hit->id);
-        pos += hit->text.size();
-        start = pos;
+    // The text between special strings is encoded on its own, so pre-tokenization
+    // never looks across a special token.
+    size_t start = 0;
+    for (const SpecialHit& hit : im.find_specials(text, parse_special)) {
+        encode_text(text.substr(start, hit.pos - start));
+        ids.push_back(hit.special->id);
+        start = hit.pos + hit.special->text.size();
     }
     encode_text(text.substr(start));
 
@@ -424,6 +547,18 @@ uint64_t Tokenizer::dropped_bytes() const { return 0; }
 bool tokenizer_available() { return false; }
 
 #endif  // PKV_HAVE_PCRE2
+
+std::vector<int32_t> tokenize_file(const std::string& model_path, const std::string& text_path, bool add_specials,
+                                   bool parse_special) {
+    std::ifstream in(text_path, std::ios::binary);
+    PKV_CHECK(in.good(), not_found, "{}: cannot open the text to tokenize", text_path);
+    std::ostringstream text;
+    text << in.rdbuf();
+    PKV_CHECK(!in.bad(), io, "{}: read error", text_path);
+    auto file = GgufFile::open(model_path);
+    Tokenizer tok(vocab_from_gguf(*file));
+    return tok.encode(text.str(), parse_special, add_specials);
+}
 
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;

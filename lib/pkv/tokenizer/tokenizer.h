@@ -1,20 +1,28 @@
 // pkv/tokenizer/tokenizer.h — the model's own byte-level BPE tokenizer, built from
 // the GGUF `tokenizer.ggml.*` metadata (model "gpt2").
 //
-// Encoding: split on special-token strings, pre-tokenization with the regex set
-// selected by `tokenizer.ggml.pre` (PCRE2, Unicode properties), GPT-2 byte-to-unicode
-// mapping, then BPE merges by rank (lowest rank first, leftmost on ties). A merged
-// symbol with no token falls back to its single-byte tokens. Bytes with no token at
-// all are dropped after the merges, as llama.cpp does (HF tokenizers drops them
+// Encoding follows llama.cpp's (llama-vocab.cpp) for the `tokenizer.ggml.pre` values
+// pkv knows (Llama 3, Qwen2/2.5/3, SmolLM, StarCoder, GPT-2, ...: see pretokenize.h):
+// split on special-token strings, pre-tokenization with the patterns the value selects
+// (PCRE2, Unicode properties), GPT-2 byte-to-unicode mapping, then BPE merges by rank
+// (lowest rank first, leftmost on ties). Llama 3 first looks the whole piece up as a
+// token. Other values are refused, naming the value and the supported ones.
+// A merged symbol with no token falls back to the one-byte tokens llama.cpp finds for
+// it; bytes with no token at all are dropped after the merges (HF tokenizers drops them
 // before, so " \x04'" differs: 2 tokens here, 1 there); dropped_bytes() counts them.
-// Supported pre-tokenizers: "smollm" (isolate every \p{N} character, then the GPT-2
-// pattern), "gpt2", "default" (treated as gpt2). Others are rejected naming the value.
-// On SmolLM2 the ids match HF tokenizers given the GGUF's vocabulary and merges.
+// Invalid UTF-8 keeps its bytes (llama.cpp encodes U+FFFD for each bad byte instead).
+// The ids equal llama.cpp's on its vocabulary test files and the texts of
+// test/integration/tokenizer_llama_cpp.sh; on SmolLM2 they also match HF tokenizers.
 //
-// Special strings: control tokens are matched only when the caller asks (parse_special);
-// user-defined tokens are always matched, as llama.cpp and HF tokenizers do. At each
-// position the longest special string wins; the text between them is pre-tokenized
-// on its own.
+// Special strings: control and unknown tokens are matched only when the caller asks
+// (parse_special); user-defined tokens are always matched, as llama.cpp and HF
+// tokenizers do. vocab_from_gguf makes end-of-generation and fill-in-the-middle
+// markers control tokens by their text, as llama.cpp does when it loads a vocabulary.
+// The longest special string takes its occurrences first, as in llama.cpp; the text
+// between special strings is pre-tokenized on its own.
+//
+// BOS/EOS: tokenizer.ggml.add_bos_token / add_eos_token; without the key, BOS is added
+// for Llama 3 vocabularies only and EOS never, as llama.cpp does.
 //
 // A Tokenizer is safe to use from several threads at once (pieces are cached under a
 // lock).
@@ -47,12 +55,14 @@ struct VocabData {
     bool add_bos = false, add_eos = false;
 };
 
-/// Reads tokenizer.ggml.* from a GGUF; throws naming the file and key when absent or
-/// when the model is not "gpt2".
+/// Reads tokenizer.ggml.* from a GGUF (a vocabulary-only GGUF with no tensors will do);
+/// throws naming the file and key when absent, when the model is not "gpt2" or the
+/// pre-tokenizer is not one pkv knows, or when BOS/EOS must be added but has no id.
 VocabData vocab_from_gguf(const GgufFile& file);
 
-/// tokenizer.ggml.add_bos_token of a GGUF (false when absent), without reading the
-/// vocabulary.
+/// Whether encoding adds BOS for a GGUF: tokenizer.ggml.add_bos_token, or when absent
+/// the default of its pre-tokenizer (true for Llama 3). Does not read the vocabulary;
+/// throws unsupported for an unknown pre-tokenizer when the key is absent.
 bool gguf_adds_bos(const GgufFile& file);
 
 class Tokenizer {
@@ -87,6 +97,13 @@ std::string byte_to_token_text(uint8_t byte);
 /// The inverse over a whole string: token text back to bytes. Characters outside the
 /// table pass through unchanged.
 std::string token_text_to_bytes(std::string_view text);
+
+/// Token ids of the bytes of the file at `text_path`, as they are, under the tokenizer
+/// of the GGUF at `model_path` (a vocabulary-only GGUF will do; tensors are not read).
+/// add_specials and parse_special as in Tokenizer::encode. Throws naming the file that
+/// cannot be read or whose vocabulary pkv cannot use.
+std::vector<int32_t> tokenize_file(const std::string& model_path, const std::string& text_path, bool add_specials,
+                                   bool parse_special);
 
 /// True when pkv was built with PCRE2 and can tokenize.
 bool tokenizer_available();

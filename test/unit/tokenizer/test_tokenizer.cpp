@@ -160,12 +160,29 @@ TEST_CASE("tokenizer: special tokens") {
     SECTION("text on each side is pre-tokenized on its own") {
         // Without the split, "  " before "1" would be broken as " " + " 1".
         std::string sp = pkv::byte_to_token_text(' ');
-        TinyVocab t2 = base_vocab("gpt2");
+        TinyVocab t2 = base_vocab("gpt-2");
         int32_t sp1 = t2.add(sp + "1"), spsp = t2.add(sp + sp);
         t2.v.merges = {sp + " 1", sp + " " + sp};
         pkv::Tokenizer tok2(t2.v);
         CHECK(tok2.encode("  1") == std::vector<int32_t>{t2.byte(' '), sp1});
         CHECK(tok2.encode("  <|x|>1", true) == std::vector<int32_t>{spsp, 0, t2.byte('1')});
+    }
+    SECTION("the longest special string takes its occurrences first") {
+        // As in llama.cpp: "yzw" is cut out before "xy" is looked for, so "xyzw" is
+        // x + yzw, where a leftmost scan would give xy + z + w.
+        TinyVocab t2 = base_vocab();
+        int32_t xy = t2.add("xy", TokenType::user_defined), yzw = t2.add("yzw", TokenType::user_defined);
+        pkv::Tokenizer tok2(t2.v);
+        CHECK(tok2.encode("xyzw") == std::vector<int32_t>{t2.byte('x'), yzw});
+        CHECK(tok2.encode("xyxyzw") == std::vector<int32_t>{xy, t2.byte('x'), yzw});
+        CHECK(tok2.encode("yzwxy") == std::vector<int32_t>{yzw, xy});
+    }
+    SECTION("unknown-type tokens are special only on request") {
+        TinyVocab t2 = base_vocab();
+        int32_t unk = t2.add("<unk>", TokenType::unknown);
+        pkv::Tokenizer tok2(t2.v);
+        CHECK(tok2.encode("<unk>", true) == std::vector<int32_t>{unk});
+        CHECK(tok2.encode("<unk>", false).size() == 5);
     }
 }
 
@@ -179,6 +196,28 @@ TEST_CASE("tokenizer: bos and eos") {
     CHECK(tok.encode("a") == std::vector<int32_t>{0, t.byte('a'), 2});
     CHECK(tok.encode("a", false, false) == std::vector<int32_t>{t.byte('a')});
     CHECK(tok.encode("") == std::vector<int32_t>{0, 2});
+}
+
+TEST_CASE("tokenizer: BOS or EOS to add needs an id") {
+    TinyVocab t = base_vocab();
+    t.v.add_bos = true;
+    CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("expected a BOS id"));
+    t.v.add_bos = false;
+    t.v.add_eos = true;
+    CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("expected an EOS id"));
+}
+
+TEST_CASE("tokenizer: a merged symbol without a token keeps what llama.cpp keeps") {
+    // " x" merges into "Ġx", which has no token: llama.cpp looks each byte of "Ġx" up as
+    // a one-byte token, finds "x" but nothing for the two bytes of "Ġ": the space goes.
+    TinyVocab t = base_vocab("gpt-2");
+    std::string sp = pkv::byte_to_token_text(' ');
+    t.v.merges = {sp + " x"};
+    pkv::Tokenizer tok(t.v);
+    CHECK(tok.encode(" x") == std::vector<int32_t>{t.byte('x')});
+    CHECK(tok.dropped_bytes() == 1);
+    CHECK(tok.encode(" y") == std::vector<int32_t>{t.byte(' '), t.byte('y')});
+    CHECK(tok.dropped_bytes() == 1);
 }
 
 TEST_CASE("tokenizer: bytes without a token are dropped") {
@@ -215,14 +254,29 @@ TEST_CASE("tokenizer: pre-tokenizers") {
         CHECK(tok.encode("a  1") == std::vector<int32_t>{t.byte('a'), t.id(sp + sp), t.byte('1')});
         CHECK(tok.encode("\n\n2") == std::vector<int32_t>{t.id(nl + nl), t.byte('2')});
     }
-    SECTION("gpt2 keeps digit runs and their leading space") {
-        for (const char* pre : {"gpt2", "default"}) {
+    SECTION("gpt-2 keeps digit runs and their leading space") {
+        for (const char* pre : {"gpt-2", "mpt"}) {
             TinyVocab t = make(pre);
             pkv::Tokenizer tok(t.v);
             CHECK(tok.encode(" 1") == std::vector<int32_t>{t.id(sp + "1")});
             CHECK(tok.encode("12") == std::vector<int32_t>{t.id("12")});
             CHECK(tok.encode("a  1") == std::vector<int32_t>{t.byte('a'), t.byte(' '), t.id(sp + "1")});
         }
+    }
+    SECTION("default: punctuation runs, then GPT-2, then digit runs cut in threes") {
+        TinyVocab t = make("default");
+        t.add(sp + ".");
+        t.v.merges.push_back(sp + " .");
+        pkv::Tokenizer tok(t.v);
+        CHECK(tok.encode(" 1") == std::vector<int32_t>{t.byte(' '), t.byte('1')});
+        CHECK(tok.encode("12") == std::vector<int32_t>{t.id("12")});
+        CHECK(tok.encode("1212") == std::vector<int32_t>{t.id("12"), t.byte('1'), t.byte('2')});
+        CHECK(tok.encode(" x") == std::vector<int32_t>{t.id(sp + "x")});
+        CHECK(tok.encode(" .") == std::vector<int32_t>{t.byte(' '), t.byte('.')});
+        TinyVocab g = make("gpt-2");
+        g.add(sp + ".");
+        g.v.merges.push_back(sp + " .");
+        CHECK(pkv::Tokenizer(g.v).encode(" .") == std::vector<int32_t>{g.id(sp + ".")});
     }
     SECTION("whitespace before a word keeps one space for the word") {
         TinyVocab t = make("smollm");
@@ -231,8 +285,11 @@ TEST_CASE("tokenizer: pre-tokenizers") {
         CHECK(tok.encode("x  ") == std::vector<int32_t>{t.byte('x'), t.id(sp + sp)});
     }
     SECTION("unsupported pre-tokenizer") {
-        TinyVocab t = make("llama3");
-        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("'llama3'"));
+        TinyVocab t = make("falcon");
+        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("tokenizer.ggml.pre 'falcon': expected one of llama3, "
+                                                                 "llama-v3, llama-bpe, qwen2"));
+        t.v.pre = "gpt2";  // not a value llama.cpp knows either (it writes "gpt-2")
+        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("'gpt2'"));
         try {
             pkv::Tokenizer tok(t.v);
         } catch (const pkv::Error& e) {
@@ -244,6 +301,62 @@ TEST_CASE("tokenizer: pre-tokenizers") {
         t.v.model = "llama";
         CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("'llama'"));
     }
+}
+
+TEST_CASE("tokenizer: Llama 3 and Qwen2 pre-tokenizers") {
+    const std::string sp = pkv::byte_to_token_text(' '), nl = pkv::byte_to_token_text('\n'),
+                      tab = pkv::byte_to_token_text('\t');
+    const std::string long_s = "\xC5\xBF";  // U+017F, which folds to 's'
+    const std::string long_s_text = tt(long_s);
+    auto make = [&](const std::string& pre) {
+        TinyVocab t = base_vocab(pre);
+        for (const char* s : {"12", "123", "45", "ab", "abc", "SX"}) t.add(s);
+        for (const std::string& s : {nl + nl, sp + "y", tab + "y", "!!" + nl, long_s_text, long_s_text + "x"}) t.add(s);
+        t.v.merges = {"1 2",
+                      "12 3",
+                      "4 5",
+                      "a b",
+                      "S X",
+                      nl + " " + nl,
+                      sp + " y",
+                      tab + " y",
+                      "! !",
+                      "!! " + nl,
+                      tt("\xC5") + " " + tt("\xBF"),
+                      long_s_text + " x"};
+        return t;
+    };
+    auto bytes = [](const TinyVocab& t, const std::string& s) {
+        std::vector<int32_t> ids;
+        for (unsigned char c : s) ids.push_back(t.byte(c));
+        return ids;
+    };
+    for (const char* pre : {"llama-bpe", "llama3", "llama-v3", "qwen2", "deepseek-r1-qwen"}) {
+        INFO(pre);
+        const TinyVocab t = make(pre);
+        const bool llama3 = std::string(pre).rfind("llama", 0) == 0;
+        pkv::Tokenizer tok(t.v);
+        // Digits: runs of up to three (Llama 3) or one each (Qwen2).
+        CHECK(tok.encode("12345") == (llama3 ? std::vector<int32_t>{t.id("123"), t.id("45")} : bytes(t, "12345")));
+        // A piece that is a token is that token in Llama 3, even with no merge to it.
+        CHECK(tok.encode("abc") ==
+              (llama3 ? std::vector<int32_t>{t.id("abc")} : std::vector<int32_t>{t.id("ab"), t.byte('c')}));
+        // Contractions in any case end the piece ("'S" then "X"), 'ſ does not fold.
+        CHECK(tok.encode("'SX") == bytes(t, "'SX"));
+        CHECK(tok.encode("'s") == bytes(t, "'s"));
+        CHECK(tok.encode("'" + long_s + "x") == std::vector<int32_t>{t.byte('\''), t.id(long_s_text + "x")});
+        // A letter run takes one character before it unless that is CR/LF or a digit.
+        CHECK(tok.encode("\ty") == std::vector<int32_t>{t.id(tab + "y")});
+        CHECK(tok.encode("\n\n  y") == std::vector<int32_t>{t.id(nl + nl), t.byte(' '), t.id(sp + "y")});
+        // Punctuation keeps the newlines after it.
+        CHECK(tok.encode("!!\nx") == std::vector<int32_t>{t.id("!!" + nl), t.byte('x')});
+        CHECK(tok.encode("\r\n \t\n x") == bytes(t, "\r\n \t\n x"));
+    }
+    // GPT-2's contraction is case-sensitive and its digits are one run: the contrast.
+    const TinyVocab g = make("gpt-2");
+    pkv::Tokenizer gpt2(g.v);
+    CHECK(gpt2.encode("'SX") == std::vector<int32_t>{g.byte('\''), g.id("SX")});
+    CHECK(gpt2.encode("12345") == std::vector<int32_t>{g.id("123"), g.id("45")});
 }
 
 TEST_CASE("tokenizer: decode inverts encode") {

@@ -82,6 +82,53 @@ TEST_CASE("tokenizer: vocab_from_gguf") {
         CHECK(v.pre == "default");
         CHECK(v.token_types.empty());
     }
+    SECTION("Llama 3 adds BOS unless the GGUF says otherwise") {
+        pkv::GgufWriter w = vocab_writer();
+        w.set_string("tokenizer.ggml.pre", "llama-bpe");
+        w.set_u32("tokenizer.ggml.bos_token_id", 0);
+        CHECK(read(w, "llama3").add_bos);
+        w.set_bool("tokenizer.ggml.add_bos_token", false);
+        CHECK_FALSE(read(w, "llama3_nobos").add_bos);
+        w.set_string("tokenizer.ggml.pre", "qwen2");
+        w.set_bool("tokenizer.ggml.add_bos_token", true);
+        CHECK(read(w, "qwen2_bos").add_bos);
+    }
+    SECTION("rejects BOS to add without a BOS id") {
+        pkv::GgufWriter w = vocab_writer();
+        w.set_string("tokenizer.ggml.pre", "llama3");
+        CHECK_THROWS_WITH(read(w, "llama3_noid"),
+                          ContainsSubstring("tokenizer.ggml.bos_token_id: expected a BOS id (the vocabulary adds "
+                                            "BOS), got none"));
+    }
+    SECTION("rejects an unknown pre-tokenizer in one line naming file, key, value and the supported ones") {
+        pkv::GgufWriter w = vocab_writer();
+        w.set_string("tokenizer.ggml.pre", "falcon");
+        TempGguf f("unknown_pre");
+        w.write(f.path, true);
+        auto file = pkv::GgufFile::open(f.path);
+        try {
+            (void)pkv::vocab_from_gguf(*file);
+            FAIL("no exception");
+        } catch (const pkv::Error& e) {
+            const std::string msg = e.what();
+            CHECK(e.code() == pkv::ErrorCode::unsupported);
+            CHECK(msg.find('\n') == std::string::npos);
+            CHECK_THAT(msg, ContainsSubstring(f.path + ": tokenizer.ggml.pre: expected one of llama3, llama-v3, "
+                                                       "llama-bpe, qwen2, deepseek-r1-qwen, smollm"));
+            CHECK_THAT(msg, ContainsSubstring("got 'falcon'"));
+        }
+        // gguf_adds_bos needs the pre-tokenizer only when the key is absent.
+        CHECK_THROWS_WITH(pkv::gguf_adds_bos(*file), ContainsSubstring("got 'falcon'"));
+    }
+    SECTION("end-of-generation and fill-in-the-middle texts become control tokens, as in llama.cpp") {
+        pkv::GgufWriter w = vocab_writer();
+        w.set_string_array("tokenizer.ggml.tokens", {"<s>", "a", "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>"});
+        w.set_i32_array("tokenizer.ggml.token_type", {3, 1, 1, 4, 4});
+        CHECK(read(w, "eog").token_types == std::vector<int32_t>{3, 1, 3, 3, 3});
+        // A GGUF that names the prefix marker's id keeps its types for that kind.
+        w.set_u32("tokenizer.ggml.fim_pre_token_id", 3);
+        CHECK(read(w, "fim").token_types == std::vector<int32_t>{3, 1, 3, 4, 3});
+    }
     SECTION("rejects a SentencePiece vocabulary") {
         pkv::GgufWriter w = vocab_writer();
         w.set_string("tokenizer.ggml.model", "llama");
