@@ -62,110 +62,136 @@ void print_summary(const PatternTable& t) {
         " patterns with default parameters, patterns with the fitted clip ratios and gate)\n",
         c["heads"].size());
 }
-}  // namespace
 
-Command add_calibrate(CLI::App& root) {
-    auto args = std::make_shared<CalibrateArgs>();
-    auto* app = root.add_subcommand("calibrate", "mine K/V patterns from KV dumps and write a pattern table");
-    auto& c = args->config;
+// What is mined and what the table records: inputs, output, pattern counts, basis and
+// the residual quantizer the fit targets.
+void add_table_options(CLI::App* app, CalibrateArgs& args) {
+    auto& c = args.config;
     app->add_option("--dump,-d", c.dump_paths, "KV dumps (HDF5) written by pkv dump, one model")->required();
     app->add_option("--out,-o", c.out_path, "pattern table to write (.safetensors)")->required();
     app->add_option("--k-patterns", c.k_patterns, "key patterns per (layer, KV head)")->capture_default_str();
     app->add_option("--v-patterns", c.v_patterns, "value patterns per (layer, KV head)")->capture_default_str();
-    app->add_option("--keys", args->keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
-    app->add_option("--assign", args->assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
+    app->add_option("--keys", args.keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
+    app->add_option("--assign", args.assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
     app->add_option("--bits", c.bits, "residual code width the fit targets (2, 3, 4 or 8)")->capture_default_str();
     app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")
         ->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")
         ->capture_default_str();
     app->add_flag("--rotate", c.rotate, "mine in the Hadamard-rotated basis");
-    app->add_option("--device", args->device,
+}
+
+// Where and how the mining runs: devices, ranks, the held-out split, k-means and the fit.
+void add_run_options(CLI::App* app, CalibrateArgs& args) {
+    auto& c = args.config;
+    app->add_option("--device", args.device,
                     "cuda, cuda:N, cpu or auto (under mpirun, cuda and auto take the rank's GPU on its host)")
         ->capture_default_str();
-    app->add_option("--devices", args->devices,
+    app->add_option("--devices", args.devices,
                     "all or GPU indices (0,1,...): spread the (layer, head) problems over these GPUs");
     app->add_option("--shard-above", c.shard_above,
                     "heads with more training tokens run data parallel over all devices and MPI ranks (0: when "
                     "they exceed one device's memory)")
         ->capture_default_str();
-    app->add_option("--reduce", args->reduce,
+    app->add_option("--reduce", args.reduce,
                     "where data-parallel heads add their shards' sums each iteration: nccl (on the GPUs; needs "
                     "distinct GPUs), host, or auto (nccl when possible)")
         ->capture_default_str();
     app->add_option("--holdout", c.holdout, "fraction of tokens held out (whole sequences) to measure the table")
         ->capture_default_str();
     app->add_option("--seed", c.seed, "seed of the split and of k-means")->capture_default_str();
-    app->add_option("--layers", args->layers, "model layers, e.g. 0,5,10-12 (default: all stored)");
+    app->add_option("--layers", args.layers, "model layers, e.g. 0,5,10-12 (default: all stored)");
     app->add_option("--iterations", c.max_iter, "k-means Lloyd iterations")->capture_default_str();
-    app->add_option("--init", args->init, "k-means initialisation: kmeanspp or random")->capture_default_str();
+    app->add_option("--init", args.init, "k-means initialisation: kmeanspp or random")->capture_default_str();
     app->add_option("--restarts", c.restarts, "k-means restarts (best objective kept)")->capture_default_str();
     app->add_option("--max-points-per-centroid", c.max_points_per_centroid,
                     "k-means training subsample per centroid (0: all tokens)")
         ->capture_default_str();
     app->add_option("--fit-tokens", c.fit_tokens, "training tokens per head used to fit clip ratios and gate")
         ->capture_default_str();
-    app->add_option("--fit", args->fit,
+    app->add_option("--fit", args.fit,
                     "residual parameters: mse (fit clip ratios and gate z on the training tokens) or none (clip 1, "
                     "the paper's z)")
         ->capture_default_str();
     app->add_flag("--force,-f", c.force, "overwrite an existing table");
+}
+
+// The config run_calibrate takes: the string options checked and turned into its fields,
+// and an existing output refused unless --force (before any work is done).
+CalibrateConfig resolve_config(const CalibrateArgs& args) {
+    CalibrateConfig cfg = args.config;
+    PKV_CHECK(args.keys == "pre" || args.keys == "post", invalid_argument, "--keys: expected pre or post, got '{}'",
+              args.keys);
+    cfg.keys_pre = args.keys == "pre";
+    PKV_CHECK(args.assign == "minmax" || args.assign == "l2", invalid_argument,
+              "--assign: expected minmax or l2, got '{}'", args.assign);
+    cfg.assign_l2 = args.assign == "l2";
+    PKV_CHECK(args.init == "kmeanspp" || args.init == "random", invalid_argument,
+              "--init: expected kmeanspp or random, got '{}'", args.init);
+    cfg.init = args.init == "random" ? KMeansInit::random : KMeansInit::kmeanspp;
+    PKV_CHECK(args.reduce == "auto" || args.reduce == "nccl" || args.reduce == "host", invalid_argument,
+              "--reduce: expected auto, nccl or host, got '{}'", args.reduce);
+    PKV_CHECK(args.fit == "mse" || args.fit == "none", invalid_argument, "--fit: expected mse or none, got '{}'",
+              args.fit);
+    cfg.fit = args.fit == "mse";
+    if (!args.layers.empty()) cfg.layers = parse_int_list("--layers", args.layers);
+    PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
+              "{}: exists (use --force to overwrite)", cfg.out_path);
+    return cfg;
+}
+
+// Picks the devices (--devices, or --device joined with the other ranks'), runs the
+// calibration and, on any error, ends every MPI rank so that none waits.
+PatternTable calibrate_on_devices(CalibrateConfig& cfg, const CalibrateArgs& args, const dist::Comm& comm) {
+    try {
+        // Rank 0 writes the table: find out now, not after the k-means, that its
+        // directory is missing or read-only (nothing is created yet).
+        if (comm.rank() == 0) AtomicOutput probe(cfg.out_path, cfg.force);
+        std::vector<SelectedDevice> devs;
+        if (!args.devices.empty()) {
+            devs = select_devices(args.devices, args.reduce);
+        } else {
+            devs.push_back(select_device(args.device, comm.local_rank()));
+            join_rank_group(devs.front(), comm, args.reduce);
+        }
+        std::vector<KMeansAssigner*> assigners;
+        cfg.device.clear();
+        for (const SelectedDevice& d : devs) {
+            assigners.push_back(d.assigner.get());
+            cfg.device += (cfg.device.empty() ? "" : ", ") + d.description;
+        }
+        return run_calibrate(cfg, assigners, &comm);
+    } catch (const std::exception& e) {
+        // Under MPI: end every rank now (naming this one), so none waits and no table is written.
+        comm.abort(e.what(), exit_code(e));
+        throw;
+    }
+}
+
+int run_calibrate_command(const CalibrateArgs& args) {
+    // run_calibrate does not poll check_interrupted(): end at once on the
+    // first signal, removing the table's temporary if it is being written.
+    install_exit_on_interrupt();
+    CalibrateConfig cfg = resolve_config(args);
+    const dist::Comm& comm = dist::Comm::world();
+    cfg.argv = argv_strings();
+    const PatternTable t = calibrate_on_devices(cfg, args, comm);
+    if (comm.rank() != 0) return 0;
+    print_summary(t);
+    std::printf("\nwrote %s\n", cfg.out_path.c_str());
+    return 0;
+}
+
+}  // namespace
+
+Command add_calibrate(CLI::App& root) {
+    auto args = std::make_shared<CalibrateArgs>();
+    auto* app = root.add_subcommand("calibrate", "mine K/V patterns from KV dumps and write a pattern table");
+    add_table_options(app, *args);
+    add_run_options(app, *args);
     for (auto* opt : app->get_options())
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-
-    return {app, [args]() {
-                // run_calibrate does not poll check_interrupted(): end at once on the
-                // first signal, removing the table's temporary if it is being written.
-                install_exit_on_interrupt();
-                CalibrateConfig cfg = args->config;
-                PKV_CHECK(args->keys == "pre" || args->keys == "post", invalid_argument,
-                          "--keys: expected pre or post, got '{}'", args->keys);
-                cfg.keys_pre = args->keys == "pre";
-                PKV_CHECK(args->assign == "minmax" || args->assign == "l2", invalid_argument,
-                          "--assign: expected minmax or l2, got '{}'", args->assign);
-                cfg.assign_l2 = args->assign == "l2";
-                PKV_CHECK(args->init == "kmeanspp" || args->init == "random", invalid_argument,
-                          "--init: expected kmeanspp or random, got '{}'", args->init);
-                cfg.init = args->init == "random" ? KMeansInit::random : KMeansInit::kmeanspp;
-                PKV_CHECK(args->reduce == "auto" || args->reduce == "nccl" || args->reduce == "host", invalid_argument,
-                          "--reduce: expected auto, nccl or host, got '{}'", args->reduce);
-                PKV_CHECK(args->fit == "mse" || args->fit == "none", invalid_argument,
-                          "--fit: expected mse or none, got '{}'", args->fit);
-                cfg.fit = args->fit == "mse";
-                if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
-                PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
-                          "{}: exists (use --force to overwrite)", cfg.out_path);
-                const dist::Comm& comm = dist::Comm::world();
-                cfg.argv = argv_strings();
-                PatternTable t;
-                try {
-                    // Rank 0 writes the table: find out now, not after the k-means, that its
-                    // directory is missing or read-only (nothing is created yet).
-                    if (comm.rank() == 0) AtomicOutput probe(cfg.out_path, cfg.force);
-                    std::vector<SelectedDevice> devs;
-                    if (!args->devices.empty()) {
-                        devs = select_devices(args->devices, args->reduce);
-                    } else {
-                        devs.push_back(select_device(args->device, comm.local_rank()));
-                        join_rank_group(devs.front(), comm, args->reduce);
-                    }
-                    std::vector<KMeansAssigner*> assigners;
-                    cfg.device.clear();
-                    for (const SelectedDevice& d : devs) {
-                        assigners.push_back(d.assigner.get());
-                        cfg.device += (cfg.device.empty() ? "" : ", ") + d.description;
-                    }
-                    t = run_calibrate(cfg, assigners, &comm);
-                } catch (const std::exception& e) {
-                    // Under MPI: end every rank now (naming this one), so none waits and no table is written.
-                    comm.abort(e.what(), exit_code(e));
-                    throw;
-                }
-                if (comm.rank() != 0) return 0;
-                print_summary(t);
-                std::printf("\nwrote %s\n", cfg.out_path.c_str());
-                return 0;
-            }};
+    return {app, [args]() { return run_calibrate_command(*args); }};
 }
 
 }  // namespace pkv::cli

@@ -165,8 +165,101 @@ void RankShardedAssigner::release() {
     comm_.broadcast(w.s);
 }
 
+namespace {
+
+// Decodes the rest of a begin message on a follower (after d): fills set_n and
+// local_index and returns this rank's local batch, made of its shards of registered
+// problems and of the rows the leader scatters (kept alive in sent).
+std::vector<AssignData> follower_batch(Reader& rd, int d, const Comm& comm, const std::vector<AssignData>& shards,
+                                       bool group, std::vector<std::vector<float>>& sent, std::vector<int64_t>& set_n,
+                                       std::vector<int>& local_index) {
+    const int R = comm.size(), me = comm.rank();
+    const auto ns = static_cast<size_t>(rd.get<int64_t>());
+    std::vector<int32_t> reg(ns);
+    set_n.assign(ns, 0);
+    for (size_t i = 0; i < ns; ++i) {
+        reg[i] = rd.get<int32_t>();
+        set_n[i] = rd.get<int64_t>();
+    }
+    sent.assign(ns, {});
+    std::vector<AssignData> mine;
+    local_index.assign(ns, -1);
+    for (size_t i = 0; i < ns; ++i) {
+        const int64_t b = shard_row(set_n[i], me, R), e = shard_row(set_n[i], me + 1, R);
+        AssignData rows;
+        if (reg[i] >= 0) {
+            PKV_CHECK(static_cast<size_t>(reg[i]) < shards.size() && shards[static_cast<size_t>(reg[i])].n == e - b,
+                      internal, "rank {}: problem {} holds {} rows, the leader expects {}", me, reg[i],
+                      static_cast<size_t>(reg[i]) < shards.size() ? shards[static_cast<size_t>(reg[i])].n : -1, e - b);
+            rows = shards[static_cast<size_t>(reg[i])];
+        } else {
+            const std::string part = comm.scatter({});
+            PKV_CHECK(part.size() == static_cast<size_t>((e - b) * d) * sizeof(float), internal,
+                      "rank {}: received {} bytes of data set {}, expected {} rows", me, part.size(), i, e - b);
+            sent[i].resize(part.size() / sizeof(float));
+            std::memcpy(sent[i].data(), part.data(), part.size());
+            rows = AssignData{sent[i].data(), e - b};
+        }
+        if (rows.n == 0 && !group) continue;
+        local_index[i] = static_cast<int>(mine.size());
+        mine.push_back(rows);
+    }
+    return mine;
+}
+
+// What a follower's pass reads and writes: the tasks point into the other members.
+struct PassBuffers {
+    std::vector<AssignTask> tasks;
+    std::vector<std::vector<float>> cent, dist2;
+    std::vector<std::vector<double>> sums;
+    std::vector<std::vector<int64_t>> counts;
+    std::vector<std::vector<int32_t>> labels;
+};
+
+// Decodes the rest of a pass message on a follower (after k): each task's data set and
+// centroids, with the outputs the leader wants sized for this rank's shard.
+void read_pass(Reader& rd, int k, int d, const std::vector<int64_t>& set_n, const Comm& comm, PassBuffers& b) {
+    const int R = comm.size(), me = comm.rank();
+    const auto nt = static_cast<size_t>(rd.get<int64_t>());
+    const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(d);
+    b.tasks.resize(nt);
+    b.cent.resize(nt);
+    b.dist2.resize(nt);
+    b.sums.resize(nt);
+    b.counts.resize(nt);
+    b.labels.resize(nt);
+    for (size_t ti = 0; ti < nt; ++ti) {
+        AssignTask& t = b.tasks[ti];
+        t.data = rd.get<int32_t>();
+        const int32_t want = rd.get<int32_t>();
+        PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < set_n.size(), internal,
+                  "rank {}: task {} names data set {}", me, ti, t.data);
+        b.cent[ti].resize(kd);
+        rd.bytes(b.cent[ti].data(), kd * sizeof(float));
+        t.centroids = b.cent[ti].data();
+        const int64_t n = set_n[static_cast<size_t>(t.data)];
+        const auto rows = static_cast<size_t>(shard_row(n, me + 1, R) - shard_row(n, me, R));
+        if (want & kWantSums) {
+            b.sums[ti].resize(kd);
+            b.counts[ti].resize(static_cast<size_t>(k));
+            t.sums = b.sums[ti].data();
+            t.counts = b.counts[ti].data();
+        }
+        if (want & kWantLabels) {
+            b.labels[ti].resize(rows);
+            t.labels = b.labels[ti].data();
+        }
+        if (want & kWantDist2) {
+            b.dist2[ti].resize(rows);
+            t.dist2 = b.dist2[ti].data();
+        }
+    }
+}
+
+}  // namespace
+
 void RankShardedAssigner::serve(const std::vector<AssignData>& shards) {
-    const int R = comm_.size(), me = comm_.rank();
+    const int me = comm_.rank();
     PKV_CHECK(me > 0, internal, "rank-sharded assigner: serve() on the leader");
     std::vector<std::vector<float>> sent;  // sets the leader scattered (not registered problems)
     for (;;) {
@@ -183,78 +276,17 @@ void RankShardedAssigner::serve(const std::vector<AssignData>& shards) {
         }
         if (type == Msg::begin) {
             const int d = rd.get<int32_t>();
-            const auto ns = static_cast<size_t>(rd.get<int64_t>());
-            std::vector<int32_t> reg(ns);
-            set_n_.assign(ns, 0);
-            for (size_t i = 0; i < ns; ++i) {
-                reg[i] = rd.get<int32_t>();
-                set_n_[i] = rd.get<int64_t>();
-            }
-            sent.assign(ns, {});
-            std::vector<AssignData> mine;
-            local_index_.assign(ns, -1);
-            for (size_t i = 0; i < ns; ++i) {
-                const int64_t b = shard_row(set_n_[i], me, R), e = shard_row(set_n_[i], me + 1, R);
-                AssignData rows;
-                if (reg[i] >= 0) {
-                    PKV_CHECK(
-                        static_cast<size_t>(reg[i]) < shards.size() && shards[static_cast<size_t>(reg[i])].n == e - b,
-                        internal, "rank {}: problem {} holds {} rows, the leader expects {}", me, reg[i],
-                        static_cast<size_t>(reg[i]) < shards.size() ? shards[static_cast<size_t>(reg[i])].n : -1,
-                        e - b);
-                    rows = shards[static_cast<size_t>(reg[i])];
-                } else {
-                    const std::string part = comm_.scatter({});
-                    PKV_CHECK(part.size() == static_cast<size_t>((e - b) * d) * sizeof(float), internal,
-                              "rank {}: received {} bytes of data set {}, expected {} rows", me, part.size(), i, e - b);
-                    sent[i].resize(part.size() / sizeof(float));
-                    std::memcpy(sent[i].data(), part.data(), part.size());
-                    rows = AssignData{sent[i].data(), e - b};
-                }
-                if (rows.n == 0 && !group_) continue;
-                local_index_[i] = static_cast<int>(mine.size());
-                mine.push_back(rows);
-            }
+            const std::vector<AssignData> mine =
+                follower_batch(rd, d, comm_, shards, group_, sent, set_n_, local_index_);
             batch_d_ = d;
             begin_local(mine, d);
             continue;
         }
         PKV_CHECK(type == Msg::pass, internal, "rank {}: unknown message {}", me, static_cast<int>(type));
         const int k = rd.get<int32_t>();
-        const auto nt = static_cast<size_t>(rd.get<int64_t>());
-        const size_t kd = static_cast<size_t>(k) * static_cast<size_t>(batch_d_);
-        std::vector<AssignTask> tasks(nt);
-        std::vector<std::vector<float>> cent(nt), dist2(nt);
-        std::vector<std::vector<double>> sums(nt);
-        std::vector<std::vector<int64_t>> counts(nt);
-        std::vector<std::vector<int32_t>> labels(nt);
-        for (size_t ti = 0; ti < nt; ++ti) {
-            AssignTask& t = tasks[ti];
-            t.data = rd.get<int32_t>();
-            const int32_t want = rd.get<int32_t>();
-            PKV_CHECK(t.data >= 0 && static_cast<size_t>(t.data) < set_n_.size(), internal,
-                      "rank {}: task {} names data set {}", me, ti, t.data);
-            cent[ti].resize(kd);
-            rd.bytes(cent[ti].data(), kd * sizeof(float));
-            t.centroids = cent[ti].data();
-            const int64_t n = set_n_[static_cast<size_t>(t.data)];
-            const auto rows = static_cast<size_t>(shard_row(n, me + 1, R) - shard_row(n, me, R));
-            if (want & kWantSums) {
-                sums[ti].resize(kd);
-                counts[ti].resize(static_cast<size_t>(k));
-                t.sums = sums[ti].data();
-                t.counts = counts[ti].data();
-            }
-            if (want & kWantLabels) {
-                labels[ti].resize(rows);
-                t.labels = labels[ti].data();
-            }
-            if (want & kWantDist2) {
-                dist2[ti].resize(rows);
-                t.dist2 = dist2[ti].data();
-            }
-        }
-        run_pass(tasks, k);
+        PassBuffers buffers;
+        read_pass(rd, k, batch_d_, set_n_, comm_, buffers);
+        run_pass(buffers.tasks, k);
     }
 }
 

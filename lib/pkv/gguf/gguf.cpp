@@ -251,24 +251,36 @@ GgufFile::~GgufFile() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-void GgufFile::parse() {
-    const std::string& file = path_;
-    Parser p(file, base_, size_);
+namespace {
 
-    if (size_ >= 4 && std::memcmp(base_, "GGUF", 4) != 0)
-        fail(ErrorCode::data_loss, "{}: not a GGUF file (magic '{}', expected 'GGUF')", file, escape_bytes(base_, 4));
+// The counts the fixed header announces.
+struct HeaderCounts {
+    uint64_t n_tensors = 0, n_kv = 0;
+};
+
+// Magic, version (2 or 3; a byte-swapped one is a big-endian file) and the two counts.
+HeaderCounts read_header(Parser& p, const std::string& file, const uint8_t* base, uint64_t size, uint32_t& version) {
+    if (size >= 4 && std::memcmp(base, "GGUF", 4) != 0)
+        fail(ErrorCode::data_loss, "{}: not a GGUF file (magic '{}', expected 'GGUF')", file, escape_bytes(base, 4));
     p.set_section("header");
     p.read<uint32_t>("magic");
-    version_ = p.read<uint32_t>("version");
-    if (version_ != 2 && version_ != 3) {
+    version = p.read<uint32_t>("version");
+    if (version != 2 && version != 3) {
         // A byte-swapped small number is a big-endian file, which would need every value swapped.
-        const uint32_t swapped = __builtin_bswap32(version_);
+        const uint32_t swapped = __builtin_bswap32(version);
         if (swapped == 2 || swapped == 3)
             fail(ErrorCode::unsupported, "{}: big-endian GGUF (version {}) is not supported", file, swapped);
-        fail(ErrorCode::unsupported, "{}: GGUF version {} is not supported (expected 2 or 3)", file, version_);
+        fail(ErrorCode::unsupported, "{}: GGUF version {} is not supported (expected 2 or 3)", file, version);
     }
-    const uint64_t n_tensors = p.read<uint64_t>("tensor count");
-    const uint64_t n_kv = p.read<uint64_t>("metadata count");
+    HeaderCounts c;
+    c.n_tensors = p.read<uint64_t>("tensor count");
+    c.n_kv = p.read<uint64_t>("metadata count");
+    return c;
+}
+
+// The n_kv metadata entries, in file order; a key seen twice is corrupt.
+void read_metadata(Parser& p, uint64_t n_kv, const std::string& file, std::vector<std::string>& key_order,
+                   std::map<std::string, GgufValue>& kv) {
     // Loose bound only: a count this large cannot be real, while a merely truncated file
     // is better reported at the entry where its bytes run out.
     if (n_kv > p.remaining())
@@ -280,78 +292,73 @@ void GgufFile::parse() {
         p.set_section(fmt::format("metadata key #{} ('{}')", i, key));
         const GgufType type = p.read_type("value type");
         GgufValue v = p.read_value(type, 0);
-        if (kv_.count(key)) fail(ErrorCode::data_loss, "{}: corrupt: metadata key '{}' appears twice", file, key);
-        key_order_.push_back(key);
-        kv_.emplace(std::move(key), std::move(v));
+        if (kv.count(key)) fail(ErrorCode::data_loss, "{}: corrupt: metadata key '{}' appears twice", file, key);
+        key_order.push_back(key);
+        kv.emplace(std::move(key), std::move(v));
     }
+}
 
-    if (auto it = kv_.find("general.alignment"); it != kv_.end()) {
-        const GgufValue& v = it->second;
-        PKV_CHECK(is_integer(v.type), data_loss, "{}: metadata 'general.alignment': expected an integer, got {}", file,
-                  type_desc(v));
-        const uint64_t a =
-            is_signed(v.type) ? static_cast<uint64_t>(std::get<int64_t>(v.value)) : std::get<uint64_t>(v.value);
-        PKV_CHECK(a != 0 && a % 8 == 0 && a <= (uint64_t{1} << 30), data_loss,
-                  "{}: metadata 'general.alignment': expected a nonzero multiple of 8, got {}", file,
-                  static_cast<int64_t>(a));
-        alignment_ = static_cast<uint32_t>(a);
-    } else {
-        alignment_ = kDefaultAlignment;
+// general.alignment when present (a nonzero multiple of 8, at most 1 GiB), else the default.
+uint32_t alignment_of(const std::map<std::string, GgufValue>& kv, const std::string& file) {
+    const auto it = kv.find("general.alignment");
+    if (it == kv.end()) return kDefaultAlignment;
+    const GgufValue& v = it->second;
+    PKV_CHECK(is_integer(v.type), data_loss, "{}: metadata 'general.alignment': expected an integer, got {}", file,
+              type_desc(v));
+    const uint64_t a =
+        is_signed(v.type) ? static_cast<uint64_t>(std::get<int64_t>(v.value)) : std::get<uint64_t>(v.value);
+    PKV_CHECK(a != 0 && a % 8 == 0 && a <= (uint64_t{1} << 30), data_loss,
+              "{}: metadata 'general.alignment': expected a nonzero multiple of 8, got {}", file,
+              static_cast<int64_t>(a));
+    return static_cast<uint32_t>(a);
+}
+
+// Tensor info #i: name, dims (each and their product within int64), type and aligned
+// offset; the byte size when pkv knows the type's block layout (0 otherwise).
+GgufTensorInfo read_tensor_info(Parser& p, uint64_t i, const std::string& file, uint32_t alignment) {
+    p.set_section(fmt::format("tensor info #{}", i));
+    GgufTensorInfo t;
+    t.name = p.read_string("name length");
+    p.set_section(fmt::format("tensor info #{} ('{}')", i, t.name));
+    const std::string who = fmt::format("{}: tensor '{}'", file, t.name);
+    const uint32_t n_dims = p.read<uint32_t>("n_dims");
+    PKV_CHECK(n_dims <= kMaxDims, data_loss, "{}: expected at most {} dims, got {}", who, kMaxDims, n_dims);
+    uint64_t n = 1;
+    for (uint32_t d = 0; d < n_dims; ++d) {
+        const uint64_t e = p.read<uint64_t>("ne");
+        PKV_CHECK(e <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), data_loss,
+                  "{}: ne[{}] = {} is out of range", who, d, e);
+        n = checked_mul(n, e, who + " element count");
+        t.ne.push_back(e);
     }
-
-    // A tensor info is at least a name length, n_dims, type and offset (24 bytes).
-    if (n_tensors > p.remaining() / 24)
-        fail(ErrorCode::data_loss, "{}: corrupt: tensor count {} cannot fit in the {} bytes after the metadata", file,
-             n_tensors, p.remaining());
-    tensors_.reserve(static_cast<size_t>(n_tensors));
-    for (uint64_t i = 0; i < n_tensors; ++i) {
-        p.set_section(fmt::format("tensor info #{}", i));
-        GgufTensorInfo t;
-        t.name = p.read_string("name length");
-        p.set_section(fmt::format("tensor info #{} ('{}')", i, t.name));
-        const std::string who = fmt::format("{}: tensor '{}'", file, t.name);
-        const uint32_t n_dims = p.read<uint32_t>("n_dims");
-        PKV_CHECK(n_dims <= kMaxDims, data_loss, "{}: expected at most {} dims, got {}", who, kMaxDims, n_dims);
-        uint64_t n = 1;
-        for (uint32_t d = 0; d < n_dims; ++d) {
-            const uint64_t e = p.read<uint64_t>("ne");
-            PKV_CHECK(e <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), data_loss,
-                      "{}: ne[{}] = {} is out of range", who, d, e);
-            n = checked_mul(n, e, who + " element count");
-            t.ne.push_back(e);
-        }
-        PKV_CHECK(n <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), data_loss,
-                  "{}: {} elements is out of range", who, n);
-        t.type_id = p.read<uint32_t>("type");
-        t.offset = p.read<uint64_t>("offset");
-        uint64_t block = 0, bytes = 0;
-        if (ggml_type_layout(t.type_id, block, bytes)) {
-            PKV_CHECK(t.row_length() % block == 0, data_loss,
-                      "{}: row of {} elements is not a multiple of the {} block size {}", who, t.row_length(),
-                      ggml_type_name(t.type_id), block);
-            t.nbytes = checked_mul(n / block, bytes, who + " byte size");
-        }
-        PKV_CHECK(t.offset % alignment_ == 0, data_loss, "{}: data offset {} is not a multiple of the alignment {}",
-                  who, t.offset, alignment_);
-        if (tensor_index_.count(t.name))
-            fail(ErrorCode::data_loss, "{}: corrupt: tensor name '{}' appears twice", file, t.name);
-        tensor_index_.emplace(t.name, tensors_.size());
-        tensors_.push_back(std::move(t));
+    PKV_CHECK(n <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), data_loss,
+              "{}: {} elements is out of range", who, n);
+    t.type_id = p.read<uint32_t>("type");
+    t.offset = p.read<uint64_t>("offset");
+    uint64_t block = 0, bytes = 0;
+    if (ggml_type_layout(t.type_id, block, bytes)) {
+        PKV_CHECK(t.row_length() % block == 0, data_loss,
+                  "{}: row of {} elements is not a multiple of the {} block size {}", who, t.row_length(),
+                  ggml_type_name(t.type_id), block);
+        t.nbytes = checked_mul(n / block, bytes, who + " byte size");
     }
+    PKV_CHECK(t.offset % alignment == 0, data_loss, "{}: data offset {} is not a multiple of the alignment {}", who,
+              t.offset, alignment);
+    return t;
+}
 
-    const uint64_t end_of_infos = p.pos();
-    data_offset_ = checked_add(end_of_infos, (alignment_ - end_of_infos % alignment_) % alignment_,
-                               file + ": data section offset");
-
-    for (const auto& t : tensors_) {
-        const uint64_t start = checked_add(data_offset_, t.offset, file + ": tensor '" + t.name + "' offset");
+// Every tensor's data lies inside the file, and no two tensors' data overlap.
+void check_tensor_data(const std::vector<GgufTensorInfo>& tensors, uint64_t data_offset, uint64_t size,
+                       const std::string& file) {
+    for (const auto& t : tensors) {
+        const uint64_t start = checked_add(data_offset, t.offset, file + ": tensor '" + t.name + "' offset");
         const uint64_t end = checked_add(start, t.nbytes, file + ": tensor '" + t.name + "' end");
-        PKV_CHECK(end <= size_, data_loss, "{}: tensor '{}': data [{}, {}) runs past end of file ({} bytes)", file,
-                  t.name, start, end, size_);
+        PKV_CHECK(end <= size, data_loss, "{}: tensor '{}': data [{}, {}) runs past end of file ({} bytes)", file,
+                  t.name, start, end, size);
     }
     // Overlap check on tensors sorted by offset; zero-sized tensors cannot overlap anything.
     std::vector<const GgufTensorInfo*> order;
-    for (const auto& t : tensors_)
+    for (const auto& t : tensors)
         if (t.nbytes > 0) order.push_back(&t);
     std::sort(order.begin(), order.end(),
               [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
@@ -362,6 +369,34 @@ void GgufFile::parse() {
                   "{}: tensor '{}': data [{}, {}) overlaps tensor '{}' at offset {}", file, a.name, a.offset,
                   a.offset + a.nbytes, b.name, b.offset);
     }
+}
+
+}  // namespace
+
+void GgufFile::parse() {
+    const std::string& file = path_;
+    Parser p(file, base_, size_);
+    const HeaderCounts counts = read_header(p, file, base_, size_, version_);
+    read_metadata(p, counts.n_kv, file, key_order_, kv_);
+    alignment_ = alignment_of(kv_, file);
+
+    // A tensor info is at least a name length, n_dims, type and offset (24 bytes).
+    if (counts.n_tensors > p.remaining() / 24)
+        fail(ErrorCode::data_loss, "{}: corrupt: tensor count {} cannot fit in the {} bytes after the metadata", file,
+             counts.n_tensors, p.remaining());
+    tensors_.reserve(static_cast<size_t>(counts.n_tensors));
+    for (uint64_t i = 0; i < counts.n_tensors; ++i) {
+        GgufTensorInfo t = read_tensor_info(p, i, file, alignment_);
+        if (tensor_index_.count(t.name))
+            fail(ErrorCode::data_loss, "{}: corrupt: tensor name '{}' appears twice", file, t.name);
+        tensor_index_.emplace(t.name, tensors_.size());
+        tensors_.push_back(std::move(t));
+    }
+
+    const uint64_t end_of_infos = p.pos();
+    data_offset_ = checked_add(end_of_infos, (alignment_ - end_of_infos % alignment_) % alignment_,
+                               file + ": data section offset");
+    check_tensor_data(tensors_, data_offset_, size_, file);
 }
 
 const GgufValue& GgufFile::get(const std::string& key) const {

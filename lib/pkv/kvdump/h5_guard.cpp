@@ -266,10 +266,8 @@ herr_t raw_descriptors(hid_t src, hid_t dst, H5T_cdata_t* cdata, size_t, size_t,
     return -1;
 }
 
-}  // namespace
-
-StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
-    StringsRead r;
+// Registers raw_descriptors once per process; false when HDF5 refused it.
+bool descriptor_conversion_registered() {
     static const bool registered = [] {
         hid_t vstr = H5Tcopy(H5T_C_S1), opaque = H5Tcreate(H5T_OPAQUE, 16);
         H5Tset_size(vstr, H5T_VARIABLE);
@@ -279,33 +277,62 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
         H5Tclose(opaque);
         return ok;
     }();
-    if (!registered) return {{}, "cannot register the descriptor conversion"};
-    std::string path(static_cast<size_t>(std::max<ssize_t>(H5Fget_name(obj, nullptr, 0), 0)), '\0');
-    if (path.empty() || H5Fget_name(obj, path.data(), path.size() + 1) < 0) return {{}, "cannot name the file"};
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return {{}, fmt::format("cannot reopen the file: {}", std::strerror(errno))};
-    struct stat st {};
-    const uint64_t eof = fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-    const SizeFields sizes = size_fields(fd, eof);
-    const unsigned item = 8 + sizes.offsets;  // length u32, heap collection address, object index u32
-    auto read_at = [&](uint64_t at, size_t len, unsigned char* dst) {
-        return at <= eof && len <= eof - at && pread(fd, dst, len, static_cast<off_t>(at)) == static_cast<ssize_t>(len);
-    };
-    // The descriptors as stored, through the conversion above (HDF5 would otherwise
-    // allocate each declared length and copy the heap object's own size into it,
-    // trusting that the two agree and that the object exists).
+    return registered;
+}
+
+// len bytes at `at` into dst; false for a range outside the file's eof bytes or a short read.
+bool read_at(int fd, uint64_t eof, uint64_t at, size_t len, unsigned char* dst) {
+    return at <= eof && len <= eof - at && pread(fd, dst, len, static_cast<off_t>(at)) == static_cast<ssize_t>(len);
+}
+
+// The n descriptors of `item` bytes each as stored, through the conversion above (HDF5
+// would otherwise allocate each declared length and copy the heap object's own size into
+// it, trusting that the two agree and that the object exists). Sets error on failure.
+std::vector<unsigned char> read_descriptors(hid_t obj, bool is_attr, uint64_t n, unsigned item, uint64_t eof,
+                                            std::string& error) {
     std::vector<unsigned char> desc;
     const hid_t raw = H5Tcreate(H5T_OPAQUE, item);
     H5Tset_tag(raw, kRawTag);
-    if (n > eof / item) r.error = fmt::format("{} strings cannot fit in a file of {} bytes", n, eof);
-    if (r.error.empty()) {
+    if (n > eof / item) error = fmt::format("{} strings cannot fit in a file of {} bytes", n, eof);
+    if (error.empty()) {
         desc.resize(static_cast<size_t>(n * item));
-        const herr_t st2 =
+        const herr_t st =
             is_attr ? H5Aread(obj, raw, desc.data()) : H5Dread(obj, raw, H5S_ALL, H5S_ALL, H5P_DEFAULT, desc.data());
-        if (st2 < 0) r.error = "cannot read the string descriptors";
+        if (st < 0) error = "cannot read the string descriptors";
     }
     H5Tclose(raw);
-    std::map<uint64_t, std::pair<std::vector<unsigned char>, std::map<unsigned, std::pair<uint64_t, uint64_t>>>> heaps;
+    return desc;
+}
+
+// A global heap collection's bytes and its objects (index -> offset in the bytes, size).
+using HeapObjects = std::map<unsigned, std::pair<uint64_t, uint64_t>>;
+using Heap = std::pair<std::vector<unsigned char>, HeapObjects>;
+
+// The collection at addr (string i points there), read and walked on first use and kept
+// in heaps; nullptr with error set when it is missing or malformed.
+const Heap* heap_at(std::map<uint64_t, Heap>& heaps, int fd, uint64_t eof, const SizeFields& sizes, uint64_t addr,
+                    uint64_t i, std::string& error) {
+    auto it = heaps.find(addr);
+    if (it != heaps.end()) return &it->second;
+    unsigned char head[16];
+    const uint64_t total = read_at(fd, eof, addr, sizeof head, head) && std::memcmp(head, "GCOL", 4) == 0
+                               ? decode_le(head + 8, sizes.lengths)
+                               : 0;
+    std::vector<unsigned char> c(total <= eof ? static_cast<size_t>(total) : 0);
+    HeapObjects objects;
+    if (c.empty() || !read_at(fd, eof, addr, c.size(), c.data()))
+        error = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
+    else error = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
+    if (!error.empty()) return nullptr;
+    return &heaps.emplace(addr, std::make_pair(std::move(c), std::move(objects))).first->second;
+}
+
+// Decodes the descriptors (length u32, heap collection address, object index u32) into
+// r.values, checking each against its heap object; stops at the first bad one (r.error).
+void decode_strings(const std::vector<unsigned char>& desc, uint64_t n, int fd, uint64_t eof, const SizeFields& sizes,
+                    StringsRead& r) {
+    const unsigned item = 8 + sizes.offsets;
+    std::map<uint64_t, Heap> heaps;
     for (uint64_t i = 0; r.error.empty() && i < n; ++i) {
         const unsigned char* d = desc.data() + i * item;
         const uint64_t len = decode_le(d, 4), rel = decode_le(d + 4, sizes.offsets);
@@ -319,22 +346,10 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
             break;
         }
         const uint64_t addr = rel + sizes.base;
-        auto it = heaps.find(addr);
-        if (it == heaps.end()) {
-            unsigned char head[16];
-            const uint64_t total = read_at(addr, sizeof head, head) && std::memcmp(head, "GCOL", 4) == 0
-                                       ? decode_le(head + 8, sizes.lengths)
-                                       : 0;
-            std::vector<unsigned char> c(total <= eof ? static_cast<size_t>(total) : 0);
-            std::map<unsigned, std::pair<uint64_t, uint64_t>> objects;
-            if (c.empty() || !read_at(addr, c.size(), c.data()))
-                r.error = fmt::format("string {} points to byte {}, which holds no global heap collection", i, addr);
-            else r.error = walk_global_heap(c.data(), c.size(), addr, sizes.lengths, eof, &objects);
-            if (!r.error.empty()) break;
-            it = heaps.emplace(addr, std::make_pair(std::move(c), std::move(objects))).first;
-        }
-        const auto obj_it = it->second.second.find(idx);
-        if (obj_it == it->second.second.end()) {
+        const Heap* heap = heap_at(heaps, fd, eof, sizes, addr, i, r.error);
+        if (!heap) break;
+        const auto obj_it = heap->second.find(idx);
+        if (obj_it == heap->second.end()) {
             r.error = fmt::format(
                 "string {} refers to object {} of the global heap collection at byte {}, which "
                 "it lacks",
@@ -343,10 +358,27 @@ StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
             r.error =
                 fmt::format("string {} declares {} bytes, its heap object holds {}", i, len, obj_it->second.second);
         } else {
-            const auto* p = reinterpret_cast<const char*>(it->second.first.data() + obj_it->second.first);
+            const auto* p = reinterpret_cast<const char*>(heap->first.data() + obj_it->second.first);
             r.values.emplace_back(p, strnlen(p, static_cast<size_t>(len)));
         }
     }
+}
+
+}  // namespace
+
+StringsRead read_vlen_strings(hid_t obj, bool is_attr, uint64_t n) {
+    StringsRead r;
+    if (!descriptor_conversion_registered()) return {{}, "cannot register the descriptor conversion"};
+    std::string path(static_cast<size_t>(std::max<ssize_t>(H5Fget_name(obj, nullptr, 0), 0)), '\0');
+    if (path.empty() || H5Fget_name(obj, path.data(), path.size() + 1) < 0) return {{}, "cannot name the file"};
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return {{}, fmt::format("cannot reopen the file: {}", std::strerror(errno))};
+    struct stat st {};
+    const uint64_t eof = fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    const SizeFields sizes = size_fields(fd, eof);
+    const unsigned item = 8 + sizes.offsets;  // length u32, heap collection address, object index u32
+    const std::vector<unsigned char> desc = read_descriptors(obj, is_attr, n, item, eof, r.error);
+    if (r.error.empty()) decode_strings(desc, n, fd, eof, sizes, r);
     close(fd);
     if (!r.error.empty()) r.values.clear();
     return r;

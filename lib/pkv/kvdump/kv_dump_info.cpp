@@ -81,38 +81,33 @@ nlohmann::json kv_dump_metadata_json(const std::string& path) {
     return j;
 }
 
-std::string describe_kv_dump(const std::string& path) {
-    const nlohmann::json j = kv_dump_metadata_json(path);
-    const auto& m = j["model"];
-    const auto& prov = j["provenance"];
-    const auto& sum = j["summary"];
-    const auto& ds = j["datasets"];
-    auto get = [](const nlohmann::json& o, const char* k, const std::string& dflt = "?") -> std::string {
-        if (!o.is_object() || !o.contains(k) || o[k].is_null()) return dflt;
-        return o[k].is_string() ? o[k].get<std::string>() : o[k].dump();
-    };
-    std::string out = fmt::format("{}: KV dump, format {} {}\n", path, get(j, kAttrFormat), get(j, kAttrFormatVersion));
-    const std::string sha = get(m, "sha256", "");
-    out += fmt::format("  model:       {} ({}, {}{})\n", get(m, "name"), get(m, "arch"), get(m, "file"),
-                       sha.empty() ? "" : ", sha256 " + sha.substr(0, 12) + "...");
-    out += fmt::format("  rope:        base {}, n_rot {}, type {}\n", get(m, "rope_freq_base"), get(m, "n_rot"),
-                       get(m, "rope_type"));
+namespace {
 
+// o[k] as text for the summary (strings unquoted, other values as JSON); dflt when o is
+// not an object or lacks k or holds null there.
+std::string field_text(const nlohmann::json& o, const char* k, const std::string& dflt = "?") {
+    if (!o.is_object() || !o.contains(k) || o[k].is_null()) return dflt;
+    return o[k].is_string() ? o[k].get<std::string>() : o[k].dump();
+}
+
+// "layers:" line: how many layers are stored, with the first 16 indices.
+std::string layers_line(const std::string& path, const nlohmann::json& j) {
     size_t n_stored = 0;
     std::string layer_list;
-    if (ds.contains(kLayers)) {
+    if (j["datasets"].contains(kLayers)) {
         h5::File f = h5::File::open_read(path);
         const auto layers = h5::read_1d_i32(f, kLayers);
         n_stored = layers.size();
         for (size_t i = 0; i < layers.size() && i < 16; ++i) layer_list += (i ? "," : "") + std::to_string(layers[i]);
         if (layers.size() > 16) layer_list += ",...";
     }
-    out += fmt::format("  layers:      {} of {} stored ({})\n", n_stored, get(j, kAttrNLayer), layer_list);
-    out += fmt::format("  heads:       {} query, {} kv, head_dim {}, dim_order {}\n", get(j, kAttrNHead),
-                       get(j, kAttrNHeadKv), get(j, kAttrHeadDim), get(j, kAttrDimOrder));
+    return fmt::format("  layers:      {} of {} stored ({})\n", n_stored, field_text(j, kAttrNLayer), layer_list);
+}
 
+// "tokens:" line: the token count and the number and length range of the sequences.
+std::string tokens_line(const std::string& path, const nlohmann::json& j) {
     std::string seq_text = "? sequences";
-    if (ds.contains(kSeqLength)) {
+    if (j["datasets"].contains(kSeqLength)) {
         h5::File f = h5::File::open_read(path);
         const auto len = h5::read_1d_i64(f, kSeqLength);
         if (!len.empty()) {
@@ -122,22 +117,30 @@ std::string describe_kv_dump(const std::string& path) {
             seq_text = "0 sequences";
         }
     }
-    out += fmt::format("  tokens:      {} in {}\n", get(j, kAttrNTokens), seq_text);
+    return fmt::format("  tokens:      {} in {}\n", field_text(j, kAttrNTokens), seq_text);
+}
 
-    if (ds.contains(kSourcePath)) {
-        h5::File f = h5::File::open_read(path);
-        const auto paths = h5::read_1d_strings(f, kSourcePath);
-        std::vector<int64_t> toks;
-        if (ds.contains(kSourceTokens)) toks = h5::read_1d_i64(f, kSourceTokens);
-        out += fmt::format("  sources:     {} file{}\n", paths.size(), paths.size() == 1 ? "" : "s");
-        for (size_t i = 0; i < paths.size() && i < 8; ++i)
-            out += fmt::format("               {} ({} tokens)\n", paths[i],
-                               i < toks.size() ? std::to_string(toks[i]) : "?");
-        if (paths.size() > 8) out += fmt::format("               ... and {} more\n", paths.size() - 8);
-    }
+// "sources:" lines: the first 8 source files with their token counts ("" without sources).
+std::string sources_lines(const std::string& path, const nlohmann::json& ds) {
+    if (!ds.contains(kSourcePath)) return {};
+    h5::File f = h5::File::open_read(path);
+    const auto paths = h5::read_1d_strings(f, kSourcePath);
+    std::vector<int64_t> toks;
+    if (ds.contains(kSourceTokens)) toks = h5::read_1d_i64(f, kSourceTokens);
+    std::string out = fmt::format("  sources:     {} file{}\n", paths.size(), paths.size() == 1 ? "" : "s");
+    for (size_t i = 0; i < paths.size() && i < 8; ++i)
+        out +=
+            fmt::format("               {} ({} tokens)\n", paths[i], i < toks.size() ? std::to_string(toks[i]) : "?");
+    if (paths.size() > 8) out += fmt::format("               ... and {} more\n", paths.size() - 8);
+    return out;
+}
 
+// "datasets:" block (one line per activation dataset: shape, dtype, chunks, filters, size)
+// and the "file:" line comparing the activations as float16 with their stored size.
+std::string storage_lines(const nlohmann::json& j) {
+    const auto& ds = j["datasets"];
     uint64_t raw = 0, stored = 0;
-    out += "  datasets:\n";
+    std::string out = "  datasets:\n";
     for (const char* name : kActivations) {
         if (!ds.contains(name)) continue;
         const auto& d = ds[name];
@@ -161,19 +164,48 @@ std::string describe_kv_dump(const std::string& path) {
                     human_bytes(static_cast<double>(fbytes)), fbytes, human_bytes(static_cast<double>(raw)),
                     human_bytes(static_cast<double>(stored)),
                     stored ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
+    return out;
+}
+
+// "perplexity:" (or "summary: missing") and "created:" lines from the summary and
+// provenance attributes.
+std::string summary_lines(const nlohmann::json& sum, const nlohmann::json& prov) {
+    std::string out;
     if (sum.is_object()) {
         const bool has_ppl = sum.contains("perplexity") && sum["perplexity"].is_number();
         if (has_ppl)
             out += fmt::format("  perplexity:  {:.4f} (mean nll {:.4f} over {} predicted tokens)\n",
                                sum["perplexity"].get<double>(), sum.value("nll_mean", std::nan("")),
-                               get(sum, "n_predicted"));
+                               field_text(sum, "n_predicted"));
         else out += "  perplexity:  none recorded\n";
     } else {
         out += "  summary:     missing (the writer did not finish)\n";
     }
     if (prov.is_object())
-        out += fmt::format("  created:     {} by {} {} (commit {})\n", get(prov, "created_utc"), get(prov, "tool"),
-                           get(prov, "version"), get(prov, "commit"));
+        out += fmt::format("  created:     {} by {} {} (commit {})\n", field_text(prov, "created_utc"),
+                           field_text(prov, "tool"), field_text(prov, "version"), field_text(prov, "commit"));
+    return out;
+}
+
+}  // namespace
+
+std::string describe_kv_dump(const std::string& path) {
+    const nlohmann::json j = kv_dump_metadata_json(path);
+    const auto& m = j["model"];
+    std::string out =
+        fmt::format("{}: KV dump, format {} {}\n", path, field_text(j, kAttrFormat), field_text(j, kAttrFormatVersion));
+    const std::string sha = field_text(m, "sha256", "");
+    out += fmt::format("  model:       {} ({}, {}{})\n", field_text(m, "name"), field_text(m, "arch"),
+                       field_text(m, "file"), sha.empty() ? "" : ", sha256 " + sha.substr(0, 12) + "...");
+    out += fmt::format("  rope:        base {}, n_rot {}, type {}\n", field_text(m, "rope_freq_base"),
+                       field_text(m, "n_rot"), field_text(m, "rope_type"));
+    out += layers_line(path, j);
+    out += fmt::format("  heads:       {} query, {} kv, head_dim {}, dim_order {}\n", field_text(j, kAttrNHead),
+                       field_text(j, kAttrNHeadKv), field_text(j, kAttrHeadDim), field_text(j, kAttrDimOrder));
+    out += tokens_line(path, j);
+    out += sources_lines(path, j["datasets"]);
+    out += storage_lines(j);
+    out += summary_lines(j["summary"], j["provenance"]);
     return out;
 }
 

@@ -321,6 +321,87 @@ std::optional<std::vector<T>> column(Checker& c, State& s, const char* name, Wan
     return out;
 }
 
+using Column = std::optional<std::vector<int64_t>>;
+
+// Token ids inside the model's vocabulary, when the model attribute records its size.
+void check_token_ids(Checker& c, const State& s, const Column& id) {
+    if (!id || !s.model.contains("n_vocab") || !s.model["n_vocab"].is_number_integer()) return;
+    const int64_t nv = s.model["n_vocab"].get<int64_t>();
+    for (size_t t = 0; t < id->size(); ++t)
+        if ((*id)[t] < 0 || (*id)[t] >= nv) {
+            c.add(kTokenId, "expected token ids in [0, {}), got {} at token {}", nv, (*id)[t], t);
+            break;
+        }
+}
+
+// Sequences follow each other: seq goes 0, 1, 2, ... and pos restarts at 0 with each.
+void check_seq_pos(Checker& c, const std::vector<int64_t>& seq, const std::vector<int64_t>& pos) {
+    for (size_t t = 0; t < pos.size(); ++t) {
+        const bool new_seq = t == 0 || seq[t] != seq[t - 1];
+        // Saturating: the values come from the file and may be anything.
+        const int64_t want_seq = t == 0 ? 0 : saturating_add(seq[t - 1], new_seq ? 1 : 0);
+        if (seq[t] != want_seq) {
+            c.add(kTokenSeq, "expected sequence indices counting up from 0, got {} at token {} (after {})", seq[t], t,
+                  t == 0 ? std::string("the start") : std::to_string(seq[t - 1]));
+            break;
+        }
+        const int64_t want_pos = new_seq ? 0 : saturating_add(pos[t - 1], 1);
+        if (pos[t] != want_pos) {
+            c.add(kTokenPos, "expected position {} (restarting at 0 in each sequence), got {} at token {}", want_pos,
+                  pos[t], t);
+            break;
+        }
+    }
+}
+
+// The first token of a sequence predicts nothing (NaN); every other NLL is finite and >= 0.
+void check_nll(Checker& c, const std::vector<float>& nll, const std::vector<int64_t>& pos) {
+    int64_t bad = 0, first = -1;
+    for (size_t t = 0; t < nll.size(); ++t) {
+        const float x = nll[t];
+        const bool ok = pos[t] == 0 ? std::isnan(x) : (std::isfinite(x) && x >= 0.0f);
+        if (!ok && bad++ == 0) first = static_cast<int64_t>(t);
+    }
+    if (bad > 0)
+        c.add(kTokenNll,
+              "expected NaN at position 0 and finite values >= 0 elsewhere, got {} bad values, first "
+              "{} at token {}",
+              bad, nll[first], first);
+}
+
+// /sequences/start and /length tile [0, T) with positive lengths, and each start is a
+// token that opens its sequence (seq i, pos 0) when those columns are usable.
+void check_seq_tiling(Checker& c, std::optional<int64_t> T, const std::vector<int64_t>& start,
+                      const std::vector<int64_t>& length, const Column& seq, const Column& pos) {
+    int64_t next = 0;
+    bool tiles = true;
+    for (size_t i = 0; i < start.size() && tiles; ++i) {
+        if (start[i] != next) {
+            c.add(kSeqStart, "expected sequences to tile [0, T): sequence {} should start at {}, got {}", i, next,
+                  start[i]);
+            tiles = false;
+        } else if (length[i] <= 0) {
+            c.add(kSeqLength, "expected positive lengths, got {} for sequence {}", length[i], i);
+            tiles = false;
+        }
+        next = saturating_add(next, length[i]);
+    }
+    if (tiles && T && next != *T) {
+        c.add(kSeqLength, "expected sequences to tile [0, T={}), got a total length of {}", *T, next);
+        tiles = false;
+    }
+    if (start.empty()) c.add(kSeqStart, "expected at least one sequence, got none");
+    if (tiles && seq && pos && pos->size() == seq->size() && static_cast<size_t>(next) == seq->size())
+        for (size_t i = 0; i < start.size(); ++i) {
+            const int64_t t = start[i];
+            if ((*seq)[t] != static_cast<int64_t>(i) || (*pos)[t] != 0) {
+                c.add(kSeqStart, "expected token {} to open sequence {} (seq {}, pos 0), got seq {}, pos {}", t, i, i,
+                      (*seq)[t], (*pos)[t]);
+                break;
+            }
+        }
+}
+
 void check_tokens(Checker& c, State& s) {
     const auto T = s.n_tokens;
     auto id = column<int64_t>(c, s, kTokenId, Want::integer, T, "T");
@@ -332,75 +413,10 @@ void check_tokens(Checker& c, State& s) {
     if (start) S = static_cast<int64_t>(start->size());
     auto length = column<int64_t>(c, s, kSeqLength, Want::integer, S, "S");
 
-    if (id && s.model.contains("n_vocab") && s.model["n_vocab"].is_number_integer()) {
-        const int64_t nv = s.model["n_vocab"].get<int64_t>();
-        for (size_t t = 0; t < id->size(); ++t)
-            if ((*id)[t] < 0 || (*id)[t] >= nv) {
-                c.add(kTokenId, "expected token ids in [0, {}), got {} at token {}", nv, (*id)[t], t);
-                break;
-            }
-    }
-    if (pos && seq && pos->size() == seq->size()) {
-        // Sequences follow each other: seq goes 0, 1, 2, ... and pos restarts at 0 with each.
-        for (size_t t = 0; t < pos->size(); ++t) {
-            const bool new_seq = t == 0 || (*seq)[t] != (*seq)[t - 1];
-            // Saturating: the values come from the file and may be anything.
-            const int64_t want_seq = t == 0 ? 0 : saturating_add((*seq)[t - 1], new_seq ? 1 : 0);
-            if ((*seq)[t] != want_seq) {
-                c.add(kTokenSeq, "expected sequence indices counting up from 0, got {} at token {} (after {})",
-                      (*seq)[t], t, t == 0 ? std::string("the start") : std::to_string((*seq)[t - 1]));
-                break;
-            }
-            const int64_t want_pos = new_seq ? 0 : saturating_add((*pos)[t - 1], 1);
-            if ((*pos)[t] != want_pos) {
-                c.add(kTokenPos, "expected position {} (restarting at 0 in each sequence), got {} at token {}",
-                      want_pos, (*pos)[t], t);
-                break;
-            }
-        }
-    }
-    if (nll && pos && nll->size() == pos->size()) {
-        int64_t bad = 0, first = -1;
-        for (size_t t = 0; t < nll->size(); ++t) {
-            const float x = (*nll)[t];
-            const bool ok = (*pos)[t] == 0 ? std::isnan(x) : (std::isfinite(x) && x >= 0.0f);
-            if (!ok && bad++ == 0) first = static_cast<int64_t>(t);
-        }
-        if (bad > 0)
-            c.add(kTokenNll,
-                  "expected NaN at position 0 and finite values >= 0 elsewhere, got {} bad values, first "
-                  "{} at token {}",
-                  bad, (*nll)[first], first);
-    }
-    if (start && length) {
-        int64_t next = 0;
-        bool tiles = true;
-        for (size_t i = 0; i < start->size() && tiles; ++i) {
-            if ((*start)[i] != next) {
-                c.add(kSeqStart, "expected sequences to tile [0, T): sequence {} should start at {}, got {}", i, next,
-                      (*start)[i]);
-                tiles = false;
-            } else if ((*length)[i] <= 0) {
-                c.add(kSeqLength, "expected positive lengths, got {} for sequence {}", (*length)[i], i);
-                tiles = false;
-            }
-            next = saturating_add(next, (*length)[i]);
-        }
-        if (tiles && T && next != *T) {
-            c.add(kSeqLength, "expected sequences to tile [0, T={}), got a total length of {}", *T, next);
-            tiles = false;
-        }
-        if (start->empty()) c.add(kSeqStart, "expected at least one sequence, got none");
-        if (tiles && seq && pos && pos->size() == seq->size() && static_cast<size_t>(next) == seq->size())
-            for (size_t i = 0; i < start->size(); ++i) {
-                const int64_t t = (*start)[i];
-                if ((*seq)[t] != static_cast<int64_t>(i) || (*pos)[t] != 0) {
-                    c.add(kSeqStart, "expected token {} to open sequence {} (seq {}, pos 0), got seq {}, pos {}", t, i,
-                          i, (*seq)[t], (*pos)[t]);
-                    break;
-                }
-            }
-    }
+    check_token_ids(c, s, id);
+    if (pos && seq && pos->size() == seq->size()) check_seq_pos(c, *seq, *pos);
+    if (nll && pos && nll->size() == pos->size()) check_nll(c, *nll, *pos);
+    if (start && length) check_seq_tiling(c, T, *start, *length, seq, pos);
 }
 
 void check_sources(Checker& c, State& s) {

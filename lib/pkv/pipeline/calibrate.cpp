@@ -187,6 +187,86 @@ struct HeadTensorResult {
     nlohmann::json stats;
 };
 
+// What the key and value fits of one tensor share: the pooled tokens, the patterns, the
+// training and held-out tokens' patterns and the sequences the fit uses.
+struct FitInputs {
+    const Pooled& pool;
+    int D;
+    const float* patterns;
+    const int32_t* labels;  // training tokens' patterns
+    const int32_t* hl;      // held-out tokens' patterns
+    const std::vector<SeqRange>& fit_seqs;
+    const CalibrateConfig& c;
+};
+
+// Keys: fits the clip ratio (clip 1 without --fit) and measures the held-out NMSE of
+// plain min-max, min-max with its own clip, patterns by default and patterns fitted.
+nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult& out, nlohmann::json& j) {
+    const Pooled& pool = x.pool;
+    const CalibrateConfig& c = x.c;
+    KeyFit fit = fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group);
+    if (!c.fit) {
+        fit.clip = 1.0f;
+        fit.at_fit = fit.at_default;
+    }
+    out.clip = fit.clip;
+    j["clip"] = fit.clip;
+    j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
+    const auto held_error = [&](const ResidualParams& q) {
+        return key_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, q);
+    };
+    nlohmann::json held;
+    ResidualParams base = p;
+    base.use_patterns = false;
+    held["nmse_minmax"] = nmse_or_null(held_error(base));
+    // Ablation: plain min-max with its own fitted clip ratio.
+    base.clip = fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
+    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
+    held["nmse_patterns"] = nmse_or_null(held_error(p));
+    p.clip = fit.clip;
+    const ResidualError e = held_error(p);
+    held["nmse_fitted"] = nmse_or_null(e);
+    held["tokens"] = e.tokens;
+    return held;
+}
+
+// Values: as finish_key, with the gate's z fitted too (the paper's z without --fit) and
+// the share of held-out tokens the gate sends to their pattern.
+nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResult& out, nlohmann::json& j) {
+    const Pooled& pool = x.pool;
+    const CalibrateConfig& c = x.c;
+    ValueFit fit = fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group);
+    if (!c.fit) {
+        fit.clip = 1.0f;
+        fit.gate_z = ptable::kDefaultGateZ;
+        fit.at_fit = fit.at_default;
+    }
+    out.clip = fit.clip;
+    out.gate_z = fit.gate_z;
+    j["clip"] = fit.clip;
+    j["gate_z"] = fit.gate_z;
+    j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
+    const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), x.D, x.patterns, x.hl);
+    const auto held_error = [&](const ResidualParams& q) {
+        return value_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, rho.data(), q);
+    };
+    nlohmann::json held;
+    ResidualParams base = p;
+    base.use_patterns = false;
+    held["nmse_minmax"] = nmse_or_null(held_error(base));
+    base.clip = fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
+    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
+    held["nmse_patterns"] = nmse_or_null(held_error(p));
+    p.clip = fit.clip;
+    p.gate_z = fit.gate_z;
+    const ResidualError e = held_error(p);
+    held["nmse_fitted"] = nmse_or_null(e);
+    held["tokens"] = e.tokens;
+    j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
+                                  : nlohmann::json(nullptr);
+    return held;
+}
+
 HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
                                const CalibrateConfig& c) {
     HeadTensorResult out;
@@ -209,64 +289,9 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
                         {"kmeans_iterations", km.iterations}};
     std::vector<int32_t> hl(static_cast<size_t>(pool.n_hold()));
     assign_patterns(pool.hold.data(), pool.n_hold(), D, patterns, M, c.assign_l2, hl.data());
-    nlohmann::json held;
-    if (!is_value) {
-        KeyFit fit = fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
-        if (!c.fit) {
-            fit.clip = 1.0f;
-            fit.at_fit = fit.at_default;
-        }
-        out.clip = fit.clip;
-        j["clip"] = fit.clip;
-        j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
-        ResidualParams base = p;
-        base.use_patterns = false;
-        held["nmse_minmax"] =
-            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
-        // Ablation: plain min-max with its own fitted clip ratio.
-        base.clip =
-            fit_key_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
-        held["nmse_minmax_clipped"] =
-            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), base));
-        held["nmse_patterns"] =
-            nmse_or_null(key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p));
-        p.clip = fit.clip;
-        const ResidualError e = key_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), p);
-        held["nmse_fitted"] = nmse_or_null(e);
-        held["tokens"] = e.tokens;
-    } else {
-        ValueFit fit = fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group);
-        if (!c.fit) {
-            fit.clip = 1.0f;
-            fit.gate_z = ptable::kDefaultGateZ;
-            fit.at_fit = fit.at_default;
-        }
-        out.clip = fit.clip;
-        out.gate_z = fit.gate_z;
-        j["clip"] = fit.clip;
-        j["gate_z"] = fit.gate_z;
-        j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
-        const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), D, patterns, hl.data());
-        ResidualParams base = p;
-        base.use_patterns = false;
-        held["nmse_minmax"] = nmse_or_null(
-            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
-        base.clip =
-            fit_value_params(pool.train.data(), D, fit_seqs, patterns, labels.data(), c.bits, c.group, false).clip;
-        held["nmse_minmax_clipped"] = nmse_or_null(
-            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), base));
-        held["nmse_patterns"] =
-            nmse_or_null(value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p));
-        p.clip = fit.clip;
-        p.gate_z = fit.gate_z;
-        const ResidualError e =
-            value_residual_error(pool.hold.data(), D, pool.hold_seqs, patterns, hl.data(), rho.data(), p);
-        held["nmse_fitted"] = nmse_or_null(e);
-        held["tokens"] = e.tokens;
-        j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
-                                      : nlohmann::json(nullptr);
-    }
-    j["heldout"] = held;
+    const FitInputs x{pool, D, patterns, labels.data(), hl.data(), fit_seqs, c};
+    nlohmann::json held = is_value ? finish_value(x, p, out, j) : finish_key(x, p, out, j);
+    j["heldout"] = std::move(held);
     out.stats = std::move(j);
     return out;
 }

@@ -310,14 +310,25 @@ ExportSummary export_pattern_table(const std::string& table_path, const std::str
 
 // ------------------------------------------------------------------ info / validate
 
-std::string describe_pattern_table(const std::string& path) {
-    const PatternTable t = read_pattern_table(path);
-    const SafetensorsFile f = SafetensorsFile::open(path);
+namespace {
+
+// "lo..hi (mean m)" over every value of the vectors, or "none" when they are all empty.
+std::string value_range(const std::vector<const std::vector<float>*>& vs) {
+    float lo = INFINITY, hi = -INFINITY;
+    double sum = 0;
+    size_t n = 0;
+    for (const auto* v : vs)
+        for (float x : *v) {
+            lo = std::min(lo, x), hi = std::max(hi, x), sum += x, ++n;
+        }
+    return n ? fmt::format("{:.4g}..{:.4g} (mean {:.4g})", lo, hi, sum / n) : std::string("none");
+}
+
+// The file, model, layer, pattern and residual lines: what the table is and what it fits.
+std::string table_shape_lines(const std::string& path, const PatternTable& t, const SafetensorsFile& f) {
     const auto& m = t.model;
-    const int H = m.n_head_kv;
     std::string pattern_dtype = "F32";
     if (!t.layers.empty()) pattern_dtype = f.tensor(ptable::tensor_name(t.layers[0].layer, ptable::kKPatterns)).dtype;
-
     std::string out =
         fmt::format("{}: {} {}, {}, {} tensors\n", path, ptable::kFormat, f.metadata().at(ptable::kMetaFormatVersion),
                     human_bytes(file_bytes(path)), f.names().size());
@@ -332,17 +343,12 @@ std::string describe_pattern_table(const std::string& path) {
         t.k_patterns, t.v_patterns, pattern_dtype, t.key_basis, t.key_dim_order, t.rotation,
         t.rotation == ptable::kRotationNone ? "" : fmt::format(" (seed {})", t.rotation_seed), t.assign);
     out += fmt::format("residual: {} bits, group {}, window {}\n", t.bits, t.group, t.window);
+    return out;
+}
 
-    auto range = [](const std::vector<const std::vector<float>*>& vs) {
-        float lo = INFINITY, hi = -INFINITY;
-        double sum = 0;
-        size_t n = 0;
-        for (const auto* v : vs)
-            for (float x : *v) {
-                lo = std::min(lo, x), hi = std::max(hi, x), sum += x, ++n;
-            }
-        return n ? fmt::format("{:.4g}..{:.4g} (mean {:.4g})", lo, hi, sum / n) : std::string("none");
-    };
+// The clip / gate ranges and the dead-pattern totals over all layers and heads.
+std::string fitted_value_lines(const PatternTable& t) {
+    const int H = t.model.n_head_kv;
     std::vector<const std::vector<float>*> kc, vc, gz;
     int64_t dead_k = 0, dead_v = 0;
     for (const PatternLayer& l : t.layers) {
@@ -350,47 +356,63 @@ std::string describe_pattern_table(const std::string& path) {
         dead_k += std::count(l.k_counts.begin(), l.k_counts.end(), 0);
         dead_v += std::count(l.v_counts.begin(), l.v_counts.end(), 0);
     }
-    out += fmt::format("clip: K {}, V {}; V gate z {}\n", range(kc), range(vc), range(gz));
+    std::string out = fmt::format("clip: K {}, V {}; V gate z {}\n", value_range(kc), value_range(vc), value_range(gz));
     const int64_t slots_k = int64_t(t.layers.size()) * H * t.k_patterns,
                   slots_v = int64_t(t.layers.size()) * H * t.v_patterns;
     out += fmt::format("dead patterns: K {} of {}, V {} of {}\n", dead_k, slots_k, dead_v, slots_v);
+    return out;
+}
 
-    const json& c = t.calibration;
-    if (c.empty()) {
-        out += "calibration: none recorded\n";
-    } else {
-        auto get = [&](const json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("?"); };
-        std::string line =
-            fmt::format("calibration: {} {}", c.value("tool", std::string("?")), c.value("version", std::string("?")));
-        if (c.contains("time")) line += ", " + c["time"].get<std::string>();
-        line += ", seed " + get(c, "seed");
-        if (c.contains("tokens") && c["tokens"].is_object())
-            line += fmt::format(", tokens train {} holdout {}", get(c["tokens"], "train"), get(c["tokens"], "holdout"));
-        if (c.contains("dumps") && c["dumps"].is_array()) line += fmt::format(", {} dump(s)", c["dumps"].size());
-        if (c.contains("device") && c["device"].is_string()) line += ", device " + c["device"].get<std::string>();
-        if (c.contains("seconds") && c["seconds"].is_number())
-            line += fmt::format(", {:.1f} s", c["seconds"].get<double>());
-        out += line + "\n";
-        if (c.contains("heads") && c["heads"].is_array() && !c["heads"].empty()) {
-            // Mean held-out NMSE over heads, per tensor and method.
-            for (const char* kv : {"k", "v"}) {
-                std::map<std::string, std::pair<double, int>> acc;
-                for (const json& h : c["heads"]) {
-                    if (!h.contains(kv) || !h[kv].contains("heldout") || !h[kv]["heldout"].is_object()) continue;
-                    for (auto it = h[kv]["heldout"].begin(); it != h[kv]["heldout"].end(); ++it)
-                        if (it.value().is_number()) {
-                            acc[it.key()].first += it.value().get<double>();
-                            acc[it.key()].second += 1;
-                        }
+// One "held-out K|V" line per tensor: the mean over heads of each recorded held-out
+// NMSE method ("" when the calibration lists no heads).
+std::string heldout_lines(const json& c) {
+    std::string out;
+    if (!c.contains("heads") || !c["heads"].is_array() || c["heads"].empty()) return out;
+    for (const char* kv : {"k", "v"}) {
+        std::map<std::string, std::pair<double, int>> acc;
+        for (const json& h : c["heads"]) {
+            if (!h.contains(kv) || !h[kv].contains("heldout") || !h[kv]["heldout"].is_object()) continue;
+            for (auto it = h[kv]["heldout"].begin(); it != h[kv]["heldout"].end(); ++it)
+                if (it.value().is_number()) {
+                    acc[it.key()].first += it.value().get<double>();
+                    acc[it.key()].second += 1;
                 }
-                if (acc.empty()) continue;
-                std::string s;
-                for (const auto& [k, a] : acc) s += fmt::format(" {} {:.4g}", k, a.first / a.second);
-                out += fmt::format("held-out {} (mean over {} heads):{}\n", kv[0] == 'k' ? "K" : "V",
-                                   acc.begin()->second.second, s);
-            }
         }
+        if (acc.empty()) continue;
+        std::string s;
+        for (const auto& [k, a] : acc) s += fmt::format(" {} {:.4g}", k, a.first / a.second);
+        out += fmt::format("held-out {} (mean over {} heads):{}\n", kv[0] == 'k' ? "K" : "V",
+                           acc.begin()->second.second, s);
     }
+    return out;
+}
+
+// The "calibration:" line (tool, time, seed, tokens, dumps, device, seconds) and the
+// held-out means; every field is optional, the metadata being free-form JSON.
+std::string calibration_lines(const json& c) {
+    if (c.empty()) return "calibration: none recorded\n";
+    auto get = [&](const json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("?"); };
+    std::string line =
+        fmt::format("calibration: {} {}", c.value("tool", std::string("?")), c.value("version", std::string("?")));
+    if (c.contains("time")) line += ", " + c["time"].get<std::string>();
+    line += ", seed " + get(c, "seed");
+    if (c.contains("tokens") && c["tokens"].is_object())
+        line += fmt::format(", tokens train {} holdout {}", get(c["tokens"], "train"), get(c["tokens"], "holdout"));
+    if (c.contains("dumps") && c["dumps"].is_array()) line += fmt::format(", {} dump(s)", c["dumps"].size());
+    if (c.contains("device") && c["device"].is_string()) line += ", device " + c["device"].get<std::string>();
+    if (c.contains("seconds") && c["seconds"].is_number())
+        line += fmt::format(", {:.1f} s", c["seconds"].get<double>());
+    return line + "\n" + heldout_lines(c);
+}
+
+}  // namespace
+
+std::string describe_pattern_table(const std::string& path) {
+    const PatternTable t = read_pattern_table(path);
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    std::string out = table_shape_lines(path, t, f);
+    out += fitted_value_lines(t);
+    out += calibration_lines(t.calibration);
     const auto findings = pattern_table_findings(t);
     out += findings.empty() ? "findings: none\n"
                             : fmt::format("findings: {} (see pkv validate {})\n", findings.size(), path);

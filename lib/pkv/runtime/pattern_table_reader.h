@@ -676,11 +676,20 @@ private:
         }
         return out;
     }
+    // load() in steps, in the order a table's fields are checked.
+    static constexpr int kBig = 1 << 30;  // bound of the counts that have no tighter one
     void load(detail::Container c, const RuntimeDecl& decl);
+    void load_format();
+    void load_model();
+    void load_settings();
+    std::vector<int> layer_ids(const std::string& list) const;
+    void check_decl(const RuntimeDecl& decl) const;
+    void load_layers(const detail::Container& c, const std::vector<int>& ids);
+    void check_layer_tensors(const detail::Container& c, const std::string& list) const;
 };
 
-inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
-    metadata_ = std::move(c.metadata);
+// pkv.format and a "<major>.<minor>" pkv.format_version of major 1.
+inline void PatternTable::load_format() {
     const std::string format = meta("pkv.format");
     if (format != "pkv.pattern_table") fail("format is \"" + format + "\", expected \"pkv.pattern_table\"");
     const std::string ver = meta("pkv.format_version");
@@ -691,11 +700,10 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
         fail("metadata pkv.format_version: expected \"<major>.<minor>\", got \"" + ver + "\"");
     if (major != 1) fail("format version " + ver + " is not supported (this reader reads major version 1)");
     minor_ = static_cast<int>(minor);
+}
 
-    const auto lower = [](std::string s) {
-        for (char& ch : s) ch = static_cast<char>(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
-        return s;
-    };
+// The pkv.model.* entries: name, arch, fingerprint and the attention geometry.
+inline void PatternTable::load_model() {
     const auto name = metadata_.find("pkv.model.name");
     model_name_ = name == metadata_.end() ? "" : name->second;
     arch_ = meta("pkv.model.arch");
@@ -703,7 +711,6 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     if (!model_sha256_.empty() &&
         (model_sha256_.size() != 64 || model_sha256_.find_first_not_of("0123456789abcdef") != std::string::npos))
         fail("metadata pkv.model.sha256: expected 64 lower-case hex digits or \"\", got \"" + model_sha256_ + "\"");
-    constexpr int kBig = 1 << 30;
     n_layer_ = meta_int("pkv.model.n_layer", 1, kBig);
     n_head_ = meta_int("pkv.model.n_head", 1, kBig);
     n_head_kv_ = meta_int("pkv.model.n_head_kv", 1, n_head_);
@@ -712,6 +719,11 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
              std::to_string(n_head_));
     head_dim_ = meta_int("pkv.model.head_dim", 1, 1 << 16);
     if (head_dim_ % 2 != 0) fail("metadata pkv.model.head_dim: expected an even D, got " + std::to_string(head_dim_));
+}
+
+// Key basis and order, rotation, quantizer and pattern counts (after load_model: the
+// hadamard rotation needs a power-of-two head_dim).
+inline void PatternTable::load_settings() {
     basis_ = meta_enum("pkv.key.basis", {KeyBasis::pre_rope, KeyBasis::post_rope});
     order_ = meta_enum("pkv.key.dim_order", {DimOrder::gguf_interleaved, DimOrder::hf_half_split});
     rotation_ = meta_enum("pkv.rotation", {Rotation::none, Rotation::hadamard});
@@ -731,7 +743,10 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     assign_ = meta_enum("pkv.assign", {Assign::l2, Assign::minmax});
     mk_ = meta_int("pkv.k_patterns", 1, 1 << 24);
     mv_ = meta_int("pkv.v_patterns", 1, 1 << 24);
-    const std::string list = meta("pkv.layers");
+}
+
+// pkv.layers: ascending layer indices below n_layer, separated by commas.
+inline std::vector<int> PatternTable::layer_ids(const std::string& list) const {
     std::vector<int> ids;
     for (size_t pos = 0; pos <= list.size();) {
         const size_t comma = std::min(list.find(',', pos), list.size());
@@ -743,12 +758,17 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
         ids.push_back(static_cast<int>(l));
         pos = comma + 1;
     }
+    return ids;
+}
 
+// Refuses a table that does not fit what the runtime declares, saying what would go wrong.
+inline void PatternTable::check_decl(const RuntimeDecl& decl) const {
     const char* wrong_model = "the patterns were mined on another model";
     const char* wrong_shape = "the table's shapes do not fit this model";
     const char* wrong_space = "patterns and cache vectors would live in different coordinates";
     const char* wrong_quant = "the clip ratios were fitted for the table's quantizer";
-    const std::string want_sha = lower(decl.model_sha256);
+    std::string want_sha = decl.model_sha256;
+    for (char& ch : want_sha) ch = static_cast<char>(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
     if (!want_sha.empty() && want_sha != model_sha256_)
         refuse("model sha256", model_sha256_.empty() ? "empty (a synthetic-data table)" : model_sha256_, want_sha,
                wrong_model);
@@ -768,7 +788,11 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     if (decl.bits) check_int("quant bits", bits_, decl.bits, wrong_quant);
     if (decl.group) check_int("quant group", group_, decl.group, wrong_quant);
     if (decl.window) check_int("quant window", window_, decl.window, wrong_quant);
+}
 
+// The seven tensors of each listed layer, shapes and dtypes checked, clip ratios in
+// (0, 1] and gate z >= 0.
+inline void PatternTable::load_layers(const detail::Container& c, const std::vector<int>& ids) {
     const uint64_t H = static_cast<uint64_t>(n_head_kv_), D = static_cast<uint64_t>(head_dim_);
     const uint64_t Mk = static_cast<uint64_t>(mk_), Mv = static_cast<uint64_t>(mv_);
     for (const int l : ids) {
@@ -790,7 +814,10 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
         }
         layers_.push_back(std::move(L));
     }
-    // A per-layer tensor of a layer missing from pkv.layers means the two disagree.
+}
+
+// A per-layer tensor of a layer missing from pkv.layers means the two disagree.
+inline void PatternTable::check_layer_tensors(const detail::Container& c, const std::string& list) const {
     for (const auto& kv : c.tensors) {
         const std::string& n = kv.first;
         if (n.compare(0, 7, "layers.") != 0) continue;
@@ -799,6 +826,18 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
         if (end == std::string::npos || !decimal(n.substr(7, end - 7), kBig, l) || !has_layer(static_cast<int>(l)))
             fail("tensor " + n + " belongs to no layer of pkv.layers \"" + list + "\"");
     }
+}
+
+inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
+    metadata_ = std::move(c.metadata);
+    load_format();
+    load_model();
+    load_settings();
+    const std::string list = meta("pkv.layers");
+    const std::vector<int> ids = layer_ids(list);
+    check_decl(decl);
+    load_layers(c, ids);
+    check_layer_tensors(c, list);
 }
 
 }  // namespace pkv_rt

@@ -300,11 +300,12 @@ void write_pattern_table(const PatternTable& t, const std::string& path, bool fo
 
 // ----------------------------------------------------------------------- read
 
-PatternTable read_pattern_table(const std::string& path) {
-    namespace P = ptable;
-    const SafetensorsFile f = SafetensorsFile::open(path);
-    const MetaReader r{path, f.metadata()};
+namespace {
 
+// pkv.format must name a pattern table and pkv.format_version be "<major>.<minor>" with
+// the major this reader knows.
+void check_format_meta(const MetaReader& r, const std::string& path) {
+    namespace P = ptable;
     const std::string& format = r.str(P::kMetaFormat);
     PKV_CHECK(format == P::kFormat, data_loss, "{}::{}: expected \"{}\", got \"{}\"", path, P::kMetaFormat, P::kFormat,
               format);
@@ -316,32 +317,40 @@ PatternTable read_pattern_table(const std::string& path) {
     PKV_CHECK(well_formed && version.substr(0, dot) == std::to_string(P::kVersionMajor), data_loss,
               "{}::{}: expected major version {} (\"{}.x\"), got \"{}\"", path, P::kMetaFormatVersion, P::kVersionMajor,
               P::kVersionMajor, version);
+}
 
-    PatternTable t;
-    t.model.name = r.str(P::kMetaModelName);
-    t.model.arch = r.str(P::kMetaModelArch);
-    PKV_CHECK(!t.model.arch.empty(), data_loss, "{}::{}: expected an architecture name, got \"\"", path,
-              P::kMetaModelArch);
-    t.model.sha256 = r.str(P::kMetaModelSha256);
-    PKV_CHECK(t.model.sha256.empty() || is_sha256_hex(t.model.sha256), data_loss,
-              "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256,
-              t.model.sha256);
+// The pkv.model.* entries, each checked as it is read.
+PatternTableModel read_model_meta(const MetaReader& r, const std::string& path) {
+    namespace P = ptable;
+    PatternTableModel m;
+    m.name = r.str(P::kMetaModelName);
+    m.arch = r.str(P::kMetaModelArch);
+    PKV_CHECK(!m.arch.empty(), data_loss, "{}::{}: expected an architecture name, got \"\"", path, P::kMetaModelArch);
+    m.sha256 = r.str(P::kMetaModelSha256);
+    PKV_CHECK(m.sha256.empty() || is_sha256_hex(m.sha256), data_loss,
+              "{}::{}: expected 64 lowercase hex digits or \"\", got \"{}\"", path, P::kMetaModelSha256, m.sha256);
     if (const auto it = r.meta.find(P::kMetaModelRope); it != r.meta.end()) {
         const auto j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
         const bool ok = j.is_object() && j.contains("type") && (j["type"] == "norm" || j["type"] == "neox");
         PKV_CHECK(ok, data_loss, "{}::{}: expected a JSON object with type \"norm\" or \"neox\", got {}", path,
                   P::kMetaModelRope, it->second.substr(0, 60));
-        t.model.rope = it->second;
+        m.rope = it->second;
     }
-    t.model.n_layer = r.i32(P::kMetaNLayer, 1);
-    t.model.n_head = r.i32(P::kMetaNHead, 1);
-    t.model.n_head_kv = r.i32(P::kMetaNHeadKv, 1, t.model.n_head);
-    PKV_CHECK(t.model.n_head % t.model.n_head_kv == 0, data_loss, "{}::{}: expected a divisor of n_head {}, got {}",
-              path, P::kMetaNHeadKv, t.model.n_head, t.model.n_head_kv);
-    t.model.head_dim = r.i32(P::kMetaHeadDim, 2);
-    PKV_CHECK(t.model.head_dim % 2 == 0, data_loss, "{}::{}: expected an even head dimension, got {}", path,
-              P::kMetaHeadDim, t.model.head_dim);
-    const std::vector<int> layers = parse_layer_list(path, r.str(P::kMetaLayers), t.model.n_layer);
+    m.n_layer = r.i32(P::kMetaNLayer, 1);
+    m.n_head = r.i32(P::kMetaNHead, 1);
+    m.n_head_kv = r.i32(P::kMetaNHeadKv, 1, m.n_head);
+    PKV_CHECK(m.n_head % m.n_head_kv == 0, data_loss, "{}::{}: expected a divisor of n_head {}, got {}", path,
+              P::kMetaNHeadKv, m.n_head, m.n_head_kv);
+    m.head_dim = r.i32(P::kMetaHeadDim, 2);
+    PKV_CHECK(m.head_dim % 2 == 0, data_loss, "{}::{}: expected an even head dimension, got {}", path, P::kMetaHeadDim,
+              m.head_dim);
+    return m;
+}
+
+// Basis, rotation, quantizer and pattern counts into t (whose model is already read:
+// hadamard needs a power-of-two head_dim).
+void read_settings_meta(const MetaReader& r, const std::string& path, PatternTable& t) {
+    namespace P = ptable;
     t.key_basis = r.enumerated(P::kMetaKeyBasis, {P::kBasisPre, P::kBasisPost});
     t.key_dim_order = r.enumerated(P::kMetaKeyDimOrder, {"gguf_interleaved", "hf_half_split"});
     t.rotation = r.enumerated(P::kMetaRotation, {P::kRotationNone, P::kRotationHadamard});
@@ -359,16 +368,28 @@ PatternTable read_pattern_table(const std::string& path) {
     t.assign = r.enumerated(P::kMetaAssign, {P::kAssignL2, P::kAssignMinmax});
     t.k_patterns = r.i32(P::kMetaKPatterns, 1);
     t.v_patterns = r.i32(P::kMetaVPatterns, 1);
+}
+
+// pkv.calibration: JSON text that must parse to an object.
+json read_calibration_meta(const MetaReader& r, const std::string& path) {
+    namespace P = ptable;
     const std::string& cal = r.str(P::kMetaCalibration);
+    json calibration;
     try {
-        t.calibration = json::parse(cal);
+        calibration = json::parse(cal);
     } catch (const json::exception& e) {
         fail(ErrorCode::data_loss, "{}::{}: expected a JSON object, got text that does not parse ({})", path,
              P::kMetaCalibration, e.what());
     }
-    PKV_CHECK(t.calibration.is_object(), data_loss, "{}::{}: expected a JSON object, got {}", path, P::kMetaCalibration,
-              t.calibration.type_name());
+    PKV_CHECK(calibration.is_object(), data_loss, "{}::{}: expected a JSON object, got {}", path, P::kMetaCalibration,
+              calibration.type_name());
+    return calibration;
+}
 
+// The seven tensors of each listed layer, shapes from t's geometry, appended to t.layers.
+void read_layer_tensors(const SafetensorsFile& f, const std::string& path, const std::vector<int>& layers,
+                        PatternTable& t) {
+    namespace P = ptable;
     const auto specs = layer_tensor_specs(t.model.n_head_kv, t.k_patterns, t.v_patterns, t.model.head_dim);
     for (int l : layers) {
         PatternLayer pl;
@@ -382,6 +403,21 @@ PatternTable read_pattern_table(const std::string& path) {
         read_tensor(f, path, P::tensor_name(l, P::kVGateZ), specs[6], false, pl.v_gate_z);
         t.layers.push_back(std::move(pl));
     }
+}
+
+}  // namespace
+
+PatternTable read_pattern_table(const std::string& path) {
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    const MetaReader r{path, f.metadata()};
+    check_format_meta(r, path);
+
+    PatternTable t;
+    t.model = read_model_meta(r, path);
+    const std::vector<int> layers = parse_layer_list(path, r.str(ptable::kMetaLayers), t.model.n_layer);
+    read_settings_meta(r, path, t);
+    t.calibration = read_calibration_meta(r, path);
+    read_layer_tensors(f, path, layers, t);
     try {
         check_pattern_table(t);  // everything above should already hold; keeps reader and checker in step
     } catch (const Error& e) {
@@ -392,105 +428,122 @@ PatternTable read_pattern_table(const std::string& path) {
 
 // -------------------------------------------------------------------- findings
 
+namespace {
+
+// NaN/Inf in one tensor: how many, and where the first sits (head, pattern and dim when
+// rows_per_head > 0; otherwise the tensor holds one value per head).
+void add_non_finite(std::vector<std::string>& out, const std::string& name, const std::vector<float>& v,
+                    int rows_per_head, int row_len) {
+    size_t n = 0, first = 0;
+    for (size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i]) && n++ == 0) first = i;
+    if (n == 0) return;
+    std::string where;
+    if (rows_per_head > 0) {
+        const size_t per_head = size_t(rows_per_head) * row_len;
+        where =
+            fmt::format("head {}, pattern {}, dim {}", first / per_head, (first % per_head) / row_len, first % row_len);
+    } else {
+        where = fmt::format("head {}", first);
+    }
+    out.push_back(fmt::format("{}: {} non-finite value(s) (NaN/Inf), first at {} ({})", name, n, where, v[first]));
+}
+
+// Clip ratios outside (0, 1] and negative gate z of one layer; also notes whether any
+// clip ratio was seen and whether any differs from 1 (a table with nothing fitted).
+void add_clip_gate_findings(std::vector<std::string>& out, const PatternLayer& l, int H, bool& any_clip,
+                            bool& any_clip_not_one) {
+    const auto name = [&](const char* s) { return ptable::tensor_name(l.layer, s); };
+    for (const auto& [suffix, clip] :
+         {std::make_pair(ptable::kKClip, &l.k_clip), std::make_pair(ptable::kVClip, &l.v_clip)}) {
+        for (int h = 0; h < H; ++h) {
+            const float a = (*clip)[h];
+            any_clip = true;
+            if (a != 1.0f) any_clip_not_one = true;
+            if (std::isfinite(a) && (a <= 0.0f || a > 1.0f))
+                out.push_back(fmt::format("{}: head {}: expected a clip ratio in (0, 1], got {}", name(suffix), h, a));
+        }
+    }
+    for (int h = 0; h < H; ++h)
+        if (std::isfinite(l.v_gate_z[h]) && l.v_gate_z[h] < 0.0f)
+            out.push_back(
+                fmt::format("{}: head {}: expected a gate z >= 0, got {}", name(ptable::kVGateZ), h, l.v_gate_z[h]));
+}
+
+// Pairs "a=b" of one head's M rows of D values with ||a - b|| <= 1e-6 max(||a||, ||b||)
+// (so two zero rows count too); rows whose norm is not finite are skipped.
+std::vector<std::string> duplicate_pattern_pairs(const float* base, int M, int D) {
+    std::vector<double> norms(M, 0.0);
+    for (int j = 0; j < M; ++j) {
+        double s = 0;
+        for (int d = 0; d < D; ++d) s += double(base[size_t(j) * D + d]) * base[size_t(j) * D + d];
+        norms[j] = std::sqrt(s);
+    }
+    std::vector<std::string> pairs;
+    for (int a = 0; a < M; ++a) {
+        if (!std::isfinite(norms[a])) continue;
+        for (int b = a + 1; b < M; ++b) {
+            if (!std::isfinite(norms[b])) continue;
+            double s = 0;
+            for (int d = 0; d < D; ++d) {
+                const double diff = double(base[size_t(a) * D + d]) - base[size_t(b) * D + d];
+                s += diff * diff;
+            }
+            if (std::sqrt(s) <= 1e-6 * std::max(norms[a], norms[b])) pairs.push_back(fmt::format("{}={}", a, b));
+        }
+    }
+    return pairs;
+}
+
+// One tensor (K or V) of one layer: dead, negative and duplicate patterns per head, then
+// heads whose count totals differ (every head sees the same tokens).
+void add_count_findings(std::vector<std::string>& out, const std::string& cname, const std::string& pname, int H, int M,
+                        int D, const std::vector<int64_t>& counts, const std::vector<float>& patterns) {
+    std::vector<int64_t> sums(H, 0);
+    for (int h = 0; h < H; ++h) {
+        std::vector<int> dead, negative;
+        for (int j = 0; j < M; ++j) {
+            const int64_t c = counts[size_t(h) * M + j];
+            if (c == 0) dead.push_back(j);
+            if (c < 0) negative.push_back(j);
+            sums[h] = saturating_add(sums[h], c);  // counts from the file may be anything
+        }
+        if (!dead.empty())
+            out.push_back(fmt::format("{}: head {}: {} dead pattern(s) of {} (count 0): {}", cname, h, dead.size(), M,
+                                      fmt::join(dead, ", ")));
+        if (!negative.empty())
+            out.push_back(fmt::format("{}: head {}: expected counts >= 0, got negative counts at pattern(s) {}", cname,
+                                      h, fmt::join(negative, ", ")));
+        const std::vector<std::string> pairs = duplicate_pattern_pairs(patterns.data() + size_t(h) * M * D, M, D);
+        if (!pairs.empty())
+            out.push_back(fmt::format("{}: head {}: {} duplicate pattern pair(s) (equal within 1e-6 relative): {}",
+                                      pname, h, pairs.size(), fmt::join(pairs, ", ")));
+    }
+    for (int h = 1; h < H; ++h)
+        if (sums[h] != sums[0]) {
+            out.push_back(
+                fmt::format("{}: expected the same count total in every head, got {}", cname, fmt::join(sums, ", ")));
+            break;
+        }
+}
+
+}  // namespace
+
 std::vector<std::string> pattern_table_findings(const PatternTable& t) {
+    namespace P = ptable;
     std::vector<std::string> out;
     const int H = t.model.n_head_kv, D = t.model.head_dim;
-
-    auto non_finite = [&](const std::string& name, const std::vector<float>& v, int rows_per_head, int row_len) {
-        size_t n = 0, first = 0;
-        for (size_t i = 0; i < v.size(); ++i)
-            if (!std::isfinite(v[i]) && n++ == 0) first = i;
-        if (n == 0) return;
-        std::string where;
-        if (rows_per_head > 0) {
-            const size_t per_head = size_t(rows_per_head) * row_len;
-            where = fmt::format("head {}, pattern {}, dim {}", first / per_head, (first % per_head) / row_len,
-                                first % row_len);
-        } else {
-            where = fmt::format("head {}", first);
-        }
-        out.push_back(fmt::format("{}: {} non-finite value(s) (NaN/Inf), first at {} ({})", name, n, where, v[first]));
-    };
-
     bool any_clip_not_one = false, any_clip = false;
     for (const PatternLayer& l : t.layers) {
-        const auto name = [&](const char* s) { return ptable::tensor_name(l.layer, s); };
-        non_finite(name(ptable::kKPatterns), l.k_patterns, t.k_patterns, D);
-        non_finite(name(ptable::kVPatterns), l.v_patterns, t.v_patterns, D);
-        non_finite(name(ptable::kKClip), l.k_clip, 0, 1);
-        non_finite(name(ptable::kVClip), l.v_clip, 0, 1);
-        non_finite(name(ptable::kVGateZ), l.v_gate_z, 0, 1);
-
-        for (const auto& [suffix, clip] :
-             {std::make_pair(ptable::kKClip, &l.k_clip), std::make_pair(ptable::kVClip, &l.v_clip)}) {
-            for (int h = 0; h < H; ++h) {
-                const float a = (*clip)[h];
-                any_clip = true;
-                if (a != 1.0f) any_clip_not_one = true;
-                if (std::isfinite(a) && (a <= 0.0f || a > 1.0f))
-                    out.push_back(
-                        fmt::format("{}: head {}: expected a clip ratio in (0, 1], got {}", name(suffix), h, a));
-            }
-        }
-        for (int h = 0; h < H; ++h)
-            if (std::isfinite(l.v_gate_z[h]) && l.v_gate_z[h] < 0.0f)
-                out.push_back(fmt::format("{}: head {}: expected a gate z >= 0, got {}", name(ptable::kVGateZ), h,
-                                          l.v_gate_z[h]));
-
-        for (const auto& [kind, M, counts, patterns] :
-             {std::make_tuple("k", t.k_patterns, &l.k_counts, &l.k_patterns),
-              std::make_tuple("v", t.v_patterns, &l.v_counts, &l.v_patterns)}) {
-            const std::string cname = name(kind[0] == 'k' ? ptable::kKCounts : ptable::kVCounts);
-            const std::string pname = name(kind[0] == 'k' ? ptable::kKPatterns : ptable::kVPatterns);
-            std::vector<int64_t> sums(H, 0);
-            for (int h = 0; h < H; ++h) {
-                std::vector<int> dead, negative;
-                for (int j = 0; j < M; ++j) {
-                    const int64_t c = (*counts)[size_t(h) * M + j];
-                    if (c == 0) dead.push_back(j);
-                    if (c < 0) negative.push_back(j);
-                    sums[h] = saturating_add(sums[h], c);  // counts from the file may be anything
-                }
-                if (!dead.empty())
-                    out.push_back(fmt::format("{}: head {}: {} dead pattern(s) of {} (count 0): {}", cname, h,
-                                              dead.size(), M, fmt::join(dead, ", ")));
-                if (!negative.empty())
-                    out.push_back(fmt::format("{}: head {}: expected counts >= 0, got negative counts at pattern(s) {}",
-                                              cname, h, fmt::join(negative, ", ")));
-                // Duplicate rows: ||a - b|| <= 1e-6 max(||a||, ||b||) (so two zero rows count too).
-                const float* base = patterns->data() + size_t(h) * M * D;
-                std::vector<double> norms(M, 0.0);
-                for (int j = 0; j < M; ++j) {
-                    double s = 0;
-                    for (int d = 0; d < D; ++d) s += double(base[size_t(j) * D + d]) * base[size_t(j) * D + d];
-                    norms[j] = std::sqrt(s);
-                }
-                std::vector<std::string> pairs;
-                for (int a = 0; a < M; ++a) {
-                    if (!std::isfinite(norms[a])) continue;
-                    for (int b = a + 1; b < M; ++b) {
-                        if (!std::isfinite(norms[b])) continue;
-                        double s = 0;
-                        for (int d = 0; d < D; ++d) {
-                            const double diff = double(base[size_t(a) * D + d]) - base[size_t(b) * D + d];
-                            s += diff * diff;
-                        }
-                        if (std::sqrt(s) <= 1e-6 * std::max(norms[a], norms[b]))
-                            pairs.push_back(fmt::format("{}={}", a, b));
-                    }
-                }
-                if (!pairs.empty())
-                    out.push_back(
-                        fmt::format("{}: head {}: {} duplicate pattern pair(s) (equal within 1e-6 relative): {}", pname,
-                                    h, pairs.size(), fmt::join(pairs, ", ")));
-            }
-            for (int h = 1; h < H; ++h)
-                if (sums[h] != sums[0]) {
-                    out.push_back(fmt::format("{}: expected the same count total in every head, got {}", cname,
-                                              fmt::join(sums, ", ")));
-                    break;
-                }
-        }
+        const auto name = [&](const char* s) { return P::tensor_name(l.layer, s); };
+        add_non_finite(out, name(P::kKPatterns), l.k_patterns, t.k_patterns, D);
+        add_non_finite(out, name(P::kVPatterns), l.v_patterns, t.v_patterns, D);
+        add_non_finite(out, name(P::kKClip), l.k_clip, 0, 1);
+        add_non_finite(out, name(P::kVClip), l.v_clip, 0, 1);
+        add_non_finite(out, name(P::kVGateZ), l.v_gate_z, 0, 1);
+        add_clip_gate_findings(out, l, H, any_clip, any_clip_not_one);
+        add_count_findings(out, name(P::kKCounts), name(P::kKPatterns), H, t.k_patterns, D, l.k_counts, l.k_patterns);
+        add_count_findings(out, name(P::kVCounts), name(P::kVPatterns), H, t.v_patterns, D, l.v_counts, l.v_patterns);
     }
     if (any_clip && !any_clip_not_one)
         out.push_back("k_clip/v_clip: every clip ratio of the table is exactly 1 (nothing fitted)");

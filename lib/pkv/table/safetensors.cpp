@@ -134,16 +134,17 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     return parse(std::move(bytes), path);
 }
 
-SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& label) {
-    const std::string& L = label;
-    PKV_CHECK(bytes.size() >= 8, data_loss, "{}: expected at least 8 bytes (header length), got {}", L, bytes.size());
-    const uint64_t n = get_u64le(bytes.data());
-    PKV_CHECK(n <= kMaxHeader, data_loss, "{}: header length {} exceeds the 100 MB limit", L, n);
-    PKV_CHECK(n <= bytes.size() - 8, data_loss, "{}: header length {} runs past end of file ({} bytes)", L, n,
-              bytes.size());
+namespace {
 
-    // nlohmann keeps the last of duplicate keys silently, so duplicates are caught
-    // while parsing: one key set per open object.
+// Where one tensor's bytes sit in the data buffer; parse sorts these to check the tiling.
+struct Span {
+    uint64_t begin, end;
+    std::string name;
+};
+
+// The header's n bytes of JSON text. nlohmann keeps the last of duplicate keys silently,
+// so duplicates are caught while parsing: one key set per open object.
+json parse_header(const uint8_t* text_bytes, uint64_t n, const std::string& L) {
     std::vector<std::set<std::string>> open_objects;
     std::string duplicate;
     auto on_event = [&](int, json::parse_event_t ev, json& parsed) {
@@ -157,7 +158,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         }
         return true;
     };
-    const char* text = reinterpret_cast<const char*>(bytes.data() + 8);
+    const char* text = reinterpret_cast<const char*>(text_bytes);
     json header;
     try {
         header = json::parse(text, text + n, on_event);
@@ -166,66 +167,58 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     }
     PKV_CHECK(duplicate.empty(), data_loss, "{}: header: duplicate key '{}'", L, duplicate);
     PKV_CHECK(header.is_object(), data_loss, "{}: header: expected a JSON object, got {}", L, header.type_name());
+    return header;
+}
 
-    SafetensorsFile file;
-    file.label_ = label;
-    const uint64_t data_start = 8 + n;
-    const uint64_t buffer_len = bytes.size() - data_start;
-    struct Span {
-        uint64_t begin, end;
-        std::string name;
-    };
-    std::vector<Span> spans;
-
-    for (auto it = header.begin(); it != header.end(); ++it) {
-        const std::string& name = it.key();
-        const json& v = it.value();
-        if (name == "__metadata__") {
-            PKV_CHECK(v.is_object(), data_loss, "{}: __metadata__: expected an object, got {}", L, v.type_name());
-            for (auto m = v.begin(); m != v.end(); ++m) {
-                PKV_CHECK(m.value().is_string(), data_loss,
-                          "{}: __metadata__: key '{}': expected a string value, got {}", L, m.key(),
-                          m.value().type_name());
-                file.metadata_[m.key()] = m.value().get<std::string>();
-            }
-            continue;
-        }
-        PKV_CHECK(v.is_object(), data_loss, "{}: tensor '{}': expected an object, got {}", L, name, v.type_name());
-        PKV_CHECK(v.contains("dtype") && v["dtype"].is_string(), data_loss,
-                  "{}: tensor '{}': expected a string 'dtype'", L, name);
-        PKV_CHECK(v.contains("shape") && v["shape"].is_array(), data_loss, "{}: tensor '{}': expected an array 'shape'",
-                  L, name);
-        PKV_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2,
-                  data_loss, "{}: tensor '{}': expected 'data_offsets' as [begin, end]", L, name);
-        StTensorView t;
-        t.name = name;
-        t.dtype = v["dtype"].get<std::string>();
-        for (const json& d : v["shape"]) {
-            PKV_CHECK(d.is_number_unsigned(), data_loss,
-                      "{}: tensor '{}': shape: expected non-negative integers, got {}", L, name, d.dump());
-            t.shape.push_back(d.get<uint64_t>());
-        }
-        const json& off = v["data_offsets"];
-        PKV_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(), data_loss,
-                  "{}: tensor '{}': data_offsets: expected non-negative integers, got {}", L, name, off.dump());
-        const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-        const size_t elem = st_dtype_size(t.dtype);
-        PKV_CHECK(elem != 0, unsupported, "{}: tensor '{}': unknown dtype '{}'", L, name, t.dtype);
-        PKV_CHECK(begin <= end, data_loss, "{}: tensor '{}': data_offsets [{}, {}) end before begin", L, name, begin,
-                  end);
-        PKV_CHECK(end <= buffer_len, data_loss,
-                  "{}: tensor '{}': data_offsets [{}, {}) run past the data buffer ({} bytes)", L, name, begin, end,
-                  buffer_len);
-        const uint64_t want = byte_size(t.shape, elem, L + ": tensor '" + name + "' shape " + shape_str(t.shape));
-        PKV_CHECK(end - begin == want, data_loss,
-                  "{}: tensor '{}': data_offsets [{}, {}) hold {} bytes, expected {} = {}", L, name, begin, end,
-                  end - begin, size_expr(t.shape, t.dtype), want);
-        t.size = static_cast<size_t>(end - begin);
-        spans.push_back({begin, end, name});
-        file.tensors_.emplace(name, std::move(t));
+// The "__metadata__" entry: an object whose values are all strings.
+void read_metadata(const json& v, const std::string& L, std::map<std::string, std::string>& out) {
+    PKV_CHECK(v.is_object(), data_loss, "{}: __metadata__: expected an object, got {}", L, v.type_name());
+    for (auto m = v.begin(); m != v.end(); ++m) {
+        PKV_CHECK(m.value().is_string(), data_loss, "{}: __metadata__: key '{}': expected a string value, got {}", L,
+                  m.key(), m.value().type_name());
+        out[m.key()] = m.value().get<std::string>();
     }
+}
 
-    // Every byte of the buffer belongs to exactly one tensor (empty tensors own none).
+// One tensor entry, checked field by field and against the data buffer's length; its
+// byte range goes to spans. The view's data pointer is set once the bytes have their home.
+StTensorView read_tensor_entry(const std::string& name, const json& v, uint64_t buffer_len, const std::string& L,
+                               std::vector<Span>& spans) {
+    PKV_CHECK(v.is_object(), data_loss, "{}: tensor '{}': expected an object, got {}", L, name, v.type_name());
+    PKV_CHECK(v.contains("dtype") && v["dtype"].is_string(), data_loss, "{}: tensor '{}': expected a string 'dtype'", L,
+              name);
+    PKV_CHECK(v.contains("shape") && v["shape"].is_array(), data_loss, "{}: tensor '{}': expected an array 'shape'", L,
+              name);
+    PKV_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2, data_loss,
+              "{}: tensor '{}': expected 'data_offsets' as [begin, end]", L, name);
+    StTensorView t;
+    t.name = name;
+    t.dtype = v["dtype"].get<std::string>();
+    for (const json& d : v["shape"]) {
+        PKV_CHECK(d.is_number_unsigned(), data_loss, "{}: tensor '{}': shape: expected non-negative integers, got {}",
+                  L, name, d.dump());
+        t.shape.push_back(d.get<uint64_t>());
+    }
+    const json& off = v["data_offsets"];
+    PKV_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(), data_loss,
+              "{}: tensor '{}': data_offsets: expected non-negative integers, got {}", L, name, off.dump());
+    const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    const size_t elem = st_dtype_size(t.dtype);
+    PKV_CHECK(elem != 0, unsupported, "{}: tensor '{}': unknown dtype '{}'", L, name, t.dtype);
+    PKV_CHECK(begin <= end, data_loss, "{}: tensor '{}': data_offsets [{}, {}) end before begin", L, name, begin, end);
+    PKV_CHECK(end <= buffer_len, data_loss,
+              "{}: tensor '{}': data_offsets [{}, {}) run past the data buffer ({} bytes)", L, name, begin, end,
+              buffer_len);
+    const uint64_t want = byte_size(t.shape, elem, L + ": tensor '" + name + "' shape " + shape_str(t.shape));
+    PKV_CHECK(end - begin == want, data_loss, "{}: tensor '{}': data_offsets [{}, {}) hold {} bytes, expected {} = {}",
+              L, name, begin, end, end - begin, size_expr(t.shape, t.dtype), want);
+    t.size = static_cast<size_t>(end - begin);
+    spans.push_back({begin, end, name});
+    return t;
+}
+
+// Every byte of the buffer belongs to exactly one tensor (empty tensors own none).
+void check_spans_tile(std::vector<Span>& spans, uint64_t buffer_len, const std::string& L) {
     std::sort(spans.begin(), spans.end(),
               [](const Span& a, const Span& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
     uint64_t covered = 0;
@@ -242,6 +235,29 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     PKV_CHECK(covered == buffer_len, data_loss,
               "{}: tensors cover {} bytes of the data buffer, expected all {} (bytes left over at the end)", L, covered,
               buffer_len);
+}
+
+}  // namespace
+
+SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& label) {
+    const std::string& L = label;
+    PKV_CHECK(bytes.size() >= 8, data_loss, "{}: expected at least 8 bytes (header length), got {}", L, bytes.size());
+    const uint64_t n = get_u64le(bytes.data());
+    PKV_CHECK(n <= kMaxHeader, data_loss, "{}: header length {} exceeds the 100 MB limit", L, n);
+    PKV_CHECK(n <= bytes.size() - 8, data_loss, "{}: header length {} runs past end of file ({} bytes)", L, n,
+              bytes.size());
+    const json header = parse_header(bytes.data() + 8, n, L);
+
+    SafetensorsFile file;
+    file.label_ = label;
+    const uint64_t data_start = 8 + n;
+    const uint64_t buffer_len = bytes.size() - data_start;
+    std::vector<Span> spans;
+    for (auto it = header.begin(); it != header.end(); ++it) {
+        if (it.key() == "__metadata__") read_metadata(it.value(), L, file.metadata_);
+        else file.tensors_.emplace(it.key(), read_tensor_entry(it.key(), it.value(), buffer_len, L, spans));
+    }
+    check_spans_tile(spans, buffer_len, L);
 
     file.bytes_ = std::move(bytes);
     for (auto& entry : file.tensors_) {
