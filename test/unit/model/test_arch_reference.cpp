@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -239,4 +240,76 @@ TEST_CASE("arch reference: qwen2 (QKV biases, NEOX RoPE, tied output) matches tr
 
 TEST_CASE("arch reference: qwen3 (Q/K norms, NEOX RoPE) matches transformers", "[model][arch]") {
     check_fixture("qwen3");
+}
+
+namespace {
+
+/// The worst |pkv - ref| / (row's largest |ref|) over every layer's q, k_pre, k_post, v
+/// and the last logits, when pkv runs `name` with its description changed by `change`
+/// (LlamaModel(file, hp): the tensors stay, the forward pass does what hp says).
+double worst_with(const std::string& name, const std::function<void(LlamaHparams&)>& change) {
+    const SafetensorsFile ref = SafetensorsFile::open(kFixtureDir + name + ".ref.safetensors");
+    const StTensorView& tv = ref.tensor("tokens");
+    std::vector<int32_t> tokens(tv.numel());
+    std::memcpy(tokens.data(), tv.data, tv.size);
+    auto file = GgufFile::open(kFixtureDir + name + ".gguf");
+    LlamaHparams hp = llama_hparams_from_gguf(*file);
+    const bool permuted = qk_permuted(hp.arch);  // from the file, before the change
+    change(hp);
+    const LlamaModel model(file, hp);
+    Captured cap;
+    const ForwardResult r = run_pkv(model, tokens, cap);
+    const size_t T = tokens.size();
+    double worst = 0;
+    for (uint32_t l = 0; l < hp.n_layer; ++l)
+        for (const char* kind : kKinds) {
+            const std::string key = "blk." + std::to_string(l) + "." + kind;
+            const bool is_q = std::string(kind) == "q", is_v = std::string(kind) == "v";
+            const size_t width = size_t{is_q ? hp.n_head : hp.n_head_kv} * hp.head_dim;
+            const auto got =
+                permuted && !is_v ? gguf_to_hf(cap.act.at(key), static_cast<int>(hp.head_dim)) : cap.act.at(key);
+            worst = std::max(worst, compare_rows(got, f32_tensor(ref, key, {T, width}), width).ratio);
+        }
+    const auto logits = f32_tensor(ref, "logits", {T, size_t{hp.n_vocab}});
+    const std::vector<float> last(logits.end() - static_cast<std::ptrdiff_t>(hp.n_vocab), logits.end());
+    return std::max(worst, compare_rows(r.last_logits, last, hp.n_vocab).ratio);
+}
+
+RopeLayout other(RopeLayout l) {
+    return l == RopeLayout::interleaved ? RopeLayout::half_split : RopeLayout::interleaved;
+}
+
+}  // namespace
+
+// The comparison above can fail: each feature switched off in pkv's description makes
+// some activation differ by far more than the tolerance (1e-4 of the row's largest value),
+// while the unchanged description stays within it.
+TEST_CASE("arch reference: switching off any one feature breaks the agreement", "[model][arch]") {
+    const auto keep = [](LlamaHparams&) {};
+    struct Case {
+        const char* fixture;
+        const char* feature;
+        std::function<void(LlamaHparams&)> change;
+    };
+    const Case cases[] = {
+        {"llama3", "rope_freqs factors", [](LlamaHparams& hp) { hp.rope_freq_factors.clear(); }},
+        {"llama3", "NORM pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
+        {"mistral", "NORM pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
+        {"mistral", "1/sqrt(head_dim) scale", [](LlamaHparams& hp) { hp.attn_scale = 0.25f; }},  // 1/sqrt(64/4)
+        {"qwen2", "Q/K/V biases", [](LlamaHparams& hp) { hp.qkv_bias = false; }},
+        {"qwen2", "NEOX pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
+        {"qwen3", "Q/K norm", [](LlamaHparams& hp) { hp.qk_norm = false; }},
+        {"qwen3", "NEOX pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
+    };
+    for (const char* f : {"llama3", "mistral", "qwen2", "qwen3"}) {
+        const double base = worst_with(f, keep);
+        INFO(f << " as described: worst " << base);
+        CHECK(base < kRel);
+    }
+    for (const Case& c : cases) {
+        const double w = worst_with(c.fixture, c.change);
+        std::fprintf(stderr, "arch reference %s without %s: worst |diff|/rowmax %.3g\n", c.fixture, c.feature, w);
+        INFO(c.fixture << " without " << c.feature << ": worst " << w);
+        CHECK(w > 100 * kRel);
+    }
 }
