@@ -52,10 +52,14 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
     PKV_CHECK(t.key_basis == basis, invalid_argument,
               "--kv '{}': {} holds {} key patterns but the spec quantizes {} keys{}", spec.text, p, t.key_basis, basis,
               spec.keys_pre ? "" : " (add :pre)");
-    PKV_CHECK(t.key_dim_order == "gguf_interleaved", invalid_argument,
-              "--kv '{}': {} has key dim order {}, but the model computes gguf_interleaved keys (export the table "
-              "with --key-order gguf)",
-              spec.text, p, t.key_dim_order);
+    // The model's own order: GGUF's interleaved pairs, or HF's half split for NEOX models
+    // (whose GGUF rows are not permuted, so the two orders coincide).
+    const bool neox = hp.rope_layout == RopeLayout::half_split;
+    const char* native = neox ? "hf_half_split" : "gguf_interleaved";
+    PKV_CHECK(t.key_dim_order == native, invalid_argument,
+              "--kv '{}': {} has key dim order {}, but the model computes {} keys (export the table with --key-order "
+              "{})",
+              spec.text, p, t.key_dim_order, native, neox ? "hf" : "gguf");
     const bool rotated = t.rotation != ptable::kRotationNone;
     PKV_CHECK(rotated == spec.rotate && t.rotation_seed == 0, invalid_argument,
               "--kv '{}': {} is in the {} basis but the spec {} rotate (:rot)", spec.text, p, t.rotation,

@@ -286,6 +286,12 @@ ExportSummary export_pattern_table(const std::string& table_path, const std::str
     // From here the loops poll: a signal ends the export with status 130 and no file.
     install_interrupt_handlers();
     check_interrupted();
+    // A NEOX model's keys are in half-split order in every runtime: no interleaved order exists.
+    const bool neox = !t.model.rope.empty() && nlohmann::json::parse(t.model.rope).value("type", "") == "neox";
+    PKV_CHECK(!neox || order.empty() || order == "hf_half_split", invalid_argument,
+              "--key-order {}: {} is for a {} model with NEOX RoPE, whose keys are in hf_half_split order in every "
+              "runtime",
+              o.key_order, table_path, t.model.arch);
     if (!order.empty()) t = with_key_dim_order(t, order);
 
     ExportSummary s;

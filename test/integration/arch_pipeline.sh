@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every supported architecture through the whole pipeline, on the tiny converted models of
+# test/fixtures/arch/ (llama 3 with rope_freqs, Mistral-style head_dim, qwen2 with biases and
+# NEOX RoPE, qwen3 with Q/K norms): validate, dump (the model record carries the RoPE
+# description; NEOX dumps are in HF order), calibrate (post- and pre-RoPE keys; the table
+# records the architecture and RoPE), analyze (pre-RoPE keys scored through the dump's RoPE),
+# eval (fp16, KIVI and the table, pre-RoPE table too), export, check; a table of one model is
+# refused for another.
+source "$(dirname "$0")/common.bash"
+: "${PKV_SOURCE_DIR:?PKV_SOURCE_DIR must point to the source tree}"
+FIX="$PKV_SOURCE_DIR/test/fixtures/arch"
+TXT="$PKV_SOURCE_DIR/test/integration/data/tokenizer_mixed.txt"
+[ -f "$TEXT" ] && TXT="$TEXT"
+PY=/usr/bin/python3
+q() { "$PKV_BIN" --log-level warn "$@"; }
+
+# expect_attr NAME H5 PYEXPR: PYEXPR (over m = the model record, d = the dump's dim_order) holds.
+check_dump() {
+  local arch="$1" h5="$2" want_rope="$3" want_order="$4" want_factors="$5"
+  "$PY" - "$h5" "$want_rope" "$want_order" "$want_factors" <<'PY'
+import json, sys, h5py
+path, rope, order, nf = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+f = h5py.File(path, "r")
+m = json.loads(f.attrs["model"])
+got_f = 0 if m.get("rope_freq_factors") is None else len(m["rope_freq_factors"])
+assert m["rope_type"] == rope, m["rope_type"]
+assert f.attrs["dim_order"] == order, f.attrs["dim_order"]
+assert got_f == nf, got_f
+print(f"{m['arch']}: rope {m['rope_type']}, dim_order {f.attrs['dim_order']}, {got_f} frequency factors, "
+      f"qkv_bias {m['qkv_bias']}, qk_norm {m['qk_norm']}")
+PY
+}
+
+for spec in "llama3 llama norm gguf_interleaved 8" "mistral llama norm gguf_interleaved 0" \
+            "qwen2 qwen2 neox hf_half_split 0" "qwen3 qwen3 neox hf_half_split 0"; do
+  read -r name arch rope order factors <<<"$spec"
+  G="$FIX/$name.gguf"
+  D="$WORK/$name"
+  mkdir -p "$D"
+  step() { pass "$name: $*"; }
+  q validate "$G" >/dev/null || { failed "$name: validate"; continue; }
+  q dump --model "$G" --text "$TXT" --tokens 384 --ctx 128 --out "$D/d.h5" >/dev/null || { failed "$name: dump"; continue; }
+  check_dump "$arch" "$D/d.h5" "$rope" "$order" "$factors" && step "dump records its RoPE" || failed "$name: dump record"
+  q validate "$D/d.h5" >/dev/null && step "dump valid" || failed "$name: dump invalid"
+  for keys in post pre; do
+    q calibrate --dump "$D/d.h5" --keys "$keys" --k-patterns 4 --v-patterns 4 --holdout 0.25 --device cpu \
+      --out "$D/t_$keys.safetensors" >/dev/null || { failed "$name: calibrate --keys $keys"; continue; }
+    "$PY" - "$D/t_$keys.safetensors" "$arch" "$rope" <<'PY' && step "table ($keys-RoPE keys) records $arch, $rope" || failed "$name: table metadata"
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+meta = json.loads(b[8:8 + n])["__metadata__"]
+assert meta["pkv.model.arch"] == sys.argv[2], meta["pkv.model.arch"]
+assert json.loads(meta["pkv.model.rope"])["type"] == sys.argv[3]
+PY
+  done
+  q analyze --dump "$D/d.h5" --methods fp16,kivi,patternkv,patternkv-table --bits 2 --table "$D/t_post.safetensors" \
+    --json "$D/a.json" >/dev/null 2>"$D/a.err" && step "analyze" || failed "$name: analyze: $(cat "$D/a.err")"
+  q analyze --dump "$D/d.h5" --keys pre --methods fp16,kivi --bits 2 --json "$D/ap.json" >/dev/null 2>"$D/ap.err" ||
+    failed "$name: analyze --keys pre: $(cat "$D/ap.err")"
+  if grep -q "attention metrics skipped" "$D/ap.err"; then failed "$name: analyze --keys pre skipped attention"
+  else step "analyze --keys pre scores attention through the dump's RoPE"; fi
+  q eval --model "$G" --text "$TXT" --tokens 256 --ctx 128 \
+    --kv fp16 kivi:2 "patternkv-table:2:$D/t_post.safetensors" "patternkv-table:2:pre:$D/t_pre.safetensors" \
+    --json "$D/e.json" >/dev/null 2>"$D/e.err" && step "eval" || failed "$name: eval: $(cat "$D/e.err")"
+  q export --table "$D/t_post.safetensors" --format gguf --out "$D/t.gguf" >/dev/null && step "export" ||
+    failed "$name: export"
+  q check --report "$D/e.json" --baseline "$D/e.json" >/dev/null && step "check" || failed "$name: check"
+done
+# A NEOX model has no interleaved key order to export to.
+expect_fail "qwen3 table has no gguf key order" "NEOX RoPE" \
+  "$PKV_BIN" --log-level warn export --table "$WORK/qwen3/t_post.safetensors" --format json --key-order gguf \
+  --out "$WORK/x.json"
+# A table calibrated on one model is refused for another.
+expect_fail "qwen2 refuses the llama3 table" "calibrated on model sha256" \
+  "$PKV_BIN" --log-level warn eval --model "$FIX/qwen2.gguf" --text "$TXT" --tokens 128 --ctx 64 \
+  --kv "patternkv-table:2:$WORK/llama3/t_post.safetensors"
+finish
