@@ -26,8 +26,23 @@ got_f = 0 if m.get("rope_freq_factors") is None else len(m["rope_freq_factors"])
 assert m["rope_type"] == rope, m["rope_type"]
 assert f.attrs["dim_order"] == order, f.attrs["dim_order"]
 assert got_f == nf, got_f
+# The record is all a reader needs: RoPE of k_pre as described gives k_post.
+import numpy as np
+kpre, kpost = f["k_pre"][:].astype(np.float64), f["k_post"][:].astype(np.float64)  # [layer, head, T, D]
+D, nrot = kpre.shape[-1], m["n_rot"]
+ff = np.ones(nrot // 2) if m.get("rope_freq_factors") is None else np.array(m["rope_freq_factors"])
+inv = m["rope_freq_base"] ** (-2.0 * np.arange(nrot // 2) / nrot) / ff
+th = f["tokens/pos"][:].astype(np.float64)[:, None] * m["rope_freq_scale"] * inv[None, :]
+half = f.attrs["dim_order"] == "hf_half_split"
+a = np.arange(nrot // 2) if half else 2 * np.arange(nrot // 2)
+b = a + nrot // 2 if half else a + 1
+out = kpre.copy()
+out[..., a] = kpre[..., a] * np.cos(th) - kpre[..., b] * np.sin(th)
+out[..., b] = kpre[..., a] * np.sin(th) + kpre[..., b] * np.cos(th)
+err = np.max(np.abs(out - kpost)) / np.max(np.abs(kpost))
+assert err < 2e-3, err  # fp16 storage
 print(f"{m['arch']}: rope {m['rope_type']}, dim_order {f.attrs['dim_order']}, {got_f} frequency factors, "
-      f"qkv_bias {m['qkv_bias']}, qk_norm {m['qk_norm']}")
+      f"qkv_bias {m['qkv_bias']}, qk_norm {m['qk_norm']}; RoPE(k_pre) = k_post within {err:.1e}")
 PY
 }
 
@@ -40,7 +55,7 @@ for spec in "llama3 llama norm gguf_interleaved 8" "mistral llama norm gguf_inte
   step() { pass "$name: $*"; }
   q validate "$G" >/dev/null || { failed "$name: validate"; continue; }
   q dump --model "$G" --text "$TXT" --tokens 384 --ctx 128 --out "$D/d.h5" >/dev/null || { failed "$name: dump"; continue; }
-  check_dump "$arch" "$D/d.h5" "$rope" "$order" "$factors" && step "dump records its RoPE" || failed "$name: dump record"
+  check_dump "$arch" "$D/d.h5" "$rope" "$order" "$factors" && step "dump records its RoPE (applying it to k_pre gives k_post)" || failed "$name: dump record"
   q validate "$D/d.h5" >/dev/null && step "dump valid" || failed "$name: dump invalid"
   for keys in post pre; do
     q calibrate --dump "$D/d.h5" --keys "$keys" --k-patterns 4 --v-patterns 4 --holdout 0.25 --device cpu \
