@@ -38,12 +38,28 @@ const std::vector<std::string> kAppliedKeys = {
 // scaling (and Llama 3's factors, which the file carries precomputed) they change nothing.
 const std::vector<std::string> kNeutralKeys = {"rope.scaling.original_context_length", "rope.scaling.finetuned"};
 
+ArchDesc arch(const char* name, RopeLayout rope) {
+    ArchDesc d;
+    d.name = name;
+    d.rope_layout = rope;
+    d.applied_keys = kAppliedKeys;
+    d.neutral_keys = kNeutralKeys;
+    return d;
+}
+
 const std::vector<ArchDesc>& archs() {
-    static const std::vector<ArchDesc> a = {
-        {"llama", RopeLayout::interleaved, false, true, kAppliedKeys, kNeutralKeys, {}},
-        {"qwen2", RopeLayout::half_split, false, false, kAppliedKeys, kNeutralKeys, {}},
-        {"qwen3", RopeLayout::half_split, true, false, kAppliedKeys, kNeutralKeys, {}},
-    };
+    static const std::vector<ArchDesc> a = [] {
+        ArchDesc llama = arch("llama", RopeLayout::interleaved);
+        llama.rope_freqs = true;
+        ArchDesc qwen2 = arch("qwen2", RopeLayout::half_split);
+        ArchDesc qwen3 = arch("qwen3", RopeLayout::half_split);
+        qwen3.qk_norm = true;
+        ArchDesc gemma3 = arch("gemma3", RopeLayout::half_split);
+        gemma3.qk_norm = gemma3.post_norms = gemma3.gelu_ffn = gemma3.embd_scale = gemma3.swa_layers = true;
+        gemma3.applied_keys.insert(gemma3.applied_keys.end(),
+                                   {"attention.sliding_window_pattern", "rope.freq_base_swa"});
+        return std::vector<ArchDesc>{llama, qwen2, qwen3, gemma3};
+    }();
     return a;
 }
 
@@ -131,9 +147,11 @@ std::string supported_archs() {
 
 const char* layer_part_name(LayerPart part) {
     static const char* const names[kLayerParts] = {
-        "attn_norm.weight", "attn_q.weight",   "attn_k.weight",    "attn_v.weight",      "attn_output.weight",
-        "ffn_norm.weight",  "ffn_gate.weight", "ffn_up.weight",    "ffn_down.weight",    "attn_q.bias",
-        "attn_k.bias",      "attn_v.bias",     "attn_output.bias", "attn_q_norm.weight", "attn_k_norm.weight"};
+        "attn_norm.weight",    "attn_q.weight",      "attn_k.weight",      "attn_v.weight",
+        "attn_output.weight",  "ffn_norm.weight",    "ffn_gate.weight",    "ffn_up.weight",
+        "ffn_down.weight",     "attn_q.bias",        "attn_k.bias",        "attn_v.bias",
+        "attn_output.bias",    "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
+        "post_ffw_norm.weight"};
     return names[static_cast<int>(part)];
 }
 
@@ -150,6 +168,7 @@ std::vector<TensorReq> model_tensor_plan(const LlamaHparams& hp) {
     if (hp.qkv_bias) parts.insert(parts.end(), {{P::bq, {QD}}, {P::bk, {KD}}, {P::bv, {KD}}});
     if (hp.out_bias) parts.push_back({P::bo, {E}});
     if (hp.qk_norm) parts.insert(parts.end(), {{P::q_norm, {HD}}, {P::k_norm, {HD}}});
+    if (hp.post_norms) parts.insert(parts.end(), {{P::post_attn_norm, {E}}, {P::post_ffn_norm, {E}}});
     for (uint32_t l = 0; l < hp.n_layer; ++l)
         for (const auto& [part, ne] : parts)
             plan.push_back({"blk." + std::to_string(l) + "." + layer_part_name(part), ne, static_cast<int>(l), part});

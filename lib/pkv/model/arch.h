@@ -8,6 +8,10 @@
 //   llama   interleaved (ggml NORM)   —             optional (Llama 3)  optional
 //   qwen2   half split (ggml NEOX)    —             —                   optional (present in Qwen2.5)
 //   qwen3   half split (ggml NEOX)    per head      —                   optional
+//   gemma3  half split (ggml NEOX)    per head      —                   optional
+// gemma3 also has post-norms on both sublayers, a GeGLU (tanh GELU) feed-forward, token
+// embeddings scaled by sqrt(n_embd), and sliding-window (local) layers with their own RoPE
+// base between global ones.
 //
 // Interleaved pairs are (2i, 2i+1): the GGUF converter permutes the rows of Q and K of
 // `llama` files so that this equals Hugging Face's rotate_half; NEOX files are not permuted
@@ -37,6 +41,16 @@ struct ArchDesc {
     RopeLayout rope_layout = RopeLayout::interleaved;  ///< how RoPE pairs head dimensions
     bool qk_norm = false;     ///< blk.N.attn_{q,k}_norm.weight [head_dim] required: RMSNorm per head before RoPE
     bool rope_freqs = false;  ///< rope_freqs.weight [n_rot/2] allowed: θ_i is divided by its factor i
+    /// blk.N.post_attention_norm / post_ffw_norm.weight [n_embd] required: RMSNorm of each
+    /// sublayer's output before it is added to the residual stream.
+    bool post_norms = false;
+    bool gelu_ffn = false;    ///< feed-forward gate is GELU (tanh approximation), not SiLU
+    bool embd_scale = false;  ///< token embeddings are multiplied by sqrt(n_embd)
+    /// attention.sliding_window applies to the local layers only: attention.sliding_window_pattern
+    /// (a bool per layer, or n: every n-th layer global; default 6, as llama.cpp) says which,
+    /// and they rotate with rope.freq_base_swa (default 10000). Without it, a sliding window
+    /// applies to every layer and longer sequences are refused.
+    bool swa_layers = false;
     /// Metadata keys (without the `<arch>.` prefix) the forward pass applies or checks.
     std::vector<std::string> applied_keys;
     /// Metadata keys (without the prefix) that never change the math (informational).
@@ -67,9 +81,11 @@ enum class LayerPart {
     bv,
     bo,
     q_norm,
-    k_norm
+    k_norm,
+    post_attn_norm,
+    post_ffn_norm
 };
-constexpr int kLayerParts = 15;
+constexpr int kLayerParts = 17;
 /// The tensor name after `blk.N.`, e.g. "attn_q.weight".
 const char* layer_part_name(LayerPart part);
 

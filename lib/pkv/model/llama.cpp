@@ -213,7 +213,7 @@ void check_forward_args(const GgufFile& f, const LlamaHparams& hp, const std::ve
               "{}: forward of {} tokens: expected 1 to {} (context_length)", f.path(), tokens.size(), hp.n_ctx_train);
     PKV_CHECK(opts.pos0 >= 0, invalid_argument, "{}: forward pos0: expected >= 0, got {}", f.path(), opts.pos0);
     // Within the window a sliding-window layer attends exactly like a full one.
-    PKV_CHECK(hp.sliding_window == 0 || tokens.size() <= hp.sliding_window, unsupported,
+    PKV_CHECK(hp.sliding_window == 0 || !hp.swa_layer.empty() || tokens.size() <= hp.sliding_window, unsupported,
               "{}: forward of {} tokens: expected at most attention.sliding_window = {} (pkv attends to the whole "
               "sequence)",
               f.path(), tokens.size(), hp.sliding_window);
@@ -227,16 +227,18 @@ void check_forward_args(const GgufFile& f, const LlamaHparams& hp, const std::ve
 }
 
 // Row by row: only the sequence's tokens are dequantized, never the whole table.
-RowMatrix embed_tokens(const GgufFile& f, const GgufTensorInfo& tok_embd, const std::vector<int32_t>& tokens, int E) {
+RowMatrix embed_tokens(const GgufFile& f, const GgufTensorInfo& tok_embd, const std::vector<int32_t>& tokens, int E,
+                       float scale) {
     const int n = static_cast<int>(tokens.size());
     RowMatrix x(n, E);
     for (int i = 0; i < n; ++i) f.dequantize_rows(tok_embd, static_cast<uint64_t>(tokens[i]), 1, x.row(i).data());
+    if (scale > 0.0f) x *= scale;
     return x;
 }
 
 /// The whole sequence's activations of the current layer: shared, as attention reads other threads' rows.
 struct SeqActivations {
-    RopeTable rope;
+    RopeTable rope, rope_swa;  ///< global layers; sliding-window layers (empty without them)
     RowMatrix q, k, v, att, k_pre;
     std::vector<char> capture;  ///< per layer: hand the layer to the sink
     bool hooked = false;        ///< a KV cache hook is set
@@ -251,6 +253,9 @@ struct SeqActivations {
 SeqActivations seq_activations(const LlamaHparams& hp, const Dims& d, const ForwardOptions& opts) {
     SeqActivations s;
     s.rope = rope_table(rope_params(hp), d.n, opts.pos0);
+    const auto swa = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1);
+    if (swa != hp.swa_layer.end())
+        s.rope_swa = rope_table(rope_params(hp, static_cast<uint32_t>(swa - hp.swa_layer.begin())), d.n, opts.pos0);
     s.q.resize(d.n, d.QD), s.k.resize(d.n, d.KD), s.v.resize(d.n, d.KD), s.att.resize(d.n, d.QD);
     s.capture.assign(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) s.capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
@@ -291,6 +296,8 @@ struct ThreadRows {
     }
 };
 
+bool is_swa(const LlamaHparams& hp, uint32_t l) { return l < hp.swa_layer.size() && hp.swa_layer[l]; }
+
 // rows[i] += bias for each of `m` rows of `cols` values (a no-op without a bias).
 void add_bias(float* rows, int m, int cols, const float* bias) {
     if (bias == nullptr) return;
@@ -317,8 +324,9 @@ void project_qkv(LayerLoop& L, ThreadRows& tr, uint32_t l) {
         ops::rms_norm(s.k.row(ra).data(), int64_t{m} * d.HKV, d.HD, w.w(P::k_norm), L.hp.rms_eps, s.k.row(ra).data());
     }
     if (s.capture[l] || s.hooked) s.k_pre.middleRows(ra, m) = s.k.middleRows(ra, m);
-    rope_apply(s.q.row(ra).data(), m, d.H, d.HD, s.rope, ra);
-    rope_apply(s.k.row(ra).data(), m, d.HKV, d.HD, s.rope, ra);
+    const RopeTable& rope = is_swa(L.hp, l) ? s.rope_swa : s.rope;
+    rope_apply(s.q.row(ra).data(), m, d.H, d.HD, rope, ra);
+    rope_apply(s.k.row(ra).data(), m, d.HKV, d.HD, rope, ra);
 }
 
 // One thread, after the barrier: the sink sees every row of the layer, once.
@@ -346,22 +354,31 @@ void hook_kv_cache(LayerLoop& L, uint32_t l) {
         });
 }
 
+// Gemma's sublayer output norm, in place on the thread's projected rows (a no-op without it).
+void post_norm(LayerLoop& L, ThreadRows& tr, LayerPart part) {
+    const float* w = L.w.w(part);
+    if (w == nullptr) return;
+    ops::rms_norm(tr.proj.data(), tr.m, L.d.E, w, L.hp.rms_eps, tr.proj.data());
+}
+
 // A query row reads only K/V rows before it, so each thread attends and projects its own rows.
-void attend_rows(LayerLoop& L, ThreadRows& tr) {
+void attend_rows(LayerLoop& L, ThreadRows& tr, uint32_t l) {
     const Dims& d = L.d;
     SeqActivations& s = L.s;
     const int ra = tr.ra, m = tr.m;
     constexpr int kQBlock = 256;
     const float scale = L.hp.attn_scale;  // 0: 1/sqrt(head_dim)
+    const int window = is_swa(L.hp, l) ? static_cast<int>(L.hp.sliding_window) : 0;
     if (s.hooked)
         ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
                                           s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),
-                                          ra, tr.rb, tr.scratch, tr.scratch2, kQBlock, scale);
+                                          ra, tr.rb, tr.scratch, tr.scratch2, kQBlock, scale, window);
     else
         ops::causal_attention_rows(s.q.data(), s.k.data(), s.v.data(), d.H, d.HKV, d.HD, s.att.data(), ra, tr.rb,
-                                   tr.scratch, kQBlock, scale);
+                                   tr.scratch, kQBlock, scale, window);
     ops::matmul_wt(s.att.row(ra).data(), m, d.QD, L.w.w(LayerPart::wo), d.E, tr.proj.data());
     add_bias(tr.proj.data(), m, d.E, L.w.w(LayerPart::bo));
+    post_norm(L, tr, LayerPart::post_attn_norm);
     L.x.middleRows(ra, m) += tr.proj.topRows(m);
 }
 
@@ -371,7 +388,7 @@ void attention_block(LayerLoop& L, ThreadRows& tr, uint32_t l) {
 #pragma omp barrier
     if (L.s.capture[l] && tr.t == 0) L.errors.guarded([&] { capture_layer(L, l); });
     if (L.s.hooked) hook_kv_cache(L, l);
-    if (tr.m > 0) L.errors.guarded([&] { attend_rows(L, tr); });
+    if (tr.m > 0) L.errors.guarded([&] { attend_rows(L, tr, l); });
 }
 
 // Rows are independent, so the feed-forward sublayer needs no barrier.
@@ -384,8 +401,10 @@ void ffn_block(LayerLoop& L, ThreadRows& tr) {
         ops::rms_norm(L.x.row(ra).data(), m, d.E, w.w(LayerPart::ffn_norm), L.hp.rms_eps, tr.xn.data());
         ops::matmul_wt(tr.xn.data(), m, d.E, w.w(LayerPart::ffn_gate), d.FF, tr.gate.data());
         ops::matmul_wt(tr.xn.data(), m, d.E, w.w(LayerPart::ffn_up), d.FF, tr.up.data());
-        ops::swiglu_inplace(tr.gate.data(), tr.up.data(), int64_t{m} * d.FF);
+        if (L.hp.gelu_ffn) ops::geglu_tanh_inplace(tr.gate.data(), tr.up.data(), int64_t{m} * d.FF);
+        else ops::swiglu_inplace(tr.gate.data(), tr.up.data(), int64_t{m} * d.FF);
         ops::matmul_wt(tr.gate.data(), m, d.FF, w.w(LayerPart::ffn_down), d.E, tr.proj.data());
+        post_norm(L, tr, LayerPart::post_ffn_norm);
         L.x.middleRows(ra, m) += tr.proj.topRows(m);
     });
 }
@@ -487,7 +506,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     const Dims d = forward_dims(hp, static_cast<int>(tokens.size()));
     const int n = d.n;
 
-    RowMatrix x = embed_tokens(f, *impl_->tok_embd, tokens, d.E);
+    RowMatrix x = embed_tokens(f, *impl_->tok_embd, tokens, d.E, hp.embd_scale);
     RegionErrors errors;
     {  // the layer weights and activations go at the end of this scope
         LayerLoop loop{f, hp, impl_->layers, opts, sink, d, errors, x, seq_activations(hp, d, opts), LayerWeights()};

@@ -67,11 +67,21 @@ struct LlamaHparams {
     bool tied_output = false;  ///< output.weight absent: token_embd reused
     bool qkv_bias = false;     ///< blk.N.attn_{q,k,v}.bias present
     bool out_bias = false;     ///< blk.N.attn_output.bias present
-    bool qk_norm = false;      ///< blk.N.attn_{q,k}_norm.weight (qwen3)
+    bool qk_norm = false;      ///< blk.N.attn_{q,k}_norm.weight (qwen3, gemma3)
+    bool post_norms = false;   ///< blk.N.post_attention_norm / post_ffw_norm.weight (gemma3)
+    bool gelu_ffn = false;     ///< GeGLU with tanh GELU instead of SwiGLU (gemma3)
+    float embd_scale = 0.0f;   ///< token embeddings × this (gemma3: sqrt(n_embd)); 0: none
+    /// Per layer, 1 for a sliding-window (local) layer: its queries see only the last
+    /// `sliding_window` keys and it rotates with rope_freq_base_swa. Empty: every layer is
+    /// global (and a non-zero sliding_window then caps the sequence length instead).
+    std::vector<uint8_t> swa_layer;
+    float rope_freq_base_swa = 10000.0f;
 };
 
-/// The model's RoPE: n_rot, base, linear scaling, frequency factors and pairing.
+/// The model's RoPE: n_rot, base, linear scaling, frequency factors and pairing; with
+/// `layer`, that layer's (a sliding-window layer has its own base).
 RopeParams rope_params(const LlamaHparams& hp);
+RopeParams rope_params(const LlamaHparams& hp, uint32_t layer);
 
 /// Reads and validates the hyperparameters (metadata and which optional tensors exist);
 /// throws unsupported for architectures arch.h does not describe (listing the supported

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <variant>
 
 #include "pkv/core/error.h"
 #include "pkv/gguf/gguf.h"
@@ -139,6 +140,41 @@ void read_attention(const GgufFile& f, const std::string& a, LlamaHparams& hp) {
         hp.sliding_window = static_cast<uint32_t>(std::min<uint64_t>(*w, std::numeric_limits<uint32_t>::max()));
 }
 
+// Which layers are local: a bool (or 0/1) per layer, or n (every n-th layer, the last of each
+// n, is global), as llama.cpp reads attention.sliding_window_pattern; 6 when absent.
+std::vector<uint8_t> swa_pattern(const GgufFile& f, const std::string& key, uint32_t n_layer) {
+    std::vector<uint8_t> swa(n_layer);
+    if (f.has(key) && f.get(key).type == GgufType::ARRAY) {
+        const auto& items = std::get<std::vector<GgufValue>>(f.get(key).value);
+        PKV_CHECK(items.size() == n_layer, data_loss, "{}: metadata '{}': expected {} values (one per layer), got {}",
+                  f.path(), key, n_layer, items.size());
+        for (uint32_t l = 0; l < n_layer; ++l) {
+            const auto& v = items[l].value;
+            PKV_CHECK(std::holds_alternative<bool>(v) || std::holds_alternative<uint64_t>(v) ||
+                          std::holds_alternative<int64_t>(v),
+                      data_loss, "{}: metadata '{}': expected booleans or integers, got {}", f.path(), key,
+                      GgufFile::to_string(f.get(key)));
+            swa[l] = std::holds_alternative<bool>(v)       ? std::get<bool>(v)
+                     : std::holds_alternative<uint64_t>(v) ? std::get<uint64_t>(v) != 0
+                                                           : std::get<int64_t>(v) != 0;
+        }
+        return swa;
+    }
+    const uint64_t n = f.find_u64(key).value_or(6);
+    for (uint32_t l = 0; l < n_layer; ++l) swa[l] = n == 0 || l % n < n - 1;
+    return swa;
+}
+
+// Local (sliding-window) layers and their RoPE base, for architectures that have them.
+void read_swa(const GgufFile& f, const std::string& a, const ArchDesc& d, LlamaHparams& hp) {
+    if (!d.swa_layers || hp.sliding_window == 0) return;
+    hp.swa_layer = swa_pattern(f, a + "attention.sliding_window_pattern", hp.n_layer);
+    hp.rope_freq_base_swa = static_cast<float>(f.find_f64(a + "rope.freq_base_swa").value_or(10000.0));
+    PKV_CHECK(std::isfinite(hp.rope_freq_base_swa) && hp.rope_freq_base_swa > 1.0f, out_of_range,
+              "{}: metadata '{}rope.freq_base_swa': expected a finite value > 1, got {}", f.path(), a,
+              hp.rope_freq_base_swa);
+}
+
 // The vocabulary from the embedding, and which optional tensors the blocks have.
 void read_tensor_options(const GgufFile& f, const std::string& a, const ArchDesc& d, LlamaHparams& hp) {
     const GgufTensorInfo* embd = f.find_tensor("token_embd.weight");
@@ -157,6 +193,9 @@ void read_tensor_options(const GgufFile& f, const std::string& a, const ArchDesc
         f.find_tensor("blk.0.attn_q.bias") || f.find_tensor("blk.0.attn_k.bias") || f.find_tensor("blk.0.attn_v.bias");
     hp.out_bias = f.find_tensor("blk.0.attn_output.bias") != nullptr;
     hp.qk_norm = d.qk_norm;
+    hp.post_norms = d.post_norms;
+    hp.gelu_ffn = d.gelu_ffn;
+    hp.embd_scale = d.embd_scale ? std::sqrt(static_cast<float>(hp.n_embd)) : 0.0f;
 }
 
 }  // namespace
@@ -168,8 +207,18 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     read_sizes(f, a, hp);
     read_rope(f, a, d, hp);
     read_attention(f, a, hp);
+    read_swa(f, a, d, hp);
     read_tensor_options(f, a, d, hp);
     return hp;
+}
+
+RopeParams rope_params(const LlamaHparams& hp, uint32_t layer) {
+    RopeParams r = rope_params(hp);
+    if (layer < hp.swa_layer.size() && hp.swa_layer[layer]) {  // local layers: own base, no scaling
+        r.base = hp.rope_freq_base_swa;
+        r.freq_scale = 1.0;
+    }
+    return r;
 }
 
 RopeParams rope_params(const LlamaHparams& hp) {

@@ -53,28 +53,44 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
     }
 }
 
+namespace {
+
+// Row of scores against keys k0.. for query i: the scaled softmax over the keys it sees
+// (i - window + 1 .. i, or 0 .. i without a window), zero elsewhere.
+template <class Row>
+void softmax_visible(Row row, int i, int k0, int window, float scale) {
+    const int lo = (window > 0 ? std::max(0, i - window + 1) : 0) - k0, hi = i - k0 + 1;
+    const int n = static_cast<int>(row.size());
+    auto seg = row.segment(lo, hi - lo);
+    const float m = seg.maxCoeff();
+    seg = ((seg.array() - m) * scale).exp().matrix();
+    seg *= 1.0f / seg.sum();
+    if (lo > 0) row.head(lo).setZero();
+    if (hi < n) row.tail(n - hi).setZero();
+}
+
+}  // namespace
+
 void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
-                           float* out, int row_begin, int row_end, RowMatrix& scores, int q_block, float kq_scale) {
+                           float* out, int row_begin, int row_end, RowMatrix& scores, int q_block, float kq_scale,
+                           int window) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
     for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
-        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
+        // Keys [k0, r1) are visible to some query of the block; with a window only the
+        // last `window` keys of each query are.
+        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0;
+        const int k0 = window > 0 ? std::max(0, r0 - window + 1) : 0, nk = r1 - k0;
         for (int h = 0; h < n_head; ++h) {
             const int g = h / group;
+            const int64_t off = k0 * kd + static_cast<int64_t>(g) * head_dim;
             const ConstStridedMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
-            const ConstStridedMap K(k + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
-            const ConstStridedMap V(v + static_cast<int64_t>(g) * head_dim, nk, head_dim, Stride(kd));
+            const ConstStridedMap K(k + off, nk, head_dim, Stride(kd));
+            const ConstStridedMap V(v + off, nk, head_dim, Stride(kd));
             scores.resize(nq, nk);
             scores.noalias() = Q * K.transpose();
-            for (int r = 0; r < nq; ++r) {
-                const int len = r0 + r + 1;  // keys 0..i are visible to query i
-                auto row = scores.row(r);
-                const float m = row.head(len).maxCoeff();
-                row.head(len) = ((row.head(len).array() - m) * scale).exp().matrix();
-                row.head(len) *= 1.0f / row.head(len).sum();
-                if (len < nk) row.tail(nk - len).setZero();
-            }
+            for (int r = 0; r < nq; ++r) softmax_visible(scores.row(r), r0 + r, k0, window, scale);
             StridedMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
             O.noalias() = scores * V;
         }
@@ -96,17 +112,19 @@ int32_t first_flush(const int32_t* flush, int nk) {
 void causal_attention_rows_cached(const float* q, const float* k, const float* v, const float* k_hat,
                                   const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
                                   int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
-                                  RowMatrix& scores, RowMatrix& alt, int q_block, float kq_scale) {
+                                  RowMatrix& scores, RowMatrix& alt, int q_block, float kq_scale, int window) {
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
     for (int r0 = row_begin; r0 < row_end; r0 += q_block) {
-        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0, nk = r1;
+        const int r1 = std::min(row_end, r0 + q_block), nq = r1 - r0;
+        const int k0 = window > 0 ? std::max(0, r0 - window + 1) : 0, nk = r1 - k0;
         for (int h = 0; h < n_head; ++h) {
             const int g = h / group;
-            const int64_t off = static_cast<int64_t>(g) * head_dim;
-            const int32_t* kf = k_flush[g];
-            const int32_t* vf = v_flush[g];
+            const int64_t off = k0 * kd + static_cast<int64_t>(g) * head_dim;
+            // Flush steps of keys k0.. (null: the head is exact).
+            const int32_t* kf = k_flush[g] ? k_flush[g] + k0 : nullptr;
+            const int32_t* vf = v_flush[g] ? v_flush[g] + k0 : nullptr;
             const ConstStridedMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
             const ConstStridedMap K(k + off, nk, head_dim, Stride(kd));
             scores.resize(nq, nk);
@@ -119,18 +137,11 @@ void causal_attention_rows_cached(const float* q, const float* k, const float* v
                 alt.noalias() = Q * Kh.transpose();
                 for (int r = 0; r < nq; ++r) {
                     const int i = r0 + r;
-                    for (int j = 0; j <= i; ++j)
+                    for (int j = 0; j <= i - k0; ++j)
                         if (kf[j] <= i) scores(r, j) = alt(r, j);
                 }
             }
-            for (int r = 0; r < nq; ++r) {
-                const int len = r0 + r + 1;
-                auto row = scores.row(r);
-                const float m = row.head(len).maxCoeff();
-                row.head(len) = ((row.head(len).array() - m) * scale).exp().matrix();
-                row.head(len) *= 1.0f / row.head(len).sum();
-                if (len < nk) row.tail(nk - len).setZero();
-            }
+            for (int r = 0; r < nq; ++r) softmax_visible(scores.row(r), r0 + r, k0, window, scale);
             const ConstStridedMap V(v + off, nk, head_dim, Stride(kd));
             StridedMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, nq, head_dim, Stride(qd));
             if (first_flush(vf, nk) < r1) {
@@ -138,7 +149,7 @@ void causal_attention_rows_cached(const float* q, const float* k, const float* v
                 alt.setZero(nq, nk);
                 for (int r = 0; r < nq; ++r) {
                     const int i = r0 + r;
-                    for (int j = 0; j <= i; ++j)
+                    for (int j = 0; j <= i - k0; ++j)
                         if (vf[j] <= i) alt(r, j) = scores(r, j), scores(r, j) = 0.0f;
                 }
                 const ConstStridedMap Vh(v_hat + off, nk, head_dim, Stride(kd));
@@ -155,6 +166,13 @@ void swiglu_inplace(float* gate, const float* up, int64_t n) {
     Eigen::Map<Eigen::ArrayXf> g(gate, n);
     const Eigen::Map<const Eigen::ArrayXf> u(up, n);
     g = g / (1.0f + (-g).exp()) * u;
+}
+
+void geglu_tanh_inplace(float* gate, const float* up, int64_t n) {
+    Eigen::Map<Eigen::ArrayXf> g(gate, n);
+    const Eigen::Map<const Eigen::ArrayXf> u(up, n);
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    g = 0.5f * g * (1.0f + (kSqrt2OverPi * (g + 0.044715f * g * g * g)).tanh()) * u;
 }
 
 void LogitRowStats::add_block(const float* logits, int64_t n, int64_t col0, int64_t target_col) {

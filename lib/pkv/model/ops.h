@@ -31,12 +31,13 @@ void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64
 /// q: [n, n_head * head_dim], k and v: [n, n_head_kv * head_dim], out: [n, n_head * head_dim],
 /// all row-major; only rows [row_begin, row_end) of out are written and only rows
 /// < row_end of k and v are read. Query head h reads KV head h / (n_head / n_head_kv);
-/// scores are scaled by kq_scale (<= 0: 1/sqrt(head_dim)); row i attends to rows 0..i with a
+/// scores are scaled by kq_scale (<= 0: 1/sqrt(head_dim)); row i attends to rows 0..i (with
+/// window > 0: only rows i - window + 1 .. i, a sliding-window layer) with a
 /// max-subtracted softmax. Scores are formed per head and per block of `q_block` query
 /// rows in `scratch`, so it holds at most q_block · row_end floats.
 void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
                            float* out, int row_begin, int row_end, RowMatrix& scratch, int q_block = 256,
-                           float kq_scale = 0.0f);
+                           float kq_scale = 0.0f, int window = 0);
 
 /// causal_attention_rows over the cache a runtime holds at each step: query i reads,
 /// for KV head g and key j <= i, k_hat[j] when k_flush[g] is non-null and
@@ -51,10 +52,14 @@ void causal_attention_rows(const float* q, const float* k, const float* v, int n
 void causal_attention_rows_cached(const float* q, const float* k, const float* v, const float* k_hat,
                                   const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
                                   int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
-                                  RowMatrix& scratch, RowMatrix& scratch2, int q_block = 256, float kq_scale = 0.0f);
+                                  RowMatrix& scratch, RowMatrix& scratch2, int q_block = 256, float kq_scale = 0.0f,
+                                  int window = 0);
 
 /// gate[i] ← silu(gate[i]) · up[i] for n values.
 void swiglu_inplace(float* gate, const float* up, int64_t n);
+/// gate[i] ← gelu(gate[i]) · up[i] with the tanh approximation
+/// gelu(x) = x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³))), for n values.
+void geglu_tanh_inplace(float* gate, const float* up, int64_t n);
 
 /// Running log-sum-exp, argmax and target logit of one row of logits seen in blocks
 /// of the vocabulary, in double. Feeding every block once gives the exact log-softmax.

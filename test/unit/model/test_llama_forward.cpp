@@ -112,6 +112,25 @@ TEST_CASE("forward matches the naive reference", "[model][forward]") {
         s.head_dim = 12;
         s.n_rot = 8;
     }
+    SECTION("gemma3: local layers (window 9, every 3rd layer global, own RoPE base), post-norms, GeGLU") {
+        s.arch = "gemma3";
+        s.qk_norm = true;
+        s.n_layer = 4;
+        s.head_dim = 16;
+        s.n_head_kv = 1;
+        s.window = 9;
+        s.swa_pattern = 3;
+        s.rope_base_swa = 50.0f;
+        s.rope_base = 5000.0f;
+        pos0 = 2;
+    }
+    SECTION("gemma3 with llama.cpp's defaults: every 6th layer global, local base 10000, window 5") {
+        s.arch = "gemma3";
+        s.qk_norm = true;
+        s.n_layer = 7;
+        s.window = 5;
+        n = 33;
+    }
     SECTION("head_dim not n_embd / n_head, 300 tokens (several query and logit blocks)") {
         s.head_dim = 12;
         s.n_head = 6;

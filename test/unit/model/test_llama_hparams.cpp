@@ -81,7 +81,7 @@ TEST_CASE("model errors name the file, the field and what was expected", "[model
         const Error e = model_error(path);
         CHECK(e.code() == ErrorCode::unsupported);
         CHECK(std::string(e.what()) ==
-              path + ": general.architecture: 'gemma' is not supported (supported: llama, qwen2, qwen3)");
+              path + ": general.architecture: 'gemma' is not supported (supported: llama, qwen2, qwen3, gemma3)");
     }
     SECTION("a metadata key that would change the math") {
         s.extra_f32["llama.attn_logit_softcapping"] = 30.0f;

@@ -57,3 +57,45 @@ TEST_CASE("attention: query blocks and row ranges do not change the result", "[m
     for (int h = 0; h < H; ++h)
         for (int e = 0; e < HD; ++e) CHECK(whole[h * HD + e] == Approx(v[(h / 2) * HD + e]).epsilon(1e-6));
 }
+
+TEST_CASE("attention: a sliding window sees only the last W keys, in both kernels", "[model][ops]") {
+    const int n = 41, H = 4, HKV = 1, HD = 8, W = 7;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> q(n * H * HD), k(n * HKV * HD), v(n * HKV * HD);
+    for (auto* a : {&q, &k, &v})
+        for (auto& x : *a) x = 2.0f * d(rng);
+    // Naive: query i, head h, softmax over keys max(0, i-W+1)..i, in double.
+    std::vector<double> want(q.size(), 0.0);
+    for (int i = 0; i < n; ++i)
+        for (int h = 0; h < H; ++h) {
+            const int lo = std::max(0, i - W + 1);
+            std::vector<double> s(i + 1 - lo);
+            double mx = -1e300, z = 0;
+            for (int j = lo; j <= i; ++j) {
+                double dot = 0;
+                for (int e = 0; e < HD; ++e) dot += double{q[(i * H + h) * HD + e]} * k[j * HD + e];
+                s[j - lo] = dot / std::sqrt(double{HD});
+                mx = std::max(mx, s[j - lo]);
+            }
+            for (double& x : s) z += (x = std::exp(x - mx));
+            for (int j = lo; j <= i; ++j)
+                for (int e = 0; e < HD; ++e) want[(i * H + h) * HD + e] += s[j - lo] / z * v[j * HD + e];
+        }
+    RowMatrix s1, s2;
+    std::vector<float> got(q.size()), cached(q.size());
+    // Query blocks of 5 rows: blocks start inside and outside the window.
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, got.data(), 0, n, s1, 5, 0.0f, W);
+    const int32_t* none[1] = {nullptr};
+    causal_attention_rows_cached(q.data(), k.data(), v.data(), k.data(), v.data(), none, none, H, HKV, HD,
+                                 cached.data(), 0, n, s1, s2, 5, 0.0f, W);
+    for (size_t i = 0; i < want.size(); ++i) {
+        CHECK(got[i] == Approx(want[i]).epsilon(1e-5).margin(1e-5));
+        CHECK(cached[i] == Approx(want[i]).epsilon(1e-5).margin(1e-5));
+    }
+    // A window as long as the sequence is full causal attention.
+    std::vector<float> full(q.size()), wide(q.size());
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, full.data(), 0, n, s1);
+    causal_attention_rows(q.data(), k.data(), v.data(), H, HKV, HD, wide.data(), 0, n, s1, 256, 0.0f, n);
+    CHECK(full == wide);
+}

@@ -53,6 +53,12 @@ struct TinySpec {
     std::map<std::string, float> extra_f32;     ///< further metadata, written as F32
     std::map<std::string, uint32_t> extra_u32;  ///< further metadata, written as U32
     std::string extra_tensor;                   ///< a further F32 tensor of 4 values
+    // gemma3: post-norms, GeGLU (tanh), embeddings x sqrt(n_embd), and (window > 0) local
+    // layers: every `swa_pattern`-th layer global, the others see the last `window` keys
+    // and rotate with base `rope_base_swa`.
+    int window = 0;
+    int swa_pattern = 0;         ///< written when non-zero (else llama.cpp's default 6)
+    float rope_base_swa = 0.0f;  ///< written when non-zero (else 10000)
 };
 
 /// Weights as stored (after rounding), row-major [rows][row_length].
@@ -60,7 +66,12 @@ struct TinyModel {
     TinySpec spec;
     std::map<std::string, std::vector<float>> w;
     int rot() const { return spec.n_rot < 0 ? spec.head_dim : spec.n_rot; }
-    bool neox() const { return spec.arch == "qwen2" || spec.arch == "qwen3"; }
+    bool neox() const { return spec.arch == "qwen2" || spec.arch == "qwen3" || spec.arch == "gemma3"; }
+    bool gemma() const { return spec.arch == "gemma3"; }
+    bool local(int l) const {
+        const int n = spec.swa_pattern ? spec.swa_pattern : 6;
+        return gemma() && spec.window > 0 && l % n < n - 1;
+    }
     double freq_scale() const { return spec.rope_factor > 0 ? 1.0 / spec.rope_factor : 1.0; }
     const std::vector<float>& output() const { return spec.tied ? w.at("token_embd.weight") : w.at("output.weight"); }
 };
@@ -115,6 +126,9 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
     if (s.attn_scale != 0.0f) g.set_f32(a + "attention.scale", s.attn_scale);
     for (const auto& [k, v] : s.extra_f32) g.set_f32(k, v);
     for (const auto& [k, v] : s.extra_u32) g.set_u32(k, v);
+    if (s.window > 0) g.set_u32(a + "attention.sliding_window", s.window);
+    if (s.swa_pattern > 0) g.set_u32(a + "attention.sliding_window_pattern", s.swa_pattern);
+    if (s.rope_base_swa > 0) g.set_f32(a + "rope.freq_base_swa", s.rope_base_swa);
 
     std::mt19937 rng(s.seed);
     auto add = [&](const std::string& name, int n_in, int n_out, float scale, pkv::GgmlType type) {
@@ -151,9 +165,13 @@ inline TinyModel write_tiny_llama(const std::string& path, const TinySpec& s) {
             vec(p + "attn_v.bias", kd, -0.5f, 0.5f);
         }
         if (s.out_bias) vec(p + "attn_output.bias", s.n_embd, -0.3f, 0.3f);
-        if (s.qk_norm) {
+        if (s.qk_norm || s.arch == "gemma3") {
             vec(p + "attn_q_norm.weight", s.head_dim, 0.5f, 1.5f);
             vec(p + "attn_k_norm.weight", s.head_dim, 0.5f, 1.5f);
+        }
+        if (s.arch == "gemma3") {
+            vec(p + "post_attention_norm.weight", s.n_embd, 0.5f, 1.5f);
+            vec(p + "post_ffw_norm.weight", s.n_embd, 0.5f, 1.5f);
         }
         norm(p + "ffn_norm.weight");
         add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 1.0f, s.proj_type);
@@ -208,13 +226,12 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
         for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
         return y;
     };
-    auto rope = [&](std::vector<double>& x, int heads, int pos) {
+    auto rope = [&](std::vector<double>& x, int heads, int pos, double base) {
         const int half = m.rot() / 2;
         for (int h = 0; h < heads; ++h)
             for (int i = 0; i < half; ++i) {
                 const double f = s.rope_freqs.empty() ? 1.0 : s.rope_freqs[i];
-                const double th =
-                    pos * m.freq_scale() * std::pow(static_cast<double>(s.rope_base), -2.0 * i / m.rot()) / f;
+                const double th = pos * m.freq_scale() * std::pow(base, -2.0 * i / m.rot()) / f;
                 double& a = x[h * hd + (m.neox() ? i : 2 * i)];
                 double& b = x[h * hd + (m.neox() ? i + half : 2 * i + 1)];
                 const double a0 = a, b0 = b;
@@ -226,7 +243,9 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
     r.k_pre.resize(s.n_layer), r.k_post.resize(s.n_layer), r.v.resize(s.n_layer), r.q.resize(s.n_layer);
     std::vector<std::vector<double>> x(n, std::vector<double>(E));
     for (int t = 0; t < n; ++t)
-        for (int i = 0; i < E; ++i) x[t][i] = W("token_embd.weight")[static_cast<size_t>(tok[t]) * E + i];
+        for (int i = 0; i < E; ++i)
+            x[t][i] = W("token_embd.weight")[static_cast<size_t>(tok[t]) * E + i] *
+                      (m.gemma() ? std::sqrt(static_cast<double>(static_cast<float>(E))) : 1.0);
     for (int l = 0; l < s.n_layer; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         std::vector<std::vector<double>> Q(n), K(n), V(n);
@@ -240,7 +259,7 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
                 for (int i = 0; i < kd; ++i) K[t][i] += W(p + "attn_k.bias")[i];
                 for (int i = 0; i < kd; ++i) V[t][i] += W(p + "attn_v.bias")[i];
             }
-            if (s.qk_norm) {  // RMSNorm of each head on its own
+            if (s.qk_norm || m.gemma()) {  // RMSNorm of each head on its own
                 auto per_head = [&](std::vector<double>& x, int heads, const std::vector<float>& g) {
                     for (int hh = 0; hh < heads; ++hh) {
                         const std::vector<double> part(x.begin() + hh * hd, x.begin() + (hh + 1) * hd);
@@ -252,8 +271,9 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
                 per_head(K[t], s.n_head_kv, W(p + "attn_k_norm.weight"));
             }
             r.k_pre[l].insert(r.k_pre[l].end(), K[t].begin(), K[t].end());
-            rope(Q[t], s.n_head, pos0 + t);
-            rope(K[t], s.n_head_kv, pos0 + t);
+            const double base = m.local(l) ? (s.rope_base_swa > 0 ? s.rope_base_swa : 10000.0) : s.rope_base;
+            rope(Q[t], s.n_head, pos0 + t, base);
+            rope(K[t], s.n_head_kv, pos0 + t, base);
             r.k_post[l].insert(r.k_post[l].end(), K[t].begin(), K[t].end());
             r.v[l].insert(r.v[l].end(), V[t].begin(), V[t].end());
             r.q[l].insert(r.q[l].end(), Q[t].begin(), Q[t].end());
@@ -262,26 +282,35 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
             std::vector<double> att(qd, 0.0);
             for (int h = 0; h < s.n_head; ++h) {
                 const int g = h / (s.n_head / s.n_head_kv);
-                std::vector<double> sc(t + 1);
+                std::vector<double> sc(t + 1, 0.0);
+                const int j0 = m.local(l) ? std::max(0, t - s.window + 1) : 0;  // local: the last `window` keys
                 double mx = -1e300;
-                for (int j = 0; j <= t; ++j) {
+                for (int j = j0; j <= t; ++j) {
                     double d = 0;
                     for (int e = 0; e < hd; ++e) d += Q[t][h * hd + e] * K[j][g * hd + e];
                     sc[j] = s.attn_scale != 0.0f ? d * s.attn_scale : d / std::sqrt(static_cast<double>(hd));
                     mx = std::max(mx, sc[j]);
                 }
                 double z = 0;
-                for (int j = 0; j <= t; ++j) z += (sc[j] = std::exp(sc[j] - mx));
-                for (int j = 0; j <= t; ++j)
+                for (int j = j0; j <= t; ++j) z += (sc[j] = std::exp(sc[j] - mx));
+                for (int j = j0; j <= t; ++j)
                     for (int e = 0; e < hd; ++e) att[h * hd + e] += sc[j] / z * V[j][g * hd + e];
             }
-            const auto o = matvec(W(p + "attn_output.weight"), att, E);
-            for (int i = 0; i < E; ++i) x[t][i] += o[i] + (s.out_bias ? W(p + "attn_output.bias")[i] : 0.0);
+            auto o = matvec(W(p + "attn_output.weight"), att, E);
+            for (int i = 0; i < E; ++i) o[i] += s.out_bias ? W(p + "attn_output.bias")[i] : 0.0;
+            if (m.gemma()) o = rms(o, W(p + "post_attention_norm.weight"));
+            for (int i = 0; i < E; ++i) x[t][i] += o[i];
             const auto h = rms(x[t], W(p + "ffn_norm.weight"));
             auto gate = matvec(W(p + "ffn_gate.weight"), h, s.n_ff);
             const auto up = matvec(W(p + "ffn_up.weight"), h, s.n_ff);
-            for (int i = 0; i < s.n_ff; ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
-            const auto d = matvec(W(p + "ffn_down.weight"), gate, E);
+            for (int i = 0; i < s.n_ff; ++i) {
+                const double a = gate[i];
+                gate[i] = m.gemma()
+                              ? 0.5 * a * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (a + 0.044715 * a * a * a))) * up[i]
+                              : a / (1.0 + std::exp(-a)) * up[i];
+            }
+            auto d = matvec(W(p + "ffn_down.weight"), gate, E);
+            if (m.gemma()) d = rms(d, W(p + "post_ffw_norm.weight"));
             for (int i = 0; i < E; ++i) x[t][i] += d[i];
         }
     }
