@@ -46,6 +46,8 @@ struct Warnings {
 // interleaved otherwise.
 std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D) {
     if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
+    // Local layers rotate with another base (and see only a window): not one RoPE for all.
+    if (m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty()) return std::nullopt;
     const std::string scaling = m.value("rope_scaling", std::string("none"));
     if (scaling != "none" && scaling != "linear") return std::nullopt;
     RopeParams r;
@@ -359,7 +361,13 @@ void plan_metrics(Context& x) {
     if (!out.has_k) x.warn.add(fmt::format("{}: no {} dataset: key metrics are null", path, x.kname));
     if (!out.has_v) x.warn.add(fmt::format("{}: no {} dataset: value metrics are null", path, kvdump::kV));
     out.has_attn = x.dump.has(kvdump::kQ) && out.has_k && out.has_v;
-    if (!x.dump.has(kvdump::kQ)) {
+    const nlohmann::json& m = x.dump.model();
+    const bool local =
+        m.is_object() && m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty();
+    if (out.has_attn && local) {  // their queries see only a window, which the scorer does not model yet
+        out.has_attn = false;
+        x.warn.add(fmt::format("{}: the model has sliding-window layers: attention metrics skipped", path));
+    } else if (!x.dump.has(kvdump::kQ)) {
         x.warn.add(
             fmt::format("{}: no {} dataset (queries not captured): attention metrics skipped", path, kvdump::kQ));
     } else if (out.has_attn && x.c.keys_pre) {

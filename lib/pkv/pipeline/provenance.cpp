@@ -32,7 +32,16 @@ nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const st
         {"qkv_bias", hp.qkv_bias},
         {"out_bias", hp.out_bias},
         {"qk_norm", hp.qk_norm},
+        {"post_norms", hp.post_norms},
+        {"gelu_ffn", hp.gelu_ffn},
+        {"embd_scale", hp.embd_scale},
     };
+    // Local layers: their window and RoPE base (rope_freq_base is the global layers').
+    nlohmann::json local = nlohmann::json::array();
+    for (size_t l = 0; l < hp.swa_layer.size(); ++l)
+        if (hp.swa_layer[l]) local.push_back(l);
+    j["swa_layers"] = local;
+    j["rope_freq_base_swa"] = local.empty() ? nlohmann::json(nullptr) : nlohmann::json(hp.rope_freq_base_swa);
     // What a reader needs to undo or redo RoPE: null when the model has no factors.
     j["rope_freq_factors"] =
         hp.rope_freq_factors.empty() ? nlohmann::json(nullptr) : nlohmann::json(hp.rope_freq_factors);
