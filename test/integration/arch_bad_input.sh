@@ -27,7 +27,7 @@ dump_fails "rope_freqs of the wrong length" "'rope_freqs.weight': expected shape
   "$WORK/short_freqs.gguf"
 
 forge "$FIX/mistral.gguf" "$WORK/gemma2.gguf" --set-arch gemma2
-dump_fails "unknown architecture" "'gemma2' is not supported (supported: llama, qwen2, qwen3)" "$WORK/gemma2.gguf"
+dump_fails "unknown architecture" "'gemma2' is not supported (supported: llama, qwen2, qwen3, gemma3)" "$WORK/gemma2.gguf"
 
 forge "$FIX/mistral.gguf" "$WORK/yarn.gguf" --set-str llama.rope.scaling.type yarn
 dump_fails "YaRN scaling" "'llama.rope.scaling.type' = 'yarn': not supported" "$WORK/yarn.gguf"
