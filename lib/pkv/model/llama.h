@@ -1,16 +1,17 @@
 // pkv/model/llama.h — the Llama-family forward pass on the CPU (Eigen, OpenMP), for every
-// architecture model/arch.h describes (llama incl. Llama 3.x and Mistral, qwen2, qwen3).
+// architecture model/arch.h describes (llama incl. Llama 3.x and Mistral, qwen2, qwen3, gemma3).
 //
 // Block: h = x + Wo·Attn(RoPE(N(Wq·rms(x) + bq)), RoPE(N(Wk·rms(x) + bk)), Wv·rms(x) + bv) + bo;
 //        out = h + Wdown·(silu(Wgate·rms(h)) ⊙ Wup·rms(h)).
 // Biases are used when the file has them; N is the per-head Q/K RMSNorm of qwen3 (identity
-// elsewhere). GQA (query head h uses KV head h / (n_head / n_head_kv)), causal softmax
-// attention scaled by <arch>.attention.scale or 1/sqrt(head_dim), RoPE pairs as the
-// architecture stores them (interleaved (2i, 2i+1) for llama, half split (i, i + n_rot/2)
-// for qwen2/qwen3), θ_i = pos·freq_scale·base^(-2i/n_rot) / factor_i with the Llama-3
-// frequency factors of rope_freqs.weight (1 when absent), tied output when `output.weight`
-// is absent. Every hyperparameter comes from the file's metadata; model_findings (arch.h)
-// refuses whatever the file says that this pass would not apply.
+// elsewhere). gemma3 adds RMSNorm on each sublayer's output before the residual add, GeGLU
+// (tanh GELU) for SiLU, embeddings × sqrt(n_embd), and local layers that see only the last
+// sliding_window keys with their own RoPE base. GQA (query head h uses KV head h / (n_head / n_head_kv)), causal
+// softmax attention scaled by <arch>.attention.scale or 1/sqrt(head_dim), RoPE pairs as the architecture stores them
+// (interleaved (2i, 2i+1) for llama, half split (i, i + n_rot/2) for qwen2/qwen3), θ_i =
+// pos·freq_scale·base^(-2i/n_rot) / factor_i with the Llama-3 frequency factors of rope_freqs.weight (1 when absent),
+// tied output when `output.weight` is absent. Every hyperparameter comes from the file's metadata; model_findings
+// (arch.h) refuses whatever the file says that this pass would not apply.
 //
 // Memory: weights stay quantized in the file mapping and are dequantized one layer
 // at a time per forward call, so memory is the model file plus one layer in fp32
