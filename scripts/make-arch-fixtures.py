@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Builds the tiny reference models of test/fixtures/arch/ (see its README.md).
 
-For each fixture (llama3, mistral, qwen2, qwen3) it
-  1. trains a small byte-level BPE tokenizer with the `tokenizers` package on a text
-     generated here from a fixed seed,
+For each fixture (gemma3, llama3, mistral, qwen2, qwen3) it
+  1. trains a small tokenizer on a text generated here from a fixed seed: a byte-level
+     BPE with the `tokenizers` package, or for gemma3 a SentencePiece BPE model
+     (tokenizer.model, byte fallback) with the `sentencepiece` package,
   2. builds a tiny random float32 model with Hugging Face `transformers`, draws every
      parameter itself (norm weights and biases included, so that each feature of the
      architecture changes the result) and saves it as a model directory,
@@ -17,7 +18,7 @@ The reference file holds (all row-major, one row per token):
   tokens            I32 [T]
   logits            F32 [T, n_vocab]
   blk.L.q           F32 [T, n_head*head_dim]     query after RoPE
-  blk.L.k_pre       F32 [T, n_head_kv*head_dim]  key entering RoPE (qwen3: after k_norm)
+  blk.L.k_pre       F32 [T, n_head_kv*head_dim]  key entering RoPE (qwen3, gemma3: after k_norm)
   blk.L.k_post      F32 [T, n_head_kv*head_dim]  key after RoPE
   blk.L.v           F32 [T, n_head_kv*head_dim]  value (with its bias where there is one)
 Heads are contiguous blocks of head_dim and dimensions are in Hugging Face's order
@@ -31,13 +32,19 @@ of a fixed text and only knows published tokenizers, so a toy tokenizer would st
 conversion. This script replaces TextModel.get_vocab_base_pre in the converter's
 process to return "llama-bpe" (llama3, mistral) or "qwen2" (qwen2, qwen3); the toy
 tokenizers use the split patterns of those pre-tokenizers, so the names are true.
+gemma3 needs no such override: with a tokenizer.model the converter writes a
+SentencePiece ("llama") vocabulary with pre-tokenizer "default", as for Gemma 3 itself.
+
+Gemma's RMSNorm multiplies by (1 + weight); the script draws those weights so that the
+factor 1 + w lies where the other fixtures' norm weights do, and checks that the
+converter wrote 1 + w into the GGUF (the reference metadata says so: norm_weights).
 
 Usage:
   make-arch-fixtures.py --llama-cpp DIR [--out DIR] [--work DIR] [--only NAME ...]
 DIR is a llama.cpp source tree (convert_hf_to_gguf.py, conversion/, gguf-py/; its
 version is read from DIR/VERSION or ../VERSION when present).
-Needs: torch, transformers, tokenizers, safetensors, numpy (and what the converter
-imports: sentencepiece is optional, PyYAML is needed by gguf-py).
+Needs: torch, transformers, tokenizers, sentencepiece, safetensors, numpy (and PyYAML,
+which gguf-py imports).
 """
 import argparse
 import hashlib
@@ -66,13 +73,36 @@ TOKENIZERS = {
     "qwen2": {"split": QWEN2_SPLIT, "vocab_size": 352,
               "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "bos": None,
               "eos": "<|im_end|>"},
+    # SentencePiece BPE as Gemma's: ids 0-3 are <pad>, </s>, <s>, <unk>, then 256 byte
+    # pieces (byte fallback), digits split, no dummy prefix, no normalization.
+    "spm": {"vocab_size": 512, "pad": 0, "eos": 1, "bos": 2, "unk": 3},
 }
 
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, attention_dropout=0.0)
 
-# name -> (HF class, pre-tokenizer, config arguments, GGUF architecture)
+# Gemma 3: 5 sliding-window layers, then 1 global one. The converter does not write this
+# pattern; llama.cpp assumes 6 for gemma3 unless <arch>.attention.sliding_window_pattern is
+# present, so the fixture uses 6 (and 8 layers, so that a local layer follows the global one).
+GEMMA3_PATTERN = 6
+GEMMA3_LAYERS = 8
+
+# name -> (HF class, tokenizer, config arguments (override COMMON), GGUF architecture)
 FIXTURES = {
+    "gemma3": ("Gemma3ForCausalLM", "spm",
+               dict(head_dim=32, num_key_value_heads=1, num_hidden_layers=GEMMA3_LAYERS, rms_norm_eps=1e-6,
+                    hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, attention_bias=False,
+                    # The GGUF has no key for the attention scale: llama.cpp uses
+                    # 1/sqrt(key_length) except for the 62-layer (27B) model. Any other
+                    # query_pre_attn_scalar would describe a model the file cannot.
+                    query_pre_attn_scalar=32,
+                    sliding_window=8, sliding_window_pattern=GEMMA3_PATTERN,
+                    layer_types=["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 else "sliding_attention"
+                                 for i in range(GEMMA3_LAYERS)],
+                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                    final_logit_softcapping=None, attn_logit_softcapping=None),
+               "gemma3"),
     "llama3": ("LlamaForCausalLM", "llama-bpe",
                dict(head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                     attention_bias=False, mlp_bias=False,
@@ -124,11 +154,36 @@ def corpus_text(seed=SEED, n_lines=160):
     return "".join(lines)
 
 
+def train_sentencepiece(out_dir):
+    """Trains a SentencePiece BPE model on corpus_text() and writes out_dir/tokenizer.model
+    (and the tokenizer_config.json flags the converter reads for BOS/EOS)."""
+    import io
+
+    import sentencepiece as spm
+
+    spec = TOKENIZERS["spm"]
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_text().splitlines(keepends=True)), model_writer=proto, model_type="bpe",
+        vocab_size=spec["vocab_size"], character_coverage=1.0, byte_fallback=True, split_digits=True,
+        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True, pad_id=spec["pad"], eos_id=spec["eos"], bos_id=spec["bos"],
+        unk_id=spec["unk"], num_threads=1, shuffle_input_sentence=False, minloglevel=2)
+    (out_dir / "tokenizer.model").write_bytes(proto.getvalue())
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False}))
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    assert sp.vocab_size() == spec["vocab_size"], sp.vocab_size()
+    return sp.vocab_size(), spec["eos"], spec["bos"]
+
+
 def train_tokenizer(pre, out_dir):
-    """Trains a byte-level BPE on corpus_text() and saves it as a fast tokenizer."""
+    """Trains a byte-level BPE on corpus_text() and saves it as a fast tokenizer ("spm":
+    a SentencePiece model instead). Returns (vocabulary size, EOS id, BOS id or None)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if pre == "spm":
+        return train_sentencepiece(out_dir)
     spec = TOKENIZERS[pre]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -145,14 +200,22 @@ def train_tokenizer(pre, out_dir):
         (tok.token_to_id(spec["bos"]) if spec["bos"] else None)
 
 
-def init_parameters(model, torch, seed):
-    """Draws every parameter: embeddings N(0,1), matrices N(0, 1/fan_in), norm weights
-    U(0.6, 1.4), biases N(0, 0.2^2); the draws depend only on the seed and names."""
+# Model classes whose config class is not named after them (Gemma3Config is multimodal).
+CONFIG_CLASS = {"Gemma3ForCausalLM": "Gemma3TextConfig"}
+
+# Fixtures whose RMSNorm multiplies by (shift + weight) instead of weight.
+NORM_SHIFT = {"gemma3": 1.0}
+
+
+def init_parameters(model, torch, seed, norm_shift=0.0):
+    """Draws every parameter: embeddings N(0,1), matrices N(0, 1/fan_in), norm factors
+    U(0.6, 1.4) (the weight is the factor minus norm_shift), biases N(0, 0.2^2); the draws
+    depend only on the seed and names."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "norm" in name:
-                p.copy_(0.6 + 0.8 * torch.rand(p.shape, generator=gen))
+                p.copy_(0.6 + 0.8 * torch.rand(p.shape, generator=gen) - norm_shift)
             elif name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
@@ -166,7 +229,7 @@ def rope_arguments(cfg_cls, args):
     included) instead of rope_theta + rope_scaling."""
     import inspect
 
-    if "rope_parameters" not in inspect.signature(cfg_cls.__init__).parameters:
+    if "rope_parameters" in args or "rope_parameters" not in inspect.signature(cfg_cls.__init__).parameters:
         return args
     args = dict(args)
     rope = dict(args.pop("rope_scaling", None) or {"rope_type": "default"})
@@ -181,12 +244,12 @@ def build_model(name, model_dir):
 
     cls_name, pre, args, _ = FIXTURES[name]
     n_vocab, eos_id, bos_id = train_tokenizer(pre, model_dir)
-    cfg_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
-    cfg = cfg_cls(vocab_size=n_vocab, bos_token_id=bos_id, eos_token_id=eos_id, **COMMON,
-                  **rope_arguments(cfg_cls, args))
+    cfg_cls = getattr(transformers, CONFIG_CLASS.get(cls_name, cls_name.replace("ForCausalLM", "Config")))
+    cfg = cfg_cls(vocab_size=n_vocab, bos_token_id=bos_id, eos_token_id=eos_id,
+                  **rope_arguments(cfg_cls, {**COMMON, **args}))
     torch.manual_seed(SEED)
     model = getattr(transformers, cls_name)(cfg).to(torch.float32)
-    init_parameters(model, torch, SEED + sum(map(ord, name)))
+    init_parameters(model, torch, SEED + sum(map(ord, name)), NORM_SHIFT.get(name, 0.0))
     model.save_pretrained(model_dir, safe_serialization=True)
     return n_vocab
 
@@ -199,7 +262,8 @@ def convert(name, model_dir, gguf_path, lcpp):
     from conversion.base import TextModel
 
     pre = FIXTURES[name][1]
-    TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+    if pre != "spm":
+        TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
     argv = sys.argv
     sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outtype", "f32", "--outfile", str(gguf_path),
                 "--model-name", f"pkv-arch-{name}"]
@@ -305,7 +369,58 @@ def metadata(name, model, n_vocab, lcpp_version):
         "llama_cpp": lcpp_version, "converter": "convert_hf_to_gguf.py --outtype f32",
         "attn_implementation": "eager", "dtype": "float32", "device": "cpu",
     }
+    if pre == "spm":
+        import sentencepiece
+
+        meta.update(tokenizer_pre="default", tokenizer="sentencepiece bpe", sentencepiece=sentencepiece.__version__)
+    if arch == "gemma3":
+        meta.update(layer_attention(model))
     return meta
+
+
+def layer_attention(model):
+    """Per layer: attention type, window (0: none), RoPE base and the scale of q.k, as the
+    model's own modules hold them; plus the embedding scale and how norms apply weights."""
+    cfg = model.config
+    kinds, windows, scales = [], [], []
+    for layer in model.model.layers:
+        att = layer.self_attn
+        assert att.layer_type in ("sliding_attention", "full_attention"), att.layer_type
+        kinds.append("sliding" if att.layer_type == "sliding_attention" else "full")
+        windows.append(int(att.sliding_window or 0))
+        scales.append(float(att.scaling))
+    assert "sliding" in kinds and "full" in kinds, f"the fixture needs local and global layers: {kinds}"
+    assert len(set(scales)) == 1, scales
+    thetas = [cfg.rope_parameters[cfg.layer_types[l]]["rope_theta"] for l in range(len(kinds))]
+    assert len(set(thetas)) == 2, f"local and global RoPE bases should differ: {thetas}"
+    return {"layer_types": json.dumps(kinds), "layer_window": json.dumps(windows),
+            "layer_rope_theta": json.dumps(thetas), "attn_scale": repr(scales[0]),
+            "query_pre_attn_scalar": repr(cfg.query_pre_attn_scalar),
+            "embed_scale": repr(float(model.model.embed_tokens.embed_scale)),
+            "hidden_activation": cfg.hidden_activation,
+            "norm_weights": "gguf = 1 + hf (the model multiplies by 1 + weight)"}
+
+
+# Gemma 3's norm tensors: Hugging Face name (after model.layers.L.) -> GGUF name (after blk.L.).
+GEMMA3_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+                "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+                "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def check_norm_shift(model, gguf_path, shift):
+    """Every norm weight in the GGUF must be exactly the model's weight + shift (float32),
+    so that a reader multiplies by the stored value as for the other architectures."""
+    from gguf import GGUFReader
+
+    stored = {t.name: np.asarray(t.data) for t in GGUFReader(str(gguf_path)).tensors}
+    pairs = [("model.norm.weight", "output_norm.weight")]
+    for l in range(model.config.num_hidden_layers):
+        pairs += [(f"model.layers.{l}.{h}.weight", f"blk.{l}.{g}.weight") for h, g in GEMMA3_NORMS.items()]
+    params = dict(model.named_parameters())
+    assert sum("norm" in n for n in params) == len(pairs), sorted(n for n in params if "norm" in n)
+    for hf, gg in pairs:
+        want = params[hf].detach().numpy() + np.float32(shift)
+        assert np.array_equal(stored[gg], want), f"{gg}: not {hf} + {shift}"
 
 
 def llama_cpp_version(lcpp):
@@ -345,6 +460,8 @@ def make_one(name, out_dir, work, lcpp):
     tokens = fixed_tokens(n_vocab, SEED + 1)
     model, ref = reference(name, model_dir, tokens)
     meta = metadata(name, model, n_vocab, llama_cpp_version(lcpp))
+    if name in NORM_SHIFT:
+        check_norm_shift(model, gguf_path, NORM_SHIFT[name])
     if name == "llama3":
         meta["rope_freq_factors_hf"] = json.dumps([round(float(x), 6) for x in llama3_factors_check(model, torch)])
     path = out_dir / f"{name}.ref.safetensors"

@@ -11,8 +11,13 @@
 // Dimension order: the reference is in HF order. The converter permutes Q/K rows of
 // architecture "llama" (so that RoPE pairs are (2i, 2i+1)); pkv reports those in GGUF
 // order, so GGUF dim 2i of a head is HF dim i and GGUF dim 2i+1 is HF dim i + head_dim/2.
-// NEOX-RoPE architectures (qwen2, qwen3) are written unpermuted. V is never permuted.
+// NEOX-RoPE architectures (qwen2, qwen3, gemma3) are written unpermuted. V is never permuted.
 // The mapping is chosen from general.architecture, not from the fixture's name.
+//
+// gemma3 (Gemma3ForCausalLM): 8 layers, layers 0-4 and 6-7 attend to the last 8 positions
+// with RoPE base rope.freq_base_swa (1e4), layer 5 to all with rope.freq_base (1e6); the
+// GGUF holds no layer pattern (llama.cpp's rule for gemma3: every 6th layer is global) and
+// its norm weights are already 1 + w. See test/fixtures/arch/README.md.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -54,7 +59,7 @@ std::vector<float> f32_tensor(const SafetensorsFile& f, const std::string& name,
 /// Whether the converter wrote Q/K rows of this architecture in RoPE-pair order.
 bool qk_permuted(const std::string& arch) {
     if (arch == "llama") return true;
-    if (arch == "qwen2" || arch == "qwen3") return false;
+    if (arch == "qwen2" || arch == "qwen3" || arch == "gemma3") return false;
     FAIL("no known Q/K dimension order for general.architecture '" << arch << "'");
     return false;
 }
@@ -242,6 +247,12 @@ TEST_CASE("arch reference: qwen3 (Q/K norms, NEOX RoPE) matches transformers", "
     check_fixture("qwen3");
 }
 
+TEST_CASE(
+    "arch reference: gemma3 (sliding-window layers, per-layer RoPE base, GeGLU, extra norms) matches transformers",
+    "[model][arch][gemma3]") {
+    check_fixture("gemma3");
+}
+
 namespace {
 
 /// The worst |pkv - ref| / (row's largest |ref|) over every layer's q, k_pre, k_post, v
@@ -253,7 +264,13 @@ double worst_with(const std::string& name, const std::function<void(LlamaHparams
     std::vector<int32_t> tokens(tv.numel());
     std::memcpy(tokens.data(), tv.data, tv.size);
     auto file = GgufFile::open(kFixtureDir + name + ".gguf");
-    LlamaHparams hp = llama_hparams_from_gguf(*file);
+    LlamaHparams hp;
+    try {
+        hp = llama_hparams_from_gguf(*file);
+    } catch (const Error& e) {
+        FAIL(name << ": pkv refuses this " << file->get_string("general.architecture") << " model ("
+                  << ref.metadata().at("hf_class") << "): " << e.what());
+    }
     const bool permuted = qk_permuted(hp.arch);  // from the file, before the change
     change(hp);
     const LlamaModel model(file, hp);
@@ -310,6 +327,31 @@ TEST_CASE("arch reference: switching off any one feature breaks the agreement", 
         const double w = worst_with(c.fixture, c.change);
         std::fprintf(stderr, "arch reference %s without %s: worst |diff|/rowmax %.3g\n", c.fixture, c.feature, w);
         INFO(c.fixture << " without " << c.feature << ": worst " << w);
+        CHECK(w > 100 * kRel);
+    }
+}
+
+// The same for the features gemma3 adds to the block. Features without a field of their
+// own yet (the per-layer RoPE base, the post-attention/FFN norms, the embedding scale) are
+// covered by the numpy check (test/python/test_arch_fixtures.py, GEMMA3_CHANGES).
+TEST_CASE("arch reference: switching off any one gemma3 feature breaks the agreement", "[model][arch][gemma3]") {
+    const double base = worst_with("gemma3", [](LlamaHparams&) {});
+    INFO("gemma3 as described: worst " << base);
+    CHECK(base < kRel);
+    struct Case {
+        const char* feature;
+        std::function<void(LlamaHparams&)> change;
+    };
+    const Case cases[] = {
+        {"sliding window", [](LlamaHparams& hp) { hp.sliding_window = 0; }},
+        {"Q/K norm", [](LlamaHparams& hp) { hp.qk_norm = false; }},
+        {"NEOX pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
+        {"1/sqrt(head_dim) scale", [](LlamaHparams& hp) { hp.attn_scale = 0.25f; }},  // 1/sqrt(64/4)
+    };
+    for (const Case& c : cases) {
+        const double w = worst_with("gemma3", c.change);
+        std::fprintf(stderr, "arch reference gemma3 without %s: worst |diff|/rowmax %.3g\n", c.feature, w);
+        INFO("gemma3 without " << c.feature << ": worst " << w);
         CHECK(w > 100 * kRel);
     }
 }
