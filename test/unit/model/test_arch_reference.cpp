@@ -331,9 +331,8 @@ TEST_CASE("arch reference: switching off any one feature breaks the agreement", 
     }
 }
 
-// The same for the features gemma3 adds to the block. Features without a field of their
-// own yet (the per-layer RoPE base, the post-attention/FFN norms, the embedding scale) are
-// covered by the numpy check (test/python/test_arch_fixtures.py, GEMMA3_CHANGES).
+// The same for the features gemma3 adds to the block (the numpy check,
+// test/python/test_arch_fixtures.py GEMMA3_CHANGES, does the same for its own forward pass).
 TEST_CASE("arch reference: switching off any one gemma3 feature breaks the agreement", "[model][arch][gemma3]") {
     const double base = worst_with("gemma3", [](LlamaHparams&) {});
     INFO("gemma3 as described: worst " << base);
@@ -347,6 +346,11 @@ TEST_CASE("arch reference: switching off any one gemma3 feature breaks the agree
         {"Q/K norm", [](LlamaHparams& hp) { hp.qk_norm = false; }},
         {"NEOX pairing", [](LlamaHparams& hp) { hp.rope_layout = other(hp.rope_layout); }},
         {"1/sqrt(head_dim) scale", [](LlamaHparams& hp) { hp.attn_scale = 0.25f; }},  // 1/sqrt(64/4)
+        {"local layers (all global)", [](LlamaHparams& hp) { hp.swa_layer.clear(), hp.sliding_window = 0; }},
+        {"local RoPE base", [](LlamaHparams& hp) { hp.rope_freq_base_swa = hp.rope_freq_base; }},
+        {"post-attention/FFN norms", [](LlamaHparams& hp) { hp.post_norms = false; }},
+        {"embedding scale", [](LlamaHparams& hp) { hp.embd_scale = 0.0f; }},
+        {"GeGLU (SwiGLU instead)", [](LlamaHparams& hp) { hp.gelu_ffn = false; }},
     };
     for (const Case& c : cases) {
         const double w = worst_with("gemma3", c.change);
