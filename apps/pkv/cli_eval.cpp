@@ -43,6 +43,8 @@ Command add_eval(CLI::App& root) {
     app->add_option("--prefill", c.prefill,
                     "prompt tokens per sequence (default: half of it, rounded down to a multiple of 128)");
     app->add_option("--seed", c.seed, "patternkv k-means seed")->capture_default_str();
+    app->add_flag("--bos-each-sequence", c.bos_each_sequence,
+                  "write BOS over the first token of every sequence (llama-perplexity's protocol)");
     app->add_option("--json", args->json_path, "write the JSON report here");
     app->add_option("--md", args->md_path, "write the Markdown table here");
     app->add_flag("--force,-f", args->force, "overwrite existing outputs");

@@ -172,6 +172,13 @@ EvalResult run_eval(const EvalConfig& c) {
 
     install_interrupt_handlers();
     const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, r.sources);
+    int32_t bos = -1;
+    if (c.bos_each_sequence) {
+        const VocabData v = vocab_from_gguf(*file);
+        PKV_CHECK(v.add_bos && v.bos_id >= 0, invalid_argument,
+                  "--bos-each-sequence: {} does not add BOS (tokenizer.ggml.add_bos_token)", c.model_path);
+        bos = v.bos_id;
+    }
     count_positions(c, r);
 
     const size_t M = r.specs.size();
@@ -194,7 +201,8 @@ EvalResult run_eval(const EvalConfig& c) {
     for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
         const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
         const int64_t P = eval_prefill(n, c.prefill);
-        const std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
+        std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
+        if (bos >= 0) ids[0] = bos;
         std::vector<std::vector<float>> hidden(M + 1);
         for (size_t v = 0; v <= M; ++v) {
             check_interrupted();

@@ -43,7 +43,10 @@ struct EvalConfig {
     std::vector<int> keep_fp16_layers;  ///< layers whose cache stays exact for every method
     int64_t prefill = -1;               ///< P per sequence (capped at its length); -1: default above
     uint64_t seed = 0;                  ///< patternkv k-means seed
-    std::vector<std::string> argv;      ///< recorded as provenance
+    /// Write BOS over the first token of every sequence, as llama.cpp's llama-perplexity does
+    /// when the vocabulary adds BOS (tokenizer.ggml.add_bos_token); refused when it does not.
+    bool bos_each_sequence = false;
+    std::vector<std::string> argv;  ///< recorded as provenance
 };
 
 /// Sums of one variant (the fp16 reference or a method) over the scored positions of

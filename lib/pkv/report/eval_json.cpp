@@ -58,6 +58,7 @@ nlohmann::json eval_report_json(const EvalResult& r) {
           {"prefill_rule", c.prefill >= 0 ? "min(n, prefill)" : "floor(n / 2 / 128) * 128"},
           {"keep_fp16_layers", c.keep_fp16_layers},
           {"seed", c.seed},
+          {"bos_each_sequence", c.bos_each_sequence},
           {"kv", c.kv}}},
     });
     report["model"] = r.model;
