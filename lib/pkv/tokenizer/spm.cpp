@@ -47,38 +47,57 @@ std::string hex_token(int byte) {
     return std::string("<0x") + hex[byte >> 4] + hex[byte & 15] + ">";
 }
 
+// The byte-fallback token of each byte, -1 where the vocabulary has none.
+std::array<int32_t, 256> find_byte_tokens(const std::unordered_map<std::string_view, int32_t>& text_to_id) {
+    std::array<int32_t, 256> ids{};
+    for (int b = 0; b < 256; ++b) {
+        auto it = text_to_id.find(hex_token(b));
+        if (it == text_to_id.end()) it = text_to_id.find(std::string(1, static_cast<char>(b)));
+        ids[b] = it != text_to_id.end() ? it->second : -1;
+    }
+    return ids;
+}
+
+std::unordered_map<std::string_view, int32_t> text_map(const VocabData& vocab) {
+    std::unordered_map<std::string_view, int32_t> map;
+    map.reserve(vocab.tokens.size() * 2);
+    // A later duplicate wins, as in llama.cpp's text-to-id map; empty texts never match.
+    for (size_t id = 0; id < vocab.tokens.size(); ++id)
+        if (!vocab.tokens[id].empty()) map[vocab.tokens[id]] = static_cast<int32_t>(id);
+    return map;
+}
+
 }  // namespace
 
-SpmModel::SpmModel(const VocabData& vocab) : vocab_(vocab) {
+void SpmModel::validate(const VocabData& vocab, const std::string& where) {
     const size_t n = vocab.tokens.size();
     PKV_CHECK(vocab.scores.size() == n, invalid_argument,
-              "tokenizer: a SentencePiece vocabulary needs one score per token: expected {} scores, got {}", n,
-              vocab.scores.size());
-    text_to_id_.reserve(n * 2);
+              "{}: tokenizer.ggml.scores: a SentencePiece vocabulary needs one score per token: expected {}, got {}",
+              where, n, vocab.scores.size());
     for (size_t id = 0; id < n; ++id) {
         PKV_CHECK(!std::isnan(vocab.scores[id]), invalid_argument,
-                  "tokenizer: token {} '{}': expected a score, got NaN", id, vocab.tokens[id]);
-        // A later duplicate wins, as in llama.cpp's text-to-id map; empty texts never match.
-        if (!vocab.tokens[id].empty()) text_to_id_[vocab.tokens[id]] = static_cast<int32_t>(id);
+                  "{}: tokenizer.ggml.scores[{}] (token '{}'): expected a number, got NaN", where, id,
+                  vocab.tokens[id]);
         if (type_of(vocab, static_cast<int32_t>(id)) == TokenType::byte)
             PKV_CHECK(byte_of_text(vocab.tokens[id]) >= 0, invalid_argument,
-                      "tokenizer: token {} '{}': a byte token must read <0xXX>", id, vocab.tokens[id]);
+                      "{}: tokenizer.ggml.tokens[{}]: a byte-type token must read <0xXX>, got '{}'", where, id,
+                      vocab.tokens[id]);
     }
+    const std::array<int32_t, 256> bytes = find_byte_tokens(text_map(vocab));
     std::string missing;
     int n_missing = 0;
-    for (int b = 0; b < 256; ++b) {
-        auto it = text_to_id_.find(hex_token(b));
-        if (it == text_to_id_.end()) it = text_to_id_.find(std::string(1, static_cast<char>(b)));
-        if (it != text_to_id_.end()) {
-            byte_token_[b] = it->second;
-        } else if (n_missing++ < 4) {
-            missing += (missing.empty() ? "" : " ") + hex_token(b);
-        }
-    }
+    for (int b = 0; b < 256; ++b)
+        if (bytes[b] < 0 && n_missing++ < 4) missing += (missing.empty() ? "" : " ") + hex_token(b);
     PKV_CHECK(n_missing == 0, invalid_argument,
-              "tokenizer: a SentencePiece vocabulary needs a byte-fallback token for each of the 256 bytes: {} "
-              "missing ({}{})",
-              n_missing, missing, n_missing > 4 ? " ..." : "");
+              "{}: tokenizer.ggml.tokens: a SentencePiece vocabulary needs a byte-fallback token for each of the 256 "
+              "bytes: {} missing ({}{})",
+              where, n_missing, missing, n_missing > 4 ? " ..." : "");
+}
+
+SpmModel::SpmModel(const VocabData& vocab) : vocab_(vocab) {
+    validate(vocab, "tokenizer");
+    text_to_id_ = text_map(vocab);
+    byte_token_ = find_byte_tokens(text_to_id_);
 }
 
 void SpmModel::encode(std::string_view fragment, bool prefix_space, std::vector<int32_t>& out) const {

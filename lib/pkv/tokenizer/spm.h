@@ -37,8 +37,13 @@ struct VocabData;
 
 class SpmModel {
 public:
-    /// `vocab` must outlive the model (token texts are referenced, not copied).
+    /// `vocab` must outlive the model (token texts are referenced, not copied). Throws
+    /// what validate() throws.
     explicit SpmModel(const VocabData& vocab);
+
+    /// Throws invalid_argument, the message starting with `where` (a file name), for the
+    /// vocabularies refused above.
+    static void validate(const VocabData& vocab, const std::string& where);
 
     /// Appends the ids of one fragment (raw text, spaces not yet escaped) to `out`;
     /// prefix_space: put a space in front first (step 1 above, decided by the caller).

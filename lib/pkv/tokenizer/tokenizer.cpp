@@ -247,6 +247,7 @@ VocabData vocab_from_gguf(const GgufFile& file) {
         v.merges = file.get_string_array("tokenizer.ggml.merges");
     }
     mark_control_by_text(file, v);
+    if (spm) SpmModel::validate(v, path);
 
     auto read_id = [&](const char* key, int32_t& out) {
         std::optional<uint64_t> id = file.find_u64(key);

@@ -167,12 +167,15 @@ TEST_CASE("tokenizer spm: refused vocabularies") {
     SECTION("no scores") {
         SpmVocab t;
         t.v.scores.clear();
-        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("needs one score per token: expected 259 scores, got 0"));
+        CHECK_THROWS_WITH(pkv::Tokenizer(t.v),
+                          ContainsSubstring("tokenizer: tokenizer.ggml.scores: a SentencePiece vocabulary needs one "
+                                            "score per token: expected 259, got 0"));
     }
     SECTION("a NaN score") {
         SpmVocab t;
         t.add("a", std::nanf(""));
-        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("token 259 'a': expected a score, got NaN"));
+        CHECK_THROWS_WITH(pkv::Tokenizer(t.v),
+                          ContainsSubstring("tokenizer.ggml.scores[259] (token 'a'): expected a number, got NaN"));
     }
     SECTION("bytes without a fallback token") {
         SpmVocab t;
@@ -192,7 +195,9 @@ TEST_CASE("tokenizer spm: refused vocabularies") {
     SECTION("a byte token not written <0xXX>") {
         SpmVocab t;
         t.add("<0x4G>", 0, TokenType::byte);
-        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("token 259 '<0x4G>': a byte token must read <0xXX>"));
+        CHECK_THROWS_WITH(
+            pkv::Tokenizer(t.v),
+            ContainsSubstring("tokenizer.ggml.tokens[259]: a byte-type token must read <0xXX>, got '<0x4G>'"));
     }
 }
 

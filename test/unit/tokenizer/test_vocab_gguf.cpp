@@ -261,8 +261,9 @@ TEST_CASE("tokenizer: SentencePiece built from a GGUF vocabulary") {
     w.set_string_array("tokenizer.ggml.tokens", tokens);
     w.set_i32_array("tokenizer.ggml.token_type", {2, 3, 3, 6, 1});
     w.set_f32_array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
-    CHECK_THROWS_WITH(pkv::Tokenizer(read(w, "spm_nobytes")),
-                      ContainsSubstring("needs a byte-fallback token for each of the 256 bytes: 254 missing (<0x01> "
+    CHECK_THROWS_WITH(read(w, "spm_nobytes"),
+                      ContainsSubstring("spm_nobytes.gguf: tokenizer.ggml.tokens: a SentencePiece vocabulary needs a "
+                                        "byte-fallback token for each of the 256 bytes: 254 missing (<0x01> "
                                         "<0x02> <0x03> <0x04> ...)"));
 }
 
