@@ -8,7 +8,7 @@
 # and without BOS and special-token parsing. SentencePiece vocabularies (llama.cpp's
 # llama-spm and, when $PKV_DATA_DIR/models holds it, Gemma 3 270M) also on
 # data/tokenizer_spm_special.txt (Gemma and Llama 2 special strings, user-defined tokens,
-# literal '▁' and <0xXX>, newline runs). Also: an unknown pre-tokenizer, SentencePiece
+# literal '▁' and <0xXX>, newline runs) and on invalid UTF-8. Also: an unknown pre-tokenizer, SentencePiece
 # vocabularies without scores or byte tokens, and Gemma 4's tokenizer model are refused in
 # one line. Needs scripts/llama-cpp.sh's build and sources under $PKV_DATA_DIR.
 source "$(dirname "$0")/common.bash"
@@ -122,5 +122,8 @@ compare_all() {  # MODEL TEXT...
   done
 }
 for m in "${models[@]}"; do compare_all "$m" "${texts[@]}"; done
-for m in "${spm_models[@]}"; do compare_all "$m" "${texts[@]}" "$SPM_SPECIAL"; done
+# Invalid UTF-8: SentencePiece cuts it by lead bytes in pkv as in llama.cpp (BPE differs
+# on purpose, see docs/models.md).
+printf 'ab\xc3x \xff\xfe caf\xc3\xa9 \xe2\x82 end\xf0\x9f\nlone \x80\xbf continuation\n' >"$WORK/invalid_utf8.txt"
+for m in "${spm_models[@]}"; do compare_all "$m" "${texts[@]}" "$SPM_SPECIAL" "$WORK/invalid_utf8.txt"; done
 finish
