@@ -1,11 +1,12 @@
-// pkv/tokenizer/tokenizer.cpp — byte-level BPE: vocabulary loading, the byte table,
-// special-token splitting, BPE merges and decoding. Pre-tokenization (PCRE2) lives in
-// pretokenize.cpp.
+// pkv/tokenizer/tokenizer.cpp — vocabulary loading, special-token splitting and
+// decoding for both models, and byte-level BPE: the byte table and the merges.
+// Pre-tokenization (PCRE2) lives in pretokenize.cpp, SentencePiece merging in spm.cpp.
 #include "pkv/tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <fstream>
 #include <mutex>
 #include <queue>
@@ -17,6 +18,7 @@
 #include "pkv/core/error.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/tokenizer/pretokenize.h"
+#include "pkv/tokenizer/spm.h"
 
 namespace pkv {
 
@@ -173,12 +175,56 @@ void mark_control_by_text(const GgufFile& file, VocabData& v) {
 
 }  // namespace
 
+namespace {
+
+// llama.cpp strips the whitespace after special tokens of the models it recognises as
+// Phi-3 by name; pkv does not, so it refuses them rather than give other ids.
+void refuse_by_name(const GgufFile& file) {
+    std::string name = file.find_string("general.name").value_or("");
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    PKV_CHECK(name.find("phi-3") == std::string::npos && name.find("phi3") == std::string::npos, unsupported,
+              "{}: general.name '{}': Phi-3 tokenizers strip whitespace after special tokens, which pkv does not "
+              "implement",
+              file.path(), name);
+}
+
+// tokenizer.ggml.scores: float or integer, one per token.
+std::vector<float> read_scores(const GgufFile& file, size_t n_tokens) {
+    const std::string key = "tokenizer.ggml.scores";
+    PKV_CHECK(file.has(key), data_loss,
+              "{}: {}: a SentencePiece vocabulary (tokenizer.ggml.model 'llama') needs token scores, got none",
+              file.path(), key);
+    const GgufValue& v = file.get(key);
+    PKV_CHECK(v.type == GgufType::ARRAY && (v.array_type == GgufType::F32 || v.array_type == GgufType::I32), data_loss,
+              "{}: {}: expected an array of f32 or i32, got {}", file.path(), key, GgufFile::to_string(v, 2));
+    const auto& items = std::get<std::vector<GgufValue>>(v.value);
+    PKV_CHECK(items.size() == n_tokens, data_loss, "{}: {}: expected {} entries (one per token), got {}", file.path(),
+              key, n_tokens, items.size());
+    std::vector<float> scores;
+    scores.reserve(items.size());
+    for (const GgufValue& item : items) {
+        if (v.array_type == GgufType::F32) {
+            scores.push_back(static_cast<float>(std::get<double>(item.value)));
+        } else {
+            scores.push_back(static_cast<float>(std::get<int64_t>(item.value)));
+        }
+    }
+    return scores;
+}
+
+}  // namespace
+
 VocabData vocab_from_gguf(const GgufFile& file) {
     const std::string& path = file.path();
     VocabData v;
     v.model = file.get_string("tokenizer.ggml.model");
-    PKV_CHECK(v.model == "gpt2", unsupported, "{}: tokenizer.ggml.model: expected 'gpt2', got '{}'", path, v.model);
-    v.pre = supported_pre(file);
+    PKV_CHECK(v.model == "gpt2" || v.model == "llama", unsupported,
+              "{}: tokenizer.ggml.model: expected 'gpt2' (byte-level BPE) or 'llama' (SentencePiece), got '{}'", path,
+              v.model);
+    const bool spm = v.model == "llama";
+    refuse_by_name(file);
+    // SentencePiece ignores the pre-tokenizer, as llama.cpp does.
+    v.pre = spm ? file.find_string("tokenizer.ggml.pre").value_or("default") : supported_pre(file);
     v.tokens = file.get_string_array("tokenizer.ggml.tokens");
     PKV_CHECK(!v.tokens.empty(), data_loss, "{}: tokenizer.ggml.tokens: expected at least one token, got 0", path);
     if (file.has("tokenizer.ggml.token_type")) {
@@ -189,8 +235,19 @@ VocabData vocab_from_gguf(const GgufFile& file) {
         v.token_types.reserve(types.size());
         for (int64_t t : types) v.token_types.push_back(static_cast<int32_t>(t));
     }
-    v.merges = file.get_string_array("tokenizer.ggml.merges");
+    if (spm) {
+        v.scores = read_scores(file, v.tokens.size());
+        v.add_space_prefix = file.find_bool("tokenizer.ggml.add_space_prefix").value_or(true);
+        // llama.cpp's defaults for this model, used when the vocabulary is large enough.
+        const int32_t n = static_cast<int32_t>(v.tokens.size());
+        v.bos_id = n > 1 ? 1 : -1;
+        v.eos_id = n > 2 ? 2 : -1;
+        v.unk_id = 0;
+    } else {
+        v.merges = file.get_string_array("tokenizer.ggml.merges");
+    }
     mark_control_by_text(file, v);
+    if (spm) SpmModel::validate(v, path);
 
     auto read_id = [&](const char* key, int32_t& out) {
         std::optional<uint64_t> id = file.find_u64(key);
@@ -215,7 +272,9 @@ VocabData vocab_from_gguf(const GgufFile& file) {
 
 bool gguf_adds_bos(const GgufFile& file) {
     if (std::optional<bool> add = file.find_bool("tokenizer.ggml.add_bos_token")) return *add;
-    // Without the key the pre-tokenizer decides, as in llama.cpp: Llama 3 adds BOS.
+    // Without the key the model and pre-tokenizer decide, as in llama.cpp: SentencePiece
+    // and Llama 3 add BOS.
+    if (file.find_string("tokenizer.ggml.model") == std::optional<std::string>("llama")) return true;
     return pre_tokenizer_rules(supported_pre(file)).add_bos;
 }
 
@@ -259,7 +318,14 @@ uint64_t pair_key(int32_t a, int32_t b) {
 
 struct Tokenizer::Impl {
     VocabData vocab;
-    std::vector<std::string> bytes_of;  // id -> bytes, for decode
+    std::vector<std::string> bytes_of;                        // id -> bytes, for decode
+    std::vector<Special> specials;                            // longest first, then by id
+    std::array<std::vector<uint32_t>, 256> special_by_first;  // first byte -> indices into specials
+
+    // SentencePiece vocabularies (model "llama"): everything else below stays empty.
+    std::unique_ptr<SpmModel> spm;
+
+    // Byte-level BPE (model "gpt2").
     // BPE symbols: ids below n_vocab are tokens; higher ids are strings that merges
     // build but the vocabulary lacks (they fall back to byte tokens at the end).
     std::vector<std::string> extra_bytes;    // (symbol id - n_vocab) -> bytes
@@ -267,8 +333,6 @@ struct Tokenizer::Impl {
     // byte -> the tokens a symbol missing from the vocabulary leaves for it (see bpe())
     std::array<std::vector<int32_t>, 256> byte_fallback;
     std::unordered_map<uint64_t, MergeInfo> merges;
-    std::vector<Special> specials;                            // longest first, then by id
-    std::array<std::vector<uint32_t>, 256> special_by_first;  // first byte -> indices into specials
     PreTokenizerRules rules;
     std::unordered_map<std::string, int32_t> whole_tokens;  // token text -> id, for rules.whole_piece_tokens
     std::unique_ptr<PreTokenizer> pre;
@@ -279,46 +343,59 @@ struct Tokenizer::Impl {
 
     explicit Impl(VocabData v);
     int32_t n_vocab() const { return static_cast<int32_t>(vocab.tokens.size()); }
+    TokenType type_of(int32_t id) const {
+        return vocab.token_types.empty() ? TokenType::normal : static_cast<TokenType>(vocab.token_types[id]);
+    }
+    void init_bpe(std::unordered_map<std::string, int32_t> text_to_id);
     void bpe(std::string_view piece, PieceResult& out) const;
     void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
     std::vector<SpecialHit> find_specials(std::string_view text, bool parse_special) const;
 };
 
 Tokenizer::Impl::Impl(VocabData v) : vocab(std::move(v)) {
-    PKV_CHECK(vocab.model == "gpt2", unsupported, "tokenizer model '{}': expected 'gpt2' (byte-level BPE)",
-              vocab.model);
+    PKV_CHECK(vocab.model == "gpt2" || vocab.model == "llama", unsupported,
+              "tokenizer model '{}': expected 'gpt2' (byte-level BPE) or 'llama' (SentencePiece)", vocab.model);
     PKV_CHECK(!vocab.tokens.empty(), invalid_argument, "tokenizer: expected at least one token, got 0");
     PKV_CHECK(vocab.token_types.empty() || vocab.token_types.size() == vocab.tokens.size(), invalid_argument,
               "tokenizer: expected {} token types (one per token), got {}", vocab.tokens.size(),
               vocab.token_types.size());
-    rules = pre_tokenizer_rules(vocab.pre);
-    pre = make_pre_tokenizer(vocab.pre);
     PKV_CHECK(!vocab.add_bos || (vocab.bos_id >= 0 && vocab.bos_id < n_vocab()), invalid_argument,
               "tokenizer: expected a BOS id below {} (the vocabulary adds BOS), got {}", n_vocab(), vocab.bos_id);
     PKV_CHECK(!vocab.add_eos || (vocab.eos_id >= 0 && vocab.eos_id < n_vocab()), invalid_argument,
               "tokenizer: expected an EOS id below {} (the vocabulary adds EOS), got {}", n_vocab(), vocab.eos_id);
+    if (vocab.model == "llama") {
+        spm = std::make_unique<SpmModel>(vocab);
+    } else {
+        rules = pre_tokenizer_rules(vocab.pre);
+        pre = make_pre_tokenizer(vocab.pre);
+    }
 
     const int32_t n = n_vocab();
     std::unordered_map<std::string, int32_t> text_to_id;
-    text_to_id.reserve(vocab.tokens.size() * 2);
+    if (!spm) text_to_id.reserve(vocab.tokens.size() * 2);
     bytes_of.resize(vocab.tokens.size());
     for (int32_t id = 0; id < n; ++id) {
         const std::string& text = vocab.tokens[id];
-        auto type = vocab.token_types.empty() ? TokenType::normal : static_cast<TokenType>(vocab.token_types[id]);
-        text_to_id[text] = id;
+        const TokenType type = type_of(id);
+        if (!spm) text_to_id[text] = id;
         if (type == TokenType::control || type == TokenType::user_defined || type == TokenType::unknown) {
             // Special strings are written literally, not in the byte-table alphabet.
             bytes_of[id] = text;
             if (!text.empty()) specials.push_back({text, id, type != TokenType::user_defined});
         } else {
-            bytes_of[id] = text_to_bytes(text);
+            bytes_of[id] = spm ? spm->token_bytes(id) : text_to_bytes(text);
         }
     }
     std::stable_sort(specials.begin(), specials.end(),
                      [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
     for (size_t i = 0; i < specials.size(); ++i)
         special_by_first[static_cast<unsigned char>(specials[i].text[0])].push_back(static_cast<uint32_t>(i));
+    if (!spm) init_bpe(std::move(text_to_id));
+}
 
+// The symbol table, byte fallbacks and merge ranks of byte-level BPE.
+void Tokenizer::Impl::init_bpe(std::unordered_map<std::string, int32_t> text_to_id) {
+    const int32_t n = n_vocab();
     std::unordered_map<std::string, int32_t> extra_ids;
     auto symbol_of = [&](const std::string& text) -> int32_t {
         auto it = text_to_id.find(text);
@@ -488,7 +565,16 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
     ids.reserve(text.size() / 3 + 4);
     if (add_specials && im.vocab.add_bos && im.vocab.bos_id >= 0) ids.push_back(im.vocab.bos_id);
 
+    // SentencePiece puts a space before text that opens the input or follows a special
+    // token (with add_space_prefix); an empty stretch between two specials is no text.
+    bool after_special = true;
     auto encode_text = [&](std::string_view fragment) {
+        if (im.spm) {
+            if (fragment.empty()) return;
+            im.spm->encode(fragment, im.vocab.add_space_prefix && after_special, ids);
+            after_special = false;
+            return;
+        }
         im.pre->split(fragment, [&](std::string_view piece) { im.encode_piece(piece, ids); });
     };
     // The text between special strings is encoded on its own, so pre-tokenization
@@ -497,6 +583,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
     for (const SpecialHit& hit : im.find_specials(text, parse_special)) {
         encode_text(text.substr(start, hit.pos - start));
         ids.push_back(hit.special->id);
+        after_special = true;
         start = hit.pos + hit.special->text.size();
     }
     encode_text(text.substr(start));

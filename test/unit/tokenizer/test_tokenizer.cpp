@@ -298,8 +298,9 @@ TEST_CASE("tokenizer: pre-tokenizers") {
     }
     SECTION("unsupported model") {
         TinyVocab t = make("smollm");
-        t.v.model = "llama";
-        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("'llama'"));
+        t.v.model = "bert";
+        CHECK_THROWS_WITH(pkv::Tokenizer(t.v), ContainsSubstring("tokenizer model 'bert': expected 'gpt2' (byte-level "
+                                                                 "BPE) or 'llama' (SentencePiece)"));
     }
 }
 

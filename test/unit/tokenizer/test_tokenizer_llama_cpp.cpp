@@ -1,6 +1,7 @@
 // pkv's ids against llama.cpp's own tokenizer test files: vocabulary-only GGUFs with
 // texts (.inp) and the ids llama.cpp gives them (.out), fetched with llama.cpp's sources
-// by scripts/llama-cpp.sh into $PKV_DATA_DIR/llama.cpp/src/models/. Each case is
+// by scripts/llama-cpp.sh into $PKV_DATA_DIR/llama.cpp/src/models/ (byte-level BPE
+// vocabularies and llama-spm, a SentencePiece one). Each case is
 // encoded as llama.cpp's test-tokenizer-0 does: no BOS/EOS, special strings not parsed.
 #include <fstream>
 #include <sstream>
@@ -82,6 +83,7 @@ TEST_CASE("tokenizer: llama.cpp test vocab starcoder") { check_vocab("starcoder"
 TEST_CASE("tokenizer: llama.cpp test vocab refact") { check_vocab("refact", "refact"); }
 TEST_CASE("tokenizer: llama.cpp test vocab command-r") { check_vocab("command-r", "command-r"); }
 TEST_CASE("tokenizer: llama.cpp test vocab mpt") { check_vocab("mpt", "mpt"); }
+TEST_CASE("tokenizer: llama.cpp test vocab llama-spm (SentencePiece)") { check_vocab("llama-spm", "default"); }
 
 TEST_CASE("tokenizer: llama.cpp test vocabs pkv does not support are refused") {
     // Their pre-tokenizers split differently and are not implemented: a clear
@@ -95,4 +97,11 @@ TEST_CASE("tokenizer: llama.cpp test vocabs pkv does not support are refused") {
                           ContainsSubstring(path + ": tokenizer.ggml.pre: expected one of") &&
                               ContainsSubstring("llama-bpe") && ContainsSubstring("qwen2"));
     }
+    // Gemma 4 is not SentencePiece: BPE merges over '▁'-escaped text, a model of its own.
+    const std::string path = kModels + "ggml-vocab-gemma-4.gguf";
+    if (!std::ifstream(path).good()) PKV_SKIP("no " << path << ": run scripts/llama-cpp.sh");
+    auto file = pkv::GgufFile::open(path);
+    CHECK_THROWS_WITH(pkv::vocab_from_gguf(*file),
+                      ContainsSubstring(path + ": tokenizer.ggml.model: expected 'gpt2' (byte-level BPE) or 'llama' "
+                                               "(SentencePiece), got 'gemma4'"));
 }
