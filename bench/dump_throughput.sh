@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Dump throughput and peak memory on the default model, at growing --tokens, side
 # by side in one run. Peak memory should stay flat (writes stream to disk) and near
-# the model's size. Usage: bench/dump_throughput.sh [TOKENS...] (default 2048 8192 32768)
+# the model's size. Usage: bench/dump_throughput.sh [TOKENS...] (default 2048 8192 32768);
+# PKV_MODEL picks another model (e.g. data/models/gemma-3-270m-q4_k_m.gguf).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKV="${PKV_BIN:-$ROOT/build/apps/pkv}"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
-MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL="${PKV_MODEL:-$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 TEXT="$DATA/text/fortunes.txt"
 CTX="${PKV_CTX:-1024}"
 WORK="$(mktemp -d)"

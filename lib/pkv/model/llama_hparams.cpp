@@ -168,6 +168,9 @@ std::vector<uint8_t> swa_pattern(const GgufFile& f, const std::string& key, uint
 // Local (sliding-window) layers and their RoPE base, for architectures that have them.
 void read_swa(const GgufFile& f, const std::string& a, const ArchDesc& d, LlamaHparams& hp) {
     if (!d.swa_layers || hp.sliding_window == 0) return;
+    PKV_CHECK(hp.sliding_window <= hp.n_ctx_train, out_of_range,
+              "{}: metadata '{}attention.sliding_window': expected at most context_length {}, got {}", f.path(), a,
+              hp.n_ctx_train, hp.sliding_window);
     hp.swa_layer = swa_pattern(f, a + "attention.sliding_window_pattern", hp.n_layer);
     hp.rope_freq_base_swa = static_cast<float>(f.find_f64(a + "rope.freq_base_swa").value_or(10000.0));
     PKV_CHECK(std::isfinite(hp.rope_freq_base_swa) && hp.rope_freq_base_swa > 1.0f, out_of_range,

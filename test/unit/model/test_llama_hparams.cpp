@@ -130,6 +130,16 @@ TEST_CASE("model errors name the file, the field and what was expected", "[model
         write_tiny_llama(path, s);
         CHECK(std::string(model_error(path).what()) == path + ": tensor 'blk.1.attn_v.bias' is missing");
     }
+    SECTION("a sliding window longer than the context") {
+        s.arch = "gemma3";
+        s.qk_norm = true;
+        s.window = 2048;  // n_ctx 1024
+        write_tiny_llama(path, s);
+        const Error e = model_error(path);
+        CHECK(e.code() == ErrorCode::out_of_range);
+        CHECK(std::string(e.what()) ==
+              path + ": metadata 'gemma3.attention.sliding_window': expected at most context_length 1024, got 2048");
+    }
     SECTION("mixture of experts") {
         s.extra_u32["llama.expert_count"] = 8;
         write_tiny_llama(path, s);
