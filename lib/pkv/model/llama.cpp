@@ -1,5 +1,5 @@
-// pkv/model/llama.cpp — the Llama forward pass: tensor validation, per-layer
-// dequantization, and the blocked output projection with a streaming log-softmax.
+// pkv/model/llama.cpp — the decoder forward pass: tensor binding, per-layer
+// dequantization and the layer loop (the output projection is in logits.cpp).
 #include "pkv/model/llama.h"
 
 #include <omp.h>
@@ -12,7 +12,9 @@
 
 #include "pkv/core/error.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/model/logits.h"
 #include "pkv/model/ops.h"
+#include "pkv/model/region_errors.h"
 
 namespace pkv {
 
@@ -166,29 +168,6 @@ const LlamaHparams& LlamaModel::hparams() const { return impl_->hp; }
 const GgufFile& LlamaModel::file() const { return *impl_->file; }
 
 namespace {
-
-// Exceptions cannot leave an OpenMP region: keep the first, skip later stages, rethrow after the region.
-class RegionErrors {
-public:
-    template <class Fn>
-    void guarded(Fn&& fn) {
-        if (failed_.load()) return;
-        try {
-            fn();
-        } catch (...) {
-#pragma omp critical(pkv_forward_error)
-            if (!error_) error_ = std::current_exception();
-            failed_ = true;
-        }
-    }
-    void rethrow() const {
-        if (error_) std::rethrow_exception(error_);
-    }
-
-private:
-    std::exception_ptr error_;
-    std::atomic<bool> failed_{false};
-};
 
 /// The sizes of one forward call as ints, the index type of the activation matrices.
 struct Dims {
@@ -442,60 +421,6 @@ RowMatrix final_norm(const GgufFile& f, const GgufTensorInfo& out_norm, const Ro
     return xn;
 }
 
-// About 4 MiB of fp32 per chunk of the output matrix: in full (49152 x 576) it would be 113 MB.
-int64_t output_chunk_rows(int64_t n_vocab, int E) {
-    return std::min<int64_t>(n_vocab, std::max<int64_t>(64, (int64_t{1} << 20) / std::max(E, 1)));
-}
-
-// Streaming log-softmax, so neither the fp32 output matrix nor the [n, n_vocab] logits ever exist.
-std::vector<ops::LogitRowStats> output_logit_stats(const GgufFile& f, const GgufTensorInfo& output, const RowMatrix& xn,
-                                                   const std::vector<int32_t>& tokens, int n_targets, int64_t n_vocab,
-                                                   std::vector<float>& last_logits, RegionErrors& errors) {
-    // Statistics of rows [0, n_targets) against their next tokens, and the last row's
-    // logits when `last_logits` is non-empty. The output matrix is dequantized in chunks
-    // of vocabulary rows, once per call, and each chunk meets the needed rows in tiles of
-    // kRowBlock. Threads take whole chunks and keep their own per-row statistics, merged
-    // at the end: one barrier for the whole projection.
-    constexpr int kRowBlock = 256;
-    const int n = static_cast<int>(xn.rows()), E = static_cast<int>(xn.cols());
-    const bool want_last = !last_logits.empty();
-    // Rows of xn whose logits are needed: the n-1 rows with a next token, plus the
-    // last row when its logits are wanted.
-    const int row_begin = n_targets > 0 ? 0 : n - 1;
-    const int row_end = want_last ? n : n_targets;
-    const int64_t chunk = output_chunk_rows(n_vocab, E);
-    const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
-    std::vector<ops::LogitRowStats> stats(n_targets);
-    const int out_threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n_chunks));
-#pragma omp parallel num_threads(out_threads)
-    {
-        std::vector<ops::LogitRowStats> mine(n_targets);
-        std::vector<float> wbuf(static_cast<size_t>(chunk) * E);
-        RowMatrix logits;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < n_chunks; ++c) {
-            errors.guarded([&] {
-                const int64_t v0 = c * chunk, nv = std::min(chunk, n_vocab - v0);
-                f.dequantize_rows(output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
-                for (int r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
-                    const int nr = std::min(kRowBlock, row_end - r0);
-                    logits.resize(nr, nv);
-                    ops::matmul_wt(xn.row(r0).data(), nr, E, wbuf.data(), nv, logits.data());
-                    for (int r = 0; r < nr; ++r) {
-                        const int i = r0 + r;
-                        if (i < n_targets) mine[i].add_block(logits.row(r).data(), nv, v0, tokens[i + 1]);
-                    }
-                    if (want_last && r0 + nr == n) std::copy_n(logits.row(nr - 1).data(), nv, last_logits.begin() + v0);
-                }
-            });
-        }
-#pragma omp critical(pkv_forward_merge)
-        for (int i = 0; i < n_targets; ++i) stats[i].merge(mine[i]);
-    }
-    errors.rethrow();
-    return stats;
-}
-
 }  // namespace
 
 ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const ForwardOptions& opts,
@@ -522,7 +447,7 @@ ForwardResult LlamaModel::forward(const std::vector<int32_t>& tokens, const Forw
     if (n_targets == 0 && !opts.want_last_logits) return res;
     if (opts.want_last_logits) res.last_logits.resize(hp.n_vocab);
     const std::vector<ops::LogitRowStats> stats =
-        output_logit_stats(f, *impl_->output, xn, tokens, n_targets, hp.n_vocab, res.last_logits, errors);
+        output_logit_stats(f, *impl_->output, xn, tokens, n_targets, hp.n_vocab, res.last_logits);
     res.nll.resize(n_targets);
     res.argmax.resize(n_targets);
     for (int i = 0; i < n_targets; ++i) {
@@ -544,68 +469,7 @@ std::vector<NextTokenStats> LlamaModel::compare_next_token(const std::vector<int
     for (int i = 0; i < n; ++i)
         PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
                   "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
-    std::vector<NextTokenStats> res(nv_var);
-    const int n_targets = std::max(0, n - 1);
-    if (n_targets == 0) return res;
-
-    // Same chunking and row tiles as forward(), so variant 0 reproduces its NLL.
-    constexpr int kRowBlock = 256;
-    const int64_t n_vocab = hp.n_vocab;
-    const int64_t chunk = output_chunk_rows(n_vocab, E);
-    const int64_t n_chunks = (n_vocab + chunk - 1) / chunk;
-    std::vector<std::vector<ops::LogitRowStats>> stats(nv_var, std::vector<ops::LogitRowStats>(n_targets));
-    std::vector<std::vector<ops::KlRowStats>> kl(nv_var, std::vector<ops::KlRowStats>(n_targets));
-    std::exception_ptr error;
-    const int out_threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n_chunks));
-#pragma omp parallel num_threads(out_threads)
-    {
-        std::vector<std::vector<ops::LogitRowStats>> mine(nv_var, std::vector<ops::LogitRowStats>(n_targets));
-        std::vector<std::vector<ops::KlRowStats>> mine_kl(nv_var, std::vector<ops::KlRowStats>(n_targets));
-        std::vector<float> wbuf(static_cast<size_t>(chunk) * E);
-        std::vector<RowMatrix> logits(nv_var);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < n_chunks; ++c) {
-            try {
-                const int64_t v0 = c * chunk, nv = std::min(chunk, n_vocab - v0);
-                f.dequantize_rows(*impl_->output, static_cast<uint64_t>(v0), static_cast<uint64_t>(nv), wbuf.data());
-                for (int r0 = 0; r0 < n_targets; r0 += kRowBlock) {
-                    const int nr = std::min(kRowBlock, n_targets - r0);
-                    for (int a = 0; a < nv_var; ++a) {
-                        logits[a].resize(nr, nv);
-                        ops::matmul_wt(hidden[a] + static_cast<int64_t>(r0) * E, nr, E, wbuf.data(), nv,
-                                       logits[a].data());
-                        for (int r = 0; r < nr; ++r)
-                            mine[a][r0 + r].add_block(logits[a].row(r).data(), nv, v0, tokens[r0 + r + 1]);
-                        if (a > 0)
-                            for (int r = 0; r < nr; ++r)
-                                mine_kl[a][r0 + r].add_block(logits[0].row(r).data(), logits[a].row(r).data(), nv);
-                    }
-                }
-            } catch (...) {
-#pragma omp critical(pkv_compare_error)
-                if (!error) error = std::current_exception();
-            }
-        }
-#pragma omp critical(pkv_compare_merge)
-        for (int a = 0; a < nv_var; ++a)
-            for (int i = 0; i < n_targets; ++i) {
-                stats[a][i].merge(mine[a][i]);
-                kl[a][i].merge(mine_kl[a][i]);
-            }
-    }
-    if (error) std::rethrow_exception(error);
-    for (int a = 0; a < nv_var; ++a) {
-        NextTokenStats& r = res[a];
-        r.nll.resize(n_targets);
-        r.argmax.resize(n_targets);
-        if (a > 0) r.kl.resize(n_targets);
-        for (int i = 0; i < n_targets; ++i) {
-            r.nll[i] = static_cast<float>(stats[a][i].nll());
-            r.argmax[i] = stats[a][i].argmax;
-            if (a > 0) r.kl[i] = static_cast<float>(kl[a][i].kl(stats[0][i].lse(), stats[a][i].lse()));
-        }
-    }
-    return res;
+    return next_token_stats(f, *impl_->output, hp.n_vocab, E, tokens, hidden);
 }
 
 std::vector<int32_t> LlamaModel::greedy(const std::vector<int32_t>& prompt, int n_new) const {
