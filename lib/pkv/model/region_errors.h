@@ -29,5 +29,4 @@ private:
     std::atomic<bool> failed_{false};
 };
 
-
 }  // namespace pkv
