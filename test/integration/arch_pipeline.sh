@@ -46,6 +46,18 @@ print(f"{m['arch']}: rope {m['rope_type']}, dim_order {f.attrs['dim_order']}, {g
 PY
 }
 
+# schema_ok SCHEMA FILE DRAFT: `pkv info --json FILE` (its metadata for a table) fits SCHEMA.
+schema_ok() {
+  "$PKV_BIN" info --json "$2" >"$WORK/info.json" || return 1
+  "$PY" - "$1" "$WORK/info.json" "$3" <<'PY'
+import json, sys
+from jsonschema import Draft7Validator, Draft202012Validator
+doc = json.load(open(sys.argv[2]))
+doc = doc["metadata"] if doc.get("kind") == "pattern_table" else doc
+(Draft7Validator if sys.argv[3] == "7" else Draft202012Validator)(json.load(open(sys.argv[1]))).validate(doc)
+PY
+}
+
 for spec in "llama3 llama norm gguf_interleaved 8" "mistral llama norm gguf_interleaved 0" \
             "qwen2 qwen2 neox hf_half_split 0" "qwen3 qwen3 neox hf_half_split 0"; do
   read -r name arch rope order factors <<<"$spec"
@@ -57,6 +69,8 @@ for spec in "llama3 llama norm gguf_interleaved 8" "mistral llama norm gguf_inte
   q dump --model "$G" --text "$TXT" --tokens 384 --ctx 128 --out "$D/d.h5" >/dev/null || { failed "$name: dump"; continue; }
   check_dump "$arch" "$D/d.h5" "$rope" "$order" "$factors" && step "dump records its RoPE (applying it to k_pre gives k_post)" || failed "$name: dump record"
   q validate "$D/d.h5" >/dev/null && step "dump valid" || failed "$name: dump invalid"
+  schema_ok "$PKV_SOURCE_DIR/schemas/kv_dump.schema.json" "$D/d.h5" 7 && step "dump metadata fits schemas/kv_dump.schema.json" ||
+    failed "$name: dump metadata against its schema"
   for keys in post pre; do
     q calibrate --dump "$D/d.h5" --keys "$keys" --k-patterns 4 --v-patterns 4 --holdout 0.25 --device cpu \
       --out "$D/t_$keys.safetensors" >/dev/null || { failed "$name: calibrate --keys $keys"; continue; }
@@ -69,6 +83,8 @@ assert meta["pkv.model.arch"] == sys.argv[2], meta["pkv.model.arch"]
 assert json.loads(meta["pkv.model.rope"])["type"] == sys.argv[3]
 PY
   done
+  schema_ok "$PKV_SOURCE_DIR/schemas/pattern_table.schema.json" "$D/t_post.safetensors" 2020 &&
+    step "table metadata fits schemas/pattern_table.schema.json" || failed "$name: table metadata against its schema"
   q analyze --dump "$D/d.h5" --methods fp16,kivi,patternkv,patternkv-table --bits 2 --table "$D/t_post.safetensors" \
     --json "$D/a.json" >/dev/null 2>"$D/a.err" && step "analyze" || failed "$name: analyze: $(cat "$D/a.err")"
   q analyze --dump "$D/d.h5" --keys pre --methods fp16,kivi --bits 2 --json "$D/ap.json" >/dev/null 2>"$D/ap.err" ||
