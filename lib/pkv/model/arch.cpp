@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
@@ -98,24 +99,8 @@ void check_keys(const GgufFile& f, const ArchDesc& d, std::vector<ModelFinding>&
 
 // Each planned tensor: present, of the planned shape and of a type pkv reads.
 void check_planned(const GgufFile& f, const std::vector<TensorReq>& plan, std::vector<ModelFinding>& out) {
-    for (const TensorReq& r : plan) {
-        const GgufTensorInfo* t = f.find_tensor(r.name);
-        if (t == nullptr) {
-            out.push_back({ErrorCode::not_found, fmt::format("{}: tensor '{}' is missing", f.path(), r.name)});
-        } else if (t->ne != r.ne) {
-            out.push_back({ErrorCode::data_loss, fmt::format("{}: tensor '{}': expected shape {}, got {}", f.path(),
-                                                             r.name, shape_string(r.ne), shape_string(t->ne))});
-        } else if (!ggml_type_supported(t->type_id)) {
-            out.push_back(
-                {ErrorCode::unsupported, fmt::format("{}: tensor '{}': type {} (id {}) is not supported", f.path(),
-                                                     r.name, ggml_type_name(t->type_id), t->type_id)});
-        } else if (r.ne[0] % ggml_block_size(t->type()) != 0) {
-            out.push_back(
-                {ErrorCode::data_loss,
-                 fmt::format("{}: tensor '{}': row length {} is not a multiple of the {} block size {}", f.path(),
-                             r.name, r.ne[0], ggml_type_name(t->type_id), ggml_block_size(t->type()))});
-        }
-    }
+    for (const TensorReq& r : plan)
+        if (auto problem = tensor_finding(f, r)) out.push_back(std::move(*problem));
 }
 
 // Tensors in the file that the forward pass would not read and the description does not list.
@@ -132,6 +117,25 @@ void check_unused(const GgufFile& f, const ArchDesc& d, const std::vector<Tensor
 }
 
 }  // namespace
+
+std::optional<ModelFinding> tensor_finding(const GgufFile& f, const TensorReq& r) {
+    const GgufTensorInfo* t = f.find_tensor(r.name);
+    if (t == nullptr)
+        return ModelFinding{ErrorCode::not_found, fmt::format("{}: tensor '{}' is missing", f.path(), r.name)};
+    if (t->ne != r.ne)
+        return ModelFinding{ErrorCode::data_loss, fmt::format("{}: tensor '{}': expected shape {}, got {}", f.path(),
+                                                              r.name, shape_string(r.ne), shape_string(t->ne))};
+    if (!ggml_type_supported(t->type_id))
+        return ModelFinding{ErrorCode::unsupported,
+                            fmt::format("{}: tensor '{}': type {} (id {}) is not supported", f.path(), r.name,
+                                        ggml_type_name(t->type_id), t->type_id)};
+    if (r.ne[0] % ggml_block_size(t->type()) != 0)
+        return ModelFinding{
+            ErrorCode::data_loss,
+            fmt::format("{}: tensor '{}': row length {} is not a multiple of the {} block size {}", f.path(), r.name,
+                        r.ne[0], ggml_type_name(t->type_id), ggml_block_size(t->type()))};
+    return std::nullopt;
+}
 
 const ArchDesc* find_arch(const std::string& arch) {
     for (const ArchDesc& d : archs())

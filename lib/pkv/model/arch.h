@@ -25,6 +25,7 @@
 // (general.*, tokenizer.*, quantize.*, ...) describe the file, not the math.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,10 @@ struct ModelFinding {
     ErrorCode code = ErrorCode::unsupported;
     std::string message;
 };
+
+/// The problem with one planned tensor (missing, other shape, unreadable type, rows not
+/// whole blocks), or nullopt when the forward pass can read it.
+std::optional<ModelFinding> tensor_finding(const GgufFile& file, const TensorReq& req);
 
 /// Every reason pkv cannot run `file` faithfully, all at once (empty: it can): unsupported
 /// architecture (naming the supported ones), bad or missing hyperparameters, metadata keys

@@ -22,26 +22,6 @@ using ops::RowMatrix;
 
 namespace {
 
-std::string shape_string(const std::vector<uint64_t>& ne) {
-    std::string s = "[";
-    for (size_t i = 0; i < ne.size(); ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
-    return s + "]";
-}
-
-/// The tensor `name` with exactly the dims `ne` (ggml order) and a type pkv reads.
-const GgufTensorInfo* require_tensor(const GgufFile& f, const std::string& name, const std::vector<uint64_t>& ne) {
-    const GgufTensorInfo* t = f.find_tensor(name);
-    PKV_CHECK(t != nullptr, not_found, "{}: tensor '{}' is missing", f.path(), name);
-    PKV_CHECK(t->ne == ne, data_loss, "{}: tensor '{}': expected shape {}, got {}", f.path(), name, shape_string(ne),
-              shape_string(t->ne));
-    PKV_CHECK(ggml_type_supported(t->type_id), unsupported, "{}: tensor '{}': type {} (id {}) is not supported",
-              f.path(), name, ggml_type_name(t->type_id), t->type_id);
-    const uint64_t block = ggml_block_size(t->type());
-    PKV_CHECK(ne[0] % block == 0, data_loss, "{}: tensor '{}': row length {} is not a multiple of the {} block size {}",
-              f.path(), name, ne[0], ggml_type_name(t->type_id), block);
-    return t;
-}
-
 /// The tensors of one block inside the file mapping, by LayerPart; null where the
 /// architecture or file has none (biases, Q/K norms).
 struct LayerTensors {
@@ -154,7 +134,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file, const LlamaHparams&
     const GgufFile& f = *impl_->file;
     impl_->layers.assign(hp.n_layer, LayerTensors{});
     for (const TensorReq& r : model_tensor_plan(hp)) {
-        const GgufTensorInfo* t = require_tensor(f, r.name, r.ne);
+        if (auto problem = tensor_finding(f, r)) fail(problem->code, "{}", problem->message);
+        const GgufTensorInfo* t = f.find_tensor(r.name);
         if (r.layer >= 0) impl_->layers[r.layer].part[static_cast<int>(r.part)] = t;
         else if (r.name == "token_embd.weight") impl_->tok_embd = t;
         else if (r.name == "output_norm.weight") impl_->out_norm = t;
@@ -232,9 +213,10 @@ struct SeqActivations {
 SeqActivations seq_activations(const LlamaHparams& hp, const Dims& d, const ForwardOptions& opts) {
     SeqActivations s;
     s.rope = rope_table(rope_params(hp), d.n, opts.pos0);
-    const auto swa = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1);
-    if (swa != hp.swa_layer.end())
-        s.rope_swa = rope_table(rope_params(hp, static_cast<uint32_t>(swa - hp.swa_layer.begin())), d.n, opts.pos0);
+    if (has_local_layers(hp)) {
+        const auto first = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) - hp.swa_layer.begin();
+        s.rope_swa = rope_table(rope_params(hp, static_cast<uint32_t>(first)), d.n, opts.pos0);
+    }
     s.q.resize(d.n, d.QD), s.k.resize(d.n, d.KD), s.v.resize(d.n, d.KD), s.att.resize(d.n, d.QD);
     s.capture.assign(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) s.capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
@@ -275,8 +257,6 @@ struct ThreadRows {
     }
 };
 
-bool is_swa(const LlamaHparams& hp, uint32_t l) { return l < hp.swa_layer.size() && hp.swa_layer[l]; }
-
 // rows[i] += bias for each of `m` rows of `cols` values (a no-op without a bias).
 void add_bias(float* rows, int m, int cols, const float* bias) {
     if (bias == nullptr) return;
@@ -303,7 +283,7 @@ void project_qkv(LayerLoop& L, ThreadRows& tr, uint32_t l) {
         ops::rms_norm(s.k.row(ra).data(), int64_t{m} * d.HKV, d.HD, w.w(P::k_norm), L.hp.rms_eps, s.k.row(ra).data());
     }
     if (s.capture[l] || s.hooked) s.k_pre.middleRows(ra, m) = s.k.middleRows(ra, m);
-    const RopeTable& rope = is_swa(L.hp, l) ? s.rope_swa : s.rope;
+    const RopeTable& rope = is_local_layer(L.hp, l) ? s.rope_swa : s.rope;
     rope_apply(s.q.row(ra).data(), m, d.H, d.HD, rope, ra);
     rope_apply(s.k.row(ra).data(), m, d.HKV, d.HD, rope, ra);
 }
@@ -347,7 +327,7 @@ void attend_rows(LayerLoop& L, ThreadRows& tr, uint32_t l) {
     const int ra = tr.ra, m = tr.m;
     constexpr int kQBlock = 256;
     const float scale = L.hp.attn_scale;  // 0: 1/sqrt(head_dim)
-    const int window = is_swa(L.hp, l) ? static_cast<int>(L.hp.sliding_window) : 0;
+    const int window = is_local_layer(L.hp, l) ? static_cast<int>(L.hp.sliding_window) : 0;
     if (s.hooked)
         ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
                                           s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),

@@ -79,6 +79,10 @@ struct LlamaHparams {
     float rope_freq_base_swa = 10000.0f;
 };
 
+/// Whether layer l is a sliding-window (local) layer, and whether the model has any.
+bool is_local_layer(const LlamaHparams& hp, uint32_t l);
+bool has_local_layers(const LlamaHparams& hp);
+
 /// The model's RoPE: n_rot, base, linear scaling, frequency factors and pairing; with
 /// `layer`, that layer's (a sliding-window layer has its own base).
 RopeParams rope_params(const LlamaHparams& hp);

@@ -215,9 +215,15 @@ LlamaHparams llama_hparams_from_gguf(const GgufFile& f) {
     return hp;
 }
 
+bool is_local_layer(const LlamaHparams& hp, uint32_t l) { return l < hp.swa_layer.size() && hp.swa_layer[l]; }
+
+bool has_local_layers(const LlamaHparams& hp) {
+    return std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) != hp.swa_layer.end();
+}
+
 RopeParams rope_params(const LlamaHparams& hp, uint32_t layer) {
     RopeParams r = rope_params(hp);
-    if (layer < hp.swa_layer.size() && hp.swa_layer[layer]) {  // local layers: own base, no scaling
+    if (is_local_layer(hp, layer)) {  // local layers: own base, no scaling
         r.base = hp.rope_freq_base_swa;
         r.freq_scale = 1.0;
     }

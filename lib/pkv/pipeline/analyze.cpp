@@ -40,6 +40,11 @@ struct Warnings {
     }
 };
 
+// Whether the dump's model has sliding-window (local) layers (model record "swa_layers").
+bool has_local_layers(const nlohmann::json& m) {
+    return m.is_object() && m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty();
+}
+
 // The dump's RoPE, to score pre-RoPE reconstructions with post-RoPE queries; nullopt
 // when the model record does not describe a RoPE pkv implements. The pairing follows the
 // stored order: half split when the dump is in HF order (re-ordered, or a NEOX model),
@@ -47,7 +52,7 @@ struct Warnings {
 std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D) {
     if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
     // Local layers rotate with another base (and see only a window): not one RoPE for all.
-    if (m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty()) return std::nullopt;
+    if (has_local_layers(m)) return std::nullopt;
     const std::string scaling = m.value("rope_scaling", std::string("none"));
     if (scaling != "none" && scaling != "linear") return std::nullopt;
     RopeParams r;
@@ -361,10 +366,8 @@ void plan_metrics(Context& x) {
     if (!out.has_k) x.warn.add(fmt::format("{}: no {} dataset: key metrics are null", path, x.kname));
     if (!out.has_v) x.warn.add(fmt::format("{}: no {} dataset: value metrics are null", path, kvdump::kV));
     out.has_attn = x.dump.has(kvdump::kQ) && out.has_k && out.has_v;
-    const nlohmann::json& m = x.dump.model();
-    const bool local =
-        m.is_object() && m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty();
-    if (out.has_attn && local) {  // their queries see only a window, which the scorer does not model yet
+    if (out.has_attn &&
+        has_local_layers(x.dump.model())) {  // their queries see only a window, which the scorer does not model yet
         out.has_attn = false;
         x.warn.add(fmt::format("{}: the model has sliding-window layers: attention metrics skipped", path));
     } else if (!x.dump.has(kvdump::kQ)) {

@@ -162,9 +162,8 @@ EvalResult run_eval(const EvalConfig& c) {
     for (const auto& s : r.specs) check_kv_spec(s, static_cast<int>(hp.head_dim));
     // A runtime keeps only the last W tokens of a local layer; the cache simulation does not
     // model that ring yet, so its bits and patterns would not be what a runtime holds.
-    const bool local_layers = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) != hp.swa_layer.end();
     for (const auto& s : r.specs)
-        PKV_CHECK(!local_layers || s.method == KvMethod::fp16, unsupported,
+        PKV_CHECK(!has_local_layers(hp) || s.method == KvMethod::fp16, unsupported,
                   "--kv '{}': {} has sliding-window layers, and quantized caches of those are not simulated yet "
                   "(only fp16 is)",
                   s.text, c.model_path);
