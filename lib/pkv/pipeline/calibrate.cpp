@@ -199,6 +199,25 @@ struct FitInputs {
     const CalibrateConfig& c;
 };
 
+// The held-out ablation of one head tensor, the same for keys and values: plain min-max,
+// min-max with its own fitted clip ratio, patterns at the default settings (p) and at the
+// fitted ones; `fitted_error` gets the last, whose counts the caller may report.
+template <class ErrorFn>
+nlohmann::json heldout_record(const ErrorFn& held_error, const ResidualParams& p, float minmax_clip,
+                              const ResidualParams& fitted, ResidualError& fitted_error) {
+    nlohmann::json held;
+    ResidualParams base = p;
+    base.use_patterns = false;
+    held["nmse_minmax"] = nmse_or_null(held_error(base));
+    base.clip = minmax_clip;
+    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
+    held["nmse_patterns"] = nmse_or_null(held_error(p));
+    fitted_error = held_error(fitted);
+    held["nmse_fitted"] = nmse_or_null(fitted_error);
+    held["tokens"] = fitted_error.tokens;
+    return held;
+}
+
 // Keys: fits the clip ratio (clip 1 without --fit) and measures the held-out NMSE of
 // plain min-max, min-max with its own clip, patterns by default and patterns fitted.
 nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult& out, nlohmann::json& j) {
@@ -215,19 +234,12 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
     const auto held_error = [&](const ResidualParams& q) {
         return key_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, q);
     };
-    nlohmann::json held;
-    ResidualParams base = p;
-    base.use_patterns = false;
-    held["nmse_minmax"] = nmse_or_null(held_error(base));
-    // Ablation: plain min-max with its own fitted clip ratio.
-    base.clip = fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
-    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
-    held["nmse_patterns"] = nmse_or_null(held_error(p));
-    p.clip = fit.clip;
-    const ResidualError e = held_error(p);
-    held["nmse_fitted"] = nmse_or_null(e);
-    held["tokens"] = e.tokens;
-    return held;
+    const float minmax_clip =
+        fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
+    ResidualParams fitted = p;
+    fitted.clip = fit.clip;
+    ResidualError e;
+    return heldout_record(held_error, p, minmax_clip, fitted, e);
 }
 
 // Values: as finish_key, with the gate's z fitted too (the paper's z without --fit) and
@@ -250,18 +262,13 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
     const auto held_error = [&](const ResidualParams& q) {
         return value_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, rho.data(), q);
     };
-    nlohmann::json held;
-    ResidualParams base = p;
-    base.use_patterns = false;
-    held["nmse_minmax"] = nmse_or_null(held_error(base));
-    base.clip = fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
-    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
-    held["nmse_patterns"] = nmse_or_null(held_error(p));
-    p.clip = fit.clip;
-    p.gate_z = fit.gate_z;
-    const ResidualError e = held_error(p);
-    held["nmse_fitted"] = nmse_or_null(e);
-    held["tokens"] = e.tokens;
+    const float minmax_clip =
+        fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
+    ResidualParams fitted = p;
+    fitted.clip = fit.clip;
+    fitted.gate_z = fit.gate_z;
+    ResidualError e;
+    nlohmann::json held = heldout_record(held_error, p, minmax_clip, fitted, e);
     j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
                                   : nlohmann::json(nullptr);
     return held;
