@@ -122,10 +122,12 @@ void accumulate_flatness(FlatnessAccum& acc, KvTensor tensor, const float* x, in
 }
 
 void accumulate_attention(const float* q, const float* k, const float* v, int64_t n, int D, int stride,
-                          const std::vector<AttnCache>& caches) {
+                          const std::vector<AttnCache>& caches, int64_t window, float kq_scale) {
     if (n <= 0 || caches.empty()) return;
     constexpr int64_t kBlock = 64;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(D));
+    // First key query t sees: a sliding-window layer drops keys t - window and older.
+    auto first = [window](int64_t t) { return window > 0 ? std::max<int64_t>(0, t - window + 1) : int64_t{0}; };
     const ConstMap K(k, n, D), V(v, n, D);
     // Value corrections v_hat - v, zero where the cache keeps the value exact forever.
     std::vector<RowMat> dv(caches.size());
@@ -146,12 +148,12 @@ void accumulate_attention(const float* q, const float* k, const float* v, int64_
         RowMat P = RowMat::Zero(m, cols);
         std::vector<double> lse(static_cast<size_t>(m));
         for (int64_t i = 0; i < m; ++i) {
-            const int64_t t = rows[i];
+            const int64_t t = rows[i], j0 = first(t);
             double mx = -std::numeric_limits<double>::infinity(), z = 0;
-            for (int64_t j = 0; j <= t; ++j) mx = std::max(mx, static_cast<double>(S(i, j)));
-            for (int64_t j = 0; j <= t; ++j) z += std::exp(S(i, j) - mx);
+            for (int64_t j = j0; j <= t; ++j) mx = std::max(mx, static_cast<double>(S(i, j)));
+            for (int64_t j = j0; j <= t; ++j) z += std::exp(S(i, j) - mx);
             lse[i] = mx + std::log(z);
-            for (int64_t j = 0; j <= t; ++j) P(i, j) = static_cast<float>(std::exp(S(i, j) - lse[i]));
+            for (int64_t j = j0; j <= t; ++j) P(i, j) = static_cast<float>(std::exp(S(i, j) - lse[i]));
         }
         const RowMat O = P * V.topRows(cols);
 
@@ -163,16 +165,16 @@ void accumulate_attention(const float* q, const float* k, const float* v, int64_
             double kl_sum = 0, rel_sum = 0;
             int64_t rel_rows = 0;
             for (int64_t i = 0; i < m; ++i) {
-                const int64_t t = rows[i];
+                const int64_t t = rows[i], j0 = first(t);
                 double mx = -std::numeric_limits<double>::infinity(), z = 0;
-                for (int64_t j = 0; j <= t; ++j) {
+                for (int64_t j = j0; j <= t; ++j) {
                     if (ca.flush_k[j] > t) Sh(i, j) = S(i, j);
                     mx = std::max(mx, static_cast<double>(Sh(i, j)));
                 }
-                for (int64_t j = 0; j <= t; ++j) z += std::exp(Sh(i, j) - mx);
+                for (int64_t j = j0; j <= t; ++j) z += std::exp(Sh(i, j) - mx);
                 const double lse_h = mx + std::log(z);
                 double kl = 0;
-                for (int64_t j = 0; j <= t; ++j) {
+                for (int64_t j = j0; j <= t; ++j) {
                     const double lp = S(i, j) - lse[i], lph = Sh(i, j) - lse_h;
                     kl += std::exp(lp) * (lp - lph);
                     const float ph = static_cast<float>(std::exp(lph));

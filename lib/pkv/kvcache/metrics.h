@@ -69,10 +69,11 @@ struct AttnCache {
 
 /// Causal attention of query rows t = 0, stride, 2*stride, ... < n of q against the
 /// exact k, v and against each cache (key j reads k_hat[j] when flush_k[j] <= t, else
-/// k[j]; same for values), scale 1/sqrt(D). The exact side is computed once per row
-/// block and shared by all caches. Work: O(n^2 D / stride) per cache.
+/// k[j]; same for values), scale kq_scale (0: 1/sqrt(D)). window > 0 (a sliding-window
+/// layer): query t attends keys t - window + 1 .. t only. The exact side is computed
+/// once per row block and shared by all caches. Work: O(n^2 D / stride) per cache.
 void accumulate_attention(const float* q, const float* k, const float* v, int64_t n, int D, int stride,
-                          const std::vector<AttnCache>& caches);
+                          const std::vector<AttnCache>& caches, int64_t window = 0, float kq_scale = 0.0f);
 
 /// Histogram of raw and residual values over fixed bins (lo, hi from the first data seen).
 struct HistAccum {

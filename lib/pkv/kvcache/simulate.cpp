@@ -36,24 +36,51 @@ SimResult empty_result(const float* x, int64_t n, int D) {
     return r;
 }
 
-// Quantizes rows [t0, t1) of x with the min-max quantizer (K: one block, per-channel
-// groups of G tokens; V: per token, groups of min(G, D) channels) into recon.
-void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t t0, int64_t t1, int D, float* recon,
-                   SimBits& bits, float clip = 1.0f) {
-    if (t1 <= t0) return;
+// Quantizes `rows` rows of x with the min-max quantizer (K: per-channel groups of G
+// tokens; V: per token, groups of min(G, D) channels) into recon, and records their
+// storage as units starting at token tok0: one per K group, one per V token.
+void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t rows, int D, float* recon, int64_t tok0,
+                   std::vector<SimUnit>& units, float clip = 1.0f) {
+    if (rows <= 0) return;
     MinMaxSpec spec;
     spec.clip = clip;
     spec.bits = p.bits;
-    spec.axis = tensor == KvTensor::k ? QuantAxis::channel : QuantAxis::token;
-    spec.group = tensor == KvTensor::k ? p.group : std::min(p.group, D);
-    const MinMaxCost c = quantize_minmax(x + t0 * D, t1 - t0, D, spec, recon + t0 * D);
-    bits.codes += static_cast<double>(c.code_bits);
-    bits.params += static_cast<double>(c.param_bits);
+    if (tensor == KvTensor::k) {
+        spec.axis = QuantAxis::channel;
+        spec.group = p.group;
+        // Groups of G tokens are independent, so quantizing them one by one is the same.
+        for (int64_t a = 0; a < rows; a += p.group) {
+            const int64_t m = std::min<int64_t>(p.group, rows - a);
+            const MinMaxCost c = quantize_minmax(x + a * D, m, D, spec, recon + a * D);
+            units.push_back({tok0 + a, tok0 + a + m, static_cast<double>(c.code_bits),
+                             static_cast<double>(c.param_bits), 0.0, 0.0});
+        }
+        return;
+    }
+    spec.axis = QuantAxis::token;
+    spec.group = std::min(p.group, D);
+    const MinMaxCost c = quantize_minmax(x, rows, D, spec, recon);
+    // Every token costs the same: D codes and D / group (scale, zero) pairs.
+    const double codes = static_cast<double>(c.code_bits) / rows, params = static_cast<double>(c.param_bits) / rows;
+    for (int64_t i = 0; i < rows; ++i) units.push_back({tok0 + i, tok0 + i + 1, codes, params, 0.0, 0.0});
 }
 
-void mark_window_bits(SimResult& r, int64_t n, int D) {
+// The final cache's storage: the units still holding a token >= kept_from, the tokens
+// it holds exactly, and (already set by patternkv) the bank.
+void finish_bits(SimResult& r, int64_t n, int D, int64_t kept_from) {
+    const double bank = r.bits.bank;
+    r.bits = SimBits{};
+    r.bits.bank = bank;
+    r.kept_from = kept_from;
+    for (const SimUnit& u : r.units) {
+        if (u.t1 <= kept_from) continue;
+        r.bits.codes += u.codes;
+        r.bits.params += u.params;
+        r.bits.index += u.index;
+        r.bits.gate += u.gate;
+    }
     int64_t exact = 0;
-    for (int64_t j = 0; j < n; ++j) exact += r.flush_step[j] == kNeverQuantized;
+    for (int64_t j = kept_from; j < n; ++j) exact += r.flush_step[j] == kNeverQuantized;
     r.bits.window = exact_bits(static_cast<double>(exact) * D);
 }
 
@@ -64,12 +91,12 @@ SimResult simulate_kivi(const SimParams& p, KvTensor tensor, const float* x, int
     const int64_t R = p.window;
     if (tensor == KvTensor::k) {
         const int64_t pq = P - P % R;
-        quantize_rows(p, tensor, x, 0, pq, D, r.recon.data(), r.bits);
+        quantize_rows(p, tensor, x, pq, D, r.recon.data(), 0, r.units);
         for (int64_t j = 0; j < pq; ++j) r.flush_step[j] = static_cast<int32_t>(P);
         int64_t start = pq;
         for (int64_t t = P; t < n; ++t) {
             if (t - start + 1 < R) continue;
-            quantize_rows(p, tensor, x, start, t + 1, D, r.recon.data(), r.bits);
+            quantize_rows(p, tensor, x + start * D, t + 1 - start, D, r.recon.data() + start * D, start, r.units);
             for (int64_t j = start; j <= t; ++j) r.flush_step[j] = static_cast<int32_t>(t + 1);
             start = t + 1;
         }
@@ -80,9 +107,8 @@ SimResult simulate_kivi(const SimParams& p, KvTensor tensor, const float* x, int
             // The step's attention sees R + 1 exact values; then the oldest leaves.
             if (t + 1 - quantized > R) r.flush_step[quantized++] = static_cast<int32_t>(t + 1);
         }
-        quantize_rows(p, tensor, x, 0, quantized, D, r.recon.data(), r.bits);  // per token: order-free
+        quantize_rows(p, tensor, x, quantized, D, r.recon.data(), 0, r.units);  // per token: order-free
     }
-    mark_window_bits(r, n, D);
     return r;
 }
 
@@ -102,12 +128,17 @@ void pattern_block(const SimParams& p, KvTensor tensor, const float* x, int64_t 
             subtract = table ? v_gate_passes(v_gate_rho(x + j * D, c, D), D, table->gate_z)
                              : v_gate_passes(v_gate_rho(x + j * D, c, D), D);
             r.gate[j] = subtract ? 1 : 0;
-            r.bits.gate += 1.0;
         }
-        r.bits.index += index_bits(M);
         for (int d = 0; d < D; ++d) resid[i * D + d] = x[j * D + d] - (subtract ? c[d] : 0.0f);
     }
-    quantize_rows(p, tensor, resid.data(), 0, rows, D, rq.data(), r.bits, table ? table->clip : 1.0f);
+    const size_t u0 = r.units.size();
+    quantize_rows(p, tensor, resid.data(), rows, D, rq.data(), t0, r.units, table ? table->clip : 1.0f);
+    // Each token also stores its pattern index and (V) its 1-bit gate.
+    for (size_t u = u0; u < r.units.size(); ++u) {
+        const double tokens = static_cast<double>(r.units[u].t1 - r.units[u].t0);
+        r.units[u].index = tokens * index_bits(M);
+        if (tensor == KvTensor::v) r.units[u].gate = tokens;
+    }
     for (int64_t i = 0; i < rows; ++i) {
         const int64_t j = t0 + i;
         const float* c = r.bank.data() + static_cast<int64_t>(r.pattern[j]) * D;
@@ -164,7 +195,6 @@ SimResult simulate_patternkv(const SimParams& p, KvTensor tensor, const float* x
         start = t + 1;
     }
     r.bits.bank = 16.0 * static_cast<double>(r.bank.size());
-    mark_window_bits(r, n, D);
     return r;
 }
 
@@ -192,7 +222,66 @@ SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const fl
         flush(start, t + 1, static_cast<int32_t>(t + 1));
         start = t + 1;
     }
-    mark_window_bits(r, n, D);
+    return r;
+}
+
+bool is_block_method(KvMethod m) {
+    return m == KvMethod::kivi || m == KvMethod::patternkv || m == KvMethod::patternkv_table;
+}
+
+SimResult simulate_blocks(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P) {
+    switch (p.method) {
+        case KvMethod::kivi: return simulate_kivi(p, tensor, x, n, D, P);
+        case KvMethod::patternkv: return simulate_patternkv(p, tensor, x, n, D, P);
+        case KvMethod::patternkv_table: return simulate_patternkv_table(p, tensor, x, n, D, P);
+        default: PKV_ASSERT(false);
+    }
+    return {};
+}
+
+// A ring's result on tokens s .. n - 1, placed in the whole sequence: tokens before s
+// were never stored past the prefill, so every query that sees them sees them exactly.
+SimResult shifted(SimResult in, const float* x, int64_t n, int D, int64_t s) {
+    SimResult r = empty_result(x, n, D);
+    std::copy(in.recon.begin(), in.recon.end(), r.recon.begin() + s * D);
+    for (int64_t j = s; j < n; ++j) {
+        const int32_t f = in.flush_step[j - s];
+        r.flush_step[j] = f == kNeverQuantized ? f : static_cast<int32_t>(f + s);
+    }
+    if (!in.pattern.empty()) {
+        r.pattern.assign(static_cast<size_t>(s), -1);
+        r.pattern.insert(r.pattern.end(), in.pattern.begin(), in.pattern.end());
+    }
+    if (!in.gate.empty()) {
+        r.gate.assign(static_cast<size_t>(s), 0);
+        r.gate.insert(r.gate.end(), in.gate.begin(), in.gate.end());
+    }
+    r.units = std::move(in.units);
+    for (SimUnit& u : r.units) u.t0 += s, u.t1 += s;
+    r.bank = std::move(in.bank);
+    r.bits.bank = in.bits.bank;
+    r.kmeans_k = in.kmeans_k;
+    return r;
+}
+
+// fp16, q4_0, q8_0 and fp8 hold every token in its final form from the moment it is written.
+SimResult simulate_write_through(const SimParams& p, const float* x, int64_t n, int D) {
+    SimResult r = empty_result(x, n, D);
+    if (p.method == KvMethod::fp16 || n == 0) return r;
+    if (p.method == KvMethod::fp8) {
+        const Fp8Result f = quantize_fp8_e4m3(x, n * D, r.recon.data());
+        const double codes = 8.0 * D;
+        for (int64_t j = 0; j < n; ++j) r.units.push_back({j, j + 1, codes, 0.0, 0.0, 0.0});
+        // The static per-head scale serves the whole sequence.
+        r.units.push_back({0, n, 0.0, static_cast<double>(f.storage_bits) - codes * static_cast<double>(n), 0.0, 0.0});
+    } else {
+        PKV_ASSERT(p.method == KvMethod::q4_0 || p.method == KvMethod::q8_0);
+        // llama.cpp writes every token to the quantized cache before attending.
+        const GgmlType type = p.method == KvMethod::q4_0 ? GgmlType::Q4_0 : GgmlType::Q8_0;
+        const double bits = static_cast<double>(quantize_ggml_kv(type, x, n, D, r.recon.data())) / n;
+        for (int64_t j = 0; j < n; ++j) r.units.push_back({j, j + 1, bits, 0.0, 0.0, 0.0});
+    }
+    for (int64_t j = 0; j < n; ++j) r.flush_step[j] = static_cast<int32_t>(j);
     return r;
 }
 
@@ -251,41 +340,22 @@ bool v_gate_passes(double rho, int d, double z) {
 }
 
 SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t prefill) {
-    PKV_ASSERT(n >= 0 && D >= 1 && prefill >= 0 && prefill <= n && p.window >= 1);
-    switch (p.method) {
-        case KvMethod::fp16: {
-            SimResult r = empty_result(x, n, D);
-            r.bits.window = exact_bits(static_cast<double>(n) * D);
-            return r;
-        }
-        case KvMethod::kivi: return simulate_kivi(p, tensor, x, n, D, prefill);
-        case KvMethod::patternkv: return simulate_patternkv(p, tensor, x, n, D, prefill);
-        case KvMethod::patternkv_table: return simulate_patternkv_table(p, tensor, x, n, D, prefill);
-        case KvMethod::q4_0:
-        case KvMethod::q8_0: {
-            // llama.cpp writes every token to the quantized cache before attending.
-            SimResult r = empty_result(x, n, D);
-            const GgmlType type = p.method == KvMethod::q4_0 ? GgmlType::Q4_0 : GgmlType::Q8_0;
-            if (n > 0) {
-                const uint64_t bits = quantize_ggml_kv(type, x, n, D, r.recon.data());
-                r.bits.codes = static_cast<double>(bits);
-            }
-            for (int64_t j = 0; j < n; ++j) r.flush_step[j] = static_cast<int32_t>(j);
-            return r;
-        }
-        case KvMethod::fp8: {
-            SimResult r = empty_result(x, n, D);
-            if (n > 0) {
-                const Fp8Result f = quantize_fp8_e4m3(x, n * D, r.recon.data());
-                r.bits.codes = 8.0 * static_cast<double>(n) * D;
-                r.bits.params = static_cast<double>(f.storage_bits) - r.bits.codes;
-            }
-            for (int64_t j = 0; j < n; ++j) r.flush_step[j] = static_cast<int32_t>(j);
-            return r;
-        }
+    PKV_ASSERT(n >= 0 && D >= 1 && prefill >= 0 && prefill <= n && p.window >= 1 && p.ring >= 0);
+    const int64_t W = p.ring;
+    const int64_t stored_from = W > 0 ? std::max<int64_t>(0, prefill - W) : 0;
+    SimResult r;
+    if (is_block_method(p.method)) {
+        PKV_ASSERT(W == 0 || p.window <= W);
+        if (stored_from == 0) r = simulate_blocks(p, tensor, x, n, D, prefill);
+        else
+            r = shifted(simulate_blocks(p, tensor, x + stored_from * D, n - stored_from, D, prefill - stored_from), x,
+                        n, D, stored_from);
+    } else {
+        r = simulate_write_through(p, x, n, D);
     }
-    PKV_ASSERT(false);
-    return {};
+    r.stored_from = stored_from;
+    finish_bits(r, n, D, n - kept_tokens(n, W));
+    return r;
 }
 
 }  // namespace pkv

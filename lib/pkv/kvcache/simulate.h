@@ -14,6 +14,16 @@
 // flushed after the last query). docs/numerics.md ("Cache simulation", "Methods")
 // gives every rule and the bit accounting.
 //
+// Sliding-window (local) layers, SimParams::ring = W > 0: query t attends only keys
+// t - W + 1 .. t, and the cache is a ring of the last W tokens. The prompt's first
+// s = max(0, P - W) tokens leave it when the prefill ends (they are only ever seen,
+// exactly, by prefill queries), so the block methods (kivi, patternkv,
+// patternkv-table) run on tokens s .. n - 1 with prefill P - s: their blocks, flushes
+// and the prefill's k-means see only what the ring holds. q4_0, q8_0 and fp8 write
+// every token quantized, as a runtime does. The final cache holds tokens
+// max(0, n - W) .. n - 1 and SimBits counts only those (a K block of G tokens is
+// freed when its last token leaves; the pattern bank is never evicted).
+//
 // Shapes: x and recon are row-major [n, D] float (one head, one sequence).
 #pragma once
 
@@ -60,6 +70,9 @@ struct SimParams {
     /// patternkv-table: the head's key and value patterns (both required for that method).
     const TableHeadView* table_k = nullptr;
     const TableHeadView* table_v = nullptr;
+    /// Sliding window W of a local layer (0: a global layer, every token is kept).
+    /// kivi / patternkv / patternkv-table need window <= ring (the fp16 part lives in the ring).
+    int64_t ring = 0;
 };
 
 constexpr int32_t kNeverQuantized = std::numeric_limits<int32_t>::max();
@@ -73,10 +86,24 @@ struct SimBits {
     double total() const { return codes + params + index + gate + bank + window; }
 };
 
+/// Tokens [t0, t1) quantized together, whose storage the cache frees together (a K
+/// group of G tokens; one token otherwise; fp8's per-head scale spans the sequence).
+struct SimUnit {
+    int64_t t0 = 0, t1 = 0;
+    double codes = 0, params = 0, index = 0, gate = 0;
+};
+
 struct SimResult {
     std::vector<float> recon;         ///< [n, D]; exact copy for tokens never quantized
     std::vector<int32_t> flush_step;  ///< [n], see above
-    SimBits bits;
+    SimBits bits;                     ///< the final cache: units with t1 > kept_from, window, bank
+    std::vector<SimUnit> units;       ///< every quantized unit, in flush order
+    /// First token the cache stores after the prefill (ring: max(0, P - W); 0 otherwise).
+    /// Errors are measured over tokens stored_from .. n - 1.
+    int64_t stored_from = 0;
+    /// First token of the final cache (ring: max(0, n - W); 0 otherwise); SimBits counts
+    /// (n - kept_from) * D elements.
+    int64_t kept_from = 0;
     // patternkv only (empty otherwise):
     std::vector<int32_t> pattern;  ///< [n] bank row assigned to a quantized token, -1 for window tokens
     std::vector<float> bank;       ///< [M_final, D] pattern bank (patternkv-table: the table's)
@@ -91,8 +118,12 @@ inline double exact_bits(double elements) { return 16.0 * elements; }
 /// 16 when nothing was cached.
 inline double effective_bits(double bits, double elements) { return elements > 0 ? bits / elements : 16.0; }
 
+/// Tokens a cache of a layer with sliding window `ring` (0: global) keeps after n tokens.
+inline int64_t kept_tokens(int64_t n, int64_t ring) { return ring > 0 && ring < n ? ring : n; }
+
 /// Simulates one tensor of one sequence. prefill P in [0, n]. Validates nothing the
-/// caller already checked (bits, group fit); throws internal on broken invariants.
+/// caller already checked (bits, group fit, window <= ring); throws internal on broken
+/// invariants.
 SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t prefill);
 
 /// ceil(log2 M) for M >= 1 (0 for M = 1): bits of one pattern index into a bank of M.

@@ -327,7 +327,7 @@ void attend_rows(LayerLoop& L, ThreadRows& tr, uint32_t l) {
     const int ra = tr.ra, m = tr.m;
     constexpr int kQBlock = 256;
     const float scale = L.hp.attn_scale;  // 0: 1/sqrt(head_dim)
-    const int window = is_local_layer(L.hp, l) ? static_cast<int>(L.hp.sliding_window) : 0;
+    const int window = static_cast<int>(layer_window(L.hp, l));
     if (s.hooked)
         ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
                                           s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),

@@ -82,6 +82,9 @@ struct LlamaHparams {
 /// Whether layer l is a sliding-window (local) layer, and whether the model has any.
 bool is_local_layer(const LlamaHparams& hp, uint32_t l);
 bool has_local_layers(const LlamaHparams& hp);
+/// Layer l's sliding window in tokens (query t attends t - W + 1 .. t): sliding_window
+/// for a local layer, 0 for a global one (it attends the whole prefix).
+uint32_t layer_window(const LlamaHparams& hp, uint32_t l);
 
 /// The model's RoPE: n_rot, base, linear scaling, frequency factors and pairing; with
 /// `layer`, that layer's (a sliding-window layer has its own base).

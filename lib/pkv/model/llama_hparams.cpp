@@ -221,6 +221,8 @@ bool has_local_layers(const LlamaHparams& hp) {
     return std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) != hp.swa_layer.end();
 }
 
+uint32_t layer_window(const LlamaHparams& hp, uint32_t l) { return is_local_layer(hp, l) ? hp.sliding_window : 0; }
+
 RopeParams rope_params(const LlamaHparams& hp, uint32_t layer) {
     RopeParams r = rope_params(hp);
     if (is_local_layer(hp, layer)) {  // local layers: own base, no scaling

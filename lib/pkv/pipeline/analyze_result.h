@@ -35,6 +35,7 @@ struct ConfigAccum {
 
 struct PairResult {
     int layer = 0, head = 0;
+    int window = 0;                    ///< the layer's sliding window (0: a global layer)
     std::vector<ConfigAccum> configs;  ///< parallel to the run list
     FlatnessAccum raw_k[2], raw_v[2];  ///< raw flatness over all tokens, [rotate]
     HistAccum hist_k, hist_v;          ///< filled for the histogram heads only
@@ -54,6 +55,7 @@ struct AnalyzeResult {
     nlohmann::json model;  ///< name, n_layer, n_head, n_head_kv, head_dim
     nlohmann::json dump_model, dump_provenance;
     std::vector<int> layers, heads;
+    std::vector<int> layer_windows;  ///< [layers] sliding window of each analysed layer, 0: global
     std::vector<std::string> warnings;
     nlohmann::json table;  ///< patternkv-table: the table's path, settings and calibration provenance
 };

@@ -112,7 +112,7 @@ std::vector<float> run_variant(LlamaModel& model, const std::vector<int32_t>& id
     std::vector<float> hidden = model.forward(ids, opts).hidden;
     acc.seconds += seconds_since(t);
     acc.cpu += cpu_seconds() - c0;
-    const double elements = static_cast<double>(n) * hp.head_dim * hp.n_head_kv * hp.n_layer;
+    const double elements = cached_elements(hp, n);
     const double kb = cache ? cache->key_bits() : exact_bits(elements);
     const double vb = cache ? cache->value_bits() : exact_bits(elements);
     acc.k_bits += kb;
@@ -159,14 +159,10 @@ EvalResult run_eval(const EvalConfig& c) {
     PKV_CHECK(static_cast<uint32_t>(c.ctx) <= hp.n_ctx_train, out_of_range,
               "--ctx {}: longer than the model's context length {} ({}: {}.context_length)", c.ctx, hp.n_ctx_train,
               c.model_path, hp.arch);
-    for (const auto& s : r.specs) check_kv_spec(s, static_cast<int>(hp.head_dim));
-    // A runtime keeps only the last W tokens of a local layer; the cache simulation does not
-    // model that ring yet, so its bits and patterns would not be what a runtime holds.
-    for (const auto& s : r.specs)
-        PKV_CHECK(!has_local_layers(hp) || s.method == KvMethod::fp16, unsupported,
-                  "--kv '{}': {} has sliding-window layers, and quantized caches of those are not simulated yet "
-                  "(only fp16 is)",
-                  s.text, c.model_path);
+    for (const auto& s : r.specs) {
+        check_kv_spec(s, static_cast<int>(hp.head_dim));
+        check_spec_for_window(s, hp, c.model_path);
+    }
     const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
 
     install_interrupt_handlers();

@@ -16,10 +16,20 @@ MethodCache::MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> ke
       params_(kv_spec_sim_params(spec, seed)),
       keep_(std::move(keep_fp16)),
       n_layer_(static_cast<int>(hp.n_layer)),
-      n_head_kv_(static_cast<int>(hp.n_head_kv)),
-      rope_params_(rope_params(hp)) {
+      n_head_kv_(static_cast<int>(hp.n_head_kv)) {
     PKV_ASSERT(keep_.size() == static_cast<size_t>(n_layer_));
     bits_.assign(static_cast<size_t>(n_layer_) * n_head_kv_ * 2, 0.0);
+    for (uint32_t l = 0; l < hp.n_layer; ++l) {
+        ring_.push_back(layer_window(hp, l));
+        // Global layers share ropes_[0]; local layers (their own base) ropes_[1].
+        rope_of_.push_back(is_local_layer(hp, l) ? 1 : 0);
+    }
+    rope_params_.push_back(rope_params(hp));
+    if (has_local_layers(hp)) {
+        const auto first = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) - hp.swa_layer.begin();
+        rope_params_.push_back(rope_params(hp, static_cast<uint32_t>(first)));
+    }
+    ropes_.resize(rope_params_.size());
     table_ = std::move(table);
     PKV_ASSERT(!spec_.table || table_);
     if (table_) {
@@ -76,12 +86,29 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
                   t.window, spec.group, spec.window);
 }
 
+double cached_elements(const LlamaHparams& hp, int64_t n) {
+    double e = 0.0;
+    for (uint32_t l = 0; l < hp.n_layer; ++l) e += static_cast<double>(kept_tokens(n, layer_window(hp, l)));
+    return e * hp.n_head_kv * hp.head_dim;
+}
+
+void check_spec_for_window(const KvSpec& spec, const LlamaHparams& hp, const std::string& model_path) {
+    if (!has_local_layers(hp) || !(spec.method == KvMethod::kivi || spec.method == KvMethod::patternkv || spec.table))
+        return;
+    PKV_CHECK(static_cast<uint32_t>(spec.window) <= hp.sliding_window, invalid_argument,
+              "--kv '{}': window {} is longer than the sliding window {} of {}'s local layers (its fp16 tokens live "
+              "in that ring): expected at most {}",
+              spec.text, spec.window, hp.sliding_window, model_path, hp.sliding_window);
+}
+
 void MethodCache::begin_sequence(int n, int64_t prefill) {
     PKV_ASSERT(n >= 1 && prefill >= 0 && prefill <= n);
     n_ = n;
     prefill_ = prefill;
     std::fill(bits_.begin(), bits_.end(), 0.0);
-    if (spec_.keys_pre && (rope_.n_pos != n)) rope_ = rope_table(rope_params_, n);
+    if (spec_.keys_pre)
+        for (size_t i = 0; i < ropes_.size(); ++i)
+            if (ropes_[i].n_pos != n) ropes_[i] = rope_table(rope_params_[i], n);
 }
 
 KvCacheHook MethodCache::hook() {
@@ -105,14 +132,16 @@ void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     const int n = in.n_tokens, D = in.head_dim;
     const size_t nd = static_cast<size_t>(n) * D;
     double& bits = bits_[(static_cast<size_t>(in.layer) * n_head_kv_ + in.kv_head) * 2 + (in.value ? 1 : 0)];
+    const int64_t ring = ring_[in.layer];
     if (keep_[in.layer] || spec_.method == KvMethod::fp16) {
-        bits = exact_bits(static_cast<double>(nd));
+        bits = exact_bits(static_cast<double>(kept_tokens(n, ring)) * D);
         return;  // exact head: empty output
     }
     const bool pre = spec_.keys_pre && !in.value;
     std::vector<float> x(pre ? in.k_pre : in.x, (pre ? in.k_pre : in.x) + nd);
     if (spec_.rotate) hadamard_rotate_rows(x.data(), n, D);
     SimParams sp = params_;
+    sp.ring = ring;
     if (table_) {
         const size_t i = (static_cast<size_t>(in.layer) * n_head_kv_ + in.kv_head) * 2;
         sp.table_k = &views_[i];
@@ -122,7 +151,7 @@ void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     bits = r.bits.total();
     if (std::all_of(r.flush_step.begin(), r.flush_step.end(), [](int32_t s) { return s == kNeverQuantized; })) return;
     if (spec_.rotate) hadamard_rotate_rows(r.recon.data(), n, D, nullptr, true);
-    if (pre) pre_rope_recon_to_post(r.recon.data(), in.k_pre, in.x, n, D, rope_);
+    if (pre) pre_rope_recon_to_post(r.recon.data(), in.k_pre, in.x, n, D, ropes_[rope_of_[in.layer]]);
     out.recon = std::move(r.recon);
     out.flush_step = std::move(r.flush_step);
 }

@@ -8,7 +8,8 @@
 // Pre-RoPE keys (`pre`): the method quantizes the keys before RoPE and the cache holds
 // k_post + RoPE_t(k̃_pre - k_pre) = RoPE_t(k̃_pre) (RoPE is linear), using the model's
 // own RoPE table. Layers in the keep-fp16 list and the fp16 method leave the head
-// exact and count 16 bits per element.
+// exact and count 16 bits per element. A sliding-window layer's cache is the ring of its
+// last W tokens (SimParams::ring): its bits count only what the ring keeps.
 #pragma once
 
 #include <cstdint>
@@ -50,14 +51,25 @@ private:
     SimParams params_;
     std::vector<bool> keep_;
     int n_layer_ = 0, n_head_kv_ = 0;
-    RopeParams rope_params_;
+    /// [layer] index into ropes_: local layers rotate with their own base.
+    std::vector<int> rope_of_;
+    std::vector<RopeParams> rope_params_;
     int n_ = 0;
     int64_t prefill_ = 0;
-    RopeTable rope_;
+    std::vector<RopeTable> ropes_;
     std::vector<double> bits_;  ///< [layer][kv_head][k, v]
     std::shared_ptr<const PatternTable> table_;
     std::vector<TableHeadView> views_;  ///< [layer][kv_head][k, v] for patternkv-table
+    std::vector<int64_t> ring_;         ///< [layer] sliding window, 0 for a global layer
 };
+
+/// Elements of one tensor (K or V) the cache of an n-token sequence holds at its end:
+/// sum over layers of kept_tokens(n, W_l) * n_head_kv * head_dim.
+double cached_elements(const LlamaHparams& hp, int64_t n);
+
+/// Refuses a spec whose fp16 part does not fit the model's sliding window (--window R
+/// above W: the block methods keep up to R tokens in fp16 inside the ring).
+void check_spec_for_window(const KvSpec& spec, const LlamaHparams& hp, const std::string& model_path);
 
 /// Refuses a table that does not describe what `spec` runs on this model: another
 /// model (sha256 or shape), another key basis than the spec's, another key dim order

@@ -261,3 +261,116 @@ TEST_CASE("residualization flattens clustered data", "[analyze]") {
         CHECK(ep.err2 < ek.err2);
     }
 }
+
+TEST_CASE("a sliding-window ring equals a step-by-step ring cache (kivi)", "[analyze]") {
+    const int D = 4, R = 4, G = 4, W = 8;
+    const int64_t n = 23;
+    const auto x = random_matrix(n, D, 17);
+    for (int64_t P : {int64_t{0}, int64_t{5}, int64_t{12}, int64_t{19}}) {
+        INFO("P " << P);
+        SimParams p;
+        p.method = KvMethod::kivi;
+        p.group = G;
+        p.window = R;
+        p.ring = W;
+        const SimResult rk = simulate_cache(p, KvTensor::k, x.data(), n, D, P);
+        const SimResult rv = simulate_cache(p, KvTensor::v, x.data(), n, D, P);
+        // The ring holds at most W tokens; after the prefill it holds the prompt's last W.
+        const int64_t s = std::max<int64_t>(0, P - W);
+        CHECK(rk.stored_from == s);
+        CHECK(rk.kept_from == n - W);
+        Cache ck, cv;
+        for (int64_t j = 0; j < n; ++j) ck.push_back(rows(x, j, j + 1, D)), cv.push_back(rows(x, j, j + 1, D));
+        auto visible = [&](int64_t t) {
+            for (int64_t j = std::max<int64_t>(0, t - W + 1); j <= t; ++j)
+                for (int d = 0; d < D; ++d) {
+                    INFO("query " << t << " token " << j);
+                    REQUIRE(seen(rk, x, t, j, d, D) == ck[j][d]);
+                    REQUIRE(seen(rv, x, t, j, d, D) == cv[j][d]);
+                }
+        };
+        for (int64_t t = 0; t < P; ++t) visible(t);
+        std::deque<int64_t> kwin, vwin;
+        // Blocks of R from the ring's first token; V keeps the last R exact.
+        int64_t a = s;
+        for (; a + R <= P; a += R) {
+            auto blk = rows(x, a, a + R, D);
+            quantize_minmax(blk.data(), R, D, {2, G, QuantAxis::channel}, blk.data());
+            for (int64_t j = a; j < a + R; ++j) ck[j].assign(blk.begin() + (j - a) * D, blk.begin() + (j - a + 1) * D);
+        }
+        for (int64_t j = a; j < P; ++j) kwin.push_back(j);
+        auto quant_v = [&](int64_t j) {
+            auto v = rows(x, j, j + 1, D);
+            quantize_minmax(v.data(), 1, D, {2, std::min(G, D), QuantAxis::token}, v.data());
+            cv[j] = v;
+        };
+        for (int64_t j = s; j < P; ++j) {
+            if (j < P - R) quant_v(j);
+            else vwin.push_back(j);
+        }
+        for (int64_t t = P; t < n; ++t) {
+            kwin.push_back(t);
+            vwin.push_back(t);
+            visible(t);
+            if (static_cast<int64_t>(kwin.size()) == R) {
+                auto blk = rows(x, kwin.front(), t + 1, D);
+                quantize_minmax(blk.data(), R, D, {2, G, QuantAxis::channel}, blk.data());
+                for (int64_t j = kwin.front(); j <= t; ++j)
+                    ck[j].assign(blk.begin() + (j - kwin.front()) * D, blk.begin() + (j - kwin.front() + 1) * D);
+                kwin.clear();
+            }
+            if (static_cast<int64_t>(vwin.size()) > R) quant_v(vwin.front()), vwin.pop_front();
+        }
+        // Tokens that left during the prefill were never quantized.
+        for (int64_t j = 0; j < s; ++j) CHECK(rk.flush_step[j] == kNeverQuantized);
+    }
+    SECTION("bits count only the final ring (P = 12: blocks from token 4)") {
+        SimParams p;
+        p.method = KvMethod::kivi;
+        p.group = G;
+        p.window = R;
+        p.ring = W;
+        const SimResult k = simulate_cache(p, KvTensor::k, x.data(), n, D, 12);
+        // Kept tokens 15..22: K blocks [12,16) and [16,20) (16 codes of 2 bits, 4 channels x 32)
+        // and 20..22 in fp16; blocks [4,8) and [8,12) have left.
+        CHECK(k.bits.total() == 2 * (32 + 128) + 3 * 4 * 16);
+        const SimResult v = simulate_cache(p, KvTensor::v, x.data(), n, D, 12);
+        // V: 15..18 quantized (8 code bits + 32 per token), 19..22 in fp16.
+        CHECK(v.bits.total() == 4 * (8 + 32) + 4 * 4 * 16);
+        // Without a ring every block stays.
+        p.ring = 0;
+        CHECK(simulate_cache(p, KvTensor::k, x.data(), n, D, 12).bits.total() == 5 * (32 + 128) + 3 * 4 * 16);
+    }
+}
+
+TEST_CASE("a sliding-window ring mines patterns from what it holds and writes q4_0 through", "[analyze]") {
+    const int D = 32, W = 16;
+    const int64_t n = 40, P = 24;
+    const auto x = random_matrix(n, D, 23);
+    SimParams p;
+    p.method = KvMethod::patternkv;
+    p.group = 8;
+    p.window = 8;
+    p.patterns = 4;
+    p.seed = 5;
+    p.ring = W;
+    const SimResult r = simulate_cache(p, KvTensor::k, x.data(), n, D, P);
+    KMeansParams kp;
+    kp.k = 4;
+    kp.max_iter = 30;
+    kp.tol = 1e-4;
+    kp.seed = 5;
+    kp.init = KMeansInit::random;
+    const KMeansResult km = kmeans(x.data() + (P - W) * D, W, D, kp);  // the ring's prompt tokens 8..23
+    REQUIRE(r.bank.size() >= km.centroids.size());
+    CHECK(std::equal(km.centroids.begin(), km.centroids.end(), r.bank.begin()));
+    for (int64_t j = 0; j < P - W; ++j) CHECK(r.pattern[j] == -1);
+    CHECK(r.pattern[P - W] >= 0);
+    // q4_0 quantizes every token on write, but the final ring keeps only W of them.
+    p.method = KvMethod::q4_0;
+    const SimResult q = simulate_cache(p, KvTensor::k, x.data(), n, D, P);
+    for (int64_t j = 0; j < n; ++j) CHECK(q.flush_step[j] == j);
+    CHECK(q.bits.total() == W * (32 / 32) * (16 + 32 * 4));
+    p.ring = 0;
+    CHECK(simulate_cache(p, KvTensor::k, x.data(), n, D, P).bits.total() == n * (16 + 32 * 4));
+}
