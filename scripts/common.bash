@@ -69,3 +69,15 @@ pkv_cuda_words() {
     echo "with CUDA for the default architectures"
   fi
 }
+
+# pkv_model_file NAME DATA_DIR: the GGUF of one of pkv's real models under DATA_DIR/models:
+#   smollm2  SmolLM2-135M-Instruct (Q4_1), the default
+#   gemma3   Gemma 3 270M (Q4_K_M): sliding-window and global layers, head_dim 256
+# Another name: one line on stderr and status 2.
+pkv_model_file() {
+  case "$1" in
+    smollm2) echo "$2/models/SmolLM2-135M-Instruct.Q4_1.gguf" ;;
+    gemma3) echo "$2/models/gemma-3-270m-q4_k_m.gguf" ;;
+    *) echo "pkv: model '$1': expected smollm2 or gemma3" >&2; return 2 ;;
+  esac
+}

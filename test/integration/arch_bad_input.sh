@@ -36,6 +36,10 @@ forge "$FIX/qwen2.gguf" "$WORK/softcap.gguf" --set-f32 qwen2.attn_logit_softcapp
 dump_fails "a key that changes the math" "metadata 'qwen2.attn_logit_softcapping' = 50: not applied" \
   "$WORK/softcap.gguf"
 
+forge "$FIX/gemma3.gguf" "$WORK/wide_window.gguf" --set-u32 gemma3.attention.sliding_window 1024
+dump_fails "a sliding window larger than the context" \
+  "metadata 'gemma3.attention.sliding_window': expected at most context_length 128, got 1024" "$WORK/wide_window.gguf"
+
 forge "$FIX/qwen2.gguf" "$WORK/falcon_pre.gguf" --set-str tokenizer.ggml.pre falcon
 dump_fails "unknown pre-tokenizer" "tokenizer.ggml.pre" "$WORK/falcon_pre.gguf"
 
@@ -48,7 +52,7 @@ if [ "$rc" -ne 0 ] && grep -q "final_logit_softcapping" "$WORK/v.txt" && grep -q
 else
   failed "validate: $(cat "$WORK/v.txt")"
 fi
-for f in llama3 mistral qwen2 qwen3; do
+for f in llama3 mistral qwen2 qwen3 gemma3; do
   "$PKV_BIN" validate "$FIX/$f.gguf" >/dev/null 2>&1 && pass "$f.gguf valid" || failed "$f.gguf reported invalid"
 done
 finish
