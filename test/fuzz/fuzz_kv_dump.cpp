@@ -1,10 +1,10 @@
 // libFuzzer target: the KV dump reader (HDF5) on arbitrary bytes. Opens the file with
-// KvDumpReader, reads the token columns, the JSON records and a head or two of every
-// activation present (whole and as a token range), then runs what `pkv validate`,
-// `pkv info` and `pkv info --json` run on a dump. Besides crashes, leaks, UB, timeouts and
-// allocations beyond the memory budget, an HDF5 object left open after the calls is a
-// finding: every reader holds its handles in RAII wrappers, so a leftover handle is a
-// path that skips them (docs/fuzzing.md).
+// KvDumpReader (which reads /layer_info as it opens), reads the token columns, the JSON
+// records and a head or two of every activation present (whole and as a token range),
+// then runs what `pkv validate`, `pkv info` and `pkv info --json` run on a dump. Besides
+// crashes, leaks, UB, timeouts and allocations beyond the memory budget, an HDF5 object
+// left open after the calls is a finding: every reader holds its handles in RAII
+// wrappers, so a leftover handle is a path that skips them (docs/fuzzing.md).
 //
 // Leaks of memory that HDF5 allocated are not reported (see __lsan_default_suppressions
 // below): the HDF5 1.10 of Debian 12 loses metadata-cache entries on the error paths of
@@ -35,6 +35,7 @@ void read_dump(const std::string& path) {
     (void)r.provenance().dump();
     (void)r.summary().dump();
     (void)r.dim_order();
+    (void)r.layer_info().size();
     const int64_t T = r.n_tokens();
     for (const char* name : pkv::kvdump::kActivations) {
         if (!r.has(name)) continue;

@@ -193,10 +193,15 @@ void write_dump(const fs::path& path, const pkv::CaptureSet& capture, bool hf) {
                {"rope_type", "norm"},
                {"rope_scaling", "none"},
                {"rms_eps", 1e-5},
-               {"file_type", 0}};
+               {"file_type", 0},
+               {"sliding_window", 4},
+               {"swa_layers", {0}},
+               {"rope_freq_base_swa", 10000.0}};
     h.provenance = {
         {"tool", "pkv"}, {"version", "0.1.0"}, {"argv", {"pkv", "dump"}}, {"created_utc", "2000-01-01T00:00:00Z"}};
     h.sources = {{"seed.txt", std::string(64, 'f'), 100, kTokens}};
+    // Layer 0 local (window 4), layer 1 global: both kinds of /layer_info entry.
+    h.layer_info = {{0, 4, 10000.0, kHeadKv, kDim}, {1, 0, 10000.0, kHeadKv, kDim}};
     std::error_code ec;
     fs::remove(path, ec);
     pkv::KvDumpWriter w(path.string(), h);

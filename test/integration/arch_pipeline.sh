@@ -5,7 +5,9 @@
 # description; NEOX dumps are in HF order), calibrate (post- and pre-RoPE keys; the table
 # records the architecture and RoPE), analyze (pre-RoPE keys scored through the dump's RoPE),
 # eval (fp16, KIVI and the table, pre-RoPE table too), export, check; a table of one model is
-# refused for another.
+# refused for another. gemma3 (local sliding-window layers with their own RoPE base) is
+# dumped too: /layer_info tells each layer's window and base, and RoPE of k_pre with them
+# gives k_post.
 source "$(dirname "$0")/common.bash"
 : "${PKV_SOURCE_DIR:?PKV_SOURCE_DIR must point to the source tree}"
 FIX="$PKV_SOURCE_DIR/test/fixtures/arch"
@@ -26,23 +28,31 @@ got_f = 0 if m.get("rope_freq_factors") is None else len(m["rope_freq_factors"])
 assert m["rope_type"] == rope, m["rope_type"]
 assert f.attrs["dim_order"] == order, f.attrs["dim_order"]
 assert got_f == nf, got_f
-# The record is all a reader needs: RoPE of k_pre as described gives k_post.
+# /layer_info agrees with the record: local layers (swa_layers) have its window and base.
 import numpy as np
+layers, window, base = f["layers"][:], f["layer_info/window"][:], f["layer_info/rope_base"][:]
+local = np.isin(layers, m["swa_layers"])
+assert np.array_equal(window, np.where(local, m["sliding_window"], 0)), window
+assert np.allclose(base, np.where(local, m["rope_freq_base_swa"] or 0, m["rope_freq_base"])), base
+# The dump is all a reader needs: RoPE of k_pre with each layer's base gives k_post.
 kpre, kpost = f["k_pre"][:].astype(np.float64), f["k_post"][:].astype(np.float64)  # [layer, head, T, D]
 D, nrot = kpre.shape[-1], m["n_rot"]
 ff = np.ones(nrot // 2) if m.get("rope_freq_factors") is None else np.array(m["rope_freq_factors"])
-inv = m["rope_freq_base"] ** (-2.0 * np.arange(nrot // 2) / nrot) / ff
-th = f["tokens/pos"][:].astype(np.float64)[:, None] * m["rope_freq_scale"] * inv[None, :]
 half = f.attrs["dim_order"] == "hf_half_split"
 a = np.arange(nrot // 2) if half else 2 * np.arange(nrot // 2)
 b = a + nrot // 2 if half else a + 1
 out = kpre.copy()
-out[..., a] = kpre[..., a] * np.cos(th) - kpre[..., b] * np.sin(th)
-out[..., b] = kpre[..., a] * np.sin(th) + kpre[..., b] * np.cos(th)
+for l in range(len(layers)):
+    inv = base[l] ** (-2.0 * np.arange(nrot // 2) / nrot) / ff
+    scale = 1.0 if window[l] > 0 else m["rope_freq_scale"]  # local layers are not scaled
+    th = f["tokens/pos"][:].astype(np.float64)[:, None] * scale * inv[None, :]
+    out[l][..., a] = kpre[l][..., a] * np.cos(th) - kpre[l][..., b] * np.sin(th)
+    out[l][..., b] = kpre[l][..., a] * np.sin(th) + kpre[l][..., b] * np.cos(th)
 err = np.max(np.abs(out - kpost)) / np.max(np.abs(kpost))
 assert err < 2e-3, err  # fp16 storage
 print(f"{m['arch']}: rope {m['rope_type']}, dim_order {f.attrs['dim_order']}, {got_f} frequency factors, "
-      f"qkv_bias {m['qkv_bias']}, qk_norm {m['qk_norm']}; RoPE(k_pre) = k_post within {err:.1e}")
+      f"qkv_bias {m['qkv_bias']}, qk_norm {m['qk_norm']}, {int(local.sum())} local layers; "
+      f"RoPE(k_pre) = k_post within {err:.1e}")
 PY
 }
 
@@ -98,6 +108,21 @@ PY
     failed "$name: export"
   q check --report "$D/e.json" --baseline "$D/e.json" >/dev/null && step "check" || failed "$name: check"
 done
+# gemma3: layers 0-4 and 6-7 local (window 8, base 10000), layer 5 global (base 1e6).
+D="$WORK/gemma3"
+mkdir -p "$D"
+if q dump --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 256 --ctx 128 --out "$D/d.h5" >/dev/null; then
+  check_dump gemma3 "$D/d.h5" neox hf_half_split 0 && pass "gemma3: /layer_info gives each layer's window and RoPE base" ||
+    failed "gemma3: dump layer geometry"
+  q validate "$D/d.h5" >/dev/null && pass "gemma3: dump valid" || failed "gemma3: dump invalid"
+  schema_ok "$PKV_SOURCE_DIR/schemas/kv_dump.schema.json" "$D/d.h5" 7 &&
+    pass "gemma3: dump metadata fits schemas/kv_dump.schema.json" || failed "gemma3: dump metadata against its schema"
+  want="geometry:    7 local (window 8, RoPE base 10000), 1 global (RoPE base 1000000)"
+  q info "$D/d.h5" | grep -qF "$want" && pass "gemma3: info prints the layer geometry" ||
+    failed "gemma3: info: $(q info "$D/d.h5" | grep geometry)"
+else
+  failed "gemma3: dump"
+fi
 # A NEOX model has no interleaved key order to export to.
 expect_fail "qwen3 table has no gguf key order" "NEOX RoPE" \
   "$PKV_BIN" --log-level warn export --table "$WORK/qwen3/t_post.safetensors" --format json --key-order gguf \

@@ -4,12 +4,14 @@
 Usage: /usr/bin/python3 test/python/check_dump_h5py.py DUMP.h5
 
 Checks the layout in docs/formats/kv_dump.md: root attributes, dataset shapes,
-float16 dtypes, chunking and filters, token/sequence bookkeeping, finiteness, and
-that k_post equals RoPE(k_pre) recomputed here from /tokens/pos and the model
-record (rope_freq_base, rope_freq_scale, n_rot) in the file's dim_order:
+float16 dtypes, chunking and filters, /layer_info (format 1.1), token/sequence
+bookkeeping, finiteness, and that k_post equals RoPE(k_pre) recomputed here from
+/tokens/pos, the model record (rope_freq_scale, n_rot) and each layer's RoPE base
+(/layer_info/rope_base; rope_freq_base in a 1.0 file) in the file's dim_order:
   gguf_interleaved: dims (2i, 2i+1) form pair i
   hf_half_split:    dims (i, i + D/2) form pair i
-Pair i (i < n_rot/2) turns by pos * rope_freq_scale * rope_freq_base^(-2i/n_rot).
+Pair i (i < n_rot/2) turns by pos * scale * base^(-2i/n_rot), with scale = rope_freq_scale
+on global layers and 1 on local (sliding-window) ones.
 
 Exit status 0 when everything holds, 1 with one line per failure otherwise,
 2 when the file cannot be read at all.
@@ -76,7 +78,9 @@ def check_root(f, r):
     r.check(model.get("rope_type") == "norm", "/", f"expected rope_type 'norm', got {model.get('rope_type')!r}")
     order = as_str(a["dim_order"])
     r.check(order in ("gguf_interleaved", "hf_half_split"), "/", f"unknown dim_order {order!r}")
+    minor = as_str(a["format_version"]).split(".")[-1]
     return {
+        "minor": int(minor) if minor.isdigit() else 0,
         "L_model": int(a["n_layer"]), "H": int(a["n_head"]), "Hkv": int(a["n_head_kv"]), "D": int(a["head_dim"]),
         "T": int(a["n_tokens"]), "order": order, "model": model, "summary": docs["summary"],
     }
@@ -90,6 +94,7 @@ def check_datasets(f, r, m):
         r.check(layers.dtype == np.int32, "/layers", f"expected int32, got {layers.dtype}")
         r.check(L > 0 and np.all(np.diff(layers) > 0) and layers.min() >= 0 and layers.max() < m["L_model"],
                 "/layers", f"expected ascending layers in [0, {m['L_model']}), got {layers.tolist()}")
+    check_layer_info(f, r, m, L)
     present = [n for n in ACTIVATIONS if n in f]
     r.check(len(present) > 0, "/", "no activation dataset")
     for name in present:
@@ -109,6 +114,37 @@ def check_datasets(f, r, m):
             got = as_str(ds.attrs.get("dim_order", ""))
             r.check(got == m["order"], "/" + name, f"attribute 'dim_order': expected {m['order']!r}, got {got!r}")
     return present
+
+
+def check_layer_info(f, r, m, L):
+    """/layer_info: required from 1.1 on; sets m["windows"] and m["bases"] (per stored layer)."""
+    if "layer_info" not in f:
+        # A 1.0 file: the model record says which layers are local.
+        model, layers = m["model"], f["layers"][...].tolist() if L else []
+        local = [l in (model.get("swa_layers") or []) for l in layers]
+        m["windows"] = [int(model["sliding_window"]) if x else 0 for x in local]
+        m["bases"] = [float(model["rope_freq_base_swa"] if x else model["rope_freq_base"]) for x in local]
+        r.check(m["minor"] < 1, "/layer_info", f"missing group (format_version 1.{m['minor']} requires it)")
+        return
+    cols = {}
+    for name, kind in [("window", "i"), ("rope_base", "f"), ("n_head_kv", "i"), ("head_dim", "i")]:
+        obj = "/layer_info/" + name
+        if not r.check(name in f["layer_info"], obj, "missing dataset"):
+            return
+        x = f["layer_info"][name][...]
+        r.check(x.shape == (L,), obj, f"expected shape [{L}], got {list(x.shape)}")
+        r.check(x.dtype.kind == kind and x.dtype.itemsize == (8 if kind == "f" else 4), obj,
+                f"expected {'float64' if kind == 'f' else 'int32'}, got {x.dtype}")
+        cols[name] = x
+    if r.failures:
+        return
+    r.check(np.all(cols["window"] >= 0), "/layer_info/window", f"expected windows >= 0, got {cols['window'].tolist()}")
+    r.check(np.all(np.isfinite(cols["rope_base"]) & (cols["rope_base"] >= 0)), "/layer_info/rope_base",
+            f"expected finite bases >= 0, got {cols['rope_base'].tolist()}")
+    r.check(np.all(cols["n_head_kv"] == m["Hkv"]), "/layer_info/n_head_kv", f"expected {m['Hkv']} everywhere")
+    r.check(np.all(cols["head_dim"] == m["D"]), "/layer_info/head_dim", f"expected {m['D']} everywhere")
+    m["windows"] = cols["window"].tolist()
+    m["bases"] = cols["rope_base"].tolist()
 
 
 def check_tokens(f, r, m):
@@ -158,12 +194,12 @@ def check_tokens(f, r, m):
     return cols
 
 
-def rope(x, pos, model, order):
-    """RoPE (NORM pairs) of x [T, D] float64 at positions pos [T], pairs per `order`."""
+def rope(x, pos, model, order, base, local):
+    """RoPE (NORM pairs) of x [T, D] float64 at positions pos [T], pairs per `order`; a local
+    layer has no linear scaling."""
     T, D = x.shape
     n_rot = int(model["n_rot"])
-    base = float(model["rope_freq_base"])
-    scale = float(model.get("rope_freq_scale", 1.0) or 1.0)
+    scale = 1.0 if local else float(model.get("rope_freq_scale", 1.0) or 1.0)
     i = np.arange(n_rot // 2)
     theta = scale * pos[:, None].astype(np.float64) * base ** (-2.0 * i / n_rot)[None, :]
     c, s = np.cos(theta), np.sin(theta)
@@ -199,7 +235,7 @@ def check_values(f, r, m, present, pos):
         for h in range(kpre.shape[1]):
             pre = kpre[l, h].astype(np.float64)
             post = kpost[l, h].astype(np.float64)
-            want, ia, ib = rope(pre, pos, m["model"], m["order"])
+            want, ia, ib = rope(pre, pos, m["model"], m["order"], m["bases"][l], m["windows"][l] > 0)
             # Rotation keeps each pair's length, so the float16 rounding of k_pre and of
             # k_post both stay within a few F16_EPS of that length.
             norm = np.sqrt(pre[:, ia] ** 2 + pre[:, ib] ** 2)

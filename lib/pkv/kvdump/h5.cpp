@@ -551,6 +551,9 @@ std::vector<int32_t> read_1d_i32(const File& f, const std::string& name) {
 std::vector<float> read_1d_f32(const File& f, const std::string& name) {
     return read_1d_as<float>(f, name, H5T_NATIVE_FLOAT);
 }
+std::vector<double> read_1d_f64(const File& f, const std::string& name) {
+    return read_1d_as<double>(f, name, H5T_NATIVE_DOUBLE);
+}
 
 std::vector<std::string> read_1d_strings(const File& f, const std::string& name) {
     Id d = open_dataset(f, name);

@@ -137,6 +137,7 @@ void write_1d_strings(const File& f, hid_t dset, const std::string& name, const 
 std::vector<int64_t> read_1d_i64(const File& f, const std::string& name);
 std::vector<int32_t> read_1d_i32(const File& f, const std::string& name);
 std::vector<float> read_1d_f32(const File& f, const std::string& name);
+std::vector<double> read_1d_f64(const File& f, const std::string& name);
 std::vector<std::string> read_1d_strings(const File& f, const std::string& name);
 
 // --- hyperslabs -------------------------------------------------------------------------

@@ -240,6 +240,7 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
               "{}: kv dump: hf dim order needs an even head_dim, got {}", path, h.head_dim);
     PKV_CHECK(h.chunk_tokens > 0, invalid_argument, "{}: kv dump: expected chunk_tokens > 0, got {}", path,
               h.chunk_tokens);
+    check_header_layer_info(path, h);
 
     m.f = h5::File::create(path);
     m.f16 = h5::make_f16_type();
@@ -266,6 +267,7 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
     h5::Id layers = h5::create_1d(m.f, kvdump::kLayers, H5T_STD_I32LE, h.layers.size());
     h5::write_1d(m.f, layers.get(), kvdump::kLayers, H5T_NATIVE_INT32, 0, h.layers.size(), h.layers.data());
     layers.close_checked(m.f.where(kvdump::kLayers));
+    write_layer_info(m.f, h);
 
     h5::create_group(m.f, "/tokens");
     const uint64_t T = static_cast<uint64_t>(h.n_tokens);
@@ -383,6 +385,7 @@ void KvDumpWriter::finish(const std::vector<int64_t>& seq_start, const std::vect
 struct KvDumpReader::Impl {
     h5::File f;
     std::vector<int32_t> layers;
+    std::vector<KvDumpLayerInfo> layer_info;
     int n_layer_model = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t n_tokens = 0;
     std::string dim_order;
@@ -441,6 +444,7 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
         PKV_CHECK(m.layers[i] >= 0 && m.layers[i] < m.n_layer_model && (i == 0 || m.layers[i] > m.layers[i - 1]),
                   data_loss, "{}: expected ascending layers in [0, n_layer = {}), got {} at index {}",
                   m.f.where(kvdump::kLayers), m.n_layer_model, m.layers[i], i);
+    m.layer_info = read_layer_info(m.f, requires_layer_info(major, minor), m.model, m.layers, m.n_head_kv, m.head_dim);
     m.f16 = h5::make_f16_type();
 
     for (const char* name : kActivations) {
@@ -466,6 +470,7 @@ KvDumpReader::~KvDumpReader() = default;
 const std::string& KvDumpReader::path() const { return impl_->f.path(); }
 int KvDumpReader::n_layers() const { return static_cast<int>(impl_->layers.size()); }
 const std::vector<int32_t>& KvDumpReader::layers() const { return impl_->layers; }
+const std::vector<KvDumpLayerInfo>& KvDumpReader::layer_info() const { return impl_->layer_info; }
 int KvDumpReader::n_layer_model() const { return impl_->n_layer_model; }
 int KvDumpReader::n_head() const { return impl_->n_head; }
 int KvDumpReader::n_head_kv() const { return impl_->n_head_kv; }

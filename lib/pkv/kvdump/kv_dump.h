@@ -1,4 +1,4 @@
-// pkv/kvdump/kv_dump.h — the KV dump file (HDF5), format "pkv.kvdump" version 1.0.
+// pkv/kvdump/kv_dump.h — the KV dump file (HDF5), format "pkv.kvdump" version 1.1.
 //
 // Spec: docs/formats/kv_dump.md; attribute schema: schemas/kv_dump.schema.json.
 // Every name in the file is a constant below; the writer, reader and validator use
@@ -7,7 +7,8 @@
 // Activations are [n_layers_stored, n_heads, n_tokens, head_dim] float16 (binary16
 // converted by pkv, never by HDF5), chunked [1, 1, chunk_tokens, head_dim] with
 // shuffle + deflate so reading one (layer, head) over all tokens touches only that
-// head's chunks.
+// head's chunks. Each stored layer's attention geometry (sliding window, RoPE base,
+// head shape) is in /layer_info (1.1); a 1.0 file leaves it to the model record.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,7 @@ namespace pkv {
 
 namespace kvdump {
 constexpr const char* kFormat = "pkv.kvdump";
-constexpr const char* kFormatVersion = "1.0";
+constexpr const char* kFormatVersion = "1.1";
 // Datasets.
 constexpr const char* kKPre = "/k_pre";           ///< [L, Hkv, T, D] f16, keys before RoPE
 constexpr const char* kKPost = "/k_post";         ///< [L, Hkv, T, D] f16, keys after RoPE
@@ -39,6 +40,12 @@ constexpr const char* kSourcePath = "/sources/path";      ///< [F] vlen utf-8
 constexpr const char* kSourceSha256 = "/sources/sha256";  ///< [F] vlen utf-8
 constexpr const char* kSourceBytes = "/sources/bytes";    ///< [F] i64
 constexpr const char* kSourceTokens = "/sources/tokens";  ///< [F] i64, tokens taken from that source
+// Per stored layer (1.1; required from 1.1 on, absent in 1.0 files).
+constexpr const char* kLayerInfo = "/layer_info";                ///< group
+constexpr const char* kLayerWindow = "/layer_info/window";       ///< [L] i32, sliding window in tokens; 0: global
+constexpr const char* kLayerRopeBase = "/layer_info/rope_base";  ///< [L] f64, RoPE frequency base
+constexpr const char* kLayerNHeadKv = "/layer_info/n_head_kv";   ///< [L] i32, = root n_head_kv in 1.x
+constexpr const char* kLayerHeadDim = "/layer_info/head_dim";    ///< [L] i32, = root head_dim in 1.x
 // Root attributes (see the spec for types).
 constexpr const char* kAttrFormat = "format";
 constexpr const char* kAttrFormatVersion = "format_version";
@@ -84,6 +91,16 @@ struct TextSource {
     int64_t tokens = 0;  ///< tokens of this source that went into the dump
 };
 
+/// One stored layer's attention geometry (format 1.1; for 1.0 files derived from the model record).
+struct KvDumpLayerInfo {
+    int32_t layer = 0;  ///< model layer index (same as /layers)
+    /// Sliding window W in tokens: query t attends keys t-W+1..t; 0: global layer (whole prefix).
+    int32_t window = 0;
+    /// RoPE frequency base of this layer's keys and queries; 0: unknown (1.0 file without a usable record).
+    double rope_base = 0.0;
+    int32_t n_head_kv = 0, head_dim = 0;  ///< head geometry (equal to the root attributes in 1.x)
+};
+
 /// Everything the writer records besides the activations.
 struct KvDumpHeader {
     int n_layer_model = 0;        ///< layers of the model
@@ -99,6 +116,9 @@ struct KvDumpHeader {
     nlohmann::json model;       ///< written as the "model" attribute
     nlohmann::json provenance;  ///< written as the "provenance" attribute
     std::vector<TextSource> sources;
+    /// One per stored layer, in the order of `layers` (layer_info[i].layer == layers[i]),
+    /// with the header's n_head_kv and head_dim. Required: the writer refuses an empty one.
+    std::vector<KvDumpLayerInfo> layer_info;
 };
 
 /// Streams a dump into `path` (the caller's temporary name; see AtomicOutput).
@@ -138,6 +158,12 @@ public:
     int n_layers() const;       ///< stored layers
     int n_layer_model() const;  ///< layers of the model (every stored layer is below it)
     const std::vector<int32_t>& layers() const;
+    /// One per stored layer, in the order of layers(); read and checked when the file is
+    /// opened. From /layer_info when present (required from 1.1 on); for a 1.0 file without
+    /// it, derived from the model record: window = sliding_window for the layers listed in
+    /// swa_layers, else 0; rope_base = rope_freq_base_swa for those, else rope_freq_base (0
+    /// when the record has no usable value); head geometry from the root attributes.
+    const std::vector<KvDumpLayerInfo>& layer_info() const;
     int n_head() const;
     int n_head_kv() const;
     int head_dim() const;
@@ -173,7 +199,8 @@ std::vector<std::string> validate_kv_dump(const std::string& path);
 /// A readable multi-line summary for `pkv info`.
 std::string describe_kv_dump(const std::string& path);
 /// The dump's metadata as one JSON document (root attributes with the model,
-/// provenance and summary JSON parsed; datasets with shape and dtype), the form
+/// provenance and summary JSON parsed; datasets with shape and dtype; "layer_info", one
+/// object per stored layer as KvDumpReader::layer_info() gives it), the form
 /// schemas/kv_dump.schema.json describes.
 nlohmann::json kv_dump_metadata_json(const std::string& path);
 /// True if the file starts with the HDF5 signature.

@@ -29,9 +29,10 @@ std::string human_bytes(double b) {
 }
 
 /// Every object the spec names, in the order a reader meets them.
-const char* const kAllDatasets[] = {kKPre,         kKPost,       kV,           kQ,        kLayers,    kTokenId,
-                                    kTokenPos,     kTokenSeq,    kTokenNll,    kSeqStart, kSeqLength, kSourcePath,
-                                    kSourceSha256, kSourceBytes, kSourceTokens};
+const char* const kAllDatasets[] = {
+    kKPre,         kKPost,       kV,           kQ,        kLayers,   kLayerWindow, kLayerRopeBase, kLayerNHeadKv,
+    kLayerHeadDim, kTokenId,     kTokenPos,    kTokenSeq, kTokenNll, kSeqStart,    kSeqLength,     kSourcePath,
+    kSourceSha256, kSourceBytes, kSourceTokens};
 
 nlohmann::json dataset_json(const h5::File& f, const std::string& name) {
     h5::Id d = h5::open_dataset(f, name);
@@ -47,6 +48,28 @@ nlohmann::json dataset_json(const h5::File& f, const std::string& name) {
     if (h5::has_attr(d.get(), kAttrAxes)) j["axes"] = h5::read_attr_strings(d.get(), where, kAttrAxes);
     if (h5::has_attr(d.get(), kAttrDimOrder)) j["dim_order"] = h5::read_attr_string(d.get(), where, kAttrDimOrder);
     return j;
+}
+
+// KvDumpReader::layer_info as JSON; null when the file lacks what it needs (the layers,
+// head geometry, a version of major 1), which the validator reports.
+nlohmann::json layer_info_json(const h5::File& f, const nlohmann::json& j) {
+    int major = 0, minor = 0;
+    const bool known =
+        parse_version(j[kAttrFormatVersion].get<std::string>(), &major, &minor) && major == kSupportedMajor;
+    if (!known || !j.contains(kAttrNHeadKv) || !j.contains(kAttrHeadDim) || !j["datasets"].contains(kLayers))
+        return nullptr;
+    const auto layers = h5::read_1d_i32(f, kLayers);
+    const auto info = read_layer_info(f, requires_layer_info(major, minor), j[kAttrModel], layers,
+                                      static_cast<int>(j[kAttrNHeadKv].get<int64_t>()),
+                                      static_cast<int>(j[kAttrHeadDim].get<int64_t>()));
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& li : info)
+        out.push_back({{"layer", li.layer},
+                       {"window", li.window},
+                       {"rope_base", li.rope_base},
+                       {"n_head_kv", li.n_head_kv},
+                       {"head_dim", li.head_dim}});
+    return out;
 }
 
 }  // namespace
@@ -78,6 +101,7 @@ nlohmann::json kv_dump_metadata_json(const std::string& path) {
     for (const char* name : kAllDatasets)
         if (h5::exists(f, name)) ds[name] = dataset_json(f, name);
     j["datasets"] = ds;
+    j["layer_info"] = layer_info_json(f, j);
     return j;
 }
 
@@ -102,6 +126,43 @@ std::string layers_line(const std::string& path, const nlohmann::json& j) {
         if (layers.size() > 16) layer_list += ",...";
     }
     return fmt::format("  layers:      {} of {} stored ({})\n", n_stored, field_text(j, kAttrNLayer), layer_list);
+}
+
+// "geometry:" line: the stored layers grouped by attention geometry, local (sliding-window)
+// groups first: "15 local (window 512, RoPE base 10000), 3 global (RoPE base 1000000)",
+// or "all 30 layers global (RoPE base 100000)"; "" without layer_info.
+std::string geometry_line(const nlohmann::json& j) {
+    const auto& info = j["layer_info"];
+    if (!info.is_array() || info.empty()) return {};
+    struct Group {
+        int64_t window;
+        double base;
+        size_t n;
+    };
+    std::vector<Group> groups;
+    for (const auto& li : info) {
+        const int64_t w = li["window"].get<int64_t>();
+        const double b = li["rope_base"].get<double>();
+        auto it =
+            std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.window == w && g.base == b; });
+        if (it == groups.end()) groups.push_back({w, b, 1});
+        else ++it->n;
+    }
+    std::stable_partition(groups.begin(), groups.end(), [](const Group& g) { return g.window > 0; });
+    auto describe = [](const Group& g) {
+        const std::string base = g.base > 0.0 ? fmt::format("RoPE base {}", g.base) : "RoPE base unknown";
+        return g.window > 0 ? fmt::format("window {}, {}", g.window, base) : base;
+    };
+    std::string text;
+    if (groups.size() == 1)
+        text = fmt::format("all {} layer{} {} ({})", groups[0].n, groups[0].n == 1 ? "" : "s",
+                           groups[0].window > 0 ? "local" : "global", describe(groups[0]));
+    else
+        for (const Group& g : groups)
+            text += fmt::format("{}{} {} ({})", text.empty() ? "" : ", ", g.n, g.window > 0 ? "local" : "global",
+                                describe(g));
+    const bool derived = !j["datasets"].contains(kLayerWindow);
+    return fmt::format("  geometry:    {}{}\n", text, derived ? " (format 1.0: from the model record)" : "");
 }
 
 // "tokens:" line: the token count and the number and length range of the sequences.
@@ -200,6 +261,7 @@ std::string describe_kv_dump(const std::string& path) {
     out += fmt::format("  rope:        base {}, n_rot {}, type {}\n", field_text(m, "rope_freq_base"),
                        field_text(m, "n_rot"), field_text(m, "rope_type"));
     out += layers_line(path, j);
+    out += geometry_line(j);
     out += fmt::format("  heads:       {} query, {} kv, head_dim {}, dim_order {}\n", field_text(j, kAttrNHead),
                        field_text(j, kAttrNHeadKv), field_text(j, kAttrHeadDim), field_text(j, kAttrDimOrder));
     out += tokens_line(path, j);

@@ -68,6 +68,7 @@ struct State {
     h5::File f;
     std::optional<int64_t> n_layer, n_head, n_head_kv, head_dim, n_tokens;
     std::optional<std::string> dim_order, capture;
+    std::optional<std::pair<int, int>> version;  ///< major, minor
     nlohmann::json model;
     std::optional<std::vector<int32_t>> layers;
 };
@@ -110,6 +111,7 @@ void check_root(Checker& c, State& s) {
             c.add("/", "attribute 'format_version': expected '<major>.<minor>', got '{}'", v);
         else if (major != kSupportedMajor)
             c.add("/", "unknown format_version: expected {}.x, got '{}'", kSupportedMajor, v);
+        else s.version.emplace(major, minor);
     });
     s.n_layer = root_int(c, s, kAttrNLayer);
     s.n_head = root_int(c, s, kAttrNHead);
@@ -315,6 +317,7 @@ std::optional<std::vector<T>> column(Checker& c, State& s, const char* name, Wan
     std::optional<std::vector<T>> out;
     c.guard([&] {
         if constexpr (std::is_same_v<T, float>) out = h5::read_1d_f32(s.f, name);
+        else if constexpr (std::is_same_v<T, double>) out = h5::read_1d_f64(s.f, name);
         else if constexpr (std::is_same_v<T, std::string>) out = h5::read_1d_strings(s.f, name);
         else out = h5::read_1d_i64(s.f, name);
     });
@@ -442,6 +445,41 @@ void check_sources(Checker& c, State& s) {
     }
 }
 
+// /layer_info: required from 1.1 on; in a 1.0 file without it, the model record must
+// still give every local layer a window (derive_layer_info).
+void check_layer_info(Checker& c, State& s) {
+    const char* names[] = {kLayerWindow, kLayerRopeBase, kLayerNHeadKv, kLayerHeadDim};
+    bool any = false;
+    for (const char* name : names) any = any || h5::exists(s.f, name);
+    if (!any) {
+        if (!s.version) return;  // an unusable version is reported already
+        if (requires_layer_info(s.version->first, s.version->second)) {
+            c.add(kLayerInfo, "expected a group (format_version {}.{} requires /layer_info), got none",
+                  s.version->first, s.version->second);
+        } else if (s.layers && s.model.is_object()) {
+            c.guard([&] {
+                derive_layer_info(s.model, *s.layers, static_cast<int>(s.n_head_kv.value_or(0)),
+                                  static_cast<int>(s.head_dim.value_or(0)), s.f.where("/"));
+            });
+        }
+        return;
+    }
+    std::optional<int64_t> L;
+    if (s.layers) L = static_cast<int64_t>(s.layers->size());
+    LayerInfoColumns cols;
+    auto window = column<int64_t>(c, s, kLayerWindow, Want::integer, L, "L");
+    auto base = column<double>(c, s, kLayerRopeBase, Want::floating, L, "L");
+    auto n_head_kv = column<int64_t>(c, s, kLayerNHeadKv, Want::integer, L, "L");
+    auto head_dim = column<int64_t>(c, s, kLayerHeadDim, Want::integer, L, "L");
+    if (window) cols.window = *window;
+    if (base) cols.rope_base = *base;
+    // A root attribute that is unusable is reported already; its column is not compared.
+    if (n_head_kv && s.n_head_kv) cols.n_head_kv = *n_head_kv;
+    if (head_dim && s.head_dim) cols.head_dim = *head_dim;
+    for (const auto& [name, what] : layer_info_value_problems(cols, s.n_head_kv.value_or(0), s.head_dim.value_or(0)))
+        c.add(name, "{}", what);
+}
+
 }  // namespace
 
 std::vector<std::string> validate_kv_dump(const std::string& path) {
@@ -450,6 +488,7 @@ std::vector<std::string> validate_kv_dump(const std::string& path) {
     if (!c.guard([&] { s.f = h5::File::open_read(path); })) return c.take();
     check_root(c, s);
     check_layers(c, s);
+    check_layer_info(c, s);
     check_activations(c, s);
     check_tokens(c, s);
     check_sources(c, s);

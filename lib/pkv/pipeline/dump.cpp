@@ -91,6 +91,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     header.hf_dim_order = c.hf_dim_order;
     header.native_half_split = hp.rope_layout == RopeLayout::half_split;
     header.chunk_tokens = c.chunk_tokens;
+    header.layer_info = layer_info_of(hp, header.layers);
     const std::string model_sha = sha256_file(c.model_path);
     header.model = model_json(hp, *file, c.model_path, model_sha);
     header.sources = sources;

@@ -51,6 +51,21 @@ nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const st
     return j;
 }
 
+std::vector<KvDumpLayerInfo> layer_info_of(const LlamaHparams& hp, const std::vector<int32_t>& layers) {
+    std::vector<KvDumpLayerInfo> out;
+    for (int32_t l : layers) {
+        KvDumpLayerInfo li;
+        li.layer = l;
+        const auto ul = static_cast<uint32_t>(l);
+        li.window = is_local_layer(hp, ul) ? static_cast<int32_t>(hp.sliding_window) : 0;
+        li.rope_base = rope_params(hp, ul).base;
+        li.n_head_kv = static_cast<int32_t>(hp.n_head_kv);
+        li.head_dim = static_cast<int32_t>(hp.head_dim);
+        out.push_back(li);
+    }
+    return out;
+}
+
 nlohmann::json sources_json(const std::vector<TextSource>& sources) {
     nlohmann::json a = nlohmann::json::array();
     for (const auto& s : sources)

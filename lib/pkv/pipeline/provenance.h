@@ -19,6 +19,10 @@ struct LlamaHparams;
 /// the RoPE convention (rope_type "norm": pairs (2i, 2i+1)).
 nlohmann::json model_json(const LlamaHparams& hp, const GgufFile& file, const std::string& path,
                           const std::string& sha256);
+/// The attention geometry of the model `layers` (ascending, below hp.n_layer) for a KV dump
+/// header: window = sliding_window on local layers (0 on global ones), rope_base =
+/// rope_params(hp, layer).base, the model's n_head_kv and head_dim.
+std::vector<KvDumpLayerInfo> layer_info_of(const LlamaHparams& hp, const std::vector<int32_t>& layers);
 /// [{path, sha256, bytes, tokens}, ...]
 nlohmann::json sources_json(const std::vector<TextSource>& sources);
 

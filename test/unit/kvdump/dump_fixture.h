@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -39,6 +40,14 @@ struct SynthSpec {
     CaptureSet capture;
     double rope_base = 10000.0, rope_scale = 1.0;
     int n_vocab = 100;
+    // Local (sliding-window) model layers rotate with rope_base_swa; none by default.
+    int window = 0;
+    std::vector<int32_t> swa_layers;
+    double rope_base_swa = 10000.0;
+    bool is_local(int32_t layer) const {
+        return std::find(swa_layers.begin(), swa_layers.end(), layer) != swa_layers.end();
+    }
+    double base_of_slot(int slot) const { return is_local(layers[slot]) ? rope_base_swa : rope_base; }
 };
 
 enum class Which { k_pre, v, q_pre };
@@ -85,7 +94,19 @@ inline nlohmann::json synth_model_json(const SynthSpec& s) {
             {"rope_freq_scale", s.rope_scale},
             {"rope_type", "norm"},
             {"rms_eps", 1e-5},
-            {"file_type", 3}};
+            {"file_type", 3},
+            {"sliding_window", s.window},
+            {"swa_layers", s.swa_layers},
+            {"rope_freq_base_swa", s.swa_layers.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.rope_base_swa)}};
+}
+
+/// The layer_info a writer of `s` records.
+inline std::vector<KvDumpLayerInfo> synth_layer_info(const SynthSpec& s) {
+    std::vector<KvDumpLayerInfo> out;
+    for (size_t i = 0; i < s.layers.size(); ++i)
+        out.push_back({s.layers[i], s.is_local(s.layers[i]) ? s.window : 0, s.base_of_slot(static_cast<int>(i)),
+                       s.n_head_kv, s.head_dim});
+    return out;
 }
 
 inline KvDumpHeader synth_header(const SynthSpec& s) {
@@ -103,6 +124,7 @@ inline KvDumpHeader synth_header(const SynthSpec& s) {
     h.provenance = {
         {"tool", "pkv"}, {"version", "0.0.0-test"}, {"argv", {"pkv", "test"}}, {"created_utc", "2000-01-01T00:00:00Z"}};
     h.sources = {{"a.txt", std::string(64, 'b'), 1000, synth_tokens(s) - 7}, {"b.txt", std::string(64, 'c'), 50, 7}};
+    h.layer_info = synth_layer_info(s);
     return h;
 }
 
@@ -121,7 +143,8 @@ inline std::vector<float> synth_rows(const SynthSpec& s, const char* dataset, in
             for (int d = 0; d < D; ++d) pre[d] = synth_value(w, slot, t0 + i, h, d);
             float* out = rows.data() + (static_cast<size_t>(i) * H + h) * D;
             if (rotate)
-                rope_norm(pre.data(), out, D, s.n_rot, static_cast<int>(t0 + i - seq_t0), s.rope_base, s.rope_scale);
+                rope_norm(pre.data(), out, D, s.n_rot, static_cast<int>(t0 + i - seq_t0), s.base_of_slot(slot),
+                          s.is_local(s.layers[slot]) ? 1.0 : s.rope_scale);
             else std::copy(pre.begin(), pre.end(), out);
         }
     return rows;

@@ -107,7 +107,11 @@ TEST_CASE("the file layout is what the spec says", "[dump]") {
     h5::Id v = h5::open_dataset(f, kvdump::kV);
     CHECK_FALSE(h5::has_attr(v.get(), "dim_order"));
     CHECK(h5::read_attr_string(f.id(), "x", "format") == "pkv.kvdump");
-    CHECK(h5::read_attr_string(f.id(), "x", "format_version") == "1.0");
+    CHECK(h5::read_attr_string(f.id(), "x", "format_version") == "1.1");
+    CHECK(h5::read_1d_i32(f, kvdump::kLayerWindow) == std::vector<int32_t>{0, 0});
+    CHECK(h5::read_1d_f64(f, kvdump::kLayerRopeBase) == std::vector<double>{10000.0, 10000.0});
+    CHECK(h5::read_1d_i32(f, kvdump::kLayerNHeadKv) == std::vector<int32_t>{2, 2});
+    CHECK(h5::read_1d_i32(f, kvdump::kLayerHeadDim) == std::vector<int32_t>{8, 8});
     CHECK(h5::read_attr_int(f.id(), "x", "n_tokens") == 50);
     CHECK(h5::read_attr_int(f.id(), "x", "n_layer") == 3);
     CHECK(h5::read_attr_string(f.id(), "x", "capture") == "k_pre,k_post,v,q");

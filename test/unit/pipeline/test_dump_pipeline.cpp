@@ -14,6 +14,7 @@
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/dump.h"
 #include "pkv/pipeline/inspect.h"
+#include "pkv/pipeline/provenance.h"
 #include "pkv/tokenizer/tokenizer.h"
 #include "support/scratch_dir.h"
 #include "support/tiny_model.h"
@@ -103,7 +104,34 @@ TEST_CASE("run_dump writes what the forward pass computes", "[pipeline][dump]") 
     CHECK(r.summary().at("perplexity").get<double>() == Approx(s.perplexity).epsilon(1e-9));
     CHECK(r.provenance().at("argv").size() == 3);
     CHECK(r.model().at("n_layer").get<int>() == 2);
+    REQUIRE(r.layer_info().size() == 2);
+    for (const auto& li : r.layer_info()) {
+        CHECK(li.window == 0);
+        CHECK(li.rope_base == 10000.0);
+        CHECK(li.n_head_kv == 2);
+        CHECK(li.head_dim == 8);
+    }
     (void)nll;
+}
+
+TEST_CASE("layer_info_of gives local layers their window and RoPE base", "[pipeline][dump]") {
+    LlamaHparams hp;
+    hp.n_layer = 6;
+    hp.n_head_kv = 1;
+    hp.head_dim = 256;
+    hp.sliding_window = 512;
+    hp.swa_layer = {1, 1, 1, 1, 1, 0};
+    hp.rope_freq_base = 1000000.0f;
+    hp.rope_freq_base_swa = 10000.0f;
+    const auto info = layer_info_of(hp, {0, 4, 5});
+    REQUIRE(info.size() == 3);
+    CHECK((info[0].layer == 0 && info[0].window == 512 && info[0].rope_base == 10000.0));
+    CHECK((info[1].layer == 4 && info[1].window == 512 && info[1].rope_base == 10000.0));
+    CHECK((info[2].layer == 5 && info[2].window == 0 && info[2].rope_base == 1000000.0));
+    CHECK((info[2].n_head_kv == 1 && info[2].head_dim == 256));
+    // A window without local layers (Mistral) caps sequences; every layer is global.
+    hp.swa_layer.clear();
+    for (const auto& li : layer_info_of(hp, {0, 5})) CHECK((li.window == 0 && li.rope_base == 1000000.0));
 }
 
 TEST_CASE("run_dump failures leave no output", "[pipeline][dump]") {
