@@ -3,13 +3,20 @@
 # evaluated on C code (glibc headers from /usr/include) next to KIVI, online
 # PatternKV, q4_0 with and without Hadamard rotation, and q8_0, at 2 and 4 bits.
 # Outputs go to $PKV_OUT_DIR (default out/results/). Takes about 30 minutes on 2 cores.
+# --model gemma3 (or PKV_MODEL=gemma3): the Gemma 3 270M rows of docs/results.md, the main
+# runs without the ablations, in out/results-gemma3/ (about 15 minutes on 2 cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/common.bash"
+NAME="${PKV_MODEL:-smollm2}"
+if [ "${1:-}" = --model ] && [ -n "${2:-}" ]; then NAME=$2
+elif [ $# -gt 0 ]; then echo "results.sh: usage: results.sh [--model smollm2|gemma3]" >&2; exit 2; fi
 BUILD="${PKV_BUILD_DIR:-$ROOT/build}"
 DATA="${PKV_DATA_DIR:-$ROOT/data}"
-OUT="${PKV_OUT_DIR:-$ROOT/out/results}"
+SUFFIX=""; [ "$NAME" = smollm2 ] || SUFFIX="-$NAME"
+OUT="${PKV_OUT_DIR:-$ROOT/out/results$SUFFIX}"
 PKV="${PKV_BIN:-$BUILD/apps/pkv}"
-MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL="$(pkv_model_file "$NAME" "$DATA")"
 [ -x "$PKV" ] && [ -f "$MODEL" ] || { echo "run scripts/build.sh and scripts/fetch-data.sh first" >&2; exit 1; }
 mkdir -p "$OUT"
 cd "$OUT"
@@ -27,6 +34,7 @@ sha256sum code.txt
 "$PKV" dump --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 --out code.h5 --force
 "$PKV" analyze --dump code.h5 --methods kivi,patternkv --bits 2 --table table2.safetensors --attn-stride 8 \
   --json analyze2.json --force | tee analyze2.md
+[ "$NAME" = smollm2 ] || exit 0
 # Ablations: the table without the fitted parameters, and pre-RoPE keys.
 "$PKV" calibrate --dump calib.h5 --bits 2 --fit none --out table2-nofit.safetensors --force | tee cal2-nofit.md
 "$PKV" eval --model "$MODEL" --text code.txt --tokens 4096 --ctx 2048 --kv fp16 patternkv-table:2:table2-nofit.safetensors \

@@ -120,6 +120,52 @@ if q dump --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 256 --ctx 128 --out 
   want="geometry:    7 local (window 8, RoPE base 10000), 1 global (RoPE base 1000000)"
   q info "$D/d.h5" | grep -qF "$want" && pass "gemma3: info prints the layer geometry" ||
     failed "gemma3: info: $(q info "$D/d.h5" | grep geometry)"
+  # The ring of a local layer holds 8 tokens: windows and groups of 4 fit in it.
+  R="--window 4 --group 4"
+  # shellcheck disable=SC2086
+  q calibrate --dump "$D/d.h5" --k-patterns 4 --v-patterns 4 --holdout 0.25 --device cpu $R \
+    --out "$D/t.safetensors" >/dev/null && pass "gemma3: calibrate" || failed "gemma3: calibrate"
+  # shellcheck disable=SC2086
+  q analyze --dump "$D/d.h5" --methods fp16,kivi,patternkv,q4_0,patternkv-table --bits 2 $R \
+    --table "$D/t.safetensors" --json "$D/a.json" >/dev/null 2>"$D/a.err" && pass "gemma3: analyze" ||
+    failed "gemma3: analyze: $(cat "$D/a.err")"
+  "$PY" - "$D/a.json" <<'PY' && pass "gemma3: analyze scores attention over each layer's window; bits count the ring" ||
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert not any("attention" in w for w in r["warnings"]), r["warnings"]
+rows = {(x["layer"], x["method"]): x for x in r["results"]}
+for (layer, method), x in rows.items():
+    assert x["attn"] is not None and x["attn"]["kl"] is not None, (layer, method)
+    if method == "fp16":
+        assert x["attn"]["kl"] == 0 and x["eff_bits"] == 16, x
+# q4_0 costs 4.5 bits per kept element in local and global layers alike.
+assert all(abs(x["eff_bits"] - 4.5) < 1e-9 for (l, m), x in rows.items() if m == "q4_0")
+# kivi:2 with R = 4: the ring's last 4 tokens of V are fp16 (4 of 8 kept), a global layer
+# keeps 4 of 128 tokens in fp16, so the local layers pay more bits per element.
+assert rows[(0, "kivi")]["v"]["eff_bits"] > rows[(5, "kivi")]["v"]["eff_bits"] + 2
+PY
+    failed "gemma3: analyze report"
+  expect_fail "gemma3: analyze refuses a window longer than the ring" "longer than the sliding window 8 of layer 0" \
+    "$PKV_BIN" --log-level warn analyze --dump "$D/d.h5" --methods kivi --window 16 --json "$D/x.json"
+  q eval --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 256 --ctx 128 \
+    --kv fp16 kivi:2:w4:g4 q4_0 "patternkv-table:2:w4:g4:$D/t.safetensors" \
+    --json "$D/e.json" >/dev/null 2>"$D/e.err" && pass "gemma3: eval" || failed "gemma3: eval: $(cat "$D/e.err")"
+  "$PY" - "$D/e.json" <<'PY' && pass "gemma3: eval's KV memory is what the rings and the global layer keep" ||
+import json, sys
+r = json.load(open(sys.argv[1]))
+m = {x["method"]: x for x in r["methods"]}
+ref = r["reference"]
+# 7 local layers keep 8 tokens, the global one 128: (7 * 8 + 128) tokens * 32 dims * K,V * 2 bytes.
+want = (7 * 8 + 128) * 32 * 2 * 2
+assert abs(ref["kv_bytes"] - want) < 1e-9, (ref["kv_bytes"], want)
+assert abs(m["q4_0"]["kv_bytes"] - want * 4.5 / 16) < 1e-9, m["q4_0"]["kv_bytes"]
+PY
+    failed "gemma3: eval KV memory"
+  expect_fail "gemma3: eval refuses a window longer than the ring" "longer than the sliding window 8" \
+    "$PKV_BIN" --log-level warn eval --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 128 --ctx 128 --kv kivi:2
+  expect_fail "gemma3 refuses the llama3 table" "calibrated on model sha256" \
+    "$PKV_BIN" --log-level warn eval --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 128 --ctx 128 \
+    --kv "patternkv-table:2:w4:g4:$WORK/llama3/t_post.safetensors"
 else
   failed "gemma3: dump"
 fi

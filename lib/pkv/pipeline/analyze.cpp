@@ -40,24 +40,20 @@ struct Warnings {
     }
 };
 
-// Whether the dump's model has sliding-window (local) layers (model record "swa_layers").
-bool has_local_layers(const nlohmann::json& m) {
-    return m.is_object() && m.contains("swa_layers") && m["swa_layers"].is_array() && !m["swa_layers"].empty();
-}
-
-// The dump's RoPE, to score pre-RoPE reconstructions with post-RoPE queries; nullopt
-// when the model record does not describe a RoPE pkv implements. The pairing follows the
-// stored order: half split when the dump is in HF order (re-ordered, or a NEOX model),
-// interleaved otherwise.
-std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D) {
+// One stored layer's RoPE, to score pre-RoPE reconstructions with post-RoPE queries;
+// nullopt when the model record does not describe a RoPE pkv implements. The pairing
+// follows the stored order: half split when the dump is in HF order (re-ordered, or a
+// NEOX model), interleaved otherwise. A sliding-window layer rotates with its own base
+// and no scaling, as the model does.
+std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D,
+                                          const KvDumpLayerInfo& layer) {
     if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
-    // Local layers rotate with another base (and see only a window): not one RoPE for all.
-    if (has_local_layers(m)) return std::nullopt;
+    if (!(layer.rope_base > 0.0)) return std::nullopt;
     const std::string scaling = m.value("rope_scaling", std::string("none"));
     if (scaling != "none" && scaling != "linear") return std::nullopt;
     RopeParams r;
-    r.base = m["rope_freq_base"].get<double>();
-    r.freq_scale = m.value("rope_freq_scale", 1.0);
+    r.base = layer.rope_base;
+    r.freq_scale = layer.window > 0 ? 1.0 : m.value("rope_freq_scale", 1.0);
     r.n_rot = m.value("n_rot", D);
     const bool hf = dim_order == kvdump::kDimOrderHf;
     const bool neox = m.value("rope_type", std::string("norm")) == "neox";
@@ -113,6 +109,16 @@ void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
     for (int h : c.heads)
         PKV_CHECK(h >= 0 && h < dump.n_head_kv(), out_of_range, "--heads {}: expected a KV head in [0, {})", h,
                   dump.n_head_kv());
+    // The block methods keep up to --window tokens in fp16, inside a local layer's ring.
+    const bool blocks = std::any_of(c.methods.begin(), c.methods.end(), [](KvMethod m) {
+        return m == KvMethod::kivi || m == KvMethod::patternkv || m == KvMethod::patternkv_table;
+    });
+    for (const KvDumpLayerInfo& g : dump.layer_info())
+        if (blocks && g.window > 0 && (c.layers.empty() || std::count(c.layers.begin(), c.layers.end(), g.layer)))
+            PKV_CHECK(c.window <= g.window, invalid_argument,
+                      "--window {}: longer than the sliding window {} of layer {} in {} (its fp16 tokens live in "
+                      "that ring): expected at most {}",
+                      c.window, g.window, g.layer, dump.path(), g.window);
 }
 
 // The table must describe what is analysed: applying patterns of another model, key
@@ -174,7 +180,10 @@ struct Context {
     Warnings& warn;
     std::string kname;  // the key dataset analysed
     int D = 0, group_q = 0;
-    std::optional<RopeTable> rope;  // --keys pre with attention: RoPE of the longest sequence
+    float kq_scale = 0.0f;  // the model's attention scale (0: 1/sqrt(head_dim))
+    // --keys pre with attention: RoPE tables of the longest sequence, [slot] -> table
+    std::vector<RopeTable> ropes;
+    std::vector<int> slot_rope;
     SimParams base;
     int hist_run = -1;  // the run whose residuals feed the histograms
     KvDumpReader::Sequences seqs;
@@ -183,6 +192,8 @@ struct Context {
 // One sequence of one head, as read from the dump (unrotated).
 struct SeqData {
     int64_t n = 0, P = 0;
+    int64_t ring = 0;  // the layer's sliding window (0: global)
+    int rope = 0;      // index into Context::ropes
     std::vector<float> k, v, kpost;
     std::vector<std::vector<float>> qs;  // the head's query heads
 };
@@ -206,19 +217,23 @@ void simulate_runs(const Context& x, const std::vector<size_t>& idx, const std::
         sp.bits = run.bits;
         sp.table_k = &tk;
         sp.table_v = &tv;
+        sp.ring = sd.ring;
+        // Errors over the tokens the cache stored; bits over what its final state keeps.
         if (x.out.has_k) {
             sk[i] = simulate_cache(sp, KvTensor::k, k.data(), n, D, sd.P);
-            acc.k.add(k.data(), sk[i].recon.data(), n * D);
+            const int64_t s0 = sk[i].stored_from;
+            acc.k.add(k.data() + s0 * D, sk[i].recon.data() + s0 * D, (n - s0) * D);
             acc.k.bits += sk[i].bits.total();
-            acc.k.elements += static_cast<double>(n) * D;
+            acc.k.elements += static_cast<double>(n - sk[i].kept_from) * D;
             if (is_pattern_method(run.method))
                 accumulate_flatness(acc.flat_k, KvTensor::k, k.data(), n, D, x.c.group, &sk[i]);
         }
         if (x.out.has_v) {
             sv[i] = simulate_cache(sp, KvTensor::v, v.data(), n, D, sd.P);
-            acc.v.add(v.data(), sv[i].recon.data(), n * D);
+            const int64_t s0 = sv[i].stored_from;
+            acc.v.add(v.data() + s0 * D, sv[i].recon.data() + s0 * D, (n - s0) * D);
             acc.v.bits += sv[i].bits.total();
-            acc.v.elements += static_cast<double>(n) * D;
+            acc.v.elements += static_cast<double>(n - sv[i].kept_from) * D;
             if (is_pattern_method(run.method))
                 accumulate_flatness(acc.flat_v, KvTensor::v, v.data(), n, D, x.c.group, &sv[i]);
         }
@@ -257,7 +272,7 @@ void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, c
         if (x.c.keys_pre) {
             std::vector<float> r = sk[i].recon;
             if (rot) hadamard_rotate_rows(r.data(), n, D, nullptr, true);
-            pre_rope_recon_to_post(r.data(), sd.k.data(), sd.kpost.data(), n, D, *x.rope);
+            pre_rope_recon_to_post(r.data(), sd.k.data(), sd.kpost.data(), n, D, x.ropes[sd.rope]);
             khat_store.push_back(std::move(r));
             ca.k_hat = khat_store.back().data();
         } else {
@@ -273,7 +288,7 @@ void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, c
     for (const auto& qh : sd.qs) {
         std::vector<float> qq = qh;
         if (rot && !x.c.keys_pre) hadamard_rotate_rows(qq.data(), n, D);
-        accumulate_attention(qq.data(), kexact.data(), v.data(), n, D, x.c.attn_stride, caches);
+        accumulate_attention(qq.data(), kexact.data(), v.data(), n, D, x.c.attn_stride, caches, sd.ring, x.kq_scale);
     }
 }
 
@@ -282,6 +297,8 @@ SeqData read_sequence(const Context& x, int slot, int head, size_t s) {
     const int64_t t0 = x.seqs.start[s];
     sd.n = x.seqs.length[s];
     sd.P = analyze_prefill(sd.n, x.c.prefill, x.c.window);
+    sd.ring = x.dump.layer_info()[slot].window;
+    if (!x.slot_rope.empty()) sd.rope = x.slot_rope[slot];
     if (x.out.has_k) sd.k = x.dump.read_head(x.kname, slot, head, t0, sd.n);
     if (x.out.has_v) sd.v = x.dump.read_head(kvdump::kV, slot, head, t0, sd.n);
     if (x.out.has_attn) {
@@ -339,6 +356,7 @@ PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool ha
     PairResult pr;
     pr.layer = layer;
     pr.head = head;
+    pr.window = x.dump.layer_info()[slot].window;
     pr.configs.resize(x.out.runs.size());
     pr.has_hist = has_hist;
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
@@ -357,6 +375,26 @@ PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool ha
     return pr;
 }
 
+// --keys pre: one RoPE table per distinct layer RoPE (global and local layers differ);
+// false when a layer's RoPE is not one pkv implements.
+bool plan_ropes(Context& x) {
+    int32_t longest = 0;
+    for (int32_t n : x.seqs.length) longest = std::max(longest, n);
+    std::vector<RopeParams> seen;
+    for (const KvDumpLayerInfo& g : x.dump.layer_info()) {
+        const std::optional<RopeParams> r = rope_from_model(x.dump.model(), x.dump.dim_order(), x.D, g);
+        if (!r) return false;
+        size_t i = 0;
+        while (i < seen.size() && !(seen[i].base == r->base && seen[i].freq_scale == r->freq_scale)) ++i;
+        if (i == seen.size()) {
+            seen.push_back(*r);
+            x.ropes.push_back(rope_table(*r, longest));
+        }
+        x.slot_rope.push_back(static_cast<int>(i));
+    }
+    return true;
+}
+
 // Which datasets exist decides which metrics the report can have; each gap is a warning.
 void plan_metrics(Context& x) {
     AnalyzeResult& out = x.out;
@@ -366,26 +404,15 @@ void plan_metrics(Context& x) {
     if (!out.has_k) x.warn.add(fmt::format("{}: no {} dataset: key metrics are null", path, x.kname));
     if (!out.has_v) x.warn.add(fmt::format("{}: no {} dataset: value metrics are null", path, kvdump::kV));
     out.has_attn = x.dump.has(kvdump::kQ) && out.has_k && out.has_v;
-    if (out.has_attn &&
-        has_local_layers(x.dump.model())) {  // their queries see only a window, which the scorer does not model yet
-        out.has_attn = false;
-        x.warn.add(fmt::format("{}: the model has sliding-window layers: attention metrics skipped", path));
-    } else if (!x.dump.has(kvdump::kQ)) {
+    if (!x.dump.has(kvdump::kQ)) {
         x.warn.add(
             fmt::format("{}: no {} dataset (queries not captured): attention metrics skipped", path, kvdump::kQ));
-    } else if (out.has_attn && x.c.keys_pre) {
-        const std::optional<RopeParams> rope = rope_from_model(x.dump.model(), x.dump.dim_order(), x.D);
-        if (!x.dump.has(kvdump::kKPost) || !rope) {
-            out.has_attn = false;
-            x.warn.add(
-                fmt::format("{}: --keys pre needs {} and a plain RoPE description in the model record to "
-                            "score attention: attention metrics skipped",
-                            path, kvdump::kKPost));
-        } else {
-            int32_t longest = 0;
-            for (int32_t n : x.seqs.length) longest = std::max(longest, n);
-            x.rope = rope_table(*rope, longest);
-        }
+    } else if (out.has_attn && x.c.keys_pre && !(x.dump.has(kvdump::kKPost) && plan_ropes(x))) {
+        out.has_attn = false;
+        x.warn.add(
+            fmt::format("{}: --keys pre needs {} and a plain RoPE description in the model record to "
+                        "score attention: attention metrics skipped",
+                        path, kvdump::kKPost));
     } else if (!out.has_attn) {
         x.warn.add(fmt::format("{}: attention metrics need keys and values: skipped", path));
     }
@@ -457,6 +484,9 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     x.D = dump.head_dim();
     x.group_q = n_head / n_kv;
     x.seqs = dump.sequences();
+    const nlohmann::json mrec = dump.model();
+    if (mrec.is_object() && mrec.contains("attn_scale") && mrec["attn_scale"].is_number())
+        x.kq_scale = mrec["attn_scale"].get<float>();
     out.runs = make_runs(c, table.get());
     out.n_tokens = dump.n_tokens();
     plan_metrics(x);
@@ -471,7 +501,10 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     out.heads = c.heads;
     if (out.heads.empty())
         for (int h = 0; h < n_kv; ++h) out.heads.push_back(h);
-    for (const auto& s : slots) out.layers.push_back(s.second);
+    for (const auto& s : slots) {
+        out.layers.push_back(s.second);
+        out.layer_windows.push_back(dump.layer_info()[s.first].window);
+    }
     if (table) {
         validate_table(c, dump, *table, out.layers);
         out.table = table_record(c, *table);
