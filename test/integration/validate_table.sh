@@ -16,7 +16,8 @@ out=$("$PKV_BIN" validate "$WORK/t.safetensors" 2>&1); rc=$?
 [ "$rc" -eq 0 ] && [ "$out" = "$WORK/t.safetensors: valid" ] && pass "clean table: $out" || failed "clean table: rc $rc: $out"
 
 out=$("$PKV_BIN" info "$WORK/t.safetensors" 2>&1); rc=$?
-if [ "$rc" -eq 0 ] && grep -q "pkv.pattern_table 1.0" <<<"$out" && grep -q "layers: 3 of 6 calibrated: 1,3,4" <<<"$out" &&
+if [ "$rc" -eq 0 ] && grep -q "pkv.pattern_table 1.1" <<<"$out" && grep -q "layers: 3 of 6 calibrated: 1,3,4" <<<"$out" &&
+   grep -q "layers: 2 local (window 512, RoPE base 10000), 1 global (RoPE base 1000000)" <<<"$out" &&
    grep -q "Mk 6 key, Mv 5 value per head (F32)" <<<"$out" && grep -q "tokens train 7372 holdout 820" <<<"$out" &&
    grep -q "held-out V (mean over 9 heads): nmse_fitted 0.11 nmse_minmax 0.2 nmse_patterns 0.12" <<<"$out"; then
   pass "info describes the table"
@@ -69,6 +70,12 @@ save_file({k: v for k, v in t.items() if k != "layers.3.v_clip"}, w + "/missing.
 save_file(dict(t, **{"layers.1.k_counts": t["layers.1.k_counts"].astype("float64")}), w + "/dtype.safetensors", metadata=m)
 save_file(dict(t, **{"layers.4.k_patterns": t["layers.4.k_patterns"][:, :3]}), w + "/shape.safetensors", metadata=m)
 save_file(t, w + "/other.safetensors", metadata={"format": "pt"})
+save_file(t, w + "/nowindow.safetensors", metadata={k: v for k, v in m.items() if k != "pkv.layers.window"})
+save_file(t, w + "/count.safetensors", metadata=dict(m, **{"pkv.layers.window": "512,0"}))
+save_file(t, w + "/negative.safetensors", metadata=dict(m, **{"pkv.layers.window": "512,-1,512"}))
+save_file(t, w + "/base.safetensors", metadata=dict(m, **{"pkv.layers.rope_base": "10000,inf,10000"}))
+v10 = {k: v for k, v in m.items() if k not in ("pkv.layers.window", "pkv.layers.rope_base")}
+save_file(t, w + "/v10.safetensors", metadata=dict(v10, **{"pkv.format_version": "1.0"}))
 PY
 expect_validate_problem "major version 2" "$WORK/v2.safetensors" 'v2.safetensors::pkv.format_version: expected major version 1 ("1.x"), got "2.0"'
 expect_validate_problem "unknown basis" "$WORK/basis.safetensors" 'basis.safetensors::pkv.key.basis: expected "pre_rope" or "post_rope", got "rotated"'
@@ -76,6 +83,12 @@ expect_validate_problem "missing tensor" "$WORK/missing.safetensors" "missing.sa
 expect_validate_problem "wrong dtype" "$WORK/dtype.safetensors" "dtype.safetensors::layers.1.k_counts: expected dtype I64, got F64"
 expect_validate_problem "wrong shape" "$WORK/shape.safetensors" "shape.safetensors::layers.4.k_patterns: expected shape \[3, 6, 16\], got \[3, 3, 16\]"
 expect_validate_problem "not a pattern table" "$WORK/other.safetensors" 'other.safetensors::pkv.format: expected a metadata entry, got none'
+expect_validate_problem "1.1 without window list" "$WORK/nowindow.safetensors" 'nowindow.safetensors::pkv.layers.window: expected a metadata entry, got none'
+expect_validate_problem "window count" "$WORK/count.safetensors" 'count.safetensors::pkv.layers.window: expected 3 values, got 2 (one per entry of pkv.layers)'
+expect_validate_problem "negative window" "$WORK/negative.safetensors" 'negative.safetensors::pkv.layers.window: expected a decimal integer in \[0, 2^30\] (0: global) for layer 3, got "-1"'
+expect_validate_problem "infinite RoPE base" "$WORK/base.safetensors" 'base.safetensors::pkv.layers.rope_base: expected a finite number >= 0 for layer 3, got "inf"'
+out=$("$PKV_BIN" validate "$WORK/v10.safetensors" 2>&1) && pass "a 1.0 table without layer geometry validates" ||
+  failed "1.0 table: $out"
 echo "plain text" >"$WORK/text.bin"
 expect_fail "unrecognised file" "text.bin: not a GGUF model, a pkv KV dump or a pattern table" "$PKV_BIN" validate "$WORK/text.bin"
 finish

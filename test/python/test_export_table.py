@@ -45,11 +45,15 @@ _use_venv()
 import numpy as np  # noqa: E402
 from gguf import GGUFReader  # noqa: E402
 from gguf.constants import GGMLQuantizationType as Q  # noqa: E402
+from gguf.constants import GGUFValueType as VT  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 GATE_Z = 1.6448536269514722
 H, MK, MV, D, LAYERS, N_LAYER = 3, 6, 5, 16, [1, 3, 4], 6
+# Format 1.1: per calibrated layer, its sliding window (0: global) and RoPE base, as Gemma 3 mixes them.
+WINDOWS, ROPE_BASE_TEXT = [512, 0, 512], "10000,1000000,10000"
+ROPE_BASES = [float(x) for x in ROPE_BASE_TEXT.split(",")]
 SUFFIXES = ["k_patterns", "v_patterns", "k_counts", "v_counts", "k_clip", "v_clip", "v_gate_z"]
 
 CALIBRATION = {
@@ -70,8 +74,8 @@ CALIBRATION = {
 }
 
 
-def make_table(degenerate=False, rotation="none"):
-    """Tensors and metadata of a table, straight from the spec."""
+def make_table(degenerate=False, rotation="none", version="1.1"):
+    """Tensors and metadata of a table, straight from the spec (1.0: without layer geometry)."""
     rng = np.random.default_rng(5)
     tensors = {}
     for l in LAYERS:
@@ -95,7 +99,7 @@ def make_table(degenerate=False, rotation="none"):
         kc[2, 0] += kc[2, 5]
         kc[2, 5] = 0
     meta = {
-        "pkv.format": "pkv.pattern_table", "pkv.format_version": "1.0",
+        "pkv.format": "pkv.pattern_table", "pkv.format_version": version,
         "pkv.model.name": "SmolLM2 135M Instruct", "pkv.model.arch": "llama", "pkv.model.sha256": "ef" * 32,
         "pkv.model.n_layer": str(N_LAYER), "pkv.model.n_head": str(3 * H), "pkv.model.n_head_kv": str(H),
         "pkv.model.head_dim": str(D), "pkv.layers": ",".join(map(str, LAYERS)),
@@ -104,6 +108,9 @@ def make_table(degenerate=False, rotation="none"):
         "pkv.quant.bits": "2", "pkv.quant.group": "128", "pkv.quant.window": "128", "pkv.assign": "minmax",
         "pkv.k_patterns": str(MK), "pkv.v_patterns": str(MV), "pkv.calibration": json.dumps(CALIBRATION),
     }
+    if version != "1.0":
+        meta["pkv.layers.window"] = ",".join(map(str, WINDOWS))
+        meta["pkv.layers.rope_base"] = ROPE_BASE_TEXT
     return tensors, meta
 
 
@@ -236,8 +243,12 @@ def main():
             c.ok(fields.get("general.name") == meta["pkv.model.name"], "general.name")
             for k, v in meta.items():
                 got = fields.get(k)
-                if k == "pkv.layers":
+                if k in ("pkv.layers", "pkv.layers.window"):
                     want = [int(x) for x in v.split(",")]
+                    c.ok(g.fields[k].types == [VT.ARRAY, VT.INT32], f"gguf {k}: types {g.fields[k].types}")
+                elif k == "pkv.layers.rope_base":
+                    want = [float(x) for x in v.split(",")]
+                    c.ok(g.fields[k].types == [VT.ARRAY, VT.FLOAT64], f"gguf {k}: types {g.fields[k].types}")
                 elif k == "pkv.calibration":
                     got, want = json.loads(got), CALIBRATION
                 elif k == "pkv.key.dim_order":
@@ -269,7 +280,9 @@ def main():
                 "--out", p("t.json"))
         c.ok(r.returncode == 0, f"export json: {r.stderr}")
         doc = json.load(open(p("t.json")))
-        c.ok(doc["format"] == "pkv.pattern_table" and doc["format_version"] == "1.0", "json format fields")
+        c.ok(doc["format"] == "pkv.pattern_table" and doc["format_version"] == "1.1", "json format fields")
+        want_layers = [{"layer": l, "window": w, "rope_base": b} for l, w, b in zip(LAYERS, WINDOWS, ROPE_BASES)]
+        c.ok(doc.get("layers") == want_layers, f"json layers: {doc.get('layers')}")
         want_meta = metadata_doc(meta)
         want_meta["pkv.key.dim_order"] = "hf_half_split"
         c.ok(doc["metadata"] == want_meta, "json metadata")
@@ -282,18 +295,37 @@ def main():
                  f"json {n}: dtype/shape")
             c.ok(got.shape == a.shape and np.array_equal(got, want), f"json {n}: values")
 
+        # A 1.0 table (no layer geometry) exports as 1.0: no window or RoPE base is invented.
+        ot, om = make_table(version="1.0")
+        save_file(ot, p("t10.safetensors"), metadata=om)
+        r = run(pkv, "export", "--table", p("t10.safetensors"), "--format", "gguf", "--out", p("t10.gguf"))
+        c.ok(r.returncode == 0, f"export 1.0 gguf: {r.stderr}")
+        g10 = {k: gguf_value(v) for k, v in GGUFReader(p("t10.gguf")).fields.items()}
+        c.ok(g10.get("pkv.format_version") == "1.0" and "pkv.layers.window" not in g10 and
+             "pkv.layers.rope_base" not in g10, f"1.0 gguf export: {g10.get('pkv.format_version')}")
+        r = run(pkv, "export", "--table", p("t10.safetensors"), "--format", "json", "--out", p("t10.json"))
+        d10 = json.load(open(p("t10.json"))) if r.returncode == 0 else {}
+        c.ok(d10.get("format_version") == "1.0" and
+             d10.get("layers") == [{"layer": l, "window": None, "rope_base": None} for l in LAYERS],
+             f"1.0 json export: {r.stderr} {d10.get('layers')}")
+
         # Schema: metadata as pkv writes it, as info and JSON export report it; and rejections.
-        docs = [metadata_doc(same_meta), metadata_doc(hf_meta), doc["metadata"], info.get("metadata", {})]
+        docs = [metadata_doc(same_meta), metadata_doc(hf_meta), doc["metadata"], info.get("metadata", {}),
+                metadata_doc(om)]
         bad_version = dict(docs[0], **{"pkv.format_version": "2.0"})
         no_seed = metadata_doc(same_meta)
         del no_seed["pkv.calibration"]["seed"]
         bad_basis = dict(docs[0], **{"pkv.key.basis": "rope"})
         minimal_cal = dict(docs[0], **{"pkv.calibration": {k: CALIBRATION[k] for k in
                                                             ("tool", "version", "argv", "dumps", "seed", "heads")}})
-        res = schema_problems(docs + [minimal_cal, bad_version, no_seed, bad_basis])
-        for i, problems in enumerate(res[:5]):
+        no_window = {k: v for k, v in docs[0].items() if k != "pkv.layers.window"}
+        bad_window = dict(docs[0], **{"pkv.layers.window": "512,-1,512"})
+        bad_base = dict(docs[0], **{"pkv.layers.rope_base": "10000,nan,10000"})
+        res = schema_problems(docs + [minimal_cal, bad_version, no_seed, bad_basis, no_window, bad_window, bad_base])
+        for i, problems in enumerate(res[:6]):
             c.ok(problems == [], f"schema: document {i} should validate: {problems}")
-        for name, problems in zip(("format_version 2.0", "calibration without seed", "basis 'rope'"), res[5:]):
+        for name, problems in zip(("format_version 2.0", "calibration without seed", "basis 'rope'",
+                                   "1.1 without pkv.layers.window", "window -1", "rope base nan"), res[6:]):
             c.ok(problems != [], f"schema: {name} should be rejected")
 
         # Findings and bad input: one error line, non-zero exit.

@@ -81,6 +81,18 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
                                               [&](const PatternLayer& L) { return L.layer == static_cast<int>(l); }),
                   invalid_argument, "--kv '{}': {} has no patterns for layer {} (calibrate it or keep it in fp16)",
                   spec.text, p, l);
+    // Patterns of a sliding-window layer were mined on keys of a ring of W tokens and a
+    // local RoPE base: they do not describe a global layer, nor one of another window.
+    if (t.layer_geometry)
+        for (const PatternLayer& L : t.layers) {
+            if (L.layer < 0 || L.layer >= static_cast<int>(hp.n_layer)) continue;
+            const int model_w = static_cast<int>(layer_window(hp, static_cast<uint32_t>(L.layer)));
+            if (L.window == model_w) continue;
+            const auto how = [](int w) { return w > 0 ? fmt::format("sliding window {}", w) : std::string("global"); };
+            fail(ErrorCode::invalid_argument, "--kv '{}': {}: layer {} was calibrated {}, but the model's layer {} {}",
+                 spec.text, p, L.layer, L.window > 0 ? "with " + how(L.window) : "as a global layer", L.layer,
+                 model_w > 0 ? "has " + how(model_w) : "is global");
+        }
     if (t.group != spec.group || t.window != spec.window)
         log::warn("--kv '{}': {} was fitted with group {} / window {}, the spec uses {} / {}", spec.text, p, t.group,
                   t.window, spec.group, spec.window);

@@ -9,6 +9,9 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
+
+#include <fmt/ranges.h>
 
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
@@ -133,6 +136,7 @@ std::string json_text(const json& doc) {
     std::string meta = doc["metadata"].dump(1);
     for (size_t i = 0; (i = meta.find('\n', i)) != std::string::npos; i += 2) meta.replace(i, 1, "\n ");
     out += " \"metadata\": " + meta + ",\n";
+    out += " \"layers\": " + doc["layers"].dump() + ",\n";
     out += " \"tensors\": {";
     size_t i = 0;
     for (auto it = doc["tensors"].begin(); it != doc["tensors"].end(); ++it)
@@ -203,7 +207,7 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     w.set_string("general.type", kGgufPatternsType);
     w.set_string("general.name", m.name);
     w.set_string(P::kMetaFormat, P::kFormat);
-    w.set_string(P::kMetaFormatVersion, P::kFormatVersion);
+    w.set_string(P::kMetaFormatVersion, pattern_table_format_version(t));
     w.set_string(P::kMetaModelName, m.name);
     w.set_string(P::kMetaModelArch, m.arch);
     w.set_string(P::kMetaModelSha256, m.sha256);
@@ -215,6 +219,23 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     std::vector<int32_t> layers;
     for (const PatternLayer& l : t.layers) layers.push_back(l.layer);
     w.set_i32_array(P::kMetaLayers, layers);
+    if (t.layer_geometry) {
+        std::vector<int32_t> windows;
+        GgufValue bases;  // F64: a base round-trips exactly, as in the table
+        bases.type = GgufType::ARRAY;
+        bases.array_type = GgufType::F64;
+        std::vector<GgufValue> items;
+        for (const PatternLayer& l : t.layers) {
+            windows.push_back(l.window);
+            GgufValue b;
+            b.type = GgufType::F64;
+            b.value = l.rope_base;
+            items.push_back(b);
+        }
+        bases.value = std::move(items);
+        w.set_i32_array(P::kMetaLayersWindow, windows);
+        w.set(P::kMetaLayersRopeBase, bases);
+    }
     w.set_string(P::kMetaKeyBasis, t.key_basis);
     w.set_string(P::kMetaKeyDimOrder, t.key_dim_order);
     w.set_string(P::kMetaRotation, t.rotation);
@@ -251,10 +272,14 @@ json table_to_json(const PatternTable& t, PatternDtype dtype) {
     const uint64_t H = t.model.n_head_kv, D = t.model.head_dim, Mk = t.k_patterns, Mv = t.v_patterns;
     const bool f16 = dtype == PatternDtype::f16;
     const char* pdt = f16 ? "F16" : "F32";
-    json tensors = json::object();
+    json tensors = json::object(), layers = json::array();
     for (const PatternLayer& l : t.layers) {
         check_interrupted();
         const int i = l.layer;
+        // Without recorded geometry (a 1.0 table) window and RoPE base are unknown: null.
+        layers.push_back({{"layer", i},
+                          {"window", t.layer_geometry ? json(l.window) : json(nullptr)},
+                          {"rope_base", t.layer_geometry ? json(l.rope_base) : json(nullptr)}});
         tensors[P::tensor_name(i, P::kKPatterns)] =
             tensor_json(pdt, {H, Mk, D}, f16 ? rounded_f16(l.k_patterns) : l.k_patterns);
         tensors[P::tensor_name(i, P::kVPatterns)] =
@@ -266,8 +291,9 @@ json table_to_json(const PatternTable& t, PatternDtype dtype) {
         tensors[P::tensor_name(i, P::kVGateZ)] = tensor_json("F32", {H}, l.v_gate_z);
     }
     return {{"format", P::kFormat},
-            {"format_version", P::kFormatVersion},
+            {"format_version", pattern_table_format_version(t)},
             {"metadata", pattern_table_metadata_json(t)},
+            {"layers", layers},
             {"tensors", tensors}};
 }
 
@@ -330,6 +356,30 @@ std::string value_range(const std::vector<const std::vector<float>*>& vs) {
     return n ? fmt::format("{:.4g}..{:.4g} (mean {:.4g})", lo, hi, sum / n) : std::string("none");
 }
 
+// "layers: 15 local (window 512, RoPE base 10000), 3 global (RoPE base 1000000)" when
+// any calibrated layer is local; "" otherwise (all global, or geometry not recorded).
+std::string layer_geometry_line(const PatternTable& t) {
+    std::map<int, int> windows;
+    std::set<double> local_bases, global_bases;
+    int n_global = 0;
+    for (const PatternLayer& l : t.layers) {
+        if (l.window > 0) ++windows[l.window];
+        else ++n_global;
+        if (l.rope_base > 0.0) (l.window > 0 ? local_bases : global_bases).insert(l.rope_base);
+    }
+    if (windows.empty()) return "";
+    int n_local = 0;
+    std::vector<int> ws;
+    for (const auto& [w, n] : windows) n_local += n, ws.push_back(w);
+    const auto bases = [](const std::set<double>& b) { return fmt::format("RoPE base {}", fmt::join(b, "/")); };
+    std::string local = fmt::format("window{} {}", ws.size() > 1 ? "s" : "", fmt::join(ws, "/"));
+    if (!local_bases.empty()) local += ", " + bases(local_bases);
+    std::string out = fmt::format("layers: {} local ({})", n_local, local);
+    if (n_global > 0)
+        out += fmt::format(", {} global{}", n_global, global_bases.empty() ? "" : " (" + bases(global_bases) + ")");
+    return out + "\n";
+}
+
 // The file, model, layer, pattern and residual lines: what the table is and what it fits.
 std::string table_shape_lines(const std::string& path, const PatternTable& t, const SafetensorsFile& f) {
     const auto& m = t.model;
@@ -344,6 +394,7 @@ std::string table_shape_lines(const std::string& path, const PatternTable& t, co
     std::string layers;
     for (size_t i = 0; i < t.layers.size(); ++i) layers += (i ? "," : "") + std::to_string(t.layers[i].layer);
     out += fmt::format("layers: {} of {} calibrated: {}\n", t.layers.size(), m.n_layer, layers);
+    out += layer_geometry_line(t);
     out += fmt::format(
         "patterns: Mk {} key, Mv {} value per head ({}); keys {} basis, {} order; rotation {}{}; assign {}\n",
         t.k_patterns, t.v_patterns, pattern_dtype, t.key_basis, t.key_dim_order, t.rotation,

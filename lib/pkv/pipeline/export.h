@@ -4,10 +4,12 @@
 //   safetensors  the table itself, optionally with key patterns in the other dim order
 //                and/or F16 patterns (readers accept F16 patterns, docs/formats/pattern_table.md)
 //   gguf         a GGUF v3 file in the manner of llama.cpp's imatrix files: general.type
-//                "pkv_patterns", every metadata entry as a typed pkv.* key, tensors
+//                "pkv_patterns", every metadata entry as a typed pkv.* key (per-layer
+//                window and RoPE base as i32 / f64 arrays beside pkv.layers), tensors
 //                blk.<l>.pkv_<suffix> with ne listed fastest first (ne[0] = D)
-//   json         everything for inspection: metadata (pkv.calibration parsed) and every
-//                tensor as dtype, shape and nested arrays (non-finite values as null)
+//   json         everything for inspection: metadata (pkv.calibration parsed), each
+//                calibrated layer's window and RoPE base, and every tensor as dtype, shape
+//                and nested arrays (non-finite values as null)
 // Key dim order (RoPE pairs): gguf_interleaved pairs dims (2i, 2i+1); hf_half_split pairs
 // (i, i + D/2); hf[i] = gguf[2i], hf[i + D/2] = gguf[2i + 1] for 0 <= i < D/2. Only key
 // patterns move; values are never permuted.
@@ -45,7 +47,9 @@ enum class PatternDtype { f32, f16 };
 std::vector<uint8_t> encode_table_safetensors(const PatternTable& t, PatternDtype dtype);
 /// The GGUF bytes of t (see the header comment and the spec for keys and tensors).
 std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype);
-/// The JSON document of t: {"format", "format_version", "metadata", "tensors"}.
+/// The JSON document of t: {"format", "format_version", "metadata", "layers", "tensors"};
+/// "layers" is [{"layer", "window", "rope_base"}] in pkv.layers order, window and
+/// rope_base null when t has no layer geometry (a 1.0 table).
 nlohmann::json table_to_json(const PatternTable& t, PatternDtype dtype);
 
 /// The "__metadata__" map write_pattern_table would write, with pkv.calibration parsed
@@ -72,8 +76,9 @@ struct ExportSummary {
 ExportSummary export_pattern_table(const std::string& table_path, const std::string& out_path,
                                    const ExportOptions& options);
 
-/// `pkv info TABLE`: model, basis, order, rotation, bits, layers, Mk/Mv, clip/gate
-/// ranges, dead patterns and a calibration summary.
+/// `pkv info TABLE`: model, basis, order, rotation, bits, layers (with a local/global
+/// line when any calibrated layer has a sliding window), Mk/Mv, clip/gate ranges, dead
+/// patterns and a calibration summary.
 std::string describe_pattern_table(const std::string& path);
 /// `pkv info --json TABLE`: {"kind": "pattern_table", "file", "file_bytes",
 /// "metadata" (pattern_table_metadata_json), "tensors": {name: {"dtype", "shape"}}}.

@@ -16,6 +16,9 @@
 //   decl.key_dim_order = pkv_rt::DimOrder::gguf_interleaved;
 //   decl.bits = 2;                                   // 0 = take the table's bits
 //   pkv_rt::PatternTable t = pkv_rt::PatternTable::open("smollm2.ptable.safetensors", decl);
+//   // Format 1.1 records each calibrated layer's sliding window (0: global) and RoPE base
+//   // (0: not recorded); compare them with the model's before using a layer's patterns.
+//   if (t.has_layer(il) && t.has_layer_geometry() && t.layer_window(il) != my_window(il)) ...
 //   if (t.has_layer(il)) {                           // uncalibrated layers: plain quantization
 //       pkv_rt::HeadView h = t.head(il, kv_head);
 //       int ik = h.nearest_k(k_row);                 // k_row, v_row: D floats of one token
@@ -47,9 +50,11 @@
 #include <initializer_list>
 #include <iterator>
 #include <limits>
+#include <locale>
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -412,6 +417,26 @@ inline std::string shape_str(const std::vector<uint64_t>& s) {
     return out + "]";
 }
 
+// A non-negative number as JSON spells it: "10000", "0.5", "1e+06" (no sign, no leading
+// zeros, no "inf" or "nan").
+inline bool plain_number(const std::string& s) {
+    size_t i = 0;
+    const auto digits = [&s, &i]() {
+        const size_t from = i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+        return i - from;
+    };
+    const size_t whole = digits();
+    if (whole == 0 || (whole > 1 && s[0] == '0')) return false;
+    if (i < s.size() && s[i] == '.' && (++i, digits() == 0)) return false;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        ++i;
+        if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+        if (digits() == 0) return false;
+    }
+    return i == s.size();
+}
+
 inline uint64_t unsigned_of(const Json& j, const std::string& where) {
     if (j.kind != Json::Kind::integer || j.flag) throw TableError(where + ": expected an unsigned integer");
     return j.magnitude;
@@ -536,6 +561,14 @@ public:
     int n_head_kv() const { return n_head_kv_; }
     int head_dim() const { return head_dim_; }
     int format_minor() const { return minor_; }  ///< the major is always 1
+    /// Whether the table records each layer's sliding window and RoPE base (always from
+    /// format 1.1 on; a 1.0 table only when it carries pkv.layers.window). Without it
+    /// layer_window and layer_rope_base return 0 for every layer: unknown, not "global".
+    bool has_layer_geometry() const { return geometry_; }
+    /// A calibrated layer's sliding window in tokens (0: a global layer) and the RoPE
+    /// frequency base of its keys (0: not recorded); std::out_of_range for an uncalibrated layer.
+    int layer_window(int layer) const { return calibrated(layer).window; }
+    double layer_rope_base(int layer) const { return calibrated(layer).rope_base; }
     KeyBasis key_basis() const { return basis_; }
     DimOrder key_dim_order() const { return order_; }
     Rotation rotation() const { return rotation_; }
@@ -555,8 +588,7 @@ public:
     bool has_layer(int layer) const { return find(layer) != nullptr; }
     /// Throws std::out_of_range for an uncalibrated layer or a head outside [0, n_head_kv).
     HeadView head(int layer, int kv_head) const {
-        const Layer* l = find(layer);
-        if (!l) throw std::out_of_range(label_ + ": layer " + std::to_string(layer) + " is not calibrated");
+        const Layer* l = &calibrated(layer);
         if (kv_head < 0 || kv_head >= n_head_kv_)
             throw std::out_of_range(label_ + ": KV head " + std::to_string(kv_head) + " outside [0, " +
                                     std::to_string(n_head_kv_) + ")");
@@ -582,6 +614,8 @@ private:
         int layer = 0;
         std::vector<float> k_patterns, v_patterns, k_clip, v_clip, v_gate_z;
         std::vector<int64_t> k_counts, v_counts;
+        int window = 0;          // sliding window in tokens; 0: global (or unknown without geometry)
+        double rope_base = 0.0;  // RoPE base of the layer's keys; 0: not recorded
     };
 
     std::string label_, model_name_, model_sha256_, arch_;
@@ -589,6 +623,7 @@ private:
     int minor_ = 0, n_layer_ = 0, n_head_ = 0, n_head_kv_ = 0, head_dim_ = 0;
     int bits_ = 0, group_ = 0, window_ = 0, mk_ = 0, mv_ = 0;
     uint64_t seed_ = 0;
+    bool geometry_ = false;
     KeyBasis basis_ = KeyBasis::post_rope;
     DimOrder order_ = DimOrder::gguf_interleaved;
     Rotation rotation_ = Rotation::none;
@@ -599,6 +634,11 @@ private:
         for (const Layer& l : layers_)
             if (l.layer == layer) return &l;
         return nullptr;
+    }
+    const Layer& calibrated(int layer) const {
+        const Layer* l = find(layer);
+        if (!l) throw std::out_of_range(label_ + ": layer " + std::to_string(layer) + " is not calibrated");
+        return *l;
     }
     [[noreturn]] void fail(const std::string& what) const { throw TableError("pattern table " + label_ + ": " + what); }
     // By value: a reference tied to the key argument would trip GCC 13's -Wdangling-reference.
@@ -685,6 +725,7 @@ private:
     std::vector<int> layer_ids(const std::string& list) const;
     void check_decl(const RuntimeDecl& decl) const;
     void load_layers(const detail::Container& c, const std::vector<int>& ids);
+    void load_geometry();
     void check_layer_tensors(const detail::Container& c, const std::string& list) const;
 };
 
@@ -816,6 +857,48 @@ inline void PatternTable::load_layers(const detail::Container& c, const std::vec
     }
 }
 
+// pkv.layers.window / pkv.layers.rope_base: one entry per calibrated layer, in pkv.layers
+// order; both required from format 1.1 on. A 1.0 table records geometry only when it has
+// the window list (its rope bases then optional).
+inline void PatternTable::load_geometry() {
+    geometry_ = minor_ >= 1 || metadata_.count("pkv.layers.window") != 0;
+    if (!geometry_) return;
+    for (const bool window : {true, false}) {
+        const std::string key = window ? "pkv.layers.window" : "pkv.layers.rope_base";
+        if (minor_ < 1 && metadata_.count(key) == 0) continue;
+        const std::string list = meta(key);
+        std::vector<std::string> items;
+        for (size_t pos = 0; pos <= list.size();) {
+            const size_t comma = std::min(list.find(',', pos), list.size());
+            items.push_back(list.substr(pos, comma - pos));
+            pos = comma + 1;
+        }
+        if (items.size() != layers_.size())
+            fail("metadata " + key + ": expected " + std::to_string(layers_.size()) +
+                 " values (one per entry of pkv.layers), got " + std::to_string(items.size()));
+        for (size_t i = 0; i < items.size(); ++i) {
+            const std::string& s = items[i];
+            const std::string at = "metadata " + key + ": layer " + std::to_string(layers_[i].layer) + ": ";
+            if (window) {
+                uint64_t w = 0;
+                if (!decimal(s, kBig, w))
+                    fail(at + "expected a window in [0, " + std::to_string(kBig) + "] tokens, got \"" + s + "\"");
+                layers_[i].window = static_cast<int>(w);
+                continue;
+            }
+            // Read in the classic locale so that a host's decimal comma cannot change it.
+            double b = -1.0;
+            if (detail::plain_number(s)) {
+                std::istringstream in(s);
+                in.imbue(std::locale::classic());
+                if (!(in >> b) || in.peek() != std::char_traits<char>::eof()) b = -1.0;
+            }
+            if (!(std::isfinite(b) && b >= 0.0)) fail(at + "expected a finite RoPE base >= 0, got \"" + s + "\"");
+            layers_[i].rope_base = b;
+        }
+    }
+}
+
 // A per-layer tensor of a layer missing from pkv.layers means the two disagree.
 inline void PatternTable::check_layer_tensors(const detail::Container& c, const std::string& list) const {
     for (const auto& kv : c.tensors) {
@@ -837,6 +920,7 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     const std::vector<int> ids = layer_ids(list);
     check_decl(decl);
     load_layers(c, ids);
+    load_geometry();
     check_layer_tensors(c, list);
 }
 

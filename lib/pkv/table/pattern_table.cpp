@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -59,6 +60,34 @@ std::string join_layers(const std::vector<PatternLayer>& layers) {
     std::string s;
     for (size_t i = 0; i < layers.size(); ++i) s += (i ? "," : "") + std::to_string(layers[i].layer);
     return s;
+}
+
+// "{}" prints the shortest decimal that reads back as the same double.
+std::string join_geometry(const std::vector<PatternLayer>& layers, bool rope_base) {
+    std::string s;
+    for (size_t i = 0; i < layers.size(); ++i)
+        s += (i ? "," : "") + (rope_base ? fmt::format("{}", layers[i].rope_base) : std::to_string(layers[i].window));
+    return s;
+}
+
+// A plain non-negative decimal as JSON writes numbers ("10000", "1e+06", "0.5"; no sign,
+// no leading zeros, no "inf"/"nan"), so that what this reader takes the schema takes too.
+bool is_plain_number(const std::string& s) {
+    size_t i = 0;
+    const auto digits = [&] {
+        const size_t from = i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+        return i - from;
+    };
+    const size_t whole = digits();
+    if (whole == 0 || (whole > 1 && s[0] == '0')) return false;
+    if (i < s.size() && s[i] == '.' && (++i, digits() == 0)) return false;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        ++i;
+        if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+        if (digits() == 0) return false;
+    }
+    return i == s.size();
 }
 
 // The per-layer tensors with their element counts for a given geometry, in one place
@@ -231,9 +260,17 @@ void check_pattern_table(const PatternTable& t) {
     if (t.layers.empty()) bad("layers", "at least one calibrated layer", "none");
     for (size_t i = 0; i < t.layers.size(); ++i) {
         const int l = t.layers[i].layer;
+        const std::string at = "layers[" + std::to_string(i) + "].";
         if (l < 0 || l >= m.n_layer)
-            bad("layers[" + std::to_string(i) + "].layer", "a model layer in [0, " + std::to_string(m.n_layer) + ")",
-                std::to_string(l));
+            bad(at + "layer", "a model layer in [0, " + std::to_string(m.n_layer) + ")", std::to_string(l));
+        const int w = t.layers[i].window;
+        const double base = t.layers[i].rope_base;
+        if (w < 0) bad(at + "window", "a sliding window >= 0 (0: global)", std::to_string(w));
+        if (!std::isfinite(base) || base < 0.0)
+            bad(at + "rope_base", "a finite RoPE base >= 0 (0: not recorded)", fmt::format("{}", base));
+        if (!t.layer_geometry && (w != 0 || base != 0.0))
+            bad(at + "window/rope_base", "0 / 0 in a table without layer geometry (format 1.0)",
+                fmt::format("{} / {}", w, base));
         if (i > 0 && l <= t.layers[i - 1].layer)
             bad("layers", "strictly ascending layer indices", "\"" + join_layers(t.layers) + "\"");
         for (const TensorSpec& s : layer_tensor_specs(m.n_head_kv, t.k_patterns, t.v_patterns, m.head_dim)) {
@@ -243,6 +280,10 @@ void check_pattern_table(const PatternTable& t) {
                     std::to_string(got));
         }
     }
+}
+
+const char* pattern_table_format_version(const PatternTable& t) {
+    return t.layer_geometry ? ptable::kFormatVersion : ptable::kFormatVersion10;
 }
 
 // ---------------------------------------------------------------------- write
@@ -255,7 +296,7 @@ SafetensorsWriter table_writer(const PatternTable& t) {
     SafetensorsWriter w;
     const auto& m = t.model;
     w.set_metadata(P::kMetaFormat, P::kFormat);
-    w.set_metadata(P::kMetaFormatVersion, P::kFormatVersion);
+    w.set_metadata(P::kMetaFormatVersion, pattern_table_format_version(t));
     w.set_metadata(P::kMetaModelName, m.name);
     w.set_metadata(P::kMetaModelArch, m.arch);
     w.set_metadata(P::kMetaModelSha256, m.sha256);
@@ -265,6 +306,10 @@ SafetensorsWriter table_writer(const PatternTable& t) {
     w.set_metadata(P::kMetaNHeadKv, std::to_string(m.n_head_kv));
     w.set_metadata(P::kMetaHeadDim, std::to_string(m.head_dim));
     w.set_metadata(P::kMetaLayers, join_layers(t.layers));
+    if (t.layer_geometry) {
+        w.set_metadata(P::kMetaLayersWindow, join_geometry(t.layers, false));
+        w.set_metadata(P::kMetaLayersRopeBase, join_geometry(t.layers, true));
+    }
     w.set_metadata(P::kMetaKeyBasis, t.key_basis);
     w.set_metadata(P::kMetaKeyDimOrder, t.key_dim_order);
     w.set_metadata(P::kMetaRotation, t.rotation);
@@ -303,8 +348,8 @@ void write_pattern_table(const PatternTable& t, const std::string& path, bool fo
 namespace {
 
 // pkv.format must name a pattern table and pkv.format_version be "<major>.<minor>" with
-// the major this reader knows.
-void check_format_meta(const MetaReader& r, const std::string& path) {
+// the major this reader knows; returns the minor (saturated: only "0 or more" matters).
+uint64_t check_format_meta(const MetaReader& r, const std::string& path) {
     namespace P = ptable;
     const std::string& format = r.str(P::kMetaFormat);
     PKV_CHECK(format == P::kFormat, data_loss, "{}::{}: expected \"{}\", got \"{}\"", path, P::kMetaFormat, P::kFormat,
@@ -317,6 +362,7 @@ void check_format_meta(const MetaReader& r, const std::string& path) {
     PKV_CHECK(well_formed && version.substr(0, dot) == std::to_string(P::kVersionMajor), data_loss,
               "{}::{}: expected major version {} (\"{}.x\"), got \"{}\"", path, P::kMetaFormatVersion, P::kVersionMajor,
               P::kVersionMajor, version);
+    return std::strtoull(version.c_str() + dot + 1, nullptr, 10);
 }
 
 // The pkv.model.* entries, each checked as it is read.
@@ -386,6 +432,43 @@ json read_calibration_meta(const MetaReader& r, const std::string& path) {
     return calibration;
 }
 
+// kMetaLayersWindow and kMetaLayersRopeBase into t.layers (already read): one entry per
+// layer, both required when `required` (format 1.1 on). In a 1.0 table a window list, when
+// present, records the geometry (the rope bases then optional); without one the layers
+// stay 0 / 0 (unknown) and a lone rope base list is ignored, as 1.0 readers did.
+void read_layer_geometry(const MetaReader& r, const std::string& path, bool required, PatternTable& t) {
+    namespace P = ptable;
+    t.layer_geometry = required || r.meta.count(P::kMetaLayersWindow) != 0;
+    if (!t.layer_geometry) return;
+    for (const char* key : {P::kMetaLayersWindow, P::kMetaLayersRopeBase}) {
+        if (!required && r.meta.count(key) == 0) continue;
+        const std::string& v = r.str(key);
+        std::vector<std::string> items;
+        for (size_t pos = 0; pos <= v.size();) {
+            const size_t comma = std::min(v.find(',', pos), v.size());
+            items.push_back(v.substr(pos, comma - pos));
+            pos = comma + 1;
+        }
+        PKV_CHECK(items.size() == t.layers.size(), data_loss,
+                  "{}::{}: expected {} values, got {} (one per entry of {})", path, key, t.layers.size(), items.size(),
+                  P::kMetaLayers);
+        const bool window = std::strcmp(key, P::kMetaLayersWindow) == 0;
+        for (size_t i = 0; i < items.size(); ++i) {
+            const std::string& item = items[i];
+            double x = -1.0;
+            if (is_plain_number(item)) std::from_chars(item.data(), item.data() + item.size(), x);
+            const bool ok =
+                window ? item.find_first_not_of("0123456789") == std::string::npos && x >= 0.0 && x <= double(1 << 30)
+                       : std::isfinite(x) && x >= 0.0;
+            PKV_CHECK(ok, data_loss, "{}::{}: expected {} for layer {}, got \"{}\"", path, key,
+                      window ? "a decimal integer in [0, 2^30] (0: global)" : "a finite number >= 0", t.layers[i].layer,
+                      item);
+            if (window) t.layers[i].window = static_cast<int>(x);
+            else t.layers[i].rope_base = x;
+        }
+    }
+}
+
 // The seven tensors of each listed layer, shapes from t's geometry, appended to t.layers.
 void read_layer_tensors(const SafetensorsFile& f, const std::string& path, const std::vector<int>& layers,
                         PatternTable& t) {
@@ -410,7 +493,7 @@ void read_layer_tensors(const SafetensorsFile& f, const std::string& path, const
 PatternTable read_pattern_table(const std::string& path) {
     const SafetensorsFile f = SafetensorsFile::open(path);
     const MetaReader r{path, f.metadata()};
-    check_format_meta(r, path);
+    const uint64_t minor = check_format_meta(r, path);
 
     PatternTable t;
     t.model = read_model_meta(r, path);
@@ -418,6 +501,7 @@ PatternTable read_pattern_table(const std::string& path) {
     read_settings_meta(r, path, t);
     t.calibration = read_calibration_meta(r, path);
     read_layer_tensors(f, path, layers, t);
+    read_layer_geometry(r, path, minor >= 1, t);
     try {
         check_pattern_table(t);  // everything above should already hold; keeps reader and checker in step
     } catch (const Error& e) {

@@ -1,4 +1,4 @@
-// pkv/table/pattern_table.h — the PatternKV pattern table, format "pkv.pattern_table" 1.0.
+// pkv/table/pattern_table.h — the PatternKV pattern table, format "pkv.pattern_table" 1.1.
 //
 // A pattern table holds, for every calibrated model layer and KV head, the key and
 // value patterns mined offline by `pkv calibrate` plus the residual-quantizer
@@ -37,11 +37,13 @@ namespace pkv {
 
 namespace ptable {
 constexpr const char* kFormat = "pkv.pattern_table";
-constexpr const char* kFormatVersion = "1.0";
+constexpr const char* kFormatVersion = "1.1";
+/// The version of a table without per-layer geometry (PatternTable::layer_geometry false).
+constexpr const char* kFormatVersion10 = "1.0";
 constexpr int kVersionMajor = 1;
 // Metadata keys.
 constexpr const char* kMetaFormat = "pkv.format";                 ///< kFormat
-constexpr const char* kMetaFormatVersion = "pkv.format_version";  ///< "1.0"; readers accept major 1
+constexpr const char* kMetaFormatVersion = "pkv.format_version";  ///< "1.1"; readers accept major 1
 constexpr const char* kMetaModelName = "pkv.model.name";          ///< general.name of the GGUF
 constexpr const char* kMetaModelArch = "pkv.model.arch";          ///< "llama"
 constexpr const char* kMetaModelSha256 = "pkv.model.sha256";  ///< SHA-256 (hex) of the GGUF file: the model fingerprint
@@ -53,7 +55,14 @@ constexpr const char* kMetaNLayer = "pkv.model.n_layer";  ///< layers of the mod
 constexpr const char* kMetaNHead = "pkv.model.n_head";
 constexpr const char* kMetaNHeadKv = "pkv.model.n_head_kv";
 constexpr const char* kMetaHeadDim = "pkv.model.head_dim";
-constexpr const char* kMetaLayers = "pkv.layers";               ///< calibrated model layers, "0,1,2" (ascending)
+constexpr const char* kMetaLayers = "pkv.layers";  ///< calibrated model layers, "0,1,2" (ascending)
+/// One decimal integer per entry of pkv.layers, same order, comma-separated: the layer's
+/// sliding window in tokens, "512,512,0" (0: a global layer). Required from 1.1 on.
+constexpr const char* kMetaLayersWindow = "pkv.layers.window";
+/// One number per entry of pkv.layers: the RoPE frequency base of the layer's keys as the
+/// shortest decimal that reads back as the same double ("10000,10000,1000000", exponents
+/// allowed: "1e+20"); 0: not recorded. Required from 1.1 on.
+constexpr const char* kMetaLayersRopeBase = "pkv.layers.rope_base";
 constexpr const char* kMetaKeyBasis = "pkv.key.basis";          ///< "pre_rope" | "post_rope"
 constexpr const char* kMetaKeyDimOrder = "pkv.key.dim_order";   ///< "gguf_interleaved" | "hf_half_split" (as kvdump)
 constexpr const char* kMetaRotation = "pkv.rotation";           ///< "none" | "hadamard" (K and V both, when on)
@@ -98,6 +107,8 @@ struct PatternTableModel {
 /// One calibrated model layer; H = n_head_kv, D = head_dim.
 struct PatternLayer {
     int layer = 0;                  ///< model layer index
+    int window = 0;                 ///< the layer's sliding window in tokens; 0: a global layer
+    double rope_base = 0.0;         ///< RoPE frequency base of this layer's keys; 0: not recorded
     std::vector<float> k_patterns;  ///< [H, Mk, D]
     std::vector<float> v_patterns;  ///< [H, Mv, D]
     std::vector<int64_t> k_counts;  ///< [H, Mk]
@@ -115,14 +126,23 @@ struct PatternTable {
     uint64_t rotation_seed = 0;
     int bits = 2, group = 128, window = 128;
     std::string assign = ptable::kAssignMinmax;
-    int k_patterns = 0, v_patterns = 0;                     ///< Mk, Mv (same for every layer and head)
-    std::vector<PatternLayer> layers;                       ///< ascending model layer index
+    int k_patterns = 0, v_patterns = 0;  ///< Mk, Mv (same for every layer and head)
+    std::vector<PatternLayer> layers;    ///< ascending model layer index
+    /// Whether layers[].window / rope_base are recorded: true for every table pkv builds
+    /// (written as kFormatVersion); false only for a 1.0 table as read, whose layers then
+    /// hold 0 / 0 meaning "unknown" (written back as kFormatVersion10 without the keys).
+    bool layer_geometry = true;
     nlohmann::json calibration = nlohmann::json::object();  ///< provenance + per-head statistics
 };
 
-/// Checks shapes and enumerations (not the numeric content); throws invalid_argument
-/// naming the field ("pattern table: layers.3.k_clip: expected 3 values, got 2").
+/// Checks shapes and enumerations (not the numeric content); throws internal
+/// naming the field ("pattern table: layers.3.k_clip: expected 3 values, got 2"). Layer
+/// geometry: window >= 0 and rope_base finite and >= 0; both 0 without layer_geometry.
 void check_pattern_table(const PatternTable& t);
+
+/// The pkv.format_version t is written with: kFormatVersion, or kFormatVersion10 for a
+/// table without layer geometry.
+const char* pattern_table_format_version(const PatternTable& t);
 
 /// Writes t to `path` atomically (temporary name, then rename); fails when the file
 /// exists and force is false. Calls check_pattern_table first.
@@ -135,6 +155,10 @@ std::vector<uint8_t> encode_pattern_table(const PatternTable& t);
 /// "<path>::<name>: expected ..., got ..." (e.g. "t.safetensors::layers.0.k_patterns:
 /// expected shape [3, 32, 64], got [3, 16, 64]"). Pattern tensors may also be F16
 /// (`pkv export --dtype f16`); they are widened exactly. Unknown tensors are ignored.
+/// kMetaLayersWindow / kMetaLayersRopeBase: required from minor version 1 on, optional in
+/// 1.0 (absent: 0 and layer_geometry false); a wrong count, a negative window or a rope
+/// base that is not a finite number >= 0 is refused ("t.safetensors::pkv.layers.window:
+/// expected 18 values, got 17").
 PatternTable read_pattern_table(const std::string& path);
 
 /// Degenerate content, one line per finding, empty when none: NaN/Inf in any tensor,

@@ -101,6 +101,9 @@ TEST_CASE("export gguf: typed pkv.* keys, ne fastest first, every value", "[tabl
     pkv_test::ScratchDir dir;
     PatternTable t = make_table();
     t.calibration["seed"] = 99;
+    t.layers[0].window = 512;
+    t.layers[0].rope_base = 10000.0;
+    t.layers[1].rope_base = 0.1 + 0.2;  // f64 in the GGUF: every digit survives
     const std::string in = dir.path("t.safetensors");
     write_pattern_table(t, in, false);
     for (const char* dtype : {"f32", "f16"}) {
@@ -114,11 +117,19 @@ TEST_CASE("export gguf: typed pkv.* keys, ne fastest first, every value", "[tabl
         CHECK(g->get_string("general.type") == "pkv_patterns");
         CHECK(g->get_string("general.name") == "tiny-llama");
         CHECK(g->get_string("pkv.format") == "pkv.pattern_table");
-        CHECK(g->get_string("pkv.format_version") == "1.0");
+        CHECK(g->get_string("pkv.format_version") == "1.1");
         CHECK(g->get_string("pkv.model.sha256") == t.model.sha256);
         CHECK(g->get_u64("pkv.model.head_dim") == 8);
         CHECK(g->get_u64("pkv.model.n_head_kv") == 3);
         CHECK(g->get_int_array("pkv.layers") == std::vector<int64_t>{0, 2});
+        CHECK(g->get("pkv.layers.window").array_type == GgufType::I32);
+        CHECK(g->get_int_array("pkv.layers.window") == std::vector<int64_t>{512, 0});
+        const GgufValue& bases = g->get("pkv.layers.rope_base");
+        REQUIRE(bases.array_type == GgufType::F64);
+        const auto& items = std::get<std::vector<GgufValue>>(bases.value);
+        REQUIRE(items.size() == 2);
+        CHECK(std::get<double>(items[0].value) == 10000.0);
+        CHECK(std::get<double>(items[1].value) == 0.1 + 0.2);
         CHECK(g->get_string("pkv.key.dim_order") == "gguf_interleaved");
         CHECK(g->get_u64("pkv.quant.bits") == 2);
         CHECK(g->get_u64("pkv.k_patterns") == 4);
@@ -155,8 +166,16 @@ TEST_CASE("export gguf: typed pkv.* keys, ne fastest first, every value", "[tabl
 TEST_CASE("export json: metadata with calibration parsed, tensors as nested arrays", "[table][export]") {
     PatternTable t = make_table();
     t.layers[0].v_patterns[1] = 0.1f;
+    t.layers[0].window = 512;
+    t.layers[0].rope_base = 10000.0;
+    t.layers[1].rope_base = 1e6;
     const nlohmann::json j = table_to_json(t, PatternDtype::f32);
     CHECK(j["format"] == "pkv.pattern_table");
+    CHECK(j["format_version"] == "1.1");
+    CHECK(j["layers"] == nlohmann::json::parse(R"([{"layer": 0, "window": 512, "rope_base": 10000.0},
+                                                   {"layer": 2, "window": 0, "rope_base": 1000000.0}])"));
+    CHECK(j["metadata"]["pkv.layers.window"] == "512,0");
+    CHECK(j["metadata"]["pkv.layers.rope_base"] == "10000,1000000");
     CHECK(j["metadata"]["pkv.quant.group"] == "32");
     CHECK(j["metadata"]["pkv.calibration"]["seed"] == 1234);
     CHECK(j["tensors"].size() == 14);
@@ -168,6 +187,30 @@ TEST_CASE("export json: metadata with calibration parsed, tensors as nested arra
     CHECK(j["tensors"]["layers.0.k_counts"]["data"][1][0] == t.layers[0].k_counts[4]);
     t.layers[0].k_clip[0] = std::numeric_limits<float>::quiet_NaN();
     CHECK(table_to_json(t, PatternDtype::f32)["tensors"]["layers.0.k_clip"]["data"][0].is_null());
+}
+
+TEST_CASE("export of a 1.0 table stays 1.0: no geometry is invented", "[table][export]") {
+    pkv_test::ScratchDir dir;
+    PatternTable t = make_table();
+    t.layer_geometry = false;
+    const std::string in = dir.path("t10.safetensors");
+    write_pattern_table(t, in, false);
+    CHECK(SafetensorsFile::open(in).metadata().at("pkv.format_version") == "1.0");
+    CHECK(SafetensorsFile::open(in).metadata().count("pkv.layers.window") == 0);
+    ExportOptions o;
+    o.format = "gguf";
+    export_pattern_table(in, dir.path("t.gguf"), o);
+    const auto g = GgufFile::open(dir.path("t.gguf"));
+    CHECK(g->get_string("pkv.format_version") == "1.0");
+    CHECK_FALSE(g->has("pkv.layers.window"));
+    CHECK_FALSE(g->has("pkv.layers.rope_base"));
+    o.format = "safetensors";
+    o.key_order = "hf";
+    export_pattern_table(in, dir.path("hf.safetensors"), o);
+    CHECK_FALSE(read_pattern_table(dir.path("hf.safetensors")).layer_geometry);
+    const nlohmann::json j = table_to_json(read_pattern_table(in), PatternDtype::f32);
+    CHECK(j["format_version"] == "1.0");
+    CHECK(j["layers"][1] == nlohmann::json::parse(R"({"layer": 2, "window": null, "rope_base": null})"));
 }
 
 TEST_CASE("export refuses bad options, existing outputs and corrupt tables", "[table][export]") {
@@ -213,10 +256,11 @@ TEST_CASE("info and validate recognise pattern tables", "[table][export]") {
     const std::string p = dir.path("t.safetensors");
     write_pattern_table(t, p, false);
     CHECK(detect_file_kind(p) == FileKind::pattern_table);
-    const std::string text = describe_file(p, false);
-    CHECK_THAT(text, ContainsSubstring("pkv.pattern_table 1.0"));
+    std::string text = describe_file(p, false);
+    CHECK_THAT(text, ContainsSubstring("pkv.pattern_table 1.1"));
     CHECK_THAT(text, ContainsSubstring("model: tiny-llama (llama), 4 layers, 6 heads, 3 KV heads, head_dim 8"));
     CHECK_THAT(text, ContainsSubstring("layers: 2 of 4 calibrated: 0,2"));
+    CHECK(text.find("local") == std::string::npos);  // every layer global: no geometry line
     CHECK_THAT(text, ContainsSubstring("Mk 4 key, Mv 5 value per head (F32)"));
     CHECK_THAT(text, ContainsSubstring("tokens train 900 holdout 100"));
     CHECK_THAT(text, ContainsSubstring("held-out K (mean over 2 heads): nmse_fitted 0.2 nmse_minmax 0.3"));
@@ -226,6 +270,16 @@ TEST_CASE("info and validate recognise pattern tables", "[table][export]") {
     CHECK(j["metadata"]["pkv.calibration"]["tokens"]["train"] == 900);
     CHECK(j["tensors"]["layers.0.k_patterns"]["shape"] == nlohmann::json({3, 4, 8}));
     CHECK(validate_file(p).empty());
+    {
+        PatternTable g = make_table({0, 1, 2, 3});
+        for (int l : {0, 1, 3}) g.layers[size_t(l)].window = 512, g.layers[size_t(l)].rope_base = 10000.0;
+        g.layers[2].rope_base = 1e6;
+        const std::string gp = dir.path("g.safetensors");
+        write_pattern_table(g, gp, false);
+        text = describe_file(gp, false);
+        CHECK_THAT(text,
+                   ContainsSubstring("layers: 3 local (window 512, RoPE base 10000), 1 global (RoPE base 1000000)\n"));
+    }
 
     // A damaged table is still routed to the table reader, which names the problem.
     std::vector<uint8_t> bytes = slurp(p);

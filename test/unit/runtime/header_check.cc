@@ -80,6 +80,8 @@ int main() {
         expect(h.k_clip == 0.75f && h.v_clip == 1.0f && h.v_gate_z == 1.6448536f, "per-head scalars");
         const float x[2] = {0.4f, 60000.0f};
         expect(h.nearest_k(x) == 1 && t.assign() == pkv_rt::Assign::l2, "nearest key pattern");
+        expect(!t.has_layer_geometry() && t.layer_window(0) == 0 && t.layer_rope_base(0) <= 0.0,
+               "a 1.0 table records no layer geometry");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "header_check: FAILED: %s\n", e.what());
         return 1;

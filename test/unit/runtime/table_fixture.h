@@ -63,10 +63,11 @@ constexpr const char* kSha = "0123456789abcdef0123456789abcdef0123456789abcdef01
 
 /// Layers 0 and 2 of a 3-layer model, 2 KV heads, D = 8, Mk = 4, Mv = 3, random content
 /// (seeded); patterns F16 when f16 (as `pkv export --dtype f16`), the rest always F32.
+/// Format 1.1: layer 0 local (window 512, RoPE base 10000), layer 2 global (base 1e6).
 inline TableSpec default_spec(bool f16 = false, uint32_t seed = 1) {
     TableSpec s;
     s.meta = {{"pkv.format", "pkv.pattern_table"},
-              {"pkv.format_version", "1.0"},
+              {"pkv.format_version", "1.1"},
               {"pkv.model.name", "tiny"},
               {"pkv.model.arch", "llama"},
               {"pkv.model.sha256", kSha},
@@ -75,6 +76,8 @@ inline TableSpec default_spec(bool f16 = false, uint32_t seed = 1) {
               {"pkv.model.n_head_kv", std::to_string(kHeadsKv)},
               {"pkv.model.head_dim", std::to_string(kDim)},
               {"pkv.layers", "0,2"},
+              {"pkv.layers.window", "512,0"},
+              {"pkv.layers.rope_base", "10000,1000000"},
               {"pkv.key.basis", "post_rope"},
               {"pkv.key.dim_order", "gguf_interleaved"},
               {"pkv.rotation", "none"},

@@ -59,7 +59,14 @@ TEST_CASE("runtime reader: an F32 table reads back exactly, metadata included") 
     CHECK(t.n_head() == kHeads);
     CHECK(t.n_head_kv() == kHeadsKv);
     CHECK(t.head_dim() == kDim);
-    CHECK(t.format_minor() == 0);
+    CHECK(t.format_minor() == 1);
+    CHECK(t.has_layer_geometry());
+    CHECK(t.layer_window(0) == 512);
+    CHECK(t.layer_window(2) == 0);
+    CHECK(t.layer_rope_base(0) == 10000.0);
+    CHECK(t.layer_rope_base(2) == 1e6);
+    CHECK_THROWS_AS(t.layer_window(1), std::out_of_range);
+    CHECK_THROWS_AS(t.layer_rope_base(3), std::out_of_range);
     CHECK(t.key_basis() == pkv_rt::KeyBasis::post_rope);
     CHECK(t.key_dim_order() == pkv_rt::DimOrder::gguf_interleaved);
     CHECK(t.rotation() == pkv_rt::Rotation::none);
@@ -309,6 +316,66 @@ TEST_CASE("runtime reader: malformed metadata values are refused with the key an
     TableSpec s = default_spec();
     s.meta.erase("pkv.model.name");  // informational only
     CHECK(parse(encode(s)).model_name().empty());
+}
+
+TEST_CASE("runtime reader: layer geometry is required from 1.1 on, optional in 1.0, and checked") {
+    {
+        // 1.0 without the keys: every layer 0 / 0, and has_layer_geometry says it is unknown.
+        TableSpec s = default_spec();
+        s.meta["pkv.format_version"] = "1.0";
+        s.meta.erase("pkv.layers.window");
+        s.meta.erase("pkv.layers.rope_base");
+        const PatternTable t = parse(encode(s));
+        CHECK_FALSE(t.has_layer_geometry());
+        CHECK((t.layer_window(0) == 0 && t.layer_window(2) == 0));
+        CHECK((t.layer_rope_base(0) == 0.0 && t.layer_rope_base(2) == 0.0));
+        // ... with a window list only: geometry recorded, RoPE bases not.
+        s.meta["pkv.layers.window"] = "4096,0";
+        const PatternTable w = parse(encode(s));
+        CHECK(w.has_layer_geometry());
+        CHECK(w.layer_window(0) == 4096);
+        CHECK(w.layer_rope_base(0) == 0.0);
+    }
+    {
+        TableSpec s = default_spec();
+        s.meta["pkv.layers.rope_base"] = "0.30000000000000004,1e+20";  // exact: 17 digits, exponents
+        const PatternTable t = parse(encode(s));
+        CHECK(t.layer_rope_base(0) == 0.1 + 0.2);
+        CHECK(t.layer_rope_base(2) == 1e20);
+    }
+    for (const char* key : {"pkv.layers.window", "pkv.layers.rope_base"}) {
+        INFO(key);
+        TableSpec s = default_spec();
+        s.meta.erase(key);
+        CHECK(load_error(encode(s)) == std::string("pattern table t.safetensors: missing metadata ") + key);
+    }
+    const std::vector<std::pair<std::pair<const char*, const char*>, const char*>> cases = {
+        {{"pkv.layers.window", "512"}, "pkv.layers.window: expected 2 values (one per entry of pkv.layers), got 1"},
+        {{"pkv.layers.window", "512,0,0"}, "pkv.layers.window: expected 2 values (one per entry of pkv.layers), got 3"},
+        {{"pkv.layers.rope_base", ""}, "pkv.layers.rope_base: expected 2 values (one per entry of pkv.layers), got 1"},
+        {{"pkv.layers.window", "-512,0"},
+         "pkv.layers.window: layer 0: expected a window in [0, 1073741824] tokens, got \"-512\""},
+        {{"pkv.layers.window", "512,0512"}, "pkv.layers.window: layer 2: expected a window in [0, 1073741824] tokens"},
+        {{"pkv.layers.window", "512,1.5"}, "pkv.layers.window: layer 2: expected a window"},
+        {{"pkv.layers.window", "512,2000000000"}, "pkv.layers.window: layer 2: expected a window"},
+        {{"pkv.layers.rope_base", "-1,0"},
+         "pkv.layers.rope_base: layer 0: expected a finite RoPE base >= 0, got \"-1\""},
+        {{"pkv.layers.rope_base", "10000,nan"},
+         "pkv.layers.rope_base: layer 2: expected a finite RoPE base >= 0, got \"nan\""},
+        {{"pkv.layers.rope_base", "10000,inf"}, "pkv.layers.rope_base: layer 2: expected a finite RoPE base"},
+        {{"pkv.layers.rope_base", "10000,1e400"}, "pkv.layers.rope_base: layer 2: expected a finite RoPE base"},
+        {{"pkv.layers.rope_base", "10000,1e"}, "pkv.layers.rope_base: layer 2: expected a finite RoPE base"},
+        {{"pkv.layers.rope_base", "10000,+5"}, "pkv.layers.rope_base: layer 2: expected a finite RoPE base"},
+        {{"pkv.layers.rope_base", "10000,1,5"}, "pkv.layers.rope_base: expected 2 values"},
+        {{"pkv.layers.rope_base", "10000, 5"}, "pkv.layers.rope_base: layer 2: expected a finite RoPE base"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.first.first << " = \"" << c.first.second << "\"");
+        TableSpec s = default_spec();
+        s.meta[c.first.first] = c.first.second;
+        CHECK_THAT(load_error(encode(s)),
+                   ContainsSubstring(std::string("pattern table t.safetensors: metadata ") + c.second));
+    }
 }
 
 TEST_CASE("runtime reader: tensor rules name the tensor, the expected and the actual") {

@@ -82,6 +82,9 @@ TEST_CASE("pattern table round trip: every field, bit for bit", "[table]") {
     t.layers[1].v_patterns[2] = std::numeric_limits<float>::denorm_min();
     t.layers[1].k_counts[0] = int64_t(1) << 40;
     t.layers[1].k_counts[3] = (int64_t(1) << 40) + 1;  // keeps head totals equal
+    t.layers[0].window = 512;
+    t.layers[0].rope_base = 10000.0;
+    t.layers[1].rope_base = 0.1 + 0.2;  // 0.30000000000000004: needs all 17 digits
     const std::string p = dir.path("t.safetensors");
     write_pattern_table(t, p, false);
     CHECK(is_pattern_table_file(p));
@@ -109,6 +112,8 @@ TEST_CASE("pattern table round trip: every field, bit for bit", "[table]") {
     for (size_t i = 0; i < 2; ++i) {
         const PatternLayer &a = t.layers[i], &b = r.layers[i];
         CHECK(b.layer == a.layer);
+        CHECK(b.window == a.window);
+        CHECK(b.rope_base == a.rope_base);
         CHECK(std::memcmp(b.k_patterns.data(), a.k_patterns.data(), a.k_patterns.size() * 4) == 0);
         CHECK(std::memcmp(b.v_patterns.data(), a.v_patterns.data(), a.v_patterns.size() * 4) == 0);
         CHECK(b.k_counts == a.k_counts);
@@ -128,10 +133,12 @@ TEST_CASE("pattern table round trip: every field, bit for bit", "[table]") {
     // The metadata as written: integers in decimal, layers as a comma list.
     const SafetensorsFile f = SafetensorsFile::open(p);
     CHECK(f.metadata().at("pkv.format") == "pkv.pattern_table");
-    CHECK(f.metadata().at("pkv.format_version") == "1.0");
+    CHECK(f.metadata().at("pkv.format_version") == "1.1");
     CHECK(f.metadata().at("pkv.layers") == "1,3");
+    CHECK(f.metadata().at("pkv.layers.window") == "512,0");
+    CHECK(f.metadata().at("pkv.layers.rope_base") == "10000,0.30000000000000004");
     CHECK(f.metadata().at("pkv.quant.bits") == "3");
-    CHECK(f.metadata().size() == 21);
+    CHECK(f.metadata().size() == 23);
     CHECK(f.names().size() == 14);
     CHECK(f.tensor("layers.3.k_counts").dtype == "I64");
     CHECK(f.tensor("layers.3.k_patterns").shape == std::vector<uint64_t>{2, 3, 16});
@@ -201,6 +208,17 @@ TEST_CASE("check_pattern_table names every bad field", "[table]") {
         {[](PatternTable& t) { t.layers[0].k_clip.pop_back(); }, "layers.0.k_clip: expected 3 values [3], got 2"},
         {[](PatternTable& t) { t.layers[0].v_clip.push_back(1); }, "layers.0.v_clip: expected 3 values [3], got 4"},
         {[](PatternTable& t) { t.layers[1].v_gate_z.clear(); }, "layers.2.v_gate_z: expected 3 values [3], got 0"},
+        {[](PatternTable& t) { t.layers[1].window = -1; },
+         "layers[1].window: expected a sliding window >= 0 (0: global), got -1"},
+        {[](PatternTable& t) { t.layers[0].rope_base = -10000.0; },
+         "layers[0].rope_base: expected a finite RoPE base >= 0 (0: not recorded), got -10000"},
+        {[](PatternTable& t) { t.layers[0].rope_base = std::numeric_limits<double>::infinity(); },
+         "layers[0].rope_base: expected a finite RoPE base >= 0 (0: not recorded), got inf"},
+        {[](PatternTable& t) {
+             t.layer_geometry = false;
+             t.layers[1].window = 512;
+         },
+         "layers[1].window/rope_base: expected 0 / 0 in a table without layer geometry (format 1.0), got 512 / 0"},
     };
     for (const Case& c : cases) {
         PatternTable t = make_table();
@@ -301,6 +319,90 @@ TEST_CASE("read_pattern_table: every read failure is one data_loss line naming f
     CHECK(read_error([](Tensors& t, Meta&) {
               t["layers.0.k_extra"] = StTensor{"layers.0.k_extra", "U8", {1}, {7}};
           }).empty());
+}
+
+TEST_CASE("layer geometry: 1.1 requires and checks both lists, 1.0 reads without them", "[table]") {
+    // The fixture (every layer global, no RoPE base) as written, then with `mutate` applied.
+    const auto read_with = [](const std::function<void(Meta&)>& mutate) {
+        const SafetensorsFile good = SafetensorsFile::parse(encode_pattern_table(make_table()), "good");
+        Meta meta = good.metadata();
+        mutate(meta);
+        SafetensorsWriter w;
+        for (const std::string& n : good.names()) w.add(good.tensor(n).to_tensor());
+        for (auto& [k, v] : meta) w.set_metadata(k, v);
+        pkv_test::ScratchDir dir;
+        const std::vector<uint8_t> bytes = w.encode();
+        return std::make_pair(read_pattern_table(dir.write("t.safetensors", bytes)), bytes);
+    };
+    {
+        const auto [t, bytes] = read_with([](Meta& m) {
+            CHECK(m.at("pkv.layers.window") == "0,0");
+            CHECK(m.at("pkv.layers.rope_base") == "0,0");
+            m["pkv.layers.window"] = "1024,0";
+            m["pkv.layers.rope_base"] = "10000,1e+06";  // any plain decimal, exponents too
+        });
+        CHECK(t.layer_geometry);
+        CHECK(t.layers[0].window == 1024);
+        CHECK(t.layers[1].window == 0);
+        CHECK(t.layers[0].rope_base == 10000.0);
+        CHECK(t.layers[1].rope_base == 1e6);
+        const SafetensorsFile again = SafetensorsFile::parse(encode_pattern_table(t), "again");
+        CHECK(again.metadata().at("pkv.layers.rope_base") == "10000,1000000");
+    }
+    {
+        // A 1.0 table: no keys, zeros (unknown), and it is written back as the same 1.0 file.
+        const auto [t, bytes] = read_with([](Meta& m) {
+            m["pkv.format_version"] = "1.0";
+            m.erase("pkv.layers.window");
+            m.erase("pkv.layers.rope_base");
+        });
+        CHECK_FALSE(t.layer_geometry);
+        for (const PatternLayer& l : t.layers) CHECK((l.window == 0 && l.rope_base == 0.0));
+        CHECK(std::string(pattern_table_format_version(t)) == "1.0");
+        CHECK(encode_pattern_table(t) == bytes);
+    }
+    {
+        // A 1.0 table that does carry a window list records the geometry (rope bases optional).
+        const auto [t, bytes] = read_with([](Meta& m) {
+            m["pkv.format_version"] = "1.0";
+            m["pkv.layers.window"] = "512,0";
+            m.erase("pkv.layers.rope_base");
+        });
+        CHECK(t.layer_geometry);
+        CHECK(t.layers[0].window == 512);
+        CHECK(t.layers[0].rope_base == 0.0);
+    }
+    ErrorCode code{};
+    CHECK(read_error([](Tensors&, Meta& m) { m.erase("pkv.layers.window"); }, &code) ==
+          "t.safetensors::pkv.layers.window: expected a metadata entry, got none");
+    CHECK(code == ErrorCode::data_loss);
+    CHECK(read_error([](Tensors&, Meta& m) { m.erase("pkv.layers.rope_base"); }) ==
+          "t.safetensors::pkv.layers.rope_base: expected a metadata entry, got none");
+    CHECK(read_error([](Tensors&, Meta& m) {
+              m["pkv.format_version"] = "1.7";  // later minors too
+              m.erase("pkv.layers.rope_base");
+          }) == "t.safetensors::pkv.layers.rope_base: expected a metadata entry, got none");
+    CHECK(read_error([](Tensors&, Meta& m) { m["pkv.layers.window"] = "512"; }) ==
+          "t.safetensors::pkv.layers.window: expected 2 values, got 1 (one per entry of pkv.layers)");
+    CHECK(read_error([](Tensors&, Meta& m) { m["pkv.layers.rope_base"] = "1,2,3"; }) ==
+          "t.safetensors::pkv.layers.rope_base: expected 2 values, got 3 (one per entry of pkv.layers)");
+    CHECK(read_error([](Tensors&, Meta& m) {
+              m["pkv.format_version"] = "1.0";
+              m["pkv.layers.window"] = "0,0,0";
+          }) == "t.safetensors::pkv.layers.window: expected 2 values, got 3 (one per entry of pkv.layers)");
+    for (const char* bad : {"-512", "512.0", "1e3", "0512", " 512", "", "2000000000"}) {
+        INFO(bad);
+        CHECK(read_error([&](Tensors&, Meta& m) { m["pkv.layers.window"] = std::string("0,") + bad; }) ==
+              "t.safetensors::pkv.layers.window: expected a decimal integer in [0, 2^30] (0: global) for layer 2, got "
+              "\"" +
+                  std::string(bad) + "\"");
+    }
+    for (const char* bad : {"-1", "nan", "inf", "1e400", "+5", "1.", ".5", "01", "1e", "0x10"}) {
+        INFO(bad);
+        CHECK(read_error([&](Tensors&, Meta& m) { m["pkv.layers.rope_base"] = std::string(bad) + ",0"; }) ==
+              "t.safetensors::pkv.layers.rope_base: expected a finite number >= 0 for layer 0, got \"" +
+                  std::string(bad) + "\"");
+    }
 }
 
 TEST_CASE("read_pattern_table accepts F16 patterns and widens them exactly", "[table]") {
