@@ -125,6 +125,12 @@ if q dump --model "$FIX/gemma3.gguf" --text "$TXT" --tokens 256 --ctx 128 --out 
   # shellcheck disable=SC2086
   q calibrate --dump "$D/d.h5" --k-patterns 4 --v-patterns 4 --holdout 0.25 --device cpu $R \
     --out "$D/t.safetensors" >/dev/null && pass "gemma3: calibrate" || failed "gemma3: calibrate"
+  q info "$D/t.safetensors" | grep -qF "7 local (window 8, RoPE base 10000), 1 global (RoPE base 1000000)" &&
+    pass "gemma3: the table records each layer's window and RoPE base" ||
+    failed "gemma3: table geometry: $(q info "$D/t.safetensors" | grep -i local)"
+  expect_fail "gemma3: calibrate refuses a window longer than the ring" "longer than the sliding window 8 of layer 0" \
+    "$PKV_BIN" --log-level warn calibrate --dump "$D/d.h5" --k-patterns 4 --v-patterns 4 --window 16 --device cpu \
+    --out "$D/never.safetensors"
   # shellcheck disable=SC2086
   q analyze --dump "$D/d.h5" --methods fp16,kivi,patternkv,q4_0,patternkv-table --bits 2 $R \
     --table "$D/t.safetensors" --json "$D/a.json" >/dev/null 2>"$D/a.err" && pass "gemma3: analyze" ||

@@ -148,6 +148,13 @@ void validate_table(const AnalyzeConfig& c, const KvDumpReader& dump, const Patt
     for (int l : layers)
         PKV_CHECK(std::any_of(t.layers.begin(), t.layers.end(), [&](const PatternLayer& L) { return L.layer == l; }),
                   invalid_argument, "--table {}: layer {} was not calibrated (restrict --layers)", tp, l);
+    // A 1.1 table records each layer's window: it must be the layer the dump holds.
+    for (const KvDumpLayerInfo& g : dump.layer_info())
+        for (const PatternLayer& L : t.layers)
+            if (t.layer_geometry && L.layer == g.layer)
+                PKV_CHECK(L.window == g.window, invalid_argument,
+                          "--table {}: layer {} was calibrated with sliding window {}, but {} has {} for it", tp,
+                          L.layer, L.window, dump.path(), g.window);
     if (t.group != c.group || t.window != c.window)
         log::warn("--table {}: fitted with group {} / window {}, analysed with --group {} / --window {}", tp, t.group,
                   t.window, c.group, c.window);

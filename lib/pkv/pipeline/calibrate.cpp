@@ -399,9 +399,36 @@ struct Plan {
     std::vector<DumpInput> dumps;
     int H = 0, D = 0;
     std::vector<int> layers;
+    std::vector<KvDumpLayerInfo> geometry;  // [layers]: the first dump's window and RoPE base of each
     std::vector<Piece> pieces;
     int64_t n_train = 0, n_hold = 0;
 };
+
+// Each calibrated layer's geometry, the same in every dump (they come from one model); the
+// table records it, and a window that does not fit a local layer's ring is refused here.
+std::vector<KvDumpLayerInfo> layer_geometry(const CalibrateConfig& c, const std::vector<DumpInput>& dumps,
+                                            const std::vector<int>& layers) {
+    std::vector<KvDumpLayerInfo> out;
+    for (int layer : layers) {
+        const KvDumpLayerInfo* first = nullptr;
+        for (const DumpInput& d : dumps) {
+            const auto& info = d.reader->layer_info();
+            const auto it =
+                std::find_if(info.begin(), info.end(), [&](const KvDumpLayerInfo& g) { return g.layer == layer; });
+            PKV_ASSERT(it != info.end());
+            if (!first) first = &*it;
+            PKV_CHECK(it->window == first->window && it->rope_base == first->rope_base, invalid_argument,
+                      "{}: layer {} has sliding window {} / RoPE base {}, but {} has {} / {}", d.reader->path(), layer,
+                      it->window, it->rope_base, dumps.front().reader->path(), first->window, first->rope_base);
+        }
+        PKV_CHECK(first->window == 0 || c.window <= first->window, invalid_argument,
+                  "--window {}: longer than the sliding window {} of layer {} in {} (its fp16 tokens live in that "
+                  "ring): expected at most {}",
+                  c.window, first->window, layer, dumps.front().reader->path(), first->window);
+        out.push_back(*first);
+    }
+    return out;
+}
 
 // Every option and dump is checked here so that errors come before any heavy work.
 Plan plan_calibration(const CalibrateConfig& c) {
@@ -419,6 +446,7 @@ Plan plan_calibration(const CalibrateConfig& c) {
     if (c.group < D)
         PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     pl.layers = calibrated_layers(c, pl.dumps);
+    pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
     const int M = std::max(c.k_patterns, c.v_patterns);
@@ -665,9 +693,12 @@ nlohmann::json assemble_layers(PatternTable& t, const Plan& pl, int R, const Hea
     PKV_CHECK(all.size() == pl.layers.size() * static_cast<size_t>(pl.H), internal,
               "calibrate: gathered {} heads from {} ranks, expected {}", all.size(), R, pl.layers.size() * pl.H);
     nlohmann::json heads = nlohmann::json::array();
-    for (int layer : pl.layers) {
+    for (size_t li = 0; li < pl.layers.size(); ++li) {
+        const int layer = pl.layers[li];
         PatternLayer L;
         L.layer = layer;
+        L.window = pl.geometry[li].window;
+        L.rope_base = pl.geometry[li].rope_base;
         for (int h = 0; h < pl.H; ++h) {
             const nlohmann::json& rec = all.at({layer, h});
             append_head(L, rec);
