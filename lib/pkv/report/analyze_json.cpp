@@ -1,5 +1,6 @@
 // Assembles the pkv.analyze_report document from the accumulated metrics:
-// per-configuration results, means, fragile heads and histograms.
+// per-configuration results, means, fragile heads and histograms, and, for models
+// with sliding-window layers, the same means per layer kind (local, global).
 #include <algorithm>
 #include <cmath>
 #include <ctime>
@@ -77,6 +78,42 @@ std::vector<double> robust_z(const std::vector<double>& x) {
     return z;
 }
 
+// The layer kind of every analysed (layer, KV head), parallel to AnalyzeResult::pairs.
+struct Kinds {
+    std::map<int, int> layer_window;  // analysed layer -> its sliding window (0: global)
+    std::vector<int> pair_window;     // [pairs]
+    bool has_local = false;
+};
+
+// Windows come from layer_windows (parallel to layers); a layer it does not cover takes
+// its pairs' window, so a result without layer_windows still reads as all global.
+Kinds layer_kinds_of(const AnalyzeResult& in) {
+    Kinds k;
+    for (size_t i = 0; i < std::min(in.layers.size(), in.layer_windows.size()); ++i)
+        k.layer_window[in.layers[i]] = in.layer_windows[i];
+    for (const PairResult& pr : in.pairs) k.layer_window.emplace(pr.layer, pr.window);
+    for (const PairResult& pr : in.pairs) k.pair_window.push_back(k.layer_window.at(pr.layer));
+    for (const auto& lw : k.layer_window) k.has_local = k.has_local || lw.second > 0;
+    return k;
+}
+
+// Robust z of each pair against the pairs of its own layer kind only. Local and global
+// layers differ in their error level, so one pool would flag a whole kind instead of
+// the heads that stand out within it. Without local layers: robust_z over all pairs.
+std::vector<double> robust_z_by_kind(const std::vector<double>& x, const Kinds& kinds) {
+    if (!kinds.has_local) return robust_z(x);
+    std::vector<double> z(x.size(), kNaN);
+    for (bool local : {true, false}) {
+        std::vector<size_t> idx;
+        std::vector<double> vals;
+        for (size_t p = 0; p < x.size(); ++p)
+            if ((kinds.pair_window[p] > 0) == local) idx.push_back(p), vals.push_back(x[p]);
+        const std::vector<double> zk = robust_z(vals);
+        for (size_t i = 0; i < idx.size(); ++i) z[idx[i]] = zk[i];
+    }
+    return z;
+}
+
 // The analysis settings as run, so a report can be reproduced from itself.
 json settings_json(const AnalyzeResult& in) {
     const AnalyzeConfig& c = *in.config;
@@ -104,19 +141,17 @@ json settings_json(const AnalyzeResult& in) {
 
 // Per-head values the summary and the fragile rule need, indexed [run][pair].
 struct HeadValues {
-    std::vector<std::vector<double>> k_nmse, v_nmse, kl, rel, eff;
-    explicit HeadValues(size_t runs) : k_nmse(runs), v_nmse(runs), kl(runs), rel(runs), eff(runs) {}
+    std::vector<std::vector<double>> k_nmse, v_nmse, kl, rel, eff;  // NaN: undefined or not measured
+    std::vector<std::vector<json>> flat;                            // the result's "flatness"
+    explicit HeadValues(size_t runs) : k_nmse(runs), v_nmse(runs), kl(runs), rel(runs), eff(runs), flat(runs) {}
 };
 
 // One (head, configuration) entry of "results"; also records the head's values for the later sections.
-json config_result_json(const AnalyzeResult& in, const PairResult& pr, size_t r, HeadValues& hv) {
+json config_result_json(const AnalyzeResult& in, const PairResult& pr, int window, size_t r, HeadValues& hv) {
     const RunSpec& run = in.runs[r];
     const ConfigAccum& a = pr.configs[r];
-    json res = {{"layer", pr.layer},
-                {"kv_head", pr.head},
-                {"method", kv_method_name(run.method)},
-                {"bits", run.bits},
-                {"rotate", run.rotate}};
+    json res = {{"layer", pr.layer}, {"kv_head", pr.head},  {"window", window}, {"method", kv_method_name(run.method)},
+                {"bits", run.bits},  {"rotate", run.rotate}};
     res["k"] = in.has_k ? tensor_json(a.k) : json(nullptr);
     res["v"] = in.has_v ? tensor_json(a.v) : json(nullptr);
     res["eff_bits"] = effective_bits(a.k.bits + a.v.bits, a.k.elements + a.v.elements);
@@ -128,6 +163,8 @@ json config_result_json(const AnalyzeResult& in, const PairResult& pr, size_t r,
         hv.rel[r].push_back(relm);
     } else {
         res["attn"] = nullptr;
+        hv.kl[r].push_back(kNaN);
+        hv.rel[r].push_back(kNaN);
     }
     const int rot = run.rotate ? 1 : 0;
     const bool pat = run.method == KvMethod::patternkv || run.method == KvMethod::patternkv_table;
@@ -136,38 +173,100 @@ json config_result_json(const AnalyzeResult& in, const PairResult& pr, size_t r,
     hv.k_nmse[r].push_back(in.has_k ? nmse(a.k) : kNaN);
     hv.v_nmse[r].push_back(in.has_v ? nmse(a.v) : kNaN);
     hv.eff[r].push_back(res["eff_bits"].get<double>());
+    hv.flat[r].push_back(res["flatness"]);
     return res;
 }
 
 // Every (head, configuration) result, head-major as the pairs were analysed.
-json results_json(const AnalyzeResult& in, HeadValues& hv) {
+json results_json(const AnalyzeResult& in, const Kinds& kinds, HeadValues& hv) {
     json results = json::array();
-    for (const PairResult& pr : in.pairs)
-        for (size_t r = 0; r < in.runs.size(); ++r) results.push_back(config_result_json(in, pr, r, hv));
+    for (size_t p = 0; p < in.pairs.size(); ++p)
+        for (size_t r = 0; r < in.runs.size(); ++r)
+            results.push_back(config_result_json(in, in.pairs[p], kinds.pair_window[p], r, hv));
     return results;
+}
+
+// Mean over the selected pairs of v[pair]; NaN entries are left out.
+double mean_over(const std::vector<double>& v, const std::vector<size_t>& sel) {
+    std::vector<double> picked;
+    for (size_t p : sel) picked.push_back(v[p]);
+    return mean_of(picked);
+}
+
+// One summary row: means over the selected pairs of run r.
+json summary_row(const AnalyzeResult& in, const HeadValues& hv, size_t r, const std::vector<size_t>& sel) {
+    const RunSpec& run = in.runs[r];
+    const double e = mean_over(hv.eff[r], sel);
+    return {{"method", kv_method_name(run.method)},
+            {"bits", run.bits},
+            {"rotate", run.rotate},
+            {"k_nmse", json_number(mean_over(hv.k_nmse[r], sel))},
+            {"v_nmse", json_number(mean_over(hv.v_nmse[r], sel))},
+            {"attn_kl", json_number(mean_over(hv.kl[r], sel))},
+            {"attn_out_rel_err", json_number(mean_over(hv.rel[r], sel))},
+            {"eff_bits", std::isfinite(e) ? e : exact_bits(1.0)}};
+}
+
+// Means over the selected pairs of every flatness field of one tensor ("k" or "v").
+json flatness_mean_json(const std::vector<json>& flat, const std::vector<size_t>& sel, const char* tensor) {
+    json out = json::object();
+    for (const char* f :
+         {"range_over_std_raw", "range_over_std_resid", "kurtosis_raw", "kurtosis_resid", "var_explained"}) {
+        std::vector<double> vals;
+        for (size_t p : sel) {
+            const json t = flat[p].is_object() ? flat[p].value(tensor, json()) : json();
+            const json v = t.is_object() ? t.value(f, json()) : json();
+            vals.push_back(v.is_number() ? v.get<double>() : kNaN);
+        }
+        out[f] = json_number(mean_of(vals));
+    }
+    return out;
 }
 
 // Means over heads per configuration: the table a reader compares methods by.
 json summary_json(const AnalyzeResult& in, const HeadValues& hv) {
+    std::vector<size_t> all(in.pairs.size());
+    for (size_t p = 0; p < all.size(); ++p) all[p] = p;
     json summary = json::array();
-    for (size_t r = 0; r < in.runs.size(); ++r) {
-        const RunSpec& run = in.runs[r];
-        const double e = mean_of(hv.eff[r]);
-        summary.push_back({{"method", kv_method_name(run.method)},
-                           {"bits", run.bits},
-                           {"rotate", run.rotate},
-                           {"k_nmse", json_number(mean_of(hv.k_nmse[r]))},
-                           {"v_nmse", json_number(mean_of(hv.v_nmse[r]))},
-                           {"attn_kl", json_number(mean_of(hv.kl[r]))},
-                           {"attn_out_rel_err", json_number(mean_of(hv.rel[r]))},
-                           {"eff_bits", std::isfinite(e) ? e : exact_bits(1.0)}});
-    }
+    for (size_t r = 0; r < in.runs.size(); ++r) summary.push_back(summary_row(in, hv, r, all));
     return summary;
 }
 
-// Fragile heads: robust z of K or V NMSE above 3 within one (method, bits, rotate), and the
-// layers worth keeping in fp16 because a head of theirs is fragile at the lowest bits.
-json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
+// One layer kind: its analysed layers and, per configuration, the means over its heads
+// with the flatness means added.
+json kind_json(const AnalyzeResult& in, const HeadValues& hv, const Kinds& kinds, bool local) {
+    std::vector<int> layers;
+    for (const auto& lw : kinds.layer_window)
+        if ((lw.second > 0) == local) layers.push_back(lw.first);
+    std::vector<size_t> sel;
+    for (size_t p = 0; p < in.pairs.size(); ++p)
+        if ((kinds.pair_window[p] > 0) == local) sel.push_back(p);
+    json summary = json::array();
+    if (!sel.empty())
+        for (size_t r = 0; r < in.runs.size(); ++r) {
+            json row = summary_row(in, hv, r, sel);
+            row["flatness"] = {{"k", in.has_k ? flatness_mean_json(hv.flat[r], sel, "k") : json(nullptr)},
+                               {"v", in.has_v ? flatness_mean_json(hv.flat[r], sel, "v") : json(nullptr)}};
+            summary.push_back(std::move(row));
+        }
+    return {{"layers", layers}, {"summary", std::move(summary)}};
+}
+
+// Local (sliding-window) and global layers apart; null when no analysed layer is local.
+json layer_kinds_json(const AnalyzeResult& in, const HeadValues& hv, const Kinds& kinds) {
+    if (!kinds.has_local) return nullptr;
+    std::set<int> windows;
+    for (const auto& lw : kinds.layer_window)
+        if (lw.second > 0) windows.insert(lw.second);
+    json local = kind_json(in, hv, kinds, true);
+    local["window"] = windows.size() == 1 ? json(*windows.begin()) : json(nullptr);
+    return {{"local", std::move(local)}, {"global", kind_json(in, hv, kinds, false)}};
+}
+
+// Fragile heads: robust z of K or V NMSE above 3 within one (method, bits, rotate) and layer
+// kind, and the layers worth keeping in fp16 because a head of theirs is fragile at the
+// lowest bits.
+json fragile_json(const AnalyzeResult& in, const HeadValues& hv, const Kinds& kinds) {
     json heads = json::array();
     int lowest = std::numeric_limits<int>::max();
     for (const RunSpec& run : in.runs)
@@ -176,7 +275,8 @@ json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
     for (size_t r = 0; r < in.runs.size(); ++r) {
         const RunSpec& run = in.runs[r];
         if (run.method == KvMethod::fp16) continue;
-        const std::vector<double> zk = robust_z(hv.k_nmse[r]), zv = robust_z(hv.v_nmse[r]);
+        const std::vector<double> zk = robust_z_by_kind(hv.k_nmse[r], kinds),
+                                  zv = robust_z_by_kind(hv.v_nmse[r], kinds);
         for (size_t p = 0; p < in.pairs.size(); ++p) {
             double score = -std::numeric_limits<double>::infinity();
             if (std::isfinite(zk[p])) score = std::max(score, zk[p]);
@@ -184,6 +284,7 @@ json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
             if (!(score > kFragileZ)) continue;
             heads.push_back({{"layer", in.pairs[p].layer},
                              {"kv_head", in.pairs[p].head},
+                             {"window", kinds.pair_window[p]},
                              {"method", kv_method_name(run.method)},
                              {"bits", run.bits},
                              {"rotate", run.rotate},
@@ -192,13 +293,18 @@ json fragile_json(const AnalyzeResult& in, const HeadValues& hv) {
             if (run.bits == lowest) keep.insert(in.pairs[p].layer);
         }
     }
-    return {{"rule",
-             "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
-             "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
-             "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
-             "analysed"},
-            {"heads", std::move(heads)},
-            {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
+    const char* rule = kinds.has_local
+                           ? "per (method, bits, rotate) and layer kind: a head is fragile when its K or V NMSE "
+                             "exceeds median + 3 MAD over the analysed heads of its kind, local (sliding-window) "
+                             "heads against local heads and global against global (MAD scaled by 1.4826, i.e. "
+                             "robust z > 3); score = the larger robust z; fp16 layers suggested where a head is "
+                             "fragile at the lowest bits analysed"
+                           : "per (method, bits, rotate): a head is fragile when its K or V NMSE exceeds median + 3 "
+                             "MAD over the analysed heads (MAD scaled by 1.4826, i.e. robust z > 3); score = the "
+                             "larger robust z; fp16 layers suggested where a head is fragile at the lowest bits "
+                             "analysed";
+    return {
+        {"rule", rule}, {"heads", std::move(heads)}, {"keep_fp16_layers", std::vector<int>(keep.begin(), keep.end())}};
 }
 
 // Raw and residual value histograms of the heads that collected them, for plotting.
@@ -227,17 +333,19 @@ json analyze_report_json(const AnalyzeResult& in) {
     const AnalyzeConfig& c = *in.config;
     json report;
     report["format"] = "pkv.analyze_report";
-    report["format_version"] = "1.0";
+    report["format_version"] = "1.1";
     report["provenance"] = provenance_json("analyze", c.argv);
     report["provenance"]["dump"] = {
         {"path", c.dump_path}, {"model", in.dump_model}, {"provenance", in.dump_provenance}};
     report["settings"] = settings_json(in);
     report["model"] = in.model;
     report["n_tokens"] = in.n_tokens;
+    const Kinds kinds = layer_kinds_of(in);
     HeadValues hv(in.runs.size());
-    report["results"] = results_json(in, hv);
+    report["results"] = results_json(in, kinds, hv);
     report["summary"] = summary_json(in, hv);
-    report["fragile"] = fragile_json(in, hv);
+    report["layer_kinds"] = layer_kinds_json(in, hv, kinds);
+    report["fragile"] = fragile_json(in, hv, kinds);
     report["histograms"] = histograms_json(in);
     report["warnings"] = in.warnings;
     return report;

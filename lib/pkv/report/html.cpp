@@ -1,4 +1,5 @@
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -91,6 +92,36 @@ std::string summary_table(const json& report) {
     return out + "</tbody></table></section>\n";
 }
 
+// Only for reports with local sliding-window layers: the summary per layer kind.
+std::string layer_kinds_section(const json& report) {
+    const json& kinds = layer_kinds(report);
+    if (kinds.is_null()) return "";
+    std::string out = "<section id=\"layer-kinds\"><h2>Local and global layers</h2>\n";
+    out +=
+        "<p class=\"note\">Means over the KV heads of each kind of layer. Local layers attend to their sliding "
+        "window only and cache that many tokens. Range/std and kurtosis cells read raw \u2192 residual "
+        "(after pattern alignment; n/a for methods without patterns).</p>\n";
+    for (bool local : {true, false}) {
+        out += "<h3>" + esc(kind_heading(kinds, local)) + "</h3>\n";
+        const json& rows = field(field(kinds, local ? "local" : "global"), "summary");
+        if (!rows.is_array() || rows.empty()) {
+            out += "<p>No analysed layers of this kind.</p>\n";
+            continue;
+        }
+        out += "<table><thead><tr>";
+        for (const std::string& c : kind_columns()) out += "<th>" + esc(c) + "</th>";
+        out += "</tr></thead><tbody>\n";
+        for (const json& row : rows) {
+            const std::vector<std::string> cells = kind_cells(row);
+            out += "<tr><td>" + esc(cells[0]) + "</td>";
+            for (size_t c = 1; c < cells.size(); ++c) out += num_cell(cells[c]);
+            out += "</tr>\n";
+        }
+        out += "</tbody></table>\n";
+    }
+    return out + "</section>\n";
+}
+
 std::string fragile_section(const json& report) {
     const json& fragile = field(report, "fragile");
     const json& heads = field(fragile, "heads");
@@ -104,10 +135,10 @@ std::string fragile_section(const json& report) {
             "<table><thead><tr><th>layer</th><th>KV head</th><th>method</th><th>bits</th><th>K NMSE</th>"
             "<th>score</th></tr></thead><tbody>\n";
         for (const json& h : heads) {
-            out += "<tr>" + num_cell(std::to_string(integer(h, "layer"))) +
-                   num_cell(std::to_string(integer(h, "kv_head"))) + "<td>" +
-                   esc(method_label(text(h, "method", "?"), flag(h, "rotate"))) + "</td>" + num_cell(bits_text(h)) +
-                   num_cell(sci(number(h, "k_nmse"))) + num_cell(fixed(number(h, "score"))) + "</tr>\n";
+            out += "<tr>" + num_cell(layer_with_kind(report, h)) + num_cell(std::to_string(integer(h, "kv_head"))) +
+                   "<td>" + esc(method_label(text(h, "method", "?"), flag(h, "rotate"))) + "</td>" +
+                   num_cell(bits_text(h)) + num_cell(sci(number(h, "k_nmse"))) + num_cell(fixed(number(h, "score"))) +
+                   "</tr>\n";
         }
         out += "</tbody></table>\n";
     }
@@ -138,6 +169,7 @@ std::string render_html(const json& report) {
         esc(title) + "</title><style>" + kStyle + "</style></head>\n<body>\n";
     out += header(report);
     out += summary_table(report);
+    out += layer_kinds_section(report);
     out += "<section id=\"error-vs-bits\"><h2>NMSE vs effective bits</h2>\n" + figure_error_vs_bits(report) +
            "</section>\n";
     out += "<section id=\"heatmaps\"><h2>Per-layer and per-head NMSE</h2>\n" + figure_heatmaps(report) + "</section>\n";

@@ -1,4 +1,5 @@
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -55,6 +56,37 @@ void summary_table(const json& report, std::string& out) {
     out += "\n";
 }
 
+// Only for reports with local sliding-window layers: the summary per layer kind.
+void layer_kinds_section(const json& report, std::string& out) {
+    const json& kinds = layer_kinds(report);
+    if (kinds.is_null()) return;
+    out += "## Local and global layers\n\n";
+    out +=
+        "Means over the KV heads of each kind of layer. Range/std and kurtosis cells read raw \u2192 "
+        "residual (after pattern alignment; n/a for methods without patterns).\n\n";
+    const std::vector<std::string>& columns = kind_columns();
+    for (bool local : {true, false}) {
+        out += "### " + one_line(kind_heading(kinds, local)) + "\n\n";
+        const json& rows = field(field(kinds, local ? "local" : "global"), "summary");
+        if (!rows.is_array() || rows.empty()) {
+            out += "No analysed layers of this kind.\n\n";
+            continue;
+        }
+        std::string head = "|", rule = "|";
+        for (size_t c = 0; c < columns.size(); ++c) {
+            head += " " + columns[c] + " |";
+            rule += c == 0 ? "---|" : "--:|";
+        }
+        out += head + "\n" + rule + "\n";
+        for (const json& row : rows) {
+            out += "|";
+            for (const std::string& c : kind_cells(row)) out += " " + cell(c) + " |";
+            out += "\n";
+        }
+        out += "\n";
+    }
+}
+
 void fragile_section(const json& report, std::string& out) {
     const json& fragile = field(report, "fragile");
     const json& heads = field(fragile, "heads");
@@ -67,7 +99,7 @@ void fragile_section(const json& report, std::string& out) {
         out += "| layer | KV head | method | bits | K NMSE | score |\n";
         out += "|--:|--:|---|--:|--:|--:|\n";
         for (const json& h : heads) {
-            out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", integer(h, "layer"), integer(h, "kv_head"),
+            out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", layer_with_kind(report, h), integer(h, "kv_head"),
                                cell(method_label(text(h, "method", "?"), flag(h, "rotate"))), bits_label(h),
                                sci(number(h, "k_nmse")), fixed(number(h, "score")));
         }
@@ -98,6 +130,7 @@ std::string render_markdown(const json& report) {
                        integer(settings, "group"), integer(settings, "window"));
 
     summary_table(report, out);
+    layer_kinds_section(report, out);
     fragile_section(report, out);
 
     const json& warnings = field(report, "warnings");

@@ -17,21 +17,26 @@
 
 namespace pkv {
 
-/// The `pkv analyze` report (format pkv.analyze_report 1.0, docs/formats/report.md) of
-/// a result: per-configuration results, means over heads, fragile heads, histograms and
-/// provenance (created now).
+/// The `pkv analyze` report (format pkv.analyze_report 1.1, docs/formats/report.md) of
+/// a result: per-configuration results (each with its layer's sliding window, 0 for a
+/// global layer), means over heads, the same means per layer kind in `layer_kinds`
+/// (null when no analysed layer is local), fragile heads (judged within each layer
+/// kind when there are local layers), histograms and provenance (created now).
 nlohmann::json analyze_report_json(const AnalyzeResult& result);
 /// The `pkv eval` report (format pkv.eval_report 1.0, docs/eval.md) of a result.
 nlohmann::json eval_report_json(const EvalResult& result);
 
 /// A compact Markdown summary for the terminal: one provenance line, the summary
 /// table (method x bits: effective bits, K/V NMSE, attention KL and output error),
-/// the fragile heads with the layers suggested to keep in fp16, and the warnings.
+/// when `layer_kinds` is an object one table per layer kind (local, global) with
+/// flatness, the fragile heads with the layers suggested to keep in fp16, and the
+/// warnings. A report without layer_kinds (1.0, or null) renders as 1.0 reports did.
 /// Throws ErrorCode::invalid_argument when `report` is not a JSON object.
 std::string render_markdown(const nlohmann::json& report);
 
 /// One self-contained HTML5 page: inline CSS and SVG, no scripts and no external
-/// resources. Sections: provenance, summary table, NMSE vs effective bits (K and V
+/// resources. Sections: provenance, summary table, local and global layers (only when
+/// `layer_kinds` is an object, as in Markdown), NMSE vs effective bits (K and V
 /// panels, log y), per-layer x KV-head heatmaps of K and V NMSE on a shared log color
 /// scale, raw vs residual histograms, fragile heads, warnings. The markup is
 /// well-formed XML apart from the DOCTYPE (every element closed, void elements

@@ -1,5 +1,6 @@
 #include "pkv/report/report_fields.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -77,6 +78,88 @@ std::string provenance_line(const json& report) {
     std::string created = text(prov, "created_utc");
     if (!created.empty()) line += ", created " + created;
     return line;
+}
+
+const json& layer_kinds(const json& report) {
+    static const json null_value;
+    const json& k = field(report, "layer_kinds");
+    return k.is_object() ? k : null_value;
+}
+
+std::string layer_ranges(const json& layers) {
+    std::vector<int64_t> v;
+    if (layers.is_array())
+        for (const json& l : layers)
+            if (l.is_number_integer()) v.push_back(l.get<int64_t>());
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+    std::string out;
+    for (size_t i = 0; i < v.size();) {
+        size_t j = i;
+        while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+        if (!out.empty()) out += ", ";
+        out += j == i ? std::to_string(v[i]) : fmt::format("{}-{}", v[i], v[j]);
+        i = j + 1;
+    }
+    return out.empty() ? "none" : out;
+}
+
+std::string kind_heading(const json& kinds, bool local) {
+    const json& kind = field(kinds, local ? "local" : "global");
+    const std::string layers = layer_ranges(field(kind, "layers"));
+    if (!local) return "Global layers: " + layers;
+    const int64_t w = integer(kind, "window");
+    const std::string window = w > 0 ? fmt::format("sliding window {}", w) : "sliding windows of several sizes";
+    return fmt::format("Local layers ({}): {}", window, layers);
+}
+
+const std::vector<std::string>& kind_columns() {
+    static const std::vector<std::string> columns = {"method",     "bits",      "eff bits",    "K NMSE",
+                                                     "V NMSE",     "attn KL",   "K range/std", "V range/std",
+                                                     "K kurtosis", "V kurtosis"};
+    return columns;
+}
+
+namespace {
+
+// "raw → resid" of one flatness statistic of one tensor; "n/a" when the tensor is absent
+// or both are undefined.
+std::string raw_resid(const json& row, const char* tensor, const char* raw, const char* resid) {
+    const json& t = field(field(row, "flatness"), tensor);
+    const std::optional<double> r = number(t, raw), q = number(t, resid);
+    if (!r && !q) return "n/a";
+    return fixed(r) + " → " + fixed(q);
+}
+
+}  // namespace
+
+std::vector<std::string> kind_cells(const json& row) {
+    const int64_t bits = integer(row, "bits");
+    return {method_label(text(row, "method", "?"), flag(row, "rotate")),
+            bits < 0 ? "n/a" : std::to_string(bits),
+            fixed(number(row, "eff_bits")),
+            sci(number(row, "k_nmse")),
+            sci(number(row, "v_nmse")),
+            sci(number(row, "attn_kl")),
+            raw_resid(row, "k", "range_over_std_raw", "range_over_std_resid"),
+            raw_resid(row, "v", "range_over_std_raw", "range_over_std_resid"),
+            raw_resid(row, "k", "kurtosis_raw", "kurtosis_resid"),
+            raw_resid(row, "v", "kurtosis_raw", "kurtosis_resid")};
+}
+
+std::string layer_with_kind(const json& report, const json& head) {
+    const int64_t layer = integer(head, "layer");
+    const json& kinds = layer_kinds(report);
+    if (kinds.is_null()) return std::to_string(layer);
+    int64_t window = integer(head, "window");
+    if (window < 0) {
+        const json& local = field(field(kinds, "local"), "layers");
+        window = 0;
+        if (local.is_array())
+            for (const json& l : local)
+                if (l.is_number_integer() && l.get<int64_t>() == layer) window = 1;
+    }
+    return fmt::format("{} ({})", layer, window > 0 ? "local" : "global");
 }
 
 }  // namespace pkv::report_detail

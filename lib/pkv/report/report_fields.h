@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -33,5 +34,25 @@ std::string display(const nlohmann::json& v);
 std::string method_label(const std::string& method, bool rotate);
 /// "pkv 0.1.0 (commit abc), created 2025-01-01T00:00:00Z" and similar from provenance.
 std::string provenance_line(const nlohmann::json& report);
+
+/// report["layer_kinds"] when it is an object (the report has local sliding-window
+/// layers, format 1.1 on), else a null JSON value (1.0 reports, all-global models).
+const nlohmann::json& layer_kinds(const nlohmann::json& report);
+/// Layer indices as sorted ranges: [0,1,2,3,5,7,8] -> "0-3, 5, 7-8"; non-integers are
+/// skipped; "none" when nothing is left.
+std::string layer_ranges(const nlohmann::json& layers);
+/// The heading of one kind of layer_kinds: "Local layers (sliding window 512): 0-4, 6"
+/// (window null: "sliding windows of several sizes") or "Global layers: 5, 11".
+std::string kind_heading(const nlohmann::json& kinds, bool local);
+/// Column titles of a per-kind summary table, and one row's cells in the same order,
+/// unescaped: method label, bits, eff bits, K/V NMSE, attn KL, then K and V
+/// range/std and K and V kurtosis, each cell "raw → resid" ("n/a" for what is undefined, one
+/// "n/a" for the cell when both are).
+const std::vector<std::string>& kind_columns();
+std::vector<std::string> kind_cells(const nlohmann::json& row);
+/// A fragile head's layer, with its kind when the report has local layers: "5 (global)",
+/// "3 (local)"; just "5" otherwise. The kind comes from the head's "window", or from
+/// layer_kinds.local.layers when the head has none.
+std::string layer_with_kind(const nlohmann::json& report, const nlohmann::json& head);
 
 }  // namespace pkv::report_detail

@@ -16,6 +16,7 @@
 #include "pkv/core/error.h"
 #include "pkv/report/report.h"
 #include "sample_report.h"
+#include "sample_result.h"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -237,6 +238,142 @@ TEST_CASE("sample reports conform to schemas/report.schema.json", "[report][sche
     CHECK(schema_errors(nan_doc) == "");
 }
 
+namespace {
+
+// A 1.1 report of 6 layers (global: 2 and 5, sliding window 512 elsewhere) x 2 KV heads,
+// with one fragile global head (layer 5, head 1: kivi K NMSE far above the other globals).
+json local_global_report() {
+    pkv::AnalyzeResult res = pkv::test::make_sample_result({512, 512, 0, 512, 512, 0}, 2);
+    for (auto& p : res.pairs) {
+        pkv::test::SampleMetrics m;
+        m.k_nmse = (p.window > 0 ? 0.04 : 0.08) + 0.001 * p.layer + (p.layer == 5 && p.head == 1 ? 0.05 : 0.0);
+        m.eff_bits = 2.5;
+        pkv::test::set_metrics(p, 1, m, false);
+    }
+    return pkv::analyze_report_json(res);
+}
+
+// The same report as pkv 1.0 wrote it: no layer kinds, no windows.
+json as_version_1_0(json report) {
+    report["format_version"] = "1.0";
+    report.erase("layer_kinds");
+    for (json& r : report["results"]) r.erase("window");
+    for (json& h : report["fragile"]["heads"]) h.erase("window");
+    return report;
+}
+
+}  // namespace
+
+TEST_CASE("local and global layers get their own section, only when the report has local layers",
+          "[report][markdown][html]") {
+    json rep = local_global_report();
+    REQUIRE(rep["layer_kinds"].is_object());
+    REQUIRE(rep["fragile"]["heads"].size() == 1);
+    std::string md = pkv::render_markdown(rep);
+    INFO(md);
+    CHECK(md.find("## Local and global layers") != std::string::npos);
+    CHECK(md.find("### Local layers (sliding window 512): 0-1, 3-4\n") != std::string::npos);
+    CHECK(md.find("### Global layers: 2, 5\n") != std::string::npos);
+    CHECK(md.find("| method | bits | eff bits | K NMSE | V NMSE | attn KL | K range/std | V range/std | K kurtosis | V "
+                  "kurtosis |") != std::string::npos);
+    const json& lk = rep["layer_kinds"]["local"]["summary"][1];
+    REQUIRE(lk["method"] == "kivi");
+    CHECK(md.find(fmt::format("| kivi | 2 | 2.50 | {:.3e} |", lk["k_nmse"].get<double>())) != std::string::npos);
+    CHECK(md.find("| patternkv | 2 | 2.75 |") != std::string::npos);
+    CHECK(md.find("| 8.00 → n/a | 8.00 → n/a | 2.00 → n/a | 2.00 → n/a |") != std::string::npos);  // kivi
+    CHECK(md.find("| 8.00 → 4.00 | 8.00 → 4.00 | 2.00 → 0.50 | 2.00 → 0.50 |") != std::string::npos);
+    CHECK(md.find("| 5 (global) | 1 | kivi | 2 |") != std::string::npos);
+    CHECK(md.find("## Local and global layers") < md.find("## Fragile heads"));
+    CHECK_FALSE(has_non_number_word(md));
+
+    std::string html = pkv::render_html(rep);
+    CHECK(nesting_problem(html) == "");
+    CHECK(html.find("<section id=\"layer-kinds\"><h2>Local and global layers</h2>") != std::string::npos);
+    CHECK(html.find("<h3>Local layers (sliding window 512): 0-1, 3-4</h3>") != std::string::npos);
+    CHECK(html.find("<h3>Global layers: 2, 5</h3>") != std::string::npos);
+    CHECK(count(html, "<table") == 4);  // summary, local, global, fragile
+    CHECK(html.find("<td class=\"num\">5 (global)</td>") != std::string::npos);
+    CHECK_FALSE(has_non_number_word(html));
+
+    // A kind without layers, and local layers with several windows.
+    json odd = rep;
+    odd["layer_kinds"]["global"] = {{"layers", json::array()}, {"summary", json::array()}};
+    odd["layer_kinds"]["local"]["window"] = nullptr;
+    md = pkv::render_markdown(odd);
+    CHECK(md.find("### Local layers (sliding windows of several sizes): 0-1, 3-4") != std::string::npos);
+    CHECK(md.find("### Global layers: none\n\nNo analysed layers of this kind.") != std::string::npos);
+    CHECK(nesting_problem(pkv::render_html(odd)) == "");
+
+    // A fragile head without "window" takes its kind from layer_kinds.local.layers.
+    odd = rep;
+    odd["fragile"]["heads"][0].erase("window");
+    CHECK(pkv::render_markdown(odd).find("| 5 (global) | 1 |") != std::string::npos);
+    odd["fragile"]["heads"][0]["layer"] = 3;
+    CHECK(pkv::render_markdown(odd).find("| 3 (local) | 1 |") != std::string::npos);
+
+    // The Gemma-3-like sample: every sixth layer global.
+    md = pkv::render_markdown(pkv::test::make_sample_report(26, 1, {2, 4}, false, false, 512));
+    CHECK(md.find("### Local layers (sliding window 512): 0-4, 6-10, 12-16, 18-22, 24-25\n") != std::string::npos);
+    CHECK(md.find("### Global layers: 5, 11, 17, 23\n") != std::string::npos);
+    CHECK(md.find("| 0 (local) | 0 | kivi | 2 |") != std::string::npos);
+}
+
+TEST_CASE("reports without local layers render as 1.0 reports did", "[report][markdown][html]") {
+    const json rep = pkv::analyze_report_json(pkv::test::make_sample_result({0, 0, 0}, 2));
+    REQUIRE(rep["format_version"] == "1.1");
+    REQUIRE(rep["layer_kinds"].is_null());
+    const json old = as_version_1_0(rep);
+    CHECK(pkv::render_markdown(rep) == pkv::render_markdown(old));
+    CHECK(pkv::render_html(rep) == pkv::render_html(old));
+    CHECK(pkv::render_markdown(rep).find("Local and global") == std::string::npos);
+    CHECK(pkv::render_html(rep).find("layer-kinds") == std::string::npos);
+
+    // A 1.0 report of a model with local layers (written before windows were reported)
+    // renders without the section and with plain layer numbers.
+    const json old_local = as_version_1_0(local_global_report());
+    const std::string md = pkv::render_markdown(old_local);
+    CHECK(md.find("Local and global") == std::string::npos);
+    CHECK(md.find("| 5 | 1 | kivi | 2 |") != std::string::npos);
+    CHECK(nesting_problem(pkv::render_html(old_local)) == "");
+    CHECK(pkv::render_markdown(small_report()).find("Local and global") == std::string::npos);
+}
+
+TEST_CASE("1.1 reports with and without local layers conform to the schema", "[report][schema]") {
+    if (!have_jsonschema())
+        PKV_SKIP("/usr/bin/python3 has no jsonschema with Draft202012Validator (python3-jsonschema)");
+    const json global = pkv::analyze_report_json(pkv::test::make_sample_result({0, 0, 0}, 2));
+    const json local = local_global_report();
+    CHECK(schema_errors(global) == "");
+    CHECK(schema_errors(local) == "");
+    CHECK(schema_errors(pkv::analyze_report_json(pkv::test::make_sample_result({512, 1024}, 1))) == "");
+    CHECK(schema_errors(as_version_1_0(local)) == "");
+    const json gemma = pkv::test::make_sample_report(26, 1, {2, 4}, true, true, 512);
+    CHECK(schema_errors(gemma) == "");
+
+    // From 1.1 on, windows and layer_kinds are required; the per-kind rows are checked.
+    json bad = local;
+    bad.erase("layer_kinds");
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("'layer_kinds' is a required property"));
+    bad = local;
+    bad["results"][0].erase("window");
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("'window' is a required property"));
+    bad = local;
+    bad["results"][0]["window"] = -1;
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("results/0/window"));
+    bad = local;
+    bad["fragile"]["heads"][0].erase("window");
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("'window' is a required property"));
+    bad = local;
+    bad["layer_kinds"]["local"]["summary"][0].erase("flatness");
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("layer_kinds/local/summary/0"));
+    bad = local;
+    bad["layer_kinds"]["global"]["window"] = 0;
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("layer_kinds/global"));
+    bad = local;
+    bad["layer_kinds"]["local"]["summary"][2]["flatness"]["k"]["var_explained"] = 2;
+    CHECK_THAT(schema_errors(bad), ContainsSubstring("layer_kinds/local/summary/2/flatness/k"));
+}
+
 // Hidden: writes a full-size sample page for test/integration/report_html_chromium.sh.
 TEST_CASE("write the sample html page to $PKV_REPORT_SAMPLE_HTML", "[.sample]") {
     const char* path = std::getenv("PKV_REPORT_SAMPLE_HTML");
@@ -246,4 +383,11 @@ TEST_CASE("write the sample html page to $PKV_REPORT_SAMPLE_HTML", "[.sample]") 
     std::ofstream(std::string(path) + ".json") << report.dump(1);
     std::ofstream(std::string(path) + ".md") << pkv::render_markdown(report);
     REQUIRE(fs::file_size(path) > 1000);
+    // The same for a model with local sliding-window layers (Gemma 3 1B: 26 layers, 1 KV head).
+    const std::string local_path = std::string(path) + ".local.html";
+    report = pkv::test::make_sample_report(26, 1, {2, 3, 4}, true, true, 512);
+    std::ofstream(local_path) << pkv::render_html(report);
+    std::ofstream(local_path + ".json") << report.dump(1);
+    std::ofstream(local_path + ".md") << pkv::render_markdown(report);
+    REQUIRE(fs::file_size(local_path) > 1000);
 }

@@ -54,10 +54,38 @@ json flat_tensor(double spread) {
             {"var_explained", 0.62}};
 }
 
+const char* const kFlatFields[] = {"range_over_std_raw", "range_over_std_resid", "kurtosis_raw", "kurtosis_resid",
+                                   "var_explained"};
+
+// Sums over the heads of one layer kind for its summary rows.
+struct KindSums {
+    double k = 0, v = 0, kl = 0, out = 0;
+    int n = 0, n_attn = 0;
+    double flat[2][5] = {};
+    int flat_n = 0;
+
+    void add_flatness(const json& flatness) {
+        if (!flatness.is_object()) return;
+        for (int t = 0; t < 2; ++t)
+            for (int f = 0; f < 5; ++f) flat[t][f] += flatness[t == 0 ? "k" : "v"][kFlatFields[f]].get<double>();
+        ++flat_n;
+    }
+    json flatness_json() const {
+        json out = json::object();
+        for (int t = 0; t < 2; ++t) {
+            json tensor = json::object();
+            for (int f = 0; f < 5; ++f) tensor[kFlatFields[f]] = flat_n ? json(flat[t][f] / flat_n) : json(nullptr);
+            out[t == 0 ? "k" : "v"] = tensor;
+        }
+        return out;
+    }
+};
+
 }  // namespace
 
-json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits, bool with_rotation,
-                        bool all_methods) {
+json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits, bool with_rotation, bool all_methods,
+                        int local_window) {
+    auto window_of = [&](int l) { return local_window > 0 && l % 6 != 5 ? local_window : 0; };
     std::vector<Setting> settings = {{"fp16", 16, false}};
     for (const char* m : {"kivi", "patternkv"})
         for (int b : bits)
@@ -74,13 +102,16 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
     }
 
     json results = json::array(), summary = json::array(), fragile_heads = json::array();
+    json kind_summary[2] = {json::array(), json::array()};  // [local]
     for (size_t si = 0; si < settings.size(); ++si) {
         const Setting& s = settings[si];
         double sum_k = 0, sum_v = 0, sum_kl = 0, sum_out = 0;
         int n = 0, n_attn = 0;
+        KindSums kinds[2];
         for (int l = 0; l < n_layer; ++l) {
             for (int h = 0; h < n_kv_head; ++h) {
-                double layer_factor = l == 0 ? 40 : l == 1 ? 12 : 1 + 0.05 * l;
+                const int window = window_of(l);
+                double layer_factor = (l == 0 ? 40 : l == 1 ? 12 : 1 + 0.05 * l) * (window > 0 ? 2 : 1);
                 double k = base_nmse(s) * layer_factor * jitter(l, h, static_cast<int>(si));
                 double v = base_nmse(s) * 0.7 * (l == 0 ? 3 : 1) * jitter(h, l, static_cast<int>(si) + 7);
                 double eb = eff_bits_of(s);
@@ -92,6 +123,8 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                           {"k", {{"nmse", k}, {"snr_db", -10 * std::log10(k)}, {"eff_bits", eb}}},
                           {"v", {{"nmse", v}, {"snr_db", -10 * std::log10(v)}, {"eff_bits", eb}}},
                           {"eff_bits", eb}};
+                if (local_window > 0) r["window"] = window;
+                KindSums& kind = kinds[window > 0];
                 bool no_attn = l == 1 && h == 0 && s.method == "kivi" && s.bits == 2 && !s.rotate;
                 if (no_attn) {
                     r["attn"] = nullptr;
@@ -100,20 +133,26 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                     sum_kl += 0.8 * k;
                     sum_out += std::sqrt(v) * 0.9;
                     ++n_attn;
+                    kind.kl += 0.8 * k;
+                    kind.out += std::sqrt(v) * 0.9;
+                    ++kind.n_attn;
                 }
                 r["flatness"] = s.method == "patternkv" ? json{{"k", flat_tensor(1 + 0.1 * l)}, {"v", flat_tensor(0.8)}}
                                                         : json(nullptr);
+                kind.add_flatness(r["flatness"]);
                 results.push_back(r);
                 sum_k += k;
                 sum_v += v;
                 ++n;
-                if (l == 0 && s.method == "kivi" && s.bits == bits.front() && !s.rotate)
-                    fragile_heads.push_back({{"layer", l},
-                                             {"kv_head", h},
-                                             {"method", s.method},
-                                             {"bits", s.bits},
-                                             {"k_nmse", k},
-                                             {"score", 8.5 + h}});
+                kind.k += k;
+                kind.v += v;
+                ++kind.n;
+                if (l == 0 && s.method == "kivi" && s.bits == bits.front() && !s.rotate) {
+                    json head = {{"layer", l},     {"kv_head", h}, {"method", s.method},
+                                 {"bits", s.bits}, {"k_nmse", k},  {"score", 8.5 + h}};
+                    if (local_window > 0) head["window"] = window;
+                    fragile_heads.push_back(head);
+                }
             }
         }
         summary.push_back({{"method", s.method},
@@ -124,6 +163,19 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                            {"attn_kl", n_attn ? json(sum_kl / n_attn) : json(nullptr)},
                            {"attn_out_rel_err", n_attn ? json(sum_out / n_attn) : json(nullptr)},
                            {"eff_bits", eff_bits_of(s)}});
+        for (int local = 0; local < 2; ++local) {
+            const KindSums& ks = kinds[local];
+            if (!ks.n) continue;
+            kind_summary[local].push_back({{"method", s.method},
+                                           {"bits", s.bits},
+                                           {"rotate", s.rotate},
+                                           {"k_nmse", ks.k / ks.n},
+                                           {"v_nmse", ks.v / ks.n},
+                                           {"attn_kl", ks.n_attn ? json(ks.kl / ks.n_attn) : json(nullptr)},
+                                           {"attn_out_rel_err", ks.n_attn ? json(ks.out / ks.n_attn) : json(nullptr)},
+                                           {"eff_bits", eff_bits_of(s)},
+                                           {"flatness", ks.flatness_json()}});
+        }
     }
 
     // Gaussian-like raw values with heavy tails, a narrower residual.
@@ -146,7 +198,7 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
                               {"residual", resid}});
     }
 
-    return {
+    json doc = {
         {"format", "pkv.analyze_report"},
         {"format_version", "1.0"},
         {"provenance",
@@ -185,6 +237,16 @@ json make_sample_report(int n_layer, int n_kv_head, const std::vector<int>& bits
         {"histograms", histograms},
         {"warnings", {"layer 1 KV head 0: no queries for kivi 2-bit, attention metrics left null"}},
     };
+    if (local_window > 0) {
+        json local_layers = json::array(), global_layers = json::array();
+        for (int l = 0; l < n_layer; ++l) (window_of(l) > 0 ? local_layers : global_layers).push_back(l);
+        doc["format_version"] = "1.1";
+        doc["model"]["name"] = "Gemma 3 1B IT";
+        doc["layer_kinds"] = {
+            {"local", {{"window", local_window}, {"layers", local_layers}, {"summary", kind_summary[1]}}},
+            {"global", {{"layers", global_layers}, {"summary", kind_summary[0]}}}};
+    }
+    return doc;
 }
 
 }  // namespace pkv::test
