@@ -47,7 +47,7 @@ struct AnalyzeConfig {
 /// Validates the configuration against the dump (methods, bits, group fit, layers,
 /// heads, datasets) and throws pkv::Error naming the offending option before any work.
 /// Then runs and returns what it measured (report/report.h analyze_report_json turns it
-/// into the report, format pkv.analyze_report 1.0). Progress goes to stderr; warnings
+/// into the report, format pkv.analyze_report 1.1). Progress goes to stderr; warnings
 /// are logged once each and kept in the result's `warnings`.
 AnalyzeResult run_analyze(const AnalyzeConfig& config);
 
