@@ -85,26 +85,26 @@ mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 cd "$OUT_DIR"
 
-phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model -> dump.h5, validate, info ($(est 50) on $CORES cores)"
+phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model -> dump.h5, validate, info ($(est 50 1 230) on $CORES cores)"
 "$PKV" dump --model "$MODEL" --text "$TEXT" --tokens "$TOKENS" --ctx "$CTX" --out dump.h5 --force
 "$PKV" validate dump.h5
 "$PKV" info dump.h5 >dump-info.txt
 phase_done
 
-phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 20) on $CORES cores)"
+phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 20 1 190) on $CORES cores)"
 "$PKV" calibrate --dump dump.h5 --out table.safetensors --device auto --force >calibrate.md
 grep -E '^(pattern table|tokens):' calibrate.md || true
 "$PKV" validate table.safetensors
 "$PKV" export --table table.safetensors --format gguf --out table.gguf --force
 phase_done
 
-phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 60 0) on $CORES cores)"
+phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 60 0 155) on $CORES cores)"
 "$PKV" eval --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx "$CTX" \
   --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors q4_0:rot \
   --json eval.json --md eval.md --force >/dev/null
 phase_done
 
-phase "7/$N" "pkv analyze: errors of every method per layer and head -> report.md, report.json, report.html ($(est 220) on $CORES cores)"
+phase "7/$N" "pkv analyze: errors of every method per layer and head -> report.md, report.json, report.html ($(est 220 1 15) on $CORES cores)"
 "$PKV" analyze --dump dump.h5 --methods fp16,kivi,patternkv,q4_0,q8_0,fp8 --bits 2,4 \
   --table table.safetensors --attn-stride 8 --json report.json --html report.html --force >report.md
 phase_done

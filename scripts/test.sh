@@ -56,7 +56,7 @@ phase_done
 
 # The regression gate: a small end-to-end run on the default model checked against
 # the committed baselines (test/baselines/) by `pkv check`.
-phase "5/$N" "regression gate: dump, calibrate, analyze, eval of the default model vs test/baselines (~1 min)"
+phase "5/$N" "regression gate: dump, calibrate, analyze, eval of SmolLM2 and Gemma 3 vs test/baselines (~2 min)"
 bash "$ROOT/scripts/e2e-check.sh"
 phase_done
 
