@@ -100,13 +100,18 @@ void accumulate_flatness(FlatnessAccum& acc, KvTensor tensor, const float* x, in
     }
     acc.has_resid = true;
     if (acc.sum.empty()) acc.sum.assign(static_cast<size_t>(D), 0.0);
-    // Pattern tokens form a prefix of the sequence (the fp16 window is its tail).
+    // Pattern tokens form one run: from the first token the cache stored (0, or a
+    // sliding-window ring's first) up to the fp16 window at the tail.
+    const int64_t s0 = sim->stored_from;
+    x += s0 * D;
+    const int32_t* pat = sim->pattern.data() + s0;
+    const uint8_t* gate = sim->gate.empty() ? nullptr : sim->gate.data() + s0;
     int64_t rows = 0;
-    while (rows < n && sim->pattern[rows] >= 0) ++rows;
+    while (s0 + rows < n && pat[rows] >= 0) ++rows;
     std::vector<float> resid(static_cast<size_t>(rows * D));
     for (int64_t t = 0; t < rows; ++t) {
-        const float* c = sim->bank.data() + static_cast<int64_t>(sim->pattern[t]) * D;
-        const bool sub = tensor == KvTensor::k || sim->gate[t];
+        const float* c = sim->bank.data() + static_cast<int64_t>(pat[t]) * D;
+        const bool sub = tensor == KvTensor::k || gate[t];
         for (int d = 0; d < D; ++d) {
             const float v = x[t * D + d];
             const float r = v - (sub ? c[d] : 0.0f);

@@ -43,7 +43,8 @@ struct FlatnessAccum {
 
 /// Adds one sequence. K groups: G consecutive tokens of one channel; V groups:
 /// min(G, D) channels of one token. With a patternkv result the statistics cover the
-/// tokens holding a pattern (the residual is x - c for K, x - g*c for V); otherwise
+/// tokens holding a pattern (the residual is x - c for K, x - g*c for V; they run from
+/// sim->stored_from, the first token a sliding-window ring stored); otherwise
 /// every token, raw only.
 void accumulate_flatness(FlatnessAccum& acc, KvTensor tensor, const float* x, int64_t n, int D, int group,
                          const SimResult* sim);

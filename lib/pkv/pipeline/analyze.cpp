@@ -252,7 +252,7 @@ void add_histogram(const Context& x, HistAccum& h, const std::vector<float>& dat
                    bool keys) {
     const int D = x.D;
     std::vector<float> raw, res;
-    for (int64_t t = 0; t < n && sim.pattern[t] >= 0; ++t) {
+    for (int64_t t = sim.stored_from; t < n && sim.pattern[t] >= 0; ++t) {
         const float* cc = sim.bank.data() + static_cast<int64_t>(sim.pattern[t]) * D;
         const bool sub = keys || sim.gate[t];
         for (int d = 0; d < D; ++d) {

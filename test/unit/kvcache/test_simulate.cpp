@@ -366,6 +366,11 @@ TEST_CASE("a sliding-window ring mines patterns from what it holds and writes q4
     CHECK(std::equal(km.centroids.begin(), km.centroids.end(), r.bank.begin()));
     for (int64_t j = 0; j < P - W; ++j) CHECK(r.pattern[j] == -1);
     CHECK(r.pattern[P - W] >= 0);
+    // Flatness covers the ring's pattern tokens, which start at stored_from.
+    FlatnessAccum fa;
+    accumulate_flatness(fa, KvTensor::k, x.data(), n, D, 8, &r);
+    CHECK(fa.tokens == std::count_if(r.pattern.begin(), r.pattern.end(), [](int32_t c) { return c >= 0; }));
+    CHECK(fa.tokens > 0);
     // q4_0 quantizes every token on write, but the final ring keeps only W of them.
     p.method = KvMethod::q4_0;
     const SimResult q = simulate_cache(p, KvTensor::k, x.data(), n, D, P);
