@@ -5,7 +5,10 @@ set -uo pipefail
 MODEL="$PKV_DATA_DIR/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT="$PKV_DATA_DIR/text/fortunes.txt"
 WORK="$(mktemp -d /tmp/pkv-it-XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+# Only the test's own shell cleans up: a child forked for a background command that a test
+# signals before it execs (the SIGINT cases of faults.sh) could otherwise run this trap.
+PKV_TEST_SHELL=$BASHPID
+trap '[ "$BASHPID" = "$PKV_TEST_SHELL" ] && rm -rf "$WORK"' EXIT
 FAILS=0
 PASSES=0
 

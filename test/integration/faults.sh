@@ -28,6 +28,17 @@ T="$WORK/text.txt"
 sum() { if [ -f "$1" ]; then sha256sum < "$1" | cut -d' ' -f1; else echo missing; fi; }
 temps() { ls -A "$(dirname "$1")" | grep -F ".$(basename "$1").pkv-tmp." || true; }
 
+# wait_exec PID: returns once PID runs pkv itself (not the shell forked for it, which
+# a signal would hit instead) or has ended.
+PKV_REAL="$(readlink -f "$PKV_BIN")"
+wait_exec() {
+  for _ in $(seq 1 1200); do
+    [ "$(readlink -f "/proc/$1/exe" 2>/dev/null)" = "$PKV_REAL" ] && return 0
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.01
+  done
+}
+
 # wait_busy PID SECONDS: returns once PID has used SECONDS of CPU time (well past the
 # setup of every run below, so in its long loop) or has ended.
 wait_busy() {
@@ -105,7 +116,7 @@ else
   echo "note: read-only and full-disk cases not run: no permission to mount a tmpfs"
 fi
 cleanup_mounts() { mountpoint -q "$RO" && umount "$RO"; mountpoint -q "$FULL" && umount "$FULL"; rm -rf "$WORK"; }
-trap cleanup_mounts EXIT
+trap '[ "$BASHPID" = "$PKV_TEST_SHELL" ] && cleanup_mounts' EXIT
 
 # read_only NAME OUT -- CMD...: OUT lies in the read-only mount.
 read_only() {
@@ -212,6 +223,7 @@ for sig in INT KILL; do
   for delay in 0 0.005 0.01 0.02 0.03 0.05 0.08 0.12 0.2 0.3; do
     "$PKV_BIN" export --table table.safetensors --format gguf --out x.gguf --force > /dev/null 2>&1 &
     pid=$!
+    wait_exec "$pid"
     sleep "$delay"
     kill -s "$sig" "$pid" 2>/dev/null
     { wait "$pid"; } 2>/dev/null; rc=$?
