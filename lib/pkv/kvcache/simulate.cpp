@@ -225,10 +225,6 @@ SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const fl
     return r;
 }
 
-bool is_block_method(KvMethod m) {
-    return m == KvMethod::kivi || m == KvMethod::patternkv || m == KvMethod::patternkv_table;
-}
-
 SimResult simulate_blocks(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P) {
     switch (p.method) {
         case KvMethod::kivi: return simulate_kivi(p, tensor, x, n, D, P);
@@ -313,6 +309,17 @@ int kv_method_fixed_bits(KvMethod m) {
     }
 }
 
+bool kv_method_keeps_window(KvMethod m) {
+    return m == KvMethod::kivi || m == KvMethod::patternkv || m == KvMethod::patternkv_table;
+}
+
+void check_window_fits_ring(const std::string& what, int64_t window, int64_t ring, const std::string& where) {
+    PKV_CHECK(ring == 0 || window <= ring, invalid_argument,
+              "{}: window {} is longer than the sliding window {} of {} (its fp16 tokens live in that ring): expected "
+              "at most {}",
+              what, window, ring, where, ring);
+}
+
 int index_bits(int64_t M) {
     int b = 0;
     while ((int64_t{1} << b) < M) ++b;
@@ -344,7 +351,7 @@ SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, in
     const int64_t W = p.ring;
     const int64_t stored_from = W > 0 ? std::max<int64_t>(0, prefill - W) : 0;
     SimResult r;
-    if (is_block_method(p.method)) {
+    if (kv_method_keeps_window(p.method)) {
         PKV_ASSERT(W == 0 || p.window <= W);
         if (stored_from == 0) r = simulate_blocks(p, tensor, x, n, D, prefill);
         else

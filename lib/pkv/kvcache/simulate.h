@@ -45,6 +45,14 @@ KvMethod parse_kv_method(const std::string& name);
 bool kv_method_takes_bits(KvMethod m);
 /// Nominal code width of a fixed-width method: fp16 16, q4_0 4, q8_0 8, fp8 8.
 int kv_method_fixed_bits(KvMethod m);
+/// True for the methods that keep up to --window recent tokens in fp16 and flush them in
+/// blocks (kivi, patternkv, patternkv-table); in a sliding-window layer that part lives in
+/// the ring, so their window must be at most the layer's.
+bool kv_method_keeps_window(KvMethod m);
+/// Throws invalid_argument "<what>: window R is longer than the sliding window W of
+/// <where> (its fp16 tokens live in that ring): expected at most W" unless
+/// ring == 0 or window <= ring.
+void check_window_fits_ring(const std::string& what, int64_t window, int64_t ring, const std::string& where);
 
 enum class KvTensor { k, v };
 

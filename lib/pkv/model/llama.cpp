@@ -213,10 +213,7 @@ struct SeqActivations {
 SeqActivations seq_activations(const LlamaHparams& hp, const Dims& d, const ForwardOptions& opts) {
     SeqActivations s;
     s.rope = rope_table(rope_params(hp), d.n, opts.pos0);
-    if (has_local_layers(hp)) {
-        const auto first = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) - hp.swa_layer.begin();
-        s.rope_swa = rope_table(rope_params(hp, static_cast<uint32_t>(first)), d.n, opts.pos0);
-    }
+    if (has_local_layers(hp)) s.rope_swa = rope_table(local_rope_params(hp), d.n, opts.pos0);
     s.q.resize(d.n, d.QD), s.k.resize(d.n, d.KD), s.v.resize(d.n, d.KD), s.att.resize(d.n, d.QD);
     s.capture.assign(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) s.capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);

@@ -90,6 +90,8 @@ uint32_t layer_window(const LlamaHparams& hp, uint32_t l);
 /// `layer`, that layer's (a sliding-window layer has its own base).
 RopeParams rope_params(const LlamaHparams& hp);
 RopeParams rope_params(const LlamaHparams& hp, uint32_t layer);
+/// The RoPE every local (sliding-window) layer shares: its own base, no scaling.
+RopeParams local_rope_params(const LlamaHparams& hp);
 
 /// Reads and validates the hyperparameters (metadata and which optional tensors exist);
 /// throws unsupported for architectures arch.h does not describe (listing the supported

@@ -224,11 +224,13 @@ bool has_local_layers(const LlamaHparams& hp) {
 uint32_t layer_window(const LlamaHparams& hp, uint32_t l) { return is_local_layer(hp, l) ? hp.sliding_window : 0; }
 
 RopeParams rope_params(const LlamaHparams& hp, uint32_t layer) {
+    return is_local_layer(hp, layer) ? local_rope_params(hp) : rope_params(hp);
+}
+
+RopeParams local_rope_params(const LlamaHparams& hp) {
     RopeParams r = rope_params(hp);
-    if (is_local_layer(hp, layer)) {  // local layers: own base, no scaling
-        r.base = hp.rope_freq_base_swa;
-        r.freq_scale = 1.0;
-    }
+    r.base = hp.rope_freq_base_swa;
+    r.freq_scale = 1.0;
     return r;
 }
 

@@ -110,15 +110,10 @@ void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
         PKV_CHECK(h >= 0 && h < dump.n_head_kv(), out_of_range, "--heads {}: expected a KV head in [0, {})", h,
                   dump.n_head_kv());
     // The block methods keep up to --window tokens in fp16, inside a local layer's ring.
-    const bool blocks = std::any_of(c.methods.begin(), c.methods.end(), [](KvMethod m) {
-        return m == KvMethod::kivi || m == KvMethod::patternkv || m == KvMethod::patternkv_table;
-    });
+    const bool windowed = std::any_of(c.methods.begin(), c.methods.end(), kv_method_keeps_window);
     for (const KvDumpLayerInfo& g : dump.layer_info())
-        if (blocks && g.window > 0 && (c.layers.empty() || std::count(c.layers.begin(), c.layers.end(), g.layer)))
-            PKV_CHECK(c.window <= g.window, invalid_argument,
-                      "--window {}: longer than the sliding window {} of layer {} in {} (its fp16 tokens live in "
-                      "that ring): expected at most {}",
-                      c.window, g.window, g.layer, dump.path(), g.window);
+        if (windowed && (c.layers.empty() || std::count(c.layers.begin(), c.layers.end(), g.layer)))
+            check_window_fits_ring("--window", c.window, g.window, fmt::format("layer {} in {}", g.layer, dump.path()));
 }
 
 // The table must describe what is analysed: applying patterns of another model, key

@@ -19,6 +19,7 @@
 #include "pkv/kmeans/kmeans_multi.h"
 #include "pkv/kmeans/sharded_assigner.h"
 #include "pkv/kvcache/residual.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
@@ -421,10 +422,8 @@ std::vector<KvDumpLayerInfo> layer_geometry(const CalibrateConfig& c, const std:
                       "{}: layer {} has sliding window {} / RoPE base {}, but {} has {} / {}", d.reader->path(), layer,
                       it->window, it->rope_base, dumps.front().reader->path(), first->window, first->rope_base);
         }
-        PKV_CHECK(first->window == 0 || c.window <= first->window, invalid_argument,
-                  "--window {}: longer than the sliding window {} of layer {} in {} (its fp16 tokens live in that "
-                  "ring): expected at most {}",
-                  c.window, first->window, layer, dumps.front().reader->path(), first->window);
+        check_window_fits_ring("--window", c.window, first->window,
+                               fmt::format("layer {} in {}", layer, dumps.front().reader->path()));
         out.push_back(*first);
     }
     return out;

@@ -25,10 +25,7 @@ MethodCache::MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> ke
         rope_of_.push_back(is_local_layer(hp, l) ? 1 : 0);
     }
     rope_params_.push_back(rope_params(hp));
-    if (has_local_layers(hp)) {
-        const auto first = std::find(hp.swa_layer.begin(), hp.swa_layer.end(), 1) - hp.swa_layer.begin();
-        rope_params_.push_back(rope_params(hp, static_cast<uint32_t>(first)));
-    }
+    if (has_local_layers(hp)) rope_params_.push_back(local_rope_params(hp));
     ropes_.resize(rope_params_.size());
     table_ = std::move(table);
     PKV_ASSERT(!spec_.table || table_);
@@ -105,12 +102,9 @@ double cached_elements(const LlamaHparams& hp, int64_t n) {
 }
 
 void check_spec_for_window(const KvSpec& spec, const LlamaHparams& hp, const std::string& model_path) {
-    if (!has_local_layers(hp) || !(spec.method == KvMethod::kivi || spec.method == KvMethod::patternkv || spec.table))
-        return;
-    PKV_CHECK(static_cast<uint32_t>(spec.window) <= hp.sliding_window, invalid_argument,
-              "--kv '{}': window {} is longer than the sliding window {} of {}'s local layers (its fp16 tokens live "
-              "in that ring): expected at most {}",
-              spec.text, spec.window, hp.sliding_window, model_path, hp.sliding_window);
+    if (!has_local_layers(hp) || !kv_method_keeps_window(spec.method)) return;
+    check_window_fits_ring(fmt::format("--kv '{}'", spec.text), spec.window, hp.sliding_window,
+                           model_path + "'s local layers");
 }
 
 void MethodCache::begin_sequence(int n, int64_t prefill) {
