@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -49,7 +50,7 @@ void check_config(const DumpConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
 }
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, const LlamaModel& model,
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, ForwardEngine& engine,
                        const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
                        uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
 
@@ -74,6 +75,7 @@ DumpSummary run_dump(const DumpConfig& c) {
 
     // The output is claimed before the long work so that a refusal comes at once.
     AtomicOutput out(c.out_path, c.force);
+    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
     install_interrupt_handlers();
 
     std::vector<TextSource> sources;
@@ -99,6 +101,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     header.provenance.update({
         {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
+        {"device", engine->description()},
         {"settings",
          {{"tokens", T},
           {"ctx", c.ctx},
@@ -109,7 +112,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     });
 
     try {
-        return write_dump(c, header, hp, model, stream, layers, out, file->file_size(), t_start);
+        return write_dump(c, header, hp, *engine, stream, layers, out, file->file_size(), t_start);
     } catch (const Error& e) {
         // Errors from the writer name the temporary file; the user knows the output name.
         std::string m = e.what();
@@ -121,7 +124,7 @@ DumpSummary run_dump(const DumpConfig& c) {
 
 namespace {
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, const LlamaModel& model,
+DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, ForwardEngine& engine,
                        const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
                        uint64_t model_bytes, std::chrono::steady_clock::time_point t_start) {
     const int64_t T = c.n_tokens;
@@ -140,27 +143,42 @@ DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const Ll
     double nll_sum = 0.0;
     int64_t n_pred = 0;
     Progress progress("dump", static_cast<uint64_t>(T), "tok");
-    for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
-        const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
-        std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
-        const ForwardResult r = model.forward(ids, opts, [&](const LayerActivations& a) {
-            check_interrupted();
-            writer.write_layer(slot_of[a.layer], t0, a.n_tokens, c.capture.k_pre ? a.k_pre : nullptr,
-                               c.capture.k_post ? a.k_post : nullptr, c.capture.v ? a.v : nullptr,
-                               c.capture.q ? a.q : nullptr);
-        });
-        std::vector<int32_t> pos(n), seq(n, static_cast<int32_t>(seq_start.size()));
-        std::vector<float> nll(n, std::nanf(""));
-        for (int i = 0; i < n; ++i) pos[i] = i;
-        for (int i = 1; i < n; ++i) {
-            nll[i] = r.nll[i - 1];
-            nll_sum += r.nll[i - 1];
-            ++n_pred;
+    const int per_batch = std::max(1, engine.batch_sequences(c.ctx));
+    const int64_t KD = int64_t{hp.n_head_kv} * hp.head_dim, QD = int64_t{hp.n_head} * hp.head_dim;
+    std::vector<float> scratch[4];
+    for (int64_t b0 = 0; b0 < T; b0 += int64_t{per_batch} * c.ctx) {
+        std::vector<std::vector<int32_t>> batch;
+        std::vector<int64_t> starts;
+        for (int64_t t0 = b0; t0 < T && batch.size() < static_cast<size_t>(per_batch); t0 += c.ctx) {
+            const int64_t n = std::min<int64_t>(c.ctx, T - t0);
+            batch.emplace_back(stream.begin() + t0, stream.begin() + t0 + n);
+            starts.push_back(t0);
         }
-        writer.write_tokens(t0, ids, pos, seq, nll);
-        seq_start.push_back(t0);
-        seq_length.push_back(n);
-        progress.advance(static_cast<uint64_t>(n));
+        const BatchResult results = engine.run_batch(batch, opts, [&](const EngineActivations& a) {
+            check_interrupted();
+            const float* x[4];
+            for (int i = 0; i < 4; ++i) x[i] = to_float(a, i, i == 3 ? QD : KD, scratch[i]);
+            writer.write_layer(slot_of[a.f32.layer], starts[a.sequence], a.f32.n_tokens,
+                               c.capture.k_pre ? x[0] : nullptr, c.capture.k_post ? x[1] : nullptr,
+                               c.capture.v ? x[2] : nullptr, c.capture.q ? x[3] : nullptr);
+        });
+        for (size_t s = 0; s < batch.size(); ++s) {
+            const std::vector<int32_t>& ids = batch[s];
+            const ForwardResult& r = results[s];
+            const int n = static_cast<int>(ids.size());
+            std::vector<int32_t> pos(n), seq(n, static_cast<int32_t>(seq_start.size()));
+            std::vector<float> nll(n, std::nanf(""));
+            for (int i = 0; i < n; ++i) pos[i] = i;
+            for (int i = 1; i < n; ++i) {
+                nll[i] = r.nll[i - 1];
+                nll_sum += r.nll[i - 1];
+                ++n_pred;
+            }
+            writer.write_tokens(starts[s], ids, pos, seq, nll);
+            seq_start.push_back(starts[s]);
+            seq_length.push_back(n);
+            progress.advance(static_cast<uint64_t>(n));
+        }
         check_interrupted();
     }
     progress.finish();
@@ -168,6 +186,7 @@ DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const Ll
     DumpSummary sum;
     sum.out_path = c.out_path;
     sum.model_name = hp.name;
+    sum.device = engine.description();
     sum.n_tokens = T;
     sum.n_sequences = static_cast<int64_t>(seq_start.size());
     sum.n_predicted = n_pred;
@@ -186,6 +205,7 @@ DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const Ll
         {"perplexity", sum.perplexity},
         {"seconds", sum.seconds},
         {"tokens_per_s", sum.tokens_per_s},
+        {"device", sum.device},
         {"peak_rss_bytes", sum.peak_rss_bytes},
     };
     if (n_pred == 0) summary["perplexity"] = nullptr, summary["nll_mean"] = nullptr;

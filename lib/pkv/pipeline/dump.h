@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/model/engine.h"
 
 namespace pkv {
 
@@ -35,11 +36,14 @@ struct DumpConfig {
     std::string out_path;
     bool force = false;             ///< overwrite an existing output
     std::vector<std::string> argv;  ///< recorded as provenance
+    /// The engine that runs the model (apps: --device); empty: the CPU reference engine.
+    EngineFactory engine;
 };
 
 struct DumpSummary {
     std::string out_path;
     std::string model_name;
+    std::string device;  ///< the engine's description()
     int64_t n_tokens = 0;
     int64_t n_sequences = 0;
     int64_t n_predicted = 0;  ///< tokens that count toward perplexity
