@@ -9,6 +9,16 @@ BUILD="${PKV_BUILD_DIR:-$ROOT/build-gpu}"
 export PATH="$PATH:/usr/local/cuda/bin"
 # NVLink multicast off: the lent GPU machines require it, and pkv's all-reduces are small.
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+# No PCRE2 headers there: Debian's libpcre2-dev and libpcre2-8-0 packages, carried in build-debs/
+# (scripts/gpu-debs.sh fetches them), are unpacked so that the tokenizer is built too.
+if ! pkg-config --exists libpcre2-8 2>/dev/null && ls "$ROOT"/build-debs/libpcre2-*.deb >/dev/null 2>&1; then
+  PCRE2_DIR="$BUILD-pcre2"
+  rm -rf "$PCRE2_DIR"
+  for d in "$ROOT"/build-debs/libpcre2-*.deb; do dpkg -x "$d" "$PCRE2_DIR"; done
+  PC="$PCRE2_DIR/usr/lib/x86_64-linux-gnu/pkgconfig"
+  sed -i "s|^prefix=.*|prefix=$PCRE2_DIR/usr|" "$PC/libpcre2-8.pc"
+  export PKG_CONFIG_PATH="$PC${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPKV_NATIVE=ON "$@" | grep -E "^-- pkv|Catch2|CUDA" || true
 cmake --build "$BUILD" -j "$(nproc)"
