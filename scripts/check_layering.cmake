@@ -2,7 +2,7 @@
 # the module itself or a folder the module declares in lib/CMakeLists.txt (PKV_LAYERS),
 # and that the declared layering is acyclic (a module uses only modules listed before
 # it). Run by the build (target pkv_layering) with
-#   -DPKV_SOURCE_DIR=<repo> -DPKV_LAYERS="core:|gguf:core|..." -DPKV_LAYERS_OUTSIDE="cuda:core,kmeans"
+#   -DPKV_SOURCE_DIR=<repo> -DPKV_LAYERS="core:|gguf:core|..." -DPKV_LAYERS_OUTSIDE="cuda:core,gguf,model,kmeans"
 #   -DPKV_STAMP=<file written when everything passes>
 # Failures print one line per offending include, naming the file, line and the rule.
 cmake_policy(SET CMP0007 NEW)

@@ -25,6 +25,21 @@ cmake --build "$BUILD" -j "$(nproc)"
 "$BUILD/apps/pkv" devices
 cd "$BUILD"
 ctest --output-on-failure -L unit -j 4
+# The CUDA forward engine: its kernel and engine parity tests by tag (also part of the run
+# above), then `pkv dump` of the default model on the GPU (bf16 and f32 weights are the
+# tests' business; this is the command's path) and on the CPU, when the model is there.
+"$BUILD/test/pkv_cuda_tests" "[forward]"
+DATA="${PKV_DATA_DIR:-$ROOT/data}"
+MODEL="$DATA/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$MODEL" ] && [ -f "$DATA/text/fortunes.txt" ]; then
+  tmp="$(mktemp -d)"
+  for dev in cuda cpu; do
+    echo "pkv dump --device $dev:"
+    "$BUILD/apps/pkv" dump --device "$dev" --model "$MODEL" --text "$DATA/text/fortunes.txt" --tokens 8192 \
+      --ctx 1024 --out "$tmp/dump-$dev.h5"
+  done
+  rm -rf "$tmp"
+fi
 for b in "$BUILD"/bench/pkv_bench_cuda_*; do
   if [ -x "$b" ]; then "$b"; fi
 done

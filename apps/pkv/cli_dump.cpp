@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "device_select.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
 #include "pkv/pipeline/dump.h"
@@ -14,6 +15,7 @@ struct DumpArgs {
     std::string capture = "k_pre,k_post,v,q";
     std::string layers;
     std::string dim_order = "gguf";
+    std::string device = "auto";
 };
 }  // namespace
 
@@ -32,6 +34,9 @@ Command add_dump(CLI::App& root) {
                     "key/query head-dimension order: gguf (as computed) or hf (Hugging Face half-split)")
         ->capture_default_str();
     app->add_option("--chunk-tokens", c.chunk_tokens, "HDF5 chunk length along tokens")->capture_default_str();
+    app->add_option("--device", args->device,
+                    "where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N")
+        ->capture_default_str();
     app->add_option("--out,-o", c.out_path, "output HDF5 file")->required();
     app->add_flag("--force,-f", c.force, "overwrite an existing output");
     // A later occurrence of an option overrides an earlier one, as in most tools.
@@ -46,6 +51,7 @@ Command add_dump(CLI::App& root) {
                 cfg.hf_dim_order = args->dim_order == "hf";
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 cfg.argv = argv_strings();
+                cfg.engine = select_engine(args->device);
                 const DumpSummary s = run_dump(cfg);
                 std::printf("wrote %s: %lld tokens in %lld sequences, %.1f MiB\n", s.out_path.c_str(),
                             static_cast<long long>(s.n_tokens), static_cast<long long>(s.n_sequences),

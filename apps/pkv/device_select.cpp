@@ -10,6 +10,7 @@
 
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/device.h"
+#include "pkv/cuda/forward_engine.h"
 #include "pkv/cuda/kmeans_assign.h"
 #include "pkv/cuda/nccl_group.h"
 #endif
@@ -41,11 +42,10 @@ std::unique_ptr<KMeansAssigner> gpu_assigner(int gpu, const pkv::cuda::NcclMembe
 }
 #endif
 
-}  // namespace
-
-SelectedDevice select_device(const std::string& device, int default_index) {
-    SelectedDevice out;
-    out.description = "cpu";
+// The GPU index `--device` names (-1: the CPU), after the checks both selections share;
+// `description` gets "cpu" or "cuda:N <name>".
+int resolve_device(const std::string& device, int default_index, std::string& description) {
+    description = "cpu";
     int index = -1;
     const bool want_cuda = device == "cuda" || device.rfind("cuda:", 0) == 0;
     PKV_CHECK(want_cuda || device == "cpu" || device == "auto", invalid_argument,
@@ -56,26 +56,56 @@ SelectedDevice select_device(const std::string& device, int default_index) {
                   invalid_argument, "--device '{}': expected cuda:N with N a device index", device);
         index = std::stoi(num);
     }
-    if (device == "cpu") return out;
+    if (device == "cpu") return -1;
 #ifdef PKV_HAVE_CUDA
     const auto devs = pkv::cuda::devices();
+    PKV_CHECK(!want_cuda || !devs.empty(), invalid_argument, "--device {}: no CUDA device", device);
     if (index < 0 && !devs.empty()) index = default_index % static_cast<int>(devs.size());
     if (devs.empty() || index >= static_cast<int>(devs.size())) {
         PKV_CHECK(!want_cuda, invalid_argument, "--device {}: no such CUDA device ({} found; `pkv devices` lists them)",
                   device, devs.size());
         log::info("--device auto: no CUDA device found, running on the CPU");
-        return out;
+        return -1;
     }
-    out.assigner = gpu_assigner(index);
-    out.gpu = index;
-    out.description = "cuda:" + std::to_string(index) + " " + devs[static_cast<size_t>(index)].name;
-    if (device == "auto") log::info("--device auto: using {}", out.description);
+    description = "cuda:" + std::to_string(index) + " " + devs[static_cast<size_t>(index)].name;
+    if (device == "auto") log::info("--device auto: using {}", description);
+    return index;
 #else
     PKV_CHECK(!want_cuda, invalid_argument, "--device {}: pkv was built without CUDA (use --device cpu or auto)",
               device);
     log::info("--device auto: pkv was built without CUDA, running on the CPU");
+    (void)default_index, (void)index;
+    return -1;
+#endif
+}
+
+}  // namespace
+
+SelectedDevice select_device(const std::string& device, int default_index) {
+    SelectedDevice out;
+    const int index = resolve_device(device, default_index, out.description);
+    if (index < 0) return out;
+#ifdef PKV_HAVE_CUDA
+    out.assigner = gpu_assigner(index);
+    out.gpu = index;
 #endif
     return out;
+}
+
+EngineFactory select_engine(const std::string& device, int default_index, std::string* description) {
+    std::string desc;
+    const int index = resolve_device(device, default_index, desc);
+    if (description != nullptr) *description = desc;
+    if (index < 0) return {};
+#ifdef PKV_HAVE_CUDA
+    return [index](const LlamaModel& model) {
+        pkv::cuda::CudaEngineOptions o;
+        o.device = index;
+        return pkv::cuda::make_cuda_engine(model, o);
+    };
+#else
+    return {};
+#endif
 }
 
 std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce) {

@@ -1,4 +1,5 @@
-// apps/pkv/device_select.h — `--device cuda|cuda:N|cpu|auto` to a k-means assigner.
+// apps/pkv/device_select.h — `--device cuda|cuda:N|cpu|auto` to a k-means assigner or a
+// forward engine.
 #pragma once
 
 #include <memory>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "pkv/kmeans/assigner.h"
+#include "pkv/model/engine.h"
 
 namespace pkv::dist {
 class Comm;
@@ -25,6 +27,13 @@ struct SelectedDevice {
 /// `default_index` is the GPU "cuda" and "auto" take (modulo the device count), e.g. an
 /// MPI rank's index on its host.
 SelectedDevice select_device(const std::string& device, int default_index = 0);
+
+/// The forward engine for `--device`: "cpu": an empty factory (the CPU reference engine).
+/// "cuda" / "cuda:N": the CUDA engine on that GPU (bf16 weights), or invalid_argument
+/// "--device cuda: pkv was built without CUDA" / "... no CUDA device"; "auto": the GPU
+/// when there is one, else the CPU, saying which on stderr. `default_index` as above.
+/// `description` receives "cpu" or "cuda:N <name>".
+EngineFactory select_engine(const std::string& device, int default_index = 0, std::string* description = nullptr);
 
 /// "--devices all|0,1,...": one assigner per listed GPU ("all": every GPU; an index
 /// may repeat, two workers then share that GPU). invalid_argument when pkv was built

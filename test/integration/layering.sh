@@ -5,11 +5,12 @@
 source "$(dirname "$0")/common.bash"
 CHECK="$PKV_SOURCE_DIR/scripts/check_layering.cmake"
 LAYERS="$(sed -n '/^set(PKV_LAYERS$/,/)/p' "$PKV_SOURCE_DIR/lib/CMakeLists.txt" | grep -o '"[a-z_]*:[a-z_,]*"' | tr -d '"' | paste -sd'|')"
+OUTSIDE="$(sed -n '/^set(PKV_LAYERS_OUTSIDE$/,/)/p' "$PKV_SOURCE_DIR/lib/CMakeLists.txt" | grep -o '"[a-z_]*:[a-z_,]*"' | tr -d '"' | paste -sd'|')"
 run_check() { # root layers [outside] -> stdout+stderr, status
   cmake "-DPKV_SOURCE_DIR=$1" "-DPKV_LAYERS=$2" "-DPKV_LAYERS_OUTSIDE=${3:-cuda:}" "-DPKV_STAMP=$WORK/stamp" \
     -P "$CHECK" 2>&1
 }
-out="$(run_check "$PKV_SOURCE_DIR" "$LAYERS" "cuda:core,kmeans")" && pass "the tree follows its declared layering ($(echo "$LAYERS" | tr '|' '\n' | wc -l) folders)" ||
+out="$(run_check "$PKV_SOURCE_DIR" "$LAYERS" "$OUTSIDE")" && pass "the tree follows its declared layering ($(echo "$LAYERS" | tr '|' '\n' | wc -l) folders)" ||
   failed "the real tree: $out"
 
 T="$WORK/tree"

@@ -1,0 +1,47 @@
+// pkv/cuda/forward_engine.h — the CUDA forward engine: LlamaModel's forward pass on one
+// GPU over whole batches of sequences (the ForwardEngine of lib/pkv/model/engine.h).
+// No CUDA types here: apps and tests include it with the host compiler.
+//
+// Weights: uploaded once when the engine is made. Each tensor is dequantized on the host
+// with the GGUF dequantizers (a bounded number of rows at a time) and converted to
+// `weights` (round to nearest even); norms and biases stay float. The token embeddings
+// stay on the host: a batch's rows are gathered there and uploaded.
+// Arithmetic: every product is cuBLAS (weight-type inputs, float accumulation and float
+// output); the residual stream, norms, RoPE, the gated activation, attention (an online
+// softmax in float) and the log-softmax over the vocabulary are float kernels, with the
+// norms' sums and the log-sum-exp across vocabulary chunks in double as on the CPU. With
+// f32 weights the engine follows the CPU reference to float rounding; with bf16 or fp16 the
+// products see rounded weights and activations.
+// Batches: packed rows (engine_plan.h); every product runs over row slabs of one shape, so
+// a sequence gives the same figures in any batch as alone. Captured activations are
+// converted to binary16 on the device and copied to page-locked host memory on a second
+// stream while the next layer computes; the sink receives them as EngineActivations::
+// k_pre16, k_post16, v16, q16 (the f32 pointers are null).
+// Outputs: nll/argmax (ForwardOptions::want_nll), last_logits and hidden as the CPU engine.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "pkv/model/engine.h"
+#include "pkv/model/engine_plan.h"
+
+namespace pkv::cuda {
+
+struct CudaEngineOptions {
+    int device = 0;                         ///< CUDA device index
+    WeightType weights = WeightType::bf16;  ///< f32 for exact parity with the CPU engine
+    /// Packed rows one batch may hold (a whole number of row slabs); 0: sized from the
+    /// device memory left after the weights (90% of it, at most 65536 rows). A longer
+    /// single sequence still runs, alone.
+    int64_t max_batch_tokens = 0;
+    /// Rows per matrix-product slab (see engine_plan.h); every batch uses the same.
+    int slab_rows = 1024;
+};
+
+/// The engine over a validated model (which must outlive it). Throws Error(cuda) in one
+/// line when there is no CUDA device or no device `device`, and when the device's free
+/// memory cannot hold the weights (saying how much they need and how much is free).
+std::unique_ptr<ForwardEngine> make_cuda_engine(const LlamaModel& model, const CudaEngineOptions& options = {});
+
+}  // namespace pkv::cuda

@@ -1,0 +1,64 @@
+// Internal: launchers of the CUDA forward engine's kernels, on device pointers and one
+// stream (the engine's, and the host-memory twins of forward_ops.h). Kernels are private
+// to forward_ops.cu and forward_attention.cu. Every launcher checks the launch.
+// Shapes follow lib/pkv/model/ops.h: row-major, one row per packed token.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "pkv/model/engine_plan.h"
+
+namespace pkv::cuda::fwd {
+
+/// ops::rms_norm: out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ w, the mean in double;
+/// out may be x.
+void rms_norm(const float* x, int64_t rows, int cols, const float* w, float eps, float* out, cudaStream_t s);
+
+/// pkv::rope_apply of x = [rows, heads · head_dim] with the angles of table row pos[r]
+/// (cos, sin: [n_pos, n_pairs] from pkv::rope_table); pairs interleaved or half split.
+void rope(float* x, int64_t rows, int heads, int head_dim, const float* cos, const float* sin, int n_pairs,
+          bool interleaved, const int32_t* pos, cudaStream_t s);
+
+/// ops::swiglu_inplace / ops::geglu_tanh_inplace over n values.
+void swiglu(float* gate, const float* up, int64_t n, cudaStream_t s);
+void geglu_tanh(float* gate, const float* up, int64_t n, cudaStream_t s);
+
+/// y[r] += b for rows of `cols` values; x += y over n values.
+void add_bias(float* y, int64_t rows, int cols, const float* b, cudaStream_t s);
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+
+/// n floats to bf16 or binary16 (type, round to nearest even); out holds 2-byte values.
+void convert(const float* x, int64_t n, WeightType type, void* out, cudaStream_t s);
+/// n floats to binary16 bits, round to nearest even (pkv::float_to_half).
+void to_half(const float* x, int64_t n, uint16_t* out, cudaStream_t s);
+
+/// ops::causal_attention_rows over packed rows: q [rows, n_head · head_dim], k and v
+/// [rows, n_head_kv · head_dim]; each tile (device array) is a block of queries of one
+/// sequence (engine_plan.h); query i of a sequence attends to its keys max(0, i - window
+/// + 1) .. i (window 0: 0 .. i) with softmax scale `scale` (> 0). head_dim <= 256.
+void attention(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
+               int n_head_kv, int head_dim, float scale, int window, float* out, cudaStream_t s);
+/// Queries per attention tile (engine_plan's attention_tiles(batch, kAttentionTileRows)).
+constexpr int kAttentionTileRows = 16;
+constexpr int kMaxHeadDim = 256;
+
+/// Per-row running statistics of the logits (ops::LogitRowStats), one entry per row.
+struct LogitStats {
+    double* max = nullptr;
+    double* sum = nullptr;
+    int32_t* argmax = nullptr;
+    float* target = nullptr;
+};
+/// Resets rows [0, rows) to "nothing seen".
+void logit_stats_reset(const LogitStats& st, int64_t rows, cudaStream_t s);
+/// LogitRowStats::add_block for rows [0, rows) of logits [rows, n_cols] (columns
+/// col0 .. col0 + n_cols of the vocabulary), targets[r] < 0: none.
+void logit_stats_add(const float* logits, int64_t rows, int64_t n_cols, int64_t col0, const int32_t* targets,
+                     const LogitStats& st, cudaStream_t s);
+/// nll[r] = max + log(sum) - target (float of the double) and argmax[r], for rows with a target.
+void logit_stats_finish(const LogitStats& st, const int32_t* targets, int64_t rows, float* nll, int32_t* argmax,
+                        cudaStream_t s);
+
+}  // namespace pkv::cuda::fwd

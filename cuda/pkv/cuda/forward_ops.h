@@ -1,0 +1,42 @@
+// pkv/cuda/forward_ops.h — the CUDA forward engine's kernels on host arrays, for parity
+// tests against the CPU functions they twin. No CUDA types: tests include it with the
+// host compiler. Each call copies its inputs to device `device`, runs the kernel the
+// engine runs, and copies the result back; Error(cuda) names a failing call.
+//
+//   pkv::cuda::rms_norm            twins  pkv::ops::rms_norm
+//   pkv::cuda::rope_apply          twins  pkv::rope_apply (per-row positions)
+//   pkv::cuda::swiglu_inplace      twins  pkv::ops::swiglu_inplace
+//   pkv::cuda::geglu_tanh_inplace  twins  pkv::ops::geglu_tanh_inplace
+//   pkv::cuda::causal_attention    twins  pkv::ops::causal_attention_rows, per sequence
+//   pkv::cuda::logit_row_stats     twins  pkv::ops::LogitRowStats (add_block per chunk, nll())
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pkv/core/rope.h"
+
+namespace pkv::cuda {
+
+/// out = rms_norm(x) for `rows` rows of `cols` values; out may be x.
+void rms_norm(const float* x, int64_t rows, int cols, const float* w, float eps, float* out, int device = 0);
+
+/// Rotates x = [rows, heads · head_dim] in place, row r by the table's row pos[r].
+void rope_apply(float* x, int64_t rows, int heads, int head_dim, const RopeTable& table, const int32_t* pos,
+                int device = 0);
+
+void swiglu_inplace(float* gate, const float* up, int64_t n, int device = 0);
+void geglu_tanh_inplace(float* gate, const float* up, int64_t n, int device = 0);
+
+/// Causal (window > 0: sliding-window) GQA attention of sequences packed row after row:
+/// lengths[s] rows each; q and out [rows, n_head · head_dim], k and v [rows, n_head_kv ·
+/// head_dim]. kq_scale <= 0: 1/sqrt(head_dim). head_dim <= 256.
+void causal_attention(const float* q, const float* k, const float* v, const std::vector<int>& lengths, int n_head,
+                      int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0, int device = 0);
+
+/// Next-token NLL and first argmax of each row of logits [rows, n_vocab], seen in chunks
+/// of `chunk` columns (targets[r] in [0, n_vocab); the row's NLL is -log softmax(target)).
+void logit_row_stats(const float* logits, int64_t rows, int64_t n_vocab, int64_t chunk, const int32_t* targets,
+                     float* nll, int32_t* argmax, int device = 0);
+
+}  // namespace pkv::cuda
