@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
+#include "pkv/distributed/comm.h"
 #include "pkv/pipeline/dump.h"
 
 namespace pkv::cli {
@@ -14,6 +15,7 @@ struct DumpArgs {
     std::string capture = "k_pre,k_post,v,q";
     std::string layers;
     std::string dim_order = "gguf";
+    int workers = 1;
 };
 }  // namespace
 
@@ -33,7 +35,12 @@ Command add_dump(CLI::App& root) {
         ->capture_default_str();
     app->add_option("--chunk-tokens", c.chunk_tokens, "HDF5 chunk length along tokens")->capture_default_str();
     app->add_option("--out,-o", c.out_path, "output HDF5 file")->required();
-    app->add_flag("--force,-f", c.force, "overwrite an existing output");
+    app->add_flag("--force,-f", c.force, "overwrite an existing output (and its shards)");
+    app->add_option("--workers", args->workers,
+                    "workers of this process, each with its own engine writing one shard of --out; under mpirun, "
+                    "per rank (docs/distributed.md)")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
     // A later occurrence of an option overrides an earlier one, as in most tools.
     for (auto* opt : app->get_options())
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -46,10 +53,23 @@ Command add_dump(CLI::App& root) {
                 cfg.hf_dim_order = args->dim_order == "hf";
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 cfg.argv = argv_strings();
-                const DumpSummary s = run_dump(cfg);
+                if (args->workers > 1) cfg.engines.assign(static_cast<size_t>(args->workers), cfg.engine);
+                const dist::Comm& comm = dist::Comm::world();
+                DumpSummary s;
+                try {
+                    s = run_dump(cfg);
+                } catch (const std::exception& e) {
+                    // Under MPI: end every rank now (naming this one), so none waits and nothing appears.
+                    comm.abort(e.what(), exit_code(e));
+                    throw;
+                }
+                if (comm.rank() != 0) return 0;
                 std::printf("wrote %s: %lld tokens in %lld sequences, %.1f MiB\n", s.out_path.c_str(),
                             static_cast<long long>(s.n_tokens), static_cast<long long>(s.n_sequences),
                             s.file_bytes / 1048576.0);
+                if (!s.shard_paths.empty())
+                    std::printf("joins %zu shards in %s.shards/ (%.1f MiB), written by %d workers\n",
+                                s.shard_paths.size(), s.out_path.c_str(), s.shard_bytes / 1048576.0, s.workers);
                 if (s.n_predicted > 0)
                     std::printf("perplexity %.4f (mean NLL %.4f nats over %lld predicted tokens)\n", s.perplexity,
                                 s.nll_mean, static_cast<long long>(s.n_predicted));
