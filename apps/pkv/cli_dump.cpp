@@ -5,6 +5,7 @@
 #include "device_select.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
+#include "pkv/distributed/comm.h"
 #include "pkv/pipeline/dump.h"
 
 namespace pkv::cli {
@@ -16,6 +17,8 @@ struct DumpArgs {
     std::string layers;
     std::string dim_order = "gguf";
     std::string device = "auto";
+    std::string devices;
+    int workers = 1;
 };
 }  // namespace
 
@@ -37,8 +40,15 @@ Command add_dump(CLI::App& root) {
     app->add_option("--device", args->device,
                     "where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N")
         ->capture_default_str();
+    app->add_option("--devices", args->devices,
+                    "GPUs to split the sequences over, one worker (and shard) each: all or 0,1,...");
     app->add_option("--out,-o", c.out_path, "output HDF5 file")->required();
-    app->add_flag("--force,-f", c.force, "overwrite an existing output");
+    app->add_flag("--force,-f", c.force, "overwrite an existing output (and its shards)");
+    app->add_option("--workers", args->workers,
+                    "workers of this process, each with its own engine writing one shard of --out; under mpirun, "
+                    "per rank (docs/distributed.md)")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
     // A later occurrence of an option overrides an earlier one, as in most tools.
     for (auto* opt : app->get_options())
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -51,11 +61,32 @@ Command add_dump(CLI::App& root) {
                 cfg.hf_dim_order = args->dim_order == "hf";
                 if (!args->layers.empty()) cfg.layers = parse_int_list("--layers", args->layers);
                 cfg.argv = argv_strings();
-                cfg.engine = select_engine(args->device);
-                const DumpSummary s = run_dump(cfg);
+                const dist::Comm& comm = dist::Comm::world();
+                PKV_CHECK(args->devices.empty() || args->workers == 1, invalid_argument,
+                          "--devices {} with --workers {}: --devices makes one worker per GPU", args->devices,
+                          args->workers);
+                if (!args->devices.empty()) {
+                    cfg.engines = select_engines(args->devices);
+                } else {
+                    // Under mpirun, rank r takes its host's GPU local_rank (modulo the GPUs there).
+                    cfg.engine = select_engine(args->device, comm.local_rank());
+                    if (args->workers > 1) cfg.engines.assign(static_cast<size_t>(args->workers), cfg.engine);
+                }
+                DumpSummary s;
+                try {
+                    s = run_dump(cfg);
+                } catch (const std::exception& e) {
+                    // Under MPI: end every rank now (naming this one), so none waits and nothing appears.
+                    comm.abort(e.what(), exit_code(e));
+                    throw;
+                }
+                if (comm.rank() != 0) return 0;
                 std::printf("wrote %s: %lld tokens in %lld sequences, %.1f MiB\n", s.out_path.c_str(),
                             static_cast<long long>(s.n_tokens), static_cast<long long>(s.n_sequences),
                             s.file_bytes / 1048576.0);
+                if (!s.shard_paths.empty())
+                    std::printf("joins %zu shards in %s.shards/ (%.1f MiB), written by %d workers\n",
+                                s.shard_paths.size(), s.out_path.c_str(), s.shard_bytes / 1048576.0, s.workers);
                 if (s.n_predicted > 0)
                     std::printf("perplexity %.4f (mean NLL %.4f nats over %lld predicted tokens)\n", s.perplexity,
                                 s.nll_mean, static_cast<long long>(s.n_predicted));

@@ -108,9 +108,10 @@ EngineFactory select_engine(const std::string& device, int default_index, std::s
 #endif
 }
 
-std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce) {
-    check_reduce(reduce);
 #ifdef PKV_HAVE_CUDA
+namespace {
+// "all" or "0,2,...": GPU indices, each checked against the devices present.
+std::vector<int> gpu_indices(const std::string& list) {
     const int count = static_cast<int>(pkv::cuda::devices().size());
     PKV_CHECK(count > 0, invalid_argument, "--devices {}: no CUDA device found", list);
     std::vector<int> idx;
@@ -130,6 +131,25 @@ std::vector<SelectedDevice> select_devices(const std::string& list, const std::s
             pos = end + 1;
         }
     }
+    return idx;
+}
+}  // namespace
+#endif
+
+std::vector<EngineFactory> select_engines(const std::string& list) {
+#ifdef PKV_HAVE_CUDA
+    std::vector<EngineFactory> out;
+    for (int i : gpu_indices(list)) out.push_back(select_engine("cuda:" + std::to_string(i)));
+    return out;
+#else
+    fail(ErrorCode::invalid_argument, "--devices {}: pkv was built without CUDA", list);
+#endif
+}
+
+std::vector<SelectedDevice> select_devices(const std::string& list, const std::string& reduce) {
+    check_reduce(reduce);
+#ifdef PKV_HAVE_CUDA
+    const std::vector<int> idx = gpu_indices(list);
     std::vector<SelectedDevice> out;
     for (int i : idx) out.push_back(select_device("cuda:" + std::to_string(i)));
     const bool distinct = all_distinct(idx);

@@ -35,6 +35,11 @@ SelectedDevice select_device(const std::string& device, int default_index = 0);
 /// `description` receives "cpu" or "cuda:N <name>".
 EngineFactory select_engine(const std::string& device, int default_index = 0, std::string* description = nullptr);
 
+/// "--devices all|0,1,...": one CUDA engine factory per listed GPU (an index may repeat:
+/// two workers then share that GPU); invalid_argument without CUDA, without a GPU, or for
+/// an index that does not exist.
+std::vector<EngineFactory> select_engines(const std::string& list);
+
 /// "--devices all|0,1,...": one assigner per listed GPU ("all": every GPU; an index
 /// may repeat, two workers then share that GPU). invalid_argument when pkv was built
 /// without CUDA, no GPU exists, or an index is missing.

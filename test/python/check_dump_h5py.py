@@ -4,7 +4,8 @@
 Usage: /usr/bin/python3 test/python/check_dump_h5py.py DUMP.h5
 
 Checks the layout in docs/formats/kv_dump.md: root attributes, dataset shapes,
-float16 dtypes, chunking and filters, /layer_info (format 1.1), token/sequence
+float16 dtypes, chunking and filters (of the shards, in a joined dump: format 1.2),
+/layer_info (format 1.1), token/sequence
 bookkeeping, finiteness, and that k_post equals RoPE(k_pre) recomputed here from
 /tokens/pos, the model record (rope_freq_scale, n_rot) and each layer's RoPE base
 (/layer_info/rope_base; rope_freq_base in a 1.0 file) in the file's dim_order:
@@ -17,6 +18,7 @@ Exit status 0 when everything holds, 1 with one line per failure otherwise,
 2 when the file cannot be read at all.
 """
 import json
+import os
 import sys
 
 import h5py
@@ -103,10 +105,10 @@ def check_datasets(f, r, m):
         want = (L, H, m["T"], m["D"])
         r.check(ds.shape == want, "/" + name, f"expected shape {list(want)}, got {list(ds.shape)}")
         r.check(ds.dtype == np.float16, "/" + name, f"expected dtype float16, got {ds.dtype}")
-        r.check(ds.chunks is not None and ds.chunks[:2] == (1, 1) and ds.chunks[3] == m["D"], "/" + name,
-                f"expected chunks [1, 1, Tc, {m['D']}], got {ds.chunks}")
-        r.check(ds.compression == "gzip" and ds.shuffle, "/" + name,
-                f"expected shuffle + gzip, got compression {ds.compression}, shuffle {ds.shuffle}")
+        if ds.is_virtual:
+            check_shards(f, r, m, name, ds, want)
+        else:
+            check_storage(r, m, "/" + name, ds)
         axes = [as_str(x) for x in ds.attrs.get("axes", [])]
         want_axes = ["layer", "head" if name == "q" else "kv_head", "token", "dim"]
         r.check(axes == want_axes, "/" + name, f"attribute 'axes': expected {want_axes}, got {axes}")
@@ -114,6 +116,42 @@ def check_datasets(f, r, m):
             got = as_str(ds.attrs.get("dim_order", ""))
             r.check(got == m["order"], "/" + name, f"attribute 'dim_order': expected {m['order']!r}, got {got!r}")
     return present
+
+
+def check_storage(r, m, obj, ds):
+    r.check(ds.chunks is not None and ds.chunks[:2] == (1, 1) and ds.chunks[3] == m["D"], obj,
+            f"expected chunks [1, 1, Tc, {m['D']}], got {ds.chunks}")
+    r.check(ds.compression == "gzip" and ds.shuffle, obj,
+            f"expected shuffle + gzip, got compression {ds.compression}, shuffle {ds.shuffle}")
+
+
+def check_shards(f, r, m, name, ds, want):
+    """A joined dump (format 1.2): the activation is a virtual dataset whose mappings tile the
+    tokens in order, each the whole dataset of the same name in a shard file named relative
+    to the dump's folder; each shard's dataset is stored as a dump's is."""
+    r.check(as_str(f.attrs["format_version"]) == "1.2" and "shards" in f.attrs, "/",
+            "expected format_version 1.2 and attribute 'shards' (virtual activations)")
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    L, H, T, D = want
+    nxt = 0
+    for vs in ds.virtual_sources():
+        lo, hi = vs.vspace.get_select_bounds()
+        obj = f"/{name} <- {vs.file_name}"
+        r.check(lo == (0, 0, nxt, 0) and hi[0] == L - 1 and hi[1] == H - 1 and hi[3] == D - 1, obj,
+                f"expected the block [0:{L}, 0:{H}, {nxt}:..., 0:{D}], got {lo}..{hi}")
+        r.check(not os.path.isabs(vs.file_name) and ".." not in vs.file_name.split("/"), obj,
+                "expected a path relative to the dump's folder")
+        r.check(vs.dset_name.lstrip("/") == name, obj, f"expected dataset {name}, got {vs.dset_name}")
+        n = hi[2] - lo[2] + 1
+        path = os.path.join(folder, vs.file_name)
+        if r.check(os.path.exists(path), obj, f"missing shard {path}"):
+            with h5py.File(path, "r") as s:
+                sd = s[name]
+                r.check(sd.shape == (L, H, n, D) and not sd.is_virtual, obj,
+                        f"expected stored shape {[L, H, n, D]}, got {list(sd.shape)}")
+                check_storage(r, m, obj, sd)
+        nxt = hi[2] + 1
+    r.check(nxt == T, "/" + name, f"expected shards covering {T} tokens, got {nxt}")
 
 
 def check_layer_info(f, r, m, L):

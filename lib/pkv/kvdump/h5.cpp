@@ -139,10 +139,12 @@ void silence_errors() {
         // HDF5's own exit handler would then crash flushing it; the process is
         // ending anyway and AtomicOutput has removed the file, so skip that handler.
         H5dont_atexit();
-        H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
         return true;
     }();
     (void)done;
+    // A thread-safe HDF5 keeps an error stack, and its printing, per thread (dump workers).
+    thread_local const bool quiet = [] { return H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0; }();
+    (void)quiet;
 }
 
 void fail_h5(ErrorCode code, const std::string& where, const std::string& what) {
@@ -191,22 +193,24 @@ void Id::close_checked(const std::string& where) {
 }
 
 namespace {
-Id file_access_plist() {
+Id file_access_plist(bool virtual_datasets) {
     Id fapl(H5Pcreate(H5P_FILE_ACCESS));
     // Strong close: closing the file really releases it even if a handle leaked.
     H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
     // 1.8 object headers allow dense attribute storage, so a long provenance record
     // (many text files) cannot overflow the 64 KiB header; HDF5 >= 1.8 reads the file.
-    H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18);
+    // A virtual dataset's layout message (version 4) exists from 1.10 on: such a file
+    // lets HDF5 use it, everything else still takes the 1.8 versions (the low bound).
+    H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, virtual_datasets ? H5F_LIBVER_V110 : H5F_LIBVER_V18);
     return fapl;
 }
 }  // namespace
 
-File File::create(const std::string& path) {
+File File::create(const std::string& path, bool virtual_datasets) {
     silence_errors();
     File f;
     f.path_ = path;
-    Id fapl = file_access_plist();
+    Id fapl = file_access_plist(virtual_datasets);
     f.id_ = Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
     if (!f.id_) fail_h5(ErrorCode::io, path, "cannot create HDF5 file");
     return f;
@@ -434,10 +438,16 @@ void check_stored(const File& f, hid_t dset, const std::string& name) {
                   "{}: shape {} needs {} bytes of storage, got {} (a truncated or forged file)", where,
                   dims_text(shape), declared, stored);
     } else {
-        // Virtual datasets read other files: nothing pkv writes, nothing it follows.
-        fail(ErrorCode::unsupported, "{}: expected a chunked, contiguous or compact layout, got layout {}", where,
-             static_cast<int>(layout));
+        // Virtual datasets read other files: pkv reads a joined dump's activations through
+        // their shards itself (virtual_mappings), never through HDF5's mapping.
+        fail(ErrorCode::unsupported, "{}: expected a chunked, contiguous or compact layout, got layout {}{}", where,
+             static_cast<int>(layout), layout == H5D_VIRTUAL ? " (virtual)" : "");
     }
+}
+
+bool is_virtual(hid_t dset) {
+    Id dcpl(H5Dget_create_plist(dset));
+    return dcpl && H5Pget_layout(dcpl.get()) == H5D_VIRTUAL;
 }
 
 bool has_attr(hid_t obj, const std::string& name) {
@@ -638,6 +648,9 @@ void check_chunks(const File& f, hid_t dset, const std::string& name, const std:
 void read_block(const File& f, hid_t dset, const std::string& name, hid_t mem_type, const std::vector<uint64_t>& start,
                 const std::vector<uint64_t>& count, void* data) {
     silence_errors();
+    // HDF5 would read a missing source as fill values: pkv reads shards itself.
+    PKV_CHECK(!is_virtual(dset), unsupported, "{}: a virtual dataset is read through its sources, not directly",
+              f.where(name));
     check_chunks(f, dset, name, start, count);
     Id mem;
     Id file_space = block_space(dset, start, count, &mem);

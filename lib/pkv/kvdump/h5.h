@@ -20,7 +20,7 @@
 
 namespace pkv::h5 {
 
-/// Turns off HDF5's automatic error-stack printing (idempotent, thread-unsafe like HDF5 itself).
+/// Turns off HDF5's automatic error-stack printing for the calling thread (idempotent).
 void silence_errors();
 
 /// Throws pkv::Error(code, "<where>: <what>: <HDF5 detail>"), taking the detail from the
@@ -52,8 +52,9 @@ private:
 /// An open HDF5 file plus the name used in messages.
 class File {
 public:
-    /// Creates (truncating) a file; failures are io.
-    static File create(const std::string& path);
+    /// Creates (truncating) a file; failures are io. The file keeps to HDF5 1.8 object
+    /// versions; `virtual_datasets` allows 1.10 ones, which a virtual dataset's layout needs.
+    static File create(const std::string& path, bool virtual_datasets = false);
     /// Opens read-only; a missing file is not_found, anything HDF5 cannot open is data_loss.
     static File open_read(const std::string& path);
     /// Opens read-write (tests and repair tools).
@@ -110,6 +111,31 @@ constexpr uint64_t kMaxChunkBytes = uint64_t{256} << 20;
 /// kMaxChunkBytes; a contiguous one stores extent x element size bytes within the
 /// file. data_loss naming "<file>::<name>", declared vs stored, otherwise.
 void check_stored(const File& f, hid_t dset, const std::string& name);
+
+// --- virtual datasets -------------------------------------------------------------------
+/// True for a virtual dataset (layout H5D_VIRTUAL).
+bool is_virtual(hid_t dset);
+/// One mapping of a virtual dataset: its block [start, start + count) is the whole of
+/// dataset `dataset` in file `file`, a name relative to the folder of the virtual
+/// dataset's file. (HDF5 does not store the extent of a whole-source selection: a reader
+/// must check that the source's extent is `count`.)
+struct VirtualMapping {
+    std::string file, dataset;
+    std::vector<uint64_t> start, count;
+};
+/// Most mappings pkv reads from one virtual dataset (a forged count stays cheap).
+constexpr size_t kMaxVirtualMappings = 65536;
+/// The mappings of a virtual dataset, in stored order. data_loss naming "<file>::<name>"
+/// unless there are 1 to kMaxVirtualMappings of them and each maps a whole source
+/// dataset (selection "all", or one block from the origin) onto one block of the
+/// virtual dataset, with names of 1 to 4096 bytes: nothing else is what pkv writes.
+/// HDF5 is never asked to read through the mappings.
+std::vector<VirtualMapping> virtual_mappings(const File& f, hid_t dset, const std::string& name);
+/// Creates a virtual dataset `name` of `file_type` and `shape` from `mappings`, with
+/// `fill` (one element of file_type) where no mapping reaches or a source is missing
+/// (readers other than pkv's see that value); io on failure.
+Id create_virtual(const File& f, const std::string& name, hid_t file_type, const std::vector<uint64_t>& shape,
+                  const std::vector<VirtualMapping>& mappings, const void* fill);
 
 // --- attributes -----------------------------------------------------------------------
 bool has_attr(hid_t obj, const std::string& name);

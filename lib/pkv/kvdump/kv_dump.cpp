@@ -187,7 +187,30 @@ struct KvDumpWriter::Impl {
     std::vector<float> row;
     bool finished = false;
 
+    /// A joined dump's activation: each shard's tokens are that dataset of the shard.
+    void create_virtual_activation(Activation& a) {
+        const uint64_t L = h.layers.size(), H = static_cast<uint64_t>(a.heads), D = static_cast<uint64_t>(h.head_dim);
+        std::vector<h5::VirtualMapping> maps;
+        for (const KvDumpShardRef& s : h.shards)
+            maps.push_back({s.file,
+                            a.name,
+                            {0, 0, static_cast<uint64_t>(s.token_start), 0},
+                            {L, H, static_cast<uint64_t>(s.n_tokens), D}});
+        // NaN where a shard is missing, for readers that go through HDF5's mapping (h5py):
+        // never a plausible value.
+        const uint16_t nan16 = 0x7e00;
+        a.dset = h5::create_virtual(f, a.name, f16.get(), {L, H, static_cast<uint64_t>(h.n_tokens), D}, maps, &nan16);
+        write_activation_attrs(a);
+    }
+
+    void write_activation_attrs(Activation& a) {
+        h5::write_attr_strings(a.dset.get(), f.where(a.name), kvdump::kAttrAxes, axes_of(a.name));
+        if (is_rope_dataset(a.name))
+            h5::write_attr_string(a.dset.get(), f.where(a.name), kvdump::kAttrDimOrder, dim_order_of(h));
+    }
+
     void create_activation(Activation& a) {
+        if (!h.shards.empty()) return create_virtual_activation(a);
         const int L = static_cast<int>(h.layers.size());
         const uint64_t T = static_cast<uint64_t>(h.n_tokens), D = static_cast<uint64_t>(h.head_dim);
         const uint64_t Tc = static_cast<uint64_t>(std::min<int64_t>(h.chunk_tokens, h.n_tokens));
@@ -213,9 +236,7 @@ struct KvDumpWriter::Impl {
         H5Pset_chunk_cache(dapl.get(), nslots, nbytes, 1.0);
         a.dset = h5::Id(H5Dcreate2(f.id(), a.name, f16.get(), space.get(), H5P_DEFAULT, dcpl.get(), dapl.get()));
         if (!a.dset) h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot create dataset");
-        h5::write_attr_strings(a.dset.get(), f.where(a.name), kvdump::kAttrAxes, axes_of(a.name));
-        if (is_rope_dataset(a.name))
-            h5::write_attr_string(a.dset.get(), f.where(a.name), kvdump::kAttrDimOrder, dim_order_of(h));
+        write_activation_attrs(a);
     }
 };
 
@@ -241,13 +262,23 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
     PKV_CHECK(h.chunk_tokens > 0, invalid_argument, "{}: kv dump: expected chunk_tokens > 0, got {}", path,
               h.chunk_tokens);
     check_header_layer_info(path, h);
+    int64_t next = 0;
+    for (const KvDumpShardRef& r : h.shards) {
+        PKV_CHECK(r.token_start == next && r.n_tokens > 0 && !r.file.empty(), invalid_argument,
+                  "{}: kv dump: shard '{}' holds tokens [{}, {}), expected a non-empty range from {}", path, r.file,
+                  r.token_start, r.token_start + r.n_tokens, next);
+        next += r.n_tokens;
+    }
+    PKV_CHECK(h.shards.empty() || (next == h.n_tokens && !h.job.empty()), invalid_argument,
+              "{}: kv dump: shards cover {} of {} tokens (job '{}')", path, next, h.n_tokens, h.job);
 
-    m.f = h5::File::create(path);
+    m.f = h5::File::create(path, !h.shards.empty());
     m.f16 = h5::make_f16_type();
     const hid_t root = m.f.id();
     const std::string where = m.f.where("/");
     h5::write_attr_string(root, where, kvdump::kAttrFormat, kvdump::kFormat);
-    h5::write_attr_string(root, where, kvdump::kAttrFormatVersion, kvdump::kFormatVersion);
+    h5::write_attr_string(root, where, kvdump::kAttrFormatVersion,
+                          h.shards.empty() ? kvdump::kFormatVersion : kvdump::kFormatVersionJoined);
     h5::write_attr_string(root, where, kvdump::kAttrModel, json_text(h.model));
     h5::write_attr_string(root, where, kvdump::kAttrProvenance, json_text(h.provenance));
     h5::write_attr_int(root, where, kAttrNLayer, h.n_layer_model);
@@ -257,6 +288,13 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header) 
     h5::write_attr_int(root, where, kAttrNTokens, h.n_tokens);
     h5::write_attr_string(root, where, kvdump::kAttrDimOrder, dim_order_of(h));
     h5::write_attr_string(root, where, kAttrCapture, h.capture.to_string());
+    if (!h.shards.empty()) {
+        nlohmann::json parts = nlohmann::json::array();
+        for (const KvDumpShardRef& r : h.shards)
+            parts.push_back({{"file", r.file}, {"token_start", r.token_start}, {"n_tokens", r.n_tokens}});
+        h5::write_attr_string(root, where, kAttrShards, json_text({{"job", h.job}, {"parts", parts}}));
+    }
+    if (!h.shard.is_null()) h5::write_attr_string(root, where, kAttrShard, json_text(h.shard));
 
     m.acts = {Activation{kvdump::kKPre, h.capture.k_pre, h.n_head_kv, {}},
               Activation{kvdump::kKPost, h.capture.k_post, h.n_head_kv, {}},
@@ -300,6 +338,8 @@ void KvDumpWriter::write_layer(int slot, int64_t t0, int n_tokens, const float* 
                                const float* v, const float* q) {
     Impl& m = *impl_;
     PKV_ASSERT(!m.finished);
+    PKV_CHECK(m.h.shards.empty(), internal, "{}: write_layer: a joined dump's activations are in its shards",
+              m.f.path());
     PKV_CHECK(slot >= 0 && slot < static_cast<int>(m.h.layers.size()), internal,
               "{}: write_layer: slot {} outside [0, {})", m.f.path(), slot, m.h.layers.size());
     PKV_CHECK(t0 >= 0 && n_tokens > 0 && t0 + n_tokens <= m.h.n_tokens, internal,
@@ -391,7 +431,8 @@ struct KvDumpReader::Impl {
     std::string dim_order;
     nlohmann::json model, provenance, summary;
     h5::Id f16;
-    mutable std::map<std::string, h5::Id> open;
+    ShardFiles shard_files;
+    std::map<std::string, ActivationData> open;
 
     std::vector<int32_t> token_column(const char* name) const {
         {
@@ -447,20 +488,21 @@ KvDumpReader::KvDumpReader(const std::string& path) : impl_(std::make_unique<Imp
     m.layer_info = read_layer_info(m.f, requires_layer_info(major, minor), m.model, m.layers, m.n_head_kv, m.head_dim);
     m.f16 = h5::make_f16_type();
 
+    const std::string job = joined_job(m.f);
     for (const char* name : kActivations) {
         if (!h5::exists(m.f, name)) continue;
-        h5::Id d = h5::open_dataset(m.f, name);
-        const auto shape = h5::shape_of(m.f, d.get(), name);
+        ActivationData d(m.f, name, job, m.shard_files);
+        const auto shape = h5::shape_of(m.f, d.id(), name);
         PKV_CHECK(shape.size() == 4, data_loss, "{}: expected rank 4, got {}", m.f.where(name), shape.size());
         const int H = std::string(name) == kvdump::kQ ? m.n_head : m.n_head_kv;
         const std::vector<uint64_t> want = {m.layers.size(), static_cast<uint64_t>(H),
                                             static_cast<uint64_t>(m.n_tokens), static_cast<uint64_t>(m.head_dim)};
         PKV_CHECK(shape == want, data_loss, "{}: expected shape [L={}, H={}, T={}, D={}], got {}", m.f.where(name),
                   want[0], want[1], want[2], want[3], shape_text(shape));
-        h5::Id type = h5::type_of(m.f, d.get(), name);
+        h5::Id type = h5::type_of(m.f, d.id(), name);
         PKV_CHECK(h5::is_f16_type(type.get()), data_loss, "{}: expected dtype float16, got {}", m.f.where(name),
                   h5::type_name(type.get()));
-        h5::check_stored(m.f, d.get(), name);
+        d.check_stored();
         m.open.emplace(name, std::move(d));
     }
 }
@@ -498,10 +540,8 @@ std::vector<float> KvDumpReader::read_head(const std::string& dataset, int slot,
     // float16 as read plus the float copy returned.
     check_memory_budget(checked_mul(T * D, 6, m.f.where(name)), m.f.where(name));
     std::vector<uint16_t> raw(T * D);
-    if (T > 0)
-        h5::read_block(m.f, it->second.get(), name, m.f16.get(),
-                       {static_cast<uint64_t>(slot), static_cast<uint64_t>(head), static_cast<uint64_t>(t0), 0},
-                       {1, 1, T, D}, raw.data());
+    it->second.read(static_cast<uint64_t>(slot), static_cast<uint64_t>(head), static_cast<uint64_t>(t0), T, m.f16.get(),
+                    raw.data());
     std::vector<float> out(raw.size());
     half_to_float_n(raw.data(), out.data(), raw.size());
     return out;

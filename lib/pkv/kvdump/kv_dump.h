@@ -1,4 +1,5 @@
-// pkv/kvdump/kv_dump.h — the KV dump file (HDF5), format "pkv.kvdump" version 1.1.
+// pkv/kvdump/kv_dump.h — the KV dump file (HDF5), format "pkv.kvdump" version 1.1
+// (1.2 for a joined dump, whose activations are virtual datasets over shard files).
 //
 // Spec: docs/formats/kv_dump.md; attribute schema: schemas/kv_dump.schema.json.
 // Every name in the file is a constant below; the writer, reader and validator use
@@ -23,6 +24,8 @@ namespace pkv {
 namespace kvdump {
 constexpr const char* kFormat = "pkv.kvdump";
 constexpr const char* kFormatVersion = "1.1";
+/// A joined dump (KvDumpHeader::shards): its activations live in shard files.
+constexpr const char* kFormatVersionJoined = "1.2";
 // Datasets.
 constexpr const char* kKPre = "/k_pre";           ///< [L, Hkv, T, D] f16, keys before RoPE
 constexpr const char* kKPost = "/k_post";         ///< [L, Hkv, T, D] f16, keys after RoPE
@@ -52,6 +55,11 @@ constexpr const char* kAttrFormatVersion = "format_version";
 constexpr const char* kAttrProvenance = "provenance";  ///< JSON text: tool, version, argv, time, model, texts
 constexpr const char* kAttrModel = "model";            ///< JSON text: name, file, sha256, hyperparameters
 constexpr const char* kAttrSummary = "summary";        ///< JSON text written by finish(): n_tokens, perplexity, ...
+/// JSON text of a joined dump (1.2): {"job": id, "parts": [{"file", "token_start", "n_tokens"}, ...]}.
+constexpr const char* kAttrShards = "shards";
+/// JSON text of a shard (a dump of its own): {"job", "index", "count", "token_start",
+/// "sequence_start", "main"}: which tokens of which joined dump it holds.
+constexpr const char* kAttrShard = "shard";
 // Flat copies of the shape parameters (int32 scalars) for readers that skip the JSON.
 constexpr const char* kAttrNLayer = "n_layer";  ///< layers of the model (not only the stored ones)
 constexpr const char* kAttrNHead = "n_head";
@@ -101,6 +109,14 @@ struct KvDumpLayerInfo {
     int32_t n_head_kv = 0, head_dim = 0;  ///< head geometry (equal to the root attributes in 1.x)
 };
 
+/// One shard of a joined dump: tokens [token_start, token_start + n_tokens) of every
+/// activation dataset are that dataset of `file`, a dump of n_tokens tokens; `file` is
+/// relative to the folder of the joined dump (docs/formats/kv_dump.md, "Shards").
+struct KvDumpShardRef {
+    std::string file;
+    int64_t token_start = 0, n_tokens = 0;
+};
+
 /// Everything the writer records besides the activations.
 struct KvDumpHeader {
     int n_layer_model = 0;        ///< layers of the model
@@ -119,6 +135,13 @@ struct KvDumpHeader {
     /// One per stored layer, in the order of `layers` (layer_info[i].layer == layers[i]),
     /// with the header's n_head_kv and head_dim. Required: the writer refuses an empty one.
     std::vector<KvDumpLayerInfo> layer_info;
+    /// Non-empty: a joined dump (format 1.2). Its activations are virtual datasets mapping
+    /// these shards, which must tile [0, n_tokens) in order; write_layer is refused. The
+    /// root attribute "shards" records them with `job`.
+    std::vector<KvDumpShardRef> shards;
+    std::string job;  ///< the joined dump's job id (shards record it too)
+    /// Not null: this file is a shard of a joined dump; written as the root attribute "shard".
+    nlohmann::json shard;
 };
 
 /// Streams a dump into `path` (the caller's temporary name; see AtomicOutput).
@@ -151,7 +174,9 @@ public:
     /// objects whose known fields have their spec types), and the shapes, types and
     /// stored chunks of the datasets it needs, before any data is read; throws naming
     /// "<file>::<object>" and expected vs actual. Reads of data are bounded by the
-    /// memory budget (pkv/core/memory_budget.h).
+    /// memory budget (pkv/core/memory_budget.h). A joined dump's shards are opened and
+    /// checked the same way here (a missing one: not_found naming it and its tokens),
+    /// and its activations are read from them.
     explicit KvDumpReader(const std::string& path);
     ~KvDumpReader();
     const std::string& path() const;

@@ -34,16 +34,25 @@ const char* const kAllDatasets[] = {
     kLayerHeadDim, kTokenId,     kTokenPos,    kTokenSeq, kTokenNll, kSeqStart,    kSeqLength,     kSourcePath,
     kSourceSha256, kSourceBytes, kSourceTokens};
 
-nlohmann::json dataset_json(const h5::File& f, const std::string& name) {
+/// Shape, dtype and storage of a dataset; for a joined dump's activation, the storage of
+/// its shards (chunks and filters of the first, bytes of all) and their files ("shards").
+nlohmann::json dataset_json(const h5::File& f, const std::string& name, const std::string& job, ShardFiles& files) {
     h5::Id d = h5::open_dataset(f, name);
     h5::Id t = h5::type_of(f, d.get(), name);
     nlohmann::json j;
     j["shape"] = h5::shape_of(f, d.get(), name);
     j["dtype"] = h5::type_name(t.get());
-    const auto chunks = h5::chunks_of(d.get());
-    j["chunks"] = chunks.empty() ? nlohmann::json(nullptr) : nlohmann::json(chunks);
+    std::vector<uint64_t> chunks = h5::chunks_of(d.get());
     j["filters"] = h5::filters_of(d.get());
     j["storage_bytes"] = h5::storage_bytes(d.get());
+    if (h5::is_virtual(d.get())) {
+        const ActivationData a(f, name, job, files);
+        chunks = a.chunks();
+        j["filters"] = a.filters();
+        j["storage_bytes"] = a.storage_bytes();
+        j["shards"] = a.shard_files();
+    }
+    j["chunks"] = chunks.empty() ? nlohmann::json(nullptr) : nlohmann::json(chunks);
     const std::string where = f.where(name);
     if (h5::has_attr(d.get(), kAttrAxes)) j["axes"] = h5::read_attr_strings(d.get(), where, kAttrAxes);
     if (h5::has_attr(d.get(), kAttrDimOrder)) j["dim_order"] = h5::read_attr_string(d.get(), where, kAttrDimOrder);
@@ -97,9 +106,13 @@ nlohmann::json kv_dump_metadata_json(const std::string& path) {
         if (h5::has_attr(root, k)) j[k] = h5::read_attr_string(root, where, k);
     for (const char* k : {kAttrModel, kAttrProvenance, kAttrSummary})
         j[k] = h5::has_attr(root, k) ? parse_json_attr(root, where, k) : nlohmann::json(nullptr);
+    for (const char* k : {kAttrShards, kAttrShard})
+        if (h5::has_attr(root, k)) j[k] = parse_record_attr(root, where, k);
+    const std::string job = joined_job(f);
+    ShardFiles files;
     nlohmann::json ds = nlohmann::json::object();
     for (const char* name : kAllDatasets)
-        if (h5::exists(f, name)) ds[name] = dataset_json(f, name);
+        if (h5::exists(f, name)) ds[name] = dataset_json(f, name, job, files);
     j["datasets"] = ds;
     j["layer_info"] = layer_info_json(f, j);
     return j;
@@ -228,6 +241,31 @@ std::string storage_lines(const nlohmann::json& j) {
     return out;
 }
 
+// "shards:" line of a joined dump (its parts' files and token counts) or of a shard; "" otherwise.
+std::string shards_line(const nlohmann::json& j) {
+    if (j.contains(kAttrShards) && j[kAttrShards].contains("parts") && j[kAttrShards]["parts"].is_array()) {
+        const auto& parts = j[kAttrShards]["parts"];
+        std::string out = fmt::format("  shards:      {} (job {})\n", parts.size(), field_text(j[kAttrShards], "job"));
+        for (size_t i = 0; i < parts.size() && i < 8; ++i) {
+            const auto& p = parts[i];
+            const bool known = p.contains("token_start") && p["token_start"].is_number_integer() &&
+                               p.contains("n_tokens") && p["n_tokens"].is_number_integer();
+            out += fmt::format("               {} (tokens {})\n", field_text(p, "file"),
+                               known ? fmt::format("{}-{}", p["token_start"].get<int64_t>(),
+                                                   p["token_start"].get<int64_t>() + p["n_tokens"].get<int64_t>() - 1)
+                                     : std::string("?"));
+        }
+        if (parts.size() > 8) out += fmt::format("               ... and {} more\n", parts.size() - 8);
+        return out;
+    }
+    if (j.contains(kAttrShard))
+        return fmt::format("  shard:       {} of {} of {} (job {}), tokens from {}\n",
+                           field_text(j[kAttrShard], "index"), field_text(j[kAttrShard], "count"),
+                           field_text(j[kAttrShard], "main"), field_text(j[kAttrShard], "job"),
+                           field_text(j[kAttrShard], "token_start"));
+    return {};
+}
+
 // "perplexity:" (or "summary: missing") and "created:" lines from the summary and
 // provenance attributes.
 std::string summary_lines(const nlohmann::json& sum, const nlohmann::json& prov) {
@@ -266,6 +304,7 @@ std::string describe_kv_dump(const std::string& path) {
                        field_text(j, kAttrNHeadKv), field_text(j, kAttrHeadDim), field_text(j, kAttrDimOrder));
     out += tokens_line(path, j);
     out += sources_lines(path, j["datasets"]);
+    out += shards_line(j);
     out += storage_lines(j);
     out += summary_lines(j["summary"], j["provenance"]);
     return out;

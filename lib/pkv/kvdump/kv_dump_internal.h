@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -78,6 +80,57 @@ inline bool requires_layer_info(int major, int minor) { return major > 1 || (maj
 void check_header_layer_info(const std::string& path, const KvDumpHeader& h);
 /// Writes /layer_info of a header that passed check_header_layer_info.
 void write_layer_info(const h5::File& f, const KvDumpHeader& h);
+
+/// Shard files a reader has open, by resolved path (each opened once: HDF5 shares one
+/// file's state between its handles, and closing one strongly would close the others').
+using ShardFiles = std::map<std::string, std::shared_ptr<h5::File>>;
+
+/// The "job" of a joined dump's "shards" attribute; empty when the file has none (then
+/// shards are not matched to it). data_loss when the attribute is not such a record.
+std::string joined_job(const h5::File& f);
+
+/// An activation dataset as pkv reads it. A dump written by one worker stores it; a
+/// joined dump holds a virtual dataset whose token ranges are the same dataset in shard
+/// files, which this opens through h5::File::open_read (so a shard gets every check a
+/// dump gets) and reads itself; HDF5 never reads through the mapping, which would give
+/// fill values for a missing shard.
+class ActivationData {
+public:
+    /// Opens `name` of `f` (which must outlive this). A virtual dataset must be rank 4 with
+    /// mappings that tile its token axis in order, mapping [0:L, 0:H, t0:t0+n, 0:D] from
+    /// dataset `name` of a shard named by a relative path without ".." (resolved against
+    /// the folder of `f`); each shard is opened (not_found "<f>::<name>: missing shard
+    /// <path> (tokens a-b of T)"), its dataset must be float16 [L, H, n, D] and stored,
+    /// and its "shard" attribute must name `job` and t0 (when `job` is not empty).
+    ActivationData(const h5::File& f, const std::string& name, const std::string& job, ShardFiles& files);
+    hid_t id() const { return dset_.get(); }
+    bool is_virtual() const { return !parts_.empty(); }
+    /// h5::check_stored of the dataset, or of every shard's.
+    void check_stored() const;
+    /// [1, 1, n, D] float16 bits at (layer, head, t0), through h5::read_block of the
+    /// dataset or of the shards holding those tokens.
+    void read(uint64_t layer, uint64_t head, uint64_t t0, uint64_t n, hid_t f16, uint16_t* out) const;
+    /// Chunks and filters of the dataset, or of the first shard's.
+    std::vector<uint64_t> chunks() const;
+    std::vector<std::string> filters() const;
+    /// Bytes stored: of the dataset, or summed over the shards.
+    uint64_t storage_bytes() const;
+    /// The shard files as the mappings name them (empty when not virtual).
+    std::vector<std::string> shard_files() const;
+
+private:
+    struct Part {
+        uint64_t t0 = 0, n = 0;
+        std::string file;  ///< as mapped
+        std::shared_ptr<h5::File> f;
+        h5::Id dset;
+    };
+    const h5::File* f_ = nullptr;
+    std::string name_;
+    h5::Id dset_;
+    uint64_t D_ = 0;  ///< head_dim (the last extent)
+    std::vector<Part> parts_;
+};
 
 /// One head vector from GGUF interleaved order to HF half-split order:
 /// dst[i] = src[2i], dst[i + D/2] = src[2i+1]. head_dim must be even.

@@ -218,10 +218,10 @@ void check_layers(Checker& c, State& s) {
 }
 
 /// Streams one activation dataset in token blocks of whole chunks and reports NaN/Inf.
-void scan_finite(Checker& c, State& s, const std::string& name, hid_t dset, const std::vector<uint64_t>& shape) {
+void scan_finite(Checker& c, const std::string& name, const ActivationData& data, const std::vector<uint64_t>& shape) {
     const uint64_t L = shape[0], H = shape[1], T = shape[2], D = shape[3];
     if (T == 0 || D == 0) return;
-    const auto chunks = h5::chunks_of(dset);
+    const auto chunks = data.chunks();
     const uint64_t tc = chunks.size() == 4 && chunks[2] > 0 ? chunks[2] : 1024;
     // About 4 MiB of float16 per read, rounded to whole chunks so none is decoded twice.
     const uint64_t block = std::max<uint64_t>(tc, ((2u << 20) / D) / tc * tc);
@@ -233,10 +233,7 @@ void scan_finite(Checker& c, State& s, const std::string& name, hid_t dset, cons
         for (uint64_t h = 0; h < H; ++h)
             for (uint64_t t0 = 0; t0 < T; t0 += block) {
                 const uint64_t n = std::min(block, T - t0);
-                if (!c.guard([&] {
-                        h5::read_block(s.f, dset, name, f16.get(), {l, h, t0, 0}, {1, 1, n, D}, buf.data());
-                    }))
-                    return;
+                if (!c.guard([&] { data.read(l, h, t0, n, f16.get(), buf.data()); })) return;
                 for (uint64_t i = 0; i < n * D; ++i)
                     if ((buf[i] & 0x7c00u) == 0x7c00u) {
                         if (bad++ == 0)
@@ -249,11 +246,19 @@ void scan_finite(Checker& c, State& s, const std::string& name, hid_t dset, cons
 
 void check_activations(Checker& c, State& s) {
     std::set<std::string> present;
+    std::string job;
+    c.guard([&] { job = joined_job(s.f); });
+    ShardFiles shard_files;
+    bool any_virtual = false;
     for (const char* name : kActivations) {
         if (!h5::exists(s.f, name)) continue;
         present.insert(name);
         auto d = open_checked(c, s, name, 4, Want::f16);
         if (!d) continue;
+        // A joined dump's activation reads from its shards (opened and checked here).
+        std::optional<ActivationData> data;
+        if (!c.guard([&] { data.emplace(s.f, name, job, shard_files); })) continue;
+        any_virtual = any_virtual || data->is_virtual();
         const auto& shape = d->second;
         const bool is_q = std::string(name) == kQ;
         const std::optional<int64_t> H = is_q ? s.n_head : s.n_head_kv;
@@ -266,7 +271,7 @@ void check_activations(Checker& c, State& s) {
         if (!shape_ok)
             c.add(name, "expected shape [L={}, H={}, T={}, D={}], got {}", known(L), known(H), known(s.n_tokens),
                   known(s.head_dim), shape_text(shape));
-        const auto chunks = h5::chunks_of(d->first.get());
+        const auto chunks = data->chunks();
         if (chunks.size() != 4 || chunks[0] != 1 || chunks[1] != 1 || chunks[3] != shape[3])
             c.add(name, "expected chunks [1, 1, Tc, {}], got {}", shape[3],
                   chunks.empty() ? std::string("a contiguous layout") : shape_text(chunks));
@@ -284,9 +289,10 @@ void check_activations(Checker& c, State& s) {
                     c.add(name, "attribute 'dim_order': expected '{}' (the root attribute), got '{}'", *s.dim_order,
                           order);
             });
-        if (shape_ok && c.guard([&] { h5::check_stored(s.f, d->first.get(), name); }))
-            scan_finite(c, s, name, d->first.get(), shape);
+        if (shape_ok && c.guard([&] { data->check_stored(); })) scan_finite(c, name, *data, shape);
     }
+    if (any_virtual && !h5::has_attr(s.f.id(), kAttrShards))
+        c.add("/", "missing attribute '{}' (the activations are virtual datasets over shards)", kAttrShards);
     if (present.empty()) c.add("/", "expected at least one of /k_pre, /k_post, /v, /q, got none");
     if (s.capture) {
         CaptureSet cap;

@@ -18,8 +18,10 @@
 #include "pkv/core/progress.h"
 #include "pkv/core/sha256.h"
 #include "pkv/core/version.h"
+#include "pkv/distributed/comm.h"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/llama.h"
+#include "pkv/pipeline/dump_internal.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/pipeline/text_input.h"
 #include "pkv/tokenizer/tokenizer.h"
@@ -50,109 +52,125 @@ void check_config(const DumpConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
 }
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, ForwardEngine& engine,
-                       const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
-                       uint64_t model_bytes, std::chrono::steady_clock::time_point t_start);
-
 }  // namespace
 
-DumpSummary run_dump(const DumpConfig& c) {
-    check_config(c);
-    const auto t_start = std::chrono::steady_clock::now();
+namespace dump_detail {
 
-    auto file = GgufFile::open(c.model_path);
-    LlamaModel model(file);
-    const LlamaHparams& hp = model.hparams();
+DumpJob prepare_dump(const DumpConfig& c) {
+    DumpJob job;
+    job.t_start = std::chrono::steady_clock::now();
+    job.file = GgufFile::open(c.model_path);
+    job.model = std::make_unique<LlamaModel>(job.file);
+    const LlamaHparams& hp = job.model->hparams();
     PKV_CHECK(static_cast<uint32_t>(c.ctx) <= hp.n_ctx_train, out_of_range,
               "--ctx {}: longer than the model's context length {} ({}: {}.context_length)", c.ctx, hp.n_ctx_train,
               c.model_path, hp.arch);
-    std::vector<int> layers = c.layers;
-    for (int l : layers)
+    job.layers = c.layers;
+    for (int l : job.layers)
         PKV_CHECK(l >= 0 && l < static_cast<int>(hp.n_layer), out_of_range,
                   "--layers: layer {} is out of range: {} has layers 0-{}", l, c.model_path, hp.n_layer - 1);
-    if (layers.empty())
-        for (uint32_t l = 0; l < hp.n_layer; ++l) layers.push_back(static_cast<int>(l));
+    if (job.layers.empty())
+        for (uint32_t l = 0; l < hp.n_layer; ++l) job.layers.push_back(static_cast<int>(l));
+    return job;
+}
 
-    // The output is claimed before the long work so that a refusal comes at once.
-    AtomicOutput out(c.out_path, c.force);
-    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
-    install_interrupt_handlers();
-
-    std::vector<TextSource> sources;
-    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, sources);
-
-    const int64_t T = c.n_tokens;
+KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vector<TextSource>& sources,
+                         const std::string& device) {
+    const LlamaHparams& hp = job.model->hparams();
     KvDumpHeader header;
     header.n_layer_model = static_cast<int>(hp.n_layer);
-    header.layers.assign(layers.begin(), layers.end());
+    header.layers.assign(job.layers.begin(), job.layers.end());
     header.n_head = static_cast<int>(hp.n_head);
     header.n_head_kv = static_cast<int>(hp.n_head_kv);
     header.head_dim = static_cast<int>(hp.head_dim);
-    header.n_tokens = T;
+    header.n_tokens = c.n_tokens;
     header.capture = c.capture;
     header.hf_dim_order = c.hf_dim_order;
     header.native_half_split = hp.rope_layout == RopeLayout::half_split;
     header.chunk_tokens = c.chunk_tokens;
     header.layer_info = layer_info_of(hp, header.layers);
-    const std::string model_sha = sha256_file(c.model_path);
-    header.model = model_json(hp, *file, c.model_path, model_sha);
+    header.model = model_json(hp, *job.file, c.model_path, job.model_sha);
     header.sources = sources;
     header.provenance = provenance_json("dump", c.argv);
     header.provenance.update({
-        {"model", {{"file", c.model_path}, {"sha256", model_sha}, {"name", hp.name}}},
+        {"model", {{"file", c.model_path}, {"sha256", job.model_sha}, {"name", hp.name}}},
         {"texts", sources_json(sources)},
-        {"device", engine->description()},
+        {"device", device},
         {"settings",
-         {{"tokens", T},
+         {{"tokens", c.n_tokens},
           {"ctx", c.ctx},
           {"capture", c.capture.to_string()},
-          {"layers", layers},
+          {"layers", job.layers},
           {"dim_order", header.hf_dim_order || header.native_half_split ? "hf_half_split" : "gguf_interleaved"},
-          {"bos", gguf_adds_bos(*file)}}},
+          {"bos", gguf_adds_bos(*job.file)}}},
     });
-
-    try {
-        return write_dump(c, header, hp, *engine, stream, layers, out, file->file_size(), t_start);
-    } catch (const Error& e) {
-        // Errors from the writer name the temporary file; the user knows the output name.
-        std::string m = e.what();
-        for (size_t p = m.find(out.temp_path()); p != std::string::npos; p = m.find(out.temp_path(), p))
-            m.replace(p, out.temp_path().size(), c.out_path);
-        throw Error(e.code(), m);
-    }
+    return header;
 }
 
-namespace {
+std::vector<int64_t> sequence_lengths(int64_t T, int ctx) {
+    std::vector<int64_t> out;
+    for (int64_t t0 = 0; t0 < T; t0 += ctx) out.push_back(std::min<int64_t>(ctx, T - t0));
+    return out;
+}
 
-DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const LlamaHparams& hp, ForwardEngine& engine,
-                       const std::vector<int32_t>& stream, const std::vector<int>& layers, AtomicOutput& out,
-                       uint64_t model_bytes, std::chrono::steady_clock::time_point t_start) {
-    const int64_t T = c.n_tokens;
-    KvDumpWriter writer(out.temp_path(), header);
+std::vector<TextSource> sources_in(const std::vector<TextSource>& sources, int64_t t0, int64_t n) {
+    std::vector<TextSource> out = sources;
+    int64_t at = 0;
+    for (TextSource& s : out) {
+        const int64_t a = std::max(at, t0), b = std::min(at + s.tokens, t0 + n);
+        at += s.tokens;
+        s.tokens = std::max<int64_t>(0, b - a);
+    }
+    return out;
+}
+
+nlohmann::json summary_json(int64_t n_tokens, int64_t n_sequences, int64_t n_predicted, double nll_sum, double seconds,
+                            const std::string& device) {
+    const double nll_mean = nll_sum / static_cast<double>(n_predicted);
+    nlohmann::json summary = {
+        {"n_tokens", n_tokens},
+        {"n_sequences", n_sequences},
+        {"n_predicted", n_predicted},
+        {"nll_mean", nll_mean},
+        {"perplexity", std::exp(nll_mean)},
+        {"seconds", seconds},
+        {"tokens_per_s", static_cast<double>(n_tokens) / seconds},
+        {"device", device},
+        {"peak_rss_bytes", peak_rss_bytes()},
+    };
+    if (n_predicted == 0) summary["perplexity"] = nullptr, summary["nll_mean"] = nullptr;
+    return summary;
+}
+
+PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& engine,
+                      const std::vector<int32_t>& stream, const DumpPart& part, const KvDumpHeader& header,
+                      const std::string& path, const std::function<void(uint64_t)>& advance) {
+    const auto t_start = std::chrono::steady_clock::now();
+    const LlamaHparams& hp = job.model->hparams();
+    const int64_t T0 = part.token_start, T1 = part.token_start + part.n_tokens;
+    KvDumpWriter writer(path, header);
     std::vector<int> slot_of(hp.n_layer, -1);
-    for (size_t s = 0; s < layers.size(); ++s) slot_of[layers[s]] = static_cast<int>(s);
+    for (size_t s = 0; s < job.layers.size(); ++s) slot_of[job.layers[s]] = static_cast<int>(s);
 
     ForwardOptions opts;
     opts.capture = true;
     opts.layers.assign(hp.n_layer, false);
-    for (int l : layers) opts.layers[l] = true;
+    for (int l : job.layers) opts.layers[l] = true;
     opts.want_nll = true;
 
-    std::vector<int64_t> seq_start;
-    std::vector<int32_t> seq_length;
-    double nll_sum = 0.0;
-    int64_t n_pred = 0;
-    Progress progress("dump", static_cast<uint64_t>(T), "tok");
+    PartResult res;
+    res.device = engine.description();
+    std::vector<int64_t> seq_start;  // in the part
     const int per_batch = std::max(1, engine.batch_sequences(c.ctx));
     const int64_t KD = int64_t{hp.n_head_kv} * hp.head_dim, QD = int64_t{hp.n_head} * hp.head_dim;
     std::vector<float> scratch[4];
-    for (int64_t b0 = 0; b0 < T; b0 += int64_t{per_batch} * c.ctx) {
+    for (int64_t b0 = T0; b0 < T1; b0 += int64_t{per_batch} * c.ctx) {
         std::vector<std::vector<int32_t>> batch;
-        std::vector<int64_t> starts;
-        for (int64_t t0 = b0; t0 < T && batch.size() < static_cast<size_t>(per_batch); t0 += c.ctx) {
-            const int64_t n = std::min<int64_t>(c.ctx, T - t0);
+        std::vector<int64_t> starts;  // in the part
+        for (int64_t t0 = b0; t0 < T1 && batch.size() < static_cast<size_t>(per_batch); t0 += c.ctx) {
+            const int64_t n = std::min<int64_t>(c.ctx, T1 - t0);
             batch.emplace_back(stream.begin() + t0, stream.begin() + t0 + n);
-            starts.push_back(t0);
+            starts.push_back(t0 - T0);
         }
         const BatchResult results = engine.run_batch(batch, opts, [&](const EngineActivations& a) {
             check_interrupted();
@@ -171,51 +189,81 @@ DumpSummary write_dump(const DumpConfig& c, const KvDumpHeader& header, const Ll
             for (int i = 0; i < n; ++i) pos[i] = i;
             for (int i = 1; i < n; ++i) {
                 nll[i] = r.nll[i - 1];
-                nll_sum += r.nll[i - 1];
-                ++n_pred;
+                res.nll_sum += r.nll[i - 1];
+                ++res.n_predicted;
             }
             writer.write_tokens(starts[s], ids, pos, seq, nll);
+            res.id.insert(res.id.end(), ids.begin(), ids.end());
+            res.pos.insert(res.pos.end(), pos.begin(), pos.end());
+            res.seq.insert(res.seq.end(), seq.begin(), seq.end());
+            res.nll.insert(res.nll.end(), nll.begin(), nll.end());
             seq_start.push_back(starts[s]);
-            seq_length.push_back(n);
-            progress.advance(static_cast<uint64_t>(n));
+            res.seq_length.push_back(n);
+            advance(static_cast<uint64_t>(n));
         }
         check_interrupted();
     }
-    progress.finish();
+    res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    writer.finish(seq_start, res.seq_length,
+                  summary_json(part.n_tokens, static_cast<int64_t>(seq_start.size()), res.n_predicted, res.nll_sum,
+                               res.seconds, res.device));
+    return res;
+}
+
+}  // namespace dump_detail
+
+using namespace dump_detail;
+
+DumpSummary run_dump(const DumpConfig& c) {
+    check_config(c);
+    DumpJob job = prepare_dump(c);
+    if (c.engines.size() > 1 || dist::Comm::world().size() > 1) return run_joined_dump(c, job);
+    const LlamaHparams& hp = job.model->hparams();
+
+    // The output is claimed before the long work so that a refusal comes at once.
+    AtomicOutput out(c.out_path, c.force);
+    const EngineFactory& factory = c.engines.empty() ? c.engine : c.engines.front();
+    const std::unique_ptr<ForwardEngine> engine = factory ? factory(*job.model) : make_cpu_engine(*job.model);
+    install_interrupt_handlers();
+
+    std::vector<TextSource> sources;
+    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.n_tokens, sources);
+    job.model_sha = sha256_file(c.model_path);
+    const KvDumpHeader header = dump_header(c, job, sources, engine->description());
+
+    DumpPart all;
+    all.n_tokens = c.n_tokens;
+    all.n_sequences = static_cast<int64_t>(sequence_lengths(c.n_tokens, c.ctx).size());
+    PartResult r;
+    try {
+        Progress progress("dump", static_cast<uint64_t>(c.n_tokens), "tok");
+        r = write_part(c, job, *engine, stream, all, header, out.temp_path(), [&](uint64_t n) { progress.advance(n); });
+        progress.finish();
+        out.commit();
+    } catch (const Error& e) {
+        // Errors from the writer name the temporary file; the user knows the output name.
+        std::string m = e.what();
+        for (size_t p = m.find(out.temp_path()); p != std::string::npos; p = m.find(out.temp_path(), p))
+            m.replace(p, out.temp_path().size(), c.out_path);
+        throw Error(e.code(), m);
+    }
 
     DumpSummary sum;
     sum.out_path = c.out_path;
     sum.model_name = hp.name;
-    sum.device = engine.description();
-    sum.n_tokens = T;
-    sum.n_sequences = static_cast<int64_t>(seq_start.size());
-    sum.n_predicted = n_pred;
-    sum.nll_mean = n_pred > 0 ? nll_sum / static_cast<double>(n_pred) : std::nan("");
+    sum.device = r.device;
+    sum.n_tokens = c.n_tokens;
+    sum.n_sequences = all.n_sequences;
+    sum.n_predicted = r.n_predicted;
+    sum.nll_mean = r.n_predicted > 0 ? r.nll_sum / static_cast<double>(r.n_predicted) : std::nan("");
     sum.perplexity = std::exp(sum.nll_mean);
-    sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    sum.tokens_per_s = static_cast<double>(T) / sum.seconds;
+    sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - job.t_start).count();
+    sum.tokens_per_s = static_cast<double>(c.n_tokens) / sum.seconds;
     sum.peak_rss_bytes = peak_rss_bytes();
-    sum.model_bytes = model_bytes;
-
-    nlohmann::json summary = {
-        {"n_tokens", T},
-        {"n_sequences", sum.n_sequences},
-        {"n_predicted", n_pred},
-        {"nll_mean", sum.nll_mean},
-        {"perplexity", sum.perplexity},
-        {"seconds", sum.seconds},
-        {"tokens_per_s", sum.tokens_per_s},
-        {"device", sum.device},
-        {"peak_rss_bytes", sum.peak_rss_bytes},
-    };
-    if (n_pred == 0) summary["perplexity"] = nullptr, summary["nll_mean"] = nullptr;
-    writer.finish(seq_start, seq_length, summary);
-    out.commit();
+    sum.model_bytes = job.file->file_size();
     struct stat st {};
     if (stat(c.out_path.c_str(), &st) == 0) sum.file_bytes = static_cast<uint64_t>(st.st_size);
     return sum;
 }
-
-}  // namespace
 
 }  // namespace pkv

@@ -13,6 +13,15 @@
 // Memory: the model stays quantized in its file mapping, one layer is dequantized
 // at a time, and each layer's activations are written before the next layer runs,
 // so peak memory does not grow with n_tokens.
+//
+// Several workers (DumpConfig::engines, MPI ranks; docs/distributed.md): the sequences
+// are split into contiguous blocks balanced by tokens (plan_dump_parts), each worker
+// dumps its block into a shard "<out>.shards/part-<i>-of-<n>.h5" (a complete dump of
+// its tokens), and <out> joins them: its activations are HDF5 virtual datasets over the
+// shards, the rest (tokens, sequences, sources, summary) is its own. Readers see one
+// dump (docs/formats/kv_dump.md, "Shards"). Shards and <out> appear only once every
+// worker has finished; the token values, activations and perplexity equal those of a
+// one-worker dump of the same tokens.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +47,11 @@ struct DumpConfig {
     std::vector<std::string> argv;  ///< recorded as provenance
     /// The engine that runs the model (apps: --device); empty: the CPU reference engine.
     EngineFactory engine;
+    /// Workers of this process (apps: --workers, --devices): one thread per entry, each
+    /// running an engine of its own made by that factory (an empty one: the CPU engine)
+    /// and writing one shard. 0 or 1 entries: one worker with `engine`. Under MPI every
+    /// rank runs this many workers; one worker in all writes one plain file.
+    std::vector<EngineFactory> engines;
 };
 
 struct DumpSummary {
@@ -53,12 +67,41 @@ struct DumpSummary {
     double tokens_per_s = 0.0;
     uint64_t peak_rss_bytes = 0;  ///< the process's peak resident memory
     uint64_t model_bytes = 0;
-    uint64_t file_bytes = 0;
+    uint64_t file_bytes = 0;  ///< of out_path (a joined dump: without its shards)
+    /// A joined dump's shards as written (paths beside out_path); empty for one file.
+    std::vector<std::string> shard_paths;
+    uint64_t shard_bytes = 0;  ///< their total size
+    int workers = 1;           ///< workers of the whole job (threads times MPI ranks)
 };
+
+/// A contiguous block of whole sequences that one worker dumps into one shard.
+struct DumpPart {
+    int64_t first_sequence = 0, n_sequences = 0;
+    int64_t token_start = 0, n_tokens = 0;
+};
+
+/// Splits sequences (their lengths in token order, each >= 1) into at most `workers`
+/// contiguous blocks, in order, covering each sequence once. With at least as many
+/// sequences as workers there are `workers` blocks, each of one sequence or more, block
+/// w ending at the sequence boundary nearest to (w + 1) T / workers tokens (so with
+/// sequences of equal length every block is within one sequence of T / workers);
+/// with fewer sequences, one block per sequence. invalid_argument for workers < 1 or a
+/// length < 1; no sequences give no blocks.
+std::vector<DumpPart> plan_dump_parts(const std::vector<int64_t>& seq_lengths, int workers);
+
+/// Shard `index` of `count` of the joined dump `out_path`, relative to its folder:
+/// "<name of out_path>.shards/part-<index>-of-<count>.h5".
+std::string dump_shard_name(const std::string& out_path, int index, int count);
 
 /// Validates the whole configuration first (files, numbers, layers, output), then
 /// runs. Throws pkv::Error naming the offending input; never leaves a partial file
-/// under out_path.
+/// under out_path. With several workers, also refuses (failed_precondition, unless
+/// force) a "<out>.shards" folder holding shards already; with force, shards of an
+/// earlier dump there that the new one does not use are removed after it is in place.
+/// Under MPI (dist::Comm::world().size() > 1) it is collective: every rank calls it with
+/// the same configuration; rank 0 writes out_path and returns the summary of the whole
+/// dump, the others their shards' (out_path empty). A rank that throws must end the job
+/// (dist::Comm::abort) so that none waits; outputs then never appear.
 DumpSummary run_dump(const DumpConfig& config);
 
 /// Peak resident set size of this process in bytes (0 if unknown).
