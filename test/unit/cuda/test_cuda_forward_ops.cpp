@@ -7,6 +7,7 @@
 //   causal_attention      |gpu - cpu| <= 2e-5 · (largest |v| of the head) (float sums in
 //                         another order)
 //   logit_row_stats       |nll gpu - nll cpu| <= 2e-5 nats; argmax equal
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -46,7 +47,7 @@ TEST_CASE("cuda rms_norm twins ops::rms_norm", "[cuda][forward][parity]") {
     }
 }
 
-TEST_CASE("cuda rope_apply twins pkv::rope_apply bit for bit", "[cuda][forward][parity]") {
+TEST_CASE("cuda rope_apply twins pkv::rope_apply to one rounding", "[cuda][forward][parity]") {
     PKV_REQUIRE_GPU_FWD();
     for (auto layout : {pkv::RopeLayout::interleaved, pkv::RopeLayout::half_split}) {
         pkv::RopeParams p;
@@ -66,7 +67,13 @@ TEST_CASE("cuda rope_apply twins pkv::rope_apply bit for bit", "[cuda][forward][
         pkv::rope_apply(ref.data(), 200, heads, hd, table, 0);
         pkv::rope_apply(ref.data() + 200 * heads * hd, 100, heads, hd, table, 0);
         pkv::cuda::rope_apply(gpu.data(), n, heads, hd, table, pos.data());
-        CHECK(gpu == ref);
+        // The kernel rounds each product; a host compiler may fuse one product into the
+        // subtraction (an FMA), so the two differ by at most a rounding of the larger product.
+        for (size_t r = 0; r < ref.size() / hd; ++r) {
+            float m = 0.0f;
+            for (int c = 0; c < hd; ++c) m = std::max(m, std::fabs(x[r * hd + c]));
+            for (int c = 0; c < hd; ++c) REQUIRE(std::fabs(gpu[r * hd + c] - ref[r * hd + c]) <= 2.4e-7f * m);
+        }
     }
 }
 
@@ -77,11 +84,13 @@ TEST_CASE("cuda swiglu and geglu_tanh twin the ops", "[cuda][forward][parity]") 
     std::vector<float> ref = g, gpu = g;
     pkv::ops::swiglu_inplace(ref.data(), u.data(), static_cast<int64_t>(n));
     pkv::cuda::swiglu_inplace(gpu.data(), u.data(), static_cast<int64_t>(n));
-    for (size_t i = 0; i < n; ++i) REQUIRE(std::fabs(gpu[i] - ref[i]) <= 4e-6f * std::fabs(ref[i]) + 1e-7f);
+    // expf on the device and Eigen's vectorised exp differ by a few units in the last place; near
+    // zero (g far below 0) that is a few 1e-7 absolute.
+    for (size_t i = 0; i < n; ++i) REQUIRE(std::fabs(gpu[i] - ref[i]) <= 4e-6f * std::fabs(ref[i]) + 1e-6f);
     ref = g, gpu = g;
     pkv::ops::geglu_tanh_inplace(ref.data(), u.data(), static_cast<int64_t>(n));
     pkv::cuda::geglu_tanh_inplace(gpu.data(), u.data(), static_cast<int64_t>(n));
-    for (size_t i = 0; i < n; ++i) REQUIRE(std::fabs(gpu[i] - ref[i]) <= 4e-6f * std::fabs(ref[i]) + 1e-7f);
+    for (size_t i = 0; i < n; ++i) REQUIRE(std::fabs(gpu[i] - ref[i]) <= 4e-6f * std::fabs(ref[i]) + 1e-6f);
 }
 
 TEST_CASE("cuda causal_attention twins ops::causal_attention_rows per sequence", "[cuda][forward][parity]") {
