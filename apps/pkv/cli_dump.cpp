@@ -37,6 +37,14 @@ Command add_dump(CLI::App& root) {
                     "key/query head-dimension order: gguf (as computed) or hf (Hugging Face half-split)")
         ->capture_default_str();
     app->add_option("--chunk-tokens", c.chunk_tokens, "HDF5 chunk length along tokens")->capture_default_str();
+    app->add_option("--compress", c.compress, "0: activations unfiltered; 1-9: shuffle + deflate at that level")
+        ->check(CLI::Range(0, 9))
+        ->capture_default_str();
+    app->add_option("--writer-threads", c.writer_threads,
+                    "threads compressing chunks, which one more thread writes (-1: cores - 1; 0: the synchronous "
+                    "writer)")
+        ->check(CLI::Range(-1, 1024))
+        ->capture_default_str();
     app->add_option("--device", args->device,
                     "where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N")
         ->capture_default_str();
@@ -92,6 +100,7 @@ Command add_dump(CLI::App& root) {
                                 s.nll_mean, static_cast<long long>(s.n_predicted));
                 std::printf("throughput %.1f tokens/s (%.1f s), peak memory %.1f MiB (model file %.1f MiB)\n",
                             s.tokens_per_s, s.seconds, s.peak_rss_bytes / 1048576.0, s.model_bytes / 1048576.0);
+                std::fprintf(stderr, "%s\n", describe_dump_time(s).c_str());
                 return 0;
             }};
 }

@@ -47,6 +47,23 @@ for layer, slot, tol in ((0, 0, 0.0), (29, 1, 1e-2)):
 PY
 "$PKV_BIN" validate "$WORK/sub.h5" >/dev/null 2>&1 && pass "subset dump validates" || failed "subset dump does not validate"
 
+# Real activations through the chunk pipeline with deflate: h5py reads them plainly, bit
+# for bit what the synchronous writer stores without filters.
+for w in "0 0" "2 6"; do
+  set -- $w
+  "$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 256 --ctx 128 --writer-threads "$1" \
+    --compress "$2" --out "$WORK/w$1c$2.h5" >/dev/null 2>"$WORK/w$1c$2.err" || failed "dump --writer-threads $1 --compress $2: $(tail -2 "$WORK/w$1c$2.err")"
+done
+/usr/bin/python3 "$PKV_SOURCE_DIR/test/python/check_dump_h5py.py" "$WORK/w2c6.h5" >"$WORK/h5py6.out" 2>&1 &&
+  pass "h5py check of a compressed pipeline dump: $(tail -1 "$WORK/h5py6.out")" || failed "h5py check (compressed): $(cat "$WORK/h5py6.out")"
+/usr/bin/python3 - "$WORK/w0c0.h5" "$WORK/w2c6.h5" <<'PY' && pass "--compress 6 --writer-threads 2 stores the synchronous writer's bits" || failed "compressed pipeline dump differs"
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
+assert b["v"].compression == "gzip" and b["v"].compression_opts == 6 and a["v"].compression is None
+for name in ["k_pre", "k_post", "v", "q"]:
+    assert np.array_equal(a[name][...].view(np.uint16), b[name][...].view(np.uint16)), name
+PY
+
 # Greedy continuation of a fixed prompt, pinned.
 "$PKV_BIN" --log-level warn generate --model "$MODEL" --prompt "The capital of France is" --n 8 --ids >"$WORK/gen.out" 2>&1
 cat "$WORK/gen.out"

@@ -2,7 +2,8 @@
 # `pkv dump --workers 2`: two workers write a shard each and the output joins them with
 # HDF5 virtual datasets. h5py reads the joined dump (also from another folder, and after
 # the folder moved) with every value equal to a one-worker dump's; pkv validate and info
-# accept it; a missing shard is one error line naming it; old shards need --force.
+# accept it; a missing shard is one error line naming it; old shards need --force. Shards
+# written by the chunk pipeline with compression hold the synchronous writer's values.
 # Runs on the tiny mistral fixture (test/fixtures/arch), so it takes seconds.
 source "$(dirname "$0")/common.bash"
 : "${PKV_SOURCE_DIR:?PKV_SOURCE_DIR must point to the source tree}"
@@ -64,6 +65,28 @@ if "$PKV_BIN" "${DUMP[@]}" --workers 2 --out "$WORK/two.h5" >"$WORK/two.out" 2>"
 else
   failed "--workers 2: $(tail -3 "$WORK/two.err")"
 fi
+
+# Each shard through the chunk pipeline with compression: the values of the synchronous
+# writer's uncompressed dump, the shards' filters as asked, h5py reading them plainly.
+"$PKV_BIN" "${DUMP[@]}" --writer-threads 0 --compress 0 --out "$WORK/sync.h5" >/dev/null 2>"$WORK/sync.err" ||
+  failed "synchronous writer: $(tail -3 "$WORK/sync.err")"
+if "$PKV_BIN" "${DUMP[@]}" --workers 2 --writer-threads 2 --compress 6 --out "$WORK/z.h5" >/dev/null 2>"$WORK/z.err"; then
+  res=$(same_dump "$WORK/sync.h5" "$WORK/z.h5" 2>&1) &&
+    pass "--compress 6 --writer-threads 2 shards: the synchronous writer's values ($res)" ||
+    failed "compressed shards differ: $res"
+  "$PY" -c "import h5py, sys; d = h5py.File(sys.argv[1], 'r')['v']; assert (d.compression, d.compression_opts, d.shuffle) == ('gzip', 6, True), (d.compression, d.compression_opts, d.shuffle)" \
+    "$WORK/z.h5.shards/part-0-of-2.h5" 2>"$WORK/zf.err" && pass "the shards are shuffle + gzip 6" ||
+    failed "shard filters: $(tail -1 "$WORK/zf.err")"
+  "$PY" "$PKV_SOURCE_DIR/test/python/check_dump_h5py.py" "$WORK/z.h5" >"$WORK/zchk.out" 2>&1 &&
+    pass "check_dump_h5py.py accepts the compressed joined dump" || failed "check_dump_h5py.py: $(cat "$WORK/zchk.out")"
+  grep -q "^time: forward .* writer (pipeline, 2 threads, shuffle+deflate 6)" "$WORK/z.err" &&
+    pass "the summary says where the time went" || failed "no time line on stderr: $(cat "$WORK/z.err")"
+else
+  failed "--compress 6 --writer-threads 2: $(tail -3 "$WORK/z.err")"
+fi
+"$PKV_BIN" "${DUMP[@]}" --compress 10 --out "$WORK/c.h5" >/dev/null 2>"$WORK/c10.err" && failed "--compress 10 accepted" ||
+  { grep -q "compress: Value 10 not in range" "$WORK/c10.err" && pass "--compress 10 refused" ||
+    failed "--compress 10: $(cat "$WORK/c10.err")"; }
 
 # Shards of an earlier dump block a new one (even without its joined file) unless --force,
 # which replaces them; --workers 3 over 2 sequences writes 2 shards.

@@ -6,13 +6,14 @@
 // only these constants.
 //
 // Activations are [n_layers_stored, n_heads, n_tokens, head_dim] float16 (binary16
-// converted by pkv, never by HDF5), chunked [1, 1, chunk_tokens, head_dim] with
-// shuffle + deflate so reading one (layer, head) over all tokens touches only that
-// head's chunks. Each stored layer's attention geometry (sliding window, RoPE base,
+// converted by pkv, never by HDF5), chunked [1, 1, chunk_tokens, head_dim] so reading
+// one (layer, head) over all tokens touches only that head's chunks; unfiltered, or
+// shuffle + deflate (KvDumpWriteOptions::compress). Each stored layer's attention geometry (sliding window, RoPE base,
 // head shape) is in /layer_info (1.1); a 1.0 file leaves it to the model record.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,11 +145,50 @@ struct KvDumpHeader {
     nlohmann::json shard;
 };
 
+/// How the writer stores the activations. Every setting stores the same binary16 bits;
+/// only the filters, the file layout and the speed differ.
+struct KvDumpWriteOptions {
+    /// 0: no filters; 1..9: shuffle then deflate at that level (the files of pkv before
+    /// the option existed used 4, as the synchronous path still does by default).
+    int compress = 4;
+    /// 0: the synchronous path: each write_layer call writes one hyperslab through HDF5's
+    /// chunk cache, which runs the filters (the reference). N >= 1: the chunk pipeline:
+    /// full chunks are encoded on N threads (none when compress is 0) and written in
+    /// order by one more thread with HDF5's direct chunk write (chunk_writer.h).
+    int threads = 0;
+    /// Pipeline only: most bytes of full chunks waiting to be encoded or written;
+    /// write_layer* blocks beyond it (one chunk row always passes).
+    uint64_t queue_bytes = uint64_t{256} << 20;
+    /// Tests: run on an encoder thread before each job (its submission index); may throw.
+    std::function<void(uint64_t)> before_encode;
+};
+
+/// Where the writer's time went; KvDumpWriter::stats(). Seconds are wall time of the
+/// thread named; in the pipeline they overlap each other and the caller's work.
+struct KvDumpWriterStats {
+    int compress = 0, threads = 0;
+    uint64_t raw_bytes = 0;     ///< binary16 bytes of activations stored (tail chunks padded)
+    uint64_t stored_bytes = 0;  ///< bytes the activation datasets take in the file
+    uint64_t chunks = 0;        ///< chunks written (pipeline)
+    double copy_seconds = 0;    ///< caller: conversion to binary16 and reordering into chunks
+    double encode_seconds = 0;  ///< pipeline: shuffle + deflate, summed over encoder threads
+    /// Synchronous: the caller inside H5Dwrite (with HDF5's filters) and the final flush;
+    /// pipeline: the writer thread inside H5Dwrite_chunk.
+    double write_seconds = 0;
+    double wait_seconds = 0;        ///< caller blocked on the full queue (pipeline)
+    uint64_t waits = 0;             ///< how often it blocked
+    double finish_seconds = 0;      ///< finish(): the queue drained, the rest written, the file closed
+    uint64_t peak_queue_bytes = 0;  ///< most bytes of full chunks in the queue at once
+    uint64_t peak_open_bytes = 0;   ///< most bytes of partly filled chunks held at once
+};
+
 /// Streams a dump into `path` (the caller's temporary name; see AtomicOutput).
-/// Datasets are created at full size up front; data arrive in token order.
+/// Datasets are created at full size up front. Each (layer, token) must be written
+/// exactly once, in any order; the pipeline writes a chunk once all its tokens arrived,
+/// and finish() refuses (internal) when some never did.
 class KvDumpWriter {
 public:
-    KvDumpWriter(const std::string& path, const KvDumpHeader& header);
+    KvDumpWriter(const std::string& path, const KvDumpHeader& header, const KvDumpWriteOptions& options = {});
     ~KvDumpWriter();
     /// Token bookkeeping for tokens [t0, t0 + n).
     void write_tokens(int64_t t0, const std::vector<int32_t>& id, const std::vector<int32_t>& pos,
@@ -157,9 +197,17 @@ public:
     /// Inputs are row-major [n_tokens, n_heads * head_dim] floats, as the model gives them.
     void write_layer(int slot, int64_t t0, int n_tokens, const float* k_pre, const float* k_post, const float* v,
                      const float* q);
+    /// The same with binary16 bits (as an engine gives them): stored as they are, with no
+    /// float round trip; the bits a float input converts to are what write_layer stores.
+    void write_layer16(int slot, int64_t t0, int n_tokens, const uint16_t* k_pre, const uint16_t* k_post,
+                       const uint16_t* v, const uint16_t* q);
+    /// A failure of a pipeline thread is rethrown by the next write_layer*, write_tokens
+    /// or finish call.
     /// Records sequences and sources, adds summary attributes (JSON text "summary") and closes the file.
     void finish(const std::vector<int64_t>& seq_start, const std::vector<int32_t>& seq_length,
                 const nlohmann::json& summary);
+    /// So far (complete after finish()).
+    KvDumpWriterStats stats() const;
 
 private:
     struct Impl;

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -11,6 +12,9 @@
 #include <ctime>
 #include <fstream>
 #include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
 
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
@@ -49,12 +53,60 @@ void check_config(const DumpConfig& c) {
     PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
     PKV_CHECK(c.chunk_tokens >= 1, invalid_argument, "--chunk-tokens: expected at least 1, got {}", c.chunk_tokens);
+    PKV_CHECK(c.compress >= 0 && c.compress <= 9, invalid_argument, "--compress: expected 0 to 9, got {}", c.compress);
+    PKV_CHECK(c.writer_threads >= -1 && c.writer_threads <= 1024, invalid_argument,
+              "--writer-threads: expected 0 to 1024, got {}", c.writer_threads);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out is required");
 }
 
 }  // namespace
 
+KvDumpWriteOptions dump_write_options(const DumpConfig& c, int workers) {
+    KvDumpWriteOptions o;
+    o.compress = c.compress;
+    o.threads = c.writer_threads;
+    if (o.threads < 0) {
+        const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+        o.threads = std::max(1, (cores - 1) / std::max(1, workers));
+    }
+    // The queue bound is the process's: each of several files gets its share.
+    o.queue_bytes = std::max<uint64_t>(uint64_t{16} << 20, o.queue_bytes / static_cast<uint64_t>(std::max(1, workers)));
+    return o;
+}
+
+std::string describe_dump_time(const DumpSummary& s) {
+    const KvDumpWriterStats& w = s.writer;
+    const double mib = 1048576.0;
+    std::string out = fmt::format(
+        "time: forward {:.2f} s, sink {:.2f} s (convert/stage {:.2f} s, blocked on the queue {:.2f} s in {} waits); "
+        "writer ({}, {}): encode {:.2f} s, HDF5 write {:.2f} s, finish {:.2f} s; {:.1f} MiB of float16 stored as "
+        "{:.1f} MiB (ratio {:.2f}), peak queue {:.1f} MiB",
+        s.forward_seconds, s.sink_seconds, w.copy_seconds, w.wait_seconds, w.waits,
+        w.threads == 0 ? std::string("synchronous") : fmt::format("pipeline, {} threads", w.threads),
+        w.compress == 0 ? std::string("no compression") : fmt::format("shuffle+deflate {}", w.compress),
+        w.encode_seconds, w.write_seconds, w.finish_seconds, w.raw_bytes / mib, w.stored_bytes / mib,
+        w.stored_bytes > 0 ? static_cast<double>(w.raw_bytes) / static_cast<double>(w.stored_bytes) : 0.0,
+        w.peak_queue_bytes / mib);
+    return out;
+}
+
 namespace dump_detail {
+
+void add_writer_stats(KvDumpWriterStats& a, const KvDumpWriterStats& b) {
+    a.compress = b.compress;
+    a.threads = b.threads;
+    a.raw_bytes += b.raw_bytes;
+    a.stored_bytes += b.stored_bytes;
+    a.chunks += b.chunks;
+    a.copy_seconds += b.copy_seconds;
+    a.encode_seconds += b.encode_seconds;
+    a.write_seconds += b.write_seconds;
+    a.wait_seconds += b.wait_seconds;
+    a.waits += b.waits;
+    a.finish_seconds += b.finish_seconds;
+    a.peak_queue_bytes = std::max(a.peak_queue_bytes, b.peak_queue_bytes);
+    a.peak_open_bytes = std::max(a.peak_open_bytes, b.peak_open_bytes);
+}
 
 DumpJob prepare_dump(const DumpConfig& c) {
     DumpJob job;
@@ -102,6 +154,9 @@ KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vec
           {"capture", c.capture.to_string()},
           {"layers", job.layers},
           {"dim_order", header.hf_dim_order || header.native_half_split ? "hf_half_split" : "gguf_interleaved"},
+          {"chunk_tokens", c.chunk_tokens},
+          {"compress", c.compress},
+          {"writer_threads", c.writer_threads},
           {"bos", gguf_adds_bos(*job.file)}}},
     });
     return header;
@@ -144,11 +199,13 @@ nlohmann::json summary_json(int64_t n_tokens, int64_t n_sequences, int64_t n_pre
 
 PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& engine,
                       const std::vector<int32_t>& stream, const DumpPart& part, const KvDumpHeader& header,
-                      const std::string& path, const std::function<void(uint64_t)>& advance) {
-    const auto t_start = std::chrono::steady_clock::now();
+                      const KvDumpWriteOptions& write_options, const std::string& path,
+                      const std::function<void(uint64_t)>& advance) {
+    using clock = std::chrono::steady_clock;
+    const auto t_start = clock::now();
     const LlamaHparams& hp = job.model->hparams();
     const int64_t T0 = part.token_start, T1 = part.token_start + part.n_tokens;
-    KvDumpWriter writer(path, header);
+    KvDumpWriter writer(path, header, write_options);
     std::vector<int> slot_of(hp.n_layer, -1);
     for (size_t s = 0; s < job.layers.size(); ++s) slot_of[job.layers[s]] = static_cast<int>(s);
 
@@ -172,14 +229,31 @@ PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& en
             batch.emplace_back(stream.begin() + t0, stream.begin() + t0 + n);
             starts.push_back(t0 - T0);
         }
+        const auto t_batch = clock::now();
+        double sink = 0.0;
         const BatchResult results = engine.run_batch(batch, opts, [&](const EngineActivations& a) {
             check_interrupted();
-            const float* x[4];
-            for (int i = 0; i < 4; ++i) x[i] = to_float(a, i, i == 3 ? QD : KD, scratch[i]);
-            writer.write_layer(slot_of[a.f32.layer], starts[a.sequence], a.f32.n_tokens,
-                               c.capture.k_pre ? x[0] : nullptr, c.capture.k_post ? x[1] : nullptr,
-                               c.capture.v ? x[2] : nullptr, c.capture.q ? x[3] : nullptr);
+            const auto t_sink = clock::now();
+            const int slot = slot_of[a.f32.layer];
+            const int64_t t0 = starts[a.sequence];
+            const std::array<const uint16_t*, 4> h16 = {c.capture.k_pre ? a.k_pre16 : nullptr,
+                                                        c.capture.k_post ? a.k_post16 : nullptr,
+                                                        c.capture.v ? a.v16 : nullptr, c.capture.q ? a.q16 : nullptr};
+            const std::array<bool, 4> on = {c.capture.k_pre, c.capture.k_post, c.capture.v, c.capture.q};
+            bool all16 = true;
+            for (int i = 0; i < 4; ++i) all16 = all16 && (!on[i] || h16[i] != nullptr);
+            if (all16) {
+                // The engine's binary16 bits go into the file as they are.
+                writer.write_layer16(slot, t0, a.f32.n_tokens, h16[0], h16[1], h16[2], h16[3]);
+            } else {
+                const float* x[4];
+                for (int i = 0; i < 4; ++i) x[i] = on[i] ? to_float(a, i, i == 3 ? QD : KD, scratch[i]) : nullptr;
+                writer.write_layer(slot, t0, a.f32.n_tokens, x[0], x[1], x[2], x[3]);
+            }
+            sink += std::chrono::duration<double>(clock::now() - t_sink).count();
         });
+        res.sink_seconds += sink;
+        res.forward_seconds += std::chrono::duration<double>(clock::now() - t_batch).count() - sink;
         for (size_t s = 0; s < batch.size(); ++s) {
             const std::vector<int32_t>& ids = batch[s];
             const ForwardResult& r = results[s];
@@ -207,6 +281,7 @@ PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& en
     writer.finish(seq_start, res.seq_length,
                   summary_json(part.n_tokens, static_cast<int64_t>(seq_start.size()), res.n_predicted, res.nll_sum,
                                res.seconds, res.device));
+    res.writer = writer.stats();
     return res;
 }
 
@@ -237,7 +312,8 @@ DumpSummary run_dump(const DumpConfig& c) {
     PartResult r;
     try {
         Progress progress("dump", static_cast<uint64_t>(c.n_tokens), "tok");
-        r = write_part(c, job, *engine, stream, all, header, out.temp_path(), [&](uint64_t n) { progress.advance(n); });
+        r = write_part(c, job, *engine, stream, all, header, dump_write_options(c, 1), out.temp_path(),
+                       [&](uint64_t n) { progress.advance(n); });
         progress.finish();
         out.commit();
     } catch (const Error& e) {
@@ -261,6 +337,9 @@ DumpSummary run_dump(const DumpConfig& c) {
     sum.tokens_per_s = static_cast<double>(c.n_tokens) / sum.seconds;
     sum.peak_rss_bytes = peak_rss_bytes();
     sum.model_bytes = job.file->file_size();
+    sum.forward_seconds = r.forward_seconds;
+    sum.sink_seconds = r.sink_seconds;
+    sum.writer = r.writer;
     struct stat st {};
     if (stat(c.out_path.c_str(), &st) == 0) sum.file_bytes = static_cast<uint64_t>(st.st_size);
     return sum;

@@ -42,6 +42,11 @@ struct DumpConfig {
     std::vector<int> layers;    ///< model layers to store; empty = all
     bool hf_dim_order = false;  ///< store K/Q in Hugging Face half-split order
     int chunk_tokens = 512;     ///< HDF5 chunk length along tokens (64 KiB chunks at head_dim 64)
+    /// 0: activations unfiltered; 1..9: shuffle + deflate at that level (KvDumpWriteOptions).
+    int compress = 0;
+    /// Encoder threads of each file's chunk pipeline; 0: the synchronous writer (the
+    /// reference); -1: the cores less one (at least 1), shared among this process's workers.
+    int writer_threads = -1;
     std::string out_path;
     bool force = false;             ///< overwrite an existing output
     std::vector<std::string> argv;  ///< recorded as provenance
@@ -72,6 +77,11 @@ struct DumpSummary {
     std::vector<std::string> shard_paths;
     uint64_t shard_bytes = 0;  ///< their total size
     int workers = 1;           ///< workers of the whole job (threads times MPI ranks)
+    /// Where the time went, summed over this process's workers: the engine's forward
+    /// pass (run_batch less the sink), the sink (conversion and staging, blocked on a
+    /// full queue included), and the writer's own figures (KvDumpWriterStats).
+    double forward_seconds = 0.0, sink_seconds = 0.0;
+    KvDumpWriterStats writer;
 };
 
 /// A contiguous block of whole sequences that one worker dumps into one shard.
@@ -103,6 +113,13 @@ std::string dump_shard_name(const std::string& out_path, int index, int count);
 /// dump, the others their shards' (out_path empty). A rank that throws must end the job
 /// (dist::Comm::abort) so that none waits; outputs then never appear.
 DumpSummary run_dump(const DumpConfig& config);
+
+/// The writer options of one of `workers` files written at once by this process under
+/// `c` (writer_threads -1 resolved against the cores).
+KvDumpWriteOptions dump_write_options(const DumpConfig& c, int workers);
+
+/// One line of where a dump's time went, for stderr: "time: forward 12.1 s, ...".
+std::string describe_dump_time(const DumpSummary& s);
 
 /// Peak resident set size of this process in bytes (0 if unknown).
 uint64_t peak_rss_bytes();

@@ -44,7 +44,12 @@ struct PartResult {
     int64_t n_predicted = 0;
     double seconds = 0.0;
     std::string device;
+    double forward_seconds = 0.0, sink_seconds = 0.0;  ///< as in DumpSummary
+    KvDumpWriterStats writer;
 };
+
+/// Adds b's figures to a's (seconds and bytes summed, peaks the larger).
+void add_writer_stats(KvDumpWriterStats& a, const KvDumpWriterStats& b);
 
 /// Runs `engine` over tokens [part.token_start, + part.n_tokens) of `stream` (whole
 /// sequences of c.ctx tokens, the last possibly shorter) and writes them as a complete
@@ -52,7 +57,8 @@ struct PartResult {
 /// every finished sequence's tokens. The file's summary is that of its tokens.
 PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& engine,
                       const std::vector<int32_t>& stream, const DumpPart& part, const KvDumpHeader& header,
-                      const std::string& path, const std::function<void(uint64_t)>& advance);
+                      const KvDumpWriteOptions& write_options, const std::string& path,
+                      const std::function<void(uint64_t)>& advance);
 
 /// The "summary" record of a dump of `n_tokens` tokens in `n_sequences` sequences.
 nlohmann::json summary_json(int64_t n_tokens, int64_t n_sequences, int64_t n_predicted, double nll_sum, double seconds,

@@ -265,11 +265,13 @@ DumpSummary run_joined_dump(const DumpConfig& c, DumpJob& job) {
                        {"token_start", parts[p].token_start},
                        {"sequence_start", parts[p].first_sequence},
                        {"main", c.out_path.substr(folder.size())}};
-            results[i] = write_part(c, job, *engine, stream, parts[p], h, shard_out[i]->temp_path(), [&](uint64_t n) {
-                if (!progress) return;
-                std::lock_guard<std::mutex> lock(progress_mutex);
-                progress->advance(n);
-            });
+            results[i] =
+                write_part(c, job, *engine, stream, parts[p], h, dump_write_options(c, static_cast<int>(mine.size())),
+                           shard_out[i]->temp_path(), [&](uint64_t n) {
+                               if (!progress) return;
+                               std::lock_guard<std::mutex> lock(progress_mutex);
+                               progress->advance(n);
+                           });
         } catch (...) {
             errors[i] = std::current_exception();
         }
@@ -297,10 +299,15 @@ DumpSummary run_joined_dump(const DumpConfig& c, DumpJob& job) {
     if (progress) progress->finish();
 
     // Rank 0 joins: every worker's tokens, then the joined dump over the shards.
+    DumpSummary sum;
+    for (const PartResult& r : results) {
+        sum.forward_seconds += r.forward_seconds;
+        sum.sink_seconds += r.sink_seconds;
+        add_writer_stats(sum.writer, r.writer);
+    }
     std::map<int, PartResult> mine_by_index;
     for (size_t i = 0; i < mine.size(); ++i) mine_by_index.emplace(mine[i], std::move(results[i]));
     const std::vector<std::string> gathered = comm.gather(encode(mine_by_index));
-    DumpSummary sum;
     sum.model_name = hp.name;
     sum.model_bytes = job.file->file_size();
     sum.workers = W;

@@ -150,22 +150,51 @@ inline std::vector<float> synth_rows(const SynthSpec& s, const char* dataset, in
     return rows;
 }
 
+/// How write_synth_dump hands the data to the writer.
+struct SynthWrite {
+    KvDumpWriteOptions options;  ///< the writer's settings
+    bool binary16 = false;       ///< write_layer16 with the bits write_layer would store
+    bool reverse = false;        ///< sequences last to first (chunks then fill out of order)
+};
+
 /// Writes a complete, valid synthetic dump (with `header` instead of synth_header(s) when given).
-inline void write_synth_dump(const std::string& path, const SynthSpec& s, const KvDumpHeader* header = nullptr) {
-    KvDumpWriter w(path, header ? *header : synth_header(s));
+inline void write_synth_dump(const std::string& path, const SynthSpec& s, const KvDumpHeader* header = nullptr,
+                             const SynthWrite& how = {}) {
+    KvDumpWriter w(path, header ? *header : synth_header(s), how.options);
     std::vector<int64_t> starts;
     std::vector<int32_t> lengths;
-    int64_t t0 = 0;
-    for (size_t si = 0; si < s.seq_lengths.size(); ++si) {
+    int64_t T = 0;
+    for (int n : s.seq_lengths) {
+        starts.push_back(T);
+        lengths.push_back(n);
+        T += n;
+    }
+    std::vector<size_t> order;
+    for (size_t si = 0; si < s.seq_lengths.size(); ++si) order.push_back(si);
+    if (how.reverse) std::reverse(order.begin(), order.end());
+    auto to16 = [](const std::vector<float>& x) {
+        std::vector<uint16_t> h(x.size());
+        float_to_half_n(x.data(), h.data(), x.size());
+        return h;
+    };
+    for (size_t si : order) {
         const int n = s.seq_lengths[si];
+        const int64_t t0 = starts[si];
         for (size_t slot = 0; slot < s.layers.size(); ++slot) {
             const int sl = static_cast<int>(slot);
             auto kp = synth_rows(s, kvdump::kKPre, sl, t0, n, t0);
             auto ko = synth_rows(s, kvdump::kKPost, sl, t0, n, t0);
             auto v = synth_rows(s, kvdump::kV, sl, t0, n, t0);
             auto q = synth_rows(s, kvdump::kQ, sl, t0, n, t0);
-            w.write_layer(sl, t0, n, s.capture.k_pre ? kp.data() : nullptr, s.capture.k_post ? ko.data() : nullptr,
-                          s.capture.v ? v.data() : nullptr, s.capture.q ? q.data() : nullptr);
+            if (how.binary16) {
+                auto kp16 = to16(kp), ko16 = to16(ko), v16 = to16(v), q16 = to16(q);
+                w.write_layer16(sl, t0, n, s.capture.k_pre ? kp16.data() : nullptr,
+                                s.capture.k_post ? ko16.data() : nullptr, s.capture.v ? v16.data() : nullptr,
+                                s.capture.q ? q16.data() : nullptr);
+            } else {
+                w.write_layer(sl, t0, n, s.capture.k_pre ? kp.data() : nullptr, s.capture.k_post ? ko.data() : nullptr,
+                              s.capture.v ? v.data() : nullptr, s.capture.q ? q.data() : nullptr);
+            }
         }
         std::vector<int32_t> id(n), pos(n), seq(n, static_cast<int32_t>(si));
         std::vector<float> nll(n, std::nanf(""));
@@ -175,12 +204,8 @@ inline void write_synth_dump(const std::string& path, const SynthSpec& s, const 
             if (i > 0) nll[i] = 0.5f + 0.01f * static_cast<float>(i);
         }
         w.write_tokens(t0, id, pos, seq, nll);
-        starts.push_back(t0);
-        lengths.push_back(n);
-        t0 += n;
     }
-    w.finish(starts, lengths,
-             {{"n_tokens", t0}, {"perplexity", 2.5}, {"nll_mean", std::log(2.5)}, {"n_predicted", 47}});
+    w.finish(starts, lengths, {{"n_tokens", T}, {"perplexity", 2.5}, {"nll_mean", std::log(2.5)}, {"n_predicted", 47}});
 }
 
 /// True when /usr/bin/python3 can import the given modules.
