@@ -5,6 +5,7 @@
 //
 //   pkv_bench_dump_writer [--shape 135m|8b|all] [--tokens N] [--ctx N] [--chunk-tokens N]
 //                         [--threads N] [--settings LIST] [--dir DIR] [--repeat N] [--levels]
+//                         [--engine-tps N]
 //
 // LIST: comma-separated "sync:<level>" (the synchronous writer: HDF5's chunk cache and
 // filters, the reference) and "pipe:<level>" (the chunk pipeline with --threads encoder
@@ -14,6 +15,11 @@
 // the fastest run is shown: on a shared machine the others measure the neighbours and
 // the kernel's writeback of earlier files. --levels adds one-thread shuffle+deflate MB/s and
 // ratio for every level on the same data.
+//
+// --engine-tps N puts a simulated engine in front of the writer: before each layer's
+// rows the caller's thread spins for the time an engine producing N tokens/s would take
+// (as a GPU engine's host thread waits on its device), so the line shows how much of the
+// writer's time the setting hides behind the engine's; without it the caller only writes.
 //
 // Data: per (layer, head, dim) channel a log-normal scale times a normal value, rounded
 // to binary16, which compresses about like real keys and values (real dumps: see
@@ -102,8 +108,14 @@ pkv::KvDumpHeader header_of(const Shape& s, int64_t T, int chunk_tokens) {
     return h;
 }
 
+void spin(double seconds) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+}
+
 Run run_one(const Shape& s, const Pool& pool, int64_t T, int ctx, int chunk_tokens, const Setting& set, int threads,
-            const std::string& path) {
+            const std::string& path, double engine_tps) {
     pkv::KvDumpWriteOptions o;
     o.compress = set.level;
     o.threads = set.pipe ? threads : 0;
@@ -119,6 +131,7 @@ Run run_one(const Shape& s, const Pool& pool, int64_t T, int ctx, int chunk_toke
             const size_t r0 = static_cast<size_t>((l * 37 + t / ctx * 11) % ctx);
             const uint16_t* kv = pool.kv.data() + r0 * kvc;
             const uint16_t* q = pool.q.data() + r0 * qc;
+            if (engine_tps > 0) spin(n / engine_tps / s.n_layer);
             w.write_layer16(l, t, n, kv, kv + kvc, kv + 2 * kvc, q);
         }
         std::vector<int32_t> id(n, 1), pos(n), seq(n, static_cast<int32_t>(starts.size()));
@@ -173,6 +186,7 @@ int main(int argc, char** argv) {
     int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
     bool want_levels = false;
     int repeat = 3;
+    double engine_tps = 0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -190,6 +204,7 @@ int main(int argc, char** argv) {
         else if (a == "--settings") settings = next();
         else if (a == "--dir") dir = next();
         else if (a == "--levels") want_levels = true;
+        else if (a == "--engine-tps") engine_tps = std::stod(next());
         else if (a == "--repeat") repeat = std::max(1, std::stoi(next()));
         else {
             std::fprintf(stderr, "unknown argument '%s' (see the comment at the top of bench/dump_writer.cpp)\n",
@@ -213,8 +228,10 @@ int main(int argc, char** argv) {
     const std::string path = dir + "/pkv_bench_dump_writer." + std::to_string(getpid()) + ".h5";
     std::printf(
         "KV dump writer, synthetic binary16, ctx %d, chunks of %d tokens, pipeline threads %d, %u cores, "
-        "best of %d, files in %s\n",
+        "best of %d, files in %s",
         ctx, chunk_tokens, threads, std::thread::hardware_concurrency(), repeat, dir.c_str());
+    if (engine_tps > 0) std::printf(", behind a simulated engine of %.0f tokens/s", engine_tps);
+    std::printf("\n");
     try {
         for (const Shape& s : kShapes) {
             if (shape != "all" && shape != s.name) continue;
@@ -230,7 +247,7 @@ int main(int argc, char** argv) {
             for (const Setting& set : sets) {
                 Run r;
                 for (int k = 0; k < repeat; ++k) {
-                    const Run one = run_one(s, pool, T, ctx, chunk_tokens, set, threads, path);
+                    const Run one = run_one(s, pool, T, ctx, chunk_tokens, set, threads, path, engine_tps);
                     std::remove(path.c_str());
                     if (k == 0 || one.seconds < r.seconds) r = one;
                 }

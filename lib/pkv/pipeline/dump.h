@@ -11,8 +11,9 @@
 // sequence.
 //
 // Memory: the model stays quantized in its file mapping, one layer is dequantized
-// at a time, and each layer's activations are written before the next layer runs,
-// so peak memory does not grow with n_tokens.
+// at a time, and each layer's activations go to the writer before the next layer runs;
+// the writer's chunk pipeline holds at most a bounded queue (KvDumpWriteOptions), so
+// peak memory does not grow with n_tokens.
 //
 // Several workers (DumpConfig::engines, MPI ranks; docs/distributed.md): the sequences
 // are split into contiguous blocks balanced by tokens (plan_dump_parts), each worker
