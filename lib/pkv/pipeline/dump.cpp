@@ -82,7 +82,8 @@ std::string describe_dump_time(const DumpSummary& s) {
         "writer ({}, {}): encode {:.2f} s, HDF5 write {:.2f} s, finish {:.2f} s; {:.1f} MiB of float16 stored as "
         "{:.1f} MiB (ratio {:.2f}), peak queue {:.1f} MiB",
         s.forward_seconds, s.sink_seconds, w.copy_seconds, w.wait_seconds, w.waits,
-        w.threads == 0 ? std::string("synchronous") : fmt::format("pipeline, {} threads", w.threads),
+        w.threads == 0 ? std::string("synchronous")
+                       : fmt::format("pipeline, {} thread{}", w.threads, w.threads == 1 ? "" : "s"),
         w.compress == 0 ? std::string("no compression") : fmt::format("shuffle+deflate {}", w.compress),
         w.encode_seconds, w.write_seconds, w.finish_seconds, w.raw_bytes / mib, w.stored_bytes / mib,
         w.stored_bytes > 0 ? static_cast<double>(w.raw_bytes) / static_cast<double>(w.stored_bytes) : 0.0,

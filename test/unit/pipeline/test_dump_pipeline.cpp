@@ -168,3 +168,58 @@ TEST_CASE("run_dump failures leave no output", "[pipeline][dump]") {
     const auto listing = std::string(dir.path);
     CHECK(std::system(("test -z \"$(ls -A '" + listing + "' | grep pkv-tmp)\"").c_str()) == 0);
 }
+
+TEST_CASE("run_dump stores the same values for every writer setting and records them", "[pipeline][dump]") {
+    if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
+    TempDir dir;
+    const std::string model_path = dir.path + "/tiny.gguf", text_path = dir.path + "/text.txt";
+    test::write_tiny_model(model_path);
+    {
+        std::ofstream f(text_path);
+        for (int i = 0; i < 4; ++i) f << kText;
+    }
+    DumpConfig c;
+    c.model_path = model_path;
+    c.text_paths = {text_path};
+    c.n_tokens = 100;
+    c.ctx = 32;
+    c.chunk_tokens = 16;
+    c.argv = {"pkv", "dump", "(test)"};
+    auto dump = [&](int threads, int compress) {
+        DumpConfig d = c;
+        d.writer_threads = threads;
+        d.compress = compress;
+        d.out_path = dir.path + "/w" + std::to_string(threads) + "c" + std::to_string(compress) + ".h5";
+        const DumpSummary s = run_dump(d);
+        CHECK(s.writer.threads == threads);
+        CHECK(s.writer.compress == compress);
+        // 2 layers x (3 x 2 kv heads + 4 q heads) x head_dim 8 x 2 bytes per token; the
+        // pipeline counts the tail chunk whole (100 tokens in chunks of 16: 112).
+        CHECK(s.writer.raw_bytes == (threads == 0 ? 100ull : 112ull) * 2 * 10 * 8 * 2);
+        CHECK(s.writer.stored_bytes > 0);
+        CHECK(s.forward_seconds > 0);
+        CHECK_THAT(describe_dump_time(s), ContainsSubstring("time: forward"));
+        KvDumpReader r(d.out_path);
+        CHECK(r.provenance()["settings"]["compress"] == compress);
+        CHECK(r.provenance()["settings"]["writer_threads"] == threads);
+        std::vector<float> all;
+        for (const char* name : kvdump::kActivations) {
+            const int H = std::string(name) == kvdump::kQ ? r.n_head() : r.n_head_kv();
+            for (int slot = 0; slot < r.n_layers(); ++slot)
+                for (int h = 0; h < H; ++h) {
+                    const auto x = r.read_head(name, slot, h);
+                    all.insert(all.end(), x.begin(), x.end());
+                }
+        }
+        return all;
+    };
+    const std::vector<float> ref = dump(0, 0);
+    CHECK(dump(2, 6) == ref);
+    CHECK(dump(1, 0) == ref);
+    CHECK(dump(0, 4) == ref);
+
+    c.out_path = dir.path + "/bad.h5";
+    c.compress = 10;
+    CHECK_THROWS_WITH(run_dump(c), ContainsSubstring("--compress: expected 0 to 9, got 10"));
+    CHECK_FALSE(exists(c.out_path));
+}
