@@ -45,7 +45,7 @@ uint64_t peak_rss_bytes() {
 namespace {
 
 void check_config(const DumpConfig& c) {
-    check_model_and_texts(c.model_path, c.text_paths);
+    check_model_and_inputs(c.model_path, c.text_paths, c.token_ids_path);
     PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
     PKV_CHECK(c.chunk_tokens >= 1, invalid_argument, "--chunk-tokens: expected at least 1, got {}", c.chunk_tokens);
@@ -102,7 +102,8 @@ KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vec
           {"capture", c.capture.to_string()},
           {"layers", job.layers},
           {"dim_order", header.hf_dim_order || header.native_half_split ? "hf_half_split" : "gguf_interleaved"},
-          {"bos", gguf_adds_bos(*job.file)}}},
+          {"bos", gguf_adds_bos(*job.file)},
+          {"input", c.token_ids_path.empty() ? "text" : "token_ids"}}},
     });
     return header;
 }
@@ -227,7 +228,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     install_interrupt_handlers();
 
     std::vector<TextSource> sources;
-    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.n_tokens, sources);
+    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.token_ids_path, c.n_tokens, sources);
     job.model_sha = sha256_file(c.model_path);
     const KvDumpHeader header = dump_header(c, job, sources, engine->description());
 

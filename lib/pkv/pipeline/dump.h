@@ -36,6 +36,8 @@ namespace pkv {
 struct DumpConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
+    /// Instead of text_paths: a file of token ids (pipeline/text_input.h gives its format).
+    std::string token_ids_path;
     int64_t n_tokens = 16384;   ///< tokens to run and store
     int ctx = 1024;             ///< tokens per sequence (<= the model's context length)
     CaptureSet capture;         ///< which activations to store
