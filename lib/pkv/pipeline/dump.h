@@ -4,6 +4,7 @@
 //
 // Token stream: each text file is tokenized on its own (special-token strings are
 // treated as plain text) and the files' tokens are concatenated in argument order;
+// with token_ids_path set instead, the tokens are that file's ids (pipeline/text_input.h);
 // the first `n_tokens` tokens are cut into sequences of `ctx` tokens (the last may
 // be shorter). Each sequence is an independent prefill starting at position 0 —
 // no BOS is inserted unless the model's tokenizer asks for one (add_bos_token).

@@ -48,7 +48,8 @@ void check_model_and_inputs(const std::string& model_path, const std::vector<std
 
 /// The first n_tokens of the token stream of either input: the texts' (as above) when
 /// token_ids_path is empty, else the ids of that file, checked against the model's
-/// vocabulary (its token_embd.weight rows; no tokenizer is needed). A token-ids file
+/// vocabulary (its token_embd.weight rows; no tokenizer is needed) and used as given
+/// (no BOS is added, whatever the tokenizer's add_bos_token says). A token-ids file
 /// gives one source record: its path, the SHA-256 and size of its bytes and the tokens
 /// taken. Throws out_of_range when the file holds fewer than n_tokens ids.
 std::vector<int32_t> token_stream(const GgufFile& model, const std::vector<std::string>& text_paths,

@@ -86,7 +86,7 @@ TEST_CASE("token_stream takes the first n ids of a token-ids file and records it
 TEST_CASE("run_dump with token ids stores the file's ids for a model without a tokenizer",
           "[pipeline][token_ids][dump]") {
     pkv_test::ScratchDir dir;
-    // The tiny model without its vocabulary: only the ids file can feed it.
+    // The tiny model without its vocabulary (no tokenizer key at all): only the ids file can feed it.
     const std::string with_vocab = dir.path("tiny.gguf"), model_path = dir.path("novocab.gguf");
     test::write_tiny_model(with_vocab);
     {
@@ -94,7 +94,6 @@ TEST_CASE("run_dump with token ids stores the file's ids for a model without a t
         GgufWriter w;
         for (const auto& key : src->keys())
             if (key.rfind("tokenizer.", 0) != 0) w.set(key, src->get(key));
-        w.set_bool("tokenizer.ggml.add_bos_token", false);
         for (const auto& t : src->tensors()) {
             const uint8_t* p = src->tensor_data(t);
             w.add_tensor(t.name, t.ne, t.type(), std::vector<uint8_t>(p, p + t.nbytes));
