@@ -102,10 +102,11 @@ KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vec
           {"capture", c.capture.to_string()},
           {"layers", job.layers},
           {"dim_order", header.hf_dim_order || header.native_half_split ? "hf_half_split" : "gguf_interleaved"},
-          // Token ids are used as given: no BOS (and the model may have no tokenizer at all).
-          {"bos", c.token_ids_path.empty() && gguf_adds_bos(*job.file)},
-          {"input", c.token_ids_path.empty() ? "text" : "token_ids"}}},
+          {"bos", gguf_adds_bos(*job.file)}}},
     });
+    // Token ids are used as given: no BOS is added, whatever the tokenizer says.
+    if (!c.token_ids_path.empty()) header.provenance["settings"]["bos"] = false;
+    header.provenance["settings"]["input"] = c.token_ids_path.empty() ? "text" : "token_ids";
     return header;
 }
 
