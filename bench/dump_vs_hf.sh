@@ -20,11 +20,13 @@
 #   PYTHON                the Python with torch, transformers and h5py (default python3)
 #
 # What is timed (start-up excluded for both, the same way):
-#   pkv: summary.seconds of the dump file (forward, capture and writes, from the output's
-#        opening to the last layer written; not the model's loading, hashing or upload),
-#        of a run of WARMUP + N tokens minus that of a run of WARMUP tokens: the cost of N
-#        tokens once the engine has run a batch (WARMUP 0: one run of N tokens, its first
-#        batch's start-up included).
+#   pkv: a run of WARMUP + N tokens minus a run of WARMUP tokens, the same model and ids:
+#        the cost of N tokens once the engine has run a batch. The start-up (loading,
+#        hashing and uploading the model) is the same in both runs and cancels. Two
+#        figures: the whole runs' wall time (everything the N tokens cost up to the closed
+#        file: the ratios use it) and the dump's own summary.seconds (forward and writes
+#        from opening the output to the last layer handed to the writer; writes still
+#        queued then are not in it). WARMUP 0: one run of N tokens, summary.seconds only.
 #   transformers: hf_capture.py, one untimed warm-up batch, then N tokens: forward, hooks,
 #        copies to pinned host memory, and (h5 mode) h5py writes, uncompressed, and close.
 # Needs one GPU, ~20 GB of disk at 135M defaults and ~40 GB at llama3-8b (bf16); fits in a
@@ -84,17 +86,20 @@ if [ ! -f "$model" ] || [ ! -f "$ids" ] || [ ! -f "$json" ] ||
   echo "dump_vs_hf: model written in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" >&2
 fi
 
-# run_pkv TOKENS NAME: dumps TOKENS tokens; prints summary.seconds and the file's bytes.
+# run_pkv TOKENS NAME: dumps TOKENS tokens; prints the run's wall seconds, the dump's
+# summary.seconds and the file's bytes.
 run_pkv() {
-  local n="$1" out="$S/pkv-$2.h5"
+  local n="$1" out="$S/pkv-$2.h5" t0 t1
+  t0=$(date +%s.%N)
   # shellcheck disable=SC2086
   "$PKV" --log-level warn dump --device cuda --model "$model" --token-ids "$ids" --tokens "$n" --ctx "$CTX" \
     --capture k_pre,k_post,v,q --out "$out" --force ${PKV_DUMP_ARGS:-} >"$S/pkv-$2.log"
-  "$PY" - "$out" <<'PY'
+  t1=$(date +%s.%N)
+  "$PY" - "$out" "$t0" "$t1" <<'PY'
 import h5py, json, os, sys
 with h5py.File(sys.argv[1], "r") as f:
     s = json.loads(f.attrs["summary"])
-print(s["seconds"], os.path.getsize(sys.argv[1]))
+print(float(sys.argv[3]) - float(sys.argv[2]), s["seconds"], os.path.getsize(sys.argv[1]))
 PY
   rm -f "$out"
 }
@@ -103,15 +108,16 @@ if [ "$W" -gt 0 ]; then
   echo "dump_vs_hf: pkv dump, $W + $N tokens, then $W tokens (the difference is the cost of $N)" >&2
   big=$(run_pkv $((N + W)) big)
   small=$(run_pkv "$W" small)
-  read -r big_s big_bytes <<<"$big"
-  read -r small_s small_bytes <<<"$small"
-  pkv_s=$(awk -v a="$big_s" -v b="$small_s" 'BEGIN { print a - b }')
-  pkv_bytes=$((big_bytes - small_bytes))
-  pkv_how="file; $W+$N minus $W tokens"
+  read -r big_wall big_s big_bytes <<<"$big"
+  read -r small_wall small_s small_bytes <<<"$small"
+  pkv_rows=$(awk -v n="$N" -v w="$W" -v bw="$big_wall" -v sw="$small_wall" -v bs="$big_s" -v ss="$small_s" \
+    -v bb="$big_bytes" -v sb="$small_bytes" 'BEGIN {
+      printf "pkv dump (file; runs of %d+%d minus %d tokens)\t%.6f\t%d\n", w, n, w, bw - sw, bb - sb
+      printf "pkv dump (summary.seconds, same difference)\t%.6f\t%d\n", bs - ss, bb - sb }')
 else
   echo "dump_vs_hf: pkv dump, $N tokens" >&2
-  read -r pkv_s pkv_bytes <<<"$(run_pkv "$N" one)"
-  pkv_how="file; one run incl. first batch"
+  read -r _ one_s one_bytes <<<"$(run_pkv "$N" one)"
+  pkv_rows=$(printf 'pkv dump (summary.seconds, one run)\t%s\t%s' "$one_s" "$one_bytes")
 fi
 echo "dump_vs_hf: transformers, memory" >&2
 hf_mem=$("$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens "$N" --ctx "$CTX" \
@@ -121,24 +127,24 @@ hf_h5=$("$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens 
   --batch "$BATCH" --mode h5 --out "$S/hf.h5" 2>"$S/hf-h5.log" | tail -n 1) || { tail -n 5 "$S/hf-h5.log" >&2; exit 1; }
 rm -f "$S/hf.h5"
 
-"$PY" - "$shape" "$type" "$N" "$CTX" "$pkv_how" "$BATCH" "$pkv_s" "$pkv_bytes" \
+"$PY" - "$shape" "$type" "$N" "$CTX" "$pkv_rows" "$BATCH" \
   "$hf_mem" "$hf_h5" "$gpu" "$("$PKV" --version)" "${PKV_DUMP_ARGS:-}" <<'PY'
 import datetime, json, sys
-shape, typ, n, ctx, how, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-pkv_s, pkv_b = float(sys.argv[7]), int(sys.argv[8])
-mem, h5 = json.loads(sys.argv[9]), json.loads(sys.argv[10])
-gpu, version, extra = sys.argv[11], sys.argv[12], sys.argv[13]
+shape, typ, n, ctx, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[6]
+pkv = [(name, float(sec), int(b)) for name, sec, b in (line.split("\t") for line in sys.argv[5].splitlines())]
+mem, h5 = json.loads(sys.argv[7]), json.loads(sys.argv[8])
+gpu, version, extra = sys.argv[9], sys.argv[10], sys.argv[11]
 print(f"dump vs transformers capture: {shape} ({typ} weights for pkv, bf16 for transformers), {n} tokens, "
       f"ctx {ctx}, K pre/post-RoPE, V, Q of every layer as fp16")
 print(f"machine: {gpu}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {version}"
       f"{' ' + extra if extra else ''}; torch {mem['torch']}, transformers {mem['transformers']}, batch {batch}")
-rows = [(f"pkv dump ({how})", n, pkv_s, pkv_b)]
+rows = [(name, n, sec, b) for name, sec, b in pkv]
 rows.append(("transformers + h5py (file)", n, h5["seconds"], h5["bytes"]))
 rows.append(("transformers (host memory)", n, mem["seconds"], None))
-print(f"{'tool':<46} {'tokens':>8} {'seconds':>9} {'tokens/s':>11} {'file MiB':>10}")
+print(f"{'tool':<50} {'tokens':>8} {'seconds':>9} {'tokens/s':>11} {'file MiB':>10}")
 for name, t, s, b in rows:
-    print(f"{name:<46} {t:8d} {s:9.3f} {t / s:11.1f} {('-' if b is None else f'{b / 2**20:.1f}'):>10}")
-rate = n / pkv_s
+    print(f"{name:<50} {t:8d} {s:9.3f} {t / s:11.1f} {('-' if b is None else f'{b / 2**20:.1f}'):>10}")
+rate = n / pkv[0][1]  # the first pkv row: whole runs (summary.seconds with one run)
 print(f"ratio pkv / transformers (file):   {rate / (n / h5['seconds']):.2f}")
 print(f"ratio pkv / transformers (memory): {rate / (n / mem['seconds']):.2f}")
 PY
