@@ -27,7 +27,10 @@ Command add_dump(CLI::App& root) {
     auto* app = root.add_subcommand("dump", "run a GGUF model over text and write its K/V/Q activations to HDF5");
     auto& c = args->config;
     app->add_option("--model,-m", c.model_path, "GGUF model (Llama family)")->required();
-    app->add_option("--text,-t", c.text_paths, "text file(s), tokenized separately and concatenated")->required();
+    auto* text = app->add_option("--text,-t", c.text_paths, "text file(s), tokenized separately and concatenated");
+    app->add_option("--token-ids", c.token_ids_path,
+                    "instead of --text: the model's token ids, little-endian int32, 4 bytes each, no header")
+        ->excludes(text);
     app->add_option("--tokens,-n", c.n_tokens, "tokens to run and store")->capture_default_str();
     app->add_option("--ctx,-c", c.ctx, "tokens per sequence (independent prefill from position 0)")
         ->capture_default_str();

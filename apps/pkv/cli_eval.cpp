@@ -31,7 +31,10 @@ Command add_eval(CLI::App& root) {
         "eval", "perplexity, KL and top-1 agreement against fp16 with the KV cache held as each method holds it");
     auto& c = args->config;
     app->add_option("--model,-m", c.model_path, "GGUF model (llama, qwen2, qwen3 or gemma3 architecture)")->required();
-    app->add_option("--text,-t", c.text_paths, "text file(s), tokenized as pkv dump does")->required();
+    auto* text = app->add_option("--text,-t", c.text_paths, "text file(s), tokenized as pkv dump does");
+    app->add_option("--token-ids", c.token_ids_path,
+                    "instead of --text: the model's token ids, little-endian int32, 4 bytes each, no header")
+        ->excludes(text);
     app->add_option("--tokens,-n", c.n_tokens, "tokens to evaluate")->capture_default_str();
     app->add_option("--ctx,-c", c.ctx, "tokens per sequence (<= the model's context length)")->capture_default_str();
     app->add_option("--kv", c.kv,

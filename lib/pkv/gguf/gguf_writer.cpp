@@ -1,13 +1,16 @@
 #include "pkv/gguf/gguf_writer.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <set>
 
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
+#include "pkv/core/half.h"
 
 namespace pkv {
 
@@ -126,9 +129,58 @@ GgufValue array_of(GgufType elem, const std::vector<T>& xs, F make) {
     return v;
 }
 
+// One tensor as emit() sees it: its bytes in memory, or a row source.
+struct TensorView {
+    std::string name;
+    std::vector<uint64_t> ne;
+    GgmlType type;
+    const std::vector<uint8_t>* data = nullptr;
+    const GgufWriter::RowSource* rows = nullptr;
+    uint64_t bytes = 0, row_bytes = 0;
+};
+
+// The writer's tensors (a private type, hence the template) as emit() takes them.
+template <typename Tensors>
+std::vector<TensorView> views_of(const Tensors& tensors) {
+    std::vector<TensorView> out;
+    for (const auto& t : tensors) {
+        TensorView v{t.name, t.ne, t.type};
+        if (t.rows) v.rows = &t.rows;
+        else v.data = &t.data;
+        v.bytes = t.bytes;
+        v.row_bytes = t.row_bytes;
+        out.push_back(std::move(v));
+    }
+    return out;
+}
+
+constexpr uint64_t kStreamRunBytes = uint64_t{32} << 20;
+
+// Writes a streamed tensor: run i + 1 is made on another thread while run i is written.
+void stream_rows(const Sink& out, const TensorView& t) {
+    const uint64_t n_rows = t.bytes / t.row_bytes;
+    const uint64_t per = std::max<uint64_t>(1, kStreamRunBytes / t.row_bytes);
+    std::vector<uint8_t> buf[2];
+    const auto fill = [&](int b, uint64_t r0) {
+        const uint64_t n = std::min(per, n_rows - r0);
+        buf[b].resize(static_cast<size_t>(n * t.row_bytes));
+        (*t.rows)(r0, n, buf[b].data());
+    };
+    if (n_rows == 0) return;
+    fill(0, 0);
+    // Declared after buf: if out() throws, the future's destructor waits for the run
+    // being made before the buffers go away.
+    std::future<void> next;
+    int b = 0;
+    for (uint64_t r0 = 0; r0 < n_rows; r0 += per, b ^= 1) {
+        if (r0 + per < n_rows) next = std::async(std::launch::async, fill, b ^ 1, r0 + per);
+        out(buf[b].data(), buf[b].size());
+        if (next.valid()) next.get();
+    }
+}
+
 void emit(const Sink& out, uint32_t alignment, const std::vector<std::pair<std::string, GgufValue>>& kv,
-          const std::vector<std::string>& names, const std::vector<std::vector<uint64_t>>& nes,
-          const std::vector<GgmlType>& types, const std::vector<const std::vector<uint8_t>*>& data) {
+          const std::vector<TensorView>& tensors) {
     uint64_t pos = 0;
     const Sink counted = [&](const void* p, size_t n) {
         out(p, n);
@@ -136,7 +188,7 @@ void emit(const Sink& out, uint32_t alignment, const std::vector<std::pair<std::
     };
     counted("GGUF", 4);
     put<uint32_t>(counted, 3);
-    put<uint64_t>(counted, names.size());
+    put<uint64_t>(counted, tensors.size());
     put<uint64_t>(counted, kv.size() + (alignment != 32 ? 1 : 0));
     for (const auto& [key, v] : kv) {
         put_string(counted, key);
@@ -149,19 +201,23 @@ void emit(const Sink& out, uint32_t alignment, const std::vector<std::pair<std::
         put<uint32_t>(counted, alignment);
     }
     uint64_t offset = 0;
-    for (size_t i = 0; i < names.size(); ++i) {
-        put_string(counted, names[i]);
-        put<uint32_t>(counted, static_cast<uint32_t>(nes[i].size()));
-        for (uint64_t e : nes[i]) put<uint64_t>(counted, e);
-        put<uint32_t>(counted, static_cast<uint32_t>(types[i]));
+    for (const TensorView& t : tensors) {
+        put_string(counted, t.name);
+        put<uint32_t>(counted, static_cast<uint32_t>(t.ne.size()));
+        for (uint64_t e : t.ne) put<uint64_t>(counted, e);
+        put<uint32_t>(counted, static_cast<uint32_t>(t.type));
         put<uint64_t>(counted, offset);
-        offset = align_up(offset + data[i]->size(), alignment);
+        offset = align_up(offset + t.bytes, alignment);
     }
     put_zeros(counted, align_up(pos, alignment) - pos);
-    for (size_t i = 0; i < names.size(); ++i) {
-        counted(data[i]->data(), data[i]->size());
+    for (const TensorView& t : tensors) {
+        const uint64_t start = pos;
+        if (t.rows != nullptr) stream_rows(counted, t);
+        else counted(t.data->data(), t.data->size());
+        PKV_CHECK(pos - start == t.bytes, internal, "gguf writer: tensor '{}': wrote {} bytes, expected {}", t.name,
+                  pos - start, t.bytes);
         // Padding after the last tensor too, so that the file size is a multiple of the alignment.
-        put_zeros(counted, align_up(data[i]->size(), alignment) - data[i]->size());
+        put_zeros(counted, align_up(t.bytes, alignment) - t.bytes);
     }
 }
 
@@ -250,8 +306,7 @@ void GgufWriter::set_f32_array(const std::string& key, const std::vector<float>&
         }));
 }
 
-void GgufWriter::add_tensor(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type,
-                            std::vector<uint8_t> data) {
+uint64_t GgufWriter::check_tensor(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type) const {
     const uint32_t id = static_cast<uint32_t>(type);
     PKV_CHECK(ne.size() <= 4, invalid_argument, "gguf writer: tensor '{}': expected at most 4 dims, got {}", name,
               ne.size());
@@ -264,12 +319,74 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<uint64_t>
     PKV_CHECK(row % block == 0, invalid_argument,
               "gguf writer: tensor '{}': row of {} elements is not a multiple of the {} block size {}", name, row,
               ggml_type_name(id), block);
-    const uint64_t expected = (n / block) * bytes;
-    PKV_CHECK(data.size() == expected, invalid_argument, "gguf writer: tensor '{}': expected {} bytes of data, got {}",
-              name, expected, data.size());
     for (const auto& t : tensors_)
         PKV_CHECK(t.name != name, invalid_argument, "gguf writer: tensor '{}' added twice", name);
-    tensors_.push_back(Tensor{name, ne, type, std::move(data)});
+    return (n / block) * bytes;
+}
+
+void GgufWriter::add_tensor(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type,
+                            std::vector<uint8_t> data) {
+    const uint64_t expected = check_tensor(name, ne, type);
+    PKV_CHECK(data.size() == expected, invalid_argument, "gguf writer: tensor '{}': expected {} bytes of data, got {}",
+              name, expected, data.size());
+    Tensor t;
+    t.name = name;
+    t.ne = ne;
+    t.type = type;
+    t.data = std::move(data);
+    t.bytes = expected;
+    tensors_.push_back(std::move(t));
+}
+
+void GgufWriter::add_tensor_streamed(const std::string& name, const std::vector<uint64_t>& ne, GgmlType type,
+                                     RowSource rows) {
+    PKV_CHECK(rows != nullptr, invalid_argument, "gguf writer: tensor '{}': no row source", name);
+    const uint64_t bytes = check_tensor(name, ne, type);
+    uint64_t block = 0, block_bytes = 0;
+    ggml_type_layout(static_cast<uint32_t>(type), block, block_bytes);
+    Tensor t;
+    t.name = name;
+    t.ne = ne;
+    t.type = type;
+    t.rows = std::move(rows);
+    t.bytes = bytes;
+    t.row_bytes = ((ne.empty() ? 1 : ne[0]) / block) * block_bytes;
+    PKV_CHECK(t.row_bytes > 0, invalid_argument, "gguf writer: tensor '{}': rows of 0 elements cannot be streamed",
+              name);
+    tensors_.push_back(std::move(t));
+}
+
+namespace {
+
+// Elements of a tensor of shape ne, checked against the floats given for it.
+void check_float_count(const std::string& name, const std::vector<uint64_t>& ne, size_t given) {
+    uint64_t n = 1;
+    for (uint64_t e : ne) n = checked_mul(n, e, "gguf writer: tensor '" + name + "'");
+    PKV_CHECK(n == given, invalid_argument, "gguf writer: tensor '{}': expected {} values, got {}", name, n, given);
+}
+
+}  // namespace
+
+void GgufWriter::add_tensor_bf16(const std::string& name, const std::vector<uint64_t>& ne,
+                                 const std::vector<float>& data) {
+    check_float_count(name, ne, data.size());
+    std::vector<uint8_t> bytes(data.size() * sizeof(uint16_t));
+    if (!data.empty()) float_to_bf16_n(data.data(), reinterpret_cast<uint16_t*>(bytes.data()), data.size());
+    add_tensor(name, ne, GgmlType::BF16, std::move(bytes));
+}
+
+void GgufWriter::add_tensor_q8_0(const std::string& name, const std::vector<uint64_t>& ne,
+                                 const std::vector<float>& data) {
+    check_float_count(name, ne, data.size());
+    const uint64_t row = ne.empty() ? 1 : ne[0];
+    PKV_CHECK(row % QK8_0 == 0, invalid_argument,
+              "gguf writer: tensor '{}': row of {} elements is not a multiple of the Q8_0 block size {}", name, row,
+              QK8_0);
+    std::vector<uint8_t> bytes(data.size() / QK8_0 * sizeof(block_q8_0));
+    if (!data.empty())
+        quantize_row_q8_0_ref(data.data(), reinterpret_cast<block_q8_0*>(bytes.data()),
+                              static_cast<int64_t>(data.size()));
+    add_tensor(name, ne, GgmlType::Q8_0, std::move(bytes));
 }
 
 void GgufWriter::add_tensor_f32(const std::string& name, const std::vector<uint64_t>& ne,
@@ -279,32 +396,14 @@ void GgufWriter::add_tensor_f32(const std::string& name, const std::vector<uint6
     add_tensor(name, ne, GgmlType::F32, std::move(bytes));
 }
 
-namespace {
-
-struct Columns {
-    std::vector<std::string> names;
-    std::vector<std::vector<uint64_t>> nes;
-    std::vector<GgmlType> types;
-    std::vector<const std::vector<uint8_t>*> data;
-};
-
-}  // namespace
-
 std::vector<uint8_t> GgufWriter::encode() const {
     std::vector<uint8_t> bytes;
-    Columns c;
-    for (const auto& t : tensors_) {
-        c.names.push_back(t.name);
-        c.nes.push_back(t.ne);
-        c.types.push_back(t.type);
-        c.data.push_back(&t.data);
-    }
     emit(
         [&](const void* p, size_t n) {
             const auto* b = static_cast<const uint8_t*>(p);
             bytes.insert(bytes.end(), b, b + n);
         },
-        alignment_, kv_, c.names, c.nes, c.types, c.data);
+        alignment_, kv_, views_of(tensors_));
     return bytes;
 }
 
@@ -312,20 +411,13 @@ void GgufWriter::write(const std::string& path, bool force) const {
     AtomicOutput out(path, force);
     std::FILE* f = std::fopen(out.temp_path().c_str(), "wb");
     if (!f) fail(ErrorCode::io, "{}: cannot create: {}", out.temp_path(), std::strerror(errno));
-    Columns c;
-    for (const auto& t : tensors_) {
-        c.names.push_back(t.name);
-        c.nes.push_back(t.ne);
-        c.types.push_back(t.type);
-        c.data.push_back(&t.data);
-    }
     bool ok = true;
     try {
         emit(
             [&](const void* p, size_t n) {
                 if (ok && n > 0 && std::fwrite(p, 1, n, f) != n) ok = false;
             },
-            alignment_, kv_, c.names, c.nes, c.types, c.data);
+            alignment_, kv_, views_of(tensors_));
     } catch (...) {
         std::fclose(f);
         throw;

@@ -49,7 +49,7 @@ uint64_t peak_rss_bytes() {
 namespace {
 
 void check_config(const DumpConfig& c) {
-    check_model_and_texts(c.model_path, c.text_paths);
+    check_model_and_inputs(c.model_path, c.text_paths, c.token_ids_path);
     PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
     PKV_CHECK(c.chunk_tokens >= 1, invalid_argument, "--chunk-tokens: expected at least 1, got {}", c.chunk_tokens);
@@ -160,6 +160,9 @@ KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vec
           {"writer_threads", c.writer_threads},
           {"bos", gguf_adds_bos(*job.file)}}},
     });
+    // Token ids are used as given: no BOS is added, whatever the tokenizer says.
+    if (!c.token_ids_path.empty()) header.provenance["settings"]["bos"] = false;
+    header.provenance["settings"]["input"] = c.token_ids_path.empty() ? "text" : "token_ids";
     return header;
 }
 
@@ -303,7 +306,7 @@ DumpSummary run_dump(const DumpConfig& c) {
     install_interrupt_handlers();
 
     std::vector<TextSource> sources;
-    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.n_tokens, sources);
+    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.token_ids_path, c.n_tokens, sources);
     job.model_sha = sha256_file(c.model_path);
     const KvDumpHeader header = dump_header(c, job, sources, engine->description());
 

@@ -4,6 +4,7 @@
 //
 // Token stream: each text file is tokenized on its own (special-token strings are
 // treated as plain text) and the files' tokens are concatenated in argument order;
+// with token_ids_path set instead, the tokens are that file's ids (pipeline/text_input.h);
 // the first `n_tokens` tokens are cut into sequences of `ctx` tokens (the last may
 // be shorter). Each sequence is an independent prefill starting at position 0 —
 // no BOS is inserted unless the model's tokenizer asks for one (add_bos_token).
@@ -37,6 +38,8 @@ namespace pkv {
 struct DumpConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
+    /// Instead of text_paths: a file of token ids (pipeline/text_input.h gives its format).
+    std::string token_ids_path;
     int64_t n_tokens = 16384;   ///< tokens to run and store
     int ctx = 1024;             ///< tokens per sequence (<= the model's context length)
     CaptureSet capture;         ///< which activations to store

@@ -235,7 +235,7 @@ DumpSummary run_joined_dump(const DumpConfig& c, DumpJob& job) {
         shard_out.push_back(std::make_unique<AtomicOutput>(folder + dump_shard_name(c.out_path, p, P), c.force));
 
     std::vector<TextSource> sources;
-    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.n_tokens, sources);
+    const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.token_ids_path, c.n_tokens, sources);
     job.model_sha = sha256_file(c.model_path);
     // Made once here (provenance reads the clock with gmtime, which threads must not share).
     const KvDumpHeader base = dump_header(c, job, sources, "");

@@ -45,7 +45,7 @@ double cpu_seconds() {
 }
 
 void check_config(const EvalConfig& c) {
-    check_model_and_texts(c.model_path, c.text_paths);
+    check_model_and_inputs(c.model_path, c.text_paths, c.token_ids_path);
     PKV_CHECK(c.n_tokens >= 2, invalid_argument, "--tokens: expected at least 2, got {}", c.n_tokens);
     PKV_CHECK(c.ctx >= 2, invalid_argument, "--ctx: expected at least 2, got {}", c.ctx);
     PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill: expected at least 0, got {}", c.prefill);
@@ -166,7 +166,7 @@ EvalResult run_eval(const EvalConfig& c) {
     const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
 
     install_interrupt_handlers();
-    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, r.sources);
+    const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.token_ids_path, c.n_tokens, r.sources);
     int32_t bos = -1;
     if (c.bos_each_sequence) {
         const VocabData v = vocab_from_gguf(*file);

@@ -37,6 +37,8 @@ namespace pkv {
 struct EvalConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
+    /// Instead of text_paths: a file of token ids (pipeline/text_input.h gives its format).
+    std::string token_ids_path;
     int64_t n_tokens = 4096;
     int ctx = 2048;                     ///< tokens per sequence, <= the model's context length
     std::vector<std::string> kv;        ///< method specs (kv_spec.h), each run against fp16
