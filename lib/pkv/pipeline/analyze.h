@@ -31,7 +31,7 @@ struct AnalyzeConfig {
     ModelSourceConfig stream;
     /// With the model: sequences run and held per block (whole sequences, at least one).
     /// Memory: block_tokens x stored layers x (3 n_head_kv + n_head) x head_dim x 2 bytes.
-    int64_t block_tokens = 65536;
+    int64_t block_tokens = 8192;
     std::vector<KvMethod> methods = {KvMethod::fp16, KvMethod::kivi, KvMethod::patternkv,
                                      KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8};
     std::vector<int> bits = {2, 4};  ///< kivi / patternkv widths, each of 2, 3, 4, 8
@@ -58,7 +58,7 @@ struct AnalyzeConfig {
 /// Validates the configuration against the dump (methods, bits, group fit, layers,
 /// heads, datasets) and throws pkv::Error naming the offending option before any work.
 /// Then runs and returns what it measured (report/report.h analyze_report_json turns it
-/// into the report, format pkv.analyze_report 1.1). Progress goes to stderr; warnings
+/// into the report, format pkv.analyze_report 1.2). Progress goes to stderr; warnings
 /// are logged once each and kept in the result's `warnings`.
 AnalyzeResult run_analyze(const AnalyzeConfig& config);
 
