@@ -39,7 +39,8 @@ Command add_analyze(CLI::App& root) {
     auto& c = args->config;
     app->add_option("--dump,-d", c.dump_path, "KV dump (HDF5) written by pkv dump (or --model)");
     add_stream_options(app, c.stream, args->stream);
-    app->add_option("--block-tokens", c.block_tokens, "with --model: tokens run and held at a time (whole sequences)")
+    app->add_option("--block-tokens", c.block_tokens,
+                    "with --model: tokens run and held at a time (whole sequences; 0: all at once)")
         ->capture_default_str();
     app->add_option("--device", args->device, "with --model: where the model runs: auto, cpu, cuda or cuda:N")
         ->capture_default_str();

@@ -30,7 +30,8 @@ struct AnalyzeConfig {
     /// equals that of `pkv dump` + analyze on the same tokens.
     ModelSourceConfig stream;
     /// With the model: sequences run and held per block (whole sequences, at least one).
-    /// Memory: block_tokens x stored layers x (3 n_head_kv + n_head) x head_dim x 2 bytes.
+    /// Memory: block_tokens x stored layers x (2 n_head_kv + n_head) x head_dim x 2 bytes
+    /// (keys, values, queries; keys_pre adds the post-RoPE keys: 3 n_head_kv).
     int64_t block_tokens = 8192;
     std::vector<KvMethod> methods = {KvMethod::fp16, KvMethod::kivi, KvMethod::patternkv,
                                      KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8};

@@ -188,6 +188,8 @@ TEST_CASE("calibrate and analyze from the model equal the dump path", "[pipeline
     nlohmann::json rm = analyze_report_json(run_analyze(a));
     CHECK(rm["provenance"]["dump"]["source"] == "model");
     CHECK(rd["provenance"]["dump"]["source"] == "dump");
+    CHECK(render_markdown(rm).find("streamed from: " + fx.model) != std::string::npos);
+    CHECK(render_markdown(rd).find("dump: " + dump) != std::string::npos);
     for (const char* k : {"results", "summary", "layer_kinds", "fragile", "histograms", "n_tokens", "model"})
         CHECK(rm[k] == rd[k]);
     a.dump_path = dump;
