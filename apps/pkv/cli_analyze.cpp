@@ -6,11 +6,13 @@
 #include <optional>
 
 #include "commands.h"
+#include "device_select.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
 #include "pkv/pipeline/analyze.h"
 #include "pkv/report/report.h"
+#include "stream_options.h"
 
 namespace pkv::cli {
 
@@ -24,6 +26,8 @@ struct AnalyzeArgs {
     std::string assign = "minmax";
     std::string json_path, html_path;
     bool force = false;
+    StreamArgs stream;
+    std::string device = "auto";
 };
 
 void write_text(AtomicOutput& out, const std::string& text) { out.write_and_commit(text.data(), text.size()); }
@@ -33,7 +37,13 @@ Command add_analyze(CLI::App& root) {
     auto args = std::make_shared<AnalyzeArgs>();
     auto* app = root.add_subcommand("analyze", "simulate KV-cache quantization methods on a KV dump and report errors");
     auto& c = args->config;
-    app->add_option("--dump,-d", c.dump_path, "KV dump (HDF5) written by pkv dump")->required();
+    app->add_option("--dump,-d", c.dump_path, "KV dump (HDF5) written by pkv dump (or --model)");
+    add_stream_options(app, c.stream, args->stream);
+    app->add_option("--block-tokens", c.block_tokens,
+                    "with --model: tokens run and held at a time (whole sequences; 0: all at once)")
+        ->capture_default_str();
+    app->add_option("--device", args->device, "with --model: where the model runs: auto, cpu, cuda or cuda:N")
+        ->capture_default_str();
     app->add_option("--methods", args->methods, "comma list of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table")
         ->capture_default_str();
     app->add_option("--bits", args->bits, "code widths for kivi and patternkv (each 2, 3, 4 or 8)")
@@ -77,6 +87,12 @@ Command add_analyze(CLI::App& root) {
                 PKV_CHECK(args->assign == "minmax" || args->assign == "l2", invalid_argument,
                           "--assign: expected minmax or l2, got '{}'", args->assign);
                 cfg.assign_l2 = args->assign == "l2";
+                resolve_stream(cfg.stream, args->stream);
+                PKV_CHECK(!cfg.stream.model_path.empty() != !cfg.dump_path.empty(), invalid_argument,
+                          cfg.dump_path.empty()
+                              ? "--dump or --model: expected a KV dump or a model to stream from, got neither"
+                              : "--model and --dump: expected one source of activations, got both");
+                if (!cfg.stream.model_path.empty()) cfg.stream.engine = select_engine(args->device);
                 cfg.argv = argv_strings();
                 // Until run_analyze switches to polling check_interrupted(), a signal ends the
                 // run at once (status 130), also while the input is being opened.

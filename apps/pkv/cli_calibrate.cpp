@@ -11,6 +11,7 @@
 #include "pkv/distributed/comm.h"
 #include "pkv/pipeline/analyze.h"
 #include "pkv/pipeline/calibrate.h"
+#include "stream_options.h"
 
 namespace pkv::cli {
 
@@ -25,6 +26,7 @@ struct CalibrateArgs {
     std::string devices;
     std::string reduce = "auto";
     std::string fit = "mse";
+    StreamArgs stream;
 };
 
 void print_summary(const PatternTable& t) {
@@ -67,7 +69,11 @@ void print_summary(const PatternTable& t) {
 // the residual quantizer the fit targets.
 void add_table_options(CLI::App* app, CalibrateArgs& args) {
     auto& c = args.config;
-    app->add_option("--dump,-d", c.dump_paths, "KV dumps (HDF5) written by pkv dump, one model")->required();
+    app->add_option("--dump,-d", c.dump_paths, "KV dumps (HDF5) written by pkv dump, one model (or --model)");
+    add_stream_options(app, c.stream, args.stream);
+    app->add_option("--sample-tokens", c.stream.sample_tokens,
+                    "with --model: tokens mined, a seeded sample of whole sequences (0: every token)")
+        ->capture_default_str();
     app->add_option("--out,-o", c.out_path, "pattern table to write (.safetensors)")->required();
     app->add_option("--k-patterns", c.k_patterns, "key patterns per (layer, KV head)")->capture_default_str();
     app->add_option("--v-patterns", c.v_patterns, "value patterns per (layer, KV head)")->capture_default_str();
@@ -85,7 +91,8 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
 void add_run_options(CLI::App* app, CalibrateArgs& args) {
     auto& c = args.config;
     app->add_option("--device", args.device,
-                    "cuda, cuda:N, cpu or auto (under mpirun, cuda and auto take the rank's GPU on its host)")
+                    "cuda, cuda:N, cpu or auto: where k-means runs and, with --model, the model (under mpirun, "
+                    "cuda and auto take the rank's GPU on its host)")
         ->capture_default_str();
     app->add_option("--devices", args.devices,
                     "all or GPU indices (0,1,...): spread the (layer, head) problems over these GPUs");
@@ -135,6 +142,10 @@ CalibrateConfig resolve_config(const CalibrateArgs& args) {
               args.fit);
     cfg.fit = args.fit == "mse";
     if (!args.layers.empty()) cfg.layers = parse_int_list("--layers", args.layers);
+    resolve_stream(cfg.stream, args.stream);
+    PKV_CHECK(!cfg.stream.model_path.empty() != !cfg.dump_paths.empty(), invalid_argument,
+              cfg.dump_paths.empty() ? "--dump or --model: expected a KV dump or a model to stream from, got neither"
+                                     : "--model and --dump: expected one source of activations, got both");
     PKV_CHECK(cfg.force || !std::filesystem::exists(cfg.out_path), failed_precondition,
               "{}: exists (use --force to overwrite)", cfg.out_path);
     return cfg;
@@ -154,6 +165,7 @@ PatternTable calibrate_on_devices(CalibrateConfig& cfg, const CalibrateArgs& arg
             devs.push_back(select_device(args.device, comm.local_rank()));
             join_rank_group(devs.front(), comm, args.reduce);
         }
+        if (!cfg.stream.model_path.empty()) cfg.stream.engine = select_engine(args.device, comm.local_rank());
         std::vector<KMeansAssigner*> assigners;
         cfg.device.clear();
         for (const SelectedDevice& d : devs) {
@@ -186,7 +198,8 @@ int run_calibrate_command(const CalibrateArgs& args) {
 
 Command add_calibrate(CLI::App& root) {
     auto args = std::make_shared<CalibrateArgs>();
-    auto* app = root.add_subcommand("calibrate", "mine K/V patterns from KV dumps and write a pattern table");
+    auto* app = root.add_subcommand(
+        "calibrate", "mine K/V patterns from KV dumps (or a model run over text) and write a pattern table");
     add_table_options(app, *args);
     add_run_options(app, *args);
     for (auto* opt : app->get_options())

@@ -19,6 +19,7 @@
 #include "pkv/core/rope.h"
 #include "pkv/kvcache/pre_rope.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/kv_source.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/table/pattern_table.h"
 
@@ -71,7 +72,7 @@ bool uses_table(const AnalyzeConfig& c) {
     return std::find(c.methods.begin(), c.methods.end(), KvMethod::patternkv_table) != c.methods.end();
 }
 
-void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
+void validate(const AnalyzeConfig& c, const KvSource& dump) {
     PKV_CHECK(!c.methods.empty(), invalid_argument, "--methods: expected at least one method");
     const bool minmax = std::any_of(c.methods.begin(), c.methods.end(), kv_method_takes_bits) || uses_table(c);
     PKV_CHECK(!uses_table(c) || !c.table_path.empty(), invalid_argument,
@@ -118,7 +119,7 @@ void validate(const AnalyzeConfig& c, const KvDumpReader& dump) {
 
 // The table must describe what is analysed: applying patterns of another model, key
 // basis or dim order would silently give meaningless errors.
-void validate_table(const AnalyzeConfig& c, const KvDumpReader& dump, const PatternTable& t,
+void validate_table(const AnalyzeConfig& c, const KvSource& dump, const PatternTable& t,
                     const std::vector<int>& layers) {
     const std::string& tp = c.table_path;
     const nlohmann::json model = dump.model();
@@ -172,11 +173,10 @@ std::vector<RunSpec> make_runs(const AnalyzeConfig& c, const PatternTable* table
 
 // What the per-head work needs, fixed for the whole run.
 struct Context {
-    Context(const AnalyzeConfig& c_, KvDumpReader& dump_, const PatternTable* table_, AnalyzeResult& out_,
-            Warnings& warn_)
+    Context(const AnalyzeConfig& c_, KvSource& dump_, const PatternTable* table_, AnalyzeResult& out_, Warnings& warn_)
         : c(c_), dump(dump_), table(table_), out(out_), warn(warn_) {}
     const AnalyzeConfig& c;
-    KvDumpReader& dump;
+    KvSource& dump;
     const PatternTable* table;
     AnalyzeResult& out;
     Warnings& warn;
@@ -352,17 +352,24 @@ void table_views(const Context& x, int layer, int head, TableHeadView& tk, Table
           L.v_gate_z[head], l2};
 }
 
-PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool has_hist, Progress& progress) {
-    TableHeadView tk, tv;
-    table_views(x, layer, head, tk, tv);
+PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hist) {
     PairResult pr;
     pr.layer = layer;
     pr.head = head;
     pr.window = x.dump.layer_info()[slot].window;
     pr.configs.resize(x.out.runs.size());
     pr.has_hist = has_hist;
+    return pr;
+}
+
+// Sequences [s0, s1) of one (layer, head), added to its result in sequence order, so that
+// any split into blocks gives the sums of one pass over all sequences.
+void analyze_pair(const Context& x, int slot, int layer, int head, size_t s0, size_t s1, PairResult& pr,
+                  Progress& progress) {
+    TableHeadView tk, tv;
+    table_views(x, layer, head, tk, tv);
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
-    for (size_t s = 0; s < x.seqs.start.size(); ++s) {
+    for (size_t s = s0; s < s1; ++s) {
         check_interrupted();
         if (x.seqs.length[s] <= 0) continue;
         const SeqData sd = read_sequence(x, slot, head, s);
@@ -374,7 +381,40 @@ PairResult analyze_pair(const Context& x, int slot, int layer, int head, bool ha
         analyze_sequence(x, sd, tk, tv, pr);
         progress.advance(static_cast<uint64_t>(sd.n));
     }
-    return pr;
+}
+
+// Blocks of whole sequences of at most block_tokens tokens (at least one sequence each):
+// what the model source holds at a time. A dump is one block.
+std::vector<std::pair<size_t, size_t>> sequence_blocks(const KvDumpReader::Sequences& seqs, bool streamed,
+                                                       int64_t block_tokens) {
+    std::vector<std::pair<size_t, size_t>> out;
+    const size_t S = seqs.start.size();
+    if (!streamed || block_tokens <= 0) return {{0, S}};
+    for (size_t s0 = 0; s0 < S;) {
+        size_t s1 = s0 + 1;
+        int64_t n = seqs.length[s0];
+        while (s1 < S && n + seqs.length[s1] <= block_tokens) n += seqs.length[s1++];
+        out.push_back({s0, s1});
+        s0 = s1;
+    }
+    return out;
+}
+
+// The activations analyze reads: the analysed key basis (and post-RoPE keys to score
+// pre-RoPE ones), values and queries.
+std::unique_ptr<KvSource> open_source(const AnalyzeConfig& c) {
+    const bool stream = !c.stream.model_path.empty();
+    PKV_CHECK(stream != !c.dump_path.empty(), invalid_argument,
+              stream ? "--model and --dump: expected one source of activations, got both"
+                     : "--dump or --model: expected a KV dump or a model to stream from, got neither");
+    if (!stream) return open_dump_source(c.dump_path);
+    ModelSourceConfig m = c.stream;
+    m.capture = CaptureSet::parse(c.keys_pre ? "k_pre,k_post,v,q" : "k_post,v,q");
+    m.layers = c.layers;
+    m.sample_tokens = 0;
+    m.command = "analyze";
+    m.argv = c.argv;
+    return open_model_source(m);
 }
 
 // --keys pre: one RoPE table per distinct layer RoPE (global and local layers differ);
@@ -470,7 +510,8 @@ std::vector<KvMethod> parse_method_list(const std::string& list) {
 }
 
 AnalyzeResult run_analyze(const AnalyzeConfig& c) {
-    KvDumpReader dump(c.dump_path);
+    const std::unique_ptr<KvSource> source = open_source(c);
+    KvSource& dump = *source;
     validate(c, dump);
     std::unique_ptr<PatternTable> table;
     if (uses_table(c)) table = std::make_unique<PatternTable>(read_pattern_table(c.table_path));
@@ -524,7 +565,13 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     Progress progress("analyze", static_cast<uint64_t>(n_pairs) * static_cast<uint64_t>(out.n_tokens), "tok");
     for (const auto& [slot, layer] : slots)
         for (int head : out.heads)
-            out.pairs.push_back(analyze_pair(x, slot, layer, head, hist_pairs.count(out.pairs.size()) > 0, progress));
+            out.pairs.push_back(new_pair(x, slot, layer, head, hist_pairs.count(out.pairs.size()) > 0));
+    for (const auto& [s0, s1] : sequence_blocks(x.seqs, dump.streamed(), c.block_tokens)) {
+        dump.load(s0, s1);
+        size_t p = 0;
+        for (const auto& [slot, layer] : slots)
+            for (int head : out.heads) analyze_pair(x, slot, layer, head, s0, s1, out.pairs[p++], progress);
+    }
     progress.finish();
 
     const nlohmann::json model = dump.model();
@@ -536,6 +583,8 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     out.dump_model = model.is_object() ? model : nlohmann::json::object();
     const nlohmann::json prov = dump.provenance();
     out.dump_provenance = prov.is_object() ? prov : nlohmann::json::object();
+    out.source = dump.streamed() ? "model" : "dump";
+    out.source_path = dump.path();
     out.warnings = warn.list;
     return out;
 }

@@ -1,6 +1,8 @@
 // pkv/pipeline/analyze.h — `pkv analyze` as one library call: simulate KV-cache
 // methods on a KV dump and measure them (docs/numerics.md, docs/formats/report.md).
 //
+// Source: a KV dump, or the model run over text (AnalyzeConfig::stream), one block of
+// sequences at a time; each (layer, head) adds the sequences of every block in order.
 // Work is streamed one (layer, KV head) at a time and, inside it, one sequence at a
 // time: only one sequence's K, V and queries are in memory, so peak memory depends on
 // the sequence length (--ctx of the dump) and not on the dump's token count.
@@ -16,11 +18,21 @@
 
 #include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/analyze_result.h"
+#include "pkv/pipeline/kv_source.h"
 
 namespace pkv {
 
 struct AnalyzeConfig {
     std::string dump_path;
+    /// Instead of a dump (exactly one of the two): the model run over text (kv_source.h),
+    /// used when stream.model_path is set; model_path, text_paths, n_tokens, ctx,
+    /// hf_dim_order and engine are read, the rest comes from this config. The report
+    /// equals that of `pkv dump` + analyze on the same tokens.
+    ModelSourceConfig stream;
+    /// With the model: sequences run and held per block (whole sequences, at least one).
+    /// Memory: block_tokens x stored layers x (2 n_head_kv + n_head) x head_dim x 2 bytes
+    /// (keys, values, queries; keys_pre adds the post-RoPE keys: 3 n_head_kv).
+    int64_t block_tokens = 8192;
     std::vector<KvMethod> methods = {KvMethod::fp16, KvMethod::kivi, KvMethod::patternkv,
                                      KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8};
     std::vector<int> bits = {2, 4};  ///< kivi / patternkv widths, each of 2, 3, 4, 8
@@ -47,7 +59,7 @@ struct AnalyzeConfig {
 /// Validates the configuration against the dump (methods, bits, group fit, layers,
 /// heads, datasets) and throws pkv::Error naming the offending option before any work.
 /// Then runs and returns what it measured (report/report.h analyze_report_json turns it
-/// into the report, format pkv.analyze_report 1.1). Progress goes to stderr; warnings
+/// into the report, format pkv.analyze_report 1.2). Progress goes to stderr; warnings
 /// are logged once each and kept in the result's `warnings`.
 AnalyzeResult run_analyze(const AnalyzeConfig& config);
 

@@ -54,6 +54,8 @@ struct AnalyzeResult {
     int64_t n_tokens = 0;
     nlohmann::json model;  ///< name, n_layer, n_head, n_head_kv, head_dim
     nlohmann::json dump_model, dump_provenance;
+    std::string source = "dump";  ///< "dump" or "model" (streamed): where the activations came from
+    std::string source_path;      ///< the dump or the model file
     std::vector<int> layers, heads;
     std::vector<int> layer_windows;  ///< [layers] sliding window of each analysed layer, 0: global
     std::vector<std::string> warnings;

@@ -21,6 +21,7 @@
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/kv_source.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/quant/minmax.h"
@@ -30,7 +31,7 @@ namespace pkv {
 namespace {
 
 struct DumpInput {
-    std::unique_ptr<KvDumpReader> reader;
+    std::unique_ptr<KvSource> reader;
     std::vector<SeqRange> seqs;  // from /tokens/seq, in token order
     std::string model_sha256;
 };
@@ -42,7 +43,7 @@ struct Piece {
     bool holdout = false;
 };
 
-std::vector<SeqRange> sequences_of(const KvDumpReader& r) {
+std::vector<SeqRange> sequences_of(const KvSource& r) {
     const KvDumpReader::Sequences s = r.sequences();
     std::vector<SeqRange> out(s.start.size());
     for (size_t i = 0; i < out.size(); ++i) out[i] = {s.start[i], s.length[i]};
@@ -92,7 +93,7 @@ struct Pooled {
 
 // Tokens [t0, t0 + count) of one (layer, head) of a dump, checked finite (an error names
 // the token and dimension); count < 0: all tokens.
-std::vector<float> read_finite(const KvDumpReader& r, const char* dataset, int layer, int head, int D, int64_t t0,
+std::vector<float> read_finite(const KvSource& r, const char* dataset, int layer, int head, int D, int64_t t0,
                                int64_t count) {
     const auto& layers = r.layers();
     const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
@@ -304,13 +305,31 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
     return out;
 }
 
+// The model source (--model): the key dataset of the chosen basis and the values of the
+// sampled sequences, all loaded at once (k-means needs every token of a head).
+std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
+    ModelSourceConfig m = c.stream;
+    m.capture = CaptureSet::parse(c.keys_pre ? "k_pre,v" : "k_post,v");
+    m.layers = c.layers;
+    m.seed = c.seed;
+    m.command = "calibrate";
+    m.argv = c.argv;
+    std::unique_ptr<KvSource> src = open_model_source(m);
+    src->load(0, src->sequences().start.size());
+    return src;
+}
+
 std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) {
-    PKV_CHECK(!c.dump_paths.empty(), invalid_argument, "--dump: expected at least one KV dump");
+    const bool stream = !c.stream.model_path.empty();
+    PKV_CHECK(stream != !c.dump_paths.empty(), invalid_argument,
+              stream ? "--model and --dump: expected one source of activations, got both"
+                     : "--dump or --model: expected a KV dump or a model to stream from, got neither");
     std::vector<DumpInput> dumps;
-    for (const std::string& path : c.dump_paths) {
+    const std::vector<std::string> paths = stream ? std::vector<std::string>{c.stream.model_path} : c.dump_paths;
+    for (const std::string& path : paths) {
         DumpInput in;
-        in.reader = std::make_unique<KvDumpReader>(path);
-        const KvDumpReader& r = *in.reader;
+        in.reader = stream ? open_stream(c) : open_dump_source(path);
+        const KvSource& r = *in.reader;
         PKV_CHECK(r.has(key_ds), not_found,
                   "{}::{}: dataset missing; --keys {} needs it (dump it with --capture including {})", path, key_ds,
                   c.keys_pre ? "pre" : "post", key_ds + 1);
@@ -320,7 +339,7 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
         in.seqs = sequences_of(r);
         if (!dumps.empty()) {
-            const KvDumpReader& f = *dumps.front().reader;
+            const KvSource& f = *dumps.front().reader;
             PKV_CHECK(in.model_sha256 == dumps.front().model_sha256, invalid_argument,
                       "{}: model sha256 {} differs from {} of {}; calibrate dumps of one model", path, in.model_sha256,
                       dumps.front().model_sha256, f.path());
@@ -435,7 +454,7 @@ Plan plan_calibration(const CalibrateConfig& c) {
     Plan pl;
     pl.key_ds = c.keys_pre ? kvdump::kKPre : kvdump::kKPost;
     pl.dumps = open_dumps(c, pl.key_ds);
-    const KvDumpReader& first = *pl.dumps.front().reader;
+    const KvSource& first = *pl.dumps.front().reader;
     pl.H = first.n_head_kv();
     pl.D = first.head_dim();
     const int D = pl.D;
@@ -472,7 +491,7 @@ std::string rope_record(const nlohmann::json& m) {
 
 // The header a runtime needs to reproduce the quantizer: model identity and settings, no layers yet.
 PatternTable table_header(const CalibrateConfig& c, const Plan& pl) {
-    const KvDumpReader& first = *pl.dumps.front().reader;
+    const KvSource& first = *pl.dumps.front().reader;
     const nlohmann::json model = first.model();
     PatternTable t;
     t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
@@ -714,11 +733,18 @@ nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const 
     nlohmann::json dumps_json = nlohmann::json::array();
     for (const DumpInput& d : pl.dumps) {
         const nlohmann::json prov = d.reader->provenance();
-        dumps_json.push_back(
-            {{"path", d.reader->path()},
-             {"tokens", d.reader->n_tokens()},
-             {"model_sha256", d.model_sha256},
-             {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}});
+        nlohmann::json rec = {
+            {"path", d.reader->path()},
+            {"tokens", d.reader->n_tokens()},
+            {"model_sha256", d.model_sha256},
+            {"sources", prov.is_object() && prov.contains("texts") ? prov["texts"] : nlohmann::json::array()}};
+        if (d.reader->streamed()) {
+            rec["source"] = "model";
+            rec["settings"] = prov["settings"];
+            rec["device"] = prov["device"];
+            rec["stream"] = prov["stream"];
+        }
+        dumps_json.push_back(std::move(rec));
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return {{"tool", "pkv"},

@@ -2,7 +2,9 @@
 // patterns per (layer, KV head) from KV dumps, fit the residual quantizer, measure it
 // on held-out sequences and write a pattern table (pkv/table/pattern_table.h).
 //
-// Data: every dump must hold /v and the key dataset of the chosen basis (/k_post, or
+// Data: KV dumps, or the model itself run over text (CalibrateConfig::stream; the table
+// then equals that of `pkv dump` + calibrate on the same tokens, its provenance records
+// "source": "model"). Every dump must hold /v and the key dataset of the chosen basis (/k_post, or
 // /k_pre with keys_pre), for every calibrated layer, and describe the same model
 // (SHA-256, n_head_kv, head_dim, key dim order). Tokens of all dumps are pooled.
 //
@@ -24,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pkv/kmeans/kmeans.h"
+#include "pkv/pipeline/kv_source.h"
 #include "pkv/table/pattern_table.h"
 
 namespace pkv {
@@ -35,6 +38,16 @@ class Comm;
 
 struct CalibrateConfig {
     std::vector<std::string> dump_paths;
+    /// Instead of dumps (exactly one of the two): the model run over text (kv_source.h),
+    /// used when stream.model_path is set. Its model_path, text_paths, n_tokens, ctx,
+    /// hf_dim_order, sample_tokens and engine are read here; capture (the key basis and
+    /// the values), layers, seed and argv come from this config. Every sampled token
+    /// is held in memory: sampled tokens x layers x n_head_kv x head_dim x 4 bytes.
+    ModelSourceConfig stream = [] {
+        ModelSourceConfig m;
+        m.sample_tokens = 65536;
+        return m;
+    }();
     std::string out_path;    ///< the table (.safetensors)
     bool force = false;      ///< overwrite out_path
     int k_patterns = 32;     ///< Mk per (layer, head)

@@ -60,7 +60,8 @@ std::string header(const json& report) {
         out += "<dt>" + esc(key) + "</dt><dd>" + esc(value) + "</dd>";
     };
     item("command", display(field(prov, "argv")));
-    item("dump", text(dump, "path", "n/a"));
+    if (text(dump, "source") == "model") item("streamed from", text(dump, "path", "n/a"));
+    else item("dump", text(dump, "path", "n/a"));
     const json& dump_model = field(dump, "model");
     if (dump_model.is_object() && !text(dump_model, "sha256").empty())
         item("model file", text(dump_model, "file", "?") + " (sha256 " + text(dump_model, "sha256") + ")");

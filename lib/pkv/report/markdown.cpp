@@ -121,7 +121,9 @@ std::string render_markdown(const json& report) {
     const json& dump = field(field(report, "provenance"), "dump");
     out += provenance_line(report) + "\n";
     std::string dump_path = text(dump, "path");
-    if (!dump_path.empty()) out += "dump: " + one_line(dump_path) + "\n";
+    // 1.2: activations streamed from the model (analyze --model) name the model, not a dump.
+    const bool streamed = text(dump, "source") == "model";
+    if (!dump_path.empty()) out += (streamed ? "streamed from: " : "dump: ") + one_line(dump_path) + "\n";
     out += fmt::format("model: {} ({} layers, {} heads, {} KV heads, head_dim {}), {} tokens\n",
                        one_line(text(model, "name", "?")), integer(model, "n_layer"), integer(model, "n_head"),
                        integer(model, "n_head_kv"), integer(model, "head_dim"), integer(report, "n_tokens"));

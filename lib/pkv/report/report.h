@@ -17,7 +17,7 @@
 
 namespace pkv {
 
-/// The `pkv analyze` report (format pkv.analyze_report 1.1, docs/formats/report.md) of
+/// The `pkv analyze` report (format pkv.analyze_report 1.2, docs/formats/report.md) of
 /// a result: per-configuration results (each with its layer's sliding window, 0 for a
 /// global layer), means over heads, the same means per layer kind in `layer_kinds`
 /// (null when no analysed layer is local), fragile heads (judged within each layer
