@@ -94,22 +94,27 @@ std::vector<bool> keep_layers(const EvalConfig& c, int L) {
     return keep;
 }
 
-// Runs variant v (0: the fp16 reference, else method v - 1) on one sequence; returns
-// its final hidden states and adds its time and cache storage.
-std::vector<float> run_variant(LlamaModel& model, const std::vector<int32_t>& ids, int64_t P, MethodCache* cache,
+// Runs variant v (0: the fp16 reference, else method v - 1) on one sequence, alone in its
+// batch; returns its final hidden states and adds its time and cache storage.
+std::vector<float> run_variant(ForwardEngine& engine, const std::vector<int32_t>& ids, int64_t P, MethodCache* cache,
                                EvalAccum& acc) {
-    const LlamaHparams& hp = model.hparams();
+    const LlamaHparams& hp = engine.hparams();
     const int n = static_cast<int>(ids.size());
     ForwardOptions opts;
     opts.want_nll = false;
     opts.want_hidden = true;
+    BatchCacheHook hook;
     if (cache) {
         cache->begin_sequence(n, P);
-        opts.kv_cache = cache->hook();
+        hook = [h = cache->hook()](int, const KvHookInput& in, KvHookOutput& out) { h(in, out); };
     }
     const auto t = Clock::now();
     const double c0 = cpu_seconds();
-    std::vector<float> hidden = model.forward(ids, opts).hidden;
+    BatchResult r = engine.run_batch({ids}, opts, nullptr, hook);
+    PKV_CHECK(r.size() == 1 && r[0].hidden.size() == static_cast<size_t>(n) * hp.n_embd, internal,
+              "eval: the engine returned {} results and {} hidden values for one sequence of {} tokens", r.size(),
+              r.empty() ? 0 : r[0].hidden.size(), n);
+    std::vector<float> hidden = std::move(r[0].hidden);
     acc.seconds += seconds_since(t);
     acc.cpu += cpu_seconds() - c0;
     const double elements = cached_elements(hp, n);
@@ -164,6 +169,8 @@ EvalResult run_eval(const EvalConfig& c) {
         check_spec_for_window(s, hp, c.model_path);
     }
     const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
+    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
+    r.device = engine->description();
 
     install_interrupt_handlers();
     const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, r.sources);
@@ -201,7 +208,7 @@ EvalResult run_eval(const EvalConfig& c) {
         std::vector<std::vector<float>> hidden(M + 1);
         for (size_t v = 0; v <= M; ++v) {
             check_interrupted();
-            hidden[v] = run_variant(model, ids, P, v > 0 ? caches[v - 1].get() : nullptr, acc[v]);
+            hidden[v] = run_variant(*engine, ids, P, v > 0 ? caches[v - 1].get() : nullptr, acc[v]);
             progress.advance(static_cast<uint64_t>(n));
         }
         std::vector<const float*> hp_ptr;
