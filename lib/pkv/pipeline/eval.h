@@ -22,7 +22,9 @@
 // activations, and [n, n_embd] floats per method for the final comparison.
 //
 // Engine: every forward pass (reference and methods) runs through a ForwardEngine
-// (model/engine.h), one sequence per run_batch call; each method's cache simulation runs
+// (model/engine.h), as many sequences per run_batch call as the engine takes (the CPU
+// engine: one; capped so the batch's hidden states of all variants stay within 2 GiB),
+// each sequence with its own MethodCache per method; each method's cache simulation runs
 // on host threads inside the engine's hook, whatever the engine. The CPU engine gives
 // exactly the figures of LlamaModel::forward; on the CUDA engine the forward runs on the
 // GPU and the hook's inputs differ from the CPU's by float rounding (docs/eval.md). The

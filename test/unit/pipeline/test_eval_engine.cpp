@@ -34,13 +34,14 @@ std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
     return t;
 }
 
-/// The CPU engine under another name, counting its batches and sequences.
+/// The CPU engine under another name, taking `per_batch` sequences per batch and counting
+/// its batches.
 class CountingEngine final : public ForwardEngine {
 public:
-    explicit CountingEngine(const LlamaModel& m) : inner_(make_cpu_engine(m)) {}
+    CountingEngine(const LlamaModel& m, int per_batch) : inner_(make_cpu_engine(m)), per_batch_(per_batch) {}
     const LlamaHparams& hparams() const override { return inner_->hparams(); }
     std::string description() const override { return "counting engine"; }
-    int batch_sequences(int ctx) const override { return inner_->batch_sequences(ctx); }
+    int batch_sequences(int) const override { return per_batch_; }
     BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
                           const EngineSink& sink, const BatchCacheHook& cache) override {
         ++(*batches);
@@ -51,6 +52,7 @@ public:
 
 private:
     std::unique_ptr<ForwardEngine> inner_;
+    int per_batch_ = 1;
 };
 
 }  // namespace
@@ -112,19 +114,27 @@ TEST_CASE("eval through an engine equals the direct per-sequence loop", "[eval][
     c.n_tokens = 300;
     c.ctx = 128;  // sequences of 128, 128 and 44 tokens
     c.prefill = 32;
-    c.kv = {"fp16", "kivi:2:g8:w16", "q4_0:rot"};
+    c.kv = {"fp16", "kivi:2:g8:w16", "q4_0:rot", "patternkv:2:g8:w16:p4"};
     std::shared_ptr<int> batches, hooked;
+    int per_batch = 1;
     EvalConfig counted = c;
     counted.engine = [&](const LlamaModel& m) {
-        auto e = std::make_unique<CountingEngine>(m);
+        auto e = std::make_unique<CountingEngine>(m, per_batch);
         batches = e->batches, hooked = e->hooked;
         return std::unique_ptr<ForwardEngine>(std::move(e));
     };
     const EvalResult via = run_eval(counted);
-    const EvalResult cpu = run_eval(c);
     REQUIRE(batches);
-    CHECK(*batches == 3 * 4);  // one batch per sequence and variant
-    CHECK(*hooked == 3 * 3);   // the methods' passes carry the hook
+    CHECK(*batches == 3 * 5);  // one batch per sequence and variant
+    CHECK(*hooked == 3 * 4);   // the methods' passes carry the hook
+    per_batch = 2;             // sequences 0 and 1 in one batch, 2 alone
+    const EvalResult two = run_eval(counted);
+    CHECK(*batches == 2 * 5);
+    CHECK(*hooked == 2 * 4);
+    per_batch = 8;  // all three at once
+    const EvalResult all = run_eval(counted);
+    CHECK(*batches == 5);
+    const EvalResult cpu = run_eval(c);
     CHECK(via.device == "counting engine");
     CHECK(cpu.device.rfind("cpu", 0) == 0);
     CHECK(eval_report_json(cpu)["run"]["device"] == cpu.device);
@@ -163,13 +173,18 @@ TEST_CASE("eval through an engine equals the direct per-sequence loop", "[eval][
                 kl_dec[v] += v > 0 ? st[v].kl[i] : 0.0;
             }
     }
-    const std::vector<const EvalResult*> runs = {&cpu, &via};
+    const std::vector<const EvalResult*> runs = {&cpu, &via, &two, &all};
     for (const EvalResult* r : runs) {
         CHECK(r->reference.nll_dec == nll_dec[0]);
         for (size_t v = 0; v < M; ++v) {
             INFO(c.kv[v]);
             CHECK(r->methods[v].nll_dec == nll_dec[v + 1]);
             CHECK(r->methods[v].kl_dec == kl_dec[v + 1]);
+            CHECK(r->methods[v].nll_all == cpu.methods[v].nll_all);
+            CHECK(r->methods[v].top1_dec == cpu.methods[v].top1_dec);
+            CHECK(r->methods[v].k_bits == cpu.methods[v].k_bits);
+            CHECK(r->methods[v].v_bits == cpu.methods[v].v_bits);
+            CHECK(r->methods[v].kv_bytes_peak == cpu.methods[v].kv_bytes_peak);
         }
     }
     CHECK(cpu.methods[1].kl_dec > 0.0);  // kivi:2 moved the figures
