@@ -187,8 +187,6 @@ EvalResult run_eval(const EvalConfig& c) {
         check_spec_for_window(s, hp, c.model_path);
     }
     const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
-    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
-    r.device = engine->description();
 
     install_interrupt_handlers();
     const std::vector<int32_t> stream = token_stream(*file, c.text_paths, c.n_tokens, r.sources);
@@ -215,6 +213,9 @@ EvalResult run_eval(const EvalConfig& c) {
         }
         tables.push_back(std::move(table));
     }
+    // The engine last: every input is checked before a GPU engine spends time uploading weights.
+    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
+    r.device = engine->description();
     // One cache per method and sequence of a batch: a batch's sequences run their hooks concurrently.
     const size_t B = eval_batch_sequences(*engine, c.ctx, M + 1, r.n_sequences);
     std::vector<std::vector<std::unique_ptr<MethodCache>>> caches(M + 1);
