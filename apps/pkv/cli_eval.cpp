@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "commands.h"
+#include "device_select.h"
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
@@ -18,6 +19,7 @@ namespace {
 struct EvalArgs {
     EvalConfig config;
     std::string keep_layers;
+    std::string device = "cpu";
     std::string json_path, md_path;
     bool force = false;
 };
@@ -48,6 +50,10 @@ Command add_eval(CLI::App& root) {
     app->add_option("--seed", c.seed, "patternkv k-means seed")->capture_default_str();
     app->add_flag("--bos-each-sequence", c.bos_each_sequence,
                   "write BOS over the first token of every sequence (llama-perplexity's protocol)");
+    app->add_option("--device", args->device,
+                    "where the forward passes run: cpu, cuda, cuda:N (bf16 weights) or auto (a GPU when there is "
+                    "one); the cache simulation runs on the CPU either way")
+        ->capture_default_str();
     app->add_option("--json", args->json_path, "write the JSON report here");
     app->add_option("--md", args->md_path, "write the Markdown table here");
     app->add_flag("--force,-f", args->force, "overwrite existing outputs");
@@ -59,6 +65,7 @@ Command add_eval(CLI::App& root) {
                 if (!args->keep_layers.empty())
                     cfg.keep_fp16_layers = parse_int_list("--keep-fp16-layers", args->keep_layers);
                 cfg.argv = argv_strings();
+                cfg.engine = select_engine(args->device);
                 // Until run_eval switches to polling check_interrupted(), a signal ends the
                 // run at once (status 130), also while the input is being opened.
                 install_exit_on_interrupt();

@@ -8,6 +8,12 @@
 // the output dimensions lane, lane + 32, ... (at most 8 of them: head_dim <= 256). As in
 // ops::causal_attention_rows the scores are raw dot products, the softmax is
 // exp((s - max) · scale) and a query sees keys max(0, i - window + 1) .. i.
+//
+// The cached variant (attention_cached) also stages the reconstructed keys and values and
+// their flush steps of the 32 keys: a lane scores query i against k_hat[j] when
+// k_flush[j] <= i, else against k[j], and the warp (one query at a time, so the choice is
+// uniform over it) accumulates v_hat[j] or v[j] the same way, as
+// ops::causal_attention_rows_cached reads the cache.
 #include <cmath>
 
 #include "pkv/cuda/check.cuh"
@@ -26,10 +32,23 @@ constexpr int kDimsPerLane = kMaxHeadDim / 32;
 // at one column hit 32 different banks.
 __host__ __device__ inline int key_stride(int head_dim) { return head_dim | 1; }
 
-size_t shared_bytes(int head_dim) {
-    return sizeof(float) * (static_cast<size_t>(kAttentionTileRows) * head_dim +
-                            static_cast<size_t>(kKeys) * key_stride(head_dim) + static_cast<size_t>(kKeys) * head_dim);
+// Queries, one key tile and one value tile; the cached variant a second key and value tile
+// (the reconstructions) and the 2 · 32 flush steps.
+size_t shared_bytes(int head_dim, bool cached) {
+    const size_t kv = static_cast<size_t>(kKeys) * key_stride(head_dim) + static_cast<size_t>(kKeys) * head_dim;
+    return sizeof(float) * (static_cast<size_t>(kAttentionTileRows) * head_dim + (cached ? 2 : 1) * kv) +
+           (cached ? sizeof(int32_t) * 2 * kKeys : 0);
 }
+
+/// The cache of a cached attention (device pointers): k_hat / v_hat as k / v, flush steps
+/// [n_head_kv][flush_stride] per packed row, relative to the row's sequence.
+struct CacheView {
+    const float* k_hat = nullptr;
+    const float* v_hat = nullptr;
+    const int32_t* k_flush = nullptr;
+    const int32_t* v_flush = nullptr;
+    int64_t flush_stride = 0;
+};
 
 __device__ inline float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -41,15 +60,21 @@ __device__ inline float warp_sum(float v) {
     return v;
 }
 
+template <bool kCached>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                      const AttentionTile* __restrict__ tiles, int n_head, int group, int head_dim, float scale,
-                     int window, float* __restrict__ out) {
+                     int window, CacheView cache, float* __restrict__ out) {
     extern __shared__ float smem[];
     const int ks = key_stride(head_dim);
     float* qs = smem;                                // [kAttentionTileRows][head_dim]
     float* kt = qs + kAttentionTileRows * head_dim;  // [kKeys][ks]
     float* vt = kt + kKeys * ks;                     // [kKeys][head_dim]
+    // Cached only: the reconstructions and flush steps of the same keys.
+    float* kh = vt + kKeys * head_dim;                                // [kKeys][ks]
+    float* vh = kh + kKeys * ks;                                      // [kKeys][head_dim]
+    int32_t* kf = reinterpret_cast<int32_t*>(vh + kKeys * head_dim);  // [kKeys]
+    int32_t* vf = kf + kKeys;                                         // [kKeys]
     const AttentionTile t = tiles[blockIdx.x];
     const int h = blockIdx.y, g = h / group;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head / group) * head_dim;
@@ -81,6 +106,22 @@ __global__ void __launch_bounds__(kWarps * 32)
             }
             kt[j * ks + d] = kv;
             vt[j * head_dim + d] = vv;
+            if (kCached) {
+                float khv = 0.0f, vhv = 0.0f;
+                if (j < nk) {
+                    const int64_t src = (t.row0 + k0 + j) * kd + static_cast<int64_t>(g) * head_dim + d;
+                    khv = cache.k_hat[src];
+                    vhv = cache.v_hat[src];
+                }
+                kh[j * ks + d] = khv;
+                vh[j * head_dim + d] = vhv;
+            }
+        }
+        if (kCached && threadIdx.x < kKeys) {
+            const int j = threadIdx.x;
+            const int64_t f = static_cast<int64_t>(g) * cache.flush_stride + t.row0 + k0 + j;
+            kf[j] = j < nk ? cache.k_flush[f] : 0;
+            vf[j] = j < nk ? cache.v_flush[f] : 0;
         }
         __syncthreads();
 #pragma unroll
@@ -94,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             float s = -INFINITY;
             if (visible) {
                 const float* qr = qs + r * head_dim;
-                const float* kr = kt + lane * ks;
+                const float* kr = (kCached && kf[lane] <= qi ? kh : kt) + lane * ks;
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; ++d) dot = fmaf(qr[d], kr[d], dot);
                 s = dot;
@@ -109,7 +150,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             for (int u = 0; u < kDimsPerLane; ++u) acc[rr][u] *= corr;
             for (int j = 0; j < nk; ++j) {
                 const float pj = __shfl_sync(0xffffffffu, p, j);
-                const float* vr = vt + j * head_dim;
+                const float* vr = (kCached && vf[j] <= qi ? vh : vt) + j * head_dim;
 #pragma unroll
                 for (int u = 0; u < kDimsPerLane; ++u) {
                     const int d = lane + 32 * u;
@@ -141,12 +182,29 @@ void attention(const float* q, const float* k, const float* v, const AttentionTi
     PKV_ASSERT(head_dim >= 1 && head_dim <= kMaxHeadDim && n_head_kv >= 1 && n_head % n_head_kv == 0 && scale > 0);
     if (n_tiles <= 0) return;
     PKV_ASSERT(n_head <= 65535);
-    const size_t smem = shared_bytes(head_dim);
-    PKV_CUDA_CHECK(
-        cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    const size_t smem = shared_bytes(head_dim, false);
+    PKV_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(n_head));
-    attention_kernel<<<grid, kWarps * 32, smem, s>>>(q, k, v, tiles, n_head, n_head / n_head_kv, head_dim, scale,
-                                                     window, out);
+    attention_kernel<false><<<grid, kWarps * 32, smem, s>>>(q, k, v, tiles, n_head, n_head / n_head_kv, head_dim, scale,
+                                                            window, CacheView{}, out);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
+                      const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
+                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, float* out,
+                      cudaStream_t s) {
+    PKV_ASSERT(head_dim >= 1 && head_dim <= kMaxHeadDim && n_head_kv >= 1 && n_head % n_head_kv == 0 && scale > 0);
+    if (n_tiles <= 0) return;
+    PKV_ASSERT(n_head <= 65535 && k_hat && v_hat && k_flush && v_flush);
+    const size_t smem = shared_bytes(head_dim, true);
+    PKV_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(n_head));
+    const CacheView cache{k_hat, v_hat, k_flush, v_flush, rows};
+    attention_kernel<true><<<grid, kWarps * 32, smem, s>>>(q, k, v, tiles, n_head, n_head / n_head_kv, head_dim, scale,
+                                                           window, cache, out);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

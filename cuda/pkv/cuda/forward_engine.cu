@@ -14,6 +14,7 @@
 #include "pkv/cuda/cuda_buffer.cuh"
 #include "pkv/cuda/forward_ops.cuh"
 #include "pkv/gguf/gguf.h"
+#include "pkv/model/engine_cache.h"
 
 #define PKV_CUBLAS_CHECK(call)                                                          \
     do {                                                                                \
@@ -46,7 +47,7 @@ public:
         return static_cast<int>(std::max<int64_t>(1, max_rows_ / std::max(ctx, 1)));
     }
     BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
-                          const EngineSink& sink) override;
+                          const EngineSink& sink, const BatchCacheHook& cache) override;
 
 private:
     struct Capture {
@@ -63,8 +64,12 @@ private:
     void reserve(int64_t padded, int64_t rows, int max_len, int n_seq, bool want_last);
     void gemm(const float* x, int64_t padded, int64_t n_in, const void* weight, int64_t n_out, float* y);
     void run_group(const std::vector<std::vector<int32_t>>& sequences, int64_t s_begin, int64_t s_count,
-                   const ForwardOptions& opts, const EngineSink& sink, BatchResult& out);
-    void layer(int l, const PackedBatch& b, int64_t padded, int n_tiles, Capture* cap);
+                   const ForwardOptions& opts, const EngineSink& sink, const BatchCacheHook& cache, BatchResult& out);
+    /// cache: the hook (null: plain attention), whose sequence indices start at s_begin.
+    void layer(int l, const PackedBatch& b, int64_t padded, int n_tiles, Capture* cap, const BatchCacheHook& cache,
+               int64_t s_begin);
+    void reserve_cache(int64_t rows);
+    void hook_layer(int l, const PackedBatch& b, const BatchCacheHook& cache, int64_t s_begin);
     void deliver(Capture& c, const PackedBatch& b, int64_t s_begin, const EngineSink& sink);
     void logits(const PackedBatch& b, int64_t padded, const ForwardOptions& opts, int64_t s_begin, BatchResult& out);
 
@@ -90,6 +95,12 @@ private:
     PinnedBuffer<int32_t> amax_host_;
     Capture cap_[2];
     int64_t reserved_rows_ = -1;
+    // The cache hook's path: the layer's K (pre and post RoPE) and V as floats on the host,
+    // the cache the hook returned, and its device copy.
+    PinnedBuffer<float> hook_k_pre_, hook_k_post_, hook_v_;
+    PackedLayerCache hook_cache_;
+    DeviceBuffer<float> k_hat_, v_hat_;
+    DeviceBuffer<int32_t> k_flush_, v_flush_;
 };
 
 CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
@@ -269,13 +280,13 @@ void CudaEngine::gemm(const float* x, int64_t padded, int64_t n_in, const void* 
 }
 
 BatchResult CudaEngine::run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
-                                  const EngineSink& sink) {
+                                  const EngineSink& sink, const BatchCacheHook& cache) {
     check_engine_batch(model_.file(), hp_, sequences, opts, static_cast<bool>(sink));
     PKV_CUDA_CHECK(cudaSetDevice(opt_.device));
     BatchResult out(sequences.size());
     try {
         for (const Range& g : group_sequences(sequences, max_rows_))
-            run_group(sequences, g.begin, g.count, opts, sink, out);
+            run_group(sequences, g.begin, g.count, opts, sink, cache, out);
     } catch (...) {
         // A failing sink (or call) leaves work queued: let it finish before the buffers are reused.
         cudaStreamSynchronize(stream_);
@@ -287,13 +298,15 @@ BatchResult CudaEngine::run_batch(const std::vector<std::vector<int32_t>>& seque
 }
 
 void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, int64_t s_begin, int64_t s_count,
-                           const ForwardOptions& opts, const EngineSink& sink, BatchResult& out) {
+                           const ForwardOptions& opts, const EngineSink& sink, const BatchCacheHook& cache,
+                           BatchResult& out) {
     const std::vector<std::vector<int32_t>> group(sequences.begin() + s_begin, sequences.begin() + s_begin + s_count);
     const PackedBatch b = pack_batch(group);
     const int64_t n = b.n_rows(), padded = padded_rows(n, opt_.slab_rows);
     reserve(padded, n, b.max_len, b.n_seq(), opts.want_last_logits);
     const std::vector<AttentionTile> tiles = attention_tiles(b, fwd::kAttentionTileRows);
     tiles_.reserve(tiles.size());
+    if (cache) reserve_cache(n);
 
     // Inputs: embeddings gathered on the host, positions, next-token targets, tiles.
     embed_rows(model_.file(), hp_, b.tokens, embd_host_.get());
@@ -313,7 +326,7 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     for (uint32_t l = 0; l < hp_.n_layer; ++l) {
         const bool captured = opts.capture && (opts.layers.empty() || opts.layers[l]);
         Capture* c = captured ? &cap_[turn] : nullptr;
-        layer(static_cast<int>(l), b, padded, static_cast<int>(tiles.size()), c);
+        layer(static_cast<int>(l), b, padded, static_cast<int>(tiles.size()), c, cache, s_begin);
         // The previous captured layer is handed over while this one computes.
         if (pending >= 0) deliver(cap_[pending], b, s_begin, sink);
         pending = -1;
@@ -351,7 +364,33 @@ void CudaEngine::deliver(Capture& c, const PackedBatch& b, int64_t s_begin, cons
     c.layer = -1;
 }
 
-void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles, Capture* cap) {
+void CudaEngine::reserve_cache(int64_t rows) {
+    const auto nk = static_cast<size_t>(rows) * KD_, nf = static_cast<size_t>(rows) * hp_.n_head_kv;
+    for (auto* h : {&hook_k_pre_, &hook_k_post_, &hook_v_}) h->reserve(nk);
+    k_hat_.reserve(nk), v_hat_.reserve(nk), k_flush_.reserve(nf), v_flush_.reserve(nf);
+}
+
+// The layer's K/V (already queued to hook_k_pre_, hook_k_post_, hook_v_) go through the hook on
+// host threads; the cache it returns goes to the device before the cached attention reads it.
+void CudaEngine::hook_layer(int l, const PackedBatch& b, const BatchCacheHook& cache, int64_t s_begin) {
+    PKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    run_packed_cache_hook(cache, l, b.row0, static_cast<int>(s_begin), static_cast<int>(hp_.n_head_kv), HD_,
+                          hook_k_pre_.get(), hook_k_post_.get(), hook_v_.get(), hook_cache_);
+    const PackedLayerCache& c = hook_cache_;
+    // From pageable memory: each copy returns once its source is staged, so hook_cache_ may be
+    // refilled by the next layer (which synchronizes first anyway).
+    PKV_CUDA_CHECK(
+        cudaMemcpyAsync(k_hat_.get(), c.k_hat.data(), c.k_hat.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    PKV_CUDA_CHECK(
+        cudaMemcpyAsync(v_hat_.get(), c.v_hat.data(), c.v_hat.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(k_flush_.get(), c.k_flush.data(), c.k_flush.size() * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream_));
+    PKV_CUDA_CHECK(cudaMemcpyAsync(v_flush_.get(), c.v_flush.data(), c.v_flush.size() * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles, Capture* cap,
+                       const BatchCacheHook& cache, int64_t s_begin) {
     const int64_t n = b.n_rows();
     const float eps = hp_.rms_eps;
     cudaStream_t s = stream_;
@@ -367,6 +406,8 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         fwd::rms_norm(q_.get(), n * hp_.n_head, HD_, wf(l, P::q_norm), eps, q_.get(), s);
         fwd::rms_norm(k_.get(), n * hp_.n_head_kv, HD_, wf(l, P::k_norm), eps, k_.get(), s);
     }
+    const auto kv_bytes = static_cast<size_t>(n) * KD_ * sizeof(float);
+    if (cache) PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_pre_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
     uint16_t* stage = cap ? cap->dev.get() : nullptr;
     if (cap != nullptr) {
         // The staging buffer's previous layer must be on its way to the host first.
@@ -391,9 +432,18 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         PKV_CUDA_CHECK(cudaEventRecord(cap->copied, copy_stream_));
     }
     const float scale = hp_.attn_scale > 0.0f ? hp_.attn_scale : 1.0f / std::sqrt(static_cast<float>(HD_));
-    fwd::attention(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
-                   static_cast<int>(hp_.n_head_kv), HD_, scale,
-                   static_cast<int>(layer_window(hp_, static_cast<uint32_t>(l))), att_.get(), s);
+    const int window = static_cast<int>(layer_window(hp_, static_cast<uint32_t>(l)));
+    if (cache) {
+        PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_post_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(hook_v_.get(), v_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
+        hook_layer(l, b, cache, s_begin);
+        fwd::attention_cached(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(), v_flush_.get(),
+                              n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head), static_cast<int>(hp_.n_head_kv),
+                              HD_, scale, window, att_.get(), s);
+    } else {
+        fwd::attention(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
+                       static_cast<int>(hp_.n_head_kv), HD_, scale, window, att_.get(), s);
+    }
     gemm(att_.get(), padded, QD_, w(l, P::wo), E_, proj_.get());
     fwd::add_bias(proj_.get(), n, E_, wf(l, P::bo), s);
     if (wf(l, P::post_attn_norm) != nullptr)

@@ -17,6 +17,12 @@
 // converted to binary16 on the device and copied to page-locked host memory on a second
 // stream while the next layer computes; the sink receives them as EngineActivations::
 // k_pre16, k_post16, v16, q16 (the f32 pointers are null).
+// Cache hook (run_batch's BatchCacheHook): per layer, once K (before and after RoPE) and V
+// exist for the batch, they are copied to the host as float, the hook runs for every
+// (sequence, KV head, K or V) on host threads (engine_cache.h), and its reconstructions
+// and flush steps are uploaded for a cached attention kernel (query t reads recon[j]
+// where flush_step[j] <= t, else the exact K/V). The device waits for the host here, so a
+// hooked layer costs the copies and the slowest hook call.
 // Outputs: nll/argmax (ForwardOptions::want_nll), last_logits and hidden as the CPU engine.
 #pragma once
 

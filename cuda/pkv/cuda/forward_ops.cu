@@ -339,6 +339,41 @@ void causal_attention(const float* q, const float* k, const float* v, const std:
     download(out, dout, nq);
 }
 
+void causal_attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
+                             const int32_t* k_flush, const int32_t* v_flush, const std::vector<int>& lengths,
+                             int n_head, int n_head_kv, int head_dim, float* out, float kq_scale, int window,
+                             int device) {
+    PKV_CHECK(n_head_kv >= 1 && n_head % n_head_kv == 0 && head_dim >= 1 && head_dim <= fwd::kMaxHeadDim,
+              invalid_argument,
+              "cuda causal_attention_cached: {} heads, {} KV heads, head_dim {}: expected a multiple and "
+              "head_dim <= {}",
+              n_head, n_head_kv, head_dim, fwd::kMaxHeadDim);
+    PKV_CUDA_CHECK(cudaSetDevice(device));
+    std::vector<std::vector<int32_t>> seqs;
+    for (int n : lengths) seqs.emplace_back(static_cast<size_t>(n), 0);
+    const PackedBatch b = pack_batch(seqs);
+    const std::vector<AttentionTile> tiles = attention_tiles(b, fwd::kAttentionTileRows);
+    const size_t rows = static_cast<size_t>(b.n_rows());
+    const size_t nq = rows * n_head * head_dim, nk = rows * n_head_kv * head_dim, nf = rows * n_head_kv;
+    DeviceBuffer<float> dq, dk, dv, dkh, dvh, dout;
+    DeviceBuffer<int32_t> dkf, dvf;
+    DeviceBuffer<AttentionTile> dt;
+    upload(dq, q, nq);
+    upload(dk, k, nk);
+    upload(dv, v, nk);
+    upload(dkh, k_hat, nk);
+    upload(dvh, v_hat, nk);
+    upload(dkf, k_flush, nf);
+    upload(dvf, v_flush, nf);
+    upload(dt, tiles.data(), tiles.size());
+    dout.reserve(nq);
+    const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+    fwd::attention_cached(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
+                          static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
+                          head_dim, scale, window, dout.get(), nullptr);
+    download(out, dout, nq);
+}
+
 void logit_row_stats(const float* logits, int64_t rows, int64_t n_vocab, int64_t chunk, const int32_t* targets,
                      float* nll, int32_t* argmax, int device) {
     PKV_CUDA_CHECK(cudaSetDevice(device));

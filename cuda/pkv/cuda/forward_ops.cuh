@@ -40,6 +40,15 @@ void to_half(const float* x, int64_t n, uint16_t* out, cudaStream_t s);
 /// + 1) .. i (window 0: 0 .. i) with softmax scale `scale` (> 0). head_dim <= 256.
 void attention(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
                int n_head_kv, int head_dim, float scale, int window, float* out, cudaStream_t s);
+/// attention over the cache a runtime holds (ops::causal_attention_rows_cached on packed
+/// rows): query i of a sequence reads, for KV head g and key j, k_hat[j] when
+/// k_flush[g · rows + j] <= i, else k[j] (values likewise with v_hat / v_flush). k_hat and
+/// v_hat have the layout of k and v; the flush steps ([n_head_kv, rows], device) count
+/// positions within the row's sequence (engine_cache.h: kNeverFlushed keeps a key exact).
+void attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
+                      const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
+                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, float* out,
+                      cudaStream_t s);
 /// Queries per attention tile (engine_plan's attention_tiles(batch, kAttentionTileRows)).
 constexpr int kAttentionTileRows = 16;
 constexpr int kMaxHeadDim = 256;

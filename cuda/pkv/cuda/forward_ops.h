@@ -8,6 +8,7 @@
 //   pkv::cuda::swiglu_inplace      twins  pkv::ops::swiglu_inplace
 //   pkv::cuda::geglu_tanh_inplace  twins  pkv::ops::geglu_tanh_inplace
 //   pkv::cuda::causal_attention    twins  pkv::ops::causal_attention_rows, per sequence
+//   pkv::cuda::causal_attention_cached  twins  pkv::ops::causal_attention_rows_cached, per sequence
 //   pkv::cuda::logit_row_stats     twins  pkv::ops::LogitRowStats (add_block per chunk, nll())
 #pragma once
 
@@ -33,6 +34,15 @@ void geglu_tanh_inplace(float* gate, const float* up, int64_t n, int device = 0)
 /// head_dim]. kq_scale <= 0: 1/sqrt(head_dim). head_dim <= 256.
 void causal_attention(const float* q, const float* k, const float* v, const std::vector<int>& lengths, int n_head,
                       int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0, int device = 0);
+
+/// causal_attention over the cache a runtime holds: k_hat and v_hat [rows, n_head_kv ·
+/// head_dim] as k and v; k_flush and v_flush [n_head_kv, rows], the flush step of each
+/// packed row relative to its sequence (pkv::kNeverFlushed: exact). Query i of a
+/// sequence reads k_hat[j] when k_flush[g][j] <= i, else k[j] (values likewise).
+void causal_attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
+                             const int32_t* k_flush, const int32_t* v_flush, const std::vector<int>& lengths,
+                             int n_head, int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0,
+                             int device = 0);
 
 /// Next-token NLL and first argmax of each row of logits [rows, n_vocab], seen in chunks
 /// of `chunk` columns (targets[r] in [0, n_vocab); the row's NLL is -log softmax(target)).

@@ -37,19 +37,27 @@ public:
     }
     int batch_sequences(int) const override { return 1; }
     BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
-                          const EngineSink& sink) override {
+                          const EngineSink& sink, const BatchCacheHook& cache) override {
         PKV_CHECK(opts.pos0 == 0 && !opts.kv_cache, invalid_argument,
-                  "{}: an engine batch starts every sequence at position 0 and takes no cache hook",
+                  "{}: an engine batch starts every sequence at position 0 and takes its cache hook as run_batch's "
+                  "`cache`",
                   model_.file().path());
         BatchResult out;
         out.reserve(sequences.size());
         for (size_t s = 0; s < sequences.size(); ++s) {
             EngineActivations e;
             e.sequence = static_cast<int>(s);
-            out.push_back(model_.forward(sequences[s], opts, [&](const LayerActivations& a) {
-                e.f32 = a;
-                sink(e);
-            }));
+            ForwardOptions o = opts;
+            // The model's own hooked path: eval through this engine gives the figures of a direct forward call.
+            if (cache)
+                o.kv_cache = [&cache, s](const KvHookInput& in, KvHookOutput& r) { cache(static_cast<int>(s), in, r); };
+            LayerSink layer_sink;
+            if (sink)
+                layer_sink = [&](const LayerActivations& a) {
+                    e.f32 = a;
+                    sink(e);
+                };
+            out.push_back(model_.forward(sequences[s], o, layer_sink));
         }
         return out;
     }

@@ -42,6 +42,14 @@ struct EngineActivations {
 };
 using EngineSink = std::function<void(const EngineActivations&)>;
 
+/// A KV cache hook over a batch: the KvCacheHook (llama.h) of sequence `sequence` (its
+/// index in the batch), called once per (sequence, layer, KV head, K or V) after the
+/// layer's K/V exist and before its attention runs. Calls for distinct (sequence, layer,
+/// KV head, tensor) may run concurrently on host threads, so the hook may only write
+/// state owned by its tuple (e.g. one MethodCache per sequence). Every call of a layer
+/// returns before that layer's attention runs; exceptions propagate out of run_batch.
+using BatchCacheHook = std::function<void(int sequence, const KvHookInput&, KvHookOutput&)>;
+
 /// The float values of one tensor of `a` (0: k_pre, 1: k_post, 2: v, 3: q): a pointer into
 /// the engine's buffer when it gave floats, else `scratch` filled from the binary16 bits;
 /// null when the tensor was not captured. `cols` is the tensor's row width.
@@ -60,11 +68,18 @@ public:
     /// How many sequences of `ctx` tokens one run_batch call should carry (memory bound;
     /// 1 for the CPU engine, which runs sequences one after another).
     virtual int batch_sequences(int ctx) const = 0;
-    /// Runs the batch. opts.pos0 must be 0 and opts.kv_cache empty (cache hooks are the CPU
-    /// model's); opts.capture / opts.layers select what reaches the sink. Throws pkv::Error
-    /// naming the model file for bad tokens or lengths, before any work.
+    /// Runs the batch. opts.pos0 must be 0 and opts.kv_cache empty (a batch takes its hook
+    /// as `cache`, which knows the sequence); opts.capture / opts.layers select what reaches
+    /// the sink. With `cache`, every layer's attention reads the cache it describes, as
+    /// LlamaModel::forward with ForwardOptions::kv_cache does. Throws pkv::Error naming the
+    /// model file for bad tokens or lengths, before any work.
     virtual BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
-                                  const EngineSink& sink) = 0;
+                                  const EngineSink& sink, const BatchCacheHook& cache) = 0;
+    /// The batch with plain attention over exact K/V.
+    BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
+                          const EngineSink& sink) {
+        return run_batch(sequences, opts, sink, nullptr);
+    }
 };
 
 /// The reference engine over a validated model (which must outlive it).

@@ -95,7 +95,8 @@ int64_t activation_bytes_per_row(const LlamaHparams& hp, WeightType type) {
     const int64_t f32 = 4 * (4 * E + 2 * QD + 2 * KD + 2 * FF);
     const int64_t wcopy = type == WeightType::f32 ? 0 : weight_type_bytes(type) * std::max({E, QD, FF});
     const int64_t capture = 2 * 2 * (3 * KD + QD);
-    return f32 + wcopy + capture + 3 * 4;  // + token, position, target
+    const int64_t cache = 4 * 2 * KD + 4 * 2 * int64_t{hp.n_head_kv};  // a cache hook's k_hat, v_hat, flush steps
+    return f32 + wcopy + capture + cache + 3 * 4;                      // + token, position, target
 }
 
 int64_t rows_for_memory(int64_t budget_bytes, int64_t per_row_bytes, int64_t slab_rows, int64_t cap) {

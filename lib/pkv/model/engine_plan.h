@@ -72,7 +72,8 @@ int64_t vocab_chunk_rows(int64_t n_vocab, int64_t slab_rows, int64_t budget_byte
 
 /// Device bytes one packed row of activations needs: the float buffers of a layer (x, its
 /// norm, q, k, v, attention output, gate, up, projection), the weight-type copy fed to the
-/// products, and two binary16 capture buffers of k_pre, k_post, v and q.
+/// products, two binary16 capture buffers of k_pre, k_post, v and q, and a cache hook's
+/// float k_hat and v_hat and int32 flush steps per KV head.
 int64_t activation_bytes_per_row(const LlamaHparams& hp, WeightType type);
 /// Rows (a whole number of slabs, at most `cap`) whose activations fit in `budget_bytes`;
 /// 0 when not even one slab fits.

@@ -94,32 +94,55 @@ std::vector<bool> keep_layers(const EvalConfig& c, int L) {
     return keep;
 }
 
-// Runs variant v (0: the fp16 reference, else method v - 1) on one sequence; returns
-// its final hidden states and adds its time and cache storage.
-std::vector<float> run_variant(LlamaModel& model, const std::vector<int32_t>& ids, int64_t P, MethodCache* cache,
-                               EvalAccum& acc) {
-    const LlamaHparams& hp = model.hparams();
-    const int n = static_cast<int>(ids.size());
+// Runs variant v (0: the fp16 reference, else method v - 1) on the sequences of one
+// engine batch, caches[b] holding sequence b's cache (empty for the reference); returns
+// their final hidden states and adds the batch's time and, sequence by sequence, storage.
+std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::vector<std::vector<int32_t>>& ids,
+                                            const std::vector<int64_t>& P,
+                                            const std::vector<std::unique_ptr<MethodCache>>& caches, EvalAccum& acc) {
+    const LlamaHparams& hp = engine.hparams();
+    const size_t B = ids.size();
     ForwardOptions opts;
     opts.want_nll = false;
     opts.want_hidden = true;
-    if (cache) {
-        cache->begin_sequence(n, P);
-        opts.kv_cache = cache->hook();
+    BatchCacheHook hook;
+    if (!caches.empty()) {
+        for (size_t b = 0; b < B; ++b) caches[b]->begin_sequence(static_cast<int>(ids[b].size()), P[b]);
+        // Each sequence's calls go to its own cache, which allows concurrent calls for distinct triples.
+        hook = [&caches](int seq, const KvHookInput& in, KvHookOutput& out) {
+            caches.at(static_cast<size_t>(seq))->hook()(in, out);
+        };
     }
     const auto t = Clock::now();
     const double c0 = cpu_seconds();
-    std::vector<float> hidden = model.forward(ids, opts).hidden;
+    BatchResult r = engine.run_batch(ids, opts, nullptr, hook);
     acc.seconds += seconds_since(t);
     acc.cpu += cpu_seconds() - c0;
-    const double elements = cached_elements(hp, n);
-    const double kb = cache ? cache->key_bits() : exact_bits(elements);
-    const double vb = cache ? cache->value_bits() : exact_bits(elements);
-    acc.k_bits += kb;
-    acc.v_bits += vb;
-    acc.elements += elements;
-    acc.kv_bytes_peak = std::max(acc.kv_bytes_peak, (kb + vb) / 8.0);
+    PKV_CHECK(r.size() == B, internal, "eval: the engine returned {} results for a batch of {} sequences", r.size(), B);
+    std::vector<std::vector<float>> hidden(B);
+    for (size_t b = 0; b < B; ++b) {
+        const int n = static_cast<int>(ids[b].size());
+        PKV_CHECK(r[b].hidden.size() == static_cast<size_t>(n) * hp.n_embd, internal,
+                  "eval: the engine returned {} hidden values for a sequence of {} tokens", r[b].hidden.size(), n);
+        hidden[b] = std::move(r[b].hidden);
+        const double elements = cached_elements(hp, n);
+        const double kb = caches.empty() ? exact_bits(elements) : caches[b]->key_bits();
+        const double vb = caches.empty() ? exact_bits(elements) : caches[b]->value_bits();
+        acc.k_bits += kb;
+        acc.v_bits += vb;
+        acc.elements += elements;
+        acc.kv_bytes_peak = std::max(acc.kv_bytes_peak, (kb + vb) / 8.0);
+    }
     return hidden;
+}
+
+// Sequences per engine batch: what the engine takes, capped so that the batch's final hidden
+// states of every variant ([n, n_embd] floats each, held until the comparison) stay within 2 GiB.
+size_t eval_batch_sequences(const ForwardEngine& engine, int ctx, size_t variants, int64_t n_sequences) {
+    const double per_seq = static_cast<double>(variants) * ctx * engine.hparams().n_embd * sizeof(float);
+    const auto by_memory = static_cast<int64_t>(std::max(1.0, std::floor(2.0 * (1 << 30) / per_seq)));
+    return static_cast<size_t>(
+        std::max<int64_t>(1, std::min({static_cast<int64_t>(engine.batch_sequences(ctx)), by_memory, n_sequences})));
 }
 
 // Adds one sequence's next-token statistics of variant v against the reference (st[0]).
@@ -180,7 +203,7 @@ EvalResult run_eval(const EvalConfig& c) {
     r.model_sha256 = sha256_file(c.model_path);
     r.model_name = hp.name;
     r.model = model_json(hp, *file, c.model_path, r.model_sha256);
-    std::vector<std::unique_ptr<MethodCache>> caches;
+    std::vector<std::shared_ptr<const PatternTable>> tables;
     for (const auto& s : r.specs) {
         std::shared_ptr<const PatternTable> table;
         if (s.table) {
@@ -188,28 +211,48 @@ EvalResult run_eval(const EvalConfig& c) {
             check_table_for_eval(s, *t, hp, r.model_sha256, keep);
             table = std::move(t);
         }
-        caches.push_back(std::make_unique<MethodCache>(s, c.seed, keep, hp, std::move(table)));
+        tables.push_back(std::move(table));
     }
+    // The engine last: every input is checked before a GPU engine spends time uploading weights.
+    const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
+    r.device = engine->description();
+    // One cache per method and sequence of a batch: a batch's sequences run their hooks concurrently.
+    const size_t B = eval_batch_sequences(*engine, c.ctx, M + 1, r.n_sequences);
+    std::vector<std::vector<std::unique_ptr<MethodCache>>> caches(M + 1);
+    for (size_t m = 0; m < M; ++m)
+        for (size_t b = 0; b < B; ++b)
+            caches[m + 1].push_back(std::make_unique<MethodCache>(r.specs[m], c.seed, keep, hp, tables[m]));
+    if (B > 1) log::info("eval: {} sequences per engine batch", B);
     std::vector<EvalAccum> acc(M + 1);
     const int64_t T = c.n_tokens;
     Progress progress("eval", static_cast<uint64_t>(T) * (M + 1), "tok");
-    for (int64_t t0 = 0; t0 < T; t0 += c.ctx) {
-        const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
-        const int64_t P = eval_prefill(n, c.prefill);
-        std::vector<int32_t> ids(stream.begin() + t0, stream.begin() + t0 + n);
-        if (bos >= 0) ids[0] = bos;
-        std::vector<std::vector<float>> hidden(M + 1);
+    for (int64_t g0 = 0; g0 < T; g0 += static_cast<int64_t>(B) * c.ctx) {
+        std::vector<std::vector<int32_t>> ids;
+        std::vector<int64_t> P;
+        uint64_t tokens = 0;
+        for (int64_t t0 = g0; t0 < T && ids.size() < B; t0 += c.ctx) {
+            const int n = static_cast<int>(std::min<int64_t>(c.ctx, T - t0));
+            ids.emplace_back(stream.begin() + t0, stream.begin() + t0 + n);
+            if (bos >= 0) ids.back()[0] = bos;
+            P.push_back(eval_prefill(n, c.prefill));
+            tokens += static_cast<uint64_t>(n);
+        }
+        std::vector<std::vector<std::vector<float>>> hidden(M + 1);  // [variant][sequence]
         for (size_t v = 0; v <= M; ++v) {
             check_interrupted();
-            hidden[v] = run_variant(model, ids, P, v > 0 ? caches[v - 1].get() : nullptr, acc[v]);
-            progress.advance(static_cast<uint64_t>(n));
+            hidden[v] = run_variant(*engine, ids, P, caches[v], acc[v]);
+            progress.advance(tokens);
         }
-        std::vector<const float*> hp_ptr;
-        for (const auto& h : hidden) hp_ptr.push_back(h.data());
-        const auto t = Clock::now();
-        const std::vector<NextTokenStats> st = model.compare_next_token(ids, hp_ptr);
-        r.compare_seconds += seconds_since(t);
-        for (size_t v = 0; v <= M; ++v) add_scores(st, v, n, P, acc[v]);
+        // Sequence by sequence, in order: the sums are added as with one sequence per batch.
+        for (size_t b = 0; b < ids.size(); ++b) {
+            std::vector<const float*> hp_ptr;
+            for (size_t v = 0; v <= M; ++v) hp_ptr.push_back(hidden[v][b].data());
+            const auto t = Clock::now();
+            const std::vector<NextTokenStats> st = model.compare_next_token(ids[b], hp_ptr);
+            r.compare_seconds += seconds_since(t);
+            const int n = static_cast<int>(ids[b].size());
+            for (size_t v = 0; v <= M; ++v) add_scores(st, v, n, P[b], acc[v]);
+        }
     }
     progress.finish();
     r.seconds = seconds_since(t_start);

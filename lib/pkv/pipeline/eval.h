@@ -20,6 +20,15 @@
 // Default P: n/2 rounded down to a multiple of 128 (as `pkv analyze` with its
 // default window). Memory: the model mapping, one layer in fp32, one sequence's
 // activations, and [n, n_embd] floats per method for the final comparison.
+//
+// Engine: every forward pass (reference and methods) runs through a ForwardEngine
+// (model/engine.h), as many sequences per run_batch call as the engine takes (the CPU
+// engine: one; capped so the batch's hidden states of all variants stay within 2 GiB),
+// each sequence with its own MethodCache per method; each method's cache simulation runs
+// on host threads inside the engine's hook, whatever the engine. The CPU engine gives
+// exactly the figures of LlamaModel::forward; on the CUDA engine the forward runs on the
+// GPU and the hook's inputs differ from the CPU's by float rounding (docs/eval.md). The
+// final comparison (compare_next_token) always runs on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +40,7 @@
 
 #include "pkv/kvcache/kv_spec.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/model/engine.h"
 
 namespace pkv {
 
@@ -49,6 +59,8 @@ struct EvalConfig {
     /// when the vocabulary adds BOS (tokenizer.ggml.add_bos_token); refused when it does not.
     bool bos_each_sequence = false;
     std::vector<std::string> argv;  ///< recorded as provenance
+    /// Makes the engine the forward passes run on; empty: the CPU reference engine.
+    EngineFactory engine;
 };
 
 /// Sums of one variant (the fp16 reference or a method) over the scored positions of
@@ -68,6 +80,7 @@ struct EvalResult {
     nlohmann::json model;       ///< the model record (pipeline/provenance.h model_json)
     std::string model_sha256, model_name;
     std::vector<TextSource> sources;
+    std::string device;  ///< the engine's description(), e.g. "cpu (16 threads)"
     int64_t n_sequences = 0, scored_decode = 0, scored_all = 0;
     double seconds = 0, compare_seconds = 0;  ///< whole run; the final next-token comparison
     EvalAccum reference;

@@ -46,7 +46,7 @@ nlohmann::json eval_report_json(const EvalResult& r) {
     const EvalConfig& c = *r.config;
     nlohmann::json report;
     report["format"] = "pkv.eval_report";
-    report["version"] = "1.0";
+    report["version"] = "1.1";
     report["provenance"] = provenance_json("eval", c.argv);
     report["provenance"].update({
         {"model", {{"file", c.model_path}, {"sha256", r.model_sha256}, {"name", r.model_name}}},
@@ -64,7 +64,8 @@ nlohmann::json eval_report_json(const EvalResult& r) {
     report["model"] = r.model;
     report["run"] = {
         {"n_tokens", c.n_tokens},     {"n_sequences", r.n_sequences}, {"scored_decode", r.scored_decode},
-        {"scored_all", r.scored_all}, {"seconds", r.seconds},         {"compare_seconds", r.compare_seconds}};
+        {"scored_all", r.scored_all}, {"seconds", r.seconds},         {"compare_seconds", r.compare_seconds},
+        {"device", r.device}};
     report["reference"] = figures(r, r.reference, r.reference);
     report["reference"]["label"] = "fp16 (reference)";
     nlohmann::json methods = nlohmann::json::array();

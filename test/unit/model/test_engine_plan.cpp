@@ -99,7 +99,7 @@ TEST_CASE("activation bytes per row and the rows a budget holds", "[model][engin
     LlamaHparams hp;
     hp.n_embd = 64, hp.n_ff = 128, hp.n_head = 4, hp.n_head_kv = 2, hp.head_dim = 16;
     const int64_t f32 = activation_bytes_per_row(hp, WeightType::f32);
-    CHECK(f32 == 4 * (4 * 64 + 2 * 64 + 2 * 32 + 2 * 128) + 2 * 2 * (3 * 32 + 64) + 12);
+    CHECK(f32 == 4 * (4 * 64 + 2 * 64 + 2 * 32 + 2 * 128) + 2 * 2 * (3 * 32 + 64) + 4 * 2 * 32 + 4 * 2 * 2 + 12);
     CHECK(activation_bytes_per_row(hp, WeightType::bf16) == f32 + 2 * 128);
     CHECK(rows_for_memory(1000 * 100, 100, 64, 1 << 20) == 960);
     CHECK(rows_for_memory(1000 * 100, 100, 64, 512) == 512);
