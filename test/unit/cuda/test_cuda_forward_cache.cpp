@@ -266,7 +266,9 @@ TEST_CASE("cuda engine (f32 weights) with a cache hook follows the CPU engine", 
             for (const auto& seq : batch) {
                 c.push_back(
                     std::make_unique<MethodCache>(spec, 0, std::vector<bool>(s.n_layer, false), model.hparams()));
-                c.back()->begin_sequence(static_cast<int>(seq.size()), 8);
+                // A prefill of 8 tokens, or the whole sequence when it is shorter (as eval clamps it).
+                c.back()->begin_sequence(static_cast<int>(seq.size()),
+                                         std::min<int64_t>(8, static_cast<int64_t>(seq.size())));
             }
             return c;
         };

@@ -9,6 +9,7 @@
 //   logit_row_stats       |nll gpu - nll cpu| <= 2e-5 nats; argmax equal
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
@@ -90,7 +91,16 @@ TEST_CASE("cuda swiglu and geglu_tanh twin the ops", "[cuda][forward][parity]") 
     ref = g, gpu = g;
     pkv::ops::geglu_tanh_inplace(ref.data(), u.data(), static_cast<int64_t>(n));
     pkv::cuda::geglu_tanh_inplace(gpu.data(), u.data(), static_cast<int64_t>(n));
-    for (size_t i = 0; i < n; ++i) REQUIRE(std::fabs(gpu[i] - ref[i]) <= 4e-6f * std::fabs(ref[i]) + 1e-6f);
+    // GELU(g)·u = 0.5·g·(1 + tanh(z))·u: where tanh saturates towards -1 the sum cancels, and a few
+    // units in the last place of tanh (about 1.2e-7 each, relative to 1) become absolute errors
+    // scaled by |0.5·g·u|; four of them are allowed on top of the bound above.
+    double worst = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        const float bound = 4e-6f * std::fabs(ref[i]) + 4.8e-7f * std::fabs(0.5f * g[i] * u[i]) + 1e-6f;
+        worst = std::max(worst, static_cast<double>(std::fabs(gpu[i] - ref[i]) / bound));
+    }
+    std::fprintf(stderr, "measured: geglu_tanh worst error %.3g of its bound\n", worst);
+    REQUIRE(worst <= 1.0);
 }
 
 TEST_CASE("cuda causal_attention twins ops::causal_attention_rows per sequence", "[cuda][forward][parity]") {
