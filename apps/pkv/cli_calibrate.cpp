@@ -73,7 +73,8 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
     add_stream_options(app, c.stream, args.stream);
     app->add_option("--sample-tokens", c.stream.sample_tokens,
                     "with --model: tokens mined, a seeded sample of whole sequences (0: every token)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->needs(args.stream.model);
     app->add_option("--out,-o", c.out_path, "pattern table to write (.safetensors)")->required();
     app->add_option("--k-patterns", c.k_patterns, "key patterns per (layer, KV head)")->capture_default_str();
     app->add_option("--v-patterns", c.v_patterns, "value patterns per (layer, KV head)")->capture_default_str();

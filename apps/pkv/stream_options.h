@@ -14,17 +14,22 @@ namespace pkv::cli {
 
 struct StreamArgs {
     std::string dim_order = "gguf";
+    CLI::Option* model = nullptr;  ///< --model, which the with---model options need
 };
 
 inline void add_stream_options(CLI::App* app, ModelSourceConfig& m, StreamArgs& a) {
-    app->add_option("--model,-m", m.model_path,
-                    "GGUF model to run over --text instead of reading a dump (activations streamed, no file)");
+    a.model =
+        app->add_option("--model,-m", m.model_path,
+                        "GGUF model to run over --text instead of reading a dump (activations streamed, no file)");
     app->add_option("--text,-t", m.text_paths, "with --model: text file(s), tokenized separately and concatenated");
-    app->add_option("--tokens,-n", m.n_tokens, "with --model: tokens to run")->capture_default_str();
+    // Given without --model they would be ignored: CLI11 refuses them instead.
+    app->add_option("--tokens,-n", m.n_tokens, "with --model: tokens to run")->capture_default_str()->needs(a.model);
     app->add_option("--ctx,-c", m.ctx, "with --model: tokens per sequence (independent prefill from position 0)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->needs(a.model);
     app->add_option("--dim-order", a.dim_order, "with --model: key/query head-dimension order, gguf or hf")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->needs(a.model);
 }
 
 /// Checks what only makes sense with --model: --text needs it, and --model needs --text.
