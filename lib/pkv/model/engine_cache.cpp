@@ -13,33 +13,14 @@ namespace {
 // One (sequence, KV head, tensor): gather the head's rows, call the hook, scatter its cache.
 void run_item(const BatchCacheHook& hook, int layer, int seq, int64_t r0, int n, int g, bool value, int HD, int64_t KD,
               int64_t rows, const float* k_pre, const float* k_post, const float* v, PackedLayerCache& out) {
-    const float* src = value ? v : k_post;
-    std::vector<float> x(static_cast<size_t>(n) * HD), pre;
-    for (int i = 0; i < n; ++i) std::copy_n(src + (r0 + i) * KD + int64_t{g} * HD, HD, x.data() + int64_t{i} * HD);
-    if (!value) {
-        pre.resize(x.size());
-        for (int i = 0; i < n; ++i)
-            std::copy_n(k_pre + (r0 + i) * KD + int64_t{g} * HD, HD, pre.data() + int64_t{i} * HD);
-    }
-    KvHookInput in;
-    in.layer = layer;
-    in.kv_head = g;
-    in.value = value;
-    in.n_tokens = n;
-    in.head_dim = HD;
-    in.x = x.data();
-    in.k_pre = value ? nullptr : pre.data();
-    KvHookOutput o;
-    hook(seq, in, o);
+    const KvHookOutput o =
+        call_kv_hook([&](const KvHookInput& in, KvHookOutput& res) { hook(seq, in, res); }, layer, g, value, n, HD, KD,
+                     k_post + r0 * KD, value ? nullptr : k_pre + r0 * KD, v + r0 * KD, seq);
     int32_t* flush = (value ? out.v_flush : out.k_flush).data() + int64_t{g} * rows + r0;
-    if (o.recon.empty() && o.flush_step.empty()) {
+    if (o.recon.empty()) {
         std::fill_n(flush, n, kNeverFlushed);
         return;
     }
-    PKV_CHECK(o.recon.size() == x.size() && o.flush_step.size() == static_cast<size_t>(n), internal,
-              "KV cache hook, sequence {} layer {} KV head {} {}: expected recon of {} and flush_step of {} values, "
-              "got {} and {}",
-              seq, layer, g, value ? "values" : "keys", x.size(), n, o.recon.size(), o.flush_step.size());
     float* hat = (value ? out.v_hat : out.k_hat).data();
     for (int i = 0; i < n; ++i)
         std::copy_n(o.recon.data() + int64_t{i} * HD, HD, hat + (r0 + i) * KD + int64_t{g} * HD);

@@ -88,34 +88,12 @@ struct LayerWeights {
 void run_kv_hook(const KvCacheHook& hook, int l, int g, bool value, int n, int HD, int KD, const float* k_post,
                  const float* k_pre, const float* v, RowMatrix& hat, std::vector<std::vector<int32_t>>& flush,
                  std::vector<const int32_t*>& flush_ptr) {
-    const float* src = value ? v : k_post;
-    std::vector<float> x(static_cast<size_t>(n) * HD), pre;
-    for (int i = 0; i < n; ++i)
-        std::copy_n(src + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD, HD, x.data() + i * HD);
-    if (!value) {
-        pre.resize(x.size());
-        for (int i = 0; i < n; ++i)
-            std::copy_n(k_pre + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD, HD, pre.data() + i * HD);
-    }
-    KvHookInput in;
-    in.layer = l;
-    in.kv_head = g;
-    in.value = value;
-    in.n_tokens = n;
-    in.head_dim = HD;
-    in.x = x.data();
-    in.k_pre = value ? nullptr : pre.data();
-    KvHookOutput out;
-    hook(in, out);
-    const char* what = value ? "values" : "keys";
-    if (out.recon.empty() && out.flush_step.empty()) {
+    KvHookOutput out = call_kv_hook(hook, l, g, value, n, HD, KD, k_post, k_pre, v);
+    if (out.recon.empty()) {
         flush[g].clear();
         flush_ptr[g] = nullptr;
         return;
     }
-    PKV_CHECK(out.recon.size() == x.size() && out.flush_step.size() == static_cast<size_t>(n), internal,
-              "KV cache hook, layer {} KV head {} {}: expected recon of {} and flush_step of {} values, got {} and {}",
-              l, g, what, x.size(), n, out.recon.size(), out.flush_step.size());
     for (int i = 0; i < n; ++i)
         std::copy_n(out.recon.data() + i * HD, HD,
                     hat.data() + static_cast<int64_t>(i) * KD + static_cast<int64_t>(g) * HD);
@@ -124,6 +102,34 @@ void run_kv_hook(const KvCacheHook& hook, int l, int g, bool value, int n, int H
 }
 
 }  // namespace
+
+KvHookOutput call_kv_hook(const KvCacheHook& hook, int layer, int g, bool value, int n, int HD, int64_t KD,
+                          const float* k_post, const float* k_pre, const float* v, int sequence) {
+    const float* src = value ? v : k_post;
+    std::vector<float> x(static_cast<size_t>(n) * HD), pre;
+    for (int i = 0; i < n; ++i) std::copy_n(src + i * KD + int64_t{g} * HD, HD, x.data() + int64_t{i} * HD);
+    if (!value) {
+        pre.resize(x.size());
+        for (int i = 0; i < n; ++i) std::copy_n(k_pre + i * KD + int64_t{g} * HD, HD, pre.data() + int64_t{i} * HD);
+    }
+    KvHookInput in;
+    in.layer = layer;
+    in.kv_head = g;
+    in.value = value;
+    in.n_tokens = n;
+    in.head_dim = HD;
+    in.x = x.data();
+    in.k_pre = value ? nullptr : pre.data();
+    KvHookOutput out;
+    hook(in, out);
+    if (out.recon.empty() && out.flush_step.empty()) return out;
+    PKV_CHECK(
+        out.recon.size() == x.size() && out.flush_step.size() == static_cast<size_t>(n), internal,
+        "KV cache hook, {}layer {} KV head {} {}: expected recon of {} and flush_step of {} values, got {} and {}",
+        sequence >= 0 ? fmt::format("sequence {} ", sequence) : std::string(), layer, g, value ? "values" : "keys",
+        x.size(), n, out.recon.size(), out.flush_step.size());
+    return out;
+}
 
 LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : LlamaModel(file, checked_hparams(file)) {}
 

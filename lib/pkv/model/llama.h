@@ -139,6 +139,14 @@ struct KvHookOutput {
 /// propagate out of forward().
 using KvCacheHook = std::function<void(const KvHookInput&, KvHookOutput&)>;
 
+/// One (layer, KV head, tensor) through a hook: gathers head g's n rows (row width KD,
+/// head_dim HD) of the keys after RoPE with their pre-RoPE twins, or of the values, calls
+/// `hook` and checks its answer: both fields empty (the head stays exact) or recon of
+/// n·HD and flush_step of n values, else Error(internal) naming the layer, head, tensor
+/// and, when sequence >= 0, the sequence. The pointers start at the first row.
+KvHookOutput call_kv_hook(const KvCacheHook& hook, int layer, int g, bool value, int n, int HD, int64_t KD,
+                          const float* k_post, const float* k_pre, const float* v, int sequence = -1);
+
 struct ForwardOptions {
     bool capture = false;           ///< call the sink for layers in `layers`
     std::vector<bool> layers;       ///< per layer; empty = all layers
