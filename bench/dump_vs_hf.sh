@@ -29,6 +29,9 @@
 #        queued then are not in it). WARMUP 0: one run of N tokens, summary.seconds only.
 #   transformers: hf_capture.py, one untimed warm-up batch, then N tokens: forward, hooks,
 #        copies to pinned host memory, and (h5 mode) h5py writes, uncompressed, and close.
+#   Files, both ways for both tools: flushed to disk before the clock stops (pkv's default;
+#   hf_capture.py --fsync) and left in the page cache (pkv --no-fsync; h5py's default).
+#   Each pkv/transformers ratio compares runs that treat the file alike.
 # Needs one GPU, ~20 GB of disk at 135M defaults and ~40 GB at llama3-8b (bf16); fits in a
 # 10-minute command on one H100 at the defaults.
 set -euo pipefail
@@ -86,14 +89,15 @@ if [ ! -f "$model" ] || [ ! -f "$ids" ] || [ ! -f "$json" ] ||
   echo "dump_vs_hf: model written in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" >&2
 fi
 
-# run_pkv TOKENS NAME: dumps TOKENS tokens; prints the run's wall seconds, the dump's
-# summary.seconds and the file's bytes.
+# run_pkv TOKENS NAME [ARGS...]: dumps TOKENS tokens; prints the run's wall seconds, the
+# dump's summary.seconds and the file's bytes.
 run_pkv() {
-  local n="$1" out="$S/pkv-$2.h5" t0 t1
+  local n="$1" out="$S/pkv-$2.h5" name="$2" t0 t1
+  shift 2
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
   "$PKV" --log-level warn dump --device cuda --model "$model" --token-ids "$ids" --tokens "$n" --ctx "$CTX" \
-    --capture k_pre,k_post,v,q --out "$out" --force ${PKV_DUMP_ARGS:-} >"$S/pkv-$2.log"
+    --capture k_pre,k_post,v,q --out "$out" --force "$@" ${PKV_DUMP_ARGS:-} >"$S/pkv-$name.log"
   t1=$(date +%s.%N)
   "$PY" - "$out" "$t0" "$t1" <<'PY'
 import h5py, json, os, sys
@@ -104,47 +108,64 @@ PY
   rm -f "$out"
 }
 
-if [ "$W" -gt 0 ]; then
-  echo "dump_vs_hf: pkv dump, $W + $N tokens, then $W tokens (the difference is the cost of $N)" >&2
-  big=$(run_pkv $((N + W)) big)
-  small=$(run_pkv "$W" small)
-  read -r big_wall big_s big_bytes <<<"$big"
-  read -r small_wall small_s small_bytes <<<"$small"
-  pkv_rows=$(awk -v n="$N" -v w="$W" -v bw="$big_wall" -v sw="$small_wall" -v bs="$big_s" -v ss="$small_s" \
-    -v bb="$big_bytes" -v sb="$small_bytes" 'BEGIN {
-      printf "pkv dump (file; runs of %d+%d minus %d tokens)\t%.6f\t%d\n", w, n, w, bw - sw, bb - sb
-      printf "pkv dump (summary.seconds, same difference)\t%.6f\t%d\n", bs - ss, bb - sb }')
-else
-  echo "dump_vs_hf: pkv dump, $N tokens" >&2
-  read -r _ one_s one_bytes <<<"$(run_pkv "$N" one)"
-  pkv_rows=$(printf 'pkv dump (summary.seconds, one run)\t%s\t%s' "$one_s" "$one_bytes")
-fi
-echo "dump_vs_hf: transformers, memory" >&2
-hf_mem=$("$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens "$N" --ctx "$CTX" \
-  --batch "$BATCH" --mode memory 2>"$S/hf-memory.log" | tail -n 1) || { tail -n 5 "$S/hf-memory.log" >&2; exit 1; }
-echo "dump_vs_hf: transformers, h5py" >&2
-hf_h5=$("$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens "$N" --ctx "$CTX" \
-  --batch "$BATCH" --mode h5 --out "$S/hf.h5" 2>"$S/hf-h5.log" | tail -n 1) || { tail -n 5 "$S/hf-h5.log" >&2; exit 1; }
-rm -f "$S/hf.h5"
+# pkv_rows TAG [ARGS...]: the rows (name, seconds, bytes; tab-separated) of one way of
+# running pkv dump, named "pkv dump TAG".
+pkv_rows() {
+  local tag="$1" big small bw bs bb sw ss sb one_s one_bytes
+  shift
+  if [ "$W" -gt 0 ]; then
+    echo "dump_vs_hf: pkv dump $tag, $W + $N tokens, then $W tokens (the difference is the cost of $N)" >&2
+    big=$(run_pkv $((N + W)) big "$@")
+    small=$(run_pkv "$W" small "$@")
+    read -r bw bs bb <<<"$big"
+    read -r sw ss sb <<<"$small"
+    awk -v t="$tag" -v n="$N" -v w="$W" -v bw="$bw" -v sw="$sw" -v bs="$bs" -v ss="$ss" -v bb="$bb" -v sb="$sb" 'BEGIN {
+      printf "pkv dump %s (file; runs of %d+%d minus %d tokens)\t%.6f\t%d\n", t, w, n, w, bw - sw, bb - sb
+      printf "pkv dump %s (summary.seconds, same difference)\t%.6f\t%d\n", t, bs - ss, bb - sb }'
+  else
+    echo "dump_vs_hf: pkv dump $tag, $N tokens" >&2
+    read -r _ one_s one_bytes <<<"$(run_pkv "$N" one "$@")"
+    printf 'pkv dump %s (summary.seconds, one run)\t%s\t%s\n' "$tag" "$one_s" "$one_bytes"
+  fi
+}
+rows_sync=$(pkv_rows "(fsync)")
+rows_cache=$(pkv_rows "--no-fsync" --no-fsync)
 
-"$PY" - "$shape" "$type" "$N" "$CTX" "$pkv_rows" "$BATCH" \
-  "$hf_mem" "$hf_h5" "$gpu" "$("$PKV" --version)" "${PKV_DUMP_ARGS:-}" <<'PY'
+# hf MODE [ARGS...]: hf_capture.py's JSON line.
+hf() {
+  local log="$S/hf-$1$2.log"
+  echo "dump_vs_hf: transformers, $1 $2" >&2
+  "$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens "$N" --ctx "$CTX" --batch "$BATCH" \
+    --mode "$@" --out "$S/hf.h5" 2>"$log" | tail -n 1 || { tail -n 5 "$log" >&2; return 1; }
+  rm -f "$S/hf.h5"
+}
+hf_mem=$(hf memory)
+hf_h5=$(hf h5)
+hf_h5_sync=$(hf h5 --fsync)
+
+"$PY" - "$shape" "$type" "$N" "$CTX" "$rows_sync" "$rows_cache" "$BATCH" \
+  "$hf_mem" "$hf_h5" "$hf_h5_sync" "$gpu" "$("$PKV" --version)" "${PKV_DUMP_ARGS:-}" <<'PY'
 import datetime, json, sys
-shape, typ, n, ctx, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[6]
-pkv = [(name, float(sec), int(b)) for name, sec, b in (line.split("\t") for line in sys.argv[5].splitlines())]
-mem, h5 = json.loads(sys.argv[7]), json.loads(sys.argv[8])
-gpu, version, extra = sys.argv[9], sys.argv[10], sys.argv[11]
+shape, typ, n, ctx, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[7]
+def rows(text):
+    return [(name, float(sec), int(b)) for name, sec, b in (line.split("\t") for line in text.splitlines())]
+pkv_sync, pkv_cache = rows(sys.argv[5]), rows(sys.argv[6])
+mem, h5, h5_sync = json.loads(sys.argv[8]), json.loads(sys.argv[9]), json.loads(sys.argv[10])
+gpu, version, extra = sys.argv[11], sys.argv[12], sys.argv[13]
 print(f"dump vs transformers capture: {shape} ({typ} weights for pkv, bf16 for transformers), {n} tokens, "
       f"ctx {ctx}, K pre/post-RoPE, V, Q of every layer as fp16")
 print(f"machine: {gpu}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {version}"
       f"{' ' + extra if extra else ''}; torch {mem['torch']}, transformers {mem['transformers']}, batch {batch}")
-rows = [(name, n, sec, b) for name, sec, b in pkv]
-rows.append(("transformers + h5py (file)", n, h5["seconds"], h5["bytes"]))
-rows.append(("transformers (host memory)", n, mem["seconds"], None))
-print(f"{'tool':<50} {'tokens':>8} {'seconds':>9} {'tokens/s':>11} {'file MiB':>10}")
-for name, t, s, b in rows:
-    print(f"{name:<50} {t:8d} {s:9.3f} {t / s:11.1f} {('-' if b is None else f'{b / 2**20:.1f}'):>10}")
-rate = n / pkv[0][1]  # the first pkv row: whole runs (summary.seconds with one run)
-print(f"ratio pkv / transformers (file):   {rate / (n / h5['seconds']):.2f}")
-print(f"ratio pkv / transformers (memory): {rate / (n / mem['seconds']):.2f}")
+table = [(name, n, sec, b) for name, sec, b in pkv_sync + pkv_cache]
+table.append(("transformers + h5py + fsync (file)", n, h5_sync["seconds"], h5_sync["bytes"]))
+table.append(("transformers + h5py (file, page cache)", n, h5["seconds"], h5["bytes"]))
+table.append(("transformers (host memory)", n, mem["seconds"], None))
+print(f"{'tool':<62} {'tokens':>8} {'seconds':>9} {'tokens/s':>11} {'file MiB':>10}")
+for name, t, s, b in table:
+    print(f"{name:<62} {t:8d} {s:9.3f} {t / s:11.1f} {('-' if b is None else f'{b / 2**20:.1f}'):>10}")
+# The first row of each pkv way: whole runs (summary.seconds with one run).
+sync_rate, cache_rate = n / pkv_sync[0][1], n / pkv_cache[0][1]
+print(f"ratio pkv / transformers (file flushed to disk, both): {sync_rate / (n / h5_sync['seconds']):.2f}")
+print(f"ratio pkv / transformers (file in the page cache, both): {cache_rate / (n / h5['seconds']):.2f}")
+print(f"ratio pkv --no-fsync / transformers (memory): {cache_rate / (n / mem['seconds']):.2f}")
 PY

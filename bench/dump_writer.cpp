@@ -8,8 +8,9 @@
 //                         [--engine-tps N]
 //
 // LIST: comma-separated "sync:<level>" (the synchronous writer: HDF5's chunk cache and
-// filters, the reference) and "pipe:<level>" (the chunk pipeline with --threads encoder
-// threads); level 0 = no filters. Each line gives MB/s of float16 handed in, tokens/s,
+// filters, the reference) and "pipe:<level>" (--threads writer threads: level 0 = no
+// filters, the direct path writing each head in place; 1-9 the chunk pipeline's encoder
+// threads). Each line gives MB/s of float16 handed in, tokens/s,
 // the stored/raw ratio, where the writer's time went, and the speed against sync at the
 // same level measured in the same run. Each setting runs --repeat times (default 3) and
 // the fastest run is shown: on a shared machine the others measure the neighbours and

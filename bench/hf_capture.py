@@ -15,11 +15,12 @@ The decoder runs without the output matrix (a capture needs no logits; pkv dump 
 computes every token's NLL). One batch runs first as warm-up, untimed (CUDA and cuBLAS
 start-up; bench/dump_vs_hf.sh excludes pkv's start-up the same way); the timed part is
 every batch from the first token: forward, copies, and in h5 mode the writes and closing
-the file. Prints one JSON line: tokens, seconds, tokens_per_s, bytes (the file's size, or
+the file (with --fsync, also flushing it to disk, as `pkv dump` does unless --no-fsync).
+Prints one JSON line: tokens, seconds, tokens_per_s, bytes (the file's size, or
 the bytes copied to host memory).
 
 Usage: hf_capture.py --shape SHAPE.json --ids IDS.bin --tokens N [--ctx 2048] [--batch 8]
-                     --mode memory|h5 [--out FILE.h5] [--seed 0]
+                     --mode memory|h5 [--out FILE.h5] [--fsync] [--seed 0]
 """
 import argparse
 import json
@@ -39,6 +40,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8, help="sequences per forward")
     ap.add_argument("--mode", choices=["memory", "h5"], required=True)
     ap.add_argument("--out", help="HDF5 output (--mode h5)")
+    ap.add_argument("--fsync", action="store_true", help="flush the file to disk before the clock stops (--mode h5)")
     ap.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     a = ap.parse_args()
     if a.tokens < 1 or a.ctx < 1 or a.batch < 1 or a.tokens % a.ctx:
@@ -144,10 +146,14 @@ def main():
             print(f"hf_capture: {done}/{a.tokens} tokens", file=sys.stderr)
         if f is not None:
             f.close()
+            if a.fsync:
+                fd = os.open(a.out, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
         seconds = time.perf_counter() - t0
     per_token = 2 * D * (3 * Hkv + H) * L
     nbytes = os.path.getsize(a.out) if a.mode == "h5" else per_token * a.tokens
-    print(json.dumps({"tool": "transformers", "mode": a.mode, "tokens": a.tokens, "seconds": round(seconds, 3),
+    print(json.dumps({"tool": "transformers", "mode": a.mode, "fsync": bool(a.fsync), "tokens": a.tokens, "seconds": round(seconds, 3),
                       "tokens_per_s": round(a.tokens / seconds, 1), "bytes": nbytes, "ctx": a.ctx,
                       "batch": a.batch, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "transformers": transformers.__version__}))

@@ -44,10 +44,13 @@ Command add_dump(CLI::App& root) {
         ->check(CLI::Range(0, 9))
         ->capture_default_str();
     app->add_option("--writer-threads", c.writer_threads,
-                    "threads compressing chunks, which one more thread writes (-1: cores - 1; 0: the synchronous "
-                    "writer)")
+                    "threads writing the activations in place (--compress 0) or compressing chunks for one more "
+                    "thread to write (-1: cores - 1; 0: the synchronous writer)")
         ->check(CLI::Range(-1, 1024))
         ->capture_default_str();
+    app->add_flag("!--no-fsync", c.fsync,
+                  "leave the output in the page cache instead of flushing it to disk before the rename (faster; "
+                  "a power cut soon after may leave a file whose data never reached the disk)");
     app->add_option("--device", args->device,
                     "where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N")
         ->capture_default_str();

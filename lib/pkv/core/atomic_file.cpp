@@ -139,14 +139,16 @@ void AtomicOutput::write_and_commit(const void* data, size_t size) {
     commit();
 }
 
-void AtomicOutput::commit() {
+void AtomicOutput::commit(bool durable) {
     PKV_ASSERT(!committed_);
-    const int fd = open(temp_.c_str(), O_RDONLY);
-    PKV_CHECK(fd >= 0, io, "{}: cannot reopen temporary output '{}': {}", path_, temp_, std::strerror(errno));
-    const int rc = fsync(fd);
-    const int err = errno;
-    close(fd);
-    PKV_CHECK(rc == 0, io, "{}: cannot flush output to disk: {}", path_, std::strerror(err));
+    if (durable) {
+        const int fd = open(temp_.c_str(), O_RDONLY);
+        PKV_CHECK(fd >= 0, io, "{}: cannot reopen temporary output '{}': {}", path_, temp_, std::strerror(errno));
+        const int rc = fsync(fd);
+        const int err = errno;
+        close(fd);
+        PKV_CHECK(rc == 0, io, "{}: cannot flush output to disk: {}", path_, std::strerror(err));
+    }
     // A signal that came after the last poll of the work still keeps the output out.
     check_interrupted();
     PKV_CHECK(std::rename(temp_.c_str(), path_.c_str()) == 0, io, "{}: cannot rename temporary output '{}': {}", path_,

@@ -29,9 +29,11 @@ public:
     /// Where the writer should create its file.
     const std::string& temp_path() const { return temp_; }
     const std::string& path() const { return path_; }
-    /// fsyncs the temporary and renames it to path(); throws io on failure, and
-    /// interrupted (leaving path() as it was) once SIGINT/SIGTERM was received.
-    void commit();
+    /// fsyncs the temporary (unless `durable` is false) and renames it to path(); throws
+    /// io on failure, and interrupted (leaving path() as it was) once SIGINT/SIGTERM was
+    /// received. Without the fsync a failure of pkv still leaves nothing under path(), but
+    /// a power cut soon after may leave a file there whose data never reached the disk.
+    void commit(bool durable = true);
     /// Writes `size` bytes as the whole temporary file, then commit(); throws io
     /// naming path() when the file cannot be created or written.
     void write_and_commit(const void* data, size_t size);

@@ -152,13 +152,18 @@ struct KvDumpWriteOptions {
     /// the option existed used 4, as the synchronous path still does by default).
     int compress = 4;
     /// 0: the synchronous path: each write_layer call writes one hyperslab through HDF5's
-    /// chunk cache, which runs the filters (the reference). N >= 1: the chunk pipeline:
-    /// full chunks are encoded on N threads (none when compress is 0) and written in
-    /// order by one more thread with HDF5's direct chunk write (chunk_writer.h).
+    /// chunk cache, which runs the filters (the reference). N >= 1 with compress > 0: the
+    /// chunk pipeline: full chunks are encoded on N threads and written in order by one
+    /// more thread with HDF5's direct chunk write (chunk_writer.h). N >= 1 with compress 0:
+    /// the direct path: chunks allocated up front, each head's tokens written in place
+    /// with pwrite by N threads (direct_writer.h). The stored values are the same for all.
     int threads = 0;
     /// Pipeline only: most bytes of full chunks waiting to be encoded or written;
     /// write_layer* blocks beyond it (one chunk row always passes).
     uint64_t queue_bytes = uint64_t{256} << 20;
+    /// Direct path only: start the disk on each write at once (sync_file_range), for an
+    /// output that will be flushed to disk before it is renamed (AtomicOutput::commit).
+    bool start_writeback = false;
     /// Tests: run on an encoder thread before each job (its submission index); may throw.
     std::function<void(uint64_t)> before_encode;
 };
@@ -169,17 +174,22 @@ struct KvDumpWriterStats {
     int compress = 0, threads = 0;
     uint64_t raw_bytes = 0;     ///< binary16 bytes of activations stored (tail chunks padded)
     uint64_t stored_bytes = 0;  ///< bytes the activation datasets take in the file
-    uint64_t chunks = 0;        ///< chunks written (pipeline)
-    double copy_seconds = 0;    ///< caller: conversion to binary16 and reordering into chunks
+    uint64_t chunks = 0;        ///< chunks written (pipeline); pwrite calls (direct)
+    /// Caller: conversion to binary16 and reordering into chunks (direct: until the
+    /// workers had gathered its rows, which includes waiting for a free worker).
+    double copy_seconds = 0;
     double encode_seconds = 0;  ///< pipeline: shuffle + deflate, summed over encoder threads
     /// Synchronous: the caller inside H5Dwrite (with HDF5's filters) and the final flush;
-    /// pipeline: the writer thread inside H5Dwrite_chunk.
+    /// pipeline: the writer thread inside H5Dwrite_chunk; direct: inside pwrite, summed
+    /// over the workers.
     double write_seconds = 0;
-    double wait_seconds = 0;        ///< caller blocked on the full queue (pipeline)
-    uint64_t waits = 0;             ///< how often it blocked
-    double finish_seconds = 0;      ///< finish(): the queue drained, the rest written, the file closed
-    uint64_t peak_queue_bytes = 0;  ///< most bytes of full chunks in the queue at once
-    uint64_t peak_open_bytes = 0;   ///< most bytes of partly filled chunks held at once
+    double wait_seconds = 0;    ///< caller blocked on the full queue (pipeline)
+    uint64_t waits = 0;         ///< how often it blocked
+    double finish_seconds = 0;  ///< finish(): the queue drained, the rest written, the file closed
+    /// Pipeline: most bytes of full chunks in the queue at once; direct: the workers'
+    /// buffers (one window of one head each).
+    uint64_t peak_queue_bytes = 0;
+    uint64_t peak_open_bytes = 0;  ///< most bytes of partly filled chunks held at once
 };
 
 /// Streams a dump into `path` (the caller's temporary name; see AtomicOutput).

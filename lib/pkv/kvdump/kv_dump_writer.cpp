@@ -1,5 +1,6 @@
 // KV dump writer (docs/formats/kv_dump.md): the synchronous path through HDF5's chunk
-// cache and filters, and the chunk pipeline (chunk_writer.h).
+// cache and filters, the chunk pipeline (chunk_writer.h) for compressed files, and the
+// direct path (direct_writer.h) for uncompressed ones.
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -9,6 +10,7 @@
 
 #include "pkv/core/half.h"
 #include "pkv/kvdump/chunk_writer.h"
+#include "pkv/kvdump/direct_writer.h"
 #include "pkv/kvdump/h5.h"
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/kvdump/kv_dump_internal.h"
@@ -35,6 +37,7 @@ struct Activation {
     bool on = false;
     int heads = 0;
     h5::Id dset;
+    int direct = -1;  ///< its index in the direct writer
 };
 
 uint64_t next_prime(uint64_t n) {
@@ -57,7 +60,6 @@ struct KvDumpWriter::Impl {
     std::array<Activation, 4> acts;  // k_pre, k_post, v, q
     h5::Id tok_id, tok_pos, tok_seq, tok_nll;
     std::vector<uint16_t> buf;
-    std::vector<float> row;
     bool finished = false;
     KvDumpWriteOptions opt;
     KvDumpWriterStats st;
@@ -66,7 +68,10 @@ struct KvDumpWriter::Impl {
     std::array<std::vector<std::map<int64_t, OpenChunk>>, 4> open;
     uint64_t open_bytes = 0;
     double submit_seconds = 0;  ///< part of the copy time spent in submit (the pipeline counts its waits)
-    // Last member: destroyed first, so its threads stop before the datasets close.
+    /// Direct path: by slot, which tokens were written (every activation at once).
+    std::vector<std::vector<uint8_t>> written;
+    // Last members: destroyed first, so their threads stop before the datasets close.
+    std::unique_ptr<DirectWriter> direct;
     std::unique_ptr<ChunkPipeline> pipe;
 
     /// Tokens of chunk c (the last one may be short).
@@ -134,9 +139,11 @@ struct KvDumpWriter::Impl {
     }
 
     /// write_layer / write_layer16 after their checks: src[i] are rows [n][H_i * D] of T.
+    /// to_half must be safe to call from several threads at once (the direct path).
     template <class T, class ToHalf>
     void write_rows(int slot, int64_t t0, int n, const std::array<const T*, 4>& src, const ToHalf& to_half) {
         const size_t D = static_cast<size_t>(h.head_dim);
+        if (direct) return write_direct(slot, t0, n, src, to_half);
         for (size_t i = 0; i < acts.size(); ++i) {
             Activation& a = acts[i];
             if (!a.on) continue;
@@ -147,6 +154,29 @@ struct KvDumpWriter::Impl {
             stage(i, slot, t0, n,
                   [&](size_t t, size_t hh, uint16_t* dst) { to_half(base + (t * H + hh) * D, dst, D, permute); });
         }
+    }
+
+    template <class T, class ToHalf>
+    void write_direct(int slot, int64_t t0, int n, const std::array<const T*, 4>& src, const ToHalf& to_half) {
+        const size_t D = static_cast<size_t>(h.head_dim);
+        std::vector<uint8_t>& done = written[static_cast<size_t>(slot)];
+        for (int64_t t = t0; t < t0 + n; ++t)
+            PKV_CHECK(!done[static_cast<size_t>(t)], internal, "{}: layer slot {}: token {} written twice",
+                      f.where("/"), slot, t);
+        std::vector<DirectWriter::Part> parts;
+        for (size_t i = 0; i < acts.size(); ++i) {
+            const Activation& a = acts[i];
+            if (!a.on) continue;
+            PKV_CHECK(src[i] != nullptr, internal, "{}: write_layer: no data for a captured dataset", f.where(a.name));
+            const size_t H = static_cast<size_t>(a.heads);
+            const bool permute = h.hf_dim_order && !h.native_half_split && is_rope_dataset(a.name);
+            const T* base = src[i];
+            parts.push_back({a.direct, [base, H, D, permute, &to_half](size_t t, size_t hh, uint16_t* dst) {
+                                 to_half(base + (t * H + hh) * D, dst, D, permute);
+                             }});
+        }
+        direct->write(slot, t0, n, parts);
+        std::fill(done.begin() + t0, done.begin() + t0 + n, uint8_t{1});
     }
 
     /// A joined dump's activation: each shard's tokens are that dataset of the shard.
@@ -188,6 +218,8 @@ struct KvDumpWriter::Impl {
         }
         // Every element is written; filling never-written chunks first would only cost time.
         H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
+        // The direct path writes chunks where HDF5 put them: they must exist from the start.
+        if (direct) H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
         // Data arrive one token window at a time for every (layer, head), so each write
         // touches L*H chunks and a window may end mid-chunk. The cache must keep the
         // partly written chunk of every (layer, head) plus the next one, or HDF5 would
@@ -202,6 +234,9 @@ struct KvDumpWriter::Impl {
         a.dset = h5::Id(H5Dcreate2(f.id(), a.name, f16.get(), space.get(), H5P_DEFAULT, dcpl.get(), dapl.get()));
         if (!a.dset) h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot create dataset");
         write_activation_attrs(a);
+        if (direct)
+            a.direct = direct->add_dataset(f.id(), a.dset.get(), a.name, L, a.heads, static_cast<int64_t>(T),
+                                           static_cast<int>(D), static_cast<int64_t>(Tc));
     }
 };
 
@@ -273,6 +308,10 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header, 
     m.acts = {Activation{kvdump::kKPre, h.capture.k_pre, h.n_head_kv, {}},
               Activation{kvdump::kKPost, h.capture.k_post, h.n_head_kv, {}},
               Activation{kvdump::kV, h.capture.v, h.n_head_kv, {}}, Activation{kvdump::kQ, h.capture.q, h.n_head, {}}};
+    if (options.threads > 0 && options.compress == 0 && h.shards.empty()) {
+        m.direct = std::make_unique<DirectWriter>(path, options.threads, options.start_writeback);
+        m.written.assign(h.layers.size(), std::vector<uint8_t>(static_cast<size_t>(h.n_tokens), 0));
+    }
     for (auto& a : m.acts)
         if (a.on) m.create_activation(a);
 
@@ -289,7 +328,7 @@ KvDumpWriter::KvDumpWriter(const std::string& path, const KvDumpHeader& header, 
     m.tok_nll = h5::create_1d(m.f, kvdump::kTokenNll, H5T_IEEE_F32LE, T);
 
     m.Tc = static_cast<uint64_t>(std::min<int64_t>(h.chunk_tokens, h.n_tokens));
-    if (options.threads > 0 && h.shards.empty()) {
+    if (options.threads > 0 && h.shards.empty() && !m.direct) {
         for (auto& o : m.open) o.resize(h.layers.size());
         m.pipe = std::make_unique<ChunkPipeline>(path, options.compress, options.threads, options.queue_bytes,
                                                  options.before_encode);
@@ -303,6 +342,7 @@ void KvDumpWriter::write_tokens(int64_t t0, const std::vector<int32_t>& id, cons
     Impl& m = *impl_;
     PKV_ASSERT(!m.finished);
     if (m.pipe) m.pipe->check();
+    if (m.direct) m.direct->check();
     const size_t n = id.size();
     PKV_CHECK(pos.size() == n && seq.size() == n && nll.size() == n, internal,
               "{}: write_tokens: expected equal lengths, got id {}, pos {}, seq {}, nll {}", m.f.where("/tokens"), n,
@@ -334,12 +374,15 @@ void KvDumpWriter::write_layer(int slot, int64_t t0, int n_tokens, const float* 
     PKV_ASSERT(!m.finished);
     check_layer_call(m.f.path(), m.h, slot, t0, n_tokens);
     if (m.pipe) m.pipe->check();
-    m.row.resize(static_cast<size_t>(m.h.head_dim));
+    if (m.direct) m.direct->check();
     m.write_rows<float>(slot, t0, n_tokens, {k_pre, k_post, v, q},
-                        [&m](const float* s, uint16_t* dst, size_t D, bool permute) {
+                        [](const float* s, uint16_t* dst, size_t D, bool permute) {
                             if (permute) {
-                                gguf_to_hf_order(s, m.row.data(), static_cast<int>(D));
-                                s = m.row.data();
+                                // Per thread: the direct path converts on its workers.
+                                thread_local std::vector<float> row;
+                                row.resize(D);
+                                gguf_to_hf_order(s, row.data(), static_cast<int>(D));
+                                s = row.data();
                             }
                             float_to_half_n(s, dst, D);
                         });
@@ -351,6 +394,7 @@ void KvDumpWriter::write_layer16(int slot, int64_t t0, int n_tokens, const uint1
     PKV_ASSERT(!m.finished);
     check_layer_call(m.f.path(), m.h, slot, t0, n_tokens);
     if (m.pipe) m.pipe->check();
+    if (m.direct) m.direct->check();
     m.write_rows<uint16_t>(slot, t0, n_tokens, {k_pre, k_post, v, q},
                            [](const uint16_t* s, uint16_t* dst, size_t D, bool permute) {
                                if (!permute) {
@@ -378,6 +422,14 @@ KvDumpWriterStats KvDumpWriter::stats() const {
         s.waits = p.waits;
         s.peak_queue_bytes = p.peak_queue_bytes;
     }
+    if (m.direct) {
+        const DirectWriterStats d = m.direct->stats();
+        s.raw_bytes = d.bytes;
+        s.chunks = d.writes;
+        s.copy_seconds = d.wait_seconds;
+        s.write_seconds = d.write_seconds;
+        s.peak_queue_bytes = d.buffer_bytes;
+    }
     return s;
 }
 
@@ -403,6 +455,15 @@ void KvDumpWriter::finish(const std::vector<int64_t>& seq_start, const std::vect
                          c * static_cast<int64_t>(m.Tc) + m.chunk_len(c) - 1);
                 }
         m.pipe->drain();
+    } else if (m.direct) {
+        for (size_t slot = 0; slot < m.written.size(); ++slot) {
+            const auto& w = m.written[slot];
+            const auto gap = std::find(w.begin(), w.end(), uint8_t{0});
+            if (gap != w.end())
+                fail(ErrorCode::internal, "{}: finish: layer slot {}: token {} was not written", m.f.where("/"), slot,
+                     gap - w.begin());
+        }
+        m.direct->drain();
     } else {
         // HDF5 filters and writes the chunks still in its cache here.
         const auto t0 = std::chrono::steady_clock::now();

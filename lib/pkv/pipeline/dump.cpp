@@ -65,6 +65,7 @@ KvDumpWriteOptions dump_write_options(const DumpConfig& c, int workers) {
     KvDumpWriteOptions o;
     o.compress = c.compress;
     o.threads = c.writer_threads;
+    o.start_writeback = c.fsync;
     if (o.threads < 0) {
         const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
         o.threads = std::max(1, (cores - 1) / std::max(1, workers));
@@ -79,11 +80,12 @@ std::string describe_dump_time(const DumpSummary& s) {
     const double mib = 1048576.0;
     std::string out = fmt::format(
         "time: forward {:.2f} s, sink {:.2f} s (convert/stage {:.2f} s, blocked on the queue {:.2f} s in {} waits); "
-        "writer ({}, {}): encode {:.2f} s, HDF5 write {:.2f} s, finish {:.2f} s; {:.1f} MiB of float16 stored as "
+        "writer ({}, {}): encode {:.2f} s, write {:.2f} s, finish {:.2f} s; {:.1f} MiB of float16 stored as "
         "{:.1f} MiB (ratio {:.2f}), peak queue {:.1f} MiB",
         s.forward_seconds, s.sink_seconds, w.copy_seconds, w.wait_seconds, w.waits,
         w.threads == 0 ? std::string("synchronous")
-                       : fmt::format("pipeline, {} thread{}", w.threads, w.threads == 1 ? "" : "s"),
+                       : fmt::format("{}, {} thread{}", w.compress == 0 ? "direct" : "pipeline", w.threads,
+                                     w.threads == 1 ? "" : "s"),
         w.compress == 0 ? std::string("no compression") : fmt::format("shuffle+deflate {}", w.compress),
         w.encode_seconds, w.write_seconds, w.finish_seconds, w.raw_bytes / mib, w.stored_bytes / mib,
         w.stored_bytes > 0 ? static_cast<double>(w.raw_bytes) / static_cast<double>(w.stored_bytes) : 0.0,
@@ -158,6 +160,7 @@ KvDumpHeader dump_header(const DumpConfig& c, const DumpJob& job, const std::vec
           {"chunk_tokens", c.chunk_tokens},
           {"compress", c.compress},
           {"writer_threads", c.writer_threads},
+          {"fsync", c.fsync},
           {"bos", gguf_adds_bos(*job.file)}}},
     });
     // Token ids are used as given: no BOS is added, whatever the tokenizer says.
@@ -319,7 +322,7 @@ DumpSummary run_dump(const DumpConfig& c) {
         r = write_part(c, job, *engine, stream, all, header, dump_write_options(c, 1), out.temp_path(),
                        [&](uint64_t n) { progress.advance(n); });
         progress.finish();
-        out.commit();
+        out.commit(c.fsync);
     } catch (const Error& e) {
         // Errors from the writer name the temporary file; the user knows the output name.
         std::string m = e.what();

@@ -51,6 +51,11 @@ struct DumpConfig {
     /// Encoder threads of each file's chunk pipeline; 0: the synchronous writer (the
     /// reference); -1: the cores less one (at least 1), shared among this process's workers.
     int writer_threads = -1;
+    /// Flush the output to disk before it is renamed into place (AtomicOutput::commit);
+    /// the direct writer then starts the disk on each write as it goes. false: the file is
+    /// left in the page cache for the system to write when it will (faster, for scratch
+    /// dumps; a power cut soon after may leave a file whose data never reached the disk).
+    bool fsync = true;
     std::string out_path;
     bool force = false;             ///< overwrite an existing output
     std::vector<std::string> argv;  ///< recorded as provenance

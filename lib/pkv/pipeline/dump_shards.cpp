@@ -369,10 +369,10 @@ DumpSummary run_joined_dump(const DumpConfig& c, DumpJob& job) {
 
     // Everything is written: the shards appear, then the joined dump over them.
     comm.barrier();
-    for (auto& o : shard_out) o->commit();
+    for (auto& o : shard_out) o->commit(c.fsync);
     comm.barrier();
     if (rank == 0) {
-        main_out->commit();
+        main_out->commit(c.fsync);
         created.keep = true;
         // With --force: shards of an earlier dump that this one does not use.
         for (const std::string& name : shard_names_in(dir)) {

@@ -266,3 +266,67 @@ TEST_CASE("h5py reads what the pipeline writes, compressed or not", "[dump][pipe
         CHECK(bits(got) == bits(want));
     }
 }
+
+namespace {
+
+/// Every stored chunk of `name` as HDF5 holds it (tail padding included), in chunk order.
+std::vector<std::vector<uint8_t>> raw_chunks(const std::string& path, const char* name) {
+    h5::File f = h5::File::open_read(path);
+    h5::Id d = h5::open_dataset(f, name);
+    hsize_t n = 0;
+    h5::Id space(H5Dget_space(d.get()));
+    REQUIRE(H5Dget_num_chunks(d.get(), space.get(), &n) >= 0);
+    std::vector<std::vector<uint8_t>> out;
+    for (hsize_t i = 0; i < n; ++i) {
+        hsize_t at[4] = {0, 0, 0, 0}, size = 0;
+        unsigned mask = 0;
+        haddr_t addr = 0;
+        REQUIRE(H5Dget_chunk_info(d.get(), space.get(), i, at, &mask, &addr, &size) >= 0);
+        std::vector<uint8_t> c(size);
+        uint32_t filters = 0;
+        REQUIRE(H5Dread_chunk(d.get(), H5P_DEFAULT, at, &filters, c.data()) >= 0);
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("the direct path stores every chunk as the synchronous writer does, padding included", "[dump][pipeline]") {
+    TempDir dir;
+    SynthSpec s;
+    s.seq_lengths = {37, 64, 5, 50};  // 156 tokens: the tail chunk of 16 holds 12
+    const std::string ref = dir.path + "/ref.h5", direct = dir.path + "/direct.h5";
+    write_synth_dump(ref, s, nullptr, how(0, 0));
+    for (int threads : {1, 5}) {
+        CAPTURE(threads);
+        write_synth_dump(direct, s, nullptr, how(0, threads, threads == 5, threads == 5));
+        for (const char* name : kvdump::kActivations) {
+            CAPTURE(name);
+            const auto want = raw_chunks(ref, name), got = raw_chunks(direct, name);
+            REQUIRE(want.size() == 2 * (std::string(name) == kvdump::kQ ? 4 : 2) * 10);
+            CHECK(got == want);
+        }
+        std::remove(direct.c_str());
+    }
+}
+
+TEST_CASE("the direct path refuses a token written twice and a finish with tokens missing", "[dump][pipeline]") {
+    TempDir dir;
+    SynthSpec s;
+    s.seq_lengths = {20, 20};
+    KvDumpWriteOptions o;
+    o.compress = 0;
+    o.threads = 3;
+    KvDumpWriter w(dir.path + "/m.h5", synth_header(s), o);
+    auto kp = synth_rows(s, kvdump::kKPre, 0, 0, 20, 0);
+    auto ko = synth_rows(s, kvdump::kKPost, 0, 0, 20, 0);
+    auto v = synth_rows(s, kvdump::kV, 0, 0, 20, 0);
+    auto q = synth_rows(s, kvdump::kQ, 0, 0, 20, 0);
+    w.write_layer(0, 0, 20, kp.data(), ko.data(), v.data(), q.data());
+    CHECK_THROWS_WITH(w.write_layer(0, 10, 10, kp.data(), ko.data(), v.data(), q.data()),
+                      ContainsSubstring("layer slot 0: token 10 written twice"));
+    CHECK_THROWS_WITH(w.finish({0, 20}, {20, 20}, {{"n_tokens", 40}}),
+                      ContainsSubstring("layer slot 0: token 20 was not written"));
+    CHECK(w.stats().threads == 3);
+}

@@ -189,6 +189,7 @@ TEST_CASE("run_dump stores the same values for every writer setting and records 
         DumpConfig d = c;
         d.writer_threads = threads;
         d.compress = compress;
+        d.fsync = compress > 0;  // either way the file appears whole under its name
         d.out_path = dir.path + "/w" + std::to_string(threads) + "c" + std::to_string(compress) + ".h5";
         const DumpSummary s = run_dump(d);
         CHECK(s.writer.threads == threads);
@@ -202,6 +203,7 @@ TEST_CASE("run_dump stores the same values for every writer setting and records 
         KvDumpReader r(d.out_path);
         CHECK(r.provenance()["settings"]["compress"] == compress);
         CHECK(r.provenance()["settings"]["writer_threads"] == threads);
+        CHECK(r.provenance()["settings"]["fsync"] == d.fsync);
         std::vector<float> all;
         for (const char* name : kvdump::kActivations) {
             const int H = std::string(name) == kvdump::kQ ? r.n_head() : r.n_head_kv();

@@ -1,0 +1,326 @@
+// The uncompressed KV dump's write path (direct_writer.h).
+#include "pkv/kvdump/direct_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <thread>
+
+#include "pkv/core/error.h"
+#include "pkv/kvdump/h5.h"
+
+namespace pkv::kvdump_detail {
+
+namespace {
+
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct Dataset {
+    std::string name;
+    int L = 0, H = 0, D = 0;
+    int64_t T = 0, Tc = 0, chunks = 0;  // chunks per (layer, head)
+    std::vector<uint64_t> offset;       // [L][H][chunks], bytes from the file's start
+};
+
+// One head of one dataset for a window; `pending` counts the call's tasks not yet gathered.
+struct Task {
+    const Dataset* ds = nullptr;
+    const DirectWriter::Fill* fill = nullptr;
+    int slot = 0, head = 0;
+    int64_t t0 = 0;
+    int n = 0;
+};
+
+}  // namespace
+
+struct DirectWriter::Impl {
+    std::string path;
+    int fd = -1;
+    bool writeback = false;
+    std::vector<Dataset> datasets;
+
+    mutable std::mutex mu;
+    std::condition_variable cv_task;      // workers: a task, or stop
+    std::condition_variable cv_gathered;  // the caller: its tasks gathered, or failure
+    std::condition_variable cv_idle;      // drain: nothing queued or running
+    std::deque<Task> tasks;
+    int64_t pending = 0;  // tasks of the current write() call not yet gathered
+    int running = 0;      // tasks a worker holds
+    bool stopping = false;
+    std::exception_ptr error;
+    DirectWriterStats st;
+    std::vector<std::thread> threads;
+
+    void fail_with(std::exception_ptr e) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!error) error = e;
+        stopping = true;
+        cv_task.notify_all();
+        cv_gathered.notify_all();
+        cv_idle.notify_all();
+    }
+
+    // Writes all of [buf, buf + len) at `off`: pwrite may write less than asked.
+    void write_all(const Dataset& ds, const uint8_t* buf, size_t len, uint64_t off, int64_t token) {
+        const uint64_t start = off;
+        const size_t total = len;
+        while (len > 0) {
+            const ssize_t w = pwrite(fd, buf, len, static_cast<off_t>(off));
+            if (w < 0 && errno == EINTR) continue;
+            PKV_CHECK(w > 0, io, "{}::{}: cannot write the tokens from {}: {}", path, ds.name, token,
+                      w < 0 ? std::strerror(errno) : "the device accepted no bytes");
+            buf += w, off += static_cast<uint64_t>(w), len -= static_cast<size_t>(w);
+        }
+#ifdef SYNC_FILE_RANGE_WRITE
+        // Start the disk on these pages now; the final fsync then waits for little.
+        if (writeback) sync_file_range(fd, static_cast<off_t>(start), static_cast<off_t>(total), SYNC_FILE_RANGE_WRITE);
+#else
+        (void)start, (void)total;
+#endif
+    }
+
+    void run(Task& t, std::vector<uint16_t>& buf, DirectWriterStats& local, bool& gathered) {
+        const Dataset& ds = *t.ds;
+        const size_t D = static_cast<size_t>(ds.D);
+        const auto t_gather = std::chrono::steady_clock::now();
+        if (buf.size() < static_cast<size_t>(t.n) * D) buf.resize(static_cast<size_t>(t.n) * D);
+        for (int i = 0; i < t.n; ++i)
+            (*t.fill)(static_cast<size_t>(i), static_cast<size_t>(t.head), buf.data() + i * D);
+        local.gather_seconds += since(t_gather);
+        {
+            // The caller's rows are no longer read: its write() may return.
+            std::lock_guard<std::mutex> lock(mu);
+            gathered = true;
+            if (--pending == 0) cv_gathered.notify_all();
+        }
+        const auto t_write = std::chrono::steady_clock::now();
+        const uint64_t row = D * 2;
+        const uint64_t* base = ds.offset.data() + (static_cast<int64_t>(t.slot) * ds.H + t.head) * ds.chunks;
+        // Runs of adjacent chunks (early allocation lays a head's chunks out in order) go in one call.
+        uint64_t run_off = 0, run_len = 0;
+        int64_t run_tok = t.t0;
+        const uint8_t* run_src = nullptr;
+        for (int64_t c = t.t0 / ds.Tc; c * ds.Tc < t.t0 + t.n; ++c) {
+            const int64_t a0 = std::max(t.t0, c * ds.Tc), a1 = std::min(t.t0 + t.n, (c + 1) * ds.Tc);
+            const uint64_t off = base[c] + static_cast<uint64_t>(a0 - c * ds.Tc) * row;
+            const uint64_t len = static_cast<uint64_t>(a1 - a0) * row;
+            const uint8_t* src = reinterpret_cast<const uint8_t*>(buf.data() + (a0 - t.t0) * static_cast<int64_t>(D));
+            if (run_len > 0 && run_off + run_len == off) {
+                run_len += len;
+                continue;
+            }
+            if (run_len > 0) write_all(ds, run_src, run_len, run_off, run_tok), ++local.writes;
+            run_off = off, run_len = len, run_src = src, run_tok = a0;
+        }
+        if (run_len > 0) write_all(ds, run_src, run_len, run_off, run_tok), ++local.writes;
+        local.write_seconds += since(t_write);
+        local.bytes += static_cast<uint64_t>(t.n) * row;
+        local.tasks += 1;
+    }
+
+    void worker() {
+        h5::silence_errors();
+        std::vector<uint16_t> buf;
+        bool gathered = true;
+        try {
+            for (;;) {
+                Task t;
+                {
+                    std::unique_lock<std::mutex> lock(mu);
+                    cv_task.wait(lock, [&] { return stopping || !tasks.empty(); });
+                    if (stopping) {
+                        st.buffer_bytes += buf.capacity() * 2;
+                        return;
+                    }
+                    t = tasks.front();
+                    tasks.pop_front();
+                    ++running;
+                }
+                DirectWriterStats local;
+                gathered = false;
+                run(t, buf, local, gathered);
+                std::lock_guard<std::mutex> lock(mu);
+                st.tasks += local.tasks, st.writes += local.writes, st.bytes += local.bytes;
+                st.gather_seconds += local.gather_seconds, st.write_seconds += local.write_seconds;
+                --running;
+                if (running == 0 && tasks.empty()) cv_idle.notify_all();
+            }
+        } catch (...) {
+            {
+                // A task that failed before it gathered still counts for its caller.
+                std::lock_guard<std::mutex> lock(mu);
+                --running;
+                if (!gathered && --pending == 0) cv_gathered.notify_all();
+            }
+            fail_with(std::current_exception());
+        }
+    }
+
+    void rethrow_locked() const {
+        if (!error) return;
+        try {
+            std::rethrow_exception(error);
+        } catch (const Error&) {
+            throw;
+        } catch (const std::bad_alloc&) {
+            fail(ErrorCode::out_of_range, "{}: out of memory while writing activations", path);
+        } catch (const std::exception& e) {
+            fail(ErrorCode::internal, "{}: activation writer failed: {}", path, e.what());
+        }
+    }
+
+    void stop_and_join() {
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            stopping = true;
+            cv_task.notify_all();
+        }
+        for (auto& t : threads)
+            if (t.joinable()) t.join();
+        threads.clear();
+    }
+};
+
+DirectWriter::DirectWriter(std::string path, int threads, bool start_writeback) : impl_(std::make_unique<Impl>()) {
+    Impl& m = *impl_;
+    m.path = std::move(path);
+    m.writeback = start_writeback;
+    PKV_CHECK(threads >= 1, internal, "{}: activation writer: expected at least one thread, got {}", m.path, threads);
+    m.fd = open(m.path.c_str(), O_WRONLY | O_CLOEXEC);
+    PKV_CHECK(m.fd >= 0, io, "{}: cannot open for writing activations: {}", m.path, std::strerror(errno));
+    try {
+        for (int i = 0; i < threads; ++i) m.threads.emplace_back([&m] { m.worker(); });
+    } catch (...) {
+        m.stop_and_join();
+        close(m.fd);
+        throw;
+    }
+}
+
+DirectWriter::~DirectWriter() {
+    impl_->stop_and_join();
+    if (impl_->fd >= 0) close(impl_->fd);
+}
+
+int DirectWriter::add_dataset(hid_t file, hid_t dset, const std::string& name, int L, int H, int64_t T, int D,
+                              int64_t Tc) {
+    Impl& m = *impl_;
+    const std::string where = m.path + "::" + name;
+    hsize_t userblock = 0;
+    {
+        h5::Id fcpl(H5Fget_create_plist(file));
+        if (!fcpl || H5Pget_userblock(fcpl.get(), &userblock) < 0)
+            h5::fail_h5(ErrorCode::io, where, "cannot read the file's creation properties");
+    }
+    Dataset ds;
+    ds.name = name, ds.L = L, ds.H = H, ds.T = T, ds.D = D, ds.Tc = Tc;
+    ds.chunks = (T + Tc - 1) / Tc;
+    ds.offset.resize(static_cast<size_t>(L) * H * ds.chunks);
+    const uint64_t chunk_bytes = static_cast<uint64_t>(Tc) * D * 2;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    size_t k = 0;
+    for (int l = 0; l < L; ++l)
+        for (int h = 0; h < H; ++h)
+            for (int64_t c = 0; c < ds.chunks; ++c) {
+                const hsize_t at[4] = {static_cast<hsize_t>(l), static_cast<hsize_t>(h), static_cast<hsize_t>(c * Tc),
+                                       0};
+                unsigned mask = 0;
+                haddr_t addr = HADDR_UNDEF;
+                hsize_t size = 0;
+                if (H5Dget_chunk_info_by_coord(dset, at, &mask, &addr, &size) < 0)
+                    h5::fail_h5(ErrorCode::io, where, "cannot locate the chunk of layer slot " + std::to_string(l));
+                PKV_CHECK(addr != HADDR_UNDEF && size == chunk_bytes && mask == 0, internal,
+                          "{}: chunk of layer slot {}, head {}, token {}: expected {} allocated unfiltered bytes, got "
+                          "{}{}",
+                          where, l, h, c * Tc, chunk_bytes, size, addr == HADDR_UNDEF ? " (not allocated)" : "");
+                ds.offset[k++] = static_cast<uint64_t>(addr) + userblock;
+                lo = std::min<uint64_t>(lo, ds.offset[k - 1]);
+                hi = std::max<uint64_t>(hi, ds.offset[k - 1] + chunk_bytes);
+            }
+#ifdef FALLOC_FL_KEEP_SIZE
+    // Reserve the blocks now: a disk too small fails here, in one line, not mid-run.
+    if (hi > lo && fallocate(m.fd, 0, static_cast<off_t>(lo), static_cast<off_t>(hi - lo)) != 0) {
+        const int err = errno;
+        PKV_CHECK(err == EOPNOTSUPP || err == ENOSYS || err == EINVAL, io,
+                  "{}: cannot reserve {:.1f} MiB on disk for the activations: {}", where,
+                  static_cast<double>(hi - lo) / 1048576.0, std::strerror(err));
+    }
+#endif
+    // The tail chunk's rows past the last token are part of the stored chunk: zeros, as
+    // the other write paths store them.
+    const int64_t tail = ds.chunks * Tc - T;
+    if (tail > 0) {
+        const std::vector<uint8_t> zeros(static_cast<size_t>(tail) * D * 2, 0);
+        for (int l = 0; l < L; ++l)
+            for (int h = 0; h < H; ++h) {
+                const uint64_t off = ds.offset[(static_cast<size_t>(l) * H + h) * ds.chunks + ds.chunks - 1] +
+                                     static_cast<uint64_t>(Tc - tail) * D * 2;
+                m.write_all(ds, zeros.data(), zeros.size(), off, T);
+                std::lock_guard<std::mutex> lock(m.mu);
+                m.st.bytes += zeros.size();
+                m.st.writes += 1;
+            }
+    }
+    m.datasets.push_back(std::move(ds));
+    return static_cast<int>(m.datasets.size()) - 1;
+}
+
+void DirectWriter::write(int slot, int64_t t0, int n, const std::vector<Part>& parts) {
+    Impl& m = *impl_;
+    const auto t_start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(m.mu);
+    m.rethrow_locked();
+    PKV_ASSERT(m.pending == 0);
+    for (const Part& p : parts) {
+        PKV_ASSERT(p.ds >= 0 && p.ds < static_cast<int>(m.datasets.size()));
+        const Dataset& ds = m.datasets[static_cast<size_t>(p.ds)];
+        PKV_ASSERT(slot >= 0 && slot < ds.L && t0 >= 0 && n > 0 && t0 + n <= ds.T);
+        for (int h = 0; h < ds.H; ++h) m.tasks.push_back({&ds, &p.fill, slot, h, t0, n});
+        m.pending += ds.H;
+    }
+    m.cv_task.notify_all();
+    m.cv_gathered.wait(lock, [&] { return m.pending == 0 || m.error; });
+    if (m.error) {
+        // The tasks not started are dropped; the ones gathering still read `parts`.
+        m.pending -= static_cast<int64_t>(m.tasks.size());
+        m.tasks.clear();
+        m.cv_gathered.wait(lock, [&] { return m.pending <= 0; });
+        m.rethrow_locked();
+    }
+    m.st.wait_seconds += since(t_start);
+}
+
+void DirectWriter::drain() {
+    Impl& m = *impl_;
+    {
+        std::unique_lock<std::mutex> lock(m.mu);
+        m.cv_idle.wait(lock, [&] { return m.error || (m.tasks.empty() && m.running == 0); });
+        m.rethrow_locked();
+    }
+    m.stop_and_join();
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.rethrow_locked();
+}
+
+void DirectWriter::check() const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->rethrow_locked();
+}
+
+DirectWriterStats DirectWriter::stats() const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    return impl_->st;
+}
+
+}  // namespace pkv::kvdump_detail
