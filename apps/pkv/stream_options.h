@@ -21,7 +21,12 @@ inline void add_stream_options(CLI::App* app, ModelSourceConfig& m, StreamArgs& 
     a.model =
         app->add_option("--model,-m", m.model_path,
                         "GGUF model to run over --text instead of reading a dump (activations streamed, no file)");
-    app->add_option("--text,-t", m.text_paths, "with --model: text file(s), tokenized separately and concatenated");
+    auto* text =
+        app->add_option("--text,-t", m.text_paths, "with --model: text file(s), tokenized separately and concatenated");
+    app->add_option("--token-ids", m.token_ids_path,
+                    "with --model, instead of --text: the model's token ids, little-endian int32, 4 bytes each")
+        ->excludes(text)
+        ->needs(a.model);
     // Given without --model they would be ignored: CLI11 refuses them instead.
     app->add_option("--tokens,-n", m.n_tokens, "with --model: tokens to run")->capture_default_str()->needs(a.model);
     app->add_option("--ctx,-c", m.ctx, "with --model: tokens per sequence (independent prefill from position 0)")
@@ -32,7 +37,8 @@ inline void add_stream_options(CLI::App* app, ModelSourceConfig& m, StreamArgs& 
         ->needs(a.model);
 }
 
-/// Checks what only makes sense with --model: --text needs it, and --model needs --text.
+/// Checks what only makes sense with --model: --text needs it, and --model needs --text
+/// or --token-ids.
 inline void resolve_stream(ModelSourceConfig& m, const StreamArgs& a) {
     PKV_CHECK(a.dim_order == "gguf" || a.dim_order == "hf", invalid_argument,
               "--dim-order: expected gguf or hf, got '{}'", a.dim_order);
@@ -40,8 +46,8 @@ inline void resolve_stream(ModelSourceConfig& m, const StreamArgs& a) {
     if (m.model_path.empty())
         PKV_CHECK(m.text_paths.empty(), invalid_argument, "--text: needs --model (the model to run over it)");
     else
-        PKV_CHECK(!m.text_paths.empty(), invalid_argument, "--model {}: needs --text (the text to run it over)",
-                  m.model_path);
+        PKV_CHECK(!m.text_paths.empty() || !m.token_ids_path.empty(), invalid_argument,
+                  "--model {}: needs --text or --token-ids (the input to run it over)", m.model_path);
 }
 
 }  // namespace pkv::cli

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `pkv dump --token-ids` and `pkv eval --token-ids`: the dump stores exactly the file's ids
+# `pkv dump --token-ids`, `pkv eval --token-ids` and `pkv analyze --model --token-ids`: the
+# dump stores exactly the file's ids
 # (default model), bad id files are refused with one line naming the file and position,
 # and a random-weight model of SmolLM2-135M's widths from bench/make_random_gguf.cpp
 # (2 layers, no tokenizer; test/CMakeLists.txt builds it also without the bench targets)
@@ -73,5 +74,18 @@ else
   "$PKV_BIN" --log-level warn eval --model "$WORK/r.gguf" --token-ids "$WORK/r.bin" --tokens 256 --ctx 128 \
     --kv q8_0 >/dev/null 2>"$WORK/reval.err" && pass "random model eval --token-ids" ||
     failed "random model eval: $(cat "$WORK/reval.err")"
+  # Streamed from the ids, analyze reports what it reports from the dump of those ids.
+  "$PKV_BIN" --log-level warn analyze --dump "$WORK/r.h5" --methods kivi,q4_0 --json "$WORK/ra1.json" \
+    >/dev/null 2>"$WORK/ra1.err" || failed "analyze --dump: $(cat "$WORK/ra1.err")"
+  "$PKV_BIN" --log-level warn analyze --model "$WORK/r.gguf" --token-ids "$WORK/r.bin" --tokens 256 --ctx 128 \
+    --device cpu --methods kivi,q4_0 --json "$WORK/ra2.json" >/dev/null 2>"$WORK/ra2.err" ||
+    failed "analyze --model --token-ids: $(cat "$WORK/ra2.err")"
+  python3 - "$WORK/ra1.json" "$WORK/ra2.json" <<'PY' && pass "analyze --model --token-ids: the report of the dump" ||
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["results"] and a["results"] == b["results"]
+assert b["provenance"]["dump"]["provenance"]["settings"]["input"] == "token_ids"
+PY
+    failed "analyze --model --token-ids differs from analyze --dump of the same ids"
 fi
 finish

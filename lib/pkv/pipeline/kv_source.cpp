@@ -59,7 +59,7 @@ void to_hf_order(const float* src, float* dst, int D) {
 class ModelSource final : public KvSource {
 public:
     explicit ModelSource(const ModelSourceConfig& c) : c_(c) {
-        check_model_and_texts(c.model_path, c.text_paths);
+        check_model_and_inputs(c.model_path, c.text_paths, c.token_ids_path);
         PKV_CHECK(c.n_tokens >= 1, invalid_argument, "--tokens: expected at least 1, got {}", c.n_tokens);
         PKV_CHECK(c.ctx >= 1, invalid_argument, "--ctx: expected at least 1, got {}", c.ctx);
         PKV_CHECK(c.sample_tokens >= 0, invalid_argument, "--sample-tokens: expected 0 or more, got {}",
@@ -81,7 +81,7 @@ public:
         info_ = layer_info_of(hp, layers_);
         native_hf_ = hp.rope_layout == RopeLayout::half_split;
         engine_ = c.engine ? c.engine(*model_) : make_cpu_engine(*model_);
-        stream_ = token_stream(*file_, c.text_paths, c.n_tokens, sources_);
+        stream_ = token_stream(*file_, c.text_paths, c.token_ids_path, c.n_tokens, sources_);
         model_rec_ = model_json(hp, *file_, c.model_path, sha256_file(c.model_path));
         pick_sequences();
         provenance_ = provenance_json(c.command, c.argv);
@@ -96,7 +96,8 @@ public:
               {"capture", c.capture.to_string()},
               {"layers", layers_},
               {"dim_order", dim_order()},
-              {"bos", gguf_adds_bos(*file_)}}},
+              {"bos", c.token_ids_path.empty() && gguf_adds_bos(*file_)},
+              {"input", c.token_ids_path.empty() ? "text" : "token_ids"}}},
             {"stream",
              {{"tokens", c.n_tokens},
               {"sequences", static_cast<int64_t>(all_starts_.size())},

@@ -69,7 +69,9 @@ std::unique_ptr<KvSource> open_dump_source(const std::string& path);
 struct ModelSourceConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
-    int64_t n_tokens = 16384;   ///< tokens taken from the texts
+    /// Instead of text_paths: a file of token ids (pipeline/text_input.h gives its format).
+    std::string token_ids_path;
+    int64_t n_tokens = 16384;   ///< tokens taken from the texts (or the ids)
     int ctx = 1024;             ///< tokens per sequence
     bool hf_dim_order = false;  ///< keys/queries in HF half-split order (dump --dim-order hf)
     CaptureSet capture;         ///< datasets to hold; only these are run and kept
