@@ -62,7 +62,10 @@ private:
     const void* w(int layer, P part) const;  ///< device pointer; null when absent
     const float* wf(int layer, P part) const { return static_cast<const float*>(w(layer, part)); }
     void reserve(int64_t padded, int64_t rows, int max_len, int n_seq, bool want_last);
-    void gemm(const float* x, int64_t padded, int64_t n_in, const void* weight, int64_t n_out, float* y);
+    /// y = x W^T in slabs; with 16-bit weights x is converted into wx_ first, unless
+    /// `x_in_wx` says wx_ already holds this x (products sharing an input convert it once).
+    void gemm(const float* x, int64_t padded, int64_t n_in, const void* weight, int64_t n_out, float* y,
+              bool x_in_wx = false);
     void run_group(const std::vector<std::vector<int32_t>>& sequences, int64_t s_begin, int64_t s_count,
                    const ForwardOptions& opts, const EngineSink& sink, const BatchCacheHook& cache, BatchResult& out);
     /// cache: the hook (null: plain attention), whose sequence indices start at s_begin.
@@ -260,11 +263,12 @@ void CudaEngine::reserve(int64_t padded, int64_t rows, int max_len, int n_seq, b
 
 // y[padded, n_out] = x · Wᵀ slab by slab: every call has the same shape whatever the
 // batch, so cuBLAS runs the same algorithm and a row's result depends on that row alone.
-void CudaEngine::gemm(const float* x, int64_t padded, int64_t n_in, const void* weight, int64_t n_out, float* y) {
+void CudaEngine::gemm(const float* x, int64_t padded, int64_t n_in, const void* weight, int64_t n_out, float* y,
+                      bool x_in_wx) {
     const void* in = x;
     cudaDataType_t type = CUDA_R_32F;
     if (opt_.weights != WeightType::f32) {
-        fwd::convert(x, padded * n_in, opt_.weights, wx_.get(), stream_);
+        if (!x_in_wx) fwd::convert(x, padded * n_in, opt_.weights, wx_.get(), stream_);
         in = wx_.get();
         type = opt_.weights == WeightType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
     }
@@ -397,8 +401,8 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     // Attention sublayer.
     fwd::rms_norm(x_.get(), n, E_, wf(l, P::attn_norm), eps, xn_.get(), s);
     gemm(xn_.get(), padded, E_, w(l, P::wq), QD_, q_.get());
-    gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get());
-    gemm(xn_.get(), padded, E_, w(l, P::wv), KD_, v_.get());
+    gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get(), true);
+    gemm(xn_.get(), padded, E_, w(l, P::wv), KD_, v_.get(), true);
     fwd::add_bias(q_.get(), n, QD_, wf(l, P::bq), s);
     fwd::add_bias(k_.get(), n, KD_, wf(l, P::bk), s);
     fwd::add_bias(v_.get(), n, KD_, wf(l, P::bv), s);
@@ -452,7 +456,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     // Feed-forward sublayer.
     fwd::rms_norm(x_.get(), n, E_, wf(l, P::ffn_norm), eps, xn_.get(), s);
     gemm(xn_.get(), padded, E_, w(l, P::ffn_gate), FF_, gate_.get());
-    gemm(xn_.get(), padded, E_, w(l, P::ffn_up), FF_, up_.get());
+    gemm(xn_.get(), padded, E_, w(l, P::ffn_up), FF_, up_.get(), true);
     if (hp_.gelu_ffn) fwd::geglu_tanh(gate_.get(), up_.get(), n * FF_, s);
     else fwd::swiglu(gate_.get(), up_.get(), n * FF_, s);
     gemm(gate_.get(), padded, FF_, w(l, P::ffn_down), E_, proj_.get());
