@@ -29,8 +29,9 @@ double since(std::chrono::steady_clock::time_point t0) {
 struct Dataset {
     std::string name;
     int L = 0, H = 0, D = 0;
-    int64_t T = 0, Tc = 0, chunks = 0;  // chunks per (layer, head)
-    std::vector<uint64_t> offset;       // [L][H][chunks], bytes from the file's start
+    int64_t T = 0;
+    int64_t padded = 0;   // tokens per (layer, head) in the file: whole chunks
+    uint64_t offset = 0;  // of element [0, 0, 0, 0], bytes from the file's start
 };
 
 // One head of one dataset for a window; `pending` counts the call's tasks not yet gathered.
@@ -106,24 +107,14 @@ struct DirectWriter::Impl {
         }
         const auto t_write = std::chrono::steady_clock::now();
         const uint64_t row = D * 2;
-        const uint64_t* base = ds.offset.data() + (static_cast<int64_t>(t.slot) * ds.H + t.head) * ds.chunks;
-        // Runs of adjacent chunks (early allocation lays a head's chunks out in order) go in one call.
-        uint64_t run_off = 0, run_len = 0;
-        int64_t run_tok = t.t0;
-        const uint8_t* run_src = nullptr;
-        for (int64_t c = t.t0 / ds.Tc; c * ds.Tc < t.t0 + t.n; ++c) {
-            const int64_t a0 = std::max(t.t0, c * ds.Tc), a1 = std::min(t.t0 + t.n, (c + 1) * ds.Tc);
-            const uint64_t off = base[c] + static_cast<uint64_t>(a0 - c * ds.Tc) * row;
-            const uint64_t len = static_cast<uint64_t>(a1 - a0) * row;
-            const uint8_t* src = reinterpret_cast<const uint8_t*>(buf.data() + (a0 - t.t0) * static_cast<int64_t>(D));
-            if (run_len > 0 && run_off + run_len == off) {
-                run_len += len;
-                continue;
-            }
-            if (run_len > 0) write_all(ds, run_src, run_len, run_off, run_tok), ++local.writes;
-            run_off = off, run_len = len, run_src = src, run_tok = a0;
-        }
-        if (run_len > 0) write_all(ds, run_src, run_len, run_off, run_tok), ++local.writes;
+        // Chunks [1, 1, Tc, D] back to back in chunk order: a head's tokens are one run of bytes.
+        const uint64_t at =
+            ds.offset + ((static_cast<uint64_t>(t.slot) * static_cast<uint64_t>(ds.H) + static_cast<uint64_t>(t.head)) *
+                             static_cast<uint64_t>(ds.padded) +
+                         static_cast<uint64_t>(t.t0)) *
+                            row;
+        write_all(ds, reinterpret_cast<const uint8_t*>(buf.data()), static_cast<size_t>(t.n) * row, at, t.t0);
+        ++local.writes;
         local.write_seconds += since(t_write);
         local.bytes += static_cast<uint64_t>(t.n) * row;
         local.tasks += 1;
@@ -224,53 +215,58 @@ int DirectWriter::add_dataset(hid_t file, hid_t dset, const std::string& name, i
             h5::fail_h5(ErrorCode::io, where, "cannot read the file's creation properties");
     }
     Dataset ds;
-    ds.name = name, ds.L = L, ds.H = H, ds.T = T, ds.D = D, ds.Tc = Tc;
-    ds.chunks = (T + Tc - 1) / Tc;
-    ds.offset.resize(static_cast<size_t>(L) * H * ds.chunks);
-    const uint64_t chunk_bytes = static_cast<uint64_t>(Tc) * D * 2;
-    uint64_t lo = UINT64_MAX, hi = 0;
-    size_t k = 0;
-    for (int l = 0; l < L; ++l)
-        for (int h = 0; h < H; ++h)
-            for (int64_t c = 0; c < ds.chunks; ++c) {
-                const hsize_t at[4] = {static_cast<hsize_t>(l), static_cast<hsize_t>(h), static_cast<hsize_t>(c * Tc),
-                                       0};
-                unsigned mask = 0;
-                haddr_t addr = HADDR_UNDEF;
-                hsize_t size = 0;
-                if (H5Dget_chunk_info_by_coord(dset, at, &mask, &addr, &size) < 0)
-                    h5::fail_h5(ErrorCode::io, where, "cannot locate the chunk of layer slot " + std::to_string(l));
-                PKV_CHECK(addr != HADDR_UNDEF && size == chunk_bytes && mask == 0, internal,
-                          "{}: chunk of layer slot {}, head {}, token {}: expected {} allocated unfiltered bytes, got "
-                          "{}{}",
-                          where, l, h, c * Tc, chunk_bytes, size, addr == HADDR_UNDEF ? " (not allocated)" : "");
-                ds.offset[k++] = static_cast<uint64_t>(addr) + userblock;
-                lo = std::min<uint64_t>(lo, ds.offset[k - 1]);
-                hi = std::max<uint64_t>(hi, ds.offset[k - 1] + chunk_bytes);
-            }
+    ds.name = name, ds.L = L, ds.H = H, ds.T = T, ds.D = D;
+    const int64_t per_head = (T + Tc - 1) / Tc;
+    ds.padded = per_head * Tc;
+    const uint64_t chunk_bytes = static_cast<uint64_t>(Tc) * static_cast<uint64_t>(D) * 2;
+    const uint64_t n_chunks = static_cast<uint64_t>(L) * static_cast<uint64_t>(H) * static_cast<uint64_t>(per_head);
+    H5D_chunk_index_t index{};
+    PKV_CHECK(H5Dget_chunk_index_type(dset, &index) >= 0 && index == H5D_CHUNK_IDX_NONE, internal,
+              "{}: expected chunks allocated at creation in the implicit index, got index type {}", where,
+              static_cast<int>(index));
+    // The implicit index stores chunk i at base + i * chunk_bytes: two lookups confirm it
+    // (each walks every chunk, so looking up all of them would take minutes).
+    auto address = [&](uint64_t i) {
+        const uint64_t lh = i / static_cast<uint64_t>(per_head), c = i % static_cast<uint64_t>(per_head);
+        const hsize_t at[4] = {lh / static_cast<uint64_t>(H), lh % static_cast<uint64_t>(H), c * Tc, 0};
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        if (H5Dget_chunk_info_by_coord(dset, at, &mask, &addr, &size) < 0)
+            h5::fail_h5(ErrorCode::io, where, "cannot locate chunk " + std::to_string(i));
+        PKV_CHECK(addr != HADDR_UNDEF && size == chunk_bytes && mask == 0, internal,
+                  "{}: chunk {}: expected {} allocated unfiltered bytes, got {}{}", where, i, chunk_bytes, size,
+                  addr == HADDR_UNDEF ? " (not allocated)" : "");
+        return static_cast<uint64_t>(addr) + userblock;
+    };
+    ds.offset = address(0);
+    const uint64_t last = address(n_chunks - 1);
+    PKV_CHECK(last == ds.offset + (n_chunks - 1) * chunk_bytes, internal,
+              "{}: chunks are not back to back: chunk {} is at byte {}, expected {}", where, n_chunks - 1, last,
+              ds.offset + (n_chunks - 1) * chunk_bytes);
+    const uint64_t bytes = n_chunks * chunk_bytes;
 #ifdef FALLOC_FL_KEEP_SIZE
     // Reserve the blocks now: a disk too small fails here, in one line, not mid-run.
-    if (hi > lo && fallocate(m.fd, 0, static_cast<off_t>(lo), static_cast<off_t>(hi - lo)) != 0) {
+    if (fallocate(m.fd, 0, static_cast<off_t>(ds.offset), static_cast<off_t>(bytes)) != 0) {
         const int err = errno;
         PKV_CHECK(err == EOPNOTSUPP || err == ENOSYS || err == EINVAL, io,
                   "{}: cannot reserve {:.1f} MiB on disk for the activations: {}", where,
-                  static_cast<double>(hi - lo) / 1048576.0, std::strerror(err));
+                  static_cast<double>(bytes) / 1048576.0, std::strerror(err));
     }
 #endif
     // The tail chunk's rows past the last token are part of the stored chunk: zeros, as
     // the other write paths store them.
-    const int64_t tail = ds.chunks * Tc - T;
-    if (tail > 0) {
-        const std::vector<uint8_t> zeros(static_cast<size_t>(tail) * D * 2, 0);
-        for (int l = 0; l < L; ++l)
-            for (int h = 0; h < H; ++h) {
-                const uint64_t off = ds.offset[(static_cast<size_t>(l) * H + h) * ds.chunks + ds.chunks - 1] +
-                                     static_cast<uint64_t>(Tc - tail) * D * 2;
-                m.write_all(ds, zeros.data(), zeros.size(), off, T);
-                std::lock_guard<std::mutex> lock(m.mu);
-                m.st.bytes += zeros.size();
-                m.st.writes += 1;
-            }
+    if (ds.padded > T) {
+        const std::vector<uint8_t> zeros(static_cast<size_t>(ds.padded - T) * static_cast<size_t>(D) * 2, 0);
+        for (uint64_t lh = 0; lh < static_cast<uint64_t>(L) * static_cast<uint64_t>(H); ++lh) {
+            m.write_all(ds, zeros.data(), zeros.size(),
+                        ds.offset + (lh * static_cast<uint64_t>(ds.padded) + static_cast<uint64_t>(T)) *
+                                        static_cast<uint64_t>(D) * 2,
+                        T);
+            std::lock_guard<std::mutex> lock(m.mu);
+            m.st.bytes += zeros.size();
+            m.st.writes += 1;
+        }
     }
     m.datasets.push_back(std::move(ds));
     return static_cast<int>(m.datasets.size()) - 1;

@@ -1,17 +1,22 @@
-// pkv/kvdump/direct_writer.h — the uncompressed KV dump's write path: every chunk is
-// allocated when its dataset is created, its file offset is looked up once, and each
-// (head, token window) goes straight to its place with pwrite(2) from worker threads.
-// Internal to the writer (kv_dump_writer.cpp); public for tests and bench/dump_writer.cpp.
+// pkv/kvdump/direct_writer.h — the uncompressed KV dump's write path: each activation
+// dataset's chunks are allocated when it is created, in HDF5's implicit chunk index (no
+// filters, allocated early, file format 1.10 for these datasets), which stores chunk i at
+// base + i * chunk bytes; each (head, token window) then goes straight to its place with
+// pwrite(2) from worker threads. Internal to the writer (kv_dump_writer.cpp); public for
+// tests and bench/dump_writer.cpp.
 //
-// Why: an unfiltered chunk is stored as it is, so HDF5 has nothing to do once the chunk
-// exists. Writing from several threads at known offsets removes the single writer thread
+// Why: unfiltered chunks are stored as they are, so HDF5 has nothing to do once they
+// exist. Writing from several threads at known offsets removes the single writer thread
 // and the assembly of whole chunks that the chunk pipeline (chunk_writer.h) needs for its
-// filters. The file is an ordinary chunked HDF5 file: the same datasets, chunk shape and
-// values as the other paths write (readers, h5py included, see no difference).
+// filters. The implicit index because HDF5 1.10 finds a chunk's address by walking every
+// chunk (~37k per dataset at 70k tokens of the 135M shape: minutes if each were looked
+// up), while there one address and the chunk size give them all. The file has the same
+// datasets, chunk shape and values as the other paths write (h5py reads it as any other).
 //
 // Flow: write() splits a call into one task per (dataset, head). A worker gathers the
 // head's rows of the window into its own buffer (the only read of the caller's memory),
-// then writes the buffer with one pwrite per run of adjacent chunks. write() returns once
+// then writes the buffer with one pwrite (a head's chunks lie back to back, so its window
+// is one run of bytes). write() returns once
 // every task of the call has gathered, so the caller may reuse its rows while the
 // writes go on. Host memory is one window of one head per worker, whatever the number of
 // tokens. With `start_writeback`, each write is followed by
@@ -35,7 +40,7 @@ namespace pkv::kvdump_detail {
 
 struct DirectWriterStats {
     uint64_t tasks = 0, writes = 0;  ///< (dataset, head, window) tasks; pwrite calls
-    uint64_t bytes = 0;              ///< binary16 bytes written (tail chunk padding included)
+    uint64_t bytes = 0;              ///< binary16 bytes written
     double gather_seconds = 0;       ///< summed over workers: reading the caller's rows
     double write_seconds = 0;        ///< summed over workers: inside pwrite / sync_file_range
     double wait_seconds = 0;         ///< the caller in write() until its tasks had gathered
@@ -51,11 +56,11 @@ public:
     DirectWriter(const DirectWriter&) = delete;
     DirectWriter& operator=(const DirectWriter&) = delete;
 
-    /// Registers a dataset [L, H, T, D] of binary16 with chunks [1, 1, Tc, D], unfiltered
-    /// and allocated early (H5D_ALLOC_TIME_EARLY): looks up every chunk's file offset,
-    /// reserves the file space (fallocate, so a full disk is reported now rather than
-    /// mid-run), and zeroes the padding of the tail chunks. Returns its index for write().
-    /// io error naming `name` when an offset cannot be found.
+    /// Registers a dataset [L, H, T, D] of binary16 in chunks [1, 1, Tc, D], unfiltered,
+    /// allocated at creation in the implicit chunk index: checks the first and last chunk
+    /// lie where that index puts them, reserves the file space (fallocate, so a full disk
+    /// is reported now rather than mid-run) and zeroes the tail chunks' padding. Returns its
+    /// index for write(); internal error naming `name` when the chunks are laid out otherwise.
     int add_dataset(hid_t file, hid_t dset, const std::string& name, int L, int H, int64_t T, int D, int64_t Tc);
 
     /// Fills `D` binary16 values of token t (0-based in the window), head h into dst.

@@ -210,6 +210,23 @@ struct KvDumpWriter::Impl {
         const hsize_t chunk[4] = {1, 1, Tc, D};
         h5::Id space(H5Screate_simple(4, dims, nullptr));
         h5::Id dcpl(H5Pcreate(H5P_DATASET_CREATE));
+        if (direct) {
+            // Chunks allocated now, never filled, in the implicit index (direct_writer.h):
+            // that index needs the 1.10 layout message, for these datasets only.
+            H5Pset_chunk(dcpl.get(), 4, chunk);
+            H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
+            H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
+            if (H5Fset_libver_bounds(f.id(), H5F_LIBVER_V110, H5F_LIBVER_V110) < 0)
+                h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot select the 1.10 file format");
+            a.dset = h5::Id(H5Dcreate2(f.id(), a.name, f16.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+            if (H5Fset_libver_bounds(f.id(), H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)
+                h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot go back to the 1.8 file format");
+            if (!a.dset) h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot create dataset");
+            write_activation_attrs(a);
+            a.direct = direct->add_dataset(f.id(), a.dset.get(), a.name, L, a.heads, static_cast<int64_t>(T),
+                                           static_cast<int>(D), static_cast<int64_t>(Tc));
+            return;
+        }
         H5Pset_chunk(dcpl.get(), 4, chunk);
         if (opt.compress > 0) {
             // The pipeline's encode_chunk produces exactly what these two filters store.
@@ -218,8 +235,6 @@ struct KvDumpWriter::Impl {
         }
         // Every element is written; filling never-written chunks first would only cost time.
         H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
-        // The direct path writes chunks where HDF5 put them: they must exist from the start.
-        if (direct) H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
         // Data arrive one token window at a time for every (layer, head), so each write
         // touches L*H chunks and a window may end mid-chunk. The cache must keep the
         // partly written chunk of every (layer, head) plus the next one, or HDF5 would
@@ -234,9 +249,6 @@ struct KvDumpWriter::Impl {
         a.dset = h5::Id(H5Dcreate2(f.id(), a.name, f16.get(), space.get(), H5P_DEFAULT, dcpl.get(), dapl.get()));
         if (!a.dset) h5::fail_h5(ErrorCode::io, f.where(a.name), "cannot create dataset");
         write_activation_attrs(a);
-        if (direct)
-            a.direct = direct->add_dataset(f.id(), a.dset.get(), a.name, L, a.heads, static_cast<int64_t>(T),
-                                           static_cast<int>(D), static_cast<int64_t>(Tc));
     }
 };
 

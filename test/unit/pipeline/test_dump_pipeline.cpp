@@ -195,7 +195,7 @@ TEST_CASE("run_dump stores the same values for every writer setting and records 
         CHECK(s.writer.threads == threads);
         CHECK(s.writer.compress == compress);
         // 2 layers x (3 x 2 kv heads + 4 q heads) x head_dim 8 x 2 bytes per token; the
-        // pipeline counts the tail chunk whole (100 tokens in chunks of 16: 112).
+        // threaded writers count the tail chunk whole (100 tokens in chunks of 16: 112).
         CHECK(s.writer.raw_bytes == (threads == 0 ? 100ull : 112ull) * 2 * 10 * 8 * 2);
         CHECK(s.writer.stored_bytes > 0);
         CHECK(s.forward_seconds > 0);
