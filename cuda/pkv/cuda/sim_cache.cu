@@ -388,21 +388,21 @@ const char* tensor_name(KvTensor t) { return t == KvTensor::k ? "K" : "V"; }
 
 }  // namespace
 
-SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int device) {
-    const auto wall0 = std::chrono::steady_clock::now();
-    SimBatchResult out;
-    out.plan = plan_sim_batch(batch);
-    const SimBatchPlan& plan = out.plan;
+double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan& plan, const float* d_x, float* d_recon,
+                                      int32_t* d_flush, int device) {
     const int D = batch.D;
     const Layout L{batch.row_stride > 0 ? batch.row_stride : D, D};
     const size_t elems = static_cast<size_t>(batch.rows * L.stride);
-    out.recon.assign(x, x + elems);
     const int64_t total = plan.offset.back();
     const KvMethod method = batch.params.method;
-    if (total == 0 || (method == KvMethod::fp16 && !batch.rotate)) {
-        out.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
-        return out;
-    }
+    PKV_CHECK(plan.offset.size() == batch.problems.size() + 1 && plan.flush_step.size() == static_cast<size_t>(total),
+              invalid_argument, "cuda cache simulation: the plan has {} problems, the batch {}: plan the batch itself",
+              plan.offset.size() - 1, batch.problems.size());
+    PKV_CUDA_CHECK(cudaSetDevice(device));
+    if (d_flush && total > 0)
+        PKV_CUDA_CHECK(cudaMemcpy(d_flush, plan.flush_step.data(), plan.flush_step.size() * 4, cudaMemcpyHostToDevice));
+    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(d_recon, d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
+    if (total == 0 || (method == KvMethod::fp16 && !batch.rotate)) return 0.0;
 
     std::vector<DevProblem> probs;
     std::vector<int32_t> tok_problem(static_cast<size_t>(total));
@@ -422,23 +422,19 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int d
     std::vector<DevKGroup> groups;
     for (const auto& g : plan.k_groups) groups.push_back({g.problem, g.tokens, g.t0});
 
-    PKV_CUDA_CHECK(cudaSetDevice(device));
-    DeviceBuffer<float> d_x, d_xr, d_recon, d_pat, d_amax;
-    DeviceBuffer<int32_t> d_tok, d_flush, d_labels;
+    DeviceBuffer<float> d_xr, d_pat, d_amax;
+    DeviceBuffer<int32_t> d_tok, d_steps, d_labels;
     DeviceBuffer<DevProblem> d_probs;
     DeviceBuffer<DevTable> d_tables;
     DeviceBuffer<DevKGroup> d_groups;
     DeviceBuffer<DevError> d_err;
-    d_x.reserve(elems);
-    d_recon.reserve(elems);
     d_tok.reserve(static_cast<size_t>(total));
-    d_flush.reserve(static_cast<size_t>(total));
+    d_steps.reserve(static_cast<size_t>(total));
     d_probs.reserve(probs.size());
     d_err.reserve(1);
-    PKV_CUDA_CHECK(cudaMemcpy(d_x.get(), x, elems * sizeof(float), cudaMemcpyHostToDevice));
     PKV_CUDA_CHECK(cudaMemcpy(d_tok.get(), tok_problem.data(), tok_problem.size() * 4, cudaMemcpyHostToDevice));
     PKV_CUDA_CHECK(
-        cudaMemcpy(d_flush.get(), plan.flush_step.data(), plan.flush_step.size() * 4, cudaMemcpyHostToDevice));
+        cudaMemcpy(d_steps.get(), plan.flush_step.data(), plan.flush_step.size() * 4, cudaMemcpyHostToDevice));
     PKV_CUDA_CHECK(cudaMemcpy(d_probs.get(), probs.data(), probs.size() * sizeof(DevProblem), cudaMemcpyHostToDevice));
     PKV_CUDA_CHECK(cudaMemset(d_err.get(), 0, sizeof(DevError)));
     if (!tables.empty()) {
@@ -458,21 +454,23 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int d
     PKV_CUDA_CHECK(cudaEventCreate(&ev0));
     PKV_CUDA_CHECK(cudaEventCreate(&ev1));
     PKV_CUDA_CHECK(cudaEventRecord(ev0));
-    const float* src = d_x.get();
+    // Exact tokens and elements outside the problems keep x (or, with rotate, come back
+    // as H·H·x, as the host's).
+    const float* src = d_x;
     const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
     if (batch.rotate) {
         d_xr.reserve(elems);
-        PKV_CUDA_CHECK(cudaMemcpyAsync(d_xr.get(), d_x.get(), elems * sizeof(float), cudaMemcpyDeviceToDevice));
+        PKV_CUDA_CHECK(cudaMemcpyAsync(d_xr.get(), d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
         hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_xr.get(), d_tok.get(), d_probs.get(),
                                                                                 L, norm);
         PKV_CUDA_CHECK(cudaGetLastError());
         src = d_xr.get();
     }
-    PKV_CUDA_CHECK(cudaMemcpyAsync(d_recon.get(), src, elems * sizeof(float), cudaMemcpyDeviceToDevice));
+    if (batch.rotate) PKV_CUDA_CHECK(cudaMemcpyAsync(d_recon, src, elems * sizeof(float), cudaMemcpyDeviceToDevice));
     const int bits = batch.params.bits;
     if (method == KvMethod::patternkv_table) {
         d_labels.reserve(static_cast<size_t>(total));
-        label_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_flush.get(), d_probs.get(), d_tables.get(),
+        label_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_steps.get(), d_probs.get(), d_tables.get(),
                                                     d_pat.get(), L, total, d_labels.get());
         PKV_CUDA_CHECK(cudaGetLastError());
     }
@@ -480,41 +478,39 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int d
         const bool any_v = std::any_of(batch.problems.begin(), batch.problems.end(),
                                        [](const SimProblem& q) { return q.tensor == KvTensor::v; });
         if (any_v) {
-            value_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_flush.get(), d_probs.get(), d_tables.get(),
+            value_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_steps.get(), d_probs.get(), d_tables.get(),
                                                         d_pat.get(), d_labels.get(), L, total, bits,
-                                                        std::min(batch.params.group, D), d_recon.get(), d_err.get());
+                                                        std::min(batch.params.group, D), d_recon, d_err.get());
             PKV_CUDA_CHECK(cudaGetLastError());
         }
         if (!groups.empty()) {
             const auto n_groups = static_cast<int64_t>(groups.size());
             key_kernel<<<grid_for(n_groups * D), kThreads>>>(src, d_groups.get(), n_groups, d_probs.get(),
                                                              d_tables.get(), d_pat.get(), d_labels.get(), L, bits,
-                                                             d_recon.get(), d_err.get());
+                                                             d_recon, d_err.get());
             PKV_CUDA_CHECK(cudaGetLastError());
         }
     } else if (method == KvMethod::q4_0 || method == KvMethod::q8_0) {
         ggml_kernel<<<grid_for(total * (D / 32)), kThreads>>>(src, d_tok.get(), d_probs.get(), L, total,
-                                                              method == KvMethod::q4_0, d_recon.get());
+                                                              method == KvMethod::q4_0, d_recon);
         PKV_CUDA_CHECK(cudaGetLastError());
     } else if (method == KvMethod::fp8) {
         d_amax.reserve(probs.size());
         amax_kernel<<<static_cast<unsigned>(probs.size()), kThreads>>>(src, d_probs.get(), L, d_amax.get(),
                                                                        d_err.get());
         PKV_CUDA_CHECK(cudaGetLastError());
-        fp8_kernel<<<grid_for(total * D), kThreads>>>(src, d_tok.get(), d_probs.get(), d_amax.get(), L, total,
-                                                      d_recon.get());
+        fp8_kernel<<<grid_for(total * D), kThreads>>>(src, d_tok.get(), d_probs.get(), d_amax.get(), L, total, d_recon);
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     if (batch.rotate) {
-        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_recon.get(), d_tok.get(),
-                                                                                d_probs.get(), L, norm);
+        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_recon, d_tok.get(), d_probs.get(), L,
+                                                                                norm);
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     PKV_CUDA_CHECK(cudaEventRecord(ev1));
     PKV_CUDA_CHECK(cudaEventSynchronize(ev1));
     float ms = 0.0f;
     PKV_CUDA_CHECK(cudaEventElapsedTime(&ms, ev0, ev1));
-    out.kernel_ms = ms;
     cudaEventDestroy(ev0);
     cudaEventDestroy(ev1);
 
@@ -528,9 +524,30 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int d
         fail(ErrorCode::out_of_range, "{}: min {} and max {} give a zero or scale beyond the binary16 range", where,
              e.a, e.b);
     }
-    // Elements outside every problem were copied from x and never rotated; with rotate,
-    // a problem's exact tokens come back as H·H·x, as the host's.
-    PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), d_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
+    return ms;
+}
+
+SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int device) {
+    const auto wall0 = std::chrono::steady_clock::now();
+    SimBatchResult out;
+    out.plan = plan_sim_batch(batch);
+    const size_t elems = static_cast<size_t>(batch.rows * (batch.row_stride > 0 ? batch.row_stride : batch.D));
+    out.recon.resize(elems);
+    PKV_CUDA_CHECK(cudaSetDevice(device));
+    DeviceBuffer<float> d_x, d_recon;
+    DeviceBuffer<int32_t> d_flush;
+    d_x.reserve(elems);
+    d_recon.reserve(elems);
+    d_flush.reserve(out.plan.flush_step.size());
+    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(d_x.get(), x, elems * sizeof(float), cudaMemcpyHostToDevice));
+    out.kernel_ms = simulate_cache_batch_on_device(batch, out.plan, d_x.get(), d_recon.get(), d_flush.get(), device);
+    if (elems > 0)
+        PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), d_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
+    // The flush steps come back through the device copy, so the tests see what a device
+    // caller reads.
+    if (!out.plan.flush_step.empty())
+        PKV_CUDA_CHECK(cudaMemcpy(out.plan.flush_step.data(), d_flush.get(), out.plan.flush_step.size() * 4,
+                                  cudaMemcpyDeviceToHost));
     out.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
     return out;
 }

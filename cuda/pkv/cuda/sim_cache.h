@@ -5,6 +5,11 @@
 // Methods: fp16, kivi (2/3/4/8 bits), q4_0, q8_0, fp8 and patternkv-table, with sliding-
 // window rings (SimProblem::ring) and any prefill, under the rules of simulate_cache.
 // patternkv is refused: its prefill mines patterns with k-means, which stays on the host.
+// (A device patternkv needs a batched k-means of every problem's prefill with the host's
+// random init, 30 iterations and tolerance, bit for bit with pkv::kmeans's double sums
+// to keep the labels; a per-block Chebyshev centre appended to a growing per-problem bank,
+// which serializes each problem's flushes in order; then the same min-max and gate code
+// as patternkv-table against that bank.)
 //
 // Layout. x is a row-major matrix [rows, row_stride] of floats on the host; problem p's
 // token i is the D floats at x[(row0 + i) · row_stride + col0 ...]. A packed batch is
@@ -88,6 +93,15 @@ struct SimBatchResult {
     double kernel_ms = 0.0;  ///< device time of the kernels (CUDA events)
     double total_ms = 0.0;   ///< wall time of the call: planning, copies both ways, kernels
 };
+
+/// The device-resident form, for callers whose x already lives on device `device` (the
+/// CUDA forward's K or V buffer): d_x and d_recon are device arrays of [batch.rows,
+/// row_stride] floats that must not overlap; every element of d_recon is written (x's
+/// outside the problems). d_flush (nullable) is a device array of plan.offset.back()
+/// int32 that receives plan.flush_step. `plan` must be plan_sim_batch(batch). Returns
+/// the kernels' device time in ms once they finished; throws as simulate_cache_batch.
+double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan& plan, const float* d_x, float* d_recon,
+                                      int32_t* d_flush, int device = 0);
 
 /// Runs the batch on device `device`. x: [batch.rows, row_stride] on the host. Throws
 /// Error(cuda) naming a failing CUDA call, invalid_argument for a non-finite input
