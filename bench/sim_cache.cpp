@@ -7,9 +7,11 @@
 // sequence, token) of 2 x 3 x 64 floats (K heads, then V heads). Random activations with
 // per-channel scales and an outlier channel; patternkv-table gets 32 patterns per head.
 // Each method runs `reps` times on both sides after one untimed device call (context and
-// allocator warm-up); the best time counts. Columns: host ms, device kernel ms (CUDA
-// events) and device total ms (planning, copies both ways, allocation, kernels), the host /
-// device ratios, and the elements whose reconstruction differs from the host's bitwise.
+// allocator warm-up); the best time counts. Device columns: the kernels (CUDA events); the
+// host-array call (plan, allocation, copies both ways, kernels); the device-resident call
+// with a reused workspace, once for the whole batch and once per layer (the calls a
+// forward's cache hook would make); then host / device ratios, kernel throughput, and the
+// elements whose reconstruction differs from the host's bitwise.
 // Usage: pkv_bench_sim_cache [--seqs 2] [--reps 3] [--prefill 512] [--tokens 2048]
 //                            [--layers 30] [--methods fp16,kivi2,kivi4,q4_0,q8_0,fp8,table]
 #include <cstdio>
@@ -29,6 +31,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include <cuda_runtime.h>
 
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/sim_cache.h"
@@ -58,6 +62,26 @@ std::vector<float> activations(size_t n, int stride, uint64_t seed) {
     for (size_t i = 0; i < n; ++i) x[i] = scale[i % static_cast<size_t>(stride)] * nd(gen);
     return x;
 }
+
+// x uploaded once, a reconstruction and the flush steps on the device.
+struct DeviceArrays {
+    float* x = nullptr;
+    float* recon = nullptr;
+    int32_t* flush = nullptr;
+    DeviceArrays(const std::vector<float>& host, size_t tokens) {
+        cudaMalloc(&x, host.size() * sizeof(float));
+        cudaMalloc(&recon, host.size() * sizeof(float));
+        cudaMalloc(&flush, tokens * sizeof(int32_t));
+        cudaMemcpy(x, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
+    }
+    ~DeviceArrays() {
+        cudaFree(x);
+        cudaFree(recon);
+        cudaFree(flush);
+    }
+    DeviceArrays(const DeviceArrays&) = delete;
+    DeviceArrays& operator=(const DeviceArrays&) = delete;
+};
 
 // The host path: one simulate_cache per problem, OpenMP over problems.
 std::vector<float> host_run(const pkv::cuda::SimBatch& b, const std::vector<float>& x) {
@@ -123,8 +147,8 @@ int main(int argc, char** argv) {
         "%lld: %lld problems, %.1f M elements; host: simulate_cache, OpenMP on %d threads\n",
         o.layers, kHeads, o.seqs, static_cast<long long>(o.tokens), kDim, static_cast<long long>(o.prefill),
         static_cast<long long>(problems), static_cast<double>(rows) * stride / 1e6, threads);
-    std::printf("%-8s %10s %12s %12s %10s %10s %12s %14s\n", "method", "host ms", "dev kern ms", "dev total ms",
-                "host/kern", "host/total", "Mtok/s dev", "recon differ");
+    std::printf("%-8s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "method", "host", "kernels", "h2d+d2h", "resident",
+                "per-layer", "x kern", "x resid", "x layer", "Mtok/s", "differ");
 
     // Table patterns: 32 per (layer, head, tensor), tokens of the first sequence plus noise.
     std::vector<std::vector<float>> pats;
@@ -190,7 +214,7 @@ int main(int argc, char** argv) {
                     b.problems.push_back(q);
                 }
         pkv::cuda::simulate_cache_batch(b, x.data());  // warm-up
-        double host = 1e300, kern = 1e300, total = 1e300;
+        double host = 1e300, kern = 1e300, total = 1e300, resident = 1e300, layered = 1e300;
         std::vector<float> ref, got;
         for (int r = 0; r < o.reps; ++r) {
             const auto t0 = std::chrono::steady_clock::now();
@@ -201,13 +225,51 @@ int main(int argc, char** argv) {
             total = std::min(total, res.total_ms);
             got = std::move(res.recon);
         }
+        // x already on the device, one workspace: the whole batch in one call, and one
+        // call per layer on that layer's rows (what a forward's cache hook would make).
+        {
+            DeviceArrays d(x, static_cast<size_t>(problems) * o.tokens);
+            pkv::cuda::SimCacheWorkspace ws;
+            const int64_t layer_rows = int64_t{o.seqs} * o.tokens;
+            std::vector<pkv::cuda::SimBatch> layers(static_cast<size_t>(o.layers), b);
+            for (int l = 0; l < o.layers; ++l) {
+                pkv::cuda::SimBatch& lb = layers[static_cast<size_t>(l)];
+                lb.rows = layer_rows;
+                lb.problems.clear();
+                for (const pkv::cuda::SimProblem& q : b.problems)
+                    if (q.row0 / layer_rows == l) {
+                        lb.problems.push_back(q);
+                        lb.problems.back().row0 -= int64_t{l} * layer_rows;
+                    }
+            }
+            for (int r = 0; r <= o.reps; ++r) {  // the first round warms the workspace up
+                auto t0 = std::chrono::steady_clock::now();
+                pkv::cuda::simulate_cache_batch_on_device(b, pkv::cuda::plan_sim_batch(b), d.x, d.recon, d.flush, ws);
+                if (r > 0) resident = std::min(resident, ms_since(t0));
+                t0 = std::chrono::steady_clock::now();
+                for (int l = 0; l < o.layers; ++l) {
+                    const size_t off = static_cast<size_t>(l) * static_cast<size_t>(layer_rows) * stride;
+                    const pkv::cuda::SimBatch& lb = layers[static_cast<size_t>(l)];
+                    pkv::cuda::simulate_cache_batch_on_device(lb, pkv::cuda::plan_sim_batch(lb), d.x + off,
+                                                              d.recon + off, d.flush, ws);
+                }
+                if (r > 0) layered = std::min(layered, ms_since(t0));
+            }
+        }
         int64_t differ = 0;
         for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &ref[i], sizeof(float)) != 0;
         const double toks = static_cast<double>(problems) * o.tokens;
-        std::printf("%-8s %10.1f %12.2f %12.1f %10.1f %10.2f %12.1f %14lld\n", name.c_str(), host, kern, total,
-                    host / std::max(kern, 1e-6), host / total, toks / (kern * 1e3), static_cast<long long>(differ));
+        std::printf("%-8s %9.1f %9.2f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.0f %9lld\n", name.c_str(), host, kern,
+                    total, resident, layered, host / std::max(kern, 1e-6), host / resident, host / layered,
+                    toks / (kern * 1e3), static_cast<long long>(differ));
     }
-    std::printf("Mtok/s dev: problem-tokens (one head's K or V vector) per second through the kernels.\n");
+    std::printf(
+        "ms, best of %d. host: simulate_cache per problem on %d OpenMP threads; kernels: the device time of the "
+        "whole batch; h2d+d2h: simulate_cache_batch from host arrays (plan, allocation, copies, kernels); "
+        "resident: simulate_cache_batch_on_device with x on the device (plan, its upload, kernels); per-layer: the "
+        "same, one call per layer. x: host ms over the device column. Mtok/s: problem-tokens (one head's K or V "
+        "vector) per second through the kernels. differ: elements whose reconstruction differs from the host's.\n",
+        o.reps, threads);
     return 0;
 }
 

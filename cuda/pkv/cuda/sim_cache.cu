@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "pkv/cuda/check.cuh"
@@ -388,21 +390,44 @@ const char* tensor_name(KvTensor t) { return t == KvTensor::k ? "K" : "V"; }
 
 }  // namespace
 
+// Grow-only device memory of the calls made with one workspace.
+struct SimCacheWorkspace::Impl {
+    int device = 0;
+    DeviceBuffer<uint8_t> meta;  // the plan's arrays, one upload per call
+    DeviceBuffer<float> xr, amax;
+    DeviceBuffer<int32_t> labels;
+    DeviceBuffer<DevError> err;
+};
+
+SimCacheWorkspace::SimCacheWorkspace(int device) : impl_(std::make_unique<Impl>()) { impl_->device = device; }
+SimCacheWorkspace::~SimCacheWorkspace() = default;
+
+namespace {
+
+// Appends n elements of T to a byte staging area at a 16-byte aligned offset.
+template <typename T>
+size_t stage(std::vector<uint8_t>& buf, const T* data, size_t n) {
+    const size_t at = (buf.size() + 15) / 16 * 16;
+    buf.resize(at + n * sizeof(T));
+    if (n > 0) std::memcpy(buf.data() + at, data, n * sizeof(T));
+    return at;
+}
+
+}  // namespace
+
 double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan& plan, const float* d_x, float* d_recon,
-                                      int32_t* d_flush, int device) {
+                                      int32_t* d_flush, SimCacheWorkspace& ws) {
     const int D = batch.D;
     const Layout L{batch.row_stride > 0 ? batch.row_stride : D, D};
     const size_t elems = static_cast<size_t>(batch.rows * L.stride);
     const int64_t total = plan.offset.back();
     const KvMethod method = batch.params.method;
-    PKV_CHECK(plan.offset.size() == batch.problems.size() + 1 && plan.flush_step.size() == static_cast<size_t>(total),
+    PKV_CHECK(plan.offset.size() == batch.problems.size() + 1 && plan.flush_step.size() == static_cast<size_t>(total) &&
+                  plan.bits.size() == batch.problems.size(),
               invalid_argument, "cuda cache simulation: the plan has {} problems, the batch {}: plan the batch itself",
               plan.offset.size() - 1, batch.problems.size());
-    PKV_CUDA_CHECK(cudaSetDevice(device));
-    if (d_flush && total > 0)
-        PKV_CUDA_CHECK(cudaMemcpy(d_flush, plan.flush_step.data(), plan.flush_step.size() * 4, cudaMemcpyHostToDevice));
-    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(d_recon, d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
-    if (total == 0 || (method == KvMethod::fp16 && !batch.rotate)) return 0.0;
+    SimCacheWorkspace::Impl& w = *ws.impl_;
+    PKV_CUDA_CHECK(cudaSetDevice(w.device));
 
     std::vector<DevProblem> probs;
     std::vector<int32_t> tok_problem(static_cast<size_t>(total));
@@ -421,33 +446,29 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     }
     std::vector<DevKGroup> groups;
     for (const auto& g : plan.k_groups) groups.push_back({g.problem, g.tokens, g.t0});
-
-    DeviceBuffer<float> d_xr, d_pat, d_amax;
-    DeviceBuffer<int32_t> d_tok, d_steps, d_labels;
-    DeviceBuffer<DevProblem> d_probs;
-    DeviceBuffer<DevTable> d_tables;
-    DeviceBuffer<DevKGroup> d_groups;
-    DeviceBuffer<DevError> d_err;
-    d_tok.reserve(static_cast<size_t>(total));
-    d_steps.reserve(static_cast<size_t>(total));
-    d_probs.reserve(probs.size());
-    d_err.reserve(1);
-    PKV_CUDA_CHECK(cudaMemcpy(d_tok.get(), tok_problem.data(), tok_problem.size() * 4, cudaMemcpyHostToDevice));
-    PKV_CUDA_CHECK(
-        cudaMemcpy(d_steps.get(), plan.flush_step.data(), plan.flush_step.size() * 4, cudaMemcpyHostToDevice));
-    PKV_CUDA_CHECK(cudaMemcpy(d_probs.get(), probs.data(), probs.size() * sizeof(DevProblem), cudaMemcpyHostToDevice));
-    PKV_CUDA_CHECK(cudaMemset(d_err.get(), 0, sizeof(DevError)));
-    if (!tables.empty()) {
-        d_tables.reserve(tables.size());
-        d_pat.reserve(patterns.size());
-        PKV_CUDA_CHECK(
-            cudaMemcpy(d_tables.get(), tables.data(), tables.size() * sizeof(DevTable), cudaMemcpyHostToDevice));
-        PKV_CUDA_CHECK(cudaMemcpy(d_pat.get(), patterns.data(), patterns.size() * 4, cudaMemcpyHostToDevice));
-    }
-    if (!groups.empty()) {
-        d_groups.reserve(groups.size());
-        PKV_CUDA_CHECK(
-            cudaMemcpy(d_groups.get(), groups.data(), groups.size() * sizeof(DevKGroup), cudaMemcpyHostToDevice));
+    std::vector<uint8_t> staged;
+    const size_t o_tok = stage(staged, tok_problem.data(), tok_problem.size());
+    const size_t o_steps = stage(staged, plan.flush_step.data(), plan.flush_step.size());
+    const size_t o_probs = stage(staged, probs.data(), probs.size());
+    const size_t o_tables = stage(staged, tables.data(), tables.size());
+    const size_t o_pat = stage(staged, patterns.data(), patterns.size());
+    const size_t o_groups = stage(staged, groups.data(), groups.size());
+    w.meta.reserve(staged.size());
+    w.err.reserve(1);
+    PKV_CUDA_CHECK(cudaMemcpy(w.meta.get(), staged.data(), staged.size(), cudaMemcpyHostToDevice));
+    PKV_CUDA_CHECK(cudaMemset(w.err.get(), 0, sizeof(DevError)));
+    auto* d_tok = reinterpret_cast<const int32_t*>(w.meta.get() + o_tok);
+    auto* d_steps = reinterpret_cast<const int32_t*>(w.meta.get() + o_steps);
+    auto* d_probs = reinterpret_cast<const DevProblem*>(w.meta.get() + o_probs);
+    auto* d_tables = reinterpret_cast<const DevTable*>(w.meta.get() + o_tables);
+    auto* d_pat = reinterpret_cast<const float*>(w.meta.get() + o_pat);
+    auto* d_groups = reinterpret_cast<const DevKGroup*>(w.meta.get() + o_groups);
+    if (d_flush && total > 0)
+        PKV_CUDA_CHECK(cudaMemcpyAsync(d_flush, d_steps, static_cast<size_t>(total) * 4, cudaMemcpyDeviceToDevice));
+    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpyAsync(d_recon, d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
+    if (total == 0 || (method == KvMethod::fp16 && !batch.rotate)) {
+        PKV_CUDA_CHECK(cudaDeviceSynchronize());
+        return 0.0;
     }
 
     cudaEvent_t ev0, ev1;
@@ -459,52 +480,48 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     const float* src = d_x;
     const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
     if (batch.rotate) {
-        d_xr.reserve(elems);
-        PKV_CUDA_CHECK(cudaMemcpyAsync(d_xr.get(), d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
-        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_xr.get(), d_tok.get(), d_probs.get(),
-                                                                                L, norm);
+        w.xr.reserve(elems);
+        PKV_CUDA_CHECK(cudaMemcpyAsync(w.xr.get(), d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
+        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(w.xr.get(), d_tok, d_probs, L, norm);
         PKV_CUDA_CHECK(cudaGetLastError());
-        src = d_xr.get();
+        src = w.xr.get();
     }
     if (batch.rotate) PKV_CUDA_CHECK(cudaMemcpyAsync(d_recon, src, elems * sizeof(float), cudaMemcpyDeviceToDevice));
     const int bits = batch.params.bits;
     if (method == KvMethod::patternkv_table) {
-        d_labels.reserve(static_cast<size_t>(total));
-        label_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_steps.get(), d_probs.get(), d_tables.get(),
-                                                    d_pat.get(), L, total, d_labels.get());
+        w.labels.reserve(static_cast<size_t>(total));
+        label_kernel<<<grid_for(total), kThreads>>>(src, d_tok, d_steps, d_probs, d_tables, d_pat, L, total,
+                                                    w.labels.get());
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     if (method == KvMethod::kivi || method == KvMethod::patternkv_table) {
         const bool any_v = std::any_of(batch.problems.begin(), batch.problems.end(),
                                        [](const SimProblem& q) { return q.tensor == KvTensor::v; });
         if (any_v) {
-            value_kernel<<<grid_for(total), kThreads>>>(src, d_tok.get(), d_steps.get(), d_probs.get(), d_tables.get(),
-                                                        d_pat.get(), d_labels.get(), L, total, bits,
-                                                        std::min(batch.params.group, D), d_recon, d_err.get());
+            value_kernel<<<grid_for(total), kThreads>>>(src, d_tok, d_steps, d_probs, d_tables, d_pat, w.labels.get(),
+                                                        L, total, bits, std::min(batch.params.group, D), d_recon,
+                                                        w.err.get());
             PKV_CUDA_CHECK(cudaGetLastError());
         }
         if (!groups.empty()) {
             const auto n_groups = static_cast<int64_t>(groups.size());
-            key_kernel<<<grid_for(n_groups * D), kThreads>>>(src, d_groups.get(), n_groups, d_probs.get(),
-                                                             d_tables.get(), d_pat.get(), d_labels.get(), L, bits,
-                                                             d_recon, d_err.get());
+            key_kernel<<<grid_for(n_groups * D), kThreads>>>(src, d_groups, n_groups, d_probs, d_tables, d_pat,
+                                                             w.labels.get(), L, bits, d_recon, w.err.get());
             PKV_CUDA_CHECK(cudaGetLastError());
         }
     } else if (method == KvMethod::q4_0 || method == KvMethod::q8_0) {
-        ggml_kernel<<<grid_for(total * (D / 32)), kThreads>>>(src, d_tok.get(), d_probs.get(), L, total,
-                                                              method == KvMethod::q4_0, d_recon);
+        ggml_kernel<<<grid_for(total * (D / 32)), kThreads>>>(src, d_tok, d_probs, L, total, method == KvMethod::q4_0,
+                                                              d_recon);
         PKV_CUDA_CHECK(cudaGetLastError());
     } else if (method == KvMethod::fp8) {
-        d_amax.reserve(probs.size());
-        amax_kernel<<<static_cast<unsigned>(probs.size()), kThreads>>>(src, d_probs.get(), L, d_amax.get(),
-                                                                       d_err.get());
+        w.amax.reserve(probs.size());
+        amax_kernel<<<static_cast<unsigned>(probs.size()), kThreads>>>(src, d_probs, L, w.amax.get(), w.err.get());
         PKV_CUDA_CHECK(cudaGetLastError());
-        fp8_kernel<<<grid_for(total * D), kThreads>>>(src, d_tok.get(), d_probs.get(), d_amax.get(), L, total, d_recon);
+        fp8_kernel<<<grid_for(total * D), kThreads>>>(src, d_tok, d_probs, w.amax.get(), L, total, d_recon);
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     if (batch.rotate) {
-        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_recon, d_tok.get(), d_probs.get(), L,
-                                                                                norm);
+        hadamard_kernel<<<static_cast<unsigned>(total), D, D * sizeof(float)>>>(d_recon, d_tok, d_probs, L, norm);
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     PKV_CUDA_CHECK(cudaEventRecord(ev1));
@@ -515,7 +532,7 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     cudaEventDestroy(ev1);
 
     DevError e{};
-    PKV_CUDA_CHECK(cudaMemcpy(&e, d_err.get(), sizeof(DevError), cudaMemcpyDeviceToHost));
+    PKV_CUDA_CHECK(cudaMemcpy(&e, w.err.get(), sizeof(DevError), cudaMemcpyDeviceToHost));
     if (e.code != 0) {
         const SimProblem& q = batch.problems[static_cast<size_t>(e.problem)];
         const std::string where = fmt::format("cuda cache simulation: problem {} ({}, rows {} .., column {}), token {}",
@@ -534,13 +551,14 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int d
     const size_t elems = static_cast<size_t>(batch.rows * (batch.row_stride > 0 ? batch.row_stride : batch.D));
     out.recon.resize(elems);
     PKV_CUDA_CHECK(cudaSetDevice(device));
+    SimCacheWorkspace ws(device);
     DeviceBuffer<float> d_x, d_recon;
     DeviceBuffer<int32_t> d_flush;
     d_x.reserve(elems);
     d_recon.reserve(elems);
     d_flush.reserve(out.plan.flush_step.size());
     if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(d_x.get(), x, elems * sizeof(float), cudaMemcpyHostToDevice));
-    out.kernel_ms = simulate_cache_batch_on_device(batch, out.plan, d_x.get(), d_recon.get(), d_flush.get(), device);
+    out.kernel_ms = simulate_cache_batch_on_device(batch, out.plan, d_x.get(), d_recon.get(), d_flush.get(), ws);
     if (elems > 0)
         PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), d_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
     // The flush steps come back through the device copy, so the tests see what a device

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "pkv/kvcache/simulate.h"
@@ -94,14 +95,32 @@ struct SimBatchResult {
     double total_ms = 0.0;   ///< wall time of the call: planning, copies both ways, kernels
 };
 
-/// The device-resident form, for callers whose x already lives on device `device` (the
-/// CUDA forward's K or V buffer): d_x and d_recon are device arrays of [batch.rows,
+/// Device memory that the calls on one device reuse (grow-only, freed with the object):
+/// a caller that simulates every layer of every sequence keeps one and saves the
+/// allocations. Not safe for concurrent calls.
+class SimCacheWorkspace {
+public:
+    explicit SimCacheWorkspace(int device = 0);
+    ~SimCacheWorkspace();
+    SimCacheWorkspace(const SimCacheWorkspace&) = delete;
+    SimCacheWorkspace& operator=(const SimCacheWorkspace&) = delete;
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+    friend double simulate_cache_batch_on_device(const SimBatch&, const SimBatchPlan&, const float*, float*, int32_t*,
+                                                 SimCacheWorkspace&);
+};
+
+/// The device-resident form, for callers whose x already lives on the workspace's device
+/// (the CUDA forward's K or V buffer): d_x and d_recon are device arrays of [batch.rows,
 /// row_stride] floats that must not overlap; every element of d_recon is written (x's
 /// outside the problems). d_flush (nullable) is a device array of plan.offset.back()
-/// int32 that receives plan.flush_step. `plan` must be plan_sim_batch(batch). Returns
-/// the kernels' device time in ms once they finished; throws as simulate_cache_batch.
+/// int32 that receives plan.flush_step. `plan` must be plan_sim_batch(batch). One upload
+/// of the plan, then the kernels on the default stream; returns their device time in ms
+/// once they finished. Throws as simulate_cache_batch.
 double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan& plan, const float* d_x, float* d_recon,
-                                      int32_t* d_flush, int device = 0);
+                                      int32_t* d_flush, SimCacheWorkspace& ws);
 
 /// Runs the batch on device `device`. x: [batch.rows, row_stride] on the host. Throws
 /// Error(cuda) naming a failing CUDA call, invalid_argument for a non-finite input
