@@ -397,6 +397,8 @@ struct SimCacheWorkspace::Impl {
     DeviceBuffer<float> xr, amax;
     DeviceBuffer<int32_t> labels;
     DeviceBuffer<DevError> err;
+    DeviceBuffer<float> io_x, io_recon;  // simulate_cache_batch's copies of the host arrays
+    DeviceBuffer<int32_t> io_flush;
 };
 
 SimCacheWorkspace::SimCacheWorkspace(int device) : impl_(std::make_unique<Impl>()) { impl_->device = device; }
@@ -544,30 +546,34 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     return ms;
 }
 
-SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int device) {
+SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, SimCacheWorkspace& ws) {
     const auto wall0 = std::chrono::steady_clock::now();
     SimBatchResult out;
     out.plan = plan_sim_batch(batch);
     const size_t elems = static_cast<size_t>(batch.rows * (batch.row_stride > 0 ? batch.row_stride : batch.D));
     out.recon.resize(elems);
-    PKV_CUDA_CHECK(cudaSetDevice(device));
-    SimCacheWorkspace ws(device);
-    DeviceBuffer<float> d_x, d_recon;
-    DeviceBuffer<int32_t> d_flush;
-    d_x.reserve(elems);
-    d_recon.reserve(elems);
-    d_flush.reserve(out.plan.flush_step.size());
-    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(d_x.get(), x, elems * sizeof(float), cudaMemcpyHostToDevice));
-    out.kernel_ms = simulate_cache_batch_on_device(batch, out.plan, d_x.get(), d_recon.get(), d_flush.get(), ws);
+    SimCacheWorkspace::Impl& w = *ws.impl_;
+    PKV_CUDA_CHECK(cudaSetDevice(w.device));
+    w.io_x.reserve(elems);
+    w.io_recon.reserve(elems);
+    w.io_flush.reserve(out.plan.flush_step.size());
+    if (elems > 0) PKV_CUDA_CHECK(cudaMemcpy(w.io_x.get(), x, elems * sizeof(float), cudaMemcpyHostToDevice));
+    out.kernel_ms =
+        simulate_cache_batch_on_device(batch, out.plan, w.io_x.get(), w.io_recon.get(), w.io_flush.get(), ws);
     if (elems > 0)
-        PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), d_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
+        PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), w.io_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
     // The flush steps come back through the device copy, so the tests see what a device
     // caller reads.
     if (!out.plan.flush_step.empty())
-        PKV_CUDA_CHECK(cudaMemcpy(out.plan.flush_step.data(), d_flush.get(), out.plan.flush_step.size() * 4,
+        PKV_CUDA_CHECK(cudaMemcpy(out.plan.flush_step.data(), w.io_flush.get(), out.plan.flush_step.size() * 4,
                                   cudaMemcpyDeviceToHost));
     out.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
     return out;
+}
+
+SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int device) {
+    SimCacheWorkspace ws(device);
+    return simulate_cache_batch(batch, x, ws);
 }
 
 }  // namespace pkv::cuda

@@ -110,6 +110,7 @@ private:
     std::unique_ptr<Impl> impl_;
     friend double simulate_cache_batch_on_device(const SimBatch&, const SimBatchPlan&, const float*, float*, int32_t*,
                                                  SimCacheWorkspace&);
+    friend SimBatchResult simulate_cache_batch(const SimBatch&, const float*, SimCacheWorkspace&);
 };
 
 /// The device-resident form, for callers whose x already lives on the workspace's device
@@ -127,5 +128,7 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
 /// element and out_of_range for a group whose scale or zero exceeds binary16 (naming
 /// the problem and token, as simulate_cache's quantizers would).
 SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, int device = 0);
+/// The same with the workspace's device and memory (kept for the next call).
+SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, SimCacheWorkspace& ws);
 
 }  // namespace pkv::cuda

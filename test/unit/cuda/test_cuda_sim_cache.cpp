@@ -206,9 +206,11 @@ void check_plan(const Built& b) {
     CHECK(plan.total().window == sum.window);
 }
 
-void check_device(const Built& b, bool exact) {
+// ws: a workspace reused across calls (null: a fresh one per call).
+void check_device(const Built& b, bool exact, pkv::cuda::SimCacheWorkspace* ws = nullptr) {
     const SimBatch& s = b.batch;
-    const pkv::cuda::SimBatchResult got = pkv::cuda::simulate_cache_batch(s, b.x.data());
+    const pkv::cuda::SimBatchResult got =
+        ws ? pkv::cuda::simulate_cache_batch(s, b.x.data(), *ws) : pkv::cuda::simulate_cache_batch(s, b.x.data());
     const int D = s.D;
     const int64_t stride = s.row_stride > 0 ? s.row_stride : D;
     REQUIRE(got.recon.size() == b.x.size());
@@ -313,10 +315,13 @@ TEST_CASE("cuda sim_cache: the plan's flush steps and bits are simulate_cache's"
 
 TEST_CASE("cuda sim_cache: recon twins simulate_cache for every method", "[cuda][sim_cache][parity]") {
     PKV_REQUIRE_GPU_SIM();
+    // One workspace for the whole sweep: its buffers grow, shrink back to smaller batches
+    // and switch methods, and must never leak one call's state into the next.
+    pkv::cuda::SimCacheWorkspace ws;
     uint64_t seed = 500;
     for (const Case& c : sweep()) {
         INFO(describe(c));
-        check_device(build(c, seed++), exact_method(c.method));
+        check_device(build(c, seed++), exact_method(c.method), &ws);
     }
 }
 
