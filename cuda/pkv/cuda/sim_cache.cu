@@ -151,7 +151,8 @@ __device__ bool gate_passes(const float* v, const float* c, int D, double z) {
     return lhs >= __dmul_rn(k, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
 }
 
-// patternkv-table: the pattern of every flushed token (K and V; V recomputes nothing).
+// patternkv-table: the pattern of every flushed token, K and V (the key and value
+// kernels read it).
 __global__ void label_kernel(const float* x, const int32_t* tok_problem, const int32_t* flush, const DevProblem* probs,
                              const DevTable* tables, const float* patterns, Layout L, int64_t total, int32_t* labels) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
