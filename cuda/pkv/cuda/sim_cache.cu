@@ -216,44 +216,67 @@ struct DevKGroup {
     int64_t t0;
 };
 
-// K (kivi, patternkv-table): one thread per (group of <= G tokens, channel), the
-// channel's tokens in order as quantize_minmax's per-channel groups visit them.
-__global__ void key_kernel(const float* x, const DevKGroup* groups, int64_t n_groups, const DevProblem* probs,
-                           const DevTable* tables, const float* patterns, const int32_t* labels, Layout L, int bits,
-                           float* recon, DevError* err) {
-    const int64_t total = n_groups * L.D;
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-        const DevKGroup gr = groups[i / L.D];
-        const int d = static_cast<int>(i % L.D);
-        const DevProblem p = probs[gr.problem];
-        const float* pat = nullptr;
-        float clip = 1.0f;
-        if (p.table >= 0) {
-            const DevTable tb = tables[p.table];
-            pat = patterns + tb.offset + d;
-            clip = tb.clip;
-        }
+// K (kivi, patternkv-table): one block per group of <= G tokens. Thread t covers channel
+// c0 + t % cw of the pass starting at c0, for the tokens k = s, s + S, ... of its slice
+// s = t / cw (S = kKeyThreads / D slices, so short channels still fill the block). The
+// slices' extremes meet in shared memory: min and max take the same values in any order
+// (only the sign of a zero extreme may differ, which no code or reconstruction sees).
+constexpr int kKeyThreads = 256;
+
+__global__ void key_kernel(const float* x, const DevKGroup* groups, const DevProblem* probs, const DevTable* tables,
+                           const float* patterns, const int32_t* labels, Layout L, int bits, float* recon,
+                           DevError* err) {
+    __shared__ float lo[kKeyThreads], hi[kKeyThreads], zero[kKeyThreads], step[kKeyThreads];
+    __shared__ int ok[kKeyThreads];
+    const DevKGroup gr = groups[blockIdx.x];
+    const DevProblem p = probs[gr.problem];
+    const int slices = max(1, static_cast<int>(blockDim.x) / L.D);
+    const int cw = static_cast<int>(blockDim.x) / slices;
+    const int sl = static_cast<int>(threadIdx.x) / cw, cl = static_cast<int>(threadIdx.x) % cw;
+    const float* pat = nullptr;
+    float clip = 1.0f;
+    if (p.table >= 0) {
+        const DevTable tb = tables[p.table];
+        pat = patterns + tb.offset;
+        clip = tb.clip;
+    }
+    for (int c0 = 0; c0 < L.D; c0 += cw) {
+        const int d = c0 + cl;
+        const bool on = sl < slices && d < L.D;
         auto res = [&](int k) {
             const float v = at(x, p, gr.t0 + k, L)[d];
-            return pat ? __fsub_rn(v, pat[static_cast<int64_t>(labels[p.base + gr.t0 + k]) * L.D]) : v;
+            return pat ? __fsub_rn(v, pat[static_cast<int64_t>(labels[p.base + gr.t0 + k]) * L.D + d]) : v;
         };
-        float mn = res(0), mx = mn;
-        for (int k = 0; k < gr.tokens; ++k) {
-            const float r = res(k);
-            if (!isfinite(r)) report(err, 1, gr.problem, gr.t0 + k, r, static_cast<float>(d));
-            mn = smin(mn, r);
-            mx = smax(mx, r);
+        float mn = INFINITY, mx = -INFINITY;
+        if (on)
+            for (int k = sl; k < gr.tokens; k += slices) {
+                const float r = res(k);
+                if (!isfinite(r)) report(err, 1, gr.problem, gr.t0 + k, r, static_cast<float>(d));
+                mn = smin(mn, r);
+                mx = smax(mx, r);
+            }
+        lo[threadIdx.x] = mn;
+        hi[threadIdx.x] = mx;
+        __syncthreads();
+        if (on && sl == 0) {
+            for (int j = 1; j < slices; ++j) {
+                mn = smin(mn, lo[j * cw + cl]);
+                mx = smax(mx, hi[j * cw + cl]);
+            }
+            float z, sc;
+            ok[cl] = minmax_grid(mn, mx, bits, clip, z, sc) ? 1 : 0;
+            if (!ok[cl]) report(err, 2, gr.problem, gr.t0, mn, mx);
+            zero[cl] = z;
+            step[cl] = sc;
         }
-        float z, s;
-        if (!minmax_grid(mn, mx, bits, clip, z, s)) {
-            report(err, 2, gr.problem, gr.t0, mn, mx);
-            continue;
-        }
-        for (int k = 0; k < gr.tokens; ++k) {
-            const float q = minmax_recon(res(k), z, s, bits);
-            at(recon, p, gr.t0 + k, L)[d] =
-                pat ? __fadd_rn(q, pat[static_cast<int64_t>(labels[p.base + gr.t0 + k]) * L.D]) : q;
-        }
+        __syncthreads();
+        if (on && ok[cl])
+            for (int k = sl; k < gr.tokens; k += slices) {
+                const float q = minmax_recon(res(k), zero[cl], step[cl], bits);
+                at(recon, p, gr.t0 + k, L)[d] =
+                    pat ? __fadd_rn(q, pat[static_cast<int64_t>(labels[p.base + gr.t0 + k]) * L.D + d]) : q;
+            }
+        __syncthreads();  // the next pass reuses the shared arrays
     }
 }
 
@@ -508,8 +531,8 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
         }
         if (!groups.empty()) {
             const auto n_groups = static_cast<int64_t>(groups.size());
-            key_kernel<<<grid_for(n_groups * D), kThreads>>>(src, d_groups, n_groups, d_probs, d_tables, d_pat,
-                                                             w.labels.get(), L, bits, d_recon, w.err.get());
+            key_kernel<<<static_cast<unsigned>(n_groups), kKeyThreads>>>(src, d_groups, d_probs, d_tables, d_pat,
+                                                                         w.labels.get(), L, bits, d_recon, w.err.get());
             PKV_CUDA_CHECK(cudaGetLastError());
         }
     } else if (method == KvMethod::q4_0 || method == KvMethod::q8_0) {
