@@ -5,11 +5,13 @@
 // Methods: fp16, kivi (2/3/4/8 bits), q4_0, q8_0, fp8 and patternkv-table, with sliding-
 // window rings (SimProblem::ring) and any prefill, under the rules of simulate_cache.
 // patternkv is refused: its prefill mines patterns with k-means, which stays on the host.
-// (A device patternkv needs a batched k-means of every problem's prefill with the host's
-// random init, 30 iterations and tolerance, bit for bit with pkv::kmeans's double sums
-// to keep the labels; a per-block Chebyshev centre appended to a growing per-problem bank,
-// which serializes each problem's flushes in order; then the same min-max and gate code
-// as patternkv-table against that bank.)
+// (A device patternkv needs a batched k-means of every problem's prefill that keeps
+// pkv::kmeans's labels: its random init, 30 iterations, tolerance and double sums; the
+// CUDA k-means of kmeans_assign.h sums otherwise and would match only statistically.
+// The decode part is parallel: each block's Chebyshev centre depends on that block
+// alone, so the bank every block is assigned against (prefill centroids plus the centres
+// so far, up to the cap) is known before any assignment; the residual code is
+// patternkv-table's.)
 //
 // Layout. x is a row-major matrix [rows, row_stride] of floats on the host; problem p's
 // token i is the D floats at x[(row0 + i) · row_stride + col0 ...]. A packed batch is
