@@ -21,8 +21,9 @@
 //
 // Work split. The flush schedule and the storage (SimBits) depend only on (n, P, ring,
 // window, group), never on the data, so the host plans them (plan_sim_batch, exact);
-// the device reconstructs: K blocks per channel group, V and patternkv-table tokens per
-// token, q4_0 / q8_0 per 32-element block, fp8 after a per-problem amax.
+// the device reconstructs: each K group of <= G tokens in one thread block, V tokens and
+// patternkv-table labels per token, q4_0 / q8_0 per 32-element block, fp8 after a
+// per-problem amax.
 //
 // Numerics. The device repeats the host's float operations one by one: min-max scales
 // and zeros rounded to binary16, fp32 code arithmetic, double reconstructions, ggml's
