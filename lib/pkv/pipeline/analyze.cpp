@@ -187,7 +187,8 @@ struct Context {
     std::vector<RopeTable> ropes;
     std::vector<int> slot_rope;
     SimParams base;
-    int hist_run = -1;  // the run whose residuals feed the histograms
+    int hist_run = -1;                  // the run whose residuals feed the histograms
+    AttentionScorer* scorer = nullptr;  // null: accumulate_attention here
     KvDumpReader::Sequences seqs;
 };
 
@@ -287,6 +288,29 @@ void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, c
         caches.push_back(ca);
     }
     const std::vector<float>& kexact = x.c.keys_pre ? sd.kpost : k;
+    if (x.scorer) {
+        // All query heads and caches in one job; it copies them before submit returns.
+        const bool rot_q = rot && !x.c.keys_pre;
+        std::vector<std::vector<float>> rotated;
+        AttentionJob job;
+        for (const auto& qh : sd.qs) {
+            if (rot_q) {
+                rotated.push_back(qh);
+                hadamard_rotate_rows(rotated.back().data(), n, D);
+            }
+            job.q.push_back(rot_q ? rotated.back().data() : qh.data());
+        }
+        job.k = kexact.data();
+        job.v = v.data();
+        job.n = n;
+        job.D = D;
+        job.stride = x.c.attn_stride;
+        job.window = sd.ring;
+        job.kq_scale = x.kq_scale;
+        job.caches = caches;
+        x.scorer->submit(job);
+        return;
+    }
     for (const auto& qh : sd.qs) {
         std::vector<float> qq = qh;
         if (rot && !x.c.keys_pre) hadamard_rotate_rows(qq.data(), n, D);
@@ -559,6 +583,15 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     x.base.decode_l2 = c.assign_l2;
     x.base.seed = c.seed;
 
+    // The scorer comes after every check, so bad input fails before a GPU is set up.
+    std::unique_ptr<AttentionScorer> scorer;
+    if (c.attention) {
+        scorer = c.attention();
+        PKV_CHECK(scorer != nullptr, internal, "analyze: the attention scorer factory made no scorer");
+        out.device = scorer->description();
+        if (out.has_attn) x.scorer = scorer.get();
+    }
+
     const size_t n_pairs = slots.size() * out.heads.size();
     const std::set<size_t> hist_pairs = histogram_pairs(x, n_pairs);
     install_interrupt_handlers();
@@ -572,6 +605,7 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
         for (const auto& [slot, layer] : slots)
             for (int head : out.heads) analyze_pair(x, slot, layer, head, s0, s1, out.pairs[p++], progress);
     }
+    if (x.scorer) x.scorer->finish();
     progress.finish();
 
     const nlohmann::json model = dump.model();

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pkv/kvcache/attention_scorer.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/analyze_result.h"
 #include "pkv/pipeline/kv_source.h"
@@ -54,12 +55,16 @@ struct AnalyzeConfig {
     std::string table_path;
     int hist_bins = 48;
     std::vector<std::string> argv;  ///< recorded as provenance
+    /// Scores attention against the caches (kvcache/attention_scorer.h), made once the
+    /// input is validated; empty: accumulate_attention on the CPU, the reference figures.
+    /// The report records its description as provenance.device ("cpu" without one).
+    AttentionScorerFactory attention;
 };
 
 /// Validates the configuration against the dump (methods, bits, group fit, layers,
 /// heads, datasets) and throws pkv::Error naming the offending option before any work.
 /// Then runs and returns what it measured (report/report.h analyze_report_json turns it
-/// into the report, format pkv.analyze_report 1.2). Progress goes to stderr; warnings
+/// into the report, format pkv.analyze_report 1.3). Progress goes to stderr; warnings
 /// are logged once each and kept in the result's `warnings`.
 AnalyzeResult run_analyze(const AnalyzeConfig& config);
 
