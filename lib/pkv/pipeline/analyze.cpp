@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -386,23 +388,47 @@ PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hi
     return pr;
 }
 
-// Sequences [s0, s1) of one (layer, head), added to its result in sequence order, so that
-// any split into blocks gives the sums of one pass over all sequences.
-void analyze_pair(const Context& x, int slot, int layer, int head, size_t s0, size_t s1, PairResult& pr,
-                  Progress& progress) {
-    TableHeadView tk, tv;
-    table_views(x, layer, head, tk, tv);
+// Sequences [s0, s1) of every analysed (layer, head), each added to its result in sequence
+// order, so that any split into blocks gives the sums of one pass over all sequences. The
+// next sequence is read on another thread while this one is simulated and scored (one read
+// at a time, and the analysis never touches the source), so reading hides behind the work.
+void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slots, size_t s0, size_t s1,
+                   std::vector<PairResult>& pairs, Progress& progress) {
+    struct Item {
+        size_t pair;
+        int slot, layer, head;
+        size_t seq;
+    };
+    std::vector<Item> items;
+    size_t p = 0;
+    for (const auto& [slot, layer] : slots)
+        for (int head : x.out.heads) {
+            for (size_t s = s0; s < s1; ++s)
+                if (x.seqs.length[s] > 0) items.push_back({p, slot, layer, head, s});
+            ++p;
+        }
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
-    for (size_t s = s0; s < s1; ++s) {
+    auto read = [&x](const Item& it) { return read_sequence(x, it.slot, it.head, it.seq); };
+    std::future<SeqData> next;
+    if (!items.empty()) next = std::async(std::launch::async, read, items[0]);
+    TableHeadView tk, tv;
+    size_t views_of = SIZE_MAX;
+    for (size_t i = 0; i < items.size(); ++i) {
+        const SeqData sd = next.get();
         check_interrupted();
-        if (x.seqs.length[s] <= 0) continue;
-        const SeqData sd = read_sequence(x, slot, head, s);
+        if (i + 1 < items.size()) next = std::async(std::launch::async, read, items[i + 1]);
+        const Item& it = items[i];
+        if (it.pair != views_of) {
+            tk = tv = TableHeadView{};
+            table_views(x, it.layer, it.head, tk, tv);
+            views_of = it.pair;
+        }
         if (sd.P < x.c.patterns && mines)
             x.warn.add(
                 fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
                             "k-means uses k = {}",
                             sd.P, x.c.patterns, sd.P));
-        analyze_sequence(x, sd, tk, tv, pr);
+        analyze_sequence(x, sd, tk, tv, pairs[it.pair]);
         progress.advance(static_cast<uint64_t>(sd.n));
     }
 }
@@ -601,9 +627,7 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
             out.pairs.push_back(new_pair(x, slot, layer, head, hist_pairs.count(out.pairs.size()) > 0));
     for (const auto& [s0, s1] : sequence_blocks(x.seqs, dump.streamed(), c.block_tokens)) {
         dump.load(s0, s1);
-        size_t p = 0;
-        for (const auto& [slot, layer] : slots)
-            for (int head : out.heads) analyze_pair(x, slot, layer, head, s0, s1, out.pairs[p++], progress);
+        analyze_block(x, slots, s0, s1, out.pairs, progress);
     }
     if (x.scorer) x.scorer->finish();
     progress.finish();

@@ -4,8 +4,9 @@
 // Source: a KV dump, or the model run over text (AnalyzeConfig::stream), one block of
 // sequences at a time; each (layer, head) adds the sequences of every block in order.
 // Work is streamed one (layer, KV head) at a time and, inside it, one sequence at a
-// time: only one sequence's K, V and queries are in memory, so peak memory depends on
-// the sequence length (--ctx of the dump) and not on the dump's token count.
+// time: two sequences' K, V and queries are in memory (the one analysed and the next,
+// read meanwhile), so peak memory depends on the sequence length (--ctx of the dump) and
+// not on the dump's token count.
 // Every sequence (from /sequences/start, length) is an independent cache: its first
 // P tokens are the prefill, the rest decode steps.
 #pragma once
