@@ -294,6 +294,7 @@ void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, c
         // All query heads and caches in one job; it copies them before submit returns.
         const bool rot_q = rot && !x.c.keys_pre;
         std::vector<std::vector<float>> rotated;
+        rotated.reserve(sd.qs.size());
         AttentionJob job;
         for (const auto& qh : sd.qs) {
             if (rot_q) {
