@@ -27,7 +27,7 @@ struct AnalyzeArgs {
     std::string json_path, html_path;
     bool force = false;
     StreamArgs stream;
-    std::string device = "auto";
+    std::string device;  // empty: the model (--model) on auto, the metrics on the CPU
 };
 
 void write_text(AtomicOutput& out, const std::string& text) { out.write_and_commit(text.data(), text.size()); }
@@ -42,8 +42,9 @@ Command add_analyze(CLI::App& root) {
     app->add_option("--block-tokens", c.block_tokens,
                     "with --model: tokens run and held at a time (whole sequences; 0: all at once)")
         ->capture_default_str();
-    app->add_option("--device", args->device, "with --model: where the model runs: auto, cpu, cuda or cuda:N")
-        ->capture_default_str();
+    app->add_option("--device", args->device,
+                    "where the attention metrics (and with --model the model) run: cpu, cuda, cuda:N or auto (a GPU "
+                    "when there is one); default: the metrics on the CPU, the model on auto");
     app->add_option("--methods", args->methods, "comma list of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table")
         ->capture_default_str();
     app->add_option("--bits", args->bits, "code widths for kivi and patternkv (each 2, 3, 4 or 8)")
@@ -92,7 +93,9 @@ Command add_analyze(CLI::App& root) {
                           cfg.dump_path.empty()
                               ? "--dump or --model: expected a KV dump or a model to stream from, got neither"
                               : "--model and --dump: expected one source of activations, got both");
-                if (!cfg.stream.model_path.empty()) cfg.stream.engine = select_engine(args->device);
+                if (!cfg.stream.model_path.empty())
+                    cfg.stream.engine = select_engine(args->device.empty() ? "auto" : args->device);
+                if (!args->device.empty()) cfg.attention = select_attention_scorer(args->device);
                 cfg.argv = argv_strings();
                 // Until run_analyze switches to polling check_interrupted(), a signal ends the
                 // run at once (status 130), also while the input is being opened.

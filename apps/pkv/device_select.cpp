@@ -9,6 +9,7 @@
 #include "pkv/distributed/comm.h"
 
 #ifdef PKV_HAVE_CUDA
+#include "pkv/cuda/analyze_attention.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/forward_engine.h"
 #include "pkv/cuda/kmeans_assign.h"
@@ -103,6 +104,18 @@ EngineFactory select_engine(const std::string& device, int default_index, std::s
         o.device = index;
         return pkv::cuda::make_cuda_engine(model, o);
     };
+#else
+    return {};
+#endif
+}
+
+AttentionScorerFactory select_attention_scorer(const std::string& device, std::string* description) {
+    std::string desc;
+    const int index = resolve_device(device, 0, desc);
+    if (description != nullptr) *description = desc;
+    if (index < 0) return {};
+#ifdef PKV_HAVE_CUDA
+    return [index]() { return pkv::cuda::make_attention_scorer(index); };
 #else
     return {};
 #endif

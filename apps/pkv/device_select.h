@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "pkv/kmeans/assigner.h"
+#include "pkv/kvcache/attention_scorer.h"
 #include "pkv/model/engine.h"
 
 namespace pkv::dist {
@@ -34,6 +35,12 @@ SelectedDevice select_device(const std::string& device, int default_index = 0);
 /// when there is one, else the CPU, saying which on stderr. `default_index` as above.
 /// `description` receives "cpu" or "cuda:N <name>".
 EngineFactory select_engine(const std::string& device, int default_index = 0, std::string* description = nullptr);
+
+/// The attention scorer of `pkv analyze --device`: "cpu": an empty factory (the CPU
+/// reference, accumulate_attention). "cuda" / "cuda:N": the CUDA scorer on that GPU, or
+/// invalid_argument as select_engine; "auto": the GPU when there is one, else the CPU,
+/// saying which on stderr. `description` receives "cpu" or "cuda:N <name>".
+AttentionScorerFactory select_attention_scorer(const std::string& device, std::string* description = nullptr);
 
 /// "--devices all|0,1,...": one CUDA engine factory per listed GPU (an index may repeat:
 /// two workers then share that GPU); invalid_argument without CUDA, without a GPU, or for

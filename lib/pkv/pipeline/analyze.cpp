@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -187,7 +189,8 @@ struct Context {
     std::vector<RopeTable> ropes;
     std::vector<int> slot_rope;
     SimParams base;
-    int hist_run = -1;  // the run whose residuals feed the histograms
+    int hist_run = -1;                  // the run whose residuals feed the histograms
+    AttentionScorer* scorer = nullptr;  // null: accumulate_attention here
     KvDumpReader::Sequences seqs;
 };
 
@@ -287,6 +290,30 @@ void add_attention(const Context& x, const std::vector<size_t>& idx, bool rot, c
         caches.push_back(ca);
     }
     const std::vector<float>& kexact = x.c.keys_pre ? sd.kpost : k;
+    if (x.scorer) {
+        // All query heads and caches in one job; it copies them before submit returns.
+        const bool rot_q = rot && !x.c.keys_pre;
+        std::vector<std::vector<float>> rotated;
+        rotated.reserve(sd.qs.size());
+        AttentionJob job;
+        for (const auto& qh : sd.qs) {
+            if (rot_q) {
+                rotated.push_back(qh);
+                hadamard_rotate_rows(rotated.back().data(), n, D);
+            }
+            job.q.push_back(rot_q ? rotated.back().data() : qh.data());
+        }
+        job.k = kexact.data();
+        job.v = v.data();
+        job.n = n;
+        job.D = D;
+        job.stride = x.c.attn_stride;
+        job.window = sd.ring;
+        job.kq_scale = x.kq_scale;
+        job.caches = caches;
+        x.scorer->submit(job);
+        return;
+    }
     for (const auto& qh : sd.qs) {
         std::vector<float> qq = qh;
         if (rot && !x.c.keys_pre) hadamard_rotate_rows(qq.data(), n, D);
@@ -362,23 +389,47 @@ PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hi
     return pr;
 }
 
-// Sequences [s0, s1) of one (layer, head), added to its result in sequence order, so that
-// any split into blocks gives the sums of one pass over all sequences.
-void analyze_pair(const Context& x, int slot, int layer, int head, size_t s0, size_t s1, PairResult& pr,
-                  Progress& progress) {
-    TableHeadView tk, tv;
-    table_views(x, layer, head, tk, tv);
+// Sequences [s0, s1) of every analysed (layer, head), each added to its result in sequence
+// order, so that any split into blocks gives the sums of one pass over all sequences. The
+// next sequence is read on another thread while this one is simulated and scored (one read
+// at a time, and the analysis never touches the source), so reading hides behind the work.
+void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slots, size_t s0, size_t s1,
+                   std::vector<PairResult>& pairs, Progress& progress) {
+    struct Item {
+        size_t pair;
+        int slot, layer, head;
+        size_t seq;
+    };
+    std::vector<Item> items;
+    size_t p = 0;
+    for (const auto& [slot, layer] : slots)
+        for (int head : x.out.heads) {
+            for (size_t s = s0; s < s1; ++s)
+                if (x.seqs.length[s] > 0) items.push_back({p, slot, layer, head, s});
+            ++p;
+        }
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
-    for (size_t s = s0; s < s1; ++s) {
+    auto read = [&x](const Item& it) { return read_sequence(x, it.slot, it.head, it.seq); };
+    std::future<SeqData> next;
+    if (!items.empty()) next = std::async(std::launch::async, read, items[0]);
+    TableHeadView tk, tv;
+    size_t views_of = SIZE_MAX;
+    for (size_t i = 0; i < items.size(); ++i) {
+        const SeqData sd = next.get();
         check_interrupted();
-        if (x.seqs.length[s] <= 0) continue;
-        const SeqData sd = read_sequence(x, slot, head, s);
+        if (i + 1 < items.size()) next = std::async(std::launch::async, read, items[i + 1]);
+        const Item& it = items[i];
+        if (it.pair != views_of) {
+            tk = tv = TableHeadView{};
+            table_views(x, it.layer, it.head, tk, tv);
+            views_of = it.pair;
+        }
         if (sd.P < x.c.patterns && mines)
             x.warn.add(
                 fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
                             "k-means uses k = {}",
                             sd.P, x.c.patterns, sd.P));
-        analyze_sequence(x, sd, tk, tv, pr);
+        analyze_sequence(x, sd, tk, tv, pairs[it.pair]);
         progress.advance(static_cast<uint64_t>(sd.n));
     }
 }
@@ -559,6 +610,15 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
     x.base.decode_l2 = c.assign_l2;
     x.base.seed = c.seed;
 
+    // The scorer comes after every check, so bad input fails before a GPU is set up.
+    std::unique_ptr<AttentionScorer> scorer;
+    if (c.attention) {
+        scorer = c.attention();
+        PKV_CHECK(scorer != nullptr, internal, "analyze: the attention scorer factory made no scorer");
+        out.device = scorer->description();
+        if (out.has_attn) x.scorer = scorer.get();
+    }
+
     const size_t n_pairs = slots.size() * out.heads.size();
     const std::set<size_t> hist_pairs = histogram_pairs(x, n_pairs);
     install_interrupt_handlers();
@@ -568,10 +628,9 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
             out.pairs.push_back(new_pair(x, slot, layer, head, hist_pairs.count(out.pairs.size()) > 0));
     for (const auto& [s0, s1] : sequence_blocks(x.seqs, dump.streamed(), c.block_tokens)) {
         dump.load(s0, s1);
-        size_t p = 0;
-        for (const auto& [slot, layer] : slots)
-            for (int head : out.heads) analyze_pair(x, slot, layer, head, s0, s1, out.pairs[p++], progress);
+        analyze_block(x, slots, s0, s1, out.pairs, progress);
     }
+    if (x.scorer) x.scorer->finish();
     progress.finish();
 
     const nlohmann::json model = dump.model();

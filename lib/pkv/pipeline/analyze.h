@@ -4,8 +4,9 @@
 // Source: a KV dump, or the model run over text (AnalyzeConfig::stream), one block of
 // sequences at a time; each (layer, head) adds the sequences of every block in order.
 // Work is streamed one (layer, KV head) at a time and, inside it, one sequence at a
-// time: only one sequence's K, V and queries are in memory, so peak memory depends on
-// the sequence length (--ctx of the dump) and not on the dump's token count.
+// time: two sequences' K, V and queries are in memory (the one analysed and the next,
+// read meanwhile), so peak memory depends on the sequence length (--ctx of the dump) and
+// not on the dump's token count.
 // Every sequence (from /sequences/start, length) is an independent cache: its first
 // P tokens are the prefill, the rest decode steps.
 #pragma once
@@ -16,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pkv/kvcache/attention_scorer.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/analyze_result.h"
 #include "pkv/pipeline/kv_source.h"
@@ -54,12 +56,16 @@ struct AnalyzeConfig {
     std::string table_path;
     int hist_bins = 48;
     std::vector<std::string> argv;  ///< recorded as provenance
+    /// Scores attention against the caches (kvcache/attention_scorer.h), made once the
+    /// input is validated; empty: accumulate_attention on the CPU, the reference figures.
+    /// The report records its description as provenance.device ("cpu" without one).
+    AttentionScorerFactory attention;
 };
 
 /// Validates the configuration against the dump (methods, bits, group fit, layers,
 /// heads, datasets) and throws pkv::Error naming the offending option before any work.
 /// Then runs and returns what it measured (report/report.h analyze_report_json turns it
-/// into the report, format pkv.analyze_report 1.2). Progress goes to stderr; warnings
+/// into the report, format pkv.analyze_report 1.3). Progress goes to stderr; warnings
 /// are logged once each and kept in the result's `warnings`.
 AnalyzeResult run_analyze(const AnalyzeConfig& config);
 

@@ -56,6 +56,7 @@ struct AnalyzeResult {
     nlohmann::json dump_model, dump_provenance;
     std::string source = "dump";  ///< "dump" or "model" (streamed): where the activations came from
     std::string source_path;      ///< the dump or the model file
+    std::string device = "cpu";   ///< where attention was scored (AttentionScorer::description)
     std::vector<int> layers, heads;
     std::vector<int> layer_windows;  ///< [layers] sliding window of each analysed layer, 0: global
     std::vector<std::string> warnings;

@@ -124,6 +124,9 @@ std::string render_markdown(const json& report) {
     // 1.2: activations streamed from the model (analyze --model) name the model, not a dump.
     const bool streamed = text(dump, "source") == "model";
     if (!dump_path.empty()) out += (streamed ? "streamed from: " : "dump: ") + one_line(dump_path) + "\n";
+    // 1.3: attention scored off the CPU (its figures agree with the CPU's to a tolerance).
+    const std::string device = text(field(report, "provenance"), "device");
+    if (!device.empty() && device != "cpu") out += "attention metrics scored on: " + one_line(device) + "\n";
     out += fmt::format("model: {} ({} layers, {} heads, {} KV heads, head_dim {}), {} tokens\n",
                        one_line(text(model, "name", "?")), integer(model, "n_layer"), integer(model, "n_head"),
                        integer(model, "n_head_kv"), integer(model, "head_dim"), integer(report, "n_tokens"));

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `pkv analyze --device`: cpu gives the default report's figures exactly and records the
+# device; auto falls back to the CPU without a GPU and says so; cuda without a GPU or
+# without a CUDA build is one error line. With a GPU: --device cuda against --device cpu
+# on the same dump, every attention figure within the tolerance of
+# cuda/pkv/cuda/analyze_attention.h (KL 5e-3 relative + 1e-9, output error 1e-3
+# relative + 1e-7) and every other figure equal.
+source "$(dirname "$0")/common.bash"
+need_data
+
+"$PKV_BIN" --log-level warn dump --model "$MODEL" --text "$TEXT" --tokens 600 --ctx 256 --layers 0,1 --device cpu \
+  --out "$WORK/d.h5" >/dev/null 2>"$WORK/dump.err" || { failed "dump: $(cat "$WORK/dump.err")"; finish; exit; }
+ANA=(analyze --dump "$WORK/d.h5" --methods fp16,kivi,patternkv,q8_0 --bits 2,4 --window 32 --group 32 --patterns 8
+  --attn-stride 2)
+
+"$PKV_BIN" --log-level warn "${ANA[@]}" --json "$WORK/default.json" >/dev/null 2>"$WORK/a.err" ||
+  failed "analyze: $(cat "$WORK/a.err")"
+"$PKV_BIN" --log-level warn "${ANA[@]}" --device cpu --json "$WORK/cpu.json" >/dev/null 2>"$WORK/b.err" ||
+  failed "analyze --device cpu: $(cat "$WORK/b.err")"
+
+# same A B [TOLERANT]: figures equal (attention ones within tolerance when TOLERANT is 1).
+same() {
+  python3 - "$1" "$2" "${3:-0}" <<'PY'
+import json, math, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+tolerant = sys.argv[3] == "1"
+assert a["format_version"] == b["format_version"] == "1.3", "format_version"
+for r in (a, b):
+    r.pop("provenance")
+# Attention figures: (relative, absolute) tolerance by key.
+TOL = {"kl": (5e-3, 1e-9), "attn_kl": (5e-3, 1e-9), "out_rel_err": (1e-3, 1e-7), "attn_out_rel_err": (1e-3, 1e-7)}
+worst = {}
+def walk(x, y, path, key):
+    assert type(x) == type(y) or isinstance(x, (int, float)) and isinstance(y, (int, float)), f"{path}: {x!r} vs {y!r}"
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), f"{path}: keys differ"
+        for k in x:
+            walk(x[k], y[k], f"{path}.{k}", k)
+    elif isinstance(x, list):
+        assert len(x) == len(y), f"{path}: lengths differ"
+        for i, (u, v) in enumerate(zip(x, y)):
+            walk(u, v, f"{path}[{i}]", key)
+    elif tolerant and key in TOL and isinstance(x, float):
+        rel, ab = TOL[key]
+        d = abs(x - y)
+        assert d <= rel * abs(x) + ab, f"{path}: {x} vs {y} (|diff| {d:.3g})"
+        worst[key] = max(worst.get(key, 0.0), d / (abs(x) + 1e-30))
+    else:
+        assert x == y, f"{path}: {x!r} vs {y!r}"
+walk(a, b, "", "")
+if tolerant:
+    print("largest relative differences: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items())))
+PY
+}
+
+same "$WORK/default.json" "$WORK/cpu.json" >"$WORK/cmp.out" 2>&1 &&
+  pass "--device cpu: the default report's figures" || failed "--device cpu differs: $(tail -3 "$WORK/cmp.out")"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(r['provenance']['device'] != 'cpu')" \
+  "$WORK/cpu.json" && pass "--device cpu: provenance.device is cpu" || failed "--device cpu: provenance.device"
+expect_fail "--device unknown" "\-\-device 'tpu': expected cpu, cuda, cuda:N or auto" \
+  "$PKV_BIN" "${ANA[@]}" --device tpu
+expect_fail "--device cuda:x" "\-\-device 'cuda:x': expected cuda:N" "$PKV_BIN" "${ANA[@]}" --device cuda:x
+
+if "$PKV_BIN" devices 2>/dev/null | grep -q '^cuda:'; then
+  expect_fail "--device cuda:N past the last GPU" "\-\-device cuda:99: no such CUDA device" \
+    "$PKV_BIN" "${ANA[@]}" --device cuda:99
+  if "$PKV_BIN" --log-level warn "${ANA[@]}" --device cuda --json "$WORK/gpu.json" >/dev/null 2>"$WORK/g.err"; then
+    same "$WORK/cpu.json" "$WORK/gpu.json" 1 >"$WORK/cmp.out" 2>&1 &&
+      pass "--device cuda: figures of --device cpu within tolerance ($(tail -1 "$WORK/cmp.out"))" ||
+      failed "--device cuda differs: $(tail -3 "$WORK/cmp.out")"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(not r['provenance']['device'].startswith('cuda:0 '))" \
+      "$WORK/gpu.json" && pass "--device cuda: provenance.device names the GPU" || failed "--device cuda: provenance.device"
+  else
+    failed "analyze --device cuda: $(cat "$WORK/g.err")"
+  fi
+  "$PKV_BIN" "${ANA[@]}" --device auto >/dev/null 2>"$WORK/auto.err" && grep -q "device auto: using cuda:" "$WORK/auto.err" &&
+    pass "--device auto takes the GPU and says so" || failed "--device auto: $(cat "$WORK/auto.err")"
+else
+  if "$PKV_BIN" devices 2>&1 | grep -q "built without CUDA"; then
+    expect_fail "--device cuda without CUDA" "\-\-device cuda: pkv was built without CUDA" \
+      "$PKV_BIN" "${ANA[@]}" --device cuda
+  else
+    expect_fail "--device cuda without a GPU" "\-\-device cuda: no CUDA device" "$PKV_BIN" "${ANA[@]}" --device cuda
+  fi
+  "$PKV_BIN" "${ANA[@]}" --device auto --json "$WORK/auto.json" >/dev/null 2>"$WORK/auto.err" &&
+    grep -q "device auto: .*running on the CPU" "$WORK/auto.err" && same "$WORK/cpu.json" "$WORK/auto.json" &&
+    pass "--device auto without a GPU: the CPU, said on stderr" || failed "--device auto: $(cat "$WORK/auto.err")"
+fi
+finish
