@@ -133,8 +133,8 @@ rows_cache=$(pkv_rows "--no-fsync" --no-fsync)
 
 # hf MODE [ARGS...]: hf_capture.py's JSON line.
 hf() {
-  local log="$S/hf-$1$2.log"
-  echo "dump_vs_hf: transformers, $1 $2" >&2
+  local log="$S/hf-$1${2:-}.log"
+  echo "dump_vs_hf: transformers, $1 ${2:-}" >&2
   "$PY" "$ROOT/bench/hf_capture.py" --shape "$json" --ids "$ids" --tokens "$N" --ctx "$CTX" --batch "$BATCH" \
     --mode "$@" --out "$S/hf.h5" 2>"$log" | tail -n 1 || { tail -n 5 "$log" >&2; return 1; }
   rm -f "$S/hf.h5"
