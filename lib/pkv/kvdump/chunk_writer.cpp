@@ -25,6 +25,18 @@ double since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+void rethrow_worker_error(const std::exception_ptr& e, const std::string& where, const char* name) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const Error&) {
+        throw;
+    } catch (const std::bad_alloc&) {
+        fail(ErrorCode::out_of_range, "{}: out of memory in the {}", where, name);
+    } catch (const std::exception& x) {
+        fail(ErrorCode::internal, "{}: {} failed: {}", where, name, x.what());
+    }
+}
+
 void encode_chunk(const uint16_t* in, size_t n, int level, std::vector<uint8_t>& shuffled, std::vector<uint8_t>& out) {
     // HDF5's shuffle for 2-byte elements: every element's first byte, then every second byte.
     shuffled.resize(2 * n);
@@ -162,16 +174,7 @@ struct ChunkPipeline::Impl {
     }
 
     void rethrow_locked() const {
-        if (!error) return;
-        try {
-            std::rethrow_exception(error);
-        } catch (const Error&) {
-            throw;
-        } catch (const std::bad_alloc&) {
-            fail(ErrorCode::out_of_range, "{}: out of memory while writing chunks", where);
-        } catch (const std::exception& e) {
-            fail(ErrorCode::internal, "{}: chunk writer failed: {}", where, e.what());
-        }
+        if (error) rethrow_worker_error(error, where, "chunk writer");
     }
 
     void stop_and_join() {

@@ -21,6 +21,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,6 +34,11 @@ namespace pkv::kvdump_detail {
 /// scratch. The result may be a few bytes longer than the input for incompressible
 /// data (still a valid stream; HDF5 inflates it). io error when zlib fails.
 void encode_chunk(const uint16_t* in, size_t n, int level, std::vector<uint8_t>& shuffled, std::vector<uint8_t>& out);
+
+/// Rethrows a worker thread's failure `e` on the caller's thread as one pkv::Error: a
+/// pkv::Error as it is, bad_alloc as out_of_range "<where>: out of memory in the <name>",
+/// anything else as internal "<where>: <name> failed: <what>".
+[[noreturn]] void rethrow_worker_error(const std::exception_ptr& e, const std::string& where, const char* name);
 
 /// Where the pipeline's time went (seconds are wall time on the thread named).
 struct ChunkPipelineStats {

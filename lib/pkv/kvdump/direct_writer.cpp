@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "pkv/core/error.h"
+#include "pkv/kvdump/chunk_writer.h"
 #include "pkv/kvdump/h5.h"
 
 namespace pkv::kvdump_detail {
@@ -159,16 +160,7 @@ struct DirectWriter::Impl {
     }
 
     void rethrow_locked() const {
-        if (!error) return;
-        try {
-            std::rethrow_exception(error);
-        } catch (const Error&) {
-            throw;
-        } catch (const std::bad_alloc&) {
-            fail(ErrorCode::out_of_range, "{}: out of memory while writing activations", path);
-        } catch (const std::exception& e) {
-            fail(ErrorCode::internal, "{}: activation writer failed: {}", path, e.what());
-        }
+        if (error) rethrow_worker_error(error, path, "activation writer");
     }
 
     void stop_and_join() {
