@@ -62,7 +62,10 @@ else
     failed "random model depends on the thread count"
   grep -q '"n_head_kv": 3' "$WORK/r.json" && pass "shape JSON written" || failed "shape JSON: $(cat "$WORK/r.json")"
   out=$("$PKV_BIN" --log-level warn dump --model "$WORK/r.gguf" --token-ids "$WORK/r.bin" --tokens 256 \
-    --ctx 128 --device cpu --out "$WORK/r.h5" 2>"$WORK/rdump.err") || failed "random model dump: $(cat "$WORK/rdump.err")"
+    --ctx 128 --device cpu --no-fsync --out "$WORK/r.h5" 2>"$WORK/rdump.err") ||
+    failed "random model dump: $(cat "$WORK/rdump.err")"
+  h5dump -a /provenance "$WORK/r.h5" | grep -q 'fsync\\*":false' && pass "--no-fsync is recorded in the provenance" ||
+    failed "provenance lacks fsync false"
   h5dump -b LE -d /tokens/id -o "$WORK/rstored.bin" "$WORK/r.h5" >/dev/null
   cmp -s "$WORK/rstored.bin" <(head -c 1024 "$WORK/r.bin") && pass "random model dump stores the ids" ||
     failed "random model dump: stored ids differ"
