@@ -50,6 +50,13 @@ void check_config(const EvalConfig& c) {
     PKV_CHECK(c.ctx >= 2, invalid_argument, "--ctx: expected at least 2, got {}", c.ctx);
     PKV_CHECK(c.prefill >= -1, invalid_argument, "--prefill: expected at least 0, got {}", c.prefill);
     PKV_CHECK(!c.kv.empty(), invalid_argument, "--kv: expected at least one method spec");
+    check_position_buckets(c.position_buckets);
+}
+
+std::string join_edges(const std::vector<int64_t>& edges) {
+    std::string s;
+    for (size_t i = 0; i < edges.size(); ++i) s += (i ? "," : "") + std::to_string(edges[i]);
+    return s;
 }
 
 // The method specs, parsed and checked for duplicates before the model loads.
@@ -145,8 +152,10 @@ size_t eval_batch_sequences(const ForwardEngine& engine, int ctx, size_t variant
         std::max<int64_t>(1, std::min({static_cast<int64_t>(engine.batch_sequences(ctx)), by_memory, n_sequences})));
 }
 
-// Adds one sequence's next-token statistics of variant v against the reference (st[0]).
-void add_scores(const std::vector<NextTokenStats>& st, size_t v, int n, int64_t P, EvalAccum& acc) {
+// Adds one sequence's next-token statistics of variant v against the reference (st[0]),
+// to the totals and to the bucket of each position.
+void add_scores(const std::vector<NextTokenStats>& st, size_t v, int n, int64_t P, const std::vector<int64_t>& edges,
+                EvalAccum& acc) {
     for (int i = 0; i + 1 < n; ++i) {
         const bool dec = i >= P;
         const double kl = v > 0 ? st[v].kl[i] : 0.0;
@@ -154,15 +163,54 @@ void add_scores(const std::vector<NextTokenStats>& st, size_t v, int n, int64_t 
         acc.nll_all += st[v].nll[i];
         acc.kl_all += kl;
         acc.top1_all += same;
+        EvalBucket& b = acc.buckets[position_bucket(edges, i)];
+        ++b.n_all;
+        b.nll_all += st[v].nll[i];
+        b.kl_all += kl;
+        b.top1_all += same;
         if (dec) {
             acc.nll_dec += st[v].nll[i];
             acc.kl_dec += kl;
             acc.top1_dec += same;
+            ++b.n_dec;
+            b.nll_dec += st[v].nll[i];
+            b.kl_dec += kl;
+            b.top1_dec += same;
         }
     }
 }
 
 }  // namespace
+
+void check_position_buckets(const std::vector<int64_t>& edges) {
+    PKV_CHECK(!edges.empty(), invalid_argument, "--position-buckets: expected at least one edge, e.g. 0,1024,4096");
+    PKV_CHECK(edges[0] == 0, invalid_argument, "--position-buckets {}: the first edge must be 0, got {}",
+              join_edges(edges), edges[0]);
+    for (size_t i = 1; i < edges.size(); ++i)
+        PKV_CHECK(edges[i] > edges[i - 1], invalid_argument, "--position-buckets {}: edges must ascend, got {} after {}",
+                  join_edges(edges), edges[i], edges[i - 1]);
+}
+
+std::vector<int64_t> parse_position_buckets(const std::string& list) {
+    std::vector<int64_t> edges;
+    std::stringstream in(list);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+        const bool digits = !item.empty() && item.size() <= 12 &&
+                            std::all_of(item.begin(), item.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+        PKV_CHECK(digits, invalid_argument,
+                  "--position-buckets '{}': expected non-negative integers separated by commas, got '{}'", list, item);
+        edges.push_back(std::stoll(item));
+    }
+    PKV_CHECK(!list.empty() && list.back() != ',', invalid_argument,
+              "--position-buckets '{}': expected non-negative integers separated by commas, got ''", list);
+    check_position_buckets(edges);
+    return edges;
+}
+
+size_t position_bucket(const std::vector<int64_t>& edges, int64_t t) {
+    return static_cast<size_t>(std::upper_bound(edges.begin() + 1, edges.end(), t) - edges.begin() - 1);
+}
 
 int64_t eval_prefill(int64_t n, int64_t prefill) {
     if (prefill >= 0) return std::min(n, prefill);
@@ -224,6 +272,7 @@ EvalResult run_eval(const EvalConfig& c) {
             caches[m + 1].push_back(std::make_unique<MethodCache>(r.specs[m], c.seed, keep, hp, tables[m]));
     if (B > 1) log::info("eval: {} sequences per engine batch", B);
     std::vector<EvalAccum> acc(M + 1);
+    for (auto& a : acc) a.buckets.resize(c.position_buckets.size());
     const int64_t T = c.n_tokens;
     Progress progress("eval", static_cast<uint64_t>(T) * (M + 1), "tok");
     for (int64_t g0 = 0; g0 < T; g0 += static_cast<int64_t>(B) * c.ctx) {
@@ -251,7 +300,7 @@ EvalResult run_eval(const EvalConfig& c) {
             const std::vector<NextTokenStats> st = model.compare_next_token(ids[b], hp_ptr);
             r.compare_seconds += seconds_since(t);
             const int n = static_cast<int>(ids[b].size());
-            for (size_t v = 0; v <= M; ++v) add_scores(st, v, n, P[b], acc[v]);
+            for (size_t v = 0; v <= M; ++v) add_scores(st, v, n, P[b], c.position_buckets, acc[v]);
         }
     }
     progress.finish();

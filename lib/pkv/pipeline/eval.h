@@ -17,6 +17,9 @@
 //
 // Scored positions: decode positions t in [P, n-2] (the query of token t predicting
 // token t+1) give ppl, mean KL and top-1 agreement; ppl_all uses every t in [0, n-2].
+// The same sums are also kept per position bucket: t counts in bucket i when
+// edges[i] <= t < edges[i+1] (the last bucket: t >= edges.back()), t being the query's
+// position within its sequence, so over all buckets they add up to the totals.
 // Default P: n/2 rounded down to a multiple of 128 (as `pkv analyze` with its
 // default window). Memory: the model mapping, one layer in fp32, one sequence's
 // activations, and [n, n_embd] floats per method for the final comparison.
@@ -58,9 +61,20 @@ struct EvalConfig {
     /// Write BOS over the first token of every sequence, as llama.cpp's llama-perplexity does
     /// when the vocabulary adds BOS (tokenizer.ggml.add_bos_token); refused when it does not.
     bool bos_each_sequence = false;
+    /// Edges of the position buckets (first 0, strictly ascending; check_position_buckets):
+    /// bucket i holds query positions [edges[i], edges[i+1]), the last [edges.back(), ctx).
+    std::vector<int64_t> position_buckets = {0, 1024, 4096};
     std::vector<std::string> argv;  ///< recorded as provenance
     /// Makes the engine the forward passes run on; empty: the CPU reference engine.
     EngineFactory engine;
+};
+
+/// Sums of one variant over the scored positions t of one position bucket (every
+/// sequence): "dec" over t in [P, n-2], "all" over t in [0, n-2], as in EvalAccum.
+struct EvalBucket {
+    int64_t n_dec = 0, n_all = 0;  ///< scored positions in the bucket
+    double nll_dec = 0, nll_all = 0, kl_dec = 0, kl_all = 0;
+    int64_t top1_dec = 0, top1_all = 0;
 };
 
 /// Sums of one variant (the fp16 reference or a method) over the scored positions of
@@ -71,6 +85,9 @@ struct EvalAccum {
     double seconds = 0, cpu = 0;                              ///< forward passes: wall and process CPU time
     double k_bits = 0, v_bits = 0, elements = 0;              ///< cache storage; elements of K (= of V)
     double kv_bytes_peak = 0;                                 ///< largest final cache of one sequence
+    /// Parallel to EvalConfig::position_buckets. Counts and top-1 sums add up to the totals
+    /// exactly; NLL and KL sums to within double rounding (they are added in another order).
+    std::vector<EvalBucket> buckets;
 };
 
 /// What run_eval measured (report/report.h eval_report_json turns it into the report).
@@ -91,6 +108,19 @@ struct EvalResult {
 /// forward pass and throws pkv::Error naming the offending input; then runs and
 /// returns what it measured (docs/eval.md). Progress on stderr.
 EvalResult run_eval(const EvalConfig& config);
+
+/// Throws invalid_argument unless `edges` is a valid --position-buckets list: at least one
+/// edge, the first 0, strictly ascending, e.g.
+///   "--position-buckets 0,2048,512: edges must ascend, got 512 after 2048".
+void check_position_buckets(const std::vector<int64_t>& edges);
+
+/// "0,512,2048" -> {0, 512, 2048}, checked as above; items are decimal integers
+/// (no ranges, no sorting: the order given is the order checked). Throws invalid_argument:
+///   "--position-buckets '0,x': expected non-negative integers separated by commas, got 'x'".
+std::vector<int64_t> parse_position_buckets(const std::string& list);
+
+/// The bucket of query position t >= 0: the largest i with edges[i] <= t (edges valid).
+size_t position_bucket(const std::vector<int64_t>& edges, int64_t t);
 
 /// Default prefill of a sequence of n tokens: floor(n / 2 / 128) * 128; otherwise
 /// min(n, prefill).

@@ -1,5 +1,6 @@
 // The pkv.eval_report document (docs/eval.md) of an EvalResult: provenance, the run's
 // counts and, per variant, the figures derived from its sums.
+#include <algorithm>
 #include <cmath>
 
 #include "pkv/core/provenance.h"
@@ -13,6 +14,34 @@ namespace {
 double ratio(double a, double b) { return b > 0 ? a / b : std::nan(""); }
 
 nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+
+// The non-empty position buckets: means over each bucket's own positions (decode means
+// null, as 0/0, when the bucket lies wholly within the prefill); a bucket without any scored
+// position (no sequence reaches its first edge with a next token) is left out.
+nlohmann::json by_position(const EvalResult& r, const EvalAccum& a) {
+    const std::vector<int64_t>& edges = r.config->position_buckets;
+    const int64_t ctx = r.config->ctx;
+    nlohmann::json out = nlohmann::json::array();
+    for (size_t i = 0; i < a.buckets.size() && i < edges.size(); ++i) {
+        const EvalBucket& b = a.buckets[i];
+        if (b.n_all == 0) continue;
+        const double nd = static_cast<double>(b.n_dec), na = static_cast<double>(b.n_all);
+        const int64_t end = i + 1 < edges.size() ? std::min(edges[i + 1], ctx) : ctx;
+        out.push_back({
+            {"start", edges[i]},
+            {"end", end},
+            {"scored_decode", b.n_dec},
+            {"scored_all", b.n_all},
+            {"nll_mean", num(b.nll_dec / nd)},
+            {"nll_mean_all", num(b.nll_all / na)},
+            {"kl_mean", num(b.kl_dec / nd)},
+            {"kl_mean_all", num(b.kl_all / na)},
+            {"top1_agreement", num(static_cast<double>(b.top1_dec) / nd)},
+            {"top1_agreement_all", num(static_cast<double>(b.top1_all) / na)},
+        });
+    }
+    return out;
+}
 
 nlohmann::json figures(const EvalResult& r, const EvalAccum& a, const EvalAccum& ref) {
     const double n_dec = static_cast<double>(r.scored_decode), n_all = static_cast<double>(r.scored_all);
@@ -37,6 +66,7 @@ nlohmann::json figures(const EvalResult& r, const EvalAccum& a, const EvalAccum&
         {"cpu_seconds", num(a.cpu)},
         {"cpu_seconds_per_token", num(a.cpu / T)},
         {"cost_vs_fp16", num(ratio(a.cpu, ref.cpu))},
+        {"by_position", by_position(r, a)},
     };
 }
 
@@ -45,8 +75,8 @@ nlohmann::json figures(const EvalResult& r, const EvalAccum& a, const EvalAccum&
 nlohmann::json eval_report_json(const EvalResult& r) {
     const EvalConfig& c = *r.config;
     nlohmann::json report;
-    report["format"] = "pkv.eval_report";
-    report["version"] = "1.1";
+    report["format"] = kEvalReportFormat;
+    report["version"] = kEvalReportVersion;
     report["provenance"] = provenance_json("eval", c.argv);
     report["provenance"].update({
         {"model", {{"file", c.model_path}, {"sha256", r.model_sha256}, {"name", r.model_name}}},
@@ -59,6 +89,7 @@ nlohmann::json eval_report_json(const EvalResult& r) {
           {"keep_fp16_layers", c.keep_fp16_layers},
           {"seed", c.seed},
           {"bos_each_sequence", c.bos_each_sequence},
+          {"position_buckets", c.position_buckets},
           {"kv", c.kv}}},
     });
     report["model"] = r.model;

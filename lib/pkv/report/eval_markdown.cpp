@@ -28,6 +28,48 @@ std::string row(const std::string& label, const nlohmann::json& f) {
                        fixed(f["k_bits_per_element"], 2) + " / " + fixed(f["v_bits_per_element"], 2));
 }
 
+// The reference's NLL over the decode positions of the bucket that starts at `start`.
+nlohmann::json reference_nll(const nlohmann::json& r, const nlohmann::json& start) {
+    if (!r.contains("reference") || !r["reference"].is_object()) return nullptr;
+    const nlohmann::json& ref = r["reference"];
+    if (!ref.contains("by_position") || !ref["by_position"].is_array()) return nullptr;
+    for (const auto& b : ref["by_position"])
+        if (b.is_object() && b.value("start", nlohmann::json()) == start) return b.value("nll_mean", nlohmann::json());
+    return nullptr;
+}
+
+std::string integer(const nlohmann::json& b, const char* key) {
+    return b.contains(key) && b[key].is_number_integer() ? std::to_string(b[key].get<int64_t>()) : std::string("n/a");
+}
+
+// One small table per method with position buckets (1.2 on); nothing for older reports.
+std::string position_tables(const nlohmann::json& r) {
+    std::string out;
+    const nlohmann::json none;
+    for (const auto& m : r["methods"]) {
+        if (!m.is_object() || !m.contains("by_position") || !m["by_position"].is_array() || m["by_position"].empty())
+            continue;
+        out += fmt::format("\n### {} by position\n\n", m.value("label", std::string("?")));
+        out +=
+            "| positions | scored (decode / all) | NLL | NLL fp16 | mean KL | top-1 % | mean KL (all) | top-1 % (all) "
+            "|\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+        for (const auto& b : m["by_position"]) {
+            if (!b.is_object()) continue;
+            out += fmt::format("| {}–{} | {} / {} | {} | {} | {} | {} | {} | {} |\n", integer(b, "start"),
+                               integer(b, "end"), integer(b, "scored_decode"), integer(b, "scored_all"),
+                               fixed(b.value("nll_mean", none), 4), fixed(reference_nll(r, b.value("start", none)), 4),
+                               sci(b.value("kl_mean", none)), fixed(b.value("top1_agreement", none), 2, 100.0),
+                               sci(b.value("kl_mean_all", none)), fixed(b.value("top1_agreement_all", none), 2, 100.0));
+        }
+    }
+    if (!out.empty())
+        out +=
+            "\nPositions: the query's position t within its sequence, buckets [start, end); NLL (nats), mean KL and "
+            "top-1 over the bucket's decode positions (n/a when all of it lies in the prefill), (all) over every "
+            "position.\n";
+    return out;
+}
+
 }  // namespace
 
 std::string render_eval_markdown(const nlohmann::json& r) {
@@ -54,6 +96,7 @@ std::string render_eval_markdown(const nlohmann::json& r) {
         "pass per token, all threads (the shared output projection, {:.1f} s in all, excluded); cost × fp16: its ratio "
         "to the reference's; total {:.1f} s wall.\n",
         run["compare_seconds"].get<double>(), run["seconds"].get<double>());
+    out += position_tables(r);
     return out;
 }
 

@@ -23,7 +23,13 @@ namespace pkv {
 /// (null when no analysed layer is local), fragile heads (judged within each layer
 /// kind when there are local layers), histograms and provenance (created now).
 nlohmann::json analyze_report_json(const AnalyzeResult& result);
-/// The `pkv eval` report (format pkv.eval_report 1.0, docs/eval.md) of a result.
+/// Format name and version of the `pkv eval` report (docs/formats/eval_report.md). 1.2 added
+/// `by_position` to every figures object and `provenance.settings.position_buckets`.
+constexpr const char* kEvalReportFormat = "pkv.eval_report";
+constexpr const char* kEvalReportVersion = "1.2";
+
+/// The `pkv eval` report (format kEvalReportFormat, version kEvalReportVersion,
+/// docs/formats/eval_report.md, docs/eval.md) of a result.
 nlohmann::json eval_report_json(const EvalResult& result);
 
 /// A compact Markdown summary for the terminal: one provenance line, the summary
@@ -45,7 +51,9 @@ std::string render_markdown(const nlohmann::json& report);
 std::string render_html(const nlohmann::json& report);
 
 /// The table of a `pkv eval` report (format pkv.eval_report, docs/eval.md) as Markdown:
-/// one row per method, the fp16 reference first.
+/// one row per method, the fp16 reference first; then, for each method whose figures
+/// hold a `by_position` array (1.2 on), a table of its position buckets beside the
+/// reference's NLL in the same bucket.
 std::string render_eval_markdown(const nlohmann::json& report);
 
 }  // namespace pkv
