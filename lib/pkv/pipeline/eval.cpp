@@ -187,8 +187,9 @@ void check_position_buckets(const std::vector<int64_t>& edges) {
     PKV_CHECK(edges[0] == 0, invalid_argument, "--position-buckets {}: the first edge must be 0, got {}",
               join_edges(edges), edges[0]);
     for (size_t i = 1; i < edges.size(); ++i)
-        PKV_CHECK(edges[i] > edges[i - 1], invalid_argument, "--position-buckets {}: edges must ascend, got {} after {}",
-                  join_edges(edges), edges[i], edges[i - 1]);
+        PKV_CHECK(edges[i] > edges[i - 1], invalid_argument,
+                  "--position-buckets {}: edges must ascend, got {} after {}", join_edges(edges), edges[i],
+                  edges[i - 1]);
 }
 
 std::vector<int64_t> parse_position_buckets(const std::string& list) {
