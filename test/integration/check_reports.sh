@@ -94,5 +94,7 @@ bad = json.load(open(sys.argv[2])); del bad["results"][0]["layer"]
 assert list(v.iter_errors(bad)), "a result without 'layer' must not validate"
 bad = json.load(open(sys.argv[3])); bad["methods"][0]["top1_agreement"] = "high"
 assert list(v.iter_errors(bad)), "a string top1_agreement must not validate"
+bad = json.load(open(sys.argv[3])); bad["methods"][0]["by_position"][0]["scored_all"] = 0
+assert list(v.iter_errors(bad)), "an empty position bucket must not validate"
 PY
 finish

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `pkv eval` on the default model: the fp16 reference reproduces `pkv dump`'s
 # perplexity on the same tokens, 8-bit caches stay within a tight KL of fp16 while
-# 2-bit KIVI is clearly worse, the report is complete, and bad input fails cleanly.
+# 2-bit KIVI is clearly worse, the report is complete (position buckets that add up to
+# the totals included), and bad input fails cleanly.
 source "$(dirname "$0")/common.bash"
 need_data
 N=512 CTX=256
@@ -11,7 +12,8 @@ N=512 CTX=256
 "$PKV_BIN" info "$WORK/d.h5" --json >"$WORK/info.json" || failed "info --json"
 
 if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$TEXT" --tokens $N --ctx $CTX --prefill 128 \
-     --kv fp16 q8_0 kivi:8 kivi:2 --json "$WORK/eval.json" --md "$WORK/eval.md" >"$WORK/eval.out" 2>"$WORK/eval.err"; then
+     --kv fp16 q8_0 kivi:8 kivi:2 --position-buckets 0,64,200,1024 \
+     --json "$WORK/eval.json" --md "$WORK/eval.md" >"$WORK/eval.out" 2>"$WORK/eval.err"; then
   pass "eval exits 0"
 else
   failed "eval: $(tail -3 "$WORK/eval.err")"; finish; exit 1
@@ -19,6 +21,8 @@ fi
 cat "$WORK/eval.out"
 cmp -s "$WORK/eval.out" "$WORK/eval.md" && pass "--md file equals stdout" || failed "--md differs from stdout"
 grep -q "^| kivi:2 |" "$WORK/eval.out" && pass "table row per method" || failed "no kivi:2 row"
+grep -q "^### kivi:2 by position" "$WORK/eval.out" && grep -q "^| 200–256 | 110 / 110 |" "$WORK/eval.out" &&
+  pass "position table per method" || failed "no position table for kivi:2"
 
 /usr/bin/python3 - "$WORK/info.json" "$WORK/eval.json" <<'PY'
 import json, math, sys
@@ -47,6 +51,33 @@ check(abs(m["q8_0"]["bits_per_element"] - 8.5) < 1e-9, "q8_0: 8.5 bits per eleme
 # K and V, 30 layers, 3 KV heads, head_dim 64, 256 tokens, 2 bytes each.
 check(ref["kv_bytes"] == 2 * 30 * 3 * 64 * 256 * 2, "fp16 KV bytes of one sequence")
 check(len(r["provenance"]["model"]["sha256"]) == 64 and r["provenance"]["argv"][1] == "--log-level", "provenance")
+# (c) Position buckets 0,64,200,1024 with P = 128, n = 256: [0,64) prompt only, [64,200) 64 prompt
+# and 72 decode positions, [200,256) decode only (t <= 254), per sequence; [1024, ...) left out.
+check(r["version"] == "1.2" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
+run = r["run"]
+for f in [ref] + r["methods"]:
+    bp = f["by_position"]
+    name = f["label"]
+    check([(b["start"], b["end"], b["scored_decode"], b["scored_all"]) for b in bp] ==
+          [(0, 64, 0, 128), (64, 200, 144, 272), (200, 256, 110, 110)], f"{name}: buckets and their counts")
+    check(sum(b["scored_decode"] for b in bp) == run["scored_decode"] and
+          sum(b["scored_all"] for b in bp) == run["scored_all"], f"{name}: bucket counts add up to the totals")
+    check(bp[0]["nll_mean"] is None and bp[0]["kl_mean"] is None and bp[0]["top1_agreement"] is None,
+          f"{name}: a prompt-only bucket has no decode means")
+    dec = [b for b in bp if b["scored_decode"] > 0]
+    def total(key, count):
+        return sum(b[count] * b[key] for b in bp if b[count] > 0) / run[count]
+    close = lambda a, b: abs(a - b) <= 1e-9 * max(1.0, abs(b))
+    check(close(total("nll_mean", "scored_decode"), math.log(f["ppl"])) and
+          close(total("nll_mean_all", "scored_all"), math.log(f["ppl_all"])) and
+          close(total("kl_mean", "scored_decode"), f["kl_mean"]) and
+          close(total("kl_mean_all", "scored_all"), f["kl_mean_all"]) and
+          close(total("top1_agreement", "scored_decode"), f["top1_agreement"]) and
+          close(total("top1_agreement_all", "scored_all"), f["top1_agreement_all"]),
+          f"{name}: bucket means weighted by their counts give the totals")
+check(all(b["kl_mean_all"] == 0 for b in m["fp16"]["by_position"]), "fp16 spec: KL 0 in every bucket")
+check(m["kivi:2"]["by_position"][0]["kl_mean_all"] == 0 and m["kivi:2"]["by_position"][2]["kl_mean"] > 1e-3,
+      "kivi:2: prompt queries see exact K/V, decode queries do not")
 sys.exit(1 if fails else 0)
 PY
 [ $? -eq 0 ] && pass "figures" || failed "figures (see above)"
@@ -100,6 +131,10 @@ expect_fail "group does not fit" "group 48 does not divide head_dim 64" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2:g48
 expect_fail "missing pattern table" "missing/T.safetensors" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv patternkv-table:2:missing/T.safetensors
+expect_fail "position buckets not ascending" "\-\-position-buckets 0,2048,512: edges must ascend, got 512 after 2048" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --position-buckets 0,2048,512
+expect_fail "position buckets not from 0" "\-\-position-buckets 512,2048: the first edge must be 0, got 512" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --position-buckets 512,2048
 expect_fail "keep layer" "\-\-keep-fp16-layers: layer 30 is out of range" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --keep-fp16-layers 0,30
 finish
