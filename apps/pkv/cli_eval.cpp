@@ -48,9 +48,10 @@ Command add_eval(CLI::App& root) {
                     "layers whose cache stays fp16 for every method, e.g. 0,1");
     app->add_option("--prefill", c.prefill,
                     "prompt tokens per sequence (default: half of it, rounded down to a multiple of 128)");
-    app->add_option("--position-buckets", args->position_buckets,
-                    "edges of the position buckets the report breaks figures down by: ascending, the first 0 "
-                    "(default 0,1024,4096)");
+    auto* buckets =
+        app->add_option("--position-buckets", args->position_buckets,
+                        "edges of the position buckets the report breaks figures down by: ascending, the first 0 "
+                        "(default 0,1024,4096)");
     app->add_option("--seed", c.seed, "patternkv k-means seed")->capture_default_str();
     app->add_flag("--bos-each-sequence", c.bos_each_sequence,
                   "write BOS over the first token of every sequence (llama-perplexity's protocol)");
@@ -64,12 +65,11 @@ Command add_eval(CLI::App& root) {
     for (auto* opt : app->get_options())
         if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
-    return {app, [args]() {
+    return {app, [args, buckets]() {
                 EvalConfig cfg = args->config;
                 if (!args->keep_layers.empty())
                     cfg.keep_fp16_layers = parse_int_list("--keep-fp16-layers", args->keep_layers);
-                if (!args->position_buckets.empty())
-                    cfg.position_buckets = parse_position_buckets(args->position_buckets);
+                if (buckets->count() > 0) cfg.position_buckets = parse_position_buckets(args->position_buckets);
                 cfg.argv = argv_strings();
                 cfg.engine = select_engine(args->device);
                 // Until run_eval switches to polling check_interrupted(), a signal ends the

@@ -135,6 +135,8 @@ expect_fail "position buckets not ascending" "\-\-position-buckets 0,2048,512: e
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --position-buckets 0,2048,512
 expect_fail "position buckets not from 0" "\-\-position-buckets 512,2048: the first edge must be 0, got 512" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --position-buckets 512,2048
+expect_fail "position buckets not integers" "\-\-position-buckets '0,1k': expected non-negative integers separated by commas, got '1k'" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --position-buckets 0,1k
 expect_fail "keep layer" "\-\-keep-fp16-layers: layer 30 is out of range" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --keep-fp16-layers 0,30
 finish

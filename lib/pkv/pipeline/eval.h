@@ -19,7 +19,8 @@
 // token t+1) give ppl, mean KL and top-1 agreement; ppl_all uses every t in [0, n-2].
 // The same sums are also kept per position bucket: t counts in bucket i when
 // edges[i] <= t < edges[i+1] (the last bucket: t >= edges.back()), t being the query's
-// position within its sequence, so over all buckets they add up to the totals.
+// position within its sequence, so over all buckets they add up to the totals (the NLL
+// and KL sums to double rounding).
 // Default P: n/2 rounded down to a multiple of 128 (as `pkv analyze` with its
 // default window). Memory: the model mapping, one layer in fp32, one sequence's
 // activations, and [n, n_embd] floats per method for the final comparison.
