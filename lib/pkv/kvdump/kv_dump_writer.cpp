@@ -143,7 +143,7 @@ struct KvDumpWriter::Impl {
     template <class T, class ToHalf>
     void write_rows(int slot, int64_t t0, int n, const std::array<const T*, 4>& src, const ToHalf& to_half) {
         const size_t D = static_cast<size_t>(h.head_dim);
-        if (direct) return write_direct(slot, t0, n, src, to_half);
+        std::vector<DirectWriter::Part> parts;  // the direct path writes every activation in one call
         for (size_t i = 0; i < acts.size(); ++i) {
             Activation& a = acts[i];
             if (!a.on) continue;
@@ -151,30 +151,20 @@ struct KvDumpWriter::Impl {
             const size_t H = static_cast<size_t>(a.heads);
             const bool permute = h.hf_dim_order && !h.native_half_split && is_rope_dataset(a.name);
             const T* base = src[i];
-            stage(i, slot, t0, n,
-                  [&](size_t t, size_t hh, uint16_t* dst) { to_half(base + (t * H + hh) * D, dst, D, permute); });
+            DirectWriter::Fill fill = [base, H, D, permute, &to_half](size_t t, size_t hh, uint16_t* dst) {
+                to_half(base + (t * H + hh) * D, dst, D, permute);
+            };
+            if (direct) parts.push_back({a.direct, std::move(fill)});
+            else stage(i, slot, t0, n, fill);
         }
+        if (direct) write_direct(slot, t0, n, parts);
     }
 
-    template <class T, class ToHalf>
-    void write_direct(int slot, int64_t t0, int n, const std::array<const T*, 4>& src, const ToHalf& to_half) {
-        const size_t D = static_cast<size_t>(h.head_dim);
+    void write_direct(int slot, int64_t t0, int n, const std::vector<DirectWriter::Part>& parts) {
         std::vector<uint8_t>& done = written[static_cast<size_t>(slot)];
         for (int64_t t = t0; t < t0 + n; ++t)
             PKV_CHECK(!done[static_cast<size_t>(t)], internal, "{}: layer slot {}: token {} written twice",
                       f.where("/"), slot, t);
-        std::vector<DirectWriter::Part> parts;
-        for (size_t i = 0; i < acts.size(); ++i) {
-            const Activation& a = acts[i];
-            if (!a.on) continue;
-            PKV_CHECK(src[i] != nullptr, internal, "{}: write_layer: no data for a captured dataset", f.where(a.name));
-            const size_t H = static_cast<size_t>(a.heads);
-            const bool permute = h.hf_dim_order && !h.native_half_split && is_rope_dataset(a.name);
-            const T* base = src[i];
-            parts.push_back({a.direct, [base, H, D, permute, &to_half](size_t t, size_t hh, uint16_t* dst) {
-                                 to_half(base + (t * H + hh) * D, dst, D, permute);
-                             }});
-        }
         direct->write(slot, t0, n, parts);
         std::fill(done.begin() + t0, done.begin() + t0 + n, uint8_t{1});
     }
