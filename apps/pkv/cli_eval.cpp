@@ -57,8 +57,11 @@ Command add_eval(CLI::App& root) {
                   "write BOS over the first token of every sequence (llama-perplexity's protocol)");
     app->add_option("--device", args->device,
                     "where the forward passes run: cpu, cuda, cuda:N (bf16 weights) or auto (a GPU when there is "
-                    "one); the cache simulation runs on the CPU either way")
+                    "one); on a GPU every method's cache but patternkv's is simulated there too (see --host-cache)")
         ->capture_default_str();
+    app->add_flag("--host-cache", args->config.host_cache,
+                  "simulate every method's cache on host threads through the engine's hook, even where the "
+                  "device engine could keep it on the device (to compare the two)");
     app->add_option("--json", args->json_path, "write the JSON report here");
     app->add_option("--md", args->md_path, "write the Markdown table here");
     app->add_flag("--force,-f", args->force, "overwrite existing outputs");

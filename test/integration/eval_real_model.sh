@@ -53,7 +53,7 @@ check(ref["kv_bytes"] == 2 * 30 * 3 * 64 * 256 * 2, "fp16 KV bytes of one sequen
 check(len(r["provenance"]["model"]["sha256"]) == 64 and r["provenance"]["argv"][1] == "--log-level", "provenance")
 # (c) Position buckets 0,64,200,1024 with P = 128, n = 256: [0,64) prompt only, [64,200) 64 prompt
 # and 72 decode positions, [200,256) decode only (t <= 254), per sequence; [1024, ...) left out.
-check(r["version"] == "1.2" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
+check(r["version"] == "1.3" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
 run = r["run"]
 for f in [ref] + r["methods"]:
     bp = f["by_position"]
@@ -78,6 +78,7 @@ for f in [ref] + r["methods"]:
 check(all(b["kl_mean_all"] == 0 for b in m["fp16"]["by_position"]), "fp16 spec: KL 0 in every bucket")
 check(m["kivi:2"]["by_position"][0]["kl_mean_all"] == 0 and m["kivi:2"]["by_position"][2]["kl_mean"] > 1e-3,
       "kivi:2: prompt queries see exact K/V, decode queries do not")
+check(all(x["cache"] == "host" for x in r["methods"]), "the CPU engine simulates every cache on the host")
 sys.exit(1 if fails else 0)
 PY
 [ $? -eq 0 ] && pass "figures" || failed "figures (see above)"
@@ -116,6 +117,29 @@ PY
     [ $? -eq 0 ] && pass "--device cuda figures near the CPU's" || failed "--device cuda figures (see above)"
   else
     failed "eval --device cuda: $(tail -3 "$WORK/gpu.err")"
+  fi
+  # Every one of these methods' caches stayed on the GPU; --host-cache sends them through the
+  # host hook over the same GPU forward: the same figures but for a 2-bit level moved by the
+  # host and device quantizers' rounding (sim_cache.h), so within 0.5% perplexity.
+  if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$TEXT" --tokens $N --ctx $CTX --prefill 128 \
+       --kv fp16 q8_0 kivi:8 kivi:2 --device cuda --host-cache --json "$WORK/gpu_host.json" >/dev/null 2>"$WORK/gpu_host.err"; then
+    /usr/bin/python3 - "$WORK/gpu.json" "$WORK/gpu_host.json" <<'PY'
+import json, sys
+d, h = (json.load(open(p)) for p in sys.argv[1:3])
+dm = {x["label"]: x for x in d["methods"]}
+hm = {x["label"]: x for x in h["methods"]}
+ok = all(x["cache"] == "device" for x in d["methods"]) and all(x["cache"] == "host" for x in h["methods"])
+for k in ("fp16", "q8_0", "kivi:8", "kivi:2"):
+    rel = dm[k]["ppl"] / hm[k]["ppl"] - 1
+    print(f"{k}: ppl device cache {dm[k]['ppl']:.6f} host cache {hm[k]['ppl']:.6f} ({100 * rel:+.3f}%), "
+          f"wall cost x plain forward: device {dm[k]['wall_cost_vs_fp16']:.2f} host {hm[k]['wall_cost_vs_fp16']:.2f}")
+    ok &= abs(rel) < 0.005 and dm[k]["bits_per_element"] == hm[k]["bits_per_element"]
+ok &= dm["fp16"]["kl_mean"] == 0 and dm["fp16"]["ppl"] == d["reference"]["ppl"]
+sys.exit(0 if ok else 1)
+PY
+    [ $? -eq 0 ] && pass "device cache equals --host-cache" || failed "device cache against --host-cache (see above)"
+  else
+    failed "eval --device cuda --host-cache: $(tail -3 "$WORK/gpu_host.err")"
   fi
 fi
 expect_fail "bad --device" "\-\-device 'gpu': expected cpu, cuda, cuda:N or auto" \

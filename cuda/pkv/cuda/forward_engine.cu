@@ -12,6 +12,7 @@
 #include "pkv/core/log.h"
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/cuda_buffer.cuh"
+#include "pkv/cuda/engine_sim_cache.h"
 #include "pkv/cuda/forward_ops.cuh"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/engine_cache.h"
@@ -48,6 +49,11 @@ public:
     }
     BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
                           const EngineSink& sink, const BatchCacheHook& cache) override;
+    bool supports_device_cache(const DeviceKvCache& cache) const override {
+        return EngineSimCache::supports(cache, hp_);
+    }
+    BatchResult run_batch_device_cache(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
+                                       const EngineSink& sink, const DeviceKvCache& cache) override;
 
 private:
     struct Capture {
@@ -58,6 +64,9 @@ private:
         int layer = -1;                ///< the layer `host` will hold; -1: free
     };
 
+    /// run_batch's body: with the hook `cache`, the device cache `dev` (non-null) or neither.
+    BatchResult run(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
+                    const EngineSink& sink, const BatchCacheHook& cache, const DeviceKvCache* dev);
     void upload_weights();
     const void* w(int layer, P part) const;  ///< device pointer; null when absent
     const float* wf(int layer, P part) const { return static_cast<const float*>(w(layer, part)); }
@@ -71,7 +80,10 @@ private:
     /// cache: the hook (null: plain attention), whose sequence indices start at s_begin.
     void layer(int l, const PackedBatch& b, int64_t padded, int n_tiles, Capture* cap, const BatchCacheHook& cache,
                int64_t s_begin);
-    void reserve_cache(int64_t rows);
+    void reserve_cache(int64_t rows, bool hook);
+    /// The device cache of layer l (dev_cache_): simulated from k_ (post-RoPE, or kpre_) and
+    /// v_ into k_hat_ ... v_flush_, with pre-RoPE keys brought to k_post + RoPE(k̃_pre − k_pre).
+    void device_cache_layer(int l, int64_t n, const float* cos, const float* sin);
     void hook_layer(int l, const PackedBatch& b, const BatchCacheHook& cache, int64_t s_begin);
     void deliver(Capture& c, const PackedBatch& b, int64_t s_begin, const EngineSink& sink);
     void logits(const PackedBatch& b, int64_t padded, const ForwardOptions& opts, int64_t s_begin, BatchResult& out);
@@ -104,6 +116,12 @@ private:
     PackedLayerCache hook_cache_;
     DeviceBuffer<float> k_hat_, v_hat_;
     DeviceBuffer<int32_t> k_flush_, v_flush_;
+    // The device cache's path (run_batch_device_cache): the description of the running call,
+    // its per-layer driver, the simulation's workspace and the layer's pre-RoPE keys.
+    const DeviceKvCache* dev_cache_ = nullptr;
+    EngineSimCache sim_{hp_};
+    std::unique_ptr<SimCacheWorkspace> sim_ws_;
+    DeviceBuffer<float> kpre_;
 };
 
 CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
@@ -285,9 +303,23 @@ void CudaEngine::gemm(const float* x, int64_t padded, int64_t n_in, const void* 
 
 BatchResult CudaEngine::run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
                                   const EngineSink& sink, const BatchCacheHook& cache) {
+    return run(sequences, opts, sink, cache, nullptr);
+}
+
+BatchResult CudaEngine::run_batch_device_cache(const std::vector<std::vector<int32_t>>& sequences,
+                                               const ForwardOptions& opts, const EngineSink& sink,
+                                               const DeviceKvCache& cache) {
+    EngineSimCache::check(cache, hp_, sequences, model_.file().path());
+    return run(sequences, opts, sink, nullptr, &cache);
+}
+
+BatchResult CudaEngine::run(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
+                            const EngineSink& sink, const BatchCacheHook& cache, const DeviceKvCache* dev) {
     check_engine_batch(model_.file(), hp_, sequences, opts, static_cast<bool>(sink));
     PKV_CUDA_CHECK(cudaSetDevice(opt_.device));
+    if (dev != nullptr && !sim_ws_) sim_ws_ = std::make_unique<SimCacheWorkspace>(opt_.device);
     BatchResult out(sequences.size());
+    dev_cache_ = dev;
     try {
         for (const Range& g : group_sequences(sequences, max_rows_))
             run_group(sequences, g.begin, g.count, opts, sink, cache, out);
@@ -296,8 +328,10 @@ BatchResult CudaEngine::run_batch(const std::vector<std::vector<int32_t>>& seque
         cudaStreamSynchronize(stream_);
         cudaStreamSynchronize(copy_stream_);
         for (Capture& c : cap_) c.layer = -1;
+        dev_cache_ = nullptr;
         throw;
     }
+    dev_cache_ = nullptr;
     return out;
 }
 
@@ -310,7 +344,8 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     reserve(padded, n, b.max_len, b.n_seq(), opts.want_last_logits);
     const std::vector<AttentionTile> tiles = attention_tiles(b, fwd::kAttentionTileRows);
     tiles_.reserve(tiles.size());
-    if (cache) reserve_cache(n);
+    if (cache || dev_cache_) reserve_cache(n, static_cast<bool>(cache));
+    if (dev_cache_) sim_.begin_group(*dev_cache_, b, s_begin);
 
     // Inputs: embeddings gathered on the host, positions, next-token targets, tiles.
     embed_rows(model_.file(), hp_, b.tokens, embd_host_.get());
@@ -342,6 +377,11 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     }
     if (pending >= 0) deliver(cap_[pending], b, s_begin, sink);
     logits(b, padded, opts, s_begin, out);
+    if (dev_cache_)
+        for (int i = 0; i < b.n_seq(); ++i) {
+            out[static_cast<size_t>(s_begin + i)].cache_k_bits = sim_.k_bits(i);
+            out[static_cast<size_t>(s_begin + i)].cache_v_bits = sim_.v_bits(i);
+        }
 }
 
 // Waits for the copy of one captured layer and calls the sink once per sequence.
@@ -368,10 +408,34 @@ void CudaEngine::deliver(Capture& c, const PackedBatch& b, int64_t s_begin, cons
     c.layer = -1;
 }
 
-void CudaEngine::reserve_cache(int64_t rows) {
+void CudaEngine::reserve_cache(int64_t rows, bool hook) {
     const auto nk = static_cast<size_t>(rows) * KD_, nf = static_cast<size_t>(rows) * hp_.n_head_kv;
-    for (auto* h : {&hook_k_pre_, &hook_k_post_, &hook_v_}) h->reserve(nk);
+    if (hook)
+        for (auto* h : {&hook_k_pre_, &hook_k_post_, &hook_v_}) h->reserve(nk);
+    else if (dev_cache_->keys_pre) kpre_.reserve(nk);
     k_hat_.reserve(nk), v_hat_.reserve(nk), k_flush_.reserve(nf), v_flush_.reserve(nf);
+}
+
+// The simulation runs on the legacy default stream, which does not order with stream_
+// (non-blocking): stream_ must have written K and V first, and the call returns once the
+// cache is written, so the attention queued after it reads the finished cache.
+void CudaEngine::device_cache_layer(int l, int64_t n, const float* cos, const float* sin) {
+    const DeviceKvCache& c = *dev_cache_;
+    PKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const float* k_src = c.keys_pre ? kpre_.get() : k_.get();
+    if (!sim_.layer(l, k_src, v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(), v_flush_.get(), *sim_ws_)) {
+        // An exact layer: no row is ever read reconstructed (k_hat_ / v_hat_ stay unread).
+        fwd::fill(k_flush_.get(), kNeverFlushed, n * hp_.n_head_kv, stream_);
+        fwd::fill(v_flush_.get(), kNeverFlushed, n * hp_.n_head_kv, stream_);
+        return;
+    }
+    if (c.keys_pre) {
+        // pre_rope_recon_to_post: recon -= k_pre, RoPE at each row's position, += k_post.
+        fwd::sub_inplace(k_hat_.get(), kpre_.get(), n * KD_, stream_);
+        fwd::rope(k_hat_.get(), n, static_cast<int>(hp_.n_head_kv), HD_, cos, sin, static_cast<int>(hp_.n_rot / 2),
+                  hp_.rope_layout == RopeLayout::interleaved, pos_.get(), stream_);
+        fwd::add_inplace(k_hat_.get(), k_.get(), n * KD_, stream_);
+    }
 }
 
 // The layer's K/V (already queued to hook_k_pre_, hook_k_post_, hook_v_) go through the hook on
@@ -412,6 +476,8 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     }
     const auto kv_bytes = static_cast<size_t>(n) * KD_ * sizeof(float);
     if (cache) PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_pre_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
+    if (dev_cache_ && dev_cache_->keys_pre)
+        PKV_CUDA_CHECK(cudaMemcpyAsync(kpre_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToDevice, s));
     uint16_t* stage = cap ? cap->dev.get() : nullptr;
     if (cap != nullptr) {
         // The staging buffer's previous layer must be on its way to the host first.
@@ -437,10 +503,14 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     }
     const float scale = hp_.attn_scale > 0.0f ? hp_.attn_scale : 1.0f / std::sqrt(static_cast<float>(HD_));
     const int window = static_cast<int>(layer_window(hp_, static_cast<uint32_t>(l)));
-    if (cache) {
-        PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_post_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(hook_v_.get(), v_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
-        hook_layer(l, b, cache, s_begin);
+    if (cache || dev_cache_) {
+        if (cache) {
+            PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_post_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
+            PKV_CUDA_CHECK(cudaMemcpyAsync(hook_v_.get(), v_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
+            hook_layer(l, b, cache, s_begin);
+        } else {
+            device_cache_layer(l, n, cs, sn);
+        }
         fwd::attention_cached(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(), v_flush_.get(),
                               n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head), static_cast<int>(hp_.n_head_kv),
                               HD_, scale, window, att_.get(), s);

@@ -23,7 +23,14 @@
 // and flush steps are uploaded for a cached attention kernel (query t reads recon[j]
 // where flush_step[j] <= t, else the exact K/V). The device waits for the host here, so a
 // hooked layer costs the copies and the slowest hook call.
-// Outputs: nll/argmax (ForwardOptions::want_nll), last_logits and hidden as the CPU engine.
+// Device cache (run_batch_device_cache with a DeviceKvCache, kvcache/device_cache.h): per
+// layer the same cache is simulated on the GPU from the forward's K/V buffers
+// (engine_sim_cache.h, sim_cache.h) into the cached attention's buffers, nothing copied to
+// the host; the host waits only for the simulation's kernels (they run on the default
+// stream). Pre-RoPE keys are kept in a device copy before RoPE, and their reconstruction
+// becomes k_post + RoPE_t(k̃_pre − k_pre) through the forward's own RoPE kernel.
+// Outputs: nll/argmax (ForwardOptions::want_nll), last_logits and hidden as the CPU engine;
+// with a device cache also each sequence's cache_k_bits / cache_v_bits.
 #pragma once
 
 #include <cstdint>

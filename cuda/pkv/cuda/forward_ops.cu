@@ -96,6 +96,16 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
         x[i] += y[i];
 }
 
+__global__ void sub_kernel(float* x, const float* y, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        x[i] -= y[i];
+}
+
+__global__ void fill_kernel(int32_t* x, int32_t value, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        x[i] = value;
+}
+
 __global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
         out[i] = __float2bfloat16_rn(x[i]);
@@ -206,6 +216,18 @@ void add_bias(float* y, int64_t rows, int cols, const float* b, cudaStream_t s) 
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
     if (n <= 0) return;
     add_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void sub_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
+    if (n <= 0) return;
+    sub_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void fill(int32_t* x, int32_t value, int64_t n, cudaStream_t s) {
+    if (n <= 0) return;
+    fill_kernel<<<grid_for(n), kThreads, 0, s>>>(x, value, n);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -28,6 +28,9 @@ void geglu_tanh(float* gate, const float* up, int64_t n, cudaStream_t s);
 /// y[r] += b for rows of `cols` values; x += y over n values.
 void add_bias(float* y, int64_t rows, int cols, const float* b, cudaStream_t s);
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+/// x -= y over n values (float, as the host's `x[i] -= y[i]`); x[i] = value over n values.
+void sub_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+void fill(int32_t* x, int32_t value, int64_t n, cudaStream_t s);
 
 /// n floats to bf16 or binary16 (type, round to nearest even); out holds 2-byte values.
 void convert(const float* x, int64_t n, WeightType type, void* out, cudaStream_t s);

@@ -22,6 +22,14 @@ const float* to_float(const EngineActivations& a, int tensor, int64_t cols, std:
     return scratch.data();
 }
 
+bool ForwardEngine::supports_device_cache(const DeviceKvCache&) const { return false; }
+
+BatchResult ForwardEngine::run_batch_device_cache(const std::vector<std::vector<int32_t>>&, const ForwardOptions&,
+                                                  const EngineSink&, const DeviceKvCache&) {
+    fail(ErrorCode::unsupported, "{}: this engine does not simulate a KV cache itself (run the cache hook instead)",
+         description());
+}
+
 namespace {
 
 class CpuEngine final : public ForwardEngine {

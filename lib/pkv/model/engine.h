@@ -29,6 +29,8 @@
 
 namespace pkv {
 
+struct DeviceKvCache;  ///< kvcache/device_cache.h: a method's cache an engine simulates itself
+
 /// One (sequence, layer) of a batch. `f32` carries the float tensors of LayerActivations
 /// (its n_tokens and layer are set); the *16 pointers carry binary16 bits instead. The
 /// layout of every tensor is that of LayerActivations: row-major [n_tokens, heads · head_dim].
@@ -75,6 +77,18 @@ public:
     /// model file for bad tokens or lengths, before any work.
     virtual BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
                                   const EngineSink& sink, const BatchCacheHook& cache) = 0;
+    /// Whether run_batch_device_cache can run `cache` (its method and options) on this
+    /// engine. The CPU engine: never (it keeps the hook path).
+    virtual bool supports_device_cache(const DeviceKvCache& cache) const;
+    /// run_batch with the cache that `cache` describes (kvcache/device_cache.h) simulated inside the
+    /// engine, K/V never leaving the device: every layer's attention reads that cache, as it
+    /// reads the cache of a hook that simulates the same method. Also sets each result's
+    /// cache_k_bits / cache_v_bits. cache.prefill has one entry per sequence. Throws
+    /// pkv::Error(unsupported) when supports_device_cache(cache) is false, invalid_argument
+    /// naming the model file when `cache` does not fit the model or the batch.
+    virtual BatchResult run_batch_device_cache(const std::vector<std::vector<int32_t>>& sequences,
+                                               const ForwardOptions& opts, const EngineSink& sink,
+                                               const DeviceKvCache& cache);
     /// The batch with plain attention over exact K/V.
     BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
                           const EngineSink& sink) {

@@ -165,6 +165,9 @@ struct ForwardResult {
     std::vector<int32_t> argmax;     ///< n_tokens - 1 greedy predictions when want_nll
     std::vector<float> last_logits;  ///< n_vocab values for the last position
     std::vector<float> hidden;       ///< [n_tokens, n_embd] after output_norm when want_hidden
+    /// ForwardEngine::run_batch_device_cache only: the storage of the sequence's final cache
+    /// in bits, summed over layers and KV heads (keys, values), as MethodCache counts it.
+    double cache_k_bits = 0.0, cache_v_bits = 0.0;
 };
 
 /// Next-token figures of one variant of a sequence (see compare_next_token), per

@@ -22,6 +22,7 @@
 #include "pkv/core/sha256.h"
 #include "pkv/core/version.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/kvcache/device_cache.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/eval_cache.h"
 #include "pkv/pipeline/provenance.h"
@@ -106,14 +107,23 @@ std::vector<bool> keep_layers(const EvalConfig& c, int L) {
 // their final hidden states and adds the batch's time and, sequence by sequence, storage.
 std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::vector<std::vector<int32_t>>& ids,
                                             const std::vector<int64_t>& P,
-                                            const std::vector<std::unique_ptr<MethodCache>>& caches, EvalAccum& acc) {
+                                            const std::vector<std::unique_ptr<MethodCache>>& caches, bool host_cache,
+                                            EvalAccum& acc) {
     const LlamaHparams& hp = engine.hparams();
     const size_t B = ids.size();
     ForwardOptions opts;
     opts.want_nll = false;
     opts.want_hidden = true;
+    // An engine that simulates this method itself keeps K/V where its forward runs; the
+    // description carries every rule of the hook (MethodCache::device_cache).
+    DeviceKvCache device;
+    bool on_device = false;
+    if (!caches.empty() && !host_cache) {
+        device = caches[0]->device_cache(P);
+        on_device = engine.supports_device_cache(device);
+    }
     BatchCacheHook hook;
-    if (!caches.empty()) {
+    if (!caches.empty() && !on_device) {
         for (size_t b = 0; b < B; ++b) caches[b]->begin_sequence(static_cast<int>(ids[b].size()), P[b]);
         // Each sequence's calls go to its own cache, which allows concurrent calls for distinct triples.
         hook = [&caches](int seq, const KvHookInput& in, KvHookOutput& out) {
@@ -122,7 +132,9 @@ std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::ve
     }
     const auto t = Clock::now();
     const double c0 = cpu_seconds();
-    BatchResult r = engine.run_batch(ids, opts, nullptr, hook);
+    BatchResult r = on_device ? engine.run_batch_device_cache(ids, opts, nullptr, device)
+                              : engine.run_batch(ids, opts, nullptr, hook);
+    acc.cache_on_device = on_device;
     acc.seconds += seconds_since(t);
     acc.cpu += cpu_seconds() - c0;
     PKV_CHECK(r.size() == B, internal, "eval: the engine returned {} results for a batch of {} sequences", r.size(), B);
@@ -133,8 +145,9 @@ std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::ve
                   "eval: the engine returned {} hidden values for a sequence of {} tokens", r[b].hidden.size(), n);
         hidden[b] = std::move(r[b].hidden);
         const double elements = cached_elements(hp, n);
-        const double kb = caches.empty() ? exact_bits(elements) : caches[b]->key_bits();
-        const double vb = caches.empty() ? exact_bits(elements) : caches[b]->value_bits();
+        double kb = exact_bits(elements), vb = kb;
+        if (on_device) kb = r[b].cache_k_bits, vb = r[b].cache_v_bits;
+        else if (!caches.empty()) kb = caches[b]->key_bits(), vb = caches[b]->value_bits();
         acc.k_bits += kb;
         acc.v_bits += vb;
         acc.elements += elements;
@@ -290,7 +303,7 @@ EvalResult run_eval(const EvalConfig& c) {
         std::vector<std::vector<std::vector<float>>> hidden(M + 1);  // [variant][sequence]
         for (size_t v = 0; v <= M; ++v) {
             check_interrupted();
-            hidden[v] = run_variant(*engine, ids, P, caches[v], acc[v]);
+            hidden[v] = run_variant(*engine, ids, P, caches[v], c.host_cache, acc[v]);
             progress.advance(tokens);
         }
         // Sequence by sequence, in order: the sums are added as with one sequence per batch.

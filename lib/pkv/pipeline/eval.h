@@ -28,8 +28,11 @@
 // Engine: every forward pass (reference and methods) runs through a ForwardEngine
 // (model/engine.h), as many sequences per run_batch call as the engine takes (the CPU
 // engine: one; capped so the batch's hidden states of all variants stay within 2 GiB),
-// each sequence with its own MethodCache per method; each method's cache simulation runs
-// on host threads inside the engine's hook, whatever the engine. The CPU engine gives
+// each sequence with its own MethodCache per method. A method the engine can simulate
+// itself (ForwardEngine::supports_device_cache: the CUDA engine for every method but
+// patternkv) runs there, the K/V never leaving the device (run_batch_device_cache, with
+// MethodCache::device_cache's description); any other method's simulation runs on host
+// threads inside the engine's hook (always with host_cache). The CPU engine gives
 // exactly the figures of LlamaModel::forward; on the CUDA engine the forward runs on the
 // GPU and the hook's inputs differ from the CPU's by float rounding (docs/eval.md). The
 // final comparison (compare_next_token) always runs on the CPU.
@@ -68,6 +71,9 @@ struct EvalConfig {
     std::vector<std::string> argv;  ///< recorded as provenance
     /// Makes the engine the forward passes run on; empty: the CPU reference engine.
     EngineFactory engine;
+    /// Simulate every method's cache on host threads through the engine's hook even where
+    /// the engine could keep it on its device (--host-cache: to compare the two paths).
+    bool host_cache = false;
 };
 
 /// Sums of one variant over the scored positions t of one position bucket (every
@@ -89,6 +95,7 @@ struct EvalAccum {
     /// Parallel to EvalConfig::position_buckets. Counts and top-1 sums add up to the totals
     /// exactly; NLL and KL sums to within double rounding (they are added in another order).
     std::vector<EvalBucket> buckets;
+    bool cache_on_device = false;  ///< the engine simulated the cache itself (run_batch_device_cache)
 };
 
 /// What run_eval measured (report/report.h eval_report_json turns it into the report).

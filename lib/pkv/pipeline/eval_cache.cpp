@@ -117,6 +117,18 @@ void MethodCache::begin_sequence(int n, int64_t prefill) {
             if (ropes_[i].n_pos != n) ropes_[i] = rope_table(rope_params_[i], n);
 }
 
+DeviceKvCache MethodCache::device_cache(std::vector<int64_t> prefill) const {
+    DeviceKvCache c;
+    c.params = params_;
+    c.rotate = spec_.rotate;
+    c.keys_pre = spec_.keys_pre;
+    c.keep_fp16 = keep_;
+    c.prefill = std::move(prefill);
+    c.tables = views_;
+    c.keep_alive = table_;
+    return c;
+}
+
 KvCacheHook MethodCache::hook() {
     return [this](const KvHookInput& in, KvHookOutput& out) { run(in, out); };
 }

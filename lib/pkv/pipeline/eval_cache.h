@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pkv/core/rope.h"
+#include "pkv/kvcache/device_cache.h"
 #include "pkv/kvcache/kv_spec.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/model/llama.h"
@@ -38,6 +39,12 @@ public:
     /// The hook for LlamaModel::forward; safe to call concurrently for distinct
     /// (layer, KV head, tensor) triples. The object must outlive the forward call.
     KvCacheHook hook();
+
+    /// The cache this object's hook hands the model, described for an engine that simulates
+    /// it on its device (ForwardEngine::run_batch_device_cache) for a batch whose sequences
+    /// have prefills `prefill` (device_cache.h lists the rules it carries over). The
+    /// description shares this object's pattern table.
+    DeviceKvCache device_cache(std::vector<int64_t> prefill) const;
 
     /// Storage of this sequence's final cache in bits, summed over layers and KV
     /// heads: keys, values.

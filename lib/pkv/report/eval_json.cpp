@@ -67,6 +67,7 @@ nlohmann::json figures(const EvalResult& r, const EvalAccum& a, const EvalAccum&
         {"cpu_seconds_per_token", num(a.cpu / T)},
         {"cost_vs_fp16", num(ratio(a.cpu, ref.cpu))},
         {"by_position", by_position(r, a)},
+        {"wall_cost_vs_fp16", num(ratio(a.seconds, ref.seconds))},
     };
 }
 
@@ -115,6 +116,7 @@ nlohmann::json eval_report_json(const EvalResult& r) {
         j["rotate"] = s.rotate;
         j["keys"] = s.keys_pre ? "pre" : "post";
         if (s.table) j["table"] = s.table_path;
+        j["cache"] = r.methods[v].cache_on_device ? "device" : "host";
         methods.push_back(j);
     }
     report["methods"] = methods;
