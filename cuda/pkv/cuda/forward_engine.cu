@@ -14,6 +14,7 @@
 #include "pkv/cuda/cuda_buffer.cuh"
 #include "pkv/cuda/engine_sim_cache.h"
 #include "pkv/cuda/forward_ops.cuh"
+#include "pkv/cuda/phase_clock.cuh"
 #include "pkv/gguf/gguf.h"
 #include "pkv/model/engine_cache.h"
 
@@ -122,6 +123,7 @@ private:
     EngineSimCache sim_{hp_};
     std::unique_ptr<SimCacheWorkspace> sim_ws_;
     DeviceBuffer<float> kpre_;
+    PhaseClock clock_;  ///< PKV_CUDA_PROFILE=1: GPU time per phase, printed when the engine goes
 };
 
 CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
@@ -347,6 +349,7 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     if (cache || dev_cache_) reserve_cache(n, static_cast<bool>(cache));
     if (dev_cache_) sim_.begin_group(*dev_cache_, b, s_begin);
 
+    clock_.start(stream_);
     // Inputs: embeddings gathered on the host, positions, next-token targets, tiles.
     embed_rows(model_.file(), hp_, b.tokens, embd_host_.get());
     PKV_CUDA_CHECK(cudaMemcpyAsync(x_.get(), embd_host_.get(), static_cast<size_t>(n) * E_ * sizeof(float),
@@ -359,6 +362,7 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
                                    cudaMemcpyHostToDevice, stream_));
     // The pageable sources above must stay until the copies are done: `b` and `tiles` live
     // to the end of this call, which synchronizes before returning.
+    clock_.lap(PhaseClock::input, stream_);
 
     int pending = -1;  // the capture buffer whose layer the sink has yet to see
     int turn = 0;
@@ -377,6 +381,8 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     }
     if (pending >= 0) deliver(cap_[pending], b, s_begin, sink);
     logits(b, padded, opts, s_begin, out);
+    clock_.lap(PhaseClock::logits, stream_);
+    clock_.collect();
     if (dev_cache_)
         for (int i = 0; i < b.n_seq(); ++i) {
             out[static_cast<size_t>(s_begin + i)].cache_k_bits = sim_.k_bits(i);
@@ -464,9 +470,11 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     cudaStream_t s = stream_;
     // Attention sublayer.
     fwd::rms_norm(x_.get(), n, E_, wf(l, P::attn_norm), eps, xn_.get(), s);
+    clock_.lap(PhaseClock::norm, s);
     gemm(xn_.get(), padded, E_, w(l, P::wq), QD_, q_.get());
     gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get(), true);
     gemm(xn_.get(), padded, E_, w(l, P::wv), KD_, v_.get(), true);
+    clock_.lap(PhaseClock::qkv, s);
     fwd::add_bias(q_.get(), n, QD_, wf(l, P::bq), s);
     fwd::add_bias(k_.get(), n, KD_, wf(l, P::bk), s);
     fwd::add_bias(v_.get(), n, KD_, wf(l, P::bv), s);
@@ -474,6 +482,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         fwd::rms_norm(q_.get(), n * hp_.n_head, HD_, wf(l, P::q_norm), eps, q_.get(), s);
         fwd::rms_norm(k_.get(), n * hp_.n_head_kv, HD_, wf(l, P::k_norm), eps, k_.get(), s);
     }
+    clock_.lap(PhaseClock::rope, s);
     const auto kv_bytes = static_cast<size_t>(n) * KD_ * sizeof(float);
     if (cache) PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_pre_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
     if (dev_cache_ && dev_cache_->keys_pre)
@@ -484,6 +493,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         PKV_CUDA_CHECK(cudaStreamWaitEvent(s, cap->copied, 0));
         fwd::to_half(k_.get(), n * KD_, stage, s);
     }
+    clock_.lap(PhaseClock::capture, s);
     const bool local = is_local_layer(hp_, static_cast<uint32_t>(l));
     const float* cs = local ? rope_cos_swa_.get() : rope_cos_.get();
     const float* sn = local ? rope_sin_swa_.get() : rope_sin_.get();
@@ -491,6 +501,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     const bool inter = hp_.rope_layout == RopeLayout::interleaved;
     fwd::rope(q_.get(), n, static_cast<int>(hp_.n_head), HD_, cs, sn, n_pairs, inter, pos_.get(), s);
     fwd::rope(k_.get(), n, static_cast<int>(hp_.n_head_kv), HD_, cs, sn, n_pairs, inter, pos_.get(), s);
+    clock_.lap(PhaseClock::rope, s);
     if (cap != nullptr) {
         fwd::to_half(k_.get(), n * KD_, stage + n * KD_, s);
         fwd::to_half(v_.get(), n * KD_, stage + 2 * n * KD_, s);
@@ -500,6 +511,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         PKV_CUDA_CHECK(cudaMemcpyAsync(cap->host.get(), stage, static_cast<size_t>(n) * (3 * KD_ + QD_) * 2,
                                        cudaMemcpyDeviceToHost, copy_stream_));
         PKV_CUDA_CHECK(cudaEventRecord(cap->copied, copy_stream_));
+        clock_.lap(PhaseClock::capture, s);
     }
     const float scale = hp_.attn_scale > 0.0f ? hp_.attn_scale : 1.0f / std::sqrt(static_cast<float>(HD_));
     const int window = static_cast<int>(layer_window(hp_, static_cast<uint32_t>(l)));
@@ -511,6 +523,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         } else {
             device_cache_layer(l, n, cs, sn);
         }
+        clock_.lap(PhaseClock::cache, s);
         fwd::attention_cached(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(), v_flush_.get(),
                               n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head), static_cast<int>(hp_.n_head_kv),
                               HD_, scale, window, att_.get(), s);
@@ -518,21 +531,27 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         fwd::attention(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
                        static_cast<int>(hp_.n_head_kv), HD_, scale, window, att_.get(), s);
     }
+    clock_.lap(PhaseClock::attention, s);
     gemm(att_.get(), padded, QD_, w(l, P::wo), E_, proj_.get());
     fwd::add_bias(proj_.get(), n, E_, wf(l, P::bo), s);
     if (wf(l, P::post_attn_norm) != nullptr)
         fwd::rms_norm(proj_.get(), n, E_, wf(l, P::post_attn_norm), eps, proj_.get(), s);
     fwd::add_inplace(x_.get(), proj_.get(), n * E_, s);
+    clock_.lap(PhaseClock::out_proj, s);
     // Feed-forward sublayer.
     fwd::rms_norm(x_.get(), n, E_, wf(l, P::ffn_norm), eps, xn_.get(), s);
+    clock_.lap(PhaseClock::norm, s);
     gemm(xn_.get(), padded, E_, w(l, P::ffn_gate), FF_, gate_.get());
     gemm(xn_.get(), padded, E_, w(l, P::ffn_up), FF_, up_.get(), true);
+    clock_.lap(PhaseClock::ffn_in, s);
     if (hp_.gelu_ffn) fwd::geglu_tanh(gate_.get(), up_.get(), n * FF_, s);
     else fwd::swiglu(gate_.get(), up_.get(), n * FF_, s);
+    clock_.lap(PhaseClock::act, s);
     gemm(gate_.get(), padded, FF_, w(l, P::ffn_down), E_, proj_.get());
     if (wf(l, P::post_ffn_norm) != nullptr)
         fwd::rms_norm(proj_.get(), n, E_, wf(l, P::post_ffn_norm), eps, proj_.get(), s);
     fwd::add_inplace(x_.get(), proj_.get(), n * E_, s);
+    clock_.lap(PhaseClock::ffn_down, s);
 }
 
 // Final norm, then per row slab and vocabulary chunk one product and one statistics pass:
