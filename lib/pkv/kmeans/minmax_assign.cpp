@@ -24,16 +24,40 @@ double minmax_distance(const float* x, const float* c, int d) {
 void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist) {
     PKV_CHECK(d >= 1, invalid_argument, "minmax assignment: expected d >= 1, got {}", d);
     PKV_CHECK(k >= 1, invalid_argument, "minmax assignment: expected k >= 1, got {}", k);
+    // Centroids transposed to [d, k] in double, so that one point's distances to a
+    // tile of kTile centroids run side by side (each min and max in minmax_distance's
+    // order and comparisons, hence the same doubles), held in registers over t.
+    constexpr int kTile = 8;
+    const int tiles = (k + kTile - 1) / kTile;
+    std::vector<double> ct(static_cast<size_t>(tiles) * kTile * d, 0.0);
+    for (int j = 0; j < k; ++j)
+        for (int t = 0; t < d; ++t)
+            ct[(static_cast<size_t>(j / kTile) * d + t) * kTile + j % kTile] = centroids[int64_t{j} * d + t];
 #pragma omp parallel for schedule(static) if (n * k * d >= (int64_t{1} << 22))
     for (int64_t i = 0; i < n; ++i) {
         const float* xi = x + i * d;
         int best = 0;
-        double best_d = minmax_distance(xi, centroids, d);
-        for (int j = 1; j < k; ++j) {
-            const double v = minmax_distance(xi, centroids + int64_t{j} * d, d);
-            if (v < best_d) {
-                best_d = v;
-                best = j;
+        double best_d = 0.0;
+        for (int tile = 0; tile < tiles; ++tile) {
+            const double* c = ct.data() + static_cast<size_t>(tile) * kTile * d;
+            double lo[kTile], hi[kTile];
+            for (int u = 0; u < kTile; ++u) lo[u] = hi[u] = static_cast<double>(xi[0]) - c[u];
+            for (int t = 1; t < d; ++t) {
+                const double xt = xi[t];
+                // Not unrolled: GCC then vectorizes over u and keeps lo and hi in registers.
+#pragma GCC unroll 1
+                for (int u = 0; u < kTile; ++u) {
+                    const double r = xt - c[t * kTile + u];
+                    lo[u] = r < lo[u] ? r : lo[u];
+                    hi[u] = hi[u] < r ? r : hi[u];
+                }
+            }
+            for (int u = 0; u < kTile && tile * kTile + u < k; ++u) {
+                const double v = hi[u] - lo[u];
+                if ((tile == 0 && u == 0) || v < best_d) {
+                    best_d = v;
+                    best = tile * kTile + u;
+                }
             }
         }
         labels[i] = best;

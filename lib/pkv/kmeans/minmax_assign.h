@@ -18,7 +18,8 @@ namespace pkv {
 double minmax_distance(const float* x, const float* c, int d);
 
 /// labels[i] = argmin_j d_mm(x_i, c_j) (strict '<': lowest j on ties); dist (nullable)
-/// receives that distance. Scalar double loops, parallel over points with OpenMP.
+/// receives that distance, bitwise minmax_distance's. Double loops over tiles of
+/// centroids, parallel over points with OpenMP.
 /// Throws invalid_argument for k < 1 or d < 1.
 void assign_minmax_ref(const float* x, int64_t n, int d, const float* centroids, int k, int32_t* labels, double* dist);
 

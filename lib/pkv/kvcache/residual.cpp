@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "pkv/core/error.h"
+#include "pkv/core/half.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/minmax_assign.h"
 #include "pkv/kvcache/simulate.h"
@@ -35,65 +36,215 @@ std::vector<double> gate_rhos(const float* x, int64_t n, int D, const float* pat
 
 namespace {
 
-void accumulate(const float* x, const float* xq, int64_t count, ResidualError& e) {
-    for (int64_t i = 0; i < count; ++i) {
-        const double d = static_cast<double>(x[i]) - xq[i];
-        e.err2 += d * d;
-        e.ref2 += static_cast<double>(x[i]) * x[i];
+// What every evaluation shares with quantize_minmax_group (pkv/quant/minmax.h): the
+// checks of its arguments, made once instead of once per group.
+void check_params(const std::vector<ResidualParams>& ps) {
+    for (const ResidualParams& p : ps) {
+        check_minmax_bits(p.bits);
+        PKV_CHECK(p.group > 0, invalid_argument, "group size {}: expected a positive number", p.group);
+        PKV_CHECK(p.clip > 0.0f && p.clip <= 1.0f, invalid_argument,
+                  "quantizer clip ratio {}: expected a value in (0, 1]", p.clip);
+        PKV_CHECK(p.bits == ps.front().bits && p.group == ps.front().group, invalid_argument,
+                  "residual errors: expected one bit width and group for every parameter set, got {}/{} and {}/{}",
+                  ps.front().bits, ps.front().group, p.bits, p.group);
     }
+}
+
+// One candidate's grid on one group: quantize_minmax_group's binary16 zero z and scale
+// s as floats, and div = s, or 1 where s == 0 (the codes are then irrelevant: q * 0 + z).
+struct Grids {
+    std::vector<float> z, s, div;
+    explicit Grids(size_t n) : z(n), s(n), div(n) {}
+    void set(size_t at, float mn, float mx, float clip, int bits) {
+        const MinMaxGroup g = minmax_grid(mn, mx, bits, clip);
+        z[at] = half_to_float(g.zero);
+        s[at] = half_to_float(g.scale);
+        div[at] = s[at] > 0.0f ? s[at] : 1.0f;
+    }
+};
+
+// 1.5 * 2^23: for |v| <= 2^22, (v + kRound) - kRound is v rounded to an integer in the
+// current rounding mode, as std::nearbyint rounds it.
+constexpr float kRound = 12582912.0f;
+
+// quantize_minmax_group's reconstruction of r on the grid (z, s, div). The quotient is
+// clamped to [-1, qmax + 1] before rounding: rounding is monotone and the bounds are
+// integers, so the clamped code is the same, and the rounding trick stays in range.
+inline float reconstruct(float r, float z, float s, float div, float qmax) {
+    float v = (r - z) / div;
+    v = std::min(std::max(v, -1.0f), qmax + 1.0f);
+    float t = (v + kRound) - kRound;
+    t = std::min(std::max(t, 0.0f), qmax);
+    return static_cast<float>(static_cast<double>(t) * s + static_cast<double>(z));
+}
+
+// err2[k] += |x - x̂_k|² for every candidate k of one element. x̂_k = reconstruct(x - c m_k)
+// + c m_k with m_k 1 (pattern subtracted) or 0: c * 1 is c and c * 0 a zero, so x̂_k is
+// the single evaluation's value up to the sign of a zero, which its square ignores. Each
+// err2[k] is summed in the single evaluation's order; the loop over k vectorizes.
+inline void add_element(float x, float c, const float* m, const float* z, const float* s, const float* div, float qmax,
+                        int K, double* err2) {
+    for (int k = 0; k < K; ++k) {
+        const float cm = c * m[k];
+        const float xq = reconstruct(x - cm, z[k], s[k], div[k], qmax) + cm;
+        const double d = static_cast<double>(x) - xq;
+        err2[k] += d * d;
+    }
+}
+
+// min and max of n values at a stride in quantize_minmax_group's order; false if one is
+// not finite (the caller then lets that function fail with its message).
+inline bool range_of(const float* v, int64_t n, int64_t stride, float& mn, float& mx) {
+    mn = v[0];
+    mx = v[0];
+    bool finite = true;
+    for (int64_t i = 0; i < n; ++i) {
+        const float e = v[i * stride];
+        finite = finite && std::isfinite(e);
+        mn = std::min(mn, e);
+        mx = std::max(mx, e);
+    }
+    return finite;
+}
+
+std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2, int64_t tokens,
+                                    const std::vector<int64_t>& gated) {
+    std::vector<ResidualError> out(err2.size());
+    for (size_t k = 0; k < out.size(); ++k) out[k] = {err2[k], ref2, tokens, gated[k]};
+    return out;
 }
 
 }  // namespace
 
-ResidualError key_residual_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                                 const int32_t* labels, const ResidualParams& p) {
-    ResidualError e;
-    const int64_t G = p.group;
-    MinMaxSpec spec;
-    spec.bits = p.bits;
-    spec.group = p.group;
-    spec.axis = QuantAxis::channel;
-    spec.clip = p.clip;
-    std::vector<float> r(static_cast<size_t>(G * D)), rq(r.size());
-    for (const SeqRange& s : seqs) {
-        for (int64_t b = 0; b + G <= s.length; b += G) {
-            const float* xb = x + (s.start + b) * D;
+std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                               const float* patterns, const int32_t* labels,
+                                               const std::vector<ResidualParams>& ps) {
+    if (ps.empty()) return {};
+    check_params(ps);
+    PKV_CHECK(D > 0, invalid_argument, "quantizer input: expected a positive head_dim, got {}", D);
+    const int K = static_cast<int>(ps.size());
+    const int64_t G = ps.front().group;
+    const int bits = ps.front().bits;
+    const float qmax = static_cast<float>((1 << bits) - 1);
+    std::vector<float> m(static_cast<size_t>(K));
+    bool any_patterns = false, any_plain = false;
+    for (int k = 0; k < K; ++k) {
+        m[k] = ps[k].use_patterns ? 1.0f : 0.0f;
+        any_patterns = any_patterns || ps[k].use_patterns;
+        any_plain = any_plain || !ps[k].use_patterns;
+    }
+    const std::vector<float> zeros(static_cast<size_t>(D), 0.0f);
+    std::vector<double> err2(static_cast<size_t>(K), 0.0);
+    double ref2 = 0.0;
+    int64_t tokens = 0;
+    // One block: the residual x - c, each channel's range with and without the
+    // patterns, then every candidate's grid per channel ([D, K]).
+    std::vector<float> r(static_cast<size_t>(G * D));
+    std::vector<const float*> crow(static_cast<size_t>(G));
+    Grids grid(static_cast<size_t>(D) * K);
+    for (const SeqRange& sq : seqs) {
+        for (int64_t b = 0; b + G <= sq.length; b += G) {
+            const float* xb = x + (sq.start + b) * D;
             for (int64_t i = 0; i < G; ++i) {
-                const float* c = patterns + static_cast<int64_t>(labels[s.start + b + i]) * D;
-                for (int d = 0; d < D; ++d) r[i * D + d] = xb[i * D + d] - (p.use_patterns ? c[d] : 0.0f);
+                crow[i] = any_patterns ? patterns + static_cast<int64_t>(labels[sq.start + b + i]) * D : zeros.data();
+                for (int d = 0; d < D; ++d) r[i * D + d] = xb[i * D + d] - crow[i][d];
             }
-            quantize_minmax(r.data(), G, D, spec, rq.data());
-            for (int64_t i = 0; i < G; ++i) {
-                const float* c = patterns + static_cast<int64_t>(labels[s.start + b + i]) * D;
-                for (int d = 0; d < D; ++d) rq[i * D + d] += p.use_patterns ? c[d] : 0.0f;
+            for (int d = 0; d < D; ++d) {
+                float mn[2], mx[2];
+                const float* src[2] = {xb + d, r.data() + d};
+                for (int v = 0; v < 2; ++v) {
+                    if (!(v == 1 ? any_patterns : any_plain)) continue;
+                    if (!range_of(src[v], G, D, mn[v], mx[v])) {
+                        std::vector<float> tmp(static_cast<size_t>(G));
+                        quantize_minmax_group(src[v], G, D, bits, tmp.data(), nullptr, 1.0f);
+                    }
+                }
+                for (int k = 0; k < K; ++k) {
+                    const int v = ps[k].use_patterns ? 1 : 0;
+                    grid.set(static_cast<size_t>(d) * K + k, mn[v], mx[v], ps[k].clip, bits);
+                }
             }
-            accumulate(xb, rq.data(), G * D, e);
-            e.tokens += G;
+            for (int64_t i = 0; i < G; ++i)
+                for (int d = 0; d < D; ++d) {
+                    const float xv = xb[i * D + d];
+                    ref2 += static_cast<double>(xv) * xv;
+                    const size_t at = static_cast<size_t>(d) * K;
+                    add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
+                                qmax, K, err2.data());
+                }
+            tokens += G;
         }
     }
-    return e;
+    return with_ref(err2, ref2, tokens, std::vector<int64_t>(static_cast<size_t>(K), 0));
+}
+
+std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                                 const float* patterns, const int32_t* labels, const double* rho,
+                                                 const std::vector<ResidualParams>& ps) {
+    if (ps.empty()) return {};
+    check_params(ps);
+    const int K = static_cast<int>(ps.size());
+    const int g = std::min(ps.front().group, D);
+    const int bits = ps.front().bits;
+    const float qmax = static_cast<float>((1 << bits) - 1);
+    bool any_patterns = false;
+    for (const ResidualParams& p : ps) any_patterns = any_patterns || p.use_patterns;
+    const std::vector<float> zeros(static_cast<size_t>(D), 0.0f);
+    std::vector<double> err2(static_cast<size_t>(K), 0.0);
+    std::vector<int64_t> gated(static_cast<size_t>(K), 0);
+    double ref2 = 0.0;
+    int64_t tokens = 0;
+    std::vector<float> m(static_cast<size_t>(K)), r(static_cast<size_t>(D));
+    Grids grid(static_cast<size_t>(K));
+    for (const SeqRange& sq : seqs) {
+        for (int64_t j = sq.start; j < sq.start + sq.length; ++j) {
+            const float* xv = x + j * D;
+            const float* c = any_patterns ? patterns + static_cast<int64_t>(labels[j]) * D : zeros.data();
+            bool any_sub = false, any_plain = false;
+            for (int k = 0; k < K; ++k) {
+                const bool sub = ps[k].use_patterns && v_gate_passes(rho[j], D, ps[k].gate_z);
+                m[k] = sub ? 1.0f : 0.0f;
+                gated[k] += sub ? 1 : 0;
+                any_sub = any_sub || sub;
+                any_plain = any_plain || !sub;
+            }
+            if (any_sub)
+                for (int d = 0; d < D; ++d) r[d] = xv[d] - c[d];
+            for (int g0 = 0; g0 < D; g0 += g) {
+                const int n = std::min(g, D - g0);
+                float mn[2], mx[2];
+                const float* src[2] = {xv + g0, r.data() + g0};
+                for (int v = 0; v < 2; ++v) {
+                    if (!(v == 1 ? any_sub : any_plain)) continue;
+                    if (!range_of(src[v], n, 1, mn[v], mx[v])) {
+                        std::vector<float> tmp(static_cast<size_t>(n));
+                        quantize_minmax_group(src[v], n, 1, bits, tmp.data(), nullptr, 1.0f);
+                    }
+                }
+                for (int k = 0; k < K; ++k) {
+                    const int v = m[k] != 0.0f ? 1 : 0;
+                    grid.set(static_cast<size_t>(k), mn[v], mx[v], ps[k].clip, bits);
+                }
+                for (int d = g0; d < g0 + n; ++d) {
+                    ref2 += static_cast<double>(xv[d]) * xv[d];
+                    add_element(xv[d], c[d], m.data(), grid.z.data(), grid.s.data(), grid.div.data(), qmax, K,
+                                err2.data());
+                }
+            }
+            tokens += 1;
+        }
+    }
+    return with_ref(err2, ref2, tokens, gated);
+}
+
+ResidualError key_residual_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
+                                 const int32_t* labels, const ResidualParams& p) {
+    return key_residual_errors(x, D, seqs, patterns, labels, {p}).front();
 }
 
 ResidualError value_residual_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                                    const int32_t* labels, const double* rho, const ResidualParams& p) {
-    ResidualError e;
-    std::vector<float> r(static_cast<size_t>(D)), rq(r.size());
-    const int g = std::min(p.group, D);
-    for (const SeqRange& s : seqs) {
-        for (int64_t j = s.start; j < s.start + s.length; ++j) {
-            const float* xv = x + j * D;
-            const float* c = patterns + static_cast<int64_t>(labels[j]) * D;
-            const bool sub = p.use_patterns && v_gate_passes(rho[j], D, p.gate_z);
-            for (int d = 0; d < D; ++d) r[d] = xv[d] - (sub ? c[d] : 0.0f);
-            for (int g0 = 0; g0 < D; g0 += g)
-                quantize_minmax_group(r.data() + g0, std::min(g, D - g0), 1, p.bits, rq.data() + g0, nullptr, p.clip);
-            for (int d = 0; d < D; ++d) rq[d] += sub ? c[d] : 0.0f;
-            accumulate(xv, rq.data(), D, e);
-            e.tokens += 1;
-            e.gated += sub ? 1 : 0;
-        }
-    }
-    return e;
+    return value_residual_errors(x, D, seqs, patterns, labels, rho, {p}).front();
 }
 
 const std::vector<float>& clip_grid() {
@@ -112,22 +263,26 @@ const std::vector<double>& gate_z_grid() {
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                       const int32_t* labels, int bits, int group, bool use_patterns) {
-    KeyFit fit;
     ResidualParams p;
     p.bits = bits;
     p.group = group;
     p.use_patterns = use_patterns;
-    fit.at_default = key_residual_error(x, D, seqs, patterns, labels, p);
-    fit.at_fit = fit.at_default;
-    for (float a : clip_grid()) {
-        if (a == 1.0f) continue;
-        p.clip = a;
-        const ResidualError e = key_residual_error(x, D, seqs, patterns, labels, p);
-        if (e.err2 < fit.at_fit.err2) {
-            fit.at_fit = e;
-            fit.clip = a;
+    // Clip 1 first, then the grid's other ratios in order: one pass measures them all.
+    std::vector<ResidualParams> cand = {p};
+    for (float a : clip_grid())
+        if (a != 1.0f) {
+            cand.push_back(p);
+            cand.back().clip = a;
         }
-    }
+    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand);
+    KeyFit fit;
+    fit.at_default = e[0];
+    fit.at_fit = fit.at_default;
+    for (size_t k = 1; k < cand.size(); ++k)
+        if (e[k].err2 < fit.at_fit.err2) {
+            fit.at_fit = e[k];
+            fit.clip = cand[k].clip;
+        }
     return fit;
 }
 
@@ -141,27 +296,47 @@ ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& se
     p.bits = bits;
     p.group = group;
     p.use_patterns = use_patterns;
-    fit.at_default = value_residual_error(x, D, seqs, patterns, labels, rho.data(), p);
+    // The default and the other z at clip 1 in one pass, the clip ratios at the
+    // chosen z in a second. Without patterns z changes nothing, so the clip ratios
+    // join the first pass.
+    const auto clips_at = [&](std::vector<ResidualParams>& cand, double z) {
+        for (float a : clip_grid())
+            if (a != 1.0f) {
+                cand.push_back(p);
+                cand.back().gate_z = z;
+                cand.back().clip = a;
+            }
+    };
+    std::vector<ResidualParams> cand = {p};
+    if (use_patterns) {
+        for (double z : gate_z_grid())
+            if (z != fit.gate_z) {
+                cand.push_back(p);
+                cand.back().gate_z = z;
+            }
+    } else {
+        clips_at(cand, fit.gate_z);
+    }
+    std::vector<ResidualError> e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand);
+    fit.at_default = e[0];
     fit.at_fit = fit.at_default;
-    for (double z : gate_z_grid()) {
-        if (z == fit.gate_z || !use_patterns) continue;
-        p.gate_z = z;
-        const ResidualError e = value_residual_error(x, D, seqs, patterns, labels, rho.data(), p);
-        if (e.err2 < fit.at_fit.err2) {
-            fit.at_fit = e;
-            fit.gate_z = z;
+    size_t k = 1;
+    for (; use_patterns && k < cand.size(); ++k)
+        if (e[k].err2 < fit.at_fit.err2) {
+            fit.at_fit = e[k];
+            fit.gate_z = cand[k].gate_z;
         }
+    if (use_patterns) {
+        cand.clear();
+        clips_at(cand, fit.gate_z);
+        e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand);
+        k = 0;
     }
-    p.gate_z = fit.gate_z;
-    for (float a : clip_grid()) {
-        if (a == 1.0f) continue;
-        p.clip = a;
-        const ResidualError e = value_residual_error(x, D, seqs, patterns, labels, rho.data(), p);
-        if (e.err2 < fit.at_fit.err2) {
-            fit.at_fit = e;
-            fit.clip = a;
+    for (; k < cand.size(); ++k)
+        if (e[k].err2 < fit.at_fit.err2) {
+            fit.at_fit = e[k];
+            fit.clip = cand[k].clip;
         }
-    }
     return fit;
 }
 

@@ -61,6 +61,17 @@ ResidualError key_residual_error(const float* x, int D, const std::vector<SeqRan
 ResidualError value_residual_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                                    const int32_t* labels, const double* rho, const ResidualParams& p);
 
+/// Several parameter sets on the same tokens in one pass: out[k] is bitwise what the
+/// single function above returns for ps[k] (each sum runs in its order). Every ps[k]
+/// has the same bits and group (else invalid_argument); empty ps gives an empty result.
+/// Costs about what one evaluation per parameter set costs, without its re-reading.
+std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                               const float* patterns, const int32_t* labels,
+                                               const std::vector<ResidualParams>& ps);
+std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                                 const float* patterns, const int32_t* labels, const double* rho,
+                                                 const std::vector<ResidualParams>& ps);
+
 /// rho of every token against its assigned pattern (pkv/kvcache/simulate.h v_gate_rho).
 std::vector<double> gate_rhos(const float* x, int64_t n, int D, const float* patterns, const int32_t* labels);
 

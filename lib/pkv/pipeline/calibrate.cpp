@@ -647,10 +647,13 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
     const std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
+    // One job per tensor rather than per head: twice the jobs balance the threads
+    // better when a batch holds few heads.
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
-        kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c);
-        vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c);
+    for (int64_t t = 0; t < 2 * static_cast<int64_t>(kpool.size()); ++t) {
+        const size_t i = static_cast<size_t>(t / 2);
+        if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c);
+        else kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c);
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));

@@ -36,6 +36,22 @@ MinMaxCost minmax_cost(int64_t T, int D, const MinMaxSpec& spec) {
     return c;
 }
 
+MinMaxGroup minmax_grid(float mn, float mx, int bits, float clip) {
+    if (clip < 1.0f) {
+        // Shrink the range about its centre; the clamp of the codes saturates the
+        // elements that fall outside.
+        const float c = 0.5f * mn + 0.5f * mx, h = 0.5f * mx - 0.5f * mn;
+        mn = c - clip * h;
+        mx = c + clip * h;
+    }
+    const int qmax = (1 << bits) - 1;
+    const uint16_t zero_bits = float_to_half(mn);
+    const uint16_t scale_bits = float_to_half((mx - mn) / static_cast<float>(qmax));
+    PKV_CHECK(std::isfinite(half_to_float(zero_bits)) && std::isfinite(half_to_float(scale_bits)), out_of_range,
+              "quantizer group: min {} and max {} give a zero or scale beyond the binary16 range", mn, mx);
+    return {scale_bits, zero_bits};
+}
+
 MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon, uint8_t* codes,
                                   float clip) {
     check_minmax_bits(bits);
@@ -50,20 +66,11 @@ MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int
         mn = std::min(mn, v);
         mx = std::max(mx, v);
     }
-    if (clip < 1.0f) {
-        // Shrink the range about its centre; the clamp of the codes below saturates
-        // the elements that fall outside.
-        const float c = 0.5f * mn + 0.5f * mx, h = 0.5f * mx - 0.5f * mn;
-        mn = c - clip * h;
-        mx = c + clip * h;
-    }
+    const MinMaxGroup grid = minmax_grid(mn, mx, bits, clip);
     const int qmax = (1 << bits) - 1;
-    const uint16_t zero_bits = float_to_half(mn);
-    const uint16_t scale_bits = float_to_half((mx - mn) / static_cast<float>(qmax));
+    const uint16_t zero_bits = grid.zero, scale_bits = grid.scale;
     const float z = half_to_float(zero_bits);
     const float s = half_to_float(scale_bits);
-    PKV_CHECK(std::isfinite(z) && std::isfinite(s), out_of_range,
-              "quantizer group: min {} and max {} give a zero or scale beyond the binary16 range", mn, mx);
 
     for (int64_t i = 0; i < n; ++i) {
         int q = 0;

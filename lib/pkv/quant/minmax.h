@@ -99,4 +99,9 @@ struct MinMaxGroup {
 MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon,
                                   uint8_t* codes = nullptr, float clip = 1.0f);
 
+/// The binary16 scale and zero quantize_minmax_group gives a group whose minimum and
+/// maximum are mn <= mx (finite), at `bits` (unchecked) and clip ratio `clip`
+/// (unchecked); out_of_range as there. For callers that quantize one group many ways.
+MinMaxGroup minmax_grid(float mn, float mx, int bits, float clip);
+
 }  // namespace pkv

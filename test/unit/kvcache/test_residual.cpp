@@ -205,3 +205,111 @@ TEST_CASE("patternkv-table uses the table's clip ratio and gate threshold", "[ca
     for (int64_t j = 0; j < n; ++j)
         if (sk.flush_step[j] != kNeverQuantized) CHECK(sk.pattern[j] == labels[j]);
 }
+
+namespace {
+
+// The single evaluations as they were written before the one-pass form: quantize_minmax
+// per block or token, then the sums in element order. The one-pass functions must
+// give these bit for bit.
+ResidualError ref_key_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* pat,
+                            const int32_t* labels, const ResidualParams& p) {
+    ResidualError e;
+    const int64_t G = p.group;
+    MinMaxSpec spec;
+    spec.bits = p.bits;
+    spec.group = p.group;
+    spec.axis = QuantAxis::channel;
+    spec.clip = p.clip;
+    std::vector<float> r(static_cast<size_t>(G * D)), rq(r.size());
+    for (const SeqRange& s : seqs)
+        for (int64_t b = 0; b + G <= s.length; b += G) {
+            const float* xb = x + (s.start + b) * D;
+            for (int64_t i = 0; i < G; ++i)
+                for (int d = 0; d < D; ++d)
+                    r[i * D + d] = xb[i * D + d] - (p.use_patterns ? pat[labels[s.start + b + i] * D + d] : 0.0f);
+            quantize_minmax(r.data(), G, D, spec, rq.data());
+            for (int64_t i = 0; i < G * D; ++i) {
+                const float xq = rq[i] + (p.use_patterns ? pat[labels[s.start + b + i / D] * D + i % D] : 0.0f);
+                const double d = static_cast<double>(xb[i]) - xq;
+                e.err2 += d * d;
+                e.ref2 += static_cast<double>(xb[i]) * xb[i];
+            }
+            e.tokens += G;
+        }
+    return e;
+}
+
+ResidualError ref_value_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* pat,
+                              const int32_t* labels, const double* rho, const ResidualParams& p) {
+    ResidualError e;
+    const int g = std::min(p.group, D);
+    std::vector<float> r(static_cast<size_t>(D)), rq(r.size());
+    for (const SeqRange& s : seqs)
+        for (int64_t j = s.start; j < s.start + s.length; ++j) {
+            const float* c = pat + labels[j] * D;
+            const bool sub = p.use_patterns && v_gate_passes(rho[j], D, p.gate_z);
+            for (int d = 0; d < D; ++d) r[d] = x[j * D + d] - (sub ? c[d] : 0.0f);
+            for (int g0 = 0; g0 < D; g0 += g)
+                quantize_minmax_group(r.data() + g0, std::min(g, D - g0), 1, p.bits, rq.data() + g0, nullptr, p.clip);
+            for (int d = 0; d < D; ++d) {
+                const double dd = static_cast<double>(x[j * D + d]) - (rq[d] + (sub ? c[d] : 0.0f));
+                e.err2 += dd * dd;
+                e.ref2 += static_cast<double>(x[j * D + d]) * x[j * D + d];
+            }
+            e.tokens += 1;
+            e.gated += sub ? 1 : 0;
+        }
+    return e;
+}
+
+bool same(const ResidualError& a, const ResidualError& b) {
+    return a.err2 == b.err2 && a.ref2 == b.ref2 && a.tokens == b.tokens && a.gated == b.gated;
+}
+
+}  // namespace
+
+TEST_CASE("one-pass residual errors equal the single evaluations bit for bit", "[calib]") {
+    const int D = 16, M = 5;
+    const int64_t n = 200;
+    std::vector<float> x = heavy_tailed(n, D, 40), pat = heavy_tailed(M, D, 41);
+    // Edge cases of the quantizer: a constant channel (zero scale), a pattern equal to
+    // its tokens (zero residual), signed zeros and values on binary16 ties.
+    for (int64_t i = 0; i < n; ++i) x[i * D + 3] = 0.5f;
+    for (int d = 0; d < D; ++d) pat[4 * D + d] = x[7 * D + d];
+    for (int64_t i = 0; i < n; i += 3) x[i * D + 5] = (i % 2) ? -0.0f : 0.0f;
+    x[11 * D + 2] = 1.0f + 1.0f / 2048.0f;
+    std::vector<int32_t> labels(n);
+    assign_patterns(x.data(), n, D, pat.data(), M, false, labels.data());
+    labels[7] = 4;
+    const std::vector<double> rho = gate_rhos(x.data(), n, D, pat.data(), labels.data());
+    const std::vector<SeqRange> seqs = {{0, 70}, {70, 3}, {73, 127}};
+    for (int bits : {2, 3, 4, 8})
+        for (int group : {4, 8, 16, 32}) {
+            std::vector<ResidualParams> ps;
+            for (bool use : {true, false})
+                for (float clip : {1.0f, 0.9f, 0.625f, 0.4f})
+                    for (double z : {0.0, 1.6448536269514722, 8.0}) {
+                        ResidualParams p;
+                        p.bits = bits;
+                        p.group = group;
+                        p.use_patterns = use;
+                        p.clip = clip;
+                        p.gate_z = z;
+                        ps.push_back(p);
+                    }
+            const std::vector<ResidualError> ke = key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), ps);
+            const std::vector<ResidualError> ve =
+                value_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), rho.data(), ps);
+            REQUIRE(ke.size() == ps.size());
+            REQUIRE(ve.size() == ps.size());
+            for (size_t k = 0; k < ps.size(); ++k) {
+                CHECK(same(ke[k], ref_key_error(x.data(), D, seqs, pat.data(), labels.data(), ps[k])));
+                CHECK(same(ve[k], ref_value_error(x.data(), D, seqs, pat.data(), labels.data(), rho.data(), ps[k])));
+                CHECK(same(ke[k], key_residual_error(x.data(), D, seqs, pat.data(), labels.data(), ps[k])));
+            }
+        }
+    std::vector<ResidualParams> mixed(2);
+    mixed[1].bits = 4;
+    CHECK_THROWS_AS(key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), mixed), Error);
+    CHECK(key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), {}).empty());
+}
