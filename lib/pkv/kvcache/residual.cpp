@@ -50,16 +50,15 @@ void check_params(const std::vector<ResidualParams>& ps) {
     }
 }
 
-// One candidate's grid on one group: quantize_minmax_group's binary16 zero z and scale
-// s as floats, and div = s, or 1 where s == 0 (the codes are then irrelevant: q * 0 + z).
+// Every candidate's grid on a set of groups: quantize_minmax_group's binary16 zero z and
+// scale s as floats, and div = s, or 1 where s == 0 (the codes are then irrelevant:
+// q * 0 + z). fill() computes them from each entry's range [mn, mx] and clip ratio.
 struct Grids {
-    std::vector<float> z, s, div;
-    explicit Grids(size_t n) : z(n), s(n), div(n) {}
-    void set(size_t at, float mn, float mx, float clip, int bits) {
-        const MinMaxGroup g = minmax_grid(mn, mx, bits, clip);
-        z[at] = half_to_float(g.zero);
-        s[at] = half_to_float(g.scale);
-        div[at] = s[at] > 0.0f ? s[at] : 1.0f;
+    std::vector<float> mn, mx, clip, z, s, div;
+    explicit Grids(size_t n) : mn(n), mx(n), clip(n), z(n), s(n), div(n) {}
+    void fill(size_t n, int bits) {
+        minmax_grids(mn.data(), mx.data(), clip.data(), static_cast<int64_t>(n), bits, z.data(), s.data());
+        for (size_t i = 0; i < n; ++i) div[i] = s[i] > 0.0f ? s[i] : 1.0f;
     }
 };
 
@@ -161,9 +160,13 @@ std::vector<ResidualError> key_residual_errors(const float* x, int D, const std:
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = ps[k].use_patterns ? 1 : 0;
-                    grid.set(static_cast<size_t>(d) * K + k, mn[v], mx[v], ps[k].clip, bits);
+                    const size_t at = static_cast<size_t>(d) * K + k;
+                    grid.mn[at] = mn[v];
+                    grid.mx[at] = mx[v];
+                    grid.clip[at] = ps[k].clip;
                 }
             }
+            grid.fill(static_cast<size_t>(D) * K, bits);
             for (int64_t i = 0; i < G; ++i)
                 for (int d = 0; d < D; ++d) {
                     const float xv = xb[i * D + d];
@@ -195,14 +198,18 @@ std::vector<ResidualError> value_residual_errors(const float* x, int D, const st
     double ref2 = 0.0;
     int64_t tokens = 0;
     std::vector<float> m(static_cast<size_t>(K)), r(static_cast<size_t>(D));
-    Grids grid(static_cast<size_t>(K));
+    const int groups = (D + g - 1) / g;
+    Grids grid(static_cast<size_t>(groups) * K);  // [group, candidate]
     for (const SeqRange& sq : seqs) {
         for (int64_t j = sq.start; j < sq.start + sq.length; ++j) {
             const float* xv = x + j * D;
             const float* c = any_patterns ? patterns + static_cast<int64_t>(labels[j]) * D : zeros.data();
             bool any_sub = false, any_plain = false;
             for (int k = 0; k < K; ++k) {
-                const bool sub = ps[k].use_patterns && v_gate_passes(rho[j], D, ps[k].gate_z);
+                // Candidates of one z share the gate's verdict (a fit's clip ratios).
+                const bool same =
+                    k > 0 && ps[k].use_patterns == ps[k - 1].use_patterns && ps[k].gate_z == ps[k - 1].gate_z;
+                const bool sub = same ? m[k - 1] != 0.0f : ps[k].use_patterns && v_gate_passes(rho[j], D, ps[k].gate_z);
                 m[k] = sub ? 1.0f : 0.0f;
                 gated[k] += sub ? 1 : 0;
                 any_sub = any_sub || sub;
@@ -223,13 +230,18 @@ std::vector<ResidualError> value_residual_errors(const float* x, int D, const st
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = m[k] != 0.0f ? 1 : 0;
-                    grid.set(static_cast<size_t>(k), mn[v], mx[v], ps[k].clip, bits);
+                    const size_t at = static_cast<size_t>(g0 / g) * K + k;
+                    grid.mn[at] = mn[v];
+                    grid.mx[at] = mx[v];
+                    grid.clip[at] = ps[k].clip;
                 }
-                for (int d = g0; d < g0 + n; ++d) {
-                    ref2 += static_cast<double>(xv[d]) * xv[d];
-                    add_element(xv[d], c[d], m.data(), grid.z.data(), grid.s.data(), grid.div.data(), qmax, K,
-                                err2.data());
-                }
+            }
+            grid.fill(static_cast<size_t>(groups) * K, bits);
+            for (int d = 0; d < D; ++d) {
+                ref2 += static_cast<double>(xv[d]) * xv[d];
+                const size_t at = static_cast<size_t>(d / g) * K;
+                add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at, qmax,
+                            K, err2.data());
             }
             tokens += 1;
         }

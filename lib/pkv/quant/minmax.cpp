@@ -36,20 +36,51 @@ MinMaxCost minmax_cost(int64_t T, int D, const MinMaxSpec& spec) {
     return c;
 }
 
-MinMaxGroup minmax_grid(float mn, float mx, int bits, float clip) {
+namespace {
+
+// The range clip ratio a keeps, [c - a h, c + a h] about the centre c of [mn, mx]; the
+// clamp of the codes saturates the elements that fall outside.
+inline void clip_range(float& mn, float& mx, float clip) {
     if (clip < 1.0f) {
-        // Shrink the range about its centre; the clamp of the codes saturates the
-        // elements that fall outside.
         const float c = 0.5f * mn + 0.5f * mx, h = 0.5f * mx - 0.5f * mn;
         mn = c - clip * h;
         mx = c + clip * h;
     }
+}
+
+}  // namespace
+
+MinMaxGroup minmax_grid(float mn, float mx, int bits, float clip) {
+    clip_range(mn, mx, clip);
     const int qmax = (1 << bits) - 1;
     const uint16_t zero_bits = float_to_half(mn);
     const uint16_t scale_bits = float_to_half((mx - mn) / static_cast<float>(qmax));
     PKV_CHECK(std::isfinite(half_to_float(zero_bits)) && std::isfinite(half_to_float(scale_bits)), out_of_range,
               "quantizer group: min {} and max {} give a zero or scale beyond the binary16 range", mn, mx);
     return {scale_bits, zero_bits};
+}
+
+void minmax_grids(const float* mn, const float* mx, const float* clip, int64_t n, int bits, float* zero, float* scale) {
+    const float q = static_cast<float>((1 << bits) - 1);
+    constexpr int64_t kChunk = 256;
+    float lo[kChunk], step[kChunk];
+    uint16_t zh[kChunk], sh[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+        const int64_t m = std::min(kChunk, n - i0);
+        for (int64_t i = 0; i < m; ++i) {
+            float a = mn[i0 + i], b = mx[i0 + i];
+            clip_range(a, b, clip[i0 + i]);
+            lo[i] = a;
+            step[i] = (b - a) / q;
+        }
+        float_to_half_n(lo, zh, static_cast<size_t>(m));
+        float_to_half_n(step, sh, static_cast<size_t>(m));
+        half_to_float_n(zh, zero + i0, static_cast<size_t>(m));
+        half_to_float_n(sh, scale + i0, static_cast<size_t>(m));
+        for (int64_t i = 0; i < m; ++i)
+            if (!std::isfinite(zero[i0 + i]) || !std::isfinite(scale[i0 + i]))
+                minmax_grid(mn[i0 + i], mx[i0 + i], bits, clip[i0 + i]);  // throws its out_of_range
+    }
 }
 
 MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int bits, float* recon, uint8_t* codes,

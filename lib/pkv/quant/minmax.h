@@ -103,5 +103,9 @@ MinMaxGroup quantize_minmax_group(const float* x, int64_t n, int64_t stride, int
 /// maximum are mn <= mx (finite), at `bits` (unchecked) and clip ratio `clip`
 /// (unchecked); out_of_range as there. For callers that quantize one group many ways.
 MinMaxGroup minmax_grid(float mn, float mx, int bits, float clip);
+/// minmax_grid of n groups at once, bitwise: the zero and scale of group i (from mn[i],
+/// mx[i], clip[i]) as floats, zero[i] and scale[i]; the binary16 conversions of many
+/// groups run vectorized.
+void minmax_grids(const float* mn, const float* mx, const float* clip, int64_t n, int bits, float* zero, float* scale);
 
 }  // namespace pkv
