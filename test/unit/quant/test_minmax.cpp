@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "catch.h"
@@ -279,4 +280,36 @@ TEST_CASE("min-max storage accounting", "[quant][minmax]") {
     std::vector<float> x = random_activations(300 * 64, 1), r(x.size());
     const auto q = pkv::quantize_minmax(x.data(), 300, 64, {2, 128, QuantAxis::channel}, r.data());
     CHECK(q.total_bits() == c.total_bits());
+}
+
+TEST_CASE("minmax_grid and minmax_grids give quantize_minmax_group's scale and zero", "[minmax]") {
+    std::mt19937 rng(77);
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    const int n = 300;  // more than one chunk of minmax_grids
+    for (int bits : {2, 3, 4, 8}) {
+        std::vector<float> mn(n), mx(n), clip(n), z(n), s(n);
+        std::vector<pkv::MinMaxGroup> want(n);
+        for (int i = 0; i < n; ++i) {
+            std::vector<float> g = {nd(rng), nd(rng), nd(rng)};
+            if (i % 7 == 0) g = {1.5f, 1.5f, 1.5f};     // constant: zero scale
+            if (i % 11 == 0) g = {0.0f, -0.0f, 1e-9f};  // scale below binary16's subnormals
+            std::vector<float> r(g.size());
+            clip[i] = i % 3 == 0 ? 1.0f : 1.0f - 0.025f * static_cast<float>(i % 25);
+            want[i] = pkv::quantize_minmax_group(g.data(), 3, 1, bits, r.data(), nullptr, clip[i]);
+            mn[i] = *std::min_element(g.begin(), g.end());
+            mx[i] = *std::max_element(g.begin(), g.end());
+            const pkv::MinMaxGroup one = pkv::minmax_grid(mn[i], mx[i], bits, clip[i]);
+            CHECK(one.scale == want[i].scale);
+            CHECK(one.zero == want[i].zero);
+        }
+        pkv::minmax_grids(mn.data(), mx.data(), clip.data(), n, bits, z.data(), s.data());
+        for (int i = 0; i < n; ++i) {
+            const float wz = pkv::half_to_float(want[i].zero);  // bitwise: the sign of a zero too
+            CHECK(std::memcmp(&z[i], &wz, sizeof wz) == 0);
+            CHECK(s[i] == pkv::half_to_float(want[i].scale));
+        }
+    }
+    const float mn = -70000.0f, mx = 1.0f, clip = 1.0f;
+    float z = 0.0f, s = 0.0f;
+    CHECK_THROWS_AS(pkv::minmax_grids(&mn, &mx, &clip, 1, 2, &z, &s), pkv::Error);
 }
