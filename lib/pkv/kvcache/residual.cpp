@@ -55,7 +55,7 @@ void check_params(const std::vector<ResidualParams>& ps) {
 // q * 0 + z). fill() computes them from each entry's range [mn, mx] and clip ratio.
 struct Grids {
     std::vector<float> mn, mx, clip, z, s, div;
-    explicit Grids(size_t n) : mn(n), mx(n), clip(n), z(n), s(n), div(n) {}
+    explicit Grids(size_t n) : mn(n, 0.0f), mx(n, 0.0f), clip(n, 1.0f), z(n), s(n), div(n) {}
     void fill(size_t n, int bits) {
         minmax_grids(mn.data(), mx.data(), clip.data(), static_cast<int64_t>(n), bits, z.data(), s.data());
         for (size_t i = 0; i < n; ++i) div[i] = s[i] > 0.0f ? s[i] : 1.0f;
@@ -91,6 +91,12 @@ inline void add_element(float x, float c, const float* m, const float* z, const 
     }
 }
 
+// Candidates are padded to a multiple of kPad with ones whose sums are discarded (range
+// 0, clip 1, no pattern), so that the loop over them runs whole vectors only.
+constexpr int kPad = 8;
+
+int padded(int K) { return (K + kPad - 1) / kPad * kPad; }
+
 // min and max of n values at a stride in quantize_minmax_group's order; false if one is
 // not finite (the caller then lets that function fail with its message).
 inline bool range_of(const float* v, int64_t n, int64_t stride, float& mn, float& mx) {
@@ -121,11 +127,11 @@ std::vector<ResidualError> key_residual_errors(const float* x, int D, const std:
     if (ps.empty()) return {};
     check_params(ps);
     PKV_CHECK(D > 0, invalid_argument, "quantizer input: expected a positive head_dim, got {}", D);
-    const int K = static_cast<int>(ps.size());
+    const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int64_t G = ps.front().group;
     const int bits = ps.front().bits;
     const float qmax = static_cast<float>((1 << bits) - 1);
-    std::vector<float> m(static_cast<size_t>(K));
+    std::vector<float> m(static_cast<size_t>(Kp), 0.0f);
     bool any_patterns = false, any_plain = false;
     for (int k = 0; k < K; ++k) {
         m[k] = ps[k].use_patterns ? 1.0f : 0.0f;
@@ -133,14 +139,14 @@ std::vector<ResidualError> key_residual_errors(const float* x, int D, const std:
         any_plain = any_plain || !ps[k].use_patterns;
     }
     const std::vector<float> zeros(static_cast<size_t>(D), 0.0f);
-    std::vector<double> err2(static_cast<size_t>(K), 0.0);
+    std::vector<double> err2(static_cast<size_t>(Kp), 0.0);
     double ref2 = 0.0;
     int64_t tokens = 0;
     // One block: the residual x - c, each channel's range with and without the
     // patterns, then every candidate's grid per channel ([D, K]).
     std::vector<float> r(static_cast<size_t>(G * D));
     std::vector<const float*> crow(static_cast<size_t>(G));
-    Grids grid(static_cast<size_t>(D) * K);
+    Grids grid(static_cast<size_t>(D) * Kp);  // [channel, candidate]
     for (const SeqRange& sq : seqs) {
         for (int64_t b = 0; b + G <= sq.length; b += G) {
             const float* xb = x + (sq.start + b) * D;
@@ -160,24 +166,25 @@ std::vector<ResidualError> key_residual_errors(const float* x, int D, const std:
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = ps[k].use_patterns ? 1 : 0;
-                    const size_t at = static_cast<size_t>(d) * K + k;
+                    const size_t at = static_cast<size_t>(d) * Kp + k;
                     grid.mn[at] = mn[v];
                     grid.mx[at] = mx[v];
                     grid.clip[at] = ps[k].clip;
                 }
             }
-            grid.fill(static_cast<size_t>(D) * K, bits);
+            grid.fill(static_cast<size_t>(D) * Kp, bits);
             for (int64_t i = 0; i < G; ++i)
                 for (int d = 0; d < D; ++d) {
                     const float xv = xb[i * D + d];
                     ref2 += static_cast<double>(xv) * xv;
-                    const size_t at = static_cast<size_t>(d) * K;
+                    const size_t at = static_cast<size_t>(d) * Kp;
                     add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
-                                qmax, K, err2.data());
+                                qmax, Kp, err2.data());
                 }
             tokens += G;
         }
     }
+    err2.resize(static_cast<size_t>(K));
     return with_ref(err2, ref2, tokens, std::vector<int64_t>(static_cast<size_t>(K), 0));
 }
 
@@ -186,20 +193,20 @@ std::vector<ResidualError> value_residual_errors(const float* x, int D, const st
                                                  const std::vector<ResidualParams>& ps) {
     if (ps.empty()) return {};
     check_params(ps);
-    const int K = static_cast<int>(ps.size());
+    const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int g = std::min(ps.front().group, D);
     const int bits = ps.front().bits;
     const float qmax = static_cast<float>((1 << bits) - 1);
     bool any_patterns = false;
     for (const ResidualParams& p : ps) any_patterns = any_patterns || p.use_patterns;
     const std::vector<float> zeros(static_cast<size_t>(D), 0.0f);
-    std::vector<double> err2(static_cast<size_t>(K), 0.0);
+    std::vector<double> err2(static_cast<size_t>(Kp), 0.0);
     std::vector<int64_t> gated(static_cast<size_t>(K), 0);
     double ref2 = 0.0;
     int64_t tokens = 0;
-    std::vector<float> m(static_cast<size_t>(K)), r(static_cast<size_t>(D));
+    std::vector<float> m(static_cast<size_t>(Kp), 0.0f), r(static_cast<size_t>(D));
     const int groups = (D + g - 1) / g;
-    Grids grid(static_cast<size_t>(groups) * K);  // [group, candidate]
+    Grids grid(static_cast<size_t>(groups) * Kp);  // [group, candidate]
     for (const SeqRange& sq : seqs) {
         for (int64_t j = sq.start; j < sq.start + sq.length; ++j) {
             const float* xv = x + j * D;
@@ -230,22 +237,25 @@ std::vector<ResidualError> value_residual_errors(const float* x, int D, const st
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = m[k] != 0.0f ? 1 : 0;
-                    const size_t at = static_cast<size_t>(g0 / g) * K + k;
+                    const size_t at = static_cast<size_t>(g0 / g) * Kp + k;
                     grid.mn[at] = mn[v];
                     grid.mx[at] = mx[v];
                     grid.clip[at] = ps[k].clip;
                 }
             }
-            grid.fill(static_cast<size_t>(groups) * K, bits);
-            for (int d = 0; d < D; ++d) {
-                ref2 += static_cast<double>(xv[d]) * xv[d];
-                const size_t at = static_cast<size_t>(d / g) * K;
-                add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at, qmax,
-                            K, err2.data());
+            grid.fill(static_cast<size_t>(groups) * Kp, bits);
+            for (int g0 = 0; g0 < D; g0 += g) {
+                const size_t at = static_cast<size_t>(g0 / g) * Kp;
+                for (int d = g0; d < std::min(g0 + g, D); ++d) {
+                    ref2 += static_cast<double>(xv[d]) * xv[d];
+                    add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
+                                qmax, Kp, err2.data());
+                }
             }
             tokens += 1;
         }
     }
+    err2.resize(static_cast<size_t>(K));
     return with_ref(err2, ref2, tokens, gated);
 }
 

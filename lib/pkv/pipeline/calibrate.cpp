@@ -203,18 +203,21 @@ struct FitInputs {
 
 // The held-out ablation of one head tensor, the same for keys and values: plain min-max,
 // min-max with its own fitted clip ratio, patterns at the default settings (p) and at the
-// fitted ones; `fitted_error` gets the last, whose counts the caller may report.
-template <class ErrorFn>
-nlohmann::json heldout_record(const ErrorFn& held_error, const ResidualParams& p, float minmax_clip,
+// fitted ones, measured in one pass; `fitted_error` gets the last, whose counts the
+// caller may report.
+template <class ErrorsFn>
+nlohmann::json heldout_record(const ErrorsFn& held_errors, const ResidualParams& p, float minmax_clip,
                               const ResidualParams& fitted, ResidualError& fitted_error) {
-    nlohmann::json held;
     ResidualParams base = p;
     base.use_patterns = false;
-    held["nmse_minmax"] = nmse_or_null(held_error(base));
-    base.clip = minmax_clip;
-    held["nmse_minmax_clipped"] = nmse_or_null(held_error(base));
-    held["nmse_patterns"] = nmse_or_null(held_error(p));
-    fitted_error = held_error(fitted);
+    ResidualParams clipped = base;
+    clipped.clip = minmax_clip;
+    const std::vector<ResidualError> e = held_errors(std::vector<ResidualParams>{base, clipped, p, fitted});
+    nlohmann::json held;
+    held["nmse_minmax"] = nmse_or_null(e[0]);
+    held["nmse_minmax_clipped"] = nmse_or_null(e[1]);
+    held["nmse_patterns"] = nmse_or_null(e[2]);
+    fitted_error = e[3];
     held["nmse_fitted"] = nmse_or_null(fitted_error);
     held["tokens"] = fitted_error.tokens;
     return held;
@@ -233,15 +236,15 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
     out.clip = fit.clip;
     j["clip"] = fit.clip;
     j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
-    const auto held_error = [&](const ResidualParams& q) {
-        return key_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, q);
+    const auto held_errors = [&](const std::vector<ResidualParams>& q) {
+        return key_residual_errors(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, q);
     };
     const float minmax_clip =
         fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
     ResidualParams fitted = p;
     fitted.clip = fit.clip;
     ResidualError e;
-    return heldout_record(held_error, p, minmax_clip, fitted, e);
+    return heldout_record(held_errors, p, minmax_clip, fitted, e);
 }
 
 // Values: as finish_key, with the gate's z fitted too (the paper's z without --fit) and
@@ -261,8 +264,8 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
     j["gate_z"] = fit.gate_z;
     j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
     const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), x.D, x.patterns, x.hl);
-    const auto held_error = [&](const ResidualParams& q) {
-        return value_residual_error(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, rho.data(), q);
+    const auto held_errors = [&](const std::vector<ResidualParams>& q) {
+        return value_residual_errors(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, rho.data(), q);
     };
     const float minmax_clip =
         fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
@@ -270,7 +273,7 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
     fitted.clip = fit.clip;
     fitted.gate_z = fit.gate_z;
     ResidualError e;
-    nlohmann::json held = heldout_record(held_error, p, minmax_clip, fitted, e);
+    nlohmann::json held = heldout_record(held_errors, p, minmax_clip, fitted, e);
     j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
                                   : nlohmann::json(nullptr);
     return held;
