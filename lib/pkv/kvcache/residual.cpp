@@ -74,7 +74,14 @@ inline float reconstruct(float r, float z, float s, float div, float qmax) {
     v = std::min(std::max(v, -1.0f), qmax + 1.0f);
     float t = (v + kRound) - kRound;
     t = std::min(std::max(t, 0.0f), qmax);
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    // t s + z is exact in double (quantize_minmax_group), so a fused multiply-add's one
+    // rounding to float is the rounding of that double: the same value, without the
+    // conversions to double and back.
+    return std::fma(t, s, z);
+#else
     return static_cast<float>(static_cast<double>(t) * s + static_cast<double>(z));
+#endif
 }
 
 // err2[k] += |x - x̂_k|² for every candidate k of one element. x̂_k = reconstruct(x - c m_k)
