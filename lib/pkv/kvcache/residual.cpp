@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 
 #include "pkv/core/error.h"
@@ -128,11 +129,11 @@ std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2
 
 }  // namespace
 
-std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
-                                               const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps) {
-    if (ps.empty()) return {};
-    check_params(ps);
+namespace {
+
+std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                           const float* patterns, const int32_t* labels,
+                                           const std::vector<ResidualParams>& ps) {
     PKV_CHECK(D > 0, invalid_argument, "quantizer input: expected a positive head_dim, got {}", D);
     const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int64_t G = ps.front().group;
@@ -195,11 +196,9 @@ std::vector<ResidualError> key_residual_errors(const float* x, int D, const std:
     return with_ref(err2, ref2, tokens, std::vector<int64_t>(static_cast<size_t>(K), 0));
 }
 
-std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
-                                                 const float* patterns, const int32_t* labels, const double* rho,
-                                                 const std::vector<ResidualParams>& ps) {
-    if (ps.empty()) return {};
-    check_params(ps);
+std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                             const float* patterns, const int32_t* labels, const double* rho,
+                                             const std::vector<ResidualParams>& ps) {
     const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int g = std::min(ps.front().group, D);
     const int bits = ps.front().bits;
@@ -266,6 +265,53 @@ std::vector<ResidualError> value_residual_errors(const float* x, int D, const st
     return with_ref(err2, ref2, tokens, gated);
 }
 
+// With `tasks`, chunks of kPad candidates become OpenMP tasks that idle threads of an
+// enclosing parallel region may take; each candidate's sums do not depend on the
+// others', so the result is the same. An exception of a task is rethrown here.
+template <class Pass>
+std::vector<ResidualError> by_chunks(const std::vector<ResidualParams>& ps, bool tasks, const Pass& pass) {
+    if (ps.empty()) return {};
+    check_params(ps);
+    if (!tasks || ps.size() <= static_cast<size_t>(kPad)) return pass(ps);
+    const size_t chunks = (ps.size() + kPad - 1) / kPad;
+    std::vector<std::vector<ResidualError>> part(chunks);
+    std::vector<std::exception_ptr> failed(chunks);
+    for (size_t i = 0; i < chunks; ++i) {
+#pragma omp task default(shared) firstprivate(i)
+        try {
+            const size_t k0 = i * kPad, k1 = std::min(ps.size(), k0 + kPad);
+            part[i] = pass(std::vector<ResidualParams>(ps.begin() + k0, ps.begin() + k1));
+        } catch (...) {
+            failed[i] = std::current_exception();
+        }
+    }
+#pragma omp taskwait
+    std::vector<ResidualError> out;
+    for (size_t i = 0; i < chunks; ++i) {
+        if (failed[i]) std::rethrow_exception(failed[i]);
+        out.insert(out.end(), part[i].begin(), part[i].end());
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                               const float* patterns, const int32_t* labels,
+                                               const std::vector<ResidualParams>& ps, bool tasks) {
+    return by_chunks(ps, tasks, [&](const std::vector<ResidualParams>& q) {
+        return key_errors_pass(x, D, seqs, patterns, labels, q);
+    });
+}
+
+std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
+                                                 const float* patterns, const int32_t* labels, const double* rho,
+                                                 const std::vector<ResidualParams>& ps, bool tasks) {
+    return by_chunks(ps, tasks, [&](const std::vector<ResidualParams>& q) {
+        return value_errors_pass(x, D, seqs, patterns, labels, rho, q);
+    });
+}
+
 ResidualError key_residual_error(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                                  const int32_t* labels, const ResidualParams& p) {
     return key_residual_errors(x, D, seqs, patterns, labels, {p}).front();
@@ -291,7 +337,7 @@ const std::vector<double>& gate_z_grid() {
 }
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns) {
+                      const int32_t* labels, int bits, int group, bool use_patterns, bool tasks) {
     ResidualParams p;
     p.bits = bits;
     p.group = group;
@@ -303,7 +349,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
             cand.push_back(p);
             cand.back().clip = a;
         }
-    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand);
+    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand, tasks);
     KeyFit fit;
     fit.at_default = e[0];
     fit.at_fit = fit.at_default;
@@ -316,7 +362,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
 }
 
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group, bool use_patterns) {
+                          const int32_t* labels, int bits, int group, bool use_patterns, bool tasks) {
     int64_t n = 0;
     for (const SeqRange& s : seqs) n = std::max(n, s.start + s.length);
     const std::vector<double> rho = gate_rhos(x, n, D, patterns, labels);
@@ -346,7 +392,7 @@ ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& se
     } else {
         clips_at(cand, fit.gate_z);
     }
-    std::vector<ResidualError> e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand);
+    std::vector<ResidualError> e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand, tasks);
     fit.at_default = e[0];
     fit.at_fit = fit.at_default;
     size_t k = 1;
@@ -358,7 +404,7 @@ ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& se
     if (use_patterns) {
         cand.clear();
         clips_at(cand, fit.gate_z);
-        e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand);
+        e = value_residual_errors(x, D, seqs, patterns, labels, rho.data(), cand, tasks);
         k = 0;
     }
     for (; k < cand.size(); ++k)

@@ -65,12 +65,14 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 /// single function above returns for ps[k] (each sum runs in its order). Every ps[k]
 /// has the same bits and group (else invalid_argument); empty ps gives an empty result.
 /// Costs about what one evaluation per parameter set costs, without its re-reading.
+/// tasks: groups of 8 parameter sets run as OpenMP tasks, which idle threads of an
+/// enclosing parallel region may take (the same result; about a tenth more work in all).
 std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps);
+                                               const std::vector<ResidualParams>& ps, bool tasks = false);
 std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                  const float* patterns, const int32_t* labels, const double* rho,
-                                                 const std::vector<ResidualParams>& ps);
+                                                 const std::vector<ResidualParams>& ps, bool tasks = false);
 
 /// rho of every token against its assigned pattern (pkv/kvcache/simulate.h v_gate_rho).
 std::vector<double> gate_rhos(const float* x, int64_t n, int D, const float* patterns, const int32_t* labels);
@@ -91,12 +93,12 @@ struct ValueFit {
 
 /// Picks the clip ratio with the lowest training squared error (ties: the larger a).
 /// use_patterns = false fits plain min-max (the ablation that separates what clipping
-/// alone gains from what the patterns gain).
+/// alone gains from what the patterns gain). tasks as for key_residual_errors.
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns = true);
+                      const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false);
 /// Picks z first at clip 1, then the clip ratio at that z (ties: paper z, larger a).
 /// use_patterns = false: the clip ratio of plain min-max (z is then irrelevant).
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group, bool use_patterns = true);
+                          const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false);
 
 }  // namespace pkv

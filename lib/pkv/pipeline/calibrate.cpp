@@ -10,6 +10,10 @@
 #include <numeric>
 #include <random>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
 #include "pkv/core/progress.h"
@@ -21,6 +25,7 @@
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/pipeline/kv_source.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
@@ -29,6 +34,10 @@
 namespace pkv {
 
 namespace {
+
+using calib::finish_tensor;
+using calib::HeadTensorResult;
+using calib::Pooled;
 
 struct DumpInput {
     std::unique_ptr<KvSource> reader;
@@ -82,14 +91,6 @@ std::vector<Piece> split_holdout(const std::vector<DumpInput>& dumps, double fra
     }
     return pieces;
 }
-
-// The pooled tokens of one (layer, head) tensor: train and held-out parts with their sequences.
-struct Pooled {
-    std::vector<float> train, hold;
-    std::vector<SeqRange> train_seqs, hold_seqs;
-    int64_t n_train() const { return train_seqs.empty() ? 0 : train_seqs.back().start + train_seqs.back().length; }
-    int64_t n_hold() const { return hold_seqs.empty() ? 0 : hold_seqs.back().start + hold_seqs.back().length; }
-};
 
 // Tokens [t0, t0 + count) of one (layer, head) of a dump, checked finite (an error names
 // the token and dimension); count < 0: all tokens.
@@ -148,163 +149,6 @@ std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const st
             at += p.length;
         }
     if (rotate) hadamard_rotate_rows(out.data(), static_cast<int64_t>(out.size()) / D, D);
-    return out;
-}
-
-// Training sequences for the fit: whole sequences in order until fit_tokens are covered.
-std::vector<SeqRange> fit_subset(const std::vector<SeqRange>& seqs, int64_t fit_tokens) {
-    std::vector<SeqRange> out;
-    int64_t n = 0;
-    for (const SeqRange& s : seqs) {
-        if (n >= fit_tokens && !out.empty()) break;
-        out.push_back(s);
-        n += s.length;
-    }
-    return out;
-}
-
-double total_sum_squares(const std::vector<float>& x, int64_t n, int D) {
-    std::vector<double> mean(static_cast<size_t>(D), 0.0);
-    for (int64_t i = 0; i < n; ++i)
-        for (int d = 0; d < D; ++d) mean[d] += x[i * D + d];
-    for (double& m : mean) m /= static_cast<double>(std::max<int64_t>(n, 1));
-    double s = 0.0;
-    for (int64_t i = 0; i < n; ++i)
-        for (int d = 0; d < D; ++d) {
-            const double e = x[i * D + d] - mean[d];
-            s += e * e;
-        }
-    return s;
-}
-
-nlohmann::json nmse_or_null(const ResidualError& e) {
-    return e.tokens > 0 ? nlohmann::json(e.nmse()) : nlohmann::json(nullptr);
-}
-
-// Everything the table and its metadata need about one tensor (K or V) of one head.
-struct HeadTensorResult {
-    std::vector<int64_t> counts;
-    float clip = 1.0f;
-    double gate_z = ptable::kDefaultGateZ;
-    nlohmann::json stats;
-};
-
-// What the key and value fits of one tensor share: the pooled tokens, the patterns, the
-// training and held-out tokens' patterns and the sequences the fit uses.
-struct FitInputs {
-    const Pooled& pool;
-    int D;
-    const float* patterns;
-    const int32_t* labels;  // training tokens' patterns
-    const int32_t* hl;      // held-out tokens' patterns
-    const std::vector<SeqRange>& fit_seqs;
-    const CalibrateConfig& c;
-};
-
-// The held-out ablation of one head tensor, the same for keys and values: plain min-max,
-// min-max with its own fitted clip ratio, patterns at the default settings (p) and at the
-// fitted ones, measured in one pass; `fitted_error` gets the last, whose counts the
-// caller may report.
-template <class ErrorsFn>
-nlohmann::json heldout_record(const ErrorsFn& held_errors, const ResidualParams& p, float minmax_clip,
-                              const ResidualParams& fitted, ResidualError& fitted_error) {
-    ResidualParams base = p;
-    base.use_patterns = false;
-    ResidualParams clipped = base;
-    clipped.clip = minmax_clip;
-    const std::vector<ResidualError> e = held_errors(std::vector<ResidualParams>{base, clipped, p, fitted});
-    nlohmann::json held;
-    held["nmse_minmax"] = nmse_or_null(e[0]);
-    held["nmse_minmax_clipped"] = nmse_or_null(e[1]);
-    held["nmse_patterns"] = nmse_or_null(e[2]);
-    fitted_error = e[3];
-    held["nmse_fitted"] = nmse_or_null(fitted_error);
-    held["tokens"] = fitted_error.tokens;
-    return held;
-}
-
-// Keys: fits the clip ratio (clip 1 without --fit) and measures the held-out NMSE of
-// plain min-max, min-max with its own clip, patterns by default and patterns fitted.
-nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult& out, nlohmann::json& j) {
-    const Pooled& pool = x.pool;
-    const CalibrateConfig& c = x.c;
-    KeyFit fit = fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group);
-    if (!c.fit) {
-        fit.clip = 1.0f;
-        fit.at_fit = fit.at_default;
-    }
-    out.clip = fit.clip;
-    j["clip"] = fit.clip;
-    j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
-    const auto held_errors = [&](const std::vector<ResidualParams>& q) {
-        return key_residual_errors(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, q);
-    };
-    const float minmax_clip =
-        fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
-    ResidualParams fitted = p;
-    fitted.clip = fit.clip;
-    ResidualError e;
-    return heldout_record(held_errors, p, minmax_clip, fitted, e);
-}
-
-// Values: as finish_key, with the gate's z fitted too (the paper's z without --fit) and
-// the share of held-out tokens the gate sends to their pattern.
-nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResult& out, nlohmann::json& j) {
-    const Pooled& pool = x.pool;
-    const CalibrateConfig& c = x.c;
-    ValueFit fit = fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group);
-    if (!c.fit) {
-        fit.clip = 1.0f;
-        fit.gate_z = ptable::kDefaultGateZ;
-        fit.at_fit = fit.at_default;
-    }
-    out.clip = fit.clip;
-    out.gate_z = fit.gate_z;
-    j["clip"] = fit.clip;
-    j["gate_z"] = fit.gate_z;
-    j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
-    const std::vector<double> rho = gate_rhos(pool.hold.data(), pool.n_hold(), x.D, x.patterns, x.hl);
-    const auto held_errors = [&](const std::vector<ResidualParams>& q) {
-        return value_residual_errors(pool.hold.data(), x.D, pool.hold_seqs, x.patterns, x.hl, rho.data(), q);
-    };
-    const float minmax_clip =
-        fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false).clip;
-    ResidualParams fitted = p;
-    fitted.clip = fit.clip;
-    fitted.gate_z = fit.gate_z;
-    ResidualError e;
-    nlohmann::json held = heldout_record(held_errors, p, minmax_clip, fitted, e);
-    j["gate_rate"] = e.tokens > 0 ? nlohmann::json(static_cast<double>(e.gated) / static_cast<double>(e.tokens))
-                                  : nlohmann::json(nullptr);
-    return held;
-}
-
-HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
-                               const CalibrateConfig& c) {
-    HeadTensorResult out;
-    const float* patterns = km.centroids.data();
-    const int64_t n = pool.n_train();
-    std::vector<int32_t> labels(static_cast<size_t>(n));
-    assign_patterns(pool.train.data(), n, D, patterns, M, c.assign_l2, labels.data());
-    out.counts.assign(static_cast<size_t>(M), 0);
-    for (int32_t l : labels) ++out.counts[l];
-    const int64_t dead = std::count(out.counts.begin(), out.counts.end(), int64_t{0});
-    const double sst = total_sum_squares(pool.train, n, D);
-
-    const std::vector<SeqRange> fit_seqs = fit_subset(pool.train_seqs, c.fit_tokens);
-    ResidualParams p;
-    p.bits = c.bits;
-    p.group = c.group;
-    nlohmann::json j = {{"objective", km.objective},
-                        {"variance_explained", sst > 0.0 ? 1.0 - km.objective / sst : 0.0},
-                        {"dead_patterns", dead},
-                        {"kmeans_iterations", km.iterations}};
-    std::vector<int32_t> hl(static_cast<size_t>(pool.n_hold()));
-    assign_patterns(pool.hold.data(), pool.n_hold(), D, patterns, M, c.assign_l2, hl.data());
-    const FitInputs x{pool, D, patterns, labels.data(), hl.data(), fit_seqs, c};
-    nlohmann::json held = is_value ? finish_value(x, p, out, j) : finish_key(x, p, out, j);
-    j["heldout"] = std::move(held);
-    out.stats = std::move(j);
     return out;
 }
 
@@ -627,6 +471,14 @@ struct Mined {
     double kmeans_seconds = 0.0;
 };
 
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 // A batch on a rank that mines: all its K and V problems go to k-means at once, then
 // each head's fit and held-out measurement run in parallel.
 void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
@@ -651,12 +503,15 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
     // One job per tensor rather than per head: twice the jobs balance the threads
-    // better when a batch holds few heads.
+    // better. A batch of fewer tensors than threads (large heads) also splits each fit's
+    // candidates into tasks for the threads that would wait.
+    const int64_t tensors = 2 * static_cast<int64_t>(kpool.size());
+    const bool tasks = tensors < max_threads();
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < 2 * static_cast<int64_t>(kpool.size()); ++t) {
+    for (int64_t t = 0; t < tensors; ++t) {
         const size_t i = static_cast<size_t>(t / 2);
-        if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c);
-        else kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c);
+        if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c, tasks);
+        else kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks);
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));

@@ -308,6 +308,32 @@ TEST_CASE("one-pass residual errors equal the single evaluations bit for bit", "
                 CHECK(same(ke[k], key_residual_error(x.data(), D, seqs, pat.data(), labels.data(), ps[k])));
             }
         }
+    // As OpenMP tasks in a parallel region: the same values.
+    std::vector<ResidualParams> many;
+    for (float clip : clip_grid())
+        for (bool use : {true, false}) {
+            ResidualParams p;
+            p.group = 8;
+            p.clip = clip;
+            p.use_patterns = use;
+            many.push_back(p);
+        }
+    const std::vector<ResidualError> one = key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), many);
+    const std::vector<ResidualError> vone =
+        value_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), rho.data(), many);
+    std::vector<ResidualError> split, vsplit;
+#pragma omp parallel num_threads(3)
+#pragma omp single
+    {
+        split = key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), many, true);
+        vsplit = value_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), rho.data(), many, true);
+    }
+    REQUIRE(split.size() == many.size());
+    REQUIRE(vsplit.size() == many.size());
+    for (size_t k = 0; k < many.size(); ++k) {
+        CHECK(same(split[k], one[k]));
+        CHECK(same(vsplit[k], vone[k]));
+    }
     std::vector<ResidualParams> mixed(2);
     mixed[1].bits = 4;
     CHECK_THROWS_AS(key_residual_errors(x.data(), D, seqs, pat.data(), labels.data(), mixed), Error);

@@ -1,0 +1,41 @@
+// pkv/pipeline/calibrate_fit.h — `pkv calibrate`'s fit of one head tensor after k-means
+// (calibrate_fit.cpp), shared by calibrate.cpp alone; not part of the public API.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pkv/kmeans/kmeans.h"
+#include "pkv/kvcache/residual.h"
+#include "pkv/pipeline/calibrate.h"
+#include "pkv/table/pattern_table.h"
+
+namespace pkv::calib {
+
+/// The pooled tokens of one (layer, head) tensor: train and held-out parts with their sequences.
+struct Pooled {
+    std::vector<float> train, hold;
+    std::vector<SeqRange> train_seqs, hold_seqs;
+    int64_t n_train() const { return train_seqs.empty() ? 0 : train_seqs.back().start + train_seqs.back().length; }
+    int64_t n_hold() const { return hold_seqs.empty() ? 0 : hold_seqs.back().start + hold_seqs.back().length; }
+};
+
+/// Everything the table and its metadata need about one tensor (K or V) of one head.
+struct HeadTensorResult {
+    std::vector<int64_t> counts;
+    float clip = 1.0f;
+    double gate_z = ptable::kDefaultGateZ;
+    nlohmann::json stats;
+};
+
+/// Assigns the train and held-out tokens their patterns, fits the tensor's clip ratio
+/// (and the values' gate z) on the training tokens and measures the held-out ablation
+/// (docs/numerics.md, "Pattern tables"). tasks: the fits' candidates become OpenMP tasks
+/// that idle threads of the enclosing parallel region may take (a batch of fewer tensors
+/// than threads); the result is the same either way.
+HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
+                               const CalibrateConfig& c, bool tasks);
+
+}  // namespace pkv::calib
