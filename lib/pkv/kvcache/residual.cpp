@@ -75,14 +75,10 @@ inline float reconstruct(float r, float z, float s, float div, float qmax) {
     v = std::min(std::max(v, -1.0f), qmax + 1.0f);
     float t = (v + kRound) - kRound;
     t = std::min(std::max(t, 0.0f), qmax);
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-    // t s + z is exact in double (quantize_minmax_group), so a fused multiply-add's one
-    // rounding to float is the rounding of that double: the same value, without the
-    // conversions to double and back.
-    return std::fma(t, s, z);
-#else
-    return static_cast<float>(static_cast<double>(t) * s + static_cast<double>(z));
-#endif
+    // q s is exact in float (q < 2^8, s a binary16 value), so with or without a fused
+    // multiply-add the sum has one rounding, that of the exact q s + z: the float
+    // quantize_minmax_group gets from its exact double sum.
+    return t * s + z;
 }
 
 // err2[k] += |x - x̂_k|² for every candidate k of one element. x̂_k = reconstruct(x - c m_k)
