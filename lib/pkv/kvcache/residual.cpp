@@ -123,10 +123,6 @@ std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2
     return out;
 }
 
-}  // namespace
-
-namespace {
-
 std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vector<SeqRange>& seqs,
                                            const float* patterns, const int32_t* labels,
                                            const std::vector<ResidualParams>& ps) {
