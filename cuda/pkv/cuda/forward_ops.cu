@@ -1,5 +1,6 @@
 // The CUDA forward engine's element-wise and row kernels (forward_ops.cuh) and their
-// host-memory forms for the parity tests (forward_ops.h). Attention: forward_attention.cu.
+// host-memory forms for the parity tests (forward_ops.h). Attention: forward_attention.cu
+// (float) and forward_attention_mma.cu (tensor cores).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -335,7 +336,8 @@ void geglu_tanh_inplace(float* gate, const float* up, int64_t n, int device) {
 }
 
 void causal_attention(const float* q, const float* k, const float* v, const std::vector<int>& lengths, int n_head,
-                      int n_head_kv, int head_dim, float* out, float kq_scale, int window, int device) {
+                      int n_head_kv, int head_dim, float* out, float kq_scale, int window, int device,
+                      WeightType math) {
     PKV_CHECK(n_head_kv >= 1 && n_head % n_head_kv == 0 && head_dim >= 1 && head_dim <= fwd::kMaxHeadDim,
               invalid_argument,
               "cuda causal_attention: {} heads, {} KV heads, head_dim {}: expected a multiple and "
@@ -356,15 +358,19 @@ void causal_attention(const float* q, const float* k, const float* v, const std:
     upload(dt, tiles.data(), tiles.size());
     dout.reserve(nq);
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
-    fwd::attention(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv, head_dim,
-                   scale, window, dout.get(), nullptr);
+    if (math == WeightType::f32)
+        fwd::attention(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
+                       head_dim, scale, window, dout.get(), nullptr);
+    else
+        fwd::attention_mma(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
+                           head_dim, scale, window, math, dout.get(), nullptr);
     download(out, dout, nq);
 }
 
 void causal_attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
                              const int32_t* k_flush, const int32_t* v_flush, const std::vector<int>& lengths,
                              int n_head, int n_head_kv, int head_dim, float* out, float kq_scale, int window,
-                             int device) {
+                             int device, WeightType math) {
     PKV_CHECK(n_head_kv >= 1 && n_head % n_head_kv == 0 && head_dim >= 1 && head_dim <= fwd::kMaxHeadDim,
               invalid_argument,
               "cuda causal_attention_cached: {} heads, {} KV heads, head_dim {}: expected a multiple and "
@@ -390,9 +396,14 @@ void causal_attention_cached(const float* q, const float* k, const float* v, con
     upload(dt, tiles.data(), tiles.size());
     dout.reserve(nq);
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
-    fwd::attention_cached(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
-                          static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
-                          head_dim, scale, window, dout.get(), nullptr);
+    if (math == WeightType::f32)
+        fwd::attention_cached(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
+                              static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
+                              head_dim, scale, window, dout.get(), nullptr);
+    else
+        fwd::attention_cached_mma(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
+                                  static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head,
+                                  n_head_kv, head_dim, scale, window, math, dout.get(), nullptr);
     download(out, dout, nq);
 }
 

@@ -1,6 +1,7 @@
 // Internal: launchers of the CUDA forward engine's kernels, on device pointers and one
 // stream (the engine's, and the host-memory twins of forward_ops.h). Kernels are private
-// to forward_ops.cu and forward_attention.cu. Every launcher checks the launch.
+// to forward_ops.cu, forward_attention.cu and forward_attention_mma.cu. Every launcher
+// checks the launch.
 // Shapes follow lib/pkv/model/ops.h: row-major, one row per packed token.
 #pragma once
 
@@ -52,6 +53,16 @@ void attention_cached(const float* q, const float* k, const float* v, const floa
                       const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
                       int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, float* out,
                       cudaStream_t s);
+/// attention and attention_cached on tensor cores (forward_attention_mma.cu): q, k, v (and
+/// the reconstructions) rounded to `math` (fp16 or bf16) as they are staged, scores,
+/// softmax statistics and outputs in float. The engine's attention (with fp16 operands)
+/// when its weights are bf16 or fp16; the float kernels above stay the f32 engine's.
+void attention_mma(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
+                   int n_head_kv, int head_dim, float scale, int window, WeightType math, float* out, cudaStream_t s);
+void attention_cached_mma(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
+                          const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
+                          int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window,
+                          WeightType math, float* out, cudaStream_t s);
 /// Queries per attention tile (engine_plan's attention_tiles(batch, kAttentionTileRows)).
 constexpr int kAttentionTileRows = 16;
 constexpr int kMaxHeadDim = 256;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "pkv/core/rope.h"
+#include "pkv/model/engine_plan.h"
 
 namespace pkv::cuda {
 
@@ -31,9 +32,12 @@ void geglu_tanh_inplace(float* gate, const float* up, int64_t n, int device = 0)
 
 /// Causal (window > 0: sliding-window) GQA attention of sequences packed row after row:
 /// lengths[s] rows each; q and out [rows, n_head · head_dim], k and v [rows, n_head_kv ·
-/// head_dim]. kq_scale <= 0: 1/sqrt(head_dim). head_dim <= 256.
+/// head_dim]. kq_scale <= 0: 1/sqrt(head_dim). head_dim <= 256. math: f32 runs the float
+/// kernel of the f32 engine; fp16 and bf16 the tensor-core kernel of the engines with those
+/// weights (operands rounded to that type, sums in float).
 void causal_attention(const float* q, const float* k, const float* v, const std::vector<int>& lengths, int n_head,
-                      int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0, int device = 0);
+                      int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0, int device = 0,
+                      WeightType math = WeightType::f32);
 
 /// causal_attention over the cache a runtime holds: k_hat and v_hat [rows, n_head_kv ·
 /// head_dim] as k and v; k_flush and v_flush [n_head_kv, rows], the flush step of each
@@ -42,7 +46,7 @@ void causal_attention(const float* q, const float* k, const float* v, const std:
 void causal_attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
                              const int32_t* k_flush, const int32_t* v_flush, const std::vector<int>& lengths,
                              int n_head, int n_head_kv, int head_dim, float* out, float kq_scale = 0.0f, int window = 0,
-                             int device = 0);
+                             int device = 0, WeightType math = WeightType::f32);
 
 /// Next-token NLL and first argmax of each row of logits [rows, n_vocab], seen in chunks
 /// of `chunk` columns (targets[r] in [0, n_vocab); the row's NLL is -log softmax(target)).
