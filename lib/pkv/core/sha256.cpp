@@ -8,6 +8,12 @@
 
 #include "pkv/core/error.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define PKV_SHA_X86 1
+#endif
+
 namespace pkv {
 
 namespace {
@@ -22,11 +28,9 @@ constexpr uint32_t K[64] = {
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-}  // namespace
 
-Sha256::Sha256() : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
-
-void Sha256::block(const uint8_t* p) {
+// One block with the portable code.
+void block_portable(uint32_t* h_, const uint8_t* p) {
     uint32_t w[64];
     for (int i = 0; i < 16; ++i)
         w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) |
@@ -63,6 +67,75 @@ void Sha256::block(const uint8_t* p) {
     h_[7] += h;
 }
 
+#ifdef PKV_SHA_X86
+// n blocks with the SHA extensions. The state lives in two registers in the order the
+// round instruction takes: (a, b, e, f) and (c, d, g, h), highest lane first; each
+// sha256rnds2 does two rounds, so four rounds take two calls with the words' halves.
+__attribute__((target("sha,sse4.1"))) void blocks_sha_ni(uint32_t* h_, const uint8_t* p, size_t n) {
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h_)), 0xB1);      // b a d c
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h_ + 4)), 0x1B);  // h g f e
+    __m128i abef = _mm_alignr_epi8(abcd, efgh, 8);                                                      // f e b a
+    __m128i cdgh = _mm_blend_epi16(efgh, abcd, 0xF0);                                                   // h g d c
+    for (; n > 0; --n, p += 64) {
+        const __m128i abef0 = abef, cdgh0 = cdgh;
+        __m128i w[4];
+        for (int i = 0; i < 4; ++i)
+            w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), bswap);
+        for (int r = 0; r < 16; ++r) {
+            __m128i& wr = w[r & 3];
+            if (r >= 4) {
+                // w[t] = s1(w[t-2]) + w[t-7] + s0(w[t-15]) + w[t-16], four words at a time.
+                wr = _mm_sha256msg1_epu32(wr, w[(r + 1) & 3]);
+                wr = _mm_add_epi32(wr, _mm_alignr_epi8(w[(r + 3) & 3], w[(r + 2) & 3], 4));
+                wr = _mm_sha256msg2_epu32(wr, w[(r + 3) & 3]);
+            }
+            __m128i wk = _mm_add_epi32(wr, _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + 4 * r)));
+            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+            wk = _mm_shuffle_epi32(wk, 0x0E);
+            abef = _mm_sha256rnds2_epu32(abef, cdgh, wk);
+        }
+        abef = _mm_add_epi32(abef, abef0);
+        cdgh = _mm_add_epi32(cdgh, cdgh0);
+    }
+    const __m128i abef_r = _mm_shuffle_epi32(abef, 0x1B);                                      // a b e f
+    const __m128i cdgh_r = _mm_shuffle_epi32(cdgh, 0xB1);                                      // g h c d
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(h_), _mm_blend_epi16(abef_r, cdgh_r, 0xF0));   // a b c d
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(h_ + 4), _mm_alignr_epi8(cdgh_r, abef_r, 8));  // e f g h
+}
+
+bool cpu_has_sha_ni() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1)) return false;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    return (b & bit_SHA) != 0;
+}
+#endif
+}  // namespace
+
+bool sha256_hardware() {
+#ifdef PKV_SHA_X86
+    static const bool has = cpu_has_sha_ni();
+    return has;
+#else
+    return false;
+#endif
+}
+
+Sha256::Sha256(bool hardware)
+    : hw_(hardware && sha256_hardware()), h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+
+void Sha256::blocks(const uint8_t* p, size_t n) {
+#ifdef PKV_SHA_X86
+    if (hw_) {
+        blocks_sha_ni(h_, p, n);
+        return;
+    }
+#endif
+    for (; n > 0; --n, p += 64) block_portable(h_, p);
+}
+
 void Sha256::update(const void* data, size_t n) {
     const uint8_t* p = static_cast<const uint8_t*>(data);
     total_ += n;
@@ -73,14 +146,14 @@ void Sha256::update(const void* data, size_t n) {
         p += take;
         n -= take;
         if (buf_len_ == 64) {
-            block(buf_);
+            blocks(buf_, 1);
             buf_len_ = 0;
         }
     }
-    while (n >= 64) {
-        block(p);
-        p += 64;
-        n -= 64;
+    if (n >= 64) {
+        blocks(p, n / 64);
+        p += n / 64 * 64;
+        n %= 64;
     }
     if (n > 0) {
         std::memcpy(buf_, p, n);

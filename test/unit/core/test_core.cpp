@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,32 @@ TEST_CASE("sha256 matches FIPS 180-4 test vectors", "[core][sha256]") {
     std::string a(1000, 'a');
     for (int i = 0; i < 1000; ++i) h.update(a.data(), a.size());
     CHECK(h.hex() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    Sha256 portable(false);
+    for (int i = 0; i < 1000; ++i) portable.update(a.data(), a.size());
+    CHECK(portable.hex() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("sha256: the SHA-extension blocks equal the portable ones", "[core][sha256]") {
+    if (!sha256_hardware()) WARN("this CPU has no SHA extensions: only the portable code ran");
+    std::mt19937 rng(11);
+    std::vector<uint8_t> data(5000);
+    for (auto& b : data) b = static_cast<uint8_t>(rng());
+    // Lengths around block and padding boundaries, fed whole and in uneven pieces.
+    for (size_t n : {size_t{0}, size_t{55}, size_t{56}, size_t{63}, size_t{64}, size_t{65}, size_t{119}, size_t{128},
+                     size_t{1000}, size_t{4096}, size_t{5000}}) {
+        CAPTURE(n);
+        Sha256 hw, sw(false), pieces;
+        hw.update(data.data(), n);
+        sw.update(data.data(), n);
+        for (size_t i = 0; i < n;) {
+            const size_t k = std::min<size_t>(n - i, 1 + rng() % 150);
+            pieces.update(data.data() + i, k);
+            i += k;
+        }
+        const std::string ref = sw.hex();
+        CHECK(hw.hex() == ref);
+        CHECK(pieces.hex() == ref);
+    }
 }
 
 TEST_CASE("checked arithmetic names the quantity on overflow", "[core][error]") {
