@@ -203,4 +203,8 @@ std::string sha256_file(const std::string& path) {
     return h.hex();
 }
 
+std::future<std::string> sha256_file_async(const std::string& path) {
+    return std::async(std::launch::async, [path] { return sha256_file(path); });
+}
+
 }  // namespace pkv

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <string>
 
 namespace pkv {
@@ -37,5 +38,9 @@ bool sha256_hardware();
 std::string sha256_hex(const void* data, size_t n);
 /// Hashes a whole file; throws not_found/io naming the path.
 std::string sha256_file(const std::string& path);
+/// sha256_file on a thread of its own, started now, so that the hash of a large model
+/// overlaps with loading it; get() returns the digest or rethrows the error. The future's
+/// destructor waits for the hash.
+std::future<std::string> sha256_file_async(const std::string& path);
 
 }  // namespace pkv

@@ -305,12 +305,13 @@ DumpSummary run_dump(const DumpConfig& c) {
     // The output is claimed before the long work so that a refusal comes at once.
     AtomicOutput out(c.out_path, c.force);
     const EngineFactory& factory = c.engines.empty() ? c.engine : c.engines.front();
+    std::future<std::string> sha = sha256_file_async(c.model_path);  // while the engine loads the weights
     const std::unique_ptr<ForwardEngine> engine = factory ? factory(*job.model) : make_cpu_engine(*job.model);
     install_interrupt_handlers();
 
     std::vector<TextSource> sources;
     const std::vector<int32_t> stream = token_stream(*job.file, c.text_paths, c.token_ids_path, c.n_tokens, sources);
-    job.model_sha = sha256_file(c.model_path);
+    job.model_sha = sha.get();
     const KvDumpHeader header = dump_header(c, job, sources, engine->description());
 
     DumpPart all;

@@ -80,9 +80,10 @@ public:
         layers_.erase(std::unique(layers_.begin(), layers_.end()), layers_.end());
         info_ = layer_info_of(hp, layers_);
         native_hf_ = hp.rope_layout == RopeLayout::half_split;
+        std::future<std::string> sha = sha256_file_async(c.model_path);  // while the engine loads the weights
         engine_ = c.engine ? c.engine(*model_) : make_cpu_engine(*model_);
         stream_ = token_stream(*file_, c.text_paths, c.token_ids_path, c.n_tokens, sources_);
-        model_rec_ = model_json(hp, *file_, c.model_path, sha256_file(c.model_path));
+        model_rec_ = model_json(hp, *file_, c.model_path, sha.get());
         pick_sequences();
         provenance_ = provenance_json(c.command, c.argv);
         provenance_.update({
