@@ -87,6 +87,9 @@ private:
     void device_cache_layer(int l, int64_t n, const float* cos, const float* sin);
     void hook_layer(int l, const PackedBatch& b, const BatchCacheHook& cache, int64_t s_begin);
     void deliver(Capture& c, const PackedBatch& b, int64_t s_begin, const EngineSink& sink);
+    /// With 16-bit weights, a non-finite loss or hidden value of the batch's results is refused
+    /// (check_finite_results): binary16 attention operands may have overflowed.
+    void check_finite(const PackedBatch& b, int64_t s_begin, const BatchResult& out) const;
     void logits(const PackedBatch& b, int64_t padded, const ForwardOptions& opts, int64_t s_begin, BatchResult& out);
 
     const LlamaModel& model_;
@@ -586,6 +589,7 @@ void CudaEngine::logits(const PackedBatch& b, int64_t padded, const ForwardOptio
         opts.want_nll && std::any_of(b.target.begin(), b.target.end(), [](int32_t t) { return t >= 0; });
     if (!any_target && !opts.want_last_logits) {
         PKV_CUDA_CHECK(cudaStreamSynchronize(s));
+        check_finite(b, s_begin, out);
         return;
     }
     const DeviceTensor& ow = layout_.tensors[static_cast<size_t>(layout_.output)];
@@ -642,6 +646,15 @@ void CudaEngine::logits(const PackedBatch& b, int64_t padded, const ForwardOptio
             r.last_logits.assign(last_host_.get() + static_cast<int64_t>(i) * V,
                                  last_host_.get() + static_cast<int64_t>(i + 1) * V);
     }
+    check_finite(b, s_begin, out);
+}
+
+void CudaEngine::check_finite(const PackedBatch& b, int64_t s_begin, const BatchResult& out) const {
+    if (opt_.weights == WeightType::f32) return;
+    check_finite_results(model_.file(), out, static_cast<size_t>(s_begin), static_cast<size_t>(s_begin + b.n_seq()),
+                         s_begin,
+                         "on the GPU attention's operands are binary16, which overflows beyond 65504; --device cpu "
+                         "computes in float");
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include "pkv/model/engine_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <exception>
 
@@ -213,6 +214,20 @@ void check_engine_batch(const GgufFile& f, const LlamaHparams& hp, const std::ve
         for (size_t i = 0; i < tokens.size(); ++i)
             PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
                       "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
+    }
+}
+
+void check_finite_results(const GgufFile& f, const std::vector<ForwardResult>& results, size_t begin, size_t end,
+                          int64_t sequence0, const char* why) {
+    for (size_t i = begin; i < end; ++i) {
+        const ForwardResult& r = results[i];
+        const int64_t seq = sequence0 + static_cast<int64_t>(i - begin);
+        for (size_t p = 0; p < r.nll.size(); ++p)
+            PKV_CHECK(std::isfinite(r.nll[p]), data_loss, "{}: sequence {}: the loss at position {} is {} ({})",
+                      f.path(), seq, p, r.nll[p], why);
+        for (size_t j = 0; j < r.hidden.size(); ++j)
+            PKV_CHECK(std::isfinite(r.hidden[j]), data_loss, "{}: sequence {}: hidden value {} is {} ({})", f.path(),
+                      seq, j, r.hidden[j], why);
     }
 }
 

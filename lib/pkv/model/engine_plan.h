@@ -117,4 +117,10 @@ void embed_rows(const GgufFile& f, const LlamaHparams& hp, const std::vector<int
 void check_engine_batch(const GgufFile& f, const LlamaHparams& hp, const std::vector<std::vector<int32_t>>& sequences,
                         const ForwardOptions& opts, bool has_sink);
 
+/// Refuses a result with a non-finite NLL or hidden value, naming the file, the sequence
+/// (sequence0 + its index in the batch), the position and `why` (what the engine knows may
+/// cause it), so that no report carries a nan for a figure. Checks what the results hold.
+void check_finite_results(const GgufFile& f, const std::vector<ForwardResult>& results, size_t begin, size_t end,
+                          int64_t sequence0, const char* why);
+
 }  // namespace pkv

@@ -2,6 +2,7 @@
 // sizing, the device weight layout, weight conversion and the batch checks.
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -227,4 +228,28 @@ TEST_CASE("check_engine_batch refuses what the forward pass would, before any wo
     bad = o;
     bad.kv_cache = [](const KvHookInput&, KvHookOutput&) {};
     CHECK(code_of([&] { check_engine_batch(f, hp, {{1}}, bad, false); }) == ErrorCode::invalid_argument);
+}
+
+TEST_CASE("check_finite_results refuses a nan or infinite loss or hidden value, naming where", "[model][engine_plan]") {
+    ScratchDir dir;
+    const std::string path = dir.path("tiny.gguf");
+    write_tiny_llama(path, TinySpec{});
+    const auto file = GgufFile::open(path);
+    std::vector<ForwardResult> r(3);
+    for (auto& x : r) x.nll = {1.0f, 2.0f}, x.hidden = {0.5f, -0.5f};
+    CHECK_NOTHROW(check_finite_results(*file, r, 0, 3, 0, "why"));
+    r[2].nll[1] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_NOTHROW(check_finite_results(*file, r, 0, 2, 0, "why"));  // only the range given is checked
+    try {
+        check_finite_results(*file, r, 1, 3, 7, "binary16 overflow");
+        FAIL("a nan loss was accepted");
+    } catch (const Error& e) {
+        CHECK(e.code() == ErrorCode::data_loss);
+        const std::string m = e.what();
+        CHECK(m.find(path) != std::string::npos);
+        CHECK(m.find("sequence 8: the loss at position 1 is nan (binary16 overflow)") != std::string::npos);
+    }
+    r[2].nll[1] = 1.0f;
+    r[0].hidden[1] = std::numeric_limits<float>::infinity();
+    CHECK(code_of([&] { check_finite_results(*file, r, 0, 1, 0, "why"); }) == ErrorCode::data_loss);
 }
