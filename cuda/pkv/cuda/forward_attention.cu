@@ -40,16 +40,6 @@ size_t shared_bytes(int head_dim, bool cached) {
            (cached ? sizeof(int32_t) * 2 * kKeys : 0);
 }
 
-/// The cache of a cached attention (device pointers): k_hat / v_hat as k / v, flush steps
-/// [n_head_kv][flush_stride] per packed row, relative to the row's sequence.
-struct CacheView {
-    const float* k_hat = nullptr;
-    const float* v_hat = nullptr;
-    const int32_t* k_flush = nullptr;
-    const int32_t* v_flush = nullptr;
-    int64_t flush_stride = 0;
-};
-
 __device__ inline float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -64,7 +54,7 @@ template <bool kCached>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                      const AttentionTile* __restrict__ tiles, int n_head, int group, int head_dim, float scale,
-                     int window, CacheView cache, float* __restrict__ out) {
+                     int window, AttentionCacheView cache, float* __restrict__ out) {
     extern __shared__ float smem[];
     const int ks = key_stride(head_dim);
     float* qs = smem;                                // [kAttentionTileRows][head_dim]
@@ -187,7 +177,7 @@ void attention(const float* q, const float* k, const float* v, const AttentionTi
                                         static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(n_head));
     attention_kernel<false><<<grid, kWarps * 32, smem, s>>>(q, k, v, tiles, n_head, n_head / n_head_kv, head_dim, scale,
-                                                            window, CacheView{}, out);
+                                                            window, AttentionCacheView{}, out);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -202,7 +192,7 @@ void attention_cached(const float* q, const float* k, const float* v, const floa
     PKV_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(n_head));
-    const CacheView cache{k_hat, v_hat, k_flush, v_flush, rows};
+    const AttentionCacheView cache{k_hat, v_hat, k_flush, v_flush, rows};
     attention_kernel<true><<<grid, kWarps * 32, smem, s>>>(q, k, v, tiles, n_head, n_head / n_head_kv, head_dim, scale,
                                                            window, cache, out);
     PKV_CUDA_CHECK(cudaGetLastError());

@@ -62,14 +62,6 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-struct CacheView {
-    const float* k_hat = nullptr;
-    const float* v_hat = nullptr;
-    const int32_t* k_flush = nullptr;
-    const int32_t* v_flush = nullptr;
-    int64_t flush_stride = 0;
-};
-
 template <typename T, int D, bool kCached>
 size_t shared_bytes_mma() {
     constexpr int KC = key_chunk<D>(), S = row_stride<D>();
@@ -153,7 +145,7 @@ template <typename T, int D, bool kCached>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_mma_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                          const AttentionTile* __restrict__ tiles, int n_head, int group, int parts, int head_dim,
-                         float scale_log2, int window, CacheView cache, float* __restrict__ out) {
+                         float scale_log2, int window, AttentionCacheView cache, float* __restrict__ out) {
     constexpr int KC = key_chunk<D>(), S = row_stride<D>(), NT = KC / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* qs = reinterpret_cast<T*>(smem_raw);  // [kWarps][kRows][S]
@@ -311,7 +303,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 template <typename T, int D, bool kCached>
 void launch(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
-            int n_head_kv, int head_dim, float scale, int window, const CacheView& cache, float* out, cudaStream_t s) {
+            int n_head_kv, int head_dim, float scale, int window, const AttentionCacheView& cache, float* out,
+            cudaStream_t s) {
     const size_t smem = shared_bytes_mma<T, D, kCached>();
     auto* kernel = attention_mma_kernel<T, D, kCached>;
     PKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -326,7 +319,7 @@ void launch(const float* q, const float* k, const float* v, const AttentionTile*
 
 template <typename T, bool kCached>
 void dispatch(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
-              int n_head_kv, int head_dim, float scale, int window, const CacheView& cache, float* out,
+              int n_head_kv, int head_dim, float scale, int window, const AttentionCacheView& cache, float* out,
               cudaStream_t s) {
     if (head_dim <= 64)
         launch<T, 64, kCached>(q, k, v, tiles, n_tiles, n_head, n_head_kv, head_dim, scale, window, cache, out, s);
@@ -355,7 +348,7 @@ void attention_cached_mma(const float* q, const float* k, const float* v, const 
     PKV_ASSERT(head_dim >= 1 && head_dim <= kMaxHeadDim && n_head_kv >= 1 && n_head % n_head_kv == 0 && scale > 0);
     PKV_ASSERT(math != WeightType::f32 && k_hat && v_hat && k_flush && v_flush);
     if (n_tiles <= 0) return;
-    const CacheView cache{k_hat, v_hat, k_flush, v_flush, rows};
+    const AttentionCacheView cache{k_hat, v_hat, k_flush, v_flush, rows};
     if (math == WeightType::fp16)
         dispatch<__half, true>(q, k, v, tiles, n_tiles, n_head, n_head_kv, head_dim, scale, window, cache, out, s);
     else

@@ -38,6 +38,17 @@ void convert(const float* x, int64_t n, WeightType type, void* out, cudaStream_t
 /// n floats to binary16 bits, round to nearest even (pkv::float_to_half).
 void to_half(const float* x, int64_t n, uint16_t* out, cudaStream_t s);
 
+/// The cache a cached attention kernel reads (device pointers; forward_attention.cu and
+/// forward_attention_mma.cu): k_hat / v_hat laid out as k / v, flush steps
+/// [n_head_kv][flush_stride] per packed row, relative to the row's sequence.
+struct AttentionCacheView {
+    const float* k_hat = nullptr;
+    const float* v_hat = nullptr;
+    const int32_t* k_flush = nullptr;
+    const int32_t* v_flush = nullptr;
+    int64_t flush_stride = 0;
+};
+
 /// ops::causal_attention_rows over packed rows: q [rows, n_head · head_dim], k and v
 /// [rows, n_head_kv · head_dim]; each tile (device array) is a block of queries of one
 /// sequence (engine_plan.h); query i of a sequence attends to its keys max(0, i - window
