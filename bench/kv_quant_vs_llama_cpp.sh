@@ -14,11 +14,12 @@
 # Prints one table: per method both perplexities, each tool's increase over its own f16 run,
 # and the differences, then both tools' mean KL and top-1 agreement. Exits 1 when the two
 # increases differ by more than PKV_KV_QUANT_TOL percentage points (default 1.0; meant for
-# 16 chunks or more). What the differences
-# come from: docs/numerics.md, "llama.cpp q4_0 and q8_0 KV caches".
+# 16 chunks or more). One more llama.cpp run, its f16 cache with -fa off, shows how far
+# llama.cpp's own two attention paths lie apart. What the differences come from:
+# docs/numerics.md, "Against llama.cpp's quantized cache".
 # Usage: bench/kv_quant_vs_llama_cpp.sh [CHUNKS [CTX [THREADS]]] (default 16, 512, nproc);
-# PKV_MODEL picks another GGUF (default: the default model). About 4 minutes on 2 cores at
-# the defaults. llama.cpp comes from scripts/llama-cpp.sh ($PKV_DATA_DIR/llama.cpp/bin).
+# PKV_MODEL picks another GGUF (default: the default model). About 6 minutes on 2 idle cores
+# at the defaults. llama.cpp comes from scripts/llama-cpp.sh ($PKV_DATA_DIR/llama.cpp/bin).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKV="${PKV_BIN:-$ROOT/build/apps/pkv}"
@@ -36,8 +37,8 @@ THREADS="${3:-$(nproc)}"
 WORK="$(mktemp -d)"
 trap '[ -n "${PKV_BENCH_KEEP:-}" ] && mkdir -p "$PKV_BENCH_KEEP" && cp "$WORK"/*.out "$WORK"/*.err "$WORK"/*.json "$PKV_BENCH_KEEP"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# The first 4000 lines of the text (~45k tokens with SmolLM2's vocabulary) are enough for 64
-# chunks of 512 and keep llama-perplexity's tokenization short.
+# The first 4000 lines of the text (46k tokens with SmolLM2's vocabulary, 44k with Gemma 3's)
+# are enough for 64 chunks of 512 and keep llama-perplexity's tokenization short.
 head -n 4000 "$TEXT" >"$WORK/text.txt"
 BOS=()
 "$PKV" info "$MODEL" >"$WORK/info.txt"
