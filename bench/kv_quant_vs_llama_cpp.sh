@@ -8,9 +8,11 @@
 #              Hadamard-rotated by default (src/llama-kv-cache.cpp, n_rot_k / n_rot_v);
 #              LLAMA_ATTN_ROT_DISABLE=1 turns that off, so "q4_0" here is llama.cpp with the
 #              variable set and "q4_0:rot" is llama.cpp's default.
-#   pkv:       `pkv eval --ctx CTX --prefill CTX/2 --tokens CHUNKS*CTX --kv fp16 q8_0 q8_0:rot q4_0
-#              q4_0:rot`, whose decode positions are llama-perplexity's scored ones
-#              (docs/eval.md, "Same figure as llama.cpp's llama-perplexity").
+#   pkv:       `pkv eval --ctx CTX --prefill CTX/2 --tokens CHUNKS*CTX --kv fp16 q8_0 q8_0:rotv64 q4_0
+#              q4_0:rotv64`, whose decode positions are llama-perplexity's scored ones
+#              (docs/eval.md, "Same figure as llama.cpp's llama-perplexity"); rotv64 is
+#              llama.cpp's rotation (keys by H_D, values by H_64 in 64-element blocks), the
+#              rows call it ":rot" after llama.cpp's side.
 # Prints one table: per method both perplexities, each tool's increase over its own f16 run,
 # and the differences, then both tools' mean KL and top-1 agreement. Exits 1 when the two
 # increases differ by more than PKV_KV_QUANT_TOL percentage points (default 1.0; meant for
@@ -68,7 +70,7 @@ llama q4_0:rot q4_0 1
 
 echo "  pkv eval ..." >&2
 "$PKV" --log-level warn eval --model "$MODEL" --text "$WORK/text.txt" --tokens $((CHUNKS * CTX)) --ctx "$CTX" \
-  --prefill $((CTX / 2)) "${BOS[@]}" --kv fp16 q8_0 q8_0:rot q4_0 q4_0:rot --json "$WORK/pkv.json" --force \
+  --prefill $((CTX / 2)) "${BOS[@]}" --kv fp16 q8_0 q8_0:rotv64 q4_0 q4_0:rotv64 --json "$WORK/pkv.json" --force \
   >/dev/null 2>"$WORK/pkv.err" || { tail -n 5 "$WORK/pkv.err" >&2; exit 1; }
 
 /usr/bin/python3 - "$WORK" "$CHUNKS" "$CTX" "${PKV_KV_QUANT_TOL:-1.0}" <<'PY'
@@ -116,7 +118,8 @@ r = json.load(open(f"{work}/pkv.json"))
 want = chunks * (ctx - 1 - ctx // 2)
 if r["run"]["scored_decode"] != want:
     sys.exit(f"kv-quant: pkv scored {r['run']['scored_decode']} positions, llama-perplexity scores {want}")
-pk = {m["spec"]: dict(ppl=m["ppl"], kl=m["kl_mean"], top1=100 * m["top1_agreement"]) for m in r["methods"]}
+pk = {m["spec"].replace(":rotv64", ":rot"): dict(ppl=m["ppl"], kl=m["kl_mean"], top1=100 * m["top1_agreement"])
+      for m in r["methods"]}
 
 print(f"\n{want} scored positions ({chunks} chunks x {ctx - 1 - ctx // 2}); llama.cpp with -fa on; "
       f"rotation sizes n_rot_k / n_rot_v: " +
@@ -143,7 +146,8 @@ for n in ("q8_0", "q8_0:rot", "q4_0", "q4_0:rot"):
     a, b = ll[n], pk[n]
     print(f"| {n} | {a['kl']:.3e} | {b['kl']:.3e} | {b['kl'] / a['kl']:.2f} | {a['top1']:.2f} | {b['top1']:.2f} |")
 print(f"\nllama.cpp f16 = -ctk f16 -ctv f16 (its fp16 cache); pkv fp16 = its fp32 reference. "
-      f"q8_0 / q4_0 in llama.cpp: LLAMA_ATTN_ROT_DISABLE=1; :rot: llama.cpp's default rotation. "
+      f"q8_0 / q4_0 in llama.cpp: LLAMA_ATTN_ROT_DISABLE=1; :rot: llama.cpp's default rotation "
+      f"and pkv's rotv64. "
       f"KL and top-1 against each tool's own f16 run; the '-fa off' row is llama.cpp's f16 cache through "
       f"its other attention path, the spread of llama.cpp's own numerics.")
 # The tolerance (docs/numerics.md, "Against llama.cpp's quantized cache"): each tool's
