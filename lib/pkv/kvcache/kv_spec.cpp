@@ -131,9 +131,13 @@ bool parse_flag_field(KvSpec& s, SeenFields& seen, const std::string& f) {
         once(s, seen.l2, f);
         only(s, s.method == KvMethod::patternkv, f, "L2 decode assignment", "patternkv");
         s.decode_l2 = true;
-    } else if (f == "rot") {
-        once(s, seen.rot, f);
+    } else if (f == "rot" || f == "rotv64") {
+        once(s, seen.rot, f == "rot" ? "rot" : "rot/rotv64");
         s.rotate = true;
+        // A table's value patterns live in the whole-head basis.
+        if (f == "rotv64")
+            only(s, !s.table, f, "values rotated in 64-element blocks", "kivi, patternkv, q4_0, q8_0 and fp8");
+        s.rotate_v_block = f == "rotv64" ? 64 : 0;
     } else if (f == "pre" || f == "post") {
         once(s, seen.keys, "pre/post");
         s.keys_pre = f == "pre";
@@ -164,7 +168,7 @@ std::string KvSpec::label() const {
     if (patterns != 32) s += ":p" + std::to_string(patterns);
     if (pattern_cap != 0) s += ":cap" + std::to_string(pattern_cap);
     if (decode_l2) s += ":l2";
-    if (rotate) s += ":rot";
+    if (rotate) s += rotate_v_block == 64 ? ":rotv64" : ":rot";
     if (keys_pre) s += ":pre";
     if (table) s += ":" + table_path;
     return s;
@@ -192,7 +196,8 @@ KvSpec parse_kv_spec(const std::string& text) {
             break;
         }
         fail(ErrorCode::invalid_argument,
-             "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, pre or post",
+             "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, rotv64, pre or "
+             "post",
              text, f);
     }
     check_parsed(s, takes_bits, seen.bits);
@@ -210,6 +215,8 @@ void check_kv_spec(const KvSpec& s, int D) {
     if (s.rotate)
         PKV_CHECK(D > 0 && (D & (D - 1)) == 0, unsupported,
                   "--kv '{}': head_dim {}: hadamard rotation needs a power of two", s.text, D);
+    if (s.rotate_v_block > 0)
+        PKV_CHECK(D >= s.rotate_v_block, unsupported, "--kv '{}': head_dim {}: rotv64 needs at least 64", s.text, D);
 }
 
 SimParams kv_spec_sim_params(const KvSpec& s, uint64_t seed) {

@@ -12,6 +12,9 @@
 //          | capN   pattern bank limit, 0 = none (patternkv; default 0)
 //          | l2     decode-time pattern assignment by L2 instead of min-max (patternkv)
 //          | rot    Hadamard-rotate every head before quantizing, rotate back after
+//          | rotv64 as rot, but values rotated in 64-element blocks (H_64 on each; keys
+//                   still by H_D): llama.cpp's rotation of a quantized cache; head_dim a
+//                   power of two >= 64; simulated on the host (no device engine has it)
 //          | pre    quantize keys before RoPE (the cache then holds RoPE(k̃_pre));
 //            post   after RoPE, as runtimes cache them (default)
 //          | PATH   patternkv-table only: the pattern table written by `pkv calibrate`;
@@ -42,6 +45,8 @@ struct KvSpec {
     int pattern_cap = 0;
     bool decode_l2 = false;
     bool rotate = false;
+    /// With rotate: values are rotated in blocks of this many elements (0: the whole head).
+    int rotate_v_block = 0;
     bool keys_pre = false;
 
     /// Canonical form: method, width, then only the fields that differ from their

@@ -118,7 +118,7 @@ std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::ve
     // description carries every rule of the hook (MethodCache::device_cache).
     DeviceKvCache device;
     bool on_device = false;
-    if (!caches.empty() && !host_cache) {
+    if (!caches.empty() && !host_cache && !caches[0]->host_only()) {
         device = caches[0]->device_cache(P);
         on_device = engine.supports_device_cache(device);
     }

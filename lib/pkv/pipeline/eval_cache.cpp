@@ -157,7 +157,10 @@ void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     }
     const bool pre = spec_.keys_pre && !in.value;
     std::vector<float> x(pre ? in.k_pre : in.x, (pre ? in.k_pre : in.x) + nd);
-    if (spec_.rotate) hadamard_rotate_rows(x.data(), n, D);
+    // rotv64 rotates a value head as D/64 independent 64-element rows (llama.cpp's V rotation).
+    const int rb = spec_.rotate && in.value && spec_.rotate_v_block > 0 ? spec_.rotate_v_block : D;
+    const int64_t rrows = static_cast<int64_t>(n) * (D / rb);
+    if (spec_.rotate) hadamard_rotate_rows(x.data(), rrows, rb);
     SimParams sp = params_;
     sp.ring = ring;
     if (table_) {
@@ -168,7 +171,7 @@ void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     SimResult r = simulate_cache(sp, in.value ? KvTensor::v : KvTensor::k, x.data(), n, D, prefill_);
     bits = r.bits.total();
     if (std::all_of(r.flush_step.begin(), r.flush_step.end(), [](int32_t s) { return s == kNeverQuantized; })) return;
-    if (spec_.rotate) hadamard_rotate_rows(r.recon.data(), n, D, nullptr, true);
+    if (spec_.rotate) hadamard_rotate_rows(r.recon.data(), rrows, rb, nullptr, true);
     if (pre) pre_rope_recon_to_post(r.recon.data(), in.k_pre, in.x, n, D, ropes_[rope_of_[in.layer]]);
     out.recon = std::move(r.recon);
     out.flush_step = std::move(r.flush_step);

@@ -46,6 +46,10 @@ public:
     /// description shares this object's pattern table.
     DeviceKvCache device_cache(std::vector<int64_t> prefill) const;
 
+    /// Whether only the hook can simulate this cache (rotv64: no device engine rotates
+    /// values in blocks), so eval runs it on the host whatever the engine.
+    bool host_only() const { return spec_.rotate_v_block != 0; }
+
     /// Storage of this sequence's final cache in bits, summed over layers and KV
     /// heads: keys, values.
     double key_bits() const;

@@ -66,6 +66,11 @@ TEST_CASE("kv spec: methods, widths and defaults", "[eval][spec]") {
     CHECK(parse_kv_spec("q4_0").bits == 4);
     CHECK(parse_kv_spec("q8_0:8").bits == 8);
     CHECK(parse_kv_spec("fp8:rot").label() == "fp8:rot");
+    const KvSpec lr = parse_kv_spec("q4_0:rotv64");
+    CHECK(lr.rotate);
+    CHECK(lr.rotate_v_block == 64);
+    CHECK(lr.label() == "q4_0:rotv64");
+    CHECK(parse_kv_spec("q8_0:rot").rotate_v_block == 0);
     CHECK(parse_kv_spec("q4_0:post").label() == "q4_0");
 
     const SimParams sp = kv_spec_sim_params(parse_kv_spec("patternkv:3:g64:w32:p8"), 42);
@@ -104,6 +109,10 @@ TEST_CASE("kv spec: errors name the spec and what was expected", "[eval][spec]")
     CHECK(parse_error("kivi:2:l2") == "--kv 'kivi:2:l2': 'l2' (L2 decode assignment) applies to patternkv only");
     CHECK(parse_error("kivi:2:4") == "--kv 'kivi:2:4': 'bits' is given twice");
     CHECK(parse_error("kivi:2:rot:rot") == "--kv 'kivi:2:rot:rot': 'rot' is given twice");
+    CHECK(parse_error("q4_0:rot:rotv64") == "--kv 'q4_0:rot:rotv64': 'rot/rotv64' is given twice");
+    CHECK(parse_error("patternkv-table:4:rotv64:t.safetensors") ==
+          "--kv 'patternkv-table:4:rotv64:t.safetensors': 'rotv64' (values rotated in 64-element blocks) applies to "
+          "kivi, patternkv, q4_0, q8_0 and fp8 only");
     CHECK(parse_error("kivi:2::rot") == "--kv 'kivi:2::rot': empty field after '2'");
     CHECK(parse_error("kivi:2:g0") == "--kv 'kivi:2:g0': group 0 must be at least 1");
     CHECK(parse_error("kivi:2:w0") == "--kv 'kivi:2:w0': window 0 must be at least 1");
@@ -120,5 +129,7 @@ TEST_CASE("kv spec: checks against the model's head_dim", "[eval][spec]") {
     CHECK(check_error("kivi:2:g48", 64) ==
           "--kv 'kivi:2:g48': group 48 does not divide head_dim 64 (value groups are min(group, head_dim) channels)");
     CHECK(check_error("q4_0", 48) == "--kv 'q4_0': head_dim 48: q4_0 needs a multiple of 32");
+    CHECK_NOTHROW(check_kv_spec(parse_kv_spec("q4_0:rotv64"), 64));
+    CHECK(check_error("q4_0:rotv64", 32) == "--kv 'q4_0:rotv64': head_dim 32: rotv64 needs at least 64");
     CHECK(check_error("kivi:2:rot", 48) == "--kv 'kivi:2:rot': head_dim 48: hadamard rotation needs a power of two");
 }

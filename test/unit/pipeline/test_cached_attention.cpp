@@ -1,5 +1,5 @@
 // The hooked forward pass: per-step cache attention against a direct computation,
-// streaming KL against a direct sum, and the unhooked path left untouched.
+// streaming KL against a direct sum, the unhooked path left untouched, rotv64's block rotation.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,6 +18,7 @@
 #include "pkv/model/llama.h"
 #include "pkv/model/ops.h"
 #include "pkv/pipeline/eval_cache.h"
+#include "pkv/quant/hadamard.h"
 #include "support/scratch_dir.h"
 
 using namespace pkv;
@@ -279,4 +280,44 @@ TEST_CASE("pre-RoPE keys: the cache holds RoPE of the reconstructed pre-RoPE key
     }
     CHECK(worst < 1e-5);
     CHECK(moved > 0.05);  // 2-bit keys are far from exact
+}
+
+TEST_CASE("rotv64: keys rotated by H_D, values in 64-element blocks (llama.cpp's rotation)", "[eval][rotate]") {
+    // The hook's reconstruction of one head under `spec`.
+    auto hooked = [](const std::string& spec, const LlamaHparams& hp, const std::vector<float>& x, int n, bool value) {
+        MethodCache cache(parse_kv_spec(spec), 0, {false}, hp);
+        cache.begin_sequence(n, n / 2);
+        KvHookInput in;
+        in.n_tokens = n;
+        in.head_dim = static_cast<int>(hp.head_dim);
+        in.x = x.data();
+        in.value = value;
+        KvHookOutput out;
+        cache.hook()(in, out);
+        return out.recon;
+    };
+    for (const int D : {64, 128}) {
+        LlamaHparams hp;
+        hp.n_layer = 1;
+        hp.n_head_kv = 1;
+        hp.head_dim = D;
+        hp.n_rot = D;
+        const int n = 24;
+        const auto x = randn(static_cast<size_t>(n) * D, 17 + D);
+        CHECK(MethodCache(parse_kv_spec("q4_0:rotv64"), 0, {false}, hp).host_only());
+        CHECK_FALSE(MethodCache(parse_kv_spec("q4_0:rot"), 0, {false}, hp).host_only());
+        // Keys: the whole-head rotation, as `rot`.
+        CHECK(hooked("q4_0:rotv64", hp, x, n, false) == hooked("q4_0:rot", hp, x, n, false));
+        // Values: each 64-element piece rotated on its own, quantized, rotated back.
+        std::vector<float> r = x;
+        hadamard_rotate_rows(r.data(), static_cast<int64_t>(n) * (D / 64), 64);
+        SimResult want =
+            simulate_cache(kv_spec_sim_params(parse_kv_spec("q4_0"), 0), KvTensor::v, r.data(), n, D, n / 2);
+        hadamard_rotate_rows(want.recon.data(), static_cast<int64_t>(n) * (D / 64), 64, nullptr, true);
+        const std::vector<float> got = hooked("q4_0:rotv64", hp, x, n, true);
+        CHECK(got == want.recon);
+        // At head_dim 64 the two rotations are one matrix; at 128 they are not.
+        if (D == 64) CHECK(got == hooked("q4_0:rot", hp, x, n, true));
+        else CHECK(got != hooked("q4_0:rot", hp, x, n, true));
+    }
 }
