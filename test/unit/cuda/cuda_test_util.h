@@ -1,4 +1,4 @@
-// Helpers shared by the CUDA k-means tests.
+// Helpers shared by the CUDA tests.
 #pragma once
 
 #include <cmath>
@@ -10,6 +10,7 @@
 #include "pkv/core/half.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/kmeans_assign.h"
+#include "pkv/model/engine_plan.h"
 
 /// Skips the test case (saying so) on a machine without a CUDA device.
 #define PKV_REQUIRE_GPU() \
@@ -30,6 +31,20 @@ inline std::vector<float> mixture(int64_t n, int d, int blobs, uint64_t seed, fl
         for (int t = 0; t < d; ++t) x[size_t(i) * d + t] = centres[size_t(b) * d + t] + nd(gen);
     }
     return x;
+}
+
+/// v rounded to the tensor-core operand type of the forward engine's attention (f32: unchanged).
+inline std::vector<float> rounded(std::vector<float> v, pkv::WeightType t) {
+    for (float& e : v) {
+        if (t == pkv::WeightType::fp16) e = pkv::half_to_float(pkv::float_to_half(e));
+        else if (t == pkv::WeightType::bf16) e = pkv::bf16_to_float(pkv::float_to_bf16(e));
+    }
+    return v;
+}
+
+/// Unit roundoff of rounding to nearest in the type (f32: 0, nothing beyond the float sums).
+inline double unit_roundoff(pkv::WeightType t) {
+    return t == pkv::WeightType::fp16 ? std::ldexp(1.0, -11) : t == pkv::WeightType::bf16 ? std::ldexp(1.0, -8) : 0.0;
 }
 
 /// v rounded to the kernel's input format (binary16, or bf16).

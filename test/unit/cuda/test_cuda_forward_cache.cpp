@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "catch.h"
-#include "pkv/core/half.h"
+#include "cuda_test_util.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/forward_engine.h"
 #include "pkv/cuda/forward_ops.h"
@@ -51,19 +51,6 @@ std::vector<float> normal(size_t n, uint32_t seed, float sd = 1.0f) {
     std::vector<float> v(n);
     for (float& x : v) x = d(rng);
     return v;
-}
-
-std::vector<float> rounded(const std::vector<float>& x, WeightType t) {
-    std::vector<float> r(x);
-    for (float& e : r) {
-        if (t == WeightType::fp16) e = half_to_float(float_to_half(e));
-        else if (t == WeightType::bf16) e = bf16_to_float(float_to_bf16(e));
-    }
-    return r;
-}
-
-double unit_roundoff(WeightType t) {
-    return t == WeightType::fp16 ? std::ldexp(1.0, -11) : t == WeightType::bf16 ? std::ldexp(1.0, -8) : 0.0;
 }
 
 std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "catch.h"
-#include "pkv/core/half.h"
+#include "cuda_test_util.h"
 #include "pkv/core/rope.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/forward_ops.h"
@@ -35,21 +35,6 @@ std::vector<float> normal(size_t n, uint32_t seed, float sd = 1.0f) {
     std::vector<float> v(n);
     for (float& x : v) x = d(rng);
     return v;
-}
-
-/// x rounded to the tensor-core operand type (f32: unchanged).
-std::vector<float> rounded(const std::vector<float>& x, pkv::WeightType t) {
-    std::vector<float> r(x);
-    for (float& e : r) {
-        if (t == pkv::WeightType::fp16) e = pkv::half_to_float(pkv::float_to_half(e));
-        else if (t == pkv::WeightType::bf16) e = pkv::bf16_to_float(pkv::float_to_bf16(e));
-    }
-    return r;
-}
-
-/// Unit roundoff of the type's rounding to nearest (f32: none beyond the float sums).
-double unit_roundoff(pkv::WeightType t) {
-    return t == pkv::WeightType::fp16 ? std::ldexp(1.0, -11) : t == pkv::WeightType::bf16 ? std::ldexp(1.0, -8) : 0.0;
 }
 
 }  // namespace
@@ -144,7 +129,8 @@ TEST_CASE("cuda causal_attention twins ops::causal_attention_rows per sequence",
             const auto k = normal(static_cast<size_t>(rows) * kd, 7, 2.0f);
             const auto v = normal(static_cast<size_t>(rows) * kd, 8);
             // The reference sees the operands the tensor cores see.
-            const auto qr = rounded(q, math), kr = rounded(k, math), vr = rounded(v, math);
+            const auto qr = pkv_test::rounded(q, math), kr = pkv_test::rounded(k, math),
+                       vr = pkv_test::rounded(v, math);
             std::vector<float> ref(q.size()), gpu(q.size());
             pkv::ops::RowMatrix scratch;
             int r0 = 0;
@@ -160,7 +146,7 @@ TEST_CASE("cuda causal_attention twins ops::causal_attention_rows per sequence",
             for (float x : v) vmax = std::max(vmax, std::fabs(x));
             double worst = 0.0;
             for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, double(std::fabs(gpu[i] - ref[i])));
-            const double tol = (2.0 * unit_roundoff(math) + 2e-5) * vmax;
+            const double tol = (2.0 * pkv_test::unit_roundoff(math) + 2e-5) * vmax;
             std::fprintf(stderr, "measured: causal_attention %s heads %d/%d head_dim %d worst %.3g of %.3g\n",
                          pkv::weight_type_name(math), c.n_head, c.n_head_kv, c.head_dim, worst, tol);
             CHECK(worst <= tol);
