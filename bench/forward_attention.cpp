@@ -105,12 +105,8 @@ int main(int argc, char** argv) {
         double float_ms = 0.0;
         for (const pkv::WeightType math : {pkv::WeightType::f32, pkv::WeightType::fp16, pkv::WeightType::bf16}) {
             auto run = [&] {
-                if (math == pkv::WeightType::f32)
-                    pkv::cuda::fwd::attention(q, k, v, dt, static_cast<int>(tiles.size()), sh.n_head, sh.n_head_kv,
-                                              sh.head_dim, scale, sh.window, out, nullptr);
-                else
-                    pkv::cuda::fwd::attention_mma(q, k, v, dt, static_cast<int>(tiles.size()), sh.n_head, sh.n_head_kv,
-                                                  sh.head_dim, scale, sh.window, math, out, nullptr);
+                pkv::cuda::fwd::attention(q, k, v, dt, static_cast<int>(tiles.size()), sh.n_head, sh.n_head_kv,
+                                          sh.head_dim, scale, sh.window, math, out, nullptr);
             };
             run();  // warm-up
             CHECK_CUDA(cudaDeviceSynchronize());

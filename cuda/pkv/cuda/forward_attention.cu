@@ -168,7 +168,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 }  // namespace
 
 void attention(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
-               int n_head_kv, int head_dim, float scale, int window, float* out, cudaStream_t s) {
+               int n_head_kv, int head_dim, float scale, int window, WeightType math, float* out, cudaStream_t s) {
+    if (math != WeightType::f32)
+        return attention_mma(q, k, v, tiles, n_tiles, n_head, n_head_kv, head_dim, scale, window, math, out, s);
     PKV_ASSERT(head_dim >= 1 && head_dim <= kMaxHeadDim && n_head_kv >= 1 && n_head % n_head_kv == 0 && scale > 0);
     if (n_tiles <= 0) return;
     PKV_ASSERT(n_head <= 65535);
@@ -183,8 +185,11 @@ void attention(const float* q, const float* k, const float* v, const AttentionTi
 
 void attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
                       const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
-                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, float* out,
-                      cudaStream_t s) {
+                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, WeightType math,
+                      float* out, cudaStream_t s) {
+    if (math != WeightType::f32)
+        return attention_cached_mma(q, k, v, k_hat, v_hat, k_flush, v_flush, rows, tiles, n_tiles, n_head, n_head_kv,
+                                    head_dim, scale, window, math, out, s);
     PKV_ASSERT(head_dim >= 1 && head_dim <= kMaxHeadDim && n_head_kv >= 1 && n_head % n_head_kv == 0 && scale > 0);
     if (n_tiles <= 0) return;
     PKV_ASSERT(n_head <= 65535 && k_hat && v_hat && k_flush && v_flush);

@@ -518,6 +518,9 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     }
     const float scale = hp_.attn_scale > 0.0f ? hp_.attn_scale : 1.0f / std::sqrt(static_cast<float>(HD_));
     const int window = static_cast<int>(layer_window(hp_, static_cast<uint32_t>(l)));
+    // With bf16 or fp16 weights attention takes binary16 operands: the cache a runtime keeps
+    // in fp16, and 3 more bits than bf16 for the quantized caches eval compares with it.
+    const WeightType attention_math = opt_.weights == WeightType::f32 ? WeightType::f32 : WeightType::fp16;
     if (cache || dev_cache_) {
         if (cache) {
             PKV_CUDA_CHECK(cudaMemcpyAsync(hook_k_post_.get(), k_.get(), kv_bytes, cudaMemcpyDeviceToHost, s));
@@ -527,23 +530,12 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
             device_cache_layer(l, n, cs, sn);
         }
         clock_.lap(PhaseClock::cache, s);
-        if (opt_.weights == WeightType::f32)
-            fwd::attention_cached(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(),
-                                  v_flush_.get(), n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
-                                  static_cast<int>(hp_.n_head_kv), HD_, scale, window, att_.get(), s);
-        else
-            fwd::attention_cached_mma(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(),
-                                      v_flush_.get(), n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
-                                      static_cast<int>(hp_.n_head_kv), HD_, scale, window, WeightType::fp16, att_.get(),
-                                      s);
-    } else if (opt_.weights == WeightType::f32) {
-        fwd::attention(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
-                       static_cast<int>(hp_.n_head_kv), HD_, scale, window, att_.get(), s);
+        fwd::attention_cached(q_.get(), k_.get(), v_.get(), k_hat_.get(), v_hat_.get(), k_flush_.get(), v_flush_.get(),
+                              n, tiles_.get(), n_tiles, static_cast<int>(hp_.n_head), static_cast<int>(hp_.n_head_kv),
+                              HD_, scale, window, attention_math, att_.get(), s);
     } else {
-        // binary16 operands whatever the weights: the cache a runtime keeps in fp16, and 3 more
-        // bits than bf16 for the quantized caches eval compares with it.
-        fwd::attention_mma(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
-                           static_cast<int>(hp_.n_head_kv), HD_, scale, window, WeightType::fp16, att_.get(), s);
+        fwd::attention(q_.get(), k_.get(), v_.get(), tiles_.get(), n_tiles, static_cast<int>(hp_.n_head),
+                       static_cast<int>(hp_.n_head_kv), HD_, scale, window, attention_math, att_.get(), s);
     }
     clock_.lap(PhaseClock::attention, s);
     gemm(att_.get(), padded, QD_, w(l, P::wo), E_, proj_.get());

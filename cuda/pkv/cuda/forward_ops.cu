@@ -358,12 +358,8 @@ void causal_attention(const float* q, const float* k, const float* v, const std:
     upload(dt, tiles.data(), tiles.size());
     dout.reserve(nq);
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
-    if (math == WeightType::f32)
-        fwd::attention(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
-                       head_dim, scale, window, dout.get(), nullptr);
-    else
-        fwd::attention_mma(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
-                           head_dim, scale, window, math, dout.get(), nullptr);
+    fwd::attention(dq.get(), dk.get(), dv.get(), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv, head_dim,
+                   scale, window, math, dout.get(), nullptr);
     download(out, dout, nq);
 }
 
@@ -396,14 +392,9 @@ void causal_attention_cached(const float* q, const float* k, const float* v, con
     upload(dt, tiles.data(), tiles.size());
     dout.reserve(nq);
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
-    if (math == WeightType::f32)
-        fwd::attention_cached(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
-                              static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
-                              head_dim, scale, window, dout.get(), nullptr);
-    else
-        fwd::attention_cached_mma(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
-                                  static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head,
-                                  n_head_kv, head_dim, scale, window, math, dout.get(), nullptr);
+    fwd::attention_cached(dq.get(), dk.get(), dv.get(), dkh.get(), dvh.get(), dkf.get(), dvf.get(),
+                          static_cast<int64_t>(rows), dt.get(), static_cast<int>(tiles.size()), n_head, n_head_kv,
+                          head_dim, scale, window, math, dout.get(), nullptr);
     download(out, dout, nq);
 }
 

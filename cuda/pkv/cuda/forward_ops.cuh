@@ -53,8 +53,12 @@ struct AttentionCacheView {
 /// [rows, n_head_kv · head_dim]; each tile (device array) is a block of queries of one
 /// sequence (engine_plan.h); query i of a sequence attends to its keys max(0, i - window
 /// + 1) .. i (window 0: 0 .. i) with softmax scale `scale` (> 0). head_dim <= 256.
+/// math f32: float operands and sums (forward_attention.cu, the f32 engine's); fp16 or
+/// bf16: tensor cores (forward_attention_mma.cu), q, k, v (and the reconstructions) and
+/// the probabilities rounded to that type as they are staged, scores, softmax statistics
+/// and outputs in float (the bf16 and fp16 engines', with fp16).
 void attention(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
-               int n_head_kv, int head_dim, float scale, int window, float* out, cudaStream_t s);
+               int n_head_kv, int head_dim, float scale, int window, WeightType math, float* out, cudaStream_t s);
 /// attention over the cache a runtime holds (ops::causal_attention_rows_cached on packed
 /// rows): query i of a sequence reads, for KV head g and key j, k_hat[j] when
 /// k_flush[g · rows + j] <= i, else k[j] (values likewise with v_hat / v_flush). k_hat and
@@ -62,12 +66,10 @@ void attention(const float* q, const float* k, const float* v, const AttentionTi
 /// positions within the row's sequence (engine_cache.h: kNeverFlushed keeps a key exact).
 void attention_cached(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
                       const int32_t* k_flush, const int32_t* v_flush, int64_t rows, const AttentionTile* tiles,
-                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, float* out,
-                      cudaStream_t s);
-/// attention and attention_cached on tensor cores (forward_attention_mma.cu): q, k, v (and
-/// the reconstructions) rounded to `math` (fp16 or bf16) as they are staged, scores,
-/// softmax statistics and outputs in float. The engine's attention (with fp16 operands)
-/// when its weights are bf16 or fp16; the float kernels above stay the f32 engine's.
+                      int n_tiles, int n_head, int n_head_kv, int head_dim, float scale, int window, WeightType math,
+                      float* out, cudaStream_t s);
+/// The tensor-core halves of attention and attention_cached (math fp16 or bf16); called
+/// through them.
 void attention_mma(const float* q, const float* k, const float* v, const AttentionTile* tiles, int n_tiles, int n_head,
                    int n_head_kv, int head_dim, float scale, int window, WeightType math, float* out, cudaStream_t s);
 void attention_cached_mma(const float* q, const float* k, const float* v, const float* k_hat, const float* v_hat,
