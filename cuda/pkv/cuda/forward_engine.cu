@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -97,6 +98,7 @@ private:
     CudaEngineOptions opt_;
     std::string description_;
     WeightLayout layout_;
+    std::vector<bool> qkv_fused_;  ///< per layer: q, k and v come from one product (qkv_adjacent)
     int64_t max_rows_ = 0, vocab_chunk_ = 0;
     int E_ = 0, QD_ = 0, KD_ = 0, FF_ = 0, HD_ = 0;
     cudaStream_t stream_ = nullptr, copy_stream_ = nullptr;
@@ -114,6 +116,7 @@ private:
     PinnedBuffer<int32_t> amax_host_;
     Capture cap_[2];
     int64_t reserved_rows_ = -1;
+    std::array<bool, 4> want_ = {true, true, true, true};  ///< the running batch's ForwardOptions::tensors
     // The cache hook's path: the layer's K (pre and post RoPE) and V as floats on the host,
     // the cache the hook returned, and its device copy.
     PinnedBuffer<float> hook_k_pre_, hook_k_post_, hook_v_;
@@ -136,7 +139,8 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
     const std::string& path = model.file().path();
     PKV_CHECK(HD_ <= fwd::kMaxHeadDim, unsupported, "{}: head_dim {}: the CUDA engine supports at most {}", path, HD_,
               fwd::kMaxHeadDim);
-    PKV_CHECK(opt_.slab_rows >= 1, invalid_argument, "CUDA engine: slab_rows {}: expected >= 1", opt_.slab_rows);
+    PKV_CHECK(opt_.slab_rows >= 0, invalid_argument, "CUDA engine: slab_rows {}: expected >= 0", opt_.slab_rows);
+    if (opt_.slab_rows == 0) opt_.slab_rows = default_slab_rows(hp_);
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {
         cudaGetLastError();
@@ -152,6 +156,7 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
         "cuda:" + std::to_string(opt_.device) + " " + prop.name + " (" + weight_type_name(opt_.weights) + " weights)";
 
     layout_ = weight_layout(model, opt_.weights);
+    for (uint32_t l = 0; l < hp_.n_layer; ++l) qkv_fused_.push_back(qkv_adjacent(layout_, static_cast<int>(l)));
     const int64_t slab = opt_.slab_rows;
     vocab_chunk_ = vocab_chunk_rows(hp_.n_vocab, slab, kLogitsBudget);
     const int64_t per_row = activation_bytes_per_row(hp_, opt_.weights);
@@ -249,7 +254,7 @@ void CudaEngine::reserve(int64_t padded, int64_t rows, int max_len, int n_seq, b
         for (auto* b : f32) b->reserve(P_ * E_);
         q_.reserve(P_ * QD_), att_.reserve(P_ * QD_);
         k_.reserve(P_ * KD_), v_.reserve(P_ * KD_);
-        gate_.reserve(P_ * FF_), up_.reserve(P_ * FF_);
+        gate_.reserve(P_ * std::max(FF_, QD_ + 2 * KD_)), up_.reserve(P_ * FF_);
         const size_t widest = static_cast<size_t>(std::max({E_, QD_, FF_}));
         if (opt_.weights != WeightType::f32) wx_.reserve(P_ * widest * weight_type_bytes(opt_.weights));
         for (auto* b : {&x_, &xn_, &proj_, &q_, &att_, &k_, &v_, &gate_, &up_})
@@ -352,6 +357,7 @@ void CudaEngine::run_group(const std::vector<std::vector<int32_t>>& sequences, i
     if (cache || dev_cache_) reserve_cache(n, static_cast<bool>(cache));
     if (dev_cache_) sim_.begin_group(*dev_cache_, b, s_begin);
 
+    want_ = opts.tensors;
     clock_.start(stream_);
     // Inputs: embeddings gathered on the host, positions, next-token targets, tiles.
     embed_rows(model_.file(), hp_, b.tokens, embd_host_.get());
@@ -408,10 +414,10 @@ void CudaEngine::deliver(Capture& c, const PackedBatch& b, int64_t s_begin, cons
         a.sequence = static_cast<int>(s_begin + s);
         a.f32.layer = c.layer;
         a.f32.n_tokens = static_cast<int>(b.row0[s + 1] - r0);
-        a.k_pre16 = kpre + r0 * KD_;
-        a.k_post16 = kpost + r0 * KD_;
-        a.v16 = v + r0 * KD_;
-        a.q16 = q + r0 * QD_;
+        a.k_pre16 = want_[0] ? kpre + r0 * KD_ : nullptr;
+        a.k_post16 = want_[1] ? kpost + r0 * KD_ : nullptr;
+        a.v16 = want_[2] ? v + r0 * KD_ : nullptr;
+        a.q16 = want_[3] ? q + r0 * QD_ : nullptr;
         sink(a);
     }
     c.layer = -1;
@@ -474,13 +480,22 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     // Attention sublayer.
     fwd::rms_norm(x_.get(), n, E_, wf(l, P::attn_norm), eps, xn_.get(), s);
     clock_.lap(PhaseClock::norm, s);
-    gemm(xn_.get(), padded, E_, w(l, P::wq), QD_, q_.get());
-    gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get(), true);
-    gemm(xn_.get(), padded, E_, w(l, P::wv), KD_, v_.get(), true);
-    clock_.lap(PhaseClock::qkv, s);
-    fwd::add_bias(q_.get(), n, QD_, wf(l, P::bq), s);
-    fwd::add_bias(k_.get(), n, KD_, wf(l, P::bk), s);
-    fwd::add_bias(v_.get(), n, KD_, wf(l, P::bv), s);
+    if (qkv_fused_[static_cast<size_t>(l)]) {
+        // One product over wq | wk | wv (adjacent in the layout): the narrow K and V products
+        // alone leave most of a large GPU idle. Its rows go through gate_, unused until the FFN.
+        gemm(xn_.get(), padded, E_, w(l, P::wq), QD_ + 2 * KD_, gate_.get());
+        clock_.lap(PhaseClock::qkv, s);
+        fwd::split_qkv(gate_.get(), n, QD_, KD_, wf(l, P::bq), wf(l, P::bk), wf(l, P::bv), q_.get(), k_.get(),
+                       v_.get(), s);
+    } else {
+        gemm(xn_.get(), padded, E_, w(l, P::wq), QD_, q_.get());
+        gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get(), true);
+        gemm(xn_.get(), padded, E_, w(l, P::wv), KD_, v_.get(), true);
+        clock_.lap(PhaseClock::qkv, s);
+        fwd::add_bias(q_.get(), n, QD_, wf(l, P::bq), s);
+        fwd::add_bias(k_.get(), n, KD_, wf(l, P::bk), s);
+        fwd::add_bias(v_.get(), n, KD_, wf(l, P::bv), s);
+    }
     if (wf(l, P::q_norm) != nullptr) {  // rows of one head are contiguous: [n · heads, head_dim]
         fwd::rms_norm(q_.get(), n * hp_.n_head, HD_, wf(l, P::q_norm), eps, q_.get(), s);
         fwd::rms_norm(k_.get(), n * hp_.n_head_kv, HD_, wf(l, P::k_norm), eps, k_.get(), s);
@@ -494,7 +509,7 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     if (cap != nullptr) {
         // The staging buffer's previous layer must be on its way to the host first.
         PKV_CUDA_CHECK(cudaStreamWaitEvent(s, cap->copied, 0));
-        fwd::to_half(k_.get(), n * KD_, stage, s);
+        if (want_[0]) fwd::to_half(k_.get(), n * KD_, stage, s);
     }
     clock_.lap(PhaseClock::capture, s);
     const bool local = is_local_layer(hp_, static_cast<uint32_t>(l));
@@ -506,13 +521,26 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     fwd::rope(k_.get(), n, static_cast<int>(hp_.n_head_kv), HD_, cs, sn, n_pairs, inter, pos_.get(), s);
     clock_.lap(PhaseClock::rope, s);
     if (cap != nullptr) {
-        fwd::to_half(k_.get(), n * KD_, stage + n * KD_, s);
-        fwd::to_half(v_.get(), n * KD_, stage + 2 * n * KD_, s);
-        fwd::to_half(q_.get(), n * QD_, stage + 3 * n * KD_, s);
+        if (want_[1]) fwd::to_half(k_.get(), n * KD_, stage + n * KD_, s);
+        if (want_[2]) fwd::to_half(v_.get(), n * KD_, stage + 2 * n * KD_, s);
+        if (want_[3]) fwd::to_half(q_.get(), n * QD_, stage + 3 * n * KD_, s);
         PKV_CUDA_CHECK(cudaEventRecord(cap->ready, s));
         PKV_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, cap->ready, 0));
-        PKV_CUDA_CHECK(cudaMemcpyAsync(cap->host.get(), stage, static_cast<size_t>(n) * (3 * KD_ + QD_) * 2,
-                                       cudaMemcpyDeviceToHost, copy_stream_));
+        // Only the tensors the sink takes cross the bus (adjacent ones in one copy): at small
+        // models the link, not the GPU, bounds a capture of all four.
+        const int64_t seg[5] = {0, n * KD_, 2 * n * KD_, 3 * n * KD_, 3 * n * KD_ + n * QD_};
+        for (int i = 0; i < 4;) {
+            if (!want_[static_cast<size_t>(i)]) {
+                ++i;
+                continue;
+            }
+            int j = i;
+            while (j < 4 && want_[static_cast<size_t>(j)]) ++j;
+            PKV_CUDA_CHECK(cudaMemcpyAsync(cap->host.get() + seg[i], stage + seg[i],
+                                           static_cast<size_t>(seg[j] - seg[i]) * 2, cudaMemcpyDeviceToHost,
+                                           copy_stream_));
+            i = j;
+        }
         PKV_CUDA_CHECK(cudaEventRecord(cap->copied, copy_stream_));
         clock_.lap(PhaseClock::capture, s);
     }
@@ -550,10 +578,17 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
     gemm(xn_.get(), padded, E_, w(l, P::ffn_gate), FF_, gate_.get());
     gemm(xn_.get(), padded, E_, w(l, P::ffn_up), FF_, up_.get(), true);
     clock_.lap(PhaseClock::ffn_in, s);
-    if (hp_.gelu_ffn) fwd::geglu_tanh(gate_.get(), up_.get(), n * FF_, s);
-    else fwd::swiglu(gate_.get(), up_.get(), n * FF_, s);
-    clock_.lap(PhaseClock::act, s);
-    gemm(gate_.get(), padded, FF_, w(l, P::ffn_down), E_, proj_.get());
+    if (opt_.weights == WeightType::f32) {
+        if (hp_.gelu_ffn) fwd::geglu_tanh(gate_.get(), up_.get(), n * FF_, s);
+        else fwd::swiglu(gate_.get(), up_.get(), n * FF_, s);
+        clock_.lap(PhaseClock::act, s);
+        gemm(gate_.get(), padded, FF_, w(l, P::ffn_down), E_, proj_.get());
+    } else {
+        // Rounded straight into the product's input (rows past n keep earlier finite values).
+        fwd::gated_to(gate_.get(), up_.get(), n * FF_, hp_.gelu_ffn, opt_.weights, wx_.get(), s);
+        clock_.lap(PhaseClock::act, s);
+        gemm(nullptr, padded, FF_, w(l, P::ffn_down), E_, proj_.get(), true);
+    }
     if (wf(l, P::post_ffn_norm) != nullptr)
         fwd::rms_norm(proj_.get(), n, E_, wf(l, P::post_ffn_norm), eps, proj_.get(), s);
     fwd::add_inplace(x_.get(), proj_.get(), n * E_, s);

@@ -19,7 +19,8 @@
 // a sequence gives the same figures in any batch as alone. Captured activations are
 // converted to binary16 on the device and copied to page-locked host memory on a second
 // stream while the next layer computes; the sink receives them as EngineActivations::
-// k_pre16, k_post16, v16, q16 (the f32 pointers are null).
+// k_pre16, k_post16, v16, q16 (the f32 pointers are null); only the tensors
+// ForwardOptions::tensors names are converted and copied, the others' pointers are null.
 // Cache hook (run_batch's BatchCacheHook): per layer, once K (before and after RoPE) and V
 // exist for the batch, they are copied to the host as float, the hook runs for every
 // (sequence, KV head, K or V) on host threads (engine_cache.h), and its reconstructions
@@ -52,7 +53,8 @@ struct CudaEngineOptions {
     /// single sequence still runs, alone.
     int64_t max_batch_tokens = 0;
     /// Rows per matrix-product slab (see engine_plan.h); every batch uses the same.
-    int slab_rows = 1024;
+    /// 0: default_slab_rows of the model.
+    int slab_rows = 0;
 };
 
 /// The engine over a validated model (which must outlive it). Throws Error(cuda) in one

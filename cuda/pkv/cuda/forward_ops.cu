@@ -71,25 +71,55 @@ __global__ void rope_kernel(float* x, int64_t rows, int heads, int head_dim, con
     }
 }
 
+// One expression per activation, shared by the float kernels and the ones that round for
+// the next product, so both give the same float before rounding.
+__device__ __forceinline__ float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+__device__ __forceinline__ float geglu_tanh_value(float g, float u) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    return 0.5f * g * (1.0f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * u;
+}
+
 __global__ void swiglu_kernel(float* gate, const float* up, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        gate[i] = swiglu_value(gate[i], up[i]);
 }
 
 __global__ void geglu_tanh_kernel(float* gate, const float* up, int64_t n) {
-    constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-        const float g = gate[i];
-        gate[i] = 0.5f * g * (1.0f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
-    }
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        gate[i] = geglu_tanh_value(gate[i], up[i]);
+}
+
+__device__ __forceinline__ void round_to(float x, __nv_bfloat16* out) { *out = __float2bfloat16_rn(x); }
+__device__ __forceinline__ void round_to(float x, __half* out) { *out = __float2half_rn(x); }
+
+// The activation rounded straight into the down product's input: the float result is
+// never stored, which saves two passes over [rows, n_ff] floats.
+template <bool Gelu, typename Out>
+__global__ void gated_to_kernel(const float* gate, const float* up, int64_t n, Out* out) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+        round_to(Gelu ? geglu_tanh_value(gate[i], up[i]) : swiglu_value(gate[i], up[i]), out + i);
 }
 
 __global__ void add_bias_kernel(float* y, int64_t rows, int cols, const float* b) {
     const int64_t n = rows * cols;
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
         y[i] += b[i % cols];
+}
+
+// One thread per value of the fused product's row: q | k | v, each plus its bias (if any).
+__global__ void split_qkv_kernel(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk,
+                                 const float* bv, float* q, float* k, float* v) {
+    const int w = qd + 2 * kd;
+    const int64_t n = rows * w;
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+        const int64_t r = i / w;
+        const int c = static_cast<int>(i - r * w);
+        const float x = qkv[i];
+        if (c < qd) q[r * qd + c] = bq ? x + bq[c] : x;
+        else if (c < qd + kd) k[r * kd + (c - qd)] = bk ? x + bk[c - qd] : x;
+        else v[r * kd + (c - qd - kd)] = bv ? x + bv[c - qd - kd] : x;
+    }
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
@@ -208,9 +238,33 @@ void geglu_tanh(float* gate, const float* up, int64_t n, cudaStream_t s) {
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
+void gated_to(const float* gate, const float* up, int64_t n, bool gelu, WeightType type, void* out, cudaStream_t s) {
+    PKV_ASSERT(type != WeightType::f32);
+    if (n <= 0) return;
+    const int g = grid_for(n);
+    if (type == WeightType::bf16) {
+        auto* o = static_cast<__nv_bfloat16*>(out);
+        if (gelu) gated_to_kernel<true><<<g, kThreads, 0, s>>>(gate, up, n, o);
+        else gated_to_kernel<false><<<g, kThreads, 0, s>>>(gate, up, n, o);
+    } else {
+        auto* o = static_cast<__half*>(out);
+        if (gelu) gated_to_kernel<true><<<g, kThreads, 0, s>>>(gate, up, n, o);
+        else gated_to_kernel<false><<<g, kThreads, 0, s>>>(gate, up, n, o);
+    }
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
 void add_bias(float* y, int64_t rows, int cols, const float* b, cudaStream_t s) {
     if (rows <= 0 || b == nullptr) return;
     add_bias_kernel<<<grid_for(rows * cols), kThreads, 0, s>>>(y, rows, cols, b);
+    PKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void split_qkv(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+               float* q, float* k, float* v, cudaStream_t s) {
+    if (rows <= 0) return;
+    split_qkv_kernel<<<grid_for(rows * (qd + 2 * int64_t{kd})), kThreads, 0, s>>>(qkv, rows, qd, kd, bq, bk, bv, q, k,
+                                                                                   v);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -315,6 +369,38 @@ void rope_apply(float* x, int64_t rows, int heads, int head_dim, const RopeTable
     fwd::rope(dx.get(), rows, heads, head_dim, dc.get(), ds.get(), table.n_pairs,
               table.layout == RopeLayout::interleaved, dp.get(), nullptr);
     download(x, dx, n);
+}
+
+void split_qkv(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+               float* q, float* k, float* v, int device) {
+    PKV_CUDA_CHECK(cudaSetDevice(device));
+    const auto R = static_cast<size_t>(rows);
+    DeviceBuffer<float> dx, dq, dk, dv, b[3];
+    upload(dx, qkv, R * (qd + 2 * static_cast<size_t>(kd)));
+    const float* bias[3] = {bq, bk, bv};
+    const float* db[3] = {nullptr, nullptr, nullptr};
+    for (int i = 0; i < 3; ++i)
+        if (bias[i] != nullptr) {
+            upload(b[i], bias[i], static_cast<size_t>(i == 0 ? qd : kd));
+            db[i] = b[i].get();
+        }
+    dq.reserve(R * qd), dk.reserve(R * kd), dv.reserve(R * kd);
+    fwd::split_qkv(dx.get(), rows, qd, kd, db[0], db[1], db[2], dq.get(), dk.get(), dv.get(), nullptr);
+    download(q, dq, R * qd);
+    download(k, dk, R * kd);
+    download(v, dv, R * kd);
+}
+
+void gated_activation_to(const float* gate, const float* up, int64_t n, bool gelu, WeightType type, uint16_t* out,
+                         int device) {
+    PKV_CUDA_CHECK(cudaSetDevice(device));
+    DeviceBuffer<float> dg, du;
+    DeviceBuffer<uint16_t> dout;
+    upload(dg, gate, static_cast<size_t>(n));
+    upload(du, up, static_cast<size_t>(n));
+    dout.reserve(static_cast<size_t>(n));
+    fwd::gated_to(dg.get(), du.get(), n, gelu, type, dout.get(), nullptr);
+    download(out, dout, static_cast<size_t>(n));
 }
 
 void swiglu_inplace(float* gate, const float* up, int64_t n, int device) {

@@ -25,7 +25,14 @@ void rope(float* x, int64_t rows, int heads, int head_dim, const float* cos, con
 /// ops::swiglu_inplace / ops::geglu_tanh_inplace over n values.
 void swiglu(float* gate, const float* up, int64_t n, cudaStream_t s);
 void geglu_tanh(float* gate, const float* up, int64_t n, cudaStream_t s);
+/// The same activation (gelu: geglu_tanh, else swiglu) rounded to bf16 or binary16 (type,
+/// as convert) into out, n 2-byte values; gate is left as it was.
+void gated_to(const float* gate, const float* up, int64_t n, bool gelu, WeightType type, void* out, cudaStream_t s);
 
+/// The fused product's rows qkv [rows, qd + 2 kd] split into q [rows, qd], k and v
+/// [rows, kd], each plus its bias (null: none); split_qkv_ref's rule.
+void split_qkv(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+               float* q, float* k, float* v, cudaStream_t s);
 /// y[r] += b for rows of `cols` values; x += y over n values.
 void add_bias(float* y, int64_t rows, int cols, const float* b, cudaStream_t s);
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);

@@ -5,8 +5,10 @@
 //
 //   pkv::cuda::rms_norm            twins  pkv::ops::rms_norm
 //   pkv::cuda::rope_apply          twins  pkv::rope_apply (per-row positions)
+//   pkv::cuda::split_qkv           twins  pkv::split_qkv_ref (engine_plan.h)
 //   pkv::cuda::swiglu_inplace      twins  pkv::ops::swiglu_inplace
 //   pkv::cuda::geglu_tanh_inplace  twins  pkv::ops::geglu_tanh_inplace
+//   pkv::cuda::gated_activation_to twins  the two above, then float_to_bf16 / float_to_half
 //   pkv::cuda::causal_attention    twins  pkv::ops::causal_attention_rows, per sequence
 //   pkv::cuda::causal_attention_cached  twins  pkv::ops::causal_attention_rows_cached, per sequence
 //   pkv::cuda::logit_row_stats     twins  pkv::ops::LogitRowStats (add_block per chunk, nll())
@@ -27,8 +29,16 @@ void rms_norm(const float* x, int64_t rows, int cols, const float* w, float eps,
 void rope_apply(float* x, int64_t rows, int heads, int head_dim, const RopeTable& table, const int32_t* pos,
                 int device = 0);
 
+/// split_qkv_ref on the device: qkv [rows, qd + 2 kd] into q, k, v plus their biases (null: none).
+void split_qkv(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+               float* q, float* k, float* v, int device = 0);
+
 void swiglu_inplace(float* gate, const float* up, int64_t n, int device = 0);
 void geglu_tanh_inplace(float* gate, const float* up, int64_t n, int device = 0);
+/// swiglu_inplace (gelu: geglu_tanh_inplace) rounded to `type` (bf16 or fp16, nearest even)
+/// in one kernel, as the engine feeds the down product: out gets n 2-byte values.
+void gated_activation_to(const float* gate, const float* up, int64_t n, bool gelu, WeightType type, uint16_t* out,
+                         int device = 0);
 
 /// Causal (window > 0: sliding-window) GQA attention of sequences packed row after row:
 /// lengths[s] rows each; q and out [rows, n_head · head_dim], k and v [rows, n_head_kv ·

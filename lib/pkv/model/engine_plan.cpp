@@ -83,6 +83,12 @@ int64_t padded_rows(int64_t rows, int64_t slab_rows) {
     return std::max<int64_t>(1, (rows + slab_rows - 1) / slab_rows) * slab_rows;
 }
 
+int default_slab_rows(const LlamaHparams& hp) {
+    int slab = 1024;
+    while (slab < 8192 && int64_t{2} * slab * std::max<int64_t>(hp.n_embd, 1) <= int64_t{4096} * 1024) slab *= 2;
+    return slab;
+}
+
 int64_t vocab_chunk_rows(int64_t n_vocab, int64_t slab_rows, int64_t budget_bytes) {
     PKV_ASSERT(n_vocab >= 1 && slab_rows >= 1);
     const int64_t fit = budget_bytes / (slab_rows * static_cast<int64_t>(sizeof(float)));
@@ -93,7 +99,8 @@ int64_t vocab_chunk_rows(int64_t n_vocab, int64_t slab_rows, int64_t budget_byte
 int64_t activation_bytes_per_row(const LlamaHparams& hp, WeightType type) {
     const int64_t E = hp.n_embd, FF = hp.n_ff, QD = int64_t{hp.n_head} * hp.head_dim,
                   KD = int64_t{hp.n_head_kv} * hp.head_dim;
-    const int64_t f32 = 4 * (4 * E + 2 * QD + 2 * KD + 2 * FF);
+    // gate holds the fused q | k | v product's rows too (qkv_adjacent).
+    const int64_t f32 = 4 * (4 * E + 2 * QD + 2 * KD + FF + std::max(FF, QD + 2 * KD));
     const int64_t wcopy = type == WeightType::f32 ? 0 : weight_type_bytes(type) * std::max({E, QD, FF});
     const int64_t capture = 2 * 2 * (3 * KD + QD);
     const int64_t cache = 4 * 2 * KD + 4 * 2 * int64_t{hp.n_head_kv};  // a cache hook's k_hat, v_hat, flush steps
@@ -134,8 +141,13 @@ WeightLayout weight_layout(const LlamaModel& model, WeightType type) {
         d.cols = static_cast<int64_t>(t->row_length());
         d.rows = static_cast<int64_t>(t->n_rows());
         d.bytes = d.rows * d.cols * (matrix ? weight_type_bytes(type) : 4);
-        d.offset = w.total_bytes;
-        w.total_bytes += (d.bytes + 255) / 256 * 256;
+        // wk right after wq and wv right after wk (as the plan lists them): one product of
+        // the three reads them as one matrix. Every other tensor starts 256-byte aligned.
+        const bool follows = !w.tensors.empty() && w.tensors.back().layer == layer &&
+                             ((part == LayerPart::wk && w.tensors.back().part == LayerPart::wq) ||
+                              (part == LayerPart::wv && w.tensors.back().part == LayerPart::wk));
+        d.offset = follows ? w.tensors.back().offset + w.tensors.back().bytes : (w.total_bytes + 255) / 256 * 256;
+        w.total_bytes = d.offset + d.bytes;
         w.tensors.push_back(d);
         return static_cast<int>(w.tensors.size()) - 1;
     };
@@ -146,8 +158,34 @@ WeightLayout weight_layout(const LlamaModel& model, WeightType type) {
         else if (r.name == "output.weight") w.output = add(t, -1, LayerPart::attn_norm, true);
     }
     if (hp.tied_output) w.output = add(f.find_tensor("token_embd.weight"), -1, LayerPart::attn_norm, true);
+    w.total_bytes = (w.total_bytes + 255) / 256 * 256;
     PKV_CHECK(w.output >= 0 && w.output_norm >= 0, internal, "{}: no output matrix or output norm planned", f.path());
     return w;
+}
+
+bool qkv_adjacent(const WeightLayout& w, int layer) {
+    const auto& idx = w.layer_index.at(static_cast<size_t>(layer));
+    const int q = idx[static_cast<int>(LayerPart::wq)], k = idx[static_cast<int>(LayerPart::wk)],
+              v = idx[static_cast<int>(LayerPart::wv)];
+    if (q < 0 || k < 0 || v < 0) return false;
+    const DeviceTensor &tq = w.tensors[static_cast<size_t>(q)], &tk = w.tensors[static_cast<size_t>(k)],
+                       &tv = w.tensors[static_cast<size_t>(v)];
+    return tq.matrix && tk.matrix && tv.matrix && tq.cols == tk.cols && tk.cols == tv.cols &&
+           tk.offset == tq.offset + tq.bytes && tv.offset == tk.offset + tk.bytes;
+}
+
+void split_qkv_ref(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+                   float* q, float* k, float* v) {
+    const int64_t w = qd + 2 * int64_t{kd};
+    auto part = [](const float* src, int cols, const float* bias, float* dst) {
+        for (int c = 0; c < cols; ++c) dst[c] = bias ? src[c] + bias[c] : src[c];
+    };
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* x = qkv + r * w;
+        part(x, qd, bq, q + r * qd);
+        part(x + qd, kd, bk, k + r * kd);
+        part(x + qd + kd, kd, bv, v + r * kd);
+    }
 }
 
 void pack_rows(const GgufFile& f, const GgufTensorInfo& t, uint64_t row0, uint64_t n_rows, WeightType type, void* dst) {
@@ -185,13 +223,23 @@ void embed_rows(const GgufFile& f, const LlamaHparams& hp, const std::vector<int
     const GgufTensorInfo* t = f.find_tensor("token_embd.weight");
     PKV_CHECK(t != nullptr, not_found, "{}: tensor 'token_embd.weight' is missing", f.path());
     const size_t E = hp.n_embd;
-    for (size_t i = 0; i < tokens.size(); ++i) {
-        float* row = out + i * E;
-        f.dequantize_rows(*t, static_cast<uint64_t>(tokens[i]), 1, row);
-        // As the CPU pass: Eigen's `x *= scale`, one float product per value.
-        if (hp.embd_scale > 0.0f)
-            for (size_t c = 0; c < E; ++c) row[c] *= hp.embd_scale;
+    const auto n = static_cast<int64_t>(tokens.size());
+    std::exception_ptr error;
+    // Rows are independent: a large batch (tens of thousands of rows) is gathered on every core.
+#pragma omp parallel for schedule(static) if (n >= 1024)
+    for (int64_t i = 0; i < n; ++i) {
+        try {
+            float* row = out + static_cast<size_t>(i) * E;
+            f.dequantize_rows(*t, static_cast<uint64_t>(tokens[static_cast<size_t>(i)]), 1, row);
+            // As the CPU pass: Eigen's `x *= scale`, one float product per value.
+            if (hp.embd_scale > 0.0f)
+                for (size_t c = 0; c < E; ++c) row[c] *= hp.embd_scale;
+        } catch (...) {
+#pragma omp critical(pkv_embed_rows)
+            if (!error) error = std::current_exception();
+        }
     }
+    if (error) std::rethrow_exception(error);
 }
 
 void check_engine_batch(const GgufFile& f, const LlamaHparams& hp, const std::vector<std::vector<int32_t>>& sequences,

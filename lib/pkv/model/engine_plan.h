@@ -65,13 +65,19 @@ std::vector<Range> split_even(int64_t total, int64_t step);
 std::vector<Range> group_sequences(const std::vector<std::vector<int32_t>>& sequences, int64_t max_rows);
 /// `rows` rounded up to whole slabs (at least one slab).
 int64_t padded_rows(int64_t rows, int64_t slab_rows);
+/// The slab a model's products run over by default: 1024 rows, doubled (up to 8192) while
+/// the doubled slab's narrowest product (n_embd outputs) holds at most 4096 · 1024 values
+/// (1024 at n_embd 4096, 4096 at 576). Narrow models' products over 1024 rows are too
+/// small to fill a large GPU; a slab is fixed per model, so results stay batch-independent.
+int default_slab_rows(const LlamaHparams& hp);
 
 /// Vocabulary rows per chunk of the logits: slab_rows · chunk floats fit in budget_bytes,
 /// a multiple of 256 (at least 256), at most n_vocab. Depends on the slab, not the batch.
 int64_t vocab_chunk_rows(int64_t n_vocab, int64_t slab_rows, int64_t budget_bytes);
 
 /// Device bytes one packed row of activations needs: the float buffers of a layer (x, its
-/// norm, q, k, v, attention output, gate, up, projection), the weight-type copy fed to the
+/// norm, q, k, v, attention output, gate (at least the width of the fused q | k | v
+/// product), up, projection), the weight-type copy fed to the
 /// products, two binary16 capture buffers of k_pre, k_post, v and q, and a cache hook's
 /// float k_hat and v_hat and int32 flush steps per KV head.
 int64_t activation_bytes_per_row(const LlamaHparams& hp, WeightType type);
@@ -87,7 +93,9 @@ struct DeviceTensor {
     LayerPart part = LayerPart::attn_norm;
     bool matrix = false;  ///< held in the weight type; else float
     int64_t rows = 0, cols = 0;
-    int64_t offset = 0;  ///< bytes from the start of the allocation (256-byte aligned)
+    /// Bytes from the start of the allocation: 256-byte aligned, but for a layer's wk and wv,
+    /// which follow wq and wk without a gap (qkv_adjacent).
+    int64_t offset = 0;
     int64_t bytes = 0;
 };
 /// Where every weight the device needs lives. The token embeddings are not on the device
@@ -102,6 +110,14 @@ struct WeightLayout {
 };
 /// The layout of `model`'s weights (its hparams and file) in `type`.
 WeightLayout weight_layout(const LlamaModel& model, WeightType type);
+/// Whether layer `layer`'s wq, wk and wv lie back to back with one row length, so that
+/// they form one [QD + 2 KD, n_embd] matrix starting at wq (one product gives q | k | v).
+bool qkv_adjacent(const WeightLayout& w, int layer);
+/// The rows of that one product, qkv [rows, qd + 2 kd] (q | k | v per row), split into
+/// q [rows, qd], k and v [rows, kd], each value plus its bias (bq, bk, bv; null: none),
+/// one float sum as the CPU pass adds a bias. The CUDA engine's split_qkv twins it.
+void split_qkv_ref(const float* qkv, int64_t rows, int qd, int kd, const float* bq, const float* bk, const float* bv,
+                   float* q, float* k, float* v);
 
 /// Rows [row0, row0 + n_rows) of `t` dequantized as GgufFile::dequantize_rows does and
 /// converted to `type` (round to nearest even) into dst (n_rows · row_length values of

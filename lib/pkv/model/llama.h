@@ -35,6 +35,7 @@
 #include "pkv/core/rope.h"
 #include "pkv/model/arch.h"
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -150,6 +151,9 @@ KvHookOutput call_kv_hook(const KvCacheHook& hook, int layer, int g, bool value,
 struct ForwardOptions {
     bool capture = false;           ///< call the sink for layers in `layers`
     std::vector<bool> layers;       ///< per layer; empty = all layers
+    /// Which of k_pre, k_post, v, q (in that order) the sink needs: an engine may leave the
+    /// others' pointers null and skip their copies (the CUDA engine does; the CPU gives all).
+    std::array<bool, 4> tensors = {true, true, true, true};
     bool want_nll = true;           ///< compute next-token NLL of tokens[i+1] at position i
     bool want_last_logits = false;  ///< fill ForwardResult::last_logits
     bool want_hidden = false;       ///< fill ForwardResult::hidden (for compare_next_token)

@@ -220,6 +220,7 @@ PartResult write_part(const DumpConfig& c, const DumpJob& job, ForwardEngine& en
     opts.capture = true;
     opts.layers.assign(hp.n_layer, false);
     for (int l : job.layers) opts.layers[l] = true;
+    opts.tensors = {c.capture.k_pre, c.capture.k_post, c.capture.v, c.capture.q};
     opts.want_nll = true;
 
     PartResult res;

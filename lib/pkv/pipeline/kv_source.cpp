@@ -3,6 +3,7 @@
 #include "pkv/pipeline/kv_source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -51,6 +52,18 @@ private:
 // hf[i + D/2] = gguf[2i + 1].
 void to_hf_order(const float* src, float* dst, int D) {
     for (int i = 0; i < D / 2; ++i) {
+        dst[i] = src[2 * i];
+        dst[i + D / 2] = src[2 * i + 1];
+    }
+}
+
+// One binary16 row of D values, in HF half-split order when `hf` (as to_hf_order).
+void move_row(const uint16_t* src, uint16_t* dst, int64_t D, bool hf) {
+    if (!hf) {
+        std::memcpy(dst, src, static_cast<size_t>(D) * sizeof(uint16_t));
+        return;
+    }
+    for (int64_t i = 0; i < D / 2; ++i) {
         dst[i] = src[2 * i];
         dst[i + D / 2] = src[2 * i + 1];
     }
@@ -163,6 +176,8 @@ public:
         for (size_t s = 0; s < layers_.size(); ++s) slot_of[layers_[s]] = static_cast<int>(s);
         ForwardOptions opts;
         opts.capture = true;
+        for (int i = 0; i < 4; ++i) opts.tensors[static_cast<size_t>(i)] = captured(i);
+        opts.want_nll = false;  // only the activations are used: no logits are formed
         opts.layers.assign(model_->hparams().n_layer, false);
         for (int l : layers_) opts.layers[l] = true;
         const bool permute = c_.hf_dim_order && !native_hf_;
@@ -182,9 +197,22 @@ public:
                 check_interrupted();
                 const int slot = slot_of[a.f32.layer];
                 const int64_t m = a.f32.n_tokens;
+                const uint16_t* bits[4] = {a.k_pre16, a.k_post16, a.v16, a.q16};
                 for (int i = 0; i < 4; ++i) {
                     if (!captured(i)) continue;
                     const int64_t H = i == 3 ? n_head() : n_head_kv();
+                    const bool perm = permute && i != 2;
+                    uint16_t* dst0 = data_[i].data() + (slot * H * n + at[a.sequence]) * D;
+                    if (bits[i] != nullptr) {
+                        // binary16 already: the bits are what float_to_half of their floats gives, so
+                        // they are moved as they are, [token][head] to [head][token], on every core.
+                        const uint16_t* src = bits[i];
+#pragma omp parallel for collapse(2) schedule(static) if (m * H * D >= (int64_t{1} << 16))
+                        for (int64_t h = 0; h < H; ++h)
+                            for (int64_t t = 0; t < m; ++t)
+                                move_row(src + (t * H + h) * D, dst0 + (h * n + t) * D, D, perm);
+                        continue;
+                    }
                     const float* x = to_float(a, i, H * D, scratch[i]);
                     PKV_CHECK(x != nullptr, internal, "{}: the engine gave no {}", c_.model_path,
                               kvdump::kActivations[i]);
@@ -192,12 +220,11 @@ public:
                     for (int64_t t = 0; t < m; ++t)
                         for (int64_t h = 0; h < H; ++h) {
                             const float* s = x + (t * H + h) * D;
-                            if (permute && i != 2) {
+                            if (perm) {
                                 to_hf_order(s, row.data(), static_cast<int>(D));
                                 s = row.data();
                             }
-                            float_to_half_n(s, data_[i].data() + ((slot * H + h) * n + at[a.sequence] + t) * D,
-                                            static_cast<size_t>(D));
+                            float_to_half_n(s, dst0 + (h * n + t) * D, static_cast<size_t>(D));
                         }
                 }
             });

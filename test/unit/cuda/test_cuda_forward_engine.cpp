@@ -66,6 +66,7 @@ Run run(ForwardEngine& e, const std::vector<std::vector<int32_t>>& batch, Forwar
             const int64_t cols = t == 3 ? qd : kd, n = cols * a.f32.n_tokens;
             std::vector<float> scratch;
             const float* x = to_float(a, t, cols, scratch);
+            if (!o.tensors[static_cast<size_t>(t)] && x == nullptr) continue;  // not asked for: may be left out
             REQUIRE(x != nullptr);
             const auto key = std::make_tuple(a.sequence, a.f32.layer, t);
             r.acts[key].assign(x, x + n);
@@ -313,6 +314,19 @@ TEST_CASE("cuda engine: a batch gives each sequence exactly its figures alone", 
             for (int l : even)
                 for (int t = 0; t < 4; ++t) CHECK(one.bits.at({0, l, t}) == all.bits.at({static_cast<int>(i), l, t}));
         }
+        // Only K after RoPE and V asked for: the others are left out, these two unchanged.
+        ForwardOptions kv = opts;
+        kv.tensors = {false, true, true, false};
+        const Run part = run(*gpu, batch, kv);
+        CHECK(part.result[0].nll == all.result[0].nll);
+        for (size_t i = 0; i < batch.size(); ++i)
+            for (int l : even)
+                for (int t = 0; t < 4; ++t) {
+                    const std::tuple<int, int, int> key{static_cast<int>(i), l, t};
+                    CAPTURE(i, l, t);
+                    if (t == 1 || t == 2) CHECK(part.bits.at(key) == all.bits.at(key));
+                    else CHECK(part.bits.count(key) == 0);
+                }
     }
 }
 

@@ -4,6 +4,8 @@
 //                         the rounding of the product is the only difference)
 //   rope_apply            bit for bit (same float table, products rounded one by one)
 //   swiglu / geglu_tanh   |gpu - cpu| <= 4e-6 · |cpu| + 1e-7 (expf/tanhf against Eigen's)
+//   split_qkv             bit for bit (one float sum per value, or a copy)
+//   gated_activation_to   bit for bit against the float kernel, then rounded on the host
 //   causal_attention      f32: |gpu - cpu| <= 2e-5 · (largest |v|) (float sums in another
 //                         order). fp16 / bf16 (tensor cores): against the CPU function on
 //                         q, k, v rounded to the type first, |gpu - cpu| <= (2u + 2e-5) ·
@@ -12,6 +14,7 @@
 //                         the product with V, while their sum stays in float.
 //   logit_row_stats       |nll gpu - nll cpu| <= 2e-5 nats; argmax equal
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -19,9 +22,11 @@
 
 #include "catch.h"
 #include "cuda_test_util.h"
+#include "pkv/core/half.h"
 #include "pkv/core/rope.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/forward_ops.h"
+#include "pkv/model/engine_plan.h"
 #include "pkv/model/ops.h"
 
 namespace {
@@ -81,6 +86,46 @@ TEST_CASE("cuda rope_apply twins pkv::rope_apply to one rounding", "[cuda][forwa
             for (int c = 0; c < hd; ++c) REQUIRE(std::fabs(gpu[r * hd + c] - ref[r * hd + c]) <= 2.4e-7f * m);
         }
     }
+}
+
+TEST_CASE("cuda split_qkv twins split_qkv_ref", "[cuda][forward][parity]") {
+    PKV_REQUIRE_GPU_FWD();
+    // The 8B shape's widths over a few rows, and an odd one (head_dim 18, one KV head).
+    for (const auto& [qd, kd, rows] : {std::array<int, 3>{4096, 1024, 37}, std::array<int, 3>{54, 18, 1001}}) {
+        CAPTURE(qd, kd, rows);
+        const auto R = static_cast<size_t>(rows);
+        const auto x = normal(R * (qd + 2 * kd), 21, 3.0f);
+        const auto bq = normal(static_cast<size_t>(qd), 22), bk = normal(static_cast<size_t>(kd), 23),
+                   bv = normal(static_cast<size_t>(kd), 24);
+        for (const bool bias : {true, false}) {
+            CAPTURE(bias);
+            std::vector<float> q(R * qd), k(R * kd), v(R * kd), gq = q, gk = k, gv = v;
+            const float* b[3] = {bias ? bq.data() : nullptr, bias ? bk.data() : nullptr, bias ? bv.data() : nullptr};
+            pkv::split_qkv_ref(x.data(), rows, qd, kd, b[0], b[1], b[2], q.data(), k.data(), v.data());
+            pkv::cuda::split_qkv(x.data(), rows, qd, kd, b[0], b[1], b[2], gq.data(), gk.data(), gv.data());
+            CHECK(gq == q);
+            CHECK(gk == k);
+            CHECK(gv == v);
+        }
+    }
+}
+
+TEST_CASE("cuda gated_activation_to rounds the float kernels' values", "[cuda][forward][parity]") {
+    PKV_REQUIRE_GPU_FWD();
+    const size_t n = 50021;
+    const auto g = normal(n, 6, 4.0f), u = normal(n, 7);
+    for (const bool gelu : {false, true})
+        for (const pkv::WeightType type : {pkv::WeightType::bf16, pkv::WeightType::fp16}) {
+            CAPTURE(gelu, pkv::weight_type_name(type));
+            std::vector<float> f = g;
+            if (gelu) pkv::cuda::geglu_tanh_inplace(f.data(), u.data(), static_cast<int64_t>(n));
+            else pkv::cuda::swiglu_inplace(f.data(), u.data(), static_cast<int64_t>(n));
+            std::vector<uint16_t> want(n), got(n);
+            if (type == pkv::WeightType::bf16) pkv::float_to_bf16_n(f.data(), want.data(), n);
+            else pkv::float_to_half_n(f.data(), want.data(), n);
+            pkv::cuda::gated_activation_to(g.data(), u.data(), static_cast<int64_t>(n), gelu, type, got.data());
+            CHECK(got == want);
+        }
 }
 
 TEST_CASE("cuda swiglu and geglu_tanh twin the ops", "[cuda][forward][parity]") {

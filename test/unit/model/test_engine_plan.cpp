@@ -102,6 +102,10 @@ TEST_CASE("activation bytes per row and the rows a budget holds", "[model][engin
     const int64_t f32 = activation_bytes_per_row(hp, WeightType::f32);
     CHECK(f32 == 4 * (4 * 64 + 2 * 64 + 2 * 32 + 2 * 128) + 2 * 2 * (3 * 32 + 64) + 4 * 2 * 32 + 4 * 2 * 2 + 12);
     CHECK(activation_bytes_per_row(hp, WeightType::bf16) == f32 + 2 * 128);
+    // A feed-forward narrower than q | k | v: the gate buffer takes the fused product's width.
+    hp.n_ff = 32;
+    CHECK(activation_bytes_per_row(hp, WeightType::f32) ==
+          4 * (4 * 64 + 2 * 64 + 2 * 32 + 32 + (64 + 2 * 32)) + 2 * 2 * (3 * 32 + 64) + 4 * 2 * 32 + 4 * 2 * 2 + 12);
     CHECK(rows_for_memory(1000 * 100, 100, 64, 1 << 20) == 960);
     CHECK(rows_for_memory(1000 * 100, 100, 64, 512) == 512);
     CHECK(rows_for_memory(63 * 100, 100, 64, 1 << 20) == 0);
@@ -127,8 +131,9 @@ TEST_CASE("weight_layout places every weight the device needs once, aligned", "[
         int64_t end = 0;
         std::set<std::string> names;
         for (const DeviceTensor& t : w.tensors) {
-            CHECK(t.offset % 256 == 0);
-            CHECK(t.offset >= end);  // in order, no overlap
+            const bool follows = t.part == LayerPart::wk || t.part == LayerPart::wv;
+            CHECK((follows ? t.offset == end : t.offset % 256 == 0));  // wk after wq, wv after wk
+            CHECK(t.offset >= end);                                    // in order, no overlap
             end = t.offset + t.bytes;
             CHECK(t.bytes == t.rows * t.cols * (t.matrix ? weight_type_bytes(type) : 4));
             names.insert(t.info->name);
@@ -151,9 +156,44 @@ TEST_CASE("weight_layout places every weight the device needs once, aligned", "[
             CHECK(wq.matrix);
             CHECK(wq.rows == s.n_head * s.head_dim);
             CHECK(wq.cols == s.n_embd);
+            CHECK(qkv_adjacent(w, l));
+            const DeviceTensor& wv = w.tensors[static_cast<size_t>(idx[static_cast<int>(LayerPart::wv)])];
+            CHECK(wv.offset + wv.bytes == wq.offset + (s.n_head + 2 * s.n_head_kv) * s.head_dim * wq.cols *
+                                                          (type == WeightType::f32 ? 4 : 2));
             CHECK_FALSE(w.tensors[static_cast<size_t>(idx[static_cast<int>(LayerPart::attn_norm)])].matrix);
         }
     }
+}
+
+TEST_CASE("default_slab_rows widens the slab for narrow models", "[model][engine_plan]") {
+    LlamaHparams hp;
+    const std::pair<uint32_t, int> cases[] = {{4096, 1024}, {2048, 2048}, {1024, 4096}, {640, 4096},
+                                              {576, 4096},  {512, 8192},  {32, 8192},   {8192, 1024}};
+    for (const auto& [embd, slab] : cases) {
+        hp.n_embd = embd;
+        CAPTURE(embd);
+        CHECK(default_slab_rows(hp) == slab);
+    }
+}
+
+TEST_CASE("split_qkv_ref splits the fused product's rows and adds the biases", "[model][engine_plan]") {
+    const int qd = 4, kd = 2, rows = 3, w = qd + 2 * kd;
+    std::vector<float> qkv(static_cast<size_t>(rows * w));
+    for (size_t i = 0; i < qkv.size(); ++i) qkv[i] = static_cast<float>(i) + 0.25f;
+    const std::vector<float> bq = {1, 2, 3, 4}, bk = {10, 20}, bv = {100, 200};
+    std::vector<float> q(rows * qd), k(rows * kd), v(rows * kd);
+    split_qkv_ref(qkv.data(), rows, qd, kd, bq.data(), bk.data(), bv.data(), q.data(), k.data(), v.data());
+    for (int r = 0; r < rows; ++r) {
+        for (int c = 0; c < qd; ++c) CHECK(q[r * qd + c] == qkv[r * w + c] + bq[c]);
+        for (int c = 0; c < kd; ++c) {
+            CHECK(k[r * kd + c] == qkv[r * w + qd + c] + bk[c]);
+            CHECK(v[r * kd + c] == qkv[r * w + qd + kd + c] + bv[c]);
+        }
+    }
+    split_qkv_ref(qkv.data(), rows, qd, kd, nullptr, nullptr, nullptr, q.data(), k.data(), v.data());
+    CHECK(q[qd] == qkv[w]);
+    CHECK(k[kd + 1] == qkv[w + qd + 1]);
+    CHECK(v[2 * kd] == qkv[2 * w + qd + kd]);
 }
 
 TEST_CASE("pack_rows converts dequantized rows with round to nearest even", "[model][engine_plan]") {

@@ -1,10 +1,15 @@
 // The model KV source (pipeline/kv_source.h) against a dump of the same tokens: the same
 // rows bit for bit, the same sequences and records; its sample; and calibrate and analyze
 // giving the dump path's tables and reports from it.
+#include <array>
 #include <fstream>
+#include <memory>
 
 #include "catch.h"
 #include "pkv/core/error.h"
+#include "pkv/core/half.h"
+#include "pkv/model/engine.h"
+#include "pkv/model/llama.h"
 #include "pkv/pipeline/analyze.h"
 #include "pkv/pipeline/calibrate.h"
 #include "pkv/pipeline/dump.h"
@@ -58,7 +63,74 @@ struct Fixture {
     }
 };
 
+// The CPU engine's activations handed on as binary16 bits only (f32 pointers null), and
+// only the tensors the options ask for, as the CUDA engine hands them on.
+class Binary16Engine final : public ForwardEngine {
+public:
+    explicit Binary16Engine(const LlamaModel& m) : cpu_(make_cpu_engine(m)) {}
+    const LlamaHparams& hparams() const override { return cpu_->hparams(); }
+    std::string description() const override { return "binary16 test engine"; }
+    int batch_sequences(int) const override { return 3; }
+    BatchResult run_batch(const std::vector<std::vector<int32_t>>& sequences, const ForwardOptions& opts,
+                          const EngineSink& sink, const BatchCacheHook& cache) override {
+        asked.push_back(opts.tensors);
+        const LlamaHparams& hp = hparams();
+        const int64_t kd = int64_t{hp.n_head_kv} * hp.head_dim, qd = int64_t{hp.n_head} * hp.head_dim;
+        return cpu_->run_batch(
+            sequences, opts,
+            [&](const EngineActivations& a) {
+                const float* f[4] = {a.f32.k_pre, a.f32.k_post, a.f32.v, a.f32.q};
+                std::vector<uint16_t> bits[4];
+                EngineActivations b;
+                b.sequence = a.sequence;
+                b.f32.layer = a.f32.layer;
+                b.f32.n_tokens = a.f32.n_tokens;
+                const uint16_t** out[4] = {&b.k_pre16, &b.k_post16, &b.v16, &b.q16};
+                for (int i = 0; i < 4; ++i) {
+                    if (!opts.tensors[static_cast<size_t>(i)]) continue;
+                    bits[i].resize(static_cast<size_t>(a.f32.n_tokens * (i == 3 ? qd : kd)));
+                    float_to_half_n(f[i], bits[i].data(), bits[i].size());
+                    *out[i] = bits[i].data();
+                }
+                sink(b);
+            },
+            cache);
+    }
+    std::vector<std::array<bool, 4>> asked;
+
+private:
+    std::unique_ptr<ForwardEngine> cpu_;
+};
+
 }  // namespace
+
+TEST_CASE("the model source takes binary16 activations as they are, in either dim order", "[pipeline][kv_source]") {
+    if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
+    Fixture fx;
+    for (bool hf : {false, true}) {
+        CAPTURE(hf);
+        const std::unique_ptr<KvSource> d = open_dump_source(fx.dump(150, 40, hf, hf ? "hf.h5" : "gguf.h5"));
+        ModelSourceConfig c = fx.source(150, 40, hf);
+        c.capture = CaptureSet::parse("k_pre,v,q");
+        std::vector<std::array<bool, 4>>* asked = nullptr;
+        c.engine = [&](const LlamaModel& model) {
+            auto e = std::make_unique<Binary16Engine>(model);
+            asked = &e->asked;
+            return e;
+        };
+        const std::unique_ptr<KvSource> m = open_model_source(c);
+        m->load(0, m->sequences().start.size());
+        REQUIRE(asked != nullptr);
+        REQUIRE_FALSE(asked->empty());
+        for (const auto& t : *asked) CHECK(t == std::array<bool, 4>{true, false, true, true});
+        for (const char* ds_name : {kvdump::kKPre, kvdump::kV, kvdump::kQ})
+            for (int slot = 0; slot < d->n_layers(); ++slot)
+                for (int h = 0; h < (ds_name == kvdump::kQ ? d->n_head() : d->n_head_kv()); ++h) {
+                    CAPTURE(ds_name, slot, h);
+                    CHECK(m->read_head(ds_name, slot, h) == d->read_head(ds_name, slot, h));
+                }
+    }
+}
 
 TEST_CASE("the model source gives the rows of a dump of the same tokens", "[pipeline][kv_source]") {
     if (!tokenizer_available()) PKV_SKIP("built without PCRE2: no tokenizer");
