@@ -485,8 +485,8 @@ void CudaEngine::layer(int l, const PackedBatch& b, int64_t padded, int n_tiles,
         // alone leave most of a large GPU idle. Its rows go through gate_, unused until the FFN.
         gemm(xn_.get(), padded, E_, w(l, P::wq), QD_ + 2 * KD_, gate_.get());
         clock_.lap(PhaseClock::qkv, s);
-        fwd::split_qkv(gate_.get(), n, QD_, KD_, wf(l, P::bq), wf(l, P::bk), wf(l, P::bv), q_.get(), k_.get(),
-                       v_.get(), s);
+        fwd::split_qkv(gate_.get(), n, QD_, KD_, wf(l, P::bq), wf(l, P::bk), wf(l, P::bv), q_.get(), k_.get(), v_.get(),
+                       s);
     } else {
         gemm(xn_.get(), padded, E_, w(l, P::wq), QD_, q_.get());
         gemm(xn_.get(), padded, E_, w(l, P::wk), KD_, k_.get(), true);

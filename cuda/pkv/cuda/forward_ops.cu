@@ -264,7 +264,7 @@ void split_qkv(const float* qkv, int64_t rows, int qd, int kd, const float* bq, 
                float* q, float* k, float* v, cudaStream_t s) {
     if (rows <= 0) return;
     split_qkv_kernel<<<grid_for(rows * (qd + 2 * int64_t{kd})), kThreads, 0, s>>>(qkv, rows, qd, kd, bq, bk, bv, q, k,
-                                                                                   v);
+                                                                                  v);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -149,8 +149,8 @@ KvHookOutput call_kv_hook(const KvCacheHook& hook, int layer, int g, bool value,
                           const float* k_post, const float* k_pre, const float* v, int sequence = -1);
 
 struct ForwardOptions {
-    bool capture = false;           ///< call the sink for layers in `layers`
-    std::vector<bool> layers;       ///< per layer; empty = all layers
+    bool capture = false;      ///< call the sink for layers in `layers`
+    std::vector<bool> layers;  ///< per layer; empty = all layers
     /// Which of k_pre, k_post, v, q (in that order) the sink needs: an engine may leave the
     /// others' pointers null and skip their copies (the CUDA engine does; the CPU gives all).
     std::array<bool, 4> tensors = {true, true, true, true};

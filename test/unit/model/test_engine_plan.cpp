@@ -158,8 +158,8 @@ TEST_CASE("weight_layout places every weight the device needs once, aligned", "[
             CHECK(wq.cols == s.n_embd);
             CHECK(qkv_adjacent(w, l));
             const DeviceTensor& wv = w.tensors[static_cast<size_t>(idx[static_cast<int>(LayerPart::wv)])];
-            CHECK(wv.offset + wv.bytes == wq.offset + (s.n_head + 2 * s.n_head_kv) * s.head_dim * wq.cols *
-                                                          (type == WeightType::f32 ? 4 : 2));
+            CHECK(wv.offset + wv.bytes ==
+                  wq.offset + (s.n_head + 2 * s.n_head_kv) * s.head_dim * wq.cols * (type == WeightType::f32 ? 4 : 2));
             CHECK_FALSE(w.tensors[static_cast<size_t>(idx[static_cast<int>(LayerPart::attn_norm)])].matrix);
         }
     }
