@@ -13,7 +13,8 @@
 #   PKV_BENCH_TOKENS      timed tokens, a multiple of PKV_BENCH_CTX
 #   PKV_BENCH_CTX         tokens per sequence (default 2048)
 #   PKV_BENCH_HF_BATCH    transformers sequences per forward (default 8 at 135M, 4 at 8B)
-#   PKV_BENCH_WARMUP_TOKENS  pkv's warm-up run (default 2 sequences; 0: one run only)
+#   PKV_BENCH_WARMUP_TOKENS  pkv's warm-up run (default one batch of PKV_BENCH_HF_BATCH
+#                         sequences; 0: one run only)
 #   PKV_DUMP_ARGS         more `pkv dump` options (e.g. --chunk-tokens 1024)
 #   PKV_BENCH_SCRATCH     folder for the model, ids and outputs (default: a temporary
 #                         folder); PKV_BENCH_KEEP=1 keeps it (a kept model is reused)
@@ -21,7 +22,10 @@
 #
 # What is timed (start-up excluded for both, the same way):
 #   pkv: a run of WARMUP + N tokens minus a run of WARMUP tokens, the same model and ids:
-#        the cost of N tokens once the engine has run a batch. The start-up (loading,
+#        the cost of N tokens once the engine has run a batch. Both tools run batches of
+#        PKV_BENCH_HF_BATCH sequences (pkv: PKV_CUDA_BATCH_TOKENS), so the engine's buffers
+#        are grown in the warm-up batch of both runs, as transformers' warm-up batch allocates
+#        its own before its clock starts. The start-up (loading,
 #        hashing and uploading the model) is the same in both runs and cancels. Two
 #        figures: the whole runs' wall time (everything the N tokens cost up to the closed
 #        file: the ratios use it) and the dump's own summary.seconds (forward and writes
@@ -53,7 +57,7 @@ case "$type" in bf16 | f16 | q8_0) ;; *) echo "dump_vs_hf: type '$type': expecte
 CTX="${PKV_BENCH_CTX:-2048}"
 N="${PKV_BENCH_TOKENS:-$def_tokens}"
 BATCH="${PKV_BENCH_HF_BATCH:-$def_batch}"
-W="${PKV_BENCH_WARMUP_TOKENS:-$((2 * CTX))}"
+W="${PKV_BENCH_WARMUP_TOKENS:-$((BATCH * CTX))}"
 [ $((N % CTX)) -eq 0 ] || { echo "dump_vs_hf: PKV_BENCH_TOKENS $N is not a multiple of the context $CTX" >&2; exit 2; }
 
 [ -x "$PKV" ] || { echo "dump_vs_hf: $PKV missing: build with -DPKV_ENABLE_CUDA=ON (PKV_BUILD_DIR)" >&2; exit 1; }
@@ -96,7 +100,7 @@ run_pkv() {
   shift 2
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  "$PKV" --log-level warn dump --device cuda --model "$model" --token-ids "$ids" --tokens "$n" --ctx "$CTX" \
+  PKV_CUDA_BATCH_TOKENS=$((BATCH * CTX)) "$PKV" --log-level warn dump --device cuda --model "$model" --token-ids "$ids" --tokens "$n" --ctx "$CTX" \
     --capture k_pre,k_post,v,q --out "$out" --force "$@" ${PKV_DUMP_ARGS:-} >"$S/pkv-$name.log"
   t1=$(date +%s.%N)
   "$PY" - "$out" "$t0" "$t1" <<'PY'

@@ -1,6 +1,9 @@
 #include "device_select.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 
 #include <unistd.h>
 
@@ -25,6 +28,21 @@ bool all_distinct(std::vector<T> v) {
     std::sort(v.begin(), v.end());
     return std::adjacent_find(v.begin(), v.end()) == v.end();
 }
+
+#ifdef PKV_HAVE_CUDA
+// PKV_CUDA_BATCH_TOKENS: the CUDA engine's packed rows per batch (CudaEngineOptions::
+// max_batch_tokens; unset: sized from free memory), e.g. to match a peer's batch in a benchmark.
+int64_t engine_batch_tokens() {
+    const char* v = std::getenv("PKV_CUDA_BATCH_TOKENS");
+    if (v == nullptr || *v == '\0') return 0;
+    char* end = nullptr;
+    errno = 0;
+    const long long x = std::strtoll(v, &end, 10);
+    PKV_CHECK(errno == 0 && end != v && *end == '\0' && x > 0, invalid_argument,
+              "PKV_CUDA_BATCH_TOKENS: expected a positive number of tokens, got '{}'", v);
+    return x;
+}
+#endif
 
 void check_reduce(const std::string& reduce) {
     PKV_CHECK(reduce == "auto" || reduce == "nccl" || reduce == "host", invalid_argument,
@@ -99,9 +117,11 @@ EngineFactory select_engine(const std::string& device, int default_index, std::s
     if (description != nullptr) *description = desc;
     if (index < 0) return {};
 #ifdef PKV_HAVE_CUDA
-    return [index](const LlamaModel& model) {
+    const int64_t batch_tokens = engine_batch_tokens();
+    return [index, batch_tokens](const LlamaModel& model) {
         pkv::cuda::CudaEngineOptions o;
         o.device = index;
+        o.max_batch_tokens = batch_tokens;
         return pkv::cuda::make_cuda_engine(model, o);
     };
 #else
