@@ -81,17 +81,21 @@ inline float reconstruct(float r, float z, float s, float div, float qmax) {
     return t * s + z;
 }
 
-// err2[k] += |x - x̂_k|² for every candidate k of one element. x̂_k = reconstruct(x - c m_k)
+// err2[k] += |x - x̂_k|² for every candidate k of one element (times w when Weighted;
+// the unweighted sum stays a separate instantiation so that it keeps its exact rounding).
+// x̂_k = reconstruct(x - c m_k)
 // + c m_k with m_k 1 (pattern subtracted) or 0: c * 1 is c and c * 0 a zero, so x̂_k is
 // the single evaluation's value up to the sign of a zero, which its square ignores. Each
 // err2[k] is summed in the single evaluation's order; the loop over k vectorizes.
+template <bool Weighted = false>
 inline void add_element(float x, float c, const float* m, const float* z, const float* s, const float* div, float qmax,
-                        int K, double* err2) {
+                        int K, double w, double* err2) {
     for (int k = 0; k < K; ++k) {
         const float cm = c * m[k];
         const float xq = reconstruct(x - cm, z[k], s[k], div[k], qmax) + cm;
         const double d = static_cast<double>(x) - xq;
-        err2[k] += d * d;
+        if constexpr (Weighted) err2[k] += w * (d * d);
+        else err2[k] += d * d;
     }
 }
 
@@ -125,7 +129,7 @@ std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2
 
 std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vector<SeqRange>& seqs,
                                            const float* patterns, const int32_t* labels,
-                                           const std::vector<ResidualParams>& ps) {
+                                           const std::vector<ResidualParams>& ps, const double* weight) {
     PKV_CHECK(D > 0, invalid_argument, "quantizer input: expected a positive head_dim, got {}", D);
     const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int64_t G = ps.front().group;
@@ -176,10 +180,16 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
             for (int64_t i = 0; i < G; ++i)
                 for (int d = 0; d < D; ++d) {
                     const float xv = xb[i * D + d];
-                    ref2 += static_cast<double>(xv) * xv;
                     const size_t at = static_cast<size_t>(d) * Kp;
-                    add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
-                                qmax, Kp, err2.data());
+                    if (weight) {
+                        ref2 += weight[d] * (static_cast<double>(xv) * xv);
+                        add_element<true>(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                          grid.div.data() + at, qmax, Kp, weight[d], err2.data());
+                    } else {
+                        ref2 += static_cast<double>(xv) * xv;
+                        add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                    grid.div.data() + at, qmax, Kp, 1.0, err2.data());
+                    }
                 }
             tokens += G;
         }
@@ -247,7 +257,7 @@ std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::v
                 for (int d = g0; d < std::min(g0 + g, D); ++d) {
                     ref2 += static_cast<double>(xv[d]) * xv[d];
                     add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
-                                qmax, Kp, err2.data());
+                                qmax, Kp, 1.0, err2.data());
                 }
             }
             tokens += 1;
@@ -290,9 +300,14 @@ std::vector<ResidualError> by_chunks(const std::vector<ResidualParams>& ps, bool
 
 std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps, bool tasks) {
+                                               const std::vector<ResidualParams>& ps, bool tasks,
+                                               const double* weight) {
+    if (weight)
+        for (int d = 0; d < D; ++d)
+            PKV_CHECK(std::isfinite(weight[d]) && weight[d] >= 0.0, invalid_argument,
+                      "key channel weights: expected finite weights >= 0, got {} at channel {}", weight[d], d);
     return by_chunks(ps, tasks, [&](const std::vector<ResidualParams>& q) {
-        return key_errors_pass(x, D, seqs, patterns, labels, q);
+        return key_errors_pass(x, D, seqs, patterns, labels, q, weight);
     });
 }
 
@@ -329,7 +344,7 @@ const std::vector<double>& gate_z_grid() {
 }
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns, bool tasks) {
+                      const int32_t* labels, int bits, int group, bool use_patterns, bool tasks, const double* weight) {
     ResidualParams p;
     p.bits = bits;
     p.group = group;
@@ -341,7 +356,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
             cand.push_back(p);
             cand.back().clip = a;
         }
-    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand, tasks);
+    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand, tasks, weight);
     KeyFit fit;
     fit.at_default = e[0];
     fit.at_fit = fit.at_default;

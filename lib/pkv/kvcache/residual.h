@@ -67,9 +67,14 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 /// Costs about what one evaluation per parameter set costs, without its re-reading.
 /// tasks: groups of 8 parameter sets run as OpenMP tasks, which idle threads of an
 /// enclosing parallel region may take (the same result; about a tenth more work in all).
+/// weight (keys only): nullptr, or [D] channel weights w_c >= 0 (finite; else
+/// invalid_argument): err2 = sum w_c (x - x̂)², ref2 = sum w_c x², the error in the metric
+/// diag(w) (with w_c = E[q_c²], the expected squared error of the attention scores,
+/// docs/calibration.md). nullptr: w = 1, and the sums of the unweighted measurement bit for bit.
 std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps, bool tasks = false);
+                                               const std::vector<ResidualParams>& ps, bool tasks = false,
+                                               const double* weight = nullptr);
 std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                  const float* patterns, const int32_t* labels, const double* rho,
                                                  const std::vector<ResidualParams>& ps, bool tasks = false);
@@ -93,9 +98,11 @@ struct ValueFit {
 
 /// Picks the clip ratio with the lowest training squared error (ties: the larger a).
 /// use_patterns = false fits plain min-max (the ablation that separates what clipping
-/// alone gains from what the patterns gain). tasks as for key_residual_errors.
+/// alone gains from what the patterns gain). tasks and weight as for key_residual_errors:
+/// with a weight the squared error minimised (and reported) is the weighted one.
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false);
+                      const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false,
+                      const double* weight = nullptr);
 /// Picks z first at clip 1, then the clip ratio at that z (ties: paper z, larger a).
 /// use_patterns = false: the clip ratio of plain min-max (z is then irrelevant).
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
