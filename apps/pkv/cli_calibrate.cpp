@@ -123,9 +123,11 @@ void add_run_options(CLI::App* app, CalibrateArgs& args) {
                     "residual parameters: mse (fit clip ratios and gate z on the training tokens) or none (clip 1, "
                     "the paper's z)")
         ->capture_default_str();
-    app->add_option("--objective", args.objective,
-                    "what the key fit minimises: kv (raw K/V error), qk (key error weighted by the queries' "
-                    "second moments; needs /q) or qk-mine (qk, and key k-means in that metric)")
+    app->add_option(
+           "--objective", args.objective,
+           "what the key fit minimises: kv (raw K/V error), qk (key error weighted by the queries' "
+           "second moments; needs /q), qk-mine (qk, and key k-means in that metric) or qk-full (the full query "
+           "second-moment matrix, in the fit and the key k-means)")
         ->capture_default_str();
     app->add_flag("--force,-f", c.force, "overwrite an existing table");
 }

@@ -234,7 +234,9 @@ void check_config(const CalibrateConfig& c) {
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
-              "--objective qk with --fit none: nothing would use the objective (qk-mine weighs the mining)");
+              "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
+    PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
+              "--objective qk-full with --keys pre: RoPE averages the metric's cross terms away; use qk or qk-mine");
     PKV_CHECK(!(objective_needs_queries(c.objective) && c.keys_pre && c.rotate), unsupported,
               "--objective {} with --keys pre --rotate: the query metric is not diagonal in that basis",
               calib_objective_name(c.objective));
@@ -425,11 +427,11 @@ Placement place_heads(const CalibrateConfig& c, const Plan& pl, const std::vecto
     const bool big = pl.n_train > shard_limit(assigners, pl.D, c.shard_above);
     w.data_parallel = big && (w.R > 1 || can_shard(assigners));
     w.by_rows = big && w.R > 1;
-    // The followers would need every head's query weights to scale their rows.
-    PKV_CHECK(!(w.by_rows && c.objective == CalibObjective::qk_mine), unsupported,
-              "--objective qk-mine: heads of {} training tokens run data parallel over {} ranks, which mine raw "
-              "keys; use qk, or one rank",
-              pl.n_train, w.R);
+    // The followers would need every head's key metric to transform their rows.
+    PKV_CHECK(!(w.by_rows && objective_mines(c.objective)), unsupported,
+              "--objective {}: heads of {} training tokens run data parallel over {} ranks, which mine raw keys; use "
+              "qk, or one rank",
+              calib_objective_name(c.objective), pl.n_train, w.R);
     if (w.by_rows) {
         if (can_shard(assigners)) w.host_shards = std::make_unique<ShardedAssigner>(assigners);
         w.rank_shards =
@@ -505,41 +507,58 @@ int max_threads() {
 #endif
 }
 
-// The key channel weights of one KV head (calibrate_objective.h) from the training
-// tokens of the query heads of its group; empty under the kv objective.
-std::vector<double> key_weights(const CalibrateConfig& c, const Plan& pl, int layer, int h) {
-    if (!objective_needs_queries(c.objective)) return {};
+// The key metric of one KV head (calibrate_objective.h) from the training tokens of the
+// query heads of its group: channel weights (qk, qk-mine) or the full factor (qk-full);
+// raw under kv.
+KeyMetric key_metric(const CalibrateConfig& c, const Plan& pl, int layer, int h) {
+    KeyMetric m;
+    if (!objective_needs_queries(c.objective)) return m;
+    const bool full = c.objective == CalibObjective::qk_full;
     std::vector<double> sum;
     int64_t count = 0;
     for (int g = 0; g < pl.group_q; ++g) {
         const Pooled q = pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, layer, h * pl.group_q + g, pl.D, c.rotate);
-        calib::add_query_moments(q.train.data(), q.n_train(), pl.D, sum, count);
+        if (full) calib::add_query_products(q.train.data(), q.n_train(), pl.D, sum, count);
+        else calib::add_query_moments(q.train.data(), q.n_train(), pl.D, sum, count);
     }
-    return calib::query_channel_weights(sum, count, pl.partners,
-                                        fmt::format("{}: layer {}, KV head {}", kvdump::kQ, layer, h));
+    const std::string what = fmt::format("{}: layer {}, KV head {}", kvdump::kQ, layer, h);
+    if (full) m.factor = calib::query_metric_factor(sum, count, pl.D, what);
+    else m.weight = calib::query_channel_weights(sum, count, pl.partners, what);
+    return m;
+}
+
+// Rows into the metric's space (forward) or back: ⊙ √w or U.
+void to_metric(float* x, int64_t n, int D, const KeyMetric& m, bool forward) {
+    if (!m.factor.empty()) {
+        if (forward) calib::transform_rows(x, n, D, m.factor);
+        else calib::untransform_rows(x, n, D, m.factor);
+        return;
+    }
+    std::vector<double> s(m.weight.size());
+    for (size_t d = 0; d < s.size(); ++d) s[d] = forward ? std::sqrt(m.weight[d]) : 1.0 / std::sqrt(m.weight[d]);
+    calib::scale_rows(x, n, D, s);
 }
 
 // A batch on a rank that mines: all its K and V problems go to k-means at once, then
-// each head's fit and held-out measurement run in parallel. Under qk-mine the keys are
-// mined as k ⊙ √w; the centroids come back unscaled (the means of their clusters) and
-// the objective is recomputed in the raw metric, so the statistics stay comparable.
+// each head's fit and held-out measurement run in parallel. Under qk-mine (qk-full) the
+// keys are mined as k ⊙ √w (U k); the centroids come back transformed back (the means
+// of their clusters) and the objective is recomputed in the raw metric, so the
+// statistics stay comparable.
 void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
                 const std::vector<KMeansAssigner*>& assigners, const Jobs& jobs, size_t b0, size_t b1, Mined& mined) {
     std::vector<Pooled> kpool, vpool;
-    std::vector<std::vector<double>> kw, kscale;  // key channel weights; √w under qk-mine
-    std::vector<std::vector<float>> kmined;       // qk-mine: the scaled training keys
+    std::vector<KeyMetric> km;               // the objective's key metric per head
+    std::vector<std::vector<float>> kmined;  // mining in the metric: the transformed training keys
     std::vector<KMeansProblem> kprob, vprob;
     for (size_t j = b0; j < b1; ++j) {
         const auto [layer, h] = jobs[j];
         kpool.push_back(pool_tensor(pl.dumps, pl.pieces, pl.key_ds, layer, h, pl.D, c.rotate));
         vpool.push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kV, layer, h, pl.D, c.rotate));
-        kw.push_back(key_weights(c, pl, layer, h));
-        kscale.emplace_back();
+        km.push_back(key_metric(c, pl, layer, h));
         kmined.emplace_back();
-        if (c.objective == CalibObjective::qk_mine) {
-            for (double v : kw.back()) kscale.back().push_back(std::sqrt(v));
+        if (objective_mines(c.objective)) {
             kmined.back() = kpool.back().train;
-            calib::scale_rows(kmined.back().data(), kpool.back().n_train(), pl.D, kscale.back());
+            to_metric(kmined.back().data(), kpool.back().n_train(), pl.D, km.back(), true);
         }
     }
     for (size_t i = 0; i < kpool.size(); ++i) {
@@ -554,10 +573,8 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
     const std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (size_t i = 0; i < kpool.size(); ++i) {
-        if (kscale[i].empty()) continue;
-        std::vector<double> inv(kscale[i].size());
-        for (size_t d = 0; d < inv.size(); ++d) inv[d] = 1.0 / kscale[i][d];
-        calib::scale_rows(kres[i].centroids.data(), c.k_patterns, pl.D, inv);
+        if (kmined[i].empty()) continue;
+        to_metric(kres[i].centroids.data(), c.k_patterns, pl.D, km[i], false);
         kres[i].objective = calib::assignment_objective(kpool[i].train.data(), kpool[i].n_train(), pl.D,
                                                         kres[i].centroids.data(), kres[i].assignments.data());
     }
@@ -572,8 +589,8 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
         const size_t i = static_cast<size_t>(t / 2);
         if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c, tasks, nullptr);
         else
-            kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks,
-                                    kw[i].empty() ? nullptr : kw[i].data());
+            kout[i] =
+                finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks, km[i].raw() ? nullptr : &km[i]);
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));

@@ -69,10 +69,10 @@ struct CalibrateConfig {
     int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
     int64_t fit_tokens = 65536;           ///< training tokens per head used by the parameter fit (whole sequences)
     bool fit = true;                      ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
-    /// What the key fit (qk) and also the key mining (qk-mine) minimise
+    /// What the key fit (qk) and also the key mining (qk-mine, qk-full) minimise
     /// (calibrate_objective.h). Not kv: every dump must hold /q; refused with fit = false
-    /// for qk (nothing would use it), with keys_pre and rotate, and for qk-mine with
-    /// heads data parallel over MPI ranks.
+    /// for qk (nothing would use it), with keys_pre and rotate, qk-full with keys_pre, and
+    /// qk-mine and qk-full with heads data parallel over MPI ranks.
     CalibObjective objective = CalibObjective::kv;
     int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
     /// Heads with more training tokens than this run data parallel: rows sharded over

@@ -13,6 +13,7 @@ const char* calib_objective_name(CalibObjective o) {
         case CalibObjective::kv: return "kv";
         case CalibObjective::qk: return "qk";
         case CalibObjective::qk_mine: return "qk-mine";
+        case CalibObjective::qk_full: return "qk-full";
     }
     return "kv";
 }
@@ -21,7 +22,8 @@ CalibObjective parse_calib_objective(const std::string& name) {
     if (name == "kv") return CalibObjective::kv;
     if (name == "qk") return CalibObjective::qk;
     if (name == "qk-mine") return CalibObjective::qk_mine;
-    fail(ErrorCode::invalid_argument, "--objective: expected kv, qk or qk-mine, got '{}'", name);
+    if (name == "qk-full") return CalibObjective::qk_full;
+    fail(ErrorCode::invalid_argument, "--objective: expected kv, qk, qk-mine or qk-full, got '{}'", name);
 }
 
 namespace calib {
@@ -66,6 +68,73 @@ std::vector<double> query_channel_weights(const std::vector<double>& sum, int64_
               "{}: query second moments are {} on average; expected a positive finite value", what, mean);
     for (double& v : w) v = std::max(v / mean, 1e-6);
     return w;
+}
+
+void add_query_products(const float* q, int64_t n, int D, std::vector<double>& sum, int64_t& count) {
+    sum.resize(static_cast<size_t>(D) * D, 0.0);
+    for (int64_t t = 0; t < n; ++t) {
+        const float* r = q + t * D;
+        for (int c = 0; c < D; ++c) {
+            const double a = r[c];
+            double* row = sum.data() + static_cast<size_t>(c) * D;
+            for (int e = c; e < D; ++e) row[e] += a * r[e];
+        }
+    }
+    count += n;
+}
+
+std::vector<double> query_metric_factor(const std::vector<double>& sum, int64_t count, int D, const std::string& what) {
+    PKV_CHECK(count > 0 && D > 0 && sum.size() == static_cast<size_t>(D) * D, invalid_argument,
+              "{}: no query tokens to form the key metric with", what);
+    double trace = 0.0;
+    for (int c = 0; c < D; ++c) trace += sum[static_cast<size_t>(c) * D + c];
+    const double scale = static_cast<double>(D) / trace;
+    PKV_CHECK(trace > 0.0 && std::isfinite(scale), invalid_argument,
+              "{}: query second moments are {} on average; expected a positive finite value", what,
+              trace / static_cast<double>(count) / D);
+    auto M = [&](int a, int b) {  // the upper triangle holds both
+        return sum[static_cast<size_t>(std::min(a, b)) * D + std::max(a, b)] * scale + (a == b ? 1e-6 : 0.0);
+    };
+    std::vector<double> U(static_cast<size_t>(D) * D, 0.0);
+    for (int j = 0; j < D; ++j) {
+        double djj = M(j, j);
+        for (int i = 0; i < j; ++i) djj -= U[static_cast<size_t>(i) * D + j] * U[static_cast<size_t>(i) * D + j];
+        // Positive by the ridge unless rounding ate it; then the channel is dependent: keep it tiny.
+        const double ujj = std::sqrt(std::max(djj, 1e-12));
+        U[static_cast<size_t>(j) * D + j] = ujj;
+        for (int e = j + 1; e < D; ++e) {
+            double v = M(j, e);
+            for (int i = 0; i < j; ++i) v -= U[static_cast<size_t>(i) * D + j] * U[static_cast<size_t>(i) * D + e];
+            U[static_cast<size_t>(j) * D + e] = v / ujj;
+        }
+    }
+    return U;
+}
+
+void transform_rows(float* x, int64_t n, int D, const std::vector<double>& U) {
+    std::vector<double> y(static_cast<size_t>(D));
+    for (int64_t t = 0; t < n; ++t) {
+        float* r = x + t * D;
+        for (int j = 0; j < D; ++j) {
+            double v = 0.0;
+            for (int d = j; d < D; ++d) v += U[static_cast<size_t>(j) * D + d] * r[d];
+            y[j] = v;
+        }
+        for (int j = 0; j < D; ++j) r[j] = static_cast<float>(y[j]);
+    }
+}
+
+void untransform_rows(float* y, int64_t n, int D, const std::vector<double>& U) {
+    std::vector<double> x(static_cast<size_t>(D));
+    for (int64_t t = 0; t < n; ++t) {
+        float* r = y + t * D;
+        for (int j = D - 1; j >= 0; --j) {
+            double v = r[j];
+            for (int d = j + 1; d < D; ++d) v -= U[static_cast<size_t>(j) * D + d] * x[d];
+            x[j] = v / U[static_cast<size_t>(j) * D + j];
+        }
+        for (int j = 0; j < D; ++j) r[j] = static_cast<float>(x[j]);
+    }
 }
 
 void scale_rows(float* x, int64_t n, int D, const std::vector<double>& s) {

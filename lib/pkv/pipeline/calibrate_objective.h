@@ -11,6 +11,11 @@
 //            of the attention logits (up to 1/D). Values keep the raw error.
 //   qk-mine  qk, and the key k-means runs on k ⊙ √w (the centroids scaled back), so the
 //            patterns, too, spend their accuracy where the queries look.
+//   qk-full  the full metric M = E[q qᵀ] instead of its diagonal, in the fit and in the
+//            mining (k-means on U k with UᵀU = M, the centroids solved back): the cross
+//            terms carry the queries' mean direction, along which key errors add up
+//            coherently in every score. Post-RoPE keys only (for pre-RoPE keys the
+//            rotation averages the cross terms of different pairs away).
 // Both qk objectives need the dump's queries (/q, post-RoPE). Pre-RoPE keys see the query
 // through a rotation of each RoPE pair that varies with the relative position, so both
 // channels of a pair get the pair's mean weight (RoPE preserves a pair's energy).
@@ -22,14 +27,16 @@
 
 namespace pkv {
 
-enum class CalibObjective { kv, qk, qk_mine };
+enum class CalibObjective { kv, qk, qk_mine, qk_full };
 
-/// "kv", "qk", "qk-mine".
+/// "kv", "qk", "qk-mine", "qk-full".
 const char* calib_objective_name(CalibObjective o);
-/// The inverse; anything else: invalid_argument "--objective: expected kv, qk or qk-mine, got 'x'".
+/// The inverse; anything else: invalid_argument "--objective: expected kv, qk, qk-mine or qk-full, got 'x'".
 CalibObjective parse_calib_objective(const std::string& name);
 /// Whether the objective reads the queries (/q).
 inline bool objective_needs_queries(CalibObjective o) { return o != CalibObjective::kv; }
+/// Whether the key k-means runs in the objective's metric.
+inline bool objective_mines(CalibObjective o) { return o == CalibObjective::qk_mine || o == CalibObjective::qk_full; }
 
 namespace calib {
 
@@ -48,6 +55,21 @@ void add_query_moments(const float* q, int64_t n, int D, std::vector<double>& su
 /// after mining. Throws invalid_argument (naming `what`) when count is 0 or every moment is 0.
 std::vector<double> query_channel_weights(const std::vector<double>& sum, int64_t count,
                                           const std::vector<int>& partners, const std::string& what);
+
+/// The full form: sum[c * D + c'] += Σ_t q[t, c] q[t, c'] for c <= c' (the upper
+/// triangle of [D, D]; sum is sized on first use); count += n.
+void add_query_products(const float* q, int64_t n, int D, std::vector<double>& sum, int64_t& count);
+
+/// U (row-major [D, D], upper triangular, positive diagonal) with UᵀU = M + 1e-6 I, where
+/// M = sum / count scaled to mean diagonal 1 (the scale changes no choice; the ridge
+/// keeps U invertible). Throws invalid_argument (naming `what`) when count is 0 or the
+/// diagonal is 0.
+std::vector<double> query_metric_factor(const std::vector<double>& sum, int64_t count, int D, const std::string& what);
+
+/// x_t <- U x_t for n rows of [n, D] (U as above).
+void transform_rows(float* x, int64_t n, int D, const std::vector<double>& U);
+/// The inverse: y_t <- U⁻¹ y_t (back substitution).
+void untransform_rows(float* y, int64_t n, int D, const std::vector<double>& U);
 
 /// x[t, c] *= s[c] for n rows of [n, D].
 void scale_rows(float* x, int64_t n, int D, const std::vector<double>& s);

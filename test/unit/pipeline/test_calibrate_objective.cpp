@@ -36,17 +36,17 @@ CalibrateConfig config(const TempDir& dir, const std::string& dump, CalibObjecti
 }  // namespace
 
 TEST_CASE("calibrate --objective: parsing and names", "[pipeline][calibrate][objective]") {
-    for (CalibObjective o : {CalibObjective::kv, CalibObjective::qk, CalibObjective::qk_mine})
+    for (CalibObjective o : {CalibObjective::kv, CalibObjective::qk, CalibObjective::qk_mine, CalibObjective::qk_full})
         CHECK(parse_calib_objective(calib_objective_name(o)) == o);
     CHECK_THROWS_WITH(parse_calib_objective("attention"),
-                      ContainsSubstring("expected kv, qk or qk-mine, got 'attention'"));
+                      ContainsSubstring("expected kv, qk, qk-mine or qk-full, got 'attention'"));
 }
 
 TEST_CASE("calibrate --objective qk: refused without queries in the dump", "[pipeline][calibrate][objective]") {
     TempDir dir;
     const std::string dump = synth_dump(dir, "k_post,v");
     CHECK_NOTHROW(run_calibrate(config(dir, dump, CalibObjective::kv, "kv")));
-    for (CalibObjective o : {CalibObjective::qk, CalibObjective::qk_mine})
+    for (CalibObjective o : {CalibObjective::qk, CalibObjective::qk_mine, CalibObjective::qk_full})
         CHECK_THROWS_WITH(
             run_calibrate(config(dir, dump, o, "qk")),
             ContainsSubstring("::/q: dataset missing; --objective " + std::string(calib_objective_name(o)) +
@@ -64,6 +64,9 @@ TEST_CASE("calibrate --objective: combinations that would not use the objective 
     pre_rot.keys_pre = true;
     pre_rot.rotate = true;
     CHECK_THROWS_WITH(run_calibrate(pre_rot), ContainsSubstring("--keys pre --rotate"));
+    CalibrateConfig pre_full = config(dir, dump, CalibObjective::qk_full, "prefull");
+    pre_full.keys_pre = true;
+    CHECK_THROWS_WITH(run_calibrate(pre_full), ContainsSubstring("--objective qk-full with --keys pre"));
 }
 
 TEST_CASE("calibrate --objective: recorded in the table, weighted statistics beside the raw ones",
@@ -73,6 +76,9 @@ TEST_CASE("calibrate --objective: recorded in the table, weighted statistics bes
     const PatternTable kv = run_calibrate(config(dir, dump, CalibObjective::kv, "kv"));
     const PatternTable qk = run_calibrate(config(dir, dump, CalibObjective::qk, "qk"));
     const PatternTable mine = run_calibrate(config(dir, dump, CalibObjective::qk_mine, "mine"));
+    const PatternTable full = run_calibrate(config(dir, dump, CalibObjective::qk_full, "full"));
+    CHECK(full.calibration.at("objective") == "qk-full");
+    CHECK(full.calibration.at("heads").at(0).at("k").at("heldout").contains("qk_nmse_fitted"));
     CHECK(kv.calibration.at("objective") == "kv");
     CHECK(qk.calibration.at("objective") == "qk");
     CHECK(mine.calibration.at("objective") == "qk-mine");
@@ -120,4 +126,36 @@ TEST_CASE("query channel weights: second moments, RoPE pairs averaged, mean 1", 
     CHECK(calib::rope_partners(6, "gguf_interleaved", 4) == std::vector<int>{1, 0, 3, 2, 4, 5});
     CHECK_THROWS_WITH(calib::query_channel_weights(std::vector<double>(4, 0.0), 2, {}, "L0 H1"),
                       ContainsSubstring("L0 H1: query second moments are 0"));
+}
+
+TEST_CASE("query metric factor: UᵀU is the normalised second moments, the row transform inverts",
+          "[pipeline][calibrate][objective]") {
+    // Three tokens of D = 3 with correlated channels.
+    const std::vector<float> q{1, 2, 0, -1, 1, 3, 2, 2, 1};
+    std::vector<double> sum;
+    int64_t count = 0;
+    calib::add_query_products(q.data(), 3, 3, sum, count);
+    REQUIRE(count == 3);
+    const std::vector<double> U = calib::query_metric_factor(sum, count, 3, "test");
+    // Direct second moments, scaled to mean diagonal 1, plus the 1e-6 ridge.
+    double m[3][3] = {};
+    for (int t = 0; t < 3; ++t)
+        for (int a = 0; a < 3; ++a)
+            for (int b = 0; b < 3; ++b) m[a][b] += q[t * 3 + a] * q[t * 3 + b] / 3.0;
+    const double scale = 3.0 / (m[0][0] + m[1][1] + m[2][2]);
+    for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) {
+            double utu = 0.0;
+            for (int i = 0; i < 3; ++i) utu += U[i * 3 + a] * U[i * 3 + b];
+            CHECK(utu == Approx(m[a][b] * scale + (a == b ? 1e-6 : 0.0)).margin(1e-12));
+        }
+    CHECK(U[1 * 3 + 0] == 0.0);  // upper triangular
+    std::vector<float> rows{0.5f, -1.0f, 2.0f, 3.0f, 0.25f, -0.75f};
+    const std::vector<float> orig = rows;
+    calib::transform_rows(rows.data(), 2, 3, U);
+    CHECK(rows != orig);
+    calib::untransform_rows(rows.data(), 2, 3, U);
+    for (size_t i = 0; i < rows.size(); ++i) CHECK(rows[i] == Approx(orig[i]).margin(1e-5));
+    CHECK_THROWS_WITH(calib::query_metric_factor(std::vector<double>(9, 0.0), 3, 3, "L2 H0"),
+                      ContainsSubstring("L2 H0: query second moments are 0"));
 }
