@@ -527,18 +527,6 @@ KeyMetric key_metric(const CalibrateConfig& c, const Plan& pl, int layer, int h)
     return m;
 }
 
-// Rows into the metric's space (forward) or back: ⊙ √w or U.
-void to_metric(float* x, int64_t n, int D, const KeyMetric& m, bool forward) {
-    if (!m.factor.empty()) {
-        if (forward) calib::transform_rows(x, n, D, m.factor);
-        else calib::untransform_rows(x, n, D, m.factor);
-        return;
-    }
-    std::vector<double> s(m.weight.size());
-    for (size_t d = 0; d < s.size(); ++d) s[d] = forward ? std::sqrt(m.weight[d]) : 1.0 / std::sqrt(m.weight[d]);
-    calib::scale_rows(x, n, D, s);
-}
-
 // A batch on a rank that mines: all its K and V problems go to k-means at once, then
 // each head's fit and held-out measurement run in parallel. Under qk-mine (qk-full) the
 // keys are mined as k ⊙ √w (U k); the centroids come back transformed back (the means
@@ -558,7 +546,7 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
         kmined.emplace_back();
         if (objective_mines(c.objective)) {
             kmined.back() = kpool.back().train;
-            to_metric(kmined.back().data(), kpool.back().n_train(), pl.D, km.back(), true);
+            calib::to_metric(kmined.back().data(), kpool.back().n_train(), pl.D, km.back(), true);
         }
     }
     for (size_t i = 0; i < kpool.size(); ++i) {
@@ -574,7 +562,7 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (size_t i = 0; i < kpool.size(); ++i) {
         if (kmined[i].empty()) continue;
-        to_metric(kres[i].centroids.data(), c.k_patterns, pl.D, km[i], false);
+        calib::to_metric(kres[i].centroids.data(), c.k_patterns, pl.D, km[i], false);
         kres[i].objective = calib::assignment_objective(kpool[i].train.data(), kpool[i].n_train(), pl.D,
                                                         kres[i].centroids.data(), kres[i].assignments.data());
     }
@@ -740,32 +728,6 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     t.calibration = calibration_json(c, pl, w, kmeans_seconds_max, t_start, std::move(heads));
     write_pattern_table(t, c.out_path, c.force);
     return t;
-}
-
-nlohmann::json calibration_means(const PatternTable& table) {
-    nlohmann::json out = nlohmann::json::object();
-    const nlohmann::json& heads = table.calibration.value("heads", nlohmann::json::array());
-    for (const char* tensor : {"k", "v"}) {
-        std::map<std::string, std::pair<double, int>> acc;
-        auto add = [&](const std::string& key, const nlohmann::json& v) {
-            if (!v.is_number()) return;
-            auto& a = acc[key];
-            a.first += v.get<double>();
-            a.second += 1;
-        };
-        for (const auto& h : heads) {
-            const nlohmann::json& s = h.at(tensor);
-            for (const char* f : {"variance_explained", "dead_patterns", "clip", "gate_z", "gate_rate"})
-                if (s.contains(f)) add(f, s[f]);
-            for (const char* f : {"nmse_minmax", "nmse_minmax_clipped", "nmse_patterns", "nmse_fitted"})
-                if (s.contains("heldout") && s["heldout"].contains(f))
-                    add(std::string("heldout_") + f, s["heldout"][f]);
-        }
-        nlohmann::json m = nlohmann::json::object();
-        for (const auto& [k, a] : acc) m[k] = a.second > 0 ? a.first / a.second : 0.0;
-        out[tensor] = m;
-    }
-    return out;
 }
 
 }  // namespace pkv

@@ -137,6 +137,18 @@ void untransform_rows(float* y, int64_t n, int D, const std::vector<double>& U) 
     }
 }
 
+void to_metric(float* x, int64_t n, int D, const KeyMetric& m, bool forward) {
+    if (!m.factor.empty()) {
+        if (forward) transform_rows(x, n, D, m.factor);
+        else untransform_rows(x, n, D, m.factor);
+        return;
+    }
+    if (m.weight.empty()) return;
+    std::vector<double> s(m.weight.size());
+    for (size_t d = 0; d < s.size(); ++d) s[d] = forward ? std::sqrt(m.weight[d]) : 1.0 / std::sqrt(m.weight[d]);
+    scale_rows(x, n, D, s);
+}
+
 void scale_rows(float* x, int64_t n, int D, const std::vector<double>& s) {
     for (int64_t t = 0; t < n; ++t)
         for (int c = 0; c < D; ++c) x[t * D + c] = static_cast<float>(x[t * D + c] * s[c]);

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "pkv/kvcache/residual.h"
+
 namespace pkv {
 
 enum class CalibObjective { kv, qk, qk_mine, qk_full };
@@ -70,6 +72,10 @@ std::vector<double> query_metric_factor(const std::vector<double>& sum, int64_t 
 void transform_rows(float* x, int64_t n, int D, const std::vector<double>& U);
 /// The inverse: y_t <- U⁻¹ y_t (back substitution).
 void untransform_rows(float* y, int64_t n, int D, const std::vector<double>& U);
+
+/// Rows of [n, D] into the metric's space (forward: x ⊙ √w, or U x) or back; a raw
+/// metric leaves them alone.
+void to_metric(float* x, int64_t n, int D, const KeyMetric& m, bool forward);
 
 /// x[t, c] *= s[c] for n rows of [n, D].
 void scale_rows(float* x, int64_t n, int D, const std::vector<double>& s);
