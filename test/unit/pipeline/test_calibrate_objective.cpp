@@ -3,6 +3,7 @@
 #include "catch.h"
 #include "pkv/pipeline/calibrate.h"
 #include "pkv/pipeline/calibrate_objective.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
 
@@ -82,8 +83,15 @@ TEST_CASE("calibrate --objective: recorded in the table, weighted statistics bes
     CHECK(kv.calibration.at("objective") == "kv");
     CHECK(qk.calibration.at("objective") == "qk");
     CHECK(mine.calibration.at("objective") == "qk-mine");
-    // Read back from the file, as a runtime or `pkv info` sees it.
+    // Read back from the file, as a runtime or `pkv info` sees it; a table written before
+    // the option (no objective recorded) reads as kv.
     CHECK(read_pattern_table(dir.path + "/qk.safetensors").calibration.at("objective") == "qk");
+    CHECK_THAT(describe_pattern_table(dir.path + "/qk.safetensors"), ContainsSubstring(", objective qk\n"));
+    PatternTable old = kv;
+    old.calibration.erase("objective");
+    write_pattern_table(old, dir.path + "/old.safetensors", false);
+    CHECK_THAT(describe_pattern_table(dir.path + "/old.safetensors"),
+               ContainsSubstring(", objective kv (not recorded)\n"));
     const nlohmann::json& hk = kv.calibration.at("heads").at(0).at("k").at("heldout");
     const nlohmann::json& hq = qk.calibration.at("heads").at(0).at("k").at("heldout");
     CHECK_FALSE(hk.contains("qk_nmse_fitted"));
