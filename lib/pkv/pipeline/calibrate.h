@@ -43,7 +43,8 @@ struct CalibrateConfig {
     /// used when stream.model_path is set. Its model_path, text_paths, n_tokens, ctx,
     /// hf_dim_order, sample_tokens and engine are read here; capture (the key basis and
     /// the values), layers, seed and argv come from this config. Every sampled token
-    /// is held in memory: sampled tokens x layers x n_head_kv x head_dim x 4 bytes.
+    /// is held in memory: sampled tokens x layers x n_head_kv x head_dim x 4 bytes (and
+    /// the queries, n_head instead of n_head_kv, under a qk objective).
     ModelSourceConfig stream = [] {
         ModelSourceConfig m;
         m.sample_tokens = 65536;
