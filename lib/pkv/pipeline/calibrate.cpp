@@ -588,7 +588,9 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
 Mined mine_heads(const CalibrateConfig& c, const Plan& pl, const Placement& w,
                  const std::vector<KMeansAssigner*>& assigners) {
     const Jobs jobs = rank_jobs(pl, w);
-    const int64_t bytes_per_head = 2 * (pl.n_train + pl.n_hold) * pl.D * 4;
+    // K and V of every token, and the transformed training keys when mining in the metric.
+    const int64_t bytes_per_head =
+        (2 * (pl.n_train + pl.n_hold) + (objective_mines(c.objective) ? pl.n_train : 0)) * pl.D * 4;
     const size_t heads_per_batch =
         static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
     Progress progress(w.R > 1 ? "calibrate (rank " + std::to_string(w.rank) + ")" : std::string("calibrate"),
