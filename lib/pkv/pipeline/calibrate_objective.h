@@ -16,9 +16,11 @@
 //            terms carry the queries' mean direction, along which key errors add up
 //            coherently in every score. Post-RoPE keys only (for pre-RoPE keys the
 //            rotation averages the cross terms of different pairs away).
-// Both qk objectives need the dump's queries (/q, post-RoPE). Pre-RoPE keys see the query
+// The qk objectives need the dump's queries (/q, post-RoPE). Pre-RoPE keys see the query
 // through a rotation of each RoPE pair that varies with the relative position, so both
 // channels of a pair get the pair's mean weight (RoPE preserves a pair's energy).
+// Measured on SmolLM2 (docs/calibration.md): qk-mine helps pre-RoPE tables clearly; on
+// post-RoPE keys no objective beats kv by more than the k-means seed moves it.
 #pragma once
 
 #include <cstdint>
@@ -44,7 +46,9 @@ namespace calib {
 
 /// partner[c]: the other channel of c's RoPE pair in the given dump dimension order
 /// ("gguf_interleaved": (2i, 2i+1); "hf_half_split": (i, i + n_rot/2)), c itself past
-/// n_rot (not rotated). n_rot <= 0 or > D: D.
+/// n_rot (not rotated). n_rot <= 0 or > D: D. (A head rotated only in part and stored
+/// in HF order from a GGUF-ordered model pairs (i, i + D/2) instead; SmolLM2 and Gemma 3 rotate
+/// the whole head, where the two agree.)
 std::vector<int> rope_partners(int D, const std::string& dim_order, int n_rot);
 
 /// Accumulates the query second moments of one KV head: sum[c] += Σ_t q[t, c]² over
