@@ -26,6 +26,7 @@ struct CalibrateArgs {
     std::string devices;
     std::string reduce = "auto";
     std::string fit = "mse";
+    std::string objective = "kv";
     StreamArgs stream;
 };
 
@@ -34,7 +35,8 @@ void print_summary(const PatternTable& t) {
     const nlohmann::json& c = t.calibration;
     std::printf("pattern table: %zu layers x %d KV heads, Mk = %d, Mv = %d, head_dim %d, %d-bit residuals (G = %d)\n",
                 t.layers.size(), t.model.n_head_kv, t.k_patterns, t.v_patterns, t.model.head_dim, t.bits, t.group);
-    std::printf("tokens: %lld train, %lld held out; device %s; %.1f s (k-means %.1f s)\n\n",
+    std::printf("objective %s; tokens: %lld train, %lld held out; device %s; %.1f s (k-means %.1f s)\n\n",
+                c.value("objective", std::string("kv")).c_str(),
                 static_cast<long long>(c["tokens"]["train"].get<int64_t>()),
                 static_cast<long long>(c["tokens"]["holdout"].get<int64_t>()), c["device"].get<std::string>().c_str(),
                 c["seconds"].get<double>(), c["kmeans"]["seconds"].get<double>());
@@ -121,6 +123,12 @@ void add_run_options(CLI::App* app, CalibrateArgs& args) {
                     "residual parameters: mse (fit clip ratios and gate z on the training tokens) or none (clip 1, "
                     "the paper's z)")
         ->capture_default_str();
+    app->add_option(
+           "--objective", args.objective,
+           "what the key fit minimises: kv (raw K/V error), qk (key error weighted by the queries' "
+           "second moments; needs /q), qk-mine (qk, and key k-means in that metric) or qk-full (the full query "
+           "second-moment matrix, in the fit and the key k-means)")
+        ->capture_default_str();
     app->add_flag("--force,-f", c.force, "overwrite an existing table");
 }
 
@@ -142,6 +150,7 @@ CalibrateConfig resolve_config(const CalibrateArgs& args) {
     PKV_CHECK(args.fit == "mse" || args.fit == "none", invalid_argument, "--fit: expected mse or none, got '{}'",
               args.fit);
     cfg.fit = args.fit == "mse";
+    cfg.objective = parse_calib_objective(args.objective);
     if (!args.layers.empty()) cfg.layers = parse_int_list("--layers", args.layers);
     resolve_stream(cfg.stream, args.stream);
     PKV_CHECK(!cfg.stream.model_path.empty() != !cfg.dump_paths.empty(), invalid_argument,

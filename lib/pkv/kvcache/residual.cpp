@@ -81,17 +81,31 @@ inline float reconstruct(float r, float z, float s, float div, float qmax) {
     return t * s + z;
 }
 
-// err2[k] += |x - x̂_k|² for every candidate k of one element. x̂_k = reconstruct(x - c m_k)
+// err2[k] += |x - x̂_k|² for every candidate k of one element (times w when Weighted;
+// the unweighted sum stays a separate instantiation so that it keeps its exact rounding).
+// x̂_k = reconstruct(x - c m_k)
 // + c m_k with m_k 1 (pattern subtracted) or 0: c * 1 is c and c * 0 a zero, so x̂_k is
 // the single evaluation's value up to the sign of a zero, which its square ignores. Each
 // err2[k] is summed in the single evaluation's order; the loop over k vectorizes.
+template <bool Weighted = false>
 inline void add_element(float x, float c, const float* m, const float* z, const float* s, const float* div, float qmax,
-                        int K, double* err2) {
+                        int K, double w, double* err2) {
     for (int k = 0; k < K; ++k) {
         const float cm = c * m[k];
         const float xq = reconstruct(x - cm, z[k], s[k], div[k], qmax) + cm;
         const double d = static_cast<double>(x) - xq;
-        err2[k] += d * d;
+        if constexpr (Weighted) err2[k] += w * (d * d);
+        else err2[k] += d * d;
+    }
+}
+
+// e[k] = x - x̂_k for every candidate k of one element (the full key metric needs the
+// errors of a token's channels together); x̂_k as in add_element.
+inline void element_errors(float x, float c, const float* m, const float* z, const float* s, const float* div,
+                           float qmax, int K, double* e) {
+    for (int k = 0; k < K; ++k) {
+        const float cm = c * m[k];
+        e[k] = static_cast<double>(x) - (reconstruct(x - cm, z[k], s[k], div[k], qmax) + cm);
     }
 }
 
@@ -125,7 +139,9 @@ std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2
 
 std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vector<SeqRange>& seqs,
                                            const float* patterns, const int32_t* labels,
-                                           const std::vector<ResidualParams>& ps) {
+                                           const std::vector<ResidualParams>& ps, const KeyMetric* metric) {
+    const double* weight = metric && !metric->weight.empty() ? metric->weight.data() : nullptr;
+    const double* U = metric && !metric->factor.empty() ? metric->factor.data() : nullptr;
     PKV_CHECK(D > 0, invalid_argument, "quantizer input: expected a positive head_dim, got {}", D);
     const int K = static_cast<int>(ps.size()), Kp = padded(K);
     const int64_t G = ps.front().group;
@@ -146,7 +162,8 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
     // patterns, then every candidate's grid per channel ([D, K]).
     std::vector<float> r(static_cast<size_t>(G * D));
     std::vector<const float*> crow(static_cast<size_t>(G));
-    Grids grid(static_cast<size_t>(D) * Kp);  // [channel, candidate]
+    Grids grid(static_cast<size_t>(D) * Kp);                                    // [channel, candidate]
+    std::vector<double> e(U ? static_cast<size_t>(D) * Kp : 0), y(U ? Kp : 0);  // full metric: [channel, candidate]
     for (const SeqRange& sq : seqs) {
         for (int64_t b = 0; b + G <= sq.length; b += G) {
             const float* xb = x + (sq.start + b) * D;
@@ -173,13 +190,44 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
                 }
             }
             grid.fill(static_cast<size_t>(D) * Kp, bits);
+            if (U) {
+                // |U e|² per token and candidate: row j of U starts at its diagonal.
+                for (int64_t i = 0; i < G; ++i) {
+                    const float* xi = xb + i * D;
+                    for (int d = 0; d < D; ++d) {
+                        const size_t at = static_cast<size_t>(d) * Kp;
+                        element_errors(xi[d], crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                       grid.div.data() + at, qmax, Kp, e.data() + at);
+                    }
+                    for (int j = 0; j < D; ++j) {
+                        std::fill(y.begin(), y.end(), 0.0);
+                        double ry = 0.0;
+                        for (int d = j; d < D; ++d) {
+                            const double u = U[static_cast<size_t>(j) * D + d];
+                            ry += u * xi[d];
+                            const double* ed = e.data() + static_cast<size_t>(d) * Kp;
+                            for (int k = 0; k < Kp; ++k) y[k] += u * ed[k];
+                        }
+                        ref2 += ry * ry;
+                        for (int k = 0; k < Kp; ++k) err2[k] += y[k] * y[k];
+                    }
+                }
+                tokens += G;
+                continue;
+            }
             for (int64_t i = 0; i < G; ++i)
                 for (int d = 0; d < D; ++d) {
                     const float xv = xb[i * D + d];
-                    ref2 += static_cast<double>(xv) * xv;
                     const size_t at = static_cast<size_t>(d) * Kp;
-                    add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
-                                qmax, Kp, err2.data());
+                    if (weight) {
+                        ref2 += weight[d] * (static_cast<double>(xv) * xv);
+                        add_element<true>(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                          grid.div.data() + at, qmax, Kp, weight[d], err2.data());
+                    } else {
+                        ref2 += static_cast<double>(xv) * xv;
+                        add_element(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                    grid.div.data() + at, qmax, Kp, 1.0, err2.data());
+                    }
                 }
             tokens += G;
         }
@@ -247,7 +295,7 @@ std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::v
                 for (int d = g0; d < std::min(g0 + g, D); ++d) {
                     ref2 += static_cast<double>(xv[d]) * xv[d];
                     add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
-                                qmax, Kp, err2.data());
+                                qmax, Kp, 1.0, err2.data());
                 }
             }
             tokens += 1;
@@ -290,9 +338,23 @@ std::vector<ResidualError> by_chunks(const std::vector<ResidualParams>& ps, bool
 
 std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps, bool tasks) {
+                                               const std::vector<ResidualParams>& ps, bool tasks,
+                                               const KeyMetric* metric) {
+    if (metric) {
+        PKV_CHECK(metric->weight.empty() || metric->weight.size() == static_cast<size_t>(D), invalid_argument,
+                  "key metric: expected {} channel weights, got {}", D, metric->weight.size());
+        PKV_CHECK(metric->factor.empty() || metric->factor.size() == static_cast<size_t>(D) * D, invalid_argument,
+                  "key metric: expected a {}x{} factor, got {} elements", D, D, metric->factor.size());
+        PKV_CHECK(metric->weight.empty() || metric->factor.empty(), invalid_argument,
+                  "key metric: expected channel weights or a factor, got both");
+        for (size_t d = 0; d < metric->weight.size(); ++d)
+            PKV_CHECK(std::isfinite(metric->weight[d]) && metric->weight[d] >= 0.0, invalid_argument,
+                      "key channel weights: expected finite weights >= 0, got {} at channel {}", metric->weight[d], d);
+        for (double u : metric->factor)
+            PKV_CHECK(std::isfinite(u), invalid_argument, "key metric: the factor holds {}", u);
+    }
     return by_chunks(ps, tasks, [&](const std::vector<ResidualParams>& q) {
-        return key_errors_pass(x, D, seqs, patterns, labels, q);
+        return key_errors_pass(x, D, seqs, patterns, labels, q, metric);
     });
 }
 
@@ -329,7 +391,8 @@ const std::vector<double>& gate_z_grid() {
 }
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns, bool tasks) {
+                      const int32_t* labels, int bits, int group, bool use_patterns, bool tasks,
+                      const KeyMetric* metric) {
     ResidualParams p;
     p.bits = bits;
     p.group = group;
@@ -341,7 +404,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
             cand.push_back(p);
             cand.back().clip = a;
         }
-    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand, tasks);
+    const std::vector<ResidualError> e = key_residual_errors(x, D, seqs, patterns, labels, cand, tasks, metric);
     KeyFit fit;
     fit.at_default = e[0];
     fit.at_fit = fit.at_default;

@@ -35,6 +35,19 @@ struct SeqRange {
 /// minmax: range of x_i - c, see pkv/kmeans/minmax_assign.h); lowest index on ties.
 void assign_patterns(const float* x, int64_t n, int D, const float* patterns, int M, bool l2, int32_t* labels);
 
+/// The metric a key error e (one token, [D]) is measured in, for `pkv calibrate
+/// --objective` (docs/calibration.md): with M = E[q qᵀ] of the head's queries, eᵀ M e is
+/// the expected squared error of the attention logit q·e (up to 1/D).
+///   neither set: |e|², the raw error (bit for bit the unweighted measurement);
+///   weight [D]:  Σ_c w_c e_c², w_c >= 0 finite (the diagonal of M);
+///   factor [D*D] row-major upper-triangular U (UᵀU = M): |U e|².
+/// The reference ref2 is the same form of x.
+struct KeyMetric {
+    std::vector<double> weight;
+    std::vector<double> factor;
+    bool raw() const { return weight.empty() && factor.empty(); }
+};
+
 /// Parameters of the residual quantizer of one head.
 struct ResidualParams {
     int bits = 2;
@@ -67,9 +80,13 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 /// Costs about what one evaluation per parameter set costs, without its re-reading.
 /// tasks: groups of 8 parameter sets run as OpenMP tasks, which idle threads of an
 /// enclosing parallel region may take (the same result; about a tenth more work in all).
+/// metric (keys only): nullptr or a raw() metric: the plain squared error; else that of
+/// KeyMetric (malformed: invalid_argument). The full factor costs about D/2 times the
+/// diagonal measurement.
 std::vector<ResidualError> key_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                const float* patterns, const int32_t* labels,
-                                               const std::vector<ResidualParams>& ps, bool tasks = false);
+                                               const std::vector<ResidualParams>& ps, bool tasks = false,
+                                               const KeyMetric* metric = nullptr);
 std::vector<ResidualError> value_residual_errors(const float* x, int D, const std::vector<SeqRange>& seqs,
                                                  const float* patterns, const int32_t* labels, const double* rho,
                                                  const std::vector<ResidualParams>& ps, bool tasks = false);
@@ -93,9 +110,11 @@ struct ValueFit {
 
 /// Picks the clip ratio with the lowest training squared error (ties: the larger a).
 /// use_patterns = false fits plain min-max (the ablation that separates what clipping
-/// alone gains from what the patterns gain). tasks as for key_residual_errors.
+/// alone gains from what the patterns gain). tasks and metric as for key_residual_errors:
+/// the error minimised (and reported) is the metric's.
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                      const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false);
+                      const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false,
+                      const KeyMetric* metric = nullptr);
 /// Picks z first at clip 1, then the clip ratio at that z (ties: paper z, larger a).
 /// use_patterns = false: the clip ratio of plain min-max (z is then irrelevant).
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,

@@ -156,7 +156,8 @@ std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const st
 // sampled sequences, all loaded at once (k-means needs every token of a head).
 std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
     ModelSourceConfig m = c.stream;
-    m.capture = CaptureSet::parse(c.keys_pre ? "k_pre,v" : "k_post,v");
+    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") +
+                                  (objective_needs_queries(c.objective) ? ",q" : ""));
     m.layers = c.layers;
     m.seed = c.seed;
     m.command = "calibrate";
@@ -182,6 +183,10 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   c.keys_pre ? "pre" : "post", key_ds + 1);
         PKV_CHECK(r.has(kvdump::kV), not_found, "{}::{}: dataset missing; calibration needs the values", path,
                   kvdump::kV);
+        PKV_CHECK(!objective_needs_queries(c.objective) || r.has(kvdump::kQ), not_found,
+                  "{}::{}: dataset missing; --objective {} weighs the keys by the queries (dump with --capture "
+                  "including q)",
+                  path, kvdump::kQ, calib_objective_name(c.objective));
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
         in.seqs = sequences_of(r);
@@ -228,6 +233,13 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
+    PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
+              "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
+    PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
+              "--objective qk-full with --keys pre: RoPE averages the metric's cross terms away; use qk or qk-mine");
+    PKV_CHECK(!(objective_needs_queries(c.objective) && c.keys_pre && c.rotate), unsupported,
+              "--objective {} with --keys pre --rotate: the query metric is not diagonal in that basis",
+              calib_objective_name(c.objective));
 }
 
 // One calibrated head as JSON (what a rank sends to rank 0; floats survive CBOR exactly).
@@ -269,6 +281,8 @@ struct Plan {
     std::vector<KvDumpLayerInfo> geometry;  // [layers]: the first dump's window and RoPE base of each
     std::vector<Piece> pieces;
     int64_t n_train = 0, n_hold = 0;
+    int group_q = 1;            // query heads per KV head
+    std::vector<int> partners;  // pre-RoPE keys under a qk objective: calib::rope_partners
 };
 
 // Each calibrated layer's geometry, the same in every dump (they come from one model); the
@@ -311,6 +325,15 @@ Plan plan_calibration(const CalibrateConfig& c) {
     if (c.group < D)
         PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     pl.layers = calibrated_layers(c, pl.dumps);
+    if (objective_needs_queries(c.objective)) {
+        PKV_CHECK(first.n_head() >= pl.H && first.n_head() % pl.H == 0, invalid_argument,
+                  "{}: n_head {} is not a multiple of n_head_kv {}; the query groups are undefined", first.path(),
+                  first.n_head(), pl.H);
+        pl.group_q = first.n_head() / pl.H;
+        const nlohmann::json m = first.model();
+        if (c.keys_pre)
+            pl.partners = calib::rope_partners(D, first.dim_order(), m.is_object() ? m.value("n_rot", D) : D);
+    }
     pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
@@ -404,6 +427,11 @@ Placement place_heads(const CalibrateConfig& c, const Plan& pl, const std::vecto
     const bool big = pl.n_train > shard_limit(assigners, pl.D, c.shard_above);
     w.data_parallel = big && (w.R > 1 || can_shard(assigners));
     w.by_rows = big && w.R > 1;
+    // The followers would need every head's key metric to transform their rows.
+    PKV_CHECK(!(w.by_rows && objective_mines(c.objective)), unsupported,
+              "--objective {}: heads of {} training tokens run data parallel over {} ranks, which mine raw keys; use "
+              "qk, or one rank",
+              calib_objective_name(c.objective), pl.n_train, w.R);
     if (w.by_rows) {
         if (can_shard(assigners)) w.host_shards = std::make_unique<ShardedAssigner>(assigners);
         w.rank_shards =
@@ -479,28 +507,65 @@ int max_threads() {
 #endif
 }
 
+// The key metric of one KV head (calibrate_objective.h) from the training tokens of the
+// query heads of its group: channel weights (qk, qk-mine) or the full factor (qk-full);
+// raw under kv.
+KeyMetric key_metric(const CalibrateConfig& c, const Plan& pl, int layer, int h) {
+    KeyMetric m;
+    if (!objective_needs_queries(c.objective)) return m;
+    const bool full = c.objective == CalibObjective::qk_full;
+    std::vector<double> sum;
+    int64_t count = 0;
+    for (int g = 0; g < pl.group_q; ++g) {
+        const Pooled q = pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, layer, h * pl.group_q + g, pl.D, c.rotate);
+        if (full) calib::add_query_products(q.train.data(), q.n_train(), pl.D, sum, count);
+        else calib::add_query_moments(q.train.data(), q.n_train(), pl.D, sum, count);
+    }
+    const std::string what = fmt::format("{}: layer {}, KV head {}", kvdump::kQ, layer, h);
+    if (full) m.factor = calib::query_metric_factor(sum, count, pl.D, what);
+    else m.weight = calib::query_channel_weights(sum, count, pl.partners, what);
+    return m;
+}
+
 // A batch on a rank that mines: all its K and V problems go to k-means at once, then
-// each head's fit and held-out measurement run in parallel.
+// each head's fit and held-out measurement run in parallel. Under qk-mine (qk-full) the
+// keys are mined as k ⊙ √w (U k); the centroids come back transformed back (the means
+// of their clusters) and the objective is recomputed in the raw metric, so the
+// statistics stay comparable.
 void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
                 const std::vector<KMeansAssigner*>& assigners, const Jobs& jobs, size_t b0, size_t b1, Mined& mined) {
     std::vector<Pooled> kpool, vpool;
+    std::vector<KeyMetric> km;               // the objective's key metric per head
+    std::vector<std::vector<float>> kmined;  // mining in the metric: the transformed training keys
     std::vector<KMeansProblem> kprob, vprob;
     for (size_t j = b0; j < b1; ++j) {
         const auto [layer, h] = jobs[j];
         kpool.push_back(pool_tensor(pl.dumps, pl.pieces, pl.key_ds, layer, h, pl.D, c.rotate));
         vpool.push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kV, layer, h, pl.D, c.rotate));
+        km.push_back(key_metric(c, pl, layer, h));
+        kmined.emplace_back();
+        if (objective_mines(c.objective)) {
+            kmined.back() = kpool.back().train;
+            calib::to_metric(kmined.back().data(), kpool.back().n_train(), pl.D, km.back(), true);
+        }
     }
     for (size_t i = 0; i < kpool.size(); ++i) {
         const auto [layer, h] = jobs[b0 + i];
         // Seeds differ per (layer, head, tensor) and do not depend on the batching.
         const uint64_t s = c.seed + 1000003ULL * static_cast<uint64_t>(layer) + 7919ULL * static_cast<uint64_t>(h);
-        kprob.push_back({kpool[i].train.data(), kpool[i].n_train(), s});
+        kprob.push_back({kmined[i].empty() ? kpool[i].train.data() : kmined[i].data(), kpool[i].n_train(), s});
         vprob.push_back({vpool[i].train.data(), vpool[i].n_train(), s ^ 0x5555555555555555ULL});
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<KMeansResult> kres = run_kmeans(kprob, kmeans_params(c, c.k_patterns), assigners, c, pl, w);
+    std::vector<KMeansResult> kres = run_kmeans(kprob, kmeans_params(c, c.k_patterns), assigners, c, pl, w);
     const std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (size_t i = 0; i < kpool.size(); ++i) {
+        if (kmined[i].empty()) continue;
+        calib::to_metric(kres[i].centroids.data(), c.k_patterns, pl.D, km[i], false);
+        kres[i].objective = calib::assignment_objective(kpool[i].train.data(), kpool[i].n_train(), pl.D,
+                                                        kres[i].centroids.data(), kres[i].assignments.data());
+    }
     std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
     // One job per tensor rather than per head: twice the jobs balance the threads
     // better. A batch of fewer tensors than threads (large heads) also splits each fit's
@@ -510,8 +575,10 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < tensors; ++t) {
         const size_t i = static_cast<size_t>(t / 2);
-        if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c, tasks);
-        else kout[i] = finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks);
+        if (t % 2 == 0) vout[i] = finish_tensor(true, vpool[i], vres[i], pl.D, c.v_patterns, c, tasks, nullptr);
+        else
+            kout[i] =
+                finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks, km[i].raw() ? nullptr : &km[i]);
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
@@ -521,7 +588,9 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
 Mined mine_heads(const CalibrateConfig& c, const Plan& pl, const Placement& w,
                  const std::vector<KMeansAssigner*>& assigners) {
     const Jobs jobs = rank_jobs(pl, w);
-    const int64_t bytes_per_head = 2 * (pl.n_train + pl.n_hold) * pl.D * 4;
+    // K and V of every token, and the transformed training keys when mining in the metric.
+    const int64_t bytes_per_head =
+        (2 * (pl.n_train + pl.n_hold) + (objective_mines(c.objective) ? pl.n_train : 0)) * pl.D * 4;
     const size_t heads_per_batch =
         static_cast<size_t>(std::max<int64_t>(1, c.batch_bytes / std::max<int64_t>(bytes_per_head, 1)));
     Progress progress(w.R > 1 ? "calibrate (rank " + std::to_string(w.rank) + ")" : std::string("calibrate"),
@@ -628,6 +697,7 @@ nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const 
               {"restarts", c.restarts},
               {"max_points_per_centroid", c.max_points_per_centroid},
               {"seconds", kmeans_seconds_max}}},
+            {"objective", calib_objective_name(c.objective)},
             {"fit",
              {{"method", c.fit ? "mse" : "none"},
               {"tokens_per_head", c.fit_tokens},
@@ -660,32 +730,6 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     t.calibration = calibration_json(c, pl, w, kmeans_seconds_max, t_start, std::move(heads));
     write_pattern_table(t, c.out_path, c.force);
     return t;
-}
-
-nlohmann::json calibration_means(const PatternTable& table) {
-    nlohmann::json out = nlohmann::json::object();
-    const nlohmann::json& heads = table.calibration.value("heads", nlohmann::json::array());
-    for (const char* tensor : {"k", "v"}) {
-        std::map<std::string, std::pair<double, int>> acc;
-        auto add = [&](const std::string& key, const nlohmann::json& v) {
-            if (!v.is_number()) return;
-            auto& a = acc[key];
-            a.first += v.get<double>();
-            a.second += 1;
-        };
-        for (const auto& h : heads) {
-            const nlohmann::json& s = h.at(tensor);
-            for (const char* f : {"variance_explained", "dead_patterns", "clip", "gate_z", "gate_rate"})
-                if (s.contains(f)) add(f, s[f]);
-            for (const char* f : {"nmse_minmax", "nmse_minmax_clipped", "nmse_patterns", "nmse_fitted"})
-                if (s.contains("heldout") && s["heldout"].contains(f))
-                    add(std::string("heldout_") + f, s["heldout"][f]);
-        }
-        nlohmann::json m = nlohmann::json::object();
-        for (const auto& [k, a] : acc) m[k] = a.second > 0 ? a.first / a.second : 0.0;
-        out[tensor] = m;
-    }
-    return out;
 }
 
 }  // namespace pkv

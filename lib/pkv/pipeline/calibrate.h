@@ -5,7 +5,7 @@
 // Data: KV dumps, or the model itself run over text (CalibrateConfig::stream; the table
 // then equals that of `pkv dump` + calibrate on the same tokens, its provenance records
 // "source": "model"). Every dump must hold /v and the key dataset of the chosen basis (/k_post, or
-// /k_pre with keys_pre), for every calibrated layer, and describe the same model
+// /k_pre with keys_pre), and /q for a query-weighted objective, for every calibrated layer, and describe the same model
 // (SHA-256, n_head_kv, head_dim, key dim order). Tokens of all dumps are pooled.
 //
 // Held-out split: whole sequences, drawn by a seeded shuffle of all sequences of all
@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pkv/kmeans/kmeans.h"
+#include "pkv/pipeline/calibrate_objective.h"
 #include "pkv/pipeline/kv_source.h"
 #include "pkv/table/pattern_table.h"
 
@@ -42,7 +43,8 @@ struct CalibrateConfig {
     /// used when stream.model_path is set. Its model_path, text_paths, n_tokens, ctx,
     /// hf_dim_order, sample_tokens and engine are read here; capture (the key basis and
     /// the values), layers, seed and argv come from this config. Every sampled token
-    /// is held in memory: sampled tokens x layers x n_head_kv x head_dim x 4 bytes.
+    /// is held in memory: sampled tokens x layers x n_head_kv x head_dim x 4 bytes (and
+    /// the queries, n_head instead of n_head_kv, under a qk objective).
     ModelSourceConfig stream = [] {
         ModelSourceConfig m;
         m.sample_tokens = 65536;
@@ -65,9 +67,14 @@ struct CalibrateConfig {
     double tol = 1e-4;        ///< k-means centroid-shift tolerance
     KMeansInit init = KMeansInit::kmeanspp;
     int restarts = 1;
-    int64_t max_points_per_centroid = 0;     ///< k-means training subsample (0: all tokens)
-    int64_t fit_tokens = 65536;              ///< training tokens per head used by the parameter fit (whole sequences)
-    bool fit = true;                         ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
+    int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
+    int64_t fit_tokens = 65536;           ///< training tokens per head used by the parameter fit (whole sequences)
+    bool fit = true;                      ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)
+    /// What the key fit (qk) and also the key mining (qk-mine, qk-full) minimise
+    /// (calibrate_objective.h). Not kv: every dump must hold /q; refused with fit = false
+    /// for qk (nothing would use it), with keys_pre and rotate, qk-full with keys_pre, and
+    /// qk-mine and qk-full with heads data parallel over MPI ranks.
+    CalibObjective objective = CalibObjective::kv;
     int64_t batch_bytes = int64_t{2} << 30;  ///< activation bytes per batch of layers (float32)
     /// Heads with more training tokens than this run data parallel: rows sharded over
     /// all devices of the process and all MPI ranks (docs/distributed.md). 0: when they

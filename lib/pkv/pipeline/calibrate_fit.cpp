@@ -52,7 +52,8 @@ struct FitInputs {
     const int32_t* hl;      // held-out tokens' patterns
     const std::vector<SeqRange>& fit_seqs;
     const CalibrateConfig& c;
-    bool tasks;  // fewer tensors than threads: the fits' candidates become OpenMP tasks
+    bool tasks;               // fewer tensors than threads: the fits' candidates become OpenMP tasks
+    const KeyMetric* metric;  // keys: the qk objectives' metric, or nullptr
 };
 
 // The held-out ablation of one head tensor, the same for keys and values: plain min-max,
@@ -111,11 +112,11 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
         x.tasks,
         [&] {
             return fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false,
-                                  x.tasks);
+                                  x.tasks, x.metric);
         },
         [&] {
             return fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, true,
-                                  x.tasks);
+                                  x.tasks, x.metric);
         });
     const float minmax_clip = minmax.clip;
     if (!c.fit) {
@@ -131,7 +132,17 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
     ResidualParams fitted = p;
     fitted.clip = fit.clip;
     ResidualError e;
-    return heldout_record(held_errors, p, minmax_clip, fitted, e);
+    nlohmann::json held = heldout_record(held_errors, p, minmax_clip, fitted, e);
+    if (x.metric) {
+        ResidualParams base = p;
+        base.use_patterns = false;
+        const std::vector<ResidualError> q = key_residual_errors(pool.hold.data(), x.D, pool.hold_seqs, x.patterns,
+                                                                 x.hl, {base, p, fitted}, false, x.metric);
+        held["qk_nmse_minmax"] = nmse_or_null(q[0]);
+        held["qk_nmse_patterns"] = nmse_or_null(q[1]);
+        held["qk_nmse_fitted"] = nmse_or_null(q[2]);
+    }
+    return held;
 }
 
 // Values: as finish_key, with the gate's z fitted too (the paper's z without --fit) and
@@ -177,7 +188,7 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
 }  // namespace
 
 HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
-                               const CalibrateConfig& c, bool tasks) {
+                               const CalibrateConfig& c, bool tasks, const KeyMetric* key_metric) {
     HeadTensorResult out;
     const float* patterns = km.centroids.data();
     const int64_t n = pool.n_train();
@@ -198,7 +209,7 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
                         {"kmeans_iterations", km.iterations}};
     std::vector<int32_t> hl(static_cast<size_t>(pool.n_hold()));
     assign_patterns(pool.hold.data(), pool.n_hold(), D, patterns, M, c.assign_l2, hl.data());
-    const FitInputs x{pool, D, patterns, labels.data(), hl.data(), fit_seqs, c, tasks};
+    const FitInputs x{pool, D, patterns, labels.data(), hl.data(), fit_seqs, c, tasks, is_value ? nullptr : key_metric};
     nlohmann::json held = is_value ? finish_value(x, p, out, j) : finish_key(x, p, out, j);
     j["heldout"] = std::move(held);
     out.stats = std::move(j);

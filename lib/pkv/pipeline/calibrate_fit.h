@@ -34,8 +34,11 @@ struct HeadTensorResult {
 /// (and the values' gate z) on the training tokens and measures the held-out ablation
 /// (docs/numerics.md, "Pattern tables"). tasks: the fits' candidates become OpenMP tasks
 /// that idle threads of the enclosing parallel region may take (a batch of fewer tensors
-/// than threads); the result is the same either way.
+/// than threads); the result is the same either way. key_metric (keys only; nullptr: the
+/// raw error): the qk objectives' metric (calibrate_objective.h); both key clip fits
+/// minimise the error in it, "train" records it, and "heldout" adds the NMSE in it of the
+/// same quantizers as qk_nmse_minmax, qk_nmse_patterns, qk_nmse_fitted.
 HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
-                               const CalibrateConfig& c, bool tasks);
+                               const CalibrateConfig& c, bool tasks, const KeyMetric* key_metric);
 
 }  // namespace pkv::calib

@@ -444,7 +444,7 @@ std::string heldout_lines(const json& c) {
     return out;
 }
 
-// The "calibration:" line (tool, time, seed, tokens, dumps, device, seconds) and the
+// The "calibration:" line (tool, time, seed, tokens, dumps, device, seconds, objective) and the
 // held-out means; every field is optional, the metadata being free-form JSON.
 std::string calibration_lines(const json& c) {
     if (c.empty()) return "calibration: none recorded\n";
@@ -459,6 +459,11 @@ std::string calibration_lines(const json& c) {
     if (c.contains("device") && c["device"].is_string()) line += ", device " + c["device"].get<std::string>();
     if (c.contains("seconds") && c["seconds"].is_number())
         line += fmt::format(", {:.1f} s", c["seconds"].get<double>());
+    // Tables written before --objective existed were fitted on the raw error.
+    if (c.contains("heads")) {
+        const bool named = c.contains("objective") && c["objective"].is_string();
+        line += ", objective " + (named ? c["objective"].get<std::string>() : std::string("kv (not recorded)"));
+    }
     return line + "\n" + heldout_lines(c);
 }
 
