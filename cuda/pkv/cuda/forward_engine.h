@@ -7,7 +7,9 @@
 // `weights` (round to nearest even); norms and biases stay float. The token embeddings
 // stay on the host: a batch's rows are gathered there and uploaded.
 // Arithmetic: every product is cuBLAS (weight-type inputs, float accumulation and float
-// output); the residual stream, norms, RoPE, the gated activation and the log-softmax over
+// output); q, k and v come from one product over wq | wk | wv where the layout holds them
+// back to back (qkv_adjacent), split by a kernel; with 16-bit weights the gated activation
+// is rounded straight into the down product's input; the residual stream, norms, RoPE, the gated activation and the log-softmax over
 // the vocabulary are float kernels, with the norms' sums and the log-sum-exp across
 // vocabulary chunks in double as on the CPU. Attention is an online softmax in float: with
 // f32 weights on float operands (forward_attention.cu), with bf16 or fp16 weights on the
