@@ -9,15 +9,16 @@
 // Arithmetic: every product is cuBLAS (weight-type inputs, float accumulation and float
 // output); q, k and v come from one product over wq | wk | wv where the layout holds them
 // back to back (qkv_adjacent), split by a kernel; with 16-bit weights the gated activation
-// is rounded straight into the down product's input; the residual stream, norms, RoPE, the gated activation and the log-softmax over
-// the vocabulary are float kernels, with the norms' sums and the log-sum-exp across
-// vocabulary chunks in double as on the CPU. Attention is an online softmax in float: with
+// is rounded straight into the down product's input. The residual stream, norms, RoPE,
+// the gated activation and the log-softmax over the vocabulary are float kernels, with
+// the norms' sums and the log-sum-exp across vocabulary chunks in double as on the CPU. Attention is an online softmax in float: with
 // f32 weights on float operands (forward_attention.cu), with bf16 or fp16 weights on the
 // tensor cores with q, k, v (and a cache's reconstructions) and the probabilities rounded
 // to binary16, as a runtime's fp16 KV cache holds them, and every sum in float
 // (forward_attention_mma.cu). With f32 weights the engine follows the CPU reference to
 // float rounding; with bf16 or fp16 the products and attention see rounded operands.
-// Batches: packed rows (engine_plan.h); every product runs over row slabs of one shape, so
+// Batches: packed rows (engine_plan.h); every product runs over row slabs of one shape
+// (default_slab_rows of the model unless CudaEngineOptions::slab_rows is set), so
 // a sequence gives the same figures in any batch as alone. Captured activations are
 // converted to binary16 on the device and copied to page-locked host memory on a second
 // stream while the next layer computes; the sink receives them as EngineActivations::
