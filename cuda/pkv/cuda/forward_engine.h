@@ -11,19 +11,20 @@
 // back to back (qkv_adjacent), split by a kernel; with 16-bit weights the gated activation
 // is rounded straight into the down product's input. The residual stream, norms, RoPE,
 // the gated activation and the log-softmax over the vocabulary are float kernels, with
-// the norms' sums and the log-sum-exp across vocabulary chunks in double as on the CPU. Attention is an online softmax in float: with
-// f32 weights on float operands (forward_attention.cu), with bf16 or fp16 weights on the
-// tensor cores with q, k, v (and a cache's reconstructions) and the probabilities rounded
-// to binary16, as a runtime's fp16 KV cache holds them, and every sum in float
-// (forward_attention_mma.cu). With f32 weights the engine follows the CPU reference to
-// float rounding; with bf16 or fp16 the products and attention see rounded operands.
+// the norms' sums and the log-sum-exp across vocabulary chunks in double as on the CPU.
+// Attention is an online softmax in float: with f32 weights on float operands
+// (forward_attention.cu), with bf16 or fp16 weights on the tensor cores with q, k, v (and
+// a cache's reconstructions) and the probabilities rounded to binary16, as a runtime's
+// fp16 KV cache holds them, and every sum in float (forward_attention_mma.cu). With f32
+// weights the engine follows the CPU reference to float rounding; with bf16 or fp16 the
+// products and attention see rounded operands.
 // Batches: packed rows (engine_plan.h); every product runs over row slabs of one shape
-// (default_slab_rows of the model unless CudaEngineOptions::slab_rows is set), so
-// a sequence gives the same figures in any batch as alone. Captured activations are
+// (the model's default_slab_rows unless CudaEngineOptions::slab_rows is set), so a
+// sequence gives the same figures in any batch as alone. Captured activations are
 // converted to binary16 on the device and copied to page-locked host memory on a second
 // stream while the next layer computes; the sink receives them as EngineActivations::
-// k_pre16, k_post16, v16, q16 (the f32 pointers are null); only the tensors
-// ForwardOptions::tensors names are converted and copied, the others' pointers are null.
+// k_pre16, k_post16, v16, q16 (the f32 pointers are null). Only the tensors that
+// ForwardOptions::tensors names are converted and copied; the others' pointers are null.
 // Cache hook (run_batch's BatchCacheHook): per layer, once K (before and after RoPE) and V
 // exist for the batch, they are copied to the host as float, the hook runs for every
 // (sequence, KV head, K or V) on host threads (engine_cache.h), and its reconstructions
