@@ -32,58 +32,10 @@
 #        forward, hooks, copies into one pinned host batch (reused).
 # Needs one GPU; fits in a 10-minute command on one H100 at the defaults.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${PKV_BUILD_DIR:-$ROOT/build-gpu}"
-PKV="$BUILD/apps/pkv"
-MAKE="$BUILD/bench/pkv_bench_make_random_gguf"
-PY="${PYTHON:-python3}"
-spec="${1:-}"
-shape="${spec%%:*}"
-type="bf16"
-[[ "$spec" == *:* ]] && type="${spec#*:}"
-case "$shape" in
-  smollm2-135m) def_tokens=65536 def_batch=8 ;;
-  llama3-8b) def_tokens=16384 def_batch=4 ;;
-  *) echo "stream_vs_hf: usage: bench/stream_vs_hf.sh smollm2-135m|llama3-8b[:bf16|f16|q8_0]" >&2; exit 2 ;;
-esac
-case "$type" in bf16 | f16 | q8_0) ;; *) echo "stream_vs_hf: type '$type': expected bf16, f16 or q8_0" >&2; exit 2 ;; esac
-CTX="${PKV_BENCH_CTX:-2048}"
-N="${PKV_BENCH_TOKENS:-$def_tokens}"
-BATCH="${PKV_BENCH_HF_BATCH:-$def_batch}"
-W="${PKV_BENCH_WARMUP_TOKENS:-$((BATCH * CTX))}"
-[ $((N % CTX)) -eq 0 ] || { echo "stream_vs_hf: PKV_BENCH_TOKENS $N is not a multiple of the context $CTX" >&2; exit 2; }
+NAME=stream_vs_hf PY_MODULES="torch, transformers" SCRATCH_FILES="table-*.safetensors pkv-*.log"
+# shellcheck source=bench/vs_hf_setup.bash
+source "$(dirname "${BASH_SOURCE[0]}")/vs_hf_setup.bash"
 [ "$W" -gt 0 ] || { echo "stream_vs_hf: PKV_BENCH_WARMUP_TOKENS must be > 0" >&2; exit 2; }
-
-[ -x "$PKV" ] || { echo "stream_vs_hf: $PKV missing: build with -DPKV_ENABLE_CUDA=ON (PKV_BUILD_DIR)" >&2; exit 1; }
-[ -x "$MAKE" ] || { echo "stream_vs_hf: $MAKE missing: configure with -DPKV_BUILD_BENCH=ON" >&2; exit 1; }
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1) || true
-[ -n "$gpu" ] || { echo "stream_vs_hf: no GPU (nvidia-smi lists none)" >&2; exit 1; }
-"$PY" -c 'import torch, transformers, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null ||
-  { echo "stream_vs_hf: $PY lacks torch with CUDA or transformers" >&2; exit 1; }
-
-if [ -n "${PKV_BENCH_SCRATCH:-}" ]; then
-  S="$PKV_BENCH_SCRATCH"
-  mkdir -p "$S"
-else
-  S="$(mktemp -d)"
-fi
-cleanup() {
-  if [ "${PKV_BENCH_KEEP:-0}" = 1 ]; then
-    echo "stream_vs_hf: kept $S" >&2
-  elif [ -n "${PKV_BENCH_SCRATCH:-}" ]; then
-    rm -f "$S"/model-*.gguf "$S"/ids-*.bin "$S"/shape-*.json "$S"/table-*.safetensors
-  else
-    rm -rf "$S"
-  fi
-}
-trap cleanup EXIT
-
-model="$S/model-$shape-$type.gguf" ids="$S/ids-$shape.bin" json="$S/shape-$shape.json"
-if [ ! -f "$model" ] || [ ! -f "$ids" ] || [ ! -f "$json" ] ||
-  [ "$(stat -c %s "$ids")" -lt $(((N + W) * 4)) ]; then
-  "$MAKE" --shape "$shape" --type "$type" --seed 1 --out "$model" --ids "$ids" --tokens $((N + W)) \
-    --json "$json" --force
-fi
 
 # forward_seconds TOKENS: `pkv calibrate --model` over TOKENS tokens (all of them sampled);
 # prints the forward's seconds (tokens / the final line's rate).

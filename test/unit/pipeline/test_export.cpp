@@ -12,6 +12,7 @@
 #include "pkv/pipeline/export.h"
 #include "pkv/pipeline/inspect.h"
 #include "pkv/table/safetensors.h"
+#include "support/error_of.h"
 #include "support/scratch_dir.h"
 #include "unit/table/table_fixture.h"
 
@@ -25,15 +26,7 @@ std::vector<uint8_t> slurp(const std::string& path) {
     return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
 }
 
-std::string error_of(const std::function<void()>& f, ErrorCode* code = nullptr) {
-    try {
-        f();
-    } catch (const Error& e) {
-        if (code) *code = e.code();
-        return e.what();
-    }
-    return "";
-}
+using pkv_test::error_of;
 
 }  // namespace
 

@@ -14,6 +14,7 @@
 #include "pkv/pipeline/analyze.h"
 #include "pkv/pipeline/export_lists.h"
 #include "pkv/report/report.h"
+#include "support/error_of.h"
 #include "support/scratch_dir.h"
 #include "unit/kvdump/dump_fixture.h"
 #include "unit/table/table_fixture.h"
@@ -31,15 +32,7 @@ std::string slurp(const std::string& path) {
     return ss.str();
 }
 
-std::string error_of(const std::function<void()>& f, ErrorCode* code = nullptr) {
-    try {
-        f();
-    } catch (const Error& e) {
-        if (code) *code = e.code();
-        return e.what();
-    }
-    return "";
-}
+using pkv_test::error_of;
 
 // The fields of an analyze report that export reads, for make_table()'s model.
 json tiny_report(std::vector<int> keep) {
