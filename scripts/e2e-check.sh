@@ -19,7 +19,12 @@ rc=0
 
 # e2e NAME BASELINE_DIR CTX LAYERS: one model's run in $WORK/NAME, checked against BASELINE_DIR.
 e2e() {
-  local name=$1 base=$2 ctx=$3 layers=$4 model
+  local name=$1 base=$2 ctx=$3 layers=$4 model capture=k_post,v pre_table=""
+  # SmolLM2 also gates a pre-RoPE table of the qk-mine objective, which needs /k_pre and /q.
+  if [ "$name" = smollm2 ]; then
+    capture=k_pre,k_post,v,q
+    pre_table="patternkv-table:2:pre:table-pre.safetensors"
+  fi
   model="$(pkv_model_file "$name" "$DATA")"
   mkdir -p "$WORK/$name"
   cp "$WORK/code.txt" "$WORK/$name/"
@@ -29,15 +34,21 @@ e2e() {
     cd "$WORK/$name"
     echo "== e2e ($name): dump, calibrate, analyze, eval" >&2
     "$PKV" --log-level warn dump --model "$model" --text "$DATA/text/fortunes.txt" --tokens 2048 --ctx "$ctx" \
-      --capture k_post,v --out "calib.h5" >/dev/null
+      --capture "$capture" --out "calib.h5" >/dev/null
     "$PKV" --log-level warn calibrate --dump "calib.h5" --k-patterns 16 --v-patterns 16 --holdout 0.25 \
       --device cpu --out "table.safetensors" >/dev/null
+    if [ -n "$pre_table" ]; then
+      # The best objective measured (docs/calibration.md): pre-RoPE keys mined in the queries' metric.
+      "$PKV" --log-level warn calibrate --dump "calib.h5" --k-patterns 16 --v-patterns 16 --holdout 0.25 \
+        --keys pre --objective qk-mine --device cpu --out "table-pre.safetensors" >/dev/null
+    fi
     "$PKV" --log-level warn dump --model "$model" --text "code.txt" --tokens 1024 --ctx "$ctx" \
       --layers "$layers" --out "code.h5" >/dev/null
     "$PKV" --log-level warn analyze --dump "code.h5" --methods fp16,kivi,patternkv,q4_0 --bits 2,4 \
       --table "table.safetensors" --attn-stride 4 --json "analyze.json" >/dev/null
     "$PKV" --log-level warn eval --model "$model" --text "code.txt" --tokens 1024 --ctx "$ctx" \
-      --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors q4_0:rot --json "eval.json" >/dev/null
+      --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors $pre_table q4_0:rot --json "eval.json" \
+      >/dev/null
   )
   if [ "${PKV_E2E_UPDATE:-0}" = 1 ]; then
     mkdir -p "$base"
