@@ -11,8 +11,9 @@
 #     present, for its architecture)
 #   4 pkv dump of 8192 tokens (out/dump.h5), then pkv validate and pkv info (out/dump-info.txt)
 #   5 pkv calibrate: a pattern table (out/table.safetensors, held-out statistics in
-#     out/calibrate.md), validated and exported to GGUF (out/table.gguf)
-#   6 pkv eval: perplexity with quantized KV caches (fp16, KIVI, PatternKV, the table,
+#     out/calibrate.md), validated and exported to GGUF (out/table.gguf); and a table of
+#     pre-RoPE keys with the qk-mine objective (out/table-pre.safetensors, calibrate-pre.md)
+#   6 pkv eval: perplexity with quantized KV caches (fp16, KIVI, PatternKV, both tables,
 #     rotated q4_0) on 2048 tokens at the dump's context (out/eval.md, out/eval.json)
 #   7 pkv analyze of the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0, q8_0,
 #     fp8): out/report.md, out/report.json, out/report.html
@@ -91,16 +92,20 @@ phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model ->
 "$PKV" info dump.h5 >dump-info.txt
 phase_done
 
-phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf ($(est 20 1 190) on $CORES cores)"
+phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf, table-pre.safetensors ($(est 30 1 190) on $CORES cores)"
 "$PKV" calibrate --dump dump.h5 --out table.safetensors --device auto --force >calibrate.md
 grep -E '^(pattern table|tokens):' calibrate.md || true
 "$PKV" validate table.safetensors
 "$PKV" export --table table.safetensors --format gguf --out table.gguf --force
+# The best objective measured (docs/calibration.md): pre-RoPE keys mined in the queries' metric.
+"$PKV" calibrate --dump dump.h5 --keys pre --objective qk-mine --out table-pre.safetensors --device auto --force \
+  >calibrate-pre.md
+"$PKV" validate table-pre.safetensors
 phase_done
 
-phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the table and q4_0 KV caches on 2048 tokens -> eval.md ($(est 60 0 155) on $CORES cores)"
+phase "6/$N" "pkv eval: perplexity with fp16, KIVI, PatternKV, the two tables and q4_0 KV caches on 2048 tokens -> eval.md ($(est 70 0 155) on $CORES cores)"
 "$PKV" eval --model "$MODEL" --text "$TEXT" --tokens 2048 --ctx "$CTX" \
-  --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors q4_0:rot \
+  --kv fp16 kivi:2 patternkv:2 patternkv-table:2:table.safetensors patternkv-table:2:pre:table-pre.safetensors q4_0:rot \
   --json eval.json --md eval.md --force >/dev/null
 phase_done
 

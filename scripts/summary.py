@@ -91,12 +91,15 @@ def main():
         ppls = []
         for spec, m in evals.items():
             if m.get("bits") == bits:
-                name = "table" if m.get("method") == "patternkv-table" else m.get("label", spec)
+                name = m.get("label", spec)
+                if m.get("method") == "patternkv-table":
+                    name = "pre-RoPE table" if ":pre:" in spec else "table"
                 ppls.append(f"{name} {m['ppl']:.2f} ({m['ppl_delta_pct']:+.1f}%)")
         if ppls:
             lines.append(f"          eval perplexity (fp16 {ref['ppl']:.2f}): " + ", ".join(ppls))
 
-    files = [n for n in ("eval.md", "report.md", "calibrate.md") if os.path.exists(os.path.join(out, n))]
+    names = ("eval.md", "report.md", "calibrate.md", "calibrate-pre.md")
+    files = [n for n in names if os.path.exists(os.path.join(out, n))]
     if files:
         lines.append("  full tables: " + ", ".join(rel(os.path.join(out, n), base) for n in files))
     html = os.path.join(out, "report.html")
