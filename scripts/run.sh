@@ -12,7 +12,8 @@
 #   4 pkv dump of 8192 tokens (out/dump.h5), then pkv validate and pkv info (out/dump-info.txt)
 #   5 pkv calibrate: a pattern table (out/table.safetensors, held-out statistics in
 #     out/calibrate.md), validated and exported to GGUF (out/table.gguf); and a table of
-#     pre-RoPE keys with the qk-mine objective (out/table-pre.safetensors, calibrate-pre.md)
+#     pre-RoPE keys with the qk-mine objective and 8 k-means restarts (out/table-pre.safetensors,
+#     calibrate-pre.md)
 #   6 pkv eval: perplexity with quantized KV caches (fp16, KIVI, PatternKV, both tables,
 #     rotated q4_0) on 2048 tokens at the dump's context (out/eval.md, out/eval.json)
 #   7 pkv analyze of the dump (fp16, KIVI, PatternKV at 2 and 4 bits, the table, q4_0, q8_0,
@@ -92,14 +93,15 @@ phase "4/$N" "pkv dump: $TOKENS tokens in sequences of $CTX through the model ->
 "$PKV" info dump.h5 >dump-info.txt
 phase_done
 
-phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf, table-pre.safetensors ($(est 30 1 190) on $CORES cores)"
+phase "5/$N" "pkv calibrate: key and value patterns per layer and KV head -> table.safetensors, table.gguf, table-pre.safetensors ($(est 50 1 190) on $CORES cores)"
 "$PKV" calibrate --dump dump.h5 --out table.safetensors --device auto --force >calibrate.md
 grep -E '^(pattern table|tokens):' calibrate.md || true
 "$PKV" validate table.safetensors
 "$PKV" export --table table.safetensors --format gguf --out table.gguf --force
-# The best objective measured (docs/calibration.md): pre-RoPE keys mined in the queries' metric.
-"$PKV" calibrate --dump dump.h5 --keys pre --objective qk-mine --out table-pre.safetensors --device auto --force \
-  >calibrate-pre.md
+# The best setting measured (docs/calibration.md): pre-RoPE keys mined in the queries' metric,
+# the best of eight k-means runs per head.
+"$PKV" calibrate --dump dump.h5 --keys pre --objective qk-mine --restarts 8 --out table-pre.safetensors \
+  --device auto --force >calibrate-pre.md
 "$PKV" validate table-pre.safetensors
 phase_done
 
