@@ -26,6 +26,7 @@
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/pipeline/calibrate_fit.h"
+#include "pkv/pipeline/calibrate_pool.h"
 #include "pkv/pipeline/kv_source.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/quant/hadamard.h"
@@ -35,122 +36,15 @@ namespace pkv {
 
 namespace {
 
+using calib::DumpInput;
 using calib::finish_tensor;
 using calib::HeadTensorResult;
+using calib::Piece;
+using calib::pool_tensor;
+using calib::pool_train_rows;
 using calib::Pooled;
-
-struct DumpInput {
-    std::unique_ptr<KvSource> reader;
-    std::vector<SeqRange> seqs;  // from /tokens/seq, in token order
-    std::string model_sha256;
-};
-
-// A token range of one dump, and where it lands in the pooled train or held-out tensor.
-struct Piece {
-    int dump = 0;
-    int64_t start = 0, length = 0;
-    bool holdout = false;
-};
-
-std::vector<SeqRange> sequences_of(const KvSource& r) {
-    const KvDumpReader::Sequences s = r.sequences();
-    std::vector<SeqRange> out(s.start.size());
-    for (size_t i = 0; i < out.size(); ++i) out[i] = {s.start[i], s.length[i]};
-    return out;
-}
-
-std::vector<Piece> split_holdout(const std::vector<DumpInput>& dumps, double fraction, uint64_t seed) {
-    std::vector<Piece> pieces;
-    int64_t total = 0;
-    for (int d = 0; d < static_cast<int>(dumps.size()); ++d)
-        for (const SeqRange& s : dumps[d].seqs) {
-            pieces.push_back({d, s.start, s.length, false});
-            total += s.length;
-        }
-    if (fraction <= 0.0) return pieces;
-    const auto want = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(total)));
-    if (pieces.size() == 1) {
-        // One sequence: hold out its tail, so the held-out tokens are still unseen text.
-        // Copied, not referenced: the push_back below may move the vector's storage.
-        const Piece whole = pieces[0];
-        const int64_t held = std::min(want, whole.length - 1);  // the mining keeps at least one token
-        if (held <= 0) return pieces;
-        pieces[0].length = whole.length - held;
-        pieces.push_back({whole.dump, whole.start + whole.length - held, held, true});
-        return pieces;
-    }
-    std::vector<size_t> order(pieces.size());
-    std::iota(order.begin(), order.end(), size_t{0});
-    std::mt19937_64 gen(seed ^ 0x686f6c646f7574ULL);
-    std::shuffle(order.begin(), order.end(), gen);
-    int64_t held = 0;
-    // Never hold out every sequence: the mining needs at least one.
-    for (size_t i = 0; i + 1 < order.size() && held < want; ++i) {
-        pieces[order[i]].holdout = true;
-        held += pieces[order[i]].length;
-    }
-    return pieces;
-}
-
-// Tokens [t0, t0 + count) of one (layer, head) of a dump, checked finite (an error names
-// the token and dimension); count < 0: all tokens.
-std::vector<float> read_finite(const KvSource& r, const char* dataset, int layer, int head, int D, int64_t t0,
-                               int64_t count) {
-    const auto& layers = r.layers();
-    const int slot = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
-    const std::vector<float> x =
-        count < 0 ? r.read_head(dataset, slot, head) : r.read_head(dataset, slot, head, t0, count);
-    for (size_t i = 0; i < x.size(); ++i)
-        if (!std::isfinite(x[i]))
-            fail(ErrorCode::data_loss,
-                 "{}::{}: layer {}, head {}, token {}, dim {} is {}; calibration needs finite values", r.path(),
-                 dataset, layer, head, t0 + static_cast<int64_t>(i / static_cast<size_t>(D)),
-                 static_cast<int64_t>(i % static_cast<size_t>(D)), x[i]);
-    return x;
-}
-
-Pooled pool_tensor(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces, const char* dataset,
-                   int layer, int head, int D, bool rotate) {
-    Pooled out;
-    for (int d = 0; d < static_cast<int>(dumps.size()); ++d) {
-        const std::vector<float> x = read_finite(*dumps[d].reader, dataset, layer, head, D, 0, -1);
-        for (const Piece& p : pieces) {
-            if (p.dump != d) continue;
-            std::vector<float>& dst = p.holdout ? out.hold : out.train;
-            std::vector<SeqRange>& seqs = p.holdout ? out.hold_seqs : out.train_seqs;
-            seqs.push_back({static_cast<int64_t>(dst.size()) / D, p.length});
-            dst.insert(dst.end(), x.begin() + p.start * D, x.begin() + (p.start + p.length) * D);
-        }
-    }
-    if (rotate) {
-        hadamard_rotate_rows(out.train.data(), out.n_train(), D);
-        hadamard_rotate_rows(out.hold.data(), out.n_hold(), D);
-    }
-    return out;
-}
-
-// Rows [r0, r1) of pool_tensor(...).train alone, read from the dumps as token ranges
-// (a follower rank's shard of a data-parallel head).
-std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces,
-                                   const char* dataset, int layer, int head, int D, bool rotate, int64_t r0,
-                                   int64_t r1) {
-    std::vector<float> out;
-    out.reserve(static_cast<size_t>(std::max<int64_t>(r1 - r0, 0)) * static_cast<size_t>(D));
-    int64_t at = 0;  // pooled row of the piece's first token
-    for (int d = 0; d < static_cast<int>(dumps.size()); ++d)
-        for (const Piece& p : pieces) {
-            if (p.dump != d || p.holdout) continue;
-            const int64_t lo = std::max(r0, at), hi = std::min(r1, at + p.length);
-            if (lo < hi) {
-                const std::vector<float> x =
-                    read_finite(*dumps[d].reader, dataset, layer, head, D, p.start + (lo - at), hi - lo);
-                out.insert(out.end(), x.begin(), x.end());
-            }
-            at += p.length;
-        }
-    if (rotate) hadamard_rotate_rows(out.data(), static_cast<int64_t>(out.size()) / D, D);
-    return out;
-}
+using calib::sequences_of;
+using calib::split_holdout;
 
 // The model source (--model): the key dataset of the chosen basis and the values of the
 // sampled sequences, all loaded at once (k-means needs every token of a head).
