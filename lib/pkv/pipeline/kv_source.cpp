@@ -50,8 +50,10 @@ private:
 
 // The keys' and queries' HF half-split order (docs/formats/kv_dump.md): hf[i] = gguf[2i],
 // hf[i + D/2] = gguf[2i + 1].
-void to_hf_order(const float* src, float* dst, int D) {
-    for (int i = 0; i < D / 2; ++i) {
+// Element-type free: floats from a CPU engine, binary16 bits from the CUDA engine.
+template <typename T>
+void to_hf_order(const T* src, T* dst, int64_t D) {
+    for (int64_t i = 0; i < D / 2; ++i) {
         dst[i] = src[2 * i];
         dst[i + D / 2] = src[2 * i + 1];
     }
@@ -59,14 +61,8 @@ void to_hf_order(const float* src, float* dst, int D) {
 
 // One binary16 row of D values, in HF half-split order when `hf` (as to_hf_order).
 void move_row(const uint16_t* src, uint16_t* dst, int64_t D, bool hf) {
-    if (!hf) {
-        std::memcpy(dst, src, static_cast<size_t>(D) * sizeof(uint16_t));
-        return;
-    }
-    for (int64_t i = 0; i < D / 2; ++i) {
-        dst[i] = src[2 * i];
-        dst[i + D / 2] = src[2 * i + 1];
-    }
+    if (hf) to_hf_order(src, dst, D);
+    else std::memcpy(dst, src, static_cast<size_t>(D) * sizeof(uint16_t));
 }
 
 class ModelSource final : public KvSource {
@@ -221,7 +217,7 @@ public:
                         for (int64_t h = 0; h < H; ++h) {
                             const float* s = x + (t * H + h) * D;
                             if (perm) {
-                                to_hf_order(s, row.data(), static_cast<int>(D));
+                                to_hf_order(s, row.data(), D);
                                 s = row.data();
                             }
                             float_to_half_n(s, dst0 + (h * n + t) * D, static_cast<size_t>(D));
