@@ -3,8 +3,7 @@
 # forward (the fp16 reference of the same run, wall time), with each method's cache kept
 # on the GPU (the default) and, side by side on the same machine and tokens, simulated on
 # host threads through the engine's hook (--host-cache), plus how much the device path
-# saves. patternkv always takes the host path (its prefill k-means runs there), so its two
-# columns measure the same path. The model: a random-weight model of SmolLM2-135M's shape
+# saves (every method, patternkv's prefill k-means included, has a device cache). The model: a random-weight model of SmolLM2-135M's shape
 # in bf16 (pkv_bench_make_random_gguf), N random token ids, as docs/performance.md's "eval
 # on the GPU" measured it.
 #

@@ -16,7 +16,8 @@ bool power_of_two(int d) { return d > 0 && (d & (d - 1)) == 0; }
 
 bool EngineSimCache::supports(const DeviceKvCache& c, const LlamaHparams& hp) {
     const int D = static_cast<int>(hp.head_dim);
-    return device_cache_method(c.params.method) && (!c.rotate || (power_of_two(D) && D <= 1024));
+    return device_cache_method(c.params.method) && (!c.rotate || (power_of_two(D) && D <= 1024)) &&
+           (c.params.method != KvMethod::patternkv || D <= 256);
 }
 
 void EngineSimCache::check(const DeviceKvCache& c, const LlamaHparams& hp,

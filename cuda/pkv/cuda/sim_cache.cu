@@ -15,10 +15,19 @@
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/cuda_buffer.cuh"
 #include "pkv/cuda/sim_cache.h"
+#include "pkv/cuda/sim_pattern.cuh"
 
 namespace pkv::cuda {
 
 namespace {
+
+using detail::DevError;
+using detail::dmax;
+using detail::dmin;
+using detail::PatternProblem;
+using detail::report;
+using detail::smax;
+using detail::smin;
 
 constexpr int kThreads = 256;
 
@@ -45,34 +54,10 @@ struct Layout {
     int D;
 };
 
-// First failure of a kernel: code 1 a non-finite input, 2 a scale or zero beyond binary16.
-struct DevError {
-    int code;
-    int problem;
-    long long token;
-    float a, b;
-};
-
-__device__ void report(DevError* e, int code, int problem, int64_t token, float a, float b) {
-    if (atomicCAS(&e->code, 0, code) == 0) {
-        e->problem = problem;
-        e->token = token;
-        e->a = a;
-        e->b = b;
-    }
-}
-
 template <typename T>
 __device__ __forceinline__ T* at(T* m, const DevProblem& p, int64_t t, const Layout& L) {
     return m + (p.row0 + t) * L.stride + p.col0;
 }
-
-// std::min / std::max as the host evaluates them (the first argument unless the second
-// is strictly beyond it), so even the sign of a zero extreme is the host's.
-__device__ __forceinline__ float smin(float a, float b) { return b < a ? b : a; }
-__device__ __forceinline__ float smax(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ double dmin(double a, double b) { return b < a ? b : a; }
-__device__ __forceinline__ double dmax(double a, double b) { return a < b ? b : a; }
 
 // quantize_minmax_group's scale and zero for a group with extremes mn, mx. The host
 // build fuses c = 0.5 mn + 0.5 mx and h = 0.5 mx - 0.5 mn on their mn term, and c -+ a h.
@@ -164,7 +149,25 @@ __global__ void label_kernel(const float* x, const int32_t* tok_problem, const i
     }
 }
 
-// V (kivi, patternkv-table): one thread per flushed token; groups of g channels per
+// patternkv: the pattern of every token of a decode block, against the bank so far (the
+// prefill block's tokens have their k-means labels already).
+__global__ void pattern_label_kernel(const float* x, const int32_t* tok_problem, const int32_t* flush,
+                                     const DevProblem* probs, const PatternProblem* banks, const float* bank, Layout L,
+                                     int64_t total, int R, bool l2, int32_t* labels) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+        if (flush[i] == kNeverQuantized) continue;
+        const int pi = tok_problem[i];
+        const DevProblem p = probs[pi];
+        const PatternProblem b = banks[pi];
+        const int64_t j = i - p.base - b.s;
+        if (j < b.pq) continue;
+        const int64_t blk = (j - b.pq) / R;
+        const int M = b.k + static_cast<int>(blk + 1 < b.centres ? blk + 1 : b.centres);
+        labels[i] = nearest_pattern(at(x, p, i - p.base, L), bank + b.bank_row0 * L.D, M, l2, L.D);
+    }
+}
+
+// V (kivi, patternkv-table, patternkv): one thread per flushed token; groups of g channels per
 // token, each with its own min-max grid; patternkv-table subtracts the token's pattern
 // where the gate passes and adds it back to the reconstruction.
 __global__ void value_kernel(const float* x, const int32_t* tok_problem, const int32_t* flush, const DevProblem* probs,
@@ -216,7 +219,7 @@ struct DevKGroup {
     int64_t t0;
 };
 
-// K (kivi, patternkv-table): one block per group of <= G tokens. Thread t covers channel
+// K (kivi, patternkv-table, patternkv): one block per group of <= G tokens. Thread t covers channel
 // c0 + t % cw of the pass starting at c0, for the tokens k = s, s + S, ... of its slice
 // s = t / cw (S = kKeyThreads / D slices, so short channels still fill the block). The
 // slices' extremes meet in shared memory: min and max take the same values in any order
@@ -420,6 +423,8 @@ struct SimCacheWorkspace::Impl {
     DeviceBuffer<uint8_t> meta;  // the plan's arrays, one upload per call
     DeviceBuffer<float> xr, amax;
     DeviceBuffer<int32_t> labels;
+    DeviceBuffer<float> bank;       // patternkv: every problem's bank
+    DeviceBuffer<double> pscratch;  // patternkv: the k-means scratch
     DeviceBuffer<DevError> err;
     DeviceBuffer<float> io_x, io_recon;  // simulate_cache_batch's copies of the host arrays
     DeviceBuffer<int32_t> io_flush;
@@ -455,12 +460,13 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     SimCacheWorkspace::Impl& w = *ws.impl_;
     PKV_CUDA_CHECK(cudaSetDevice(w.device));
 
+    const bool pattern = method == KvMethod::patternkv;
     std::vector<DevProblem> probs;
     std::vector<int32_t> tok_problem(static_cast<size_t>(total));
     for (size_t i = 0; i < batch.problems.size(); ++i) {
         const SimProblem& q = batch.problems[i];
-        probs.push_back({q.row0, q.col0, plan.offset[i], q.n, q.tensor == KvTensor::k ? 0 : 1,
-                         method == KvMethod::patternkv_table ? q.table : -1});
+        const int32_t table = method == KvMethod::patternkv_table ? q.table : pattern ? static_cast<int32_t>(i) : -1;
+        probs.push_back({q.row0, q.col0, plan.offset[i], q.n, q.tensor == KvTensor::k ? 0 : 1, table});
         std::fill(tok_problem.begin() + plan.offset[i], tok_problem.begin() + plan.offset[i + 1],
                   static_cast<int32_t>(i));
     }
@@ -469,6 +475,25 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     for (const TableHeadView& v : batch.tables) {
         tables.push_back({static_cast<int64_t>(patterns.size()), v.M, v.assign_l2 ? 1 : 0, v.clip, v.gate_z});
         patterns.insert(patterns.end(), v.patterns, v.patterns + static_cast<int64_t>(v.M) * D);
+    }
+    // patternkv: problem i's "table" is its own bank (the default clip and gate).
+    std::vector<PatternProblem> banks;
+    int64_t scratch = 0;
+    int max_centres = 0;
+    if (pattern) {
+        PKV_CHECK(plan.banks.size() == batch.problems.size(), invalid_argument,
+                  "cuda cache simulation: the plan has {} patternkv banks for {} problems: plan the batch itself",
+                  plan.banks.size(), batch.problems.size());
+        const TableHeadView dflt;
+        for (size_t i = 0; i < batch.problems.size(); ++i) {
+            const SimBatchPlan::Bank& b = plan.banks[i];
+            const SimProblem& q = batch.problems[i];
+            tables.push_back({b.row0 * D, b.k + b.centres, batch.params.decode_l2 ? 1 : 0, 1.0f, dflt.gate_z});
+            banks.push_back({q.row0, q.col0, plan.offset[i], plan.stored_from[i], b.prefill, b.pq, b.row0, b.draws,
+                             scratch, b.k, b.centres, static_cast<int32_t>(i), 0});
+            scratch += b.k > 0 ? detail::sim_pattern_scratch(b.k, D) : 0;
+            max_centres = std::max(max_centres, b.centres);
+        }
     }
     std::vector<DevKGroup> groups;
     for (const auto& g : plan.k_groups) groups.push_back({g.problem, g.tokens, g.t0});
@@ -479,6 +504,8 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     const size_t o_tables = stage(staged, tables.data(), tables.size());
     const size_t o_pat = stage(staged, patterns.data(), patterns.size());
     const size_t o_groups = stage(staged, groups.data(), groups.size());
+    const size_t o_banks = stage(staged, banks.data(), banks.size());
+    const size_t o_draws = stage(staged, plan.draws.data(), pattern ? plan.draws.size() : 0);
     w.meta.reserve(staged.size());
     w.err.reserve(1);
     PKV_CUDA_CHECK(cudaMemcpy(w.meta.get(), staged.data(), staged.size(), cudaMemcpyHostToDevice));
@@ -487,8 +514,10 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     auto* d_steps = reinterpret_cast<const int32_t*>(w.meta.get() + o_steps);
     auto* d_probs = reinterpret_cast<const DevProblem*>(w.meta.get() + o_probs);
     auto* d_tables = reinterpret_cast<const DevTable*>(w.meta.get() + o_tables);
-    auto* d_pat = reinterpret_cast<const float*>(w.meta.get() + o_pat);
+    const float* d_pat = reinterpret_cast<const float*>(w.meta.get() + o_pat);
     auto* d_groups = reinterpret_cast<const DevKGroup*>(w.meta.get() + o_groups);
+    auto* d_banks = reinterpret_cast<const PatternProblem*>(w.meta.get() + o_banks);
+    auto* d_draws = reinterpret_cast<const int64_t*>(w.meta.get() + o_draws);
     if (d_flush && total > 0)
         PKV_CUDA_CHECK(cudaMemcpyAsync(d_flush, d_steps, static_cast<size_t>(total) * 4, cudaMemcpyDeviceToDevice));
     if (elems > 0) PKV_CUDA_CHECK(cudaMemcpyAsync(d_recon, d_x, elems * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -520,7 +549,20 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
                                                     w.labels.get());
         PKV_CUDA_CHECK(cudaGetLastError());
     }
-    if (method == KvMethod::kivi || method == KvMethod::patternkv_table) {
+    if (pattern) {
+        w.labels.reserve(static_cast<size_t>(total));
+        w.bank.reserve(static_cast<size_t>(plan.bank_rows * D));
+        w.pscratch.reserve(static_cast<size_t>(scratch));
+        detail::launch_pattern_bank(src, L.stride, D, d_banks, static_cast<int>(banks.size()), d_draws,
+                                    kPatternKMeansIters, kPatternKMeansTol, batch.params.window, w.bank.get(),
+                                    w.pscratch.get(), w.labels.get(), w.err.get(), max_centres);
+        pattern_label_kernel<<<grid_for(total), kThreads>>>(src, d_tok, d_steps, d_probs, d_banks, w.bank.get(), L,
+                                                            total, batch.params.window, batch.params.decode_l2,
+                                                            w.labels.get());
+        PKV_CUDA_CHECK(cudaGetLastError());
+        d_pat = w.bank.get();
+    }
+    if (method == KvMethod::kivi || method == KvMethod::patternkv_table || pattern) {
         const bool any_v = std::any_of(batch.problems.begin(), batch.problems.end(),
                                        [](const SimProblem& q) { return q.tensor == KvTensor::v; });
         if (any_v) {
@@ -586,6 +628,11 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, SimCa
         simulate_cache_batch_on_device(batch, out.plan, w.io_x.get(), w.io_recon.get(), w.io_flush.get(), ws);
     if (elems > 0)
         PKV_CUDA_CHECK(cudaMemcpy(out.recon.data(), w.io_recon.get(), elems * sizeof(float), cudaMemcpyDeviceToHost));
+    if (batch.params.method == KvMethod::patternkv && out.plan.bank_rows > 0) {
+        out.bank.resize(static_cast<size_t>(out.plan.bank_rows * batch.D));
+        PKV_CUDA_CHECK(
+            cudaMemcpy(out.bank.data(), w.bank.get(), out.bank.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    }
     // The flush steps come back through the device copy, so the tests see what a device
     // caller reads.
     if (!out.plan.flush_step.empty())

@@ -2,16 +2,22 @@
 // (sequence, KV head, tensor) problems in one call on a CUDA device. No CUDA types: lib/
 // and tests build the batch with the host compiler.
 //
-// Methods: fp16, kivi (2/3/4/8 bits), q4_0, q8_0, fp8 and patternkv-table, with sliding-
-// window rings (SimProblem::ring) and any prefill, under the rules of simulate_cache.
-// patternkv is refused: its prefill mines patterns with k-means, which stays on the host.
-// (A device patternkv needs a batched k-means of every problem's prefill that keeps
-// pkv::kmeans's labels: its random init, 30 iterations, tolerance and double sums; the
-// CUDA k-means of kmeans_assign.h sums otherwise and would match only statistically.
-// The decode part is parallel: each block's Chebyshev centre depends on that block
-// alone, so the bank every block is assigned against (prefill centroids plus the centres
-// so far, up to the cap) is known before any assignment; the residual code is
-// patternkv-table's.)
+// Methods: fp16, kivi (2/3/4/8 bits), q4_0, q8_0, fp8, patternkv-table and patternkv, with
+// sliding-window rings (SimProblem::ring) and any prefill, under the rules of
+// simulate_cache.
+//
+// patternkv (head_dim <= 256). Each problem's prefill k-means runs in one thread block:
+// kmeans()'s loop (the same initial rows and empty-cluster refills, drawn on the host by
+// kmeans_random_draws; 30 iterations; tolerance 1e-4) in the arithmetic of
+// kmeans_exact_ref (pkv/kmeans/kmeans_exact.h), which it matches bit for bit. The host's
+// simulate_cache assigns with pkv::kmeans's CPU assigner, whose distances round
+// differently: a point almost equidistant from two centroids can take the other label,
+// and the two runs then go on from different centroids. So patternkv here agrees with the
+// host statistically (same rules, bits exactly, errors and perplexities within the bounds
+// test/unit/cuda/test_cuda_sim_pattern.cpp checks), not bit for bit. Everything after the
+// k-means is exact: each decode block's Chebyshev centre depends on that block alone, so
+// the bank every block is assigned against (the centroids plus the centres so far, up to
+// the cap) is known before any assignment, and the residual code is patternkv-table's.
 //
 // Layout. x is a row-major matrix [rows, row_stride] of floats on the host; problem p's
 // token i is the D floats at x[(row0 + i) · row_stride + col0 ...]. A packed batch is
@@ -55,7 +61,8 @@ struct SimProblem {
 };
 
 struct SimBatch {
-    /// method, bits, group, window as in SimParams (ring, tables and k-means fields unused).
+    /// method, bits, group, window as in SimParams, and for patternkv patterns, pattern_cap,
+    /// decode_l2 and seed (ring and tables unused).
     SimParams params;
     int D = 0;               ///< head_dim
     int64_t rows = 0;        ///< rows of x
@@ -81,11 +88,25 @@ struct SimBatchPlan {
         int64_t t0;
     };
     std::vector<KGroup> k_groups;
-    SimBits total() const;  ///< sum over problems
+    /// patternkv: problem p's pattern bank (empty for every other method). The simulation
+    /// runs on tokens s .. n − 1 (s = stored_from); k-means clusters tokens s .. s +
+    /// prefill − 1 into k = min(patterns, prefill) centroids (bank rows row0 ..), tokens s ..
+    /// s + pq − 1 keep their k-means label, and decode block b (tokens s + pq + b·R .. + R − 1)
+    /// adds its Chebyshev centre as row row0 + k + b while b < centres; block b is assigned
+    /// against the first k + min(b + 1, centres) rows.
+    struct Bank {
+        int64_t prefill = 0, pq = 0, row0 = 0;
+        int64_t draws = 0;  ///< offset in `draws`: k initial rows, then k · kPatternKMeansIters refill rows
+        int32_t k = 0, centres = 0;
+    };
+    std::vector<Bank> banks;
+    int64_t bank_rows = 0;       ///< rows of all banks
+    std::vector<int64_t> draws;  ///< kmeans_random_draws of each distinct (prefill, k), back to back
+    SimBits total() const;       ///< sum over problems
 };
 
 /// Validates the batch (one line naming the problem and the expected value on failure:
-/// invalid_argument, or unsupported for patternkv) and plans it. Host only.
+/// invalid_argument; unsupported for patternkv with head_dim > 256) and plans it. Host only.
 SimBatchPlan plan_sim_batch(const SimBatch& batch);
 
 struct SimBatchResult {
@@ -93,7 +114,10 @@ struct SimBatchResult {
     /// rotate: rotated back, so tokens never quantized hold H·H·x as the host's); every
     /// element outside the problems is x's.
     std::vector<float> recon;
-    SimBatchPlan plan;       ///< flush steps, bits, stored_from, kept_from
+    SimBatchPlan plan;  ///< flush steps, bits, stored_from, kept_from
+    /// patternkv: the banks the device built, [plan.bank_rows, D] (plan.banks says whose
+    /// rows are where), in the simulated basis; empty for other methods.
+    std::vector<float> bank;
     double kernel_ms = 0.0;  ///< device time of the kernels (CUDA events)
     double total_ms = 0.0;   ///< wall time of the call: planning, copies both ways, kernels
 };

@@ -2,9 +2,12 @@
 // schedule and the storage of every problem. It replays simulate.cpp's block loops
 // without the data, so flush steps and bits are those of simulate_cache exactly.
 #include <algorithm>
+#include <map>
+#include <utility>
 
 #include "pkv/core/error.h"
 #include "pkv/cuda/sim_cache.h"
+#include "pkv/kmeans/kmeans.h"
 #include "pkv/quant/ggml_kv.h"
 #include "pkv/quant/hadamard.h"
 #include "pkv/quant/minmax.h"
@@ -29,9 +32,13 @@ namespace {
 void check_batch(const SimBatch& b) {
     const SimParams& p = b.params;
     const KvMethod m = p.method;
-    PKV_CHECK(m != KvMethod::patternkv, unsupported,
-              "cuda cache simulation: method patternkv mines its patterns with k-means in the prefill, which runs on "
-              "the host (pkv::simulate_cache): expected fp16, kivi, q4_0, q8_0, fp8 or patternkv-table");
+    PKV_CHECK(m != KvMethod::patternkv || b.D <= 256, unsupported,
+              "cuda cache simulation: patternkv with head_dim {}: the device k-means takes at most 256 (run it on the "
+              "host: pkv::simulate_cache)",
+              b.D);
+    if (m == KvMethod::patternkv)
+        PKV_CHECK(p.patterns >= 1, invalid_argument, "cuda cache simulation: patternkv with {} patterns: expected >= 1",
+                  p.patterns);
     PKV_CHECK(b.D >= 1, invalid_argument, "cuda cache simulation: head_dim {}: expected at least 1", b.D);
     const int64_t stride = b.row_stride > 0 ? b.row_stride : b.D;
     PKV_CHECK(stride >= b.D, invalid_argument, "cuda cache simulation: row stride {} is shorter than head_dim {}",
@@ -78,7 +85,8 @@ void check_batch(const SimBatch& b) {
                       "cuda cache simulation: problem {}: table view {}: expected one of the {} given", i, q.table,
                       b.tables.size());
         // The V quantizer groups min(G, D) channels of a token (quantize_rows).
-        if ((m == KvMethod::kivi || m == KvMethod::patternkv_table) && q.tensor == KvTensor::v) {
+        if ((m == KvMethod::kivi || m == KvMethod::patternkv_table || m == KvMethod::patternkv) &&
+            q.tensor == KvTensor::v) {
             const int g = std::min(p.group, b.D);
             PKV_CHECK(b.D % g == 0, invalid_argument, "group size {} does not divide head_dim {}", g, b.D);
         }
@@ -88,7 +96,9 @@ void check_batch(const SimBatch& b) {
 // One problem's schedule, appended to the plan (simulate.cpp's loops without the data).
 class ProblemPlanner {
 public:
-    ProblemPlanner(const SimBatch& b, SimBatchPlan& plan, int32_t index) : b_(b), plan_(plan), index_(index) {}
+    ProblemPlanner(const SimBatch& b, SimBatchPlan& plan, int32_t index,
+                   std::map<std::pair<int64_t, int32_t>, int64_t>& draws)
+        : b_(b), plan_(plan), index_(index), draws_(draws) {}
 
     void run(const SimProblem& q) {
         const SimParams& p = b_.params;
@@ -97,6 +107,7 @@ public:
         plan_.flush_step.resize(base_ + static_cast<size_t>(n), kNeverQuantized);
         const int64_t s = W > 0 ? std::max<int64_t>(0, P - W) : 0;
         M_ = p.method == KvMethod::patternkv_table ? b_.tables[static_cast<size_t>(q.table)].M : 0;
+        if (p.method == KvMethod::patternkv) plan_bank(n - s, P - s);
         if (kv_method_keeps_window(p.method)) block_method(q.tensor, n - s, P - s, s);
         else write_through(n);
         finish(n, n - kept_tokens(n, W));
@@ -128,7 +139,40 @@ private:
         }
     }
 
-    // kivi and patternkv-table on the ring's tokens s .. n - 1: nl tokens, prefill Pl.
+    // patternkv's bank (SimBatchPlan::Bank): simulate_patternkv's k, blocks and cap.
+    void plan_bank(int64_t nl, int64_t Pl) {
+        const SimParams& p = b_.params;
+        const int64_t R = p.window;
+        SimBatchPlan::Bank bank;
+        bank.prefill = Pl;
+        bank.pq = Pl - Pl % R;
+        bank.k = Pl > 0 ? static_cast<int32_t>(std::min<int64_t>(p.patterns, Pl)) : 0;
+        const int64_t blocks = (nl - bank.pq) / R;
+        const int64_t room = p.pattern_cap <= 0 ? blocks : std::max<int64_t>(0, p.pattern_cap - bank.k);
+        bank.centres = static_cast<int32_t>(std::min(blocks, room));
+        bank.row0 = plan_.bank_rows;
+        plan_.bank_rows += bank.k + bank.centres;
+        if (bank.k > 0) {
+            const auto key = std::make_pair(Pl, bank.k);
+            auto it = draws_.find(key);
+            if (it == draws_.end()) {
+                const KMeansDraws d = kmeans_random_draws(Pl, bank.k, p.seed, 0, int64_t{bank.k} * kPatternKMeansIters);
+                it = draws_.emplace(key, static_cast<int64_t>(plan_.draws.size())).first;
+                plan_.draws.insert(plan_.draws.end(), d.init_rows.begin(), d.init_rows.end());
+                plan_.draws.insert(plan_.draws.end(), d.refill_rows.begin(), d.refill_rows.end());
+            }
+            bank.draws = it->second;
+        }
+        plan_.banks.push_back(bank);
+    }
+
+    // The bank rows block b is assigned against (the prefill block: the centroids alone).
+    int bank_size(int64_t b) const {
+        const SimBatchPlan::Bank& k = plan_.banks.back();
+        return b < 0 ? k.k : k.k + static_cast<int>(std::min<int64_t>(b + 1, k.centres));
+    }
+
+    // kivi, patternkv and patternkv-table on the ring's tokens s .. n - 1: nl tokens, prefill Pl.
     void block_method(KvTensor tensor, int64_t nl, int64_t Pl, int64_t s) {
         const SimParams& p = b_.params;
         const int64_t R = p.window;
@@ -142,10 +186,13 @@ private:
             for (int64_t j = 0; j < quantized; ++j) flush_block(tensor, j, j + 1, step[j], s);
             return;
         }
+        const bool pattern = p.method == KvMethod::patternkv;
         const int64_t pq = Pl - Pl % R;
+        if (pattern) M_ = bank_size(-1);
         if (pq > 0) flush_block(tensor, 0, pq, Pl, s);
         for (int64_t start = pq, t = Pl; t < nl; ++t) {
             if (t - start + 1 < R) continue;
+            if (pattern) M_ = bank_size((start - pq) / R);
             flush_block(tensor, start, t + 1, t + 1, s);
             start = t + 1;
         }
@@ -179,6 +226,10 @@ private:
         for (int64_t j = kept_from; j < n; ++j)
             exact += plan_.flush_step[base_ + static_cast<size_t>(j)] == kNeverQuantized;
         bits.window = exact_bits(static_cast<double>(exact) * b_.D);
+        if (!plan_.banks.empty() && b_.params.method == KvMethod::patternkv) {
+            const SimBatchPlan::Bank& k = plan_.banks.back();
+            bits.bank = 16.0 * static_cast<double>(k.k + k.centres) * b_.D;
+        }
         plan_.bits.push_back(bits);
         plan_.kept_from.push_back(kept_from);
     }
@@ -186,6 +237,7 @@ private:
     const SimBatch& b_;
     SimBatchPlan& plan_;
     int32_t index_;
+    std::map<std::pair<int64_t, int32_t>, int64_t>& draws_;  // (prefill, k) -> offset in plan_.draws
     size_t base_ = 0;
     int M_ = 0;
     std::vector<SimUnit> units_;
@@ -197,8 +249,9 @@ SimBatchPlan plan_sim_batch(const SimBatch& batch) {
     check_batch(batch);
     SimBatchPlan plan;
     plan.offset.push_back(0);
+    std::map<std::pair<int64_t, int32_t>, int64_t> draws;
     for (size_t i = 0; i < batch.problems.size(); ++i) {
-        ProblemPlanner(batch, plan, static_cast<int32_t>(i)).run(batch.problems[i]);
+        ProblemPlanner(batch, plan, static_cast<int32_t>(i), draws).run(batch.problems[i]);
         plan.offset.push_back(static_cast<int64_t>(plan.flush_step.size()));
     }
     return plan;

@@ -594,4 +594,17 @@ std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problem
     return results;
 }
 
+KMeansDraws kmeans_random_draws(int64_t n, int k, uint64_t seed, int restart, int64_t refills) {
+    PKV_CHECK(k >= 1 && k <= n && refills >= 0 && restart >= 0, invalid_argument,
+              "k-means draws: expected 1 <= k <= n and refills, restart >= 0, got k {}, n {}, refills {}, restart {}",
+              k, n, refills, restart);
+    // init_runs' generator and init_random's sample, then update_run's refill draws.
+    Rng rng(mix_seed(seed, static_cast<uint64_t>(restart) + 1));
+    KMeansDraws d;
+    d.init_rows = sample_without_replacement(n, k, rng);
+    d.refill_rows.resize(static_cast<size_t>(refills));
+    for (int64_t& r : d.refill_rows) r = rng.index(n);
+    return d;
+}
+
 }  // namespace pkv

@@ -137,4 +137,17 @@ void check_kmeans_problems(const std::vector<KMeansProblem>& problems, int d, co
 std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problems, int d, const KMeansParams& params,
                                        KMeansAssigner* assigner = nullptr);
 
+/// The random choices kmeans() makes for one restart with init = random and no
+/// subsampling (max_points_per_centroid 0 or n <= k * it): the k distinct rows of the
+/// initial centroids, in centroid order, then the rows that its empty-cluster refills
+/// draw, in the order it draws them (one per refill, clusters in index order within an
+/// update). A run needs at most k * max_iter refills. Lets another implementation of
+/// the same Lloyd loop (the device cache simulation of patternkv) start from the same
+/// centroids and refill with the same rows. Requires 1 <= k <= n, refills >= 0.
+struct KMeansDraws {
+    std::vector<int64_t> init_rows;    ///< [k]
+    std::vector<int64_t> refill_rows;  ///< [refills]
+};
+KMeansDraws kmeans_random_draws(int64_t n, int k, uint64_t seed, int restart, int64_t refills);
+
 }  // namespace pkv

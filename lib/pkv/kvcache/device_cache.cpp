@@ -10,8 +10,8 @@ bool device_cache_method(KvMethod m) {
         case KvMethod::q4_0:
         case KvMethod::q8_0:
         case KvMethod::fp8:
-        case KvMethod::patternkv_table: return true;
-        case KvMethod::patternkv: return false;
+        case KvMethod::patternkv_table:
+        case KvMethod::patternkv: return true;
     }
     return false;
 }

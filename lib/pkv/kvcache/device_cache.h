@@ -31,8 +31,9 @@
 namespace pkv {
 
 struct DeviceKvCache {
-    /// method, bits, group, window as kv_spec_sim_params gives them; ring, table_k / table_v
-    /// and the k-means fields are unused (rings come from the model, tables from `tables`).
+    /// method, bits, group, window and patternkv's k-means fields as kv_spec_sim_params
+    /// gives them; ring, table_k / table_v are unused (rings come from the model, tables
+    /// from `tables`).
     SimParams params;
     bool rotate = false;
     bool keys_pre = false;
@@ -45,9 +46,10 @@ struct DeviceKvCache {
     std::shared_ptr<const void> keep_alive;
 };
 
-/// Whether a device engine simulates method m itself: fp16, kivi, q4_0, q8_0, fp8 and
-/// patternkv-table. patternkv is not: its prefill mines patterns with k-means, which runs
-/// on the host (cuda/pkv/cuda/sim_cache.h says why).
+/// Whether a device engine simulates method m itself: all of them (fp16, kivi, q4_0, q8_0,
+/// fp8, patternkv-table, and patternkv, whose prefill k-means agrees with the host's
+/// statistically, not bit for bit: cuda/pkv/cuda/sim_cache.h says why). The engine may
+/// still refuse a shape (EngineSimCache::supports).
 bool device_cache_method(KvMethod m);
 
 }  // namespace pkv

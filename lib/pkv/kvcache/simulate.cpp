@@ -157,8 +157,8 @@ SimResult simulate_patternkv(const SimParams& p, KvTensor tensor, const float* x
     if (P > 0) {
         KMeansParams kp;
         kp.k = static_cast<int>(std::min<int64_t>(p.patterns, P));
-        kp.max_iter = 30;
-        kp.tol = 1e-4;
+        kp.max_iter = kPatternKMeansIters;
+        kp.tol = kPatternKMeansTol;
         kp.seed = p.seed;
         kp.init = KMeansInit::random;
         KMeansResult km = kmeans(x, P, D, kp);

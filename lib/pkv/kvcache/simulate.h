@@ -66,6 +66,11 @@ struct TableHeadView {
     bool assign_l2 = false;              ///< pattern choice by L2 (default min-max)
 };
 
+/// patternkv's prefill k-means stops after this many updates or at this largest
+/// centroid coordinate change (KMeansParams::max_iter, tol).
+constexpr int kPatternKMeansIters = 30;
+constexpr double kPatternKMeansTol = 1e-4;
+
 struct SimParams {
     KvMethod method = KvMethod::kivi;
     int bits = 2;            ///< kivi / patternkv code width (2, 3, 4 or 8)
@@ -74,7 +79,7 @@ struct SimParams {
     int patterns = 32;       ///< patternkv: k-means patterns mined from the prefill
     int pattern_cap = 0;     ///< patternkv: bank size limit (0 = grows without limit)
     bool decode_l2 = false;  ///< patternkv: assign flushed blocks by L2 instead of min-max
-    uint64_t seed = 0;       ///< patternkv: k-means seed
+    uint64_t seed = 0;       ///< patternkv: k-means seed (random init, one restart)
     /// patternkv-table: the head's key and value patterns (both required for that method).
     const TableHeadView* table_k = nullptr;
     const TableHeadView* table_v = nullptr;

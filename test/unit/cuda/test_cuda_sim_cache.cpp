@@ -18,6 +18,8 @@
 //   inequality that bounds every difference by 2.01 times the host's largest error, about
 //   one quantization step of the problem's widest group. Any difference is printed (count
 //   and first element), so a drift shows even when it passes.
+//   patternkv: its k-means agrees with the host's statistically; check_pattern_device
+//   states the bounds.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -30,6 +32,8 @@
 #include "pkv/core/error.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/sim_cache.h"
+#include "pkv/kmeans/kmeans_exact.h"
+#include "pkv/kmeans/minmax_assign.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/quant/hadamard.h"
 
@@ -85,16 +89,17 @@ struct Case {
     bool rotate = false;
     float clip = 1.0f;
     bool l2 = false;
-    int M = 8;
+    int M = 8;    // patternkv-table: patterns per view; patternkv: k-means patterns
+    int cap = 0;  // patternkv: bank limit
     std::vector<int64_t> lengths{1, 37, 200, 333};
     std::vector<int64_t> rings{0};
 };
 
 std::string describe(const Case& c) {
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%s bits %d group %d window %d D %d heads %lld rotate %d clip %.3f %s M %d",
+    std::snprintf(buf, sizeof buf, "%s bits %d group %d window %d D %d heads %lld rotate %d clip %.3f %s M %d cap %d",
                   pkv::kv_method_name(c.method), c.bits, c.group, c.window, c.D, static_cast<long long>(c.stride_heads),
-                  c.rotate ? 1 : 0, c.clip, c.l2 ? "l2" : "minmax", c.M);
+                  c.rotate ? 1 : 0, c.clip, c.l2 ? "l2" : "minmax", c.M, c.cap);
     return buf;
 }
 
@@ -115,6 +120,12 @@ Built build(const Case& c, uint64_t seed) {
     s.params.window = c.window;
     s.D = c.D;
     s.rotate = c.rotate;
+    if (c.method == KvMethod::patternkv) {
+        s.params.patterns = c.M;
+        s.params.pattern_cap = c.cap;
+        s.params.decode_l2 = c.l2;
+        s.params.seed = seed;
+    }
     const int64_t stride = c.stride_heads * c.D;
     s.row_stride = c.stride_heads > 1 ? stride : 0;
     int64_t row = 0;
@@ -395,7 +406,12 @@ TEST_CASE("cuda sim_cache: bad batches are refused with the problem named", "[cu
     };
     SimBatch s = b.batch;
     s.params.method = KvMethod::patternkv;
-    fails(s, ErrorCode::unsupported, "k-means");
+    s.D = 512;
+    fails(s, ErrorCode::unsupported, "patternkv with head_dim 512: the device k-means takes at most 256");
+    s = b.batch;
+    s.params.method = KvMethod::patternkv;
+    s.params.patterns = 0;
+    fails(s, ErrorCode::invalid_argument, "patternkv with 0 patterns");
     s = b.batch;
     s.problems[1].prefill = 41;
     fails(s, ErrorCode::invalid_argument, "problem 1: prefill 41 of 40 tokens");
@@ -428,7 +444,7 @@ TEST_CASE("cuda sim_cache: bad batches are refused with the problem named", "[cu
 
 TEST_CASE("cuda sim_cache: a non-finite element is named by problem and token", "[cuda][sim_cache]") {
     PKV_REQUIRE_GPU_SIM();
-    for (KvMethod m : {KvMethod::kivi, KvMethod::fp8}) {
+    for (KvMethod m : {KvMethod::kivi, KvMethod::fp8, KvMethod::patternkv}) {
         Case c;
         c.method = m;
         c.lengths = {40};
@@ -446,5 +462,154 @@ TEST_CASE("cuda sim_cache: a non-finite element is named by problem and token", 
             CHECK_THAT(std::string(e.what()), ContainsSubstring("token 2"));
             CHECK_THAT(std::string(e.what()), ContainsSubstring("expected finite"));
         }
+    }
+}
+
+namespace {
+
+// patternkv (sim_cache.h, "patternkv"). The device's bank must be kmeans_exact_ref's
+// centroids and chebyshev_center's centres bit for bit. Against simulate_cache, whose
+// k-means assigns with pkv::kmeans's CPU assigner:
+//   - flush steps and bits exactly (check_plan, and here again from the device call);
+//   - a problem whose k-means centroids came out equal on both sides (the usual case:
+//     the assigners differ only on near-ties) has the host's reconstruction bit for bit,
+//     everything after the k-means being exact;
+//   - at least half of the problems with a k-means agree that way;
+//   - over a case, the squared error of the device's quantized tokens is within 10% of
+//     the host's (problems that diverged quantize against other, equally fitted patterns).
+// "measured:" lines on stderr give the agreement and the error ratio of each case.
+void check_pattern_device(const Built& b, pkv::cuda::SimCacheWorkspace& ws, const std::string& what) {
+    const SimBatch& s = b.batch;
+    const pkv::cuda::SimBatchResult got = pkv::cuda::simulate_cache_batch(s, b.x.data(), ws);
+    const int D = s.D, R = s.params.window;
+    const int64_t stride = s.row_stride > 0 ? s.row_stride : D;
+    REQUIRE(got.plan.banks.size() == s.problems.size());
+    REQUIRE(got.bank.size() == static_cast<size_t>(got.plan.bank_rows * D));
+    int with_kmeans = 0, agree = 0;
+    double err_dev = 0.0, err_host = 0.0;
+    for (size_t i = 0; i < s.problems.size(); ++i) {
+        const SimProblem& q = s.problems[i];
+        CAPTURE(i, q.n, q.prefill, q.ring, q.tensor == KvTensor::k ? "K" : "V");
+        const pkv::SimResult r = reference(b, i);
+        const pkv::cuda::SimBatchPlan::Bank& bk = got.plan.banks[i];
+        check_bits(got.plan.bits[i], r.bits);
+        const std::vector<int32_t> flush(got.plan.flush_step.begin() + got.plan.offset[i],
+                                         got.plan.flush_step.begin() + got.plan.offset[i + 1]);
+        CHECK(flush == r.flush_step);
+        // The problem's tokens in the simulated basis.
+        std::vector<float> xr(static_cast<size_t>(q.n * D));
+        for (int64_t t = 0; t < q.n; ++t)
+            std::copy_n(b.x.begin() + (q.row0 + t) * stride + q.col0, D, xr.begin() + t * D);
+        if (s.rotate) pkv::hadamard_rotate_rows(xr.data(), q.n, D);
+        const float* bank = got.bank.data() + bk.row0 * D;
+        const int64_t s0 = got.plan.stored_from[i];
+        bool same_kmeans = bk.k == 0;
+        if (bk.k > 0) {
+            ++with_kmeans;
+            pkv::ExactKMeansSpec spec;
+            spec.k = bk.k;
+            spec.max_iter = pkv::kPatternKMeansIters;
+            spec.tol = pkv::kPatternKMeansTol;
+            spec.slices = 256 / D;
+            std::vector<float> cent(static_cast<size_t>(bk.k) * D);
+            const int64_t* dr = got.plan.draws.data() + bk.draws;
+            pkv::kmeans_exact_ref(xr.data() + s0 * D, bk.prefill, D, D, spec, dr, dr + bk.k,
+                                  int64_t{bk.k} * pkv::kPatternKMeansIters, cent.data(), nullptr);
+            CHECK(std::memcmp(cent.data(), bank, cent.size() * sizeof(float)) == 0);
+            REQUIRE(r.bank.size() >= cent.size());
+            same_kmeans = std::memcmp(r.bank.data(), bank, cent.size() * sizeof(float)) == 0;
+            agree += same_kmeans;
+        }
+        std::vector<float> centre(static_cast<size_t>(D));
+        for (int c = 0; c < bk.centres; ++c) {
+            pkv::chebyshev_center(xr.data() + (s0 + bk.pq + int64_t{c} * R) * D, R, D, centre.data());
+            CHECK(std::memcmp(centre.data(), bank + (int64_t{bk.k} + c) * D, D * sizeof(float)) == 0);
+        }
+        int64_t differ = 0;
+        for (int64_t t = 0; t < q.n; ++t)
+            for (int d = 0; d < D; ++d) {
+                const size_t k = static_cast<size_t>((q.row0 + t) * stride + q.col0 + d);
+                const float g = got.recon[k], h = r.recon[static_cast<size_t>(t * D + d)];
+                differ += std::memcmp(&g, &h, sizeof g) != 0;
+                if (r.flush_step[t] == pkv::kNeverQuantized) continue;
+                err_dev += (double(g) - b.x[k]) * (double(g) - b.x[k]);
+                err_host += (double(h) - b.x[k]) * (double(h) - b.x[k]);
+            }
+        if (same_kmeans) CHECK(differ == 0);
+    }
+    std::fprintf(stderr,
+                 "measured: patternkv %s: k-means centroids equal to the host's in %d of %d problems; squared error "
+                 "device / host %.4f\n",
+                 what.c_str(), agree, with_kmeans, err_host > 0 ? err_dev / err_host : 1.0);
+    CHECK(2 * agree >= with_kmeans);
+    CHECK(err_dev <= 1.1 * err_host + 1e-9);
+}
+
+}  // namespace
+
+TEST_CASE("cuda sim_cache: patternkv's plan is simulate_cache's", "[cuda][sim_cache]") {
+    uint64_t seed = 300;
+    for (int window : {16, 32})
+        for (int cap : {0, 10})
+            for (bool l2 : {false, true}) {
+                Case c;
+                c.method = KvMethod::patternkv;
+                c.window = window;
+                c.group = 32;
+                c.cap = cap;
+                c.l2 = l2;
+                c.rings = {0, 48, 150, 1000};
+                INFO(describe(c));
+                check_plan(build(c, seed++));
+            }
+}
+
+TEST_CASE("cuda sim_cache: patternkv's bank twins the exact k-means, its caches the host's",
+          "[cuda][sim_cache][parity]") {
+    PKV_REQUIRE_GPU_SIM();
+    pkv::cuda::SimCacheWorkspace ws;
+    std::vector<Case> cases;
+    for (int window : {16, 32})
+        for (int cap : {0, 10})
+            for (bool l2 : {false, true}) {
+                Case c;
+                c.method = KvMethod::patternkv;
+                c.window = window;
+                c.group = window == 16 ? 32 : 128;
+                c.cap = cap;
+                c.l2 = l2;
+                c.rings = {0, 48, 150, 1000};
+                cases.push_back(c);
+            }
+    for (int D : {32, 128, 256}) {
+        Case c;
+        c.method = KvMethod::patternkv;
+        c.D = D;
+        c.stride_heads = 3;
+        c.group = 32;
+        c.window = 32;
+        c.M = 16;
+        c.rings = {0, 64};
+        cases.push_back(c);
+    }
+    Case rot;
+    rot.method = KvMethod::patternkv;
+    rot.rotate = true;
+    rot.stride_heads = 2;
+    rot.bits = 3;
+    cases.push_back(rot);
+    Case eval_shape;  // pkv eval's defaults: 32 patterns, G = R = 128, prefill half
+    eval_shape.method = KvMethod::patternkv;
+    eval_shape.M = 32;
+    eval_shape.group = 128;
+    eval_shape.window = 128;
+    eval_shape.lengths = {1024, 2048};
+    cases.push_back(eval_shape);
+    uint64_t seed = 700;
+    for (const Case& c : cases) {
+        INFO(describe(c));
+        const Built b = build(c, seed++);
+        check_plan(b);
+        check_pattern_device(b, ws, describe(c));
     }
 }

@@ -106,10 +106,9 @@ private:
 }  // namespace
 
 TEST_CASE("device cache description and engines without one", "[eval][engine][device_cache]") {
-    for (KvMethod m :
-         {KvMethod::fp16, KvMethod::kivi, KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8, KvMethod::patternkv_table})
+    for (KvMethod m : {KvMethod::fp16, KvMethod::kivi, KvMethod::q4_0, KvMethod::q8_0, KvMethod::fp8,
+                       KvMethod::patternkv_table, KvMethod::patternkv})
         CHECK(device_cache_method(m));
-    CHECK_FALSE(device_cache_method(KvMethod::patternkv));
 
     pkv_test::ScratchDir dir;
     const std::string path = dir.path("tiny.gguf");
@@ -196,8 +195,8 @@ TEST_CASE("eval with a device cache equals eval with the hook", "[eval][engine][
         return std::unique_ptr<ForwardEngine>(std::move(e));
     };
     const EvalResult d = run_eval(dev);
-    CHECK(*device == 2 * 4);  // two batches of the four device methods
-    CHECK(*hooked == 2 * 1);  // patternkv keeps the hook
+    CHECK(*device == 2 * 5);  // two batches of every method
+    CHECK(*hooked == 0);
     const EvalResult host = run_eval(c);
     EvalConfig forced = dev;
     forced.host_cache = true;
@@ -205,7 +204,7 @@ TEST_CASE("eval with a device cache equals eval with the hook", "[eval][engine][
     CHECK(*device == 0);
     CHECK(*hooked == 2 * 5);
 
-    const std::vector<bool> on_device = {true, true, true, false, true};
+    const std::vector<bool> on_device = {true, true, true, true, true};
     for (size_t v = 0; v < c.kv.size(); ++v) {
         INFO(c.kv[v]);
         CHECK(d.methods[v].cache_on_device == on_device[v]);
