@@ -292,6 +292,8 @@ void PackedCache::set_table(const PatternTable& t) {
     check("bits", t.bits(), cfg_.bits);
     check("k_patterns", t.n_k_patterns(), cfg_.k_patterns);
     check("v_patterns", t.n_v_patterns(), cfg_.v_patterns);
+    for (const int64_t n : tokens_)
+        if (n != 0) fail("set_table: the cache already holds tokens; set the table before the first append");
     for (int l = 0; l < cfg_.n_layer; ++l)
         if (!t.has_layer(l))
             fail("pattern table has no patterns for layer " + str(l) +

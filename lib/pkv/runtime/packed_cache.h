@@ -28,7 +28,9 @@
 // quantized from those values: on binary16 inputs (every pkv dump) nothing is lost.
 //
 // Errors: every misuse throws pkv_rt::CacheError (a std::runtime_error) with a one-line
-// message "packed cache: <what>, expected <x>, got <y>"; the cache is left as it was.
+// message naming the call, the layer or sequence and what was expected. Arguments are
+// checked before anything is written, so a refused call changes nothing; the one error found
+// while quantizing (a residual range beyond binary16) keeps the tokens appended before it.
 // Thread-safety: const members may run concurrently; append/flush/end_prefill/set_* of one
 // layer must not run concurrently with anything reading that layer.
 #pragma once

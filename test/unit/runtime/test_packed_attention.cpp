@@ -242,6 +242,14 @@ TEST_CASE("packed cache: set_table takes a table of its model and refuses anothe
     const pkv_rt::PatternTable table = parse(encode(s));
     pkv_rt::PackedCache cache(cfg);
     cache.set_table(table);
+    {
+        pkv_rt::PackedCache used(cfg);
+        used.set_table(table);
+        std::vector<float> rows(static_cast<size_t>(kHeadsKv * kDim), 0.25f);
+        used.append(2, 0, rows.data(), rows.data(), 1);
+        CHECK(error_of([&] { used.set_table(table); }) ==
+              "packed cache: set_table: the cache already holds tokens; set the table before the first append");
+    }
     for (int l = 0; l < kLayers; ++l)
         for (int h = 0; h < kHeadsKv; ++h) {
             const pkv_rt::HeadView hv = table.head(l, h);
