@@ -545,29 +545,8 @@ void check_pattern_device(const Built& b, pkv::cuda::SimCacheWorkspace& ws, cons
     CHECK(err_dev <= 1.1 * err_host + 1e-9);
 }
 
-}  // namespace
-
-TEST_CASE("cuda sim_cache: patternkv's plan is simulate_cache's", "[cuda][sim_cache]") {
-    uint64_t seed = 300;
-    for (int window : {16, 32})
-        for (int cap : {0, 10})
-            for (bool l2 : {false, true}) {
-                Case c;
-                c.method = KvMethod::patternkv;
-                c.window = window;
-                c.group = 32;
-                c.cap = cap;
-                c.l2 = l2;
-                c.rings = {0, 48, 150, 1000};
-                INFO(describe(c));
-                check_plan(build(c, seed++));
-            }
-}
-
-TEST_CASE("cuda sim_cache: patternkv's bank twins the exact k-means, its caches the host's",
-          "[cuda][sim_cache][parity]") {
-    PKV_REQUIRE_GPU_SIM();
-    pkv::cuda::SimCacheWorkspace ws;
+// patternkv over windows, caps and decode assignments, with rings.
+std::vector<Case> pattern_sweep() {
     std::vector<Case> cases;
     for (int window : {16, 32})
         for (int cap : {0, 10})
@@ -581,6 +560,24 @@ TEST_CASE("cuda sim_cache: patternkv's bank twins the exact k-means, its caches 
                 c.rings = {0, 48, 150, 1000};
                 cases.push_back(c);
             }
+    return cases;
+}
+
+}  // namespace
+
+TEST_CASE("cuda sim_cache: patternkv's plan is simulate_cache's", "[cuda][sim_cache]") {
+    uint64_t seed = 300;
+    for (const Case& c : pattern_sweep()) {
+        INFO(describe(c));
+        check_plan(build(c, seed++));
+    }
+}
+
+TEST_CASE("cuda sim_cache: patternkv's bank twins the exact k-means, its caches the host's",
+          "[cuda][sim_cache][parity]") {
+    PKV_REQUIRE_GPU_SIM();
+    pkv::cuda::SimCacheWorkspace ws;
+    std::vector<Case> cases = pattern_sweep();
     for (int D : {32, 128, 256}) {
         Case c;
         c.method = KvMethod::patternkv;
