@@ -473,8 +473,9 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
     }
     m.part.reserve(static_cast<size_t>(c.n_seq) * c.n_head * splits * (2 + c.head_dim + g.Mv));
     const SplitFn fn = pick(c.head_dim, c.bits, g.Q, fp16);
-    PKV_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        g.sm_total));
+    if (g.sm_total > 48 * 1024)  // the default limit; above it a kernel must opt in
+        PKV_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, g.sm_total));
     fn<<<dim3(splits, c.n_head_kv, c.n_seq), kThreads, g.sm_total, st>>>(
         g, m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev, m.qc.get(), m.part.get());
     PKV_CUDA_CHECK(cudaGetLastError());
