@@ -29,7 +29,7 @@
 //
 // Limits: head_dim 64, 128 or 256; n_head / n_head_kv 1, 2, 4 or 8; shared memory for one
 // K and one V block plus (R / G) x GQA x D floats of q·s must fit the device (R = G = 128,
-// D = 128, 2 bits: 27 KiB). Others are refused with a CacheError naming the limit.
+// D = 128, 2 bits, GQA 4, M = 32: 19 KiB). Others are refused with a CacheError naming the limit.
 //
 // Errors: pkv_rt::CacheError for invalid input (one line: "packed cache (device): <call>:
 // ..."), pkv::Error(cuda) for CUDA failures. Not thread-safe; calls on one object run on
