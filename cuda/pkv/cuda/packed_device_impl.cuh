@@ -1,0 +1,47 @@
+// Internal: the state of a PackedCacheDevice (packed_attention.h), shared by the mirror's
+// upload code (packed_cache_device.cu) and the attention kernels (packed_attention.cu).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pkv/cuda/cuda_buffer.cuh"
+#include "pkv/cuda/packed_attention.h"
+
+namespace pkv::cuda {
+
+/// Tokens per tile of the fp16 method (which has no blocks): the unit of its splits.
+constexpr int kFp16Tile = 128;
+
+struct PackedCacheDevice::Impl {
+    pkv_rt::CacheConfig cfg;
+    pkv_rt::BlockLayout layout[2];
+    int64_t B = 0, W = 0;  // blocks per (layer, seq, head, part); ring slots
+    int device = 0, sms = 1;
+    size_t smem_optin = 48 * 1024;
+
+    DeviceBuffer<uint8_t> blocks[2];  // [L, S, H, B] blocks of layout[p].bytes
+    DeviceBuffer<uint16_t> ring;      // [L, S, H, 2, W, D] binary16
+    DeviceBuffer<float> patterns[2];  // [L, H, M, D]
+    int64_t block_bytes[2] = {0, 0}, ring_elems = 0, pattern_elems[2] = {0, 0};
+
+    std::vector<int64_t> counts;     // [L, S, 3]: n, nK, nV (the host's copy of what the device holds)
+    DeviceBuffer<int64_t> d_counts;  // the same on the device, read by the kernels
+    std::vector<uint8_t> prefill;    // [S]
+    bool loaded = false;             // an upload() happened (sync() needs one first)
+    int64_t last_bytes = 0;
+
+    // Scratch of decode_attention: host-array staging and the splits' partial results.
+    DeviceBuffer<float> q, out, qc, part;
+
+    int64_t count(int layer, int seq, int k) const {
+        return counts[(static_cast<size_t>(layer) * static_cast<size_t>(cfg.n_seq) + static_cast<size_t>(seq)) * 3 +
+                      static_cast<size_t>(k)];
+    }
+    int tile() const { return cfg.method == pkv_rt::CacheMethod::fp16 ? kFp16Tile : cfg.window; }
+};
+
+[[noreturn]] void packed_device_fail(const std::string& what);
+
+}  // namespace pkv::cuda

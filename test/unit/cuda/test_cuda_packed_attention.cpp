@@ -1,0 +1,357 @@
+// Parity of the device decode attention over a packed cache (pkv/cuda/packed_attention.h)
+// with pkv_rt::PackedCache::decode_attention_ref on the same cache, and the mirror's
+// refusals. Every case needs a CUDA device and skips (saying so) without one.
+//
+// Tolerance: 1e-4 of the largest |v̂| of the cache, on every output element, against both
+// decode_attention_ref (fp32) and a softmax in double over dequantize(). Both fp32 paths
+// compute the same sums in different orders (the device splits each dot product over the
+// threads of a token and merges splits all at once): scores are D-term sums (plus the
+// pattern and zero-point terms) of size |q||k| ~ D, and outputs n-term weighted sums of
+// values up to max|v̂|, each within a few hundred float roundings (u = 2^-24); 1e-4 max|v̂|
+// bounds both with margin for n <= 1100 and D <= 256 (the runtime's own test uses the same
+// bound against double). That the bound resolves errors that matter is checked too: the
+// quantized caches' outputs differ from attention over the unquantized rows by more than
+// 10 times the tolerance, and attention without its top-scoring token by more than it.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.h"
+#include "pkv/cuda/device.h"
+#include "pkv/cuda/packed_attention.h"
+#include "unit/runtime/packed_fixture.h"
+
+namespace {
+
+#define PKV_REQUIRE_GPU_PACKED() \
+    if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: packed-cache attention test not run")
+
+using pkv::cuda::PackedCacheDevice;
+using pkv_rt::CacheMethod;
+using pkv_rt::KvPart;
+using rt_test::PackedCase;
+
+// 16-byte aligned float storage (std::vector<float> guarantees only alignof(float)).
+struct alignas(16) Quad {
+    float f[4];
+};
+struct Floats {
+    std::vector<Quad> q;
+    explicit Floats(size_t n) : q((n + 3) / 4 + 1) {}
+    float* data() { return q.front().f; }
+};
+
+// A cache of c.n_seq sequences, sequence s holding lengths[s] tokens (its own data of
+// max_tokens rows, seed 100 + s), every one past its prefill of c.P tokens; one table
+// (sequence 0's) serves all.
+struct Filled {
+    std::vector<rt_test::PackedData> data;
+    std::unique_ptr<pkv_rt::PackedCache> cache;
+};
+
+Filled fill(PackedCase c, const std::vector<int64_t>& lengths, int64_t max_tokens) {
+    Filled f;
+    c.n = max_tokens;
+    for (int s = 0; s < c.n_seq; ++s) f.data.push_back(rt_test::make_data(c, 100 + static_cast<uint32_t>(s)));
+    f.cache = std::make_unique<pkv_rt::PackedCache>(rt_test::make_config(c, max_tokens));
+    rt_test::give_patterns(*f.cache, c, f.data[0]);
+    for (int s = 0; s < c.n_seq; ++s) {
+        rt_test::append_range(*f.cache, c, f.data[static_cast<size_t>(s)], s, 0, std::min(c.P, lengths[s]));
+        f.cache->end_prefill(s);
+    }
+    for (int s = 0; s < c.n_seq; ++s)
+        for (int64_t t = c.P; t < lengths[static_cast<size_t>(s)]; ++t)
+            rt_test::append_range(*f.cache, c, f.data[static_cast<size_t>(s)], s, t, t + 1);
+    return f;
+}
+
+std::vector<float> queries(const PackedCase& c, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> q(static_cast<size_t>(c.n_seq * c.n_head * c.D));
+    for (float& x : q) x = normal(rng);
+    return q;
+}
+
+// softmax(q k / sqrt(D)) v in double over [n, D] keys and values; drop_top: without the
+// token of the highest score (an error the tolerance must resolve).
+std::vector<double> plain_attention(const float* q, const float* k, const float* v, int64_t n, int D,
+                                    bool drop_top = false) {
+    std::vector<double> s(static_cast<size_t>(n)), out(static_cast<size_t>(D), 0.0);
+    for (int64_t j = 0; j < n; ++j) {
+        double dot = 0.0;
+        for (int e = 0; e < D; ++e) dot += static_cast<double>(q[e]) * k[j * D + e];
+        s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(D));
+    }
+    if (drop_top && n > 1) *std::max_element(s.begin(), s.end()) = -INFINITY;
+    const double m = *std::max_element(s.begin(), s.end());
+    double l = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+        const double a = std::exp(s[static_cast<size_t>(j)] - m);
+        l += a;
+        for (int e = 0; e < D; ++e) out[static_cast<size_t>(e)] += a * v[j * D + e];
+    }
+    for (double& o : out) o /= l;
+    return out;
+}
+
+struct Worst {
+    double ref = 0, plain = 0, exact = 0, dropped = 1e300, vmax = 0;
+};
+
+// Device output `dev` against decode_attention_ref and plain attention over the cache.
+Worst compare(const PackedCase& c, const Filled& f, const float* q, const float* dev) {
+    const pkv_rt::PackedCache& cache = *f.cache;
+    const int H = c.n_head, D = c.D;
+    Floats ref(static_cast<size_t>(c.n_seq * H * D));
+    cache.decode_attention_ref(0, q, c.n_seq, ref.data());
+    Worst w;
+    for (int s = 0; s < c.n_seq; ++s) {
+        const int64_t n = cache.tokens(0, s);
+        std::vector<float> k(static_cast<size_t>(n * D)), v(k.size());
+        for (int qh = 0; qh < H; ++qh) {
+            const int h = qh / (H / c.n_head_kv);
+            cache.dequantize(0, s, h, KvPart::k, k.data());
+            cache.dequantize(0, s, h, KvPart::v, v.data());
+            for (const float x : v) w.vmax = std::max(w.vmax, static_cast<double>(std::fabs(x)));
+            const float* qv = q + (s * H + qh) * D;
+            const std::vector<double> plain = plain_attention(qv, k.data(), v.data(), n, D);
+            const std::vector<double> dropped = plain_attention(qv, k.data(), v.data(), n, D, true);
+            const rt_test::PackedData& dd = f.data[static_cast<size_t>(s)];
+            const std::vector<double> exact =
+                plain_attention(qv, dd.k[static_cast<size_t>(h)].data(), dd.v[static_cast<size_t>(h)].data(), n, D);
+            double drop = 0.0;
+            for (int e = 0; e < D; ++e) {
+                const size_t at = static_cast<size_t>((s * H + qh) * D + e);
+                const double x = dev[at];
+                w.ref = std::max(w.ref, std::fabs(x - ref.data()[at]));
+                w.plain = std::max(w.plain, std::fabs(x - plain[static_cast<size_t>(e)]));
+                w.exact = std::max(w.exact, std::fabs(x - exact[static_cast<size_t>(e)]));
+                drop = std::max(drop, std::fabs(x - dropped[static_cast<size_t>(e)]));
+            }
+            w.dropped = std::min(w.dropped, drop);
+        }
+    }
+    return w;
+}
+
+// Builds the case's cache, uploads it and checks the device against the reference with
+// the chosen split count and with 1 and 3 splits.
+void check_case(const PackedCase& c, const std::vector<int64_t>& lengths) {
+    const Filled f = fill(c, lengths, *std::max_element(lengths.begin(), lengths.end()) + 5);
+    PackedCacheDevice dev(f.cache->config());
+    dev.upload(*f.cache);
+    const std::vector<float> qv = queries(c, 7);
+    Floats q(qv.size()), out(qv.size());
+    std::copy(qv.begin(), qv.end(), q.data());
+    for (const int splits : {0, 1, 3}) {
+        dev.decode_attention(0, q.data(), c.n_seq, out.data(), splits);
+        const Worst w = compare(c, f, q.data(), out.data());
+        const double tol = 1e-4 * w.vmax;
+        INFO(pkv_rt::to_string(c.method) << " D " << c.D << " M " << c.M << " bits " << c.bits << " R " << c.R << " G "
+                                         << c.G << " heads " << c.n_head << "/" << c.n_head_kv << " seqs " << c.n_seq
+                                         << " splits " << splits << " (chosen " << dev.choose_splits(0)
+                                         << "): worst vs ref " << w.ref << ", vs double " << w.plain
+                                         << ", vs unquantized " << w.exact << ", one token dropped " << w.dropped
+                                         << ", tol " << tol);
+        CHECK(w.ref <= tol);
+        CHECK(w.plain <= tol);
+        CHECK(w.dropped > tol);
+        if (c.method != CacheMethod::fp16) CHECK(w.exact > 10 * tol);
+    }
+}
+
+double max_difference(const float* a, const float* b, size_t n) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+    return worst;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const pkv_rt::CacheError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("cuda packed attention: patternkv-table equals decode_attention_ref") {
+    PKV_REQUIRE_GPU_PACKED();
+    PackedCase c;
+    c.P = 70;
+    SECTION("D 64, M 16, 2 bits, GQA 2:1, one sequence of 201 tokens") { check_case(c, {201}); }
+    SECTION("D 64, M 16, 2 bits, GQA 2:1, five sequences") {
+        c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97});
+    }
+    SECTION("D 128, M 256, 3 bits, G 16, GQA 4:1, five sequences") {
+        c.D = 128, c.M = 256, c.bits = 3, c.G = 16, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
+        check_case(c, {190, 257, 70, 101, 223});
+    }
+    SECTION("D 128, M 1, 4 bits, GQA 1:1") {
+        c.D = 128, c.M = 1, c.bits = 4, c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {245});
+    }
+    SECTION("D 64, M 16, 3 bits, GQA 8:1, R 64, G 8, a long context (many splits)") {
+        c.bits = 3, c.R = 64, c.G = 8, c.n_head = 8, c.n_head_kv = 1, c.n_seq = 2;
+        check_case(c, {1037, 600});
+    }
+    SECTION("D 256, M 16, 2 bits, GQA 4:1") {
+        c.D = 256, c.n_head = 8, c.n_head_kv = 2, c.G = 16;
+        check_case(c, {150});
+    }
+    SECTION("D 128, M 16, 4 bits, minmax and L2 assignment, R 128, G 128 (Llama-like)") {
+        c.D = 128, c.bits = 4, c.R = 128, c.G = 128, c.n_head = 8, c.n_head_kv = 2, c.P = 300;
+        c.assign = pkv_rt::Assign::l2;
+        check_case(c, {530});
+    }
+}
+
+TEST_CASE("cuda packed attention: kivi and fp16 equal decode_attention_ref") {
+    PKV_REQUIRE_GPU_PACKED();
+    PackedCase c;
+    c.P = 70;
+    SECTION("kivi, D 128, 2 bits, GQA 4:1, five sequences") {
+        c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97});
+    }
+    SECTION("kivi, D 64, 3 bits, GQA 1:1") {
+        c.method = CacheMethod::kivi, c.bits = 3, c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {199});
+    }
+    SECTION("kivi, D 64, 4 bits, G 16") {
+        c.method = CacheMethod::kivi, c.bits = 4, c.G = 16;
+        check_case(c, {250});
+    }
+    SECTION("fp16, D 128, GQA 4:1, five sequences") {
+        c.method = CacheMethod::fp16, c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97});
+    }
+    SECTION("fp16, D 64, GQA 1:1, 300 tokens (three 128-token tiles)") {
+        c.method = CacheMethod::fp16, c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {300});
+    }
+}
+
+TEST_CASE("cuda packed attention: sync copies only what decode steps changed") {
+    PKV_REQUIRE_GPU_PACKED();
+    for (const CacheMethod method : {CacheMethod::patternkv_table, CacheMethod::kivi, CacheMethod::fp16}) {
+        PackedCase c;
+        c.method = method, c.n_seq = 2, c.P = 70;
+        const int64_t steps = 70;
+        Filled f = fill(c, {100, 120}, 120 + steps);
+        PackedCacheDevice inc(f.cache->config()), full(f.cache->config());
+        inc.upload(*f.cache);
+        const int64_t full_bytes = inc.last_upload_bytes();
+        const std::vector<float> qv = queries(c, 8);
+        Floats q(qv.size()), a(qv.size()), b(qv.size());
+        std::copy(qv.begin(), qv.end(), q.data());
+        // Decode steps crossing block flushes (R = 32), synced every 7 steps and at the end.
+        for (int64_t t = 0; t < steps; ++t) {
+            rt_test::append_range(*f.cache, c, f.data[0], 0, 100 + t, 101 + t);
+            rt_test::append_range(*f.cache, c, f.data[1], 1, 120 + t, 121 + t);
+            if (t % 7 != 0 && t != steps - 1) continue;
+            inc.sync(*f.cache);
+            INFO(pkv_rt::to_string(method) << " step " << t << ": sync copied " << inc.last_upload_bytes()
+                                           << " bytes, a full upload " << full_bytes);
+            CHECK(inc.last_upload_bytes() < full_bytes / 2);
+            full.upload(*f.cache);
+            inc.decode_attention(0, q.data(), c.n_seq, a.data(), 2);
+            full.decode_attention(0, q.data(), c.n_seq, b.data(), 2);
+            // The same bytes in both mirrors: the same results but for the order of the
+            // kernels' shared-memory atomic adds (a few float roundings); a missed ring row
+            // or block would move them by far more (the tolerance of check_case).
+            const Worst w = compare(c, f, q.data(), a.data());
+            CHECK(w.ref <= 1e-4 * w.vmax);
+            CHECK(max_difference(a.data(), b.data(), qv.size()) <= 1e-6 * w.vmax);
+        }
+        f.cache->flush(0);
+        f.cache->flush(1);
+        inc.sync(*f.cache);
+        full.upload(*f.cache);
+        inc.decode_attention(0, q.data(), c.n_seq, a.data());
+        full.decode_attention(0, q.data(), c.n_seq, b.data());
+        const Worst w = compare(c, f, q.data(), a.data());
+        CHECK(w.ref <= 1e-4 * w.vmax);
+        CHECK(max_difference(a.data(), b.data(), qv.size()) <= 1e-6 * w.vmax);
+    }
+}
+
+TEST_CASE("cuda packed attention: mismatched caches, bad batches and overlong states are refused") {
+    PKV_REQUIRE_GPU_PACKED();
+    PackedCase c;
+    c.n_seq = 2, c.P = 40;
+    Filled f = fill(c, {60, 50}, 80);
+    const pkv_rt::CacheConfig cfg = f.cache->config();
+    {
+        pkv_rt::CacheConfig other = cfg;
+        other.head_dim = 128;
+        PackedCacheDevice dev(other);
+        CHECK(error_of([&] { dev.upload(*f.cache); }) ==
+              "packed cache (device): upload: the host cache's head_dim is 64 but the device cache's is 128");
+        other = cfg;
+        other.max_tokens = 70;
+        PackedCacheDevice shorter(other);
+        CHECK(error_of([&] { shorter.upload(*f.cache); }) ==
+              "packed cache (device): upload: the host cache's max_tokens is 80 but the device cache's is 70");
+        other = cfg;
+        other.bits = 3;
+        PackedCacheDevice bits3(other);
+        CHECK(error_of([&] { bits3.sync(*f.cache); }) ==
+              "packed cache (device): upload: the host cache's bits is 2 but the device cache's is 3");
+        other = cfg;
+        other.method = CacheMethod::kivi, other.k_patterns = other.v_patterns = 0;
+        PackedCacheDevice kivi(other);
+        CHECK(error_of([&] { kivi.upload(*f.cache); }) ==
+              "packed cache (device): upload: the host cache's method is patternkv-table but the device cache's is "
+              "kivi");
+    }
+    PackedCacheDevice dev(cfg);
+    dev.upload(*f.cache);
+    const size_t elems = static_cast<size_t>(c.n_seq * c.n_head * c.D);
+    Floats q(elems + 4), out(elems + 4);
+    CHECK(error_of([&] { dev.decode_attention(0, q.data(), 2, out.data()); }).empty());
+    CHECK(error_of([&] { dev.decode_attention(0, q.data(), 1, out.data()); }) ==
+          "packed cache (device): decode_attention: a query batch of 1 sequences, expected one query per sequence "
+          "(2)");
+    CHECK(error_of([&] { dev.decode_attention(0, q.data() + 1, 2, out.data()); }) ==
+          "packed cache (device): decode_attention: the query array is not aligned to 16 bytes");
+    CHECK(error_of([&] { dev.decode_attention(0, q.data(), 2, out.data() + 2); }) ==
+          "packed cache (device): decode_attention: the output array is not aligned to 16 bytes");
+    CHECK(error_of([&] { dev.decode_attention(1, q.data(), 2, out.data()); }) ==
+          "packed cache (device): decode_attention: layer 1 is outside [0, 1)");
+    // Counts set by hand: longer than allocated, not a block prefix, beyond the ring.
+    CHECK(error_of([&] { dev.set_state(0, 0, 81, 64, 64); }) ==
+          "packed cache (device): set_state: layer 0 sequence 0: 81 tokens, expected 0..80 (allocated)");
+    CHECK(error_of([&] { dev.set_state(0, 0, 70, 40, 32); }) ==
+          "packed cache (device): set_state: layer 0 sequence 0: nK 40, expected a multiple of R 32 in [0, 70]");
+    CHECK(error_of([&] { dev.set_state(0, 1, 70, 32, 32); }) ==
+          "packed cache (device): set_state: layer 0 sequence 1: 38 K and 38 V ring tokens exceed the ring's R + 1 "
+          "= 33 slots");
+    // A sequence back in its prefill (a fresh host cache) is refused, as the reference does.
+    pkv_rt::PackedCache fresh(cfg);
+    rt_test::give_patterns(fresh, c, f.data[0]);
+    rt_test::append_range(fresh, c, f.data[0], 0, 0, 10);
+    rt_test::append_range(fresh, c, f.data[1], 1, 0, 10);
+    fresh.end_prefill(0);
+    dev.upload(fresh);
+    CHECK(error_of([&] { dev.decode_attention(0, q.data(), 2, out.data()); }) ==
+          "packed cache (device): decode_attention: sequence 1 is still in its prefill (attend over the prompt in "
+          "full precision; call end_prefill first)");
+    // Geometries without a kernel.
+    pkv_rt::CacheConfig odd = cfg;
+    odd.head_dim = 32, odd.group = 32;
+    CHECK(error_of([&] { PackedCacheDevice d(odd); }) ==
+          "packed cache (device): head_dim 32 has no kernel: expected 64, 128 or 256");
+    odd = cfg;
+    odd.n_head = 6;
+    CHECK(error_of([&] { PackedCacheDevice d(odd); }) ==
+          "packed cache (device): n_head / n_head_kv = 3 has no kernel: expected 1, 2, 4 or 8");
+}
