@@ -40,6 +40,14 @@ void print_summary(const PatternTable& t) {
                 static_cast<long long>(c["tokens"]["train"].get<int64_t>()),
                 static_cast<long long>(c["tokens"]["holdout"].get<int64_t>()), c["device"].get<std::string>().c_str(),
                 c["seconds"].get<double>(), c["kmeans"]["seconds"].get<double>());
+    if (t.has_allocation()) {
+        const nlohmann::json& a = c["allocation"];
+        const nlohmann::json& n = a["heads_per_width"];
+        std::printf(
+            "widths under --bits-budget %g: %.4f bits per element; K/V heads at 2/3/4/8/16 bits: %d/%d/%d/%d/%d\n\n",
+            t.alloc_budget, t.alloc_bits, n["2"].get<int>(), n["3"].get<int>(), n["4"].get<int>(), n["8"].get<int>(),
+            n["16"].get<int>());
+    }
     std::printf(
         "| tensor | var. explained | dead patterns | clip | gate z | held-out NMSE: min-max | min-max "
         "clipped | patterns | patterns fitted |\n");
@@ -83,6 +91,11 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
     app->add_option("--keys", args.keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
     app->add_option("--assign", args.assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
     app->add_option("--bits", c.bits, "residual code width the fit targets (2, 3, 4 or 8)")->capture_default_str();
+    app->add_option("--bits-budget", c.bits_budget,
+                    "mean bits per cached K/V element, all in (codes, scales, zeros, indices, gates): choose each "
+                    "(layer, KV head, K/V)'s width among 2, 3, 4, 8 and 16 (fp16) by its measured error; --bits "
+                    "stays the width of the statistics (0: none)")
+        ->capture_default_str();
     app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")
         ->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")

@@ -25,6 +25,7 @@
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/calibrate_alloc.h"
 #include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/pipeline/calibrate_pool.h"
 #include "pkv/pipeline/kv_source.h"
@@ -127,6 +128,8 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
+    PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
+              c.bits_budget);
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
               "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
     PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
@@ -149,7 +152,9 @@ nlohmann::json head_record(int layer, int h, const KMeansResult& kres, const KMe
             {"v_clip", vout.clip},
             {"v_gate_z", static_cast<float>(vout.gate_z)},
             {"k_stats", kout.stats},
-            {"v_stats", vout.stats}};
+            {"v_stats", vout.stats},
+            {"k_widths", width_fits_json(kout.widths)},
+            {"v_widths", width_fits_json(vout.widths)}};
 }
 
 void append_head(PatternLayer& L, const nlohmann::json& rec) {
@@ -229,6 +234,7 @@ Plan plan_calibration(const CalibrateConfig& c) {
             pl.partners = calib::rope_partners(D, first.dim_order(), m.is_object() ? m.value("n_rot", D) : D);
     }
     pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
+    if (c.bits_budget > 0.0) calib::check_budget_early(c, D, pl.layers.size(), pl.H);
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
     const int M = std::max(c.k_patterns, c.v_patterns);
@@ -621,7 +627,15 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     const HeadRecords all = gather_heads(w, std::move(mined), kmeans_seconds_max);
     if (w.rank != 0) return t;  // only rank 0 writes
     nlohmann::json heads = assemble_layers(t, pl, w.R, all);
+    nlohmann::json allocation;
+    if (c.bits_budget > 0.0) {
+        std::vector<const nlohmann::json*> records;
+        for (int layer : pl.layers)
+            for (int h = 0; h < pl.H; ++h) records.push_back(&all.at({layer, h}));
+        allocation = calib::apply_allocation(c, t, records, heads);
+    }
     t.calibration = calibration_json(c, pl, w, kmeans_seconds_max, t_start, std::move(heads));
+    if (c.bits_budget > 0.0) t.calibration["allocation"] = std::move(allocation);
     write_pattern_table(t, c.out_path, c.force);
     return t;
 }

@@ -1,0 +1,82 @@
+// `pkv calibrate --bits-budget`: the contract is in calibrate_alloc.h.
+#include "pkv/pipeline/calibrate_alloc.h"
+
+#include "pkv/core/error.h"
+#include "pkv/core/log.h"
+#include "pkv/kvcache/simulate.h"
+#include "pkv/pipeline/calibrate_fit.h"
+
+namespace pkv::calib {
+
+AllocUnit alloc_costs(const CalibrateConfig& c, int D, bool value) {
+    AllocUnit u;
+    const int M = value ? c.v_patterns : c.k_patterns;
+    for (size_t w = 0; w < kAllocWidths.size(); ++w)
+        u.cost[w] = table_element_bits(value ? KvTensor::v : KvTensor::k, kAllocWidths[w], D, M, c.group, c.window);
+    return u;
+}
+
+void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H) {
+    std::vector<AllocUnit> units;
+    for (size_t i = 0; i < n_layers * static_cast<size_t>(H); ++i) {
+        units.push_back(alloc_costs(c, D, false));
+        units.push_back(alloc_costs(c, D, true));
+    }
+    check_bits_budget(units, c.bits_budget);
+}
+
+nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
+                                const std::vector<const nlohmann::json*>& records, nlohmann::json& heads) {
+    const int H = t.model.n_head_kv, D = t.model.head_dim;
+    PKV_ASSERT(records.size() == t.layers.size() * static_cast<size_t>(H) && heads.size() == records.size());
+    std::vector<AllocUnit> units;
+    std::vector<std::vector<WidthFit>> fits;  // [unit]: the fits at 2, 3, 4, 8
+    for (const nlohmann::json* rec : records)
+        for (const char* tensor : {"k_widths", "v_widths"}) {
+            AllocUnit u = alloc_costs(c, D, tensor[0] == 'v');
+            fits.push_back(width_fits_from_json(rec->at(tensor)));
+            PKV_ASSERT(fits.back().size() + 1 == kAllocWidths.size());
+            for (size_t w = 0; w + 1 < kAllocWidths.size(); ++w) {
+                PKV_ASSERT(fits.back()[w].bits == kAllocWidths[w]);
+                u.error[w] = fits.back()[w].nmse;
+            }
+            u.error.back() = 0.0;
+            units.push_back(u);
+        }
+    const BitAllocation a = allocate_bits(units, c.bits_budget);
+    t.alloc_budget = c.bits_budget;
+    t.alloc_bits = a.bits;
+    double error_base = 0.0;  // every unit at c.bits, for the record
+    int count[kAllocWidths.size()] = {};
+    for (size_t u = 0; u < units.size(); ++u) {
+        const size_t li = u / 2 / static_cast<size_t>(H);
+        const int h = static_cast<int>(u / 2 % static_cast<size_t>(H));
+        const bool value = u % 2 == 1;
+        PatternLayer& L = t.layers[li];
+        const int w = a.widths[u];
+        (value ? L.v_bits : L.k_bits).push_back(w);
+        for (size_t i = 0; i < kAllocWidths.size(); ++i) count[i] += kAllocWidths[i] == w;
+        for (const WidthFit& f : fits[u]) {
+            if (f.bits == c.bits) error_base += f.nmse;
+            if (f.bits != w) continue;
+            if (value) L.v_clip[h] = f.clip, L.v_gate_z[h] = static_cast<float>(f.gate_z);
+            else L.k_clip[h] = f.clip;
+        }
+        nlohmann::json& s = heads[u / 2][value ? "v" : "k"];
+        s["bits"] = w;
+        s["widths"] = width_fits_json(fits[u]);
+    }
+    nlohmann::json per_width = nlohmann::json::object();
+    for (size_t i = 0; i < kAllocWidths.size(); ++i) per_width[std::to_string(kAllocWidths[i])] = count[i];
+    log::info("calibrate: --bits-budget {}: {:.4f} bits per element; K/V heads at 2/3/4/8/16 bits: {}/{}/{}/{}/{}",
+              c.bits_budget, a.bits, count[0], count[1], count[2], count[3], count[4]);
+    return {{"budget", c.bits_budget},
+            {"bits", a.bits},
+            {"bits_uniform_2", alloc_uniform_bits(units, 0)},
+            {"measure", "train_nmse"},
+            {"heads_per_width", per_width},
+            {"train_nmse_sum", a.error},
+            {"train_nmse_sum_at_bits", error_base}};
+}
+
+}  // namespace pkv::calib
