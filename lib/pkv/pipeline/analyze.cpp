@@ -370,13 +370,24 @@ void analyze_sequence(const Context& x, const SeqData& sd, const TableHeadView& 
 void table_views(const Context& x, int layer, int head, TableHeadView& tk, TableHeadView& tv) {
     if (!x.table) return;
     const PatternTable& t = *x.table;
-    const PatternLayer& L =
-        *std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& p) { return p.layer == layer; });
+    const auto it =
+        std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& p) { return p.layer == layer; });
+    const PatternLayer& L = *it;
+    const size_t li = static_cast<size_t>(it - t.layers.begin());
     const bool l2 = t.assign == ptable::kAssignL2;
-    tk = {L.k_patterns.data() + static_cast<int64_t>(head) * t.k_patterns * x.D, t.k_patterns, L.k_clip[head],
-          ptable::kDefaultGateZ, l2};
-    tv = {L.v_patterns.data() + static_cast<int64_t>(head) * t.v_patterns * x.D, t.v_patterns, L.v_clip[head],
-          L.v_gate_z[head], l2};
+    // A table's width allocation gives each head its own width (the run's bits are pkv.quant.bits).
+    tk = {L.k_patterns.data() + static_cast<int64_t>(head) * t.k_patterns * x.D,
+          t.k_patterns,
+          L.k_clip[head],
+          ptable::kDefaultGateZ,
+          l2,
+          t.head_bits(li, head, false)};
+    tv = {L.v_patterns.data() + static_cast<int64_t>(head) * t.v_patterns * x.D,
+          t.v_patterns,
+          L.v_clip[head],
+          L.v_gate_z[head],
+          l2,
+          t.head_bits(li, head, true)};
 }
 
 PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hist) {
