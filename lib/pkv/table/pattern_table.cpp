@@ -223,8 +223,9 @@ void read_tensor(const SafetensorsFile& f, const std::string& path, const std::s
 // A width an allocation may give a head's K or V.
 bool is_alloc_width(int w) { return w == 2 || w == 3 || w == 4 || w == 8 || w == 16; }
 
-// The allocation as kMetaAllocation records it.
-json allocation_json(const PatternTable& t) {
+}  // namespace
+
+json pattern_table_allocation_json(const PatternTable& t) {
     json k = json::array(), v = json::array();
     for (const PatternLayer& l : t.layers) {
         k.push_back(l.k_bits);
@@ -232,8 +233,6 @@ json allocation_json(const PatternTable& t) {
     }
     return {{"budget", t.alloc_budget}, {"bits", t.alloc_bits}, {"k", std::move(k)}, {"v", std::move(v)}};
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------- check
 
@@ -348,7 +347,7 @@ SafetensorsWriter table_writer(const PatternTable& t) {
     w.set_metadata(P::kMetaRotation, t.rotation);
     w.set_metadata(P::kMetaRotationSeed, std::to_string(t.rotation_seed));
     w.set_metadata(P::kMetaBits, std::to_string(t.bits));
-    if (t.has_allocation()) w.set_metadata(P::kMetaAllocation, allocation_json(t).dump());
+    if (t.has_allocation()) w.set_metadata(P::kMetaAllocation, pattern_table_allocation_json(t).dump());
     w.set_metadata(P::kMetaGroup, std::to_string(t.group));
     w.set_metadata(P::kMetaWindow, std::to_string(t.window));
     w.set_metadata(P::kMetaAssign, t.assign);

@@ -160,6 +160,9 @@ void check_pattern_table(const PatternTable& t);
 /// allocation, kFormatVersion10 for one without layer geometry, else kFormatVersion.
 const char* pattern_table_format_version(const PatternTable& t);
 
+/// kMetaAllocation's JSON object for t (has_allocation() true): {"bits", "budget", "k", "v"}.
+nlohmann::json pattern_table_allocation_json(const PatternTable& t);
+
 /// Writes t to `path` atomically (temporary name, then rename); fails when the file
 /// exists and force is false. Calls check_pattern_table first.
 void write_pattern_table(const PatternTable& t, const std::string& path, bool force);

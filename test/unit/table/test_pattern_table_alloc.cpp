@@ -5,6 +5,8 @@
 
 #include "catch.h"
 #include "pkv/core/error.h"
+#include "pkv/gguf/gguf.h"
+#include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "pkv/table/safetensors.h"
 #include "support/scratch_dir.h"
@@ -113,4 +115,21 @@ TEST_CASE("allocation: check_pattern_table wants one width per head of every lay
     PatternTable stray = make_table();
     stray.layers[0].k_bits = {2, 2, 2};
     CHECK_THROWS_WITH(check_pattern_table(stray), ContainsSubstring("expected 0 widths"));
+}
+
+TEST_CASE("allocation: pkv info and the GGUF and JSON exports carry it", "[table][allocation][export]") {
+    const PatternTable t = allocated();
+    pkv_test::ScratchDir dir;
+    const std::string p = dir.path("a.safetensors");
+    write_pattern_table(t, p, false);
+    CHECK_THAT(describe_pattern_table(p),
+               ContainsSubstring("widths: allocated under a budget of 3.25 bits per element, 3.2125 reached; K/V "
+                                 "heads at 2/3/4/8/16 bits: 5/3/2/1/1\n"));
+    CHECK_THAT(describe_pattern_table(dir.write("u.safetensors", encode_pattern_table(make_table()))),
+               !ContainsSubstring("widths:"));
+    const auto g = GgufFile::open(dir.write("a.gguf", encode_table_gguf(t, PatternDtype::f32)));
+    CHECK(g->get_string("pkv.format_version") == "1.2");
+    CHECK(nlohmann::json::parse(g->get_string("pkv.quant.allocation")) == pattern_table_allocation_json(t));
+    CHECK(table_to_json(t, PatternDtype::f32)["metadata"]["pkv.quant.allocation"] ==
+          pattern_table_allocation_json(t).dump());
 }
