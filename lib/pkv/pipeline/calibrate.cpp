@@ -49,10 +49,14 @@ using calib::split_holdout;
 
 // The model source (--model): the key dataset of the chosen basis and the values of the
 // sampled sequences, all loaded at once (k-means needs every token of a head).
+// The queries are read for a query-weighted objective and for the attention measure of --bits-budget.
+bool needs_queries(const CalibrateConfig& c) {
+    return objective_needs_queries(c.objective) || (c.bits_budget > 0.0 && c.bits_measure_attention);
+}
+
 std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
     ModelSourceConfig m = c.stream;
-    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") +
-                                  (objective_needs_queries(c.objective) ? ",q" : ""));
+    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") + (needs_queries(c) ? ",q" : ""));
     m.layers = c.layers;
     m.seed = c.seed;
     m.command = "calibrate";
@@ -82,6 +86,10 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   "{}::{}: dataset missing; --objective {} weighs the keys by the queries (dump with --capture "
                   "including q)",
                   path, kvdump::kQ, calib_objective_name(c.objective));
+        PKV_CHECK(!needs_queries(c) || r.has(kvdump::kQ), not_found,
+                  "{}::{}: dataset missing; --bits-measure attention runs the attention of the queries (dump with "
+                  "--capture including q)",
+                  path, kvdump::kQ);
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
         in.seqs = sequences_of(r);
@@ -130,6 +138,9 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
+    PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre), unsupported,
+              "--bits-measure attention with --keys pre: the measure attends with the keys as cached (post-RoPE); "
+              "use --bits-measure kv");
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
               "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
     PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
@@ -224,7 +235,7 @@ Plan plan_calibration(const CalibrateConfig& c) {
     if (c.group < D)
         PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     pl.layers = calibrated_layers(c, pl.dumps);
-    if (objective_needs_queries(c.objective)) {
+    if (needs_queries(c)) {
         PKV_CHECK(first.n_head() >= pl.H && first.n_head() % pl.H == 0, invalid_argument,
                   "{}: n_head {} is not a multiple of n_head_kv {}; the query groups are undefined", first.path(),
                   first.n_head(), pl.H);
@@ -479,6 +490,20 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
         else
             kout[i] =
                 finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks, km[i].raw() ? nullptr : &km[i]);
+    }
+    if (c.bits_budget > 0.0 && c.bits_measure_attention) {
+        std::vector<std::vector<Pooled>> qs(kpool.size());
+        for (size_t i = 0; i < kpool.size(); ++i)
+            for (int g = 0; g < pl.group_q; ++g)
+                qs[i].push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, jobs[b0 + i].first,
+                                            jobs[b0 + i].second * pl.group_q + g, pl.D, c.rotate));
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
+            const size_t li = static_cast<size_t>(std::find(pl.layers.begin(), pl.layers.end(), jobs[b0 + i].first) -
+                                                  pl.layers.begin());
+            calib::measure_attention(c, pl.D, pl.geometry[li].window, kpool[i], vpool[i], qs[i],
+                                     kres[i].centroids.data(), vres[i].centroids.data(), kout[i], vout[i]);
+        }
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));

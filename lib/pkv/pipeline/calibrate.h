@@ -63,6 +63,11 @@ struct CalibrateConfig {
     /// head is then fitted at every width; `bits` stays the width of the held-out
     /// statistics and of pkv.quant.bits. 0: every head at `bits`.
     double bits_budget = 0.0;
+    /// What --bits-budget compares heads by (calibrate_alloc.h): true (the default), the
+    /// relative error of the attention output of its query heads with that tensor quantized
+    /// at each width (needs /q in every dump; refused with keys_pre); false, each K or V
+    /// head's training NMSE at each width. Unused without bits_budget.
+    bool bits_measure_attention = true;
     int group = 128;       ///< G (K tokens per channel group; V channels, capped at D)
     int window = 128;      ///< R, recorded for runtimes (fp16 window / flush block)
     bool rotate = false;   ///< mine in the Hadamard-rotated basis (plain H_D)

@@ -3,8 +3,8 @@
 
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
+#include "pkv/kvcache/metrics.h"
 #include "pkv/kvcache/simulate.h"
-#include "pkv/pipeline/calibrate_fit.h"
 
 namespace pkv::calib {
 
@@ -25,6 +25,52 @@ void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H)
     check_bits_budget(units, c.bits_budget);
 }
 
+void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
+                       const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
+                       HeadTensorResult& kout, HeadTensorResult& vout) {
+    const size_t W = kout.widths.size();
+    PKV_ASSERT(vout.widths.size() == W);
+    std::vector<AttnAccum> acc(2 * W);  // [w]: keys at width w; [W + w]: values
+    int64_t used = 0;
+    for (const SeqRange& s : k.train_seqs) {
+        if (used >= kAttnTokens) break;
+        used += s.length;
+        const int64_t n = s.length;
+        const float* kx = k.train.data() + s.start * D;
+        const float* vx = v.train.data() + s.start * D;
+        const int64_t P = n / 2 / c.window * c.window;
+        const std::vector<int32_t> never(static_cast<size_t>(n), kNeverQuantized);
+        std::vector<SimResult> sims(2 * W);
+        std::vector<AttnCache> caches;
+        for (size_t w = 0; w < W; ++w) {
+            const TableHeadView kv{k_patterns,  c.k_patterns,       kout.widths[w].clip, ptable::kDefaultGateZ,
+                                   c.assign_l2, kout.widths[w].bits};
+            const TableHeadView vv{v_patterns,  c.v_patterns,       vout.widths[w].clip, vout.widths[w].gate_z,
+                                   c.assign_l2, vout.widths[w].bits};
+            SimParams sp;
+            sp.method = KvMethod::patternkv_table;
+            sp.group = c.group;
+            sp.window = c.window;
+            sp.ring = ring;
+            sp.table_k = &kv;
+            sp.table_v = &vv;
+            sims[w] = simulate_cache(sp, KvTensor::k, kx, n, D, P);
+            sims[W + w] = simulate_cache(sp, KvTensor::v, vx, n, D, P);
+        }
+        for (size_t w = 0; w < W; ++w)
+            caches.push_back({sims[w].recon.data(), sims[w].flush_step.data(), vx, never.data(), &acc[w]});
+        for (size_t w = 0; w < W; ++w)
+            caches.push_back({kx, never.data(), sims[W + w].recon.data(), sims[W + w].flush_step.data(), &acc[W + w]});
+        for (const Pooled& q : qs)
+            accumulate_attention(q.train.data() + s.start * D, kx, vx, n, D, kAttnStride, caches, ring);
+    }
+    for (size_t w = 0; w < W; ++w) {
+        const auto mean = [](const AttnAccum& a) { return a.rel_rows > 0 ? a.rel_sum / a.rel_rows : 0.0; };
+        kout.widths[w].attn = mean(acc[w]);
+        vout.widths[w].attn = mean(acc[W + w]);
+    }
+}
+
 nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
                                 const std::vector<const nlohmann::json*>& records, nlohmann::json& heads) {
     const int H = t.model.n_head_kv, D = t.model.head_dim;
@@ -38,7 +84,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
             PKV_ASSERT(fits.back().size() + 1 == kAllocWidths.size());
             for (size_t w = 0; w + 1 < kAllocWidths.size(); ++w) {
                 PKV_ASSERT(fits.back()[w].bits == kAllocWidths[w]);
-                u.error[w] = fits.back()[w].nmse;
+                u.error[w] = c.bits_measure_attention ? fits.back()[w].attn : fits.back()[w].nmse;
             }
             u.error.back() = 0.0;
             units.push_back(u);
@@ -73,7 +119,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
     return {{"budget", c.bits_budget},
             {"bits", a.bits},
             {"bits_uniform_2", alloc_uniform_bits(units, 0)},
-            {"measure", "train_nmse"},
+            {"measure", c.bits_measure_attention ? "attention" : "train_nmse"},
             {"heads_per_width", per_width},
             {"train_nmse_sum", a.error},
             {"train_nmse_sum_at_bits", error_base}};

@@ -3,8 +3,9 @@
 // by calibrate.cpp alone; not part of the public API.
 //
 // Units: (calibrated layer, KV head, K then V), in table order. A unit's error at width w
-// is its training NMSE with the residual quantizer fitted at w (0 at 16, fp16); its cost
-// is simulate.h table_element_bits, what pkv eval and analyze count per element.
+// is its training NMSE with the residual quantizer fitted at w, or with
+// bits_measure_attention the attention-output error of measure_attention (0 at 16, fp16);
+// its cost is simulate.h table_element_bits, what pkv eval and analyze count per element.
 #pragma once
 
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "pkv/pipeline/bit_alloc.h"
 #include "pkv/pipeline/calibrate.h"
+#include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/table/pattern_table.h"
 
 namespace pkv::calib {
@@ -22,6 +24,23 @@ AllocUnit alloc_costs(const CalibrateConfig& c, int D, bool value);
 
 /// Refuses a budget outside [cheapest, 16] before any mining (bit_alloc.h's message).
 void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H);
+
+/// Training tokens (whole sequences, in order, at least one) and query stride the
+/// attention measure uses per head: it costs about 2 x 8 x (query heads per KV head)
+/// x n² D / stride multiply-adds per sequence of n tokens.
+constexpr int64_t kAttnTokens = 2048;
+constexpr int kAttnStride = 8;
+
+/// Fills kout.widths[].attn and vout.widths[].attn (fits already made) for one KV head:
+/// on its first training sequences (kAttnTokens), each simulated as pkv eval caches it
+/// (prefill half the sequence rounded down to a multiple of c.window, patternkv-table at
+/// the width with its fitted clip and gate, the layer's sliding window `ring`), the mean
+/// over the query heads qs and query rows t = 0, kAttnStride, ... of ||o − ô|| / ||o||,
+/// the attention output with that tensor quantized and the other exact (accumulate_attention,
+/// scale 1/sqrt(D)). k, v, qs: the head's pooled tensors in the mining basis.
+void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
+                       const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
+                       HeadTensorResult& kout, HeadTensorResult& vout);
 
 /// Allocates the widths under c.bits_budget from the head records (calibrate.cpp's
 /// head_record, with "k_widths" / "v_widths"; records[i] is head i % H of t.layers[i / H])

@@ -208,8 +208,10 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
 
 nlohmann::json width_fits_json(const std::vector<WidthFit>& w) {
     nlohmann::json j = nlohmann::json::array();
-    for (const WidthFit& f : w)
+    for (const WidthFit& f : w) {
         j.push_back({{"bits", f.bits}, {"clip", f.clip}, {"gate_z", f.gate_z}, {"train_nmse", f.nmse}});
+        if (f.attn >= 0.0) j.back()["attn_error"] = f.attn;
+    }
     return j;
 }
 
@@ -217,7 +219,7 @@ std::vector<WidthFit> width_fits_from_json(const nlohmann::json& j) {
     std::vector<WidthFit> out;
     for (const nlohmann::json& f : j)
         out.push_back({f.at("bits").get<int>(), f.at("clip").get<float>(), f.at("gate_z").get<double>(),
-                       f.at("train_nmse").get<double>()});
+                       f.at("train_nmse").get<double>(), f.value("attn_error", -1.0)});
     return out;
 }
 

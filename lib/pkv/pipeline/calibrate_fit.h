@@ -28,6 +28,9 @@ struct WidthFit {
     float clip = 1.0f;
     double gate_z = ptable::kDefaultGateZ;
     double nmse = 0.0;  ///< training NMSE at the fit (keys under a qk objective: in its metric)
+    /// With CalibrateConfig::bits_measure_attention: mean ||o - ô|| / ||o|| of the attention
+    /// outputs of the head's query heads with this tensor at this width (the other exact); else -1.
+    double attn = -1.0;
 };
 
 /// Everything the table and its metadata need about one tensor (K or V) of one head.

@@ -151,6 +151,7 @@ TEST_CASE("calibrate --bits-budget: the table records the allocation, fitted at 
     c.max_iter = 10;
     c.holdout = 0.25;
     c.out_path = dir.path + "/uniform.safetensors";
+    c.bits_measure_attention = false;  // the dump holds no queries
     const PatternTable uniform = run_calibrate(c);
     CHECK_FALSE(uniform.has_allocation());
     CHECK(std::string(pattern_table_format_version(uniform)) == "1.1");
@@ -199,4 +200,51 @@ TEST_CASE("calibrate --bits-budget: the table records the allocation, fitted at 
     c.bits_budget = 2.0;
     c.out_path = dir.path + "/low.safetensors";
     CHECK_THROWS_WITH(run_calibrate(c), ContainsSubstring("--bits-budget 2: below the cheapest allocation"));
+}
+
+TEST_CASE("calibrate --bits-measure attention: the attention-output error of every width", "[bit_alloc][calibrate]") {
+    pkv::test::TempDir dir;
+    pkv::test::SynthSpec s;
+    s.seq_lengths = {64, 64, 64, 64};
+    s.capture = CaptureSet::parse("k_post,v,q");
+    const std::string dump = dir.path + "/dq.h5";
+    pkv::test::write_synth_dump(dump, s);
+    CalibrateConfig c;
+    c.dump_paths = {dump};
+    c.k_patterns = c.v_patterns = 4;
+    c.group = 8;
+    c.window = 16;
+    c.max_iter = 10;
+    c.holdout = 0.25;
+    c.bits_budget = 7.0;
+    c.bits_measure_attention = true;
+    c.out_path = dir.path + "/attn.safetensors";
+    const PatternTable t = run_calibrate(c);
+    REQUIRE(t.has_allocation());
+    CHECK(t.alloc_bits <= 7.0);
+    CHECK(t.calibration.at("allocation").at("measure") == "attention");
+    for (const nlohmann::json& head : t.calibration.at("heads"))
+        for (const char* tensor : {"k", "v"}) {
+            const nlohmann::json& w = head.at(tensor).at("widths");
+            REQUIRE(w.size() == 4);
+            // Wider codes, a smaller output error; 8 bits far below 2.
+            CHECK(w[0].at("attn_error").get<double>() > 0.0);
+            CHECK(w[3].at("attn_error").get<double>() < 0.1 * w[0].at("attn_error").get<double>());
+        }
+
+    // Without queries, with pre-RoPE keys or without a budget: refused before any mining.
+    CalibrateConfig noq = c;
+    pkv::test::SynthSpec s2 = s;
+    s2.capture = CaptureSet::parse("k_post,k_pre,v");
+    noq.dump_paths = {dir.path + "/d2.h5"};
+    pkv::test::write_synth_dump(noq.dump_paths[0], s2);
+    noq.out_path = dir.path + "/noq.safetensors";
+    CHECK_THROWS_WITH(run_calibrate(noq), ContainsSubstring("::/q: dataset missing; --bits-measure attention"));
+    CalibrateConfig pre = noq;
+    pre.keys_pre = true;
+    CHECK_THROWS_WITH(run_calibrate(pre), ContainsSubstring("--bits-measure attention with --keys pre"));
+    // Without a budget the measure is unused: no queries needed.
+    CalibrateConfig nobudget = noq;
+    nobudget.bits_budget = 0.0;
+    CHECK_FALSE(run_calibrate(nobudget).has_allocation());
 }
