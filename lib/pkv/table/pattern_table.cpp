@@ -220,19 +220,7 @@ void read_tensor(const SafetensorsFile& f, const std::string& path, const std::s
     }
 }
 
-// A width an allocation may give a head's K or V.
-bool is_alloc_width(int w) { return w == 2 || w == 3 || w == 4 || w == 8 || w == 16; }
-
 }  // namespace
-
-json pattern_table_allocation_json(const PatternTable& t) {
-    json k = json::array(), v = json::array();
-    for (const PatternLayer& l : t.layers) {
-        k.push_back(l.k_bits);
-        v.push_back(l.v_bits);
-    }
-    return {{"budget", t.alloc_budget}, {"bits", t.alloc_bits}, {"k", std::move(k)}, {"v", std::move(v)}};
-}
 
 // ---------------------------------------------------------------------- check
 
@@ -296,7 +284,8 @@ void check_pattern_table(const PatternTable& t) {
                 bad(at + "k_bits/v_bits", std::to_string(want) + " widths (one per KV head with an allocation)",
                     std::to_string(w->size()));
             for (int b : *w)
-                if (!is_alloc_width(b)) bad(at + "k_bits/v_bits", "widths of 2, 3, 4, 8 or 16", std::to_string(b));
+                if (!pattern_table_alloc_width(b))
+                    bad(at + "k_bits/v_bits", "widths of 2, 3, 4, 8 or 16", std::to_string(b));
         }
         for (const TensorSpec& s : layer_tensor_specs(m.n_head_kv, t.k_patterns, t.v_patterns, m.head_dim)) {
             const size_t got = field_size(t.layers[i], s.suffix);
@@ -502,48 +491,6 @@ void read_layer_geometry(const MetaReader& r, const std::string& path, bool requ
     }
 }
 
-// kMetaAllocation, when present, into t (layers already read): widths per KV head of
-// every entry of pkv.layers, each one of 2, 3, 4, 8, 16, and a budget in (0, 16].
-void read_allocation(const MetaReader& r, const std::string& path, PatternTable& t) {
-    namespace P = ptable;
-    if (r.meta.count(P::kMetaAllocation) == 0) return;
-    json a;
-    try {
-        a = json::parse(r.str(P::kMetaAllocation));
-    } catch (const json::exception& e) {
-        fail(ErrorCode::data_loss, "{}::{}: expected a JSON object, got text that does not parse ({})", path,
-             P::kMetaAllocation, e.what());
-    }
-    const auto number = [&](const char* key, double lo) {
-        PKV_CHECK(a.is_object() && a.contains(key) && a[key].is_number(), data_loss,
-                  "{}::{}: expected a number \"{}\", got none", path, P::kMetaAllocation, key);
-        const double x = a[key].get<double>();
-        PKV_CHECK(std::isfinite(x) && x > lo && x <= 16.0, data_loss,
-                  "{}::{}.{}: expected a number in ({}, 16], got {}", path, P::kMetaAllocation, key, lo, x);
-        return x;
-    };
-    t.alloc_budget = number("budget", 0.0);
-    t.alloc_bits = number("bits", 0.0);
-    const size_t H = static_cast<size_t>(t.model.n_head_kv);
-    for (const char* key : {"k", "v"}) {
-        const json* rows = a.contains(key) ? &a[key] : nullptr;
-        PKV_CHECK(rows && rows->is_array() && rows->size() == t.layers.size(), data_loss,
-                  "{}::{}.{}: expected {} lists (one per entry of {}), got {}", path, P::kMetaAllocation, key,
-                  t.layers.size(), P::kMetaLayers, rows ? rows->dump().substr(0, 40) : "none");
-        for (size_t i = 0; i < t.layers.size(); ++i) {
-            const json& row = (*rows)[i];
-            std::vector<int>& out = key[0] == 'k' ? t.layers[i].k_bits : t.layers[i].v_bits;
-            bool ok = row.is_array() && row.size() == H;
-            for (size_t h = 0; ok && h < H; ++h) {
-                ok = row[h].is_number_integer() && is_alloc_width(row[h].get<int>());
-                if (ok) out.push_back(row[h].get<int>());
-            }
-            PKV_CHECK(ok, data_loss, "{}::{}.{}: layer {}: expected {} widths of 2, 3, 4, 8 or 16, got {}", path,
-                      P::kMetaAllocation, key, t.layers[i].layer, H, row.dump().substr(0, 40));
-        }
-    }
-}
-
 // The seven tensors of each listed layer, shapes from t's geometry, appended to t.layers.
 void read_layer_tensors(const SafetensorsFile& f, const std::string& path, const std::vector<int>& layers,
                         PatternTable& t) {
@@ -577,7 +524,7 @@ PatternTable read_pattern_table(const std::string& path) {
     t.calibration = read_calibration_meta(r, path);
     read_layer_tensors(f, path, layers, t);
     read_layer_geometry(r, path, minor >= 1, t);
-    read_allocation(r, path, t);
+    read_pattern_table_allocation(r.meta, path, t);
     try {
         check_pattern_table(t);  // everything above should already hold; keeps reader and checker in step
     } catch (const Error& e) {

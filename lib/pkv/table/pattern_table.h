@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -162,6 +163,13 @@ const char* pattern_table_format_version(const PatternTable& t);
 
 /// kMetaAllocation's JSON object for t (has_allocation() true): {"bits", "budget", "k", "v"}.
 nlohmann::json pattern_table_allocation_json(const PatternTable& t);
+/// A width an allocation may give a head's K or V: 2, 3, 4, 8 or 16.
+bool pattern_table_alloc_width(int w);
+/// kMetaAllocation of `meta`, when present, into t (whose layers are read): a budget and
+/// bits in (0, 16], and for "k" and "v" one list per entry of pkv.layers of n_head_kv
+/// widths; anything else throws data_loss "<path>::pkv.quant.allocation...: expected ...".
+void read_pattern_table_allocation(const std::map<std::string, std::string>& meta, const std::string& path,
+                                   PatternTable& t);
 
 /// Writes t to `path` atomically (temporary name, then rename); fails when the file
 /// exists and force is false. Calls check_pattern_table first.
