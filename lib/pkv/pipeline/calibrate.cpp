@@ -49,10 +49,10 @@ using calib::split_holdout;
 
 // The model source (--model): the key dataset of the chosen basis and the values of the
 // sampled sequences, all loaded at once (k-means needs every token of a head).
+bool attention_measure(const CalibrateConfig& c) { return c.bits_budget > 0.0 && c.bits_measure_attention; }
+
 // The queries are read for a query-weighted objective and for the attention measure of --bits-budget.
-bool needs_queries(const CalibrateConfig& c) {
-    return objective_needs_queries(c.objective) || (c.bits_budget > 0.0 && c.bits_measure_attention);
-}
+bool needs_queries(const CalibrateConfig& c) { return objective_needs_queries(c.objective) || attention_measure(c); }
 
 std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
     ModelSourceConfig m = c.stream;
@@ -86,6 +86,10 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   "{}::{}: dataset missing; --objective {} weighs the keys by the queries (dump with --capture "
                   "including q)",
                   path, kvdump::kQ, calib_objective_name(c.objective));
+        PKV_CHECK(!(attention_measure(c) && c.keys_pre) || r.has(kvdump::kKPost), not_found,
+                  "{}::{}: dataset missing; --bits-measure attention attends with the post-RoPE keys (dump with "
+                  "--capture including k_post)",
+                  path, kvdump::kKPost);
         PKV_CHECK(!needs_queries(c) || r.has(kvdump::kQ), not_found,
                   "{}::{}: dataset missing; --bits-measure attention runs the attention of the queries (dump with "
                   "--capture including q)",
@@ -138,9 +142,9 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
-    PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre), unsupported,
-              "--bits-measure attention with --keys pre: the measure attends with the keys as cached (post-RoPE); "
-              "use --bits-measure kv");
+    PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre && c.rotate), unsupported,
+              "--bits-measure attention with --keys pre --rotate: RoPE is applied in the model's basis; use "
+              "--bits-measure kv");
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
               "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
     PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
@@ -191,8 +195,9 @@ struct Plan {
     std::vector<KvDumpLayerInfo> geometry;  // [layers]: the first dump's window and RoPE base of each
     std::vector<Piece> pieces;
     int64_t n_train = 0, n_hold = 0;
-    int group_q = 1;            // query heads per KV head
-    std::vector<int> partners;  // pre-RoPE keys under a qk objective: calib::rope_partners
+    int group_q = 1;                // query heads per KV head
+    std::vector<int> partners;      // pre-RoPE keys under a qk objective: calib::rope_partners
+    std::vector<RopeParams> ropes;  // [layers]: pre-RoPE keys under the attention measure
 };
 
 // Each calibrated layer's geometry, the same in every dump (they come from one model); the
@@ -246,6 +251,15 @@ Plan plan_calibration(const CalibrateConfig& c) {
     }
     pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
     if (c.bits_budget > 0.0) calib::check_budget_early(c, D, pl.layers.size(), pl.H);
+    if (attention_measure(c) && c.keys_pre)
+        for (size_t li = 0; li < pl.layers.size(); ++li) {
+            const std::optional<RopeParams> r = dump_layer_rope(first.model(), first.dim_order(), D, pl.geometry[li]);
+            PKV_CHECK(r.has_value(), unsupported,
+                      "{}: layer {}: its RoPE is not one pkv applies, so --bits-measure attention cannot attend with "
+                      "pre-RoPE keys; use --bits-measure kv",
+                      first.path(), pl.layers[li]);
+            pl.ropes.push_back(*r);
+        }
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
     const int M = std::max(c.k_patterns, c.v_patterns);

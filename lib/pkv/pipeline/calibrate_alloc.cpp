@@ -4,6 +4,7 @@
 #include "pkv/core/error.h"
 #include "pkv/core/log.h"
 #include "pkv/kvcache/metrics.h"
+#include "pkv/kvcache/pre_rope.h"
 #include "pkv/kvcache/simulate.h"
 
 namespace pkv::calib {
@@ -27,7 +28,8 @@ void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H)
 
 void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
                        const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
-                       HeadTensorResult& kout, HeadTensorResult& vout) {
+                       HeadTensorResult& kout, HeadTensorResult& vout, const Pooled* k_post, const RopeTable* rope) {
+    PKV_ASSERT((k_post == nullptr) == (rope == nullptr));
     const size_t W = kout.widths.size();
     PKV_ASSERT(vout.widths.size() == W);
     std::vector<AttnAccum> acc(2 * W);  // [w]: keys at width w; [W + w]: values
@@ -38,6 +40,7 @@ void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pool
         const int64_t n = s.length;
         const float* kx = k.train.data() + s.start * D;
         const float* vx = v.train.data() + s.start * D;
+        const float* ka = k_post ? k_post->train.data() + s.start * D : kx;  // the keys attention sees
         const int64_t P = n / 2 / c.window * c.window;
         const std::vector<int32_t> never(static_cast<size_t>(n), kNeverQuantized);
         std::vector<SimResult> sims(2 * W);
@@ -56,13 +59,14 @@ void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pool
             sp.table_v = &vv;
             sims[w] = simulate_cache(sp, KvTensor::k, kx, n, D, P);
             sims[W + w] = simulate_cache(sp, KvTensor::v, vx, n, D, P);
+            if (k_post) pre_rope_recon_to_post(sims[w].recon.data(), kx, ka, n, D, *rope);
         }
         for (size_t w = 0; w < W; ++w)
             caches.push_back({sims[w].recon.data(), sims[w].flush_step.data(), vx, never.data(), &acc[w]});
         for (size_t w = 0; w < W; ++w)
-            caches.push_back({kx, never.data(), sims[W + w].recon.data(), sims[W + w].flush_step.data(), &acc[W + w]});
+            caches.push_back({ka, never.data(), sims[W + w].recon.data(), sims[W + w].flush_step.data(), &acc[W + w]});
         for (const Pooled& q : qs)
-            accumulate_attention(q.train.data() + s.start * D, kx, vx, n, D, kAttnStride, caches, ring);
+            accumulate_attention(q.train.data() + s.start * D, ka, vx, n, D, kAttnStride, caches, ring);
     }
     for (size_t w = 0; w < W; ++w) {
         const auto mean = [](const AttnAccum& a) { return a.rel_rows > 0 ? a.rel_sum / a.rel_rows : 0.0; };

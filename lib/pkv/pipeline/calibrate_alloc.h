@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pkv/core/rope.h"
 #include "pkv/pipeline/bit_alloc.h"
 #include "pkv/pipeline/calibrate.h"
 #include "pkv/pipeline/calibrate_fit.h"
@@ -37,10 +38,13 @@ constexpr int kAttnStride = 8;
 /// the width with its fitted clip and gate, the layer's sliding window `ring`), the mean
 /// over the query heads qs and query rows t = 0, kAttnStride, ... of ||o − ô|| / ||o||,
 /// the attention output with that tensor quantized and the other exact (accumulate_attention,
-/// scale 1/sqrt(D)). k, v, qs: the head's pooled tensors in the mining basis.
+/// scale 1/sqrt(D)). k, v, qs: the head's pooled tensors in the mining basis. Pre-RoPE
+/// keys (k_post and rope set): the cache attends with k_post + RoPE_t(k̃_pre − k_pre), as
+/// pkv eval's `:pre` (kvcache/pre_rope.h); rope covers the longest training sequence.
 void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
                        const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
-                       HeadTensorResult& kout, HeadTensorResult& vout);
+                       HeadTensorResult& kout, HeadTensorResult& vout, const Pooled* k_post = nullptr,
+                       const RopeTable* rope = nullptr);
 
 /// Allocates the widths under c.bits_budget from the head records (calibrate.cpp's
 /// head_record, with "k_widths" / "v_widths"; records[i] is head i % H of t.layers[i / H])

@@ -240,9 +240,25 @@ TEST_CASE("calibrate --bits-measure attention: the attention-output error of eve
     pkv::test::write_synth_dump(noq.dump_paths[0], s2);
     noq.out_path = dir.path + "/noq.safetensors";
     CHECK_THROWS_WITH(run_calibrate(noq), ContainsSubstring("::/q: dataset missing; --bits-measure attention"));
-    CalibrateConfig pre = noq;
+    // Pre-RoPE keys: the measure attends with k_post + RoPE(k̃_pre − k_pre), so it needs /k_post.
+    pkv::test::SynthSpec s3 = s;
+    s3.capture = CaptureSet::parse("k_pre,k_post,v,q");
+    CalibrateConfig pre = c;
     pre.keys_pre = true;
-    CHECK_THROWS_WITH(run_calibrate(pre), ContainsSubstring("--bits-measure attention with --keys pre"));
+    pre.dump_paths = {dir.path + "/d3.h5"};
+    pkv::test::write_synth_dump(pre.dump_paths[0], s3);
+    pre.out_path = dir.path + "/pre.safetensors";
+    const PatternTable tp = run_calibrate(pre);
+    CHECK(tp.has_allocation());
+    CHECK(tp.key_basis == "pre_rope");
+    CHECK(tp.calibration.at("heads").at(0).at("k").at("widths").at(0).at("attn_error").get<double>() > 0.0);
+    s3.capture = CaptureSet::parse("k_pre,v,q");
+    pre.dump_paths = {dir.path + "/d4.h5"};
+    pkv::test::write_synth_dump(pre.dump_paths[0], s3);
+    pre.out_path = dir.path + "/pre4.safetensors";
+    CHECK_THROWS_WITH(run_calibrate(pre), ContainsSubstring("::/k_post: dataset missing; --bits-measure attention"));
+    pre.rotate = true;
+    CHECK_THROWS_WITH(run_calibrate(pre), ContainsSubstring("--bits-measure attention with --keys pre --rotate"));
     // Without a budget the measure is unused: no queries needed.
     CalibrateConfig nobudget = noq;
     nobudget.bits_budget = 0.0;
