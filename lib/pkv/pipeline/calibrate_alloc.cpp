@@ -96,7 +96,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
     const BitAllocation a = allocate_bits(units, c.bits_budget);
     t.alloc_budget = c.bits_budget;
     t.alloc_bits = a.bits;
-    double error_base = 0.0;  // every unit at c.bits, for the record
+    double error_base = 0.0;  // every unit at c.bits, in the measure, for the record
     int count[kAllocWidths.size()] = {};
     for (size_t u = 0; u < units.size(); ++u) {
         const size_t li = u / 2 / static_cast<size_t>(H);
@@ -107,7 +107,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
         (value ? L.v_bits : L.k_bits).push_back(w);
         for (size_t i = 0; i < kAllocWidths.size(); ++i) count[i] += kAllocWidths[i] == w;
         for (const WidthFit& f : fits[u]) {
-            if (f.bits == c.bits) error_base += f.nmse;
+            if (f.bits == c.bits) error_base += c.bits_measure_attention ? f.attn : f.nmse;
             if (f.bits != w) continue;
             if (value) L.v_clip[h] = f.clip, L.v_gate_z[h] = static_cast<float>(f.gate_z);
             else L.k_clip[h] = f.clip;
@@ -125,8 +125,8 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
             {"bits_uniform_2", alloc_uniform_bits(units, 0)},
             {"measure", c.bits_measure_attention ? "attention" : "train_nmse"},
             {"heads_per_width", per_width},
-            {"train_nmse_sum", a.error},
-            {"train_nmse_sum_at_bits", error_base}};
+            {"error_sum", a.error},
+            {"error_sum_at_bits", error_base}};
 }
 
 }  // namespace pkv::calib
