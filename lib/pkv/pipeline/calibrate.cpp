@@ -92,7 +92,7 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   path, kvdump::kKPost);
         PKV_CHECK(!needs_queries(c) || r.has(kvdump::kQ), not_found,
                   "{}::{}: dataset missing; --bits-measure attention runs the attention of the queries (dump with "
-                  "--capture including q)",
+                  "--capture including q, or use --bits-measure kv)",
                   path, kvdump::kQ);
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
