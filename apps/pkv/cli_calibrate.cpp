@@ -27,6 +27,7 @@ struct CalibrateArgs {
     std::string reduce = "auto";
     std::string fit = "mse";
     std::string objective = "kv";
+    std::string bits_measure = "attention";
     StreamArgs stream;
 };
 
@@ -40,6 +41,14 @@ void print_summary(const PatternTable& t) {
                 static_cast<long long>(c["tokens"]["train"].get<int64_t>()),
                 static_cast<long long>(c["tokens"]["holdout"].get<int64_t>()), c["device"].get<std::string>().c_str(),
                 c["seconds"].get<double>(), c["kmeans"]["seconds"].get<double>());
+    if (t.has_allocation()) {
+        const nlohmann::json& a = c["allocation"];
+        const nlohmann::json& n = a["heads_per_width"];
+        std::printf(
+            "widths under --bits-budget %g: %.4f bits per element; K/V heads at 2/3/4/8/16 bits: %d/%d/%d/%d/%d\n\n",
+            t.alloc_budget, t.alloc_bits, n["2"].get<int>(), n["3"].get<int>(), n["4"].get<int>(), n["8"].get<int>(),
+            n["16"].get<int>());
+    }
     std::printf(
         "| tensor | var. explained | dead patterns | clip | gate z | held-out NMSE: min-max | min-max "
         "clipped | patterns | patterns fitted |\n");
@@ -83,6 +92,17 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
     app->add_option("--keys", args.keys, "pre or post: mine keys before or after RoPE")->capture_default_str();
     app->add_option("--assign", args.assign, "how runtimes pick a pattern: minmax or l2")->capture_default_str();
     app->add_option("--bits", c.bits, "residual code width the fit targets (2, 3, 4 or 8)")->capture_default_str();
+    auto* budget =
+        app->add_option("--bits-budget", c.bits_budget,
+                        "mean bits per cached K/V element, all in (codes, scales, zeros, indices, gates): choose each "
+                        "(layer, KV head, K/V)'s width among 2, 3, 4, 8 and 16 (fp16) by its measured error; --bits "
+                        "stays the width of the statistics (0: none)")
+            ->capture_default_str();
+    app->add_option("--bits-measure", args.bits_measure,
+                    "what --bits-budget compares heads by: attention (the error of each K/V head's query heads' "
+                    "attention output at each width; needs /q) or kv (each K/V head's NMSE at each width)")
+        ->capture_default_str()
+        ->needs(budget);
     app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")
         ->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")
@@ -151,6 +171,9 @@ CalibrateConfig resolve_config(const CalibrateArgs& args) {
               args.fit);
     cfg.fit = args.fit == "mse";
     cfg.objective = parse_calib_objective(args.objective);
+    PKV_CHECK(args.bits_measure == "kv" || args.bits_measure == "attention", invalid_argument,
+              "--bits-measure: expected kv or attention, got '{}'", args.bits_measure);
+    cfg.bits_measure_attention = args.bits_measure == "attention";
     if (!args.layers.empty()) cfg.layers = parse_int_list("--layers", args.layers);
     resolve_stream(cfg.stream, args.stream);
     PKV_CHECK(!cfg.stream.model_path.empty() != !cfg.dump_paths.empty(), invalid_argument,

@@ -18,6 +18,9 @@
 //     local base); values are always the layer's V;
 //   - patternkv-table: head h of layer l is simulated against tables[(l·H + h)·2] (keys) and
 //     tables[(l·H + h)·2 + 1] (values), H = n_head_kv, patterns in the simulated basis.
+//     Device engines run every head at params.bits: a view's own width (TableHeadView::bits,
+//     a table's width allocation) is not carried over, so pkv eval keeps such a cache on
+//     the host (MethodCache::host_only).
 // The query at position t reads the reconstruction of token j when j's flush step is <= t,
 // the exact K/V otherwise, as with a hook.
 #pragma once

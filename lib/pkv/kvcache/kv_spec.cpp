@@ -127,7 +127,11 @@ bool parse_numeric_field(KvSpec& s, SeenFields& seen, const std::string& f, bool
 
 // Word fields (l2, rot, pre/post); false when f is none of them (for patternkv-table: the path).
 bool parse_flag_field(KvSpec& s, SeenFields& seen, const std::string& f) {
-    if (f == "l2") {
+    if (f == "auto") {
+        once(s, seen.bits, "bits");
+        only(s, s.table, f, "the table's own widths", "patternkv-table");
+        s.table_auto = true;
+    } else if (f == "l2") {
         once(s, seen.l2, f);
         only(s, s.method == KvMethod::patternkv, f, "L2 decode assignment", "patternkv");
         s.decode_l2 = true;
@@ -149,20 +153,24 @@ bool parse_flag_field(KvSpec& s, SeenFields& seen, const std::string& f) {
 
 // Rules that span fields can only be checked once every field is in.
 void check_parsed(const KvSpec& s, bool takes_bits, bool seen_bits) {
-    PKV_CHECK(!takes_bits || seen_bits, invalid_argument, "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8)",
-              s.text, s.method_name, s.method_name);
+    PKV_CHECK(!takes_bits || seen_bits, invalid_argument,
+              "--kv '{}': {} needs a code width, e.g. {}:2 (2, 3, 4 or 8{})", s.text, s.method_name, s.method_name,
+              s.table ? "; auto: the table's own" : "");
     PKV_CHECK(s.pattern_cap == 0 || s.pattern_cap >= s.patterns, invalid_argument,
               "--kv '{}': cap{} must be 0 (no cap) or at least the {} prefill patterns", s.text, s.pattern_cap,
               s.patterns);
     PKV_CHECK(!s.table || !s.table_path.empty(), invalid_argument,
-              "--kv '{}': patternkv-table needs a table file: patternkv-table:BITS:TABLE.safetensors", s.text);
+              "--kv '{}': patternkv-table needs a table file: patternkv-table:BITS:TABLE.safetensors (BITS 2, 3, 4, 8 "
+              "or auto)",
+              s.text);
 }
 
 }  // namespace
 
 std::string KvSpec::label() const {
     std::string s = method_name;
-    if (kv_method_takes_bits(method) || table) s += ":" + std::to_string(bits);
+    if (table_auto) s += ":auto";
+    else if (kv_method_takes_bits(method) || table) s += ":" + std::to_string(bits);
     if (group != 128) s += ":g" + std::to_string(group);
     if (window != 128) s += ":w" + std::to_string(window);
     if (patterns != 32) s += ":p" + std::to_string(patterns);

@@ -15,6 +15,8 @@
 //          | rotv64 as rot, but values rotated in 64-element blocks (H_64 on each; keys
 //                   still by H_D): llama.cpp's rotation of a quantized cache; head_dim a
 //                   power of two >= 64; simulated on the host (no device engine has it)
+//          | auto   patternkv-table only, in place of N: the table's own widths (its
+//                   per-head allocation, pkv.quant.allocation, or else pkv.quant.bits)
 //          | pre    quantize keys before RoPE (the cache then holds RoPE(k̃_pre));
 //            post   after RoPE, as runtimes cache them (default)
 //          | PATH   patternkv-table only: the pattern table written by `pkv calibrate`;
@@ -37,6 +39,8 @@ struct KvSpec {
     std::string method_name;  ///< "kivi", "patternkv-table", ...
     KvMethod method = KvMethod::fp16;
     bool table = false;  ///< patternkv-table (patterns from a calibrated table)
+    /// patternkv-table:auto: the widths come from the table (bits is set from it when it is read).
+    bool table_auto = false;
     std::string table_path;
     int bits = 16;  ///< code width (fixed methods: their nominal width)
     int group = 128;

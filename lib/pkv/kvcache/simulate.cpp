@@ -206,13 +206,17 @@ SimResult simulate_patternkv_table(const SimParams& p, KvTensor tensor, const fl
     const TableHeadView* tv = tensor == KvTensor::k ? p.table_k : p.table_v;
     PKV_ASSERT(tv != nullptr && tv->patterns != nullptr && tv->M >= 1);
     SimResult r = empty_result(x, n, D);
+    // A head the allocation keeps in fp16 is never flushed (finish_bits counts 16 per element).
+    if (tv->bits == 16) return r;
+    SimParams own = p;
+    if (tv->bits > 0) own.bits = tv->bits;
     r.pattern.assign(static_cast<size_t>(n), -1);
     if (tensor == KvTensor::v) r.gate.assign(static_cast<size_t>(n), 0);
     r.bank.assign(tv->patterns, tv->patterns + static_cast<int64_t>(tv->M) * D);
     const int64_t R = p.window;
     auto flush = [&](int64_t t0, int64_t t1, int32_t step) {
         assign_patterns(x + t0 * D, t1 - t0, D, tv->patterns, tv->M, tv->assign_l2, r.pattern.data() + t0);
-        pattern_block(p, tensor, x, t0, t1, D, r, tv);
+        pattern_block(own, tensor, x, t0, t1, D, r, tv);
         for (int64_t j = t0; j < t1; ++j) r.flush_step[j] = step;
     };
     const int64_t pq = P - P % R;
@@ -324,6 +328,17 @@ int index_bits(int64_t M) {
     int b = 0;
     while ((int64_t{1} << b) < M) ++b;
     return b;
+}
+
+double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window) {
+    if (bits == 16) return 16.0;
+    const double idx = index_bits(M);
+    if (tensor == KvTensor::k) {
+        const int64_t groups = (window + group - 1) / group;
+        return bits + 32.0 * static_cast<double>(groups) / window + idx / D;
+    }
+    const int g = std::min(group, D);
+    return bits + 32.0 * static_cast<double>(D / g) / D + (idx + 1.0) / D;
 }
 
 double v_gate_rho(const float* v, const float* c, int d) {

@@ -64,6 +64,9 @@ struct TableHeadView {
     float clip = 1.0f;                   ///< clip ratio of the residual quantizer, (0, 1]
     double gate_z = 1.6448536269514722;  ///< values: gate threshold
     bool assign_l2 = false;              ///< pattern choice by L2 (default min-max)
+    /// This head's code width from the table's allocation (pkv.quant.allocation): 2, 3, 4
+    /// or 8, or 16 (the head stays fp16: never flushed, 16 bits per element); 0: SimParams::bits.
+    int bits = 0;
 };
 
 /// patternkv's prefill k-means stops after this many updates or at this largest
@@ -141,6 +144,17 @@ SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, in
 
 /// ceil(log2 M) for M >= 1 (0 for M = 1): bits of one pattern index into a bank of M.
 int index_bits(int64_t M);
+
+/// Stored bits per element of one patternkv-table tensor of a head at code width `bits`
+/// (2, 3, 4, 8; 16: kept fp16, exactly 16), M patterns, group G, fp16 window R, head_dim D,
+/// as SimBits counts them once every token is flushed (no fp16 window left):
+///   K: bits + 32 ceil(R / G) / R + ceil(log2 M) / D   (a flush block of R tokens, per channel
+///      groups of G tokens, each with a binary16 scale and zero; one index per token)
+///   V: bits + 32 (D / min(G, D)) / D + (ceil(log2 M) + 1) / D   (per token: groups of
+///      min(G, D) channels, an index and a gate bit)
+/// simulate_cache's bits.total() / (n D) equals it when P and n - P are multiples of R and
+/// G divides R (every flush block, the prefill's too, then splits into whole K groups).
+double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window);
 
 /// The PatternKV value gate (one-sided z-test, 95% by default): subtract the pattern iff
 ///   1 - rho^2 >= (2 z / sqrt(5 d)) * sqrt(1 + rho^4),  z = 1.6448536269514722,

@@ -43,33 +43,6 @@ struct Warnings {
     }
 };
 
-// One stored layer's RoPE, to score pre-RoPE reconstructions with post-RoPE queries;
-// nullopt when the model record does not describe a RoPE pkv implements. The pairing
-// follows the stored order: half split when the dump is in HF order (re-ordered, or a
-// NEOX model), interleaved otherwise. A sliding-window layer rotates with its own base
-// and no scaling, as the model does.
-std::optional<RopeParams> rope_from_model(const nlohmann::json& m, const std::string& dim_order, int D,
-                                          const KvDumpLayerInfo& layer) {
-    if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
-    if (!(layer.rope_base > 0.0)) return std::nullopt;
-    const std::string scaling = m.value("rope_scaling", std::string("none"));
-    if (scaling != "none" && scaling != "linear") return std::nullopt;
-    RopeParams r;
-    r.base = layer.rope_base;
-    r.freq_scale = layer.window > 0 ? 1.0 : m.value("rope_freq_scale", 1.0);
-    r.n_rot = m.value("n_rot", D);
-    const bool hf = dim_order == kvdump::kDimOrderHf;
-    const bool neox = m.value("rope_type", std::string("norm")) == "neox";
-    r.layout = hf ? RopeLayout::half_split : RopeLayout::interleaved;
-    if (r.n_rot < 2 || r.n_rot > D || r.n_rot % 2 != 0 || (hf && !neox && r.n_rot != D)) return std::nullopt;
-    if (neox && !hf) return std::nullopt;  // a NEOX model's dump is always in HF order
-    if (m.contains("rope_freq_factors") && m["rope_freq_factors"].is_array()) {
-        r.freq_factors = m["rope_freq_factors"].get<std::vector<float>>();
-        if (r.freq_factors.size() != static_cast<size_t>(r.n_rot / 2)) return std::nullopt;
-    }
-    return r;
-}
-
 bool uses_table(const AnalyzeConfig& c) {
     return std::find(c.methods.begin(), c.methods.end(), KvMethod::patternkv_table) != c.methods.end();
 }
@@ -370,13 +343,24 @@ void analyze_sequence(const Context& x, const SeqData& sd, const TableHeadView& 
 void table_views(const Context& x, int layer, int head, TableHeadView& tk, TableHeadView& tv) {
     if (!x.table) return;
     const PatternTable& t = *x.table;
-    const PatternLayer& L =
-        *std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& p) { return p.layer == layer; });
+    const auto it =
+        std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& p) { return p.layer == layer; });
+    const PatternLayer& L = *it;
+    const size_t li = static_cast<size_t>(it - t.layers.begin());
     const bool l2 = t.assign == ptable::kAssignL2;
-    tk = {L.k_patterns.data() + static_cast<int64_t>(head) * t.k_patterns * x.D, t.k_patterns, L.k_clip[head],
-          ptable::kDefaultGateZ, l2};
-    tv = {L.v_patterns.data() + static_cast<int64_t>(head) * t.v_patterns * x.D, t.v_patterns, L.v_clip[head],
-          L.v_gate_z[head], l2};
+    // A table's width allocation gives each head its own width (the run's bits are pkv.quant.bits).
+    tk = {L.k_patterns.data() + static_cast<int64_t>(head) * t.k_patterns * x.D,
+          t.k_patterns,
+          L.k_clip[head],
+          ptable::kDefaultGateZ,
+          l2,
+          t.head_bits(li, head, false)};
+    tv = {L.v_patterns.data() + static_cast<int64_t>(head) * t.v_patterns * x.D,
+          t.v_patterns,
+          L.v_clip[head],
+          L.v_gate_z[head],
+          l2,
+          t.head_bits(li, head, true)};
 }
 
 PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hist) {
@@ -475,7 +459,7 @@ bool plan_ropes(Context& x) {
     for (int32_t n : x.seqs.length) longest = std::max(longest, n);
     std::vector<RopeParams> seen;
     for (const KvDumpLayerInfo& g : x.dump.layer_info()) {
-        const std::optional<RopeParams> r = rope_from_model(x.dump.model(), x.dump.dim_order(), x.D, g);
+        const std::optional<RopeParams> r = dump_layer_rope(x.dump.model(), x.dump.dim_order(), x.D, g);
         if (!r) return false;
         size_t i = 0;
         while (i < seen.size() && !(seen[i].base == r->base && seen[i].freq_scale == r->freq_scale)) ++i;

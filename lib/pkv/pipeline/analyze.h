@@ -52,7 +52,9 @@ struct AnalyzeConfig {
     uint64_t seed = 0;
     /// Pattern table for patternkv-table (pkv calibrate). Its model must be the dump's,
     /// its key basis the analysed one (--keys), its key dim order the dump's; it runs at
-    /// the table's bits, with --group and --window. A rotated table needs `rotate`.
+    /// the table's bits (a table with a width allocation: each head at its own width; the
+    /// run is labelled with pkv.quant.bits), with --group and --window. A rotated table
+    /// needs `rotate`.
     std::string table_path;
     int hist_bins = 48;
     std::vector<std::string> argv;  ///< recorded as provenance

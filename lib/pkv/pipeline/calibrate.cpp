@@ -25,6 +25,7 @@
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/calibrate_alloc.h"
 #include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/pipeline/calibrate_pool.h"
 #include "pkv/pipeline/kv_source.h"
@@ -48,10 +49,14 @@ using calib::split_holdout;
 
 // The model source (--model): the key dataset of the chosen basis and the values of the
 // sampled sequences, all loaded at once (k-means needs every token of a head).
+bool attention_measure(const CalibrateConfig& c) { return c.bits_budget > 0.0 && c.bits_measure_attention; }
+
+// The queries are read for a query-weighted objective and for the attention measure of --bits-budget.
+bool needs_queries(const CalibrateConfig& c) { return objective_needs_queries(c.objective) || attention_measure(c); }
+
 std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
     ModelSourceConfig m = c.stream;
-    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") +
-                                  (objective_needs_queries(c.objective) ? ",q" : ""));
+    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") + (needs_queries(c) ? ",q" : ""));
     m.layers = c.layers;
     m.seed = c.seed;
     m.command = "calibrate";
@@ -81,6 +86,14 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   "{}::{}: dataset missing; --objective {} weighs the keys by the queries (dump with --capture "
                   "including q)",
                   path, kvdump::kQ, calib_objective_name(c.objective));
+        PKV_CHECK(!(attention_measure(c) && c.keys_pre) || r.has(kvdump::kKPost), not_found,
+                  "{}::{}: dataset missing; --bits-measure attention attends with the post-RoPE keys (dump with "
+                  "--capture including k_post)",
+                  path, kvdump::kKPost);
+        PKV_CHECK(!needs_queries(c) || r.has(kvdump::kQ), not_found,
+                  "{}::{}: dataset missing; --bits-measure attention runs the attention of the queries (dump with "
+                  "--capture including q, or use --bits-measure kv)",
+                  path, kvdump::kQ);
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
         in.seqs = sequences_of(r);
@@ -127,6 +140,11 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
+    PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
+              c.bits_budget);
+    PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre && c.rotate), unsupported,
+              "--bits-measure attention with --keys pre --rotate: RoPE is applied in the model's basis; use "
+              "--bits-measure kv");
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
               "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
     PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
@@ -149,7 +167,9 @@ nlohmann::json head_record(int layer, int h, const KMeansResult& kres, const KMe
             {"v_clip", vout.clip},
             {"v_gate_z", static_cast<float>(vout.gate_z)},
             {"k_stats", kout.stats},
-            {"v_stats", vout.stats}};
+            {"v_stats", vout.stats},
+            {"k_widths", width_fits_json(kout.widths)},
+            {"v_widths", width_fits_json(vout.widths)}};
 }
 
 void append_head(PatternLayer& L, const nlohmann::json& rec) {
@@ -175,8 +195,9 @@ struct Plan {
     std::vector<KvDumpLayerInfo> geometry;  // [layers]: the first dump's window and RoPE base of each
     std::vector<Piece> pieces;
     int64_t n_train = 0, n_hold = 0;
-    int group_q = 1;            // query heads per KV head
-    std::vector<int> partners;  // pre-RoPE keys under a qk objective: calib::rope_partners
+    int group_q = 1;                // query heads per KV head
+    std::vector<int> partners;      // pre-RoPE keys under a qk objective: calib::rope_partners
+    std::vector<RopeParams> ropes;  // [layers]: pre-RoPE keys under the attention measure
 };
 
 // Each calibrated layer's geometry, the same in every dump (they come from one model); the
@@ -219,7 +240,7 @@ Plan plan_calibration(const CalibrateConfig& c) {
     if (c.group < D)
         PKV_CHECK(D % c.group == 0, invalid_argument, "--group {}: does not divide head_dim {}", c.group, D);
     pl.layers = calibrated_layers(c, pl.dumps);
-    if (objective_needs_queries(c.objective)) {
+    if (needs_queries(c)) {
         PKV_CHECK(first.n_head() >= pl.H && first.n_head() % pl.H == 0, invalid_argument,
                   "{}: n_head {} is not a multiple of n_head_kv {}; the query groups are undefined", first.path(),
                   first.n_head(), pl.H);
@@ -229,6 +250,16 @@ Plan plan_calibration(const CalibrateConfig& c) {
             pl.partners = calib::rope_partners(D, first.dim_order(), m.is_object() ? m.value("n_rot", D) : D);
     }
     pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
+    if (c.bits_budget > 0.0) calib::check_budget_early(c, D, pl.layers.size(), pl.H);
+    if (attention_measure(c) && c.keys_pre)
+        for (size_t li = 0; li < pl.layers.size(); ++li) {
+            const std::optional<RopeParams> r = dump_layer_rope(first.model(), first.dim_order(), D, pl.geometry[li]);
+            PKV_CHECK(r.has_value(), unsupported,
+                      "{}: layer {}: its RoPE is not one pkv applies, so --bits-measure attention cannot attend with "
+                      "pre-RoPE keys; use --bits-measure kv",
+                      first.path(), pl.layers[li]);
+            pl.ropes.push_back(*r);
+        }
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
     const int M = std::max(c.k_patterns, c.v_patterns);
@@ -474,6 +505,20 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
             kout[i] =
                 finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks, km[i].raw() ? nullptr : &km[i]);
     }
+    if (c.bits_budget > 0.0 && c.bits_measure_attention) {
+        std::vector<std::vector<Pooled>> qs(kpool.size());
+        for (size_t i = 0; i < kpool.size(); ++i)
+            for (int g = 0; g < pl.group_q; ++g)
+                qs[i].push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, jobs[b0 + i].first,
+                                            jobs[b0 + i].second * pl.group_q + g, pl.D, c.rotate));
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
+            const size_t li = static_cast<size_t>(std::find(pl.layers.begin(), pl.layers.end(), jobs[b0 + i].first) -
+                                                  pl.layers.begin());
+            calib::measure_attention(c, pl.D, pl.geometry[li].window, kpool[i], vpool[i], qs[i],
+                                     kres[i].centroids.data(), vres[i].centroids.data(), kout[i], vout[i]);
+        }
+    }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
 }
@@ -621,7 +666,15 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
     const HeadRecords all = gather_heads(w, std::move(mined), kmeans_seconds_max);
     if (w.rank != 0) return t;  // only rank 0 writes
     nlohmann::json heads = assemble_layers(t, pl, w.R, all);
+    nlohmann::json allocation;
+    if (c.bits_budget > 0.0) {
+        std::vector<const nlohmann::json*> records;
+        for (int layer : pl.layers)
+            for (int h = 0; h < pl.H; ++h) records.push_back(&all.at({layer, h}));
+        allocation = calib::apply_allocation(c, t, records, heads);
+    }
     t.calibration = calibration_json(c, pl, w, kmeans_seconds_max, t_start, std::move(heads));
+    if (c.bits_budget > 0.0) t.calibration["allocation"] = std::move(allocation);
     write_pattern_table(t, c.out_path, c.force);
     return t;
 }

@@ -57,10 +57,21 @@ struct CalibrateConfig {
     bool keys_pre = false;   ///< mine pre-RoPE keys (/k_pre) instead of post-RoPE
     bool assign_l2 = false;  ///< runtime pattern choice by L2 (default min-max)
     int bits = 2;            ///< residual code width the fit targets: 2, 3, 4 or 8
-    int group = 128;         ///< G (K tokens per channel group; V channels, capped at D)
-    int window = 128;        ///< R, recorded for runtimes (fp16 window / flush block)
-    bool rotate = false;     ///< mine in the Hadamard-rotated basis (plain H_D)
-    double holdout = 0.1;    ///< fraction of tokens held out, [0, 0.9]
+    /// > 0: choose a width per (layer, KV head, K/V) among 2, 3, 4, 8 and 16 (fp16) so that
+    /// the mean bits per cached element, counted as pkv eval counts them, stay within this
+    /// budget (calibrate_alloc.h, bit_alloc.h; refused outside [all 2 bits, 16]). Every
+    /// head is then fitted at every width; `bits` stays the width of the held-out
+    /// statistics and of pkv.quant.bits. 0: every head at `bits`.
+    double bits_budget = 0.0;
+    /// What --bits-budget compares heads by (calibrate_alloc.h): true (the default), the
+    /// relative error of the attention output of its query heads with that tensor quantized
+    /// at each width (needs /q in every dump; refused with keys_pre); false, each K or V
+    /// head's training NMSE at each width. Unused without bits_budget.
+    bool bits_measure_attention = true;
+    int group = 128;       ///< G (K tokens per channel group; V channels, capped at D)
+    int window = 128;      ///< R, recorded for runtimes (fp16 window / flush block)
+    bool rotate = false;   ///< mine in the Hadamard-rotated basis (plain H_D)
+    double holdout = 0.1;  ///< fraction of tokens held out, [0, 0.9]
     uint64_t seed = 1234;
     std::vector<int> layers;  ///< model layers (empty: every layer of the dumps)
     int max_iter = 30;        ///< k-means Lloyd iterations

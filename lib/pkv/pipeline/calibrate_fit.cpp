@@ -12,6 +12,9 @@ namespace pkv::calib {
 
 namespace {
 
+// The quantized widths --bits-budget chooses among (16, fp16, needs no fit).
+constexpr int kFitWidths[] = {2, 3, 4, 8};
+
 // Training sequences for the fit: whole sequences in order until fit_tokens are covered.
 std::vector<SeqRange> fit_subset(const std::vector<SeqRange>& seqs, int64_t fit_tokens) {
     std::vector<SeqRange> out;
@@ -123,6 +126,14 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
         fit.clip = 1.0f;
         fit.at_fit = fit.at_default;
     }
+    if (c.bits_budget > 0.0)
+        for (int w : kFitWidths) {
+            KeyFit f = w == c.bits ? fit
+                                   : fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, w,
+                                                    c.group, true, x.tasks, x.metric);
+            if (!c.fit) f.clip = 1.0f, f.at_fit = f.at_default;
+            out.widths.push_back({w, f.clip, ptable::kDefaultGateZ, f.at_fit.nmse()});
+        }
     out.clip = fit.clip;
     j["clip"] = fit.clip;
     j["train"] = {{"nmse_patterns", nmse_or_null(fit.at_default)}, {"nmse_fitted", nmse_or_null(fit.at_fit)}};
@@ -166,6 +177,14 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
         fit.gate_z = ptable::kDefaultGateZ;
         fit.at_fit = fit.at_default;
     }
+    if (c.bits_budget > 0.0)
+        for (int w : kFitWidths) {
+            ValueFit f = w == c.bits ? fit
+                                     : fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, w,
+                                                        c.group, true, x.tasks);
+            if (!c.fit) f.clip = 1.0f, f.gate_z = ptable::kDefaultGateZ, f.at_fit = f.at_default;
+            out.widths.push_back({w, f.clip, f.gate_z, f.at_fit.nmse()});
+        }
     out.clip = fit.clip;
     out.gate_z = fit.gate_z;
     j["clip"] = fit.clip;
@@ -186,6 +205,23 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
 }
 
 }  // namespace
+
+nlohmann::json width_fits_json(const std::vector<WidthFit>& w) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const WidthFit& f : w) {
+        j.push_back({{"bits", f.bits}, {"clip", f.clip}, {"gate_z", f.gate_z}, {"train_nmse", f.nmse}});
+        if (f.attn >= 0.0) j.back()["attn_error"] = f.attn;
+    }
+    return j;
+}
+
+std::vector<WidthFit> width_fits_from_json(const nlohmann::json& j) {
+    std::vector<WidthFit> out;
+    for (const nlohmann::json& f : j)
+        out.push_back({f.at("bits").get<int>(), f.at("clip").get<float>(), f.at("gate_z").get<double>(),
+                       f.at("train_nmse").get<double>(), f.value("attn_error", -1.0)});
+    return out;
+}
 
 HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansResult& km, int D, int M,
                                const CalibrateConfig& c, bool tasks, const KeyMetric* key_metric) {

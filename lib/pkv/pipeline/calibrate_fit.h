@@ -22,13 +22,30 @@ struct Pooled {
     int64_t n_hold() const { return hold_seqs.empty() ? 0 : hold_seqs.back().start + hold_seqs.back().length; }
 };
 
+/// The residual quantizer of one tensor fitted at one code width (--bits-budget).
+struct WidthFit {
+    int bits = 2;
+    float clip = 1.0f;
+    double gate_z = ptable::kDefaultGateZ;
+    double nmse = 0.0;  ///< training NMSE at the fit (keys under a qk objective: in its metric)
+    /// With CalibrateConfig::bits_measure_attention: mean ||o - ô|| / ||o|| of the attention
+    /// outputs of the head's query heads with this tensor at this width (the other exact); else -1.
+    double attn = -1.0;
+};
+
 /// Everything the table and its metadata need about one tensor (K or V) of one head.
 struct HeadTensorResult {
     std::vector<int64_t> counts;
     float clip = 1.0f;
     double gate_z = ptable::kDefaultGateZ;
     nlohmann::json stats;
+    /// With --bits-budget: the fit at each width 2, 3, 4, 8 (c.bits' is the one above); else empty.
+    std::vector<WidthFit> widths;
 };
+
+/// WidthFit as JSON and back (what a rank sends to rank 0 and the table's statistics record).
+nlohmann::json width_fits_json(const std::vector<WidthFit>& w);
+std::vector<WidthFit> width_fits_from_json(const nlohmann::json& j);
 
 /// Assigns the train and held-out tokens their patterns, fits the tensor's clip ratio
 /// (and the values' gate z) on the training tokens and measures the held-out ablation

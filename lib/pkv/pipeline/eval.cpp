@@ -266,11 +266,12 @@ EvalResult run_eval(const EvalConfig& c) {
     r.model_name = hp.name;
     r.model = model_json(hp, *file, c.model_path, r.model_sha256);
     std::vector<std::shared_ptr<const PatternTable>> tables;
-    for (const auto& s : r.specs) {
+    for (auto& s : r.specs) {
         std::shared_ptr<const PatternTable> table;
         if (s.table) {
             auto t = std::make_shared<PatternTable>(read_pattern_table(s.table_path));
             check_table_for_eval(s, *t, hp, r.model_sha256, keep);
+            if (s.table_auto) s.bits = t->bits;  // the uniform width; an allocation's heads carry their own
             table = std::move(t);
         }
         tables.push_back(std::move(table));

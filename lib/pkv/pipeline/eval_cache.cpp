@@ -33,14 +33,23 @@ MethodCache::MethodCache(const KvSpec& spec, uint64_t seed, std::vector<bool> ke
         views_.resize(bits_.size());
         const int D = static_cast<int>(hp.head_dim);
         const bool l2 = table_->assign == ptable::kAssignL2;
-        for (const PatternLayer& L : table_->layers) {
+        for (size_t li = 0; li < table_->layers.size(); ++li) {
+            const PatternLayer& L = table_->layers[li];
             if (L.layer >= n_layer_) continue;
             for (int h = 0; h < n_head_kv_; ++h) {
                 const size_t i = (static_cast<size_t>(L.layer) * n_head_kv_ + h) * 2;
-                views_[i] = {L.k_patterns.data() + static_cast<int64_t>(h) * table_->k_patterns * D, table_->k_patterns,
-                             L.k_clip[h], ptable::kDefaultGateZ, l2};
+                views_[i] = {L.k_patterns.data() + static_cast<int64_t>(h) * table_->k_patterns * D,
+                             table_->k_patterns,
+                             L.k_clip[h],
+                             ptable::kDefaultGateZ,
+                             l2,
+                             table_->head_bits(li, h, false)};
                 views_[i + 1] = {L.v_patterns.data() + static_cast<int64_t>(h) * table_->v_patterns * D,
-                                 table_->v_patterns, L.v_clip[h], L.v_gate_z[h], l2};
+                                 table_->v_patterns,
+                                 L.v_clip[h],
+                                 L.v_gate_z[h],
+                                 l2,
+                                 table_->head_bits(li, h, true)};
             }
         }
     }
@@ -71,8 +80,12 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
     PKV_CHECK(rotated == spec.rotate && t.rotation_seed == 0, invalid_argument,
               "--kv '{}': {} is in the {} basis but the spec {} rotate (:rot)", spec.text, p, t.rotation,
               spec.rotate ? "does" : "does not");
-    PKV_CHECK(t.bits == spec.bits, invalid_argument, "--kv '{}': {} was fitted for {}-bit residuals, not {}", spec.text,
-              p, t.bits, spec.bits);
+    PKV_CHECK(!t.has_allocation() || spec.table_auto, invalid_argument,
+              "--kv '{}': {} records a width per KV head (budget {} bits per element): evaluate it with "
+              "patternkv-table:auto:{}",
+              spec.text, p, t.alloc_budget, p);
+    PKV_CHECK(spec.table_auto || t.bits == spec.bits, invalid_argument,
+              "--kv '{}': {} was fitted for {}-bit residuals, not {}", spec.text, p, t.bits, spec.bits);
     for (size_t l = 0; l < keep_fp16.size(); ++l)
         PKV_CHECK(keep_fp16[l] || std::any_of(t.layers.begin(), t.layers.end(),
                                               [&](const PatternLayer& L) { return L.layer == static_cast<int>(l); }),

@@ -48,7 +48,8 @@ public:
 
     /// Whether only the hook can simulate this cache (rotv64: no device engine rotates
     /// values in blocks), so eval runs it on the host whatever the engine.
-    bool host_only() const { return spec_.rotate_v_block != 0; }
+    /// So does a table with a per-head width allocation (the device engines run one width).
+    bool host_only() const { return spec_.rotate_v_block != 0 || (table_ && table_->has_allocation()); }
 
     /// Storage of this sequence's final cache in bits, summed over layers and KV
     /// heads: keys, values.
@@ -85,8 +86,8 @@ void check_spec_for_window(const KvSpec& spec, const LlamaHparams& hp, const std
 /// Refuses a table that does not describe what `spec` runs on this model: another
 /// model (sha256 or shape), another key basis than the spec's, another key dim order
 /// than the model computes (GGUF interleaved), a rotation the spec does not apply, other
-/// bits than the spec's, a missing layer that is not kept in fp16, or (tables that record
-/// layer geometry, format 1.1) a calibrated layer whose sliding window differs from the
+/// bits than the spec's (a table with a width allocation: any width but auto), a missing layer that is not kept in
+/// fp16, or (tables that record layer geometry, format 1.1) a calibrated layer whose sliding window differs from the
 /// model's layer_window. Warns when the table was fitted with another group or window.
 void check_table_for_eval(const KvSpec& spec, const PatternTable& table, const LlamaHparams& hp,
                           const std::string& model_sha256, const std::vector<bool>& keep_fp16);

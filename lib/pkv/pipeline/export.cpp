@@ -241,6 +241,7 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     w.set_string(P::kMetaRotation, t.rotation);
     w.set_u64(P::kMetaRotationSeed, t.rotation_seed);
     w.set_u32(P::kMetaBits, t.bits);
+    if (t.has_allocation()) w.set_string(P::kMetaAllocation, pattern_table_allocation_json(t).dump());
     w.set_u32(P::kMetaGroup, t.group);
     w.set_u32(P::kMetaWindow, t.window);
     w.set_string(P::kMetaAssign, t.assign);
@@ -400,6 +401,16 @@ std::string table_shape_lines(const std::string& path, const PatternTable& t, co
         t.k_patterns, t.v_patterns, pattern_dtype, t.key_basis, t.key_dim_order, t.rotation,
         t.rotation == ptable::kRotationNone ? "" : fmt::format(" (seed {})", t.rotation_seed), t.assign);
     out += fmt::format("residual: {} bits, group {}, window {}\n", t.bits, t.group, t.window);
+    if (t.has_allocation()) {
+        int n[17] = {};
+        for (const PatternLayer& L : t.layers)
+            for (const auto* w : {&L.k_bits, &L.v_bits})
+                for (int b : *w) ++n[b];
+        out += fmt::format(
+            "widths: allocated under a budget of {} bits per element, {:.4f} reached; K/V heads at 2/3/4/8/16 bits: "
+            "{}/{}/{}/{}/{}\n",
+            t.alloc_budget, t.alloc_bits, n[2], n[3], n[4], n[8], n[16]);
+    }
     return out;
 }
 

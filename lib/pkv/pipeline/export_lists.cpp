@@ -95,7 +95,16 @@ bool is_kv_plan_format(const std::string& format) {
     return format == "vllm-skip" || format == "modelopt" || format == "kv-plan-json";
 }
 
-int kv_layer_bits(const PatternTable& t, int /*layer*/) { return t.bits; }
+int kv_layer_bits(const PatternTable& t, int layer) {
+    if (!t.has_allocation()) return t.bits;
+    for (const PatternLayer& L : t.layers) {
+        if (L.layer != layer) continue;
+        int widest = 0;
+        for (const auto* w : {&L.k_bits, &L.v_bits}) widest = std::max(widest, *std::max_element(w->begin(), w->end()));
+        return widest;
+    }
+    return t.bits;
+}
 
 std::vector<int> KvPlan::fp16_layers() const {
     std::vector<int> out;
@@ -176,7 +185,14 @@ KvPlan make_kv_plan(const PatternTable& t, const std::string& table_path, const 
         l.not_calibrated = calibrated.count(i) == 0;
         l.from_report = from_report.count(i) != 0;
         l.from_option = from_option.count(i) != 0;
-        l.fp16 = l.not_calibrated || l.from_report || l.from_option;
+        if (!l.not_calibrated && t.has_allocation()) {
+            const auto it =
+                std::find_if(t.layers.begin(), t.layers.end(), [&](const PatternLayer& x) { return x.layer == i; });
+            l.k_bits = it->k_bits;
+            l.v_bits = it->v_bits;
+            l.from_allocation = kv_layer_bits(t, i) == 16;
+        }
+        l.fp16 = l.not_calibrated || l.from_report || l.from_option || l.from_allocation;
         l.bits = l.fp16 ? 16 : kv_layer_bits(t, i);
         p.layers.push_back(l);
     }
@@ -213,8 +229,11 @@ json kv_plan_json(const KvPlan& plan, const json& provenance) {
         if (l.not_calibrated) reasons.push_back("not_calibrated");
         if (l.from_report) reasons.push_back("report");
         if (l.from_option) reasons.push_back("keep_fp16_layers");
-        layers.push_back(
-            {{"layer", l.layer}, {"cache", l.fp16 ? "fp16" : "patternkv"}, {"bits", l.bits}, {"reasons", reasons}});
+        if (l.from_allocation) reasons.push_back("allocation");
+        json entry = {
+            {"layer", l.layer}, {"cache", l.fp16 ? "fp16" : "patternkv"}, {"bits", l.bits}, {"reasons", reasons}};
+        if (!l.k_bits.empty()) entry["k_bits"] = l.k_bits, entry["v_bits"] = l.v_bits;
+        layers.push_back(std::move(entry));
     }
     const json report = plan.report_path.empty()
                             ? json(nullptr)
@@ -253,8 +272,12 @@ std::string kv_plan_text(const json& doc) {
     const json& layers = doc.at("layers");
     for (size_t i = 0; i < layers.size(); ++i) {
         const json& l = layers[i];
-        out += fmt::format("{}{{\"layer\":{},\"cache\":{},\"bits\":{},\"reasons\":{}}}", i ? ",\n  " : "\n  ",
-                           l.at("layer").dump(), l.at("cache").dump(), l.at("bits").dump(), l.at("reasons").dump());
+        const std::string widths =
+            l.contains("k_bits") ? fmt::format(",\"k_bits\":{},\"v_bits\":{}", l["k_bits"].dump(), l["v_bits"].dump())
+                                 : std::string();
+        out += fmt::format("{}{{\"layer\":{},\"cache\":{},\"bits\":{},\"reasons\":{}{}}}", i ? ",\n  " : "\n  ",
+                           l.at("layer").dump(), l.at("cache").dump(), l.at("bits").dump(), l.at("reasons").dump(),
+                           widths);
     }
     out += layers.empty() ? "]\n}\n" : "\n ]\n}\n";
     return out;

@@ -7,7 +7,10 @@
 //   not_calibrated    the table has no patterns for it, so it cannot quantize it
 //   report            it is in an analyze report's fragile.keep_fp16_layers (--report)
 //   keep_fp16_layers  it is in --keep-fp16-layers
-// Every other layer is quantized with PatternKV at kv_layer_bits(table, layer) bits.
+//   allocation        the table's width allocation keeps a K or V head of it in fp16
+//                     (kv_layer_bits is 16)
+// Every other layer is quantized with PatternKV at kv_layer_bits(table, layer) bits; with
+// an allocation kv-plan-json also lists each KV head's K and V width.
 //
 // Outputs (each written atomically; an existing output needs force):
 //   vllm-skip     one line: the fp16 layers, ascending, separated by one space, then
@@ -34,14 +37,15 @@
 namespace pkv {
 
 constexpr const char* kKvPlanFormat = "pkv.kv_plan";
-constexpr const char* kKvPlanFormatVersion = "1.0";
+constexpr const char* kKvPlanFormatVersion = "1.1";
 
 /// True for the formats this header writes: "vllm-skip", "modelopt", "kv-plan-json".
 bool is_kv_plan_format(const std::string& format);
 
-/// The residual code width of `layer`'s KV cache under table t. Tables record one width
-/// for every layer (pkv.quant.bits); a table with a per-layer allocation would be read
-/// here, and every output follows.
+/// The residual code width of `layer`'s KV cache under table t: pkv.quant.bits, or with a
+/// width allocation (pkv.quant.allocation) the widest width it gives a K or V head of the
+/// layer (16 when any stays fp16), so that a runtime with one width per layer gives no
+/// head less than its allocation. A layer t does not calibrate: t.bits.
 int kv_layer_bits(const PatternTable& t, int layer);
 
 /// One model layer of a plan.
@@ -50,7 +54,9 @@ struct KvLayerPlan {
     bool fp16 = false;  ///< the layer's KV cache stays fp16
     int bits = 16;      ///< 16 when fp16, else kv_layer_bits
     // Why an fp16 layer is fp16 (any number of them): see the header comment.
-    bool not_calibrated = false, from_report = false, from_option = false;
+    bool not_calibrated = false, from_report = false, from_option = false, from_allocation = false;
+    /// With an allocation, a calibrated layer's widths per KV head (16: fp16); else empty.
+    std::vector<int> k_bits, v_bits;
 };
 
 /// What the outputs are made from.

@@ -301,4 +301,26 @@ std::unique_ptr<KvSource> open_model_source(const ModelSourceConfig& config) {
     return std::make_unique<ModelSource>(config);
 }
 
+std::optional<RopeParams> dump_layer_rope(const nlohmann::json& m, const std::string& dim_order, int D,
+                                          const KvDumpLayerInfo& layer) {
+    if (!m.is_object() || !m.contains("rope_freq_base") || !m["rope_freq_base"].is_number()) return std::nullopt;
+    if (!(layer.rope_base > 0.0)) return std::nullopt;
+    const std::string scaling = m.value("rope_scaling", std::string("none"));
+    if (scaling != "none" && scaling != "linear") return std::nullopt;
+    RopeParams r;
+    r.base = layer.rope_base;
+    r.freq_scale = layer.window > 0 ? 1.0 : m.value("rope_freq_scale", 1.0);
+    r.n_rot = m.value("n_rot", D);
+    const bool hf = dim_order == kvdump::kDimOrderHf;
+    const bool neox = m.value("rope_type", std::string("norm")) == "neox";
+    r.layout = hf ? RopeLayout::half_split : RopeLayout::interleaved;
+    if (r.n_rot < 2 || r.n_rot > D || r.n_rot % 2 != 0 || (hf && !neox && r.n_rot != D)) return std::nullopt;
+    if (neox && !hf) return std::nullopt;  // a NEOX model's dump is always in HF order
+    if (m.contains("rope_freq_factors") && m["rope_freq_factors"].is_array()) {
+        r.freq_factors = m["rope_freq_factors"].get<std::vector<float>>();
+        if (r.freq_factors.size() != static_cast<size_t>(r.n_rot / 2)) return std::nullopt;
+    }
+    return r;
+}
+
 }  // namespace pkv

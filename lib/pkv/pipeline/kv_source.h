@@ -15,11 +15,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "pkv/core/rope.h"
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/model/engine.h"
 
@@ -91,5 +93,14 @@ struct ModelSourceConfig {
 /// ({tool, version, argv, time, model, texts, device, settings}) with "source": "model"
 /// and "stream": {tokens, sequences, sample_tokens, sampled_tokens, sampled_sequences, seed}.
 std::unique_ptr<KvSource> open_model_source(const ModelSourceConfig& config);
+
+/// One stored layer's RoPE, to turn pre-RoPE key reconstructions into the post-RoPE keys
+/// a cache attends with (kvcache/pre_rope.h); nullopt when the model record `m` (a
+/// source's model()) does not describe a RoPE pkv implements. The pairing follows the
+/// stored order: half split when the dump is in HF order (re-ordered, or a NEOX model),
+/// interleaved otherwise. A sliding-window layer rotates with its own base and no
+/// scaling, as the model does.
+std::optional<RopeParams> dump_layer_rope(const nlohmann::json& m, const std::string& dim_order, int D,
+                                          const KvDumpLayerInfo& layer);
 
 }  // namespace pkv

@@ -27,6 +27,9 @@
 //       // quantize k_row - h.k_pattern(ik) with clip ratio h.k_clip, keep ik (and iv, sub_v)
 //   }
 //
+// Tables with a per-head width allocation (format 1.2, pkv.quant.allocation, written by
+// `pkv calibrate --bits-budget`) are refused: this header does not read the widths yet.
+//
 // Errors: every problem throws pkv_rt::TableError (a std::runtime_error) whose what() is
 // one line "pattern table <label>: <what>", naming the field, the table's value and the
 // expected or declared value. open()/parse() either return a fully checked table or throw;
@@ -914,6 +917,12 @@ inline void PatternTable::check_layer_tensors(const detail::Container& c, const 
 inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     metadata_ = std::move(c.metadata);
     load_format();
+    // Format 1.2 may record a width per KV head, with each head's clip ratios fitted at its
+    // own width; running every head at pkv.quant.bits would pair them with the wrong width.
+    if (metadata_.count("pkv.quant.allocation") != 0)
+        fail(
+            "metadata pkv.quant.allocation: the table records a code width per KV head, which this reader does "
+            "not apply yet; calibrate a table without --bits-budget for it");
     load_model();
     load_settings();
     const std::string list = meta("pkv.layers");

@@ -257,6 +257,10 @@ void check_pattern_table(const PatternTable& t) {
     if (t.k_patterns < 1) bad("k_patterns", "at least 1", std::to_string(t.k_patterns));
     if (t.v_patterns < 1) bad("v_patterns", "at least 1", std::to_string(t.v_patterns));
     if (!t.calibration.is_object()) bad("calibration", "a JSON object", t.calibration.type_name());
+    if (!std::isfinite(t.alloc_budget) || t.alloc_budget < 0.0 || t.alloc_budget > 16.0 ||
+        (t.has_allocation() && !(t.alloc_bits > 0.0 && t.alloc_bits <= 16.0)))
+        bad("allocation", "a budget in [0, 16] (0: none) and mean bits in (0, 16]",
+            fmt::format("{} / {}", t.alloc_budget, t.alloc_bits));
     if (t.layers.empty()) bad("layers", "at least one calibrated layer", "none");
     for (size_t i = 0; i < t.layers.size(); ++i) {
         const int l = t.layers[i].layer;
@@ -273,6 +277,16 @@ void check_pattern_table(const PatternTable& t) {
                 fmt::format("{} / {}", w, base));
         if (i > 0 && l <= t.layers[i - 1].layer)
             bad("layers", "strictly ascending layer indices", "\"" + join_layers(t.layers) + "\"");
+        const size_t H = static_cast<size_t>(m.n_head_kv);
+        for (const auto* w : {&t.layers[i].k_bits, &t.layers[i].v_bits}) {
+            const size_t want = t.has_allocation() ? H : 0;
+            if (w->size() != want)
+                bad(at + "k_bits/v_bits", std::to_string(want) + " widths (one per KV head with an allocation)",
+                    std::to_string(w->size()));
+            for (int b : *w)
+                if (!pattern_table_alloc_width(b))
+                    bad(at + "k_bits/v_bits", "widths of 2, 3, 4, 8 or 16", std::to_string(b));
+        }
         for (const TensorSpec& s : layer_tensor_specs(m.n_head_kv, t.k_patterns, t.v_patterns, m.head_dim)) {
             const size_t got = field_size(t.layers[i], s.suffix);
             if (got != numel(s.shape))
@@ -283,7 +297,14 @@ void check_pattern_table(const PatternTable& t) {
 }
 
 const char* pattern_table_format_version(const PatternTable& t) {
+    if (t.has_allocation()) return ptable::kFormatVersion12;
     return t.layer_geometry ? ptable::kFormatVersion : ptable::kFormatVersion10;
+}
+
+int PatternTable::head_bits(size_t layer_index, int head, bool value) const {
+    if (!has_allocation()) return bits;
+    const PatternLayer& L = layers.at(layer_index);
+    return (value ? L.v_bits : L.k_bits).at(static_cast<size_t>(head));
 }
 
 // ---------------------------------------------------------------------- write
@@ -315,6 +336,7 @@ SafetensorsWriter table_writer(const PatternTable& t) {
     w.set_metadata(P::kMetaRotation, t.rotation);
     w.set_metadata(P::kMetaRotationSeed, std::to_string(t.rotation_seed));
     w.set_metadata(P::kMetaBits, std::to_string(t.bits));
+    if (t.has_allocation()) w.set_metadata(P::kMetaAllocation, pattern_table_allocation_json(t).dump());
     w.set_metadata(P::kMetaGroup, std::to_string(t.group));
     w.set_metadata(P::kMetaWindow, std::to_string(t.window));
     w.set_metadata(P::kMetaAssign, t.assign);
@@ -502,6 +524,7 @@ PatternTable read_pattern_table(const std::string& path) {
     t.calibration = read_calibration_meta(r, path);
     read_layer_tensors(f, path, layers, t);
     read_layer_geometry(r, path, minor >= 1, t);
+    read_pattern_table_allocation(r.meta, path, t);
     try {
         check_pattern_table(t);  // everything above should already hold; keeps reader and checker in step
     } catch (const Error& e) {

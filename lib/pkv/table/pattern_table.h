@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ constexpr const char* kFormat = "pkv.pattern_table";
 constexpr const char* kFormatVersion = "1.1";
 /// The version of a table without per-layer geometry (PatternTable::layer_geometry false).
 constexpr const char* kFormatVersion10 = "1.0";
+/// The version of a table with a width allocation (kMetaAllocation); without one pkv
+/// writes kFormatVersion, so such tables stay byte for byte what they were.
+constexpr const char* kFormatVersion12 = "1.2";
 constexpr int kVersionMajor = 1;
 // Metadata keys.
 constexpr const char* kMetaFormat = "pkv.format";                 ///< kFormat
@@ -68,12 +72,17 @@ constexpr const char* kMetaKeyDimOrder = "pkv.key.dim_order";   ///< "gguf_inter
 constexpr const char* kMetaRotation = "pkv.rotation";           ///< "none" | "hadamard" (K and V both, when on)
 constexpr const char* kMetaRotationSeed = "pkv.rotation.seed";  ///< "0" = plain Sylvester H_D (no random signs)
 constexpr const char* kMetaBits = "pkv.quant.bits";             ///< residual code width: 2, 3, 4 or 8
-constexpr const char* kMetaGroup = "pkv.quant.group";           ///< K tokens per channel group; V channels per group
-constexpr const char* kMetaWindow = "pkv.quant.window";         ///< fp16 window / flush block length R
-constexpr const char* kMetaAssign = "pkv.assign";               ///< "l2" | "minmax": how runtimes pick a pattern
-constexpr const char* kMetaKPatterns = "pkv.k_patterns";        ///< Mk
-constexpr const char* kMetaVPatterns = "pkv.v_patterns";        ///< Mv
-constexpr const char* kMetaCalibration = "pkv.calibration";     ///< JSON object, see the spec
+/// Optional (1.2): per-head code widths under a budget (`pkv calibrate --bits-budget`), a
+/// JSON object {"budget": B, "bits": mean bits per element, "k": [[w per KV head] per entry
+/// of pkv.layers], "v": [...]}, each w one of 2, 3, 4, 8, 16 (16: the head's K or V stays
+/// fp16). The clip and gate tensors then hold each head's fit at its own width.
+constexpr const char* kMetaAllocation = "pkv.quant.allocation";
+constexpr const char* kMetaGroup = "pkv.quant.group";        ///< K tokens per channel group; V channels per group
+constexpr const char* kMetaWindow = "pkv.quant.window";      ///< fp16 window / flush block length R
+constexpr const char* kMetaAssign = "pkv.assign";            ///< "l2" | "minmax": how runtimes pick a pattern
+constexpr const char* kMetaKPatterns = "pkv.k_patterns";     ///< Mk
+constexpr const char* kMetaVPatterns = "pkv.v_patterns";     ///< Mv
+constexpr const char* kMetaCalibration = "pkv.calibration";  ///< JSON object, see the spec
 // Values.
 constexpr const char* kBasisPre = "pre_rope";
 constexpr const char* kBasisPost = "post_rope";
@@ -116,6 +125,8 @@ struct PatternLayer {
     std::vector<float> k_clip;      ///< [H]
     std::vector<float> v_clip;      ///< [H]
     std::vector<float> v_gate_z;    ///< [H]
+    /// [H] code widths of the allocation (2, 3, 4, 8 or 16); empty in a table without one.
+    std::vector<int> k_bits, v_bits;
 };
 
 struct PatternTable {
@@ -133,6 +144,12 @@ struct PatternTable {
     /// hold 0 / 0 meaning "unknown" (written back as kFormatVersion10 without the keys).
     bool layer_geometry = true;
     nlohmann::json calibration = nlohmann::json::object();  ///< provenance + per-head statistics
+    /// The width allocation (kMetaAllocation): alloc_budget > 0 when recorded, and then every
+    /// layer holds k_bits and v_bits; alloc_bits is its mean bits per element (<= the budget).
+    double alloc_budget = 0.0, alloc_bits = 0.0;
+    bool has_allocation() const { return alloc_budget > 0.0; }
+    /// The code width of one head's K (value = false) or V: the allocation's, else `bits`.
+    int head_bits(size_t layer_index, int head, bool value) const;
 };
 
 /// Checks shapes and enumerations (not the numeric content); throws internal
@@ -140,9 +157,19 @@ struct PatternTable {
 /// geometry: window >= 0 and rope_base finite and >= 0; both 0 without layer_geometry.
 void check_pattern_table(const PatternTable& t);
 
-/// The pkv.format_version t is written with: kFormatVersion, or kFormatVersion10 for a
-/// table without layer geometry.
+/// The pkv.format_version t is written with: kFormatVersion12 for a table with a width
+/// allocation, kFormatVersion10 for one without layer geometry, else kFormatVersion.
 const char* pattern_table_format_version(const PatternTable& t);
+
+/// kMetaAllocation's JSON object for t (has_allocation() true): {"bits", "budget", "k", "v"}.
+nlohmann::json pattern_table_allocation_json(const PatternTable& t);
+/// A width an allocation may give a head's K or V: 2, 3, 4, 8 or 16.
+bool pattern_table_alloc_width(int w);
+/// kMetaAllocation of `meta`, when present, into t (whose layers are read): a budget and
+/// bits in (0, 16], and for "k" and "v" one list per entry of pkv.layers of n_head_kv
+/// widths; anything else throws data_loss "<path>::pkv.quant.allocation...: expected ...".
+void read_pattern_table_allocation(const std::map<std::string, std::string>& meta, const std::string& path,
+                                   PatternTable& t);
 
 /// Writes t to `path` atomically (temporary name, then rename); fails when the file
 /// exists and force is false. Calls check_pattern_table first.

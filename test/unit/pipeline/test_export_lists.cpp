@@ -149,7 +149,7 @@ TEST_CASE("kv plan: kv-plan-json, every layer with its cache, bits and reasons",
     const json prov = {{"tool", "pkv"}, {"argv", {"pkv", "export"}}};
     const std::string want = R"({
  "format": "pkv.kv_plan",
- "format_version": "1.0",
+ "format_version": "1.1",
  "provenance": {"argv":["pkv","export"],"tool":"pkv"},
  "table": {"format_version":"1.1","group":32,"path":"t.safetensors","window":16},
  "model": {"arch":"llama","head_dim":8,"n_head_kv":3,"n_layer":4,"name":"tiny-llama","sha256":")" +
@@ -345,6 +345,18 @@ TEST_CASE("kv plan: kv-plan-json conforms to schemas/kv_plan.schema.json", "[exp
     PatternTable synthetic = make_table({0, 2});
     synthetic.model.sha256 = "";
     CHECK(schema_errors(kv_plan_json(make_kv_plan(synthetic, "t", "", {}, std::nullopt), prov)) == "");
+    // A table with a width allocation: per-head widths, a layer fp16 for a head kept fp16.
+    PatternTable alloc = make_table({0, 2});
+    alloc.alloc_budget = 4.0;
+    alloc.alloc_bits = 3.9;
+    alloc.layers[0].k_bits = alloc.layers[0].v_bits = {2, 3, 8};
+    alloc.layers[1].k_bits = alloc.layers[1].v_bits = {2, 16, 2};
+    const json with_widths = kv_plan_json(make_kv_plan(alloc, "t", "", {}, std::nullopt), prov);
+    CHECK(with_widths["layers"][2]["reasons"] == json({"allocation"}));
+    CHECK(schema_errors(with_widths) == "");
+    json bad_width = with_widths;
+    bad_width["layers"][0]["k_bits"][0] = 5;
+    CHECK_THAT(schema_errors(bad_width), ContainsSubstring("layers/0/k_bits/0"));
 
     json bad = doc;
     bad["layers"][0]["cache"] = "fp8";

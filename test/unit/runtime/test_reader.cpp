@@ -498,3 +498,12 @@ TEST_CASE("runtime reader: a default-constructed table is empty, and copies own 
     CHECK(copy.has_layer(2));
     CHECK(copy.head(2, 0).v_gate_z == Approx(1.6448536f));
 }
+
+TEST_CASE("runtime reader: a table with a per-head width allocation is refused, not run at one width") {
+    TableSpec s = default_spec();
+    s.meta["pkv.format_version"] = "1.2";
+    CHECK_NOTHROW(parse(encode(s)));  // 1.2 without an allocation reads
+    s.meta["pkv.quant.allocation"] = R"({"bits":2.5,"budget":2.5,"k":[[2,3],[2,2]],"v":[[2,2],[2,4]]})";
+    CHECK_THAT(load_error(encode(s)),
+               ContainsSubstring("metadata pkv.quant.allocation: the table records a code width per KV head"));
+}
