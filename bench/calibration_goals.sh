@@ -6,12 +6,15 @@
 # llama.cpp's rotated q4_0 cache (q4_0:rotv64). Prints each goal with its measured value:
 #   2 bits   (PPL_table - PPL_fp16) / (PPL_kivi:2 - PPL_fp16) <= 0.4
 #   2 bits   the table's ΔPPL <= online PatternKV's (patternkv:2 and patternkv:2:pre)
+#   ~2.75    the same two goals for a table with widths per head under a budget (--bits-budget),
+#            at no more bits than KIVI-2 and online PatternKV-2
 #   4 bits   the table's ΔPPL <= 0.1%, and its mean KL <= 0.5 x q4_0:rotv64's at fewer bits
 #
 # Usage: bench/calibration_goals.sh [smollm2|gemma3]   (after scripts/build.sh and scripts/fetch-data.sh)
 #   PKV_GOALS_TOKENS    evaluation tokens per text (default 4096, sequences of 2048, prefill half)
 #   PKV_GOALS_CALIB     calibration tokens (default 8192, ctx 1024)
 #   PKV_GOALS_RESTARTS  k-means restarts (default 8)
+#   PKV_GOALS_BUDGET    bits per element of the width-allocated table (default 2.75)
 #   PKV_OUT_DIR         outputs (default out/goals-MODEL/)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +27,7 @@ MODEL="$(pkv_model_file "$NAME" "$DATA")"
 N="${PKV_GOALS_TOKENS:-4096}"
 CAL="${PKV_GOALS_CALIB:-8192}"
 RESTARTS="${PKV_GOALS_RESTARTS:-8}"
+BUDGET="${PKV_GOALS_BUDGET:-2.75}"
 OUT="${PKV_OUT_DIR:-$ROOT/out/goals-$NAME}"
 [ -x "$PKV" ] && [ -f "$MODEL" ] || { echo "calibration_goals: run scripts/build.sh and scripts/fetch-data.sh first" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -39,9 +43,13 @@ for b in 2 4; do
   "$PKV" calibrate --dump calib.h5 --keys pre --objective qk-mine --restarts "$RESTARTS" --bits "$b" \
     --out "table$b.safetensors" --force >"cal$b.md"
 done
+# Widths per head under a budget at or below the bits of KIVI-2 and online PatternKV-2 (docs/calibration.md).
+"$PKV" calibrate --dump calib.h5 --keys pre --objective qk-mine --restarts "$RESTARTS" --bits-budget "$BUDGET" \
+  --out tableb.safetensors --force >calb.md
 for t in code legal; do
   "$PKV" eval --model "$MODEL" --text "$t.txt" --tokens "$N" --ctx 2048 \
-    --kv fp16 kivi:2 patternkv:2 patternkv:2:pre patternkv-table:2:pre:table2.safetensors kivi:4 \
+    --kv fp16 kivi:2 patternkv:2 patternkv:2:pre patternkv-table:2:pre:table2.safetensors \
+    patternkv-table:auto:pre:tableb.safetensors kivi:4 \
     patternkv-table:4:pre:table4.safetensors q4_0:rotv64 --json "eval-$t.json" --md "eval-$t.md" --force >/dev/null
 done
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
@@ -62,10 +70,15 @@ for path in sys.argv[2:]:
     def d(x): return x["ppl"] - f16
     t2, kv2, on, onp = find("patternkv-table:2:pre"), find("kivi:2"), find("patternkv:2"), find("patternkv:2:pre")
     t4, q4r = find("patternkv-table:4:pre"), find("q4_0:rotv64")
+    tb = find("patternkv-table:auto:pre")
     rows = [
         ("2-bit ratio to kivi:2 <= 0.4", d(t2) / d(kv2), d(t2) / d(kv2) <= 0.4),
         ("2-bit table dPPL <= online patternkv:2 dPPL (ratio)", d(t2) / d(on), d(t2) <= d(on)),
         ("2-bit table dPPL <= online patternkv:2:pre dPPL (ratio)", d(t2) / d(onp), d(t2) <= d(onp)),
+        ("budget table ratio to kivi:2 <= 0.4", d(tb) / d(kv2),
+         d(tb) / d(kv2) <= 0.4 and tb["bits_per_element"] <= kv2["bits_per_element"]),
+        ("budget table dPPL <= online patternkv:2:pre (ratio)", d(tb) / d(onp),
+         d(tb) <= d(onp) and tb["bits_per_element"] <= onp["bits_per_element"]),
         ("4-bit table dPPL <= 0.1% (dPPL %)", 100 * d(t4) / f16, d(t4) / f16 <= 0.001),
         ("4-bit table KL <= 0.5 x q4_0:rotv64 KL (ratio)", t4["kl_mean"] / q4r["kl_mean"],
          t4["kl_mean"] <= 0.5 * q4r["kl_mean"] and t4["bits_per_element"] <= q4r["bits_per_element"]),
