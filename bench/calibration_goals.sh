@@ -37,7 +37,7 @@ cat /usr/include/stdio.h /usr/include/stdlib.h /usr/include/string.h /usr/includ
 cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 /usr/share/common-licenses/GFDL-1.3 >legal.txt
 sha256sum code.txt legal.txt "$DATA/text/fortunes.txt" >&2
 "$PKV" --version >&2
-"$PKV" dump --model "$MODEL" --text "$DATA/text/fortunes.txt" --tokens "$CAL" --ctx 1024 --capture k_pre,v,q \
+"$PKV" dump --model "$MODEL" --text "$DATA/text/fortunes.txt" --tokens "$CAL" --ctx 1024 --capture k_pre,k_post,v,q \
   --out calib.h5 --force >/dev/null
 for b in 2 4; do
   "$PKV" calibrate --dump calib.h5 --keys pre --objective qk-mine --restarts "$RESTARTS" --bits "$b" \
