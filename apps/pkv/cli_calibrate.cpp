@@ -98,6 +98,11 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
                         "(layer, KV head, K/V)'s width among 2, 3, 4, 8 and 16 (fp16) by its measured error; --bits "
                         "stays the width of the statistics (0: none)")
             ->capture_default_str();
+    app->add_option("--budget-ctx", c.budget_ctx,
+                    "sequence length --bits-budget is counted for (a sliding-window layer holds fewer of its "
+                    "tokens; eval's --ctx)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     app->add_option("--bits-measure", args.bits_measure,
                     "what --bits-budget compares heads by: attention (the error of each K/V head's query heads' "
                     "attention output at each width; needs /q) or kv (each K/V head's NMSE at each width)")

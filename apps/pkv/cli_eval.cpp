@@ -57,7 +57,8 @@ Command add_eval(CLI::App& root) {
                   "write BOS over the first token of every sequence (llama-perplexity's protocol)");
     app->add_option("--device", args->device,
                     "where the forward passes run: cpu, cuda, cuda:N (bf16 weights) or auto (a GPU when there is "
-                    "one); on a GPU every method's cache is simulated there too (see --host-cache)")
+                    "one); on a GPU every method's cache but patternkv's is simulated there too (patternkv's with "
+                    "PKV_CUDA_PATTERNKV=1; see --host-cache)")
         ->capture_default_str();
     app->add_flag("--host-cache", args->config.host_cache,
                   "simulate every method's cache on host threads through the engine's hook, even where the "

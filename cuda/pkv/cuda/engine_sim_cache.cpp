@@ -3,6 +3,8 @@
 #include "pkv/cuda/engine_sim_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "pkv/core/error.h"
 
@@ -16,8 +18,12 @@ bool power_of_two(int d) { return d > 0 && (d & (d - 1)) == 0; }
 
 bool EngineSimCache::supports(const DeviceKvCache& c, const LlamaHparams& hp) {
     const int D = static_cast<int>(hp.head_dim);
+    // patternkv's device path is opt-in (PKV_CUDA_PATTERNKV=1) until its parity tests have run on a GPU
+    // (docs/eval.md, "Where it runs"); without it patternkv takes the host hook, as before.
+    const char* opt = std::getenv("PKV_CUDA_PATTERNKV");
+    const bool pattern_ok = opt != nullptr && std::string(opt) == "1" && D <= 256;
     return device_cache_method(c.params.method) && (!c.rotate || (power_of_two(D) && D <= 1024)) &&
-           (c.params.method != KvMethod::patternkv || D <= 256);
+           (c.params.method != KvMethod::patternkv || pattern_ok);
 }
 
 void EngineSimCache::check(const DeviceKvCache& c, const LlamaHparams& hp,

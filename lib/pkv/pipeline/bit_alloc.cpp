@@ -29,7 +29,7 @@ std::vector<Step> hull_steps(const AllocUnit& u, size_t unit) {
         size_t best = at;
         double best_slope = 0.0;
         for (size_t j = at + 1; j < kAllocWidths.size(); ++j) {
-            const double s = (u.error[at] - u.error[j]) / (u.cost[j] - u.cost[at]);
+            const double s = (u.error[at] - u.error[j]) / (u.weight * (u.cost[j] - u.cost[at]));
             // The steepest descent; on equal slopes the farther point, so that the hull
             // has no collinear stops that a budget could split.
             if (s > best_slope || (best != at && s == best_slope)) best = j, best_slope = s;
@@ -43,10 +43,16 @@ std::vector<Step> hull_steps(const AllocUnit& u, size_t unit) {
 
 }  // namespace
 
+double alloc_weight(const std::vector<AllocUnit>& units) {
+    double n = 0.0;
+    for (const AllocUnit& u : units) n += u.weight;
+    return n;
+}
+
 double alloc_uniform_bits(const std::vector<AllocUnit>& units, size_t w) {
     double s = 0.0;
-    for (const AllocUnit& u : units) s += u.cost[w];
-    return units.empty() ? 0.0 : s / static_cast<double>(units.size());
+    for (const AllocUnit& u : units) s += u.weight * u.cost[w];
+    return units.empty() ? 0.0 : s / alloc_weight(units);
 }
 
 void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const char* what) {
@@ -62,7 +68,9 @@ void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const
 
 BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, const char* what) {
     check_bits_budget(units, budget, what);
-    for (size_t i = 0; i < units.size(); ++i)
+    for (size_t i = 0; i < units.size(); ++i) {
+        PKV_CHECK(std::isfinite(units[i].weight) && units[i].weight > 0.0, invalid_argument,
+                  "{}: unit {}: weight {}, expected a finite number > 0", what, i, units[i].weight);
         for (size_t w = 0; w < kAllocWidths.size(); ++w) {
             PKV_CHECK(std::isfinite(units[i].error[w]) && units[i].error[w] >= 0.0, invalid_argument,
                       "{}: unit {}: error at {} bits is {}, expected a finite number >= 0", what, i, kAllocWidths[w],
@@ -71,6 +79,7 @@ BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, 
                       "{}: unit {}: cost at {} bits ({}) does not exceed that at {} bits ({})", what, i,
                       kAllocWidths[w], units[i].cost[w], kAllocWidths[w - 1], units[i].cost[w - 1]);
         }
+    }
     std::vector<Step> steps;
     for (size_t i = 0; i < units.size(); ++i) {
         const std::vector<Step> s = hull_steps(units[i], i);
@@ -79,7 +88,7 @@ BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, 
     std::sort(steps.begin(), steps.end(), [](const Step& a, const Step& b) {
         return std::make_tuple(-a.slope, a.unit, a.from) < std::make_tuple(-b.slope, b.unit, b.from);
     });
-    const double n = static_cast<double>(units.size());
+    const double n = alloc_weight(units);
     std::vector<size_t> at(units.size(), 0);
     std::vector<bool> blocked(units.size(), false);  // a step of the unit did not fit: its later ones wait on it
     // Summed costs; the budget holds while total <= budget * n (a relative 1e-12 absorbs
@@ -87,7 +96,7 @@ BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, 
     double total = alloc_uniform_bits(units, 0) * n;
     for (const Step& s : steps) {
         if (blocked[s.unit]) continue;
-        const double extra = units[s.unit].cost[s.to] - units[s.unit].cost[s.from];
+        const double extra = units[s.unit].weight * (units[s.unit].cost[s.to] - units[s.unit].cost[s.from]);
         if (total + extra > budget * n * (1.0 + 1e-12)) {
             blocked[s.unit] = true;
             continue;
@@ -99,7 +108,7 @@ BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, 
     BitAllocation out;
     for (size_t i = 0; i < units.size(); ++i) {
         out.widths.push_back(kAllocWidths[at[i]]);
-        out.bits += units[i].cost[at[i]];
+        out.bits += units[i].weight * units[i].cost[at[i]];
         out.error += units[i].error[at[i]];
     }
     out.bits /= n;

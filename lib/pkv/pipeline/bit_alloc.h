@@ -1,8 +1,10 @@
 // pkv/pipeline/bit_alloc.h — code widths per (layer, KV head, K or V) of a pattern table
 // under a storage budget (`pkv calibrate --bits-budget`, docs/calibration.md).
 //
-// Every unit (one tensor of one head) stores the same number of elements per token, so
-// the table's average storage is the plain mean of its units' bits per element. Each
+// A unit (one tensor of one head) holds AllocUnit::weight elements relative to the others
+// (1 for a global layer; a sliding-window layer's ring holds fewer tokens of a long
+// sequence), so the table's average storage is the weighted mean of its units' bits per
+// element, as pkv eval averages over the elements a cache holds. Each
 // unit has a measured error at every candidate width (kAllocWidths: 2, 3, 4, 8 bits,
 // and 16: kept fp16, error 0) and a cost in bits per element counted as pkv eval and
 // analyze count it (simulate.h table_element_bits: codes, binary16 scales and zeros,
@@ -10,7 +12,7 @@
 //
 // The allocation is greedy on each unit's lower convex hull of (cost, error): starting
 // from every unit at its cheapest width, it takes the steps in one global order, the
-// largest error reduction per extra bit first (ties: the lower unit index, then the
+// largest error reduction per extra (weighted) bit first (ties: the lower unit index, then the
 // narrower step). A step that would lift the mean above the budget is passed over, and
 // with it the unit's later steps; the others go on, so a fragile head's jump to fp16
 // that does not fit leaves the budget to the heads whose steps do. Deterministic.
@@ -36,15 +38,16 @@ constexpr std::array<int, 5> kAllocWidths = {2, 3, 4, 8, 16};
 struct AllocUnit {
     std::array<double, kAllocWidths.size()> cost{};
     std::array<double, kAllocWidths.size()> error{};
+    double weight = 1.0;  ///< elements held relative to the other units (> 0)
 };
 
 struct BitAllocation {
     std::vector<int> widths;  ///< [units]: one of kAllocWidths
-    double bits = 0.0;        ///< mean cost per element over the units (<= the budget)
+    double bits = 0.0;        ///< weighted mean cost per element over the units (<= the budget)
     double error = 0.0;       ///< sum of the units' errors at their widths
 };
 
-/// Mean cost with every unit at width index w of kAllocWidths (0: all 2 bits, 4: all fp16).
+/// Weighted mean cost with every unit at width index w of kAllocWidths (0: all 2 bits, 4: all fp16).
 double alloc_uniform_bits(const std::vector<AllocUnit>& units, std::size_t w);
 
 /// Throws as allocate_bits does for a budget outside [cheapest, 16] (costs alone are read).

@@ -68,6 +68,11 @@ struct CalibrateConfig {
     /// at each width (needs /q in every dump; refused with keys_pre); false, each K or V
     /// head's training NMSE at each width. Unused without bits_budget.
     bool bits_measure_attention = true;
+    /// Sequence length the budget is counted for: a sliding-window layer's unit weighs
+    /// min(n, W) / n against a global layer's 1, as eval's bits per element average over
+    /// what each layer's cache holds at n tokens (pkv eval's default --ctx). Models without
+    /// local layers do not depend on it.
+    int64_t budget_ctx = 2048;
     int group = 128;       ///< G (K tokens per channel group; V channels, capped at D)
     int window = 128;      ///< R, recorded for runtimes (fp16 window / flush block)
     bool rotate = false;   ///< mine in the Hadamard-rotated basis (plain H_D)

@@ -84,6 +84,9 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
     for (const nlohmann::json* rec : records)
         for (const char* tensor : {"k_widths", "v_widths"}) {
             AllocUnit u = alloc_costs(c, D, tensor[0] == 'v');
+            const int64_t ring = t.layers[units.size() / 2 / static_cast<size_t>(H)].window;
+            if (ring > 0 && ring < c.budget_ctx)
+                u.weight = static_cast<double>(ring) / static_cast<double>(c.budget_ctx);
             fits.push_back(width_fits_from_json(rec->at(tensor)));
             PKV_ASSERT(fits.back().size() + 1 == kAllocWidths.size());
             for (size_t w = 0; w + 1 < kAllocWidths.size(); ++w) {
@@ -121,6 +124,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
     log::info("calibrate: --bits-budget {}: {:.4f} bits per element; K/V heads at 2/3/4/8/16 bits: {}/{}/{}/{}/{}",
               c.bits_budget, a.bits, count[0], count[1], count[2], count[3], count[4]);
     return {{"budget", c.bits_budget},
+            {"budget_ctx", c.budget_ctx},
             {"bits", a.bits},
             {"bits_uniform_2", alloc_uniform_bits(units, 0)},
             {"measure", c.bits_measure_attention ? "attention" : "train_nmse"},

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -129,6 +130,7 @@ std::vector<int64_t> prefills(const std::vector<std::vector<int32_t>>& batch) {
 TEST_CASE("cuda engine: the device cache follows the host hook for every device method",
           "[cuda][forward][engine][cache][device_cache]") {
     PKV_REQUIRE_GPU_DEVICE_CACHE();
+    setenv("PKV_CUDA_PATTERNKV", "1", 1);  // patternkv's device path is opt-in (engine_sim_cache.cpp)
     const std::vector<std::string> methods = {"fp16", "kivi:2:g4:w4", "q4_0", "patternkv-table:2:g4:w4:table",
                                               "patternkv:2:g4:w4:p4"};
     const std::vector<std::string> variants = {"", ":rot", ":pre", ":rot:pre"};
@@ -265,6 +267,9 @@ TEST_CASE("cuda engine: device cache refusals", "[cuda][forward][engine][cache]"
     CHECK(gpu->supports_device_cache(c));
 
     const MethodCache pkv(parse_kv_spec("patternkv:2:g4:w4"), 0, keep, model.hparams());
+    setenv("PKV_CUDA_PATTERNKV", "0", 1);
+    CHECK_FALSE(gpu->supports_device_cache(pkv.device_cache(prefills(batch))));  // opt-in
+    setenv("PKV_CUDA_PATTERNKV", "1", 1);
     CHECK(gpu->supports_device_cache(pkv.device_cache(prefills(batch))));  // head_dim 32 <= 256
 
     DeviceKvCache bad = c;

@@ -125,6 +125,24 @@ TEST_CASE("bit allocation: the unit with the larger measured error is widened fi
     CHECK(small.bits > 2.9);
 }
 
+TEST_CASE("bit allocation: a unit's weight counts its elements", "[bit_alloc]") {
+    // Two equal units; the second holds a quarter of the first's elements (a 512-token ring
+    // at 2048 tokens). Widening it costs a quarter as much of the budget, so it goes first
+    // at equal error and the mean is weighted.
+    std::vector<AllocUnit> u = units_of({1.0, 1.0});
+    u[1] = unit(false, 1.0);
+    u[1].weight = 0.25;
+    const double lo = alloc_uniform_bits(u, 0);
+    CHECK(lo == Approx(u[0].cost[0]));
+    const double budget = (u[0].cost[0] + 0.25 * u[1].cost[1]) / 1.25;  // room for the light unit's step only
+    const BitAllocation a = allocate_bits(u, budget);
+    CHECK(a.widths == std::vector<int>{2, 3});
+    CHECK(a.bits == Approx(budget));
+    CHECK(a.bits <= budget * (1 + 1e-12));
+    u[1].weight = 0.0;
+    CHECK_THROWS_WITH(allocate_bits(u, 2.6), ContainsSubstring("unit 1: weight 0, expected a finite number > 0"));
+}
+
 TEST_CASE("bit allocation: impossible budgets are refused with one line", "[bit_alloc]") {
     const std::vector<AllocUnit> u = units_of({1, 1});
     CHECK(error_of(u, 2.3) ==
