@@ -33,6 +33,7 @@ namespace {
 using pkv::cuda::PackedCacheDevice;
 using pkv_rt::CacheMethod;
 using pkv_rt::KvPart;
+using rt_test::error_of;
 using rt_test::PackedCase;
 
 // 16-byte aligned float storage (std::vector<float> guarantees only alignof(float)).
@@ -169,15 +170,6 @@ double max_difference(const float* a, const float* b, size_t n) {
     double worst = 0.0;
     for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
     return worst;
-}
-
-std::string error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const pkv_rt::CacheError& e) {
-        return e.what();
-    }
-    return "";
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // fed with them, shared by the packed cache tests.
 #pragma once
 
+#include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "pkv/core/half.h"
@@ -109,6 +111,16 @@ inline void append_range(pkv_rt::PackedCache& cache, const PackedCase& c, const 
                 v[dst] = d.v[static_cast<size_t>(h)][src];
             }
     cache.append(0, seq, k.data(), v.data(), t1 - t0);
+}
+
+/// The CacheError message fn throws; empty when it throws none.
+inline std::string error_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const pkv_rt::CacheError& e) {
+        return e.what();
+    }
+    return "";
 }
 
 }  // namespace rt_test

@@ -12,6 +12,7 @@
 
 using pkv_rt::CacheMethod;
 using pkv_rt::KvPart;
+using rt_test::error_of;
 using rt_test::PackedCase;
 
 namespace {
@@ -106,15 +107,6 @@ void check_attention(PackedCase c) {
     CHECK(worst <= tol);
     CHECK(worst_split <= tol);
     if (c.method != CacheMethod::fp16) CHECK(worst_exact > 100 * tol);
-}
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const pkv_rt::CacheError& e) {
-        return e.what();
-    }
-    return "";
 }
 
 }  // namespace
