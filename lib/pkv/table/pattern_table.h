@@ -1,4 +1,5 @@
-// pkv/table/pattern_table.h — the PatternKV pattern table, format "pkv.pattern_table" 1.1.
+// pkv/table/pattern_table.h — the PatternKV pattern table, format "pkv.pattern_table" 1.1
+// (1.2 when it records a width allocation).
 //
 // A pattern table holds, for every calibrated model layer and KV head, the key and
 // value patterns mined offline by `pkv calibrate` plus the residual-quantizer
