@@ -20,6 +20,11 @@
 // the values, only on the counts, which are those of a decode step: nK = the largest
 // multiple of R below n (the ring holds 1..R keys), KIVI V one more ring token.
 //
+// Then the device append of one decode step (PackedCacheDevice::append_device) on the same
+// cache: the mean over R + 1 steps (one of which flushes a K block, and a V block for
+// PatternKV; KIVI's V flushes a token every step) and the flushing step alone, as a share of
+// the decode_attention call (the issue's target: <= 10%).
+//
 // Output: a header (#-lines) and one row per measurement, whitespace-separated:
 //   method batch context splits median_us MB_read GB_s pct_peak pct_copy
 // bench/sdpa_decode.py prints the same rows for PyTorch's SDPA; bench/decode_vs_sdpa.sh runs both.
@@ -128,6 +133,7 @@ struct Row {
     int64_t batch, context;
     int splits;
     double us, mb;
+    double append_us = 0, flush_us = 0;  // a decode step's append: mean over R + 1 steps, the flushing step
 };
 
 double median(std::vector<float> v) {
@@ -172,11 +178,40 @@ Row run(CacheMethod method, const Options& o, int64_t batch, int64_t ctx, const 
         PKV_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
         ms.push_back(t / kInner);
     }
+    Row row{name, batch, ctx, dev.choose_splits(0), median(ms) * 1e3, dev.bytes_read(0) / 1e6};
+    // Appends: from n0 = ctx - 2R tokens with an empty K ring (KIVI V: R + 1 in its ring), R
+    // steps without a K flush and then the step that flushes a block (KIVI V flushes one
+    // token every step); timed as the mean over the R + 1 steps and that last step alone.
+    // The new rows are the query array's first n_seq x 8 x 128 floats.
+    std::vector<float> mean_ms, flush_ms;
+    for (int i = 0; i < std::max(3, o.reps / 10); ++i) {
+        const int64_t n0 = ctx - 2 * R;
+        for (int s = 0; s < c.n_seq; ++s)
+            dev.set_state(0, s, n0, method == CacheMethod::fp16 ? 0 : n0,
+                          method == CacheMethod::kivi   ? n0 - R - 1
+                          : method == CacheMethod::fp16 ? 0
+                                                        : n0);
+        cudaEvent_t e2;
+        PKV_CUDA_CHECK(cudaEventCreate(&e2));
+        PKV_CUDA_CHECK(cudaEventRecord(e0));
+        for (int64_t k = 0; k < R; ++k) dev.append_device(0, q, q, nullptr);
+        PKV_CUDA_CHECK(cudaEventRecord(e2));
+        dev.append_device(0, q, q, nullptr);
+        PKV_CUDA_CHECK(cudaEventRecord(e1));
+        PKV_CUDA_CHECK(cudaEventSynchronize(e1));
+        float all = 0, last = 0;
+        PKV_CUDA_CHECK(cudaEventElapsedTime(&all, e0, e1));
+        PKV_CUDA_CHECK(cudaEventElapsedTime(&last, e2, e1));
+        PKV_CUDA_CHECK(cudaEventDestroy(e2));
+        if (i > 0) mean_ms.push_back(all / static_cast<float>(R + 1)), flush_ms.push_back(last);
+    }
+    row.append_us = median(mean_ms) * 1e3;
+    row.flush_us = median(flush_ms) * 1e3;
     PKV_CUDA_CHECK(cudaEventDestroy(e0));
     PKV_CUDA_CHECK(cudaEventDestroy(e1));
     PKV_CUDA_CHECK(cudaFree(q));
     PKV_CUDA_CHECK(cudaFree(out));
-    return {name, batch, ctx, dev.choose_splits(0), median(ms) * 1e3, dev.bytes_read(0) / 1e6};
+    return row;
 }
 
 // Read + write bandwidth of a device-to-device copy of 1 GiB, in GB/s (median of 10).
@@ -251,6 +286,7 @@ int main(int argc, char** argv) {
         const std::string b = std::to_string(o.bits);
         const std::string kivi = "kivi-" + b, pkv = "patternkv-" + b;
         std::map<std::pair<int64_t, int64_t>, std::map<std::string, double>> us;
+        std::vector<Row> appends;
         for (const int64_t batch : o.batches)
             for (const int64_t ctx : o.contexts)
                 for (const auto& m :
@@ -263,6 +299,7 @@ int main(int argc, char** argv) {
                                 100.0 * gbs / peak, 100.0 * gbs / copy);
                     std::fflush(stdout);
                     us[{batch, ctx}][r.method] = r.us;
+                    appends.push_back(r);
                 }
         std::printf("# throughput ratios (time of the other kernel / time of %s)\n", pkv.c_str());
         std::printf("# %5s %8s %12s %12s\n", "batch", "context", (pkv + "/fp16").c_str(), (pkv + "/" + kivi).c_str());
@@ -271,6 +308,14 @@ int main(int argc, char** argv) {
             std::printf("# %5lld %8lld %12.2f %12.2f\n", static_cast<long long>(kv.first.first),
                         static_cast<long long>(kv.first.second), t.at("fp16") / t.at(pkv), t.at(kivi) / t.at(pkv));
         }
+        std::printf("# append (device, one decode step of the layer): mean over R + 1 steps and the step that\n");
+        std::printf("# flushes a block, in us and as a share of that decode_attention call\n");
+        std::printf("# %-12s %5s %8s %10s %10s %8s %8s\n", "method", "batch", "context", "mean_us", "flush_us",
+                    "pct_mean", "pct_flush");
+        for (const Row& r : appends)
+            std::printf("# %-12s %5lld %8lld %10.2f %10.2f %8.1f %8.1f\n", r.method.c_str(),
+                        static_cast<long long>(r.batch), static_cast<long long>(r.context), r.append_us, r.flush_us,
+                        100.0 * r.append_us / r.us, 100.0 * r.flush_us / r.us);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "decode_attention: %s\n", e.what());
         return 1;

@@ -27,6 +27,13 @@
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.
 //
+// Device appends. append() / append_device() run one decode step of every sequence on the
+// device: what the previous step completed is flushed (pattern choice, residual, group grids,
+// packed codes, gate bits: the bytes PackedCache writes, bit for bit), then the new token goes
+// to the fp16 ring, as PackedCache::append of one token per sequence does after end_prefill.
+// The prefill stays on the host (upload() or sync() after it); after device appends the
+// host cache is behind, so a later sync() or upload() from it rewinds the mirror to it.
+//
 // Limits: head_dim 64, 128 or 256; n_head / n_head_kv 1, 2, 4 or 8; shared memory for one
 // K and one V block plus (R / G) x GQA x D floats of q·s must fit the device (R = G = 128,
 // D = 128, 2 bits, GQA 4, M = 32: 19 KiB). Others are refused with a CacheError naming the limit.
@@ -38,6 +45,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "pkv/runtime/packed_cache.h"
 
@@ -71,6 +79,21 @@ public:
     void set_state(int layer, int seq, int64_t n, int64_t nk, int64_t nv);
     /// The device pointer of one array (a benchmark fills it); its size in bytes in *bytes.
     void* device_array(PackedArray a, int64_t* bytes = nullptr) const;
+
+    /// One decode step of every sequence over `layer` (see the top): k and v are
+    /// [n_seq, n_head_kv, D] floats, host arrays. Refuses a sequence in its prefill or with
+    /// max_tokens tokens, and (after the step, which it waits for) a row that is not a finite
+    /// binary16 value or a group whose grid leaves binary16's range, as the host refuses them;
+    /// the device cache is then unusable (fault()) until the next upload().
+    void append(int layer, const float* k, const float* v);
+    /// The same on device arrays, queued on `stream` without synchronising: what a runtime's
+    /// decode step calls. A bad row sets fault() instead of throwing.
+    void append_device(int layer, const float* k_dev, const float* v_dev, void* stream = nullptr);
+    /// Whether a device append met a row or group it could not store (waits for the device).
+    bool fault() const;
+    /// A copy of one device array, as device_array() describes it (tests compare its bytes
+    /// with the host cache's).
+    std::vector<uint8_t> download(PackedArray a) const;
 
     /// Decode attention of one query per sequence over `layer`, host arrays (see the top).
     /// splits <= 0: chosen. Refuses n_q != n_seq, q or out not 16-byte aligned, a sequence in

@@ -100,6 +100,29 @@ PackedCacheDevice::PackedCacheDevice(const pkv_rt::CacheConfig& c, int device) :
     m.d_counts.reserve(m.counts.size());
     PKV_CUDA_CHECK(cudaMemset(m.d_counts.get(), 0, m.counts.size() * sizeof(int64_t)));
     m.prefill.assign(static_cast<size_t>(c.n_seq), 1);
+    m.head_params.reserve(static_cast<size_t>(c.n_layer) * static_cast<size_t>(c.n_head_kv));
+    const std::vector<PackedHeadParams> defaults(static_cast<size_t>(c.n_layer) * static_cast<size_t>(c.n_head_kv));
+    PKV_CUDA_CHECK(cudaMemcpy(m.head_params.get(), defaults.data(), defaults.size() * sizeof(PackedHeadParams),
+                              cudaMemcpyHostToDevice));
+    m.d_fault.reserve(1);
+    PKV_CUDA_CHECK(cudaMemset(m.d_fault.get(), 0, sizeof(int)));
+}
+
+int64_t upload_head_params(PackedCacheDevice::Impl& m, const pkv_rt::PackedCache& host) {
+    const pkv_rt::CacheConfig& c = m.cfg;
+    std::vector<PackedHeadParams> hp(static_cast<size_t>(c.n_layer) * static_cast<size_t>(c.n_head_kv));
+    for (int l = 0; l < c.n_layer; ++l)
+        for (int h = 0; h < c.n_head_kv; ++h) {
+            PackedHeadParams& p =
+                hp[static_cast<size_t>(l) * static_cast<size_t>(c.n_head_kv) + static_cast<size_t>(h)];
+            p.gate_z = host.gate_z(l, h);
+            p.k_clip = host.clip(l, h, KvPart::k);
+            p.v_clip = host.clip(l, h, KvPart::v);
+            p.k_l2 = host.assign(l, h, KvPart::k) == pkv_rt::Assign::l2 ? 1 : 0;
+            p.v_l2 = host.assign(l, h, KvPart::v) == pkv_rt::Assign::l2 ? 1 : 0;
+        }
+    const int64_t bytes = static_cast<int64_t>(hp.size() * sizeof(PackedHeadParams));
+    return copy_rows(m.head_params.get(), hp.data(), 0, bytes, bytes, 1);
 }
 
 PackedCacheDevice::~PackedCacheDevice() = default;
@@ -170,6 +193,8 @@ void PackedCacheDevice::upload(const pkv_rt::PackedCache& host) {
                                m.pattern_elems[p] * 4, m.pattern_elems[p] * 4, 1);
     }
     bytes += copy_rows(m.ring.get(), host.ring_row(0, 0, 0, KvPart::k, 0), 0, m.ring_elems * 2, m.ring_elems * 2, 1);
+    bytes += upload_head_params(m, host);
+    PKV_CUDA_CHECK(cudaMemset(m.d_fault.get(), 0, sizeof(int)));
     for (int l = 0; l < c.n_layer; ++l)
         for (int s = 0; s < c.n_seq; ++s) {
             const size_t ix = (static_cast<size_t>(l) * static_cast<size_t>(c.n_seq) + static_cast<size_t>(s)) * 3;
@@ -196,11 +221,13 @@ void PackedCacheDevice::sync(const pkv_rt::PackedCache& host) {
     const uint8_t* ring_base = reinterpret_cast<const uint8_t*>(host.ring_row(0, 0, 0, KvPart::k, 0));
     int64_t bytes = 0;
     // Patterns are set before the first append and fixed after: copy them while empty.
-    if (std::all_of(m.counts.begin(), m.counts.end(), [](int64_t v) { return v == 0; }))
+    if (std::all_of(m.counts.begin(), m.counts.end(), [](int64_t v) { return v == 0; })) {
         for (int p = 0; p < 2; ++p)
             if (m.pattern_elems[p] > 0)
                 bytes += copy_rows(m.patterns[p].get(), host.patterns(0, 0, static_cast<KvPart>(p)), 0,
                                    m.pattern_elems[p] * 4, m.pattern_elems[p] * 4, 1);
+        bytes += upload_head_params(m, host);
+    }
     for (int l = 0; l < c.n_layer; ++l)
         for (int s = 0; s < c.n_seq; ++s) {
             const size_t ix = (static_cast<size_t>(l) * static_cast<size_t>(c.n_seq) + static_cast<size_t>(s)) * 3;

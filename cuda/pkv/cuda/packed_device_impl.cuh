@@ -14,6 +14,13 @@ namespace pkv::cuda {
 /// Tokens per tile of the fp16 method (which has no blocks): the unit of its splits.
 constexpr int kFp16Tile = 128;
 
+/// The quantizer parameters of one (layer, KV head), as the host cache holds them.
+struct PackedHeadParams {
+    double gate_z = 0.0;
+    float k_clip = 1.0f, v_clip = 1.0f;
+    int k_l2 = 0, v_l2 = 0;  // 1: Assign::l2, 0: minmax
+};
+
 struct PackedCacheDevice::Impl {
     pkv_rt::CacheConfig cfg;
     pkv_rt::BlockLayout layout[2];
@@ -26,10 +33,13 @@ struct PackedCacheDevice::Impl {
     DeviceBuffer<float> patterns[2];  // [L, H, M, D]
     int64_t block_bytes[2] = {0, 0}, ring_elems = 0, pattern_elems[2] = {0, 0};
 
-    std::vector<int64_t> counts;     // [L, S, 3]: n, nK, nV (the host's copy of what the device holds)
-    DeviceBuffer<int64_t> d_counts;  // the same on the device, read by the kernels
-    std::vector<uint8_t> prefill;    // [S]
-    bool loaded = false;             // an upload() happened (sync() needs one first)
+    std::vector<int64_t> counts;                 // [L, S, 3]: n, nK, nV (the host's copy of what the device holds)
+    DeviceBuffer<int64_t> d_counts;              // the same on the device, read by the kernels
+    DeviceBuffer<PackedHeadParams> head_params;  // [L, H], for device appends
+    DeviceBuffer<float> flush_scratch;           // [S, H, 2, R, D] residuals, then [S, H, R/G, D] K grids
+    DeviceBuffer<int> d_fault;                   // set by a device append that met a bad row or group
+    std::vector<uint8_t> prefill;                // [S]
+    bool loaded = false;                         // an upload() happened (sync() needs one first)
     int64_t last_bytes = 0;
 
     // Scratch of decode_attention: host-array staging and the splits' partial results.
@@ -43,5 +53,8 @@ struct PackedCacheDevice::Impl {
 };
 
 [[noreturn]] void packed_device_fail(const std::string& what);
+
+/// Copies the host cache's per-head quantizer parameters to m.head_params (bytes copied).
+int64_t upload_head_params(PackedCacheDevice::Impl& m, const pkv_rt::PackedCache& host);
 
 }  // namespace pkv::cuda

@@ -242,6 +242,9 @@ float PackedCache::clip(int layer, int head, KvPart part) const {
     return params_[static_cast<int>(part)][lh(layer, head)].clip;
 }
 double PackedCache::gate_z(int layer, int head) const { return params_[1][lh(layer, head)].gate_z; }
+Assign PackedCache::assign(int layer, int head, KvPart part) const {
+    return params_[static_cast<int>(part)][lh(layer, head)].assign;
+}
 
 int64_t PackedCache::tokens(int layer, int seq) const {
     check_layer_seq("tokens", layer, seq);

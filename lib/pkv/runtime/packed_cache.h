@@ -203,6 +203,7 @@ public:
     const uint16_t* ring_row(int layer, int seq, int head, KvPart part, int64_t token) const;  ///< [D] binary16
     const float* patterns(int layer, int head, KvPart part) const;                             ///< [M, D]
     float clip(int layer, int head, KvPart part) const;
+    Assign assign(int layer, int head, KvPart part) const;  ///< how tokens pick a pattern (patternkv-table)
     double gate_z(int layer, int head) const;
 
 private:

@@ -347,3 +347,127 @@ TEST_CASE("cuda packed attention: mismatched caches, bad batches and overlong st
     CHECK(error_of([&] { PackedCacheDevice d(odd); }) ==
           "packed cache (device): n_head / n_head_kv = 3 has no kernel: expected 1, 2, 4 or 8");
 }
+
+namespace {
+
+// Bytes of a host cache's array as the device mirror lays it out (the host's arrays are
+// contiguous from their first element).
+std::vector<uint8_t> host_bytes(const pkv_rt::PackedCache& h, pkv::cuda::PackedArray a, int64_t bytes) {
+    const uint8_t* p = nullptr;
+    switch (a) {
+        case pkv::cuda::PackedArray::k_blocks: p = h.block(0, 0, 0, KvPart::k, 0); break;
+        case pkv::cuda::PackedArray::v_blocks: p = h.block(0, 0, 0, KvPart::v, 0); break;
+        default: p = reinterpret_cast<const uint8_t*>(h.ring_row(0, 0, 0, KvPart::k, 0)); break;
+    }
+    return std::vector<uint8_t>(p, p + bytes);
+}
+
+// Device decode steps against the host's: sequence s starts at starts[s] tokens (past a
+// prefill of c.P) and takes `steps` more, one per step in every sequence; the K blocks, V
+// blocks and ring must equal the host's byte for byte after every few steps, and attention
+// over the result must equal the reference.
+void check_append(PackedCase c, const std::vector<int64_t>& starts, int64_t steps) {
+    const int64_t max_tokens = *std::max_element(starts.begin(), starts.end()) + steps;
+    Filled f = fill(c, starts, max_tokens);
+    PackedCacheDevice dev(f.cache->config());
+    dev.upload(*f.cache);
+    const size_t row = static_cast<size_t>(c.n_head_kv) * static_cast<size_t>(c.D);
+    std::vector<float> k(static_cast<size_t>(c.n_seq) * row), v(k.size());
+    using pkv::cuda::PackedArray;
+    for (int64_t step = 0; step < steps; ++step) {
+        for (int s = 0; s < c.n_seq; ++s) {
+            const int64_t t = starts[static_cast<size_t>(s)] + step;
+            const rt_test::PackedData& d = f.data[static_cast<size_t>(s)];
+            rt_test::append_range(*f.cache, c, d, s, t, t + 1);
+            for (int h = 0; h < c.n_head_kv; ++h)
+                for (int e = 0; e < c.D; ++e) {
+                    const size_t dst = static_cast<size_t>(s) * row + static_cast<size_t>(h * c.D + e);
+                    k[dst] = d.k[static_cast<size_t>(h)][static_cast<size_t>(t * c.D + e)];
+                    v[dst] = d.v[static_cast<size_t>(h)][static_cast<size_t>(t * c.D + e)];
+                }
+        }
+        dev.append(0, k.data(), v.data());
+        if (step % 5 != 4 && step != steps - 1) continue;
+        for (const PackedArray a : {PackedArray::k_blocks, PackedArray::v_blocks, PackedArray::ring}) {
+            const std::vector<uint8_t> got = dev.download(a);
+            const std::vector<uint8_t> want = host_bytes(*f.cache, a, static_cast<int64_t>(got.size()));
+            size_t first = 0;
+            while (first < got.size() && got[first] == want[first]) ++first;
+            INFO(pkv_rt::to_string(c.method) << " D " << c.D << " M " << c.M << " bits " << c.bits << " R " << c.R
+                                             << " G " << c.G << " step " << step << " array " << static_cast<int>(a)
+                                             << ": first differing byte " << first << " of " << got.size());
+            CHECK(first == got.size());
+        }
+    }
+    const std::vector<float> qv = queries(c, 9);
+    Floats q(qv.size()), out(qv.size());
+    std::copy(qv.begin(), qv.end(), q.data());
+    dev.decode_attention(0, q.data(), c.n_seq, out.data());
+    const Worst w = compare(c, f, q.data(), out.data());
+    CHECK(w.ref <= 1e-4 * w.vmax);
+    CHECK(w.dropped > 1e-4 * w.vmax);
+}
+
+}  // namespace
+
+TEST_CASE("cuda packed append: device decode steps write the host's bytes") {
+    PKV_REQUIRE_GPU_PACKED();
+    PackedCase c;
+    c.n_seq = 3;
+    SECTION("patternkv-table, D 64, M 16, 2 bits, min-max, three sequences crossing flushes") {
+        check_append(c, {70, 95, 130}, 75);
+    }
+    SECTION("patternkv-table, D 128, M 256, 3 bits, G 16, GQA 4:1, L2") {
+        c.D = 128, c.M = 256, c.bits = 3, c.G = 16, c.n_head = 8, c.assign = pkv_rt::Assign::l2;
+        check_append(c, {70, 101, 64}, 70);
+    }
+    SECTION("patternkv-table, D 256, M 8, 4 bits, R 64, G 64") {
+        c.D = 256, c.M = 8, c.bits = 4, c.R = 64, c.G = 64, c.n_seq = 2;
+        check_append(c, {80, 128}, 140);
+    }
+    SECTION("kivi, D 128, 2 bits, GQA 4:1") {
+        c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8;
+        check_append(c, {70, 90, 33}, 70);
+    }
+    SECTION("kivi, D 64, 3 bits, G 16") {
+        c.method = CacheMethod::kivi, c.bits = 3, c.G = 16;
+        check_append(c, {70, 75, 100}, 40);
+    }
+    SECTION("fp16, D 64") {
+        c.method = CacheMethod::fp16;
+        check_append(c, {70, 80, 90}, 20);
+    }
+}
+
+TEST_CASE("cuda packed append: prefill, overlong caches and bad rows are refused") {
+    PKV_REQUIRE_GPU_PACKED();
+    PackedCase c;
+    c.n_seq = 2, c.P = 40;
+    Filled f = fill(c, {60, 50}, 61);
+    PackedCacheDevice dev(f.cache->config());
+    dev.upload(*f.cache);
+    const size_t elems = static_cast<size_t>(c.n_seq * c.n_head_kv * c.D);
+    std::vector<float> k(elems, 0.25f), v(elems, -0.5f);
+    CHECK(error_of([&] { dev.append(0, k.data(), v.data()); }).empty());
+    CHECK(error_of([&] { dev.append(0, k.data(), v.data()); }) ==
+          "packed cache (device): append: layer 0 sequence 0: 61 + 1 tokens exceed the 61 allocated per sequence");
+    CHECK(error_of([&] { dev.append(1, k.data(), v.data()); }) ==
+          "packed cache (device): append: layer 1 is outside [0, 1)");
+    dev.upload(*f.cache);
+    v[5] = 70000.0f;
+    CHECK(error_of([&] { dev.append(0, k.data(), v.data()); }) ==
+          "packed cache (device): append: layer 0: a new row is not a finite binary16 value, or a quantizer group's "
+          "zero or scale is beyond the binary16 range (upload the cache again before using it)");
+    CHECK(dev.fault());
+    dev.upload(*f.cache);
+    CHECK_FALSE(dev.fault());
+    pkv_rt::PackedCache fresh(f.cache->config());
+    rt_test::give_patterns(fresh, c, f.data[0]);
+    rt_test::append_range(fresh, c, f.data[0], 0, 0, 10);
+    rt_test::append_range(fresh, c, f.data[1], 1, 0, 10);
+    fresh.end_prefill(0);
+    dev.upload(fresh);
+    CHECK(error_of([&] { dev.append(0, k.data(), v.data()); }) ==
+          "packed cache (device): append: sequence 1 is still in its prefill (device appends are decode steps; append "
+          "the prompt on the host, end_prefill, then upload)");
+}
