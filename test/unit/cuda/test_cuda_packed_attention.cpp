@@ -34,17 +34,9 @@ using pkv::cuda::PackedCacheDevice;
 using pkv_rt::CacheMethod;
 using pkv_rt::KvPart;
 using rt_test::error_of;
+using rt_test::Floats;
 using rt_test::PackedCase;
-
-// 16-byte aligned float storage (std::vector<float> guarantees only alignof(float)).
-struct alignas(16) Quad {
-    float f[4];
-};
-struct Floats {
-    std::vector<Quad> q;
-    explicit Floats(size_t n) : q((n + 3) / 4 + 1) {}
-    float* data() { return q.front().f; }
-};
+using rt_test::plain_attention;
 
 // A cache of c.n_seq sequences, sequence s holding lengths[s] tokens (its own data of
 // max_tokens rows, seed 100 + s), every one past its prefill of c.P tokens; one table
@@ -76,28 +68,6 @@ std::vector<float> queries(const PackedCase& c, uint32_t seed) {
     std::vector<float> q(static_cast<size_t>(c.n_seq * c.n_head * c.D));
     for (float& x : q) x = normal(rng);
     return q;
-}
-
-// softmax(q k / sqrt(D)) v in double over [n, D] keys and values; drop_top: without the
-// token of the highest score (an error the tolerance must resolve).
-std::vector<double> plain_attention(const float* q, const float* k, const float* v, int64_t n, int D,
-                                    bool drop_top = false) {
-    std::vector<double> s(static_cast<size_t>(n)), out(static_cast<size_t>(D), 0.0);
-    for (int64_t j = 0; j < n; ++j) {
-        double dot = 0.0;
-        for (int e = 0; e < D; ++e) dot += static_cast<double>(q[e]) * k[j * D + e];
-        s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(D));
-    }
-    if (drop_top && n > 1) *std::max_element(s.begin(), s.end()) = -INFINITY;
-    const double m = *std::max_element(s.begin(), s.end());
-    double l = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-        const double a = std::exp(s[static_cast<size_t>(j)] - m);
-        l += a;
-        for (int e = 0; e < D; ++e) out[static_cast<size_t>(e)] += a * v[j * D + e];
-    }
-    for (double& o : out) o /= l;
-    return out;
 }
 
 struct Worst {

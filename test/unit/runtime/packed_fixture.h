@@ -2,6 +2,9 @@
 // fed with them, shared by the packed cache tests.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <functional>
 #include <random>
 #include <string>
@@ -121,6 +124,40 @@ inline std::string error_of(const std::function<void()>& fn) {
         return e.what();
     }
     return "";
+}
+
+/// 16-byte aligned float storage (std::vector<float> guarantees only alignof(float)), with
+/// one spare quad so that a test may offset a pointer by a few floats.
+struct alignas(16) Quad {
+    float f[4];
+};
+struct Floats {
+    std::vector<Quad> q;
+    explicit Floats(size_t n) : q((n + 3) / 4 + 1) {}
+    float* data() { return q.front().f; }
+};
+
+/// softmax(q k / sqrt(D)) v in double over [n, D] keys and values (the reference both packed
+/// attention tests compare with); drop_top: without the token of the highest score, an error
+/// the tests' tolerance must resolve.
+inline std::vector<double> plain_attention(const float* q, const float* k, const float* v, int64_t n, int D,
+                                           bool drop_top = false) {
+    std::vector<double> s(static_cast<size_t>(n)), out(static_cast<size_t>(D), 0.0);
+    for (int64_t j = 0; j < n; ++j) {
+        double dot = 0.0;
+        for (int e = 0; e < D; ++e) dot += static_cast<double>(q[e]) * k[j * D + e];
+        s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(D));
+    }
+    if (drop_top && n > 1) *std::max_element(s.begin(), s.end()) = -INFINITY;
+    const double m = *std::max_element(s.begin(), s.end());
+    double l = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+        const double a = std::exp(s[static_cast<size_t>(j)] - m);
+        l += a;
+        for (int e = 0; e < D; ++e) out[static_cast<size_t>(e)] += a * v[j * D + e];
+    }
+    for (double& o : out) o /= l;
+    return out;
 }
 
 }  // namespace rt_test

@@ -13,39 +13,11 @@
 using pkv_rt::CacheMethod;
 using pkv_rt::KvPart;
 using rt_test::error_of;
+using rt_test::Floats;
 using rt_test::PackedCase;
+using rt_test::plain_attention;
 
 namespace {
-
-// 16-byte aligned float storage (std::vector<float> guarantees only alignof(float)).
-struct alignas(16) Quad {
-    float f[4];
-};
-struct Floats {
-    std::vector<Quad> q;
-    explicit Floats(size_t n) : q((n + 3) / 4) {}
-    float* data() { return q.front().f; }
-};
-
-// softmax(q x̂_K / sqrt(D)) x̂_V in double over [n, D] keys and values.
-std::vector<double> plain_attention(const float* q, const std::vector<float>& k, const std::vector<float>& v, int64_t n,
-                                    int D) {
-    std::vector<double> s(static_cast<size_t>(n)), out(static_cast<size_t>(D), 0.0);
-    for (int64_t j = 0; j < n; ++j) {
-        double dot = 0.0;
-        for (int e = 0; e < D; ++e) dot += static_cast<double>(q[e]) * k[static_cast<size_t>(j * D + e)];
-        s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(D));
-    }
-    const double m = *std::max_element(s.begin(), s.end());
-    double l = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-        const double a = std::exp(s[static_cast<size_t>(j)] - m);
-        l += a;
-        for (int e = 0; e < D; ++e) out[static_cast<size_t>(e)] += a * v[static_cast<size_t>(j * D + e)];
-    }
-    for (double& o : out) o /= l;
-    return out;
-}
 
 // Fills a cache of two sequences (the second one shorter, its own data) to mid-decode, then
 // compares decode_attention_ref with plain attention over dequantize().
@@ -81,14 +53,14 @@ void check_attention(PackedCase c) {
             cache.dequantize(0, s, h, KvPart::v, v.data());
             for (const float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
             const float* qv = q.data() + (s * H + qh) * D;
-            const std::vector<double> ref = plain_attention(qv, k, v, n, D);
+            const std::vector<double> ref = plain_attention(qv, k.data(), v.data(), n, D);
             // The unquantized stream, to show the comparison resolves the quantization.
             const rt_test::PackedData& dd = s ? d1 : d0;
             const std::vector<float> xk(dd.k[static_cast<size_t>(h)].begin(),
                                         dd.k[static_cast<size_t>(h)].begin() + n * D);
             const std::vector<float> xv(dd.v[static_cast<size_t>(h)].begin(),
                                         dd.v[static_cast<size_t>(h)].begin() + n * D);
-            const std::vector<double> exact = plain_attention(qv, xk, xv, n, D);
+            const std::vector<double> exact = plain_attention(qv, xk.data(), xv.data(), n, D);
             for (int e = 0; e < D; ++e) {
                 const size_t at = static_cast<size_t>((s * H + qh) * D + e);
                 worst = std::max(worst, std::fabs(out.data()[at] - ref[static_cast<size_t>(e)]));
