@@ -301,6 +301,15 @@ void PackedCache::set_table(const PatternTable& t) {
         if (!t.has_layer(l))
             fail("pattern table has no patterns for layer " + str(l) +
                  ": a patternkv-table cache needs every layer (keep uncalibrated layers in an fp16 cache)");
+    // A width allocation's heads are fitted each at its own width; this cache has one.
+    for (int l = 0; l < cfg_.n_layer; ++l)
+        for (int h = 0; h < cfg_.n_head_kv; ++h) {
+            const HeadView hv = t.head(l, h);
+            if (hv.k_bits != cfg_.bits || hv.v_bits != cfg_.bits)
+                fail("set_table: the table allocates a width per KV head (layer " + str(l) + " KV head " + str(h) +
+                     ": K " + str(hv.k_bits) + ", V " + str(hv.v_bits) + " bits) but a packed cache holds one width, " +
+                     str(cfg_.bits) + " bits");
+        }
     for (int l = 0; l < cfg_.n_layer; ++l)
         for (int h = 0; h < cfg_.n_head_kv; ++h) {
             const HeadView hv = t.head(l, h);

@@ -160,8 +160,9 @@ public:
     void set_patterns(int layer, int head, KvPart part, const float* patterns, int M, float clip, double gate_z,
                       Assign assign);
     /// set_patterns for every layer and KV head from a loaded table. Refuses a table of
-    /// another n_layer, n_head, n_head_kv, head_dim, bit width or pattern counts, or one
-    /// missing a layer (keep uncalibrated layers in another cache).
+    /// another n_layer, n_head, n_head_kv, head_dim, bit width or pattern counts, one
+    /// missing a layer (keep uncalibrated layers in another cache), or one whose width
+    /// allocation (format 1.2) gives a head another width than the cache's.
     void set_table(const PatternTable& table);
 
     /// Appends n >= 0 tokens of one layer of sequence `seq`: k and v are [n, n_head_kv, D]

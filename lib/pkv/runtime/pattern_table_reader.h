@@ -28,7 +28,10 @@
 //   }
 //
 // Tables with a per-head width allocation (format 1.2, pkv.quant.allocation, written by
-// `pkv calibrate --bits-budget`) are refused: this header does not read the widths yet.
+// `pkv calibrate --bits-budget`) give each KV head's K and V its own code width
+// (HeadView::k_bits / v_bits; 16 keeps that tensor of the head in fp16), with its clip
+// ratios and gate fitted at that width: declare bits = 0 for them (a fixed width is refused,
+// since it would pair those parameters with another width).
 //
 // Errors: every problem throws pkv_rt::TableError (a std::runtime_error) whose what() is
 // one line "pattern table <label>: <what>", naming the field, the table's value and the
@@ -214,6 +217,10 @@ struct HeadView {
     float v_clip = 1.0f;                ///< clip ratio of the value residual quantizer, (0, 1]
     float v_gate_z = 0.0f;              ///< z of the value gate, >= 0
     Assign assign = Assign::minmax;     ///< the table's pkv.assign
+    /// Code widths of this head's K and V residuals: the table's bits, or with a width
+    /// allocation (format 1.2) the head's own: 2, 3, 4, 8, or 16 = keep that tensor of the
+    /// head in fp16 (no pattern, no quantizer). k_clip / v_clip / v_gate_z were fitted at it.
+    int k_bits = 0, v_bits = 0;
 
     const float* k_pattern(int i) const { return k_patterns + row(i); }  ///< [D] key pattern i
     const float* v_pattern(int i) const { return v_patterns + row(i); }  ///< [D] value pattern i
@@ -232,17 +239,20 @@ namespace detail {
 // ---- strict JSON (RFC 8259 without fractions and exponents) ---------------------------
 
 struct Json {
-    enum class Kind { null, boolean, integer, string, array, object } kind = Kind::null;
+    enum class Kind { null, boolean, integer, number, string, array, object } kind = Kind::null;
     bool flag = false;              // boolean value; integer: negative
     uint64_t magnitude = 0;         // integer
-    std::string text;               // string
+    std::string text;               // string; number: its JSON text
     std::vector<Json> items;        // array elements / object values
     std::vector<std::string> keys;  // object keys, parallel to items
 };
 
 class JsonParser {
 public:
-    JsonParser(const char* s, size_t n, std::string where) : s_(s), n_(n), where_(std::move(where)) {}
+    /// fractions: also accept numbers with a fraction or exponent (Kind::number, kept as
+    /// text); a safetensors header has none, pkv.quant.allocation's "bits" does.
+    JsonParser(const char* s, size_t n, std::string where, bool fractions = false, const char* noun = "header JSON")
+        : s_(s), n_(n), where_(std::move(where)), fractions_(fractions), noun_(noun) {}
     Json document() {
         Json v = value(0);
         ws();
@@ -254,9 +264,11 @@ private:
     const char* s_;
     size_t n_, p_ = 0;
     std::string where_;
+    bool fractions_;
+    const char* noun_;
 
     [[noreturn]] void fail(const std::string& what) const {
-        throw TableError(where_ + ": malformed header JSON at byte " + std::to_string(p_) + ": " + what);
+        throw TableError(where_ + ": malformed " + noun_ + " at byte " + std::to_string(p_) + ": " + what);
     }
     unsigned char peek() const { return p_ < n_ ? static_cast<unsigned char>(s_[p_]) : 0; }
     bool digit() const { return peek() >= '0' && peek() <= '9'; }
@@ -301,6 +313,7 @@ private:
             v.kind = Json::Kind::string;
             v.text = string();
         } else if (c == '-' || digit()) {
+            const size_t start = p_;
             v.kind = Json::Kind::integer;
             v.flag = c == '-';
             if (v.flag) ++p_;
@@ -311,7 +324,21 @@ private:
                 if (v.magnitude > (std::numeric_limits<uint64_t>::max() - d) / 10) fail("integer out of range");
                 v.magnitude = v.magnitude * 10 + d;
             }
-            if (peek() == '.' || peek() == 'e' || peek() == 'E') fail("non-integer number");
+            if ((peek() == '.' || peek() == 'e' || peek() == 'E') && !fractions_) fail("non-integer number");
+            if (peek() == '.') {
+                ++p_;
+                if (!digit()) fail("expected a digit after '.'");
+                while (digit()) ++p_;
+                v.kind = Json::Kind::number;
+            }
+            if (peek() == 'e' || peek() == 'E') {
+                ++p_;
+                if (peek() == '+' || peek() == '-') ++p_;
+                if (!digit()) fail("expected a digit in the exponent");
+                while (digit()) ++p_;
+                v.kind = Json::Kind::number;
+            }
+            if (v.kind == Json::Kind::number) v.text.assign(s_ + start, p_ - start);
         } else {
             for (const char* lit : {"true", "false", "null"}) {
                 const size_t len = std::char_traits<char>::length(lit);
@@ -438,6 +465,16 @@ inline bool plain_number(const std::string& s) {
         if (digits() == 0) return false;
     }
     return i == s.size();
+}
+
+/// Compact JSON text of a number or a list of them, for messages.
+inline std::string json_text(const Json& v) {
+    if (v.kind == Json::Kind::integer) return (v.flag ? "-" : "") + std::to_string(v.magnitude);
+    if (v.kind == Json::Kind::number) return v.text;
+    if (v.kind != Json::Kind::array) return "a non-number";
+    std::string out = "[";
+    for (size_t i = 0; i < v.items.size(); ++i) out += (i ? "," : "") + json_text(v.items[i]);
+    return out + "]";
 }
 
 inline uint64_t unsigned_of(const Json& j, const std::string& where) {
@@ -576,7 +613,11 @@ public:
     DimOrder key_dim_order() const { return order_; }
     Rotation rotation() const { return rotation_; }
     uint64_t rotation_seed() const { return seed_; }  ///< 0 = plain Sylvester H_D
-    int bits() const { return bits_; }
+    int bits() const { return bits_; }                ///< pkv.quant.bits; with an allocation see HeadView's widths
+    /// Whether the table allocates a width per KV head (format 1.2, pkv.quant.allocation).
+    bool has_allocation() const { return alloc_; }
+    double allocation_budget() const { return alloc_budget_; }  ///< mean bits per element allowed
+    double allocation_bits() const { return alloc_bits_; }      ///< mean bits per element reached
     int group() const { return group_; }
     int window() const { return window_; }
     Assign assign() const { return assign_; }
@@ -609,7 +650,9 @@ public:
                         l->k_clip[h],
                         l->v_clip[h],
                         l->v_gate_z[h],
-                        assign_};
+                        assign_,
+                        l->k_bits[h],
+                        l->v_bits[h]};
     }
 
 private:
@@ -617,8 +660,9 @@ private:
         int layer = 0;
         std::vector<float> k_patterns, v_patterns, k_clip, v_clip, v_gate_z;
         std::vector<int64_t> k_counts, v_counts;
-        int window = 0;          // sliding window in tokens; 0: global (or unknown without geometry)
-        double rope_base = 0.0;  // RoPE base of the layer's keys; 0: not recorded
+        std::vector<int> k_bits, v_bits;  // [H] code widths (all bits() without an allocation)
+        int window = 0;                   // sliding window in tokens; 0: global (or unknown without geometry)
+        double rope_base = 0.0;           // RoPE base of the layer's keys; 0: not recorded
     };
 
     std::string label_, model_name_, model_sha256_, arch_;
@@ -626,7 +670,8 @@ private:
     int minor_ = 0, n_layer_ = 0, n_head_ = 0, n_head_kv_ = 0, head_dim_ = 0;
     int bits_ = 0, group_ = 0, window_ = 0, mk_ = 0, mv_ = 0;
     uint64_t seed_ = 0;
-    bool geometry_ = false;
+    bool geometry_ = false, alloc_ = false;
+    double alloc_budget_ = 0.0, alloc_bits_ = 0.0;
     KeyBasis basis_ = KeyBasis::post_rope;
     DimOrder order_ = DimOrder::gguf_interleaved;
     Rotation rotation_ = Rotation::none;
@@ -727,6 +772,7 @@ private:
     void load_settings();
     std::vector<int> layer_ids(const std::string& list) const;
     void check_decl(const RuntimeDecl& decl) const;
+    void load_allocation();
     void load_layers(const detail::Container& c, const std::vector<int>& ids);
     void load_geometry();
     void check_layer_tensors(const detail::Container& c, const std::string& list) const;
@@ -829,6 +875,10 @@ inline void PatternTable::check_decl(const RuntimeDecl& decl) const {
     if (decl.rotation != rotation_) refuse("rotation", to_string(rotation_), to_string(decl.rotation), wrong_space);
     if (decl.rotation_seed && *decl.rotation_seed != seed_)
         refuse("rotation seed", std::to_string(seed_), std::to_string(*decl.rotation_seed), wrong_space);
+    if (decl.bits && alloc_)
+        refuse("quant bits", "allocated per KV head (pkv.quant.allocation)", std::to_string(decl.bits),
+               "each head's clip ratios were fitted at its own width (declare bits = 0 and quantize each head at "
+               "HeadView::k_bits / v_bits)");
     if (decl.bits) check_int("quant bits", bits_, decl.bits, wrong_quant);
     if (decl.group) check_int("quant group", group_, decl.group, wrong_quant);
     if (decl.window) check_int("quant window", window_, decl.window, wrong_quant);
@@ -848,7 +898,11 @@ inline void PatternTable::load_layers(const detail::Container& c, const std::vec
                 read<float>(c, p + "v_clip", {H}),
                 read<float>(c, p + "v_gate_z", {H}),
                 read<int64_t>(c, p + "k_counts", {H, Mk}),
-                read<int64_t>(c, p + "v_counts", {H, Mv})};
+                read<int64_t>(c, p + "v_counts", {H, Mv}),
+                {},
+                {}};
+        L.k_bits.assign(static_cast<size_t>(H), bits_);
+        L.v_bits.assign(static_cast<size_t>(H), bits_);
         for (size_t h = 0; h < H; ++h) {
             const std::string at = " of KV head " + std::to_string(h);
             for (const auto& clip : {std::make_pair("k_clip", L.k_clip[h]), std::make_pair("v_clip", L.v_clip[h])})
@@ -917,12 +971,7 @@ inline void PatternTable::check_layer_tensors(const detail::Container& c, const 
 inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     metadata_ = std::move(c.metadata);
     load_format();
-    // Format 1.2 may record a width per KV head, with each head's clip ratios fitted at its
-    // own width; running every head at pkv.quant.bits would pair them with the wrong width.
-    if (metadata_.count("pkv.quant.allocation") != 0)
-        fail(
-            "metadata pkv.quant.allocation: the table records a code width per KV head, which this reader does "
-            "not apply yet; calibrate a table without --bits-budget for it");
+    alloc_ = metadata_.count("pkv.quant.allocation") != 0;
     load_model();
     load_settings();
     const std::string list = meta("pkv.layers");
@@ -930,7 +979,57 @@ inline void PatternTable::load(detail::Container c, const RuntimeDecl& decl) {
     check_decl(decl);
     load_layers(c, ids);
     load_geometry();
+    if (alloc_) load_allocation();
     check_layer_tensors(c, list);
+}
+
+// pkv.quant.allocation: {"bits", "budget", "k": [H widths per entry of pkv.layers], "v": ...}.
+inline void PatternTable::load_allocation() {
+    using detail::Json;
+    const std::string key = "metadata pkv.quant.allocation";
+    const std::string text = meta("pkv.quant.allocation");
+    const Json j =
+        detail::JsonParser(text.data(), text.size(), "pattern table " + label_ + ": " + key, true, "JSON").document();
+    if (j.kind != Json::Kind::object) fail(key + ": expected a JSON object");
+    const auto field = [&](const std::string& name) -> const Json& {
+        for (size_t i = 0; i < j.keys.size(); ++i)
+            if (j.keys[i] == name) return j.items[i];
+        fail(key + ": missing \"" + name + "\"");
+    };
+    const auto render = [](const Json& v) { return detail::json_text(v); };
+    for (const bool budget : {true, false}) {
+        const Json& v = field(budget ? "budget" : "bits");
+        double x = -1.0;
+        if (v.kind == Json::Kind::integer && !v.flag) x = static_cast<double>(v.magnitude);
+        if (v.kind == Json::Kind::number) {
+            std::istringstream in(v.text);
+            in.imbue(std::locale::classic());
+            if (!(in >> x)) x = -1.0;
+        }
+        if (!(x > 0.0 && x <= 16.0))
+            fail(key + "." + (budget ? "budget" : "bits") + ": expected a number in (0, 16], got " + render(v));
+        (budget ? alloc_budget_ : alloc_bits_) = x;
+    }
+    for (const bool value : {false, true}) {
+        const std::string at = key + "." + (value ? "v" : "k");
+        const Json& a = field(value ? "v" : "k");
+        if (a.kind != Json::Kind::array || a.items.size() != layers_.size())
+            fail(at + ": expected " + std::to_string(layers_.size()) + " lists (one per entry of pkv.layers), got " +
+                 render(a));
+        for (size_t i = 0; i < layers_.size(); ++i) {
+            const Json& row = a.items[i];
+            bool ok = row.kind == Json::Kind::array && row.items.size() == static_cast<size_t>(n_head_kv_);
+            for (size_t h = 0; ok && h < row.items.size(); ++h) {
+                const Json& w = row.items[h];
+                const uint64_t b = w.kind == Json::Kind::integer && !w.flag ? w.magnitude : 0;
+                ok = b == 2 || b == 3 || b == 4 || b == 8 || b == 16;
+                if (ok) (value ? layers_[i].v_bits : layers_[i].k_bits)[h] = static_cast<int>(b);
+            }
+            if (!ok)
+                fail(at + ": layer " + std::to_string(layers_[i].layer) + ": expected " + std::to_string(n_head_kv_) +
+                     " widths of 2, 3, 4, 8 or 16, got " + render(row));
+        }
+    }
 }
 
 }  // namespace pkv_rt

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "catch.h"
+#include "pkv/runtime/packed_cache.h"
 #include "support/scratch_dir.h"
 #include "table_fixture.h"
 
@@ -499,11 +500,72 @@ TEST_CASE("runtime reader: a default-constructed table is empty, and copies own 
     CHECK(copy.head(2, 0).v_gate_z == Approx(1.6448536f));
 }
 
-TEST_CASE("runtime reader: a table with a per-head width allocation is refused, not run at one width") {
+TEST_CASE("runtime reader: a width allocation gives each head its widths; a fixed width is refused") {
     TableSpec s = default_spec();
     s.meta["pkv.format_version"] = "1.2";
-    CHECK_NOTHROW(parse(encode(s)));  // 1.2 without an allocation reads
-    s.meta["pkv.quant.allocation"] = R"({"bits":2.5,"budget":2.5,"k":[[2,3],[2,2]],"v":[[2,2],[2,4]]})";
+    const PatternTable plain = parse(encode(s));  // 1.2 without an allocation reads: every head at pkv.quant.bits
+    CHECK_FALSE(plain.has_allocation());
+    CHECK(plain.head(2, 1).k_bits == 2);
+    CHECK(plain.head(2, 1).v_bits == 2);
+    s.meta["pkv.quant.allocation"] = R"({"bits":2.4375,"budget":2.5,"k":[[2,3],[2,16]],"v":[[2,2],[8,4]]})";
     CHECK_THAT(load_error(encode(s)),
-               ContainsSubstring("metadata pkv.quant.allocation: the table records a code width per KV head"));
+               ContainsSubstring("quant bits is allocated per KV head (pkv.quant.allocation) but the runtime declares "
+                                 "2; each head's clip ratios were fitted at its own width"));
+    pkv_rt::RuntimeDecl any = default_decl();
+    any.bits = 0;
+    const PatternTable t = parse(encode(s), any);
+    REQUIRE(t.has_allocation());
+    CHECK(t.allocation_budget() == 2.5);
+    CHECK(t.allocation_bits() == 2.4375);
+    CHECK(t.head(0, 0).k_bits == 2);
+    CHECK(t.head(0, 1).k_bits == 3);
+    CHECK(t.head(2, 1).k_bits == 16);
+    CHECK(t.head(2, 0).v_bits == 8);
+    CHECK(t.head(2, 1).v_bits == 4);
+    // Malformed allocations: one line naming the field and what was expected.
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {R"({"bits":2.5,"budget":2.5,"k":[[2,3]],"v":[[2,2],[2,4]]})",
+         "metadata pkv.quant.allocation.k: expected 2 lists (one per entry of pkv.layers), got [[2,3]]"},
+        {R"({"bits":2.5,"budget":2.5,"k":[[2,3],[2,2]],"v":[[2,2],[2,5]]})",
+         "metadata pkv.quant.allocation.v: layer 2: expected 2 widths of 2, 3, 4, 8 or 16, got [2,5]"},
+        {R"({"bits":2.5,"budget":2.5,"k":[[2,3],[2,2,2]],"v":[[2,2],[2,4]]})",
+         "metadata pkv.quant.allocation.k: layer 2: expected 2 widths of 2, 3, 4, 8 or 16, got [2,2,2]"},
+        {R"({"bits":2.5,"budget":0,"k":[[2,3],[2,2]],"v":[[2,2],[2,4]]})",
+         "metadata pkv.quant.allocation.budget: expected a number in (0, 16], got 0"},
+        {R"({"bits":2.5,"k":[[2,3],[2,2]],"v":[[2,2],[2,4]]})", "metadata pkv.quant.allocation: missing \"budget\""},
+        {R"([2,3])", "metadata pkv.quant.allocation: expected a JSON object"},
+        {R"({"bits":2.5e,"budget":2.5})",
+         "metadata pkv.quant.allocation: malformed JSON at byte 12: expected a digit in the exponent"},
+    };
+    for (const auto& b : bad) {
+        s.meta["pkv.quant.allocation"] = b.first;
+        CHECK_THAT(load_error(encode(s), any), ContainsSubstring(b.second));
+    }
+}
+
+TEST_CASE("runtime reader: a packed cache takes an allocation of its one width and refuses others") {
+    TableSpec s = default_spec();
+    s.meta["pkv.format_version"] = "1.2";
+    s.meta["pkv.layers"] = "0,1,2";
+    s.meta["pkv.layers.window"] = "0,0,0";
+    s.meta["pkv.layers.rope_base"] = "10000,10000,10000";
+    for (const char* t : {"k_patterns", "v_patterns", "k_counts", "v_counts", "k_clip", "v_clip", "v_gate_z"}) {
+        pkv::StTensor copy = s.tensors.at(std::string("layers.0.") + t);
+        copy.name = std::string("layers.1.") + t;
+        s.tensors[copy.name] = copy;
+    }
+    pkv_rt::RuntimeDecl any = default_decl();
+    any.bits = 0;
+    pkv_rt::CacheConfig c;
+    c.n_layer = kLayers, c.n_head = kHeads, c.n_head_kv = kHeadsKv, c.head_dim = kDim;
+    c.max_tokens = 64, c.window = 16, c.group = 16, c.bits = 2, c.k_patterns = kMk, c.v_patterns = kMv;
+    s.meta["pkv.quant.allocation"] = R"({"bits":2.0,"budget":2.0,"k":[[2,2],[2,2],[2,2]],"v":[[2,2],[2,2],[2,2]]})";
+    pkv_rt::PackedCache uniform(c);
+    CHECK_NOTHROW(uniform.set_table(parse(encode(s), any)));
+    s.meta["pkv.quant.allocation"] = R"({"bits":2.1,"budget":2.5,"k":[[2,2],[2,2],[2,2]],"v":[[2,2],[2,3],[2,2]]})";
+    pkv_rt::PackedCache mixed(c);
+    const PatternTable t = parse(encode(s), any);
+    CHECK_THROWS_WITH(mixed.set_table(t),
+                      "packed cache: set_table: the table allocates a width per KV head (layer 1 KV head 1: K 2, V 3 "
+                      "bits) but a packed cache holds one width, 2 bits");
 }
