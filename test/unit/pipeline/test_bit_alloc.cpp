@@ -9,6 +9,7 @@
 #include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/bit_alloc.h"
 #include "pkv/pipeline/calibrate.h"
+#include "pkv/runtime/pattern_table_reader.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
 
@@ -214,6 +215,21 @@ TEST_CASE("calibrate --bits-budget: the table records the allocation, fitted at 
         CHECK(back.layers[l].k_bits == t.layers[l].k_bits);
         CHECK(back.layers[l].v_bits == t.layers[l].v_bits);
     }
+    // The standalone runtime reader gives every head the same widths and fitted clips.
+    pkv_rt::RuntimeDecl decl;
+    decl.arch = t.model.arch;
+    decl.n_layer = t.model.n_layer, decl.n_head = t.model.n_head, decl.n_head_kv = t.model.n_head_kv;
+    decl.head_dim = t.model.head_dim;
+    const pkv_rt::PatternTable rt = pkv_rt::PatternTable::open(c.out_path, decl);
+    CHECK(rt.has_allocation());
+    CHECK(rt.allocation_bits() == Approx(t.alloc_bits).epsilon(1e-12));
+    for (const PatternLayer& L : t.layers)
+        for (int h = 0; h < t.model.n_head_kv; ++h) {
+            const pkv_rt::HeadView hv = rt.head(L.layer, h);
+            CHECK(hv.k_bits == L.k_bits[static_cast<size_t>(h)]);
+            CHECK(hv.v_bits == L.v_bits[static_cast<size_t>(h)]);
+            CHECK(hv.k_clip == L.k_clip[static_cast<size_t>(h)]);
+        }
     // A budget below every head at 2 bits is refused before any mining.
     c.bits_budget = 2.0;
     c.out_path = dir.path + "/low.safetensors";
