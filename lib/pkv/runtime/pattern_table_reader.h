@@ -163,18 +163,22 @@ inline int nearest_pattern(const float* x, const float* patterns, int m, int d, 
     return best;
 }
 
-/// rho = R(v - c) / R(v) with R = max - min over the d channels (double); +infinity when
-/// R(v) = 0 (a flat value vector: nothing to flatten).
+/// rho = R(v - c) / R(v) with R = max - min over the d channels; +infinity when R(v) = 0
+/// (a flat value vector: nothing to flatten). pkv's arithmetic, bit for bit: the
+/// differences v - c, minima and maxima in float, the two ranges and their ratio in double.
 inline double gate_rho(const float* v, const float* c, int d) {
     if (d < 1) return std::numeric_limits<double>::infinity();
-    double vmin = static_cast<double>(v[0]), vmax = vmin;
+    float vmin = v[0], vmax = v[0], rmin = v[0] - c[0], rmax = rmin;
     for (int i = 1; i < d; ++i) {
-        vmin = std::min(vmin, static_cast<double>(v[i]));
-        vmax = std::max(vmax, static_cast<double>(v[i]));
+        vmin = std::min(vmin, v[i]);
+        vmax = std::max(vmax, v[i]);
+        const float e = v[i] - c[i];
+        rmin = std::min(rmin, e);
+        rmax = std::max(rmax, e);
     }
-    const double rv = vmax - vmin;
+    const double rv = static_cast<double>(vmax) - static_cast<double>(vmin);
     if (!(rv > 0.0)) return std::numeric_limits<double>::infinity();
-    return minmax_distance(v, c, d) / rv;
+    return (static_cast<double>(rmax) - static_cast<double>(rmin)) / rv;
 }
 
 /// The value gate: true iff 1 - rho^2 >= (2 z / sqrt(5 d)) sqrt(1 + rho^4); false for a
@@ -192,14 +196,16 @@ inline bool gate_subtract(const float* v, const float* c, int d, double z) {
 
 /// The interval a residual quantizer group with observed range [mn, mx] quantizes over
 /// under clip ratio a in (0, 1]: [m - a h, m + a h], m = (mn + mx) / 2, h = (mx - mn) / 2.
-/// Residual values outside it are clamped to it; a = 1 is plain min-max.
+/// Residual values outside it are clamped to it; a = 1 is plain min-max, [mn, mx] exactly.
+/// pkv's arithmetic, bit for bit: m = mn/2 + mx/2 and h = mx/2 - mn/2 in float (no
+/// overflow near FLT_MAX), then m -/+ a h in float.
 struct ClipRange {
     float lo = 0.0f, hi = 0.0f;
 };
 inline ClipRange clip_range(float mn, float mx, float a) {
-    const double lo = static_cast<double>(mn), hi = static_cast<double>(mx), ad = static_cast<double>(a);
-    const double m = (lo + hi) / 2.0, h = (hi - lo) / 2.0;
-    return {static_cast<float>(m - ad * h), static_cast<float>(m + ad * h)};
+    if (!(a < 1.0f)) return {mn, mx};
+    const float m = 0.5f * mn + 0.5f * mx, h = 0.5f * mx - 0.5f * mn;
+    return {m - a * h, m + a * h};
 }
 
 /// One (layer, KV head) of a table; D = head_dim, Mk / Mv = key / value patterns.

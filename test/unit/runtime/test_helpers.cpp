@@ -7,8 +7,10 @@
 #include <set>
 
 #include "catch.h"
+#include "pkv/core/half.h"
 #include "pkv/kmeans/minmax_assign.h"
 #include "pkv/kvcache/simulate.h"
+#include "pkv/quant/minmax.h"
 #include "table_fixture.h"
 
 using pkv_rt::Assign;
@@ -90,11 +92,13 @@ TEST_CASE("runtime helpers: the value gate equals pkv's analyze gate at the pape
         }
     }
     CHECK(differ == 0);
-    // rho of random vectors agrees with pkv's (which differences in float) to rounding.
-    for (int i = 0; i < 200; ++i) {
+    // rho of random vectors equals pkv's bit for bit (float differences, double ratio).
+    int rho_differ = 0;
+    for (int i = 0; i < 2000; ++i) {
         const std::vector<float> v = random_rows(rng, 64, 1.0f), c = random_rows(rng, 64, 0.5f);
-        CHECK_THAT(pkv_rt::gate_rho(v.data(), c.data(), 64), WithinRel(pkv::v_gate_rho(v.data(), c.data(), 64), 1e-6));
+        rho_differ += pkv_rt::gate_rho(v.data(), c.data(), 64) != pkv::v_gate_rho(v.data(), c.data(), 64);
     }
+    CHECK(rho_differ == 0);
 }
 
 TEST_CASE("runtime helpers: value gate cases") {
@@ -174,6 +178,19 @@ TEST_CASE("runtime helpers: clip range") {
     const pkv_rt::ClipRange point = pkv_rt::clip_range(2.5f, 2.5f, 0.3f);
     CHECK(point.lo == 2.5f);
     CHECK(point.hi == 2.5f);
+    // pkv's grid bit for bit: its binary16 zero and scale come from the same interval.
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> x(-3.0f, 3.0f), a(0.05f, 1.0f);
+    int differ = 0;
+    for (int i = 0; i < 5000; ++i) {
+        float mn = x(rng), mx = x(rng);
+        if (mx < mn) std::swap(mn, mx);
+        const float clip = i % 5 == 0 ? 1.0f : a(rng);
+        const pkv_rt::ClipRange r = pkv_rt::clip_range(mn, mx, clip);
+        const pkv::MinMaxGroup g = pkv::minmax_grid(mn, mx, 2, clip);
+        differ += pkv::float_to_half(r.lo) != g.zero || pkv::float_to_half((r.hi - r.lo) / 3.0f) != g.scale;
+    }
+    CHECK(differ == 0);
 }
 
 TEST_CASE("runtime reader: the header includes only standard library headers") {
