@@ -1,9 +1,12 @@
 // Device decode steps of a packed cache (packed_attention.h, "Device appends"): the flush of
 // a completed block or token and the new token's ring row, byte for byte what
 // pkv_rt::PackedCache::append writes. Every rounding the host makes is spelled out with an
-// _rn intrinsic, since nvcc would otherwise contract a * b + c into one fused rounding that
-// the host (built without contraction) never makes; min and max are written as the host's
-// std::min / std::max comparisons, which fminf / fmaxf need not match on signed zeros.
+// _rn intrinsic, so nvcc contracts nothing the host does not; the fused operations are those
+// the project's GCC build (-march=native, with FMA) emits for packed_cache.cpp, the same as
+// for pkv's quantizer and gate (sim_cache.cu): the clip's centre and half-width on their mn
+// term and m -+ a h, the L2 distance's sum of squares, and 1 + rho^2 rho^2. min and max are
+// the host's std::min / std::max comparisons, which fminf / fmaxf need not match on signed
+// zeros.
 #include <algorithm>
 #include <cuda_fp16.h>
 
@@ -50,10 +53,11 @@ struct DevGrid {
 // pkv_rt's make_grid: clip about the centre, binary16 zero and scale.
 __device__ DevGrid make_grid(float mn, float mx, int bits, float clip, int* fault) {
     if (clip < 1.0f) {
-        const float c = __fadd_rn(__fmul_rn(0.5f, mn), __fmul_rn(0.5f, mx));
-        const float h = __fsub_rn(__fmul_rn(0.5f, mx), __fmul_rn(0.5f, mn));
-        mn = __fsub_rn(c, __fmul_rn(clip, h));
-        mx = __fadd_rn(c, __fmul_rn(clip, h));
+        const float hx = __fmul_rn(0.5f, mx);
+        const float c = __fmaf_rn(mn, 0.5f, hx);
+        const float h = __fmaf_rn(-0.5f, mn, hx);
+        mn = __fmaf_rn(-clip, h, c);
+        mx = __fmaf_rn(clip, h, c);
     }
     const uint16_t z16 = to_half(mn);
     const uint16_t s16 = to_half(__fdiv_rn(__fsub_rn(mx, mn), static_cast<float>((1 << bits) - 1)));
@@ -83,7 +87,7 @@ __device__ int nearest(const float* x, const float* P, int M, int D, bool l2) {
         if (l2) {
             for (int t = 0; t < D; ++t) {
                 const double e = __dsub_rn(static_cast<double>(x[t]), static_cast<double>(c[t]));
-                dist = __dadd_rn(dist, __dmul_rn(e, e));
+                dist = __fma_rn(e, e, dist);
             }
         } else {
             double lo = __dsub_rn(static_cast<double>(x[0]), static_cast<double>(c[0])), hi = lo;
@@ -118,8 +122,8 @@ __device__ bool gate_passes(const float* v, const float* c, int D, double z) {
     if (!isfinite(rho)) return false;
     const double rho2 = __dmul_rn(rho, rho);
     const double lhs = __dsub_rn(1.0, rho2);
-    const double a = __ddiv_rn(__dmul_rn(2.0, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
-    return lhs >= __dmul_rn(a, __dsqrt_rn(__dadd_rn(1.0, __dmul_rn(rho2, rho2))));
+    const double a = __ddiv_rn(__dadd_rn(z, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
+    return lhs >= __dmul_rn(a, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
 }
 
 // Puts code q of channel d into a row of 32-bit words (zeroed first); a code may straddle two.
