@@ -1,17 +1,14 @@
 // Device decode steps of a packed cache (packed_attention.h, "Device appends"): the flush of
 // a completed block or token and the new token's ring row, byte for byte what
-// pkv_rt::PackedCache::append writes. Every rounding the host makes is spelled out with an
-// _rn intrinsic, so nvcc contracts nothing the host does not; the fused operations are those
-// the project's GCC build (-march=native, with FMA) emits for packed_cache.cpp, the same as
-// for pkv's quantizer and gate (sim_cache.cu): the clip's centre and half-width on their mn
-// term and m -+ a h, the L2 distance's sum of squares, and 1 + rho^2 rho^2. min and max are
-// the host's std::min / std::max comparisons, which fminf / fmaxf need not match on signed
-// zeros.
+// pkv_rt::PackedCache::append writes: the runtime's packed_cache.cpp repeats pkv's
+// quantizer, pattern choice and gate, whose device twins (quant_device.cuh) the cache
+// simulation's kernels use too.
 #include <algorithm>
 #include <cuda_fp16.h>
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/packed_device_impl.cuh"
+#include "pkv/cuda/quant_device.cuh"
 
 namespace pkv::cuda {
 
@@ -40,8 +37,11 @@ struct AppendGeo {
     int layer, n_seq, H, D, R, G, Gv, bits, Mk, Mv, method;  // method: 0 fp16, 1 kivi, 2 table
 };
 
-__device__ __forceinline__ float min_of(float a, float b) { return b < a ? b : a; }  // std::min(a, b)
-__device__ __forceinline__ float max_of(float a, float b) { return a < b ? b : a; }  // std::max(a, b)
+using detail::gate_passes;
+using detail::nearest_pattern;
+using detail::smax;
+using detail::smin;
+
 __device__ __forceinline__ float from_half(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ uint16_t to_half(float x) { return __half_as_ushort(__float2half_rn(x)); }
 
@@ -50,80 +50,19 @@ struct DevGrid {
     uint32_t bits16;  // scale in bytes 0-1, zero in bytes 2-3 (little-endian)
 };
 
-// pkv_rt's make_grid: clip about the centre, binary16 zero and scale.
+// pkv_rt's make_grid (pkv::minmax_grid); a zero or scale beyond binary16 sets the fault.
 __device__ DevGrid make_grid(float mn, float mx, int bits, float clip, int* fault) {
-    if (clip < 1.0f) {
-        const float hx = __fmul_rn(0.5f, mx);
-        const float c = __fmaf_rn(mn, 0.5f, hx);
-        const float h = __fmaf_rn(-0.5f, mn, hx);
-        mn = __fmaf_rn(-clip, h, c);
-        mx = __fmaf_rn(clip, h, c);
-    }
-    const uint16_t z16 = to_half(mn);
-    const uint16_t s16 = to_half(__fdiv_rn(__fsub_rn(mx, mn), static_cast<float>((1 << bits) - 1)));
+    uint16_t z16 = 0, s16 = 0;
+    if (!detail::grid_bits(mn, mx, bits, clip, z16, s16)) atomicExch(fault, 1);
     DevGrid g;
     g.z = from_half(z16);
     g.s = from_half(s16);
     g.bits16 = static_cast<uint32_t>(s16) | (static_cast<uint32_t>(z16) << 16);
-    if (!isfinite(g.z) || !isfinite(g.s)) atomicExch(fault, 1);
     return g;
 }
 
 __device__ __forceinline__ uint32_t code_of(float x, const DevGrid& g, int bits) {
-    if (!(g.s > 0.0f)) return 0u;
-    const float t = rintf(__fdiv_rn(__fsub_rn(x, g.z), g.s));
-    const float qmax = static_cast<float>((1 << bits) - 1);
-    const float lo = t < 0.0f ? 0.0f : t;
-    return static_cast<uint32_t>(qmax < lo ? qmax : lo);
-}
-
-// pkv_rt's nearest: double distances in channel order, strict '<' (the lowest index wins).
-__device__ int nearest(const float* x, const float* P, int M, int D, bool l2) {
-    int best = 0;
-    double best_d = 0.0;
-    for (int j = 0; j < M; ++j) {
-        const float* c = P + static_cast<int64_t>(j) * D;
-        double dist = 0.0;
-        if (l2) {
-            for (int t = 0; t < D; ++t) {
-                const double e = __dsub_rn(static_cast<double>(x[t]), static_cast<double>(c[t]));
-                dist = __fma_rn(e, e, dist);
-            }
-        } else {
-            double lo = __dsub_rn(static_cast<double>(x[0]), static_cast<double>(c[0])), hi = lo;
-            for (int t = 1; t < D; ++t) {
-                const double r = __dsub_rn(static_cast<double>(x[t]), static_cast<double>(c[t]));
-                lo = r < lo ? r : lo;
-                hi = hi < r ? r : hi;
-            }
-            dist = __dsub_rn(hi, lo);
-        }
-        if (j == 0 || dist < best_d) {
-            best_d = dist;
-            best = j;
-        }
-    }
-    return best;
-}
-
-// pkv_rt's gate_passes: float ranges, double z-test.
-__device__ bool gate_passes(const float* v, const float* c, int D, double z) {
-    float vmin = v[0], vmax = v[0], rmin = __fsub_rn(v[0], c[0]), rmax = rmin;
-    for (int i = 1; i < D; ++i) {
-        vmin = min_of(vmin, v[i]);
-        vmax = max_of(vmax, v[i]);
-        const float e = __fsub_rn(v[i], c[i]);
-        rmin = min_of(rmin, e);
-        rmax = max_of(rmax, e);
-    }
-    const double rv = __dsub_rn(static_cast<double>(vmax), static_cast<double>(vmin));
-    if (rv <= 0.0) return false;
-    const double rho = __ddiv_rn(__dsub_rn(static_cast<double>(rmax), static_cast<double>(rmin)), rv);
-    if (!isfinite(rho)) return false;
-    const double rho2 = __dmul_rn(rho, rho);
-    const double lhs = __dsub_rn(1.0, rho2);
-    const double a = __ddiv_rn(__dadd_rn(z, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
-    return lhs >= __dmul_rn(a, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
+    return static_cast<uint32_t>(detail::code_of(x, g.z, g.s, bits));
 }
 
 // Puts code q of channel d into a row of 32-bit words (zeroed first); a code may straddle two.
@@ -166,7 +105,7 @@ __device__ void flush_k(const AppendGeo& g, int s, int h, int64_t t0) {
         float* ri = r + static_cast<int64_t>(i) * D;
         for (int d = 0; d < D; ++d) ri[d] = from_half(src[d]);
         if (P) {
-            const int idx = nearest(ri, P, g.Mk, D, hp.k_l2 != 0);
+            const int idx = nearest_pattern(ri, P, g.Mk, hp.k_l2 != 0, D);
             blk[L.index + i] = static_cast<uint8_t>(idx);
             const float* c = P + static_cast<int64_t>(idx) * D;
             for (int d = 0; d < D; ++d) ri[d] = __fsub_rn(ri[d], c[d]);
@@ -178,8 +117,8 @@ __device__ void flush_k(const AppendGeo& g, int s, int h, int64_t t0) {
         const float* col = r + static_cast<int64_t>(gr) * G * D + d;
         float mn = col[0], mx = col[0];
         for (int i = 0; i < G; ++i) {
-            mn = min_of(mn, col[static_cast<int64_t>(i) * D]);
-            mx = max_of(mx, col[static_cast<int64_t>(i) * D]);
+            mn = smin(mn, col[static_cast<int64_t>(i) * D]);
+            mx = smax(mx, col[static_cast<int64_t>(i) * D]);
         }
         grids[e] = make_grid(mn, mx, g.bits, hp.k_clip, g.fault);
         *reinterpret_cast<uint32_t*>(blk + L.params + static_cast<int64_t>(e) * pkv_rt::kParamBytes) = grids[e].bits16;
@@ -214,7 +153,7 @@ __device__ void flush_v(const AppendGeo& g, int s, int h, int64_t t0, int64_t t1
         for (int d = 0; d < D; ++d) x[d] = from_half(src[d]);
         const float* c = nullptr;
         if (P) {
-            const int idx = nearest(x, P, g.Mv, D, hp.v_l2 != 0);
+            const int idx = nearest_pattern(x, P, g.Mv, hp.v_l2 != 0, D);
             blk[L.index + i] = static_cast<uint8_t>(idx);
             if (gate_passes(x, P + static_cast<int64_t>(idx) * D, D, hp.gate_z)) {
                 c = P + static_cast<int64_t>(idx) * D;
@@ -230,8 +169,8 @@ __device__ void flush_v(const AppendGeo& g, int s, int h, int64_t t0, int64_t t1
             const float* grp = x + gr * Gv;
             float mn = grp[0], mx = grp[0];
             for (int e = 0; e < Gv; ++e) {
-                mn = min_of(mn, grp[e]);
-                mx = max_of(mx, grp[e]);
+                mn = smin(mn, grp[e]);
+                mx = smax(mx, grp[e]);
             }
             const DevGrid grid = make_grid(mn, mx, g.bits, hp.v_clip, g.fault);
             *reinterpret_cast<uint32_t*>(blk + L.params +

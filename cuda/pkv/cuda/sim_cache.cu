@@ -1,8 +1,7 @@
 // The device half of the batched cache simulation (sim_cache.h): reconstructions of the
 // tokens the host plan (sim_cache_plan.cpp) flushes. Every kernel repeats the host's
-// arithmetic operation by operation (explicit _rn intrinsics, so nvcc contracts nothing
-// the host does not); the fused operations are those the project's GCC build emits for
-// pkv/quant/minmax.cpp, pkv/kvcache/simulate.cpp and pkv/kmeans/assign_cpu.cpp.
+// arithmetic operation by operation (quant_device.cuh: explicit _rn intrinsics, and the
+// fused operations the project's GCC build emits).
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/cuda_buffer.cuh"
+#include "pkv/cuda/quant_device.cuh"
 #include "pkv/cuda/sim_cache.h"
 #include "pkv/cuda/sim_pattern.cuh"
 
@@ -59,82 +59,23 @@ __device__ __forceinline__ T* at(T* m, const DevProblem& p, int64_t t, const Lay
     return m + (p.row0 + t) * L.stride + p.col0;
 }
 
-// quantize_minmax_group's scale and zero for a group with extremes mn, mx. The host
-// build fuses c = 0.5 mn + 0.5 mx and h = 0.5 mx - 0.5 mn on their mn term, and c -+ a h.
+// quantize_minmax_group's scale and zero for a group with extremes mn, mx, as floats.
 __device__ bool minmax_grid(float mn, float mx, int bits, float clip, float& z, float& s) {
-    if (clip < 1.0f) {
-        const float hx = __fmul_rn(0.5f, mx);
-        const float c = __fmaf_rn(mn, 0.5f, hx);
-        const float h = __fmaf_rn(-0.5f, mn, hx);
-        mn = __fmaf_rn(-clip, h, c);
-        mx = __fmaf_rn(clip, h, c);
-    }
-    const float qmax = static_cast<float>((1 << bits) - 1);
-    z = __half2float(__float2half_rn(mn));
-    s = __half2float(__float2half_rn(__fdiv_rn(__fsub_rn(mx, mn), qmax)));
-    return isfinite(z) && isfinite(s);
+    uint16_t z16 = 0, s16 = 0;
+    const bool ok = detail::grid_bits(mn, mx, bits, clip, z16, s16);
+    z = __half2float(__ushort_as_half(z16));
+    s = __half2float(__ushort_as_half(s16));
+    return ok;
 }
 
 __device__ __forceinline__ float minmax_recon(float v, float z, float s, int bits) {
-    int q = 0;
-    if (s > 0.0f) {
-        const float t = rintf(__fdiv_rn(__fsub_rn(v, z), s));
-        q = static_cast<int>(smin(smax(t, 0.0f), static_cast<float>((1 << bits) - 1)));
-    }
+    const int q = detail::code_of(v, z, s, bits);
     return static_cast<float>(
         __dadd_rn(__dmul_rn(static_cast<double>(q), static_cast<double>(s)), static_cast<double>(z)));
 }
 
-// Nearest pattern of v (lowest index on ties): minmax_distance or assign_ref's L2 (the
-// host accumulates the squares with a fused multiply-add).
-__device__ int nearest_pattern(const float* v, const float* pat, int M, bool l2, int D) {
-    int best = 0;
-    double best_d = 0.0;
-    for (int j = 0; j < M; ++j) {
-        const float* c = pat + static_cast<int64_t>(j) * D;
-        double d;
-        if (l2) {
-            d = 0.0;
-            for (int t = 0; t < D; ++t) {
-                const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-                d = __fma_rn(e, e, d);
-            }
-        } else {
-            double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
-            for (int t = 1; t < D; ++t) {
-                const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-                lo = dmin(lo, r);
-                hi = dmax(hi, r);
-            }
-            d = __dsub_rn(hi, lo);
-        }
-        if (j == 0 || d < best_d) {
-            best_d = d;
-            best = j;
-        }
-    }
-    return best;
-}
-
-// v_gate_rho then v_gate_passes (the host fuses 1 + rho2 · rho2).
-__device__ bool gate_passes(const float* v, const float* c, int D, double z) {
-    float vmin = v[0], vmax = v[0], rmin = __fsub_rn(v[0], c[0]), rmax = rmin;
-    for (int i = 1; i < D; ++i) {
-        vmin = smin(vmin, v[i]);
-        vmax = smax(vmax, v[i]);
-        const float e = __fsub_rn(v[i], c[i]);
-        rmin = smin(rmin, e);
-        rmax = smax(rmax, e);
-    }
-    const double rv = __dsub_rn(static_cast<double>(vmax), static_cast<double>(vmin));
-    if (rv <= 0.0) return false;
-    const double rho = __ddiv_rn(__dsub_rn(static_cast<double>(rmax), static_cast<double>(rmin)), rv);
-    if (!isfinite(rho)) return false;
-    const double rho2 = __dmul_rn(rho, rho);
-    const double lhs = __dsub_rn(1.0, rho2);
-    const double k = __ddiv_rn(__dadd_rn(z, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
-    return lhs >= __dmul_rn(k, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
-}
+using detail::gate_passes;
+using detail::nearest_pattern;
 
 // patternkv-table: the pattern of every flushed token, K and V (the key and value
 // kernels read it).

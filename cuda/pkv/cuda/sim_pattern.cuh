@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "pkv/cuda/quant_device.cuh"
+
 namespace pkv::cuda::detail {
 
 // First failure of a kernel: code 1 a non-finite input, 2 a scale or zero beyond binary16.
@@ -24,13 +26,6 @@ __device__ inline void report(DevError* e, int code, int problem, int64_t token,
         e->b = b;
     }
 }
-
-// std::min / std::max as the host evaluates them (the first argument unless the second
-// is strictly beyond it), so even the sign of a zero extreme is the host's.
-__device__ __forceinline__ float smin(float a, float b) { return b < a ? b : a; }
-__device__ __forceinline__ float smax(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ double dmin(double a, double b) { return b < a ? b : a; }
-__device__ __forceinline__ double dmax(double a, double b) { return a < b ? b : a; }
 
 // One patternkv problem's bank: rows bank_row0 .. of D floats in the bank array, the
 // prefill k-means centroids (k rows) first, then one Chebyshev centre per decode block
