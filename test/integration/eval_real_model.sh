@@ -53,7 +53,7 @@ check(ref["kv_bytes"] == 2 * 30 * 3 * 64 * 256 * 2, "fp16 KV bytes of one sequen
 check(len(r["provenance"]["model"]["sha256"]) == 64 and r["provenance"]["argv"][1] == "--log-level", "provenance")
 # (c) Position buckets 0,64,200,1024 with P = 128, n = 256: [0,64) prompt only, [64,200) 64 prompt
 # and 72 decode positions, [200,256) decode only (t <= 254), per sequence; [1024, ...) left out.
-check(r["version"] == "1.3" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
+check(r["version"] == "1.4" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
 run = r["run"]
 for f in [ref] + r["methods"]:
     bp = f["by_position"]
