@@ -19,8 +19,10 @@
 // cache rounds each appended row to binary16 and quantizes from those values, where the
 // simulation quantizes the exact fp32 K/V and attends to them in its window; decode
 // attention works on the packed codes (q·c once per pattern, then q·r̂) in its own fp32
-// order. The per-token NLL therefore differs from the simulated path's by float rounding,
-// not by method (test/unit/pipeline/test_eval_runtime.cpp measures it).
+// order. Both are float rounding, but a low-bit quantizer turns the rare element moved
+// across a code boundary (or a pattern tie) into a whole step, and later layers compound
+// it: the figures agree statistically with the simulated ones, not to the last digit
+// (test/unit/pipeline/test_eval_runtime.cpp bounds both comparisons).
 // Scores are scaled by the model's attention.scale as q·(scale·sqrt(D)) when it has one.
 //
 // Memory: one layer's packed cache at a time (plus its ring of n binary16 rows for fp16).
