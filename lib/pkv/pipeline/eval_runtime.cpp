@@ -1,10 +1,14 @@
 // One method's attention through the runtime's packed cache, layer by layer; see eval_runtime.h.
 #include "pkv/pipeline/eval_runtime.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "pkv/core/error.h"
+#include "pkv/core/threads.h"
 #include "pkv/model/ops.h"
 #include "pkv/runtime/packed_cache.h"
 #include "pkv/runtime/pattern_table_reader.h"
@@ -132,45 +136,72 @@ double RuntimeAttention::value_bits() const {
 void RuntimeAttention::run_layer(const AttentionHookInput& in) {
     PKV_ASSERT(in.n_tokens == n_ && in.n_head_kv == n_head_kv_ && in.window == 0);
     PKV_ASSERT(in.layer >= 0 && static_cast<size_t>(in.layer) < keep_.size());
-    const int n = in.n_tokens, H = in.n_head, HKV = in.n_head_kv, D = in.head_dim;
-    const int64_t QD = int64_t{H} * D, KD = int64_t{HKV} * D;
+    const int HKV = in.n_head_kv, P = static_cast<int>(prefill_);
+    // Tasks: each KV head's cache and decode steps (the long ones, first), then the prompt's
+    // queries in row blocks; workers take the next task until none is left.
+    constexpr int kPromptRows = 64;
+    const int n_tasks = HKV + (P + kPromptRows - 1) / kPromptRows;
+    const int workers = std::max(1, std::min(omp_get_max_threads(), n_tasks));
+    std::atomic<int> next{0};
+    each_in_thread(static_cast<size_t>(workers), [&](size_t) {
+        for (int task = next++; task < n_tasks; task = next++) {
+            if (task < HKV) {
+                run_head(in, task);
+                continue;
+            }
+            // The prompt's queries see exact K/V: none of it is quantized before step P.
+            const int r0 = (task - HKV) * kPromptRows, r1 = std::min(P, r0 + kPromptRows);
+            ops::RowMatrix scratch;
+            ops::causal_attention_rows(in.q, in.k, in.v, in.n_head, HKV, in.head_dim, in.out, r0, r1, scratch, 256,
+                                       in.kq_scale, 0);
+        }
+    });
+}
+
+void RuntimeAttention::run_head(const AttentionHookInput& in, int g) {
+    const int n = in.n_tokens, HKV = in.n_head_kv, D = in.head_dim, gs = in.n_head / HKV;
+    const int64_t QD = int64_t{in.n_head} * D, KD = int64_t{HKV} * D, GD = int64_t{gs} * D;
     const int P = static_cast<int>(prefill_);
     const bool exact = keep_[static_cast<size_t>(in.layer)] || spec_.method == KvMethod::fp16;
     try {
-        pkv_rt::PackedCache cache(layer_config(spec_, exact, in, table_.get()));
-        if (!exact && spec_.table)
-            for (int h = 0; h < HKV; ++h) {
-                const pkv_rt::HeadView v = table_->head(in.layer, h);
-                cache.set_patterns(0, h, pkv_rt::KvPart::k, v.k_patterns, v.n_k_patterns, v.k_clip, 0.0, v.assign);
-                cache.set_patterns(0, h, pkv_rt::KvPart::v, v.v_patterns, v.n_v_patterns, v.v_clip,
-                                   static_cast<double>(v.v_gate_z), v.assign);
-            }
-        // The prompt: its queries see exact K/V (none of it is quantized before step P).
-        cache.append(0, 0, in.k, in.v, P);
-        cache.end_prefill(0);
-        if (P > 0) {
-            ops::RowMatrix scratch;
-            ops::causal_attention_rows(in.q, in.k, in.v, H, HKV, D, in.out, 0, P, scratch, 256, in.kq_scale, 0);
+        // One cache per KV head (its gs query heads are contiguous in a query row), so heads
+        // run on their own threads.
+        pkv_rt::CacheConfig c = layer_config(spec_, exact, in, table_.get());
+        c.n_head = gs;
+        c.n_head_kv = 1;
+        pkv_rt::PackedCache cache(c);
+        if (!exact && spec_.table) {
+            const pkv_rt::HeadView v = table_->head(in.layer, g);
+            cache.set_patterns(0, 0, pkv_rt::KvPart::k, v.k_patterns, v.n_k_patterns, v.k_clip, 0.0, v.assign);
+            cache.set_patterns(0, 0, pkv_rt::KvPart::v, v.v_patterns, v.n_v_patterns, v.v_clip,
+                               static_cast<double>(v.v_gate_z), v.assign);
         }
+        std::vector<float> k(static_cast<size_t>(P) * D), v(k.size());
+        for (int i = 0; i < P; ++i) {
+            std::copy_n(in.k + i * KD + int64_t{g} * D, D, k.data() + int64_t{i} * D);
+            std::copy_n(in.v + i * KD + int64_t{g} * D, D, v.data() + int64_t{i} * D);
+        }
+        cache.append(0, 0, k.data(), v.data(), P);
+        cache.end_prefill(0);
         // decode_attention_ref scales by 1/sqrt(D): a model's own scale goes into the query.
         const float q_mul = in.kq_scale > 0.0f ? in.kq_scale * std::sqrt(static_cast<float>(D)) : 1.0f;
-        std::vector<Quad> q_buf(static_cast<size_t>((QD + 3) / 4)), out_buf(q_buf.size());
+        std::vector<Quad> q_buf(static_cast<size_t>((GD + 3) / 4)), out_buf(q_buf.size());
         float* q = q_buf.front().f;
         float* out = out_buf.front().f;
         for (int t = P; t < n; ++t) {
-            cache.append(0, 0, in.k + t * KD, in.v + t * KD, 1);
-            const float* qt = in.q + t * QD;
-            for (int64_t i = 0; i < QD; ++i) q[i] = q_mul == 1.0f ? qt[i] : qt[i] * q_mul;
+            cache.append(0, 0, in.k + t * KD + int64_t{g} * D, in.v + t * KD + int64_t{g} * D, 1);
+            const float* qt = in.q + t * QD + g * GD;
+            for (int64_t i = 0; i < GD; ++i) q[i] = q_mul == 1.0f ? qt[i] : qt[i] * q_mul;
             cache.decode_attention_ref(0, q, 1, out);
-            std::copy_n(out, QD, in.out + t * QD);
+            std::copy_n(out, GD, in.out + t * QD + g * GD);
         }
         cache.flush(0);  // the final state, as the simulation's bits count it
-        for (int h = 0; h < HKV; ++h)
-            for (int p = 0; p < 2; ++p)
-                bits_[(static_cast<size_t>(in.layer) * HKV + h) * 2 + p] =
-                    cache.counted_bits(0, 0, h, static_cast<pkv_rt::KvPart>(p)).total();
+        for (int p = 0; p < 2; ++p)
+            bits_[(static_cast<size_t>(in.layer) * HKV + g) * 2 + p] =
+                cache.counted_bits(0, 0, 0, static_cast<pkv_rt::KvPart>(p)).total();
     } catch (const pkv_rt::CacheError& e) {
-        fail(ErrorCode::invalid_argument, "--kv '{}': --engine runtime, layer {}: {}", spec_.text, in.layer, e.what());
+        fail(ErrorCode::invalid_argument, "--kv '{}': --engine runtime, layer {} KV head {}: {}", spec_.text, in.layer,
+             g, e.what());
     }
 }
 

@@ -4,8 +4,9 @@
 // runtime's own cache layout and decode attention.
 //
 // Per layer of one sequence of n tokens with prefill P (LlamaModel's AttentionHook, every
-// row ready): a PackedCache of that one layer (n_seq 1, max_tokens n, window R, group G and
-// bits of the spec) takes the layer's post-RoPE K and its V on eval's simulation schedule:
+// row ready) and per KV head: a PackedCache of that one layer and head (n_seq 1, max_tokens
+// n, window R, group G and bits of the spec) takes the head's post-RoPE K and its V on eval's
+// simulation schedule:
 //   - the prompt's P tokens are appended, then end_prefill() quantizes its whole R-blocks;
 //     queries t < P attend in full precision over the exact K/V (ops::causal_attention_rows),
 //     as the simulation's do (no prompt token is quantized before step P);
@@ -13,7 +14,9 @@
 //     completed) and its query attends through decode_attention_ref, one query per call.
 // A layer kept in fp16 (--keep-fp16-layers) and the fp16 method use an fp16 packed cache.
 // One cache per layer (not one of n_layer layers): the forward runs layer after layer over
-// the whole sequence, while end_prefill wants every layer of a cache at the same length.
+// the whole sequence, while end_prefill wants every layer of a cache at the same length; and
+// one per KV head, so that heads decode on their own threads (a cache's query heads of one
+// KV head are the same arithmetic either way).
 //
 // Numerics against the simulated path (docs/eval.md, "The runtime engine"): the packed
 // cache rounds each appended row to binary16 and quantizes from those values, where the
@@ -25,8 +28,10 @@
 // (test/unit/pipeline/test_eval_runtime.cpp bounds both comparisons).
 // Scores are scaled by the model's attention.scale as q·(scale·sqrt(D)) when it has one.
 //
-// Memory: one layer's packed cache at a time (plus its ring of n binary16 rows for fp16).
-// Threads: the hook runs on one thread (the layer's other threads wait for it).
+// Memory: one layer's packed caches at a time (fp16: a ring of n binary16 rows per head).
+// Threads: the hook is called from one thread (the layer's other threads wait for it); it
+// runs the KV heads and blocks of the prompt's queries on up to omp_get_max_threads()
+// std::threads.
 #pragma once
 
 #include <memory>
@@ -77,6 +82,8 @@ public:
 
 private:
     void run_layer(const AttentionHookInput& in);
+    /// KV head g of one layer: its packed cache, prompt and decode steps, and its bits.
+    void run_head(const AttentionHookInput& in, int g);
 
     KvSpec spec_;
     std::vector<bool> keep_;
