@@ -315,6 +315,11 @@ EvalResult run_eval(const EvalConfig& c) {
                       "--kv '{}': --engine runtime cannot run it: {} records a width per KV head (budget {} bits per "
                       "element) and the packed cache runs one width",
                       s.text, s.table_path, t->alloc_budget);
+            if (runtime && s.table_auto) {  // now with the table's width
+                KvSpec fixed = s;
+                fixed.table_auto = false;
+                check_runtime_spec(fixed, hp, c.model_path);
+            }
             table = std::move(t);
         }
         tables.push_back(std::move(table));

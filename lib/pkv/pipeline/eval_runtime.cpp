@@ -33,7 +33,8 @@ std::string runtime_refusal(const KvSpec& s) {
     }
     if (s.rotate) return "rotated heads (:rot / :rotv64) are not held";
     if (s.keys_pre) return "pre-RoPE keys (:pre) are not held (the cache holds keys after RoPE)";
-    if (s.method != KvMethod::fp16 && s.bits != 2 && s.bits != 3 && s.bits != 4)
+    // patternkv-table:auto takes its width from the table: checked again once it is read.
+    if (s.method != KvMethod::fp16 && !s.table_auto && s.bits != 2 && s.bits != 3 && s.bits != 4)
         return fmt::format("code width {} is not packed (expected 2, 3 or 4)", s.bits);
     if (s.method != KvMethod::fp16 && s.window % s.group != 0)
         return fmt::format("group {} does not divide window {} (a block holds whole key groups)", s.group, s.window);
@@ -73,7 +74,8 @@ void check_runtime_spec(const KvSpec& spec, const LlamaHparams& hp, const std::s
     const std::string why = runtime_refusal(spec);
     PKV_CHECK(why.empty(), unsupported, "--kv '{}': --engine runtime cannot run it: {} ({})", spec.text, why,
               kRuntimeHolds);
-    PKV_CHECK(!has_local_layers(hp) && hp.sliding_window == 0, unsupported,
+    // A sliding_window without local layers only caps the length (every layer attends to all of it).
+    PKV_CHECK(!has_local_layers(hp), unsupported,
               "--kv '{}': --engine runtime cannot run {}: it has sliding-window layers (window {}), which the packed "
               "cache does not hold (it keeps every token)",
               spec.text, model_path, hp.sliding_window);

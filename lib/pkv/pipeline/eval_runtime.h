@@ -49,9 +49,9 @@ namespace pkv {
 
 /// Refuses, in one line naming the spec and why, a method the packed cache cannot hold:
 /// online patternkv, q4_0 / q8_0 / fp8, rotations (rot, rotv64), pre-RoPE keys (:pre), code
-/// widths other than 2, 3, 4, a group that does not divide the window, a table with a width
-/// per KV head (patternkv-table:auto on an allocation); and any method on a model with
-/// sliding-window layers. Throws pkv::Error(unsupported / invalid_argument).
+/// widths other than 2, 3, 4, a group that does not divide the window; and any method on a
+/// model with sliding-window (local) layers. Throws pkv::Error(unsupported). (run_eval
+/// refuses a table with a width per KV head once it has read it.)
 void check_runtime_spec(const KvSpec& spec, const LlamaHparams& hp, const std::string& model_path);
 
 /// Opens spec's pattern table with the runtime's reader (pattern_table_reader.h), declaring

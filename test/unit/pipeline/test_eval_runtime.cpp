@@ -55,15 +55,16 @@ struct Fixture {
         write_table(other_table, 8);
     }
     // A post-RoPE 2-bit table of this model with made-up patterns (seed picks them).
-    void write_table(const std::string& path, uint32_t seed) const {
+    PatternTable table_of(uint32_t seed) const {
         PatternTable t = pkv_test::make_table({0, 1}, kKvHeads, 4, 5, kD, seed);
         t.model.sha256 = sha256_file(model);
         t.model.n_layer = kLayers;
         t.model.n_head = kHeads;
         t.group = 8;
         t.window = 16;
-        write_pattern_table(t, path, false);
+        return t;
     }
+    void write_table(const std::string& path, uint32_t seed) const { write_pattern_table(table_of(seed), path, false); }
     EvalConfig config(std::vector<std::string> kv, EvalAttention a) const {
         EvalConfig c;
         c.model_path = model;
@@ -298,6 +299,20 @@ TEST_CASE("eval runtime: what the packed cache cannot hold is refused up front",
                ContainsSubstring("--engine runtime cannot run it: pre-RoPE keys"));
     CHECK_THAT(refusal("kivi:8"), ContainsSubstring("code width 8 is not packed (expected 2, 3 or 4)"));
     CHECK_THAT(refusal("kivi:2:g16:w24"), ContainsSubstring("group 16 does not divide window 24"));
+
+    // A table with a width per KV head, which patternkv-table:auto would run.
+    PatternTable a = fx.table_of(9);
+    a.alloc_budget = 7.0;
+    a.alloc_bits = 6.0;
+    for (PatternLayer& L : a.layers) L.k_bits = {2, 4}, L.v_bits = {2, 2};
+    const std::string alloc = fx.dir.path("a.safetensors");
+    write_pattern_table(a, alloc, false);
+    CHECK(refusal("patternkv-table:auto:g8:w16:" + alloc) ==
+          "--kv 'patternkv-table:auto:g8:w16:" + alloc + "': --engine runtime cannot run it: " + alloc +
+              " records a width per KV head (budget 7 bits per element) and the packed cache runs one width");
+
+    // auto on a table of one width runs at that width.
+    CHECK(error_of(fx.config({"patternkv-table:auto:g8:w16:" + fx.table}, EvalAttention::runtime)).empty());
 
     // A device engine: the packed cache's attention runs on the CPU.
     EvalConfig dev = fx.config({"kivi:2"}, EvalAttention::runtime);
