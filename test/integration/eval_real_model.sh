@@ -156,7 +156,8 @@ hm = {x["label"]: x for x in h["methods"]}
 rm = {x["label"]: x for x in r["methods"]}
 ok = r["run"]["engine"] == "runtime" and r["provenance"]["settings"]["engine"] == "runtime"
 ok &= h["run"]["engine"] == "host" and all(x["cache"] == "packed" for x in r["methods"])
-ok &= r["reference"]["ppl"] == h["reference"]["ppl"]
+# The reference is the same plain forward (its sums may be added in another order: 1e-8).
+ok &= abs(r["reference"]["ppl"] / h["reference"]["ppl"] - 1) < 1e-8
 for k, tol in (("fp16", 1e-3), ("kivi:2", 0.03)):
     rel = rm[k]["ppl"] / hm[k]["ppl"] - 1
     print(f"{k}: ppl runtime {rm[k]['ppl']:.6f} host {hm[k]['ppl']:.6f} ({100 * rel:+.3f}%)")
