@@ -21,6 +21,7 @@ struct EvalArgs {
     std::string keep_layers;
     std::string position_buckets;
     std::string device = "cpu";
+    std::string engine = "host";
     std::string json_path, md_path;
     bool force = false;
 };
@@ -60,6 +61,11 @@ Command add_eval(CLI::App& root) {
                     "one); on a GPU every method's cache but patternkv's is simulated there too (patternkv's with "
                     "PKV_CUDA_PATTERNKV=1; see --host-cache)")
         ->capture_default_str();
+    app->add_option("--engine", args->engine,
+                    "who computes each method's attention: host (the model over the simulated cache) or runtime "
+                    "(the packed cache's decode attention, CPU only; fp16, kivi and post-RoPE patternkv-table)")
+        ->check(CLI::IsMember({"host", "runtime"}))
+        ->capture_default_str();
     app->add_flag("--host-cache", args->config.host_cache,
                   "simulate every method's cache on host threads through the engine's hook, even where the "
                   "device engine could keep it on the device (to compare the two)");
@@ -75,6 +81,13 @@ Command add_eval(CLI::App& root) {
                     cfg.keep_fp16_layers = parse_int_list("--keep-fp16-layers", args->keep_layers);
                 if (buckets->count() > 0) cfg.position_buckets = parse_position_buckets(args->position_buckets);
                 cfg.argv = argv_strings();
+                if (args->engine == "runtime") {
+                    PKV_CHECK(args->device == "cpu", unsupported,
+                              "--engine runtime with --device {}: the packed cache's decode attention runs on the CPU "
+                              "only for now: expected --device cpu",
+                              args->device);
+                    cfg.attention = EvalAttention::runtime;
+                }
                 cfg.engine = select_engine(args->device);
                 // Until run_eval switches to polling check_interrupted(), a signal ends the
                 // run at once (status 130), also while the input is being opened.

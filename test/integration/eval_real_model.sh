@@ -53,7 +53,7 @@ check(ref["kv_bytes"] == 2 * 30 * 3 * 64 * 256 * 2, "fp16 KV bytes of one sequen
 check(len(r["provenance"]["model"]["sha256"]) == 64 and r["provenance"]["argv"][1] == "--log-level", "provenance")
 # (c) Position buckets 0,64,200,1024 with P = 128, n = 256: [0,64) prompt only, [64,200) 64 prompt
 # and 72 decode positions, [200,256) decode only (t <= 254), per sequence; [1024, ...) left out.
-check(r["version"] == "1.3" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
+check(r["version"] == "1.4" and r["provenance"]["settings"]["position_buckets"] == [0, 64, 200, 1024], "version and edges")
 run = r["run"]
 for f in [ref] + r["methods"]:
     bp = f["by_position"]
@@ -142,6 +142,37 @@ PY
     failed "eval --device cuda --host-cache: $(tail -3 "$WORK/gpu_host.err")"
   fi
 fi
+# --engine runtime: the same methods with attention through the packed cache. fp16 differs from
+# the host path only by binary16 storage; kivi:2 by what that rounding does to a 2-bit
+# quantizer (docs/eval.md, "The runtime engine"), so within 3% perplexity.
+if "$PKV_BIN" --log-level warn eval --model "$MODEL" --text "$TEXT" --tokens $N --ctx $CTX --prefill 128 \
+     --kv fp16 kivi:2 --engine runtime --json "$WORK/rt.json" >"$WORK/rt.out" 2>"$WORK/rt.err"; then
+  pass "eval --engine runtime exits 0"
+  grep -q "^Engine: runtime." "$WORK/rt.out" && pass "the table says the engine" || failed "no engine line"
+  /usr/bin/python3 - "$WORK/eval.json" "$WORK/rt.json" <<'PY'
+import json, sys
+h, r = (json.load(open(p)) for p in sys.argv[1:3])
+hm = {x["label"]: x for x in h["methods"]}
+rm = {x["label"]: x for x in r["methods"]}
+ok = r["run"]["engine"] == "runtime" and r["provenance"]["settings"]["engine"] == "runtime"
+ok &= h["run"]["engine"] == "host" and all(x["cache"] == "packed" for x in r["methods"])
+# The reference is the same plain forward (its sums may be added in another order: 1e-8).
+ok &= abs(r["reference"]["ppl"] / h["reference"]["ppl"] - 1) < 1e-8
+for k, tol in (("fp16", 1e-3), ("kivi:2", 0.03)):
+    rel = rm[k]["ppl"] / hm[k]["ppl"] - 1
+    print(f"{k}: ppl runtime {rm[k]['ppl']:.6f} host {hm[k]['ppl']:.6f} ({100 * rel:+.3f}%)")
+    ok &= abs(rel) < tol and rm[k]["bits_per_element"] == hm[k]["bits_per_element"]
+sys.exit(0 if ok else 1)
+PY
+  [ $? -eq 0 ] && pass "--engine runtime figures near the host's" || failed "--engine runtime figures (see above)"
+else
+  failed "eval --engine runtime: $(tail -3 "$WORK/rt.err")"
+fi
+expect_fail "runtime engine on a device" "\-\-engine runtime with \-\-device cuda: the packed cache's decode attention runs on the CPU only" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --engine runtime --device cuda
+expect_fail "runtime engine refuses q4_0" "\-\-kv 'q4_0': \-\-engine runtime cannot run it: q4_0 has no packed layout" \
+  "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv fp16 q4_0 --engine runtime
+
 expect_fail "bad --device" "\-\-device 'gpu': expected cpu, cuda, cuda:N or auto" \
   "$PKV_BIN" eval --model "$MODEL" --text "$TEXT" --tokens 64 --ctx 64 --kv kivi:2 --device gpu
 

@@ -50,6 +50,8 @@ public:
                   "{}: an engine batch starts every sequence at position 0 and takes its cache hook as run_batch's "
                   "`cache`",
                   model_.file().path());
+        PKV_CHECK(!opts.attention, unsupported,
+                  "{}: an engine batch takes no attention hook (LlamaModel::forward does)", model_.file().path());
         BatchResult out;
         out.reserve(sequences.size());
         for (size_t s = 0; s < sequences.size(); ++s) {

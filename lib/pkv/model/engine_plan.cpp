@@ -246,6 +246,8 @@ void check_engine_batch(const GgufFile& f, const LlamaHparams& hp, const std::ve
                         const ForwardOptions& opts, bool has_sink) {
     PKV_CHECK(opts.pos0 == 0 && !opts.kv_cache, invalid_argument,
               "{}: an engine batch starts every sequence at position 0 and takes no cache hook", f.path());
+    PKV_CHECK(!opts.attention, unsupported, "{}: an engine batch takes no attention hook (LlamaModel::forward does)",
+              f.path());
     PKV_CHECK(opts.layers.empty() || opts.layers.size() == hp.n_layer, invalid_argument,
               "{}: forward capture layer mask: expected {} entries (one per layer), got {}", f.path(), hp.n_layer,
               opts.layers.size());

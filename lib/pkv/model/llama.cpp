@@ -187,6 +187,8 @@ void check_forward_args(const GgufFile& f, const LlamaHparams& hp, const std::ve
               "{}: forward capture layer mask: expected {} entries (one per layer), got {}", f.path(), hp.n_layer,
               opts.layers.size());
     PKV_CHECK(!opts.capture || sink, invalid_argument, "{}: forward: capture requested without a layer sink", f.path());
+    PKV_CHECK(!opts.attention || !opts.kv_cache, invalid_argument,
+              "{}: forward: an attention hook and a KV cache hook both given: expected at most one", f.path());
     for (int i = 0; i < n; ++i)
         PKV_CHECK(tokens[i] >= 0 && static_cast<uint32_t>(tokens[i]) < hp.n_vocab, out_of_range,
                   "{}: token {} at position {}: expected an id in [0, {})", f.path(), tokens[i], i, hp.n_vocab);
@@ -208,6 +210,7 @@ struct SeqActivations {
     RowMatrix q, k, v, att, k_pre;
     std::vector<char> capture;  ///< per layer: hand the layer to the sink
     bool hooked = false;        ///< a KV cache hook is set
+    bool attn_hooked = false;   ///< an attention hook computes s.att
     // The hooked path: the cache the hook describes, per KV head (rows of k_hat/v_hat
     // of an exact head are never read).
     RowMatrix k_hat, v_hat;
@@ -224,6 +227,7 @@ SeqActivations seq_activations(const LlamaHparams& hp, const Dims& d, const Forw
     s.capture.assign(hp.n_layer, 0);
     for (uint32_t l = 0; l < hp.n_layer; ++l) s.capture[l] = opts.capture && (opts.layers.empty() || opts.layers[l]);
     s.hooked = static_cast<bool>(opts.kv_cache);
+    s.attn_hooked = static_cast<bool>(opts.attention);
     if (opts.capture || s.hooked) s.k_pre.resize(d.n, d.KD);
     if (s.hooked) {
         s.k_hat.resize(d.n, d.KD), s.v_hat.resize(d.n, d.KD);
@@ -316,6 +320,25 @@ void hook_kv_cache(LayerLoop& L, uint32_t l) {
         });
 }
 
+// An orphaned `omp single`: one thread hands the whole layer to the hook and the implicit
+// barrier keeps every thread's projection from reading s.att before the hook has written it.
+void hook_attention(LayerLoop& L, uint32_t l) {
+#pragma omp single
+    L.errors.guarded([&] {
+        const Dims& d = L.d;
+        SeqActivations& s = L.s;
+        AttentionHookInput in;
+        in.layer = static_cast<int>(l);
+        in.n_tokens = d.n;
+        in.n_head = d.H, in.n_head_kv = d.HKV, in.head_dim = d.HD;
+        in.kq_scale = L.hp.attn_scale;
+        in.window = static_cast<int>(layer_window(L.hp, l));
+        in.q = s.q.data(), in.k = s.k.data(), in.v = s.v.data();
+        in.out = s.att.data();
+        L.opts.attention(in);
+    });
+}
+
 // Gemma's sublayer output norm, in place on the thread's projected rows (a no-op without it).
 void post_norm(LayerLoop& L, ThreadRows& tr, LayerPart part) {
     const float* w = L.w.w(part);
@@ -331,7 +354,9 @@ void attend_rows(LayerLoop& L, ThreadRows& tr, uint32_t l) {
     constexpr int kQBlock = 256;
     const float scale = L.hp.attn_scale;  // 0: 1/sqrt(head_dim)
     const int window = static_cast<int>(layer_window(L.hp, l));
-    if (s.hooked)
+    if (s.attn_hooked) {
+        // s.att is the hook's (hook_attention ran before this).
+    } else if (s.hooked)
         ops::causal_attention_rows_cached(s.q.data(), s.k.data(), s.v.data(), s.k_hat.data(), s.v_hat.data(),
                                           s.k_flush_ptr.data(), s.v_flush_ptr.data(), d.H, d.HKV, d.HD, s.att.data(),
                                           ra, tr.rb, tr.scratch, tr.scratch2, kQBlock, scale, window);
@@ -350,6 +375,7 @@ void attention_block(LayerLoop& L, ThreadRows& tr, uint32_t l) {
 #pragma omp barrier
     if (L.s.capture[l] && tr.t == 0) L.errors.guarded([&] { capture_layer(L, l); });
     if (L.s.hooked) hook_kv_cache(L, l);
+    if (L.s.attn_hooked) hook_attention(L, l);
     if (tr.m > 0) L.errors.guarded([&] { attend_rows(L, tr, l); });
 }
 

@@ -148,6 +148,28 @@ using KvCacheHook = std::function<void(const KvHookInput&, KvHookOutput&)>;
 KvHookOutput call_kv_hook(const KvCacheHook& hook, int layer, int g, bool value, int n, int HD, int64_t KD,
                           const float* k_post, const float* k_pre, const float* v, int sequence = -1);
 
+/// One layer of one sequence handed to an AttentionHook, after the layer's Q/K/V exist for
+/// every position: row-major [n_tokens, heads · head_dim], q and k after RoPE (and qwen3's
+/// per-head norm), GGUF dimension order. Query head h reads KV head h / (n_head / n_head_kv).
+struct AttentionHookInput {
+    int layer = 0;
+    int n_tokens = 0;
+    int n_head = 0, n_head_kv = 0, head_dim = 0;
+    float kq_scale = 0.0f;     ///< the model's score scale; 0: 1/sqrt(head_dim)
+    int window = 0;            ///< the layer's sliding window (layer_window); 0: the whole prefix
+    const float* q = nullptr;  ///< [n_tokens, n_head · head_dim]
+    const float* k = nullptr;  ///< [n_tokens, n_head_kv · head_dim]
+    const float* v = nullptr;  ///< [n_tokens, n_head_kv · head_dim]
+    /// [n_tokens, n_head · head_dim]: the hook writes every row, softmax(q kᵀ) v per query
+    /// head (causal) as it computes it; the layer's output projection reads it.
+    float* out = nullptr;
+};
+
+/// Computes one layer's attention instead of LlamaModel (e.g. through a runtime's cache).
+/// Called once per layer, from one thread, with every row ready; the layer waits for it.
+/// Exceptions propagate out of forward().
+using AttentionHook = std::function<void(const AttentionHookInput&)>;
+
 struct ForwardOptions {
     bool capture = false;      ///< call the sink for layers in `layers`
     std::vector<bool> layers;  ///< per layer; empty = all layers
@@ -162,6 +184,9 @@ struct ForwardOptions {
     /// Set: every layer's attention reads the per-query cache the hook describes, so
     /// later layers see the effect of the quantized cache of earlier ones.
     KvCacheHook kv_cache;
+    /// Set: every layer's attention output is what the hook writes (kv_cache must then be
+    /// empty). Only LlamaModel::forward takes it; a ForwardEngine's run_batch refuses it.
+    AttentionHook attention;
 };
 
 struct ForwardResult {

@@ -25,6 +25,7 @@
 #include "pkv/kvcache/device_cache.h"
 #include "pkv/model/llama.h"
 #include "pkv/pipeline/eval_cache.h"
+#include "pkv/pipeline/eval_runtime.h"
 #include "pkv/pipeline/provenance.h"
 #include "pkv/pipeline/text_input.h"
 #include "pkv/tokenizer/tokenizer.h"
@@ -102,6 +103,14 @@ std::vector<bool> keep_layers(const EvalConfig& c, int L) {
     return keep;
 }
 
+// Adds one sequence's final cache: elements of K (= of V) and their stored bits.
+void add_storage(EvalAccum& acc, double elements, double kb, double vb) {
+    acc.k_bits += kb;
+    acc.v_bits += vb;
+    acc.elements += elements;
+    acc.kv_bytes_peak = std::max(acc.kv_bytes_peak, (kb + vb) / 8.0);
+}
+
 // Runs variant v (0: the fp16 reference, else method v - 1) on the sequences of one
 // engine batch, caches[b] holding sequence b's cache (empty for the reference); returns
 // their final hidden states and adds the batch's time and, sequence by sequence, storage.
@@ -148,11 +157,34 @@ std::vector<std::vector<float>> run_variant(ForwardEngine& engine, const std::ve
         double kb = exact_bits(elements), vb = kb;
         if (on_device) kb = r[b].cache_k_bits, vb = r[b].cache_v_bits;
         else if (!caches.empty()) kb = caches[b]->key_bits(), vb = caches[b]->value_bits();
-        acc.k_bits += kb;
-        acc.v_bits += vb;
-        acc.elements += elements;
-        acc.kv_bytes_peak = std::max(acc.kv_bytes_peak, (kb + vb) / 8.0);
+        add_storage(acc, elements, kb, vb);
     }
+    return hidden;
+}
+
+// run_variant for a method under --engine runtime: LlamaModel::forward on the CPU, sequence
+// by sequence, each layer's attention computed through the packed cache.
+std::vector<std::vector<float>> run_variant_runtime(const LlamaModel& model,
+                                                    const std::vector<std::vector<int32_t>>& ids,
+                                                    const std::vector<int64_t>& P, RuntimeAttention& rt,
+                                                    EvalAccum& acc) {
+    ForwardOptions opts;
+    opts.want_nll = false;
+    opts.want_hidden = true;
+    opts.attention = rt.hook();
+    std::vector<std::vector<float>> hidden;
+    for (size_t b = 0; b < ids.size(); ++b) {
+        const int n = static_cast<int>(ids[b].size());
+        rt.begin_sequence(n, P[b]);
+        const auto t = Clock::now();
+        const double c0 = cpu_seconds();
+        ForwardResult r = model.forward(ids[b], opts);
+        acc.seconds += seconds_since(t);
+        acc.cpu += cpu_seconds() - c0;
+        hidden.push_back(std::move(r.hidden));
+        add_storage(acc, cached_elements(model.hparams(), n), rt.key_bits(), rt.value_bits());
+    }
+    acc.runtime = true;
     return hidden;
 }
 
@@ -226,6 +258,8 @@ size_t position_bucket(const std::vector<int64_t>& edges, int64_t t) {
     return static_cast<size_t>(std::upper_bound(edges.begin() + 1, edges.end(), t) - edges.begin() - 1);
 }
 
+const char* eval_attention_name(EvalAttention a) { return a == EvalAttention::runtime ? "runtime" : "host"; }
+
 int64_t eval_prefill(int64_t n, int64_t prefill) {
     if (prefill >= 0) return std::min(n, prefill);
     return (n / 2) / 128 * 128;
@@ -244,9 +278,14 @@ EvalResult run_eval(const EvalConfig& c) {
     PKV_CHECK(static_cast<uint32_t>(c.ctx) <= hp.n_ctx_train, out_of_range,
               "--ctx {}: longer than the model's context length {} ({}: {}.context_length)", c.ctx, hp.n_ctx_train,
               c.model_path, hp.arch);
+    const bool runtime = c.attention == EvalAttention::runtime;
+    PKV_CHECK(!runtime || !c.engine, unsupported,
+              "--engine runtime: the packed cache's decode attention runs on the CPU: expected --device cpu (a device "
+              "engine is not supported with it yet)");
     for (const auto& s : r.specs) {
         check_kv_spec(s, static_cast<int>(hp.head_dim));
         check_spec_for_window(s, hp, c.model_path);
+        if (runtime) check_runtime_spec(s, hp, c.model_path);
     }
     const std::vector<bool> keep = keep_layers(c, static_cast<int>(hp.n_layer));
 
@@ -272,10 +311,24 @@ EvalResult run_eval(const EvalConfig& c) {
             auto t = std::make_shared<PatternTable>(read_pattern_table(s.table_path));
             check_table_for_eval(s, *t, hp, r.model_sha256, keep);
             if (s.table_auto) s.bits = t->bits;  // the uniform width; an allocation's heads carry their own
+            PKV_CHECK(!runtime || !t->has_allocation(), unsupported,
+                      "--kv '{}': --engine runtime cannot run it: {} records a width per KV head (budget {} bits per "
+                      "element) and the packed cache runs one width",
+                      s.text, s.table_path, t->alloc_budget);
+            if (runtime && s.table_auto) {  // now with the table's width
+                KvSpec fixed = s;
+                fixed.table_auto = false;
+                check_runtime_spec(fixed, hp, c.model_path);
+            }
             table = std::move(t);
         }
         tables.push_back(std::move(table));
     }
+    // The runtime reads each table with its own reader, as a runtime would.
+    std::vector<std::unique_ptr<RuntimeAttention>> rt(M);
+    for (size_t m = 0; m < M && runtime; ++m)
+        rt[m] = std::make_unique<RuntimeAttention>(
+            r.specs[m], keep, hp, r.specs[m].table ? open_runtime_table(r.specs[m], hp, r.model_sha256) : nullptr);
     // The engine last: every input is checked before a GPU engine spends time uploading weights.
     const std::unique_ptr<ForwardEngine> engine = c.engine ? c.engine(model) : make_cpu_engine(model);
     r.device = engine->description();
@@ -304,7 +357,8 @@ EvalResult run_eval(const EvalConfig& c) {
         std::vector<std::vector<std::vector<float>>> hidden(M + 1);  // [variant][sequence]
         for (size_t v = 0; v <= M; ++v) {
             check_interrupted();
-            hidden[v] = run_variant(*engine, ids, P, caches[v], c.host_cache, acc[v]);
+            hidden[v] = v > 0 && runtime ? run_variant_runtime(model, ids, P, *rt[v - 1], acc[v])
+                                         : run_variant(*engine, ids, P, caches[v], c.host_cache, acc[v]);
             progress.advance(tokens);
         }
         // Sequence by sequence, in order: the sums are added as with one sequence per batch.

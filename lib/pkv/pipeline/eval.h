@@ -36,6 +36,13 @@
 // exactly the figures of LlamaModel::forward; on the CUDA engine the forward runs on the
 // GPU and the hook's inputs differ from the CPU's by float rounding (docs/eval.md). The
 // final comparison (compare_next_token) always runs on the CPU.
+//
+// Attention engine (EvalConfig::attention): `host` (the default) is the above. `runtime`
+// runs every method's forward on the CPU with its attention computed by the packed cache a
+// runtime holds (pipeline/eval_runtime.h: append, flush and decode_attention_ref on the
+// simulation's schedule), so its figures are the runtime's; methods the packed cache cannot
+// hold, models with sliding-window layers and device engines are refused before any forward
+// pass. The fp16 reference is the same plain forward either way.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +57,13 @@
 #include "pkv/model/engine.h"
 
 namespace pkv {
+
+/// Who computes each method's attention: LlamaModel over the simulated cache, or the
+/// runtime's packed cache (eval_runtime.h).
+enum class EvalAttention { host, runtime };
+
+/// "host", "runtime" (the names of `pkv eval --engine`).
+const char* eval_attention_name(EvalAttention a);
 
 struct EvalConfig {
     std::string model_path;
@@ -74,6 +88,9 @@ struct EvalConfig {
     /// Simulate every method's cache on host threads through the engine's hook even where
     /// the engine could keep it on its device (--host-cache: to compare the two paths).
     bool host_cache = false;
+    /// runtime: every method attends through the packed cache (CPU engine only: `engine`
+    /// must be empty).
+    EvalAttention attention = EvalAttention::host;
 };
 
 /// Sums of one variant over the scored positions t of one position bucket (every
@@ -96,6 +113,7 @@ struct EvalAccum {
     /// exactly; NLL and KL sums to within double rounding (they are added in another order).
     std::vector<EvalBucket> buckets;
     bool cache_on_device = false;  ///< the engine simulated the cache itself (run_batch_device_cache)
+    bool runtime = false;          ///< attention came from the packed cache (EvalAttention::runtime)
 };
 
 /// What run_eval measured (report/report.h eval_report_json turns it into the report).

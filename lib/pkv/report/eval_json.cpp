@@ -91,13 +91,18 @@ nlohmann::json eval_report_json(const EvalResult& r) {
           {"seed", c.seed},
           {"bos_each_sequence", c.bos_each_sequence},
           {"position_buckets", c.position_buckets},
-          {"kv", c.kv}}},
+          {"kv", c.kv},
+          {"engine", eval_attention_name(c.attention)}}},
     });
     report["model"] = r.model;
-    report["run"] = {
-        {"n_tokens", c.n_tokens},     {"n_sequences", r.n_sequences}, {"scored_decode", r.scored_decode},
-        {"scored_all", r.scored_all}, {"seconds", r.seconds},         {"compare_seconds", r.compare_seconds},
-        {"device", r.device}};
+    report["run"] = {{"n_tokens", c.n_tokens},
+                     {"n_sequences", r.n_sequences},
+                     {"scored_decode", r.scored_decode},
+                     {"scored_all", r.scored_all},
+                     {"seconds", r.seconds},
+                     {"compare_seconds", r.compare_seconds},
+                     {"device", r.device},
+                     {"engine", eval_attention_name(c.attention)}};
     report["reference"] = figures(r, r.reference, r.reference);
     report["reference"]["label"] = "fp16 (reference)";
     nlohmann::json methods = nlohmann::json::array();
@@ -116,7 +121,8 @@ nlohmann::json eval_report_json(const EvalResult& r) {
         j["rotate"] = s.rotate;
         j["keys"] = s.keys_pre ? "pre" : "post";
         if (s.table) j["table"] = s.table_path;
-        j["cache"] = r.methods[v].cache_on_device ? "device" : "host";
+        // Where the method's cache was: simulated on the device or the host, or held packed (--engine runtime).
+        j["cache"] = r.methods[v].runtime ? "packed" : r.methods[v].cache_on_device ? "device" : "host";
         methods.push_back(j);
     }
     report["methods"] = methods;

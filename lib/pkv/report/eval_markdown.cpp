@@ -96,6 +96,10 @@ std::string render_eval_markdown(const nlohmann::json& r) {
         "pass per token, all threads (the shared output projection, {:.1f} s in all, excluded); cost × fp16: its ratio "
         "to the reference's; total {:.1f} s wall.\n",
         run["compare_seconds"].get<double>(), run["seconds"].get<double>());
+    if (run.value("engine", std::string("host")) == "runtime")
+        out +=
+            "\nEngine: runtime. Each method's attention was computed by the packed cache (append, flush and "
+            "decode_attention_ref of pkv/runtime/packed_cache.h), not by the model over the simulated cache.\n";
     out += position_tables(r);
     return out;
 }

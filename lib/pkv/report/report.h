@@ -26,7 +26,7 @@ nlohmann::json analyze_report_json(const AnalyzeResult& result);
 /// Format name and version of the `pkv eval` report (docs/formats/eval_report.md). 1.2 added
 /// `by_position` to every figures object and `provenance.settings.position_buckets`.
 constexpr const char* kEvalReportFormat = "pkv.eval_report";
-constexpr const char* kEvalReportVersion = "1.3";
+constexpr const char* kEvalReportVersion = "1.4";
 
 /// The `pkv eval` report (format kEvalReportFormat, version kEvalReportVersion,
 /// docs/formats/eval_report.md, docs/eval.md) of a result.

@@ -141,7 +141,7 @@ TEST_CASE("eval positions: buckets add up to the totals", "[eval][positions][run
     CHECK(res.methods[1].buckets[3].kl_dec > 0.0);
 
     const nlohmann::json r = eval_report_json(res);
-    CHECK(r["version"] == "1.3");
+    CHECK(r["version"] == "1.4");
     CHECK(r["provenance"]["settings"]["position_buckets"] == nlohmann::json({0, 16, 40, 100, 200}));
     const nlohmann::json& bp = r["methods"][1]["by_position"];
     REQUIRE(bp.size() == 4);  // [200, 128) is left out, not shown as NaN
