@@ -53,7 +53,7 @@ struct DeviceKvCache {
 /// fp8, patternkv-table, and patternkv, whose prefill k-means agrees with the host's
 /// statistically, not bit for bit: cuda/pkv/cuda/sim_cache.h says why). The engine may
 /// still refuse a shape or method (EngineSimCache::supports: patternkv only with
-/// PKV_CUDA_PATTERNKV=1 until its GPU parity tests have run).
+/// PKV_CUDA_PATTERNKV=1, slower than the host hook so far).
 bool device_cache_method(KvMethod m);
 
 }  // namespace pkv
