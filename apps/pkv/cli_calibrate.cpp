@@ -28,6 +28,7 @@ struct CalibrateArgs {
     std::string fit = "mse";
     std::string objective = "kv";
     std::string bits_measure = "attention";
+    std::string restart_pick = "inertia";
     StreamArgs stream;
 };
 
@@ -138,7 +139,13 @@ void add_run_options(CLI::App* app, CalibrateArgs& args) {
     app->add_option("--layers", args.layers, "model layers, e.g. 0,5,10-12 (default: all stored)");
     app->add_option("--iterations", c.max_iter, "k-means Lloyd iterations")->capture_default_str();
     app->add_option("--init", args.init, "k-means initialisation: kmeanspp or random")->capture_default_str();
-    app->add_option("--restarts", c.restarts, "k-means restarts (best objective kept)")->capture_default_str();
+    app->add_option("--restarts", c.restarts, "k-means runs per K/V head (--restart-pick chooses one)")
+        ->capture_default_str();
+    app->add_option("--restart-pick", args.restart_pick,
+                    "which of the --restarts runs each K/V head keeps: inertia (the lowest training objective) or "
+                    "attention (the lowest held-out attention-output error of its fitted table; needs /q, and "
+                    "/k_post with --keys pre)")
+        ->capture_default_str();
     app->add_option("--max-points-per-centroid", c.max_points_per_centroid,
                     "k-means training subsample per centroid (0: all tokens)")
         ->capture_default_str();
@@ -179,6 +186,7 @@ CalibrateConfig resolve_config(const CalibrateArgs& args) {
     PKV_CHECK(args.bits_measure == "kv" || args.bits_measure == "attention", invalid_argument,
               "--bits-measure: expected kv or attention, got '{}'", args.bits_measure);
     cfg.bits_measure_attention = args.bits_measure == "attention";
+    cfg.restart_pick = parse_restart_pick(args.restart_pick);
     if (!args.layers.empty()) cfg.layers = parse_int_list("--layers", args.layers);
     resolve_stream(cfg.stream, args.stream);
     PKV_CHECK(!cfg.stream.model_path.empty() != !cfg.dump_paths.empty(), invalid_argument,

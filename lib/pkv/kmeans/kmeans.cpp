@@ -493,11 +493,12 @@ struct FullAssignment {
 };
 
 // Lowest final objective wins (the first on ties); returns the run for what depends on subsampling.
-Run& take_best_restart(std::vector<Run>& runs, size_t i, int nr, KMeansResult& res) {
+Run& take_best_restart(std::vector<Run>& runs, size_t i, int nr, bool keep_runs, KMeansResult& res) {
     Run* best = nullptr;
     for (int r = 0; r < nr; ++r) {
         Run& run = runs[i * nr + static_cast<size_t>(r)];
         res.restart_objectives.push_back(run.objective);
+        if (keep_runs) res.runs.push_back({run.centroids, run.labels, run.objective, run.iterations, run.converged});
         if (r == 0 || run.objective < best->objective) {
             best = &run;
             res.restart = r;
@@ -512,14 +513,15 @@ Run& take_best_restart(std::vector<Run>& runs, size_t i, int nr, KMeansResult& r
 
 // A problem trained on a subset gets its labels and objective later, from all of its points.
 std::vector<KMeansResult> collect_results(const std::vector<ProblemState>& probs, std::vector<Run>& runs, int nr, int k,
-                                          int d, const std::vector<char>& keep_labels, FullAssignment& full) {
+                                          int d, const std::vector<char>& keep_labels, bool keep_runs,
+                                          FullAssignment& full) {
     std::vector<KMeansResult> results(probs.size());
     for (size_t i = 0; i < probs.size(); ++i) {
         KMeansResult& res = results[i];
         res.k = k;
         res.d = d;
         res.n_train = probs[i].nt;
-        Run& best = take_best_restart(runs, i, nr, res);
+        Run& best = take_best_restart(runs, i, nr, keep_runs, res);
         if (keep_labels[i]) {
             res.assignments = std::move(best.labels);
             res.objective = best.objective;
@@ -588,7 +590,8 @@ std::vector<KMeansResult> kmeans_batch(const std::vector<KMeansProblem>& problem
     lloyd_batch(probs, d, params, a, runs, keep_labels);
 
     FullAssignment full;
-    std::vector<KMeansResult> results = collect_results(probs, runs, params.n_restarts, params.k, d, keep_labels, full);
+    std::vector<KMeansResult> results =
+        collect_results(probs, runs, params.n_restarts, params.k, d, keep_labels, params.keep_runs, full);
     runs.clear();
     assign_all_points(a, d, params.k, full, results);
     return results;

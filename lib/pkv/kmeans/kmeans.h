@@ -61,6 +61,10 @@ struct KMeansParams {
     /// Optional starting centroids, k * d values row-major. When non-empty they replace
     /// `init`, and n_restarts must be 1.
     std::vector<float> initial_centroids;
+    /// Also return every restart's final run in KMeansResult::runs, so that a caller can
+    /// choose among them by another measure than the training objective. The kept result
+    /// is the same either way.
+    bool keep_runs = false;
 };
 
 // Empty clusters: after each update, every cluster that received no point is moved
@@ -96,6 +100,17 @@ struct KMeansResult {
     std::vector<KMeansIterationStats> stats;  ///< per iteration of the kept restart
     /// Final training objective of every restart, in order.
     std::vector<double> restart_objectives;
+    /// One restart's final state (KMeansParams::keep_runs).
+    struct Run {
+        std::vector<float> centroids;      ///< [k x d]
+        std::vector<int32_t> assignments;  ///< [n]; empty when trained on a subsample
+        double objective = 0.0;            ///< its final training objective
+        int iterations = 0;
+        bool converged = false;
+    };
+    /// With KMeansParams::keep_runs: every restart in order (runs[restart] has the kept
+    /// result's centroids, and its labels unless subsampled); else empty.
+    std::vector<Run> runs;
 };
 
 /// Clusters n points x [n x d] (row-major float) into params.k centroids.

@@ -27,6 +27,7 @@
 #include "pkv/kvdump/kv_dump.h"
 #include "pkv/pipeline/calibrate_alloc.h"
 #include "pkv/pipeline/calibrate_fit.h"
+#include "pkv/pipeline/calibrate_pick.h"
 #include "pkv/pipeline/calibrate_pool.h"
 #include "pkv/pipeline/kv_source.h"
 #include "pkv/pipeline/provenance.h"
@@ -50,13 +51,20 @@ using calib::split_holdout;
 // The model source (--model): the key dataset of the chosen basis and the values of the
 // sampled sequences, all loaded at once (k-means needs every token of a head).
 bool attention_measure(const CalibrateConfig& c) { return c.bits_budget > 0.0 && c.bits_measure_attention; }
+bool pick_attention(const CalibrateConfig& c) { return c.restart_pick == RestartPick::attention; }
+// Whether some option runs the attention of the queries (with pre-RoPE keys: with /k_post), and which.
+bool attends(const CalibrateConfig& c) { return attention_measure(c) || pick_attention(c); }
+const char* attending_option(const CalibrateConfig& c) {
+    return pick_attention(c) ? "--restart-pick attention" : "--bits-measure attention";
+}
 
-// The queries are read for a query-weighted objective and for the attention measure of --bits-budget.
-bool needs_queries(const CalibrateConfig& c) { return objective_needs_queries(c.objective) || attention_measure(c); }
+// The queries are read for a query-weighted objective and for the attention measures.
+bool needs_queries(const CalibrateConfig& c) { return objective_needs_queries(c.objective) || attends(c); }
 
 std::unique_ptr<KvSource> open_stream(const CalibrateConfig& c) {
     ModelSourceConfig m = c.stream;
-    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") + (needs_queries(c) ? ",q" : ""));
+    m.capture = CaptureSet::parse(std::string(c.keys_pre ? "k_pre,v" : "k_post,v") + (needs_queries(c) ? ",q" : "") +
+                                  (c.keys_pre && attends(c) ? ",k_post" : ""));
     m.layers = c.layers;
     m.seed = c.seed;
     m.command = "calibrate";
@@ -86,14 +94,15 @@ std::vector<DumpInput> open_dumps(const CalibrateConfig& c, const char* key_ds) 
                   "{}::{}: dataset missing; --objective {} weighs the keys by the queries (dump with --capture "
                   "including q)",
                   path, kvdump::kQ, calib_objective_name(c.objective));
-        PKV_CHECK(!(attention_measure(c) && c.keys_pre) || r.has(kvdump::kKPost), not_found,
-                  "{}::{}: dataset missing; --bits-measure attention attends with the post-RoPE keys (dump with "
-                  "--capture including k_post)",
-                  path, kvdump::kKPost);
+        PKV_CHECK(!(attends(c) && c.keys_pre) || r.has(kvdump::kKPost), not_found,
+                  "{}::{}: dataset missing; {} attends with the post-RoPE keys (dump with --capture including "
+                  "k_post)",
+                  path, kvdump::kKPost, attending_option(c));
         PKV_CHECK(!needs_queries(c) || r.has(kvdump::kQ), not_found,
-                  "{}::{}: dataset missing; --bits-measure attention runs the attention of the queries (dump with "
-                  "--capture including q, or use --bits-measure kv)",
-                  path, kvdump::kQ);
+                  "{}::{}: dataset missing; {} runs the attention of the queries (dump with --capture including q, "
+                  "or use {})",
+                  path, kvdump::kQ, attending_option(c),
+                  pick_attention(c) ? "--restart-pick inertia" : "--bits-measure kv");
         const nlohmann::json model = r.model();
         in.model_sha256 = model.is_object() ? model.value("sha256", std::string()) : std::string();
         in.seqs = sequences_of(r);
@@ -145,6 +154,18 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre && c.rotate), unsupported,
               "--bits-measure attention with --keys pre --rotate: RoPE is applied in the model's basis; use "
               "--bits-measure kv");
+    PKV_CHECK(
+        !pick_attention(c) || c.restarts >= 2, invalid_argument,
+        "--restart-pick attention with --restarts {}: one k-means run leaves nothing to choose; give --restarts 2 "
+        "or more",
+        c.restarts);
+    PKV_CHECK(!pick_attention(c) || c.max_points_per_centroid == 0, unsupported,
+              "--restart-pick attention with --max-points-per-centroid {}: runs trained on a subsample keep no labels "
+              "to fit with; use 0",
+              c.max_points_per_centroid);
+    PKV_CHECK(!(pick_attention(c) && c.keys_pre && c.rotate), unsupported,
+              "--restart-pick attention with --keys pre --rotate: RoPE is applied in the model's basis; use "
+              "--restart-pick inertia");
     PKV_CHECK(c.fit || c.objective != CalibObjective::qk, invalid_argument,
               "--objective qk with --fit none: nothing would use the objective (qk-mine and qk-full mine in it)");
     PKV_CHECK(!(c.objective == CalibObjective::qk_full && c.keys_pre), unsupported,
@@ -197,7 +218,8 @@ struct Plan {
     int64_t n_train = 0, n_hold = 0;
     int group_q = 1;                // query heads per KV head
     std::vector<int> partners;      // pre-RoPE keys under a qk objective: calib::rope_partners
-    std::vector<RopeParams> ropes;  // [layers]: pre-RoPE keys under the attention measure
+    std::vector<RopeParams> ropes;  // [layers]: pre-RoPE keys under an attention measure
+    int64_t longest = 0;            // the longest sequence of any dump (RoPE tables cover it)
 };
 
 // Each calibrated layer's geometry, the same in every dump (they come from one model); the
@@ -251,17 +273,22 @@ Plan plan_calibration(const CalibrateConfig& c) {
     }
     pl.geometry = layer_geometry(c, pl.dumps, pl.layers);
     if (c.bits_budget > 0.0) calib::check_budget_early(c, D, pl.layers.size(), pl.H);
-    if (attention_measure(c) && c.keys_pre)
+    if (attends(c) && c.keys_pre)
         for (size_t li = 0; li < pl.layers.size(); ++li) {
             const std::optional<RopeParams> r = dump_layer_rope(first.model(), first.dim_order(), D, pl.geometry[li]);
             PKV_CHECK(r.has_value(), unsupported,
-                      "{}: layer {}: its RoPE is not one pkv applies, so --bits-measure attention cannot attend with "
-                      "pre-RoPE keys; use --bits-measure kv",
-                      first.path(), pl.layers[li]);
+                      "{}: layer {}: its RoPE is not one pkv applies, so {} cannot attend with pre-RoPE keys; use {}",
+                      first.path(), pl.layers[li], attending_option(c),
+                      pick_attention(c) ? "--restart-pick inertia" : "--bits-measure kv");
             pl.ropes.push_back(*r);
         }
     pl.pieces = split_holdout(pl.dumps, c.holdout, c.seed);
     for (const Piece& p : pl.pieces) (p.holdout ? pl.n_hold : pl.n_train) += p.length;
+    for (const DumpInput& d : pl.dumps)
+        for (const SeqRange& s : d.seqs) pl.longest = std::max(pl.longest, s.length);
+    PKV_CHECK(!pick_attention(c) || pl.n_hold > 0, invalid_argument,
+              "--restart-pick attention with --holdout {}: no held-out tokens to measure the runs on; hold some out",
+              c.holdout);
     const int M = std::max(c.k_patterns, c.v_patterns);
     PKV_CHECK(M <= pl.n_train, invalid_argument,
               "--{}-patterns {} exceeds the {} training tokens available ({} tokens in {} dump(s), {} held out)",
@@ -271,44 +298,6 @@ Plan plan_calibration(const CalibrateConfig& c) {
     return pl;
 }
 
-// The dump's RoPE as a table records it (pattern_table.h kMetaModelRope); empty when the
-// dump's model record has none (synthetic data).
-std::string rope_record(const nlohmann::json& m) {
-    if (!m.is_object() || !m.contains("rope_freq_base")) return {};
-    nlohmann::json r = {{"type", m.value("rope_type", std::string("norm"))},
-                        {"n_rot", m.value("n_rot", 0)},
-                        {"base", m["rope_freq_base"]},
-                        {"freq_scale", m.value("rope_freq_scale", 1.0)},
-                        {"scaling", m.value("rope_scaling", std::string("none"))},
-                        {"freq_factors", m.value("rope_freq_factors", nlohmann::json(nullptr))}};
-    return r.dump();
-}
-
-// The header a runtime needs to reproduce the quantizer: model identity and settings, no layers yet.
-PatternTable table_header(const CalibrateConfig& c, const Plan& pl) {
-    const KvSource& first = *pl.dumps.front().reader;
-    const nlohmann::json model = first.model();
-    PatternTable t;
-    t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
-    t.model.arch = model.is_object() ? model.value("arch", std::string("llama")) : std::string("llama");
-    t.model.rope = rope_record(model);
-    t.model.sha256 = pl.dumps.front().model_sha256;
-    t.model.n_layer = first.n_layer_model();
-    t.model.n_head = first.n_head();
-    t.model.n_head_kv = pl.H;
-    t.model.head_dim = pl.D;
-    t.key_basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
-    t.key_dim_order = first.dim_order();
-    t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
-    t.bits = c.bits;
-    t.group = c.group;
-    t.window = c.window;
-    t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
-    t.k_patterns = c.k_patterns;
-    t.v_patterns = c.v_patterns;
-    return t;
-}
-
 // The k-means settings from the options; K and V differ only in their pattern count k.
 KMeansParams kmeans_params(const CalibrateConfig& c, int k) {
     KMeansParams kp;
@@ -316,6 +305,7 @@ KMeansParams kmeans_params(const CalibrateConfig& c, int k) {
     kp.tol = c.tol;
     kp.init = c.init;
     kp.n_restarts = c.restarts;
+    kp.keep_runs = pick_attention(c);
     kp.max_points_per_centroid = c.max_points_per_centroid;
     kp.k = k;
     return kp;
@@ -483,13 +473,44 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
     }
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<KMeansResult> kres = run_kmeans(kprob, kmeans_params(c, c.k_patterns), assigners, c, pl, w);
-    const std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
+    std::vector<KMeansResult> vres = run_kmeans(vprob, kmeans_params(c, c.v_patterns), assigners, c, pl, w);
     mined.kmeans_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (size_t i = 0; i < kpool.size(); ++i) {
         if (kmined[i].empty()) continue;
         calib::to_metric(kres[i].centroids.data(), c.k_patterns, pl.D, km[i], false);
         kres[i].objective = calib::assignment_objective(kpool[i].train.data(), kpool[i].n_train(), pl.D,
                                                         kres[i].centroids.data(), kres[i].assignments.data());
+        for (KMeansResult::Run& run : kres[i].runs) {
+            calib::to_metric(run.centroids.data(), c.k_patterns, pl.D, km[i], false);
+            run.objective = calib::assignment_objective(kpool[i].train.data(), kpool[i].n_train(), pl.D,
+                                                        run.centroids.data(), run.assignments.data());
+        }
+    }
+    // What the attention measures read: the query heads of each KV head's group, and with
+    // pre-RoPE keys the post-RoPE ones and the layer's RoPE.
+    std::vector<std::vector<Pooled>> qs(attends(c) ? kpool.size() : 0);
+    std::vector<Pooled> kpost(qs.size());
+    std::vector<RopeTable> ropes(qs.size());
+    std::vector<int64_t> rings(kpool.size());
+    for (size_t i = 0; i < kpool.size(); ++i) {
+        const auto [layer, h] = jobs[b0 + i];
+        const size_t li = static_cast<size_t>(std::find(pl.layers.begin(), pl.layers.end(), layer) - pl.layers.begin());
+        rings[i] = pl.geometry[li].window;
+        if (qs.empty()) continue;
+        for (int g = 0; g < pl.group_q; ++g)
+            qs[i].push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, layer, h * pl.group_q + g, pl.D, c.rotate));
+        if (!c.keys_pre) continue;
+        kpost[i] = pool_tensor(pl.dumps, pl.pieces, kvdump::kKPost, layer, h, pl.D, c.rotate);
+        ropes[i] = rope_table(pl.ropes[li], static_cast<int>(pl.longest));
+    }
+    const auto pre = [&](size_t i) { return c.keys_pre ? &kpost[i] : nullptr; };
+    const auto rope = [&](size_t i) { return c.keys_pre ? &ropes[i] : nullptr; };
+    std::vector<nlohmann::json> picks;
+    if (pick_attention(c)) {
+        std::vector<calib::PickHead> ph;
+        for (size_t i = 0; i < kpool.size(); ++i)
+            ph.push_back({&kpool[i], &vpool[i], &qs[i], pre(i), rope(i), km[i].raw() ? nullptr : &km[i], rings[i]});
+        picks = calib::pick_restarts(c, pl.D, ph, kres, vres);
     }
     std::vector<HeadTensorResult> kout(kpool.size()), vout(kpool.size());
     // One job per tensor rather than per head: twice the jobs balance the threads
@@ -505,19 +526,17 @@ void mine_batch(const CalibrateConfig& c, const Plan& pl, const Placement& w,
             kout[i] =
                 finish_tensor(false, kpool[i], kres[i], pl.D, c.k_patterns, c, tasks, km[i].raw() ? nullptr : &km[i]);
     }
-    if (c.bits_budget > 0.0 && c.bits_measure_attention) {
-        std::vector<std::vector<Pooled>> qs(kpool.size());
-        for (size_t i = 0; i < kpool.size(); ++i)
-            for (int g = 0; g < pl.group_q; ++g)
-                qs[i].push_back(pool_tensor(pl.dumps, pl.pieces, kvdump::kQ, jobs[b0 + i].first,
-                                            jobs[b0 + i].second * pl.group_q + g, pl.D, c.rotate));
+    if (attention_measure(c)) {
 #pragma omp parallel for schedule(dynamic, 1)
-        for (int64_t i = 0; i < static_cast<int64_t>(kpool.size()); ++i) {
-            const size_t li = static_cast<size_t>(std::find(pl.layers.begin(), pl.layers.end(), jobs[b0 + i].first) -
-                                                  pl.layers.begin());
-            calib::measure_attention(c, pl.D, pl.geometry[li].window, kpool[i], vpool[i], qs[i],
-                                     kres[i].centroids.data(), vres[i].centroids.data(), kout[i], vout[i]);
+        for (int64_t ii = 0; ii < static_cast<int64_t>(kpool.size()); ++ii) {
+            const size_t i = static_cast<size_t>(ii);
+            calib::measure_attention(c, pl.D, rings[i], kpool[i], vpool[i], qs[i], kres[i].centroids.data(),
+                                     vres[i].centroids.data(), kout[i], vout[i], pre(i), rope(i));
         }
+    }
+    for (size_t i = 0; i < picks.size(); ++i) {
+        kout[i].stats.update(picks[i].at("k"));
+        vout[i].stats.update(picks[i].at("v"));
     }
     for (size_t i = 0; i < kpool.size(); ++i)
         mined.heads.push_back(head_record(jobs[b0 + i].first, jobs[b0 + i].second, kres[i], vres[i], kout[i], vout[i]));
@@ -634,6 +653,7 @@ nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const 
               {"tol", c.tol},
               {"init", kmeans_init_name(c.init)},
               {"restarts", c.restarts},
+              {"restart_pick", restart_pick_name(c.restart_pick)},
               {"max_points_per_centroid", c.max_points_per_centroid},
               {"seconds", kmeans_seconds_max}}},
             {"objective", calib_objective_name(c.objective)},
@@ -658,7 +678,7 @@ PatternTable run_calibrate(const CalibrateConfig& c, const std::vector<KMeansAss
         assigners_in.empty() ? std::vector<KMeansAssigner*>{nullptr} : assigners_in;
     const auto t_start = std::chrono::steady_clock::now();
     const Plan pl = plan_calibration(c);
-    PatternTable t = table_header(c, pl);
+    PatternTable t = calib::table_header(c, *pl.dumps.front().reader, pl.H, pl.D, pl.dumps.front().model_sha256);
     const dist::Comm& comm = comm_in ? *comm_in : dist::Comm::world();
     const Placement w = place_heads(c, pl, assigners, comm);
     Mined mined = mine_heads(c, pl, w, assigners);

@@ -37,6 +37,16 @@ namespace dist {
 class Comm;
 }
 
+/// How `--restarts` chooses among the k-means runs of each (layer, KV head, K or V):
+/// inertia, the lowest training objective (kmeans.h); attention, the lowest held-out
+/// attention-output error of the table the run gives (calibrate_pick.h).
+enum class RestartPick { inertia, attention };
+
+/// "inertia", "attention".
+const char* restart_pick_name(RestartPick p);
+/// The inverse; anything else: invalid_argument "--restart-pick: expected inertia or attention, got 'x'".
+RestartPick parse_restart_pick(const std::string& name);
+
 struct CalibrateConfig {
     std::vector<std::string> dump_paths;
     /// Instead of dumps (exactly one of the two): the model run over text (kv_source.h),
@@ -83,6 +93,13 @@ struct CalibrateConfig {
     double tol = 1e-4;        ///< k-means centroid-shift tolerance
     KMeansInit init = KMeansInit::kmeanspp;
     int restarts = 1;
+    /// Which of the `restarts` runs each K or V head keeps. attention: every run is fitted
+    /// as the table's would be (at `bits`) and the one whose cache gives the head's query
+    /// heads the lowest attention-output error on the held-out sequences is kept
+    /// (calibrate_pick.h). Needs /q (and /k_post with keys_pre) in every dump, held-out
+    /// tokens and restarts >= 2; refused with max_points_per_centroid (the runs' labels
+    /// are not kept) and with keys_pre and rotate. inertia keeps tables bit for bit as before.
+    RestartPick restart_pick = RestartPick::inertia;
     int64_t max_points_per_centroid = 0;  ///< k-means training subsample (0: all tokens)
     int64_t fit_tokens = 65536;           ///< training tokens per head used by the parameter fit (whole sequences)
     bool fit = true;                      ///< false: no fit; clip ratios 1 and the paper's gate z (the ablation)

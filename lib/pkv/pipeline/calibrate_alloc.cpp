@@ -26,52 +26,70 @@ void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H)
     check_bits_budget(units, c.bits_budget);
 }
 
-void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
-                       const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
-                       HeadTensorResult& kout, HeadTensorResult& vout, const Pooled* k_post, const RopeTable* rope) {
+AttnErrors attention_errors(const CalibrateConfig& c, int D, int64_t ring, AttnTokens tokens, const Pooled& k,
+                            const Pooled& v, const std::vector<Pooled>& qs, const std::vector<TableHeadView>& kviews,
+                            const std::vector<TableHeadView>& vviews, const Pooled* k_post, const RopeTable* rope) {
     PKV_ASSERT((k_post == nullptr) == (rope == nullptr));
-    const size_t W = kout.widths.size();
-    PKV_ASSERT(vout.widths.size() == W);
-    std::vector<AttnAccum> acc(2 * W);  // [w]: keys at width w; [W + w]: values
+    const bool held = tokens == AttnTokens::heldout;
+    const auto data = [held](const Pooled& p) { return held ? p.hold.data() : p.train.data(); };
+    const size_t NK = kviews.size(), NV = vviews.size();
+    std::vector<AttnAccum> acc(NK + NV);  // [i]: keys of kviews[i] quantized; [NK + i]: values of vviews[i]
     int64_t used = 0;
-    for (const SeqRange& s : k.train_seqs) {
+    for (const SeqRange& s : held ? k.hold_seqs : k.train_seqs) {
         if (used >= kAttnTokens) break;
         used += s.length;
         const int64_t n = s.length;
-        const float* kx = k.train.data() + s.start * D;
-        const float* vx = v.train.data() + s.start * D;
-        const float* ka = k_post ? k_post->train.data() + s.start * D : kx;  // the keys attention sees
+        const float* kx = data(k) + s.start * D;
+        const float* vx = data(v) + s.start * D;
+        const float* ka = k_post ? data(*k_post) + s.start * D : kx;  // the keys attention sees
         const int64_t P = n / 2 / c.window * c.window;
         const std::vector<int32_t> never(static_cast<size_t>(n), kNeverQuantized);
-        std::vector<SimResult> sims(2 * W);
-        std::vector<AttnCache> caches;
-        for (size_t w = 0; w < W; ++w) {
-            const TableHeadView kv{k_patterns,  c.k_patterns,       kout.widths[w].clip, ptable::kDefaultGateZ,
-                                   c.assign_l2, kout.widths[w].bits};
-            const TableHeadView vv{v_patterns,  c.v_patterns,       vout.widths[w].clip, vout.widths[w].gate_z,
-                                   c.assign_l2, vout.widths[w].bits};
-            SimParams sp;
-            sp.method = KvMethod::patternkv_table;
-            sp.group = c.group;
-            sp.window = c.window;
-            sp.ring = ring;
-            sp.table_k = &kv;
-            sp.table_v = &vv;
-            sims[w] = simulate_cache(sp, KvTensor::k, kx, n, D, P);
-            sims[W + w] = simulate_cache(sp, KvTensor::v, vx, n, D, P);
-            if (k_post) pre_rope_recon_to_post(sims[w].recon.data(), kx, ka, n, D, *rope);
+        std::vector<SimResult> sims(NK + NV);
+        SimParams sp;
+        sp.method = KvMethod::patternkv_table;
+        sp.group = c.group;
+        sp.window = c.window;
+        sp.ring = ring;
+        for (size_t i = 0; i < NK; ++i) {
+            sp.table_k = &kviews[i];
+            sims[i] = simulate_cache(sp, KvTensor::k, kx, n, D, P);
+            if (k_post) pre_rope_recon_to_post(sims[i].recon.data(), kx, ka, n, D, *rope);
         }
-        for (size_t w = 0; w < W; ++w)
-            caches.push_back({sims[w].recon.data(), sims[w].flush_step.data(), vx, never.data(), &acc[w]});
-        for (size_t w = 0; w < W; ++w)
-            caches.push_back({ka, never.data(), sims[W + w].recon.data(), sims[W + w].flush_step.data(), &acc[W + w]});
-        for (const Pooled& q : qs)
-            accumulate_attention(q.train.data() + s.start * D, ka, vx, n, D, kAttnStride, caches, ring);
+        for (size_t i = 0; i < NV; ++i) {
+            sp.table_v = &vviews[i];
+            sims[NK + i] = simulate_cache(sp, KvTensor::v, vx, n, D, P);
+        }
+        std::vector<AttnCache> caches;
+        for (size_t i = 0; i < NK; ++i)
+            caches.push_back({sims[i].recon.data(), sims[i].flush_step.data(), vx, never.data(), &acc[i]});
+        for (size_t i = 0; i < NV; ++i)
+            caches.push_back(
+                {ka, never.data(), sims[NK + i].recon.data(), sims[NK + i].flush_step.data(), &acc[NK + i]});
+        for (const Pooled& q : qs) accumulate_attention(data(q) + s.start * D, ka, vx, n, D, kAttnStride, caches, ring);
     }
+    const auto mean = [](const AttnAccum& a) { return a.rel_rows > 0 ? a.rel_sum / a.rel_rows : 0.0; };
+    AttnErrors out;
+    for (size_t i = 0; i < NK; ++i) out.k.push_back(mean(acc[i]));
+    for (size_t i = 0; i < NV; ++i) out.v.push_back(mean(acc[NK + i]));
+    return out;
+}
+
+void measure_attention(const CalibrateConfig& c, int D, int64_t ring, const Pooled& k, const Pooled& v,
+                       const std::vector<Pooled>& qs, const float* k_patterns, const float* v_patterns,
+                       HeadTensorResult& kout, HeadTensorResult& vout, const Pooled* k_post, const RopeTable* rope) {
+    const size_t W = kout.widths.size();
+    PKV_ASSERT(vout.widths.size() == W);
+    std::vector<TableHeadView> kviews, vviews;
     for (size_t w = 0; w < W; ++w) {
-        const auto mean = [](const AttnAccum& a) { return a.rel_rows > 0 ? a.rel_sum / a.rel_rows : 0.0; };
-        kout.widths[w].attn = mean(acc[w]);
-        vout.widths[w].attn = mean(acc[W + w]);
+        kviews.push_back(
+            {k_patterns, c.k_patterns, kout.widths[w].clip, ptable::kDefaultGateZ, c.assign_l2, kout.widths[w].bits});
+        vviews.push_back(
+            {v_patterns, c.v_patterns, vout.widths[w].clip, vout.widths[w].gate_z, c.assign_l2, vout.widths[w].bits});
+    }
+    const AttnErrors e = attention_errors(c, D, ring, AttnTokens::train, k, v, qs, kviews, vviews, k_post, rope);
+    for (size_t w = 0; w < W; ++w) {
+        kout.widths[w].attn = e.k[w];
+        vout.widths[w].attn = e.v[w];
     }
 }
 

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pkv/core/rope.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/bit_alloc.h"
 #include "pkv/pipeline/calibrate.h"
 #include "pkv/pipeline/calibrate_fit.h"
@@ -31,6 +32,24 @@ void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H)
 /// x n² D / stride multiply-adds per sequence of n tokens.
 constexpr int64_t kAttnTokens = 2048;
 constexpr int kAttnStride = 8;
+
+/// Which tokens of a head the attention measure runs on: its first training sequences
+/// (--bits-budget) or its held-out ones (--restart-pick attention), up to kAttnTokens.
+enum class AttnTokens { train, heldout };
+
+/// The attention-output errors of one KV head, one per view: k[i] with the keys cached
+/// by kviews[i] and the values exact, v[i] with the values cached by vviews[i] and the
+/// keys exact (0 where the tokens hold no sequence).
+struct AttnErrors {
+    std::vector<double> k, v;
+};
+
+/// The measure of measure_attention below for any set of cached tensors (table head
+/// views: patterns, clip, gate, width), on `tokens`; each sequence simulated once per view.
+AttnErrors attention_errors(const CalibrateConfig& c, int D, int64_t ring, AttnTokens tokens, const Pooled& k,
+                            const Pooled& v, const std::vector<Pooled>& qs, const std::vector<TableHeadView>& kviews,
+                            const std::vector<TableHeadView>& vviews, const Pooled* k_post = nullptr,
+                            const RopeTable* rope = nullptr);
 
 /// Fills kout.widths[].attn and vout.widths[].attn (fits already made) for one KV head:
 /// on its first training sequences (kAttnTokens), each simulated as pkv eval caches it

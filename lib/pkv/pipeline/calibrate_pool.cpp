@@ -12,6 +12,23 @@
 
 namespace pkv::calib {
 
+namespace {
+
+// The dump's RoPE as a table records it (pattern_table.h kMetaModelRope); empty when the
+// dump's model record has none (synthetic data).
+std::string rope_record(const nlohmann::json& m) {
+    if (!m.is_object() || !m.contains("rope_freq_base")) return {};
+    nlohmann::json r = {{"type", m.value("rope_type", std::string("norm"))},
+                        {"n_rot", m.value("n_rot", 0)},
+                        {"base", m["rope_freq_base"]},
+                        {"freq_scale", m.value("rope_freq_scale", 1.0)},
+                        {"scaling", m.value("rope_scaling", std::string("none"))},
+                        {"freq_factors", m.value("rope_freq_factors", nlohmann::json(nullptr))}};
+    return r.dump();
+}
+
+}  // namespace
+
 std::vector<SeqRange> sequences_of(const KvSource& r) {
     const KvDumpReader::Sequences s = r.sequences();
     std::vector<SeqRange> out(s.start.size());
@@ -112,6 +129,29 @@ std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const st
         }
     if (rotate) hadamard_rotate_rows(out.data(), static_cast<int64_t>(out.size()) / D, D);
     return out;
+}
+
+PatternTable table_header(const CalibrateConfig& c, const KvSource& first, int H, int D, const std::string& sha256) {
+    const nlohmann::json model = first.model();
+    PatternTable t;
+    t.model.name = model.is_object() ? model.value("name", std::string()) : std::string();
+    t.model.arch = model.is_object() ? model.value("arch", std::string("llama")) : std::string("llama");
+    t.model.rope = rope_record(model);
+    t.model.sha256 = sha256;
+    t.model.n_layer = first.n_layer_model();
+    t.model.n_head = first.n_head();
+    t.model.n_head_kv = H;
+    t.model.head_dim = D;
+    t.key_basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
+    t.key_dim_order = first.dim_order();
+    t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
+    t.bits = c.bits;
+    t.group = c.group;
+    t.window = c.window;
+    t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
+    t.k_patterns = c.k_patterns;
+    t.v_patterns = c.v_patterns;
+    return t;
 }
 
 }  // namespace pkv::calib

@@ -11,6 +11,7 @@
 
 #include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/pipeline/kv_source.h"
+#include "pkv/table/pattern_table.h"
 
 namespace pkv::calib {
 
@@ -46,5 +47,10 @@ Pooled pool_tensor(const std::vector<DumpInput>& dumps, const std::vector<Piece>
 std::vector<float> pool_train_rows(const std::vector<DumpInput>& dumps, const std::vector<Piece>& pieces,
                                    const char* dataset, int layer, int head, int D, bool rotate, int64_t r0,
                                    int64_t r1);
+
+/// The header of the table (no layers yet): the model's identity and RoPE as `first` (a
+/// dump or the model source) records them, with H KV heads of D dims and the
+/// quantizer's settings from c, so that a runtime can reproduce the quantizer.
+PatternTable table_header(const CalibrateConfig& c, const KvSource& first, int H, int D, const std::string& sha256);
 
 }  // namespace pkv::calib
