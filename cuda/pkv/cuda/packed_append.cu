@@ -38,7 +38,7 @@ struct AppendGeo {
 };
 
 using detail::gate_passes;
-using detail::nearest_pattern_warp;
+using detail::nearest_pattern;
 using detail::smax;
 using detail::smin;
 
@@ -100,20 +100,15 @@ __device__ void flush_k(const AppendGeo& g, int s, int h, int64_t t0) {
     const float* P = g.method == 2 ? g.patterns[0] + (static_cast<int64_t>(g.layer) * g.H + h) * g.Mk * D : nullptr;
     zero_block(blk, L.bytes);
     __syncthreads();
-    // A warp per token: its row, then its pattern (the lanes take the patterns).
-    const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-    const int warps = static_cast<int>(blockDim.x / 32);
-    for (int i = warp; i < R; i += warps) {
+    for (int i = threadIdx.x; i < R; i += blockDim.x) {
         const uint16_t* src = ring_row(g, s, h, 0, t0 + i);
         float* ri = r + static_cast<int64_t>(i) * D;
-        for (int d = lane; d < D; d += 32) ri[d] = from_half(src[d]);
-        __syncwarp();
+        for (int d = 0; d < D; ++d) ri[d] = from_half(src[d]);
         if (P) {
-            const int idx = nearest_pattern_warp(ri, P, g.Mk, hp.k_l2 != 0, D);
-            if (lane == 0) blk[L.index + i] = static_cast<uint8_t>(idx);
+            const int idx = nearest_pattern(ri, P, g.Mk, hp.k_l2 != 0, D);
+            blk[L.index + i] = static_cast<uint8_t>(idx);
             const float* c = P + static_cast<int64_t>(idx) * D;
-            __syncwarp();  // every lane's distances read ri before it becomes the residual
-            for (int d = lane; d < D; d += 32) ri[d] = __fsub_rn(ri[d], c[d]);
+            for (int d = 0; d < D; ++d) ri[d] = __fsub_rn(ri[d], c[d]);
         }
     }
     __syncthreads();
@@ -150,28 +145,16 @@ __device__ void flush_v(const AppendGeo& g, int s, int h, int64_t t0, int64_t t1
     for (int64_t b = t0 / R; b <= (t1 - 1) / R; ++b)
         if (b * R >= t0) zero_block(g.blocks[1] + (lsh * g.B + b) * L.bytes, L.bytes);
     __syncthreads();
-    // A warp per token: its row and its pattern (written to the block's index), as in flush_k.
-    const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-    const int warps = static_cast<int>(blockDim.x / 32);
-    for (int64_t t = t0 + warp; t < t1; t += warps) {
-        float* x = scratch + static_cast<int64_t>(t - t0) % R * D;
-        const uint16_t* src = ring_row(g, s, h, 1, t);
-        for (int d = lane; d < D; d += 32) x[d] = from_half(src[d]);
-        __syncwarp();
-        if (P) {
-            const int idx = nearest_pattern_warp(x, P, g.Mv, hp.v_l2 != 0, D);
-            if (lane == 0) g.blocks[1][(lsh * g.B + t / R) * L.bytes + L.index + t % R] = static_cast<uint8_t>(idx);
-        }
-    }
-    __syncthreads();
-    // A thread per token: gate, residual, grids and codes.
     for (int64_t t = t0 + threadIdx.x; t < t1; t += blockDim.x) {
         uint8_t* blk = g.blocks[1] + (lsh * g.B + t / R) * L.bytes;
         const int i = static_cast<int>(t % R);
         float* x = scratch + static_cast<int64_t>(t - t0) % R * D;
+        const uint16_t* src = ring_row(g, s, h, 1, t);
+        for (int d = 0; d < D; ++d) x[d] = from_half(src[d]);
         const float* c = nullptr;
         if (P) {
-            const int idx = blk[L.index + i];
+            const int idx = nearest_pattern(x, P, g.Mv, hp.v_l2 != 0, D);
+            blk[L.index + i] = static_cast<uint8_t>(idx);
             if (gate_passes(x, P + static_cast<int64_t>(idx) * D, D, hp.gate_z)) {
                 c = P + static_cast<int64_t>(idx) * D;
                 // Gate bit i is bit i % 8 of byte i / 8: one 32-bit word serves 32 tokens.

@@ -36,64 +36,35 @@ __device__ __forceinline__ bool grid_bits(float mn, float mx, int bits, float cl
     return isfinite(__half2float(__ushort_as_half(z16))) && isfinite(__half2float(__ushort_as_half(s16)));
 }
 
-// The distance of v to pattern c (D floats each): the min-max distance (max - min of
-// v - c, in double) or the squared L2 distance (double, in channel order).
-__device__ __forceinline__ double pattern_distance(const float* v, const float* c, int D, bool l2) {
-    if (l2) {
-        double d = 0.0;
-        for (int t = 0; t < D; ++t) {
-            const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-            d = __fma_rn(e, e, d);
-        }
-        return d;
-    }
-    double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
-    for (int t = 1; t < D; ++t) {
-        const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-        lo = dmin(lo, r);
-        hi = dmax(hi, r);
-    }
-    return __dsub_rn(hi, lo);
-}
-
-// The pattern nearest to v among M rows of D floats (the lowest index on ties).
+// The pattern nearest to v among M rows of D floats (the lowest index on ties): the
+// min-max distance (max - min of v - c, in double) or the squared L2 distance (double).
 __device__ inline int nearest_pattern(const float* v, const float* pat, int M, bool l2, int D) {
     int best = 0;
     double best_d = 0.0;
     for (int j = 0; j < M; ++j) {
-        const double d = pattern_distance(v, pat + static_cast<int64_t>(j) * D, D, l2);
+        const float* c = pat + static_cast<int64_t>(j) * D;
+        double d;
+        if (l2) {
+            d = 0.0;
+            for (int t = 0; t < D; ++t) {
+                const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
+                d = __fma_rn(e, e, d);
+            }
+        } else {
+            double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
+            for (int t = 1; t < D; ++t) {
+                const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
+                lo = dmin(lo, r);
+                hi = dmax(hi, r);
+            }
+            d = __dsub_rn(hi, lo);
+        }
         if (j == 0 || d < best_d) {
             best_d = d;
             best = j;
         }
     }
     return best;
-}
-
-// nearest_pattern with the patterns spread over the 32 lanes of a warp (every lane must
-// call it; each distance is still one lane's sum in channel order, so the result is
-// nearest_pattern's for finite distances): the smallest distance, the lowest index on ties.
-__device__ inline int nearest_pattern_warp(const float* v, const float* pat, int M, bool l2, int D) {
-    const int lane = static_cast<int>(threadIdx.x % 32);
-    int best = -1;
-    double best_d = 0.0;
-    for (int j = lane; j < M; j += 32) {
-        const double d = pattern_distance(v, pat + static_cast<int64_t>(j) * D, D, l2);
-        if (best < 0 || d < best_d) {
-            best_d = d;
-            best = j;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        const double od = __shfl_xor_sync(0xffffffffu, best_d, o);
-        const int oj = __shfl_xor_sync(0xffffffffu, best, o);
-        if (oj >= 0 && (best < 0 || od < best_d || (od == best_d && oj < best))) {
-            best_d = od;
-            best = oj;
-        }
-    }
-    best = __shfl_sync(0xffffffffu, best, 0);
-    return best < 0 ? 0 : best;
 }
 
 // The value gate (v_gate_rho then v_gate_passes): subtract pattern c from v or not.
