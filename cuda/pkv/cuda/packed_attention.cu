@@ -33,9 +33,6 @@ using pkv_rt::KvPart;
 namespace {
 
 constexpr int kThreads = 128;
-// Split kernel blocks per multiprocessor that choose_splits aims at (its register use
-// allows about 9 resident).
-constexpr int kBlocksPerSm = 8;
 constexpr int kWarps = kThreads / 32;
 constexpr int kCh = 8;  // channels per thread
 
@@ -311,46 +308,25 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Merges the splits of one (query head, sequence) and adds Σ_p w_p c_p: out [S, Hq, D].
-// Shared memory: the splits' weights exp(m_k - M) [splits], then pw [Mv].
 __global__ void combine_kernel(const float* __restrict__ part, const float* __restrict__ vpat, float* __restrict__ out,
                                int D, int Hq, int Q, int H, int Mv, int splits, int64_t layer) {
-    extern __shared__ float combine_sm[];
-    float* wk = combine_sm;
-    float* pw = combine_sm + splits;
-    __shared__ float red[kThreads / 32];
+    extern __shared__ float pw[];  // [Mv]
     const int qh = blockIdx.x, s = blockIdx.y, h = qh / Q;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     const int64_t rec = 2 + D + Mv;
     const float* p0 = part + (int64_t{s} * Hq + qh) * splits * rec;
-    // M = max_k m_k and L = Σ_k l_k exp(m_k - M), each split's terms read once, in parallel.
     float M = -INFINITY;
-    for (int k = threadIdx.x; k < splits; k += blockDim.x) M = fmaxf(M, p0[k * rec]);
-    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    if (lane == 0) red[warp] = M;
-    __syncthreads();
-    M = red[0];
-    for (int w = 1; w < warps; ++w) M = fmaxf(M, red[w]);
-    __syncthreads();
+    for (int k = 0; k < splits; ++k) M = fmaxf(M, p0[k * rec]);
     float L = 0.0f;
-    for (int k = threadIdx.x; k < splits; k += blockDim.x) {
-        const float e = expf(p0[k * rec] - M);
-        wk[k] = e;
-        L += p0[k * rec + 1] * e;
-    }
-    for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-    if (lane == 0) red[warp] = L;
-    __syncthreads();
-    L = 0.0f;
-    for (int w = 0; w < warps; ++w) L += red[w];
+    for (int k = 0; k < splits; ++k) L += p0[k * rec + 1] * expf(p0[k * rec] - M);
     for (int p = threadIdx.x; p < Mv; p += blockDim.x) {
         float w = 0.0f;
-        for (int k = 0; k < splits; ++k) w += p0[k * rec + 2 + D + p] * wk[k];
+        for (int k = 0; k < splits; ++k) w += p0[k * rec + 2 + D + p] * expf(p0[k * rec] - M);
         pw[p] = w;
     }
     __syncthreads();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
-        for (int k = 0; k < splits; ++k) acc += p0[k * rec + 2 + d] * wk[k];
+        for (int k = 0; k < splits; ++k) acc += p0[k * rec + 2 + d] * expf(p0[k * rec] - M);
         const float* P = vpat + (layer * H + h) * int64_t{Mv} * D;
         for (int p = 0; p < Mv; ++p)
             if (pw[p] != 0.0f) acc += pw[p] * P[int64_t{p} * D + d];
@@ -431,11 +407,9 @@ int PackedCacheDevice::choose_splits(int layer) const {
     int64_t n_max = 1;
     for (int s = 0; s < m.cfg.n_seq; ++s) n_max = std::max(n_max, m.count(layer, s, 0));
     const int64_t tiles = (n_max + m.tile() - 1) / m.tile();
-    // About kBlocksPerSm thread blocks per multiprocessor over the whole batch (a block
-    // keeps few loads in flight, so the memory system needs many of them); a split is at
-    // least one tile.
+    // About two thread blocks per multiprocessor over the whole batch; a split is at least one tile.
     const int64_t per_head = int64_t{m.cfg.n_seq} * m.cfg.n_head_kv;
-    const int64_t want = (kBlocksPerSm * int64_t{m.sms} + per_head - 1) / per_head;
+    const int64_t want = (2 * int64_t{m.sms} + per_head - 1) / per_head;
     return static_cast<int>(std::max<int64_t>(1, std::min(want, tiles)));
 }
 
@@ -505,8 +479,7 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
     fn<<<dim3(splits, c.n_head_kv, c.n_seq), kThreads, g.sm_total, st>>>(
         g, m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev, m.qc.get(), m.part.get());
     PKV_CUDA_CHECK(cudaGetLastError());
-    // combine_kernel's block: at least a warp, at most kThreads (its reduction array's size).
-    combine_kernel<<<dim3(c.n_head, c.n_seq), std::min(c.head_dim, kThreads), (splits + g.Mv) * sizeof(float), st>>>(
+    combine_kernel<<<dim3(c.n_head, c.n_seq), c.head_dim, g.Mv * sizeof(float), st>>>(
         m.part.get(), m.patterns[1].get(), out_dev, c.head_dim, c.n_head, g.Q, c.n_head_kv, g.Mv, splits, layer);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
