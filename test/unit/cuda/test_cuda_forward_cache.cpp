@@ -53,14 +53,6 @@ std::vector<float> normal(size_t n, uint32_t seed, float sd = 1.0f) {
     return v;
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> d(0, vocab - 1);
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    for (auto& x : t) x = d(rng);
-    return t;
-}
-
 /// Flush steps [n_head_kv, rows] per packed row, relative to the sequence: per (sequence,
 /// head) either exact (a quarter of them) or each key flushed 0..12 steps after it (some
 /// before it: any step is legal), deterministic in seed.

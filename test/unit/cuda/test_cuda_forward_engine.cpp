@@ -37,14 +37,6 @@ namespace {
 #define PKV_REQUIRE_GPU_ENGINE() \
     if (pkv::cuda::device_count() == 0) PKV_SKIP("no CUDA device: GPU forward engine test not run")
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> d(0, vocab - 1);
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    for (auto& x : t) x = d(rng);
-    return t;
-}
-
 /// (sequence, layer, tensor 0-3) -> floats
 using Acts = std::map<std::tuple<int, int, int>, std::vector<float>>;
 

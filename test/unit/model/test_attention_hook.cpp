@@ -17,14 +17,6 @@ using namespace pkv_test;
 
 namespace {
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> d(0, vocab - 1);
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    for (auto& x : t) x = d(rng);
-    return t;
-}
-
 ErrorCode code_of(const std::function<void()>& fn) {
     try {
         fn();

@@ -54,14 +54,6 @@ double max_rel_err(const A& got, const B& want, double floor = 0.01) {
     return worst;
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> d(0, vocab - 1);
-    std::vector<int32_t> t(n);
-    for (auto& x : t) x = d(rng);
-    return t;
-}
-
 /// The pkv::Error a call throws (code internal and an empty message when none).
 Error error_of(const std::function<void()>& fn) {
     try {

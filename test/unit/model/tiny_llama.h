@@ -332,4 +332,13 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
     return r;
 }
 
+/// n token ids drawn uniformly from [0, vocab), seeded.
+inline std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> d(0, vocab - 1);
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = d(rng);
+    return t;
+}
+
 }  // namespace pkv_test

@@ -12,6 +12,7 @@
 #include "pkv/runtime/pattern_table_reader.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
+#include "unit/pipeline/calib_fixture.h"
 
 using namespace pkv;
 
@@ -162,14 +163,7 @@ TEST_CASE("calibrate --bits-budget: the table records the allocation, fitted at 
     s.capture = CaptureSet::parse("k_post,v");
     const std::string dump = dir.path + "/d.h5";
     pkv::test::write_synth_dump(dump, s);
-    CalibrateConfig c;
-    c.dump_paths = {dump};
-    c.k_patterns = c.v_patterns = 4;
-    c.group = 8;
-    c.window = 16;
-    c.max_iter = 10;
-    c.holdout = 0.25;
-    c.out_path = dir.path + "/uniform.safetensors";
+    CalibrateConfig c = pkv::test::small_calibration(dump, dir.path + "/uniform.safetensors");
     c.bits_measure_attention = false;  // the dump holds no queries
     const PatternTable uniform = run_calibrate(c);
     CHECK_FALSE(uniform.has_allocation());
@@ -243,16 +237,9 @@ TEST_CASE("calibrate --bits-measure attention: the attention-output error of eve
     s.capture = CaptureSet::parse("k_post,v,q");
     const std::string dump = dir.path + "/dq.h5";
     pkv::test::write_synth_dump(dump, s);
-    CalibrateConfig c;
-    c.dump_paths = {dump};
-    c.k_patterns = c.v_patterns = 4;
-    c.group = 8;
-    c.window = 16;
-    c.max_iter = 10;
-    c.holdout = 0.25;
+    CalibrateConfig c = pkv::test::small_calibration(dump, dir.path + "/attn.safetensors");
     c.bits_budget = 7.0;
     c.bits_measure_attention = true;
-    c.out_path = dir.path + "/attn.safetensors";
     const PatternTable t = run_calibrate(c);
     REQUIRE(t.has_allocation());
     CHECK(t.alloc_bits <= 7.0);

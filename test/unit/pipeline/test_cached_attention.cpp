@@ -34,14 +34,6 @@ std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
     return v;
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> d(0, vocab - 1);
-    std::vector<int32_t> t(n);
-    for (auto& x : t) x = d(rng);
-    return t;
-}
-
 // A hand-made cache: an affine "reconstruction" (far from exact, so mistakes in
 // the bookkeeping show) with keys flushed in blocks of 4 (every sixth token kept
 // exact) and values leaving a sliding window of 3; layer 1's head 0 keys exact.

@@ -14,6 +14,7 @@
 #include "pkv/pipeline/calibrate_pick.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
+#include "unit/pipeline/calib_fixture.h"
 
 using namespace pkv;
 
@@ -165,15 +166,8 @@ TEST_CASE("calibrate --restart-pick attention records its choice; refusals in on
     s.capture = CaptureSet::parse("k_pre,k_post,v,q");
     const std::string dump = dir.path + "/d.h5";
     pkv::test::write_synth_dump(dump, s);
-    CalibrateConfig c;
-    c.dump_paths = {dump};
-    c.k_patterns = c.v_patterns = 4;
-    c.group = 8;
-    c.window = 16;
-    c.max_iter = 10;
-    c.holdout = 0.25;
+    CalibrateConfig c = pkv::test::small_calibration(dump, dir.path + "/inertia.safetensors");
     c.restarts = 3;
-    c.out_path = dir.path + "/inertia.safetensors";
     const PatternTable inertia = run_calibrate(c);
     CHECK(inertia.calibration.at("kmeans").at("restart_pick") == "inertia");
     CHECK_FALSE(inertia.calibration.at("heads").at(0).at("k").contains("restart"));
