@@ -15,19 +15,6 @@
 using namespace pkv;
 using namespace pkv_test;
 
-namespace {
-
-ErrorCode code_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.code();
-    }
-    return ErrorCode::internal;
-}
-
-}  // namespace
-
 TEST_CASE("attention hook: called once per layer, its output is the layer's attention", "[model][attention_hook]") {
     ScratchDir dir;
     TinySpec s;

@@ -18,15 +18,6 @@ using namespace pkv_test;
 
 namespace {
 
-ErrorCode code_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.code();
-    }
-    return ErrorCode::internal;
-}
-
 std::vector<std::vector<int32_t>> seqs_of(const std::vector<int>& lengths) {
     std::vector<std::vector<int32_t>> s;
     int32_t next = 0;

@@ -14,11 +14,13 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "pkv/core/error.h"
 #include "pkv/core/half.h"
 #include "pkv/gguf/ggml_types.h"
 #include "pkv/gguf/gguf_writer.h"
@@ -330,6 +332,16 @@ inline RefResult naive_forward(const TinyModel& m, const std::vector<int32_t>& t
         }
     }
     return r;
+}
+
+/// The code of the pkv::Error fn throws (ErrorCode::internal when it throws none).
+inline pkv::ErrorCode code_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const pkv::Error& e) {
+        return e.code();
+    }
+    return pkv::ErrorCode::internal;
 }
 
 /// n token ids drawn uniformly from [0, vocab), seeded.
