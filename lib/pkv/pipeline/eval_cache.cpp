@@ -146,17 +146,14 @@ KvCacheHook MethodCache::hook() {
     return [this](const KvHookInput& in, KvHookOutput& out) { run(in, out); };
 }
 
-double MethodCache::key_bits() const {
+double sum_tensor_bits(const std::vector<double>& bits, int tensor) {
     double s = 0.0;
-    for (size_t i = 0; i < bits_.size(); i += 2) s += bits_[i];
+    for (size_t i = static_cast<size_t>(tensor); i < bits.size(); i += 2) s += bits[i];
     return s;
 }
 
-double MethodCache::value_bits() const {
-    double s = 0.0;
-    for (size_t i = 1; i < bits_.size(); i += 2) s += bits_[i];
-    return s;
-}
+double MethodCache::key_bits() const { return sum_tensor_bits(bits_, 0); }
+double MethodCache::value_bits() const { return sum_tensor_bits(bits_, 1); }
 
 void MethodCache::run(const KvHookInput& in, KvHookOutput& out) {
     PKV_ASSERT(in.n_tokens == n_ && in.layer >= 0 && in.layer < n_layer_ && in.kv_head >= 0 && in.kv_head < n_head_kv_);

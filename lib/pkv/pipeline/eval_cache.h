@@ -25,6 +25,9 @@
 #include "pkv/table/pattern_table.h"
 
 namespace pkv {
+/// One tensor's bits (tensor 0: keys, 1: values) summed over a per-head storage array laid
+/// out [layer][kv_head][k, v], as MethodCache and RuntimeAttention (eval_runtime.h) keep it.
+double sum_tensor_bits(const std::vector<double>& bits, int tensor);
 
 class MethodCache {
 public:

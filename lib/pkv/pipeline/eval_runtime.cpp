@@ -10,6 +10,7 @@
 #include "pkv/core/error.h"
 #include "pkv/core/threads.h"
 #include "pkv/model/ops.h"
+#include "pkv/pipeline/eval_cache.h"
 #include "pkv/runtime/packed_cache.h"
 #include "pkv/runtime/pattern_table_reader.h"
 
@@ -123,17 +124,8 @@ AttentionHook RuntimeAttention::hook() {
     return [this](const AttentionHookInput& in) { run_layer(in); };
 }
 
-double RuntimeAttention::key_bits() const {
-    double s = 0.0;
-    for (size_t i = 0; i < bits_.size(); i += 2) s += bits_[i];
-    return s;
-}
-
-double RuntimeAttention::value_bits() const {
-    double s = 0.0;
-    for (size_t i = 1; i < bits_.size(); i += 2) s += bits_[i];
-    return s;
-}
+double RuntimeAttention::key_bits() const { return sum_tensor_bits(bits_, 0); }
+double RuntimeAttention::value_bits() const { return sum_tensor_bits(bits_, 1); }
 
 void RuntimeAttention::run_layer(const AttentionHookInput& in) {
     PKV_ASSERT(in.n_tokens == n_ && in.n_head_kv == n_head_kv_ && in.window == 0);

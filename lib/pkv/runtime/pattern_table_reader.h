@@ -1002,7 +1002,6 @@ inline void PatternTable::load_allocation() {
             if (j.keys[i] == name) return j.items[i];
         fail(key + ": missing \"" + name + "\"");
     };
-    const auto render = [](const Json& v) { return detail::json_text(v); };
     for (const bool budget : {true, false}) {
         const Json& v = field(budget ? "budget" : "bits");
         double x = -1.0;
@@ -1013,7 +1012,8 @@ inline void PatternTable::load_allocation() {
             if (!(in >> x)) x = -1.0;
         }
         if (!(x > 0.0 && x <= 16.0))
-            fail(key + "." + (budget ? "budget" : "bits") + ": expected a number in (0, 16], got " + render(v));
+            fail(key + "." + (budget ? "budget" : "bits") + ": expected a number in (0, 16], got " +
+                 detail::json_text(v));
         (budget ? alloc_budget_ : alloc_bits_) = x;
     }
     for (const bool value : {false, true}) {
@@ -1021,7 +1021,7 @@ inline void PatternTable::load_allocation() {
         const Json& a = field(value ? "v" : "k");
         if (a.kind != Json::Kind::array || a.items.size() != layers_.size())
             fail(at + ": expected " + std::to_string(layers_.size()) + " lists (one per entry of pkv.layers), got " +
-                 render(a));
+                 detail::json_text(a));
         for (size_t i = 0; i < layers_.size(); ++i) {
             const Json& row = a.items[i];
             bool ok = row.kind == Json::Kind::array && row.items.size() == static_cast<size_t>(n_head_kv_);
@@ -1033,7 +1033,7 @@ inline void PatternTable::load_allocation() {
             }
             if (!ok)
                 fail(at + ": layer " + std::to_string(layers_[i].layer) + ": expected " + std::to_string(n_head_kv_) +
-                     " widths of 2, 3, 4, 8 or 16, got " + render(row));
+                     " widths of 2, 3, 4, 8 or 16, got " + detail::json_text(row));
         }
     }
 }
