@@ -6,6 +6,7 @@
 #include "pkv/pipeline/export.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
+#include "unit/pipeline/calib_fixture.h"
 
 using namespace pkv;
 using namespace pkv::test;
@@ -22,14 +23,7 @@ std::string synth_dump(const TempDir& dir, const std::string& capture) {
 }
 
 CalibrateConfig config(const TempDir& dir, const std::string& dump, CalibObjective o, const std::string& name) {
-    CalibrateConfig c;
-    c.dump_paths = {dump};
-    c.out_path = dir.path + "/" + name + ".safetensors";
-    c.k_patterns = c.v_patterns = 4;
-    c.group = 8;
-    c.window = 16;
-    c.max_iter = 10;
-    c.holdout = 0.25;
+    CalibrateConfig c = pkv::test::small_calibration(dump, dir.path + "/" + name + ".safetensors");
     c.objective = o;
     return c;
 }
