@@ -420,7 +420,7 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
     // patternkv: problem i's "table" is its own bank (the default clip and gate).
     std::vector<PatternProblem> banks;
     int64_t scratch = 0;
-    int max_centres = 0;
+    int max_centres = 0, max_k = 0;
     if (pattern) {
         PKV_CHECK(plan.banks.size() == batch.problems.size(), invalid_argument,
                   "cuda cache simulation: the plan has {} patternkv banks for {} problems: plan the batch itself",
@@ -432,8 +432,9 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
             tables.push_back({b.row0 * D, b.k + b.centres, batch.params.decode_l2 ? 1 : 0, 1.0f, dflt.gate_z});
             banks.push_back({q.row0, q.col0, plan.offset[i], plan.stored_from[i], b.prefill, b.pq, b.row0, b.draws,
                              scratch, b.k, b.centres, static_cast<int32_t>(i), 0});
-            scratch += b.k > 0 ? detail::sim_pattern_scratch(b.k, D) : 0;
+            scratch += b.k > 0 ? detail::sim_pattern_scratch(b.prefill) : 0;
             max_centres = std::max(max_centres, b.centres);
+            max_k = std::max(max_k, b.k);
         }
     }
     std::vector<DevKGroup> groups;
@@ -496,7 +497,7 @@ double simulate_cache_batch_on_device(const SimBatch& batch, const SimBatchPlan&
         w.pscratch.reserve(static_cast<size_t>(scratch));
         detail::launch_pattern_bank(src, L.stride, D, d_banks, static_cast<int>(banks.size()), d_draws,
                                     kPatternKMeansIters, kPatternKMeansTol, batch.params.window, w.bank.get(),
-                                    w.pscratch.get(), w.labels.get(), w.err.get(), max_centres);
+                                    w.pscratch.get(), w.labels.get(), w.err.get(), max_k, max_centres);
         pattern_label_kernel<<<grid_for(total), kThreads>>>(src, d_tok, d_steps, d_probs, d_banks, w.bank.get(), L,
                                                             total, batch.params.window, batch.params.decode_l2,
                                                             w.labels.get());

@@ -6,7 +6,8 @@
 // sliding-window rings (SimProblem::ring) and any prefill, under the rules of
 // simulate_cache.
 //
-// patternkv (head_dim <= 256). Each problem's prefill k-means runs in one thread block:
+// patternkv (head_dim <= 256, patterns <= kDevicePatternMax). Each problem's prefill
+// k-means runs in one thread block:
 // kmeans()'s loop (the same initial rows and empty-cluster refills, drawn on the host by
 // kmeans_random_draws; 30 iterations; tolerance 1e-4) in the arithmetic of
 // kmeans_exact_ref (pkv/kmeans/kmeans_exact.h), which it matches bit for bit. The host's
@@ -48,6 +49,9 @@
 #include "pkv/kvcache/simulate.h"
 
 namespace pkv::cuda {
+
+/// The most patterns (k-means centroids per problem) the device's patternkv takes.
+constexpr int kDevicePatternMax = 1024;
 
 /// One (sequence, KV head, tensor) of a batch.
 struct SimProblem {

@@ -36,9 +36,14 @@ void check_batch(const SimBatch& b) {
               "cuda cache simulation: patternkv with head_dim {}: the device k-means takes at most 256 (run it on the "
               "host: pkv::simulate_cache)",
               b.D);
-    if (m == KvMethod::patternkv)
+    if (m == KvMethod::patternkv) {
         PKV_CHECK(p.patterns >= 1, invalid_argument, "cuda cache simulation: patternkv with {} patterns: expected >= 1",
                   p.patterns);
+        PKV_CHECK(p.patterns <= kDevicePatternMax, unsupported,
+                  "cuda cache simulation: patternkv with {} patterns: the device k-means takes at most {} (run it on "
+                  "the host: pkv::simulate_cache)",
+                  p.patterns, kDevicePatternMax);
+    }
     PKV_CHECK(b.D >= 1, invalid_argument, "cuda cache simulation: head_dim {}: expected at least 1", b.D);
     const int64_t stride = b.row_stride > 0 ? b.row_stride : b.D;
     PKV_CHECK(stride >= b.D, invalid_argument, "cuda cache simulation: row stride {} is shorter than head_dim {}",

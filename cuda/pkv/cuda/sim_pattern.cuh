@@ -38,24 +38,26 @@ struct PatternProblem {
     int64_t pq;          // tokens s .. s + pq - 1 keep their k-means label
     int64_t bank_row0;
     int64_t draws;    // offset of init rows [k], then refill rows [k · max_iter], in the draw array
-    int64_t scratch;  // offset of the problem's k-means scratch (sim_pattern_scratch doubles)
+    int64_t scratch;  // offset of the problem's k-means scratch (sim_pattern_scratch(prefill) doubles)
     int32_t k;        // k-means centroids
     int32_t centres;  // decode centres in the bank
     int32_t problem;  // index in the batch (errors)
     int32_t pad;
 };
 
-// Doubles of k-means scratch a problem needs (partial sums, counts, next centroids).
-int64_t sim_pattern_scratch(int k, int D);
+// Doubles of k-means scratch a problem of `prefill` points needs (its points sorted by label, int32).
+int64_t sim_pattern_scratch(int64_t prefill);
 
-// Threads per k-means block: the point slices are kPatternThreads / D (D <= 256).
-constexpr int kPatternThreads = 256;
+// Threads per k-means block. The cluster sums are one slice (kmeans_exact.h: slices = 1).
+constexpr int kPatternThreads = 512;
 
 // Builds every problem's bank on the default stream: the prefill k-means (kmeans_exact.h's
 // loop; labels of tokens s .. s + prefill - 1 into labels[base + s + i]) and the decode
-// centres of blocks b = 0 .. centres - 1 (tokens s + pq + b·R .. + R − 1).
+// centres of blocks b = 0 .. centres - 1 (tokens s + pq + b·R .. + R − 1). max_k: the largest
+// k of the problems (<= kDevicePatternMax); unsupported when the device's shared memory
+// per block cannot hold its counts.
 void launch_pattern_bank(const float* x, int64_t stride, int D, const PatternProblem* d_probs, int n_probs,
                          const int64_t* d_draws, int max_iter, double tol, int R, float* bank, double* scratch,
-                         int32_t* labels, DevError* err, int max_centres);
+                         int32_t* labels, DevError* err, int max_k, int max_centres);
 
 }  // namespace pkv::cuda::detail

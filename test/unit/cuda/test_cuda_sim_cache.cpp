@@ -510,7 +510,7 @@ void check_pattern_device(const Built& b, pkv::cuda::SimCacheWorkspace& ws, cons
             spec.k = bk.k;
             spec.max_iter = pkv::kPatternKMeansIters;
             spec.tol = pkv::kPatternKMeansTol;
-            spec.slices = 256 / D;
+            spec.slices = 1;  // the device sums each cluster in point order
             std::vector<float> cent(static_cast<size_t>(bk.k) * D);
             const int64_t* dr = got.plan.draws.data() + bk.draws;
             pkv::kmeans_exact_ref(xr.data() + s0 * D, bk.prefill, D, D, spec, dr, dr + bk.k,
