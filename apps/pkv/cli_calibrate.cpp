@@ -99,6 +99,11 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
                         "(layer, KV head, K/V)'s width among 2, 3, 4, 8 and 16 (fp16) by its measured error; --bits "
                         "stays the width of the statistics (0: none)")
             ->capture_default_str();
+    app->add_option("--bits-floor", c.bits_floor,
+                    "the narrowest width --bits-budget may give a head (2, 3, 4 or 8); the budget is spent from "
+                    "every head at this width")
+        ->capture_default_str()
+        ->needs(budget);
     app->add_option("--budget-ctx", c.budget_ctx,
                     "sequence length --bits-budget is counted for (a sliding-window layer holds fewer of its "
                     "tokens; eval's --ctx)")

@@ -18,13 +18,13 @@ struct Step {
     size_t from = 0, to = 0;
 };
 
-// The lower convex hull of a unit's (cost, error) points from its cheapest width on:
+// The lower convex hull of a unit's (cost, error) points from width index `start` on:
 // a width whose error a mix of its neighbours beats (or that does not lower the error)
 // is skipped, so the slopes of the steps fall along the hull and the global order by
 // slope takes each unit's steps in their own order.
-std::vector<Step> hull_steps(const AllocUnit& u, size_t unit) {
+std::vector<Step> hull_steps(const AllocUnit& u, size_t unit, size_t start) {
     std::vector<Step> steps;
-    size_t at = 0;
+    size_t at = start;
     while (at + 1 < kAllocWidths.size()) {
         size_t best = at;
         double best_slope = 0.0;
@@ -43,6 +43,14 @@ std::vector<Step> hull_steps(const AllocUnit& u, size_t unit) {
 
 }  // namespace
 
+size_t alloc_width_index(int floor_bits, const char* what) {
+    for (size_t w = 0; w + 1 < kAllocWidths.size(); ++w)
+        if (kAllocWidths[w] == floor_bits) return w;
+    throw Error(
+        ErrorCode::invalid_argument,
+        fmt::format("{} floor {} bits: expected 2, 3, 4 or 8 (the narrowest width a head may get)", what, floor_bits));
+}
+
 double alloc_weight(const std::vector<AllocUnit>& units) {
     double n = 0.0;
     for (const AllocUnit& u : units) n += u.weight;
@@ -55,19 +63,21 @@ double alloc_uniform_bits(const std::vector<AllocUnit>& units, size_t w) {
     return units.empty() ? 0.0 : s / alloc_weight(units);
 }
 
-void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const char* what) {
+void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const char* what, int floor_bits) {
     PKV_CHECK(!units.empty(), invalid_argument, "{}: no K/V heads to allocate widths to", what);
-    const double lo = alloc_uniform_bits(units, 0), hi = alloc_uniform_bits(units, kAllocWidths.size() - 1);
+    const size_t f = alloc_width_index(floor_bits, what);
+    const double lo = alloc_uniform_bits(units, f), hi = alloc_uniform_bits(units, kAllocWidths.size() - 1);
     PKV_CHECK(std::isfinite(budget), invalid_argument, "{} {}: expected a number of bits per element", what, budget);
     PKV_CHECK(budget >= lo, invalid_argument,
-              "{} {}: below the cheapest allocation, {:.4f} bits per element (every K/V head at 2 bits, counted "
+              "{} {}: below the cheapest allocation, {:.4f} bits per element (every K/V head at {} bits, counted "
               "with scales, zeros, pattern indices and gates)",
-              what, budget, lo);
+              what, budget, lo, floor_bits);
     PKV_CHECK(budget <= hi, invalid_argument, "{} {}: above {:.4g} (every K/V head kept fp16)", what, budget, hi);
 }
 
-BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, const char* what) {
-    check_bits_budget(units, budget, what);
+BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, const char* what, int floor_bits) {
+    check_bits_budget(units, budget, what, floor_bits);
+    const size_t f = alloc_width_index(floor_bits, what);
     for (size_t i = 0; i < units.size(); ++i) {
         PKV_CHECK(std::isfinite(units[i].weight) && units[i].weight > 0.0, invalid_argument,
                   "{}: unit {}: weight {}, expected a finite number > 0", what, i, units[i].weight);
@@ -82,18 +92,18 @@ BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, 
     }
     std::vector<Step> steps;
     for (size_t i = 0; i < units.size(); ++i) {
-        const std::vector<Step> s = hull_steps(units[i], i);
+        const std::vector<Step> s = hull_steps(units[i], i, f);
         steps.insert(steps.end(), s.begin(), s.end());
     }
     std::sort(steps.begin(), steps.end(), [](const Step& a, const Step& b) {
         return std::make_tuple(-a.slope, a.unit, a.from) < std::make_tuple(-b.slope, b.unit, b.from);
     });
     const double n = alloc_weight(units);
-    std::vector<size_t> at(units.size(), 0);
+    std::vector<size_t> at(units.size(), f);
     std::vector<bool> blocked(units.size(), false);  // a step of the unit did not fit: its later ones wait on it
     // Summed costs; the budget holds while total <= budget * n (a relative 1e-12 absorbs
     // the rounding of the sum, so a budget equal to an allocation's cost admits it).
-    double total = alloc_uniform_bits(units, 0) * n;
+    double total = alloc_uniform_bits(units, f) * n;
     for (const Step& s : steps) {
         if (blocked[s.unit]) continue;
         const double extra = units[s.unit].weight * (units[s.unit].cost[s.to] - units[s.unit].cost[s.from]);

@@ -11,11 +11,12 @@
 // pattern index and, for values, the gate bit).
 //
 // The allocation is greedy on each unit's lower convex hull of (cost, error): starting
-// from every unit at its cheapest width, it takes the steps in one global order, the
-// largest error reduction per extra (weighted) bit first (ties: the lower unit index, then the
-// narrower step). A step that would lift the mean above the budget is passed over, and
-// with it the unit's later steps; the others go on, so a fragile head's jump to fp16
-// that does not fit leaves the budget to the heads whose steps do. Deterministic.
+// from every unit at the floor width (2 bits unless asked otherwise: a floor of 4 keeps
+// every head at 4 bits or more and spends the rest of the budget on the fragile ones), it takes the steps in one global
+// order, the largest error reduction per extra (weighted) bit first (ties: the lower unit index, then the narrower
+// step). A step that would lift the mean above the budget is passed over, and with it the unit's later steps; the
+// others go on, so a fragile head's jump to fp16 that does not fit leaves the budget to the heads whose steps do.
+// Deterministic.
 //
 // Monotone in the budget: the sum of the units' errors never rises with the budget (the
 // steps passed over at a smaller budget reduce the error at least as fast as what was
@@ -50,14 +51,22 @@ struct BitAllocation {
 /// Weighted mean cost with every unit at width index w of kAllocWidths (0: all 2 bits, 4: all fp16).
 double alloc_uniform_bits(const std::vector<AllocUnit>& units, std::size_t w);
 
-/// Throws as allocate_bits does for a budget outside [cheapest, 16] (costs alone are read).
-void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const char* what = "--bits-budget");
+/// Index in kAllocWidths of a floor width (2, 3, 4 or 8); invalid_argument otherwise,
+/// one line naming `what`.
+std::size_t alloc_width_index(int floor_bits, const char* what = "--bits-budget");
 
-/// The allocation under `budget` (mean bits per element). Throws invalid_argument with
-/// one line when the budget is not a finite number in [cheapest, 16]: "--bits-budget 2.1:
-/// below the cheapest allocation, 2.4609 bits per element (every K/V head at 2 bits,
-/// counted with scales, zeros, pattern indices and gates)" or "--bits-budget 17: above 16
-/// (every K/V head kept fp16)"; `what` names the option. An empty unit list throws too.
-BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, const char* what = "--bits-budget");
+/// Throws as allocate_bits does for a budget outside [cheapest, 16] (costs alone are read).
+void check_bits_budget(const std::vector<AllocUnit>& units, double budget, const char* what = "--bits-budget",
+                       int floor_bits = 2);
+
+/// The allocation under `budget` (mean bits per element), no unit below `floor_bits` (2, 3,
+/// 4 or 8). Throws invalid_argument with one line when the budget is not a finite number
+/// in [cheapest, 16]: "--bits-budget 2.1: below the cheapest allocation, 2.4609 bits per
+/// element (every K/V head at 2 bits, counted with scales, zeros, pattern indices and
+/// gates)" (the cheapest: every unit at the floor) or "--bits-budget 17: above 16 (every
+/// K/V head kept fp16)"; `what` names the option. An empty unit list or another floor
+/// throws too.
+BitAllocation allocate_bits(const std::vector<AllocUnit>& units, double budget, const char* what = "--bits-budget",
+                            int floor_bits = 2);
 
 }  // namespace pkv

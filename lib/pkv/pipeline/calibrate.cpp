@@ -25,6 +25,7 @@
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
+#include "pkv/pipeline/bit_alloc.h"
 #include "pkv/pipeline/calibrate_alloc.h"
 #include "pkv/pipeline/calibrate_fit.h"
 #include "pkv/pipeline/calibrate_pick.h"
@@ -151,6 +152,7 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
+    if (c.bits_budget > 0.0) alloc_width_index(c.bits_floor, "--bits-budget");
     PKV_CHECK(!(c.bits_budget > 0.0 && c.bits_measure_attention && c.keys_pre && c.rotate), unsupported,
               "--bits-measure attention with --keys pre --rotate: RoPE is applied in the model's basis; use "
               "--bits-measure kv");

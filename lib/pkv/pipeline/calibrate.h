@@ -73,6 +73,11 @@ struct CalibrateConfig {
     /// head is then fitted at every width; `bits` stays the width of the held-out
     /// statistics and of pkv.quant.bits. 0: every head at `bits`.
     double bits_budget = 0.0;
+    /// The narrowest width --bits-budget may give a head (2, 3, 4 or 8): the budget then
+    /// starts from every head at this width and spends what is left on the heads whose
+    /// error falls most per bit (e.g. 4 with a budget above the all-4-bit cost keeps every
+    /// head at 4 bits or more). Unused without bits_budget.
+    int bits_floor = 2;
     /// What --bits-budget compares heads by (calibrate_alloc.h): true (the default), the
     /// relative error of the attention output of its query heads with that tensor quantized
     /// at each width (needs /q in every dump; refused with keys_pre); false, each K or V

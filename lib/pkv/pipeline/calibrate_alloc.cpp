@@ -23,7 +23,7 @@ void check_budget_early(const CalibrateConfig& c, int D, size_t n_layers, int H)
         units.push_back(alloc_costs(c, D, false));
         units.push_back(alloc_costs(c, D, true));
     }
-    check_bits_budget(units, c.bits_budget);
+    check_bits_budget(units, c.bits_budget, "--bits-budget", c.bits_floor);
 }
 
 AttnErrors attention_errors(const CalibrateConfig& c, int D, int64_t ring, AttnTokens tokens, const Pooled& k,
@@ -114,7 +114,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
             u.error.back() = 0.0;
             units.push_back(u);
         }
-    const BitAllocation a = allocate_bits(units, c.bits_budget);
+    const BitAllocation a = allocate_bits(units, c.bits_budget, "--bits-budget", c.bits_floor);
     t.alloc_budget = c.bits_budget;
     t.alloc_bits = a.bits;
     double error_base = 0.0;  // every unit at c.bits, in the measure, for the record
@@ -143,6 +143,7 @@ nlohmann::json apply_allocation(const CalibrateConfig& c, PatternTable& t,
               c.bits_budget, a.bits, count[0], count[1], count[2], count[3], count[4]);
     return {{"budget", c.bits_budget},
             {"budget_ctx", c.budget_ctx},
+            {"floor_bits", c.bits_floor},
             {"bits", a.bits},
             {"bits_uniform_2", alloc_uniform_bits(units, 0)},
             {"measure", c.bits_measure_attention ? "attention" : "train_nmse"},

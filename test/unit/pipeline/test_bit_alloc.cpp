@@ -1,6 +1,7 @@
 // Width allocation under a budget (bit_alloc.h, `pkv calibrate --bits-budget`): the budget
 // holds as counted, more budget never narrows a head, the larger error is served first,
 // impossible budgets are refused with one line, and calibrate records the allocation.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -143,6 +144,33 @@ TEST_CASE("bit allocation: a unit's weight counts its elements", "[bit_alloc]") 
     CHECK(a.bits <= budget * (1 + 1e-12));
     u[1].weight = 0.0;
     CHECK_THROWS_WITH(allocate_bits(u, 2.6), ContainsSubstring("unit 1: weight 0, expected a finite number > 0"));
+}
+
+TEST_CASE("bit allocation: a floor keeps every unit at or above its width", "[bit_alloc]") {
+    // The fragile unit of the test above, with a floor of 4 bits: the budget starts from
+    // every unit at 4 and the fragile one takes the room above that.
+    std::vector<AllocUnit> f = units_of({1, 1, 1, 1, 1, 1, 1, 1});
+    for (size_t w = 0; w + 1 < kAllocWidths.size(); ++w) f[2].error[w] = 1.0;
+    const double at4 = alloc_uniform_bits(f, 2);
+    const BitAllocation same = allocate_bits(f, at4, "--bits-budget", 4);
+    for (int w : same.widths) CHECK(w == 4);
+    CHECK(same.bits == Approx(at4));
+    // Without the floor the same budget sends the fragile unit to fp16 and others below 4 bits.
+    const BitAllocation free = allocate_bits(f, at4);
+    CHECK(free.widths[2] == 16);
+    CHECK(*std::min_element(free.widths.begin(), free.widths.end()) < 4);
+    const BitAllocation more = allocate_bits(f, at4 + 1.6, "--bits-budget", 4);
+    CHECK(more.widths[2] == 16);
+    for (int w : more.widths) CHECK(w >= 4);
+    CHECK(more.bits <= (at4 + 1.6) * (1 + 1e-12));
+    CHECK(more.error < same.error);
+    // A budget below the floor's cost, and floors that are not widths, are refused.
+    CHECK_THROWS_WITH(
+        allocate_bits(f, at4 - 0.1, "--bits-budget", 4),
+        ContainsSubstring("below the cheapest allocation") && ContainsSubstring("every K/V head at 4 bits"));
+    CHECK_THROWS_WITH(allocate_bits(f, 5.0, "--bits-budget", 5),
+                      "--bits-budget floor 5 bits: expected 2, 3, 4 or 8 (the narrowest width a head may get)");
+    CHECK_THROWS_WITH(allocate_bits(f, 5.0, "--bits-budget", 16), ContainsSubstring("expected 2, 3, 4 or 8"));
 }
 
 TEST_CASE("bit allocation: impossible budgets are refused with one line", "[bit_alloc]") {
