@@ -23,8 +23,6 @@ read -r -a KV <<<"${PKV_KV:-fp16 kivi:2 q4_0 fp8 kivi:2:pre:rot patternkv:2}"
 [ -x "$PKV" ] || { echo "eval_device_cost: $PKV missing: build with -DPKV_ENABLE_CUDA=ON (PKV_BUILD_DIR)" >&2; exit 1; }
 [ -x "$MAKE" ] || { echo "eval_device_cost: $MAKE missing: configure with -DPKV_BUILD_BENCH=ON" >&2; exit 1; }
 "$PKV" devices 2>/dev/null | grep -q '^cuda:' || { echo "eval_device_cost: no CUDA device" >&2; exit 1; }
-# patternkv's device cache is opt-in (docs/eval.md); the bench measures it.
-export PKV_CUDA_PATTERNKV="${PKV_CUDA_PATTERNKV:-1}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 

@@ -58,8 +58,8 @@ Command add_eval(CLI::App& root) {
                   "write BOS over the first token of every sequence (llama-perplexity's protocol)");
     app->add_option("--device", args->device,
                     "where the forward passes run: cpu, cuda, cuda:N (bf16 weights) or auto (a GPU when there is "
-                    "one); on a GPU every method's cache but patternkv's is simulated there too (patternkv's with "
-                    "PKV_CUDA_PATTERNKV=1; see --host-cache)")
+                    "one); on a GPU every method's cache is simulated there too (patternkv's on the host with "
+                    "PKV_CUDA_PATTERNKV=0; see --host-cache)")
         ->capture_default_str();
     app->add_option("--engine", args->engine,
                     "who computes each method's attention: host (the model over the simulated cache) or runtime "

@@ -18,10 +18,11 @@ bool power_of_two(int d) { return d > 0 && (d & (d - 1)) == 0; }
 
 bool EngineSimCache::supports(const DeviceKvCache& c, const LlamaHparams& hp) {
     const int D = static_cast<int>(hp.head_dim);
-    // patternkv's device path is opt-in (PKV_CUDA_PATTERNKV=1): it agrees with the host but is slower than
-    // the host hook (docs/performance.md); without it patternkv takes the host hook, as before.
+    // patternkv runs on the device unless PKV_CUDA_PATTERNKV=0 (its k-means agrees with the host's
+    // statistically, not bit for bit: sim_cache.h), for head_dim <= 256 and <= kDevicePatternMax patterns.
     const char* opt = std::getenv("PKV_CUDA_PATTERNKV");
-    const bool pattern_ok = opt != nullptr && std::string(opt) == "1" && D <= 256;
+    const bool pattern_ok =
+        !(opt != nullptr && std::string(opt) == "0") && D <= 256 && c.params.patterns <= kDevicePatternMax;
     return device_cache_method(c.params.method) && (!c.rotate || (power_of_two(D) && D <= 1024)) &&
            (c.params.method != KvMethod::patternkv || pattern_ok);
 }

@@ -52,8 +52,8 @@ struct DeviceKvCache {
 /// Whether a device engine simulates method m itself: all of them (fp16, kivi, q4_0, q8_0,
 /// fp8, patternkv-table, and patternkv, whose prefill k-means agrees with the host's
 /// statistically, not bit for bit: cuda/pkv/cuda/sim_cache.h says why). The engine may
-/// still refuse a shape or method (EngineSimCache::supports: patternkv only with
-/// PKV_CUDA_PATTERNKV=1, slower than the host hook so far).
+/// still refuse a shape or method (EngineSimCache::supports: patternkv with head_dim <=
+/// 256 and at most 1024 patterns, and not with PKV_CUDA_PATTERNKV=0).
 bool device_cache_method(KvMethod m);
 
 }  // namespace pkv

@@ -130,7 +130,7 @@ std::vector<int64_t> prefills(const std::vector<std::vector<int32_t>>& batch) {
 TEST_CASE("cuda engine: the device cache follows the host hook for every device method",
           "[cuda][forward][engine][cache][device_cache]") {
     PKV_REQUIRE_GPU_DEVICE_CACHE();
-    setenv("PKV_CUDA_PATTERNKV", "1", 1);  // patternkv's device path is opt-in (engine_sim_cache.cpp)
+    unsetenv("PKV_CUDA_PATTERNKV");  // patternkv's device path is the default (engine_sim_cache.cpp)
     const std::vector<std::string> methods = {"fp16", "kivi:2:g4:w4", "q4_0", "patternkv-table:2:g4:w4:table",
                                               "patternkv:2:g4:w4:p4"};
     const std::vector<std::string> variants = {"", ":rot", ":pre", ":rot:pre"};
@@ -268,9 +268,11 @@ TEST_CASE("cuda engine: device cache refusals", "[cuda][forward][engine][cache]"
 
     const MethodCache pkv(parse_kv_spec("patternkv:2:g4:w4"), 0, keep, model.hparams());
     setenv("PKV_CUDA_PATTERNKV", "0", 1);
-    CHECK_FALSE(gpu->supports_device_cache(pkv.device_cache(prefills(batch))));  // opt-in
-    setenv("PKV_CUDA_PATTERNKV", "1", 1);
+    CHECK_FALSE(gpu->supports_device_cache(pkv.device_cache(prefills(batch))));  // opted out
+    unsetenv("PKV_CUDA_PATTERNKV");
     CHECK(gpu->supports_device_cache(pkv.device_cache(prefills(batch))));  // head_dim 32 <= 256
+    const MethodCache many(parse_kv_spec("patternkv:2:g4:w4:p2000"), 0, keep, model.hparams());
+    CHECK_FALSE(gpu->supports_device_cache(many.device_cache(prefills(batch))));  // > kDevicePatternMax
 
     DeviceKvCache bad = c;
     bad.prefill.pop_back();
