@@ -2,7 +2,7 @@
 // KIVI-2 and PatternKV-2 (patternkv-table, 2 bits) kernels side by side on Llama-3-8B's
 // attention shape (32 query heads, 8 KV heads, head_dim 128; R = G = 128), one layer.
 // Usage: pkv_bench_cuda_decode_attention [--contexts 4096,32768,131072] [--batches 1,16]
-//          [--reps 50] [--patterns 32] [--bits 2] [--device 0]
+//          [--reps 50] [--patterns 32] [--bits 2] [--device 0] [--splits N (default: choose_splits)]
 //
 // Per (method, batch, context): the median of --reps timings (CUDA events around 10
 // decode_attention_device calls queued back to back, divided by 10; a call is q·c, the
@@ -100,6 +100,7 @@ std::vector<int64_t> parse_list(const char* s) {
 struct Options {
     std::vector<int64_t> contexts = {4096, 32768, 131072}, batches = {1, 16};
     int reps = 50, patterns = 32, bits = 2, device = 0;
+    int splits = 0;  // 0: PackedCacheDevice::choose_splits
 };
 
 void fill(PackedCacheDevice& dev, uint64_t seed) {
@@ -164,21 +165,22 @@ Row run(CacheMethod method, const Options& o, int64_t batch, int64_t ctx, const 
     cudaEvent_t e0, e1;
     PKV_CUDA_CHECK(cudaEventCreate(&e0));
     PKV_CUDA_CHECK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; ++i) dev.decode_attention_device(0, q, batch, out);
+    for (int i = 0; i < 3; ++i) dev.decode_attention_device(0, q, batch, out, o.splits);
     // Each timing covers kInner calls queued back to back, as a decode step queues its
     // layers, so that short calls are not timed with the host's launch latency between them.
     constexpr int kInner = 10;
     std::vector<float> ms;
     for (int i = 0; i < o.reps; ++i) {
         PKV_CUDA_CHECK(cudaEventRecord(e0));
-        for (int k = 0; k < kInner; ++k) dev.decode_attention_device(0, q, batch, out);
+        for (int k = 0; k < kInner; ++k) dev.decode_attention_device(0, q, batch, out, o.splits);
         PKV_CUDA_CHECK(cudaEventRecord(e1));
         PKV_CUDA_CHECK(cudaEventSynchronize(e1));
         float t = 0;
         PKV_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
         ms.push_back(t / kInner);
     }
-    Row row{name, batch, ctx, dev.choose_splits(0), median(ms) * 1e3, dev.bytes_read(0) / 1e6};
+    Row row{
+        name, batch, ctx, o.splits > 0 ? o.splits : dev.choose_splits(0), median(ms) * 1e3, dev.bytes_read(0) / 1e6};
     // Appends: from n0 = ctx - 2R tokens with an empty K ring (KIVI V: R + 1 in its ring), R
     // steps without a K flush and then the step that flushes a block (KIVI V flushes one
     // token every step); timed as the mean over the R + 1 steps and that last step alone.
@@ -257,6 +259,7 @@ int main(int argc, char** argv) {
         else if (a == "--reps") o.reps = std::max(1, std::atoi(v));
         else if (a == "--patterns") o.patterns = std::atoi(v);
         else if (a == "--bits") o.bits = std::atoi(v);
+        else if (a == "--splits") o.splits = std::atoi(v);
         else if (a == "--device") o.device = std::atoi(v);
         else {
             std::fprintf(stderr, "decode_attention: unknown option %s\n", a.c_str());

@@ -34,7 +34,9 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kCh = 8;  // channels per thread
+constexpr int kCh = 8;                // channels per thread
+constexpr int kSplitBlocksPerSm = 4;  // what the registers allow (kMinBlocks)
+constexpr int kMinBlocks = 4;         // resident split blocks per multiprocessor the registers must allow
 
 // What the split kernel needs to know of the cache, the layer and the shared memory.
 struct Geo {
@@ -42,6 +44,7 @@ struct Geo {
     bool table;
     int64_t B, W, layer;
     int64_t kbytes, vbytes, row_bytes, k_params, v_params, k_index, v_index, v_gate;
+    int kbuf, vbuf;  // bytes between the two staging buffers of K and of V
     // shared memory offsets in bytes
     int sm_q, sm_qc, sm_kblk, sm_vblk, sm_qs, sm_qz, sm_sc, sm_stat, sm_pw, sm_acc, sm_total;
 };
@@ -81,6 +84,30 @@ __device__ __forceinline__ void load_halves(const uint16_t* p, float (&x)[kCh]) 
     }
 }
 
+// 16-byte copies from global to shared memory that complete in the background (cp.async
+// from sm_80 on): the next tile's blocks arrive while the current tile is computed.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+#else
+    *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(src));
+#endif
+}
+
+__device__ __forceinline__ void copy_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits for all but the newest group of this thread's copies.
+__device__ __forceinline__ void copy_wait_all_but_newest() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+
 // q·c_p of every key pattern p: qc [S, Hq, Mk]; one block per (query head, sequence).
 __global__ void pattern_scores_kernel(const float* __restrict__ q, const float* __restrict__ kpat,
                                       float* __restrict__ qc, int D, int Hq, int Q, int H, int Mk, int64_t layer) {
@@ -100,17 +127,18 @@ __global__ void pattern_scores_kernel(const float* __restrict__ q, const float* 
 // One split of one (sequence, KV head) for its Q query heads. part: per (seq, query head,
 // split) the record [m, l, acc[D], pw[Mv]].
 template <int D, int BITS, int Q, bool FP16>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     split_kernel(Geo g, const uint8_t* __restrict__ kblocks, const uint8_t* __restrict__ vblocks,
                  const uint16_t* __restrict__ ring, const int64_t* __restrict__ counts, const float* __restrict__ q,
                  const float* __restrict__ qc, float* __restrict__ part) {
     constexpr int kTpt = D / kCh;            // threads per token
     constexpr int kSlots = kThreads / kTpt;  // tokens in flight
+    constexpr int kUnroll = Q >= 8 ? 2 : 4;  // tokens per slot whose loads are issued together (registers)
     extern __shared__ __align__(16) uint8_t sm[];
     float* q_s = reinterpret_cast<float*>(sm + g.sm_q);      // [Q, D]
     float* qc_s = reinterpret_cast<float*>(sm + g.sm_qc);    // [Q, Mk]
-    uint8_t* kblk = sm + g.sm_kblk;                          // one K block
-    uint8_t* vblk = sm + g.sm_vblk;                          // one V block
+    uint8_t* kblk0 = sm + g.sm_kblk;                         // two K blocks, g.kbuf bytes apart
+    uint8_t* vblk0 = sm + g.sm_vblk;                         // two V blocks, g.vbuf bytes apart
     float* qs_s = reinterpret_cast<float*>(sm + g.sm_qs);    // [groups, Q, D]
     float* qz_s = reinterpret_cast<float*>(sm + g.sm_qz);    // [groups, Q]
     float* sc_s = reinterpret_cast<float*>(sm + g.sm_sc);    // [Q, tile]: scores, then weights
@@ -148,19 +176,36 @@ __global__ void __launch_bounds__(kThreads)
     const uint16_t* vring = ring + (head * 2 + 1) * g.W * D;
     const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(D));
 
-    for (int64_t j0 = j_begin; j0 < j_end; j0 += g.tile) {
+    // The quantized blocks of the tile at j go to buffer b (two of each): copies in flight
+    // while the previous tile is computed. One commit per call on every thread.
+    auto stage = [&](int64_t j, int b) {
+        if (!FP16 && j < j_end && j < nk) {
+            const uint8_t* src = kblocks + (head * g.B + j / g.R) * g.kbytes;
+            for (int i = tid; i < g.kbytes / 16; i += kThreads) copy16_async(kblk0 + b * g.kbuf + i * 16, src + i * 16);
+        }
+        if (!FP16 && j < j_end && j < nv) {
+            const uint8_t* src = vblocks + (head * g.B + j / g.R) * g.vbytes;
+            for (int i = tid; i < g.vbytes / 16; i += kThreads) copy16_async(vblk0 + b * g.vbuf + i * 16, src + i * 16);
+        }
+        copy_commit();
+    };
+    stage(j_begin, 0);
+    int buf = 0;
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += g.tile, buf ^= 1) {
         const int nt = static_cast<int>(min(int64_t{g.tile}, j_end - j0));
         const bool kq = !FP16 && j0 < nk, vq = !FP16 && j0 < nv;
-        __syncthreads();  // the previous tile's readers of the staged blocks and weights are done
-        if (kq) {
-            const uint4* src = reinterpret_cast<const uint4*>(kblocks + (head * g.B + j0 / g.R) * g.kbytes);
-            for (int i = tid; i < g.kbytes / 16; i += kThreads) reinterpret_cast<uint4*>(kblk)[i] = __ldg(src + i);
-        }
-        if (vq) {
-            const uint4* src = reinterpret_cast<const uint4*>(vblocks + (head * g.B + j0 / g.R) * g.vbytes);
-            for (int i = tid; i < g.vbytes / 16; i += kThreads) reinterpret_cast<uint4*>(vblk)[i] = __ldg(src + i);
-        }
+        __syncthreads();  // the previous tile's readers of the other buffer and of the weights are done
+        stage(j0 + g.tile, buf ^ 1);
+        copy_wait_all_but_newest();
         __syncthreads();
+        const uint8_t* kblk = kblk0 + buf * g.kbuf;
+        const uint8_t* vblk = vblk0 + buf * g.vbuf;
+        // Ring slot of the tile's token i without a 64-bit division per token: i < tile <= W.
+        const int64_t ring0 = j0 % g.W;
+        const auto ring_row = [&](int i) {
+            const int64_t r = ring0 + i;
+            return r >= g.W ? r - g.W : r;
+        };
         if (kq) {
             // q_d s_d per key group and channel; Σ_d q_d z_d per key group (one warp each).
             const uint16_t* par = reinterpret_cast<const uint16_t*>(kblk + g.k_params);
@@ -180,45 +225,56 @@ __global__ void __launch_bounds__(kThreads)
             }
             __syncthreads();
         }
-        // Scores. Every thread runs the same number of rounds (shuffles need the whole warp).
-        for (int base = 0; base < nt; base += kSlots) {
-            const int i = base + slot;
-            const bool valid = i < nt;
-            float dot[Q];
+        // Scores. Every thread runs the same number of rounds (shuffles need the whole warp);
+        // each round loads kUnroll tokens per slot before using any, to keep loads in flight.
+        for (int base = 0; base < nt; base += kSlots * kUnroll) {
+            float k[kUnroll][kCh];
+            uint32_t codes[kUnroll];
 #pragma unroll
-            for (int a = 0; a < Q; ++a) dot[a] = 0.0f;
-            int gr = 0;
-            if (valid && kq) {
-                gr = i / g.G;
-                const uint32_t codes = lane_codes<BITS>(kblk + int64_t{i} * g.row_bytes, t);
+            for (int u = 0; u < kUnroll; ++u) {
+                const int i = base + u * kSlots + slot;
+                codes[u] = 0;
 #pragma unroll
-                for (int a = 0; a < Q; ++a) {
-                    const float* qs = qs_s + (gr * Q + a) * D + c0;
+                for (int c = 0; c < kCh; ++c) k[u][c] = 0.0f;
+                if (i < nt && kq) codes[u] = lane_codes<BITS>(kblk + int64_t{i} * g.row_bytes, t);
+                else if (i < nt) load_halves(kring + ring_row(i) * D + c0, k[u]);
+            }
 #pragma unroll
-                    for (int c = 0; c < kCh; ++c) dot[a] += qs[c] * code_at<BITS>(codes, c);
+            for (int u = 0; u < kUnroll; ++u) {
+                const int i = base + u * kSlots + slot;
+                const bool valid = i < nt;
+                float dot[Q];
+#pragma unroll
+                for (int a = 0; a < Q; ++a) dot[a] = 0.0f;
+                const int gr = valid && kq ? i / g.G : 0;
+                if (kq) {
+#pragma unroll
+                    for (int a = 0; a < Q; ++a) {
+                        const float* qs = qs_s + (gr * Q + a) * D + c0;
+#pragma unroll
+                        for (int c = 0; c < kCh; ++c) dot[a] += qs[c] * code_at<BITS>(codes[u], c);
+                    }
+                } else {
+#pragma unroll
+                    for (int a = 0; a < Q; ++a)
+#pragma unroll
+                        for (int c = 0; c < kCh; ++c) dot[a] += q_s[a * D + c0 + c] * k[u][c];
                 }
-            } else if (valid) {
-                float k[kCh];
-                load_halves(kring + ((j0 + i) % g.W) * D + c0, k);
 #pragma unroll
                 for (int a = 0; a < Q; ++a)
 #pragma unroll
-                    for (int c = 0; c < kCh; ++c) dot[a] += q_s[a * D + c0 + c] * k[c];
-            }
+                    for (int o = kTpt / 2; o > 0; o >>= 1) dot[a] += __shfl_xor_sync(0xffffffffu, dot[a], o);
+                if (valid && t == 0)
 #pragma unroll
-            for (int a = 0; a < Q; ++a)
-#pragma unroll
-                for (int o = kTpt / 2; o > 0; o >>= 1) dot[a] += __shfl_xor_sync(0xffffffffu, dot[a], o);
-            if (valid && t == 0)
-#pragma unroll
-                for (int a = 0; a < Q; ++a) {
-                    float x = dot[a];
-                    if (kq) {
-                        x += qz_s[gr * Q + a];
-                        if (g.table) x += qc_s[a * g.Mk + kblk[g.k_index + i]];
+                    for (int a = 0; a < Q; ++a) {
+                        float x = dot[a];
+                        if (kq) {
+                            x += qz_s[gr * Q + a];
+                            if (g.table) x += qc_s[a * g.Mk + kblk[g.k_index + i]];
+                        }
+                        sc_s[a * g.tile + i] = x * inv_sqrt_d;
                     }
-                    sc_s[a * g.tile + i] = x * inv_sqrt_d;
-                }
+            }
         }
         __syncthreads();
         // Running softmax per query head, and the value patterns' weights.
@@ -255,38 +311,47 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int c = 0; c < kCh; ++c) acc[a][c] *= scale;
         }
-        for (int i = slot; i < nt; i += kSlots) {
-            if (vq && j0 + i < nv) {
-                const uint32_t codes = lane_codes<BITS>(vblk + int64_t{i} * g.row_bytes, t);
-                const uint16_t* par = reinterpret_cast<const uint16_t*>(vblk + g.v_params);
-                const int per_token = D / g.Gv;
-                float sv[kCh], zv[kCh];
-                if (g.Gv >= kCh) {  // Gv is a power of two dividing D: the 8 channels share a group
-                    const int e = i * per_token + c0 / g.Gv;
-                    sv[0] = half_bits(par[2 * e]), zv[0] = half_bits(par[2 * e + 1]);
+        for (int i0 = slot; i0 < nt; i0 += kSlots * kUnroll) {
+            float v[kUnroll][kCh];  // ring rows, loaded before any is used
 #pragma unroll
-                    for (int c = 1; c < kCh; ++c) sv[c] = sv[0], zv[c] = zv[0];
+            for (int u = 0; u < kUnroll; ++u) {
+                const int i = i0 + u * kSlots;
+                if (i < nt && !(vq && j0 + i < nv)) load_halves(vring + ring_row(i) * D + c0, v[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                const int i = i0 + u * kSlots;
+                if (i >= nt) break;
+                if (vq && j0 + i < nv) {
+                    const uint32_t codes = lane_codes<BITS>(vblk + int64_t{i} * g.row_bytes, t);
+                    const uint16_t* par = reinterpret_cast<const uint16_t*>(vblk + g.v_params);
+                    const int per_token = D / g.Gv;
+                    float sv[kCh], zv[kCh];
+                    if (g.Gv >= kCh) {  // Gv is a power of two dividing D: the 8 channels share a group
+                        const int e = i * per_token + c0 / g.Gv;
+                        sv[0] = half_bits(par[2 * e]), zv[0] = half_bits(par[2 * e + 1]);
+#pragma unroll
+                        for (int c = 1; c < kCh; ++c) sv[c] = sv[0], zv[c] = zv[0];
+                    } else {
+#pragma unroll
+                        for (int c = 0; c < kCh; ++c) {
+                            const int e = i * per_token + (c0 + c) / g.Gv;
+                            sv[c] = half_bits(par[2 * e]), zv[c] = half_bits(par[2 * e + 1]);
+                        }
+                    }
+#pragma unroll
+                    for (int a = 0; a < Q; ++a) {
+                        const float w = sc_s[a * g.tile + i];
+#pragma unroll
+                        for (int c = 0; c < kCh; ++c) acc[a][c] += (w * sv[c]) * code_at<BITS>(codes, c) + w * zv[c];
+                    }
                 } else {
 #pragma unroll
-                    for (int c = 0; c < kCh; ++c) {
-                        const int e = i * per_token + (c0 + c) / g.Gv;
-                        sv[c] = half_bits(par[2 * e]), zv[c] = half_bits(par[2 * e + 1]);
+                    for (int a = 0; a < Q; ++a) {
+                        const float w = sc_s[a * g.tile + i];
+#pragma unroll
+                        for (int c = 0; c < kCh; ++c) acc[a][c] += w * v[u][c];
                     }
-                }
-#pragma unroll
-                for (int a = 0; a < Q; ++a) {
-                    const float w = sc_s[a * g.tile + i];
-#pragma unroll
-                    for (int c = 0; c < kCh; ++c) acc[a][c] += (w * sv[c]) * code_at<BITS>(codes, c) + w * zv[c];
-                }
-            } else {
-                float v[kCh];
-                load_halves(vring + ((j0 + i) % g.W) * D + c0, v);
-#pragma unroll
-                for (int a = 0; a < Q; ++a) {
-                    const float w = sc_s[a * g.tile + i];
-#pragma unroll
-                    for (int c = 0; c < kCh; ++c) acc[a][c] += w * v[c];
                 }
             }
         }
@@ -308,25 +373,44 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Merges the splits of one (query head, sequence) and adds Σ_p w_p c_p: out [S, Hq, D].
+// Each split's weight exp(m_k − M) is computed once, into shared memory.
 __global__ void combine_kernel(const float* __restrict__ part, const float* __restrict__ vpat, float* __restrict__ out,
                                int D, int Hq, int Q, int H, int Mv, int splits, int64_t layer) {
-    extern __shared__ float pw[];  // [Mv]
-    const int qh = blockIdx.x, s = blockIdx.y, h = qh / Q;
+    extern __shared__ float sm_c[];  // [splits] weights, then [Mv] pattern weights
+    __shared__ float red[32];
+    float* wk = sm_c;
+    float* pw = sm_c + splits;
+    const int qh = blockIdx.x, s = blockIdx.y, h = qh / Q, tid = threadIdx.x, nt = blockDim.x;
     const int64_t rec = 2 + D + Mv;
     const float* p0 = part + (int64_t{s} * Hq + qh) * splits * rec;
     float M = -INFINITY;
-    for (int k = 0; k < splits; ++k) M = fmaxf(M, p0[k * rec]);
+    for (int k = tid; k < splits; k += nt) M = fmaxf(M, p0[k * rec]);
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    if (tid % 32 == 0) red[tid / 32] = M;
+    __syncthreads();
+    M = red[0];
+    for (int w = 1; w < (nt + 31) / 32; ++w) M = fmaxf(M, red[w]);
+    __syncthreads();  // red is reused for the sum
     float L = 0.0f;
-    for (int k = 0; k < splits; ++k) L += p0[k * rec + 1] * expf(p0[k * rec] - M);
-    for (int p = threadIdx.x; p < Mv; p += blockDim.x) {
+    for (int k = tid; k < splits; k += nt) {
+        const float w = expf(p0[k * rec] - M);  // 0 for an empty split (m = -inf)
+        wk[k] = w;
+        L += p0[k * rec + 1] * w;
+    }
+    for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (tid % 32 == 0) red[tid / 32] = L;
+    __syncthreads();
+    L = 0.0f;
+    for (int w = 0; w < (nt + 31) / 32; ++w) L += red[w];
+    for (int p = tid; p < Mv; p += nt) {
         float w = 0.0f;
-        for (int k = 0; k < splits; ++k) w += p0[k * rec + 2 + D + p] * expf(p0[k * rec] - M);
+        for (int k = 0; k < splits; ++k) w += p0[k * rec + 2 + D + p] * wk[k];
         pw[p] = w;
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    for (int d = tid; d < D; d += nt) {
         float acc = 0.0f;
-        for (int k = 0; k < splits; ++k) acc += p0[k * rec + 2 + d] * expf(p0[k * rec] - M);
+        for (int k = 0; k < splits; ++k) acc += p0[k * rec + 2 + d] * wk[k];
         const float* P = vpat + (layer * H + h) * int64_t{Mv} * D;
         for (int p = 0; p < Mv; ++p)
             if (pw[p] != 0.0f) acc += pw[p] * P[int64_t{p} * D + d];
@@ -359,8 +443,10 @@ Geo make_geo(const PackedCacheDevice::Impl& m, int layer, int splits, int tiles_
     };
     g.sm_q = take(int64_t{g.Q} * g.D * 4);
     g.sm_qc = take(int64_t{g.Q} * g.Mk * 4);
-    g.sm_kblk = take(fp16 ? 0 : K.bytes);
-    g.sm_vblk = take(fp16 ? 0 : V.bytes);
+    g.kbuf = fp16 ? 0 : round16(K.bytes);
+    g.vbuf = fp16 ? 0 : round16(V.bytes);
+    g.sm_kblk = take(2 * int64_t{g.kbuf});
+    g.sm_vblk = take(2 * int64_t{g.vbuf});
     g.sm_qs = take(int64_t{g.groups} * g.Q * g.D * 4);
     g.sm_qz = take(int64_t{g.groups} * g.Q * 4);
     g.sm_sc = take(int64_t{g.Q} * g.tile * 4);
@@ -407,9 +493,11 @@ int PackedCacheDevice::choose_splits(int layer) const {
     int64_t n_max = 1;
     for (int s = 0; s < m.cfg.n_seq; ++s) n_max = std::max(n_max, m.count(layer, s, 0));
     const int64_t tiles = (n_max + m.tile() - 1) / m.tile();
-    // About two thread blocks per multiprocessor over the whole batch; a split is at least one tile.
+    // Blocks for every multiprocessor's resident slots over the whole batch (each keeps
+    // only a few tokens' loads in flight, so the GPU needs many); a split is at least one tile.
     const int64_t per_head = int64_t{m.cfg.n_seq} * m.cfg.n_head_kv;
-    const int64_t want = (2 * int64_t{m.sms} + per_head - 1) / per_head;
+    // Rounded down: a second, mostly empty wave of blocks would cost as much as the first.
+    const int64_t want = std::max<int64_t>(1, kSplitBlocksPerSm * int64_t{m.sms} / per_head);
     return static_cast<int>(std::max<int64_t>(1, std::min(want, tiles)));
 }
 
@@ -479,7 +567,7 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
     fn<<<dim3(splits, c.n_head_kv, c.n_seq), kThreads, g.sm_total, st>>>(
         g, m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev, m.qc.get(), m.part.get());
     PKV_CUDA_CHECK(cudaGetLastError());
-    combine_kernel<<<dim3(c.n_head, c.n_seq), c.head_dim, g.Mv * sizeof(float), st>>>(
+    combine_kernel<<<dim3(c.n_head, c.n_seq), c.head_dim, (splits + g.Mv) * sizeof(float), st>>>(
         m.part.get(), m.patterns[1].get(), out_dev, c.head_dim, c.n_head, g.Q, c.n_head_kv, g.Mv, splits, layer);
     PKV_CUDA_CHECK(cudaGetLastError());
 }
