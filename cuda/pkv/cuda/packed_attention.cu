@@ -34,9 +34,8 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kCh = 8;                // channels per thread
-constexpr int kSplitBlocksPerSm = 4;  // what the registers allow (kMinBlocks)
-constexpr int kMinBlocks = 4;         // resident split blocks per multiprocessor the registers must allow
+constexpr int kCh = 8;         // channels per thread
+constexpr int kMinBlocks = 4;  // resident split blocks per multiprocessor the registers must allow (choose_splits)
 
 // What the split kernel needs to know of the cache, the layer and the shared memory.
 struct Geo {
@@ -497,7 +496,7 @@ int PackedCacheDevice::choose_splits(int layer) const {
     // only a few tokens' loads in flight, so the GPU needs many); a split is at least one tile.
     const int64_t per_head = int64_t{m.cfg.n_seq} * m.cfg.n_head_kv;
     // Rounded down: a second, mostly empty wave of blocks would cost as much as the first.
-    const int64_t want = std::max<int64_t>(1, kSplitBlocksPerSm * int64_t{m.sms} / per_head);
+    const int64_t want = std::max<int64_t>(1, kMinBlocks * int64_t{m.sms} / per_head);
     return static_cast<int>(std::max<int64_t>(1, std::min(want, tiles)));
 }
 

@@ -6,7 +6,7 @@
 // Why the loop is laid out as it is. The reference's arithmetic fixes each distance as
 // one chain of double fused multiply-adds and each cluster's sum as one chain of double
 // adds in point order; those chains are inherently serial, so the block gets its speed
-// from running many independent chains at once: every thread keeps four centroid
+// from running many independent chains at once: every thread keeps eight centroid
 // distances in flight, up to eight threads share a point (each a contiguous range of
 // centroids, the lowest index winning ties as in the sequential scan), and the sums run
 // one chain per (cluster, channel) over the cluster's points, which a stable counting
