@@ -1,6 +1,8 @@
 // `pkv dump`: run a GGUF model over text, write its KV activations to HDF5.
 #include <cstdio>
 
+#include <fmt/format.h>
+
 #include "commands.h"
 #include "device_select.h"
 #include "pkv/core/error.h"
@@ -44,8 +46,10 @@ Command add_dump(CLI::App& root) {
         ->check(CLI::Range(0, 9))
         ->capture_default_str();
     app->add_option("--writer-threads", c.writer_threads,
-                    "threads writing the activations in place (--compress 0) or compressing chunks for one more "
-                    "thread to write (-1: cores - 1; 0: the synchronous writer)")
+                    fmt::format("threads writing the activations in place (--compress 0) or compressing chunks for "
+                                "one more thread to write (-1: cores - 1, at most {} with --compress 0; 0: the "
+                                "synchronous writer)",
+                                kDirectWriterThreads))
         ->check(CLI::Range(-1, 1024))
         ->capture_default_str();
     app->add_flag("!--no-fsync", c.fsync,

@@ -35,6 +35,10 @@
 
 namespace pkv {
 
+/// Most writer threads `writer_threads = -1` resolves to for an unfiltered dump: beyond a
+/// few, threads that pwrite into the same file wait for each other.
+inline constexpr int kDirectWriterThreads = 4;
+
 struct DumpConfig {
     std::string model_path;
     std::vector<std::string> text_paths;
@@ -49,7 +53,8 @@ struct DumpConfig {
     /// 0: activations unfiltered; 1..9: shuffle + deflate at that level (KvDumpWriteOptions).
     int compress = 0;
     /// Encoder threads of each file's chunk pipeline; 0: the synchronous writer (the
-    /// reference); -1: the cores less one (at least 1), shared among this process's workers.
+    /// reference); -1: the cores less one (at least 1), shared among this process's workers,
+    /// and with compress 0 at most kDirectWriterThreads (they only write, to one file).
     int writer_threads = -1;
     /// Flush the output to disk before it is renamed into place (AtomicOutput::commit);
     /// the direct writer then starts the disk on each write as it goes. false: the file is
