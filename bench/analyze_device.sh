@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `pkv analyze --device cuda` against `--device cpu` (every core) on the same dump and
 # the same options, measured side by side on one machine: wall seconds of each, their
-# ratio, and the largest relative difference of the attention figures (the rest must be
-# equal). The dump: a random-weight model of SmolLM2-135M's shape
+# ratio, each run's `time:` line (where its loop spent its time), the largest relative
+# difference of the attention figures and of patternkv's NMSE (its device k-means agrees
+# with the host's statistically); every other figure of every other method must be equal. The dump: a random-weight model of SmolLM2-135M's shape
 # (pkv_bench_make_random_gguf), N random token ids, ctx 2048, only the analysed layers.
 #
 # Usage: bench/analyze_device.sh [extra pkv analyze options...]
@@ -40,11 +41,13 @@ echo "machine: $(nproc) cores, $("$PKV" devices 2>/dev/null | grep '^cuda:0' | h
 run() {  # run NAME DEVICE: wall seconds into $WORK/NAME.s, report into $WORK/NAME.json
   local t0 t1
   t0=$(date +%s.%N)
-  "$PKV" --log-level warn "${args[@]}" --device "$2" --json "$WORK/$1.json" >/dev/null
+  "$PKV" --log-level info "${args[@]}" --device "$2" --json "$WORK/$1.json" >/dev/null 2>"$WORK/$1.err" ||
+    { cat "$WORK/$1.err" >&2; exit 1; }
   t1=$(date +%s.%N)
   python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$t0" "$t1" >"$WORK/$1.s"
   printf '%-5s %8.1f s  (%s)\n' "$1" "$(cat "$WORK/$1.s")" \
     "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['provenance']['device'])" "$WORK/$1.json")"
+  grep -o "time: .*" "$WORK/$1.err" | sed 's/^/      /'
 }
 run gpu cuda
 [ "$RUN_CPU" = 1 ] || exit 0
@@ -54,6 +57,13 @@ python3 - "$WORK/cpu.json" "$WORK/gpu.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
 worst = {}
+for x, y in zip(a["results"], b["results"]):
+    if x["method"] == "patternkv":
+        for t in ("k", "v"):
+            u, v = x[t]["nmse"], y[t]["nmse"]
+            worst["patternkv nmse"] = max(worst.get("patternkv nmse", 0.0), abs(u - v) / (abs(u) + 1e-30))
+a = [x for x in a["results"] if x["method"] != "patternkv"]
+b = [x for x in b["results"] if x["method"] != "patternkv"]
 def walk(x, y, key):
     if isinstance(x, dict):
         for k in x:

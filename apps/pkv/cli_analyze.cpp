@@ -10,6 +10,7 @@
 #include "pkv/core/atomic_file.h"
 #include "pkv/core/error.h"
 #include "pkv/core/int_list.h"
+#include "pkv/core/log.h"
 #include "pkv/pipeline/analyze.h"
 #include "pkv/report/report.h"
 #include "stream_options.h"
@@ -43,8 +44,8 @@ Command add_analyze(CLI::App& root) {
                     "with --model: tokens run and held at a time (whole sequences; 0: all at once)")
         ->capture_default_str();
     app->add_option("--device", args->device,
-                    "where the attention metrics (and with --model the model) run: cpu, cuda, cuda:N or auto (a GPU "
-                    "when there is one); default: the metrics on the CPU, the model on auto");
+                    "where the cache simulation and attention metrics (and with --model the model) run: cpu, cuda, "
+                    "cuda:N or auto (a GPU when there is one); default: the metrics on the CPU, the model on auto");
     app->add_option("--methods", args->methods, "comma list of fp16, kivi, patternkv, q4_0, q8_0, fp8, patternkv-table")
         ->capture_default_str();
     app->add_option("--bits", args->bits, "code widths for kivi and patternkv (each 2, 3, 4 or 8)")
@@ -95,7 +96,7 @@ Command add_analyze(CLI::App& root) {
                               : "--model and --dump: expected one source of activations, got both");
                 if (!cfg.stream.model_path.empty())
                     cfg.stream.engine = select_engine(args->device.empty() ? "auto" : args->device);
-                if (!args->device.empty()) cfg.attention = select_attention_scorer(args->device);
+                if (!args->device.empty()) select_analyze_device(args->device, cfg.attention, cfg.simulator);
                 cfg.argv = argv_strings();
                 // Until run_analyze switches to polling check_interrupted(), a signal ends the
                 // run at once (status 130), also while the input is being opened.
@@ -104,7 +105,13 @@ Command add_analyze(CLI::App& root) {
                 std::optional<AtomicOutput> json_out, html_out;
                 if (!args->json_path.empty()) json_out.emplace(args->json_path, args->force);
                 if (!args->html_path.empty()) html_out.emplace(args->html_path, args->force);
-                const nlohmann::json report = analyze_report_json(run_analyze(cfg));
+                const AnalyzeResult result = run_analyze(cfg);
+                const AnalyzeTimes& t = result.times;
+                log::info(
+                    "time: reading (waits) {:.2f} s, cache simulation {:.2f} s ({}), errors and flatness {:.2f} s, "
+                    "attention {:.2f} s ({})",
+                    t.read_wait, t.simulate, result.sim_device, t.measure, t.attention, result.device);
+                const nlohmann::json report = analyze_report_json(result);
                 if (json_out) write_text(*json_out, report.dump(1) + "\n");
                 if (html_out) write_text(*html_out, render_html(report));
                 std::fputs(render_markdown(report).c_str(), stdout);

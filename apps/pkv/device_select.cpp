@@ -13,6 +13,7 @@
 
 #ifdef PKV_HAVE_CUDA
 #include "pkv/cuda/analyze_attention.h"
+#include "pkv/cuda/analyze_sim.h"
 #include "pkv/cuda/device.h"
 #include "pkv/cuda/forward_engine.h"
 #include "pkv/cuda/kmeans_assign.h"
@@ -129,15 +130,17 @@ EngineFactory select_engine(const std::string& device, int default_index, std::s
 #endif
 }
 
-AttentionScorerFactory select_attention_scorer(const std::string& device, std::string* description) {
+void select_analyze_device(const std::string& device, AttentionScorerFactory& scorer, CacheSimulatorFactory& simulator,
+                           std::string* description) {
     std::string desc;
     const int index = resolve_device(device, 0, desc);
     if (description != nullptr) *description = desc;
-    if (index < 0) return {};
+    scorer = {};
+    simulator = {};
+    if (index < 0) return;
 #ifdef PKV_HAVE_CUDA
-    return [index]() { return pkv::cuda::make_attention_scorer(index); };
-#else
-    return {};
+    scorer = [index]() { return pkv::cuda::make_attention_scorer(index); };
+    simulator = [index]() { return pkv::cuda::make_cache_simulator(index); };
 #endif
 }
 

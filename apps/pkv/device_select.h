@@ -8,6 +8,7 @@
 
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kvcache/attention_scorer.h"
+#include "pkv/kvcache/cache_simulator.h"
 #include "pkv/model/engine.h"
 
 namespace pkv::dist {
@@ -36,11 +37,13 @@ SelectedDevice select_device(const std::string& device, int default_index = 0);
 /// `description` receives "cpu" or "cuda:N <name>".
 EngineFactory select_engine(const std::string& device, int default_index = 0, std::string* description = nullptr);
 
-/// The attention scorer of `pkv analyze --device`: "cpu": an empty factory (the CPU
-/// reference, accumulate_attention). "cuda" / "cuda:N": the CUDA scorer on that GPU, or
-/// invalid_argument as select_engine; "auto": the GPU when there is one, else the CPU,
-/// saying which on stderr. `description` receives "cpu" or "cuda:N <name>".
-AttentionScorerFactory select_attention_scorer(const std::string& device, std::string* description = nullptr);
+/// What `pkv analyze --device` runs on the GPU: the attention scorer and the cache
+/// simulator. "cpu": both empty (the CPU references: accumulate_attention,
+/// simulate_cache). "cuda" / "cuda:N": the CUDA ones on that GPU, or invalid_argument as
+/// select_engine; "auto": the GPU when there is one, else the CPU, saying which on
+/// stderr. `description` receives "cpu" or "cuda:N <name>".
+void select_analyze_device(const std::string& device, AttentionScorerFactory& scorer, CacheSimulatorFactory& simulator,
+                           std::string* description = nullptr);
 
 /// "--devices all|0,1,...": one CUDA engine factory per listed GPU (an index may repeat:
 /// two workers then share that GPU); invalid_argument without CUDA, without a GPU, or for

@@ -66,7 +66,7 @@ a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for k in a:
     if k != "provenance":
         assert a[k] == b[k], k
-assert b["format_version"] == "1.3" and b["provenance"]["dump"]["source"] == "model"
+assert b["format_version"] == "1.4" and b["provenance"]["dump"]["source"] == "model"
 assert a["provenance"]["dump"]["source"] == "dump"
 assert b["provenance"]["dump"]["model"] == a["provenance"]["dump"]["model"]
 print(f"{len(a['results'])} results equal")

@@ -18,11 +18,7 @@ bool power_of_two(int d) { return d > 0 && (d & (d - 1)) == 0; }
 
 bool EngineSimCache::supports(const DeviceKvCache& c, const LlamaHparams& hp) {
     const int D = static_cast<int>(hp.head_dim);
-    // patternkv runs on the device unless PKV_CUDA_PATTERNKV=0 (its k-means agrees with the host's
-    // statistically, not bit for bit: sim_cache.h), for head_dim <= 256 and <= kDevicePatternMax patterns.
-    const char* opt = std::getenv("PKV_CUDA_PATTERNKV");
-    const bool pattern_ok =
-        !(opt != nullptr && std::string(opt) == "0") && D <= 256 && c.params.patterns <= kDevicePatternMax;
+    const bool pattern_ok = patternkv_on_device(D, c.params.patterns);
     return device_cache_method(c.params.method) && (!c.rotate || (power_of_two(D) && D <= 1024)) &&
            (c.params.method != KvMethod::patternkv || pattern_ok);
 }

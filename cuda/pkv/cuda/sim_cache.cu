@@ -575,6 +575,13 @@ SimBatchResult simulate_cache_batch(const SimBatch& batch, const float* x, SimCa
         PKV_CUDA_CHECK(
             cudaMemcpy(out.bank.data(), w.bank.get(), out.bank.size() * sizeof(float), cudaMemcpyDeviceToHost));
     }
+    const bool labelled =
+        batch.params.method == KvMethod::patternkv || batch.params.method == KvMethod::patternkv_table;
+    if (labelled && !out.plan.flush_step.empty()) {
+        out.labels.resize(out.plan.flush_step.size());
+        PKV_CUDA_CHECK(
+            cudaMemcpy(out.labels.data(), w.labels.get(), out.labels.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    }
     // The flush steps come back through the device copy, so the tests see what a device
     // caller reads.
     if (!out.plan.flush_step.empty())

@@ -53,6 +53,11 @@ namespace pkv::cuda {
 /// The most patterns (k-means centroids per problem) the device's patternkv takes.
 constexpr int kDevicePatternMax = 1024;
 
+/// Whether patternkv at head_dim D with `patterns` patterns runs on the device: D <= 256,
+/// patterns <= kDevicePatternMax, and PKV_CUDA_PATTERNKV is not "0" in the environment
+/// (the way to keep its k-means on the host, whose results differ statistically).
+bool patternkv_on_device(int D, int patterns);
+
 /// One (sequence, KV head, tensor) of a batch.
 struct SimProblem {
     int64_t row0 = 0;     ///< x row of token 0
@@ -122,6 +127,10 @@ struct SimBatchResult {
     /// patternkv: the banks the device built, [plan.bank_rows, D] (plan.banks says whose
     /// rows are where), in the simulated basis; empty for other methods.
     std::vector<float> bank;
+    /// patternkv and patternkv-table: [plan.offset.back()] the bank row (patternkv: within
+    /// the problem's bank; the table's row otherwise) of every quantized token, as
+    /// SimResult::pattern; undefined where flush_step is kNeverQuantized. Empty otherwise.
+    std::vector<int32_t> labels;
     double kernel_ms = 0.0;  ///< device time of the kernels (CUDA events)
     double total_ms = 0.0;   ///< wall time of the call: planning, copies both ways, kernels
 };

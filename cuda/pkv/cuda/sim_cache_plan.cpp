@@ -2,7 +2,9 @@
 // schedule and the storage of every problem. It replays simulate.cpp's block loops
 // without the data, so flush steps and bits are those of simulate_cache exactly.
 #include <algorithm>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <utility>
 
 #include "pkv/core/error.h"
@@ -249,6 +251,12 @@ private:
 };
 
 }  // namespace
+
+bool patternkv_on_device(int D, int patterns) {
+    // Its k-means agrees with the host's statistically, not bit for bit (sim_cache.h).
+    const char* opt = std::getenv("PKV_CUDA_PATTERNKV");
+    return !(opt != nullptr && std::string(opt) == "0") && D <= 256 && patterns <= kDevicePatternMax;
+}
 
 SimBatchPlan plan_sim_batch(const SimBatch& batch) {
     check_batch(batch);

@@ -3,6 +3,7 @@
 #include "pkv/pipeline/analyze.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <future>
@@ -164,6 +165,7 @@ struct Context {
     SimParams base;
     int hist_run = -1;                  // the run whose residuals feed the histograms
     AttentionScorer* scorer = nullptr;  // null: accumulate_attention here
+    CacheSimulator* sim = nullptr;      // null: simulate_cache on the host's threads
     KvDumpReader::Sequences seqs;
 };
 
@@ -178,42 +180,97 @@ struct SeqData {
 
 bool is_pattern_method(KvMethod m) { return m == KvMethod::patternkv || m == KvMethod::patternkv_table; }
 
-// Simulates every run of `idx` on k and v (one basis) and accumulates their errors and flatness.
-void simulate_runs(const Context& x, const std::vector<size_t>& idx, const std::vector<float>& k,
-                   const std::vector<float>& v, const SeqData& sd, const TableHeadView& tk, const TableHeadView& tv,
-                   PairResult& pr, std::vector<SimResult>& sk, std::vector<SimResult>& sv) {
-    const int64_t n = sd.n;
+// One sequence of one (layer, KV head) and where its figures go.
+struct Work {
+    const SeqData* sd = nullptr;
+    TableHeadView tk, tv;  // the head's table views (empty without a table)
+    PairResult* pr = nullptr;
+};
+
+// Wall seconds since t0, added to `acc`.
+void add_seconds(double& acc, std::chrono::steady_clock::time_point t0) {
+    acc += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Simulates every run of `idx` for every work item in one basis (ks, vs: its keys and
+// values there): sk[w][i], sv[w][i]. With a simulator, one call per run covers the keys
+// and values of the whole group; without, each (item, run) is a task for the host's threads.
+void simulate_group(const Context& x, const std::vector<size_t>& idx, const std::vector<Work>& ws,
+                    const std::vector<std::vector<float>>& ks, const std::vector<std::vector<float>>& vs,
+                    std::vector<std::vector<SimResult>>& sk, std::vector<std::vector<SimResult>>& sv) {
+    const size_t W = ws.size(), I = idx.size();
     const int D = x.D;
-    sk.assign(idx.size(), {});
-    sv.assign(idx.size(), {});
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t i = 0; i < static_cast<int64_t>(idx.size()); ++i) {
-        const RunSpec& run = x.out.runs[idx[i]];
-        ConfigAccum& acc = pr.configs[idx[i]];
+    sk.assign(W, std::vector<SimResult>(I));
+    sv.assign(W, std::vector<SimResult>(I));
+    auto params = [&x](size_t run) {
         SimParams sp = x.base;
-        sp.method = run.method;
-        sp.bits = run.bits;
-        sp.table_k = &tk;
-        sp.table_v = &tv;
-        sp.ring = sd.ring;
-        // Errors over the tokens the cache stored; bits over what its final state keeps.
-        if (x.out.has_k) {
-            sk[i] = simulate_cache(sp, KvTensor::k, k.data(), n, D, sd.P);
-            const int64_t s0 = sk[i].stored_from;
-            acc.k.add(k.data() + s0 * D, sk[i].recon.data() + s0 * D, (n - s0) * D);
-            acc.k.bits += sk[i].bits.total();
-            acc.k.elements += static_cast<double>(n - sk[i].kept_from) * D;
-            if (is_pattern_method(run.method))
-                accumulate_flatness(acc.flat_k, KvTensor::k, k.data(), n, D, x.c.group, &sk[i]);
+        sp.method = x.out.runs[run].method;
+        sp.bits = x.out.runs[run].bits;
+        return sp;
+    };
+    if (x.sim) {
+        for (size_t i = 0; i < I; ++i) {
+            std::vector<SimJob> jobs;
+            for (size_t w = 0; w < W; ++w) {
+                const SeqData& sd = *ws[w].sd;
+                if (x.out.has_k) jobs.push_back({ks[w].data(), sd.n, sd.P, sd.ring, KvTensor::k, &ws[w].tk});
+                if (x.out.has_v) jobs.push_back({vs[w].data(), sd.n, sd.P, sd.ring, KvTensor::v, &ws[w].tv});
+            }
+            std::vector<SimResult> r = x.sim->simulate(params(idx[i]), D, jobs);
+            PKV_CHECK(r.size() == jobs.size(), internal, "analyze: the cache simulator returned {} results for {} jobs",
+                      r.size(), jobs.size());
+            size_t j = 0;
+            for (size_t w = 0; w < W; ++w) {
+                if (x.out.has_k) sk[w][i] = std::move(r[j++]);
+                if (x.out.has_v) sv[w][i] = std::move(r[j++]);
+            }
         }
-        if (x.out.has_v) {
-            sv[i] = simulate_cache(sp, KvTensor::v, v.data(), n, D, sd.P);
-            const int64_t s0 = sv[i].stored_from;
-            acc.v.add(v.data() + s0 * D, sv[i].recon.data() + s0 * D, (n - s0) * D);
-            acc.v.bits += sv[i].bits.total();
-            acc.v.elements += static_cast<double>(n - sv[i].kept_from) * D;
-            if (is_pattern_method(run.method))
-                accumulate_flatness(acc.flat_v, KvTensor::v, v.data(), n, D, x.c.group, &sv[i]);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t j = 0; j < static_cast<int64_t>(W * I); ++j) {
+        const size_t w = static_cast<size_t>(j) / I, i = static_cast<size_t>(j) % I;
+        const SeqData& sd = *ws[w].sd;
+        SimParams sp = params(idx[i]);
+        sp.table_k = &ws[w].tk;
+        sp.table_v = &ws[w].tv;
+        sp.ring = sd.ring;
+        if (x.out.has_k) sk[w][i] = simulate_cache(sp, KvTensor::k, ks[w].data(), sd.n, D, sd.P);
+        if (x.out.has_v) sv[w][i] = simulate_cache(sp, KvTensor::v, vs[w].data(), sd.n, D, sd.P);
+    }
+}
+
+// Adds each run's errors, bits and flatness, item after item, so that every accumulator
+// gets its sequences in order whatever the grouping.
+void measure_group(const Context& x, const std::vector<size_t>& idx, const std::vector<Work>& ws,
+                   const std::vector<std::vector<float>>& ks, const std::vector<std::vector<float>>& vs,
+                   const std::vector<std::vector<SimResult>>& sk, const std::vector<std::vector<SimResult>>& sv) {
+    const int D = x.D;
+    for (size_t w = 0; w < ws.size(); ++w) {
+        const int64_t n = ws[w].sd->n;
+        const float* k = ks[w].data();
+        const float* v = vs[w].data();
+#pragma omp parallel for schedule(dynamic)
+        for (int64_t i = 0; i < static_cast<int64_t>(idx.size()); ++i) {
+            const RunSpec& run = x.out.runs[idx[i]];
+            ConfigAccum& acc = ws[w].pr->configs[idx[i]];
+            // Errors over the tokens the cache stored; bits over what its final state keeps.
+            if (x.out.has_k) {
+                const SimResult& r = sk[w][i];
+                const int64_t s0 = r.stored_from;
+                acc.k.add(k + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
+                acc.k.bits += r.bits.total();
+                acc.k.elements += static_cast<double>(n - r.kept_from) * D;
+                if (is_pattern_method(run.method)) accumulate_flatness(acc.flat_k, KvTensor::k, k, n, D, x.c.group, &r);
+            }
+            if (x.out.has_v) {
+                const SimResult& r = sv[w][i];
+                const int64_t s0 = r.stored_from;
+                acc.v.add(v + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
+                acc.v.bits += r.bits.total();
+                acc.v.elements += static_cast<double>(n - r.kept_from) * D;
+                if (is_pattern_method(run.method)) accumulate_flatness(acc.flat_v, KvTensor::v, v, n, D, x.c.group, &r);
+            }
         }
     }
 }
@@ -311,31 +368,52 @@ SeqData read_sequence(const Context& x, int slot, int head, size_t s) {
     return sd;
 }
 
-// Every run of one sequence of one head, in the model's basis and (--rotate) the rotated one.
-void analyze_sequence(const Context& x, const SeqData& sd, const TableHeadView& tk, const TableHeadView& tv,
-                      PairResult& pr) {
-    const int64_t n = sd.n;
+// Every run of a group of sequences (of any heads), in the model's basis and (--rotate)
+// the rotated one.
+void analyze_group(const Context& x, const std::vector<Work>& ws) {
     const int D = x.D;
+    const size_t W = ws.size();
+    AnalyzeTimes& tm = x.out.times;
     for (int rot = 0; rot <= (x.c.rotate ? 1 : 0); ++rot) {
-        std::vector<float> k = sd.k, v = sd.v;
-        if (rot) {
-            if (x.out.has_k) hadamard_rotate_rows(k.data(), n, D);
-            if (x.out.has_v) hadamard_rotate_rows(v.data(), n, D);
+        auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::vector<float>> ks(W), vs(W);
+        for (size_t w = 0; w < W; ++w) {
+            const SeqData& sd = *ws[w].sd;
+            PairResult& pr = *ws[w].pr;
+            ks[w] = sd.k;
+            vs[w] = sd.v;
+            if (rot) {
+                if (x.out.has_k) hadamard_rotate_rows(ks[w].data(), sd.n, D);
+                if (x.out.has_v) hadamard_rotate_rows(vs[w].data(), sd.n, D);
+            }
+            if (x.out.has_k) accumulate_flatness(pr.raw_k[rot], KvTensor::k, ks[w].data(), sd.n, D, x.c.group, nullptr);
+            if (x.out.has_v) accumulate_flatness(pr.raw_v[rot], KvTensor::v, vs[w].data(), sd.n, D, x.c.group, nullptr);
         }
-        if (x.out.has_k) accumulate_flatness(pr.raw_k[rot], KvTensor::k, k.data(), n, D, x.c.group, nullptr);
-        if (x.out.has_v) accumulate_flatness(pr.raw_v[rot], KvTensor::v, v.data(), n, D, x.c.group, nullptr);
         std::vector<size_t> idx;
         for (size_t r = 0; r < x.out.runs.size(); ++r)
             if (x.out.runs[r].rotate == (rot == 1)) idx.push_back(r);
-        std::vector<SimResult> sk, sv;
-        simulate_runs(x, idx, k, v, sd, tk, tv, pr, sk, sv);
-        if (pr.has_hist && !rot)
+        add_seconds(tm.measure, t0);
+        t0 = std::chrono::steady_clock::now();
+        std::vector<std::vector<SimResult>> sk, sv;
+        simulate_group(x, idx, ws, ks, vs, sk, sv);
+        add_seconds(tm.simulate, t0);
+        t0 = std::chrono::steady_clock::now();
+        measure_group(x, idx, ws, ks, vs, sk, sv);
+        for (size_t w = 0; w < W; ++w) {
+            PairResult& pr = *ws[w].pr;
+            if (!pr.has_hist || rot) continue;
             for (size_t i = 0; i < idx.size(); ++i) {
                 if (static_cast<int>(idx[i]) != x.hist_run) continue;
-                if (x.out.has_k) add_histogram(x, pr.hist_k, k, n, sk[i], true);
-                if (x.out.has_v) add_histogram(x, pr.hist_v, v, n, sv[i], false);
+                if (x.out.has_k) add_histogram(x, pr.hist_k, ks[w], ws[w].sd->n, sk[w][i], true);
+                if (x.out.has_v) add_histogram(x, pr.hist_v, vs[w], ws[w].sd->n, sv[w][i], false);
             }
-        if (x.out.has_attn) add_attention(x, idx, rot == 1, sd, k, v, sk, sv, pr);
+        }
+        add_seconds(tm.measure, t0);
+        if (!x.out.has_attn) continue;
+        t0 = std::chrono::steady_clock::now();
+        for (size_t w = 0; w < W; ++w)
+            add_attention(x, idx, rot == 1, *ws[w].sd, ks[w], vs[w], sk[w], sv[w], *ws[w].pr);
+        add_seconds(tm.attention, t0);
     }
 }
 
@@ -374,9 +452,11 @@ PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hi
 }
 
 // Sequences [s0, s1) of every analysed (layer, head), each added to its result in sequence
-// order, so that any split into blocks gives the sums of one pass over all sequences. The
-// next sequence is read on another thread while this one is simulated and scored (one read
-// at a time, and the analysis never touches the source), so reading hides behind the work.
+// order, so that any split into blocks or groups gives the sums of one pass over all
+// sequences. Without a cache simulator a group is one sequence of one head; with one, as
+// many whole sequences as it takes per call. The next group is read on another thread
+// while this one is simulated and scored (one read at a time, and the analysis never
+// touches the source), so reading hides behind the work.
 void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slots, size_t s0, size_t s1,
                    std::vector<PairResult>& pairs, Progress& progress) {
     struct Item {
@@ -392,29 +472,44 @@ void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slo
                 if (x.seqs.length[s] > 0) items.push_back({p, slot, layer, head, s});
             ++p;
         }
+    const int64_t cap = x.sim ? x.sim->batch_tokens(x.D) : 0;
+    std::vector<std::pair<size_t, size_t>> groups;
+    for (size_t i = 0; i < items.size();) {
+        size_t j = i + 1;
+        for (int64_t tok = x.seqs.length[items[i].seq]; j < items.size() && tok + x.seqs.length[items[j].seq] <= cap;)
+            tok += x.seqs.length[items[j++].seq];
+        groups.push_back({i, j});
+        i = j;
+    }
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
-    auto read = [&x](const Item& it) { return read_sequence(x, it.slot, it.head, it.seq); };
-    std::future<SeqData> next;
-    if (!items.empty()) next = std::async(std::launch::async, read, items[0]);
-    TableHeadView tk, tv;
-    size_t views_of = SIZE_MAX;
-    for (size_t i = 0; i < items.size(); ++i) {
-        const SeqData sd = next.get();
+    auto read = [&x, &items](std::pair<size_t, size_t> g) {
+        std::vector<SeqData> sds;
+        for (size_t i = g.first; i < g.second; ++i)
+            sds.push_back(read_sequence(x, items[i].slot, items[i].head, items[i].seq));
+        return sds;
+    };
+    std::future<std::vector<SeqData>> next;
+    if (!groups.empty()) next = std::async(std::launch::async, read, groups[0]);
+    for (size_t g = 0; g < groups.size(); ++g) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::vector<SeqData> sds = next.get();
+        add_seconds(x.out.times.read_wait, t0);
         check_interrupted();
-        if (i + 1 < items.size()) next = std::async(std::launch::async, read, items[i + 1]);
-        const Item& it = items[i];
-        if (it.pair != views_of) {
-            tk = tv = TableHeadView{};
-            table_views(x, it.layer, it.head, tk, tv);
-            views_of = it.pair;
+        if (g + 1 < groups.size()) next = std::async(std::launch::async, read, groups[g + 1]);
+        std::vector<Work> ws(sds.size());
+        for (size_t i = 0; i < sds.size(); ++i) {
+            const Item& it = items[groups[g].first + i];
+            ws[i].sd = &sds[i];
+            ws[i].pr = &pairs[it.pair];
+            table_views(x, it.layer, it.head, ws[i].tk, ws[i].tv);
+            if (sds[i].P < x.c.patterns && mines)
+                x.warn.add(
+                    fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
+                                "k-means uses k = {}",
+                                sds[i].P, x.c.patterns, sds[i].P));
         }
-        if (sd.P < x.c.patterns && mines)
-            x.warn.add(
-                fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
-                            "k-means uses k = {}",
-                            sd.P, x.c.patterns, sd.P));
-        analyze_sequence(x, sd, tk, tv, pairs[it.pair]);
-        progress.advance(static_cast<uint64_t>(sd.n));
+        analyze_group(x, ws);
+        for (const SeqData& sd : sds) progress.advance(static_cast<uint64_t>(sd.n));
     }
 }
 
@@ -602,6 +697,13 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
         out.device = scorer->description();
         if (out.has_attn) x.scorer = scorer.get();
     }
+    std::unique_ptr<CacheSimulator> sim;
+    if (c.simulator && (out.has_k || out.has_v)) {
+        sim = c.simulator();
+        PKV_CHECK(sim != nullptr, internal, "analyze: the cache simulator factory made no simulator");
+        out.sim_device = sim->description();
+        x.sim = sim.get();
+    }
 
     const size_t n_pairs = slots.size() * out.heads.size();
     const std::set<size_t> hist_pairs = histogram_pairs(x, n_pairs);
@@ -614,7 +716,11 @@ AnalyzeResult run_analyze(const AnalyzeConfig& c) {
         dump.load(s0, s1);
         analyze_block(x, slots, s0, s1, out.pairs, progress);
     }
-    if (x.scorer) x.scorer->finish();
+    if (x.scorer) {
+        const auto t0 = std::chrono::steady_clock::now();
+        x.scorer->finish();
+        add_seconds(out.times.attention, t0);
+    }
     progress.finish();
 
     const nlohmann::json model = dump.model();

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pkv/kvcache/attention_scorer.h"
+#include "pkv/kvcache/cache_simulator.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/analyze_result.h"
 #include "pkv/pipeline/kv_source.h"
@@ -62,6 +63,10 @@ struct AnalyzeConfig {
     /// input is validated; empty: accumulate_attention on the CPU, the reference figures.
     /// The report records its description as provenance.device ("cpu" without one).
     AttentionScorerFactory attention;
+    /// Simulates the caches (kvcache/cache_simulator.h), made once the input is validated;
+    /// empty: simulate_cache on the host's threads, the reference. The report records its
+    /// description as provenance.sim_device ("cpu" without one).
+    CacheSimulatorFactory simulator;
 };
 
 /// Validates the configuration against the dump (methods, bits, group fit, layers,

@@ -44,6 +44,15 @@ struct PairResult {
 
 }  // namespace analyze
 
+/// Wall seconds of run_analyze's loop by part (they do not overlap; reading the next group
+/// and the attention scorer's device work run meanwhile and show only as waits).
+struct AnalyzeTimes {
+    double read_wait = 0;  ///< waiting for the next sequences from the dump or the model
+    double simulate = 0;   ///< cache simulation (the simulator's calls, or the host's threads)
+    double measure = 0;    ///< errors, bits, flatness, histograms, rotations
+    double attention = 0;  ///< attention metrics: scored here, or handed to the scorer and its finish
+};
+
 /// The result of run_analyze: the configuration it ran, the runs, and per analysed
 /// (layer, KV head) the accumulated metrics of every run.
 struct AnalyzeResult {
@@ -54,9 +63,11 @@ struct AnalyzeResult {
     int64_t n_tokens = 0;
     nlohmann::json model;  ///< name, n_layer, n_head, n_head_kv, head_dim
     nlohmann::json dump_model, dump_provenance;
-    std::string source = "dump";  ///< "dump" or "model" (streamed): where the activations came from
-    std::string source_path;      ///< the dump or the model file
-    std::string device = "cpu";   ///< where attention was scored (AttentionScorer::description)
+    std::string source = "dump";     ///< "dump" or "model" (streamed): where the activations came from
+    std::string source_path;         ///< the dump or the model file
+    std::string device = "cpu";      ///< where attention was scored (AttentionScorer::description)
+    std::string sim_device = "cpu";  ///< where the caches were simulated (CacheSimulator::description)
+    AnalyzeTimes times;
     std::vector<int> layers, heads;
     std::vector<int> layer_windows;  ///< [layers] sliding window of each analysed layer, 0: global
     std::vector<std::string> warnings;

@@ -333,13 +333,14 @@ json analyze_report_json(const AnalyzeResult& in) {
     const AnalyzeConfig& c = *in.config;
     json report;
     report["format"] = "pkv.analyze_report";
-    report["format_version"] = "1.3";
+    report["format_version"] = "1.4";
     report["provenance"] = provenance_json("analyze", c.argv);
     report["provenance"]["dump"] = {{"path", in.source_path.empty() ? c.dump_path : in.source_path},
                                     {"source", in.source},
                                     {"model", in.dump_model},
                                     {"provenance", in.dump_provenance}};
     report["provenance"]["device"] = in.device;
+    report["provenance"]["sim_device"] = in.sim_device;
     report["settings"] = settings_json(in);
     report["model"] = in.model;
     report["n_tokens"] = in.n_tokens;

@@ -127,6 +127,8 @@ std::string render_markdown(const json& report) {
     // 1.3: attention scored off the CPU (its figures agree with the CPU's to a tolerance).
     const std::string device = text(field(report, "provenance"), "device");
     if (!device.empty() && device != "cpu") out += "attention metrics scored on: " + one_line(device) + "\n";
+    const std::string sim_device = text(field(report, "provenance"), "sim_device");
+    if (!sim_device.empty() && sim_device != "cpu") out += "caches simulated on: " + one_line(sim_device) + "\n";
     out += fmt::format("model: {} ({} layers, {} heads, {} KV heads, head_dim {}), {} tokens\n",
                        one_line(text(model, "name", "?")), integer(model, "n_layer"), integer(model, "n_head"),
                        integer(model, "n_head_kv"), integer(model, "head_dim"), integer(report, "n_tokens"));

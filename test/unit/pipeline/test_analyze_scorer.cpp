@@ -114,7 +114,7 @@ TEST_CASE("an attention scorer gets one job per sequence and head and gives the 
                 c.attn_stride = stride;
                 const json cpu = analyze_report_json(run_analyze(c));
                 CHECK(cpu["provenance"]["device"] == "cpu");
-                CHECK(cpu["format_version"] == "1.3");
+                CHECK(cpu["format_version"] == "1.4");
                 Counts counts;
                 c.attention = [&counts]() {
                     ++counts.made;

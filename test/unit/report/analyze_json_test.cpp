@@ -67,7 +67,7 @@ TEST_CASE("layer_kinds: per-kind means over 2 local and 1 global layer, worked b
         set_metrics(p, kPattern, m, true);
     }
     const json rep = pkv::analyze_report_json(res);
-    CHECK(rep["format_version"] == "1.3");
+    CHECK(rep["format_version"] == "1.4");
     for (const json& r : rep["results"]) CHECK(r["window"] == (r["layer"] == 2 ? 0 : 512));
 
     const json& kinds = rep["layer_kinds"];

@@ -320,7 +320,7 @@ TEST_CASE("local and global layers get their own section, only when the report h
 
 TEST_CASE("reports without local layers render as 1.0 reports did", "[report][markdown][html]") {
     const json rep = pkv::analyze_report_json(pkv::test::make_sample_result({0, 0, 0}, 2));
-    REQUIRE(rep["format_version"] == "1.3");
+    REQUIRE(rep["format_version"] == "1.4");
     REQUIRE(rep["layer_kinds"].is_null());
     const json old = as_version_1_0(rep);
     CHECK(pkv::render_markdown(rep) == pkv::render_markdown(old));
