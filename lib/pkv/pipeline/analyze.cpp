@@ -368,51 +368,61 @@ SeqData read_sequence(const Context& x, int slot, int head, size_t s) {
     return sd;
 }
 
+// One basis of a group: its keys and values there and, once simulated, every run's caches.
+struct Basis {
+    std::vector<size_t> idx;  // the runs of this basis
+    std::vector<std::vector<float>> ks, vs;
+    std::vector<std::vector<SimResult>> sk, sv;
+    bool simulated = false;
+};
+
+// A group of sequences as the reading thread hands it over: read, in both bases, and with
+// a cache simulator already simulated (so the device works on the next group while this
+// thread measures the current one).
+struct Group {
+    std::vector<SeqData> sds;
+    std::vector<Work> ws;  // sd and the table views; pr is set by the measuring thread
+    Basis basis[2];
+};
+
 // Every run of a group of sequences (of any heads), in the model's basis and (--rotate)
-// the rotated one.
-void analyze_group(const Context& x, const std::vector<Work>& ws) {
-    const int D = x.D;
-    const size_t W = ws.size();
+// the rotated one: simulated here unless the reading thread did, then measured.
+void analyze_group(const Context& x, Group& gr) {
+    const std::vector<Work>& ws = gr.ws;
     AnalyzeTimes& tm = x.out.times;
     for (int rot = 0; rot <= (x.c.rotate ? 1 : 0); ++rot) {
+        Basis& b = gr.basis[rot];
         auto t0 = std::chrono::steady_clock::now();
-        std::vector<std::vector<float>> ks(W), vs(W);
-        for (size_t w = 0; w < W; ++w) {
-            const SeqData& sd = *ws[w].sd;
+        for (size_t w = 0; w < ws.size(); ++w) {
+            const int64_t n = ws[w].sd->n;
             PairResult& pr = *ws[w].pr;
-            ks[w] = sd.k;
-            vs[w] = sd.v;
-            if (rot) {
-                if (x.out.has_k) hadamard_rotate_rows(ks[w].data(), sd.n, D);
-                if (x.out.has_v) hadamard_rotate_rows(vs[w].data(), sd.n, D);
-            }
-            if (x.out.has_k) accumulate_flatness(pr.raw_k[rot], KvTensor::k, ks[w].data(), sd.n, D, x.c.group, nullptr);
-            if (x.out.has_v) accumulate_flatness(pr.raw_v[rot], KvTensor::v, vs[w].data(), sd.n, D, x.c.group, nullptr);
+            if (x.out.has_k)
+                accumulate_flatness(pr.raw_k[rot], KvTensor::k, b.ks[w].data(), n, x.D, x.c.group, nullptr);
+            if (x.out.has_v)
+                accumulate_flatness(pr.raw_v[rot], KvTensor::v, b.vs[w].data(), n, x.D, x.c.group, nullptr);
         }
-        std::vector<size_t> idx;
-        for (size_t r = 0; r < x.out.runs.size(); ++r)
-            if (x.out.runs[r].rotate == (rot == 1)) idx.push_back(r);
         add_seconds(tm.measure, t0);
+        if (!b.simulated) {
+            t0 = std::chrono::steady_clock::now();
+            simulate_group(x, b.idx, ws, b.ks, b.vs, b.sk, b.sv);
+            add_seconds(tm.simulate, t0);
+        }
         t0 = std::chrono::steady_clock::now();
-        std::vector<std::vector<SimResult>> sk, sv;
-        simulate_group(x, idx, ws, ks, vs, sk, sv);
-        add_seconds(tm.simulate, t0);
-        t0 = std::chrono::steady_clock::now();
-        measure_group(x, idx, ws, ks, vs, sk, sv);
-        for (size_t w = 0; w < W; ++w) {
+        measure_group(x, b.idx, ws, b.ks, b.vs, b.sk, b.sv);
+        for (size_t w = 0; w < ws.size(); ++w) {
             PairResult& pr = *ws[w].pr;
             if (!pr.has_hist || rot) continue;
-            for (size_t i = 0; i < idx.size(); ++i) {
-                if (static_cast<int>(idx[i]) != x.hist_run) continue;
-                if (x.out.has_k) add_histogram(x, pr.hist_k, ks[w], ws[w].sd->n, sk[w][i], true);
-                if (x.out.has_v) add_histogram(x, pr.hist_v, vs[w], ws[w].sd->n, sv[w][i], false);
+            for (size_t i = 0; i < b.idx.size(); ++i) {
+                if (static_cast<int>(b.idx[i]) != x.hist_run) continue;
+                if (x.out.has_k) add_histogram(x, pr.hist_k, b.ks[w], ws[w].sd->n, b.sk[w][i], true);
+                if (x.out.has_v) add_histogram(x, pr.hist_v, b.vs[w], ws[w].sd->n, b.sv[w][i], false);
             }
         }
         add_seconds(tm.measure, t0);
         if (!x.out.has_attn) continue;
         t0 = std::chrono::steady_clock::now();
-        for (size_t w = 0; w < W; ++w)
-            add_attention(x, idx, rot == 1, *ws[w].sd, ks[w], vs[w], sk[w], sv[w], *ws[w].pr);
+        for (size_t w = 0; w < ws.size(); ++w)
+            add_attention(x, b.idx, rot == 1, *ws[w].sd, b.ks[w], b.vs[w], b.sk[w], b.sv[w], *ws[w].pr);
         add_seconds(tm.attention, t0);
     }
 }
@@ -454,9 +464,9 @@ PairResult new_pair(const Context& x, int slot, int layer, int head, bool has_hi
 // Sequences [s0, s1) of every analysed (layer, head), each added to its result in sequence
 // order, so that any split into blocks or groups gives the sums of one pass over all
 // sequences. Without a cache simulator a group is one sequence of one head; with one, as
-// many whole sequences as it takes per call. The next group is read on another thread
-// while this one is simulated and scored (one read at a time, and the analysis never
-// touches the source), so reading hides behind the work.
+// many whole sequences as it takes per call. The next group is read (and rotated, and
+// with a simulator simulated) on another thread while this one is measured and scored, so
+// reading and the device's simulation hide behind the work here.
 void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slots, size_t s0, size_t s1,
                    std::vector<PairResult>& pairs, Progress& progress) {
     struct Item {
@@ -482,34 +492,57 @@ void analyze_block(const Context& x, const std::vector<std::pair<int, int>>& slo
         i = j;
     }
     const bool mines = std::find(x.c.methods.begin(), x.c.methods.end(), KvMethod::patternkv) != x.c.methods.end();
-    auto read = [&x, &items](std::pair<size_t, size_t> g) {
-        std::vector<SeqData> sds;
+    // The reading thread's part: read, rotate and (with a simulator) simulate. The source and
+    // the simulator are only used here, one group at a time.
+    auto prepare = [&x, &items](std::pair<size_t, size_t> g) {
+        Group gr;
         for (size_t i = g.first; i < g.second; ++i)
-            sds.push_back(read_sequence(x, items[i].slot, items[i].head, items[i].seq));
-        return sds;
+            gr.sds.push_back(read_sequence(x, items[i].slot, items[i].head, items[i].seq));
+        gr.ws.resize(gr.sds.size());
+        for (size_t i = 0; i < gr.sds.size(); ++i) {
+            gr.ws[i].sd = &gr.sds[i];
+            table_views(x, items[g.first + i].layer, items[g.first + i].head, gr.ws[i].tk, gr.ws[i].tv);
+        }
+        for (int rot = 0; rot <= (x.c.rotate ? 1 : 0); ++rot) {
+            Basis& b = gr.basis[rot];
+            b.ks.resize(gr.sds.size());
+            b.vs.resize(gr.sds.size());
+            for (size_t w = 0; w < gr.sds.size(); ++w) {
+                const SeqData& sd = gr.sds[w];
+                b.ks[w] = sd.k;
+                b.vs[w] = sd.v;
+                if (rot && x.out.has_k) hadamard_rotate_rows(b.ks[w].data(), sd.n, x.D);
+                if (rot && x.out.has_v) hadamard_rotate_rows(b.vs[w].data(), sd.n, x.D);
+            }
+            for (size_t r = 0; r < x.out.runs.size(); ++r)
+                if (x.out.runs[r].rotate == (rot == 1)) b.idx.push_back(r);
+            if (x.sim) {
+                const auto t0 = std::chrono::steady_clock::now();
+                simulate_group(x, b.idx, gr.ws, b.ks, b.vs, b.sk, b.sv);
+                add_seconds(x.out.times.simulate, t0);
+                b.simulated = true;
+            }
+        }
+        return gr;
     };
-    std::future<std::vector<SeqData>> next;
-    if (!groups.empty()) next = std::async(std::launch::async, read, groups[0]);
+    std::future<Group> next;
+    if (!groups.empty()) next = std::async(std::launch::async, prepare, groups[0]);
     for (size_t g = 0; g < groups.size(); ++g) {
         const auto t0 = std::chrono::steady_clock::now();
-        const std::vector<SeqData> sds = next.get();
+        Group gr = next.get();
         add_seconds(x.out.times.read_wait, t0);
         check_interrupted();
-        if (g + 1 < groups.size()) next = std::async(std::launch::async, read, groups[g + 1]);
-        std::vector<Work> ws(sds.size());
-        for (size_t i = 0; i < sds.size(); ++i) {
-            const Item& it = items[groups[g].first + i];
-            ws[i].sd = &sds[i];
-            ws[i].pr = &pairs[it.pair];
-            table_views(x, it.layer, it.head, ws[i].tk, ws[i].tv);
-            if (sds[i].P < x.c.patterns && mines)
+        if (g + 1 < groups.size()) next = std::async(std::launch::async, prepare, groups[g + 1]);
+        for (size_t i = 0; i < gr.sds.size(); ++i) {
+            gr.ws[i].pr = &pairs[items[groups[g].first + i].pair];
+            if (gr.sds[i].P < x.c.patterns && mines)
                 x.warn.add(
                     fmt::format("a sequence has a prefill of {} tokens, fewer than --patterns {}: its prefill "
                                 "k-means uses k = {}",
-                                sds[i].P, x.c.patterns, sds[i].P));
+                                gr.sds[i].P, x.c.patterns, gr.sds[i].P));
         }
-        analyze_group(x, ws);
-        for (const SeqData& sd : sds) progress.advance(static_cast<uint64_t>(sd.n));
+        analyze_group(x, gr);
+        for (const SeqData& sd : gr.sds) progress.advance(static_cast<uint64_t>(sd.n));
     }
 }
 

@@ -96,16 +96,16 @@ TEST_CASE("cuda analyze simulation: patternkv on the device within 10% of the ho
     for (size_t i = 0; i < host["results"].size(); ++i) {
         const json& h = host["results"][i];
         const json& d = dev["results"][i];
-        CAPTURE(i, h["layer"], h["head"], h["method"], h["bits"], h["rotate"]);
-        REQUIRE(h["method"] == d["method"]);
-        if (h["method"] != "patternkv") {
+        CAPTURE(i, h.at("layer"), h.at("kv_head"), h.at("method"), h.at("bits"), h.at("rotate"));
+        REQUIRE(h.at("method") == d.at("method"));
+        if (h.at("method") != "patternkv") {
             CHECK(h == d);
             continue;
         }
         ++pattern_entries;
         for (const char* t : {"k", "v"}) {
-            CHECK(h[t]["eff_bits"] == d[t]["eff_bits"]);
-            const double eh = h[t]["nmse"].get<double>(), ed = d[t]["nmse"].get<double>();
+            CHECK(h.at(t).at("eff_bits") == d.at(t).at("eff_bits"));
+            const double eh = h.at(t).at("nmse").get<double>(), ed = d.at(t).at("nmse").get<double>();
             CHECK(ed <= 1.1 * eh + 1e-12);
             CHECK(eh <= 1.1 * ed + 1e-12);
             worst = std::max(worst, std::max(ed / std::max(eh, 1e-30), eh / std::max(ed, 1e-30)));
