@@ -252,25 +252,18 @@ void measure_group(const Context& x, const std::vector<size_t>& idx, const std::
         const float* v = vs[w].data();
 #pragma omp parallel for schedule(dynamic)
         for (int64_t i = 0; i < static_cast<int64_t>(idx.size()); ++i) {
-            const RunSpec& run = x.out.runs[idx[i]];
+            const bool pattern = is_pattern_method(x.out.runs[idx[i]].method);
             ConfigAccum& acc = ws[w].pr->configs[idx[i]];
             // Errors over the tokens the cache stored; bits over what its final state keeps.
-            if (x.out.has_k) {
-                const SimResult& r = sk[w][i];
+            auto add = [&](ErrorAccum& e, FlatnessAccum& f, KvTensor tensor, const float* data, const SimResult& r) {
                 const int64_t s0 = r.stored_from;
-                acc.k.add(k + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
-                acc.k.bits += r.bits.total();
-                acc.k.elements += static_cast<double>(n - r.kept_from) * D;
-                if (is_pattern_method(run.method)) accumulate_flatness(acc.flat_k, KvTensor::k, k, n, D, x.c.group, &r);
-            }
-            if (x.out.has_v) {
-                const SimResult& r = sv[w][i];
-                const int64_t s0 = r.stored_from;
-                acc.v.add(v + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
-                acc.v.bits += r.bits.total();
-                acc.v.elements += static_cast<double>(n - r.kept_from) * D;
-                if (is_pattern_method(run.method)) accumulate_flatness(acc.flat_v, KvTensor::v, v, n, D, x.c.group, &r);
-            }
+                e.add(data + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
+                e.bits += r.bits.total();
+                e.elements += static_cast<double>(n - r.kept_from) * D;
+                if (pattern) accumulate_flatness(f, tensor, data, n, D, x.c.group, &r);
+            };
+            if (x.out.has_k) add(acc.k, acc.flat_k, KvTensor::k, k, sk[w][i]);
+            if (x.out.has_v) add(acc.v, acc.flat_v, KvTensor::v, v, sv[w][i]);
         }
     }
 }

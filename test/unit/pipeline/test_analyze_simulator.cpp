@@ -66,6 +66,21 @@ AnalyzeConfig config(const std::string& path) {
     return c;
 }
 
+// 2 stored layers x 2 KV heads x 3 sequences of 40, 40 and 24 tokens; window > 0 makes layer 0 local.
+std::string write_dump(const test::TempDir& dir, int window = 0) {
+    test::SynthSpec s;
+    s.head_dim = 32;
+    s.n_rot = 32;
+    s.seq_lengths = {40, 40, 24};
+    if (window > 0) {
+        s.window = window;
+        s.swa_layers = {0};
+    }
+    const std::string path = dir.path + "/d.h5";
+    test::write_synth_dump(path, s);
+    return path;
+}
+
 json figures(json report) {
     report.erase("provenance");
     return report;
@@ -75,12 +90,7 @@ json figures(json report) {
 
 TEST_CASE("a cache simulator gets whole groups of sequences and gives the host figures", "[analyze][simulator]") {
     test::TempDir dir;
-    const std::string path = dir.path + "/d.h5";
-    test::SynthSpec s;
-    s.head_dim = 32;
-    s.n_rot = 32;
-    s.seq_lengths = {40, 40, 24};
-    test::write_synth_dump(path, s);  // 2 stored layers x 2 KV heads x 3 sequences: 12 items of 104 tokens per head
+    const std::string path = write_dump(dir);  // 12 items, 104 tokens per (layer, head)
     for (const bool rotate : {false, true})
         for (const int64_t batch : {1, 80, 100, 1000}) {
             CAPTURE(rotate, batch);
@@ -118,14 +128,7 @@ TEST_CASE("a cache simulator gets whole groups of sequences and gives the host f
 
 TEST_CASE("a simulator gets each layer's sliding window as its jobs' ring", "[analyze][simulator]") {
     test::TempDir dir;
-    const std::string path = dir.path + "/swa.h5";
-    test::SynthSpec s;
-    s.head_dim = 32;
-    s.n_rot = 32;
-    s.seq_lengths = {40, 40, 24};
-    s.window = 16;
-    s.swa_layers = {0};
-    test::write_synth_dump(path, s);
+    const std::string path = write_dump(dir, 16);
     AnalyzeConfig c = config(path);
     const json host = analyze_report_json(run_analyze(c));
     Calls calls;
@@ -138,11 +141,7 @@ TEST_CASE("a simulator gets each layer's sliding window as its jobs' ring", "[an
 
 TEST_CASE("bad input fails before the simulator is made", "[analyze][simulator]") {
     test::TempDir dir;
-    const std::string path = dir.path + "/d.h5";
-    test::SynthSpec s;
-    s.head_dim = 32;
-    s.n_rot = 32;
-    test::write_synth_dump(path, s);
+    const std::string path = write_dump(dir);
     AnalyzeConfig c = config(path);
     c.bits = {5};
     Calls calls;
