@@ -20,7 +20,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/packed_device_impl.cuh"
@@ -559,13 +561,19 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     m.part.reserve(static_cast<size_t>(c.n_seq) * c.n_head * splits * (2 + c.head_dim + g.Mv));
-    const SplitFn fn = pick(c.head_dim, c.bits, g.Q, fp16);
-    if (g.sm_total > 48 * 1024)  // the default limit; above it a kernel must opt in
-        PKV_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, g.sm_total));
-    fn<<<dim3(splits, c.n_head_kv, c.n_seq), kThreads, g.sm_total, st>>>(
-        g, m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev, m.qc.get(), m.part.get());
-    PKV_CUDA_CHECK(cudaGetLastError());
+    const Fp16SplitArgs f16{m.ring.get(), m.d_counts.get(),  q_dev,    m.part.get(), g.D,    g.Q, g.H, g.Hq, g.S,
+                            g.tile,       g.tiles_per_split, g.splits, g.W,          g.layer};
+    // The warp kernel is opt-in until it has run its parity tests on a GPU (packed_attention.h).
+    const char* warp = std::getenv("PKV_FP16_WARP");
+    if (!(fp16 && warp != nullptr && std::string(warp) == "1" && launch_fp16_split(f16, st))) {
+        const SplitFn fn = pick(c.head_dim, c.bits, g.Q, fp16);
+        if (g.sm_total > 48 * 1024)  // the default limit; above it a kernel must opt in
+            PKV_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, g.sm_total));
+        fn<<<dim3(splits, c.n_head_kv, c.n_seq), kThreads, g.sm_total, st>>>(
+            g, m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev, m.qc.get(), m.part.get());
+        PKV_CUDA_CHECK(cudaGetLastError());
+    }
     combine_kernel<<<dim3(c.n_head, c.n_seq), c.head_dim, (splits + g.Mv) * sizeof(float), st>>>(
         m.part.get(), m.patterns[1].get(), out_dev, c.head_dim, c.n_head, g.Q, c.n_head_kv, g.Mv, splits, layer);
     PKV_CUDA_CHECK(cudaGetLastError());

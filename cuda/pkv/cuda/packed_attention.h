@@ -24,6 +24,10 @@
 //      codes, per pattern Σ_{idx = p, gate} a, and the ring's fp16 rows exactly; fp32 sums;
 //   3. a combine merging the splits' (max, sum, acc, pattern weights) and adding
 //      Σ_p w_p c_p once per query.
+// With PKV_FP16_WARP=1 in the environment, fp16 at head_dim 64 or 128 with GQA 1, 2 or 4
+// takes its own split kernel in place of 2 (packed_attention_fp16.cu: each warp its own
+// tokens and running softmax, the warps merged once per block, no barrier between a warp's
+// loads and their use). Opt-in: it has not yet run its parity tests on a GPU.
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.
 //

@@ -54,6 +54,22 @@ struct PackedCacheDevice::Impl {
 
 [[noreturn]] void packed_device_fail(const std::string& what);
 
+/// What the fp16 split kernel (packed_attention_fp16.cu) reads: the layer's ring, the
+/// counts, the queries [S, Hq, D] and the split plan of decode_attention_device; it writes
+/// part's records [S, Hq, splits, 2 + D] (m, l, acc) for the combine kernel.
+struct Fp16SplitArgs {
+    const uint16_t* ring;
+    const int64_t* counts;
+    const float* q;
+    float* part;
+    int D, Q, H, Hq, S, tile, tiles_per_split, splits;
+    int64_t W, layer;
+};
+
+/// Launches the fp16 split kernel on `st`; false (nothing launched) for a head_dim other
+/// than 64 or 128 or a GQA group other than 1, 2 or 4, which the general kernel takes.
+bool launch_fp16_split(const Fp16SplitArgs& g, cudaStream_t st);
+
 /// Copies the host cache's per-head quantizer parameters to m.head_params (bytes copied).
 int64_t upload_head_params(PackedCacheDevice::Impl& m, const pkv_rt::PackedCache& host);
 

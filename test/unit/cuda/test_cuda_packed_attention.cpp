@@ -14,6 +14,7 @@
 // 10 times the tolerance, and attention without its top-scoring token by more than it.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <random>
@@ -199,6 +200,40 @@ TEST_CASE("cuda packed attention: kivi and fp16 equal decode_attention_ref") {
     SECTION("fp16, D 64, GQA 1:1, 300 tokens (three 128-token tiles)") {
         c.method = CacheMethod::fp16, c.n_head = 2, c.n_head_kv = 2;
         check_case(c, {300});
+    }
+    SECTION("fp16, D 64, GQA 2:1, sequences of 1037 and 45 tokens (many splits)") {
+        c.method = CacheMethod::fp16, c.n_head = 4, c.n_head_kv = 2, c.n_seq = 2;
+        check_case(c, {1037, 45});
+    }
+}
+
+// The fp16 warp split kernel (packed_attention_fp16.cu, opt-in with PKV_FP16_WARP=1) against
+// the same reference and tolerance: GQA 1, 2 and 4 at D 64 and 128, rounds of 8 tokens that
+// end mid-split, splits without tokens; GQA 8 falls back to the general kernel.
+TEST_CASE("cuda packed attention: the fp16 warp kernel equals decode_attention_ref") {
+    PKV_REQUIRE_GPU_PACKED();
+    struct Env {
+        Env() { setenv("PKV_FP16_WARP", "1", 1); }
+        ~Env() { unsetenv("PKV_FP16_WARP"); }
+    } env;
+    PackedCase c;
+    c.P = 70;
+    c.method = CacheMethod::fp16;
+    SECTION("D 128, GQA 4:1, five sequences") {
+        c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97});
+    }
+    SECTION("D 64, GQA 1:1, 300 tokens") {
+        c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {300});
+    }
+    SECTION("D 64, GQA 2:1, sequences of 1037 and 45 tokens") {
+        c.n_head = 4, c.n_head_kv = 2, c.n_seq = 2;
+        check_case(c, {1037, 45});
+    }
+    SECTION("D 128, GQA 8:1 (the general kernel)") {
+        c.D = 128, c.n_head = 8, c.n_head_kv = 1;
+        check_case(c, {333});
     }
 }
 
