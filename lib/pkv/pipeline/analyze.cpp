@@ -240,31 +240,30 @@ void simulate_group(const Context& x, const std::vector<size_t>& idx, const std:
     }
 }
 
-// Adds each run's errors, bits and flatness, item after item, so that every accumulator
-// gets its sequences in order whatever the grouping.
-void measure_group(const Context& x, const std::vector<size_t>& idx, const std::vector<Work>& ws,
-                   const std::vector<std::vector<float>>& ks, const std::vector<std::vector<float>>& vs,
-                   const std::vector<std::vector<SimResult>>& sk, const std::vector<std::vector<SimResult>>& sv) {
+// Adds each run's errors, bits and flatness of one item (sequence of one head); every
+// (run, tensor) has its own accumulators, so they are filled in parallel, and an
+// accumulator gets its sequences in order whatever the grouping.
+void measure_item(const Context& x, const std::vector<size_t>& idx, const Work& wk, const std::vector<float>& ks,
+                  const std::vector<float>& vs, const std::vector<SimResult>& sk, const std::vector<SimResult>& sv) {
     const int D = x.D;
-    for (size_t w = 0; w < ws.size(); ++w) {
-        const int64_t n = ws[w].sd->n;
-        const float* k = ks[w].data();
-        const float* v = vs[w].data();
+    const int64_t n = wk.sd->n;
 #pragma omp parallel for schedule(dynamic)
-        for (int64_t i = 0; i < static_cast<int64_t>(idx.size()); ++i) {
-            const bool pattern = is_pattern_method(x.out.runs[idx[i]].method);
-            ConfigAccum& acc = ws[w].pr->configs[idx[i]];
-            // Errors over the tokens the cache stored; bits over what its final state keeps.
-            auto add = [&](ErrorAccum& e, FlatnessAccum& f, KvTensor tensor, const float* data, const SimResult& r) {
-                const int64_t s0 = r.stored_from;
-                e.add(data + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
-                e.bits += r.bits.total();
-                e.elements += static_cast<double>(n - r.kept_from) * D;
-                if (pattern) accumulate_flatness(f, tensor, data, n, D, x.c.group, &r);
-            };
-            if (x.out.has_k) add(acc.k, acc.flat_k, KvTensor::k, k, sk[w][i]);
-            if (x.out.has_v) add(acc.v, acc.flat_v, KvTensor::v, v, sv[w][i]);
-        }
+    for (int64_t j = 0; j < 2 * static_cast<int64_t>(idx.size()); ++j) {
+        const size_t i = static_cast<size_t>(j / 2);
+        const bool keys = j % 2 == 0;
+        if (keys ? !x.out.has_k : !x.out.has_v) continue;
+        ConfigAccum& acc = wk.pr->configs[idx[i]];
+        ErrorAccum& e = keys ? acc.k : acc.v;
+        const SimResult& r = keys ? sk[i] : sv[i];
+        const float* data = keys ? ks.data() : vs.data();
+        // Errors over the tokens the cache stored; bits over what its final state keeps.
+        const int64_t s0 = r.stored_from;
+        e.add(data + s0 * D, r.recon.data() + s0 * D, (n - s0) * D);
+        e.bits += r.bits.total();
+        e.elements += static_cast<double>(n - r.kept_from) * D;
+        if (is_pattern_method(x.out.runs[idx[i]].method))
+            accumulate_flatness(keys ? acc.flat_k : acc.flat_v, keys ? KvTensor::k : KvTensor::v, data, n, D, x.c.group,
+                                &r);
     }
 }
 
@@ -400,23 +399,24 @@ void analyze_group(const Context& x, Group& gr) {
             simulate_group(x, b.idx, ws, b.ks, b.vs, b.sk, b.sv);
             add_seconds(tm.simulate, t0);
         }
-        t0 = std::chrono::steady_clock::now();
-        measure_group(x, b.idx, ws, b.ks, b.vs, b.sk, b.sv);
+        // Item after item: its figures here, then its attention job, which a GPU scorer works
+        // on while the next item is measured.
         for (size_t w = 0; w < ws.size(); ++w) {
+            t0 = std::chrono::steady_clock::now();
+            measure_item(x, b.idx, ws[w], b.ks[w], b.vs[w], b.sk[w], b.sv[w]);
             PairResult& pr = *ws[w].pr;
-            if (!pr.has_hist || rot) continue;
-            for (size_t i = 0; i < b.idx.size(); ++i) {
-                if (static_cast<int>(b.idx[i]) != x.hist_run) continue;
-                if (x.out.has_k) add_histogram(x, pr.hist_k, b.ks[w], ws[w].sd->n, b.sk[w][i], true);
-                if (x.out.has_v) add_histogram(x, pr.hist_v, b.vs[w], ws[w].sd->n, b.sv[w][i], false);
-            }
+            if (pr.has_hist && !rot)
+                for (size_t i = 0; i < b.idx.size(); ++i) {
+                    if (static_cast<int>(b.idx[i]) != x.hist_run) continue;
+                    if (x.out.has_k) add_histogram(x, pr.hist_k, b.ks[w], ws[w].sd->n, b.sk[w][i], true);
+                    if (x.out.has_v) add_histogram(x, pr.hist_v, b.vs[w], ws[w].sd->n, b.sv[w][i], false);
+                }
+            add_seconds(tm.measure, t0);
+            if (!x.out.has_attn) continue;
+            t0 = std::chrono::steady_clock::now();
+            add_attention(x, b.idx, rot == 1, *ws[w].sd, b.ks[w], b.vs[w], b.sk[w], b.sv[w], pr);
+            add_seconds(tm.attention, t0);
         }
-        add_seconds(tm.measure, t0);
-        if (!x.out.has_attn) continue;
-        t0 = std::chrono::steady_clock::now();
-        for (size_t w = 0; w < ws.size(); ++w)
-            add_attention(x, b.idx, rot == 1, *ws[w].sd, b.ks[w], b.vs[w], b.sk[w], b.sv[w], *ws[w].pr);
-        add_seconds(tm.attention, t0);
     }
 }
 
