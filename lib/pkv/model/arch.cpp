@@ -196,6 +196,15 @@ std::vector<ModelFinding> model_findings(const GgufFile& f) {
         out.push_back({e.code(), e.what()});
         return out;
     }
+    // The plan names every tensor of every layer: a block count no file of this size could
+    // hold is refused before that list is made (a corrupt count would exhaust memory).
+    if (hp.n_layer > f.tensors().size()) {
+        out.push_back({ErrorCode::data_loss,
+                       fmt::format("{}: metadata '{}.block_count' = {}: the file holds {} tensors, fewer than one per "
+                                   "layer",
+                                   f.path(), hp.arch, hp.n_layer, f.tensors().size())});
+        return out;
+    }
     const std::vector<TensorReq> plan = model_tensor_plan(hp);
     check_planned(f, plan, out);
     check_unused(f, *d, plan, out);

@@ -48,6 +48,11 @@ void read_sizes(const GgufFile& f, const std::string& a, LlamaHparams& hp) {
     hp.n_ctx_train = required_u32(f, a + "context_length");
     hp.n_embd = required_u32(f, a + "embedding_length");
     hp.n_layer = required_u32(f, a + "block_count");
+    // Per-layer tables are sized by it before any tensor is looked at; the deepest released
+    // models have a few hundred blocks, so a count beyond this is a corrupt file.
+    constexpr uint32_t kMaxLayers = 65536;
+    PKV_CHECK(hp.n_layer <= kMaxLayers, data_loss, "{}: metadata '{}block_count' = {}: expected at most {}", f.path(),
+              a, hp.n_layer, kMaxLayers);
     hp.n_ff = required_u32(f, a + "feed_forward_length");
     hp.n_head = required_u32(f, a + "attention.head_count");
     hp.n_head_kv = optional_u32(f, a + "attention.head_count_kv", hp.n_head);

@@ -4,6 +4,8 @@
 #include "catch.h"
 #include "pkv/core/error.h"
 #include "pkv/gguf/gguf.h"
+#include "pkv/gguf/gguf_writer.h"
+#include "pkv/model/arch.h"
 #include "pkv/model/llama.h"
 #include "tiny_llama.h"
 
@@ -202,4 +204,32 @@ TEST_CASE("model errors name the file, the field and what was expected", "[model
         CHECK(e.code() == ErrorCode::unsupported);
         CHECK_THAT(std::string(e.what()), ContainsSubstring("head_count_kv"));
     }
+}
+
+TEST_CASE("hparams: a block count no model could have is refused before anything is sized by it", "[model][hparams]") {
+    ScratchDir dir;
+    // A llama header with one tensor: what a corrupt or hostile file may claim.
+    auto write = [&](const std::string& name, uint32_t blocks) {
+        GgufWriter g;
+        g.set_string("general.architecture", "llama");
+        g.set_u32("llama.context_length", 1024);
+        g.set_u32("llama.embedding_length", 32);
+        g.set_u32("llama.block_count", blocks);
+        g.set_u32("llama.feed_forward_length", 48);
+        g.set_u32("llama.attention.head_count", 4);
+        g.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+        g.add_tensor_f32("token_embd.weight", {32, 2}, std::vector<float>(64, 0.5f));
+        const std::string path = dir.path(name);
+        g.write(path, true);
+        return path;
+    };
+    const std::string huge = write("huge.gguf", 100000);
+    CHECK_THROWS_WITH(llama_hparams_from_gguf(*GgufFile::open(huge)),
+                      ContainsSubstring("metadata 'llama.block_count' = 100000: expected at most 65536"));
+    const std::string many = write("many.gguf", 1000);
+    const std::vector<ModelFinding> f = model_findings(*GgufFile::open(many));
+    REQUIRE(f.size() == 1);
+    CHECK(f[0].code == ErrorCode::data_loss);
+    CHECK_THAT(f[0].message, ContainsSubstring("'llama.block_count' = 1000: the file holds 1 tensors"));
+    CHECK_THAT(std::string(model_error(many).what()), ContainsSubstring("fewer than one per layer"));
 }
