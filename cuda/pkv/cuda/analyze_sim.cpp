@@ -15,14 +15,6 @@ namespace pkv::cuda {
 
 namespace {
 
-// What simulate_cache gives for one job (the host's path).
-SimResult on_host(const SimParams& params, int D, const SimJob& j) {
-    SimParams sp = params;
-    sp.ring = j.ring;
-    sp.table_k = sp.table_v = j.table;
-    return simulate_cache(sp, j.tensor, j.x, j.n, D, j.prefill);
-}
-
 class DeviceSimulator final : public CacheSimulator {
 public:
     explicit DeviceSimulator(int device) : ws_(check_device(device)) {
@@ -43,7 +35,7 @@ public:
                 PKV_ASSERT(jobs[i].table != nullptr);
                 bits = jobs[i].table->bits > 0 ? jobs[i].table->bits : params.bits;
             }
-            if (host_all || bits == 16) out[i] = on_host(params, D, jobs[i]);
+            if (host_all || bits == 16) out[i] = simulate_job(params, D, jobs[i]);
             else by_bits[bits].push_back(i);
         }
         for (const auto& [bits, idx] : by_bits) run(params, bits, D, jobs, idx, out);

@@ -3,7 +3,6 @@
 #include "pkv/cuda/engine_sim_cache.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "pkv/core/error.h"

@@ -46,6 +46,15 @@ public:
     virtual std::vector<SimResult> simulate(const SimParams& params, int D, const std::vector<SimJob>& jobs) = 0;
 };
 
+/// simulate_cache on one job: `params` with the job's ring and table view; the reference
+/// every simulator's results are held against.
+inline SimResult simulate_job(const SimParams& params, int D, const SimJob& job) {
+    SimParams sp = params;
+    sp.ring = job.ring;
+    sp.table_k = sp.table_v = job.table;
+    return simulate_cache(sp, job.tensor, job.x, job.n, D, job.prefill);
+}
+
 /// Makes the simulator for one analysis (called once, after the input is validated).
 using CacheSimulatorFactory = std::function<std::unique_ptr<CacheSimulator>()>;
 

@@ -137,13 +137,17 @@ void simulate_group(const Context& x, const std::vector<size_t>& idx, const std:
         sp.bits = x.out.runs[run].bits;
         return sp;
     };
+    auto job = [&](size_t w, KvTensor t) {
+        const SeqData& sd = *ws[w].sd;
+        const bool keys = t == KvTensor::k;
+        return SimJob{keys ? ks[w].data() : vs[w].data(), sd.n, sd.P, sd.ring, t, keys ? &ws[w].tk : &ws[w].tv};
+    };
     if (x.sim) {
         for (size_t i = 0; i < I; ++i) {
             std::vector<SimJob> jobs;
             for (size_t w = 0; w < W; ++w) {
-                const SeqData& sd = *ws[w].sd;
-                if (x.out.has_k) jobs.push_back({ks[w].data(), sd.n, sd.P, sd.ring, KvTensor::k, &ws[w].tk});
-                if (x.out.has_v) jobs.push_back({vs[w].data(), sd.n, sd.P, sd.ring, KvTensor::v, &ws[w].tv});
+                if (x.out.has_k) jobs.push_back(job(w, KvTensor::k));
+                if (x.out.has_v) jobs.push_back(job(w, KvTensor::v));
             }
             std::vector<SimResult> r = x.sim->simulate(params(idx[i]), D, jobs);
             PKV_CHECK(r.size() == jobs.size(), internal, "analyze: the cache simulator returned {} results for {} jobs",
@@ -159,13 +163,8 @@ void simulate_group(const Context& x, const std::vector<size_t>& idx, const std:
 #pragma omp parallel for schedule(dynamic)
     for (int64_t j = 0; j < static_cast<int64_t>(W * I); ++j) {
         const size_t w = static_cast<size_t>(j) / I, i = static_cast<size_t>(j) % I;
-        const SeqData& sd = *ws[w].sd;
-        SimParams sp = params(idx[i]);
-        sp.table_k = &ws[w].tk;
-        sp.table_v = &ws[w].tv;
-        sp.ring = sd.ring;
-        if (x.out.has_k) sk[w][i] = simulate_cache(sp, KvTensor::k, ks[w].data(), sd.n, D, sd.P);
-        if (x.out.has_v) sv[w][i] = simulate_cache(sp, KvTensor::v, vs[w].data(), sd.n, D, sd.P);
+        if (x.out.has_k) sk[w][i] = simulate_job(params(idx[i]), D, job(w, KvTensor::k));
+        if (x.out.has_v) sv[w][i] = simulate_job(params(idx[i]), D, job(w, KvTensor::v));
     }
 }
 

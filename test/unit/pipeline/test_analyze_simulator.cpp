@@ -38,12 +38,11 @@ public:
         for (const SimJob& j : jobs) {
             tokens += j.n;
             calls_.rings.push_back(j.ring);
-            SimParams sp = params;
-            sp.ring = j.ring;
-            sp.table_k = sp.table_v = j.table;
-            // The job's arrays are only borrowed: simulate a copy, then spoil the caller's view of it.
+            // The job's arrays are only borrowed: simulate a copy.
             std::vector<float> x(j.x, j.x + j.n * D);
-            out.push_back(simulate_cache(sp, j.tensor, x.data(), j.n, D, j.prefill));
+            SimJob own = j;
+            own.x = x.data();
+            out.push_back(simulate_job(params, D, own));
             out.back().units.clear();
         }
         calls_.tokens.push_back(tokens);
