@@ -135,6 +135,7 @@ struct Row {
     int splits;
     double us, mb;
     double append_us = 0, flush_us = 0;  // a decode step's append: mean over R + 1 steps, the flushing step
+    std::string kernel;                  // the split kernel that ran (PackedCacheDevice::last_split_kernel)
 };
 
 double median(std::vector<float> v) {
@@ -181,6 +182,7 @@ Row run(CacheMethod method, const Options& o, int64_t batch, int64_t ctx, const 
     }
     Row row{
         name, batch, ctx, o.splits > 0 ? o.splits : dev.choose_splits(0), median(ms) * 1e3, dev.bytes_read(0) / 1e6};
+    row.kernel = dev.last_split_kernel();
     // Appends: from n0 = ctx - 2R tokens with an empty K ring (KIVI V: R + 1 in its ring), R
     // steps without a K flush and then the step that flushes a block (KIVI V flushes one
     // token every step); timed as the mean over the R + 1 steps and that last step alone.
@@ -312,13 +314,13 @@ int main(int argc, char** argv) {
                         static_cast<long long>(kv.first.second), t.at("fp16") / t.at(pkv), t.at(kivi) / t.at(pkv));
         }
         std::printf("# append (device, one decode step of the layer): mean over R + 1 steps and the step that\n");
-        std::printf("# flushes a block, in us and as a share of that decode_attention call\n");
-        std::printf("# %-12s %5s %8s %10s %10s %8s %8s\n", "method", "batch", "context", "mean_us", "flush_us",
-                    "pct_mean", "pct_flush");
+        std::printf("# flushes a block, in us and as a share of that decode_attention call; the call's split kernel\n");
+        std::printf("# %-12s %5s %8s %10s %10s %8s %8s %s\n", "method", "batch", "context", "mean_us", "flush_us",
+                    "pct_mean", "pct_flush", "kernel");
         for (const Row& r : appends)
-            std::printf("# %-12s %5lld %8lld %10.2f %10.2f %8.1f %8.1f\n", r.method.c_str(),
+            std::printf("# %-12s %5lld %8lld %10.2f %10.2f %8.1f %8.1f %s\n", r.method.c_str(),
                         static_cast<long long>(r.batch), static_cast<long long>(r.context), r.append_us, r.flush_us,
-                        100.0 * r.append_us / r.us, 100.0 * r.flush_us / r.us);
+                        100.0 * r.append_us / r.us, 100.0 * r.flush_us / r.us, r.kernel.c_str());
     } catch (const std::exception& e) {
         std::fprintf(stderr, "decode_attention: %s\n", e.what());
         return 1;

@@ -485,6 +485,11 @@ SplitFn pick(int D, int bits, int Q, bool fp16) {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
+bool env_is_one(const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == "1";
+}
+
 }  // namespace
 
 int PackedCacheDevice::choose_splits(int layer) const {
@@ -501,6 +506,8 @@ int PackedCacheDevice::choose_splits(int layer) const {
     const int64_t want = std::max<int64_t>(1, kMinBlocks * int64_t{m.sms} / per_head);
     return static_cast<int>(std::max<int64_t>(1, std::min(want, tiles)));
 }
+
+const char* PackedCacheDevice::last_split_kernel() const { return impl_->last_kernel; }
 
 int64_t PackedCacheDevice::bytes_read(int layer) const {
     const Impl& m = *impl_;
@@ -563,9 +570,44 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
     m.part.reserve(static_cast<size_t>(c.n_seq) * c.n_head * splits * (2 + c.head_dim + g.Mv));
     const Fp16SplitArgs f16{m.ring.get(), m.d_counts.get(),  q_dev,    m.part.get(), g.D,    g.Q, g.H, g.Hq, g.S,
                             g.tile,       g.tiles_per_split, g.splits, g.W,          g.layer};
-    // The warp kernel is opt-in until it has run its parity tests on a GPU (packed_attention.h).
-    const char* warp = std::getenv("PKV_FP16_WARP");
-    if (!(fp16 && warp != nullptr && std::string(warp) == "1" && launch_fp16_split(f16, st))) {
+    const QuantSplitArgs qa{m.blocks[0].get(),
+                            m.blocks[1].get(),
+                            m.ring.get(),
+                            m.d_counts.get(),
+                            q_dev,
+                            m.qc.get(),
+                            m.part.get(),
+                            g.D,
+                            g.R,
+                            g.G,
+                            g.Gv,
+                            g.bits,
+                            g.Q,
+                            g.H,
+                            g.Hq,
+                            g.S,
+                            g.Mk,
+                            g.Mv,
+                            g.tiles_per_split,
+                            g.splits,
+                            g.table,
+                            g.B,
+                            g.W,
+                            g.layer,
+                            g.kbytes,
+                            g.vbytes,
+                            g.row_bytes,
+                            g.k_params,
+                            g.v_params,
+                            g.k_index,
+                            g.v_index,
+                            g.v_gate};
+    // The warp kernels are opt-in until they have run their parity tests on a GPU (packed_attention.h).
+    const bool warp = env_is_one(fp16 ? "PKV_FP16_WARP" : "PKV_QUANT_WARP");
+    if (warp && (fp16 ? launch_fp16_split(f16, st) : launch_quant_split(qa, st))) {
+        m.last_kernel = fp16 ? "fp16-warp" : "quant-warp";
+    } else {
+        m.last_kernel = "general";
         const SplitFn fn = pick(c.head_dim, c.bits, g.Q, fp16);
         if (g.sm_total > 48 * 1024)  // the default limit; above it a kernel must opt in
             PKV_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),

@@ -27,7 +27,9 @@
 // With PKV_FP16_WARP=1 in the environment, fp16 at head_dim 64 or 128 with GQA 1, 2 or 4
 // takes its own split kernel in place of 2 (packed_attention_fp16.cu: each warp its own
 // tokens and running softmax, the warps merged once per block, no barrier between a warp's
-// loads and their use). Opt-in: it has not yet run its parity tests on a GPU.
+// loads and their use); with PKV_QUANT_WARP=1, KIVI and patternkv-table at 2 or 4 bits do
+// likewise (packed_attention_quant.cu: head_dim 64 or 128, GQA 1, 2 or 4, R and G multiples
+// of 32). Opt-in: neither has yet run its parity tests on a GPU.
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.
 //
@@ -112,6 +114,9 @@ public:
     /// Bytes one decode_attention over `layer` reads from the cache (blocks it stages, ring
     /// rows, patterns), for bandwidth figures.
     int64_t bytes_read(int layer) const;
+    /// Which split kernel the last decode_attention ran: "general", "fp16-warp" or
+    /// "quant-warp" ("" before any), for tests and benchmarks.
+    const char* last_split_kernel() const;
 
     struct Impl;  ///< internal (packed_device_impl.cuh): the device arrays and counts
 

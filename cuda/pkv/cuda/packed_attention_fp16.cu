@@ -16,6 +16,7 @@
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/packed_device_impl.cuh"
+#include "pkv/cuda/packed_warp.cuh"
 
 namespace pkv::cuda {
 
@@ -23,7 +24,9 @@ namespace {
 
 constexpr int kWarps16 = 4;
 constexpr int kTok = 8;  // tokens per round of a warp: its loads are in flight together
-constexpr unsigned kFull = 0xffffffffu;
+using lanes::kFull;
+using lanes::log2_of;
+using lanes::reduce_scatter;
 
 // C binary16 values (one aligned load of 2 C bytes) as packed words.
 template <int C>
@@ -51,30 +54,6 @@ __device__ __forceinline__ void to_floats(const RowBits<C>& r, float (&x)[C]) {
         x[2 * i] = f.x, x[2 * i + 1] = f.y;
     }
 }
-
-// Sums N values per lane over the warp, leaving lane L the total of value L >> (5 − log2 N):
-// the first log2 N butterfly stages halve the values each lane keeps, the rest add.
-template <int N, int O, int M>
-__device__ __forceinline__ void reduce_scatter(float (&v)[M], int lane) {
-    if constexpr (O >= 1) {
-        if constexpr (N > 1) {
-            constexpr int H = N / 2;
-            const bool up = (lane & O) != 0;
-#pragma unroll
-            for (int i = 0; i < H; ++i) {
-                const float send = up ? v[i] : v[i + H];
-                const float keep = up ? v[i + H] : v[i];
-                v[i] = keep + __shfl_xor_sync(kFull, send, O);
-            }
-            reduce_scatter<H, O / 2>(v, lane);
-        } else {
-            v[0] += __shfl_xor_sync(kFull, v[0], O);
-            reduce_scatter<1, O / 2>(v, lane);
-        }
-    }
-}
-
-constexpr int log2_of(int n) { return n <= 1 ? 0 : 1 + log2_of(n / 2); }
 
 template <int D, int Q>
 __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs g) {
@@ -141,16 +120,11 @@ __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs
         reduce_scatter<kVals, 16>(dots, lane);
         const float sc = j0 + my_u < j_end ? dots[0] * inv_sqrt_d : -INFINITY;
         // The lanes of one query head differ in the token bits of the lane: offsets 4, 8, 16.
-        float mt = sc;
-#pragma unroll
-        for (int o = 32 / kTok; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(kFull, mt, o));
+        const float mt = lanes::max_over<32 / kTok>(sc);
         const float m_new = fmaxf(m, mt);
         const float resc = expf(m - m_new);  // 0 on the warp's first round (m = -inf)
         const float p = expf(sc - m_new);    // 0 for a token past the split
-        float ps = p;
-#pragma unroll
-        for (int o = 32 / kTok; o < 32; o <<= 1) ps += __shfl_xor_sync(kFull, ps, o);
-        l = l * resc + ps;
+        l = l * resc + lanes::sum_over<32 / kTok>(p);
         m = m_new;
 #pragma unroll
         for (int a = 0; a < Q; ++a) {

@@ -41,6 +41,7 @@ struct PackedCacheDevice::Impl {
     std::vector<uint8_t> prefill;                // [S]
     bool loaded = false;                         // an upload() happened (sync() needs one first)
     int64_t last_bytes = 0;
+    const char* last_kernel = "";  // the split kernel of the last decode_attention
 
     // Scratch of decode_attention: host-array staging and the splits' partial results.
     DeviceBuffer<float> q, out, qc, part;
@@ -69,6 +70,29 @@ struct Fp16SplitArgs {
 /// Launches the fp16 split kernel on `st`; false (nothing launched) for a head_dim other
 /// than 64 or 128 or a GQA group other than 1, 2 or 4, which the general kernel takes.
 bool launch_fp16_split(const Fp16SplitArgs& g, cudaStream_t st);
+
+/// What the quantized methods' split kernel (packed_attention_quant.cu) reads: the layer's
+/// blocks and ring, the counts, the queries [S, Hq, D] and q·c [S, Hq, Mk] (patternkv-table),
+/// the block layout and the split plan; it writes part's records [S, Hq, splits, 2 + D + Mv]
+/// (Mv: 0 for KIVI) for the combine kernel.
+struct QuantSplitArgs {
+    const uint8_t* kblocks;
+    const uint8_t* vblocks;
+    const uint16_t* ring;
+    const int64_t* counts;
+    const float* q;
+    const float* qc;
+    float* part;
+    int D, R, G, Gv, bits, Q, H, Hq, S, Mk, Mv, tiles_per_split, splits;
+    bool table;
+    int64_t B, W, layer, kbytes, vbytes, row_bytes, k_params, v_params, k_index, v_index, v_gate;
+};
+
+/// Launches the quantized split kernel on `st`; false (nothing launched) where the general
+/// kernel must serve: bits other than 2 or 4, head_dim other than 64 or 128, GQA other than
+/// 1, 2 or 4, R or G not a multiple of 32, a V group smaller than a lane's 32 / bits
+/// channels, or more than 48 KB of shared memory.
+bool launch_quant_split(const QuantSplitArgs& g, cudaStream_t st);
 
 /// Copies the host cache's per-head quantizer parameters to m.head_params (bytes copied).
 int64_t upload_head_params(PackedCacheDevice::Impl& m, const pkv_rt::PackedCache& host);

@@ -113,7 +113,7 @@ Worst compare(const PackedCase& c, const Filled& f, const float* q, const float*
 
 // Builds the case's cache, uploads it and checks the device against the reference with
 // the chosen split count and with 1 and 3 splits.
-void check_case(const PackedCase& c, const std::vector<int64_t>& lengths) {
+void check_case(const PackedCase& c, const std::vector<int64_t>& lengths, const std::string& kernel = "general") {
     const Filled f = fill(c, lengths, *std::max_element(lengths.begin(), lengths.end()) + 5);
     PackedCacheDevice dev(f.cache->config());
     dev.upload(*f.cache);
@@ -130,6 +130,7 @@ void check_case(const PackedCase& c, const std::vector<int64_t>& lengths) {
                                          << "): worst vs ref " << w.ref << ", vs double " << w.plain
                                          << ", vs unquantized " << w.exact << ", one token dropped " << w.dropped
                                          << ", tol " << tol);
+        CHECK(std::string(dev.last_split_kernel()) == kernel);
         CHECK(w.ref <= tol);
         CHECK(w.plain <= tol);
         CHECK(w.dropped > tol);
@@ -221,18 +222,66 @@ TEST_CASE("cuda packed attention: the fp16 warp kernel equals decode_attention_r
     c.method = CacheMethod::fp16;
     SECTION("D 128, GQA 4:1, five sequences") {
         c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
-        check_case(c, {201, 150, 71, 333, 97});
+        check_case(c, {201, 150, 71, 333, 97}, "fp16-warp");
     }
     SECTION("D 64, GQA 1:1, 300 tokens") {
         c.n_head = 2, c.n_head_kv = 2;
-        check_case(c, {300});
+        check_case(c, {300}, "fp16-warp");
     }
     SECTION("D 64, GQA 2:1, sequences of 1037 and 45 tokens") {
         c.n_head = 4, c.n_head_kv = 2, c.n_seq = 2;
-        check_case(c, {1037, 45});
+        check_case(c, {1037, 45}, "fp16-warp");
     }
     SECTION("D 128, GQA 8:1 (the general kernel)") {
         c.D = 128, c.n_head = 8, c.n_head_kv = 1;
+        check_case(c, {333});
+    }
+}
+
+// The quantized warp split kernel (packed_attention_quant.cu, opt-in with PKV_QUANT_WARP=1)
+// against the same reference and tolerance: KIVI and patternkv-table at 2 and 4 bits, D 64
+// and 128, GQA 1, 2 and 4, V groups of 32 and 128 channels, K groups smaller than a block,
+// ring tokens, rounds ending mid-split, splits without tokens; 3 bits and GQA 8 fall back to
+// the general kernel.
+TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attention_ref") {
+    PKV_REQUIRE_GPU_PACKED();
+    struct Env {
+        Env() { setenv("PKV_QUANT_WARP", "1", 1); }
+        ~Env() { unsetenv("PKV_QUANT_WARP"); }
+    } env;
+    PackedCase c;
+    c.P = 70;
+    SECTION("patternkv-table, D 64, M 16, 2 bits, GQA 2:1, five sequences") {
+        c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97}, "quant-warp");
+    }
+    SECTION("patternkv-table, D 128, M 32, 2 bits, GQA 4:1, R 128, G 128, sequences of 1037 and 45 tokens") {
+        c.D = 128, c.M = 32, c.R = 128, c.G = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 2, c.P = 300;
+        check_case(c, {1037, 45}, "quant-warp");
+    }
+    SECTION("patternkv-table, D 128, M 256, 4 bits, L2 assignment, GQA 1:1, R 64, G 32") {
+        c.D = 128, c.M = 256, c.bits = 4, c.R = 64, c.G = 32, c.n_head = 2, c.n_head_kv = 2;
+        c.assign = pkv_rt::Assign::l2;
+        check_case(c, {530}, "quant-warp");
+    }
+    SECTION("kivi, D 128, 2 bits, GQA 4:1, five sequences") {
+        c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
+        check_case(c, {201, 150, 71, 333, 97}, "quant-warp");
+    }
+    SECTION("kivi, D 64, 4 bits, GQA 1:1") {
+        c.method = CacheMethod::kivi, c.bits = 4, c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {250}, "quant-warp");
+    }
+    SECTION("kivi, D 64, 2 bits, GQA 2:1, R 64, G 32, sequences of 1037 and 600 tokens") {
+        c.method = CacheMethod::kivi, c.R = 64, c.n_seq = 2;
+        check_case(c, {1037, 600}, "quant-warp");
+    }
+    SECTION("patternkv-table, D 64, 3 bits (the general kernel)") {
+        c.bits = 3;
+        check_case(c, {201});
+    }
+    SECTION("kivi, D 128, 2 bits, GQA 8:1 (the general kernel)") {
+        c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8, c.n_head_kv = 1;
         check_case(c, {333});
     }
 }
