@@ -36,35 +36,50 @@ __device__ __forceinline__ bool grid_bits(float mn, float mx, int bits, float cl
     return isfinite(__half2float(__ushort_as_half(z16))) && isfinite(__half2float(__ushort_as_half(s16)));
 }
 
-// The pattern nearest to v among M rows of D floats (the lowest index on ties): the
-// min-max distance (max - min of v - c, in double) or the squared L2 distance (double).
+// The distance of v to pattern c: the min-max distance (max - min of v - c, in double) or
+// the squared L2 distance (double), summed over channels in order.
+__device__ inline double pattern_distance(const float* v, const float* c, bool l2, int D) {
+    if (l2) {
+        double d = 0.0;
+        for (int t = 0; t < D; ++t) {
+            const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
+            d = __fma_rn(e, e, d);
+        }
+        return d;
+    }
+    double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
+    for (int t = 1; t < D; ++t) {
+        const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
+        lo = dmin(lo, r);
+        hi = dmax(hi, r);
+    }
+    return __dsub_rn(hi, lo);
+}
+
+// The pattern nearest to v among M rows of D floats (the lowest index on ties).
 __device__ inline int nearest_pattern(const float* v, const float* pat, int M, bool l2, int D) {
     int best = 0;
     double best_d = 0.0;
     for (int j = 0; j < M; ++j) {
-        const float* c = pat + static_cast<int64_t>(j) * D;
-        double d;
-        if (l2) {
-            d = 0.0;
-            for (int t = 0; t < D; ++t) {
-                const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-                d = __fma_rn(e, e, d);
-            }
-        } else {
-            double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
-            for (int t = 1; t < D; ++t) {
-                const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
-                lo = dmin(lo, r);
-                hi = dmax(hi, r);
-            }
-            d = __dsub_rn(hi, lo);
-        }
+        const double d = pattern_distance(v, pat + static_cast<int64_t>(j) * D, l2, D);
         if (j == 0 || d < best_d) {
             best_d = d;
             best = j;
         }
     }
     return best;
+}
+
+// The value gate's test on the extremes of v and of v - c over the channels.
+__device__ inline bool gate_from_extremes(float vmin, float vmax, float rmin, float rmax, int D, double z) {
+    const double rv = __dsub_rn(static_cast<double>(vmax), static_cast<double>(vmin));
+    if (rv <= 0.0) return false;
+    const double rho = __ddiv_rn(__dsub_rn(static_cast<double>(rmax), static_cast<double>(rmin)), rv);
+    if (!isfinite(rho)) return false;
+    const double rho2 = __dmul_rn(rho, rho);
+    const double lhs = __dsub_rn(1.0, rho2);
+    const double k = __ddiv_rn(__dadd_rn(z, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
+    return lhs >= __dmul_rn(k, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
 }
 
 // The value gate (v_gate_rho then v_gate_passes): subtract pattern c from v or not.
@@ -77,14 +92,7 @@ __device__ inline bool gate_passes(const float* v, const float* c, int D, double
         rmin = smin(rmin, e);
         rmax = smax(rmax, e);
     }
-    const double rv = __dsub_rn(static_cast<double>(vmax), static_cast<double>(vmin));
-    if (rv <= 0.0) return false;
-    const double rho = __ddiv_rn(__dsub_rn(static_cast<double>(rmax), static_cast<double>(rmin)), rv);
-    if (!isfinite(rho)) return false;
-    const double rho2 = __dmul_rn(rho, rho);
-    const double lhs = __dsub_rn(1.0, rho2);
-    const double k = __ddiv_rn(__dadd_rn(z, z), __dsqrt_rn(__dmul_rn(5.0, static_cast<double>(D))));
-    return lhs >= __dmul_rn(k, __dsqrt_rn(__fma_rn(rho2, rho2, 1.0)));
+    return gate_from_extremes(vmin, vmax, rmin, rmax, D, z);
 }
 
 // The code of x on a grid of zero z and scale s (both binary16 values): round half to
