@@ -7,6 +7,8 @@
 
 #include <Eigen/Dense>
 
+#include "pkv/core/eigen_blocking.h"
+
 namespace pkv {
 
 namespace {
@@ -128,6 +130,7 @@ void accumulate_flatness(FlatnessAccum& acc, KvTensor tensor, const float* x, in
 
 void accumulate_attention(const float* q, const float* k, const float* v, int64_t n, int D, int stride,
                           const std::vector<AttnCache>& caches, int64_t window, float kq_scale) {
+    fix_eigen_blocking();
     if (n <= 0 || caches.empty()) return;
     constexpr int64_t kBlock = 64;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(D));

@@ -4,9 +4,21 @@
 #include <vector>
 
 #include "catch.h"
+#include "pkv/core/eigen_blocking.h"
 #include "pkv/model/ops.h"
 
 using namespace pkv::ops;
+
+// Eigen would block its products for the cache sizes it reads from the CPU, so their sums'
+// order, and figures downstream of a quantizer, would change from machine to machine.
+TEST_CASE("matrix products: Eigen is blocked for pkv's fixed cache sizes, not the CPU's", "[model][ops]") {
+    std::vector<float> x(64 * 32, 0.5f), w(16 * 32, 0.25f), y(64 * 16);
+    matmul_wt(x.data(), 64, 32, w.data(), 16, y.data());
+    CHECK(Eigen::l1CacheSize() == pkv::kEigenL1);
+    CHECK(Eigen::l2CacheSize() == pkv::kEigenL2);
+    CHECK(Eigen::l3CacheSize() == pkv::kEigenL3);
+    CHECK(y[0] == Approx(32 * 0.125));
+}
 
 TEST_CASE("logit statistics: blocks and merges give the exact log-softmax", "[model][ops]") {
     std::mt19937 rng(3);
