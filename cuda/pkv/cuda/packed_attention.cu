@@ -485,9 +485,9 @@ SplitFn pick(int D, int bits, int Q, bool fp16) {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-bool env_is_one(const char* name) {
+bool env_is(const char* name, const char* value) {
     const char* v = std::getenv(name);
-    return v != nullptr && std::string(v) == "1";
+    return v != nullptr && std::string(v) == value;
 }
 
 }  // namespace
@@ -602,8 +602,9 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
                             g.k_index,
                             g.v_index,
                             g.v_gate};
-    // The warp kernels are opt-in until they have run their parity tests on a GPU (packed_attention.h).
-    const bool warp = env_is_one(fp16 ? "PKV_FP16_WARP" : "PKV_QUANT_WARP");
+    // The warp kernels serve every geometry they support; PKV_DECODE_KERNEL=general forces the
+    // general kernel (tests and benchmarks compare the two).
+    const bool warp = !env_is("PKV_DECODE_KERNEL", "general");
     if (warp && (fp16 ? launch_fp16_split(f16, st) : launch_quant_split(qa, st))) {
         m.last_kernel = fp16 ? "fp16-warp" : "quant-warp";
     } else {

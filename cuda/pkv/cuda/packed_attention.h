@@ -24,12 +24,12 @@
 //      codes, per pattern Σ_{idx = p, gate} a, and the ring's fp16 rows exactly; fp32 sums;
 //   3. a combine merging the splits' (max, sum, acc, pattern weights) and adding
 //      Σ_p w_p c_p once per query.
-// With PKV_FP16_WARP=1 in the environment, fp16 at head_dim 64 or 128 with GQA 1, 2 or 4
-// takes its own split kernel in place of 2 (packed_attention_fp16.cu: each warp its own
-// tokens and running softmax, the warps merged once per block, no barrier between a warp's
-// loads and their use); with PKV_QUANT_WARP=1, KIVI and patternkv-table at 2 or 4 bits do
-// likewise (packed_attention_quant.cu: head_dim 64 or 128, GQA 1, 2 or 4, R and G multiples
-// of 32). Opt-in: neither has yet run its parity tests on a GPU.
+// Warp kernels take the place of 2 where they apply: fp16 at head_dim 64 or 128 with GQA 1,
+// 2 or 4 (packed_attention_fp16.cu), and KIVI and patternkv-table at 2 or 4 bits, head_dim 64
+// or 128, GQA 1, 2 or 4, R and G multiples of 32 (packed_attention_quant.cu): each warp its
+// own run of tokens and running softmax, the warps merged once per block, no barrier
+// between a warp's loads and their use. PKV_DECODE_KERNEL=general in the environment forces
+// the general kernel (for comparisons); last_split_kernel() says which one ran.
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.
 //

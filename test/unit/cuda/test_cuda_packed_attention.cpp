@@ -146,8 +146,13 @@ double max_difference(const float* a, const float* b, size_t n) {
 
 }  // namespace
 
+// The general split kernel (PKV_DECODE_KERNEL=general) on every geometry it serves.
 TEST_CASE("cuda packed attention: patternkv-table equals decode_attention_ref") {
     PKV_REQUIRE_GPU_PACKED();
+    struct General {
+        General() { setenv("PKV_DECODE_KERNEL", "general", 1); }
+        ~General() { unsetenv("PKV_DECODE_KERNEL"); }
+    } general;
     PackedCase c;
     c.P = 70;
     SECTION("D 64, M 16, 2 bits, GQA 2:1, one sequence of 201 tokens") { check_case(c, {201}); }
@@ -180,6 +185,10 @@ TEST_CASE("cuda packed attention: patternkv-table equals decode_attention_ref") 
 
 TEST_CASE("cuda packed attention: kivi and fp16 equal decode_attention_ref") {
     PKV_REQUIRE_GPU_PACKED();
+    struct General {
+        General() { setenv("PKV_DECODE_KERNEL", "general", 1); }
+        ~General() { unsetenv("PKV_DECODE_KERNEL"); }
+    } general;
     PackedCase c;
     c.P = 70;
     SECTION("kivi, D 128, 2 bits, GQA 4:1, five sequences") {
@@ -208,15 +217,11 @@ TEST_CASE("cuda packed attention: kivi and fp16 equal decode_attention_ref") {
     }
 }
 
-// The fp16 warp split kernel (packed_attention_fp16.cu, opt-in with PKV_FP16_WARP=1) against
+// The fp16 warp split kernel (packed_attention_fp16.cu, the default where it applies) against
 // the same reference and tolerance: GQA 1, 2 and 4 at D 64 and 128, rounds of 8 tokens that
 // end mid-split, splits without tokens; GQA 8 falls back to the general kernel.
 TEST_CASE("cuda packed attention: the fp16 warp kernel equals decode_attention_ref") {
     PKV_REQUIRE_GPU_PACKED();
-    struct Env {
-        Env() { setenv("PKV_FP16_WARP", "1", 1); }
-        ~Env() { unsetenv("PKV_FP16_WARP"); }
-    } env;
     PackedCase c;
     c.P = 70;
     c.method = CacheMethod::fp16;
@@ -238,17 +243,13 @@ TEST_CASE("cuda packed attention: the fp16 warp kernel equals decode_attention_r
     }
 }
 
-// The quantized warp split kernel (packed_attention_quant.cu, opt-in with PKV_QUANT_WARP=1)
+// The quantized warp split kernel (packed_attention_quant.cu, the default where it applies)
 // against the same reference and tolerance: KIVI and patternkv-table at 2 and 4 bits, D 64
 // and 128, GQA 1, 2 and 4, V groups of 32 and 128 channels, K groups smaller than a block,
 // ring tokens, rounds ending mid-split, splits without tokens; 3 bits and GQA 8 fall back to
 // the general kernel.
 TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attention_ref") {
     PKV_REQUIRE_GPU_PACKED();
-    struct Env {
-        Env() { setenv("PKV_QUANT_WARP", "1", 1); }
-        ~Env() { unsetenv("PKV_QUANT_WARP"); }
-    } env;
     PackedCase c;
     c.P = 70;
     SECTION("patternkv-table, D 64, M 16, 2 bits, GQA 2:1, five sequences") {
