@@ -174,6 +174,7 @@ __device__ void flush_k(const AppendGeo& g, int s, int h, int64_t t0) {
         if (e < entries) {
             const int gr = e / D, d = e % D;
             const float* col = r + static_cast<int64_t>(gr) * G * D + d;
+#pragma unroll 8
             for (int i = sub * run; i < min(G, (sub + 1) * run); ++i) {
                 const float v = col[static_cast<int64_t>(i) * D];
                 mm = mm.has ? MinMax{smin(mm.mn, v), smax(mm.mx, v), true} : MinMax{v, v, true};

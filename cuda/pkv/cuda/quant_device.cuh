@@ -37,10 +37,13 @@ __device__ __forceinline__ bool grid_bits(float mn, float mx, int bits, float cl
 }
 
 // The distance of v to pattern c: the min-max distance (max - min of v - c, in double) or
-// the squared L2 distance (double), summed over channels in order.
+// the squared L2 distance (double), summed over channels in order. (The unrolling lets a
+// thread issue several channels' loads before the chain of sums needs them; the order of
+// the sums stays the same.)
 __device__ inline double pattern_distance(const float* v, const float* c, bool l2, int D) {
     if (l2) {
         double d = 0.0;
+#pragma unroll 8
         for (int t = 0; t < D; ++t) {
             const double e = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
             d = __fma_rn(e, e, d);
@@ -48,6 +51,7 @@ __device__ inline double pattern_distance(const float* v, const float* c, bool l
         return d;
     }
     double lo = __dsub_rn(static_cast<double>(v[0]), static_cast<double>(c[0])), hi = lo;
+#pragma unroll 8
     for (int t = 1; t < D; ++t) {
         const double r = __dsub_rn(static_cast<double>(v[t]), static_cast<double>(c[t]));
         lo = dmin(lo, r);
