@@ -109,13 +109,7 @@ __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs
         for (int u = 0; u < kTok; ++u) {
             float k[C];
             to_floats<C>(kb[u], k);
-#pragma unroll
-            for (int a = 0; a < Q; ++a) {
-                float d = 0.0f;
-#pragma unroll
-                for (int c = 0; c < C; ++c) d += q[a][c] * k[c];
-                dots[u * Q + a] = d;
-            }
+            lanes::head_dots(q, k, dots, u * Q);
         }
         reduce_scatter<kVals, 16>(dots, lane);
         const float sc = j0 + my_u < j_end ? dots[0] * inv_sqrt_d : -INFINITY;

@@ -180,13 +180,7 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
                     for (int c = 0; c < CL; ++c) x[c] = 0.0f;
                 }
             }
-#pragma unroll
-            for (int a = 0; a < Q; ++a) {
-                float d = 0.0f;
-#pragma unroll
-                for (int c = 0; c < CL; ++c) d += qs[a][c] * x[c];
-                vals[r * Q + a] = d;
-            }
+            lanes::head_dots(qs, x, vals, r * Q);
         }
         lanes::reduce_scatter<LR, LR / 2>(vals, lane);
         // This lane's (token, query head) score, max and weight.

@@ -35,6 +35,19 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[M], int lane) {
     }
 }
 
+// out[at + a] = Σ_c q[a][c] x[c], the partial dot product of each query head a over a lane's
+// C channels.
+template <int Q, int C, int N>
+__device__ __forceinline__ void head_dots(const float (&q)[Q][C], const float (&x)[C], float (&out)[N], int at) {
+#pragma unroll
+    for (int a = 0; a < Q; ++a) {
+        float d = 0.0f;
+#pragma unroll
+        for (int c = 0; c < C; ++c) d += q[a][c] * x[c];
+        out[at + a] = d;
+    }
+}
+
 // x over the lanes that differ in lane bits FROM, 2 FROM, .. 16: their maximum or sum.
 template <int FROM>
 __device__ __forceinline__ float max_over(float x) {
