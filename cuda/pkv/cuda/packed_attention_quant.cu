@@ -94,10 +94,8 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
     float m = -INFINITY, l = 0.0f;
     int64_t cur = -2;  // the (block, key group) qs holds; -1: the plain query (ring keys)
 
-    // A round's loads: K codes, V codes and V pairs of its tokens (zeros where absent), and
-    // for patternkv-table the pattern indices and gate bit of the token this lane scores
-    // (meta: K index | V index << 8 | gate << 16).
-    const auto load_round = [&](int64_t jb, uint32_t(&kw)[NR], uint32_t(&vw)[NR], uint32_t(&vp)[NR], uint32_t& meta) {
+    // A round's loads: K codes, V codes and V pairs of its tokens (zeros where absent).
+    const auto load_round = [&](int64_t jb, uint32_t(&kw)[NR], uint32_t(&vw)[NR], uint32_t(&vp)[NR]) {
         const int64_t blk = jb / g.R;
         const int ib = static_cast<int>(jb - blk * g.R);
         const uint8_t* kb = kblocks + blk * g.kbytes;
@@ -111,25 +109,17 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
             vw[r] = vq ? load32(vb + i * g.row_bytes + cw * 4) : 0u;
             vp[r] = vq ? load32(vb + g.v_params + 4 * int64_t{i} * vpairs_per_token + vpair) : 0u;
         }
-        meta = 0u;
-        if (TABLE) {
-            const int il = ib + my_r * TL + u;
-            const int64_t tok = jb + my_r * TL + u;
-            if (tok < w_end && tok < nk) meta = kb[g.k_index + il];
-            if (tok < w_end && tok < nv)
-                meta |= (static_cast<uint32_t>(vb[g.v_index + il]) << 8) |
-                        (static_cast<uint32_t>((vb[g.v_gate + il / 8] >> (il % 8)) & 1u) << 16);
-        }
     };
     // Each round's loads are issued a round ahead, so a warp always has loads in flight.
-    uint32_t kw[NR], vw[NR], vp[NR], meta;
-    load_round(w_begin, kw, vw, vp, meta);
+    uint32_t kw[NR], vw[NR], vp[NR];
+    load_round(w_begin, kw, vw, vp);
     for (int64_t jb = w_begin; jb < w_end; jb += RS) {
         const int64_t blk = jb / g.R;
         const int ib = static_cast<int>(jb - blk * g.R);
         const bool kq = jb < nk;
         const int64_t key = kq ? blk * (g.R / g.G) + ib / g.G : -1;
         const uint8_t* kb = kblocks + blk * g.kbytes;
+        const uint8_t* vb = vblocks + blk * g.vbytes;
         if (key != cur) {
             cur = key;
             if (kq) {
@@ -163,8 +153,8 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
                 }
             }
         }
-        uint32_t nkw[NR], nvw[NR], nvp[NR], nmeta;
-        load_round(jb + RS, nkw, nvw, nvp, nmeta);
+        uint32_t nkw[NR], nvw[NR], nvp[NR];
+        load_round(jb + RS, nkw, nvw, nvp);
         float vals[NR * Q];
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
@@ -184,6 +174,7 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
         }
         lanes::reduce_scatter<LR, LR / 2>(vals, lane);
         // This lane's (token, query head) score, max and weight.
+        const int il = ib + my_r * TL + u;
         const int64_t tok_l = jb + my_r * TL + u;
         const bool valid_l = tok_l < w_end;
         float sc = vals[0];
@@ -193,7 +184,7 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
             for (int a = 0; a < Q; ++a)
                 if (a == my_a) z = qz[a];
             sc += z;
-            if (TABLE && valid_l) sc += qc_s[my_a * Mk + (meta & 0xffu)];
+            if (TABLE && valid_l) sc += qc_s[my_a * Mk + kb[g.k_index + il]];
         }
         sc = valid_l ? sc * inv_sqrt_d : -INFINITY;
         const float m_new = fmaxf(m, lanes::max_over<Q>(sc));  // every round has a token for each head
@@ -201,21 +192,19 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
         const float p = expf(sc - m_new);                      // 0 past the warp's run
         l = l * resc + lanes::sum_over<Q>(p);
         m = m_new;
-        // Once the maxima settle, most rounds change none of them: skip the rescale then.
-        if (__any_sync(kFull, resc != 1.0f)) {
 #pragma unroll
-            for (int a = 0; a < Q; ++a) {
-                const float r = __shfl_sync(kFull, resc, a);  // lane a holds query head a
-                zacc[a] *= r;
+        for (int a = 0; a < Q; ++a) {
+            const float r = __shfl_sync(kFull, resc, a);  // lane a holds query head a
+            zacc[a] *= r;
 #pragma unroll
-                for (int c = 0; c < CL; ++c) acc[a][c] *= r;
-                if (TABLE && r != 1.0f)
-                    for (int pi = lane; pi < Mv; pi += 32) pw_w[a * Mv + pi] *= r;
-            }
+            for (int c = 0; c < CL; ++c) acc[a][c] *= r;
+            if (TABLE && r != 1.0f)
+                for (int pi = lane; pi < Mv; pi += 32) pw_w[a * Mv + pi] *= r;
         }
         if (TABLE) {
             __syncwarp();
-            if (valid_l && tok_l < nv && ((meta >> 16) & 1u)) atomicAdd(&pw_w[my_a * Mv + ((meta >> 8) & 0xffu)], p);
+            if (valid_l && tok_l < nv && ((vb[g.v_gate + il / 8] >> (il % 8)) & 1u))
+                atomicAdd(&pw_w[my_a * Mv + vb[g.v_index + il]], p);
             __syncwarp();
         }
 #pragma unroll
@@ -245,7 +234,6 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
         }
 #pragma unroll
         for (int r = 0; r < NR; ++r) kw[r] = nkw[r], vw[r] = nvw[r], vp[r] = nvp[r];
-        meta = nmeta;
     }
     // The lanes of one channel word (they differ in their token bits) add up, then the
     // warps of the block merge under their own maxima.
