@@ -275,19 +275,34 @@ __device__ void flush_v(const AppendGeo& g, int s, int h, int64_t t0, int64_t t1
     }
 }
 
+// Where the flushed count of `part` (0: K, 1: V) stands after the flush due before the
+// new token (PackedCache::flush_due) of a sequence holding n tokens, q of them flushed:
+// q + R when a K block or a table's V block is complete, n − R for KIVI's V (every token
+// older than the window), q when nothing is due. method: 0 fp16, 1 kivi, 2 table.
+__host__ __device__ inline int64_t flushed_to(int64_t n, int64_t q, int part, int R, int method) {
+    if (method == 0) return q;
+    if (part == 1 && method == 1) return n - q > R ? n - R : q;
+    return n - q >= R ? q + R : q;
+}
+
+// The counts after the step: one token more, and what flush_kernel flushed.
+__host__ __device__ inline void advance(int64_t* c, int R, int method) {
+    const int64_t n = c[0];
+    c[1] = flushed_to(n, c[1], 0, R, method);
+    c[2] = flushed_to(n, c[2], 1, R, method);
+    c[0] = n + 1;
+}
+
 // One block per (sequence, KV head, part): the flush the schedule says is due before the
 // new token (PackedCache::flush_due); launched only on steps where one is due somewhere.
 __global__ void __launch_bounds__(kFlushThreads) flush_kernel(AppendGeo g) {
     const int s = blockIdx.x / g.H, h = blockIdx.x % g.H, part = blockIdx.y;
     const int64_t* cnt = g.counts + (static_cast<int64_t>(g.layer) * g.n_seq + s) * 3;
     const int64_t n = cnt[0], q = cnt[1 + part];
-    if (part == 0) {
-        if (n - q >= g.R) flush_k(g, s, h, q);
-    } else if (g.method == 1) {
-        if (n - q > g.R) flush_v(g, s, h, q, n - g.R);
-    } else if (n - q >= g.R) {
-        flush_v(g, s, h, q, q + g.R);
-    }
+    const int64_t to = flushed_to(n, q, part, g.R, g.method);
+    if (to == q) return;
+    if (part == 0) flush_k(g, s, h, q);
+    else flush_v(g, s, h, q, to);
 }
 
 // One block per (sequence, KV head, part): the new token's ring row (after any flush of
@@ -303,20 +318,6 @@ __global__ void append_kernel(AppendGeo g) {
         if (!isfinite(x) || fabsf(x) >= 65520.0f) atomicExch(g.fault, 1);
         dst[d] = to_half(x);
     }
-}
-
-// The counts after the step: one token more, and what append_kernel flushed.
-__host__ __device__ inline void advance(int64_t* c, int R, int method) {
-    const int64_t n = c[0];
-    if (method != 0) {
-        if (n - c[1] >= R) c[1] += R;
-        if (method == 1) {
-            if (n - c[2] > R) c[2] = n - R;
-        } else if (n - c[2] >= R) {
-            c[2] += R;
-        }
-    }
-    c[0] = n + 1;
 }
 
 __global__ void advance_kernel(int64_t* counts, int layer, int n_seq, int R, int method) {
@@ -371,10 +372,11 @@ void PackedCacheDevice::append_device(int layer, const float* k_dev, const float
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
     // The host's copy of the counts says whether any sequence flushes at this step.
     bool due = false;
-    for (int s = 0; s < c.n_seq && method != 0; ++s) {
-        const int64_t n = m.count(layer, s, 0), nk = m.count(layer, s, 1), nv = m.count(layer, s, 2);
-        due = due || n - nk >= c.window || (method == 1 ? n - nv > c.window : n - nv >= c.window);
-    }
+    for (int s = 0; s < c.n_seq; ++s)
+        for (int part = 0; part < 2; ++part) {
+            const int64_t q = m.count(layer, s, 1 + part);
+            due = due || flushed_to(m.count(layer, s, 0), q, part, c.window, method) != q;
+        }
     if (due) {
         flush_kernel<<<dim3(c.n_seq * c.n_head_kv, 2), kFlushThreads, 0, st>>>(g);
         PKV_CUDA_CHECK(cudaGetLastError());

@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <string>
 
@@ -38,17 +37,6 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kCh = 8;         // channels per thread
 constexpr int kMinBlocks = 4;  // resident split blocks per multiprocessor the registers must allow (choose_splits)
-
-// What the split kernel needs to know of the cache, the layer and the shared memory.
-struct Geo {
-    int D, R, G, Gv, bits, Q, H, Hq, S, Mk, Mv, tile, groups, tiles_per_split, splits;
-    bool table;
-    int64_t B, W, layer;
-    int64_t kbytes, vbytes, row_bytes, k_params, v_params, k_index, v_index, v_gate;
-    int kbuf, vbuf;  // bytes between the two staging buffers of K and of V
-    // shared memory offsets in bytes
-    int sm_q, sm_qc, sm_kblk, sm_vblk, sm_qs, sm_qz, sm_sc, sm_stat, sm_pw, sm_acc, sm_total;
-};
 
 __device__ __forceinline__ float half_bits(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
@@ -129,7 +117,7 @@ __global__ void pattern_scores_kernel(const float* __restrict__ q, const float* 
 // split) the record [m, l, acc[D], pw[Mv]].
 template <int D, int BITS, int Q, bool FP16>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    split_kernel(Geo g, const uint8_t* __restrict__ kblocks, const uint8_t* __restrict__ vblocks,
+    split_kernel(SplitGeo g, const uint8_t* __restrict__ kblocks, const uint8_t* __restrict__ vblocks,
                  const uint16_t* __restrict__ ring, const int64_t* __restrict__ counts, const float* __restrict__ q,
                  const float* __restrict__ qc, float* __restrict__ part) {
     constexpr int kTpt = D / kCh;            // threads per token
@@ -422,9 +410,9 @@ __global__ void combine_kernel(const float* __restrict__ part, const float* __re
 int round16(int64_t v) { return static_cast<int>((v + 15) / 16 * 16); }
 
 // The shared memory plan of the split kernel.
-Geo make_geo(const PackedCacheDevice::Impl& m, int layer, int splits, int tiles_per_split) {
+SplitGeo make_geo(const PackedCacheDevice::Impl& m, int layer, int splits, int tiles_per_split) {
     const pkv_rt::CacheConfig& c = m.cfg;
-    Geo g{};
+    SplitGeo g{};
     g.D = c.head_dim, g.R = c.window, g.G = c.group, g.Gv = pkv_rt::value_group(c), g.bits = c.bits;
     g.H = c.n_head_kv, g.Hq = c.n_head, g.Q = c.n_head / c.n_head_kv, g.S = c.n_seq;
     g.table = c.method == CacheMethod::patternkv_table;
@@ -458,7 +446,7 @@ Geo make_geo(const PackedCacheDevice::Impl& m, int layer, int splits, int tiles_
     return g;
 }
 
-using SplitFn = void (*)(Geo, const uint8_t*, const uint8_t*, const uint16_t*, const int64_t*, const float*,
+using SplitFn = void (*)(SplitGeo, const uint8_t*, const uint8_t*, const uint16_t*, const int64_t*, const float*,
                          const float*, float*);
 
 template <int D, int BITS, bool FP16>
@@ -484,11 +472,6 @@ SplitFn pick(int D, int bits, int Q, bool fp16) {
 }
 
 std::string str(int64_t v) { return std::to_string(v); }
-
-bool env_is(const char* name, const char* value) {
-    const char* v = std::getenv(name);
-    return v != nullptr && std::string(v) == value;
-}
 
 }  // namespace
 
@@ -553,7 +536,7 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
     const int64_t tiles = (n_max + m.tile() - 1) / m.tile();
     const int tps = static_cast<int>((tiles + splits - 1) / splits);
     splits = static_cast<int>((tiles + tps - 1) / tps);  // no split past the longest sequence
-    const Geo g = make_geo(m, layer, splits, tps);
+    const SplitGeo g = make_geo(m, layer, splits, tps);
     if (static_cast<size_t>(g.sm_total) > m.smem_optin)
         packed_device_fail("decode_attention: one K and one V block plus " + str(g.groups) + " key groups need " +
                            str(g.sm_total) + " bytes of shared memory, the device has " +
@@ -568,44 +551,10 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
         PKV_CUDA_CHECK(cudaGetLastError());
     }
     m.part.reserve(static_cast<size_t>(c.n_seq) * c.n_head * splits * (2 + c.head_dim + g.Mv));
-    const Fp16SplitArgs f16{m.ring.get(), m.d_counts.get(),  q_dev,    m.part.get(), g.D,    g.Q, g.H, g.Hq, g.S,
-                            g.tile,       g.tiles_per_split, g.splits, g.W,          g.layer};
-    const QuantSplitArgs qa{m.blocks[0].get(),
-                            m.blocks[1].get(),
-                            m.ring.get(),
-                            m.d_counts.get(),
-                            q_dev,
-                            m.qc.get(),
-                            m.part.get(),
-                            g.D,
-                            g.R,
-                            g.G,
-                            g.Gv,
-                            g.bits,
-                            g.Q,
-                            g.H,
-                            g.Hq,
-                            g.S,
-                            g.Mk,
-                            g.Mv,
-                            g.tiles_per_split,
-                            g.splits,
-                            g.table,
-                            g.B,
-                            g.W,
-                            g.layer,
-                            g.kbytes,
-                            g.vbytes,
-                            g.row_bytes,
-                            g.k_params,
-                            g.v_params,
-                            g.k_index,
-                            g.v_index,
-                            g.v_gate};
-    // The warp kernels serve every geometry they support; PKV_DECODE_KERNEL=general forces the
-    // general kernel (tests and benchmarks compare the two).
-    const bool warp = !env_is("PKV_DECODE_KERNEL", "general");
-    if (warp && (fp16 ? launch_fp16_split(f16, st) : launch_quant_split(qa, st))) {
+    const SplitArrays arr{m.blocks[0].get(), m.blocks[1].get(), m.ring.get(), m.d_counts.get(), q_dev,
+                          m.qc.get(),        m.part.get()};
+    // The warp kernels serve every geometry they support, unless the general one was asked for.
+    if (!m.general_only && (fp16 ? launch_fp16_split(g, arr, st) : launch_quant_split(g, arr, st))) {
         m.last_kernel = fp16 ? "fp16-warp" : "quant-warp";
     } else {
         m.last_kernel = "general";

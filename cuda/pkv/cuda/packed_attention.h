@@ -28,8 +28,9 @@
 // 2 or 4 (packed_attention_fp16.cu), and KIVI and patternkv-table at 2 or 4 bits, head_dim 64
 // or 128, GQA 1, 2 or 4, R and G multiples of 32 (packed_attention_quant.cu): each warp its
 // own run of tokens and running softmax, the warps merged once per block, no barrier
-// between a warp's loads and their use. PKV_DECODE_KERNEL=general in the environment forces
-// the general kernel (for comparisons); last_split_kernel() says which one ran.
+// between a warp's loads and their use. PKV_DECODE_KERNEL=general in the environment when a
+// device cache is made forces the general kernel on it (for comparisons);
+// last_split_kernel() says which one ran.
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.
 //

@@ -56,7 +56,7 @@ __device__ __forceinline__ void to_floats(const RowBits<C>& r, float (&x)[C]) {
 }
 
 template <int D, int Q>
-__global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs g) {
+__global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(SplitGeo g, SplitArrays ar) {
     constexpr int C = D / 32;
     constexpr int kVals = kTok * Q;
     static_assert(kVals <= 32 && (kVals & (kVals - 1)) == 0, "kTok · Q must be a power of two <= 32");
@@ -67,11 +67,11 @@ __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs
     const int split = blockIdx.x, h = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t ls = g.layer * g.S + s;
-    const int64_t n = g.counts[ls * 3];
+    const int64_t n = ar.counts[ls * 3];
     const int64_t j_begin = int64_t{split} * g.tiles_per_split * g.tile;
     const int64_t j_end = min(n, j_begin + int64_t{g.tiles_per_split} * g.tile);
     const int64_t head = ls * g.H + h;
-    const uint16_t* kring = g.ring + head * 2 * g.W * D + lane * C;
+    const uint16_t* kring = ar.ring + head * 2 * g.W * D + lane * C;
     const uint16_t* vring = kring + g.W * D;
     const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(D));
 
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs
 #pragma unroll
     for (int a = 0; a < Q; ++a)
 #pragma unroll
-        for (int c = 0; c < C; ++c) q[a][c] = g.q[(int64_t{s} * g.Hq + int64_t{h} * Q + a) * D + lane * C + c];
+        for (int c = 0; c < C; ++c) q[a][c] = ar.q[(int64_t{s} * g.Hq + int64_t{h} * Q + a) * D + lane * C + c];
     float acc[Q][C];
 #pragma unroll
     for (int a = 0; a < Q; ++a)
@@ -158,19 +158,19 @@ __global__ void __launch_bounds__(kWarps16 * 32) fp16_split_kernel(Fp16SplitArgs
             L += sm_l[w][a] * f;
             A += sm_acc[w][a][d] * f;
         }
-        float* rec = g.part + ((int64_t{s} * g.Hq + int64_t{h} * Q + a) * g.splits + split) * (2 + D);
+        float* rec = ar.part + ((int64_t{s} * g.Hq + int64_t{h} * Q + a) * g.splits + split) * (2 + D);
         if (d == 0) rec[0] = M, rec[1] = L;  // -inf, 0 for an empty split
         rec[2 + d] = A;
     }
 }
 
 template <int D>
-bool launch_d(const Fp16SplitArgs& g, cudaStream_t st) {
+bool launch_d(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
     const dim3 grid(g.splits, g.H, g.S);
     switch (g.Q) {
-        case 1: fp16_split_kernel<D, 1><<<grid, kWarps16 * 32, 0, st>>>(g); break;
-        case 2: fp16_split_kernel<D, 2><<<grid, kWarps16 * 32, 0, st>>>(g); break;
-        case 4: fp16_split_kernel<D, 4><<<grid, kWarps16 * 32, 0, st>>>(g); break;
+        case 1: fp16_split_kernel<D, 1><<<grid, kWarps16 * 32, 0, st>>>(g, ar); break;
+        case 2: fp16_split_kernel<D, 2><<<grid, kWarps16 * 32, 0, st>>>(g, ar); break;
+        case 4: fp16_split_kernel<D, 4><<<grid, kWarps16 * 32, 0, st>>>(g, ar); break;
         default: return false;
     }
     PKV_CUDA_CHECK(cudaGetLastError());
@@ -179,9 +179,9 @@ bool launch_d(const Fp16SplitArgs& g, cudaStream_t st) {
 
 }  // namespace
 
-bool launch_fp16_split(const Fp16SplitArgs& g, cudaStream_t st) {
-    if (g.D == 64) return launch_d<64>(g, st);
-    if (g.D == 128) return launch_d<128>(g, st);
+bool launch_fp16_split(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
+    if (g.D == 64) return launch_d<64>(g, ar, st);
+    if (g.D == 128) return launch_d<128>(g, ar, st);
     return false;
 }
 

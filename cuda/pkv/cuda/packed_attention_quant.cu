@@ -39,7 +39,7 @@ int quant_smem_floats(int D, int Q, int Mk, int Mv) {
 }
 
 template <int D, int BITS, int Q, bool TABLE>
-__global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArgs g) {
+__global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, SplitArrays ar) {
     constexpr int CL = 32 / BITS;
     constexpr int LR = D / CL;
     constexpr int TL = 32 / LR;
@@ -60,13 +60,13 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
     const int cw = lane % LR, u = lane / LR;
     const int my_a = lane % Q, my_r = cw / Q;  // the (load, head) total this lane ends a round with
     const int64_t ls = g.layer * g.S + s;
-    const int64_t n = g.counts[ls * 3], nk = g.counts[ls * 3 + 1], nv = g.counts[ls * 3 + 2];
+    const int64_t n = ar.counts[ls * 3], nk = ar.counts[ls * 3 + 1], nv = ar.counts[ls * 3 + 2];
     const int64_t j_begin = int64_t{split} * g.tiles_per_split * g.R;
     const int64_t j_end = min(n, j_begin + int64_t{g.tiles_per_split} * g.R);
     const int64_t head = ls * g.H + h;
     const int64_t qrow = int64_t{s} * g.Hq + int64_t{h} * Q;
-    for (int i = threadIdx.x; i < Q * D; i += kWarpsQ * 32) q_s[i] = g.q[qrow * D + i];
-    for (int i = threadIdx.x; i < Q * Mk; i += kWarpsQ * 32) qc_s[i] = g.qc[qrow * Mk + i];
+    for (int i = threadIdx.x; i < Q * D; i += kWarpsQ * 32) q_s[i] = ar.q[qrow * D + i];
+    for (int i = threadIdx.x; i < Q * Mk; i += kWarpsQ * 32) qc_s[i] = ar.qc[qrow * Mk + i];
     for (int i = threadIdx.x; i < kWarpsQ * Q * Mv; i += kWarpsQ * 32) pw_s[i] = 0.0f;
     __syncthreads();
 
@@ -75,9 +75,9 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
     const int64_t len = max(int64_t{0}, j_end - j_begin);
     const int64_t chunk = ((len + kWarpsQ - 1) / kWarpsQ + RS - 1) / RS * RS;
     const int64_t w_begin = j_begin + wid * chunk, w_end = min(j_end, w_begin + chunk);
-    const uint8_t* kblocks = g.kblocks + head * g.B * g.kbytes;
-    const uint8_t* vblocks = g.vblocks + head * g.B * g.vbytes;
-    const uint16_t* kring = g.ring + head * 2 * g.W * D + cw * CL;
+    const uint8_t* kblocks = ar.kblocks + head * g.B * g.kbytes;
+    const uint8_t* vblocks = ar.vblocks + head * g.B * g.vbytes;
+    const uint16_t* kring = ar.ring + head * 2 * g.W * D + cw * CL;
     const uint16_t* vring = kring + g.W * D;
     const int vpair = 4 * (cw * CL / g.Gv);  // byte offset of this lane's V group within a token's pairs
     const int vpairs_per_token = D / g.Gv;
@@ -264,22 +264,22 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(QuantSplitArg
             L += l_s[w * Q + a] * f;
             A += (e < D ? acc_s[(w * Q + a) * D + e] : pw_s[(w * Q + a) * Mv + e - D]) * f;
         }
-        float* rec = g.part + ((qrow + a) * g.splits + split) * rec_len;
+        float* rec = ar.part + ((qrow + a) * g.splits + split) * rec_len;
         if (e == 0) rec[0] = M, rec[1] = L;  // -inf, 0 for an empty split
         rec[2 + e] = A;
     }
 }
 
 template <int D, int BITS, bool TABLE>
-bool launch_q(const QuantSplitArgs& g, cudaStream_t st) {
+bool launch_q(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
     const dim3 grid(g.splits, g.H, g.S);
     const int Mk = TABLE ? g.Mk : 0, Mv = TABLE ? g.Mv : 0;
     const size_t smem = sizeof(float) * static_cast<size_t>(quant_smem_floats(D, g.Q, Mk, Mv));
     if (smem > 48 * 1024) return false;
     switch (g.Q) {
-        case 1: quant_split_kernel<D, BITS, 1, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g); break;
-        case 2: quant_split_kernel<D, BITS, 2, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g); break;
-        case 4: quant_split_kernel<D, BITS, 4, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g); break;
+        case 1: quant_split_kernel<D, BITS, 1, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g, ar); break;
+        case 2: quant_split_kernel<D, BITS, 2, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g, ar); break;
+        case 4: quant_split_kernel<D, BITS, 4, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g, ar); break;
         default: return false;
     }
     PKV_CUDA_CHECK(cudaGetLastError());
@@ -287,18 +287,18 @@ bool launch_q(const QuantSplitArgs& g, cudaStream_t st) {
 }
 
 template <int D, int BITS>
-bool launch_bits(const QuantSplitArgs& g, cudaStream_t st) {
-    return g.table ? launch_q<D, BITS, true>(g, st) : launch_q<D, BITS, false>(g, st);
+bool launch_bits(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
+    return g.table ? launch_q<D, BITS, true>(g, ar, st) : launch_q<D, BITS, false>(g, ar, st);
 }
 
 }  // namespace
 
-bool launch_quant_split(const QuantSplitArgs& g, cudaStream_t st) {
+bool launch_quant_split(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
     const int cl = g.bits == 2 ? 16 : 8;
     if ((g.bits != 2 && g.bits != 4) || (g.D != 64 && g.D != 128) || g.R % 32 != 0 || g.G % 32 != 0 || g.Gv % cl != 0)
         return false;
-    if (g.D == 64) return g.bits == 2 ? launch_bits<64, 2>(g, st) : launch_bits<64, 4>(g, st);
-    return g.bits == 2 ? launch_bits<128, 2>(g, st) : launch_bits<128, 4>(g, st);
+    if (g.D == 64) return g.bits == 2 ? launch_bits<64, 2>(g, ar, st) : launch_bits<64, 4>(g, ar, st);
+    return g.bits == 2 ? launch_bits<128, 2>(g, ar, st) : launch_bits<128, 4>(g, ar, st);
 }
 
 }  // namespace pkv::cuda

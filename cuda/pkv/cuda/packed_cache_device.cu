@@ -1,7 +1,9 @@
 // The device mirror of a packed cache (packed_attention.h): allocation, full and
 // incremental uploads of a host PackedCache, and counts set by hand for benchmarks.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/packed_device_impl.cuh"
@@ -69,6 +71,8 @@ PackedCacheDevice::PackedCacheDevice(const pkv_rt::CacheConfig& c, int device) :
     if (gqa != 1 && gqa != 2 && gqa != 4 && gqa != 8)
         packed_device_fail("n_head / n_head_kv = " + str(gqa) + " has no kernel: expected 1, 2, 4 or 8");
     m.device = device;
+    const char* kernel = std::getenv("PKV_DECODE_KERNEL");  // read once: decode calls are a hot path
+    m.general_only = kernel != nullptr && std::string(kernel) == "general";
     PKV_CUDA_CHECK(cudaSetDevice(device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, device));
     int optin = 0;

@@ -42,6 +42,7 @@ struct PackedCacheDevice::Impl {
     bool loaded = false;                         // an upload() happened (sync() needs one first)
     int64_t last_bytes = 0;
     const char* last_kernel = "";  // the split kernel of the last decode_attention
+    bool general_only = false;     // PKV_DECODE_KERNEL=general when made: no warp kernels
 
     // Scratch of decode_attention: host-array staging and the splits' partial results.
     DeviceBuffer<float> q, out, qc, part;
@@ -55,27 +56,23 @@ struct PackedCacheDevice::Impl {
 
 [[noreturn]] void packed_device_fail(const std::string& what);
 
-/// What the fp16 split kernel (packed_attention_fp16.cu) reads: the layer's ring, the
-/// counts, the queries [S, Hq, D] and the split plan of decode_attention_device; it writes
-/// part's records [S, Hq, splits, 2 + D] (m, l, acc) for the combine kernel.
-struct Fp16SplitArgs {
-    const uint16_t* ring;
-    const int64_t* counts;
-    const float* q;
-    float* part;
-    int D, Q, H, Hq, S, tile, tiles_per_split, splits;
-    int64_t W, layer;
+/// What a split kernel of decode_attention_device needs to know of the cache, the layer,
+/// the split plan and (the general kernel) its shared memory: make_geo (packed_attention.cu).
+struct SplitGeo {
+    int D, R, G, Gv, bits, Q, H, Hq, S, Mk, Mv, tile, groups, tiles_per_split, splits;
+    bool table;
+    int64_t B, W, layer;
+    int64_t kbytes, vbytes, row_bytes, k_params, v_params, k_index, v_index, v_gate;
+    int kbuf, vbuf;  // bytes between the two staging buffers of K and of V
+    // shared memory offsets in bytes
+    int sm_q, sm_qc, sm_kblk, sm_vblk, sm_qs, sm_qz, sm_sc, sm_stat, sm_pw, sm_acc, sm_total;
 };
 
-/// Launches the fp16 split kernel on `st`; false (nothing launched) for a head_dim other
-/// than 64 or 128 or a GQA group other than 1, 2 or 4, which the general kernel takes.
-bool launch_fp16_split(const Fp16SplitArgs& g, cudaStream_t st);
-
-/// What the quantized methods' split kernel (packed_attention_quant.cu) reads: the layer's
-/// blocks and ring, the counts, the queries [S, Hq, D] and q·c [S, Hq, Mk] (patternkv-table),
-/// the block layout and the split plan; it writes part's records [S, Hq, splits, 2 + D + Mv]
-/// (Mv: 0 for KIVI) for the combine kernel.
-struct QuantSplitArgs {
+/// The arrays a split kernel reads: the layer's K and V blocks and ring, the counts, the
+/// queries [S, Hq, D] and q·c [S, Hq, Mk] (patternkv-table); and part, the records
+/// [S, Hq, splits, 2 + D + Mv] (m, l, acc, pattern weights; Mv 0 but for patternkv-table)
+/// it writes for the combine kernel.
+struct SplitArrays {
     const uint8_t* kblocks;
     const uint8_t* vblocks;
     const uint16_t* ring;
@@ -83,16 +80,18 @@ struct QuantSplitArgs {
     const float* q;
     const float* qc;
     float* part;
-    int D, R, G, Gv, bits, Q, H, Hq, S, Mk, Mv, tiles_per_split, splits;
-    bool table;
-    int64_t B, W, layer, kbytes, vbytes, row_bytes, k_params, v_params, k_index, v_index, v_gate;
 };
 
-/// Launches the quantized split kernel on `st`; false (nothing launched) where the general
-/// kernel must serve: bits other than 2 or 4, head_dim other than 64 or 128, GQA other than
-/// 1, 2 or 4, R or G not a multiple of 32, a V group smaller than a lane's 32 / bits
-/// channels, or more than 48 KB of shared memory.
-bool launch_quant_split(const QuantSplitArgs& g, cudaStream_t st);
+/// Launches the fp16 warp split kernel (packed_attention_fp16.cu) on `st`; false (nothing
+/// launched) for a head_dim other than 64 or 128 or a GQA group other than 1, 2 or 4,
+/// which the general kernel takes.
+bool launch_fp16_split(const SplitGeo& g, const SplitArrays& a, cudaStream_t st);
+
+/// Launches the quantized warp split kernel (packed_attention_quant.cu) on `st`; false
+/// (nothing launched) where the general kernel must serve: bits other than 2 or 4, head_dim
+/// other than 64 or 128, GQA other than 1, 2 or 4, R or G not a multiple of 32, a V group
+/// smaller than a lane's 32 / bits channels, or more than 48 KB of shared memory.
+bool launch_quant_split(const SplitGeo& g, const SplitArrays& a, cudaStream_t st);
 
 /// Copies the host cache's per-head quantizer parameters to m.head_params (bytes copied).
 int64_t upload_head_params(PackedCacheDevice::Impl& m, const pkv_rt::PackedCache& host);
