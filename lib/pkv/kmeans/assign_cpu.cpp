@@ -11,7 +11,6 @@
 #include <omp.h>
 #endif
 
-#include "pkv/core/eigen_blocking.h"
 #include "pkv/core/error.h"
 #include "pkv/kmeans/assign_cpu_fused.h"
 
@@ -80,7 +79,6 @@ void assign_cpu_fused(const float* x, int64_t n, int d, const float* centroids, 
 
 void assign_cpu_gemm(const float* x, int64_t n, int d, const float* centroids, int k, int64_t block_rows,
                      int32_t* labels, float* dist2) {
-    fix_eigen_blocking();
     const ConstRowMapF C(centroids, k, d);
     const Eigen::VectorXf c_norm2 = C.rowwise().squaredNorm();
     const int64_t block = block_rows > 0 ? block_rows : auto_block_rows(k);

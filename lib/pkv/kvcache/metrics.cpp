@@ -7,8 +7,6 @@
 
 #include <Eigen/Dense>
 
-#include "pkv/core/eigen_blocking.h"
-
 namespace pkv {
 
 namespace {
@@ -130,7 +128,6 @@ void accumulate_flatness(FlatnessAccum& acc, KvTensor tensor, const float* x, in
 
 void accumulate_attention(const float* q, const float* k, const float* v, int64_t n, int D, int stride,
                           const std::vector<AttnCache>& caches, int64_t window, float kq_scale) {
-    fix_eigen_blocking();
     if (n <= 0 || caches.empty()) return;
     constexpr int64_t kBlock = 64;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(D));

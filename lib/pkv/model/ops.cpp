@@ -7,8 +7,6 @@
 
 #include <omp.h>
 
-#include "pkv/core/eigen_blocking.h"
-
 namespace pkv::ops {
 
 namespace {
@@ -29,7 +27,6 @@ void rms_norm(const float* x, int64_t rows, int64_t cols, const float* w, float 
 }
 
 void matmul_wt(const float* x, int64_t rows, int64_t n_in, const float* w, int64_t n_out, float* y) {
-    fix_eigen_blocking();
     const Eigen::Map<const RowMatrix> X(x, rows, n_in);
     const Eigen::Map<const RowMatrix> W(w, n_out, n_in);
     Eigen::Map<RowMatrix> Y(y, rows, n_out);
@@ -77,7 +74,6 @@ void softmax_visible(Row row, int i, int k0, int window, float scale) {
 void causal_attention_rows(const float* q, const float* k, const float* v, int n_head, int n_head_kv, int head_dim,
                            float* out, int row_begin, int row_end, RowMatrix& scores, int q_block, float kq_scale,
                            int window) {
-    fix_eigen_blocking();
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -117,7 +113,6 @@ void causal_attention_rows_cached(const float* q, const float* k, const float* v
                                   const float* v_hat, const int32_t* const* k_flush, const int32_t* const* v_flush,
                                   int n_head, int n_head_kv, int head_dim, float* out, int row_begin, int row_end,
                                   RowMatrix& scores, RowMatrix& alt, int q_block, float kq_scale, int window) {
-    fix_eigen_blocking();
     const int group = n_head / n_head_kv;
     const int64_t qd = static_cast<int64_t>(n_head) * head_dim, kd = static_cast<int64_t>(n_head_kv) * head_dim;
     const float scale = kq_scale > 0.0f ? kq_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
