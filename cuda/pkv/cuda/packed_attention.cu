@@ -416,6 +416,7 @@ SplitGeo make_geo(const PackedCacheDevice::Impl& m, int layer, int splits, int t
     g.D = c.head_dim, g.R = c.window, g.G = c.group, g.Gv = pkv_rt::value_group(c), g.bits = c.bits;
     g.H = c.n_head_kv, g.Hq = c.n_head, g.Q = c.n_head / c.n_head_kv, g.S = c.n_seq;
     g.table = c.method == CacheMethod::patternkv_table;
+    g.mma = m.use_mma;
     g.Mk = g.table ? c.k_patterns : 0, g.Mv = g.table ? c.v_patterns : 0;
     const bool fp16 = c.method == CacheMethod::fp16;
     g.tile = m.tile(), g.groups = fp16 ? 0 : c.window / c.group;
@@ -555,7 +556,7 @@ void PackedCacheDevice::decode_attention_device(int layer, const float* q_dev, i
                           m.qc.get(),        m.part.get()};
     // The warp kernels serve every geometry they support, unless the general one was asked for.
     if (!m.general_only && (fp16 ? launch_fp16_split(g, arr, st) : launch_quant_split(g, arr, st))) {
-        m.last_kernel = fp16 ? "fp16-warp" : "quant-warp";
+        m.last_kernel = fp16 ? "fp16-warp" : quant_uses_mma(g) ? "quant-mma" : "quant-warp";
     } else {
         m.last_kernel = "general";
         const SplitFn fn = pick(c.head_dim, c.bits, g.Q, fp16);

@@ -15,10 +15,12 @@
 // Ring rows (tokens not yet flushed) are read as binary16 in the same lane layout.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "pkv/cuda/check.cuh"
 #include "pkv/cuda/packed_device_impl.cuh"
+#include "pkv/cuda/packed_mma.cuh"
 #include "pkv/cuda/packed_warp.cuh"
 
 namespace pkv::cuda {
@@ -32,10 +34,43 @@ __device__ __forceinline__ float half_lo(uint32_t w) { return __half2float(__ush
 __device__ __forceinline__ float half_hi(uint32_t w) { return __half2float(__ushort_as_half(w >> 16)); }
 __device__ __forceinline__ uint32_t load32(const uint8_t* p) { return __ldg(reinterpret_cast<const uint32_t*>(p)); }
 
-// Shared memory of the kernel in floats, in this order: q [Q, D], q·c [Q, Mk], pattern
-// weights [warps, Q, Mv], acc [warps, Q, D], running max and sum [warps, Q] each.
-int quant_smem_floats(int D, int Q, int Mk, int Mv) {
-    return Q * D + Q * Mk + kWarpsQ * Q * Mv + kWarpsQ * Q * D + 2 * kWarpsQ * Q;
+// Shared memory of the kernel, in this order: q [Q, D], q·c [Q, Mk], pattern weights
+// [warps, Q, Mv] (floats), then from a 16-byte boundary acc [warps, Q, D], running max and
+// sum [warps, Q] each; the tensor-core path stages its rounds there first (packed_mma.cuh).
+__host__ __device__ constexpr int quant_acc_offset(int D, int Q, int Mk, int Mv) {
+    return (Q * D + Q * Mk + kWarpsQ * Q * Mv + 3) / 4 * 4;
+}
+int quant_smem_bytes(int D, int Q, int Mk, int Mv, int ng, bool mma) {
+    const int recs = 4 * (kWarpsQ * Q * D + 2 * kWarpsQ * Q);
+    const int tail = mma ? std::max(recs, mma2::mma_stage_bytes(D, Q, ng, kWarpsQ)) : recs;
+    return 4 * quant_acc_offset(D, Q, Mk, Mv) + tail;
+}
+
+// Merges the block's warps under their own maxima into the split's records: warp w's
+// output for head a at acc_s[(w Q + a) D ..], its pattern weights at pw_s[(w Q + a) Mv ..],
+// its max and sum at m_s[w Q + a], l_s[w Q + a].
+template <int D, int Q>
+__device__ __forceinline__ void write_records(const SplitGeo& g, const SplitArrays& ar, int64_t qrow, int split, int Mv,
+                                              const float* acc_s, const float* pw_s, const float* m_s,
+                                              const float* l_s) {
+    const int64_t rec_len = 2 + D + Mv;
+    for (int i = threadIdx.x; i < Q * (D + Mv); i += kWarpsQ * 32) {
+        const int a = i / (D + Mv), e = i % (D + Mv);
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarpsQ; ++w) M = fmaxf(M, m_s[w * Q + a]);
+        float L = 0.0f, A = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarpsQ; ++w) {
+            if (m_s[w * Q + a] == -INFINITY) continue;  // a warp without tokens
+            const float f = expf(m_s[w * Q + a] - M);
+            L += l_s[w * Q + a] * f;
+            A += (e < D ? acc_s[(w * Q + a) * D + e] : pw_s[(w * Q + a) * Mv + e - D]) * f;
+        }
+        float* rec = ar.part + ((qrow + a) * g.splits + split) * rec_len;
+        if (e == 0) rec[0] = M, rec[1] = L;  // -inf, 0 for an empty split
+        rec[2 + e] = A;
+    }
 }
 
 template <int D, int BITS, int Q, bool TABLE>
@@ -51,7 +86,7 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
     float* q_s = smq;
     float* qc_s = q_s + Q * D;
     float* pw_s = qc_s + Q * Mk;
-    float* acc_s = pw_s + kWarpsQ * Q * Mv;
+    float* acc_s = smq + quant_acc_offset(D, Q, Mk, Mv);
     float* m_s = acc_s + kWarpsQ * Q * D;
     float* l_s = m_s + kWarpsQ * Q;
 
@@ -82,6 +117,21 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
     const int vpair = 4 * (cw * CL / g.Gv);  // byte offset of this lane's V group within a token's pairs
     const int vpairs_per_token = D / g.Gv;
     float* pw_w = pw_s + wid * Q * Mv;
+    if constexpr (BITS == 2) {
+        // Every token of the split flushed: the tensor-core path, in rounds of 32 tokens.
+        if (g.mma && len > 0 && j_end <= min(nk, nv)) {
+            const int64_t mchunk = ((len + kWarpsQ - 1) / kWarpsQ + mma2::kRound - 1) / mma2::kRound * mma2::kRound;
+            const int64_t mb = j_begin + wid * mchunk, me = min(j_end, mb + mchunk);
+            uint8_t* stage = reinterpret_cast<uint8_t*>(acc_s) + wid * 2 * mma2::stage_bytes(D, D / g.Gv);
+            float mw, lw;
+            mma2::warp_run<D, Q, TABLE>(g, kblocks, vblocks, mb, me, q_s, qc_s, pw_w, stage, acc_s + wid * Q * D, mw,
+                                        lw);
+            if (lane < Q) m_s[wid * Q + lane] = mw, l_s[wid * Q + lane] = lw;
+            __syncthreads();
+            write_records<D, Q>(g, ar, qrow, split, Mv, acc_s, pw_s, m_s, l_s);
+            return;
+        }
+    }
     const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(D));
 
     float qs[Q][CL], qz[Q], acc[Q][CL], zacc[Q];
@@ -250,31 +300,14 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
             for (int c = 0; c < CL; ++c) acc_s[(wid * Q + a) * D + cw * CL + c] = acc[a][c] + zacc[a];
     if (lane < Q) m_s[wid * Q + lane] = m, l_s[wid * Q + lane] = l;
     __syncthreads();
-    const int64_t rec_len = 2 + D + Mv;
-    for (int i = threadIdx.x; i < Q * (D + Mv); i += kWarpsQ * 32) {
-        const int a = i / (D + Mv), e = i % (D + Mv);
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarpsQ; ++w) M = fmaxf(M, m_s[w * Q + a]);
-        float L = 0.0f, A = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kWarpsQ; ++w) {
-            if (m_s[w * Q + a] == -INFINITY) continue;  // a warp without tokens
-            const float f = expf(m_s[w * Q + a] - M);
-            L += l_s[w * Q + a] * f;
-            A += (e < D ? acc_s[(w * Q + a) * D + e] : pw_s[(w * Q + a) * Mv + e - D]) * f;
-        }
-        float* rec = ar.part + ((qrow + a) * g.splits + split) * rec_len;
-        if (e == 0) rec[0] = M, rec[1] = L;  // -inf, 0 for an empty split
-        rec[2 + e] = A;
-    }
+    write_records<D, Q>(g, ar, qrow, split, Mv, acc_s, pw_s, m_s, l_s);
 }
 
 template <int D, int BITS, bool TABLE>
 bool launch_q(const SplitGeo& g, const SplitArrays& ar, cudaStream_t st) {
     const dim3 grid(g.splits, g.H, g.S);
     const int Mk = TABLE ? g.Mk : 0, Mv = TABLE ? g.Mv : 0;
-    const size_t smem = sizeof(float) * static_cast<size_t>(quant_smem_floats(D, g.Q, Mk, Mv));
+    const size_t smem = static_cast<size_t>(quant_smem_bytes(D, g.Q, Mk, Mv, D / g.Gv, quant_uses_mma(g)));
     if (smem > 48 * 1024) return false;
     switch (g.Q) {
         case 1: quant_split_kernel<D, BITS, 1, TABLE><<<grid, kWarpsQ * 32, smem, st>>>(g, ar); break;

@@ -247,18 +247,28 @@ TEST_CASE("cuda packed attention: the fp16 warp kernel equals decode_attention_r
 // against the same reference and tolerance: KIVI and patternkv-table at 2 and 4 bits, D 64
 // and 128, GQA 1, 2 and 4, V groups of 32 and 128 channels, K groups smaller than a block,
 // ring tokens, rounds ending mid-split, splits without tokens; 3 bits and GQA 8 fall back to
-// the general kernel.
+// the general kernel. Run twice: by default (the lanes' path everywhere) and with
+// PKV_DECODE_KERNEL=mma (2 bits: flushed splits on the tensor-core path, "quant-mma").
 TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attention_ref") {
     PKV_REQUIRE_GPU_PACKED();
+    const bool tensor_cores = GENERATE(false, true);
+    struct Mode {
+        explicit Mode(bool on) {
+            if (on) setenv("PKV_DECODE_KERNEL", "mma", 1);
+        }
+        ~Mode() { unsetenv("PKV_DECODE_KERNEL"); }
+    } mode(tensor_cores);
+    const std::string two_bit = tensor_cores ? "quant-mma" : "quant-warp";
+    INFO("PKV_DECODE_KERNEL=" << (tensor_cores ? "mma" : "(default)"));
     PackedCase c;
     c.P = 70;
     SECTION("patternkv-table, D 64, M 16, 2 bits, GQA 2:1, five sequences") {
         c.n_seq = 5;
-        check_case(c, {201, 150, 71, 333, 97}, "quant-warp");
+        check_case(c, {201, 150, 71, 333, 97}, two_bit);
     }
     SECTION("patternkv-table, D 128, M 32, 2 bits, GQA 4:1, R 128, G 128, sequences of 1037 and 45 tokens") {
         c.D = 128, c.M = 32, c.R = 128, c.G = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 2, c.P = 300;
-        check_case(c, {1037, 45}, "quant-warp");
+        check_case(c, {1037, 45}, two_bit);
     }
     SECTION("patternkv-table, D 128, M 256, 4 bits, L2 assignment, GQA 1:1, R 64, G 32") {
         c.D = 128, c.M = 256, c.bits = 4, c.R = 64, c.G = 32, c.n_head = 2, c.n_head_kv = 2;
@@ -267,7 +277,7 @@ TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attent
     }
     SECTION("kivi, D 128, 2 bits, GQA 4:1, five sequences") {
         c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 5;
-        check_case(c, {201, 150, 71, 333, 97}, "quant-warp");
+        check_case(c, {201, 150, 71, 333, 97}, two_bit);
     }
     SECTION("kivi, D 64, 4 bits, GQA 1:1") {
         c.method = CacheMethod::kivi, c.bits = 4, c.n_head = 2, c.n_head_kv = 2;
@@ -275,7 +285,16 @@ TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attent
     }
     SECTION("kivi, D 64, 2 bits, GQA 2:1, R 64, G 32, sequences of 1037 and 600 tokens") {
         c.method = CacheMethod::kivi, c.R = 64, c.n_seq = 2;
-        check_case(c, {1037, 600}, "quant-warp");
+        check_case(c, {1037, 600}, two_bit);
+    }
+    SECTION("patternkv-table, D 128, M 256, 2 bits, GQA 1:1, R 64, G 32 (V groups of 32), 1037 tokens") {
+        c.D = 128, c.M = 256, c.R = 64, c.G = 32, c.n_head = 2, c.n_head_kv = 2;
+        check_case(c, {1037}, two_bit);
+    }
+    SECTION("kivi, D 128, 2 bits, GQA 4:1, R 128, G 64 (V groups of 64), sequences of 2000 and 700 tokens") {
+        c.method = CacheMethod::kivi, c.D = 128, c.R = 128, c.G = 64, c.n_head = 8, c.n_head_kv = 2, c.n_seq = 2;
+        c.P = 300;
+        check_case(c, {2000, 700}, two_bit);
     }
     SECTION("patternkv-table, D 64, 3 bits (the general kernel)") {
         c.bits = 3;
@@ -284,6 +303,38 @@ TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attent
     SECTION("kivi, D 128, 2 bits, GQA 8:1 (the general kernel)") {
         c.method = CacheMethod::kivi, c.D = 128, c.n_head = 8, c.n_head_kv = 1;
         check_case(c, {333});
+    }
+}
+
+// That the tensor-core path really serves the flushed splits: its sums are ordered and
+// rounded differently from the lanes' path, so the two outputs differ in their last bits
+// (and agree within the tolerance of the parity tests above, which bound both).
+TEST_CASE("cuda packed attention: flushed 2-bit splits take the tensor-core path") {
+    PKV_REQUIRE_GPU_PACKED();
+    for (const CacheMethod method : {CacheMethod::patternkv_table, CacheMethod::kivi}) {
+        PackedCase c;
+        c.method = method, c.D = 128, c.M = 32, c.R = 64, c.G = 64, c.n_head = 8, c.n_head_kv = 2, c.P = 300;
+        const Filled f = fill(c, {1037}, 1040);
+        PackedCacheDevice lanes(f.cache->config());
+        setenv("PKV_DECODE_KERNEL", "mma", 1);
+        PackedCacheDevice mma(f.cache->config());
+        unsetenv("PKV_DECODE_KERNEL");
+        mma.upload(*f.cache);
+        lanes.upload(*f.cache);
+        const std::vector<float> qv = queries(c, 9);
+        Floats q(qv.size()), a(qv.size()), b(qv.size());
+        std::copy(qv.begin(), qv.end(), q.data());
+        mma.decode_attention(0, q.data(), c.n_seq, a.data(), 8);
+        lanes.decode_attention(0, q.data(), c.n_seq, b.data(), 8);
+        const Worst w = compare(c, f, q.data(), a.data());
+        const double diff = max_difference(a.data(), b.data(), qv.size());
+        INFO(pkv_rt::to_string(method) << ": tensor-core vs lanes' path " << diff << ", vs ref " << w.ref << ", tol "
+                                       << 1e-4 * w.vmax);
+        CHECK(std::string(mma.last_split_kernel()) == "quant-mma");
+        CHECK(std::string(lanes.last_split_kernel()) == "quant-warp");
+        CHECK(diff > 0.0);
+        CHECK(diff <= 1e-4 * w.vmax);
+        CHECK(w.ref <= 1e-4 * w.vmax);
     }
 }
 
