@@ -68,7 +68,8 @@ void set_method(KvSpec& s, const std::string& name) {
 
 // Fields already given: each may appear at most once.
 struct SeenFields {
-    bool bits = false, g = false, w = false, p = false, cap = false, l2 = false, rot = false, keys = false;
+    bool bits = false, g = false, w = false, p = false, cap = false, l2 = false, rot = false, keys = false,
+         sink = false, out = false;
 };
 
 // A repeated field is an error rather than a silent override.
@@ -110,6 +111,16 @@ bool parse_numeric_field(KvSpec& s, SeenFields& seen, const std::string& f, bool
         only(s, minmax_method(s) || s.table, f, "window", "kivi and patternkv");
         PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': window {} must be at least 1", s.text, v);
         s.window = static_cast<int>(v);
+    } else if ((v = prefixed(f, "sink")) >= 0) {
+        once(s, seen.sink, "sink");
+        only(s, minmax_method(s) || s.table, f, "exact attention-sink tokens", "kivi, patternkv and patternkv-table");
+        PKV_CHECK(v >= 1, invalid_argument, "--kv '{}': sink {} must be at least 1 token", s.text, v);
+        s.sinks = static_cast<int>(v);
+    } else if ((v = prefixed(f, "out")) >= 0) {
+        once(s, seen.out, "out");
+        only(s, minmax_method(s) || s.table, f, "exact outliers per group", "kivi, patternkv and patternkv-table");
+        PKV_CHECK(v >= 1 && v <= 8, invalid_argument, "--kv '{}': out{} must be 1 to 8 elements per group", s.text, v);
+        s.outliers = static_cast<int>(v);
     } else if ((v = prefixed(f, "cap")) >= 0) {
         once(s, seen.cap, "cap");
         only(s, s.method == KvMethod::patternkv && !s.table, f, "pattern bank cap", "patternkv");
@@ -175,6 +186,8 @@ std::string KvSpec::label() const {
     if (window != 128) s += ":w" + std::to_string(window);
     if (patterns != 32) s += ":p" + std::to_string(patterns);
     if (pattern_cap != 0) s += ":cap" + std::to_string(pattern_cap);
+    if (sinks != 0) s += ":sink" + std::to_string(sinks);
+    if (outliers != 0) s += ":out" + std::to_string(outliers);
     if (decode_l2) s += ":l2";
     if (rotate) s += rotate_v_block == 64 ? ":rotv64" : ":rot";
     if (keys_pre) s += ":pre";
@@ -204,8 +217,8 @@ KvSpec parse_kv_spec(const std::string& text) {
             break;
         }
         fail(ErrorCode::invalid_argument,
-             "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, l2, rot, rotv64, pre or "
-             "post",
+             "--kv '{}': unknown field '{}': expected a width (2, 3, 4, 8), gN, wN, pN, capN, sinkN, outN, l2, rot, "
+             "rotv64, pre or post",
              text, f);
     }
     check_parsed(s, takes_bits, seen.bits);
@@ -236,6 +249,8 @@ SimParams kv_spec_sim_params(const KvSpec& s, uint64_t seed) {
     p.patterns = s.patterns;
     p.pattern_cap = s.pattern_cap;
     p.decode_l2 = s.decode_l2;
+    p.sinks = s.sinks;
+    p.outliers = s.outliers;
     p.seed = seed;
     return p;
 }

@@ -10,6 +10,11 @@
 //          | wN     fp16 window / flush block R in tokens (kivi, patternkv; default 128)
 //          | pN     patterns k-means mines from the prefill (patternkv; default 32)
 //          | capN   pattern bank limit, 0 = none (patternkv; default 0)
+//          | sinkN  the first N prompt tokens of each sequence stay exact (fp16; kivi,
+//                   patternkv, patternkv-table; default 0): attention sinks, whose outlier
+//                   keys would otherwise set the ranges of their whole K group
+//          | outN   in every quantizer group the N (1..8) elements that stretch its range
+//                   most stay exact, value and position (kivi, patternkv, patternkv-table)
 //          | l2     decode-time pattern assignment by L2 instead of min-max (patternkv)
 //          | rot    Hadamard-rotate every head before quantizing, rotate back after
 //          | rotv64 as rot, but values rotated in 64-element blocks (H_64 on each; keys
@@ -48,6 +53,8 @@ struct KvSpec {
     int patterns = 32;
     int pattern_cap = 0;
     bool decode_l2 = false;
+    int sinks = 0;     ///< sinkN: prompt tokens kept exact at the start of each sequence
+    int outliers = 0;  ///< outN: elements per quantizer group kept exact
     bool rotate = false;
     /// With rotate: values are rotated in blocks of this many elements (0: the whole head).
     int rotate_v_block = 0;

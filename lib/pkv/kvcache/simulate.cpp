@@ -8,6 +8,7 @@
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/kmeans.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/outliers.h"
 #include "pkv/kvcache/residual.h"
 #include "pkv/quant/fp8.h"
 #include "pkv/quant/ggml_kv.h"
@@ -45,24 +46,38 @@ void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t 
     MinMaxSpec spec;
     spec.clip = clip;
     spec.bits = p.bits;
+    spec.axis = tensor == KvTensor::k ? QuantAxis::channel : QuantAxis::token;
+    spec.group = tensor == KvTensor::k ? p.group : std::min(p.group, D);
+    // Dense-and-sparse (SimParams::outliers): the quantizer sees each group without its
+    // held-out elements, which then stay exact; their values and positions count with the
+    // group's parameters.
+    const float* exact = x;
+    std::vector<float> xs;
+    std::vector<int64_t> held;
+    if (p.outliers > 0) {
+        xs.resize(static_cast<size_t>(rows * D));
+        held = hold_out_outliers(x, rows, D, spec, p.outliers, xs.data());
+        x = xs.data();
+    }
     if (tensor == KvTensor::k) {
-        spec.axis = QuantAxis::channel;
-        spec.group = p.group;
         // Groups of G tokens are independent, so quantizing them one by one is the same.
         for (int64_t a = 0; a < rows; a += p.group) {
             const int64_t m = std::min<int64_t>(p.group, rows - a);
             const MinMaxCost c = quantize_minmax(x + a * D, m, D, spec, recon + a * D);
+            const double sparse = m > p.outliers + 1 ? static_cast<double>(D) * p.outliers * outlier_bits(m) : 0.0;
             units.push_back({tok0 + a, tok0 + a + m, static_cast<double>(c.code_bits),
-                             static_cast<double>(c.param_bits), 0.0, 0.0});
+                             static_cast<double>(c.param_bits) + sparse, 0.0, 0.0});
         }
-        return;
+    } else {
+        const MinMaxCost c = quantize_minmax(x, rows, D, spec, recon);
+        // Every token costs the same: D codes and D / group (scale, zero) pairs.
+        const double codes = static_cast<double>(c.code_bits) / rows, params = static_cast<double>(c.param_bits) / rows;
+        const double sparse = spec.group > p.outliers + 1
+                                  ? static_cast<double>(D) / spec.group * p.outliers * outlier_bits(spec.group)
+                                  : 0.0;
+        for (int64_t i = 0; i < rows; ++i) units.push_back({tok0 + i, tok0 + i + 1, codes, params + sparse, 0.0, 0.0});
     }
-    spec.axis = QuantAxis::token;
-    spec.group = std::min(p.group, D);
-    const MinMaxCost c = quantize_minmax(x, rows, D, spec, recon);
-    // Every token costs the same: D codes and D / group (scale, zero) pairs.
-    const double codes = static_cast<double>(c.code_bits) / rows, params = static_cast<double>(c.param_bits) / rows;
-    for (int64_t i = 0; i < rows; ++i) units.push_back({tok0 + i, tok0 + i + 1, codes, params, 0.0, 0.0});
+    for (const int64_t i : held) recon[i] = exact[i];
 }
 
 // The final cache's storage: the units still holding a token >= kept_from, the tokens
@@ -264,6 +279,32 @@ SimResult shifted(SimResult in, const float* x, int64_t n, int D, int64_t s) {
     return r;
 }
 
+// Exact sink tokens 0 .. S - 1 (SimParams::sinks): the blocks run as without them, on a
+// copy of x whose sink rows repeat row S, so that the sinks take no part in any range (a
+// repeated row changes no min or max; patternkv's prefill k-means sees it twice). The sinks
+// then hold their exact rows, are never flushed (finish_bits counts them at 16 bits) and
+// give back the codes, indices and gates their units charged for them; a unit of sinks
+// only (a V token) gives back its parameters too.
+SimResult simulate_with_sinks(const SimParams& p, KvTensor tensor, const float* x, int64_t n, int D, int64_t P,
+                              int64_t S) {
+    std::vector<float> xs(x, x + n * D);
+    for (int64_t j = 0; j < S; ++j) std::copy(x + S * D, x + (S + 1) * D, xs.begin() + j * D);
+    SimResult r = simulate_blocks(p, tensor, xs.data(), n, D, P);
+    std::copy(x, x + S * D, r.recon.begin());
+    for (int64_t j = 0; j < S; ++j) {
+        r.flush_step[static_cast<size_t>(j)] = kNeverQuantized;
+        if (!r.pattern.empty()) r.pattern[static_cast<size_t>(j)] = -1;
+        if (!r.gate.empty()) r.gate[static_cast<size_t>(j)] = 0;
+    }
+    for (SimUnit& u : r.units) {
+        if (u.t0 >= S) continue;
+        const double share = static_cast<double>(std::min(u.t1, S) - u.t0) / static_cast<double>(u.t1 - u.t0);
+        u.codes -= u.codes * share, u.index -= u.index * share, u.gate -= u.gate * share;
+        if (u.t1 <= S) u.params = 0.0;
+    }
+    return r;
+}
+
 // fp16, q4_0, q8_0 and fp8 hold every token in its final form from the moment it is written.
 SimResult simulate_write_through(const SimParams& p, const float* x, int64_t n, int D) {
     SimResult r = empty_result(x, n, D);
@@ -368,7 +409,9 @@ SimResult simulate_cache(const SimParams& p, KvTensor tensor, const float* x, in
     SimResult r;
     if (kv_method_keeps_window(p.method)) {
         PKV_ASSERT(W == 0 || p.window <= W);
-        if (stored_from == 0) r = simulate_blocks(p, tensor, x, n, D, prefill);
+        const int64_t sinks = stored_from == 0 ? std::min<int64_t>(std::max<int64_t>(p.sinks, 0), prefill) : 0;
+        if (sinks > 0 && sinks < n) r = simulate_with_sinks(p, tensor, x, n, D, prefill, sinks);
+        else if (stored_from == 0) r = simulate_blocks(p, tensor, x, n, D, prefill);
         else
             r = shifted(simulate_blocks(p, tensor, x + stored_from * D, n - stored_from, D, prefill - stored_from), x,
                         n, D, stored_from);

@@ -86,6 +86,15 @@ struct SimParams {
     /// patternkv-table: the head's key and value patterns (both required for that method).
     const TableHeadView* table_k = nullptr;
     const TableHeadView* table_v = nullptr;
+    /// kivi / patternkv / patternkv-table: the first min(sinks, P) prompt tokens stay exact
+    /// (attention sinks, 16 bits per element while the cache holds them) and take no part
+    /// in any quantizer range; blocks and flushes keep their schedule (a sink's slot in its
+    /// block holds it exact). Global layers and rings that still hold the prompt's start.
+    int64_t sinks = 0;
+    /// kivi / patternkv / patternkv-table: elements per quantizer group held out exact
+    /// (dense-and-sparse, pkv/kvcache/outliers.h), 0..8; their values and positions count
+    /// with the group's parameters.
+    int outliers = 0;
     /// Sliding window W of a local layer (0: a global layer, every token is kept).
     /// kivi / patternkv / patternkv-table need window <= ring (the fp16 part lives in the ring).
     int64_t ring = 0;

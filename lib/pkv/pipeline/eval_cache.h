@@ -51,8 +51,12 @@ public:
 
     /// Whether only the hook can simulate this cache (rotv64: no device engine rotates
     /// values in blocks), so eval runs it on the host whatever the engine.
-    /// So does a table with a per-head width allocation (the device engines run one width).
-    bool host_only() const { return spec_.rotate_v_block != 0 || (table_ && table_->has_allocation()); }
+    /// So does a table with a per-head width allocation (the device engines run one width),
+    /// and exact sink tokens or outliers (sinkN, outN: no device cache keeps them).
+    bool host_only() const {
+        return spec_.rotate_v_block != 0 || spec_.sinks != 0 || spec_.outliers != 0 ||
+               (table_ && table_->has_allocation());
+    }
 
     /// Storage of this sequence's final cache in bits, summed over layers and KV
     /// heads: keys, values.

@@ -34,6 +34,8 @@ std::string runtime_refusal(const KvSpec& s) {
     }
     if (s.rotate) return "rotated heads (:rot / :rotv64) are not held";
     if (s.keys_pre) return "pre-RoPE keys (:pre) are not held (the cache holds keys after RoPE)";
+    if (s.sinks != 0) return "exact sink tokens (:sinkN) are not held";
+    if (s.outliers != 0) return "exact outliers (:outN) are not held";
     // patternkv-table:auto takes its width from the table: checked again once it is read.
     if (s.method != KvMethod::fp16 && !s.table_auto && s.bits != 2 && s.bits != 3 && s.bits != 4)
         return fmt::format("code width {} is not packed (expected 2, 3 or 4)", s.bits);

@@ -54,6 +54,17 @@ TEST_CASE("kv spec: methods, widths and defaults", "[eval][spec]") {
     CHECK(k4.window == 64);
     CHECK(k4.label() == "kivi:4:g32:w64");
 
+    const KvSpec s = parse_kv_spec("kivi:4:sink4");
+    CHECK(s.sinks == 4);
+    CHECK(s.label() == "kivi:4:sink4");
+    CHECK(kv_spec_sim_params(s, 0).sinks == 4);
+    const KvSpec o = parse_kv_spec("kivi:4:out2:sink1");
+    CHECK(o.outliers == 2);
+    CHECK(o.label() == "kivi:4:sink1:out2");
+    CHECK(kv_spec_sim_params(o, 0).outliers == 2);
+    CHECK(parse_kv_spec("patternkv-table:4:sink1:pre:sink.safetensors").table_path == "sink.safetensors");
+    CHECK(parse_kv_spec("patternkv-table:4:sink1:pre:sink.safetensors").sinks == 1);
+
     const KvSpec p = parse_kv_spec("patternkv:2:p16:cap64:l2:rot:pre");
     CHECK(p.method == KvMethod::patternkv);
     CHECK(p.patterns == 16);
@@ -116,6 +127,13 @@ TEST_CASE("kv spec: errors name the spec and what was expected", "[eval][spec]")
     CHECK(parse_error("kivi:2::rot") == "--kv 'kivi:2::rot': empty field after '2'");
     CHECK(parse_error("kivi:2:g0") == "--kv 'kivi:2:g0': group 0 must be at least 1");
     CHECK(parse_error("kivi:2:w0") == "--kv 'kivi:2:w0': window 0 must be at least 1");
+    CHECK(parse_error("kivi:2:sink0") == "--kv 'kivi:2:sink0': sink 0 must be at least 1 token");
+    CHECK(parse_error("kivi:2:out9") == "--kv 'kivi:2:out9': out9 must be 1 to 8 elements per group");
+    CHECK(parse_error("fp8:out1") ==
+          "--kv 'fp8:out1': 'out1' (exact outliers per group) applies to kivi, patternkv and patternkv-table only");
+    CHECK(parse_error("q4_0:sink1") ==
+          "--kv 'q4_0:sink1': 'sink1' (exact attention-sink tokens) applies to kivi, patternkv and patternkv-table "
+          "only");
     CHECK(parse_error("patternkv:2:p32:cap8") ==
           "--kv 'patternkv:2:p32:cap8': cap8 must be 0 (no cap) or at least the 32 prefill patterns");
     CHECK(parse_error("fp16:rot") == "--kv 'fp16:rot': fp16 takes no options (it is the unquantized cache)");

@@ -207,6 +207,62 @@ TEST_CASE("bits are accounted by hand", "[analyze]") {
     CHECK(index_bits(33) == 6);
 }
 
+// sinkN: the first N prompt tokens stay exact for every query and cost 16 bits per element;
+// the blocks run on the schedule they have without sinks, on rows where each sink repeats
+// token N (so that no sink sets a range), and give back what they charged for the sinks.
+TEST_CASE("exact sink tokens: kept exact, out of every range, on the same schedule", "[analyze]") {
+    const int D = 16;
+    const int64_t n = 200, P = 70, S = 3;
+    auto x = random_matrix(n, D, 5);
+    for (int d = 0; d < D; ++d) x[static_cast<size_t>(d)] *= 40.0f;  // an outlier first token
+    std::vector<float> xs = x;
+    for (int64_t j = 0; j < S; ++j) std::copy(x.begin() + S * D, x.begin() + (S + 1) * D, xs.begin() + j * D);
+    for (const KvMethod m : {KvMethod::kivi, KvMethod::patternkv}) {
+        for (const KvTensor t : {KvTensor::k, KvTensor::v}) {
+            SimParams p;
+            p.method = m, p.bits = 2, p.group = 16, p.window = 32, p.patterns = 4, p.seed = 3;
+            SimParams ps = p;
+            ps.sinks = S;
+            const SimResult r = simulate_cache(ps, t, x.data(), n, D, P);
+            const SimResult same = simulate_cache(p, t, xs.data(), n, D, P);
+            INFO(kv_method_name(m) << (t == KvTensor::k ? " K" : " V"));
+            for (int64_t j = 0; j < S; ++j) {
+                CHECK(r.flush_step[static_cast<size_t>(j)] == kNeverQuantized);
+                for (int d = 0; d < D; ++d)
+                    CHECK(r.recon[static_cast<size_t>(j * D + d)] == x[static_cast<size_t>(j * D + d)]);
+            }
+            for (int64_t j = S; j < n; ++j) {
+                REQUIRE(r.flush_step[static_cast<size_t>(j)] == same.flush_step[static_cast<size_t>(j)]);
+                for (int d = 0; d < D; ++d)
+                    REQUIRE(r.recon[static_cast<size_t>(j * D + d)] == same.recon[static_cast<size_t>(j * D + d)]);
+            }
+            // The sinks trade their codes (and indices, gates; a V token its scale and zero)
+            // for 16 bits per element.
+            CHECK(r.bits.window == same.bits.window + 16.0 * S * D);
+            CHECK(r.bits.codes == Approx(same.bits.codes - 2.0 * S * D).epsilon(1e-12));
+            if (t == KvTensor::v) CHECK(r.bits.params == Approx(same.bits.params - 32.0 * S).epsilon(1e-12));
+            else CHECK(r.bits.params == same.bits.params);
+            if (m == KvMethod::patternkv)
+                CHECK(r.bits.index == Approx(same.bits.index - S * index_bits(4)).epsilon(1e-12));  // prefill bank: 4
+            // The outlier no longer sets its K group's ranges: the group's other tokens' error drops.
+            const SimResult plain = simulate_cache(p, t, x.data(), n, D, P);
+            double e_sink = 0, e_plain = 0;
+            for (int64_t j = S; j < 16; ++j)
+                for (int d = 0; d < D; ++d) {
+                    const size_t i = static_cast<size_t>(j * D + d);
+                    e_sink += std::pow(r.recon[i] - x[i], 2), e_plain += std::pow(plain.recon[i] - x[i], 2);
+                }
+            if (t == KvTensor::k && m == KvMethod::kivi) CHECK(e_sink < 0.1 * e_plain);
+        }
+    }
+    SimParams q;
+    q.method = KvMethod::kivi, q.sinks = 8;
+    // No more sinks than the prompt holds.
+    const SimResult r = simulate_cache(q, KvTensor::k, x.data(), n, D, 2);
+    CHECK(r.flush_step[1] == kNeverQuantized);
+    CHECK(r.flush_step[2] != kNeverQuantized);
+}
+
 TEST_CASE("the V gate threshold sits at the exact critical rho", "[analyze]") {
     for (int d : {64, 128}) {
         const double c = 2.0 * 1.6448536269514722 / std::sqrt(5.0 * d);

@@ -296,6 +296,8 @@ TEST_CASE("eval runtime: what the packed cache cannot hold is refused up front",
     CHECK_THAT(refusal("q8_0"), ContainsSubstring("q8_0 has no packed layout"));
     CHECK_THAT(refusal("kivi:2:rot"), ContainsSubstring("--kv 'kivi:2:rot': --engine runtime cannot run it: rotated"));
     CHECK_THAT(refusal("kivi:2:pre"), ContainsSubstring("pre-RoPE keys (:pre) are not held"));
+    CHECK_THAT(refusal("kivi:2:sink1"), ContainsSubstring("exact sink tokens (:sinkN) are not held"));
+    CHECK_THAT(refusal("kivi:2:out1"), ContainsSubstring("exact outliers (:outN) are not held"));
     CHECK_THAT(refusal("patternkv-table:2:pre:" + fx.table),
                ContainsSubstring("--engine runtime cannot run it: pre-RoPE keys"));
     CHECK_THAT(refusal("kivi:8"), ContainsSubstring("code width 8 is not packed (expected 2, 3 or 4)"));

@@ -1,0 +1,34 @@
+// pkv/kvcache/outliers.h — dense-and-sparse quantization of a cache's groups: in every
+// min-max group the few elements that stretch its range most stay exact (a binary16 value
+// and its position in the group), the rest are quantized over the narrower range.
+//
+// Groups follow pkv/quant/minmax.h: per-channel (K: one channel over G consecutive tokens,
+// the last group of a matrix possibly shorter) or per-token (V: G consecutive channels of
+// one token). In a group of m values sorted v_0 <= .. <= v_{m-1}, holding out `count` of
+// them leaves the range v_{m-1-(count-a)} - v_a for a taken from the bottom and count - a
+// from the top; the a of the smallest range is chosen (ties: the smaller a). Groups of at
+// most `count` + 1 values hold out none. Storage: each held-out element costs
+// kOutlierValueBits for its value plus ceil(log2 m) for its position in the group.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pkv/quant/minmax.h"
+
+namespace pkv {
+
+/// Bits of a held-out element's value (binary16).
+constexpr int kOutlierValueBits = 16;
+
+/// Bits of one held-out element of a group of m values: its value and its position.
+int outlier_bits(int64_t m);
+
+/// Chooses the held-out elements of every group of the row-major [T, D] matrix x and
+/// writes into xs (same shape) a copy of x whose held-out elements repeat a kept value of
+/// their group (so a min-max quantizer of xs sees only the kept range). Returns the flat
+/// indices of the held-out elements, group by group. count in [0, 8]; spec as for
+/// quantize_minmax (bits and clip unused).
+std::vector<int64_t> hold_out_outliers(const float* x, int64_t T, int D, const MinMaxSpec& spec, int count, float* xs);
+
+}  // namespace pkv
