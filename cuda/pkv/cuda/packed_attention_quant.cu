@@ -42,7 +42,7 @@ __host__ __device__ constexpr int quant_acc_offset(int D, int Q, int Mk, int Mv)
 }
 int quant_smem_bytes(int D, int Q, int Mk, int Mv, int ng, bool mma) {
     const int recs = 4 * (kWarpsQ * Q * D + 2 * kWarpsQ * Q);
-    const int tail = mma ? std::max(recs, mma2::mma_stage_bytes(D, Q, ng, kWarpsQ)) : recs;
+    const int tail = mma ? std::max(recs, mma2::mma_stage_bytes(D, ng, kWarpsQ)) : recs;
     return 4 * quant_acc_offset(D, Q, Mk, Mv) + tail;
 }
 

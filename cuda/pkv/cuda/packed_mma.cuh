@@ -62,7 +62,6 @@ __device__ __forceinline__ uint32_t as_codes(uint32_t w) {
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(w), "n"(kCodeMask), "n"(kOne));
     return r;
 }
-__device__ __forceinline__ uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) { return __byte_perm(a, b, sel); }
 
 // The binary16 pair (lo, hi) of fp32 values, each rounded to nearest.
 __device__ __forceinline__ uint32_t pack_halves(float lo, float hi) {
@@ -87,13 +86,9 @@ __device__ __forceinline__ float up_scale(float m) {
 // K and V pattern indices, the V gate word (16 bytes, 4 used).
 __host__ __device__ constexpr int stage_bytes(int D, int ng) { return 2 * kRound * (D / 4) + kRound * ng * 4 + 80; }
 
-/// Shared bytes of the mma path past q, q·c and the pattern weights: two staging buffers
-/// per warp, which the warps' acc, max and sum records reuse at the end.
-inline int mma_stage_bytes(int D, int Q, int ng, int warps) {
-    const int stage = 2 * warps * stage_bytes(D, ng);
-    const int recs = 4 * (warps * Q * D + 2 * warps * Q);
-    return stage > recs ? stage : recs;
-}
+/// Shared bytes of the mma path's staging: two buffers per warp (the kernel's acc, max and
+/// sum records reuse them at the end).
+inline int mma_stage_bytes(int D, int ng, int warps) { return 2 * warps * stage_bytes(D, ng); }
 
 // The warp's run [w_begin, w_end) of one split over flushed tokens only, in rounds of 32.
 // q_s [Q, D] and qc_s [Q, Mk] hold the block's queries and pattern scores; pw_w [Q, Mv] are
@@ -324,8 +319,8 @@ __device__ __forceinline__ void warp_run(const SplitGeo& g, const uint8_t* kbloc
                     for (int i = 0; i < D / 16; ++i)
                         if (i == gi && hl == 0) zacc[i] += zpart;
                 }
-                const uint32_t z0 = byte_perm(wv[0][mt], wv[1][mt], vsel);
-                const uint32_t z1 = byte_perm(wv[2][mt], wv[3][mt], vsel);
+                const uint32_t z0 = __byte_perm(wv[0][mt], wv[1][mt], vsel);
+                const uint32_t z1 = __byte_perm(wv[2][mt], wv[3][mt], vsel);
                 const uint32_t a[4] = {as_codes(z0 >> (2 * vk)), as_codes(z0 << (8 - 2 * vk)), as_codes(z1 >> (2 * vk)),
                                        as_codes(z1 << (8 - 2 * vk))};
                 mma16816(cv[mt], a, b0, b1);

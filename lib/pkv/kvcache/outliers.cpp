@@ -19,7 +19,7 @@ namespace {
 // the choice is deterministic), picks the split of the smallest remaining range.
 void hold_out_group(const float* x, std::vector<int64_t>& idx, int count, float* xs, std::vector<int64_t>& out) {
     const int64_t m = static_cast<int64_t>(idx.size());
-    if (count <= 0 || m <= count + 1) return;
+    if (!group_holds_out(m, count)) return;
     std::sort(idx.begin(), idx.end(), [x](int64_t a, int64_t b) { return x[a] < x[b] || (x[a] == x[b] && a < b); });
     int best = 0;
     float best_range = 0.0f;

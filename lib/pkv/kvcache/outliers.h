@@ -24,6 +24,14 @@ constexpr int kOutlierValueBits = 16;
 /// Bits of one held-out element of a group of m values: its value and its position.
 int outlier_bits(int64_t m);
 
+/// Whether a group of m values holds out `count` elements (it needs more than count + 1).
+inline bool group_holds_out(int64_t m, int count) { return count > 0 && m > count + 1; }
+
+/// Bits a group of m values pays for its held-out elements (0 where it holds none).
+inline double outlier_group_bits(int64_t m, int count) {
+    return group_holds_out(m, count) ? static_cast<double>(count) * outlier_bits(m) : 0.0;
+}
+
 /// Chooses the held-out elements of every group of the row-major [T, D] matrix x and
 /// writes into xs (same shape) a copy of x whose held-out elements repeat a kept value of
 /// their group (so a min-max quantizer of xs sees only the kept range). Returns the flat

@@ -64,17 +64,14 @@ void quantize_rows(const SimParams& p, KvTensor tensor, const float* x, int64_t 
         for (int64_t a = 0; a < rows; a += p.group) {
             const int64_t m = std::min<int64_t>(p.group, rows - a);
             const MinMaxCost c = quantize_minmax(x + a * D, m, D, spec, recon + a * D);
-            const double sparse = m > p.outliers + 1 ? static_cast<double>(D) * p.outliers * outlier_bits(m) : 0.0;
             units.push_back({tok0 + a, tok0 + a + m, static_cast<double>(c.code_bits),
-                             static_cast<double>(c.param_bits) + sparse, 0.0, 0.0});
+                             static_cast<double>(c.param_bits) + D * outlier_group_bits(m, p.outliers), 0.0, 0.0});
         }
     } else {
         const MinMaxCost c = quantize_minmax(x, rows, D, spec, recon);
         // Every token costs the same: D codes and D / group (scale, zero) pairs.
         const double codes = static_cast<double>(c.code_bits) / rows, params = static_cast<double>(c.param_bits) / rows;
-        const double sparse = spec.group > p.outliers + 1
-                                  ? static_cast<double>(D) / spec.group * p.outliers * outlier_bits(spec.group)
-                                  : 0.0;
+        const double sparse = static_cast<double>(D / spec.group) * outlier_group_bits(spec.group, p.outliers);
         for (int64_t i = 0; i < rows; ++i) units.push_back({tok0 + i, tok0 + i + 1, codes, params + sparse, 0.0, 0.0});
     }
     for (const int64_t i : held) recon[i] = exact[i];
