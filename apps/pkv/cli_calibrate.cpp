@@ -116,6 +116,10 @@ void add_table_options(CLI::App* app, CalibrateArgs& args) {
         ->needs(budget);
     app->add_option("--group", c.group, "quantization group: K tokens per channel group; V channels")
         ->capture_default_str();
+    app->add_option("--outliers", c.outliers,
+                    "elements of each quantizer group the runtime keeps exact (eval's outN): fit the clip ratios "
+                    "with them held out and record the count in the table (0..8)")
+        ->capture_default_str();
     app->add_option("--window", c.window, "fp16 window / flush block length recorded for runtimes")
         ->capture_default_str();
     app->add_flag("--rotate", c.rotate, "mine in the Hadamard-rotated basis");

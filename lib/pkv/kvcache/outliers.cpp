@@ -13,24 +13,41 @@ int outlier_bits(int64_t m) {
     return kOutlierValueBits + b;
 }
 
-namespace {
-
-// One group: the elements at idx[0..m) of x. Sorts a copy by value (ties by index, so
-// the choice is deterministic), picks the split of the smallest remaining range.
-void hold_out_group(const float* x, std::vector<int64_t>& idx, int count, float* xs, std::vector<int64_t>& out) {
-    const int64_t m = static_cast<int64_t>(idx.size());
-    if (!group_holds_out(m, count)) return;
-    std::sort(idx.begin(), idx.end(), [x](int64_t a, int64_t b) { return x[a] < x[b] || (x[a] == x[b] && a < b); });
+int group_outliers(const float* v, int64_t m, int64_t stride, int count, std::vector<int64_t>& idx, int64_t* pos,
+                   float* kept) {
+    if (!group_holds_out(m, count)) return 0;
+    // Sorted by value, ties by position, so that the choice is deterministic.
+    idx.resize(static_cast<size_t>(m));
+    std::iota(idx.begin(), idx.end(), int64_t{0});
+    const auto at = [v, stride](int64_t i) { return v[i * stride]; };
+    std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return at(a) < at(b) || (at(a) == at(b) && a < b); });
     int best = 0;
     float best_range = 0.0f;
     for (int a = 0; a <= count; ++a) {
-        const float r = x[idx[static_cast<size_t>(m - 1 - (count - a))]] - x[idx[static_cast<size_t>(a)]];
+        const float r = at(idx[static_cast<size_t>(m - 1 - (count - a))]) - at(idx[static_cast<size_t>(a)]);
         if (a == 0 || r < best_range) best = a, best_range = r;
     }
-    const float keep = x[idx[static_cast<size_t>(best)]];  // the kept minimum
-    for (int i = 0; i < best; ++i) out.push_back(idx[static_cast<size_t>(i)]);
-    for (int i = 0; i < count - best; ++i) out.push_back(idx[static_cast<size_t>(m - 1 - i)]);
-    for (size_t i = out.size() - static_cast<size_t>(count); i < out.size(); ++i) xs[out[i]] = keep;
+    int n = 0;
+    for (int i = 0; i < best; ++i) pos[n++] = idx[static_cast<size_t>(i)];
+    for (int i = 0; i < count - best; ++i) pos[n++] = idx[static_cast<size_t>(m - 1 - i)];
+    kept[0] = at(idx[static_cast<size_t>(best)]);
+    kept[1] = at(idx[static_cast<size_t>(m - 1 - (count - best))]);
+    return n;
+}
+
+namespace {
+
+// One group of m values at x[base + i * stride]: held-out positions appended to out as flat
+// indices, their xs entries set to the group's kept minimum.
+void hold_out_group(const float* x, int64_t base, int64_t m, int64_t stride, int count, float* xs,
+                    std::vector<int64_t>& idx, std::vector<int64_t>& out) {
+    int64_t pos[8];
+    float kept[2];
+    const int n = group_outliers(x + base, m, stride, count, idx, pos, kept);
+    for (int i = 0; i < n; ++i) {
+        out.push_back(base + pos[i] * stride);
+        xs[out.back()] = kept[0];
+    }
 }
 
 }  // namespace
@@ -43,21 +60,14 @@ std::vector<int64_t> hold_out_outliers(const float* x, int64_t T, int D, const M
     if (spec.axis == QuantAxis::channel) {
         for (int64_t a = 0; a < T; a += spec.group) {
             const int64_t m = std::min<int64_t>(spec.group, T - a);
-            for (int c = 0; c < D; ++c) {
-                idx.resize(static_cast<size_t>(m));
-                for (int64_t i = 0; i < m; ++i) idx[static_cast<size_t>(i)] = (a + i) * D + c;
-                hold_out_group(x, idx, count, xs, out);
-            }
+            for (int c = 0; c < D; ++c) hold_out_group(x, a * D + c, m, D, count, xs, idx, out);
         }
     } else {
         PKV_CHECK(D % spec.group == 0, invalid_argument, "outliers: group size {} does not divide head_dim {}",
                   spec.group, D);
         for (int64_t t = 0; t < T; ++t)
-            for (int g0 = 0; g0 < D; g0 += spec.group) {
-                idx.resize(static_cast<size_t>(spec.group));
-                std::iota(idx.begin(), idx.end(), t * D + g0);
-                hold_out_group(x, idx, count, xs, out);
-            }
+            for (int g0 = 0; g0 < D; g0 += spec.group)
+                hold_out_group(x, t * D + g0, spec.group, 1, count, xs, idx, out);
     }
     return out;
 }

@@ -32,6 +32,14 @@ inline double outlier_group_bits(int64_t m, int count) {
     return group_holds_out(m, count) ? static_cast<double>(count) * outlier_bits(m) : 0.0;
 }
 
+/// The held-out elements of one group of m values v[0], v[stride], .., v[(m-1) stride]:
+/// writes their positions in the group (0..m-1) to pos and returns how many (count, or 0
+/// where the group holds none) and, when it holds some, the range of the values it keeps
+/// to kept[0] (minimum) and kept[1] (maximum). idx is scratch. hold_out_outliers and the
+/// fit of a table's clip ratios (pkv/kvcache/residual.h) choose with this.
+int group_outliers(const float* v, int64_t m, int64_t stride, int count, std::vector<int64_t>& idx, int64_t* pos,
+                   float* kept);
+
 /// Chooses the held-out elements of every group of the row-major [T, D] matrix x and
 /// writes into xs (same shape) a copy of x whose held-out elements repeat a kept value of
 /// their group (so a min-max quantizer of xs sees only the kept range). Returns the flat

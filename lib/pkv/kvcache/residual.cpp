@@ -10,6 +10,7 @@
 #include "pkv/core/half.h"
 #include "pkv/kmeans/assigner.h"
 #include "pkv/kmeans/minmax_assign.h"
+#include "pkv/kvcache/outliers.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/quant/minmax.h"
 
@@ -45,9 +46,13 @@ void check_params(const std::vector<ResidualParams>& ps) {
         PKV_CHECK(p.group > 0, invalid_argument, "group size {}: expected a positive number", p.group);
         PKV_CHECK(p.clip > 0.0f && p.clip <= 1.0f, invalid_argument,
                   "quantizer clip ratio {}: expected a value in (0, 1]", p.clip);
-        PKV_CHECK(p.bits == ps.front().bits && p.group == ps.front().group, invalid_argument,
-                  "residual errors: expected one bit width and group for every parameter set, got {}/{} and {}/{}",
-                  ps.front().bits, ps.front().group, p.bits, p.group);
+        PKV_CHECK(p.outliers >= 0 && p.outliers <= 8, invalid_argument, "outliers per group: expected 0..8, got {}",
+                  p.outliers);
+        PKV_CHECK(p.bits == ps.front().bits && p.group == ps.front().group && p.outliers == ps.front().outliers,
+                  invalid_argument,
+                  "residual errors: expected one bit width, group and outlier count for every parameter set, got "
+                  "{}/{}/{} and {}/{}/{}",
+                  ps.front().bits, ps.front().group, ps.front().outliers, p.bits, p.group, p.outliers);
     }
 }
 
@@ -130,6 +135,31 @@ inline bool range_of(const float* v, int64_t n, int64_t stride, float& mn, float
     return finite;
 }
 
+// Held-out elements (ResidualParams::outliers) of one group of n values at a stride:
+// narrows [mn, mx] to the kept range and sets bit `bit` of held[base + pos * stride] for each.
+// The choice is eval's (group_outliers), so the fit sees the groups eval quantizes.
+struct Holdout {
+    int count = 0;
+    std::vector<int64_t> idx;
+    std::vector<uint8_t> held;  // per element of the block: bit 0 plain min-max, bit 1 patterns
+    void group(const float* v, int64_t n, int64_t stride, size_t base, uint8_t bit, float& mn, float& mx) {
+        int64_t pos[8];
+        float kept[2];
+        const int h = group_outliers(v, n, stride, count, idx, pos, kept);
+        if (h == 0) return;
+        mn = kept[0];
+        mx = kept[1];
+        for (int i = 0; i < h; ++i) held[base + static_cast<size_t>(pos[i] * stride)] |= bit;
+    }
+};
+
+// The candidates whose variant (m[k] != 0: patterns subtracted) holds an element out
+// (flags as Holdout::held) reconstruct it exactly: their errors become zero.
+inline void zero_held(uint8_t flags, const float* m, int K, double* e) {
+    for (int k = 0; k < K; ++k)
+        if (flags & (m[k] != 0.0f ? 2 : 1)) e[k] = 0.0;
+}
+
 std::vector<ResidualError> with_ref(const std::vector<double>& err2, double ref2, int64_t tokens,
                                     const std::vector<int64_t>& gated) {
     std::vector<ResidualError> out(err2.size());
@@ -164,8 +194,12 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
     std::vector<const float*> crow(static_cast<size_t>(G));
     Grids grid(static_cast<size_t>(D) * Kp);                                    // [channel, candidate]
     std::vector<double> e(U ? static_cast<size_t>(D) * Kp : 0), y(U ? Kp : 0);  // full metric: [channel, candidate]
+    Holdout out;
+    out.count = ps.front().outliers;
+    std::vector<double> eh(out.count > 0 ? Kp : 0);  // one held-out element's errors
     for (const SeqRange& sq : seqs) {
         for (int64_t b = 0; b + G <= sq.length; b += G) {
+            if (out.count > 0) out.held.assign(static_cast<size_t>(G * D), 0);
             const float* xb = x + (sq.start + b) * D;
             for (int64_t i = 0; i < G; ++i) {
                 crow[i] = any_patterns ? patterns + static_cast<int64_t>(labels[sq.start + b + i]) * D : zeros.data();
@@ -180,6 +214,7 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
                         std::vector<float> tmp(static_cast<size_t>(G));
                         quantize_minmax_group(src[v], G, D, bits, tmp.data(), nullptr, 1.0f);
                     }
+                    if (out.count > 0) out.group(src[v], G, D, static_cast<size_t>(d), uint8_t(1u << v), mn[v], mx[v]);
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = ps[k].use_patterns ? 1 : 0;
@@ -198,6 +233,8 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
                         const size_t at = static_cast<size_t>(d) * Kp;
                         element_errors(xi[d], crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
                                        grid.div.data() + at, qmax, Kp, e.data() + at);
+                        if (out.count > 0)
+                            zero_held(out.held[static_cast<size_t>(i * D + d)], m.data(), Kp, e.data() + at);
                     }
                     for (int j = 0; j < D; ++j) {
                         std::fill(y.begin(), y.end(), 0.0);
@@ -219,6 +256,16 @@ std::vector<ResidualError> key_errors_pass(const float* x, int D, const std::vec
                 for (int d = 0; d < D; ++d) {
                     const float xv = xb[i * D + d];
                     const size_t at = static_cast<size_t>(d) * Kp;
+                    if (out.count > 0 && out.held[static_cast<size_t>(i * D + d)]) {
+                        // Held out by some candidates: their errors are zero, the others' as below.
+                        const double w = weight ? weight[d] : 1.0;
+                        ref2 += w * (static_cast<double>(xv) * xv);
+                        element_errors(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                       grid.div.data() + at, qmax, Kp, eh.data());
+                        zero_held(out.held[static_cast<size_t>(i * D + d)], m.data(), Kp, eh.data());
+                        for (int k = 0; k < Kp; ++k) err2[k] += w * (eh[k] * eh[k]);
+                        continue;
+                    }
                     if (weight) {
                         ref2 += weight[d] * (static_cast<double>(xv) * xv);
                         add_element<true>(xv, crow[i][d], m.data(), grid.z.data() + at, grid.s.data() + at,
@@ -253,8 +300,12 @@ std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::v
     std::vector<float> m(static_cast<size_t>(Kp), 0.0f), r(static_cast<size_t>(D));
     const int groups = (D + g - 1) / g;
     Grids grid(static_cast<size_t>(groups) * Kp);  // [group, candidate]
+    Holdout out;
+    out.count = ps.front().outliers;
+    std::vector<double> eh(out.count > 0 ? Kp : 0);  // one held-out element's errors
     for (const SeqRange& sq : seqs) {
         for (int64_t j = sq.start; j < sq.start + sq.length; ++j) {
+            if (out.count > 0) out.held.assign(static_cast<size_t>(D), 0);
             const float* xv = x + j * D;
             const float* c = any_patterns ? patterns + static_cast<int64_t>(labels[j]) * D : zeros.data();
             bool any_sub = false, any_plain = false;
@@ -280,6 +331,7 @@ std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::v
                         std::vector<float> tmp(static_cast<size_t>(n));
                         quantize_minmax_group(src[v], n, 1, bits, tmp.data(), nullptr, 1.0f);
                     }
+                    if (out.count > 0) out.group(src[v], n, 1, static_cast<size_t>(g0), uint8_t(1u << v), mn[v], mx[v]);
                 }
                 for (int k = 0; k < K; ++k) {
                     const int v = m[k] != 0.0f ? 1 : 0;
@@ -294,6 +346,13 @@ std::vector<ResidualError> value_errors_pass(const float* x, int D, const std::v
                 const size_t at = static_cast<size_t>(g0 / g) * Kp;
                 for (int d = g0; d < std::min(g0 + g, D); ++d) {
                     ref2 += static_cast<double>(xv[d]) * xv[d];
+                    if (out.count > 0 && out.held[static_cast<size_t>(d)]) {
+                        element_errors(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at,
+                                       grid.div.data() + at, qmax, Kp, eh.data());
+                        zero_held(out.held[static_cast<size_t>(d)], m.data(), Kp, eh.data());
+                        for (int k = 0; k < Kp; ++k) err2[k] += eh[k] * eh[k];
+                        continue;
+                    }
                     add_element(xv[d], c[d], m.data(), grid.z.data() + at, grid.s.data() + at, grid.div.data() + at,
                                 qmax, Kp, 1.0, err2.data());
                 }
@@ -392,11 +451,12 @@ const std::vector<double>& gate_z_grid() {
 
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                       const int32_t* labels, int bits, int group, bool use_patterns, bool tasks,
-                      const KeyMetric* metric) {
+                      const KeyMetric* metric, int outliers) {
     ResidualParams p;
     p.bits = bits;
     p.group = group;
     p.use_patterns = use_patterns;
+    p.outliers = outliers;
     // Clip 1 first, then the grid's other ratios in order: one pass measures them all.
     std::vector<ResidualParams> cand = {p};
     for (float a : clip_grid())
@@ -417,7 +477,7 @@ KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, 
 }
 
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group, bool use_patterns, bool tasks) {
+                          const int32_t* labels, int bits, int group, bool use_patterns, bool tasks, int outliers) {
     int64_t n = 0;
     for (const SeqRange& s : seqs) n = std::max(n, s.start + s.length);
     const std::vector<double> rho = gate_rhos(x, n, D, patterns, labels);
@@ -426,6 +486,7 @@ ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& se
     p.bits = bits;
     p.group = group;
     p.use_patterns = use_patterns;
+    p.outliers = outliers;
     // The default and the other z at clip 1 in one pass, the clip ratios at the
     // chosen z in a second. Without patterns z changes nothing, so the clip ratios
     // join the first pass.

@@ -55,6 +55,10 @@ struct ResidualParams {
     float clip = 1.0f;                   ///< clip ratio a in (0, 1]
     double gate_z = 1.6448536269514722;  ///< values only
     bool use_patterns = true;            ///< false: plain min-max of x (the baseline)
+    /// Elements of each min-max group that stay exact (pkv/kvcache/outliers.h, as eval's
+    /// `outN` holds them out), 0..8: the group's range is that of the kept elements and
+    /// the held-out ones count with zero error.
+    int outliers = 0;
 };
 
 /// Squared error and reference of the quantized elements, plus (values) the fraction
@@ -76,7 +80,7 @@ ResidualError value_residual_error(const float* x, int D, const std::vector<SeqR
 
 /// Several parameter sets on the same tokens in one pass: out[k] is bitwise what the
 /// single function above returns for ps[k] (each sum runs in its order). Every ps[k]
-/// has the same bits and group (else invalid_argument); empty ps gives an empty result.
+/// has the same bits, group and outliers (else invalid_argument); empty ps gives an empty result.
 /// Costs about what one evaluation per parameter set costs, without its re-reading.
 /// tasks: groups of 8 parameter sets run as OpenMP tasks, which idle threads of an
 /// enclosing parallel region may take (the same result; about a tenth more work in all).
@@ -111,13 +115,14 @@ struct ValueFit {
 /// Picks the clip ratio with the lowest training squared error (ties: the larger a).
 /// use_patterns = false fits plain min-max (the ablation that separates what clipping
 /// alone gains from what the patterns gain). tasks and metric as for key_residual_errors:
-/// the error minimised (and reported) is the metric's.
+/// the error minimised (and reported) is the metric's. outliers: ResidualParams::outliers.
 KeyFit fit_key_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
                       const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false,
-                      const KeyMetric* metric = nullptr);
+                      const KeyMetric* metric = nullptr, int outliers = 0);
 /// Picks z first at clip 1, then the clip ratio at that z (ties: paper z, larger a).
 /// use_patterns = false: the clip ratio of plain min-max (z is then irrelevant).
 ValueFit fit_value_params(const float* x, int D, const std::vector<SeqRange>& seqs, const float* patterns,
-                          const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false);
+                          const int32_t* labels, int bits, int group, bool use_patterns = true, bool tasks = false,
+                          int outliers = 0);
 
 }  // namespace pkv

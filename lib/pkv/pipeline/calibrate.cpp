@@ -150,6 +150,9 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
+    PKV_CHECK(c.outliers >= 0 && c.outliers <= 8, invalid_argument, "--outliers {}: expected 0..8", c.outliers);
+    PKV_CHECK(!(c.outliers > 0 && c.bits_budget > 0.0), unsupported,
+              "--outliers with --bits-budget: the budget does not count outliers' bits yet; give one of the two");
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
     if (c.bits_budget > 0.0) alloc_width_index(c.bits_floor, "--bits-budget");
@@ -662,6 +665,7 @@ nlohmann::json calibration_json(const CalibrateConfig& c, const Plan& pl, const 
             {"fit",
              {{"method", c.fit ? "mse" : "none"},
               {"tokens_per_head", c.fit_tokens},
+              {"outliers", c.outliers},
               {"clip_grid", clip_grid()},
               {"gate_z_grid", gate_z_grid()}}},
             {"seconds", seconds},

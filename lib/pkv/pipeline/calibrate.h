@@ -88,7 +88,13 @@ struct CalibrateConfig {
     /// what each layer's cache holds at n tokens (pkv eval's default --ctx). Models without
     /// local layers do not depend on it.
     int64_t budget_ctx = 2048;
-    int group = 128;       ///< G (K tokens per channel group; V channels, capped at D)
+    int group = 128;  ///< G (K tokens per channel group; V channels, capped at D)
+    /// Elements of each min-max group the runtime keeps exact (eval's `outN`,
+    /// pkv/kvcache/outliers.h), 0..8: the clip ratios and gate z are fitted, and the
+    /// held-out errors and --restart-pick attention measured, with them held out; the
+    /// table records the count (pkv.quant.outliers). Refused with bits_budget, and when
+    /// min(group, head_dim) does not divide head_dim (the value groups must tile a token).
+    int outliers = 0;
     int window = 128;      ///< R, recorded for runtimes (fp16 window / flush block)
     bool rotate = false;   ///< mine in the Hadamard-rotated basis (plain H_D)
     double holdout = 0.1;  ///< fraction of tokens held out, [0, 0.9]

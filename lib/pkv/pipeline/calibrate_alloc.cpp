@@ -48,6 +48,7 @@ AttnErrors attention_errors(const CalibrateConfig& c, int D, int64_t ring, AttnT
         SimParams sp;
         sp.method = KvMethod::patternkv_table;
         sp.group = c.group;
+        sp.outliers = c.outliers;
         sp.window = c.window;
         sp.ring = ring;
         for (size_t i = 0; i < NK; ++i) {

@@ -115,11 +115,11 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
         x.tasks,
         [&] {
             return fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false,
-                                  x.tasks, x.metric);
+                                  x.tasks, x.metric, c.outliers);
         },
         [&] {
             return fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, true,
-                                  x.tasks, x.metric);
+                                  x.tasks, x.metric, c.outliers);
         });
     const float minmax_clip = minmax.clip;
     if (!c.fit) {
@@ -165,11 +165,11 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
         x.tasks,
         [&] {
             return fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, false,
-                                    x.tasks);
+                                    x.tasks, c.outliers);
         },
         [&] {
             return fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, c.bits, c.group, true,
-                                    x.tasks);
+                                    x.tasks, c.outliers);
         });
     const float minmax_clip = minmax.clip;
     if (!c.fit) {
@@ -239,6 +239,7 @@ HeadTensorResult finish_tensor(bool is_value, const Pooled& pool, const KMeansRe
     ResidualParams p;
     p.bits = c.bits;
     p.group = c.group;
+    p.outliers = c.outliers;
     nlohmann::json j = {{"objective", km.objective},
                         {"variance_explained", sst > 0.0 ? 1.0 - km.objective / sst : 0.0},
                         {"dead_patterns", dead},

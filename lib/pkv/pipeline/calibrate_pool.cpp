@@ -147,6 +147,7 @@ PatternTable table_header(const CalibrateConfig& c, const KvSource& first, int H
     t.rotation = c.rotate ? ptable::kRotationHadamard : ptable::kRotationNone;
     t.bits = c.bits;
     t.group = c.group;
+    t.outliers = c.outliers;
     t.window = c.window;
     t.assign = c.assign_l2 ? ptable::kAssignL2 : ptable::kAssignMinmax;
     t.k_patterns = c.k_patterns;

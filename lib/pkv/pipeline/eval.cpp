@@ -311,6 +311,13 @@ EvalResult run_eval(const EvalConfig& c) {
             auto t = std::make_shared<PatternTable>(read_pattern_table(s.table_path));
             check_table_for_eval(s, *t, hp, r.model_sha256, keep);
             if (s.table_auto) s.bits = t->bits;  // the uniform width; an allocation's heads carry their own
+            if (s.outliers == 0 && t->outliers > 0) {
+                // The clip ratios were fitted for groups without these elements: hold them out too.
+                s.outliers = t->outliers;
+                log::info("--kv '{}': {} was fitted with {} exact outliers per group: holding them out (:out{})",
+                          s.text, s.table_path, t->outliers, t->outliers);
+                if (runtime) check_runtime_spec(s, hp, c.model_path);
+            }
             PKV_CHECK(!runtime || !t->has_allocation(), unsupported,
                       "--kv '{}': --engine runtime cannot run it: {} records a width per KV head (budget {} bits per "
                       "element) and the packed cache runs one width",

@@ -103,6 +103,9 @@ void check_table_for_eval(const KvSpec& spec, const PatternTable& t, const Llama
                  spec.text, p, L.layer, L.window > 0 ? "with " + how(L.window) : "as a global layer", L.layer,
                  model_w > 0 ? "has " + how(model_w) : "is global");
         }
+    if (spec.outliers != 0 && spec.outliers != t.outliers)
+        log::warn("--kv '{}': {} was fitted with {} exact outliers per group, the spec holds out {}", spec.text, p,
+                  t.outliers, spec.outliers);
     if (t.group != spec.group || t.window != spec.window)
         log::warn("--kv '{}': {} was fitted with group {} / window {}, the spec uses {} / {}", spec.text, p, t.group,
                   t.window, spec.group, spec.window);

@@ -101,6 +101,9 @@ struct RuntimeDecl {
     int bits = 0;    ///< residual code width the runtime quantizes with
     int group = 0;   ///< K tokens per channel group / V channels per group
     int window = 0;  ///< fp16 window (flush block) length
+    /// Elements of each quantizer group the runtime keeps exact (dense-and-sparse); must
+    /// equal the table's pkv.quant.outliers (absent: 0), whose clip ratios assume them.
+    int outliers = 0;
 };
 
 // ---- numeric helpers (no allocation, no exceptions) ----------------------------------
@@ -626,6 +629,9 @@ public:
     double allocation_bits() const { return alloc_bits_; }      ///< mean bits per element reached
     int group() const { return group_; }
     int window() const { return window_; }
+    /// pkv.quant.outliers (format 1.3; 0 when absent): exact elements per quantizer group
+    /// the fit held out (the range-stretching ones; docs/numerics.md).
+    int outliers() const { return outliers_; }
     Assign assign() const { return assign_; }
     int n_k_patterns() const { return mk_; }  ///< Mk, the same for every layer and head
     int n_v_patterns() const { return mv_; }  ///< Mv
@@ -674,7 +680,7 @@ private:
     std::string label_, model_name_, model_sha256_, arch_;
     std::map<std::string, std::string> metadata_;
     int minor_ = 0, n_layer_ = 0, n_head_ = 0, n_head_kv_ = 0, head_dim_ = 0;
-    int bits_ = 0, group_ = 0, window_ = 0, mk_ = 0, mv_ = 0;
+    int bits_ = 0, group_ = 0, window_ = 0, outliers_ = 0, mk_ = 0, mv_ = 0;
     uint64_t seed_ = 0;
     bool geometry_ = false, alloc_ = false;
     double alloc_budget_ = 0.0, alloc_bits_ = 0.0;
@@ -836,6 +842,7 @@ inline void PatternTable::load_settings() {
         fail("metadata pkv.quant.bits: expected 2, 3, 4 or 8, got " + std::to_string(bits_));
     group_ = meta_int("pkv.quant.group", 1, kBig);
     window_ = meta_int("pkv.quant.window", 1, kBig);
+    if (metadata_.count("pkv.quant.outliers") != 0) outliers_ = meta_int("pkv.quant.outliers", 1, 8);
     assign_ = meta_enum("pkv.assign", {Assign::l2, Assign::minmax});
     mk_ = meta_int("pkv.k_patterns", 1, 1 << 24);
     mv_ = meta_int("pkv.v_patterns", 1, 1 << 24);
@@ -888,6 +895,7 @@ inline void PatternTable::check_decl(const RuntimeDecl& decl) const {
     if (decl.bits) check_int("quant bits", bits_, decl.bits, wrong_quant);
     if (decl.group) check_int("quant group", group_, decl.group, wrong_quant);
     if (decl.window) check_int("quant window", window_, decl.window, wrong_quant);
+    check_int("quant outliers per group", outliers_, decl.outliers, wrong_quant);
 }
 
 // The seven tensors of each listed layer, shapes and dtypes checked, clip ratios in

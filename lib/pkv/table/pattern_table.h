@@ -45,6 +45,8 @@ constexpr const char* kFormatVersion10 = "1.0";
 /// The version of a table with a width allocation (kMetaAllocation); without one pkv
 /// writes kFormatVersion, so such tables stay byte for byte what they were.
 constexpr const char* kFormatVersion12 = "1.2";
+/// The version of a table whose clip ratios were fitted with exact outliers (kMetaOutliers).
+constexpr const char* kFormatVersion13 = "1.3";
 constexpr int kVersionMajor = 1;
 // Metadata keys.
 constexpr const char* kMetaFormat = "pkv.format";                 ///< kFormat
@@ -78,6 +80,10 @@ constexpr const char* kMetaBits = "pkv.quant.bits";             ///< residual co
 /// of pkv.layers], "v": [...]}, each w one of 2, 3, 4, 8, 16 (16: the head's K or V stays
 /// fp16). The clip and gate tensors then hold each head's fit at its own width.
 constexpr const char* kMetaAllocation = "pkv.quant.allocation";
+/// Optional (1.3; absent: 0): elements of each min-max group a runtime keeps exact
+/// (dense-and-sparse, docs/numerics.md "Exact sinks and outliers"), 1..8; the clip ratios
+/// and gate z were fitted with them held out, so a runtime should hold them out too.
+constexpr const char* kMetaOutliers = "pkv.quant.outliers";
 constexpr const char* kMetaGroup = "pkv.quant.group";        ///< K tokens per channel group; V channels per group
 constexpr const char* kMetaWindow = "pkv.quant.window";      ///< fp16 window / flush block length R
 constexpr const char* kMetaAssign = "pkv.assign";            ///< "l2" | "minmax": how runtimes pick a pattern
@@ -137,6 +143,7 @@ struct PatternTable {
     std::string rotation = ptable::kRotationNone;
     uint64_t rotation_seed = 0;
     int bits = 2, group = 128, window = 128;
+    int outliers = 0;  ///< kMetaOutliers: exact elements per min-max group the fit assumed, 0..8
     std::string assign = ptable::kAssignMinmax;
     int k_patterns = 0, v_patterns = 0;  ///< Mk, Mv (same for every layer and head)
     std::vector<PatternLayer> layers;    ///< ascending model layer index
@@ -158,8 +165,9 @@ struct PatternTable {
 /// geometry: window >= 0 and rope_base finite and >= 0; both 0 without layer_geometry.
 void check_pattern_table(const PatternTable& t);
 
-/// The pkv.format_version t is written with: kFormatVersion12 for a table with a width
-/// allocation, kFormatVersion10 for one without layer geometry, else kFormatVersion.
+/// The pkv.format_version t is written with: kFormatVersion13 for a table fitted with
+/// outliers, kFormatVersion12 for one with a width allocation, kFormatVersion10 for one without layer geometry, else
+/// kFormatVersion.
 const char* pattern_table_format_version(const PatternTable& t);
 
 /// kMetaAllocation's JSON object for t (has_allocation() true): {"bits", "budget", "k", "v"}.

@@ -162,3 +162,23 @@ TEST_CASE("export plans: kv_layer_bits and the plans follow the allocation", "[e
     CHECK_THAT(kv_plan_text(doc), ContainsSubstring(R"("reasons":["allocation"],"k_bits":[2,2,2],"v_bits":[2,16,2]})"));
     CHECK(modelopt_kv_config(plan, "FP8")["quantization"]["exclude_modules"].size() == 3);
 }
+
+TEST_CASE("eval: a table fitted with outliers holds them out unless the spec says otherwise", "[eval][outliers]") {
+    Fixture fx;
+    const std::string plain_path = fx.dir.path("p.safetensors"), out_path = fx.dir.path("o.safetensors");
+    PatternTable t = allocated_table(fx.model, 7.0);
+    t.alloc_budget = t.alloc_bits = 0.0;
+    for (PatternLayer& L : t.layers) L.k_bits.clear(), L.v_bits.clear();
+    write_pattern_table(t, plain_path, false);
+    t.outliers = 2;
+    write_pattern_table(t, out_path, false);
+    const EvalResult r =
+        run_eval(fx.config({"patternkv-table:2:g8:w16:" + out_path, "patternkv-table:2:g8:w16:out2:" + plain_path,
+                            "patternkv-table:2:g8:w16:" + plain_path}));
+    const auto bits = [&](size_t m) { return (r.methods[m].k_bits + r.methods[m].v_bits) / r.methods[m].elements; };
+    // The table's count is held out: the same cache as the spec's own out2 on the same patterns.
+    CHECK(r.specs[0].outliers == 2);
+    CHECK(bits(0) == bits(1));
+    CHECK(r.methods[0].kl_dec == r.methods[1].kl_dec);
+    CHECK(bits(0) > bits(2));
+}

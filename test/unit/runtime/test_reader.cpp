@@ -569,3 +569,22 @@ TEST_CASE("runtime reader: a packed cache takes an allocation of its one width a
                       "packed cache: set_table: the table allocates a width per KV head (layer 1 KV head 1: K 2, V 3 "
                       "bits) but a packed cache holds one width, 2 bits");
 }
+
+TEST_CASE("runtime reader: pkv.quant.outliers must match what the runtime holds out") {
+    TableSpec s = default_spec();
+    CHECK(parse(encode(s)).outliers() == 0);  // absent: none
+    RuntimeDecl d = default_decl();
+    d.outliers = 2;
+    CHECK_THAT(load_error(encode(s), d),
+               ContainsSubstring("quant outliers per group is 0 but the runtime declares 2; the clip ratios were "
+                                 "fitted for the table's quantizer"));
+    s.meta["pkv.quant.outliers"] = "2";
+    const std::vector<uint8_t> bytes = encode(s);
+    CHECK_THAT(load_error(bytes), ContainsSubstring("quant outliers per group is 2 but the runtime declares 0"));
+    CHECK(parse(bytes, d).outliers() == 2);
+    for (const char* bad : {"0", "9", "x"}) {
+        s.meta["pkv.quant.outliers"] = bad;
+        d.outliers = 0;
+        CHECK_THAT(load_error(encode(s), d), ContainsSubstring("metadata pkv.quant.outliers"));
+    }
+}

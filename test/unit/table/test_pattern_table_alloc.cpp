@@ -133,3 +133,21 @@ TEST_CASE("allocation: pkv info and the GGUF and JSON exports carry it", "[table
     CHECK(table_to_json(t, PatternDtype::f32)["metadata"]["pkv.quant.allocation"] ==
           pattern_table_allocation_json(t).dump());
 }
+
+TEST_CASE("outliers: pkv.quant.outliers round trips as format 1.3; absent reads as 0", "[table][outliers]") {
+    PatternTable t = make_table();
+    CHECK(SafetensorsFile::parse(encode_pattern_table(t), "t").metadata().count("pkv.quant.outliers") == 0);
+    t.outliers = 2;
+    pkv_test::ScratchDir dir;
+    const std::string p = dir.path("o.safetensors");
+    write_pattern_table(t, p, false);
+    const PatternTable back = read_pattern_table(p);
+    CHECK(back.outliers == 2);
+    CHECK(std::string(pattern_table_format_version(back)) == "1.3");
+    CHECK(encode_pattern_table(back) == encode_pattern_table(t));
+    CHECK(read_pattern_table(dir.write("n.safetensors", encode_pattern_table(make_table()))).outliers == 0);
+    CHECK_THAT(read_error(t, [](Meta& m) { m["pkv.quant.outliers"] = "9"; }),
+               ContainsSubstring("t.safetensors::pkv.quant.outliers: expected an integer in [1, 8], got 9"));
+    t.outliers = 9;
+    CHECK_THROWS_AS(encode_pattern_table(t), Error);
+}
