@@ -242,6 +242,7 @@ std::vector<uint8_t> encode_table_gguf(const PatternTable& t, PatternDtype dtype
     w.set_u64(P::kMetaRotationSeed, t.rotation_seed);
     w.set_u32(P::kMetaBits, t.bits);
     if (t.has_allocation()) w.set_string(P::kMetaAllocation, pattern_table_allocation_json(t).dump());
+    if (t.outliers > 0) w.set_u32(P::kMetaOutliers, t.outliers);
     w.set_u32(P::kMetaGroup, t.group);
     w.set_u32(P::kMetaWindow, t.window);
     w.set_string(P::kMetaAssign, t.assign);
@@ -400,7 +401,8 @@ std::string table_shape_lines(const std::string& path, const PatternTable& t, co
         "patterns: Mk {} key, Mv {} value per head ({}); keys {} basis, {} order; rotation {}{}; assign {}\n",
         t.k_patterns, t.v_patterns, pattern_dtype, t.key_basis, t.key_dim_order, t.rotation,
         t.rotation == ptable::kRotationNone ? "" : fmt::format(" (seed {})", t.rotation_seed), t.assign);
-    out += fmt::format("residual: {} bits, group {}, window {}\n", t.bits, t.group, t.window);
+    out += fmt::format("residual: {} bits, group {}, window {}{}\n", t.bits, t.group, t.window,
+                       t.outliers > 0 ? fmt::format(", {} exact outliers per group", t.outliers) : "");
     if (t.has_allocation()) {
         int n[17] = {};
         for (const PatternLayer& L : t.layers)

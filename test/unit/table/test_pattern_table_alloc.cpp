@@ -151,3 +151,15 @@ TEST_CASE("outliers: pkv.quant.outliers round trips as format 1.3; absent reads 
     t.outliers = 9;
     CHECK_THROWS_AS(encode_pattern_table(t), Error);
 }
+
+TEST_CASE("outliers: pkv info and the GGUF and JSON exports carry the count", "[table][outliers][export]") {
+    PatternTable t = make_table();
+    t.outliers = 3;
+    pkv_test::ScratchDir dir;
+    const std::string p = dir.write("o.safetensors", encode_pattern_table(t));
+    CHECK_THAT(describe_pattern_table(p), ContainsSubstring(", 3 exact outliers per group\n"));
+    const auto g = GgufFile::open(dir.write("o.gguf", encode_table_gguf(t, PatternDtype::f32)));
+    CHECK(g->get_string("pkv.format_version") == "1.3");
+    CHECK(g->get_u64("pkv.quant.outliers") == 3);
+    CHECK(table_to_json(t, PatternDtype::f32)["metadata"]["pkv.quant.outliers"] == "3");
+}
