@@ -40,6 +40,26 @@ struct Data {
     }
 };
 
+// The min-max quantizer of p's groups along `axis` (the groups the cache quantizes).
+MinMaxSpec spec_of(const ResidualParams& p, QuantAxis axis) {
+    MinMaxSpec spec;
+    spec.bits = p.bits;
+    spec.group = p.group;
+    spec.axis = axis;
+    spec.clip = p.clip;
+    return spec;
+}
+
+// Residual parameters with the given fields.
+ResidualParams params(int bits, int group, float clip, int outliers) {
+    ResidualParams p;
+    p.bits = bits;
+    p.group = group;
+    p.clip = clip;
+    p.outliers = outliers;
+    return p;
+}
+
 // One group matrix [rows, D] quantized as simulate.cpp's quantize_rows does with outliers:
 // the reconstruction of r, held-out elements restored exactly.
 std::vector<float> quantize_with_outliers(const std::vector<float>& r, int64_t rows, int D, const MinMaxSpec& spec,
@@ -54,11 +74,7 @@ std::vector<float> quantize_with_outliers(const std::vector<float>& r, int64_t r
 // The key error of p over whole G-token blocks, directly: |e|², Σ w e², or |U e|².
 double key_err_ref(const Data& s, const std::vector<SeqRange>& seqs, const ResidualParams& p, const KeyMetric& m) {
     const int D = s.D;
-    MinMaxSpec spec;
-    spec.bits = p.bits;
-    spec.group = p.group;
-    spec.axis = QuantAxis::channel;
-    spec.clip = p.clip;
+    const MinMaxSpec spec = spec_of(p, QuantAxis::channel);
     double err2 = 0.0;
     for (const SeqRange& q : seqs)
         for (int64_t b = 0; b + p.group <= q.length; b += p.group) {
@@ -110,13 +126,8 @@ TEST_CASE("key residual errors with outliers equal quantizing each block as the 
     std::vector<ResidualParams> ps;
     for (bool pat : {true, false})
         for (float a : {1.0f, 0.85f, 0.6f}) {
-            ResidualParams p;
-            p.bits = 2;
-            p.group = G;
-            p.clip = a;
-            p.use_patterns = pat;
-            p.outliers = count;
-            ps.push_back(p);
+            ps.push_back(params(2, G, a, count));
+            ps.back().use_patterns = pat;
         }
     for (const KeyMetric* m : {&raw, &diag, &full}) {
         const std::vector<ResidualError> got =
@@ -146,17 +157,9 @@ TEST_CASE("value residual errors with outliers equal the gated per-token quantiz
     const int count = GENERATE(1, 3);
     for (double z : {0.0, 1.6448536269514722, 8.0})
         for (float a : {1.0f, 0.7f}) {
-            ResidualParams p;
-            p.bits = 3;
-            p.group = g;
-            p.clip = a;
+            ResidualParams p = params(3, g, a, count);
             p.gate_z = z;
-            p.outliers = count;
-            MinMaxSpec spec;
-            spec.bits = p.bits;
-            spec.group = g;
-            spec.axis = QuantAxis::token;
-            spec.clip = a;
+            const MinMaxSpec spec = spec_of(p, QuantAxis::token);
             double err2 = 0.0;
             int64_t gated = 0;
             for (int64_t j = 0; j < s.n; ++j) {
