@@ -9,7 +9,7 @@
 #        (default build dir: $PKV_BUILD_DIR or build-gpu)
 # Env: PKV_BENCH_CONTEXTS (4096,32768,131072), PKV_BENCH_BATCHES (1,16), PKV_BENCH_REPS (50).
 #      PKV_DECODE_KERNEL=general: time the general split kernel instead of the warp kernels;
-#      PKV_DECODE_KERNEL=mma: the 2-bit rows take the quantized kernel's tensor-core path.
+#      PKV_DECODE_KERNEL=lanes: the 2-bit rows keep the quantized kernel's lanes' path (no tensor cores).
 # Needs a CUDA build of pkv with benchmarks, and python3 with torch on the GPU machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

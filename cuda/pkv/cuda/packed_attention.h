@@ -29,9 +29,10 @@
 // or 128, GQA 1, 2 or 4, R and G multiples of 32 (packed_attention_quant.cu): each warp its
 // own run of tokens and running softmax, the warps merged once per block, no barrier
 // between a warp's loads and their use. PKV_DECODE_KERNEL=general in the environment when a
-// device cache is made forces the general kernel on it (for comparisons); =mma lets the
-// quantized warp kernel take its tensor-core path at 2 bits for splits whose tokens are all
-// flushed (packed_mma.cuh; opt-in until measured on a GPU). last_split_kernel() says which
+// device cache is made forces the general kernel on it (for comparisons). At 2 bits the
+// quantized warp kernel takes its tensor-core path over a split's whole flushed blocks
+// (packed_mma.cuh; ring tokens after them stay on the lanes' path); =lanes keeps it on the
+// lanes' path throughout (for comparisons). last_split_kernel() says which
 // one ran ("general", "fp16-warp", "quant-warp", "quant-mma").
 // Splits: whole R-token blocks (fp16: 128-token tiles) per split, their number chosen from
 // the longest sequence and the multiprocessor count (splits = 0), or given.

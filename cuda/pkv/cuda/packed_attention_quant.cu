@@ -105,11 +105,6 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
     for (int i = threadIdx.x; i < kWarpsQ * Q * Mv; i += kWarpsQ * 32) pw_s[i] = 0.0f;
     __syncthreads();
 
-    // The warp's own run of rounds: a quarter of the split, whole rounds (so no round
-    // crosses a block or a key group: R and G are multiples of 32).
-    const int64_t len = max(int64_t{0}, j_end - j_begin);
-    const int64_t chunk = ((len + kWarpsQ - 1) / kWarpsQ + RS - 1) / RS * RS;
-    const int64_t w_begin = j_begin + wid * chunk, w_end = min(j_end, w_begin + chunk);
     const uint8_t* kblocks = ar.kblocks + head * g.B * g.kbytes;
     const uint8_t* vblocks = ar.vblocks + head * g.B * g.vbytes;
     const uint16_t* kring = ar.ring + head * 2 * g.W * D + cw * CL;
@@ -117,21 +112,6 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
     const int vpair = 4 * (cw * CL / g.Gv);  // byte offset of this lane's V group within a token's pairs
     const int vpairs_per_token = D / g.Gv;
     float* pw_w = pw_s + wid * Q * Mv;
-    if constexpr (BITS == 2) {
-        // Every token of the split flushed: the tensor-core path, in rounds of 32 tokens.
-        if (g.mma && len > 0 && j_end <= min(nk, nv)) {
-            const int64_t mchunk = ((len + kWarpsQ - 1) / kWarpsQ + mma2::kRound - 1) / mma2::kRound * mma2::kRound;
-            const int64_t mb = j_begin + wid * mchunk, me = min(j_end, mb + mchunk);
-            uint8_t* stage = reinterpret_cast<uint8_t*>(acc_s) + wid * 2 * mma2::stage_bytes(D, D / g.Gv);
-            float mw, lw;
-            mma2::warp_run<D, Q, TABLE>(g, kblocks, vblocks, mb, me, q_s, qc_s, pw_w, stage, acc_s + wid * Q * D, mw,
-                                        lw);
-            if (lane < Q) m_s[wid * Q + lane] = mw, l_s[wid * Q + lane] = lw;
-            __syncthreads();
-            write_records<D, Q>(g, ar, qrow, split, Mv, acc_s, pw_s, m_s, l_s);
-            return;
-        }
-    }
     const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(D));
 
     float qs[Q][CL], qz[Q], acc[Q][CL], zacc[Q];
@@ -142,6 +122,49 @@ __global__ void __launch_bounds__(kWarpsQ * 32) quant_split_kernel(SplitGeo g, S
         for (int c = 0; c < CL; ++c) qs[a][c] = 0.0f, acc[a][c] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
+    int64_t lanes_begin = j_begin;  // where the lanes' path takes over
+    if constexpr (BITS == 2) {
+        // The split's flushed tokens (whole blocks) take the tensor-core path in rounds of 32;
+        // ring tokens after them continue each warp's softmax on the lanes' path below, so a
+        // split that holds the ring costs a block of ring tokens more than the others, not a
+        // whole split on the slower path.
+        // Whole blocks only where ring tokens follow (KIVI flushes V a token at a time), so that
+        // the lanes' rounds start on a block.
+        const int64_t flushed = min(j_end, min(nk, nv));
+        const int64_t fl = flushed == j_end ? j_end : j_begin + (flushed - j_begin) / g.R * g.R;
+        if (g.mma && fl > j_begin) {
+            const int64_t flen = fl - j_begin;
+            const int64_t mchunk = ((flen + kWarpsQ - 1) / kWarpsQ + mma2::kRound - 1) / mma2::kRound * mma2::kRound;
+            const int64_t mb = j_begin + wid * mchunk, me = min(fl, mb + mchunk);
+            uint8_t* stage = reinterpret_cast<uint8_t*>(acc_s) + wid * 2 * mma2::stage_bytes(D, D / g.Gv);
+            float mw, lw;
+            mma2::warp_run<D, Q, TABLE>(g, kblocks, vblocks, mb, me, q_s, qc_s, pw_w, stage, acc_s + wid * Q * D, mw,
+                                        lw);
+            if (fl == j_end) {
+                if (lane < Q) m_s[wid * Q + lane] = mw, l_s[wid * Q + lane] = lw;
+                __syncthreads();
+                write_records<D, Q>(g, ar, qrow, split, Mv, acc_s, pw_s, m_s, l_s);
+                return;
+            }
+            // Lane a < Q holds head a's max and sum; acc_s + wid Q D the warp's output (with
+            // its Σ p z folded in), which the lanes of token bits u = 0 carry on.
+            __syncwarp();
+            m = __shfl_sync(kFull, mw, my_a);
+            l = __shfl_sync(kFull, lw, my_a);
+            if (u == 0)
+#pragma unroll
+                for (int a = 0; a < Q; ++a)
+#pragma unroll
+                    for (int c = 0; c < CL; ++c) acc[a][c] = acc_s[(wid * Q + a) * D + cw * CL + c];
+            lanes_begin = fl;
+        }
+    }
+
+    // The warp's own run of rounds: a quarter of what is left of the split, whole rounds (so
+    // no round crosses a block or a key group: R and G are multiples of 32).
+    const int64_t len = max(int64_t{0}, j_end - lanes_begin);
+    const int64_t chunk = ((len + kWarpsQ - 1) / kWarpsQ + RS - 1) / RS * RS;
+    const int64_t w_begin = lanes_begin + wid * chunk, w_end = min(j_end, w_begin + chunk);
     int64_t cur = -2;  // the (block, key group) qs holds; -1: the plain query (ring keys)
 
     // A round's loads: K codes, V codes and V pairs of its tokens (zeros where absent).

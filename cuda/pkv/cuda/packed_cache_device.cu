@@ -73,7 +73,7 @@ PackedCacheDevice::PackedCacheDevice(const pkv_rt::CacheConfig& c, int device) :
     m.device = device;
     const char* kernel = std::getenv("PKV_DECODE_KERNEL");  // read once: decode calls are a hot path
     m.general_only = kernel != nullptr && std::string(kernel) == "general";
-    m.use_mma = kernel != nullptr && std::string(kernel) == "mma";
+    m.use_mma = kernel == nullptr || std::string(kernel) != "lanes";
     PKV_CUDA_CHECK(cudaSetDevice(device));
     PKV_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, device));
     int optin = 0;

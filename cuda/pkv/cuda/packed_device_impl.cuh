@@ -43,7 +43,7 @@ struct PackedCacheDevice::Impl {
     int64_t last_bytes = 0;
     const char* last_kernel = "";  // the split kernel of the last decode_attention
     bool general_only = false;     // PKV_DECODE_KERNEL=general when made: no warp kernels
-    bool use_mma = false;          // PKV_DECODE_KERNEL=mma when made: the tensor-core path (opt-in)
+    bool use_mma = true;           // false with PKV_DECODE_KERNEL=lanes when made: no tensor-core path
 
     // Scratch of decode_attention: host-array staging and the splits' partial results.
     DeviceBuffer<float> q, out, qc, part;
@@ -93,12 +93,13 @@ bool launch_fp16_split(const SplitGeo& g, const SplitArrays& a, cudaStream_t st)
 /// (nothing launched) where the general kernel must serve: bits other than 2 or 4, head_dim
 /// other than 64 or 128, GQA other than 1, 2 or 4, R or G not a multiple of 32, a V group
 /// smaller than a lane's 32 / bits channels, or more than 48 KB of shared memory.
-/// At 2 bits with g.mma (PKV_DECODE_KERNEL=mma), a split whose tokens are all flushed takes the kernel's
-/// tensor-core path (packed_mma.cuh); splits with ring tokens take the lanes' path.
+/// At 2 bits with g.mma (the default; PKV_DECODE_KERNEL=lanes turns it off), a split's whole
+/// flushed blocks take the kernel's tensor-core path (packed_mma.cuh) and the ring tokens
+/// after them the lanes' path, which carries each warp's softmax on.
 bool launch_quant_split(const SplitGeo& g, const SplitArrays& a, cudaStream_t st);
 
-/// Whether a launch_quant_split of `g` may take the tensor-core path (its splits that are
-/// fully flushed do): 2 bits, g.mma.
+/// Whether a launch_quant_split of `g` may take the tensor-core path (over its splits' whole
+/// flushed blocks): 2 bits, g.mma.
 inline bool quant_uses_mma(const SplitGeo& g) { return g.mma && g.bits == 2; }
 
 /// Copies the host cache's per-head quantizer parameters to m.head_params (bytes copied).

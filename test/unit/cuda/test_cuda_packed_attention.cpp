@@ -254,12 +254,12 @@ TEST_CASE("cuda packed attention: the quantized warp kernel equals decode_attent
     const bool tensor_cores = GENERATE(false, true);
     struct Mode {
         explicit Mode(bool on) {
-            if (on) setenv("PKV_DECODE_KERNEL", "mma", 1);
+            if (!on) setenv("PKV_DECODE_KERNEL", "lanes", 1);
         }
         ~Mode() { unsetenv("PKV_DECODE_KERNEL"); }
     } mode(tensor_cores);
     const std::string two_bit = tensor_cores ? "quant-mma" : "quant-warp";
-    INFO("PKV_DECODE_KERNEL=" << (tensor_cores ? "mma" : "(default)"));
+    INFO("PKV_DECODE_KERNEL=" << (tensor_cores ? "(default)" : "lanes"));
     PackedCase c;
     c.P = 70;
     SECTION("patternkv-table, D 64, M 16, 2 bits, GQA 2:1, five sequences") {
@@ -315,9 +315,9 @@ TEST_CASE("cuda packed attention: flushed 2-bit splits take the tensor-core path
         PackedCase c;
         c.method = method, c.D = 128, c.M = 32, c.R = 64, c.G = 64, c.n_head = 8, c.n_head_kv = 2, c.P = 300;
         const Filled f = fill(c, {1037}, 1040);
-        PackedCacheDevice lanes(f.cache->config());
-        setenv("PKV_DECODE_KERNEL", "mma", 1);
         PackedCacheDevice mma(f.cache->config());
+        setenv("PKV_DECODE_KERNEL", "lanes", 1);
+        PackedCacheDevice lanes(f.cache->config());
         unsetenv("PKV_DECODE_KERNEL");
         mma.upload(*f.cache);
         lanes.upload(*f.cache);
