@@ -26,7 +26,9 @@ public:
 
     std::vector<SimResult> simulate(const SimParams& params, int D, const std::vector<SimJob>& jobs) override {
         std::vector<SimResult> out(jobs.size());
-        const bool host_all = params.method == KvMethod::patternkv && !patternkv_on_device(D, params.patterns);
+        // Exact sinks and outliers have no device kernels (callers keep them on the host anyway).
+        const bool host_all = (params.method == KvMethod::patternkv && !patternkv_on_device(D, params.patterns)) ||
+                              params.sinks != 0 || params.outliers != 0;
         // One batch per code width: a table with a width allocation gives each head its own.
         std::map<int, std::vector<size_t>> by_bits;
         for (size_t i = 0; i < jobs.size(); ++i) {

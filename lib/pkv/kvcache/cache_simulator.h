@@ -39,6 +39,8 @@ public:
     virtual int64_t batch_tokens(int D) const = 0;
     /// Simulates every job under `params` (method, bits, group, window, patterns,
     /// pattern_cap, decode_l2, seed; ring and table views come from each job), head_dim D.
+    /// Callers simulate params with sinks or outliers on the host (no device kernel holds
+    /// them); a simulator given such params must give simulate_cache's results all the same.
     /// Returns one SimResult per job, in order, with what simulate_cache gives for recon,
     /// flush_step, bits, stored_from, kept_from and (patternkv, patternkv-table) pattern,
     /// bank and gate; `units` and `kmeans_k` may be left empty. The job's arrays are

@@ -95,10 +95,6 @@ void validate_table(const AnalyzeConfig& c, const KvSource& dump, const PatternT
     PKV_CHECK(t.model.n_head_kv == dump.n_head_kv() && t.model.head_dim == dump.head_dim(), invalid_argument,
               "--table {}: n_head_kv {} / head_dim {} but the dump has {} / {}", tp, t.model.n_head_kv,
               t.model.head_dim, dump.n_head_kv(), dump.head_dim());
-    PKV_CHECK(t.outliers == 0, unsupported,
-              "--table {}: fitted with {} exact outliers per group (pkv.quant.outliers), which analyze does not hold; "
-              "measure it with pkv eval",
-              tp, t.outliers);
     const std::string basis = c.keys_pre ? ptable::kBasisPre : ptable::kBasisPost;
     PKV_CHECK(t.key_basis == basis, invalid_argument, "--table {}: key basis is {} but --keys {} analyses {}", tp,
               t.key_basis, c.keys_pre ? "pre" : "post", basis);
@@ -362,6 +358,7 @@ nlohmann::json table_record(const AnalyzeConfig& c, const PatternTable& t) {
             {"v_patterns", t.v_patterns},
             {"assign", t.assign},
             {"rotation", t.rotation},
+            {"outliers", t.outliers},
             {"calibration",
              {{"dumps", t.calibration.value("dumps", nlohmann::json::array())},
               {"tokens", t.calibration.value("tokens", nlohmann::json::object())},

@@ -135,14 +135,19 @@ void simulate_group(const Context& x, const std::vector<size_t>& idx, const std:
         SimParams sp = x.base;
         sp.method = x.out.runs[run].method;
         sp.bits = x.out.runs[run].bits;
+        // A table fitted with exact outliers (pkv.quant.outliers) is run holding them out.
+        if (sp.method == KvMethod::patternkv_table && x.table) sp.outliers = x.table->outliers;
         return sp;
     };
+    // The device simulator holds no outliers: such runs stay on the host.
+    bool device = x.sim != nullptr;
+    for (size_t i = 0; i < I; ++i) device = device && params(idx[i]).outliers == 0;
     auto job = [&](size_t w, KvTensor t) {
         const SeqData& sd = *ws[w].sd;
         const bool keys = t == KvTensor::k;
         return SimJob{keys ? ks[w].data() : vs[w].data(), sd.n, sd.P, sd.ring, t, keys ? &ws[w].tk : &ws[w].tv};
     };
-    if (x.sim) {
+    if (device) {
         for (size_t i = 0; i < I; ++i) {
             std::vector<SimJob> jobs;
             for (size_t w = 0; w < W; ++w) {

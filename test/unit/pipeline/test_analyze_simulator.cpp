@@ -10,8 +10,10 @@
 
 #include "catch.h"
 #include "pkv/pipeline/analyze.h"
+#include "pkv/pipeline/calibrate.h"
 #include "pkv/report/report.h"
 #include "unit/kvdump/dump_fixture.h"
+#include "unit/pipeline/calib_fixture.h"
 
 using namespace pkv;
 using nlohmann::json;
@@ -150,4 +152,42 @@ TEST_CASE("bad input fails before the simulator is made", "[analyze][simulator]"
     };
     CHECK_THROWS_WITH(run_analyze(c), ContainsSubstring("--bits 5"));
     CHECK(calls.made == 0);
+}
+
+TEST_CASE("a table fitted with exact outliers is analysed holding them out, on the host", "[analyze][outliers]") {
+    test::TempDir dir;
+    const std::string path = write_dump(dir);
+    CalibrateConfig cc = test::small_calibration(path, dir.path + "/t0.safetensors");
+    run_calibrate(cc);
+    cc.outliers = 1;
+    cc.out_path = dir.path + "/t1.safetensors";
+    run_calibrate(cc);
+    AnalyzeConfig c = config(path);
+    c.methods = {KvMethod::patternkv_table};
+    c.window = cc.window;
+    const auto totals = [](const json& report) {
+        double bits = 0.0, k = 0.0, v = 0.0;
+        for (const json& e : report["results"]) {
+            bits += e["eff_bits"].get<double>();
+            k += e["k"]["nmse"].get<double>();
+            v += e["v"]["nmse"].get<double>();
+        }
+        return std::vector<double>{bits, k, v};
+    };
+    c.table_path = cc.out_path;
+    const json host1 = analyze_report_json(run_analyze(c));
+    CHECK(host1["settings"]["table"]["outliers"] == 1);
+    c.table_path = dir.path + "/t0.safetensors";
+    const json host0 = analyze_report_json(run_analyze(c));
+    CHECK(host0["settings"]["table"]["outliers"] == 0);
+    const std::vector<double> t0 = totals(host0), t1 = totals(host1);
+    CHECK(t1[0] > t0[0]);  // the outliers' values and positions are paid for
+    CHECK(t1[1] < t0[1]);
+    CHECK(t1[2] < t0[2]);
+    // The device simulator holds no outliers: the table's runs stay on the host, same figures.
+    Calls calls;
+    c.table_path = cc.out_path;
+    c.simulator = [&calls]() { return std::make_unique<HostSimulator>(calls, 1000); };
+    CHECK(figures(analyze_report_json(run_analyze(c))) == figures(host1));
+    CHECK(calls.calls == 0);
 }
