@@ -368,15 +368,19 @@ int index_bits(int64_t M) {
     return b;
 }
 
-double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window) {
+double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window, int outliers) {
     if (bits == 16) return 16.0;
     const double idx = index_bits(M);
     if (tensor == KvTensor::k) {
+        // A flush block's channel splits into groups of `group` tokens, the last one shorter.
         const int64_t groups = (window + group - 1) / group;
-        return bits + 32.0 * static_cast<double>(groups) / window + idx / D;
+        double sparse = 0.0;
+        for (int64_t a = 0; a < window; a += group)
+            sparse += outlier_group_bits(std::min<int64_t>(group, window - a), outliers);
+        return bits + 32.0 * static_cast<double>(groups) / window + idx / D + sparse / window;
     }
     const int g = std::min(group, D);
-    return bits + 32.0 * static_cast<double>(D / g) / D + (idx + 1.0) / D;
+    return bits + (32.0 + outlier_group_bits(g, outliers)) * static_cast<double>(D / g) / D + (idx + 1.0) / D;
 }
 
 double v_gate_rho(const float* v, const float* c, int d) {

@@ -163,7 +163,9 @@ int index_bits(int64_t M);
 ///      min(G, D) channels, an index and a gate bit)
 /// simulate_cache's bits.total() / (n D) equals it when P and n - P are multiples of R and
 /// G divides R (every flush block, the prefill's too, then splits into whole K groups).
-double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window);
+/// outliers (SimParams::outliers): each quantized group also pays outlier_group_bits for
+/// its exact elements (pkv/kvcache/outliers.h), per element of the group.
+double table_element_bits(KvTensor tensor, int bits, int D, int64_t M, int group, int window, int outliers = 0);
 
 /// The PatternKV value gate (one-sided z-test, 95% by default): subtract the pattern iff
 ///   1 - rho^2 >= (2 z / sqrt(5 d)) * sqrt(1 + rho^4),  z = 1.6448536269514722,

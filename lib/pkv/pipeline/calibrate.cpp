@@ -151,8 +151,6 @@ void check_config(const CalibrateConfig& c) {
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
     PKV_CHECK(c.outliers >= 0 && c.outliers <= 8, invalid_argument, "--outliers {}: expected 0..8", c.outliers);
-    PKV_CHECK(!(c.outliers > 0 && c.bits_budget > 0.0), unsupported,
-              "--outliers with --bits-budget: the budget does not count outliers' bits yet; give one of the two");
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
     if (c.bits_budget > 0.0) alloc_width_index(c.bits_floor, "--bits-budget");

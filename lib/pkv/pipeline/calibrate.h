@@ -92,8 +92,8 @@ struct CalibrateConfig {
     /// Elements of each min-max group the runtime keeps exact (eval's `outN`,
     /// pkv/kvcache/outliers.h), 0..8: the clip ratios and gate z are fitted, and the
     /// held-out errors and --restart-pick attention measured, with them held out; the
-    /// table records the count (pkv.quant.outliers). Refused with bits_budget, and when
-    /// min(group, head_dim) does not divide head_dim (the value groups must tile a token).
+    /// table records the count (pkv.quant.outliers). With bits_budget every width is fitted
+    /// with them and the budget counts their bits (table_element_bits).
     int outliers = 0;
     int window = 128;      ///< R, recorded for runtimes (fp16 window / flush block)
     bool rotate = false;   ///< mine in the Hadamard-rotated basis (plain H_D)

@@ -13,7 +13,8 @@ AllocUnit alloc_costs(const CalibrateConfig& c, int D, bool value) {
     AllocUnit u;
     const int M = value ? c.v_patterns : c.k_patterns;
     for (size_t w = 0; w < kAllocWidths.size(); ++w)
-        u.cost[w] = table_element_bits(value ? KvTensor::v : KvTensor::k, kAllocWidths[w], D, M, c.group, c.window);
+        u.cost[w] =
+            table_element_bits(value ? KvTensor::v : KvTensor::k, kAllocWidths[w], D, M, c.group, c.window, c.outliers);
     return u;
 }
 

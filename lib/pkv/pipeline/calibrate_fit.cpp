@@ -130,7 +130,7 @@ nlohmann::json finish_key(const FitInputs& x, ResidualParams p, HeadTensorResult
         for (int w : kFitWidths) {
             KeyFit f = w == c.bits ? fit
                                    : fit_key_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, w,
-                                                    c.group, true, x.tasks, x.metric);
+                                                    c.group, true, x.tasks, x.metric, c.outliers);
             if (!c.fit) f.clip = 1.0f, f.at_fit = f.at_default;
             out.widths.push_back({w, f.clip, ptable::kDefaultGateZ, f.at_fit.nmse()});
         }
@@ -181,7 +181,7 @@ nlohmann::json finish_value(const FitInputs& x, ResidualParams p, HeadTensorResu
         for (int w : kFitWidths) {
             ValueFit f = w == c.bits ? fit
                                      : fit_value_params(pool.train.data(), x.D, x.fit_seqs, x.patterns, x.labels, w,
-                                                        c.group, true, x.tasks);
+                                                        c.group, true, x.tasks, c.outliers);
             if (!c.fit) f.clip = 1.0f, f.gate_z = ptable::kDefaultGateZ, f.at_fit = f.at_default;
             out.widths.push_back({w, f.clip, f.gate_z, f.at_fit.nmse()});
         }

@@ -5,6 +5,7 @@
 
 #include "catch.h"
 #include "pkv/core/error.h"
+#include "pkv/kvcache/simulate.h"
 #include "pkv/pipeline/calibrate.h"
 #include "pkv/table/pattern_table.h"
 #include "unit/kvdump/dump_fixture.h"
@@ -43,15 +44,39 @@ TEST_CASE("calibrate --outliers: recorded, fitted with the elements held out", "
     }
 }
 
-TEST_CASE("calibrate --outliers: out of range or with --bits-budget is refused", "[pipeline][calibrate][outliers]") {
+TEST_CASE("calibrate --outliers: out of range is refused; a budget counts the outliers' bits",
+          "[pipeline][calibrate][outliers]") {
     TempDir dir;
     SynthSpec s;
+    s.seq_lengths = {64, 64, 64, 64, 64, 64, 64, 64};
+    s.chunk_tokens = 64;
     const std::string dump = dir.path + "/d.h5";
     write_synth_dump(dump, s);
     CalibrateConfig c = small_calibration(dump, dir.path + "/t.safetensors");
     c.outliers = 9;
     CHECK_THROWS_WITH(run_calibrate(c), ContainsSubstring("--outliers 9: expected 0..8"));
+    // Every head at 2 bits, with one outlier per group, plus one bit per element to spend.
     c.outliers = 1;
-    c.bits_budget = 3.0;
-    CHECK_THROWS_WITH(run_calibrate(c), ContainsSubstring("--outliers with --bits-budget"));
+    const int D = s.head_dim, M = c.k_patterns;
+    const double floor2 = 0.5 * (table_element_bits(KvTensor::k, 2, D, M, c.group, c.window, 1) +
+                                 table_element_bits(KvTensor::v, 2, D, M, c.group, c.window, 1));
+    CHECK(floor2 > 0.5 * (table_element_bits(KvTensor::k, 2, D, M, c.group, c.window) +
+                          table_element_bits(KvTensor::v, 2, D, M, c.group, c.window)));
+    c.bits_budget = floor2 + 1.0;
+    c.bits_measure_attention = false;
+    const PatternTable t = run_calibrate(c);
+    REQUIRE(t.has_allocation());
+    CHECK(t.outliers == 1);
+    double sum = 0.0;
+    int units = 0;
+    for (const PatternLayer& L : t.layers)
+        for (int h = 0; h < t.model.n_head_kv; ++h) {
+            sum += table_element_bits(KvTensor::k, L.k_bits[h], D, M, c.group, c.window, 1);
+            sum += table_element_bits(KvTensor::v, L.v_bits[h], D, M, c.group, c.window, 1);
+            units += 2;
+        }
+    CHECK(t.alloc_bits == Approx(sum / units).epsilon(1e-12));
+    CHECK(t.alloc_bits <= c.bits_budget);
+    c.bits_budget = floor2 - 0.01;  // below every head at 2 bits once the outliers are paid
+    CHECK_THROWS_WITH(run_calibrate(c), ContainsSubstring("below the cheapest allocation"));
 }
