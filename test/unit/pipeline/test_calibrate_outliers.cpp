@@ -2,6 +2,7 @@
 // fit and the held-out statistics hold N elements of each group out, and the options it
 // cannot serve are refused with one line.
 #include <string>
+#include <vector>
 
 #include "catch.h"
 #include "pkv/core/error.h"
@@ -14,11 +15,21 @@
 using namespace pkv;
 using namespace pkv::test;
 
+namespace {
+
+// A synthetic dump of 8 sequences of 64 tokens (2 held out by small_calibration).
+SynthSpec eight_sequences() {
+    SynthSpec s;
+    s.seq_lengths = std::vector<int>(8, 64);
+    s.chunk_tokens = 64;
+    return s;
+}
+
+}  // namespace
+
 TEST_CASE("calibrate --outliers: recorded, fitted with the elements held out", "[pipeline][calibrate][outliers]") {
     TempDir dir;
-    SynthSpec s;
-    s.seq_lengths = {64, 64, 64, 64, 64, 64, 64, 64};
-    s.chunk_tokens = 64;
+    const SynthSpec s = eight_sequences();
     const std::string dump = dir.path + "/d.h5";
     write_synth_dump(dump, s);
     CalibrateConfig c = small_calibration(dump, dir.path + "/t0.safetensors");
@@ -47,9 +58,7 @@ TEST_CASE("calibrate --outliers: recorded, fitted with the elements held out", "
 TEST_CASE("calibrate --outliers: out of range is refused; a budget counts the outliers' bits",
           "[pipeline][calibrate][outliers]") {
     TempDir dir;
-    SynthSpec s;
-    s.seq_lengths = {64, 64, 64, 64, 64, 64, 64, 64};
-    s.chunk_tokens = 64;
+    const SynthSpec s = eight_sequences();
     const std::string dump = dir.path + "/d.h5";
     write_synth_dump(dump, s);
     CalibrateConfig c = small_calibration(dump, dir.path + "/t.safetensors");
