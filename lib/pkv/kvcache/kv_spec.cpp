@@ -2,6 +2,7 @@
 #include "pkv/kvcache/kv_spec.h"
 
 #include "pkv/core/error.h"
+#include "pkv/kvcache/outliers.h"
 
 namespace pkv {
 
@@ -119,7 +120,8 @@ bool parse_numeric_field(KvSpec& s, SeenFields& seen, const std::string& f, bool
     } else if ((v = prefixed(f, "out")) >= 0) {
         once(s, seen.out, "out");
         only(s, minmax_method(s) || s.table, f, "exact outliers per group", "kivi, patternkv and patternkv-table");
-        PKV_CHECK(v >= 1 && v <= 8, invalid_argument, "--kv '{}': out{} must be 1 to 8 elements per group", s.text, v);
+        PKV_CHECK(v >= 1 && v <= kMaxOutliers, invalid_argument, "--kv '{}': out{} must be 1 to {} elements per group",
+                  s.text, v, kMaxOutliers);
         s.outliers = static_cast<int>(v);
     } else if ((v = prefixed(f, "cap")) >= 0) {
         once(s, seen.cap, "cap");

@@ -41,7 +41,7 @@ namespace {
 // indices, their xs entries set to the group's kept minimum.
 void hold_out_group(const float* x, int64_t base, int64_t m, int64_t stride, int count, float* xs,
                     std::vector<int64_t>& idx, std::vector<int64_t>& out) {
-    int64_t pos[8];
+    int64_t pos[kMaxOutliers];
     float kept[2];
     const int n = group_outliers(x + base, m, stride, count, idx, pos, kept);
     for (int i = 0; i < n; ++i) {
@@ -53,7 +53,8 @@ void hold_out_group(const float* x, int64_t base, int64_t m, int64_t stride, int
 }  // namespace
 
 std::vector<int64_t> hold_out_outliers(const float* x, int64_t T, int D, const MinMaxSpec& spec, int count, float* xs) {
-    PKV_CHECK(count >= 0 && count <= 8, invalid_argument, "outliers per group: expected 0..8, got {}", count);
+    PKV_CHECK(count >= 0 && count <= kMaxOutliers, invalid_argument, "outliers per group: expected 0..{}, got {}",
+              kMaxOutliers, count);
     PKV_CHECK(spec.group >= 1, invalid_argument, "outliers: group {} must be at least 1", spec.group);
     std::copy(x, x + T * D, xs);
     std::vector<int64_t> out, idx;

@@ -20,6 +20,8 @@ namespace pkv {
 
 /// Bits of a held-out element's value (binary16).
 constexpr int kOutlierValueBits = 16;
+/// The most elements a group may hold out (eval's outN, calibrate --outliers).
+constexpr int kMaxOutliers = 8;
 
 /// Bits of one held-out element of a group of m values: its value and its position.
 int outlier_bits(int64_t m);
@@ -43,7 +45,7 @@ int group_outliers(const float* v, int64_t m, int64_t stride, int count, std::ve
 /// Chooses the held-out elements of every group of the row-major [T, D] matrix x and
 /// writes into xs (same shape) a copy of x whose held-out elements repeat a kept value of
 /// their group (so a min-max quantizer of xs sees only the kept range). Returns the flat
-/// indices of the held-out elements, group by group. count in [0, 8]; spec as for
+/// indices of the held-out elements, group by group. count in [0, kMaxOutliers]; spec as for
 /// quantize_minmax (bits and clip unused).
 std::vector<int64_t> hold_out_outliers(const float* x, int64_t T, int D, const MinMaxSpec& spec, int count, float* xs);
 

@@ -46,8 +46,8 @@ void check_params(const std::vector<ResidualParams>& ps) {
         PKV_CHECK(p.group > 0, invalid_argument, "group size {}: expected a positive number", p.group);
         PKV_CHECK(p.clip > 0.0f && p.clip <= 1.0f, invalid_argument,
                   "quantizer clip ratio {}: expected a value in (0, 1]", p.clip);
-        PKV_CHECK(p.outliers >= 0 && p.outliers <= 8, invalid_argument, "outliers per group: expected 0..8, got {}",
-                  p.outliers);
+        PKV_CHECK(p.outliers >= 0 && p.outliers <= kMaxOutliers, invalid_argument,
+                  "outliers per group: expected 0..{}, got {}", kMaxOutliers, p.outliers);
         PKV_CHECK(p.bits == ps.front().bits && p.group == ps.front().group && p.outliers == ps.front().outliers,
                   invalid_argument,
                   "residual errors: expected one bit width, group and outlier count for every parameter set, got "
@@ -143,7 +143,7 @@ struct Holdout {
     std::vector<int64_t> idx;
     std::vector<uint8_t> held;  // per element of the block: bit 0 plain min-max, bit 1 patterns
     void group(const float* v, int64_t n, int64_t stride, size_t base, uint8_t bit, float& mn, float& mx) {
-        int64_t pos[8];
+        int64_t pos[kMaxOutliers];
         float kept[2];
         const int h = group_outliers(v, n, stride, count, idx, pos, kept);
         if (h == 0) return;

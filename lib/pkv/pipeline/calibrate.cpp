@@ -22,6 +22,7 @@
 #include "pkv/distributed/rank_sharded_assigner.h"
 #include "pkv/kmeans/kmeans_multi.h"
 #include "pkv/kmeans/sharded_assigner.h"
+#include "pkv/kvcache/outliers.h"
 #include "pkv/kvcache/residual.h"
 #include "pkv/kvcache/simulate.h"
 #include "pkv/kvdump/kv_dump.h"
@@ -136,6 +137,8 @@ std::vector<int> calibrated_layers(const CalibrateConfig& c, const std::vector<D
     return layers;
 }
 
+static_assert(kMaxOutliers == ptable::kMaxOutliers, "a table must record every count the fit may hold out");
+
 void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.k_patterns >= 1, invalid_argument, "--k-patterns {}: expected at least 1", c.k_patterns);
     PKV_CHECK(c.v_patterns >= 1, invalid_argument, "--v-patterns {}: expected at least 1", c.v_patterns);
@@ -150,7 +153,8 @@ void check_config(const CalibrateConfig& c) {
     PKV_CHECK(c.shard_above >= 0, invalid_argument, "--shard-above {}: expected 0 (automatic) or a token count",
               c.shard_above);
     PKV_CHECK(!c.out_path.empty(), invalid_argument, "--out: expected a path");
-    PKV_CHECK(c.outliers >= 0 && c.outliers <= 8, invalid_argument, "--outliers {}: expected 0..8", c.outliers);
+    PKV_CHECK(c.outliers >= 0 && c.outliers <= kMaxOutliers, invalid_argument, "--outliers {}: expected 0..{}",
+              c.outliers, kMaxOutliers);
     PKV_CHECK(c.bits_budget >= 0.0, invalid_argument, "--bits-budget {}: expected a number of bits per element",
               c.bits_budget);
     if (c.bits_budget > 0.0) alloc_width_index(c.bits_floor, "--bits-budget");

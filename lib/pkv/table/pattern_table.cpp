@@ -251,7 +251,8 @@ void check_pattern_table(const PatternTable& t) {
         bad("rotation_seed", "0 without rotation", std::to_string(t.rotation_seed));
     if (t.bits != 2 && t.bits != 3 && t.bits != 4 && t.bits != 8) bad("bits", "2, 3, 4 or 8", std::to_string(t.bits));
     if (t.group < 1) bad("group", "at least 1", std::to_string(t.group));
-    if (t.outliers < 0 || t.outliers > 8) bad("outliers", "0..8", std::to_string(t.outliers));
+    if (t.outliers < 0 || t.outliers > ptable::kMaxOutliers)
+        bad("outliers", "0.." + std::to_string(ptable::kMaxOutliers), std::to_string(t.outliers));
     if (t.window < 1) bad("window", "at least 1", std::to_string(t.window));
     if (!one_of(t.assign, {ptable::kAssignL2, ptable::kAssignMinmax}))
         bad("assign", quoted_list({ptable::kAssignL2, ptable::kAssignMinmax}), "\"" + t.assign + "\"");
@@ -435,7 +436,7 @@ void read_settings_meta(const MetaReader& r, const std::string& path, PatternTab
     PKV_CHECK(t.bits != 5 && t.bits != 6 && t.bits != 7, data_loss, "{}::{}: expected 2, 3, 4 or 8, got {}", path,
               P::kMetaBits, t.bits);
     t.group = r.i32(P::kMetaGroup, 1);
-    if (r.meta.count(P::kMetaOutliers) != 0) t.outliers = r.i32(P::kMetaOutliers, 1, 8);
+    if (r.meta.count(P::kMetaOutliers) != 0) t.outliers = r.i32(P::kMetaOutliers, 1, P::kMaxOutliers);
     t.window = r.i32(P::kMetaWindow, 1);
     t.assign = r.enumerated(P::kMetaAssign, {P::kAssignL2, P::kAssignMinmax});
     t.k_patterns = r.i32(P::kMetaKPatterns, 1);

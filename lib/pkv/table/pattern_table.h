@@ -105,6 +105,8 @@ constexpr const char* kVCounts = "v_counts";
 constexpr const char* kKClip = "k_clip";
 constexpr const char* kVClip = "v_clip";
 constexpr const char* kVGateZ = "v_gate_z";
+/// The largest kMetaOutliers a table may record (pkv/kvcache/outliers.h kMaxOutliers).
+constexpr int kMaxOutliers = 8;
 /// The paper's value-gate z (one-sided 95%).
 constexpr double kDefaultGateZ = 1.6448536269514722;
 /// "layers.<layer>.<suffix>".
